@@ -1,0 +1,49 @@
+# Two commands set everything up on a fresh machine:
+#   make demo   virtual environment, core install, dbg on the bundled sample traces
+#   make test   test extras (torch, transformers, xgboost, lightning, ...) and the whole suite
+#
+# torch==2.13.0 (CPU) is installed explicitly before anything that depends on torch, so pip
+# never resolves torch by itself (any other request pulls gigabytes of CUDA wheels).
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH := torch==2.13.0
+PIP := $(BIN)/python -m pip --disable-pip-version-check
+
+.PHONY: demo test install install-test samples bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(PIP) install -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(PIP) install $(TORCH)
+	$(PIP) install -e '.[test]'
+	touch $@ $(VENV)/.installed
+
+install: $(VENV)/.installed
+
+install-test: $(VENV)/.installed-test
+
+demo: $(VENV)/.installed
+	@for trace in sample_traces/*.h5; do $(BIN)/dbg info "$$trace" || exit $$?; done
+
+test: $(VENV)/.installed-test
+	$(BIN)/python -m pytest
+
+# Re-record the bundled sample traces (deterministic).
+samples: $(VENV)/.installed-test
+	$(BIN)/python examples/numpy_mlp.py --scenario healthy sample_traces/numpy_mlp_healthy.h5
+	$(BIN)/python examples/numpy_mlp.py --scenario dead-relu sample_traces/numpy_mlp_dead_relu.h5
+	$(BIN)/python examples/numpy_mlp.py --scenario high-lr sample_traces/numpy_mlp_high_lr.h5
+
+bench: $(VENV)/.installed-test
+	$(BIN)/python bench/bench_writer.py
+	$(BIN)/python bench/bench_reader.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache bench/out

@@ -1,0 +1,726 @@
+"""Read dbg traces: lazily, safely, and in bounded memory.
+
+``open_trace(path)`` validates the file and lists its series from metadata alone; values are
+read on demand. Scalar series and per-tensor statistics come back as numpy arrays without
+touching raw tensor bytes; raw tensors stream in chunks of records. Statistics missing from a
+trace (for example one written by hand with only raw tensors) are derived from the raw tensors
+with the writer's own definitions.
+
+Safety: only hard links inside the file are followed; external links, soft links, virtual
+datasets and datasets with external storage are ignored and listed in
+:attr:`Trace.warnings`. Every failure to read surfaces as :class:`TraceFormatError`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, NamedTuple, TypeVar
+
+import h5py
+import numpy as np
+
+from dbgcli.errors import MissingDataError, TraceFormatError, TraceNotFoundError, TraceVersionError
+from dbgcli.trace import schema
+from dbgcli.trace.stats import COL, DERIVED_STATS, StatsKernel, derived, unit_measure
+
+T = TypeVar("T")
+
+_DEFAULT_CHUNK_BYTES = 64 << 20
+
+
+@dataclass(frozen=True)
+class Series:
+    """Values of one series with the step and mode of every record."""
+
+    steps: np.ndarray
+    values: np.ndarray
+    modes: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def select(
+        self, mode: str | None = None, start: int | None = None, stop: int | None = None
+    ) -> Series:
+        """Records of one mode and/or with ``start <= step <= stop``."""
+        keep = np.ones(len(self.steps), dtype=bool)
+        if mode is not None:
+            keep &= self.modes == schema.MODE_CODES[mode]
+        if start is not None:
+            keep &= self.steps >= start
+        if stop is not None:
+            keep &= self.steps <= stop
+        if keep.all():
+            return self
+        return Series(self.steps[keep], self.values[keep], self.modes[keep])
+
+    def mode_names(self) -> list[str]:
+        """Names of the modes present, in format order."""
+        return [schema.MODES[code] for code in np.unique(self.modes) if code < len(schema.MODES)]
+
+
+class RawChunk(NamedTuple):
+    """Consecutive raw records of one shape: ``values[i]`` is record ``records[i]``."""
+
+    records: np.ndarray
+    steps: np.ndarray
+    modes: np.ndarray
+    values: np.ndarray
+
+
+@dataclass(frozen=True)
+class RawSegment:
+    """Where the full tensors of one shape live."""
+
+    path: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    rows: int
+    dense: bool  # hand-written ``values`` dataset: row i is record i
+
+
+@dataclass(frozen=True)
+class TagInfo:
+    """What a trace holds for one tag, read from metadata without touching values."""
+
+    tag: str
+    scalar: bool
+    records: int
+    collection: str | None = None
+    kind: str | None = None
+    shape: tuple[int, ...] | None = None
+    dtype: str | None = None
+    has_stats: bool = False
+    stat_columns: tuple[str, ...] = ()
+    unit_measure: str | None = None
+    unit_axis: int | None = None
+    has_units: bool = False
+    segments: tuple[RawSegment, ...] = ()
+    path: str = ""
+    truncated_from: int | None = None
+
+    @property
+    def raw_records(self) -> int:
+        """Number of records whose full tensor is stored."""
+        return sum(segment.rows for segment in self.segments)
+
+    @property
+    def shapes(self) -> tuple[tuple[int, ...], ...]:
+        """Distinct shapes of the stored full tensors."""
+        return tuple(segment.shape for segment in self.segments)
+
+
+@dataclass
+class _Cache:
+    index: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    values: dict[str, np.ndarray] = field(default_factory=dict)
+    stats: dict[str, np.ndarray] = field(default_factory=dict)
+    units: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def open_trace(path: str | os.PathLike[str]) -> Trace:
+    """Open a trace for reading; raises a :class:`~dbgcli.errors.DbgError` with a clear message.
+
+    The file is validated up front: it must exist, be a regular non-empty HDF5 file written in
+    the dbg trace format, and not have a newer major format version.
+    """
+    file_path = Path(path)
+    if not file_path.exists():
+        raise TraceNotFoundError(f"{file_path}: no such file")
+    if file_path.is_dir():
+        raise TraceNotFoundError(f"{file_path}: is a directory, not a trace file")
+    if not file_path.is_file():
+        raise TraceNotFoundError(f"{file_path}: not a regular file")
+    if file_path.stat().st_size == 0:
+        raise TraceFormatError(f"{file_path}: empty file, not a trace")
+    try:
+        is_hdf5 = h5py.is_hdf5(file_path)
+    except OSError as error:
+        raise TraceFormatError(f"{file_path}: cannot read: {error}") from error
+    if not is_hdf5:
+        raise TraceFormatError(f"{file_path}: not an HDF5 file")
+    try:
+        handle = _open_read_only(file_path)
+    except OSError as error:
+        sizes = re.search(r"truncated file: eof = (\d+).*stored_eof = (\d+)", str(error))
+        if sizes:
+            raise TraceFormatError(
+                f"{file_path}: truncated HDF5 file ({sizes[1]} of {sizes[2]} bytes present)"
+            ) from error
+        raise TraceFormatError(f"{file_path}: corrupt HDF5 file ({_short(error)})") from error
+    try:
+        return Trace(file_path, handle)
+    except BaseException:
+        handle.close()
+        raise
+
+
+def _open_read_only(path: Path) -> h5py.File:
+    # Without locking, a trace can be read while its writer runs in another process; a writer
+    # in this same process holds the file with locking on, and HDF5 then insists on matching.
+    try:
+        return h5py.File(path, "r", locking=False)
+    except OSError as error:
+        if "locking flag values don't match" not in str(error):
+            raise
+        return h5py.File(path, "r")
+
+
+class _OutsideFile(Exception):
+    """A link or dataset that would make the reader leave the file."""
+
+
+def _short(error: BaseException) -> str:
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return text[:200]
+
+
+class Trace:
+    """A read-only view of one trace. Use :func:`open_trace` to create it."""
+
+    def __init__(self, path: Path, handle: h5py.File) -> None:
+        self.path = path
+        self._file = handle
+        self._cache = _Cache()
+        self.warnings: list[str] = []
+        self.incomplete_reasons: list[str] = []
+        attrs = self._guard("the root attributes", lambda: dict(handle.attrs))
+        if _text(attrs.get(schema.ATTR_FORMAT)) != schema.FORMAT_NAME:
+            raise TraceFormatError(
+                f"{path}: an HDF5 file, but not a dbg trace "
+                f"(root attribute '{schema.ATTR_FORMAT}' is not '{schema.FORMAT_NAME}')"
+            )
+        version_text = _text(attrs.get(schema.ATTR_FORMAT_VERSION))
+        try:
+            self.format_version = schema.parse_version(version_text)
+        except (TypeError, ValueError):
+            raise TraceFormatError(
+                f"{path}: unreadable format version {version_text!r}"
+            ) from None
+        if self.format_version[0] > schema.FORMAT_VERSION[0]:
+            raise TraceVersionError(
+                f"{path}: trace format {version_text} is newer than this dbg understands "
+                f"(format {schema.FORMAT_VERSION[0]}.x); upgrade dbgcli to read it"
+            )
+        self.dbgcli_version = _text(attrs.get(schema.ATTR_DBGCLI_VERSION))
+        self.created = _text(attrs.get(schema.ATTR_CREATED))
+        self.metadata = self._parse_metadata(attrs.get(schema.ATTR_METADATA))
+        closed = attrs.get(schema.ATTR_CLOSED)
+        # Set when a dbg writer started the file but never closed it (killed, or still running).
+        self._unclosed = closed is not None and not bool(closed)
+        if self._unclosed:
+            self.incomplete_reasons.append("the writer did not close the trace (killed or still running)")
+        self._tags: dict[str, TagInfo] = {}
+        self._guard("the list of series", self._scan)
+
+    # -- context manager ----------------------------------------------------------------------
+    def close(self) -> None:
+        """Close the underlying file."""
+        self._file.close()
+
+    def __enter__(self) -> Trace:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- metadata -----------------------------------------------------------------------------
+    @property
+    def complete(self) -> bool:
+        """False when the writer was killed or is still running, or data had to be cut."""
+        return not self.incomplete_reasons
+
+    @property
+    def file_size(self) -> int:
+        """Size of the trace file in bytes."""
+        return self.path.stat().st_size
+
+    def tags(
+        self,
+        pattern: str | None = None,
+        *,
+        collection: str | None = None,
+        kind: str | None = None,
+        scalar: bool | None = None,
+    ) -> list[TagInfo]:
+        """Tags matching a glob ``pattern``, a collection, a kind and/or series type."""
+        found = []
+        for info in self._tags.values():
+            if pattern is not None and not fnmatch.fnmatchcase(info.tag, pattern):
+                continue
+            if collection is not None and info.collection != collection:
+                continue
+            if kind is not None and info.kind != kind:
+                continue
+            if scalar is not None and info.scalar != scalar:
+                continue
+            found.append(info)
+        return found
+
+    def tag(self, name: str) -> TagInfo:
+        """The :class:`TagInfo` of one tag; raises KeyError naming close matches."""
+        try:
+            return self._tags[name]
+        except KeyError:
+            raise MissingDataError(f"{self.path}: no tag {name!r}") from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._tags
+
+    # -- values -------------------------------------------------------------------------------
+    def index(self, tag: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(steps, modes)`` of every record of a tag."""
+        cached = self._cache.index.get(tag)
+        if cached is None:
+            info = self.tag(tag)
+            cached = self._guard(f"the step index of {tag!r}", lambda: self._read_index(info))
+            self._cache.index[tag] = cached
+        return cached
+
+    def scalar(self, tag: str, mode: str | None = None) -> Series:
+        """A scalar series (loss, metric, learning rate)."""
+        info = self.tag(tag)
+        if not info.scalar:
+            raise MissingDataError(f"{tag!r} is a tensor, not a scalar series")
+        values = self._cache.values.get(tag)
+        if values is None:
+            values = self._guard(
+                f"the values of {tag!r}",
+                lambda: self._dataset(info.path + "/" + schema.DS_VALUE)[: info.records].astype(np.float64),
+            )
+            self._cache.values[tag] = values
+        steps, modes = self.index(tag)
+        return Series(steps, values, modes).select(mode)
+
+    def stats(self, tag: str) -> np.ndarray:
+        """The ``(records, len(STAT_COLUMNS))`` statistics of a tensor, derived if not stored."""
+        cached = self._cache.stats.get(tag)
+        if cached is None:
+            info = self.tag(tag)
+            if info.scalar:
+                raise MissingDataError(f"{tag!r} is a scalar series, not a tensor")
+            cached = self._guard(f"the statistics of {tag!r}", lambda: self._load_stats(info))
+            self._cache.stats[tag] = cached
+        return cached
+
+    def stat(self, tag: str, name: str, mode: str | None = None) -> Series:
+        """One statistic of a tensor as a series; ``name`` may be a derived statistic."""
+        table = self.stats(tag)
+        if name in COL:
+            values = table[:, COL[name]]
+        elif name in DERIVED_STATS:
+            values = derived(name, {column: table[:, COL[column]] for column in COL})
+        else:
+            raise MissingDataError(
+                f"unknown statistic {name!r}; known: {', '.join((*schema.STAT_COLUMNS, *DERIVED_STATS))}"
+            )
+        steps, modes = self.index(tag)
+        return Series(steps, values, modes).select(mode)
+
+    def units(self, tag: str) -> Series | None:
+        """Per-unit activation measure ``(records, units)`` (stored, or derived from raw)."""
+        info = self.tag(tag)
+        if info.unit_measure is None:
+            return None
+        cached = self._cache.units.get(tag)
+        if cached is None:
+            cached = self._guard(f"the unit measures of {tag!r}", lambda: self._load_units(info))
+            self._cache.units[tag] = cached
+        if cached.shape[0] != info.records:
+            return None
+        steps, modes = self.index(tag)
+        return Series(steps, cached, modes)
+
+    def timeline(self) -> Series:
+        """Wall-clock time (seconds since the epoch) at which each new step was first seen."""
+        if "timeline" not in self._cache.values:
+            self._cache.values["timeline"] = self._guard("the timeline", self._read_timeline)
+        steps, modes, times = self._cache.values["timeline"]
+        return Series(steps, times, modes)
+
+    def iter_raw(
+        self,
+        tag: str,
+        *,
+        mask: np.ndarray | None = None,
+        max_bytes: int = _DEFAULT_CHUNK_BYTES,
+        reuse_buffer: bool = False,
+    ) -> Iterator[RawChunk]:
+        """Stream the full tensors of a tag, segment by segment, in chunks of records.
+
+        Args:
+            tag: The tensor tag.
+            mask: Boolean array over the tag's records; only selected records are yielded, and
+                chunks without any selected record are not read at all.
+            max_bytes: Upper bound on the bytes of one chunk (at least one record is read).
+            reuse_buffer: Read every chunk into the same buffer (faster; the yielded values are
+                valid only until the next chunk).
+        """
+        info = self.tag(tag)
+        steps, modes = self.index(tag)
+        for segment in info.segments:
+            yield from self._guard_iter(
+                f"the raw tensors of {tag!r}",
+                self._iter_segment(info, segment, steps, modes, mask, max_bytes, reuse_buffer),
+            )
+
+    def raw(self, tag: str, step: int, mode: str | None = None) -> np.ndarray | None:
+        """The full tensor recorded at ``step`` (first match), or None if it was not kept."""
+        steps, modes = self.index(tag)
+        hit = steps == step
+        if mode is not None:
+            hit &= modes == schema.MODE_CODES[mode]
+        if not hit.any():
+            return None
+        mask = np.zeros(len(steps), dtype=bool)
+        mask[int(np.flatnonzero(hit)[0])] = True
+        for chunk in self.iter_raw(tag, mask=mask):
+            return np.array(chunk.values[0])
+        return None
+
+    # -- scanning -----------------------------------------------------------------------------
+    def _scan(self) -> None:
+        for root_name, scalar in ((schema.SCALARS, True), (schema.TENSORS, False)):
+            try:
+                root = self._child(self._file, root_name, h5py.Group)
+            except _OutsideFile as skipped:
+                self.warnings.append(str(skipped))
+                continue
+            if root is None:
+                continue
+            for name in root:
+                try:
+                    group = self._child(root, name, h5py.Group)
+                    info = self._scan_group(group, scalar) if group is not None else None
+                except _OutsideFile as skipped:
+                    self.warnings.append(str(skipped))
+                    continue
+                if info is not None:
+                    self._tags[info.tag] = info
+
+    def _scan_group(self, group: h5py.Group, scalar: bool) -> TagInfo | None:
+        attrs = group.attrs
+        tag = _text(attrs.get(schema.ATTR_TAG)) or schema.decode_tag(group.name.rsplit("/", 1)[-1])
+        where = f"{'scalar' if scalar else 'tensor'} {tag!r}"
+        step = self._child(group, schema.DS_STEP, h5py.Dataset)
+        if step is None:
+            if self._unclosed:
+                # Created by a writer that was stopped before its first commit of this tag.
+                return None
+            raise TraceFormatError(f"{self.path}: {where} has no '{schema.DS_STEP}' dataset")
+        if step.ndim != 1 or step.dtype.kind not in "iuf":
+            raise TraceFormatError(f"{self.path}: {where}: '{schema.DS_STEP}' must be a 1-D integer array")
+        lengths = [step.shape[0]]
+        mode = self._child(group, schema.DS_MODE, h5py.Dataset)
+        if mode is not None:
+            lengths.append(mode.shape[0])
+        if scalar:
+            value = self._child(group, schema.DS_VALUE, h5py.Dataset)
+            if value is None:
+                raise TraceFormatError(f"{self.path}: {where} has no '{schema.DS_VALUE}' dataset")
+            lengths.append(value.shape[0])
+            records, cut = self._committed(group, lengths, where)
+            return TagInfo(tag=tag, scalar=True, records=records, path=group.name, truncated_from=cut)
+        stats = self._child(group, schema.DS_STATS, h5py.Dataset)
+        columns: tuple[str, ...] = ()
+        if stats is not None:
+            lengths.append(stats.shape[0])
+            columns = tuple(_text(c) for c in attrs.get(schema.ATTR_COLUMNS, schema.STAT_COLUMNS))
+            if stats.ndim != 2 or stats.shape[1] != len(columns):
+                raise TraceFormatError(
+                    f"{self.path}: {where}: '{schema.DS_STATS}' does not match its {len(columns)} columns"
+                )
+        units = self._child(group, schema.DS_UNITS, h5py.Dataset)
+        if units is not None:
+            lengths.append(units.shape[0])
+        dense = self._child(group, schema.DS_VALUES, h5py.Dataset)
+        if dense is not None:
+            lengths.append(dense.shape[0])
+        records, cut = self._committed(group, lengths, where)
+        segments = self._segments(group, dense, records, where)
+        if stats is None and not segments and records:
+            raise TraceFormatError(
+                f"{self.path}: {where} has neither '{schema.DS_STATS}' nor raw tensors"
+            )
+        kind = _text(attrs.get(schema.ATTR_KIND)) or None
+        collection = _text(attrs.get(schema.ATTR_COLLECTION)) or None
+        shape_attr = attrs.get(schema.ATTR_SHAPE)
+        shape = tuple(int(d) for d in shape_attr) if shape_attr is not None else (
+            segments[0].shape if segments else None
+        )
+        dtype_attr = _text(attrs.get(schema.ATTR_DTYPE)) or (segments[0].dtype.str if segments else None)
+        measure = schema.unit_measure(kind)
+        unit_axis_attr = attrs.get(schema.ATTR_UNIT_AXIS)
+        unit_axis = (
+            int(unit_axis_attr)
+            if unit_axis_attr is not None
+            else (schema.default_unit_axis(len(shape)) if shape is not None and measure else None)
+        )
+        return TagInfo(
+            tag=tag,
+            scalar=False,
+            records=records,
+            collection=collection,
+            kind=kind.lower() if kind else None,
+            shape=shape,
+            dtype=dtype_attr,
+            has_stats=stats is not None,
+            stat_columns=columns,
+            unit_measure=measure if unit_axis is not None else None,
+            unit_axis=unit_axis,
+            has_units=units is not None,
+            segments=segments,
+            path=group.name,
+            truncated_from=cut,
+        )
+
+    def _committed(self, group: h5py.Group, lengths: list[int], where: str) -> tuple[int, int | None]:
+        """Records every dataset of a series holds, cut to the writer's last commit."""
+        records = min(lengths)
+        committed = group.attrs.get(schema.ATTR_RECORDS)
+        if committed is not None:
+            records = min(records, int(committed))
+        longest = max(lengths)
+        if records < longest:
+            self.incomplete_reasons.append(
+                f"{where}: cut to {records} committed records ({longest} rows were present)"
+            )
+            return records, longest
+        return records, None
+
+    def _segments(
+        self, group: h5py.Group, dense: h5py.Dataset | None, records: int, where: str
+    ) -> tuple[RawSegment, ...]:
+        segments = []
+        if dense is not None:
+            segments.append(RawSegment(dense.name, tuple(dense.shape[1:]), dense.dtype, records, True))
+        raw = self._child(group, schema.GROUP_RAW, h5py.Group)
+        if raw is None:
+            return tuple(segments)
+        for name in sorted(raw, key=lambda n: (len(n), n)):
+            segment = self._child(raw, name, h5py.Group)
+            if segment is None:
+                continue
+            values = self._child(segment, schema.DS_VALUES, h5py.Dataset)
+            record = self._child(segment, schema.DS_RECORD, h5py.Dataset)
+            if values is None or record is None:
+                raise TraceFormatError(
+                    f"{self.path}: {where}: raw segment {name!r} needs '{schema.DS_VALUES}' "
+                    f"and '{schema.DS_RECORD}'"
+                )
+            rows = min(values.shape[0], record.shape[0])
+            committed = segment.attrs.get(schema.ATTR_RECORDS)
+            if committed is not None:
+                rows = min(rows, int(committed))
+            if rows:
+                # Rows pointing past the committed records belong to an interrupted commit.
+                record_ids = record[:rows]
+                rows = int(np.searchsorted(record_ids, records))
+            segments.append(RawSegment(segment.name, tuple(values.shape[1:]), values.dtype, rows, False))
+        return tuple(segments)
+
+    def _child(self, group: h5py.Group, name: str, expected: type[T]) -> T | None:
+        """A member reached through a hard link and stored inside this file, or None if absent.
+
+        Raises _OutsideFile for links and datasets that would read outside this file; the scan
+        skips the series that holds them.
+        """
+        link = group.get(name, getlink=True)
+        if link is None:
+            return None
+        where = f"{group.name.rstrip('/')}/{name}"
+        if not isinstance(link, h5py.HardLink):
+            raise _OutsideFile(f"ignored {type(link).__name__} at {where}")
+        obj = group[name]
+        if isinstance(obj, h5py.Dataset) and (obj.is_virtual or obj.external):
+            raise _OutsideFile(f"ignored dataset with storage outside the file at {where}")
+        if not isinstance(obj, expected):
+            raise TraceFormatError(
+                f"{self.path}: {where} should be a {'group' if expected is h5py.Group else 'dataset'}"
+            )
+        return obj
+
+    def _dataset(self, path: str) -> h5py.Dataset:
+        obj = self._file[path]
+        assert isinstance(obj, h5py.Dataset)
+        return obj
+
+    # -- loading ------------------------------------------------------------------------------
+    def _read_index(self, info: TagInfo) -> tuple[np.ndarray, np.ndarray]:
+        group = self._file[info.path]
+        raw_steps = group[schema.DS_STEP][: info.records]
+        if raw_steps.dtype.kind == "f":
+            if not np.isfinite(raw_steps).all() or (raw_steps != np.round(raw_steps)).any():
+                raise TraceFormatError(f"{self.path}: steps of {info.tag!r} are not all integers")
+        steps = raw_steps.astype(np.int64)
+        if schema.DS_MODE in group:
+            modes = group[schema.DS_MODE][: info.records].astype(np.uint8)
+            if len(modes) and modes.max() >= len(schema.MODES):
+                raise TraceFormatError(f"{self.path}: unknown mode code in {info.tag!r}")
+        else:
+            modes = np.zeros(info.records, dtype=np.uint8)
+        return steps, modes
+
+    def _read_timeline(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        empty = (np.empty(0, np.int64), np.empty(0, np.uint8), np.empty(0, np.float64))
+        try:
+            group = self._child(self._file, schema.TIMELINE, h5py.Group)
+            if group is None:
+                return empty
+            datasets = [
+                self._child(group, n, h5py.Dataset) for n in (schema.DS_STEP, schema.DS_MODE, schema.DS_TIME)
+            ]
+        except _OutsideFile as skipped:
+            self.warnings.append(str(skipped))
+            return empty
+        if any(d is None for d in datasets):
+            return empty
+        step, mode, when = (d for d in datasets if d is not None)
+        n = min(step.shape[0], mode.shape[0], when.shape[0])
+        if schema.ATTR_RECORDS in group.attrs:
+            n = min(n, int(group.attrs[schema.ATTR_RECORDS]))
+        return step[:n].astype(np.int64), mode[:n].astype(np.uint8), when[:n].astype(np.float64)
+
+    def _load_stats(self, info: TagInfo) -> np.ndarray:
+        table = np.full((info.records, len(schema.STAT_COLUMNS)), np.nan)
+        missing = set(schema.STAT_COLUMNS)
+        if info.has_stats:
+            dataset = self._dataset(info.path + "/" + schema.DS_STATS)
+            stored = np.empty((info.records, dataset.shape[1]), dtype=np.float64)
+            if info.records:
+                dataset.read_direct(stored, np.s_[: info.records], np.s_[:])
+            for position, name in enumerate(info.stat_columns):
+                if name in COL:
+                    table[:, COL[name]] = stored[:, position]
+                    missing.discard(name)
+        if missing and info.segments:
+            self._derive_stats(info, table, missing)
+        return table
+
+    def _derive_stats(self, info: TagInfo, table: np.ndarray, missing: set[str]) -> None:
+        kernel = StatsKernel()
+        columns = [COL[name] for name in schema.STAT_COLUMNS if name in missing]
+        tracked = info.collection in schema.UPDATE_TRACKED_COLLECTIONS and "update_l2" in missing
+        previous: np.ndarray | None = None
+        previous_record = -2
+        for chunk in self.iter_raw(info.tag):
+            computed = kernel.compute(chunk.values)
+            if tracked:
+                norms = StatsKernel.update_norms(
+                    chunk.values, previous if chunk.records[0] == previous_record + 1 else None
+                )
+                # Only consecutive records describe one update.
+                gaps = np.diff(chunk.records, prepend=previous_record) != 1
+                norms[gaps] = np.nan
+                computed[:, COL["update_l2"]] = norms
+                previous = np.array(chunk.values[-1])
+                previous_record = int(chunk.records[-1])
+            table[np.ix_(chunk.records, columns)] = computed[:, columns]
+
+    def _load_units(self, info: TagInfo) -> np.ndarray:
+        if info.has_units:
+            return np.asarray(self._dataset(info.path + "/" + schema.DS_UNITS)[: info.records], dtype=np.float32)
+        if not info.segments or info.unit_axis is None or info.kind is None or info.unit_measure is None:
+            return np.empty((0, 0), dtype=np.float32)
+        shape = info.segments[0].shape
+        if len(shape) <= info.unit_axis:
+            return np.empty((0, 0), dtype=np.float32)
+        units = np.full((info.records, shape[info.unit_axis]), np.nan, dtype=np.float32)
+        for chunk in self.iter_raw(info.tag):
+            if chunk.values.shape[1:] == shape:
+                units[chunk.records] = unit_measure(
+                    chunk.values, info.unit_measure, info.kind, info.collection, info.unit_axis
+                )
+        return units
+
+    def _iter_segment(
+        self,
+        info: TagInfo,
+        segment: RawSegment,
+        steps: np.ndarray,
+        modes: np.ndarray,
+        mask: np.ndarray | None,
+        max_bytes: int,
+        reuse_buffer: bool,
+    ) -> Iterator[RawChunk]:
+        if segment.rows == 0:
+            return
+        values = self._dataset(segment.path + ("" if segment.dense else "/" + schema.DS_VALUES))
+        if segment.dense:
+            record_ids = np.arange(segment.rows, dtype=np.int64)
+        else:
+            record_ids = self._dataset(segment.path + "/" + schema.DS_RECORD)[: segment.rows].astype(np.int64)
+        row_bytes = max(1, int(np.prod(segment.shape, dtype=np.int64)) * segment.dtype.itemsize)
+        chunk = values.chunks[0] if values.chunks else 1
+        rows_per_read = max(1, max_bytes // row_bytes)
+        if rows_per_read >= chunk:
+            rows_per_read -= rows_per_read % chunk
+        buffer: np.ndarray | None = None
+        for start in range(0, segment.rows, rows_per_read):
+            stop = min(segment.rows, start + rows_per_read)
+            ids = record_ids[start:stop]
+            selected = None if mask is None else mask[ids]
+            if selected is not None and not selected.any():
+                continue
+            count = stop - start
+            if buffer is None or not reuse_buffer or len(buffer) < count:
+                buffer = np.empty((count, *segment.shape), dtype=segment.dtype)
+            out = buffer[:count]
+            values.read_direct(out, np.s_[start:stop], np.s_[0:count])
+            if selected is not None and not selected.all():
+                ids = ids[selected]
+                out = out[selected]
+            yield RawChunk(ids, steps[ids], modes[ids], out)
+
+    # -- error handling -----------------------------------------------------------------------
+    def _guard(self, what: str, read: Callable[[], T]) -> T:
+        try:
+            return read()
+        except TraceFormatError:
+            raise
+        except (OSError, KeyError, ValueError, TypeError, RuntimeError) as error:
+            raise TraceFormatError(f"{self.path}: cannot read {what}: {_short(error)}") from error
+
+    def _guard_iter(self, what: str, chunks: Iterator[T]) -> Iterator[T]:
+        while True:
+            try:
+                item = next(chunks)
+            except StopIteration:
+                return
+            except TraceFormatError:
+                raise
+            except (OSError, KeyError, ValueError, TypeError, RuntimeError) as error:
+                raise TraceFormatError(f"{self.path}: cannot read {what}: {_short(error)}") from error
+            yield item
+
+    def _parse_metadata(self, raw: Any) -> dict[str, Any]:
+        if raw is None:
+            return {}
+        try:
+            value = json.loads(_text(raw))
+        except (TypeError, ValueError):
+            self.warnings.append("run metadata is not valid JSON; ignored")
+            return {}
+        return value if isinstance(value, dict) else {"value": value}
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, np.ndarray) and value.shape == ():
+        return _text(value.item())
+    return str(value)

@@ -1,0 +1,173 @@
+"""The HDF5 layout of a dbg trace, format version 1.
+
+This is the only module that spells group, dataset and attribute names; the writer and the
+reader import them from here. The layout is documented for humans in ``docs/trace-format.md``;
+keep the two in step.
+
+Layout::
+
+    /                       attrs: format, format_version, dbgcli_version, created, closed, metadata
+    /timeline/              step (N,) int64, mode (N,) uint8, time (N,) float64
+    /scalars/<name>/        step (N,) int64, mode (N,) uint8, value (N,) float64
+    /tensors/<name>/        step (N,) int64, mode (N,) uint8, stats (N, K) float64,
+                            units (N, U) float32 (activation kinds only),
+                            raw/<k>/values (M, *shape), raw/<k>/record (M,) int64
+
+``<name>`` is the tag, percent-encoded so that a tag such as ``grad/fc1.weight`` is one HDF5
+link name (``grad%2Ffc1.weight``) instead of a nest of groups.
+"""
+
+from __future__ import annotations
+
+import math
+from urllib.parse import quote, unquote
+
+FORMAT_NAME = "dbg-trace"
+FORMAT_VERSION = (1, 0)
+FORMAT_VERSION_STR = f"{FORMAT_VERSION[0]}.{FORMAT_VERSION[1]}"
+
+# Root attributes.
+ATTR_FORMAT = "format"
+ATTR_FORMAT_VERSION = "format_version"
+ATTR_DBGCLI_VERSION = "dbgcli_version"
+ATTR_CREATED = "created"
+ATTR_CLOSED = "closed"
+ATTR_METADATA = "metadata"
+
+# Groups under the root.
+TIMELINE = "timeline"
+SCALARS = "scalars"
+TENSORS = "tensors"
+
+# Per-series datasets and attributes.
+DS_STEP = "step"
+DS_MODE = "mode"
+DS_VALUE = "value"
+DS_TIME = "time"
+DS_STATS = "stats"
+DS_UNITS = "units"
+DS_VALUES = "values"  # dense raw tensors directly under a tensor group (hand-written traces)
+GROUP_RAW = "raw"
+DS_RECORD = "record"
+
+ATTR_TAG = "tag"
+ATTR_COLLECTION = "collection"
+ATTR_KIND = "kind"
+ATTR_DTYPE = "dtype"
+ATTR_SHAPE = "shape"
+ATTR_RECORDS = "records"
+ATTR_COLUMNS = "columns"
+ATTR_UNIT_AXIS = "unit_axis"
+ATTR_UNIT_MEASURE = "unit_measure"
+
+# Modes are stored as small integers; the index is part of the format.
+MODES: tuple[str, ...] = ("train", "eval", "predict")
+MODE_CODES: dict[str, int] = {name: code for code, name in enumerate(MODES)}
+
+# Statistic columns of ``stats``, in storage order. Definitions live in dbgcli.trace.stats.
+STAT_COLUMNS: tuple[str, ...] = (
+    "count",
+    "nan_count",
+    "inf_count",
+    "min",
+    "max",
+    "mean",
+    "std",
+    "l1",
+    "l2",
+    "zero_frac",
+    "pos_frac",
+    "update_l2",
+)
+
+# Collections with a conventional meaning; any other string is accepted and kept as written.
+KNOWN_COLLECTIONS: tuple[str, ...] = (
+    "weights",
+    "biases",
+    "gradients",
+    "activations",
+    "preactivations",
+    "inputs",
+    "labels",
+    "predictions",
+    "outputs",
+    "losses",
+    "metrics",
+    "optimizer",
+    "trees",
+    "feature_importance",
+)
+
+# Collections whose records are parameters of the model, so a step-to-step update is meaningful.
+UPDATE_TRACKED_COLLECTIONS = frozenset({"weights", "biases", "parameters"})
+
+# Activation kinds for which the writer records a per-unit measure (``units``).
+#
+# relu-like: the share of a unit's values that are > 0 ("active"). The sign of the output of
+# ReLU, LeakyReLU, GELU, ELU, SELU and SiLU equals the sign of its input, so the same measure
+# works on pre-activations and outputs.
+RELU_KINDS = frozenset({"relu", "relu6", "leaky_relu", "gelu", "elu", "selu", "silu", "mish"})
+# Saturating kinds: the share of a unit's values inside the non-saturated band. The bands are
+# those of SageMaker Debugger's SaturatedActivation rule (the input where the derivative falls
+# below about 1e-7), expressed on the input (pre-activations) and mapped through the function
+# for outputs.
+SATURATING_BANDS: dict[str, tuple[float, float]] = {
+    "tanh": (-9.4999, 9.4999),
+    "sigmoid": (-23.0, 16.99999),
+}
+UNIT_MEASURE_ACTIVE = "active_frac"
+UNIT_MEASURE_UNSATURATED = "unsaturated_frac"
+
+
+def output_band(kind: str) -> tuple[float, float]:
+    """The non-saturated band of a saturating kind, mapped to the function's output."""
+    lo, hi = SATURATING_BANDS[kind]
+    if kind == "tanh":
+        return math.tanh(lo), math.tanh(hi)
+    return 1.0 / (1.0 + math.exp(-lo)), 1.0 / (1.0 + math.exp(-hi))
+
+
+def unit_measure(kind: str | None) -> str | None:
+    """The per-unit measure recorded for an activation kind, or None if it has none."""
+    if kind is None:
+        return None
+    kind = kind.lower()
+    if kind in RELU_KINDS:
+        return UNIT_MEASURE_ACTIVE
+    if kind in SATURATING_BANDS:
+        return UNIT_MEASURE_UNSATURATED
+    return None
+
+
+def default_unit_axis(ndim: int) -> int | None:
+    """Axis that indexes units: features for (B, F) and (B, T, F), channels for (B, C, ...)."""
+    if ndim < 2:
+        return None
+    return 1 if ndim >= 4 else ndim - 1
+
+
+def encode_tag(tag: str) -> str:
+    """Turn a tag into one HDF5 link name (``/`` and ``%`` are percent-encoded)."""
+    if not tag:
+        raise ValueError("a tag must be a non-empty string")
+    encoded = quote(tag, safe="!$&'()*+,;=:@-._~ ")
+    # "." and ".." are path components in HDF5, not names.
+    if encoded in (".", ".."):
+        encoded = encoded.replace(".", "%2E")
+    return encoded
+
+
+def decode_tag(name: str) -> str:
+    """Inverse of :func:`encode_tag`."""
+    return unquote(name)
+
+
+def parse_version(text: str) -> tuple[int, int]:
+    """Parse ``"MAJOR.MINOR"``; raises ValueError on anything else."""
+    major, _, minor = str(text).partition(".")
+    return int(major), int(minor or 0)
+
+
+def chunk_rows(row_bytes: int, target_bytes: int = 1 << 20, max_rows: int = 65536) -> int:
+    """Rows per HDF5 chunk so that a chunk holds about ``target_bytes`` (h5py's cache size)."""
+    return int(max(1, min(max_rows, target_bytes // max(1, row_bytes))))
