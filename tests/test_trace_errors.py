@@ -118,7 +118,7 @@ def test_external_links_and_virtual_datasets_are_not_followed(tmp_path: Path, go
         names = {t.tag for t in trace.tags()}
         assert "linked" not in names and "soft" not in names
         assert "virtual" not in names
-        assert any("ExternalLink" in w for w in trace.warnings)
+        assert any("external link" in w for w in trace.warnings)
         assert any("outside the file" in w for w in trace.warnings)
 
 

@@ -173,6 +173,49 @@ def _open_read_only(path: Path) -> h5py.File:
         return h5py.File(path, "r")
 
 
+class _Node:
+    """A group or dataset opened through h5py's low-level API."""
+
+    def __init__(self, oid: Any, path: str) -> None:
+        self.id = oid
+        self.path = path
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.id.shape)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.id.dtype)
+
+    def names(self) -> list[str]:
+        return [name.decode("utf-8", "replace") for name in self.id]
+
+    def attrs(self) -> dict[str, Any]:
+        """Every attribute, numbers as int64/float64 and strings as bytes or str."""
+        names: list[bytes] = []
+        h5py.h5a.iterate(self.id, names.append)
+        values = {}
+        for name in names:
+            attr = h5py.h5a.open(self.id, name)
+            type_class = attr.get_type().get_class()
+            dims = attr.get_space().get_simple_extent_dims()
+            dtype = {
+                h5py.h5t.INTEGER: np.dtype(np.int64),
+                h5py.h5t.FLOAT: np.dtype(np.float64),
+                h5py.h5t.STRING: h5py.string_dtype(),
+            }.get(type_class)
+            buffer = np.empty(dims, dtype=dtype if dtype is not None else attr.dtype)
+            try:
+                attr.read(buffer)
+            except (OSError, TypeError, ValueError):
+                # Conversions HDF5 will not do directly (fixed-length strings, say).
+                buffer = np.empty(attr.shape, dtype=attr.dtype)
+                attr.read(buffer)
+            values[name.decode("utf-8", "replace")] = buffer[()] if buffer.shape == () else buffer
+        return values
+
+
 class _OutsideFile(Exception):
     """A link or dataset that would make the reader leave the file."""
 
@@ -189,9 +232,11 @@ class Trace:
         self.path = path
         self._file = handle
         self._cache = _Cache()
+        # One read buffer shared by every iter_raw(..., reuse_buffer=True) of this trace.
+        self._raw_buffer: np.ndarray | None = None
         self.warnings: list[str] = []
         self.incomplete_reasons: list[str] = []
-        attrs = self._guard("the root attributes", lambda: dict(handle.attrs))
+        attrs = self._guard("the root attributes", lambda: _Node(handle.id, "/").attrs())
         if _text(attrs.get(schema.ATTR_FORMAT)) != schema.FORMAT_NAME:
             raise TraceFormatError(
                 f"{path}: an HDF5 file, but not a dbg trace "
@@ -391,75 +436,82 @@ class Trace:
         return None
 
     # -- scanning -----------------------------------------------------------------------------
+    # The scan uses h5py's low-level API: opening objects and reading attributes through the
+    # high-level wrappers costs about 100 us each, which made opening a trace with hundreds of
+    # series take a noticeable fraction of a second.
     def _scan(self) -> None:
+        file_node = _Node(self._file.id, "/")
         for root_name, scalar in ((schema.SCALARS, True), (schema.TENSORS, False)):
             try:
-                root = self._child(self._file, root_name, h5py.Group)
+                root = self._child(file_node, root_name, group=True)
             except _OutsideFile as skipped:
                 self.warnings.append(str(skipped))
                 continue
             if root is None:
                 continue
-            for name in root:
+            for name in root.names():
                 try:
-                    group = self._child(root, name, h5py.Group)
-                    info = self._scan_group(group, scalar) if group is not None else None
+                    group = self._child(root, name, group=True)
+                    info = self._scan_group(group, name, scalar) if group is not None else None
                 except _OutsideFile as skipped:
                     self.warnings.append(str(skipped))
                     continue
                 if info is not None:
                     self._tags[info.tag] = info
 
-    def _scan_group(self, group: h5py.Group, scalar: bool) -> TagInfo | None:
-        attrs = group.attrs
-        tag = _text(attrs.get(schema.ATTR_TAG)) or schema.decode_tag(group.name.rsplit("/", 1)[-1])
+    def _scan_group(self, group: _Node, name: str, scalar: bool) -> TagInfo | None:
+        attrs = group.attrs()
+        tag = _text(attrs.get(schema.ATTR_TAG)) or schema.decode_tag(name)
         where = f"{'scalar' if scalar else 'tensor'} {tag!r}"
-        step = self._child(group, schema.DS_STEP, h5py.Dataset)
+        step = self._child(group, schema.DS_STEP)
         if step is None:
             if self._unclosed:
                 # Created by a writer that was stopped before its first commit of this tag.
                 return None
             raise TraceFormatError(f"{self.path}: {where} has no '{schema.DS_STEP}' dataset")
-        if step.ndim != 1 or step.dtype.kind not in "iuf":
+        if len(step.shape) != 1 or step.dtype.kind not in "iuf":
             raise TraceFormatError(f"{self.path}: {where}: '{schema.DS_STEP}' must be a 1-D integer array")
         lengths = [step.shape[0]]
-        mode = self._child(group, schema.DS_MODE, h5py.Dataset)
+        mode = self._child(group, schema.DS_MODE)
         if mode is not None:
             lengths.append(mode.shape[0])
         if scalar:
-            value = self._child(group, schema.DS_VALUE, h5py.Dataset)
+            value = self._child(group, schema.DS_VALUE)
             if value is None:
                 raise TraceFormatError(f"{self.path}: {where} has no '{schema.DS_VALUE}' dataset")
             lengths.append(value.shape[0])
-            records, cut = self._committed(group, lengths, where)
-            return TagInfo(tag=tag, scalar=True, records=records, path=group.name, truncated_from=cut)
-        stats = self._child(group, schema.DS_STATS, h5py.Dataset)
+            records, cut = self._committed(attrs, lengths, where)
+            return TagInfo(tag=tag, scalar=True, records=records, path=group.path, truncated_from=cut)
+        stats = self._child(group, schema.DS_STATS)
         columns: tuple[str, ...] = ()
         if stats is not None:
             lengths.append(stats.shape[0])
-            columns = tuple(_text(c) for c in attrs.get(schema.ATTR_COLUMNS, schema.STAT_COLUMNS))
-            if stats.ndim != 2 or stats.shape[1] != len(columns):
+            stored_columns = attrs.get(schema.ATTR_COLUMNS)
+            columns = tuple(_text(c) for c in stored_columns) if stored_columns is not None else schema.STAT_COLUMNS
+            if len(stats.shape) != 2 or stats.shape[1] != len(columns):
                 raise TraceFormatError(
                     f"{self.path}: {where}: '{schema.DS_STATS}' does not match its {len(columns)} columns"
                 )
-        units = self._child(group, schema.DS_UNITS, h5py.Dataset)
+        units = self._child(group, schema.DS_UNITS)
         if units is not None:
             lengths.append(units.shape[0])
-        dense = self._child(group, schema.DS_VALUES, h5py.Dataset)
+        dense = self._child(group, schema.DS_VALUES)
         if dense is not None:
             lengths.append(dense.shape[0])
-        records, cut = self._committed(group, lengths, where)
+        records, cut = self._committed(attrs, lengths, where)
         segments = self._segments(group, dense, records, where)
         if stats is None and not segments and records:
             raise TraceFormatError(
                 f"{self.path}: {where} has neither '{schema.DS_STATS}' nor raw tensors"
             )
-        kind = _text(attrs.get(schema.ATTR_KIND)) or None
+        kind = _text(attrs.get(schema.ATTR_KIND)).lower() or None
         collection = _text(attrs.get(schema.ATTR_COLLECTION)) or None
         shape_attr = attrs.get(schema.ATTR_SHAPE)
-        shape = tuple(int(d) for d in shape_attr) if shape_attr is not None else (
+        shape = tuple(int(d) for d in np.atleast_1d(shape_attr)) if shape_attr is not None else (
             segments[0].shape if segments else None
         )
+        if shape_attr is not None and np.size(shape_attr) == 0:
+            shape = ()
         dtype_attr = _text(attrs.get(schema.ATTR_DTYPE)) or (segments[0].dtype.str if segments else None)
         measure = schema.unit_measure(kind)
         unit_axis_attr = attrs.get(schema.ATTR_UNIT_AXIS)
@@ -473,7 +525,7 @@ class Trace:
             scalar=False,
             records=records,
             collection=collection,
-            kind=kind.lower() if kind else None,
+            kind=kind,
             shape=shape,
             dtype=dtype_attr,
             has_stats=stats is not None,
@@ -482,14 +534,14 @@ class Trace:
             unit_axis=unit_axis,
             has_units=units is not None,
             segments=segments,
-            path=group.name,
+            path=group.path,
             truncated_from=cut,
         )
 
-    def _committed(self, group: h5py.Group, lengths: list[int], where: str) -> tuple[int, int | None]:
+    def _committed(self, attrs: dict[str, Any], lengths: list[int], where: str) -> tuple[int, int | None]:
         """Records every dataset of a series holds, cut to the writer's last commit."""
         records = min(lengths)
-        committed = group.attrs.get(schema.ATTR_RECORDS)
+        committed = attrs.get(schema.ATTR_RECORDS)
         if committed is not None:
             records = min(records, int(committed))
         longest = max(lengths)
@@ -500,57 +552,58 @@ class Trace:
             return records, longest
         return records, None
 
-    def _segments(
-        self, group: h5py.Group, dense: h5py.Dataset | None, records: int, where: str
-    ) -> tuple[RawSegment, ...]:
+    def _segments(self, group: _Node, dense: _Node | None, records: int, where: str) -> tuple[RawSegment, ...]:
         segments = []
         if dense is not None:
-            segments.append(RawSegment(dense.name, tuple(dense.shape[1:]), dense.dtype, records, True))
-        raw = self._child(group, schema.GROUP_RAW, h5py.Group)
+            segments.append(RawSegment(dense.path, tuple(dense.shape[1:]), dense.dtype, records, True))
+        raw = self._child(group, schema.GROUP_RAW, group=True)
         if raw is None:
             return tuple(segments)
-        for name in sorted(raw, key=lambda n: (len(n), n)):
-            segment = self._child(raw, name, h5py.Group)
+        for name in sorted(raw.names(), key=lambda n: (len(n), n)):
+            segment = self._child(raw, name, group=True)
             if segment is None:
                 continue
-            values = self._child(segment, schema.DS_VALUES, h5py.Dataset)
-            record = self._child(segment, schema.DS_RECORD, h5py.Dataset)
+            values = self._child(segment, schema.DS_VALUES)
+            record = self._child(segment, schema.DS_RECORD)
             if values is None or record is None:
                 raise TraceFormatError(
                     f"{self.path}: {where}: raw segment {name!r} needs '{schema.DS_VALUES}' "
                     f"and '{schema.DS_RECORD}'"
                 )
             rows = min(values.shape[0], record.shape[0])
-            committed = segment.attrs.get(schema.ATTR_RECORDS)
+            committed = segment.attrs().get(schema.ATTR_RECORDS)
             if committed is not None:
                 rows = min(rows, int(committed))
-            if rows:
+            if rows and (self._unclosed or committed is None):
                 # Rows pointing past the committed records belong to an interrupted commit.
-                record_ids = record[:rows]
+                record_ids = self._dataset(record.path)[:rows]
                 rows = int(np.searchsorted(record_ids, records))
-            segments.append(RawSegment(segment.name, tuple(values.shape[1:]), values.dtype, rows, False))
+            segments.append(RawSegment(values.path, tuple(values.shape[1:]), values.dtype, rows, False))
         return tuple(segments)
 
-    def _child(self, group: h5py.Group, name: str, expected: type[T]) -> T | None:
+    def _child(self, parent: _Node, name: str, group: bool = False) -> _Node | None:
         """A member reached through a hard link and stored inside this file, or None if absent.
 
         Raises _OutsideFile for links and datasets that would read outside this file; the scan
         skips the series that holds them.
         """
-        link = group.get(name, getlink=True)
-        if link is None:
+        encoded = name.encode()
+        path = f"{parent.path.rstrip('/')}/{name}"
+        if not parent.id.links.exists(encoded):
             return None
-        where = f"{group.name.rstrip('/')}/{name}"
-        if not isinstance(link, h5py.HardLink):
-            raise _OutsideFile(f"ignored {type(link).__name__} at {where}")
-        obj = group[name]
-        if isinstance(obj, h5py.Dataset) and (obj.is_virtual or obj.external):
-            raise _OutsideFile(f"ignored dataset with storage outside the file at {where}")
-        if not isinstance(obj, expected):
-            raise TraceFormatError(
-                f"{self.path}: {where} should be a {'group' if expected is h5py.Group else 'dataset'}"
-            )
-        return obj
+        link_type = parent.id.links.get_info(encoded).type
+        if link_type != h5py.h5l.TYPE_HARD:
+            kind = "external link" if link_type == h5py.h5l.TYPE_EXTERNAL else "soft link"
+            raise _OutsideFile(f"ignored {kind} at {path}")
+        oid = h5py.h5o.open(parent.id, encoded)
+        is_group = isinstance(oid, h5py.h5g.GroupID)
+        if isinstance(oid, h5py.h5d.DatasetID):
+            plist = oid.get_create_plist()
+            if plist.get_layout() == h5py.h5d.VIRTUAL or plist.get_external_count():
+                raise _OutsideFile(f"ignored dataset with storage outside the file at {path}")
+        if is_group != group:
+            raise TraceFormatError(f"{self.path}: {path} should be a {'group' if group else 'dataset'}")
+        return _Node(oid, path)
 
     def _dataset(self, path: str) -> h5py.Dataset:
         obj = self._file[path]
@@ -576,21 +629,20 @@ class Trace:
     def _read_timeline(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         empty = (np.empty(0, np.int64), np.empty(0, np.uint8), np.empty(0, np.float64))
         try:
-            group = self._child(self._file, schema.TIMELINE, h5py.Group)
+            group = self._child(_Node(self._file.id, "/"), schema.TIMELINE, group=True)
             if group is None:
                 return empty
-            datasets = [
-                self._child(group, n, h5py.Dataset) for n in (schema.DS_STEP, schema.DS_MODE, schema.DS_TIME)
-            ]
+            columns = [self._child(group, n) for n in (schema.DS_STEP, schema.DS_MODE, schema.DS_TIME)]
         except _OutsideFile as skipped:
             self.warnings.append(str(skipped))
             return empty
-        if any(d is None for d in datasets):
+        if any(column is None for column in columns):
             return empty
-        step, mode, when = (d for d in datasets if d is not None)
+        step, mode, when = (self._dataset(c.path) for c in columns if c is not None)
         n = min(step.shape[0], mode.shape[0], when.shape[0])
-        if schema.ATTR_RECORDS in group.attrs:
-            n = min(n, int(group.attrs[schema.ATTR_RECORDS]))
+        committed = group.attrs().get(schema.ATTR_RECORDS)
+        if committed is not None:
+            n = min(n, int(committed))
         return step[:n].astype(np.int64), mode[:n].astype(np.uint8), when[:n].astype(np.float64)
 
     def _load_stats(self, info: TagInfo) -> np.ndarray:
@@ -657,17 +709,18 @@ class Trace:
     ) -> Iterator[RawChunk]:
         if segment.rows == 0:
             return
-        values = self._dataset(segment.path + ("" if segment.dense else "/" + schema.DS_VALUES))
+        values = self._dataset(segment.path)
         if segment.dense:
             record_ids = np.arange(segment.rows, dtype=np.int64)
         else:
-            record_ids = self._dataset(segment.path + "/" + schema.DS_RECORD)[: segment.rows].astype(np.int64)
+            record_path = segment.path.rsplit("/", 1)[0] + "/" + schema.DS_RECORD
+            record_ids = self._dataset(record_path)[: segment.rows].astype(np.int64)
         row_bytes = max(1, int(np.prod(segment.shape, dtype=np.int64)) * segment.dtype.itemsize)
         chunk = values.chunks[0] if values.chunks else 1
         rows_per_read = max(1, max_bytes // row_bytes)
         if rows_per_read >= chunk:
             rows_per_read -= rows_per_read % chunk
-        buffer: np.ndarray | None = None
+        buffer = self._raw_buffer if reuse_buffer else None
         for start in range(0, segment.rows, rows_per_read):
             stop = min(segment.rows, start + rows_per_read)
             ids = record_ids[start:stop]
@@ -675,9 +728,14 @@ class Trace:
             if selected is not None and not selected.any():
                 continue
             count = stop - start
-            if buffer is None or not reuse_buffer or len(buffer) < count:
-                buffer = np.empty((count, *segment.shape), dtype=segment.dtype)
-            out = buffer[:count]
+            nbytes = count * row_bytes
+            if buffer is None or buffer.nbytes < nbytes:
+                buffer = np.empty(max(nbytes, rows_per_read * row_bytes), dtype=np.uint8)
+                if reuse_buffer:
+                    self._raw_buffer = buffer
+            out = buffer[:nbytes].view(segment.dtype).reshape(count, *segment.shape)
+            if not reuse_buffer:
+                buffer = None
             values.read_direct(out, np.s_[start:stop], np.s_[0:count])
             if selected is not None and not selected.all():
                 ids = ids[selected]
