@@ -17,10 +17,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from dbgcli.errors import DbgError
-
-EXIT_OK = 0
-EXIT_FINDINGS = 1
-EXIT_ERROR = 2
+from dbgcli.report.model import EXIT_ERROR, EXIT_OK
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -81,7 +78,7 @@ def handle_errors(command: F) -> F:
 
 
 def _register_commands() -> None:
-    from dbgcli.cli import info  # noqa: F401 - registers its commands on import
+    from dbgcli.cli import analyze, info, rules  # noqa: F401 - importing registers the commands
 
 
 def main(argv: list[str] | None = None) -> None:

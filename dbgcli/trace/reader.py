@@ -17,7 +17,7 @@ import fnmatch
 import json
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -28,7 +28,8 @@ import numpy as np
 
 from dbgcli.errors import MissingDataError, TraceFormatError, TraceNotFoundError, TraceVersionError
 from dbgcli.trace import schema
-from dbgcli.trace.stats import COL, DERIVED_STATS, StatsKernel, derived, unit_measure
+from dbgcli.trace.derive import Derivation, RecordStats, UnitMeasures
+from dbgcli.trace.stats import COL, DERIVED_STATS, derived
 
 T = TypeVar("T")
 
@@ -123,6 +124,7 @@ class _Cache:
     values: dict[str, np.ndarray] = field(default_factory=dict)
     stats: dict[str, np.ndarray] = field(default_factory=dict)
     units: dict[str, np.ndarray] = field(default_factory=dict)
+    derived: dict[str, dict[Derivation, Any]] = field(default_factory=dict)
 
 
 def open_trace(path: str | os.PathLike[str]) -> Trace:
@@ -421,6 +423,47 @@ class Trace:
                 self._iter_segment(info, segment, steps, modes, mask, max_bytes, reuse_buffer),
             )
 
+    def derive(self, tag: str, derivations: Sequence[Derivation]) -> list[Any]:
+        """Results of ``derivations`` on a tag's full tensors, computed together in one pass.
+
+        Results are cached per (tag, derivation); only the uncached ones are computed, and
+        only the records some derivation wants are read.
+        """
+        info = self.tag(tag)
+        cache = self._cache.derived.setdefault(tag, {})
+        todo = [d for d in dict.fromkeys(derivations) if d not in cache]
+        if todo:
+            self._guard(f"the full tensors of {tag!r}", lambda: self._derive(info, todo, cache))
+        return [cache[d] for d in derivations]
+
+    def implied_derivations(self, tag: str) -> list[Derivation]:
+        """Derivations the reader would run to fill statistics or unit measures the file lacks."""
+        info = self.tag(tag)
+        if info.scalar or not info.segments:
+            return []
+        implied: list[Derivation] = []
+        if self._missing_columns(info):
+            implied.append(RecordStats())
+        if info.unit_measure is not None and not info.has_units:
+            implied.append(UnitMeasures())
+        return implied
+
+    def _derive(self, info: TagInfo, todo: list[Derivation], cache: dict[Derivation, Any]) -> None:
+        masks = [d.wanted(info, self) for d in todo]
+        if any(mask is None for mask in masks):
+            union = None
+        else:
+            union = np.zeros(info.records, dtype=bool)
+            for mask in masks:
+                union |= mask  # type: ignore[operator]
+        accumulators = [d.start(info, self) for d in todo]
+        if union is None or union.any():
+            for chunk in self.iter_raw(info.tag, mask=union, reuse_buffer=True):
+                for accumulator in accumulators:
+                    accumulator.feed(chunk)
+        for derivation, accumulator in zip(todo, accumulators):
+            cache[derivation] = accumulator.finish()
+
     def raw(self, tag: str, step: int, mode: str | None = None) -> np.ndarray | None:
         """The full tensor recorded at ``step`` (first match), or None if it was not kept."""
         steps, modes = self.index(tag)
@@ -647,7 +690,7 @@ class Trace:
 
     def _load_stats(self, info: TagInfo) -> np.ndarray:
         table = np.full((info.records, len(schema.STAT_COLUMNS)), np.nan)
-        missing = set(schema.STAT_COLUMNS)
+        missing = self._missing_columns(info)
         if info.has_stats:
             dataset = self._dataset(info.path + "/" + schema.DS_STATS)
             stored = np.empty((info.records, dataset.shape[1]), dtype=np.float64)
@@ -656,46 +699,22 @@ class Trace:
             for position, name in enumerate(info.stat_columns):
                 if name in COL:
                     table[:, COL[name]] = stored[:, position]
-                    missing.discard(name)
         if missing and info.segments:
-            self._derive_stats(info, table, missing)
+            derived_table = self.derive(info.tag, [RecordStats()])[0]
+            columns = [COL[name] for name in missing]
+            table[:, columns] = derived_table[:, columns]
         return table
 
-    def _derive_stats(self, info: TagInfo, table: np.ndarray, missing: set[str]) -> None:
-        kernel = StatsKernel()
-        columns = [COL[name] for name in schema.STAT_COLUMNS if name in missing]
-        tracked = info.collection in schema.UPDATE_TRACKED_COLLECTIONS and "update_l2" in missing
-        previous: np.ndarray | None = None
-        previous_record = -2
-        for chunk in self.iter_raw(info.tag):
-            computed = kernel.compute(chunk.values)
-            if tracked:
-                norms = StatsKernel.update_norms(
-                    chunk.values, previous if chunk.records[0] == previous_record + 1 else None
-                )
-                # Only consecutive records describe one update.
-                gaps = np.diff(chunk.records, prepend=previous_record) != 1
-                norms[gaps] = np.nan
-                computed[:, COL["update_l2"]] = norms
-                previous = np.array(chunk.values[-1])
-                previous_record = int(chunk.records[-1])
-            table[np.ix_(chunk.records, columns)] = computed[:, columns]
+    def _missing_columns(self, info: TagInfo) -> list[str]:
+        stored = set(info.stat_columns) if info.has_stats else set()
+        return [name for name in schema.STAT_COLUMNS if name not in stored]
 
     def _load_units(self, info: TagInfo) -> np.ndarray:
         if info.has_units:
             return np.asarray(self._dataset(info.path + "/" + schema.DS_UNITS)[: info.records], dtype=np.float32)
-        if not info.segments or info.unit_axis is None or info.kind is None or info.unit_measure is None:
+        if not info.segments:
             return np.empty((0, 0), dtype=np.float32)
-        shape = info.segments[0].shape
-        if len(shape) <= info.unit_axis:
-            return np.empty((0, 0), dtype=np.float32)
-        units = np.full((info.records, shape[info.unit_axis]), np.nan, dtype=np.float32)
-        for chunk in self.iter_raw(info.tag):
-            if chunk.values.shape[1:] == shape:
-                units[chunk.records] = unit_measure(
-                    chunk.values, info.unit_measure, info.kind, info.collection, info.unit_axis
-                )
-        return units
+        return np.asarray(self.derive(info.tag, [UnitMeasures()])[0])
 
     def _iter_segment(
         self,

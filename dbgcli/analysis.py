@@ -1,0 +1,230 @@
+"""Run rules over traces and build the report. No printing, no exit codes.
+
+The flow for one trace: open it, check what each selected rule requires (a rule whose data is
+absent is *skipped* with the reason), read every full tensor that some rule needs once (the
+rules' plans, plus statistics the file lacks, are computed together in one pass per tensor),
+run the rules, and collect their findings. A rule that raises is reported as an *error* of the
+run; the other rules' results stay intact.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dbgcli.errors import DbgError, RuleConfigError
+from dbgcli.findings import Finding, Severity
+from dbgcli.report.model import Curve, Report, RuleResult, RuleStatus, TraceReport
+from dbgcli.rules._context import RuleContext
+from dbgcli.rules._registry import REGISTRY, RuleSpec
+from dbgcli.trace import schema
+from dbgcli.trace.derive import Derivation
+from dbgcli.trace.reader import Trace, open_trace
+
+
+@dataclass(frozen=True)
+class ConfiguredRule:
+    """A selected rule with its resolved parameters and severity."""
+
+    spec: RuleSpec
+    params: dict[str, Any]
+    severity: Severity
+
+
+@dataclass(frozen=True)
+class Options:
+    """What to run and on which part of the trace.
+
+    Args:
+        select: Rule ids, names, id prefixes or categories to run (None: the default set).
+        ignore: Rules to leave out (same forms).
+        params: ``{rule id or name: {parameter: value}}``; strings are coerced to the type.
+        severities: ``{rule id or name: severity}`` overrides.
+        start: First step analysed (inclusive).
+        stop: Last step analysed (inclusive).
+        mode: Only records of this mode.
+        rules_files: Python files of custom rules to load first.
+    """
+
+    select: tuple[str, ...] | None = None
+    ignore: tuple[str, ...] = ()
+    params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    severities: Mapping[str, str] = field(default_factory=dict)
+    start: int | None = None
+    stop: int | None = None
+    mode: str | None = None
+    rules_files: tuple[str, ...] = ()
+
+
+def configure(options: Options) -> list[ConfiguredRule]:
+    """Resolve the selection and the parameter overrides; raises RuleConfigError."""
+    for path in options.rules_files:
+        REGISTRY.load_file(path)
+    REGISTRY.load()
+    if options.mode is not None and options.mode not in schema.MODES:
+        raise RuleConfigError(f"unknown mode {options.mode!r}; modes: {', '.join(schema.MODES)}")
+    chosen = REGISTRY.select(options.select, options.ignore)
+    overrides: dict[str, dict[str, Any]] = {}
+    for key, values in options.params.items():
+        spec = REGISTRY.get(key)
+        for name, raw in values.items():
+            param = spec.param(name)
+            try:
+                overrides.setdefault(spec.id, {})[name] = param.coerce(raw)
+            except ValueError as error:
+                raise RuleConfigError(
+                    f"bad value for {spec.id}.{name} ({param.type_name}): {error}"
+                ) from None
+    severities: dict[str, Severity] = {}
+    for key, level in options.severities.items():
+        spec = REGISTRY.get(key)
+        try:
+            severities[spec.id] = Severity(str(level).lower())
+        except ValueError:
+            raise RuleConfigError(
+                f"bad severity {level!r} for {spec.id}; choose info, warning or error"
+            ) from None
+    return [
+        ConfiguredRule(spec, {**spec.defaults(), **overrides.get(spec.id, {})}, severities.get(spec.id, spec.severity))
+        for spec in chosen
+    ]
+
+
+def analyze(paths: Sequence[str | Path], options: Options, fail_on: Severity = Severity.error) -> Report:
+    """Analyse traces one after another (see dbgcli.parallel for several processes)."""
+    rules = configure(options)
+    return Report(tuple(analyze_trace(path, rules, options) for path in paths), fail_on=fail_on)
+
+
+def analyze_trace(path: str | Path, rules: Sequence[ConfiguredRule], options: Options) -> TraceReport:
+    """Run configured rules over one trace; an unreadable trace becomes a report with an error."""
+    started = time.perf_counter()
+    try:
+        trace = open_trace(path)
+    except DbgError as error:
+        return TraceReport(path=str(path), complete=False, error=str(error))
+    with trace:
+        try:
+            if not trace.tags():
+                return TraceReport(path=str(path), complete=trace.complete, error="the trace holds no records")
+            ctx = RuleContext(trace, start=options.start, stop=options.stop, mode=options.mode)
+            results = _run_rules(ctx, rules)
+            return TraceReport(
+                path=str(path),
+                complete=trace.complete,
+                incomplete_reasons=tuple(trace.incomplete_reasons),
+                results=tuple(results),
+                summary=_summary(trace, ctx),
+                curves=tuple(_curves(ctx)),
+                seconds=time.perf_counter() - started,
+            )
+        except DbgError as error:
+            return TraceReport(path=str(path), complete=trace.complete, error=str(error))
+
+
+def _run_rules(ctx: RuleContext, rules: Sequence[ConfiguredRule]) -> list[RuleResult]:
+    runnable: list[ConfiguredRule] = []
+    results: dict[str, RuleResult] = {}
+    for configured in rules:
+        missing = [need.reason for need in configured.spec.requires if not need.test(ctx)]
+        if missing:
+            results[configured.spec.id] = _result(configured, RuleStatus.skipped, reason="; ".join(missing))
+        else:
+            runnable.append(configured)
+    plan_errors = _prefetch(ctx, runnable)
+    for configured in runnable:
+        spec = configured.spec
+        if spec.id in plan_errors:
+            results[spec.id] = _result(configured, RuleStatus.error, reason=plan_errors[spec.id])
+            continue
+        started = time.perf_counter()
+        try:
+            found = [_stamp(f, configured) for f in spec.function(ctx, **configured.params)]
+        except DbgError:
+            raise
+        except Exception as error:  # noqa: BLE001 - a crashing rule must not hide the others
+            results[spec.id] = _result(
+                configured, RuleStatus.error, reason=f"{type(error).__name__}: {error}",
+                seconds=time.perf_counter() - started,
+            )
+            continue
+        status = RuleStatus.violated if found else RuleStatus.passed
+        results[spec.id] = _result(configured, status, findings=tuple(found), seconds=time.perf_counter() - started)
+    return [results[configured.spec.id] for configured in rules]
+
+
+def _prefetch(ctx: RuleContext, rules: Iterable[ConfiguredRule]) -> dict[str, str]:
+    """Compute every planned derivation with one pass over each tensor's full tensors."""
+    wanted: dict[str, list[Derivation]] = {}
+    errors: dict[str, str] = {}
+    for configured in rules:
+        if configured.spec.plan is None:
+            continue
+        try:
+            for tag, derivation in configured.spec.plan(ctx, configured.params):
+                wanted.setdefault(tag, []).append(derivation)
+        except Exception as error:  # noqa: BLE001
+            errors[configured.spec.id] = f"{type(error).__name__}: {error}"
+    for info in ctx.trace.tags(scalar=False):
+        implied = ctx.trace.implied_derivations(info.tag)
+        if implied:
+            wanted.setdefault(info.tag, []).extend(implied)
+    for tag, derivations in wanted.items():
+        ctx.trace.derive(tag, derivations)
+    return errors
+
+
+def _stamp(finding: Finding, configured: ConfiguredRule) -> Finding:
+    if not isinstance(finding, Finding):
+        raise TypeError(f"rule {configured.spec.id} yielded {type(finding).__name__}, not a Finding")
+    return replace(
+        finding,
+        rule_id=configured.spec.id,
+        rule=configured.spec.name,
+        severity=finding.severity if finding.severity is not None and configured.severity == configured.spec.severity else configured.severity,
+        key=finding.key or configured.spec.name,
+    )
+
+
+def _result(configured: ConfiguredRule, status: RuleStatus, *, reason: str = "", findings: tuple[Finding, ...] = (), seconds: float = 0.0) -> RuleResult:
+    spec = configured.spec
+    return RuleResult(
+        id=spec.id, name=spec.name, category=spec.category, severity=configured.severity,
+        summary=spec.summary, status=status, reason=reason, findings=findings, seconds=seconds,
+    )
+
+
+def _summary(trace: Trace, ctx: RuleContext) -> dict[str, Any]:
+    timeline = trace.timeline()
+    modes: dict[str, dict[str, int]] = {}
+    if len(timeline):
+        keep = ctx.keep(timeline.steps, timeline.modes)
+        for code, name in enumerate(schema.MODES):
+            steps = timeline.steps[keep & (timeline.modes == code)]
+            if steps.size:
+                modes[name] = {"steps": int(np.unique(steps).size), "first_step": int(steps.min()), "last_step": int(steps.max())}
+    tags = trace.tags()
+    return {
+        "modes": modes,
+        "scalars": sum(1 for t in tags if t.scalar),
+        "tensors": sum(1 for t in tags if not t.scalar),
+        "raw_tensors": sum(1 for t in tags if not t.scalar and t.raw_records),
+        "framework": trace.metadata.get("framework"),
+    }
+
+
+def _curves(ctx: RuleContext) -> list[Curve]:
+    curves = []
+    for mode in ("train", "eval"):
+        loss = ctx.loss(mode)  # type: ignore[arg-type]
+        if loss is not None:
+            curves.append(Curve(f"{mode} loss", tuple(int(s) for s in loss.steps), tuple(float(v) for v in loss.values)))
+    lr = ctx.scalar("lr") or ctx.scalar("learning_rate")
+    if lr is not None:
+        curves.append(Curve("recorded lr", tuple(int(s) for s in lr.steps), tuple(float(v) for v in lr.values)))
+    return curves

@@ -1,0 +1,173 @@
+"""``dbg analyze``: run the rules over traces, print a report, exit with a CI-friendly code."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from dbgcli.cli.app import app, handle_errors
+from dbgcli.errors import ConfigError, RuleConfigError
+
+
+class OutputFormat(str, Enum):
+    human = "human"
+    json = "json"
+
+
+class FailOn(str, Enum):
+    info = "info"
+    warning = "warning"
+    error = "error"
+
+
+TRACE_SUFFIXES = (".h5", ".hdf5", ".trace")
+
+
+@app.command()
+@handle_errors
+def analyze(
+    traces: Annotated[
+        list[Path],
+        typer.Argument(help="Trace files, or directories searched recursively for *.h5 traces.", show_default=False),
+    ],
+    select: Annotated[
+        list[str] | None,
+        typer.Option("--select", "-s", help="Rules to run: ids, id prefixes (DBG1), names or categories. Repeat or comma-separate."),
+    ] = None,
+    ignore: Annotated[
+        list[str] | None, typer.Option("--ignore", "-i", help="Rules to leave out (same forms as --select).")
+    ] = None,
+    param: Annotated[
+        list[str] | None,
+        typer.Option("--param", "-p", help="Rule parameter override RULE.NAME=VALUE, e.g. DBG101.threshold=1e-6."),
+    ] = None,
+    fail_on: Annotated[
+        FailOn | None, typer.Option("--fail-on", help="Lowest severity that makes the exit code 1 [default: error].")
+    ] = None,
+    exit_zero: Annotated[
+        bool, typer.Option("--exit-zero", help="Exit 0 even with findings (errors still exit 2).")
+    ] = False,
+    output_format: Annotated[
+        list[OutputFormat] | None,
+        typer.Option("--format", "-f", help="Report format; repeat together with --output for several reports."),
+    ] = None,
+    output: Annotated[
+        list[Path] | None,
+        typer.Option("--output", "-o", help="Write the report (the matching --format) to this file instead of stdout."),
+    ] = None,
+    start: Annotated[int | None, typer.Option("--start", help="First step to analyse.")] = None,
+    stop: Annotated[int | None, typer.Option("--stop", help="Last step to analyse.")] = None,
+    mode: Annotated[str | None, typer.Option("--mode", help="Only records of this mode (train, eval, predict).")] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="Configuration file (default: dbg.toml or [tool.dbg] found upwards).")
+    ] = None,
+    rules_file: Annotated[
+        list[Path] | None, typer.Option("--rules-file", help="Load custom rules from this Python file.")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Human report: hide rules that passed.")] = False,
+) -> None:
+    """Analyse traces with the rules and report what went wrong.
+
+    Exit codes: 0 nothing at or above the fail level, 1 findings at or above it, 2 errors
+    (unreadable trace, bad option or configuration, crashed rule).
+    """
+    from dbgcli.analysis import Options, analyze as run_analysis
+    from dbgcli.config import load_config
+    from dbgcli.findings import Severity
+
+    settings = load_config(config)
+    options = Options(
+        select=_tokens(select) if select else settings.select,
+        ignore=_tokens(ignore) if ignore else settings.ignore,
+        params=_merge_params(settings.params, param or []),
+        severities=settings.severities,
+        start=start,
+        stop=stop,
+        mode=mode or settings.mode,
+        rules_files=(*settings.rules_files, *(str(p) for p in rules_file or [])),
+    )
+    level_name = fail_on.value if fail_on is not None else (settings.fail_on or "error")
+    try:
+        level = Severity(level_name)
+    except ValueError:
+        raise ConfigError(f"fail-on must be info, warning or error, not {level_name!r}") from None
+    targets = _outputs(output_format or [], output or [], settings.formats)
+    report = run_analysis(expand_traces(traces), options, fail_on=level)
+    for fmt, destination in targets:
+        _write(report, fmt, destination, quiet)
+    raise typer.Exit(report.exit_code(exit_zero=exit_zero or settings.exit_zero))
+
+
+def expand_traces(paths: list[Path]) -> list[Path]:
+    """Files as given; directories replaced by the traces inside them (sorted)."""
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            inside = sorted(p for p in path.rglob("*") if p.suffix in TRACE_SUFFIXES and p.is_file())
+            if not inside:
+                raise ConfigError(f"{path}: no traces (*.h5) in this directory")
+            found.extend(inside)
+        else:
+            found.append(path)
+    return found
+
+
+def _tokens(values: list[str]) -> tuple[str, ...]:
+    return tuple(token.strip() for value in values for token in value.split(",") if token.strip())
+
+
+def _merge_params(from_file: dict[str, dict[str, Any]], overrides: list[str]) -> dict[str, dict[str, Any]]:
+    merged = {rule: dict(values) for rule, values in from_file.items()}
+    for item in overrides:
+        target, sep, value = item.partition("=")
+        rule, dot, name = target.strip().rpartition(".")
+        if not sep or not dot or not rule or not name:
+            raise RuleConfigError(f"--param {item!r}: expected RULE.NAME=VALUE, e.g. DBG101.threshold=1e-6")
+        merged.setdefault(rule, {})[name] = value.strip()
+    return merged
+
+
+def _outputs(
+    formats: list[OutputFormat], outputs: list[Path], configured: tuple[str, ...]
+) -> list[tuple[OutputFormat, Path | None]]:
+    """Pair the i-th --format with the i-th --output; the rest go to stdout (at most one)."""
+    if not formats and configured:
+        try:
+            formats = [OutputFormat(name) for name in configured]
+        except ValueError as error:
+            raise ConfigError(f"configuration: {error}") from None
+    if not formats:
+        formats = [OutputFormat.human]
+    if len(outputs) > len(formats):
+        raise ConfigError("each --output needs its own --format (pair them in order)")
+    pairs: list[tuple[OutputFormat, Path | None]] = [
+        (fmt, outputs[i] if i < len(outputs) else None) for i, fmt in enumerate(formats)
+    ]
+    if sum(1 for _, destination in pairs if destination is None) > 1:
+        raise ConfigError("only one report can go to stdout; give the others an --output file")
+    return pairs
+
+
+def _write(report: Any, fmt: OutputFormat, destination: Path | None, quiet: bool) -> None:
+    if fmt is OutputFormat.human:
+        from rich.console import Console
+
+        from dbgcli.cli.console import stdout_console
+        from dbgcli.report import human
+
+        if destination is None:
+            human.render(report, stdout_console(), show_passed=not quiet)
+            return
+        with destination.open("w", encoding="utf-8") as handle:
+            human.render(report, Console(file=handle, width=120, color_system=None, highlight=False), show_passed=not quiet)
+        return
+    from dbgcli.report import json_report
+
+    text = json_report.render(report)
+    if destination is None:
+        typer.echo(text)
+    else:
+        destination.write_text(text + "\n", encoding="utf-8")

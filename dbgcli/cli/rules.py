@@ -1,0 +1,112 @@
+"""``dbg rules list`` and ``dbg rules explain``: the catalogue, generated from the registry."""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from typing import Annotated, Any
+
+import typer
+
+from dbgcli.cli.app import app, handle_errors
+from dbgcli.cli.console import stdout_console
+
+rules_app = typer.Typer(help="List and explain the rules.", no_args_is_help=True)
+app.add_typer(rules_app, name="rules")
+
+
+class ListFormat(str, Enum):
+    human = "human"
+    json = "json"
+    markdown = "markdown"
+
+
+def _describe(spec: Any) -> dict[str, Any]:
+    return {
+        "id": spec.id,
+        "name": spec.name,
+        "category": spec.category,
+        "severity": spec.severity.value,
+        "summary": spec.summary,
+        "requires": [need.what for need in spec.requires],
+        "default": spec.default_enabled,
+        "params": [
+            {"name": p.name, "type": p.type_name, "default": p.default, "help": p.help} for p in spec.params
+        ],
+    }
+
+
+@rules_app.command("list")
+@handle_errors
+def list_rules(
+    output_format: Annotated[ListFormat, typer.Option("--format", "-f", help="Output format.")] = ListFormat.human,
+    rules_file: Annotated[
+        list[str] | None, typer.Option("--rules-file", help="Also load rules from this Python file.")
+    ] = None,
+) -> None:
+    """List every rule: id, name, category, severity, data required, parameters."""
+    from dbgcli.rules import REGISTRY
+
+    for path in rules_file or []:
+        REGISTRY.load_file(path)
+    specs = REGISTRY.all()
+    if output_format is ListFormat.json:
+        typer.echo(json.dumps([_describe(spec) for spec in specs], indent=2, default=str))
+        return
+    if output_format is ListFormat.markdown:
+        typer.echo(markdown_table(specs))
+        return
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title=f"{len(specs)} rules", title_justify="left")
+    for column in ("id", "name", "category", "severity", "requires", "parameters"):
+        table.add_column(column, overflow="fold")
+    for spec in specs:
+        params = ", ".join(f"{p.name}={p.default!r}" for p in spec.params)
+        name = Text(spec.name) if spec.default_enabled else Text(f"{spec.name} (opt-in)")
+        table.add_row(spec.id, name, spec.category, spec.severity.value, "; ".join(n.what for n in spec.requires), params)
+    stdout_console().print(table)
+
+
+def markdown_table(specs: list[Any]) -> str:
+    """The catalogue as a Markdown table (used for the README)."""
+    lines = ["| id | name | category | severity | what it finds |", "| --- | --- | --- | --- | --- |"]
+    for spec in specs:
+        lines.append(f"| {spec.id} | `{spec.name}` | {spec.category} | {spec.severity.value} | {spec.summary} |")
+    return "\n".join(lines)
+
+
+@rules_app.command("explain")
+@handle_errors
+def explain(
+    rule: Annotated[str, typer.Argument(help="Rule id or name, e.g. DBG101 or vanishing-gradient.")],
+    rules_file: Annotated[
+        list[str] | None, typer.Option("--rules-file", help="Also load rules from this Python file.")
+    ] = None,
+) -> None:
+    """Explain one rule: its maths, why it matters, causes, fix, and its parameters."""
+    from rich.markdown import Markdown
+    from rich.table import Table
+
+    from dbgcli.rules import REGISTRY
+
+    for path in rules_file or []:
+        REGISTRY.load_file(path)
+    spec = REGISTRY.get(rule)
+    console = stdout_console()
+    console.print(f"[bold]{spec.id} {spec.name}[/bold]  ({spec.category}, {spec.severity.value})")
+    console.print(spec.summary)
+    console.print()
+    console.print(Markdown(spec.description))
+    if spec.requires:
+        console.print()
+        console.print("[bold]Requires:[/bold] " + "; ".join(n.what for n in spec.requires))
+    if spec.params:
+        table = Table(title="parameters", title_justify="left")
+        for column in ("name", "type", "default", "meaning"):
+            table.add_column(column, overflow="fold")
+        for param in spec.params:
+            table.add_row(param.name, param.type_name, repr(param.default), param.help)
+        console.print(table)
+        console.print(f"Override with [bold]--param {spec.id}.{spec.params[0].name}=VALUE[/bold] or in [tool.dbg.rules.{spec.name}].")

@@ -1,0 +1,99 @@
+"""What rules report: a :class:`Finding` with a :class:`Severity`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+
+class Severity(str, Enum):
+    """How bad a finding is; ordered ``info < warning < error``."""
+
+    info = "info"
+    warning = "warning"
+    error = "error"
+
+    @property
+    def rank(self) -> int:
+        """0 for info, 1 for warning, 2 for error."""
+        return _RANK[self]
+
+
+_RANK = {Severity.info: 0, Severity.warning: 1, Severity.error: 2}
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One problem a rule found, aggregated over a run of steps of one tensor or series.
+
+    Rules fill in what they know; the engine stamps ``rule_id``, ``rule`` and (unless the rule
+    chose one) ``severity`` from the rule's registration.
+
+    Attributes:
+        message: One line saying what is wrong, with the numbers.
+        tensor: The tag (tensor or scalar series) concerned, or None for run-wide findings.
+        first_step: First step of the episode (None when not tied to steps).
+        last_step: Last step of the episode.
+        steps: Number of recorded steps in the episode that violate the condition.
+        value: The observed value (the worst one of the episode).
+        threshold: The threshold ``value`` was compared with.
+        mode: The mode of the records (train, eval, predict), if one.
+        key: Short, stable name of the kind of finding ("vanished", "nan", ...); together with
+            the rule and the tensor it identifies the finding across reruns (baselines).
+        extra: Further machine-readable evidence.
+    """
+
+    message: str
+    tensor: str | None = None
+    first_step: int | None = None
+    last_step: int | None = None
+    steps: int = 0
+    value: float | None = None
+    threshold: float | None = None
+    mode: str | None = None
+    key: str = ""
+    severity: Severity | None = None
+    rule_id: str = ""
+    rule: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def span(self) -> str:
+        """Where, for people: ``"steps 10-40 (31 records)"``, ``"step 7"`` or ``""``."""
+        if self.first_step is None:
+            return ""
+        if self.first_step == self.last_step or self.last_step is None:
+            return f"step {self.first_step}"
+        count = f" ({self.steps} records)" if self.steps else ""
+        return f"steps {self.first_step}-{self.last_step}{count}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for JSON (NaN and infinities become strings)."""
+        return {
+            "rule_id": self.rule_id,
+            "rule": self.rule,
+            "severity": self.severity.value if self.severity else None,
+            "tensor": self.tensor,
+            "first_step": self.first_step,
+            "last_step": self.last_step,
+            "steps": self.steps,
+            "value": json_number(self.value),
+            "threshold": json_number(self.threshold),
+            "mode": self.mode,
+            "key": self.key,
+            "message": self.message,
+            "extra": {k: json_number(v) if isinstance(v, float) else v for k, v in self.extra.items()},
+        }
+
+
+def json_number(value: float | None) -> float | str | None:
+    """A float for JSON: finite numbers as they are, NaN and infinities as strings."""
+    if value is None:
+        return None
+    number = float(value)
+    if number != number:
+        return "nan"
+    if number in (float("inf"), float("-inf")):
+        return "inf" if number > 0 else "-inf"
+    return number

@@ -1,0 +1,50 @@
+"""Rules: small functions that recognise why a model is not learning.
+
+Write one like this (``dbg rules explain`` shows the docstring)::
+
+    from dbgcli.rules import Finding, Need, RuleContext, episode_findings, rule
+
+    @rule("ACME001", "loss-spike", severity="warning", category="loss", requires=Need.loss())
+    def loss_spike(ctx: RuleContext, *, factor: float = 10.0) -> Iterator[Finding]:
+        \"\"\"The loss jumps above ``factor`` times its running minimum.
+
+        Args:
+            factor: How many times the running minimum counts as a spike.
+        \"\"\"
+        ...
+
+and register the module under the ``dbg.rules`` entry-point group of your package, or pass the
+file with ``dbg analyze --rules-file``.
+"""
+
+from dbgcli.findings import Finding, Severity
+from dbgcli.rules._context import (
+    Episode,
+    RuleContext,
+    TensorView,
+    episode_findings,
+    episodes,
+    sustained,
+    trailing_median,
+)
+from dbgcli.rules._registry import REGISTRY, Need, Param, RuleSpec, rule
+from dbgcli.trace.derive import Accumulator, Derivation
+
+__all__ = [
+    "REGISTRY",
+    "Accumulator",
+    "Derivation",
+    "Episode",
+    "Finding",
+    "Need",
+    "Param",
+    "RuleContext",
+    "RuleSpec",
+    "Severity",
+    "TensorView",
+    "episode_findings",
+    "episodes",
+    "rule",
+    "sustained",
+    "trailing_median",
+]

@@ -1,0 +1,3 @@
+"""DBG2xx: activation functions that saturate or die."""
+
+from __future__ import annotations

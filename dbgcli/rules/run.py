@@ -1,0 +1,3 @@
+"""DBG8xx: the run itself: stalled training."""
+
+from __future__ import annotations

@@ -1,0 +1,31 @@
+"""Helpers for rule tests: run selected rules on a real trace and look at what they found."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from dbgcli.analysis import Options, analyze_trace, configure
+from dbgcli.findings import Finding
+from dbgcli.report.model import RuleResult, RuleStatus, TraceReport
+
+
+def run_rule(path: Path, rule: str, **params: Any) -> RuleResult:
+    """Run one rule (id or name) with parameter overrides on a trace; return its result."""
+    options = Options(select=(rule,), params={rule: params} if params else {})
+    report = analyze_trace(path, configure(options), options)
+    assert report.error is None, report.error
+    (result,) = report.results
+    assert result.status is not RuleStatus.error, result.reason
+    return result
+
+
+def analyze_path(path: Path, **options: Any) -> TraceReport:
+    """Run the default rule set (or ``select=...``) on a trace."""
+    opts = Options(**options)
+    return analyze_trace(path, configure(opts), opts)
+
+
+def keyed(result: RuleResult, key: str) -> list[Finding]:
+    """Findings of one kind (``Finding.key``)."""
+    return [f for f in result.findings if f.key == key]
