@@ -59,13 +59,19 @@ def list_rules(
     from rich.table import Table
     from rich.text import Text
 
-    table = Table(title=f"{len(specs)} rules", title_justify="left")
-    for column in ("id", "name", "category", "severity", "requires", "parameters"):
-        table.add_column(column, overflow="fold")
-    for spec in specs:
-        params = ", ".join(f"{p.name}={p.default!r}" for p in spec.params)
-        name = Text(spec.name) if spec.default_enabled else Text(f"{spec.name} (opt-in)")
-        table.add_row(spec.id, name, spec.category, spec.severity.value, "; ".join(n.what for n in spec.requires), params)
+    table = Table(title=f"{len(specs)} rules (dbg rules explain ID for the maths and parameters)", title_justify="left")
+    table.add_column("id", no_wrap=True)
+    table.add_column("name", no_wrap=True)
+    table.add_column("severity", no_wrap=True)
+    table.add_column("what it finds", overflow="fold")
+    category = None
+    for spec in sorted(specs, key=lambda s: (s.category, s.id)):
+        if spec.category != category:
+            category = spec.category
+            table.add_section()
+            table.add_row("", Text(category, style="bold"), "", "")
+        summary = spec.summary if spec.default_enabled else f"{spec.summary} (opt-in: --select {spec.id})"
+        table.add_row(spec.id, spec.name, spec.severity.value, summary)
     stdout_console().print(table)
 
 

@@ -1,0 +1,264 @@
+"""The rule engine: registration, selection, parameters, configuration, plugins, planning."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dbgcli.analysis import Options, analyze, configure
+from dbgcli.errors import RuleConfigError
+from dbgcli.findings import Finding, Severity
+from dbgcli.report.model import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK, RuleStatus
+from dbgcli.rules import REGISTRY, Need, rule
+
+CUSTOM_RULES = '''
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from dbgcli.rules import Accumulator, Derivation, Finding, Need, RuleContext, rule
+
+FEEDS = []
+
+
+@dataclass(frozen=True)
+class RecordSums(Derivation):
+    """Sum of each full tensor (counts the chunks it is fed, to prove single reads)."""
+
+    def start(self, info, trace):
+        return _Sums(info.records)
+
+
+class _Sums(Accumulator):
+    def __init__(self, records):
+        self.sums = np.full(records, np.nan)
+
+    def feed(self, chunk):
+        FEEDS.append(len(chunk.records))
+        self.sums[chunk.records] = chunk.values.reshape(len(chunk.records), -1).sum(axis=1)
+
+    def finish(self):
+        return self.sums
+
+
+def _plan(ctx, params):
+    return [(view.tag, RecordSums()) for view in ctx.tensors()]
+
+
+@rule("TST001", "loss-above", severity="warning", category="testing", requires=Need.loss())
+def loss_above(ctx: RuleContext, *, limit: float = 1.0) -> Iterator[Finding]:
+    """The training loss exceeds a limit.
+
+    Args:
+        limit: Loss above which a step counts.
+    """
+    loss = ctx.loss()
+    bad = loss.values > limit
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        yield Finding(f"loss {loss.values[first]:g} > {limit:g}", tensor="loss",
+                      first_step=int(loss.steps[first]), last_step=int(loss.steps[first]), steps=1,
+                      value=float(loss.values[first]), threshold=limit)
+
+
+@rule("TST002", "sum-reader", severity="info", category="testing", requires=Need.tensors(), plan=_plan)
+def sum_reader(ctx: RuleContext) -> Iterator[Finding]:
+    """Reads every tensor's sums through a planned derivation (and finds nothing)."""
+    for view in ctx.tensors():
+        view.derive(RecordSums())
+    return iter(())
+
+
+@rule("TST003", "sum-reader-too", severity="info", category="testing", requires=Need.tensors(), plan=_plan)
+def sum_reader_too(ctx: RuleContext) -> Iterator[Finding]:
+    """A second rule wanting the same derivation."""
+    for view in ctx.tensors():
+        view.derive(RecordSums())
+    return iter(())
+
+
+@rule("TST004", "crashes", severity="error", category="testing")
+def crashes(ctx: RuleContext) -> Iterator[Finding]:
+    """Always raises, to show a crash does not hide other rules."""
+    raise ZeroDivisionError("boom")
+
+
+@rule("TST005", "needs-eval", severity="info", category="testing", requires=Need.loss("eval"), default_enabled=False)
+def needs_eval(ctx: RuleContext) -> Iterator[Finding]:
+    """Needs an eval loss."""
+    return iter(())
+'''
+
+
+@pytest.fixture(scope="module")
+def rules_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("plugin") / "my_rules.py"
+    path.write_text(CUSTOM_RULES)
+    REGISTRY.load_file(path)
+    return path
+
+
+@pytest.fixture
+def trace(make_trace) -> Path:
+    rng = np.random.default_rng(0)
+    return make_trace(
+        scalars={"loss": [2.0, 1.5, 0.9, 0.7]},
+        tensors={"w": {"values": [rng.normal(size=(64, 64)) for _ in range(4)], "collection": "weights"}},
+    )
+
+
+def test_custom_rules_register_like_builtins(rules_file: Path) -> None:
+    spec = REGISTRY.get("loss-above")
+    assert (spec.id, spec.severity, spec.category, spec.summary) == ("TST001", Severity.warning, "testing", "The training loss exceeds a limit.")
+    (limit,) = spec.params
+    assert (limit.name, limit.type_name, limit.default, limit.help) == ("limit", "float", 1.0, "Loss above which a step counts.")
+    assert REGISTRY.get("tst001") is spec
+
+
+def test_selection_by_prefix_name_category_and_longest_match(rules_file: Path) -> None:
+    def ids(select=None, ignore=()):
+        return [s.id for s in REGISTRY.select(select, ignore) if s.id.startswith(("TST", "DBG1"))]
+
+    assert ids(["testing"]) == ["TST001", "TST002", "TST003", "TST004", "TST005"]
+    assert ids(["TST"], ["TST00"]) == []
+    assert ids(["TST001", "sum-reader"]) == ["TST001", "TST002"]
+    assert ids(["TST0"], ["TST00", "TST001"]) == []
+    assert ids(["TST001"], ["TST"]) == ["TST001"]  # the longer prefix wins
+    assert ids(["DBG1"]) == ["DBG101", "DBG102"]
+    assert "TST005" not in ids()  # opt-in rules need --select
+    with pytest.raises(RuleConfigError, match="matches no rule"):
+        REGISTRY.select(["DBG999x"])
+
+
+def test_parameters_are_coerced_and_validated(rules_file: Path) -> None:
+    (configured,) = configure(Options(select=("TST001",), params={"TST001": {"limit": "2.5"}}))
+    assert configured.params == {"limit": 2.5}
+    with pytest.raises(RuleConfigError, match="has no parameter 'limt'; parameters: limit"):
+        configure(Options(select=("TST001",), params={"TST001": {"limt": "1"}}))
+    with pytest.raises(RuleConfigError, match="bad value for TST001.limit"):
+        configure(Options(select=("TST001",), params={"loss-above": {"limit": "high"}}))
+    with pytest.raises(RuleConfigError, match="unknown rule 'nope'"):
+        configure(Options(params={"nope": {"x": "1"}}))
+    with pytest.raises(RuleConfigError, match="bad severity"):
+        configure(Options(severities={"TST001": "fatal"}))
+
+
+def test_findings_are_stamped_and_severity_overridable(rules_file: Path, trace: Path) -> None:
+    report = analyze([trace], Options(select=("TST001",)))
+    (finding,) = report.traces[0].findings
+    assert (finding.rule_id, finding.rule, finding.severity, finding.first_step, finding.key) == (
+        "TST001", "loss-above", Severity.warning, 0, "loss-above"
+    )
+    assert report.exit_code() == EXIT_OK
+    assert report.exit_code(Severity.warning) == EXIT_FINDINGS
+    raised = analyze([trace], Options(select=("TST001",), severities={"TST001": "error"}))
+    assert raised.traces[0].findings[0].severity is Severity.error
+    assert raised.exit_code() == EXIT_FINDINGS
+
+
+def test_a_crashing_rule_is_an_error_and_the_others_still_run(rules_file: Path, trace: Path) -> None:
+    report = analyze([trace], Options(select=("TST001", "TST004")))
+    results = {r.id: r for r in report.traces[0].results}
+    assert results["TST004"].status is RuleStatus.error
+    assert results["TST004"].reason == "ZeroDivisionError: boom"
+    assert results["TST001"].status is RuleStatus.violated
+    assert report.exit_code(exit_zero=True) == EXIT_ERROR
+
+
+def test_missing_data_skips_with_reason(rules_file: Path, trace: Path) -> None:
+    report = analyze([trace], Options(select=("TST005", "DBG101")))
+    reasons = {r.id: (r.status, r.reason) for r in report.traces[0].results}
+    assert reasons["TST005"] == (RuleStatus.skipped, "no eval loss series")
+    assert reasons["DBG101"] == (RuleStatus.skipped, "no tensors of collection 'gradients'")
+    assert report.exit_code(Severity.info) == EXIT_OK
+
+
+def test_planned_derivations_read_each_tensor_once(rules_file: Path, trace: Path) -> None:
+    import sys
+
+    module = next(m for name, m in sys.modules.items() if name.startswith("dbg_user_rules_"))
+    module.FEEDS.clear()
+    report = analyze([trace], Options(select=("TST002", "TST003")))
+    assert all(r.status is RuleStatus.passed for r in report.traces[0].results)
+    assert sum(module.FEEDS) == 4  # four records of "w", fed once for both rules
+
+
+def test_filters_restrict_steps_and_modes(rules_file: Path, trace: Path) -> None:
+    late = analyze([trace], Options(select=("TST001",), start=2))
+    assert late.traces[0].findings == []
+    with pytest.raises(RuleConfigError, match="unknown mode"):
+        configure(Options(mode="validation"))
+
+
+def test_registration_errors_are_clear() -> None:
+    with pytest.raises(RuleConfigError, match="1-4 capitals and 3 digits"):
+        rule("X1", "x", severity="info", category="t")(lambda ctx: iter(()))
+
+    def no_doc(ctx):  # type: ignore[no-untyped-def]
+        return iter(())
+
+    with pytest.raises(RuleConfigError, match="needs a docstring"):
+        rule("TST900", "no-doc", severity="info", category="t")(no_doc)
+
+    def no_default(ctx, *, limit: float):  # type: ignore[no-untyped-def]
+        """Doc."""
+        return iter(())
+
+    with pytest.raises(RuleConfigError, match="needs a default"):
+        rule("TST901", "no-default", severity="info", category="t")(no_default)
+
+    def untyped(ctx, *, limit=1.0):  # type: ignore[no-untyped-def]
+        """Doc."""
+        return iter(())
+
+    with pytest.raises(RuleConfigError, match="needs a type annotation"):
+        rule("TST902", "untyped", severity="info", category="t")(untyped)
+
+    def duplicate(ctx):  # type: ignore[no-untyped-def]
+        """Doc."""
+        return iter(())
+
+    with pytest.raises(RuleConfigError, match="already registered"):
+        rule("DBG101", "another-name", severity="info", category="t")(duplicate)
+    assert Need.loss().reason == "no train loss series"
+
+
+def test_rule_that_yields_garbage_is_an_error(tmp_path: Path, trace: Path) -> None:
+    path = tmp_path / "garbage.py"
+    path.write_text(textwrap.dedent('''
+        from dbgcli.rules import rule
+
+        @rule("TST950", "garbage", severity="info", category="testing")
+        def garbage(ctx):
+            """Yields a string instead of a Finding."""
+            yield "oops"
+    '''))
+    report = analyze([trace], Options(select=("TST950",), rules_files=(str(path),)))
+    (result,) = report.traces[0].results
+    assert result.status is RuleStatus.error and "not a Finding" in result.reason
+
+
+def test_empty_and_unreadable_traces_are_errors(tmp_path: Path, trace: Path) -> None:
+    from dbgcli import TraceWriter
+
+    empty = tmp_path / "empty.h5"
+    TraceWriter(empty).close()
+    missing = tmp_path / "missing.h5"
+    report = analyze([empty, missing, trace], Options(select=("DBG1",)))
+    assert report.traces[0].error == "the trace holds no records"
+    assert "no such file" in (report.traces[1].error or "")
+    assert report.traces[2].error is None
+    assert report.exit_code() == EXIT_ERROR
+    assert len(report.errors) == 2
+
+
+def test_finding_json_is_strict(rules_file: Path) -> None:
+    finding = Finding("x", value=float("nan"), threshold=float("inf"))
+    data = finding.to_dict()
+    assert data["value"] == "nan" and data["threshold"] == "inf"
