@@ -10,6 +10,7 @@ run; the other rules' results stay intact.
 from __future__ import annotations
 
 import time
+from concurrent.futures import ProcessPoolExecutor
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -95,10 +96,35 @@ def configure(options: Options) -> list[ConfiguredRule]:
     ]
 
 
-def analyze(paths: Sequence[str | Path], options: Options, fail_on: Severity = Severity.error) -> Report:
-    """Analyse traces one after another (see dbgcli.parallel for several processes)."""
+def analyze(
+    paths: Sequence[str | Path], options: Options, fail_on: Severity = Severity.error, jobs: int = 1
+) -> Report:
+    """Analyse traces, in ``jobs`` worker processes when there are several traces.
+
+    Each worker resolves the rules itself from ``options`` (rule functions, custom rule files
+    included, are never pickled); an unreadable trace is an error of that trace only.
+    """
     rules = configure(options)
-    return Report(tuple(analyze_trace(path, rules, options) for path in paths), fail_on=fail_on)
+    if jobs <= 1 or len(paths) <= 1:
+        return Report(tuple(analyze_trace(path, rules, options) for path in paths), fail_on=fail_on)
+    with ProcessPoolExecutor(max_workers=jobs, initializer=_init_worker, initargs=(options,)) as pool:
+        chunk = max(1, len(paths) // (jobs * 8))
+        traces = tuple(pool.map(_analyze_in_worker, [str(p) for p in paths], chunksize=chunk))
+    return Report(traces, fail_on=fail_on)
+
+
+_WORKER: tuple[list[ConfiguredRule], Options] | None = None
+
+
+def _init_worker(options: Options) -> None:
+    global _WORKER
+    _WORKER = (configure(options), options)
+
+
+def _analyze_in_worker(path: str) -> TraceReport:
+    assert _WORKER is not None
+    rules, options = _WORKER
+    return analyze_trace(path, rules, options)
 
 
 def analyze_trace(path: str | Path, rules: Sequence[ConfiguredRule], options: Options) -> TraceReport:

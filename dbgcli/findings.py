@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -68,9 +69,20 @@ class Finding:
         count = f" ({self.steps} records)" if self.steps else ""
         return f"steps {self.first_step}-{self.last_step}{count}"
 
+    @property
+    def fingerprint(self) -> str:
+        """Identity across reruns: the rule, the tensor and the kind of finding, never steps.
+
+        A rerun of the same pathology, recorded to a new file, has the same fingerprint; that
+        is what baselines and SARIF alert de-duplication rely on.
+        """
+        text = "\0".join((self.rule_id, self.tensor or "", self.key))
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()[:20]
+
     def to_dict(self) -> dict[str, Any]:
         """Plain data for JSON (NaN and infinities become strings)."""
         return {
+            "fingerprint": self.fingerprint,
             "rule_id": self.rule_id,
             "rule": self.rule,
             "severity": self.severity.value if self.severity else None,

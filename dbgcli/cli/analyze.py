@@ -15,6 +15,10 @@ from dbgcli.errors import ConfigError, RuleConfigError
 class OutputFormat(str, Enum):
     human = "human"
     json = "json"
+    sarif = "sarif"
+    junit = "junit"
+    github = "github"
+    markdown = "markdown"
 
 
 class FailOn(str, Enum):
@@ -68,6 +72,13 @@ def analyze(
         list[Path] | None, typer.Option("--rules-file", help="Load custom rules from this Python file.")
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Human report: hide rules that passed.")] = False,
+    baseline: Annotated[
+        Path | None, typer.Option("--baseline", help="Report only findings that are not in this baseline file.")
+    ] = None,
+    write_baseline: Annotated[
+        Path | None, typer.Option("--write-baseline", help="Record today's findings in this baseline file.")
+    ] = None,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Analyse traces in this many processes.")] = 1,
 ) -> None:
     """Analyse traces with the rules and report what went wrong.
 
@@ -75,8 +86,11 @@ def analyze(
     (unreadable trace, bad option or configuration, crashed rule).
     """
     from dbgcli.analysis import Options, analyze as run_analysis
+    from dbgcli.cli.console import log, progress
     from dbgcli.config import load_config
     from dbgcli.findings import Severity
+    from dbgcli.report.baseline import apply_baseline, read_baseline
+    from dbgcli.report.baseline import write_baseline as write_baseline_file
 
     settings = load_config(config)
     options = Options(
@@ -95,7 +109,17 @@ def analyze(
     except ValueError:
         raise ConfigError(f"fail-on must be info, warning or error, not {level_name!r}") from None
     targets = _outputs(output_format or [], output or [], settings.formats)
-    report = run_analysis(expand_traces(traces), options, fail_on=level)
+    known = read_baseline(baseline) if baseline is not None else None
+    paths = expand_traces(traces)
+    with progress(f"analysing {len(paths)} traces", len(paths) > 1):
+        report = run_analysis(paths, options, fail_on=level, jobs=jobs)
+    if write_baseline is not None:
+        count = write_baseline_file(report, write_baseline)
+        log(f"wrote {count} finding(s) to baseline {write_baseline}")
+    if known is not None:
+        report = apply_baseline(report, known)
+        if report.stale_baseline:
+            log(f"{len(report.stale_baseline)} baseline entr{'y' if len(report.stale_baseline) == 1 else 'ies'} no longer occur")
     for fmt, destination in targets:
         _write(report, fmt, destination, quiet)
     raise typer.Exit(report.exit_code(exit_zero=exit_zero or settings.exit_zero))
@@ -164,10 +188,11 @@ def _write(report: Any, fmt: OutputFormat, destination: Path | None, quiet: bool
         with destination.open("w", encoding="utf-8") as handle:
             human.render(report, Console(file=handle, width=120, color_system=None, highlight=False), show_passed=not quiet)
         return
-    from dbgcli.report import json_report
+    from dbgcli.report.formats import machine_renderer
 
-    text = json_report.render(report)
+    text = machine_renderer(fmt.value)(report)
     if destination is None:
         typer.echo(text)
     else:
+        destination.parent.mkdir(parents=True, exist_ok=True)
         destination.write_text(text + "\n", encoding="utf-8")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator
 
 from rich.console import Console
 
@@ -25,3 +27,19 @@ def human_size(size: int) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     return f"{value:.1f} GiB"
+
+
+def log(message: str) -> None:
+    """A note for people, on stderr (machine output on stdout stays clean)."""
+    stderr_console().print(f"dbg: {message}", markup=False)
+
+
+@contextlib.contextmanager
+def progress(message: str, show: bool) -> Iterator[None]:
+    """A spinner on stderr while work runs, only when stderr is a terminal."""
+    console = stderr_console()
+    if not show or not console.is_terminal:
+        yield
+        return
+    with console.status(message):
+        yield

@@ -28,6 +28,13 @@ def render(report: Report, console: Console, *, show_passed: bool = True) -> Non
     """Print the whole report: one panel per trace, then the totals."""
     for trace in report.traces:
         _render_trace(trace, console, show_passed)
+    if report.suppressed:
+        console.print(Text(f"{report.suppressed} finding(s) hidden by the baseline", style="dim"))
+    for entry in report.stale_baseline:
+        console.print(Text(
+            f"stale baseline entry: {entry.get('rule_id')} {entry.get('tensor') or ''} ({entry.get('key')}) no longer occurs",
+            style="yellow",
+        ))
     counts = report.counts()
     code = report.exit_code()
     totals = ", ".join(f"{n} {name}{'s' if n != 1 and name != 'info' else ''}" for name, n in reversed(counts.items()))

@@ -15,6 +15,8 @@ def to_document(report: Report) -> dict[str, Any]:
         "fail_on": report.fail_on.value,
         "exit_code": report.exit_code(),
         "counts": report.counts(),
+        "baselined": report.suppressed,
+        "stale_baseline": list(report.stale_baseline),
         "traces": [
             {
                 "path": trace.path,

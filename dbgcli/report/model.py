@@ -79,6 +79,8 @@ class Report:
     traces: tuple[TraceReport, ...]
     fail_on: Severity = Severity.error
     version: int = REPORT_VERSION
+    suppressed: int = 0
+    stale_baseline: tuple[dict[str, Any], ...] = ()
 
     @property
     def findings(self) -> Iterator[tuple[TraceReport, Finding]]:

@@ -118,12 +118,23 @@ class StatsKernel:
         out[:, COL["inf_count"]] = 0
         out[:, COL["min"]] = lo
         out[:, COL["max"]] = hi
-        total = (x @ ones).astype(np.float64)
-        squares = _row_dots(x).astype(np.float64)
+        with np.errstate(over="ignore", invalid="ignore"):
+            total = (x @ ones).astype(np.float64)
+            squares = _row_dots(x).astype(np.float64)
+            magnitude = self._buffer(rows, n, work)
+            np.abs(x, out=magnitude)
+            l1 = (magnitude @ ones).astype(np.float64)
+        overflowed = ~(np.isfinite(total) & np.isfinite(squares) & np.isfinite(l1))
+        for r in np.flatnonzero(overflowed):
+            # float32 sums of huge (exploding) values overflow where float64 ones do not.
+            values = flat[r].astype(np.float64)
+            total[r], squares[r], l1[r] = values.sum(), np.dot(values, values), np.abs(values).sum()
+        out[:, COL["l1"]] = l1
         out[:, COL["l2"]] = np.sqrt(squares)
         mean = total / n
         out[:, COL["mean"]] = mean
-        var = np.maximum(squares / n - mean * mean, 0.0)
+        with np.errstate(over="ignore", invalid="ignore"):
+            var = np.maximum(squares / n - mean * mean, 0.0)
         # E[x^2] - E[x]^2 loses about log10(mean^2 / var) digits; where that could reach the
         # sixth significant digit, recompute those rows with the exact two-pass formula.
         shaky = mean * mean > (1e2 if work == np.float32 else 1e6) * var
@@ -133,9 +144,6 @@ class StatsKernel:
         std = np.sqrt(var)
         std[lo == hi] = 0.0
         out[:, COL["std"]] = std
-        magnitude = self._buffer(rows, n, work)
-        np.abs(x, out=magnitude)
-        out[:, COL["l1"]] = magnitude @ ones
         mask = self._mask_buffer(rows, n)
         out[:, COL["zero_frac"]] = _count_rows(np.equal(flat, 0, out=mask)) / n
         out[:, COL["pos_frac"]] = _count_rows(np.greater(flat, 0, out=mask)) / n
