@@ -1,0 +1,46 @@
+"""The commands shown in the documentation are real: run each one."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def dbg_commands(page: str) -> list[str]:
+    """Every ``dbg ...`` command in the code blocks of a documentation page."""
+    text = (ROOT / page).read_text(encoding="utf-8")
+    commands = []
+    for block in re.findall(r"```[a-z]*\n(.*?)```", text, flags=re.S):
+        for line in block.splitlines():
+            line = re.sub(r"^\s*(- |run: |\$ )", "", line.strip()).strip()
+            line = line.removeprefix("run: ").removeprefix("- ")
+            if line.startswith("dbg "):
+                commands.append(line)
+    return commands
+
+
+@pytest.mark.parametrize("command", dbg_commands("docs/ci.md"))
+def test_ci_page_commands_run(cli, command: str, tmp_path: Path, monkeypatch) -> None:
+    traces = tmp_path / "traces"
+    traces.mkdir()
+    for sample in ("numpy_mlp_healthy.h5", "numpy_mlp_dead_relu.h5"):
+        shutil.copy(ROOT / "sample_traces" / sample, traces / sample)
+    monkeypatch.chdir(tmp_path)
+    if "--baseline " in command:
+        cli("analyze", "traces/", "--write-baseline", "dbg-baseline.json")
+    result = cli(*shlex.split(command)[1:])
+    assert result.code in (0, 1), result.stderr
+    for output in re.findall(r"--(?:output|write-baseline) (\S+)", command):
+        assert (tmp_path / output).stat().st_size > 0
+
+
+def test_ci_page_has_both_pipelines() -> None:
+    commands = dbg_commands("docs/ci.md")
+    assert any("--format sarif" in c and "--format markdown" in c for c in commands)
+    assert any("--format junit" in c for c in commands)
