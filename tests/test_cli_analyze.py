@@ -103,7 +103,7 @@ def test_several_formats_in_one_run(cli, vanishing: Path, tmp_path: Path) -> Non
     report_txt = tmp_path / "r.txt"
     result = cli(
         "analyze", vanishing, "--select", "DBG1",
-        "--format", "json", "--output", report_json, "--format", "human", "--output", report_txt,
+        "--format", f"json:{report_json}", "--format", f"human:{report_txt}",
     )
     assert result.code == EXIT_FINDINGS and result.stdout == ""
     assert json.loads(report_json.read_text())["traces"][0]["findings"]
@@ -111,6 +111,12 @@ def test_several_formats_in_one_run(cli, vanishing: Path, tmp_path: Path) -> Non
     assert "vanishing-gradient" in text and "\x1b[" not in text
     clash = cli("analyze", vanishing, "--format", "json", "--format", "human")
     assert clash.code == EXIT_ERROR and "only one report can go to stdout" in clash.stderr
+    ambiguous = cli("analyze", vanishing, "--format", "json", "--format", "sarif:x.sarif", "--output", "y")
+    assert ambiguous.code == EXIT_ERROR and "--output goes with a single --format" in ambiguous.stderr
+    assert "unknown format 'yaml'" in cli("analyze", vanishing, "--format", "yaml").stderr
+    single = tmp_path / "single.json"
+    assert cli("analyze", vanishing, "--select", "DBG1", "-f", "json", "-o", single).code == EXIT_FINDINGS
+    assert json.loads(single.read_text())["version"] == 1
 
 
 def test_directories_are_searched(cli, vanishing: Path, healthy: Path) -> None:

@@ -55,12 +55,15 @@ def analyze(
         bool, typer.Option("--exit-zero", help="Exit 0 even with findings (errors still exit 2).")
     ] = False,
     output_format: Annotated[
-        list[OutputFormat] | None,
-        typer.Option("--format", "-f", help="Report format; repeat together with --output for several reports."),
+        list[str] | None,
+        typer.Option(
+            "--format", "-f",
+            help="Report format: human, json, sarif, junit, github, markdown; FORMAT:FILE writes it to "
+            "FILE. Repeat for several reports from one analysis.",
+        ),
     ] = None,
     output: Annotated[
-        list[Path] | None,
-        typer.Option("--output", "-o", help="Write the report (the matching --format) to this file instead of stdout."),
+        Path | None, typer.Option("--output", "-o", help="Write the (single) report to this file instead of stdout.")
     ] = None,
     start: Annotated[int | None, typer.Option("--start", help="First step to analyse.")] = None,
     stop: Annotated[int | None, typer.Option("--stop", help="Last step to analyse.")] = None,
@@ -108,7 +111,7 @@ def analyze(
         level = Severity(level_name)
     except ValueError:
         raise ConfigError(f"fail-on must be info, warning or error, not {level_name!r}") from None
-    targets = _outputs(output_format or [], output or [], settings.formats)
+    targets = _outputs(output_format or [], output, settings.formats)
     known = read_baseline(baseline) if baseline is not None else None
     paths = expand_traces(traces)
     with progress(f"analysing {len(paths)} traces", len(paths) > 1):
@@ -154,24 +157,23 @@ def _merge_params(from_file: dict[str, dict[str, Any]], overrides: list[str]) ->
     return merged
 
 
-def _outputs(
-    formats: list[OutputFormat], outputs: list[Path], configured: tuple[str, ...]
-) -> list[tuple[OutputFormat, Path | None]]:
-    """Pair the i-th --format with the i-th --output; the rest go to stdout (at most one)."""
-    if not formats and configured:
+def _outputs(formats: list[str], output: Path | None, configured: tuple[str, ...]) -> list[tuple[OutputFormat, Path | None]]:
+    """Parse ``FORMAT[:FILE]`` values (default: human on stdout); at most one goes to stdout."""
+    pairs: list[tuple[OutputFormat, Path | None]] = []
+    for value in formats or configured or ["human"]:
+        name, _, destination = value.partition(":")
         try:
-            formats = [OutputFormat(name) for name in configured]
-        except ValueError as error:
-            raise ConfigError(f"configuration: {error}") from None
-    if not formats:
-        formats = [OutputFormat.human]
-    if len(outputs) > len(formats):
-        raise ConfigError("each --output needs its own --format (pair them in order)")
-    pairs: list[tuple[OutputFormat, Path | None]] = [
-        (fmt, outputs[i] if i < len(outputs) else None) for i, fmt in enumerate(formats)
-    ]
+            fmt = OutputFormat(name.strip().lower())
+        except ValueError:
+            choices = ", ".join(f.value for f in OutputFormat)
+            raise ConfigError(f"unknown format {name!r}; formats: {choices} (FORMAT:FILE writes to a file)") from None
+        pairs.append((fmt, Path(destination) if destination else None))
+    if output is not None:
+        if len(pairs) != 1 or pairs[0][1] is not None:
+            raise ConfigError("--output goes with a single --format; write several reports with --format FORMAT:FILE")
+        pairs = [(pairs[0][0], output)]
     if sum(1 for _, destination in pairs if destination is None) > 1:
-        raise ConfigError("only one report can go to stdout; give the others an --output file")
+        raise ConfigError("only one report can go to stdout; give the others a file with --format FORMAT:FILE")
     return pairs
 
 
