@@ -9,16 +9,8 @@ from typing import Annotated, Any
 import typer
 
 from dbgcli.cli.app import app, handle_errors
+from dbgcli.cli.output import FORMAT_HELP, OUTPUT_HELP, parse_outputs, write_report
 from dbgcli.errors import ConfigError, RuleConfigError
-
-
-class OutputFormat(str, Enum):
-    human = "human"
-    json = "json"
-    sarif = "sarif"
-    junit = "junit"
-    github = "github"
-    markdown = "markdown"
 
 
 class FailOn(str, Enum):
@@ -56,15 +48,9 @@ def analyze(
     ] = False,
     output_format: Annotated[
         list[str] | None,
-        typer.Option(
-            "--format", "-f",
-            help="Report format: human, json, sarif, junit, github, markdown; FORMAT:FILE writes it to "
-            "FILE. Repeat for several reports from one analysis.",
-        ),
+        typer.Option("--format", "-f", help=FORMAT_HELP),
     ] = None,
-    output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="Write the (single) report to this file instead of stdout.")
-    ] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help=OUTPUT_HELP)] = None,
     start: Annotated[int | None, typer.Option("--start", help="First step to analyse.")] = None,
     stop: Annotated[int | None, typer.Option("--stop", help="Last step to analyse.")] = None,
     mode: Annotated[str | None, typer.Option("--mode", help="Only records of this mode (train, eval, predict).")] = None,
@@ -111,7 +97,7 @@ def analyze(
         level = Severity(level_name)
     except ValueError:
         raise ConfigError(f"fail-on must be info, warning or error, not {level_name!r}") from None
-    targets = _outputs(output_format or [], output, settings.formats)
+    targets = parse_outputs(output_format or [], output, settings.formats)
     known = read_baseline(baseline) if baseline is not None else None
     paths = expand_traces(traces)
     with progress(f"analysing {len(paths)} traces", len(paths) > 1):
@@ -124,7 +110,7 @@ def analyze(
         if report.stale_baseline:
             log(f"{len(report.stale_baseline)} baseline entr{'y' if len(report.stale_baseline) == 1 else 'ies'} no longer occur")
     for fmt, destination in targets:
-        _write(report, fmt, destination, quiet)
+        write_report(report, fmt, destination, quiet)
     raise typer.Exit(report.exit_code(exit_zero=exit_zero or settings.exit_zero))
 
 
@@ -157,44 +143,29 @@ def _merge_params(from_file: dict[str, dict[str, Any]], overrides: list[str]) ->
     return merged
 
 
-def _outputs(formats: list[str], output: Path | None, configured: tuple[str, ...]) -> list[tuple[OutputFormat, Path | None]]:
-    """Parse ``FORMAT[:FILE]`` values (default: human on stdout); at most one goes to stdout."""
-    pairs: list[tuple[OutputFormat, Path | None]] = []
-    for value in formats or configured or ["human"]:
-        name, _, destination = value.partition(":")
-        try:
-            fmt = OutputFormat(name.strip().lower())
-        except ValueError:
-            choices = ", ".join(f.value for f in OutputFormat)
-            raise ConfigError(f"unknown format {name!r}; formats: {choices} (FORMAT:FILE writes to a file)") from None
-        pairs.append((fmt, Path(destination) if destination else None))
-    if output is not None:
-        if len(pairs) != 1 or pairs[0][1] is not None:
-            raise ConfigError("--output goes with a single --format; write several reports with --format FORMAT:FILE")
-        pairs = [(pairs[0][0], output)]
-    if sum(1 for _, destination in pairs if destination is None) > 1:
-        raise ConfigError("only one report can go to stdout; give the others a file with --format FORMAT:FILE")
-    return pairs
+@app.command()
+@handle_errors
+def compare(
+    first: Annotated[Path, typer.Argument(help="A trace.", show_default=False)],
+    second: Annotated[Path, typer.Argument(help="The trace that should match it.", show_default=False)],
+    rtol: Annotated[float, typer.Option("--rtol", help="Relative tolerance.")] = 1e-5,
+    atol: Annotated[float, typer.Option("--atol", help="Absolute tolerance.")] = 1e-8,
+    tags: Annotated[str | None, typer.Option("--tags", help="Only tags matching this glob, e.g. 'grad/*'.")] = None,
+    output_format: Annotated[list[str] | None, typer.Option("--format", "-f", help=FORMAT_HELP)] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help=OUTPUT_HELP)] = None,
+    exit_zero: Annotated[bool, typer.Option("--exit-zero", help="Exit 0 even when the runs differ.")] = False,
+) -> None:
+    """Compare two runs that should match: tags, steps, scalars, statistics, full tensors.
 
+    Records are paired by step and mode; values equal within |a - b| <= atol + rtol*|b| (NaN
+    equals NaN) match. Exit 0 when the runs match, 1 when they differ, 2 on errors.
+    """
+    from dbgcli.compare import Tolerance, compare as compare_traces
 
-def _write(report: Any, fmt: OutputFormat, destination: Path | None, quiet: bool) -> None:
-    if fmt is OutputFormat.human:
-        from rich.console import Console
-
-        from dbgcli.cli.console import stdout_console
-        from dbgcli.report import human
-
-        if destination is None:
-            human.render(report, stdout_console(), show_passed=not quiet)
-            return
-        with destination.open("w", encoding="utf-8") as handle:
-            human.render(report, Console(file=handle, width=120, color_system=None, highlight=False), show_passed=not quiet)
-        return
-    from dbgcli.report.formats import machine_renderer
-
-    text = machine_renderer(fmt.value)(report)
-    if destination is None:
-        typer.echo(text)
-    else:
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        destination.write_text(text + "\n", encoding="utf-8")
+    if rtol < 0 or atol < 0:
+        raise ConfigError("--rtol and --atol must be >= 0")
+    targets = parse_outputs(output_format or [], output, ())
+    report = compare_traces(first, second, Tolerance(rtol, atol), tags)
+    for fmt, destination in targets:
+        write_report(report, fmt, destination, quiet=False)
+    raise typer.Exit(report.exit_code(exit_zero=exit_zero))

@@ -16,7 +16,7 @@ from typing import Any
 
 from dbgcli._version import __version__
 from dbgcli.findings import Severity, json_number
-from dbgcli.report.model import Report, RuleStatus
+from dbgcli.report.model import Report, RuleResult, RuleStatus
 
 SCHEMA_URI = "https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/sarif-schema-2.1.0.json"
 INFORMATION_URI = "https://github.com/dbgcli/dbg"
@@ -32,24 +32,28 @@ def to_document(report: Report) -> dict[str, Any]:
     """The SARIF log as plain data."""
     from dbgcli.rules import REGISTRY
 
-    rule_ids: list[str] = []
+    results_by_id: dict[str, RuleResult] = {}
     for trace in report.traces:
         for result in trace.results:
-            if result.id not in rule_ids:
-                rule_ids.append(result.id)
-    rule_index = {rule_id: position for position, rule_id in enumerate(rule_ids)}
+            results_by_id.setdefault(result.id, result)
+    rule_index = {rule_id: position for position, rule_id in enumerate(results_by_id)}
     rules = []
-    for rule_id in rule_ids:
-        spec = REGISTRY.get(rule_id)
+    for rule_id, first in results_by_id.items():
+        # Rules of the registry carry their documentation; others (dbg compare) their summary.
+        registered = REGISTRY.find(rule_id)
+        description = registered.description if registered else ""
         rules.append(
             {
-                "id": spec.id,
-                "name": spec.name,
-                "shortDescription": {"text": spec.summary},
-                "fullDescription": {"text": spec.description or spec.summary},
-                "defaultConfiguration": {"level": LEVELS[spec.severity]},
-                "help": {"text": f"{spec.summary}\n\n{spec.description}\n\nRun 'dbg rules explain {spec.id}'.", "markdown": f"**{spec.summary}**\n\n{spec.description}"},
-                "properties": {"category": spec.category, "tags": ["training", spec.category]},
+                "id": rule_id,
+                "name": first.name,
+                "shortDescription": {"text": first.summary},
+                "fullDescription": {"text": description or first.summary},
+                "defaultConfiguration": {"level": LEVELS[registered.severity if registered else first.severity]},
+                "help": {
+                    "text": f"{first.summary}\n\n{description}\n\nRun 'dbg rules explain {rule_id}'." if registered else first.summary,
+                    "markdown": f"**{first.summary}**\n\n{description}",
+                },
+                "properties": {"category": first.category, "tags": ["training", first.category]},
             }
         )
     artifacts: list[dict[str, Any]] = []

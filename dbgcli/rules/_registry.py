@@ -217,10 +217,14 @@ class Registry:
         self.load()
         return [self._by_id[key] for key in sorted(self._by_id)]
 
+    def find(self, key: str) -> RuleSpec | None:
+        """A rule by id or name, or None."""
+        self.load()
+        return self._by_id.get(key.upper()) or self._by_name.get(key.lower())
+
     def get(self, key: str) -> RuleSpec:
         """A rule by id or name (case-insensitive id); raises RuleConfigError."""
-        self.load()
-        spec = self._by_id.get(key.upper()) or self._by_name.get(key.lower())
+        spec = self.find(key)
         if spec is None:
             raise RuleConfigError(f"unknown rule {key!r}; see 'dbg rules list' for the {len(self._by_id)} rules")
         return spec

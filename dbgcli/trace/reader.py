@@ -423,6 +423,22 @@ class Trace:
                 self._iter_segment(info, segment, steps, modes, mask, max_bytes, reuse_buffer),
             )
 
+    def raw_records(self, tag: str) -> np.ndarray:
+        """Indices of the records whose full tensor is stored, in ascending order."""
+        info = self.tag(tag)
+
+        def read() -> np.ndarray:
+            parts = [np.empty(0, dtype=np.int64)]
+            for segment in info.segments:
+                if segment.dense:
+                    parts.append(np.arange(segment.rows, dtype=np.int64))
+                else:
+                    record_path = segment.path.rsplit("/", 1)[0] + "/" + schema.DS_RECORD
+                    parts.append(self._dataset(record_path)[: segment.rows].astype(np.int64))
+            return np.sort(np.concatenate(parts))
+
+        return self._guard(f"the full-tensor index of {tag!r}", read)
+
     def derive(self, tag: str, derivations: Sequence[Derivation]) -> list[Any]:
         """Results of ``derivations`` on a tag's full tensors, computed together in one pass.
 

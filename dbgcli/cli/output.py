@@ -1,0 +1,69 @@
+"""Report destinations shared by ``dbg analyze`` and ``dbg compare``."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from dbgcli.errors import ConfigError
+
+FORMAT_HELP = (
+    "Report format: human, json, sarif, junit, github, markdown; FORMAT:FILE writes it to FILE. "
+    "Repeat for several reports from one run."
+)
+OUTPUT_HELP = "Write the (single) report to this file instead of stdout."
+
+
+class OutputFormat(str, Enum):
+    human = "human"
+    json = "json"
+    sarif = "sarif"
+    junit = "junit"
+    github = "github"
+    markdown = "markdown"
+
+
+def parse_outputs(formats: list[str], output: Path | None, configured: tuple[str, ...]) -> list[tuple[OutputFormat, Path | None]]:
+    """Parse ``FORMAT[:FILE]`` values (default: human on stdout); at most one goes to stdout."""
+    pairs: list[tuple[OutputFormat, Path | None]] = []
+    for value in formats or configured or ["human"]:
+        name, _, destination = value.partition(":")
+        try:
+            fmt = OutputFormat(name.strip().lower())
+        except ValueError:
+            choices = ", ".join(f.value for f in OutputFormat)
+            raise ConfigError(f"unknown format {name!r}; formats: {choices} (FORMAT:FILE writes to a file)") from None
+        pairs.append((fmt, Path(destination) if destination else None))
+    if output is not None:
+        if len(pairs) != 1 or pairs[0][1] is not None:
+            raise ConfigError("--output goes with a single --format; write several reports with --format FORMAT:FILE")
+        pairs = [(pairs[0][0], output)]
+    if sum(1 for _, destination in pairs if destination is None) > 1:
+        raise ConfigError("only one report can go to stdout; give the others a file with --format FORMAT:FILE")
+    return pairs
+
+
+def write_report(report: Any, fmt: OutputFormat, destination: Path | None, quiet: bool) -> None:
+    if fmt is OutputFormat.human:
+        from rich.console import Console
+
+        from dbgcli.cli.console import stdout_console
+        from dbgcli.report import human
+
+        if destination is None:
+            human.render(report, stdout_console(), show_passed=not quiet)
+            return
+        with destination.open("w", encoding="utf-8") as handle:
+            human.render(report, Console(file=handle, width=120, color_system=None, highlight=False), show_passed=not quiet)
+        return
+    from dbgcli.report.formats import machine_renderer
+
+    text = machine_renderer(fmt.value)(report)
+    if destination is None:
+        typer.echo(text)
+    else:
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        destination.write_text(text + "\n", encoding="utf-8")
