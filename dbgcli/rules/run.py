@@ -1,3 +1,184 @@
 """DBG8xx: the run itself: stalled training."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+from dbgcli.findings import Finding, Severity
+from dbgcli.rules._context import RuleContext, episodes
+from dbgcli.rules._registry import Need, rule
+from dbgcli.trace import schema
+
+
+def _timeline(ctx: RuleContext) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Steps, modes and times of the timeline rows with a finite time, and the filters' mask."""
+    timeline = ctx.trace.timeline()
+    finite = np.isfinite(timeline.values)
+    steps, modes, times = timeline.steps[finite], timeline.modes[finite], timeline.values[finite]
+    return steps, modes, times, ctx.keep(steps, modes)
+
+
+TIMELINE = Need(
+    "step timeline with two or more steps (the wall-clock time TraceWriter notes at each new "
+    "step; traces written by hand usually have none)",
+    lambda ctx: int(_timeline(ctx)[3].sum()) >= 2,
+)
+
+
+@rule("DBG801", "stalled-training", severity="warning", category="run", requires=TIMELINE)
+def stalled_training(
+    ctx: RuleContext,
+    *,
+    threshold: float = 600.0,
+    factor: float = 100.0,
+    across_modes: bool = False,
+    jump_factor: float | None = 100.0,
+) -> Iterator[Finding]:
+    """Training stopped making progress for a while: a long wall-clock gap between steps.
+
+    SageMaker Debugger's StalledTrainingRule watches a live job and fires when no new step
+    arrives for ``threshold`` seconds (default 1800). After the fact the trace's timeline
+    holds the wall-clock time at which each new (step, mode) was first seen, so the rule
+    looks for gaps in it. For consecutive timeline rows, in the order written:
+
+    * ``gap_i = time_i - time_(i-1)``, judged when both rows pass the step and mode filters
+      and, unless ``across_modes``, have the same mode: a switch to evaluation and back is a
+      planned pause whose length is that of the evaluation pass (so ``--mode train`` does
+      not turn evaluation passes into gaps between training steps).
+    * The typical step time is the median of the judged gaps. A gap is a **stall** when
+      ``gap > max(threshold, factor × median)``: both bars must be exceeded, so that planned
+      pauses of fast runs (checkpoints, a reshuffle at an epoch boundary) stay below the
+      absolute floor, and runs whose steps take minutes each are held to their own pace. A
+      post-hoc floor can be lower than SageMaker Debugger's 30 minutes because nothing waits
+      on it.
+    * Consecutive stalled gaps form one finding (key ``stall``): it spans from the last step
+      before the first gap to the first step after the last gap, and its value is the longest
+      gap in seconds; the threshold is the bar in seconds.
+
+    With ``jump_factor`` set, the step numbering is checked as well, per mode and as
+    information: key ``step-jump`` for an increment of more than ``jump_factor`` times the
+    median increment of the mode (records were lost, or the counter was reset forward), key
+    ``step-restart`` for a step lower than the previous one of its mode (the run was resumed
+    from an earlier checkpoint; the finding spans the steps that appear twice). Sparse
+    recording schedules that change their interval (every step at first, every 100th later)
+    stay below the default factor.
+
+    A resumed trace (``TraceWriter(..., resume=True)``) shows the downtime between the crash
+    and the restart as a stall.
+
+    Why it matters: a stalled job holds its machines without learning; post hoc, the gaps
+    say where the time went and often point to a hang that will recur.
+
+    Typical causes: a data loader waiting on slow or unavailable storage, a deadlock in
+    distributed communication (one rank lagging or dead), the host swapping, a very slow
+    synchronous checkpoint, the job being preempted and restarted.
+
+    Fix: look at what ran at that step (data loading, checkpointing, evaluation written under
+    the train mode); add timeouts to collective operations and data loading; checkpoint
+    asynchronously; profile the input pipeline.
+
+    Args:
+        threshold: Gap in seconds a stall must exceed whatever the step time.
+        factor: Multiple of the median gap between steps a stall must also exceed.
+        across_modes: Also judge gaps between rows of different modes (into and out of
+            evaluation).
+        jump_factor: Report step increments above this multiple of the median increment,
+            and steps that go back; None turns the step-numbering check off.
+    """
+    steps, modes, times, kept = _timeline(ctx)
+    yield from _stalls(steps, modes, times, kept, threshold, factor, across_modes)
+    if jump_factor is not None:
+        for code in np.unique(modes[kept]):
+            mine = kept & (modes == code)
+            yield from _step_jumps(steps[mine], schema.MODES[int(code)], jump_factor)
+
+
+def _stalls(
+    steps: np.ndarray, modes: np.ndarray, times: np.ndarray, kept: np.ndarray,
+    threshold: float, factor: float, across_modes: bool,
+) -> Iterator[Finding]:
+    gaps = np.diff(times)
+    judged = kept[1:] & kept[:-1] & ((modes[1:] == modes[:-1]) | across_modes)
+    usable = gaps[judged & (gaps >= 0)]
+    if not usable.size:
+        return
+    median = float(np.median(usable))
+    bar = max(threshold, factor * median)
+    stalled = judged & (gaps > bar)
+    for episode in episodes(stalled):
+        # Gap i lies between timeline rows i and i + 1.
+        inside = np.flatnonzero(stalled[episode.first : episode.last + 1]) + episode.first
+        longest = float(gaps[inside].max())
+        span_modes = np.unique(modes[episode.first : episode.last + 2])
+        relative = ""
+        if median > 0:
+            relative = f"{longest / median:.0f}× the median step time of {_duration(median)}, "
+        what = "no new step for"
+        if inside.size > 1:
+            what = f"{inside.size} gaps without a new step, the longest"
+        yield Finding(
+            message=f"{what} {_duration(longest)} ({relative}> {_duration(bar)})",
+            first_step=int(steps[episode.first]),
+            last_step=int(steps[episode.last + 1]),
+            steps=int(inside.size),
+            value=longest,
+            threshold=bar,
+            mode=schema.MODES[int(span_modes[0])] if span_modes.size == 1 else None,
+            key="stall",
+            extra={"median_step_seconds": median},
+        )
+
+
+def _step_jumps(steps: np.ndarray, mode: str, jump_factor: float) -> Iterator[Finding]:
+    increments = np.diff(steps)
+    forward = increments[increments > 0]
+    if not forward.size:
+        return
+    usual = float(np.median(forward))
+    checks = (("step-jump", increments > jump_factor * usual), ("step-restart", increments < 0))
+    for key, flags in checks:
+        for episode in episodes(flags):
+            before = steps[episode.first : episode.last + 1]
+            after = steps[episode.first + 1 : episode.last + 2]
+            leaps = after - before
+            if key == "step-jump":
+                at = int(np.argmax(leaps))
+                message = (
+                    f"step numbering jumped by {leaps[at]} (from {before[at]} to {after[at]}; "
+                    f"{leaps[at] / usual:.0f}× the usual increment of {usual:g}, "
+                    f"> {jump_factor:g}×)"
+                )
+                threshold = jump_factor * usual
+            else:
+                at = int(np.argmin(leaps))
+                message = (
+                    f"step numbering went back from {before[at]} to {after[at]}: steps from "
+                    f"{after[at]} on appear twice (resumed from an earlier checkpoint?)"
+                )
+                threshold = 0.0
+            yield Finding(
+                message=message,
+                first_step=int(min(before.min(), after.min())),
+                last_step=int(max(before.max(), after.max())),
+                steps=int(flags[episode.first : episode.last + 1].sum()),
+                value=float(leaps[at]),
+                threshold=threshold,
+                mode=mode,
+                key=key,
+                severity=Severity.info,
+            )
+
+
+def _duration(seconds: float) -> str:
+    """A human duration: ``"2 h 03 min"``, ``"12 min 30 s"``, ``"4.2 s"``, ``"35 ms"``."""
+    if seconds >= 3600:
+        hours, rest = divmod(round(seconds), 3600)
+        return f"{hours} h {rest // 60:02d} min"
+    if seconds >= 60:
+        minutes, rest = divmod(round(seconds), 60)
+        return f"{minutes} min {rest:02d} s"
+    if seconds >= 1:
+        return f"{seconds:.1f} s"
+    return f"{seconds * 1000:.0f} ms"

@@ -1,3 +1,252 @@
-"""DBG7xx: decision-tree ensembles: trees too deep, feature importance concentrated on few features."""
+"""DBG7xx: decision-tree ensembles: trees too deep, feature importance concentrated on few features.
+
+Recording convention (what the XGBoost capture callback writes; other tree libraries should
+follow it):
+
+* Step = boosting round (0-based, the ``epoch`` XGBoost passes to ``after_iteration``), mode
+  ``train``.
+* ``trees/depth``: collection ``trees``, shape ``(trees added this round,)`` (``num_class ×
+  num_parallel_tree`` for XGBoost), integer depth of each new tree: the number of edges on
+  its longest root-to-leaf path, so a single leaf has depth 0 and a tree grown with XGBoost's
+  ``max_depth=6`` has depth at most 6.
+* ``feature_importance/<type>`` for ``<type>`` in ``weight``, ``gain``, ``cover`` (and
+  optionally ``total_gain``, ``total_cover``): collection ``feature_importance``, ``kind`` =
+  the type, shape ``(n_features,)``, the raw scores of the whole ensemble so far as
+  ``Booster.get_score(importance_type=<type>)`` returns them, with 0 for features no split
+  uses, in the model's feature order; full tensor kept every round (``raw=True``).
+* Run metadata key ``feature_names``: the list of feature names, when known.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from dbgcli.findings import Finding
+from dbgcli.rules._context import Episode, RuleContext, TensorView, episode_findings
+from dbgcli.rules._registry import Need, rule
+from dbgcli.trace.derive import Accumulator, Derivation
+from dbgcli.trace.stats import COL
+
+if TYPE_CHECKING:
+    from dbgcli.trace.reader import RawChunk, TagInfo, Trace
+
+DEPTH_TAG = "trees/depth"
+IMPORTANCE_COLLECTION = "feature_importance"
+IMPORTANCE_TYPES = ("weight", "gain", "cover", "total_gain", "total_cover")
+ImportanceType = Literal["weight", "gain", "cover", "total_gain", "total_cover"]
+
+
+@rule(
+    "DBG701", "tree-depth", severity="warning", category="trees",
+    requires=Need.tensors(collection="trees", pattern=DEPTH_TAG),
+)
+def tree_depth(ctx: RuleContext, *, depth: int = 10) -> Iterator[Finding]:
+    """Boosting added trees deeper than ``depth``; deep trees memorise the training data.
+
+    Reads ``trees/depth`` (one record per boosting round holding the depth of each tree added
+    that round; see the recording convention in ``dbgcli.rules.trees``) through its ``max``
+    statistic: a round violates when its deepest new tree has depth ``> depth`` (edges from
+    the root to the deepest leaf). One finding per mode gathers every violating round: it
+    starts at the first of them, and its value is the largest depth seen.
+
+    SageMaker Debugger's TreeDepth estimates the depth as ``log2`` of the largest node id and
+    defaults to 4, which fires on every model trained with XGBoost's own default
+    ``max_depth=6``. Here the recorded depth is exact and the default is 10: above the range
+    (about 3 to 10) that tuning usually explores, so only deliberately deep or unbounded trees
+    (``max_depth=0`` with ``grow_policy=lossguide``, very large ``max_leaves``) are reported.
+    The 2019 SageMaker Debugger cases (``max_depth=100`` fires, ``max_depth=4`` for 10 rounds
+    does not) hold with ``depth=4``.
+
+    Why it matters: a deep tree splits the data into tiny leaves that fit noise; the
+    ensemble overfits, validation error rises while training error keeps falling, and
+    prediction gets slower.
+
+    Typical causes: ``max_depth`` set high (or 0, unlimited) during tuning, loss-guided growth
+    with many leaves, no ``min_child_weight`` or ``gamma`` to stop useless splits.
+
+    Fix: lower ``max_depth`` (XGBoost's default 6 is a good start), raise
+    ``min_child_weight`` or ``gamma``, cap ``max_leaves``, and tune against a validation set
+    with early stopping.
+
+    Args:
+        depth: Largest acceptable tree depth (edges from the root to the deepest leaf).
+    """
+    for view in ctx.tensors(collection="trees", pattern=DEPTH_TAG):
+        deepest = view.stat("max")
+        for code in np.unique(view.modes):
+            rows = np.flatnonzero((view.modes == code) & (deepest > depth))
+            if not rows.size:
+                continue
+            worst = rows[np.argmax(deepest[rows])]
+            yield Finding(
+                message=f"trees as deep as {deepest[worst]:.0f} (> {depth}) in {rows.size} of "
+                f"{int((view.modes == code).sum())} rounds",
+                tensor=view.tag,
+                first_step=int(view.steps[rows[0]]),
+                last_step=int(view.steps[rows[-1]]),
+                steps=int(rows.size),
+                value=float(deepest[worst]),
+                threshold=float(depth),
+                mode=view.mode_name(int(rows[0])),
+                key="too-deep",
+                extra={"deepest_round": int(view.steps[worst])},
+            )
+
+
+@dataclass(frozen=True)
+class TopImportanceShare(Derivation):
+    """Per record, the share of the total importance held by the ``nfeatures`` largest scores.
+
+    The result is ``(share, top)``: ``share`` ``(records,)`` (NaN where not computed) and
+    ``top`` ``(records, nfeatures)``, the indices of those features, largest first (-1 where
+    not computed). Records with at most ``nfeatures`` features hold all of the importance by
+    construction and are left out. Only records that can exceed ``threshold`` are read: the
+    statistics bound the share by ``nfeatures × max / l1``.
+    """
+
+    nfeatures: int
+    threshold: float
+
+    def wanted(self, info: TagInfo, trace: Trace) -> np.ndarray | None:
+        if not info.has_stats or not {"min", "max", "l1"} <= set(info.stat_columns):
+            return None
+        stats = trace.stats(info.tag)
+        largest = np.fmax(np.abs(stats[:, COL["min"]]), np.abs(stats[:, COL["max"]]))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            bound = self.nfeatures * largest / stats[:, COL["l1"]]
+        return np.asarray(bound > self.threshold)
+
+    def start(self, info: TagInfo, trace: Trace) -> Accumulator:
+        return _TopShareAccumulator(info.records, self.nfeatures)
+
+
+class _TopShareAccumulator(Accumulator):
+    def __init__(self, records: int, nfeatures: int) -> None:
+        self.nfeatures = nfeatures
+        self.share = np.full(records, np.nan)
+        self.top = np.full((records, nfeatures), -1, dtype=np.int64)
+
+    def feed(self, chunk: RawChunk) -> None:
+        scores = np.abs(chunk.values.reshape(len(chunk.records), -1).astype(np.float64))
+        if scores.shape[1] <= self.nfeatures:
+            return
+        top = np.argpartition(-scores, self.nfeatures - 1, axis=1)[:, : self.nfeatures]
+        top_scores = np.take_along_axis(scores, top, axis=1)
+        order = np.argsort(-top_scores, axis=1, kind="stable")
+        with np.errstate(invalid="ignore", divide="ignore"):
+            share = top_scores.sum(axis=1) / scores.sum(axis=1)
+        self.share[chunk.records] = share
+        self.top[chunk.records] = np.take_along_axis(top, order, axis=1)
+
+    def finish(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.share, self.top
+
+
+def _importance_view(ctx: RuleContext, importance_type: str) -> TensorView | None:
+    """The importance tensor of ``importance_type`` with full tensors, else the first such type."""
+    for kind in (importance_type, *IMPORTANCE_TYPES):
+        for view in ctx.tensors(collection=IMPORTANCE_COLLECTION, kind=kind):
+            if view.info.raw_records:
+                return view
+    return None
+
+
+def _plan_importance(ctx: RuleContext, params: dict[str, Any]) -> Iterable[tuple[str, Derivation]]:
+    view = _importance_view(ctx, params["importance_type"])
+    if view is None or params["nfeatures"] < 1:
+        return []
+    return [(view.tag, TopImportanceShare(params["nfeatures"], params["threshold"]))]
+
+
+@rule(
+    "DBG702", "feature-importance-overweight", severity="warning", category="trees",
+    requires=Need(
+        f"full feature importance tensors (collection {IMPORTANCE_COLLECTION!r}, kind "
+        f"{', '.join(IMPORTANCE_TYPES[:-1])} or {IMPORTANCE_TYPES[-1]})",
+        lambda ctx: _importance_view(ctx, IMPORTANCE_TYPES[0]) is not None,
+    ),
+    plan=_plan_importance,
+)
+def feature_importance_overweight(
+    ctx: RuleContext,
+    *,
+    threshold: float = 0.8,
+    nfeatures: int = 3,
+    importance_type: ImportanceType = "weight",
+) -> Iterator[Finding]:
+    """A few features carry almost all of the model's feature importance.
+
+    SageMaker Debugger's FeatureImportanceOverweight. Per boosting round, from the full
+    ``feature_importance/<importance_type>`` tensor (the ensemble's raw scores so far, one per
+    feature; see the recording convention in ``dbgcli.rules.trees``):
+    ``share = sum of the nfeatures largest scores / sum of all scores``, and the round
+    violates when ``share > threshold``. Consecutive violating rounds form an episode; its
+    value is the largest share, and the message names the features of that round (from the
+    run metadata key ``feature_names``, else XGBoost's ``f<index>``). Only rounds whose full
+    tensor is kept are judged (the convention keeps it every round). Rounds whose tensor has
+    at most ``nfeatures`` features are not judged, since those features hold everything by
+    construction; with few features remember that even importance spread evenly gives
+    ``nfeatures / n_features``.
+
+    The importance type defaults to ``weight`` (how many splits use the feature), as in
+    SageMaker Debugger, rather than XGBoost's scikit-learn default ``gain``: the gain of the
+    first splits of every tree dwarfs the rest, so a healthy model with a few strong
+    predictors routinely puts more than 80 % of its gain on three features, whereas most
+    splits landing on three features means the model genuinely ignores the others. When the
+    trace lacks the requested type, the first recorded of weight, gain, cover, total_gain,
+    total_cover is used, and the message names it.
+
+    Why it matters: a model that leans on a handful of features is fragile: it breaks when
+    one of them drifts or goes missing, and one dominant feature is the classic sign of target
+    leakage (a column that encodes the label).
+
+    Typical causes: a leaked feature (an id, a timestamp, a post-outcome field), a feature
+    with many distinct values that trees split on again and again, strong collinearity, too
+    few informative features.
+
+    Fix: check the top features for leakage and drop them if they encode the label, use
+    ``colsample_bytree``/``colsample_bynode`` to force trees to use other features, bin or
+    regularise high-cardinality features, and compare with the gain and SHAP importances.
+
+    Args:
+        threshold: Share (0-1) of the total importance above which the top features are
+            reported.
+        nfeatures: How many of the most important features to add up.
+        importance_type: Which recorded importance to read: weight, gain, cover, total_gain
+            or total_cover.
+    """
+    view = _importance_view(ctx, importance_type)
+    if view is None or nfeatures < 1:
+        return
+    share_all, top_all = view.derive(TopImportanceShare(nfeatures, threshold))
+    share, top = share_all[view.records], top_all[view.records]
+    name = _feature_namer(ctx, view)
+    counts = view.stat("count")
+    kind = view.info.kind or importance_type
+
+    def message(episode: Episode, value: float) -> str:
+        window = share[episode.first : episode.last + 1]
+        worst = episode.first + int(np.nanargmax(window))
+        features = ", ".join(name(int(index)) for index in top[worst])
+        return (
+            f"top {nfeatures} of {counts[worst]:.0f} features hold {100 * value:.0f} % of the "
+            f"{kind} importance (> {100 * threshold:g} %): {features}"
+        )
+
+    yield from episode_findings(
+        tensor=view.tag, steps=view.steps, values=share, violating=share > threshold,
+        threshold=threshold, key="overweight", modes=view.modes, message=message,
+        extra={"importance_type": kind},
+    )
+
+
+def _feature_namer(ctx: RuleContext, view: TensorView) -> Callable[[int], str]:
+    """Feature index to name, from the metadata key ``feature_names`` when it fits the tensor."""
+    recorded = ctx.trace.metadata.get("feature_names")
+    if isinstance(recorded, list) and view.info.shape and len(recorded) == view.info.shape[0]:
+        return lambda index: str(recorded[index])
+    return lambda index: f"f{index}"

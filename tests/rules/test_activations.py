@@ -1,0 +1,321 @@
+"""DBG201 dying-relu, DBG202 tanh-saturation and DBG203 sigmoid-saturation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dbgcli.report.model import RuleStatus
+
+from .helpers import analyze_path, keyed, run_rule
+
+SAMPLES = Path(__file__).resolve().parents[2] / "sample_traces"
+
+
+def preactivations(
+    steps: int = 40, batch: int = 32, units: int = 16, seed: int = 0, shape: tuple[int, ...] = ()
+) -> list[np.ndarray]:
+    """Healthy pre-activations: every unit is positive for about half of the samples."""
+    rng = np.random.default_rng(seed)
+    return [
+        rng.normal(0.0, 1.0, size=(batch, units, *shape)).astype(np.float32) for _ in range(steps)
+    ]
+
+
+def relu(values: list[np.ndarray]) -> list[np.ndarray]:
+    return [np.maximum(v, 0.0) for v in values]
+
+
+def shift_units(
+    values: list[np.ndarray], units: slice, by: float, steps: range
+) -> list[np.ndarray]:
+    """Move some units' pre-activations far away (dead for ReLU, saturated for tanh/sigmoid)."""
+    out = [v.copy() for v in values]
+    for step in steps:
+        out[step][:, units] += by
+    return out
+
+
+def activation_trace(
+    make_trace, values: list[np.ndarray], kind: str, collection: str = "activations"
+):
+    return make_trace(
+        tensors={f"act/{kind}1": {"values": values, "collection": collection, "kind": kind}}
+    )
+
+
+# -- DBG201 dying-relu ------------------------------------------------------------------------
+
+
+def test_dying_relu_fires_when_most_units_stop_firing(make_trace) -> None:
+    pre = shift_units(preactivations(), slice(0, 12), -10.0, range(20, 40))
+    result = run_rule(activation_trace(make_trace, relu(pre), "relu"), "DBG201")
+    (finding,) = keyed(result, "dead")
+    assert (finding.tensor, finding.first_step, finding.last_step, finding.steps) == (
+        "act/relu1",
+        20,
+        39,
+        20,
+    )
+    assert finding.value == 75.0 and finding.threshold == 50.0 and finding.mode == "train"
+    assert finding.severity is not None and finding.severity.value == "warning"
+    assert finding.message == "75 % of 16 units dead (active on < 1 % of their values; > 50 %)"
+    assert finding.extra == {"units": 16, "min_steps": 3}
+
+
+def test_dying_relu_whole_layer_dead_is_an_error(make_trace) -> None:
+    pre = shift_units(preactivations(), slice(None), -10.0, range(5, 40))
+    (finding,) = run_rule(activation_trace(make_trace, relu(pre), "relu"), "DBG201").findings
+    assert (finding.first_step, finding.value) == (5, 100.0)
+    assert finding.severity is not None and finding.severity.value == "error"
+
+
+def test_dying_relu_quiet_on_healthy_relu_with_half_the_values_zero(make_trace) -> None:
+    values = relu(preactivations(steps=60))
+    zero_share = np.mean([np.mean(v == 0) for v in values])
+    assert 0.45 < zero_share < 0.55
+    assert (
+        run_rule(activation_trace(make_trace, values, "relu"), "dying-relu").status
+        is RuleStatus.passed
+    )
+
+
+def test_dying_relu_thresholds_are_tunable(make_trace) -> None:
+    pre = shift_units(preactivations(), slice(0, 12), -10.0, range(20, 40))
+    path = activation_trace(make_trace, relu(pre), "relu")
+    assert run_rule(path, "DBG201", threshold_layer=80.0).status is RuleStatus.passed
+    # Units active on 2-3 % of their values count as dead once the bar is 5 %.
+    rare = shift_units(preactivations(batch=256), slice(0, 12), -2.0, range(40))
+    rare_path = activation_trace(make_trace, relu(rare), "relu")
+    assert run_rule(rare_path, "DBG201").status is RuleStatus.passed
+    assert keyed(run_rule(rare_path, "DBG201", threshold_inactivity=5.0), "dead")[0].first_step == 0
+
+
+def test_dying_relu_ignores_a_single_odd_batch_unless_min_steps_is_1(make_trace) -> None:
+    pre = shift_units(preactivations(), slice(0, 12), -10.0, range(17, 18))
+    path = activation_trace(make_trace, relu(pre), "relu")
+    assert run_rule(path, "DBG201").status is RuleStatus.passed
+    (finding,) = run_rule(path, "DBG201", min_steps=1).findings
+    assert (finding.first_step, finding.last_step, finding.steps) == (17, 17, 1)
+
+
+def test_dying_relu_pools_records_so_a_batch_of_one_is_not_dead(make_trace) -> None:
+    # With one sample per record about half the units of a healthy layer are off in each
+    # record; pooling min_steps records tells "off for this sample" from "dead".
+    path = activation_trace(make_trace, relu(preactivations(steps=100, batch=1, units=64)), "relu")
+    assert run_rule(path, "DBG201").status is RuleStatus.passed
+    assert run_rule(path, "DBG201", min_steps=1).status is RuleStatus.violated
+
+
+def test_dying_relu_population_spans_the_spatial_axes_of_conv_layers(make_trace) -> None:
+    pre = preactivations(steps=20, batch=4, units=8, shape=(5, 5))
+    for values in pre:
+        values[:, :6] -= 10.0  # channels 0-5 dead at every position
+        values[:, 6:, 0, 0] = 1.0  # channels 6-7 alive at one position only
+    (finding,) = run_rule(activation_trace(make_trace, relu(pre), "relu"), "DBG201").findings
+    assert finding.value == 75.0 and finding.extra["units"] == 8
+
+
+def test_dying_relu_on_preactivations_of_a_leaky_relu(make_trace) -> None:
+    pre = shift_units(preactivations(), slice(0, 10), -10.0, range(30, 40))
+    path = activation_trace(make_trace, pre, "leaky_relu", collection="preactivations")
+    assert keyed(run_rule(path, "DBG201"), "dead")[0].first_step == 30
+
+
+def test_dying_relu_does_not_judge_non_finite_records(make_trace) -> None:
+    values = relu(preactivations())
+    for step in range(10, 40):
+        values[step] = np.full_like(values[step], np.nan)
+    assert (
+        run_rule(activation_trace(make_trace, values, "relu"), "DBG201").status is RuleStatus.passed
+    )
+
+
+def test_dying_relu_judges_modes_apart(make_trace) -> None:
+    train = relu(preactivations(steps=20))
+    evaluation = relu(shift_units(preactivations(steps=20, seed=1), slice(0, 12), -10.0, range(20)))
+    path = make_trace(
+        tensors={
+            "act/relu1": {
+                "values": train + evaluation,
+                "steps": [*range(20), *range(20)],
+                "modes": ["train"] * 20 + ["eval"] * 20,
+                "collection": "activations",
+                "kind": "relu",
+            }
+        }
+    )
+    (finding,) = run_rule(path, "DBG201").findings
+    assert (finding.mode, finding.first_step, finding.last_step, finding.steps) == (
+        "eval",
+        0,
+        19,
+        20,
+    )
+
+
+def test_smdebug_replay_all_zero_relu_output_from_step_500(make_trace) -> None:
+    # The DeadRelu replay of the prior-art study: a ReLU output that is all zero from step
+    # 500 of 1000 fires on steps 500-999.
+    values = relu(preactivations(steps=1000, batch=8, units=8))
+    for step in range(500, 1000):
+        values[step] = np.zeros_like(values[step])
+    (finding,) = run_rule(
+        activation_trace(make_trace, values, "relu"), "DBG201", min_steps=1
+    ).findings
+    assert (finding.first_step, finding.last_step, finding.steps, finding.value) == (
+        500,
+        999,
+        500,
+        100.0,
+    )
+
+
+def test_dying_relu_skipped_without_relu_activations(make_trace) -> None:
+    path = make_trace(
+        scalars={"loss": [1.0, 0.5]},
+        tensors={
+            "act/tanh1": {
+                "values": preactivations(steps=2),
+                "collection": "activations",
+                "kind": "tanh",
+            }
+        },
+    )
+    result = run_rule(path, "DBG201")
+    assert result.status is RuleStatus.skipped
+    assert result.reason == (
+        "no per-unit activation measures of kind elu, gelu, leaky_relu, mish, relu, relu6, selu, "
+        "silu (collection 'activations' or 'preactivations')"
+    )
+
+
+def test_dying_relu_skipped_for_records_without_a_unit_axis(make_trace) -> None:
+    values = [
+        np.maximum(np.random.default_rng(s).normal(size=16), 0).astype(np.float32) for s in range(5)
+    ]
+    assert (
+        run_rule(activation_trace(make_trace, values, "relu"), "DBG201").status
+        is RuleStatus.skipped
+    )
+
+
+# -- DBG202 tanh-saturation -------------------------------------------------------------------
+
+
+def test_tanh_saturation_fires_on_preactivations_outside_the_band(make_trace) -> None:
+    pre = shift_units(preactivations(), slice(0, 11), 15.0, range(10, 40))
+    result = run_rule(
+        activation_trace(make_trace, pre, "tanh", collection="preactivations"), "DBG202"
+    )
+    (finding,) = keyed(result, "saturated")
+    assert (finding.tensor, finding.first_step, finding.last_step, finding.steps) == (
+        "act/tanh1",
+        10,
+        39,
+        30,
+    )
+    assert finding.value == pytest.approx(100 * 11 / 16) and finding.threshold == 50.0
+    assert finding.message.startswith("69 % of 16 tanh units saturated")
+
+
+def test_tanh_saturation_fires_on_float32_outputs(make_trace) -> None:
+    pre = shift_units(preactivations(), slice(0, 16), -20.0, range(25, 40))
+    outputs = [np.tanh(v).astype(np.float32) for v in pre]
+    (finding,) = run_rule(activation_trace(make_trace, outputs, "tanh"), "DBG202").findings
+    assert (finding.first_step, finding.value) == (25, 100.0)
+    assert finding.severity is not None and finding.severity.value == "error"
+
+
+def test_tanh_saturation_quiet_on_healthy_tanh_and_tunable(make_trace) -> None:
+    healthy = [np.tanh(3.0 * v) for v in preactivations(steps=60)]
+    assert (
+        run_rule(activation_trace(make_trace, healthy, "tanh"), "tanh-saturation").status
+        is RuleStatus.passed
+    )
+    pre = shift_units(preactivations(), slice(0, 11), 15.0, range(10, 40))
+    path = activation_trace(make_trace, pre, "tanh", collection="preactivations")
+    assert run_rule(path, "DBG202", threshold_layer=70.0).status is RuleStatus.passed
+    assert run_rule(path, "DBG202", min_steps=40).status is RuleStatus.passed
+
+
+def test_tanh_saturation_skipped_without_tanh(make_trace) -> None:
+    result = run_rule(activation_trace(make_trace, relu(preactivations(steps=3)), "relu"), "DBG202")
+    assert result.status is RuleStatus.skipped
+    assert result.reason == (
+        "no per-unit activation measures of kind tanh "
+        "(collection 'activations' or 'preactivations')"
+    )
+
+
+# -- DBG203 sigmoid-saturation ----------------------------------------------------------------
+
+
+def test_sigmoid_saturation_fires_on_both_sides_of_the_band(make_trace) -> None:
+    pre = shift_units(preactivations(), slice(0, 5), -30.0, range(12, 40))
+    pre = shift_units(pre, slice(5, 10), 25.0, range(12, 40))
+    outputs = [(1.0 / (1.0 + np.exp(-v.astype(np.float64)))).astype(np.float32) for v in pre]
+    (finding,) = run_rule(activation_trace(make_trace, outputs, "sigmoid"), "DBG203").findings
+    assert (finding.first_step, finding.last_step, finding.key) == (12, 39, "saturated")
+    assert finding.value == pytest.approx(100 * 10 / 16)
+    assert "sigmoid units saturated" in finding.message
+
+
+def test_sigmoid_saturation_band_depends_on_the_collection(make_trace) -> None:
+    # Pre-activations use the input band (-23, 16.99999): -20 is inside it, 20 is not. The
+    # same numbers read as outputs lie outside the output band (sigmoid(-23), sigmoid(17)).
+    low = shift_units(preactivations(), slice(0, 12), -20.0, range(40))
+    assert (
+        run_rule(
+            activation_trace(make_trace, low, "sigmoid", collection="preactivations"), "DBG203"
+        ).status
+        is RuleStatus.passed
+    )
+    assert (
+        run_rule(activation_trace(make_trace, low, "sigmoid"), "DBG203").status
+        is RuleStatus.violated
+    )
+    high = shift_units(preactivations(), slice(0, 12), 20.0, range(40))
+    path = activation_trace(make_trace, high, "sigmoid", collection="preactivations")
+    assert keyed(run_rule(path, "DBG203"), "saturated")[0].first_step == 0
+    assert run_rule(path, "DBG203", threshold_layer=80.0).status is RuleStatus.passed
+
+
+def test_sigmoid_saturation_quiet_on_healthy_sigmoid(make_trace) -> None:
+    outputs = [
+        (1.0 / (1.0 + np.exp(-4.0 * v))).astype(np.float32) for v in preactivations(steps=60)
+    ]
+    assert (
+        run_rule(activation_trace(make_trace, outputs, "sigmoid"), "DBG203").status
+        is RuleStatus.passed
+    )
+
+
+def test_sigmoid_saturation_leaves_output_layers_alone(make_trace) -> None:
+    confident = [np.full((32, 1), 1.0, dtype=np.float32) for _ in range(10)]
+    result = run_rule(
+        activation_trace(make_trace, confident, "sigmoid", collection="predictions"), "DBG203"
+    )
+    assert result.status is RuleStatus.skipped
+    assert result.reason == (
+        "no per-unit activation measures of kind sigmoid "
+        "(collection 'activations' or 'preactivations')"
+    )
+
+
+# -- sample traces ----------------------------------------------------------------------------
+
+
+def test_sample_traces() -> None:
+    healthy = analyze_path(SAMPLES / "numpy_mlp_healthy.h5", select=("activations",))
+    assert [r.status for r in healthy.results] == [
+        RuleStatus.passed,
+        RuleStatus.skipped,
+        RuleStatus.skipped,
+    ]
+    dead = analyze_path(SAMPLES / "numpy_mlp_dead_relu.h5", select=("DBG201",))
+    findings = {f.tensor: f for f in dead.results[0].findings}
+    assert set(findings) == {"act/relu1", "act/relu2"}
+    assert findings["act/relu2"].value == 100.0 and findings["act/relu2"].first_step == 0

@@ -1,0 +1,200 @@
+"""DBG801 stalled-training."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import SimpleNamespace
+
+import h5py
+import numpy as np
+import pytest
+
+from dbgcli import TraceWriter
+from dbgcli.report.model import RuleStatus
+from dbgcli.trace import writer as writer_module
+
+from .helpers import analyze_path, keyed, run_rule
+
+SAMPLES = Path(__file__).resolve().parents[2] / "sample_traces"
+START = 1_700_000_000.0
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch):
+    """Make the writer stamp timeline rows with the given times (one per new step and mode)."""
+
+    def install(times: Sequence[float]) -> None:
+        stamps = iter(START + np.asarray(times, dtype=np.float64))
+        monkeypatch.setattr(
+            writer_module,
+            "time",
+            SimpleNamespace(time=lambda: float(next(stamps)), monotonic=time.monotonic),
+        )
+
+    return install
+
+
+def steady(steps: int, seconds: float = 1.0, seed: int = 0) -> np.ndarray:
+    """Arrival times of steps taking ``seconds`` each, with ±20 % jitter."""
+    rng = np.random.default_rng(seed)
+    return np.concatenate(([0.0], np.cumsum(seconds * rng.uniform(0.8, 1.2, size=steps - 1))))
+
+
+def loss_trace(
+    make_trace, steps: Sequence[int] | None = None, count: int = 50, evals: Sequence[int] = ()
+):
+    train_steps = list(range(count)) if steps is None else list(steps)
+    spec = [{"values": [1.0 / (s + 1) for s in train_steps], "steps": train_steps}]
+    if evals:
+        spec.append({"values": [0.5] * len(evals), "steps": list(evals), "mode": "eval"})
+    return make_trace(scalars={"loss": spec})
+
+
+def test_stall_reported_with_its_steps_and_length(make_trace, clock) -> None:
+    times = steady(50)
+    times[31:] += 2000.0
+    clock(times)
+    result = run_rule(loss_trace(make_trace), "DBG801")
+    (finding,) = keyed(result, "stall")
+    assert (finding.tensor, finding.first_step, finding.last_step, finding.steps) == (
+        None,
+        30,
+        31,
+        1,
+    )
+    assert finding.value == pytest.approx(times[31] - times[30]) and finding.threshold == 600.0
+    assert (
+        finding.mode == "train"
+        and finding.severity is not None
+        and finding.severity.value == "warning"
+    )
+    assert finding.message.startswith("no new step for 33 min ") and finding.message.endswith(
+        "> 10 min 00 s)"
+    )
+    assert "× the median step time of 1.0 s" in finding.message
+
+
+def test_consecutive_stalled_gaps_form_one_finding(make_trace, clock) -> None:
+    times = steady(50)
+    times[20:] += 900.0
+    times[21:] += 1500.0
+    times[40:] += 700.0
+    clock(times)
+    first, second = run_rule(loss_trace(make_trace), "DBG801").findings
+    assert (first.first_step, first.last_step, first.steps) == (19, 21, 2)
+    assert first.value == pytest.approx(times[21] - times[20])
+    assert first.message.startswith("2 gaps without a new step, the longest 25 min")
+    assert (second.first_step, second.last_step) == (39, 40)
+
+
+def test_quiet_on_a_steady_run_with_evaluation_passes(make_trace, clock) -> None:
+    # Train steps of about 1 s; every 10 steps an evaluation pass of 15 minutes.
+    times, now = [], 0.0
+    for step in range(60):
+        times.append(now)
+        now += 1.0
+        if step % 10 == 9:
+            times.append(now)  # the eval row of this step
+            now += 900.0
+    clock(times)
+    path = loss_trace(make_trace, count=60, evals=range(9, 60, 10))
+    assert run_rule(path, "stalled-training").status is RuleStatus.passed
+    across = run_rule(path, "stalled-training", across_modes=True)
+    assert len(keyed(across, "stall")) == 5 and keyed(across, "stall")[0].first_step == 9
+    # With only training kept, an evaluation pass is still not a gap between training steps.
+    assert (
+        analyze_path(path, select=("DBG801",), mode="train").results[0].status is RuleStatus.passed
+    )
+
+
+def test_slow_steps_are_held_to_their_own_pace(make_trace, clock) -> None:
+    times = steady(40, seconds=60.0)
+    times[21:] += 1200.0
+    clock(times)
+    path = loss_trace(make_trace, count=40)
+    assert run_rule(path, "DBG801").status is RuleStatus.passed
+    (finding,) = run_rule(path, "DBG801", factor=10.0).findings
+    assert (finding.first_step, finding.last_step) == (20, 21)
+    assert finding.threshold is not None and finding.threshold > 600.0
+    assert finding.threshold == pytest.approx(10 * finding.extra["median_step_seconds"])
+
+
+def test_threshold_is_tunable(make_trace, clock) -> None:
+    times = steady(50)
+    times[11:] += 300.0
+    clock(times)
+    path = loss_trace(make_trace)
+    assert run_rule(path, "DBG801").status is RuleStatus.passed
+    (finding,) = run_rule(path, "DBG801", threshold=120.0).findings
+    assert (finding.first_step, finding.last_step, finding.threshold) == (10, 11, 120.0)
+
+
+def test_step_filters_are_respected(make_trace, clock) -> None:
+    times = steady(50)
+    times[31:] += 2000.0
+    clock(times)
+    path = loss_trace(make_trace)
+    assert analyze_path(path, select=("DBG801",), stop=30).results[0].status is RuleStatus.passed
+    assert analyze_path(path, select=("DBG801",), start=31).results[0].status is RuleStatus.passed
+    assert (
+        analyze_path(path, select=("DBG801",), start=25, stop=35).results[0].status
+        is RuleStatus.violated
+    )
+
+
+def test_step_numbering_jump_and_restart(tmp_path: Path, clock) -> None:
+    # Written in this order (make_trace would sort the steps): a resume from the checkpoint
+    # of step 5005 after step 5009 was recorded.
+    steps = [*range(40), *range(5000, 5010), *range(5005, 5020)]
+    clock(steady(len(steps)))
+    path = tmp_path / "resumed.h5"
+    with TraceWriter(path) as writer:
+        for step in steps:
+            writer.add_scalar("loss", 1.0, step)
+    result = run_rule(path, "DBG801")
+    (jump,) = keyed(result, "step-jump")
+    assert (jump.first_step, jump.last_step, jump.value, jump.threshold) == (
+        39,
+        5000,
+        4961.0,
+        100.0,
+    )
+    assert jump.severity is not None and jump.severity.value == "info"
+    assert (
+        jump.message
+        == "step numbering jumped by 4961 (from 39 to 5000; 4961× the usual increment of 1, > 100×)"
+    )
+    (restart,) = keyed(result, "step-restart")
+    assert (restart.first_step, restart.last_step, restart.value) == (5005, 5009, -4.0)
+    assert restart.message.startswith("step numbering went back from 5009 to 5005")
+    assert not keyed(result, "stall")
+    assert run_rule(path, "DBG801", jump_factor=None).status is RuleStatus.passed
+
+
+def test_sparse_recording_schedule_is_not_a_jump(make_trace, clock) -> None:
+    steps = [*range(100), *range(100, 3000, 100)]
+    clock(steady(len(steps)))
+    assert run_rule(loss_trace(make_trace, steps=steps), "DBG801").status is RuleStatus.passed
+
+
+def test_skipped_without_a_timeline(tmp_path: Path) -> None:
+    path = tmp_path / "hand.h5"
+    with h5py.File(path, "w") as f:
+        f.attrs["format"] = "dbg-trace"
+        f.attrs["format_version"] = "1.0"
+        f["scalars/loss/step"] = np.arange(100)
+        f["scalars/loss/value"] = np.exp(-np.arange(100) / 30)
+    result = run_rule(path, "DBG801")
+    assert result.status is RuleStatus.skipped
+    assert result.reason == (
+        "no step timeline with two or more steps (the wall-clock time TraceWriter notes at each "
+        "new step; traces written by hand usually have none)"
+    )
+
+
+def test_sample_traces_have_no_stall() -> None:
+    for name in ("healthy", "dead_relu", "high_lr"):
+        report = analyze_path(SAMPLES / f"numpy_mlp_{name}.h5", select=("DBG801",))
+        assert report.results[0].status is RuleStatus.passed
