@@ -1,3 +1,611 @@
 """DBG4xx: any tensor: all zero, variance too small, values not changing, non-finite values."""
 
 from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Literal, NamedTuple
+
+import numpy as np
+
+from dbgcli.findings import Finding
+from dbgcli.rules._context import Episode, RuleContext, TensorView, episode_findings
+from dbgcli.rules._registry import Need, rule
+from dbgcli.trace.derive import Accumulator, Derivation
+from dbgcli.trace.reader import RawChunk, TagInfo, Trace
+from dbgcli.trace.stats import COL
+
+ANY_TENSOR = Need.tensors()
+
+# Model parameters: their first record is the initialisation, and 1-D ones (biases,
+# normalisation scales) are initialised to a constant by design.
+PARAMETER_COLLECTIONS = frozenset({"weights", "biases", "parameters"})
+
+# Collections that are exactly zero at the first step of a run that zero-initialises a layer on
+# purpose (zero biases; zero-initialised heads and residual branches as in DiT's adaLN-Zero,
+# ControlNet or JAX ViT): the parameters themselves, the outputs they produce, and the
+# gradients of every layer below them.
+ZERO_INIT_COLLECTIONS = frozenset({*PARAMETER_COLLECTIONS, "gradients", "predictions", "outputs"})
+
+
+def _selected(ctx: RuleContext, collections: tuple[str, ...]) -> list[TensorView]:
+    """Tensor views of ``collections`` (every tensor when empty)."""
+    return ctx.tensors(collection=list(collections) if collections else None)
+
+
+def _per_mode(
+    view: TensorView,
+    values: np.ndarray,
+    violating: np.ndarray,
+    *,
+    threshold: float | None,
+    key: str,
+    worst: Literal["max", "min"],
+    message: Callable[[Episode, float], str],
+    extra: dict[str, Any] | None = None,
+) -> Iterator[Finding]:
+    """``episode_findings`` run separately on each mode's records, so an episode never
+    spans modes (an eval record between two training records is not a break in training)."""
+    for code in np.unique(view.modes):
+        positions = np.flatnonzero(view.modes == code)
+        yield from episode_findings(
+            tensor=view.tag,
+            steps=view.steps[positions],
+            values=values[positions],
+            violating=violating[positions],
+            threshold=threshold,
+            key=key,
+            message=message,
+            worst=worst,
+            modes=view.modes[positions],
+            extra=extra,
+        )
+
+
+# -- DBG401 all-zero ------------------------------------------------------------------------------
+
+ALL_ZERO_COLLECTIONS = (
+    "weights",
+    "biases",
+    "gradients",
+    "activations",
+    "preactivations",
+    "inputs",
+    "predictions",
+    "outputs",
+)
+
+
+@rule("DBG401", "all-zero", severity="error", category="tensors", requires=ANY_TENSOR)
+def all_zero(
+    ctx: RuleContext,
+    *,
+    threshold: float = 100.0,
+    collections: tuple[str, ...] = ALL_ZERO_COLLECTIONS,
+    skip_initial: bool = True,
+) -> Iterator[Finding]:
+    """A tensor is entirely (or mostly) exact zeros.
+
+    SageMaker Debugger's AllZero. Per recorded step and tensor, the share of elements that are
+    exactly zero (statistic ``zero_frac``, counted over all ``n`` elements, so a NaN is not a
+    zero) is compared with the threshold: the record violates when
+    ``zero_frac >= threshold / 100``. With the default 100 % this means every element is
+    ``0``: the statistic is an exact count, so no rounding can make a tensor with a single
+    non-zero element pass for all-zero (equivalently ``min == max == 0`` with no NaN).
+    Records with no elements are not judged. Findings are one per tensor, mode and episode of
+    consecutive violating records, with the largest share.
+
+    Which tensors: by default weights, biases, gradients, activations, pre-activations,
+    inputs, predictions and outputs. Labels are left out because an all-zero label batch is
+    ordinary (a batch of class 0 in binary classification); add them with ``collections``.
+    A ReLU layer legitimately has about half its values at zero, which the default 100 %
+    threshold leaves alone; lower it only for tensors that are not sparse by nature.
+
+    The first recorded step of a parameter, gradient, prediction or output tensor is skipped
+    (``skip_initial``): zero initialisation is a deliberate choice for biases and for some
+    layers (zero-initialised heads and residual branches in DiT, ControlNet or JAX ViT), which
+    makes those parameters, the outputs they produce and the gradients of every layer below
+    them exactly zero until the first update. Whether an initialisation is sound is
+    ``poor-weight-initialization`` (DBG501)'s question; here a tensor that is still all zero
+    one step later is reported.
+
+    Why it matters: an all-zero weight matrix makes its layer output a constant and its units
+    symmetric; an all-zero activation means a dead layer that passes no gradient back; an
+    all-zero gradient means nothing upstream learns; an all-zero input batch means the model
+    is trained on nothing.
+
+    Typical causes: dying ReLUs (large negative biases, a learning rate too high), weights
+    zeroed by a bad checkpoint load or masking, a detached graph or a frozen branch (zero
+    gradients), a data pipeline that yields blank or padding-only batches, a ReLU on the
+    output layer that died.
+
+    Fix: check the data pipeline and checkpoint loading; make sure the loss depends on the
+    parameters (no detach, requires_grad set); use He initialisation, small positive or zero
+    biases, a lower learning rate, or LeakyReLU/GELU.
+
+    Args:
+        threshold: Percentage of exactly-zero elements at or above which a record violates.
+        collections: Collections to check (comma-separated; empty: every tensor).
+        skip_initial: Ignore the first recorded step of parameters, gradients, predictions and
+            outputs (deliberate zero initialisation).
+    """
+    for view in _selected(ctx, collections):
+        share = view.stat("zero_frac")
+        violating = share >= threshold / 100.0
+        if skip_initial and view.info.collection in ZERO_INIT_COLLECTIONS:
+            first_step = ctx.trace.index(view.tag)[0][0]
+            violating &= view.steps != first_step
+        yield from _per_mode(
+            view,
+            share * 100.0,
+            violating,
+            threshold=threshold,
+            key="all-zero",
+            worst="max",
+            extra={"elements": int(np.nanmax(view.stat("count")))},
+            message=lambda e, v: (
+                "every element is exactly zero"
+                if v >= 100.0
+                else f"{v:.4g}% of the elements are exactly zero (>= {threshold:g}%)"
+            ),
+        )
+
+
+# -- DBG402 tensor-variance -----------------------------------------------------------------------
+
+TENSOR_VARIANCE_COLLECTIONS = ("weights", "gradients", "activations", "preactivations")
+
+
+@rule("DBG402", "tensor-variance", severity="warning", category="tensors", requires=ANY_TENSOR)
+def tensor_variance(
+    ctx: RuleContext,
+    *,
+    min_relative: float = 1e-6,
+    min_threshold: float | None = None,
+    max_threshold: float | None = None,
+    collections: tuple[str, ...] = TENSOR_VARIANCE_COLLECTIONS,
+) -> Iterator[Finding]:
+    """A tensor's values are (nearly) all the same: its variance is too small.
+
+    SageMaker Debugger's TensorVariance with a default that works on any scale. Per recorded
+    step and tensor, over its finite elements, with ``var = std²`` and ``mean`` the
+    statistics of the record:
+
+    * **near-constant** (default): the *relative variance* ``var / (mean² + var)``, i.e.
+      ``var / mean(x²)``, the share of the tensor's mean square that comes from spread rather
+      than from a common offset, is below ``min_relative``. It is 1 for zero-mean data, 0 for a
+      constant tensor, and does not depend on units or on how far training has gone: the
+      gradients of a healthy run shrink by orders of magnitude as the loss falls, so any
+      absolute bound on their variance either misses a collapse or fires on convergence. The
+      default ``1e-6`` means a standard deviation below 0.1 % of the root mean square: a
+      constant-initialised or collapsed layer (every unit computing the same value), not a
+      healthy one. An all-zero tensor has no relative variance and is left to ``all-zero``
+      (DBG401); tensors with fewer than 2 elements are not judged.
+    * **too-small** / **too-large**: ``var < min_threshold`` / ``var > max_threshold`` in
+      absolute terms, SageMaker Debugger's two bounds; unset by default as there (no absolute
+      bound suits every tensor; DeepDiagnosis uses ``1e-5`` and ``10`` for weights).
+
+    Which tensors: by default weights, gradients, activations and pre-activations. The
+    near-constant check skips 1-D parameters: biases and normalisation scales start constant
+    by design (zero, or one). Labels are left out because a batch of one class is ordinary;
+    predictions because a zero-initialised head makes them uniform at the start of a healthy
+    run; inputs because masks and ids recorded as inputs can be constant. Findings are one per
+    tensor, mode, key and episode of consecutive violating records, with the worst value.
+
+    Why it matters: units that all compute the same value are redundant, receive the same
+    gradient and stay identical; the layer behaves like a single unit. A collapsed activation
+    (every sample mapped to the same output) carries no information about the input.
+
+    Typical causes: constant weight initialisation, saturated sigmoid/tanh layers, very large
+    negative or positive biases, representation collapse, a learning rate so high that the
+    weights were driven to a degenerate point.
+
+    Fix: random (He/Glorot) initialisation, lower learning rate, normalisation layers, check
+    for saturation (DBG2xx) and for data that does not vary.
+
+    Args:
+        min_relative: Relative variance var / (mean² + var) below which a record counts
+            as near-constant (0 disables the check).
+        min_threshold: Absolute variance below which a record violates (unset: no check).
+        max_threshold: Absolute variance above which a record violates (unset: no check).
+        collections: Collections to check (comma-separated; empty: every tensor).
+    """
+    below = f"(< {min_threshold:g})" if min_threshold is not None else ""
+    above = f"(> {max_threshold:g})" if max_threshold is not None else ""
+    for view in _selected(ctx, collections):
+        var = view.stat("var")
+        mean = view.stat("mean")
+        with np.errstate(invalid="ignore", divide="ignore"):
+            relative = var / (mean * mean + var)
+        shape = view.info.shape
+        constant_by_design = view.info.collection in PARAMETER_COLLECTIONS and (
+            shape is None or len(shape) < 2
+        )
+        judged = (view.stat("count") >= 2) & (not constant_by_design)
+        yield from _per_mode(
+            view,
+            relative,
+            judged & (relative < min_relative),
+            threshold=min_relative,
+            key="near-constant",
+            worst="min",
+            message=lambda e, v: (
+                f"values nearly all equal: relative variance {v:.3g} (< {min_relative:g})"
+                if v > 0
+                else "every element has the same value (variance 0)"
+            ),
+        )
+        if min_threshold is not None:
+            yield from _per_mode(
+                view,
+                var,
+                var < min_threshold,
+                threshold=min_threshold,
+                key="too-small",
+                worst="min",
+                message=lambda e, v: f"variance {v:.3g} {below}",
+            )
+        if max_threshold is not None:
+            yield from _per_mode(
+                view,
+                var,
+                var > max_threshold,
+                threshold=max_threshold,
+                key="too-large",
+                worst="max",
+                message=lambda e, v: f"variance {v:.3g} {above}",
+            )
+
+
+# -- DBG403 unchanged-tensor ----------------------------------------------------------------------
+
+# Verdict of a record against the previous record of its tag and mode.
+NO_PREVIOUS = -1
+CHANGED = 0
+SAME_FULL = 1  # full tensors all-close
+SAME_STATS = 2  # no full tensors for both records; every statistic identical
+
+# Statistics that must be identical for the fallback comparison to call two records unchanged.
+_IDENTITY_STATS = ("count", "nan_count", "inf_count", "min", "max", "mean", "std", "l1", "l2")
+
+# Elements per float64 comparison block: bounds the temporary memory of comparing big tensors.
+_COMPARE_BLOCK = 1 << 20
+
+
+class UnchangedRuns(NamedTuple):
+    """Per record of a tag (unfiltered): its verdict against the previous record of its mode,
+    and the number of consecutive unchanged records ending with it (1 after a change)."""
+
+    verdict: np.ndarray
+    run: np.ndarray
+
+
+@dataclass(frozen=True)
+class ConsecutiveAllClose(Derivation):
+    """Whether each record equals the previous record of its mode, as ``np.allclose``.
+
+    Only *candidate* records are read: those whose exact statistics allow all-closeness. If
+    ``allclose(a, b)`` holds elementwise (``|a - b| <= atol + rtol·|b|``), every element of
+    ``a`` is within ``T = atol + rtol·max|b|`` of the matching element of ``b``, so the
+    maxima differ by at most ``T`` and so do the minima; both records also have the same
+    element count and the same number of NaN and infinite elements (none at all with
+    ``equal_nan`` false). Minimum and maximum are stored exactly, so a record failing this
+    test certainly changed and its bytes are never read. Where the writer recorded the
+    update norm ``update_l2 = ||a - b||₂`` (weights and biases), the triangle inequality adds
+    ``||a - b||₂ <= atol·sqrt(n) + rtol·||b||₂``, which rules out almost every record of a
+    training layer (the extremes of a big tensor rarely move).
+    """
+
+    rtol: float
+    atol: float
+    equal_nan: bool
+
+    def wanted(self, info: TagInfo, trace: Trace) -> np.ndarray:
+        previous, candidate = _candidates(info, trace, self)
+        mask = candidate.copy()
+        mask[previous[candidate]] = True
+        return mask
+
+    def start(self, info: TagInfo, trace: Trace) -> Accumulator:
+        return _AllCloseAccumulator(info, trace, self)
+
+
+def _previous_records(modes: np.ndarray) -> np.ndarray:
+    """Index of the previous record of the same mode (-1 for the first of each mode)."""
+    previous = np.full(len(modes), -1, dtype=np.int64)
+    for code in np.unique(modes):
+        records = np.flatnonzero(modes == code)
+        previous[records[1:]] = records[:-1]
+    return previous
+
+
+def _candidates(
+    info: TagInfo, trace: Trace, spec: ConsecutiveAllClose
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(previous record, candidate mask)``: records whose statistics allow all-closeness."""
+    _, modes = trace.index(info.tag)
+    previous = _previous_records(modes)
+    table = trace.stats(info.tag)
+    has_previous = previous >= 0
+    current = table
+    before = table[np.where(has_previous, previous, 0)]
+
+    def column(rows: np.ndarray, name: str) -> np.ndarray:
+        return rows[:, COL[name]]
+
+    with np.errstate(invalid="ignore"):
+        same_counts = (column(current, "count") == column(before, "count")) & (
+            column(current, "inf_count") == column(before, "inf_count")
+        )
+        nans = column(current, "nan_count")
+        same_counts &= nans == column(before, "nan_count")
+        if not spec.equal_nan:
+            same_counts &= nans == 0
+        reference = np.maximum(np.abs(column(before, "min")), np.abs(column(before, "max")))
+        # A hair of slack for the float64 rounding of the elementwise test.
+        tolerance = (spec.atol + spec.rtol * reference) * (1 + 1e-9)
+        extremes_close = (np.abs(column(current, "max") - column(before, "max")) <= tolerance) & (
+            np.abs(column(current, "min") - column(before, "min")) <= tolerance
+        )
+        # Without finite elements there are no extremes; the counts already had to match.
+        no_finite = np.isnan(column(current, "min")) & np.isnan(column(before, "min"))
+        # update_l2 is measured against the record just before in the tag, whatever its mode.
+        update = np.where(
+            previous == np.arange(len(previous)) - 1, column(current, "update_l2"), np.nan
+        )
+        # The L2 statistic is summed in float32: a generous slack keeps the test sound.
+        norm_bound = (
+            spec.atol * np.sqrt(column(current, "count")) + spec.rtol * column(before, "l2")
+        ) * (1 + 1e-3)
+        norm_known = np.isfinite(update) & np.isfinite(norm_bound)
+        update_small = ~norm_known | (update <= norm_bound)
+    return previous, has_previous & same_counts & (extremes_close | no_finite) & update_small
+
+
+def _all_close(a: np.ndarray, b: np.ndarray, rtol: float, atol: float, equal_nan: bool) -> bool:
+    """``np.allclose(a, b)`` on float64 values, block by block; a new shape or dtype is a change."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    flat_a, flat_b = a.reshape(-1), b.reshape(-1)
+    for start in range(0, flat_a.size, _COMPARE_BLOCK):
+        block = slice(start, start + _COMPARE_BLOCK)
+        if not np.allclose(
+            flat_a[block].astype(np.float64),
+            flat_b[block].astype(np.float64),
+            rtol=rtol,
+            atol=atol,
+            equal_nan=equal_nan,
+        ):
+            return False
+    return True
+
+
+class _AllCloseAccumulator(Accumulator):
+    def __init__(self, info: TagInfo, trace: Trace, spec: ConsecutiveAllClose) -> None:
+        self.spec = spec
+        self.table = trace.stats(info.tag)
+        self.modes = trace.index(info.tag)[1]
+        self.previous, self.candidate = _candidates(info, trace, spec)
+        self.is_predecessor = np.zeros(info.records, dtype=bool)
+        self.is_predecessor[self.previous[self.candidate]] = True
+        # 1 all-close, 0 not, -1 not compared (a full tensor missing for one of the two).
+        self.compared = np.full(info.records, -1, dtype=np.int8)
+        # Per mode, the last full tensor seen, if a candidate after it needs it. Records of a
+        # raw segment arrive in order, so one held tensor per mode is enough.
+        self.held: dict[int, tuple[int, np.ndarray]] = {}
+
+    def feed(self, chunk: RawChunk) -> None:
+        for record, values in zip(chunk.records.tolist(), chunk.values, strict=True):
+            mode = int(self.modes[record])
+            held = self.held.pop(mode, None)
+            if self.candidate[record] and held is not None and held[0] == self.previous[record]:
+                spec = self.spec
+                close = _all_close(values, held[1], spec.rtol, spec.atol, spec.equal_nan)
+                self.compared[record] = 1 if close else 0
+            if self.is_predecessor[record]:
+                self.held[mode] = (record, np.array(values))
+
+    def finish(self) -> UnchangedRuns:
+        records = len(self.previous)
+        verdict = np.full(records, NO_PREVIOUS, dtype=np.int8)
+        verdict[self.previous >= 0] = CHANGED
+        verdict[self.candidate & (self.compared == 1)] = SAME_FULL
+        before = self.table[np.maximum(self.previous, 0)]
+        with np.errstate(invalid="ignore"):
+            identical = np.ones(records, dtype=bool)
+            for name in _IDENTITY_STATS:
+                identical &= self.table[:, COL[name]] == before[:, COL[name]]
+        verdict[self.candidate & (self.compared == -1) & identical] = SAME_STATS
+        run = np.ones(records, dtype=np.int64)
+        for code in np.unique(self.modes):
+            positions = np.flatnonzero(self.modes == code)
+            same = verdict[positions] >= SAME_FULL
+            index = np.arange(len(positions))
+            last_change = np.maximum.accumulate(np.where(same, 0, index))
+            run[positions] = index - last_change + 1
+        return UnchangedRuns(verdict, run)
+
+
+def _unchanged_derivation(rtol: float, atol: float, equal_nan: bool) -> ConsecutiveAllClose:
+    return ConsecutiveAllClose(float(rtol), float(atol), bool(equal_nan))
+
+
+def _unchanged_plan(ctx: RuleContext, params: dict[str, Any]) -> Iterator[tuple[str, Derivation]]:
+    derivation = _unchanged_derivation(params["rtol"], params["atol"], params["equal_nan"])
+    for view in _selected(ctx, params["collections"]):
+        yield view.tag, derivation
+
+
+@rule(
+    "DBG403",
+    "unchanged-tensor",
+    severity="warning",
+    category="tensors",
+    requires=ANY_TENSOR,
+    plan=_unchanged_plan,
+)
+def unchanged_tensor(
+    ctx: RuleContext,
+    *,
+    num_steps: int = 3,
+    rtol: float = 1e-5,
+    atol: float = 1e-8,
+    equal_nan: bool = False,
+    collections: tuple[str, ...] = ("weights", "biases"),
+) -> Iterator[Finding]:
+    """A tensor does not change across consecutive recorded steps: the layer is frozen.
+
+    SageMaker Debugger's UnchangedTensor. Each record of a tensor is compared with the
+    previous record of the same tensor and mode:
+
+    * when both records keep their full tensor, they are unchanged if
+      ``np.allclose(current, previous, rtol, atol, equal_nan)`` holds (computed on float64
+      values; a change of shape or dtype is a change);
+    * otherwise (full tensors are kept only every ``raw_every`` steps) the fallback is the
+      statistics: unchanged if every one of count, NaN and inf counts, min, max, mean, std,
+      L1 and L2 is identical. This is stricter than all-close (a change within the tolerance
+      still moves the statistics) but blind to a permutation of the same values, and the
+      finding says when it was used.
+
+    A record violates when it ends ``num_steps`` consecutive records that are pairwise
+    unchanged (``num_steps - 1`` unchanged comparisons in a row), so with the defaults three
+    recordings of a frozen tensor at steps 0, 1, 2 fire at step 2, and a tensor with fewer
+    than ``num_steps`` records never fires (the SageMaker Debugger 2019 test cases). The
+    comparison is pairwise between consecutive records, not against the first record of the
+    window (SageMaker Debugger leaves this open, and all-close is not transitive): it asks
+    "did the tensor change from one saved step to the next", so a tensor creeping by less
+    than the tolerance at every step counts as unchanged even if it drifts over a long
+    window. As in SageMaker Debugger, records before ``--start`` count as history. Findings
+    are one per tensor, mode and episode; the value is the longest run of unchanged records.
+
+    Cost: minimum and maximum are exact statistics, so the rule reads full tensors only for
+    records whose extremes, element counts and (for weights and biases) update norm allow
+    all-closeness (see ``ConsecutiveAllClose``); a tensor that visibly changes costs no raw
+    reads at all.
+
+    Which tensors: weights and biases by default, where a frozen layer is the classic bug.
+    Gradients are left out: a gradient practically never repeats while its weights change,
+    so a repeated gradient is either all zero (reported by ``all-zero``, DBG401) or comes
+    with unchanged weights (reported here); add ``gradients`` (or ``inputs``, to catch
+    a data loader that yields the same batch) with ``collections``. A layer frozen on purpose
+    (fine-tuning with a frozen backbone) is reported too; deselect its collection or ignore
+    the finding.
+
+    Why it matters: a parameter that never changes is not being trained: the optimizer does
+    not see it, its gradient is zero, or its updates are lost to rounding.
+
+    Typical causes: parameters not passed to the optimizer, ``requires_grad`` false or
+    ``detach()`` in the forward pass, a dead layer upstream (zero gradients), a learning rate
+    of zero (schedule bug) or so small that float32 rounds the update away, the optimizer
+    step skipped (e.g. by a gradient scaler that keeps seeing inf).
+
+    Fix: check the optimizer's parameter groups and ``requires_grad``, look for detach and
+    no_grad in the forward pass, check the learning-rate schedule, check the gradients of
+    the layer (DBG1xx, DBG401).
+
+    Args:
+        num_steps: Consecutive pairwise-unchanged records that make a violation (at least 2).
+        rtol: Relative tolerance of np.allclose.
+        atol: Absolute tolerance of np.allclose.
+        equal_nan: Treat NaN as equal to NaN (otherwise a record with NaN always changed).
+        collections: Collections to check (comma-separated; empty: every tensor).
+    """
+    if num_steps < 2:
+        raise ValueError(
+            f"num_steps must be at least 2 (a record always equals itself), got {num_steps}"
+        )
+    derivation = _unchanged_derivation(rtol, atol, equal_nan)
+    for view in _selected(ctx, collections):
+        result: UnchangedRuns = view.derive(derivation)
+        run = result.run[view.records].astype(np.float64)
+        verdict = result.verdict[view.records]
+        for code in np.unique(view.modes):
+            positions = np.flatnonzero(view.modes == code)
+            mode_verdict = verdict[positions]
+
+            def message(e: Episode, v: float, verdicts: np.ndarray = mode_verdict) -> str:
+                evidence = _evidence(verdicts[e.first : e.last + 1])
+                return f"unchanged over {v:.0f} consecutive records (>= {num_steps}); {evidence}"
+
+            yield from episode_findings(
+                tensor=view.tag,
+                steps=view.steps[positions],
+                values=run[positions],
+                violating=run[positions] >= num_steps,
+                threshold=float(num_steps),
+                key="unchanged",
+                message=message,
+                worst="max",
+                modes=view.modes[positions],
+                extra={"rtol": rtol, "atol": atol},
+            )
+
+
+def _evidence(verdicts: np.ndarray) -> str:
+    full = bool((verdicts == SAME_FULL).any())
+    stats = bool((verdicts == SAME_STATS).any())
+    if full and stats:
+        return "full tensors all-close where stored, statistics identical elsewhere"
+    if stats:
+        return "statistics identical (full tensors not kept for these records)"
+    return "full tensors all-close"
+
+
+# -- DBG404 non-finite-tensor ---------------------------------------------------------------------
+
+
+@rule("DBG404", "non-finite-tensor", severity="error", category="tensors", requires=ANY_TENSOR)
+def non_finite_tensor(
+    ctx: RuleContext, *, only_nan: bool = False, collections: tuple[str, ...] = ()
+) -> Iterator[Finding]:
+    """A tensor holds NaN or infinite values.
+
+    SageMaker Debugger's ExplodingTensor, applied to every tensor. Per recorded step and
+    tensor: the record violates when it holds any NaN (statistic ``nan_count > 0``) or,
+    unless ``only_nan``, any ±inf (``inf_count > 0``). NaN and infinities are reported
+    separately (keys ``nan`` and ``inf``), one finding per tensor, mode and episode of
+    consecutive violating records, with the largest count of bad elements in one record. A
+    tensor that recovers and breaks again gives two episodes.
+
+    Why it matters: one non-finite value spreads through every later computation; once a
+    weight is NaN the model is lost, and a NaN in inputs or labels poisons the loss.
+
+    Typical causes: a learning rate too high (overflow, then inf - inf = NaN), division by
+    zero or log of zero in the loss or a normalisation, fp16 overflow without loss scaling,
+    NaN or inf in the data.
+
+    Fix: lower the learning rate, clip gradients, add epsilons to divisions, logs and square
+    roots, use a gradient scaler with mixed precision, check the data for NaN/inf; find the
+    first tensor and step that went non-finite.
+
+    Args:
+        only_nan: Report NaN only, not ±inf.
+        collections: Collections to check (comma-separated; empty: every tensor).
+    """
+    for view in _selected(ctx, collections):
+        nans = view.stat("nan_count")
+        yield from _per_mode(
+            view,
+            nans,
+            nans > 0,
+            threshold=0.0,
+            key="nan",
+            worst="max",
+            message=lambda e, v: f"{_up_to(e)}{v:.0f} NaN element{'' if v == 1 else 's'}",
+        )
+        if not only_nan:
+            infs = view.stat("inf_count")
+            yield from _per_mode(
+                view,
+                infs,
+                infs > 0,
+                threshold=0.0,
+                key="inf",
+                worst="max",
+                message=lambda e, v: f"{_up_to(e)}{v:.0f} infinite element{'' if v == 1 else 's'}",
+            )
+
+
+def _up_to(episode: Episode) -> str:
+    """``"up to "`` when the value is the worst of several records."""
+    return "up to " if episode.count > 1 else ""

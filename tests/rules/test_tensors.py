@@ -1,0 +1,402 @@
+"""DBG401 all-zero, DBG402 tensor-variance, DBG403 unchanged-tensor, DBG404 non-finite-tensor."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dbgcli.analysis import Options, analyze_trace, configure
+from dbgcli.report.model import RuleResult, RuleStatus
+from dbgcli.trace import reader
+
+from .helpers import keyed, run_rule
+
+
+def run_window(
+    path: Path, rule: str, start: int | None, end: int | None, **params: object
+) -> RuleResult:
+    """Run a rule like smdebug's ``invoke_rule(start_step, end_step)`` (end exclusive)."""
+    options = Options(
+        select=(rule,),
+        params={rule: params} if params else {},
+        start=start,
+        stop=None if end is None else end - 1,
+    )
+    report = analyze_trace(path, configure(options), options)
+    assert report.error is None, report.error
+    (result,) = report.results
+    assert result.status is not RuleStatus.error, result.reason
+    return result
+
+
+def sgd_weights(
+    shape: tuple[int, ...], steps: int, ratio: float = 1e-3, seed: int = 0
+) -> list[np.ndarray]:
+    """He-initialised weights moved by random updates of about ``ratio`` times their norm."""
+    rng = np.random.default_rng(seed)
+    fan_in = int(np.prod(shape[1:]))
+    w = rng.normal(0, np.sqrt(2 / fan_in), size=shape)
+    out = []
+    for _ in range(steps):
+        out.append(w.astype(np.float32))
+        step = rng.normal(size=shape)
+        w = w + ratio * np.linalg.norm(w) * step / np.linalg.norm(step)
+    return out
+
+
+def healthy_tensors(steps: int = 40, seed: int = 0) -> dict[str, dict[str, object]]:
+    """A small healthy layer: moving weights, zero-initialised then moving biases, shrinking
+    gradients, ReLU activations with about half their values at zero, varied labels."""
+    rng = np.random.default_rng(seed)
+    weights = sgd_weights((32, 16), steps, seed=seed)
+    biases = [np.zeros(32, np.float32)] + [
+        rng.normal(0, 1e-2 * (1 + t / 10), 32).astype(np.float32) for t in range(1, steps)
+    ]
+    grads = [rng.normal(0, 1e-1 * 0.7**t, size=(32, 16)).astype(np.float32) for t in range(steps)]
+    acts = [np.maximum(rng.normal(size=(64, 32)), 0).astype(np.float32) for _ in range(steps)]
+    labels = [rng.integers(0, 4, size=64) for _ in range(steps)]
+    return {
+        "fc.weight": {"values": weights, "collection": "weights"},
+        "fc.bias": {"values": biases, "collection": "biases"},
+        "grad/fc.weight": {"values": grads, "collection": "gradients"},
+        "act/relu": {"values": acts, "collection": "activations", "kind": "relu"},
+        "labels": {"values": labels, "collection": "labels"},
+    }
+
+
+# -- DBG401 all-zero ------------------------------------------------------------------------------
+
+
+def test_all_zero_fires_on_a_dead_relu_layer(make_trace) -> None:
+    tensors = healthy_tensors()
+    for step in range(10, 20):
+        tensors["act/relu"]["values"][step] = np.zeros((64, 32), np.float32)  # type: ignore[index]
+    result = run_rule(make_trace(tensors=tensors), "DBG401")
+    (finding,) = keyed(result, "all-zero")
+    assert (finding.tensor, finding.first_step, finding.last_step, finding.steps) == (
+        "act/relu",
+        10,
+        19,
+        10,
+    )
+    assert finding.value == 100.0 and finding.threshold == 100.0
+    assert finding.severity is not None and finding.severity.value == "error"
+    assert finding.message == "every element is exactly zero"
+
+
+def test_all_zero_quiet_on_healthy_tensors_and_zero_initialised_biases(make_trace) -> None:
+    path = make_trace(tensors=healthy_tensors())
+    assert run_rule(path, "all-zero").status is RuleStatus.passed
+    (bias,) = keyed(run_rule(path, "all-zero", skip_initial=False), "all-zero")
+    assert (bias.tensor, bias.first_step, bias.last_step) == ("fc.bias", 0, 0)
+
+
+def test_all_zero_threshold_override_catches_mostly_zero_layers(make_trace) -> None:
+    path = make_trace(tensors=healthy_tensors())
+    (relu,) = run_rule(path, "DBG401", threshold=40.0).findings
+    assert relu.tensor == "act/relu" and relu.steps == 40
+    assert (
+        relu.value is not None and 40 <= relu.value < 70 and "exactly zero (>= 40%)" in relu.message
+    )
+
+
+def test_all_zero_leaves_labels_alone_unless_asked(make_trace) -> None:
+    tensors = healthy_tensors()
+    tensors["labels"]["values"][5] = np.zeros(64, np.int64)  # type: ignore[index]
+    path = make_trace(tensors=tensors)
+    assert run_rule(path, "DBG401").status is RuleStatus.passed
+    (labels,) = run_rule(path, "DBG401", collections="labels").findings
+    assert (labels.tensor, labels.first_step) == ("labels", 5)
+
+
+def test_all_zero_zero_gradients_fire_after_the_first_step(make_trace) -> None:
+    tensors = healthy_tensors()
+    tensors["grad/fc.weight"]["values"] = [np.zeros((32, 16), np.float32)] * 40
+    (finding,) = run_rule(make_trace(tensors=tensors), "DBG401").findings
+    assert (finding.tensor, finding.first_step, finding.last_step) == ("grad/fc.weight", 1, 39)
+
+
+# -- DBG402 tensor-variance -----------------------------------------------------------------------
+
+
+def test_tensor_variance_fires_on_a_constant_initialised_layer(make_trace) -> None:
+    tensors = healthy_tensors()
+    rng = np.random.default_rng(1)
+    # Constant init: units stay (almost) identical while training nudges them together.
+    tensors["fc2.weight"] = {
+        "values": [
+            (0.05 + t * 1e-4 + rng.normal(0, 1e-8, (16, 32))).astype(np.float32) for t in range(40)
+        ],
+        "collection": "weights",
+    }
+    result = run_rule(make_trace(tensors=tensors), "DBG402")
+    (finding,) = keyed(result, "near-constant")
+    assert (finding.tensor, finding.first_step, finding.last_step, finding.steps) == (
+        "fc2.weight",
+        0,
+        39,
+        40,
+    )
+    assert finding.value is not None and finding.value < 1e-6 and finding.threshold == 1e-6
+
+
+def test_tensor_variance_fires_on_a_collapsed_activation(make_trace) -> None:
+    tensors = healthy_tensors()
+    for step in range(25, 30):
+        tensors["act/relu"]["values"][step] = np.full((64, 32), 3.0, np.float32)  # type: ignore[index]
+    (finding,) = run_rule(make_trace(tensors=tensors), "DBG402").findings
+    assert (finding.tensor, finding.first_step, finding.last_step, finding.key) == (
+        "act/relu",
+        25,
+        29,
+        "near-constant",
+    )
+    assert (
+        finding.value == 0.0 and finding.message == "every element has the same value (variance 0)"
+    )
+
+
+def test_tensor_variance_quiet_on_converging_gradients_and_constant_1d_parameters(
+    make_trace,
+) -> None:
+    tensors = healthy_tensors()
+    tensors["norm.weight"] = {"values": [np.ones(32, np.float32)] * 40, "collection": "weights"}
+    tensors["fc.bias"]["values"] = [np.full(32, 0.01, np.float32)] * 40
+    tensors["grad/fc.bias"] = {"values": [np.zeros(32, np.float32)] * 40, "collection": "gradients"}
+    path = make_trace(tensors=tensors)
+    assert run_rule(path, "tensor-variance").status is RuleStatus.passed
+    # The gradients shrink to a variance of about 1e-14 as "training" converges: an absolute
+    # bound fires on them (and on the all-zero gradient), which is why it is unset by default.
+    low = keyed(run_rule(path, "DBG402", min_threshold=1e-6), "too-small")
+    assert {f.tensor for f in low} == {"grad/fc.weight", "grad/fc.bias", "norm.weight"}
+    gradient = next(f for f in low if f.tensor == "grad/fc.weight")
+    assert gradient.first_step == 13 and gradient.last_step == 39
+
+
+def test_tensor_variance_max_threshold_and_disabling(make_trace) -> None:
+    path = make_trace(tensors=healthy_tensors())
+    high = keyed(run_rule(path, "DBG402", max_threshold=0.3), "too-large")
+    assert [f.tensor for f in high] == ["act/relu"]
+    constant = healthy_tensors()
+    constant["act/relu"]["values"] = [np.full((64, 32), 3.0, np.float32)] * 40
+    assert (
+        run_rule(make_trace(tensors=constant), "DBG402", min_relative=0.0).status
+        is RuleStatus.passed
+    )
+
+
+# -- DBG403 unchanged-tensor ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def smdebug_unchanged_trace(make_trace) -> Path:
+    """SageMaker Debugger 2019 ``test_unchanged.py``: foo_0..2 all ones at steps 0, 1, 2;
+    boo_0..2 only at step 5."""
+    tensors = {}
+    for i in range(3):
+        tensors[f"foo_{i}"] = {"values": [np.ones((10, 3, 2), np.float32)] * 3, "steps": [0, 1, 2]}
+        tensors[f"boo_{i}"] = {"values": [np.ones((10, 3, 2), np.float32)], "steps": [5]}
+    return make_trace(tensors=tensors)
+
+
+def test_unchanged_smdebug_2019_cases(smdebug_unchanged_trace: Path) -> None:
+    everything = {"collections": ""}  # tensor_regex='.*'
+    assert (
+        run_window(smdebug_unchanged_trace, "DBG403", 0, 2, **everything).status
+        is RuleStatus.passed
+    )
+    fired = run_window(smdebug_unchanged_trace, "DBG403", 0, 3, **everything)
+    assert sorted((f.tensor, f.first_step, f.last_step) for f in fired.findings) == [
+        ("foo_0", 2, 2),
+        ("foo_1", 2, 2),
+        ("foo_2", 2, 2),
+    ]
+    assert all(f.value == 3 and "full tensors all-close" in f.message for f in fired.findings)
+    # Evaluating from step 2 still sees steps 0 and 1 as history.
+    assert len(run_window(smdebug_unchanged_trace, "DBG403", 2, 3, **everything).findings) == 3
+    # boo_* has a single saved step: fewer than num_steps never fires.
+    assert (
+        run_window(smdebug_unchanged_trace, "DBG403", 3, 6, **everything).status
+        is RuleStatus.passed
+    )
+
+
+def test_unchanged_frozen_layer_fires_from_full_tensors(make_trace) -> None:
+    tensors = healthy_tensors()
+    weights = tensors["fc.weight"]["values"]
+    for step in range(20, 40):
+        weights[step] = weights[19]  # type: ignore[index]
+    result = run_rule(make_trace(tensors=tensors), "DBG403")
+    (finding,) = keyed(result, "unchanged")
+    assert (finding.tensor, finding.first_step, finding.last_step, finding.steps) == (
+        "fc.weight",
+        21,
+        39,
+        19,
+    )
+    assert finding.value == 21 and finding.threshold == 3
+    assert "full tensors all-close" in finding.message
+    assert finding.severity is not None and finding.severity.value == "warning"
+    later = keyed(run_rule(make_trace(tensors=tensors), "DBG403", num_steps=10), "unchanged")
+    assert later[0].first_step == 28
+
+
+def test_unchanged_quiet_on_training_weights_without_reading_them(make_trace, monkeypatch) -> None:
+    path = make_trace(tensors=healthy_tensors(steps=60))
+    masks: list[tuple[str, int | None]] = []
+    original = reader.Trace.iter_raw
+
+    def spy(self, tag, *, mask=None, **options):  # type: ignore[no-untyped-def]
+        masks.append((tag, None if mask is None else int(mask.sum())))
+        return original(self, tag, mask=mask, **options)
+
+    monkeypatch.setattr(reader.Trace, "iter_raw", spy)
+    assert run_rule(path, "unchanged-tensor").status is RuleStatus.passed
+    assert masks == []  # statistics prove every record changed: no full tensor is read
+
+
+def test_unchanged_reads_only_candidate_records(make_trace, monkeypatch) -> None:
+    tensors = healthy_tensors()
+    weights = tensors["fc.weight"]["values"]
+    for step in (31, 32):
+        weights[step] = weights[30]  # type: ignore[index]
+    path = make_trace(tensors=tensors)
+    fed: list[int] = []
+    original = reader.Trace.iter_raw
+
+    def spy(self, tag, *, mask=None, **options):  # type: ignore[no-untyped-def]
+        for chunk in original(self, tag, mask=mask, **options):
+            fed.extend(int(r) for r in chunk.records)
+            yield chunk
+
+    monkeypatch.setattr(reader.Trace, "iter_raw", spy)
+    (finding,) = run_rule(path, "DBG403").findings
+    assert (finding.first_step, finding.last_step) == (32, 32)
+    assert sorted(fed) == [30, 31, 32]
+
+
+def test_unchanged_falls_back_to_statistics_without_full_tensors(make_trace) -> None:
+    tensors = healthy_tensors()
+    tensors["fc.bias"]["values"] = [np.full(32, 0.1, np.float32)] * 40
+    (finding,) = run_rule(make_trace(tensors=tensors, raw_every=0), "DBG403").findings
+    assert (finding.tensor, finding.first_step, finding.last_step) == ("fc.bias", 2, 39)
+    assert "statistics identical (full tensors not kept" in finding.message
+
+
+def test_unchanged_tolerance_applies_to_full_tensors_only(make_trace) -> None:
+    # A creep of 1e-7 relative per step is within rtol: all-close on full tensors, but the
+    # statistics move, so the stricter fallback does not call it unchanged.
+    base = np.random.default_rng(0).normal(0, 0.25, (32, 16))
+    creeping = [(base * (1 + 1e-7 * t)).astype(np.float64) for t in range(10)]
+    tensors = {"fc.weight": {"values": creeping, "collection": "weights"}}
+    (finding,) = run_rule(make_trace(tensors=tensors), "DBG403").findings
+    assert (finding.first_step, finding.last_step, finding.value) == (2, 9, 10)
+    assert (
+        run_rule(make_trace(tensors=tensors), "DBG403", rtol=0.0, atol=0.0).status
+        is RuleStatus.passed
+    )
+    assert run_rule(make_trace(tensors=tensors, raw_every=0), "DBG403").status is RuleStatus.passed
+
+
+def test_unchanged_compares_records_of_the_same_mode(make_trace) -> None:
+    weights = sgd_weights((16, 8), 20)
+    values, steps, modes = [], [], []
+    for step, value in enumerate(weights):
+        values.append(value)
+        steps.append(step)
+        modes.append("train")
+        if step % 5 == 0:  # the same weights recorded again during evaluation
+            values.append(value)
+            steps.append(step)
+            modes.append("eval")
+    tensors = {
+        "fc.weight": {"values": values, "steps": steps, "modes": modes, "collection": "weights"}
+    }
+    assert run_rule(make_trace(tensors=tensors), "DBG403").status is RuleStatus.passed
+
+
+def test_unchanged_gradients_and_nan_options(make_trace) -> None:
+    tensors = healthy_tensors()
+    tensors["grad/fc.weight"]["values"] = [np.full((32, 16), np.nan, np.float32)] * 40
+    path = make_trace(tensors=tensors)
+    assert run_rule(path, "DBG403", collections="gradients").status is RuleStatus.passed
+    (finding,) = run_rule(path, "DBG403", collections="gradients", equal_nan=True).findings
+    assert (finding.tensor, finding.first_step) == ("grad/fc.weight", 2)
+
+
+def test_unchanged_rejects_num_steps_below_two(make_trace) -> None:
+    path = make_trace(tensors=healthy_tensors(steps=3))
+    options = Options(select=("DBG403",), params={"DBG403": {"num_steps": 1}})
+    (result,) = analyze_trace(path, configure(options), options).results
+    assert result.status is RuleStatus.error and "num_steps must be at least 2" in result.reason
+
+
+# -- DBG404 non-finite-tensor ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def smdebug_invoker_trace(make_trace) -> Path:
+    """SageMaker Debugger 2019 ``test_invoker.py``: foo_0..2 of shape (1,), NaN at steps 0 and
+    2, ordinary data at step 1."""
+    values = [
+        np.array([np.nan], np.float32),
+        np.array([0.5], np.float32),
+        np.array([np.nan], np.float32),
+    ]
+    return make_trace(tensors={f"foo_{i}": {"values": values} for i in range(3)})
+
+
+def test_non_finite_smdebug_2019_invoker_case(smdebug_invoker_trace: Path) -> None:
+    from_zero = run_window(smdebug_invoker_trace, "DBG404", 0, 3)
+    assert sorted((f.tensor, f.first_step, f.last_step) for f in from_zero.findings) == [
+        (f"foo_{i}", step, step) for i in range(3) for step in (0, 2)
+    ]
+    assert all(
+        f.key == "nan" and f.value == 1 and f.message == "1 NaN element" for f in from_zero.findings
+    )
+    from_one = run_window(smdebug_invoker_trace, "DBG404", 1, 3)
+    assert sorted((f.tensor, f.first_step) for f in from_one.findings) == [
+        (f"foo_{i}", 2) for i in range(3)
+    ]
+
+
+def test_non_finite_reports_nan_and_inf_in_any_collection(make_trace) -> None:
+    tensors = healthy_tensors()
+    tensors["labels"]["values"] = [v.astype(np.float32) for v in tensors["labels"]["values"]]  # type: ignore[union-attr]
+    tensors["labels"]["values"][12][:3] = np.nan  # type: ignore[index]
+    tensors["act/relu"]["values"][30][0, :2] = np.inf  # type: ignore[index]
+    path = make_trace(tensors=tensors)
+    result = run_rule(path, "DBG404")
+    (nan,) = keyed(result, "nan")
+    (inf,) = keyed(result, "inf")
+    assert (nan.tensor, nan.first_step, nan.value, nan.message) == (
+        "labels",
+        12,
+        3.0,
+        "3 NaN elements",
+    )
+    assert (inf.tensor, inf.first_step, inf.value) == ("act/relu", 30, 2.0)
+    assert inf.severity is not None and inf.severity.value == "error"
+    only_nan = run_rule(path, "DBG404", only_nan=True)
+    assert [f.key for f in only_nan.findings] == ["nan"]
+    assert (
+        run_rule(path, "DBG404", collections="weights,activations", only_nan=True).status
+        is RuleStatus.passed
+    )
+
+
+def test_non_finite_quiet_on_healthy_tensors(make_trace) -> None:
+    assert (
+        run_rule(make_trace(tensors=healthy_tensors()), "non-finite-tensor").status
+        is RuleStatus.passed
+    )
+
+
+def test_tensor_rules_skip_without_tensors(make_trace) -> None:
+    path = make_trace(scalars={"loss": [1.0, 0.5]})
+    for rule in ("DBG401", "DBG402", "DBG403", "DBG404"):
+        result = run_rule(path, rule)
+        assert result.status is RuleStatus.skipped
+        assert result.reason == "no tensors"

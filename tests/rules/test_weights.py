@@ -1,0 +1,297 @@
+"""DBG501 poor-weight-initialization and DBG502 update-ratio."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from dbgcli.report.model import RuleStatus
+from dbgcli.trace import reader
+
+from .helpers import keyed, run_rule
+
+
+def he(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    return rng.normal(0, np.sqrt(2 / np.prod(shape[1:])), size=shape).astype(np.float32)
+
+
+def trained(
+    initial: np.ndarray,
+    steps: int,
+    ratio: float | list[float] = 1e-3,
+    seed: int = 0,
+    dtype: type = np.float32,
+) -> list[np.ndarray]:
+    """``initial`` moved by random updates of ``ratio`` (per step, or one for all) times the
+    weight norm."""
+    rng = np.random.default_rng(seed)
+    ratios = ratio if isinstance(ratio, list) else [ratio] * steps
+    w = initial.astype(np.float64)
+    out = []
+    for t in range(steps):
+        out.append(w.astype(dtype))
+        step = rng.normal(size=w.shape)
+        w = w + ratios[t] * np.linalg.norm(w) * step / np.linalg.norm(step)
+    return out
+
+
+def mlp(steps: int = 5, seed: int = 0, **overrides: np.ndarray) -> dict[str, dict[str, object]]:
+    """An 8-64-64-4 He-initialised MLP (PyTorch layout) with a LayerNorm scale and an
+    embedding table, trained for ``steps`` steps; ``overrides`` replace initial weights."""
+    rng = np.random.default_rng(seed)
+    initial = {
+        "embed.weight": rng.normal(0, 1, (100, 8)).astype(np.float32),
+        "fc1.weight": he((64, 8), rng),
+        "fc2.weight": he((64, 64), rng),
+        "fc3.weight": he((4, 64), rng),
+        "norm.weight": np.ones(64, np.float32),
+    }
+    initial.update(overrides)
+    return {
+        tag: {"values": trained(value, steps, seed=seed + i), "collection": "weights"}
+        for i, (tag, value) in enumerate(initial.items())
+    }
+
+
+# -- DBG501 poor-weight-initialization ------------------------------------------------------------
+
+
+def test_initialization_quiet_on_he_layers_norm_scales_and_embeddings(make_trace) -> None:
+    assert (
+        run_rule(make_trace(tensors=mlp()), "poor-weight-initialization").status
+        is RuleStatus.passed
+    )
+
+
+def test_initialization_quiet_on_glorot_with_unequal_fans(make_trace) -> None:
+    rng = np.random.default_rng(0)
+
+    def glorot(out: int, fan_in: int) -> np.ndarray:
+        return rng.normal(0, np.sqrt(2 / (fan_in + out)), (out, fan_in)).astype(np.float32)
+
+    # An RGB-like stem (3 -> 512) has var x fan_in = 0.012 and a ratio of 160 to the last layer.
+    tensors = {
+        f"fc{i}.weight": {"values": [w], "collection": "weights"}
+        for i, w in enumerate([glorot(512, 3), glorot(512, 512), glorot(10, 512)])
+    }
+    assert run_rule(make_trace(tensors=tensors), "DBG501").status is RuleStatus.passed
+
+
+def test_initialization_quiet_on_gpt2_depth_scaled_projections(make_trace) -> None:
+    rng = np.random.default_rng(0)
+    std, residual = 0.02, 0.02 / np.sqrt(2 * 12)
+    # One attention block of GPT-2 small (its MLP block scales the same way).
+    shapes = {"attn.c_attn": ((2304, 768), std), "attn.c_proj": ((768, 768), residual)}
+    tensors = {
+        f"h0.{name}.weight": {
+            "values": [s * rng.standard_normal(shape, dtype=np.float32)],
+            "collection": "weights",
+        }
+        for name, (shape, s) in shapes.items()
+    }
+    path = make_trace(tensors=tensors)
+    assert run_rule(path, "DBG501").status is RuleStatus.passed
+    # SageMaker Debugger's across-layer threshold of 10 flags this healthy scheme.
+    (ratio,) = run_rule(path, "DBG501", threshold=10.0).findings
+    assert ratio.key == "layer-ratio" and ratio.value is not None and 20 < ratio.value < 30
+
+
+def test_initialization_symmetric_units(make_trace) -> None:
+    rng = np.random.default_rng(0)
+    rows = he((64, 64), rng)
+    rows[[3, 7]] = 0.25
+    path = make_trace(
+        tensors=mlp(**{"fc2.weight": rows, "fc3.weight": np.full((4, 64), 0.1, np.float32)})
+    )
+    result = run_rule(path, "DBG501")
+    (constant,) = keyed(result, "constant")
+    assert (constant.tensor, constant.first_step, constant.last_step) == ("fc3.weight", 0, 0)
+    assert constant.value is not None and abs(constant.value - 0.1) < 1e-7
+    (some_rows,) = keyed(result, "constant-rows")
+    assert (some_rows.tensor, some_rows.value, some_rows.first_step) == ("fc2.weight", 2.0, 0)
+    assert some_rows.message == "2 of 64 output units start with equal weights"
+    assert some_rows.severity is not None and some_rows.severity.value == "warning"
+    assert not keyed(result, "too-small") and not keyed(result, "layer-ratio")
+
+
+def test_initialization_symmetry_reads_only_the_first_record(make_trace, monkeypatch) -> None:
+    path = make_trace(tensors=mlp(steps=30, **{"fc3.weight": np.zeros((4, 64), np.float32)}))
+    fed: list[tuple[str, int]] = []
+    original = reader.Trace.iter_raw
+
+    def spy(self, tag, *, mask=None, **options):  # type: ignore[no-untyped-def]
+        for chunk in original(self, tag, mask=mask, **options):
+            fed.extend((tag, int(r)) for r in chunk.records)
+            yield chunk
+
+    monkeypatch.setattr(reader.Trace, "iter_raw", spy)
+    (finding,) = run_rule(path, "DBG501").findings
+    assert finding.key == "constant" and finding.value == 0.0
+    assert sorted(fed) == [
+        ("embed.weight", 0),
+        ("fc1.weight", 0),
+        ("fc2.weight", 0),
+        ("fc3.weight", 0),
+    ]
+
+
+def test_initialization_constant_from_statistics_without_full_tensors(make_trace) -> None:
+    rows = he((64, 64), np.random.default_rng(0))
+    rows[5] = 1.0
+    tensors = mlp(**{"fc2.weight": rows, "fc3.weight": np.full((4, 64), -0.5, np.float32)})
+    (finding,) = run_rule(make_trace(tensors=tensors, raw_every=0), "DBG501").findings
+    assert (finding.key, finding.tensor, finding.value) == ("constant", "fc3.weight", -0.5)
+    assert "from statistics" in finding.message
+
+
+def test_initialization_scale_out_of_range(make_trace) -> None:
+    rng = np.random.default_rng(0)
+    tensors = mlp(
+        **{
+            "fc2.weight": rng.normal(0, 1, (64, 64)).astype(np.float32),
+            "fc3.weight": rng.normal(0, 1e-3, (4, 64)).astype(np.float32),
+        }
+    )
+    result = run_rule(make_trace(tensors=tensors), "DBG501")
+    (large,) = keyed(result, "too-large")
+    assert (large.tensor, large.first_step, large.threshold) == ("fc2.weight", 0, 10.0)
+    assert large.value is not None and 55 < large.value < 75
+    (small,) = keyed(result, "too-small")
+    assert small.tensor == "fc3.weight" and small.value is not None and small.value < 1e-3
+    loose = run_rule(
+        make_trace(tensors=tensors), "DBG501", min_scaled_variance=1e-6, max_scaled_variance=100.0
+    )
+    assert not keyed(loose, "too-large") and not keyed(loose, "too-small")
+    assert keyed(loose, "layer-ratio")[0].value is not None
+
+
+def test_initialization_layer_ratio(make_trace) -> None:
+    rng = np.random.default_rng(0)
+    # Each layer alone is within bounds (0.015 > 0.01), but 130x under the others.
+    odd = rng.normal(0, np.sqrt(0.015 / 64), (64, 64)).astype(np.float32)
+    tensors = mlp(**{"fc2.weight": odd, "fc3.weight": he((64, 64), rng)})
+    result = run_rule(make_trace(tensors=tensors), "DBG501")
+    (ratio,) = result.findings
+    assert (ratio.key, ratio.tensor, ratio.threshold) == ("layer-ratio", "fc2.weight", 100.0)
+    assert ratio.value is not None and 100 < ratio.value < 170
+    assert ratio.extra["smallest"] == "fc2.weight"
+    assert (
+        run_rule(make_trace(tensors=tensors), "DBG501", threshold=200.0).status is RuleStatus.passed
+    )
+
+
+def test_initialization_skips_without_weights(make_trace) -> None:
+    path = make_trace(tensors={"grad/w": {"values": [np.ones((4, 4))], "collection": "gradients"}})
+    result = run_rule(path, "DBG501")
+    assert (
+        result.status is RuleStatus.skipped
+        and result.reason == "no tensors of collection 'weights'"
+    )
+
+
+# -- DBG502 update-ratio --------------------------------------------------------------------------
+
+
+def sgd_layer(
+    steps: int = 60, ratio: float | list[float] = 1e-3, seed: int = 0, dtype: type = np.float32
+) -> list[np.ndarray]:
+    return trained(
+        he((32, 16), np.random.default_rng(seed)), steps, ratio=ratio, seed=seed, dtype=dtype
+    )
+
+
+def test_update_ratio_too_large(make_trace) -> None:
+    weights = sgd_layer()
+    rng = np.random.default_rng(5)
+    for step in range(10, 13):  # three updates three times the size of the weights
+        weights[step] = (
+            weights[step - 1] + 3 * rng.normal(0, np.std(weights[step - 1]), (32, 16))
+        ).astype(np.float32)
+    result = run_rule(
+        make_trace(tensors={"fc.weight": {"values": weights, "collection": "weights"}}), "DBG502"
+    )
+    (finding,) = keyed(result, "too-large")
+    assert (finding.tensor, finding.first_step, finding.last_step, finding.steps) == (
+        "fc.weight",
+        10,
+        12,
+        3,
+    )
+    assert finding.value is not None and finding.value > 1.0 and finding.threshold == 1.0
+    assert finding.severity is not None and finding.severity.value == "warning"
+
+
+def test_update_ratio_too_small_and_frozen(make_trace) -> None:
+    # float64 weights, so that updates of 1e-7 survive; then frozen for five steps.
+    weights = sgd_layer(steps=40, ratio=[1e-3] * 20 + [1e-7] * 20, dtype=np.float64)
+    weights += [weights[-1]] * 5
+    path = make_trace(tensors={"fc.weight": {"values": weights, "collection": "weights"}})
+    result = run_rule(path, "update-ratio")
+    (small,) = keyed(result, "too-small")
+    assert (small.first_step, small.last_step, small.steps) == (21, 39, 19)
+    assert small.value is not None and abs(small.value - 1e-7) < 1e-9 and small.threshold == 1e-6
+    assert run_rule(path, "update-ratio", small_threshold=1e-8).status is RuleStatus.passed
+
+
+def test_update_ratio_quiet_on_healthy_training(make_trace) -> None:
+    tensors = {
+        # Large first updates, then small ones as the loss flattens (as in the healthy sample).
+        "fc.weight": {
+            "values": sgd_layer(ratio=[0.2, 0.05, 0.02] + [1e-4] * 57),
+            "collection": "weights",
+        },
+        "fc.bias": {
+            "values": [np.zeros(32, np.float32)]
+            + [np.full(32, 1e-3 * t, np.float32) for t in range(1, 60)],
+            "collection": "biases",
+        },
+    }
+    path = make_trace(tensors=tensors)
+    assert run_rule(path, "DBG502").status is RuleStatus.passed
+    assert len(run_rule(path, "DBG502", large_threshold=1e-2).findings) >= 1
+
+
+def test_update_ratio_ignores_eval_records_and_zero_weights(make_trace) -> None:
+    weights = [np.zeros((32, 16), np.float32)] + sgd_layer(ratio=1e-3)[1:30]
+    values, steps, modes = [], [], []
+    for step, value in enumerate(weights):
+        values.append(value)
+        steps.append(step)
+        modes.append("train")
+        if step % 10 == 0:
+            values.append(value)
+            steps.append(step)
+            modes.append("eval")
+    tensors = {
+        "fc.weight": {"values": values, "steps": steps, "modes": modes, "collection": "weights"}
+    }
+    assert run_rule(make_trace(tensors=tensors), "DBG502").status is RuleStatus.passed
+
+
+def test_update_ratio_from_full_tensors_of_a_hand_written_trace(tmp_path: Path) -> None:
+    path = tmp_path / "hand.h5"
+    weights = sgd_layer(steps=10, ratio=1e-3)
+    weights[6] = weights[5] * 5  # the update at step 6 is four times the weights
+    with h5py.File(path, "w") as f:
+        f.attrs["format"] = "dbg-trace"
+        f.attrs["format_version"] = "1.0"
+        group = f.create_group("tensors/fc.weight")
+        group.attrs["collection"] = "weights"
+        group["step"] = np.arange(10)
+        group["values"] = np.stack(weights)
+    (finding,) = run_rule(path, "DBG502").findings
+    assert (finding.key, finding.first_step, finding.last_step) == ("too-large", 6, 6)
+    assert finding.value is not None and abs(finding.value - 4.0) < 1e-5
+
+
+def test_update_ratio_skips_without_update_norms(make_trace) -> None:
+    tensors = {
+        "fc.weight": {"values": sgd_layer(steps=5), "collection": "weights", "track_updates": False}
+    }
+    result = run_rule(make_trace(tensors=tensors), "DBG502")
+    assert result.status is RuleStatus.skipped
+    assert result.reason == "no update norms (statistic update_l2) of weights tensors"
+    no_weights = run_rule(make_trace(scalars={"loss": [1.0]}), "DBG502")
+    assert no_weights.reason.startswith("no tensors of collection 'weights'")
