@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from dbgcli.errors import DbgError, RuleConfigError
+from dbgcli.errors import DbgError, RuleConfigError, RuleSkipped
 from dbgcli.findings import Finding, Severity
 from dbgcli.report.model import Curve, Report, RuleResult, RuleStatus, TraceReport
 from dbgcli.rules._context import RuleContext
@@ -157,7 +157,9 @@ def _run_rules(ctx: RuleContext, rules: Sequence[ConfiguredRule]) -> list[RuleRe
     runnable: list[ConfiguredRule] = []
     results: dict[str, RuleResult] = {}
     for configured in rules:
-        missing = [need.reason for need in configured.spec.requires if not need.test(ctx)]
+        missing = [
+            need.reason_for(configured.params) for need in configured.spec.requires if not need.met(ctx, configured.params)
+        ]
         if missing:
             results[configured.spec.id] = _result(configured, RuleStatus.skipped, reason="; ".join(missing))
         else:
@@ -171,6 +173,11 @@ def _run_rules(ctx: RuleContext, rules: Sequence[ConfiguredRule]) -> list[RuleRe
         started = time.perf_counter()
         try:
             found = [_stamp(f, configured) for f in spec.function(ctx, **configured.params)]
+        except RuleSkipped as skipped:
+            results[spec.id] = _result(
+                configured, RuleStatus.skipped, reason=str(skipped), seconds=time.perf_counter() - started
+            )
+            continue
         except DbgError:
             raise
         except Exception as error:  # noqa: BLE001 - a crashing rule must not hide the others

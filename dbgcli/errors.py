@@ -36,6 +36,14 @@ class RuleConfigError(ConfigError):
     """A rule selection or rule parameter is invalid (unknown rule, key or value)."""
 
 
+class RuleSkipped(DbgError):
+    """Raised by a rule that finds, once it has read its data, that it cannot judge the trace.
+
+    Not a finding and not a failure: the engine reports the rule as skipped with this reason
+    (for example "only 384 labels, fewer than the 500 needed").
+    """
+
+
 class RuleCrashed(DbgError):
     """A rule raised an exception while it ran; the run reports it and exits 2."""
 

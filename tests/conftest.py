@@ -79,7 +79,8 @@ def make_trace(tmp_path: Path) -> Callable[..., Path]:
                     (step, order, lambda w, t=tag, v=value, s=step, m=mode: w.add_scalar(t, v, s, mode=m))
                 )
         for order, (tag, spec) in enumerate((tensors or {}).items(), start=len(scalars or {})):
-            options = {k: v for k, v in spec.items() if k in ("collection", "kind", "unit_axis", "track_updates")}
+            first = spec[0] if isinstance(spec, (list, tuple)) else spec
+            options = {k: v for k, v in first.items() if k in ("collection", "kind", "unit_axis", "track_updates")}
             for step, value, mode in _series_records(spec):
                 records.append(
                     (

@@ -17,6 +17,7 @@ and register the module under the ``dbg.rules`` entry-point group of your packag
 file with ``dbg analyze --rules-file``.
 """
 
+from dbgcli.errors import RuleSkipped
 from dbgcli.findings import Finding, Severity
 from dbgcli.rules._context import (
     Episode,
@@ -39,6 +40,7 @@ __all__ = [
     "Need",
     "Param",
     "RuleContext",
+    "RuleSkipped",
     "RuleSpec",
     "Severity",
     "TensorView",

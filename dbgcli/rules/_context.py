@@ -95,11 +95,22 @@ class RuleContext:
         """The training or validation accuracy, found by its conventional names."""
         return self._named(ACCURACY_NAMES[mode], mode)
 
+    def loss_tag(self, mode: Literal["train", "eval"] = "train") -> str | None:
+        """The name of the series :meth:`loss` returns, or None."""
+        return self._named_tag(LOSS_NAMES[mode], mode)
+
+    def accuracy_tag(self, mode: Literal["train", "eval"] = "train") -> str | None:
+        """The name of the series :meth:`accuracy` returns, or None."""
+        return self._named_tag(ACCURACY_NAMES[mode], mode)
+
     def _named(self, names: Sequence[str], mode: str) -> Series | None:
+        tag = self._named_tag(names, mode)
+        return None if tag is None else self.scalar(tag, mode if tag in _GENERIC_NAMES else None)
+
+    def _named_tag(self, names: Sequence[str], mode: str) -> str | None:
         for name in names:
-            series = self.scalar(name, mode if name in _GENERIC_NAMES else None)
-            if series is not None:
-                return series
+            if self.scalar(name, mode if name in _GENERIC_NAMES else None) is not None:
+                return name
         return None
 
     def tensors(

@@ -42,12 +42,34 @@ class Need:
     """Data a rule needs, described as ``what`` ("tensors of collection 'gradients'")."""
 
     what: str
-    test: Callable[[RuleContext], bool]
+    test: Callable[..., bool]
+    uses_params: bool = False
+    describe: Callable[[dict[str, Any]], str] | None = None
 
     @property
     def reason(self) -> str:
         """Why a rule is skipped when the need is not met."""
         return f"no {self.what}"
+
+    def reason_for(self, params: dict[str, Any]) -> str:
+        """The skip reason with the rule's actual parameters filled in."""
+        return f"no {self.describe(params)}" if self.describe is not None else self.reason
+
+    def met(self, ctx: RuleContext, params: dict[str, Any]) -> bool:
+        """Whether the trace (through ``ctx``) has the data, given the rule's parameters."""
+        return bool(self.test(ctx, params) if self.uses_params else self.test(ctx))
+
+    @staticmethod
+    def tensors_in(param: str) -> Need:
+        """Tensors of the collections the rule's tuple parameter ``param`` names (empty: any)."""
+        return Need(
+            f"tensors of the collections in parameter '{param}'",
+            lambda ctx, params: bool(ctx.tensors(collection=tuple(params[param]) or None)),
+            uses_params=True,
+            describe=lambda params: (
+                f"tensors of collection {_words(tuple(params[param]))}" if params[param] else "tensors"
+            ),
+        )
 
     @staticmethod
     def scalar(*tags: str, mode: str | None = None) -> Need:
@@ -62,6 +84,16 @@ class Need:
     def loss(mode: str = "train") -> Need:
         """A loss series of ``mode`` (see RuleContext.loss for the names it looks for)."""
         return Need(f"{mode} loss series", lambda ctx: ctx.loss(mode) is not None)  # type: ignore[arg-type]
+
+    @staticmethod
+    def loss_of(param: str) -> Need:
+        """A loss series of the mode the rule's parameter ``param`` names (train or eval)."""
+        return Need(
+            f"loss series of the mode in parameter '{param}'",
+            lambda ctx, params: ctx.loss(params[param]) is not None,
+            uses_params=True,
+            describe=lambda params: f"{params[param]} loss series",
+        )
 
     @staticmethod
     def accuracy(mode: str = "train") -> Need:
@@ -88,7 +120,11 @@ class Need:
     @staticmethod
     def any_of(*needs: Need) -> Need:
         """At least one of ``needs``."""
-        return Need(" or ".join(n.what for n in needs), lambda ctx: any(n.test(ctx) for n in needs))
+        return Need(
+            " or ".join(n.what for n in needs),
+            lambda ctx, params: any(n.met(ctx, params) for n in needs),
+            uses_params=True,
+        )
 
     @staticmethod
     def mode(mode: str) -> Need:
@@ -357,8 +393,14 @@ def _docstring(function: Callable[..., Any]) -> str:
 
 
 def _args_help(doc: str) -> dict[str, str]:
+    """``{parameter: help}`` from a Google-style ``Args:`` section.
+
+    A parameter starts a line at the indentation of the section's first entry; deeper lines
+    continue the previous help (even when they begin with ``word:``).
+    """
     helps: dict[str, str] = {}
     in_args = False
+    indent: int | None = None
     current = None
     for line in doc.splitlines():
         if line.strip() == "Args:":
@@ -368,8 +410,10 @@ def _args_help(doc: str) -> dict[str, str]:
             continue
         if line and not line.startswith(" "):
             break
-        match = re.match(r"^\s{2,8}(\w+)(?: \([^)]*\))?:\s*(.*)$", line)
-        if match and len(line) - len(line.lstrip()) <= 8:
+        depth = len(line) - len(line.lstrip())
+        match = re.match(r"^\s+(\w+)(?: \([^)]*\))?:\s*(.*)$", line)
+        if match and (indent is None or depth == indent):
+            indent = depth
             current = match.group(1)
             helps[current] = match.group(2).strip()
         elif current and line.strip():

@@ -1,3 +1,1123 @@
-"""DBG6xx: the data: class imbalance, inputs not normalised, token ratios, classifier confusion."""
+"""DBG6xx: the data: class imbalance, inputs not normalised, token ratios, classifier confusion.
+
+These rules read full tensors: labels (collection ``labels``), predictions (``predictions``)
+and model inputs (``inputs``); a tensor without a collection that is called exactly
+``labels``, ``predictions`` or ``inputs`` counts as one (SageMaker Debugger's default names).
+Only records whose full tensor was kept can be analysed; the findings say how many were seen.
+
+Every full tensor is read once for all four rules: the rules declare the derivations below in
+their plans (``ClassIds`` for labels and predictions, shared by DBG601 and DBG604;
+``ChannelMoments`` for float inputs; ``TokenShares`` for integer inputs).
+
+Labels and predictions become class ids sample by sample (:func:`class_ids`): integer
+tensors are class ids (a one-hot last axis is reduced with argmax); float tensors whose last
+axis has more than one entry are scores, one-hot vectors or probabilities (argmax, and the
+width of that axis is the number of classes); other float tensors hold class ids when every
+value is a whole number, else one binary score per sample (probabilities cut at 0.5 when all
+values lie in [0, 1], logits cut at 0). Negative ids (ignore markers such as PyTorch's -100)
+and non-finite scores give no class. A labels record is paired with the predictions record
+of the same step and mode (the n-th with the n-th when a step holds several); a labels tag
+``x/labels`` pairs with ``x/predictions``, else with the only predictions tag there is.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from dbgcli.errors import RuleConfigError, RuleSkipped
+from dbgcli.findings import Finding, Severity
+from dbgcli.rules._context import Episode, RuleContext, TensorView, episode_findings
+from dbgcli.rules._registry import Need, rule
+from dbgcli.trace import schema
+from dbgcli.trace.derive import Accumulator, Derivation
+
+if TYPE_CHECKING:
+    from dbgcli.trace.reader import RawChunk, TagInfo, Trace
+
+# The mode whose records judge a classifier when several are recorded: held-out data first.
+_MODE_PREFERENCE = ("eval", "train", "predict")
+# Classes, class pairs or channels named in one message; the rest are counted.
+_LISTED = 5
+
+
+# -- which tensors ------------------------------------------------------------------------------
+
+
+def _tagged(ctx: RuleContext, collection: str) -> list[TensorView]:
+    """Tensors of ``collection``, or called exactly ``collection`` and without a collection."""
+    return [
+        view
+        for view in ctx.tensors()
+        if view.info.collection == collection
+        or (view.info.collection is None and view.tag == collection)
+    ]
+
+
+def _with_full_tensors(views: Iterable[TensorView]) -> list[TensorView]:
+    return [view for view in views if view.info.raw_records]
+
+
+def _dtype_kind(info: TagInfo) -> str:
+    """numpy kind of a tensor's values ("f", "i", "u", "b"), or "" when unknown."""
+    if info.dtype:
+        try:
+            return np.dtype(info.dtype).kind
+        except TypeError:
+            pass
+    return info.segments[0].dtype.kind if info.segments else ""
+
+
+def _float_inputs(ctx: RuleContext) -> list[TensorView]:
+    return [v for v in _with_full_tensors(_tagged(ctx, "inputs")) if _dtype_kind(v.info) == "f"]
+
+
+def _integer_inputs(ctx: RuleContext) -> list[TensorView]:
+    return [v for v in _tagged(ctx, "inputs") if _dtype_kind(v.info) in ("i", "u")]
+
+
+def _partner(labels: str, predictions: Sequence[TensorView]) -> TensorView | None:
+    """The predictions tag of a labels tag: its name with "label" -> "prediction", or the only."""
+    by_tag = {view.tag: view for view in predictions}
+    renamed = labels.replace("labels", "predictions").replace("label", "prediction")
+    if renamed in by_tag:
+        return by_tag[renamed]
+    return predictions[0] if len(predictions) == 1 else None
+
+
+def _labelled(ctx: RuleContext) -> list[tuple[TensorView, TensorView | None]]:
+    """Every labels tag with full tensors, with its predictions tag (or None)."""
+    predictions = _with_full_tensors(_tagged(ctx, "predictions"))
+    return [
+        (labels, _partner(labels.tag, predictions))
+        for labels in _with_full_tensors(_tagged(ctx, "labels"))
+    ]
+
+
+LABELS = Need(
+    "full tensors of collection 'labels'",
+    lambda ctx: bool(_with_full_tensors(_tagged(ctx, "labels"))),
+)
+PREDICTIONS = Need(
+    "full tensors of collection 'predictions'",
+    lambda ctx: bool(_with_full_tensors(_tagged(ctx, "predictions"))),
+)
+FLOAT_INPUTS = Need(
+    "full float tensors of collection 'inputs'", lambda ctx: bool(_float_inputs(ctx))
+)
+INTEGER_INPUTS = Need(
+    "integer tensors of collection 'inputs'", lambda ctx: bool(_integer_inputs(ctx))
+)
+
+
+# -- derivations --------------------------------------------------------------------------------
+
+
+def class_ids(values: np.ndarray) -> tuple[np.ndarray, int | None]:
+    """Class id of every sample of a chunk of records ``(records, *shape)``.
+
+    Returns ``(ids, width)``: ``ids`` is ``(records, samples)`` int64 with -1 where a sample has
+    no class (negative label, non-finite score); ``width`` is the number of classes the tensor
+    implies (length of a score or one-hot axis, 2 for binary scores), or None for plain ids.
+    See the module docstring for the conventions.
+    """
+    count = values.shape[0]
+    shape = values.shape[1:]
+    if values.dtype.kind == "b":
+        values = values.astype(np.int8)
+    if len(shape) >= 2 and shape[-1] > 1:
+        scores = values.reshape(count, -1, shape[-1])
+        if values.dtype.kind == "f":
+            ids = scores.argmax(axis=2)
+            ids[~np.isfinite(scores).all(axis=2)] = -1
+            return ids, shape[-1]
+        if ((scores == 0) | (scores == 1)).all() and (scores.sum(axis=2) == 1).all():
+            return scores.argmax(axis=2), shape[-1]
+    flat = values.reshape(count, -1)
+    if values.dtype.kind != "f":
+        return np.where(flat >= 0, flat, -1).astype(np.int64), None
+    finite = np.isfinite(flat)
+    whole = np.where(finite, flat == np.round(flat), True).all(axis=1, keepdims=True)
+    unit = np.where(finite, (flat >= 0) & (flat <= 1), True).all(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore"):
+        ids = np.where(whole, flat, flat > np.where(unit, 0.5, 0.0))
+        usable = finite & (ids >= 0) & (ids < np.iinfo(np.int64).max)
+    return np.where(usable, ids, -1).astype(np.int64), None if whole.all() else 2
+
+
+@dataclass(frozen=True)
+class ClassIdRecords:
+    """Class ids of the records of one tag whose full tensor is stored.
+
+    Attributes:
+        ids: Record index -> class id of each sample (-1: no class).
+        width: Number of classes implied by the tensor's shape (see :func:`class_ids`), or None.
+    """
+
+    ids: dict[int, np.ndarray]
+    width: int | None
+
+
+@dataclass(frozen=True)
+class ClassIds(Derivation):
+    """Class id of every sample of every labels or predictions record with a full tensor."""
+
+    def start(self, info: TagInfo, trace: Trace) -> Accumulator:
+        return _ClassIdsAccumulator()
+
+
+class _ClassIdsAccumulator(Accumulator):
+    def __init__(self) -> None:
+        self.ids: dict[int, np.ndarray] = {}
+        self.width: int | None = None
+
+    def feed(self, chunk: RawChunk) -> None:
+        ids, width = class_ids(chunk.values)
+        if width is not None:
+            self.width = max(width, self.width or 0)
+        # Class ids are kept for every record (labels pair with predictions sample by
+        # sample); int32 halves what they hold whenever the ids fit.
+        compact = (
+            np.int32 if ids.size == 0 or int(ids.max()) <= np.iinfo(np.int32).max else np.int64
+        )
+        for record, row in zip(chunk.records, ids, strict=True):
+            self.ids[int(record)] = row.astype(compact)
+
+    def finish(self) -> ClassIdRecords:
+        return ClassIdRecords(self.ids, self.width)
+
+
+@dataclass(frozen=True)
+class Moments:
+    """Per-channel count of finite values, mean and sum of squared deviations from the mean."""
+
+    count: np.ndarray
+    mean: np.ndarray
+    m2: np.ndarray
+
+    def merge(self, other: Moments) -> Moments:
+        """Moments of both sets of values (Chan et al.'s pairwise update, exact and stable)."""
+        count = self.count + other.count
+        with np.errstate(invalid="ignore", divide="ignore"):
+            weight = np.where(count > 0, other.count / count, 0.0)
+        delta = other.mean - self.mean
+        return Moments(
+            count,
+            self.mean + delta * weight,
+            self.m2 + other.m2 + delta * delta * self.count * weight,
+        )
+
+    @property
+    def std(self) -> np.ndarray:
+        """Population standard deviation per channel (NaN for channels without values)."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            std: np.ndarray = np.sqrt(np.maximum(self.m2, 0.0) / self.count)
+        return std
+
+
+@dataclass(frozen=True)
+class ChannelMomentTable:
+    """Per-channel moments of a float tensor's full tensors, one set per mode.
+
+    Attributes:
+        samples: Samples (length of the first axis) of each record read; 0 for the others.
+        moments: Mode code -> moments over every record of that mode that was read.
+        unit: What a channel is called in messages: "channel" (axis 1 of 4-D and larger
+            records) or "feature" (last axis of 2-D and 3-D records; the one value of 1-D ones).
+    """
+
+    samples: np.ndarray
+    moments: dict[int, Moments]
+    unit: str
+
+
+@dataclass(frozen=True)
+class ChannelMoments(Derivation):
+    """Per-channel mean and variance of the records inside a step range and mode.
+
+    The range and mode are the analysis filters (``--start``, ``--stop``, ``--mode``): the
+    moments are merged over records as they are read, so they must cover exactly the records
+    the rule sees.
+    """
+
+    first_step: int | None = None
+    last_step: int | None = None
+    mode: str | None = None
+
+    def wanted(self, info: TagInfo, trace: Trace) -> np.ndarray | None:
+        steps, modes = trace.index(info.tag)
+        mask = np.ones(len(steps), dtype=bool)
+        if self.first_step is not None:
+            mask &= steps >= self.first_step
+        if self.last_step is not None:
+            mask &= steps <= self.last_step
+        if self.mode is not None:
+            mask &= modes == schema.MODE_CODES[self.mode]
+        return mask
+
+    def start(self, info: TagInfo, trace: Trace) -> Accumulator:
+        return _MomentsAccumulator(info)
+
+
+class _MomentsAccumulator(Accumulator):
+    def __init__(self, info: TagInfo) -> None:
+        shape = info.segments[0].shape if info.segments else ()
+        self.ndim = len(shape)
+        self.axis = schema.default_unit_axis(self.ndim)
+        self.channels = shape[self.axis] if self.axis is not None else 1
+        self.samples = np.zeros(info.records, dtype=np.int64)
+        self.moments: dict[int, Moments] = {}
+        # Deviations are computed in one buffer reused from chunk to chunk: allocating a
+        # chunk-sized array each time costs more than the arithmetic.
+        self.scratch = np.empty(0, dtype=np.float32)
+
+    def feed(self, chunk: RawChunk) -> None:
+        shape = chunk.values.shape[1:]
+        # Records whose layout differs from the first one's cannot be merged channel by channel.
+        if len(shape) != self.ndim or (self.axis is not None and shape[self.axis] != self.channels):
+            return
+        axis = self.axis if self.axis is not None else self.ndim
+        before = int(np.prod(shape[:axis], dtype=np.int64))
+        after = int(np.prod(shape[axis + 1 :], dtype=np.int64))
+        values = chunk.values.reshape(len(chunk.records), before, self.channels, after)
+        for code in np.unique(chunk.modes):
+            rows = values if (chunk.modes == code).all() else values[chunk.modes == code]
+            found = self._moments(rows)
+            known = self.moments.get(int(code))
+            self.moments[int(code)] = found if known is None else known.merge(found)
+        self.samples[chunk.records] = shape[0] if shape else 1
+
+    def _moments(self, values: np.ndarray) -> Moments:
+        """Moments over axes 0, 1, 3 of ``(records, before, channels, after)`` (finite values)."""
+        axes = (0, 1, 3)
+        total = values.sum(axis=axes, dtype=np.float64)
+        # A finite sum means every value is finite (NaN and inf propagate), which spares a
+        # pass over the chunk; only float64 values near overflow take the masked path needlessly.
+        finite = None if np.isfinite(total).all() else np.isfinite(values)
+        if finite is None:
+            count = np.full(values.shape[2], values.size // values.shape[2], dtype=np.float64)
+        else:
+            count = finite.sum(axis=axes).astype(np.float64)
+            values = np.where(finite, values, 0)
+            total = values.sum(axis=axes, dtype=np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = np.where(count > 0, total / count, 0.0)
+        work = np.float64 if values.dtype == np.float64 else np.float32
+        if self.scratch.dtype != work or self.scratch.size < values.size:
+            self.scratch = np.empty(values.size, dtype=work)
+        deviation = self.scratch[: values.size].reshape(values.shape)
+        np.subtract(values, mean.astype(work)[None, None, :, None], out=deviation, casting="unsafe")
+        if finite is not None:
+            deviation[~finite] = 0
+        m2 = np.square(deviation, out=deviation).sum(axis=axes, dtype=np.float64)
+        return Moments(count, mean, m2)
+
+    def finish(self) -> ChannelMomentTable:
+        return ChannelMomentTable(
+            self.samples, self.moments, "channel" if self.ndim >= 4 else "feature"
+        )
+
+
+@dataclass(frozen=True)
+class TokenShares(Derivation):
+    """Percentage of each record's elements equal to each of ``values`` (NaN: no full tensor)."""
+
+    values: tuple[int, ...]
+
+    def start(self, info: TagInfo, trace: Trace) -> Accumulator:
+        return _TokenAccumulator(info.records, self.values)
+
+
+class _TokenAccumulator(Accumulator):
+    def __init__(self, records: int, values: tuple[int, ...]) -> None:
+        self.values = values
+        self.table = np.full((records, len(values)), np.nan)
+
+    def feed(self, chunk: RawChunk) -> None:
+        flat = chunk.values.reshape(len(chunk.records), -1)
+        if flat.shape[1] == 0:
+            return
+        for column, value in enumerate(self.values):
+            self.table[chunk.records, column] = (flat == value).sum(axis=1) * 100.0 / flat.shape[1]
+
+    def finish(self) -> np.ndarray:
+        return self.table
+
+
+# -- labels and predictions, record by record ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _LabelRecord:
+    """One labels record with a full tensor, and what its predictions say.
+
+    Attributes:
+        step: The record's step.
+        labels: Class ids of the samples that have a label.
+        truth: Labels of the samples that also have a predicted class (None: no predictions
+            record of the same shape).
+        predicted: Their predicted classes.
+        unscored: Labelled samples whose prediction gives no class (non-finite scores).
+    """
+
+    step: int
+    labels: np.ndarray
+    truth: np.ndarray | None
+    predicted: np.ndarray | None
+    unscored: int
+
+
+@dataclass(frozen=True)
+class _Stream:
+    """The records of one labels tag in one mode, in record order."""
+
+    labels: str
+    predictions: str | None
+    mode: str
+    records: tuple[_LabelRecord, ...]
+    width: int | None  # number of classes implied by the labels' or predictions' shape
+
+    @property
+    def paired(self) -> list[_LabelRecord]:
+        """Records with a predictions record of the same shape (its scores may be non-finite)."""
+        return [r for r in self.records if r.truth is not None]
+
+
+def _streams(labels: TensorView, predictions: TensorView | None) -> list[_Stream]:
+    label_ids: ClassIdRecords = labels.derive(ClassIds())
+    predicted_ids: ClassIdRecords | None = (
+        predictions.derive(ClassIds()) if predictions is not None else None
+    )
+    widths = [w for w in (label_ids.width, predicted_ids.width if predicted_ids else None) if w]
+    width = max(widths) if widths else None
+    streams = []
+    for code in np.unique(labels.modes):
+        partners: dict[int, list[int]] = {}
+        if predictions is not None:
+            for record, step, mode in zip(
+                predictions.records, predictions.steps, predictions.modes, strict=True
+            ):
+                if mode == code:
+                    partners.setdefault(int(step), []).append(int(record))
+        records = []
+        for record, step, mode in zip(labels.records, labels.steps, labels.modes, strict=True):
+            if mode != code:
+                continue
+            queue = partners.get(int(step))
+            partner = queue.pop(0) if queue else None
+            ids = label_ids.ids.get(int(record))
+            if ids is None:
+                continue
+            predicted = (
+                predicted_ids.ids.get(partner)
+                if predicted_ids is not None and partner is not None
+                else None
+            )
+            records.append(_pair(int(step), ids, predicted))
+        if records:
+            streams.append(
+                _Stream(
+                    labels.tag,
+                    predictions.tag if predictions else None,
+                    schema.MODES[int(code)],
+                    tuple(records),
+                    width,
+                )
+            )
+    return streams
+
+
+def _pair(step: int, ids: np.ndarray, predicted: np.ndarray | None) -> _LabelRecord:
+    labelled = ids >= 0
+    if predicted is None or predicted.shape != ids.shape:
+        return _LabelRecord(step, ids[labelled], None, None, 0)
+    scored = labelled & (predicted >= 0)
+    return _LabelRecord(
+        step, ids[labelled], ids[scored], predicted[scored], int((labelled & ~scored).sum())
+    )
+
+
+def _plan_class_ids(ctx: RuleContext, params: dict[str, Any]) -> Iterator[tuple[str, Derivation]]:
+    for labels, predictions in _labelled(ctx):
+        yield labels.tag, ClassIds()
+        if predictions is not None:
+            yield predictions.tag, ClassIds()
+
+
+# -- shared wording -----------------------------------------------------------------------------
+
+
+def _percent(share: float) -> str:
+    return f"{100 * share:.3g}%"
+
+
+def _listed(items: Sequence[str]) -> str:
+    more = f" and {len(items) - _LISTED} more" if len(items) > _LISTED else ""
+    return ", ".join(items[:_LISTED]) + more
+
+
+def _records(count: int) -> str:
+    return f"{count} record{'s' if count != 1 else ''}"
+
+
+def _judged_or_skipped(findings: list[Finding]) -> Iterator[Finding]:
+    """The findings, unless no stream had enough samples: then the rule is skipped instead."""
+    if findings and all(f.key == "too-few-samples" for f in findings):
+        raise RuleSkipped("; ".join(f"{f.tensor} ({f.mode}): {f.message}" for f in findings))
+    yield from findings
+
+
+def _too_few(
+    tag: str, mode: str, steps: Sequence[int], seen: int, samples: int, what: str, judged: str
+) -> Finding:
+    return Finding(
+        message=(
+            f"only {seen} {what} in {_records(len(steps))} with full tensors "
+            f"(< samples {samples}): "
+            f"{judged} not judged; keep full tensors more often (raw_every) or lower samples"
+        ),
+        tensor=tag,
+        first_step=int(steps[0]),
+        last_step=int(steps[-1]),
+        steps=len(steps),
+        value=float(seen),
+        threshold=float(samples),
+        mode=mode,
+        key="too-few-samples",
+        severity=Severity.info,
+    )
+
+
+# -- DBG601 -------------------------------------------------------------------------------------
+
+
+@rule(
+    "DBG601",
+    "class-imbalance",
+    severity="warning",
+    category="data",
+    requires=LABELS,
+    plan=_plan_class_ids,
+)
+def class_imbalance(
+    ctx: RuleContext,
+    *,
+    threshold_imbalance: float = 10.0,
+    threshold_misprediction: float = 0.7,
+    samples: int = 500,
+) -> Iterator[Finding]:
+    """Some classes are far rarer than others, or are mostly mispredicted.
+
+    SageMaker Debugger's ClassImbalance, on the class ids of every labels record with a full
+    tensor. Each labels tag is judged per mode (train and eval labels are different data
+    sets).
+
+    Class ids: integer tensors are class ids (a one-hot last axis is reduced with argmax);
+    float tensors whose last axis is longer than 1 are scores, one-hot vectors or
+    probabilities (argmax; the axis length is the number of classes); other float tensors
+    are class ids when every value is whole, else one binary score per sample (cut at 0.5
+    when all values lie in [0, 1], at 0 otherwise), so SageMaker's ``argmax`` parameter is
+    not needed. Negative ids (ignore markers such as -100) and non-finite scores give no
+    class. A labels record pairs with the predictions record of the same step and mode; tag
+    ``x/labels`` pairs with ``x/predictions``, else with the only predictions tag.
+
+    * **imbalance** (key ``imbalance``): over all the labels of the tag and mode,
+      ``count(largest class) / count(smallest class) > threshold_imbalance``. The classes are
+      those seen, unless the number of classes ``C`` is known from the width of a one-hot or
+      probability axis of the labels or of the paired predictions: then a class of
+      ``0..C-1`` that never appears is infinitely rare (ratio ``inf``). With plain integer
+      labels and predictions a class that never appears cannot be told from an unused id and
+      is not counted. The judgement needs at least ``samples`` labels (SageMaker's rule waits
+      for them); it uses every label of the trace, and the finding spans from the record at
+      which ``samples`` labels had been seen (the first step SageMaker could fire) to the
+      last record. A label stream with fewer labels gets an info finding (key ``too-few-samples``);
+      when no stream has enough, the rule is reported as skipped with that reason
+      instead of a silent pass.
+    * **misprediction** (key ``mispredicted``, needs predictions): for some class, the share
+      of its labelled samples whose predicted class differs ``> threshold_misprediction``.
+      SageMaker accumulates from the first step, which makes every run fire while the model
+      is still untrained (a random 4-class model mispredicts 75 % of every class); here the
+      shares are taken over the **latest** records that together hold at least ``samples``
+      labelled predictions, i.e. the model as training leaves it. Samples whose prediction
+      is non-finite are left out; they still count towards the window, so that a model whose
+      outputs turned to NaN is not judged on its first steps instead. Fewer than ``samples``
+      labelled predictions in the whole trace: not judged.
+
+    Why it matters: a model trained on imbalanced classes learns to favour the frequent ones;
+    accuracy looks fine while the rare classes (often the ones that matter) are missed.
+
+    Typical causes: skewed data collection, a filtering or sampling bug, labels read from the
+    wrong column, a shuffle missing so that each batch holds one class.
+
+    Fix: resample (oversample rare classes, undersample frequent ones), weight the loss by
+    inverse class frequency, use focal loss, collect more data for the rare classes, and judge
+    the model with per-class metrics (recall, F1) rather than accuracy.
+
+    Args:
+        threshold_imbalance: Largest-to-smallest class count ratio above which the labels count
+            as imbalanced.
+        threshold_misprediction: Share of a class's samples mispredicted above which the class
+            counts as mispredicted.
+        samples: Labels needed before judging, and the size of the latest window of labelled
+            predictions the misprediction check uses.
+    """
+    findings: list[Finding] = []
+    for labels, predictions in _labelled(ctx):
+        for stream in _streams(labels, predictions):
+            findings += _imbalance(stream, threshold_imbalance, samples)
+            findings += _misprediction(stream, threshold_misprediction, samples)
+    yield from _judged_or_skipped(findings)
+
+
+def _imbalance(stream: _Stream, threshold: float, samples: int) -> Iterator[Finding]:
+    steps = [r.step for r in stream.records]
+    sizes = np.array([r.labels.size for r in stream.records], dtype=np.int64)
+    seen = int(sizes.sum())
+    if seen < samples:
+        yield _too_few(stream.labels, stream.mode, steps, seen, samples, "labels", "class balance")
+        return
+    if not seen:
+        return
+    reached = int(np.searchsorted(np.cumsum(sizes), max(samples, 1)))
+    classes, counts = np.unique(
+        np.concatenate([r.labels for r in stream.records]), return_counts=True
+    )
+    missing = (
+        np.setdiff1d(np.arange(stream.width), classes)
+        if stream.width
+        else np.empty(0, dtype=np.int64)
+    )
+    largest = int(np.argmax(counts))
+    biggest = f"largest class {classes[largest]}: {counts[largest]} labels"
+    if missing.size:
+        ratio = float("inf")
+        shown = ", ".join(str(c) for c in missing[:_LISTED]) + (
+            " ..." if missing.size > _LISTED else ""
+        )
+        smallest = f"{missing.size} of {stream.width} classes never appear ({shown})"
+    else:
+        least = int(np.argmin(counts))
+        ratio = float(counts[largest] / counts[least])
+        smallest = f"smallest class {classes[least]}: {counts[least]}"
+    if not ratio > threshold:
+        return
+    yield Finding(
+        message=(
+            f"{biggest}, {smallest}: ratio {ratio:.3g} (> {threshold:g}); "
+            f"{seen} labels in {_records(len(steps))} with full tensors"
+        ),
+        tensor=stream.labels,
+        first_step=steps[reached],
+        last_step=steps[-1],
+        steps=len(steps) - reached,
+        value=ratio,
+        threshold=threshold,
+        mode=stream.mode,
+        key="imbalance",
+        extra={
+            "labels_seen": seen,
+            "records": len(steps),
+            "classes": {int(c): int(n) for c, n in zip(classes[:100], counts[:100], strict=True)},
+            "missing_classes": [int(c) for c in missing[:100]],
+        },
+    )
+
+
+def _misprediction(stream: _Stream, threshold: float, samples: int) -> Iterator[Finding]:
+    paired = stream.paired
+    if not paired or sum(r.labels.size for r in paired) < samples:
+        return
+    # The window counts labelled samples whatever their scores, so that a model whose
+    # predictions turned non-finite is not judged on its untrained beginnings instead.
+    window: list[_LabelRecord] = []
+    held = 0
+    for record in reversed(paired):
+        window.append(record)
+        held += record.labels.size
+        if held >= samples:
+            break
+    window.reverse()
+    truth = np.concatenate([r.truth for r in window if r.truth is not None])
+    predicted = np.concatenate([r.predicted for r in window if r.predicted is not None])
+    if not truth.size:
+        return
+    classes, inverse = np.unique(truth, return_inverse=True)
+    labelled = np.bincount(inverse)
+    share = np.bincount(inverse, weights=(predicted != truth)) / labelled
+    bad = np.flatnonzero(share > threshold)
+    if not bad.size:
+        return
+    order = bad[np.argsort(-share[bad], kind="stable")]
+    listed = _listed([f"class {classes[i]} {_percent(share[i])} of {labelled[i]}" for i in order])
+    yield Finding(
+        message=(
+            f"classes mostly mispredicted (> {_percent(threshold)} of their samples): {listed}; "
+            f"latest {truth.size} labelled predictions in {_records(len(window))}"
+        ),
+        tensor=stream.labels,
+        first_step=window[0].step,
+        last_step=window[-1].step,
+        steps=len(window),
+        value=float(share[order[0]]),
+        threshold=threshold,
+        mode=stream.mode,
+        key="mispredicted",
+        extra={
+            "predictions": stream.predictions,
+            "samples": int(truth.size),
+            "unscored": sum(r.unscored for r in window),
+            "shares": {int(classes[i]): float(share[i]) for i in order[:100]},
+        },
+    )
+
+
+# -- DBG602 -------------------------------------------------------------------------------------
+
+
+def _plan_moments(ctx: RuleContext, params: dict[str, Any]) -> Iterator[tuple[str, Derivation]]:
+    for view in _float_inputs(ctx):
+        yield view.tag, ChannelMoments(ctx.start, ctx.stop, ctx.mode)
+
+
+@rule(
+    "DBG602",
+    "input-not-normalized",
+    severity="warning",
+    category="data",
+    requires=FLOAT_INPUTS,
+    plan=_plan_moments,
+)
+def input_not_normalized(
+    ctx: RuleContext,
+    *,
+    threshold_mean: float = 0.2,
+    max_std_ratio: float = 3.0,
+    samples: int = 500,
+) -> Iterator[Finding]:
+    """Model inputs are not standardised: a feature or channel is off-centre or badly scaled.
+
+    SageMaker Debugger's CheckInputImages generalised to every float input. Per channel
+    (axis 1 of 4-D and larger inputs, ``(batch, channels, H, W)``) or feature (the last axis of
+    2-D and 3-D inputs, ``(batch, features)`` and ``(batch, time, features)``), the mean and the
+    population standard deviation of every finite value of every input record with a full
+    tensor, per mode (merged exactly with Chan's pairwise update):
+
+    * **mean** (key ``mean``): ``|mean| > threshold_mean`` (SageMaker's 0.2);
+    * **std** (key ``std``): ``std`` outside ``[1/max_std_ratio, max_std_ratio]``, i.e. more
+      than ``max_std_ratio`` times away from 1 on a log scale (the value reported is
+      ``max(std, 1/std)``). 3 leaves unit-variance inputs a generous margin and flags what
+      standardisation exists to fix: pixels left in [0, 1] (std about 0.3) or [0, 255], raw
+      physical units, features scaled by 100 (AutoTrainer's abnormal-data benchmark).
+
+    Channels whose values never vary (std 0: padding, constant features) are ignored: there is
+    nothing to standardise. Integer inputs (token ids) are not checked (see DBG603). The
+    judgement needs at least ``samples`` samples (the first axis of a record: images, rows,
+    sequences) and uses all of them; the finding spans from the record at which ``samples`` had
+    been seen to the last record, and names the worst channels. An input with fewer samples
+    gets an info finding (key ``too-few-samples``); when no input has enough, the rule is
+    reported as skipped with that reason.
+
+    Why it matters: off-centre or badly scaled inputs make the loss surface ill-conditioned;
+    first-layer activations saturate or die, gradients of some weights dwarf others, and
+    training needs a much smaller learning rate to converge, or does not converge.
+
+    Typical causes: the normalisation transform missing or applied twice, statistics computed
+    on another data set, images left in [0, 255] or [0, 1], tabular features in raw units.
+
+    Fix: standardise each channel or feature with the training set's mean and std
+    (``transforms.Normalize``, ``StandardScaler``), or add a normalisation layer at the input.
+
+    Args:
+        threshold_mean: Largest acceptable absolute mean of a channel.
+        max_std_ratio: Largest acceptable factor between a channel's std and 1 (either way).
+        samples: Samples needed before judging.
+    """
+    if max_std_ratio < 1:
+        raise RuleConfigError(f"DBG602 max_std_ratio must be >= 1, got {max_std_ratio:g}")
+    derivation = ChannelMoments(ctx.start, ctx.stop, ctx.mode)
+    def judge() -> Iterator[Finding]:
+        for view in _float_inputs(ctx):
+            table: ChannelMomentTable = view.derive(derivation)
+            for code in np.unique(view.modes):
+                mine = view.modes == code
+                counts = table.samples[view.records[mine]]
+                read = counts > 0
+                if not read.any():
+                    continue
+                counts, steps = counts[read], [int(s) for s in view.steps[mine][read]]
+                mode = schema.MODES[int(code)]
+                seen = int(counts.sum())
+                if seen < samples:
+                    yield _too_few(
+                        view.tag, mode, steps, seen, samples, "samples", "input normalisation"
+                    )
+                    continue
+                reached = int(np.searchsorted(np.cumsum(counts), max(samples, 1)))
+                where: dict[str, Any] = {
+                    "tensor": view.tag,
+                    "first_step": steps[reached],
+                    "last_step": steps[-1],
+                    "steps": len(steps) - reached,
+                    "mode": mode,
+                }
+                seen_text = f"{seen} samples in {_records(len(steps))} with full tensors"
+                yield from _normalisation(
+                    table.moments[int(code)],
+                    table.unit,
+                    threshold_mean,
+                    max_std_ratio,
+                    seen_text,
+                    where,
+                )
+
+    yield from _judged_or_skipped(list(judge()))
+
+
+def _normalisation(
+    moments: Moments,
+    unit: str,
+    threshold_mean: float,
+    max_std_ratio: float,
+    seen: str,
+    where: dict[str, Any],
+) -> Iterator[Finding]:
+    std = moments.std
+    varying = (moments.count > 0) & (std > 0)
+    judged = int(varying.sum())
+    off_centre = np.flatnonzero(varying & (np.abs(moments.mean) > threshold_mean))
+    if off_centre.size:
+        order = off_centre[np.argsort(-np.abs(moments.mean[off_centre]), kind="stable")]
+        listed = _listed([f"{unit} {i} mean {moments.mean[i]:.3g}" for i in order])
+        yield Finding(
+            message=(
+                f"{order.size} of {judged} {unit}s off-centre (|mean| > {threshold_mean:g}): "
+                f"{listed}; {seen}"
+            ),
+            value=float(abs(moments.mean[order[0]])),
+            threshold=threshold_mean,
+            key="mean",
+            extra={"means": {int(i): float(moments.mean[i]) for i in order[:100]}},
+            **where,
+        )
+    with np.errstate(divide="ignore", invalid="ignore"):
+        factor = np.where(varying, np.maximum(std, 1 / std), np.nan)
+    badly_scaled = np.flatnonzero(varying & (factor > max_std_ratio))
+    if badly_scaled.size:
+        order = badly_scaled[np.argsort(-factor[badly_scaled], kind="stable")]
+        listed = _listed([f"{unit} {i} std {std[i]:.3g}" for i in order])
+        yield Finding(
+            message=(
+                f"{order.size} of {judged} {unit}s badly scaled (std outside "
+                f"[{1 / max_std_ratio:.3g}, {max_std_ratio:g}]): {listed}; {seen}"
+            ),
+            value=float(factor[order[0]]),
+            threshold=max_std_ratio,
+            key="std",
+            extra={"stds": {int(i): float(std[i]) for i in order[:100]}},
+            **where,
+        )
+
+
+# -- DBG603 -------------------------------------------------------------------------------------
+
+
+def _token_thresholds(values: tuple[int, ...], thresholds: tuple[float, ...]) -> tuple[float, ...]:
+    if not values:
+        raise RuleConfigError("DBG603 token_values must name at least one token value")
+    if len(thresholds) == 1:
+        return thresholds * len(values)
+    if len(thresholds) != len(values):
+        raise RuleConfigError(
+            f"DBG603 needs one threshold per token value (or one for all): "
+            f"{len(values)} token_values, {len(thresholds)} token_thresholds_percent"
+        )
+    return thresholds
+
+
+def _plan_tokens(ctx: RuleContext, params: dict[str, Any]) -> Iterator[tuple[str, Derivation]]:
+    others = tuple(v for v in params["token_values"] if v != 0)
+    if others:
+        for view in _with_full_tensors(_integer_inputs(ctx)):
+            yield view.tag, TokenShares(others)
+
+
+@rule(
+    "DBG603",
+    "token-ratio",
+    severity="warning",
+    category="data",
+    requires=INTEGER_INPUTS,
+    plan=_plan_tokens,
+)
+def token_ratio(
+    ctx: RuleContext,
+    *,
+    token_values: tuple[int, ...] = (0,),
+    token_thresholds_percent: tuple[float, ...] = (50.0,),
+) -> Iterator[Finding]:
+    """One token value (padding, unknown, end of sequence) fills too much of the input sequences.
+
+    SageMaker Debugger's NLPSequenceRatio on every integer tensor of collection ``inputs``
+    (token ids ``(batch, seq_len)``): per record, ``100 * count(x == token) / size(x)`` for
+    each token of ``token_values``, compared with the threshold at the same position of
+    ``token_thresholds_percent`` (one threshold applies to every token); a share above it is a
+    violating record. Evaluated record by record as SageMaker does, one finding per tensor,
+    token and episode of consecutive violating records of one mode, with the largest share.
+
+    The share of token 0 is the ``zero_frac`` statistic, which the writer stores for every
+    record, so token 0 (the usual padding id) is checked on every record; other tokens are
+    counted in the records whose full tensor was kept.
+
+    Why it matters: sequences that are mostly padding waste compute and, with a wrong attention
+    mask or loss mask, teach the model to predict padding; many unknown tokens mean the
+    tokenizer does not fit the text.
+
+    Typical causes: padding every batch to a fixed maximum length, a few very long sequences
+    in a batch of short ones, a tokenizer or vocabulary that does not match the data.
+
+    Fix: pad dynamically to the longest sequence of the batch, bucket sequences by length,
+    truncate outliers, use the tokenizer the model was trained with.
+
+    Args:
+        token_values: Token ids to watch (comma-separated on the command line).
+        token_thresholds_percent: Largest acceptable share of each token, in percent; one per
+            token value, or a single one for all.
+    """
+    thresholds = _token_thresholds(token_values, token_thresholds_percent)
+    others = tuple(v for v in token_values if v != 0)
+    for view in _integer_inputs(ctx):
+        counted = (
+            view.derive(TokenShares(others))[view.records]
+            if others and view.info.raw_records
+            else None
+        )
+        for value, threshold in zip(token_values, thresholds, strict=True):
+            if value == 0:
+                shares = view.stat("zero_frac") * 100.0
+            elif counted is not None:
+                shares = counted[:, others.index(value)]
+            else:
+                continue
+            for code in np.unique(view.modes):
+                mine = (view.modes == code) & np.isfinite(shares)
+                if not mine.any():
+                    continue
+                analysed = int(mine.sum())
+                yield from episode_findings(
+                    tensor=view.tag,
+                    steps=view.steps[mine],
+                    values=shares[mine],
+                    violating=shares[mine] > threshold,
+                    threshold=threshold,
+                    key=f"token-{value}",
+                    modes=view.modes[mine],
+                    extra={"token": value, "records_analysed": analysed},
+                    message=_token_message(value, threshold, analysed),
+                )
+
+
+def _token_message(value: int, threshold: float, analysed: int) -> Callable[[Episode, float], str]:
+    def message(episode: Episode, share: float) -> str:
+        return (
+            f"token {value} is up to {share:.3g}% of the tokens (> {threshold:g}%) "
+            f"in {episode.count} of {analysed} records analysed"
+        )
+
+    return message
+
+
+# -- DBG604 -------------------------------------------------------------------------------------
+
+
+@rule(
+    "DBG604",
+    "classifier-confusion",
+    severity="warning",
+    category="data",
+    requires=(LABELS, PREDICTIONS),
+    plan=_plan_class_ids,
+)
+def classifier_confusion(
+    ctx: RuleContext,
+    *,
+    category_no: int | None = None,
+    min_diag: float = 0.9,
+    max_off_diag: float = 0.1,
+    tail_fraction: float = 0.2,
+) -> Iterator[Finding]:
+    """The classifier confuses classes: its predictions of some class are often wrong.
+
+    SageMaker Debugger's Confusion. Labels and predictions become class ids as in DBG601
+    (argmax of score or one-hot axes, whole numbers as ids, binary scores cut at 0.5 or 0),
+    are paired sample by sample (same step and mode; ``x/labels`` with ``x/predictions``, else
+    the only predictions tag) and counted in a confusion matrix ``C[label][predicted]``.
+
+    The documented formulas are contradictory: the diagonal one,
+    ``C[i][i] / sum_j C[j][j] >= min_diag``, divides by the trace of the matrix and can never
+    hold for every class when there are two or more, while the off-diagonal one,
+    ``C[j][i] / sum_j C[j][i] <= max_off_diag``, normalises by **column** (all samples predicted
+    as class ``i``). Both are taken column-normalised here, consistent with the off-diagonal
+    formula: for every predicted class ``i``,
+
+    * **diagonal** (key ``diagonal``): ``C[i][i] / sum_j C[j][i] < min_diag``, the class's
+      predictions are right less often than ``min_diag`` (its precision);
+    * **off-diagonal** (key ``off-diagonal``): ``C[j][i] / sum_j C[j][i] > max_off_diag`` for
+      some ``j != i``, class ``j`` takes more than ``max_off_diag`` of the predictions of ``i``.
+
+    A class that is never predicted has an empty column and is not judged itself; its samples
+    appear as off-diagonal mass in the columns they were predicted as, and DBG601's
+    misprediction check looks at rows (recall). ``category_no`` is the matrix size: by default
+    the largest class id seen in labels or predictions plus one, or the width of a one-hot or
+    probability axis if larger; it must be at least 2 (fewer classes are not judged), and
+    pairs with an id at or above an explicit ``category_no`` are left out.
+
+    Which records: SageMaker accumulates over the whole run, so min_diag 0.9 fires on every
+    healthy run while the model is still untrained. Here a classifier is judged as training
+    leaves it: on the eval-mode records when any are recorded (held-out data), else the train
+    records (else predict), and only on the records in the last ``tail_fraction`` of that
+    mode's step range (``step >= last - tail_fraction * (last - first)``, always including the
+    last record); ``tail_fraction=1`` gives SageMaker's accumulation over everything. Samples
+    whose prediction is non-finite are left out (a window where every prediction is
+    non-finite is not judged: that is a job for the non-finite rules).
+
+    Severity is warning: a model below 90 % precision on some class is a quality problem, not
+    a broken training run, and many healthy models on hard tasks never reach it.
+
+    Why it matters: classes that the model keeps confusing point at labelling errors, classes
+    that cannot be told apart from the inputs, or a model that has collapsed onto a few
+    classes.
+
+    Typical causes: overlapping or inconsistent class definitions, label noise, class
+    imbalance, too little capacity or training, a preprocessing bug that erases the features
+    separating two classes.
+
+    Fix: inspect the confused pairs (merge or relabel them), clean the labels, rebalance or
+    weight the classes, train longer or with more capacity.
+
+    Args:
+        category_no: Number of classes (None: from the labels, predictions and their shapes).
+        min_diag: Smallest acceptable share of a predicted class's samples that truly belong to it.
+        max_off_diag: Largest acceptable share of a predicted class's samples from one other class.
+        tail_fraction: Last fraction of the judged mode's step range whose records are counted.
+    """
+    if category_no is not None and category_no < 2:
+        raise RuleConfigError(f"DBG604 category_no must be at least 2, got {category_no}")
+    if not 0 < tail_fraction <= 1:
+        raise RuleConfigError(f"DBG604 tail_fraction must be in (0, 1], got {tail_fraction:g}")
+    for labels, predictions in _labelled(ctx):
+        if predictions is None:
+            continue
+        streams = {s.mode: s for s in _streams(labels, predictions) if s.paired}
+        mode = next((m for m in _MODE_PREFERENCE if m in streams), None)
+        if mode is not None:
+            yield from _confusion(streams[mode], category_no, min_diag, max_off_diag, tail_fraction)
+
+
+def _confusion(
+    stream: _Stream,
+    category_no: int | None,
+    min_diag: float,
+    max_off_diag: float,
+    tail_fraction: float,
+) -> Iterator[Finding]:
+    paired = stream.paired
+    cutoff = paired[-1].step - tail_fraction * (paired[-1].step - paired[0].step)
+    window = [r for r in paired if r.step >= cutoff]
+    truth = np.concatenate([r.truth for r in window if r.truth is not None]).astype(np.int64)
+    predicted = np.concatenate([r.predicted for r in window if r.predicted is not None]).astype(
+        np.int64
+    )
+    outside = 0
+    if category_no is not None:
+        inside = (truth < category_no) & (predicted < category_no)
+        outside = int((~inside).sum())
+        truth, predicted = truth[inside], predicted[inside]
+        classes = category_no
+    elif truth.size:
+        classes = max(stream.width or 0, int(max(truth.max(), predicted.max())) + 1)
+    else:
+        classes = 0
+    if classes < 2 or not truth.size:
+        return
+    # Sparse counts: only the cells that occur, so a large class count costs nothing.
+    columns, column_totals = np.unique(predicted, return_counts=True)
+    cells, cell_counts = np.unique(truth * classes + predicted, return_counts=True)
+    cell_truth, cell_predicted = cells // classes, cells % classes
+    cell_column = np.searchsorted(columns, cell_predicted)
+    share = cell_counts / column_totals[cell_column]
+    on_diagonal = cell_truth == cell_predicted
+    right = np.zeros(len(columns), dtype=np.int64)
+    right[cell_column[on_diagonal]] = cell_counts[on_diagonal]
+    precision = right / column_totals
+    where: dict[str, Any] = {
+        "tensor": stream.predictions,
+        "first_step": window[0].step,
+        "last_step": window[-1].step,
+        "steps": len(window),
+        "mode": stream.mode,
+    }
+    extra = {
+        "labels": stream.labels,
+        "samples": int(truth.size),
+        "records": len(window),
+        "classes": classes,
+        "outside_category_no": outside,
+        "unscored": sum(r.unscored for r in window),
+    }
+    seen = (
+        f"{truth.size} samples in {_records(len(window))} "
+        f"({stream.mode}, steps from {window[0].step})"
+    )
+    weak = np.flatnonzero(precision < min_diag)
+    if weak.size:
+        order = weak[np.argsort(precision[weak], kind="stable")]
+        listed = _listed(
+            [
+                f"class {columns[i]} {_percent(precision[i])} ({right[i]} of {column_totals[i]})"
+                for i in order
+            ]
+        )
+        yield Finding(
+            message=(
+                f"predictions right less than {_percent(min_diag)} of the time for {order.size} of "
+                f"{len(columns)} predicted classes: {listed}; {seen}"
+            ),
+            value=float(precision[order[0]]),
+            threshold=min_diag,
+            key="diagonal",
+            extra={
+                **extra,
+                "precision": {int(columns[i]): float(precision[i]) for i in order[:100]},
+            },
+            **where,
+        )
+    confused = np.flatnonzero(~on_diagonal & (share > max_off_diag))
+    if confused.size:
+        order = confused[np.argsort(-share[confused], kind="stable")]
+        listed = _listed(
+            [
+                f"class {cell_truth[i]} as {cell_predicted[i]} {_percent(share[i])} "
+                f"({cell_counts[i]} of {column_totals[cell_column[i]]})"
+                for i in order
+            ]
+        )
+        yield Finding(
+            message=(
+                f"{order.size} confused pairs take more than {_percent(max_off_diag)} "
+                f"of a predicted class: {listed}; {seen}"
+            ),
+            value=float(share[order[0]]),
+            threshold=max_off_diag,
+            key="off-diagonal",
+            extra={
+                **extra,
+                "pairs": [
+                    [int(cell_truth[i]), int(cell_predicted[i]), float(share[i])]
+                    for i in order[:100]
+                ],
+            },
+            **where,
+        )

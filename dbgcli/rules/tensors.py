@@ -15,7 +15,6 @@ from dbgcli.trace.derive import Accumulator, Derivation
 from dbgcli.trace.reader import RawChunk, TagInfo, Trace
 from dbgcli.trace.stats import COL
 
-ANY_TENSOR = Need.tensors()
 
 # Model parameters: their first record is the initialisation, and 1-D ones (biases,
 # normalisation scales) are initialised to a constant by design.
@@ -76,7 +75,7 @@ ALL_ZERO_COLLECTIONS = (
 )
 
 
-@rule("DBG401", "all-zero", severity="error", category="tensors", requires=ANY_TENSOR)
+@rule("DBG401", "all-zero", severity="error", category="tensors", requires=Need.tensors_in("collections"))
 def all_zero(
     ctx: RuleContext,
     *,
@@ -156,7 +155,7 @@ def all_zero(
 TENSOR_VARIANCE_COLLECTIONS = ("weights", "gradients", "activations", "preactivations")
 
 
-@rule("DBG402", "tensor-variance", severity="warning", category="tensors", requires=ANY_TENSOR)
+@rule("DBG402", "tensor-variance", severity="warning", category="tensors", requires=Need.tensors_in("collections"))
 def tensor_variance(
     ctx: RuleContext,
     *,
@@ -441,7 +440,7 @@ def _unchanged_plan(ctx: RuleContext, params: dict[str, Any]) -> Iterator[tuple[
     "unchanged-tensor",
     severity="warning",
     category="tensors",
-    requires=ANY_TENSOR,
+    requires=Need.tensors_in("collections"),
     plan=_unchanged_plan,
 )
 def unchanged_tensor(
@@ -554,7 +553,7 @@ def _evidence(verdicts: np.ndarray) -> str:
 # -- DBG404 non-finite-tensor ---------------------------------------------------------------------
 
 
-@rule("DBG404", "non-finite-tensor", severity="error", category="tensors", requires=ANY_TENSOR)
+@rule("DBG404", "non-finite-tensor", severity="error", category="tensors", requires=Need.tensors_in("collections"))
 def non_finite_tensor(
     ctx: RuleContext, *, only_nan: bool = False, collections: tuple[str, ...] = ()
 ) -> Iterator[Finding]:

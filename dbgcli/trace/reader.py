@@ -164,6 +164,12 @@ def open_trace(path: str | os.PathLike[str]) -> Trace:
         raise
 
 
+def _runs(selected: np.ndarray) -> list[tuple[int, int]]:
+    """``[begin, end)`` ranges of consecutive True values."""
+    edges = np.diff(np.concatenate(([0], selected.astype(np.int8), [0])))
+    return list(zip(np.flatnonzero(edges == 1).tolist(), np.flatnonzero(edges == -1).tolist()))
+
+
 def _open_read_only(path: Path) -> h5py.File:
     # Without locking, a trace can be read while its writer runs in another process; a writer
     # in this same process holds the file with locking on, and HDF5 then insists on matching.
@@ -466,6 +472,12 @@ class Trace:
 
     def _derive(self, info: TagInfo, todo: list[Derivation], cache: dict[Derivation, Any]) -> None:
         masks = [d.wanted(info, self) for d in todo]
+        # wanted() may itself have derived something (statistics of a trace without them).
+        pending = [(d, m) for d, m in zip(todo, masks) if d not in cache]
+        if not pending:
+            return
+        todo = [d for d, _ in pending]
+        masks = [m for _, m in pending]
         if any(mask is None for mask in masks):
             union = None
         else:
@@ -762,7 +774,11 @@ class Trace:
             selected = None if mask is None else mask[ids]
             if selected is not None and not selected.any():
                 continue
-            count = stop - start
+            # A sparse selection reads only its runs of rows; a dense one reads the whole range
+            # in one call and drops the few rows it does not want.
+            dense = selected is None or selected.mean() > 0.5
+            runs = [(0, stop - start)] if dense else _runs(selected)
+            count = sum(end - begin for begin, end in runs)
             nbytes = count * row_bytes
             if buffer is None or buffer.nbytes < nbytes:
                 buffer = np.empty(max(nbytes, rows_per_read * row_bytes), dtype=np.uint8)
@@ -771,10 +787,14 @@ class Trace:
             out = buffer[:nbytes].view(segment.dtype).reshape(count, *segment.shape)
             if not reuse_buffer:
                 buffer = None
-            values.read_direct(out, np.s_[start:stop], np.s_[0:count])
-            if selected is not None and not selected.all():
+            filled = 0
+            for begin, end in runs:
+                values.read_direct(out, np.s_[start + begin : start + end], np.s_[filled : filled + end - begin])
+                filled += end - begin
+            if selected is not None:
                 ids = ids[selected]
-                out = out[selected]
+                if dense and len(ids) < count:
+                    out = out[selected]
             yield RawChunk(ids, steps[ids], modes[ids], out)
 
     # -- error handling -----------------------------------------------------------------------

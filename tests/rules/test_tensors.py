@@ -399,4 +399,12 @@ def test_tensor_rules_skip_without_tensors(make_trace) -> None:
     for rule in ("DBG401", "DBG402", "DBG403", "DBG404"):
         result = run_rule(path, rule)
         assert result.status is RuleStatus.skipped
-        assert result.reason == "no tensors"
+        assert result.reason.startswith("no tensors")
+
+
+def test_tensor_rules_skip_when_the_selected_collections_are_absent(make_trace) -> None:
+    path = make_trace(tensors={"x": {"values": [np.ones(3)] * 3, "collection": "labels"}})
+    skipped = run_rule(path, "DBG403")
+    assert skipped.status is RuleStatus.skipped
+    assert skipped.reason == "no tensors of collection 'weights' or 'biases'"
+    assert run_rule(path, "DBG403", collections="labels").status is not RuleStatus.skipped

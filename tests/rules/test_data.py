@@ -1,0 +1,519 @@
+"""DBG601 class-imbalance, DBG602 input-not-normalized, DBG603 token-ratio, DBG604 confusion."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dbgcli.findings import Severity
+from dbgcli.report.model import RuleStatus
+from dbgcli.rules.data import class_ids
+
+from .helpers import analyze_path, keyed, run_rule
+
+SAMPLES = Path(__file__).resolve().parents[2] / "sample_traces"
+
+
+def scores(predicted: np.ndarray, classes: int, rng: np.random.Generator) -> np.ndarray:
+    """Softmax probabilities whose argmax is ``predicted``."""
+    logits = rng.normal(0.0, 0.5, size=(len(predicted), classes))
+    logits[np.arange(len(predicted)), predicted] += 4.0
+    exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def classifier(
+    accuracy: list[float],
+    *,
+    classes: int = 4,
+    batch: int = 64,
+    seed: int = 0,
+    mode: str = "train",
+    steps: list[int] | None = None,
+) -> dict[str, dict]:
+    """Labels and probability predictions, one record per step, right with the given accuracy."""
+    rng = np.random.default_rng(seed)
+    labels, predictions = [], []
+    for share in accuracy:
+        truth = rng.integers(0, classes, size=batch)
+        wrong = rng.random(batch) >= share
+        guess = np.where(wrong, (truth + rng.integers(1, classes, size=batch)) % classes, truth)
+        labels.append(truth)
+        predictions.append(scores(guess, classes, rng))
+    steps = steps if steps is not None else list(range(len(accuracy)))
+    return {
+        "labels": {"values": labels, "steps": steps, "mode": mode, "collection": "labels"},
+        "predictions": {
+            "values": predictions,
+            "steps": steps,
+            "mode": mode,
+            "collection": "predictions",
+        },
+    }
+
+
+def learning_curve(steps: int) -> list[float]:
+    """Accuracy of a healthy run: from chance (0.25) to 0.99."""
+    return [0.25 + 0.74 * (1 - math.exp(-step / (steps / 6))) for step in range(steps)]
+
+
+# -- class ids ------------------------------------------------------------------------------------
+
+
+def test_class_ids_follow_the_recording_conventions() -> None:
+    ids, width = class_ids(np.array([[0, 2, -100]]))
+    assert ids.tolist() == [[0, 2, -1]] and width is None
+    ids, width = class_ids(np.array([[[0.1, 0.9], [np.nan, 0.2]]], dtype=np.float32))
+    assert ids.tolist() == [[1, -1]] and width == 2
+    ids, width = class_ids(np.array([[[0, 0, 1], [1, 0, 0]]]))  # one-hot integers
+    assert ids.tolist() == [[2, 0]] and width == 3
+    ids, width = class_ids(np.array([[0.2, 0.7]]))  # sigmoid probabilities
+    assert ids.tolist() == [[0, 1]] and width == 2
+    ids, width = class_ids(np.array([[-2.5, 3.5]]))  # logits
+    assert ids.tolist() == [[0, 1]] and width == 2
+    ids, width = class_ids(np.array([[3.0, 1.0]]))  # whole numbers are class ids
+    assert ids.tolist() == [[3, 1]] and width is None
+
+
+# -- DBG601 class-imbalance -----------------------------------------------------------------------
+
+
+def test_class_imbalance_2019_case_fires_at_step_3(make_trace) -> None:
+    # SageMaker Debugger's test_class_imbalance.py: one labels tensor of 1000 values at step 3.
+    labels = np.concatenate([np.zeros(990, dtype=np.int64), np.ones(10, dtype=np.int64)])
+    path = make_trace(
+        tensors={"labels_0": {"values": [labels], "steps": [3], "collection": "labels"}}
+    )
+    result = run_rule(path, "DBG601")
+    (finding,) = keyed(result, "imbalance")
+    assert (finding.tensor, finding.first_step, finding.last_step, finding.steps) == (
+        "labels_0",
+        3,
+        3,
+        1,
+    )
+    assert finding.value == pytest.approx(99.0) and finding.threshold == 10.0
+    assert finding.severity is Severity.warning
+    assert "1000 labels in 1 record" in finding.message
+
+
+def test_class_imbalance_quiet_on_balanced_labels_and_tunable(make_trace) -> None:
+    path = make_trace(tensors=classifier(learning_curve(40)))
+    assert run_rule(path, "class-imbalance").status is RuleStatus.passed
+    (finding,) = keyed(run_rule(path, "DBG601", threshold_imbalance=1.0), "imbalance")
+    # 500 labels are reached in the 8th record of 64.
+    assert (finding.first_step, finding.last_step, finding.steps) == (7, 39, 33)
+    assert 1.0 < finding.value < 1.5
+
+
+def test_class_imbalance_missing_class_is_infinitely_rare_when_classes_are_known(
+    make_trace,
+) -> None:
+    tensors = classifier([0.9] * 20)
+    for values in tensors["labels"]["values"]:
+        values[values == 3] = 0
+    (finding,) = keyed(run_rule(make_trace(tensors=tensors), "DBG601"), "imbalance")
+    assert finding.value == math.inf and "1 of 4 classes never appear (3)" in finding.message
+    # Plain integer labels do not say how many classes there are: only those seen count.
+    del tensors["predictions"]
+    assert not keyed(run_rule(make_trace(tensors=tensors), "DBG601"), "imbalance")
+
+
+def test_class_imbalance_judges_modes_apart(make_trace) -> None:
+    rng = np.random.default_rng(4)
+    train = [rng.integers(0, 3, size=64) for _ in range(10)]
+    skewed = [np.where(rng.random(64) < 0.97, 0, 1) for _ in range(10)]
+    steps = list(range(10))
+    path = make_trace(
+        tensors=modes(
+            {"labels": {"values": train, "steps": steps, "mode": "train", "collection": "labels"}},
+            {"labels": {"values": skewed, "steps": steps, "mode": "eval", "collection": "labels"}},
+        )
+    )
+    (finding,) = keyed(run_rule(path, "DBG601"), "imbalance")
+    assert finding.mode == "eval" and finding.value > 10
+
+
+def test_misprediction_judges_the_model_training_leaves(make_trace) -> None:
+    # An untrained start mispredicts every class; SageMaker's accumulation from step 0 would fire.
+    start = classifier([0.0] * 10 + [0.98] * 30, seed=1)
+    assert not keyed(run_rule(make_trace(tensors=start), "DBG601"), "mispredicted")
+    # A class the model ends up never getting right.
+    tensors = classifier([0.98] * 40, seed=2)
+    rng = np.random.default_rng(3)
+    for step in range(30, 40):
+        truth = tensors["labels"]["values"][step]
+        guess = tensors["predictions"]["values"][step].argmax(axis=1)
+        guess[truth == 2] = 0
+        tensors["predictions"]["values"][step] = scores(guess, 4, rng)
+    path = make_trace(tensors=tensors)
+    (finding,) = keyed(run_rule(path, "DBG601"), "mispredicted")
+    # The latest 500 labelled predictions: the last 8 records of 64.
+    assert (finding.first_step, finding.last_step, finding.steps) == (32, 39, 8)
+    assert finding.value == 1.0 and finding.message.startswith("classes mostly mispredicted")
+    assert "class 2 100%" in finding.message and finding.extra["predictions"] == "predictions"
+    assert not keyed(run_rule(path, "DBG601", threshold_misprediction=1.0), "mispredicted")
+
+
+def test_class_imbalance_too_few_labels_is_skipped_with_the_reason(make_trace) -> None:
+    rng = np.random.default_rng(5)
+    labels = [np.where(rng.random(64) < 0.95, 0, 1) for _ in range(3)]
+    path = make_trace(tensors={"labels": {"values": labels, "collection": "labels"}})
+    result = run_rule(path, "DBG601")
+    assert result.status is RuleStatus.skipped
+    assert "labels (train): only 192 labels in 3 records" in result.reason and "< samples 500" in result.reason
+    (finding,) = keyed(run_rule(path, "DBG601", samples=128), "imbalance")
+    assert finding.first_step == 1
+
+
+def test_class_imbalance_too_few_in_one_stream_is_an_info_hint(make_trace) -> None:
+    rng = np.random.default_rng(5)
+    train = [np.where(rng.random(64) < 0.95, 0, 1) for _ in range(10)]
+    path = make_trace(tensors={"labels": [
+        {"values": train, "collection": "labels"},
+        {"values": [np.arange(4) % 2], "steps": [9], "mode": "eval", "collection": "labels"},
+    ]})
+    result = run_rule(path, "DBG601")
+    (hint,) = keyed(result, "too-few-samples")
+    assert hint.severity is Severity.info and hint.mode == "eval" and hint.value == 4
+    assert keyed(result, "imbalance")[0].mode == "train"
+
+
+def test_class_imbalance_skips_without_full_labels(make_trace) -> None:
+    assert run_rule(make_trace(scalars={"loss": [1.0, 0.5]}), "DBG601").reason == (
+        "no full tensors of collection 'labels'"
+    )
+    path = make_trace(
+        tensors={"labels": {"values": [np.arange(4)] * 3, "collection": "labels"}}, raw_every=0
+    )
+    result = run_rule(path, "DBG601")
+    assert (
+        result.status is RuleStatus.skipped
+        and result.reason == "no full tensors of collection 'labels'"
+    )
+
+
+# -- DBG602 input-not-normalized ------------------------------------------------------------------
+
+
+def images(
+    steps: int,
+    *,
+    shift: tuple[float, ...] = (0.0, 0.0, 0.0),
+    scale: tuple[float, ...] = (1.0, 1.0, 1.0),
+):
+    rng = np.random.default_rng(6)
+    values = []
+    for _ in range(steps):
+        batch = rng.normal(0.0, 1.0, size=(16, 3, 8, 8))
+        batch = batch * np.array(scale)[None, :, None, None] + np.array(shift)[None, :, None, None]
+        values.append(batch.astype(np.float32))
+    return {"inputs": {"values": values, "collection": "inputs"}}
+
+
+def test_input_not_normalized_fires_on_an_off_centre_channel(make_trace) -> None:
+    path = make_trace(tensors=images(40, shift=(0.0, 0.6, 0.0)))
+    result = run_rule(path, "DBG602")
+    (finding,) = keyed(result, "mean")
+    # 500 images are reached in the 32nd record of 16.
+    assert (finding.tensor, finding.first_step, finding.last_step, finding.steps) == (
+        "inputs",
+        31,
+        39,
+        9,
+    )
+    assert finding.value == pytest.approx(0.6, abs=0.02) and finding.threshold == 0.2
+    assert (
+        "1 of 3 channels off-centre" in finding.message and "channel 1 mean 0.59" in finding.message
+    )
+    assert "640 samples in 40 records" in finding.message
+    assert not keyed(result, "std")
+    assert run_rule(path, "DBG602", threshold_mean=0.7).status is RuleStatus.passed
+
+
+def test_input_not_normalized_quiet_on_standardised_images(make_trace) -> None:
+    assert (
+        run_rule(make_trace(tensors=images(40)), "input-not-normalized").status is RuleStatus.passed
+    )
+
+
+def test_input_not_normalized_std_of_features(make_trace) -> None:
+    rng = np.random.default_rng(7)
+    features = []
+    for _ in range(20):
+        batch = rng.normal(0.0, 1.0, size=(32, 6))
+        batch -= batch.mean(axis=0)
+        batch[:, 2] *= 10.0
+        batch[:, 4] = 1.5  # constant: nothing to standardise
+        features.append(batch.astype(np.float32))
+    path = make_trace(tensors={"x": {"values": features, "collection": "inputs"}})
+    result = run_rule(path, "DBG602")
+    (finding,) = keyed(result, "std")
+    assert finding.value == pytest.approx(10.0, rel=0.05) and finding.threshold == 3.0
+    assert "1 of 5 features badly scaled" in finding.message and "feature 2 std" in finding.message
+    assert not keyed(result, "mean")
+    assert run_rule(path, "DBG602", max_std_ratio=20.0).status is RuleStatus.passed
+
+
+def test_input_not_normalized_skips_non_finite_values_and_judges_modes_apart(make_trace) -> None:
+    rng = np.random.default_rng(16)
+    train = [rng.normal(0.0, 1.0, size=(32, 4)) for _ in range(20)]
+    evaluation = [
+        rng.normal(0.0, 1.0, size=(32, 4)) * [1, 5, 1, 1] + [1, 0, 0, 0] for _ in range(20)
+    ]
+    evaluation[3][0, 0] = np.nan
+    evaluation[8][5, 1] = np.inf
+    steps = list(range(20))
+    spec = modes(
+        {"x": {"values": train, "steps": steps, "mode": "train", "collection": "inputs"}},
+        {"x": {"values": evaluation, "steps": steps, "mode": "eval", "collection": "inputs"}},
+    )
+    result = run_rule(make_trace(tensors=spec), "DBG602")
+    everything = np.concatenate(evaluation)
+    everything[~np.isfinite(everything)] = np.nan
+    (mean,) = keyed(result, "mean")
+    assert mean.mode == "eval" and mean.extra["means"][0] == pytest.approx(
+        np.nanmean(everything[:, 0])
+    )
+    (std,) = keyed(result, "std")
+    assert std.mode == "eval" and std.extra["stds"][1] == pytest.approx(np.nanstd(everything[:, 1]))
+
+
+def test_input_not_normalized_too_few_samples_and_skips(make_trace) -> None:
+    path = make_trace(tensors=images(10, shift=(1.0, 1.0, 1.0)))
+    result = run_rule(path, "DBG602")
+    assert result.status is RuleStatus.skipped and "only 160 samples" in result.reason
+    assert keyed(run_rule(path, "DBG602", samples=100), "mean")[0].first_step == 6
+    tokens = make_trace(
+        tensors={"ids": {"values": [np.arange(64).reshape(8, 8)] * 3, "collection": "inputs"}}
+    )
+    result = run_rule(tokens, "DBG602")
+    assert (
+        result.status is RuleStatus.skipped
+        and result.reason == "no full float tensors of collection 'inputs'"
+    )
+
+
+# -- DBG603 token-ratio ---------------------------------------------------------------------------
+
+
+def sequences(padding: list[float], *, seed: int = 8, unknown: float = 0.0) -> list[np.ndarray]:
+    """Token ids (8, 50): a share of padding (0) at the end, an ``unknown`` share of token 3."""
+    rng = np.random.default_rng(seed)
+    values = []
+    for share in padding:
+        ids = rng.integers(4, 1000, size=(8, 50))
+        ids[:, 50 - round(50 * share) :] = 0
+        ids[:, : round(50 * unknown)] = 3
+        values.append(ids)
+    return values
+
+
+def test_token_ratio_fires_on_padding(make_trace) -> None:
+    padding = [0.3] * 10 + [0.6] * 5 + [0.3] * 5
+    path = make_trace(tensors={"tokens": {"values": sequences(padding), "collection": "inputs"}})
+    result = run_rule(path, "DBG603")
+    (finding,) = keyed(result, "token-0")
+    assert (finding.tensor, finding.first_step, finding.last_step, finding.steps) == (
+        "tokens",
+        10,
+        14,
+        5,
+    )
+    assert finding.value == pytest.approx(60.0) and finding.threshold == 50.0
+    assert "in 5 of 20 records analysed" in finding.message
+    assert run_rule(path, "DBG603", token_thresholds_percent=(70,)).status is RuleStatus.passed
+
+
+def test_token_ratio_quiet_on_moderate_padding(make_trace) -> None:
+    path = make_trace(
+        tensors={"tokens": {"values": sequences([0.1, 0.3, 0.45] * 10), "collection": "inputs"}}
+    )
+    assert run_rule(path, "token-ratio").status is RuleStatus.passed
+
+
+def test_token_ratio_other_tokens_and_records_without_full_tensors(make_trace) -> None:
+    padding = [0.2] * 20
+    padding[7] = 0.8  # no full tensor at step 7: found through the zero_frac statistic
+    path = make_trace(
+        tensors={"tokens": {"values": sequences(padding, unknown=0.2), "collection": "inputs"}},
+        raw_every=5,
+    )
+    result = run_rule(path, "DBG603", token_values=(3, 0), token_thresholds_percent=(10, 50))
+    (padded,) = keyed(result, "token-0")
+    assert (padded.first_step, padded.steps) == (
+        7,
+        1,
+    ) and "of 20 records analysed" in padded.message
+    (unknown,) = keyed(result, "token-3")
+    assert (unknown.first_step, unknown.last_step, unknown.steps) == (0, 15, 4)
+    assert unknown.value == pytest.approx(20.0) and "4 of 4 records analysed" in unknown.message
+
+
+def test_token_ratio_rejects_mismatched_thresholds(make_trace) -> None:
+    path = make_trace(tensors={"tokens": {"values": sequences([0.2] * 3), "collection": "inputs"}})
+    report = analyze_path(
+        path,
+        select=("DBG603",),
+        params={"DBG603": {"token_values": "3,0,1", "token_thresholds_percent": "10,50"}},
+    )
+    assert report.error is not None and "one threshold per token value" in report.error
+
+
+def test_token_ratio_skips_without_integer_inputs(make_trace) -> None:
+    result = run_rule(make_trace(tensors=images(3)), "DBG603")
+    assert (
+        result.status is RuleStatus.skipped
+        and result.reason == "no integer tensors of collection 'inputs'"
+    )
+
+
+# -- DBG604 classifier-confusion ------------------------------------------------------------------
+
+
+def modes(*specs: dict[str, dict]) -> dict[str, dict]:
+    """Records of several modes in one spec per tag."""
+    merged = {}
+    for tag in specs[0]:
+        parts = [spec[tag] for spec in specs]
+        merged[tag] = {
+            "values": [v for part in parts for v in part["values"]],
+            "steps": [s for part in parts for s in part["steps"]],
+            "modes": [part["mode"] for part in parts for _ in part["values"]],
+            "collection": parts[0]["collection"],
+        }
+    return merged
+
+
+def ids_trace(make_trace, labels: np.ndarray, predicted: np.ndarray, *, collections: bool = True):
+    def spec(values: np.ndarray, collection: str) -> dict:
+        return (
+            {"values": [values], "collection": collection} if collections else {"values": [values]}
+        )
+
+    return make_trace(
+        tensors={"labels": spec(labels, "labels"), "predictions": spec(predicted, "predictions")}
+    )
+
+
+def test_confusion_2019_case_1_perfect_predictions_pass(make_trace) -> None:
+    labels = np.random.default_rng(9).integers(0, 10, size=100)
+    assert (
+        run_rule(ids_trace(make_trace, labels, labels.copy()), "DBG604").status is RuleStatus.passed
+    )
+
+
+def test_confusion_2019_case_2_one_confused_sample_fires(make_trace) -> None:
+    labels = np.arange(10)
+    predicted = labels.copy()
+    predicted[4] = 7
+    result = run_rule(ids_trace(make_trace, labels, predicted), "DBG604")
+    (diagonal,) = keyed(result, "diagonal")
+    assert (diagonal.tensor, diagonal.first_step, diagonal.value, diagonal.threshold) == (
+        "predictions",
+        0,
+        0.5,
+        0.9,
+    )
+    assert "for 1 of 9 predicted classes: class 7 50% (1 of 2)" in diagonal.message
+    (off,) = keyed(result, "off-diagonal")
+    assert off.value == 0.5 and "class 4 as 7 50% (1 of 2)" in off.message
+    assert diagonal.severity is Severity.warning and diagonal.extra["classes"] == 10
+
+
+def test_confusion_2019_case_3_off_diagonal_only(make_trace) -> None:
+    labels = np.arange(10)
+    predicted = labels.copy()
+    predicted[4] = 7
+    result = run_rule(
+        ids_trace(make_trace, labels, predicted), "DBG604", min_diag=0.0, max_off_diag=0.01
+    )
+    assert not keyed(result, "diagonal")
+    (off,) = keyed(result, "off-diagonal")
+    assert off.value == 0.5 and off.threshold == 0.01
+
+
+def test_confusion_2019_case_4_default_names_without_collections(make_trace) -> None:
+    labels = np.random.default_rng(10).integers(0, 10, size=100)
+    path = ids_trace(make_trace, labels, labels.copy(), collections=False)
+    assert run_rule(path, "DBG604").status is RuleStatus.passed
+    labels[:5] = (labels[:5] + 1) % 10
+    assert run_rule(
+        ids_trace(make_trace, labels, labels[::-1].copy(), collections=False), "DBG604"
+    ).findings
+
+
+def test_confusion_quiet_on_a_healthy_run_but_not_over_its_whole_history(make_trace) -> None:
+    path = make_trace(tensors=classifier(learning_curve(100), seed=11))
+    assert run_rule(path, "classifier-confusion").status is RuleStatus.passed
+    result = run_rule(path, "DBG604", tail_fraction=1.0)
+    (diagonal,) = keyed(result, "diagonal")
+    assert (diagonal.first_step, diagonal.last_step, diagonal.steps) == (0, 99, 100)
+
+
+def test_confusion_prefers_eval_records(make_trace) -> None:
+    collapsed = classifier([0.25] * 50, seed=12)  # train predictions of a model gone wrong
+    evals = [10, 20, 30, 40, 49]
+    good = classifier([0.5, 0.9, 0.95, 0.99, 0.99], seed=13, mode="eval", steps=evals)
+    assert (
+        run_rule(make_trace(tensors=modes(collapsed, good)), "DBG604").status is RuleStatus.passed
+    )
+    bad = classifier([0.5] * 5, seed=14, mode="eval", steps=evals)
+    (finding,) = keyed(run_rule(make_trace(tensors=modes(collapsed, bad)), "DBG604"), "diagonal")
+    # Evaluations in the last 20 % of the eval step range (from step 41.2): the one at 49.
+    assert finding.mode == "eval" and (finding.first_step, finding.last_step) == (49, 49)
+    assert "64 samples in 1 record (eval" in finding.message
+    wide = keyed(
+        run_rule(make_trace(tensors=modes(collapsed, bad)), "DBG604", tail_fraction=0.5), "diagonal"
+    )
+    assert (wide[0].first_step, wide[0].steps) == (30, 3)
+
+
+def test_confusion_does_not_judge_non_finite_predictions(make_trace) -> None:
+    tensors = classifier([0.3] * 20, seed=15)
+    for step in range(10, 20):
+        tensors["predictions"]["values"][step][:] = np.nan
+    path = make_trace(tensors=tensors)
+    assert run_rule(path, "DBG604").status is RuleStatus.passed
+    assert (
+        keyed(run_rule(path, "DBG604", tail_fraction=1.0), "diagonal")[0].extra["unscored"] == 640
+    )
+
+
+def test_confusion_category_no(make_trace) -> None:
+    labels = np.arange(10)
+    predicted = labels.copy()
+    predicted[4] = 7
+    path = ids_trace(make_trace, labels, predicted)
+    assert (
+        run_rule(path, "DBG604", category_no=5).status is RuleStatus.passed
+    )  # the 4 -> 7 pair is left out
+    report = analyze_path(path, select=("DBG604",), params={"DBG604": {"category_no": 1}})
+    assert report.error is not None and "category_no must be at least 2" in report.error
+
+
+def test_confusion_skips_without_predictions(make_trace) -> None:
+    path = make_trace(tensors={"labels": {"values": [np.arange(4)] * 3, "collection": "labels"}})
+    result = run_rule(path, "DBG604")
+    assert (
+        result.status is RuleStatus.skipped
+        and result.reason == "no full tensors of collection 'predictions'"
+    )
+
+
+# -- the sample traces ----------------------------------------------------------------------------
+
+
+def test_data_rules_on_the_sample_traces() -> None:
+    healthy = analyze_path(SAMPLES / "numpy_mlp_healthy.h5", select=("DBG6",))
+    assert healthy.error is None
+    assert healthy.findings == []
+    reasons = {r.id: r.reason for r in healthy.results}
+    assert "only 384 labels" in reasons["DBG601"] and "only 384 samples" in reasons["DBG602"]
+    dead = analyze_path(SAMPLES / "numpy_mlp_dead_relu.h5", select=("DBG6",))
+    assert {f.key for f in dead.findings if f.rule_id == "DBG604"} == {"diagonal", "off-diagonal"}
+    high_lr = analyze_path(SAMPLES / "numpy_mlp_high_lr.h5", select=("DBG604",))
+    assert high_lr.findings == []  # every late prediction is NaN: left to the non-finite rules

@@ -1,0 +1,443 @@
+"""DBG301-DBG306: loss not decreasing, overfit, underfit, overtraining, oscillating, non-finite."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from dbgcli.findings import Severity
+from dbgcli.report.model import RuleStatus
+
+from .helpers import analyze_path, keyed, run_rule
+
+EVAL_EVERY = 25
+
+# SageMaker Debugger's 2019 LossNotDecreasing schedule and default (diff_percent = 0), spelled
+# with this rule's explicit parameters.
+SAGEMAKER_2019 = {"num_steps": 10, "smooth": False, "patience": 1, "z": 0.0}
+
+
+def power_law(steps: int, *, initial: float = 2.3, exponent: float = 0.7) -> np.ndarray:
+    """The expected loss of a healthy run: fast at first, then ever slower."""
+    return initial * (1 + np.arange(steps) / 10) ** -exponent
+
+
+def minibatch(level: np.ndarray, seed: int, batch: int = 64) -> np.ndarray:
+    """Minibatch losses around ``level``: the mean of ``batch`` per-sample cross-entropies.
+
+    Their spread grows as the loss falls (a few hard samples carry it), tight at
+    initialisation and near a factor of two at a loss of 0.01, as in the healthy sample trace.
+    """
+    rng = np.random.default_rng(seed)
+    std = np.sqrt(level * 0.5 / batch)
+    sigma = np.sqrt(np.log1p((std / level) ** 2))
+    return level * np.exp(sigma * rng.standard_normal(len(level)) - sigma**2 / 2)
+
+
+def losses(train: np.ndarray, evals: np.ndarray | None = None, **extra: Any) -> dict[str, Any]:
+    """A ``loss`` series (train every step, eval every 25 steps) for ``make_trace``."""
+    parts: list[dict[str, Any]] = [{"values": list(train)}]
+    if evals is not None:
+        steps = range(0, EVAL_EVERY * len(evals), EVAL_EVERY)
+        parts.append({"values": list(evals), "steps": steps, "mode": "eval"})
+    return {"loss": parts, **extra}
+
+
+def healthy(steps: int, seed: int, batch: int = 64, exponent: float = 0.7) -> dict[str, Any]:
+    """A healthy run: noisy train loss, and an eval loss 5 % above the expected train loss."""
+    level = power_law(steps, exponent=exponent)
+    expected = level[::EVAL_EVERY]
+    wobble = np.exp(0.01 * np.random.default_rng(seed + 1).standard_normal(len(expected)))
+    return losses(minibatch(level, seed, batch), expected * 1.05 * wobble)
+
+
+# DBG301 loss-not-decreasing
+
+
+def test_loss_not_decreasing_sagemaker_2019_test_default(make_trace) -> None:
+    path = make_trace(
+        scalars={"loss": {"values": [0.3, 0.33, 0.31, 0.30, 0.28], "steps": range(0, 17, 4)}}
+    )
+    result = run_rule(path, "DBG301", **SAGEMAKER_2019, min_decrease_pct=0, max_increase_pct=None)
+    (finding,) = keyed(result, "not-decreasing")
+    # Fires first at step 12 (0.30 against 0.3 at step 0: not a strict decrease), and the
+    # next check would be at step 22, so steps 13-16 do not fire.
+    assert (finding.first_step, finding.last_step, finding.steps) == (12, 12, 1)
+    assert finding.value == 0.0 and finding.threshold == 0.0
+    assert finding.extra["compared_with_step"] == 0
+    assert len(result.findings) == 1
+
+
+def test_loss_not_decreasing_sagemaker_2019_test_min_diff(make_trace) -> None:
+    values = [0.3, 0.33, 0.31, 0.30, 0.28, 0.2, 0.42]
+    path = make_trace(scalars={"loss": {"values": values, "steps": range(0, 25, 4)}})
+    result = run_rule(path, "DBG301", **SAGEMAKER_2019, min_decrease_pct=None, max_increase_pct=20)
+    (finding,) = result.findings
+    # Checks at 12 (against 0, unchanged) and 24 (against 12: 0.30 -> 0.42, +40 %).
+    assert (finding.key, finding.first_step, finding.last_step) == ("increasing", 24, 24)
+    assert finding.value == pytest.approx(40.0) and finding.extra["compared_with_step"] == 12
+    # The documentation's reading of diff_percent=20 (a minimum decrease) fires at 12 instead.
+    documented = run_rule(
+        path, "DBG301", **SAGEMAKER_2019, min_decrease_pct=20, max_increase_pct=None
+    )
+    assert [f.first_step for f in documented.findings] == [12]
+
+
+def test_loss_not_decreasing_fires_when_the_loss_gets_stuck(make_trace) -> None:
+    # Learns linearly from 2.3 to ln 4 over 200 steps, then stuck at chance level like a dead
+    # network: every sample's loss is ln 4, so the minibatch noise is tiny.
+    rng = np.random.default_rng(0)
+    level = np.r_[np.linspace(2.3, np.log(4), 200), np.full(400, np.log(4))]
+    train = level * (1 + 0.002 * rng.standard_normal(600))
+    result = run_rule(make_trace(scalars=losses(train)), "DBG301")
+    (finding,) = keyed(result, "not-decreasing")
+    # num_steps = 599 // 10 = 59: checks at 59, 118, ..., 590. The check at 295 still sees
+    # the end of the descent in its earlier window (177, 236]; from 354 on both windows are flat.
+    assert (finding.first_step, finding.last_step, finding.steps) == (354, 590, 5)
+    assert finding.extra["num_steps"] == 59 and finding.extra["compared_with_step"] in range(
+        295, 532, 59
+    )
+    assert abs(finding.value) < 0.1 and finding.threshold == 1.0 and finding.mode == "train"
+    assert finding.severity is Severity.warning
+
+
+@pytest.mark.parametrize("steps, exponent", [(300, 0.7), (2000, 0.4), (5000, 0.3)])
+def test_loss_not_decreasing_quiet_on_healthy_noisy_loss(
+    make_trace, steps: int, exponent: float
+) -> None:
+    for seed in range(3):
+        path = make_trace(scalars=healthy(steps, seed, exponent=exponent))
+        assert run_rule(path, "DBG301").status is RuleStatus.passed
+
+
+def test_loss_not_decreasing_raw_points_fire_on_minibatch_noise(make_trace) -> None:
+    # Why the defaults smooth: SageMaker Debugger's point comparison every 10 steps flags a
+    # healthy noisy loss over and over.
+    path = make_trace(scalars=healthy(600, seed=0))
+    raw = run_rule(path, "DBG301", **SAGEMAKER_2019, min_decrease_pct=0)
+    assert len(raw.findings) >= 3
+
+
+def test_loss_not_decreasing_checks_the_eval_loss_on_request(make_trace) -> None:
+    level = power_law(800)
+    evals = level[::EVAL_EVERY].copy()
+    evals[12:] = evals[12] * (1 + 0.05 * np.arange(20))  # rises 5 % per evaluation from step 300
+    path = make_trace(scalars=losses(minibatch(level, seed=1), evals))
+    assert run_rule(path, "DBG301").status is RuleStatus.passed
+    result = run_rule(path, "DBG301", mode="eval")
+    (finding,) = keyed(result, "increasing")
+    # num_steps = max(775 // 10, 50, 5 * 25) = 125: checks at 125, 250, ..., 750. The window
+    # (250, 375] still holds the minimum; from (375, 500] on each window is above the last.
+    assert (finding.first_step, finding.last_step, finding.steps, finding.mode) == (
+        500,
+        750,
+        3,
+        "eval",
+    )
+    assert finding.value is not None and finding.value > 5.0
+
+
+def test_loss_not_decreasing_skipped_without_a_train_loss(make_trace) -> None:
+    result = run_rule(make_trace(scalars={"accuracy": [0.5, 0.6]}), "DBG301")
+    assert result.status is RuleStatus.skipped
+    assert result.reason == "no train loss series"
+
+
+# DBG302 overfit
+
+
+def overfitting_run(seed: int = 0) -> dict[str, Any]:
+    """The eval loss follows the train loss until step 150, then climbs while training goes on."""
+    level = 0.05 + 2.0 * np.exp(-np.arange(400) / 100)
+    evals = level[::EVAL_EVERY].copy()
+    evals[6:] = level[150] + 0.004 * (np.arange(6, 16) * EVAL_EVERY - 150)
+    return losses(minibatch(level, seed), evals)
+
+
+def test_overfit_fires_when_the_eval_loss_pulls_away(make_trace) -> None:
+    result = run_rule(make_trace(scalars=overfitting_run()), "DBG302")
+    (finding,) = keyed(result, "gap")
+    # At 150 the eval loss still equals the curve; from 175 it is 0.1 and more above it.
+    assert (finding.tensor, finding.first_step, finding.last_step, finding.steps) == (
+        "loss",
+        175,
+        375,
+        9,
+    )
+    assert finding.value is not None and finding.value > 3.0 and finding.threshold == 0.1
+
+
+def test_overfit_patience_and_start_step(make_trace) -> None:
+    path = make_trace(scalars=overfitting_run())
+    assert keyed(run_rule(path, "DBG302", patience=9), "gap")[0].first_step == 175
+    assert run_rule(path, "DBG302", patience=10).status is RuleStatus.passed
+    assert keyed(run_rule(path, "DBG302", start_step=300), "gap")[0].first_step == 300
+
+
+def test_overfit_quiet_when_both_losses_approach_zero(make_trace) -> None:
+    # Like the healthy sample trace: train loss near 0.003, eval near 0.007, both still falling.
+    level = 0.003 + 2.3 * np.exp(-np.arange(300) / 15)
+    evals = 0.004 + level[::EVAL_EVERY]
+    path = make_trace(scalars=losses(minibatch(level, seed=2), evals))
+    assert run_rule(path, "DBG302").status is RuleStatus.passed
+    # Without the absolute floor the relative gap of two tiny losses passes for overfitting.
+    assert keyed(run_rule(path, "DBG302", min_gap_fraction=0.0), "gap")
+
+
+@pytest.mark.parametrize("batch", [64, 8])
+def test_overfit_quiet_on_healthy_noisy_runs(make_trace, batch: int) -> None:
+    for seed in range(3):
+        path = make_trace(scalars=healthy(2000, seed, batch=batch, exponent=0.15))
+        assert run_rule(path, "DBG302").status is RuleStatus.passed
+
+
+def test_overfit_allows_for_the_noise_of_the_train_mean(make_trace) -> None:
+    # A true gap of 5 %, but the mean of 25 batch-of-8 losses wanders by several percent.
+    path = make_trace(scalars=healthy(2000, seed=0, batch=8, exponent=0.15))
+    assert run_rule(path, "DBG302").status is RuleStatus.passed
+    assert keyed(run_rule(path, "DBG302", z=0.0), "gap")
+
+
+def test_overfit_skipped_without_an_eval_loss(make_trace) -> None:
+    result = run_rule(make_trace(scalars={"loss": [1.0, 0.9, 0.8]}), "DBG302")
+    assert result.status is RuleStatus.skipped
+    assert result.reason == "no eval loss series"
+
+
+# DBG303 underfit
+
+
+def stuck_at_chance(steps: int = 300, seed: int = 0) -> np.ndarray:
+    return np.log(4) * (1 + 0.003 * np.random.default_rng(seed).standard_normal(steps))
+
+
+def test_underfit_fires_when_the_loss_never_leaves_its_start(make_trace) -> None:
+    result = run_rule(make_trace(scalars=losses(stuck_at_chance())), "DBG303")
+    (finding,) = keyed(result, "loss-high")
+    # Judged from min_steps = 100 steps after the first record, and high until the end.
+    assert (finding.first_step, finding.last_step, finding.steps) == (100, 299, 200)
+    assert finding.value == pytest.approx(1.0, abs=0.01) and finding.threshold == 0.8
+
+
+def test_underfit_quiet_on_healthy_and_late_learning_runs(make_trace) -> None:
+    for seed in range(3):
+        assert (
+            run_rule(make_trace(scalars=healthy(600, seed)), "DBG303").status is RuleStatus.passed
+        )
+    # Stuck for 250 steps, then learns: what counts is the end of the run.
+    late = np.r_[stuck_at_chance(250), minibatch(np.log(4) * np.exp(-np.arange(250) / 30), seed=3)]
+    assert run_rule(make_trace(scalars=losses(late)), "DBG303").status is RuleStatus.passed
+
+
+def test_underfit_fraction_and_accuracy_parameters(make_trace) -> None:
+    # The loss falls to 60 % of its start and stays there; accuracy hovers at 0.3.
+    level = 1.4 * (0.6 + 0.4 * np.exp(-np.arange(400) / 20))
+    accuracy = 0.3 + 0.02 * np.random.default_rng(4).standard_normal(400)
+    path = make_trace(scalars=losses(minibatch(level, seed=4), accuracy=list(accuracy)))
+    assert run_rule(path, "DBG303").status is RuleStatus.passed
+    (high,) = keyed(run_rule(path, "DBG303", max_loss_fraction=0.5), "loss-high")
+    assert (high.first_step, high.last_step) == (100, 399)
+    assert high.value == pytest.approx(0.6, abs=0.03)
+    (low,) = keyed(run_rule(path, "DBG303", min_accuracy=0.5), "accuracy-low")
+    assert (low.tensor, low.first_step, low.last_step) == ("accuracy", 100, 399)
+    assert low.value == pytest.approx(0.3, abs=0.01) and low.threshold == 0.5
+
+
+def test_underfit_skipped_without_a_train_loss(make_trace) -> None:
+    result = run_rule(
+        make_trace(scalars={"val_loss": {"values": [1.0, 0.9], "mode": "eval"}}), "DBG303"
+    )
+    assert result.status is RuleStatus.skipped
+    assert result.reason == "no train loss series"
+
+
+# DBG304 overtraining
+
+
+def overtraining_run(seed: int = 0, steps: int = 1001) -> dict[str, Any]:
+    """The eval loss bottoms out at step 300 and creeps up; the train loss keeps falling."""
+    level = power_law(steps)
+    evals = level[::EVAL_EVERY] * 1.05
+    evals[13:] = evals[12] * (1 + 0.005 * np.arange(1, len(evals) - 12))
+    return losses(minibatch(level, seed), evals)
+
+
+def test_overtraining_fires_after_patience_validation_evaluations(make_trace) -> None:
+    result = run_rule(make_trace(scalars=overtraining_run()), "DBG304")
+    (finding,) = keyed(result, "validation-stalled")
+    # Best eval loss at step 300 (evaluation 12); ten evaluations later is step 550.
+    assert (finding.first_step, finding.last_step, finding.steps) == (550, 1000, 19)
+    assert finding.extra["best_step"] == 300
+    assert finding.value == 28.0 and finding.threshold == 10.0 and finding.mode == "eval"
+
+
+def test_overtraining_patience_validation(make_trace) -> None:
+    path = make_trace(scalars=overtraining_run())
+    assert (
+        keyed(run_rule(path, "DBG304", patience_validation=20), "validation-stalled")[0].first_step
+        == 800
+    )
+    assert run_rule(path, "DBG304", patience_validation=29).status is RuleStatus.passed
+
+
+def test_overtraining_quiet_on_healthy_runs_and_on_plateaus(make_trace) -> None:
+    for seed in range(3):
+        path = make_trace(scalars=healthy(5000, seed, exponent=0.3))
+        assert run_rule(path, "DBG304").status is RuleStatus.passed
+        if seed == 1:
+            # SageMaker Debugger's combination alone: the slowly improving, noisy eval loss
+            # misses a 1 % optimum for ten evaluations while a train window sets one.
+            assert keyed(run_rule(path, "DBG304", min_train_lead=0.0), "validation-stalled")
+    # Both curves flat: converged or stuck, not overtrained.
+    flat = make_trace(scalars=losses(stuck_at_chance(1000), np.full(40, np.log(4))))
+    assert run_rule(flat, "DBG304").status is RuleStatus.passed
+
+
+def test_overtraining_skipped_without_an_eval_loss(make_trace) -> None:
+    result = run_rule(make_trace(scalars=losses(stuck_at_chance())), "DBG304")
+    assert result.status is RuleStatus.skipped
+    assert result.reason == "no eval loss series"
+
+
+# DBG305 oscillating-loss
+
+
+def oscillating_run(seed: int = 0) -> np.ndarray:
+    """Healthy for 200 steps, then the loss jumps between 0.3 and 1.6 (initial loss 2.3)."""
+    train = minibatch(0.3 + 2.0 * np.exp(-np.arange(200) / 20), seed)
+    return np.r_[train, np.where(np.arange(200, 300) % 2, 1.6, 0.3)]
+
+
+def test_oscillating_loss_fires_on_large_reversals(make_trace) -> None:
+    result = run_rule(make_trace(scalars=losses(oscillating_run())), "DBG305")
+    (finding,) = keyed(result, "oscillating")
+    # The first jump up is at step 201, the last reversal at 298 (299 has no successor).
+    assert (finding.first_step, finding.last_step, finding.steps) == (201, 298, 98)
+    assert finding.value == 1.0 and finding.threshold == 0.2
+
+
+def test_oscillating_loss_swing_and_ratio(make_trace) -> None:
+    path = make_trace(scalars=losses(oscillating_run()))
+    assert run_rule(path, "DBG305", swing=0.6).status is RuleStatus.passed  # 1.3 < 0.6 * 2.3
+    assert run_rule(path, "DBG305", ratio=1.01).status is RuleStatus.passed
+
+
+@pytest.mark.parametrize("batch", [64, 16])
+def test_oscillating_loss_quiet_on_minibatch_noise(make_trace, batch: int) -> None:
+    for seed in range(3):
+        path = make_trace(scalars=healthy(2000, seed, batch=batch, exponent=0.3))
+        assert run_rule(path, "DBG305").status is RuleStatus.passed
+
+
+def test_oscillating_loss_swing_separates_heavy_noise(make_trace) -> None:
+    # Independent noise with a standard deviation of 12 % of the initial loss (2.3).
+    for seed in range(3):
+        noise = 1.5 + 0.12 * 2.3 * np.random.default_rng(seed).standard_normal(1999)
+        path = make_trace(scalars=losses(np.r_[2.3, noise]))
+        assert run_rule(path, "DBG305").status is RuleStatus.passed
+        assert keyed(run_rule(path, "DBG305", swing=0.25), "oscillating")
+
+
+def test_oscillating_loss_skipped_without_a_train_loss(make_trace) -> None:
+    result = run_rule(make_trace(scalars={"accuracy": [0.5, 0.6]}), "DBG305")
+    assert result.status is RuleStatus.skipped
+    assert result.reason == "no train loss series"
+
+
+# DBG306 non-finite-loss
+
+
+def broken_losses() -> dict[str, Any]:
+    train = list(power_law(100))
+    train[40] = np.nan
+    train[60:70] = [np.inf] * 10
+    evals = list(power_law(100)[::EVAL_EVERY])
+    evals[3] = np.nan
+    aux = [0.1] * 100
+    aux[10] = -np.inf
+    accuracy = [0.5] * 100
+    accuracy[20] = np.nan
+    return losses(np.array(train), np.array(evals), **{"aux_loss": aux, "accuracy": accuracy})
+
+
+def test_non_finite_loss_reports_every_loss_series_and_mode(make_trace) -> None:
+    result = run_rule(make_trace(scalars=broken_losses()), "DBG306")
+    found = {
+        (f.tensor, f.mode, f.first_step, f.last_step, f.steps): f
+        for f in keyed(result, "nonfinite")
+    }
+    assert set(found) == {
+        ("loss", "train", 40, 40, 1),
+        ("loss", "train", 60, 69, 10),
+        ("loss", "eval", 75, 75, 1),
+        ("aux_loss", "train", 10, 10, 1),
+    }
+    assert found[("loss", "train", 60, 69, 10)].extra == {"nan": 0, "inf": 10}
+    assert found[("aux_loss", "train", 10, 10, 1)].value == -np.inf
+    assert all(f.severity is Severity.error for f in result.findings)
+
+
+def test_non_finite_loss_step_range_and_severity(make_trace) -> None:
+    path = make_trace(scalars=broken_losses())
+    early = analyze_path(path, select=("DBG306",), stop=50, severities={"DBG306": "warning"})
+    (result,) = early.results
+    assert sorted((f.tensor, f.first_step) for f in result.findings) == [
+        ("aux_loss", 10),
+        ("loss", 40),
+    ]
+    assert all(f.severity is Severity.warning for f in result.findings)
+
+
+def test_non_finite_loss_quiet_on_finite_losses(make_trace) -> None:
+    assert run_rule(make_trace(scalars=healthy(300, seed=0)), "DBG306").status is RuleStatus.passed
+
+
+def test_non_finite_loss_skipped_without_loss_series(make_trace) -> None:
+    result = run_rule(make_trace(scalars={"accuracy": [0.5, np.nan]}), "DBG306")
+    assert result.status is RuleStatus.skipped
+    assert result.reason == "no scalar series with 'loss' in its name"
+
+
+# All of them
+
+
+@pytest.mark.parametrize(
+    "rule, params, message",
+    [
+        ("DBG301", {"num_steps": 0}, "DBG301 num_steps must be positive, got 0"),
+        ("DBG302", {"patience": 0}, "DBG302 patience must be positive, got 0"),
+        ("DBG303", {"window": -5}, "DBG303 window must be positive, got -5"),
+        (
+            "DBG304",
+            {"patience_validation": 0},
+            "DBG304 patience_validation must be positive, got 0",
+        ),
+        ("DBG305", {"swing": 0.0}, "DBG305 swing must be positive, got 0"),
+    ],
+)
+def test_loss_rules_refuse_nonsensical_parameters(
+    make_trace, rule: str, params: dict[str, Any], message: str
+) -> None:
+    report = analyze_path(
+        make_trace(scalars=healthy(100, seed=0)), select=(rule,), params={rule: params}
+    )
+    assert report.error == message
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_loss_rules_quiet_on_a_healthy_run(make_trace, seed: int) -> None:
+    path = make_trace(scalars=healthy(1000, seed))
+    report = analyze_path(path, select=("loss",))
+    assert [r.id for r in report.results] == [
+        "DBG301",
+        "DBG302",
+        "DBG303",
+        "DBG304",
+        "DBG305",
+        "DBG306",
+    ]
+    assert all(r.status is RuleStatus.passed for r in report.results), [
+        (r.id, r.findings) for r in report.results
+    ]
