@@ -127,8 +127,11 @@ def _rules_table(trace: TraceReport, show_passed: bool) -> Table:
             detail = Text(f"{len(result.findings)} finding{'s' if len(result.findings) != 1 else ''} ({worst.value})", style=SEVERITY_STYLE[worst])
         elif result.status is RuleStatus.passed:
             detail = Text("")
+        elif result.status is RuleStatus.skipped:
+            # Skip reasons can be long; the full text is in the JSON report.
+            detail = Text(result.reason, style="dim", no_wrap=True, overflow="ellipsis")
         else:
-            detail = Text(result.reason, style="dim" if result.status is RuleStatus.skipped else "magenta")
+            detail = Text(result.reason, style="magenta")
         table.add_row(result.id, result.name, Text(label, style=style), detail)
     return table
 

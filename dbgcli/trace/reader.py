@@ -33,7 +33,7 @@ from dbgcli.trace.stats import COL, DERIVED_STATS, derived
 
 T = TypeVar("T")
 
-_DEFAULT_CHUNK_BYTES = 64 << 20
+_DEFAULT_CHUNK_BYTES = 16 << 20
 
 
 @dataclass(frozen=True)
