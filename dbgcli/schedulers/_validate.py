@@ -1,0 +1,126 @@
+"""Argument checks shared by the scheduler factories.
+
+Every check raises :class:`~dbgcli.errors.ConfigError` with a message that names the scheduler,
+the parameter and the offending value, and returns the value converted to a plain Python type:
+numpy scalars are turned into ``float``/``int`` here so that all later arithmetic is ordinary
+double-precision Python arithmetic, which is what the torch references do.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from numbers import Integral, Real
+
+from dbgcli.errors import ConfigError
+
+
+def integer(where: str, name: str, value: object, *, minimum: int) -> int:
+    """Return ``value`` as an ``int`` after checking it is an integer ``>= minimum``."""
+    if isinstance(value, bool) or not isinstance(value, Integral):
+        raise ConfigError(f"{where}: {name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ConfigError(f"{where}: {name} must be >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def real(
+    where: str,
+    name: str,
+    value: object,
+    *,
+    above: float | None = None,
+    at_least: float | None = None,
+    below: float | None = None,
+    at_most: float | None = None,
+    allow_inf: bool = False,
+) -> float:
+    """Return ``value`` as a ``float`` after checking it is a number inside the given bounds.
+
+    NaN is always rejected; infinities only with ``allow_inf``.
+    """
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise ConfigError(f"{where}: {name} must be a number, got {value!r}")
+    number = float(value)
+    if math.isnan(number) or (math.isinf(number) and not allow_inf):
+        raise ConfigError(f"{where}: {name} must be finite, got {value!r}")
+    if above is not None and not number > above:
+        raise ConfigError(f"{where}: {name} must be > {above}, got {value!r}")
+    if at_least is not None and not number >= at_least:
+        raise ConfigError(f"{where}: {name} must be >= {at_least}, got {value!r}")
+    if below is not None and not number < below:
+        raise ConfigError(f"{where}: {name} must be < {below}, got {value!r}")
+    if at_most is not None and not number <= at_most:
+        raise ConfigError(f"{where}: {name} must be <= {at_most}, got {value!r}")
+    return number
+
+
+def choice(where: str, name: str, value: object, choices: Iterable[str]) -> str:
+    """Return ``value`` after checking it is one of ``choices``."""
+    valid = tuple(choices)
+    if not isinstance(value, str) or value not in valid:
+        raise ConfigError(
+            f"{where}: {name} must be one of {', '.join(map(repr, valid))}, got {value!r}"
+        )
+    return value
+
+
+def bound(where: str, name: str, value: object, *, allow_inf: bool) -> float | tuple[float, ...]:
+    """Return a learning-rate bound: one non-negative float, or a tuple with one per group."""
+    if isinstance(value, (list, tuple)):
+        if not value:
+            raise ConfigError(f"{where}: {name} must not be an empty list")
+        return tuple(
+            real(where, f"{name}[{i}]", v, at_least=0.0, allow_inf=allow_inf)
+            for i, v in enumerate(value)
+        )
+    return real(where, name, value, at_least=0.0, allow_inf=allow_inf)
+
+
+def per_group(
+    where: str, name: str, value: float | tuple[float, ...], groups: int
+) -> tuple[float, ...]:
+    """Expand a bound from :func:`bound` to one value per parameter group."""
+    if isinstance(value, tuple):
+        if len(value) != groups:
+            raise ConfigError(
+                f"{where}: {name} has {len(value)} values but there "
+                + (f"are {groups} parameter groups" if groups != 1 else "is 1 parameter group")
+            )
+        return value
+    return (value,) * groups
+
+
+def ordered_bounds(
+    where: str, low: float | tuple[float, ...], high: float | tuple[float, ...]
+) -> None:
+    """Check ``min_lr <= max_lr`` group by group (a scalar stands for every group)."""
+    if isinstance(low, float) and isinstance(high, float):
+        if low > high:
+            raise ConfigError(f"{where}: min_lr ({low!r}) must not exceed max_lr ({high!r})")
+        return
+    sizes = [len(b) for b in (low, high) if isinstance(b, tuple)]
+    if len(set(sizes)) > 1:
+        raise ConfigError(
+            f"{where}: min_lr has {sizes[0]} values but max_lr has {sizes[1]}; "
+            "give one per parameter group"
+        )
+    groups = sizes[0]
+    lows = per_group(where, "min_lr", low, groups)
+    highs = per_group(where, "max_lr", high, groups)
+    for i, (lo, hi) in enumerate(zip(lows, highs, strict=True)):
+        if lo > hi:
+            raise ConfigError(
+                f"{where}: min_lr of group {i} ({lo!r}) must not exceed max_lr ({hi!r})"
+            )
+
+
+def learning_rates(where: str, lrs: Sequence[float]) -> tuple[float, ...]:
+    """Return the initial learning rates as a tuple of floats, one per parameter group."""
+    if len(lrs) == 0:
+        raise ConfigError(
+            f"{where}: lr must hold at least one learning rate (one per parameter group)"
+        )
+    if len(lrs) == 1:
+        return (real(where, "lr", lrs[0], at_least=0.0),)
+    return tuple(real(where, f"lr[{i}]", lr, at_least=0.0) for i, lr in enumerate(lrs))
