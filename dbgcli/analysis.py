@@ -20,9 +20,11 @@ import numpy as np
 
 from dbgcli.errors import DbgError, RuleConfigError, RuleSkipped
 from dbgcli.findings import Finding, Severity
+from dbgcli.lr import recorded_lr
 from dbgcli.report.model import Curve, Report, RuleResult, RuleStatus, TraceReport
 from dbgcli.rules._context import RuleContext
 from dbgcli.rules._registry import REGISTRY, RuleSpec
+from dbgcli.schedulers import simulate
 from dbgcli.trace import schema
 from dbgcli.trace.derive import Derivation
 from dbgcli.trace.reader import Trace, open_trace
@@ -257,7 +259,14 @@ def _curves(ctx: RuleContext) -> list[Curve]:
         loss = ctx.loss(mode)  # type: ignore[arg-type]
         if loss is not None:
             curves.append(Curve(f"{mode} loss", tuple(int(s) for s in loss.steps), tuple(float(v) for v in loss.values)))
-    lr = ctx.scalar("lr") or ctx.scalar("learning_rate")
-    if lr is not None:
-        curves.append(Curve("recorded lr", tuple(int(s) for s in lr.steps), tuple(float(v) for v in lr.values)))
+    recorded = recorded_lr(ctx.trace)
+    if recorded is not None:
+        curves.append(Curve("recorded lr", tuple(int(s) for s in recorded[0]), tuple(float(v) for v in recorded[1])))
+    train = ctx.loss("train")
+    if train is not None and len(train) > 1:
+        # GreedyLR with its reference defaults, stepped once per training record as in the
+        # authors' Trainer fork, from the recorded starting learning rate.
+        start = float(recorded[1][0]) if recorded is not None and recorded[1][0] > 0 else 0.1
+        lrs = simulate(train.values, "greedy", lr=start)
+        curves.append(Curve("GreedyLR (sim.)", tuple(int(s) for s in train.steps), tuple(float(v) for v in lrs)))
     return curves

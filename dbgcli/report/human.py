@@ -78,12 +78,15 @@ def _header(trace: TraceReport) -> Table:
 
 def _sparkline_row(curve: Curve) -> Table:
     grid = Table.grid(padding=(0, 2))
+    grid.add_column(no_wrap=True)
+    grid.add_column(no_wrap=True)
+    grid.add_column(overflow="fold")
     values = np.asarray(curve.values, dtype=np.float64)
     finite = values[np.isfinite(values)]
-    first = f"{values[0]:.4g}" if values.size else "-"
-    last = f"{values[-1]:.4g}" if values.size else "-"
-    span = f"{first} → {last}" + (f"  (min {finite.min():.4g})" if finite.size else "")
-    grid.add_row(Text(f"{curve.name:<12}"), Text(sparkline(values), style="blue"), Text(span, style="dim"))
+    first = f"{values[0]:.3g}" if values.size else "-"
+    last = f"{values[-1]:.3g}" if values.size else "-"
+    span = f"{first} → {last}" + (f" (min {finite.min():.3g})" if finite.size else "")
+    grid.add_row(Text(f"{curve.name:<16}"), Text(sparkline(values, width=32), style="blue"), Text(span, style="dim"))
     return grid
 
 

@@ -1,0 +1,93 @@
+"""``dbg lr`` and the simulated GreedyLR curve of ``dbg analyze``."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dbgcli.report.model import EXIT_ERROR, EXIT_OK
+from dbgcli.schedulers import simulate
+
+ROOT = Path(__file__).resolve().parents[1]
+HEALTHY = ROOT / "sample_traces" / "numpy_mlp_healthy.h5"
+
+
+@pytest.fixture
+def epochs_trace(make_trace) -> Path:
+    losses = [1.0 / (1 + i / 10) + 0.01 * np.sin(i) for i in range(60)]
+    return make_trace(
+        scalars={
+            "loss": losses,
+            "lr": [0.2] * 60,
+            "epoch": {"values": [0, 1, 2, 3, 4, 5], "steps": [0, 10, 20, 30, 40, 50]},
+        }
+    )
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_curves_csv_png_html(cli, tmp_path: Path) -> None:
+    out = {suffix: tmp_path / f"curves.{suffix}" for suffix in ("csv", "png", "html")}
+    result = cli(
+        "lr", HEALTHY, "-s", "greedy", "-s", "greedy:factor=0.5,patience=2,min_lr=1e-4", "-s", "plateau:patience=3",
+        "--metric", "loss", "--mode", "train", "--csv", out["csv"], "--png", out["png"], "--html", out["html"],
+    )
+    assert result.code == EXIT_OK, result.stderr
+    assert "from lr 0.05" in result.stdout and "schedulers" in result.stdout
+    assert any(0x2801 <= ord(ch) <= 0x28FF for ch in result.stdout)  # the braille chart
+    rows = read_csv(out["csv"])
+    assert len(rows) == 300
+    from dbgcli import open_trace
+
+    with open_trace(HEALTHY) as trace:
+        losses = trace.scalar("loss", "train").values
+    expected = simulate(losses, "greedy", lr=0.05, factor=0.5, patience=2, min_lr=1e-4)
+    got = np.array([float(r["greedy:factor=0.5,patience=2,min_lr=1e-4"]) for r in rows])
+    np.testing.assert_array_equal(got, expected)  # repr round-trips floats exactly
+    assert {r["recorded_lr"] for r in rows} == {"0.05"}
+    assert out["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = out["html"].read_text()
+    assert "<svg" in page and "<table>" in page and "plateau:patience=3" in page
+
+
+def test_default_metric_and_cadences(cli, epochs_trace: Path, tmp_path: Path) -> None:
+    table = tmp_path / "t.csv"
+    assert cli("lr", epochs_trace, "--csv", table).code == EXIT_OK
+    rows = read_csv(table)
+    assert len(rows) == 60 and "train loss" in rows[0]
+    assert float(rows[0]["greedy"]) == 0.2  # starts from the recorded learning rate
+    assert cli("lr", epochs_trace, "--every", "7", "--csv", table).code == EXIT_OK
+    rows = read_csv(table)
+    assert [r["step"] for r in rows][:3] == ["6", "13", "20"] and len(rows) == 9
+    assert cli("lr", epochs_trace, "--per-epoch", "--csv", table, "--lr", "0.01").code == EXIT_OK
+    rows = read_csv(table)
+    assert [r["step"] for r in rows] == ["9", "19", "29", "39", "49", "59"]
+    assert float(rows[0]["greedy"]) == 0.01
+    eval_default = cli("lr", HEALTHY)
+    assert "eval loss, per record" in eval_default.stdout
+
+
+def test_bad_input_is_one_line(cli, epochs_trace: Path) -> None:
+    for args, fragment in (
+        (["-s", "sgdr"], "unknown scheduler 'sgdr'"),
+        (["-s", "greedy:factor=2"], "factor"),
+        (["-s", "greedy:patience"], "expected key=value"),
+        (["-s", "greedy:bogus=1"], "unknown parameter(s) bogus"),
+        (["--metric", "val_acc"], "no scalar series 'val_acc'; scalars: epoch, loss, lr"),
+        (["--every", "0"], "--every must be >= 1"),
+        (["--lr", "-1"], "positive"),
+    ):
+        result = cli("lr", epochs_trace, *args)
+        assert result.code == EXIT_ERROR, args
+        assert result.stderr.count("\n") == 1 and fragment in result.stderr, result.stderr
+
+
+def test_analyze_shows_the_simulated_greedy_curve(cli) -> None:
+    result = cli("analyze", HEALTHY, "-q")
+    assert "GreedyLR (sim.)" in result.stdout
