@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 
 import numpy as np
@@ -107,9 +108,11 @@ def exploding_gradient(
 
     * **non-finite**: any NaN or ±inf element (``nan_count + inf_count > 0``); SageMaker
       Debugger's ExplodingTensor restricted to gradients.
-    * **growth**: the L2 norm exceeds ``growth`` times the median L2 norm of the previous
-      ``window`` records of the tensor (a jump of two orders of magnitude by default; the
-      first ``window`` records only serve as history).
+    * **growth**: the L2 norm exceeds ``growth`` times the tensor's typical norm: the larger
+      of the median of the previous ``window`` records and the median of its first ``window``
+      records (a jump of two orders of magnitude by default; the first ``window`` records only
+      serve as history). Taking the larger keeps gradients that recover after vanishing for a
+      while from counting as an explosion.
     * **magnitude**: ``mean(|g|) > max_abs_mean`` (TheDeepChecker's bound).
 
     Why it matters: exploding gradients throw the weights far from any useful region in one
@@ -137,9 +140,14 @@ def exploding_gradient(
             ),
         )
         norms = view.stat("l2")
-        trailing = trailing_median(norms, window)
+        # The baseline is the larger of the recent and the initial typical norm, so that
+        # gradients recovering from a vanished stretch do not pass for an explosion.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN start has no median
+            initial = float(np.nanmedian(norms[:window])) if len(norms) > window else np.nan
+        baseline = np.fmax(trailing_median(norms, window), initial)
         with np.errstate(invalid="ignore", divide="ignore"):
-            jump = norms / trailing
+            jump = norms / baseline
         jumped = np.isfinite(jump) & (jump > growth)
         yield from episode_findings(
             tensor=view.tag, steps=view.steps, values=jump, violating=jumped,
