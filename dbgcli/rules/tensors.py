@@ -413,7 +413,12 @@ class _AllCloseAccumulator(Accumulator):
         with np.errstate(invalid="ignore"):
             identical = np.ones(records, dtype=bool)
             for name in _IDENTITY_STATS:
-                identical &= self.table[:, COL[name]] == before[:, COL[name]]
+                # A statistic a writer did not compute (NaN in both records) does not count
+                # against identity; one computed in only one of them does.
+                now, then = self.table[:, COL[name]], before[:, COL[name]]
+                identical &= (now == then) | (np.isnan(now) & np.isnan(then))
+            # An update norm of exactly zero proves the record equals the one before it.
+            identical |= (self.table[:, COL["update_l2"]] == 0) & (self.previous == np.arange(records) - 1)
         verdict[self.candidate & (self.compared == -1) & identical] = SAME_STATS
         run = np.ones(records, dtype=np.int64)
         for code in np.unique(self.modes):
@@ -461,10 +466,11 @@ def unchanged_tensor(
       ``np.allclose(current, previous, rtol, atol, equal_nan)`` holds (computed on float64
       values; a change of shape or dtype is a change);
     * otherwise (full tensors are kept only every ``raw_every`` steps) the fallback is the
-      statistics: unchanged if every one of count, NaN and inf counts, min, max, mean, std,
-      L1 and L2 is identical. This is stricter than all-close (a change within the tolerance
-      still moves the statistics) but blind to a permutation of the same values, and the
-      finding says when it was used.
+      statistics: unchanged if the recorded update norm ``update_l2`` (weights and biases) is
+      exactly 0, or if every one of count, NaN and inf counts, min, max, mean, std, L1 and L2
+      is identical (a statistic the writer left uncomputed in both records is skipped). This
+      is stricter than all-close (a change within the tolerance still moves the statistics)
+      but blind to a permutation of the same values, and the finding says when it was used.
 
     A record violates when it ends ``num_steps`` consecutive records that are pairwise
     unchanged (``num_steps - 1`` unchanged comparisons in a row), so with the defaults three

@@ -19,7 +19,7 @@ l1         ``sum(|x|)``
 l2         ``sqrt(sum(x^2))``
 zero_frac  ``count(x == 0) / n`` (NaN if ``n == 0``)
 pos_frac   ``count(x > 0) / n`` (NaN if ``n == 0``)
-update_l2  ``||x - x_prev||_2`` where ``x_prev`` is the tag's previous record (NaN if its shape differs)
+update_l2  ``||x - x_prev||_2`` (in the work dtype) where ``x_prev`` is the tag's previous record (NaN if its shape differs)
            (weights and biases only; NaN otherwise)
 ========== =====================================================================
 
@@ -150,18 +150,22 @@ class StatsKernel:
 
     @staticmethod
     def update_norms(block: np.ndarray, previous: np.ndarray | None) -> np.ndarray:
-        """``||x_i - x_{i-1}||_2`` for each record, the first against ``previous`` (or NaN)."""
+        """``||x_i - x_{i-1}||_2`` for each record, the first against ``previous`` (or NaN).
+
+        Differences are taken in the statistics' work dtype (float32 for float32 tensors),
+        which avoids float64 copies of every weight at every step.
+        """
         rows = block.shape[0]
-        flat = _as_numeric(block).reshape(rows, -1).astype(np.float64)
+        flat = _as_numeric(block).reshape(rows, -1)
+        work = _work_dtype(flat.dtype)
         norms = np.full(rows, np.nan)
-        if rows > 1:
-            diff = flat[1:] - flat[:-1]
-            norms[1:] = np.sqrt(_row_dots(diff))
-        if previous is not None and rows:
-            prev = _as_numeric(previous).reshape(-1).astype(np.float64)
-            if prev.size == flat.shape[1]:
-                d = flat[0] - prev
-                norms[0] = np.sqrt(np.dot(d, d))
+        with np.errstate(over="ignore", invalid="ignore"):
+            if rows > 1:
+                norms[1:] = np.sqrt(_row_dots(np.subtract(flat[1:], flat[:-1], dtype=work)))
+            if previous is not None and rows:
+                prev = _as_numeric(previous).reshape(1, -1)
+                if prev.shape[1] == flat.shape[1]:
+                    norms[0] = np.sqrt(_row_dots(np.subtract(flat[:1], prev, dtype=work))[0])
         return norms
 
 

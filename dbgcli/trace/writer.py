@@ -260,6 +260,8 @@ class _TensorSeries:
         self.keep_raw: list[bool] = []
         self.last_row: np.ndarray | None = None
         self.records = 0  # records added, committed or not
+        # Whether the tag's shape and dtype attributes are written (asking h5py costs 100 us).
+        self.described = schema.ATTR_SHAPE in group.attrs
 
     # -- adding -------------------------------------------------------------------------------
     def add(self, array: np.ndarray, step: int, mode: int, keep_raw: bool) -> None:
@@ -276,11 +278,48 @@ class _TensorSeries:
         self.index.pending_modes.append(mode)
         self.records += 1
 
+    def add_precomputed(
+        self,
+        stats: np.ndarray,
+        units: np.ndarray | None,
+        raw: np.ndarray | None,
+        shape: tuple[int, ...],
+        dtype: np.dtype,
+        step: int,
+        mode: int,
+    ) -> None:
+        """A record whose statistics (and unit measures) were computed by the caller."""
+        self.finish_block()  # records stay in order when both kinds are mixed
+        if not self.described:
+            if self.unit_axis is None and self.measure is not None:
+                self.unit_axis = schema.default_unit_axis(len(shape))
+            self._write_attrs(shape, dtype)
+        self.pending_stats.append(stats.reshape(1, -1))
+        if self.measure is not None:
+            self.pending_units.append(self._fit_units(units))
+        if raw is not None and raw.size:
+            segment = self._segment(raw.shape, raw.dtype)
+            segment.values.append(raw.reshape(1, *raw.shape))
+            segment.pending_records.append(np.array([self.records], dtype=np.int64))
+        self.index.pending_steps.append(step)
+        self.index.pending_modes.append(mode)
+        self.records += 1
+
+    def _fit_units(self, units: np.ndarray | None) -> np.ndarray:
+        if units is None:
+            return np.full((1, self.unit_count or 0), np.nan, dtype=np.float32)
+        row = np.asarray(units, dtype=np.float32).reshape(1, -1)
+        if self.unit_count is None:
+            self.unit_count = row.shape[1]
+        if row.shape[1] != self.unit_count:
+            return np.full((1, self.unit_count), np.nan, dtype=np.float32)
+        return row
+
     def _new_block(self, array: np.ndarray) -> np.ndarray:
         if self.unit_axis is None and self.measure is not None:
             self.unit_axis = schema.default_unit_axis(array.ndim)
-        if schema.ATTR_SHAPE not in self.group.attrs:
-            self._write_attrs(array)
+        if not self.described:
+            self._write_attrs(array.shape, array.dtype)
         self.release_block()
         row_bytes = max(1, array.nbytes)
         rows = schema.chunk_rows(row_bytes, _BLOCK_BYTES, max_rows=16384)
@@ -291,10 +330,11 @@ class _TensorSeries:
         self.fill = 0
         return self.block
 
-    def _write_attrs(self, array: np.ndarray) -> None:
+    def _write_attrs(self, shape: tuple[int, ...], dtype: np.dtype) -> None:
+        self.described = True
         attrs = self.group.attrs
-        attrs[schema.ATTR_SHAPE] = np.asarray(array.shape, dtype=np.int64)
-        attrs[schema.ATTR_DTYPE] = array.dtype.str
+        attrs[schema.ATTR_SHAPE] = np.asarray(shape, dtype=np.int64)
+        attrs[schema.ATTR_DTYPE] = dtype.str
         attrs[schema.ATTR_COLUMNS] = list(schema.STAT_COLUMNS)
         if self.collection:
             attrs[schema.ATTR_COLLECTION] = self.collection
@@ -635,6 +675,46 @@ class TraceWriter:
                 else:
                     keep = bool(raw)
                 series.add(array, step, mode_code, keep)
+                self._after_add(step, mode_code)
+            except Exception as error:  # noqa: BLE001 - never let recording kill training
+                self._drop(tag, error)
+
+    def add_tensor_stats(
+        self,
+        tag: str,
+        stats: Mapping[str, float],
+        step: int,
+        *,
+        shape: tuple[int, ...],
+        dtype: Any,
+        collection: str | None = None,
+        kind: str | None = None,
+        mode: str = "train",
+        units: Any = None,
+        value: Any = None,
+    ) -> None:
+        """Record a tensor whose statistics were computed where it lives (a GPU, say).
+
+        Framework hooks use this to avoid copying every tensor to the host every step. ``stats``
+        maps statistic names (see docs/trace-format.md) to values; a column left out is NaN
+        ("not computed"). ``units`` is the per-unit activation measure of the record, and
+        ``value``, when given, is kept as the record's full tensor. ``shape`` and ``dtype``
+        describe the tensor (the first record of a tag fixes the tag's metadata).
+        """
+        with self._lock:
+            try:
+                step, mode_code = self._accept(tag, step, mode)
+                row = np.full(len(schema.STAT_COLUMNS), np.nan)
+                for name, number in stats.items():
+                    row[COL[name]] = float(number)
+                raw = None if value is None else _to_numpy(value)
+                series = self._tensors.get(tag)
+                if series is None:
+                    group = self._tensor_root.create_group(schema.encode_tag(tag))
+                    group.attrs[schema.ATTR_TAG] = tag
+                    series = self._tensors[tag] = _TensorSeries(self, group, collection, kind, None, False)
+                units_row = None if units is None else _to_numpy(units)
+                series.add_precomputed(row, units_row, raw, tuple(int(d) for d in shape), np.dtype(dtype), step, mode_code)
                 self._after_add(step, mode_code)
             except Exception as error:  # noqa: BLE001 - never let recording kill training
                 self._drop(tag, error)

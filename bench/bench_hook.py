@@ -1,0 +1,140 @@
+"""Cost of the PyTorch hook on a training step, against the same loop without it, in one run.
+
+A CPU MLP (``--layers`` hidden layers of ``--width`` units with ReLU, batch ``--batch``) trains
+with SGD. The hooked loop records, every step, statistics of every weight, bias, gradient and
+ReLU output, the loss and the learning rate, and keeps full tensors every ``--raw-every``
+steps (the defaults of :func:`dbgcli.torch.attach`). Attaching, recording and closing the
+trace are all inside the timed region.
+
+The machine is shared and noisy, so plain and hooked runs alternate and the best of
+``--repeat`` runs of each is kept. ``--profile`` then profiles one hooked run with pyinstrument.
+``--hook-only`` records into a writer whose ``add_tensor``/``add_scalar`` do nothing, which
+isolates the cost of the hook itself (forward and optimizer hooks, step and loss bookkeeping)
+from the writer's.
+
+Run: ``python bench/bench_hook.py [--repeat 7] [--steps 200] [--hook-only] [--profile]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from dbgcli import TraceWriter
+from dbgcli.torch import attach
+
+
+class NullWriter(TraceWriter):
+    """A trace writer that drops every record: what remains is the hook's own cost."""
+
+    def add_tensor(self, tag: str, value: Any, step: int, **options: Any) -> None:
+        """Drop the record."""
+
+    def add_scalar(self, tag: str, value: Any, step: int, **options: Any) -> None:
+        """Drop the record."""
+
+
+def make_model(width: int, layers: int, classes: int) -> nn.Sequential:
+    modules: list[nn.Module] = []
+    for _ in range(layers):
+        modules += [nn.Linear(width, width), nn.ReLU()]
+    modules.append(nn.Linear(width, classes))
+    return nn.Sequential(*modules)
+
+
+def train(
+    args: argparse.Namespace, data: list[tuple[torch.Tensor, torch.Tensor]], trace: Path | None
+) -> float:
+    """Seconds per step of one run (a fresh model each run, same seed)."""
+    torch.manual_seed(0)
+    model = make_model(args.width, args.layers, args.classes)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    start = time.perf_counter()
+    hook = None
+    if trace is not None and args.hook_only:
+        hook = attach(model, optimizer, NullWriter(trace, overwrite=True))
+    elif trace is not None:
+        hook = attach(model, optimizer, trace, raw_every=args.raw_every, overwrite=True)
+    for x, y in data:
+        optimizer.zero_grad(set_to_none=True)
+        loss = nn.functional.cross_entropy(model(x), y)
+        if hook is not None:
+            hook.record_loss(loss)
+        loss.backward()
+        optimizer.step()
+    if hook is not None:
+        hook.remove()
+        hook.writer.close()  # a writer passed to attach (the NullWriter) stays open otherwise
+    return (time.perf_counter() - start) / len(data)
+
+
+def profile(
+    args: argparse.Namespace, data: list[tuple[torch.Tensor, torch.Tensor]], trace: Path
+) -> None:
+    from pyinstrument import Profiler
+
+    profiler = Profiler(interval=0.0005)
+    profiler.start()
+    train(args, data, trace)
+    profiler.stop()
+    print(profiler.output_text(unicode=False, color=False, show_all=False))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--width", type=int, default=512)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--classes", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--raw-every", type=int, default=100)
+    parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument(
+        "--hook-only", action="store_true", help="record into a writer that drops everything"
+    )
+    parser.add_argument("--profile", action="store_true", help="profile one hooked run afterwards")
+    args = parser.parse_args()
+
+    generator = torch.Generator().manual_seed(0)
+    data = [
+        (
+            torch.randn(args.batch, args.width, generator=generator),
+            torch.randint(0, args.classes, (args.batch,), generator=generator),
+        )
+        for _ in range(args.steps)
+    ]
+    with tempfile.TemporaryDirectory() as folder:
+        trace = Path(folder) / "bench.h5"
+        train(args, data[:20], None)  # warm-up: thread pools, allocator, first HDF5 file
+        train(args, data[:20], trace)
+        plain, hooked = [], []
+        for _ in range(args.repeat):
+            plain.append(train(args, data, None))
+            hooked.append(train(args, data, trace))
+        trace_bytes = trace.stat().st_size
+        best_plain, best_hooked = min(plain), min(hooked)
+        overhead = best_hooked / best_plain - 1
+        print(
+            f"MLP {args.layers}x{args.width}, batch {args.batch}, {args.steps} steps, "
+            f"raw every {args.raw_every}, torch threads {torch.get_num_threads()}, "
+            f"best of {args.repeat}" + (", hook only (records dropped)" if args.hook_only else "")
+        )
+        print(f"  without hook  {best_plain * 1e3:8.2f} ms/step")
+        print(f"  with hook     {best_hooked * 1e3:8.2f} ms/step")
+        ratio = best_hooked / best_plain
+        print(f"  overhead      {overhead * 100:8.1f} %   (hooked / plain = {ratio:.3f})")
+        print(f"  trace         {trace_bytes / 1e6:8.2f} MB")
+        if args.profile:
+            profile(args, data, trace)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,259 @@
+"""Record a Hugging Face ``Trainer`` run into a dbg trace with a ``TrainerCallback``.
+
+Importing this module imports transformers and torch (the callback subclasses
+``transformers.TrainerCallback``); ``import dbgcli`` does not.
+
+Example::
+
+    from transformers import Trainer, TrainingArguments
+    from dbgcli.hf import DbgCallback
+
+    args = TrainingArguments("out", logging_steps=1, eval_strategy="steps", eval_steps=50)
+    trainer = Trainer(model, args, train_dataset=train, eval_dataset=valid,
+                      callbacks=[DbgCallback("run.h5")])
+    trainer.train()
+
+The step is ``state.global_step``: the number of optimizer steps taken, as in the PyTorch hook.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import transformers
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+from dbgcli.torch._hook import FailureReporter, Patterns, TorchHook, open_writer, refuse_existing
+from dbgcli.trace.writer import TraceWriter
+
+__all__ = ["DbgCallback", "transformers_activation_kinds"]
+
+# Logged by Trainer but not training metrics: the learning rate is recorded from the optimizer
+# at every step instead, eval_* metrics arrive through on_evaluate, the rest is the run summary.
+_SKIPPED_LOGS = frozenset(
+    {
+        "learning_rate",
+        "epoch",
+        "train_loss",
+        "train_runtime",
+        "train_samples_per_second",
+        "train_steps_per_second",
+        "total_flos",
+    }
+)
+_SKIPPED_EVAL_METRICS = frozenset({"runtime", "samples_per_second", "steps_per_second", "epoch"})
+_EVAL_PREFIX = "eval_"
+# Transformers' own activation modules (not subclasses of torch's), looked up by name so that
+# a class a future release renames is skipped rather than breaking the import.
+_TRANSFORMERS_ACTIVATIONS = {
+    "GELUActivation": "gelu",
+    "FastGELUActivation": "gelu",
+    "NewGELUActivation": "gelu",
+    "GELUTanh": "gelu",
+    "AccurateGELUActivation": "gelu",
+    "QuickGELUActivation": "gelu",
+    "ClippedGELUActivation": "gelu",
+    "SiLUActivation": "silu",
+    "MishActivation": "mish",
+}
+
+
+def transformers_activation_kinds() -> dict[type[torch.nn.Module], str]:
+    """Kinds of the activation modules transformers defines (GELU variants, SiLU, Mish)."""
+    from transformers import activations
+
+    kinds: dict[type[torch.nn.Module], str] = {}
+    for name, kind in _TRANSFORMERS_ACTIVATIONS.items():
+        module_type = getattr(activations, name, None)
+        if isinstance(module_type, type) and issubclass(module_type, torch.nn.Module):
+            kinds[module_type] = kind
+    return kinds
+
+
+class DbgCallback(TrainerCallback):
+    """Records a ``Trainer`` run: the PyTorch recording of the model, the loss and metrics.
+
+    Recorded:
+
+    * everything :func:`dbgcli.torch.attach` records for the model (weights, biases,
+      gradients as ``grad/<name>``, whose per-parameter ``l2`` statistic is the gradient norm,
+      activations, pre-activations; transformers' own GELU, SiLU and Mish modules count as
+      activations of those kinds), with gradients taken in ``on_pre_optimizer_step``: after
+      gradient clipping and after the AMP scaler unscaled them, before ``optimizer.step()``;
+    * ``lr`` (``lr/group<i>``) from the optimizer's parameter groups at every step;
+    * what Trainer logs (``on_log``) in mode ``train``: ``loss``, ``grad_norm`` and any other
+      number logged during training, at the step the logged window ends with (``loss`` logged
+      at ``global_step`` 10 covers optimizer steps up to 9 and is recorded at step 9). Trainer
+      logs every ``logging_steps`` (500 by default); set ``logging_steps=1`` for a per-step
+      loss curve;
+    * evaluation metrics (``on_evaluate``) in mode ``eval`` at ``global_step``, without their
+      ``eval_`` prefix (``eval_loss`` becomes ``loss``);
+    * ``epoch`` when an epoch begins.
+
+    The loss the model returns is not captured from its forward pass: with gradient
+    accumulation Trainer may normalise each micro-batch's loss by the token count of the whole
+    batch, so only the logged value is the loss of the step.
+
+    Args:
+        trace: A path (a new trace, ``<stem>.rank<k><suffix>`` per process under
+            torch.distributed) or an open :class:`TraceWriter` (left open after training).
+        raw_every: Keep full tensors every this many steps (default 100; only for a path).
+        include: Glob(s) on parameter and module names or on tags; default: everything.
+        exclude: Glob(s) on names or tags to leave out, e.g. ``["act/*", "preact/*"]``.
+        overwrite: Replace an existing trace file.
+        flush_secs: Commit to disk at most this many seconds apart.
+        metadata: Free-form run metadata (the TrainingArguments are stored as the
+            hyperparameters).
+
+    Raises:
+        ValueError: If ``raw_every`` is given with a writer.
+        TraceWriterError: If the trace file exists and ``overwrite`` is False.
+    """
+
+    def __init__(
+        self,
+        trace: str | os.PathLike[str] | TraceWriter,
+        *,
+        raw_every: int | None = None,
+        include: Patterns = None,
+        exclude: Patterns = None,
+        overwrite: bool = False,
+        flush_secs: float = 10.0,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        if isinstance(trace, TraceWriter) and raw_every is not None:
+            raise ValueError("raw_every applies to a new trace; set it on the TraceWriter instead")
+        refuse_existing(trace, overwrite)
+        self.trace = trace
+        self.raw_every = raw_every
+        self.include = include
+        self.exclude = exclude
+        self.overwrite = overwrite
+        self.flush_secs = flush_secs
+        self.metadata = dict(metadata or {})
+        self.hook: TorchHook | None = None
+        self._failures = FailureReporter()
+
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        """Open the trace and attach the PyTorch hook to the model."""
+        model = kwargs.get("model")
+        if model is None:
+            self._failures.warn("attaching to the model", ValueError("Trainer passed no model"))
+            return
+        self._failures.guard("attaching to the model", lambda: self._attach(model, args, state))
+
+    def on_epoch_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        """Record the epoch about to start."""
+        hook = self.hook
+        if hook is not None:
+            epoch = math.floor(state.epoch or 0.0)
+            hook.record_scalar("epoch", epoch, mode="train", step=state.global_step)
+
+    def on_step_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        """File the step's forward passes under ``global_step``."""
+        if self.hook is not None:
+            self.hook.step = state.global_step
+
+    def on_pre_optimizer_step(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        """Record weights, gradients and learning rates before the update."""
+        if self.hook is not None:
+            self.hook.step = state.global_step
+            self.hook.record_optimizer_step(kwargs.get("optimizer"))
+
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        """Evaluations that follow the step are at the new ``global_step``."""
+        if self.hook is not None:
+            self.hook.step = state.global_step
+
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Record training values Trainer logged (loss, grad_norm, custom ones)."""
+        hook = self.hook
+        if hook is None or not logs:
+            return
+        step = max(state.global_step - 1, 0)
+        for name, value in logs.items():
+            if name in _SKIPPED_LOGS or name.startswith(("eval_", "test_", "predict_")):
+                continue
+            if isinstance(value, numbers.Real) or (
+                isinstance(value, torch.Tensor) and value.numel() == 1
+            ):
+                hook.record_scalar(name, value, mode="train", step=step)
+
+    def on_evaluate(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        metrics: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Record evaluation metrics in mode ``eval`` at ``global_step``."""
+        hook = self.hook
+        if hook is None or not metrics:
+            return
+        for key, value in metrics.items():
+            name = key[len(_EVAL_PREFIX) :] if key.startswith(_EVAL_PREFIX) else key
+            if name not in _SKIPPED_EVAL_METRICS and isinstance(value, numbers.Real):
+                hook.record_scalar(name, value, mode="eval", step=state.global_step)
+
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        """Remove the hook and close the trace if this callback opened it."""
+        if self.hook is not None:
+            self.hook.remove()
+            self.hook = None
+
+    def _attach(self, model: torch.nn.Module, args: TrainingArguments, state: TrainerState) -> None:
+        writer, owned = open_writer(
+            self.trace,
+            framework="transformers",
+            raw_every=self.raw_every,
+            overwrite=self.overwrite,
+            flush_secs=self.flush_secs,
+            hyperparameters=args.to_dict(),  # type: ignore[no-untyped-call]
+            metadata={
+                **self.metadata,
+                "transformers_version": transformers.__version__,
+                "torch_version": torch.__version__,
+                "model_class": type(model).__name__,
+            },
+        )
+        try:
+            self.hook = TorchHook(
+                model,
+                None,
+                writer,
+                include=self.include,
+                exclude=self.exclude,
+                capture_loss=False,
+                activation_kinds=transformers_activation_kinds(),
+                owns_writer=owned,
+            )
+        except BaseException:
+            if owned:
+                writer.close()
+            raise
+        self.hook.step = state.global_step

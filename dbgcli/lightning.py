@@ -1,0 +1,253 @@
+"""Record a Lightning run into a dbg trace with a ``lightning.pytorch.Callback``.
+
+Importing this module imports lightning and torch (the callback subclasses
+``lightning.pytorch.Callback``); ``import dbgcli`` does not.
+
+Example::
+
+    import lightning.pytorch as pl
+    from dbgcli.lightning import DbgCallback
+
+    trainer = pl.Trainer(max_epochs=5, callbacks=[DbgCallback("run.h5")])
+    trainer.fit(module, train_loader, val_loader)
+
+The step is ``trainer.global_step``: the number of optimizer steps taken, as in the PyTorch
+hook.
+"""
+
+from __future__ import annotations
+
+import numbers
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import lightning
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+
+from dbgcli.torch._hook import FailureReporter, Patterns, TorchHook, open_writer, refuse_existing
+from dbgcli.trace.writer import TraceWriter
+
+__all__ = ["VALIDATION_PREFIXES", "DbgCallback"]
+
+#: A metric in ``trainer.callback_metrics`` whose name starts with one of these is a validation
+#: metric; it is recorded in mode ``eval`` without the prefix (``val_loss`` becomes ``loss``).
+VALIDATION_PREFIXES: tuple[str, ...] = (
+    "validation_",
+    "validation/",
+    "valid_",
+    "valid/",
+    "val_",
+    "val/",
+    "eval_",
+    "eval/",
+)
+
+
+def _loss_of(outputs: Any) -> torch.Tensor | None:
+    """The loss ``training_step`` returned (a tensor, or a mapping with a ``loss`` key)."""
+    loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
+    if isinstance(loss, torch.Tensor) and loss.numel() == 1:
+        return loss
+    return None
+
+
+class DbgCallback(Callback):
+    """Records a Lightning run: the PyTorch recording of the module, the loss and metrics.
+
+    Recorded:
+
+    * everything :func:`dbgcli.torch.attach` records for the LightningModule (weights,
+      biases, gradients as ``grad/<name>``, whose per-parameter ``l2`` statistic is the
+      gradient norm, activations, pre-activations), with gradients taken in
+      ``on_before_optimizer_step``: once accumulated and unscaled by the AMP plugin, before
+      gradient clipping and the update;
+    * ``lr`` (``lr/group<i>``) from the optimizer's parameter groups at every step;
+    * ``loss`` in mode ``train``: the loss ``training_step`` returned, averaged over the
+      micro-batches of the step (Lightning divides it by ``accumulate_grad_batches`` before
+      backward; the recorded value is undivided);
+    * validation metrics from ``trainer.callback_metrics`` whose names start with a
+      validation prefix (:data:`VALIDATION_PREFIXES`), in mode ``eval`` at
+      ``trainer.global_step``, read in ``on_validation_end`` so that metrics logged in the
+      LightningModule's own ``on_validation_epoch_end`` are included. Nothing of the sanity
+      check is recorded;
+    * ``epoch`` when a training epoch starts.
+
+    Args:
+        trace: A path (a new trace, ``<stem>.rank<k><suffix>`` per process under
+            torch.distributed) or an open :class:`TraceWriter` (left open after training).
+        raw_every: Keep full tensors every this many steps (default 100; only for a path).
+        include: Glob(s) on parameter and module names or on tags; default: everything.
+        exclude: Glob(s) on names or tags to leave out, e.g. ``["act/*", "preact/*"]``.
+        overwrite: Replace an existing trace file.
+        flush_secs: Commit to disk at most this many seconds apart.
+        metadata: Free-form run metadata (the module's ``hparams`` are stored as the
+            hyperparameters).
+
+    Raises:
+        ValueError: If ``raw_every`` is given with a writer.
+        TraceWriterError: If the trace file exists and ``overwrite`` is False.
+    """
+
+    def __init__(
+        self,
+        trace: str | os.PathLike[str] | TraceWriter,
+        *,
+        raw_every: int | None = None,
+        include: Patterns = None,
+        exclude: Patterns = None,
+        overwrite: bool = False,
+        flush_secs: float = 10.0,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        if isinstance(trace, TraceWriter) and raw_every is not None:
+            raise ValueError("raw_every applies to a new trace; set it on the TraceWriter instead")
+        refuse_existing(trace, overwrite)
+        self.trace = trace
+        self.raw_every = raw_every
+        self.include = include
+        self.exclude = exclude
+        self.overwrite = overwrite
+        self.flush_secs = flush_secs
+        self.metadata = dict(metadata or {})
+        self.hook: TorchHook | None = None
+        self._failures = FailureReporter()
+        self._batch_step = 0
+        self._loss_total: torch.Tensor | None = None
+        self._loss_count = 0
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Open the trace (the process group exists by now) and attach the PyTorch hook."""
+        self._failures.guard("attaching to the module", lambda: self._attach(trainer, pl_module))
+
+    def on_sanity_check_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Do not record the sanity check's few validation batches of the untrained model."""
+        if self.hook is not None:
+            self.hook.enabled = False
+
+    def on_sanity_check_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Record forward passes again."""
+        if self.hook is not None:
+            self.hook.enabled = True
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Record the epoch about to start."""
+        if self.hook is not None:
+            self.hook.record_scalar(
+                "epoch", trainer.current_epoch, mode="train", step=trainer.global_step
+            )
+
+    def on_train_batch_start(
+        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        """File the batch's forward pass under the step its gradients will join."""
+        self._batch_step = trainer.global_step
+        if self.hook is not None:
+            self.hook.step = trainer.global_step
+
+    def on_before_optimizer_step(
+        self, trainer: Trainer, pl_module: LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        """Record weights, gradients and learning rates before the update."""
+        if self.hook is not None:
+            self.hook.step = trainer.global_step
+            self.hook.record_optimizer_step(optimizer)
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        """Add the batch's loss; write the step's mean once its optimizer step happened."""
+        if self.hook is not None:
+            self._failures.guard("recording the loss", lambda: self._add_loss(trainer, outputs))
+
+    def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """File validation forward passes under the number of optimizer steps taken."""
+        if self.hook is not None:
+            self.hook.step = trainer.global_step
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Record the validation metrics in mode ``eval``."""
+        if self.hook is not None and not trainer.sanity_checking:
+            self._failures.guard(
+                "recording validation metrics", lambda: self._record_validation(trainer)
+            )
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Remove the hook and close the trace if this callback opened it."""
+        self._detach()
+
+    def on_exception(
+        self, trainer: Trainer, pl_module: LightningModule, exception: BaseException
+    ) -> None:
+        """Keep what was recorded when training fails: close the trace cleanly."""
+        self._detach()
+
+    # -- internals ----------------------------------------------------------------------------
+    def _attach(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        writer, owned = open_writer(
+            self.trace,
+            framework="lightning",
+            raw_every=self.raw_every,
+            overwrite=self.overwrite,
+            flush_secs=self.flush_secs,
+            hyperparameters=dict(pl_module.hparams),
+            metadata={
+                **self.metadata,
+                "lightning_version": lightning.__version__,
+                "torch_version": torch.__version__,
+                "accumulate_grad_batches": trainer.accumulate_grad_batches,
+            },
+        )
+        try:
+            self.hook = TorchHook(
+                pl_module,
+                None,
+                writer,
+                include=self.include,
+                exclude=self.exclude,
+                capture_loss=False,
+                owns_writer=owned,
+            )
+        except BaseException:
+            if owned:
+                writer.close()
+            raise
+        self.hook.step = trainer.global_step
+
+    def _add_loss(self, trainer: Trainer, outputs: Any) -> None:
+        loss = _loss_of(outputs)
+        if loss is not None:
+            undivided = loss.detach() * trainer.accumulate_grad_batches
+            self._loss_total = (
+                undivided if self._loss_total is None else self._loss_total + undivided
+            )
+            self._loss_count += 1
+        if trainer.global_step != self._batch_step:
+            self._write_loss()
+
+    def _write_loss(self) -> None:
+        if self.hook is not None and self._loss_total is not None:
+            mean = float(self._loss_total) / self._loss_count
+            self.hook.record_scalar("loss", mean, mode="train", step=self._batch_step)
+        self._loss_total = None
+        self._loss_count = 0
+
+    def _record_validation(self, trainer: Trainer) -> None:
+        assert self.hook is not None
+        for key, value in trainer.callback_metrics.items():
+            prefix = next((p for p in VALIDATION_PREFIXES if key.startswith(p)), None)
+            if prefix is None:
+                continue
+            if isinstance(value, numbers.Real) or (
+                isinstance(value, torch.Tensor) and value.numel() == 1
+            ):
+                self.hook.record_scalar(
+                    key[len(prefix) :], value, mode="eval", step=trainer.global_step
+                )
+
+    def _detach(self) -> None:
+        if self.hook is not None:
+            self._failures.guard("recording the loss", self._write_loss)
+            self.hook.remove()
+            self.hook = None

@@ -1,0 +1,789 @@
+"""Record a PyTorch model and its optimizer into a dbg trace with one call.
+
+``attach(model, optimizer, "run.h5")`` registers forward hooks on the model and step hooks on
+the optimizer (``Optimizer.register_step_pre_hook`` / ``register_step_post_hook``, torch >= 2.0;
+nothing is monkey-patched) and returns a :class:`TorchHook`. Per optimizer step it records:
+
+* every selected parameter (collection ``weights``, or ``biases`` when the last part of its
+  name starts with ``bias``; tag = parameter name) and its gradient (collection
+  ``gradients``, tag ``grad/<name>``), after backward and before the update;
+* the learning rate of each parameter group (scalar ``lr`` for group 0, ``lr/group<i>``);
+* the output of every activation module (collection ``activations``, tag ``act/<module>``,
+  kind = the function) and the input of Tanh and Sigmoid modules (collection
+  ``preactivations``, tag ``preact/<module>``);
+* the loss, when the model's output carries one or when :meth:`TorchHook.record_loss` is
+  called, averaged over the forward passes of the step.
+
+A step is an optimizer step: forward passes between two ``optimizer.step()`` calls (gradient
+accumulation) share one step, and every micro-batch's activations are recorded with it. Forward
+passes in ``model.eval()`` or under ``torch.no_grad()`` are recorded in mode ``eval`` at the
+current step (the number of optimizer steps taken so far).
+
+The hook only reads tensors: it consumes no random numbers, never writes to a parameter or a
+gradient, and catches its own failures (they become :class:`~dbgcli.trace.writer.DbgWarning`
+warnings), so training with and without it produces bit-identical parameters.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import torch
+from torch import nn
+from torch.optim import Optimizer
+from torch.utils.hooks import RemovableHandle
+
+from dbgcli.errors import TraceWriterError
+from dbgcli.torch._stats import statistics
+from dbgcli.trace.writer import DbgWarning, TraceWriter
+
+__all__ = [
+    "ACTIVATION_KINDS",
+    "FailureReporter",
+    "TorchHook",
+    "attach",
+    "distributed_rank",
+    "open_writer",
+    "rank_path",
+    "refuse_existing",
+]
+
+#: Activation modules recorded by default, and the ``kind`` their records get. Subclasses count.
+ACTIVATION_KINDS: Mapping[type[nn.Module], str] = {
+    nn.ReLU: "relu",
+    nn.ReLU6: "relu6",
+    nn.LeakyReLU: "leaky_relu",
+    nn.GELU: "gelu",
+    nn.ELU: "elu",
+    nn.SELU: "selu",
+    nn.SiLU: "silu",
+    nn.Mish: "mish",
+    nn.Tanh: "tanh",
+    nn.Sigmoid: "sigmoid",
+}
+#: Kinds whose input (the pre-activation) is recorded too: the saturation rules read it.
+PREACTIVATION_KINDS = frozenset({"tanh", "sigmoid"})
+
+#: Keep full tensors every this many steps when :func:`attach` creates the writer.
+DEFAULT_RAW_EVERY = 100
+
+Patterns = str | Sequence[str] | None
+TracePath = str | os.PathLike[str]
+
+
+def distributed_rank() -> tuple[int, int] | None:
+    """``(rank, world_size)`` when a torch.distributed process group is initialised, else None."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return None
+
+
+def rank_path(path: TracePath, rank: int) -> Path:
+    """The trace file of one rank: ``run.h5`` becomes ``run.rank3.h5``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.rank{rank}{path.suffix}")
+
+
+def refuse_existing(trace: TracePath | TraceWriter, overwrite: bool) -> None:
+    """Refuse, before training starts, a trace file that exists and may not be overwritten.
+
+    Framework callbacks open their trace when training starts, where an error would be turned
+    into a warning and the run would go unrecorded; they call this from their constructor.
+
+    Raises:
+        TraceWriterError: If this process's trace file exists and ``overwrite`` is False.
+    """
+    if isinstance(trace, TraceWriter) or overwrite:
+        return
+    distributed = distributed_rank()
+    path = Path(trace) if distributed is None else rank_path(trace, distributed[0])
+    if path.exists():
+        raise TraceWriterError(f"{path} already exists; pass overwrite=True to replace it")
+
+
+def open_writer(
+    trace: TracePath | TraceWriter,
+    *,
+    framework: str,
+    raw_every: int | None = None,
+    overwrite: bool = False,
+    flush_secs: float = 10.0,
+    hyperparameters: Mapping[str, Any] | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> tuple[TraceWriter, bool]:
+    """The writer to record into, and whether the caller owns (and must close) it.
+
+    A path gets a new :class:`TraceWriter`; under torch.distributed each rank writes its own
+    file (``<stem>.rank<k><suffix>``) and the metadata names ``rank`` and ``world_size``. A
+    writer passed in is used as it is (its ``raw_every`` applies) and gets the same metadata.
+
+    Raises:
+        ValueError: If ``raw_every`` is given together with a writer: set it on the writer.
+        TraceWriterError: If the file exists and ``overwrite`` is False, or cannot be created.
+    """
+    distributed = distributed_rank()
+    run_metadata: dict[str, Any] = dict(metadata or {})
+    if distributed is not None:
+        run_metadata["rank"], run_metadata["world_size"] = distributed
+    if isinstance(trace, TraceWriter):
+        if raw_every is not None:
+            raise ValueError("raw_every applies to a new trace; set it on the TraceWriter instead")
+        extra: dict[str, Any] = dict(run_metadata)
+        if hyperparameters is not None:
+            extra["hyperparameters"] = dict(hyperparameters)
+        extra.setdefault("framework", trace.metadata.get("framework", framework))
+        trace.set_metadata(**extra)
+        return trace, False
+    path = Path(trace) if distributed is None else rank_path(trace, distributed[0])
+    writer = TraceWriter(
+        path,
+        raw_every=DEFAULT_RAW_EVERY if raw_every is None else raw_every,
+        flush_secs=flush_secs,
+        overwrite=overwrite,
+        metadata=run_metadata,
+        hyperparameters=hyperparameters,
+        framework=framework,
+    )
+    return writer, True
+
+
+class FailureReporter:
+    """Turns exceptions raised while recording into warnings, one per kind of failure."""
+
+    def __init__(self) -> None:
+        self._reported: set[str] = set()
+
+    def guard(self, what: str, action: Callable[[], object]) -> None:
+        """Run ``action``; an exception becomes a :class:`DbgWarning` about ``what``."""
+        try:
+            action()
+        except Exception as error:  # noqa: BLE001 - recording must never stop training
+            self.warn(what, error)
+
+    def warn(self, what: str, error: BaseException) -> None:
+        """Warn that ``what`` failed, unless the same kind of failure was reported before."""
+        key = f"{what}:{type(error).__name__}"
+        if key in self._reported:
+            return
+        self._reported.add(key)
+        warnings.warn(
+            f"dbg: {what} failed ({type(error).__name__}: {error}); training continues, "
+            "further failures of this kind are not reported",
+            DbgWarning,
+            stacklevel=3,
+        )
+
+
+def _as_patterns(patterns: Patterns) -> tuple[str, ...]:
+    if patterns is None:
+        return ()
+    if isinstance(patterns, str):
+        return (patterns,)
+    return tuple(patterns)
+
+
+class _Selector:
+    """Include/exclude globs, matched against a tensor's name and its tag."""
+
+    def __init__(self, include: Patterns, exclude: Patterns) -> None:
+        self.include = _as_patterns(include)
+        self.exclude = _as_patterns(exclude)
+
+    def __call__(self, *names: str) -> bool:
+        def matches(patterns: tuple[str, ...]) -> bool:
+            return any(fnmatch.fnmatchcase(name, p) for p in patterns for name in names)
+
+        if self.include and not matches(self.include):
+            return False
+        return not matches(self.exclude)
+
+
+@dataclass(frozen=True)
+class _Parameter:
+    name: str
+    parameter: nn.Parameter
+    collection: str
+    record_weight: bool
+    grad_tag: str | None  # None: the gradient is excluded
+
+
+@dataclass
+class _PendingLoss:
+    step: int
+    total: Any  # a detached tensor or a float: summing on the device avoids a sync per batch
+    count: int
+
+
+def _numpy_dtype(tensor: torch.Tensor) -> str:
+    """The numpy dtype a tensor's values are stored as (bfloat16 is widened to float32)."""
+    if tensor.dtype == torch.bfloat16:
+        return "float32"
+    return str(tensor.dtype).removeprefix("torch.")
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The module inside DistributedDataParallel / DataParallel, so names lack ``module.``."""
+    wrappers = (nn.parallel.DistributedDataParallel, nn.DataParallel)
+    while isinstance(model, wrappers):
+        model = model.module
+    return model
+
+
+def _activation_kind(module: nn.Module, kinds: Mapping[type[nn.Module], str]) -> str | None:
+    for module_type, kind in kinds.items():
+        if isinstance(module, module_type):
+            return kind
+    return None
+
+
+def _parameter_collection(name: str) -> str:
+    return "biases" if name.rsplit(".", 1)[-1].startswith("bias") else "weights"
+
+
+def _find_loss(output: Any) -> torch.Tensor | None:
+    """The scalar loss a model returned, if any (a Hugging Face ModelOutput, a dict, ...)."""
+    if isinstance(output, torch.Tensor):
+        return None
+    loss = output.get("loss") if isinstance(output, Mapping) else getattr(output, "loss", None)
+    if isinstance(loss, torch.Tensor) and loss.numel() == 1:
+        return loss
+    return None
+
+
+def _forward_mode(module: nn.Module) -> str:
+    return "train" if module.training and torch.is_grad_enabled() else "eval"
+
+
+class TorchHook:
+    """Records a model and its optimizer into a trace; create it with :func:`attach`.
+
+    Steps: ``hook.step`` is the number of optimizer steps taken since the hook was attached
+    (or the value a framework callback set). Records of a training forward pass, its loss, the
+    gradients and weights before the update all carry the same step; the post-step hook then
+    advances it. Driven by a framework instead (``optimizer=None``), the caller sets
+    :attr:`step` and calls :meth:`record_optimizer_step` after backward and before the update.
+
+    Mixed precision: with ``torch.amp.GradScaler`` the recorded gradients are unscaled. The
+    scaler unscales the gradients before it calls ``optimizer.step()`` (in ``scaler.step`` or
+    an earlier ``scaler.unscale_``); optimizers that unscale inside their fused kernel get the
+    scale as ``optimizer.grad_scale`` instead, and the hook divides by it. An update the scaler
+    skips (non-finite gradients) is no optimizer step: nothing is recorded for it and the step
+    does not advance.
+
+    Args:
+        model: The module to record (a DistributedDataParallel/DataParallel wrapper is looked
+            through, so names lack the ``module.`` prefix).
+        optimizer: Records are made around each ``optimizer.step()``; None to drive the hook
+            yourself (framework callbacks do).
+        writer: The writer to record into.
+        include: Glob(s) a tensor's name or tag must match (parameter names such as
+            ``"encoder.*"``, module names, or tags such as ``"grad/*"``); default: all.
+        exclude: Glob(s) of names or tags to leave out, e.g. ``["act/*", "preact/*"]``.
+        capture_loss: Record the loss the model's forward returns (``output.loss`` or
+            ``output["loss"]``, as Hugging Face models do when given labels).
+        activation_kinds: More activation module types to record (or other kinds for the
+            default ones), e.g. ``{MyGELU: "gelu"}``; they take precedence over
+            :data:`ACTIVATION_KINDS`.
+        owns_writer: Close the writer in :meth:`remove`.
+
+    Attributes:
+        enabled: While False, forward passes are not recorded (Lightning's sanity check sets
+            it); explicit ``record_*`` calls and optimizer steps still are.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: Optimizer | None,
+        writer: TraceWriter,
+        *,
+        include: Patterns = None,
+        exclude: Patterns = None,
+        capture_loss: bool = True,
+        activation_kinds: Mapping[type[nn.Module], str] | None = None,
+        owns_writer: bool = False,
+        track_updates: bool = True,
+    ) -> None:
+        self.model = _unwrap(model)
+        self.enabled = True
+        # The caller's types first, so that a subclass of a default type gets the caller's kind.
+        extra = dict(activation_kinds or {})
+        self._activation_kinds = {
+            **extra,
+            **{t: kind for t, kind in ACTIVATION_KINDS.items() if t not in extra},
+        }
+        self.optimizer = optimizer
+        self.writer = writer
+        self.capture_loss = capture_loss
+        self._owns_writer = owns_writer
+        self._step = 0
+        self._selected = _Selector(include, exclude)
+        self._parameters = self._select_parameters()
+        self._handles: list[RemovableHandle] = []
+        self._removed = False
+        self._failures = FailureReporter()
+        self._forward_depth = 0
+        self._model_called = False
+        self._root_mode = "train"
+        self._last_mode = "train"
+        self._last_train_forward_step: int | None = None
+        self._recorded_optimizer_step: int | None = None
+        self._pending_loss: dict[str, _PendingLoss] = {}
+        self._skipping_update = False
+        self.track_updates = track_updates
+        self._previous: dict[str, torch.Tensor] = {}
+        writer.set_metadata(
+            frozen_parameters=[p.name for p in self._parameters if not p.parameter.requires_grad]
+        )
+        self._register_model_hooks()
+        if optimizer is not None:
+            if not hasattr(optimizer, "register_step_pre_hook"):
+                raise TypeError(
+                    f"{type(optimizer).__name__} has no register_step_pre_hook: pass a "
+                    "torch.optim.Optimizer (torch >= 2.0), or None and drive the hook yourself"
+                )
+            self._handles.append(optimizer.register_step_pre_hook(self._before_optimizer_step))
+            self._handles.append(optimizer.register_step_post_hook(self._after_optimizer_step))
+
+    # -- public API ---------------------------------------------------------------------------
+    @property
+    def step(self) -> int:
+        """The step records are made at: optimizer steps taken so far."""
+        return self._step
+
+    @step.setter
+    def step(self, value: int) -> None:
+        self._step = int(value)
+
+    def record_optimizer_step(self, optimizer: Optimizer | None = None) -> None:
+        """Record weights, biases, gradients and learning rates at the current step.
+
+        Called automatically before each ``optimizer.step()`` when the hook was attached with
+        an optimizer. Framework callbacks call it after backward and before the update.
+
+        Args:
+            optimizer: Whose parameter groups give the learning rates (default: the attached
+                optimizer; none are recorded without one).
+        """
+        self._guard(
+            "recording the optimizer step", lambda: self._record_parameters(optimizer, None)
+        )
+
+    def record_loss(self, loss: Any, *, mode: str | None = None, step: int | None = None) -> None:
+        """Record a loss; the losses of one step and mode are averaged into one record.
+
+        Args:
+            loss: A scalar tensor or number (a tensor is detached, never modified).
+            mode: ``train``, ``eval`` or ``predict`` (default: the mode of the latest forward
+                pass of the model).
+            step: Default: for a training loss, the step of the latest training forward pass
+                (so calling it after ``optimizer.step()`` still files the loss under the step
+                it belongs to); otherwise the current step.
+
+        A training loss is written at its optimizer step (or at once if that step was already
+        recorded); an evaluation loss when training resumes, at :meth:`flush` or
+        :meth:`remove`. The average is the plain mean of the recorded values.
+        """
+        self._guard("recording the loss", lambda: self._add_loss(loss, *self._where(mode, step)))
+
+    def record(
+        self,
+        *,
+        labels: Any = None,
+        predictions: Any = None,
+        inputs: Any = None,
+        mode: str | None = None,
+        step: int | None = None,
+        raw: bool | None = None,
+    ) -> None:
+        """Record labels, predictions and/or model inputs (collections and tags of those names).
+
+        Mode and step default as in :meth:`record_loss`. Predictions are whatever the model
+        outputs (logits or probabilities, classes on the last axis). ``raw`` forces (True) or
+        suppresses (False) keeping the full tensors; the data rules (class imbalance, input
+        normalisation) judge full tensors and want several hundred samples of them.
+        """
+
+        def write() -> None:
+            at_mode, at_step = self._where(mode, step)
+            for name, value in (
+                ("labels", labels),
+                ("predictions", predictions),
+                ("inputs", inputs),
+            ):
+                if value is not None and self._selected(name):
+                    self.writer.add_tensor(
+                        name, value, at_step, collection=name, mode=at_mode, raw=raw
+                    )
+
+        self._guard("recording labels, predictions or inputs", write)
+
+    def record_tensor(
+        self,
+        tag: str,
+        value: Any,
+        *,
+        collection: str | None = None,
+        kind: str | None = None,
+        mode: str | None = None,
+        step: int | None = None,
+        raw: bool | None = None,
+    ) -> None:
+        """Record any tensor under ``tag`` (statistics always, values every ``raw_every``).
+
+        Mode and step default as in :meth:`record_loss`; ``collection``, ``kind`` and ``raw``
+        are passed to :meth:`TraceWriter.add_tensor`.
+        """
+
+        def write() -> None:
+            at_mode, at_step = self._where(mode, step)
+            self.writer.add_tensor(
+                tag, value, at_step, collection=collection, kind=kind, mode=at_mode, raw=raw
+            )
+
+        self._guard(f"recording {tag!r}", write)
+
+    def record_scalar(
+        self, tag: str, value: Any, *, mode: str | None = None, step: int | None = None
+    ) -> None:
+        """Record a scalar (a metric, a hyperparameter that changes) under ``tag``."""
+
+        def write() -> None:
+            at_mode, at_step = self._where(mode, step)
+            self.writer.add_scalar(tag, value, at_step, mode=at_mode)
+
+        self._guard(f"recording {tag!r}", write)
+
+    def flush(self) -> None:
+        """Write the averaged losses still pending and commit the trace to disk."""
+        self._guard("flushing", self._flush)
+
+    def remove(self) -> None:
+        """Remove every hook, write what is pending and close the trace if the hook opened it.
+
+        The model and optimizer are left exactly as they were before :func:`attach`. Idempotent.
+        """
+        if self._removed:
+            return
+        self._removed = True
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._guard("closing the trace", self._close)
+
+    def __enter__(self) -> TorchHook:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.remove()
+
+    # -- setup --------------------------------------------------------------------------------
+    def _select_parameters(self) -> list[_Parameter]:
+        selected = []
+        for name, parameter in self.model.named_parameters():
+            collection = _parameter_collection(name)
+            grad_tag = f"grad/{name}"
+            record_weight = self._selected(name)
+            record_grad = parameter.requires_grad and self._selected(name, grad_tag)
+            if record_weight or record_grad:
+                selected.append(
+                    _Parameter(
+                        name,
+                        parameter,
+                        collection,
+                        record_weight,
+                        grad_tag if record_grad else None,
+                    )
+                )
+        return selected
+
+    def _register_model_hooks(self) -> None:
+        model = self.model
+        self._handles.append(model.register_forward_pre_hook(self._before_model_forward))
+        self._handles.append(
+            model.register_forward_hook(self._after_model_forward, always_call=True)
+        )
+        for name, module in model.named_modules():
+            kind = _activation_kind(module, self._activation_kinds)
+            if kind is None:
+                continue
+            act_tag = f"act/{name}" if self._selected(name, f"act/{name}") else None
+            preact_tag = None
+            if kind in PREACTIVATION_KINDS and self._selected(name, f"preact/{name}"):
+                preact_tag = f"preact/{name}"
+            if act_tag or preact_tag:
+                self._handles.append(
+                    module.register_forward_hook(self._activation_hook(kind, act_tag, preact_tag))
+                )
+
+    # -- hooks --------------------------------------------------------------------------------
+    def _before_model_forward(self, module: nn.Module, args: Any) -> None:
+        self._forward_depth += 1
+        self._model_called = True
+        if self._forward_depth == 1 and self.enabled:
+            # The mode of the whole pass is decided here, so that activation checkpointing
+            # (which runs segments under no_grad) does not turn training records into eval.
+            self._root_mode = _forward_mode(module)
+            self._guard("starting a forward pass", lambda: self._note_forward(self._root_mode))
+
+    def _after_model_forward(self, module: nn.Module, args: Any, output: Any) -> None:
+        self._forward_depth = max(0, self._forward_depth - 1)
+        if self._forward_depth == 0 and self.capture_loss and self.enabled:
+            self._guard("capturing the loss", lambda: self._capture_loss(output))
+
+    def _capture_loss(self, output: Any) -> None:
+        loss = _find_loss(output)
+        if loss is not None:
+            self._add_loss(loss, self._root_mode, self._default_step(self._root_mode))
+
+    def _activation_hook(
+        self, kind: str, act_tag: str | None, preact_tag: str | None
+    ) -> Callable[[nn.Module, Any, Any], None]:
+        writer = self.writer
+
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            if not self.enabled:
+                return
+            try:
+                mode = self._root_mode if self._forward_depth else _forward_mode(module)
+                if not self._forward_depth:
+                    if self._model_called:
+                        # Outside the forward of a model that is called as a whole: activation
+                        # checkpointing recomputing a segment during backward. Already recorded.
+                        return
+                    # A model never called as a whole (a LightningModule whose training_step
+                    # calls its submodules): this call marks the pass.
+                    self._note_forward(mode)
+                step = self._step
+                if act_tag is not None and isinstance(output, torch.Tensor):
+                    writer.add_tensor(
+                        act_tag, output, step, collection="activations", kind=kind, mode=mode
+                    )
+                if preact_tag is not None and args and isinstance(args[0], torch.Tensor):
+                    writer.add_tensor(
+                        preact_tag, args[0], step, collection="preactivations", kind=kind, mode=mode
+                    )
+            except Exception as error:  # noqa: BLE001 - recording must never stop training
+                self._warn(f"recording activations ({act_tag or preact_tag})", error)
+
+        return hook
+
+    def _before_optimizer_step(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:
+        self._guard("recording the optimizer step", lambda: self._optimizer_pre_step(optimizer))
+
+    def _optimizer_pre_step(self, optimizer: Optimizer) -> None:
+        # Set by GradScaler.step only for optimizers that unscale inside a fused kernel.
+        scale = getattr(optimizer, "grad_scale", None)
+        found_inf = getattr(optimizer, "found_inf", None)
+        self._skipping_update = isinstance(found_inf, torch.Tensor) and bool(found_inf.item())
+        if not self._skipping_update:
+            self._record_parameters(optimizer, scale)
+
+    def _after_optimizer_step(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:
+        if self._skipping_update:
+            self._skipping_update = False
+            return
+        self._step += 1
+
+    # -- recording ----------------------------------------------------------------------------
+    def _record_parameters(self, optimizer: Optimizer | None, scale: Any) -> None:
+        step = self._step
+        self._write_pending_loss(lambda mode, pending: mode != "train" or pending.step <= step)
+        writer = self.writer
+        keep_raw = writer.raw_every > 0 and step % writer.raw_every == 0
+        weights = [entry for entry in self._parameters if entry.record_weight]
+        grads: list[tuple[str, torch.Tensor]] = []
+        for entry in self._parameters:
+            grad = entry.parameter.grad
+            if entry.grad_tag is not None and grad is not None:
+                if scale is not None:
+                    with torch.no_grad():
+                        grad = grad / scale
+                grads.append((entry.grad_tag, grad))
+        # Statistics are computed by torch, where the tensors are; only full tensors (every
+        # raw_every steps) are copied to the host.
+        tensors = [entry.parameter for entry in weights]
+        previous = [self._previous_weight(entry) for entry in weights]
+        for entry, stats in zip(weights, statistics(tensors, previous=previous)):
+            self._write_stats(entry.name, entry.parameter, stats, step, entry.collection, keep_raw)
+        for (tag, grad), stats in zip(grads, statistics([g for _, g in grads], l1=True)):
+            self._write_stats(tag, grad, stats, step, "gradients", keep_raw)
+        optimizer = optimizer if optimizer is not None else self.optimizer
+        if optimizer is not None:
+            for index, group in enumerate(optimizer.param_groups):
+                tag = "lr" if index == 0 else f"lr/group{index}"
+                if self._selected(tag):
+                    writer.add_scalar(tag, group["lr"], step)
+        self._recorded_optimizer_step = step
+
+    def _previous_weight(self, entry: _Parameter) -> torch.Tensor | None:
+        """The weight's value at the last recorded step (for ``update_l2``), if tracked."""
+        if not self.track_updates:
+            return None
+        before = self._previous.get(entry.name)
+        if before is None:
+            with torch.no_grad():
+                self._previous[entry.name] = entry.parameter.detach().reshape(-1).to(torch.float32, copy=True)
+            return None
+        return before
+
+    def _write_stats(
+        self, tag: str, tensor: torch.Tensor, stats: dict[str, float], step: int, collection: str, keep_raw: bool
+    ) -> None:
+        self.writer.add_tensor_stats(
+            tag, stats, step, shape=tuple(tensor.shape), dtype=_numpy_dtype(tensor),
+            collection=collection, value=tensor if keep_raw else None,
+        )
+
+    def _note_forward(self, mode: str) -> None:
+        self._last_mode = mode
+        if mode == "train":
+            self._last_train_forward_step = self._step
+            # A training pass ends the evaluation pass before it.
+            self._write_pending_loss(lambda pending_mode, _: pending_mode != "train")
+
+    def _default_step(self, mode: str) -> int:
+        if mode == "train" and self._last_train_forward_step is not None:
+            return self._last_train_forward_step
+        return self._step
+
+    def _where(self, mode: str | None, step: int | None) -> tuple[str, int]:
+        at_mode = mode if mode is not None else self._last_mode
+        return at_mode, self._default_step(at_mode) if step is None else int(step)
+
+    def _add_loss(self, loss: Any, mode: str, step: int) -> None:
+        if not self._selected("loss"):
+            return
+        value = loss.detach() if isinstance(loss, torch.Tensor) else float(loss)
+        pending = self._pending_loss.get(mode)
+        if pending is not None and pending.step != step:
+            self._write_pending_loss(lambda pending_mode, _: pending_mode == mode)
+            pending = None
+        if pending is None:
+            pending = self._pending_loss[mode] = _PendingLoss(step, value, 1)
+        else:
+            pending.total = pending.total + value
+            pending.count += 1
+        recorded = self._recorded_optimizer_step
+        if mode == "train" and recorded is not None and step <= recorded:
+            # The step's gradients are already written: no more micro-batches can join it.
+            self._write_pending_loss(lambda pending_mode, _: pending_mode == "train")
+
+    def _write_pending_loss(self, which: Callable[[str, _PendingLoss], bool]) -> None:
+        for mode, pending in list(self._pending_loss.items()):
+            if which(mode, pending):
+                del self._pending_loss[mode]
+                mean = float(pending.total) / pending.count
+                self.writer.add_scalar("loss", mean, pending.step, mode=mode)
+
+    def _flush(self) -> None:
+        self._write_pending_loss(lambda mode, pending: True)
+        self.writer.flush()
+
+    def _close(self) -> None:
+        self._write_pending_loss(lambda mode, pending: True)
+        if self._owns_writer:
+            self.writer.close()
+        else:
+            self.writer.flush()
+
+    # -- failure handling ---------------------------------------------------------------------
+    def _guard(self, what: str, action: Callable[[], object]) -> None:
+        self._failures.guard(what, action)
+
+    def _warn(self, what: str, error: BaseException) -> None:
+        self._failures.warn(what, error)
+
+
+def attach(
+    model: nn.Module,
+    optimizer: Optimizer | None,
+    trace: TracePath | TraceWriter,
+    *,
+    raw_every: int | None = None,
+    include: Patterns = None,
+    exclude: Patterns = None,
+    capture_loss: bool = True,
+    activation_kinds: Mapping[type[nn.Module], str] | None = None,
+    track_updates: bool = True,
+    overwrite: bool = False,
+    flush_secs: float = 10.0,
+    hyperparameters: Mapping[str, Any] | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> TorchHook:
+    """Record ``model`` and ``optimizer`` into a trace; returns the hook (remove it when done).
+
+    Example::
+
+        with attach(model, optimizer, "run.h5") as hook:
+            for x, y in loader:
+                optimizer.zero_grad()
+                loss = loss_fn(model(x), y)
+                hook.record_loss(loss)
+                loss.backward()
+                optimizer.step()
+
+    Args:
+        model: The module to record.
+        optimizer: The optimizer whose steps define the steps of the trace, or None to drive
+            the hook yourself (set ``hook.step``, call ``hook.record_optimizer_step()``).
+        trace: A path (a new trace; ``run.rank<k>.h5`` per rank under torch.distributed) or
+            an open :class:`TraceWriter`, which stays open after :meth:`TorchHook.remove`.
+        raw_every: Keep full tensors every this many steps (default 100); statistics are
+            recorded every step. Only for a path: a writer keeps its own setting.
+        include: Glob(s) on parameter and module names or on tags; default: everything.
+        exclude: Glob(s) on names or tags to leave out.
+        capture_loss: Record the loss found in the model's output (see :class:`TorchHook`).
+        activation_kinds: More activation module types to record, e.g. ``{MyGELU: "gelu"}``.
+        track_updates: Record ``update_l2`` (the norm of each weight's change per step), which
+            keeps a float32 copy of the recorded weights; turn off for models whose weights
+            do not fit twice in memory.
+        overwrite: Replace an existing trace file.
+        flush_secs: Commit to disk at most this many seconds apart.
+        hyperparameters: Stored in the trace's metadata.
+        metadata: Free-form run metadata.
+
+    Raises:
+        TypeError: If ``optimizer`` has no step hooks.
+        ValueError: If ``raw_every`` is given with a writer.
+        TraceWriterError: If the trace cannot be created (exists and not ``overwrite``, ...).
+    """
+    writer, owned = open_writer(
+        trace,
+        framework="pytorch",
+        raw_every=raw_every,
+        overwrite=overwrite,
+        flush_secs=flush_secs,
+        hyperparameters=hyperparameters,
+        metadata={"torch_version": torch.__version__, **(metadata or {})},
+    )
+    try:
+        return TorchHook(
+            model,
+            optimizer,
+            writer,
+            include=include,
+            exclude=exclude,
+            capture_loss=capture_loss,
+            activation_kinds=activation_kinds,
+            owns_writer=owned,
+            track_updates=track_updates,
+        )
+    except BaseException:
+        if owned:
+            writer.close()
+        raise

@@ -1,0 +1,293 @@
+"""Record XGBoost training into a dbg trace with a training callback.
+
+Importing this module imports xgboost (the callback subclasses
+``xgboost.callback.TrainingCallback``); ``import dbgcli`` does not.
+
+Example::
+
+    import xgboost as xgb
+    from dbgcli.xgboost import DbgCallback
+
+    booster = xgb.train(
+        params, dtrain, num_boost_round=200,
+        evals=[(dtrain, "train"), (dvalid, "valid")],
+        callbacks=[DbgCallback("run.h5", data=dtrain)],
+    )
+
+One step is one boosting round (``epoch`` as XGBoost passes it to the callback).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xgboost
+from xgboost.callback import TrainingCallback
+
+from dbgcli.errors import TraceWriterError
+from dbgcli.trace.schema import MODES
+from dbgcli.trace.writer import DbgWarning, TraceWriter
+
+__all__ = ["IMPORTANCE_TYPES", "TRAIN_SET_NAMES", "DbgCallback", "tree_depth"]
+
+#: Feature importance types recorded every round, each as ``feature_importance/<type>``.
+IMPORTANCE_TYPES: tuple[str, ...] = ("weight", "gain", "cover")
+#: Names of an ``evals`` entry taken to be the training set (case-insensitive), unless
+#: ``train_set`` says otherwise.
+TRAIN_SET_NAMES = frozenset({"train", "training", "dtrain"})
+#: Keep full tensors of labels and predictions every this many rounds by default.
+DEFAULT_RAW_EVERY = 100
+
+
+def tree_depth(tree_json: str) -> int:
+    """Depth of one tree from its JSON dump: edges from the root to the deepest leaf.
+
+    A tree that is a single leaf has depth 0; ``max_depth=6`` allows depth 6.
+    """
+    deepest = 0
+    stack = [(json.loads(tree_json), 0)]
+    while stack:
+        node, depth = stack.pop()
+        children = node.get("children")
+        if children:
+            stack.extend((child, depth + 1) for child in children)
+        else:
+            deepest = max(deepest, depth)
+    return deepest
+
+
+class DbgCallback(TrainingCallback):
+    """Records each boosting round: metrics, depth of the new trees, feature importance.
+
+    Per round (step = round index):
+
+    * scalars: every metric of every ``evals`` entry under its own name (``logloss``,
+      ``rmse``, ...) and ``loss``, an alias of the first metric, so the loss rules apply. The
+      training set is recorded in mode ``train``; the first other set in mode ``eval``; any
+      further sets in mode ``eval`` with the set name as a prefix (``test/logloss``);
+    * ``trees/depth`` (collection ``trees``): depth of each tree added this round, shape
+      ``(num_parallel_tree * groups,)``, full tensor every round;
+    * ``feature_importance/<type>`` for weight, gain and cover (collection
+      ``feature_importance``, kind = type): shape ``(n_features,)``, features the booster
+      has not split on get 0, full tensor every round. Feature names are stored in the run
+      metadata under ``feature_names``;
+    * with ``data``: ``labels`` and ``predictions`` of that DMatrix (collections of those
+      names).
+
+    Tree depth comes from ``booster[last_round].get_dump(dump_format="json")``: the dump of
+    only the trees just added (the cost of a round does not grow with the model) parsed as
+    JSON, which does not depend on pandas or on text layout. Feature importance comes from
+    ``get_score``, which walks every tree each round.
+
+    The callback never stops training (``after_iteration`` returns False) and never raises
+    from a training hook: failures become :class:`DbgWarning` warnings.
+
+    Args:
+        trace: A path (a new trace, created when training starts) or an open
+            :class:`TraceWriter` (left open after training).
+        data: A DMatrix whose labels and predictions to record each round (the training set,
+            or any other). Predictions use every tree built so far.
+        data_mode: Mode of the ``data`` records.
+        train_set: Name of the ``evals`` entry that is the training set (for the scikit-learn
+            API, ``"validation_0"`` when the training data is the first ``eval_set``). By
+            default an entry named train, training or dtrain.
+        raw_every: Keep full labels and predictions every this many rounds (default 100;
+            only for a path).
+        overwrite: Replace an existing trace file.
+        flush_secs: Commit to disk at most this many seconds apart.
+        hyperparameters: Stored in the trace's metadata (the booster's own configuration is
+            stored under ``xgboost_config`` regardless).
+        metadata: Free-form run metadata.
+
+    Raises:
+        ValueError: If ``raw_every`` is given with a writer, or ``data_mode`` is no mode.
+        TraceWriterError: If the trace file exists and ``overwrite`` is False.
+    """
+
+    def __init__(
+        self,
+        trace: str | os.PathLike[str] | TraceWriter,
+        *,
+        data: xgboost.DMatrix | None = None,
+        data_mode: str = "train",
+        train_set: str | None = None,
+        raw_every: int | None = None,
+        overwrite: bool = False,
+        flush_secs: float = 10.0,
+        hyperparameters: Mapping[str, Any] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if data_mode not in MODES:
+            raise ValueError(f"data_mode must be one of {', '.join(MODES)}, got {data_mode!r}")
+        if isinstance(trace, TraceWriter) and raw_every is not None:
+            raise ValueError("raw_every applies to a new trace; set it on the TraceWriter instead")
+        if not isinstance(trace, TraceWriter) and Path(trace).exists() and not overwrite:
+            # Refused here, before training starts, rather than as a warning mid-run.
+            raise TraceWriterError(f"{trace} already exists; pass overwrite=True to replace it")
+        self.trace = trace
+        self.data = data
+        self.data_mode = data_mode
+        self.train_set = train_set
+        self.raw_every = DEFAULT_RAW_EVERY if raw_every is None else raw_every
+        self.overwrite = overwrite
+        self.flush_secs = flush_secs
+        self.hyperparameters = dict(hyperparameters) if hyperparameters is not None else None
+        self.metadata = dict(metadata or {})
+        self.writer: TraceWriter | None = None
+        self._owns_writer = False
+        self._feature_names: list[str] | None = None
+        self._set_modes: dict[str, tuple[str, str]] = {}
+        self._warned: set[str] = set()
+
+    # -- TrainingCallback ---------------------------------------------------------------------
+    def before_training(self, model: xgboost.Booster) -> xgboost.Booster:
+        """Open the trace and store the booster's configuration in its metadata."""
+        self._guard("opening the trace", lambda: self._open(model))
+        return model
+
+    def after_iteration(
+        self, model: xgboost.Booster, epoch: int, evals_log: TrainingCallback.EvalsLog
+    ) -> bool:
+        """Record round ``epoch``; always returns False (training goes on)."""
+        writer = self.writer
+        if writer is None:
+            return False
+        self._guard(
+            "recording the evaluation metrics",
+            lambda: self._record_metrics(writer, epoch, evals_log),
+        )
+        self._guard("recording tree depths", lambda: self._record_tree_depths(writer, model, epoch))
+        self._guard(
+            "recording feature importance", lambda: self._record_importance(writer, model, epoch)
+        )
+        if self.data is not None:
+            data = self.data
+            self._guard(
+                "recording labels and predictions",
+                lambda: self._record_data(writer, model, data, epoch),
+            )
+        return False
+
+    def after_training(self, model: xgboost.Booster) -> xgboost.Booster:
+        """Close the trace if this callback opened it, else commit what was recorded."""
+        writer = self.writer
+        if writer is not None:
+            self._guard("closing the trace", writer.close if self._owns_writer else writer.flush)
+        return model
+
+    # -- recording ----------------------------------------------------------------------------
+    def _open(self, model: xgboost.Booster) -> None:
+        metadata: dict[str, Any] = {
+            **self.metadata,
+            "xgboost_version": xgboost.__version__,
+            "xgboost_config": json.loads(model.save_config()),
+        }
+        if isinstance(self.trace, TraceWriter):
+            self.writer = self.trace
+            if self.hyperparameters is not None:
+                metadata["hyperparameters"] = self.hyperparameters
+            metadata.setdefault("framework", self.trace.metadata.get("framework", "xgboost"))
+            self.writer.set_metadata(**metadata)
+            return
+        self.writer = TraceWriter(
+            self.trace,
+            raw_every=self.raw_every,
+            flush_secs=self.flush_secs,
+            overwrite=self.overwrite,
+            metadata=metadata,
+            hyperparameters=self.hyperparameters,
+            framework="xgboost",
+        )
+        self._owns_writer = True
+
+    def _record_metrics(
+        self, writer: TraceWriter, step: int, evals_log: TrainingCallback.EvalsLog
+    ) -> None:
+        for set_name, metrics in evals_log.items():
+            mode, prefix = self._set_mode(set_name, list(evals_log))
+            for index, (metric, history) in enumerate(metrics.items()):
+                latest = history[-1]
+                # xgboost.cv logs (mean, std) pairs.
+                value = latest[0] if isinstance(latest, tuple) else latest
+                writer.add_scalar(prefix + metric, value, step, mode=mode)
+                if index == 0:
+                    writer.add_scalar(prefix + "loss", value, step, mode=mode)
+
+    def _set_mode(self, set_name: str, set_names: list[str]) -> tuple[str, str]:
+        """``(mode, tag prefix)`` of an ``evals`` entry, decided once per name."""
+        known = self._set_modes.get(set_name)
+        if known is not None:
+            return known
+        if self.train_set is not None:
+            train = self.train_set
+        else:
+            train = next((name for name in set_names if name.lower() in TRAIN_SET_NAMES), "")
+        if set_name == train:
+            known = ("train", "")
+        elif not any(mode == "eval" and not prefix for mode, prefix in self._set_modes.values()):
+            known = ("eval", "")
+        else:
+            known = ("eval", f"{set_name}/")
+        self._set_modes[set_name] = known
+        return known
+
+    def _record_tree_depths(self, writer: TraceWriter, model: xgboost.Booster, step: int) -> None:
+        rounds = model.num_boosted_rounds()
+        new_trees = model[rounds - 1 : rounds].get_dump(dump_format="json")
+        depths = np.array([tree_depth(tree) for tree in new_trees], dtype=np.int64)
+        writer.add_tensor("trees/depth", depths, step, collection="trees", raw=True)
+
+    def _record_importance(self, writer: TraceWriter, model: xgboost.Booster, step: int) -> None:
+        names = self._names(writer, model)
+        for importance_type in IMPORTANCE_TYPES:
+            score = model.get_score(importance_type=importance_type)
+            values = np.array(
+                [float(np.sum(score.get(name, 0.0))) for name in names], dtype=np.float64
+            )
+            writer.add_tensor(
+                f"feature_importance/{importance_type}",
+                values,
+                step,
+                collection="feature_importance",
+                kind=importance_type,
+                raw=True,
+            )
+
+    def _names(self, writer: TraceWriter, model: xgboost.Booster) -> list[str]:
+        if self._feature_names is None:
+            # Without names, get_score keys features as f0, f1, ...
+            names = model.feature_names or [f"f{i}" for i in range(model.num_features())]
+            self._feature_names = list(names)
+            writer.set_metadata(feature_names=self._feature_names)
+        return self._feature_names
+
+    def _record_data(
+        self, writer: TraceWriter, model: xgboost.Booster, data: xgboost.DMatrix, step: int
+    ) -> None:
+        mode = self.data_mode
+        writer.add_tensor("labels", data.get_label(), step, collection="labels", mode=mode)
+        # An explicit range: by default predict stops at best_iteration once early stopping set it.
+        predictions = model.predict(data, iteration_range=(0, model.num_boosted_rounds()))
+        writer.add_tensor("predictions", predictions, step, collection="predictions", mode=mode)
+
+    # -- failure handling ---------------------------------------------------------------------
+    def _guard(self, what: str, action: Callable[[], object]) -> None:
+        try:
+            action()
+        except Exception as error:  # noqa: BLE001 - recording must never stop training
+            key = f"{what}:{type(error).__name__}"
+            if key not in self._warned:
+                self._warned.add(key)
+                warnings.warn(
+                    f"dbg: {what} failed ({type(error).__name__}: {error}); training continues, "
+                    "further failures of this kind are not reported",
+                    DbgWarning,
+                    stacklevel=2,
+                )

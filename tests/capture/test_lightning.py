@@ -1,0 +1,130 @@
+"""The Lightning callback, on a tiny LightningModule trained with gradient accumulation."""
+
+from __future__ import annotations
+
+import warnings
+from collections import OrderedDict
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from dbgcli import open_trace
+from dbgcli.errors import TraceWriterError
+from dbgcli.lightning import DbgCallback
+
+BATCHES_PER_EPOCH, ACCUMULATE, EPOCHS = 8, 2, 2
+STEPS_PER_EPOCH = BATCHES_PER_EPOCH // ACCUMULATE
+
+
+class Classifier(pl.LightningModule):
+    """training_step calls submodules directly, as LightningModules usually do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.save_hyperparameters({"lr": 0.1, "hidden": 8})
+        self.net = nn.Sequential(
+            OrderedDict(
+                fc1=nn.Linear(4, 8),
+                relu=nn.ReLU(),
+                fc2=nn.Linear(8, 6),
+                tanh=nn.Tanh(),
+                out=nn.Linear(6, 2),
+            )
+        )
+        self.batch_losses: list[float] = []
+        self.grad_norms: list[float] = []
+
+    def training_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
+    ) -> torch.Tensor:
+        x, y = batch
+        loss = nn.functional.cross_entropy(self.net(x), y)
+        self.batch_losses.append(loss.item())
+        return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        self.grad_norms.append(torch.linalg.vector_norm(self.net.fc1.weight.grad).item())
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, y = batch
+        logits = self.net(x)
+        self.log("val_loss", nn.functional.cross_entropy(logits, y))
+        self.log("val_acc", (logits.argmax(1) == y).float().mean())
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def loader(seed: int, batches: int) -> DataLoader[tuple[torch.Tensor, ...]]:
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(batches * 8, 4, generator=generator)
+    return DataLoader(TensorDataset(x, (x[:, 0] > 0).long()), batch_size=8)
+
+
+def fit(callback: DbgCallback) -> Classifier:
+    torch.manual_seed(0)
+    module = Classifier()
+    trainer = pl.Trainer(
+        max_epochs=EPOCHS,
+        accumulate_grad_batches=ACCUMULATE,
+        callbacks=[callback],
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", module="lightning")  # data loader worker advice
+        trainer.fit(module, loader(1, BATCHES_PER_EPOCH), loader(2, 2))
+    return module
+
+
+def test_lightning_run_is_recorded(tmp_path: Path) -> None:
+    path = tmp_path / "run.h5"
+    module = fit(DbgCallback(path, raw_every=2))
+    total_steps = STEPS_PER_EPOCH * EPOCHS
+    steps = list(range(total_steps))
+    with open_trace(path) as trace:
+        assert trace.metadata["framework"] == "lightning"
+        assert trace.metadata["hyperparameters"] == {"lr": 0.1, "hidden": 8}
+        for name, _ in module.named_parameters():
+            assert trace.index(name)[0].tolist() == steps, name
+            assert trace.index(f"grad/{name}")[0].tolist() == steps, name
+        np.testing.assert_allclose(
+            trace.stat("grad/net.fc1.weight", "l2").values, module.grad_norms, rtol=1e-5
+        )
+        assert trace.scalar("lr").values.tolist() == [0.1] * total_steps
+
+        # The loss of a step is the mean of its micro-batches' losses, undivided.
+        loss = trace.scalar("loss", mode="train")
+        assert loss.steps.tolist() == steps
+        np.testing.assert_allclose(
+            loss.values, np.reshape(module.batch_losses, (-1, ACCUMULATE)).mean(1), rtol=1e-6
+        )
+
+        # Each micro-batch's activations are filed under its optimizer step.
+        act_steps, act_modes = trace.index("act/net.relu")
+        assert act_steps[act_modes == 0].tolist() == [s for s in steps for _ in range(ACCUMULATE)]
+        assert trace.tag("preact/net.tanh").kind == "tanh"
+
+        # Validation after each epoch, at the optimizer steps taken; no sanity-check records.
+        validated = [STEPS_PER_EPOCH * (epoch + 1) for epoch in range(EPOCHS)]
+        assert trace.scalar("loss", mode="eval").steps.tolist() == validated
+        assert trace.scalar("acc", mode="eval").steps.tolist() == validated
+        assert sorted(set(act_steps[act_modes == 1].tolist())) == validated
+        assert trace.scalar("epoch").values.tolist() == list(range(EPOCHS))
+        assert trace.complete
+
+
+def test_an_existing_trace_is_refused_before_training(tmp_path: Path) -> None:
+    path = tmp_path / "run.h5"
+    path.write_bytes(b"")
+    with pytest.raises(TraceWriterError):
+        DbgCallback(path)

@@ -1,0 +1,724 @@
+"""The PyTorch hook, checked on real training runs through the public trace reader."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+import warnings
+from collections import OrderedDict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from dbgcli import TraceWriter, open_trace
+from dbgcli.errors import TraceWriterError
+from dbgcli.torch import ACTIVATION_KINDS, attach
+from dbgcli.torch._hook import rank_path, refuse_existing
+from dbgcli.trace.writer import DbgWarning
+
+FEATURES, CLASSES, BATCH = 8, 3, 16
+
+
+def make_net(dropout: float = 0.0) -> nn.Sequential:
+    """fc1 -> relu -> (dropout) -> fc2 -> tanh -> fc3 -> sigmoid -> out."""
+    return nn.Sequential(
+        OrderedDict(
+            fc1=nn.Linear(FEATURES, 16),
+            relu=nn.ReLU(),
+            drop=nn.Dropout(dropout),
+            fc2=nn.Linear(16, 12),
+            tanh=nn.Tanh(),
+            fc3=nn.Linear(12, 8),
+            sigmoid=nn.Sigmoid(),
+            out=nn.Linear(8, CLASSES),
+        )
+    )
+
+
+def batches(count: int, seed: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    generator = torch.Generator().manual_seed(seed)
+    return [
+        (
+            torch.randn(BATCH, FEATURES, generator=generator),
+            torch.randint(0, CLASSES, (BATCH,), generator=generator),
+        )
+        for _ in range(count)
+    ]
+
+
+def loss_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return nn.functional.cross_entropy(model(x), y)
+
+
+@pytest.fixture
+def no_dbg_warnings() -> Iterator[None]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DbgWarning)
+        yield
+
+
+PARAMETERS = [
+    "fc1.weight",
+    "fc1.bias",
+    "fc2.weight",
+    "fc2.bias",
+    "fc3.weight",
+    "fc3.bias",
+    "out.weight",
+    "out.bias",
+]
+
+
+def test_records_every_tag_with_its_collection_kind_mode_and_step(
+    tmp_path: Path, no_dbg_warnings: None
+) -> None:
+    torch.manual_seed(0)
+    model = make_net()
+    optimizer = torch.optim.SGD(
+        [
+            {"params": model.fc1.parameters()},
+            {
+                "params": [p for n, p in model.named_parameters() if not n.startswith("fc1")],
+                "lr": 0.05,
+            },
+        ],
+        lr=0.1,
+    )
+    path = tmp_path / "run.h5"
+    with attach(model, optimizer, path, raw_every=2) as hook:
+        for x, y in batches(5):
+            optimizer.zero_grad()
+            loss = loss_fn(model, x, y)
+            hook.record_loss(loss)
+            loss.backward()
+            optimizer.step()
+
+    with open_trace(path) as trace:
+        expected: dict[str, tuple[str | None, str | None]] = {
+            "loss": (None, None),
+            "lr": (None, None),
+            "lr/group1": (None, None),
+        }
+        for name in PARAMETERS:
+            expected[name] = ("biases" if name.endswith("bias") else "weights", None)
+            expected[f"grad/{name}"] = ("gradients", None)
+        expected |= {
+            "act/relu": ("activations", "relu"),
+            "act/tanh": ("activations", "tanh"),
+            "preact/tanh": ("preactivations", "tanh"),
+            "act/sigmoid": ("activations", "sigmoid"),
+            "preact/sigmoid": ("preactivations", "sigmoid"),
+        }
+        assert {info.tag for info in trace.tags()} == set(expected)
+        for tag, (collection, kind) in expected.items():
+            info = trace.tag(tag)
+            assert (info.collection, info.kind) == (collection, kind), tag
+            steps, modes = trace.index(tag)
+            assert steps.tolist() == [0, 1, 2, 3, 4], tag
+            assert modes.tolist() == [0] * 5, tag
+        assert trace.scalar("lr").values.tolist() == [0.1] * 5
+        assert trace.scalar("lr/group1").values.tolist() == [0.05] * 5
+        assert trace.tag("fc1.weight").raw_records == 3  # steps 0, 2, 4
+        assert trace.metadata["framework"] == "pytorch"
+        assert trace.complete
+
+
+def test_statistics_equal_those_of_the_model_tensors(tmp_path: Path, no_dbg_warnings: None) -> None:
+    torch.manual_seed(0)
+    model = make_net()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    grad_norms, weight_means, relu_zero_fracs, losses, first_weight = [], [], [], [], None
+    seen: list[torch.Tensor] = []
+    path = tmp_path / "run.h5"
+    with attach(model, optimizer, path, raw_every=3):
+        # Registered after the hook's own, so it sees the same output.
+        observer = model.relu.register_forward_hook(
+            lambda m, a, out: seen.append(out.detach().clone())
+        )
+        for x, y in batches(6):
+            optimizer.zero_grad()
+            loss = loss_fn(model, x, y)
+            loss.backward()
+            losses.append(loss.item())
+            grad_norms.append(torch.linalg.vector_norm(model.fc1.weight.grad).item())
+            weight_means.append(model.fc2.weight.mean().item())
+            relu_zero_fracs.append((seen[-1] == 0).double().mean().item())
+            if first_weight is None:
+                first_weight = model.fc1.weight.detach().clone().numpy()
+            optimizer.step()
+        observer.remove()
+
+    with open_trace(path) as trace:
+        np.testing.assert_allclose(
+            trace.stat("grad/fc1.weight", "l2").values, grad_norms, rtol=1e-5
+        )
+        np.testing.assert_allclose(
+            trace.stat("fc2.weight", "mean").values, weight_means, rtol=1e-5, atol=1e-7
+        )
+        np.testing.assert_allclose(trace.stat("act/relu", "zero_frac").values, relu_zero_fracs)
+        np.testing.assert_array_equal(trace.raw("fc1.weight", 0), first_weight)
+        np.testing.assert_array_equal(trace.raw("act/relu", 3), seen[3].numpy())
+        assert trace.raw("act/relu", 1) is None  # raw_every=3
+        # update_l2 of a weight is the norm of the previous step's update.
+        updates = trace.stat("fc1.weight", "update_l2").values
+        assert np.isnan(updates[0]) and (updates[1:] > 0).all()
+        # No loss was recorded and none is in the model's output.
+        assert "loss" not in trace
+
+
+def train_run(
+    hooked: bool, tmp_path: Path, steps: int = 12, accumulate: int = 2
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Train with dropout, momentum, accumulation and evaluations; return params, RNG state."""
+    torch.manual_seed(1234)
+    model = make_net(dropout=0.3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    data = batches(steps * accumulate, seed=7)
+    hook = (
+        attach(model, optimizer, tmp_path / "run.h5", raw_every=1, overwrite=True)
+        if hooked
+        else None
+    )
+    for index, (x, y) in enumerate(data):
+        logits = model(x)
+        loss = nn.functional.cross_entropy(logits, y) / accumulate
+        if hook is not None:
+            hook.record_loss(loss)
+            hook.record(labels=y, predictions=logits, inputs=x)
+        loss.backward()
+        if (index + 1) % accumulate == 0:
+            optimizer.step()
+            optimizer.zero_grad()
+        if index % 5 == 0:
+            model.eval()
+            with torch.no_grad():
+                model(x)
+            model.train()
+    if hook is not None:
+        hook.remove()
+    return [p.detach().clone() for p in model.parameters()], torch.get_rng_state()
+
+
+def test_training_is_bit_identical_with_and_without_the_hook(
+    tmp_path: Path, no_dbg_warnings: None
+) -> None:
+    plain_params, plain_rng = train_run(False, tmp_path)
+    hooked_params, hooked_rng = train_run(True, tmp_path)
+    assert all(torch.equal(a, b) for a, b in zip(plain_params, hooked_params, strict=True))
+    assert torch.equal(plain_rng, hooked_rng)
+    with open_trace(tmp_path / "run.h5") as trace:
+        assert trace.index("grad/fc1.weight")[0].tolist() == list(range(12))
+
+
+def test_frozen_parameters_record_weights_and_no_gradient(
+    tmp_path: Path, no_dbg_warnings: None
+) -> None:
+    torch.manual_seed(0)
+    model = make_net()
+    model.fc1.requires_grad_(False)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    path = tmp_path / "run.h5"
+    with attach(model, optimizer, path):
+        for x, y in batches(3):
+            optimizer.zero_grad()
+            loss_fn(model, x, y).backward()
+            optimizer.step()
+    with open_trace(path) as trace:
+        assert trace.index("fc1.weight")[0].tolist() == [0, 1, 2]
+        assert "grad/fc1.weight" not in trace and "grad/fc1.bias" not in trace
+        assert trace.index("grad/fc2.weight")[0].tolist() == [0, 1, 2]
+        assert trace.metadata["frozen_parameters"] == ["fc1.weight", "fc1.bias"]
+        assert (trace.stat("fc1.weight", "update_l2").values[1:] == 0).all()
+
+
+class TwoHeads(nn.Module):
+    """The aux head takes part only when asked to, so its gradient is None on other steps."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Linear(FEATURES, CLASSES)
+        self.aux = nn.Linear(FEATURES, CLASSES)
+
+    def forward(self, x: torch.Tensor, use_aux: bool) -> torch.Tensor:
+        out = self.body(x)
+        return out + self.aux(x) if use_aux else out
+
+
+def test_parameters_without_gradient_in_a_step_are_skipped_for_that_step(
+    tmp_path: Path, no_dbg_warnings: None
+) -> None:
+    torch.manual_seed(0)
+    model = TwoHeads()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    path = tmp_path / "run.h5"
+    with attach(model, optimizer, path):
+        for step, (x, y) in enumerate(batches(4)):
+            optimizer.zero_grad(set_to_none=True)
+            nn.functional.cross_entropy(model(x, use_aux=step % 2 == 0), y).backward()
+            optimizer.step()
+    with open_trace(path) as trace:
+        assert trace.index("grad/aux.weight")[0].tolist() == [0, 2]
+        assert trace.index("grad/body.weight")[0].tolist() == [0, 1, 2, 3]
+        assert trace.index("aux.weight")[0].tolist() == [0, 1, 2, 3]
+
+
+def test_gradient_accumulation_counts_optimizer_steps(
+    tmp_path: Path, no_dbg_warnings: None
+) -> None:
+    torch.manual_seed(0)
+    model = make_net()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    micro, steps = 4, 3
+    step_losses: list[float] = []
+    accumulated_norms: list[float] = []
+    path = tmp_path / "run.h5"
+    with attach(model, optimizer, path) as hook:
+        data = iter(batches(micro * steps))
+        for _ in range(steps):
+            optimizer.zero_grad()
+            micro_losses = []
+            for _ in range(micro):
+                x, y = next(data)
+                loss = loss_fn(model, x, y)
+                hook.record_loss(loss)
+                micro_losses.append(loss.item())
+                (loss / micro).backward()
+            accumulated_norms.append(torch.linalg.vector_norm(model.out.weight.grad).item())
+            step_losses.append(sum(micro_losses) / micro)
+            optimizer.step()
+            assert hook.step == len(step_losses)
+    with open_trace(path) as trace:
+        assert trace.index("grad/out.weight")[0].tolist() == [0, 1, 2]
+        assert trace.index("lr")[0].tolist() == [0, 1, 2]
+        np.testing.assert_allclose(
+            trace.stat("grad/out.weight", "l2").values, accumulated_norms, rtol=1e-5
+        )
+        # Every micro-batch's activations are kept, all under their optimizer step.
+        assert trace.index("act/relu")[0].tolist() == [0] * micro + [1] * micro + [2] * micro
+        loss = trace.scalar("loss")
+        assert loss.steps.tolist() == [0, 1, 2]
+        np.testing.assert_allclose(loss.values, step_losses, rtol=1e-6)
+
+
+def test_loss_recorded_after_the_optimizer_step_keeps_its_step(
+    tmp_path: Path, no_dbg_warnings: None
+) -> None:
+    torch.manual_seed(0)
+    model = make_net()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    path = tmp_path / "run.h5"
+    expected = []
+    with attach(model, optimizer, path) as hook:
+        for x, y in batches(3):
+            optimizer.zero_grad()
+            loss = loss_fn(model, x, y)
+            loss.backward()
+            optimizer.step()
+            hook.record_loss(loss)
+            expected.append(loss.item())
+    with open_trace(path) as trace:
+        loss = trace.scalar("loss")
+        assert loss.steps.tolist() == [0, 1, 2]
+        np.testing.assert_allclose(loss.values, expected, rtol=1e-6)
+
+
+def test_eval_passes_are_recorded_in_eval_mode_at_the_current_step(
+    tmp_path: Path, no_dbg_warnings: None
+) -> None:
+    torch.manual_seed(0)
+    model = make_net()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    path = tmp_path / "run.h5"
+    eval_losses: list[float] = []
+    with attach(model, optimizer, path) as hook:
+        train, valid = batches(2), batches(2, seed=9)
+        for x, y in train:
+            optimizer.zero_grad()
+            loss = loss_fn(model, x, y)
+            hook.record_loss(loss)
+            loss.backward()
+            optimizer.step()
+        model.eval()
+        with torch.no_grad():
+            for x, y in valid:
+                eval_loss = loss_fn(model, x, y)
+                eval_losses.append(eval_loss.item())
+                hook.record_loss(eval_loss, mode="eval")
+        model.train()
+        with torch.no_grad():  # training mode, but no gradients: an evaluation too
+            loss_fn(model, *valid[0])
+        x, y = train[0]
+        optimizer.zero_grad()
+        loss_fn(model, x, y).backward()
+        optimizer.step()
+    with open_trace(path) as trace:
+        steps, modes = trace.index("act/relu")
+        assert list(zip(steps.tolist(), modes.tolist(), strict=True)) == [
+            (0, 0),
+            (1, 0),
+            (2, 1),
+            (2, 1),
+            (2, 1),
+            (2, 0),
+        ]
+        eval_loss_series = trace.scalar("loss", mode="eval")
+        assert eval_loss_series.steps.tolist() == [2]
+        np.testing.assert_allclose(eval_loss_series.values, [np.mean(eval_losses)], rtol=1e-6)
+        assert trace.scalar("loss", mode="train").steps.tolist() == [0, 1]
+        assert trace.index("grad/fc1.weight")[0].tolist() == [0, 1, 2]
+
+
+class Checkpointed(nn.Module):
+    """Runs its hidden block under activation checkpointing."""
+
+    def __init__(self, reentrant: bool) -> None:
+        super().__init__()
+        self.reentrant = reentrant
+        self.block = nn.Sequential(nn.Linear(FEATURES, 16), nn.ReLU(), nn.Linear(16, 16), nn.Tanh())
+        self.out = nn.Linear(16, CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = torch.utils.checkpoint.checkpoint(self.block, x, use_reentrant=self.reentrant)
+        return self.out(hidden)
+
+
+@pytest.mark.parametrize("reentrant", [True, False])
+def test_activation_checkpointing_records_each_activation_once_in_train_mode(
+    tmp_path: Path, reentrant: bool, no_dbg_warnings: None
+) -> None:
+    torch.manual_seed(0)
+    model = Checkpointed(reentrant)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    path = tmp_path / "run.h5"
+    with attach(model, optimizer, path):
+        for x, y in batches(3):
+            optimizer.zero_grad()
+            x.requires_grad_(reentrant)  # the reentrant variant needs an input that requires grad
+            loss_fn(model, x, y).backward()
+            optimizer.step()
+    with open_trace(path) as trace:
+        for tag in ("act/block.1", "act/block.3", "preact/block.3"):
+            steps, modes = trace.index(tag)
+            assert steps.tolist() == [0, 1, 2], tag
+            assert modes.tolist() == [0, 0, 0], tag
+
+
+class ReturnsLoss(nn.Module):
+    """Returns a dict with the loss, as Hugging Face models do when given labels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = make_net()
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        logits = self.net(x)
+        return {"logits": logits, "loss": nn.functional.cross_entropy(logits, labels)}
+
+
+def test_loss_in_the_model_output_is_captured(tmp_path: Path, no_dbg_warnings: None) -> None:
+    torch.manual_seed(0)
+    model = ReturnsLoss()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    path = tmp_path / "run.h5"
+    losses = []
+    with attach(model, optimizer, path):
+        for x, y in batches(3):
+            optimizer.zero_grad()
+            loss = model(x, y)["loss"]
+            losses.append(loss.item())
+            loss.backward()
+            optimizer.step()
+        model.eval()
+        with torch.no_grad():
+            eval_loss = model(*batches(1, seed=5)[0])["loss"].item()
+    with open_trace(path) as trace:
+        assert trace.scalar("loss", mode="train").steps.tolist() == [0, 1, 2]
+        np.testing.assert_allclose(trace.scalar("loss", mode="train").values, losses, rtol=1e-6)
+        np.testing.assert_allclose(trace.scalar("loss", mode="eval").values, [eval_loss], rtol=1e-6)
+        assert "net.fc1.weight" in trace  # names of the wrapped modules keep their path
+
+
+def test_labels_predictions_inputs_and_arbitrary_tensors(
+    tmp_path: Path, no_dbg_warnings: None
+) -> None:
+    torch.manual_seed(0)
+    model = make_net()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    path = tmp_path / "run.h5"
+    with attach(model, optimizer, path, raw_every=1) as hook:
+        for x, y in batches(2):
+            optimizer.zero_grad()
+            logits = model(x)
+            hook.record(labels=y, predictions=logits, inputs=x)
+            hook.record_tensor(
+                "custom/logit_margin",
+                logits.max(1).values - logits.min(1).values,
+                collection="custom",
+            )
+            hook.record_scalar("accuracy", (logits.argmax(1) == y).float().mean())
+            nn.functional.cross_entropy(logits, y).backward()
+            optimizer.step()
+        model.eval()
+        with torch.no_grad():
+            x, y = batches(1, seed=3)[0]
+            hook.record(labels=y, predictions=model(x))
+    with open_trace(path) as trace:
+        for tag in ("labels", "predictions", "inputs"):
+            assert trace.tag(tag).collection == tag
+        assert trace.tag("custom/logit_margin").collection == "custom"
+        steps, modes = trace.index("labels")
+        assert list(zip(steps.tolist(), modes.tolist(), strict=True)) == [(0, 0), (1, 0), (2, 1)]
+        assert trace.index("inputs")[0].tolist() == [0, 1]
+        np.testing.assert_array_equal(trace.raw("labels", 2, mode="eval"), y.numpy())
+        assert trace.scalar("accuracy").steps.tolist() == [0, 1]
+
+
+def test_include_and_exclude_select_by_name_or_tag(tmp_path: Path, no_dbg_warnings: None) -> None:
+    def tags(**selection: Any) -> set[str]:
+        torch.manual_seed(0)
+        model = make_net()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        path = tmp_path / "run.h5"
+        with attach(model, optimizer, path, overwrite=True, **selection):
+            x, y = batches(1)[0]
+            loss_fn(model, x, y).backward()
+            optimizer.step()
+        with open_trace(path) as trace:
+            return {info.tag for info in trace.tags()}
+
+    assert tags(include="fc1.*") == {"fc1.weight", "fc1.bias", "grad/fc1.weight", "grad/fc1.bias"}
+    assert tags(include=["fc2.weight", "tanh"]) == {
+        "fc2.weight",
+        "grad/fc2.weight",
+        "act/tanh",
+        "preact/tanh",
+    }
+    excluded = tags(exclude=["act/*", "preact/*", "grad/*", "*.bias"])
+    assert excluded == {"lr", "fc1.weight", "fc2.weight", "fc3.weight", "out.weight"}
+
+
+@pytest.mark.parametrize("module_type", list(ACTIVATION_KINDS))
+def test_every_activation_module_type_is_recorded_with_its_kind(
+    tmp_path: Path, module_type: type[nn.Module]
+) -> None:
+    model = nn.Sequential(OrderedDict(fc=nn.Linear(4, 5), act=module_type()))
+    path = tmp_path / "run.h5"
+    with attach(model, None, path):
+        model(torch.randn(2, 4))
+    kind = ACTIVATION_KINDS[module_type]
+    with open_trace(path) as trace:
+        assert trace.tag("act/act").kind == kind
+        assert ("preact/act" in trace) == (kind in ("tanh", "sigmoid"))
+
+
+def test_more_activation_types_can_be_named(tmp_path: Path) -> None:
+    class Swish(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * torch.sigmoid(x)
+
+    model = nn.Sequential(OrderedDict(fc=nn.Linear(4, 5), act=Swish()))
+    path = tmp_path / "run.h5"
+    with attach(model, None, path, activation_kinds={Swish: "silu"}):
+        model(torch.randn(2, 4))
+    with open_trace(path) as trace:
+        assert trace.tag("act/act").kind == "silu"
+
+
+def hook_count(model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    modules = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+    return (
+        modules
+        + len(optimizer._optimizer_step_pre_hooks)
+        + len(optimizer._optimizer_step_post_hooks)
+    )
+
+
+def test_remove_restores_the_model_and_optimizer(tmp_path: Path, no_dbg_warnings: None) -> None:
+    model = make_net()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    hook = attach(model, optimizer, tmp_path / "run.h5")
+    assert hook_count(model, optimizer) > 0
+    x, y = batches(1)[0]
+    loss_fn(model, x, y).backward()
+    optimizer.step()
+    hook.remove()
+    hook.remove()  # idempotent
+    assert hook_count(model, optimizer) == 0
+    assert hook.writer.closed
+    loss_fn(model, x, y).backward()  # training goes on, nothing is recorded
+    optimizer.step()
+    with open_trace(tmp_path / "run.h5") as trace:
+        assert trace.index("fc1.weight")[0].tolist() == [0]
+
+
+def test_a_writer_passed_in_stays_open_and_keeps_its_settings(
+    tmp_path: Path, no_dbg_warnings: None
+) -> None:
+    model = make_net()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with TraceWriter(tmp_path / "run.h5", raw_every=1, framework="custom") as writer:
+        with pytest.raises(ValueError, match="raw_every"):
+            attach(model, optimizer, writer, raw_every=5)
+        with attach(model, optimizer, writer):
+            x, y = batches(1)[0]
+            loss_fn(model, x, y).backward()
+            optimizer.step()
+        assert not writer.closed
+        writer.add_scalar("after", 1.0, 1)
+    with open_trace(tmp_path / "run.h5") as trace:
+        assert trace.metadata["framework"] == "custom"
+        assert trace.tag("fc1.weight").raw_records == 1
+        assert "after" in trace
+
+
+def test_an_existing_trace_is_refused_before_training(tmp_path: Path) -> None:
+    path = tmp_path / "run.h5"
+    path.write_bytes(b"")
+    model = make_net()
+    with pytest.raises(TraceWriterError):
+        attach(model, None, path)
+    with pytest.raises(TraceWriterError):
+        refuse_existing(path, overwrite=False)
+    refuse_existing(path, overwrite=True)
+    with pytest.raises(TypeError, match="register_step_pre_hook"):
+        attach(model, object(), tmp_path / "other.h5")  # type: ignore[arg-type]
+
+
+def test_failures_become_one_warning_and_training_goes_on(tmp_path: Path) -> None:
+    model = make_net()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with attach(model, optimizer, tmp_path / "run.h5") as hook:
+        with pytest.warns(DbgWarning, match="recording the loss failed") as caught:
+            for x, y in batches(3):
+                hook.record_loss("not a number")
+                loss_fn(model, x, y).backward()
+                optimizer.step()
+        assert len(caught) == 1
+        assert hook.step == 3
+
+
+@pytest.mark.parametrize("variant", ["scaler-step", "explicit-unscale", "fused"])
+def test_gradients_are_unscaled_under_grad_scaler(
+    tmp_path: Path, variant: str, no_dbg_warnings: None
+) -> None:
+    torch.manual_seed(0)
+    model = make_net()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2, fused=variant == "fused")
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
+    unscaled_norms = []
+    path = tmp_path / "run.h5"
+    with attach(model, optimizer, path):
+        for x, y in batches(3):
+            optimizer.zero_grad()
+            scaler.scale(loss_fn(model, x, y)).backward()
+            unscaled_norms.append(
+                torch.linalg.vector_norm(model.fc1.weight.grad).item() / scaler.get_scale()
+            )
+            if variant == "explicit-unscale":
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1e6)
+            scaler.step(optimizer)
+            scaler.update()
+    with open_trace(path) as trace:
+        np.testing.assert_allclose(
+            trace.stat("grad/fc1.weight", "l2").values, unscaled_norms, rtol=1e-6
+        )
+
+
+def test_an_update_the_scaler_skips_is_not_a_step(tmp_path: Path, no_dbg_warnings: None) -> None:
+    torch.manual_seed(0)
+    model = make_net()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
+    path = tmp_path / "run.h5"
+    with attach(model, optimizer, path) as hook:
+        for index, (x, y) in enumerate(batches(3)):
+            optimizer.zero_grad()
+            loss = loss_fn(model, x, y) * (float("inf") if index == 1 else 1.0)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        assert hook.step == 2
+    with open_trace(path) as trace:
+        assert trace.index("grad/fc1.weight")[0].tolist() == [0, 1]
+
+
+def test_ranks_write_their_own_file(tmp_path: Path) -> None:
+    assert rank_path(tmp_path / "run.h5", 3) == tmp_path / "run.rank3.h5"
+    assert rank_path("traces/run", 0) == Path("traces/run.rank0")
+
+
+def _ddp_worker(rank: int, world_size: int, port: int, path: str) -> None:
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size
+    )
+    try:
+        torch.set_num_threads(1)
+        torch.manual_seed(0)
+        model = nn.parallel.DistributedDataParallel(make_net())
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        with attach(model, optimizer, path) as hook:
+            for x, y in batches(3, seed=rank):
+                optimizer.zero_grad()
+                loss = loss_fn(model, x, y)
+                hook.record_loss(loss)
+                loss.backward()
+                optimizer.step()
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_distributed_data_parallel_writes_one_trace_per_rank(tmp_path: Path) -> None:
+    # DDP's constructor imports torch._dynamo; importing it here once keeps each forked
+    # worker from spending seconds on it.
+    import torch._dynamo  # noqa: F401
+
+    path = tmp_path / "run.h5"
+    context = mp.start_processes(
+        _ddp_worker, args=(2, _free_port(), str(path)), nprocs=2, join=False, start_method="fork"
+    )
+    deadline = time.monotonic() + 60
+    while not context.join(timeout=1):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail("DDP workers did not finish within 60 s")
+    norms = []
+    for rank in range(2):
+        with open_trace(rank_path(path, rank)) as trace:
+            assert trace.metadata["rank"] == rank and trace.metadata["world_size"] == 2
+            assert trace.index("grad/fc1.weight")[0].tolist() == [0, 1, 2]
+            assert "act/relu" in trace
+            norms.append(trace.stat("grad/fc1.weight", "l2").values)
+    assert not path.exists()
+    # DDP averages gradients: both ranks record the same ones, from different batches.
+    np.testing.assert_allclose(norms[0], norms[1], rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "module", ["dbgcli", "dbgcli.trace.writer", "dbgcli.trace.reader", "dbgcli.xgboost"]
+)
+def test_importing_dbgcli_does_not_import_training_frameworks(module: str) -> None:
+    frameworks = ["torch", "transformers", "lightning"] + (
+        [] if module == "dbgcli.xgboost" else ["xgboost"]
+    )
+    code = f"import sys, {module}; print([m for m in {frameworks!r} if m in sys.modules])"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]"

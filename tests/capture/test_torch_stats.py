@@ -1,0 +1,77 @@
+"""Statistics computed by torch on the tensors' device equal the trace format's definitions."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from dbgcli.torch._stats import statistics
+
+
+def reference(x: np.ndarray) -> dict[str, float]:
+    values = x.astype(np.float64).ravel()
+    finite = values[np.isfinite(values)]
+    return {
+        "count": values.size,
+        "nan_count": int(np.isnan(values).sum()),
+        "inf_count": int(np.isinf(values).sum()),
+        "min": finite.min(),
+        "max": finite.max(),
+        "mean": finite.mean(),
+        "std": finite.std(),
+        "l1": np.abs(finite).sum(),
+        "l2": np.sqrt((finite**2).sum()),
+        "zero_frac": (values == 0).mean(),
+        "pos_frac": (values > 0).mean(),
+    }
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_statistics_match_numpy(dtype: torch.dtype) -> None:
+    torch.manual_seed(0)
+    tensors = [torch.randn(64, 33).to(dtype), torch.relu(torch.randn(500)).to(dtype), torch.full((7,), 3.0, dtype=dtype)]
+    for tensor, got in zip(tensors, statistics(tensors, l1=True, signs=True)):
+        expected = reference(tensor.float().numpy())
+        for name, value in expected.items():
+            assert got[name] == pytest.approx(value, rel=1e-5, abs=1e-6), name
+    constant = statistics([tensors[2]])[0]
+    assert constant["std"] == 0.0 and constant["pos_frac"] == 1.0 and constant["zero_frac"] == 0.0
+
+
+def test_uncomputed_columns_are_left_out() -> None:
+    mixed = torch.tensor([-1.0, 0.0, 2.0])
+    got = statistics([mixed, torch.zeros(4), -torch.ones(3)])
+    assert "l1" not in got[0] and "zero_frac" not in got[0] and "pos_frac" not in got[0]
+    assert (got[1]["zero_frac"], got[1]["pos_frac"]) == (1.0, 0.0)
+    assert (got[2]["zero_frac"], got[2]["pos_frac"]) == (0.0, 0.0)
+
+
+def test_non_finite_values_take_the_exact_path() -> None:
+    x = torch.tensor([1.0, float("nan"), -2.0, float("inf"), 0.0])
+    (got,) = statistics([x], l1=True)
+    assert (got["nan_count"], got["inf_count"]) == (1.0, 1.0)
+    assert (got["min"], got["max"], got["l1"]) == (-2.0, 1.0, 3.0)
+    assert got["mean"] == pytest.approx(-1.0 / 3)
+    assert got["zero_frac"] == 0.2 and got["pos_frac"] == 0.4
+
+
+def test_update_norm_against_the_previous_value() -> None:
+    weight = torch.randn(10, 10)
+    previous = [weight.reshape(-1).clone()]
+    with torch.no_grad():
+        weight += 0.5
+    (got,) = statistics([weight], previous=previous)
+    assert got["update_l2"] == pytest.approx(5.0, rel=1e-6)  # 100 elements moved by 0.5
+    assert torch.equal(previous[0], weight.reshape(-1))  # ready for the next step
+    (again,) = statistics([weight], previous=previous)
+    assert again["update_l2"] == 0.0
+
+
+def test_empty_and_precise_variance() -> None:
+    got = statistics([torch.empty(0), torch.tensor([1e4 + 1e-3, 1e4 - 1e-3], dtype=torch.float64)])
+    assert got[0] == {"count": 0.0, "nan_count": 0.0, "inf_count": 0.0}
+    assert got[1]["std"] == pytest.approx(1e-3, rel=1e-6)  # two-pass where one-pass loses digits
+    assert not math.isnan(got[1]["mean"])

@@ -1,0 +1,224 @@
+"""The XGBoost callback, checked on real boosting runs through the public trace reader."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xgboost as xgb
+
+from dbgcli import TraceWriter, open_trace
+from dbgcli.errors import TraceWriterError
+from dbgcli.trace.writer import DbgWarning
+from dbgcli.xgboost import IMPORTANCE_TYPES, DbgCallback, tree_depth
+
+N_FEATURES = 6
+
+
+@pytest.fixture
+def no_dbg_warnings() -> Iterator[None]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DbgWarning)
+        yield
+
+
+def make_data(seed: int, rows: int = 400, classes: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(rows, N_FEATURES))
+    # Feature 5 is never useful (and, being constant, never split on).
+    x[:, 5] = 1.0
+    score = 2 * x[:, 0] + x[:, 1] - 0.5 * x[:, 2] + rng.normal(scale=0.5, size=rows)
+    labels = np.digitize(score, np.quantile(score, np.linspace(0, 1, classes + 1)[1:-1]))
+    return x, labels.astype(np.float32)
+
+
+def depth_from_text_dump(dump: str) -> int:
+    """Independent depth: leaves are indented by one tab per level in the text dump."""
+    return max(len(line) - len(line.lstrip("\t")) for line in dump.splitlines() if "leaf=" in line)
+
+
+def train(
+    callbacks: list[xgb.callback.TrainingCallback],
+    rounds: int = 8,
+    history: dict[str, dict[str, list[float]]] | None = None,
+    **params: object,
+) -> tuple[xgb.Booster, xgb.DMatrix, xgb.DMatrix]:
+    x, y = make_data(0)
+    xv, yv = make_data(1)
+    dtrain, dvalid = xgb.DMatrix(x, label=y), xgb.DMatrix(xv, label=yv)
+    booster = xgb.train(
+        {
+            "objective": "binary:logistic",
+            "eval_metric": ["logloss", "error"],
+            "max_depth": 4,
+            "seed": 0,
+            **params,
+        },
+        dtrain,
+        num_boost_round=rounds,
+        evals=[(dtrain, "train"), (dvalid, "valid")],
+        callbacks=callbacks,
+        evals_result=history,
+        verbose_eval=False,
+    )
+    return booster, dtrain, dvalid
+
+
+def test_metrics_trees_and_feature_importance_per_round(
+    tmp_path: Path, no_dbg_warnings: None
+) -> None:
+    path = tmp_path / "run.h5"
+    x, y = make_data(0)
+    dtrain = xgb.DMatrix(x, label=y)
+    history: dict[str, dict[str, list[float]]] = {}
+    callback = DbgCallback(path, data=dtrain, hyperparameters={"max_depth": 4})
+    booster, _, _ = train([callback], history=history)
+    rounds = list(range(8))
+    with open_trace(path) as trace:
+        assert trace.metadata["framework"] == "xgboost"
+        assert trace.metadata["feature_names"] == [f"f{i}" for i in range(N_FEATURES)]
+        assert trace.metadata["hyperparameters"] == {"max_depth": 4}
+        for metric in ("logloss", "error"):
+            for mode, name in (("train", "train"), ("eval", "valid")):
+                series = trace.scalar(metric, mode=mode)
+                assert series.steps.tolist() == rounds
+                np.testing.assert_allclose(series.values, history[name][metric])
+        np.testing.assert_array_equal(
+            trace.scalar("loss", mode="eval").values, trace.scalar("logloss", mode="eval").values
+        )
+
+        depth = trace.tag("trees/depth")
+        assert depth.collection == "trees"
+        assert trace.index("trees/depth")[0].tolist() == rounds
+        expected_depths = [depth_from_text_dump(tree) for tree in booster.get_dump()]
+        recorded = [int(trace.raw("trees/depth", step)[0]) for step in rounds]
+        assert recorded == expected_depths
+        assert max(recorded) <= 4
+
+        for importance_type in IMPORTANCE_TYPES:
+            tag = f"feature_importance/{importance_type}"
+            info = trace.tag(tag)
+            assert (info.collection, info.kind, info.raw_records) == (
+                "feature_importance",
+                importance_type,
+                8,
+            )
+            final = trace.raw(tag, 7)
+            score = booster.get_score(importance_type=importance_type)
+            np.testing.assert_allclose(final, [score.get(f"f{i}", 0.0) for i in range(N_FEATURES)])
+            assert final[5] == 0.0  # never split on
+
+        np.testing.assert_array_equal(trace.raw("labels", 0), y)
+        assert trace.index("predictions")[0].tolist() == rounds
+        np.testing.assert_allclose(
+            trace.stat("predictions", "mean").values[-1], booster.predict(dtrain).mean(), rtol=1e-6
+        )
+
+
+def test_training_is_identical_with_and_without_the_callback(
+    tmp_path: Path, no_dbg_warnings: None
+) -> None:
+    x, y = make_data(0)
+    plain, _, _ = train([], subsample=0.8)
+    recorded, _, _ = train(
+        [DbgCallback(tmp_path / "run.h5", data=xgb.DMatrix(x, label=y))], subsample=0.8
+    )
+    assert plain.save_raw("json") == recorded.save_raw("json")
+
+
+def test_multiclass_parallel_trees_and_more_eval_sets(
+    tmp_path: Path, no_dbg_warnings: None
+) -> None:
+    x, y = make_data(0, classes=3)
+    xv, yv = make_data(1, classes=3)
+    xt, yt = make_data(2, classes=3)
+    path = tmp_path / "run.h5"
+    xgb.train(
+        {
+            "objective": "multi:softprob",
+            "num_class": 3,
+            "num_parallel_tree": 2,
+            "max_depth": 3,
+            "seed": 0,
+        },
+        xgb.DMatrix(x, label=y),
+        num_boost_round=3,
+        evals=[
+            (xgb.DMatrix(x, label=y), "dtrain"),
+            (xgb.DMatrix(xv, label=yv), "valid"),
+            (xgb.DMatrix(xt, label=yt), "test"),
+        ],
+        callbacks=[DbgCallback(path)],
+        verbose_eval=False,
+    )
+    with open_trace(path) as trace:
+        assert trace.raw("trees/depth", 0).shape == (6,)  # 3 classes x 2 parallel trees
+        assert trace.scalar("mlogloss", mode="train").steps.tolist() == [0, 1, 2]
+        assert trace.scalar("mlogloss", mode="eval").steps.tolist() == [0, 1, 2]
+        assert trace.scalar("test/mlogloss", mode="eval").steps.tolist() == [0, 1, 2]
+        assert trace.scalar("test/loss", mode="eval").steps.tolist() == [0, 1, 2]
+
+
+def test_the_training_set_can_be_named(tmp_path: Path, no_dbg_warnings: None) -> None:
+    x, y = make_data(0)
+    xv, yv = make_data(1)
+    path = tmp_path / "run.h5"
+    xgb.train(
+        {"objective": "binary:logistic", "max_depth": 3},
+        xgb.DMatrix(x, label=y),
+        num_boost_round=4,
+        # As the scikit-learn API names eval_set entries.
+        evals=[
+            (xgb.DMatrix(x, label=y), "validation_0"),
+            (xgb.DMatrix(xv, label=yv), "validation_1"),
+        ],
+        callbacks=[DbgCallback(path, train_set="validation_0")],
+        verbose_eval=False,
+    )
+    with open_trace(path) as trace:
+        assert trace.scalar("logloss", mode="train").steps.tolist() == [0, 1, 2, 3]
+        assert trace.scalar("logloss", mode="eval").steps.tolist() == [0, 1, 2, 3]
+
+
+def test_a_writer_passed_in_stays_open(tmp_path: Path, no_dbg_warnings: None) -> None:
+    with TraceWriter(tmp_path / "run.h5") as writer:
+        with pytest.raises(ValueError, match="raw_every"):
+            DbgCallback(writer, raw_every=3)
+        train([DbgCallback(writer)], rounds=2)
+        assert not writer.closed
+    with open_trace(tmp_path / "run.h5") as trace:
+        assert trace.metadata["framework"] == "xgboost"
+        assert "xgboost_config" in trace.metadata
+
+
+def test_bad_arguments_are_refused_before_training(tmp_path: Path) -> None:
+    path = tmp_path / "run.h5"
+    path.write_bytes(b"")
+    with pytest.raises(TraceWriterError):
+        DbgCallback(path)
+    with pytest.raises(ValueError, match="data_mode"):
+        DbgCallback(tmp_path / "other.h5", data_mode="validation")
+
+
+def test_failures_become_warnings_and_training_goes_on(tmp_path: Path) -> None:
+    not_a_dmatrix = np.zeros((3, N_FEATURES))
+    callback = DbgCallback(tmp_path / "run.h5", data=not_a_dmatrix)  # type: ignore[arg-type]
+    with pytest.warns(DbgWarning, match="recording labels and predictions failed"):
+        booster, _, _ = train([callback], rounds=3)
+    assert booster.num_boosted_rounds() == 3
+    with open_trace(tmp_path / "run.h5") as trace:
+        assert trace.index("trees/depth")[0].tolist() == [0, 1, 2]
+
+
+def test_tree_depth_of_json_dumps() -> None:
+    leaf = '{"nodeid": 0, "leaf": 0.5}'
+    assert tree_depth(leaf) == 0
+    chain = (
+        '{"nodeid": 0, "depth": 0, "children": [{"nodeid": 1, "leaf": 1}, '
+        '{"nodeid": 2, "depth": 1, "children": '
+        '[{"nodeid": 3, "leaf": 1}, {"nodeid": 4, "leaf": 2}]}]}'
+    )
+    assert tree_depth(chain) == 2
