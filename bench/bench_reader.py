@@ -88,7 +88,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="smaller traces, for a smoke run")
     parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--dir", type=Path, default=Path("/dev/shm") if Path("/dev/shm").is_dir() else Path("bench/out"))
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        default=Path("/dev/shm") if Path("/dev/shm").is_dir() else Path("bench/out"),
+    )
     args = parser.parse_args()
     full_steps = 200 if args.quick else 1000
     stats_steps = 2_000 if args.quick else 100_000
@@ -109,14 +113,18 @@ def main() -> None:
     assert base_bytes == dbg_bytes
     base, ours = min(base_times), min(dbg_times)
     mb = float(base_bytes) / 1e6  # type: ignore[arg-type]
-    print(f"(a) stream every full tensor: {full_steps} steps x 21 x 10,000 float32 ({mb:.0f} MB), best of {args.repeat}")
+    print(
+        f"(a) stream every full tensor: {full_steps} steps x 21 x 10,000 float32 ({mb:.0f} MB), best of {args.repeat}"
+    )
     print(f"    h5py read_direct          {base:7.3f} s  ({mb / base:6.0f} MB/s)")
     print(f"    dbg Trace.iter_raw        {ours:7.3f} s  ({mb / ours:6.0f} MB/s)")
     print(f"    ratio dbg / h5py          {ours / base:7.2f}x   (target <= 1.4x)")
 
     stat_times = [timed(lambda: dbg_read_all_stats(stats))[0] for _ in range(args.repeat)]
-    print(f"(b) every statistic of every tensor: {stats_steps} steps x 100 tensors "
-          f"({os.path.getsize(stats) / 1e6:.0f} MB file), best of {args.repeat}")
+    print(
+        f"(b) every statistic of every tensor: {stats_steps} steps x 100 tensors "
+        f"({os.path.getsize(stats) / 1e6:.0f} MB file), best of {args.repeat}"
+    )
     print(f"    dbg open + stats + steps  {min(stat_times):7.3f} s   (target < 1 s)")
 
 

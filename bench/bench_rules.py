@@ -72,7 +72,9 @@ def write_stats_trace(path: Path, steps: int, tensors: int) -> None:
             for i in range(tensors):
                 collection = ("weights", "gradients", "activations")[i % 3]
                 kind = "relu" if collection == "activations" else None
-                writer.add_tensor(f"t{i}", small[(i + step) % 8], step, collection=collection, kind=kind)
+                writer.add_tensor(
+                    f"t{i}", small[(i + step) % 8], step, collection=collection, kind=kind
+                )
 
 
 def h5py_read_everything(path: Path) -> int:
@@ -85,7 +87,11 @@ def h5py_read_everything(path: Path) -> int:
             rows = max(1, CHUNK_BYTES // row)
             for start in range(0, dataset.shape[0], rows):
                 stop = min(dataset.shape[0], start + rows)
-                out = buffer[: (stop - start) * row].view(dataset.dtype).reshape(stop - start, *dataset.shape[1:])
+                out = (
+                    buffer[: (stop - start) * row]
+                    .view(dataset.dtype)
+                    .reshape(stop - start, *dataset.shape[1:])
+                )
                 dataset.read_direct(out, np.s_[start:stop], np.s_[0 : stop - start])
                 total += out.nbytes
     return total
@@ -102,7 +108,21 @@ def best(repeat: int, run) -> float:
 
 def peak_rss_mb(path: Path) -> float:
     """Max RSS of a separate ``dbg analyze`` process (the eight rules) via /usr/bin/time -v."""
-    command = ["/usr/bin/time", "-v", sys.executable, "-m", "dbgcli", "analyze", str(path), "--select", ",".join(EIGHT), "-f", "json", "-o", "/dev/null"]
+    command = [
+        "/usr/bin/time",
+        "-v",
+        sys.executable,
+        "-m",
+        "dbgcli",
+        "analyze",
+        str(path),
+        "--select",
+        ",".join(EIGHT),
+        "-f",
+        "json",
+        "-o",
+        "/dev/null",
+    ]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     match = re.search(r"Maximum resident set size \(kbytes\): (\d+)", result.stderr)
     return int(match.group(1)) / 1024 if match else float("nan")
@@ -112,7 +132,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="smaller traces, for a smoke run")
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--dir", type=Path, default=Path("/dev/shm") if Path("/dev/shm").is_dir() else Path("bench/out"))
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        default=Path("/dev/shm") if Path("/dev/shm").is_dir() else Path("bench/out"),
+    )
     args = parser.parse_args()
     args.dir.mkdir(parents=True, exist_ok=True)
     small_steps = 250 if args.quick else 1000
@@ -135,20 +159,28 @@ def main() -> None:
         report = analyze([path], options)
         found = sorted({(f.rule_id, f.tensor, f.first_step) for f in report.traces[0].findings})
         size = path.stat().st_size / 1e6
-        print(f"(a) {steps} steps x 21 x 10,000 float32, full tensors every step ({size:.0f} MB), best of {args.repeat}")
+        print(
+            f"(a) {steps} steps x 21 x 10,000 float32, full tensors every step ({size:.0f} MB), best of {args.repeat}"
+        )
         print(f"    h5py read_direct of every full tensor  {base:7.3f} s")
-        print(f"    dbg, eight rules                       {rules:7.3f} s   ratio {rules / base:5.2f}x  (target <= 1.5x)")
+        print(
+            f"    dbg, eight rules                       {rules:7.3f} s   ratio {rules / base:5.2f}x  (target <= 1.5x)"
+        )
         print(f"    findings (rule, tensor, first step): {found}")
     one, four = rule_times[sizes[0]], rule_times[sizes[1]]
     print(f"    {sizes[1]} steps take {four / one:.2f}x the {sizes[0]}-step time (target <= 4.4x)")
 
     everything = best(args.repeat, lambda: analyze([stats_path], Options(select=("all",))))
-    print(f"(b) every rule on a statistics-only trace of {stats_steps} steps x 100 tensors "
-          f"({stats_path.stat().st_size / 1e6:.0f} MB): {everything:.2f} s (target < 3 s)")
+    print(
+        f"(b) every rule on a statistics-only trace of {stats_steps} steps x 100 tensors "
+        f"({stats_path.stat().st_size / 1e6:.0f} MB): {everything:.2f} s (target < 3 s)"
+    )
 
     if Path("/usr/bin/time").exists():
         for steps, path in paths.items():
-            print(f"(c) peak RSS of dbg analyze, {steps} steps ({path.stat().st_size / 1e6:.0f} MB trace): {peak_rss_mb(path):.0f} MB")
+            print(
+                f"(c) peak RSS of dbg analyze, {steps} steps ({path.stat().st_size / 1e6:.0f} MB trace): {peak_rss_mb(path):.0f} MB"
+            )
 
 
 if __name__ == "__main__":

@@ -28,7 +28,9 @@ def raw_h5py_append(path: Path, arrays: list[np.ndarray], steps: int, block_rows
     n = arrays[0].size
     with h5py.File(path, "w") as f:
         datasets = [
-            f.create_dataset(f"t{i}", shape=(0, n), maxshape=(None, n), chunks=(block_rows, n), dtype=a.dtype)
+            f.create_dataset(
+                f"t{i}", shape=(0, n), maxshape=(None, n), chunks=(block_rows, n), dtype=a.dtype
+            )
             for i, a in enumerate(arrays)
         ]
         blocks = [np.empty((block_rows, n), dtype=a.dtype) for a in arrays]
@@ -67,7 +69,9 @@ def raw_h5py_stats_rows(path: Path, tensors: int, steps: int) -> None:
             for i in range(tensors)
         ]
         steps_ds = [
-            f.create_dataset(f"s{i}", shape=(0,), maxshape=(None,), chunks=(block_rows,), dtype=np.int64)
+            f.create_dataset(
+                f"s{i}", shape=(0,), maxshape=(None,), chunks=(block_rows,), dtype=np.int64
+            )
             for i in range(tensors)
         ]
         blocks = [np.empty((block_rows, 12)) for _ in range(tensors)]
@@ -118,7 +122,9 @@ def main() -> None:
         root = Path(tmp)
         base_times, dbg_times = [], []
         for _ in range(args.repeat):
-            base_times.append(best_of(1, lambda: raw_h5py_append(root / "raw.h5", arrays, full_steps, 26)))
+            base_times.append(
+                best_of(1, lambda: raw_h5py_append(root / "raw.h5", arrays, full_steps, 26))
+            )
             dbg_times.append(best_of(1, lambda: dbg_writer(root / "dbg.h5", arrays, full_steps, 1)))
         base, ours = min(base_times), min(dbg_times)
         mb = full_steps * 21 * 40_000 / 1e6
@@ -130,10 +136,14 @@ def main() -> None:
         small = rng.standard_normal(16).astype(np.float32)
         records = stats_steps * stats_tensors
         base = best_of(1, lambda: raw_h5py_stats_rows(root / "rows.h5", stats_tensors, stats_steps))
-        ours = best_of(1, lambda: dbg_writer(root / "stats.h5", [small] * stats_tensors, stats_steps, 0))
+        ours = best_of(
+            1, lambda: dbg_writer(root / "stats.h5", [small] * stats_tensors, stats_steps, 0)
+        )
         print(f"(b) {stats_steps} steps x {stats_tensors} tensors of 16 float32, statistics only")
         print(f"    raw h5py, precomputed rows {base / records * 1e6:7.2f} us/record")
-        print(f"    dbg TraceWriter.add_tensor {ours / records * 1e6:7.2f} us/record  (statistics computed)")
+        print(
+            f"    dbg TraceWriter.add_tensor {ours / records * 1e6:7.2f} us/record  (statistics computed)"
+        )
         print(f"    ratio writer / h5py        {ours / base:7.2f}x")
         print(f"    trace size                 {(root / 'stats.h5').stat().st_size / 1e6:7.1f} MB")
 

@@ -10,8 +10,8 @@ run; the other rules' results stay intact.
 from __future__ import annotations
 
 import time
-from concurrent.futures import ProcessPoolExecutor
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -93,7 +93,11 @@ def configure(options: Options) -> list[ConfiguredRule]:
                 f"bad severity {level!r} for {spec.id}; choose info, warning or error"
             ) from None
     return [
-        ConfiguredRule(spec, {**spec.defaults(), **overrides.get(spec.id, {})}, severities.get(spec.id, spec.severity))
+        ConfiguredRule(
+            spec,
+            {**spec.defaults(), **overrides.get(spec.id, {})},
+            severities.get(spec.id, spec.severity),
+        )
         for spec in chosen
     ]
 
@@ -109,7 +113,9 @@ def analyze(
     rules = configure(options)
     if jobs <= 1 or len(paths) <= 1:
         return Report(tuple(analyze_trace(path, rules, options) for path in paths), fail_on=fail_on)
-    with ProcessPoolExecutor(max_workers=jobs, initializer=_init_worker, initargs=(options,)) as pool:
+    with ProcessPoolExecutor(
+        max_workers=jobs, initializer=_init_worker, initargs=(options,)
+    ) as pool:
         chunk = max(1, len(paths) // (jobs * 8))
         traces = tuple(pool.map(_analyze_in_worker, [str(p) for p in paths], chunksize=chunk))
     return Report(traces, fail_on=fail_on)
@@ -129,7 +135,9 @@ def _analyze_in_worker(path: str) -> TraceReport:
     return analyze_trace(path, rules, options)
 
 
-def analyze_trace(path: str | Path, rules: Sequence[ConfiguredRule], options: Options) -> TraceReport:
+def analyze_trace(
+    path: str | Path, rules: Sequence[ConfiguredRule], options: Options
+) -> TraceReport:
     """Run configured rules over one trace; an unreadable trace becomes a report with an error."""
     started = time.perf_counter()
     try:
@@ -139,7 +147,9 @@ def analyze_trace(path: str | Path, rules: Sequence[ConfiguredRule], options: Op
     with trace:
         try:
             if not trace.tags():
-                return TraceReport(path=str(path), complete=trace.complete, error="the trace holds no records")
+                return TraceReport(
+                    path=str(path), complete=trace.complete, error="the trace holds no records"
+                )
             ctx = RuleContext(trace, start=options.start, stop=options.stop, mode=options.mode)
             results = _run_rules(ctx, rules)
             return TraceReport(
@@ -160,10 +170,14 @@ def _run_rules(ctx: RuleContext, rules: Sequence[ConfiguredRule]) -> list[RuleRe
     results: dict[str, RuleResult] = {}
     for configured in rules:
         missing = [
-            need.reason_for(configured.params) for need in configured.spec.requires if not need.met(ctx, configured.params)
+            need.reason_for(configured.params)
+            for need in configured.spec.requires
+            if not need.met(ctx, configured.params)
         ]
         if missing:
-            results[configured.spec.id] = _result(configured, RuleStatus.skipped, reason="; ".join(missing))
+            results[configured.spec.id] = _result(
+                configured, RuleStatus.skipped, reason="; ".join(missing)
+            )
         else:
             runnable.append(configured)
     plan_errors = _prefetch(ctx, runnable)
@@ -177,19 +191,26 @@ def _run_rules(ctx: RuleContext, rules: Sequence[ConfiguredRule]) -> list[RuleRe
             found = [_stamp(f, configured) for f in spec.function(ctx, **configured.params)]
         except RuleSkipped as skipped:
             results[spec.id] = _result(
-                configured, RuleStatus.skipped, reason=str(skipped), seconds=time.perf_counter() - started
+                configured,
+                RuleStatus.skipped,
+                reason=str(skipped),
+                seconds=time.perf_counter() - started,
             )
             continue
         except DbgError:
             raise
         except Exception as error:  # noqa: BLE001 - a crashing rule must not hide the others
             results[spec.id] = _result(
-                configured, RuleStatus.error, reason=f"{type(error).__name__}: {error}",
+                configured,
+                RuleStatus.error,
+                reason=f"{type(error).__name__}: {error}",
                 seconds=time.perf_counter() - started,
             )
             continue
         status = RuleStatus.violated if found else RuleStatus.passed
-        results[spec.id] = _result(configured, status, findings=tuple(found), seconds=time.perf_counter() - started)
+        results[spec.id] = _result(
+            configured, status, findings=tuple(found), seconds=time.perf_counter() - started
+        )
     return [results[configured.spec.id] for configured in rules]
 
 
@@ -216,21 +237,39 @@ def _prefetch(ctx: RuleContext, rules: Iterable[ConfiguredRule]) -> dict[str, st
 
 def _stamp(finding: Finding, configured: ConfiguredRule) -> Finding:
     if not isinstance(finding, Finding):
-        raise TypeError(f"rule {configured.spec.id} yielded {type(finding).__name__}, not a Finding")
+        raise TypeError(
+            f"rule {configured.spec.id} yielded {type(finding).__name__}, not a Finding"
+        )
     return replace(
         finding,
         rule_id=configured.spec.id,
         rule=configured.spec.name,
-        severity=finding.severity if finding.severity is not None and configured.severity == configured.spec.severity else configured.severity,
+        severity=finding.severity
+        if finding.severity is not None and configured.severity == configured.spec.severity
+        else configured.severity,
         key=finding.key or configured.spec.name,
     )
 
 
-def _result(configured: ConfiguredRule, status: RuleStatus, *, reason: str = "", findings: tuple[Finding, ...] = (), seconds: float = 0.0) -> RuleResult:
+def _result(
+    configured: ConfiguredRule,
+    status: RuleStatus,
+    *,
+    reason: str = "",
+    findings: tuple[Finding, ...] = (),
+    seconds: float = 0.0,
+) -> RuleResult:
     spec = configured.spec
     return RuleResult(
-        id=spec.id, name=spec.name, category=spec.category, severity=configured.severity,
-        summary=spec.summary, status=status, reason=reason, findings=findings, seconds=seconds,
+        id=spec.id,
+        name=spec.name,
+        category=spec.category,
+        severity=configured.severity,
+        summary=spec.summary,
+        status=status,
+        reason=reason,
+        findings=findings,
+        seconds=seconds,
     )
 
 
@@ -242,7 +281,11 @@ def _summary(trace: Trace, ctx: RuleContext) -> dict[str, Any]:
         for code, name in enumerate(schema.MODES):
             steps = timeline.steps[keep & (timeline.modes == code)]
             if steps.size:
-                modes[name] = {"steps": int(np.unique(steps).size), "first_step": int(steps.min()), "last_step": int(steps.max())}
+                modes[name] = {
+                    "steps": int(np.unique(steps).size),
+                    "first_step": int(steps.min()),
+                    "last_step": int(steps.max()),
+                }
     tags = trace.tags()
     return {
         "modes": modes,
@@ -256,17 +299,33 @@ def _summary(trace: Trace, ctx: RuleContext) -> dict[str, Any]:
 def _curves(ctx: RuleContext) -> list[Curve]:
     curves = []
     for mode in ("train", "eval"):
-        loss = ctx.loss(mode)  # type: ignore[arg-type]
+        loss = ctx.loss(mode)
         if loss is not None:
-            curves.append(Curve(f"{mode} loss", tuple(int(s) for s in loss.steps), tuple(float(v) for v in loss.values)))
+            curves.append(
+                Curve(
+                    f"{mode} loss",
+                    tuple(int(s) for s in loss.steps),
+                    tuple(float(v) for v in loss.values),
+                )
+            )
     recorded = recorded_lr(ctx.trace)
     if recorded is not None:
-        curves.append(Curve("recorded lr", tuple(int(s) for s in recorded[0]), tuple(float(v) for v in recorded[1])))
+        curves.append(
+            Curve(
+                "recorded lr",
+                tuple(int(s) for s in recorded[0]),
+                tuple(float(v) for v in recorded[1]),
+            )
+        )
     train = ctx.loss("train")
     if train is not None and len(train) > 1:
         # GreedyLR with its reference defaults, stepped once per training record as in the
         # authors' Trainer fork, from the recorded starting learning rate.
         start = float(recorded[1][0]) if recorded is not None and recorded[1][0] > 0 else 0.1
         lrs = simulate(train.values, "greedy", lr=start)
-        curves.append(Curve("GreedyLR (sim.)", tuple(int(s) for s in train.steps), tuple(float(v) for v in lrs)))
+        curves.append(
+            Curve(
+                "GreedyLR (sim.)", tuple(int(s) for s in train.steps), tuple(float(v) for v in lrs)
+            )
+        )
     return curves

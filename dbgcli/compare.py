@@ -34,7 +34,12 @@ class Tolerance:
     atol: float = 1e-8
 
 
-def compare(path_a: str | Path, path_b: str | Path, tolerance: Tolerance = Tolerance(), pattern: str | None = None) -> Report:
+def compare(
+    path_a: str | Path,
+    path_b: str | Path,
+    tolerance: Tolerance = Tolerance(),
+    pattern: str | None = None,
+) -> Report:
     """Compare two traces; the report has one result whose findings are the differences."""
     started = time.perf_counter()
     label = f"{path_a} vs {path_b}"
@@ -51,10 +56,14 @@ def compare(path_a: str | Path, path_b: str | Path, tolerance: Tolerance = Toler
         findings=tuple(findings),
         seconds=time.perf_counter() - started,
     )
-    return Report((TraceReport(path=label, complete=complete, results=(result,), seconds=result.seconds),))
+    return Report(
+        (TraceReport(path=label, complete=complete, results=(result,), seconds=result.seconds),)
+    )
 
 
-def _differences(a: Trace, b: Trace, tolerance: Tolerance, pattern: str | None) -> Iterator[Finding]:
+def _differences(
+    a: Trace, b: Trace, tolerance: Tolerance, pattern: str | None
+) -> Iterator[Finding]:
     tags_a = {info.tag: info for info in a.tags(pattern)}
     tags_b = {info.tag: info for info in b.tags(pattern)}
     for tag in sorted(set(tags_a) ^ set(tags_b)):
@@ -63,7 +72,9 @@ def _differences(a: Trace, b: Trace, tolerance: Tolerance, pattern: str | None) 
     for tag in sorted(set(tags_a) & set(tags_b)):
         info_a, info_b = tags_a[tag], tags_b[tag]
         if info_a.scalar != info_b.scalar:
-            yield _finding(tag, "a scalar series in one trace and a tensor in the other", key="type")
+            yield _finding(
+                tag, "a scalar series in one trace and a tensor in the other", key="type"
+            )
             continue
         steps_a, modes_a = a.index(tag)
         steps_b, modes_b = b.index(tag)
@@ -79,32 +90,47 @@ def _differences(a: Trace, b: Trace, tolerance: Tolerance, pattern: str | None) 
         else:
             values_a, values_b = a.stats(tag)[rows_a], b.stats(tag)[rows_b]
             what = "statistics"
-        differ = ~_close(values_a, values_b, tolerance)
+        differ = np.asarray(~_close(values_a, values_b, tolerance))
         if differ.ndim == 2:
-            differ = differ.any(axis=1)
+            differ = np.asarray(differ.any(axis=1))
         steps = steps_a[rows_a]
         if differ.any():
             first = int(np.flatnonzero(differ)[0])
             gap = _max_gap(values_a, values_b)
             yield _finding(
-                tag, f"{what} differ at {int(differ.sum())} of {len(differ)} shared records (largest gap {gap:.3g})",
-                key=what, first=int(steps[first]), last=int(steps[np.flatnonzero(differ)[-1]]), count=int(differ.sum()), value=gap,
+                tag,
+                f"{what} differ at {int(differ.sum())} of {len(differ)} shared records (largest gap {gap:.3g})",
+                key=what,
+                first=int(steps[first]),
+                last=int(steps[np.flatnonzero(differ)[-1]]),
+                count=int(differ.sum()),
+                value=gap,
             )
         elif not info_a.scalar and info_a.raw_records and info_b.raw_records:
             yield from _raw_differences(a, b, tag, rows_a, rows_b, steps, tolerance)
 
 
-def _pair(steps_a: np.ndarray, modes_a: np.ndarray, steps_b: np.ndarray, modes_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _pair(
+    steps_a: np.ndarray, modes_a: np.ndarray, steps_b: np.ndarray, modes_b: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Record indices of A and B that share (step, mode), first occurrence of each."""
     keys_a = steps_a.astype(np.int64) * len(schema.MODES) + modes_a
     keys_b = steps_b.astype(np.int64) * len(schema.MODES) + modes_b
-    common, rows_a, rows_b = np.intersect1d(keys_a, keys_b, assume_unique=False, return_indices=True)
+    common, rows_a, rows_b = np.intersect1d(
+        keys_a, keys_b, assume_unique=False, return_indices=True
+    )
     order = np.argsort(rows_a)
     return rows_a[order], rows_b[order]
 
 
 def _raw_differences(
-    a: Trace, b: Trace, tag: str, rows_a: np.ndarray, rows_b: np.ndarray, steps: np.ndarray, tolerance: Tolerance
+    a: Trace,
+    b: Trace,
+    tag: str,
+    rows_a: np.ndarray,
+    rows_b: np.ndarray,
+    steps: np.ndarray,
+    tolerance: Tolerance,
 ) -> Iterator[Finding]:
     """Element-wise comparison of the full tensors both traces kept, in bounded batches."""
     have_a = _raw_mask(a, tag)[rows_a]
@@ -121,14 +147,21 @@ def _raw_differences(
         tensors_b = _records(b, tag, rows_b[chosen])
         for position in chosen:
             x, y = tensors_a[int(rows_a[position])], tensors_b[int(rows_b[position])]
-            if x.shape != y.shape or not np.allclose(x, y, rtol=tolerance.rtol, atol=tolerance.atol, equal_nan=True):
+            if x.shape != y.shape or not np.allclose(
+                x, y, rtol=tolerance.rtol, atol=tolerance.atol, equal_nan=True
+            ):
                 differing.append(int(position))
                 if x.shape == y.shape:
                     gap = max(gap, _max_gap(x, y))
     if differing:
         yield _finding(
-            tag, f"full tensors differ at {len(differing)} of {len(both)} records kept by both (largest gap {gap:.3g})",
-            key="values", first=int(steps[differing[0]]), last=int(steps[differing[-1]]), count=len(differing), value=gap,
+            tag,
+            f"full tensors differ at {len(differing)} of {len(both)} records kept by both (largest gap {gap:.3g})",
+            key="values",
+            first=int(steps[differing[0]]),
+            last=int(steps[differing[-1]]),
+            count=len(differing),
+            value=gap,
         )
 
 
@@ -149,7 +182,8 @@ def _records(trace: Trace, tag: str, rows: np.ndarray) -> dict[int, np.ndarray]:
 
 
 def _close(x: np.ndarray, y: np.ndarray, tolerance: Tolerance) -> np.ndarray:
-    return np.isclose(x, y, rtol=tolerance.rtol, atol=tolerance.atol, equal_nan=True)
+    close: np.ndarray = np.isclose(x, y, rtol=tolerance.rtol, atol=tolerance.atol, equal_nan=True)
+    return close
 
 
 def _max_gap(x: np.ndarray, y: np.ndarray) -> float:
@@ -160,9 +194,24 @@ def _max_gap(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def _finding(
-    tag: str, message: str, *, key: str, first: int | None = None, last: int | None = None, count: int = 0, value: float | None = None
+    tag: str,
+    message: str,
+    *,
+    key: str,
+    first: int | None = None,
+    last: int | None = None,
+    count: int = 0,
+    value: float | None = None,
 ) -> Finding:
     return Finding(
-        message=message, tensor=tag, first_step=first, last_step=last, steps=count, value=value,
-        key=key, rule_id=COMPARE_ID, rule=COMPARE_NAME, severity=Severity.error,
+        message=message,
+        tensor=tag,
+        first_step=first,
+        last_step=last,
+        steps=count,
+        value=value,
+        key=key,
+        rule_id=COMPARE_ID,
+        rule=COMPARE_NAME,
+        severity=Severity.error,
     )

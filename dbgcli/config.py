@@ -33,7 +33,17 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
-KNOWN_KEYS = {"select", "ignore", "fail-on", "mode", "rules-files", "severity", "rules", "exit-zero", "format"}
+KNOWN_KEYS = {
+    "select",
+    "ignore",
+    "fail-on",
+    "mode",
+    "rules-files",
+    "severity",
+    "rules",
+    "exit-zero",
+    "format",
+}
 
 
 @dataclass(frozen=True)
@@ -79,10 +89,14 @@ def load_config(path: Path | None = None, *, search: bool = True) -> Config:
         raise ConfigError(f"{path} has no [tool.dbg] table")
     unknown = sorted(set(table) - KNOWN_KEYS)
     if unknown:
-        raise ConfigError(f"{path}: unknown key {unknown[0]!r}; known keys: {', '.join(sorted(KNOWN_KEYS))}")
+        raise ConfigError(
+            f"{path}: unknown key {unknown[0]!r}; known keys: {', '.join(sorted(KNOWN_KEYS))}"
+        )
     rules = table.get("rules", {})
     if not isinstance(rules, dict) or not all(isinstance(v, dict) for v in rules.values()):
-        raise ConfigError(f"{path}: [rules] must hold one table per rule, e.g. [tool.dbg.rules.DBG101]")
+        raise ConfigError(
+            f"{path}: [rules] must hold one table per rule, e.g. [tool.dbg.rules.DBG101]"
+        )
     severity = table.get("severity", {})
     if not isinstance(severity, dict):
         raise ConfigError(f"{path}: 'severity' must be a table of rule = level")
@@ -93,7 +107,10 @@ def load_config(path: Path | None = None, *, search: bool = True) -> Config:
         ignore=_strings(path, "ignore", table.get("ignore", ())),
         fail_on=_string(path, "fail-on", table.get("fail-on")),
         mode=_string(path, "mode", table.get("mode")),
-        rules_files=tuple(str((path.parent / f).resolve()) for f in _strings(path, "rules-files", table.get("rules-files", ()))),
+        rules_files=tuple(
+            str((path.parent / f).resolve())
+            for f in _strings(path, "rules-files", table.get("rules-files", ()))
+        ),
         severities={str(k): str(v) for k, v in severity.items()},
         params={str(k): dict(v) for k, v in rules.items()},
         exit_zero=bool(table.get("exit-zero", False)),

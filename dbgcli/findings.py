@@ -95,7 +95,9 @@ class Finding:
             "mode": self.mode,
             "key": self.key,
             "message": self.message,
-            "extra": {k: json_number(v) if isinstance(v, float) else v for k, v in self.extra.items()},
+            "extra": {
+                k: json_number(v) if isinstance(v, float) else v for k, v in self.extra.items()
+            },
         }
 
 

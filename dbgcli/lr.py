@@ -99,7 +99,9 @@ class Curve:
         }
 
 
-def select_metric(trace: Trace, metric: str | None, mode: str | None, every: int, per_epoch: bool) -> Metric:
+def select_metric(
+    trace: Trace, metric: str | None, mode: str | None, every: int, per_epoch: bool
+) -> Metric:
     """The metric series at the chosen cadence."""
     ctx = RuleContext(trace)
     if metric is None:
@@ -111,7 +113,9 @@ def select_metric(trace: Trace, metric: str | None, mode: str | None, every: int
             if series is None:
                 series, name = ctx.loss("train"), "train loss"
         if series is None:
-            raise MissingDataError(f"{trace.path}: no loss series to replay; name one with --metric")
+            raise MissingDataError(
+                f"{trace.path}: no loss series to replay; name one with --metric"
+            )
     else:
         series = ctx.scalar(metric, mode)
         name = metric if mode is None else f"{metric} ({mode})"
@@ -158,7 +162,9 @@ def run_schedulers(metric: Metric, specs: Sequence[SchedulerSpec], lr: float) ->
     return curves
 
 
-def write_csv(path: Path, metric: Metric, curves: Sequence[Curve], recorded: np.ndarray | None) -> None:
+def write_csv(
+    path: Path, metric: Metric, curves: Sequence[Curve], recorded: np.ndarray | None
+) -> None:
     """One row per replay point: step, metric, recorded lr, one column per scheduler."""
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
@@ -178,12 +184,23 @@ def figure(metric: Metric, curves: Sequence[Curve], recorded: np.ndarray | None,
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise ConfigError("PNG and HTML export need matplotlib: pip install 'dbgcli[plot]'") from None
+        raise ConfigError(
+            "PNG and HTML export need matplotlib: pip install 'dbgcli[plot]'"
+        ) from None
     fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(10, 6), height_ratios=(2, 1))
     if recorded is not None:
-        top.plot(metric.steps, recorded, color="black", linewidth=2, drawstyle="steps-post", label="recorded lr")
+        top.plot(
+            metric.steps,
+            recorded,
+            color="black",
+            linewidth=2,
+            drawstyle="steps-post",
+            label="recorded lr",
+        )
     for curve in curves:
-        top.plot(metric.steps, _first(curve.replay.lrs), drawstyle="steps-post", label=curve.spec.label)
+        top.plot(
+            metric.steps, _first(curve.replay.lrs), drawstyle="steps-post", label=curve.spec.label
+        )
     top.set_ylabel("learning rate")
     top.set_yscale("log")
     top.legend(loc="best", fontsize="small")
@@ -205,10 +222,15 @@ def write_html(path: Path, fig: Any, curves: Sequence[Curve], title: str) -> Non
     svg = io.StringIO()
     fig.savefig(svg, format="svg")
     rows = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(_cell(v))}</td>" for v in curve.summary().values()) + "</tr>"
+        "<tr>"
+        + "".join(f"<td>{html.escape(_cell(v))}</td>" for v in curve.summary().values())
+        + "</tr>"
         for curve in curves
     )
-    heads = "".join(f"<th>{h}</th>" for h in ("scheduler", "increases", "decreases", "resets", "final", "min", "max"))
+    heads = "".join(
+        f"<th>{h}</th>"
+        for h in ("scheduler", "increases", "decreases", "resets", "final", "min", "max")
+    )
     path.write_text(
         "<!doctype html><html><head><meta charset='utf-8'>"
         f"<title>{html.escape(title)}</title>"

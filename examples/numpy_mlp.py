@@ -24,14 +24,18 @@ from dbgcli import TraceWriter
 SCENARIOS = ("healthy", "dead-relu", "high-lr")
 
 
-def make_data(rng: np.random.Generator, n: int, classes: int = 4, features: int = 8) -> tuple[np.ndarray, np.ndarray]:
+def make_data(
+    rng: np.random.Generator, n: int, classes: int = 4, features: int = 8
+) -> tuple[np.ndarray, np.ndarray]:
     centres = rng.normal(0.0, 2.5, size=(classes, features))
     labels = rng.integers(0, classes, size=n)
     inputs = centres[labels] + rng.normal(0.0, 1.0, size=(n, features))
     return inputs.astype(np.float32), labels
 
 
-def softmax_cross_entropy(logits: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+def softmax_cross_entropy(
+    logits: np.ndarray, labels: np.ndarray
+) -> tuple[float, np.ndarray, np.ndarray]:
     shifted = logits - logits.max(axis=1, keepdims=True)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         probs = np.exp(shifted)
@@ -50,7 +54,9 @@ def train(path: Path, scenario: str, steps: int, raw_every: int, seed: int) -> N
     sizes = [x_train.shape[1], 64, 64, 4]
     params: dict[str, np.ndarray] = {}
     for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:]), start=1):
-        params[f"fc{i}.weight"] = (rng.normal(0.0, np.sqrt(2.0 / fan_in), size=(fan_out, fan_in))).astype(np.float32)
+        params[f"fc{i}.weight"] = (
+            rng.normal(0.0, np.sqrt(2.0 / fan_in), size=(fan_out, fan_in))
+        ).astype(np.float32)
         bias = -8.0 if scenario == "dead-relu" and i < len(sizes) - 1 else 0.0
         params[f"fc{i}.bias"] = np.full(fan_out, bias, dtype=np.float32)
     lr = 50.0 if scenario == "high-lr" else 0.05
@@ -68,8 +74,12 @@ def train(path: Path, scenario: str, steps: int, raw_every: int, seed: int) -> N
         return h, pre, acts
 
     with TraceWriter(
-        path, overwrite=True, raw_every=raw_every, hyperparameters=hyper,
-        framework="numpy", metadata={"scenario": scenario, "script": "examples/numpy_mlp.py"},
+        path,
+        overwrite=True,
+        raw_every=raw_every,
+        hyperparameters=hyper,
+        framework="numpy",
+        metadata={"scenario": scenario, "script": "examples/numpy_mlp.py"},
     ) as trace:
         order = rng.permutation(len(x_train))
         cursor = 0
@@ -97,10 +107,14 @@ def train(path: Path, scenario: str, steps: int, raw_every: int, seed: int) -> N
                 trace.add_tensor(name, value, step, collection=collection)
                 trace.add_tensor(f"grad/{name}", grads[name], step, collection="gradients")
             for i, z in enumerate(pre[:-1], start=1):
-                trace.add_tensor(f"act/relu{i}", np.maximum(z, 0.0), step, collection="activations", kind="relu")
+                trace.add_tensor(
+                    f"act/relu{i}", np.maximum(z, 0.0), step, collection="activations", kind="relu"
+                )
             trace.add_tensor("inputs", x, step, collection="inputs")
             trace.add_tensor("labels", y, step, collection="labels")
-            trace.add_tensor("predictions", probs.astype(np.float32), step, collection="predictions")
+            trace.add_tensor(
+                "predictions", probs.astype(np.float32), step, collection="predictions"
+            )
             with np.errstate(over="ignore", invalid="ignore"):
                 for name, value in params.items():
                     value -= lr * grads[name]
@@ -108,11 +122,15 @@ def train(path: Path, scenario: str, steps: int, raw_every: int, seed: int) -> N
                 val_logits, _, _ = forward(x_val)
                 val_loss, _, val_probs = softmax_cross_entropy(val_logits, y_val)
                 trace.add_scalar("loss", val_loss, step, mode="eval")
-                trace.add_scalar("accuracy", float((val_probs.argmax(axis=1) == y_val).mean()), step, mode="eval")
+                trace.add_scalar(
+                    "accuracy", float((val_probs.argmax(axis=1) == y_val).mean()), step, mode="eval"
+                )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("output", type=Path, help="trace file to write")
     parser.add_argument("--scenario", choices=SCENARIOS, default="healthy")
     parser.add_argument("--steps", type=int, default=300)

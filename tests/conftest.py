@@ -76,11 +76,19 @@ def make_trace(tmp_path: Path) -> Callable[..., Path]:
         for order, (tag, spec) in enumerate((scalars or {}).items()):
             for step, value, mode in _series_records(spec):
                 records.append(
-                    (step, order, lambda w, t=tag, v=value, s=step, m=mode: w.add_scalar(t, v, s, mode=m))
+                    (
+                        step,
+                        order,
+                        lambda w, t=tag, v=value, s=step, m=mode: w.add_scalar(t, v, s, mode=m),
+                    )
                 )
         for order, (tag, spec) in enumerate((tensors or {}).items(), start=len(scalars or {})):
             first = spec[0] if isinstance(spec, (list, tuple)) else spec
-            options = {k: v for k, v in first.items() if k in ("collection", "kind", "unit_axis", "track_updates")}
+            options = {
+                k: v
+                for k, v in first.items()
+                if k in ("collection", "kind", "unit_axis", "track_updates")
+            }
             for step, value, mode in _series_records(spec):
                 records.append(
                     (

@@ -16,12 +16,14 @@ from dbgcli.report.model import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
 SCHEMA = json.loads((Path(__file__).parent / "data" / "sarif-schema-2.1.0.json").read_text())
 
 # Documented workflow-command syntax: ::LEVEL key=value,key=value::message (no raw newlines).
-ANNOTATION = re.compile(r"^::(error|warning|notice)( [a-zA-Z]+=[^,:\r\n]*(,[a-zA-Z]+=[^,:\r\n]*)*)?::[^\r\n]*$")
+ANNOTATION = re.compile(
+    r"^::(error|warning|notice)( [a-zA-Z]+=[^,:\r\n]*(,[a-zA-Z]+=[^,:\r\n]*)*)?::[^\r\n]*$"
+)
 
 MANY_FINDINGS_RULES = '''
 from dbgcli.rules import Finding, Need, rule
 
-@rule("TST700", "many-findings", severity="warning", category="testing", requires=Need.loss())
+@rule("TST700", "many-findings", severity="warning", category="testing", requires=Need.loss(), default_enabled=False)
 def many_findings(ctx, *, count: int = 8000):
     """Yields many findings, to exercise the size caps of the formats."""
     for i in range(count):
@@ -38,7 +40,9 @@ def many_rules(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def gradient_trace(make_trace, name: str, vanish_from: int | None = None, nan_at: int | None = None) -> Path:
+def gradient_trace(
+    make_trace, name: str, vanish_from: int | None = None, nan_at: int | None = None
+) -> Path:
     rng = np.random.default_rng(7)
     grads = [rng.normal(0, 1e-2, size=(8, 8)) for _ in range(30)]
     if vanish_from is not None:
@@ -62,9 +66,20 @@ def traces(make_trace) -> dict[str, Path]:
     }
 
 
-def test_sarif_is_valid_and_complete(cli, traces: dict[str, Path], tmp_path: Path, monkeypatch) -> None:
+def test_sarif_is_valid_and_complete(
+    cli, traces: dict[str, Path], tmp_path: Path, monkeypatch
+) -> None:
     monkeypatch.chdir(tmp_path)
-    result = cli("analyze", traces["dirty"], traces["nan"], traces["clean"], "--select", "DBG1", "--format", "sarif")
+    result = cli(
+        "analyze",
+        traces["dirty"],
+        traces["nan"],
+        traces["clean"],
+        "--select",
+        "DBG1",
+        "--format",
+        "sarif",
+    )
     assert result.code == EXIT_FINDINGS
     log = json.loads(result.stdout)
     jsonschema.Draft4Validator(SCHEMA).validate(log)
@@ -72,12 +87,19 @@ def test_sarif_is_valid_and_complete(cli, traces: dict[str, Path], tmp_path: Pat
     rules = {rule["id"]: rule for rule in run["tool"]["driver"]["rules"]}
     assert set(rules) == {"DBG101", "DBG102"}
     for rule in rules.values():
-        assert rule["shortDescription"]["text"] and rule["fullDescription"]["text"] and rule["help"]["text"]
+        assert (
+            rule["shortDescription"]["text"]
+            and rule["fullDescription"]["text"]
+            and rule["help"]["text"]
+        )
         assert rule["defaultConfiguration"]["level"] == "error"
     assert [a["location"]["uri"] for a in run["artifacts"]] == ["dirty.h5", "nan.h5", "clean.h5"]
     by_rule = {r["ruleId"]: r for r in run["results"]}
     vanished = by_rule["DBG101"]
-    assert vanished["locations"][0]["physicalLocation"]["artifactLocation"] == {"uri": "dirty.h5", "index": 0}
+    assert vanished["locations"][0]["physicalLocation"]["artifactLocation"] == {
+        "uri": "dirty.h5",
+        "index": 0,
+    }
     assert vanished["locations"][0]["logicalLocations"][0]["name"] == "grad/fc.weight"
     assert vanished["properties"]["firstStep"] == 20 and vanished["level"] == "error"
     fingerprint = vanished["partialFingerprints"]["dbgFinding/v1"]
@@ -93,14 +115,20 @@ def gradient_trace_rerun(cli, tmp_path: Path, traces: dict[str, Path]) -> str:
     with TraceWriter(path) as writer:
         for chunk in source.iter_raw("grad/fc.weight"):
             for step, values in zip(chunk.steps, chunk.values):
-                writer.add_tensor("grad/fc.weight", values, int(step) + 1000, collection="gradients")
+                writer.add_tensor(
+                    "grad/fc.weight", values, int(step) + 1000, collection="gradients"
+                )
     source.close()
     log = json.loads(cli("analyze", path, "--select", "DBG101", "--format", "sarif").stdout)
     return log["runs"][0]["results"][0]["partialFingerprints"]["dbgFinding/v1"]
 
 
-def test_sarif_reports_errors_as_notifications(cli, traces: dict[str, Path], tmp_path: Path) -> None:
-    result = cli("analyze", traces["dirty"], tmp_path / "gone.h5", "--select", "DBG1", "--format", "sarif")
+def test_sarif_reports_errors_as_notifications(
+    cli, traces: dict[str, Path], tmp_path: Path
+) -> None:
+    result = cli(
+        "analyze", traces["dirty"], tmp_path / "gone.h5", "--select", "DBG1", "--format", "sarif"
+    )
     assert result.code == EXIT_ERROR
     log = json.loads(result.stdout)
     jsonschema.Draft4Validator(SCHEMA).validate(log)
@@ -111,7 +139,18 @@ def test_sarif_reports_errors_as_notifications(cli, traces: dict[str, Path], tmp
 
 def test_junit_parses_back(cli, traces: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "junit.xml"
-    result = cli("analyze", traces["dirty"], traces["clean"], tmp_path / "gone.h5", "--select", "DBG1", "-f", "junit", "-o", out)
+    result = cli(
+        "analyze",
+        traces["dirty"],
+        traces["clean"],
+        tmp_path / "gone.h5",
+        "--select",
+        "DBG1",
+        "-f",
+        "junit",
+        "-o",
+        out,
+    )
     assert result.code == EXIT_ERROR
     root = ET.parse(out).getroot()
     assert root.tag == "testsuites"
@@ -126,24 +165,56 @@ def test_junit_parses_back(cli, traces: dict[str, Path], tmp_path: Path) -> None
     assert suites[str(tmp_path / "gone.h5")].find("testcase/error") is not None
 
 
-def test_junit_findings_below_the_fail_level_pass(cli, traces: dict[str, Path], tmp_path: Path) -> None:
+def test_junit_findings_below_the_fail_level_pass(
+    cli, traces: dict[str, Path], tmp_path: Path
+) -> None:
     config = tmp_path / "dbg.toml"
     config.write_text('[severity]\nDBG101 = "warning"\n')
     out = tmp_path / "junit.xml"
-    assert cli("analyze", traces["dirty"], "--select", "DBG101", "--config", config, "-f", "junit", "-o", out).code == EXIT_OK
+    assert (
+        cli(
+            "analyze",
+            traces["dirty"],
+            "--select",
+            "DBG101",
+            "--config",
+            config,
+            "-f",
+            "junit",
+            "-o",
+            out,
+        ).code
+        == EXIT_OK
+    )
     case = ET.parse(out).getroot().find("testsuite/testcase")
     assert case is not None and case.find("failure") is None
     assert "[warning] grad/fc.weight" in (case.findtext("system-out") or "")
 
 
-def test_github_annotations_follow_the_syntax_and_cap(cli, traces: dict[str, Path], many_rules: Path) -> None:
-    result = cli("analyze", traces["dirty"], "--rules-file", many_rules, "--select", "TST700,DBG101", "-p", "TST700.count=25", "-f", "github")
+def test_github_annotations_follow_the_syntax_and_cap(
+    cli, traces: dict[str, Path], many_rules: Path
+) -> None:
+    result = cli(
+        "analyze",
+        traces["dirty"],
+        "--rules-file",
+        many_rules,
+        "--select",
+        "TST700,DBG101",
+        "-p",
+        "TST700.count=25",
+        "-f",
+        "github",
+    )
     lines = result.stdout.strip().splitlines()
     annotations = [line for line in lines if line.startswith("::")]
     assert all(ANNOTATION.match(line) for line in annotations), annotations
     assert sum(line.startswith("::error") for line in annotations) == 1
     assert sum(line.startswith("::warning") for line in annotations) == 10
-    assert "title=DBG101 vanishing-gradient (grad/fc.weight)::mean |gradient| fell to" in annotations[0]
+    assert (
+        "title=DBG101 vanishing-gradient (grad/fc.weight)::mean |gradient| fell to"
+        in annotations[0]
+    )
     assert "15 more finding(s) not annotated" in annotations[-1]
     assert lines[-1].startswith("dbg: 1 error(s), 25 warning(s)")
 
@@ -155,9 +226,22 @@ def test_github_escaping() -> None:
     assert escape_property("a:b,c") == "a%3Ab%2Cc"
 
 
-def test_markdown_stays_under_the_step_summary_limit(cli, traces: dict[str, Path], many_rules: Path, tmp_path: Path) -> None:
+def test_markdown_stays_under_the_step_summary_limit(
+    cli, traces: dict[str, Path], many_rules: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "summary.md"
-    result = cli("analyze", traces["dirty"], "--rules-file", many_rules, "--select", "TST700", "-f", "markdown", "-o", out)
+    result = cli(
+        "analyze",
+        traces["dirty"],
+        "--rules-file",
+        many_rules,
+        "--select",
+        "TST700",
+        "-f",
+        "markdown",
+        "-o",
+        out,
+    )
     assert result.code == EXIT_OK
     text = out.read_text(encoding="utf-8")
     assert len(text.encode("utf-8")) <= 1_000_000
@@ -177,10 +261,21 @@ def test_markdown_stays_under_the_step_summary_limit(cli, traces: dict[str, Path
         ("info", True, {"clean": 0, "dirty": 0, "broken": 2}),
     ],
 )
-def test_exit_code_matrix(cli, traces: dict[str, Path], tmp_path: Path, fail_on: str, exit_zero: bool, expected: dict[str, int]) -> None:
+def test_exit_code_matrix(
+    cli,
+    traces: dict[str, Path],
+    tmp_path: Path,
+    fail_on: str,
+    exit_zero: bool,
+    expected: dict[str, int],
+) -> None:
     broken = tmp_path / "broken.h5"
     broken.write_bytes(b"not hdf5" * 100)
-    cases = {"clean": [traces["clean"]], "dirty": [traces["dirty"]], "broken": [broken, traces["clean"]]}
+    cases = {
+        "clean": [traces["clean"]],
+        "dirty": [traces["dirty"]],
+        "broken": [broken, traces["clean"]],
+    }
     for name, paths in cases.items():
         args = ["analyze", *paths, "--select", "DBG1", "--fail-on", fail_on, "-q"]
         if exit_zero:
@@ -203,8 +298,12 @@ def test_baseline_round_trip(cli, traces: dict[str, Path], make_trace, tmp_path:
     assert first.code == EXIT_FINDINGS
     assert "wrote 1 finding(s) to baseline" in first.stderr
     entries = json.loads(baseline.read_text())["findings"]
-    assert [(e["rule_id"], e["tensor"], e["key"]) for e in entries] == [("DBG101", "grad/fc.weight", "vanished")]
-    again = cli("analyze", traces["dirty"], "--select", "DBG1", "--baseline", baseline, "-f", "json")
+    assert [(e["rule_id"], e["tensor"], e["key"]) for e in entries] == [
+        ("DBG101", "grad/fc.weight", "vanished")
+    ]
+    again = cli(
+        "analyze", traces["dirty"], "--select", "DBG1", "--baseline", baseline, "-f", "json"
+    )
     assert again.code == EXIT_OK
     document = json.loads(again.stdout)
     assert document["baselined"] == 1 and document["traces"][0]["findings"] == []
@@ -213,20 +312,36 @@ def test_baseline_round_trip(cli, traces: dict[str, Path], make_trace, tmp_path:
     assert new.code == EXIT_FINDINGS
     findings = json.loads(new.stdout)["traces"][0]["findings"]
     assert [(f["rule_id"], f["key"]) for f in findings] == [("DBG102", "nonfinite")]
-    fixed = cli("analyze", traces["clean"], "--select", "DBG1", "--baseline", baseline, "-f", "json")
+    fixed = cli(
+        "analyze", traces["clean"], "--select", "DBG1", "--baseline", baseline, "-f", "json"
+    )
     assert fixed.code == EXIT_OK
     assert [e["rule_id"] for e in json.loads(fixed.stdout)["stale_baseline"]] == ["DBG101"]
     assert "no longer occur" in fixed.stderr
     bad = tmp_path / "bad.json"
     bad.write_text("{}")
     assert cli("analyze", traces["clean"], "--baseline", bad).code == EXIT_ERROR
-    assert cli("analyze", traces["clean"], "--baseline", tmp_path / "absent.json").code == EXIT_ERROR
+    assert (
+        cli("analyze", traces["clean"], "--baseline", tmp_path / "absent.json").code == EXIT_ERROR
+    )
 
 
-def test_many_traces_with_jobs_match_one_process(cli, traces: dict[str, Path], tmp_path: Path) -> None:
+def test_many_traces_with_jobs_match_one_process(
+    cli, traces: dict[str, Path], tmp_path: Path
+) -> None:
     broken = tmp_path / "broken.h5"
     broken.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 64)
-    args = ["analyze", traces["dirty"], broken, traces["nan"], traces["clean"], "--select", "DBG1", "-f", "json"]
+    args = [
+        "analyze",
+        traces["dirty"],
+        broken,
+        traces["nan"],
+        traces["clean"],
+        "--select",
+        "DBG1",
+        "-f",
+        "json",
+    ]
     serial = json.loads(cli(*args).stdout)
     parallel = cli(*args, "--jobs", "2")
     assert parallel.code == EXIT_ERROR

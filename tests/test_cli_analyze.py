@@ -30,7 +30,12 @@ def healthy(make_trace) -> Path:
     return make_trace(
         "healthy.h5",
         scalars={"loss": list(np.linspace(2.0, 1.0, 30))},
-        tensors={"grad/fc.weight": {"values": [rng.normal(0, 1e-2, size=(8, 8)) for _ in range(30)], "collection": "gradients"}},
+        tensors={
+            "grad/fc.weight": {
+                "values": [rng.normal(0, 1e-2, size=(8, 8)) for _ in range(30)],
+                "collection": "gradients",
+            }
+        },
     )
 
 
@@ -40,7 +45,9 @@ def test_exit_codes(cli, vanishing: Path, healthy: Path) -> None:
     assert dirty.code == EXIT_FINDINGS
     assert "vanishing-gradient" in dirty.stdout and "grad/fc.weight" in dirty.stdout
     assert cli("analyze", vanishing, "--select", "DBG1", "--exit-zero").code == EXIT_OK
-    broken = cli("analyze", vanishing, healthy.with_name("missing.h5"), "--select", "DBG1", "--exit-zero")
+    broken = cli(
+        "analyze", vanishing, healthy.with_name("missing.h5"), "--select", "DBG1", "--exit-zero"
+    )
     assert broken.code == EXIT_ERROR
 
 
@@ -53,18 +60,48 @@ def test_json_document(cli, vanishing: Path) -> None:
     assert trace["path"] == str(vanishing) and trace["complete"] is True
     rule = trace["rules"][0]
     assert {k: rule[k] for k in ("id", "name", "status", "reason")} == {
-        "id": "DBG101", "name": "vanishing-gradient", "status": "violated", "reason": ""
+        "id": "DBG101",
+        "name": "vanishing-gradient",
+        "status": "violated",
+        "reason": "",
     }
     (finding,) = trace["findings"]
-    assert {k: finding[k] for k in ("rule_id", "rule", "severity", "tensor", "first_step", "last_step", "steps", "threshold")} == {
-        "rule_id": "DBG101", "rule": "vanishing-gradient", "severity": "error", "tensor": "grad/fc.weight",
-        "first_step": 20, "last_step": 29, "steps": 10, "threshold": 1e-7,
+    assert {
+        k: finding[k]
+        for k in (
+            "rule_id",
+            "rule",
+            "severity",
+            "tensor",
+            "first_step",
+            "last_step",
+            "steps",
+            "threshold",
+        )
+    } == {
+        "rule_id": "DBG101",
+        "rule": "vanishing-gradient",
+        "severity": "error",
+        "tensor": "grad/fc.weight",
+        "first_step": 20,
+        "last_step": 29,
+        "steps": 10,
+        "threshold": 1e-7,
     }
     assert isinstance(finding["value"], float) and isinstance(finding["message"], str)
 
 
 def test_params_select_and_errors(cli, healthy: Path) -> None:
-    tuned = cli("analyze", healthy, "--select", "vanishing-gradient", "-p", "DBG101.threshold=1", "-f", "json")
+    tuned = cli(
+        "analyze",
+        healthy,
+        "--select",
+        "vanishing-gradient",
+        "-p",
+        "DBG101.threshold=1",
+        "-f",
+        "json",
+    )
     assert tuned.code == EXIT_FINDINGS
     bad_value = cli("analyze", healthy, "-p", "DBG101.threshold=tiny")
     assert bad_value.code == EXIT_ERROR and bad_value.stderr.count("\n") == 1
@@ -73,7 +110,11 @@ def test_params_select_and_errors(cli, healthy: Path) -> None:
     assert "parameters: threshold, ratio, ratio_below, min_steps" in bad_name.stderr
     assert cli("analyze", healthy, "-p", "nonsense").code == EXIT_ERROR
     unknown = cli("analyze", healthy, "--select", "DBG9999")
-    assert unknown.code == EXIT_ERROR and "matches no rule" in unknown.stderr and unknown.stderr.count("\n") == 1
+    assert (
+        unknown.code == EXIT_ERROR
+        and "matches no rule" in unknown.stderr
+        and unknown.stderr.count("\n") == 1
+    )
     assert cli("analyze", healthy, "--fail-on", "fatal").code == EXIT_ERROR
 
 
@@ -81,17 +122,26 @@ def test_fail_on_levels(cli, vanishing: Path, tmp_path: Path) -> None:
     config = tmp_path / "dbg.toml"
     config.write_text('[severity]\nDBG101 = "warning"\n')
     assert cli("analyze", vanishing, "--select", "DBG101", "--config", config).code == EXIT_OK
-    assert cli("analyze", vanishing, "--select", "DBG101", "--config", config, "--fail-on", "warning").code == EXIT_FINDINGS
+    assert (
+        cli(
+            "analyze", vanishing, "--select", "DBG101", "--config", config, "--fail-on", "warning"
+        ).code
+        == EXIT_FINDINGS
+    )
 
 
-def test_configuration_is_found_upwards_and_cli_wins(cli, vanishing: Path, tmp_path: Path, monkeypatch) -> None:
+def test_configuration_is_found_upwards_and_cli_wins(
+    cli, vanishing: Path, tmp_path: Path, monkeypatch
+) -> None:
     project = tmp_path / "project"
     (project / "sub").mkdir(parents=True)
     (project / "pyproject.toml").write_text(
         '[tool.dbg]\nselect = ["DBG101"]\nfail-on = "info"\n[tool.dbg.rules.vanishing-gradient]\nthreshold = 1e-12\n'
     )
     monkeypatch.chdir(project / "sub")
-    assert cli("analyze", vanishing, "-f", "json").code == EXIT_OK  # threshold from the file hides it
+    assert (
+        cli("analyze", vanishing, "-f", "json").code == EXIT_OK
+    )  # threshold from the file hides it
     assert cli("analyze", vanishing, "-p", "DBG101.threshold=1e-7").code == EXIT_FINDINGS
     (project / "pyproject.toml").write_text('[tool.dbg]\nselct = ["DBG101"]\n')
     typo = cli("analyze", vanishing)
@@ -102,8 +152,14 @@ def test_several_formats_in_one_run(cli, vanishing: Path, tmp_path: Path) -> Non
     report_json = tmp_path / "r.json"
     report_txt = tmp_path / "r.txt"
     result = cli(
-        "analyze", vanishing, "--select", "DBG1",
-        "--format", f"json:{report_json}", "--format", f"human:{report_txt}",
+        "analyze",
+        vanishing,
+        "--select",
+        "DBG1",
+        "--format",
+        f"json:{report_json}",
+        "--format",
+        f"human:{report_txt}",
     )
     assert result.code == EXIT_FINDINGS and result.stdout == ""
     assert json.loads(report_json.read_text())["traces"][0]["findings"]
@@ -111,11 +167,18 @@ def test_several_formats_in_one_run(cli, vanishing: Path, tmp_path: Path) -> Non
     assert "vanishing-gradient" in text and "\x1b[" not in text
     clash = cli("analyze", vanishing, "--format", "json", "--format", "human")
     assert clash.code == EXIT_ERROR and "only one report can go to stdout" in clash.stderr
-    ambiguous = cli("analyze", vanishing, "--format", "json", "--format", "sarif:x.sarif", "--output", "y")
-    assert ambiguous.code == EXIT_ERROR and "--output goes with a single --format" in ambiguous.stderr
+    ambiguous = cli(
+        "analyze", vanishing, "--format", "json", "--format", "sarif:x.sarif", "--output", "y"
+    )
+    assert (
+        ambiguous.code == EXIT_ERROR and "--output goes with a single --format" in ambiguous.stderr
+    )
     assert "unknown format 'yaml'" in cli("analyze", vanishing, "--format", "yaml").stderr
     single = tmp_path / "single.json"
-    assert cli("analyze", vanishing, "--select", "DBG1", "-f", "json", "-o", single).code == EXIT_FINDINGS
+    assert (
+        cli("analyze", vanishing, "--select", "DBG1", "-f", "json", "-o", single).code
+        == EXIT_FINDINGS
+    )
     assert json.loads(single.read_text())["version"] == 1
 
 
@@ -133,7 +196,11 @@ def test_rules_list_and_explain(cli) -> None:
     vanishing = next(r for r in rules if r["id"] == "DBG101")
     assert vanishing["requires"] == ["tensors of collection 'gradients'"]
     threshold = vanishing["params"][0]
-    assert (threshold["name"], threshold["type"], threshold["default"]) == ("threshold", "float", 1e-7)
+    assert (threshold["name"], threshold["type"], threshold["default"]) == (
+        "threshold",
+        "float",
+        1e-7,
+    )
     assert threshold["help"].startswith("Mean absolute gradient")
     human = cli("rules", "list")
     assert human.code == EXIT_OK and "vanishing-gradient" in human.stdout
@@ -148,12 +215,14 @@ def test_rules_file_option(cli, healthy: Path, tmp_path: Path) -> None:
     path = tmp_path / "team_rules.py"
     path.write_text(
         "from dbgcli.rules import Finding, Need, rule\n\n"
-        "@rule('TEAM001', 'always-note', severity='info', category='team', requires=Need.loss())\n"
+        "@rule('TEAM001', 'always-note', severity='info', category='team', requires=Need.loss(), default_enabled=False)\n"
         "def always_note(ctx):\n"
         "    '''Notes the final loss.'''\n"
         "    loss = ctx.loss()\n"
         "    yield Finding(f'final loss {loss.values[-1]:g}', tensor='loss', value=float(loss.values[-1]))\n"
     )
-    result = cli("analyze", healthy, "--rules-file", path, "--select", "TEAM001", "--fail-on", "info")
+    result = cli(
+        "analyze", healthy, "--rules-file", path, "--select", "TEAM001", "--fail-on", "info"
+    )
     assert result.code == EXIT_FINDINGS and "final loss 1" in result.stdout
     assert "TEAM001" in cli("rules", "list", "--rules-file", path).stdout

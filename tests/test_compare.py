@@ -13,8 +13,13 @@ from dbgcli.report.model import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
 
 
 def run(
-    make_trace, name: str, *, perturb_step: int | None = None, permute_step: int | None = None,
-    extra: bool = False, collection: str = "weights",
+    make_trace,
+    name: str,
+    *,
+    perturb_step: int | None = None,
+    permute_step: int | None = None,
+    extra: bool = False,
+    collection: str = "weights",
 ) -> Path:
     rng = np.random.default_rng(0)
     weights = [rng.normal(size=(6, 5)) for _ in range(20)]
@@ -40,16 +45,29 @@ def test_identical_runs_match(cli, make_trace) -> None:
 def test_differences_name_the_first_step(make_trace) -> None:
     report = compare(run(make_trace, "a.h5"), run(make_trace, "b.h5", perturb_step=12))
     (finding,) = report.traces[0].findings
-    assert (finding.tensor, finding.key, finding.first_step, finding.last_step, finding.steps) == ("fc.weight", "statistics", 12, 19, 8)
+    assert (finding.tensor, finding.key, finding.first_step, finding.last_step, finding.steps) == (
+        "fc.weight",
+        "statistics",
+        12,
+        19,
+        8,
+    )
     assert finding.value is not None and 1e-4 < finding.value < 1e-2
     assert report.exit_code() == EXIT_FINDINGS
-    loose = compare(run(make_trace, "c.h5"), run(make_trace, "d.h5", perturb_step=12), Tolerance(rtol=1e-2, atol=1e-2))
+    loose = compare(
+        run(make_trace, "c.h5"),
+        run(make_trace, "d.h5", perturb_step=12),
+        Tolerance(rtol=1e-2, atol=1e-2),
+    )
     assert loose.traces[0].findings == []
 
 
 def test_full_tensors_catch_what_statistics_cannot(make_trace) -> None:
     # Gradients: no update norm, so a permutation leaves every statistic unchanged.
-    report = compare(run(make_trace, "a.h5", collection="gradients"), run(make_trace, "b.h5", permute_step=7, collection="gradients"))
+    report = compare(
+        run(make_trace, "a.h5", collection="gradients"),
+        run(make_trace, "b.h5", permute_step=7, collection="gradients"),
+    )
     (finding,) = report.traces[0].findings
     assert (finding.key, finding.first_step, finding.steps) == ("values", 7, 1)
 
@@ -59,7 +77,11 @@ def test_missing_tags_and_formats(cli, make_trace, tmp_path: Path) -> None:
     result = cli("compare", a, b, "-f", "json")
     assert result.code == EXIT_FINDINGS
     (finding,) = json.loads(result.stdout)["traces"][0]["findings"]
-    assert (finding["tensor"], finding["key"], finding["message"]) == ("fc.bias", "missing", "only in the second trace")
+    assert (finding["tensor"], finding["key"], finding["message"]) == (
+        "fc.bias",
+        "missing",
+        "only in the second trace",
+    )
     sarif = cli("compare", a, b, "-f", "sarif")
     schema = json.loads((Path(__file__).parent / "data" / "sarif-schema-2.1.0.json").read_text())
     jsonschema.Draft4Validator(schema).validate(json.loads(sarif.stdout))

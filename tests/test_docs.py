@@ -38,7 +38,12 @@ def test_ci_page_commands_run(cli, command: str, tmp_path: Path, monkeypatch) ->
     assert result.code in (0, 1), result.stderr
     for fmt, output in re.findall(r"--format (\w+):(\S+)", command):
         text = (tmp_path / output).read_text(encoding="utf-8")
-        assert {"sarif": '"version": "2.1.0"', "junit": "<testsuites", "markdown": "## dbg analyze", "json": '"version": 1'}[fmt] in text
+        assert {
+            "sarif": '"version": "2.1.0"',
+            "junit": "<testsuites",
+            "markdown": "## dbg analyze",
+            "json": '"version": 1',
+        }[fmt] in text
     for output in re.findall(r"--write-baseline (\S+)", command):
         assert '"fingerprint"' in (tmp_path / output).read_text(encoding="utf-8")
 

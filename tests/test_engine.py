@@ -14,6 +14,8 @@ from dbgcli.findings import Finding, Severity
 from dbgcli.report.model import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK, RuleStatus
 from dbgcli.rules import REGISTRY, Need, rule
 
+# Test rules are opt-in (default_enabled=False): registered once per process, they must not
+# leak into the default rule set of other tests.
 CUSTOM_RULES = '''
 from __future__ import annotations
 
@@ -51,7 +53,7 @@ def _plan(ctx, params):
     return [(view.tag, RecordSums()) for view in ctx.tensors()]
 
 
-@rule("TST001", "loss-above", severity="warning", category="testing", requires=Need.loss())
+@rule("TST001", "loss-above", severity="warning", category="testing", requires=Need.loss(), default_enabled=False)
 def loss_above(ctx: RuleContext, *, limit: float = 1.0) -> Iterator[Finding]:
     """The training loss exceeds a limit.
 
@@ -67,7 +69,7 @@ def loss_above(ctx: RuleContext, *, limit: float = 1.0) -> Iterator[Finding]:
                       value=float(loss.values[first]), threshold=limit)
 
 
-@rule("TST002", "sum-reader", severity="info", category="testing", requires=Need.tensors(), plan=_plan)
+@rule("TST002", "sum-reader", severity="info", category="testing", requires=Need.tensors(), plan=_plan, default_enabled=False)
 def sum_reader(ctx: RuleContext) -> Iterator[Finding]:
     """Reads every tensor's sums through a planned derivation (and finds nothing)."""
     for view in ctx.tensors():
@@ -75,7 +77,7 @@ def sum_reader(ctx: RuleContext) -> Iterator[Finding]:
     return iter(())
 
 
-@rule("TST003", "sum-reader-too", severity="info", category="testing", requires=Need.tensors(), plan=_plan)
+@rule("TST003", "sum-reader-too", severity="info", category="testing", requires=Need.tensors(), plan=_plan, default_enabled=False)
 def sum_reader_too(ctx: RuleContext) -> Iterator[Finding]:
     """A second rule wanting the same derivation."""
     for view in ctx.tensors():
@@ -83,7 +85,7 @@ def sum_reader_too(ctx: RuleContext) -> Iterator[Finding]:
     return iter(())
 
 
-@rule("TST004", "crashes", severity="error", category="testing")
+@rule("TST004", "crashes", severity="error", category="testing", default_enabled=False)
 def crashes(ctx: RuleContext) -> Iterator[Finding]:
     """Always raises, to show a crash does not hide other rules."""
     raise ZeroDivisionError("boom")
@@ -109,15 +111,27 @@ def trace(make_trace) -> Path:
     rng = np.random.default_rng(0)
     return make_trace(
         scalars={"loss": [2.0, 1.5, 0.9, 0.7]},
-        tensors={"w": {"values": [rng.normal(size=(64, 64)) for _ in range(4)], "collection": "weights"}},
+        tensors={
+            "w": {"values": [rng.normal(size=(64, 64)) for _ in range(4)], "collection": "weights"}
+        },
     )
 
 
 def test_custom_rules_register_like_builtins(rules_file: Path) -> None:
     spec = REGISTRY.get("loss-above")
-    assert (spec.id, spec.severity, spec.category, spec.summary) == ("TST001", Severity.warning, "testing", "The training loss exceeds a limit.")
+    assert (spec.id, spec.severity, spec.category, spec.summary) == (
+        "TST001",
+        Severity.warning,
+        "testing",
+        "The training loss exceeds a limit.",
+    )
     (limit,) = spec.params
-    assert (limit.name, limit.type_name, limit.default, limit.help) == ("limit", "float", 1.0, "Loss above which a step counts.")
+    assert (limit.name, limit.type_name, limit.default, limit.help) == (
+        "limit",
+        "float",
+        1.0,
+        "Loss above which a step counts.",
+    )
     assert REGISTRY.get("tst001") is spec
 
 
@@ -133,7 +147,7 @@ def test_selection_by_prefix_name_category_and_longest_match(rules_file: Path) -
     assert ids(["TST0"], ["TST00", "TST001"]) == []
     assert ids(["TST001"], ["TST"]) == ["TST001"]  # the longer prefix wins
     assert ids(["DBG1"]) == ["DBG101", "DBG102"]
-    assert "TST005" not in ids()  # opt-in rules need --select
+    assert "TST005" not in ids() and "DBG101" in ids()  # opt-in rules need --select
     with pytest.raises(RuleConfigError, match="matches no rule"):
         REGISTRY.select(["DBG999x"])
 
@@ -155,7 +169,11 @@ def test_findings_are_stamped_and_severity_overridable(rules_file: Path, trace: 
     report = analyze([trace], Options(select=("TST001",)))
     (finding,) = report.traces[0].findings
     assert (finding.rule_id, finding.rule, finding.severity, finding.first_step, finding.key) == (
-        "TST001", "loss-above", Severity.warning, 0, "loss-above"
+        "TST001",
+        "loss-above",
+        Severity.warning,
+        0,
+        "loss-above",
     )
     assert report.exit_code() == EXIT_OK
     assert report.exit_code(Severity.warning) == EXIT_FINDINGS
@@ -164,7 +182,9 @@ def test_findings_are_stamped_and_severity_overridable(rules_file: Path, trace: 
     assert raised.exit_code() == EXIT_FINDINGS
 
 
-def test_a_crashing_rule_is_an_error_and_the_others_still_run(rules_file: Path, trace: Path) -> None:
+def test_a_crashing_rule_is_an_error_and_the_others_still_run(
+    rules_file: Path, trace: Path
+) -> None:
     report = analyze([trace], Options(select=("TST001", "TST004")))
     results = {r.id: r for r in report.traces[0].results}
     assert results["TST004"].status is RuleStatus.error
@@ -233,14 +253,16 @@ def test_registration_errors_are_clear() -> None:
 
 def test_rule_that_yields_garbage_is_an_error(tmp_path: Path, trace: Path) -> None:
     path = tmp_path / "garbage.py"
-    path.write_text(textwrap.dedent('''
+    path.write_text(
+        textwrap.dedent('''
         from dbgcli.rules import rule
 
-        @rule("TST950", "garbage", severity="info", category="testing")
+        @rule("TST950", "garbage", severity="info", category="testing", default_enabled=False)
         def garbage(ctx):
             """Yields a string instead of a Finding."""
             yield "oops"
-    '''))
+    ''')
+    )
     report = analyze([trace], Options(select=("TST950",), rules_files=(str(path),)))
     (result,) = report.traces[0].results
     assert result.status is RuleStatus.error and "not a Finding" in result.reason

@@ -35,8 +35,24 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 def test_curves_csv_png_html(cli, tmp_path: Path) -> None:
     out = {suffix: tmp_path / f"curves.{suffix}" for suffix in ("csv", "png", "html")}
     result = cli(
-        "lr", HEALTHY, "-s", "greedy", "-s", "greedy:factor=0.5,patience=2,min_lr=1e-4", "-s", "plateau:patience=3",
-        "--metric", "loss", "--mode", "train", "--csv", out["csv"], "--png", out["png"], "--html", out["html"],
+        "lr",
+        HEALTHY,
+        "-s",
+        "greedy",
+        "-s",
+        "greedy:factor=0.5,patience=2,min_lr=1e-4",
+        "-s",
+        "plateau:patience=3",
+        "--metric",
+        "loss",
+        "--mode",
+        "train",
+        "--csv",
+        out["csv"],
+        "--png",
+        out["png"],
+        "--html",
+        out["html"],
     )
     assert result.code == EXIT_OK, result.stderr
     assert "from lr 0.05" in result.stdout and "schedulers" in result.stdout

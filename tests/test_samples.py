@@ -19,7 +19,13 @@ def expectations() -> list[tuple[str, set[str], set[str]]]:
         match = re.match(r"^\| `([\w.]+\.h5)` \|", line)
         if match:
             cells = [cell.strip() for cell in line.strip("|").split("|")]
-            rows.append((match.group(1), set(re.findall(r"DBG\d{3}", cells[-2])), set(re.findall(r"DBG\d{3}", cells[-1]))))
+            rows.append(
+                (
+                    match.group(1),
+                    set(re.findall(r"DBG\d{3}", cells[-2])),
+                    set(re.findall(r"DBG\d{3}", cells[-1])),
+                )
+            )
     return rows
 
 
@@ -28,8 +34,12 @@ def test_every_sample_is_listed() -> None:
     assert listed == {path.name for path in SAMPLES.glob("*.h5")}
 
 
-@pytest.mark.parametrize(("trace", "by_design", "also"), expectations(), ids=lambda v: v if isinstance(v, str) else None)
-def test_sample_reports_what_the_readme_says(trace: str, by_design: set[str], also: set[str]) -> None:
+@pytest.mark.parametrize(
+    ("trace", "by_design", "also"), expectations(), ids=lambda v: v if isinstance(v, str) else None
+)
+def test_sample_reports_what_the_readme_says(
+    trace: str, by_design: set[str], also: set[str]
+) -> None:
     report = analyze([SAMPLES / trace], Options())
     (result,) = report.traces
     assert result.error is None

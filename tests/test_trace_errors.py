@@ -12,7 +12,13 @@ import numpy as np
 import pytest
 
 from dbgcli import TraceWriter, open_trace
-from dbgcli.errors import DbgError, TraceFormatError, TraceNotFoundError, TraceVersionError, TraceWriterError
+from dbgcli.errors import (
+    DbgError,
+    TraceFormatError,
+    TraceNotFoundError,
+    TraceVersionError,
+    TraceWriterError,
+)
 
 
 def assert_one_line_error(result, *fragments: str) -> None:
@@ -30,7 +36,9 @@ def good_trace(make_trace) -> Path:
     rng = np.random.default_rng(0)
     return make_trace(
         scalars={"loss": list(np.linspace(2, 1, 40))},
-        tensors={"w": {"values": [rng.normal(size=(32, 16)) for _ in range(40)], "collection": "weights"}},
+        tensors={
+            "w": {"values": [rng.normal(size=(32, 16)) for _ in range(40)], "collection": "weights"}
+        },
     )
 
 
@@ -101,7 +109,9 @@ def test_truncated_at_any_offset(cli, good_trace: Path, tmp_path: Path, fraction
     assert any(word in result.stderr for word in ("truncated", "not an HDF5", "corrupt"))
 
 
-def test_external_links_and_virtual_datasets_are_not_followed(tmp_path: Path, good_trace: Path) -> None:
+def test_external_links_and_virtual_datasets_are_not_followed(
+    tmp_path: Path, good_trace: Path
+) -> None:
     outside = tmp_path / "outside.h5"
     with h5py.File(outside, "w") as f:
         f["secret/step"] = np.arange(3)
@@ -131,18 +141,26 @@ def test_exceptions_also_derive_from_builtins() -> None:
 def test_console_script_prints_one_line(tmp_path: Path) -> None:
     dbg = Path(sys.executable).with_name("dbg")
     result = subprocess.run(
-        [str(dbg), "info", str(tmp_path / "missing.h5")], capture_output=True, text=True, check=False
+        [str(dbg), "info", str(tmp_path / "missing.h5")],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "no such file" in result.stderr
-    usage = subprocess.run([str(dbg), "info", "--frobnicate"], capture_output=True, text=True, check=False)
+    usage = subprocess.run(
+        [str(dbg), "info", "--frobnicate"], capture_output=True, text=True, check=False
+    )
     assert usage.returncode == 2
     assert usage.stderr.strip().count("\n") == 0 and "--frobnicate" in usage.stderr
 
 
 def test_python_dash_m_runs_the_cli() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "dbgcli", "--version"], capture_output=True, text=True, check=False,
+        [sys.executable, "-m", "dbgcli", "--version"],
+        capture_output=True,
+        text=True,
+        check=False,
         env={**os.environ, "PYTHONWARNINGS": "error"},
     )
     assert result.returncode == 0 and result.stdout.startswith("dbg ")
@@ -159,7 +177,11 @@ def test_info_human_and_json(cli, good_trace: Path) -> None:
     assert summary["complete"] is True
     assert summary["modes"]["train"] == {"first_step": 0, "last_step": 39, "steps": 40}
     tensor = next(t for t in summary["tags"] if t["tag"] == "w")
-    assert tensor["shape"] == [32, 16] and tensor["raw_records"] == 40 and tensor["collection"] == "weights"
+    assert (
+        tensor["shape"] == [32, 16]
+        and tensor["raw_records"] == 40
+        and tensor["collection"] == "weights"
+    )
 
 
 def test_writer_refuses_to_overwrite(tmp_path: Path, good_trace: Path) -> None:

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -65,7 +64,11 @@ def records(draw: st.DrawFn) -> list[tuple[int, str, np.ndarray]]:
     base_shape = draw(hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=5))
     count = draw(st.integers(1, 12))
     dense = draw(st.booleans())
-    steps = list(range(count)) if dense else sorted(draw(st.sets(st.integers(0, 10_000), min_size=count, max_size=count)))
+    steps = (
+        list(range(count))
+        if dense
+        else sorted(draw(st.sets(st.integers(0, 10_000), min_size=count, max_size=count)))
+    )
     out = []
     for step in steps:
         shape = base_shape
@@ -82,9 +85,13 @@ def records(draw: st.DrawFn) -> list[tuple[int, str, np.ndarray]]:
     return out
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(data=records(), raw_every=st.sampled_from([0, 1, 3]))
-def test_round_trip_matches_numpy(tmp_path: Path, data: list[tuple[int, str, np.ndarray]], raw_every: int) -> None:
+def test_round_trip_matches_numpy(
+    tmp_path: Path, data: list[tuple[int, str, np.ndarray]], raw_every: int
+) -> None:
     path = tmp_path / "rt.h5"
     with TraceWriter(path, raw_every=raw_every, overwrite=True) as writer:
         for step, mode, value in data:
@@ -101,7 +108,9 @@ def test_round_trip_matches_numpy(tmp_path: Path, data: list[tuple[int, str, np.
         for row, (_, _, value) in zip(table, data):
             assert_stats_match(row, value)
         kept = [
-            i for i, (step, _, value) in enumerate(data) if raw_every and step % raw_every == 0 and value.size
+            i
+            for i, (step, _, value) in enumerate(data)
+            if raw_every and step % raw_every == 0 and value.size
         ]
         seen = []
         for chunk in trace.iter_raw("t"):
@@ -149,10 +158,17 @@ def test_metadata_collection_kind_and_units(make_trace) -> None:
     with open_trace(path) as trace:
         assert trace.metadata == {"note": "x", "hyperparameters": {"lr": 0.1}, "framework": "numpy"}
         relu = trace.tag("act/relu")
-        assert (relu.collection, relu.kind, relu.unit_measure, relu.unit_axis) == ("activations", "relu", "active_frac", 1)
+        assert (relu.collection, relu.kind, relu.unit_measure, relu.unit_axis) == (
+            "activations",
+            "relu",
+            "active_frac",
+            1,
+        )
         units = trace.units("act/relu")
         assert units is not None
-        np.testing.assert_allclose(units.values, np.stack([(a > 0).mean(axis=0) for a in acts]), rtol=1e-6)
+        np.testing.assert_allclose(
+            units.values, np.stack([(a > 0).mean(axis=0) for a in acts]), rtol=1e-6
+        )
         assert units.values[2, 1] == 0.0
         tanh = trace.units("pre/tanh")
         assert tanh is not None
@@ -178,20 +194,34 @@ def test_update_norm_tracks_weights_only(make_trace) -> None:
         np.testing.assert_allclose(update[1:], expected, rtol=1e-12)
         assert np.isnan(trace.stat("grad/fc.weight", "update_l2").values).all()
         np.testing.assert_allclose(
-            trace.stat("fc.weight", "abs_mean").values, [np.abs(w).mean() for w in weights], rtol=1e-12
+            trace.stat("fc.weight", "abs_mean").values,
+            [np.abs(w).mean() for w in weights],
+            rtol=1e-12,
         )
-        np.testing.assert_allclose(trace.stat("fc.weight", "var").values, [w.var() for w in weights], rtol=1e-9)
+        np.testing.assert_allclose(
+            trace.stat("fc.weight", "var").values, [w.var() for w in weights], rtol=1e-9
+        )
 
 
 def test_changing_shapes_go_to_separate_raw_segments(make_trace) -> None:
-    batches = [np.ones((4, 3)), np.ones((4, 3)) * 2, np.ones((1, 3)) * 3, np.ones((4, 3)) * 4, np.ones((2, 3))]
+    batches = [
+        np.ones((4, 3)),
+        np.ones((4, 3)) * 2,
+        np.ones((1, 3)) * 3,
+        np.ones((4, 3)) * 4,
+        np.ones((2, 3)),
+    ]
     path = make_trace(tensors={"x": {"values": batches, "collection": "inputs"}})
     with open_trace(path) as trace:
         info = trace.tag("x")
         assert info.shape == (4, 3)
         assert set(info.shapes) == {(4, 3), (1, 3), (2, 3)}
         assert info.raw_records == 5
-        rebuilt = {int(r): v.copy() for chunk in trace.iter_raw("x") for r, v in zip(chunk.records, chunk.values)}
+        rebuilt = {
+            int(r): v.copy()
+            for chunk in trace.iter_raw("x")
+            for r, v in zip(chunk.records, chunk.values)
+        }
         for record, batch in enumerate(batches):
             np.testing.assert_array_equal(rebuilt[record], batch)
         np.testing.assert_allclose(trace.stat("x", "mean").values, [1, 2, 3, 4, 1])
@@ -269,7 +299,9 @@ def test_reader_derives_statistics_from_raw_only_hand_written_trace(tmp_path: Pa
             assert_stats_match(row, x)
         update = trace.stat("weights.fc", "update_l2").values
         assert np.isnan(update[0])
-        np.testing.assert_allclose(update[1], np.linalg.norm(raw[1].astype(np.float64) - raw[0]), rtol=1e-6)
+        np.testing.assert_allclose(
+            update[1], np.linalg.norm(raw[1].astype(np.float64) - raw[0]), rtol=1e-6
+        )
         assert trace.scalar("loss").modes.tolist() == [0, 0, 0]
         assert trace.index("weights.fc")[0].tolist() == [0, 2, 4, 6, 8, 10]
 
@@ -345,4 +377,6 @@ def test_commits_mid_block_keep_every_row(tmp_path: Path) -> None:
     with open_trace(path) as trace:
         got = np.concatenate([chunk.values for chunk in trace.iter_raw("g")])
         np.testing.assert_array_equal(got, np.stack(rows))
-        np.testing.assert_allclose(trace.stat("g", "l2").values, [np.linalg.norm(r) for r in rows], rtol=1e-5)
+        np.testing.assert_allclose(
+            trace.stat("g", "l2").values, [np.linalg.norm(r) for r in rows], rtol=1e-5
+        )

@@ -84,7 +84,9 @@ def test_reading_while_the_writer_runs(tmp_path: Path) -> None:
         "import sys; from dbgcli import open_trace\n"
         "t = open_trace(sys.argv[1]); print(t.complete, t.scalar('loss').steps.tolist())\n"
     )
-    seen = subprocess.run([sys.executable, "-c", reader, str(path)], capture_output=True, text=True, check=True)
+    seen = subprocess.run(
+        [sys.executable, "-c", reader, str(path)], capture_output=True, text=True, check=True
+    )
     assert seen.stdout.strip() == f"False {list(range(10))}"
     writer.close()
     with open_trace(path) as trace:

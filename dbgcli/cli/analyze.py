@@ -27,21 +27,36 @@ TRACE_SUFFIXES = (".h5", ".hdf5", ".trace")
 def analyze(
     traces: Annotated[
         list[Path],
-        typer.Argument(help="Trace files, or directories searched recursively for *.h5 traces.", show_default=False),
+        typer.Argument(
+            help="Trace files, or directories searched recursively for *.h5 traces.",
+            show_default=False,
+        ),
     ],
     select: Annotated[
         list[str] | None,
-        typer.Option("--select", "-s", help="Rules to run: ids, id prefixes (DBG1), names or categories. Repeat or comma-separate."),
+        typer.Option(
+            "--select",
+            "-s",
+            help="Rules to run: ids, id prefixes (DBG1), names or categories. Repeat or comma-separate.",
+        ),
     ] = None,
     ignore: Annotated[
-        list[str] | None, typer.Option("--ignore", "-i", help="Rules to leave out (same forms as --select).")
+        list[str] | None,
+        typer.Option("--ignore", "-i", help="Rules to leave out (same forms as --select)."),
     ] = None,
     param: Annotated[
         list[str] | None,
-        typer.Option("--param", "-p", help="Rule parameter override RULE.NAME=VALUE, e.g. DBG101.threshold=1e-6."),
+        typer.Option(
+            "--param",
+            "-p",
+            help="Rule parameter override RULE.NAME=VALUE, e.g. DBG101.threshold=1e-6.",
+        ),
     ] = None,
     fail_on: Annotated[
-        FailOn | None, typer.Option("--fail-on", help="Lowest severity that makes the exit code 1 [default: error].")
+        FailOn | None,
+        typer.Option(
+            "--fail-on", help="Lowest severity that makes the exit code 1 [default: error]."
+        ),
     ] = None,
     exit_zero: Annotated[
         bool, typer.Option("--exit-zero", help="Exit 0 even with findings (errors still exit 2).")
@@ -53,28 +68,41 @@ def analyze(
     output: Annotated[Path | None, typer.Option("--output", "-o", help=OUTPUT_HELP)] = None,
     start: Annotated[int | None, typer.Option("--start", help="First step to analyse.")] = None,
     stop: Annotated[int | None, typer.Option("--stop", help="Last step to analyse.")] = None,
-    mode: Annotated[str | None, typer.Option("--mode", help="Only records of this mode (train, eval, predict).")] = None,
+    mode: Annotated[
+        str | None, typer.Option("--mode", help="Only records of this mode (train, eval, predict).")
+    ] = None,
     config: Annotated[
-        Path | None, typer.Option("--config", help="Configuration file (default: dbg.toml or [tool.dbg] found upwards).")
+        Path | None,
+        typer.Option(
+            "--config", help="Configuration file (default: dbg.toml or [tool.dbg] found upwards)."
+        ),
     ] = None,
     rules_file: Annotated[
-        list[Path] | None, typer.Option("--rules-file", help="Load custom rules from this Python file.")
+        list[Path] | None,
+        typer.Option("--rules-file", help="Load custom rules from this Python file."),
     ] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Human report: hide rules that passed.")] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Human report: hide rules that passed.")
+    ] = False,
     baseline: Annotated[
-        Path | None, typer.Option("--baseline", help="Report only findings that are not in this baseline file.")
+        Path | None,
+        typer.Option("--baseline", help="Report only findings that are not in this baseline file."),
     ] = None,
     write_baseline: Annotated[
-        Path | None, typer.Option("--write-baseline", help="Record today's findings in this baseline file.")
+        Path | None,
+        typer.Option("--write-baseline", help="Record today's findings in this baseline file."),
     ] = None,
-    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Analyse traces in this many processes.")] = 1,
+    jobs: Annotated[
+        int, typer.Option("--jobs", "-j", min=1, help="Analyse traces in this many processes.")
+    ] = 1,
 ) -> None:
     """Analyse traces with the rules and report what went wrong.
 
     Exit codes: 0 nothing at or above the fail level, 1 findings at or above it, 2 errors
     (unreadable trace, bad option or configuration, crashed rule).
     """
-    from dbgcli.analysis import Options, analyze as run_analysis
+    from dbgcli.analysis import Options
+    from dbgcli.analysis import analyze as run_analysis
     from dbgcli.cli.console import log, progress
     from dbgcli.config import load_config
     from dbgcli.findings import Severity
@@ -108,7 +136,9 @@ def analyze(
     if known is not None:
         report = apply_baseline(report, known)
         if report.stale_baseline:
-            log(f"{len(report.stale_baseline)} baseline entr{'y' if len(report.stale_baseline) == 1 else 'ies'} no longer occur")
+            log(
+                f"{len(report.stale_baseline)} baseline entr{'y' if len(report.stale_baseline) == 1 else 'ies'} no longer occur"
+            )
     for fmt, destination in targets:
         write_report(report, fmt, destination, quiet)
     raise typer.Exit(report.exit_code(exit_zero=exit_zero or settings.exit_zero))
@@ -119,7 +149,9 @@ def expand_traces(paths: list[Path]) -> list[Path]:
     found: list[Path] = []
     for path in paths:
         if path.is_dir():
-            inside = sorted(p for p in path.rglob("*") if p.suffix in TRACE_SUFFIXES and p.is_file())
+            inside = sorted(
+                p for p in path.rglob("*") if p.suffix in TRACE_SUFFIXES and p.is_file()
+            )
             if not inside:
                 raise ConfigError(f"{path}: no traces (*.h5) in this directory")
             found.extend(inside)
@@ -132,13 +164,17 @@ def _tokens(values: list[str]) -> tuple[str, ...]:
     return tuple(token.strip() for value in values for token in value.split(",") if token.strip())
 
 
-def _merge_params(from_file: dict[str, dict[str, Any]], overrides: list[str]) -> dict[str, dict[str, Any]]:
+def _merge_params(
+    from_file: dict[str, dict[str, Any]], overrides: list[str]
+) -> dict[str, dict[str, Any]]:
     merged = {rule: dict(values) for rule, values in from_file.items()}
     for item in overrides:
         target, sep, value = item.partition("=")
         rule, dot, name = target.strip().rpartition(".")
         if not sep or not dot or not rule or not name:
-            raise RuleConfigError(f"--param {item!r}: expected RULE.NAME=VALUE, e.g. DBG101.threshold=1e-6")
+            raise RuleConfigError(
+                f"--param {item!r}: expected RULE.NAME=VALUE, e.g. DBG101.threshold=1e-6"
+            )
         merged.setdefault(rule, {})[name] = value.strip()
     return merged
 
@@ -147,20 +183,29 @@ def _merge_params(from_file: dict[str, dict[str, Any]], overrides: list[str]) ->
 @handle_errors
 def compare(
     first: Annotated[Path, typer.Argument(help="A trace.", show_default=False)],
-    second: Annotated[Path, typer.Argument(help="The trace that should match it.", show_default=False)],
+    second: Annotated[
+        Path, typer.Argument(help="The trace that should match it.", show_default=False)
+    ],
     rtol: Annotated[float, typer.Option("--rtol", help="Relative tolerance.")] = 1e-5,
     atol: Annotated[float, typer.Option("--atol", help="Absolute tolerance.")] = 1e-8,
-    tags: Annotated[str | None, typer.Option("--tags", help="Only tags matching this glob, e.g. 'grad/*'.")] = None,
-    output_format: Annotated[list[str] | None, typer.Option("--format", "-f", help=FORMAT_HELP)] = None,
+    tags: Annotated[
+        str | None, typer.Option("--tags", help="Only tags matching this glob, e.g. 'grad/*'.")
+    ] = None,
+    output_format: Annotated[
+        list[str] | None, typer.Option("--format", "-f", help=FORMAT_HELP)
+    ] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help=OUTPUT_HELP)] = None,
-    exit_zero: Annotated[bool, typer.Option("--exit-zero", help="Exit 0 even when the runs differ.")] = False,
+    exit_zero: Annotated[
+        bool, typer.Option("--exit-zero", help="Exit 0 even when the runs differ.")
+    ] = False,
 ) -> None:
     """Compare two runs that should match: tags, steps, scalars, statistics, full tensors.
 
     Records are paired by step and mode; values equal within |a - b| <= atol + rtol*|b| (NaN
     equals NaN) match. Exit 0 when the runs match, 1 when they differ, 2 on errors.
     """
-    from dbgcli.compare import Tolerance, compare as compare_traces
+    from dbgcli.compare import Tolerance
+    from dbgcli.compare import compare as compare_traces
 
     if rtol < 0 or atol < 0:
         raise ConfigError("--rtol and --atol must be >= 0")

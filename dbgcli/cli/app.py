@@ -43,7 +43,9 @@ def _print_version(value: bool) -> None:
 def root(
     version: Annotated[
         bool,
-        typer.Option("--version", help="Print the version and exit.", callback=_print_version, is_eager=True),
+        typer.Option(
+            "--version", help="Print the version and exit.", callback=_print_version, is_eager=True
+        ),
     ] = False,
 ) -> None:
     """Debug machine-learning training runs from their HDF5 traces."""
@@ -71,7 +73,9 @@ def handle_errors(command: F) -> F:
         except Exception as error:  # noqa: BLE001 - the CLI must never print a traceback
             if os.environ.get("DBG_DEBUG"):
                 traceback.print_exc()
-            fail(f"internal error: {type(error).__name__}: {error} (set DBG_DEBUG=1 for a traceback)")
+            fail(
+                f"internal error: {type(error).__name__}: {error} (set DBG_DEBUG=1 for a traceback)"
+            )
         raise typer.Exit(EXIT_ERROR)
 
     return wrapper  # type: ignore[return-value]

@@ -51,7 +51,10 @@ def _render(summary: dict[str, Any]) -> None:
     )
     header = Table.grid(padding=(0, 2))
     header.add_row("file", f"{summary['path']} ({human_size(summary['size_bytes'])})")
-    header.add_row("format", f"dbg-trace {summary['format_version']}, written by dbgcli {summary['dbgcli_version'] or '?'}")
+    header.add_row(
+        "format",
+        f"dbg-trace {summary['format_version']}, written by dbgcli {summary['dbgcli_version'] or '?'}",
+    )
     if summary["created"]:
         header.add_row("created", summary["created"])
     header.add_row("status", status)
@@ -95,7 +98,16 @@ def _render(summary: dict[str, Any]) -> None:
         by_collection.setdefault(tag["collection"] or "(no collection)", []).append(tag)
     for collection, members in by_collection.items():
         table = Table(title=f"tensors: {collection}", title_justify="left")
-        for column in ("tag", "kind", "shape", "dtype", "modes", "records", "steps", "full tensors"):
+        for column in (
+            "tag",
+            "kind",
+            "shape",
+            "dtype",
+            "modes",
+            "records",
+            "steps",
+            "full tensors",
+        ):
             table.add_column(column, justify="right" if column in ("records", "steps") else "left")
         for tag in members:
             raw = (

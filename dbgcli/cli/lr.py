@@ -21,23 +21,41 @@ def lr(
     scheduler: Annotated[
         list[str] | None,
         typer.Option(
-            "--scheduler", "-s",
+            "--scheduler",
+            "-s",
             help="NAME[:key=value,...], e.g. greedy:factor=0.5,patience=2 (repeat to compare; lists as a|b). "
             "Names: greedy, plateau, constant, step, multistep, exponential, linear, cosine, onecycle.",
         ),
     ] = None,
     metric: Annotated[
-        str | None, typer.Option("--metric", help="Scalar series to replay [default: eval loss, else train loss].")
+        str | None,
+        typer.Option(
+            "--metric", help="Scalar series to replay [default: eval loss, else train loss]."
+        ),
     ] = None,
-    mode: Annotated[str | None, typer.Option("--mode", help="Records of this mode only (train, eval).")] = None,
-    every: Annotated[int, typer.Option("--every", help="Step the schedulers once per N records (their mean).")] = 1,
-    per_epoch: Annotated[bool, typer.Option("--per-epoch", help="Step once per epoch (needs an 'epoch' series).")] = False,
+    mode: Annotated[
+        str | None, typer.Option("--mode", help="Records of this mode only (train, eval).")
+    ] = None,
+    every: Annotated[
+        int, typer.Option("--every", help="Step the schedulers once per N records (their mean).")
+    ] = 1,
+    per_epoch: Annotated[
+        bool, typer.Option("--per-epoch", help="Step once per epoch (needs an 'epoch' series).")
+    ] = False,
     initial_lr: Annotated[
-        float | None, typer.Option("--lr", help="Initial learning rate [default: the recorded one, else 0.1].")
+        float | None,
+        typer.Option("--lr", help="Initial learning rate [default: the recorded one, else 0.1]."),
     ] = None,
-    csv: Annotated[Path | None, typer.Option("--csv", help="Write every curve to this CSV file.")] = None,
-    png: Annotated[Path | None, typer.Option("--png", help="Draw the curves to this PNG (needs matplotlib).")] = None,
-    html: Annotated[Path | None, typer.Option("--html", help="Write a self-contained HTML page (needs matplotlib).")] = None,
+    csv: Annotated[
+        Path | None, typer.Option("--csv", help="Write every curve to this CSV file.")
+    ] = None,
+    png: Annotated[
+        Path | None, typer.Option("--png", help="Draw the curves to this PNG (needs matplotlib).")
+    ] = None,
+    html: Annotated[
+        Path | None,
+        typer.Option("--html", help="Write a self-contained HTML page (needs matplotlib)."),
+    ] = None,
 ) -> None:
     """Replay the recorded loss through learning-rate schedulers and draw the curves.
 
@@ -46,7 +64,17 @@ def lr(
     (GreedyLR as in transformers, ReduceLROnPlateau as in torch).
     """
     from dbgcli.errors import ConfigError
-    from dbgcli.lr import SchedulerSpec, align, figure, recorded_lr, run_schedulers, select_metric, write_csv, write_html, write_png
+    from dbgcli.lr import (
+        SchedulerSpec,
+        align,
+        figure,
+        recorded_lr,
+        run_schedulers,
+        select_metric,
+        write_csv,
+        write_html,
+        write_png,
+    )
     from dbgcli.trace.reader import open_trace
 
     specs = [SchedulerSpec.parse(text) for text in (scheduler or ["greedy"])]
@@ -56,7 +84,11 @@ def lr(
         series = select_metric(opened, metric, mode, every, per_epoch)
         recorded = recorded_lr(opened)
     aligned = align(series.steps, recorded) if recorded is not None else None
-    start = initial_lr if initial_lr is not None else (float(recorded[1][0]) if recorded is not None else 0.1)
+    start = (
+        initial_lr
+        if initial_lr is not None
+        else (float(recorded[1][0]) if recorded is not None else 0.1)
+    )
     if not np.isfinite(start) or start <= 0:
         raise ConfigError(f"initial learning rate must be a positive number, got {start!r}")
     curves = run_schedulers(series, specs, start)
@@ -79,11 +111,23 @@ def _render(series, curves, recorded, title: str) -> None:  # type: ignore[no-un
     console = stdout_console()
     width = max(30, min(100, console.width - 12))
     lr_series = ([("recorded lr", recorded)] if recorded is not None else []) + [
-        (curve.spec.label, curve.replay.lrs if curve.replay.lrs.ndim == 1 else curve.replay.lrs[:, 0]) for curve in curves
+        (
+            curve.spec.label,
+            curve.replay.lrs if curve.replay.lrs.ndim == 1 else curve.replay.lrs[:, 0],
+        )
+        for curve in curves
     ]
     console.print(Text(title, style="bold"))
     _chart(console, series.steps, lr_series, width, 12, "learning rate")
-    _chart(console, series.steps, [(series.name, series.values)], width, 6, series.name, colours=("white",))
+    _chart(
+        console,
+        series.steps,
+        [(series.name, series.values)],
+        width,
+        6,
+        series.name,
+        colours=("white",),
+    )
     table = Table(title="schedulers", title_justify="left")
     for column in ("scheduler", "increases", "decreases", "resets", "final lr", "min lr", "max lr"):
         if column == "scheduler":
@@ -93,8 +137,13 @@ def _render(series, curves, recorded, title: str) -> None:  # type: ignore[no-un
     for curve in curves:
         row = curve.summary()
         table.add_row(
-            Text(str(row["scheduler"])), str(row["increases"]), str(row["decreases"]), str(row["resets"]),
-            f"{row['final']:.4g}", f"{row['min']:.4g}", f"{row['max']:.4g}",
+            Text(str(row["scheduler"])),
+            str(row["increases"]),
+            str(row["decreases"]),
+            str(row["resets"]),
+            f"{row['final']:.4g}",
+            f"{row['min']:.4g}",
+            f"{row['max']:.4g}",
         )
     console.print(table)
 
@@ -104,17 +153,39 @@ def _chart(console, steps, named, width: int, height: int, label: str, colours=N
 
     from dbgcli.report.plot import line_chart
 
-    palette = ("white", *PALETTE) if colours is None and named and named[0][0] == "recorded lr" else (colours or PALETTE)
-    chart = line_chart([steps] * len(named), [np.asarray(values, dtype=np.float64) for _, values in named], width=width, height=height)
+    palette = (
+        ("white", *PALETTE)
+        if colours is None and named and named[0][0] == "recorded lr"
+        else (colours or PALETTE)
+    )
+    chart = line_chart(
+        [steps] * len(named),
+        [np.asarray(values, dtype=np.float64) for _, values in named],
+        width=width,
+        height=height,
+    )
     gutter = max(len(chart.y_labels[0]), len(chart.y_labels[1]))
     for row, (line, owners) in enumerate(zip(chart.lines, chart.owners)):
-        axis = chart.y_labels[0] if row == 0 else chart.y_labels[1] if row == len(chart.lines) - 1 else ""
+        axis = (
+            chart.y_labels[0]
+            if row == 0
+            else chart.y_labels[1]
+            if row == len(chart.lines) - 1
+            else ""
+        )
         text = Text(f"{axis:>{gutter}} │")
         for char, owner in zip(line, owners):
             text.append(char, style=palette[owner % len(palette)] if owner >= 0 else None)
         console.print(text)
     console.print(Text(f"{'':>{gutter}} └" + "─" * width))
-    console.print(Text(f"{'':>{gutter}}  {chart.x_labels[0]}".ljust(gutter + 2 + width - len(chart.x_labels[1])) + chart.x_labels[1]))
+    console.print(
+        Text(
+            f"{'':>{gutter}}  {chart.x_labels[0]}".ljust(
+                gutter + 2 + width - len(chart.x_labels[1])
+            )
+            + chart.x_labels[1]
+        )
+    )
     legend = Text(f"{'':>{gutter}}  {label}: ")
     for index, (name, _) in enumerate(named):
         legend.append(f"■ {name}  ", style=palette[index % len(palette)])

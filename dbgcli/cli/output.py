@@ -26,7 +26,9 @@ class OutputFormat(str, Enum):
     markdown = "markdown"
 
 
-def parse_outputs(formats: list[str], output: Path | None, configured: tuple[str, ...]) -> list[tuple[OutputFormat, Path | None]]:
+def parse_outputs(
+    formats: list[str], output: Path | None, configured: tuple[str, ...]
+) -> list[tuple[OutputFormat, Path | None]]:
     """Parse ``FORMAT[:FILE]`` values (default: human on stdout); at most one goes to stdout."""
     pairs: list[tuple[OutputFormat, Path | None]] = []
     for value in formats or configured or ["human"]:
@@ -35,14 +37,20 @@ def parse_outputs(formats: list[str], output: Path | None, configured: tuple[str
             fmt = OutputFormat(name.strip().lower())
         except ValueError:
             choices = ", ".join(f.value for f in OutputFormat)
-            raise ConfigError(f"unknown format {name!r}; formats: {choices} (FORMAT:FILE writes to a file)") from None
+            raise ConfigError(
+                f"unknown format {name!r}; formats: {choices} (FORMAT:FILE writes to a file)"
+            ) from None
         pairs.append((fmt, Path(destination) if destination else None))
     if output is not None:
         if len(pairs) != 1 or pairs[0][1] is not None:
-            raise ConfigError("--output goes with a single --format; write several reports with --format FORMAT:FILE")
+            raise ConfigError(
+                "--output goes with a single --format; write several reports with --format FORMAT:FILE"
+            )
         pairs = [(pairs[0][0], output)]
     if sum(1 for _, destination in pairs if destination is None) > 1:
-        raise ConfigError("only one report can go to stdout; give the others a file with --format FORMAT:FILE")
+        raise ConfigError(
+            "only one report can go to stdout; give the others a file with --format FORMAT:FILE"
+        )
     return pairs
 
 
@@ -57,7 +65,11 @@ def write_report(report: Any, fmt: OutputFormat, destination: Path | None, quiet
             human.render(report, stdout_console(), show_passed=not quiet)
             return
         with destination.open("w", encoding="utf-8") as handle:
-            human.render(report, Console(file=handle, width=120, color_system=None, highlight=False), show_passed=not quiet)
+            human.render(
+                report,
+                Console(file=handle, width=120, color_system=None, highlight=False),
+                show_passed=not quiet,
+            )
         return
     from dbgcli.report.formats import machine_renderer
 

@@ -31,7 +31,8 @@ def _describe(spec: Any) -> dict[str, Any]:
         "requires": [need.what for need in spec.requires],
         "default": spec.default_enabled,
         "params": [
-            {"name": p.name, "type": p.type_name, "default": p.default, "help": p.help} for p in spec.params
+            {"name": p.name, "type": p.type_name, "default": p.default, "help": p.help}
+            for p in spec.params
         ],
     }
 
@@ -39,9 +40,12 @@ def _describe(spec: Any) -> dict[str, Any]:
 @rules_app.command("list")
 @handle_errors
 def list_rules(
-    output_format: Annotated[ListFormat, typer.Option("--format", "-f", help="Output format.")] = ListFormat.human,
+    output_format: Annotated[
+        ListFormat, typer.Option("--format", "-f", help="Output format.")
+    ] = ListFormat.human,
     rules_file: Annotated[
-        list[str] | None, typer.Option("--rules-file", help="Also load rules from this Python file.")
+        list[str] | None,
+        typer.Option("--rules-file", help="Also load rules from this Python file."),
     ] = None,
 ) -> None:
     """List every rule: id, name, category, severity, data required, parameters."""
@@ -59,7 +63,10 @@ def list_rules(
     from rich.table import Table
     from rich.text import Text
 
-    table = Table(title=f"{len(specs)} rules (dbg rules explain ID for the maths and parameters)", title_justify="left")
+    table = Table(
+        title=f"{len(specs)} rules (dbg rules explain ID for the maths and parameters)",
+        title_justify="left",
+    )
     table.add_column("id", no_wrap=True)
     table.add_column("name", no_wrap=True)
     table.add_column("severity", no_wrap=True)
@@ -70,25 +77,35 @@ def list_rules(
             category = spec.category
             table.add_section()
             table.add_row("", Text(category, style="bold"), "", "")
-        summary = spec.summary if spec.default_enabled else f"{spec.summary} (opt-in: --select {spec.id})"
+        summary = (
+            spec.summary if spec.default_enabled else f"{spec.summary} (opt-in: --select {spec.id})"
+        )
         table.add_row(spec.id, spec.name, spec.severity.value, summary)
     stdout_console().print(table)
 
 
 def markdown_table(specs: list[Any]) -> str:
     """The catalogue as a Markdown table (used for the README)."""
-    lines = ["| id | name | category | severity | what it finds |", "| --- | --- | --- | --- | --- |"]
+    lines = [
+        "| id | name | category | severity | what it finds |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for spec in specs:
-        lines.append(f"| {spec.id} | `{spec.name}` | {spec.category} | {spec.severity.value} | {spec.summary} |")
+        lines.append(
+            f"| {spec.id} | `{spec.name}` | {spec.category} | {spec.severity.value} | {spec.summary} |"
+        )
     return "\n".join(lines)
 
 
 @rules_app.command("explain")
 @handle_errors
 def explain(
-    rule: Annotated[str, typer.Argument(help="Rule id or name, e.g. DBG101 or vanishing-gradient.")],
+    rule: Annotated[
+        str, typer.Argument(help="Rule id or name, e.g. DBG101 or vanishing-gradient.")
+    ],
     rules_file: Annotated[
-        list[str] | None, typer.Option("--rules-file", help="Also load rules from this Python file.")
+        list[str] | None,
+        typer.Option("--rules-file", help="Also load rules from this Python file."),
     ] = None,
 ) -> None:
     """Explain one rule: its maths, why it matters, causes, fix, and its parameters."""
@@ -115,4 +132,6 @@ def explain(
         for param in spec.params:
             table.add_row(param.name, param.type_name, repr(param.default), param.help)
         console.print(table)
-        console.print(f"Override with [bold]--param {spec.id}.{spec.params[0].name}=VALUE[/bold] or in [tool.dbg.rules.{spec.name}].")
+        console.print(
+            f"Override with [bold]--param {spec.id}.{spec.params[0].name}=VALUE[/bold] or in [tool.dbg.rules.{spec.name}]."
+        )

@@ -35,7 +35,13 @@ def write_baseline(report: Report, path: Path) -> int:
                 "message": finding.message,
             },
         )
-    document = {"version": BASELINE_VERSION, "tool": "dbg", "findings": sorted(entries.values(), key=lambda e: (e["rule_id"], e["tensor"] or "", e["key"]))}
+    document = {
+        "version": BASELINE_VERSION,
+        "tool": "dbg",
+        "findings": sorted(
+            entries.values(), key=lambda e: (e["rule_id"], e["tensor"] or "", e["key"])
+        ),
+    }
     path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
     return len(entries)
 
@@ -45,7 +51,9 @@ def read_baseline(path: Path) -> dict[str, dict[str, Any]]:
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError(f"baseline {path} does not exist (create it with --write-baseline)") from None
+        raise ConfigError(
+            f"baseline {path} does not exist (create it with --write-baseline)"
+        ) from None
     except (OSError, ValueError) as error:
         raise ConfigError(f"baseline {path} is not readable JSON: {error}") from None
     findings = document.get("findings") if isinstance(document, dict) else None
@@ -75,7 +83,12 @@ def apply_baseline(report: Report, baseline: dict[str, dict[str, Any]]) -> Repor
             results.append(_with_findings(result, tuple(kept)))
         traces.append(replace(trace, results=tuple(results)))
     stale = tuple(entry for key, entry in baseline.items() if key not in seen)
-    return replace(report, traces=tuple(traces), suppressed=report.suppressed + suppressed, stale_baseline=stale)
+    return replace(
+        report,
+        traces=tuple(traces),
+        suppressed=report.suppressed + suppressed,
+        stale_baseline=stale,
+    )
 
 
 def _with_findings(result: RuleResult, findings: tuple[Any, ...]) -> RuleResult:
@@ -84,4 +97,3 @@ def _with_findings(result: RuleResult, findings: tuple[Any, ...]) -> RuleResult:
     status = RuleStatus.violated if findings else RuleStatus.passed
     reason = "" if findings else f"{len(result.findings)} finding(s) in the baseline"
     return replace(result, findings=findings, status=status, reason=reason)
-

@@ -20,7 +20,7 @@ PER_LEVEL = 10
 def render(report: Report, per_level: int = PER_LEVEL) -> str:
     """Annotation lines, most severe first, capped per level, then a count of the rest."""
     lines = []
-    shown = {severity: 0 for severity in Severity}
+    shown = dict.fromkeys(Severity, 0)
     left_out = 0
     for line in report.errors:
         lines.append(f"::error title=dbg error::{escape_data(line)}")
@@ -31,7 +31,9 @@ def render(report: Report, per_level: int = PER_LEVEL) -> str:
             left_out += 1
             continue
         shown[severity] += 1
-        title = f"{finding.rule_id} {finding.rule}" + (f" ({finding.tensor})" if finding.tensor else "")
+        title = f"{finding.rule_id} {finding.rule}" + (
+            f" ({finding.tensor})" if finding.tensor else ""
+        )
         where = f" [{finding.span}]" if finding.span else ""
         lines.append(
             f"::{COMMANDS[severity]} file={escape_property(_relative(trace.path))},line=1,"

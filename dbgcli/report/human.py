@@ -31,23 +31,40 @@ def render(report: Report, console: Console, *, show_passed: bool = True) -> Non
     if report.suppressed:
         console.print(Text(f"{report.suppressed} finding(s) hidden by the baseline", style="dim"))
     for entry in report.stale_baseline:
-        console.print(Text(
-            f"stale baseline entry: {entry.get('rule_id')} {entry.get('tensor') or ''} ({entry.get('key')}) no longer occurs",
-            style="yellow",
-        ))
+        console.print(
+            Text(
+                f"stale baseline entry: {entry.get('rule_id')} {entry.get('tensor') or ''} ({entry.get('key')}) no longer occurs",
+                style="yellow",
+            )
+        )
     counts = report.counts()
     code = report.exit_code()
-    totals = ", ".join(f"{n} {name}{'s' if n != 1 and name != 'info' else ''}" for name, n in reversed(counts.items()))
-    verdict = Text(f"{totals} in {len(report.traces)} trace{'s' if len(report.traces) != 1 else ''}")
-    verdict.append(f" · fail on {report.fail_on.value} · exit {code}", style="bold red" if code else "bold green")
+    totals = ", ".join(
+        f"{n} {name}{'s' if n != 1 and name != 'info' else ''}"
+        for name, n in reversed(counts.items())
+    )
+    verdict = Text(
+        f"{totals} in {len(report.traces)} trace{'s' if len(report.traces) != 1 else ''}"
+    )
+    verdict.append(
+        f" · fail on {report.fail_on.value} · exit {code}",
+        style="bold red" if code else "bold green",
+    )
     console.print(verdict)
 
 
 def _render_trace(trace: TraceReport, console: Console, show_passed: bool) -> None:
     if trace.error:
-        console.print(Panel(Text(trace.error, style="bold magenta"), title=trace.path, title_align="left", border_style="magenta"))
+        console.print(
+            Panel(
+                Text(trace.error, style="bold magenta"),
+                title=trace.path,
+                title_align="left",
+                border_style="magenta",
+            )
+        )
         return
-    parts: list[object] = [_header(trace)]
+    parts: list[Table] = [_header(trace)]
     for curve in trace.curves:
         parts.append(_sparkline_row(curve))
     console.print(Panel(Group(*parts), title=trace.path, title_align="left"))
@@ -60,13 +77,20 @@ def _render_trace(trace: TraceReport, console: Console, show_passed: bool) -> No
 
 def _header(trace: TraceReport) -> Table:
     grid = Table.grid(padding=(0, 2))
-    status = Text("complete", style="green") if trace.complete else Text(
-        "incomplete: " + "; ".join(trace.incomplete_reasons), style="yellow"
+    status = (
+        Text("complete", style="green")
+        if trace.complete
+        else Text("incomplete: " + "; ".join(trace.incomplete_reasons), style="yellow")
     )
     grid.add_row("trace", status)
     modes = trace.summary.get("modes", {})
     if modes:
-        grid.add_row("steps", ", ".join(f"{m} {s['first_step']}..{s['last_step']} ({s['steps']})" for m, s in modes.items()))
+        grid.add_row(
+            "steps",
+            ", ".join(
+                f"{m} {s['first_step']}..{s['last_step']} ({s['steps']})" for m, s in modes.items()
+            ),
+        )
     grid.add_row(
         "series",
         f"{trace.summary.get('scalars', 0)} scalars, {trace.summary.get('tensors', 0)} tensors "
@@ -86,7 +110,11 @@ def _sparkline_row(curve: Curve) -> Table:
     first = f"{values[0]:.3g}" if values.size else "-"
     last = f"{values[-1]:.3g}" if values.size else "-"
     span = f"{first} → {last}" + (f" (min {finite.min():.3g})" if finite.size else "")
-    grid.add_row(Text(f"{curve.name:<16}"), Text(sparkline(values, width=32), style="blue"), Text(span, style="dim"))
+    grid.add_row(
+        Text(f"{curve.name:<16}"),
+        Text(sparkline(values, width=32), style="blue"),
+        Text(span, style="dim"),
+    )
     return grid
 
 
@@ -126,8 +154,13 @@ def _rules_table(trace: TraceReport, show_passed: bool) -> Table:
             continue
         label, style = STATUS_STYLE[result.status]
         if result.status is RuleStatus.violated:
-            worst = max((f.severity or Severity.info for f in result.findings), key=lambda s: s.rank)
-            detail = Text(f"{len(result.findings)} finding{'s' if len(result.findings) != 1 else ''} ({worst.value})", style=SEVERITY_STYLE[worst])
+            worst = max(
+                (f.severity or Severity.info for f in result.findings), key=lambda s: s.rank
+            )
+            detail = Text(
+                f"{len(result.findings)} finding{'s' if len(result.findings) != 1 else ''} ({worst.value})",
+                style=SEVERITY_STYLE[worst],
+            )
         elif result.status is RuleStatus.passed:
             detail = Text("")
         elif result.status is RuleStatus.skipped:

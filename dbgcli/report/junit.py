@@ -29,24 +29,38 @@ def render(report: Report) -> str:
         for result in trace.results:
             counts["tests"] += 1
             case = ET.SubElement(
-                suite, "testcase", classname=trace.path, name=f"{result.id} {result.name}", time=f"{result.seconds:.6f}"
+                suite,
+                "testcase",
+                classname=trace.path,
+                name=f"{result.id} {result.name}",
+                time=f"{result.seconds:.6f}",
             )
             if result.status is RuleStatus.skipped:
                 ET.SubElement(case, "skipped", message=result.reason)
                 counts["skipped"] += 1
             elif result.status is RuleStatus.error:
-                ET.SubElement(case, "error", message=result.reason, type="RuleCrashed").text = result.reason
+                ET.SubElement(
+                    case, "error", message=result.reason, type="RuleCrashed"
+                ).text = result.reason
                 counts["errors"] += 1
             elif result.findings:
-                failing = [f for f in result.findings if (f.severity or Severity.info).rank >= report.fail_on.rank]
+                failing = [
+                    f
+                    for f in result.findings
+                    if (f.severity or Severity.info).rank >= report.fail_on.rank
+                ]
                 if failing:
-                    worst = max((f.severity or Severity.info for f in failing), key=lambda s: s.rank)
+                    worst = max(
+                        (f.severity or Severity.info for f in failing), key=lambda s: s.rank
+                    )
                     message = f"{len(failing)} finding(s) at or above {report.fail_on.value}: {failing[0].message}"
                     failure = ET.SubElement(case, "failure", message=message, type=worst.value)
                     failure.text = "\n".join(_line(f) for f in result.findings)
                     counts["failures"] += 1
                 else:
-                    ET.SubElement(case, "system-out").text = "\n".join(_line(f) for f in result.findings)
+                    ET.SubElement(case, "system-out").text = "\n".join(
+                        _line(f) for f in result.findings
+                    )
         for key, value in counts.items():
             suite.set(key, str(value))
             totals[key] += value
@@ -60,4 +74,6 @@ def render(report: Report) -> str:
 def _line(finding: Finding) -> str:
     where = ", ".join(part for part in (finding.tensor, finding.span) if part)
     severity = (finding.severity or Severity.info).value
-    return f"[{severity}] {where}: {finding.message}" if where else f"[{severity}] {finding.message}"
+    return (
+        f"[{severity}] {where}: {finding.message}" if where else f"[{severity}] {finding.message}"
+    )

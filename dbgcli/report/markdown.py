@@ -35,7 +35,11 @@ def render(report: Report, max_bytes: int = MAX_BYTES) -> str:
         violated = ", ".join(r.id for r in trace.results if r.status is RuleStatus.violated) or "-"
         state = "error" if trace.error else ("yes" if trace.complete else "no")
         head.append(f"| `{_cell(trace.path)}` | {state} | {violated} | {len(trace.findings)} |")
-    head += ["", "| | rule | trace | tensor | steps | message |", "| --- | --- | --- | --- | --- | --- |"]
+    head += [
+        "",
+        "| | rule | trace | tensor | steps | message |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     text = "\n".join(head) + "\n"
     findings = sorted(report.findings, key=lambda pair: -(pair[1].severity or Severity.info).rank)
     size = len(text.encode("utf-8"))

@@ -69,7 +69,9 @@ class TraceReport:
     def findings(self) -> list[Finding]:
         """Every finding, most severe first."""
         found = [f for result in self.results for f in result.findings]
-        return sorted(found, key=lambda f: (-(f.severity or Severity.info).rank, f.rule_id, f.first_step or 0))
+        return sorted(
+            found, key=lambda f: (-(f.severity or Severity.info).rank, f.rule_id, f.first_step or 0)
+        )
 
 
 @dataclass(frozen=True)
@@ -98,7 +100,9 @@ class Report:
                 lines.append(f"{trace.path}: {trace.error}")
             for result in trace.results:
                 if result.status is RuleStatus.error:
-                    lines.append(f"{trace.path}: rule {result.id} ({result.name}) crashed: {result.reason}")
+                    lines.append(
+                        f"{trace.path}: rule {result.id} ({result.name}) crashed: {result.reason}"
+                    )
         return lines
 
     def counts(self) -> dict[str, int]:

@@ -27,12 +27,25 @@ class Chart:
 
 
 def line_chart(
-    xs: Sequence[np.ndarray], ys: Sequence[np.ndarray], *, width: int = 60, height: int = 10, log: bool | None = None
+    xs: Sequence[np.ndarray],
+    ys: Sequence[np.ndarray],
+    *,
+    width: int = 60,
+    height: int = 10,
+    log: bool | None = None,
 ) -> Chart:
     """Draw several series on one canvas; ``log`` (default: when the range spans > 2 decades)."""
     finite = [y[np.isfinite(y)] for y in ys]
-    values = np.concatenate([v for v in finite if v.size]) if any(v.size for v in finite) else np.array([0.0, 1.0])
-    all_x = np.concatenate([np.asarray(x, dtype=np.float64) for x in xs if len(x)]) if any(len(x) for x in xs) else np.array([0.0, 1.0])
+    values = (
+        np.concatenate([v for v in finite if v.size])
+        if any(v.size for v in finite)
+        else np.array([0.0, 1.0])
+    )
+    all_x = (
+        np.concatenate([np.asarray(x, dtype=np.float64) for x in xs if len(x)])
+        if any(len(x) for x in xs)
+        else np.array([0.0, 1.0])
+    )
     if log is None:
         log = bool(values.min() > 0 and values.max() / values.min() > 100)
     transform = np.log10 if log else (lambda v: v)
@@ -72,7 +85,10 @@ def _segment(start: tuple[int, int] | None, end: tuple[int, int]) -> list[tuple[
         return [end]
     (x0, y0), (x1, y1) = start, end
     steps = max(abs(x1 - x0), abs(y1 - y0), 1)
-    return [(round(x0 + (x1 - x0) * i / steps), round(y0 + (y1 - y0) * i / steps)) for i in range(1, steps + 1)]
+    return [
+        (round(x0 + (x1 - x0) * i / steps), round(y0 + (y1 - y0) * i / steps))
+        for i in range(1, steps + 1)
+    ]
 
 
 def _number_label(value: float) -> str:

@@ -18,7 +18,9 @@ from dbgcli._version import __version__
 from dbgcli.findings import Severity, json_number
 from dbgcli.report.model import Report, RuleResult, RuleStatus
 
-SCHEMA_URI = "https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/sarif-schema-2.1.0.json"
+SCHEMA_URI = (
+    "https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/sarif-schema-2.1.0.json"
+)
 INFORMATION_URI = "https://github.com/dbgcli/dbg"
 LEVELS = {Severity.error: "error", Severity.warning: "warning", Severity.info: "note"}
 
@@ -48,9 +50,13 @@ def to_document(report: Report) -> dict[str, Any]:
                 "name": first.name,
                 "shortDescription": {"text": first.summary},
                 "fullDescription": {"text": description or first.summary},
-                "defaultConfiguration": {"level": LEVELS[registered.severity if registered else first.severity]},
+                "defaultConfiguration": {
+                    "level": LEVELS[registered.severity if registered else first.severity]
+                },
                 "help": {
-                    "text": f"{first.summary}\n\n{description}\n\nRun 'dbg rules explain {rule_id}'." if registered else first.summary,
+                    "text": f"{first.summary}\n\n{description}\n\nRun 'dbg rules explain {rule_id}'."
+                    if registered
+                    else first.summary,
                     "markdown": f"**{first.summary}**\n\n{description}",
                 },
                 "properties": {"category": first.category, "tags": ["training", first.category]},
@@ -64,25 +70,38 @@ def to_document(report: Report) -> dict[str, Any]:
         artifacts.append({"location": {"uri": uri}})
         artifact = len(artifacts) - 1
         if trace.error:
-            notifications.append({"level": "error", "message": {"text": f"{trace.path}: {trace.error}"}})
+            notifications.append(
+                {"level": "error", "message": {"text": f"{trace.path}: {trace.error}"}}
+            )
         for result in trace.results:
             if result.status is RuleStatus.error:
                 notifications.append(
                     {
                         "level": "error",
-                        "message": {"text": f"{trace.path}: rule {result.id} crashed: {result.reason}"},
+                        "message": {
+                            "text": f"{trace.path}: rule {result.id} crashed: {result.reason}"
+                        },
                         "associatedRule": {"id": result.id, "index": rule_index[result.id]},
                     }
                 )
         for finding in trace.findings:
             location: dict[str, Any] = {
-                "physicalLocation": {"artifactLocation": {"uri": uri, "index": artifact}, "region": {"startLine": 1}},
+                "physicalLocation": {
+                    "artifactLocation": {"uri": uri, "index": artifact},
+                    "region": {"startLine": 1},
+                },
             }
             if finding.tensor:
                 location["logicalLocations"] = [
-                    {"name": finding.tensor, "fullyQualifiedName": f"{uri}:{finding.tensor}", "kind": "variable"}
+                    {
+                        "name": finding.tensor,
+                        "fullyQualifiedName": f"{uri}:{finding.tensor}",
+                        "kind": "variable",
+                    }
                 ]
-            text = finding.message + (f" ({finding.tensor}, {finding.span})" if finding.tensor and finding.span else "")
+            text = finding.message + (
+                f" ({finding.tensor}, {finding.span})" if finding.tensor and finding.span else ""
+            )
             results.append(
                 {
                     "ruleId": finding.rule_id,
@@ -108,11 +127,21 @@ def to_document(report: Report) -> dict[str, Any]:
         "version": "2.1.0",
         "runs": [
             {
-                "tool": {"driver": {"name": "dbg", "version": __version__, "informationUri": INFORMATION_URI, "rules": rules}},
+                "tool": {
+                    "driver": {
+                        "name": "dbg",
+                        "version": __version__,
+                        "informationUri": INFORMATION_URI,
+                        "rules": rules,
+                    }
+                },
                 "artifacts": artifacts,
                 "results": results,
                 "invocations": [
-                    {"executionSuccessful": not report.errors, "toolExecutionNotifications": notifications}
+                    {
+                        "executionSuccessful": not report.errors,
+                        "toolExecutionNotifications": notifications,
+                    }
                 ],
             }
         ],

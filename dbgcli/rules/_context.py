@@ -19,11 +19,30 @@ from dbgcli.trace.reader import Series, TagInfo, Trace
 # split by mode; the others are taken whole, whatever mode they were recorded under.
 LOSS_NAMES: dict[str, tuple[str, ...]] = {
     "train": ("loss", "train_loss", "training_loss", "train/loss", "loss/train"),
-    "eval": ("loss", "val_loss", "eval_loss", "validation_loss", "valid_loss", "val/loss", "eval/loss", "loss/val", "loss/eval"),
+    "eval": (
+        "loss",
+        "val_loss",
+        "eval_loss",
+        "validation_loss",
+        "valid_loss",
+        "val/loss",
+        "eval/loss",
+        "loss/val",
+        "loss/eval",
+    ),
 }
 ACCURACY_NAMES: dict[str, tuple[str, ...]] = {
     "train": ("accuracy", "acc", "train_accuracy", "train_acc", "train/accuracy"),
-    "eval": ("accuracy", "acc", "val_accuracy", "val_acc", "eval_accuracy", "eval_acc", "val/accuracy", "eval/accuracy"),
+    "eval": (
+        "accuracy",
+        "acc",
+        "val_accuracy",
+        "val_acc",
+        "eval_accuracy",
+        "eval_acc",
+        "val/accuracy",
+        "eval/accuracy",
+    ),
 }
 _GENERIC_NAMES = {"loss", "accuracy", "acc"}
 
@@ -38,7 +57,14 @@ class RuleContext:
         mode: Only records of this mode, or None for all.
     """
 
-    def __init__(self, trace: Trace, *, start: int | None = None, stop: int | None = None, mode: str | None = None) -> None:
+    def __init__(
+        self,
+        trace: Trace,
+        *,
+        start: int | None = None,
+        stop: int | None = None,
+        mode: str | None = None,
+    ) -> None:
         self.trace = trace
         self.start = start
         self.stop = stop
@@ -62,7 +88,12 @@ class RuleContext:
             return False
         timeline = self.trace.timeline()
         if len(timeline):
-            return bool((self.keep(timeline.steps, timeline.modes) & (timeline.modes == schema.MODE_CODES[mode])).any())
+            return bool(
+                (
+                    self.keep(timeline.steps, timeline.modes)
+                    & (timeline.modes == schema.MODE_CODES[mode])
+                ).any()
+            )
         code = schema.MODE_CODES[mode]
         for info in self.trace.tags():
             steps, modes = self.trace.index(info.tag)
@@ -218,7 +249,9 @@ def episode_findings(
     ``message`` to build the one-line text.
     """
     for episode in episodes(violating):
-        window = values[episode.first : episode.last + 1][violating[episode.first : episode.last + 1]]
+        window = values[episode.first : episode.last + 1][
+            violating[episode.first : episode.last + 1]
+        ]
         worst_value = _worst(window, worst)
         mode = None
         if modes is not None:
@@ -264,7 +297,9 @@ def trailing_median(values: np.ndarray, window: int) -> np.ndarray:
     out = np.full(len(values), np.nan)
     if window < 1 or len(values) <= window:
         return out
-    windows = np.lib.stride_tricks.sliding_window_view(np.asarray(values, dtype=np.float64), window)[:-1]
+    windows = np.lib.stride_tricks.sliding_window_view(
+        np.asarray(values, dtype=np.float64), window
+    )[:-1]
     with warnings.catch_warnings():
         # An all-NaN window has no median; NaN is the right answer there.
         warnings.simplefilter("ignore", RuntimeWarning)

@@ -67,7 +67,9 @@ class Need:
             lambda ctx, params: bool(ctx.tensors(collection=tuple(params[param]) or None)),
             uses_params=True,
             describe=lambda params: (
-                f"tensors of collection {_words(tuple(params[param]))}" if params[param] else "tensors"
+                f"tensors of collection {_words(tuple(params[param]))}"
+                if params[param]
+                else "tensors"
             ),
         )
 
@@ -83,7 +85,7 @@ class Need:
     @staticmethod
     def loss(mode: str = "train") -> Need:
         """A loss series of ``mode`` (see RuleContext.loss for the names it looks for)."""
-        return Need(f"{mode} loss series", lambda ctx: ctx.loss(mode) is not None)  # type: ignore[arg-type]
+        return Need(f"{mode} loss series", lambda ctx: ctx.loss(mode) is not None)
 
     @staticmethod
     def loss_of(param: str) -> Need:
@@ -98,7 +100,7 @@ class Need:
     @staticmethod
     def accuracy(mode: str = "train") -> Need:
         """An accuracy series of ``mode`` (see RuleContext.accuracy)."""
-        return Need(f"{mode} accuracy series", lambda ctx: ctx.accuracy(mode) is not None)  # type: ignore[arg-type]
+        return Need(f"{mode} accuracy series", lambda ctx: ctx.accuracy(mode) is not None)
 
     @staticmethod
     def tensors(
@@ -115,7 +117,9 @@ class Need:
         if pattern:
             parts.append(f"name matching {pattern!r}")
         what = "tensors" + (" of " + ", ".join(parts) if parts else "")
-        return Need(what, lambda ctx: bool(ctx.tensors(collection=collection, kind=kind, pattern=pattern)))
+        return Need(
+            what, lambda ctx: bool(ctx.tensors(collection=collection, kind=kind, pattern=pattern))
+        )
 
     @staticmethod
     def any_of(*needs: Need) -> Need:
@@ -189,7 +193,9 @@ class RuleSpec:
             if param.name == name:
                 return param
         valid = ", ".join(p.name for p in self.params) or "none"
-        raise RuleConfigError(f"rule {self.id} ({self.name}) has no parameter {name!r}; parameters: {valid}")
+        raise RuleConfigError(
+            f"rule {self.id} ({self.name}) has no parameter {name!r}; parameters: {valid}"
+        )
 
     def defaults(self) -> dict[str, Any]:
         """Parameter defaults."""
@@ -224,7 +230,9 @@ class Registry:
             try:
                 entry.load()
             except Exception as error:  # noqa: BLE001 - a broken plugin is a config error
-                raise RuleConfigError(f"cannot load rule plugin {entry.name!r} ({entry.value}): {error}") from error
+                raise RuleConfigError(
+                    f"cannot load rule plugin {entry.name!r} ({entry.value}): {error}"
+                ) from error
 
     def load_file(self, path: str | Path) -> None:
         """Import a user file of rules (``--rules-file``); its rules register like built-ins."""
@@ -246,7 +254,9 @@ class Registry:
             raise
         except Exception as error:  # noqa: BLE001
             del sys.modules[module_name]
-            raise RuleConfigError(f"cannot import rules file {file_path}: {type(error).__name__}: {error}") from error
+            raise RuleConfigError(
+                f"cannot import rules file {file_path}: {type(error).__name__}: {error}"
+            ) from error
 
     def all(self) -> list[RuleSpec]:
         """Every rule, by id."""
@@ -262,14 +272,18 @@ class Registry:
         """A rule by id or name (case-insensitive id); raises RuleConfigError."""
         spec = self.find(key)
         if spec is None:
-            raise RuleConfigError(f"unknown rule {key!r}; see 'dbg rules list' for the {len(self._by_id)} rules")
+            raise RuleConfigError(
+                f"unknown rule {key!r}; see 'dbg rules list' for the {len(self._by_id)} rules"
+            )
         return spec
 
     def categories(self) -> list[str]:
         """Every category, sorted."""
         return sorted({spec.category for spec in self.all()})
 
-    def select(self, select: Sequence[str] | None = None, ignore: Sequence[str] = ()) -> list[RuleSpec]:
+    def select(
+        self, select: Sequence[str] | None = None, ignore: Sequence[str] = ()
+    ) -> list[RuleSpec]:
         """Rules chosen by ``select`` and ``ignore`` (ids, names, id prefixes, categories).
 
         Without ``select`` the rules enabled by default are chosen. Between a matching select
@@ -341,7 +355,9 @@ def rule(
         if not _NAME.match(name):
             raise RuleConfigError(f"rule name {name!r} must be kebab-case, like vanishing-gradient")
         if not _docstring(function):
-            raise RuleConfigError(f"rule {id} ({function.__qualname__}) needs a docstring: it is its documentation")
+            raise RuleConfigError(
+                f"rule {id} ({function.__qualname__}) needs a docstring: it is its documentation"
+            )
         spec = RuleSpec(
             id=id,
             name=name,
@@ -366,25 +382,38 @@ def _params_of(rule_id: str, function: RuleFunction) -> tuple[Param, ...]:
     helps = _args_help(_docstring(function))
     params = []
     positional = [
-        p for p in signature.parameters.values()
+        p
+        for p in signature.parameters.values()
         if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
     ]
     if len(positional) != 1:
-        raise RuleConfigError(f"rule {rule_id} must take exactly one positional argument (the context)")
+        raise RuleConfigError(
+            f"rule {rule_id} must take exactly one positional argument (the context)"
+        )
     for parameter in signature.parameters.values():
         if parameter.kind is inspect.Parameter.KEYWORD_ONLY:
             if parameter.default is inspect.Parameter.empty:
-                raise RuleConfigError(f"rule {rule_id}: parameter {parameter.name!r} needs a default")
+                raise RuleConfigError(
+                    f"rule {rule_id}: parameter {parameter.name!r} needs a default"
+                )
             if parameter.name not in hints:
-                raise RuleConfigError(f"rule {rule_id}: parameter {parameter.name!r} needs a type annotation")
+                raise RuleConfigError(
+                    f"rule {rule_id}: parameter {parameter.name!r} needs a type annotation"
+                )
             annotation = hints[parameter.name]
             try:
                 _coerce(annotation, parameter.default)
             except ValueError as error:
-                raise RuleConfigError(f"rule {rule_id}: default of {parameter.name!r}: {error}") from error
-            params.append(Param(parameter.name, annotation, parameter.default, helps.get(parameter.name, "")))
+                raise RuleConfigError(
+                    f"rule {rule_id}: default of {parameter.name!r}: {error}"
+                ) from error
+            params.append(
+                Param(parameter.name, annotation, parameter.default, helps.get(parameter.name, ""))
+            )
         elif parameter.kind in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL):
-            raise RuleConfigError(f"rule {rule_id}: *args and **kwargs are not allowed; name each parameter")
+            raise RuleConfigError(
+                f"rule {rule_id}: *args and **kwargs are not allowed; name each parameter"
+            )
     return tuple(params)
 
 
@@ -444,7 +473,9 @@ def _coerce(annotation: Any, value: Any) -> Any:
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
     if origin in (Union, types.UnionType):
-        if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null", "")):
+        if value is None or (
+            isinstance(value, str) and value.strip().lower() in ("none", "null", "")
+        ):
             if type(None) in args:
                 return None
         errors = []
@@ -463,7 +494,9 @@ def _coerce(annotation: Any, value: Any) -> Any:
         return text
     if origin is tuple:
         item = args[0] if args else str
-        items = [v for v in value.split(",") if v.strip()] if isinstance(value, str) else list(value)
+        items = (
+            [v for v in value.split(",") if v.strip()] if isinstance(value, str) else list(value)
+        )
         return tuple(_coerce(item, v) for v in items)
     if annotation is bool:
         if isinstance(value, bool):

@@ -30,7 +30,10 @@ def _views(ctx: RuleContext, kinds: tuple[str, ...]) -> list[TensorView]:
 
 
 @rule(
-    "DBG201", "dying-relu", severity="warning", category="activations",
+    "DBG201",
+    "dying-relu",
+    severity="warning",
+    category="activations",
     requires=_unit_tensors(RELU_KINDS),
 )
 def dying_relu(
@@ -87,7 +90,11 @@ def dying_relu(
             record on its own).
     """
     yield from _unit_findings(
-        _views(ctx, RELU_KINDS), threshold_inactivity, threshold_layer, min_steps, key="dead",
+        _views(ctx, RELU_KINDS),
+        threshold_inactivity,
+        threshold_layer,
+        min_steps,
+        key="dead",
         describe=lambda share, units: (
             f"{share:.0f} % of {units} units dead (active on < {threshold_inactivity:g} % of their "
             f"values; > {threshold_layer:g} %)"
@@ -96,7 +103,10 @@ def dying_relu(
 
 
 @rule(
-    "DBG202", "tanh-saturation", severity="warning", category="activations",
+    "DBG202",
+    "tanh-saturation",
+    severity="warning",
+    category="activations",
     requires=_unit_tensors(("tanh",)),
 )
 def tanh_saturation(
@@ -148,14 +158,20 @@ def tanh_saturation(
             each record on its own).
     """
     yield from _unit_findings(
-        _views(ctx, ("tanh",)), threshold_inactivity, threshold_layer, min_steps,
+        _views(ctx, ("tanh",)),
+        threshold_inactivity,
+        threshold_layer,
+        min_steps,
         key="saturated",
         describe=_saturation_message("tanh", threshold_inactivity, threshold_layer),
     )
 
 
 @rule(
-    "DBG203", "sigmoid-saturation", severity="warning", category="activations",
+    "DBG203",
+    "sigmoid-saturation",
+    severity="warning",
+    category="activations",
     requires=_unit_tensors(("sigmoid",)),
 )
 def sigmoid_saturation(
@@ -207,7 +223,10 @@ def sigmoid_saturation(
             each record on its own).
     """
     yield from _unit_findings(
-        _views(ctx, ("sigmoid",)), threshold_inactivity, threshold_layer, min_steps,
+        _views(ctx, ("sigmoid",)),
+        threshold_inactivity,
+        threshold_layer,
+        min_steps,
         key="saturated",
         describe=_saturation_message("sigmoid", threshold_inactivity, threshold_layer),
     )
@@ -249,8 +268,13 @@ def _unit_findings(
             share = _failing_share(measures[rows], threshold_inactivity, window)
             violating = share > threshold_layer
             for finding in episode_findings(
-                tensor=view.tag, steps=view.steps[rows], values=share, violating=violating,
-                threshold=threshold_layer, key=key, modes=view.modes[rows],
+                tensor=view.tag,
+                steps=view.steps[rows],
+                values=share,
+                violating=violating,
+                threshold=threshold_layer,
+                key=key,
+                modes=view.modes[rows],
                 message=_per_episode(describe, count),
                 extra={"units": count, "min_steps": window},
             ):

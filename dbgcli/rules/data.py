@@ -738,6 +738,7 @@ def input_not_normalized(
     if max_std_ratio < 1:
         raise RuleConfigError(f"DBG602 max_std_ratio must be >= 1, got {max_std_ratio:g}")
     derivation = ChannelMoments(ctx.start, ctx.stop, ctx.mode)
+
     def judge() -> Iterator[Finding]:
         for view in _float_inputs(ctx):
             table: ChannelMomentTable = view.derive(derivation)

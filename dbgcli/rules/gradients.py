@@ -8,7 +8,13 @@ from collections.abc import Iterator
 import numpy as np
 
 from dbgcli.findings import Finding
-from dbgcli.rules._context import RuleContext, TensorView, episode_findings, sustained, trailing_median
+from dbgcli.rules._context import (
+    RuleContext,
+    TensorView,
+    episode_findings,
+    sustained,
+    trailing_median,
+)
 from dbgcli.rules._registry import Need, rule
 
 GRADIENTS = Need.tensors(collection="gradients")
@@ -61,16 +67,22 @@ def vanishing_gradient(
         values = view.stat("abs_mean")
         violating = sustained(values < threshold, min_steps)
         yield from episode_findings(
-            tensor=view.tag, steps=view.steps, values=values, violating=violating,
-            threshold=threshold, key="vanished", worst="min", modes=view.modes,
-            message=lambda e, v: (
-                f"mean |gradient| fell to {v:.3g} (< {threshold:g})"
-            ),
+            tensor=view.tag,
+            steps=view.steps,
+            values=values,
+            violating=violating,
+            threshold=threshold,
+            key="vanished",
+            worst="min",
+            modes=view.modes,
+            message=lambda e, v: f"mean |gradient| fell to {v:.3g} (< {threshold:g})",
         )
     yield from _across_layers(views, ratio, ratio_below, min_steps)
 
 
-def _across_layers(views: list[TensorView], ratio: float, below: float, min_steps: int) -> Iterator[Finding]:
+def _across_layers(
+    views: list[TensorView], ratio: float, below: float, min_steps: int
+) -> Iterator[Finding]:
     if len(views) < 2:
         return
     steps = np.unique(np.concatenate([v.steps for v in views]))
@@ -87,14 +99,22 @@ def _across_layers(views: list[TensorView], ratio: float, below: float, min_step
     relative = np.where(present, smallest / largest, np.nan)
     for row, view in enumerate(views):
         positions = np.searchsorted(steps, view.steps)
-        mine = (smallest_row[positions] == row) & (relative[positions] < ratio) & (smallest[positions] < below)
+        mine = (
+            (smallest_row[positions] == row)
+            & (relative[positions] < ratio)
+            & (smallest[positions] < below)
+        )
         violating = sustained(mine, min_steps)
         yield from episode_findings(
-            tensor=view.tag, steps=view.steps, values=relative[positions], violating=violating,
-            threshold=ratio, key="vanished-relative", worst="min", modes=view.modes,
-            message=lambda e, v: (
-                f"gradient {v:.3g}x the largest layer's (< {ratio:g})"
-            ),
+            tensor=view.tag,
+            steps=view.steps,
+            values=relative[positions],
+            violating=violating,
+            threshold=ratio,
+            key="vanished-relative",
+            worst="min",
+            modes=view.modes,
+            message=lambda e, v: f"gradient {v:.3g}x the largest layer's (< {ratio:g})",
         )
 
 
@@ -133,11 +153,14 @@ def exploding_gradient(
     for view in ctx.tensors(collection="gradients"):
         nonfinite = view.stat("nan_count") + view.stat("inf_count")
         yield from episode_findings(
-            tensor=view.tag, steps=view.steps, values=nonfinite, violating=nonfinite > 0,
-            threshold=0.0, key="nonfinite", modes=view.modes,
-            message=lambda e, v: (
-                f"{v:.0f} NaN/inf gradient elements"
-            ),
+            tensor=view.tag,
+            steps=view.steps,
+            values=nonfinite,
+            violating=nonfinite > 0,
+            threshold=0.0,
+            key="nonfinite",
+            modes=view.modes,
+            message=lambda e, v: f"{v:.0f} NaN/inf gradient elements",
         )
         norms = view.stat("l2")
         # The baseline is the larger of the recent and the initial typical norm, so that
@@ -150,17 +173,25 @@ def exploding_gradient(
             jump = norms / baseline
         jumped = np.isfinite(jump) & (jump > growth)
         yield from episode_findings(
-            tensor=view.tag, steps=view.steps, values=jump, violating=jumped,
-            threshold=growth, key="norm-growth", modes=view.modes,
+            tensor=view.tag,
+            steps=view.steps,
+            values=jump,
+            violating=jumped,
+            threshold=growth,
+            key="norm-growth",
+            modes=view.modes,
             message=lambda e, v: (
                 f"gradient norm jumped {v:.3g}x over its recent median (> {growth:g}x)"
             ),
         )
         magnitude = view.stat("abs_mean")
         yield from episode_findings(
-            tensor=view.tag, steps=view.steps, values=magnitude, violating=magnitude > max_abs_mean,
-            threshold=max_abs_mean, key="magnitude", modes=view.modes,
-            message=lambda e, v: (
-                f"mean |gradient| reached {v:.3g} (> {max_abs_mean:g})"
-            ),
+            tensor=view.tag,
+            steps=view.steps,
+            values=magnitude,
+            violating=magnitude > max_abs_mean,
+            threshold=max_abs_mean,
+            key="magnitude",
+            modes=view.modes,
+            message=lambda e, v: f"mean |gradient| reached {v:.3g} (> {max_abs_mean:g})",
         )

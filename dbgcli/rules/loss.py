@@ -75,7 +75,13 @@ def _trailing_mean(values: np.ndarray, window: int) -> np.ndarray:
     return _trailing_sum(values, window) / counts
 
 
-@rule("DBG301", "loss-not-decreasing", severity="warning", category="loss", requires=Need.loss_of("mode"))
+@rule(
+    "DBG301",
+    "loss-not-decreasing",
+    severity="warning",
+    category="loss",
+    requires=Need.loss_of("mode"),
+)
 def loss_not_decreasing(
     ctx: RuleContext,
     *,
@@ -390,8 +396,12 @@ def overfit(
         )
 
     yield from episode_findings(
-        tensor=(ctx.loss_tag("eval") or "loss"), steps=evaluation.steps, values=ratio,
-        violating=violating, threshold=ratio_threshold, key="gap",
+        tensor=(ctx.loss_tag("eval") or "loss"),
+        steps=evaluation.steps,
+        values=ratio,
+        violating=violating,
+        threshold=ratio_threshold,
+        key="gap",
         message=lambda e, v: message(e.first, e.last),
     )
 
@@ -459,8 +469,12 @@ def underfit(
         initial = float(values[0])
         fraction = _trailing_mean(values, _records_for(window, len(values))) / initial
         yield from _stuck_until_end(
-            steps, fraction, fraction > max_loss_fraction, min_steps,
-            tensor=(ctx.loss_tag("train") or "loss"), threshold=max_loss_fraction,
+            steps,
+            fraction,
+            fraction > max_loss_fraction,
+            min_steps,
+            tensor=(ctx.loss_tag("train") or "loss"),
+            threshold=max_loss_fraction,
             key="loss-high",
             message=lambda v: (
                 f"mean train loss of the last {window} records is still {v:.0%} of the initial "
@@ -473,8 +487,12 @@ def underfit(
     steps, values = _finite(accuracy)
     smoothed = _trailing_mean(values, _records_for(window, len(values)))
     yield from _stuck_until_end(
-        steps, smoothed, smoothed < min_accuracy, min_steps,
-        tensor=(ctx.accuracy_tag("train") or "accuracy"), threshold=min_accuracy,
+        steps,
+        smoothed,
+        smoothed < min_accuracy,
+        min_steps,
+        tensor=(ctx.accuracy_tag("train") or "accuracy"),
+        threshold=min_accuracy,
         key="accuracy-low",
         message=lambda v: (
             f"mean train accuracy of the last {window} records is {v:.3g} "
@@ -666,7 +684,9 @@ def _large_turns(values: np.ndarray, min_swing: float) -> np.ndarray:
     return flags
 
 
-@rule("DBG305", "oscillating-loss", severity="warning", category="loss", requires=Need.loss_of("mode"))
+@rule(
+    "DBG305", "oscillating-loss", severity="warning", category="loss", requires=Need.loss_of("mode")
+)
 def oscillating_loss(
     ctx: RuleContext,
     *,

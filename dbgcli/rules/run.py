@@ -96,8 +96,13 @@ def stalled_training(
 
 
 def _stalls(
-    steps: np.ndarray, modes: np.ndarray, times: np.ndarray, kept: np.ndarray,
-    threshold: float, factor: float, across_modes: bool,
+    steps: np.ndarray,
+    modes: np.ndarray,
+    times: np.ndarray,
+    kept: np.ndarray,
+    threshold: float,
+    factor: float,
+    across_modes: bool,
 ) -> Iterator[Finding]:
     gaps = np.diff(times)
     judged = kept[1:] & kept[:-1] & ((modes[1:] == modes[:-1]) | across_modes)

@@ -15,7 +15,6 @@ from dbgcli.trace.derive import Accumulator, Derivation
 from dbgcli.trace.reader import RawChunk, TagInfo, Trace
 from dbgcli.trace.stats import COL
 
-
 # Model parameters: their first record is the initialisation, and 1-D ones (biases,
 # normalisation scales) are initialised to a constant by design.
 PARAMETER_COLLECTIONS = frozenset({"weights", "biases", "parameters"})
@@ -75,7 +74,13 @@ ALL_ZERO_COLLECTIONS = (
 )
 
 
-@rule("DBG401", "all-zero", severity="error", category="tensors", requires=Need.tensors_in("collections"))
+@rule(
+    "DBG401",
+    "all-zero",
+    severity="error",
+    category="tensors",
+    requires=Need.tensors_in("collections"),
+)
 def all_zero(
     ctx: RuleContext,
     *,
@@ -155,7 +160,13 @@ def all_zero(
 TENSOR_VARIANCE_COLLECTIONS = ("weights", "gradients", "activations", "preactivations")
 
 
-@rule("DBG402", "tensor-variance", severity="warning", category="tensors", requires=Need.tensors_in("collections"))
+@rule(
+    "DBG402",
+    "tensor-variance",
+    severity="warning",
+    category="tensors",
+    requires=Need.tensors_in("collections"),
+)
 def tensor_variance(
     ctx: RuleContext,
     *,
@@ -418,7 +429,9 @@ class _AllCloseAccumulator(Accumulator):
                 now, then = self.table[:, COL[name]], before[:, COL[name]]
                 identical &= (now == then) | (np.isnan(now) & np.isnan(then))
             # An update norm of exactly zero proves the record equals the one before it.
-            identical |= (self.table[:, COL["update_l2"]] == 0) & (self.previous == np.arange(records) - 1)
+            identical |= (self.table[:, COL["update_l2"]] == 0) & (
+                self.previous == np.arange(records) - 1
+            )
         verdict[self.candidate & (self.compared == -1) & identical] = SAME_STATS
         run = np.ones(records, dtype=np.int64)
         for code in np.unique(self.modes):
@@ -559,7 +572,13 @@ def _evidence(verdicts: np.ndarray) -> str:
 # -- DBG404 non-finite-tensor ---------------------------------------------------------------------
 
 
-@rule("DBG404", "non-finite-tensor", severity="error", category="tensors", requires=Need.tensors_in("collections"))
+@rule(
+    "DBG404",
+    "non-finite-tensor",
+    severity="error",
+    category="tensors",
+    requires=Need.tensors_in("collections"),
+)
 def non_finite_tensor(
     ctx: RuleContext, *, only_nan: bool = False, collections: tuple[str, ...] = ()
 ) -> Iterator[Finding]:

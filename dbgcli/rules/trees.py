@@ -41,7 +41,10 @@ ImportanceType = Literal["weight", "gain", "cover", "total_gain", "total_cover"]
 
 
 @rule(
-    "DBG701", "tree-depth", severity="warning", category="trees",
+    "DBG701",
+    "tree-depth",
+    severity="warning",
+    category="trees",
     requires=Need.tensors(collection="trees", pattern=DEPTH_TAG),
 )
 def tree_depth(ctx: RuleContext, *, depth: int = 10) -> Iterator[Finding]:
@@ -163,7 +166,10 @@ def _plan_importance(ctx: RuleContext, params: dict[str, Any]) -> Iterable[tuple
 
 
 @rule(
-    "DBG702", "feature-importance-overweight", severity="warning", category="trees",
+    "DBG702",
+    "feature-importance-overweight",
+    severity="warning",
+    category="trees",
     requires=Need(
         f"full feature importance tensors (collection {IMPORTANCE_COLLECTION!r}, kind "
         f"{', '.join(IMPORTANCE_TYPES[:-1])} or {IMPORTANCE_TYPES[-1]})",
@@ -238,8 +244,14 @@ def feature_importance_overweight(
         )
 
     yield from episode_findings(
-        tensor=view.tag, steps=view.steps, values=share, violating=share > threshold,
-        threshold=threshold, key="overweight", modes=view.modes, message=message,
+        tensor=view.tag,
+        steps=view.steps,
+        values=share,
+        violating=share > threshold,
+        threshold=threshold,
+        key="overweight",
+        modes=view.modes,
+        message=message,
         extra={"importance_type": kind},
     )
 

@@ -637,16 +637,29 @@ class TorchHook:
         before = self._previous.get(entry.name)
         if before is None:
             with torch.no_grad():
-                self._previous[entry.name] = entry.parameter.detach().reshape(-1).to(torch.float32, copy=True)
+                self._previous[entry.name] = (
+                    entry.parameter.detach().reshape(-1).to(torch.float32, copy=True)
+                )
             return None
         return before
 
     def _write_stats(
-        self, tag: str, tensor: torch.Tensor, stats: dict[str, float], step: int, collection: str, keep_raw: bool
+        self,
+        tag: str,
+        tensor: torch.Tensor,
+        stats: dict[str, float],
+        step: int,
+        collection: str,
+        keep_raw: bool,
     ) -> None:
         self.writer.add_tensor_stats(
-            tag, stats, step, shape=tuple(tensor.shape), dtype=_numpy_dtype(tensor),
-            collection=collection, value=tensor if keep_raw else None,
+            tag,
+            stats,
+            step,
+            shape=tuple(tensor.shape),
+            dtype=_numpy_dtype(tensor),
+            collection=collection,
+            value=tensor if keep_raw else None,
         )
 
     def _note_forward(self, mode: str) -> None:

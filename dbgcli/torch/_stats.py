@@ -69,8 +69,8 @@ def statistics(
                 parts += [(x > 0).sum().to(x.dtype), (x == 0).sum().to(x.dtype)]
             before = previous[index] if previous is not None else None
             if before is not None:
-                change = torch.sub(x, before, out=scratch.like(x))
-                parts.append(torch.dot(change, change))
+                difference = torch.sub(x, before, out=scratch.like(x))
+                parts.append(torch.dot(difference, difference))
                 before.copy_(x)
                 layout[-1] = (layout[-1][0], True)
         # All parts share their tensor's dtype (float32 or float64); one stack per dtype.
@@ -81,11 +81,10 @@ def statistics(
                 results.append({"count": 0.0, "nan_count": 0.0, "inf_count": 0.0})
                 continue
             row = values[start : start + 4 + l1 + 2 * signs + has_update]
-            low, high, total, squares = row[:4]
             absolute = row[4] if l1 else math.nan
             positive, zero = (row[4 + l1], row[5 + l1]) if signs else (math.nan, math.nan)
             change = row[-1] if has_update else math.nan
-            results.append(_finish(x, (low, high, total, squares, absolute, change, positive, zero), l1))
+            results.append(_finish(x, (*row[:4], absolute, change, positive, zero), l1))
         return results
 
 
@@ -94,8 +93,10 @@ def _to_host(parts: list[torch.Tensor]) -> list[float]:
     if not parts:
         return []
     if all(p.dtype == parts[0].dtype for p in parts):
-        return torch.stack(parts).tolist()  # type: ignore[no-any-return]
-    return torch.stack([p.to(torch.float64) for p in parts]).tolist()  # type: ignore[no-any-return]
+        host: list[float] = torch.stack(parts).tolist()
+    else:
+        host = torch.stack([p.to(torch.float64) for p in parts]).tolist()
+    return host
 
 
 def _float(x: torch.Tensor) -> torch.Tensor:
@@ -107,7 +108,11 @@ def _finish(x: torch.Tensor, row: tuple[float, ...], l1: bool) -> dict[str, floa
     out: dict[str, float] = {"count": float(n), "nan_count": 0.0, "inf_count": 0.0}
     low, high, total, squares, absolute, change, positive, zero = row
     if not all(math.isfinite(v) for v in (low, high, total, squares)):
-        return {**out, **_with_nonfinite(x, l1), "update_l2": math.sqrt(change) if change == change else math.nan}
+        return {
+            **out,
+            **_with_nonfinite(x, l1),
+            "update_l2": math.sqrt(change) if change == change else math.nan,
+        }
     mean = total / n
     variance = max(squares / n - mean * mean, 0.0)
     if mean * mean > 100 * variance:

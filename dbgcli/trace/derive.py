@@ -98,14 +98,20 @@ class _UnitsAccumulator(Accumulator):
             and info.kind is not None
             and len(self.shape) > info.unit_axis
         )
-        units = self.shape[info.unit_axis] if usable and self.shape is not None and info.unit_axis is not None else 0
+        units = (
+            self.shape[info.unit_axis]
+            if usable and self.shape is not None and info.unit_axis is not None
+            else 0
+        )
         self.units = np.full((info.records if usable else 0, units), np.nan, dtype=np.float32)
 
     def feed(self, chunk: RawChunk) -> None:
         info = self.info
         if self.units.shape[0] == 0 or chunk.values.shape[1:] != self.shape:
             return
-        assert info.unit_measure is not None and info.kind is not None and info.unit_axis is not None
+        assert (
+            info.unit_measure is not None and info.kind is not None and info.unit_axis is not None
+        )
         self.units[chunk.records] = unit_measure(
             chunk.values, info.unit_measure, info.kind, info.collection, info.unit_axis
         )

@@ -125,6 +125,7 @@ class _Cache:
     stats: dict[str, np.ndarray] = field(default_factory=dict)
     units: dict[str, np.ndarray] = field(default_factory=dict)
     derived: dict[str, dict[Derivation, Any]] = field(default_factory=dict)
+    timeline: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
 
 def open_trace(path: str | os.PathLike[str]) -> Trace:
@@ -194,7 +195,8 @@ class _Node:
 
     @property
     def dtype(self) -> np.dtype:
-        return np.dtype(self.id.dtype)
+        dtype: np.dtype = np.dtype(self.id.dtype)
+        return dtype
 
     def names(self) -> list[str]:
         return [name.decode("utf-8", "replace") for name in self.id]
@@ -254,9 +256,7 @@ class Trace:
         try:
             self.format_version = schema.parse_version(version_text)
         except (TypeError, ValueError):
-            raise TraceFormatError(
-                f"{path}: unreadable format version {version_text!r}"
-            ) from None
+            raise TraceFormatError(f"{path}: unreadable format version {version_text!r}") from None
         if self.format_version[0] > schema.FORMAT_VERSION[0]:
             raise TraceVersionError(
                 f"{path}: trace format {version_text} is newer than this dbg understands "
@@ -269,7 +269,9 @@ class Trace:
         # Set when a dbg writer started the file but never closed it (killed, or still running).
         self._unclosed = closed is not None and not bool(closed)
         if self._unclosed:
-            self.incomplete_reasons.append("the writer did not close the trace (killed or still running)")
+            self.incomplete_reasons.append(
+                "the writer did not close the trace (killed or still running)"
+            )
         self._tags: dict[str, TagInfo] = {}
         self._guard("the list of series", self._scan)
 
@@ -351,7 +353,9 @@ class Trace:
         if values is None:
             values = self._guard(
                 f"the values of {tag!r}",
-                lambda: self._dataset(info.path + "/" + schema.DS_VALUE)[: info.records].astype(np.float64),
+                lambda: self._dataset(info.path + "/" + schema.DS_VALUE)[: info.records].astype(
+                    np.float64
+                ),
             )
             self._cache.values[tag] = values
         steps, modes = self.index(tag)
@@ -398,9 +402,9 @@ class Trace:
 
     def timeline(self) -> Series:
         """Wall-clock time (seconds since the epoch) at which each new step was first seen."""
-        if "timeline" not in self._cache.values:
-            self._cache.values["timeline"] = self._guard("the timeline", self._read_timeline)
-        steps, modes, times = self._cache.values["timeline"]
+        if self._cache.timeline is None:
+            self._cache.timeline = self._guard("the timeline", self._read_timeline)
+        steps, modes, times = self._cache.timeline
         return Series(steps, times, modes)
 
     def iter_raw(
@@ -483,7 +487,8 @@ class Trace:
         else:
             union = np.zeros(info.records, dtype=bool)
             for mask in masks:
-                union |= mask  # type: ignore[operator]
+                if mask is not None:
+                    union |= mask
         accumulators = [d.start(info, self) for d in todo]
         if union is None or union.any():
             for chunk in self.iter_raw(info.tag, mask=union, reuse_buffer=True):
@@ -541,7 +546,9 @@ class Trace:
                 return None
             raise TraceFormatError(f"{self.path}: {where} has no '{schema.DS_STEP}' dataset")
         if len(step.shape) != 1 or step.dtype.kind not in "iuf":
-            raise TraceFormatError(f"{self.path}: {where}: '{schema.DS_STEP}' must be a 1-D integer array")
+            raise TraceFormatError(
+                f"{self.path}: {where}: '{schema.DS_STEP}' must be a 1-D integer array"
+            )
         lengths = [step.shape[0]]
         mode = self._child(group, schema.DS_MODE)
         if mode is not None:
@@ -552,13 +559,19 @@ class Trace:
                 raise TraceFormatError(f"{self.path}: {where} has no '{schema.DS_VALUE}' dataset")
             lengths.append(value.shape[0])
             records, cut = self._committed(attrs, lengths, where)
-            return TagInfo(tag=tag, scalar=True, records=records, path=group.path, truncated_from=cut)
+            return TagInfo(
+                tag=tag, scalar=True, records=records, path=group.path, truncated_from=cut
+            )
         stats = self._child(group, schema.DS_STATS)
         columns: tuple[str, ...] = ()
         if stats is not None:
             lengths.append(stats.shape[0])
             stored_columns = attrs.get(schema.ATTR_COLUMNS)
-            columns = tuple(_text(c) for c in stored_columns) if stored_columns is not None else schema.STAT_COLUMNS
+            columns = (
+                tuple(_text(c) for c in stored_columns)
+                if stored_columns is not None
+                else schema.STAT_COLUMNS
+            )
             if len(stats.shape) != 2 or stats.shape[1] != len(columns):
                 raise TraceFormatError(
                     f"{self.path}: {where}: '{schema.DS_STATS}' does not match its {len(columns)} columns"
@@ -578,12 +591,16 @@ class Trace:
         kind = _text(attrs.get(schema.ATTR_KIND)).lower() or None
         collection = _text(attrs.get(schema.ATTR_COLLECTION)) or None
         shape_attr = attrs.get(schema.ATTR_SHAPE)
-        shape = tuple(int(d) for d in np.atleast_1d(shape_attr)) if shape_attr is not None else (
-            segments[0].shape if segments else None
+        shape = (
+            tuple(int(d) for d in np.atleast_1d(shape_attr))
+            if shape_attr is not None
+            else (segments[0].shape if segments else None)
         )
         if shape_attr is not None and np.size(shape_attr) == 0:
             shape = ()
-        dtype_attr = _text(attrs.get(schema.ATTR_DTYPE)) or (segments[0].dtype.str if segments else None)
+        dtype_attr = _text(attrs.get(schema.ATTR_DTYPE)) or (
+            segments[0].dtype.str if segments else None
+        )
         measure = schema.unit_measure(kind)
         unit_axis_attr = attrs.get(schema.ATTR_UNIT_AXIS)
         unit_axis = (
@@ -609,7 +626,9 @@ class Trace:
             truncated_from=cut,
         )
 
-    def _committed(self, attrs: dict[str, Any], lengths: list[int], where: str) -> tuple[int, int | None]:
+    def _committed(
+        self, attrs: dict[str, Any], lengths: list[int], where: str
+    ) -> tuple[int, int | None]:
         """Records every dataset of a series holds, cut to the writer's last commit."""
         records = min(lengths)
         committed = attrs.get(schema.ATTR_RECORDS)
@@ -623,10 +642,14 @@ class Trace:
             return records, longest
         return records, None
 
-    def _segments(self, group: _Node, dense: _Node | None, records: int, where: str) -> tuple[RawSegment, ...]:
+    def _segments(
+        self, group: _Node, dense: _Node | None, records: int, where: str
+    ) -> tuple[RawSegment, ...]:
         segments = []
         if dense is not None:
-            segments.append(RawSegment(dense.path, tuple(dense.shape[1:]), dense.dtype, records, True))
+            segments.append(
+                RawSegment(dense.path, tuple(dense.shape[1:]), dense.dtype, records, True)
+            )
         raw = self._child(group, schema.GROUP_RAW, group=True)
         if raw is None:
             return tuple(segments)
@@ -649,7 +672,9 @@ class Trace:
                 # Rows pointing past the committed records belong to an interrupted commit.
                 record_ids = self._dataset(record.path)[:rows]
                 rows = int(np.searchsorted(record_ids, records))
-            segments.append(RawSegment(values.path, tuple(values.shape[1:]), values.dtype, rows, False))
+            segments.append(
+                RawSegment(values.path, tuple(values.shape[1:]), values.dtype, rows, False)
+            )
         return tuple(segments)
 
     def _child(self, parent: _Node, name: str, group: bool = False) -> _Node | None:
@@ -673,7 +698,9 @@ class Trace:
             if plist.get_layout() == h5py.h5d.VIRTUAL or plist.get_external_count():
                 raise _OutsideFile(f"ignored dataset with storage outside the file at {path}")
         if is_group != group:
-            raise TraceFormatError(f"{self.path}: {path} should be a {'group' if group else 'dataset'}")
+            raise TraceFormatError(
+                f"{self.path}: {path} should be a {'group' if group else 'dataset'}"
+            )
         return _Node(oid, path)
 
     def _dataset(self, path: str) -> h5py.Dataset:
@@ -703,7 +730,9 @@ class Trace:
             group = self._child(_Node(self._file.id, "/"), schema.TIMELINE, group=True)
             if group is None:
                 return empty
-            columns = [self._child(group, n) for n in (schema.DS_STEP, schema.DS_MODE, schema.DS_TIME)]
+            columns = [
+                self._child(group, n) for n in (schema.DS_STEP, schema.DS_MODE, schema.DS_TIME)
+            ]
         except _OutsideFile as skipped:
             self.warnings.append(str(skipped))
             return empty
@@ -739,7 +768,9 @@ class Trace:
 
     def _load_units(self, info: TagInfo) -> np.ndarray:
         if info.has_units:
-            return np.asarray(self._dataset(info.path + "/" + schema.DS_UNITS)[: info.records], dtype=np.float32)
+            return np.asarray(
+                self._dataset(info.path + "/" + schema.DS_UNITS)[: info.records], dtype=np.float32
+            )
         if not info.segments:
             return np.empty((0, 0), dtype=np.float32)
         return np.asarray(self.derive(info.tag, [UnitMeasures()])[0])
@@ -777,7 +808,7 @@ class Trace:
             # A sparse selection reads only its runs of rows; a dense one reads the whole range
             # in one call and drops the few rows it does not want.
             dense = selected is None or selected.mean() > 0.5
-            runs = [(0, stop - start)] if dense else _runs(selected)
+            runs = [(0, stop - start)] if selected is None or dense else _runs(selected)
             count = sum(end - begin for begin, end in runs)
             nbytes = count * row_bytes
             if buffer is None or buffer.nbytes < nbytes:
@@ -789,7 +820,9 @@ class Trace:
                 buffer = None
             filled = 0
             for begin, end in runs:
-                values.read_direct(out, np.s_[start + begin : start + end], np.s_[filled : filled + end - begin])
+                values.read_direct(
+                    out, np.s_[start + begin : start + end], np.s_[filled : filled + end - begin]
+                )
                 filled += end - begin
             if selected is not None:
                 ids = ids[selected]
@@ -815,7 +848,9 @@ class Trace:
             except TraceFormatError:
                 raise
             except (OSError, KeyError, ValueError, TypeError, RuntimeError) as error:
-                raise TraceFormatError(f"{self.path}: cannot read {what}: {_short(error)}") from error
+                raise TraceFormatError(
+                    f"{self.path}: cannot read {what}: {_short(error)}"
+                ) from error
             yield item
 
     def _parse_metadata(self, raw: Any) -> dict[str, Any]:

@@ -100,12 +100,16 @@ class StatsKernel:
         else:
             for r in range(rows):
                 if finite_rows[r]:
-                    self._finite_block(flat[r : r + 1], lo[r : r + 1], hi[r : r + 1], out[r : r + 1])
+                    self._finite_block(
+                        flat[r : r + 1], lo[r : r + 1], hi[r : r + 1], out[r : r + 1]
+                    )
                 else:
                     _row_with_nonfinite(flat[r], out[r])
         return out
 
-    def _finite_block(self, flat: np.ndarray, lo: np.ndarray, hi: np.ndarray, out: np.ndarray) -> None:
+    def _finite_block(
+        self, flat: np.ndarray, lo: np.ndarray, hi: np.ndarray, out: np.ndarray
+    ) -> None:
         rows, n = flat.shape
         work = _work_dtype(flat.dtype)
         if flat.dtype == work and flat.flags.c_contiguous:
@@ -169,7 +173,9 @@ class StatsKernel:
         return norms
 
 
-_FLOAT32_EXACT = frozenset(np.dtype(t) for t in (np.float16, np.float32, np.int8, np.uint8, np.int16, np.uint16))
+_FLOAT32_EXACT = frozenset(
+    np.dtype(t) for t in (np.float16, np.float32, np.int8, np.uint8, np.int16, np.uint16)
+)
 
 
 def _work_dtype(dtype: np.dtype) -> np.dtype:
@@ -185,13 +191,15 @@ def _as_numeric(block: np.ndarray) -> np.ndarray:
 
 def _row_dots(x: np.ndarray) -> np.ndarray:
     """Row-wise dot products ``x_i . x_i`` through BLAS (faster than einsum)."""
-    return (x[:, None, :] @ x[:, :, None]).reshape(-1)
+    dots: np.ndarray = (x[:, None, :] @ x[:, :, None]).reshape(-1)
+    return dots
 
 
 def _count_rows(mask: np.ndarray) -> np.ndarray:
     if mask.shape[1] >= _PER_ROW_COUNT_MIN:
         return np.array([np.count_nonzero(row) for row in mask], dtype=np.float64)
-    return mask.sum(axis=1, dtype=np.float64)
+    counts: np.ndarray = mask.sum(axis=1, dtype=np.float64)
+    return counts
 
 
 def _row_with_nonfinite(row: np.ndarray, out: np.ndarray) -> None:
@@ -211,14 +219,16 @@ def _row_with_nonfinite(row: np.ndarray, out: np.ndarray) -> None:
     out[COL["min"]] = lo
     out[COL["max"]] = hi
     out[COL["mean"]] = mean
-    out[COL["std"]] = 0.0 if lo == hi else np.sqrt(np.dot(finite - mean, finite - mean) / finite.size)
+    out[COL["std"]] = (
+        0.0 if lo == hi else np.sqrt(np.dot(finite - mean, finite - mean) / finite.size)
+    )
     out[COL["l1"]] = np.abs(finite).sum()
     out[COL["l2"]] = np.sqrt(np.dot(finite, finite))
 
 
 def derived(name: str, columns: dict[str, np.ndarray]) -> np.ndarray:
     """A derived statistic (see :data:`DERIVED_STATS`) from stored columns."""
-    finite = columns["count"] - columns["nan_count"] - columns["inf_count"]
+    finite: np.ndarray = columns["count"] - columns["nan_count"] - columns["inf_count"]
     if name == "finite_count":
         return finite
     if name == "abs_mean":
@@ -251,4 +261,7 @@ def unit_measure(
     axis = unit_axis + 1
     moved = np.moveaxis(inside, axis, -1)
     rows, units = moved.shape[0], moved.shape[-1]
-    return moved.reshape(rows, -1, units).mean(axis=1, dtype=np.float64).astype(np.float32)
+    shares: np.ndarray = (
+        moved.reshape(rows, -1, units).mean(axis=1, dtype=np.float64).astype(np.float32)
+    )
+    return shares

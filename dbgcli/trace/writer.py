@@ -128,7 +128,9 @@ class _Appendable:
                 dataset[start : start + done] = rows[:done]
             offset = (0,) * len(self.row_shape)
             while count - done >= chunk:
-                dataset.id.write_direct_chunk((start + done, *offset), rows[done : done + chunk].data)
+                dataset.id.write_direct_chunk(
+                    (start + done, *offset), rows[done : done + chunk].data
+                )
                 done += chunk
         if done < count:
             dataset[start + done : start + count] = rows[done:]
@@ -158,7 +160,11 @@ class _Index:
     def __init__(self, group: h5py.Group, with_time: bool = False) -> None:
         self.step = _Appendable(group, schema.DS_STEP, (), np.int64, _STEP_CHUNK, _MIN_CHUNK)
         self.mode = _Appendable(group, schema.DS_MODE, (), np.uint8, _STEP_CHUNK, _MIN_CHUNK)
-        self.time = _Appendable(group, schema.DS_TIME, (), np.float64, _STEP_CHUNK, _MIN_CHUNK) if with_time else None
+        self.time = (
+            _Appendable(group, schema.DS_TIME, (), np.float64, _STEP_CHUNK, _MIN_CHUNK)
+            if with_time
+            else None
+        )
         self.pending_steps: list[int] = []
         self.pending_modes: list[int] = []
         self.pending_times: list[float] = []
@@ -239,7 +245,12 @@ class _TensorSeries:
         self.group = group
         self.index = _Index(group)
         self.stats = _Appendable(
-            group, schema.DS_STATS, (len(schema.STAT_COLUMNS),), np.float64, _STATS_CHUNK, _MIN_CHUNK // 2
+            group,
+            schema.DS_STATS,
+            (len(schema.STAT_COLUMNS),),
+            np.float64,
+            _STATS_CHUNK,
+            _MIN_CHUNK // 2,
         )
         self.units: _Appendable | None = None
         self.collection = collection
@@ -407,7 +418,10 @@ class _TensorSeries:
             if units.shape[1]:
                 if self.units is None:
                     self.units = _Appendable(
-                        self.group, schema.DS_UNITS, (units.shape[1],), np.float32,
+                        self.group,
+                        schema.DS_UNITS,
+                        (units.shape[1],),
+                        np.float32,
                         schema.chunk_rows(units.shape[1] * 4, _RAW_CHUNK_BYTES),
                     )
                 self.units.append(units)
@@ -524,7 +538,10 @@ class TraceWriter:
                 if handle.attrs.get(schema.ATTR_FORMAT) != schema.FORMAT_NAME:
                     handle.close()
                     raise TraceFormatError(f"{self.path} is not a dbg trace; refusing to append")
-                if schema.parse_version(handle.attrs[schema.ATTR_FORMAT_VERSION])[0] != schema.FORMAT_VERSION[0]:
+                if (
+                    schema.parse_version(handle.attrs[schema.ATTR_FORMAT_VERSION])[0]
+                    != schema.FORMAT_VERSION[0]
+                ):
                     handle.close()
                     raise TraceFormatError(f"{self.path} has another major format version")
                 if "metadata" in handle.attrs:
@@ -574,7 +591,9 @@ class TraceWriter:
             for column in (tensor.index.step, tensor.index.mode, tensor.stats):
                 column.truncate(committed)
             if schema.DS_UNITS in group:
-                tensor.units = _Appendable(group, schema.DS_UNITS, group[schema.DS_UNITS].shape[1:], np.float32, 1)
+                tensor.units = _Appendable(
+                    group, schema.DS_UNITS, group[schema.DS_UNITS].shape[1:], np.float32, 1
+                )
                 tensor.units.truncate(committed)
                 tensor.unit_count = tensor.units.row_shape[0]
             tensor.records = committed
@@ -582,7 +601,9 @@ class TraceWriter:
                 values = segment_group[schema.DS_VALUES]
                 segment = _RawSegment(segment_group, tuple(values.shape[1:]), values.dtype)
                 kept = int(segment_group.attrs.get(schema.ATTR_RECORDS, values.shape[0]))
-                records = segment.record.dataset[:kept] if segment.record.dataset is not None else []
+                records = (
+                    segment.record.dataset[:kept] if segment.record.dataset is not None else []
+                )
                 kept = int(np.searchsorted(records, committed))
                 segment.values.truncate(kept)
                 segment.record.truncate(kept)
@@ -712,9 +733,19 @@ class TraceWriter:
                 if series is None:
                     group = self._tensor_root.create_group(schema.encode_tag(tag))
                     group.attrs[schema.ATTR_TAG] = tag
-                    series = self._tensors[tag] = _TensorSeries(self, group, collection, kind, None, False)
+                    series = self._tensors[tag] = _TensorSeries(
+                        self, group, collection, kind, None, False
+                    )
                 units_row = None if units is None else _to_numpy(units)
-                series.add_precomputed(row, units_row, raw, tuple(int(d) for d in shape), np.dtype(dtype), step, mode_code)
+                series.add_precomputed(
+                    row,
+                    units_row,
+                    raw,
+                    tuple(int(d) for d in shape),
+                    np.dtype(dtype),
+                    step,
+                    mode_code,
+                )
                 self._after_add(step, mode_code)
             except Exception as error:  # noqa: BLE001 - never let recording kill training
                 self._drop(tag, error)
@@ -785,7 +816,13 @@ class TraceWriter:
     def _accept(self, tag: str, step: Any, mode: str) -> tuple[int, int]:
         """Validate a record's tag, step and mode; returns ``(step, mode code)``."""
         code = _MODE_CODES.get(mode)
-        if code is None or self._closed or self._failed is not None or type(tag) is not str or not tag:
+        if (
+            code is None
+            or self._closed
+            or self._failed is not None
+            or type(tag) is not str
+            or not tag
+        ):
             if self._closed:
                 raise RuntimeError("the writer is closed")
             if self._failed is not None:

@@ -32,7 +32,11 @@ def reference(x: np.ndarray) -> dict[str, float]:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
 def test_statistics_match_numpy(dtype: torch.dtype) -> None:
     torch.manual_seed(0)
-    tensors = [torch.randn(64, 33).to(dtype), torch.relu(torch.randn(500)).to(dtype), torch.full((7,), 3.0, dtype=dtype)]
+    tensors = [
+        torch.randn(64, 33).to(dtype),
+        torch.relu(torch.randn(500)).to(dtype),
+        torch.full((7,), 3.0, dtype=dtype),
+    ]
     for tensor, got in zip(tensors, statistics(tensors, l1=True, signs=True)):
         expected = reference(tensor.float().numpy())
         for name, value in expected.items():

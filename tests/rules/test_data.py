@@ -164,7 +164,10 @@ def test_class_imbalance_too_few_labels_is_skipped_with_the_reason(make_trace) -
     path = make_trace(tensors={"labels": {"values": labels, "collection": "labels"}})
     result = run_rule(path, "DBG601")
     assert result.status is RuleStatus.skipped
-    assert "labels (train): only 192 labels in 3 records" in result.reason and "< samples 500" in result.reason
+    assert (
+        "labels (train): only 192 labels in 3 records" in result.reason
+        and "< samples 500" in result.reason
+    )
     (finding,) = keyed(run_rule(path, "DBG601", samples=128), "imbalance")
     assert finding.first_step == 1
 
@@ -172,10 +175,19 @@ def test_class_imbalance_too_few_labels_is_skipped_with_the_reason(make_trace) -
 def test_class_imbalance_too_few_in_one_stream_is_an_info_hint(make_trace) -> None:
     rng = np.random.default_rng(5)
     train = [np.where(rng.random(64) < 0.95, 0, 1) for _ in range(10)]
-    path = make_trace(tensors={"labels": [
-        {"values": train, "collection": "labels"},
-        {"values": [np.arange(4) % 2], "steps": [9], "mode": "eval", "collection": "labels"},
-    ]})
+    path = make_trace(
+        tensors={
+            "labels": [
+                {"values": train, "collection": "labels"},
+                {
+                    "values": [np.arange(4) % 2],
+                    "steps": [9],
+                    "mode": "eval",
+                    "collection": "labels",
+                },
+            ]
+        }
+    )
     result = run_rule(path, "DBG601")
     (hint,) = keyed(result, "too-few-samples")
     assert hint.severity is Severity.info and hint.mode == "eval" and hint.value == 4

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from dbgcli.report.model import RuleStatus
+
 from .helpers import keyed, run_rule
 
 
@@ -25,7 +26,12 @@ def test_vanishing_fires_at_the_first_vanished_step(make_trace) -> None:
         tensors["grad/layer0.weight"]["values"][step] *= 1e-7
     result = run_rule(make_trace(tensors=tensors), "DBG101")
     (finding,) = keyed(result, "vanished")
-    assert (finding.tensor, finding.first_step, finding.last_step, finding.steps) == ("grad/layer0.weight", 25, 39, 15)
+    assert (finding.tensor, finding.first_step, finding.last_step, finding.steps) == (
+        "grad/layer0.weight",
+        25,
+        39,
+        15,
+    )
     assert finding.value is not None and finding.value < 1e-7 and finding.threshold == 1e-7
     assert finding.severity is not None and finding.severity.value == "error"
 
@@ -65,7 +71,9 @@ def test_exploding_nonfinite_growth_and_magnitude(make_trace) -> None:
     assert (nan.tensor, nan.first_step, nan.value) == ("grad/layer0.weight", 50, 1.0)
     growth = {f.tensor: f for f in keyed(result, "norm-growth")}
     assert growth["grad/layer0.weight"].first_step == 30
-    assert growth["grad/layer0.weight"].value is not None and growth["grad/layer0.weight"].value > 1000
+    assert (
+        growth["grad/layer0.weight"].value is not None and growth["grad/layer0.weight"].value > 1000
+    )
     (huge,) = keyed(result, "magnitude")
     assert (huge.tensor, huge.first_step) == ("grad/layer1.weight", 45)
 
