@@ -22,6 +22,8 @@ overfit             24 noisy training examples, a 64-64 network trained 300 step
                     loss rises while the training loss falls.
 class_imbalance     Binary task with 95 % of labels 0; labels and predictions recorded.
 unnormalized_input  Inputs multiplied by 100 (Adam still trains); inputs recorded.
+greedy_lr           The healthy network trained with GreedyLR (dbgcli.torch.GreedyLR, factor 0.8,
+                    patience 3) stepped on every training loss: ``dbg lr`` replays it exactly.
 deep_trees          XGBoost, max_depth 20, on data where one feature encodes the label through
                     many ranges and the others are rare binary flags.
 """
@@ -39,7 +41,7 @@ import torch
 import xgboost as xgb
 from torch import nn
 
-from dbgcli.torch import TorchHook, attach
+from dbgcli.torch import GreedyLR, TorchHook, attach
 from dbgcli.xgboost import DbgCallback
 
 SEED = 0
@@ -90,8 +92,13 @@ def train(
     raw_every: int = RAW_EVERY,
     record_data: bool = False,
     exclude: list[str] | None = None,
+    scheduler: GreedyLR | None = None,
 ) -> None:
-    """Minibatch training with the dbg hook; evaluation every EVAL_EVERY steps if ``valid``."""
+    """Minibatch training with the dbg hook; evaluation every EVAL_EVERY steps if ``valid``.
+
+    A ``scheduler`` is stepped with each training loss after the optimizer step, as in the
+    GreedyLR authors' Trainer; the hook records the learning rate each step used.
+    """
     generator = torch.Generator().manual_seed(SEED)
     x_all, y_all = torch.from_numpy(data[0]), torch.from_numpy(data[1])
     metadata = {"scenario": scenario, "script": "examples/record_samples.py"}
@@ -123,6 +130,8 @@ def train(
                 hook.record(labels=y, predictions=probabilities, inputs=x, raw=step % 10 == 0)
             loss.backward()
             optimizer.step()
+            if scheduler is not None:
+                scheduler.step(loss.item())
             if valid is not None and (step + 1) % EVAL_EVERY == 0:
                 evaluate(model, hook, valid)
 
@@ -303,6 +312,26 @@ def unnormalized_input(path: Path) -> None:
     )
 
 
+def greedy_lr(path: Path) -> None:
+    rng = np.random.default_rng(SEED)
+    train_set, valid = split(blobs(rng, 1024 + BATCH, spread=1.0), 1024)
+    model = mlp([32], nn.ReLU)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    settings = {"factor": 0.8, "patience": 3, "min_lr": 1e-3, "max_lr": 0.5}
+    hyper = {"lr": 0.05, "optimizer": "sgd", "widths": [32], "scheduler": "GreedyLR", **settings}
+    train(
+        path,
+        model,
+        optimizer,
+        train_set,
+        steps=200,
+        scenario="greedy_lr",
+        hyperparameters=hyper,
+        valid=valid,
+        scheduler=GreedyLR(optimizer, **settings),
+    )
+
+
 def deep_trees(path: Path) -> None:
     rng = np.random.default_rng(SEED)
     n, features = 2000, 8
@@ -350,6 +379,7 @@ SCENARIOS: dict[str, Callable[[Path], None]] = {
     "torch_overfit": overfit,
     "torch_class_imbalance": class_imbalance,
     "torch_unnormalized_input": unnormalized_input,
+    "torch_greedy_lr": greedy_lr,
     "xgboost_deep_trees": deep_trees,
 }
 
