@@ -17,6 +17,7 @@ def dbg_commands(page: str) -> list[str]:
     text = (ROOT / page).read_text(encoding="utf-8")
     commands = []
     for block in re.findall(r"```[a-z]*\n(.*?)```", text, flags=re.S):
+        block = re.sub(r"\\\n\s*", " ", block)  # join continued lines
         for line in block.splitlines():
             line = re.sub(r"^\s*(- |run: |\$ )", "", line.strip()).strip()
             line = line.removeprefix("run: ").removeprefix("- ")
@@ -52,3 +53,20 @@ def test_ci_page_has_both_pipelines() -> None:
     commands = dbg_commands("docs/ci.md")
     assert any("--format sarif" in c and "--format markdown" in c for c in commands)
     assert any("--format junit" in c for c in commands)
+
+
+def test_readme_rules_table_is_current(cli) -> None:
+    """The README's rule table is exactly what ``dbg rules list --format markdown`` prints."""
+    generated = cli("rules", "list", "--format", "markdown").stdout.strip()
+    assert generated in (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("page", ["README.md", "docs/capture.md"])
+def test_documented_dbg_commands_parse(cli, page: str) -> None:
+    """Every ``dbg`` command shown is accepted (run with --help so no trace is needed)."""
+    for command in dbg_commands(page):
+        words = shlex.split(command.split(" #")[0])
+        subcommand = [w for w in words[1:] if not w.startswith("-")][:2]
+        name = subcommand[0] if subcommand else ""
+        args = ["rules", subcommand[1], "--help"] if name == "rules" else [name, "--help"]
+        assert cli(*args).code == 0, command

@@ -91,8 +91,9 @@ def markdown_table(specs: list[Any]) -> str:
         "| --- | --- | --- | --- | --- |",
     ]
     for spec in specs:
+        summary = spec.summary.replace("``", "`")  # docstrings use RST literals
         lines.append(
-            f"| {spec.id} | `{spec.name}` | {spec.category} | {spec.severity.value} | {spec.summary} |"
+            f"| {spec.id} | `{spec.name}` | {spec.category} | {spec.severity.value} | {summary} |"
         )
     return "\n".join(lines)
 
