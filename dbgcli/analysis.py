@@ -240,13 +240,17 @@ def _stamp(finding: Finding, configured: ConfiguredRule) -> Finding:
         raise TypeError(
             f"rule {configured.spec.id} yielded {type(finding).__name__}, not a Finding"
         )
+    overridden = configured.severity != configured.spec.severity
+    # A severity set in the configuration wins; otherwise the rule may grade its own findings.
+    if overridden or finding.severity is None:
+        severity = configured.severity
+    else:
+        severity = finding.severity
     return replace(
         finding,
         rule_id=configured.spec.id,
         rule=configured.spec.name,
-        severity=finding.severity
-        if finding.severity is not None and configured.severity == configured.spec.severity
-        else configured.severity,
+        severity=severity,
         key=finding.key or configured.spec.name,
     )
 

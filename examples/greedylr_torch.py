@@ -20,7 +20,9 @@ from dbgcli.torch import GreedyLR, attach
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("output", type=Path, help="trace file to write")
     parser.add_argument("--steps", type=int, default=300)
     args = parser.parse_args()
@@ -32,7 +34,9 @@ def main() -> None:
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
     scheduler = GreedyLR(optimizer, factor=0.8, patience=3, min_lr=1e-3, max_lr=0.5)
 
-    with attach(model, optimizer, args.output, overwrite=True, hyperparameters={"lr": 0.05}) as hook:
+    with attach(
+        model, optimizer, args.output, overwrite=True, hyperparameters={"lr": 0.05}
+    ) as hook:
         for step in range(args.steps):
             batch = torch.randint(0, len(inputs), (64,))
             optimizer.zero_grad()

@@ -13,7 +13,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_example(name: str, *args: str) -> None:
-    subprocess.run([sys.executable, str(ROOT / "examples" / name), *args], check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, str(ROOT / "examples" / name), *args], check=True, capture_output=True
+    )
 
 
 def test_numpy_mlp_example(tmp_path: Path) -> None:
@@ -30,7 +32,9 @@ def test_greedylr_example_is_replayed_exactly(cli, tmp_path: Path) -> None:
     run_example("greedylr_torch.py", str(path), "--steps", "80")
     table = tmp_path / "lr.csv"
     spec = "greedy:factor=0.8,patience=3,min_lr=1e-3"
-    assert cli("lr", path, "--metric", "loss", "--mode", "train", "-s", spec, "--csv", table).code == 0
+    assert (
+        cli("lr", path, "--metric", "loss", "--mode", "train", "-s", spec, "--csv", table).code == 0
+    )
     with table.open(newline="") as handle:
         rows = list(csv.DictReader(handle))
     recorded = [float(r["recorded_lr"]) for r in rows]

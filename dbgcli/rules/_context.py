@@ -184,17 +184,30 @@ class TensorView:
         all_steps, all_modes = ctx.trace.index(info.tag)
         mask = ctx.keep(all_steps, all_modes)
         self.records = np.flatnonzero(mask)
-        self.steps = all_steps[mask]
-        self.modes = all_modes[mask]
+        # Without filters every record is kept: arrays are then used as they are, not copied.
+        self._everything = len(self.records) == len(all_steps)
+        self.steps = all_steps if self._everything else all_steps[mask]
+        self.modes = all_modes if self._everything else all_modes[mask]
+        self._mode_codes: list[int] | None = None
+
+    @property
+    def mode_codes(self) -> list[int]:
+        """The mode codes present among the kept records, in format order."""
+        if self._mode_codes is None:
+            self._mode_codes = [int(c) for c in np.unique(self.modes)]
+        return self._mode_codes
 
     def stat(self, name: str) -> np.ndarray:
         """One statistic (stored or derived, see dbgcli.trace.stats) per kept record."""
-        return self.ctx.trace.stat(self.tag, name).values[self.records]
+        values = self.ctx.trace.stat(self.tag, name).values
+        return values if self._everything else values[self.records]
 
     def units(self) -> np.ndarray | None:
         """Per-unit activation measures ``(records, units)``, or None for non-activations."""
         units = self.ctx.trace.units(self.tag)
-        return None if units is None else units.values[self.records]
+        if units is None:
+            return None
+        return units.values if self._everything else units.values[self.records]
 
     def derive(self, derivation: Derivation) -> Any:
         """A quantity of the full tensors (unfiltered: index it with :attr:`records`)."""
@@ -297,9 +310,11 @@ def trailing_median(values: np.ndarray, window: int) -> np.ndarray:
     out = np.full(len(values), np.nan)
     if window < 1 or len(values) <= window:
         return out
-    windows = np.lib.stride_tricks.sliding_window_view(
-        np.asarray(values, dtype=np.float64), window
-    )[:-1]
+    data = np.asarray(values, dtype=np.float64)
+    windows = np.lib.stride_tricks.sliding_window_view(data, window)[:-1]
+    if not np.isnan(data).any():
+        out[window:] = np.median(windows, axis=1)  # much faster than nanmedian on short axes
+        return out
     with warnings.catch_warnings():
         # An all-NaN window has no median; NaN is the right answer there.
         warnings.simplefilter("ignore", RuntimeWarning)

@@ -263,7 +263,7 @@ def _unit_findings(
         measures = np.array(units, dtype=np.float32)
         nonfinite = (view.stat("nan_count") + view.stat("inf_count")) > 0
         measures[nonfinite] = np.nan
-        for code in np.unique(view.modes):
+        for code in view.mode_codes:
             rows = np.flatnonzero(view.modes == code)
             share = _failing_share(measures[rows], threshold_inactivity, window)
             violating = share > threshold_layer

@@ -742,7 +742,7 @@ def input_not_normalized(
     def judge() -> Iterator[Finding]:
         for view in _float_inputs(ctx):
             table: ChannelMomentTable = view.derive(derivation)
-            for code in np.unique(view.modes):
+            for code in view.mode_codes:
                 mine = view.modes == code
                 counts = table.samples[view.records[mine]]
                 read = counts > 0
@@ -902,7 +902,7 @@ def token_ratio(
                 shares = counted[:, others.index(value)]
             else:
                 continue
-            for code in np.unique(view.modes):
+            for code in view.mode_codes:
                 mine = (view.modes == code) & np.isfinite(shares)
                 if not mine.any():
                     continue

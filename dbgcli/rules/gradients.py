@@ -85,7 +85,12 @@ def _across_layers(
 ) -> Iterator[Finding]:
     if len(views) < 2:
         return
-    steps = np.unique(np.concatenate([v.steps for v in views]))
+    first = views[0].steps
+    increasing = len(first) < 2 or bool(np.all(np.diff(first) > 0))
+    if increasing and all(np.array_equal(v.steps, first) for v in views):
+        steps = first  # the usual case: every gradient recorded once at the same steps
+    else:
+        steps = np.unique(np.concatenate([v.steps for v in views]))
     table = np.full((len(views), len(steps)), np.nan)
     for row, view in enumerate(views):
         values = view.stat("abs_mean")

@@ -44,7 +44,7 @@ def _per_mode(
 ) -> Iterator[Finding]:
     """``episode_findings`` run separately on each mode's records, so an episode never
     spans modes (an eval record between two training records is not a break in training)."""
-    for code in np.unique(view.modes):
+    for code in view.mode_codes:
         positions = np.flatnonzero(view.modes == code)
         yield from episode_findings(
             tensor=view.tag,
@@ -332,7 +332,28 @@ def _previous_records(modes: np.ndarray) -> np.ndarray:
 def _candidates(
     info: TagInfo, trace: Trace, spec: ConsecutiveAllClose
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``(previous record, candidate mask)``: records whose statistics allow all-closeness."""
+    """``(previous record, candidate mask)``: records whose statistics allow all-closeness.
+
+    Both ``wanted`` and the accumulator need it, one right after the other: the last result
+    is kept for the second call.
+    """
+    last = _LAST_CANDIDATES.get("last")
+    if last is not None and last[0] is trace and last[1] == (info.tag, spec):
+        return last[2]
+    result = _compute_candidates(info, trace, spec)
+    _LAST_CANDIDATES["last"] = (trace, (info.tag, spec), result)
+    return result
+
+
+# The most recent _candidates result: (trace, (tag, spec), (previous, candidate)).
+_LAST_CANDIDATES: dict[
+    str, tuple[Trace, tuple[str, ConsecutiveAllClose], tuple[np.ndarray, np.ndarray]]
+] = {}
+
+
+def _compute_candidates(
+    info: TagInfo, trace: Trace, spec: ConsecutiveAllClose
+) -> tuple[np.ndarray, np.ndarray]:
     _, modes = trace.index(info.tag)
     previous = _previous_records(modes)
     table = trace.stats(info.tag)
@@ -537,7 +558,7 @@ def unchanged_tensor(
         result: UnchangedRuns = view.derive(derivation)
         run = result.run[view.records].astype(np.float64)
         verdict = result.verdict[view.records]
-        for code in np.unique(view.modes):
+        for code in view.mode_codes:
             positions = np.flatnonzero(view.modes == code)
             mode_verdict = verdict[positions]
 

@@ -80,7 +80,7 @@ def tree_depth(ctx: RuleContext, *, depth: int = 10) -> Iterator[Finding]:
     """
     for view in ctx.tensors(collection="trees", pattern=DEPTH_TAG):
         deepest = view.stat("max")
-        for code in np.unique(view.modes):
+        for code in view.mode_codes:
             rows = np.flatnonzero((view.modes == code) & (deepest > depth))
             if not rows.size:
                 continue

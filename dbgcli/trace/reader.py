@@ -18,6 +18,7 @@ import json
 import os
 import re
 from collections.abc import Callable, Iterator, Sequence
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -34,6 +35,7 @@ from dbgcli.trace.stats import COL, DERIVED_STATS, derived
 T = TypeVar("T")
 
 _DEFAULT_CHUNK_BYTES = 16 << 20
+DEFAULT_CACHE_BYTES = 2 << 30
 
 
 @dataclass(frozen=True)
@@ -120,16 +122,47 @@ class TagInfo:
 
 @dataclass
 class _Cache:
-    index: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
-    values: dict[str, np.ndarray] = field(default_factory=dict)
-    stats: dict[str, np.ndarray] = field(default_factory=dict)
-    units: dict[str, np.ndarray] = field(default_factory=dict)
     derived: dict[str, dict[Derivation, Any]] = field(default_factory=dict)
     timeline: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
 
-def open_trace(path: str | os.PathLike[str]) -> Trace:
+class _Memory:
+    """Arrays read from the trace, kept within a byte budget, least recently used dropped first.
+
+    Rules look at the same series again and again, so keeping what was read saves re-reading;
+    the budget keeps a long trace from holding all of its statistics in memory at once.
+    """
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.size = 0
+        self.items: OrderedDict[tuple[str, ...], tuple[Any, int]] = OrderedDict()
+
+    def get(self, key: tuple[str, ...]) -> Any:
+        item = self.items.get(key)
+        if item is None:
+            return None
+        self.items.move_to_end(key)
+        return item[0]
+
+    def put(self, key: tuple[str, ...], value: Any) -> Any:
+        arrays = value if isinstance(value, tuple) else (value,)
+        size = sum(int(getattr(a, "nbytes", 0)) for a in arrays)
+        old = self.items.pop(key, None)
+        if old is not None:
+            self.size -= old[1]
+        self.items[key] = (value, size)
+        self.size += size
+        while self.size > self.budget and len(self.items) > 1:
+            _, (_, dropped) = self.items.popitem(last=False)
+            self.size -= dropped
+        return value
+
+
+def open_trace(path: str | os.PathLike[str], *, cache_bytes: int = DEFAULT_CACHE_BYTES) -> Trace:
     """Open a trace for reading; raises a :class:`~dbgcli.errors.DbgError` with a clear message.
+
+    ``cache_bytes`` bounds the memory kept for series already read (statistics, steps, values).
 
     The file is validated up front: it must exist, be a regular non-empty HDF5 file written in
     the dbg trace format, and not have a newer major format version.
@@ -159,7 +192,7 @@ def open_trace(path: str | os.PathLike[str]) -> Trace:
             ) from error
         raise TraceFormatError(f"{file_path}: corrupt HDF5 file ({_short(error)})") from error
     try:
-        return Trace(file_path, handle)
+        return Trace(file_path, handle, cache_bytes=cache_bytes)
     except BaseException:
         handle.close()
         raise
@@ -238,10 +271,14 @@ def _short(error: BaseException) -> str:
 class Trace:
     """A read-only view of one trace. Use :func:`open_trace` to create it."""
 
-    def __init__(self, path: Path, handle: h5py.File) -> None:
+    def __init__(
+        self, path: Path, handle: h5py.File, *, cache_bytes: int = DEFAULT_CACHE_BYTES
+    ) -> None:
         self.path = path
         self._file = handle
         self._cache = _Cache()
+        self._memory = _Memory(cache_bytes)
+        self._last_index: tuple[np.ndarray, np.ndarray] | None = None
         # One read buffer shared by every iter_raw(..., reuse_buffer=True) of this trace.
         self._raw_buffer: np.ndarray | None = None
         self.warnings: list[str] = []
@@ -337,19 +374,27 @@ class Trace:
     # -- values -------------------------------------------------------------------------------
     def index(self, tag: str) -> tuple[np.ndarray, np.ndarray]:
         """``(steps, modes)`` of every record of a tag."""
-        cached = self._cache.index.get(tag)
+        cached = self._memory.get(("index", tag))
         if cached is None:
             info = self.tag(tag)
-            cached = self._guard(f"the step index of {tag!r}", lambda: self._read_index(info))
-            self._cache.index[tag] = cached
-        return cached
+            steps, modes = self._guard(f"the step index of {tag!r}", lambda: self._read_index(info))
+            # Tensors recorded together share their index: keep one copy of it.
+            if (
+                self._last_index is not None
+                and np.array_equal(steps, self._last_index[0])
+                and np.array_equal(modes, self._last_index[1])
+            ):
+                steps, modes = self._last_index
+            self._last_index = (steps, modes)
+            cached = self._memory.put(("index", tag), (steps, modes))
+        return cached  # type: ignore[no-any-return]
 
     def scalar(self, tag: str, mode: str | None = None) -> Series:
         """A scalar series (loss, metric, learning rate)."""
         info = self.tag(tag)
         if not info.scalar:
             raise MissingDataError(f"{tag!r} is a tensor, not a scalar series")
-        values = self._cache.values.get(tag)
+        values = self._memory.get(("values", tag))
         if values is None:
             values = self._guard(
                 f"the values of {tag!r}",
@@ -357,32 +402,34 @@ class Trace:
                     np.float64
                 ),
             )
-            self._cache.values[tag] = values
+            self._memory.put(("values", tag), values)
         steps, modes = self.index(tag)
         return Series(steps, values, modes).select(mode)
 
     def stats(self, tag: str) -> np.ndarray:
         """The ``(records, len(STAT_COLUMNS))`` statistics of a tensor, derived if not stored."""
-        cached = self._cache.stats.get(tag)
+        cached = self._memory.get(("stats", tag))
         if cached is None:
             info = self.tag(tag)
             if info.scalar:
                 raise MissingDataError(f"{tag!r} is a scalar series, not a tensor")
             cached = self._guard(f"the statistics of {tag!r}", lambda: self._load_stats(info))
-            self._cache.stats[tag] = cached
-        return cached
+            self._memory.put(("stats", tag), cached)
+        return cached  # type: ignore[no-any-return]
 
     def stat(self, tag: str, name: str, mode: str | None = None) -> Series:
         """One statistic of a tensor as a series; ``name`` may be a derived statistic."""
-        table = self.stats(tag)
         if name in COL:
-            values = table[:, COL[name]]
+            values = self.stats(tag)[:, COL[name]]
         elif name in DERIVED_STATS:
-            values = derived(name, {column: table[:, COL[column]] for column in COL})
+            values = self._memory.get(("derived", tag, name))
+            if values is None:
+                table = self.stats(tag)
+                values = derived(name, {column: table[:, COL[column]] for column in COL})
+                self._memory.put(("derived", tag, name), values)
         else:
-            raise MissingDataError(
-                f"unknown statistic {name!r}; known: {', '.join((*schema.STAT_COLUMNS, *DERIVED_STATS))}"
-            )
+            known = ", ".join((*schema.STAT_COLUMNS, *DERIVED_STATS))
+            raise MissingDataError(f"unknown statistic {name!r}; known: {known}")
         steps, modes = self.index(tag)
         return Series(steps, values, modes).select(mode)
 
@@ -391,10 +438,10 @@ class Trace:
         info = self.tag(tag)
         if info.unit_measure is None:
             return None
-        cached = self._cache.units.get(tag)
+        cached = self._memory.get(("units", tag))
         if cached is None:
             cached = self._guard(f"the unit measures of {tag!r}", lambda: self._load_units(info))
-            self._cache.units[tag] = cached
+            self._memory.put(("units", tag), cached)
         if cached.shape[0] != info.records:
             return None
         steps, modes = self.index(tag)
@@ -715,9 +762,9 @@ class Trace:
         if raw_steps.dtype.kind == "f":
             if not np.isfinite(raw_steps).all() or (raw_steps != np.round(raw_steps)).any():
                 raise TraceFormatError(f"{self.path}: steps of {info.tag!r} are not all integers")
-        steps = raw_steps.astype(np.int64)
+        steps = raw_steps.astype(np.int64, copy=False)
         if schema.DS_MODE in group:
-            modes = group[schema.DS_MODE][: info.records].astype(np.uint8)
+            modes = group[schema.DS_MODE][: info.records].astype(np.uint8, copy=False)
             if len(modes) and modes.max() >= len(schema.MODES):
                 raise TraceFormatError(f"{self.path}: unknown mode code in {info.tag!r}")
         else:
@@ -746,8 +793,15 @@ class Trace:
         return step[:n].astype(np.int64), mode[:n].astype(np.uint8), when[:n].astype(np.float64)
 
     def _load_stats(self, info: TagInfo) -> np.ndarray:
-        table = np.full((info.records, len(schema.STAT_COLUMNS)), np.nan)
         missing = self._missing_columns(info)
+        if info.has_stats and info.stat_columns == schema.STAT_COLUMNS:
+            # The layout the writer produces: read straight into the table, no second copy.
+            table = np.empty((info.records, len(schema.STAT_COLUMNS)), dtype=np.float64)
+            if info.records:
+                dataset = self._dataset(info.path + "/" + schema.DS_STATS)
+                dataset.read_direct(table, np.s_[: info.records], np.s_[:])
+            return table
+        table = np.full((info.records, len(schema.STAT_COLUMNS)), np.nan)
         if info.has_stats:
             dataset = self._dataset(info.path + "/" + schema.DS_STATS)
             stored = np.empty((info.records, dataset.shape[1]), dtype=np.float64)
