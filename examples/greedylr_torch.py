@@ -37,7 +37,7 @@ def main() -> None:
     with attach(
         model, optimizer, args.output, overwrite=True, hyperparameters={"lr": 0.05}
     ) as hook:
-        for step in range(args.steps):
+        for _step in range(args.steps):
             batch = torch.randint(0, len(inputs), (64,))
             optimizer.zero_grad()
             loss = nn.functional.cross_entropy(model(inputs[batch]), labels[batch])

@@ -17,8 +17,8 @@ import fnmatch
 import json
 import os
 import re
-from collections.abc import Callable, Iterator, Sequence
 from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
