@@ -28,7 +28,7 @@ import torch
 import transformers
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from dbgcli.torch._hook import FailureReporter, Patterns, TorchHook, open_writer, refuse_existing
+from dbgcli.torch._hook import CallbackRecording, FailureReporter, Patterns, TorchHook
 from dbgcli.trace.writer import TraceWriter
 
 __all__ = ["DbgCallback", "transformers_activation_kinds"]
@@ -126,16 +126,15 @@ class DbgCallback(TrainerCallback):
         flush_secs: float = 10.0,
         metadata: Mapping[str, Any] | None = None,
     ) -> None:
-        if isinstance(trace, TraceWriter) and raw_every is not None:
-            raise ValueError("raw_every applies to a new trace; set it on the TraceWriter instead")
-        refuse_existing(trace, overwrite)
-        self.trace = trace
-        self.raw_every = raw_every
-        self.include = include
-        self.exclude = exclude
-        self.overwrite = overwrite
-        self.flush_secs = flush_secs
-        self.metadata = dict(metadata or {})
+        self.recording = CallbackRecording(
+            trace,
+            raw_every=raw_every,
+            include=include,
+            exclude=exclude,
+            overwrite=overwrite,
+            flush_secs=flush_secs,
+            metadata=metadata,
+        )
         self.hook: TorchHook | None = None
         self._failures = FailureReporter()
 
@@ -227,33 +226,14 @@ class DbgCallback(TrainerCallback):
             self.hook = None
 
     def _attach(self, model: torch.nn.Module, args: TrainingArguments, state: TrainerState) -> None:
-        writer, owned = open_writer(
-            self.trace,
+        self.hook = self.recording.attach(
+            model,
             framework="transformers",
-            raw_every=self.raw_every,
-            overwrite=self.overwrite,
-            flush_secs=self.flush_secs,
             hyperparameters=args.to_dict(),  # type: ignore[no-untyped-call]
             metadata={
-                **self.metadata,
                 "transformers_version": transformers.__version__,
-                "torch_version": torch.__version__,
                 "model_class": type(model).__name__,
             },
+            activation_kinds=transformers_activation_kinds(),
         )
-        try:
-            self.hook = TorchHook(
-                model,
-                None,
-                writer,
-                include=self.include,
-                exclude=self.exclude,
-                capture_loss=False,
-                activation_kinds=transformers_activation_kinds(),
-                owns_writer=owned,
-            )
-        except BaseException:
-            if owned:
-                writer.close()
-            raise
         self.hook.step = state.global_step

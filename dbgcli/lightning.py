@@ -26,7 +26,7 @@ import lightning
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from dbgcli.torch._hook import FailureReporter, Patterns, TorchHook, open_writer, refuse_existing
+from dbgcli.torch._hook import CallbackRecording, FailureReporter, Patterns, TorchHook
 from dbgcli.trace.writer import TraceWriter
 
 __all__ = ["VALIDATION_PREFIXES", "DbgCallback"]
@@ -101,16 +101,15 @@ class DbgCallback(Callback):
         flush_secs: float = 10.0,
         metadata: Mapping[str, Any] | None = None,
     ) -> None:
-        if isinstance(trace, TraceWriter) and raw_every is not None:
-            raise ValueError("raw_every applies to a new trace; set it on the TraceWriter instead")
-        refuse_existing(trace, overwrite)
-        self.trace = trace
-        self.raw_every = raw_every
-        self.include = include
-        self.exclude = exclude
-        self.overwrite = overwrite
-        self.flush_secs = flush_secs
-        self.metadata = dict(metadata or {})
+        self.recording = CallbackRecording(
+            trace,
+            raw_every=raw_every,
+            include=include,
+            exclude=exclude,
+            overwrite=overwrite,
+            flush_secs=flush_secs,
+            metadata=metadata,
+        )
         self.hook: TorchHook | None = None
         self._failures = FailureReporter()
         self._batch_step = 0
@@ -185,34 +184,15 @@ class DbgCallback(Callback):
 
     # -- internals ----------------------------------------------------------------------------
     def _attach(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        writer, owned = open_writer(
-            self.trace,
+        self.hook = self.recording.attach(
+            pl_module,
             framework="lightning",
-            raw_every=self.raw_every,
-            overwrite=self.overwrite,
-            flush_secs=self.flush_secs,
             hyperparameters=dict(pl_module.hparams),
             metadata={
-                **self.metadata,
                 "lightning_version": lightning.__version__,
-                "torch_version": torch.__version__,
                 "accumulate_grad_batches": trainer.accumulate_grad_batches,
             },
         )
-        try:
-            self.hook = TorchHook(
-                pl_module,
-                None,
-                writer,
-                include=self.include,
-                exclude=self.exclude,
-                capture_loss=False,
-                owns_writer=owned,
-            )
-        except BaseException:
-            if owned:
-                writer.close()
-            raise
         self.hook.step = trainer.global_step
 
     def _add_loss(self, trainer: Trainer, outputs: Any) -> None:

@@ -21,8 +21,7 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +29,10 @@ import numpy as np
 import xgboost
 from xgboost.callback import TrainingCallback
 
+from dbgcli._failures import FailureReporter
 from dbgcli.errors import TraceWriterError
 from dbgcli.trace.schema import MODES
-from dbgcli.trace.writer import DbgWarning, TraceWriter
+from dbgcli.trace.writer import TraceWriter
 
 __all__ = ["IMPORTANCE_TYPES", "TRAIN_SET_NAMES", "DbgCallback", "tree_depth"]
 
@@ -144,12 +144,12 @@ class DbgCallback(TrainingCallback):
         self._owns_writer = False
         self._feature_names: list[str] | None = None
         self._set_modes: dict[str, tuple[str, str]] = {}
-        self._warned: set[str] = set()
+        self._failures = FailureReporter()
 
     # -- TrainingCallback ---------------------------------------------------------------------
     def before_training(self, model: xgboost.Booster) -> xgboost.Booster:
         """Open the trace and store the booster's configuration in its metadata."""
-        self._guard("opening the trace", lambda: self._open(model))
+        self._failures.guard("opening the trace", lambda: self._open(model))
         return model
 
     def after_iteration(
@@ -159,17 +159,19 @@ class DbgCallback(TrainingCallback):
         writer = self.writer
         if writer is None:
             return False
-        self._guard(
+        self._failures.guard(
             "recording the evaluation metrics",
             lambda: self._record_metrics(writer, epoch, evals_log),
         )
-        self._guard("recording tree depths", lambda: self._record_tree_depths(writer, model, epoch))
-        self._guard(
+        self._failures.guard(
+            "recording tree depths", lambda: self._record_tree_depths(writer, model, epoch)
+        )
+        self._failures.guard(
             "recording feature importance", lambda: self._record_importance(writer, model, epoch)
         )
         if self.data is not None:
             data = self.data
-            self._guard(
+            self._failures.guard(
                 "recording labels and predictions",
                 lambda: self._record_data(writer, model, data, epoch),
             )
@@ -179,7 +181,9 @@ class DbgCallback(TrainingCallback):
         """Close the trace if this callback opened it, else commit what was recorded."""
         writer = self.writer
         if writer is not None:
-            self._guard("closing the trace", writer.close if self._owns_writer else writer.flush)
+            self._failures.guard(
+                "closing the trace", writer.close if self._owns_writer else writer.flush
+            )
         return model
 
     # -- recording ----------------------------------------------------------------------------
@@ -276,18 +280,3 @@ class DbgCallback(TrainingCallback):
         # An explicit range: by default predict stops at best_iteration once early stopping set it.
         predictions = model.predict(data, iteration_range=(0, model.num_boosted_rounds()))
         writer.add_tensor("predictions", predictions, step, collection="predictions", mode=mode)
-
-    # -- failure handling ---------------------------------------------------------------------
-    def _guard(self, what: str, action: Callable[[], object]) -> None:
-        try:
-            action()
-        except Exception as error:  # noqa: BLE001 - recording must never stop training
-            key = f"{what}:{type(error).__name__}"
-            if key not in self._warned:
-                self._warned.add(key)
-                warnings.warn(
-                    f"dbg: {what} failed ({type(error).__name__}: {error}); training continues, "
-                    "further failures of this kind are not reported",
-                    DbgWarning,
-                    stacklevel=2,
-                )

@@ -139,6 +139,7 @@ def test_io_failure_stops_recording_but_keeps_committed_data(tmp_path: Path, mon
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(h5py.Dataset, "resize", disk_full)
+    monkeypatch.setattr(h5py.Dataset, "__setitem__", disk_full)
     for step in range(5, 10):
         writer.add_scalar("loss", float(step), step)
     with pytest.warns(DbgWarning, match="No space left"):
@@ -197,3 +198,24 @@ def test_unclosed_writer_is_closed_at_interpreter_exit(tmp_path: Path) -> None:
     with open_trace(path) as trace:
         assert trace.complete
         assert len(trace.scalar("loss")) == 3
+
+
+def test_kill_after_raw_rows_of_a_new_shape_reached_the_file(tmp_path: Path) -> None:
+    # Full tensors reach the file as soon as a block fills, before the next commit vouches for
+    # them; a segment for a new shape started after the last commit must not break reading.
+    path = tmp_path / "killed.h5"
+    script = (
+        "import os, signal, sys, numpy as np\n"
+        "from dbgcli import TraceWriter\n"
+        "w = TraceWriter(sys.argv[1], flush_secs=3600)\n"
+        "for s in range(4): w.add_tensor('x', np.ones((64, 64), np.float32), s)\n"
+        "w.flush()\n"
+        "for s in range(4, 200): w.add_tensor('x', np.ones((32, 64), np.float32), s)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    subprocess.run([sys.executable, "-c", script, str(path)], check=False)
+    with open_trace(path) as trace:
+        assert not trace.complete
+        assert trace.index("x")[0].tolist() == [0, 1, 2, 3]
+        assert trace.tag("x").shapes == ((64, 64),)
+        assert [int(s) for chunk in trace.iter_raw("x") for s in chunk.steps] == [0, 1, 2, 3]

@@ -351,6 +351,18 @@ _LAST_CANDIDATES: dict[
 ] = {}
 
 
+class _Rows:
+    """Columns of a statistics table, optionally at other rows (``index``), read on demand."""
+
+    def __init__(self, table: np.ndarray, index: np.ndarray | None) -> None:
+        self.table = table
+        self.index = index
+
+    def column(self, name: str) -> np.ndarray:
+        values = self.table[:, COL[name]]
+        return values if self.index is None else values[self.index]
+
+
 def _compute_candidates(
     info: TagInfo, trace: Trace, spec: ConsecutiveAllClose
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -358,11 +370,11 @@ def _compute_candidates(
     previous = _previous_records(modes)
     table = trace.stats(info.tag)
     has_previous = previous >= 0
-    current = table
-    before = table[np.where(has_previous, previous, 0)]
+    # Row selections stay per column: copying the whole table costs more than the test.
+    current, before = _Rows(table, None), _Rows(table, np.where(has_previous, previous, 0))
 
-    def column(rows: np.ndarray, name: str) -> np.ndarray:
-        return rows[:, COL[name]]
+    def column(rows: _Rows, name: str) -> np.ndarray:
+        return rows.column(name)
 
     with np.errstate(invalid="ignore"):
         same_counts = (column(current, "count") == column(before, "count")) & (
@@ -441,19 +453,20 @@ class _AllCloseAccumulator(Accumulator):
         verdict = np.full(records, NO_PREVIOUS, dtype=np.int8)
         verdict[self.previous >= 0] = CHANGED
         verdict[self.candidate & (self.compared == 1)] = SAME_FULL
-        before = self.table[np.maximum(self.previous, 0)]
+        # Only candidates without a full-tensor comparison are judged on statistics.
+        judged = np.flatnonzero(self.candidate & (self.compared == -1))
+        before = self.previous[judged]
         with np.errstate(invalid="ignore"):
-            identical = np.ones(records, dtype=bool)
+            identical = np.ones(len(judged), dtype=bool)
             for name in _IDENTITY_STATS:
                 # A statistic a writer did not compute (NaN in both records) does not count
                 # against identity; one computed in only one of them does.
-                now, then = self.table[:, COL[name]], before[:, COL[name]]
+                column = self.table[:, COL[name]]
+                now, then = column[judged], column[before]
                 identical &= (now == then) | (np.isnan(now) & np.isnan(then))
             # An update norm of exactly zero proves the record equals the one before it.
-            identical |= (self.table[:, COL["update_l2"]] == 0) & (
-                self.previous == np.arange(records) - 1
-            )
-        verdict[self.candidate & (self.compared == -1) & identical] = SAME_STATS
+            identical |= (self.table[judged, COL["update_l2"]] == 0) & (before == judged - 1)
+        verdict[judged[identical]] = SAME_STATS
         run = np.ones(records, dtype=np.int64)
         for code in np.unique(self.modes):
             positions = np.flatnonzero(self.modes == code)

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import fnmatch
 import os
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,9 +39,10 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.utils.hooks import RemovableHandle
 
+from dbgcli._failures import FailureReporter
 from dbgcli.errors import TraceWriterError
 from dbgcli.torch._stats import statistics
-from dbgcli.trace.writer import DbgWarning, TraceWriter
+from dbgcli.trace.writer import TraceWriter
 
 __all__ = [
     "ACTIVATION_KINDS",
@@ -154,33 +154,6 @@ def open_writer(
         framework=framework,
     )
     return writer, True
-
-
-class FailureReporter:
-    """Turns exceptions raised while recording into warnings, one per kind of failure."""
-
-    def __init__(self) -> None:
-        self._reported: set[str] = set()
-
-    def guard(self, what: str, action: Callable[[], object]) -> None:
-        """Run ``action``; an exception becomes a :class:`DbgWarning` about ``what``."""
-        try:
-            action()
-        except Exception as error:  # noqa: BLE001 - recording must never stop training
-            self.warn(what, error)
-
-    def warn(self, what: str, error: BaseException) -> None:
-        """Warn that ``what`` failed, unless the same kind of failure was reported before."""
-        key = f"{what}:{type(error).__name__}"
-        if key in self._reported:
-            return
-        self._reported.add(key)
-        warnings.warn(
-            f"dbg: {what} failed ({type(error).__name__}: {error}); training continues, "
-            "further failures of this kind are not reported",
-            DbgWarning,
-            stacklevel=3,
-        )
 
 
 def _as_patterns(patterns: Patterns) -> tuple[str, ...]:
@@ -720,6 +693,64 @@ class TorchHook:
 
     def _warn(self, what: str, error: BaseException) -> None:
         self._failures.warn(what, error)
+
+
+@dataclass
+class CallbackRecording:
+    """How a framework callback records: checked when the callback is made, used at train start.
+
+    Hugging Face and Lightning callbacks are created before training starts (and before the
+    process group of a distributed run exists); this holds their settings and attaches the
+    :class:`TorchHook` when the framework hands over the model.
+    """
+
+    trace: TracePath | TraceWriter
+    raw_every: int | None = None
+    include: Patterns = None
+    exclude: Patterns = None
+    overwrite: bool = False
+    flush_secs: float = 10.0
+    metadata: Mapping[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.trace, TraceWriter) and self.raw_every is not None:
+            raise ValueError("raw_every applies to a new trace; set it on the TraceWriter instead")
+        refuse_existing(self.trace, self.overwrite)
+
+    def attach(
+        self,
+        model: nn.Module,
+        *,
+        framework: str,
+        hyperparameters: Mapping[str, Any],
+        metadata: Mapping[str, Any],
+        activation_kinds: Mapping[type[nn.Module], str] | None = None,
+    ) -> TorchHook:
+        """Open the trace and attach a hook driven by the callback (no optimizer hooks)."""
+        writer, owned = open_writer(
+            self.trace,
+            framework=framework,
+            raw_every=self.raw_every,
+            overwrite=self.overwrite,
+            flush_secs=self.flush_secs,
+            hyperparameters=hyperparameters,
+            metadata={**(self.metadata or {}), "torch_version": torch.__version__, **metadata},
+        )
+        try:
+            return TorchHook(
+                model,
+                None,
+                writer,
+                include=self.include,
+                exclude=self.exclude,
+                capture_loss=False,
+                activation_kinds=activation_kinds,
+                owns_writer=owned,
+            )
+        except BaseException:
+            if owned:
+                writer.close()
+            raise
 
 
 def attach(

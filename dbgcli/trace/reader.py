@@ -706,13 +706,16 @@ class Trace:
                 continue
             values = self._child(segment, schema.DS_VALUES)
             record = self._child(segment, schema.DS_RECORD)
+            committed = segment.attrs().get(schema.ATTR_RECORDS)
+            if self._unclosed and (committed is None or values is None or record is None):
+                # Started after the writer's last commit: nothing in it is vouched for.
+                continue
             if values is None or record is None:
                 raise TraceFormatError(
                     f"{self.path}: {where}: raw segment {name!r} needs '{schema.DS_VALUES}' "
                     f"and '{schema.DS_RECORD}'"
                 )
             rows = min(values.shape[0], record.shape[0])
-            committed = segment.attrs().get(schema.ATTR_RECORDS)
             if committed is not None:
                 rows = min(rows, int(committed))
             if rows and (self._unclosed or committed is None):

@@ -98,7 +98,12 @@ class _Appendable:
         self.min_chunk = min(min_chunk, max_chunk)
         existing = group.get(name)
         self.dataset: h5py.Dataset | None = existing if isinstance(existing, h5py.Dataset) else None
+        # ``length`` rows are written; the dataset's extent (``capacity``) runs ahead of them,
+        # because one resize per append is a large share of the cost of a small append. The
+        # extent is trimmed to the length on close; readers rely on the committed counts.
         self.length = 0 if self.dataset is None else int(self.dataset.shape[0])
+        self.capacity = self.length
+        self.chunk = 0 if self.dataset is None else int(self.dataset.chunks[0])
 
     def append(self, rows: np.ndarray) -> None:
         if len(rows) == 0:
@@ -106,18 +111,22 @@ class _Appendable:
         if self.dataset is None:
             # The first write shows how fast the series grows: a short run gets small chunks
             # (small files), a long run large ones (fast reads).
-            chunk = max(self.min_chunk, min(self.max_chunk, len(rows)))
+            self.chunk = max(self.min_chunk, min(self.max_chunk, len(rows)))
             self.dataset = self.group.create_dataset(
                 self.name,
                 shape=(0, *self.row_shape),
                 maxshape=(None, *self.row_shape),
-                chunks=(chunk, *self.row_shape),
+                chunks=(self.chunk, *self.row_shape),
                 dtype=self.dtype,
             )
         dataset = self.dataset
         start, count = self.length, len(rows)
-        dataset.resize(start + count, axis=0)
         chunk = self.chunk
+        if start + count > self.capacity:
+            self.capacity = max(
+                start + count, self.capacity + self.capacity // 2, start + 8 * chunk
+            )
+            dataset.resize(self.capacity, axis=0)
         done = 0
         if rows.dtype == dataset.dtype and rows.flags.c_contiguous:
             # Rows up to the next chunk boundary go through h5py; whole chunks are written as
@@ -136,12 +145,6 @@ class _Appendable:
             dataset[start + done : start + count] = rows[done:]
         self.length = start + count
 
-    @property
-    def chunk(self) -> int:
-        """Rows per chunk of the dataset (the first append decides it)."""
-        assert self.dataset is not None and self.dataset.chunks is not None
-        return int(self.dataset.chunks[0])
-
     def rows_to_boundary(self, default: int) -> int:
         """Rows that would fill the current partial chunk (``default`` when aligned)."""
         if self.dataset is None:
@@ -149,9 +152,16 @@ class _Appendable:
         return (-self.length) % self.chunk or min(default, self.chunk)
 
     def truncate(self, length: int) -> None:
-        if self.dataset is not None and self.length > length:
+        """Drop rows past ``length`` (uncommitted rows of a trace being resumed)."""
+        if self.dataset is not None and self.capacity > length:
             self.dataset.resize(length, axis=0)
-            self.length = length
+            self.length = self.capacity = min(self.length, length)
+
+    def trim(self) -> None:
+        """Shrink the extent to the rows written (the file then shows its true lengths)."""
+        if self.dataset is not None and self.capacity > self.length:
+            self.dataset.resize(self.length, axis=0)
+            self.capacity = self.length
 
 
 class _Index:
@@ -169,9 +179,8 @@ class _Index:
         self.pending_modes: list[int] = []
         self.pending_times: list[float] = []
 
-    @property
-    def committed(self) -> int:
-        return self.step.length
+    def columns(self) -> list[_Appendable]:
+        return [self.step, self.mode, *([self.time] if self.time is not None else [])]
 
     def write_pending(self) -> None:
         self.step.append(np.asarray(self.pending_steps, dtype=np.int64))
@@ -207,6 +216,9 @@ class _ScalarSeries:
     def commit(self) -> None:
         self.group.attrs[schema.ATTR_RECORDS] = self.value.length
 
+    def columns(self) -> list[_Appendable]:
+        return [*self.index.columns(), self.value]
+
 
 class _RawSegment:
     """Full tensors of one shape: ``raw/<k>/values`` plus the record index of each row."""
@@ -227,6 +239,9 @@ class _RawSegment:
 
     def commit(self) -> None:
         self.group.attrs[schema.ATTR_RECORDS] = min(self.values.length, self.record.length)
+
+    def columns(self) -> list[_Appendable]:
+        return [self.values, self.record]
 
 
 class _TensorSeries:
@@ -431,6 +446,10 @@ class _TensorSeries:
         for segment in self.segments.values():
             segment.commit()
         self.group.attrs[schema.ATTR_RECORDS] = self.stats.length
+
+    def columns(self) -> list[_Appendable]:
+        own = [*self.index.columns(), self.stats, *([self.units] if self.units is not None else [])]
+        return own + [column for segment in self.segments.values() for column in segment.columns()]
 
     def release_block(self) -> None:
         if self.block is not None:
@@ -782,6 +801,8 @@ class TraceWriter:
             try:
                 if self._failed is None:
                     self._commit()
+                    for column in self._columns():
+                        column.trim()
                     self._file.attrs[schema.ATTR_CLOSED] = True
                     self._file.flush()
             except Exception as error:  # noqa: BLE001
@@ -869,6 +890,15 @@ class TraceWriter:
         self._file.flush()
         self._last_flush = time.monotonic()
         self._trim_buffers()
+
+    def _columns(self) -> list[_Appendable]:
+        """Every dataset the writer appends to."""
+        columns = self._timeline.columns()
+        for scalar in self._scalars.values():
+            columns += scalar.columns()
+        for tensor in self._tensors.values():
+            columns += tensor.columns()
+        return columns
 
     def _trim_buffers(self) -> None:
         if self._buffered_bytes > self.max_buffer_bytes:
