@@ -42,10 +42,15 @@ samples: $(VENV)/.installed-test
 	$(BIN)/python examples/numpy_mlp.py --scenario healthy sample_traces/numpy_mlp_healthy.h5
 	$(BIN)/python examples/numpy_mlp.py --scenario dead-relu sample_traces/numpy_mlp_dead_relu.h5
 	$(BIN)/python examples/numpy_mlp.py --scenario high-lr sample_traces/numpy_mlp_high_lr.h5
+	$(BIN)/python examples/record_samples.py --out sample_traces
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python bench/bench_writer.py
 	$(BIN)/python bench/bench_reader.py
+	$(BIN)/python bench/bench_rules.py
+	$(BIN)/python bench/bench_jobs.py
+	$(BIN)/python bench/bench_hook.py
+	$(BIN)/python bench/bench_schedulers.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache bench/out

@@ -101,7 +101,10 @@ def main() -> None:
         "--hook-only", action="store_true", help="record into a writer that drops everything"
     )
     parser.add_argument("--profile", action="store_true", help="profile one hooked run afterwards")
+    parser.add_argument("--quick", action="store_true", help="10 steps, 2 repeats: a smoke run")
     args = parser.parse_args()
+    if args.quick:
+        args.steps, args.repeat = 10, 2
 
     generator = torch.Generator().manual_seed(0)
     data = [

@@ -39,7 +39,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100, help="training steps per trace")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--dir", type=Path, default=ROOT / "bench" / "out" / "jobs")
+    parser.add_argument("--quick", action="store_true", help="6 traces, 1 repeat: a smoke run")
     args = parser.parse_args()
+    if args.quick:
+        args.traces, args.repeat = 6, 1
     args.dir.mkdir(parents=True, exist_ok=True)
     paths = record_traces(args.dir, args.traces, args.steps)
     options = Options()

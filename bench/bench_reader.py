@@ -94,8 +94,8 @@ def main() -> None:
         default=Path("/dev/shm") if Path("/dev/shm").is_dir() else Path("bench/out"),
     )
     args = parser.parse_args()
-    full_steps = 200 if args.quick else 1000
-    stats_steps = 2_000 if args.quick else 100_000
+    full_steps = 20 if args.quick else 1000
+    stats_steps = 500 if args.quick else 100_000
     args.dir.mkdir(parents=True, exist_ok=True)
     full = args.dir / f"dbg_bench_full_{full_steps}.h5"
     stats = args.dir / f"dbg_bench_stats_{stats_steps}.h5"

@@ -139,8 +139,8 @@ def main() -> None:
     )
     args = parser.parse_args()
     args.dir.mkdir(parents=True, exist_ok=True)
-    small_steps = 250 if args.quick else 1000
-    stats_steps = 5_000 if args.quick else 100_000
+    small_steps = 20 if args.quick else 1000
+    stats_steps = 1_000 if args.quick else 100_000
     sizes = (small_steps, 4 * small_steps)
     paths = {steps: args.dir / f"dbg_bench_rules_{steps}.h5" for steps in sizes}
     for steps, path in paths.items():

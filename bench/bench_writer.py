@@ -122,8 +122,8 @@ def main() -> None:
         help="where to write (default /dev/shm, so disk write-back does not blur the comparison)",
     )
     args = parser.parse_args()
-    full_steps = 200 if args.quick else 1000
-    stats_steps = 2_000 if args.quick else 100_000
+    full_steps = 20 if args.quick else 1000
+    stats_steps = 500 if args.quick else 100_000
     stats_tensors = 100
     rng = np.random.default_rng(0)
     arrays = [rng.standard_normal(10_000).astype(np.float32) for _ in range(21)]
