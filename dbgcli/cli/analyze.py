@@ -63,7 +63,7 @@ def analyze(
     ] = False,
     output_format: Annotated[
         list[str] | None,
-        typer.Option("--format", "-f", help=FORMAT_HELP),
+        typer.Option("--format", "-f", help=FORMAT_HELP, metavar="FORMAT[:FILE]"),
     ] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help=OUTPUT_HELP)] = None,
     start: Annotated[int | None, typer.Option("--start", help="First step to analyse.")] = None,
@@ -192,7 +192,7 @@ def compare(
         str | None, typer.Option("--tags", help="Only tags matching this glob, e.g. 'grad/*'.")
     ] = None,
     output_format: Annotated[
-        list[str] | None, typer.Option("--format", "-f", help=FORMAT_HELP)
+        list[str] | None, typer.Option("--format", "-f", help=FORMAT_HELP, metavar="FORMAT[:FILE]")
     ] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help=OUTPUT_HELP)] = None,
     exit_zero: Annotated[

@@ -2,44 +2,34 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
 import typer
 
 from dbgcli.errors import ConfigError
+from dbgcli.report.formats import FORMATS, machine_renderer
 
 FORMAT_HELP = (
-    "Report format: human, json, sarif, junit, github, markdown; FORMAT:FILE writes it to FILE. "
+    f"Report format: {', '.join(FORMATS)}; FORMAT:FILE writes it to FILE. "
     "Repeat for several reports from one run."
 )
 OUTPUT_HELP = "Write the (single) report to this file instead of stdout."
 
 
-class OutputFormat(str, Enum):
-    human = "human"
-    json = "json"
-    sarif = "sarif"
-    junit = "junit"
-    github = "github"
-    markdown = "markdown"
-
-
 def parse_outputs(
     formats: list[str], output: Path | None, configured: tuple[str, ...]
-) -> list[tuple[OutputFormat, Path | None]]:
+) -> list[tuple[str, Path | None]]:
     """Parse ``FORMAT[:FILE]`` values (default: human on stdout); at most one goes to stdout."""
-    pairs: list[tuple[OutputFormat, Path | None]] = []
+    pairs: list[tuple[str, Path | None]] = []
     for value in formats or configured or ["human"]:
         name, _, destination = value.partition(":")
-        try:
-            fmt = OutputFormat(name.strip().lower())
-        except ValueError:
-            choices = ", ".join(f.value for f in OutputFormat)
+        fmt = name.strip().lower()
+        if fmt not in FORMATS:
             raise ConfigError(
-                f"unknown format {name!r}; formats: {choices} (FORMAT:FILE writes to a file)"
-            ) from None
+                f"unknown format {name!r}; formats: {', '.join(FORMATS)} "
+                "(FORMAT:FILE writes to a file)"
+            )
         pairs.append((fmt, Path(destination) if destination else None))
     if output is not None:
         if len(pairs) != 1 or pairs[0][1] is not None:
@@ -54,8 +44,8 @@ def parse_outputs(
     return pairs
 
 
-def write_report(report: Any, fmt: OutputFormat, destination: Path | None, quiet: bool) -> None:
-    if fmt is OutputFormat.human:
+def write_report(report: Any, fmt: str, destination: Path | None, quiet: bool) -> None:
+    if fmt == "human":
         from rich.console import Console
 
         from dbgcli.cli.console import stdout_console
@@ -71,9 +61,7 @@ def write_report(report: Any, fmt: OutputFormat, destination: Path | None, quiet
                 show_passed=not quiet,
             )
         return
-    from dbgcli.report.formats import machine_renderer
-
-    text = machine_renderer(fmt.value)(report)
+    text = machine_renderer(fmt)(report)
     if destination is None:
         typer.echo(text)
     else:

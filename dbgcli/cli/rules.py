@@ -4,15 +4,33 @@ from __future__ import annotations
 
 import json
 from enum import Enum
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from dbgcli.cli.app import app, handle_errors
 from dbgcli.cli.console import stdout_console
 
+if TYPE_CHECKING:
+    from dbgcli.rules._registry import Registry
+
 rules_app = typer.Typer(help="List and explain the rules.", no_args_is_help=True)
 app.add_typer(rules_app, name="rules")
+
+
+RulesFileOption = Annotated[
+    list[str] | None,
+    typer.Option("--rules-file", help="Also load rules from this Python file."),
+]
+
+
+def _registry(rules_files: list[str] | None) -> Registry:
+    """The rule registry, with the rules of ``--rules-file`` files loaded into it."""
+    from dbgcli.rules import REGISTRY
+
+    for path in rules_files or []:
+        REGISTRY.load_file(path)
+    return REGISTRY
 
 
 class ListFormat(str, Enum):
@@ -43,17 +61,10 @@ def list_rules(
     output_format: Annotated[
         ListFormat, typer.Option("--format", "-f", help="Output format.")
     ] = ListFormat.human,
-    rules_file: Annotated[
-        list[str] | None,
-        typer.Option("--rules-file", help="Also load rules from this Python file."),
-    ] = None,
+    rules_file: RulesFileOption = None,
 ) -> None:
     """List every rule: id, name, category, severity, data required, parameters."""
-    from dbgcli.rules import REGISTRY
-
-    for path in rules_file or []:
-        REGISTRY.load_file(path)
-    specs = REGISTRY.all()
+    specs = _registry(rules_file).all()
     if output_format is ListFormat.json:
         typer.echo(json.dumps([_describe(spec) for spec in specs], indent=2, default=str))
         return
@@ -104,20 +115,13 @@ def explain(
     rule: Annotated[
         str, typer.Argument(help="Rule id or name, e.g. DBG101 or vanishing-gradient.")
     ],
-    rules_file: Annotated[
-        list[str] | None,
-        typer.Option("--rules-file", help="Also load rules from this Python file."),
-    ] = None,
+    rules_file: RulesFileOption = None,
 ) -> None:
     """Explain one rule: its maths, why it matters, causes, fix, and its parameters."""
     from rich.markdown import Markdown
     from rich.table import Table
 
-    from dbgcli.rules import REGISTRY
-
-    for path in rules_file or []:
-        REGISTRY.load_file(path)
-    spec = REGISTRY.get(rule)
+    spec = _registry(rules_file).get(rule)
     console = stdout_console()
     console.print(f"[bold]{spec.id} {spec.name}[/bold]  ({spec.category}, {spec.severity.value})")
     console.print(spec.summary)

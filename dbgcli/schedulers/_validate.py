@@ -65,6 +65,25 @@ def choice(where: str, name: str, value: object, choices: Iterable[str]) -> str:
     return value
 
 
+def improvement(
+    where: str, mode: object, threshold_mode: object, threshold: object
+) -> tuple[str, str, float]:
+    """Return ``(mode, threshold_mode, threshold)``, the arguments that define an improvement.
+
+    A ``"rel"`` threshold of 1 or more in ``"min"`` mode is refused: ``best * (1 - threshold)``
+    would never be beaten.
+    """
+    mode = choice(where, "mode", mode, ("min", "max"))
+    threshold_mode = choice(where, "threshold_mode", threshold_mode, ("abs", "rel"))
+    threshold = real(where, "threshold", threshold)
+    if threshold_mode == "rel" and mode == "min" and threshold >= 1.0:
+        raise ConfigError(
+            f"{where}: threshold must be < 1 with threshold_mode='rel' in 'min' mode "
+            f"(best * (1 - threshold) would never be beaten), got {threshold!r}"
+        )
+    return mode, threshold_mode, threshold
+
+
 def bound(where: str, name: str, value: object, *, allow_inf: bool) -> float | tuple[float, ...]:
     """Return a learning-rate bound: one non-negative float, or a tuple with one per group."""
     if isinstance(value, (list, tuple)):

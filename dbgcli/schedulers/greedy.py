@@ -120,16 +120,9 @@ def greedy(
         >>> simulate(losses, "greedy", lr=0.1, factor=0.5, patience=1).tolist()
         [0.1, 0.2, 0.2, 0.4, 0.4, 0.2]
     """
-    mode = check.choice(_WHERE, "mode", mode, ("min", "max"))
-    threshold_mode = check.choice(_WHERE, "threshold_mode", threshold_mode, ("abs", "rel"))
+    mode, threshold_mode, threshold = check.improvement(_WHERE, mode, threshold_mode, threshold)
     factor = check.real(_WHERE, "factor", factor, above=0.0, below=1.0)
     patience = check.integer(_WHERE, "patience", patience, minimum=0)
-    threshold = check.real(_WHERE, "threshold", threshold)
-    if threshold_mode == "rel" and mode == "min" and threshold >= 1.0:
-        raise ConfigError(
-            f"{_WHERE}: threshold must be < 1 with threshold_mode='rel' in 'min' mode "
-            f"(best * (1 - threshold) would never be beaten), got {threshold!r}"
-        )
     cooldown = check.integer(_WHERE, "cooldown", cooldown, minimum=0)
     warmup = check.integer(_WHERE, "warmup", warmup, minimum=0)
     floor = check.bound(_WHERE, "min_lr", min_lr, allow_inf=False)
@@ -158,6 +151,9 @@ def greedy(
         lrs = check.learning_rates(_WHERE, lrs)
         check.per_group(_WHERE, "min_lr", floor, len(lrs))
         check.per_group(_WHERE, "max_lr", ceiling, len(lrs))
+        return fresh(lrs, resets=0)
+
+    def fresh(lrs: tuple[float, ...], resets: int) -> GreedyState:
         return GreedyState(
             lrs=lrs,
             init_lrs=lrs,
@@ -169,7 +165,7 @@ def greedy(
             resets_left=reset_start,
             window=(),
             window_sum=0.0,
-            resets=0,
+            resets=resets,
         )
 
     def smoothed(state: GreedyState, metric: float) -> tuple[GreedyState, float]:
@@ -197,18 +193,7 @@ def greedy(
         return reset(state)
 
     def reset(state: GreedyState) -> GreedyState:
-        return state._replace(
-            lrs=state.init_lrs,
-            best=worst,
-            good_steps=0,
-            bad_steps=0,
-            cooldown_left=0,
-            warmup_left=0,
-            resets_left=reset_start,
-            window=(),
-            window_sum=0.0,
-            resets=state.resets + 1,
-        )
+        return fresh(state.init_lrs, resets=state.resets + 1)
 
     def update(state: GreedyState, loss: float) -> GreedyState:
         metric = float(loss)

@@ -8,7 +8,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from dbgcli.errors import ConfigError
 from dbgcli.schedulers import _validate as check
 from dbgcli.schedulers._base import Scheduler, improvement_test, worst_metric
 
@@ -81,16 +80,9 @@ def reduce_on_plateau(
         >>> simulate(losses, "plateau", lr=0.1, factor=0.5, patience=1).tolist()
         [0.1, 0.1, 0.1, 0.05, 0.05, 0.05]
     """
-    mode = check.choice(_WHERE, "mode", mode, ("min", "max"))
-    threshold_mode = check.choice(_WHERE, "threshold_mode", threshold_mode, ("rel", "abs"))
+    mode, threshold_mode, threshold = check.improvement(_WHERE, mode, threshold_mode, threshold)
     factor = check.real(_WHERE, "factor", factor, above=0.0, below=1.0)
     patience = check.integer(_WHERE, "patience", patience, minimum=0)
-    threshold = check.real(_WHERE, "threshold", threshold)
-    if threshold_mode == "rel" and mode == "min" and threshold >= 1.0:
-        raise ConfigError(
-            f"{_WHERE}: threshold must be < 1 with threshold_mode='rel' in 'min' mode "
-            f"(best * (1 - threshold) would never be beaten), got {threshold!r}"
-        )
     cooldown = check.integer(_WHERE, "cooldown", cooldown, minimum=0)
     floor = check.bound(_WHERE, "min_lr", min_lr, allow_inf=False)
     eps = check.real(_WHERE, "eps", eps, at_least=0.0)

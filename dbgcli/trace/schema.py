@@ -80,24 +80,6 @@ STAT_COLUMNS: tuple[str, ...] = (
     "update_l2",
 )
 
-# Collections with a conventional meaning; any other string is accepted and kept as written.
-KNOWN_COLLECTIONS: tuple[str, ...] = (
-    "weights",
-    "biases",
-    "gradients",
-    "activations",
-    "preactivations",
-    "inputs",
-    "labels",
-    "predictions",
-    "outputs",
-    "losses",
-    "metrics",
-    "optimizer",
-    "trees",
-    "feature_importance",
-)
-
 # Collections whose records are parameters of the model, so a step-to-step update is meaningful.
 UPDATE_TRACKED_COLLECTIONS = frozenset({"weights", "biases", "parameters"})
 
