@@ -5,16 +5,17 @@ Write one like this (``dbg rules explain`` shows the docstring)::
     from dbgcli.rules import Finding, Need, RuleContext, episode_findings, rule
 
     @rule("ACME001", "loss-spike", severity="warning", category="loss", requires=Need.loss())
-    def loss_spike(ctx: RuleContext, *, factor: float = 10.0) -> Iterator[Finding]:
-        \"\"\"The loss jumps above ``factor`` times its running minimum.
+    def loss_spike(ctx: RuleContext, *, factor: float = 2.0) -> Iterator[Finding]:
+        \"\"\"The training loss jumps far above its recent level.
 
         Args:
-            factor: How many times the running minimum counts as a spike.
+            factor: How many times the recent median counts as a spike.
         \"\"\"
         ...
 
 and register the module under the ``dbg.rules`` entry-point group of your package, or pass the
-file with ``dbg analyze --rules-file``.
+file with ``dbg analyze --rules-file``. ``examples/custom_rules.py`` in the repository is a
+complete, tested one.
 """
 
 from dbgcli.errors import RuleSkipped
