@@ -167,12 +167,12 @@ def test_several_formats_in_one_run(cli, vanishing: Path, tmp_path: Path) -> Non
     assert "vanishing-gradient" in text and "\x1b[" not in text
     clash = cli("analyze", vanishing, "--format", "json", "--format", "human")
     assert clash.code == EXIT_ERROR and "only one report can go to stdout" in clash.stderr
-    ambiguous = cli(
+    uneven = cli(
         "analyze", vanishing, "--format", "json", "--format", "sarif:x.sarif", "--output", "y"
     )
-    assert (
-        ambiguous.code == EXIT_ERROR and "--output goes with a single --format" in ambiguous.stderr
-    )
+    assert uneven.code == EXIT_ERROR and "2 --format but 1 --output" in uneven.stderr
+    twice = cli("analyze", vanishing, "--format", "sarif:x.sarif", "--output", "y")
+    assert twice.code == EXIT_ERROR and "already names a file" in twice.stderr
     assert "unknown format 'yaml'" in cli("analyze", vanishing, "--format", "yaml").stderr
     single = tmp_path / "single.json"
     assert (
@@ -180,6 +180,14 @@ def test_several_formats_in_one_run(cli, vanishing: Path, tmp_path: Path) -> Non
         == EXIT_FINDINGS
     )
     assert json.loads(single.read_text())["version"] == 1
+    paired_sarif, paired_log = tmp_path / "p.sarif", tmp_path / "p.txt"
+    paired = cli(
+        *("analyze", vanishing, "--select", "DBG1"),
+        *("--format", "sarif", "--output", paired_sarif, "--format", "human", "-o", paired_log),
+    )
+    assert paired.code == EXIT_FINDINGS and paired.stdout == ""
+    assert json.loads(paired_sarif.read_text())["version"] == "2.1.0"
+    assert "vanishing-gradient" in paired_log.read_text()
 
 
 def test_directories_are_searched(cli, vanishing: Path, healthy: Path) -> None:

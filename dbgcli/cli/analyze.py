@@ -65,7 +65,7 @@ def analyze(
         list[str] | None,
         typer.Option("--format", "-f", help=FORMAT_HELP, metavar="FORMAT[:FILE]"),
     ] = None,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help=OUTPUT_HELP)] = None,
+    output: Annotated[list[Path] | None, typer.Option("--output", "-o", help=OUTPUT_HELP)] = None,
     start: Annotated[int | None, typer.Option("--start", help="First step to analyse.")] = None,
     stop: Annotated[int | None, typer.Option("--stop", help="Last step to analyse.")] = None,
     mode: Annotated[
@@ -125,7 +125,7 @@ def analyze(
         level = Severity(level_name)
     except ValueError:
         raise ConfigError(f"fail-on must be info, warning or error, not {level_name!r}") from None
-    targets = parse_outputs(output_format or [], output, settings.formats)
+    targets = parse_outputs(output_format or [], output or [], settings.formats)
     known = read_baseline(baseline) if baseline is not None else None
     paths = expand_traces(traces)
     with progress(f"analysing {len(paths)} traces", len(paths) > 1):
@@ -194,7 +194,7 @@ def compare(
     output_format: Annotated[
         list[str] | None, typer.Option("--format", "-f", help=FORMAT_HELP, metavar="FORMAT[:FILE]")
     ] = None,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help=OUTPUT_HELP)] = None,
+    output: Annotated[list[Path] | None, typer.Option("--output", "-o", help=OUTPUT_HELP)] = None,
     exit_zero: Annotated[
         bool, typer.Option("--exit-zero", help="Exit 0 even when the runs differ.")
     ] = False,
@@ -209,7 +209,7 @@ def compare(
 
     if rtol < 0 or atol < 0:
         raise ConfigError("--rtol and --atol must be >= 0")
-    targets = parse_outputs(output_format or [], output, ())
+    targets = parse_outputs(output_format or [], output or [], ())
     report = compare_traces(first, second, Tolerance(rtol, atol), tags)
     for fmt, destination in targets:
         write_report(report, fmt, destination, quiet=False)

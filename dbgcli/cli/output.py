@@ -14,13 +14,21 @@ FORMAT_HELP = (
     f"Report format: {', '.join(FORMATS)}; FORMAT:FILE writes it to FILE. "
     "Repeat for several reports from one run."
 )
-OUTPUT_HELP = "Write the (single) report to this file instead of stdout."
+OUTPUT_HELP = (
+    "Write the report to this file instead of stdout. With several --format, give one "
+    "--output per --format: they pair up in order."
+)
 
 
 def parse_outputs(
-    formats: list[str], output: Path | None, configured: tuple[str, ...]
+    formats: list[str], outputs: list[Path], configured: tuple[str, ...]
 ) -> list[tuple[str, Path | None]]:
-    """Parse ``FORMAT[:FILE]`` values (default: human on stdout); at most one goes to stdout."""
+    """Pair formats with destinations (default: human on stdout); at most one goes to stdout.
+
+    A destination comes from ``FORMAT:FILE`` or from the ``--output`` in the same position;
+    giving both for one format, or a number of ``--output`` that is not the number of formats,
+    is an error.
+    """
     pairs: list[tuple[str, Path | None]] = []
     for value in formats or configured or ["human"]:
         name, _, destination = value.partition(":")
@@ -31,12 +39,18 @@ def parse_outputs(
                 "(FORMAT:FILE writes to a file)"
             )
         pairs.append((fmt, Path(destination) if destination else None))
-    if output is not None:
-        if len(pairs) != 1 or pairs[0][1] is not None:
+    if outputs:
+        if len(outputs) != len(pairs):
             raise ConfigError(
-                "--output goes with a single --format; write several reports with --format FORMAT:FILE"
+                f"{len(pairs)} --format but {len(outputs)} --output: give one --output per "
+                "--format (they pair up in order), or write FORMAT:FILE"
             )
-        pairs = [(pairs[0][0], output)]
+        for (name, named), output in zip(pairs, outputs):
+            if named is not None:
+                raise ConfigError(
+                    f"--format {name}:{named} already names a file; drop its --output {output}"
+                )
+        pairs = [(name, output) for (name, _), output in zip(pairs, outputs)]
     if sum(1 for _, destination in pairs if destination is None) > 1:
         raise ConfigError(
             "only one report can go to stdout; give the others a file with --format FORMAT:FILE"
