@@ -80,3 +80,9 @@ def test_documented_dbg_commands_parse(cli, page: str) -> None:
         name = subcommand[0] if subcommand else ""
         args = ["rules", subcommand[1], "--help"] if name == "rules" else [name, "--help"]
         assert cli(*args).code == 0, command
+
+
+def test_help_texts_are_shown_as_written(cli) -> None:
+    """Square brackets in help texts are text, not Rich markup that silently vanishes."""
+    assert "[tool.dbg]" in cli("analyze", "--help").stdout
+    assert "[default: eval" in cli("lr", "--help").stdout
