@@ -194,8 +194,15 @@ class TensorView:
     def mode_codes(self) -> list[int]:
         """The mode codes present among the kept records, in format order."""
         if self._mode_codes is None:
-            self._mode_codes = [int(c) for c in np.unique(self.modes)]
+            self._mode_codes = mode_codes(self.modes)
         return self._mode_codes
+
+    def positions(self, code: int) -> slice | np.ndarray:
+        """Where the kept records of mode ``code`` are: a whole slice when every record has
+        that mode (the usual trace records one mode per tensor), so indexing copies nothing."""
+        if len(self.mode_codes) == 1 and self.mode_codes[0] == code:
+            return slice(None)
+        return np.flatnonzero(self.modes == code)
 
     def stat(self, name: str) -> np.ndarray:
         """One statistic (stored or derived, see dbgcli.trace.stats) per kept record."""
@@ -216,6 +223,15 @@ class TensorView:
     def mode_name(self, index: int) -> str:
         """Name of the mode of kept record ``index``."""
         return schema.MODES[int(self.modes[index])]
+
+
+def mode_codes(modes: np.ndarray) -> list[int]:
+    """The distinct mode codes in ``modes``, ascending (without sorting a one-mode series)."""
+    if not len(modes):
+        return []
+    if modes.min() == modes.max():
+        return [int(modes[0])]
+    return [int(c) for c in np.unique(modes)]
 
 
 @dataclass(frozen=True)
@@ -305,18 +321,25 @@ def sustained(flags: np.ndarray, min_steps: int) -> np.ndarray:
     return out
 
 
-def trailing_median(values: np.ndarray, window: int) -> np.ndarray:
-    """Median of the previous ``window`` values, ignoring NaN (NaN until ``window`` exist)."""
+def trailing_median(values: np.ndarray, window: int, *, at: np.ndarray | None = None) -> np.ndarray:
+    """Median of the previous ``window`` values, ignoring NaN (NaN until ``window`` exist).
+
+    ``at``: positions to compute it at (others stay NaN); default everywhere.
+    """
     out = np.full(len(values), np.nan)
     if window < 1 or len(values) <= window:
         return out
     data = np.asarray(values, dtype=np.float64)
-    windows = np.lib.stride_tricks.sliding_window_view(data, window)[:-1]
-    if not np.isnan(data).any():
-        out[window:] = np.median(windows, axis=1)  # much faster than nanmedian on short axes
+    targets = np.arange(window, len(data)) if at is None else at[at >= window]
+    if not len(targets):
+        return out
+    # windows[i] holds the ``window`` values before position i + window.
+    windows = np.lib.stride_tricks.sliding_window_view(data, window)[targets - window]
+    if not np.isnan(windows).any():
+        out[targets] = np.median(windows, axis=1)  # much faster than nanmedian on short axes
         return out
     with warnings.catch_warnings():
         # An all-NaN window has no median; NaN is the right answer there.
         warnings.simplefilter("ignore", RuntimeWarning)
-        out[window:] = np.nanmedian(windows, axis=1)
+        out[targets] = np.nanmedian(windows, axis=1)
     return out

@@ -264,7 +264,7 @@ def _unit_findings(
         nonfinite = (view.stat("nan_count") + view.stat("inf_count")) > 0
         measures[nonfinite] = np.nan
         for code in view.mode_codes:
-            rows = np.flatnonzero(view.modes == code)
+            rows = view.positions(code)
             share = _failing_share(measures[rows], threshold_inactivity, window)
             violating = share > threshold_layer
             for finding in episode_findings(

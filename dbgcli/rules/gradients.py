@@ -87,15 +87,17 @@ def _across_layers(
         return
     first = views[0].steps
     increasing = len(first) < 2 or bool(np.all(np.diff(first) > 0))
-    if increasing and all(np.array_equal(v.steps, first) for v in views):
-        steps = first  # the usual case: every gradient recorded once at the same steps
-    else:
-        steps = np.unique(np.concatenate([v.steps for v in views]))
+    aligned = increasing and all(np.array_equal(v.steps, first) for v in views)
+    # The usual case: every gradient recorded once at the same steps.
+    steps = first if aligned else np.unique(np.concatenate([v.steps for v in views]))
+
+    def columns(view: TensorView) -> slice | np.ndarray:
+        return slice(None) if aligned else np.searchsorted(steps, view.steps)
+
     table = np.full((len(views), len(steps)), np.nan)
     for row, view in enumerate(views):
         values = view.stat("abs_mean")
-        positions = np.searchsorted(steps, view.steps)
-        table[row, positions] = np.where(values > 0, values, np.nan)
+        table[row, columns(view)] = np.where(values > 0, values, np.nan)
     with np.errstate(invalid="ignore"):
         present = np.isfinite(table).sum(axis=0) >= 2
         largest = np.nanmax(np.where(np.isfinite(table), table, -np.inf), axis=0)
@@ -103,7 +105,7 @@ def _across_layers(
     smallest = table[smallest_row, np.arange(len(steps))]
     relative = np.where(present, smallest / largest, np.nan)
     for row, view in enumerate(views):
-        positions = np.searchsorted(steps, view.steps)
+        positions = columns(view)
         mine = (
             (smallest_row[positions] == row)
             & (relative[positions] < ratio)
@@ -173,9 +175,13 @@ def exploding_gradient(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN start has no median
             initial = float(np.nanmedian(norms[:window])) if len(norms) > window else np.nan
-        baseline = np.fmax(trailing_median(norms, window), initial)
         with np.errstate(invalid="ignore", divide="ignore"):
-            jump = norms / baseline
+            jump = norms / initial
+            # The baseline is at least the initial median: only records that jumped over
+            # that can have jumped over the recent median, so only they need it.
+            possible = np.flatnonzero(~(jump <= growth))
+            recent = trailing_median(norms, window, at=possible)
+            jump[possible] = norms[possible] / np.fmax(recent[possible], initial)
         jumped = np.isfinite(jump) & (jump > growth)
         yield from episode_findings(
             tensor=view.tag,

@@ -9,7 +9,13 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 
 from dbgcli.findings import Finding
-from dbgcli.rules._context import Episode, RuleContext, TensorView, episode_findings
+from dbgcli.rules._context import (
+    Episode,
+    RuleContext,
+    TensorView,
+    episode_findings,
+    mode_codes,
+)
 from dbgcli.rules._registry import Need, rule
 from dbgcli.trace.derive import Accumulator, Derivation
 from dbgcli.trace.reader import RawChunk, TagInfo, Trace
@@ -45,7 +51,7 @@ def _per_mode(
     """``episode_findings`` run separately on each mode's records, so an episode never
     spans modes (an eval record between two training records is not a break in training)."""
     for code in view.mode_codes:
-        positions = np.flatnonzero(view.modes == code)
+        positions = view.positions(code)
         yield from episode_findings(
             tensor=view.tag,
             steps=view.steps[positions],
@@ -323,7 +329,10 @@ class ConsecutiveAllClose(Derivation):
 def _previous_records(modes: np.ndarray) -> np.ndarray:
     """Index of the previous record of the same mode (-1 for the first of each mode)."""
     previous = np.full(len(modes), -1, dtype=np.int64)
-    for code in np.unique(modes):
+    if len(mode_codes(modes)) == 1:
+        previous[1:] = np.arange(len(modes) - 1)
+        return previous
+    for code in mode_codes(modes):
         records = np.flatnonzero(modes == code)
         previous[records[1:]] = records[:-1]
     return previous
@@ -351,58 +360,53 @@ _LAST_CANDIDATES: dict[
 ] = {}
 
 
-class _Rows:
-    """Columns of a statistics table, optionally at other rows (``index``), read on demand."""
-
-    def __init__(self, table: np.ndarray, index: np.ndarray | None) -> None:
-        self.table = table
-        self.index = index
-
-    def column(self, name: str) -> np.ndarray:
-        values = self.table[:, COL[name]]
-        return values if self.index is None else values[self.index]
-
-
 def _compute_candidates(
     info: TagInfo, trace: Trace, spec: ConsecutiveAllClose
 ) -> tuple[np.ndarray, np.ndarray]:
     _, modes = trace.index(info.tag)
     previous = _previous_records(modes)
     table = trace.stats(info.tag)
-    has_previous = previous >= 0
-    # Row selections stay per column: copying the whole table costs more than the test.
-    current, before = _Rows(table, None), _Rows(table, np.where(has_previous, previous, 0))
+    # Each test narrows the rows still in question, the most selective first: a training
+    # layer fails the update-norm test almost everywhere, so later tests see few rows.
+    rows = np.flatnonzero(previous >= 0)
 
-    def column(rows: _Rows, name: str) -> np.ndarray:
-        return rows.column(name)
+    def now(name: str) -> np.ndarray:
+        column: np.ndarray = table[rows, COL[name]]
+        return column
+
+    def before(name: str) -> np.ndarray:
+        column: np.ndarray = table[previous[rows], COL[name]]
+        return column
+
+    def keep(passed: np.ndarray) -> None:
+        nonlocal rows
+        rows = rows[passed]
 
     with np.errstate(invalid="ignore"):
-        same_counts = (column(current, "count") == column(before, "count")) & (
-            column(current, "inf_count") == column(before, "inf_count")
+        # update_l2 is measured against the record just before in the tag, whatever its mode;
+        # the L2 statistic is summed in float32, so a generous slack keeps the test sound.
+        update = np.where(previous[rows] == rows - 1, now("update_l2"), np.nan)
+        norm_bound = (spec.atol * np.sqrt(now("count")) + spec.rtol * before("l2")) * (1 + 1e-3)
+        keep(~(np.isfinite(update) & np.isfinite(norm_bound)) | (update <= norm_bound))
+        keep(
+            (now("count") == before("count"))
+            & (now("inf_count") == before("inf_count"))
+            & (now("nan_count") == before("nan_count"))
         )
-        nans = column(current, "nan_count")
-        same_counts &= nans == column(before, "nan_count")
         if not spec.equal_nan:
-            same_counts &= nans == 0
-        reference = np.maximum(np.abs(column(before, "min")), np.abs(column(before, "max")))
+            keep(now("nan_count") == 0)
+        reference = np.maximum(np.abs(before("min")), np.abs(before("max")))
         # A hair of slack for the float64 rounding of the elementwise test.
         tolerance = (spec.atol + spec.rtol * reference) * (1 + 1e-9)
-        extremes_close = (np.abs(column(current, "max") - column(before, "max")) <= tolerance) & (
-            np.abs(column(current, "min") - column(before, "min")) <= tolerance
+        extremes_close = (np.abs(now("max") - before("max")) <= tolerance) & (
+            np.abs(now("min") - before("min")) <= tolerance
         )
         # Without finite elements there are no extremes; the counts already had to match.
-        no_finite = np.isnan(column(current, "min")) & np.isnan(column(before, "min"))
-        # update_l2 is measured against the record just before in the tag, whatever its mode.
-        update = np.where(
-            previous == np.arange(len(previous)) - 1, column(current, "update_l2"), np.nan
-        )
-        # The L2 statistic is summed in float32: a generous slack keeps the test sound.
-        norm_bound = (
-            spec.atol * np.sqrt(column(current, "count")) + spec.rtol * column(before, "l2")
-        ) * (1 + 1e-3)
-        norm_known = np.isfinite(update) & np.isfinite(norm_bound)
-        update_small = ~norm_known | (update <= norm_bound)
-    return previous, has_previous & same_counts & (extremes_close | no_finite) & update_small
+        no_finite = np.isnan(now("min")) & np.isnan(before("min"))
+        keep(extremes_close | no_finite)
+    candidate = np.zeros(len(previous), dtype=bool)
+    candidate[rows] = True
+    return previous, candidate
 
 
 def _all_close(a: np.ndarray, b: np.ndarray, rtol: float, atol: float, equal_nan: bool) -> bool:
@@ -572,7 +576,7 @@ def unchanged_tensor(
         run = result.run[view.records].astype(np.float64)
         verdict = result.verdict[view.records]
         for code in view.mode_codes:
-            positions = np.flatnonzero(view.modes == code)
+            positions = view.positions(code)
             mode_verdict = verdict[positions]
 
             def message(e: Episode, v: float, verdicts: np.ndarray = mode_verdict) -> str:

@@ -92,3 +92,20 @@ def test_gradient_rules_skip_without_gradients(make_trace) -> None:
         result = run_rule(path, rule)
         assert result.status is RuleStatus.skipped
         assert result.reason == "no tensors of collection 'gradients'"
+
+
+def test_trailing_median_at_positions_matches_the_full_series() -> None:
+    """The exploding rule asks for the trailing median only where a jump is possible."""
+    from dbgcli.rules import trailing_median
+
+    rng = np.random.default_rng(3)
+    values = rng.lognormal(size=300)
+    values[[20, 21, 150]] = np.nan
+    full = trailing_median(values, 10)
+    at = np.array([0, 5, 10, 11, 25, 151, 299])
+    partial = trailing_median(values, 10, at=at)
+    np.testing.assert_array_equal(partial[at], full[at])
+    assert np.isnan(np.delete(partial, at)).all()
+    # Spot check against the definition (NaN ignored).
+    assert full[30] == np.nanmedian(values[20:30])
+    assert np.isnan(full[:10]).all()
