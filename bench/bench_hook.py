@@ -8,9 +8,10 @@ trace are all inside the timed region.
 
 The machine is shared and noisy, so plain and hooked runs alternate and the best of
 ``--repeat`` runs of each is kept. ``--profile`` then profiles one hooked run with pyinstrument.
-``--hook-only`` records into a writer whose ``add_tensor``/``add_scalar`` do nothing, which
-isolates the cost of the hook itself (forward and optimizer hooks, step and loss bookkeeping)
-from the writer's.
+``--hook-only`` records into a writer whose ``add_tensor``, ``add_tensor_stats`` and
+``add_scalar`` do nothing, which separates what the hook does on the training thread before
+handing records over (forward and optimizer hooks, torch's statistics of parameters and
+gradients) from the writer's work (numpy statistics of CPU activations, buffering, HDF5).
 
 Run: ``python bench/bench_hook.py [--repeat 7] [--steps 200] [--hook-only] [--profile]``.
 """
@@ -37,6 +38,9 @@ class NullWriter(TraceWriter):
         """Drop the record."""
 
     def add_scalar(self, tag: str, value: Any, step: int, **options: Any) -> None:
+        """Drop the record."""
+
+    def add_tensor_stats(self, tag: str, stats: Any, step: int, **options: Any) -> None:
         """Drop the record."""
 
 

@@ -41,7 +41,7 @@ from torch.utils.hooks import RemovableHandle
 
 from dbgcli._failures import FailureReporter
 from dbgcli.errors import TraceWriterError
-from dbgcli.torch._stats import statistics
+from dbgcli.torch._stats import statistics, unit_shares
 from dbgcli.trace.writer import TraceWriter
 
 __all__ = [
@@ -201,6 +201,17 @@ def _numpy_dtype(tensor: torch.Tensor) -> str:
     if tensor.dtype == torch.bfloat16:
         return "float32"
     return str(tensor.dtype).removeprefix("torch.")
+
+
+def _numpy_is_faster(activation: torch.Tensor) -> bool:
+    """Whether the writer's numpy kernel should compute this activation's statistics.
+
+    On the CPU it should: numpy views the tensor's memory without a copy, and its comparisons
+    and per-unit counts are several times faster there than torch's (measured: 100 us
+    against 430 us for a 64x512 ReLU output, 1.2 ms against 4.2 ms at 1024x512). Anywhere
+    else torch computes them on the device, so that only the results travel to the host.
+    """
+    return activation.device.type == "cpu"
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -526,8 +537,6 @@ class TorchHook:
     def _activation_hook(
         self, kind: str, act_tag: str | None, preact_tag: str | None
     ) -> Callable[[nn.Module, Any, Any], None]:
-        writer = self.writer
-
         def hook(module: nn.Module, args: Any, output: Any) -> None:
             if not self.enabled:
                 return
@@ -541,15 +550,13 @@ class TorchHook:
                     # A model never called as a whole (a LightningModule whose training_step
                     # calls its submodules): this call marks the pass.
                     self._note_forward(mode)
-                step = self._step
+                records = []
                 if act_tag is not None and isinstance(output, torch.Tensor):
-                    writer.add_tensor(
-                        act_tag, output, step, collection="activations", kind=kind, mode=mode
-                    )
+                    records.append((act_tag, output, "activations"))
                 if preact_tag is not None and args and isinstance(args[0], torch.Tensor):
-                    writer.add_tensor(
-                        preact_tag, args[0], step, collection="preactivations", kind=kind, mode=mode
-                    )
+                    records.append((preact_tag, args[0], "preactivations"))
+                if records:
+                    self._record_activations(records, kind, mode)
             except Exception as error:  # noqa: BLE001 - recording must never stop training
                 self._warn(f"recording activations ({act_tag or preact_tag})", error)
 
@@ -603,6 +610,39 @@ class TorchHook:
                     writer.add_scalar(tag, group["lr"], step)
         self._recorded_optimizer_step = step
 
+    def _record_activations(
+        self, records: list[tuple[str, torch.Tensor, str]], kind: str, mode: str
+    ) -> None:
+        """Statistics and unit measures of activations, computed where they are cheapest.
+
+        See :func:`_numpy_is_faster`.
+        """
+        step = self._step
+        writer = self.writer
+        on_device = []
+        for tag, tensor, collection in records:
+            if _numpy_is_faster(tensor):
+                writer.add_tensor(tag, tensor, step, collection=collection, kind=kind, mode=mode)
+            else:
+                on_device.append((tag, tensor, collection))
+        if not on_device:
+            return
+        keep_raw = writer.raw_every > 0 and step % writer.raw_every == 0
+        all_stats = statistics([tensor for _, tensor, _ in on_device], l1=True, signs=True)
+        for (tag, tensor, collection), stats in zip(on_device, all_stats):
+            units = unit_shares(tensor, kind, collection)
+            self._write_stats(
+                tag,
+                tensor,
+                stats,
+                step,
+                collection,
+                keep_raw,
+                kind=kind,
+                mode=mode,
+                units=None if units is None else units.cpu().numpy(),
+            )
+
     def _previous_weight(self, entry: _Parameter) -> torch.Tensor | None:
         """The weight's value at the last recorded step (for ``update_l2``), if tracked."""
         if not self.track_updates:
@@ -624,6 +664,10 @@ class TorchHook:
         step: int,
         collection: str,
         keep_raw: bool,
+        *,
+        kind: str | None = None,
+        mode: str = "train",
+        units: Any = None,
     ) -> None:
         self.writer.add_tensor_stats(
             tag,
@@ -632,6 +676,9 @@ class TorchHook:
             shape=tuple(tensor.shape),
             dtype=_numpy_dtype(tensor),
             collection=collection,
+            kind=kind,
+            mode=mode,
+            units=units,
             value=tensor if keep_raw else None,
         )
 

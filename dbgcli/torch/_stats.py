@@ -19,6 +19,8 @@ from collections.abc import Sequence
 
 import torch
 
+from dbgcli.trace import schema
+
 _NATIVE = (torch.float32, torch.float64)
 
 
@@ -86,6 +88,35 @@ def statistics(
             change = row[-1] if has_update else math.nan
             results.append(_finish(x, (*row[:4], absolute, change, positive, zero), l1))
         return results
+
+
+def unit_shares(x: torch.Tensor, kind: str, collection: str) -> torch.Tensor | None:
+    """The per-unit activation measure of one record (docs/trace-format.md), or None.
+
+    ``active_frac`` for ReLU-like kinds (share of each unit's values > 0), ``unsaturated_frac``
+    for saturating ones (share strictly inside the non-saturated band: of the input for
+    pre-activations, of the output otherwise); units are indexed by the axis
+    :func:`~dbgcli.trace.schema.default_unit_axis` names. Computed where ``x`` lives.
+    """
+    kind = kind.lower()
+    measure = schema.unit_measure(kind)
+    axis = schema.default_unit_axis(x.dim())
+    if measure is None or axis is None or x.numel() == 0:
+        return None
+    with torch.no_grad():
+        x = x.detach()
+        if measure == schema.UNIT_MEASURE_ACTIVE:
+            inside = x > 0
+        else:
+            lo, hi = (
+                schema.SATURATING_BANDS[kind]
+                if collection == "preactivations"
+                else schema.output_band(kind)
+            )
+            inside = (x > lo) & (x < hi)
+        units = inside.shape[axis]
+        per_unit = inside.movedim(axis, -1).reshape(-1, units)
+        return (per_unit.sum(0, dtype=torch.float64) / per_unit.shape[0]).to(torch.float32)
 
 
 def _to_host(parts: list[torch.Tensor]) -> list[float]:

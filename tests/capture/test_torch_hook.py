@@ -165,6 +165,17 @@ def test_statistics_equal_those_of_the_model_tensors(tmp_path: Path, no_dbg_warn
             trace.stat("fc2.weight", "mean").values, weight_means, rtol=1e-5, atol=1e-7
         )
         np.testing.assert_allclose(trace.stat("act/relu", "zero_frac").values, relu_zero_fracs)
+        # Activations carry every statistic and their per-unit share of active values.
+        outputs = np.stack([output.numpy() for output in seen])
+        np.testing.assert_allclose(
+            trace.stat("act/relu", "l1").values, np.abs(outputs).sum(axis=(1, 2)), rtol=1e-5
+        )
+        np.testing.assert_allclose(
+            trace.stat("act/relu", "pos_frac").values, (outputs > 0).mean(axis=(1, 2))
+        )
+        units = trace.units("act/relu")
+        assert units is not None
+        np.testing.assert_allclose(units.values, (outputs > 0).mean(axis=1), rtol=1e-6)
         np.testing.assert_array_equal(trace.raw("fc1.weight", 0), first_weight)
         np.testing.assert_array_equal(trace.raw("act/relu", 3), seen[3].numpy())
         assert trace.raw("act/relu", 1) is None  # raw_every=3
@@ -722,3 +733,44 @@ def test_importing_dbgcli_does_not_import_training_frameworks(module: str) -> No
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+def test_activation_statistics_by_torch_and_by_the_writers_numpy_kernel_agree(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_dbg_warnings: None
+) -> None:
+    """Activations off the CPU get their statistics from torch on the device, CPU ones from
+    the writer's numpy kernel: both give the same trace."""
+
+    def record(path: Path, numpy_is_faster: bool) -> None:
+        monkeypatch.setattr("dbgcli.torch._hook._numpy_is_faster", lambda _: numpy_is_faster)
+        torch.manual_seed(0)
+        model = make_net()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        with attach(model, optimizer, path, raw_every=0):
+            for x, y in batches(4):
+                optimizer.zero_grad()
+                loss_fn(model, x, y).backward()
+                optimizer.step()
+
+    record(tmp_path / "numpy.h5", True)
+    record(tmp_path / "torch.h5", False)
+    with (
+        open_trace(tmp_path / "numpy.h5") as by_numpy,
+        open_trace(tmp_path / "torch.h5") as by_torch,
+    ):
+        tags = [info.tag for info in by_numpy.tags(scalar=False)]
+        assert {"fc1.weight", "fc1.bias", "grad/fc1.weight", "act/relu", "preact/tanh"} <= set(tags)
+        for tag in tags:
+            computed = ~np.isnan(by_torch.stats(tag)).all(axis=0)  # torch leaves some out
+            assert computed.sum() >= 8, tag
+            np.testing.assert_allclose(
+                by_torch.stats(tag)[:, computed],
+                by_numpy.stats(tag)[:, computed],
+                rtol=1e-5,
+                atol=1e-7,
+                err_msg=tag,
+            )
+            units = by_numpy.units(tag)
+            if tag.startswith(("act/", "preact/")):
+                assert units is not None and units.values.size
+                np.testing.assert_allclose(by_torch.units(tag).values, units.values, err_msg=tag)

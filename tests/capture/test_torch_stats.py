@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from dbgcli.torch._stats import statistics
+from dbgcli.torch._stats import statistics, unit_shares
+from dbgcli.trace import schema
+from dbgcli.trace.stats import unit_measure
 
 
 def reference(x: np.ndarray) -> dict[str, float]:
@@ -79,3 +81,37 @@ def test_empty_and_precise_variance() -> None:
     assert got[0] == {"count": 0.0, "nan_count": 0.0, "inf_count": 0.0}
     assert got[1]["std"] == pytest.approx(1e-3, rel=1e-6)  # two-pass where one-pass loses digits
     assert not math.isnan(got[1]["mean"])
+
+
+@pytest.mark.parametrize("shape", [(32, 7), (4, 9, 7), (3, 7, 5, 5)])
+@pytest.mark.parametrize(
+    ("kind", "collection"),
+    [
+        ("relu", "activations"),
+        ("tanh", "activations"),
+        ("tanh", "preactivations"),
+        ("sigmoid", "activations"),
+        ("sigmoid", "preactivations"),
+    ],
+)
+def test_unit_shares_equal_the_writers_unit_measure(
+    shape: tuple[int, ...], kind: str, collection: str
+) -> None:
+    """The hook's per-unit measure is the one the writer computes from the full tensor."""
+    torch.manual_seed(0)
+    x = torch.randn(shape) * 20  # the saturating bands are wide: |x| up to 9.5 or more
+    if collection == "activations":
+        x = {"relu": torch.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid}[kind](x)
+    got = unit_shares(x, kind, collection)
+    assert got is not None
+    measure = schema.unit_measure(kind)
+    axis = schema.default_unit_axis(len(shape))
+    assert measure is not None and axis is not None
+    expected = unit_measure(x.numpy()[None], measure, kind, collection, axis)[0]
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-6)
+    assert 0 < got.numpy().mean() < 1  # the data spans both sides of the band
+
+
+def test_unit_shares_only_for_kinds_with_a_measure() -> None:
+    assert unit_shares(torch.randn(4, 3), "softmax", "activations") is None
+    assert unit_shares(torch.randn(5), "relu", "activations") is None  # no unit axis
