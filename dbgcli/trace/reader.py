@@ -422,11 +422,10 @@ class Trace:
         if name in COL:
             values = self.stats(tag)[:, COL[name]]
         elif name in DERIVED_STATS:
-            values = self._memory.get(("derived", tag, name))
-            if values is None:
-                table = self.stats(tag)
-                values = derived(name, {column: table[:, COL[column]] for column in COL})
-                self._memory.put(("derived", tag, name), values)
+            # Not cached: recomputing is a few elementwise operations, and a cached copy would
+            # add fresh memory per tag, which costs more than the arithmetic on long traces.
+            table = self.stats(tag)
+            values = derived(name, {column: table[:, COL[column]] for column in COL})
         else:
             known = ", ".join((*schema.STAT_COLUMNS, *DERIVED_STATS))
             raise MissingDataError(f"unknown statistic {name!r}; known: {known}")
