@@ -108,11 +108,7 @@ def unit_shares(x: torch.Tensor, kind: str, collection: str) -> torch.Tensor | N
         if measure == schema.UNIT_MEASURE_ACTIVE:
             inside = x > 0
         else:
-            lo, hi = (
-                schema.SATURATING_BANDS[kind]
-                if collection == "preactivations"
-                else schema.output_band(kind)
-            )
+            lo, hi = schema.unsaturated_band(kind, collection)
             inside = (x > lo) & (x < hi)
         units = inside.shape[axis]
         per_unit = inside.movedim(axis, -1).reshape(-1, units)

@@ -109,6 +109,12 @@ def output_band(kind: str) -> tuple[float, float]:
     return 1.0 / (1.0 + math.exp(-lo)), 1.0 / (1.0 + math.exp(-hi))
 
 
+def unsaturated_band(kind: str, collection: str | None) -> tuple[float, float]:
+    """The band ``unsaturated_frac`` counts values strictly inside: the kind's input band for
+    pre-activations, that band mapped through the function for its outputs."""
+    return SATURATING_BANDS[kind] if collection == "preactivations" else output_band(kind)
+
+
 def unit_measure(kind: str | None) -> str | None:
     """The per-unit measure recorded for an activation kind, or None if it has none."""
     if kind is None:

@@ -252,11 +252,7 @@ def unit_measure(
     if measure == schema.UNIT_MEASURE_ACTIVE:
         inside = values > 0
     else:
-        lo, hi = (
-            schema.SATURATING_BANDS[kind]
-            if collection == "preactivations"
-            else schema.output_band(kind)
-        )
+        lo, hi = schema.unsaturated_band(kind, collection)
         inside = (values > lo) & (values < hi)
     axis = unit_axis + 1
     moved = np.moveaxis(inside, axis, -1)
