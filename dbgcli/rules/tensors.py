@@ -329,10 +329,11 @@ class ConsecutiveAllClose(Derivation):
 def _previous_records(modes: np.ndarray) -> np.ndarray:
     """Index of the previous record of the same mode (-1 for the first of each mode)."""
     previous = np.full(len(modes), -1, dtype=np.int64)
-    if len(mode_codes(modes)) == 1:
+    codes = mode_codes(modes)
+    if len(codes) == 1:
         previous[1:] = np.arange(len(modes) - 1)
         return previous
-    for code in mode_codes(modes):
+    for code in codes:
         records = np.flatnonzero(modes == code)
         previous[records[1:]] = records[:-1]
     return previous
