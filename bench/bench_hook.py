@@ -29,6 +29,7 @@ from torch import nn
 
 from dbgcli import TraceWriter
 from dbgcli.torch import attach
+from dbgcli.torch._stats import statistics, unit_shares
 
 
 class NullWriter(TraceWriter):
@@ -76,6 +77,30 @@ def train(
         hook.remove()
         hook.writer.close()  # a writer passed to attach (the NullWriter) stays open otherwise
     return (time.perf_counter() - start) / len(data)
+
+
+def activation_kernels(args: argparse.Namespace, folder: Path) -> tuple[float, float]:
+    """Seconds per ReLU output of one batch: the writer's numpy statistics (what the hook uses
+    on the CPU) against torch's statistics and unit measure (what it uses on other devices)."""
+    generator = torch.Generator().manual_seed(1)
+    output = torch.relu(torch.randn(args.batch, args.width, generator=generator))
+    records = max(args.steps, 20)
+    numpy_times, torch_times = [], []
+    for _ in range(args.repeat):
+        with TraceWriter(folder / "kernels.h5", raw_every=0, overwrite=True) as writer:
+            start = time.perf_counter()
+            for step in range(records):
+                writer.add_tensor("act", output, step, collection="activations", kind="relu")
+            writer.flush()  # statistics of a block are computed when it is finished
+            numpy_times.append((time.perf_counter() - start) / records)
+        start = time.perf_counter()
+        for _ in range(records):
+            statistics([output], l1=True, signs=True)
+            shares = unit_shares(output, "relu", "activations")
+            assert shares is not None
+            shares.cpu().numpy()
+        torch_times.append((time.perf_counter() - start) / records)
+    return min(numpy_times), min(torch_times)
 
 
 def profile(
@@ -139,6 +164,12 @@ def main() -> None:
         ratio = best_hooked / best_plain
         print(f"  overhead      {overhead * 100:8.1f} %   (hooked / plain = {ratio:.3f})")
         print(f"  trace         {trace_bytes / 1e6:8.2f} MB")
+        by_numpy, by_torch = activation_kernels(args, Path(folder))
+        print(
+            f"  statistics of one {args.batch}x{args.width} ReLU output: writer's numpy "
+            f"{by_numpy * 1e6:.0f} us, torch {by_torch * 1e6:.0f} us "
+            f"(torch / numpy = {by_torch / by_numpy:.1f})"
+        )
         if args.profile:
             profile(args, data, trace)
 

@@ -22,7 +22,11 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
         ("bench_reader.py", ["--repeat", "1"], ["ratio dbg / h5py", "dbg open + stats + steps"]),
         ("bench_rules.py", ["--repeat", "1"], ["dbg, eight rules", "statistics-only trace"]),
         ("bench_jobs.py", [], ["--jobs 2", "speed-up"]),
-        ("bench_hook.py", ["--repeat", "1"], ["without hook", "with hook", "overhead"]),
+        (
+            "bench_hook.py",
+            ["--repeat", "1"],
+            ["without hook", "with hook", "overhead", "ReLU output"],
+        ),
         ("bench_schedulers.py", ["--speed-only"], ["dbgcli.schedulers.simulate", "reference"]),
     ],
 )
