@@ -8,8 +8,8 @@
     loss from 70 %), against h5py ``read_direct`` of every full tensor. The same at 4x the
     steps shows how time scales.
 (b) Every rule on a statistics-only trace of 100,000 steps x 100 tensors.
-(c) Peak memory of ``dbg analyze`` on both sizes of (a), from ``/usr/bin/time -v`` (max RSS), to
-    show it stays flat as the trace grows.
+(c) Peak memory of ``dbg analyze`` on both sizes of (a) and on (b), from ``/usr/bin/time -v``
+    (max RSS), to show it stays flat as the trace grows.
 
 Traces are written once into ``--dir`` (default /dev/shm, so the comparison is not about the
 disk) and reused. Run: ``python bench/bench_rules.py [--quick]``.
@@ -106,8 +106,8 @@ def best(repeat: int, run) -> float:
     return min(times)
 
 
-def peak_rss_mb(path: Path) -> float:
-    """Max RSS of a separate ``dbg analyze`` process (the eight rules) via /usr/bin/time -v."""
+def peak_rss_mb(path: Path, select: str = ",".join(EIGHT)) -> float:
+    """Max RSS of a separate ``dbg analyze`` process via /usr/bin/time -v."""
     command = [
         "/usr/bin/time",
         "-v",
@@ -117,7 +117,7 @@ def peak_rss_mb(path: Path) -> float:
         "analyze",
         str(path),
         "--select",
-        ",".join(EIGHT),
+        select,
         "-f",
         "json",
         "-o",
@@ -179,8 +179,12 @@ def main() -> None:
     if Path("/usr/bin/time").exists():
         for steps, path in paths.items():
             print(
-                f"(c) peak RSS of dbg analyze, {steps} steps ({path.stat().st_size / 1e6:.0f} MB trace): {peak_rss_mb(path):.0f} MB"
+                f"(c) peak RSS of dbg analyze, eight rules, {steps} steps ({path.stat().st_size / 1e6:.0f} MB trace): {peak_rss_mb(path):.0f} MB"
             )
+        print(
+            f"(c) peak RSS of dbg analyze, every rule, statistics-only trace of (b) "
+            f"({stats_path.stat().st_size / 1e6:.0f} MB): {peak_rss_mb(stats_path, 'all'):.0f} MB"
+        )
 
 
 if __name__ == "__main__":

@@ -3,8 +3,10 @@
 The flow for one trace: open it, check what each selected rule requires (a rule whose data is
 absent is *skipped* with the reason), read every full tensor that some rule needs once (the
 rules' plans, plus statistics the file lacks, are computed together in one pass per tensor),
-run the rules, and collect their findings. A rule that raises is reported as an *error* of the
-run; the other rules' results stay intact.
+run the rules, and collect their findings. Rules that look at the trace as a whole run first;
+then the tensors are visited one by one, each shown to every ``per_tensor`` rule before its
+statistics are let go, so memory stays that of one tensor however long the trace. A rule that
+raises is reported as an *error* of the run; the other rules' results stay intact.
 """
 
 from __future__ import annotations
@@ -166,7 +168,7 @@ def analyze_trace(
 
 
 def _run_rules(ctx: RuleContext, rules: Sequence[ConfiguredRule]) -> list[RuleResult]:
-    runnable: list[ConfiguredRule] = []
+    runs: list[_Run] = []
     results: dict[str, RuleResult] = {}
     for configured in rules:
         missing = [
@@ -179,39 +181,60 @@ def _run_rules(ctx: RuleContext, rules: Sequence[ConfiguredRule]) -> list[RuleRe
                 configured, RuleStatus.skipped, reason="; ".join(missing)
             )
         else:
-            runnable.append(configured)
-    plan_errors = _prefetch(ctx, runnable)
-    for configured in runnable:
-        spec = configured.spec
-        if spec.id in plan_errors:
-            results[spec.id] = _result(configured, RuleStatus.error, reason=plan_errors[spec.id])
-            continue
+            runs.append(_Run(configured))
+    plan_errors = _prefetch(ctx, [run.configured for run in runs])
+    for run in runs:
+        if run.configured.spec.id in plan_errors:
+            run.status, run.reason = RuleStatus.error, plan_errors[run.configured.spec.id]
+    for run in runs:
+        if not run.configured.spec.per_tensor:
+            run.feed(ctx)
+    per_tensor = [run for run in runs if run.configured.spec.per_tensor]
+    if per_tensor:
+        for info in ctx.trace.tags(scalar=False):
+            focused = ctx.focused(info.tag)
+            for run in per_tensor:
+                run.feed(focused)
+            ctx.trace.release(info.tag)
+    for run in runs:
+        results[run.configured.spec.id] = run.result()
+    return [results[configured.spec.id] for configured in rules]
+
+
+class _Run:
+    """One rule's findings so far; a skip or a crash ends it and drops them."""
+
+    def __init__(self, configured: ConfiguredRule) -> None:
+        self.configured = configured
+        self.findings: list[Finding] = []
+        self.status: RuleStatus | None = None
+        self.reason = ""
+        self.seconds = 0.0
+
+    def feed(self, ctx: RuleContext) -> None:
+        """Run the rule on ``ctx`` (the whole trace, or one tensor of it) unless it has ended."""
+        if self.status is not None:
+            return
+        spec = self.configured.spec
         started = time.perf_counter()
         try:
-            found = [_stamp(f, configured) for f in spec.function(ctx, **configured.params)]
-        except RuleSkipped as skipped:
-            results[spec.id] = _result(
-                configured,
-                RuleStatus.skipped,
-                reason=str(skipped),
-                seconds=time.perf_counter() - started,
+            self.findings.extend(
+                _stamp(f, self.configured) for f in spec.function(ctx, **self.configured.params)
             )
-            continue
+        except RuleSkipped as skipped:
+            self.status, self.reason = RuleStatus.skipped, str(skipped)
         except DbgError:
             raise
         except Exception as error:  # noqa: BLE001 - a crashing rule must not hide the others
-            results[spec.id] = _result(
-                configured,
-                RuleStatus.error,
-                reason=f"{type(error).__name__}: {error}",
-                seconds=time.perf_counter() - started,
-            )
-            continue
-        status = RuleStatus.violated if found else RuleStatus.passed
-        results[spec.id] = _result(
-            configured, status, findings=tuple(found), seconds=time.perf_counter() - started
-        )
-    return [results[configured.spec.id] for configured in rules]
+            self.status, self.reason = RuleStatus.error, f"{type(error).__name__}: {error}"
+        finally:
+            self.seconds += time.perf_counter() - started
+
+    def result(self) -> RuleResult:
+        if self.status is not None:
+            return _result(self.configured, self.status, reason=self.reason, seconds=self.seconds)
+        status = RuleStatus.violated if self.findings else RuleStatus.passed
+        return _result(self.configured, status, findings=tuple(self.findings), seconds=self.seconds)
 
 
 def _prefetch(ctx: RuleContext, rules: Iterable[ConfiguredRule]) -> dict[str, str]:
@@ -231,7 +254,10 @@ def _prefetch(ctx: RuleContext, rules: Iterable[ConfiguredRule]) -> dict[str, st
         if implied:
             wanted.setdefault(info.tag, []).extend(implied)
     for tag, derivations in wanted.items():
-        ctx.trace.derive(tag, derivations)
+        # Without full tensors there is no pass to share: rules derive from statistics alone
+        # when they get to the tag, so its statistics need not all sit in memory from here on.
+        if ctx.trace.tag(tag).segments:
+            ctx.trace.derive(tag, derivations)
     return errors
 
 

@@ -19,6 +19,9 @@ filters, its keyword arguments are its parameters (typed, with defaults, documen
 ``Args:``; ``--param`` values are converted to their types), and its docstring is what
 ``dbg rules explain`` prints. It yields findings and never prints, raises or exits to report
 one; if the trace lacks what ``requires`` names, the rule is reported as skipped with that reason.
+A rule that judges every tensor on its own can say ``per_tensor=True``: the engine then shows it
+one tensor at a time, together with the other per-tensor rules, so that a long trace's
+statistics are never all in memory at once.
 """
 
 from __future__ import annotations

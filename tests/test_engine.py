@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dbgcli import open_trace
 from dbgcli.analysis import Options, analyze, configure
 from dbgcli.errors import RuleConfigError
 from dbgcli.findings import Finding, Severity
 from dbgcli.report.model import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK, RuleStatus
-from dbgcli.rules import REGISTRY, Need, rule
+from dbgcli.rules import REGISTRY, Need, RuleContext, rule
 
 # Test rules are opt-in (default_enabled=False): registered once per process, they must not
 # leak into the default rule set of other tests.
@@ -95,6 +96,21 @@ def crashes(ctx: RuleContext) -> Iterator[Finding]:
 def needs_eval(ctx: RuleContext) -> Iterator[Finding]:
     """Needs an eval loss."""
     return iter(())
+
+
+SEEN = []
+
+
+@rule("TST006", "one-at-a-time", severity="info", category="testing", requires=Need.tensors(), per_tensor=True, default_enabled=False)
+def one_at_a_time(ctx: RuleContext, *, crash_on: str = "") -> Iterator[Finding]:
+    """Notes the tensors it is shown and reports each; crashes on the tensor ``crash_on``."""
+    views = ctx.tensors()
+    SEEN.append([view.tag for view in views])
+    for view in views:
+        if view.tag == crash_on:
+            raise RuntimeError(f"cannot judge {view.tag}")
+        yield Finding("seen", tensor=view.tag, first_step=int(view.steps[0]),
+                      last_step=int(view.steps[-1]), steps=len(view.steps))
 '''
 
 
@@ -209,6 +225,72 @@ def test_planned_derivations_read_each_tensor_once(rules_file: Path, trace: Path
     report = analyze([trace], Options(select=("TST002", "TST003")))
     assert all(r.status is RuleStatus.passed for r in report.traces[0].results)
     assert sum(module.FEEDS) == 4  # four records of "w", fed once for both rules
+
+
+def test_per_tensor_rules_are_shown_one_tensor_at_a_time(rules_file: Path, make_trace) -> None:
+    import sys
+
+    module = sys.modules[REGISTRY.get("TST006").function.__module__]
+    rng = np.random.default_rng(1)
+    path = make_trace(
+        tensors={
+            tag: {"values": [rng.normal(size=8) for _ in range(3)], "collection": "weights"}
+            for tag in ("a", "b", "c")
+        }
+    )
+    module.SEEN.clear()
+    report = analyze([path], Options(select=("TST006", "DBG404")))
+    assert module.SEEN == [["a"], ["b"], ["c"]]
+    other, result = report.traces[0].results  # DBG404, TST006
+    assert [f.tensor for f in result.findings] == ["a", "b", "c"]
+    assert other.status is RuleStatus.passed
+
+    module.SEEN.clear()
+    crashed = analyze(
+        [path], Options(select=("TST006", "DBG404"), params={"TST006": {"crash_on": "b"}})
+    )
+    other, result = crashed.traces[0].results
+    # A crash on one tensor ends the rule: no partial findings, and it is not run again.
+    assert (result.status, result.reason, result.findings) == (
+        RuleStatus.error,
+        "RuntimeError: cannot judge b",
+        (),
+    )
+    assert module.SEEN == [["a"], ["b"]]
+    assert other.status is RuleStatus.passed
+
+
+SAMPLES = sorted((Path(__file__).parent.parent / "sample_traces").glob("*.h5"))
+
+
+@pytest.mark.parametrize("sample", SAMPLES, ids=[p.stem for p in SAMPLES])
+def test_per_tensor_builtins_find_what_they_find_on_the_whole_trace(sample: Path) -> None:
+    """The per-tensor promise of every built-in that makes it, on every sample trace."""
+    REGISTRY.load()
+    specs = [s for s in REGISTRY.all() if s.per_tensor and s.source.startswith("dbgcli.")]
+    assert len(specs) >= 9
+    report = analyze([sample], Options(select=tuple(s.id for s in specs), start=3))
+    by_rule = {r.id: r for r in report.traces[0].results}
+    with open_trace(sample) as trace:
+        ctx = RuleContext(trace, start=3)
+        for spec in specs:
+            result = by_rule[spec.id]
+            if result.status is RuleStatus.skipped:
+                continue
+            whole = list(spec.function(ctx, **spec.defaults()))
+            assert [_essence(f) for f in result.findings] == [_essence(f) for f in whole], spec.id
+
+
+def _essence(finding: Finding) -> tuple[object, ...]:
+    return (
+        finding.tensor,
+        finding.key,
+        finding.first_step,
+        finding.last_step,
+        finding.steps,
+        finding.value,
+        finding.message,
+    )
 
 
 def test_filters_restrict_steps_and_modes(rules_file: Path, trace: Path) -> None:

@@ -55,6 +55,8 @@ class RuleContext:
         start: First step to consider (inclusive), or None.
         stop: Last step to consider (inclusive), or None.
         mode: Only records of this mode, or None for all.
+        focus: Show this one tensor tag only to :meth:`tensors` (the engine's view for rules
+            declared ``per_tensor``), or None for all of them.
     """
 
     def __init__(
@@ -64,12 +66,22 @@ class RuleContext:
         start: int | None = None,
         stop: int | None = None,
         mode: str | None = None,
+        focus: str | None = None,
     ) -> None:
         self.trace = trace
         self.start = start
         self.stop = stop
         self.mode = mode
+        self.focus = focus
         self._views: dict[str, TensorView] = {}
+
+    def focused(self, tag: str) -> RuleContext:
+        """This context with :meth:`tensors` narrowed to ``tag``; views are shared."""
+        narrowed = RuleContext(
+            self.trace, start=self.start, stop=self.stop, mode=self.mode, focus=tag
+        )
+        narrowed._views = self._views
+        return narrowed
 
     def keep(self, steps: np.ndarray, modes: np.ndarray) -> np.ndarray:
         """Boolean mask of the records that pass the filters."""
@@ -154,7 +166,10 @@ class RuleContext:
         collections = [collection] if isinstance(collection, str) else collection
         kinds = [kind] if isinstance(kind, str) else kind
         views = []
-        for info in self.trace.tags(scalar=False):
+        infos = (
+            self.trace.tags(scalar=False) if self.focus is None else [self.trace.tag(self.focus)]
+        )
+        for info in infos:
             if collections is not None and info.collection not in collections:
                 continue
             if kinds is not None and info.kind not in kinds:

@@ -174,6 +174,7 @@ class RuleSpec:
     plan: Planner | None
     default_enabled: bool
     source: str
+    per_tensor: bool = False
 
     @property
     def summary(self) -> str:
@@ -333,6 +334,7 @@ def rule(
     requires: Need | Sequence[Need] = (),
     plan: Planner | None = None,
     default_enabled: bool = True,
+    per_tensor: bool = False,
 ) -> Callable[[RuleFunction], RuleFunction]:
     """Register a rule function; returns it unchanged.
 
@@ -347,6 +349,10 @@ def rule(
             ``(tag, derivation)`` pairs the rule will ask for, so that the engine reads each
             tensor once for all rules.
         default_enabled: Whether the rule runs when no ``--select`` is given.
+        per_tensor: The rule judges each tensor on its own: its findings on a trace are its
+            findings on every tensor alone, in tag order. The engine then runs it once per
+            tensor (``ctx.tensors()`` yields just that one), together with the other
+            per-tensor rules, so a tensor's statistics are in memory once for all of them.
     """
 
     def register(function: RuleFunction) -> RuleFunction:
@@ -368,6 +374,7 @@ def rule(
             function=function,
             plan=plan,
             default_enabled=default_enabled,
+            per_tensor=per_tensor,
             source=f"{function.__module__}.{function.__qualname__}",
         )
         REGISTRY.register(spec)

@@ -35,6 +35,7 @@ def _views(ctx: RuleContext, kinds: tuple[str, ...]) -> list[TensorView]:
     severity="warning",
     category="activations",
     requires=_unit_tensors(RELU_KINDS),
+    per_tensor=True,
 )
 def dying_relu(
     ctx: RuleContext,
@@ -108,6 +109,7 @@ def dying_relu(
     severity="warning",
     category="activations",
     requires=_unit_tensors(("tanh",)),
+    per_tensor=True,
 )
 def tanh_saturation(
     ctx: RuleContext,
@@ -173,6 +175,7 @@ def tanh_saturation(
     severity="warning",
     category="activations",
     requires=_unit_tensors(("sigmoid",)),
+    per_tensor=True,
 )
 def sigmoid_saturation(
     ctx: RuleContext,

@@ -63,7 +63,8 @@ def vanishing_gradient(
         min_steps: Consecutive records a condition must hold before it is reported.
     """
     views = ctx.tensors(collection="gradients")
-    for view in views:
+    across = _AcrossLayers(views) if len(views) >= 2 else None
+    for row, view in enumerate(views):
         values = view.stat("abs_mean")
         violating = sustained(values < threshold, min_steps)
         yield from episode_findings(
@@ -77,55 +78,76 @@ def vanishing_gradient(
             modes=view.modes,
             message=lambda e, v: f"mean |gradient| fell to {v:.3g} (< {threshold:g})",
         )
-    yield from _across_layers(views, ratio, ratio_below, min_steps)
+        if across is not None:
+            across.add(row, values)
+    if across is not None:
+        yield from across.findings(ratio, ratio_below, min_steps)
 
 
-def _across_layers(
-    views: list[TensorView], ratio: float, below: float, min_steps: int
-) -> Iterator[Finding]:
-    if len(views) < 2:
-        return
-    first = views[0].steps
-    increasing = len(first) < 2 or bool(np.all(np.diff(first) > 0))
-    aligned = increasing and all(np.array_equal(v.steps, first) for v in views)
-    # The usual case: every gradient recorded once at the same steps.
-    steps = first if aligned else np.unique(np.concatenate([v.steps for v in views]))
+class _AcrossLayers:
+    """Per step, the smallest and largest positive finite ``abs_mean`` among gradient tensors.
 
-    def columns(view: TensorView) -> slice | np.ndarray:
-        return slice(None) if aligned else np.searchsorted(steps, view.steps)
+    Fed one tensor at a time, so that only one tensor's statistics are needed at once.
+    """
 
-    table = np.full((len(views), len(steps)), np.nan)
-    for row, view in enumerate(views):
-        values = view.stat("abs_mean")
-        table[row, columns(view)] = np.where(values > 0, values, np.nan)
-    with np.errstate(invalid="ignore"):
-        present = np.isfinite(table).sum(axis=0) >= 2
-        largest = np.nanmax(np.where(np.isfinite(table), table, -np.inf), axis=0)
-        smallest_row = np.nanargmin(np.where(np.isfinite(table), table, np.inf), axis=0)
-    smallest = table[smallest_row, np.arange(len(steps))]
-    relative = np.where(present, smallest / largest, np.nan)
-    for row, view in enumerate(views):
-        positions = columns(view)
-        mine = (
-            (smallest_row[positions] == row)
-            & (relative[positions] < ratio)
-            & (smallest[positions] < below)
-        )
-        violating = sustained(mine, min_steps)
-        yield from episode_findings(
-            tensor=view.tag,
-            steps=view.steps,
-            values=relative[positions],
-            violating=violating,
-            threshold=ratio,
-            key="vanished-relative",
-            worst="min",
-            modes=view.modes,
-            message=lambda e, v: f"gradient {v:.3g}x the largest layer's (< {ratio:g})",
-        )
+    def __init__(self, views: list[TensorView]) -> None:
+        self.views = views
+        first = views[0].steps
+        increasing = len(first) < 2 or bool(np.all(np.diff(first) > 0))
+        self.aligned = increasing and all(np.array_equal(v.steps, first) for v in views)
+        # The usual case: every gradient recorded once at the same steps.
+        self.steps = first if self.aligned else np.unique(np.concatenate([v.steps for v in views]))
+        self.smallest = np.full(len(self.steps), np.inf)
+        self.smallest_row = np.full(len(self.steps), -1)
+        self.largest = np.full(len(self.steps), -np.inf)
+        self.present = np.zeros(len(self.steps), dtype=np.int64)
+
+    def columns(self, view: TensorView) -> slice | np.ndarray:
+        return slice(None) if self.aligned else np.searchsorted(self.steps, view.steps)
+
+    def add(self, row: int, values: np.ndarray) -> None:
+        """Fold in the ``abs_mean`` of ``views[row]``; zero or non-finite values do not count."""
+        columns = self.columns(self.views[row])
+        with np.errstate(invalid="ignore"):
+            counted = np.isfinite(values) & (values > 0)
+        positive = np.where(counted, values, np.inf)
+        smaller = positive < self.smallest[columns]
+        self.smallest[columns] = np.where(smaller, positive, self.smallest[columns])
+        self.smallest_row[columns] = np.where(smaller, row, self.smallest_row[columns])
+        self.largest[columns] = np.fmax(self.largest[columns], np.where(counted, values, -np.inf))
+        self.present[columns] += counted
+
+    def findings(self, ratio: float, below: float, min_steps: int) -> Iterator[Finding]:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            relative = np.where(self.present >= 2, self.smallest / self.largest, np.nan)
+        for row, view in enumerate(self.views):
+            positions = self.columns(view)
+            mine = (
+                (self.smallest_row[positions] == row)
+                & (relative[positions] < ratio)
+                & (self.smallest[positions] < below)
+            )
+            yield from episode_findings(
+                tensor=view.tag,
+                steps=view.steps,
+                values=relative[positions],
+                violating=sustained(mine, min_steps),
+                threshold=ratio,
+                key="vanished-relative",
+                worst="min",
+                modes=view.modes,
+                message=lambda e, v: f"gradient {v:.3g}x the largest layer's (< {ratio:g})",
+            )
 
 
-@rule("DBG102", "exploding-gradient", severity="error", category="gradients", requires=GRADIENTS)
+@rule(
+    "DBG102",
+    "exploding-gradient",
+    severity="error",
+    category="gradients",
+    requires=GRADIENTS,
+    per_tensor=True,
+)
 def exploding_gradient(
     ctx: RuleContext, *, growth: float = 100.0, window: int = 10, max_abs_mean: float = 1e6
 ) -> Iterator[Finding]:

@@ -86,6 +86,7 @@ ALL_ZERO_COLLECTIONS = (
     severity="error",
     category="tensors",
     requires=Need.tensors_in("collections"),
+    per_tensor=True,
 )
 def all_zero(
     ctx: RuleContext,
@@ -172,6 +173,7 @@ TENSOR_VARIANCE_COLLECTIONS = ("weights", "gradients", "activations", "preactiva
     severity="warning",
     category="tensors",
     requires=Need.tensors_in("collections"),
+    per_tensor=True,
 )
 def tensor_variance(
     ctx: RuleContext,
@@ -499,6 +501,7 @@ def _unchanged_plan(ctx: RuleContext, params: dict[str, Any]) -> Iterator[tuple[
     category="tensors",
     requires=Need.tensors_in("collections"),
     plan=_unchanged_plan,
+    per_tensor=True,
 )
 def unchanged_tensor(
     ctx: RuleContext,
@@ -617,6 +620,7 @@ def _evidence(verdicts: np.ndarray) -> str:
     severity="error",
     category="tensors",
     requires=Need.tensors_in("collections"),
+    per_tensor=True,
 )
 def non_finite_tensor(
     ctx: RuleContext, *, only_nan: bool = False, collections: tuple[str, ...] = ()

@@ -318,7 +318,14 @@ def _layer_ratio(
 # -- DBG502 update-ratio --------------------------------------------------------------------------
 
 
-@rule("DBG502", "update-ratio", severity="warning", category="weights", requires=(WEIGHTS, UPDATES))
+@rule(
+    "DBG502",
+    "update-ratio",
+    severity="warning",
+    category="weights",
+    requires=(WEIGHTS, UPDATES),
+    per_tensor=True,
+)
 def update_ratio(
     ctx: RuleContext,
     *,

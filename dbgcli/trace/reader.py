@@ -35,7 +35,7 @@ from dbgcli.trace.stats import COL, DERIVED_STATS, derived
 T = TypeVar("T")
 
 _DEFAULT_CHUNK_BYTES = 16 << 20
-DEFAULT_CACHE_BYTES = 2 << 30
+DEFAULT_CACHE_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -145,12 +145,15 @@ class _Memory:
         self.items.move_to_end(key)
         return item[0]
 
-    def put(self, key: tuple[str, ...], value: Any) -> Any:
-        arrays = value if isinstance(value, tuple) else (value,)
-        size = sum(int(getattr(a, "nbytes", 0)) for a in arrays)
+    def drop(self, key: tuple[str, ...]) -> None:
         old = self.items.pop(key, None)
         if old is not None:
             self.size -= old[1]
+
+    def put(self, key: tuple[str, ...], value: Any) -> Any:
+        arrays = value if isinstance(value, tuple) else (value,)
+        size = sum(int(getattr(a, "nbytes", 0)) for a in arrays)
+        self.drop(key)
         self.items[key] = (value, size)
         self.size += size
         while self.size > self.budget and len(self.items) > 1:
@@ -162,7 +165,10 @@ class _Memory:
 def open_trace(path: str | os.PathLike[str], *, cache_bytes: int = DEFAULT_CACHE_BYTES) -> Trace:
     """Open a trace for reading; raises a :class:`~dbgcli.errors.DbgError` with a clear message.
 
-    ``cache_bytes`` bounds the memory kept for series already read (statistics, steps, values).
+    ``cache_bytes`` bounds the memory kept for series already read (statistics, scalar
+    values, unit measures); the least recently used go first. Analysis reads each tensor's
+    statistics about once (see :meth:`Trace.release`), so a small budget costs little time and
+    keeps memory flat however long the trace.
 
     The file is validated up front: it must exist, be a regular non-empty HDF5 file written in
     the dbg trace format, and not have a newer major format version.
@@ -278,6 +284,9 @@ class Trace:
         self._file = handle
         self._cache = _Cache()
         self._memory = _Memory(cache_bytes)
+        # Outside the budget: every rule's view of a tag holds its index anyway, and tensors
+        # recorded together share one copy.
+        self._indexes: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._last_index: tuple[np.ndarray, np.ndarray] | None = None
         # One read buffer shared by every iter_raw(..., reuse_buffer=True) of this trace.
         self._raw_buffer: np.ndarray | None = None
@@ -374,7 +383,7 @@ class Trace:
     # -- values -------------------------------------------------------------------------------
     def index(self, tag: str) -> tuple[np.ndarray, np.ndarray]:
         """``(steps, modes)`` of every record of a tag."""
-        cached = self._memory.get(("index", tag))
+        cached = self._indexes.get(tag)
         if cached is None:
             info = self.tag(tag)
             steps, modes = self._guard(f"the step index of {tag!r}", lambda: self._read_index(info))
@@ -386,8 +395,8 @@ class Trace:
             ):
                 steps, modes = self._last_index
             self._last_index = (steps, modes)
-            cached = self._memory.put(("index", tag), (steps, modes))
-        return cached  # type: ignore[no-any-return]
+            cached = self._indexes[tag] = (steps, modes)
+        return cached
 
     def scalar(self, tag: str, mode: str | None = None) -> Series:
         """A scalar series (loss, metric, learning rate)."""
@@ -416,6 +425,15 @@ class Trace:
             cached = self._guard(f"the statistics of {tag!r}", lambda: self._load_stats(info))
             self._memory.put(("stats", tag), cached)
         return cached  # type: ignore[no-any-return]
+
+    def release(self, tag: str) -> None:
+        """Let go of what is kept in memory of ``tag``: statistics, unit measures, derivations.
+
+        Anything asked for again is read or derived again.
+        """
+        self._memory.drop(("stats", tag))
+        self._memory.drop(("units", tag))
+        self._cache.derived.pop(tag, None)
 
     def stat(self, tag: str, name: str, mode: str | None = None) -> Series:
         """One statistic of a tensor as a series; ``name`` may be a derived statistic."""
