@@ -3,8 +3,12 @@
 A CPU MLP (``--layers`` hidden layers of ``--width`` units with ReLU, batch ``--batch``) trains
 with SGD. The hooked loop records, every step, statistics of every weight, bias, gradient and
 ReLU output, the loss and the learning rate, and keeps full tensors every ``--raw-every``
-steps (the defaults of :func:`dbgcli.torch.attach`). Attaching, recording and closing the
-trace are all inside the timed region.
+steps (the defaults of :func:`dbgcli.torch.attach`; ``--stats-every N`` records tensors every
+N steps instead). The overhead is that of a training step in a long run: only steps after the
+first ``--warmup`` are timed, on both sides (the hook's first records create the trace's
+datasets, once). Attaching (creating the trace) and closing (the last commit) are timed
+apart and reported beside it: a short benchmark would otherwise spread them over too few
+steps.
 
 The machine is shared and noisy, so plain and hooked runs alternate and the best of
 ``--repeat`` runs of each is kept. ``--profile`` then profiles one hooked run with pyinstrument.
@@ -13,7 +17,12 @@ The machine is shared and noisy, so plain and hooked runs alternate and the best
 handing records over (forward and optimizer hooks, torch's statistics of parameters and
 gradients) from the writer's work (numpy statistics of CPU activations, buffering, HDF5).
 
-Run: ``python bench/bench_hook.py [--repeat 7] [--steps 200] [--hook-only] [--profile]``.
+It also times one plain reduction over every weight and gradient: statistics of each of them
+at every step cannot cost less than that, which puts a floor under the overhead of
+``--stats-every 1`` on small batches.
+
+Run: ``python bench/bench_hook.py [--repeat 7] [--steps 200] [--batch 64] [--stats-every 1]
+[--hook-only] [--profile]``.
 """
 
 from __future__ import annotations
@@ -55,28 +64,42 @@ def make_model(width: int, layers: int, classes: int) -> nn.Sequential:
 
 def train(
     args: argparse.Namespace, data: list[tuple[torch.Tensor, torch.Tensor]], trace: Path | None
-) -> float:
-    """Seconds per step of one run (a fresh model each run, same seed)."""
+) -> tuple[float, float]:
+    """Seconds per training step after the first ``--warmup`` steps, and seconds of
+    attaching and closing, of one run (a fresh model each run, same seed)."""
     torch.manual_seed(0)
     model = make_model(args.width, args.layers, args.classes)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     start = time.perf_counter()
     hook = None
     if trace is not None and args.hook_only:
-        hook = attach(model, optimizer, NullWriter(trace, overwrite=True))
+        writer = NullWriter(trace, overwrite=True)
+        hook = attach(model, optimizer, writer, stats_every=args.stats_every)
     elif trace is not None:
-        hook = attach(model, optimizer, trace, raw_every=args.raw_every, overwrite=True)
-    for x, y in data:
+        hook = attach(
+            model,
+            optimizer,
+            trace,
+            raw_every=args.raw_every,
+            stats_every=args.stats_every,
+            overwrite=True,
+        )
+    attached = warm = time.perf_counter()
+    for index, (x, y) in enumerate(data):
+        if index == args.warmup:
+            warm = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         loss = nn.functional.cross_entropy(model(x), y)
         if hook is not None:
             hook.record_loss(loss)
         loss.backward()
         optimizer.step()
+    trained = time.perf_counter()
     if hook is not None:
         hook.remove()
         hook.writer.close()  # a writer passed to attach (the NullWriter) stays open otherwise
-    return (time.perf_counter() - start) / len(data)
+    once = attached - start + time.perf_counter() - trained
+    return (trained - warm) / (len(data) - args.warmup), once
 
 
 def activation_kernels(args: argparse.Namespace, folder: Path) -> tuple[float, float]:
@@ -103,6 +126,21 @@ def activation_kernels(args: argparse.Namespace, folder: Path) -> tuple[float, f
     return min(numpy_times), min(torch_times)
 
 
+def one_read_of_parameters(args: argparse.Namespace) -> float:
+    """Seconds for one torch reduction over every weight and gradient of the model: the
+    least that statistics of them all can cost, whatever the kernel."""
+    torch.manual_seed(0)
+    tensors = [p.detach() for p in make_model(args.width, args.layers, args.classes).parameters()]
+    tensors += [torch.randn_like(t) for t in tensors]
+    times = []
+    for _ in range(args.repeat):
+        start = time.perf_counter()
+        for _ in range(args.steps):
+            torch.stack([t.sum() for t in tensors]).tolist()
+        times.append((time.perf_counter() - start) / args.steps)
+    return min(times)
+
+
 def profile(
     args: argparse.Namespace, data: list[tuple[torch.Tensor, torch.Tensor]], trace: Path
 ) -> None:
@@ -125,6 +163,12 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=10)
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--raw-every", type=int, default=100)
+    parser.add_argument(
+        "--warmup", type=int, default=20, help="steps left out of the per-step time"
+    )
+    parser.add_argument(
+        "--stats-every", type=int, default=1, help="record tensors every this many steps"
+    )
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument(
         "--hook-only", action="store_true", help="record into a writer that drops everything"
@@ -133,7 +177,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="10 steps, 2 repeats: a smoke run")
     args = parser.parse_args()
     if args.quick:
-        args.steps, args.repeat = 10, 2
+        args.steps, args.repeat, args.warmup = 10, 2, 2
+    if not 0 <= args.warmup < args.steps:
+        parser.error("--warmup must be at least 0 and less than --steps")
 
     generator = torch.Generator().manual_seed(0)
     data = [
@@ -145,30 +191,40 @@ def main() -> None:
     ]
     with tempfile.TemporaryDirectory() as folder:
         trace = Path(folder) / "bench.h5"
-        train(args, data[:20], None)  # warm-up: thread pools, allocator, first HDF5 file
-        train(args, data[:20], trace)
-        plain, hooked = [], []
+        train(args, data[: args.warmup + 1], None)  # thread pools, allocator, first HDF5 file
+        train(args, data[: args.warmup + 1], trace)
+        plain, hooked, fixed = [], [], []
         for _ in range(args.repeat):
-            plain.append(train(args, data, None))
-            hooked.append(train(args, data, trace))
+            plain.append(train(args, data, None)[0])
+            per_step, once = train(args, data, trace)
+            hooked.append(per_step)
+            fixed.append(once)
         trace_bytes = trace.stat().st_size
         best_plain, best_hooked = min(plain), min(hooked)
         overhead = best_hooked / best_plain - 1
         print(
             f"MLP {args.layers}x{args.width}, batch {args.batch}, {args.steps} steps, "
-            f"raw every {args.raw_every}, torch threads {torch.get_num_threads()}, "
+            f"statistics every {args.stats_every}, raw every {args.raw_every}, "
+            f"torch threads {torch.get_num_threads()}, "
             f"best of {args.repeat}" + (", hook only (records dropped)" if args.hook_only else "")
         )
         print(f"  without hook  {best_plain * 1e3:8.2f} ms/step")
         print(f"  with hook     {best_hooked * 1e3:8.2f} ms/step")
         ratio = best_hooked / best_plain
         print(f"  overhead      {overhead * 100:8.1f} %   (hooked / plain = {ratio:.3f})")
+        print(f"  attach+close  {min(fixed) * 1e3:8.2f} ms once")
         print(f"  trace         {trace_bytes / 1e6:8.2f} MB")
         by_numpy, by_torch = activation_kernels(args, Path(folder))
         print(
             f"  statistics of one {args.batch}x{args.width} ReLU output: writer's numpy "
             f"{by_numpy * 1e6:.0f} us, torch {by_torch * 1e6:.0f} us "
             f"(torch / numpy = {by_torch / by_numpy:.1f})"
+        )
+        floor = one_read_of_parameters(args)
+        print(
+            f"  one torch sum over every weight and gradient: {floor * 1e6:.0f} us, "
+            f"{floor / best_plain * 100:.1f} % of a plain step (the floor for statistics of "
+            "them all every step)"
         )
         if args.profile:
             profile(args, data, trace)

@@ -80,13 +80,16 @@ class DbgCallback(Callback):
         raw_every: Keep full tensors every this many steps (default 100; only for a path).
         include: Glob(s) on parameter and module names or on tags; default: everything.
         exclude: Glob(s) on names or tags to leave out, e.g. ``["act/*", "preact/*"]``.
+        stats_every: Record weights, gradients and activations every this many optimizer
+            steps (default 1: every step; see :func:`dbgcli.torch.attach`).
         overwrite: Replace an existing trace file.
         flush_secs: Commit to disk at most this many seconds apart.
         metadata: Free-form run metadata (the module's ``hparams`` are stored as the
             hyperparameters).
 
     Raises:
-        ValueError: If ``raw_every`` is given with a writer.
+        ValueError: If ``raw_every`` is given with a writer, or ``stats_every`` is not a
+            positive integer.
         TraceWriterError: If the trace file exists and ``overwrite`` is False.
     """
 
@@ -97,6 +100,7 @@ class DbgCallback(Callback):
         raw_every: int | None = None,
         include: Patterns = None,
         exclude: Patterns = None,
+        stats_every: int = 1,
         overwrite: bool = False,
         flush_secs: float = 10.0,
         metadata: Mapping[str, Any] | None = None,
@@ -106,6 +110,7 @@ class DbgCallback(Callback):
             raw_every=raw_every,
             include=include,
             exclude=exclude,
+            stats_every=stats_every,
             overwrite=overwrite,
             flush_secs=flush_secs,
             metadata=metadata,

@@ -215,6 +215,11 @@ def _numpy_is_faster(activation: torch.Tensor) -> bool:
     return activation.device.type == "cpu"
 
 
+def _check_stats_every(value: object) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"stats_every must be a positive integer, got {value!r}")
+
+
 def _unwrap(model: nn.Module) -> nn.Module:
     """The module inside DistributedDataParallel / DataParallel, so names lack ``module.``."""
     wrappers = (nn.parallel.DistributedDataParallel, nn.DataParallel)
@@ -279,6 +284,9 @@ class TorchHook:
             default ones), e.g. ``{MyGELU: "gelu"}``; they take precedence over
             :data:`ACTIVATION_KINDS`.
         owns_writer: Close the writer in :meth:`remove`.
+        track_updates: Record ``update_l2`` of weights (keeps a float32 copy of them).
+        stats_every: Record weights, gradients and activations of training steps that are a
+            multiple of this (1: every step); see :func:`attach`.
 
     Attributes:
         enabled: While False, forward passes are not recorded (Lightning's sanity check sets
@@ -297,7 +305,9 @@ class TorchHook:
         activation_kinds: Mapping[type[nn.Module], str] | None = None,
         owns_writer: bool = False,
         track_updates: bool = True,
+        stats_every: int = 1,
     ) -> None:
+        _check_stats_every(stats_every)
         self.model = _unwrap(model)
         self.enabled = True
         # The caller's types first, so that a subclass of a default type gets the caller's kind.
@@ -325,6 +335,7 @@ class TorchHook:
         self._pending_loss: dict[str, _PendingLoss] = {}
         self._skipping_update = False
         self.track_updates = track_updates
+        self.stats_every = stats_every
         self._previous: dict[str, torch.Tensor] = {}
         writer.set_metadata(
             frozen_parameters=[p.name for p in self._parameters if not p.parameter.requires_grad]
@@ -551,6 +562,8 @@ class TorchHook:
                     # A model never called as a whole (a LightningModule whose training_step
                     # calls its submodules): this call marks the pass.
                     self._note_forward(mode)
+                if not self._tensors_due(mode):
+                    return
                 records = []
                 if act_tag is not None and isinstance(output, torch.Tensor):
                     records.append((act_tag, output, "activations"))
@@ -585,6 +598,15 @@ class TorchHook:
         step = self._step
         self._write_pending_loss(lambda mode, pending: mode != "train" or pending.step <= step)
         writer = self.writer
+        optimizer = optimizer if optimizer is not None else self.optimizer
+        if optimizer is not None:
+            for index, group in enumerate(optimizer.param_groups):
+                tag = "lr" if index == 0 else f"lr/group{index}"
+                if self._selected(tag):
+                    writer.add_scalar(tag, group["lr"], step)
+        self._recorded_optimizer_step = step
+        if not self._tensors_due("train"):
+            return
         keep_raw = writer.raw_every > 0 and step % writer.raw_every == 0
         weights = [entry for entry in self._parameters if entry.record_weight]
         grads: list[tuple[str, torch.Tensor]] = []
@@ -603,13 +625,11 @@ class TorchHook:
             self._write_stats(entry.name, entry.parameter, stats, step, entry.collection, keep_raw)
         for (tag, grad), stats in zip(grads, statistics([g for _, g in grads], l1=True)):
             self._write_stats(tag, grad, stats, step, "gradients", keep_raw)
-        optimizer = optimizer if optimizer is not None else self.optimizer
-        if optimizer is not None:
-            for index, group in enumerate(optimizer.param_groups):
-                tag = "lr" if index == 0 else f"lr/group{index}"
-                if self._selected(tag):
-                    writer.add_scalar(tag, group["lr"], step)
-        self._recorded_optimizer_step = step
+
+    def _tensors_due(self, mode: str) -> bool:
+        """Whether tensors of this pass are recorded: every evaluation pass, and training
+        steps that are a multiple of ``stats_every``."""
+        return mode != "train" or self._step % self.stats_every == 0
 
     def _record_activations(
         self, records: list[tuple[str, torch.Tensor, str]], kind: str, mode: str
@@ -756,11 +776,13 @@ class CallbackRecording:
     raw_every: int | None = None
     include: Patterns = None
     exclude: Patterns = None
+    stats_every: int = 1
     overwrite: bool = False
     flush_secs: float = 10.0
     metadata: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
+        _check_stats_every(self.stats_every)
         if isinstance(self.trace, TraceWriter) and self.raw_every is not None:
             raise ValueError("raw_every applies to a new trace; set it on the TraceWriter instead")
         refuse_existing(self.trace, self.overwrite)
@@ -794,6 +816,7 @@ class CallbackRecording:
                 capture_loss=False,
                 activation_kinds=activation_kinds,
                 owns_writer=owned,
+                stats_every=self.stats_every,
             )
         except BaseException:
             if owned:
@@ -812,6 +835,7 @@ def attach(
     capture_loss: bool = True,
     activation_kinds: Mapping[type[nn.Module], str] | None = None,
     track_updates: bool = True,
+    stats_every: int = 1,
     overwrite: bool = False,
     flush_secs: float = 10.0,
     hyperparameters: Mapping[str, Any] | None = None,
@@ -844,6 +868,13 @@ def attach(
         track_updates: Record ``update_l2`` (the norm of each weight's change per step), which
             keeps a float32 copy of the recorded weights; turn off for models whose weights
             do not fit twice in memory.
+        stats_every: Record weights, gradients and activations only at training steps that
+            are a multiple of this; the loss, the learning rates and evaluation passes are
+            recorded every time. Statistics of every tensor at every step cost a small model
+            on a CPU about as much again as the step itself (see docs/benchmarks.md); 10
+            does a tenth of that work. ``update_l2`` is then the change since the previous
+            recorded step, and full tensors are kept at recorded steps that are a multiple of
+            ``raw_every``, so make it a multiple of ``stats_every``.
         overwrite: Replace an existing trace file.
         flush_secs: Commit to disk at most this many seconds apart.
         hyperparameters: Stored in the trace's metadata.
@@ -851,9 +882,11 @@ def attach(
 
     Raises:
         TypeError: If ``optimizer`` has no step hooks.
-        ValueError: If ``raw_every`` is given with a writer.
+        ValueError: If ``raw_every`` is given with a writer, or ``stats_every`` is not a
+            positive integer.
         TraceWriterError: If the trace cannot be created (exists and not ``overwrite``, ...).
     """
+    _check_stats_every(stats_every)  # before the trace file is created
     writer, owned = open_writer(
         trace,
         framework="pytorch",
@@ -874,6 +907,7 @@ def attach(
             activation_kinds=activation_kinds,
             owns_writer=owned,
             track_updates=track_updates,
+            stats_every=stats_every,
         )
     except BaseException:
         if owned:

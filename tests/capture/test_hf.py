@@ -140,3 +140,6 @@ def test_an_existing_trace_is_refused_before_training(tmp_path: Path) -> None:
     path.write_bytes(b"")
     with pytest.raises(TraceWriterError):
         DbgCallback(path)
+    with pytest.raises(ValueError, match="stats_every must be a positive integer"):
+        DbgCallback(tmp_path / "other.h5", stats_every=0)
+    assert not (tmp_path / "other.h5").exists()

@@ -388,6 +388,53 @@ def test_eval_passes_are_recorded_in_eval_mode_at_the_current_step(
         assert trace.index("grad/fc1.weight")[0].tolist() == [0, 1, 2]
 
 
+def test_stats_every_records_tensors_of_every_nth_step_and_scalars_always(
+    tmp_path: Path, no_dbg_warnings: None
+) -> None:
+    torch.manual_seed(0)
+    model = make_net()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    path = tmp_path / "run.h5"
+    weights: dict[int, torch.Tensor] = {}
+    with attach(model, optimizer, path, stats_every=3, raw_every=3) as hook:
+        for step, (x, y) in enumerate(batches(7)):
+            weights[step] = model.fc1.weight.detach().clone()
+            if step == 4:
+                with torch.no_grad():
+                    loss_fn(model.eval(), x, y)  # an evaluation pass between recorded steps
+                model.train()
+            optimizer.zero_grad()
+            loss = loss_fn(model, x, y)
+            hook.record_loss(loss)
+            loss.backward()
+            optimizer.step()
+    with open_trace(path) as trace:
+        for tag in ("fc1.weight", "grad/fc1.weight"):
+            assert trace.index(tag)[0].tolist() == [0, 3, 6]
+        steps, modes = trace.index("act/relu")
+        assert list(zip(steps.tolist(), modes.tolist(), strict=True)) == [
+            (0, 0),
+            (3, 0),
+            (4, 1),
+            (6, 0),
+        ]
+        assert trace.scalar("loss").steps.tolist() == list(range(7))
+        assert trace.scalar("lr").steps.tolist() == list(range(7))
+        # The update is the change since the previous recorded step.
+        update = trace.stat("fc1.weight", "update_l2").values
+        expected = float(torch.linalg.vector_norm(weights[3] - weights[0]))
+        np.testing.assert_allclose(update[1], expected, rtol=1e-5)
+        assert trace.raw("fc1.weight", 3) is not None
+
+
+@pytest.mark.parametrize("every", [0, -2, 1.5, True])
+def test_stats_every_must_be_a_positive_integer(tmp_path: Path, every: Any) -> None:
+    path = tmp_path / "run.h5"
+    with pytest.raises(ValueError, match="stats_every must be a positive integer"):
+        attach(make_net(), None, path, stats_every=every)
+    assert not path.exists()
+
+
 class Checkpointed(nn.Module):
     """Runs its hidden block under activation checkpointing."""
 
