@@ -136,30 +136,26 @@ class _Memory:
     def __init__(self, budget: int) -> None:
         self.budget = budget
         self.size = 0
-        self.items: OrderedDict[tuple[str, ...], tuple[Any, int]] = OrderedDict()
+        self.items: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
 
-    def get(self, key: tuple[str, ...]) -> Any:
-        item = self.items.get(key)
-        if item is None:
-            return None
-        self.items.move_to_end(key)
-        return item[0]
+    def get(self, key: tuple[str, str]) -> np.ndarray | None:
+        array = self.items.get(key)
+        if array is not None:
+            self.items.move_to_end(key)
+        return array
 
-    def drop(self, key: tuple[str, ...]) -> None:
+    def drop(self, key: tuple[str, str]) -> None:
         old = self.items.pop(key, None)
         if old is not None:
-            self.size -= old[1]
+            self.size -= old.nbytes
 
-    def put(self, key: tuple[str, ...], value: Any) -> Any:
-        arrays = value if isinstance(value, tuple) else (value,)
-        size = sum(int(getattr(a, "nbytes", 0)) for a in arrays)
+    def put(self, key: tuple[str, str], array: np.ndarray) -> None:
         self.drop(key)
-        self.items[key] = (value, size)
-        self.size += size
+        self.items[key] = array
+        self.size += array.nbytes
         while self.size > self.budget and len(self.items) > 1:
-            _, (_, dropped) = self.items.popitem(last=False)
-            self.size -= dropped
-        return value
+            _, dropped = self.items.popitem(last=False)
+            self.size -= dropped.nbytes
 
 
 def open_trace(path: str | os.PathLike[str], *, cache_bytes: int = DEFAULT_CACHE_BYTES) -> Trace:
@@ -424,7 +420,7 @@ class Trace:
                 raise MissingDataError(f"{tag!r} is a scalar series, not a tensor")
             cached = self._guard(f"the statistics of {tag!r}", lambda: self._load_stats(info))
             self._memory.put(("stats", tag), cached)
-        return cached  # type: ignore[no-any-return]
+        return cached
 
     def release(self, tag: str) -> None:
         """Let go of what is kept in memory of ``tag``: statistics, unit measures, derivations.
