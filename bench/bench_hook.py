@@ -1,27 +1,31 @@
 """Cost of the PyTorch hook on a training step, against the same loop without it, in one run.
 
 A CPU MLP (``--layers`` hidden layers of ``--width`` units with ReLU, batch ``--batch``) trains
-with SGD. The hooked loop records, every step, statistics of every weight, bias, gradient and
-ReLU output, the loss and the learning rate, and keeps full tensors every ``--raw-every``
+with SGD. The hooked copy records, at every step, statistics of every weight, bias, gradient
+and ReLU output, the loss and the learning rate, and keeps full tensors every ``--raw-every``
 steps (the defaults of :func:`dbgcli.torch.attach`; ``--stats-every N`` records tensors every
-N steps instead). The overhead is that of a training step in a long run: only steps after the
-first ``--warmup`` are timed, on both sides (the hook's first records create the trace's
-datasets, once). Attaching (creating the trace) and closing (the last commit) are timed
-apart and reported beside it: a short benchmark would otherwise spread them over too few
-steps.
+N steps instead).
 
-The machine is shared and noisy, so plain and hooked runs alternate and the best of
-``--repeat`` runs of each is kept. ``--profile`` then profiles one hooked run with pyinstrument.
+The machine is shared and its speed drifts within seconds, so the plain and the hooked copy
+train side by side on the same batches, one step each in turn (which goes first alternates),
+and every step is timed. The overhead is that of the mean step over the run, which includes
+the steps that keep full tensors and the writer's periodic commits; the first ``--warmup``
+steps are left out on both sides (the hook's first records create the trace's datasets).
+Medians split it into steps that record tensors and steps that only record the loss and the
+learning rate, which is what ``stats_every`` trades between. Attaching (creating the trace)
+and closing (the last commit) are timed apart. ``--repeat`` runs the race that many times and
+reports each overhead and their median.
+
 ``--hook-only`` records into a writer whose ``add_tensor``, ``add_tensor_stats`` and
-``add_scalar`` do nothing, which separates what the hook does on the training thread before
-handing records over (forward and optimizer hooks, torch's statistics of parameters and
-gradients) from the writer's work (numpy statistics of CPU activations, buffering, HDF5).
+``add_scalar`` do nothing, which separates what the hook does on the training thread (forward
+and optimizer hooks, torch's statistics of every tensor) from the writer's (buffering, HDF5).
+``--profile`` profiles one hooked run with pyinstrument.
 
 It also times one plain reduction over every weight and gradient: statistics of each of them
 at every step cannot cost less than that, which puts a floor under the overhead of
 ``--stats-every 1`` on small batches.
 
-Run: ``python bench/bench_hook.py [--repeat 7] [--steps 200] [--batch 64] [--stats-every 1]
+Run: ``python bench/bench_hook.py [--repeat 3] [--steps 300] [--batch 64] [--stats-every 1]
 [--hook-only] [--profile]``.
 """
 
@@ -31,14 +35,15 @@ import argparse
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 from torch import nn
 
 from dbgcli import TraceWriter
-from dbgcli.torch import attach
-from dbgcli.torch._stats import statistics, unit_shares
+from dbgcli.torch import TorchHook, attach
+from dbgcli.torch._stats import activation_statistics
 
 
 class NullWriter(TraceWriter):
@@ -54,57 +59,84 @@ class NullWriter(TraceWriter):
         """Drop the record."""
 
 
-def make_model(width: int, layers: int, classes: int) -> nn.Sequential:
-    modules: list[nn.Module] = []
-    for _ in range(layers):
-        modules += [nn.Linear(width, width), nn.ReLU()]
-    modules.append(nn.Linear(width, classes))
-    return nn.Sequential(*modules)
+class Model(NamedTuple):
+    network: nn.Sequential
+    optimizer: torch.optim.Optimizer
 
 
-def train(
-    args: argparse.Namespace, data: list[tuple[torch.Tensor, torch.Tensor]], trace: Path | None
-) -> tuple[float, float]:
-    """Seconds per training step after the first ``--warmup`` steps, and seconds of
-    attaching and closing, of one run (a fresh model each run, same seed)."""
+def make_model(args: argparse.Namespace) -> Model:
+    """A fresh model and optimizer, the same for every call (fixed seed)."""
     torch.manual_seed(0)
-    model = make_model(args.width, args.layers, args.classes)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    start = time.perf_counter()
-    hook = None
-    if trace is not None and args.hook_only:
+    modules: list[nn.Module] = []
+    for _ in range(args.layers):
+        modules += [nn.Linear(args.width, args.width), nn.ReLU()]
+    modules.append(nn.Linear(args.width, args.classes))
+    network = nn.Sequential(*modules)
+    return Model(network, torch.optim.SGD(network.parameters(), lr=0.01, momentum=0.9))
+
+
+def attach_hook(args: argparse.Namespace, model: Model, trace: Path) -> TorchHook:
+    if args.hook_only:
         writer = NullWriter(trace, overwrite=True)
-        hook = attach(model, optimizer, writer, stats_every=args.stats_every)
-    elif trace is not None:
-        hook = attach(
-            model,
-            optimizer,
-            trace,
-            raw_every=args.raw_every,
-            stats_every=args.stats_every,
-            overwrite=True,
-        )
-    attached = warm = time.perf_counter()
-    for index, (x, y) in enumerate(data):
-        if index == args.warmup:
-            warm = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        loss = nn.functional.cross_entropy(model(x), y)
-        if hook is not None:
-            hook.record_loss(loss)
-        loss.backward()
-        optimizer.step()
-    trained = time.perf_counter()
+        return attach(*model, writer, stats_every=args.stats_every)
+    return attach(
+        *model, trace, raw_every=args.raw_every, stats_every=args.stats_every, overwrite=True
+    )
+
+
+def train_step(model: Model, x: torch.Tensor, y: torch.Tensor, hook: TorchHook | None) -> float:
+    """Seconds of one training step."""
+    start = time.perf_counter()
+    model.optimizer.zero_grad(set_to_none=True)
+    loss = nn.functional.cross_entropy(model.network(x), y)
     if hook is not None:
-        hook.remove()
-        hook.writer.close()  # a writer passed to attach (the NullWriter) stays open otherwise
-    once = attached - start + time.perf_counter() - trained
-    return (trained - warm) / (len(data) - args.warmup), once
+        hook.record_loss(loss)
+    loss.backward()
+    model.optimizer.step()
+    return time.perf_counter() - start
+
+
+class Race(NamedTuple):
+    """Per-step seconds of the plain and the hooked copy after the warm-up, which of those
+    steps recorded tensors, and the seconds of attaching plus closing."""
+
+    plain: np.ndarray
+    hooked: np.ndarray
+    recorded: np.ndarray
+    once: float
+
+    def overhead(self) -> float:
+        return float(self.hooked.mean() / self.plain.mean() - 1)
+
+
+def race(
+    args: argparse.Namespace, data: list[tuple[torch.Tensor, torch.Tensor]], trace: Path
+) -> Race:
+    """The plain and the hooked copy train on the same batches, one step each in turn."""
+    plain, hooked = make_model(args), make_model(args)
+    start = time.perf_counter()
+    hook = attach_hook(args, hooked, trace)
+    once = time.perf_counter() - start
+    times = np.empty((len(data), 2))
+    for step, (x, y) in enumerate(data):
+        if step % 2:
+            times[step, 1] = train_step(hooked, x, y, hook)
+            times[step, 0] = train_step(plain, x, y, None)
+        else:
+            times[step, 0] = train_step(plain, x, y, None)
+            times[step, 1] = train_step(hooked, x, y, hook)
+    start = time.perf_counter()
+    hook.remove()
+    hook.writer.close()  # a writer passed to attach (the NullWriter) stays open otherwise
+    once += time.perf_counter() - start
+    steps = np.arange(args.warmup, len(data))
+    recorded = steps % args.stats_every == 0
+    return Race(times[args.warmup :, 0], times[args.warmup :, 1], recorded, once)
 
 
 def activation_kernels(args: argparse.Namespace, folder: Path) -> tuple[float, float]:
-    """Seconds per ReLU output of one batch: the writer's numpy statistics (what the hook uses
-    on the CPU) against torch's statistics and unit measure (what it uses on other devices)."""
+    """Seconds per ReLU output of one batch: the writer's numpy statistics and unit measure
+    (of tensors recorded with ``add_tensor``) against torch's (what the hook uses)."""
     generator = torch.Generator().manual_seed(1)
     output = torch.relu(torch.randn(args.batch, args.width, generator=generator))
     records = max(args.steps, 20)
@@ -118,8 +150,7 @@ def activation_kernels(args: argparse.Namespace, folder: Path) -> tuple[float, f
             numpy_times.append((time.perf_counter() - start) / records)
         start = time.perf_counter()
         for _ in range(records):
-            statistics([output], l1=True, signs=True)
-            shares = unit_shares(output, "relu", "activations")
+            _, shares = activation_statistics(output, "relu", "activations")
             assert shares is not None
             shares.cpu().numpy()
         torch_times.append((time.perf_counter() - start) / records)
@@ -129,8 +160,7 @@ def activation_kernels(args: argparse.Namespace, folder: Path) -> tuple[float, f
 def one_read_of_parameters(args: argparse.Namespace) -> float:
     """Seconds for one torch reduction over every weight and gradient of the model: the
     least that statistics of them all can cost, whatever the kernel."""
-    torch.manual_seed(0)
-    tensors = [p.detach() for p in make_model(args.width, args.layers, args.classes).parameters()]
+    tensors = [p.detach() for p in make_model(args).network.parameters()]
     tensors += [torch.randn_like(t) for t in tensors]
     times = []
     for _ in range(args.repeat):
@@ -148,9 +178,37 @@ def profile(
 
     profiler = Profiler(interval=0.0005)
     profiler.start()
-    train(args, data, trace)
+    race(args, data, trace)
     profiler.stop()
     print(profiler.output_text(unicode=False, color=False, show_all=False))
+
+
+def report(args: argparse.Namespace, races: list[Race]) -> Race:
+    """Print the overheads of all races and the details of the median one; return it."""
+    races = sorted(races, key=Race.overhead)
+    middle = races[len(races) // 2]
+    print(
+        f"MLP {args.layers}x{args.width}, batch {args.batch}, {args.steps} steps "
+        f"(first {args.warmup} left out), statistics every {args.stats_every}, "
+        f"raw every {args.raw_every}, torch threads {torch.get_num_threads()}, "
+        f"{len(races)} races" + (", hook only (records dropped)" if args.hook_only else "")
+    )
+    each = ", ".join(f"{r.overhead() * 100:+.1f}" for r in races)
+    print(f"  overhead      {middle.overhead() * 100:+8.1f} %   (mean step; races: {each} %)")
+    print(f"  without hook  {middle.plain.mean() * 1e3:8.2f} ms/step (mean)")
+    print(f"  with hook     {middle.hooked.mean() * 1e3:8.2f} ms/step (mean)")
+    for label, chosen in (
+        ("recording tensors", middle.recorded),
+        ("other steps", ~middle.recorded),
+    ):
+        if chosen.any():
+            extra = np.median(middle.hooked[chosen]) - np.median(middle.plain[chosen])
+            print(
+                f"    {label:18s} {extra * 1e3:+6.2f} ms/step (median, {chosen.sum()} steps; "
+                f"plain {np.median(middle.plain[chosen]) * 1e3:.2f} ms)"
+            )
+    print(f"  attach+close  {middle.once * 1e3:8.2f} ms once")
+    return middle
 
 
 def main() -> None:
@@ -161,7 +219,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--classes", type=int, default=10)
-    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--raw-every", type=int, default=100)
     parser.add_argument(
         "--warmup", type=int, default=20, help="steps left out of the per-step time"
@@ -169,15 +227,15 @@ def main() -> None:
     parser.add_argument(
         "--stats-every", type=int, default=1, help="record tensors every this many steps"
     )
-    parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--repeat", type=int, default=3, help="races to run")
     parser.add_argument(
         "--hook-only", action="store_true", help="record into a writer that drops everything"
     )
     parser.add_argument("--profile", action="store_true", help="profile one hooked run afterwards")
-    parser.add_argument("--quick", action="store_true", help="10 steps, 2 repeats: a smoke run")
+    parser.add_argument("--quick", action="store_true", help="10 steps, 1 race: a smoke run")
     args = parser.parse_args()
     if args.quick:
-        args.steps, args.repeat, args.warmup = 10, 2, 2
+        args.steps, args.repeat, args.warmup = 10, 1, 2
     if not 0 <= args.warmup < args.steps:
         parser.error("--warmup must be at least 0 and less than --steps")
 
@@ -191,40 +249,20 @@ def main() -> None:
     ]
     with tempfile.TemporaryDirectory() as folder:
         trace = Path(folder) / "bench.h5"
-        train(args, data[: args.warmup + 1], None)  # thread pools, allocator, first HDF5 file
-        train(args, data[: args.warmup + 1], trace)
-        plain, hooked, fixed = [], [], []
-        for _ in range(args.repeat):
-            plain.append(train(args, data, None)[0])
-            per_step, once = train(args, data, trace)
-            hooked.append(per_step)
-            fixed.append(once)
-        trace_bytes = trace.stat().st_size
-        best_plain, best_hooked = min(plain), min(hooked)
-        overhead = best_hooked / best_plain - 1
-        print(
-            f"MLP {args.layers}x{args.width}, batch {args.batch}, {args.steps} steps, "
-            f"statistics every {args.stats_every}, raw every {args.raw_every}, "
-            f"torch threads {torch.get_num_threads()}, "
-            f"best of {args.repeat}" + (", hook only (records dropped)" if args.hook_only else "")
-        )
-        print(f"  without hook  {best_plain * 1e3:8.2f} ms/step")
-        print(f"  with hook     {best_hooked * 1e3:8.2f} ms/step")
-        ratio = best_hooked / best_plain
-        print(f"  overhead      {overhead * 100:8.1f} %   (hooked / plain = {ratio:.3f})")
-        print(f"  attach+close  {min(fixed) * 1e3:8.2f} ms once")
-        print(f"  trace         {trace_bytes / 1e6:8.2f} MB")
+        race(args, data[: args.warmup + 1], trace)  # thread pools, allocator, first HDF5 file
+        middle = report(args, [race(args, data, trace) for _ in range(args.repeat)])
+        print(f"  trace         {trace.stat().st_size / 1e6:8.2f} MB")
         by_numpy, by_torch = activation_kernels(args, Path(folder))
         print(
             f"  statistics of one {args.batch}x{args.width} ReLU output: writer's numpy "
-            f"{by_numpy * 1e6:.0f} us, torch {by_torch * 1e6:.0f} us "
+            f"{by_numpy * 1e6:.0f} us, the hook's torch {by_torch * 1e6:.0f} us "
             f"(torch / numpy = {by_torch / by_numpy:.1f})"
         )
         floor = one_read_of_parameters(args)
         print(
             f"  one torch sum over every weight and gradient: {floor * 1e6:.0f} us, "
-            f"{floor / best_plain * 100:.1f} % of a plain step (the floor for statistics of "
-            "them all every step)"
+            f"{floor / middle.plain.mean() * 100:.1f} % of a plain step (the floor for "
+            "statistics of them all every step)"
         )
         if args.profile:
             profile(args, data, trace)

@@ -41,7 +41,7 @@ from torch.utils.hooks import RemovableHandle
 
 from dbgcli._failures import FailureReporter
 from dbgcli.errors import TraceWriterError
-from dbgcli.torch._stats import statistics, unit_shares
+from dbgcli.torch._stats import activation_statistics, statistics
 from dbgcli.trace.writer import TraceWriter
 
 __all__ = [
@@ -201,18 +201,6 @@ def _numpy_dtype(tensor: torch.Tensor) -> str:
     if tensor.dtype == torch.bfloat16:
         return "float32"
     return str(tensor.dtype).removeprefix("torch.")
-
-
-def _numpy_is_faster(activation: torch.Tensor) -> bool:
-    """Whether the writer's numpy kernel should compute this activation's statistics.
-
-    On the CPU it should: numpy views the tensor's memory without a copy, and its comparisons
-    and per-unit counts are faster there than torch's (``bench/bench_hook.py`` prints both:
-    107 us against 384 us for a 64x512 ReLU output, 1.2 ms against 1.8 ms at 1024x512).
-    Anywhere else torch computes them on the device, so that only the results travel to the
-    host.
-    """
-    return activation.device.type == "cpu"
 
 
 def _check_stats_every(value: object) -> None:
@@ -634,24 +622,15 @@ class TorchHook:
     def _record_activations(
         self, records: list[tuple[str, torch.Tensor, str]], kind: str, mode: str
     ) -> None:
-        """Statistics and unit measures of activations, computed where they are cheapest.
+        """Statistics and unit measures of activations, computed by torch where they live.
 
-        See :func:`_numpy_is_faster`.
+        On the CPU too: torch's vectorised, multi-threaded passes beat the writer's numpy
+        kernel (``bench/bench_hook.py`` prints both for one ReLU output).
         """
         step = self._step
-        writer = self.writer
-        on_device = []
+        keep_raw = self.writer.raw_every > 0 and step % self.writer.raw_every == 0
         for tag, tensor, collection in records:
-            if _numpy_is_faster(tensor):
-                writer.add_tensor(tag, tensor, step, collection=collection, kind=kind, mode=mode)
-            else:
-                on_device.append((tag, tensor, collection))
-        if not on_device:
-            return
-        keep_raw = writer.raw_every > 0 and step % writer.raw_every == 0
-        all_stats = statistics([tensor for _, tensor, _ in on_device], l1=True, signs=True)
-        for (tag, tensor, collection), stats in zip(on_device, all_stats):
-            units = unit_shares(tensor, kind, collection)
+            stats, units = activation_statistics(tensor, kind, collection)
             self._write_stats(
                 tag,
                 tensor,

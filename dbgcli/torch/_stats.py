@@ -2,19 +2,25 @@
 
 Copying every weight and gradient to host memory every step, to compute statistics there,
 costs more than a training step of a small model (and far more from a GPU). Here each tensor
-takes four or five reductions in torch (min and max together, sum, sum of squares, optionally
-the sum of absolute values and the squared distance to the previous value), and all results
-reach the host in one transfer. The definitions are those of docs/trace-format.md; what a
-reduction here does not give is left out (NaN in the trace):
+takes three to five reductions in torch (min and max together, sum, sum of squares, and where
+asked the sum of absolute values and the squared distance to the previous value), and all
+results reach the host in one transfer. The definitions are those of docs/trace-format.md.
 
-* ``zero_frac``/``pos_frac`` are exact when the signs are decided by ``min`` and ``max`` (all
-  positive, all negative, all zero) and otherwise computed only with ``signs=True``;
-* ``l1`` only with ``l1=True``.
+Activations (:func:`activation_statistics`) get every column and their per-unit measure.
+Their counts go through float 0/1 indicators written into reusable scratch memory: a
+comparison into a float tensor and a float sum are vectorised, a boolean mask and its sum are
+several times slower. What the range already decides (the absolute sum of a non-negative
+tensor is its sum; a ReLU output's zeros are its non-positive values) takes no extra pass.
+
+Weights and gradients (:func:`statistics`) leave out what a reduction here does not give
+(NaN in the trace): ``zero_frac``/``pos_frac`` unless ``min`` and ``max`` decide them (all
+positive, all negative, all zero), and ``l1`` unless asked for.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Sequence
 
 import torch
@@ -26,16 +32,22 @@ _NATIVE = (torch.float32, torch.float64)
 
 class Scratch:
     """Reusable work memory: a fresh megabyte-sized temporary per reduction costs page faults
-    that take longer than the reduction itself."""
+    that take longer than the reduction itself. Each thread gets its own (replicas of
+    ``nn.DataParallel`` run their forward hooks side by side)."""
 
     def __init__(self) -> None:
-        self._buffers: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
+        self._local = threading.local()
 
     def like(self, x: torch.Tensor) -> torch.Tensor:
+        """A flat buffer of ``x``'s size, dtype and device, overwritten by the next call."""
+        buffers: dict[tuple[torch.dtype, torch.device], torch.Tensor] | None
+        buffers = getattr(self._local, "buffers", None)
+        if buffers is None:
+            buffers = self._local.buffers = {}
         key = (x.dtype, x.device)
-        buffer = self._buffers.get(key)
+        buffer = buffers.get(key)
         if buffer is None or buffer.numel() < x.numel():
-            buffer = self._buffers[key] = torch.empty(x.numel(), dtype=x.dtype, device=x.device)
+            buffer = buffers[key] = torch.empty(x.numel(), dtype=x.dtype, device=x.device)
         return buffer[: x.numel()]
 
 
@@ -46,7 +58,6 @@ def statistics(
     tensors: Sequence[torch.Tensor],
     *,
     l1: bool = False,
-    signs: bool = False,
     previous: Sequence[torch.Tensor | None] | None = None,
     scratch: Scratch = _SCRATCH,
 ) -> list[dict[str, float]]:
@@ -63,12 +74,9 @@ def statistics(
                 layout.append((-1, False))
                 continue
             layout.append((len(parts), False))
-            low, high = torch.aminmax(x)
-            parts += [low, high, x.sum(), torch.dot(x, x)]
+            parts += _moments(x)
             if l1:
                 parts.append(torch.abs(x, out=scratch.like(x)).sum())
-            if signs:
-                parts += [(x > 0).sum().to(x.dtype), (x == 0).sum().to(x.dtype)]
             before = previous[index] if previous is not None else None
             if before is not None:
                 difference = torch.sub(x, before, out=scratch.like(x))
@@ -80,39 +88,105 @@ def statistics(
         results = []
         for x, (start, has_update) in zip(flats, layout):
             if start < 0:
-                results.append({"count": 0.0, "nan_count": 0.0, "inf_count": 0.0})
+                results.append(_EMPTY.copy())
                 continue
-            row = values[start : start + 4 + l1 + 2 * signs + has_update]
+            row = values[start : start + 4 + l1 + has_update]
             absolute = row[4] if l1 else math.nan
-            positive, zero = (row[4 + l1], row[5 + l1]) if signs else (math.nan, math.nan)
             change = row[-1] if has_update else math.nan
-            results.append(_finish(x, (*row[:4], absolute, change, positive, zero), l1))
+            results.append(_finish(x, (*row[:4], absolute, change, math.nan, math.nan), l1))
         return results
 
 
-def unit_shares(x: torch.Tensor, kind: str, collection: str) -> torch.Tensor | None:
-    """The per-unit activation measure of one record (docs/trace-format.md), or None.
+def activation_statistics(
+    x: torch.Tensor, kind: str, collection: str, *, scratch: Scratch = _SCRATCH
+) -> tuple[dict[str, float], torch.Tensor | None]:
+    """Every statistic of one activation record, and its per-unit measure (or None).
 
-    ``active_frac`` for ReLU-like kinds (share of each unit's values > 0), ``unsaturated_frac``
-    for saturating ones (share strictly inside the non-saturated band: of the input for
-    pre-activations, of the output otherwise); units are indexed by the axis
-    :func:`~dbgcli.trace.schema.default_unit_axis` names. Computed where ``x`` lives.
+    The measure is ``active_frac`` for ReLU-like kinds (share of each unit's values > 0) and
+    ``unsaturated_frac`` for saturating ones (share strictly inside the non-saturated band: of
+    the input for pre-activations, of the output otherwise), over the axis
+    :func:`~dbgcli.trace.schema.default_unit_axis` names; docs/trace-format.md defines both.
+    It stays on ``x``'s device, as float32.
     """
     kind = kind.lower()
-    measure = schema.unit_measure(kind)
-    axis = schema.default_unit_axis(x.dim())
-    if measure is None or axis is None or x.numel() == 0:
-        return None
     with torch.no_grad():
-        x = x.detach()
-        if measure == schema.UNIT_MEASURE_ACTIVE:
-            inside = x > 0
+        x = _float(x.detach())
+        flat = x.reshape(-1)
+        n = flat.numel()
+        if n == 0:
+            return _EMPTY.copy(), None
+        measure = schema.unit_measure(kind)
+        axis = schema.default_unit_axis(x.dim())
+        moments = _moments(flat)
+        units = None
+        if measure is not None and axis is not None:
+            counts = _unit_counts(x, measure, kind, collection, axis, scratch)
+            units = counts / (n // x.shape[axis])
+            if units.dtype != torch.float32:
+                units = units.to(torch.float32)
+            if measure == schema.UNIT_MEASURE_ACTIVE:
+                moments.append(counts.sum(dtype=_exact_count_dtype(n, x.dtype)))  # positives
+        values = _to_host(moments)
+        low, high, total, squares = values[:4]
+        if not all(math.isfinite(v) for v in values[:4]):
+            return _finish(x, (*values[:4], *[math.nan] * 4), True), units
+        if len(values) > 4:
+            positive = values[4]
+        elif low > 0 or high <= 0:
+            positive = float(n) if low > 0 else 0.0
         else:
-            lo, hi = schema.unsaturated_band(kind, collection)
-            inside = (x > lo) & (x < hi)
-        units = inside.shape[axis]
-        per_unit = inside.movedim(axis, -1).reshape(-1, units)
-        return (per_unit.sum(0, dtype=torch.float64) / per_unit.shape[0]).to(torch.float32)
+            positive = _count(torch.gt(flat, 0, out=scratch.like(flat)))
+        if low > 0 or high < 0:
+            zero = 0.0
+        elif low == 0:
+            zero = n - positive  # no negative values: what is not positive is zero
+        else:
+            zero = _count(torch.eq(flat, 0, out=scratch.like(flat)))
+        if low >= 0:
+            absolute = total
+        elif high <= 0:
+            absolute = -total
+        else:
+            absolute = torch.abs(flat, out=scratch.like(flat)).sum().item()
+        return _finish(
+            x, (low, high, total, squares, absolute, math.nan, positive, zero), True
+        ), units
+
+
+_EMPTY = {"count": 0.0, "nan_count": 0.0, "inf_count": 0.0}
+_EXACT_FLOAT32_COUNT = 1 << 24
+
+
+def _moments(x: torch.Tensor) -> list[torch.Tensor]:
+    """min, max, sum and sum of squares of a flat tensor, as 0-d tensors on its device."""
+    low, high = torch.aminmax(x)
+    return [low, high, x.sum(), torch.dot(x, x)]
+
+
+def _unit_counts(
+    x: torch.Tensor, measure: str, kind: str, collection: str, axis: int, scratch: Scratch
+) -> torch.Tensor:
+    """Per unit, how many of its values the measure counts, in ``x``'s float dtype."""
+    indicator = scratch.like(x).view(x.shape)
+    others = [d for d in range(x.dim()) if d != axis]
+    exact = _exact_count_dtype(x.numel() // x.shape[axis], x.dtype)
+    if measure == schema.UNIT_MEASURE_ACTIVE:
+        return torch.gt(x, 0, out=indicator).sum(others, dtype=exact)
+    lo, hi = schema.unsaturated_band(kind, collection)
+    # Inside (lo, hi) = above lo minus at or above hi, since lo < hi.
+    above = torch.gt(x, lo, out=indicator).sum(others, dtype=exact)
+    return above - torch.ge(x, hi, out=indicator).sum(others, dtype=exact)
+
+
+def _count(indicator: torch.Tensor) -> float:
+    """The number of ones in a flat 0/1 float tensor, exactly."""
+    return indicator.sum(dtype=_exact_count_dtype(indicator.numel(), indicator.dtype)).item()
+
+
+def _exact_count_dtype(most: int, dtype: torch.dtype) -> torch.dtype:
+    """A float dtype that sums up to ``most`` ones exactly: ``dtype`` (the fastest) when it
+    can, float64 otherwise."""
+    return dtype if most <= _EXACT_FLOAT32_COUNT else torch.float64
 
 
 def _to_host(parts: list[torch.Tensor]) -> list[float]:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from dbgcli.torch._stats import statistics, unit_shares
+from dbgcli.torch._stats import activation_statistics, statistics
 from dbgcli.trace import schema
 from dbgcli.trace.stats import unit_measure
 
@@ -39,10 +39,12 @@ def test_statistics_match_numpy(dtype: torch.dtype) -> None:
         torch.relu(torch.randn(500)).to(dtype),
         torch.full((7,), 3.0, dtype=dtype),
     ]
-    for tensor, got in zip(tensors, statistics(tensors, l1=True, signs=True)):
+    for tensor, got in zip(tensors, statistics(tensors, l1=True)):
         expected = reference(tensor.float().numpy())
         for name, value in expected.items():
-            assert got[name] == pytest.approx(value, rel=1e-5, abs=1e-6), name
+            if name in got:
+                assert got[name] == pytest.approx(value, rel=1e-5, abs=1e-6), name
+        assert {"min", "max", "mean", "std", "l1", "l2"} <= set(got)
     constant = statistics([tensors[2]])[0]
     assert constant["std"] == 0.0 and constant["pos_frac"] == 1.0 and constant["zero_frac"] == 0.0
 
@@ -55,6 +57,31 @@ def test_uncomputed_columns_are_left_out() -> None:
     assert (got[2]["zero_frac"], got[2]["pos_frac"]) == (0.0, 0.0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize(
+    "values",
+    [
+        [0.5, -1.5, 0.0, 2.0, 0.0, -0.25],  # mixed signs with zeros
+        [0.0, 1.0, 0.0, 3.0],  # a ReLU output
+        [0.0, -1.0, -2.0, 0.0],  # nothing positive, some zeros
+        [-1.0, -2.0],
+        [0.25, 4.0],
+        [0.0, 0.0, 0.0],
+    ],
+)
+@pytest.mark.parametrize("kind", ["relu", "gelu", "tanh"])
+def test_activation_statistics_give_every_column(
+    values: list[float], dtype: torch.dtype, kind: str
+) -> None:
+    """Whatever the signs, activations get every column, each equal to its definition."""
+    x = torch.tensor(values, dtype=dtype).repeat(3, 1)
+    got, _ = activation_statistics(x, kind, "activations")
+    expected = reference(x.float().numpy())
+    assert set(got) == set(expected) | {"update_l2"}
+    for name, value in expected.items():
+        assert got[name] == pytest.approx(value, rel=1e-5, abs=1e-6), name
+
+
 def test_non_finite_values_take_the_exact_path() -> None:
     x = torch.tensor([1.0, float("nan"), -2.0, float("inf"), 0.0])
     (got,) = statistics([x], l1=True)
@@ -62,6 +89,9 @@ def test_non_finite_values_take_the_exact_path() -> None:
     assert (got["min"], got["max"], got["l1"]) == (-2.0, 1.0, 3.0)
     assert got["mean"] == pytest.approx(-1.0 / 3)
     assert got["zero_frac"] == 0.2 and got["pos_frac"] == 0.4
+    activation, units = activation_statistics(x.reshape(1, 5), "relu", "activations")
+    assert {k: activation[k] for k in got} == got
+    assert units is not None and units.tolist() == [1.0, 0.0, 0.0, 1.0, 0.0]
 
 
 def test_update_norm_against_the_previous_value() -> None:
@@ -94,7 +124,7 @@ def test_empty_and_precise_variance() -> None:
         ("sigmoid", "preactivations"),
     ],
 )
-def test_unit_shares_equal_the_writers_unit_measure(
+def test_unit_measure_equals_the_writers(
     shape: tuple[int, ...], kind: str, collection: str
 ) -> None:
     """The hook's per-unit measure is the one the writer computes from the full tensor."""
@@ -102,8 +132,8 @@ def test_unit_shares_equal_the_writers_unit_measure(
     x = torch.randn(shape) * 20  # the saturating bands are wide: |x| up to 9.5 or more
     if collection == "activations":
         x = {"relu": torch.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid}[kind](x)
-    got = unit_shares(x, kind, collection)
-    assert got is not None
+    _, got = activation_statistics(x, kind, collection)
+    assert got is not None and got.dtype == torch.float32
     measure = schema.unit_measure(kind)
     axis = schema.default_unit_axis(len(shape))
     assert measure is not None and axis is not None
@@ -112,6 +142,6 @@ def test_unit_shares_equal_the_writers_unit_measure(
     assert 0 < got.numpy().mean() < 1  # the data spans both sides of the band
 
 
-def test_unit_shares_only_for_kinds_with_a_measure() -> None:
-    assert unit_shares(torch.randn(4, 3), "softmax", "activations") is None
-    assert unit_shares(torch.randn(5), "relu", "activations") is None  # no unit axis
+def test_unit_measure_only_for_kinds_with_one() -> None:
+    assert activation_statistics(torch.randn(4, 3), "softmax", "activations")[1] is None
+    assert activation_statistics(torch.randn(5), "relu", "activations")[1] is None  # no unit axis
