@@ -595,7 +595,7 @@ class TorchHook:
         self._recorded_optimizer_step = step
         if not self._tensors_due("train"):
             return
-        keep_raw = writer.raw_every > 0 and step % writer.raw_every == 0
+        keep_raw = writer.raw_due(step)
         weights = [entry for entry in self._parameters if entry.record_weight]
         grads: list[tuple[str, torch.Tensor]] = []
         for entry in self._parameters:
@@ -624,11 +624,13 @@ class TorchHook:
     ) -> None:
         """Statistics and unit measures of activations, computed by torch where they live.
 
-        On the CPU too: torch's vectorised, multi-threaded passes beat the writer's numpy
-        kernel (``bench/bench_hook.py`` prints both for one ReLU output).
+        On the CPU too: for one ReLU output torch's multi-threaded passes beat the writer's
+        numpy kernel from 256x512 up, numpy is faster for smaller ones, and over whole
+        training steps at batch 64 the two measured the same (``bench/bench_hook.py``,
+        docs/benchmarks.md).
         """
         step = self._step
-        keep_raw = self.writer.raw_every > 0 and step % self.writer.raw_every == 0
+        keep_raw = self.writer.raw_due(step)
         for tag, tensor, collection in records:
             stats, units = activation_statistics(tensor, kind, collection)
             self._write_stats(

@@ -83,7 +83,6 @@ def statistics(
                 parts.append(torch.dot(difference, difference))
                 before.copy_(x)
                 layout[-1] = (layout[-1][0], True)
-        # All parts share their tensor's dtype (float32 or float64); one stack per dtype.
         values = _to_host(parts)
         results = []
         for x, (start, has_update) in zip(flats, layout):
@@ -121,33 +120,30 @@ def activation_statistics(
         units = None
         if measure is not None and axis is not None:
             counts = _unit_counts(x, measure, kind, collection, axis, scratch)
-            units = counts / (n // x.shape[axis])
-            if units.dtype != torch.float32:
-                units = units.to(torch.float32)
+            units = (counts / (n // x.shape[axis])).to(torch.float32)
             if measure == schema.UNIT_MEASURE_ACTIVE:
                 moments.append(counts.sum(dtype=_exact_count_dtype(n, x.dtype)))  # positives
         values = _to_host(moments)
         low, high, total, squares = values[:4]
         if not all(math.isfinite(v) for v in values[:4]):
             return _finish(x, (*values[:4], *[math.nan] * 4), True), units
+        # What the range leaves open takes a pass each, brought back in one more transfer.
+        exact = _exact_count_dtype(n, x.dtype)
+        pending: dict[str, torch.Tensor] = {}
+        if len(values) == 4 and low <= 0 < high:
+            pending["positive"] = torch.gt(flat, 0, out=scratch.like(flat)).sum(dtype=exact)
+        if low < 0 <= high:
+            pending["zero"] = torch.eq(flat, 0, out=scratch.like(flat)).sum(dtype=exact)
+        if low < 0 < high:
+            pending["absolute"] = torch.abs(flat, out=scratch.like(flat)).sum()
+        counted = dict(zip(pending, _to_host(list(pending.values()))))
         if len(values) > 4:
             positive = values[4]
-        elif low > 0 or high <= 0:
-            positive = float(n) if low > 0 else 0.0
         else:
-            positive = _count(torch.gt(flat, 0, out=scratch.like(flat)))
-        if low > 0 or high < 0:
-            zero = 0.0
-        elif low == 0:
-            zero = n - positive  # no negative values: what is not positive is zero
-        else:
-            zero = _count(torch.eq(flat, 0, out=scratch.like(flat)))
-        if low >= 0:
-            absolute = total
-        elif high <= 0:
-            absolute = -total
-        else:
-            absolute = torch.abs(flat, out=scratch.like(flat)).sum().item()
+            positive = counted.get("positive", float(n) if low > 0 else 0.0)
+        # With no negative values, what is not positive is zero.
+        zero = counted.get("zero", n - positive if low == 0 else 0.0)
+        absolute = counted.get("absolute", total if low >= 0 else -total)
         return _finish(
             x, (low, high, total, squares, absolute, math.nan, positive, zero), True
         ), units
@@ -178,11 +174,6 @@ def _unit_counts(
     return above - torch.ge(x, hi, out=indicator).sum(others, dtype=exact)
 
 
-def _count(indicator: torch.Tensor) -> float:
-    """The number of ones in a flat 0/1 float tensor, exactly."""
-    return indicator.sum(dtype=_exact_count_dtype(indicator.numel(), indicator.dtype)).item()
-
-
 def _exact_count_dtype(most: int, dtype: torch.dtype) -> torch.dtype:
     """A float dtype that sums up to ``most`` ones exactly: ``dtype`` (the fastest) when it
     can, float64 otherwise."""
@@ -190,7 +181,8 @@ def _exact_count_dtype(most: int, dtype: torch.dtype) -> torch.dtype:
 
 
 def _to_host(parts: list[torch.Tensor]) -> list[float]:
-    """The 0-d results as Python floats, with one device-to-host transfer per dtype."""
+    """The 0-d results as Python floats, with one device-to-host transfer (in float64 when
+    their dtypes differ)."""
     if not parts:
         return []
     if all(p.dtype == parts[0].dtype for p in parts):

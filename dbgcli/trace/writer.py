@@ -711,13 +711,17 @@ class TraceWriter:
                         self, group, collection, kind, unit_axis, tracked
                     )
                 if raw is None:
-                    keep = self.raw_every > 0 and step % self.raw_every == 0
+                    keep = self.raw_due(step)
                 else:
                     keep = bool(raw)
                 series.add(array, step, mode_code, keep)
                 self._after_add(step, mode_code)
             except Exception as error:  # noqa: BLE001 - never let recording kill training
                 self._drop(tag, error)
+
+    def raw_due(self, step: int) -> bool:
+        """Whether a record at ``step`` keeps its full tensor by default (every ``raw_every``)."""
+        return self.raw_every > 0 and step % self.raw_every == 0
 
     def add_tensor_stats(
         self,
