@@ -1,10 +1,14 @@
 """Replay a recorded metric through learning-rate schedulers (the data behind ``dbg lr``).
 
-The metric is the validation loss when the trace has one, else the training loss, or any
-scalar series named with ``metric``. It is fed to each scheduler once per record, once per
-``every`` records (their mean), or once per epoch (the mean of the epoch's records, epochs
-taken from the trace's ``epoch`` series). The learning rate starts from the recorded one
-(scalar ``lr`` or ``learning_rate``) when present. No plotting library is needed here; the
+:func:`plan_replay` decides what a replay of a trace uses, for ``dbg lr`` and for the
+simulated GreedyLR curve of ``dbg analyze`` alike, so both draw the same curve: the training
+loss when the trace has one, else the validation loss, or any scalar series named with
+``metric``; fed to each scheduler once per record, once per ``every`` records (their mean), or
+once per epoch (the mean of the epoch's records, epochs taken from the trace's ``epoch``
+series); from the first recorded learning rate (scalar ``lr``, ``learning_rate`` or
+``lr/group0``), else the one in the run's hyperparameters (``learning_rate``, ``lr``, XGBoost's
+``eta``), else 0.1. A replay shows what the scheduler would have chosen for this recorded loss
+sequence, not how the loss would have responded to it. No plotting library is needed here; the
 exports to PNG and HTML use matplotlib (extra ``plot``).
 """
 
@@ -12,8 +16,10 @@ from __future__ import annotations
 
 import csv
 import html
+import inspect
 import io
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +32,13 @@ from dbgcli.schedulers import SCHEDULERS, Replay, replay
 from dbgcli.trace.reader import Trace
 
 LR_NAMES = ("lr", "learning_rate", "lr/group0")
+# Hyperparameter names of the initial learning rate: Hugging Face, PyTorch habit, XGBoost.
+HYPERPARAMETER_LR_NAMES = ("learning_rate", "lr", "eta")
+DEFAULT_LR = 0.1
+DISCLAIMER = (
+    "A replay shows what the scheduler would have chosen for this recorded loss sequence, "
+    "not how the loss would have responded to it."
+)
 
 
 @dataclass(frozen=True)
@@ -67,12 +80,69 @@ def _scalar(text: str) -> Any:
 
 @dataclass(frozen=True)
 class Metric:
-    """The series fed to the schedulers: one value per replay point."""
+    """The series fed to the schedulers: one value per replay point.
+
+    ``name`` labels columns and charts (``train loss``); ``subject`` names the series in a
+    sentence (``the train loss``, ``series 'acc'``); ``records`` counts the records behind
+    the points (more than the points with ``every`` or per epoch).
+    """
 
     name: str
     steps: np.ndarray
     values: np.ndarray
     cadence: str
+    subject: str
+    records: int
+
+
+@dataclass(frozen=True)
+class ReplayPlan:
+    """What a replay of a trace feeds the schedulers, and where each part came from."""
+
+    metric: Metric
+    lr: float
+    lr_source: str
+    """Where ``lr`` came from: ``recorded lr``, ``hyperparameter <name>``, ``xgboost_config
+    eta``, ``--lr``, or ``default, none recorded``."""
+
+    def describe(self) -> str:
+        """Which series, at which cadence, from which rate and why.
+
+        For example ``replay of the eval loss (8 records) from lr 0.3 (hyperparameter eta)``.
+        """
+        metric = self.metric
+        points = len(metric.values)
+        count = (
+            f"({points} records)"
+            if metric.cadence == "per record"
+            else f"{metric.cadence} ({metric.records} records, {points} points)"
+        )
+        return f"replay of {metric.subject} {count} from lr {self.lr:g} ({self.lr_source})"
+
+    def warning(self, spec: SchedulerSpec) -> str:
+        """Why ``spec`` cannot move on this series, or ``""``.
+
+        A scheduler with ``patience`` p changes the rate only after more than p improving
+        (GreedyLR) or non-improving records in a row, so a series of p points or fewer leaves
+        the rate where it started, whatever the losses.
+        """
+        parameter = inspect.signature(SCHEDULERS[spec.name]).parameters.get("patience")
+        if parameter is None:
+            return ""
+        patience = spec.params.get("patience", parameter.default)
+        points = len(self.metric.values)
+        if not isinstance(patience, int) or points > patience:
+            return ""
+        unit = "records" if self.metric.cadence == "per record" else "points"
+        return (
+            f"{spec.label} cannot change the rate: {points} {unit} are too few for patience "
+            f"{patience} (it needs at least {patience + 1})"
+        )
+
+    def note(self, spec: SchedulerSpec) -> str:
+        """:meth:`describe`, followed by :meth:`warning` for ``spec`` when there is one."""
+        warning = self.warning(spec)
+        return self.describe() + (f"; {warning}" if warning else "")
 
 
 @dataclass(frozen=True)
@@ -99,26 +169,109 @@ class Curve:
         }
 
 
+def plan_replay(
+    ctx: RuleContext,
+    metric: str | None = None,
+    mode: str | None = None,
+    every: int = 1,
+    per_epoch: bool = False,
+    lr: float | None = None,
+) -> ReplayPlan:
+    """The series, cadence and start rate of a replay of ``ctx``'s trace.
+
+    Args:
+        ctx: The trace, seen through an analysis's step and mode filters (or none).
+        metric: A scalar series to replay instead of the loss.
+        mode: Only records of this mode (``train`` or ``eval`` loss when ``metric`` is None).
+        every: Feed the mean of every ``every`` records.
+        per_epoch: Feed the mean of each epoch's records.
+        lr: The start rate, instead of the recorded one.
+
+    Raises:
+        MissingDataError: If the trace has no such series, or no ``epoch`` series per epoch.
+        ConfigError: If ``every`` is below 1 or ``lr`` is not a positive number.
+    """
+    if lr is not None:
+        if not math.isfinite(lr) or lr <= 0:
+            raise ConfigError(f"initial learning rate must be a positive number, got {lr!r}")
+        start, source = lr, "--lr"
+    else:
+        start, source = start_lr(ctx.trace)
+    return ReplayPlan(select_metric(ctx, metric, mode, every, per_epoch), start, source)
+
+
+def start_lr(trace: Trace) -> tuple[float, str]:
+    """The rate a replay starts from, and where it was found.
+
+    The first recorded learning rate, else the run's hyperparameters (``learning_rate``,
+    ``lr``, ``eta``), else XGBoost's own configuration (``eta``), else 0.1. A recorded rate
+    that is not positive (a warmup starting at 0) is passed over: no scheduler can start there.
+    """
+    recorded = recorded_lr(trace)
+    if recorded is not None and _positive(recorded[1][0]) is not None:
+        return float(recorded[1][0]), "recorded lr"
+    hyperparameters = trace.metadata.get("hyperparameters")
+    if isinstance(hyperparameters, Mapping):
+        for name in HYPERPARAMETER_LR_NAMES:
+            value = _positive(hyperparameters.get(name))
+            if value is not None:
+                return value, f"hyperparameter {name}"
+    eta = _positive(
+        _lookup(
+            trace.metadata.get("xgboost_config"),
+            ("learner", "gradient_booster", "tree_train_param", "eta"),
+        )
+    )
+    if eta is not None:
+        return eta, "xgboost_config eta"
+    return DEFAULT_LR, "default, none recorded"
+
+
+def _positive(value: Any) -> float | None:
+    """``value`` as a positive finite float (numbers or numeric strings), else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str, np.number)):
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) and number > 0 else None
+
+
+def _lookup(tree: Any, path: Sequence[str]) -> Any:
+    for key in path:
+        if not isinstance(tree, Mapping):
+            return None
+        tree = tree.get(key)
+    return tree
+
+
 def select_metric(
-    trace: Trace, metric: str | None, mode: str | None, every: int, per_epoch: bool
+    ctx: RuleContext, metric: str | None, mode: str | None, every: int, per_epoch: bool
 ) -> Metric:
-    """The metric series at the chosen cadence."""
-    ctx = RuleContext(trace)
+    """The metric series at the chosen cadence.
+
+    By default the training loss, else the validation loss: one point per training record is
+    how the GreedyLR authors step it, and how the learning rate is recorded to compare with.
+    """
+    trace = ctx.trace
     if metric is None:
         if mode is not None:
             series = ctx.loss(mode)  # type: ignore[arg-type]
             name = f"{mode} loss"
         else:
-            series, name = ctx.loss("eval"), "eval loss"
+            series, name = ctx.loss("train"), "train loss"
             if series is None:
-                series, name = ctx.loss("train"), "train loss"
+                series, name = ctx.loss("eval"), "eval loss"
         if series is None:
             raise MissingDataError(
                 f"{trace.path}: no loss series to replay; name one with --metric"
             )
+        subject = f"the {name}"
     else:
         series = ctx.scalar(metric, mode)
         name = metric if mode is None else f"{metric} ({mode})"
+        subject = f"series {metric!r}" + ("" if mode is None else f" of mode {mode}")
         if series is None:
             scalars = ", ".join(sorted(t.tag for t in trace.tags(scalar=True))) or "none"
             raise MissingDataError(f"{trace.path}: no scalar series {metric!r}; scalars: {scalars}")
@@ -138,7 +291,7 @@ def select_metric(
     steps = np.array([series.steps[g[-1]] for g in groups], dtype=np.int64)
     with np.errstate(invalid="ignore"):
         values = np.array([float(np.mean(series.values[g])) for g in groups])
-    return Metric(name, steps, values, cadence)
+    return Metric(name, steps, values, cadence, subject, len(series))
 
 
 def recorded_lr(trace: Trace) -> tuple[np.ndarray, np.ndarray] | None:

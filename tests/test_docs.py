@@ -85,4 +85,4 @@ def test_documented_dbg_commands_parse(cli, page: str) -> None:
 def test_help_texts_are_shown_as_written(cli) -> None:
     """Square brackets in help texts are text, not Rich markup that silently vanishes."""
     assert "[tool.dbg]" in cli("analyze", "--help").stdout
-    assert "[default: eval" in cli("lr", "--help").stdout
+    assert "[default: train" in cli("lr", "--help").stdout

@@ -13,6 +13,8 @@ from dbgcli.schedulers import simulate
 
 ROOT = Path(__file__).resolve().parents[1]
 HEALTHY = ROOT / "sample_traces" / "numpy_mlp_healthy.h5"
+GREEDY = ROOT / "sample_traces" / "torch_greedy_lr.h5"
+XGBOOST = ROOT / "sample_traces" / "xgboost_deep_trees.h5"
 
 
 @pytest.fixture
@@ -85,8 +87,9 @@ def test_default_metric_and_cadences(cli, epochs_trace: Path, tmp_path: Path) ->
     rows = read_csv(table)
     assert [r["step"] for r in rows] == ["9", "19", "29", "39", "49", "59"]
     assert float(rows[0]["greedy"]) == 0.01
-    eval_default = cli("lr", HEALTHY)
-    assert "eval loss, per record" in eval_default.stdout
+    train_default = cli("lr", HEALTHY)
+    assert "replay of the train loss (300 records) from lr 0.05" in train_default.stdout
+    assert "eval loss (" in cli("lr", HEALTHY, "--mode", "eval").stdout
 
 
 def test_bad_input_is_one_line(cli, epochs_trace: Path) -> None:
@@ -113,11 +116,99 @@ def test_replays_a_run_trained_with_greedylr_exactly(cli, tmp_path: Path) -> Non
     """The sample was trained with dbgcli.torch.GreedyLR; dbg lr must reproduce its rates."""
     table = tmp_path / "g.csv"
     spec = "greedy:factor=0.8,patience=3,min_lr=1e-3,max_lr=0.5"
-    trace = ROOT / "sample_traces" / "torch_greedy_lr.h5"
-    result = cli("lr", trace, "--metric", "loss", "--mode", "train", "-s", spec, "--csv", table)
-    assert result.code == EXIT_OK
+    # Explicitly, and by default: the training loss is what the run stepped GreedyLR on.
+    for series in (["--metric", "loss", "--mode", "train"], []):
+        result = cli("lr", GREEDY, *series, "-s", spec, "--csv", table)
+        assert result.code == EXIT_OK
+        rows = read_csv(table)
+        recorded = [float(r["recorded_lr"]) for r in rows]
+        replayed = [float(r[spec]) for r in rows]
+        assert len(set(recorded)) > 5  # the scheduler really moved the rate
+        assert recorded[1:] == replayed[:-1]  # the rate after loss i is the rate step i + 1 used
+
+
+def _lr_note(stdout: str) -> str:
+    """The line of ``dbg lr`` that says what was replayed."""
+    return next(line for line in stdout.splitlines() if line.startswith("replay of "))
+
+
+@pytest.mark.parametrize(
+    ("trace", "note"),
+    [
+        (GREEDY, "replay of the train loss (200 records) from lr 0.05 (recorded lr)"),
+        (XGBOOST, "replay of the train loss (60 records) from lr 0.3 (hyperparameter eta)"),
+    ],
+)
+def test_lr_and_analyze_replay_the_same_series_from_the_same_start(
+    cli, monkeypatch, tmp_path: Path, trace: Path, note: str
+) -> None:
+    """The GreedyLR curve of ``dbg analyze`` is the one ``dbg lr`` draws by default, and both
+    say so in the same words."""
+    from dbgcli.analysis import Options, analyze
+
+    monkeypatch.setenv("COLUMNS", "200")
+    table = tmp_path / "lr.csv"
+    result = cli("lr", trace, "--csv", table)
+    assert result.code == EXIT_OK, result.stderr
+    assert _lr_note(result.stdout) == note
+    assert "not how the loss would have responded to it" in result.stdout
+    (report,) = analyze([trace], Options()).traces
+    (curve,) = [c for c in report.curves if c.name == "GreedyLR (sim.)"]
+    assert curve.note == note
     rows = read_csv(table)
-    recorded = [float(r["recorded_lr"]) for r in rows]
-    replayed = [float(r[spec]) for r in rows]
-    assert len(set(recorded)) > 5  # the scheduler really moved the rate
-    assert recorded[1:] == replayed[:-1]  # the rate after loss i is the rate step i + 1 used
+    assert curve.steps == tuple(int(r["step"]) for r in rows)
+    assert curve.values == tuple(float(r["greedy"]) for r in rows)
+
+
+def test_start_rate_without_a_recorded_lr(make_trace, cli, monkeypatch) -> None:
+    """XGBoost records no ``lr`` series: the start comes from the hyperparameters, else the
+    booster configuration the callback stores, else the scheduler default, and says so."""
+    monkeypatch.setenv("COLUMNS", "200")
+    losses = {"loss": [1.0 / (1 + i) for i in range(20)]}
+    config = {"learner": {"gradient_booster": {"tree_train_param": {"eta": "0.300000012"}}}}
+    cases = [
+        (
+            make_trace(scalars=losses, hyperparameters={"learning_rate": 0.02, "eta": 0.3}),
+            "from lr 0.02 (hyperparameter learning_rate)",
+        ),
+        (
+            make_trace(scalars=losses, metadata={"xgboost_config": config}),
+            "from lr 0.3 (xgboost_config eta)",
+        ),
+        (make_trace(scalars=losses), "from lr 0.1 (default, none recorded)"),
+        (
+            make_trace(scalars={**losses, "lr": [0.0] * 20}, hyperparameters={"lr": 0.5}),
+            "from lr 0.5 (hyperparameter lr)",  # a warmup from 0 cannot be a start
+        ),
+    ]
+    for trace, start in cases:
+        result = cli("lr", trace)
+        assert result.code == EXIT_OK, result.stderr
+        assert _lr_note(result.stdout).endswith(start)
+    assert _lr_note(cli("lr", cases[0][0], "--lr", "0.7").stdout).endswith("from lr 0.7 (--lr)")
+
+
+def test_a_series_too_short_for_the_patience_is_flagged(make_trace, cli, monkeypatch) -> None:
+    """Eight records cannot move a scheduler of patience 10: both commands say so."""
+    from dbgcli.analysis import Options, analyze
+
+    monkeypatch.setenv("COLUMNS", "200")
+    result = cli("lr", GREEDY, "--mode", "eval", "-s", "greedy", "-s", "greedy:patience=3")
+    assert result.code == EXIT_OK
+    warnings = [line for line in result.stdout.splitlines() if line.startswith("warning:")]
+    assert warnings == [
+        "warning: greedy cannot change the rate: 8 records are too few for patience 10 "
+        "(it needs at least 11)"
+    ]
+    eval_only = make_trace(
+        scalars={"loss": {"values": [1.0 / (1 + i) for i in range(8)], "mode": "eval"}}
+    )
+    (report,) = analyze([eval_only], Options()).traces
+    (curve,) = [c for c in report.curves if c.name == "GreedyLR (sim.)"]
+    assert curve.note == (
+        "replay of the eval loss (8 records) from lr 0.1 (default, none recorded); greedy "
+        "cannot change the rate: 8 records are too few for patience 10 (it needs at least 11)"
+    )
+    assert set(curve.values) == {0.1}  # what the warning predicts
+    long_enough = cli("lr", eval_only, "-s", "greedy:patience=7")
+    assert "warning" not in long_enough.stdout

@@ -3,14 +3,45 @@
 from __future__ import annotations
 
 import json
+import re
+import textwrap
+from collections.abc import Mapping, Sequence
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from dbgcli.cli.app import app, handle_errors
 from dbgcli.cli.console import human_size, stdout_console
+from dbgcli.report.text import shorten_middle
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.text import Text
+
+# The hyperparameters worth a glance, in the order shown: per concept, the names the
+# integrations record it under (Hugging Face TrainingArguments, Lightning hparams, XGBoost).
+KEY_HYPERPARAMETERS: tuple[tuple[str, ...], ...] = (
+    ("learning_rate", "lr", "eta"),
+    ("per_device_train_batch_size", "train_batch_size", "batch_size"),
+    ("max_steps", "num_train_epochs", "max_epochs", "epochs", "steps", "num_boost_round"),
+    ("optim", "optimizer"),
+    ("weight_decay",),
+    ("warmup_ratio", "warmup_steps", "warmup"),
+    ("lr_scheduler_type", "scheduler"),
+    ("seed",),
+)
+# At most this many hyperparameters are shown, each value in at most VALUE_WIDTH characters.
+HANDFUL = 8
+VALUE_WIDTH = 24
+# The reader's note for each series it cut to the writer's last commit (a trace being written
+# has every series longer on disk than what was committed).
+_CUT = re.compile(r"^(scalar|tensor) '.*': cut to \d+ committed records")
+SCALAR_COLUMNS = ("tag", "modes", "records", "steps", "last", "min", "max")
+TENSOR_COLUMNS = ("tag", "kind", "shape", "dtype", "modes", "records", "steps", "full tensors")
+# Tag names are never shortened below this, however many columns the rest of a table takes.
+MIN_TAG_WIDTH = 12
 
 
 class InfoFormat(str, Enum):
@@ -25,8 +56,21 @@ def info(
     output_format: Annotated[
         InfoFormat, typer.Option("--format", "-f", help="Output format.")
     ] = InfoFormat.human,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose",
+            "-v",
+            help="Show every hyperparameter and metadata entry in full, every series cut to "
+            "the last commit, and tag names unshortened.",
+        ),
+    ] = False,
 ) -> None:
-    """Show what a trace holds: metadata, steps per mode, tags by collection."""
+    """Show what a trace holds: metadata, steps per mode, tags by collection.
+
+    The human output fits the terminal: a handful of key hyperparameters, long metadata and
+    tag names shortened (tags from the middle, keeping both ends); --verbose shows them all.
+    """
     from dbgcli.trace.reader import open_trace
     from dbgcli.trace.summary import summarize
 
@@ -35,101 +79,207 @@ def info(
     if output_format is InfoFormat.json:
         typer.echo(json.dumps(summary, indent=2, allow_nan=False, default=str))
         return
-    _render(summary)
+    _render(summary, verbose)
 
 
-def _render(summary: dict[str, Any]) -> None:
+def _render(summary: dict[str, Any], verbose: bool) -> None:
+    from rich.text import Text
+
+    console = stdout_console()
+    _print_header(console, summary, verbose)
+    modes = [
+        [mode, str(span["steps"]), str(span["first_step"]), str(span["last_step"])]
+        for mode, span in summary["modes"].items()
+    ]
+    if modes:
+        _print_table(
+            console, "steps per mode", ("mode", "steps", "first", "last"), modes, ("mode",), verbose
+        )
+    scalars = [
+        [
+            tag["tag"],
+            ",".join(tag["modes"]),
+            str(tag["records"])
+            + (f" ({tag['non_finite']} non-finite)" if tag["non_finite"] else ""),
+            _span(tag),
+            _fmt(tag["last_value"]),
+            _fmt(tag["min"]),
+            _fmt(tag["max"]),
+        ]
+        for tag in summary["tags"]
+        if tag["type"] == "scalar"
+    ]
+    if scalars:
+        _print_table(console, "scalars", SCALAR_COLUMNS, scalars, ("tag", "modes"), verbose)
+    by_collection: dict[str, list[list[str]]] = {}
+    for tag in summary["tags"]:
+        if tag["type"] == "tensor":
+            by_collection.setdefault(tag["collection"] or "(no collection)", []).append(
+                _tensor_row(tag)
+            )
+    for collection, tensors in by_collection.items():
+        left = ("tag", "kind", "shape", "dtype", "modes", "full tensors")
+        _print_table(console, f"tensors: {collection}", TENSOR_COLUMNS, tensors, left, verbose)
+    if not summary["tags"]:
+        console.print(Text("the trace holds no records", style="yellow"))
+
+
+def _print_header(console: Console, summary: dict[str, Any], verbose: bool) -> None:
+    """The panel of file facts, status and run metadata."""
     from rich.panel import Panel
     from rich.table import Table
     from rich.text import Text
 
-    console = stdout_console()
-    status = (
-        Text("complete", style="green")
-        if summary["complete"]
-        else Text("incomplete: " + "; ".join(summary["incomplete_reasons"]), style="yellow")
-    )
-    header = Table.grid(padding=(0, 2))
-    header.add_row("file", f"{summary['path']} ({human_size(summary['size_bytes'])})")
-    header.add_row(
-        "format",
-        f"dbg-trace {summary['format_version']}, written by dbgcli {summary['dbgcli_version'] or '?'}",
-    )
+    fields: list[tuple[str, str | Text]] = [
+        ("file", f"{summary['path']} ({human_size(summary['size_bytes'])})"),
+        (
+            "format",
+            f"dbg-trace {summary['format_version']}, "
+            f"written by dbgcli {summary['dbgcli_version'] or '?'}",
+        ),
+    ]
     if summary["created"]:
-        header.add_row("created", summary["created"])
-    header.add_row("status", status)
+        fields.append(("created", summary["created"]))
+    fields.append(("status", _status(summary, verbose)))
     metadata = summary["metadata"]
+    keys = ["format", *metadata, *(["warning"] if summary["warnings"] else [])]
+    # The panel's border and padding take four columns, the gap after the keys two.
+    width = max(20, console.width - 4 - max(len(key) for key in keys) - 2)
     for key, value in metadata.items():
-        if key == "hyperparameters" and isinstance(value, dict):
-            value = ", ".join(f"{k}={v}" for k, v in value.items())
-        header.add_row(key, Text(str(value)))
-    for warning in summary["warnings"]:
-        header.add_row("warning", Text(warning, style="yellow"))
+        if key == "hyperparameters" and isinstance(value, Mapping):
+            fields.append((key, _hyperparameters(value, width, verbose)))
+        else:
+            fields.append((key, _metadata_value(value, width, verbose)))
+    fields.extend(("warning", Text(warning, style="yellow")) for warning in summary["warnings"])
+    header = Table.grid(padding=(0, 2))
+    for key, value in fields:
+        header.add_row(key, value)
     console.print(Panel(header, title="trace", expand=False))
 
-    modes = Table(title="steps per mode", title_justify="left")
-    for column in ("mode", "steps", "first", "last"):
-        modes.add_column(column, justify="left" if column == "mode" else "right")
-    for mode, span in summary["modes"].items():
-        modes.add_row(mode, str(span["steps"]), str(span["first_step"]), str(span["last_step"]))
-    console.print(modes)
 
-    scalars = [t for t in summary["tags"] if t["type"] == "scalar"]
-    if scalars:
-        table = Table(title="scalars", title_justify="left")
-        for column in ("tag", "modes", "records", "steps", "last", "min", "max"):
-            table.add_column(column, justify="left" if column in ("tag", "modes") else "right")
-        for tag in scalars:
-            bad = f" ({tag['non_finite']} non-finite)" if tag["non_finite"] else ""
-            table.add_row(
-                Text(tag["tag"]),
-                ",".join(tag["modes"]),
-                str(tag["records"]) + bad,
-                _span(tag),
-                _fmt(tag["last_value"]),
-                _fmt(tag["min"]),
-                _fmt(tag["max"]),
-            )
-        console.print(table)
+def _tensor_row(tag: dict[str, Any]) -> list[str]:
+    raw = "stats only" if tag["raw_records"] == 0 else f"{tag['raw_records']} of {tag['records']}"
+    if len(tag["raw_shapes"]) > 1:
+        raw += f" ({len(tag['raw_shapes'])} shapes)"
+    return [
+        tag["tag"],
+        tag["kind"] or "",
+        "x".join(str(d) for d in tag["shape"]) if tag["shape"] is not None else "?",
+        tag["dtype"] or "?",
+        ",".join(tag["modes"]),
+        str(tag["records"]),
+        _span(tag),
+        raw,
+    ]
 
-    tensors = [t for t in summary["tags"] if t["type"] == "tensor"]
-    by_collection: dict[str, list[dict[str, Any]]] = {}
-    for tag in tensors:
-        by_collection.setdefault(tag["collection"] or "(no collection)", []).append(tag)
-    for collection, members in by_collection.items():
-        table = Table(title=f"tensors: {collection}", title_justify="left")
-        for column in (
-            "tag",
-            "kind",
-            "shape",
-            "dtype",
-            "modes",
-            "records",
-            "steps",
-            "full tensors",
-        ):
-            table.add_column(column, justify="right" if column in ("records", "steps") else "left")
-        for tag in members:
-            raw = (
-                "stats only"
-                if tag["raw_records"] == 0
-                else f"{tag['raw_records']} of {tag['records']}"
+
+def _status(summary: dict[str, Any], verbose: bool) -> Text:
+    """``complete``, or why not, with the series cut to the last commit counted once."""
+    from rich.text import Text
+
+    if summary["complete"]:
+        return Text("complete", style="green")
+    reasons = list(summary["incomplete_reasons"])
+    if not verbose:
+        cut = [reason for reason in reasons if _CUT.match(reason)]
+        reasons = [reason for reason in reasons if not _CUT.match(reason)]
+        if cut:
+            reasons.append(
+                f"{len(cut)} series read up to the writer's last commit (--verbose lists them)"
             )
-            if len(tag["raw_shapes"]) > 1:
-                raw += f" ({len(tag['raw_shapes'])} shapes)"
-            table.add_row(
-                Text(tag["tag"]),
-                tag["kind"] or "",
-                "x".join(str(d) for d in tag["shape"]) if tag["shape"] is not None else "?",
-                tag["dtype"] or "?",
-                ",".join(tag["modes"]),
-                str(tag["records"]),
-                _span(tag),
-                raw,
-            )
-        console.print(table)
-    if not summary["tags"]:
-        console.print("[yellow]the trace holds no records[/yellow]")
+    return Text("incomplete: " + "; ".join(reasons), style="yellow")
+
+
+def _hyperparameters(values: Mapping[str, Any], width: int, verbose: bool) -> Text:
+    """Every hyperparameter (``verbose``), else the key ones that fit two lines of ``width``
+    and how many more there are.
+
+    A Hugging Face run stores all of its TrainingArguments (about 100). Shown first are the
+    ones that tell runs apart: learning rate, batch size, epochs or steps, optimizer, weight
+    decay, warmup, schedule and seed, each under the first of its usual names that is set
+    (None, -1 and empty values are not: ``max_steps=-1`` gives way to ``num_train_epochs``);
+    then the others in their order, up to a handful.
+    """
+    from rich.text import Text
+
+    if verbose:
+        return Text(", ".join(f"{k}={v}" for k, v in values.items()))
+    names = []
+    for usual in KEY_HYPERPARAMETERS:
+        name = next((n for n in usual if n in values and not _unset(values[n])), None)
+        if name is not None:
+            names.append(name)
+    usual_names = {name for usual in KEY_HYPERPARAMETERS for name in usual}
+    names += [name for name in values if name not in usual_names]
+    items = [f"{name}={shorten_middle(str(values[name]), VALUE_WIDTH)}" for name in names]
+    count = min(HANDFUL, len(items))
+    while count and len(textwrap.wrap(", ".join(items[:count]) + _more(values, count), width)) > 2:
+        count -= 1
+    text = Text(", ".join(items[:count]))
+    text.append(_more(values, count), style="dim")
+    return text
+
+
+def _more(values: Mapping[str, Any], shown: int) -> str:
+    hidden = len(values) - shown
+    return f" +{hidden} more (--verbose)" if hidden else ""
+
+
+def _unset(value: Any) -> bool:
+    return value is None or value == -1 or (isinstance(value, (str, list, dict)) and not value)
+
+
+def _metadata_value(value: Any, width: int, verbose: bool) -> Text:
+    """A metadata entry, or its size instead when it takes more than two lines of ``width``
+    (a whole configuration, such as ``xgboost_config``) and not ``verbose``."""
+    from rich.text import Text
+
+    text = str(value)
+    if verbose or len(textwrap.wrap(text, width)) <= 2:
+        return Text(text)
+    return Text(f"{len(text):,} characters (--verbose)", style="dim")
+
+
+def _print_table(
+    console: Console,
+    title: str,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    left: Sequence[str],
+    verbose: bool,
+) -> None:
+    """A table whose first column (names) takes the width the others leave, each name
+    shortened from the middle to fit (unless ``verbose``: then long names wrap)."""
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    others = sum(
+        max(len(column), *(len(row[i]) for row in rows))
+        for i, column in enumerate(columns)
+        if i > 0
+    )
+    # No vertical rules, a space after each cell: two characters a column (a blank rule and
+    # the padding) but the last, and all the rest for names.
+    room = max(MIN_TAG_WIDTH, console.width - others - (2 * len(columns) - 1))
+    table = Table(
+        title=title,
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        padding=(0, 1, 0, 0),
+    )
+    for index, column in enumerate(columns):
+        table.add_column(
+            column,
+            justify="left" if column in left else "right",
+            overflow="fold" if index == 0 else "ellipsis",
+            no_wrap=index > 0,
+        )
+    for row in rows:
+        tag = row[0] if verbose else shorten_middle(row[0], room)
+        table.add_row(Text(tag), *(Text(cell) for cell in row[1:]))
+    console.print(table)
 
 
 def _span(tag: dict[str, Any]) -> str:

@@ -30,7 +30,7 @@ def lr(
     metric: Annotated[
         str | None,
         typer.Option(
-            "--metric", help="Scalar series to replay [default: eval loss, else train loss]."
+            "--metric", help="Scalar series to replay [default: train loss, else eval loss]."
         ),
     ] = None,
     mode: Annotated[
@@ -44,7 +44,11 @@ def lr(
     ] = False,
     initial_lr: Annotated[
         float | None,
-        typer.Option("--lr", help="Initial learning rate [default: the recorded one, else 0.1]."),
+        typer.Option(
+            "--lr",
+            help="Initial learning rate [default: the first recorded one, else the "
+            "hyperparameters' learning_rate, lr or eta, else 0.1].",
+        ),
     ] = None,
     csv: Annotated[
         Path | None, typer.Option("--csv", help="Write every curve to this CSV file.")
@@ -61,39 +65,49 @@ def lr(
 
     Each scheduler sees one metric value per record (or per --every N records, or per epoch)
     and sets the learning rate used after it, exactly as the reference implementations would
-    (GreedyLR as in transformers, ReduceLROnPlateau as in torch).
+    (GreedyLR as in transformers, ReduceLROnPlateau as in torch). The output starts with the
+    series and start rate used (the same as for the GreedyLR curve of dbg analyze), and a
+    warning when the series is too short for a scheduler's patience. A replay shows what the
+    scheduler would have chosen for this recorded loss sequence, not how the loss would have
+    responded to it.
     """
+    from rich.text import Text
+
     from dbgcli.errors import ConfigError
     from dbgcli.lr import (
+        DISCLAIMER,
         SchedulerSpec,
         align,
         figure,
+        plan_replay,
         recorded_lr,
         run_schedulers,
-        select_metric,
         write_csv,
         write_html,
         write_png,
     )
+    from dbgcli.rules._context import RuleContext
     from dbgcli.trace.reader import open_trace
 
     specs = [SchedulerSpec.parse(text) for text in (scheduler or ["greedy"])]
     if mode is not None and mode not in ("train", "eval", "predict"):
         raise ConfigError(f"unknown mode {mode!r}; modes: train, eval, predict")
     with open_trace(trace) as opened:
-        series = select_metric(opened, metric, mode, every, per_epoch)
+        plan = plan_replay(RuleContext(opened), metric, mode, every, per_epoch, initial_lr)
         recorded = recorded_lr(opened)
+    series = plan.metric
     aligned = align(series.steps, recorded) if recorded is not None else None
-    start = (
-        initial_lr
-        if initial_lr is not None
-        else (float(recorded[1][0]) if recorded is not None else 0.1)
-    )
-    if not np.isfinite(start) or start <= 0:
-        raise ConfigError(f"initial learning rate must be a positive number, got {start!r}")
-    curves = run_schedulers(series, specs, start)
-    title = f"{trace.name}: {series.name}, {series.cadence}, from lr {start:g}"
-    _render(series, curves, aligned, title)
+    curves = run_schedulers(series, specs, plan.lr)
+    title = f"{trace.name}: {plan.describe()}"
+    console = stdout_console()
+    console.print(Text(trace.name, style="bold"))
+    console.print(Text(plan.describe()))
+    for spec in specs:
+        warning = plan.warning(spec)
+        if warning:
+            console.print(Text(f"warning: {warning}", style="yellow"))
+    console.print(Text(DISCLAIMER, style="dim"))
+    _render(series, curves, aligned)
     if csv is not None:
         write_csv(csv, series, curves, aligned)
     if png is not None or html is not None:
@@ -104,7 +118,7 @@ def lr(
             write_html(html, fig, curves, title)
 
 
-def _render(series, curves, recorded, title: str) -> None:  # type: ignore[no-untyped-def]
+def _render(series, curves, recorded) -> None:  # type: ignore[no-untyped-def]
     from rich.table import Table
     from rich.text import Text
 
@@ -117,7 +131,6 @@ def _render(series, curves, recorded, title: str) -> None:  # type: ignore[no-un
         )
         for curve in curves
     ]
-    console.print(Text(title, style="bold"))
     _chart(console, series.steps, lr_series, width, 12, "learning rate")
     _chart(
         console,

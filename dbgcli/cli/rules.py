@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from enum import Enum
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -12,11 +13,15 @@ from dbgcli.cli.app import app, handle_errors
 from dbgcli.cli.console import stdout_console
 
 if TYPE_CHECKING:
+    from rich.text import Text
+
     from dbgcli.rules._registry import Registry
 
 rules_app = typer.Typer(help="List and explain the rules.", no_args_is_help=True)
 app.add_typer(rules_app, name="rules")
 
+
+_LITERAL = re.compile(r"``(.+?)``")
 
 RulesFileOption = Annotated[
     list[str] | None,
@@ -120,23 +125,52 @@ def explain(
     """Explain one rule: its maths, why it matters, causes, fix, and its parameters."""
     from rich.markdown import Markdown
     from rich.table import Table
+    from rich.text import Text
 
     spec = _registry(rules_file).get(rule)
     console = stdout_console()
-    console.print(f"[bold]{spec.id} {spec.name}[/bold]  ({spec.category}, {spec.severity.value})")
-    console.print(spec.summary)
+    # Docstrings are text, not Rich markup: ``[0, 1]`` or ``[tool.dbg.rules.x]`` must survive.
+    title = Text(f"{spec.id} {spec.name}", style="bold")
+    title.append(f"  ({spec.category}, {spec.severity.value})")
+    console.print(title)
+    console.print(_docstring_text(spec.summary))
     console.print()
     console.print(Markdown(spec.description))
     if spec.requires:
         console.print()
-        console.print("[bold]Requires:[/bold] " + "; ".join(n.what for n in spec.requires))
+        requires = Text("Requires:", style="bold")
+        requires.append(" " + "; ".join(n.what for n in spec.requires))
+        console.print(requires)
     if spec.params:
         table = Table(title="parameters", title_justify="left")
         for column in ("name", "type", "default", "meaning"):
             table.add_column(column, overflow="fold")
         for param in spec.params:
-            table.add_row(param.name, param.type_name, repr(param.default), param.help)
+            table.add_row(
+                Text(param.name),
+                Text(param.type_name),
+                Text(repr(param.default)),
+                _docstring_text(param.help),
+            )
         console.print(table)
-        console.print(
-            f"Override with [bold]--param {spec.id}.{spec.params[0].name}=VALUE[/bold] or in [tool.dbg.rules.{spec.name}]."
-        )
+        override = Text("Override with ")
+        override.append(f"--param {spec.id}.{spec.params[0].name}=VALUE", style="bold")
+        override.append(" or in ")
+        override.append(f"[tool.dbg.rules.{spec.name}]", style="bold")
+        override.append(".")
+        console.print(override)
+
+
+def _docstring_text(text: str) -> Text:
+    """A line of rule documentation as Rich text, never read as markup.
+
+    Each RST literal (text between double backticks) is shown without its backticks, in the
+    style Rich's Markdown gives inline code, as the description above it is.
+    """
+    from rich.text import Text
+
+    rendered = Text()
+    # re.split with one group alternates plain text (even items) and literals (odd items).
+    for index, part in enumerate(_LITERAL.split(text)):
+        rendered.append(part, style="markdown.code" if index % 2 else "")
+    return rendered

@@ -45,11 +45,16 @@ class RuleResult:
 
 @dataclass(frozen=True)
 class Curve:
-    """A series to draw: the loss the rules saw, or a simulated learning rate."""
+    """A series to draw: the loss the rules saw, or a simulated learning rate.
+
+    ``note`` says how a simulated curve was made (which series, from which rate, and whether
+    the series is long enough to move the scheduler); recorded series have none.
+    """
 
     name: str
     steps: tuple[int, ...]
     values: tuple[float, ...]
+    note: str = ""
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,31 @@
+"""Plain-text helpers shared by the terminal outputs (no Rich here)."""
+
+from __future__ import annotations
+
+ELLIPSIS = "…"
+# Where a name splits into components: module paths, tag prefixes, keys.
+_SEPARATORS = "./:"
+
+
+def shorten_middle(text: str, width: int) -> str:
+    """``text`` in at most ``width`` characters, shortened from the middle with ``…``.
+
+    Both ends survive: the start says where a tensor sits (``grad/bert.encoder…``) and the end
+    what it is (``…key.bias``), while cutting at the end would leave many tensors of one model
+    looking the same. The end keeps whole components when a separator (``.``, ``/``, ``:``) lies
+    in its half, and the start takes the characters left over.
+
+    >>> shorten_middle("bert.encoder.layer.0.attention.self.key.bias", 30)
+    'bert.encoder.lay…self.key.bias'
+    """
+    if len(text) <= width:
+        return text
+    if width <= 1:
+        return ELLIPSIS[:width]
+    budget = width - 1
+    tail = text[len(text) - budget // 2 :] if budget // 2 else ""
+    cut = next((i for i, char in enumerate(tail) if char in _SEPARATORS), -1)
+    # Starting the end at a component boundary is worth a few characters, not half of them.
+    if 0 <= cut < len(tail) // 2:
+        tail = tail[cut + 1 :]
+    return text[: budget - len(tail)] + ELLIPSIS + tail

@@ -1,0 +1,43 @@
+"""``dbgcli.report.text``: names shortened from the middle for terminal output."""
+
+from __future__ import annotations
+
+import pytest
+
+from dbgcli.report.text import shorten_middle
+
+KEY_BIAS = "bert.encoder.layer.0.attention.self.key.bias"
+
+
+def test_keeps_both_ends_of_a_tensor_name() -> None:
+    assert shorten_middle(KEY_BIAS, 30) == "bert.encoder.lay…self.key.bias"
+    assert (
+        shorten_middle("grad/bert.encoder.layer.11.attention.output.dense.weight", 24)
+        == "grad/bert.encoder…weight"
+    )
+
+
+def test_fits_and_never_cuts_at_the_end() -> None:
+    for width in range(3, len(KEY_BIAS)):
+        short = shorten_middle(KEY_BIAS, width)
+        assert len(short) == width, width
+        head, _, tail = short.partition("…")
+        assert KEY_BIAS.startswith(head) and KEY_BIAS.endswith(tail) and tail, width
+
+
+def test_short_text_is_left_alone() -> None:
+    assert shorten_middle(KEY_BIAS, len(KEY_BIAS)) == KEY_BIAS
+    assert shorten_middle("fc1.weight", 80) == "fc1.weight"
+    assert shorten_middle("", 0) == ""
+
+
+@pytest.mark.parametrize(("width", "expected"), [(0, ""), (1, "…"), (2, "b…"), (3, "b…s")])
+def test_tiny_widths(width: int, expected: str) -> None:
+    assert shorten_middle(KEY_BIAS, width) == expected
+
+
+def test_the_end_starts_at_a_component_when_one_is_near() -> None:
+    # The last 9 characters are "_features"; no separator there, so a plain cut.
+    assert shorten_middle("a" * 20 + "_features", 19) == "aaaaaaaaa…_features"
+    # "y.weight": the separator is early in the end half, so the end is the whole "weight".
+    assert shorten_middle("layer.0.attention.key.weight", 17).endswith("…weight")
