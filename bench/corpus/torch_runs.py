@@ -1,0 +1,1774 @@
+"""PyTorch runs of the calibration corpus: MLPs on tabular blobs and small CNNs on images.
+
+Every run trains a small model on synthetic data for a few hundred steps, on one CPU thread,
+and records it twice in the same loop: through ``dbgcli.torch.attach`` (the hook trace) and
+through :class:`common.HandRecorder` (the hand trace). A scenario is a :class:`Recipe`, the
+healthy recipe of its twin with one setting changed, plus the :class:`Check` s that prove its
+point: the measurements are taken in the training loop itself (:class:`Probe`: dead units from
+the activations, saturated pre-activations, gradient norms, update/weight norm ratios, the
+relative variance of the weights, train and validation loss and accuracy), and a run whose
+fault is not really there, or whose healthy twin is not really healthy, fails. The figures of
+every check go to ``seed<k>.measured.json`` beside the traces.
+
+The figures in the comments above each scenario are those measured for seeds 0, 1 and 2.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, nullcontext
+from dataclasses import dataclass, field, replace
+from typing import Any
+from unittest import mock
+
+import numpy as np
+import torch
+from common import HandRecorder, RunSpec, scenario, seed_everything
+from torch import nn
+
+from dbgcli.torch import TorchHook, attach
+
+FEATURES, CLASSES = 16, 4
+EVAL_EVERY = 25
+IMAGE = 12  # side of the CNN's images
+
+Init = Callable[[nn.Module], None]
+Arrays = tuple[np.ndarray, np.ndarray]
+
+
+# -- data ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Data:
+    """Training and held-out tensors (labels, or float targets for regression)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+
+    @property
+    def regression(self) -> bool:
+        return self.y.is_floating_point()
+
+
+Encoding = Callable[[np.ndarray, np.ndarray, np.random.Generator], Arrays]
+
+
+def _floats(values: np.ndarray) -> torch.Tensor:
+    return torch.as_tensor(values, dtype=torch.float32)
+
+
+def standardise(x: np.ndarray, x_val: np.ndarray, rng: np.random.Generator) -> Arrays:
+    """The usual pipeline: zero mean, unit variance with the training set's statistics
+    (NaN-skipping, as pandas computes them)."""
+    mean, std = np.nanmean(x, axis=0), np.nanstd(x, axis=0)
+    return (x - mean) / std, (x_val - mean) / std
+
+
+def raw_bytes(x: np.ndarray, x_val: np.ndarray, rng: np.random.Generator) -> Arrays:
+    """Features as a sensor or a CSV export delivers them: integers on a 0-255 scale, each
+    feature with its own offset and gain."""
+    offset = rng.uniform(60.0, 190.0, size=x.shape[1])
+    gain = rng.uniform(10.0, 25.0, size=x.shape[1])
+    return (
+        np.clip(np.round(offset + gain * x), 0, 255),
+        np.clip(np.round(offset + gain * x_val), 0, 255),
+    )
+
+
+def bytes_integer_divided(x: np.ndarray, x_val: np.ndarray, rng: np.random.Generator) -> Arrays:
+    """The 0-255 features scaled with integer division, ``x // 255`` for ``x / 255``: every
+    value below 255 becomes exactly 0 (they are clipped to 254 first, as uint8 sensors with a
+    reserved 255 deliver them)."""
+    x, x_val = raw_bytes(x, x_val, rng)
+    return np.minimum(x, 254) // 255, np.minimum(x_val, 254) // 255
+
+
+def missing_values(share: float) -> Encoding:
+    """Standardised features where ``share`` of the rows miss one feature (NaN), not imputed."""
+
+    def encode(x: np.ndarray, x_val: np.ndarray, rng: np.random.Generator) -> Arrays:
+        for array in (x, x_val):
+            rows = rng.random(len(array)) < share
+            array[rows, rng.integers(0, array.shape[1], size=int(rows.sum()))] = np.nan
+        return standardise(x, x_val, rng)
+
+    return encode
+
+
+def tabular(
+    *,
+    n_train: int = 8192,
+    n_val: int = 1024,
+    spread: float = 1.0,
+    label_noise: float = 0.0,
+    shares: tuple[float, ...] | None = None,
+    twin_classes: bool = False,
+    encode: Encoding = standardise,
+) -> Callable[[np.random.Generator], Data]:
+    """Four classes in 16 features, each class two Gaussian blobs at opposite points ``±c_k``.
+
+    Every class has mean zero, so no linear model separates them (logistic regression stays
+    near chance) while a ReLU MLP learns ``|<x, c_k>|`` in a few hundred steps.
+
+    Args:
+        n_train: Training samples (the held-out set has ``n_val``).
+        spread: Standard deviation of the blob centres per feature (noise has 1).
+        label_noise: Share of labels (train and held-out) replaced by a uniform random class.
+        shares: Class probabilities (default: uniform).
+        twin_classes: Classes 2 and 3 share their blobs: identical input distributions.
+        encode: Turns raw features into model inputs (default: standardisation).
+    """
+
+    def build(rng: np.random.Generator) -> Data:
+        centres = rng.normal(0.0, spread, size=(CLASSES, FEATURES))
+        if twin_classes:
+            centres[3] = centres[2]
+        n = n_train + n_val
+        labels = rng.choice(CLASSES, size=n, p=shares)
+        signs = rng.choice((-1.0, 1.0), size=(n, 1))
+        x = signs * centres[labels] + rng.normal(size=(n, FEATURES))
+        noisy = rng.random(n) < label_noise
+        labels[noisy] = rng.integers(0, CLASSES, size=int(noisy.sum()))
+        x_train, x_val = encode(x[:n_train], x[n_train:], rng)
+        return Data(
+            _floats(x_train),
+            torch.as_tensor(labels[:n_train]),
+            _floats(x_val),
+            torch.as_tensor(labels[n_train:]),
+        )
+
+    return build
+
+
+def regression(rng: np.random.Generator, n_train: int = 2048, n_val: int = 512) -> Data:
+    """A smooth nonlinear target of 16 standardised features plus 10 % noise, standardised."""
+    n = n_train + n_val
+    x = rng.normal(size=(n, FEATURES))
+    a, b = rng.normal(size=(2, FEATURES)) / math.sqrt(FEATURES)
+    y = 2.0 * np.tanh(x @ a) + (x @ b) ** 2 + 0.1 * rng.normal(size=n)
+    y = ((y - y[:n_train].mean()) / y[:n_train].std())[:, None]
+    return Data(
+        _floats(x[:n_train]), _floats(y[:n_train]), _floats(x[n_train:]), _floats(y[n_train:])
+    )
+
+
+def images(rng: np.random.Generator, n_train: int = 4096, n_val: int = 512) -> Data:
+    """1x12x12 images: a class's 4x4 pattern of ±1 at a random place, plus N(0, 0.8²) noise."""
+    n = n_train + n_val
+    patterns = rng.choice((-1.0, 1.0), size=(CLASSES, 4, 4))
+    labels = rng.integers(0, CLASSES, size=n)
+    x = rng.normal(0.0, 0.8, size=(n, 1, IMAGE, IMAGE))
+    rows, cols = rng.integers(0, IMAGE - 3, size=(2, n))
+    for i in range(n):
+        x[i, 0, rows[i] : rows[i] + 4, cols[i] : cols[i] + 4] += 1.5 * patterns[labels[i]]
+    x = (x - x[:n_train].mean()) / x[:n_train].std()
+    return Data(
+        _floats(x[:n_train]),
+        torch.as_tensor(labels[:n_train]),
+        _floats(x[n_train:]),
+        torch.as_tensor(labels[n_train:]),
+    )
+
+
+# -- batches ------------------------------------------------------------------------------------
+
+Batches = Callable[[Data, np.random.Generator, int], Iterator[torch.Tensor]]
+
+
+def shuffled(data: Data, rng: np.random.Generator, batch: int) -> Iterator[torch.Tensor]:
+    """Reshuffled every epoch; a batch never spans two epochs."""
+    n = len(data.x)
+    while True:
+        order = torch.as_tensor(rng.permutation(n))
+        for start in range(0, n - min(batch, n) + 1, batch):
+            yield order[start : start + batch]
+
+
+def sorted_by_class(data: Data, rng: np.random.Generator, batch: int) -> Iterator[torch.Tensor]:
+    """No shuffling, the training set sorted by label: each batch holds a single class."""
+    order = torch.argsort(data.y, stable=True)
+    ends = torch.cumsum(torch.bincount(data.y), 0).tolist()
+    starts = [0, *ends[:-1]]
+    while True:
+        for start, end in zip(starts, ends):
+            for first in range(start, end - batch + 1, batch):
+                yield order[first : first + batch]
+
+
+def one_batch(data: Data, rng: np.random.Generator, batch: int) -> Iterator[torch.Tensor]:
+    """The same first ``batch`` samples at every step."""
+    index = torch.arange(batch)
+    while True:
+        yield index
+
+
+# -- models -------------------------------------------------------------------------------------
+
+
+def _weighted(model: nn.Module) -> list[tuple[str, nn.Parameter, nn.Parameter]]:
+    """``(name, weight, bias)`` of the linear and convolution layers (all have biases here)."""
+    return [
+        (name, module.get_parameter("weight"), module.get_parameter("bias"))
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear | nn.Conv2d)
+    ]
+
+
+def he_init(model: nn.Module) -> None:
+    for _, weight, bias in _weighted(model):
+        nn.init.kaiming_normal_(weight, nonlinearity="relu")
+        nn.init.zeros_(bias)
+
+
+def xavier_init(model: nn.Module) -> None:
+    for _, weight, bias in _weighted(model):
+        nn.init.xavier_normal_(weight)
+        nn.init.zeros_(bias)
+
+
+def torch_default_init(model: nn.Module) -> None:
+    """PyTorch's own initialisation, as the layers come."""
+
+
+def _hidden_biases(model: nn.Module) -> list[nn.Parameter]:
+    """The biases of the weighted layers before the output layer (named ``out``)."""
+    return [bias for name, _, bias in _weighted(model) if name != "out"]
+
+
+def hidden_bias(value: float, base: Init = he_init) -> Init:
+    """``base``, then every hidden bias set to ``value``."""
+
+    def init(model: nn.Module) -> None:
+        base(model)
+        with torch.no_grad():
+            for bias in _hidden_biases(model):
+                bias.fill_(value)
+
+    return init
+
+
+def signed_hidden_bias(magnitude: float, base: Init) -> Init:
+    """``base``, then every hidden bias set to ``±magnitude`` (random sign per unit)."""
+
+    def init(model: nn.Module) -> None:
+        base(model)
+        with torch.no_grad():
+            for bias in _hidden_biases(model):
+                bias.copy_(magnitude * (2.0 * torch.randint(0, 2, bias.shape) - 1.0))
+
+    return init
+
+
+def constant_init(weight: float, jitter: float = 0.0) -> Init:
+    """Every weight ``weight + jitter * N(0, 1)``, every bias 0."""
+
+    def init(model: nn.Module) -> None:
+        with torch.no_grad():
+            for name, parameter in model.named_parameters():
+                if name.endswith("weight"):
+                    parameter.copy_(weight + jitter * torch.randn_like(parameter))
+                else:
+                    parameter.zero_()
+
+    return init
+
+
+def unscaled_normal_init(model: nn.Module) -> None:
+    """Weights from ``torch.randn`` as they come (std 1, no 1/sqrt(fan_in)), biases 0."""
+    with torch.no_grad():
+        for _, weight, bias in _weighted(model):
+            weight.copy_(torch.randn_like(weight))
+            bias.zero_()
+
+
+def mlp(
+    widths: tuple[int, ...] = (64, 64),
+    activation: Callable[[], nn.Module] = nn.ReLU,
+    init: Init = he_init,
+    *,
+    dropout: float = 0.0,
+    outputs: int = CLASSES,
+) -> Callable[[], nn.Module]:
+    """``fc1, act1, [drop1,] fc2, act2, ..., out`` with the given hidden widths."""
+
+    def build() -> nn.Module:
+        layers: list[tuple[str, nn.Module]] = []
+        fan_in = FEATURES
+        for index, width in enumerate(widths, start=1):
+            layers += [(f"fc{index}", nn.Linear(fan_in, width)), (f"act{index}", activation())]
+            if dropout:
+                layers.append((f"drop{index}", nn.Dropout(dropout)))
+            fan_in = width
+        layers.append(("out", nn.Linear(fan_in, outputs)))
+        model = nn.Sequential(OrderedDict(layers))
+        init(model)
+        return model
+
+    return build
+
+
+def cnn(init: Init = he_init, *, batchnorm: bool = False) -> Callable[[], nn.Module]:
+    """conv8-ReLU-conv16-ReLU-global max pool-linear on 1x12x12 images (optionally BatchNorm
+    after each convolution)."""
+
+    def build() -> nn.Module:
+        layers: list[tuple[str, nn.Module]] = []
+        for index, (c_in, c_out) in enumerate(((1, 8), (8, 16)), start=1):
+            layers.append((f"conv{index}", nn.Conv2d(c_in, c_out, 3, padding=1)))
+            if batchnorm:
+                layers.append((f"bn{index}", nn.BatchNorm2d(c_out)))
+            layers.append((f"act{index}", nn.ReLU()))
+        # Global max pooling: the pattern may be anywhere in the image.
+        layers += [
+            ("pool", nn.AdaptiveMaxPool2d(1)),
+            ("flat", nn.Flatten()),
+            ("out", nn.Linear(16, CLASSES)),
+        ]
+        model = nn.Sequential(OrderedDict(layers))
+        init(model)
+        return model
+
+    return build
+
+
+# -- optimizers and schedules -------------------------------------------------------------------
+
+OptimizerFactory = Callable[[nn.Module], torch.optim.Optimizer]
+
+
+def _trainable(model: nn.Module, skip: str | None = None) -> list[nn.Parameter]:
+    """Parameters that require gradients, less those of the layer ``skip``."""
+    return [
+        p
+        for name, p in model.named_parameters()
+        if p.requires_grad and (skip is None or not name.startswith(f"{skip}."))
+    ]
+
+
+def sgd(
+    lr: float = 0.05, momentum: float = 0.9, weight_decay: float = 0.0, skip: str | None = None
+) -> OptimizerFactory:
+    return lambda model: torch.optim.SGD(
+        _trainable(model, skip), lr=lr, momentum=momentum, weight_decay=weight_decay
+    )
+
+
+def adam(lr: float = 1e-3) -> OptimizerFactory:
+    return lambda model: torch.optim.Adam(_trainable(model), lr=lr)
+
+
+def adamw(lr: float, weight_decay: float) -> OptimizerFactory:
+    return lambda model: torch.optim.AdamW(_trainable(model), lr=lr, weight_decay=weight_decay)
+
+
+def layer_lr(layer: str, factor: float, lr: float = 1e-3) -> OptimizerFactory:
+    """Adam with ``layer`` in a parameter group of its own at ``factor`` times the others' lr."""
+
+    def build(model: nn.Module) -> torch.optim.Optimizer:
+        own = [p for name, p in model.named_parameters() if name.startswith(f"{layer}.")]
+        rest = [p for name, p in model.named_parameters() if not name.startswith(f"{layer}.")]
+        groups: list[dict[str, Any]] = [{"params": rest}, {"params": own, "lr": factor * lr}]
+        return torch.optim.Adam(groups, lr=lr)
+
+    return build
+
+
+Schedule = Callable[[torch.optim.Optimizer, int], torch.optim.lr_scheduler.LRScheduler]
+
+
+def warmup_linear(
+    optimizer: torch.optim.Optimizer, steps: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """Linear warmup over the first 10 % of the steps, then linear decay to exactly 0 at the
+    last step."""
+    warmup, last = steps // 10, steps - 1
+
+    def factor(step: int) -> float:
+        return step / warmup if step < warmup else (last - step) / (last - warmup)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def step_lr(optimizer: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """StepLR(step_size=20, gamma=0.01): the lr is divided by 100 every 20 steps."""
+    return torch.optim.lr_scheduler.StepLR(optimizer, step_size=20, gamma=0.01)
+
+
+class NaiveCrossEntropy(nn.Module):
+    """Cross-entropy written out as ``-log(softmax(z / T)[label])`` with the temperature
+    inverted (``z * T``): for a sample whose true logit trails the largest by more than about
+    100 / T, the true class's softmax underflows to 0 and its log to -inf."""
+
+    def __init__(self, temperature: float) -> None:
+        super().__init__()
+        self.temperature = temperature
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        probabilities = torch.softmax(logits * self.temperature, dim=1)
+        return -torch.log(probabilities[torch.arange(len(labels)), labels]).mean()
+
+
+def pretrain_and_freeze(layers: tuple[str, ...], steps: int) -> Callable[[nn.Module, Data], None]:
+    """Train the whole model briefly (Adam 1e-3, batch 64, unrecorded), then freeze ``layers``
+    (``requires_grad_(False)``) and re-initialise the rest: a new head on a trained backbone."""
+
+    def pretrain(model: nn.Module, data: Data) -> None:
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        for _ in range(steps):
+            index = torch.randint(0, len(data.x), (64,))
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(model(data.x[index]), data.y[index]).backward()
+            optimizer.step()
+        for name, module in model.named_children():
+            if name in layers:
+                module.requires_grad_(False)
+            elif isinstance(module, nn.Linear):
+                module.reset_parameters()
+
+    return pretrain
+
+
+# -- measurements -------------------------------------------------------------------------------
+
+
+@dataclass
+class Measured:
+    """What the training loop measured, per training step unless said otherwise."""
+
+    loss: list[float] = field(default_factory=list)
+    accuracy: list[float] = field(default_factory=list)
+    eval_loss: list[float] = field(default_factory=list)
+    eval_accuracy: list[float] = field(default_factory=list)
+    # Of the final evaluation: rows are true classes, columns predicted ones.
+    confusion: np.ndarray | None = None
+    # Of each training batch: mean |x| over the finite inputs, share of non-finite inputs.
+    input_mean_abs: list[float] = field(default_factory=list)
+    input_nonfinite: list[float] = field(default_factory=list)
+    label_counts: np.ndarray | None = None
+    # ReLU modules: share of units (features, or channels) with no positive output in the batch.
+    dead: dict[str, list[float]] = field(default_factory=dict)
+    # Tanh / sigmoid modules: share of pre-activations beyond 3 / 4.6 (derivative below 0.01).
+    saturated: dict[str, list[float]] = field(default_factory=dict)
+    # Weights (2-D and up): gradient norms before clipping, ||w_after - w_before|| / ||w_before||
+    # of each optimizer step, and var / (mean² + var) after it.
+    grad_norm: dict[str, list[float]] = field(default_factory=dict)
+    update_ratio: dict[str, list[float]] = field(default_factory=dict)
+    relative_variance: dict[str, list[float]] = field(default_factory=dict)
+
+    def final_loss(self) -> float:
+        """Mean training loss of the last 10 steps."""
+        return float(np.mean(self.loss[-10:]))
+
+    def final_accuracy(self) -> float:
+        return float(np.mean(self.accuracy[-10:])) if self.accuracy else math.nan
+
+    def final_eval_loss(self) -> float:
+        return self.eval_loss[-1] if self.eval_loss else math.nan
+
+    def final_eval_accuracy(self) -> float:
+        return self.eval_accuracy[-1] if self.eval_accuracy else math.nan
+
+    def label_share(self, label: int) -> float:
+        """Share of a class among the labels of all training batches."""
+        assert self.label_counts is not None
+        return float(self.label_counts[label] / self.label_counts.sum())
+
+    def recall(self, label: int) -> float:
+        """Held-out recall of a class at the final evaluation."""
+        assert self.confusion is not None
+        return float(self.confusion[label, label] / self.confusion[label].sum())
+
+    def first_nonfinite_loss(self) -> int:
+        """Step of the first non-finite training loss (-1: none)."""
+        bad = np.flatnonzero(~np.isfinite(self.loss))
+        return int(bad[0]) if bad.size else -1
+
+    def nonfinite_loss_share(self) -> float:
+        return float(np.mean(~np.isfinite(self.loss)))
+
+    def grad_ratio(self) -> float:
+        """Median over steps of ||grad of the first weight|| / ||grad of the last weight||."""
+        norms = list(self.grad_norm.values())
+        return float(np.median(np.asarray(norms[0]) / np.asarray(norms[-1])))
+
+    def summary(self) -> dict[str, float]:
+        return {
+            "steps": len(self.loss),
+            "final train loss": self.final_loss(),
+            "final train accuracy": self.final_accuracy(),
+            "final eval loss": self.final_eval_loss(),
+            "final eval accuracy": self.final_eval_accuracy(),
+        }
+
+
+def _accuracy(output: torch.Tensor, labels: torch.Tensor) -> float:
+    return (output.argmax(dim=1) == labels).float().mean().item()
+
+
+class Probe:
+    """Takes the :class:`Measured` figures of a model during training (forward hooks on its
+    activation modules; :meth:`before_step` / :meth:`after_step` around ``optimizer.step()``)."""
+
+    SATURATION = {nn.Tanh: 3.0, nn.Sigmoid: 4.6}
+
+    def __init__(self, model: nn.Module) -> None:
+        self.measured = Measured()
+        self.weights = {n: p for n, p in model.named_parameters() if p.dim() >= 2}
+        self._before: dict[str, torch.Tensor] = {}
+        for name, module in model.named_modules():
+            if isinstance(module, nn.ReLU):
+                module.register_forward_hook(self._dead(self.measured.dead.setdefault(name, [])))
+            bound = self.SATURATION.get(type(module))
+            if bound is not None:
+                series = self.measured.saturated.setdefault(name, [])
+                module.register_forward_hook(self._saturated(series, bound))
+
+    @staticmethod
+    def _dead(series: list[float]) -> Callable[..., None]:
+        def hook(module: nn.Module, args: Any, output: torch.Tensor) -> None:
+            if module.training and torch.is_grad_enabled():
+                # Units are the features of a dense layer, the channels of a convolution.
+                positive = (output > 0).transpose(0, 1).flatten(1)
+                series.append(1.0 - positive.any(dim=1).float().mean().item())
+
+        return hook
+
+    @staticmethod
+    def _saturated(series: list[float], bound: float) -> Callable[..., None]:
+        def hook(module: nn.Module, args: Any, output: torch.Tensor) -> None:
+            if module.training and torch.is_grad_enabled():
+                series.append((args[0].abs() > bound).float().mean().item())
+
+        return hook
+
+    def batch(self, x: torch.Tensor, y: torch.Tensor, regression: bool) -> None:
+        """The inputs and labels of a training batch, as the model gets them."""
+        measured = self.measured
+        finite = torch.isfinite(x)
+        measured.input_nonfinite.append(1.0 - finite.float().mean().item())
+        measured.input_mean_abs.append(x[finite].abs().mean().item())
+        if not regression:
+            counts = torch.bincount(y, minlength=CLASSES).numpy()
+            previous = measured.label_counts
+            measured.label_counts = counts if previous is None else previous + counts
+
+    def evaluation(self, loss: float, output: torch.Tensor, labels: torch.Tensor) -> None:
+        measured = self.measured
+        measured.eval_loss.append(loss)
+        if not labels.is_floating_point():
+            predicted = output.argmax(dim=1)
+            measured.eval_accuracy.append(_accuracy(output, labels))
+            measured.confusion = np.zeros((CLASSES, CLASSES), dtype=np.int64)
+            np.add.at(measured.confusion, (labels.numpy(), predicted.numpy()), 1)
+
+    def before_step(self) -> None:
+        """After backward, before clipping and the update."""
+        for name, weight in self.weights.items():
+            if weight.grad is not None:
+                self.measured.grad_norm.setdefault(name, []).append(weight.grad.norm().item())
+            self._before[name] = weight.detach().clone()
+
+    def after_step(self) -> None:
+        for name, weight in self.weights.items():
+            before = self._before[name]
+            ratio = ((weight.detach() - before).norm() / before.norm()).item()
+            self.measured.update_ratio.setdefault(name, []).append(ratio)
+            w = weight.detach().double()
+            var, mean = w.var(unbiased=False).item(), w.mean().item()
+            self.measured.relative_variance.setdefault(name, []).append(var / (mean * mean + var))
+
+
+@dataclass(frozen=True)
+class Check:
+    """A measured figure and the bounds it must meet for the scenario to be what it claims
+    (none: a figure reported for information)."""
+
+    what: str
+    measure: Callable[[Measured], float]
+    low: float | None = None
+    high: float | None = None
+
+    def passes(self, value: float) -> bool:
+        return (self.low is None or value >= self.low) and (self.high is None or value <= self.high)
+
+
+class NotAsClaimed(RuntimeError):
+    """The run does not show its fault, or a healthy run is not healthy."""
+
+
+def healthy(accuracy: float = 0.85, gap: float = 0.15) -> tuple[Check, ...]:
+    """Learns (held-out accuracy), generalises (held-out loss at most ``gap`` above the training
+    loss) and does not overtrain (the last held-out loss at most 0.1 above the best: SGD's
+    noise moves it by about 0.05 from one evaluation to the next)."""
+    return (
+        Check("final eval accuracy", Measured.final_eval_accuracy, low=accuracy),
+        Check("final eval - train loss", lambda m: m.final_eval_loss() - m.final_loss(), high=gap),
+        Check("final - best eval loss", lambda m: m.final_eval_loss() - min(m.eval_loss), high=0.1),
+    )
+
+
+def verify(spec: RunSpec, measured: Measured, checks: tuple[Check, ...]) -> None:
+    """Write the figures beside the traces; raise if a check fails."""
+    figures: dict[str, float] = dict(measured.summary())
+    failed = []
+    for check in checks:
+        value = float(check.measure(measured))
+        figures[check.what] = value
+        if not check.passes(value):
+            failed.append(f"{check.what} = {value:.4g} (wanted {check.low} .. {check.high})")
+    path = spec.hook_path.with_name(f"seed{spec.seed}.measured.json")
+    # JSON has no NaN or infinity: those are written as the strings "nan", "inf", "-inf".
+    path.write_text(
+        json.dumps({k: v if math.isfinite(v) else str(v) for k, v in figures.items()}, indent=1)
+    )
+    if failed:
+        raise NotAsClaimed(f"{spec.family}/{spec.scenario} seed {spec.seed}: " + "; ".join(failed))
+
+
+# -- training -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One training configuration. Scenarios are ``replace(<twin's recipe>, <one setting>)``."""
+
+    data: Callable[[np.random.Generator], Data] = tabular()
+    model: Callable[[], nn.Module] = mlp()
+    optimizer: OptimizerFactory = sgd()
+    steps: int = 300
+    batch: int = 64
+    batches: Batches = shuffled
+    loss: Callable[[], nn.Module] = nn.CrossEntropyLoss
+    schedule: Schedule | None = None
+    clip: float | None = None
+    bf16: bool = False
+    # Applied to the batch of a step: a glitch in the input pipeline.
+    glitch: Callable[[int, torch.Tensor], torch.Tensor] | None = None
+    pretrain: Callable[[nn.Module, Data], None] | None = None
+    # Record inputs, labels and predictions (logits) of every training batch, full tensors.
+    record_data: bool = False
+    # Record weights, gradients and activations only every this many steps (both traces).
+    stats_every: int = 1
+    eval_every: int | None = EVAL_EVERY
+    # Stop when the training loss reaches this ("overfit one batch").
+    until_loss: float | None = None
+    # Early stopping with Keras's default patience 0: stop at the first evaluation whose loss
+    # is no better than the best so far.
+    early_stopping: bool = False
+    # Step at which the wall clock the writers read jumps forward (a simulated hang).
+    stall_at: int | None = None
+
+
+STALL_SECONDS = 20 * 60.0
+
+
+class JumpingClock:
+    """``time.time`` as the writers see it during a run: the real clock plus ``offset``."""
+
+    def __init__(self) -> None:
+        self.real = time.time
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return self.real() + self.offset
+
+
+class SparseHandRecorder(HandRecorder):
+    """A hand recorder whose activation hooks record only every ``every``-th step, as a user
+    guards their forward hooks with ``if step % every == 0``."""
+
+    def __init__(self, spec: RunSpec, model: nn.Module, every: int, **kwargs: Any) -> None:
+        self.every = every
+        super().__init__(spec, model, **kwargs)
+
+    def _hook(self, label: str, kind: str, want_input: bool) -> Callable[..., None]:
+        record = super()._hook(label, kind, want_input)
+
+        def sparse(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+            if self.step % self.every == 0:
+                record(module, args, output)
+
+        return sparse
+
+
+def _hyperparameters(recipe: Recipe, optimizer: torch.optim.Optimizer, seed: int) -> dict[str, Any]:
+    group = optimizer.param_groups[0]
+    values: dict[str, Any] = {
+        "optimizer": type(optimizer).__name__,
+        "lr": group.get("initial_lr", group["lr"]),
+        "batch_size": recipe.batch,
+        "steps": recipe.steps,
+        "seed": seed,
+    }
+    for key in ("momentum", "betas", "weight_decay"):
+        if key in group:
+            values[key] = list(group[key]) if isinstance(group[key], tuple) else group[key]
+    if recipe.clip is not None:
+        values["max_grad_norm"] = recipe.clip
+    return values
+
+
+class Loop:
+    """One recorded training run of a recipe."""
+
+    def __init__(self, spec: RunSpec, recipe: Recipe) -> None:
+        self.spec, self.recipe = spec, recipe
+        rng = seed_everything(spec.seed)
+        self.data = recipe.data(rng)
+        self.batches = recipe.batches(self.data, rng, recipe.batch)
+        self.model = recipe.model()
+        if recipe.pretrain is not None:
+            recipe.pretrain(self.model, self.data)
+        self.optimizer = recipe.optimizer(self.model)
+        self.schedule = recipe.schedule(self.optimizer, recipe.steps) if recipe.schedule else None
+        self.loss_fn = recipe.loss()
+        self.probe = Probe(self.model)
+
+    def _autocast(self) -> Any:
+        return torch.autocast("cpu", dtype=torch.bfloat16) if self.recipe.bf16 else nullcontext()
+
+    def run(self) -> Measured:
+        recipe, spec, model = self.recipe, self.spec, self.model
+        hyper = _hyperparameters(recipe, self.optimizer, spec.seed)
+        loss_name = type(self.loss_fn).__name__
+        clock = JumpingClock()
+        with ExitStack() as stack:
+            if recipe.stall_at is not None:
+                stack.enter_context(mock.patch("time.time", clock))
+            hook = stack.enter_context(
+                attach(
+                    model,
+                    self.optimizer,
+                    spec.hook_path,
+                    overwrite=True,
+                    stats_every=recipe.stats_every,
+                    hyperparameters=hyper,
+                    metadata={"family": spec.family, "scenario": spec.scenario},
+                )
+            )
+            if recipe.stats_every > 1:
+                hand: HandRecorder = SparseHandRecorder(
+                    spec, model, recipe.stats_every, loss_name=loss_name
+                )
+            else:
+                hand = HandRecorder(spec, model, loss_name=loss_name)
+            stack.enter_context(hand)
+            hand.writer.set_metadata(hyperparameters=hyper)
+            self._train(hook, hand, clock)
+        return self.probe.measured
+
+    def _train(self, hook: TorchHook, hand: HandRecorder, clock: JumpingClock) -> None:
+        recipe, model, measured = self.recipe, self.model, self.probe.measured
+        best = math.inf
+        evaluated_at = None
+        step = 0
+        for step, index in zip(range(recipe.steps), self.batches):
+            if recipe.eval_every and step % recipe.eval_every == 0:
+                eval_loss = self._evaluate(hook, hand, step)
+                evaluated_at = step
+                if recipe.early_stopping and eval_loss >= best:
+                    return
+                best = min(best, eval_loss)
+            if step == recipe.stall_at:
+                clock.offset += STALL_SECONDS
+            hand.step = step
+            x, y = self.data.x[index], self.data.y[index]
+            if recipe.glitch is not None:
+                x = recipe.glitch(step, x)
+            self.probe.batch(x, y, self.data.regression)
+            self.optimizer.zero_grad()
+            with self._autocast():
+                output = model(x)
+                loss_tensor = self.loss_fn(output, y)
+            loss = loss_tensor.item()
+            hook.record_loss(loss_tensor)
+            hand.loss(loss)
+            hand.lr(self.optimizer.param_groups[0]["lr"])
+            measured.loss.append(loss)
+            if not self.data.regression:
+                accuracy = _accuracy(output, y)
+                hook.record_scalar("accuracy", accuracy)
+                hand.accuracy(accuracy)
+                measured.accuracy.append(accuracy)
+            if recipe.record_data:
+                hook.record(inputs=x, labels=y, predictions=output.detach(), raw=True)
+                hand.data(inputs=x, labels=y, predictions=output.detach())
+            loss_tensor.backward()
+            self.probe.before_step()
+            if recipe.clip is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), recipe.clip)
+            if step % recipe.stats_every == 0:
+                hand.parameters(model)
+            self.optimizer.step()
+            self.probe.after_step()
+            if self.schedule is not None:
+                self.schedule.step()
+            if recipe.until_loss is not None and loss <= recipe.until_loss:
+                break
+        done = step + 1
+        if recipe.eval_every and evaluated_at != done:
+            self._evaluate(hook, hand, done)
+
+    def _evaluate(self, hook: TorchHook, hand: HandRecorder, step: int) -> float:
+        """Loss and accuracy on the held-out set under ``model.eval()`` and ``no_grad``."""
+        model, data = self.model, self.data
+        model.eval()
+        with torch.no_grad(), self._autocast():
+            output = model(data.x_val)
+            loss = float(self.loss_fn(output, data.y_val))
+        model.train()
+        hook.record_loss(loss, mode="eval")
+        hand.loss(loss, step=step, mode="eval")
+        if not data.regression:
+            accuracy = _accuracy(output, data.y_val)
+            hook.record_scalar("accuracy", accuracy, mode="eval")
+            hand.accuracy(accuracy, step=step, mode="eval")
+        self.probe.evaluation(loss, output, data.y_val)
+        return loss
+
+
+def run(spec: RunSpec, recipe: Recipe, *checks: Check) -> None:
+    """Train and record ``recipe``, then :func:`verify` the checks."""
+    verify(spec, Loop(spec, recipe).run(), checks)
+
+
+# -- torch-mlp: healthy runs --------------------------------------------------------------------
+
+MLP = "torch-mlp"
+HEALTHY_SGD = Recipe()
+HEALTHY_ADAM = replace(HEALTHY_SGD, optimizer=adam(1e-3))
+HEALTHY_DEEP_RELU = replace(HEALTHY_ADAM, model=mlp((64,) * 8), steps=200)
+HEALTHY_TANH = replace(HEALTHY_SGD, model=mlp(activation=nn.Tanh, init=xavier_init))
+HEALTHY_SIGMOID = replace(
+    HEALTHY_ADAM, model=mlp((64,), nn.Sigmoid, xavier_init), optimizer=adam(3e-2)
+)
+HEALTHY_DATA = replace(HEALTHY_SGD, record_data=True)
+
+
+# Measured (seeds 0/1/2): final train loss 0.141/0.178/0.0798; final eval loss 0.142/0.225/0.115;
+# final eval accuracy 0.957/0.93/0.966.
+@scenario(
+    MLP,
+    "healthy-sgd",
+    cause=None,
+    quick=True,
+    description="""
+ReLU MLP 16-64-64-4, He init, on four classes of antipodal Gaussian blobs (standardised);
+SGD momentum 0.9, lr 0.05, batch 64, 300 steps.""",
+)
+def mlp_healthy_sgd(spec: RunSpec) -> None:
+    run(spec, HEALTHY_SGD, *healthy())
+
+
+# Measured (seeds 0/1/2): final train loss 0.187/0.228/0.133; final eval loss 0.163/0.264/0.143;
+# final eval accuracy 0.947/0.91/0.954.
+@scenario(MLP, "healthy-adam", cause=None, description="healthy-sgd trained with Adam, lr 1e-3.")
+def mlp_healthy_adam(spec: RunSpec) -> None:
+    run(spec, HEALTHY_ADAM, *healthy())
+
+
+# Measured (seeds 0/1/2): final train loss 0.142/0.188/0.0929; final eval loss 0.122/0.216/0.111;
+# final eval accuracy 0.956/0.931/0.961.
+@scenario(
+    MLP,
+    "healthy-tanh",
+    cause=None,
+    description="""
+healthy-sgd with tanh hidden layers and Xavier (Glorot normal) initialisation.""",
+)
+def mlp_healthy_tanh(spec: RunSpec) -> None:
+    run(spec, HEALTHY_TANH, *healthy())
+
+
+# Measured (seeds 0/1/2): final train loss 0.162/0.202/0.106; final eval loss 0.138/0.215/0.113;
+# final eval accuracy 0.958/0.931/0.965.
+@scenario(
+    MLP,
+    "healthy-sigmoid",
+    cause=None,
+    description="""
+One sigmoid hidden layer of 64 units, Xavier init, Adam lr 3e-2.""",
+)
+def mlp_healthy_sigmoid(spec: RunSpec) -> None:
+    run(spec, HEALTHY_SIGMOID, *healthy())
+
+
+# Measured (seeds 0/1/2): final train loss 0.209/0.344/0.159; final eval loss 0.214/0.261/0.174;
+# final eval accuracy 0.928/0.908/0.938.
+@scenario(
+    MLP,
+    "healthy-deep-relu",
+    cause=None,
+    description="""
+Eight ReLU hidden layers of 64 units, He init, Adam lr 1e-3.""",
+)
+def mlp_healthy_deep_relu(spec: RunSpec) -> None:
+    run(spec, HEALTHY_DEEP_RELU, *healthy())
+
+
+# Measured (seeds 0/1/2): final train loss 0.14/0.176/0.0947; final eval loss 0.129/0.207/0.11;
+# final eval accuracy 0.959/0.932/0.966.
+@scenario(
+    MLP,
+    "healthy-schedule",
+    cause=None,
+    description="""
+healthy-sgd trained with AdamW (lr 3e-3, weight decay 0.01), linear warmup over the first
+10 % of the steps then linear decay to exactly 0 at the last step, clip_grad_norm_ 1.0.""",
+)
+def mlp_healthy_schedule(spec: RunSpec) -> None:
+    recipe = replace(HEALTHY_SGD, optimizer=adamw(3e-3, 0.01), schedule=warmup_linear, clip=1.0)
+    run(spec, recipe, *healthy())
+
+
+# Measured (seeds 0/1/2): steps 51/50/133; last train loss 9.95e-05/9.77e-05/9.94e-05.
+@scenario(
+    MLP,
+    "healthy-fit-minibatch",
+    cause=None,
+    description="""
+The "overfit one batch" sanity check: one fixed batch of 32 samples trained with Adam lr 1e-2
+until the loss is 1e-4 or below; no held-out evaluation (memorising is the point).""",
+)
+def mlp_healthy_fit_minibatch(spec: RunSpec) -> None:
+    recipe = replace(
+        HEALTHY_ADAM,
+        optimizer=adam(1e-2),
+        batch=32,
+        batches=one_batch,
+        steps=600,
+        until_loss=1e-4,
+        eval_every=None,
+    )
+    run(spec, recipe, Check("last train loss", lambda m: m.loss[-1], high=1e-4))
+
+
+# Measured (seeds 0/1/2): final train loss 0.494/0.508/0.455; final eval loss 0.481/0.535/0.468;
+# final eval accuracy 0.958/0.933/0.968.
+@scenario(
+    MLP,
+    "healthy-label-smoothing",
+    cause=None,
+    description="""
+healthy-sgd with CrossEntropyLoss(label_smoothing=0.1): the loss levels off well above 0.""",
+)
+def mlp_healthy_label_smoothing(spec: RunSpec) -> None:
+    recipe = replace(HEALTHY_SGD, loss=lambda: nn.CrossEntropyLoss(label_smoothing=0.1))
+    run(spec, recipe, *healthy())
+
+
+# Measured (seeds 0/1/2): final train loss 0.278/0.381/0.229; final eval loss 0.262/0.396/0.228;
+# final eval accuracy 0.944/0.9/0.957.
+@scenario(
+    MLP,
+    "healthy-frozen-backbone",
+    cause=None,
+    description="""
+healthy-adam whose fc1 and fc2 were first trained for 300 unrecorded steps, then frozen with
+requires_grad_(False) and left out of the optimizer; a re-initialised head is trained.""",
+)
+def mlp_healthy_frozen_backbone(spec: RunSpec) -> None:
+    recipe = replace(HEALTHY_ADAM, pretrain=pretrain_and_freeze(("fc1", "fc2"), steps=300))
+    run(spec, recipe, *healthy())
+
+
+# Measured (seeds 0/1/2): final train loss 0.186/0.228/0.133; final eval loss 0.162/0.263/0.143;
+# final eval accuracy 0.948/0.908/0.954.
+@scenario(
+    MLP,
+    "healthy-bf16",
+    cause=None,
+    description="""
+healthy-adam with the forward pass (and loss) under torch.autocast("cpu", dtype=bfloat16).""",
+)
+def mlp_healthy_bf16(spec: RunSpec) -> None:
+    run(spec, replace(HEALTHY_ADAM, bf16=True), *healthy())
+
+
+# Measured (seeds 0/1/2): final train loss 0.251/0.289/0.129; final eval loss 0.134/0.195/0.119;
+# final eval accuracy 0.955/0.934/0.966.
+@scenario(
+    MLP,
+    "healthy-dropout-wd",
+    cause=None,
+    description="""
+healthy-sgd with dropout 0.2 after each hidden ReLU and weight decay 5e-4.""",
+)
+def mlp_healthy_dropout_wd(spec: RunSpec) -> None:
+    recipe = replace(HEALTHY_SGD, model=mlp(dropout=0.2), optimizer=sgd(weight_decay=5e-4))
+    run(spec, recipe, *healthy())
+
+
+# Measured (seeds 0/1/2): final train loss 0.141/0.178/0.0798; final eval loss 0.142/0.225/0.115;
+# final eval accuracy 0.957/0.93/0.966.
+@scenario(
+    MLP,
+    "healthy-sparse-stats",
+    cause=None,
+    description="""
+healthy-sgd recording weights, gradients and activations only every 10th step: attach(...,
+stats_every=10) and the hand-written loop guarding its tensor records with step % 10 == 0.""",
+)
+def mlp_healthy_sparse_stats(spec: RunSpec) -> None:
+    run(spec, replace(HEALTHY_SGD, stats_every=10), *healthy())
+
+
+# Measured (seeds 0/1/2): final train loss 0.113/0.124/0.118; final eval loss 0.175/0.173/0.254.
+@scenario(
+    MLP,
+    "healthy-regression",
+    cause=None,
+    description="""
+MSE regression: a ReLU MLP 16-64-64-1 (He init, Adam lr 1e-3) fitting a smooth nonlinear
+function of 16 features with 10 % noise.""",
+)
+def mlp_healthy_regression(spec: RunSpec) -> None:
+    recipe = replace(HEALTHY_ADAM, data=regression, model=mlp(outputs=1), loss=nn.MSELoss)
+    run(
+        spec,
+        recipe,
+        Check("final eval loss (1 - R²)", Measured.final_eval_loss, high=0.3),
+        Check("final eval - train loss", lambda m: m.final_eval_loss() - m.final_loss(), high=0.15),
+    )
+
+
+# Measured (seeds 0/1/2): final train loss 0.141/0.178/0.0798; final eval loss 0.142/0.225/0.115;
+# final eval accuracy 0.957/0.93/0.966.
+@scenario(
+    MLP,
+    "healthy-data",
+    cause=None,
+    description="""
+healthy-sgd that also records the inputs, labels and predictions (logits) of every training
+batch as full tensors: the twin of the data faults.""",
+)
+def mlp_healthy_data(spec: RunSpec) -> None:
+    run(spec, HEALTHY_DATA, *healthy())
+
+
+# -- torch-mlp: induced faults ------------------------------------------------------------------
+
+
+def scaled_batches(
+    first: int, count: int, factor: float
+) -> Callable[[int, torch.Tensor], torch.Tensor]:
+    """A glitch: the batches of steps ``first .. first + count - 1`` multiplied by ``factor``."""
+    return lambda step, x: x * factor if first <= step < first + count else x
+
+
+GLITCH = 150  # the first step of exploding-gradient's scaled batches
+
+
+def glitch_ratio(m: Measured) -> float:
+    """Largest gradient norm of fc1 in the glitch's two steps over its median before them."""
+    norms = m.grad_norm["fc1.weight"]
+    return max(norms[GLITCH : GLITCH + 2]) / float(np.median(norms[:GLITCH]))
+
+
+def dead_share(module: str) -> Callable[[Measured], float]:
+    return lambda m: float(np.mean(m.dead[module]))
+
+
+def min_saturated(module: str) -> Callable[[Measured], float]:
+    return lambda m: float(np.min(m.saturated[module]))
+
+
+# Measured (seeds 0/1/2): act1 dead share 0.955/0.973/0.973; act2 dead share 1/1/1; final train
+# loss 1.39/1.38/1.39; final eval accuracy 0.213/0.252/0.236.
+@scenario(
+    MLP,
+    "dying-relu",
+    cause="DBG201",
+    twin="healthy-sgd",
+    quick=True,
+    description="""
+healthy-sgd with every hidden bias initialised to -5 (weights He): on standardised inputs the
+pre-activations are about N(-5, 1.4²), so nearly every ReLU unit outputs 0 for every sample
+from the first step on, gets no gradient and never recovers.""",
+)
+def mlp_dying_relu(spec: RunSpec) -> None:
+    recipe = replace(HEALTHY_SGD, model=mlp(init=hidden_bias(-5.0)))
+    run(
+        spec,
+        recipe,
+        Check("act1 dead share", dead_share("act1"), low=0.8),
+        Check("act2 dead share", dead_share("act2"), low=0.8),
+    )
+
+
+# Measured (seeds 0/1/2): median |grad fc1| / |grad out| 1.23e-07/1.39e-07/1.24e-07; final train
+# loss 1.39/1.41/1.41; final eval accuracy 0.245/0.27/0.245.
+@scenario(
+    MLP,
+    "vanishing-gradient",
+    cause="DBG101",
+    twin="healthy-deep-relu",
+    description="""
+Eight sigmoid hidden layers of 64 units with PyTorch's default initialisation, trained with
+SGD (lr 0.05, momentum 0.9): each layer scales the backpropagated gradient by about 0.25 x 0.6,
+so the first layer's gradient is orders of magnitude below the last layer's.""",
+)
+def mlp_vanishing_gradient(spec: RunSpec) -> None:
+    recipe = replace(
+        HEALTHY_DEEP_RELU, model=mlp((64,) * 8, nn.Sigmoid, torch_default_init), optimizer=sgd()
+    )
+    run(spec, recipe, Check("median |grad fc1| / |grad out|", Measured.grad_ratio, high=1e-3))
+
+
+# Measured (seeds 0/1/2): |grad fc1| at the glitch / median before 2.88e+05/4.26e+05/1.01e+05;
+# final train loss 1.38/1.38/1.39; final eval accuracy 0.216/0.252/0.236.
+@scenario(
+    MLP,
+    "exploding-gradient",
+    cause="DBG102",
+    twin="healthy-sgd",
+    description="""
+healthy-sgd with a glitch in the input pipeline: the batches of steps 150 and 151 are
+multiplied by 1000 (a unit conversion applied twice), so their gradients are 1e5 times the
+usual; the SGD steps they drive throw the weights far off and the model never recovers (the
+loss returns to chance).""",
+)
+def mlp_exploding_gradient(spec: RunSpec) -> None:
+    recipe = replace(HEALTHY_SGD, glitch=scaled_batches(GLITCH, 2, 1e3))
+    run(spec, recipe, Check("|grad fc1| at the glitch / median before", glitch_ratio, low=100.0))
+
+
+# Measured (seeds 0/1/2): act1 saturated share (min over steps) 0.994/0.997/0.997; act2 saturated
+# share (min over steps) 0.953/0.953/0.984; final train loss 1.52/1.46/1.42; final eval accuracy
+# 0.273/0.235/0.27.
+@scenario(
+    MLP,
+    "tanh-saturation",
+    cause="DBG202",
+    twin="healthy-tanh",
+    description="""
+healthy-tanh with every hidden bias initialised to ±5 (random sign per unit; weights Xavier):
+the pre-activations sit beyond ±3, where tanh' < 0.01, for nearly every unit and sample,
+and the gradients through them are too small to move them back.""",
+)
+def mlp_tanh_saturation(spec: RunSpec) -> None:
+    recipe = replace(
+        HEALTHY_TANH, model=mlp(activation=nn.Tanh, init=signed_hidden_bias(5.0, xavier_init))
+    )
+    run(
+        spec,
+        recipe,
+        Check("act1 saturated share (min over steps)", min_saturated("act1"), low=0.9),
+        Check("act2 saturated share (min over steps)", min_saturated("act2"), low=0.9),
+    )
+
+
+# Measured (seeds 0/1/2): act1 saturated share (min over steps) 0.81/0.794/0.789; final train loss
+# 0.133/0.19/0.0904; final eval accuracy 0.958/0.919/0.949.
+@scenario(
+    MLP,
+    "sigmoid-saturation",
+    cause="DBG203",
+    twin="healthy-sigmoid",
+    description="""
+healthy-sigmoid with every hidden bias initialised to ±12 (random sign per unit; weights
+Xavier): most pre-activations sit beyond ±4.6, where sigmoid' < 0.01, throughout the run;
+Adam revives a few units, which carry the learning.""",
+)
+def mlp_sigmoid_saturation(spec: RunSpec) -> None:
+    recipe = replace(
+        HEALTHY_SIGMOID, model=mlp((64,), nn.Sigmoid, signed_hidden_bias(12.0, xavier_init))
+    )
+    run(
+        spec, recipe, Check("act1 saturated share (min over steps)", min_saturated("act1"), low=0.6)
+    )
+
+
+# Measured (seeds 0/1/2): mean loss of steps 50-150 - of steps 200-300 0.0075/0.00427/0.00604;
+# final train loss 0.419/0.657/0.281; final eval accuracy 0.861/0.737/0.907.
+@scenario(
+    MLP,
+    "loss-not-decreasing",
+    cause="DBG301",
+    twin="healthy-sgd",
+    accept=("DBG503",),
+    description="""
+healthy-sgd with StepLR(step_size=20, gamma=0.01): the lr is 5e-4 from step 20 and 5e-6
+from step 40, so the loss stops decreasing far above the twin's.""",
+)
+def mlp_loss_not_decreasing(spec: RunSpec) -> None:
+    # The twin's final train loss is 0.08-0.18; this run's stays where step 40 left it.
+    run(
+        spec,
+        replace(HEALTHY_SGD, schedule=step_lr),
+        Check("final train loss", Measured.final_loss, low=0.25),
+        Check(
+            "mean loss of steps 50-150 - of steps 200-300",
+            lambda m: float(np.mean(m.loss[50:150]) - np.mean(m.loss[200:])),
+            high=0.02,
+        ),
+    )
+
+
+OVERFIT = replace(
+    HEALTHY_ADAM,
+    data=tabular(n_train=40, label_noise=0.3),
+    model=mlp((256,) * 3),
+    batch=40,
+    steps=200,
+)
+
+
+# Measured (seeds 0/1/2): final eval - train loss 2.62/3.67/3.09; final train loss
+# 7.9e-05/0.000144/0.000124; final eval accuracy 0.498/0.347/0.421.
+@scenario(
+    MLP,
+    "overfit",
+    cause="DBG302",
+    twin="healthy-adam",
+    description="""
+healthy-adam on 40 training samples with 30 % of the labels replaced by random ones (train and
+held-out alike), a 3x256 MLP trained full-batch for 200 steps: it memorises the noise and
+the held-out loss ends far above the training loss.""",
+)
+def mlp_overfit(spec: RunSpec) -> None:
+    run(
+        spec,
+        OVERFIT,
+        Check("final eval - train loss", lambda m: m.final_eval_loss() - m.final_loss(), low=1.0),
+        Check("final train accuracy", Measured.final_accuracy, low=0.99),
+    )
+
+
+# Measured (seeds 0/1/2): final train loss 1.41/1.4/1.42; final eval accuracy 0.303/0.264/0.202.
+@scenario(
+    MLP,
+    "underfit",
+    cause="DBG303",
+    twin="healthy-sgd",
+    description="""
+healthy-sgd without hidden layers (logistic regression): every class is two blobs at
+opposite points, so no linear model separates them and accuracy stays near chance.""",
+)
+def mlp_underfit(spec: RunSpec) -> None:
+    run(
+        spec,
+        replace(HEALTHY_SGD, model=mlp(())),
+        Check("final eval accuracy", Measured.final_eval_accuracy, high=0.4),
+    )
+
+
+def evals_after_best(m: Measured) -> float:
+    return float(len(m.eval_loss) - 1 - int(np.argmin(m.eval_loss)))
+
+
+OVERTRAINING = replace(
+    HEALTHY_ADAM,
+    data=tabular(n_train=1024, label_noise=0.2),
+    model=mlp((256, 256)),
+    steps=400,
+)
+
+
+# Measured (seeds 0/1/2): steps 75/75/75; final train loss 0.574/0.489/0.501; final eval loss
+# 0.787/0.875/0.826; final eval accuracy 0.758/0.735/0.765.
+@scenario(
+    MLP,
+    "healthy-early-stopping",
+    cause=None,
+    description="""
+The overtraining run stopped by early stopping with Keras's default patience 0: training ends
+at the first evaluation whose held-out loss is no better than the best, one evaluation (25
+steps) past the optimum, as the network starts to memorise the noisy labels.""",
+)
+def mlp_healthy_early_stopping(spec: RunSpec) -> None:
+    run(
+        spec,
+        replace(OVERTRAINING, early_stopping=True),
+        Check("evaluations after the best", evals_after_best, high=1),
+        Check("final eval - train loss", lambda m: m.final_eval_loss() - m.final_loss(), high=0.4),
+    )
+
+
+# Measured (seeds 0/1/2): evaluations after the best 14/14/14; final / best eval loss
+# 1.31/1.34/1.33; final train loss 0.121/0.0933/0.0981; final eval accuracy 0.712/0.696/0.737.
+@scenario(
+    MLP,
+    "overtraining",
+    cause="DBG304",
+    twin="healthy-early-stopping",
+    accept=("DBG302",),
+    description="""
+healthy-adam with hidden layers of 256 units on 1024 training samples, 20 % of the labels
+(train and held-out) random, trained 400 steps: the held-out loss reaches its minimum around
+step 50, then rises for every evaluation after it while the network memorises the noisy
+labels and the training loss keeps falling.""",
+)
+def mlp_overtraining(spec: RunSpec) -> None:
+    run(
+        spec,
+        OVERTRAINING,
+        Check("evaluations after the best", evals_after_best, low=10),
+        Check("final / best eval loss", lambda m: m.final_eval_loss() / min(m.eval_loss), low=1.25),
+    )
+
+
+# Measured (seeds 0/1/2): max / median train loss over steps 100-300 573/641/189; final train loss
+# 2.05/1.07/2.96; final eval accuracy 0.213/0.243/0.268.
+@scenario(
+    MLP,
+    "oscillating-loss",
+    cause="DBG305",
+    twin="healthy-sgd",
+    description="""
+healthy-sgd without shuffling, the training set sorted by class: every batch holds a single
+class, the model swings to predicting the class of the moment and the loss jumps at every
+change of class.""",
+)
+def mlp_oscillating_loss(spec: RunSpec) -> None:
+    run(
+        spec,
+        replace(HEALTHY_SGD, batches=sorted_by_class),
+        Check(
+            "max / median train loss over steps 100-300",
+            lambda m: float(np.max(m.loss[100:]) / np.median(m.loss[100:])),
+            low=20.0,
+        ),
+    )
+
+
+# Measured (seeds 0/1/2): first train loss inf/inf/inf; non-finite loss share 1/1/1; final eval
+# accuracy 0.273/0.235/0.236.
+@scenario(
+    MLP,
+    "non-finite-loss",
+    cause="DBG306",
+    twin="healthy-sgd",
+    accept=("DBG404",),
+    description="""
+healthy-sgd with a hand-written cross-entropy, -log(softmax(z * 50))[label] (a temperature
+multiplied instead of divided, and no log_softmax): the softmax of confidently wrong samples
+underflows to 0, the loss becomes inf, backward turns the weights to NaN and the loss stays
+NaN.""",
+)
+def mlp_non_finite_loss(spec: RunSpec) -> None:
+    run(
+        spec,
+        replace(HEALTHY_SGD, loss=lambda: NaiveCrossEntropy(50.0)),
+        Check("first train loss", lambda m: m.loss[0], low=math.inf),
+        Check("non-finite loss share", Measured.nonfinite_loss_share, low=0.99),
+    )
+
+
+# Measured (seeds 0/1/2): max mean |input| of a batch 0/0/0; final train loss 1.39/1.39/1.39; final
+# eval accuracy 0.213/0.243/0.27.
+@scenario(
+    MLP,
+    "all-zero",
+    cause="DBG401",
+    twin="healthy-data",
+    description="""
+healthy-data whose features arrive as integers 0-254 and are scaled with integer division,
+x // 255 for x / 255: every input (train and held-out) is exactly 0; inputs recorded.""",
+)
+def mlp_all_zero(spec: RunSpec) -> None:
+    run(
+        spec,
+        replace(HEALTHY_DATA, data=tabular(encode=bytes_integer_divided)),
+        Check("max mean |input| of a batch", lambda m: max(m.input_mean_abs), high=0.0),
+    )
+
+
+# Measured (seeds 0/1/2): max relative variance of fc2.weight 4.3e-08/5.01e-08/5.16e-08; final
+# train loss 1.24/1.16/1.2; final eval accuracy 0.335/0.371/0.36.
+@scenario(
+    MLP,
+    "tensor-variance",
+    cause="DBG402",
+    twin="healthy-sgd",
+    accept=("DBG501",),
+    description="""
+healthy-sgd with every weight initialised to 0.05 + 1e-5 * N(0, 1) and biases 0 (a constant
+init with a jitter far too small to break the symmetry): the units of each layer compute
+nearly the same value and get nearly the same gradient, and fc2's weights stay near-constant
+(relative variance var / (mean² + var) below 1e-6) all run.""",
+)
+def mlp_tensor_variance(spec: RunSpec) -> None:
+    # Every layer, not fc2 alone: with random neighbours a constant layer's rows get different
+    # gradients and differentiate within a few steps; the symmetry holds only across the net.
+    run(
+        spec,
+        replace(HEALTHY_SGD, model=mlp(init=constant_init(0.05, 1e-5))),
+        Check(
+            "max relative variance of fc2.weight",
+            lambda m: max(m.relative_variance["fc2.weight"]),
+            high=1e-6,
+        ),
+    )
+
+
+# Measured (seeds 0/1/2): max update ratio of fc2.weight 0/0/0; median |grad fc2.weight|
+# 18/18.5/16.5; final train loss 0.131/0.185/0.0865; final eval accuracy 0.955/0.923/0.957.
+@scenario(
+    MLP,
+    "unchanged-tensor",
+    cause="DBG403",
+    twin="healthy-sgd",
+    description="""
+healthy-sgd with fc2's parameters left out of the optimizer (requires_grad still True): they
+get gradients every step but never change (and optimizer.zero_grad() never clears their
+.grad, which accumulates).""",
+)
+def mlp_unchanged_tensor(spec: RunSpec) -> None:
+    run(
+        spec,
+        replace(HEALTHY_SGD, optimizer=sgd(skip="fc2")),
+        Check(
+            "max update ratio of fc2.weight", lambda m: max(m.update_ratio["fc2.weight"]), high=0.0
+        ),
+        Check(
+            "median |grad fc2.weight|",
+            lambda m: float(np.median(m.grad_norm["fc2.weight"])),
+            low=1e-3,
+        ),
+    )
+
+
+# Measured (seeds 0/1/2): max non-finite share of a batch's inputs 0.00391/0.00391/0.00391; first
+# non-finite loss step 0/4/0; final eval accuracy 0.273/0.235/0.236.
+@scenario(
+    MLP,
+    "non-finite-tensor",
+    cause="DBG404",
+    twin="healthy-data",
+    accept=("DBG306",),
+    description="""
+healthy-data where 1 % of the rows (train and held-out) miss one feature (NaN), standardised
+with NaN-skipping statistics and not imputed: the first batch holding such a row makes the
+loss, the gradients and then every weight NaN; inputs recorded.""",
+)
+def mlp_non_finite_tensor(spec: RunSpec) -> None:
+    run(
+        spec,
+        replace(HEALTHY_DATA, data=tabular(encode=missing_values(0.01))),
+        Check(
+            "max non-finite share of a batch's inputs", lambda m: max(m.input_nonfinite), low=1e-4
+        ),
+        Check("first non-finite loss step", Measured.first_nonfinite_loss, low=0),
+    )
+
+
+# Measured (seeds 0/1/2): max relative variance of fc2.weight 0/0/0; final train loss
+# 1.24/1.16/1.2; final eval accuracy 0.335/0.371/0.36.
+@scenario(
+    MLP,
+    "poor-init-constant",
+    cause="DBG501",
+    twin="healthy-sgd",
+    description="""
+healthy-sgd with every weight initialised to exactly 0.05 and every bias to 0: the units of
+a layer are identical, get identical gradients and stay identical.""",
+)
+def mlp_poor_init_constant(spec: RunSpec) -> None:
+    run(
+        spec,
+        replace(HEALTHY_SGD, model=mlp(init=constant_init(0.05))),
+        Check(
+            "max relative variance of fc2.weight",
+            lambda m: max(m.relative_variance["fc2.weight"]),
+            high=1e-12,
+        ),
+        Check("final eval accuracy", Measured.final_eval_accuracy, high=0.6),
+    )
+
+
+# Measured (seeds 0/1/2): first train loss 513/333/659; final train loss 1.13/1.02/1.14; final eval
+# accuracy 0.439/0.549/0.529.
+@scenario(
+    MLP,
+    "poor-init-large",
+    cause="DBG501",
+    twin="healthy-sgd",
+    description="""
+healthy-sgd with hidden layers of 256 units whose weights come from torch.randn unscaled
+(std 1 instead of He's sqrt(2 / fan_in)): the logits start in the hundreds and SGD never
+recovers a working model.""",
+)
+def mlp_poor_init_large(spec: RunSpec) -> None:
+    run(
+        spec,
+        replace(HEALTHY_SGD, model=mlp((256, 256), init=unscaled_normal_init)),
+        Check("first train loss", lambda m: m.loss[0], low=20.0),
+        Check("final eval accuracy", Measured.final_eval_accuracy, high=0.7),
+    )
+
+
+# Measured (seeds 0/1/2): max update ratio of fc2, first 25 steps 0.568/0.561/0.566; max update
+# ratio of fc1, first 25 steps 0.0028/0.00281/0.00291; median update ratio fc2 / fc1 17/14.8/15;
+# final train loss 0.182/0.218/0.1; final eval accuracy 0.952/0.916/0.95.
+@scenario(
+    MLP,
+    "update-ratio",
+    cause="DBG502",
+    twin="healthy-adam",
+    description="""
+healthy-adam with fc2 in a parameter group of its own at 100x the lr (0.1 against 1e-3):
+only fc2's updates are far too large for its weights.""",
+)
+def mlp_update_ratio(spec: RunSpec) -> None:
+    run(
+        spec,
+        replace(HEALTHY_ADAM, optimizer=layer_lr("fc2", 100.0)),
+        Check("max update ratio of fc2, first 25 steps", early_update_ratio("fc2.weight"), low=0.3),
+        Check(
+            "max update ratio of fc1, first 25 steps", early_update_ratio("fc1.weight"), high=0.05
+        ),
+        Check(
+            "median update ratio fc2 / fc1",
+            lambda m: float(
+                np.median(m.update_ratio["fc2.weight"]) / np.median(m.update_ratio["fc1.weight"])
+            ),
+            low=10.0,
+        ),
+    )
+
+
+def early_update_ratio(weight: str | None = None) -> Callable[[Measured], float]:
+    """The largest update ratio of the first 25 steps (of ``weight``, or of any weight)."""
+
+    def measure(m: Measured) -> float:
+        names = [weight] if weight else list(m.update_ratio)
+        return max(max(m.update_ratio[name][:25]) for name in names)
+
+    return measure
+
+
+# Measured (seeds 0/1/2): max update ratio of the first 25 steps 1.56/1.03/1.31; final train loss
+# 1.42/1.42/1.41; final eval accuracy 0.273/0.252/0.249.
+@scenario(
+    MLP,
+    "lr-too-high",
+    cause="DBG503",
+    twin="healthy-sgd",
+    quick=True,
+    description="""
+healthy-sgd at lr 1.0, 20x the twin's (momentum 0.9): the first updates move the weights by
+a large fraction of their norm, the loss jumps around and the model ends at chance.""",
+)
+def mlp_lr_too_high(spec: RunSpec) -> None:
+    run(
+        spec,
+        replace(HEALTHY_SGD, optimizer=sgd(1.0)),
+        Check("max update ratio of the first 25 steps", early_update_ratio(), low=0.2),
+        Check("final eval loss", Measured.final_eval_loss, low=1.3),
+    )
+
+
+# Measured (seeds 0/1/2): max update ratio of the first 25 steps 0.6/0.561/0.567; final train loss
+# 0.329/0.414/0.467; final eval accuracy 0.918/0.765/0.818.
+@scenario(
+    MLP,
+    "lr-too-high-adam",
+    cause="DBG503",
+    twin="healthy-adam",
+    description="""
+healthy-adam at lr 0.1, 100x the twin's: Adam's first steps move every weight by about 0.1,
+a large fraction of its size, and the loss stays noisy and well above the twin's.""",
+)
+def mlp_lr_too_high_adam(spec: RunSpec) -> None:
+    run(
+        spec,
+        replace(HEALTHY_ADAM, optimizer=adam(0.1)),
+        Check("max update ratio of the first 25 steps", early_update_ratio(), low=0.3),
+        Check("final eval loss", Measured.final_eval_loss, low=0.3),
+    )
+
+
+# Measured (seeds 0/1/2): max update ratio 6.01e-05/6.14e-05/7.87e-05; final / first eval loss
+# 0.937/0.939/0.895; final train loss 1.83/2.12/1.68; final eval accuracy 0.256/0.213/0.255.
+@scenario(
+    MLP,
+    "lr-too-low",
+    cause="DBG503",
+    twin="healthy-sgd",
+    description="""
+healthy-sgd at lr 1e-5, 5000x below the twin's: the weights barely move and the loss stays
+near its initial value.""",
+)
+def mlp_lr_too_low(spec: RunSpec) -> None:
+    run(
+        spec,
+        replace(HEALTHY_SGD, optimizer=sgd(1e-5)),
+        Check(
+            "max update ratio", lambda m: max(max(v) for v in m.update_ratio.values()), high=1e-3
+        ),
+        Check("final / first eval loss", lambda m: m.final_eval_loss() / m.eval_loss[0], low=0.85),
+    )
+
+
+# Measured (seeds 0/1/2): share of class 0 in the training batches 0.95/0.949/0.952; mean recall of
+# classes 1-3 0.866/0.468/0.66; final train loss 0.0402/0.054/0.0336; final eval accuracy
+# 0.986/0.966/0.981.
+@scenario(
+    MLP,
+    "class-imbalance",
+    cause="DBG601",
+    twin="healthy-data",
+    description="""
+healthy-data with 95 % of the samples in class 0 and 5 % spread over the other three;
+inputs, labels and predictions recorded.""",
+)
+def mlp_class_imbalance(spec: RunSpec) -> None:
+    run(
+        spec,
+        replace(HEALTHY_DATA, data=tabular(shares=(0.95, 0.05 / 3, 0.05 / 3, 0.05 / 3))),
+        Check(
+            "share of class 0 in the training batches",
+            lambda m: m.label_share(0),
+            low=0.9,
+        ),
+        Check(
+            "mean recall of classes 1-3", lambda m: float(np.mean([m.recall(c) for c in (1, 2, 3)]))
+        ),
+    )
+
+
+# Measured (seeds 0/1/2): min mean |input| of a batch 115/126/103; final train loss 1.39/1.39/1.39;
+# final eval accuracy 0.214/0.243/0.27.
+@scenario(
+    MLP,
+    "input-not-normalized",
+    cause="DBG602",
+    twin="healthy-data",
+    description="""
+healthy-data fed the raw features: integers on a 0-255 scale, each with its own offset
+(60-190) and gain, not standardised; inputs recorded.""",
+)
+def mlp_input_not_normalized(spec: RunSpec) -> None:
+    run(
+        spec,
+        replace(HEALTHY_DATA, data=tabular(encode=raw_bytes)),
+        Check("min mean |input| of a batch", lambda m: min(m.input_mean_abs), low=50.0),
+        Check("final eval accuracy", Measured.final_eval_accuracy, high=0.4),
+    )
+
+
+# Measured (seeds 0/1/2): mean recall of classes 2 and 3 0.476/0.471/0.465; mean recall of classes
+# 0 and 1 0.928/0.953/0.958; final train loss 0.462/0.459/0.444; final eval accuracy
+# 0.698/0.694/0.703.
+@scenario(
+    MLP,
+    "classifier-confusion",
+    cause="DBG604",
+    twin="healthy-data",
+    description="""
+healthy-data where classes 2 and 3 have identical input distributions (the same blobs): the
+model cannot tell them apart and confuses them about half of the time; labels and predictions
+recorded.""",
+)
+def mlp_classifier_confusion(spec: RunSpec) -> None:
+    run(
+        spec,
+        replace(HEALTHY_DATA, data=tabular(twin_classes=True)),
+        Check(
+            "mean recall of classes 2 and 3", lambda m: (m.recall(2) + m.recall(3)) / 2, high=0.65
+        ),
+        Check(
+            "mean recall of classes 0 and 1", lambda m: (m.recall(0) + m.recall(1)) / 2, low=0.85
+        ),
+    )
+
+
+# Measured (seeds 0/1/2): final train loss 0.141/0.178/0.0798; final eval loss 0.142/0.225/0.115;
+# final eval accuracy 0.957/0.93/0.966. Both traces' timelines: a 1200 s gap between steps 159 and
+# 160 (median gap 2.3 ms), in all three seeds.
+@scenario(
+    MLP,
+    "stalled-training",
+    cause="DBG801",
+    twin="healthy-sgd",
+    description="""
+healthy-sgd with a simulated hang: from step 160 on, the wall clock both writers read
+(time.time, patched for the run) is 20 minutes ahead, as if step 160 had waited 20 minutes on
+a stuck data loader; training is otherwise the twin's, step for step.""",
+)
+def mlp_stalled_training(spec: RunSpec) -> None:
+    # Between two training steps: a gap next to an evaluation would read as a long evaluation.
+    run(spec, replace(HEALTHY_SGD, stall_at=160), *healthy())
+
+
+# -- torch-cnn ----------------------------------------------------------------------------------
+
+CNN = "torch-cnn"
+CNN_SGD = Recipe(data=images, model=cnn(), optimizer=sgd(0.05), steps=200, batch=32)
+
+
+# Measured (seeds 0/1/2): final train loss 0.11/0.0781/0.101; final eval loss 0.0542/0.081/0.109;
+# final eval accuracy 0.984/0.973/0.955.
+@scenario(
+    CNN,
+    "healthy-sgd",
+    cause=None,
+    description="""
+conv8-ReLU-conv16-ReLU-global max pool-linear (He init) on 1x12x12 images, each a class's
+4x4 pattern of ±1 at a random place plus noise (standardised); SGD momentum 0.9, lr 0.05,
+batch 32, 200 steps.""",
+)
+def cnn_healthy_sgd(spec: RunSpec) -> None:
+    run(spec, CNN_SGD, *healthy())
+
+
+# Measured (seeds 0/1/2): final train loss 0.258/0.173/0.093; final eval loss 0.233/0.166/0.106;
+# final eval accuracy 0.977/0.99/0.996.
+@scenario(
+    CNN,
+    "healthy-batchnorm-adam",
+    cause=None,
+    description="""
+healthy-sgd with BatchNorm2d after each convolution, trained with Adam lr 1e-3.""",
+)
+def cnn_healthy_batchnorm_adam(spec: RunSpec) -> None:
+    run(spec, replace(CNN_SGD, model=cnn(batchnorm=True), optimizer=adam(1e-3)), *healthy())
+
+
+# Measured (seeds 0/1/2): max update ratio of the first 25 steps 6.19/3.34/2.58; final train loss
+# 1.42/1.42/1.42; final eval accuracy 0.252/0.242/0.24.
+@scenario(
+    CNN,
+    "lr-too-high",
+    cause="DBG503",
+    twin="healthy-sgd",
+    description="""
+healthy-sgd at lr 0.5, 10x the twin's.""",
+)
+def cnn_lr_too_high(spec: RunSpec) -> None:
+    run(
+        spec,
+        replace(CNN_SGD, optimizer=sgd(0.5)),
+        Check("max update ratio of the first 25 steps", early_update_ratio(), low=0.2),
+        Check("final eval loss", Measured.final_eval_loss, low=1.0),
+    )
+
+
+# Measured (seeds 0/1/2): act1 dead share 0.111/0.203/0.124; act2 dead share 1/1/1; final train
+# loss 1.39/1.39/1.39; final eval accuracy 0.23/0.26/0.277.
+@scenario(
+    CNN,
+    "dying-relu",
+    cause="DBG201",
+    twin="healthy-sgd",
+    description="""
+healthy-sgd with both convolutions' biases initialised to -5: conv2's channels output 0 at
+every position of every image from the first step on and never recover (conv1's fire at a
+few positions), so the model cannot learn.""",
+)
+def cnn_dying_relu(spec: RunSpec) -> None:
+    run(
+        spec,
+        replace(CNN_SGD, model=cnn(hidden_bias(-5.0))),
+        Check("act1 dead share", dead_share("act1")),
+        Check("act2 dead share", dead_share("act2"), low=0.9),
+        Check("final eval accuracy", Measured.final_eval_accuracy, high=0.4),
+    )
