@@ -6,6 +6,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -172,7 +173,11 @@ def test_metadata_collection_kind_and_units(make_trace) -> None:
         assert units.values[2, 1] == 0.0
         tanh = trace.units("pre/tanh")
         assert tanh is not None
-        expected = np.stack([(np.abs(p) < 9.4999).mean(axis=0) for p in pre])
+        # The band where tanh' >= 0.01 (|z| < 2.993), the textbook notion of saturation.
+        edge = schema.SATURATING_BANDS["tanh"][1]
+        assert edge == pytest.approx(2.9932, abs=1e-4)
+        expected = np.stack([(np.abs(p) < edge).mean(axis=0) for p in pre])
+        assert tanh.values.min() < tanh.values.max()
         np.testing.assert_allclose(tanh.values, expected, rtol=1e-6)
         assert trace.tags(collection="activations")[0].tag == "act/relu"
         assert [t.tag for t in trace.tags("pre/*")] == ["pre/tanh"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import textwrap
 from collections.abc import Mapping, Sequence
 from enum import Enum
@@ -35,9 +34,6 @@ KEY_HYPERPARAMETERS: tuple[tuple[str, ...], ...] = (
 # At most this many hyperparameters are shown, each value in at most VALUE_WIDTH characters.
 HANDFUL = 8
 VALUE_WIDTH = 24
-# The reader's note for each series it cut to the writer's last commit (a trace being written
-# has every series longer on disk than what was committed).
-_CUT = re.compile(r"^(scalar|tensor) '.*': cut to \d+ committed records")
 SCALAR_COLUMNS = ("tag", "modes", "records", "steps", "last", "min", "max")
 TENSOR_COLUMNS = ("tag", "kind", "shape", "dtype", "modes", "records", "steps", "full tensors")
 # Tag names are never shortened below this, however many columns the rest of a table takes.
@@ -174,19 +170,14 @@ def _tensor_row(tag: dict[str, Any]) -> list[str]:
 
 
 def _status(summary: dict[str, Any], verbose: bool) -> Text:
-    """``complete``, or why not, with the series cut to the last commit counted once."""
+    """``complete``, or why not; ``verbose`` lists the series cut to the last commit."""
     from rich.text import Text
 
     if summary["complete"]:
         return Text("complete", style="green")
     reasons = list(summary["incomplete_reasons"])
-    if not verbose:
-        cut = [reason for reason in reasons if _CUT.match(reason)]
-        reasons = [reason for reason in reasons if not _CUT.match(reason)]
-        if cut:
-            reasons.append(
-                f"{len(cut)} series read up to the writer's last commit (--verbose lists them)"
-            )
+    if verbose:
+        reasons += summary["cut_series"]
     return Text("incomplete: " + "; ".join(reasons), style="yellow")
 
 

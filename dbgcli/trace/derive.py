@@ -59,7 +59,7 @@ class _StatsAccumulator(Accumulator):
     def __init__(self, info: TagInfo) -> None:
         self.table = np.full((info.records, len(schema.STAT_COLUMNS)), np.nan)
         self.kernel = StatsKernel()
-        self.tracked = info.collection in schema.UPDATE_TRACKED_COLLECTIONS
+        self.tracked = info.role in schema.UPDATE_TRACKED_ROLES
         self.previous: np.ndarray | None = None
         self.previous_record = -2
 
@@ -113,7 +113,7 @@ class _UnitsAccumulator(Accumulator):
             info.unit_measure is not None and info.kind is not None and info.unit_axis is not None
         )
         self.units[chunk.records] = unit_measure(
-            chunk.values, info.unit_measure, info.kind, info.collection, info.unit_axis
+            chunk.values, info.unit_measure, info.band, info.unit_axis
         )
 
     def finish(self) -> np.ndarray:

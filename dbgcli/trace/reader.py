@@ -28,7 +28,7 @@ import h5py
 import numpy as np
 
 from dbgcli.errors import MissingDataError, TraceFormatError, TraceNotFoundError, TraceVersionError
-from dbgcli.trace import schema
+from dbgcli.trace import roles, schema
 from dbgcli.trace.derive import Derivation, RecordStats, UnitMeasures
 from dbgcli.trace.stats import COL, DERIVED_STATS, derived
 
@@ -98,6 +98,7 @@ class TagInfo:
     records: int
     collection: str | None = None
     kind: str | None = None
+    role: str | None = None
     shape: tuple[int, ...] | None = None
     dtype: str | None = None
     has_stats: bool = False
@@ -108,6 +109,7 @@ class TagInfo:
     segments: tuple[RawSegment, ...] = ()
     path: str = ""
     truncated_from: int | None = None
+    band: tuple[float, float] | None = None
 
     @property
     def raw_records(self) -> int:
@@ -234,7 +236,14 @@ class _Node:
         return dtype
 
     def names(self) -> list[str]:
-        return [name.decode("utf-8", "replace") for name in self.id]
+        """Link names in creation order where the file tracks it (the writer's roots do, so
+        tags come in recording order: the model's layer order), else in name order."""
+        found: list[bytes] = []
+        try:
+            self.id.links.iterate(found.append, idx_type=h5py.h5.INDEX_CRT_ORDER)
+        except (KeyError, ValueError, RuntimeError, OSError):
+            found = list(self.id)
+        return [name.decode("utf-8", "replace") for name in found]
 
     def attrs(self) -> dict[str, Any]:
         """Every attribute, numbers as int64/float64 and strings as bytes or str."""
@@ -288,6 +297,9 @@ class Trace:
         self._raw_buffer: np.ndarray | None = None
         self.warnings: list[str] = []
         self.incomplete_reasons: list[str] = []
+        # Series longer on disk than the writer's last commit, one line each (a trace being
+        # written has them all); incomplete_reasons counts them in one line.
+        self.cut_series: list[str] = []
         attrs = self._guard("the root attributes", lambda: _Node(handle.id, "/").attrs())
         if _text(attrs.get(schema.ATTR_FORMAT)) != schema.FORMAT_NAME:
             raise TraceFormatError(
@@ -316,6 +328,11 @@ class Trace:
             )
         self._tags: dict[str, TagInfo] = {}
         self._guard("the list of series", self._scan)
+        if self.cut_series:
+            count = len(self.cut_series)
+            self.incomplete_reasons.append(
+                f"{count} series read up to the writer's last commit (rows after it are left out)"
+            )
 
     # -- context manager ----------------------------------------------------------------------
     def close(self) -> None:
@@ -648,8 +665,10 @@ class Trace:
             raise TraceFormatError(
                 f"{self.path}: {where} has neither '{schema.DS_STATS}' nor raw tensors"
             )
-        kind = _text(attrs.get(schema.ATTR_KIND)).lower() or None
         collection = _text(attrs.get(schema.ATTR_COLLECTION)) or None
+        meaning = roles.tensor_role(tag, collection, _text(attrs.get(schema.ATTR_KIND)) or None)
+        role = _text(attrs.get(schema.ATTR_ROLE)) or meaning.role
+        kind = meaning.kind
         shape_attr = attrs.get(schema.ATTR_SHAPE)
         shape = (
             tuple(int(d) for d in np.atleast_1d(shape_attr))
@@ -661,7 +680,7 @@ class Trace:
         dtype_attr = _text(attrs.get(schema.ATTR_DTYPE)) or (
             segments[0].dtype.str if segments else None
         )
-        measure = schema.unit_measure(kind)
+        measure = schema.unit_measure(kind) if role in roles.ACTIVATION_ROLES else None
         unit_axis_attr = attrs.get(schema.ATTR_UNIT_AXIS)
         unit_axis = (
             int(unit_axis_attr)
@@ -674,6 +693,8 @@ class Trace:
             records=records,
             collection=collection,
             kind=kind,
+            role=role,
+            band=self._band(attrs, measure, kind, role, stored_units=units is not None),
             shape=shape,
             dtype=dtype_attr,
             has_stats=stats is not None,
@@ -686,6 +707,27 @@ class Trace:
             truncated_from=cut,
         )
 
+    def _band(
+        self,
+        attrs: dict[str, Any],
+        measure: str | None,
+        kind: str | None,
+        role: str | None,
+        *,
+        stored_units: bool,
+    ) -> tuple[float, float] | None:
+        """The band of a saturation measure: as stored (format 1.1), the band a format 1.0
+        writer used for its stored units, or today's band for units derived from raw tensors."""
+        if measure != schema.UNIT_MEASURE_UNSATURATED or kind is None:
+            return None
+        stored = attrs.get(schema.ATTR_BAND)
+        if stored is not None and np.size(stored) == 2:
+            low, high = (float(v) for v in np.ravel(stored))
+            return low, high
+        if stored_units and self.format_version < (1, 1):
+            return schema.legacy_band(kind, role)
+        return schema.unsaturated_band(kind, role)
+
     def _committed(
         self, attrs: dict[str, Any], lengths: list[int], where: str
     ) -> tuple[int, int | None]:
@@ -696,7 +738,7 @@ class Trace:
             records = min(records, int(committed))
         longest = max(lengths)
         if records < longest:
-            self.incomplete_reasons.append(
+            self.cut_series.append(
                 f"{where}: cut to {records} committed records ({longest} rows were present)"
             )
             return records, longest

@@ -23,7 +23,7 @@ import math
 from urllib.parse import quote, unquote
 
 FORMAT_NAME = "dbg-trace"
-FORMAT_VERSION = (1, 0)
+FORMAT_VERSION = (1, 1)
 FORMAT_VERSION_STR = f"{FORMAT_VERSION[0]}.{FORMAT_VERSION[1]}"
 
 # Root attributes.
@@ -59,6 +59,8 @@ ATTR_RECORDS = "records"
 ATTR_COLUMNS = "columns"
 ATTR_UNIT_AXIS = "unit_axis"
 ATTR_UNIT_MEASURE = "unit_measure"
+ATTR_ROLE = "role"  # 1.1: the role the writer took the tensor for (dbgcli.trace.roles)
+ATTR_BAND = "band"  # 1.1: the band ``unsaturated_frac`` counts values inside, as stored values
 
 # Modes are stored as small integers; the index is part of the format.
 MODES: tuple[str, ...] = ("train", "eval", "predict")
@@ -80,8 +82,9 @@ STAT_COLUMNS: tuple[str, ...] = (
     "update_l2",
 )
 
-# Collections whose records are parameters of the model, so a step-to-step update is meaningful.
-UPDATE_TRACKED_COLLECTIONS = frozenset({"weights", "biases", "parameters"})
+# Roles (dbgcli.trace.roles) whose records are parameters of the model, so a step-to-step
+# update is meaningful.
+UPDATE_TRACKED_ROLES = frozenset({"weights", "biases"})
 
 # Activation kinds for which the writer records a per-unit measure (``units``).
 #
@@ -89,11 +92,22 @@ UPDATE_TRACKED_COLLECTIONS = frozenset({"weights", "biases", "parameters"})
 # ReLU, LeakyReLU, GELU, ELU, SELU and SiLU equals the sign of its input, so the same measure
 # works on pre-activations and outputs.
 RELU_KINDS = frozenset({"relu", "relu6", "leaky_relu", "gelu", "elu", "selu", "silu", "mish"})
-# Saturating kinds: the share of a unit's values inside the non-saturated band. The bands are
-# those of SageMaker Debugger's SaturatedActivation rule (the input where the derivative falls
-# below about 1e-7), expressed on the input (pre-activations) and mapped through the function
-# for outputs.
+# Saturating kinds: the share of a unit's values inside the non-saturated band, where the
+# derivative of the function is at least SATURATION_DERIVATIVE. 0.01 is the textbook notion of
+# a saturated unit (tanh'(z) < 0.01 for |z| > 2.99, sigmoid'(z) < 0.01 for |z| > 4.58, close to
+# DeepDiagnosis's |z| >= 5); the band is expressed on the input (pre-activations) and mapped
+# through the function for outputs.
+SATURATION_DERIVATIVE = 0.01
+_TANH_EDGE = math.atanh(math.sqrt(1.0 - SATURATION_DERIVATIVE))
+_SIGMOID_OUTPUT_LOW = (1.0 - math.sqrt(1.0 - 4.0 * SATURATION_DERIVATIVE)) / 2.0
+_SIGMOID_EDGE = -math.log(_SIGMOID_OUTPUT_LOW / (1.0 - _SIGMOID_OUTPUT_LOW))
 SATURATING_BANDS: dict[str, tuple[float, float]] = {
+    "tanh": (-_TANH_EDGE, _TANH_EDGE),
+    "sigmoid": (-_SIGMOID_EDGE, _SIGMOID_EDGE),
+}
+# Format 1.0 traces (no ``band`` attribute) used SageMaker Debugger's SaturatedActivation
+# bounds, where the derivative falls below about 1e-7.
+LEGACY_SATURATING_BANDS: dict[str, tuple[float, float]] = {
     "tanh": (-9.4999, 9.4999),
     "sigmoid": (-23.0, 16.99999),
 }
@@ -101,18 +115,29 @@ UNIT_MEASURE_ACTIVE = "active_frac"
 UNIT_MEASURE_UNSATURATED = "unsaturated_frac"
 
 
-def output_band(kind: str) -> tuple[float, float]:
-    """The non-saturated band of a saturating kind, mapped to the function's output."""
-    lo, hi = SATURATING_BANDS[kind]
+def _through(kind: str, band: tuple[float, float]) -> tuple[float, float]:
+    lo, hi = band
     if kind == "tanh":
         return math.tanh(lo), math.tanh(hi)
     return 1.0 / (1.0 + math.exp(-lo)), 1.0 / (1.0 + math.exp(-hi))
 
 
-def unsaturated_band(kind: str, collection: str | None) -> tuple[float, float]:
+def output_band(kind: str) -> tuple[float, float]:
+    """The non-saturated band of a saturating kind, mapped to the function's output."""
+    return _through(kind, SATURATING_BANDS[kind])
+
+
+def unsaturated_band(kind: str, role: str | None) -> tuple[float, float]:
     """The band ``unsaturated_frac`` counts values strictly inside: the kind's input band for
-    pre-activations, that band mapped through the function for its outputs."""
-    return SATURATING_BANDS[kind] if collection == "preactivations" else output_band(kind)
+    pre-activations (role ``preactivations``), that band mapped through the function for its
+    outputs."""
+    return SATURATING_BANDS[kind] if role == "preactivations" else output_band(kind)
+
+
+def legacy_band(kind: str, role: str | None) -> tuple[float, float]:
+    """The band a format 1.0 writer used (see LEGACY_SATURATING_BANDS)."""
+    band = LEGACY_SATURATING_BANDS[kind]
+    return band if role == "preactivations" else _through(kind, band)
 
 
 def unit_measure(kind: str | None) -> str | None:

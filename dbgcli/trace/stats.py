@@ -240,19 +240,20 @@ def derived(name: str, columns: dict[str, np.ndarray]) -> np.ndarray:
 
 
 def unit_measure(
-    block: np.ndarray, measure: str, kind: str, collection: str | None, unit_axis: int
+    block: np.ndarray, measure: str, band: tuple[float, float] | None, unit_axis: int
 ) -> np.ndarray:
     """Per-unit measure of each record: ``(rows, units)`` float32.
 
     ``active_frac``: share of the unit's values that are > 0. ``unsaturated_frac``: share of
-    the unit's values strictly inside the kind's non-saturated band (input band for
-    pre-activations, output band otherwise). ``unit_axis`` indexes a record (not the block).
+    the unit's values strictly inside ``band`` (the kind's non-saturated band, see
+    ``schema.unsaturated_band``). ``unit_axis`` indexes a record (not the block).
     """
     values = _as_numeric(block)
     if measure == schema.UNIT_MEASURE_ACTIVE:
         inside = values > 0
     else:
-        lo, hi = schema.unsaturated_band(kind, collection)
+        assert band is not None, "a saturation measure needs its band"
+        lo, hi = band
         inside = (values > lo) & (values < hi)
     axis = unit_axis + 1
     moved = np.moveaxis(inside, axis, -1)

@@ -68,6 +68,7 @@ def summarize(trace: Trace) -> dict[str, Any]:
         "created": trace.created or None,
         "complete": trace.complete,
         "incomplete_reasons": list(trace.incomplete_reasons),
+        "cut_series": list(trace.cut_series),
         "warnings": list(trace.warnings),
         "metadata": trace.metadata,
         "modes": per_mode,

@@ -31,7 +31,7 @@ import numpy as np
 
 from dbgcli._version import __version__
 from dbgcli.errors import TraceFormatError, TraceWriterError
-from dbgcli.trace import schema
+from dbgcli.trace import roles, schema
 from dbgcli.trace.stats import COL, StatsKernel, unit_measure
 
 # Rows per chunk of the small per-record datasets: big enough for fast reads of long runs,
@@ -251,10 +251,11 @@ class _TensorSeries:
         self,
         writer: TraceWriter,
         group: h5py.Group,
+        tag: str,
         collection: str | None,
         kind: str | None,
         unit_axis: int | None,
-        track_updates: bool,
+        track_updates: bool | None,
     ) -> None:
         self.writer = writer
         self.group = group
@@ -269,11 +270,24 @@ class _TensorSeries:
         )
         self.units: _Appendable | None = None
         self.collection = collection
-        self.kind = kind.lower() if kind else None
-        self.measure = schema.unit_measure(self.kind)
+        # What the tensor is decides its unit measure and band, whatever it was called.
+        meaning = roles.tensor_role(tag, collection, kind)
+        stored_role = group.attrs.get(schema.ATTR_ROLE)
+        self.role = str(stored_role) if stored_role is not None else meaning.role
+        self.kind = meaning.kind
+        self.measure = (
+            schema.unit_measure(self.kind) if self.role in roles.ACTIVATION_ROLES else None
+        )
+        self.band = (
+            schema.unsaturated_band(self.kind, self.role)
+            if self.measure == schema.UNIT_MEASURE_UNSATURATED and self.kind is not None
+            else None
+        )
         self.unit_axis = unit_axis
         self.unit_count: int | None = None
-        self.track_updates = track_updates
+        self.track_updates = (
+            self.role in schema.UPDATE_TRACKED_ROLES if track_updates is None else track_updates
+        )
         self.segments: dict[tuple[tuple[int, ...], str], _RawSegment] = {}
         self.pending_stats: list[np.ndarray] = []
         self.pending_units: list[np.ndarray] = []
@@ -364,11 +378,15 @@ class _TensorSeries:
         attrs[schema.ATTR_COLUMNS] = list(schema.STAT_COLUMNS)
         if self.collection:
             attrs[schema.ATTR_COLLECTION] = self.collection
+        if self.role:
+            attrs[schema.ATTR_ROLE] = self.role
         if self.kind:
             attrs[schema.ATTR_KIND] = self.kind
         if self.measure is not None and self.unit_axis is not None:
             attrs[schema.ATTR_UNIT_AXIS] = self.unit_axis
             attrs[schema.ATTR_UNIT_MEASURE] = self.measure
+            if self.band is not None:
+                attrs[schema.ATTR_BAND] = np.asarray(self.band, dtype=np.float64)
 
     def finish_block(self) -> None:
         """Compute statistics of the pending block and write its raw rows."""
@@ -401,7 +419,7 @@ class _TensorSeries:
         axis = self.unit_axis
         if axis is None or rows.ndim - 1 <= axis or self.kind is None or self.measure is None:
             return np.full((len(rows), self.unit_count or 0), np.nan, dtype=np.float32)
-        measured = unit_measure(rows, self.measure, self.kind, self.collection, axis)
+        measured = unit_measure(rows, self.measure, self.band, axis)
         if self.unit_count is None:
             self.unit_count = measured.shape[1]
         if measured.shape[1] != self.unit_count:
@@ -534,8 +552,8 @@ class TraceWriter:
         self._metadata_dirty = True
         self._file = self._open(resume, overwrite)
         self._timeline = _Index(self._file.require_group(schema.TIMELINE), with_time=True)
-        self._scalar_root = self._file.require_group(schema.SCALARS)
-        self._tensor_root = self._file.require_group(schema.TENSORS)
+        self._scalar_root = self._root(schema.SCALARS)
+        self._tensor_root = self._root(schema.TENSORS)
         if resume:
             self._load_existing()
         self._file.attrs[schema.ATTR_CLOSED] = False
@@ -578,6 +596,14 @@ class TraceWriter:
         attrs[schema.ATTR_CREATED] = _now_iso()
         return handle
 
+    def _root(self, name: str) -> h5py.Group:
+        """A root group of series; new ones track creation order, so that readers list tags
+        in recording order (which is the model's layer order for the framework hooks)."""
+        if name in self._file:
+            group: h5py.Group = self._file[name]
+            return group
+        return self._file.create_group(name, track_order=True)
+
     def _load_existing(self) -> None:
         """Pick up the series of a trace being resumed, dropping uncommitted tails."""
         timeline = self._timeline
@@ -598,13 +624,15 @@ class TraceWriter:
         for name, group in self._tensor_root.items():
             attrs = group.attrs
             collection = attrs.get(schema.ATTR_COLLECTION)
+            tag = schema.decode_tag(name)
             tensor = _TensorSeries(
                 self,
                 group,
+                tag,
                 str(collection) if collection is not None else None,
                 str(attrs[schema.ATTR_KIND]) if schema.ATTR_KIND in attrs else None,
                 int(attrs[schema.ATTR_UNIT_AXIS]) if schema.ATTR_UNIT_AXIS in attrs else None,
-                collection in schema.UPDATE_TRACKED_COLLECTIONS,
+                None,
             )
             committed = int(attrs.get(schema.ATTR_RECORDS, tensor.stats.length))
             for column in (tensor.index.step, tensor.index.mode, tensor.stats):
@@ -627,7 +655,7 @@ class TraceWriter:
                 segment.values.truncate(kept)
                 segment.record.truncate(kept)
                 tensor.segments[(tuple(values.shape[1:]), values.dtype.str)] = segment
-            self._tensors[schema.decode_tag(name)] = tensor
+            self._tensors[tag] = tensor
 
     # -- public API ---------------------------------------------------------------------------
     def add_scalar(self, tag: str, value: Any, step: int, *, mode: str = "train") -> None:
@@ -702,13 +730,14 @@ class TraceWriter:
                 if series is None:
                     group = self._tensor_root.create_group(schema.encode_tag(tag))
                     group.attrs[schema.ATTR_TAG] = tag
-                    tracked = (
-                        collection in schema.UPDATE_TRACKED_COLLECTIONS
-                        if track_updates is None
-                        else bool(track_updates)
-                    )
                     series = self._tensors[tag] = _TensorSeries(
-                        self, group, collection, kind, unit_axis, tracked
+                        self,
+                        group,
+                        tag,
+                        collection,
+                        kind,
+                        unit_axis,
+                        None if track_updates is None else bool(track_updates),
                     )
                 if raw is None:
                     keep = self.raw_due(step)
@@ -757,7 +786,7 @@ class TraceWriter:
                     group = self._tensor_root.create_group(schema.encode_tag(tag))
                     group.attrs[schema.ATTR_TAG] = tag
                     series = self._tensors[tag] = _TensorSeries(
-                        self, group, collection, kind, None, False
+                        self, group, tag, collection, kind, None, False
                     )
                 units_row = None if units is None else _to_numpy(units)
                 series.add_precomputed(

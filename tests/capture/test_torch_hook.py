@@ -819,6 +819,6 @@ def test_hook_statistics_equal_the_writers_from_the_full_tensors(
             if info.kind is not None and tag.startswith(("act/", "preact/")):
                 measure = schema.unit_measure(info.kind)
                 assert measure is not None
-                units = unit_measure(raw, measure, info.kind, info.collection, 1)
+                units = unit_measure(raw, measure, info.band, 1)
                 np.testing.assert_allclose(trace.units(tag).values, units, err_msg=tag)
                 assert 0 < units.mean() < 1, tag  # both sides of the measure occur
