@@ -20,16 +20,24 @@ from typing import Any
 
 import numpy as np
 
-from dbgcli.errors import DbgError, RuleConfigError, RuleSkipped
-from dbgcli.findings import Finding, Severity
-from dbgcli.lr import recorded_lr
-from dbgcli.report.model import Curve, Report, RuleResult, RuleStatus, TraceReport
+from dbgcli.diagnosis import diagnose, place
+from dbgcli.errors import DbgError, MissingDataError, RuleConfigError, RuleSkipped
+from dbgcli.findings import Finding, Severity, merge_findings
+from dbgcli.lr import SchedulerSpec, plan_replay, recorded_lr, run_schedulers
+from dbgcli.report.model import (
+    Curve,
+    Report,
+    RuleResult,
+    RuleStatus,
+    TraceReport,
+    sorted_findings,
+)
 from dbgcli.rules._context import RuleContext
 from dbgcli.rules._registry import REGISTRY, RuleSpec
-from dbgcli.schedulers import simulate
 from dbgcli.trace import schema
 from dbgcli.trace.derive import Derivation
 from dbgcli.trace.reader import Trace, open_trace
+from dbgcli.trace.roles import scalar_meaning
 
 
 @dataclass(frozen=True)
@@ -54,6 +62,8 @@ class Options:
         stop: Last step analysed (inclusive).
         mode: Only records of this mode.
         rules_files: Python files of custom rules to load first.
+        loss: The loss series when its name does not say so: a tag, or ``{"train": tag,
+            "eval": tag}`` (the ``loss`` configuration key).
     """
 
     select: tuple[str, ...] | None = None
@@ -64,6 +74,7 @@ class Options:
     stop: int | None = None
     mode: str | None = None
     rules_files: tuple[str, ...] = ()
+    loss: str | Mapping[str, str] | None = None
 
 
 def configure(options: Options) -> list[ConfiguredRule]:
@@ -152,19 +163,49 @@ def analyze_trace(
                 return TraceReport(
                     path=str(path), complete=trace.complete, error="the trace holds no records"
                 )
-            ctx = RuleContext(trace, start=options.start, stop=options.stop, mode=options.mode)
-            results = _run_rules(ctx, rules)
+            ctx = RuleContext(
+                trace,
+                start=options.start,
+                stop=options.stop,
+                mode=options.mode,
+                loss=options.loss,
+            )
+            results = tuple(_run_rules(ctx, rules))
+            places = {
+                info.tag: place(_scalar_role(info.tag) if info.scalar else info.role, index)
+                for index, info in enumerate(trace.tags())
+            }
+            slack = 2 * _record_interval(trace)
             return TraceReport(
                 path=str(path),
                 complete=trace.complete,
                 incomplete_reasons=tuple(trace.incomplete_reasons),
-                results=tuple(results),
+                results=results,
                 summary=_summary(trace, ctx),
                 curves=tuple(_curves(ctx)),
                 seconds=time.perf_counter() - started,
+                diagnoses=diagnose(sorted_findings(results), REGISTRY.find, places, slack=slack),
+                places=places,
+                slack=slack,
             )
         except DbgError as error:
             return TraceReport(path=str(path), complete=trace.complete, error=str(error))
+
+
+def _scalar_role(tag: str) -> str | None:
+    """``loss`` or ``lr`` for the scalar series that are one (see dbgcli.trace.roles)."""
+    quantity = scalar_meaning(tag).quantity
+    return quantity if quantity in ("loss", "lr") else None
+
+
+def _record_interval(trace: Trace) -> int:
+    """The usual step distance between records of the model's tensors (``stats_every``)."""
+    gaps = []
+    for info in trace.tags(scalar=False):
+        steps = trace.index(info.tag)[0]
+        if len(steps) > 1:
+            gaps.append(float(np.median(np.diff(np.unique(steps)))))
+    return max(1, int(max(gaps))) if gaps else 1
 
 
 def _run_rules(ctx: RuleContext, rules: Sequence[ConfiguredRule]) -> list[RuleResult]:
@@ -172,7 +213,7 @@ def _run_rules(ctx: RuleContext, rules: Sequence[ConfiguredRule]) -> list[RuleRe
     results: dict[str, RuleResult] = {}
     for configured in rules:
         missing = [
-            need.reason_for(configured.params)
+            need.reason_for(configured.params, ctx)
             for need in configured.spec.requires
             if not need.met(ctx, configured.params)
         ]
@@ -233,8 +274,9 @@ class _Run:
     def result(self) -> RuleResult:
         if self.status is not None:
             return _result(self.configured, self.status, reason=self.reason, seconds=self.seconds)
-        status = RuleStatus.violated if self.findings else RuleStatus.passed
-        return _result(self.configured, status, findings=tuple(self.findings), seconds=self.seconds)
+        findings = tuple(merge_findings(self.findings))
+        status = RuleStatus.violated if findings else RuleStatus.passed
+        return _result(self.configured, status, findings=findings, seconds=self.seconds)
 
 
 def _prefetch(ctx: RuleContext, rules: Iterable[ConfiguredRule]) -> dict[str, str]:
@@ -347,15 +389,21 @@ def _curves(ctx: RuleContext) -> list[Curve]:
                 tuple(float(v) for v in recorded[1]),
             )
         )
-    train = ctx.loss("train")
-    if train is not None and len(train) > 1:
-        # GreedyLR with its reference defaults, stepped once per training record as in the
-        # authors' Trainer fork, from the recorded starting learning rate.
-        start = float(recorded[1][0]) if recorded is not None and recorded[1][0] > 0 else 0.1
-        lrs = simulate(train.values, "greedy", lr=start)
+    try:
+        plan = plan_replay(ctx)
+    except MissingDataError:  # no loss to replay; the rules say what that means
+        return curves
+    if len(plan.metric.values) > 1:
+        # GreedyLR with its reference defaults, fed what ``dbg lr`` feeds it by default, so
+        # the two draw the same curve from the same start.
+        greedy = SchedulerSpec.parse("greedy")
+        (replayed,) = run_schedulers(plan.metric, [greedy], plan.lr)
         curves.append(
             Curve(
-                "GreedyLR (sim.)", tuple(int(s) for s in train.steps), tuple(float(v) for v in lrs)
+                "GreedyLR (sim.)",
+                tuple(int(s) for s in plan.metric.steps),
+                tuple(float(v) for v in replayed.replay.lrs),
+                note=plan.note(greedy),
             )
         )
     return curves

@@ -10,6 +10,7 @@ silently does nothing::
     ignore = ["oscillating-loss"]
     fail-on = "warning"              # info | warning | error
     mode = "train"                   # only analyse records of this mode
+    loss = "nll"                     # the loss series, when its name does not say so
     rules-files = ["ci/my_rules.py"] # relative to the configuration file
 
     [tool.dbg.severity]
@@ -43,6 +44,7 @@ KNOWN_KEYS = {
     "rules",
     "exit-zero",
     "format",
+    "loss",
 }
 
 
@@ -60,6 +62,7 @@ class Config:
     params: dict[str, dict[str, Any]] = field(default_factory=dict)
     exit_zero: bool = False
     formats: tuple[str, ...] = ()
+    loss: str | dict[str, str] | None = None
 
 
 def find_config(start: Path | None = None) -> Path | None:
@@ -115,6 +118,19 @@ def load_config(path: Path | None = None, *, search: bool = True) -> Config:
         params={str(k): dict(v) for k, v in rules.items()},
         exit_zero=bool(table.get("exit-zero", False)),
         formats=_strings(path, "format", [formats] if isinstance(formats, str) else formats),
+        loss=_loss(path, table.get("loss")),
+    )
+
+
+def _loss(path: Path, value: Any) -> str | dict[str, str] | None:
+    """``loss = "tag"`` or ``loss = {train = "tag", eval = "tag"}``."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, dict) and set(value) <= {"train", "eval"}:
+        if all(isinstance(v, str) for v in value.values()):
+            return {str(k): str(v) for k, v in value.items()}
+    raise ConfigError(
+        f"{path}: 'loss' must be a series name, or a table with train and/or eval series names"
     )
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
 
@@ -34,15 +34,18 @@ class Finding:
     Attributes:
         message: One line saying what is wrong, with the numbers.
         tensor: The tag (tensor or scalar series) concerned, or None for run-wide findings.
-        first_step: First step of the episode (None when not tied to steps).
-        last_step: Last step of the episode.
-        steps: Number of recorded steps in the episode that violate the condition.
-        value: The observed value (the worst one of the episode).
+        first_step: First step of the first episode (None when not tied to steps).
+        last_step: Last step of the last episode.
+        steps: Number of recorded steps that violate the condition, over all episodes.
+        value: The observed value (the worst one over all episodes).
         threshold: The threshold ``value`` was compared with.
         mode: The mode of the records (train, eval, predict), if one.
         key: Short, stable name of the kind of finding ("vanished", "nan", ...); together with
             the rule and the tensor it identifies the finding across reruns (baselines).
         extra: Further machine-readable evidence.
+        episodes: Separate runs of violating records merged into this finding (a finding is
+            one per rule, tensor, kind and mode; an episode that comes back is the same
+            finding).
     """
 
     message: str
@@ -58,6 +61,7 @@ class Finding:
     rule_id: str = ""
     rule: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    episodes: int = 1
 
     @property
     def span(self) -> str:
@@ -66,8 +70,15 @@ class Finding:
             return ""
         if self.first_step == self.last_step or self.last_step is None:
             return f"step {self.first_step}"
-        count = f" ({self.steps} records)" if self.steps else ""
-        return f"steps {self.first_step}-{self.last_step}{count}"
+        count = f" ({self.steps} records" if self.steps else ""
+        if count and self.episodes > 1:
+            count += f" in {self.episodes} episodes"
+        return f"steps {self.first_step}-{self.last_step}{count}{')' if count else ''}"
+
+    @property
+    def identity(self) -> tuple[str, str, str, str]:
+        """What makes two findings one: rule, tensor, kind of finding and mode."""
+        return (self.rule_id, self.tensor or "", self.key, self.mode or "")
 
     @property
     def fingerprint(self) -> str:
@@ -94,11 +105,42 @@ class Finding:
             "threshold": json_number(self.threshold),
             "mode": self.mode,
             "key": self.key,
+            "episodes": self.episodes,
             "message": self.message,
             "extra": {
                 k: json_number(v) if isinstance(v, float) else v for k, v in self.extra.items()
             },
         }
+
+
+def merge_findings(findings: list[Finding]) -> list[Finding]:
+    """One finding per :attr:`Finding.identity`, its episodes merged, in first-seen order.
+
+    The merged finding keeps the message, value and extra of its most severe episode (the
+    earliest among equals), spans from the first episode's first step to the last one's last
+    step, and counts the violating records and episodes of all of them.
+    """
+    groups: dict[tuple[str, str, str, str], list[Finding]] = {}
+    for finding in findings:
+        groups.setdefault(finding.identity, []).append(finding)
+    merged = []
+    for group in groups.values():
+        if len(group) == 1:
+            merged.append(group[0])
+            continue
+        lead = min(group, key=lambda f: (-(f.severity or Severity.info).rank, f.first_step or 0))
+        firsts = [f.first_step for f in group if f.first_step is not None]
+        lasts = [f.last_step for f in group if f.last_step is not None]
+        merged.append(
+            replace(
+                lead,
+                first_step=min(firsts) if firsts else None,
+                last_step=max(lasts) if lasts else None,
+                steps=sum(f.steps for f in group),
+                episodes=sum(f.episodes for f in group),
+            )
+        )
+    return merged
 
 
 def json_number(value: float | None) -> float | str | None:

@@ -41,10 +41,13 @@ def healthy(make_trace) -> Path:
 
 def test_exit_codes(cli, vanishing: Path, healthy: Path) -> None:
     assert cli("analyze", healthy, "--select", "DBG1").code == EXIT_OK
-    dirty = cli("analyze", vanishing, "--select", "DBG1")
+    # A vanishing gradient is a warning: the gate fails on it from --fail-on warning.
+    assert cli("analyze", vanishing, "--select", "DBG1").code == EXIT_OK
+    dirty = cli("analyze", vanishing, "--select", "DBG1", "--fail-on", "warning")
     assert dirty.code == EXIT_FINDINGS
-    assert "vanishing-gradient" in dirty.stdout and "grad/fc.weight" in dirty.stdout
-    assert cli("analyze", vanishing, "--select", "DBG1", "--exit-zero").code == EXIT_OK
+    assert "vanishing gradients" in dirty.stdout and "grad/fc.weight" in dirty.stdout
+    gate = ("--select", "DBG1", "--fail-on", "warning", "--exit-zero")
+    assert cli("analyze", vanishing, *gate).code == EXIT_OK
     broken = cli(
         "analyze", vanishing, healthy.with_name("missing.h5"), "--select", "DBG1", "--exit-zero"
     )
@@ -52,7 +55,9 @@ def test_exit_codes(cli, vanishing: Path, healthy: Path) -> None:
 
 
 def test_json_document(cli, vanishing: Path) -> None:
-    result = cli("analyze", vanishing, "--select", "DBG101", "--format", "json")
+    result = cli(
+        "analyze", vanishing, "--select", "DBG101", "--fail-on", "warning", "--format", "json"
+    )
     assert result.code == EXIT_FINDINGS
     document = json.loads(result.stdout)
     assert document["version"] == 1
@@ -81,7 +86,7 @@ def test_json_document(cli, vanishing: Path) -> None:
     } == {
         "rule_id": "DBG101",
         "rule": "vanishing-gradient",
-        "severity": "error",
+        "severity": "warning",
         "tensor": "grad/fc.weight",
         "first_step": 20,
         "last_step": 29,
@@ -89,6 +94,25 @@ def test_json_document(cli, vanishing: Path) -> None:
         "threshold": 1e-7,
     }
     assert isinstance(finding["value"], float) and isinstance(finding["message"], str)
+    assert trace["verdict"] == "unhealthy: vanishing gradients" and trace["healthy"] is False
+    (diagnosis,) = trace["diagnoses"]
+    assert diagnosis["fix"] and diagnosis["evidence"] == [
+        "vanishing gradients in grad/fc.weight from step 20"
+    ]
+    assert {k: v for k, v in diagnosis.items() if k not in ("fix", "evidence")} == {
+        "title": "vanishing gradients",
+        "severity": "warning",
+        "cause": {
+            "rule": "vanishing-gradient",
+            "rule_id": "DBG101",
+            "severity": "warning",
+            "first_step": 20,
+            "last_step": 29,
+            "tensors": ["grad/fc.weight"],
+            "finding": 0,
+        },
+        "explains": [],
+    }
 
 
 def test_params_select_and_errors(cli, healthy: Path) -> None:
@@ -99,6 +123,8 @@ def test_params_select_and_errors(cli, healthy: Path) -> None:
         "vanishing-gradient",
         "-p",
         "DBG101.threshold=1",
+        "--fail-on",
+        "warning",
         "-f",
         "json",
     )
@@ -119,15 +145,14 @@ def test_params_select_and_errors(cli, healthy: Path) -> None:
 
 
 def test_fail_on_levels(cli, vanishing: Path, tmp_path: Path) -> None:
-    config = tmp_path / "dbg.toml"
-    config.write_text('[severity]\nDBG101 = "warning"\n')
-    assert cli("analyze", vanishing, "--select", "DBG101", "--config", config).code == EXIT_OK
+    assert cli("analyze", vanishing, "--select", "DBG101").code == EXIT_OK
     assert (
-        cli(
-            "analyze", vanishing, "--select", "DBG101", "--config", config, "--fail-on", "warning"
-        ).code
+        cli("analyze", vanishing, "--select", "DBG101", "--fail-on", "warning").code
         == EXIT_FINDINGS
     )
+    config = tmp_path / "dbg.toml"
+    config.write_text('[severity]\nDBG101 = "error"\n')
+    assert cli("analyze", vanishing, "--select", "DBG101", "--config", config).code == EXIT_FINDINGS
 
 
 def test_configuration_is_found_upwards_and_cli_wins(
@@ -156,6 +181,8 @@ def test_several_formats_in_one_run(cli, vanishing: Path, tmp_path: Path) -> Non
         vanishing,
         "--select",
         "DBG1",
+        "--fail-on",
+        "warning",
         "--format",
         f"json:{report_json}",
         "--format",
@@ -164,7 +191,7 @@ def test_several_formats_in_one_run(cli, vanishing: Path, tmp_path: Path) -> Non
     assert result.code == EXIT_FINDINGS and result.stdout == ""
     assert json.loads(report_json.read_text())["traces"][0]["findings"]
     text = report_txt.read_text()
-    assert "vanishing-gradient" in text and "\x1b[" not in text
+    assert "vanishing gradients" in text and "\x1b[" not in text
     clash = cli("analyze", vanishing, "--format", "json", "--format", "human")
     assert clash.code == EXIT_ERROR and "only one report can go to stdout" in clash.stderr
     uneven = cli(
@@ -175,19 +202,17 @@ def test_several_formats_in_one_run(cli, vanishing: Path, tmp_path: Path) -> Non
     assert twice.code == EXIT_ERROR and "already names a file" in twice.stderr
     assert "unknown format 'yaml'" in cli("analyze", vanishing, "--format", "yaml").stderr
     single = tmp_path / "single.json"
-    assert (
-        cli("analyze", vanishing, "--select", "DBG1", "-f", "json", "-o", single).code
-        == EXIT_FINDINGS
-    )
+    gate = ("--select", "DBG1", "--fail-on", "warning")
+    assert cli("analyze", vanishing, *gate, "-f", "json", "-o", single).code == EXIT_FINDINGS
     assert json.loads(single.read_text())["version"] == 1
     paired_sarif, paired_log = tmp_path / "p.sarif", tmp_path / "p.txt"
     paired = cli(
-        *("analyze", vanishing, "--select", "DBG1"),
+        *("analyze", vanishing, *gate),
         *("--format", "sarif", "--output", paired_sarif, "--format", "human", "-o", paired_log),
     )
     assert paired.code == EXIT_FINDINGS and paired.stdout == ""
     assert json.loads(paired_sarif.read_text())["version"] == "2.1.0"
-    assert "vanishing-gradient" in paired_log.read_text()
+    assert "vanishing gradients" in paired_log.read_text()
 
 
 def test_directories_are_searched(cli, vanishing: Path, healthy: Path) -> None:
@@ -229,8 +254,17 @@ def test_rules_file_option(cli, healthy: Path, tmp_path: Path) -> None:
         "    loss = ctx.loss()\n"
         "    yield Finding(f'final loss {loss.values[-1]:g}', tensor='loss', value=float(loss.values[-1]))\n"
     )
+    # An info finding is a note: its message is in the verbose report.
     result = cli(
-        "analyze", healthy, "--rules-file", path, "--select", "TEAM001", "--fail-on", "info"
+        "analyze",
+        healthy,
+        "--rules-file",
+        path,
+        "--select",
+        "TEAM001",
+        "--fail-on",
+        "info",
+        "--verbose",
     )
     assert result.code == EXIT_FINDINGS and "final loss 1" in result.stdout
     assert "TEAM001" in cli("rules", "list", "--rules-file", path).stdout

@@ -81,6 +81,14 @@ def analyze(
         list[Path] | None,
         typer.Option("--rules-file", help="Load custom rules from this Python file."),
     ] = None,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose",
+            "-v",
+            help="Human report: every trace in full, with the rules table and every finding.",
+        ),
+    ] = False,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="Human report: hide rules that passed.")
     ] = False,
@@ -119,6 +127,7 @@ def analyze(
         stop=stop,
         mode=mode or settings.mode,
         rules_files=(*settings.rules_files, *(str(p) for p in rules_file or [])),
+        loss=settings.loss,
     )
     level_name = fail_on.value if fail_on is not None else (settings.fail_on or "error")
     try:
@@ -140,7 +149,7 @@ def analyze(
                 f"{len(report.stale_baseline)} baseline entr{'y' if len(report.stale_baseline) == 1 else 'ies'} no longer occur"
             )
     for fmt, destination in targets:
-        write_report(report, fmt, destination, quiet)
+        write_report(report, fmt, destination, quiet, verbose)
     raise typer.Exit(report.exit_code(exit_zero=exit_zero or settings.exit_zero))
 
 

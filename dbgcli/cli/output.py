@@ -58,7 +58,9 @@ def parse_outputs(
     return pairs
 
 
-def write_report(report: Any, fmt: str, destination: Path | None, quiet: bool) -> None:
+def write_report(
+    report: Any, fmt: str, destination: Path | None, quiet: bool, verbose: bool = False
+) -> None:
     if fmt == "human":
         from rich.console import Console
 
@@ -66,13 +68,14 @@ def write_report(report: Any, fmt: str, destination: Path | None, quiet: bool) -
         from dbgcli.report import human
 
         if destination is None:
-            human.render(report, stdout_console(), show_passed=not quiet)
+            human.render(report, stdout_console(), show_passed=not quiet, verbose=verbose)
             return
         with destination.open("w", encoding="utf-8") as handle:
             human.render(
                 report,
                 Console(file=handle, width=120, color_system=None, highlight=False),
                 show_passed=not quiet,
+                verbose=verbose,
             )
         return
     text = machine_renderer(fmt)(report)

@@ -13,8 +13,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from dbgcli.diagnosis import diagnose
 from dbgcli.errors import ConfigError
-from dbgcli.report.model import Report, RuleResult, RuleStatus
+from dbgcli.report.model import Report, RuleResult, RuleStatus, sorted_findings
+from dbgcli.rules import REGISTRY
 
 BASELINE_VERSION = 1
 
@@ -81,7 +83,11 @@ def apply_baseline(report: Report, baseline: dict[str, dict[str, Any]]) -> Repor
                 else:
                     kept.append(finding)
             results.append(_with_findings(result, tuple(kept)))
-        traces.append(replace(trace, results=tuple(results)))
+        kept_results = tuple(results)
+        diagnoses = diagnose(
+            sorted_findings(kept_results), REGISTRY.find, trace.places, slack=trace.slack
+        )
+        traces.append(replace(trace, results=kept_results, diagnoses=diagnoses))
     stale = tuple(entry for key, entry in baseline.items() if key not in seen)
     return replace(
         report,

@@ -1,18 +1,27 @@
-"""The human report: a Rich rendering of the report model (the only report module using Rich)."""
+"""The human report: a Rich rendering of the report model (the only report module using Rich).
+
+By default each trace takes one screen: its verdict, the run in a line or two with the loss
+and learning-rate curves, then each diagnosis (the cause, what it explains, the fix). Several
+traces get one line each first, then the details of the unhealthy ones. ``verbose`` adds the
+rules table and every finding.
+"""
 
 from __future__ import annotations
 
 import math
+import re
+import textwrap
 from collections.abc import Sequence
 
 import numpy as np
-from rich.console import Console, Group
-from rich.panel import Panel
+from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from dbgcli.diagnosis import Diagnosis
 from dbgcli.findings import Finding, Severity
 from dbgcli.report.model import Curve, Report, RuleStatus, TraceReport
+from dbgcli.report.text import shorten_middle
 
 SEVERITY_STYLE = {Severity.error: "bold red", Severity.warning: "yellow", Severity.info: "cyan"}
 STATUS_STYLE = {
@@ -22,18 +31,36 @@ STATUS_STYLE = {
     RuleStatus.error: ("error", "bold magenta"),
 }
 _BLOCKS = "▁▂▃▄▅▆▇█"
+# Diagnoses shown with their evidence and fix; the next ones get a line each.
+_DETAILED = 3
+_LISTED = 5
+_INDENT = 5
+_LABEL = 9
 
 
-def render(report: Report, console: Console, *, show_passed: bool = True) -> None:
-    """Print the whole report: one panel per trace, then the totals."""
-    for trace in report.traces:
-        _render_trace(trace, console, show_passed)
+def render(
+    report: Report, console: Console, *, show_passed: bool = True, verbose: bool = False
+) -> None:
+    """Print the report: a summary line per trace when there are several, then each trace
+    (every trace with ``verbose``, else the unhealthy ones), then the totals."""
+    traces = report.traces
+    several = len(traces) > 1
+    if several:
+        path_width = min(max(len(t.path) for t in traces), max(16, console.width // 2))
+        for trace in traces:
+            console.print(_summary_line(trace, console.width, path_width))
+        console.print()
+    for trace in traces:
+        if several and not verbose and trace.healthy:
+            continue
+        _render_trace(trace, console, show_passed=show_passed, verbose=verbose, title=several)
     if report.suppressed:
         console.print(Text(f"{report.suppressed} finding(s) hidden by the baseline", style="dim"))
     for entry in report.stale_baseline:
         console.print(
             Text(
-                f"stale baseline entry: {entry.get('rule_id')} {entry.get('tensor') or ''} ({entry.get('key')}) no longer occurs",
+                f"stale baseline entry: {entry.get('rule_id')} {entry.get('tensor') or ''} "
+                f"({entry.get('key')}) no longer occurs",
                 style="yellow",
             )
         )
@@ -43,9 +70,7 @@ def render(report: Report, console: Console, *, show_passed: bool = True) -> Non
         f"{n} {name}{'s' if n != 1 and name != 'info' else ''}"
         for name, n in reversed(counts.items())
     )
-    verdict = Text(
-        f"{totals} in {len(report.traces)} trace{'s' if len(report.traces) != 1 else ''}"
-    )
+    verdict = Text(f"{totals} in {len(traces)} trace{'s' if len(traces) != 1 else ''}")
     verdict.append(
         f" · fail on {report.fail_on.value} · exit {code}",
         style="bold red" if code else "bold green",
@@ -53,73 +78,215 @@ def render(report: Report, console: Console, *, show_passed: bool = True) -> Non
     console.print(verdict)
 
 
-def _render_trace(trace: TraceReport, console: Console, show_passed: bool) -> None:
-    if trace.error:
+def _verdict_style(trace: TraceReport) -> str:
+    if trace.error is not None:
+        return "bold magenta"
+    problems = trace.problems
+    if not problems:
+        return "green"
+    return SEVERITY_STYLE[problems[0].severity]
+
+
+def _summary_line(trace: TraceReport, width: int, path_width: int) -> Text:
+    """``✗ runs/a.h5  unhealthy: dying ReLU (9 symptoms)`` in one line."""
+    mark = "✓" if trace.healthy else "✗"
+    line = Text(f"{mark} ", style=_verdict_style(trace))
+    line.append(f"{shorten_middle(trace.path, path_width):<{path_width}}", style="bold")
+    line.append("  ")
+    room = max(10, width - path_width - 4)
+    verdict = trace.verdict
+    if len(verdict) > room:
+        verdict = verdict[: room - 1] + "…"
+    line.append(verdict, style=_verdict_style(trace))
+    return line
+
+
+def _render_trace(
+    trace: TraceReport, console: Console, *, show_passed: bool, verbose: bool, title: bool
+) -> None:
+    width = console.width
+    if trace.error is not None:
+        line = Text(f"{trace.path}  ", style="bold")
+        line.append(trace.verdict, style="bold magenta")
+        console.print(line)
+        return
+    head = Text(shorten_middle(trace.path, max(16, width // 2)), style="bold")
+    head.append("  ")
+    head.append(trace.verdict, style=_verdict_style(trace))
+    console.print(head)
+    _wrapped(console, _run_line(trace), indent=2, style="dim")
+    label = max((len(curve.name) for curve in trace.curves), default=0)
+    for curve in trace.curves:
+        console.print(_curve_line(curve, width, label))
+    findings = trace.findings
+    problems = trace.problems
+    for number, diagnosis in enumerate(problems[:_DETAILED], start=1):
+        _render_diagnosis(console, number, diagnosis, findings)
+    rest = problems[_DETAILED:]
+    for number, diagnosis in enumerate(rest[:_LISTED], start=_DETAILED + 1):
+        console.print(_diagnosis_line(number, diagnosis, findings, width))
+    if len(rest) > _LISTED:
+        console.print(Text(f"  … and {len(rest) - _LISTED} more problems", style="dim"))
+    unknown = _unrecognised(trace)
+    if unknown:
+        _wrapped(
+            console,
+            f"{unknown}: rules that need them were skipped; give them a collection or a "
+            "conventional name, or name the loss with the 'loss' key (--verbose lists them)",
+            indent=2,
+            label="unknown",
+            style="yellow",
+        )
+    notes = [d for d in trace.diagnoses if d not in problems]
+    if notes:
+        titles = "; ".join(
+            f"{d.title} ({findings[d.cause].rule_id} {findings[d.cause].tensor or ''})".replace(
+                " )", ")"
+            )
+            for d in notes
+        )
+        _wrapped(console, titles, indent=2, label="notes", style="cyan")
+    if findings and not verbose:
+        rules = len({f.rule_id for f in findings})
         console.print(
-            Panel(
-                Text(trace.error, style="bold magenta"),
-                title=trace.path,
-                title_align="left",
-                border_style="magenta",
+            Text(
+                f"  {len(findings)} finding{'s' if len(findings) != 1 else ''} from {rules} "
+                f"rule{'s' if rules != 1 else ''}; --verbose shows the rules and every finding",
+                style="dim",
             )
         )
-        return
-    parts: list[Table] = [_header(trace)]
-    for curve in trace.curves:
-        parts.append(_sparkline_row(curve))
-    console.print(Panel(Group(*parts), title=trace.path, title_align="left"))
-    console.print(_rules_table(trace, show_passed))
-    findings = trace.findings
-    if findings:
-        console.print(Text("findings", style="italic"))
-        console.print(_findings_table(findings))
+    if verbose:
+        for curve in trace.curves:
+            if curve.note:
+                _wrapped(console, curve.note, indent=2, label=curve.name, style="dim")
+        console.print(_rules_table(trace, show_passed))
+        if findings:
+            console.print(Text("findings", style="italic"))
+            console.print(_findings_table(findings, width))
+    console.print()
 
 
-def _header(trace: TraceReport) -> Table:
-    grid = Table.grid(padding=(0, 2))
-    status = (
-        Text("complete", style="green")
-        if trace.complete
-        else Text("incomplete: " + "; ".join(trace.incomplete_reasons), style="yellow")
-    )
-    grid.add_row("trace", status)
-    modes = trace.summary.get("modes", {})
+_MEANING_UNKNOWN = re.compile(r"\(found (.*?), whose meaning dbg cannot tell\)")
+
+
+def _unrecognised(trace: TraceReport) -> str:
+    """The series skipped rules found but could not tell the meaning of, once each."""
+    found: list[str] = []
+    for result in trace.results:
+        if result.status is RuleStatus.skipped:
+            for match in _MEANING_UNKNOWN.finditer(result.reason):
+                for item in match.group(1).split(", "):
+                    if item not in found and not item.startswith("and "):
+                        found.append(item)
+    return ", ".join(found)
+
+
+def _run_line(trace: TraceReport) -> str:
+    summary = trace.summary
+    parts = []
+    modes = summary.get("modes", {})
     if modes:
-        grid.add_row(
-            "steps",
+        parts.append(
             ", ".join(
-                f"{m} {s['first_step']}..{s['last_step']} ({s['steps']})" for m, s in modes.items()
-            ),
+                f"{m} {s['first_step']}..{s['last_step']} ({s['steps']} steps)"
+                for m, s in modes.items()
+            )
         )
-    grid.add_row(
-        "series",
-        f"{trace.summary.get('scalars', 0)} scalars, {trace.summary.get('tensors', 0)} tensors "
-        f"({trace.summary.get('raw_tensors', 0)} with full values)"
-        + (f", {trace.summary['framework']}" if trace.summary.get("framework") else ""),
+    tensors = summary.get("tensors", 0)
+    parts.append(
+        f"{summary.get('scalars', 0)} scalars, {tensors} tensors"
+        + (f" ({summary.get('raw_tensors', 0)} with full values)" if tensors else "")
     )
-    return grid
+    if summary.get("framework"):
+        parts.append(str(summary["framework"]))
+    if not trace.complete:
+        parts.append("incomplete: " + "; ".join(trace.incomplete_reasons))
+    return " · ".join(parts)
 
 
-def _sparkline_row(curve: Curve) -> Table:
-    grid = Table.grid(padding=(0, 2))
-    grid.add_column(no_wrap=True)
-    grid.add_column(no_wrap=True)
-    grid.add_column(overflow="fold")
+def _wrapped(
+    console: Console,
+    text: str,
+    *,
+    indent: int,
+    label: str = "",
+    label_width: int = 0,
+    style: str = "",
+) -> None:
+    """``label  text`` at ``indent``, the text wrapped under itself (no trailing blanks)."""
+    width = max(label_width, len(label) + 1 if label else 0)
+    room = max(20, console.width - indent - width)
+    lines = textwrap.wrap(text, room, break_long_words=True, break_on_hyphens=False) or [""]
+    for index, line in enumerate(lines):
+        row = Text(" " * indent)
+        row.append(f"{label if index == 0 else '':<{width}}", style="dim")
+        row.append(line, style=style)
+        console.print(row, soft_wrap=True)
+
+
+def _curve_line(curve: Curve, width: int, label: int) -> Text:
     values = np.asarray(curve.values, dtype=np.float64)
     finite = values[np.isfinite(values)]
     first = f"{values[0]:.3g}" if values.size else "-"
     last = f"{values[-1]:.3g}" if values.size else "-"
-    span = f"{first} → {last}" + (f" (min {finite.min():.3g})" if finite.size else "")
-    grid.add_row(
-        Text(f"{curve.name:<16}"),
-        Text(sparkline(values, width=32), style="blue"),
-        Text(span, style="dim"),
-    )
-    return grid
+    line = Text(f"  {curve.name:<{label}}  ", style="dim")
+    line.append(sparkline(values, width=min(32, max(8, width // 4))), style="blue")
+    line.append(f"  {first} → {last}" + (f" (min {finite.min():.3g})" if finite.size else ""))
+    return line
+
+
+def _where(finding: Finding, width: int) -> str:
+    parts = [finding.rule_id]
+    if finding.tensor:
+        parts.append(shorten_middle(finding.tensor, max(12, width // 3)))
+    if finding.span:
+        parts.append(finding.span)
+    if finding.mode not in (None, "train"):
+        parts.append(str(finding.mode))
+    return " · ".join(parts)
+
+
+def _render_diagnosis(
+    console: Console, number: int, diagnosis: Diagnosis, findings: list[Finding]
+) -> None:
+    cause = findings[diagnosis.cause]
+    severity = diagnosis.severity
+    head = Text(f"  {number}. ")
+    head.append(diagnosis.title, style="bold")
+    head.append(f"  {severity.value}", style=SEVERITY_STYLE[severity])
+    head.append(f" · {_where(cause, console.width)}", style="dim")
+    console.print(head)
+    _wrapped(console, cause.message, indent=_INDENT, label_width=_LABEL)
+    if diagnosis.symptoms:
+        _wrapped(
+            console,
+            "; ".join(diagnosis.evidence),
+            indent=_INDENT,
+            label="evidence",
+            label_width=_LABEL,
+        )
+    if diagnosis.fix:
+        _wrapped(console, diagnosis.fix, indent=_INDENT, label="fix", label_width=_LABEL)
+
+
+def _diagnosis_line(number: int, diagnosis: Diagnosis, findings: list[Finding], width: int) -> Text:
+    cause = findings[diagnosis.cause]
+    line = Text(f"  {number}. ")
+    line.append(diagnosis.title, style="bold")
+    line.append(f"  {diagnosis.severity.value}", style=SEVERITY_STYLE[diagnosis.severity])
+    line.append(f" · {_where(cause, width)}", style="dim")
+    if diagnosis.symptoms:
+        line.append(f" (+{len(diagnosis.symptoms)} symptoms)", style="dim")
+    return line
 
 
 def sparkline(values: Sequence[float] | np.ndarray, width: int = 60) -> str:
-    """Unicode block sparkline; non-finite points show as ``×``; log scale for wide ranges."""
+    """Unicode block sparkline; non-finite points show as ``×``; log scale for wide ranges.
+
+    A series whose range is below a millionth of its magnitude is drawn flat, at the lowest
+    level: min-max scaling would otherwise stretch float noise (a constant learning rate of
+    0.1 stored once as 0.1000000001) into a full-height step.
+    """
     data = np.asarray(values, dtype=np.float64)
     if data.size == 0:
         return ""
@@ -132,6 +299,8 @@ def sparkline(values: Sequence[float] | np.ndarray, width: int = 60) -> str:
     finite = series[np.isfinite(series)]
     if finite.size == 0:
         return "×" * len(series)
+    if finite.max() - finite.min() <= 1e-6 * np.abs(finite).max():
+        return "".join(_BLOCKS[0] if np.isfinite(v) else "×" for v in series)
     if finite.min() > 0 and finite.max() / finite.min() > 100:
         series = np.log10(series)
         finite = np.log10(finite)
@@ -164,22 +333,22 @@ def _rules_table(trace: TraceReport, show_passed: bool) -> Table:
         elif result.status is RuleStatus.passed:
             detail = Text("")
         elif result.status is RuleStatus.skipped:
-            # Skip reasons can be long; the full text is in the JSON report.
-            detail = Text(result.reason, style="dim", no_wrap=True, overflow="ellipsis")
+            detail = Text(result.reason, style="dim")
         else:
             detail = Text(result.reason, style="magenta")
         table.add_row(result.id, result.name, Text(label, style=style), detail)
     return table
 
 
-def _findings_table(findings: list[Finding]) -> Table:
+def _findings_table(findings: list[Finding], width: int) -> Table:
     table = Table.grid(padding=(0, 1))
     table.add_column(no_wrap=True)
     table.add_column(overflow="fold")
     for finding in findings:
         severity = finding.severity or Severity.info
         mode = finding.mode if finding.mode != "train" else None
-        where = " · ".join(part for part in (finding.tensor, finding.span, mode) if part)
+        tensor = shorten_middle(finding.tensor, max(12, width // 3)) if finding.tensor else None
+        where = " · ".join(part for part in (tensor, finding.span, mode) if part)
         head = Text()
         head.append(f"{finding.rule_id} {finding.rule}", style="bold")
         if where:

@@ -5,11 +5,12 @@ Turning findings into an exit code happens here and nowhere else.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from dbgcli.diagnosis import Diagnosis, Place
 from dbgcli.findings import Finding, Severity
 
 EXIT_OK = 0
@@ -69,14 +70,80 @@ class TraceReport:
     summary: dict[str, Any] = field(default_factory=dict)
     curves: tuple[Curve, ...] = ()
     seconds: float = 0.0
+    diagnoses: tuple[Diagnosis, ...] = ()
+    places: Mapping[str, Place] = field(default_factory=dict)
+    slack: int = 1
 
     @property
     def findings(self) -> list[Finding]:
-        """Every finding, most severe first."""
-        found = [f for result in self.results for f in result.findings]
-        return sorted(
-            found, key=lambda f: (-(f.severity or Severity.info).rank, f.rule_id, f.first_step or 0)
-        )
+        """Every finding, most severe first (diagnoses refer to findings by their index here)."""
+        return sorted_findings(self.results)
+
+    @property
+    def problems(self) -> list[Diagnosis]:
+        """Diagnoses of warning or error severity (the rest are notes)."""
+        return [d for d in self.diagnoses if d.severity.rank >= Severity.warning.rank]
+
+    @property
+    def healthy(self) -> bool:
+        """Readable, and no finding of warning or error severity."""
+        return self.error is None and not self.problems
+
+    @property
+    def verdict(self) -> str:
+        """The trace in one line: ``unhealthy: learning rate too high (4 symptoms)``,
+        ``healthy: 22 rules passed, 2 skipped (no eval loss series)`` or ``unreadable: ...``."""
+        if self.error is not None:
+            return f"unreadable: {self.error}"
+        crashed = [r for r in self.results if r.status is RuleStatus.error]
+        problems = self.problems
+        if problems:
+            top = problems[0]
+            symptoms = len(top.symptoms)
+            text = f"unhealthy: {top.title}"
+            if symptoms:
+                text += f" ({symptoms} symptom{'s' if symptoms != 1 else ''})"
+            if len(problems) > 1:
+                more = len(problems) - 1
+                text += f", and {more} other problem{'s' if more != 1 else ''}"
+            return text
+        passed = sum(1 for r in self.results if r.status is RuleStatus.passed)
+        skipped = [r for r in self.results if r.status is RuleStatus.skipped]
+        notes = len(self.diagnoses)
+        text = f"healthy: {passed} rules passed"
+        if notes:
+            text += f", {notes} note{'s' if notes != 1 else ''}"
+        if skipped:
+            text += f", {len(skipped)} skipped ({_common_reason(skipped)})"
+        if crashed:
+            text += f", {len(crashed)} crashed"
+        return text
+
+
+def sorted_findings(results: tuple[RuleResult, ...]) -> list[Finding]:
+    """The findings of rule results, most severe first, then by rule, step and tensor."""
+    found = [f for result in results for f in result.findings]
+    return sorted(
+        found,
+        key=lambda f: (
+            -(f.severity or Severity.info).rank,
+            f.rule_id,
+            f.first_step or 0,
+            f.tensor or "",
+        ),
+    )
+
+
+def _common_reason(skipped: list[RuleResult]) -> str:
+    """The most frequent skip reason, or the one reason; shortened to its first clause."""
+    reasons: dict[str, int] = {}
+    for result in skipped:
+        first = result.reason.split(";")[0].split(" (")[0].strip()
+        reasons[first] = reasons.get(first, 0) + 1
+    reason, count = max(reasons.items(), key=lambda item: item[1])
+    if len(reasons) == 1:
+        return reason
+    return f"{reason}, and {len(reasons) - 1} other reason{'s' if len(reasons) > 2 else ''}"
 
 
 @dataclass(frozen=True)

@@ -4,47 +4,31 @@ from __future__ import annotations
 
 import fnmatch
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 
 from dbgcli.findings import Finding
-from dbgcli.trace import schema
+from dbgcli.trace import roles, schema
 from dbgcli.trace.derive import Derivation
 from dbgcli.trace.reader import Series, TagInfo, Trace
 
-# Names under which training and validation series are found. A series called "loss" is
-# split by mode; the others are taken whole, whatever mode they were recorded under.
-LOSS_NAMES: dict[str, tuple[str, ...]] = {
-    "train": ("loss", "train_loss", "training_loss", "train/loss", "loss/train"),
-    "eval": (
-        "loss",
-        "val_loss",
-        "eval_loss",
-        "validation_loss",
-        "valid_loss",
-        "val/loss",
-        "eval/loss",
-        "loss/val",
-        "loss/eval",
-    ),
-}
-ACCURACY_NAMES: dict[str, tuple[str, ...]] = {
-    "train": ("accuracy", "acc", "train_accuracy", "train_acc", "train/accuracy"),
-    "eval": (
-        "accuracy",
-        "acc",
-        "val_accuracy",
-        "val_acc",
-        "eval_accuracy",
-        "eval_acc",
-        "val/accuracy",
-        "eval/accuracy",
-    ),
-}
-_GENERIC_NAMES = {"loss", "accuracy", "acc"}
+T = TypeVar("T")
+
+# Run metadata key (and ``[tool.dbg]`` configuration key) that names the loss series when
+# its name does not say so: a tag, or ``{"train": tag, "eval": tag}``.
+LOSS_KEY = "loss"
+
+
+@dataclass(frozen=True)
+class Found:
+    """A scalar series found by meaning: its tag, and the mode of the records that are it
+    (None: every record, when the name itself says train or eval)."""
+
+    tag: str
+    mode: str | None
 
 
 class RuleContext:
@@ -57,6 +41,8 @@ class RuleContext:
         mode: Only records of this mode, or None for all.
         focus: Show this one tensor tag only to :meth:`tensors` (the engine's view for rules
             declared ``per_tensor``), or None for all of them.
+        loss: The loss series named by the user's configuration (a tag, or a mapping of
+            ``train``/``eval`` to tags); it wins over the trace's metadata and over names.
     """
 
     def __init__(
@@ -67,21 +53,61 @@ class RuleContext:
         stop: int | None = None,
         mode: str | None = None,
         focus: str | None = None,
+        loss: str | Mapping[str, str] | None = None,
     ) -> None:
         self.trace = trace
         self.start = start
         self.stop = stop
         self.mode = mode
         self.focus = focus
+        self.designated_loss = loss
         self._views: dict[str, TensorView] = {}
+        self._found: dict[tuple[str, str], Found | None] = {}
+        self._categorical: dict[str, bool] = {}
+        self._shared: dict[Any, Any] = {}
 
     def focused(self, tag: str) -> RuleContext:
         """This context with :meth:`tensors` narrowed to ``tag``; views are shared."""
         narrowed = RuleContext(
-            self.trace, start=self.start, stop=self.stop, mode=self.mode, focus=tag
+            self.trace,
+            start=self.start,
+            stop=self.stop,
+            mode=self.mode,
+            focus=tag,
+            loss=self.designated_loss,
         )
         narrowed._views = self._views
+        narrowed._found = self._found
+        narrowed._categorical = self._categorical
+        narrowed._shared = self._shared
         return narrowed
+
+    def shared(self, key: Any, compute: Callable[[], T]) -> T:
+        """A quantity several rules derive from the same statistics, computed once per
+        analysis (``key`` names it and its parameters)."""
+        if key not in self._shared:
+            self._shared[key] = compute()
+        value: T = self._shared[key]
+        return value
+
+    def unfocused(self) -> RuleContext:
+        """This context seeing every tensor again (a per-tensor rule that must look at other
+        tensors, such as a weight's gradient); views are shared."""
+        if self.focus is None:
+            return self
+        wide = self.focused(self.focus)
+        wide.focus = None
+        return wide
+
+    def categorical(self, view: TensorView) -> bool:
+        """Whether a tensor holds ids, not quantities: labels; predictions that are class ids
+        (integers, or floats that are whole numbers); inputs that are token ids (integers other
+        than uint8 images, or whole-number floats whose name says ids: ``input_ids``,
+        ``tokens``). Floats are judged on their first stored full tensor."""
+        known = self._categorical.get(view.tag)
+        if known is None:
+            known = self._categorical[view.tag] = _holds_ids(self.trace, view.info)
+        return known
 
     def keep(self, steps: np.ndarray, modes: np.ndarray) -> np.ndarray:
         """Boolean mask of the records that pass the filters."""
@@ -126,35 +152,76 @@ class RuleContext:
         return Series(series.steps[keep], series.values[keep], series.modes[keep])
 
     def loss(self, mode: Literal["train", "eval"] = "train") -> Series | None:
-        """The training or validation loss, found by its conventional names.
-
-        ``loss`` records of the given mode, else the first of ``train_loss``,
-        ``training_loss``... (train) or ``val_loss``, ``eval_loss``, ``validation_loss``...
-        (eval).
-        """
-        return self._named(LOSS_NAMES[mode], mode)
+        """The training or validation loss, found by meaning (see :meth:`find`)."""
+        return self._series(self.find("loss", mode))
 
     def accuracy(self, mode: Literal["train", "eval"] = "train") -> Series | None:
-        """The training or validation accuracy, found by its conventional names."""
-        return self._named(ACCURACY_NAMES[mode], mode)
+        """The training or validation accuracy, found by meaning (see :meth:`find`)."""
+        return self._series(self.find("accuracy", mode))
 
     def loss_tag(self, mode: Literal["train", "eval"] = "train") -> str | None:
-        """The name of the series :meth:`loss` returns, or None."""
-        return self._named_tag(LOSS_NAMES[mode], mode)
+        """The tag of the series :meth:`loss` returns, or None."""
+        found = self.find("loss", mode)
+        return None if found is None else found.tag
 
     def accuracy_tag(self, mode: Literal["train", "eval"] = "train") -> str | None:
-        """The name of the series :meth:`accuracy` returns, or None."""
-        return self._named_tag(ACCURACY_NAMES[mode], mode)
+        """The tag of the series :meth:`accuracy` returns, or None."""
+        found = self.find("accuracy", mode)
+        return None if found is None else found.tag
 
-    def _named(self, names: Sequence[str], mode: str) -> Series | None:
-        tag = self._named_tag(names, mode)
-        return None if tag is None else self.scalar(tag, mode if tag in _GENERIC_NAMES else None)
+    def find(self, quantity: roles.Quantity, mode: str) -> Found | None:
+        """The scalar series that is the ``quantity`` (loss, accuracy, lr) of ``mode``.
 
-    def _named_tag(self, names: Sequence[str], mode: str) -> str | None:
-        for name in names:
-            if self.scalar(name, mode if name in _GENERIC_NAMES else None) is not None:
-                return name
-        return None
+        In order: the loss the configuration names (``loss`` key), the loss the trace's
+        metadata names (``TraceWriter(..., metadata={"loss": "nll"})``); then every scalar
+        series whose name means the quantity (:func:`dbgcli.trace.roles.scalar_meaning`),
+        taking all its records when its name says the mode (``val_loss`` is validation loss
+        in whatever mode it was recorded) and its records of ``mode`` otherwise. Among
+        several, the plainest name wins (``loss`` before ``kl_loss`` before ``logloss``), then
+        the one with more records. XGBoost's ``validation_N-<metric>`` names count as
+        validation, except ``validation_0`` when a ``validation_1`` exists and no series is
+        named for training: the scikit-learn API's convention is ``eval_set=[train, valid]``.
+        """
+        key = (quantity, mode)
+        if key not in self._found:
+            self._found[key] = self._find(quantity, mode)
+        return self._found[key]
+
+    def _find(self, quantity: roles.Quantity, mode: str) -> Found | None:
+        if quantity == "loss":
+            for designation in (self.designated_loss, self.trace.metadata.get(LOSS_KEY)):
+                tag = designation.get(mode) if isinstance(designation, Mapping) else designation
+                if isinstance(tag, str) and tag in self.trace and self.trace.tag(tag).scalar:
+                    named = isinstance(designation, Mapping)
+                    found = Found(tag, None if named else mode)
+                    if self._series(found) is not None:
+                        return found
+        scalars = self.trace.tags(scalar=True)
+        eval_sets = {roles.xgboost_eval_set(info.tag) for info in scalars} - {None}
+        candidates = []
+        for info in scalars:
+            meaning = roles.scalar_meaning(info.tag)
+            if meaning.quantity != quantity:
+                continue
+            said = meaning.mode
+            eval_set = roles.xgboost_eval_set(info.tag)
+            if eval_set == 0 and 1 in eval_sets:
+                trained = any(
+                    roles.scalar_meaning(other.tag).mode == "train"
+                    and roles.scalar_meaning(other.tag).quantity == quantity
+                    for other in scalars
+                )
+                said = "eval" if trained else "train"
+            if said is not None and said != mode:
+                continue
+            found = Found(info.tag, None if said is not None else mode)
+            series = self._series(found)
+            if series is not None:
+                candidates.append((meaning.rank, -len(series), info.tag, found))
+        return min(candidates)[3] if candidates else None
+
+    def _series(self, found: Found | None) -> Series | None:
+        return None if found is None else self.scalar(found.tag, found.mode)
 
     def tensors(
         self,
@@ -162,7 +229,12 @@ class RuleContext:
         kind: str | Sequence[str] | None = None,
         pattern: str | None = None,
     ) -> list[TensorView]:
-        """Tensor tags with records after the filters, by collection, kind and/or glob."""
+        """Tensor tags with records after the filters, by role, kind and/or glob.
+
+        ``collection`` names roles (:data:`dbgcli.trace.roles.ROLES`): what a tensor is, as
+        :func:`dbgcli.trace.roles.tensor_role` resolves it from its recorded collection,
+        kind and tag, so ``grads/fc1`` with no collection is among the ``gradients``.
+        """
         collections = [collection] if isinstance(collection, str) else collection
         kinds = [kind] if isinstance(kind, str) else kind
         views = []
@@ -170,7 +242,7 @@ class RuleContext:
             self.trace.tags(scalar=False) if self.focus is None else [self.trace.tag(self.focus)]
         )
         for info in infos:
-            if collections is not None and info.collection not in collections:
+            if collections is not None and info.role not in collections:
                 continue
             if kinds is not None and info.kind not in kinds:
                 continue
@@ -240,6 +312,35 @@ class TensorView:
         return schema.MODES[int(self.modes[index])]
 
 
+def _holds_ids(trace: Trace, info: TagInfo) -> bool:
+    if info.role == "labels":
+        return True
+    if info.role not in ("predictions", "inputs"):
+        return False
+    kind = _dtype_kind(info)
+    if kind == "b":
+        return True
+    if kind in "iu":
+        return not (info.role == "inputs" and np.dtype(info.dtype or "u1") == np.uint8)
+    if kind != "f" or (info.role == "inputs" and not roles.says_ids(info.tag)):
+        return False
+    for chunk in trace.iter_raw(info.tag, max_bytes=1):
+        values = chunk.values[0]
+        finite = values[np.isfinite(values)]
+        return bool(finite.size) and bool(np.all(finite == np.round(finite)))
+    return False
+
+
+def _dtype_kind(info: TagInfo) -> str:
+    """numpy kind of a tensor's values ("f", "i", "u", "b"), or "" when unknown."""
+    if info.dtype:
+        try:
+            return np.dtype(info.dtype).kind
+        except TypeError:
+            pass
+    return info.segments[0].dtype.kind if info.segments else ""
+
+
 def mode_codes(modes: np.ndarray) -> list[int]:
     """The distinct mode codes in ``modes``, ascending (without sorting a one-mode series)."""
     if not len(modes):
@@ -274,9 +375,28 @@ def episodes(violating: np.ndarray, max_episodes: int = 5) -> list[Episode]:
     return runs
 
 
+def hysteresis(violating: np.ndarray, holding: np.ndarray) -> np.ndarray:
+    """Episodes that start where ``violating`` holds and last while ``holding`` does.
+
+    A measure that hovers around its threshold (a saturated share of 48 %, 52 %, 49 %, 53 %
+    against 50 %) is one episode, not many: it enters at the threshold and leaves only when it
+    falls clear of it (``holding`` is the looser condition, say above 80 % of the threshold).
+    """
+    flags = np.asarray(violating, dtype=bool)
+    mark = flags | np.asarray(holding, dtype=bool)
+    if not flags.any():
+        return flags
+    index = np.arange(len(mark))
+    run_start = mark & ~np.concatenate(([False], mark[:-1]))
+    latest_start = np.maximum.accumulate(np.where(run_start, index, -1))
+    latest_violation = np.maximum.accumulate(np.where(flags, index, -1))
+    held: np.ndarray = mark & (latest_violation >= latest_start)
+    return held
+
+
 def episode_findings(
     *,
-    tensor: str,
+    tensor: str | None,
     steps: np.ndarray,
     values: np.ndarray,
     violating: np.ndarray,
@@ -286,33 +406,43 @@ def episode_findings(
     worst: Literal["max", "min"] = "max",
     modes: np.ndarray | None = None,
     extra: dict[str, Any] | None = None,
+    holding: np.ndarray | None = None,
 ) -> Iterator[Finding]:
-    """One finding per episode of ``violating`` records of one tensor or series.
+    """The finding of ``violating`` records of one tensor or series (none if none violate).
 
-    ``value`` is the worst value of the episode (largest or smallest, NaN-aware), passed to
-    ``message`` to build the one-line text.
+    All episodes (runs of consecutive violating records) are merged into one finding: it
+    spans from the first episode's first step to the last one's last step, counts the
+    violating records and the episodes, and its ``value`` is the worst value over them
+    (largest or smallest, NaN-aware), passed to ``message`` with the merged span as an
+    :class:`Episode` to build the one-line text. With ``holding`` (a looser condition), an
+    episode lasts as long as ``holding`` does after ``violating`` started it (see
+    :func:`hysteresis`).
     """
-    for episode in episodes(violating):
-        window = values[episode.first : episode.last + 1][
-            violating[episode.first : episode.last + 1]
-        ]
-        worst_value = _worst(window, worst)
-        mode = None
-        if modes is not None:
-            codes = np.unique(modes[episode.first : episode.last + 1])
-            mode = schema.MODES[int(codes[0])] if len(codes) == 1 else None
-        yield Finding(
-            message=message(episode, worst_value),
-            tensor=tensor,
-            first_step=int(steps[episode.first]),
-            last_step=int(steps[episode.last]),
-            steps=episode.count,
-            value=worst_value,
-            threshold=threshold,
-            mode=mode,
-            key=key,
-            extra=dict(extra or {}),
-        )
+    flags = np.asarray(violating, dtype=bool)
+    if holding is not None:
+        flags = hysteresis(flags, holding)
+    runs = episodes(flags, max_episodes=len(flags) or 1)
+    if not runs:
+        return
+    worst_value = _worst(values[flags], worst)
+    span = Episode(runs[0].first, runs[-1].last, sum(r.count for r in runs))
+    mode = None
+    if modes is not None:
+        codes = np.unique(modes[flags])
+        mode = schema.MODES[int(codes[0])] if len(codes) == 1 else None
+    yield Finding(
+        message=message(span, worst_value),
+        tensor=tensor,
+        first_step=int(steps[span.first]),
+        last_step=int(steps[span.last]),
+        steps=span.count,
+        value=worst_value,
+        threshold=threshold,
+        mode=mode,
+        key=key,
+        extra=dict(extra or {}),
+        episodes=len(runs),
+    )
 
 
 def _worst(values: np.ndarray, worst: str) -> float:

@@ -15,8 +15,8 @@ import re
 import sys
 import types
 import typing
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Union
@@ -31,6 +31,9 @@ if TYPE_CHECKING:
 ENTRY_POINT_GROUP = "dbg.rules"
 
 RuleFunction = Callable[..., Iterable[Finding]]
+# What a rule's findings can explain: rule ids or names, optionally ``ID:key`` for one kind of
+# finding; for all of the rule's findings, or per key of its own findings.
+Explains = Sequence[str] | Mapping[str, Sequence[str]]
 Planner = Callable[["RuleContext", dict[str, Any]], Iterable[tuple[str, "Derivation"]]]
 
 _ID = re.compile(r"^[A-Z]{1,4}[0-9]{3}$")
@@ -39,21 +42,33 @@ _NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 
 @dataclass(frozen=True)
 class Need:
-    """Data a rule needs, described as ``what`` ("tensors of collection 'gradients'")."""
+    """Data a rule needs, described as ``what`` ("tensors of collection 'gradients'").
+
+    ``looks_at`` says whether it is about ``tensors`` or ``scalars``: a skip reason then names
+    the series of that type whose meaning dbg could not tell (near misses the user can rename
+    or label).
+    """
 
     what: str
     test: Callable[..., bool]
     uses_params: bool = False
     describe: Callable[[dict[str, Any]], str] | None = None
+    looks_at: Literal["tensors", "scalars", ""] = ""
 
     @property
     def reason(self) -> str:
         """Why a rule is skipped when the need is not met."""
         return f"no {self.what}"
 
-    def reason_for(self, params: dict[str, Any]) -> str:
-        """The skip reason with the rule's actual parameters filled in."""
-        return f"no {self.describe(params)}" if self.describe is not None else self.reason
+    def reason_for(self, params: dict[str, Any], ctx: RuleContext | None = None) -> str:
+        """The skip reason with the rule's actual parameters filled in, and the near misses
+        of the trace behind ``ctx`` (series whose meaning is unknown)."""
+        text = f"no {self.describe(params)}" if self.describe is not None else self.reason
+        if ctx is not None and self.looks_at:
+            unknown = near_misses(ctx, self.looks_at)
+            if unknown:
+                text += f" (found {unknown}, whose meaning dbg cannot tell)"
+        return text
 
     def met(self, ctx: RuleContext, params: dict[str, Any]) -> bool:
         """Whether the trace (through ``ctx``) has the data, given the rule's parameters."""
@@ -71,6 +86,7 @@ class Need:
                 if params[param]
                 else "tensors"
             ),
+            looks_at="tensors",
         )
 
     @staticmethod
@@ -80,12 +96,15 @@ class Need:
         return Need(
             f"scalar series {_words(tags)}{where}",
             lambda ctx: any(ctx.scalar(tag, mode) is not None for tag in tags),
+            looks_at="scalars",
         )
 
     @staticmethod
     def loss(mode: str = "train") -> Need:
         """A loss series of ``mode`` (see RuleContext.loss for the names it looks for)."""
-        return Need(f"{mode} loss series", lambda ctx: ctx.loss(mode) is not None)
+        return Need(
+            f"{mode} loss series", lambda ctx: ctx.loss(mode) is not None, looks_at="scalars"
+        )
 
     @staticmethod
     def loss_of(param: str) -> Need:
@@ -95,12 +114,17 @@ class Need:
             lambda ctx, params: ctx.loss(params[param]) is not None,
             uses_params=True,
             describe=lambda params: f"{params[param]} loss series",
+            looks_at="scalars",
         )
 
     @staticmethod
     def accuracy(mode: str = "train") -> Need:
         """An accuracy series of ``mode`` (see RuleContext.accuracy)."""
-        return Need(f"{mode} accuracy series", lambda ctx: ctx.accuracy(mode) is not None)
+        return Need(
+            f"{mode} accuracy series",
+            lambda ctx: ctx.accuracy(mode) is not None,
+            looks_at="scalars",
+        )
 
     @staticmethod
     def tensors(
@@ -118,7 +142,9 @@ class Need:
             parts.append(f"name matching {pattern!r}")
         what = "tensors" + (" of " + ", ".join(parts) if parts else "")
         return Need(
-            what, lambda ctx: bool(ctx.tensors(collection=collection, kind=kind, pattern=pattern))
+            what,
+            lambda ctx: bool(ctx.tensors(collection=collection, kind=kind, pattern=pattern)),
+            looks_at="tensors",
         )
 
     @staticmethod
@@ -134,6 +160,32 @@ class Need:
     def mode(mode: str) -> Need:
         """Records of ``mode`` are present (and not filtered out)."""
         return Need(f"{mode} records", lambda ctx: ctx.has_mode(mode))
+
+
+_NEAR_MISSES = 3
+
+
+def near_misses(ctx: RuleContext, looks_at: str) -> str:
+    """Up to three series of the trace whose meaning is unknown: tensors without a role,
+    scalars that are neither a loss, an accuracy nor a learning rate."""
+    from dbgcli.trace.roles import scalar_meaning
+
+    if looks_at == "tensors":
+        unknown = [
+            f"{info.tag!r}" + (f" in collection {info.collection!r}" if info.collection else "")
+            for info in ctx.trace.tags(scalar=False)
+            if info.role is None
+        ]
+    else:
+        unknown = [
+            repr(info.tag)
+            for info in ctx.trace.tags(scalar=True)
+            if scalar_meaning(info.tag).quantity is None
+        ]
+    if not unknown:
+        return ""
+    more = f" and {len(unknown) - _NEAR_MISSES} more" if len(unknown) > _NEAR_MISSES else ""
+    return ", ".join(unknown[:_NEAR_MISSES]) + more
 
 
 def _words(value: str | Sequence[str]) -> str:
@@ -175,6 +227,23 @@ class RuleSpec:
     default_enabled: bool
     source: str
     per_tensor: bool = False
+    explains: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    label: Mapping[str, str] = field(default_factory=dict)
+
+    def explained_by(self, key: str) -> tuple[str, ...]:
+        """What a finding of this rule with ``key`` can explain (``ID`` or ``ID:key`` entries)."""
+        return self.explains.get(key, self.explains.get("*", ()))
+
+    def title(self, key: str) -> str:
+        """The diagnosis a finding of this rule with ``key`` names, e.g. "learning rate too
+        high" (its label for the key, else for all keys, else the rule's name)."""
+        return self.label.get(key) or self.label.get("*") or self.name.replace("-", " ")
+
+    @property
+    def fix(self) -> str:
+        """The ``Fix:`` paragraph of the docstring, as one line of plain text (code spans
+        quoted: ``dbg lr`` becomes 'dbg lr'); empty when there is none."""
+        return re.sub(r"``(.+?)``", r"'\1'", _paragraph(_docstring(self.function), "Fix:"))
 
     @property
     def summary(self) -> str:
@@ -335,6 +404,8 @@ def rule(
     plan: Planner | None = None,
     default_enabled: bool = True,
     per_tensor: bool = False,
+    explains: Explains = (),
+    label: str | Mapping[str, str] = "",
 ) -> Callable[[RuleFunction], RuleFunction]:
     """Register a rule function; returns it unchanged.
 
@@ -353,6 +424,14 @@ def rule(
             findings on every tensor alone, in tag order. The engine then runs it once per
             tensor (``ctx.tensors()`` yields just that one), together with the other
             per-tensor rules, so a tensor's statistics are in memory once for all of them.
+        explains: The findings this rule's findings can cause, when they start no later:
+            rule ids or names (``"DBG101"``), or ``"ID:key"`` for one kind of finding
+            (``"DBG502:too-large"``); a mapping from this rule's own finding keys to such
+            lists when its kinds of findings explain different things (``"*"``: any key).
+            The report folds explained findings under their cause (see dbgcli.diagnosis).
+        label: What the diagnosis is called when a finding of this rule is the cause, as a
+            short phrase ("dying ReLU"), or a mapping from finding keys to phrases
+            (``{"too-high": "learning rate too high", ...}``); default: the rule's name.
     """
 
     def register(function: RuleFunction) -> RuleFunction:
@@ -365,6 +444,8 @@ def rule(
                 f"rule {id} ({function.__qualname__}) needs a docstring: it is its documentation"
             )
         spec = RuleSpec(
+            explains=_explains(id, explains),
+            label={"*": label} if isinstance(label, str) and label else dict(label or {}),
             id=id,
             name=name,
             severity=Severity(severity),
@@ -381,6 +462,28 @@ def rule(
         return function
 
     return register
+
+
+def _explains(rule_id: str, explains: Explains) -> dict[str, tuple[str, ...]]:
+    """``{own key or "*": (target, ...)}`` from the decorator's ``explains``."""
+    table = {"*": explains} if not isinstance(explains, Mapping) else dict(explains)
+    result: dict[str, tuple[str, ...]] = {}
+    for key, targets in table.items():
+        if isinstance(targets, str):
+            raise RuleConfigError(
+                f"rule {rule_id}: explains takes a list of rule ids, not the string {targets!r}"
+            )
+        result[key] = tuple(targets)
+    return result
+
+
+def _paragraph(doc: str, heading: str) -> str:
+    """The docstring paragraph that starts with ``heading``, without it, on one line."""
+    for block in re.split(r"\n\s*\n", doc):
+        text = " ".join(line.strip() for line in block.strip().splitlines())
+        if text.startswith(heading):
+            return text[len(heading) :].strip()
+    return ""
 
 
 def _params_of(rule_id: str, function: RuleFunction) -> tuple[Param, ...]:
