@@ -78,7 +78,8 @@ class DbgCallback(TrainingCallback):
       has not split on get 0, full tensor every round. Feature names are stored in the run
       metadata under ``feature_names``;
     * with ``data``: ``labels`` and ``predictions`` of that DMatrix (collections of those
-      names).
+      names), in full, every ``raw_every`` rounds and after the last round (the data rules
+      judge the model training ends with).
 
     Tree depth comes from ``booster[last_round].get_dump(dump_format="json")``: the dump of
     only the trees just added (the cost of a round does not grow with the model) parsed as
@@ -91,12 +92,14 @@ class DbgCallback(TrainingCallback):
     Args:
         trace: A path (a new trace, created when training starts) or an open
             :class:`TraceWriter` (left open after training).
-        data: A DMatrix whose labels and predictions to record each round (the training set,
-            or any other). Predictions use every tree built so far.
+        data: A DMatrix whose labels and predictions to record every ``raw_every`` rounds and
+            after the last one (the training set, or any other). Predictions use every tree
+            built so far.
         data_mode: Mode of the ``data`` records.
-        train_set: Name of the ``evals`` entry that is the training set (for the scikit-learn
-            API, ``"validation_0"`` when the training data is the first ``eval_set``). By
-            default an entry named train, training or dtrain.
+        train_set: Name of the ``evals`` entry that is the training set. By default an entry
+            named train, training or dtrain, else ``validation_0`` when there is a
+            ``validation_1`` too (the scikit-learn API's names for
+            ``eval_set=[(X_train, y_train), (X_valid, y_valid)]``).
         raw_every: Keep full labels and predictions every this many rounds (default 100;
             only for a path).
         overwrite: Replace an existing trace file.
@@ -169,7 +172,7 @@ class DbgCallback(TrainingCallback):
         self._failures.guard(
             "recording feature importance", lambda: self._record_importance(writer, model, epoch)
         )
-        if self.data is not None:
+        if self.data is not None and writer.raw_due(epoch):
             data = self.data
             self._failures.guard(
                 "recording labels and predictions",
@@ -178,8 +181,17 @@ class DbgCallback(TrainingCallback):
         return False
 
     def after_training(self, model: xgboost.Booster) -> xgboost.Booster:
-        """Close the trace if this callback opened it, else commit what was recorded."""
+        """Keep the final model's labels and predictions in full (the data rules judge the
+        model training ends with), then close the trace if this callback opened it, else
+        commit what was recorded."""
         writer = self.writer
+        if writer is not None and self.data is not None:
+            data, last = self.data, model.num_boosted_rounds() - 1
+            if last >= 0 and not writer.raw_due(last):
+                self._failures.guard(
+                    "recording the final labels and predictions",
+                    lambda: self._record_data(writer, model, data, last),
+                )
         if writer is not None:
             self._failures.guard(
                 "closing the trace", writer.close if self._owns_writer else writer.flush
@@ -233,6 +245,10 @@ class DbgCallback(TrainingCallback):
             train = self.train_set
         else:
             train = next((name for name in set_names if name.lower() in TRAIN_SET_NAMES), "")
+            if not train and {"validation_0", "validation_1"} <= set(set_names):
+                # The scikit-learn API names eval_set entries validation_<i>; its convention
+                # is eval_set=[(X_train, y_train), (X_valid, y_valid)].
+                train = "validation_0"
         if set_name == train:
             known = ("train", "")
         elif not any(mode == "eval" and not prefix for mode, prefix in self._set_modes.values()):
@@ -275,8 +291,13 @@ class DbgCallback(TrainingCallback):
     def _record_data(
         self, writer: TraceWriter, model: xgboost.Booster, data: xgboost.DMatrix, step: int
     ) -> None:
+        """Labels and predictions in full (the data rules read full tensors)."""
         mode = self.data_mode
-        writer.add_tensor("labels", data.get_label(), step, collection="labels", mode=mode)
+        writer.add_tensor(
+            "labels", data.get_label(), step, collection="labels", mode=mode, raw=True
+        )
         # An explicit range: by default predict stops at best_iteration once early stopping set it.
         predictions = model.predict(data, iteration_range=(0, model.num_boosted_rounds()))
-        writer.add_tensor("predictions", predictions, step, collection="predictions", mode=mode)
+        writer.add_tensor(
+            "predictions", predictions, step, collection="predictions", mode=mode, raw=True
+        )

@@ -14,6 +14,22 @@ from dbgcli.trace import schema
 
 ACTIVATION_COLLECTIONS = ("activations", "preactivations")
 RELU_KINDS = tuple(sorted(schema.RELU_KINDS))
+# A layer share needs a layer: fewer units are an output head (a binary classifier's sigmoid
+# is meant to saturate once the model is confident).
+MIN_UNITS = 4
+# An episode that starts above the layer threshold lasts while the share stays above this
+# fraction of it (hysteresis: a share hovering around the threshold is one episode).
+HOLD_FRACTION = 0.8
+_STARVED_OF_GRADIENT = (
+    "DBG101",
+    "DBG401",
+    "DBG402",
+    "DBG403",
+    "DBG301:not-decreasing",
+    "DBG303",
+    "DBG502:too-small",
+    "DBG503:too-low",
+)
 
 
 def _unit_tensors(kinds: tuple[str, ...]) -> Need:
@@ -22,6 +38,7 @@ def _unit_tensors(kinds: tuple[str, ...]) -> Need:
         f"per-unit activation measures of kind {', '.join(kinds)} "
         f"(collection {' or '.join(repr(c) for c in ACTIVATION_COLLECTIONS)})",
         lambda ctx: any(view.info.unit_measure is not None for view in _views(ctx, kinds)),
+        looks_at="tensors",
     )
 
 
@@ -36,6 +53,8 @@ def _views(ctx: RuleContext, kinds: tuple[str, ...]) -> list[TensorView]:
     category="activations",
     requires=_unit_tensors(RELU_KINDS),
     per_tensor=True,
+    label="dying ReLU",
+    explains=(*_STARVED_OF_GRADIENT, "DBG201"),
 )
 def dying_relu(
     ctx: RuleContext,
@@ -63,10 +82,15 @@ def dying_relu(
     * Records whose activations hold NaN or ±inf are not judged (their values say nothing
       about ReLU activity; the non-finite rules report them) and break windows.
 
+    * An episode that has started lasts while the dead share stays above 80 % of
+      ``threshold_layer`` (hysteresis), so a share hovering around the threshold is one
+      episode; episodes are merged into one finding per tensor and mode, with the largest
+      dead share.
+
     A healthy ReLU layer has about half its *values* at zero; its units are still alive
-    because each fires for some samples. Findings are one per tensor, mode and episode, with
-    the largest dead share; the severity rises to error when every unit of the layer is dead,
-    since then no gradient at all reaches the layers below. Applies to tensors of collection
+    because each fires for some samples. The severity is error when every unit of the layer
+    is dead from some record to the end of the run (no gradient at all reaches the layers
+    below, and it never recovers), warning otherwise. Applies to tensors of collection
     ``activations`` or ``preactivations`` whose kind is ReLU-like (relu, relu6, leaky_relu,
     gelu, elu, selu, silu, mish: their output is positive exactly when their input is). For
     the smooth and leaky variants a never-positive unit still passes a small gradient, but
@@ -110,38 +134,44 @@ def dying_relu(
     category="activations",
     requires=_unit_tensors(("tanh",)),
     per_tensor=True,
+    label="tanh saturation",
+    explains=(*_STARVED_OF_GRADIENT, "DBG202"),
 )
 def tanh_saturation(
     ctx: RuleContext,
     *,
-    threshold_inactivity: float = 1.0,
+    threshold_inactivity: float = 50.0,
     threshold_layer: float = 50.0,
     min_steps: int = 3,
 ) -> Iterator[Finding]:
     """Most tanh units of a layer are saturated at ±1, where their gradient is about zero.
 
-    SageMaker Debugger's SaturatedActivation for tanh. The trace stores, per record and per
-    unit, the share of the unit's values strictly inside the non-saturated band
-    (``TensorView.units()``, measure ``unsaturated_frac``), over the batch and, for
-    convolutions, the spatial positions. The band is fixed by the trace format
-    (docs/trace-format.md), not by this rule: SageMaker Debugger's ``(-9.4999, 9.4999)``, where
-    the derivative of tanh falls below about 1e-7, on pre-activations (collection
-    ``preactivations``), mapped through tanh for outputs (collection ``activations``). On
-    float32 outputs rounding near ±1 blurs the edge: the effective input bound is about 9 to
-    10 depending on the library that computed the tanh.
+    SageMaker Debugger's SaturatedActivation for tanh, with the textbook notion of
+    saturation. The trace stores, per record and per unit, the share of the unit's values
+    strictly inside the non-saturated band (``TensorView.units()``, measure
+    ``unsaturated_frac``), over the batch and, for convolutions, the spatial positions. The
+    band is where the derivative is at least 0.01: ``tanh'(z) = 1 - tanh(z)² >= 0.01``, i.e.
+    ``|z| < 2.993`` on pre-activations (role ``preactivations``), ``|tanh(z)| < 0.99499`` on
+    outputs (see docs/trace-format.md; traces of format 1.0 stored SageMaker Debugger's band
+    ``|z| < 9.4999``, where the derivative is about 1e-7, which only counts units that pass no
+    gradient at all).
 
     * A unit is **saturated** at record ``r`` if its unsaturated share, averaged over the
       ``min_steps`` consecutive records of the tensor (and mode) ending at ``r``, satisfies
-      ``share × 100 < threshold_inactivity``.
+      ``share × 100 < threshold_inactivity``: with the default 50, the unit sits where its
+      derivative is below 0.01 most of the time (DeepDiagnosis counts a layer saturated when
+      more than half its pre-activations lie beyond ±5).
     * The layer **violates** at that window if the share of saturated units
-      ``× 100 > threshold_layer``; every record of a violating window belongs to the episode.
+      ``× 100 > threshold_layer`` (SageMaker Debugger's and TheDeepChecker's 50 %); every
+      record of a violating window belongs to the episode, which lasts while the share stays
+      above 80 % of ``threshold_layer`` (hysteresis).
     * Records holding NaN or ±inf are not judged (the non-finite rules report them) and break
-      windows.
+      windows; layers of fewer than 4 units are output heads and not judged.
 
     SageMaker Debugger picks the bounds from the tensor name; here the tensor's ``kind``
-    (``tanh``) decides. Findings are one per tensor, mode and episode, with the largest
-    saturated share; the severity rises to error when every unit of the layer is saturated,
-    since then almost no gradient passes the layer.
+    (``tanh``, from the recorded kind, collection or name) decides. One finding per tensor and
+    mode, with the largest saturated share; the severity is error when every unit of the layer
+    is saturated from some record to the end of the run, warning otherwise.
 
     Why it matters: a saturated tanh passes almost no gradient, so the weights feeding it stop
     learning; when most units of a layer saturate, the layer acts as a fixed sign function and
@@ -160,7 +190,7 @@ def tanh_saturation(
             each record on its own).
     """
     yield from _unit_findings(
-        _views(ctx, ("tanh",)),
+        _saturating(ctx, "tanh"),
         threshold_inactivity,
         threshold_layer,
         min_steps,
@@ -176,39 +206,45 @@ def tanh_saturation(
     category="activations",
     requires=_unit_tensors(("sigmoid",)),
     per_tensor=True,
+    label="sigmoid saturation",
+    explains=(*_STARVED_OF_GRADIENT, "DBG203"),
 )
 def sigmoid_saturation(
     ctx: RuleContext,
     *,
-    threshold_inactivity: float = 1.0,
+    threshold_inactivity: float = 50.0,
     threshold_layer: float = 50.0,
     min_steps: int = 3,
 ) -> Iterator[Finding]:
     """Most sigmoid units of a layer are saturated at 0 or 1, where their gradient is about zero.
 
-    SageMaker Debugger's SaturatedActivation for sigmoid. The trace stores, per record and
-    per unit, the share of the unit's values strictly inside the non-saturated band
-    (``TensorView.units()``, measure ``unsaturated_frac``), over the batch and, for
-    convolutions, the spatial positions. The band is fixed by the trace format
-    (docs/trace-format.md), not by this rule: SageMaker Debugger's ``(-23, 16.99999)``, where
-    the derivative of the sigmoid falls below about 1e-7, on pre-activations (collection
-    ``preactivations``), mapped through the sigmoid for outputs (collection ``activations``).
-    On float32 outputs rounding near 1 lowers the effective upper input bound to about 16.6.
+    SageMaker Debugger's SaturatedActivation for sigmoid, with the textbook notion of
+    saturation. The trace stores, per record and per unit, the share of the unit's values
+    strictly inside the non-saturated band (``TensorView.units()``, measure
+    ``unsaturated_frac``), over the batch and, for convolutions, the spatial positions. The
+    band is where the derivative is at least 0.01: ``σ'(z) = σ(z)(1 - σ(z)) >= 0.01``, i.e.
+    ``|z| < 4.585`` on pre-activations (role ``preactivations``), ``0.0101 < σ(z) < 0.9899``
+    on outputs (see docs/trace-format.md; traces of format 1.0 stored SageMaker Debugger's
+    band ``(-23, 16.99999)``, where the derivative is about 1e-7).
 
     * A unit is **saturated** at record ``r`` if its unsaturated share, averaged over the
       ``min_steps`` consecutive records of the tensor (and mode) ending at ``r``, satisfies
-      ``share × 100 < threshold_inactivity``.
+      ``share × 100 < threshold_inactivity``: with the default 50, the unit sits where its
+      derivative is below 0.01 most of the time (DeepDiagnosis: more than half of the
+      pre-activations beyond ±5).
     * The layer **violates** at that window if the share of saturated units
-      ``× 100 > threshold_layer``; every record of a violating window belongs to the episode.
+      ``× 100 > threshold_layer`` (SageMaker Debugger's and TheDeepChecker's 50 %); every
+      record of a violating window belongs to the episode, which lasts while the share stays
+      above 80 % of ``threshold_layer`` (hysteresis).
     * Records holding NaN or ±inf are not judged (the non-finite rules report them) and break
       windows.
 
     SageMaker Debugger picks the bounds from the tensor name; here the tensor's ``kind``
-    (``sigmoid``) decides. Output layers are not examined (collections ``predictions`` and
-    ``outputs``): a confident classifier is supposed to push its sigmoid towards 0 or 1.
-    Findings are one per tensor, mode and episode, with the largest saturated share; the
-    severity rises to error when every unit of the layer is saturated, since then almost no
-    gradient passes the layer.
+    (``sigmoid``) decides. Output layers are not examined: tensors of role ``predictions`` or
+    ``outputs``, and layers of fewer than 4 units (a binary classifier's output): a confident
+    classifier is supposed to push its sigmoid towards 0 or 1. One finding per tensor and
+    mode, with the largest saturated share; the severity is error when every unit of the layer
+    is saturated from some record to the end of the run, warning otherwise.
 
     Why it matters: a saturated sigmoid passes almost no gradient, so the weights feeding it
     stop learning; gates of LSTMs and GRUs stuck open or closed no longer adapt.
@@ -226,7 +262,7 @@ def sigmoid_saturation(
             each record on its own).
     """
     yield from _unit_findings(
-        _views(ctx, ("sigmoid",)),
+        _saturating(ctx, "sigmoid"),
         threshold_inactivity,
         threshold_layer,
         min_steps,
@@ -235,12 +271,24 @@ def sigmoid_saturation(
     )
 
 
+def _saturating(ctx: RuleContext, kind: str) -> list[TensorView]:
+    """Hidden layers of a saturating kind (output heads of fewer than MIN_UNITS units left out)."""
+    return [
+        view
+        for view in _views(ctx, (kind,))
+        if view.info.unit_axis is not None
+        and view.info.shape is not None
+        and len(view.info.shape) > view.info.unit_axis
+        and view.info.shape[view.info.unit_axis] >= MIN_UNITS
+    ]
+
+
 def _saturation_message(
     kind: str, threshold_inactivity: float, threshold_layer: float
 ) -> Callable[[float, int], str]:
     def describe(share: float, units: int) -> str:
         return (
-            f"{share:.0f} % of {units} {kind} units saturated (inside the non-saturated band for "
+            f"{share:.0f} % of {units} {kind} units saturated (derivative >= 0.01 for "
             f"< {threshold_inactivity:g} % of their values; > {threshold_layer:g} %)"
         )
 
@@ -269,20 +317,31 @@ def _unit_findings(
         for code in view.mode_codes:
             rows = view.positions(code)
             share = _failing_share(measures[rows], threshold_inactivity, window)
-            violating = share > threshold_layer
+            with np.errstate(invalid="ignore"):
+                violating = share > threshold_layer
+                holding = share > HOLD_FRACTION * threshold_layer
             for finding in episode_findings(
                 tensor=view.tag,
                 steps=view.steps[rows],
                 values=share,
                 violating=violating,
+                holding=holding,
                 threshold=threshold_layer,
                 key=key,
                 modes=view.modes[rows],
                 message=_per_episode(describe, count),
                 extra={"units": count, "min_steps": window},
             ):
-                whole_layer = finding.value is not None and finding.value >= 100.0
-                yield replace(finding, severity=Severity.error) if whole_layer else finding
+                yield replace(finding, severity=Severity.error) if _whole_to_end(share) else finding
+
+
+def _whole_to_end(share: np.ndarray) -> bool:
+    """Every unit fails from some judged record to the last judged one (at least two)."""
+    judged = share[np.isfinite(share)]
+    if len(judged) < 2 or judged[-1] < 100.0:
+        return False
+    failing = np.flatnonzero(judged < 100.0)
+    return len(judged) - (failing[-1] + 1 if len(failing) else 0) >= 2
 
 
 def _per_episode(

@@ -47,36 +47,23 @@ _LISTED = 5
 # -- which tensors ------------------------------------------------------------------------------
 
 
-def _tagged(ctx: RuleContext, collection: str) -> list[TensorView]:
-    """Tensors of ``collection``, or called exactly ``collection`` and without a collection."""
-    return [
-        view
-        for view in ctx.tensors()
-        if view.info.collection == collection
-        or (view.info.collection is None and view.tag == collection)
-    ]
+def _tagged(ctx: RuleContext, role: str) -> list[TensorView]:
+    """Tensors of ``role`` (``inputs``, ``labels``, ``predictions``; see dbgcli.trace.roles)."""
+    return ctx.tensors(collection=role)
 
 
 def _with_full_tensors(views: Iterable[TensorView]) -> list[TensorView]:
     return [view for view in views if view.info.raw_records]
 
 
-def _dtype_kind(info: TagInfo) -> str:
-    """numpy kind of a tensor's values ("f", "i", "u", "b"), or "" when unknown."""
-    if info.dtype:
-        try:
-            return np.dtype(info.dtype).kind
-        except TypeError:
-            pass
-    return info.segments[0].dtype.kind if info.segments else ""
-
-
 def _float_inputs(ctx: RuleContext) -> list[TensorView]:
-    return [v for v in _with_full_tensors(_tagged(ctx, "inputs")) if _dtype_kind(v.info) == "f"]
+    """Inputs that are quantities (not ids), with full tensors: integer images count too."""
+    return [v for v in _with_full_tensors(_tagged(ctx, "inputs")) if not ctx.categorical(v)]
 
 
 def _integer_inputs(ctx: RuleContext) -> list[TensorView]:
-    return [v for v in _tagged(ctx, "inputs") if _dtype_kind(v.info) in ("i", "u")]
+    """Inputs that are token ids (integers, or whole-number floats named as ids)."""
+    return [v for v in _tagged(ctx, "inputs") if ctx.categorical(v)]
 
 
 def _partner(labels: str, predictions: Sequence[TensorView]) -> TensorView | None:
@@ -98,18 +85,24 @@ def _labelled(ctx: RuleContext) -> list[tuple[TensorView, TensorView | None]]:
 
 
 LABELS = Need(
-    "full tensors of collection 'labels'",
+    "full tensors of labels (role 'labels': labels, targets, y...)",
     lambda ctx: bool(_with_full_tensors(_tagged(ctx, "labels"))),
+    looks_at="tensors",
 )
 PREDICTIONS = Need(
-    "full tensors of collection 'predictions'",
+    "full tensors of predictions (role 'predictions': predictions, preds, logits...)",
     lambda ctx: bool(_with_full_tensors(_tagged(ctx, "predictions"))),
+    looks_at="tensors",
 )
 FLOAT_INPUTS = Need(
-    "full float tensors of collection 'inputs'", lambda ctx: bool(_float_inputs(ctx))
+    "full tensors of model inputs that are quantities, not ids (role 'inputs')",
+    lambda ctx: bool(_float_inputs(ctx)),
+    looks_at="tensors",
 )
 INTEGER_INPUTS = Need(
-    "integer tensors of collection 'inputs'", lambda ctx: bool(_integer_inputs(ctx))
+    "token-id inputs (role 'inputs': integers, or whole numbers named like input_ids)",
+    lambda ctx: bool(_integer_inputs(ctx)),
+    looks_at="tensors",
 )
 
 
@@ -501,6 +494,8 @@ def _too_few(
     category="data",
     requires=LABELS,
     plan=_plan_class_ids,
+    label="class imbalance",
+    explains=("DBG604", "DBG303"),
 )
 def class_imbalance(
     ctx: RuleContext,
@@ -581,7 +576,6 @@ def _imbalance(stream: _Stream, threshold: float, samples: int) -> Iterator[Find
         return
     if not seen:
         return
-    reached = int(np.searchsorted(np.cumsum(sizes), max(samples, 1)))
     classes, counts = np.unique(
         np.concatenate([r.labels for r in stream.records]), return_counts=True
     )
@@ -609,10 +603,12 @@ def _imbalance(stream: _Stream, threshold: float, samples: int) -> Iterator[Find
             f"{biggest}, {smallest}: ratio {ratio:.3g} (> {threshold:g}); "
             f"{seen} labels in {_records(len(steps))} with full tensors"
         ),
+        # The labels were imbalanced from the first record, whenever enough samples made
+        # that certain.
         tensor=stream.labels,
-        first_step=steps[reached],
+        first_step=steps[0],
         last_step=steps[-1],
-        steps=len(steps) - reached,
+        steps=len(steps),
         value=ratio,
         threshold=threshold,
         mode=stream.mode,
@@ -689,6 +685,22 @@ def _plan_moments(ctx: RuleContext, params: dict[str, Any]) -> Iterator[tuple[st
     category="data",
     requires=FLOAT_INPUTS,
     plan=_plan_moments,
+    label="inputs not normalised",
+    explains=(
+        "DBG101",
+        "DBG102",
+        "DBG201",
+        "DBG202",
+        "DBG203",
+        "DBG301",
+        "DBG303",
+        "DBG305",
+        "DBG306",
+        "DBG402",
+        "DBG404",
+        "DBG502",
+        "DBG503",
+    ),
 )
 def input_not_normalized(
     ctx: RuleContext,
@@ -756,12 +768,13 @@ def input_not_normalized(
                         view.tag, mode, steps, seen, samples, "samples", "input normalisation"
                     )
                     continue
-                reached = int(np.searchsorted(np.cumsum(counts), max(samples, 1)))
+                # The inputs were so from their first record, whenever enough samples made
+                # that certain.
                 where: dict[str, Any] = {
                     "tensor": view.tag,
-                    "first_step": steps[reached],
+                    "first_step": steps[0],
                     "last_step": steps[-1],
-                    "steps": len(steps) - reached,
+                    "steps": len(steps),
                     "mode": mode,
                 }
                 seen_text = f"{seen} samples in {_records(len(steps))} with full tensors"
@@ -852,6 +865,7 @@ def _plan_tokens(ctx: RuleContext, params: dict[str, Any]) -> Iterator[tuple[str
     category="data",
     requires=INTEGER_INPUTS,
     plan=_plan_tokens,
+    label="sequences mostly one token",
 )
 def token_ratio(
     ctx: RuleContext,
@@ -940,6 +954,7 @@ def _token_message(value: int, threshold: float, analysed: int) -> Callable[[Epi
     category="data",
     requires=(LABELS, PREDICTIONS),
     plan=_plan_class_ids,
+    label="classifier confusion",
 )
 def classifier_confusion(
     ctx: RuleContext,

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator
+from dataclasses import replace
 
 import numpy as np
 
-from dbgcli.findings import Finding
+from dbgcli.findings import Finding, Severity
 from dbgcli.rules._context import (
     RuleContext,
     TensorView,
@@ -15,79 +16,150 @@ from dbgcli.rules._context import (
     sustained,
     trailing_median,
 )
+from dbgcli.rules._known import (
+    attention_query_or_key,
+    has_normalisation,
+    is_embedding,
+    loss_fraction,
+    zero_gradient_by_construction,
+)
 from dbgcli.rules._registry import Need, rule
 
 GRADIENTS = Need.tensors(collection="gradients")
 
 
-@rule("DBG101", "vanishing-gradient", severity="error", category="gradients", requires=GRADIENTS)
+def _judged(ctx: RuleContext) -> list[TensorView]:
+    """Gradient tensors whose size says something: not embedding tables (sparse by
+    construction) nor attention query and key projections (small by construction while
+    attention is uniform; their biases get no gradient at all)."""
+    return [
+        view
+        for view in ctx.tensors(collection="gradients")
+        if not is_embedding(view.tag)
+        and not zero_gradient_by_construction(view.tag)
+        and not attention_query_or_key(view.tag)
+    ]
+
+
+@rule(
+    "DBG101",
+    "vanishing-gradient",
+    severity="warning",
+    category="gradients",
+    requires=GRADIENTS,
+    label="vanishing gradients",
+    explains=("DBG301:not-decreasing", "DBG303", "DBG403", "DBG502:too-small", "DBG503:too-low"),
+)
 def vanishing_gradient(
     ctx: RuleContext,
     *,
     threshold: float = 1e-7,
     ratio: float = 1e-3,
     ratio_below: float = 1e-4,
-    min_steps: int = 1,
+    min_steps: int = 5,
+    converged_fraction: float = 0.1,
 ) -> Iterator[Finding]:
-    """Gradients shrink towards zero, so the weights they reach stop learning.
+    """Gradients shrink towards zero while the model has not learned, so the weights they
+    reach stop learning.
 
     Two conditions, each evaluated per recorded step:
 
-    * **absolute** (SageMaker Debugger's VanishingGradient): a gradient tensor's mean absolute
-      value ``mean(|g|) < threshold`` (statistic ``abs_mean``).
-    * **across layers** (AutoTrainer's gradient-ratio check, generalised): among the gradient
-      tensors recorded at one step, the smallest ``abs_mean`` is below ``ratio`` times the
-      largest *and* below ``ratio_below`` in absolute terms (AutoTrainer's second bound, which
-      keeps a blow-up of the other layers from passing for vanishing), i.e. signal dies on its
-      way through the network. Reported on the tensor with the smallest gradient; tensors with
-      a zero gradient are left to the absolute check.
+    * **absolute** (SageMaker Debugger's VanishingGradient): a weight gradient's mean absolute
+      value ``0 < mean(|g|) < threshold`` (statistic ``abs_mean``). Exactly zero gradients
+      are ``all-zero`` (DBG401)'s finding. Only gradients of weight matrices and kernels (two
+      or more dimensions) are judged: a bias's gradient follows its layer's, and a bias that
+      feeds a BatchNorm gets no gradient at all by construction (the normalisation subtracts
+      it again).
+    * **across layers** (AutoTrainer's gradient-ratio check, generalised): among the weight
+      gradients recorded at one step, a gradient whose ``abs_mean`` is below ``ratio`` times the
+      largest *and* below ``ratio_below`` in absolute terms (AutoTrainer's β1 = 1e-3 and
+      β2 = 1e-4, there for the first layer against the last: the second bound keeps a blow-up
+      of the other layers from passing for vanishing), i.e. signal dies on its way through
+      the network. Every such layer is reported, not only the smallest (which can change from
+      step to step between the first layers).
 
-    A condition must hold for ``min_steps`` consecutive records of a tensor to be reported;
-    findings are one per tensor and episode, with the smallest value seen.
+    **Persistence**: a condition must hold for ``min_steps`` consecutive records of a tensor
+    (a minibatch the model already fits gives one tiny gradient; that is not a vanished
+    layer). **Not converged**: as AutoTrainer reports vanishing gradients only when training
+    has not converged, a record counts only while the training loss (mean of its last 10
+    records) is above ``converged_fraction`` of its first value: once a model has fitted its
+    data every gradient is tiny, and rightly so. Without a training loss every record counts.
+
+    **Not judged**: embedding tables (only the rows of the batch's tokens get a gradient, so
+    their mean is tiny by construction); attention query and key projections (names like
+    ``attention.self.query.weight`` or ``k_proj.weight``: their gradient passes through the
+    softmax's derivative, near zero while attention is still uniform, so it starts orders of
+    magnitude below the rest; Liu et al. 2020), whose key biases get no gradient at all
+    (softmax ignores a shift shared by every key). The across-layer check is left out for
+    models with normalisation layers (LayerNorm, BatchNorm...): they rescale the signal
+    between layers, so the layers' gradient scales differ by construction instead of
+    compounding through depth, which is what AutoTrainer's check (on plain stacks) looks for.
+
+    One finding per tensor and kind, its episodes merged.
 
     Why it matters: layers whose gradients vanish keep their initial weights; the loss
     plateaus early, typically well above what the model can reach.
 
     Typical causes: deep stacks of saturating activations (sigmoid, tanh), poor initialisation,
-    a learning rate so small that the network never leaves the flat region, missing
-    normalisation or residual connections.
+    missing normalisation or residual connections.
 
     Fix: ReLU-family activations, He/Xavier initialisation, batch or layer normalisation,
     residual connections, gradient-norm monitoring per layer.
 
     Args:
         threshold: Mean absolute gradient below which a tensor counts as vanished.
-        ratio: Smallest-to-largest ``abs_mean`` ratio across gradient tensors below which the
+        ratio: Smallest-to-largest ``abs_mean`` ratio across weight gradients below which the
             smallest counts as vanished.
         ratio_below: The smallest ``abs_mean`` must also be below this for the ratio check.
         min_steps: Consecutive records a condition must hold before it is reported.
+        converged_fraction: Records where the training loss is below this fraction of its
+            first value are not judged (the model has fitted its data).
     """
-    views = ctx.tensors(collection="gradients")
-    across = _AcrossLayers(views) if len(views) >= 2 else None
-    for row, view in enumerate(views):
+    # Weight matrices and kernels: a bias's gradient follows its layer's, and a bias feeding
+    # a BatchNorm gets none at all (the normalisation subtracts it again).
+    views = [v for v in _judged(ctx) if v.info.shape is not None and len(v.info.shape) >= 2]
+    matrices = views
+    # Normalisation layers rescale the signal between layers, so per-layer gradient scales
+    # differ by construction rather than compounding through depth.
+    compare = len(matrices) >= 2 and not has_normalisation(ctx)
+    across = _AcrossLayers(matrices) if compare else None
+    for view in views:
         values = view.stat("abs_mean")
-        violating = sustained(values < threshold, min_steps)
+        learning = _still_learning(ctx, view, converged_fraction)
+        with np.errstate(invalid="ignore"):
+            small = (values < threshold) & (values > 0)
         yield from episode_findings(
             tensor=view.tag,
             steps=view.steps,
             values=values,
-            violating=violating,
+            violating=sustained(small & learning, min_steps),
             threshold=threshold,
             key="vanished",
             worst="min",
             modes=view.modes,
             message=lambda e, v: f"mean |gradient| fell to {v:.3g} (< {threshold:g})",
         )
-        if across is not None:
-            across.add(row, values)
+        if across is not None and view in matrices:
+            across.add(view, values, learning)
     if across is not None:
         yield from across.findings(ratio, ratio_below, min_steps)
 
 
-class _AcrossLayers:
-    """Per step, the smallest and largest positive finite ``abs_mean`` among gradient tensors.
+def _still_learning(ctx: RuleContext, view: TensorView, converged_fraction: float) -> np.ndarray:
+    """Per record of ``view``: the training loss is not yet below ``converged_fraction`` of
+    its start (True everywhere without a training loss)."""
+    fraction = loss_fraction(ctx, view.steps)
+    if fraction is None:
+        return np.ones(len(view.steps), dtype=bool)
+    with np.errstate(invalid="ignore"):
+        return np.asarray(~(fraction <= converged_fraction))
 
-    Fed one tensor at a time, so that only one tensor's statistics are needed at once.
+
+class _AcrossLayers:
+    """Per step, the largest positive finite ``abs_mean`` among weight gradients, and how many
+    there are; then each gradient against it.
+
+    Two passes over the tensors, so that only one tensor's statistics are needed at once.
     """
 
     def __init__(self, views: list[TensorView]) -> None:
@@ -97,40 +169,38 @@ class _AcrossLayers:
         self.aligned = increasing and all(np.array_equal(v.steps, first) for v in views)
         # The usual case: every gradient recorded once at the same steps.
         self.steps = first if self.aligned else np.unique(np.concatenate([v.steps for v in views]))
-        self.smallest = np.full(len(self.steps), np.inf)
-        self.smallest_row = np.full(len(self.steps), -1)
         self.largest = np.full(len(self.steps), -np.inf)
         self.present = np.zeros(len(self.steps), dtype=np.int64)
+        self.learning = np.ones(len(self.steps), dtype=bool)
 
     def columns(self, view: TensorView) -> slice | np.ndarray:
         return slice(None) if self.aligned else np.searchsorted(self.steps, view.steps)
 
-    def add(self, row: int, values: np.ndarray) -> None:
-        """Fold in the ``abs_mean`` of ``views[row]``; zero or non-finite values do not count."""
-        columns = self.columns(self.views[row])
+    def add(self, view: TensorView, values: np.ndarray, learning: np.ndarray) -> None:
+        """Fold in the ``abs_mean`` of ``view``; zero or non-finite values do not count.
+        ``learning`` marks the records taken while the model had not converged."""
+        columns = self.columns(view)
+        self.learning[columns] &= learning
         with np.errstate(invalid="ignore"):
             counted = np.isfinite(values) & (values > 0)
-        positive = np.where(counted, values, np.inf)
-        smaller = positive < self.smallest[columns]
-        self.smallest[columns] = np.where(smaller, positive, self.smallest[columns])
-        self.smallest_row[columns] = np.where(smaller, row, self.smallest_row[columns])
         self.largest[columns] = np.fmax(self.largest[columns], np.where(counted, values, -np.inf))
         self.present[columns] += counted
 
     def findings(self, ratio: float, below: float, min_steps: int) -> Iterator[Finding]:
-        with np.errstate(invalid="ignore", divide="ignore"):
-            relative = np.where(self.present >= 2, self.smallest / self.largest, np.nan)
-        for row, view in enumerate(self.views):
+        for view in self.views:
             positions = self.columns(view)
-            mine = (
-                (self.smallest_row[positions] == row)
-                & (relative[positions] < ratio)
-                & (self.smallest[positions] < below)
-            )
+            values = view.stat("abs_mean")
+            with np.errstate(invalid="ignore", divide="ignore"):
+                relative = np.where(
+                    self.present[positions] >= 2, values / self.largest[positions], np.nan
+                )
+                mine = (
+                    (values > 0) & (relative < ratio) & (values < below) & self.learning[positions]
+                )
             yield from episode_findings(
                 tensor=view.tag,
                 steps=view.steps,
-                values=relative[positions],
+                values=relative,
                 violating=sustained(mine, min_steps),
                 threshold=ratio,
                 key="vanished-relative",
@@ -140,29 +210,53 @@ class _AcrossLayers:
             )
 
 
+_EXPLOSION_EFFECTS = (
+    "DBG306",
+    "DBG404",
+    "DBG305",
+    "DBG301:increasing",
+    "DBG502:too-large",
+    "DBG201",
+    "DBG202",
+    "DBG203",
+    # Huge gradients make huge updates: when they come first, the rate is not to blame.
+    "DBG503:too-high",
+)
+
+
 @rule(
     "DBG102",
     "exploding-gradient",
-    severity="error",
+    severity="warning",
     category="gradients",
     requires=GRADIENTS,
     per_tensor=True,
+    label={"nonfinite": "non-finite gradients", "*": "exploding gradients"},
+    explains={"nonfinite": ("DBG306", "DBG404"), "*": _EXPLOSION_EFFECTS},
 )
 def exploding_gradient(
-    ctx: RuleContext, *, growth: float = 100.0, window: int = 10, max_abs_mean: float = 1e6
+    ctx: RuleContext, *, growth: float = 1000.0, window: int = 10, max_abs_mean: float = 1e6
 ) -> Iterator[Finding]:
     """Gradients blow up: non-finite values, a sudden jump in norm, or huge magnitudes.
 
     Three conditions per gradient tensor and recorded step:
 
-    * **non-finite**: any NaN or ±inf element (``nan_count + inf_count > 0``); SageMaker
-      Debugger's ExplodingTensor restricted to gradients.
-    * **growth**: the L2 norm exceeds ``growth`` times the tensor's typical norm: the larger
-      of the median of the previous ``window`` records and the median of its first ``window``
-      records (a jump of two orders of magnitude by default; the first ``window`` records only
-      serve as history). Taking the larger keeps gradients that recover after vanishing for a
-      while from counting as an explosion.
-    * **magnitude**: ``mean(|g|) > max_abs_mean`` (TheDeepChecker's bound).
+    * **non-finite** (severity error): any NaN or ±inf element (``nan_count + inf_count >
+      0``); SageMaker Debugger's ExplodingTensor restricted to gradients.
+    * **growth** (warning): the L2 norm exceeds ``growth`` times the tensor's typical norm:
+      the larger of the median of the previous ``window`` records and the median of its first
+      ``window`` records (a jump of three orders of magnitude by default: once a model fits
+      most of its data, one batch holding a few hard examples lifts the gradient of a healthy
+      small transformer 100 to 150 times over its recent median, measured on the calibration
+      corpus, while a corrupted batch or a rate that overshoots lifts it 1e4 to 1e6 times). The first ``window``
+      records are history only and never judged: they would be judged against themselves
+      (a run whose first norms are large and fall fast would "jump" at its first steps).
+      Taking the larger baseline keeps gradients that recover after vanishing for a while
+      from counting as an explosion. One jump is enough: a single corrupted batch throws
+      the weights as far as a sustained explosion does. Attention query and key projections
+      are not judged for growth: their gradient starts near zero while attention is uniform
+      and grows by orders of magnitude as attention learns (see ``vanishing-gradient``).
+    * **magnitude** (warning): ``mean(|g|) > max_abs_mean`` (TheDeepChecker's bound).
 
     Why it matters: exploding gradients throw the weights far from any useful region in one
     step; the loss jumps, often to NaN, and training rarely recovers.
@@ -181,7 +275,7 @@ def exploding_gradient(
     """
     for view in ctx.tensors(collection="gradients"):
         nonfinite = view.stat("nan_count") + view.stat("inf_count")
-        yield from episode_findings(
+        for finding in episode_findings(
             tensor=view.tag,
             steps=view.steps,
             values=nonfinite,
@@ -190,7 +284,8 @@ def exploding_gradient(
             key="nonfinite",
             modes=view.modes,
             message=lambda e, v: f"{v:.0f} NaN/inf gradient elements",
-        )
+        ):
+            yield replace(finding, severity=Severity.error)
         norms = view.stat("l2")
         # The baseline is the larger of the recent and the initial typical norm, so that
         # gradients recovering from a vanished stretch do not pass for an explosion.
@@ -205,6 +300,10 @@ def exploding_gradient(
             recent = trailing_median(norms, window, at=possible)
             jump[possible] = norms[possible] / np.fmax(recent[possible], initial)
         jumped = np.isfinite(jump) & (jump > growth)
+        jumped[:window] = False
+        if attention_query_or_key(view.tag):
+            # Starts near zero while attention is uniform; growing out of that is learning.
+            jumped[:] = False
         yield from episode_findings(
             tensor=view.tag,
             steps=view.steps,

@@ -19,25 +19,27 @@ from dbgcli.rules._context import (
     episodes,
     sustained,
 )
+from dbgcli.rules._known import STARVED_LR, lr_fraction
 from dbgcli.rules._registry import Need, rule
-from dbgcli.trace import schema
+from dbgcli.trace import roles, schema
 from dbgcli.trace.reader import Series
 
 Mode = Literal["train", "eval"]
 
 
 def _is_loss_tag(tag: str) -> bool:
-    return "loss" in tag.lower()
+    return roles.scalar_meaning(tag).quantity == "loss"
 
 
 TRAIN_LOSS = Need.loss("train")
 EVAL_LOSS = Need.loss("eval")
 LOSS_SCALARS = Need(
-    "scalar series with 'loss' in its name",
+    "loss series (a scalar named like loss, val_loss, train/loss, validation_0-logloss)",
     lambda ctx: any(
         _is_loss_tag(info.tag) and ctx.scalar(info.tag) is not None
         for info in ctx.trace.tags(scalar=True)
     ),
+    looks_at="scalars",
 )
 
 
@@ -81,6 +83,7 @@ def _trailing_mean(values: np.ndarray, window: int) -> np.ndarray:
     severity="warning",
     category="loss",
     requires=Need.loss_of("mode"),
+    label={"increasing": "loss increasing", "*": "loss not decreasing"},
 )
 def loss_not_decreasing(
     ctx: RuleContext,
@@ -92,8 +95,9 @@ def loss_not_decreasing(
     smooth: bool = True,
     z: float = 1.0,
     patience: int = 2,
+    converged_fraction: float | None = 0.5,
 ) -> Iterator[Finding]:
-    """The loss stops going down (or goes up) from one check to the next.
+    """The loss stops going down while still high (or goes up) from one check to the next.
 
     **Schedule** (SageMaker Debugger's LossNotDecreasing, identical in all its documents): keep
     the step ``e`` of the last check, starting at the first recorded step; at each recorded step
@@ -115,18 +119,22 @@ def loss_not_decreasing(
 
     **Comparison**, with ``change = (m(s) - m(prev)) / |m(prev)| * 100`` and its standard error
     ``se_change = sqrt(se(s)^2 + se(prev)^2) / |m(prev)| * 100`` (checks where ``m(prev) = 0``
-    are skipped). A check fails when, even allowing ``z`` standard errors in the loss's favour,
+    are skipped). A check fails when
 
-    * it rose by ``max_increase_pct`` or more: ``change - z * se_change >= max_increase_pct``
-      (key ``increasing``), or
-    * it fell by ``min_decrease_pct`` or less: ``-change + z * se_change <= min_decrease_pct``
-      (key ``not-decreasing``); with 0 and ``z = 0`` this means "did not strictly decrease".
+    * it rose by ``max_increase_pct`` or more even allowing ``z`` standard errors in the
+      loss's favour: ``change - z * se_change >= max_increase_pct`` (key ``increasing``), or
+    * it did not fall by more than ``min_decrease_pct`` with ``z`` standard errors to spare:
+      ``-change - z * se_change <= min_decrease_pct`` (key ``not-decreasing``); with 0 and
+      ``z = 0`` this means "did not strictly decrease".
 
-    So a noisy loss whose windows cannot tell a slow decrease from a plateau is not reported,
-    while a flat or rising one is. ``z = 1`` (one standard error) with ``patience = 2`` keeps
-    the simulated healthy runs of the tests (300 to 5000 steps, realistic minibatch noise)
-    quiet, while a loss stuck at chance level, whose minibatch noise is tiny, is reported at
-    once; a larger ``z`` would also hide plateaus under the heavier noise of small batches.
+    So a rise must be certain, and so must a fall: a loss whose windows cannot show a
+    decrease beyond the noise of its minibatches is not decreasing. A flat loss over noisy
+    batches moves its window means by a few percent either way, which is more than the 1 %
+    a plateau must stay under, so asking for certainty of a plateau (as this rule once did)
+    left real plateaus unreported. Healthy runs stay quiet because they fall fast while their
+    loss is high and converge below half their start, where a plateau is not judged (see
+    below); ``patience = 2`` keeps a single flat stretch, such as a warmup starting from a
+    learning rate of 0, from counting.
 
     The public SageMaker Debugger sources disagree on the sign of its ``diff_percent``: the
     documentation reads it as a minimum decrease, the 2019 unit tests as a minimum increase
@@ -138,13 +146,20 @@ def loss_not_decreasing(
     in for the documented ``increase_threshold_percent`` (5 %), whose interplay with
     ``diff_percent`` is not public.
 
+    **Convergence is not a stall.** A "fell too little" check counts only while the later
+    level is above ``converged_fraction`` (one half) of the first finite loss: a loss that has
+    more than halved and then flattens has converged (or reached the floor that label
+    smoothing, weight decay or the noise of the data set), which is what training is for; a
+    plateau above half the starting loss is a run that stopped learning early. Except when
+    the recorded learning rate has fallen below 1e-4 of its peak at the check: a flat loss
+    there is starved, not converged. A rising loss is reported at any level.
+
     A finding needs ``patience`` consecutive failing checks (so one bump, such as a loss spike
-    the run recovers from, is not reported); one finding per run of failing checks, keyed
-    ``increasing`` if any check in it rose by ``max_increase_pct`` or more. The value is, for
-    the run's worst check, the decrease in % (``not-decreasing``) or the rise in %
-    (``increasing``); ``extra["compared_with_step"]`` is that check's ``prev``. A run that has
-    converged to a flat plateau is reported too: its loss is genuinely no longer decreasing,
-    and further steps buy nothing.
+    the run recovers from, is not reported); runs of failing checks are merged into one
+    finding per key, ``increasing`` for checks that rose by ``max_increase_pct`` or more,
+    ``not-decreasing`` for the others. The value is, for the worst check, the decrease in %
+    (``not-decreasing``) or the rise in % (``increasing``); ``extra["compared_with_step"]``
+    is that check's ``prev``.
 
     Why it matters: a loss that does not go down means the model is not learning (any more);
     every further step costs compute and, on a CI gate, hides a broken configuration.
@@ -166,8 +181,11 @@ def loss_not_decreasing(
         max_increase_pct: A check fails when the loss rose by this percentage or more;
             none disables the check.
         smooth: Compare means over ``num_steps`` steps instead of single records.
-        z: Standard errors of the change allowed in the loss's favour (0: compare as is).
+        z: Standard errors of the change a rise, or a fall, must clear to count (0: compare
+            as is).
         patience: Consecutive failing checks needed for a finding.
+        converged_fraction: "Fell too little" counts only while the loss is above this
+            fraction of its first value (none: at any level).
     """
     _positive("DBG301", num_steps=num_steps, patience=patience)
     series = ctx.loss(mode)
@@ -216,7 +234,11 @@ def loss_not_decreasing(
     margin = z * np.array(noise)
     never = np.zeros(len(change), dtype=bool)
     rose = change - margin >= max_increase_pct if max_increase_pct is not None else never
-    flat = -change + margin <= min_decrease_pct if min_decrease_pct is not None else never
+    flat = -change - margin <= min_decrease_pct if min_decrease_pct is not None else never
+    if converged_fraction is not None and values[0] > 0:
+        lr = lr_fraction(ctx, np.array(checked))
+        starved = np.zeros(len(checked), dtype=bool) if lr is None else np.asarray(lr < STARVED_LR)
+        flat &= (levels_after > converged_fraction * values[0]) | starved
     failing = sustained(rose | flat, patience)
     what = f"{'mean ' if smooth else ''}{mode} loss"
     for episode in episodes(failing):
@@ -312,14 +334,24 @@ def _first_finite(series: Series) -> float | None:
     return float(values[0]) if len(values) else None
 
 
-@rule("DBG302", "overfit", severity="warning", category="loss", requires=(TRAIN_LOSS, EVAL_LOSS))
+@rule(
+    "DBG302",
+    "overfit",
+    severity="warning",
+    category="loss",
+    requires=(TRAIN_LOSS, EVAL_LOSS),
+    label="overfitting",
+    # Overfitting and overtraining are one problem seen from two sides (the gap, and the
+    # validation loss stalling while the training loss falls): whichever shows first names it.
+    explains=("DBG304",),
+)
 def overfit(
     ctx: RuleContext,
     *,
     start_step: int = 0,
     patience: int = 2,
     ratio_threshold: float = 0.1,
-    min_gap_fraction: float = 0.05,
+    min_gap_fraction: float = 0.5,
     z: float = 1.0,
 ) -> Iterator[Finding]:
     """The validation loss sits well above the training loss: the model fits the training data only.
@@ -337,15 +369,23 @@ def overfit(
       ``gap > min_gap_fraction * |L0|``, with ``L0`` the first finite train loss (the
       untrained model's loss sets the scale of the problem).
 
-    Two additions to SageMaker Debugger. The absolute floor: as a healthy model converges its
-    training loss approaches 0, and the relative gap of two tiny losses (0.007 against 0.003
-    on the healthy sample trace, a 130 % "gap") says nothing about generalisation. The
-    standard error: the mean of 25 minibatch losses wanders by several percent, so a healthy
-    run with a true 5 % gap and small batches crosses 10 % now and then (a simulated run of
-    the tests with batches of 8 does with ``z = 0``).
+    Two additions to SageMaker Debugger. The absolute floor, half the initial loss: as a
+    healthy model converges its training loss approaches 0, and the relative gap of two tiny
+    losses (0.007 against 0.003 on the healthy sample trace, a 130 % "gap") says nothing about
+    generalisation; gradient-boosted trees drive the training loss far below the validation
+    loss while the validation loss still improves (0.16 against 0.36 after 60 rounds of a
+    healthy XGBoost run on noisy labels, a gap of a third of its initial 0.65). The gap is a
+    problem when it eats a large part of what the model can gain at all: with ``L0`` about the
+    loss of an untrained model, a gap of more than half of it means the held-out performance
+    is nowhere near the training performance (the overfitting runs of the calibration corpus
+    reach gaps of 1.2 to 1.5 times ``L0``). The standard error: the mean of 25 minibatch
+    losses wanders by several percent, so a healthy run with a true 5 % gap and small batches
+    crosses 10 % now and then (a simulated run of the tests with batches of 8 does with
+    ``z = 0``).
 
     Records with a non-finite loss are left out (DBG306); evaluations at steps below
-    ``start_step`` are not judged. A finding needs ``patience`` consecutive violating
+    ``start_step``, and any at or before the first training record (the untrained model), are
+    not judged. A finding needs ``patience`` consecutive violating
     evaluations (SageMaker Debugger's default is 1; 2 keeps a single evaluation right after a
     loss spike, or right after a diverging first update, from passing for overfitting). One
     finding per run of violating evaluations; the value is the largest relative gap as
@@ -382,8 +422,13 @@ def overfit(
         ratio = gap / np.abs(mean_train)
         sure_ratio = sure_gap / np.abs(mean_train)
     min_gap = min_gap_fraction * abs(initial)
+    # An evaluation before any training step says nothing about generalisation.
+    trained = evaluation.steps > _finite(train)[0][0]
     violating = (
-        (evaluation.steps >= start_step) & (sure_ratio > ratio_threshold) & (sure_gap > min_gap)
+        trained
+        & (evaluation.steps >= start_step)
+        & (sure_ratio > ratio_threshold)
+        & (sure_gap > min_gap)
     )
     violating = sustained(violating & np.isfinite(sure_ratio), patience)
 
@@ -406,37 +451,65 @@ def overfit(
     )
 
 
-@rule("DBG303", "underfit", severity="warning", category="loss", requires=TRAIN_LOSS)
+@rule(
+    "DBG303",
+    "underfit",
+    severity="warning",
+    category="loss",
+    requires=TRAIN_LOSS,
+    label="underfitting",
+    explains=("DBG301:not-decreasing",),
+)
 def underfit(
     ctx: RuleContext,
     *,
     max_loss_fraction: float = 0.8,
+    chance_fraction: float = 0.9,
+    chance_margin: float = 0.05,
     min_steps: int = 100,
     window: int = 50,
     min_accuracy: float | None = None,
 ) -> Iterator[Finding]:
-    """The training loss stays high (or the training accuracy low) until the end of the run.
+    """The training loss stays high (or the accuracy at chance) until the end of the run.
 
-    SageMaker Debugger lists underfitting as a problem class but has no rule for it; this is
-    the criterion chosen here, judged on the finite records of the training series:
+    SageMaker Debugger lists underfitting as a problem class but has no rule for it; these are
+    the criteria chosen here, judged on the finite records of the training series, each
+    smoothed by the trailing mean of its last ``window`` records:
 
-    * **loss** (key ``loss-high``): the trailing mean of the last ``window`` train loss records
-      stays above ``max_loss_fraction`` times the initial loss ``L0`` (the first finite train
-      loss, a positive number; the check is skipped when it is not) through the end of the
-      run, i.e. the loss has not even fallen by ``1 - max_loss_fraction`` (20 %) of its
-      starting value;
-    * **accuracy** (key ``accuracy-low``, only with ``min_accuracy`` set and a train accuracy
-      series): the trailing mean of the last ``window`` accuracy records stays below
-      ``min_accuracy`` through the end. Off by default, because what is a low accuracy
-      depends on the number of classes and the task.
+    * **loss against its start** (key ``loss-high``): the mean stays above
+      ``max_loss_fraction`` times the initial loss ``L0`` (the first finite train loss, a
+      positive number) through the end of the run: the loss has not even fallen by 20 %.
+    * **loss against chance** (key ``at-chance``): when the number of classes ``C`` is known
+      and the loss is on the scale of a cross-entropy (``L0 >= ln C / 2``), the mean stays at
+      or above ``chance_fraction × ln C`` through the end: ``ln C`` is the cross-entropy of a
+      model that predicts every class with probability ``1/C``, so ending there means the
+      model learned nothing, however unlucky its start was (a start at 0.94 that ends at
+      ln 2 = 0.69 has fallen 26 % and is still at chance).
+    * **accuracy against chance** (key ``at-chance``): with ``C`` known and an accuracy series
+      (training, else validation), the mean stays at or below ``1/C + chance_margin`` through
+      the end.
+    * **accuracy not improving** (key ``accuracy-flat``): with ``C`` unknown and a training
+      accuracy series, the mean stays less than ``chance_margin`` above its first value and
+      at or below 0.6 (AutoTrainer's not-converged gate Θ = 0.6; its slow-convergence test
+      asks for more than 0.01 per epoch).
+    * **accuracy below a floor** (key ``accuracy-low``, only with ``min_accuracy`` set): the
+      mean stays below ``min_accuracy`` through the end.
+
+    ``C`` comes from the run metadata (``num_classes``, ``num_labels`` or ``n_classes``, at
+    the top level or among the hyperparameters), else from the recorded predictions (the
+    width of their class axis) or labels (the largest class id plus one), else from the
+    model's output layer: the last weight matrix recorded, read as ``(outputs, inputs)`` as
+    PyTorch stores it (the hooks record parameters in model order). The chance checks on the
+    loss also need the loss on a cross-entropy scale (``L0 >= ln C / 2``), which keeps a
+    regression head or another layout from passing for a classifier.
 
     The trailing window is cut to a quarter of the records when the series holds fewer than
-    ``4 * window`` (so the first, high records of a sparsely recorded run do not weigh on its
-    end). Only records at least ``min_steps`` steps after the first one are judged (a run
-    needs time to learn), and only the stretch that lasts until the last record is reported, as one
-    finding that starts where the curve was last on the good side (a run that was high for a
-    while but learned later is fine). The value is the final trailing mean divided by ``L0``
-    (or the final mean accuracy).
+    ``4 * window``. A run is judged only when its last record is at least ``min_steps`` steps
+    after the first (a run needs time to learn); one finding per key, for the stretch of bad
+    records that lasts until the last record, starting where the curve was last on the good
+    side (from the first record if it never was). The value is the final mean divided by
+    ``L0`` (``loss-high``), by ``ln C`` (``at-chance`` on the loss), or the final mean
+    accuracy.
 
     Known false positive: fine-tuning from a well-trained checkpoint starts with a low loss
     that legitimately falls little; raise ``max_loss_fraction`` or ignore the rule there.
@@ -455,7 +528,10 @@ def underfit(
     Args:
         max_loss_fraction: The smoothed train loss must fall below this fraction of its initial
             value.
-        min_steps: Steps after the first record before the curves are judged.
+        chance_fraction: The smoothed train loss must fall below this fraction of ln C.
+        chance_margin: The smoothed accuracy must rise more than this above chance (1/C), or
+            above its first value when C is unknown.
+        min_steps: Steps from the first record the run must span before it is judged.
         window: Records in the trailing mean.
         min_accuracy: The smoothed train accuracy must reach this level; none disables the
             check.
@@ -464,16 +540,17 @@ def underfit(
     train = ctx.loss("train")
     if train is None:
         return
+    tag = ctx.loss_tag("train") or "loss"
+    classes = class_count(ctx)
     steps, values = _finite(train)
-    if len(values) and values[0] > 0:
+    if len(values) and values[0] > 0 and steps[-1] - steps[0] >= min_steps:
         initial = float(values[0])
-        fraction = _trailing_mean(values, _records_for(window, len(values))) / initial
+        smoothed = _trailing_mean(values, _records_for(window, len(values)))
         yield from _stuck_until_end(
             steps,
-            fraction,
-            fraction > max_loss_fraction,
-            min_steps,
-            tensor=(ctx.loss_tag("train") or "loss"),
+            smoothed / initial,
+            smoothed / initial > max_loss_fraction,
+            tensor=tag,
             threshold=max_loss_fraction,
             key="loss-high",
             message=lambda v: (
@@ -481,24 +558,109 @@ def underfit(
                 f"{initial:.4g} (must fall below {max_loss_fraction:.0%})"
             ),
         )
+        chance = np.log(classes) if classes else None
+        if chance is not None and initial >= chance / 2:
+            yield from _stuck_until_end(
+                steps,
+                smoothed / chance,
+                smoothed >= chance_fraction * chance,
+                tensor=tag,
+                threshold=chance_fraction,
+                key="at-chance",
+                message=lambda v: (
+                    f"mean train loss of the last {window} records is {v:.0%} of ln {classes} "
+                    f"= {chance:.3g}, the loss of guessing among {classes} classes (must fall "
+                    f"below {chance_fraction:.0%})"
+                ),
+            )
     accuracy = ctx.accuracy("train")
-    if min_accuracy is None or accuracy is None:
+    acc_mode: Mode = "train"
+    if accuracy is None:
+        accuracy, acc_mode = ctx.accuracy("eval"), "eval"
+    if accuracy is None:
         return
     steps, values = _finite(accuracy)
+    if not len(values) or steps[-1] - steps[0] < min_steps:
+        return
     smoothed = _trailing_mean(values, _records_for(window, len(values)))
-    yield from _stuck_until_end(
-        steps,
-        smoothed,
-        smoothed < min_accuracy,
-        min_steps,
-        tensor=(ctx.accuracy_tag("train") or "accuracy"),
-        threshold=min_accuracy,
-        key="accuracy-low",
-        message=lambda v: (
-            f"mean train accuracy of the last {window} records is {v:.3g} "
-            f"(must reach {min_accuracy:g})"
-        ),
-    )
+    acc_tag = ctx.accuracy_tag(acc_mode) or "accuracy"
+    if classes:
+        level = 1.0 / classes + chance_margin
+        yield from _stuck_until_end(
+            steps,
+            smoothed,
+            smoothed <= level,
+            tensor=acc_tag,
+            threshold=level,
+            key="at-chance",
+            message=lambda v: (
+                f"mean {acc_mode} accuracy of the last {window} records is {v:.3g}, at chance "
+                f"for {classes} classes (must rise above {level:.3g})"
+            ),
+        )
+    else:
+        start = float(smoothed[min(len(smoothed), _records_for(window, len(values))) - 1])
+        flat = (smoothed - start < chance_margin) & (smoothed <= _NOT_CONVERGED_ACCURACY)
+        yield from _stuck_until_end(
+            steps,
+            smoothed,
+            flat,
+            tensor=acc_tag,
+            threshold=start + chance_margin,
+            key="accuracy-flat",
+            message=lambda v: (
+                f"mean {acc_mode} accuracy of the last {window} records is {v:.3g}, less than "
+                f"{chance_margin:g} above where it started ({start:.3g})"
+            ),
+        )
+    if min_accuracy is not None:
+        yield from _stuck_until_end(
+            steps,
+            smoothed,
+            smoothed < min_accuracy,
+            tensor=acc_tag,
+            threshold=min_accuracy,
+            key="accuracy-low",
+            message=lambda v: (
+                f"mean {acc_mode} accuracy of the last {window} records is {v:.3g} "
+                f"(must reach {min_accuracy:g})"
+            ),
+        )
+
+
+_CLASS_KEYS = ("num_classes", "num_labels", "n_classes")
+# AutoTrainer reports a run as not converged while its best accuracy is at most 0.6.
+_NOT_CONVERGED_ACCURACY = 0.6
+
+
+def class_count(ctx: RuleContext) -> int | None:
+    """The number of classes of a classifier (None when unknown or below 2): from the run
+    metadata (``num_classes``, ``num_labels``, ``n_classes``, also among the
+    hyperparameters), else the width of the predictions' class axis, else the largest class
+    id among the labels plus one."""
+    metadata = ctx.trace.metadata
+    for source in (metadata, metadata.get("hyperparameters")):
+        if isinstance(source, dict):
+            for key in _CLASS_KEYS:
+                value = source.get(key)
+                if isinstance(value, int) and not isinstance(value, bool) and value >= 2:
+                    return value
+    for view in ctx.tensors(collection="predictions"):
+        shape = view.info.shape
+        if shape is not None and len(shape) == 2 and shape[-1] >= 2:
+            return int(shape[-1])
+    for view in ctx.tensors(collection="labels"):
+        if not ctx.categorical(view):
+            continue
+        highest = float(np.nanmax(view.stat("max")))
+        if np.isfinite(highest) and highest >= 1 and highest == round(highest):
+            return int(highest) + 1
+    matrices = [
+        v for v in ctx.tensors(collection="weights") if v.info.shape and len(v.info.shape) == 2
+    ]
+    if matrices and matrices[-1].info.shape and matrices[-1].info.shape[0] >= 2:
+        return int(matrices[-1].info.shape[0])
+    return None
 
 
 def _records_for(window: int, records: int) -> int:
@@ -510,19 +672,16 @@ def _stuck_until_end(
     steps: np.ndarray,
     values: np.ndarray,
     bad: np.ndarray,
-    min_steps: int,
     *,
     tensor: str,
     threshold: float,
     key: str,
     message: Callable[[float], str],
 ) -> Iterator[Finding]:
-    """One finding for the run of ``bad`` judged records that reaches the last record."""
-    if not len(steps):
+    """One finding for the run of ``bad`` records that reaches the last record."""
+    if not len(steps) or not bad[-1]:
         return
-    flags = bad & (steps - steps[0] >= min_steps)
-    if not flags[-1]:
-        return
+    flags = bad
     good = np.flatnonzero(~flags)
     first = int(good[-1]) + 1 if len(good) else 0
     yield Finding(
@@ -556,7 +715,13 @@ def _since_best(values: np.ndarray, delta: float) -> tuple[np.ndarray, np.ndarra
 
 
 @rule(
-    "DBG304", "overtraining", severity="warning", category="loss", requires=(TRAIN_LOSS, EVAL_LOSS)
+    "DBG304",
+    "overtraining",
+    severity="warning",
+    category="loss",
+    requires=(TRAIN_LOSS, EVAL_LOSS),
+    label="overtraining",
+    explains=("DBG302",),
 )
 def overtraining(
     ctx: RuleContext,
@@ -664,8 +829,9 @@ def overtraining(
         )
 
 
-def _large_turns(values: np.ndarray, min_swing: float) -> np.ndarray:
-    """Flags of the records where the curve turns after a move of at least ``min_swing``.
+def _large_turns(values: np.ndarray, min_swing: np.ndarray) -> np.ndarray:
+    """Flags of the records where the curve turns after a move of at least ``min_swing``
+    (one bound per record, applied at the turn).
 
     Runs of equal values count as one record (their first). A record is a turn when the
     direction of the curve changes there; its swing is its distance to the previous turn (or
@@ -680,95 +846,122 @@ def _large_turns(values: np.ndarray, min_swing: float) -> np.ndarray:
     if not len(turns):
         return flags
     anchors = np.concatenate(([0], turns[:-1]))
-    flags[turns[np.abs(values[turns] - values[anchors]) >= min_swing]] = True
+    flags[turns[np.abs(values[turns] - values[anchors]) >= min_swing[turns]]] = True
     return flags
 
 
 @rule(
-    "DBG305", "oscillating-loss", severity="warning", category="loss", requires=Need.loss_of("mode")
+    "DBG305",
+    "oscillating-loss",
+    severity="warning",
+    category="loss",
+    requires=Need.loss_of("mode"),
+    label="oscillating loss",
+    # Batches that pull the model in turns (one class at a time) also leave it fitted to the
+    # latest batches only, far from the held-out data.
+    explains=("DBG302", "DBG304"),
 )
 def oscillating_loss(
     ctx: RuleContext,
     *,
     mode: Mode = "train",
-    swing: float = 0.5,
+    block: int = 5,
+    swing: float = 1.0,
+    floor: float = 0.1,
     ratio: float = 0.2,
-    window: int = 50,
+    window: int = 10,
 ) -> Iterator[Finding]:
     """The loss swings up and down by large amounts instead of converging.
 
     AutoTrainer's Oscillating Loss test (pairs of local maxima and minima that differ by at
     least ζ, counted against η times the length of the curve), moved from epoch accuracy to the
-    recorded loss and made local:
+    recorded loss:
 
-    * the finite records of the loss, in step order (non-finite ones are DBG306's);
-    * a **turn** is a record where the curve changes direction (a local maximum or minimum;
-      runs of equal values count once); its **swing** is its distance to the previous turn;
-    * a turn is **large** if its swing is at least ``swing`` times ``|L0|``, the first finite
-      loss (the untrained model's loss sets the scale; AutoTrainer's ζ = 0.03 is on accuracy,
-      whose scale is 1);
-    * a window of ``window`` consecutive records **oscillates** if at least ``ratio`` of its
-      records are large turns (AutoTrainer's η = 0.2). With the defaults: 10 reversals by
-      half the initial loss within 50 records.
+    * the finite records of the loss, in step order (non-finite ones are DBG306's), averaged
+      in consecutive **blocks** of ``block`` records. AutoTrainer reads one accuracy per
+      epoch, already an average over many batches; single minibatch losses are noise of the
+      order of their own level (a ReLU network near convergence puts almost no loss on most
+      samples and a lot on a few, so one batch reads 0.06, the next 0.36), which a block mean
+      shrinks while a real swing of the model, lasting more than a few steps, stays;
+    * a **turn** is a block where the block means change direction (a local maximum or
+      minimum; runs of equal values count once); its **swing** is its distance to the
+      previous turn;
+    * a turn is **large** if its swing is at least ``swing`` times the loss level: the median
+      of the block means of the window, but no less than ``floor`` times ``|L0|``, the first
+      finite loss. With ``swing = 1`` the smoothed loss doubles or halves from one turn to the
+      next. Measured against the level, not against ``L0``, so that a run that oscillates
+      once it has learned (between 0.1 and 0.4 after starting at 2.3) is found; the floor
+      keeps a converged run, whose level is near 0, from turning its noise into swings;
+    * a window of ``window`` consecutive blocks **oscillates** if it holds at least
+      ``ratio × window`` pairs of large turns (a maximum and the minimum after it:
+      AutoTrainer's η = 0.2 counts such pairs against the length of the curve), so at least
+      ``2 × ratio`` of its blocks are large turns: with the defaults, two full swings by the
+      loss's own level within 50 records, for instance batches that each hold one class (the
+      loss collapses within a class and jumps at the next). One bump of a falling curve is
+      two turns, one pair: not an oscillation.
 
-    Why not a relative swing or the sign-change ratio of the derivative (TheDeepChecker):
-    minibatch noise alone reverses the direction of the curve at about two records in three,
-    and near convergence it moves the loss by several times its level (0.0007 to 0.026 after
-    step 150 on the healthy sample trace), whereas those moves stay below 1 % of the initial
-    loss. Independent noise whose standard deviation is 12 % of the initial loss stays below
-    ``ratio`` with the default ``swing`` but not with a swing of a quarter (both checked by
-    the tests). Very small batches (fewer than about 16 samples) of a hard task can reach
-    20 % noise: raise ``swing`` there.
+    A swing from one record to the next (a rate that overshoots on every step) averages out
+    in a block; ``learning-rate`` (DBG503) finds that through the size of the updates.
 
     One finding per run of overlapping oscillating windows, from its first large turn to its
     last; the value is the largest share of large turns in a window.
 
-    Why it matters: an oscillating loss means the optimiser overshoots; training makes little
-    net progress and often ends in divergence.
+    Why it matters: an oscillating loss means the optimiser overshoots or the batches pull
+    the model in turns; training makes little net progress and often ends in divergence.
 
     Typical causes: a learning rate too high for the curvature (often after warmup ends or
-    with a large batch-size change), too little momentum damping, very small or unshuffled
-    batches, a loss with a noisy or unstable term.
+    with a large batch-size change), too little momentum damping, unshuffled batches (sorted by
+    class or by source), a loss with a noisy or unstable term.
 
-    Fix: lower the learning rate or decay it, add warmup, clip gradients, shuffle the data,
+    Fix: shuffle the data, lower the learning rate or decay it, add warmup, clip gradients,
     increase the batch size.
 
     Args:
         mode: Which loss to check: the training (``train``) or validation (``eval``) loss.
-        swing: Smallest move between two turns that counts, as a fraction of the initial loss.
-        ratio: Share of a window's records that must be large turns.
-        window: Records per window.
+        block: Records averaged into one point of the curve.
+        swing: Smallest move between two turns that counts, as a multiple of the loss level.
+        floor: Smallest loss level, as a fraction of the initial loss.
+        ratio: Pairs of large turns a window must hold, per block.
+        window: Blocks per window.
     """
-    _positive("DBG305", swing=swing, ratio=ratio, window=window)
+    _positive("DBG305", block=block, swing=swing, ratio=ratio, window=window)
     series = ctx.loss(mode)
     if series is None:
         return
     steps, values = _finite(series)
-    if len(values) < max(window, 3) or values[0] == 0:
+    blocks = len(values) // block
+    if blocks < max(window, 3) or values[0] == 0:
         return
-    scale = abs(float(values[0]))
-    large = _large_turns(values, swing * scale)
+    means = values[: blocks * block].reshape(blocks, block).mean(axis=1)
+    starts = steps[: blocks * block : block]
+    windows = np.lib.stride_tricks.sliding_window_view(means, window)
+    level = np.fmax(np.median(windows, axis=1), floor * abs(float(values[0])))
+    # The level of each block: that of the last window holding it.
+    per_block = np.concatenate((np.full(window - 1, level[0]), level))
+    large = _large_turns(means, swing * per_block)
     counts = np.convolve(large.astype(np.int64), np.ones(window, dtype=np.int64), mode="valid")
-    oscillating_end = np.flatnonzero(counts >= ratio * window) + window - 1
+    # AutoTrainer counts pairs (a maximum and the minimum after it): two turns each.
+    oscillating_end = np.flatnonzero(counts >= 2 * ratio * window) + window - 1
     if not len(oscillating_end):
         return
-    covered = np.zeros(len(values) + 1, dtype=np.int64)
+    covered = np.zeros(blocks + 1, dtype=np.int64)
     np.add.at(covered, oscillating_end - window + 1, 1)
     np.add.at(covered, oscillating_end + 1, -1)
     in_window = np.cumsum(covered[:-1]) > 0
-    share = np.zeros(len(values))
+    share = np.zeros(blocks)
     share[window - 1 :] = counts / window
     for episode in episodes(in_window):
         turns = episode.first + np.flatnonzero(large[episode.first : episode.last + 1])
         worst = float(share[episode.first : episode.last + 1].max())
         yield Finding(
             message=(
-                f"{mode} loss reverses by at least {swing:.0%} of its initial {scale:.4g} at "
-                f"{worst:.0%} of the records of a {window}-record window (>= {ratio:.0%})"
+                f"{mode} loss (means of {block} records) reverses by at least {swing:g}x its "
+                f"level of about {float(np.median(per_block[turns])):.3g} at {worst:.0%} of "
+                f"the blocks of a {window * block}-record window (>= {2 * ratio:.0%})"
             ),
             tensor=(ctx.loss_tag(mode) or "loss"),
-            first_step=int(steps[turns[0]]),
-            last_step=int(steps[turns[-1]]),
+            first_step=int(starts[turns[0]]),
+            last_step=int(steps[min(turns[-1] * block + block - 1, len(steps) - 1)]),
             steps=len(turns),
             value=worst,
             threshold=ratio,
@@ -777,12 +970,22 @@ def oscillating_loss(
         )
 
 
-@rule("DBG306", "non-finite-loss", severity="error", category="loss", requires=LOSS_SCALARS)
+@rule(
+    "DBG306",
+    "non-finite-loss",
+    severity="error",
+    category="loss",
+    requires=LOSS_SCALARS,
+    label="non-finite loss",
+    explains=("DBG102:nonfinite", "DBG404", "DBG301", "DBG303", "DBG305"),
+)
 def non_finite_loss(ctx: RuleContext) -> Iterator[Finding]:
     """The loss is NaN or infinite.
 
-    Every scalar series whose name contains ``loss`` (any case: ``loss``, ``val_loss``,
-    ``loss/aux``...) is checked record by record, separately for each mode; a record violates
+    Every scalar series that is a loss by its name (dbgcli.trace.roles.scalar_meaning: the
+    word ``loss`` in any case, ``val_loss``, ``CrossEntropyLoss_output_0``, ``loss/aux``, or
+    an XGBoost metric such as ``validation_0-logloss``) is checked record by record,
+    separately for each mode; a record violates
     when its value is NaN, +inf or -inf. One finding per series, mode and run of consecutive
     non-finite records; its first step is the first non-finite step and its value the first
     non-finite value; ``extra`` counts the NaN and infinite records.

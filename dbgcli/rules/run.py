@@ -27,7 +27,18 @@ TIMELINE = Need(
 )
 
 
-@rule("DBG801", "stalled-training", severity="warning", category="run", requires=TIMELINE)
+@rule(
+    "DBG801",
+    "stalled-training",
+    severity="warning",
+    category="run",
+    requires=TIMELINE,
+    label={
+        "stall": "stalled training",
+        "step-jump": "step numbering jumped",
+        "step-restart": "run resumed from an earlier step",
+    },
+)
 def stalled_training(
     ctx: RuleContext,
     *,

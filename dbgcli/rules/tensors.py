@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
-from dbgcli.findings import Finding
+from dbgcli.findings import Finding, Severity
 from dbgcli.rules._context import (
     Episode,
     RuleContext,
@@ -16,25 +17,39 @@ from dbgcli.rules._context import (
     episode_findings,
     mode_codes,
 )
+from dbgcli.rules._known import (
+    STARVED_LR,
+    first_update_step,
+    lr_fraction,
+    zero_gradient_by_construction,
+)
 from dbgcli.rules._registry import Need, rule
+from dbgcli.trace import schema
 from dbgcli.trace.derive import Accumulator, Derivation
 from dbgcli.trace.reader import RawChunk, TagInfo, Trace
 from dbgcli.trace.stats import COL
 
 # Model parameters: their first record is the initialisation, and 1-D ones (biases,
 # normalisation scales) are initialised to a constant by design.
-PARAMETER_COLLECTIONS = frozenset({"weights", "biases", "parameters"})
+PARAMETER_ROLES = frozenset({"weights", "biases"})
 
-# Collections that are exactly zero at the first step of a run that zero-initialises a layer on
+# Roles that are exactly zero at the first step of a run that zero-initialises a layer on
 # purpose (zero biases; zero-initialised heads and residual branches as in DiT's adaLN-Zero,
 # ControlNet or JAX ViT): the parameters themselves, the outputs they produce, and the
 # gradients of every layer below them.
-ZERO_INIT_COLLECTIONS = frozenset({*PARAMETER_COLLECTIONS, "gradients", "predictions", "outputs"})
+ZERO_INIT_ROLES = frozenset({*PARAMETER_ROLES, "gradients", "predictions", "outputs"})
 
 
 def _selected(ctx: RuleContext, collections: tuple[str, ...]) -> list[TensorView]:
-    """Tensor views of ``collections`` (every tensor when empty)."""
+    """Tensor views of the roles ``collections`` names (every tensor when empty)."""
     return ctx.tensors(collection=list(collections) if collections else None)
+
+
+def _valued(ctx: RuleContext, collections: tuple[str, ...]) -> list[TensorView]:
+    """Tensors whose values are quantities, not categories: class ids (labels, and
+    predictions or inputs that hold whole numbers) and token ids mean nothing as numbers,
+    so "all zero" or "constant" says nothing about them (a batch of class 0 is all zero)."""
+    return [view for view in _selected(ctx, collections) if not ctx.categorical(view)]
 
 
 def _per_mode(
@@ -83,10 +98,20 @@ ALL_ZERO_COLLECTIONS = (
 @rule(
     "DBG401",
     "all-zero",
-    severity="error",
+    severity="warning",
     category="tensors",
     requires=Need.tensors_in("collections"),
     per_tensor=True,
+    label="all-zero tensor",
+    explains=(
+        "DBG101",
+        "DBG401",
+        "DBG402",
+        "DBG403",
+        "DBG301:not-decreasing",
+        "DBG303",
+        "DBG502:too-small",
+    ),
 )
 def all_zero(
     ctx: RuleContext,
@@ -103,17 +128,27 @@ def all_zero(
     ``zero_frac >= threshold / 100``. With the default 100 % this means every element is
     ``0``: the statistic is an exact count, so no rounding can make a tensor with a single
     non-zero element pass for all-zero (equivalently ``min == max == 0`` with no NaN).
-    Records with no elements are not judged. Findings are one per tensor, mode and episode of
-    consecutive violating records, with the largest share.
+    Records with no elements are not judged. One finding per tensor and mode, its episodes
+    merged, with the largest share.
+
+    Severity: error when the tensor is zero *throughout*: every judged record from its first
+    violation to its last record, at least two of them (a layer that is dead or disconnected
+    for good); warning when it recovers (zero batches now and then, a layer zero for a
+    while).
 
     Which tensors: by default weights, biases, gradients, activations, pre-activations,
-    inputs, predictions and outputs. Labels are left out because an all-zero label batch is
-    ordinary (a batch of class 0 in binary classification); add them with ``collections``.
-    A ReLU layer legitimately has about half its values at zero, which the default 100 %
-    threshold leaves alone; lower it only for tensors that are not sparse by nature.
+    inputs, predictions and outputs, by role (dbgcli.trace.roles). Tensors holding ids are
+    left out whatever their role: labels, predictions that are class ids and token-id inputs
+    (an all-zero batch of class ids is a batch of class 0). Gradients of parameters that are
+    zero by construction (attention key biases: softmax ignores a shift shared by every key)
+    are left out too. A ReLU layer legitimately has about half its values at zero, which the
+    default 100 % threshold leaves alone; lower it only for tensors that are not sparse by
+    nature.
 
-    The first recorded step of a parameter, gradient, prediction or output tensor is skipped
-    (``skip_initial``): zero initialisation is a deliberate choice for biases and for some
+    The records of a parameter, gradient, prediction or output tensor up to its first update
+    are skipped (``skip_initial``): its first record, and every record up to the first step
+    whose recorded learning rate is above 0 (a warmup that starts at 0 leaves the first steps
+    as initialised). Zero initialisation is a deliberate choice for biases and for some
     layers (zero-initialised heads and residual branches in DiT, ControlNet or JAX ViT), which
     makes those parameters, the outputs they produce and the gradients of every layer below
     them exactly zero until the first update. Whether an initialisation is sound is
@@ -140,13 +175,17 @@ def all_zero(
         skip_initial: Ignore the first recorded step of parameters, gradients, predictions and
             outputs (deliberate zero initialisation).
     """
-    for view in _selected(ctx, collections):
+    updated_from = first_update_step(ctx)
+    for view in _valued(ctx, collections):
+        if view.info.role == "gradients" and zero_gradient_by_construction(view.tag):
+            continue
         share = view.stat("zero_frac")
-        violating = share >= threshold / 100.0
-        if skip_initial and view.info.collection in ZERO_INIT_COLLECTIONS:
+        judged = np.isfinite(share)
+        if skip_initial and view.info.role in ZERO_INIT_ROLES:
             first_step = ctx.trace.index(view.tag)[0][0]
-            violating &= view.steps != first_step
-        yield from _per_mode(
+            judged &= view.steps > max(first_step, updated_from if updated_from is not None else -1)
+        violating = judged & (share >= threshold / 100.0)
+        for finding in _per_mode(
             view,
             share * 100.0,
             violating,
@@ -159,7 +198,21 @@ def all_zero(
                 if v >= 100.0
                 else f"{v:.4g}% of the elements are exactly zero (>= {threshold:g}%)"
             ),
-        )
+        ):
+            mine = view.modes == schema.MODE_CODES.get(finding.mode or "", -1)
+            yield (
+                replace(finding, severity=Severity.error)
+                if _throughout(violating[mine], judged[mine])
+                else finding
+            )
+
+
+def _throughout(violating: np.ndarray, judged: np.ndarray) -> bool:
+    """Every judged record from the first violating one to the last judged one violates, and
+    there are at least two of them."""
+    flags = violating[judged]
+    hits = np.flatnonzero(flags)
+    return len(hits) >= 2 and bool(flags[hits[0] :].all())
 
 
 # -- DBG402 tensor-variance -----------------------------------------------------------------------
@@ -174,6 +227,8 @@ TENSOR_VARIANCE_COLLECTIONS = ("weights", "gradients", "activations", "preactiva
     category="tensors",
     requires=Need.tensors_in("collections"),
     per_tensor=True,
+    label="near-constant tensor",
+    explains=("DBG101", "DBG301:not-decreasing", "DBG303", "DBG402"),
 )
 def tensor_variance(
     ctx: RuleContext,
@@ -230,15 +285,13 @@ def tensor_variance(
     """
     below = f"(< {min_threshold:g})" if min_threshold is not None else ""
     above = f"(> {max_threshold:g})" if max_threshold is not None else ""
-    for view in _selected(ctx, collections):
+    for view in _valued(ctx, collections):
         var = view.stat("var")
         mean = view.stat("mean")
         with np.errstate(invalid="ignore", divide="ignore"):
             relative = var / (mean * mean + var)
         shape = view.info.shape
-        constant_by_design = view.info.collection in PARAMETER_COLLECTIONS and (
-            shape is None or len(shape) < 2
-        )
+        constant_by_design = view.info.role in PARAMETER_ROLES and (shape is None or len(shape) < 2)
         judged = (view.stat("count") >= 2) & (not constant_by_design)
         yield from _per_mode(
             view,
@@ -502,6 +555,9 @@ def _unchanged_plan(ctx: RuleContext, params: dict[str, Any]) -> Iterator[tuple[
     requires=Need.tensors_in("collections"),
     plan=_unchanged_plan,
     per_tensor=True,
+    label={"frozen": "parameters frozen on purpose", "*": "parameters not updated"},
+    # A parameter never updated keeps its initial values: a zero-initialised bias stays zero.
+    explains={"unchanged": ("DBG301:not-decreasing", "DBG303", "DBG402", "DBG401")},
 )
 def unchanged_tensor(
     ctx: RuleContext,
@@ -527,21 +583,34 @@ def unchanged_tensor(
       is stricter than all-close (a change within the tolerance still moves the statistics)
       but blind to a permutation of the same values, and the finding says when it was used.
 
-    A record violates when it ends ``num_steps`` consecutive records that are pairwise
-    unchanged (``num_steps - 1`` unchanged comparisons in a row), so with the defaults three
-    recordings of a frozen tensor at steps 0, 1, 2 fire at step 2, and a tensor with fewer
-    than ``num_steps`` records never fires (the SageMaker Debugger 2019 test cases). The
+    A run of ``num_steps`` or more consecutive records that are pairwise unchanged
+    (``num_steps - 1`` unchanged comparisons in a row) violates, and every record of it
+    belongs to the finding, from the record the run started at: with the defaults three
+    recordings of a frozen tensor at steps 0, 1, 2 fire (at step 2 in SageMaker Debugger's
+    2019 test cases, which judge each step as it arrives; the finding here starts at step 0,
+    when the tensor stopped changing), and a tensor with fewer than ``num_steps`` records
+    never fires. The
     comparison is pairwise between consecutive records, not against the first record of the
     window (SageMaker Debugger leaves this open, and all-close is not transitive): it asks
     "did the tensor change from one saved step to the next", so a tensor creeping by less
     than the tolerance at every step counts as unchanged even if it drifts over a long
-    window. As in SageMaker Debugger, records before ``--start`` count as history. Findings
-    are one per tensor, mode and episode; the value is the longest run of unchanged records.
+    window. As in SageMaker Debugger, records before ``--start`` count as history. One
+    finding per tensor and mode; the value is the longest run of unchanged records.
 
     Cost: minimum and maximum are exact statistics, so the rule reads full tensors only for
     records whose extremes, element counts and (for weights and biases) update norm allow
     all-closeness (see ``ConsecutiveAllClose``); a tensor that visibly changes costs no raw
     reads at all.
+
+    **On purpose or not.** A parameter that does not change is frozen on purpose when the
+    recorder says so (the PyTorch hook lists parameters with ``requires_grad=False`` in the
+    metadata key ``frozen_parameters``) or when gradients are recorded for other parameters
+    but none for it (no gradient flows to it): key ``frozen``, severity info (fine-tuning with
+    a frozen backbone). Otherwise (key ``unchanged``, warning) it is the classic bug, and the
+    message says whether its gradient is recorded non-zero (it has a gradient but no update:
+    not in the optimizer) or zero (no gradient reaches it: a detach or a dead layer). Records
+    at which the recorded learning rate is 0 or below 1e-4 of its peak (a warmup's first
+    steps, a decay's last) are not judged: no update is asked for.
 
     Which tensors: weights and biases by default, where a frozen layer is the classic bug.
     Gradients are left out: a gradient practically never repeats while its weights change,
@@ -575,30 +644,131 @@ def unchanged_tensor(
             f"num_steps must be at least 2 (a record always equals itself), got {num_steps}"
         )
     derivation = _unchanged_derivation(rtol, atol, equal_nan)
+    resting = _lr_resting(ctx)
+    gradients = {_core(v.tag): v for v in ctx.unfocused().tensors(collection="gradients")}
+    declared = ctx.trace.metadata.get("frozen_parameters")
+    frozen = set(declared) if isinstance(declared, list) else set()
     for view in _selected(ctx, collections):
         result: UnchangedRuns = view.derive(derivation)
         run = result.run[view.records].astype(np.float64)
+        run[resting(view.steps)] = 0
         verdict = result.verdict[view.records]
+        gradient = _gradient_of(view, gradients)
         for code in view.mode_codes:
             positions = view.positions(code)
-            mode_verdict = verdict[positions]
+            steps = view.steps[positions]
+            streak = _streaks(run[positions], num_steps)
+            if not streak.any():
+                continue
+            flowing = _gradient_flow(gradient, steps[streak])
+            on_purpose = view.tag in frozen or flowing in ("none", "stale")
+            why = _WHY["declared"] if view.tag in frozen else _WHY[flowing]
 
-            def message(e: Episode, v: float, verdicts: np.ndarray = mode_verdict) -> str:
+            def message(
+                e: Episode, v: float, verdicts: np.ndarray = verdict[positions], why: str = why
+            ) -> str:
                 evidence = _evidence(verdicts[e.first : e.last + 1])
-                return f"unchanged over {v:.0f} consecutive records (>= {num_steps}); {evidence}"
+                return (
+                    f"unchanged over {v:.0f} consecutive records (>= {num_steps}){why}; {evidence}"
+                )
 
-            yield from episode_findings(
+            for finding in episode_findings(
                 tensor=view.tag,
-                steps=view.steps[positions],
+                steps=steps,
                 values=run[positions],
-                violating=run[positions] >= num_steps,
+                violating=streak,
                 threshold=float(num_steps),
-                key="unchanged",
+                key="frozen" if on_purpose else "unchanged",
                 message=message,
                 worst="max",
                 modes=view.modes[positions],
                 extra={"rtol": rtol, "atol": atol},
-            )
+            ):
+                yield replace(finding, severity=Severity.info) if on_purpose else finding
+
+
+def _streaks(run: np.ndarray, num_steps: int) -> np.ndarray:
+    """Every record of a run of ``num_steps`` or more pairwise-unchanged records, from the
+    record the run started at (``run`` counts the records of the run ending at each one)."""
+    ends = np.flatnonzero(run >= num_steps)
+    marks = np.zeros(len(run) + 1, dtype=np.int64)
+    starts = ends - run[ends].astype(np.int64) + 1
+    np.add.at(marks, np.maximum(starts, 0), 1)
+    np.add.at(marks, ends + 1, -1)
+    covered: np.ndarray = np.cumsum(marks[:-1]) > 0
+    return covered
+
+
+# What the gradient recorded for a parameter says about why it did not change.
+_WHY = {
+    "declared": ": frozen on purpose (the recorder says requires_grad is False)",
+    "none": ": frozen on purpose (no gradient flows to it)",
+    "stale": ": frozen on purpose (its recorded gradient never changes: no backward reaches it)",
+    "zero": ": its gradient is zero (no gradient reaches it: a detach, a dead layer?)",
+    "moving": ": it has a non-zero gradient but is never updated (not in the optimizer?)",
+    "unknown": "",
+}
+
+
+def _gradient_flow(gradient: TensorView | None, steps: np.ndarray) -> str:
+    """What the gradient of a parameter did over ``steps``: ``none`` recorded while other
+    parameters have one, ``stale`` (the same non-zero values throughout: a leftover ``.grad``
+    that no backward pass refreshes), ``zero``, ``moving``, or ``unknown`` (no gradients
+    recorded at all, or none at these steps)."""
+    if gradient is None:
+        return "unknown" if gradient is _NO_GRADIENTS else "none"
+    norms = gradient.stat("l2")[np.isin(gradient.steps, steps)]
+    norms = norms[np.isfinite(norms)]
+    if not len(norms):
+        return "unknown"
+    if norms.max() == 0:
+        return "zero"
+    return "stale" if len(norms) > 1 and norms.max() == norms.min() else "moving"
+
+
+_NOT_NAME_WORDS = frozenset(
+    {"grad", "grads", "gradient", "gradients", "weights", "params", "param", "parameters", "0"}
+)
+
+
+def _core(tag: str) -> frozenset[str]:
+    """A parameter's name without the words that say weight-or-gradient, digits kept:
+    ``grad/fc1.weight``, ``gradients/fc1/kernel:0`` -> {fc1, weight}, {fc1, kernel}."""
+    words = {w for w in re.split(r"[^a-z0-9]+", tag.lower()) if w}
+    return frozenset(words - _NOT_NAME_WORDS)
+
+
+class _NoGradients:
+    """The gradient of a parameter in a trace that records no gradients at all."""
+
+
+_NO_GRADIENTS: Any = _NoGradients()
+
+
+def _gradient_of(view: TensorView, gradients: dict[frozenset[str], TensorView]) -> Any:
+    """The gradient tensor recorded for a parameter, matched by name (``fc1/grad`` is the
+    gradient of ``fc1/weight`` in conventions that name weight gradients by their layer);
+    None when gradients are recorded but none for it, ``_NO_GRADIENTS`` when the trace has
+    none at all."""
+    if not gradients:
+        return _NO_GRADIENTS
+    core = _core(view.tag)
+    return gradients.get(core) or gradients.get(core - {"weight", "kernel", "w"})
+
+
+def _lr_resting(ctx: RuleContext) -> Callable[[np.ndarray], np.ndarray]:
+    """Steps at which the recorded learning rate asks for no update: 0, or below 1e-4 of its
+    peak (``STARVED_LR``: a warmup's first steps, a decay's last ones; whether a schedule
+    that stays there is wrong is ``learning-rate``'s question)."""
+
+    def at(steps: np.ndarray) -> np.ndarray:
+        fraction = lr_fraction(ctx, steps)
+        if fraction is None:
+            return np.zeros(len(steps), dtype=bool)
+        with np.errstate(invalid="ignore"):
+            return np.asarray(fraction < STARVED_LR)
+
+    return at
 
 
 def _evidence(verdicts: np.ndarray) -> str:
@@ -621,6 +791,17 @@ def _evidence(verdicts: np.ndarray) -> str:
     category="tensors",
     requires=Need.tensors_in("collections"),
     per_tensor=True,
+    label={"nan": "NaN values", "inf": "infinite values"},
+    explains=(
+        "DBG102:nonfinite",
+        "DBG306",
+        "DBG404",
+        "DBG301",
+        "DBG303",
+        "DBG305",
+        "DBG403",
+        "DBG401",
+    ),
 )
 def non_finite_tensor(
     ctx: RuleContext, *, only_nan: bool = False, collections: tuple[str, ...] = ()

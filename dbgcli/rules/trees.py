@@ -26,13 +26,15 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from dbgcli.findings import Finding
-from dbgcli.rules._context import Episode, RuleContext, TensorView, episode_findings
+from dbgcli.rules._context import RuleContext, TensorView
 from dbgcli.rules._registry import Need, rule
+from dbgcli.trace import roles
 from dbgcli.trace.derive import Accumulator, Derivation
+from dbgcli.trace.reader import TagInfo
 from dbgcli.trace.stats import COL
 
 if TYPE_CHECKING:
-    from dbgcli.trace.reader import RawChunk, TagInfo, Trace
+    from dbgcli.trace.reader import RawChunk, Trace
 
 DEPTH_TAG = "trees/depth"
 IMPORTANCE_COLLECTION = "feature_importance"
@@ -40,12 +42,26 @@ IMPORTANCE_TYPES = ("weight", "gain", "cover", "total_gain", "total_cover")
 ImportanceType = Literal["weight", "gain", "cover", "total_gain", "total_cover"]
 
 
+def _depth_views(ctx: RuleContext) -> list[TensorView]:
+    """Tree-depth tensors: role ``trees`` with "depth" in the name (``trees/depth``,
+    ``tree_depth``), or the only tensor of role ``trees``."""
+    trees = ctx.tensors(collection="trees")
+    named = [v for v in trees if "depth" in roles.name_words(v.tag)]
+    return named or (trees if len(trees) == 1 else [])
+
+
 @rule(
     "DBG701",
     "tree-depth",
     severity="warning",
     category="trees",
-    requires=Need.tensors(collection="trees", pattern=DEPTH_TAG),
+    requires=Need(
+        "tree depths (a tensor of role 'trees' named like 'trees/depth' or 'tree_depth')",
+        lambda ctx: bool(_depth_views(ctx)),
+        looks_at="tensors",
+    ),
+    label="trees too deep",
+    explains=("DBG302", "DBG304"),
 )
 def tree_depth(ctx: RuleContext, *, depth: int = 10) -> Iterator[Finding]:
     """Boosting added trees deeper than ``depth``; deep trees memorise the training data.
@@ -78,7 +94,7 @@ def tree_depth(ctx: RuleContext, *, depth: int = 10) -> Iterator[Finding]:
     Args:
         depth: Largest acceptable tree depth (edges from the root to the deepest leaf).
     """
-    for view in ctx.tensors(collection="trees", pattern=DEPTH_TAG):
+    for view in _depth_views(ctx):
         deepest = view.stat("max")
         for code in view.mode_codes:
             rows = np.flatnonzero((view.modes == code) & (deepest > depth))
@@ -149,11 +165,24 @@ class _TopShareAccumulator(Accumulator):
         return self.share, self.top
 
 
+def importance_type_of(info: TagInfo) -> str | None:
+    """The importance type of a feature-importance tensor: its kind, else the type its name
+    ends with (``feature_importance/gain``, ``importance_total_gain``)."""
+    if info.kind in IMPORTANCE_TYPES:
+        return info.kind
+    words = roles.name_words(info.tag)
+    for size in (2, 1):
+        if len(words) >= size and "_".join(words[-size:]) in IMPORTANCE_TYPES:
+            return "_".join(words[-size:])
+    return None
+
+
 def _importance_view(ctx: RuleContext, importance_type: str) -> TensorView | None:
     """The importance tensor of ``importance_type`` with full tensors, else the first such type."""
-    for kind in (importance_type, *IMPORTANCE_TYPES):
-        for view in ctx.tensors(collection=IMPORTANCE_COLLECTION, kind=kind):
-            if view.info.raw_records:
+    views = [v for v in ctx.tensors(collection=IMPORTANCE_COLLECTION) if v.info.raw_records]
+    for wanted in (importance_type, *IMPORTANCE_TYPES):
+        for view in views:
+            if importance_type_of(view.info) == wanted:
                 return view
     return None
 
@@ -174,8 +203,10 @@ def _plan_importance(ctx: RuleContext, params: dict[str, Any]) -> Iterable[tuple
         f"full feature importance tensors (collection {IMPORTANCE_COLLECTION!r}, kind "
         f"{', '.join(IMPORTANCE_TYPES[:-1])} or {IMPORTANCE_TYPES[-1]})",
         lambda ctx: _importance_view(ctx, IMPORTANCE_TYPES[0]) is not None,
+        looks_at="tensors",
     ),
     plan=_plan_importance,
+    label="importance on a few features",
 )
 def feature_importance_overweight(
     ctx: RuleContext,
@@ -186,17 +217,21 @@ def feature_importance_overweight(
 ) -> Iterator[Finding]:
     """A few features carry almost all of the model's feature importance.
 
-    SageMaker Debugger's FeatureImportanceOverweight. Per boosting round, from the full
-    ``feature_importance/<importance_type>`` tensor (the ensemble's raw scores so far, one per
-    feature; see the recording convention in ``dbgcli.rules.trees``):
-    ``share = sum of the nfeatures largest scores / sum of all scores``, and the round
-    violates when ``share > threshold``. Consecutive violating rounds form an episode; its
-    value is the largest share, and the message names the features of that round (from the
-    run metadata key ``feature_names``, else XGBoost's ``f<index>``). Only rounds whose full
-    tensor is kept are judged (the convention keeps it every round). Rounds whose tensor has
-    at most ``nfeatures`` features are not judged, since those features hold everything by
-    construction; with few features remember that even importance spread evenly gives
-    ``nfeatures / n_features``.
+    SageMaker Debugger's FeatureImportanceOverweight, judged on the model training ends with.
+    Per boosting round, from the full ``feature_importance/<importance_type>`` tensor (the
+    ensemble's raw scores so far, one per feature; see the recording convention in
+    ``dbgcli.rules.trees``): ``share = sum of the nfeatures largest scores / sum of all
+    scores``. The finding is about the final model, the one that is kept: it is reported when
+    the last judged round has ``share > threshold``, at that round, with the round since
+    which every round has been over the threshold; its value is the final share, and the
+    message names the features (from the run metadata key ``feature_names``, else XGBoost's
+    ``f<index>``). SageMaker Debugger judges every round, but the first rounds of any
+    ensemble of shallow trees use only a handful of features (a tree of depth 2 has at most
+    three splits), so early rounds say nothing about what the model ends up relying on. Only
+    rounds whose full tensor is kept are judged (the convention keeps it every round). Rounds
+    whose tensor has at most ``nfeatures`` features are not judged, since those features hold
+    everything by construction; with few features remember that even importance spread evenly
+    gives ``nfeatures / n_features``.
 
     The importance type defaults to ``weight`` (how many splits use the feature), as in
     SageMaker Debugger, rather than XGBoost's scikit-learn default ``gain``: the gain of the
@@ -232,27 +267,35 @@ def feature_importance_overweight(
     share, top = share_all[view.records], top_all[view.records]
     name = _feature_namer(ctx, view)
     counts = view.stat("count")
-    kind = view.info.kind or importance_type
+    kind = importance_type_of(view.info) or importance_type
 
-    def message(episode: Episode, value: float) -> str:
-        window = share[episode.first : episode.last + 1]
-        worst = episode.first + int(np.nanargmax(window))
-        features = ", ".join(name(int(index)) for index in top[worst])
-        return (
-            f"top {nfeatures} of {counts[worst]:.0f} features hold {100 * value:.0f} % of the "
-            f"{kind} importance (> {100 * threshold:g} %): {features}"
-        )
-
-    yield from episode_findings(
+    # Rounds with a full tensor and more than nfeatures features; a round the derivation did
+    # not read could not exceed the threshold (its statistics bound the share), so it is calm.
+    stored = np.isin(view.records, ctx.trace.raw_records(view.tag))
+    judged = np.flatnonzero(stored & (counts > nfeatures))
+    over = share > threshold
+    if not len(judged) or not over[judged[-1]]:
+        return
+    last = int(judged[-1])
+    calm = judged[~over[judged]]
+    since = int(calm[-1]) + 1 if len(calm) else int(judged[0])
+    since = int(judged[np.searchsorted(judged, since)])
+    features = ", ".join(name(int(index)) for index in top[last])
+    yield Finding(
+        message=(
+            f"top {nfeatures} of {counts[last]:.0f} features hold {100 * share[last]:.0f} % of "
+            f"the {kind} importance of the final model (> {100 * threshold:g} %, since round "
+            f"{view.steps[since]}): {features}"
+        ),
         tensor=view.tag,
-        steps=view.steps,
-        values=share,
-        violating=share > threshold,
+        first_step=int(view.steps[last]),
+        last_step=int(view.steps[last]),
+        steps=1,
+        value=float(share[last]),
         threshold=threshold,
+        mode=view.mode_name(last),
         key="overweight",
-        modes=view.modes,
-        message=message,
-        extra={"importance_type": kind},
+        extra={"importance_type": kind, "since_step": int(view.steps[since])},
     )
 
 

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
+from dbgcli.errors import RuleConfigError
 from dbgcli.findings import Finding
 from dbgcli.rules._context import RuleContext, TensorView, episode_findings
+from dbgcli.rules._known import (
+    STARVED_LR,
+    has_normalisation,
+    is_embedding,
+    loss_fraction,
+    lr_fraction,
+)
 from dbgcli.rules._registry import Need, rule
 from dbgcli.trace.derive import Accumulator, Derivation
 from dbgcli.trace.reader import RawChunk, TagInfo, Trace
@@ -98,11 +107,6 @@ def _initialised(ctx: RuleContext) -> list[TensorView]:
     ]
 
 
-def _is_embedding(view: TensorView) -> bool:
-    """Embedding tables are looked up, not multiplied: a row is one unit's input, fan-in 1."""
-    return view.info.kind == "embedding" or "embed" in view.tag.lower()
-
-
 def _initial_rows_plan(
     ctx: RuleContext, params: dict[str, Any]
 ) -> Iterator[tuple[str, Derivation]]:
@@ -117,6 +121,30 @@ def _initial_rows_plan(
     category="weights",
     requires=WEIGHTS,
     plan=_initial_rows_plan,
+    label={
+        "constant": "constant weight initialisation",
+        "constant-rows": "symmetric weight initialisation",
+        "too-small": "initial weights too small",
+        "too-large": "initial weights too large",
+        "layer-ratio": "initial scales inconsistent across layers",
+    },
+    explains=(
+        "DBG101",
+        "DBG102",
+        "DBG201",
+        "DBG202",
+        "DBG203",
+        "DBG401",
+        "DBG402",
+        "DBG403",
+        "DBG301",
+        "DBG303",
+        "DBG305",
+        "DBG306",
+        "DBG404",
+        "DBG502",
+        "DBG503",
+    ),
 )
 def poor_weight_initialization(
     ctx: RuleContext,
@@ -158,9 +186,19 @@ def poor_weight_initialization(
       on purpose (GPT-2 scales residual projections by ``1/sqrt(2·layers)``, a factor of 24
       to 60 here), hence 100. Reported on the layer farthest (in log scale) from the median.
 
-    Embedding tables (kind ``embedding`` or a tag containing "embed") skip the scale checks:
-    a lookup has fan-in 1, and ``N(0, 1)`` is their standard initialisation. Tensors that are
-    constant skip them too (the symmetry check reports them).
+    Embedding tables (kind ``embedding`` or a tag containing "embed", ``wte``, ``wpe``) skip
+    the scale checks (a lookup has fan-in 1, and ``N(0, 1)`` is their standard
+    initialisation) and the row check (a padding row is all zero by design); only a wholly
+    constant table is reported. Tensors that are constant skip the scale checks (the
+    symmetry check reports them).
+
+    Models with normalisation layers (parameters named like LayerNorm, BatchNorm, RMSNorm or
+    GroupNorm: ``norm``, ``ln_1``, ``bn1``...) skip the three scale checks: a normalisation
+    layer rescales its input, so the forward signal no longer depends on the scale of the
+    weights before it (Ioffe and Szegedy 2015, Ba et al. 2016). That is why transformers
+    initialise every layer with a fixed standard deviation of 0.02 whatever its width, and
+    GPT-2 scales its residual projections down by ``1/sqrt(2·layers)``; both would read as
+    "too small" or "inconsistent" without normalisation.
 
     Why it matters: symmetric units never learn different features; weights too small make
     activations and gradients shrink layer by layer (vanishing), too large make them grow
@@ -182,13 +220,15 @@ def poor_weight_initialization(
         max_scaled_variance: Scaled variance var · fan above which a layer starts too large.
     """
     views = _initialised(ctx)
+    normalised = has_normalisation(ctx)
     scaled: list[tuple[TensorView, float, float]] = []
     for view in views:
         symmetry: InitialSymmetry | None = view.derive(InitialRows())
-        yield from _symmetry_findings(view, symmetry)
+        embedding = is_embedding(view.tag, view.info.kind)
+        yield from _symmetry_findings(view, symmetry, rows=not embedding)
         shape = view.info.shape
         var = float(view.stat("var")[0])
-        if shape is None or _is_embedding(view) or not np.isfinite(var) or var <= 0:
+        if shape is None or embedding or normalised or not np.isfinite(var) or var <= 0:
             continue
         if symmetry is not None and symmetry.constant:
             continue
@@ -243,7 +283,9 @@ def _at_first(
     )
 
 
-def _symmetry_findings(view: TensorView, symmetry: InitialSymmetry | None) -> Iterator[Finding]:
+def _symmetry_findings(
+    view: TensorView, symmetry: InitialSymmetry | None, *, rows: bool
+) -> Iterator[Finding]:
     if symmetry is None:
         # No full tensor of the first record: the whole-tensor check still works from min/max.
         low, high = float(view.stat("min")[0]), float(view.stat("max")[0])
@@ -267,7 +309,7 @@ def _symmetry_findings(view: TensorView, symmetry: InitialSymmetry | None) -> It
             "constant",
             {"evidence": "full tensor"},
         )
-    elif symmetry.constant_rows:
+    elif symmetry.constant_rows and rows:
         yield _at_first(
             view,
             f"{symmetry.constant_rows} of {symmetry.rows} output units start with equal weights",
@@ -315,7 +357,167 @@ def _layer_ratio(
     )
 
 
+# -- update ratios --------------------------------------------------------------------------------
+
+# Per-step update/weight norm ratios outside [MIN_RATIO, MAX_RATIO]: TheDeepChecker's band for
+# log10(mean |update| / mean |weight|) is [-4, -1] and DeepDiagnosis's bounds for the effective
+# learning rate lr·||dW||/||W|| are 1e-5 and 1e-1. A healthy run typically sits near 1e-3
+# (Karpathy's rule of thumb) to 1e-2 for small models.
+MAX_RATIO = 0.1
+MIN_RATIO = 1e-4
+
+
+def _matrices(ctx: RuleContext) -> list[TensorView]:
+    """Weight matrices and kernels with recorded updates: not 1-D scales, not embedding tables
+    (only the rows of the batch's tokens are updated)."""
+    return [
+        view
+        for view in ctx.tensors(collection="weights")
+        if view.info.shape is not None
+        and len(view.info.shape) >= 2
+        and not is_embedding(view.tag, view.info.kind)
+    ]
+
+
+def per_step_ratio(view: TensorView) -> np.ndarray:
+    """``||w_s - w_p|| / (||w_p|| · (s - p))`` per record ``s`` whose previous record ``p`` of
+    the tag is at an earlier step; NaN elsewhere (first records, an eval record of the same
+    weights, zero previous weights, NaN updates).
+
+    When records are several steps apart (``stats_every``), the update spans them all; divided
+    by the gap it is a lower bound of the mean update of one step (the norm of a sum is at
+    most the sum of the norms), so a ratio above a bound is above it for sure.
+    """
+    update, norm, steps = view.stat("update_l2"), view.stat("l2"), view.steps
+    previous_norm = np.concatenate(([np.nan], norm[:-1]))
+    gap = np.concatenate(([0], np.diff(steps))).astype(np.float64)
+    follows = np.zeros(len(steps), dtype=bool)
+    follows[1:] = (np.diff(view.records) == 1) & (gap[1:] > 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = update / (previous_norm * gap)
+    judged = follows & np.isfinite(ratio) & (previous_norm > 0)
+    return np.where(judged, ratio, np.nan)
+
+
+def centred_median(values: np.ndarray, window: int) -> np.ndarray:
+    """Median of the finite values among the ``window`` records centred on each record (NaN
+    when fewer than half of them are finite, unless the series has no more): what a layer's
+    ratio typically is around there."""
+    count = len(values)
+    out = np.full(count, np.nan)
+    if count == 0 or window < 1:
+        return out
+    before = (window - 1) // 2
+    padded = np.concatenate((np.full(before, np.nan), values, np.full(window - 1 - before, np.nan)))
+    windows = np.lib.stride_tricks.sliding_window_view(padded, window)
+    finite = np.isfinite(windows).sum(axis=1)
+    # Half a window, or every finite value there is (a run that diverges to NaN within a few
+    # steps leaves only those few).
+    enough = finite >= max(1, min((window + 1) // 2, int(np.isfinite(values).sum())))
+    if enough.any():
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN windows have no median
+            out[enough] = np.nanmedian(windows[enough], axis=1)
+    return out
+
+
+def _scheduled_low(ctx: RuleContext, steps: np.ndarray) -> np.ndarray:
+    """Records where the schedule itself has brought the learning rate below a tenth of its
+    peak (warmup, decay): small updates there are what was asked for."""
+    fraction = lr_fraction(ctx, steps)
+    if fraction is None:
+        return np.zeros(len(steps), dtype=bool)
+    with np.errstate(invalid="ignore"):
+        return np.asarray(fraction < 0.1)
+
+
+def _converged(ctx: RuleContext, steps: np.ndarray, fraction: float = 0.1) -> np.ndarray:
+    """Records where the training loss is below ``fraction`` of its start: tiny updates there
+    mean the model has fitted its data."""
+    loss = loss_fraction(ctx, steps)
+    if loss is None:
+        return np.zeros(len(steps), dtype=bool)
+    with np.errstate(invalid="ignore"):
+        return np.asarray(loss <= fraction)
+
+
+@dataclass(frozen=True)
+class LayerRatios:
+    """Every weight matrix's typical per-step update ratio, and the network's at each step.
+
+    Attributes:
+        steps: The steps any weight matrix was recorded at, ascending.
+        layers: Per weight matrix: its view, the column of each of its records in ``steps``
+            and its typical ratio per record (NaN where not judged).
+        network: The median layer's typical ratio at each step (NaN where none is judged).
+        judged, high, low: Per step, how many layers are judged, above ``MAX_RATIO`` and
+            strictly between 0 and ``MIN_RATIO``.
+    """
+
+    steps: np.ndarray
+    layers: tuple[tuple[TensorView, np.ndarray, np.ndarray], ...]
+    network: np.ndarray
+    judged: np.ndarray
+    high: np.ndarray
+    low: np.ndarray
+
+
+def layer_ratios(ctx: RuleContext, window: int, high: float, low: float) -> LayerRatios:
+    """:class:`LayerRatios` of the trace (computed once per analysis for DBG502 and DBG503)."""
+
+    def compute() -> LayerRatios:
+        views = [view for view in _matrices(ctx.unfocused()) if len(view.steps)]
+        steps = (
+            np.unique(np.concatenate([view.steps for view in views]))
+            if views
+            else np.zeros(0, dtype=np.int64)
+        )
+        judged = np.zeros(len(steps), dtype=np.int64)
+        above = np.zeros(len(steps), dtype=np.int64)
+        below = np.zeros(len(steps), dtype=np.int64)
+        layers = []
+        for view in views:
+            typical = centred_median(per_step_ratio(view), window)
+            column = np.searchsorted(steps, view.steps)
+            finite = np.isfinite(typical)
+            np.add.at(judged, column[finite], 1)
+            np.add.at(above, column[finite & (typical > high)], 1)
+            np.add.at(below, column[finite & (typical > 0) & (typical < low)], 1)
+            layers.append((view, column, typical))
+        return LayerRatios(
+            steps, tuple(layers), _network_ratio(len(steps), layers), judged, above, below
+        )
+
+    return ctx.shared(("layer-ratios", window, high, low), compute)
+
+
+def _network_ratio(
+    count: int, layers: list[tuple[TensorView, np.ndarray, np.ndarray]]
+) -> np.ndarray:
+    """The median layer's typical ratio at each step."""
+    out = np.full(count, np.nan)
+    if not layers:
+        return out
+    columns = np.concatenate([c[np.isfinite(t)] for _, c, t in layers])
+    values = np.concatenate([t[np.isfinite(t)] for _, _, t in layers])
+    if not len(columns):
+        return out
+    order = np.lexsort((values, columns))
+    columns, values = columns[order], values[order]
+    starts = np.flatnonzero(np.concatenate(([True], np.diff(columns) > 0)))
+    ends = np.append(starts[1:], len(columns))
+    lower = values[starts + (ends - starts - 1) // 2]
+    upper = values[starts + (ends - starts) // 2]
+    out[columns[starts]] = (lower + upper) / 2
+    return out
+
+
 # -- DBG502 update-ratio --------------------------------------------------------------------------
+
+# A layer is out of line when its typical ratio is this many times above (or below) the
+# median layer's: an order of magnitude, as a parameter group with its own learning rate
+# makes it (a healthy network's layers sit within a few times of each other).
+OUTLIER_FACTOR = 10.0
 
 
 @rule(
@@ -325,93 +527,374 @@ def _layer_ratio(
     category="weights",
     requires=(WEIGHTS, UPDATES),
     per_tensor=True,
+    label={"too-large": "updates too large for one layer", "too-small": "a layer not learning"},
+    explains={
+        "too-large": ("DBG102", "DBG201", "DBG202", "DBG203", "DBG305", "DBG306", "DBG404"),
+        "too-small": ("DBG301:not-decreasing", "DBG303"),
+    },
 )
 def update_ratio(
     ctx: RuleContext,
     *,
-    large_threshold: float = 1.0,
-    small_threshold: float = 1e-6,
-    epsilon: float = 1e-9,
+    large_threshold: float = MAX_RATIO,
+    small_threshold: float = MIN_RATIO / 10,
+    outlier: float = OUTLIER_FACTOR,
+    window: int = 5,
 ) -> Iterator[Finding]:
-    """Weight updates are too large or too small compared with the weights.
+    """One layer's weight updates are too large or too small, out of line with the others.
 
     SageMaker Debugger's WeightUpdateRatio with the norm made explicit (TheDeepChecker's and
-    DeepDiagnosis's "effective learning rate"). For each weight tensor and recorded step
-    ``s`` whose previous record ``p`` is the record just before it in the tag, at an earlier
-    step:
+    DeepDiagnosis's "effective learning rate"), judged layer by layer against the rest of the
+    network. For each weight matrix or kernel (two or more dimensions: biases and
+    normalisation scales start at 0 or 1 and say nothing; embedding tables update only the
+    rows of the batch) and recorded step ``s`` whose previous record ``p`` is the record just
+    before it, at an earlier step:
 
-        ratio(s) = update_l2(s) / (l2(p) + epsilon)
+        ratio(s) = ||w_s - w_p||₂ / (||w_p||₂ · (s - p))
 
-    where ``update_l2(s) = ||w_s - w_p||₂`` is recorded by the writer for weights (or derived
-    by the reader from consecutive full tensors) and ``l2(p) = ||w_p||₂``. When records are
-    several steps apart, the ratio covers all the updates in between. Fires per record when
-    ``ratio > large_threshold`` (key ``too-large``) or ``0 < ratio < small_threshold`` (key
-    ``too-small``); one finding per tensor, key and episode of consecutive judged records.
+    from the recorded ``update_l2`` and ``l2`` (see ``per_step_ratio``: with records several
+    steps apart, a lower bound of the update of one step). The layer's *typical* ratio at
+    ``s`` is the median of the ratios of the ``window`` records centred on ``s``, so a few
+    large first updates or a single spike is not a finding.
 
-    Defaults: SageMaker Debugger's 10 and 1e-8 hardly ever fire; TheDeepChecker's band
-    (log10 of the ratio in [-4, -1] per update) fires on the healthy sample trace (a
-    He-initialised MLP, SGD lr 0.05): its first updates reach 0.16 and, once the loss is near
-    zero, its updates fall to 1.3e-5. Here: ``1`` (an update as large as the weights
-    themselves rewrites the layer each step; the sample with lr 50 reaches 11 on its first
-    update and NaN four steps later) and ``1e-6`` (ten times below what the converged
-    healthy run reaches; near float32's 6e-8 resolution, below which updates are lost to
-    rounding).
+    * **too large** (key ``too-large``): typical ratio ``> large_threshold``, 0.1 by default
+      (TheDeepChecker's upper bound, ``log10`` of the ratio above -1, and DeepDiagnosis's
+      effective learning rate above 1e-1), **and** ``outlier`` (10) times the median layer's
+      typical ratio at that step.
+    * **too small** (key ``too-small``): typical ratio ``< small_threshold`` (1e-5,
+      DeepDiagnosis's lower bound), not 0, and below the median layer's divided by
+      ``outlier``, at records where the training loss is still above a tenth of its start (a
+      fitted model rightly makes tiny updates) and the recorded learning rate is at least a
+      tenth of its peak (a warmup or a decay to zero asks for tiny updates).
 
-    Not judged: a record whose previous weights are exactly zero (the ratio is undefined;
-    ``all-zero`` reports zero weights), a ratio of exactly 0 (a frozen layer: that is
-    ``unchanged-tensor``'s finding, DBG403), NaN updates (``non-finite-tensor``), records at
-    the same step as the previous one (an eval record of the same weights). Biases are left
-    out: they start at zero and stay small, so their ratio says nothing.
+    The comparison with the other layers is what makes this rule about *one* layer: a layer
+    initialised small on purpose (GPT-2 scales its residual projections by
+    ``1/sqrt(2·layers)``) moves relatively fast under Adam early on, a few times the others;
+    a parameter group with its own learning rate moves orders of magnitude apart. When most
+    layers are off together, the learning rate as a whole is (``learning-rate``, DBG503,
+    which explains these findings). A ratio of exactly 0 (a frozen layer) is
+    ``unchanged-tensor``'s (DBG403). One finding per tensor and key.
 
     Why it matters: updates far larger than the weights throw the layer around and usually
     precede divergence; updates vanishingly small mean the layer has effectively stopped
     learning long before the loss says so.
 
-    Typical causes: too large: learning rate too high, no warmup, gradient explosion, tiny
-    weights. Too small: learning rate too low or decayed to nothing, vanishing gradients,
-    weights grown huge (no weight decay), updates below float precision.
+    Typical causes: a parameter group with a learning rate far above or below the others, a
+    layer with tiny weights, exploding or vanishing gradients into one layer, weights grown
+    huge (no weight decay).
 
-    Fix: tune the learning rate (a ratio around 1e-3 per step is a common rule of thumb), add
-    warmup or gradient clipping, check the schedule and the gradients (DBG1xx).
+    Fix: check the learning rate of each parameter group, the gradients of the layer (DBG1xx)
+    and its weight norm; a ratio around 1e-3 per step is a common rule of thumb.
 
     Args:
-        large_threshold: Ratio above which an update counts as too large.
-        small_threshold: Ratio below which a non-zero update counts as too small.
-        epsilon: Added to the previous weight norm in the denominator.
+        large_threshold: Typical per-step ratio above which a layer's updates are too large.
+        small_threshold: Typical per-step ratio below which a layer's updates are too small.
+        outlier: How many times the median layer's ratio a layer must be off by.
+        window: Records whose median is a layer's typical ratio.
     """
-    for view in ctx.tensors(collection="weights"):
-        update = view.stat("update_l2")
-        norm = view.stat("l2")
-        steps = view.steps
-        follows = np.zeros(len(steps), dtype=bool)
-        follows[1:] = (np.diff(view.records) == 1) & (np.diff(steps) > 0)
-        previous_norm = np.concatenate(([np.nan], norm[:-1]))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            ratio = update / (previous_norm + epsilon)
-        judged = follows & np.isfinite(ratio) & (previous_norm > 0)
-        positions = np.flatnonzero(judged)
-        if not len(positions):
+    if window < 1:
+        raise RuleConfigError(f"DBG502 window must be at least 1, got {window}")
+    ratios = layer_ratios(ctx, window, MAX_RATIO, MIN_RATIO)
+    mine = {view.tag for view in _matrices(ctx)}
+    for view, column, typical in ratios.layers:
+        if view.tag not in mine:
             continue
-        values = ratio[positions]
+        network = ratios.network[column]
+        with np.errstate(invalid="ignore"):
+            large = (typical > large_threshold) & (typical > outlier * network)
+            small = (typical > 0) & (typical < small_threshold) & (typical * outlier < network)
         yield from episode_findings(
             tensor=view.tag,
-            steps=steps[positions],
-            values=values,
-            violating=values > large_threshold,
+            steps=view.steps,
+            values=typical,
+            violating=large,
             threshold=large_threshold,
             key="too-large",
-            modes=view.modes[positions],
+            modes=view.modes,
             worst="max",
-            message=lambda e, v: f"update/weight norm ratio {v:.3g} (> {large_threshold:g})",
+            message=lambda e, v: (
+                f"updates of {v:.3g}x the weights per step (median of {window} records; "
+                f"> {large_threshold:g} and > {outlier:g}x the median layer's)"
+            ),
         )
+        asked = ~_scheduled_low(ctx, view.steps) & ~_converged(ctx, view.steps)
         yield from episode_findings(
             tensor=view.tag,
-            steps=steps[positions],
-            values=values,
-            violating=(values > 0) & (values < small_threshold),
+            steps=view.steps,
+            values=typical,
+            violating=asked & small,
             threshold=small_threshold,
             key="too-small",
-            modes=view.modes[positions],
+            modes=view.modes,
             worst="min",
-            message=lambda e, v: f"update/weight norm ratio {v:.3g} (< {small_threshold:g})",
+            message=lambda e, v: (
+                f"updates of {v:.3g}x the weights per step (median of {window} records; "
+                f"< {small_threshold:g} and < the median layer's / {outlier:g})"
+            ),
         )
+
+
+# -- DBG503 learning-rate -------------------------------------------------------------------------
+
+_TOO_HIGH_EFFECTS = (
+    "DBG101",
+    "DBG102",
+    "DBG201",
+    "DBG202",
+    "DBG203",
+    "DBG301",
+    "DBG303",
+    "DBG305",
+    "DBG306",
+    "DBG401",
+    "DBG402",
+    "DBG403",
+    "DBG404",
+    "DBG502:too-large",
+)
+
+
+@rule(
+    "DBG503",
+    "learning-rate",
+    severity="warning",
+    category="weights",
+    requires=(WEIGHTS, UPDATES),
+    label={
+        "too-high": "learning rate too high",
+        "too-low": "learning rate too low",
+        "decayed": "learning rate decayed to nothing early",
+    },
+    explains={
+        "too-high": _TOO_HIGH_EFFECTS,
+        "too-low": ("DBG301:not-decreasing", "DBG303", "DBG403", "DBG502:too-small"),
+        "decayed": ("DBG301:not-decreasing", "DBG303", "DBG403", "DBG502:too-small"),
+    },
+)
+def learning_rate(
+    ctx: RuleContext,
+    *,
+    max_ratio: float = MAX_RATIO,
+    min_ratio: float = MIN_RATIO,
+    window: int = 10,
+    diverged: float = 1.5,
+    stuck_fraction: float = 0.8,
+    starved_share: float = 0.2,
+) -> Iterator[Finding]:
+    """The learning rate is too high or too low for this model: updates are far too large or
+    too small against the weights, across the network.
+
+    The learning rate itself says little across optimizers and models (Adam at 1e-3 and SGD
+    at 0.1 are both ordinary); what it does to the weights says a lot. For every weight
+    matrix or kernel the per-step update ratio ``||w_s - w_p|| / (||w_p|| · (s - p))`` (see
+    ``update-ratio``, DBG502) is smoothed into its *typical* value: the median of the
+    ``window`` records centred on each record. At a step, the network's updates are too large
+    when most of the layers recorded there are above ``max_ratio`` (so one odd layer,
+    DBG502's business, does not decide), too small when every layer is below ``min_ratio``
+    (vanishing gradients starve the first layers while the last ones still move; a learning
+    rate too low starves them all).
+
+    * **too high** (key ``too-high``): the network's typical ratio is above ``max_ratio``
+      (0.1: TheDeepChecker's unstable-learning bound, ``log10`` of the update/weight ratio
+      above -1, and DeepDiagnosis's effective-learning-rate bound 1e-1; a healthy run sits
+      near 1e-3 to 1e-2) at some step, **and** the training loss shows it: it became
+      non-finite, rose above ``diverged`` (1.5) times its first value at some record, or
+      ended (mean of its last 10 records) above ``stuck_fraction`` of its first value. Every
+      such step moves each layer by more than a tenth of its size, so the optimizer
+      overshoots; the runs of the calibration corpus whose rate is 10 to 100 times too high
+      reach 0.25 to 0.9 and their loss spikes to 1.6 to 1000 times its start, while healthy
+      runs stay below 0.1 (a healthy GPT-2 peaks at 0.09 in its first steps). A run whose
+      updates are large but whose loss falls well is not reported: large updates that work
+      are not a problem. The median over ``window`` records keeps the largest first updates
+      from counting alone. Without a training loss the updates decide alone.
+    * **too low** (key ``too-low``): the network's typical ratio is below ``min_ratio``
+      (1e-4, TheDeepChecker's lower bound) for at least half of the judged steps, **and** the
+      training has not learned: the mean of the last 10 training losses is still above
+      ``stuck_fraction`` of the first. Steps where the recorded learning rate is below a tenth
+      of its peak (warmup, decay) are not judged. A model whose loss falls well with tiny
+      updates is not reported.
+    * **decayed to nothing early** (key ``decayed``): the recorded learning rate falls below
+      ``STARVED_LR`` (1e-4) of its peak and stays there to the end, for at least
+      ``starved_share`` (20 %) of the recorded steps. Updates four orders of magnitude below
+      the ones the run was tuned for change nothing: a warmup starts there and a decay to
+      zero ends there for a sliver of the run, while a schedule that stays there (a step
+      decay stepped every batch instead of every epoch, a step size far too short) trains
+      for nothing.
+
+    The finding names the recorded learning rate when there is one. The values are typical
+    per-step ratios; with records several steps apart (``stats_every``) they are lower bounds
+    of the per-step update, so "too high" stays certain.
+
+    Why it matters: a learning rate far too high makes the loss oscillate or diverge, throws
+    ReLUs into their dead zone and saturating units into their flat tails, and ends in
+    non-finite values; one far too low makes training crawl, so the run ends long before the
+    model has learned anything.
+
+    Typical causes: too high: a learning rate copied from another optimizer or batch size
+    (SGD's 0.1 for Adam), no warmup, a unit mistake; too low: the opposite mistakes, a
+    schedule that decays it to nothing early.
+
+    Fix: run a learning-rate range test (increase it over a few hundred steps and pick a value
+    somewhat below where the loss blows up); aim for update/weight ratios around 1e-3 per step;
+    add warmup and gradient clipping against early spikes; ``dbg lr`` replays the recorded
+    loss through GreedyLR and other schedules.
+
+    Args:
+        max_ratio: Typical per-step update/weight ratio above which the rate is too high.
+        min_ratio: Typical per-step update/weight ratio below which the rate is too low.
+        window: Records whose median is a layer's typical ratio.
+        diverged: A too-high rate needs the training loss to rise above this multiple of its
+            first value (or turn non-finite, or end stuck).
+        stuck_fraction: The training loss counts as stuck while the mean of its last 10
+            records is above this fraction of the first (for both keys).
+        starved_share: Share of the recorded steps the learning rate must spend below 1e-4
+            of its peak to be reported as decayed to nothing.
+    """
+    if window < 1:
+        raise RuleConfigError(f"DBG503 window must be at least 1, got {window}")
+    yield from _decayed(ctx, starved_share)
+    ratios = layer_ratios(ctx, window, max_ratio, min_ratio)
+    if not ratios.layers:
+        return
+    steps, network, judged, high, low = (
+        ratios.steps,
+        ratios.network,
+        ratios.judged,
+        ratios.high,
+        ratios.low,
+    )
+    lr = _lr_text(ctx)
+    too_high = (judged > 0) & (high * 2 > judged)
+    trouble = _loss_trouble(ctx, diverged, stuck_fraction) if too_high.any() else None
+    if too_high.any() and trouble != "":
+        said = f"; {trouble}" if trouble else ""
+        yield from _run_wide(
+            ctx,
+            steps,
+            network,
+            too_high,
+            threshold=max_ratio,
+            key="too-high",
+            worst="max",
+            message=lambda v: (
+                f"updates of {v:.3g}x the weights per step across the network{lr} "
+                f"(median layer, > {max_ratio:g}; healthy runs sit near 1e-3 to 1e-2){said}"
+            ),
+        )
+    asked = (judged > 0) & ~_scheduled_low(ctx, steps)
+    too_low = asked & (low == judged)
+    stuck = loss_fraction(ctx, steps[-1:])
+    if (
+        stuck is not None
+        and stuck[0] > stuck_fraction
+        and asked.any()
+        and too_low.sum() * 2 >= asked.sum()
+    ):
+        yield from _run_wide(
+            ctx,
+            steps,
+            network,
+            too_low,
+            threshold=min_ratio,
+            key="too-low",
+            worst="min",
+            message=lambda v: (
+                f"updates of {v:.3g}x the weights per step across the network{lr} "
+                f"(median layer; every layer < {min_ratio:g}) while the training loss is "
+                f"still {stuck[0]:.0%} of its start"
+            ),
+        )
+
+
+def _decayed(ctx: RuleContext, starved_share: float) -> Iterator[Finding]:
+    """The finding of a learning rate that sat at nothing for a good part of the run while
+    the loss stopped falling (key ``decayed``)."""
+    found = ctx.find("lr", "train")
+    series = ctx.scalar(found.tag, found.mode) if found is not None else None
+    if found is None or series is None or len(series) < 2:
+        return
+    order = np.argsort(series.steps, kind="stable")
+    steps, values = series.steps[order], series.values[order]
+    peak = float(np.nanmax(values)) if np.isfinite(values).any() else 0.0
+    if not peak > 0:
+        return
+    with np.errstate(invalid="ignore"):
+        starved = values < STARVED_LR * peak
+    # The stretch that lasts to the end: a warmup that starts from 0 is not it.
+    if not starved[-1]:
+        return
+    calm = np.flatnonzero(~starved)
+    first = int(calm[-1]) + 1 if len(calm) else 0
+    if (len(values) - first) < starved_share * len(values):
+        return
+    share = (len(values) - first) / len(values)
+    lowest = float(np.nanmin(values[first:]))
+    yield Finding(
+        message=(
+            f"the learning rate fell below {STARVED_LR:g} of its peak {peak:.3g} at step "
+            f"{steps[first]} (down to {lowest:.3g}) and stayed there for {share:.0%} of the run"
+        ),
+        tensor=found.tag,
+        first_step=int(steps[first]),
+        last_step=int(steps[-1]),
+        steps=len(values) - first,
+        value=lowest / peak,
+        threshold=STARVED_LR,
+        mode="train",
+        key="decayed",
+    )
+
+
+def _loss_trouble(ctx: RuleContext, diverged: float, stuck_fraction: float) -> str | None:
+    """How the training loss went wrong, in words; ``""`` when it did not; None without a
+    training loss (then the updates alone decide)."""
+    series = ctx.loss("train")
+    if series is None or not len(series):
+        return None
+    order = np.argsort(series.steps, kind="stable")
+    values = series.values[order].astype(np.float64)
+    if not np.isfinite(values).all():
+        return "the loss became non-finite"
+    start = float(values[0])
+    if not start > 0:
+        return None
+    peak = float(values[1:].max()) if len(values) > 1 else start
+    if peak > diverged * start:
+        return f"the loss rose to {peak:.3g}, {peak / start:.3g}x its start"
+    end = float(values[-10:].mean())
+    if end > stuck_fraction * start:
+        return f"the loss ended at {end / start:.0%} of its start"
+    return ""
+
+
+def _lr_text(ctx: RuleContext) -> str:
+    found = ctx.find("lr", "train")
+    series = ctx.scalar(found.tag, found.mode) if found is not None else None
+    if series is None or not np.isfinite(series.values).any():
+        return ""
+    peak = float(np.nanmax(series.values))
+    return f" at a recorded learning rate of up to {peak:.3g}"
+
+
+def _run_wide(
+    ctx: RuleContext,
+    steps: np.ndarray,
+    values: np.ndarray,
+    violating: np.ndarray,
+    *,
+    threshold: float,
+    key: str,
+    worst: Literal["max", "min"],
+    message: Callable[[float], str],
+) -> Iterator[Finding]:
+    found = ctx.find("lr", "train")
+    yield from episode_findings(
+        tensor=found.tag if found is not None else None,
+        steps=steps,
+        values=values,
+        violating=violating,
+        threshold=threshold,
+        key=key,
+        worst=worst,
+        message=lambda e, v: message(v),
+    )

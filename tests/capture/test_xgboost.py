@@ -112,7 +112,9 @@ def test_metrics_trees_and_feature_importance_per_round(
             assert final[5] == 0.0  # never split on
 
         np.testing.assert_array_equal(trace.raw("labels", 0), y)
-        assert trace.index("predictions")[0].tolist() == rounds
+        # In full every raw_every (100) rounds and after the last: rounds 0 and 7.
+        assert trace.index("predictions")[0].tolist() == [0, 7]
+        np.testing.assert_allclose(trace.raw("predictions", 7), booster.predict(dtrain), rtol=1e-6)
         np.testing.assert_allclose(
             trace.stat("predictions", "mean").values[-1], booster.predict(dtrain).mean(), rtol=1e-6
         )

@@ -211,22 +211,55 @@ def test_tanh_saturation_fires_on_preactivations_outside_the_band(make_trace) ->
         activation_trace(make_trace, pre, "tanh", collection="preactivations"), "DBG202"
     )
     (finding,) = keyed(result, "saturated")
+    # The window of records 9-11 holds two saturated records of three: a unit there sits
+    # where tanh' < 0.01 most of the time, so record 9 belongs to the episode.
     assert (finding.tensor, finding.first_step, finding.last_step, finding.steps) == (
         "act/tanh1",
-        10,
+        9,
         39,
-        30,
+        31,
     )
     assert finding.value == pytest.approx(100 * 11 / 16) and finding.threshold == 50.0
     assert finding.message.startswith("69 % of 16 tanh units saturated")
+
+
+def test_tanh_saturation_uses_the_textbook_band(make_trace) -> None:
+    """Units sitting around |z| = 4, where tanh' is 0.0013, are saturated; SageMaker Debugger's
+    band (|z| < 9.5, tanh' > 1e-7) would call them active."""
+    pre = shift_units(preactivations(), slice(0, 12), 4.0, range(40))
+    pre = [np.where(np.arange(16) < 12, 4.0 + 0.3 * v, v).astype(np.float32) for v in pre]
+    path = activation_trace(make_trace, pre, "tanh", collection="preactivations")
+    (finding,) = run_rule(path, "DBG202").findings
+    assert finding.value == 75.0 and "derivative >= 0.01" in finding.message
 
 
 def test_tanh_saturation_fires_on_float32_outputs(make_trace) -> None:
     pre = shift_units(preactivations(), slice(0, 16), -20.0, range(25, 40))
     outputs = [np.tanh(v).astype(np.float32) for v in pre]
     (finding,) = run_rule(activation_trace(make_trace, outputs, "tanh"), "DBG202").findings
-    assert (finding.first_step, finding.value) == (25, 100.0)
+    assert (finding.first_step, finding.value) == (24, 100.0)
+    # Every unit saturated from step 24 to the end of the run: the layer passes no gradient.
     assert finding.severity is not None and finding.severity.value == "error"
+
+
+def test_tanh_saturation_that_recovers_is_a_warning(make_trace) -> None:
+    pre = shift_units(preactivations(), slice(0, 16), -20.0, range(10, 25))
+    outputs = [np.tanh(v).astype(np.float32) for v in pre]
+    (finding,) = run_rule(activation_trace(make_trace, outputs, "tanh"), "DBG202").findings
+    assert finding.value == 100.0 and finding.severity is not None
+    assert finding.severity.value == "warning"
+
+
+def test_saturation_hovering_around_the_threshold_is_one_episode(make_trace) -> None:
+    """A saturated share that crosses 50 % back and forth (44 % and 56 %) is one episode."""
+    steps = 60
+    pre = preactivations(steps=steps)
+    for step in range(10, 50):
+        count = 9 if step % 6 < 3 else 7
+        pre[step][:, :count] += 20.0
+    path = activation_trace(make_trace, pre, "tanh", collection="preactivations")
+    (finding,) = run_rule(path, "DBG202", min_steps=1).findings
+    assert (finding.first_step, finding.last_step, finding.episodes) == (12, 49, 1)
 
 
 def test_tanh_saturation_quiet_on_healthy_tanh_and_tunable(make_trace) -> None:
@@ -238,7 +271,10 @@ def test_tanh_saturation_quiet_on_healthy_tanh_and_tunable(make_trace) -> None:
     pre = shift_units(preactivations(), slice(0, 11), 15.0, range(10, 40))
     path = activation_trace(make_trace, pre, "tanh", collection="preactivations")
     assert run_rule(path, "DBG202", threshold_layer=70.0).status is RuleStatus.passed
-    assert run_rule(path, "DBG202", min_steps=40).status is RuleStatus.passed
+    # Pooled over all 40 records, the shifted units sit in the band a quarter of the time.
+    assert run_rule(path, "DBG202", min_steps=40, threshold_inactivity=20.0).status is (
+        RuleStatus.passed
+    )
 
 
 def test_tanh_saturation_skipped_without_tanh(make_trace) -> None:
@@ -258,15 +294,15 @@ def test_sigmoid_saturation_fires_on_both_sides_of_the_band(make_trace) -> None:
     pre = shift_units(pre, slice(5, 10), 25.0, range(12, 40))
     outputs = [(1.0 / (1.0 + np.exp(-v.astype(np.float64)))).astype(np.float32) for v in pre]
     (finding,) = run_rule(activation_trace(make_trace, outputs, "sigmoid"), "DBG203").findings
-    assert (finding.first_step, finding.last_step, finding.key) == (12, 39, "saturated")
+    assert (finding.first_step, finding.last_step, finding.key) == (11, 39, "saturated")
     assert finding.value == pytest.approx(100 * 10 / 16)
     assert "sigmoid units saturated" in finding.message
 
 
-def test_sigmoid_saturation_band_depends_on_the_collection(make_trace) -> None:
-    # Pre-activations use the input band (-23, 16.99999): -20 is inside it, 20 is not. The
-    # same numbers read as outputs lie outside the output band (sigmoid(-23), sigmoid(17)).
-    low = shift_units(preactivations(), slice(0, 12), -20.0, range(40))
+def test_sigmoid_saturation_band_depends_on_the_role(make_trace) -> None:
+    # Pre-activations use the input band |z| < 4.585: values around -3 are mostly inside it.
+    # The same numbers read as outputs lie outside the output band (0.0101, 0.9899).
+    low = [np.where(np.arange(16) < 12, -3.0 + 0.3 * v, v) for v in preactivations()]
     assert (
         run_rule(
             activation_trace(make_trace, low, "sigmoid", collection="preactivations"), "DBG203"
@@ -283,6 +319,26 @@ def test_sigmoid_saturation_band_depends_on_the_collection(make_trace) -> None:
     assert run_rule(path, "DBG203", threshold_layer=80.0).status is RuleStatus.passed
 
 
+def test_saturation_inputs_found_by_name_and_collection(make_trace) -> None:
+    """SageMaker Debugger's tanh_input collection and a Keras-style name say "pre-activation":
+    the input band applies, so values around 2 (inside |z| < 2.99) are not saturated, while
+    read as outputs (|tanh| < 0.995) they would be."""
+    around_two = [np.where(np.arange(16) < 12, 2.0 + 0.2 * v, v) for v in preactivations()]
+    for tag, collection, kind in (
+        ("tanh1_input_0", "tanh_input", None),
+        ("dense/preactivation", "activations", "tanh"),
+        ("preact/tanh1", None, None),
+    ):
+        spec: dict[str, object] = {"values": around_two}
+        if collection:
+            spec["collection"] = collection
+        if kind:
+            spec["kind"] = kind
+        path = make_trace(tensors={tag: spec})
+        result = run_rule(path, "DBG202")
+        assert result.status is RuleStatus.passed, (tag, result.reason)
+
+
 def test_sigmoid_saturation_quiet_on_healthy_sigmoid(make_trace) -> None:
     outputs = [
         (1.0 / (1.0 + np.exp(-4.0 * v))).astype(np.float32) for v in preactivations(steps=60)
@@ -294,7 +350,12 @@ def test_sigmoid_saturation_quiet_on_healthy_sigmoid(make_trace) -> None:
 
 
 def test_sigmoid_saturation_leaves_output_layers_alone(make_trace) -> None:
+    # A binary classifier's sigmoid head, recorded as an activation: too few units for a layer.
     confident = [np.full((32, 1), 1.0, dtype=np.float32) for _ in range(10)]
+    assert (
+        run_rule(activation_trace(make_trace, confident, "sigmoid"), "DBG203").status
+        is RuleStatus.passed
+    )
     result = run_rule(
         activation_trace(make_trace, confident, "sigmoid", collection="predictions"), "DBG203"
     )

@@ -196,7 +196,7 @@ def test_class_imbalance_too_few_in_one_stream_is_an_info_hint(make_trace) -> No
 
 def test_class_imbalance_skips_without_full_labels(make_trace) -> None:
     assert run_rule(make_trace(scalars={"loss": [1.0, 0.5]}), "DBG601").reason == (
-        "no full tensors of collection 'labels'"
+        "no full tensors of labels (role 'labels': labels, targets, y...)"
     )
     path = make_trace(
         tensors={"labels": {"values": [np.arange(4)] * 3, "collection": "labels"}}, raw_every=0
@@ -204,7 +204,7 @@ def test_class_imbalance_skips_without_full_labels(make_trace) -> None:
     result = run_rule(path, "DBG601")
     assert (
         result.status is RuleStatus.skipped
-        and result.reason == "no full tensors of collection 'labels'"
+        and result.reason == "no full tensors of labels (role 'labels': labels, targets, y...)"
     )
 
 
@@ -305,7 +305,8 @@ def test_input_not_normalized_too_few_samples_and_skips(make_trace) -> None:
     result = run_rule(tokens, "DBG602")
     assert (
         result.status is RuleStatus.skipped
-        and result.reason == "no full float tensors of collection 'inputs'"
+        and result.reason
+        == "no full tensors of model inputs that are quantities, not ids (role 'inputs')"
     )
 
 
@@ -379,7 +380,8 @@ def test_token_ratio_skips_without_integer_inputs(make_trace) -> None:
     result = run_rule(make_trace(tensors=images(3)), "DBG603")
     assert (
         result.status is RuleStatus.skipped
-        and result.reason == "no integer tensors of collection 'inputs'"
+        and result.reason
+        == "no token-id inputs (role 'inputs': integers, or whole numbers named like input_ids)"
     )
 
 
@@ -512,7 +514,8 @@ def test_confusion_skips_without_predictions(make_trace) -> None:
     result = run_rule(path, "DBG604")
     assert (
         result.status is RuleStatus.skipped
-        and result.reason == "no full tensors of collection 'predictions'"
+        and result.reason
+        == "no full tensors of predictions (role 'predictions': predictions, preds, logits...)"
     )
 
 

@@ -33,7 +33,49 @@ def test_vanishing_fires_at_the_first_vanished_step(make_trace) -> None:
         15,
     )
     assert finding.value is not None and finding.value < 1e-7 and finding.threshold == 1e-7
-    assert finding.severity is not None and finding.severity.value == "error"
+    # A vanished gradient is a warning: only non-finite values and dead layers are errors.
+    assert finding.severity is not None and finding.severity.value == "warning"
+
+
+def test_vanishing_not_judged_once_the_model_has_fitted_its_data(make_trace) -> None:
+    """Tiny gradients of a model whose loss fell below a tenth of its start are convergence."""
+    tensors = gradients([1e-2, 1e-2])
+    for step in range(25, 40):
+        tensors["grad/layer0.weight"]["values"][step] *= 1e-7
+    fitted = [2.0 * 0.7**step for step in range(40)]
+    stuck = list(np.linspace(2.0, 1.9, 40))
+    assert run_rule(make_trace(scalars={"loss": fitted}, tensors=tensors), "DBG101").status is (
+        RuleStatus.passed
+    )
+    assert keyed(
+        run_rule(make_trace(scalars={"loss": stuck}, tensors=tensors), "DBG101"), "vanished"
+    )
+
+
+def test_vanishing_leaves_attention_key_biases_and_embeddings_alone(make_trace) -> None:
+    """Softmax ignores a key bias (its gradient is zero by construction); an embedding table
+    gets a gradient in the rows of the batch's tokens only."""
+    rng = np.random.default_rng(1)
+    tiny = [rng.normal(0, 1e-12, size=(32,)) for _ in range(20)]
+    sparse = [np.where(rng.random((500, 16)) < 0.001, 1e-4, 0.0) for _ in range(20)]
+    tensors = {
+        "grad/bert.encoder.layer.0.attention.self.key.bias": {
+            "values": tiny,
+            "collection": "gradients",
+        },
+        "grad/bert.embeddings.word_embeddings.weight": {
+            "values": sparse,
+            "collection": "gradients",
+        },
+        "grad/bert.encoder.layer.0.attention.self.query.bias": {
+            "values": tiny,
+            "collection": "gradients",
+        },
+    }
+    result = run_rule(make_trace(tensors=tensors), "DBG101")
+    assert [f.tensor for f in result.findings] == [
+        "grad/bert.encoder.layer.0.attention.self.query.bias"
+    ]
 
 
 def test_vanishing_quiet_on_healthy_gradients_and_tunable(make_trace) -> None:
@@ -52,12 +94,28 @@ def test_vanishing_across_layers(make_trace) -> None:
     assert not keyed(run_rule(path, "DBG101", ratio=1e-5), "vanished-relative")
 
 
-def test_vanishing_min_steps(make_trace) -> None:
+def test_vanishing_across_layers_reports_every_starved_layer(make_trace) -> None:
+    """The first layers of a deep sigmoid stack take turns being the smallest; each of them is
+    reported for the whole run, not in fragments."""
+    rng = np.random.default_rng(2)
+    tensors = gradients([1e-6, 1e-6, 1e-2], steps=40)
+    for step in range(40):
+        # Which of the first two layers is smaller changes from step to step.
+        tensors["grad/layer0.weight"]["values"][step] *= rng.uniform(0.5, 2.0)
+    result = run_rule(make_trace(tensors=tensors), "DBG101")
+    found = {f.tensor: f for f in keyed(result, "vanished-relative")}
+    assert set(found) == {"grad/layer0.weight", "grad/layer1.weight"}
+    assert all((f.first_step, f.last_step, f.episodes) == (0, 39, 1) for f in found.values())
+
+
+def test_vanishing_needs_persistence(make_trace) -> None:
+    """One minibatch the model already fits gives one tiny gradient: not a vanished layer."""
     tensors = gradients([1e-2])
-    tensors["grad/layer0.weight"]["values"][10] *= 0
+    for step in (10, 20, 21, 22):
+        tensors["grad/layer0.weight"]["values"][step] *= 1e-7
     path = make_trace(tensors=tensors)
-    assert keyed(run_rule(path, "DBG101"), "vanished")[0].first_step == 10
-    assert run_rule(path, "DBG101", min_steps=2).status is RuleStatus.passed
+    assert run_rule(path, "DBG101").status is RuleStatus.passed
+    assert keyed(run_rule(path, "DBG101", min_steps=1), "vanished")[0].first_step == 10
 
 
 def test_exploding_nonfinite_growth_and_magnitude(make_trace) -> None:
@@ -69,6 +127,7 @@ def test_exploding_nonfinite_growth_and_magnitude(make_trace) -> None:
     result = run_rule(make_trace(tensors=tensors), "DBG102")
     (nan,) = keyed(result, "nonfinite")
     assert (nan.tensor, nan.first_step, nan.value) == ("grad/layer0.weight", 50, 1.0)
+    assert nan.severity is not None and nan.severity.value == "error"
     growth = {f.tensor: f for f in keyed(result, "norm-growth")}
     assert growth["grad/layer0.weight"].first_step == 30
     assert (
@@ -76,6 +135,16 @@ def test_exploding_nonfinite_growth_and_magnitude(make_trace) -> None:
     )
     (huge,) = keyed(result, "magnitude")
     assert (huge.tensor, huge.first_step) == ("grad/layer1.weight", 45)
+    assert {f.severity.value for f in result.findings if f.key != "nonfinite"} == {"warning"}
+
+
+def test_exploding_never_judges_the_first_window_against_itself(make_trace) -> None:
+    """A run whose first gradient norms are large and fall fast did not "jump" at its start."""
+    tensors = gradients([1e-2], steps=40)
+    values = tensors["grad/layer0.weight"]["values"]
+    for step in range(3):
+        values[step] = values[step] * 1e8
+    assert run_rule(make_trace(tensors=tensors), "DBG102").status is RuleStatus.passed
 
 
 def test_exploding_quiet_on_healthy_noisy_gradients(make_trace) -> None:
@@ -92,6 +161,25 @@ def test_gradient_rules_skip_without_gradients(make_trace) -> None:
         result = run_rule(path, rule)
         assert result.status is RuleStatus.skipped
         assert result.reason == "no tensors of collection 'gradients'"
+
+
+def test_gradients_found_by_meaning_whatever_the_names(make_trace) -> None:
+    """TensorBoard-style names without a collection, SageMaker's and Keras' names."""
+    for tag, collection in (
+        ("grads/fc1.weight", None),
+        ("gradient/fc1.weight", "gradients"),
+        ("gradients/dense/kernel:0", "gradients"),
+        ("fc1/grad", "grads"),
+    ):
+        tensors = gradients([1e-2])
+        spec = tensors.pop("grad/layer0.weight")
+        spec["values"] = [v * 1e-9 for v in spec["values"]]
+        if collection is None:
+            del spec["collection"]
+        else:
+            spec["collection"] = collection
+        result = run_rule(make_trace(tensors={tag: spec}), "DBG101")
+        assert [f.tensor for f in keyed(result, "vanished")] == [tag], tag
 
 
 def test_trailing_median_at_positions_matches_the_full_series() -> None:

@@ -82,11 +82,11 @@ def test_consecutive_stalled_gaps_form_one_finding(make_trace, clock) -> None:
     times[21:] += 1500.0
     times[40:] += 700.0
     clock(times)
-    first, second = run_rule(loss_trace(make_trace), "DBG801").findings
-    assert (first.first_step, first.last_step, first.steps) == (19, 21, 2)
-    assert first.value == pytest.approx(times[21] - times[20])
-    assert first.message.startswith("2 gaps without a new step, the longest 25 min")
-    assert (second.first_step, second.last_step) == (39, 40)
+    # Two stalls of one run are one finding with two episodes, spanning both.
+    (stall,) = run_rule(loss_trace(make_trace), "DBG801").findings
+    assert (stall.first_step, stall.last_step, stall.steps, stall.episodes) == (19, 40, 3, 2)
+    assert stall.value == pytest.approx(times[21] - times[20])
+    assert stall.message.startswith("2 gaps without a new step, the longest 25 min")
 
 
 def test_quiet_on_a_steady_run_with_evaluation_passes(make_trace, clock) -> None:
@@ -102,7 +102,8 @@ def test_quiet_on_a_steady_run_with_evaluation_passes(make_trace, clock) -> None
     path = loss_trace(make_trace, count=60, evals=range(9, 60, 10))
     assert run_rule(path, "stalled-training").status is RuleStatus.passed
     across = run_rule(path, "stalled-training", across_modes=True)
-    assert len(keyed(across, "stall")) == 5 and keyed(across, "stall")[0].first_step == 9
+    (stalls,) = keyed(across, "stall")
+    assert (stalls.episodes, stalls.first_step) == (5, 9)
     # With only training kept, an evaluation pass is still not a gap between training steps.
     assert (
         analyze_path(path, select=("DBG801",), mode="train").results[0].status is RuleStatus.passed

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from dbgcli.analysis import Options, analyze_trace, configure
+from dbgcli.findings import Severity
 from dbgcli.report.model import RuleResult, RuleStatus
 from dbgcli.trace import reader
 
@@ -82,8 +83,13 @@ def test_all_zero_fires_on_a_dead_relu_layer(make_trace) -> None:
         10,
     )
     assert finding.value == 100.0 and finding.threshold == 100.0
-    assert finding.severity is not None and finding.severity.value == "error"
+    # Zero for a while and back: a warning. Zero from some record to the end: an error.
+    assert finding.severity is not None and finding.severity.value == "warning"
     assert finding.message == "every element is exactly zero"
+    for step in range(20, 40):
+        tensors["act/relu"]["values"][step] = np.zeros((64, 32), np.float32)  # type: ignore[index]
+    (dead,) = run_rule(make_trace(tensors=tensors), "DBG401").findings
+    assert (dead.first_step, dead.last_step, dead.severity) == (10, 39, Severity.error)
 
 
 def test_all_zero_quiet_on_healthy_tensors_and_zero_initialised_biases(make_trace) -> None:
@@ -102,13 +108,36 @@ def test_all_zero_threshold_override_catches_mostly_zero_layers(make_trace) -> N
     )
 
 
-def test_all_zero_leaves_labels_alone_unless_asked(make_trace) -> None:
+def test_all_zero_leaves_ids_alone(make_trace) -> None:
+    """A batch of class 0 is all zero and perfectly ordinary: labels, class-id predictions
+    and token ids are ids, not quantities, even when asked for by collection."""
     tensors = healthy_tensors()
     tensors["labels"]["values"][5] = np.zeros(64, np.int64)  # type: ignore[index]
+    tensors["predictions"] = {
+        "values": [np.zeros(64, np.float32) for _ in range(40)],
+        "collection": "predictions",
+    }
     path = make_trace(tensors=tensors)
     assert run_rule(path, "DBG401").status is RuleStatus.passed
-    (labels,) = run_rule(path, "DBG401", collections="labels").findings
-    assert (labels.tensor, labels.first_step) == ("labels", 5)
+    assert run_rule(path, "DBG401", collections="labels,predictions").status is RuleStatus.passed
+
+
+def test_all_zero_leaves_attention_key_bias_gradients_alone(make_trace) -> None:
+    zero = [np.zeros(16, np.float32) for _ in range(10)]
+    path = make_trace(
+        tensors={
+            "grad/encoder.layer.0.attention.self.key.bias": {
+                "values": zero,
+                "collection": "gradients",
+            },
+            "grad/encoder.layer.0.attention.self.value.bias": {
+                "values": zero,
+                "collection": "gradients",
+            },
+        }
+    )
+    (finding,) = run_rule(path, "DBG401").findings
+    assert finding.tensor == "grad/encoder.layer.0.attention.self.value.bias"
 
 
 def test_all_zero_zero_gradients_fire_after_the_first_step(make_trace) -> None:
@@ -350,12 +379,12 @@ def smdebug_invoker_trace(make_trace) -> Path:
 
 def test_non_finite_smdebug_2019_invoker_case(smdebug_invoker_trace: Path) -> None:
     from_zero = run_window(smdebug_invoker_trace, "DBG404", 0, 3)
-    assert sorted((f.tensor, f.first_step, f.last_step) for f in from_zero.findings) == [
-        (f"foo_{i}", step, step) for i in range(3) for step in (0, 2)
-    ]
-    assert all(
-        f.key == "nan" and f.value == 1 and f.message == "1 NaN element" for f in from_zero.findings
-    )
+    # SageMaker Debugger's invoker raises at steps 0 and 2; here each tensor's two episodes
+    # are one finding, from step 0 to step 2.
+    assert sorted(
+        (f.tensor, f.first_step, f.last_step, f.episodes) for f in from_zero.findings
+    ) == [(f"foo_{i}", 0, 2, 2) for i in range(3)]
+    assert all(f.key == "nan" and f.value == 1 for f in from_zero.findings)
     from_one = run_window(smdebug_invoker_trace, "DBG404", 1, 3)
     assert sorted((f.tensor, f.first_step) for f in from_one.findings) == [
         (f"foo_{i}", 2) for i in range(3)

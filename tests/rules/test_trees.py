@@ -91,7 +91,9 @@ def test_tree_depth_looks_at_every_tree_of_a_round(make_trace) -> None:
 def test_tree_depth_skipped_without_trees(make_trace) -> None:
     result = run_rule(make_trace(scalars={"train-logloss": [0.6, 0.5]}), "DBG701")
     assert result.status is RuleStatus.skipped
-    assert result.reason == "no tensors of collection 'trees', name matching 'trees/depth'"
+    assert result.reason == (
+        "no tree depths (a tensor of role 'trees' named like 'trees/depth' or 'tree_depth')"
+    )
 
 
 # -- DBG702 feature-importance-overweight ------------------------------------------------------
@@ -105,17 +107,31 @@ def test_feature_importance_overweight_fires_when_three_features_take_over(make_
     names = [f"col{i}" for i in range(10)]
     path = importance_trace(make_trace, {"weight": weights}, metadata={"feature_names": names})
     (finding,) = keyed(run_rule(path, "DBG702"), "overweight")
+    # Judged on the final model: at its round, saying since when it leans on three features.
     assert (finding.tensor, finding.first_step, finding.last_step, finding.steps) == (
         "feature_importance/weight",
-        10,
         19,
-        10,
+        19,
+        1,
     )
-    top = np.sort(weights[10])[::-1][:3].sum() / weights[10].sum()
+    top = np.sort(weights[19])[::-1][:3].sum() / weights[19].sum()
     assert finding.value == pytest.approx(top) and finding.threshold == 0.8
     assert finding.message.startswith("top 3 of 10 features hold ")
-    assert finding.message.endswith(" % of the weight importance (> 80 %): col7, col2, col4")
-    assert finding.extra == {"importance_type": "weight"}
+    assert finding.message.endswith(
+        " % of the weight importance of the final model (> 80 %, since round 10): col7, col2, col4"
+    )
+    assert finding.extra == {"importance_type": "weight", "since_step": 10}
+
+
+def test_feature_importance_overweight_early_rounds_do_not_count(make_trace) -> None:
+    """Shallow first trees split on a few features; the model that is kept does not."""
+    weights = importances(20)
+    for step in range(5):
+        weights[step] = np.zeros(10)
+        weights[step][[0, 1]] = [2.0, 1.0]
+    assert run_rule(importance_trace(make_trace, {"weight": weights}), "DBG702").status is (
+        RuleStatus.passed
+    )
 
 
 def test_feature_importance_overweight_quiet_on_spread_importance_and_tunable(make_trace) -> None:
@@ -124,7 +140,7 @@ def test_feature_importance_overweight_quiet_on_spread_importance_and_tunable(ma
     assert run_rule(path, "feature-importance-overweight").status is RuleStatus.passed
     # Nine of ten features hold at least 90 % of any importance.
     (finding,) = run_rule(path, "DBG702", nfeatures=9).findings
-    assert (finding.first_step, finding.last_step, finding.steps) == (0, 29, 30)
+    assert (finding.first_step, finding.last_step, finding.extra["since_step"]) == (29, 29, 0)
     assert run_rule(path, "DBG702", nfeatures=9, threshold=0.99).status is RuleStatus.passed
 
 
@@ -134,15 +150,14 @@ def test_feature_importance_overweight_reads_the_chosen_type(make_trace) -> None
     path = importance_trace(make_trace, {"weight": spread, "gain": concentrated})
     assert run_rule(path, "DBG702").status is RuleStatus.passed
     (finding,) = run_rule(path, "DBG702", importance_type="gain").findings
-    assert finding.value == pytest.approx(120 / 127) and finding.extra == {
-        "importance_type": "gain"
-    }
+    assert finding.value == pytest.approx(120 / 127)
+    assert finding.extra["importance_type"] == "gain"
 
 
 def test_feature_importance_overweight_falls_back_to_a_recorded_type(make_trace) -> None:
     concentrated = [np.array([50.0, 40.0, 30.0] + [1.0] * 7)] * 4
     (finding,) = run_rule(importance_trace(make_trace, {"cover": concentrated}), "DBG702").findings
-    assert "of the cover importance" in finding.message and finding.steps == 4
+    assert "of the cover importance" in finding.message and finding.first_step == 3
 
 
 def test_feature_importance_overweight_needs_more_features_than_nfeatures(make_trace) -> None:
