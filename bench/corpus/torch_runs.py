@@ -1228,6 +1228,9 @@ OVERFIT = replace(
     "overfit",
     cause="DBG302",
     twin="healthy-adam",
+    # Overfitting seen as overtraining names the same problem (DBG302 and DBG304 explain each
+    # other), as the overtraining scenario accepts DBG302.
+    accept=("DBG304",),
     description="""
 healthy-adam on 40 training samples with 30 % of the labels replaced by random ones (train and
 held-out alike), a 3x256 MLP trained full-batch for 200 steps: it memorises the noise and
@@ -1702,7 +1705,10 @@ def mlp_stalled_training(spec: RunSpec) -> None:
 # -- torch-cnn ----------------------------------------------------------------------------------
 
 CNN = "torch-cnn"
-CNN_SGD = Recipe(data=images, model=cnn(), optimizer=sgd(0.05), steps=200, batch=32)
+# lr 0.02: at 0.05 the first updates moved the layers by 12 % of their weights per step, the
+# loss rose from 6.3 to 9 before falling, and 70-95 % of conv2's channels died within ten
+# steps: a run that ends accurate is not a healthy twin for that.
+CNN_SGD = Recipe(data=images, model=cnn(), optimizer=sgd(0.02), steps=200, batch=32)
 
 
 # Measured (seeds 0/1/2): final train loss 0.11/0.0781/0.101; final eval loss 0.0542/0.081/0.109;
@@ -1713,11 +1719,17 @@ CNN_SGD = Recipe(data=images, model=cnn(), optimizer=sgd(0.05), steps=200, batch
     cause=None,
     description="""
 conv8-ReLU-conv16-ReLU-global max pool-linear (He init) on 1x12x12 images, each a class's
-4x4 pattern of ±1 at a random place plus noise (standardised); SGD momentum 0.9, lr 0.05,
+4x4 pattern of ±1 at a random place plus noise (standardised); SGD momentum 0.9, lr 0.02,
 batch 32, 200 steps.""",
 )
 def cnn_healthy_sgd(spec: RunSpec) -> None:
-    run(spec, CNN_SGD, *healthy())
+    run(
+        spec,
+        CNN_SGD,
+        *healthy(),
+        Check("act1 dead share", dead_share("act1"), high=0.5),
+        Check("act2 dead share", dead_share("act2"), high=0.5),
+    )
 
 
 # Measured (seeds 0/1/2): final train loss 0.258/0.173/0.093; final eval loss 0.233/0.166/0.106;
@@ -1741,7 +1753,7 @@ def cnn_healthy_batchnorm_adam(spec: RunSpec) -> None:
     cause="DBG503",
     twin="healthy-sgd",
     description="""
-healthy-sgd at lr 0.5, 10x the twin's.""",
+healthy-sgd at lr 0.5, 25x the twin's.""",
 )
 def cnn_lr_too_high(spec: RunSpec) -> None:
     run(
