@@ -653,14 +653,13 @@ def unchanged_tensor(
         run = result.run[view.records].astype(np.float64)
         run[resting(view.steps)] = 0
         verdict = result.verdict[view.records]
-        gradient = _gradient_of(view, gradients)
         for code in view.mode_codes:
             positions = view.positions(code)
             steps = view.steps[positions]
             streak = _streaks(run[positions], num_steps)
             if not streak.any():
                 continue
-            flowing = _gradient_flow(gradient, steps[streak])
+            flowing = _gradient_flow(view, gradients, steps[streak])
             on_purpose = view.tag in frozen or flowing in ("none", "stale")
             why = _WHY["declared"] if view.tag in frozen else _WHY[flowing]
 
@@ -710,13 +709,18 @@ _WHY = {
 }
 
 
-def _gradient_flow(gradient: TensorView | None, steps: np.ndarray) -> str:
-    """What the gradient of a parameter did over ``steps``: ``none`` recorded while other
-    parameters have one, ``stale`` (the same non-zero values throughout: a leftover ``.grad``
-    that no backward pass refreshes), ``zero``, ``moving``, or ``unknown`` (no gradients
-    recorded at all, or none at these steps)."""
+def _gradient_flow(
+    view: TensorView, gradients: dict[frozenset[str], TensorView], steps: np.ndarray
+) -> str:
+    """What the gradient of parameter ``view`` did over ``steps``: ``none`` recorded while
+    other parameters have one, ``stale`` (the same non-zero values throughout: a leftover
+    ``.grad`` that no backward pass refreshes), ``zero``, ``moving``, or ``unknown`` (no
+    gradients recorded at all, or none at these steps)."""
+    if not gradients:
+        return "unknown"
+    gradient = _gradient_of(view, gradients)
     if gradient is None:
-        return "unknown" if gradient is _NO_GRADIENTS else "none"
+        return "none"
     norms = gradient.stat("l2")[np.isin(gradient.steps, steps)]
     norms = norms[np.isfinite(norms)]
     if not len(norms):
@@ -738,20 +742,11 @@ def _core(tag: str) -> frozenset[str]:
     return frozenset(words - _NOT_NAME_WORDS)
 
 
-class _NoGradients:
-    """The gradient of a parameter in a trace that records no gradients at all."""
-
-
-_NO_GRADIENTS: Any = _NoGradients()
-
-
-def _gradient_of(view: TensorView, gradients: dict[frozenset[str], TensorView]) -> Any:
+def _gradient_of(
+    view: TensorView, gradients: dict[frozenset[str], TensorView]
+) -> TensorView | None:
     """The gradient tensor recorded for a parameter, matched by name (``fc1/grad`` is the
-    gradient of ``fc1/weight`` in conventions that name weight gradients by their layer);
-    None when gradients are recorded but none for it, ``_NO_GRADIENTS`` when the trace has
-    none at all."""
-    if not gradients:
-        return _NO_GRADIENTS
+    gradient of ``fc1/weight`` in conventions that name weight gradients by their layer)."""
     core = _core(view.tag)
     return gradients.get(core) or gradients.get(core - {"weight", "kernel", "w"})
 

@@ -238,9 +238,9 @@ def test_unchanged_smdebug_2019_cases(smdebug_unchanged_trace: Path) -> None:
     )
     fired = run_window(smdebug_unchanged_trace, "DBG403", 0, 3, **everything)
     assert sorted((f.tensor, f.first_step, f.last_step) for f in fired.findings) == [
-        ("foo_0", 2, 2),
-        ("foo_1", 2, 2),
-        ("foo_2", 2, 2),
+        ("foo_0", 0, 2),
+        ("foo_1", 0, 2),
+        ("foo_2", 0, 2),
     ]
     assert all(f.value == 3 and "full tensors all-close" in f.message for f in fired.findings)
     # Evaluating from step 2 still sees steps 0 and 1 as history.
@@ -259,17 +259,19 @@ def test_unchanged_frozen_layer_fires_from_full_tensors(make_trace) -> None:
         weights[step] = weights[19]  # type: ignore[index]
     result = run_rule(make_trace(tensors=tensors), "DBG403")
     (finding,) = keyed(result, "unchanged")
+    # From step 19 on, the last record that differs from its predecessor.
     assert (finding.tensor, finding.first_step, finding.last_step, finding.steps) == (
         "fc.weight",
-        21,
-        39,
         19,
+        39,
+        21,
     )
     assert finding.value == 21 and finding.threshold == 3
     assert "full tensors all-close" in finding.message
     assert finding.severity is not None and finding.severity.value == "warning"
-    later = keyed(run_rule(make_trace(tensors=tensors), "DBG403", num_steps=10), "unchanged")
-    assert later[0].first_step == 28
+    path = make_trace(tensors=tensors)
+    assert keyed(run_rule(path, "DBG403", num_steps=21), "unchanged")[0].first_step == 19
+    assert run_rule(path, "DBG403", num_steps=22).status is RuleStatus.passed
 
 
 def test_unchanged_quiet_on_training_weights_without_reading_them(make_trace, monkeypatch) -> None:
@@ -302,7 +304,7 @@ def test_unchanged_reads_only_candidate_records(make_trace, monkeypatch) -> None
 
     monkeypatch.setattr(reader.Trace, "iter_raw", spy)
     (finding,) = run_rule(path, "DBG403").findings
-    assert (finding.first_step, finding.last_step) == (32, 32)
+    assert (finding.first_step, finding.last_step) == (30, 32)
     assert sorted(fed) == [30, 31, 32]
 
 
@@ -310,7 +312,7 @@ def test_unchanged_falls_back_to_statistics_without_full_tensors(make_trace) -> 
     tensors = healthy_tensors()
     tensors["fc.bias"]["values"] = [np.full(32, 0.1, np.float32)] * 40
     (finding,) = run_rule(make_trace(tensors=tensors, raw_every=0), "DBG403").findings
-    assert (finding.tensor, finding.first_step, finding.last_step) == ("fc.bias", 2, 39)
+    assert (finding.tensor, finding.first_step, finding.last_step) == ("fc.bias", 0, 39)
     assert "statistics identical (full tensors not kept" in finding.message
 
 
@@ -321,7 +323,7 @@ def test_unchanged_tolerance_applies_to_full_tensors_only(make_trace) -> None:
     creeping = [(base * (1 + 1e-7 * t)).astype(np.float64) for t in range(10)]
     tensors = {"fc.weight": {"values": creeping, "collection": "weights"}}
     (finding,) = run_rule(make_trace(tensors=tensors), "DBG403").findings
-    assert (finding.first_step, finding.last_step, finding.value) == (2, 9, 10)
+    assert (finding.first_step, finding.last_step, finding.value) == (0, 9, 10)
     assert (
         run_rule(make_trace(tensors=tensors), "DBG403", rtol=0.0, atol=0.0).status
         is RuleStatus.passed
@@ -352,7 +354,7 @@ def test_unchanged_gradients_and_nan_options(make_trace) -> None:
     path = make_trace(tensors=tensors)
     assert run_rule(path, "DBG403", collections="gradients").status is RuleStatus.passed
     (finding,) = run_rule(path, "DBG403", collections="gradients", equal_nan=True).findings
-    assert (finding.tensor, finding.first_step) == ("grad/fc.weight", 2)
+    assert (finding.tensor, finding.first_step) == ("grad/fc.weight", 0)
 
 
 def test_unchanged_rejects_num_steps_below_two(make_trace) -> None:
