@@ -494,7 +494,11 @@ def _too_few(
     category="data",
     requires=LABELS,
     plan=_plan_class_ids,
-    label="class imbalance",
+    label={
+        "imbalance": "class imbalance",
+        "mispredicted": "rare classes mispredicted",
+        "too-few-samples": "too few labels to judge class balance",
+    },
     explains=("DBG604", "DBG303"),
 )
 def class_imbalance(
@@ -526,11 +530,11 @@ def class_imbalance(
       ``0..C-1`` that never appears is infinitely rare (ratio ``inf``). With plain integer
       labels and predictions a class that never appears cannot be told from an unused id and
       is not counted. The judgement needs at least ``samples`` labels (SageMaker's rule waits
-      for them); it uses every label of the trace, and the finding spans from the record at
-      which ``samples`` labels had been seen (the first step SageMaker could fire) to the
-      last record. A label stream with fewer labels gets an info finding (key ``too-few-samples``);
-      when no stream has enough, the rule is reported as skipped with that reason
-      instead of a silent pass.
+      for them); it uses every label of the trace, and the finding spans every record: the
+      labels were skewed from the first one, whenever enough of them made that certain
+      (SageMaker could fire only once ``samples`` labels had been seen). A label stream
+      with fewer labels gets an info finding (key ``too-few-samples``); when no stream has
+      enough, the rule is reported as skipped with that reason instead of a silent pass.
     * **misprediction** (key ``mispredicted``, needs predictions): for some class, the share
       of its labelled samples whose predicted class differs ``> threshold_misprediction``.
       SageMaker accumulates from the first step, which makes every run fire while the model
@@ -727,8 +731,9 @@ def input_not_normalized(
     Channels whose values never vary (std 0: padding, constant features) are ignored: there is
     nothing to standardise. Integer inputs (token ids) are not checked (see DBG603). The
     judgement needs at least ``samples`` samples (the first axis of a record: images, rows,
-    sequences) and uses all of them; the finding spans from the record at which ``samples`` had
-    been seen to the last record, and names the worst channels. An input with fewer samples
+    sequences) and uses all of them; the finding spans every record (the data were off from
+    the first batch on, whenever enough of them made that certain) and names the worst
+    channels. An input with fewer samples
     gets an info finding (key ``too-few-samples``); when no input has enough, the rule is
     reported as skipped with that reason.
 
@@ -954,7 +959,10 @@ def _token_message(value: int, threshold: float, analysed: int) -> Callable[[Epi
     category="data",
     requires=(LABELS, PREDICTIONS),
     plan=_plan_class_ids,
-    label="classifier confusion",
+    label={
+        "diagonal": "predicted classes often wrong",
+        "off-diagonal": "classes confused with each other",
+    },
 )
 def classifier_confusion(
     ctx: RuleContext,

@@ -59,8 +59,7 @@ def vanishing_gradient(
     min_steps: int = 5,
     converged_fraction: float = 0.1,
 ) -> Iterator[Finding]:
-    """Gradients shrink towards zero while the model has not learned, so the weights they
-    reach stop learning.
+    """Gradients shrink towards zero before the model has learned: its weights stop learning.
 
     Two conditions, each evaluated per recorded step:
 

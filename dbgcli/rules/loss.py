@@ -434,10 +434,13 @@ def overfit(
 
     def message(first: int, last: int) -> str:
         worst = first + int(np.nanargmax(ratio[first : last + 1]))
+        # A train loss near zero makes any gap thousands of percent: say "times" instead.
+        above = f"{ratio[worst]:.0%} above" if ratio[worst] < 10 else f"{ratio[worst] + 1:.3g}x"
         return (
-            f"eval loss {evaluation.val[worst]:.4g} is {ratio[worst]:.0%} above the train loss "
-            f"{mean_train[worst]:.4g} ± {z * error[worst]:.2g} (> {ratio_threshold:.0%}, and the "
-            f"gap > {min_gap:.3g})"
+            f"eval loss {evaluation.val[worst]:.4g} is {above} the train loss "
+            f"{mean_train[worst]:.4g} ± {z * error[worst]:.2g}: a gap of {gap[worst]:.3g} "
+            f"(> {min_gap:.3g}, {min_gap_fraction:g} of the initial loss, and > "
+            f"{ratio_threshold:.0%})"
         )
 
     yield from episode_findings(
@@ -458,7 +461,8 @@ def overfit(
     category="loss",
     requires=TRAIN_LOSS,
     label="underfitting",
-    explains=("DBG301:not-decreasing",),
+    # A model that has not learned confuses the classes it predicts.
+    explains=("DBG301:not-decreasing", "DBG604"),
 )
 def underfit(
     ctx: RuleContext,
@@ -728,7 +732,7 @@ def overtraining(
     *,
     patience_train: int = 5,
     patience_validation: int = 10,
-    delta: float = 0.01,
+    delta: float = 0.0,
     min_train_lead: float = 0.05,
     z: float = 1.0,
 ) -> Iterator[Finding]:
@@ -739,10 +743,13 @@ def overtraining(
     out). Early-stopping logic on both curves (SageMaker Debugger's Overtraining, whose
     boolean combination is not documented):
 
-    * a value is a **new optimum** of its curve if it is below the best so far by at least
-      ``delta`` times the best's magnitude (a relative ``delta``, 1 %: an absolute one depends
-      on the loss scale, and 0.01 would call every healthy run whose loss is below about 1
-      stalled);
+    * a value is a **new optimum** of its curve if it is below the best so far by more than
+      ``delta`` times the best's magnitude. By default any improvement counts, as in the
+      early stopping of Keras (``min_delta=0``) and XGBoost: a validation loss that still
+      sets new minima, however small, is not stalled (a healthy boosted ensemble gains a
+      fraction of a percent per round near its end). SageMaker Debugger's absolute 0.01
+      depends on the loss scale and would call every run whose loss is below about 1 stalled;
+      ``delta`` is relative;
     * **validation stalled** at an evaluation: the last new optimum of the eval loss is
       ``patience_validation`` or more evaluations back;
     * **training still improving**: the train-window mean set a new optimum (an improvement,
@@ -811,7 +818,7 @@ def overtraining(
         best = int(val_best[worst])
         yield Finding(
             message=(
-                f"eval loss has not improved by {delta:.0%} on its best "
+                f"eval loss has not improved{f' by {delta:.0%}' if delta else ''} on its best "
                 f"{evaluation.val[best]:.4g} for {val_since[worst]} evaluations "
                 f"(>= {patience_validation}) while the mean train loss fell "
                 f"{train_drop[worst]:.1%} since, {lead[worst]:.1%} more than the eval loss "

@@ -144,6 +144,8 @@ def _initial_rows_plan(
         "DBG404",
         "DBG502",
         "DBG503",
+        # One layer initialised off scale is what makes the scales inconsistent.
+        "DBG501:layer-ratio",
     ),
 )
 def poor_weight_initialization(
@@ -559,8 +561,9 @@ def update_ratio(
 
     * **too large** (key ``too-large``): typical ratio ``> large_threshold``, 0.1 by default
       (TheDeepChecker's upper bound, ``log10`` of the ratio above -1, and DeepDiagnosis's
-      effective learning rate above 1e-1), **and** ``outlier`` (10) times the median layer's
-      typical ratio at that step.
+      effective learning rate above 1e-1), **and** ``outlier`` (10) times the other layers'
+      typical ratio at that step (their median; the other layer's when there are two; a
+      network of one layer has nothing to compare with and is left to DBG503).
     * **too small** (key ``too-small``): typical ratio ``< small_threshold`` (1e-5,
       DeepDiagnosis's lower bound), not 0, and below the median layer's divided by
       ``outlier``, at records where the training loss is still above a tenth of its start (a
@@ -599,7 +602,12 @@ def update_ratio(
     for view, column, typical in ratios.layers:
         if view.tag not in mine:
             continue
-        network = ratios.network[column]
+        # The other layers' median: with two layers the other one (a median of two would
+        # include this layer itself), with more the median of all (one layer barely moves it).
+        network = np.where(
+            ratios.judged[column] == 2, 2 * ratios.network[column] - typical, ratios.network[column]
+        )
+        network[ratios.judged[column] < 2] = np.nan
         with np.errstate(invalid="ignore"):
             large = (typical > large_threshold) & (typical > outlier * network)
             small = (typical > 0) & (typical < small_threshold) & (typical * outlier < network)
@@ -681,8 +689,7 @@ def learning_rate(
     stuck_fraction: float = 0.8,
     starved_share: float = 0.2,
 ) -> Iterator[Finding]:
-    """The learning rate is too high or too low for this model: updates are far too large or
-    too small against the weights, across the network.
+    """The learning rate is too high or too low: updates across the network are out of scale.
 
     The learning rate itself says little across optimizers and models (Adam at 1e-3 and SGD
     at 0.1 are both ordinary); what it does to the weights says a lot. For every weight

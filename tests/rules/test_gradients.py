@@ -52,30 +52,28 @@ def test_vanishing_not_judged_once_the_model_has_fitted_its_data(make_trace) -> 
     )
 
 
-def test_vanishing_leaves_attention_key_biases_and_embeddings_alone(make_trace) -> None:
-    """Softmax ignores a key bias (its gradient is zero by construction); an embedding table
-    gets a gradient in the rows of the batch's tokens only."""
+def test_vanishing_leaves_attention_projections_biases_and_embeddings_alone(make_trace) -> None:
+    """Softmax ignores a key bias (its gradient is zero by construction) and the query/key
+    projections get small gradients wherever attention is near uniform; an embedding table
+    gets a gradient in the rows of the batch's tokens only; a bias is not a weight matrix.
+    A dense weight matrix as small is judged."""
     rng = np.random.default_rng(1)
     tiny = [rng.normal(0, 1e-12, size=(32,)) for _ in range(20)]
+    tiny_matrix = [rng.normal(0, 1e-12, size=(32, 32)) for _ in range(20)]
     sparse = [np.where(rng.random((500, 16)) < 0.001, 1e-4, 0.0) for _ in range(20)]
+    layer = "grad/bert.encoder.layer.0"
     tensors = {
-        "grad/bert.encoder.layer.0.attention.self.key.bias": {
-            "values": tiny,
-            "collection": "gradients",
-        },
+        f"{layer}.attention.self.key.bias": {"values": tiny, "collection": "gradients"},
+        f"{layer}.attention.self.query.bias": {"values": tiny, "collection": "gradients"},
+        f"{layer}.attention.self.query.weight": {"values": tiny_matrix, "collection": "gradients"},
         "grad/bert.embeddings.word_embeddings.weight": {
             "values": sparse,
             "collection": "gradients",
         },
-        "grad/bert.encoder.layer.0.attention.self.query.bias": {
-            "values": tiny,
-            "collection": "gradients",
-        },
+        f"{layer}.output.dense.weight": {"values": tiny_matrix, "collection": "gradients"},
     }
     result = run_rule(make_trace(tensors=tensors), "DBG101")
-    assert [f.tensor for f in result.findings] == [
-        "grad/bert.encoder.layer.0.attention.self.query.bias"
-    ]
+    assert [f.tensor for f in result.findings] == [f"{layer}.output.dense.weight"]
 
 
 def test_vanishing_quiet_on_healthy_gradients_and_tunable(make_trace) -> None:
