@@ -175,7 +175,9 @@ def analyze_trace(
                 info.tag: place(_scalar_role(info.tag) if info.scalar else info.role, index)
                 for index, info in enumerate(trace.tags())
             }
-            slack = 2 * _record_interval(trace)
+            # A tensor recorded every N steps shows a change up to N steps late: onsets
+            # closer than that cannot be ordered by time.
+            slack = _record_interval(trace)
             return TraceReport(
                 path=str(path),
                 complete=trace.complete,

@@ -8,17 +8,17 @@ by name.
 
 **Who explains whom.** Findings are put in *causal order*: by onset (first step), then by
 where in the computation their tensor sits (inputs, then activations layer by layer, then the
-loss, gradients and weights; see :func:`place`), then by severity. A finding ``C``
-explains a finding ``S`` when ``C``'s rule declares ``S``'s rule (or ``rule:key``), ``C``
-starts no later than ``S`` (up to ``slack`` steps, since windowed rules report a little late
-and sparsely recorded tensors are seen every N steps), and ``S`` does not also explain ``C``
-from earlier in causal order (where onsets within ``slack`` of each other count as
-simultaneous and the place in the computation decides: gradients that explode make the
-updates huge, not the other way round). Among findings seen at the same time, nothing computed from
-the data explains the data (dead ReLUs do not explain all-zero inputs), and a layer does
-not explain one before it in the same role. Findings of one rule on one tensor (a layer whose gradient
-jumps and then turns NaN), or of one rule and kind on several tensors (dead units in three
-layers), are one problem: the first in causal order explains the others. Each finding hangs under the first of its explainers in causal
+loss, gradients and weights; see :func:`place`), then by severity. A finding ``C`` explains a
+finding ``S`` when ``C``'s rule declares ``S``'s rule (or ``rule:key``), ``C`` starts no
+later than ``S`` (up to ``slack`` steps: a tensor recorded every N steps is seen up to N steps
+late), and ``S`` does not also explain ``C`` from earlier in causal order (where onsets within
+``slack`` of each other count as simultaneous and the place in the computation decides:
+gradients that explode make the updates huge, not the other way round). Among findings seen
+at the same time, nothing computed from the data explains the data (dead ReLUs do not explain
+all-zero inputs), and a layer does not explain one before it in the same role. Findings of
+one rule on one tensor (a layer whose gradient jumps and then turns NaN), or of one rule and
+kind on several tensors (dead units in three layers), are one problem: the first in causal
+order explains the others. Each finding hangs under the first of its explainers in causal
 order; following those links up gives its root, the *cause*. A diagnosis is a cause with
 every finding that leads to it: an earlier anomaly upstream is the better cause.
 
@@ -53,6 +53,8 @@ ROLE_ORDER = {
     "lr": 5,
 }
 _DATA = 0
+# Roles of scalar series and run-wide findings: no layer order among them.
+_SERIES_ROLES = frozenset({"", "loss", "lr"})
 _UNPLACED = 6
 _EVIDENCE_LINES = 4
 
@@ -159,8 +161,8 @@ def diagnose(
         source, target = where(cause), where(symptom)
         if target.rank == _DATA and source.rank != _DATA:
             return False
-        same_role = source.role == target.role != ""
-        return not (same_role and source.recorded > target.recorded)
+        layered = source.role == target.role and source.role not in _SERIES_ROLES
+        return not (layered and source.recorded > target.recorded)
 
     def precedes(first: int, second: int) -> bool:
         """``first`` comes before ``second`` in causal order; onsets within ``slack`` of

@@ -111,9 +111,13 @@ def _render_trace(
         console.print(line)
         return
     head = Text(shorten_middle(trace.path, max(16, width // 2)), style="bold")
-    head.append("  ")
-    head.append(trace.verdict, style=_verdict_style(trace))
-    console.print(head)
+    if head.cell_len + 2 + len(trace.verdict) <= width:
+        head.append("  ")
+        head.append(trace.verdict, style=_verdict_style(trace))
+        console.print(head)
+    else:
+        console.print(head)
+        _wrapped(console, trace.verdict, indent=2, style=_verdict_style(trace))
     _wrapped(console, _run_line(trace), indent=2, style="dim")
     label = max((len(curve.name) for curve in trace.curves), default=0)
     for curve in trace.curves:
@@ -124,7 +128,7 @@ def _render_trace(
         _render_diagnosis(console, number, diagnosis, findings)
     rest = problems[_DETAILED:]
     for number, diagnosis in enumerate(rest[:_LISTED], start=_DETAILED + 1):
-        console.print(_diagnosis_line(number, diagnosis, findings, width))
+        _diagnosis_line(console, number, diagnosis, findings)
     if len(rest) > _LISTED:
         console.print(Text(f"  … and {len(rest) - _LISTED} more problems", style="dim"))
     unknown = _unrecognised(trace)
@@ -250,12 +254,7 @@ def _render_diagnosis(
     console: Console, number: int, diagnosis: Diagnosis, findings: list[Finding]
 ) -> None:
     cause = findings[diagnosis.cause]
-    severity = diagnosis.severity
-    head = Text(f"  {number}. ")
-    head.append(diagnosis.title, style="bold")
-    head.append(f"  {severity.value}", style=SEVERITY_STYLE[severity])
-    head.append(f" · {_where(cause, console.width)}", style="dim")
-    console.print(head)
+    _print_head(console, number, diagnosis, cause, "")
     _wrapped(console, cause.message, indent=_INDENT, label_width=_LABEL)
     if diagnosis.symptoms:
         _wrapped(
@@ -269,15 +268,28 @@ def _render_diagnosis(
         _wrapped(console, diagnosis.fix, indent=_INDENT, label="fix", label_width=_LABEL)
 
 
-def _diagnosis_line(number: int, diagnosis: Diagnosis, findings: list[Finding], width: int) -> Text:
-    cause = findings[diagnosis.cause]
-    line = Text(f"  {number}. ")
-    line.append(diagnosis.title, style="bold")
-    line.append(f"  {diagnosis.severity.value}", style=SEVERITY_STYLE[diagnosis.severity])
-    line.append(f" · {_where(cause, width)}", style="dim")
-    if diagnosis.symptoms:
-        line.append(f" (+{len(diagnosis.symptoms)} symptoms)", style="dim")
-    return line
+def _print_head(
+    console: Console, number: int, diagnosis: Diagnosis, cause: Finding, suffix: str
+) -> None:
+    """``N. title  severity · where``; where it does not fit, ``where`` goes on the next
+    line under the message column, so that nothing wraps to the margin."""
+    head = Text(f"  {number}. ")
+    head.append(diagnosis.title, style="bold")
+    head.append(f"  {diagnosis.severity.value}", style=SEVERITY_STYLE[diagnosis.severity])
+    where = _where(cause, console.width) + suffix
+    if head.cell_len + 3 + len(where) <= console.width:
+        head.append(f" · {where}", style="dim")
+        console.print(head)
+    else:
+        console.print(head)
+        _wrapped(console, where, indent=_INDENT, label_width=_LABEL, style="dim")
+
+
+def _diagnosis_line(
+    console: Console, number: int, diagnosis: Diagnosis, findings: list[Finding]
+) -> None:
+    suffix = f" (+{len(diagnosis.symptoms)} symptoms)" if diagnosis.symptoms else ""
+    _print_head(console, number, diagnosis, findings[diagnosis.cause], suffix)
 
 
 def sparkline(values: Sequence[float] | np.ndarray, width: int = 60) -> str:
