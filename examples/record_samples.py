@@ -13,13 +13,13 @@ the trace differ). All of them take a few minutes on a laptop CPU:
 Scenarios (trace ``torch_<name>.h5`` or ``xgboost_<name>.h5``):
 
 healthy             ReLU MLP on a 4-class blob problem, SGD with momentum: learns cleanly.
-vanishing_gradient  Ten sigmoid layers: gradients of the first layers are ~1e-6 of the last.
+vanishing_gradient  Six sigmoid layers of 16: the first layers' gradients are far below the last's.
 exploding           The healthy network with SGD at lr 8: the loss and weights blow up to inf/NaN.
 dying_relu          Hidden biases initialised to -10: nearly every ReLU is off from step 0.
-tanh_saturation     Weights into the tanh layer drawn with std 100: |pre-activations| >> 9.5.
+tanh_saturation     Weights into the tanh layer drawn with std 100: |pre-activations| >> 3.
 constant_init       Every weight 0.05 and every bias 0: units of a layer stay identical.
-overfit             24 noisy training examples, a 64-64 network trained 300 steps: the eval
-                    loss rises while the training loss falls.
+overfit             24 training examples of overlapping classes, 64 hidden units, Adam for 300
+                    steps: the eval loss rises while the training loss falls.
 class_imbalance     Binary task with 95 % of labels 0; labels and predictions recorded.
 unnormalized_input  Inputs multiplied by 100 (Adam still trains); inputs recorded.
 greedy_lr           The healthy network trained with GreedyLR (dbgcli.torch.GreedyLR, factor 0.8,
@@ -255,7 +255,7 @@ def constant_init(path: Path) -> None:
 def overfit(path: Path) -> None:
     rng = np.random.default_rng(SEED)
     # Classes overlap (noise > spread): 24 examples can be memorised but do not generalise.
-    train_set, valid = split(blobs(rng, 24 + BATCH, spread=1.0, noise=1.5), 24)
+    train_set, valid = split(blobs(rng, 24 + BATCH, spread=1.0, noise=2.0), 24)
     model = mlp([64], nn.ReLU)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     hyper = {"lr": 3e-3, "optimizer": "adam", "widths": [64], "train_examples": 24}

@@ -80,9 +80,9 @@ def test_custom_rule_example_registers_like_a_builtin(tmp_path: Path) -> None:
     result = dbg("analyze", spiky, *select, "--format", "json")
     assert result.returncode == 1, result.stderr
     findings = json.loads(result.stdout)["traces"][0]["findings"]
-    assert [(f["rule_id"], f["first_step"], f["last_step"]) for f in findings] == [
-        ("ACME001", 120, 121),
-        ("ACME001", 150, 150),
+    # The two spikes (steps 120-121 and 150) are two episodes of one finding on the loss.
+    assert [(f["rule_id"], f["first_step"], f["last_step"], f["episodes"]) for f in findings] == [
+        ("ACME001", 120, 150, 2)
     ]
     recent = np.exp(np.median([np.log(smooth_loss(t)) for t in range(100, 120)]))
     assert findings[0]["value"] == pytest.approx(4.0 * smooth_loss(120) / recent)
