@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from dbgcli.diagnosis import diagnose, place
+from dbgcli.diagnosis import Place, diagnose, place
 from dbgcli.errors import DbgError, MissingDataError, RuleConfigError, RuleSkipped
 from dbgcli.findings import Finding, Severity, merge_findings
 from dbgcli.lr import SchedulerSpec, plan_replay, recorded_lr, run_schedulers
@@ -171,10 +171,7 @@ def analyze_trace(
                 loss=options.loss,
             )
             results = tuple(_run_rules(ctx, rules))
-            places = {
-                info.tag: place(_scalar_role(info.tag) if info.scalar else info.role, index)
-                for index, info in enumerate(trace.tags())
-            }
+            places = places_of(trace)
             # A tensor recorded every N steps shows a change up to N steps late: onsets
             # closer than that cannot be ordered by time.
             slack = _record_interval(trace)
@@ -192,6 +189,14 @@ def analyze_trace(
             )
         except DbgError as error:
             return TraceReport(path=str(path), complete=trace.complete, error=str(error))
+
+
+def places_of(trace: Trace) -> dict[str, Place]:
+    """Where each tag of ``trace`` sits in the computation, for :func:`diagnose`."""
+    return {
+        info.tag: place(_scalar_role(info.tag) if info.scalar else info.role, index)
+        for index, info in enumerate(trace.tags())
+    }
 
 
 def _scalar_role(tag: str) -> str | None:

@@ -16,8 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
+from dbgcli.analysis import places_of
+from dbgcli.diagnosis import diagnose
 from dbgcli.findings import Finding, Severity
-from dbgcli.report.model import Report, RuleResult, RuleStatus, TraceReport
+from dbgcli.report.model import Report, RuleResult, RuleStatus, TraceReport, sorted_findings
 from dbgcli.trace import schema
 from dbgcli.trace.reader import Trace, open_trace
 
@@ -46,6 +48,7 @@ def compare(
     with open_trace(path_a) as a, open_trace(path_b) as b:
         findings = list(_differences(a, b, tolerance, pattern))
         complete = a.complete and b.complete
+        places = places_of(a)
     result = RuleResult(
         id=COMPARE_ID,
         name=COMPARE_NAME,
@@ -56,9 +59,41 @@ def compare(
         findings=tuple(findings),
         seconds=time.perf_counter() - started,
     )
+    # Both traces are read at the same steps: an earlier step is an earlier divergence.
+    diagnoses = diagnose(sorted_findings((result,)), lambda _: _DIVERGENCE, places, slack=0)
     return Report(
-        (TraceReport(path=label, complete=complete, results=(result,), seconds=result.seconds),)
+        (
+            TraceReport(
+                path=label,
+                complete=complete,
+                results=(result,),
+                seconds=result.seconds,
+                diagnoses=diagnoses,
+                places=places,
+            ),
+        )
     )
+
+
+class _Divergence:
+    """Any difference explains every later one, so the first divergence in causal order
+    (onset, then place in the computation) is the cause: weights that differ from step 12
+    make the loss differ from step 13."""
+
+    fix = (
+        "rerun both with the same seeds, data order and library versions, "
+        "torch.use_deterministic_algorithms(True) and one thread; the cause's first step is "
+        "where to look"
+    )
+
+    def explained_by(self, key: str) -> tuple[str, ...]:
+        return (COMPARE_ID,)
+
+    def title(self, key: str) -> str:
+        return "runs differ"
+
+
+_DIVERGENCE = _Divergence()
 
 
 def _differences(
@@ -99,7 +134,8 @@ def _differences(
             gap = _max_gap(values_a, values_b)
             yield _finding(
                 tag,
-                f"{what} differ at {int(differ.sum())} of {len(differ)} shared records (largest gap {gap:.3g})",
+                f"{'values' if info_a.scalar else what} differ at {int(differ.sum())} of "
+                f"{len(differ)} shared records (largest gap {gap:.3g})",
                 key=what,
                 first=int(steps[first]),
                 last=int(steps[np.flatnonzero(differ)[-1]]),
@@ -156,7 +192,8 @@ def _raw_differences(
     if differing:
         yield _finding(
             tag,
-            f"full tensors differ at {len(differing)} of {len(both)} records kept by both (largest gap {gap:.3g})",
+            f"full tensors differ at {len(differing)} of {len(both)} records kept by both "
+            f"(largest gap {gap:.3g})",
             key="values",
             first=int(steps[differing[0]]),
             last=int(steps[differing[-1]]),

@@ -30,10 +30,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from dbgcli.findings import Finding, Severity
-from dbgcli.rules._registry import RuleSpec
 
 # Where a role sits in one training step: data, forward pass, loss, backward pass, update.
 ROLE_ORDER = {
@@ -83,6 +82,17 @@ class Diagnosis:
     fix: str
 
 
+class Explaining(Protocol):
+    """What diagnosing needs to know of a rule (a registered ``RuleSpec`` has it all)."""
+
+    @property
+    def fix(self) -> str: ...
+
+    def explained_by(self, key: str) -> tuple[str, ...]: ...
+
+    def title(self, key: str) -> str: ...
+
+
 class Place(NamedTuple):
     """Where a tensor sits in the computation: its role's place in a training step (data,
     forward pass, loss, backward pass, update), then its position in the trace's recording
@@ -103,7 +113,7 @@ _NOWHERE = Place(_UNPLACED, 1 << 30, "")
 
 def diagnose(
     findings: Sequence[Finding],
-    spec_of: Callable[[str], RuleSpec | None],
+    spec_of: Callable[[str], Explaining | None],
     places: Mapping[str, Place],
     *,
     slack: int = 1,
@@ -198,7 +208,7 @@ def diagnose(
         severity = max((findings[i].severity or Severity.info for i in group), key=lambda s: s.rank)
         diagnoses.append(
             Diagnosis(
-                title=spec.title(finding.key) if spec else finding.rule,
+                title=_title(finding, spec),
                 cause=cause,
                 symptoms=symptoms,
                 severity=severity,
@@ -237,17 +247,20 @@ def _root(index: int, parent: Mapping[int, int], rank_of: Mapping[int, int]) -> 
     return index
 
 
-def _evidence(group: list[Finding], spec_of: Callable[[str], RuleSpec | None]) -> tuple[str, ...]:
-    """One line per kind of finding (rule and key): the cause's kind first (``group[0]`` is
-    the cause), then the others in causal order."""
-    kinds: dict[tuple[str, str], list[Finding]] = {}
+def _title(finding: Finding, spec: Explaining | None) -> str:
+    """What a finding says went wrong: its rule's label for its key, or the rule's name."""
+    return spec.title(finding.key) if spec else finding.rule.replace("-", " ")
+
+
+def _evidence(group: list[Finding], spec_of: Callable[[str], Explaining | None]) -> tuple[str, ...]:
+    """One line per kind of finding (what it names went wrong): the cause's kind first
+    (``group[0]`` is the cause), then the others in causal order."""
+    kinds: dict[str, list[Finding]] = {}
     for finding in group:
-        kinds.setdefault((finding.rule_id, finding.key), []).append(finding)
+        kinds.setdefault(_title(finding, spec_of(finding.rule_id)), []).append(finding)
     lines = []
-    for (rule_id, key), found in kinds.items():
-        spec = spec_of(rule_id)
-        what = spec.title(key) if spec else found[0].rule
-        tensors = [f.tensor for f in found if f.tensor]
+    for what, found in kinds.items():
+        tensors = list(dict.fromkeys(f.tensor for f in found if f.tensor))
         where = ""
         if len(tensors) == 1:
             where = f" in {tensors[0]}"

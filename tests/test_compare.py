@@ -54,6 +54,8 @@ def test_differences_name_the_first_step(make_trace) -> None:
     )
     assert finding.value is not None and 1e-4 < finding.value < 1e-2
     assert report.exit_code() == EXIT_FINDINGS
+    (trace,) = report.traces
+    assert trace.verdict == "unhealthy: runs differ" and trace.diagnoses[0].cause == 0
     loose = compare(
         run(make_trace, "c.h5"),
         run(make_trace, "d.h5", perturb_step=12),
@@ -88,3 +90,25 @@ def test_missing_tags_and_formats(cli, make_trace, tmp_path: Path) -> None:
     assert cli("compare", a, b, "--tags", "fc.weight").code == EXIT_OK
     assert cli("compare", a, b, "--exit-zero").code == EXIT_OK
     assert cli("compare", a, tmp_path / "nope.h5").code == EXIT_ERROR
+
+
+def test_the_first_divergence_is_named_the_cause(make_trace) -> None:
+    """Weights that differ from step 12 and a loss that differs from step 13 on: one problem
+    whose cause is the weights."""
+    a = run(make_trace, "a.h5")
+    rng = np.random.default_rng(0)
+    weights = [rng.normal(size=(6, 5)) for _ in range(20)]
+    for step in range(12, 20):
+        weights[step][0, 0] += 1e-3
+    loss = np.linspace(1.0, 0.1, 20)
+    loss[13:] += 1e-3
+    b = make_trace(
+        "b.h5",
+        scalars={"loss": list(loss)},
+        tensors={"fc.weight": {"values": weights, "collection": "weights"}},
+    )
+    (trace,) = compare(a, b).traces
+    (diagnosis,) = trace.diagnoses
+    cause = trace.findings[diagnosis.cause]
+    assert (cause.tensor, cause.first_step) == ("fc.weight", 12)
+    assert [trace.findings[i].tensor for i in diagnosis.symptoms] == ["loss"]

@@ -118,7 +118,8 @@ def _render_trace(
     else:
         console.print(head)
         _wrapped(console, trace.verdict, indent=2, style=_verdict_style(trace))
-    _wrapped(console, _run_line(trace), indent=2, style="dim")
+    if trace.summary:
+        _wrapped(console, _run_line(trace), indent=2, style="dim")
     label = max((len(curve.name) for curve in trace.curves), default=0)
     for curve in trace.curves:
         console.print(_curve_line(curve, width, label))

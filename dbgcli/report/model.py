@@ -110,7 +110,7 @@ class TraceReport:
         passed = sum(1 for r in self.results if r.status is RuleStatus.passed)
         skipped = [r for r in self.results if r.status is RuleStatus.skipped]
         notes = len(self.diagnoses)
-        text = f"healthy: {passed} rules passed"
+        text = f"healthy: {passed} rule{'s' if passed != 1 else ''} passed"
         if notes:
             text += f", {notes} note{'s' if notes != 1 else ''}"
         if skipped:
