@@ -116,9 +116,11 @@ class Finding:
 def merge_findings(findings: list[Finding]) -> list[Finding]:
     """One finding per :attr:`Finding.identity`, its episodes merged, in first-seen order.
 
-    The merged finding keeps the message, value and extra of its most severe episode (the
-    earliest among equals), spans from the first episode's first step to the last one's last
-    step, and counts the violating records and episodes of all of them.
+    The merged finding keeps the message, value and extra of its worst episode: the most
+    severe, then the one whose value lies furthest beyond the threshold (on the side the
+    episodes violate it: above for a growth, below for a vanishing), then the earliest. It
+    spans from the first episode's first step to the last one's last step, and counts the
+    violating records and episodes of all of them.
     """
     groups: dict[tuple[str, str, str, str], list[Finding]] = {}
     for finding in findings:
@@ -128,7 +130,7 @@ def merge_findings(findings: list[Finding]) -> list[Finding]:
         if len(group) == 1:
             merged.append(group[0])
             continue
-        lead = min(group, key=lambda f: (-(f.severity or Severity.info).rank, f.first_step or 0))
+        lead = min(group, key=_badness)
         firsts = [f.first_step for f in group if f.first_step is not None]
         lasts = [f.last_step for f in group if f.last_step is not None]
         merged.append(
@@ -141,6 +143,15 @@ def merge_findings(findings: list[Finding]) -> list[Finding]:
             )
         )
     return merged
+
+
+def _badness(finding: Finding) -> tuple[int, float, int]:
+    """Sort key of episodes, worst first: severity, distance beyond the threshold, onset."""
+    beyond = 0.0
+    if finding.value is not None and finding.threshold is not None:
+        distance = finding.value - finding.threshold
+        beyond = abs(distance) if distance == distance else 0.0  # NaN: no distance
+    return -(finding.severity or Severity.info).rank, -beyond, finding.first_step or 0
 
 
 def json_number(value: float | None) -> float | str | None:
