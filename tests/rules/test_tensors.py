@@ -439,3 +439,40 @@ def test_tensor_rules_skip_when_the_selected_collections_are_absent(make_trace) 
     assert skipped.status is RuleStatus.skipped
     assert skipped.reason == "no tensors of collection 'weights' or 'biases'"
     assert run_rule(path, "DBG403", collections="labels").status is not RuleStatus.skipped
+
+
+def frozen_run(path: Path, *, declared: bool) -> Path:
+    """A real PyTorch run whose first layer never changes: frozen with ``requires_grad=False``
+    (``declared``, fine-tuning with a frozen backbone), or left out of the optimizer while its
+    gradient flows (the classic bug)."""
+    torch = pytest.importorskip("torch")
+    from dbgcli.torch import attach
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    if declared:
+        model[0].requires_grad_(False)
+    optimizer = torch.optim.SGD(model[2].parameters(), lr=0.1)
+    x, y = torch.randn(64, 8), torch.randint(0, 3, (64,))
+    with attach(model, optimizer, path) as hook:
+        for _ in range(12):
+            optimizer.zero_grad()
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            optimizer.step()
+            hook.record_loss(loss)
+    return path
+
+
+def test_unchanged_tells_a_frozen_backbone_from_a_forgotten_layer(tmp_path: Path) -> None:
+    frozen = run_rule(frozen_run(tmp_path / "frozen.h5", declared=True), "DBG403")
+    assert {f.tensor for f in frozen.findings} == {"0.weight", "0.bias"}
+    assert all(f.key == "frozen" and f.severity is Severity.info for f in frozen.findings)
+    assert "requires_grad is False" in frozen.findings[0].message
+
+    forgotten = run_rule(frozen_run(tmp_path / "forgotten.h5", declared=False), "DBG403")
+    assert {f.tensor for f in forgotten.findings} == {"0.weight", "0.bias"}
+    for finding in forgotten.findings:
+        assert finding.key == "unchanged" and finding.severity is Severity.warning
+        assert "non-zero gradient but is never updated" in finding.message
+        assert (finding.first_step, finding.last_step) == (0, 11)
