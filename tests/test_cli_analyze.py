@@ -227,7 +227,7 @@ def test_rules_list_and_explain(cli) -> None:
     ids = [r["id"] for r in rules]
     assert ids == sorted(ids) and "DBG101" in ids
     vanishing = next(r for r in rules if r["id"] == "DBG101")
-    assert vanishing["requires"] == ["tensors of collection 'gradients'"]
+    assert vanishing["requires"] == ["tensors of role 'gradients'"]
     threshold = vanishing["params"][0]
     assert (threshold["name"], threshold["type"], threshold["default"]) == (
         "threshold",

@@ -213,7 +213,7 @@ def test_missing_data_skips_with_reason(rules_file: Path, trace: Path) -> None:
     report = analyze([trace], Options(select=("TST005", "DBG101")))
     reasons = {r.id: (r.status, r.reason) for r in report.traces[0].results}
     assert reasons["TST005"] == (RuleStatus.skipped, "no eval loss series")
-    assert reasons["DBG101"] == (RuleStatus.skipped, "no tensors of collection 'gradients'")
+    assert reasons["DBG101"] == (RuleStatus.skipped, "no tensors of role 'gradients'")
     assert report.exit_code(Severity.info) == EXIT_OK
 
 

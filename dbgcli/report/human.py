@@ -198,8 +198,9 @@ def _run_line(trace: TraceReport) -> str:
             )
         )
     tensors = summary.get("tensors", 0)
+    scalars = summary.get("scalars", 0)
     parts.append(
-        f"{summary.get('scalars', 0)} scalars, {tensors} tensors"
+        f"{scalars} scalar{'s' if scalars != 1 else ''}, {tensors} tensor{'s' if tensors != 1 else ''}"
         + (f" ({summary.get('raw_tensors', 0)} with full values)" if tensors else "")
     )
     if summary.get("framework"):

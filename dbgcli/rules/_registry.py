@@ -42,7 +42,7 @@ _NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 
 @dataclass(frozen=True)
 class Need:
-    """Data a rule needs, described as ``what`` ("tensors of collection 'gradients'").
+    """Data a rule needs, described as ``what`` ("tensors of role 'gradients'").
 
     ``looks_at`` says whether it is about ``tensors`` or ``scalars``: a skip reason then names
     the series of that type whose meaning dbg could not tell (near misses the user can rename
@@ -76,15 +76,14 @@ class Need:
 
     @staticmethod
     def tensors_in(param: str) -> Need:
-        """Tensors of the collections the rule's tuple parameter ``param`` names (empty: any)."""
+        """Tensors of the roles (collections, see dbgcli.trace.roles) the rule's tuple
+        parameter ``param`` names (empty: any)."""
         return Need(
-            f"tensors of the collections in parameter '{param}'",
+            f"tensors of the roles in parameter '{param}'",
             lambda ctx, params: bool(ctx.tensors(collection=tuple(params[param]) or None)),
             uses_params=True,
             describe=lambda params: (
-                f"tensors of collection {_words(tuple(params[param]))}"
-                if params[param]
-                else "tensors"
+                f"tensors of role {_words(tuple(params[param]))}" if params[param] else "tensors"
             ),
             looks_at="tensors",
         )
@@ -135,7 +134,7 @@ class Need:
         """At least one tensor tag of ``collection`` / ``kind`` / glob ``pattern``."""
         parts = []
         if collection:
-            parts.append(f"collection {_words(collection)}")
+            parts.append(f"role {_words(collection)}")
         if kind:
             parts.append(f"kind {_words(kind)}")
         if pattern:
@@ -167,7 +166,8 @@ _NEAR_MISSES = 3
 
 def near_misses(ctx: RuleContext, looks_at: str) -> str:
     """Up to three series of the trace whose meaning is unknown: tensors without a role,
-    scalars that are neither a loss, an accuracy nor a learning rate."""
+    scalars that are neither a loss, an accuracy nor a learning rate (by name, or named as
+    the loss by the configuration or the trace's metadata)."""
     from dbgcli.trace.roles import scalar_meaning
 
     if looks_at == "tensors":
@@ -177,10 +177,11 @@ def near_misses(ctx: RuleContext, looks_at: str) -> str:
             if info.role is None
         ]
     else:
+        designated = {ctx.loss_tag("train"), ctx.loss_tag("eval")}
         unknown = [
             repr(info.tag)
             for info in ctx.trace.tags(scalar=True)
-            if scalar_meaning(info.tag).quantity is None
+            if scalar_meaning(info.tag).quantity is None and info.tag not in designated
         ]
     if not unknown:
         return ""

@@ -36,7 +36,7 @@ def _unit_tensors(kinds: tuple[str, ...]) -> Need:
     """Activation tensors of ``kinds`` whose records have a unit axis (so a per-unit measure)."""
     return Need(
         f"per-unit activation measures of kind {', '.join(kinds)} "
-        f"(collection {' or '.join(repr(c) for c in ACTIVATION_COLLECTIONS)})",
+        f"(role {' or '.join(repr(c) for c in ACTIVATION_COLLECTIONS)})",
         lambda ctx: any(view.info.unit_measure is not None for view in _views(ctx, kinds)),
         looks_at="tensors",
     )
@@ -90,7 +90,7 @@ def dying_relu(
     A healthy ReLU layer has about half its *values* at zero; its units are still alive
     because each fires for some samples. The severity is error when every unit of the layer
     is dead from some record to the end of the run (no gradient at all reaches the layers
-    below, and it never recovers), warning otherwise. Applies to tensors of collection
+    below, and it never recovers), warning otherwise. Applies to tensors of role
     ``activations`` or ``preactivations`` whose kind is ReLU-like (relu, relu6, leaky_relu,
     gelu, elu, selu, silu, mish: their output is positive exactly when their input is). For
     the smooth and leaky variants a never-positive unit still passes a small gradient, but

@@ -880,7 +880,7 @@ def token_ratio(
 ) -> Iterator[Finding]:
     """One token value (padding, unknown, end of sequence) fills too much of the input sequences.
 
-    SageMaker Debugger's NLPSequenceRatio on every integer tensor of collection ``inputs``
+    SageMaker Debugger's NLPSequenceRatio on every integer tensor of role ``inputs``
     (token ids ``(batch, seq_len)``): per record, ``100 * count(x == token) / size(x)`` for
     each token of ``token_values``, compared with the threshold at the same position of
     ``token_thresholds_percent`` (one threshold applies to every token); a share above it is a

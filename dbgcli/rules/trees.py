@@ -200,7 +200,7 @@ def _plan_importance(ctx: RuleContext, params: dict[str, Any]) -> Iterable[tuple
     severity="warning",
     category="trees",
     requires=Need(
-        f"full feature importance tensors (collection {IMPORTANCE_COLLECTION!r}, kind "
+        f"full feature importance tensors (role {IMPORTANCE_COLLECTION!r}, kind "
         f"{', '.join(IMPORTANCE_TYPES[:-1])} or {IMPORTANCE_TYPES[-1]})",
         lambda ctx: _importance_view(ctx, IMPORTANCE_TYPES[0]) is not None,
         looks_at="tensors",

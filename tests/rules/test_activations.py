@@ -188,7 +188,7 @@ def test_dying_relu_skipped_without_relu_activations(make_trace) -> None:
     assert result.status is RuleStatus.skipped
     assert result.reason == (
         "no per-unit activation measures of kind elu, gelu, leaky_relu, mish, relu, relu6, selu, "
-        "silu (collection 'activations' or 'preactivations')"
+        "silu (role 'activations' or 'preactivations')"
     )
 
 
@@ -282,7 +282,7 @@ def test_tanh_saturation_skipped_without_tanh(make_trace) -> None:
     assert result.status is RuleStatus.skipped
     assert result.reason == (
         "no per-unit activation measures of kind tanh "
-        "(collection 'activations' or 'preactivations')"
+        "(role 'activations' or 'preactivations')"
     )
 
 
@@ -362,7 +362,7 @@ def test_sigmoid_saturation_leaves_output_layers_alone(make_trace) -> None:
     assert result.status is RuleStatus.skipped
     assert result.reason == (
         "no per-unit activation measures of kind sigmoid "
-        "(collection 'activations' or 'preactivations')"
+        "(role 'activations' or 'preactivations')"
     )
 
 

@@ -158,7 +158,7 @@ def test_gradient_rules_skip_without_gradients(make_trace) -> None:
     for rule in ("DBG101", "DBG102"):
         result = run_rule(path, rule)
         assert result.status is RuleStatus.skipped
-        assert result.reason == "no tensors of collection 'gradients'"
+        assert result.reason == "no tensors of role 'gradients'"
 
 
 def test_gradients_found_by_meaning_whatever_the_names(make_trace) -> None:

@@ -437,7 +437,7 @@ def test_tensor_rules_skip_when_the_selected_collections_are_absent(make_trace) 
     path = make_trace(tensors={"x": {"values": [np.ones(3)] * 3, "collection": "labels"}})
     skipped = run_rule(path, "DBG403")
     assert skipped.status is RuleStatus.skipped
-    assert skipped.reason == "no tensors of collection 'weights' or 'biases'"
+    assert skipped.reason == "no tensors of role 'weights' or 'biases'"
     assert run_rule(path, "DBG403", collections="labels").status is not RuleStatus.skipped
 
 

@@ -186,7 +186,7 @@ def test_feature_importance_overweight_skipped_without_importances(make_trace) -
     result = run_rule(make_trace(scalars={"train-logloss": [0.6, 0.5]}), "DBG702")
     assert result.status is RuleStatus.skipped
     assert result.reason == (
-        "no full feature importance tensors (collection 'feature_importance', kind weight, gain, "
+        "no full feature importance tensors (role 'feature_importance', kind weight, gain, "
         "cover, total_gain or total_cover)"
     )
     stats_only = make_trace(

@@ -215,7 +215,7 @@ def test_initialization_skips_without_weights(make_trace) -> None:
     result = run_rule(path, "DBG501")
     assert (
         result.status is RuleStatus.skipped
-        and result.reason == "no tensors of collection 'weights'"
+        and result.reason == "no tensors of role 'weights'"
     )
 
 
@@ -335,7 +335,7 @@ def test_update_ratio_skips_without_update_norms(make_trace) -> None:
     assert result.status is RuleStatus.skipped
     assert result.reason == "no update norms (statistic update_l2) of weights tensors"
     no_weights = run_rule(make_trace(scalars={"loss": [1.0]}), "DBG502")
-    assert no_weights.reason.startswith("no tensors of collection 'weights'")
+    assert no_weights.reason.startswith("no tensors of role 'weights'")
 
 
 # -- DBG503 learning-rate -------------------------------------------------------------------------
