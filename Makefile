@@ -51,6 +51,7 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python bench/bench_jobs.py
 	$(BIN)/python bench/bench_hook.py
 	$(BIN)/python bench/bench_schedulers.py
+	$(BIN)/python bench/bench_detection.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache bench/out
