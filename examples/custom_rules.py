@@ -18,10 +18,12 @@ A rule is a generator function: ``ctx`` is the trace after ``--start``/``--stop`
 filters, its keyword arguments are its parameters (typed, with defaults, documented in
 ``Args:``; ``--param`` values are converted to their types), and its docstring is what
 ``dbg rules explain`` prints. It yields findings and never prints, raises or exits to report
-one; if the trace lacks what ``requires`` names, the rule is reported as skipped with that reason.
-A rule that judges every tensor on its own can say ``per_tensor=True``: the engine then shows it
-one tensor at a time, together with the other per-tensor rules, so that a long trace's
-statistics are never all in memory at once.
+one; if the trace lacks what ``requires`` names, the rule is reported as skipped with that
+reason. ``label`` names the problem in a diagnosis ("loss spike") and ``explains`` lists the
+findings (rule ids, or ``id:key``) this rule's findings can cause: the report folds them under
+it when they start no later. A rule that judges every tensor on its own can say
+``per_tensor=True``: the engine then shows it one tensor at a time, together with the other
+per-tensor rules, so that a long trace's statistics are never all in memory at once.
 """
 
 from __future__ import annotations
@@ -33,7 +35,16 @@ import numpy as np
 from dbgcli.rules import Finding, Need, RuleContext, episode_findings, rule
 
 
-@rule("ACME001", "loss-spike", severity="warning", category="loss", requires=Need.loss())
+@rule(
+    "ACME001",
+    "loss-spike",
+    severity="warning",
+    category="loss",
+    requires=Need.loss(),
+    label="loss spike",
+    # A spike makes the loss rise over a check: when it starts no later, it is the cause.
+    explains=("DBG301:increasing",),
+)
 def loss_spike(
     ctx: RuleContext, *, factor: float = 2.0, z: float = 5.0, warmup: int = 10, window: int = 20
 ) -> Iterator[Finding]:

@@ -51,3 +51,17 @@ def test_summary_and_parameter_help_lose_their_backticks(cli, monkeypatch) -> No
     assert (
         checked
     )  # some rule still writes literals there (DBG101's ``abs_mean``, DBG701's ``depth``)
+
+
+def test_explain_shows_what_a_rule_explains(cli, monkeypatch) -> None:
+    """The declarations the diagnosis groups by, per kind of finding where they differ."""
+    monkeypatch.setenv("COLUMNS", "300")
+    out = _flat(cli("rules", "explain", "DBG503").stdout)
+    assert "Explains (too-high): DBG101 vanishing-gradient, DBG102 exploding-gradient," in out
+    assert "Explains (too-low): DBG301 loss-not-decreasing (not-decreasing)," in out
+    spec = REGISTRY.get("DBG201")
+    listed = ", ".join(f"{t} {REGISTRY.get(t).name}" for t in spec.explains["*"][:2])
+    assert f"Explains: {listed}," in _flat(cli("rules", "explain", "DBG201").stdout)
+    # A rule that explains nothing (a symptom only) says nothing about it.
+    assert not any(REGISTRY.get("DBG604").explains.values())
+    assert "Explains" not in cli("rules", "explain", "DBG604").stdout

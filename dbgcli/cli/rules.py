@@ -127,7 +127,8 @@ def explain(
     from rich.table import Table
     from rich.text import Text
 
-    spec = _registry(rules_file).get(rule)
+    registry = _registry(rules_file)
+    spec = registry.get(rule)
     console = stdout_console()
     # Docstrings are text, not Rich markup: ``[0, 1]`` or ``[tool.dbg.rules.x]`` must survive.
     title = Text(f"{spec.id} {spec.name}", style="bold")
@@ -141,6 +142,13 @@ def explain(
         requires = Text("Requires:", style="bold")
         requires.append(" " + "; ".join(n.what for n in spec.requires))
         console.print(requires)
+    for key, targets in spec.explains.items():
+        if not targets:
+            continue
+        # What this rule's findings are taken to cause, in the diagnosis (see dbgcli.diagnosis).
+        line = Text("Explains:" if key == "*" else f"Explains ({key}):", style="bold")
+        line.append(" " + ", ".join(_target_name(registry, t) for t in targets))
+        console.print(line)
     if spec.params:
         table = Table(title="parameters", title_justify="left")
         for column in ("name", "type", "default", "meaning"):
@@ -174,3 +182,11 @@ def _docstring_text(text: str) -> Text:
     for index, part in enumerate(_LITERAL.split(text)):
         rendered.append(part, style="markdown.code" if index % 2 else "")
     return rendered
+
+
+def _target_name(registry: Registry, target: str) -> str:
+    """``DBG301:not-decreasing`` -> ``DBG301 loss-not-decreasing (not-decreasing)``."""
+    rule_id, _, key = target.partition(":")
+    found = registry.find(rule_id)
+    name = f"{rule_id} {found.name}" if found is not None else rule_id
+    return f"{name} ({key})" if key else name

@@ -281,8 +281,7 @@ def test_tanh_saturation_skipped_without_tanh(make_trace) -> None:
     result = run_rule(activation_trace(make_trace, relu(preactivations(steps=3)), "relu"), "DBG202")
     assert result.status is RuleStatus.skipped
     assert result.reason == (
-        "no per-unit activation measures of kind tanh "
-        "(role 'activations' or 'preactivations')"
+        "no per-unit activation measures of kind tanh (role 'activations' or 'preactivations')"
     )
 
 
@@ -361,8 +360,7 @@ def test_sigmoid_saturation_leaves_output_layers_alone(make_trace) -> None:
     )
     assert result.status is RuleStatus.skipped
     assert result.reason == (
-        "no per-unit activation measures of kind sigmoid "
-        "(role 'activations' or 'preactivations')"
+        "no per-unit activation measures of kind sigmoid (role 'activations' or 'preactivations')"
     )
 
 

@@ -213,10 +213,7 @@ def test_initialization_leaves_the_padding_row_of_an_embedding_alone(make_trace)
 def test_initialization_skips_without_weights(make_trace) -> None:
     path = make_trace(tensors={"grad/w": {"values": [np.ones((4, 4))], "collection": "gradients"}})
     result = run_rule(path, "DBG501")
-    assert (
-        result.status is RuleStatus.skipped
-        and result.reason == "no tensors of role 'weights'"
-    )
+    assert result.status is RuleStatus.skipped and result.reason == "no tensors of role 'weights'"
 
 
 # -- DBG502 update-ratio --------------------------------------------------------------------------
