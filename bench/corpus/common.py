@@ -320,7 +320,6 @@ class HandRecorder:
         self.loss_name = loss_name
         self.writer = TraceWriter(spec.hand_path, raw_every=raw_every, overwrite=True)
         self.step = 0
-        self.training = True
         self._handles: list[Any] = []
         if model is not None and activations:
             self._watch(model, preactivations)
