@@ -387,7 +387,7 @@ def _curves(ctx: RuleContext) -> list[Curve]:
                     tuple(float(v) for v in loss.values),
                 )
             )
-    recorded = recorded_lr(ctx.trace)
+    recorded = recorded_lr(ctx)
     if recorded is not None:
         curves.append(
             Curve(

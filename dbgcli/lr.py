@@ -29,9 +29,7 @@ import numpy as np
 from dbgcli.errors import ConfigError, MissingDataError
 from dbgcli.rules._context import RuleContext
 from dbgcli.schedulers import SCHEDULERS, Replay, replay
-from dbgcli.trace.reader import Trace
 
-LR_NAMES = ("lr", "learning_rate", "lr/group0")
 # Hyperparameter names of the initial learning rate: Hugging Face, PyTorch habit, XGBoost.
 HYPERPARAMETER_LR_NAMES = ("learning_rate", "lr", "eta")
 DEFAULT_LR = 0.1
@@ -196,20 +194,21 @@ def plan_replay(
             raise ConfigError(f"initial learning rate must be a positive number, got {lr!r}")
         start, source = lr, "--lr"
     else:
-        start, source = start_lr(ctx.trace)
+        start, source = start_lr(ctx)
     return ReplayPlan(select_metric(ctx, metric, mode, every, per_epoch), start, source)
 
 
-def start_lr(trace: Trace) -> tuple[float, str]:
+def start_lr(ctx: RuleContext) -> tuple[float, str]:
     """The rate a replay starts from, and where it was found.
 
     The first recorded learning rate, else the run's hyperparameters (``learning_rate``,
     ``lr``, ``eta``), else XGBoost's own configuration (``eta``), else 0.1. A recorded rate
     that is not positive (a warmup starting at 0) is passed over: no scheduler can start there.
     """
-    recorded = recorded_lr(trace)
-    if recorded is not None and _positive(recorded[1][0]) is not None:
-        return float(recorded[1][0]), "recorded lr"
+    recorded = ctx.lr()
+    if recorded is not None and len(recorded) and _positive(recorded.values[0]) is not None:
+        return float(recorded.values[0]), "recorded lr"
+    trace = ctx.trace
     hyperparameters = trace.metadata.get("hyperparameters")
     if isinstance(hyperparameters, Mapping):
         for name in HYPERPARAMETER_LR_NAMES:
@@ -294,14 +293,11 @@ def select_metric(
     return Metric(name, steps, values, cadence, subject, len(series))
 
 
-def recorded_lr(trace: Trace) -> tuple[np.ndarray, np.ndarray] | None:
-    """``(steps, values)`` of the recorded learning rate of the first parameter group, if any."""
-    for name in LR_NAMES:
-        if name in trace and trace.tag(name).scalar:
-            series = trace.scalar(name, "train")
-            if len(series):
-                return series.steps, series.values
-    return None
+def recorded_lr(ctx: RuleContext) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(steps, values)`` of the recorded learning rate of the first parameter group, if any
+    (found by meaning: :meth:`RuleContext.lr`)."""
+    series = ctx.lr()
+    return (series.steps, series.values) if series is not None and len(series) else None
 
 
 def run_schedulers(metric: Metric, specs: Sequence[SchedulerSpec], lr: float) -> list[Curve]:

@@ -93,8 +93,9 @@ def lr(
     if mode is not None and mode not in ("train", "eval", "predict"):
         raise ConfigError(f"unknown mode {mode!r}; modes: train, eval, predict")
     with open_trace(trace) as opened:
-        plan = plan_replay(RuleContext(opened), metric, mode, every, per_epoch, initial_lr)
-        recorded = recorded_lr(opened)
+        ctx = RuleContext(opened)
+        plan = plan_replay(ctx, metric, mode, every, per_epoch, initial_lr)
+        recorded = recorded_lr(ctx)
     series = plan.metric
     aligned = align(series.steps, recorded) if recorded is not None else None
     curves = run_schedulers(series, specs, plan.lr)

@@ -16,6 +16,7 @@ from pathlib import Path
 from dbgcli.diagnosis import Diagnosis, causes_first
 from dbgcli.findings import Finding, Severity
 from dbgcli.report.model import Report
+from dbgcli.report.text import counted
 
 COMMANDS = {Severity.error: "error", Severity.warning: "warning", Severity.info: "notice"}
 PER_LEVEL = 10
@@ -81,7 +82,7 @@ def _cause(path: str, diagnosis: Diagnosis, cause: Finding) -> str:
     if diagnosis.symptoms:
         count = len(diagnosis.symptoms)
         text.append(
-            f"Explains {count} other finding{'s' if count != 1 else ''}; evidence: "
+            f"Explains {counted(count, 'other finding')}; evidence: "
             + "; ".join(diagnosis.evidence)
         )
     if diagnosis.fix:
@@ -116,15 +117,13 @@ def _causes_summary(causes: list[Diagnosis]) -> str:
     named = []
     for diagnosis in causes[:_NAMED]:
         count = len(diagnosis.symptoms)
-        named.append(
-            diagnosis.title + (f" (+{count} symptom{'s' if count != 1 else ''})" if count else "")
-        )
+        named.append(diagnosis.title + (f" (+{counted(count, 'symptom')})" if count else ""))
     if len(causes) > _NAMED:
         named.append(f"{len(causes) - _NAMED} more")
     symptoms = sum(len(d.symptoms) for d in causes)
-    text = f"; {len(causes)} cause{'s' if len(causes) != 1 else ''}"
+    text = f"; {counted(len(causes), 'cause')}"
     if symptoms:
-        text += f" explaining {symptoms} other finding{'s' if symptoms != 1 else ''}"
+        text += f" explaining {counted(symptoms, 'other finding')}"
     return f"{text}: {', '.join(named)}"
 
 

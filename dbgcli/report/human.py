@@ -21,7 +21,7 @@ from rich.text import Text
 from dbgcli.diagnosis import Diagnosis
 from dbgcli.findings import Finding, Severity
 from dbgcli.report.model import Curve, Report, RuleStatus, TraceReport
-from dbgcli.report.text import shorten_middle
+from dbgcli.report.text import counted, shorten_middle
 
 SEVERITY_STYLE = {Severity.error: "bold red", Severity.warning: "yellow", Severity.info: "cyan"}
 STATUS_STYLE = {
@@ -70,7 +70,7 @@ def render(
         f"{n} {name}{'s' if n != 1 and name != 'info' else ''}"
         for name, n in reversed(counts.items())
     )
-    verdict = Text(f"{totals} in {len(traces)} trace{'s' if len(traces) != 1 else ''}")
+    verdict = Text(f"{totals} in {counted(len(traces), 'trace')}")
     verdict.append(
         f" · fail on {report.fail_on.value} · exit {code}",
         style="bold red" if code else "bold green",
@@ -155,8 +155,8 @@ def _render_trace(
         rules = len({f.rule_id for f in findings})
         console.print(
             Text(
-                f"  {len(findings)} finding{'s' if len(findings) != 1 else ''} from {rules} "
-                f"rule{'s' if rules != 1 else ''}; --verbose shows the rules and every finding",
+                f"  {counted(len(findings), 'finding')} from {counted(rules, 'rule')}; "
+                "--verbose shows the rules and every finding",
                 style="dim",
             )
         )
@@ -200,7 +200,7 @@ def _run_line(trace: TraceReport) -> str:
     tensors = summary.get("tensors", 0)
     scalars = summary.get("scalars", 0)
     parts.append(
-        f"{scalars} scalar{'s' if scalars != 1 else ''}, {tensors} tensor{'s' if tensors != 1 else ''}"
+        f"{counted(scalars, 'scalar')}, {counted(tensors, 'tensor')}"
         + (f" ({summary.get('raw_tensors', 0)} with full values)" if tensors else "")
     )
     if summary.get("framework"):
@@ -341,7 +341,7 @@ def _rules_table(trace: TraceReport, show_passed: bool) -> Table:
                 (f.severity or Severity.info for f in result.findings), key=lambda s: s.rank
             )
             detail = Text(
-                f"{len(result.findings)} finding{'s' if len(result.findings) != 1 else ''} ({worst.value})",
+                f"{counted(len(result.findings), 'finding')} ({worst.value})",
                 style=SEVERITY_STYLE[worst],
             )
         elif result.status is RuleStatus.passed:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from dbgcli.diagnosis import Diagnosis, causes_first
 from dbgcli.findings import Finding, Severity
 from dbgcli.report.model import Report, TraceReport
+from dbgcli.report.text import counted
 
 MAX_BYTES = 1_000_000
 _ICONS = {Severity.error: "🔴", Severity.warning: "🟡", Severity.info: "🔵"}
@@ -128,13 +129,13 @@ def _render(section: _Section, max_bytes: int) -> str:
         text += f"_{total - shown} more diagnos{'is' if total - shown == 1 else 'es'} {cut}"
     shown, total = section.shown[2], len(section.findings)
     if shown:
-        summary = f"{total} finding{'s' if total != 1 else ''}"
+        summary = counted(total, "finding")
         if shown < total:
             summary += f", {shown} shown"
         text += f"<details><summary>{summary}</summary>\n\n{_FINDINGS_HEAD}"
         text += "".join(section.findings[:shown]) + _DETAILS_END + "\n"
     if shown < total:
-        text += f"_{total - shown} more finding{'s' if total - shown != 1 else ''} {cut}"
+        text += f"_{counted(total - shown, 'more finding')} {cut}"
     return text
 
 

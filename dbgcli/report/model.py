@@ -12,6 +12,7 @@ from typing import Any
 
 from dbgcli.diagnosis import Diagnosis, Place
 from dbgcli.findings import Finding, Severity
+from dbgcli.report.text import counted
 
 EXIT_OK = 0
 EXIT_FINDINGS = 1
@@ -102,17 +103,17 @@ class TraceReport:
             symptoms = len(top.symptoms)
             text = f"unhealthy: {top.title}"
             if symptoms:
-                text += f" ({symptoms} symptom{'s' if symptoms != 1 else ''})"
+                text += f" ({counted(symptoms, 'symptom')})"
             if len(problems) > 1:
                 more = len(problems) - 1
-                text += f", and {more} other problem{'s' if more != 1 else ''}"
+                text += f", and {counted(more, 'other problem')}"
             return text
         passed = sum(1 for r in self.results if r.status is RuleStatus.passed)
         skipped = [r for r in self.results if r.status is RuleStatus.skipped]
         notes = len(self.diagnoses)
-        text = f"healthy: {passed} rule{'s' if passed != 1 else ''} passed"
+        text = f"healthy: {counted(passed, 'rule')} passed"
         if notes:
-            text += f", {notes} note{'s' if notes != 1 else ''}"
+            text += f", {counted(notes, 'note')}"
         if skipped:
             text += f", {len(skipped)} skipped ({_common_reason(skipped)})"
         if crashed:
@@ -143,7 +144,7 @@ def _common_reason(skipped: list[RuleResult]) -> str:
     reason, count = max(reasons.items(), key=lambda item: item[1])
     if len(reasons) == 1:
         return reason
-    return f"{reason}, and {len(reasons) - 1} other reason{'s' if len(reasons) > 2 else ''}"
+    return f"{reason}, and {counted(len(reasons) - 1, 'other reason')}"
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from dbgcli._version import __version__
 from dbgcli.diagnosis import Diagnosis, causes_first
 from dbgcli.findings import Finding, Severity, json_number
 from dbgcli.report.model import Report, RuleResult, RuleStatus
+from dbgcli.report.text import counted
 
 SCHEMA_URI = (
     "https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/sarif-schema-2.1.0.json"
@@ -188,7 +189,7 @@ def _as_cause(
     text = f"{diagnosis.title}: {result['message']['text']}"
     if count:
         text += (
-            f". Explains {count} other finding{'s' if count != 1 else ''}; "
+            f". Explains {counted(count, 'other finding')}; "
             f"evidence: {'; '.join(diagnosis.evidence)}"
         )
     text += "."

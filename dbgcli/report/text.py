@@ -7,6 +7,11 @@ ELLIPSIS = "…"
 _SEPARATORS = "./:"
 
 
+def counted(count: int, noun: str) -> str:
+    """``"1 finding"``, ``"3 findings"``: a count with its noun, plural unless one."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def shorten_middle(text: str, width: int) -> str:
     """``text`` in at most ``width`` characters, shortened from the middle with ``…``.
 

@@ -159,6 +159,10 @@ class RuleContext:
         """The training or validation accuracy, found by meaning (see :meth:`find`)."""
         return self._series(self.find("accuracy", mode))
 
+    def lr(self) -> Series | None:
+        """The recorded learning rate (of the first parameter group), found by meaning."""
+        return self._series(self.find("lr", "train"))
+
     def loss_tag(self, mode: Literal["train", "eval"] = "train") -> str | None:
         """The tag of the series :meth:`loss` returns, or None."""
         found = self.find("loss", mode)
@@ -167,6 +171,11 @@ class RuleContext:
     def accuracy_tag(self, mode: Literal["train", "eval"] = "train") -> str | None:
         """The tag of the series :meth:`accuracy` returns, or None."""
         found = self.find("accuracy", mode)
+        return None if found is None else found.tag
+
+    def lr_tag(self) -> str | None:
+        """The tag of the series :meth:`lr` returns, or None."""
+        found = self.find("lr", "train")
         return None if found is None else found.tag
 
     def find(self, quantity: roles.Quantity, mode: str) -> Found | None:

@@ -68,8 +68,7 @@ def first_update_step(ctx: RuleContext) -> int | None:
     """The first step whose recorded learning rate is above 0 (None without one): before its
     update, zero-initialised parameters are still zero by design (a warmup starting at 0
     leaves the first records as initialised)."""
-    found = ctx.find("lr", "train")
-    series = ctx.scalar(found.tag, found.mode) if found is not None else None
+    series = ctx.lr()
     if series is None:
         return None
     moving = series.steps[series.values > 0]
@@ -85,8 +84,7 @@ STARVED_LR = 1e-4
 def lr_fraction(ctx: RuleContext, steps: np.ndarray) -> np.ndarray | None:
     """The recorded learning rate at each step as a fraction of its largest value (None when
     no learning rate is recorded)."""
-    found = ctx.find("lr", "train")
-    series = ctx.scalar(found.tag, found.mode) if found is not None else None
+    series = ctx.lr()
     if series is None or not np.isfinite(series.values).any():
         return None
     peak = float(np.nanmax(series.values))
@@ -96,6 +94,26 @@ def lr_fraction(ctx: RuleContext, steps: np.ndarray) -> np.ndarray | None:
     lr_steps, lr_values = series.steps[order], series.values[order]
     where = np.searchsorted(lr_steps, steps, side="right") - 1
     return np.where(where >= 0, lr_values[np.maximum(where, 0)] / peak, np.nan)
+
+
+def lr_below(ctx: RuleContext, steps: np.ndarray, fraction: float) -> np.ndarray:
+    """Per step: the recorded learning rate is below ``fraction`` of its peak, as a warmup's
+    first steps or a decay's last ones are (False where unknown, and without a recorded rate)."""
+    lr = lr_fraction(ctx, steps)
+    if lr is None:
+        return np.zeros(len(steps), dtype=bool)
+    with np.errstate(invalid="ignore"):
+        return np.asarray(lr < fraction)
+
+
+def converged(ctx: RuleContext, steps: np.ndarray, fraction: float) -> np.ndarray:
+    """Per step: the training loss has come down to ``fraction`` of its start or below, so
+    the model has fitted its data (False where unknown, and without a training loss)."""
+    loss = loss_fraction(ctx, steps)
+    if loss is None:
+        return np.zeros(len(steps), dtype=bool)
+    with np.errstate(invalid="ignore"):
+        return np.asarray(loss <= fraction)
 
 
 def loss_fraction(ctx: RuleContext, steps: np.ndarray, window: int = 10) -> np.ndarray | None:

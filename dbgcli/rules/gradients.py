@@ -18,9 +18,9 @@ from dbgcli.rules._context import (
 )
 from dbgcli.rules._known import (
     attention_query_or_key,
+    converged,
     has_normalisation,
     is_embedding,
-    loss_fraction,
     zero_gradient_by_construction,
 )
 from dbgcli.rules._registry import Need, rule
@@ -117,14 +117,13 @@ def vanishing_gradient(
     # Weight matrices and kernels: a bias's gradient follows its layer's, and a bias feeding
     # a BatchNorm gets none at all (the normalisation subtracts it again).
     views = [v for v in _judged(ctx) if v.info.shape is not None and len(v.info.shape) >= 2]
-    matrices = views
     # Normalisation layers rescale the signal between layers, so per-layer gradient scales
     # differ by construction rather than compounding through depth.
-    compare = len(matrices) >= 2 and not has_normalisation(ctx)
-    across = _AcrossLayers(matrices) if compare else None
+    compare = len(views) >= 2 and not has_normalisation(ctx)
+    across = _AcrossLayers(views) if compare else None
     for view in views:
         values = view.stat("abs_mean")
-        learning = _still_learning(ctx, view, converged_fraction)
+        learning = ~converged(ctx, view.steps, converged_fraction)
         with np.errstate(invalid="ignore"):
             small = (values < threshold) & (values > 0)
         yield from episode_findings(
@@ -138,20 +137,10 @@ def vanishing_gradient(
             modes=view.modes,
             message=lambda e, v: f"mean |gradient| fell to {v:.3g} (< {threshold:g})",
         )
-        if across is not None and view in matrices:
+        if across is not None:
             across.add(view, values, learning)
     if across is not None:
         yield from across.findings(ratio, ratio_below, min_steps)
-
-
-def _still_learning(ctx: RuleContext, view: TensorView, converged_fraction: float) -> np.ndarray:
-    """Per record of ``view``: the training loss is not yet below ``converged_fraction`` of
-    its start (True everywhere without a training loss)."""
-    fraction = loss_fraction(ctx, view.steps)
-    if fraction is None:
-        return np.ones(len(view.steps), dtype=bool)
-    with np.errstate(invalid="ignore"):
-        return np.asarray(~(fraction <= converged_fraction))
 
 
 class _AcrossLayers:
@@ -247,9 +236,10 @@ def exploding_gradient(
       ``window`` records (a jump of three orders of magnitude by default: once a model fits
       most of its data, one batch holding a few hard examples lifts the gradient of a healthy
       small transformer 100 to 150 times over its recent median, measured on the calibration
-      corpus, while a corrupted batch or a rate that overshoots lifts it 1e4 to 1e6 times). The first ``window``
-      records are history only and never judged: they would be judged against themselves
-      (a run whose first norms are large and fall fast would "jump" at its first steps).
+      corpus, while a corrupted batch or a rate that overshoots lifts it 1e4 to 1e6 times).
+      The first ``window`` records are history only and never judged: they would be judged
+      against themselves (a run whose first norms are large and fall fast would "jump" at its
+      first steps).
       Taking the larger baseline keeps gradients that recover after vanishing for a while
       from counting as an explosion. One jump is enough: a single corrupted batch throws
       the weights as far as a sustained explosion does. Attention query and key projections

@@ -19,7 +19,7 @@ from dbgcli.rules._context import (
     episodes,
     sustained,
 )
-from dbgcli.rules._known import STARVED_LR, lr_fraction
+from dbgcli.rules._known import STARVED_LR, lr_below
 from dbgcli.rules._registry import Need, rule
 from dbgcli.trace import roles, schema
 from dbgcli.trace.reader import Series
@@ -236,8 +236,7 @@ def loss_not_decreasing(
     rose = change - margin >= max_increase_pct if max_increase_pct is not None else never
     flat = -change - margin <= min_decrease_pct if min_decrease_pct is not None else never
     if converged_fraction is not None and values[0] > 0:
-        lr = lr_fraction(ctx, np.array(checked))
-        starved = np.zeros(len(checked), dtype=bool) if lr is None else np.asarray(lr < STARVED_LR)
+        starved = lr_below(ctx, np.array(checked), STARVED_LR)
         flat &= (levels_after > converged_fraction * values[0]) | starved
     failing = sustained(rose | flat, patience)
     what = f"{'mean ' if smooth else ''}{mode} loss"

@@ -20,7 +20,7 @@ from dbgcli.rules._context import (
 from dbgcli.rules._known import (
     STARVED_LR,
     first_update_step,
-    lr_fraction,
+    lr_below,
     zero_gradient_by_construction,
 )
 from dbgcli.rules._registry import Need, rule
@@ -644,14 +644,15 @@ def unchanged_tensor(
             f"num_steps must be at least 2 (a record always equals itself), got {num_steps}"
         )
     derivation = _unchanged_derivation(rtol, atol, equal_nan)
-    resting = _lr_resting(ctx)
     gradients = {_core(v.tag): v for v in ctx.unfocused().tensors(collection="gradients")}
     declared = ctx.trace.metadata.get("frozen_parameters")
     frozen = set(declared) if isinstance(declared, list) else set()
     for view in _selected(ctx, collections):
         result: UnchangedRuns = view.derive(derivation)
         run = result.run[view.records].astype(np.float64)
-        run[resting(view.steps)] = 0
+        # A warmup's first steps and a decay's last ask for no update (whether a schedule
+        # that stays there is wrong is ``learning-rate``'s question).
+        run[lr_below(ctx, view.steps, STARVED_LR)] = 0
         verdict = result.verdict[view.records]
         for code in view.mode_codes:
             positions = view.positions(code)
@@ -749,21 +750,6 @@ def _gradient_of(
     gradient of ``fc1/weight`` in conventions that name weight gradients by their layer)."""
     core = _core(view.tag)
     return gradients.get(core) or gradients.get(core - {"weight", "kernel", "w"})
-
-
-def _lr_resting(ctx: RuleContext) -> Callable[[np.ndarray], np.ndarray]:
-    """Steps at which the recorded learning rate asks for no update: 0, or below 1e-4 of its
-    peak (``STARVED_LR``: a warmup's first steps, a decay's last ones; whether a schedule
-    that stays there is wrong is ``learning-rate``'s question)."""
-
-    def at(steps: np.ndarray) -> np.ndarray:
-        fraction = lr_fraction(ctx, steps)
-        if fraction is None:
-            return np.zeros(len(steps), dtype=bool)
-        with np.errstate(invalid="ignore"):
-            return np.asarray(fraction < STARVED_LR)
-
-    return at
 
 
 def _evidence(verdicts: np.ndarray) -> str:

@@ -14,10 +14,11 @@ from dbgcli.findings import Finding
 from dbgcli.rules._context import RuleContext, TensorView, episode_findings
 from dbgcli.rules._known import (
     STARVED_LR,
+    converged,
     has_normalisation,
     is_embedding,
     loss_fraction,
-    lr_fraction,
+    lr_below,
 )
 from dbgcli.rules._registry import Need, rule
 from dbgcli.trace.derive import Accumulator, Derivation
@@ -423,24 +424,10 @@ def centred_median(values: np.ndarray, window: int) -> np.ndarray:
     return out
 
 
-def _scheduled_low(ctx: RuleContext, steps: np.ndarray) -> np.ndarray:
-    """Records where the schedule itself has brought the learning rate below a tenth of its
-    peak (warmup, decay): small updates there are what was asked for."""
-    fraction = lr_fraction(ctx, steps)
-    if fraction is None:
-        return np.zeros(len(steps), dtype=bool)
-    with np.errstate(invalid="ignore"):
-        return np.asarray(fraction < 0.1)
-
-
-def _converged(ctx: RuleContext, steps: np.ndarray, fraction: float = 0.1) -> np.ndarray:
-    """Records where the training loss is below ``fraction`` of its start: tiny updates there
-    mean the model has fitted its data."""
-    loss = loss_fraction(ctx, steps)
-    if loss is None:
-        return np.zeros(len(steps), dtype=bool)
-    with np.errstate(invalid="ignore"):
-        return np.asarray(loss <= fraction)
+# Small updates are what was asked for where the schedule has brought the learning rate below
+# this fraction of its peak (warmup, decay), and what a fitted model makes once its training
+# loss is below this fraction of its start.
+_ASKED_LITTLE = 0.1
 
 
 @dataclass(frozen=True)
@@ -625,7 +612,9 @@ def update_ratio(
                 f"> {large_threshold:g} and > {outlier:g}x the median layer's)"
             ),
         )
-        asked = ~_scheduled_low(ctx, view.steps) & ~_converged(ctx, view.steps)
+        asked = ~lr_below(ctx, view.steps, _ASKED_LITTLE) & ~converged(
+            ctx, view.steps, _ASKED_LITTLE
+        )
         yield from episode_findings(
             tensor=view.tag,
             steps=view.steps,
@@ -788,7 +777,7 @@ def learning_rate(
                 f"(median layer, > {max_ratio:g}; healthy runs sit near 1e-3 to 1e-2){said}"
             ),
         )
-    asked = (judged > 0) & ~_scheduled_low(ctx, steps)
+    asked = (judged > 0) & ~lr_below(ctx, steps, _ASKED_LITTLE)
     too_low = asked & (low == judged)
     stuck = loss_fraction(ctx, steps[-1:])
     if (
@@ -816,9 +805,8 @@ def learning_rate(
 def _decayed(ctx: RuleContext, starved_share: float) -> Iterator[Finding]:
     """The finding of a learning rate that sat at nothing for a good part of the run while
     the loss stopped falling (key ``decayed``)."""
-    found = ctx.find("lr", "train")
-    series = ctx.scalar(found.tag, found.mode) if found is not None else None
-    if found is None or series is None or len(series) < 2:
+    series = ctx.lr()
+    if series is None or len(series) < 2:
         return
     order = np.argsort(series.steps, kind="stable")
     steps, values = series.steps[order], series.values[order]
@@ -841,7 +829,7 @@ def _decayed(ctx: RuleContext, starved_share: float) -> Iterator[Finding]:
             f"the learning rate fell below {STARVED_LR:g} of its peak {peak:.3g} at step "
             f"{steps[first]} (down to {lowest:.3g}) and stayed there for {share:.0%} of the run"
         ),
-        tensor=found.tag,
+        tensor=ctx.lr_tag(),
         first_step=int(steps[first]),
         last_step=int(steps[-1]),
         steps=len(values) - first,
@@ -875,8 +863,7 @@ def _loss_trouble(ctx: RuleContext, diverged: float, stuck_fraction: float) -> s
 
 
 def _lr_text(ctx: RuleContext) -> str:
-    found = ctx.find("lr", "train")
-    series = ctx.scalar(found.tag, found.mode) if found is not None else None
+    series = ctx.lr()
     if series is None or not np.isfinite(series.values).any():
         return ""
     peak = float(np.nanmax(series.values))
@@ -894,9 +881,8 @@ def _run_wide(
     worst: Literal["max", "min"],
     message: Callable[[float], str],
 ) -> Iterator[Finding]:
-    found = ctx.find("lr", "train")
     yield from episode_findings(
-        tensor=found.tag if found is not None else None,
+        tensor=ctx.lr_tag(),
         steps=steps,
         values=values,
         violating=violating,

@@ -308,6 +308,7 @@ def says_ids(tag: str) -> bool:
 
 
 def xgboost_eval_set(tag: str) -> int | None:
-    """The index N of XGBoost's ``validation_N-<metric>`` (or ``validation_N/<metric>``) names, or None."""
+    """The index N of XGBoost's ``validation_N-<metric>`` (or ``validation_N/<metric>``)
+    names, or None."""
     match = re.match(r"^validation_(\d+)[-/]", tag.strip().lower())
     return int(match.group(1)) if match else None
