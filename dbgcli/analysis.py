@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ import numpy as np
 from dbgcli.diagnosis import Place, diagnose, place
 from dbgcli.errors import DbgError, MissingDataError, RuleConfigError, RuleSkipped
 from dbgcli.findings import Finding, Severity, merge_findings
+from dbgcli.isolation import Failed, Limits, opened, run_isolated
 from dbgcli.lr import SchedulerSpec, plan_replay, recorded_lr, run_schedulers
 from dbgcli.report.model import (
     Curve,
@@ -116,22 +116,36 @@ def configure(options: Options) -> list[ConfiguredRule]:
 
 
 def analyze(
-    paths: Sequence[str | Path], options: Options, fail_on: Severity = Severity.error, jobs: int = 1
+    paths: Sequence[str | Path],
+    options: Options,
+    fail_on: Severity = Severity.error,
+    jobs: int = 1,
+    limits: Limits = Limits(),
 ) -> Report:
-    """Analyse traces, in ``jobs`` worker processes when there are several traces.
+    """Analyse traces in ``jobs`` worker processes, each trace under ``limits``.
 
     Each worker resolves the rules itself from ``options`` (rule functions, custom rule files
-    included, are never pickled); an unreadable trace is an error of that trace only.
+    included, are never pickled); an unreadable trace, one that overruns its limits or one
+    whose worker dies is an error of that trace only.
     """
-    rules = configure(options)
-    if jobs <= 1 or len(paths) <= 1:
-        return Report(tuple(analyze_trace(path, rules, options) for path in paths), fail_on=fail_on)
-    with ProcessPoolExecutor(
-        max_workers=jobs, initializer=_init_worker, initargs=(options,)
-    ) as pool:
-        chunk = max(1, len(paths) // (jobs * 8))
-        traces = tuple(pool.map(_analyze_in_worker, [str(p) for p in paths], chunksize=chunk))
-    return Report(traces, fail_on=fail_on)
+    configure(options)
+    outcomes = run_isolated(
+        _analyze_in_worker,
+        [str(p) for p in paths],
+        jobs=jobs,
+        limits=limits,
+        initializer=_init_worker,
+        initargs=(options,),
+    )
+    return Report(
+        tuple(
+            TraceReport(path=str(path), complete=False, error=outcome.message)
+            if isinstance(outcome, Failed)
+            else outcome
+            for path, outcome in zip(paths, outcomes)
+        ),
+        fail_on=fail_on,
+    )
 
 
 _WORKER: tuple[list[ConfiguredRule], Options] | None = None
@@ -157,6 +171,7 @@ def analyze_trace(
         trace = open_trace(path)
     except DbgError as error:
         return TraceReport(path=str(path), complete=False, error=str(error))
+    opened()
     with trace:
         try:
             if not trace.tags():
@@ -209,9 +224,9 @@ def _record_interval(trace: Trace) -> int:
     """The usual step distance between records of the model's tensors (``stats_every``)."""
     gaps = []
     for info in trace.tags(scalar=False):
-        steps = trace.index(info.tag)[0]
+        steps = np.unique(trace.index(info.tag)[0])
         if len(steps) > 1:
-            gaps.append(float(np.median(np.diff(np.unique(steps)))))
+            gaps.append(float(np.median(np.diff(steps))))
     return max(1, int(max(gaps))) if gaps else 1
 
 
@@ -273,7 +288,7 @@ class _Run:
             self.status, self.reason = RuleStatus.skipped, str(skipped)
         except DbgError:
             raise
-        except Exception as error:  # noqa: BLE001 - a crashing rule must not hide the others
+        except (Exception, SystemExit) as error:  # noqa: BLE001 - nor may it end the run
             self.status, self.reason = RuleStatus.error, f"{type(error).__name__}: {error}"
         finally:
             self.seconds += time.perf_counter() - started

@@ -21,6 +21,7 @@ from dbgcli.diagnosis import diagnose
 from dbgcli.findings import Finding, Severity
 from dbgcli.report.model import Report, RuleResult, RuleStatus, TraceReport, sorted_findings
 from dbgcli.trace import schema
+from dbgcli.isolation import opened
 from dbgcli.trace.reader import Trace, open_trace
 
 COMPARE_ID = "CMP001"
@@ -46,6 +47,7 @@ def compare(
     started = time.perf_counter()
     label = f"{path_a} vs {path_b}"
     with open_trace(path_a) as a, open_trace(path_b) as b:
+        opened()
         findings = list(_differences(a, b, tolerance, pattern))
         complete = a.complete and b.complete
         places = places_of(a)

@@ -19,6 +19,7 @@ import html
 import inspect
 import io
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -291,6 +292,19 @@ def select_metric(
     with np.errstate(invalid="ignore"):
         values = np.array([float(np.mean(series.values[g])) for g in groups])
     return Metric(name, steps, values, cadence, subject, len(series))
+
+
+def replay_inputs(
+    arguments: tuple[str | os.PathLike[str], str | None, str | None, int, bool, float | None],
+) -> tuple[ReplayPlan, tuple[np.ndarray, np.ndarray] | None]:
+    """Read what ``dbg lr`` replays from the trace at ``arguments[0]``: the
+    :func:`plan_replay` of the other arguments and the :func:`recorded_lr`."""
+    from dbgcli.trace.reader import open_trace
+
+    path, *plan_arguments = arguments
+    with open_trace(path) as trace:
+        ctx = RuleContext(trace)
+        return plan_replay(ctx, *plan_arguments), recorded_lr(ctx)
 
 
 def recorded_lr(ctx: RuleContext) -> tuple[np.ndarray, np.ndarray] | None:

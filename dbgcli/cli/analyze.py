@@ -4,13 +4,19 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from dbgcli.cli.app import app, handle_errors
+from dbgcli.cli.app import MemoryOption, TimeoutOption, app, fail, handle_errors, limits
 from dbgcli.cli.output import FORMAT_HELP, OUTPUT_HELP, parse_outputs, write_report
 from dbgcli.errors import ConfigError, RuleConfigError
+from dbgcli.isolation import Limits
+from dbgcli.report.text import counted
+
+if TYPE_CHECKING:
+    from dbgcli.compare import Tolerance
+    from dbgcli.report.model import Report
 
 
 class FailOn(str, Enum):
@@ -103,6 +109,8 @@ def analyze(
     jobs: Annotated[
         int, typer.Option("--jobs", "-j", min=1, help="Analyse traces in this many processes.")
     ] = 1,
+    timeout: TimeoutOption = Limits.seconds,
+    memory_limit: MemoryOption = Limits.memory_mb,
 ) -> None:
     """Analyse traces with the rules and report what went wrong.
 
@@ -138,7 +146,9 @@ def analyze(
     known = read_baseline(baseline) if baseline is not None else None
     paths = expand_traces(traces)
     with progress(f"analysing {len(paths)} traces", len(paths) > 1):
-        report = run_analysis(paths, options, fail_on=level, jobs=jobs)
+        report = run_analysis(
+            paths, options, fail_on=level, jobs=jobs, limits=limits(timeout, memory_limit)
+        )
     if write_baseline is not None:
         count = write_baseline_file(report, write_baseline)
         log(f"wrote {count} finding(s) to baseline {write_baseline}")
@@ -150,6 +160,10 @@ def analyze(
             )
     for fmt, destination in targets:
         write_report(report, fmt, destination, quiet, verbose)
+    errors = report.errors
+    if errors:
+        more = f" (and {counted(len(errors) - 1, 'more error')})" if len(errors) > 1 else ""
+        fail(f"{errors[0]}{more}")
     raise typer.Exit(report.exit_code(exit_zero=exit_zero or settings.exit_zero))
 
 
@@ -167,6 +181,12 @@ def expand_traces(paths: list[Path]) -> list[Path]:
         else:
             found.append(path)
     return found
+
+
+def _compare(arguments: tuple[Path, Path, Tolerance, str | None]) -> Report:
+    from dbgcli.compare import compare as compare_traces
+
+    return compare_traces(*arguments)
 
 
 def _tokens(values: list[str]) -> tuple[str, ...]:
@@ -207,6 +227,8 @@ def compare(
     exit_zero: Annotated[
         bool, typer.Option("--exit-zero", help="Exit 0 even when the runs differ.")
     ] = False,
+    timeout: TimeoutOption = Limits.seconds,
+    memory_limit: MemoryOption = Limits.memory_mb,
 ) -> None:
     """Compare two runs that should match: tags, steps, scalars, statistics, full tensors.
 
@@ -214,12 +236,17 @@ def compare(
     equals NaN) match. Exit 0 when the runs match, 1 when they differ, 2 on errors.
     """
     from dbgcli.compare import Tolerance
-    from dbgcli.compare import compare as compare_traces
+    from dbgcli.isolation import call_isolated
 
     if rtol < 0 or atol < 0:
         raise ConfigError("--rtol and --atol must be >= 0")
     targets = parse_outputs(output_format or [], output or [], ())
-    report = compare_traces(first, second, Tolerance(rtol, atol), tags)
+    report = call_isolated(
+        _compare,
+        (first, second, Tolerance(rtol, atol), tags),
+        f"{first} vs {second}",
+        limits(timeout, memory_limit),
+    )
     for fmt, destination in targets:
         write_report(report, fmt, destination, quiet=False)
     raise typer.Exit(report.exit_code(exit_zero=exit_zero))

@@ -11,12 +11,14 @@ import functools
 import os
 import sys
 import traceback
+import warnings
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
 import typer
 
-from dbgcli.errors import DbgError
+from dbgcli.errors import ConfigError, DbgError
+from dbgcli.isolation import Limits
 from dbgcli.report.model import EXIT_ERROR, EXIT_OK
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -82,6 +84,34 @@ def handle_errors(command: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+TimeoutOption = Annotated[
+    float,
+    typer.Option(
+        "--timeout",
+        metavar="SECONDS",
+        help="Give up on a trace after this many seconds (30 at most to open it): a corrupt "
+        "file can make HDF5 loop.",
+    ),
+]
+MemoryOption = Annotated[
+    int,
+    typer.Option(
+        "--memory-limit",
+        metavar="MIB",
+        min=0,
+        help="Memory (address space) reading one trace may take, in MiB; 0 for no limit.",
+    ),
+]
+
+
+def limits(seconds: float, memory_mb: int) -> Limits:
+    """The ``--timeout`` and ``--memory-limit`` options as :class:`~dbgcli.isolation.Limits`."""
+    try:
+        return Limits(seconds=seconds, memory_mb=memory_mb)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+
+
 def _register_commands() -> None:
     from dbgcli.cli import analyze, info, lr, rules  # noqa: F401 - importing registers the commands
 
@@ -90,7 +120,12 @@ def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run the app with usage errors as one line and exit 2."""
     _register_commands()
     try:
-        result = app(args=argv, prog_name="dbg", standalone_mode=False)
+        with warnings.catch_warnings():
+            # numpy's RuntimeWarnings on odd data are not the user's business; the rules say
+            # what the data means. DBG_DEBUG=1 shows them.
+            if not os.environ.get("DBG_DEBUG"):
+                warnings.simplefilter("ignore")
+            result = app(args=argv, prog_name="dbg", standalone_mode=False)
     except Exception as error:  # noqa: BLE001
         message = getattr(error, "format_message", None)
         if callable(message) and hasattr(error, "exit_code"):

@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from dbgcli.cli.app import app, handle_errors
+from dbgcli.cli.app import MemoryOption, TimeoutOption, app, handle_errors, limits
 from dbgcli.cli.console import human_size, stdout_console
+from dbgcli.isolation import Limits
 from dbgcli.report.text import shorten_middle
 
 if TYPE_CHECKING:
@@ -61,17 +62,18 @@ def info(
             "the last commit, and tag names unshortened.",
         ),
     ] = False,
+    timeout: TimeoutOption = Limits.seconds,
+    memory_limit: MemoryOption = Limits.memory_mb,
 ) -> None:
     """Show what a trace holds: metadata, steps per mode, tags by collection.
 
     The human output fits the terminal: a handful of key hyperparameters, long metadata and
     tag names shortened (tags from the middle, keeping both ends); --verbose shows them all.
     """
-    from dbgcli.trace.reader import open_trace
-    from dbgcli.trace.summary import summarize
+    from dbgcli.isolation import call_isolated
+    from dbgcli.trace.summary import summarize_file
 
-    with open_trace(trace) as opened:
-        summary = summarize(opened)
+    summary = call_isolated(summarize_file, trace, str(trace), limits(timeout, memory_limit))
     if output_format is InfoFormat.json:
         typer.echo(json.dumps(summary, indent=2, allow_nan=False, default=str))
         return

@@ -8,8 +8,9 @@ from typing import Annotated
 import numpy as np
 import typer
 
-from dbgcli.cli.app import app, handle_errors
+from dbgcli.cli.app import MemoryOption, TimeoutOption, app, handle_errors, limits
 from dbgcli.cli.console import stdout_console
+from dbgcli.isolation import Limits
 
 PALETTE = ("green", "magenta", "cyan", "yellow", "blue", "red")
 
@@ -60,6 +61,8 @@ def lr(
         Path | None,
         typer.Option("--html", help="Write a self-contained HTML page (needs matplotlib)."),
     ] = None,
+    timeout: TimeoutOption = Limits.seconds,
+    memory_limit: MemoryOption = Limits.memory_mb,
 ) -> None:
     """Replay the recorded loss through learning-rate schedulers and draw the curves.
 
@@ -79,23 +82,23 @@ def lr(
         SchedulerSpec,
         align,
         figure,
-        plan_replay,
-        recorded_lr,
+        replay_inputs,
         run_schedulers,
         write_csv,
         write_html,
         write_png,
     )
-    from dbgcli.rules._context import RuleContext
-    from dbgcli.trace.reader import open_trace
+    from dbgcli.isolation import call_isolated
 
     specs = [SchedulerSpec.parse(text) for text in (scheduler or ["greedy"])]
     if mode is not None and mode not in ("train", "eval", "predict"):
         raise ConfigError(f"unknown mode {mode!r}; modes: train, eval, predict")
-    with open_trace(trace) as opened:
-        ctx = RuleContext(opened)
-        plan = plan_replay(ctx, metric, mode, every, per_epoch, initial_lr)
-        recorded = recorded_lr(ctx)
+    plan, recorded = call_isolated(
+        replay_inputs,
+        (trace, metric, mode, every, per_epoch, initial_lr),
+        str(trace),
+        limits(timeout, memory_limit),
+    )
     series = plan.metric
     aligned = align(series.steps, recorded) if recorded is not None else None
     curves = run_schedulers(series, specs, plan.lr)

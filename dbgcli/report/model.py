@@ -170,7 +170,9 @@ class Report:
         lines = []
         for trace in self.traces:
             if trace.error:
-                lines.append(f"{trace.path}: {trace.error}")
+                # Reader errors already name the file.
+                prefix = "" if trace.error.startswith(trace.path) else f"{trace.path}: "
+                lines.append(f"{prefix}{trace.error}")
             for result in trace.results:
                 if result.status is RuleStatus.error:
                     lines.append(

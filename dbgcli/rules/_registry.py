@@ -323,7 +323,7 @@ class Registry:
         except RuleConfigError:
             del sys.modules[module_name]
             raise
-        except Exception as error:  # noqa: BLE001
+        except (Exception, SystemExit) as error:  # noqa: BLE001 - exit codes are ours
             del sys.modules[module_name]
             raise RuleConfigError(
                 f"cannot import rules file {file_path}: {type(error).__name__}: {error}"

@@ -235,6 +235,25 @@ class _Node:
         dtype: np.dtype = np.dtype(self.id.dtype)
         return dtype
 
+    @property
+    def backed_rows(self) -> int:
+        """Rows of a dataset that storage in the file can hold.
+
+        A dataset may declare any extent (2**50 rows in a file of a few KiB): reading what was
+        never stored returns fill values, so the rows a reader may trust stop where storage
+        stops. Chunked datasets are bounded by their allocated chunks, contiguous ones by their
+        allocated bytes; compact ones live in the object header and are whole.
+        """
+        shape = self.shape
+        plist = self.id.get_create_plist()
+        layout = plist.get_layout()
+        if layout == h5py.h5d.CHUNKED:
+            return min(shape[0], self.id.get_num_chunks() * plist.get_chunk()[0])
+        if layout == h5py.h5d.CONTIGUOUS:
+            row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * self.dtype.itemsize
+            return min(shape[0], self.id.get_storage_size() // row_bytes) if row_bytes else 0
+        return shape[0]
+
     def names(self) -> list[str]:
         """Link names in creation order where the file tracks it (the writer's roots do, so
         tags come in recording order: the model's layer order), else in name order."""
@@ -320,6 +339,11 @@ class Trace:
         self.created = _text(attrs.get(schema.ATTR_CREATED))
         self.metadata = self._parse_metadata(attrs.get(schema.ATTR_METADATA))
         closed = attrs.get(schema.ATTR_CLOSED)
+        if closed is not None and np.size(closed) != 1:
+            raise TraceFormatError(
+                f"{path}: root attribute '{schema.ATTR_CLOSED}' must be one flag, "
+                f"not {_preview(closed)}"
+            )
         # Set when a dbg writer started the file but never closed it (killed, or still running).
         self._unclosed = closed is not None and not bool(closed)
         if self._unclosed:
@@ -521,7 +545,7 @@ class Trace:
                     parts.append(np.arange(segment.rows, dtype=np.int64))
                 else:
                     record_path = segment.path.rsplit("/", 1)[0] + "/" + schema.DS_RECORD
-                    parts.append(self._dataset(record_path)[: segment.rows].astype(np.int64))
+                    parts.append(self._record_ids(record_path, segment.rows, info.records, tag))
             return np.sort(np.concatenate(parts))
 
         return self._guard(f"the full-tensor index of {tag!r}", read)
@@ -616,49 +640,51 @@ class Trace:
         attrs = group.attrs()
         tag = _text(attrs.get(schema.ATTR_TAG)) or schema.decode_tag(name)
         where = f"{'scalar' if scalar else 'tensor'} {tag!r}"
-        step = self._child(group, schema.DS_STEP)
+        step = self._array(group, schema.DS_STEP, where, ONE_D, "iuf")
         if step is None:
             if self._unclosed:
                 # Created by a writer that was stopped before its first commit of this tag.
                 return None
             raise TraceFormatError(f"{self.path}: {where} has no '{schema.DS_STEP}' dataset")
-        if len(step.shape) != 1 or step.dtype.kind not in "iuf":
-            raise TraceFormatError(
-                f"{self.path}: {where}: '{schema.DS_STEP}' must be a 1-D integer array"
-            )
-        lengths = [step.shape[0]]
-        mode = self._child(group, schema.DS_MODE)
+        lengths = [step.backed_rows]
+        mode = self._array(group, schema.DS_MODE, where, ONE_D, "iu")
         if mode is not None:
-            lengths.append(mode.shape[0])
+            lengths.append(mode.backed_rows)
         if scalar:
-            value = self._child(group, schema.DS_VALUE)
+            value = self._array(group, schema.DS_VALUE, where, ONE_D, "biuf")
             if value is None:
                 raise TraceFormatError(f"{self.path}: {where} has no '{schema.DS_VALUE}' dataset")
-            lengths.append(value.shape[0])
+            lengths.append(value.backed_rows)
             records, cut = self._committed(attrs, lengths, where)
             return TagInfo(
                 tag=tag, scalar=True, records=records, path=group.path, truncated_from=cut
             )
-        stats = self._child(group, schema.DS_STATS)
+        stats = self._array(group, schema.DS_STATS, where, TWO_D, "iuf")
         columns: tuple[str, ...] = ()
         if stats is not None:
-            lengths.append(stats.shape[0])
+            lengths.append(stats.backed_rows)
             stored_columns = attrs.get(schema.ATTR_COLUMNS)
+            if stored_columns is not None and (
+                not isinstance(stored_columns, np.ndarray) or stored_columns.ndim != 1
+            ):
+                raise TraceFormatError(
+                    f"{self.path}: {where}: attribute '{schema.ATTR_COLUMNS}' must list names"
+                )
             columns = (
                 tuple(_text(c) for c in stored_columns)
                 if stored_columns is not None
                 else schema.STAT_COLUMNS
             )
-            if len(stats.shape) != 2 or stats.shape[1] != len(columns):
+            if stats.shape[1] != len(columns):
                 raise TraceFormatError(
                     f"{self.path}: {where}: '{schema.DS_STATS}' does not match its {len(columns)} columns"
                 )
-        units = self._child(group, schema.DS_UNITS)
+        units = self._array(group, schema.DS_UNITS, where, TWO_D, "iuf")
         if units is not None:
-            lengths.append(units.shape[0])
-        dense = self._child(group, schema.DS_VALUES)
+            lengths.append(units.backed_rows)
+        dense = self._array(group, schema.DS_VALUES, where, TENSOR_RANKS, "biuf")
         if dense is not None:
-            lengths.append(dense.shape[0])
+            lengths.append(dense.backed_rows)
         records, cut = self._committed(attrs, lengths, where)
         segments = self._segments(group, dense, records, where)
         if stats is None and not segments and records:
@@ -670,6 +696,11 @@ class Trace:
         role = _text(attrs.get(schema.ATTR_ROLE)) or meaning.role
         kind = meaning.kind
         shape_attr = attrs.get(schema.ATTR_SHAPE)
+        if shape_attr is not None and not _is_shape(shape_attr):
+            raise TraceFormatError(
+                f"{self.path}: {where}: attribute '{schema.ATTR_SHAPE}' is not a shape: "
+                f"{_preview(shape_attr)}"
+            )
         shape = (
             tuple(int(d) for d in np.atleast_1d(shape_attr))
             if shape_attr is not None
@@ -682,6 +713,15 @@ class Trace:
         )
         measure = schema.unit_measure(kind) if role in roles.ACTIVATION_ROLES else None
         unit_axis_attr = attrs.get(schema.ATTR_UNIT_AXIS)
+        if unit_axis_attr is not None and not (
+            np.ndim(unit_axis_attr) == 0
+            and np.asarray(unit_axis_attr).dtype.kind in "iu"
+            and (shape is None or -len(shape) <= int(unit_axis_attr) < len(shape))
+        ):
+            raise TraceFormatError(
+                f"{self.path}: {where}: attribute '{schema.ATTR_UNIT_AXIS}' is not an axis of "
+                f"the tensor: {_preview(unit_axis_attr)}"
+            )
         unit_axis = (
             int(unit_axis_attr)
             if unit_axis_attr is not None
@@ -721,9 +761,10 @@ class Trace:
         if measure != schema.UNIT_MEASURE_UNSATURATED or kind is None:
             return None
         stored = attrs.get(schema.ATTR_BAND)
-        if stored is not None and np.size(stored) == 2:
+        if stored is not None and np.size(stored) == 2 and np.asarray(stored).dtype.kind in "iuf":
             low, high = (float(v) for v in np.ravel(stored))
-            return low, high
+            if low < high:
+                return low, high
         if stored_units and self.format_version < (1, 1):
             return schema.legacy_band(kind, role)
         return schema.unsaturated_band(kind, role)
@@ -733,9 +774,9 @@ class Trace:
     ) -> tuple[int, int | None]:
         """Records every dataset of a series holds, cut to the writer's last commit."""
         records = min(lengths)
-        committed = attrs.get(schema.ATTR_RECORDS)
+        committed = self._count(attrs, schema.ATTR_RECORDS, where)
         if committed is not None:
-            records = min(records, int(committed))
+            records = min(records, committed)
         longest = max(lengths)
         if records < longest:
             self.cut_series.append(
@@ -759,9 +800,9 @@ class Trace:
             segment = self._child(raw, name, group=True)
             if segment is None:
                 continue
-            values = self._child(segment, schema.DS_VALUES)
-            record = self._child(segment, schema.DS_RECORD)
-            committed = segment.attrs().get(schema.ATTR_RECORDS)
+            values = self._array(segment, schema.DS_VALUES, where, TENSOR_RANKS, "biuf")
+            record = self._array(segment, schema.DS_RECORD, where, ONE_D, "iu")
+            committed = self._count(segment.attrs(), schema.ATTR_RECORDS, where)
             if self._unclosed and (committed is None or values is None or record is None):
                 # Started after the writer's last commit: nothing in it is vouched for.
                 continue
@@ -770,9 +811,9 @@ class Trace:
                     f"{self.path}: {where}: raw segment {name!r} needs '{schema.DS_VALUES}' "
                     f"and '{schema.DS_RECORD}'"
                 )
-            rows = min(values.shape[0], record.shape[0])
+            rows = min(values.backed_rows, record.backed_rows)
             if committed is not None:
-                rows = min(rows, int(committed))
+                rows = min(rows, committed)
             if rows and (self._unclosed or committed is None):
                 # Rows pointing past the committed records belong to an interrupted commit.
                 record_ids = self._dataset(record.path)[:rows]
@@ -808,6 +849,42 @@ class Trace:
             )
         return _Node(oid, path)
 
+    def _array(
+        self, parent: _Node, name: str, where: str, ranks: range, kinds: str
+    ) -> _Node | None:
+        """A dataset member checked before anything reads it: its rank is in ``ranks`` and
+        its dtype kind in ``kinds`` (numpy's letters), or the trace is refused."""
+        node = self._child(parent, name)
+        if node is None:
+            return None
+        if len(node.shape) not in ranks or node.dtype.kind not in kinds:
+            wanted = {"iu": "integer", "iuf": "number", "biuf": "number"}.get(kinds, kinds)
+            rank = f"{ranks.start}-D" if len(ranks) == 1 else f"at least {ranks.start}-D"
+            raise TraceFormatError(
+                f"{self.path}: {where}: '{name}' must be a {rank} {wanted} array, "
+                f"not {len(node.shape)}-D {node.dtype}"
+            )
+        return node
+
+    def _count(self, attrs: dict[str, Any], name: str, where: str) -> int | None:
+        """An attribute that holds a count of records: absent, or a whole number >= 0."""
+        value = attrs.get(name)
+        if value is None:
+            return None
+        number = np.asarray(value)
+        if (
+            number.shape != ()
+            or number.dtype.kind not in "iuf"
+            or not np.isfinite(number)
+            or number < 0
+            or number != np.floor(number)
+            or number > np.iinfo(np.int64).max
+        ):
+            raise TraceFormatError(
+                f"{self.path}: {where}: attribute '{name}' must be a count, not {_preview(value)}"
+            )
+        return int(number)
+
     def _dataset(self, path: str) -> h5py.Dataset:
         obj = self._file[path]
         assert isinstance(obj, h5py.Dataset)
@@ -820,6 +897,8 @@ class Trace:
         if raw_steps.dtype.kind == "f":
             if not np.isfinite(raw_steps).all() or (raw_steps != np.round(raw_steps)).any():
                 raise TraceFormatError(f"{self.path}: steps of {info.tag!r} are not all integers")
+        if raw_steps.size and (raw_steps.min() < 0 or raw_steps.max() > np.iinfo(np.int64).max):
+            raise TraceFormatError(f"{self.path}: steps of {info.tag!r} are out of range")
         steps = raw_steps.astype(np.int64, copy=False)
         if schema.DS_MODE in group:
             modes = group[schema.DS_MODE][: info.records].astype(np.uint8, copy=False)
@@ -836,18 +915,23 @@ class Trace:
             if group is None:
                 return empty
             columns = [
-                self._child(group, n) for n in (schema.DS_STEP, schema.DS_MODE, schema.DS_TIME)
+                self._array(group, name, "the timeline", ONE_D, kinds)
+                for name, kinds in (
+                    (schema.DS_STEP, "iu"),
+                    (schema.DS_MODE, "iu"),
+                    (schema.DS_TIME, "iuf"),
+                )
             ]
         except _OutsideFile as skipped:
             self.warnings.append(str(skipped))
             return empty
         if any(column is None for column in columns):
             return empty
-        step, mode, when = (self._dataset(c.path) for c in columns if c is not None)
-        n = min(step.shape[0], mode.shape[0], when.shape[0])
-        committed = group.attrs().get(schema.ATTR_RECORDS)
+        n = min(column.backed_rows for column in columns if column is not None)
+        committed = self._count(group.attrs(), schema.ATTR_RECORDS, "the timeline")
         if committed is not None:
-            n = min(n, int(committed))
+            n = min(n, committed)
+        step, mode, when = (self._dataset(c.path) for c in columns if c is not None)
         return step[:n].astype(np.int64), mode[:n].astype(np.uint8), when[:n].astype(np.float64)
 
     def _load_stats(self, info: TagInfo) -> np.ndarray:
@@ -904,7 +988,7 @@ class Trace:
             record_ids = np.arange(segment.rows, dtype=np.int64)
         else:
             record_path = segment.path.rsplit("/", 1)[0] + "/" + schema.DS_RECORD
-            record_ids = self._dataset(record_path)[: segment.rows].astype(np.int64)
+            record_ids = self._record_ids(record_path, segment.rows, len(steps), info.tag)
         row_bytes = max(1, int(np.prod(segment.shape, dtype=np.int64)) * segment.dtype.itemsize)
         chunk = values.chunks[0] if values.chunks else 1
         rows_per_read = max(1, max_bytes // row_bytes)
@@ -942,6 +1026,16 @@ class Trace:
                     out = out[selected]
             yield RawChunk(ids, steps[ids], modes[ids], out)
 
+    def _record_ids(self, path: str, rows: int, records: int, tag: str) -> np.ndarray:
+        """The record each stored full tensor belongs to, checked to point at a record."""
+        ids = self._dataset(path)[:rows].astype(np.int64)
+        if ids.size and (ids.min() < 0 or ids.max() >= records or (np.diff(ids) <= 0).any()):
+            raise TraceFormatError(
+                f"{self.path}: the full tensors of {tag!r} point at records that do not exist "
+                f"or are out of order"
+            )
+        return ids
+
     # -- error handling -----------------------------------------------------------------------
     def _guard(self, what: str, read: Callable[[], T]) -> T:
         try:
@@ -970,10 +1064,30 @@ class Trace:
             return {}
         try:
             value = json.loads(_text(raw))
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, RecursionError):
             self.warnings.append("run metadata is not valid JSON; ignored")
             return {}
         return value if isinstance(value, dict) else {"value": value}
+
+
+ONE_D = range(1, 2)
+TWO_D = range(2, 3)
+#: A record of a tensor of rank 0 to 31: HDF5's 32 dimensions, one of them the record axis.
+TENSOR_RANKS = range(1, 33)
+
+
+def _is_shape(value: Any) -> bool:
+    array = np.asarray(value)
+    return (
+        array.ndim <= 1
+        and array.size < len(TENSOR_RANKS)
+        and (array.size == 0 or (array.dtype.kind in "iu" and bool((array >= 0).all())))
+    )
+
+
+def _preview(value: Any) -> str:
+    text = repr(value.tolist() if isinstance(value, np.ndarray) else value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _text(value: Any) -> str:

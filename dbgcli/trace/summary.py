@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
 
 from dbgcli.trace import schema
-from dbgcli.trace.reader import Trace
+from dbgcli.trace.reader import Trace, open_trace
+
+
+def summarize_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """:func:`summarize` of the trace at ``path``."""
+    with open_trace(path) as trace:
+        return summarize(trace)
 
 
 def summarize(trace: Trace) -> dict[str, Any]:

@@ -1,0 +1,270 @@
+"""Read traces in worker processes that can be stopped.
+
+A corrupt file can make HDF5's C library loop forever or allocate without bound inside one
+call, where neither Python nor Ctrl-C can interrupt it. So every trace a command reads is read
+in a worker process under a time limit and an address-space limit: a worker that overruns is
+killed and replaced, one that dies (a crash, ``os._exit`` in a user's rule) is replaced too,
+and the trace it held becomes one error line while the other traces go on.
+
+Workers are forked where the platform allows it (they start in milliseconds with everything
+already imported) and spawned elsewhere; each runs an ``initializer`` once, then tasks one at a
+time. Results come back pickled.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import resource
+import signal
+import time
+import warnings
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+#: Seconds a trace may take to be opened (its metadata read), however long it may take to
+#: analyse: metadata is small, so a file still opening after this is looping in HDF5.
+OPEN_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one trace may cost before its worker is stopped.
+
+    Args:
+        seconds: Wall-clock time for one trace, from handing it to a worker to its result.
+        memory_mb: Address space of a worker, in MiB (``RLIMIT_AS``); 0 for no limit.
+    """
+
+    seconds: float = 600.0
+    memory_mb: int = 4096
+
+    def __post_init__(self) -> None:
+        if not self.seconds > 0 or self.seconds == float("inf"):
+            raise ValueError(f"the time limit must be a positive number of seconds, not {self.seconds}")
+        if self.memory_mb < 0:
+            raise ValueError(f"the memory limit must be 0 (none) or a number of MiB, not {self.memory_mb}")
+
+
+@dataclass(frozen=True)
+class Failed:
+    """A task that ended without a result: ``message`` says why, in one line."""
+
+    message: str
+
+
+_connection: Connection | None = None
+
+
+def opened() -> None:
+    """Tell the parent the trace is open, so the short opening limit no longer applies.
+
+    Called by the task inside a worker; does nothing outside one.
+    """
+    if _connection is not None:
+        _connection.send(("opened", None))
+
+
+def run_isolated(
+    task: Callable[[T], R],
+    items: Sequence[T],
+    *,
+    jobs: int = 1,
+    limits: Limits = Limits(),
+    initializer: Callable[..., None] | None = None,
+    initargs: tuple[Any, ...] = (),
+) -> list[R | Failed]:
+    """Run ``task`` on every item in up to ``jobs`` workers; results in the order of ``items``.
+
+    ``task`` and its results must be picklable where workers are spawned (they are when it is a
+    module-level function). An exception a task raises comes back as :class:`Failed`.
+    """
+    results: list[R | Failed | None] = [None] * len(items)
+    for index, outcome in _Pool(task, limits, initializer, initargs).run(items, jobs):
+        results[index] = outcome
+    return [r if r is not None else Failed("no result") for r in results]
+
+
+def call_isolated(task: Callable[[T], R], item: T, label: str, limits: Limits = Limits()) -> R:
+    """``task(item)`` in a worker; its failure, whatever the cause, raises TraceFormatError
+    with a message that starts with ``label`` (the file read)."""
+    from dbgcli.errors import TraceFormatError
+
+    (outcome,) = run_isolated(task, [item], limits=limits)
+    if isinstance(outcome, Failed):
+        message = outcome.message
+        raise TraceFormatError(message if message.startswith(label) else f"{label}: {message}")
+    return outcome
+
+
+class _Worker:
+    def __init__(self, context: Any, target: Callable[..., None], args: tuple[Any, ...]) -> None:
+        self.connection, child_end = context.Pipe()
+        self.process = context.Process(target=target, args=(child_end, *args), daemon=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # fork in a threaded parent: the child reads files only
+            self.process.start()
+        child_end.close()
+        self.index: int | None = None
+        self.opened = False
+        self.started = 0.0
+        self.deadline = 0.0
+
+    def give(self, index: int, item: Any, limits: Limits) -> None:
+        self.index = index
+        self.opened = False
+        self.started = time.monotonic()
+        self.deadline = self.started + min(OPEN_SECONDS, limits.seconds)
+        self.connection.send(("task", item))
+
+    def stop(self) -> None:
+        """End the worker: an idle one is asked to leave, a busy one is killed."""
+        if self.index is None and self.process.is_alive():
+            try:
+                self.connection.send(("stop", None))
+            except OSError:
+                pass
+        else:
+            self.process.kill()
+        self.connection.close()
+        self.process.join(timeout=5)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+
+    def death(self) -> str:
+        self.process.join(timeout=5)
+        code = self.process.exitcode
+        if code is not None and code < 0:
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = f"signal {-code}"
+            return f"the worker reading it was killed by {name}"
+        return f"the worker reading it exited with code {code}"
+
+
+class _Pool:
+    def __init__(
+        self,
+        task: Callable[[Any], Any],
+        limits: Limits,
+        initializer: Callable[..., None] | None,
+        initargs: tuple[Any, ...],
+    ) -> None:
+        methods = multiprocessing.get_all_start_methods()
+        self.context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+        self.task = task
+        self.limits = limits
+        self.args = (task, limits.memory_mb, initializer, initargs)
+
+    def run(self, items: Sequence[Any], jobs: int) -> Iterator[tuple[int, Any]]:
+        waiting = deque(enumerate(items))
+        workers: list[_Worker] = []
+        try:
+            while waiting or any(w.index is not None for w in workers):
+                while waiting and len(workers) < jobs:
+                    workers.append(_Worker(self.context, _serve, self.args))
+                for worker in workers:
+                    if worker.index is None and waiting:
+                        worker.give(*waiting.popleft(), self.limits)
+                busy = [w for w in workers if w.index is not None]
+                timeout = max(0.0, min(w.deadline for w in busy) - time.monotonic())
+                ready = wait([w.connection for w in busy], timeout=timeout)
+                for worker in busy:
+                    index = worker.index
+                    assert index is not None
+                    if worker.connection in ready:
+                        try:
+                            kind, value = worker.connection.recv()
+                        except (EOFError, OSError):
+                            yield index, Failed(worker.death())
+                            workers.remove(worker)
+                            worker.stop()
+                            continue
+                        if kind == "opened":
+                            worker.opened = True
+                            worker.deadline = worker.started + self.limits.seconds
+                            continue
+                        worker.index = None
+                        yield index, value
+                    elif time.monotonic() >= worker.deadline:
+                        seconds = worker.deadline - worker.started
+                        yield index, Failed(
+                            f"gave up after {seconds:g} s analysing it (--timeout)"
+                            if worker.opened
+                            else f"gave up after {seconds:g} s opening it: HDF5 never finished "
+                            "reading the file's metadata (a corrupt file?)"
+                        )
+                        workers.remove(worker)
+                        worker.stop()
+        finally:
+            for worker in workers:
+                worker.stop()
+
+
+def _serve(
+    connection: Connection,
+    task: Callable[[Any], Any],
+    memory_mb: int,
+    initializer: Callable[..., None] | None,
+    initargs: tuple[Any, ...],
+) -> None:
+    """A worker's life: limits, initializer, then one task per item until the pipe closes."""
+    global _connection
+    # The parent handles Ctrl-C for the whole command.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if memory_mb:
+        limit = memory_mb << 20
+        _, hard = resource.getrlimit(resource.RLIMIT_AS)
+        if hard != resource.RLIM_INFINITY:
+            limit = min(limit, hard)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    warnings.simplefilter("ignore")
+    _connection = connection
+    try:
+        if initializer is not None:
+            initializer(*initargs)
+    except BaseException as error:  # noqa: BLE001 - reported per item below
+        failure: Failed | None = Failed(_describe(error))
+    else:
+        failure = None
+    while True:
+        try:
+            kind, item = connection.recv()
+        except (EOFError, OSError):
+            kind = "stop"
+        if kind == "stop":
+            os._exit(0)
+        if failure is not None:
+            outcome: Any = failure
+        else:
+            try:
+                outcome = task(item)
+            except MemoryError:
+                outcome = Failed(f"ran out of memory (limit {memory_mb} MiB)")
+            except BaseException as error:  # noqa: BLE001 - SystemExit in a rule included
+                outcome = Failed(_describe(error))
+        try:
+            connection.send(("done", outcome))
+        except Exception as error:  # noqa: BLE001 - an unpicklable result
+            connection.send(("done", Failed(f"cannot return the result: {_describe(error)}")))
+
+
+def _describe(error: BaseException) -> str:
+    """One line for a task's exception: a DbgError's message as it is; anything else is a bug
+    of dbg (or of a user's rule) and says so, as the CLI says of its own."""
+    from dbgcli.errors import DbgError
+
+    if isinstance(error, SystemExit):
+        return f"exited (SystemExit {error.code!r})"
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    if isinstance(error, DbgError):
+        return text
+    return f"internal error: {type(error).__name__}: {text}"
