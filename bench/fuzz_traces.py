@@ -10,7 +10,7 @@ Every run must end within the per-trace limit plus a margin, with exit code 0, 1
 2 must print exactly one line on stderr and never an ``internal error``; and no process may
 grow above 1 GiB (the largest resident set of any worker, over the whole run).
 
-    python bench/fuzz_traces.py --cases 10000          # the long run (figures in docs)
+    python bench/fuzz_traces.py --cases 10000 --jobs 2 # the long run (figures in docs)
     python bench/fuzz_traces.py --cases 200 --seed 7   # a quick look
     python bench/fuzz_traces.py --keep out/            # keep the files that broke a rule
 
@@ -24,6 +24,7 @@ import argparse
 import contextlib
 import io
 import json
+import multiprocessing
 import resource
 import shutil
 import sys
@@ -314,50 +315,86 @@ def peak_worker_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
 
 
+@dataclass
+class Tally:
+    """What a range of cases did."""
+
+    outcomes: Counter[str]
+    failures: list[str]
+    limit_hits: int
+    peak_bytes: int
+
+
+def run_cases(first: int, count: int, keep: Path | None = None) -> Tally:
+    """Cases ``first .. first + count - 1``, each corrupted, run and checked in turn."""
+    tally = Tally(Counter(), [], 0, 0)
+    with tempfile.TemporaryDirectory() as scratch:
+        for seed in range(first, first + count):
+            path, what = make_case(seed, Path(scratch))
+            for run in check_case(path):
+                tally.outcomes[f"{run.command} exit {run.code}"] += 1
+                tally.limit_hits += "gave up after" in run.stderr
+                problems = run.problems()
+                if problems:
+                    tally.failures.append(
+                        f"case {seed} ({what}) {run.command}: {', '.join(problems)}: "
+                        f"{run.stderr.strip()[:300]}"
+                    )
+                    if keep:
+                        keep.mkdir(parents=True, exist_ok=True)
+                        shutil.copyfile(path, keep / path.name)
+            path.unlink()
+    tally.peak_bytes = peak_worker_bytes()
+    return tally
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0, help="first case number")
+    parser.add_argument("--jobs", type=int, default=1, help="cases checked side by side")
     parser.add_argument("--keep", type=Path, help="copy files that broke a bar here")
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args()
-    outcomes: Counter[str] = Counter()
-    failures: list[str] = []
-    limit_hits = 0
     started = time.monotonic()
-    with tempfile.TemporaryDirectory() as scratch:
-        for seed in range(args.seed, args.seed + args.cases):
-            path, what = make_case(seed, Path(scratch))
-            for run in check_case(path):
-                outcomes[f"{run.command} exit {run.code}"] += 1
-                limit_hits += "gave up after" in run.stderr
-                problems = run.problems()
-                if problems:
-                    failures.append(f"case {seed} ({what}) {run.command}: {', '.join(problems)}: {run.stderr.strip()[:300]}")
-                    if args.keep:
-                        args.keep.mkdir(parents=True, exist_ok=True)
-                        shutil.copyfile(path, args.keep / path.name)
-            path.unlink()
-            if (seed - args.seed + 1) % 100 == 0:
-                print(f"{seed - args.seed + 1} cases, {len(failures)} failures, {time.monotonic() - started:.0f} s", file=sys.stderr)
-    peak = peak_worker_bytes()
+    batch = 50
+    starts = list(range(args.seed, args.seed + args.cases, batch))
+    counts = [min(batch, args.seed + args.cases - s) for s in starts]
+    total = Tally(Counter(), [], 0, 0)
+    with multiprocessing.get_context("fork").Pool(args.jobs) as pool:
+        for done, tally in enumerate(
+            pool.imap(_run_batch, [(s, c, args.keep) for s, c in zip(starts, counts)]), 1
+        ):
+            total.outcomes.update(tally.outcomes)
+            total.failures.extend(tally.failures)
+            total.limit_hits += tally.limit_hits
+            total.peak_bytes = max(total.peak_bytes, tally.peak_bytes)
+            print(
+                f"{sum(counts[:done])} cases, {len(total.failures)} failures, "
+                f"{time.monotonic() - started:.0f} s",
+                file=sys.stderr,
+            )
     figures = {
         "cases": args.cases,
-        "runs": sum(outcomes.values()),
-        "failures": len(failures),
-        "internal_errors": sum("internal error" in f for f in failures),
-        "over_time": sum("took" in f for f in failures),
-        "limit_reached": limit_hits,
-        "peak_worker_mib": round(peak / 2**20),
-        "outcomes": dict(sorted(outcomes.items())),
+        "runs": sum(total.outcomes.values()),
+        "failures": len(total.failures),
+        "internal_errors": sum("internal error" in f for f in total.failures),
+        "over_time": sum("took" in f for f in total.failures),
+        "limit_reached": total.limit_hits,
+        "peak_worker_mib": round(total.peak_bytes / 2**20),
+        "outcomes": dict(sorted(total.outcomes.items())),
         "seconds": round(time.monotonic() - started),
     }
-    for line in failures[:50]:
+    for line in total.failures[:50]:
         print(line)
     print(json.dumps(figures, indent=2))
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
-    return 1 if failures or peak > MEMORY_BYTES else 0
+    return 1 if total.failures or total.peak_bytes > MEMORY_BYTES else 0
+
+
+def _run_batch(arguments: tuple[int, int, Path | None]) -> Tally:
+    return run_cases(*arguments)
 
 
 if __name__ == "__main__":

@@ -151,14 +151,39 @@ def _differences(
 def _pair(
     steps_a: np.ndarray, modes_a: np.ndarray, steps_b: np.ndarray, modes_b: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Record indices of A and B that share (step, mode), first occurrence of each."""
-    keys_a = steps_a.astype(np.int64) * len(schema.MODES) + modes_a
-    keys_b = steps_b.astype(np.int64) * len(schema.MODES) + modes_b
-    common, rows_a, rows_b = np.intersect1d(
-        keys_a, keys_b, assume_unique=False, return_indices=True
+    """Record indices of A and B that share (step, mode, occurrence): the k-th record of a
+    step and mode in A pairs with the k-th in B (two evaluation passes in one step are two
+    records)."""
+    _, rows_a, rows_b = np.intersect1d(
+        _record_keys(steps_a, modes_a),
+        _record_keys(steps_b, modes_b),
+        assume_unique=True,
+        return_indices=True,
     )
     order = np.argsort(rows_a)
     return rows_a[order], rows_b[order]
+
+
+_KEY = np.dtype([("step", np.int64), ("mode", np.int64), ("occurrence", np.int64)])
+
+
+def _record_keys(steps: np.ndarray, modes: np.ndarray) -> np.ndarray:
+    """One unique key per record: its step, mode and how many records of that step and mode
+    came before it."""
+    keys = np.empty(len(steps), dtype=_KEY)
+    keys["step"], keys["mode"] = steps, modes
+    order = np.lexsort((modes, steps))
+    same = np.zeros(len(steps), dtype=bool)
+    if len(steps) > 1:
+        sorted_keys = keys[order]
+        same[1:] = (sorted_keys["step"][1:] == sorted_keys["step"][:-1]) & (
+            sorted_keys["mode"][1:] == sorted_keys["mode"][:-1]
+        )
+    # Position within each run of equal (step, mode), in record order (lexsort is stable).
+    position = np.arange(len(steps))
+    run_start = np.maximum.accumulate(np.where(same, 0, position))
+    keys["occurrence"][order] = position - run_start
+    return keys
 
 
 def _raw_differences(

@@ -66,9 +66,17 @@ class Config:
 
 
 def find_config(start: Path | None = None) -> Path | None:
-    """The configuration file that applies to ``start`` (default: the working directory)."""
+    """The configuration file that applies to ``start`` (default: the working directory).
+
+    The search goes up from ``start`` to the project root, the nearest directory holding
+    ``.git``, and no further; outside a repository only ``start`` itself is searched. A
+    configuration can name rules files, which are Python that dbg runs, so a ``dbg.toml`` that
+    happens to sit in ``/tmp`` or a parent directory must not apply to a project below it.
+    """
     directory = (start or Path.cwd()).resolve()
-    for folder in (directory, *directory.parents):
+    folders = (directory, *directory.parents)
+    root = next((folder for folder in folders if (folder / ".git").exists()), directory)
+    for folder in folders[: folders.index(root) + 1]:
         candidate = folder / "dbg.toml"
         if candidate.is_file():
             return candidate

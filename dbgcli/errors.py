@@ -28,6 +28,10 @@ class TraceWriterError(DbgError, OSError):
     """The writer could not be set up (for example the target exists and would be overwritten)."""
 
 
+class OutputError(DbgError, OSError):
+    """A report could not be written where it was asked to go."""
+
+
 class ConfigError(DbgError, ValueError):
     """A parameter, option or configuration value is invalid."""
 

@@ -6,8 +6,8 @@ in a worker process under a time limit and an address-space limit: a worker that
 killed and replaced, one that dies (a crash, ``os._exit`` in a user's rule) is replaced too,
 and the trace it held becomes one error line while the other traces go on.
 
-Workers are forked where the platform allows it (they start in milliseconds with everything
-already imported) and spawned elsewhere; each runs an ``initializer`` once, then tasks one at a
+Workers are forked where the platform allows it (they start in a millisecond with everything
+already imported, even from a daemonic process) and spawned elsewhere; each runs an ``initializer`` once, then tasks one at a
 time. Results come back pickled.
 """
 
@@ -103,13 +103,69 @@ def call_isolated(task: Callable[[T], R], item: T, label: str, limits: Limits = 
     return outcome
 
 
-class _Worker:
-    def __init__(self, context: Any, target: Callable[..., None], args: tuple[Any, ...]) -> None:
-        self.connection, child_end = context.Pipe()
-        self.process = context.Process(target=target, args=(child_end, *args), daemon=True)
+class _Forked:
+    """A child made with ``os.fork``, with the part of multiprocessing.Process's interface the
+    pool uses. multiprocessing refuses to start processes from a daemonic one (a worker of the
+    user's own pool, say); a plain fork has no such rule and starts in about a millisecond."""
+
+    def __init__(self, target: Callable[..., None], args: tuple[Any, ...]) -> None:
+        self.target, self.args = target, args
+        self.exitcode: int | None = None
+        self.pid = 0
+
+    def start(self) -> None:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # fork in a threaded parent: the child reads files only
-            self.process.start()
+            # Python 3.12+ warns of fork in a threaded parent; the child only reads files (a
+            # lock another thread held at the fork would stall it until its time limit).
+            warnings.simplefilter("ignore", DeprecationWarning)
+            self.pid = os.fork()
+        if self.pid == 0:  # the child
+            try:
+                self.target(*self.args)
+            finally:
+                os._exit(1)
+
+    def is_alive(self) -> bool:
+        return self.exitcode is None and not self._reaped(os.WNOHANG)
+
+    def kill(self) -> None:
+        if self.exitcode is None:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def join(self, timeout: float | None = None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._reaped(os.WNOHANG if deadline is not None else 0):
+            if deadline is not None and time.monotonic() >= deadline:
+                return
+            time.sleep(0.01)
+
+    def _reaped(self, flags: int) -> bool:
+        if self.exitcode is not None:
+            return True
+        try:
+            pid, status = os.waitpid(self.pid, flags)
+        except ChildProcessError:
+            self.exitcode = -1
+            return True
+        if pid == 0:
+            return False
+        self.exitcode = os.waitstatus_to_exitcode(status)
+        return True
+
+
+class _Worker:
+    def __init__(self, target: Callable[..., None], args: tuple[Any, ...]) -> None:
+        if hasattr(os, "fork"):
+            self.connection, child_end = multiprocessing.Pipe()
+            self.process: Any = _Forked(target, (child_end, self.connection, *args))
+        else:
+            context = multiprocessing.get_context("spawn")
+            self.connection, child_end = context.Pipe()
+            self.process = context.Process(target=target, args=(child_end, None, *args))
+        self.process.start()
         child_end.close()
         self.index: int | None = None
         self.opened = False
@@ -158,8 +214,6 @@ class _Pool:
         initializer: Callable[..., None] | None,
         initargs: tuple[Any, ...],
     ) -> None:
-        methods = multiprocessing.get_all_start_methods()
-        self.context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
         self.task = task
         self.limits = limits
         self.args = (task, limits.memory_mb, initializer, initargs)
@@ -170,7 +224,7 @@ class _Pool:
         try:
             while waiting or any(w.index is not None for w in workers):
                 while waiting and len(workers) < jobs:
-                    workers.append(_Worker(self.context, _serve, self.args))
+                    workers.append(_Worker(_serve, self.args))
                 for worker in workers:
                     if worker.index is None and waiting:
                         worker.give(*waiting.popleft(), self.limits)
@@ -211,6 +265,7 @@ class _Pool:
 
 def _serve(
     connection: Connection,
+    parent_end: Connection | None,
     task: Callable[[Any], Any],
     memory_mb: int,
     initializer: Callable[..., None] | None,
@@ -218,6 +273,8 @@ def _serve(
 ) -> None:
     """A worker's life: limits, initializer, then one task per item until the pipe closes."""
     global _connection
+    if parent_end is not None:
+        parent_end.close()  # a forked child holds a copy; the parent's end is the parent's
     # The parent handles Ctrl-C for the whole command.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if memory_mb:
@@ -235,8 +292,14 @@ def _serve(
         failure: Failed | None = Failed(_describe(error))
     else:
         failure = None
+    parent = os.getppid()
     while True:
         try:
+            # Forked siblings hold copies of each other's pipes, so a parent that dies does not
+            # close this one: check that it is still there.
+            while not connection.poll(1.0):
+                if os.getppid() != parent:
+                    os._exit(0)
             kind, item = connection.recv()
         except (EOFError, OSError):
             kind = "stop"

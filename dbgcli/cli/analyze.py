@@ -80,9 +80,19 @@ def analyze(
     config: Annotated[
         Path | None,
         typer.Option(
-            "--config", help="Configuration file (default: dbg.toml or [tool.dbg] found upwards)."
+            "--config",
+            help="Configuration file (default: dbg.toml or [tool.dbg] found upwards, up to the "
+            "directory holding .git).",
         ),
     ] = None,
+    isolated: Annotated[
+        bool,
+        typer.Option(
+            "--isolated",
+            help="Ignore every configuration file (and the rules files they name: those run "
+            "Python).",
+        ),
+    ] = False,
     rules_file: Annotated[
         list[Path] | None,
         typer.Option("--rules-file", help="Load custom rules from this Python file."),
@@ -125,7 +135,9 @@ def analyze(
     from dbgcli.report.baseline import apply_baseline, read_baseline
     from dbgcli.report.baseline import write_baseline as write_baseline_file
 
-    settings = load_config(config)
+    if isolated and config is not None:
+        raise ConfigError("--isolated ignores configuration files; drop --config or --isolated")
+    settings = load_config(config, search=not isolated)
     options = Options(
         select=_tokens(select) if select else settings.select,
         ignore=_tokens(ignore) if ignore else settings.ignore,

@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from dbgcli.errors import ConfigError
+from dbgcli.errors import ConfigError, OutputError
 from dbgcli.report.formats import FORMATS, machine_renderer
 
 FORMAT_HELP = (
@@ -60,6 +60,19 @@ def parse_outputs(
 
 def write_report(
     report: Any, fmt: str, destination: Path | None, quiet: bool, verbose: bool = False
+) -> None:
+    """Write ``report`` in ``fmt`` to ``destination`` (stdout when None)."""
+    try:
+        _write_report(report, fmt, destination, quiet, verbose)
+    except OSError as error:
+        where = destination if destination is not None else "standard output"
+        raise OutputError(
+            f"cannot write the {fmt} report to {where}: {error.strerror or error}"
+        ) from None
+
+
+def _write_report(
+    report: Any, fmt: str, destination: Path | None, quiet: bool, verbose: bool
 ) -> None:
     if fmt == "human":
         from rich.console import Console

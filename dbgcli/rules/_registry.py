@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import math
 import re
 import sys
 import types
@@ -625,16 +626,20 @@ def _coerce(annotation: Any, value: Any) -> Any:
             number = float(value)
         except (TypeError, ValueError):
             raise ValueError(f"{value!r} is not an integer") from None
-        if not number.is_integer():
+        if not math.isfinite(number) or not number.is_integer():
             raise ValueError(f"{value!r} is not an integer")
         return int(number)
     if annotation is float:
         if isinstance(value, bool):
             raise ValueError(f"{value!r} is not a number")
         try:
-            return float(value)
+            number = float(value)
         except (TypeError, ValueError):
             raise ValueError(f"{value!r} is not a number") from None
+        # Every comparison with NaN is false: a NaN threshold would pass every trace.
+        if not math.isfinite(number):
+            raise ValueError(f"{value!r} is not a finite number")
+        return number
     if annotation is str:
         if not isinstance(value, str):
             raise ValueError(f"{value!r} is not a string")
