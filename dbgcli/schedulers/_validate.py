@@ -134,7 +134,7 @@ def ordered_bounds(
     where: str, low: float | tuple[float, ...], high: float | tuple[float, ...]
 ) -> None:
     """Check ``min_lr <= max_lr`` group by group (a scalar stands for every group)."""
-    if isinstance(low, float) and isinstance(high, float):
+    if not isinstance(low, tuple) and not isinstance(high, tuple):
         if low > high:
             raise ConfigError(f"{where}: min_lr ({low!r}) must not exceed max_lr ({high!r})")
         return
