@@ -15,6 +15,8 @@ from dbgcli.errors import ConfigError
 from dbgcli.schedulers import simulate
 from dbgcli.torch import GreedyLR
 
+from .helpers import make_problem
+
 PARAMS: dict[str, Any] = {
     "factor": 0.7,
     "patience": 3,
@@ -26,18 +28,6 @@ PARAMS: dict[str, Any] = {
     "window_size": 5,
     "reset_start": 3,
 }
-
-
-def make_problem(seed: int) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
-    """A small MLP and a noisy regression data set, identical for equal seeds."""
-    generator = torch.Generator().manual_seed(seed)
-    inputs = torch.randn(256, 8, generator=generator)
-    targets = torch.sin(inputs @ torch.randn(8, 1, generator=generator)) + 0.1 * torch.randn(
-        256, 1, generator=generator
-    )
-    torch.manual_seed(seed)
-    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
-    return model, inputs, targets
 
 
 def train(
