@@ -225,7 +225,8 @@ class GreedyLR:
             "window_size": window_size,
             "reset_start": reset_start,
         }
-        self._build(params)
+        self._scheduler = greedy(**params)
+        self._params = params
         if not isinstance(verbose, bool):
             raise ConfigError(f"{_WHERE}: verbose must be True or False, got {verbose!r}")
         import torch
@@ -237,16 +238,6 @@ class GreedyLR:
         self.last_epoch = 0
         self._state = cast(GreedyState, self._scheduler.init(self._group_lrs()))
         self._last_lr = list(self._group_lrs())
-
-    def _build(self, params: dict[str, Any]) -> None:
-        """Validate ``params`` and make them the scheduler's (nothing changes if they fail)."""
-        scheduler = greedy(**params)
-        is_better = improvement_test(
-            *check.improvement(
-                _WHERE, params["mode"], params["threshold_mode"], params["threshold"], native=True
-            )
-        )
-        self._params, self._scheduler, self._is_better = params, scheduler, is_better
 
     @property
     def state(self) -> GreedyState:
@@ -314,7 +305,10 @@ class GreedyLR:
 
     def is_better(self, current: float, best: float) -> bool:
         """Return whether ``current`` improves on ``best`` (strictly, beyond the threshold)."""
-        return self._is_better(current, best)
+        improvement = check.improvement(
+            _WHERE, self.mode, self.threshold_mode, self.threshold, native=True
+        )
+        return improvement_test(*improvement)(current, best)
 
     def get_last_lr(self) -> list[float]:
         """Return each group's learning rate after the last ``step`` (the initial ones before).
@@ -380,15 +374,11 @@ class GreedyLR:
         if not isinstance(verbose, bool):
             raise ConfigError(f"{_WHERE}: verbose must be True or False, got {verbose!r}")
         state = self._state._replace(**fields)
+        scheduler = self._scheduler
         if params != self._params:
-            kept = self._params, self._scheduler, self._is_better
-            self._build(params)
-            try:
-                self._scheduler.init(state.init_lrs)  # per-group bounds against the groups
-            except ConfigError:
-                self._params, self._scheduler, self._is_better = kept
-                raise
-        self._state = state
+            scheduler = greedy(**params)
+            scheduler.init(state.init_lrs)  # checks per-group bounds against the groups
+        self._params, self._scheduler, self._state = params, scheduler, state
         self.verbose = verbose
         self.last_epoch = state_dict.get("last_epoch", self.last_epoch)
         if last_lr is not None:
@@ -431,12 +421,12 @@ class GreedyLR:
     def __getstate__(self) -> dict[str, Any]:
         # The pure scheduler is made of closures, which do not pickle; its parameters do.
         state = dict(self.__dict__)
-        del state["_scheduler"], state["_is_better"]
+        del state["_scheduler"]
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._build(self._params)
+        self._scheduler = greedy(**self._params)
 
 
 def _set_lr(group: dict[str, Any], lr: float) -> None:

@@ -353,6 +353,21 @@ def test_every_attribute_and_the_state_dict_equal_the_reference_at_every_step() 
     assert ours.state.resets > 0  # the run went through a reset
 
 
+@pytest.mark.parametrize("mode", ["min", "max"])
+@pytest.mark.parametrize("threshold_mode", ["abs", "rel"])
+@pytest.mark.parametrize("threshold", [0.0, 0.1, np.float32(1e-3)], ids=repr)
+def test_is_better_answers_as_the_reference(
+    mode: str, threshold_mode: str, threshold: float
+) -> None:
+    params = {"mode": mode, "threshold_mode": threshold_mode, "threshold": threshold}
+    ours = GreedyLR(two_group_optimizer(), **params)
+    reference = ReferenceGreedyLR(two_group_optimizer(), **params)
+    values = [-math.inf, -2.0, -1.0, -0.999, 0.0, 0.9, 0.999, 1.0, 1.0005, 1.1, math.inf]
+    answers = [ours.is_better(a, b) for a in values for b in values]
+    assert answers == [reference.is_better(a, b) for a in values for b in values]
+    assert True in answers and False in answers
+
+
 def test_attributes_assigned_mid_run_act_as_in_the_reference() -> None:
     ours = GreedyLR(two_group_optimizer(), **RUN_PARAMS)
     reference = ReferenceGreedyLR(two_group_optimizer(), **RUN_PARAMS)
