@@ -104,6 +104,11 @@ def greedy(
         window_size: Length of the smoothing window.
         reset_start: Decrease attempts at the floor before a reset.
 
+    A numpy scalar of single (or half, or extended) precision given as ``factor``, ``threshold``,
+    a bound or ``eps`` is computed with as it is, as the reference does: numpy rounds
+    ``lr * np.float32(f)`` to single precision, so such a run follows the reference bit for bit
+    rather than the double-precision run of ``float(f)``.
+
     Returns:
         The scheduler. Its state is a :class:`GreedyState`.
 
@@ -111,8 +116,9 @@ def greedy(
         ConfigError: If a parameter is out of range: ``factor`` outside (0, 1), a negative
             ``patience``/``cooldown``/``warmup``, ``window_size`` or ``reset_start`` below 1,
             ``min_lr`` negative or above ``max_lr``, ``eps`` negative, an unknown ``mode`` or
-            ``threshold_mode``, a ``"rel"`` threshold of 1 or more in ``"min"`` mode, NaN
-            anywhere, or (at ``init``) per-group bounds whose length is not the number of groups.
+            ``threshold_mode``, a ``"rel"`` threshold of 1 or more in ``"min"`` mode or of -1 or
+            less in ``"max"`` mode, NaN anywhere, or (at ``init``) per-group bounds whose length
+            is not the number of groups.
 
     Examples:
         >>> from dbgcli.schedulers import simulate
@@ -120,15 +126,19 @@ def greedy(
         >>> simulate(losses, "greedy", lr=0.1, factor=0.5, patience=1).tolist()
         [0.1, 0.2, 0.2, 0.4, 0.4, 0.2]
     """
-    mode, threshold_mode, threshold = check.improvement(_WHERE, mode, threshold_mode, threshold)
-    factor = check.real(_WHERE, "factor", factor, above=0.0, below=1.0)
+    # ``native``: the reference computes with the objects it is given, so a np.float32 factor
+    # (or bound, eps, threshold) rounds every move to single precision; keep it to do the same.
+    mode, threshold_mode, threshold = check.improvement(
+        _WHERE, mode, threshold_mode, threshold, native=True
+    )
+    factor = check.real(_WHERE, "factor", factor, above=0.0, below=1.0, native=True)
     patience = check.integer(_WHERE, "patience", patience, minimum=0)
     cooldown = check.integer(_WHERE, "cooldown", cooldown, minimum=0)
     warmup = check.integer(_WHERE, "warmup", warmup, minimum=0)
-    floor = check.bound(_WHERE, "min_lr", min_lr, allow_inf=False)
-    ceiling = check.bound(_WHERE, "max_lr", max_lr, allow_inf=True)
+    floor = check.bound(_WHERE, "min_lr", min_lr, allow_inf=False, native=True)
+    ceiling = check.bound(_WHERE, "max_lr", max_lr, allow_inf=True, native=True)
     check.ordered_bounds(_WHERE, floor, ceiling)
-    eps = check.real(_WHERE, "eps", eps, at_least=0.0)
+    eps = check.real(_WHERE, "eps", eps, at_least=0.0, native=True)
     if not isinstance(smooth, bool):
         raise ConfigError(f"{_WHERE}: smooth must be True or False, got {smooth!r}")
     window_size = check.integer(_WHERE, "window_size", window_size, minimum=1)
@@ -139,16 +149,21 @@ def greedy(
     minimize = mode == "min"
     worst = worst_metric(mode)
 
+    # The reference reads the rate as ``float(lr)`` for the arithmetic but leaves an unmoved group
+    # holding the object it held, which the at-the-floor test then compares: both matter when
+    # that object is a numpy scalar (a np.float32 compares with a float in single precision).
     def lowered(lr: float, lr_min: float) -> float:
-        new = max(lr * factor, lr_min)
-        return new if lr - new > eps else lr
+        old = float(lr)
+        new = max(old * factor, lr_min)
+        return new if old - new > eps else lr
 
     def raised(lr: float, lr_max: float) -> float:
-        new = min(lr / factor, lr_max)
-        return new if new - lr > eps else lr
+        old = float(lr)
+        new = min(old / factor, lr_max)
+        return new if new - old > eps else lr
 
     def init(lrs: Sequence[float]) -> GreedyState:
-        lrs = check.learning_rates(_WHERE, lrs)
+        lrs = check.learning_rates(_WHERE, lrs, native=True)
         check.per_group(_WHERE, "min_lr", floor, len(lrs))
         check.per_group(_WHERE, "max_lr", ceiling, len(lrs))
         return fresh(lrs, resets=0)

@@ -71,8 +71,9 @@ def reduce_on_plateau(
     Raises:
         ConfigError: If ``factor`` is outside (0, 1), ``patience`` or ``cooldown`` is negative,
             ``min_lr`` or ``eps`` is negative, ``mode`` or ``threshold_mode`` is unknown, a
-            ``"rel"`` threshold is 1 or more in ``"min"`` mode, a value is NaN, or (at ``init``)
-            a per-group ``min_lr`` does not have one value per group.
+            ``"rel"`` threshold is 1 or more in ``"min"`` mode or -1 or less in ``"max"`` mode, a
+            value is NaN, or (at ``init``) a per-group ``min_lr`` does not have one value per
+            group.
 
     Examples:
         >>> from dbgcli.schedulers import simulate
@@ -80,21 +81,25 @@ def reduce_on_plateau(
         >>> simulate(losses, "plateau", lr=0.1, factor=0.5, patience=1).tolist()
         [0.1, 0.1, 0.1, 0.05, 0.05, 0.05]
     """
-    mode, threshold_mode, threshold = check.improvement(_WHERE, mode, threshold_mode, threshold)
-    factor = check.real(_WHERE, "factor", factor, above=0.0, below=1.0)
+    # ``native``: torch computes with the objects it is given (see ``greedy``).
+    mode, threshold_mode, threshold = check.improvement(
+        _WHERE, mode, threshold_mode, threshold, native=True
+    )
+    factor = check.real(_WHERE, "factor", factor, above=0.0, below=1.0, native=True)
     patience = check.integer(_WHERE, "patience", patience, minimum=0)
     cooldown = check.integer(_WHERE, "cooldown", cooldown, minimum=0)
-    floor = check.bound(_WHERE, "min_lr", min_lr, allow_inf=False)
-    eps = check.real(_WHERE, "eps", eps, at_least=0.0)
+    floor = check.bound(_WHERE, "min_lr", min_lr, allow_inf=False, native=True)
+    eps = check.real(_WHERE, "eps", eps, at_least=0.0, native=True)
 
     is_better = improvement_test(mode, threshold_mode, threshold)
 
     def lowered(lr: float, lr_min: float) -> float:
-        new = max(lr * factor, lr_min)
-        return new if lr - new > eps else lr
+        old = float(lr)
+        new = max(old * factor, lr_min)
+        return new if old - new > eps else lr
 
     def init(lrs: Sequence[float]) -> PlateauState:
-        lrs = check.learning_rates(_WHERE, lrs)
+        lrs = check.learning_rates(_WHERE, lrs, native=True)
         check.per_group(_WHERE, "min_lr", floor, len(lrs))
         return PlateauState(lrs=lrs, best=worst_metric(mode), bad_steps=0, cooldown_left=0)
 

@@ -6,6 +6,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import torch
+
 from dbgcli.schedulers import Scheduler, replay
 
 
@@ -34,3 +36,15 @@ def replay_rows(
     """``replay`` with a list of learning rates, as plain lists."""
     result = replay(losses, scheduler, list(lrs), **params)
     return result.lrs.tolist(), result.resets.tolist()
+
+
+def make_problem(seed: int) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    """A small MLP and a noisy regression data set, identical for equal seeds."""
+    generator = torch.Generator().manual_seed(seed)
+    inputs = torch.randn(256, 8, generator=generator)
+    targets = torch.sin(inputs @ torch.randn(8, 1, generator=generator)) + 0.1 * torch.randn(
+        256, 1, generator=generator
+    )
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+    return model, inputs, targets

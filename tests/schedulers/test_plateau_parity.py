@@ -102,3 +102,24 @@ def test_nan_and_inf_are_bad_steps_like_torch(
 ) -> None:
     losses = [1.0, math.nan, math.inf, math.nan, 0.5, -math.inf, 0.1, 0.0, math.nan, math.nan]
     check_plateau(reference_torch, losses, [0.1], {"patience": 1, "factor": 0.5}, "nonfinite")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_numpy_parameters_compute_as_torch_does(
+    reference_torch: Callable[..., list[list[float]]],
+    sequences: dict[str, list[float]],
+    dtype: type,
+) -> None:
+    # torch multiplies by the factor object it was given, so a np.float32 factor rounds every
+    # decrease to single precision; the replay must do the same, not compute with float(factor).
+    params = {"patience": 1, "factor": 0.7, "threshold": 1e-3, "min_lr": [1e-4, 0.0], "eps": 1e-9}
+    typed = {
+        key: [dtype(v) for v in value] if isinstance(value, list) else dtype(value)
+        for key, value in params.items()
+        if key != "patience"
+    }
+    typed["patience"] = 1
+    losses = sequences["sine_noise"] + sequences["staircase"]
+    check_plateau(reference_torch, losses, [0.1, 0.03], typed, str(dtype))
+    doubled, _ = replay_rows("plateau", losses, [0.1, 0.03], **params)
+    assert replay_rows("plateau", losses, [0.1, 0.03], **typed)[0] != doubled

@@ -15,6 +15,8 @@ from dbgcli.errors import ConfigError
 from dbgcli.schedulers import simulate
 from dbgcli.torch import GreedyLR
 
+from .helpers import make_problem
+
 PARAMS: dict[str, Any] = {
     "factor": 0.7,
     "patience": 3,
@@ -26,18 +28,6 @@ PARAMS: dict[str, Any] = {
     "window_size": 5,
     "reset_start": 3,
 }
-
-
-def make_problem(seed: int) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
-    """A small MLP and a noisy regression data set, identical for equal seeds."""
-    generator = torch.Generator().manual_seed(seed)
-    inputs = torch.randn(256, 8, generator=generator)
-    targets = torch.sin(inputs @ torch.randn(8, 1, generator=generator)) + 0.1 * torch.randn(
-        256, 1, generator=generator
-    )
-    torch.manual_seed(seed)
-    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
-    return model, inputs, targets
 
 
 def train(
@@ -146,11 +136,16 @@ def test_state_dict_round_trips_mid_run(save_at: int) -> None:
     assert lrs == uninterrupted
 
 
-def test_load_state_dict_rejects_other_parameters() -> None:
+def test_load_state_dict_adopts_saved_parameters_after_checking_them() -> None:
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
-    saved = GreedyLR(optimizer, patience=3).state_dict()
-    with pytest.raises(ConfigError, match="patience"):
-        GreedyLR(optimizer, patience=4).load_state_dict(saved)
+    saved = GreedyLR(optimizer, patience=3, factor=0.5).state_dict()
+    scheduler = GreedyLR(optimizer, patience=4)
+    scheduler.load_state_dict(saved)  # as the reference does: the saved parameters win
+    assert (scheduler.patience, scheduler.factor) == (3, 0.5)
+    before = scheduler.state_dict()
+    with pytest.raises(ConfigError, match="factor must be < 1"):
+        scheduler.load_state_dict({**saved, "factor": 1.5, "best": 2.0})
+    assert scheduler.state_dict() == before  # a rejected load changes nothing
 
 
 def test_get_last_lr_before_any_step_is_the_initial_rates() -> None:
