@@ -65,17 +65,24 @@ class Config:
     loss: str | dict[str, str] | None = None
 
 
+#: What marks a project's root directory, where the search for configuration stops.
+ROOT_MARKERS = (".git", ".hg", "pyproject.toml")
+
+
 def find_config(start: Path | None = None) -> Path | None:
     """The configuration file that applies to ``start`` (default: the working directory).
 
     The search goes up from ``start`` to the project root, the nearest directory holding
-    ``.git``, and no further; outside a repository only ``start`` itself is searched. A
-    configuration can name rules files, which are Python that dbg runs, so a ``dbg.toml`` that
-    happens to sit in ``/tmp`` or a parent directory must not apply to a project below it.
+    ``.git``, ``.hg`` or ``pyproject.toml``, and no further; with no project root above, only
+    ``start`` itself is searched. A configuration can name rules files, which are Python that
+    dbg runs, so a ``dbg.toml`` that happens to sit in ``/tmp`` or a parent directory must not
+    apply to a project below it.
     """
     directory = (start or Path.cwd()).resolve()
     folders = (directory, *directory.parents)
-    root = next((folder for folder in folders if (folder / ".git").exists()), directory)
+    root = next(
+        (f for f in folders if any((f / marker).exists() for marker in ROOT_MARKERS)), directory
+    )
     for folder in folders[: folders.index(root) + 1]:
         candidate = folder / "dbg.toml"
         if candidate.is_file():

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from dbgcli import open_trace
-from dbgcli.analysis import Options, analyze, configure
+from dbgcli.analysis import Options, analyze, analyze_trace, configure
 from dbgcli.errors import RuleConfigError
 from dbgcli.findings import Finding, Severity
-from dbgcli.report.model import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK, RuleStatus
+from dbgcli.report.model import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK, Report, RuleStatus
 from dbgcli.rules import REGISTRY, Need, RuleContext, rule
 
 # Test rules are opt-in (default_enabled=False): registered once per process, they must not
@@ -217,12 +217,18 @@ def test_missing_data_skips_with_reason(rules_file: Path, trace: Path) -> None:
     assert report.exit_code(Severity.info) == EXIT_OK
 
 
+def analyze_here(path: Path, options: Options) -> Report:
+    """The engine on one trace in this process (``analyze`` runs it in a worker), so a test can
+    watch what the rules' module records."""
+    return Report((analyze_trace(path, configure(options), options),))
+
+
 def test_planned_derivations_read_each_tensor_once(rules_file: Path, trace: Path) -> None:
     import sys
 
     module = sys.modules[REGISTRY.get("TST002").function.__module__]
     module.FEEDS.clear()
-    report = analyze([trace], Options(select=("TST002", "TST003")))
+    report = analyze_here(trace, Options(select=("TST002", "TST003")))
     assert all(r.status is RuleStatus.passed for r in report.traces[0].results)
     assert sum(module.FEEDS) == 4  # four records of "w", fed once for both rules
 
@@ -239,15 +245,15 @@ def test_per_tensor_rules_are_shown_one_tensor_at_a_time(rules_file: Path, make_
         }
     )
     module.SEEN.clear()
-    report = analyze([path], Options(select=("TST006", "DBG404")))
+    report = analyze_here(path, Options(select=("TST006", "DBG404")))
     assert module.SEEN == [["a"], ["b"], ["c"]]
     other, result = report.traces[0].results  # DBG404, TST006
     assert [f.tensor for f in result.findings] == ["a", "b", "c"]
     assert other.status is RuleStatus.passed
 
     module.SEEN.clear()
-    crashed = analyze(
-        [path], Options(select=("TST006", "DBG404"), params={"TST006": {"crash_on": "b"}})
+    crashed = analyze_here(
+        path, Options(select=("TST006", "DBG404"), params={"TST006": {"crash_on": "b"}})
     )
     other, result = crashed.traces[0].results
     # A crash on one tensor ends the rule: no partial findings, and it is not run again.

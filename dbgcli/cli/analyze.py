@@ -82,7 +82,7 @@ def analyze(
         typer.Option(
             "--config",
             help="Configuration file (default: dbg.toml or [tool.dbg] found upwards, up to the "
-            "directory holding .git).",
+            "project root: the directory holding .git, .hg or pyproject.toml).",
         ),
     ] = None,
     isolated: Annotated[
