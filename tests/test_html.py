@@ -108,7 +108,7 @@ def test_views_follow_the_data_of_the_trace() -> None:
     assert missing["gradient flow"] == "no gradient tensors recorded"
     assert "activation health" in missing and "low-dimensional view" in missing
     importance = charts["importance"].figure
-    names = [name for trace in importance.data for name in trace.y]
+    names = [name for trace in importance.data for name in trace["y"]]
     assert "x0" in names  # features named from the run metadata
 
 
@@ -128,20 +128,22 @@ def test_findings_are_marked_at_their_steps_and_tensors() -> None:
     health = charts["activation-health"]
     assert dead in health.marked
     layout = health.figure.layout
-    labels = [a for a in layout.annotations if a.text and "DBG201" in a.text]
-    assert labels and any("100 % of 64 units dead" in a.hovertext for a in labels)
-    spans = [(s.x0, s.x1) for s in layout.shapes if s.type == "rect"]
+    labels = [a for a in layout["annotations"] if "DBG201" in a["text"]]
+    assert labels and any("100 % of 64 units dead" in a["hovertext"] for a in labels)
+    spans = [(s["x0"], s["x1"]) for s in layout["shapes"] if s["type"] == "rect"]
     assert (findings[dead].first_step - 0.5, findings[dead].last_step + 0.5) in spans
 
     # In a heatmap the mark frames the tensor's row.
     flow = charts["gradient-flow"]
-    rows = list(flow.figure.data[0].y)
+    rows = list(flow.figure.data[0]["y"])
     zero = next(
         i for i, f in enumerate(findings) if f.rule_id == "DBG401" and f.tensor == "grad/fc1.weight"
     )
     assert zero in flow.marked
     row = rows.index("grad/fc1.weight")
-    assert any(s.y0 == row - 0.5 and s.y1 == row + 0.5 for s in flow.figure.layout.shapes)
+    assert any(
+        s.get("y0") == row - 0.5 and s.get("y1") == row + 0.5 for s in flow.figure.layout["shapes"]
+    )
 
     # XGBoost: trees too deep on the depth plot, overweight features on the importance bars.
     charts, _, findings = views_of(XGBOOST)
@@ -261,11 +263,11 @@ def test_long_traces_are_downsampled(make_trace, tmp_path: Path) -> None:
     )
     report = analyze([path], Options(select=("DBG1",)))
     views = {v.key: v for v in trace_views(report.traces[0]) if isinstance(v, Chart)}
-    train = next(t for t in views["curves"].figure.data if t.name == "train loss")
-    assert len(train.x) <= LINE_POINTS + 2
-    assert 12_345 in list(train.x) and float(np.nanmax(train.y)) == 50.0
-    assert np.isnan(np.asarray(train.y, dtype=np.float64)[list(train.x).index(15_000)])
-    assert len(views["gradient-flow"].figure.data[0].x) <= COLUMNS
+    train = next(t for t in views["curves"].figure.data if t["name"] == "train loss")
+    assert len(train["x"]) <= LINE_POINTS + 2
+    assert 12_345 in list(train["x"]) and float(np.nanmax(train["y"])) == 50.0
+    assert np.isnan(train["y"][list(train["x"]).index(15_000)])
+    assert len(views["gradient-flow"].figure.data[0]["x"]) <= COLUMNS
     assert len(render(report)) < 5_000_000
 
 
@@ -305,11 +307,20 @@ def test_pca_separates_classes_and_colours_by_label(make_trace) -> None:
     )
     charts, _, _ = views_of(path)
     embedding = charts["embedding"].figure
-    assert len(embedding.layout.annotations) == 3  # the first, middle and last stored steps
-    assert "PCA" in embedding.layout.annotations[0].text
-    first_panel = [t for t in embedding.data if t.xaxis == "x"]
-    assert sorted(t.name for t in first_panel) == ["class 0", "class 1"]
-    zero, one = (np.asarray(t.x) for t in sorted(first_panel, key=lambda t: t.name))
+    titles = [a["text"] for a in embedding.layout["annotations"]]
+    assert len(titles) == 3  # the first, middle and last stored steps
+    first_panel = [t for t in embedding.data if t.get("xaxis", "x") == "x"]
+    assert sorted(t["name"] for t in first_panel) == ["class 0", "class 1"]
+    zero, one = (t["x"] for t in sorted(first_panel, key=lambda t: t["name"]))
     assert (zero.min() > one.max()) or (one.min() > zero.max())  # PC1 splits the classes
-    share = float(re.search(r"PCA (\d+) %", embedding.layout.annotations[0].text).group(1))
+    share = float(re.search(r"PCA (\d+) %", titles[0]).group(1))
     assert share > 90
+
+
+def test_bench_script_runs() -> None:
+    bench = Path(__file__).resolve().parents[1] / "bench" / "bench_html.py"
+    result = subprocess.run(
+        [sys.executable, str(bench), "--quick"], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert "size MB" in result.stdout and "numpy_mlp_dead_relu.h5" in result.stdout

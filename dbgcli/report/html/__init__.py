@@ -23,7 +23,7 @@ from dbgcli._version import __version__
 from dbgcli.diagnosis import Diagnosis, causes_first
 from dbgcli.errors import ConfigError
 from dbgcli.findings import Finding, Severity
-from dbgcli.report.html.charts import PALETTE, Chart, line, subplots
+from dbgcli.report.html.charts import PALETTE, Chart, Figure, line, wants_log
 from dbgcli.report.html.sampling import thin
 from dbgcli.report.html.views import LINE_POINTS, Missing, trace_views
 from dbgcli.report.model import Report, TraceReport
@@ -101,7 +101,9 @@ def _overview(report: Report) -> str:
     """One row per trace, then their loss curves on one plot."""
     rows = []
     for index, trace in enumerate(report.traces):
-        worst = trace.findings[0] if trace.findings else None
+        # The cause the verdict names: diagnoses are ranked, the most severe first.
+        findings = trace.findings
+        worst = findings[trace.diagnoses[0].cause] if trace.diagnoses else None
         rows.append(
             f"<tr><td><a href='#t{index}'>{_e(trace.path)}</a></td>"
             f"<td class='{_tone(trace)}'>{_e(trace.verdict)}</td>"
@@ -111,7 +113,7 @@ def _overview(report: Report) -> str:
         "<h2 id='summary'>Summary</h2><table><tr><th>trace</th><th>verdict</th>"
         f"<th>worst finding</th></tr>{''.join(rows)}</table>"
     )
-    figure = subplots()
+    figure = Figure()
     drawn = 0
     values: list[np.ndarray] = []
     for index, trace in enumerate(report.traces):
@@ -128,12 +130,10 @@ def _overview(report: Report) -> str:
             drawn += 1
     if not drawn:
         return table
-    finite = np.concatenate(values)
-    finite = finite[np.isfinite(finite)]
-    if finite.size and finite.min() > 0 and finite.max() / finite.min() > 100:
+    if wants_log(np.concatenate(values)):
         figure.update_yaxes(type="log")
-    figure.update_xaxes(title_text="step")
-    figure.update_yaxes(title_text="loss")
+    figure.update_xaxes(title={"text": "step"})
+    figure.update_yaxes(title={"text": "loss"})
     figure.update_layout(
         height=420, legend={"orientation": "v", "x": 1.02, "y": 1, "yanchor": "top"}
     )

@@ -26,13 +26,14 @@ from dbgcli.lr import DISCLAIMER
 from dbgcli.report.html.charts import (
     PALETTE,
     Chart,
+    Figure,
     Target,
     heatmap,
     line,
     mark,
     pick,
     row_axis,
-    subplots,
+    wants_log,
 )
 from dbgcli.report.html.sampling import Columns, thin
 from dbgcli.report.model import TraceReport
@@ -119,7 +120,7 @@ def _curves(source: Source) -> list[Chart | Missing]:
     ]
     if not panels:
         return [Missing("loss and learning rate", "no loss, accuracy or learning-rate series")]
-    figure = subplots(len(panels), 1, shared_xaxes=True, subplot_titles=panels)
+    figure = Figure(len(panels), 1, shared_xaxes=True, titles=panels)
     targets: dict[str, Target] = {}
     row = {name: index + 1 for index, name in enumerate(panels)}
     for index, curve in enumerate(losses):
@@ -130,7 +131,10 @@ def _curves(source: Source) -> list[Chart | Missing]:
             row=row["loss"],
             col=1,
         )
-        _log_if_wide(figure, values, row["loss"])
+    if losses and wants_log(
+        np.concatenate([np.asarray(c.values, dtype=np.float64) for c in losses])
+    ):
+        figure.update_yaxes(type="log", row=row["loss"], col=1)
     for mode in _MODES:
         tag = ctx.loss_tag(mode)
         if tag is not None and losses:
@@ -172,25 +176,19 @@ def _curves(source: Source) -> list[Chart | Missing]:
             notes.append(f"{curve.name}: {curve.note}.")
     if rates:
         lr_values = np.concatenate([np.asarray(c.values, dtype=np.float64) for c in rates])
-        _log_if_wide(figure, lr_values, row["learning rate"], always=True)
+        if wants_log(lr_values, always=True):
+            figure.update_yaxes(type="log", row=row["learning rate"], col=1)
         tag = ctx.lr_tag()
         if tag is not None:
             targets[tag] = Target(row["learning rate"])
         if notes:
             notes.append(DISCLAIMER)
-    figure.update_xaxes(title_text="step", row=len(panels), col=1)
+    figure.update_xaxes(title={"text": "step"}, row=len(panels), col=1)
     marked = mark(figure, source.findings, targets, run_wide=Target(1))
     caption = "Shaded spans: steps of findings (hover a ⚑ label for the message). " + " ".join(
         notes
     )
     return [Chart("curves", "Loss and learning rate", figure, caption.strip(), marked)]
-
-
-def _log_if_wide(figure: object, values: np.ndarray, row: int, always: bool = False) -> None:
-    """Log scale for positive values spanning more than two decades (or any, with always)."""
-    finite = values[np.isfinite(values)]
-    if finite.size and finite.min() > 0 and (always or finite.max() / finite.min() > 100):
-        figure.update_yaxes(type="log", row=row, col=1)  # type: ignore[attr-defined]
 
 
 # -- gradient flow and update ratios -----------------------------------------------------------
@@ -207,8 +205,6 @@ def _gradient_flow(source: Source) -> list[Chart | Missing]:
         key="gradient-flow",
         title="Gradient flow: L2 norm of each layer's gradient over steps",
         label="log10 ‖g‖",
-        colourscale="Viridis",
-        middle=None,
     )
     return [chart]
 
@@ -233,8 +229,6 @@ def _update_ratio(source: Source) -> list[Chart | Missing]:
         key="update-ratio",
         title="Update / weight ratio of each parameter over steps",
         label="log10 ‖Δw‖/‖w‖",
-        colourscale="RdBu_r",
-        middle=-3.0,
     )
     chart.caption += " Around -3 (an update of a thousandth of the weights) is typical for SGD."
     return [chart]
@@ -247,8 +241,6 @@ def _layer_heatmap(
     key: str,
     title: str,
     label: str,
-    colourscale: str,
-    middle: float | None,
 ) -> Chart:
     """Tensors by steps, coloured by the log10 of a positive quantity.
 
@@ -269,13 +261,10 @@ def _layer_heatmap(
         zeros[i] = (is_zero == 1) & ~np.isfinite(grid[i])
     floor = math.floor(np.nanmin(grid)) - 1 if np.isfinite(grid).any() else -12
     grid[zeros] = floor
-    figure = subplots()
-    trace = heatmap(tags, columns.starts, grid, label, colourscale)
-    if middle is not None:
-        trace["zmid"] = middle
-    figure.add_trace(trace)
+    figure = Figure()
+    figure.add_trace(heatmap(tags, columns.starts, grid, label))
     row_axis(figure, tags)
-    figure.update_xaxes(title_text="step")
+    figure.update_xaxes(title={"text": "step"})
     figure.update_layout(height=max(220, 90 + 18 * len(tags)), legend={"visible": False})
     targets = {tag: Target(heat_row=i) for i, tag in enumerate(tags)}
     marked = mark(figure, source.findings, targets)
@@ -323,7 +312,7 @@ def _grid(count: int) -> tuple[int, int]:
 
 def _bands(source: Source, key: str, noun: str, views: list[TensorView], total: int) -> Chart:
     rows, cols = _grid(len(views))
-    figure = subplots(rows, cols, subplot_titles=[_title(v.tag) for v in views])
+    figure = Figure(rows, cols, titles=[_title(v.tag) for v in views])
     targets = {}
     for index, view in enumerate(views):
         row, col = divmod(index, cols)
@@ -389,7 +378,7 @@ def _histograms(source: Source, key: str, noun: str, views: list[TensorView]) ->
     if not drawn:
         return None
     rows, cols = _grid(len(drawn))
-    figure = subplots(rows, cols, subplot_titles=[_title(view.tag) for view, _ in drawn])
+    figure = Figure(rows, cols, titles=[_title(view.tag) for view, _ in drawn])
     shades = ("#9ecae1", "#4292c6", "#08306b")
     for index, (_, records) in enumerate(drawn):
         row, col = divmod(index, cols)
@@ -474,9 +463,7 @@ def _activation_health(source: Source) -> list[Chart | Missing]:
         for name, wanted in (("dead units", True), ("saturated units", False))
         if any(active == wanted for _, _, active, _ in measured)
     ]
-    figure = subplots(
-        len(panels), 1, shared_xaxes=True, subplot_titles=[f"share of {p} (%)" for p in panels]
-    )
+    figure = Figure(len(panels), 1, shared_xaxes=True, titles=[f"share of {p} (%)" for p in panels])
     targets = {}
     thresholds: dict[int, float] = {}
     for index, (view, units, active, params) in enumerate(measured):
@@ -502,9 +489,9 @@ def _activation_health(source: Source) -> list[Chart | Missing]:
             )
         thresholds[row] = params["threshold_layer"]
     for row, threshold in thresholds.items():
-        figure.add_hline(y=threshold, line_dash="dot", line_color="#888888", row=row, col=1)
+        figure.add_hline(threshold, row)
         figure.update_yaxes(range=[-2, 102], row=row, col=1)
-    figure.update_xaxes(title_text="step", row=len(panels), col=1)
+    figure.update_xaxes(title={"text": "step"}, row=len(panels), col=1)
     marked = mark(figure, source.findings, targets)
     caption = (
         "Per step, the share of a layer's units that are dead (a ReLU-like unit active on less "
@@ -563,7 +550,7 @@ def _embedding(source: Source) -> list[Chart | Missing]:
         projected.append((points, ids))
         share = " ".join(f"{100 * e:.0f} %" for e in explained) if explained.size else "no variance"
         titles.append(f"{_title(tag)} · step {step} · PCA {share}")
-    figure = subplots(rows, cols, subplot_titles=titles)
+    figure = Figure(rows, cols, titles=titles)
     seen: set[int] = set()
     for index, (points, ids) in enumerate(projected):
         row, col = divmod(index, cols)
@@ -699,7 +686,7 @@ def _class_balance(source: Source) -> list[Chart | Missing]:
     classes = max(len(c) for c in counts.values())
     if classes > BALANCE_CLASSES:
         return [Missing("class balance", f"{classes} classes: too many to draw")]
-    figure = subplots()
+    figure = Figure()
     for index, (mode, tally) in enumerate(counts.items()):
         figure.add_trace(
             {
@@ -711,8 +698,8 @@ def _class_balance(source: Source) -> list[Chart | Missing]:
                 "hovertemplate": "class %{x}: %{y} labels<extra>" + mode + "</extra>",
             }
         )
-    figure.update_xaxes(title_text="class", type="category")
-    figure.update_yaxes(title_text="labels")
+    figure.update_xaxes(title={"text": "class"}, type="category")
+    figure.update_yaxes(title={"text": "labels"})
     marked = mark(figure, source.findings, {view.tag: Target(steps=False)})
     stored = counted(int(source.trace.raw_records(view.tag).size), "stored full tensor")
     caption = f"Labels per class in the {stored} of {view.tag}."
@@ -747,7 +734,7 @@ def _confusion(source: Source) -> list[Chart | Missing]:
     with np.errstate(invalid="ignore", divide="ignore"):
         recall = matrix / matrix.sum(axis=1, keepdims=True)
     names = [str(c) for c in range(classes)]
-    figure = subplots()
+    figure = Figure()
     figure.add_trace(
         {
             "type": "heatmap",
@@ -763,9 +750,9 @@ def _confusion(source: Source) -> list[Chart | Missing]:
             "hovertemplate": "label %{y}, predicted %{x}: %{text} samples (%{z:.0%})<extra></extra>",
         }
     )
-    figure.update_xaxes(title_text="predicted class", type="category")
-    figure.update_yaxes(title_text="label", type="category", autorange="reversed")
-    figure.update_layout(height=max(280, 120 + 28 * classes), width=None)
+    figure.update_xaxes(title={"text": "predicted class"}, type="category")
+    figure.update_yaxes(title={"text": "label"}, type="category", autorange="reversed")
+    figure.update_layout(height=max(280, 120 + 28 * classes))
     targets = {tag: Target(steps=False) for tag in (labels.tag, predictions.tag)}
     marked = mark(figure, source.findings, targets)
     caption = (
@@ -791,7 +778,7 @@ def _trees(source: Source) -> list[Chart | Missing]:
     if not depths and not importances:
         return [Missing("trees", "no tree depths or feature importance (XGBoost) recorded")]
     if depths:
-        figure = subplots()
+        figure = Figure()
         targets = {}
         for index, view in enumerate(depths):
             for name, stat, dash in (("deepest tree", "max", None), ("mean depth", "mean", "dot")):
@@ -808,11 +795,9 @@ def _trees(source: Source) -> list[Chart | Missing]:
                 )
             targets[view.tag] = Target()
         limit = REGISTRY.get("DBG701").defaults()["depth"]
-        figure.add_hline(
-            y=limit, line_dash="dot", line_color="#888888", annotation_text=f"DBG701 depth {limit}"
-        )
-        figure.update_xaxes(title_text="boosting round")
-        figure.update_yaxes(title_text="depth", rangemode="tozero")
+        figure.add_hline(limit, label=f"DBG701 depth {limit}")
+        figure.update_xaxes(title={"text": "boosting round"})
+        figure.update_yaxes(title={"text": "depth"}, rangemode="tozero")
         marked = mark(figure, source.findings, targets)
         shown.append(
             Chart(
@@ -826,10 +811,10 @@ def _trees(source: Source) -> list[Chart | Missing]:
     else:
         shown.append(Missing("tree depth", "no tree depths recorded"))
     if importances:
-        figure = subplots(
+        figure = Figure(
             1,
             len(importances),
-            subplot_titles=[importance_type_of(v.info) or v.tag for v in importances],
+            titles=[importance_type_of(v.info) or v.tag for v in importances],
             horizontal_spacing=0.12,
         )
         targets = {}
