@@ -185,9 +185,8 @@ def _curves(source: Source) -> list[Chart | Missing]:
             notes.append(DISCLAIMER)
     figure.update_xaxes(title={"text": "step"}, row=len(panels), col=1)
     marked = mark(figure, source.findings, targets, run_wide=Target(1))
-    caption = "Shaded spans: steps of findings (hover a ⚑ label for the message). " + " ".join(
-        notes
-    )
+    marks = "Shaded spans: steps of findings (hover a ⚑ label for the message). " if marked else ""
+    caption = marks + " ".join(notes)
     return [Chart("curves", "Loss and learning rate", figure, caption.strip(), marked)]
 
 
@@ -268,10 +267,9 @@ def _layer_heatmap(
     figure.update_layout(height=max(220, 90 + 18 * len(tags)), legend={"visible": False})
     targets = {tag: Target(heat_row=i) for i, tag in enumerate(tags)}
     marked = mark(figure, source.findings, targets)
-    caption = (
-        f"Framed rows: findings (hover a ⚑ label). A value of 0 is drawn at {floor}; gaps are "
-        "values that are not finite."
-    )
+    caption = f"A value of 0 is drawn at {floor}; gaps are values that are not finite."
+    if marked:
+        caption = "Framed rows: findings (hover a ⚑ label). " + caption
     if len(tags) < len(by_tag):
         caption += f" {len(tags)} of {len(by_tag)} tensors shown (those with findings first)."
     return Chart(key, title, figure, caption, marked)
