@@ -114,7 +114,6 @@ def _overview(report: Report) -> str:
         f"<th>worst finding</th></tr>{''.join(rows)}</table>"
     )
     figure = Figure()
-    drawn = 0
     values: list[np.ndarray] = []
     for index, trace in enumerate(report.traces):
         colour = PALETTE[index % len(PALETTE)]
@@ -127,8 +126,7 @@ def _overview(report: Report) -> str:
             dash = None if curve.name.startswith("train") else "dot"
             figure.add_trace(line(name, steps[keep], ys[keep], colour=colour, dash=dash))
             values.append(ys)
-            drawn += 1
-    if not drawn:
+    if not values:
         return table
     if wants_log(np.concatenate(values)):
         figure.update_yaxes(type="log")

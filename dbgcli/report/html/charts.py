@@ -1,8 +1,9 @@
 """Plotly figures of the HTML report, and the marks that put findings on them.
 
-Everything here builds plotly figure objects from numbers already read; nothing reads a trace.
-Arrays go to plotly as float32 (and small integers), which plotly writes as base64 typed
-arrays: a tenth of the size of JSON number lists.
+Everything here builds figures from numbers already read; nothing reads a trace, nothing
+imports plotly (the page embeds plotly.js, which draws them). Arrays are written as float32
+(and the smallest integer type) in plotly.js's base64 typed-array form: a fraction of the size
+of JSON number lists.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ class Chart:
     Attributes:
         key: Short name, unique within the trace (the figure's anchor).
         title: What the figure shows.
-        figure: The plotly figure.
+        figure: The figure.
         caption: How to read it, and what was left out.
         marked: Indices (into the trace's findings) of the findings marked on it.
     """

@@ -371,7 +371,9 @@ def _histograms(source: Source, key: str, noun: str, views: list[TensorView]) ->
         chosen = stored[
             np.unique(np.linspace(0, len(stored) - 1, HISTOGRAM_RECORDS).round().astype(int))
         ]
-        drawn.append((view, _read(source.trace, view.tag, chosen)))
+        drawn.append(
+            (view, [(step, v.ravel()) for step, v in _read(source.trace, view.tag, chosen)])
+        )
     drawn = [(view, records) for view, records in drawn if records]
     if not drawn:
         return None
@@ -409,14 +411,14 @@ def _histograms(source: Source, key: str, noun: str, views: list[TensorView]) ->
 
 
 def _read(trace: Trace, tag: str, records: np.ndarray) -> list[tuple[int, np.ndarray]]:
-    """``(step, values)`` of the full tensors of ``records`` (a few)."""
+    """``(step, values as float64)`` of the full tensors of ``records`` (a few)."""
     steps, _ = trace.index(tag)
     mask = np.zeros(len(steps), dtype=bool)
     mask[records] = True
     read = []
     for chunk in trace.iter_raw(tag, mask=mask):
         for record, values in zip(chunk.records, chunk.values):
-            read.append((int(steps[record]), np.asarray(values, dtype=np.float64).ravel()))
+            read.append((int(steps[record]), np.asarray(values, dtype=np.float64)))
     return read
 
 
@@ -602,23 +604,18 @@ def _read_batches(
 ) -> list[tuple[int, np.ndarray]]:
     """``(step, samples x features)`` of a few full activation tensors: spatial or sequence
     positions are averaged per unit, and at most EMBEDDING_POINTS samples are kept."""
-    steps, _ = trace.index(view.tag)
-    mask = np.zeros(len(steps), dtype=bool)
-    mask[records] = True
     unit_axis = view.info.unit_axis
     batches = []
-    for chunk in trace.iter_raw(view.tag, mask=mask):
-        for record, values in zip(chunk.records, chunk.values):
-            values = np.asarray(values, dtype=np.float64)
-            if values.ndim > 2:
-                axis = (
-                    unit_axis
-                    if unit_axis is not None and 0 < unit_axis < values.ndim
-                    else values.ndim - 1
-                )
-                values = np.moveaxis(values, axis, -1)
-                values = values.reshape(values.shape[0], -1, values.shape[-1]).mean(axis=1)
-            batches.append((int(steps[record]), values[:EMBEDDING_POINTS]))
+    for step, values in _read(trace, view.tag, records):
+        if values.ndim > 2:
+            axis = (
+                unit_axis
+                if unit_axis is not None and 0 < unit_axis < values.ndim
+                else values.ndim - 1
+            )
+            values = np.moveaxis(values, axis, -1)
+            values = values.reshape(values.shape[0], -1, values.shape[-1]).mean(axis=1)
+        batches.append((step, values[:EMBEDDING_POINTS]))
     return batches
 
 
