@@ -120,7 +120,7 @@ class Figure:
                 self.layout[_axis_key(x)] = xaxis
                 self.layout[_axis_key(y)] = {"domain": [top - height, top], "anchor": x}
                 index = row * cols + col
-                if index < len(titles):
+                if index < len(titles) and titles[index]:
                     self.layout["annotations"].append(
                         {
                             "text": html.escape(titles[index]),

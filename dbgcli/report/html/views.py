@@ -522,38 +522,35 @@ def _embedding(source: Source) -> list[Chart | Missing]:
     label_ids = labels.derive(ClassIds()).ids if labels is not None else {}
     label_steps = labels.steps if labels is not None else np.empty(0, np.int64)
     label_records = labels.records if labels is not None else np.empty(0, np.int64)
-    panels = []
-    for view in layers:
+    panels = []  # (layer, position in the layer, tag, step, samples, labels)
+    for layer, view in enumerate(layers):
         stored = source.trace.raw_records(view.tag)
         stored = stored[np.isin(stored, view.records)]
         chosen = stored[
             np.unique(np.linspace(0, len(stored) - 1, EMBEDDING_RECORDS).round().astype(int))
         ]
-        for step, values in _read_batches(source.trace, view, chosen):
+        for position, (step, values) in enumerate(_read_batches(source.trace, view, chosen)):
             ids = None
-            match = label_records[label_steps == step]
-            for record in match:
+            for record in label_records[label_steps == step]:
                 candidate = label_ids.get(int(record))
                 if candidate is not None and len(candidate) == len(values):
                     ids = candidate
                     break
-            panels.append((view.tag, step, values, ids))
+            panels.append((layer, position, view.tag, step, values, ids))
     if not panels:
         return [Missing("low-dimensional view", "no full activation tensors of a batch recorded")]
-    steps_per_layer = max(sum(1 for p in panels if p[0] == tag) for tag in {p[0] for p in panels})
-    cols = steps_per_layer
-    rows = math.ceil(len(panels) / cols)
-    titles = []
+    # One row per layer, its steps side by side.
+    rows, cols = len(layers), max(position for _, position, *_ in panels) + 1
+    titles = [""] * (rows * cols)
     projected = []
-    for tag, step, values, ids in panels:
+    for layer, position, tag, step, values, ids in panels:
         points, explained = _pca(values)
-        projected.append((points, ids))
+        projected.append((layer, position, points, ids))
         share = " ".join(f"{100 * e:.0f} %" for e in explained) if explained.size else "no variance"
-        titles.append(f"{_title(tag)} · step {step} · PCA {share}")
+        titles[layer * cols + position] = f"{_title(tag)} · step {step} · PCA {share}"
     figure = Figure(rows, cols, titles=titles)
     seen: set[int] = set()
-    for index, (points, ids) in enumerate(projected):
-        row, col = divmod(index, cols)
+    for row, col, points, ids in projected:
         groups = (
             [(-1, np.arange(len(points)))]
             if ids is None
@@ -587,7 +584,7 @@ def _embedding(source: Source) -> list[Chart | Missing]:
             seen.add(cls)
     coloured = (
         "coloured by the label of each sample"
-        if any(ids is not None for _, ids in projected)
+        if any(ids is not None for *_, ids in projected)
         else "no labels recorded at these steps"
     )
     caption = (
@@ -663,19 +660,13 @@ def _class_balance(source: Source) -> list[Chart | Missing]:
         return [Missing("class balance", "no full tensors of labels recorded")]
     view = labels[0]
     ids = view.derive(ClassIds()).ids
-    counts: dict[str, np.ndarray] = {}
+    by_mode: dict[str, list[np.ndarray]] = {}
     for record, mode in zip(view.records, view.modes):
         found = ids.get(int(record))
-        if found is None:
-            continue
-        found = found[found >= 0]
-        name = schema.MODES[int(mode)]
-        tally = np.bincount(found, minlength=len(counts.get(name, ())))
-        previous = counts.get(name, np.zeros(0, np.int64))
-        size = max(len(tally), len(previous))
-        counts[name] = np.pad(previous, (0, size - len(previous))) + np.pad(
-            tally, (0, size - len(tally))
-        )
+        if found is not None:
+            by_mode.setdefault(schema.MODES[int(mode)], []).append(found[found >= 0])
+    counts = {mode: np.bincount(np.concatenate(parts)) for mode, parts in by_mode.items()}
+    counts = {mode: tally for mode, tally in counts.items() if tally.size}
     if not counts:
         return [Missing("class balance", "no labels with a class in the stored full tensors")]
     classes = max(len(c) for c in counts.values())
