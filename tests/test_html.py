@@ -324,3 +324,30 @@ def test_bench_script_runs() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "size MB" in result.stdout and "numpy_mlp_dead_relu.h5" in result.stdout
+
+
+def test_names_cannot_break_out_of_the_page(make_trace) -> None:
+    rng = np.random.default_rng(0)
+    hostile = "grad/</script><script>alert(1)</script>"
+    path = make_trace(
+        "hostile.h5",
+        scalars={"loss": list(np.linspace(2.0, 1.0, 30))},
+        tensors={
+            hostile: {
+                "values": [rng.normal(0, 1e-2, size=(4, 4)) for _ in range(30)],
+                "collection": "gradients",
+            }
+        },
+    )
+    page = render(analyze([path], Options()))
+    ours = page.replace(get_plotlyjs(), "")
+    assert "alert(1)" in ours  # the name is shown...
+    assert "<script>alert(1)" not in ours  # ...but never as markup
+    assert ours.count("<script>") == len(figures(page)) + 2
+    assert hostile in {
+        row
+        for figure in figures(page).values()
+        for t in figure["data"]
+        for row in t.get("y", [])
+        if isinstance(row, str)
+    }
