@@ -11,7 +11,7 @@ BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 
-.PHONY: demo test install install-test samples bench clean
+.PHONY: demo test install install-test samples bench screenshots clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,11 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python bench/bench_hook.py
 	$(BIN)/python bench/bench_schedulers.py
 	$(BIN)/python bench/bench_detection.py
+	$(BIN)/python bench/bench_html.py
+
+# Re-take the screenshots of two HTML reports in docs/img/ (needs chromium and chromium-driver).
+screenshots: $(VENV)/.installed-test
+	$(BIN)/python examples/html_screenshots.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache bench/out

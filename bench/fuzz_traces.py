@@ -54,7 +54,9 @@ def mutate_bytes(data: bytes, rng: np.random.Generator) -> tuple[bytes, str]:
     buffer = bytearray(data)
     size = len(buffer)
     # Half the cases hit the first 16 KiB, where the superblock and root metadata live.
-    offset = int(rng.integers(0, min(size, 16384))) if rng.random() < 0.5 else int(rng.integers(0, size))
+    offset = (
+        int(rng.integers(0, min(size, 16384))) if rng.random() < 0.5 else int(rng.integers(0, size))
+    )
     kind = rng.choice(["zero", "random", "flip", "truncate", "copy", "ones"])
     length = int(rng.choice([1, 4, 8, 16, 64, 256, 4096]))
     end = min(size, offset + length)
@@ -83,7 +85,9 @@ def mutate_bytes(data: bytes, rng: np.random.Generator) -> tuple[bytes, str]:
 
 def _datasets(handle: h5py.File) -> list[str]:
     found: list[str] = []
-    handle.visititems(lambda name, obj: found.append(name) if isinstance(obj, h5py.Dataset) else None)
+    handle.visititems(
+        lambda name, obj: found.append(name) if isinstance(obj, h5py.Dataset) else None
+    )
     return found
 
 

@@ -22,7 +22,7 @@ import numpy as np
 from dbgcli.diagnosis import Place, diagnose, place
 from dbgcli.errors import DbgError, MissingDataError, RuleConfigError, RuleSkipped
 from dbgcli.findings import Finding, Severity, merge_findings
-from dbgcli.isolation import Failed, Limits, opened, run_isolated
+from dbgcli.isolation import DEFAULT_LIMITS, Failed, Limits, opened, run_isolated
 from dbgcli.lr import SchedulerSpec, plan_replay, recorded_lr, run_schedulers
 from dbgcli.report.model import (
     Curve,
@@ -120,7 +120,7 @@ def analyze(
     options: Options,
     fail_on: Severity = Severity.error,
     jobs: int = 1,
-    limits: Limits = Limits(),
+    limits: Limits = DEFAULT_LIMITS,
 ) -> Report:
     """Analyse traces in ``jobs`` worker processes, each trace under ``limits``.
 

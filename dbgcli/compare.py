@@ -19,9 +19,8 @@ import numpy as np
 from dbgcli.analysis import places_of
 from dbgcli.diagnosis import diagnose
 from dbgcli.findings import Finding, Severity
-from dbgcli.report.model import Report, RuleResult, RuleStatus, TraceReport, sorted_findings
-from dbgcli.trace import schema
 from dbgcli.isolation import opened
+from dbgcli.report.model import Report, RuleResult, RuleStatus, TraceReport, sorted_findings
 from dbgcli.trace.reader import Trace, open_trace
 
 COMPARE_ID = "CMP001"

@@ -7,8 +7,8 @@ killed and replaced, one that dies (a crash, ``os._exit`` in a user's rule) is r
 and the trace it held becomes one error line while the other traces go on.
 
 Workers are forked where the platform allows it (they start in a millisecond with everything
-already imported, even from a daemonic process) and spawned elsewhere; each runs an ``initializer`` once, then tasks one at a
-time. Results come back pickled.
+already imported, even from a daemonic process) and spawned elsewhere; each runs an
+``initializer`` once, then tasks one at a time. Results come back pickled.
 """
 
 from __future__ import annotations
@@ -47,9 +47,16 @@ class Limits:
 
     def __post_init__(self) -> None:
         if not self.seconds > 0 or self.seconds == float("inf"):
-            raise ValueError(f"the time limit must be a positive number of seconds, not {self.seconds}")
+            raise ValueError(
+                f"the time limit must be a positive number of seconds, not {self.seconds}"
+            )
         if self.memory_mb < 0:
-            raise ValueError(f"the memory limit must be 0 (none) or a number of MiB, not {self.memory_mb}")
+            raise ValueError(
+                f"the memory limit must be 0 (none) or a number of MiB, not {self.memory_mb}"
+            )
+
+
+DEFAULT_LIMITS = Limits()
 
 
 @dataclass(frozen=True)
@@ -76,7 +83,7 @@ def run_isolated(
     items: Sequence[T],
     *,
     jobs: int = 1,
-    limits: Limits = Limits(),
+    limits: Limits = DEFAULT_LIMITS,
     initializer: Callable[..., None] | None = None,
     initargs: tuple[Any, ...] = (),
 ) -> list[R | Failed]:
@@ -85,13 +92,15 @@ def run_isolated(
     ``task`` and its results must be picklable where workers are spawned (they are when it is a
     module-level function). An exception a task raises comes back as :class:`Failed`.
     """
-    results: list[R | Failed | None] = [None] * len(items)
+    results: dict[int, R | Failed] = {}
     for index, outcome in _Pool(task, limits, initializer, initargs).run(items, jobs):
         results[index] = outcome
-    return [r if r is not None else Failed("no result") for r in results]
+    return [results[index] for index in range(len(items))]
 
 
-def call_isolated(task: Callable[[T], R], item: T, label: str, limits: Limits = Limits()) -> R:
+def call_isolated(
+    task: Callable[[T], R], item: T, label: str, limits: Limits = DEFAULT_LIMITS
+) -> R:
     """``task(item)`` in a worker; its failure, whatever the cause, raises TraceFormatError
     with a message that starts with ``label`` (the file read)."""
     from dbgcli.errors import TraceFormatError
@@ -214,7 +223,6 @@ class _Pool:
         initializer: Callable[..., None] | None,
         initargs: tuple[Any, ...],
     ) -> None:
-        self.task = task
         self.limits = limits
         self.args = (task, limits.memory_mb, initializer, initargs)
 
@@ -250,11 +258,14 @@ class _Pool:
                         yield index, value
                     elif time.monotonic() >= worker.deadline:
                         seconds = worker.deadline - worker.started
-                        yield index, Failed(
-                            f"gave up after {seconds:g} s analysing it (--timeout)"
-                            if worker.opened
-                            else f"gave up after {seconds:g} s opening it: HDF5 never finished "
-                            "reading the file's metadata (a corrupt file?)"
+                        yield (
+                            index,
+                            Failed(
+                                f"gave up after {seconds:g} s analysing it (--timeout)"
+                                if worker.opened
+                                else f"gave up after {seconds:g} s opening it: HDF5 never finished "
+                                "reading the file's metadata (a corrupt file?)"
+                            ),
                         )
                         workers.remove(worker)
                         worker.stop()

@@ -301,10 +301,10 @@ def replay_inputs(
     :func:`plan_replay` of the other arguments and the :func:`recorded_lr`."""
     from dbgcli.trace.reader import open_trace
 
-    path, *plan_arguments = arguments
+    path, metric, mode, every, per_epoch, initial_lr = arguments
     with open_trace(path) as trace:
         ctx = RuleContext(trace)
-        return plan_replay(ctx, *plan_arguments), recorded_lr(ctx)
+        return plan_replay(ctx, metric, mode, every, per_epoch, initial_lr), recorded_lr(ctx)
 
 
 def recorded_lr(ctx: RuleContext) -> tuple[np.ndarray, np.ndarray] | None:

@@ -141,7 +141,9 @@ def _closed_array(handle: h5py.File) -> None:
     ],
     ids=["mode-0d", "mode-2d", "nan-record", "records-inf", "closed-array"],
 )
-def test_schema_breakage_is_named(trace: Path, change: Callable[[h5py.File], None], says: str) -> None:
+def test_schema_breakage_is_named(
+    trace: Path, change: Callable[[h5py.File], None], says: str
+) -> None:
     edit(trace, change)
     for command in ("info", "analyze"):
         assert says in one_error_line(dbg(command, trace))
@@ -235,7 +237,9 @@ def test_a_rule_that_exits_is_an_error(
 def test_a_rules_file_that_exits_on_import_is_an_error(trace: Path, tmp_path: Path) -> None:
     rules = tmp_path / "exits.py"
     rules.write_text("raise SystemExit(0)\n")
-    assert "cannot import rules file" in one_error_line(dbg("analyze", trace, "--rules-file", rules))
+    assert "cannot import rules file" in one_error_line(
+        dbg("analyze", trace, "--rules-file", rules)
+    )
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf"])

@@ -77,6 +77,7 @@ def lr(
     from rich.text import Text
 
     from dbgcli.errors import ConfigError
+    from dbgcli.isolation import call_isolated
     from dbgcli.lr import (
         DISCLAIMER,
         SchedulerSpec,
@@ -88,7 +89,6 @@ def lr(
         write_html,
         write_png,
     )
-    from dbgcli.isolation import call_isolated
 
     specs = [SchedulerSpec.parse(text) for text in (scheduler or ["greedy"])]
     if mode is not None and mode not in ("train", "eval", "predict"):

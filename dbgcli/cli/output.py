@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import typer
 
 from dbgcli.errors import ConfigError, OutputError
-from dbgcli.report.formats import FORMATS, machine_renderer
+from dbgcli.report.formats import FORMATS, machine_renderer, require
 
 FORMAT_HELP = (
     f"Report format: {', '.join(FORMATS)}; FORMAT:FILE writes it to FILE. "
@@ -55,7 +56,28 @@ def parse_outputs(
         raise ConfigError(
             "only one report can go to stdout; give the others a file with --format FORMAT:FILE"
         )
+    for fmt, path in pairs:
+        require(fmt)
+        if path is not None:
+            _check_writable(fmt, path)
     return pairs
+
+
+def _check_writable(fmt: str, destination: Path) -> None:
+    """Fail before the analysis when the report could not be written to ``destination``."""
+    if destination.is_dir():
+        raise ConfigError(f"cannot write the {fmt} report to {destination}: it is a directory")
+    parent = destination.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(
+            f"cannot write the {fmt} report to {destination}: {parent} is not a directory"
+        )
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"cannot write the {fmt} report to {destination}: {parent} is not writable"
+        )
 
 
 def write_report(
@@ -94,6 +116,6 @@ def _write_report(
     text = machine_renderer(fmt)(report)
     if destination is None:
         typer.echo(text)
-    else:
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        destination.write_text(text + "\n", encoding="utf-8")
+        return
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    destination.write_text(text + "\n", encoding="utf-8")

@@ -14,6 +14,7 @@ MACHINE_FORMATS = {
     "junit": "dbgcli.report.junit",
     "github": "dbgcli.report.github",
     "markdown": "dbgcli.report.markdown",
+    "html": "dbgcli.report.html",
 }
 FORMATS = ("human", *MACHINE_FORMATS)
 
@@ -23,3 +24,14 @@ def machine_renderer(name: str) -> Callable[[Report], str]:
     module = importlib.import_module(MACHINE_FORMATS[name])
     render: Callable[[Report], str] = module.render
     return render
+
+
+def require(name: str) -> None:
+    """Raise ConfigError when format ``name`` needs a package that is not installed (html needs
+    plotly), so the command fails before it analyses anything."""
+    if name in MACHINE_FORMATS:
+        check: Callable[[], None] | None = getattr(
+            importlib.import_module(MACHINE_FORMATS[name]), "require", None
+        )
+        if check is not None:
+            check()

@@ -21,7 +21,7 @@ from rich.text import Text
 from dbgcli.diagnosis import Diagnosis
 from dbgcli.findings import Finding, Severity
 from dbgcli.report.model import Curve, Report, RuleStatus, TraceReport
-from dbgcli.report.text import counted, shorten_middle
+from dbgcli.report.text import counted, run_line, shorten_middle
 
 SEVERITY_STYLE = {Severity.error: "bold red", Severity.warning: "yellow", Severity.info: "cyan"}
 STATUS_STYLE = {
@@ -119,7 +119,7 @@ def _render_trace(
         console.print(head)
         _wrapped(console, trace.verdict, indent=2, style=_verdict_style(trace))
     if trace.summary:
-        _wrapped(console, _run_line(trace), indent=2, style="dim")
+        _wrapped(console, run_line(trace), indent=2, style="dim")
     label = max((len(curve.name) for curve in trace.curves), default=0)
     for curve in trace.curves:
         console.print(_curve_line(curve, width, label))
@@ -184,30 +184,6 @@ def _unrecognised(trace: TraceReport) -> str:
                     if item not in found and not item.startswith("and "):
                         found.append(item)
     return ", ".join(found)
-
-
-def _run_line(trace: TraceReport) -> str:
-    summary = trace.summary
-    parts = []
-    modes = summary.get("modes", {})
-    if modes:
-        parts.append(
-            ", ".join(
-                f"{m} {s['first_step']}..{s['last_step']} ({s['steps']} steps)"
-                for m, s in modes.items()
-            )
-        )
-    tensors = summary.get("tensors", 0)
-    scalars = summary.get("scalars", 0)
-    parts.append(
-        f"{counted(scalars, 'scalar')}, {counted(tensors, 'tensor')}"
-        + (f" ({summary.get('raw_tensors', 0)} with full values)" if tensors else "")
-    )
-    if summary.get("framework"):
-        parts.append(str(summary["framework"]))
-    if not trace.complete:
-        parts.append("incomplete: " + "; ".join(trace.incomplete_reasons))
-    return " · ".join(parts)
 
 
 def _wrapped(

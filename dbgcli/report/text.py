@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from dbgcli.report.model import TraceReport
+
 ELLIPSIS = "…"
 # Where a name splits into components: module paths, tag prefixes, keys.
 _SEPARATORS = "./:"
@@ -34,3 +39,28 @@ def shorten_middle(text: str, width: int) -> str:
     if 0 <= cut < len(tail) // 2:
         tail = tail[cut + 1 :]
     return text[: budget - len(tail)] + ELLIPSIS + tail
+
+
+def run_line(trace: TraceReport) -> str:
+    """The run in one line: steps per mode, series, framework, and whether it is complete."""
+    summary = trace.summary
+    parts = []
+    modes = summary.get("modes", {})
+    if modes:
+        parts.append(
+            ", ".join(
+                f"{m} {s['first_step']}..{s['last_step']} ({s['steps']} steps)"
+                for m, s in modes.items()
+            )
+        )
+    tensors = summary.get("tensors", 0)
+    scalars = summary.get("scalars", 0)
+    parts.append(
+        f"{counted(scalars, 'scalar')}, {counted(tensors, 'tensor')}"
+        + (f" ({summary.get('raw_tensors', 0)} with full values)" if tensors else "")
+    )
+    if summary.get("framework"):
+        parts.append(str(summary["framework"]))
+    if not trace.complete:
+        parts.append("incomplete: " + "; ".join(trace.incomplete_reasons))
+    return " · ".join(parts)

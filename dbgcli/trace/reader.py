@@ -248,10 +248,11 @@ class _Node:
         plist = self.id.get_create_plist()
         layout = plist.get_layout()
         if layout == h5py.h5d.CHUNKED:
-            return min(shape[0], self.id.get_num_chunks() * plist.get_chunk()[0])
+            return min(shape[0], int(self.id.get_num_chunks()) * int(plist.get_chunk()[0]))
         if layout == h5py.h5d.CONTIGUOUS:
             row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * self.dtype.itemsize
-            return min(shape[0], self.id.get_storage_size() // row_bytes) if row_bytes else 0
+            stored = int(self.id.get_storage_size())
+            return min(shape[0], stored // row_bytes) if row_bytes else 0
         return shape[0]
 
     def names(self) -> list[str]:
@@ -1028,7 +1029,7 @@ class Trace:
 
     def _record_ids(self, path: str, rows: int, records: int, tag: str) -> np.ndarray:
         """The record each stored full tensor belongs to, checked to point at a record."""
-        ids = self._dataset(path)[:rows].astype(np.int64)
+        ids: np.ndarray = self._dataset(path)[:rows].astype(np.int64)
         if ids.size and (ids.min() < 0 or ids.max() >= records or (np.diff(ids) <= 0).any()):
             raise TraceFormatError(
                 f"{self.path}: the full tensors of {tag!r} point at records that do not exist "
