@@ -304,6 +304,32 @@ def test_a_series_that_fails_to_write_does_not_hold_back_the_others(
     _check_good_records(path)
 
 
+def test_a_first_record_that_fails_after_its_group_was_made_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dbgcli.trace import writer as writer_module
+
+    real_role = writer_module.roles.tensor_role
+
+    def tensor_role(tag: str, *args: Any) -> Any:
+        if tag == "odd":
+            raise RuntimeError("an unforeseen failure")
+        return real_role(tag, *args)
+
+    monkeypatch.setattr(writer_module.roles, "tensor_role", tensor_role)
+    path = tmp_path / "t.h5"
+    with TraceWriter(path) as writer:
+        for step in GOOD_BEFORE:
+            _good(writer, step)
+        writer.add_tensor("odd", np.ones(3), 5)
+        for step in GOOD_AFTER:
+            _good(writer, step)
+    assert writer.dropped_by_reason == {"error": 1}
+    _check_good_records(path)
+    with h5py.File(path, "r") as f:
+        assert "odd" not in f[schema.TENSORS]
+
+
 KILL_BEFORE_COUNTS = """
 import os, signal, sys
 from dbgcli import TraceWriter
@@ -483,10 +509,15 @@ def test_overwrite_and_resume_after_the_first_writer_closed(tmp_path: Path) -> N
     path = tmp_path / "run.h5"
     with TraceWriter(path) as writer:
         writer.add_scalar("loss", 1.0, 0)
+        writer.add_scalar("loss", 1.0, -1)
     with TraceWriter(path, resume=True) as writer:
         writer.add_scalar("loss", 2.0, 1)
+        writer.add_scalar("loss", 1.0, -1)
+        writer.add_scalar("loss", "x", 2)
     with open_trace(path) as trace:
         assert trace.scalar("loss").values.tolist() == [1.0, 2.0]
+    with h5py.File(path, "r") as f:  # the counts of both writers
+        assert json.loads(f.attrs[schema.ATTR_DROPPED]) == {"step": 2, "value": 1}
     with TraceWriter(path, overwrite=True) as writer:
         writer.add_scalar("loss", 3.0, 0)
     with open_trace(path) as trace:
@@ -630,6 +661,18 @@ def test_no_room_for_an_empty_trace_is_a_clear_error_at_set_up(small_disk: Path)
     with pytest.raises(TraceWriterError, match="no space left"):
         TraceWriter(path)
     assert not path.exists()
+
+
+def test_overwrite_on_a_full_disk_keeps_the_old_trace(small_disk: Path) -> None:
+    path = small_disk / "run.h5"
+    with TraceWriter(path) as writer:
+        writer.add_scalar("loss", 1.0, 0)
+    _fill(small_disk, 0)
+    with pytest.raises(TraceWriterError, match="no space left"):
+        TraceWriter(path, overwrite=True)
+    with open_trace(path) as trace:
+        assert trace.complete
+        assert trace.scalar("loss").values.tolist() == [1.0]
 
 
 FILE_SIZE_LIMIT = """

@@ -213,8 +213,7 @@ def _committed(columns: list[_Appendable]) -> int:
 
 
 def _write_count(group: h5py.Group, records: int) -> None:
-    if group.attrs.get(schema.ATTR_RECORDS) != records:
-        group.attrs[schema.ATTR_RECORDS] = records
+    group.attrs[schema.ATTR_RECORDS] = records
 
 
 def _new_series_group(root: h5py.Group, tag: str) -> h5py.Group:
@@ -609,10 +608,17 @@ class TraceWriter:
             appended to with ``resume=True``.
         resume: Append to an existing trace (after a restart from a checkpoint). Records that
             were never committed by the earlier writer are discarded.
-        metadata: Free-form JSON-serialisable run metadata.
+        metadata: Free-form JSON-serialisable run metadata (a key that cannot be stored is
+            dropped and counted).
         hyperparameters: Stored under ``metadata["hyperparameters"]``.
         framework: Stored under ``metadata["framework"]``.
-        max_buffer_bytes: Commit early when pending tensor blocks exceed this many bytes.
+        max_buffer_bytes: Commit early when pending tensor blocks exceed this many bytes; while
+            the disk is full, hold at most about this many bytes of records.
+
+    Raises:
+        TraceWriterError: At construction only: the file exists (without ``overwrite`` or
+            ``resume``), another writer holds it (it is left untouched), or there is no room
+            on the disk for an empty trace.
     """
 
     def __init__(
@@ -652,7 +658,9 @@ class TraceWriter:
         self._last_mode = -1
         self._metadata: dict[str, Any] = {}
         self._metadata_json = "{}"
-        self._dropped_written: dict[str, int] = {}
+        # What the file's attributes hold, so that a commit writes them only when they change.
+        self._written: dict[str, str] = {}
+        self._dropped_before: Counter[str] = Counter()  # by earlier writers of a resumed trace
         given = dict(metadata or {})
         if hyperparameters is not None:
             given["hyperparameters"] = dict(hyperparameters)
@@ -718,6 +726,8 @@ class TraceWriter:
                     raise TraceFormatError(f"{self.path} has another major format version")
                 if schema.ATTR_METADATA in handle.attrs:
                     self._metadata = dict(json.loads(handle.attrs[schema.ATTR_METADATA]))
+                if schema.ATTR_DROPPED in handle.attrs:
+                    self._dropped_before.update(json.loads(handle.attrs[schema.ATTR_DROPPED]))
             except BaseException:
                 handle.close()
                 raise
@@ -792,10 +802,10 @@ class TraceWriter:
                 tensor.unit_count = tensor.units.row_shape[0]
             tensor.records = committed
             raw_root = group.get(schema.GROUP_RAW, {})
-            for name in list(raw_root):
-                segment_group = raw_root[name]
+            for number in list(raw_root):
+                segment_group = raw_root[number]
                 if schema.DS_VALUES not in segment_group or schema.DS_RECORD not in segment_group:
-                    del raw_root[name]  # started after the last commit: holds nothing committed
+                    del raw_root[number]  # started after the last commit: nothing committed
                     continue
                 values = segment_group[schema.DS_VALUES]
                 segment = _RawSegment(segment_group, tuple(values.shape[1:]), values.dtype)
@@ -883,10 +893,12 @@ class TraceWriter:
             try:
                 tag, step, mode_code = self._accept(tag, step, mode)
                 array = _checks.array(value)
-                collection = _checks.text(collection, "collection")
-                kind = _checks.text(kind, "kind")
-                unit_axis = _checks.unit_axis(unit_axis, array.ndim)
-                track = _checks.flag(track_updates, "track_updates")
+                track = None
+                if not (collection is kind is unit_axis is track_updates is None):
+                    collection = _checks.text(collection, "collection")
+                    kind = _checks.text(kind, "kind")
+                    unit_axis = _checks.unit_axis(unit_axis, array.ndim)
+                    track = _checks.flag(track_updates, "track_updates")
                 keep = self.raw_due(step) if raw is None else bool(_checks.flag(raw, "raw"))
                 series = self._tensors.get(tag)
                 if series is None:
@@ -1047,7 +1059,10 @@ class TraceWriter:
                 "held_limit",
                 f"{self._held_bytes} bytes are held waiting for the disk ({self._io_error})",
             )
-        return tag, _checks.step(step), _checks.mode(mode)
+        if type(step) is not int or not 0 <= step <= _checks.MAX_STEP:
+            step = _checks.step(step)
+        code = _MODE_CODES.get(mode) if type(mode) is str else None
+        return tag, step, _checks.mode(mode) if code is None else code
 
     def _forget_empty(self, tag: Any) -> None:
         """Remove what a tag's failed first record left behind: no empty series or group."""
@@ -1164,13 +1179,15 @@ class TraceWriter:
         self._metadata_json = encoded
 
     def _write_metadata(self) -> None:
-        attrs = self._file.attrs
-        if attrs.get(schema.ATTR_METADATA) != self._metadata_json:
-            attrs[schema.ATTR_METADATA] = self._metadata_json
-        dropped = dict(self.dropped_by_reason)
-        if dropped != self._dropped_written:
-            attrs[schema.ATTR_DROPPED] = json.dumps(dropped, sort_keys=True)
-            self._dropped_written = dropped
+        """The run metadata and the dropped-record counts, where they changed."""
+        texts = {schema.ATTR_METADATA: self._metadata_json}
+        if self.dropped_by_reason or self._dropped_before:
+            dropped = self._dropped_before + self.dropped_by_reason
+            texts[schema.ATTR_DROPPED] = json.dumps(dict(dropped), sort_keys=True)
+        for name, text in texts.items():
+            if self._written.get(name) != text:
+                self._file.attrs[name] = text
+                self._written[name] = text
 
     def _drop(self, what: Any, error: BaseException) -> None:
         reason = error.reason if isinstance(error, Rejected) else "error"
