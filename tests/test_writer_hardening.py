@@ -15,7 +15,6 @@ import os
 import resource
 import subprocess
 import sys
-import textwrap
 import warnings
 from collections.abc import Callable, Iterator
 from decimal import Decimal
@@ -82,21 +81,85 @@ def _nested(depth: int) -> Any:
 Case = tuple[str, str, Callable[[TraceWriter, str], None]]
 # Each case: (id, reason it is dropped for, how it is added). The tag passed in is a new tag
 # (the bad record would be the tag's first) or one that already has records.
-BAD_TAGS = ["", None, 5, 5.0, b"loss", bytearray(b"loss"), "a\x00b", "\x00", "\ud800",
-            "x\udcff", ["loss"], ("loss",), object()]
-BAD_STEPS = [-1, -(2**63), 2**63, 2**64, 10**30, 0.5, -0.5, float("nan"), float("inf"),
-             -float("inf"), "3", None, True, np.bool_(True), [1], np.array([1, 2]), 1 + 2j,
-             object(), np.float64(1.5), Decimal("1"), np.uint64(2**63)]
+BAD_TAGS = [
+    "",
+    None,
+    5,
+    5.0,
+    b"loss",
+    bytearray(b"loss"),
+    "a\x00b",
+    "\x00",
+    "\ud800",
+    "x\udcff",
+    ["loss"],
+    ("loss",),
+    object(),
+]
+BAD_STEPS = [
+    -1,
+    -(2**63),
+    2**63,
+    2**64,
+    10**30,
+    0.5,
+    -0.5,
+    float("nan"),
+    float("inf"),
+    -float("inf"),
+    "3",
+    None,
+    True,
+    np.bool_(True),
+    [1],
+    np.array([1, 2]),
+    1 + 2j,
+    object(),
+    np.float64(1.5),
+    Decimal("1"),
+    np.uint64(2**63),
+]
 BAD_MODES = ["validation", "", "TRAIN", None, 0, b"train", "train\x00", ["train"]]
-BAD_SCALARS = ["not a number", "1.5", None, [1.0, 2.0], np.array([1.0, 2.0]), np.zeros((2, 2)),
-               1 + 2j, np.complex128(1), np.array(["a"]), object(), {"a": 1}, 10**400,
-               np.datetime64("2020-01-01"), np.array([], dtype=float), Decimal("1.5"),
-               _Raises(), b"1"]
-BAD_TENSORS = [np.array(["a", "b"]), [object()], np.zeros(2, complex), np.zeros(2, "M8[s]"),
-               np.zeros(2, "m8[s]"), np.zeros(2, dtype=[("a", "f4")]), np.zeros(2, "V4"),
-               np.zeros(2, np.longdouble), np.zeros((1,) * 32), np.zeros((1,) * 33),
-               np.zeros((1,) * 64), [[1.0], [1.0, 2.0]], "string", None, {"a": 1}, _Raises(),
-               _BadTensor(), b"abc", np.array([None, 1.0])]
+BAD_SCALARS = [
+    "not a number",
+    "1.5",
+    None,
+    [1.0, 2.0],
+    np.array([1.0, 2.0]),
+    np.zeros((2, 2)),
+    1 + 2j,
+    np.complex128(1),
+    np.array(["a"]),
+    object(),
+    {"a": 1},
+    10**400,
+    np.datetime64("2020-01-01"),
+    np.array([], dtype=float),
+    Decimal("1.5"),
+    _Raises(),
+    b"1",
+]
+BAD_TENSORS = [
+    np.array(["a", "b"]),
+    [object()],
+    np.zeros(2, complex),
+    np.zeros(2, "M8[s]"),
+    np.zeros(2, "m8[s]"),
+    np.zeros(2, dtype=[("a", "f4")]),
+    np.zeros(2, "V4"),
+    np.zeros(2, np.longdouble),
+    np.zeros((1,) * 32),
+    np.zeros((1,) * 33),
+    np.zeros((1,) * 64),
+    [[1.0], [1.0, 2.0]],
+    "string",
+    None,
+    {"a": 1},
+    _Raises(),
+    _BadTensor(),
+    b"abc",
+    np.array([None, 1.0]),
+]
 BAD_UNIT_AXES = ["x", 1.5, True, [1], 2, -3, 2**70]
 BAD_LABELS = [5, "", "a\x00", b"weights", "\ud800", ["w"], 3.5]
 BAD_FLAGS = ["yes", 2, np.array([True, False]), 0.0]
@@ -116,14 +179,21 @@ BAD_STATS: list[tuple[str, dict[str, Any]]] = [
     ("dtype", {"value": np.array(["a"])}),
     ("rank", {"value": np.zeros((1,) * 32)}),
 ]
-BAD_METADATA = [_circular_dict(), _circular_list(), _nested(100), _nested(100_000),
-                {"deep": _nested(70)}]
+BAD_METADATA = [
+    _circular_dict(),
+    _circular_list(),
+    _nested(100),
+    _nested(100_000),
+    {"deep": _nested(70)},
+]
 
 
 def _scalar(**kwargs: Any) -> Callable[[TraceWriter, str], None]:
     def add(writer: TraceWriter, target: str) -> None:
         arguments = {"tag": target, "value": 0.5, "step": 5, **kwargs}
-        writer.add_scalar(arguments.pop("tag"), arguments.pop("value"), arguments.pop("step"), **arguments)
+        writer.add_scalar(
+            arguments.pop("tag"), arguments.pop("value"), arguments.pop("step"), **arguments
+        )
 
     return add
 
@@ -131,7 +201,9 @@ def _scalar(**kwargs: Any) -> Callable[[TraceWriter, str], None]:
 def _tensor(**kwargs: Any) -> Callable[[TraceWriter, str], None]:
     def add(writer: TraceWriter, target: str) -> None:
         arguments = {"tag": target, "value": np.ones((2, 3)), "step": 5, **kwargs}
-        writer.add_tensor(arguments.pop("tag"), arguments.pop("value"), arguments.pop("step"), **arguments)
+        writer.add_tensor(
+            arguments.pop("tag"), arguments.pop("value"), arguments.pop("step"), **arguments
+        )
 
     return add
 
@@ -169,7 +241,13 @@ def _cases() -> list[Case]:
         reason = "rank" if rank else "value" if i in (11, 15, 16) else "dtype"
         cases.append((f"tensor-value-{i}", reason, _tensor(value=value)))
     for i, axis in enumerate(BAD_UNIT_AXES):
-        cases.append((f"unit-axis-{i}", "unit_axis", _tensor(unit_axis=axis, collection="activations", kind="relu")))
+        cases.append(
+            (
+                f"unit-axis-{i}",
+                "unit_axis",
+                _tensor(unit_axis=axis, collection="activations", kind="relu"),
+            )
+        )
     for i, label in enumerate(BAD_LABELS):
         cases.append((f"collection-{i}", "collection", _tensor(collection=label)))
         cases.append((f"kind-{i}", "kind", _tensor(kind=label)))
@@ -211,7 +289,7 @@ def test_a_bad_record_is_dropped_and_nothing_else_is_affected(
 ) -> None:
     path = tmp_path / "t.h5"
     scalar = name.startswith("scalar")
-    tag = ("bad" if target == "new tag" else "loss" if scalar else "w")
+    tag = "bad" if target == "new tag" else "loss" if scalar else "w"
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # nothing is warned (or raised) into the loop
         with TraceWriter(path, flush_secs=3600) as writer:
@@ -239,7 +317,9 @@ def test_metadata_that_cannot_be_stored_is_dropped_key_by_key(
     path = tmp_path / "t.h5"
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        with TraceWriter(path, flush_secs=3600, metadata={"lr": 0.1, "bad": BAD_METADATA[index]}) as writer:
+        with TraceWriter(
+            path, flush_secs=3600, metadata={"lr": 0.1, "bad": BAD_METADATA[index]}
+        ) as writer:
             for step in GOOD_BEFORE:
                 _good(writer, step)
             writer.set_metadata(worse=BAD_METADATA[index], seed=7)
@@ -394,7 +474,13 @@ def test_under_w_error_nothing_reaches_the_loop(tmp_path: Path) -> None:
     # Python's last-resort handler shows the log messages once per kind, on stderr.
     assert "dbg: dropped a record of 'loss'" in run.stderr
     assert eval(run.stdout) == {
-        "value": 30, "tag": 30, "unit_axis": 30, "rank": 30, "dtype": 30, "metadata": 30, "closed": 1
+        "value": 30,
+        "tag": 30,
+        "unit_axis": 30,
+        "rank": 30,
+        "dtype": 30,
+        "metadata": 30,
+        "closed": 1,
     }
     with open_trace(path) as trace:
         assert trace.complete
@@ -484,7 +570,10 @@ def test_a_second_writer_is_refused_and_the_first_loses_nothing(
     # Once the first writer is done, the path is free again.
     again = subprocess.run(
         [sys.executable, "-c", SECOND_WRITER, str(path), how],
-        capture_output=True, text=True, env=env, timeout=120,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
     assert again.stdout.strip() == "accepted"
 
@@ -579,11 +668,16 @@ LEAVE = [0, 4 << 10, 64 << 10, 1 << 20, (1 << 20) + (300 << 10), 2 << 20, 3 << 2
 
 
 @pytest.mark.parametrize("leave", LEAVE, ids=[f"{n >> 10}KiB-free" for n in LEAVE])
-def test_a_disk_that_fills_at_any_moment_leaves_a_readable_trace(small_disk: Path, leave: int) -> None:
+def test_a_disk_that_fills_at_any_moment_leaves_a_readable_trace(
+    small_disk: Path, leave: int
+) -> None:
     _fill(small_disk, leave)
     path = small_disk / "run.h5"
     run = subprocess.run(
-        [sys.executable, "-c", FULL_DISK_WRITER, str(path)], capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", FULL_DISK_WRITER, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert run.returncode == 0, run.stderr
     assert "Traceback" not in run.stderr and "Exception ignored" not in run.stderr, run.stderr

@@ -57,18 +57,17 @@ def text(value: Any, reason: str, *, optional: bool = True) -> str | None:
 
 def step(value: Any) -> int:
     """A step: an integer (or an integral float) in int64's range, not negative."""
-    if type(value) is not int:
-        if isinstance(value, (bool, np.bool_)):
-            raise Rejected("step", f"step must be an integer, got {value!r}")
-        try:
-            value = operator.index(value)
-        except TypeError:
-            if not (isinstance(value, (float, np.floating)) and float(value).is_integer()):
-                raise Rejected("step", f"step must be an integer, got {_show(value)}") from None
-            value = int(value)
-    if not 0 <= value <= MAX_STEP:
-        raise Rejected("step", f"step must be between 0 and 2**63 - 1, got {value}")
-    return value
+    if isinstance(value, (bool, np.bool_)):
+        raise Rejected("step", f"step must be an integer, got {value!r}")
+    try:
+        number = operator.index(value)
+    except TypeError:
+        if not (isinstance(value, (float, np.floating)) and float(value).is_integer()):
+            raise Rejected("step", f"step must be an integer, got {_show(value)}") from None
+        number = int(value)
+    if not 0 <= number <= MAX_STEP:
+        raise Rejected("step", f"step must be between 0 and 2**63 - 1, got {number}")
+    return number
 
 
 def mode(value: Any) -> int:
@@ -119,13 +118,15 @@ def array(value: Any) -> np.ndarray:
     if result.dtype.kind not in _STORABLE_KINDS or result.dtype.itemsize > 8:
         dtype_check(result.dtype)
     if result.ndim > MAX_TENSOR_RANK:
-        raise Rejected("rank", f"a tensor has at most {MAX_TENSOR_RANK} dimensions, got {result.ndim}")
+        raise Rejected(
+            "rank", f"a tensor has at most {MAX_TENSOR_RANK} dimensions, got {result.ndim}"
+        )
     return result
 
 
 def dtype_check(dtype: Any) -> np.dtype:
     try:
-        result = np.dtype(dtype)
+        result: np.dtype = np.dtype(dtype)
     except Exception:  # noqa: BLE001
         raise Rejected("dtype", f"not a dtype: {_show(dtype)}") from None
     if result.kind not in _STORABLE_KINDS or result.itemsize > 8:
@@ -184,7 +185,9 @@ def metadata_json(values: Mapping[str, Any]) -> str:
     try:
         encoded = json.dumps(values, default=_json_default, allow_nan=True)
     except Exception as error:  # noqa: BLE001 - cycles (ValueError), depth (RecursionError), ...
-        raise Rejected("metadata", f"not JSON-serialisable: {type(error).__name__}: {error}") from None
+        raise Rejected(
+            "metadata", f"not JSON-serialisable: {type(error).__name__}: {error}"
+        ) from None
     if _depth(encoded) > MAX_METADATA_DEPTH:
         raise Rejected("metadata", f"nested more than {MAX_METADATA_DEPTH} levels deep")
     return encoded

@@ -145,7 +145,7 @@ class _Appendable:
         first = self.length % chunk if self.dataset is not None else 0
         chunks = -(-(first + rows) // chunk)
         row_bytes = self.dtype.itemsize * int(np.prod(self.row_shape, dtype=np.int64))
-        return chunks * chunk * max(1, row_bytes) + _ROOM_PER_DATASET
+        return int(chunks * chunk * max(1, row_bytes)) + _ROOM_PER_DATASET
 
     def append(self, rows: np.ndarray) -> None:
         if len(rows) == 0:
@@ -894,7 +894,12 @@ class TraceWriter:
                 tag, step, mode_code = self._accept(tag, step, mode)
                 array = _checks.array(value)
                 track = None
-                if not (collection is kind is unit_axis is track_updates is None):
+                if (
+                    collection is not None
+                    or kind is not None
+                    or unit_axis is not None
+                    or track_updates is not None
+                ):
                     collection = _checks.text(collection, "collection")
                     kind = _checks.text(kind, "kind")
                     unit_axis = _checks.unit_axis(unit_axis, array.ndim)
@@ -956,7 +961,13 @@ class TraceWriter:
                 series = self._tensors.get(tag)
                 if series is None:
                     series = self._tensors[tag] = _TensorSeries(
-                        self, self._new_group(self._tensor_root, tag), tag, collection, kind, None, False
+                        self,
+                        self._new_group(self._tensor_root, tag),
+                        tag,
+                        collection,
+                        kind,
+                        None,
+                        False,
                     )
                 series.add_precomputed(row, units_row, raw, dims, stored_dtype, step, mode_code)
                 self._after_add(step, mode_code, 128 if raw is None else raw.nbytes)
@@ -1134,8 +1145,10 @@ class TraceWriter:
         self._file.flush()
         self._trim_buffers()
         if failures:
-            tag, error = failures[0]
-            raise OSError(f"{len(failures)} series kept for the next commit ({tag!r}: {error})")
+            first_tag, first_error = failures[0]
+            raise OSError(
+                f"{len(failures)} series kept for the next commit ({first_tag!r}: {first_error})"
+            )
         if self._io_error is not None:
             log.warning("dbg: writing %s works again; the records held were written", self.path)
             self._io_error = None
