@@ -51,6 +51,16 @@ class _Raises:
         raise RuntimeError("no repr either")
 
 
+class _Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no message either")
+
+
+class _RaisesUnprintable:
+    def __array__(self, *args: Any, **kwargs: Any) -> np.ndarray:
+        raise _Unprintable()
+
+
 class _BadTensor:
     def detach(self) -> Any:
         raise RuntimeError("detach failed")
@@ -95,6 +105,7 @@ BAD_TAGS = [
     ["loss"],
     ("loss",),
     object(),
+    _Raises(),
 ]
 BAD_STEPS = [
     -1,
@@ -159,6 +170,7 @@ BAD_TENSORS = [
     _BadTensor(),
     b"abc",
     np.array([None, 1.0]),
+    _RaisesUnprintable(),
 ]
 BAD_UNIT_AXES = ["x", 1.5, True, [1], 2, -3, 2**70]
 BAD_LABELS = [5, "", "a\x00", b"weights", "\ud800", ["w"], 3.5]
@@ -238,7 +250,7 @@ def _cases() -> list[Case]:
     for i, value in enumerate(BAD_TENSORS):
         rank = isinstance(value, np.ndarray) and value.ndim > 31
         # Ragged lists and objects that fail to convert are not arrays at all.
-        reason = "rank" if rank else "value" if i in (11, 15, 16) else "dtype"
+        reason = "rank" if rank else "value" if i in (11, 15, 16, 19) else "dtype"
         cases.append((f"tensor-value-{i}", reason, _tensor(value=value)))
     for i, axis in enumerate(BAD_UNIT_AXES):
         cases.append(

@@ -45,7 +45,7 @@ def text(value: Any, reason: str, *, optional: bool = True) -> str | None:
     if value is None and optional:
         return None
     if not isinstance(value, str) or not value:
-        raise Rejected(reason, f"{reason} must be a non-empty string, got {_show(value)}")
+        raise Rejected(reason, f"{reason} must be a non-empty string, got {describe(value)}")
     if "\x00" in value:
         raise Rejected(reason, f"{reason} {value!r} contains a NUL character")
     try:
@@ -63,7 +63,7 @@ def step(value: Any) -> int:
         number = operator.index(value)
     except TypeError:
         if not (isinstance(value, (float, np.floating)) and float(value).is_integer()):
-            raise Rejected("step", f"step must be an integer, got {_show(value)}") from None
+            raise Rejected("step", f"step must be an integer, got {describe(value)}") from None
         number = int(value)
     if not 0 <= number <= MAX_STEP:
         raise Rejected("step", f"step must be between 0 and 2**63 - 1, got {number}")
@@ -73,7 +73,9 @@ def step(value: Any) -> int:
 def mode(value: Any) -> int:
     code = schema.MODE_CODES.get(value) if type(value) is str else None
     if code is None:
-        raise Rejected("mode", f"mode must be one of {', '.join(schema.MODES)}, got {_show(value)}")
+        raise Rejected(
+            "mode", f"mode must be one of {', '.join(schema.MODES)}, got {describe(value)}"
+        )
     return code
 
 
@@ -85,7 +87,9 @@ def scalar(value: Any) -> float:
         try:
             return float(value)
         except (OverflowError, TypeError, ValueError) as error:
-            raise Rejected("value", f"{_show(value)} is not a float: {error}") from None
+            raise Rejected(
+                "value", f"{describe(value)} is not a float: {describe_error(error)}"
+            ) from None
     array = to_numpy(value)
     if array.size != 1 or array.dtype.kind not in _STORABLE_KINDS:
         raise Rejected(
@@ -109,7 +113,9 @@ def to_numpy(value: Any) -> np.ndarray:
             return np.asarray(tensor.cpu().numpy())
         return np.asarray(value)
     except Exception as error:  # noqa: BLE001 - whatever the object raises, it is not data
-        raise Rejected("value", f"cannot convert {_show(value)}: {error}") from None
+        raise Rejected(
+            "value", f"cannot convert {describe(value)}: {describe_error(error)}"
+        ) from None
 
 
 def array(value: Any) -> np.ndarray:
@@ -128,7 +134,7 @@ def dtype_check(dtype: Any) -> np.dtype:
     try:
         result: np.dtype = np.dtype(dtype)
     except Exception:  # noqa: BLE001
-        raise Rejected("dtype", f"not a dtype: {_show(dtype)}") from None
+        raise Rejected("dtype", f"not a dtype: {describe(dtype)}") from None
     if result.kind not in _STORABLE_KINDS or result.itemsize > 8:
         raise Rejected("dtype", f"unsupported dtype {result} (bool, integers and floats only)")
     return result
@@ -138,7 +144,9 @@ def shape(value: Any) -> tuple[int, ...]:
     try:
         dims = tuple(operator.index(d) for d in value)
     except TypeError:
-        raise Rejected("shape", f"shape must be a tuple of integers, got {_show(value)}") from None
+        raise Rejected(
+            "shape", f"shape must be a tuple of integers, got {describe(value)}"
+        ) from None
     if len(dims) > MAX_TENSOR_RANK or any(d < 0 or d > MAX_STEP for d in dims):
         raise Rejected("shape", f"not a storable shape: {dims}")
     return dims
@@ -153,7 +161,9 @@ def unit_axis(value: Any, ndim: int) -> int | None:
             raise TypeError
         axis = operator.index(value)
     except TypeError:
-        raise Rejected("unit_axis", f"unit_axis must be an integer, got {_show(value)}") from None
+        raise Rejected(
+            "unit_axis", f"unit_axis must be an integer, got {describe(value)}"
+        ) from None
     if not -ndim <= axis < ndim:
         raise Rejected("unit_axis", f"unit_axis {axis} is not an axis of a {ndim}-D tensor")
     return axis % ndim
@@ -164,7 +174,7 @@ def flag(value: Any, reason: str) -> bool | None:
         return None
     if isinstance(value, (bool, np.bool_)) or (type(value) is int and value in (0, 1)):
         return bool(value)
-    raise Rejected(reason, f"{reason} must be True, False or None, got {_show(value)}")
+    raise Rejected(reason, f"{reason} must be True, False or None, got {describe(value)}")
 
 
 def statistics(values: Mapping[str, Any], columns: Mapping[str, int]) -> np.ndarray:
@@ -172,10 +182,10 @@ def statistics(values: Mapping[str, Any], columns: Mapping[str, int]) -> np.ndar
     try:
         items = list(values.items())
     except Exception:  # noqa: BLE001
-        raise Rejected("stats", f"stats must be a mapping, got {_show(values)}") from None
+        raise Rejected("stats", f"stats must be a mapping, got {describe(values)}") from None
     for name, number in items:
         if name not in columns:
-            raise Rejected("stats", f"unknown statistic {_show(name)}")
+            raise Rejected("stats", f"unknown statistic {describe(name)}")
         row[columns[name]] = scalar(number)
     return row
 
@@ -186,7 +196,7 @@ def metadata_json(values: Mapping[str, Any]) -> str:
         encoded = json.dumps(values, default=_json_default, allow_nan=True)
     except Exception as error:  # noqa: BLE001 - cycles (ValueError), depth (RecursionError), ...
         raise Rejected(
-            "metadata", f"not JSON-serialisable: {type(error).__name__}: {error}"
+            "metadata", f"not JSON-serialisable: {type(error).__name__}: {describe_error(error)}"
         ) from None
     if _depth(encoded) > MAX_METADATA_DEPTH:
         raise Rejected("metadata", f"nested more than {MAX_METADATA_DEPTH} levels deep")
@@ -215,10 +225,19 @@ def _json_default(value: Any) -> Any:
     return repr(value)
 
 
-def _show(value: Any) -> str:
-    """A short description of a bad value (its repr may be huge, or raise)."""
+def describe(value: Any) -> str:
+    """A short description of a value (its repr may be huge, or raise)."""
     try:
         shown = repr(value)
     except Exception:  # noqa: BLE001
         shown = f"<{type(value).__name__}>"
     return shown if len(shown) <= 60 else f"{shown[:57]}..."
+
+
+def describe_error(error: BaseException) -> str:
+    """An exception's message, whatever its ``__str__`` does."""
+    try:
+        text = str(error)
+    except Exception:  # noqa: BLE001
+        text = type(error).__name__
+    return text if len(text) <= 300 else f"{text[:297]}..."

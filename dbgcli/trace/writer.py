@@ -845,7 +845,11 @@ class TraceWriter:
         try:
             items = list(values.items())
         except Exception as error:  # noqa: BLE001
-            self._drop("add_scalars", Rejected("value", f"not a mapping: {error}"))
+            self._drop(
+                values,
+                Rejected("value", f"not a mapping: {_checks.describe_error(error)}"),
+                "the scalars",
+            )
             return
         for tag, value in items:
             self.add_scalar(tag, value, step, mode=mode)
@@ -985,7 +989,7 @@ class TraceWriter:
             try:
                 self._merge_metadata(values)
             except Exception as error:  # noqa: BLE001 - never let recording kill training
-                self._drop("metadata", error)
+                self._drop(values, error, "the metadata")
 
     @property
     def metadata(self) -> dict[str, Any]:
@@ -1183,7 +1187,7 @@ class TraceWriter:
                 try:
                     _checks.metadata_json({key: value})
                 except Rejected as error:
-                    self._drop(f"metadata[{key!r}]", error)
+                    self._drop(key, error, "the metadata key")
                     merged.pop(key)
                     if key in self._metadata:
                         merged[key] = self._metadata[key]
@@ -1202,16 +1206,18 @@ class TraceWriter:
                 self._file.attrs[name] = text
                 self._written[name] = text
 
-    def _drop(self, what: Any, error: BaseException) -> None:
+    def _drop(self, tag: Any, error: BaseException, what: str = "a record of") -> None:
         reason = error.reason if isinstance(error, Rejected) else "error"
         self.dropped_by_reason[reason] += 1
+        label = _checks.describe(tag)
         self._report(
-            f"{what!r}:{reason}:{type(error).__name__}",
-            "dbg: dropped a record of %r (%s: %s); training goes on, further ones are only "
-            "counted (TraceWriter.dropped_by_reason)",
-            _checks._show(what) if not isinstance(what, str) else what,
+            f"{label}:{reason}:{type(error).__name__}",
+            "dbg: dropped %s %s (%s: %s); training goes on, further ones are only counted "
+            "(TraceWriter.dropped_by_reason)",
+            what,
+            label,
             reason,
-            error,
+            _checks.describe_error(error),
         )
 
     def _report_io(self, error: BaseException) -> None:
@@ -1223,7 +1229,7 @@ class TraceWriter:
             "dbg: cannot write %s now (%s); records are kept in memory (up to "
             "max_buffer_bytes) and written at the next commit",
             self.path,
-            error,
+            _checks.describe_error(error),
         )
 
     def _count_unwritten(self) -> None:
@@ -1240,8 +1246,9 @@ class TraceWriter:
             )
 
     def _report(self, key: str, message: str, *args: Any) -> None:
-        """Log once per kind of problem; logging never raises into the caller."""
+        """Log once per kind of problem. Never raises: it runs where training must go on."""
         if key in self._reported:
             return
         self._reported.add(key)
-        log.warning(message, *args)
+        with contextlib.suppress(Exception):
+            log.warning(message, *args)
