@@ -47,11 +47,11 @@ def text(value: Any, reason: str, *, optional: bool = True) -> str | None:
     if not isinstance(value, str) or not value:
         raise Rejected(reason, f"{reason} must be a non-empty string, got {describe(value)}")
     if "\x00" in value:
-        raise Rejected(reason, f"{reason} {value!r} contains a NUL character")
+        raise Rejected(reason, f"{reason} {describe(value)} contains a NUL character")
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        raise Rejected(reason, f"{reason} {value!r} is not valid Unicode text") from None
+        raise Rejected(reason, f"{reason} {describe(value)} is not valid Unicode text") from None
     return str(value)
 
 
