@@ -69,9 +69,10 @@ class TraceClaim:
             ) from None
         except OSError as error:
             raise TraceWriterError(f"cannot open {path} for writing: {error}") from error
-        self.path = path
         self._pid = os.getpid()
         self._can_reserve = _fallocate is not None
+        # Only the lock holder may cut the file (release); until then it may be another's.
+        self._holder = fcntl is None
         if fcntl is None:
             return
         try:
@@ -84,6 +85,7 @@ class TraceClaim:
                     "it was left untouched"
                 ) from None
             raise TraceWriterError(f"cannot lock {path}: {error}") from error
+        self._holder = True
 
     def reserve(self, end: int, nbytes: int) -> bool:
         """Allocate ``nbytes`` past ``end`` (HDF5's end of file, which may run ahead of the
@@ -111,7 +113,7 @@ class TraceClaim:
         fd, self.fd = self.fd, None
         if fd is None:
             return
-        if os.getpid() == self._pid:  # a forked child must not cut what its parent writes
+        if self._holder and os.getpid() == self._pid:  # not a forked child, not a refused writer
             with contextlib.suppress(OSError):
                 # Truncating to the current size frees blocks reserved past it.
                 os.ftruncate(fd, os.fstat(fd).st_size)
