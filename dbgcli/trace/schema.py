@@ -33,6 +33,9 @@ ATTR_DBGCLI_VERSION = "dbgcli_version"
 ATTR_CREATED = "created"
 ATTR_CLOSED = "closed"
 ATTR_METADATA = "metadata"
+# JSON object: records the writer dropped, by reason (see docs/trace-format.md). Written at
+# commits once a record was dropped; absent when none was.
+ATTR_DROPPED = "dropped_records"
 
 # Groups under the root.
 TIMELINE = "timeline"

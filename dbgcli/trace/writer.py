@@ -4,22 +4,28 @@ The writer is built around two promises:
 
 * It is cheap. Records are copied into per-tag blocks; statistics are computed for a whole
   block with a few vectorised numpy calls, and blocks reach HDF5 as whole chunks.
-* It never kills training and never loses what was committed. ``add_*`` never raises: a value
-  it cannot convert, or any I/O error, is reported once as a :class:`DbgWarning` and the record
-  is dropped (counted in :attr:`TraceWriter.dropped`). Data is committed at every
-  :meth:`~TraceWriter.flush` (every ``flush_secs`` seconds and on close); a process killed at
-  any moment leaves a trace that opens and holds everything up to the last commit.
+* It never kills training and never loses what was committed. ``add_*`` never raises: every
+  record is checked when it is added (dbgcli.trace._checks) and a bad one is dropped and counted
+  (:attr:`TraceWriter.dropped_by_reason`, and the trace's ``dropped_records`` attribute) without
+  touching the file. Problems are reported through :mod:`logging` (logger ``dbgcli``), never as
+  exceptions or warnings. Data is committed at every :meth:`~TraceWriter.flush` (every
+  ``flush_secs`` seconds and on close); a commit that cannot write (a full disk) keeps the
+  records in memory and is tried again at the next one. A process killed at any moment leaves
+  a trace that opens and holds everything up to the last commit.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
+import errno
 import json
+import logging
 import os
 import threading
 import time
-import warnings
 import weakref
+from collections import Counter
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,8 +37,12 @@ import numpy as np
 
 from dbgcli._version import __version__
 from dbgcli.errors import TraceFormatError, TraceWriterError
-from dbgcli.trace import roles, schema
+from dbgcli.trace import _checks, roles, schema
+from dbgcli.trace._checks import Rejected
+from dbgcli.trace._disk import NO_ROOM, TraceClaim
 from dbgcli.trace.stats import COL, StatsKernel, unit_measure
+
+log = logging.getLogger("dbgcli")
 
 # Rows per chunk of the small per-record datasets: big enough for fast reads of long runs,
 # small enough that a tag with a handful of records does not allocate much disk.
@@ -43,43 +53,37 @@ _MIN_CHUNK = 256
 # hold about 1 MiB, h5py's chunk-cache size. Short runs get smaller chunks (see _Appendable).
 _RAW_CHUNK_BYTES = 1 << 20
 _BLOCK_BYTES = 1 << 20
+# Room reserved on disk beyond the data of a batch of writes, for HDF5's own metadata (object
+# headers, chunk indexes, the superblock), plus some per dataset written.
+_METADATA_ROOM = 1 << 20
+_ROOM_PER_DATASET = 16 << 10
 
 
 class DbgWarning(UserWarning):
-    """A record was dropped or the writer hit an I/O error; training goes on."""
+    """A framework integration failed to record something; training goes on.
+
+    The writer itself reports through :mod:`logging` (logger ``dbgcli``), not with warnings.
+    """
+
+
+class _NoRoom(OSError):
+    """The disk has no room for the next batch of writes (nothing was written)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(errno.ENOSPC, "no space left on the device", str(path))
 
 
 def _now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    return repr(value)
-
-
-def _to_numpy(value: Any) -> np.ndarray:
-    """Convert numpy arrays, Python numbers and array-likes (torch tensors included) to numpy.
-
-    Torch is never imported: a tensor is recognised by its ``detach``/``cpu`` methods.
-    """
-    if isinstance(value, np.ndarray):
-        return value
-    if hasattr(value, "detach") and hasattr(value, "cpu"):
-        tensor = value.detach()
-        if str(getattr(tensor, "dtype", "")) == "torch.bfloat16":
-            tensor = tensor.float()
-        return np.asarray(tensor.cpu().numpy())
-    return np.asarray(value)
-
-
 class _Appendable:
-    """A chunked, resizable dataset grown along axis 0, created on first append."""
+    """A chunked, resizable dataset grown along axis 0, created on first append.
+
+    Rows that could not be written yet (a full disk, or a commit still to come) wait in
+    ``queued``, oldest first. Writing is safe to retry: ``length`` only moves once a batch of
+    rows is entirely in the file, so a failed write is simply written again.
+    """
 
     def __init__(
         self,
@@ -104,6 +108,44 @@ class _Appendable:
         self.length = 0 if self.dataset is None else int(self.dataset.shape[0])
         self.capacity = self.length
         self.chunk = 0 if self.dataset is None else int(self.dataset.chunks[0])
+        self.queued: list[np.ndarray] = []
+
+    def queue(self, rows: np.ndarray) -> None:
+        """Keep rows for the next :meth:`write_queued` (they are not copied)."""
+        if len(rows):
+            self.queued.append(rows)
+
+    def push(self, rows: np.ndarray, room: bool) -> None:
+        """Write rows now if nothing waits before them and the disk has ``room``; else queue a
+        copy. A failed write queues a copy too, then raises."""
+        if self.queued or not room:
+            self.queue(np.array(rows, copy=True))
+            return
+        try:
+            self.append(rows)
+        except BaseException:
+            self.queue(np.array(rows, copy=True))
+            raise
+
+    def write_queued(self) -> None:
+        while self.queued:
+            self.append(self.queued[0])
+            self.queued.pop(0)
+
+    @property
+    def queued_rows(self) -> int:
+        return sum(len(rows) for rows in self.queued)
+
+    def write_cost(self) -> int:
+        """Bytes of file the queued rows can take: every chunk they touch."""
+        rows = self.queued_rows
+        if not rows:
+            return 0
+        chunk = self.chunk or max(self.min_chunk, min(self.max_chunk, len(self.queued[0])))
+        first = self.length % chunk if self.dataset is not None else 0
+        chunks = -(-(first + rows) // chunk)
+        row_bytes = self.dtype.itemsize * int(np.prod(self.row_shape, dtype=np.int64))
+        return int(chunks * chunk * max(1, row_bytes)) + _ROOM_PER_DATASET
 
     def append(self, rows: np.ndarray) -> None:
         if len(rows) == 0:
@@ -111,22 +153,22 @@ class _Appendable:
         if self.dataset is None:
             # The first write shows how fast the series grows: a short run gets small chunks
             # (small files), a long run large ones (fast reads).
-            self.chunk = max(self.min_chunk, min(self.max_chunk, len(rows)))
+            chunk = max(self.min_chunk, min(self.max_chunk, len(rows)))
             self.dataset = self.group.create_dataset(
                 self.name,
                 shape=(0, *self.row_shape),
                 maxshape=(None, *self.row_shape),
-                chunks=(self.chunk, *self.row_shape),
+                chunks=(chunk, *self.row_shape),
                 dtype=self.dtype,
             )
+            self.chunk = chunk
         dataset = self.dataset
         start, count = self.length, len(rows)
         chunk = self.chunk
         if start + count > self.capacity:
-            self.capacity = max(
-                start + count, self.capacity + self.capacity // 2, start + 8 * chunk
-            )
-            dataset.resize(self.capacity, axis=0)
+            capacity = max(start + count, self.capacity + self.capacity // 2, start + 8 * chunk)
+            dataset.resize(capacity, axis=0)
+            self.capacity = capacity
         done = 0
         if rows.dtype == dataset.dtype and rows.flags.c_contiguous:
             # Rows up to the next chunk boundary go through h5py; whole chunks are written as
@@ -149,7 +191,8 @@ class _Appendable:
         """Rows that would fill the current partial chunk (``default`` when aligned)."""
         if self.dataset is None:
             return default
-        return (-self.length) % self.chunk or min(default, self.chunk)
+        end = self.length + self.queued_rows
+        return (-end) % self.chunk or min(default, self.chunk)
 
     def truncate(self, length: int) -> None:
         """Drop rows past ``length`` (uncommitted rows of a trace being resumed)."""
@@ -164,10 +207,29 @@ class _Appendable:
             self.capacity = self.length
 
 
+def _committed(columns: list[_Appendable]) -> int:
+    """Records every column holds in the file."""
+    return min(column.length for column in columns)
+
+
+def _write_count(group: h5py.Group, records: int) -> None:
+    group.attrs[schema.ATTR_RECORDS] = records
+
+
+def _new_series_group(root: h5py.Group, tag: str) -> h5py.Group:
+    """A series' group, vouching for no row yet: the reader serves no more rows than
+    ``records``, so rows written ahead of a commit (or pre-allocated) are never read as data."""
+    group = root.create_group(schema.encode_tag(tag))
+    group.attrs[schema.ATTR_TAG] = tag
+    group.attrs[schema.ATTR_RECORDS] = 0
+    return group
+
+
 class _Index:
     """The ``step``/``mode`` (and optional ``time``) columns shared by every series."""
 
     def __init__(self, group: h5py.Group, with_time: bool = False) -> None:
+        self.group = group
         self.step = _Appendable(group, schema.DS_STEP, (), np.int64, _STEP_CHUNK, _MIN_CHUNK)
         self.mode = _Appendable(group, schema.DS_MODE, (), np.uint8, _STEP_CHUNK, _MIN_CHUNK)
         self.time = (
@@ -182,14 +244,22 @@ class _Index:
     def columns(self) -> list[_Appendable]:
         return [self.step, self.mode, *([self.time] if self.time is not None else [])]
 
-    def write_pending(self) -> None:
-        self.step.append(np.asarray(self.pending_steps, dtype=np.int64))
-        self.mode.append(np.asarray(self.pending_modes, dtype=np.uint8))
+    def stage(self) -> None:
+        """Move the pending rows to their columns' queues."""
+        self.step.queue(np.asarray(self.pending_steps, dtype=np.int64))
+        self.mode.queue(np.asarray(self.pending_modes, dtype=np.uint8))
         if self.time is not None:
-            self.time.append(np.asarray(self.pending_times, dtype=np.float64))
+            self.time.queue(np.asarray(self.pending_times, dtype=np.float64))
         self.pending_steps.clear()
         self.pending_modes.clear()
         self.pending_times.clear()
+
+    def write(self) -> None:
+        for column in self.columns():
+            column.write_queued()
+
+    def commit(self) -> None:
+        _write_count(self.group, _committed(self.columns()))
 
 
 class _ScalarSeries:
@@ -198,23 +268,28 @@ class _ScalarSeries:
         self.index = _Index(group)
         self.value = _Appendable(group, schema.DS_VALUE, (), np.float64, _STEP_CHUNK, _MIN_CHUNK)
         self.pending_values: list[float] = []
+        self.records = self.value.length  # records added, committed or not
 
     def add(self, value: float, step: int, mode: int) -> None:
         self.index.pending_steps.append(step)
         self.index.pending_modes.append(mode)
         self.pending_values.append(value)
+        self.records += 1
 
-    @property
-    def pending(self) -> int:
-        return len(self.pending_values)
-
-    def write(self) -> None:
-        self.index.write_pending()
-        self.value.append(np.asarray(self.pending_values, dtype=np.float64))
+    def stage(self) -> None:
+        self.index.stage()
+        self.value.queue(np.asarray(self.pending_values, dtype=np.float64))
         self.pending_values.clear()
 
+    def write(self) -> None:
+        self.index.write()
+        self.value.write_queued()
+
+    def committed(self) -> int:
+        return _committed(self.columns())
+
     def commit(self) -> None:
-        self.group.attrs[schema.ATTR_RECORDS] = self.value.length
+        _write_count(self.group, self.committed())
 
     def columns(self) -> list[_Appendable]:
         return [*self.index.columns(), self.value]
@@ -232,13 +307,13 @@ class _RawSegment:
         self.record = _Appendable(group, schema.DS_RECORD, (), np.int64, _STEP_CHUNK, _MIN_CHUNK)
         self.pending_records: list[np.ndarray] = []
 
-    def write(self) -> None:
+    def stage(self) -> None:
         if self.pending_records:
-            self.record.append(np.concatenate(self.pending_records))
+            self.record.queue(np.concatenate(self.pending_records))
             self.pending_records.clear()
 
     def commit(self) -> None:
-        self.group.attrs[schema.ATTR_RECORDS] = min(self.values.length, self.record.length)
+        _write_count(self.group, _committed(self.columns()))
 
     def columns(self) -> list[_Appendable]:
         return [self.values, self.record]
@@ -339,7 +414,7 @@ class _TensorSeries:
             self.pending_units.append(self._fit_units(units))
         if raw is not None and raw.size:
             segment = self._segment(raw.shape, raw.dtype)
-            segment.values.append(raw.reshape(1, *raw.shape))
+            self._keep_raw(segment, raw.reshape(1, *raw.shape))
             segment.pending_records.append(np.array([self.records], dtype=np.int64))
         self.index.pending_steps.append(step)
         self.index.pending_modes.append(mode)
@@ -388,8 +463,9 @@ class _TensorSeries:
             if self.band is not None:
                 attrs[schema.ATTR_BAND] = np.asarray(self.band, dtype=np.float64)
 
-    def finish_block(self) -> None:
-        """Compute statistics of the pending block and write its raw rows."""
+    def finish_block(self, staging: bool = False) -> None:
+        """Compute statistics of the pending block and write its raw rows (``staging``: queue
+        them for the commit's writes instead, which then own the block)."""
         block = self.block
         if block is None or self.fill == 0:
             return
@@ -407,13 +483,27 @@ class _TensorSeries:
             first_record = self.records - self.fill
             record_ids = first_record + np.flatnonzero(keep)
             segment = self._segment(rows.shape[1:], rows.dtype)
-            segment.values.append(rows[keep] if not keep.all() else rows)
+            kept = rows[keep] if not keep.all() else rows
+            if staging:
+                segment.values.queue(kept)
+                if kept is rows:
+                    self.release_block()  # the queue holds it now; the next add takes a new one
+            else:
+                self._keep_raw(segment, kept)
             segment.pending_records.append(record_ids.astype(np.int64))
             # After a partial write (a commit mid-block), end the next block on the chunk
             # boundary so that later blocks are whole chunks again.
             self.block_limit = segment.values.rows_to_boundary(self.block_rows)
         self.fill = 0
         self.keep_raw.clear()
+
+    def _keep_raw(self, segment: _RawSegment, rows: np.ndarray) -> None:
+        """Write full tensors now if the disk has room for them, else keep them for a commit."""
+        values = segment.values
+        try:
+            values.push(rows, self.writer._room(2 * rows.nbytes))
+        except Exception as error:  # noqa: BLE001 - kept in the queue, written at a commit
+            self.writer._report_io(error)
 
     def _units(self, rows: np.ndarray) -> np.ndarray:
         axis = self.unit_axis
@@ -432,19 +522,24 @@ class _TensorSeries:
         segment = self.segments.get(key)
         if segment is None:
             raw = self.group.require_group(schema.GROUP_RAW)
-            group = raw.create_group(str(len(raw)))
+            number = len(raw)
+            while str(number) in raw:
+                number += 1
+            group = raw.create_group(str(number))
             group.attrs[schema.ATTR_SHAPE] = np.asarray(shape, dtype=np.int64)
+            group.attrs[schema.ATTR_RECORDS] = 0
             segment = self.segments[key] = _RawSegment(group, shape, dtype)
         return segment
 
     # -- writing ------------------------------------------------------------------------------
-    def write(self) -> None:
-        self.finish_block()
+    def stage(self) -> None:
+        """Move every pending record to its columns' queues (memory only)."""
+        self.finish_block(staging=True)
         for segment in self.segments.values():
-            segment.write()
-        self.index.write_pending()
+            segment.stage()
+        self.index.stage()
         if self.pending_stats:
-            self.stats.append(np.concatenate(self.pending_stats))
+            self.stats.queue(np.concatenate(self.pending_stats))
             self.pending_stats.clear()
         if self.pending_units:
             units = np.concatenate(self.pending_units)
@@ -457,13 +552,21 @@ class _TensorSeries:
                         np.float32,
                         schema.chunk_rows(units.shape[1] * 4, _RAW_CHUNK_BYTES),
                     )
-                self.units.append(units)
+                self.units.queue(units)
             self.pending_units.clear()
+
+    def write(self) -> None:
+        for column in self.columns():
+            column.write_queued()
+
+    def committed(self) -> int:
+        own = [*self.index.columns(), self.stats, *([self.units] if self.units is not None else [])]
+        return _committed(own)
 
     def commit(self) -> None:
         for segment in self.segments.values():
             segment.commit()
-        self.group.attrs[schema.ATTR_RECORDS] = self.stats.length
+        _write_count(self.group, self.committed())
 
     def columns(self) -> list[_Appendable]:
         own = [*self.index.columns(), self.stats, *([self.units] if self.units is not None else [])]
@@ -505,10 +608,17 @@ class TraceWriter:
             appended to with ``resume=True``.
         resume: Append to an existing trace (after a restart from a checkpoint). Records that
             were never committed by the earlier writer are discarded.
-        metadata: Free-form JSON-serialisable run metadata.
+        metadata: Free-form JSON-serialisable run metadata (a key that cannot be stored is
+            dropped and counted).
         hyperparameters: Stored under ``metadata["hyperparameters"]``.
         framework: Stored under ``metadata["framework"]``.
-        max_buffer_bytes: Commit early when pending tensor blocks exceed this many bytes.
+        max_buffer_bytes: Commit early when pending tensor blocks exceed this many bytes; while
+            the disk is full, hold at most about this many bytes of records.
+
+    Raises:
+        TraceWriterError: At construction only: the file exists (without ``overwrite`` or
+            ``resume``), another writer holds it (it is left untouched), or there is no room
+            on the disk for an empty trace.
     """
 
     def __init__(
@@ -532,69 +642,115 @@ class TraceWriter:
         self.raw_every = int(raw_every)
         self.flush_secs = float(flush_secs)
         self.max_buffer_bytes = int(max_buffer_bytes)
-        self.dropped = 0
+        self.dropped_by_reason: Counter[str] = Counter()
         self._lock = threading.RLock()
         self._pid = os.getpid()
         self._kernel = StatsKernel()
         self._buffered_bytes = 0
-        self._warned: set[str] = set()
-        self._failed: BaseException | None = None
+        self._reported: set[str] = set()
+        # The last error of a commit that could not write; records are kept until one can.
+        self._io_error: BaseException | None = None
+        self._held_bytes = 0  # records held in memory since that error (approximately)
         self._closed = False
         self._scalars: dict[str, _ScalarSeries] = {}
         self._tensors: dict[str, _TensorSeries] = {}
         self._last_step: int | None = None
         self._last_mode = -1
-        self._metadata: dict[str, Any] = dict(metadata or {})
+        self._metadata: dict[str, Any] = {}
+        self._metadata_json = "{}"
+        # What the file's attributes hold, so that a commit writes them only when they change.
+        self._written: dict[str, str] = {}
+        self._dropped_before: Counter[str] = Counter()  # by earlier writers of a resumed trace
+        given = dict(metadata or {})
         if hyperparameters is not None:
-            self._metadata["hyperparameters"] = dict(hyperparameters)
+            given["hyperparameters"] = dict(hyperparameters)
         if framework is not None:
-            self._metadata["framework"] = framework
-        self._metadata_dirty = True
-        self._file = self._open(resume, overwrite)
-        self._timeline = _Index(self._file.require_group(schema.TIMELINE), with_time=True)
-        self._scalar_root = self._root(schema.SCALARS)
-        self._tensor_root = self._root(schema.TENSORS)
-        if resume:
-            self._load_existing()
-        self._file.attrs[schema.ATTR_CLOSED] = False
-        self._write_metadata()
-        self._file.flush()
+            given["framework"] = framework
+        self._claim = self._claim_path(resume, overwrite)
+        try:
+            if not self._claim.reserve(0, _METADATA_ROOM):
+                raise _NoRoom(self.path)
+            self._file = self._open(resume)
+            self._timeline = _Index(self._file.require_group(schema.TIMELINE), with_time=True)
+            self._scalar_root = self._root(schema.SCALARS)
+            self._tensor_root = self._root(schema.TENSORS)
+            if resume:
+                self._load_existing()
+            self._merge_metadata(given)
+            # The skeleton: with it on disk the file opens whatever happens next.
+            if not self._room(0):
+                raise _NoRoom(self.path)
+            self._file.attrs[schema.ATTR_CLOSED] = False
+            self._write_metadata()
+            self._file.flush()
+        except Exception as error:
+            self._abandon()
+            if isinstance(error, (TraceWriterError, TraceFormatError)):
+                raise
+            problem = (
+                "no space left on the device"
+                if isinstance(error, OSError) and error.errno in NO_ROOM
+                else str(error).splitlines()[0]
+            )
+            raise TraceWriterError(f"cannot create the trace {self.path}: {problem}") from error
         self._last_flush = time.monotonic()
         _OPEN_WRITERS.add(self)
 
-    def _open(self, resume: bool, overwrite: bool) -> h5py.File:
-        exists = self.path.exists()
-        if exists and not (resume or overwrite):
+    def _claim_path(self, resume: bool, overwrite: bool) -> TraceClaim:
+        """Lock the path before HDF5 opens it: a trace another writer holds is never touched."""
+        exclusive = not (resume or overwrite)
+        # Whether the file holds nothing of value (so a failed set-up may remove it).
+        self._fresh = not self.path.exists()
+        if exclusive and not self._fresh:
             raise TraceWriterError(
                 f"{self.path} already exists; pass overwrite=True to replace it "
                 "or resume=True to append to it"
             )
         try:
-            if resume and exists:
-                handle = h5py.File(self.path, "a")
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise TraceWriterError(f"cannot open {self.path} for writing: {error}") from error
+        return TraceClaim(self.path, exclusive=exclusive)
+
+    def _open(self, resume: bool) -> h5py.File:
+        # HDF5's own locking is off: our claim is the lock (and HDF5's would conflict with it).
+        if resume and self.path.stat().st_size:
+            handle = h5py.File(self.path, "r+", locking=False)
+            try:
                 if handle.attrs.get(schema.ATTR_FORMAT) != schema.FORMAT_NAME:
-                    handle.close()
                     raise TraceFormatError(f"{self.path} is not a dbg trace; refusing to append")
                 if (
                     schema.parse_version(handle.attrs[schema.ATTR_FORMAT_VERSION])[0]
                     != schema.FORMAT_VERSION[0]
                 ):
-                    handle.close()
                     raise TraceFormatError(f"{self.path} has another major format version")
-                if "metadata" in handle.attrs:
-                    stored = json.loads(handle.attrs[schema.ATTR_METADATA])
-                    self._metadata = {**stored, **self._metadata}
-                return handle
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            handle = h5py.File(self.path, "w")
-        except OSError as error:
-            raise TraceWriterError(f"cannot open {self.path} for writing: {error}") from error
+                if schema.ATTR_METADATA in handle.attrs:
+                    self._metadata = dict(json.loads(handle.attrs[schema.ATTR_METADATA]))
+                if schema.ATTR_DROPPED in handle.attrs:
+                    self._dropped_before.update(json.loads(handle.attrs[schema.ATTR_DROPPED]))
+            except BaseException:
+                handle.close()
+                raise
+            return handle
+        self._fresh = True
+        handle = h5py.File(self.path, "w", locking=False)
         attrs = handle.attrs
         attrs[schema.ATTR_FORMAT] = schema.FORMAT_NAME
         attrs[schema.ATTR_FORMAT_VERSION] = schema.FORMAT_VERSION_STR
         attrs[schema.ATTR_DBGCLI_VERSION] = __version__
         attrs[schema.ATTR_CREATED] = _now_iso()
         return handle
+
+    def _abandon(self) -> None:
+        """Undo a constructor that failed: close, remove a file it created or emptied, unlock."""
+        handle = getattr(self, "_file", None)
+        if handle is not None:
+            with contextlib.suppress(Exception):
+                handle.close()
+        if self._fresh:
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+        self._claim.release()
 
     def _root(self, name: str) -> h5py.Group:
         """A root group of series; new ones track creation order, so that readers list tags
@@ -620,6 +776,7 @@ class TraceWriter:
             committed = int(group.attrs.get(schema.ATTR_RECORDS, series.value.length))
             for column in (series.index.step, series.index.mode, series.value):
                 column.truncate(committed)
+            series.records = series.committed()
             self._scalars[schema.decode_tag(name)] = series
         for name, group in self._tensor_root.items():
             attrs = group.attrs
@@ -644,7 +801,12 @@ class TraceWriter:
                 tensor.units.truncate(committed)
                 tensor.unit_count = tensor.units.row_shape[0]
             tensor.records = committed
-            for segment_group in group.get(schema.GROUP_RAW, {}).values():
+            raw_root = group.get(schema.GROUP_RAW, {})
+            for number in list(raw_root):
+                segment_group = raw_root[number]
+                if schema.DS_VALUES not in segment_group or schema.DS_RECORD not in segment_group:
+                    del raw_root[number]  # started after the last commit: nothing committed
+                    continue
                 values = segment_group[schema.DS_VALUES]
                 segment = _RawSegment(segment_group, tuple(values.shape[1:]), values.dtype)
                 kept = int(segment_group.attrs.get(schema.ATTR_RECORDS, values.shape[0]))
@@ -665,22 +827,31 @@ class TraceWriter:
         """
         with self._lock:
             try:
-                step, mode_code = self._accept(tag, step, mode)
-                number = float(value.detach() if hasattr(value, "detach") else value)
+                tag, step, mode_code = self._accept(tag, step, mode)
+                number = _checks.scalar(value)
                 series = self._scalars.get(tag)
                 if series is None:
                     series = self._scalars[tag] = _ScalarSeries(
-                        self._scalar_root.create_group(schema.encode_tag(tag))
+                        self._new_group(self._scalar_root, tag)
                     )
-                    series.group.attrs[schema.ATTR_TAG] = tag
                 series.add(number, step, mode_code)
-                self._after_add(step, mode_code)
+                self._after_add(step, mode_code, 32)
             except Exception as error:  # noqa: BLE001 - never let recording kill training
                 self._drop(tag, error)
+                self._forget_empty(tag)
 
     def add_scalars(self, values: Mapping[str, Any], step: int, *, mode: str = "train") -> None:
         """Record several scalars at the same step."""
-        for tag, value in values.items():
+        try:
+            items = list(values.items())
+        except Exception as error:  # noqa: BLE001
+            self._drop(
+                values,
+                Rejected("value", f"not a mapping: {_checks.describe_error(error)}"),
+                "the scalars",
+            )
+            return
+        for tag, value in items:
             self.add_scalar(tag, value, step, mode=mode)
 
     def add_tensor(
@@ -701,8 +872,9 @@ class TraceWriter:
         Args:
             tag: Name of the tensor, e.g. ``"grad/fc1.weight"``.
             value: numpy array, Python number, or anything with ``__array__`` (torch tensors
-                are detached and copied to the CPU).
-            step: Global step (for example the optimizer step).
+                are detached and copied to the CPU): bool, integers or floats, at most 31
+                dimensions.
+            step: Global step (for example the optimizer step), from 0 to 2**63 - 1.
             collection: Group the tensor belongs to: ``weights``, ``biases``, ``gradients``,
                 ``activations``, ``preactivations``, ``inputs``, ``labels``, ``predictions``...
                 Fixed by the first record of the tag.
@@ -711,42 +883,48 @@ class TraceWriter:
             mode: ``train``, ``eval`` or ``predict``.
             raw: Force (True) or suppress (False) keeping the full tensor for this record.
             unit_axis: Axis of a record that indexes units for activation measures (default:
-                the last axis of 2-D and 3-D tensors, axis 1 of 4-D and larger ones).
+                the last axis of 2-D and 3-D tensors, axis 1 of 4-D and larger ones; negative
+                counts from the end).
             track_updates: Record ``update_l2`` against the previous record (default: for
                 weights and biases).
 
         A shape or dtype that differs from earlier records (a last partial batch, a variable
         sequence length) is fine: statistics are per record, and full tensors of each distinct
-        shape go to their own raw segment.
+        shape go to their own raw segment. A record that breaks one of the rules above is
+        dropped and counted (see :attr:`dropped_by_reason`).
         """
         with self._lock:
             try:
-                step, mode_code = self._accept(tag, step, mode)
-                array = value if type(value) is np.ndarray else _to_numpy(value)
+                tag, step, mode_code = self._accept(tag, step, mode)
+                array = _checks.array(value)
+                track = None
+                if (
+                    collection is not None
+                    or kind is not None
+                    or unit_axis is not None
+                    or track_updates is not None
+                ):
+                    collection = _checks.text(collection, "collection")
+                    kind = _checks.text(kind, "kind")
+                    unit_axis = _checks.unit_axis(unit_axis, array.ndim)
+                    track = _checks.flag(track_updates, "track_updates")
+                keep = self.raw_due(step) if raw is None else bool(_checks.flag(raw, "raw"))
                 series = self._tensors.get(tag)
-                if series is None or array.dtype is not series.block_dtype:
-                    if array.dtype.kind not in "biuf":
-                        raise TypeError(f"unsupported dtype {array.dtype}")
                 if series is None:
-                    group = self._tensor_root.create_group(schema.encode_tag(tag))
-                    group.attrs[schema.ATTR_TAG] = tag
                     series = self._tensors[tag] = _TensorSeries(
                         self,
-                        group,
+                        self._new_group(self._tensor_root, tag),
                         tag,
                         collection,
                         kind,
                         unit_axis,
-                        None if track_updates is None else bool(track_updates),
+                        track,
                     )
-                if raw is None:
-                    keep = self.raw_due(step)
-                else:
-                    keep = bool(raw)
                 series.add(array, step, mode_code, keep)
-                self._after_add(step, mode_code)
+                self._after_add(step, mode_code, array.nbytes)
             except Exception as error:  # noqa: BLE001 - never let recording kill training
                 self._drop(tag, error)
+                self._forget_empty(tag)
 
     def raw_due(self, step: int) -> bool:
         """Whether a record at ``step`` keeps its full tensor by default (every ``raw_every``)."""
@@ -776,79 +954,94 @@ class TraceWriter:
         """
         with self._lock:
             try:
-                step, mode_code = self._accept(tag, step, mode)
-                row = np.full(len(schema.STAT_COLUMNS), np.nan)
-                for name, number in stats.items():
-                    row[COL[name]] = float(number)
-                raw = None if value is None else _to_numpy(value)
+                tag, step, mode_code = self._accept(tag, step, mode)
+                row = _checks.statistics(stats, COL)
+                dims = _checks.shape(shape)
+                stored_dtype = _checks.dtype_check(dtype)
+                collection = _checks.text(collection, "collection")
+                kind = _checks.text(kind, "kind")
+                raw = None if value is None else _checks.array(value)
+                units_row = None if units is None else _checks.array(units)
                 series = self._tensors.get(tag)
                 if series is None:
-                    group = self._tensor_root.create_group(schema.encode_tag(tag))
-                    group.attrs[schema.ATTR_TAG] = tag
                     series = self._tensors[tag] = _TensorSeries(
-                        self, group, tag, collection, kind, None, False
+                        self,
+                        self._new_group(self._tensor_root, tag),
+                        tag,
+                        collection,
+                        kind,
+                        None,
+                        False,
                     )
-                units_row = None if units is None else _to_numpy(units)
-                series.add_precomputed(
-                    row,
-                    units_row,
-                    raw,
-                    tuple(int(d) for d in shape),
-                    np.dtype(dtype),
-                    step,
-                    mode_code,
-                )
-                self._after_add(step, mode_code)
+                series.add_precomputed(row, units_row, raw, dims, stored_dtype, step, mode_code)
+                self._after_add(step, mode_code, 128 if raw is None else raw.nbytes)
             except Exception as error:  # noqa: BLE001 - never let recording kill training
                 self._drop(tag, error)
+                self._forget_empty(tag)
 
     def set_metadata(self, **values: Any) -> None:
-        """Merge top-level keys into the run metadata (hyperparameters, framework, ...)."""
+        """Merge top-level keys into the run metadata (hyperparameters, framework, ...).
+
+        A key whose value cannot be stored as JSON (a cycle, nesting deeper than 64 levels) is
+        dropped and counted under ``metadata``; the other keys are kept.
+        """
         with self._lock:
-            self._metadata.update(values)
-            self._metadata_dirty = True
+            try:
+                self._merge_metadata(values)
+            except Exception as error:  # noqa: BLE001 - never let recording kill training
+                self._drop(values, error, "the metadata")
 
     @property
     def metadata(self) -> dict[str, Any]:
         """A copy of the run metadata."""
         return dict(self._metadata)
 
+    @property
+    def dropped(self) -> int:
+        """Records (and metadata keys) dropped so far, whatever the reason."""
+        return sum(self.dropped_by_reason.values())
+
     def flush(self) -> None:
-        """Write every pending record and commit: after this returns, a kill loses nothing."""
+        """Write every pending record and commit: after this returns, a kill loses nothing
+        (unless the disk is full: the records are then kept and written at the next commit)."""
         with self._lock:
             self._flush_locked()
 
     def _flush_locked(self) -> None:
-        if self._closed or self._failed is not None or os.getpid() != self._pid:
+        if self._closed or os.getpid() != self._pid:
             return
         try:
             self._commit()
-        except Exception as error:  # noqa: BLE001
-            self._fail(error)
+        except Exception as error:  # noqa: BLE001 - never let recording kill training
+            self._report_io(error)
 
     def close(self) -> None:
-        """Commit everything, mark the trace complete and close the file. Idempotent."""
+        """Commit everything, mark the trace complete and close the file. Idempotent.
+
+        The trace is marked complete only if every record reached it; otherwise it stays
+        readable up to its last commit and the lost records are counted under ``unwritten``.
+        """
         with self._lock:
             if self._closed or os.getpid() != self._pid:
                 return
             try:
-                if self._failed is None:
-                    self._commit()
+                self._commit()
+                if self._room(0):
                     for column in self._columns():
                         column.trim()
                     self._file.attrs[schema.ATTR_CLOSED] = True
                     self._file.flush()
-            except Exception as error:  # noqa: BLE001
-                self._fail(error)
+            except Exception as error:  # noqa: BLE001 - never let recording kill training
+                self._report_io(error)
+                self._count_unwritten()
             finally:
                 self._closed = True
                 _OPEN_WRITERS.discard(self)
                 for tensor in self._tensors.values():
                     tensor.release_block()
-                try:
+                with contextlib.suppress(Exception):  # the file may already be unusable
                     self._file.close()
-                except Exception:  # noqa: BLE001 - the file may already be unusable
-                    pass
+                self._claim.release()
 
     @property
     def closed(self) -> bool:
@@ -867,62 +1060,108 @@ class TraceWriter:
         self.close()
 
     # -- internals ----------------------------------------------------------------------------
-    def _accept(self, tag: str, step: Any, mode: str) -> tuple[int, int]:
-        """Validate a record's tag, step and mode; returns ``(step, mode code)``."""
-        code = _MODE_CODES.get(mode)
-        if (
-            code is None
-            or self._closed
-            or self._failed is not None
-            or type(tag) is not str
-            or not tag
-        ):
-            if self._closed:
-                raise RuntimeError("the writer is closed")
-            if self._failed is not None:
-                raise RuntimeError(f"the writer stopped after an I/O error: {self._failed}")
-            if not isinstance(tag, str) or not tag:
-                raise TypeError(f"tag must be a non-empty string, got {tag!r}")
-            raise ValueError(f"mode must be one of {', '.join(schema.MODES)}, got {mode!r}")
-        if type(step) is not int:
-            if isinstance(step, float) and not step.is_integer():
-                raise ValueError(f"step must be an integer, got {step!r}")
-            step = int(step)
-        return step, code
+    def _accept(self, tag: Any, step: Any, mode: Any) -> tuple[str, int, int]:
+        """Check a record's tag, step and mode; returns ``(tag, step, mode code)``."""
+        if self._closed:
+            raise Rejected("closed", "the writer is closed")
+        if type(tag) is not str or tag not in self._scalars and tag not in self._tensors:
+            tag = _checks.tag(tag)
+        if self._io_error is not None and self._held_bytes > self.max_buffer_bytes:
+            if time.monotonic() - self._last_flush >= self.flush_secs:
+                self._flush_locked()  # the disk may have room again
+        if self._io_error is not None and self._held_bytes > self.max_buffer_bytes:
+            raise Rejected(
+                "held_limit",
+                f"{self._held_bytes} bytes are held waiting for the disk ({self._io_error})",
+            )
+        if type(step) is not int or not 0 <= step <= _checks.MAX_STEP:
+            step = _checks.step(step)
+        code = _MODE_CODES.get(mode) if type(mode) is str else None
+        return tag, step, _checks.mode(mode) if code is None else code
 
-    def _after_add(self, step: int, mode: int) -> None:
+    def _forget_empty(self, tag: Any) -> None:
+        """Remove what a tag's failed first record left behind: no empty series or group."""
+        if type(tag) is not str or not tag:
+            return
+        with contextlib.suppress(Exception):
+            name = schema.encode_tag(tag)
+            for series, root in (
+                (self._scalars, self._scalar_root),
+                (self._tensors, self._tensor_root),
+            ):
+                known = series.get(tag)
+                if known is None or known.records == 0:
+                    series.pop(tag, None)
+                    if name in root:
+                        del root[name]
+
+    def _new_group(self, root: h5py.Group, tag: str) -> h5py.Group:
+        if not self._room(0):
+            raise _NoRoom(self.path)
+        return _new_series_group(root, tag)
+
+    def _after_add(self, step: int, mode: int, nbytes: int) -> None:
         if step != self._last_step or mode != self._last_mode:
             self._last_step, self._last_mode = step, mode
             timeline = self._timeline
             timeline.pending_steps.append(step)
             timeline.pending_modes.append(mode)
             timeline.pending_times.append(time.time())
-        if (
+        if self._io_error is not None:
+            # While the disk is full, retry at the commit interval only.
+            self._held_bytes += nbytes
+            if time.monotonic() - self._last_flush >= self.flush_secs:
+                self._flush_locked()
+        elif (
             time.monotonic() - self._last_flush >= self.flush_secs
             or self._buffered_bytes > self.max_buffer_bytes
         ):
             self._flush_locked()
 
     def _commit(self) -> None:
-        for scalar in self._scalars.values():
-            if scalar.pending:
-                scalar.write()
-        for tensor in self._tensors.values():
-            tensor.write()
-        self._timeline.write_pending()
-        if self._metadata_dirty:
-            self._write_metadata()
+        """Write everything pending, then the record counts that vouch for it.
+
+        Nothing is written unless the disk has room for all of it (then _NoRoom: the records
+        wait). A series that fails to write keeps its rows for the next commit; the others are
+        committed anyway.
+        """
+        self._last_flush = time.monotonic()
+        series: list[tuple[str, Any]] = [("the timeline", self._timeline)]
+        series += list(self._scalars.items())
+        series += list(self._tensors.items())
+        for _, each in series:
+            each.stage()
+        cost = sum(column.write_cost() for column in self._columns())
+        if not self._room(cost + 2 * len(self._metadata_json)):
+            raise _NoRoom(self.path)
+        failures: list[tuple[str, BaseException]] = []
+        for tag, each in series:
+            try:
+                each.write()
+            except Exception as error:  # noqa: BLE001 - the other series still commit
+                failures.append((tag, error))
+        self._write_metadata()
         # Data first, then the record counts that vouch for it: a kill between the two file
         # flushes leaves counts that are stale, never counts that point at unwritten rows.
         self._file.flush()
-        for scalar in self._scalars.values():
-            scalar.commit()
-        for tensor in self._tensors.values():
-            tensor.commit()
-        self._timeline.step.group.attrs[schema.ATTR_RECORDS] = self._timeline.step.length
+        for _, each in series:
+            each.commit()
         self._file.flush()
-        self._last_flush = time.monotonic()
         self._trim_buffers()
+        if failures:
+            first_tag, first_error = failures[0]
+            raise OSError(
+                f"{len(failures)} series kept for the next commit ({first_tag!r}: {first_error})"
+            )
+        if self._io_error is not None:
+            log.warning("dbg: writing %s works again; the records held were written", self.path)
+            self._io_error = None
+            self._held_bytes = 0
+            self._reported = {key for key in self._reported if not key.startswith("io:")}
+
+    def _room(self, nbytes: int) -> bool:
+        """Reserve disk space for ``nbytes`` of data plus HDF5's metadata; False if full."""
+        return self._claim.reserve(self._file.id.get_filesize(), nbytes + _METADATA_ROOM)
 
     def _columns(self) -> list[_Appendable]:
         """Every dataset the writer appends to."""
@@ -938,28 +1177,78 @@ class TraceWriter:
             for tensor in self._tensors.values():
                 tensor.release_block()
 
-    def _write_metadata(self) -> None:
-        self._file.attrs[schema.ATTR_METADATA] = json.dumps(
-            self._metadata, default=_json_default, allow_nan=True
-        )
-        self._metadata_dirty = False
+    def _merge_metadata(self, values: Mapping[str, Any]) -> None:
+        """Merge keys into the metadata, dropping (and counting) those JSON cannot hold."""
+        merged = {**self._metadata, **values}
+        try:
+            encoded = _checks.metadata_json(merged)
+        except Rejected:
+            for key, value in values.items():
+                try:
+                    _checks.metadata_json({key: value})
+                except Rejected as error:
+                    self._drop(key, error, "the metadata key")
+                    merged.pop(key)
+                    if key in self._metadata:
+                        merged[key] = self._metadata[key]
+            encoded = _checks.metadata_json(merged)
+        self._metadata = merged
+        self._metadata_json = encoded
 
-    def _drop(self, tag: Any, error: BaseException) -> None:
-        self.dropped += 1
-        key = f"{tag!r}:{type(error).__name__}"
-        if key not in self._warned:
-            self._warned.add(key)
-            warnings.warn(
-                f"dbg: dropped a record of {tag!r}: {error} (further ones are counted silently)",
-                DbgWarning,
-                stacklevel=3,
+    def _write_metadata(self) -> None:
+        """The run metadata and the dropped-record counts, where they changed."""
+        texts = {schema.ATTR_METADATA: self._metadata_json}
+        if self.dropped_by_reason or self._dropped_before:
+            dropped = self._dropped_before + self.dropped_by_reason
+            texts[schema.ATTR_DROPPED] = json.dumps(dict(dropped), sort_keys=True)
+        for name, text in texts.items():
+            if self._written.get(name) != text:
+                self._file.attrs[name] = text
+                self._written[name] = text
+
+    def _drop(self, tag: Any, error: BaseException, what: str = "a record of") -> None:
+        reason = error.reason if isinstance(error, Rejected) else "error"
+        self.dropped_by_reason[reason] += 1
+        label = _checks.describe(tag)
+        self._report(
+            f"{label}:{reason}:{type(error).__name__}",
+            "dbg: dropped %s %s (%s: %s); training goes on, further ones are only counted "
+            "(TraceWriter.dropped_by_reason)",
+            what,
+            label,
+            reason,
+            _checks.describe_error(error),
+        )
+
+    def _report_io(self, error: BaseException) -> None:
+        if self._io_error is None:
+            self._io_error = error
+            self._held_bytes = self._buffered_bytes
+        self._report(
+            f"io:{type(error).__name__}",
+            "dbg: cannot write %s now (%s); records are kept in memory (up to "
+            "max_buffer_bytes) and written at the next commit",
+            self.path,
+            _checks.describe_error(error),
+        )
+
+    def _count_unwritten(self) -> None:
+        """Count the records a final commit could not write (they are lost)."""
+        lost = sum(each.records - each.committed() for each in self._scalars.values())
+        lost += sum(each.records - each.committed() for each in self._tensors.values())
+        if lost > 0:
+            self.dropped_by_reason["unwritten"] += lost
+            log.warning(
+                "dbg: %d records could not be written to %s and are lost; the trace holds "
+                "everything up to its last commit",
+                lost,
+                self.path,
             )
 
-    def _fail(self, error: BaseException) -> None:
-        self._failed = error
-        warnings.warn(
-            f"dbg: writing {self.path} failed ({error}); recording stops here, "
-            "everything committed before stays readable",
-            DbgWarning,
-            stacklevel=3,
-        )
+    def _report(self, key: str, message: str, *args: Any) -> None:
+        """Log once per kind of problem. Never raises: it runs where training must go on."""
+        if key in self._reported:
+            return
+        self._reported.add(key)
+        with contextlib.suppress(Exception):
+            log.warning(message, *args)
