@@ -83,7 +83,7 @@ def handle_errors(command: F) -> F:
 
 
 def _register_commands() -> None:
-    from dbgcli.cli import analyze, info, lr, rules  # noqa: F401 - importing registers the commands
+    from dbgcli.cli import analyze, info, lr, rules, watch  # noqa: F401 - importing registers the commands
 
 
 def main(argv: list[str] | None = None) -> None:

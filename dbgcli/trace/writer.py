@@ -16,6 +16,7 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import socket
 import threading
 import time
 import warnings
@@ -32,6 +33,7 @@ import numpy as np
 from dbgcli._version import __version__
 from dbgcli.errors import TraceFormatError, TraceWriterError
 from dbgcli.trace import roles, schema
+from dbgcli.trace.stop import StopRequest, clear_stop_request, new_request, read_stop_request
 from dbgcli.trace.stats import COL, StatsKernel, unit_measure
 
 # Rows per chunk of the small per-record datasets: big enough for fast reads of long runs,
@@ -550,7 +552,9 @@ class TraceWriter:
         if framework is not None:
             self._metadata["framework"] = framework
         self._metadata_dirty = True
+        self._stop_request: StopRequest | None = None
         self._file = self._open(resume, overwrite)
+        self._start_watchable()
         self._timeline = _Index(self._file.require_group(schema.TIMELINE), with_time=True)
         self._scalar_root = self._root(schema.SCALARS)
         self._tensor_root = self._root(schema.TENSORS)
@@ -842,6 +846,7 @@ class TraceWriter:
                 self._fail(error)
             finally:
                 self._closed = True
+                self._end_watchable()
                 _OPEN_WRITERS.discard(self)
                 for tensor in self._tensors.values():
                     tensor.release_block()
@@ -865,6 +870,49 @@ class TraceWriter:
         traceback: TracebackType | None,
     ) -> None:
         self.close()
+
+    # -- stop requests (dbg watch --stop, stop_on) and liveness --------------------------------
+    @property
+    def stop_requested(self) -> StopRequest | None:
+        """The request to end the run (from ``dbg watch --stop`` or an in-process check), or
+        None. Integrations end training at the next step boundary once it is set."""
+        return self._stop_request
+
+    def request_stop(
+        self, reason: str, *, by: str, rule: str | None = None, step: int | None = None
+    ) -> None:
+        """Ask the run to stop (the first request wins); the trace records who, when and why."""
+        with self._lock:
+            if self._stop_request is None:
+                self._accept_stop(new_request(by, reason, rule=rule, step=step))
+
+    def _start_watchable(self) -> None:
+        # A request file left by an earlier run of this path is not meant for this one; the
+        # process id lets ``dbg watch`` tell a writer that died from one that is slow.
+        clear_stop_request(self.path)
+        self._metadata["writer"] = {"pid": os.getpid(), "host": socket.gethostname()}
+
+    def _check_stop_request(self) -> None:
+        """At each commit: one stat for the request file of ``dbg watch --stop``."""
+        if self._stop_request is None:
+            request = read_stop_request(self.path)
+            if request is not None:
+                self._accept_stop(request)
+
+    def _accept_stop(self, request: StopRequest) -> None:
+        self._stop_request = request
+        self._metadata["stop"] = {
+            **request.to_dict(),
+            "seen_at": _now_iso(),
+            "seen_at_step": self._last_step,
+        }
+        self._metadata_dirty = True
+
+    def _end_watchable(self) -> None:
+        try:
+            clear_stop_request(self.path)
+        except OSError:
+            pass
 
     # -- internals ----------------------------------------------------------------------------
     def _accept(self, tag: str, step: Any, mode: str) -> tuple[int, int]:
@@ -904,6 +952,7 @@ class TraceWriter:
             self._flush_locked()
 
     def _commit(self) -> None:
+        self._check_stop_request()
         for scalar in self._scalars.values():
             if scalar.pending:
                 scalar.write()
