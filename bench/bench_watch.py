@@ -25,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from bench_hook import make_model, train_step
 from bench_reader import write_stats_trace
+
 from dbgcli.analysis import Options, analyze
 from dbgcli.live_rules import LiveRules
 from dbgcli.watch import Watcher

@@ -176,7 +176,9 @@ def report_open_trace(
     path = str(trace.path) if path is None else path
     try:
         if not trace.tags():
-            return TraceReport(path=path, complete=trace.complete, error="the trace holds no records")
+            return TraceReport(
+                path=path, complete=trace.complete, error="the trace holds no records"
+            )
         ctx = RuleContext(
             trace,
             start=options.start,

@@ -147,7 +147,7 @@ class Watcher:
         if now - self._changing[1] < self.quiet:
             return Poll(State.busy)
         try:
-            metadata, closed, tail = self._read()
+            metadata, closed, tail, newest = self._read()
         except DbgError as error:
             return self._failed(signature, str(error))
         if _signature(self.path) != signature:
@@ -158,6 +158,7 @@ class Watcher:
         self._read_signature = signature
         seen = self._seen
         seen.metadata = metadata
+        seen.newest_step = newest
         if tail.error is not None:
             if closed:
                 return Poll(State.closed)
@@ -169,9 +170,11 @@ class Watcher:
         if not self._seen.metadata or writer_alive(self._seen.metadata) is not False:
             return Poll(State.unchanged)
         # Read once more: the writer may have closed the trace just before it exited.
-        _, closed, _ = self._read()
-        if closed:
-            return Poll(State.closed)
+        try:
+            if self._read()[1]:
+                return Poll(State.closed)
+        except DbgError:
+            pass
         writer = self._seen.metadata.get("writer", {})
         return Poll(
             State.died,
@@ -188,20 +191,21 @@ class Watcher:
         self._changing = None
         return Poll(State.busy, note=error)
 
-    def _read(self) -> tuple[dict[str, Any], bool, TraceReport]:
-        with open_tail(self.path, self.window) as tail:
-            closed = not tail.being_written
-            report = self._judge(tail)
-            return dict(tail.metadata), closed, report
-
-    def _judge(self, tail: Trace) -> TraceReport:
-        newest = _newest_step(tail)
-        self._seen.newest_step = newest
-        start = None if newest is None else newest - self.window + 1
-        if self.options.start is not None:
-            start = self.options.start if start is None else max(start, self.options.start)
-        options = replace(self.options, start=start)
-        return report_open_trace(tail, self.rules, options, path=str(self.path), curves=False)
+    def _read(self) -> tuple[dict[str, Any], bool, TraceReport, int | None]:
+        """The trace's metadata, whether it is closed, the rules' report on its last
+        ``window`` steps, and its newest step."""
+        tail = open_tail(self.path, self.window)
+        with tail:
+            newest = _newest_step(tail)
+            start = None if newest is None else newest - self.window + 1
+            report = report_open_trace(
+                tail,
+                self.rules,
+                replace(self.options, start=start),
+                path=str(self.path),
+                curves=False,
+            )
+            return dict(tail.metadata), not tail.being_written, report, newest
 
     def _merge(self, tail: TraceReport) -> tuple[Finding, ...]:
         seen = self._seen
@@ -315,7 +319,9 @@ def writer_alive(metadata: dict[str, Any]) -> bool | None:
     return state not in ("Z", "X")
 
 
-def run_on_finding(command: str, finding: Finding, trace: Path, timeout: float = 60.0) -> str | None:
+def run_on_finding(
+    command: str, finding: Finding, trace: Path, timeout: float = 60.0
+) -> str | None:
     """Run ``command`` in a shell with the finding's JSON on stdin; None on success, else why
     it failed (the caller reports it; a failing command never stops the watch)."""
     import json

@@ -247,7 +247,10 @@ class DbgCallback(TrainingCallback):
                         found = self._live.loss(float(value), step)
                         if found is not None:
                             writer.request_stop(
-                                found.reason, by="stop_on (in-process)", rule=found.rule_id, step=step
+                                found.reason,
+                                by="stop_on (in-process)",
+                                rule=found.rule_id,
+                                step=step,
                             )
 
     def _set_mode(self, set_name: str, set_names: list[str]) -> tuple[str, str]:

@@ -56,7 +56,10 @@ def first_nonfinite_step(trace: Path) -> int:
         loss = opened.scalar("loss", "train")
         steps = list(loss.steps[~np.isfinite(loss.values)])
         for info in opened.tags(scalar=False):
-            bad = opened.stat(info.tag, "nan_count").values + opened.stat(info.tag, "inf_count").values
+            bad = (
+                opened.stat(info.tag, "nan_count").values
+                + opened.stat(info.tag, "inf_count").values
+            )
             steps += list(opened.index(info.tag)[0][bad > 0])
     return int(min(steps))
 
@@ -161,7 +164,16 @@ def test_watch_exit_first_and_on_finding(tmp_path: Path) -> None:
     seen = tmp_path / "seen.jsonl"
     command = f"cat >> {seen}; echo; exit 3"
     done = subprocess.run(
-        [sys.executable, "-m", "dbgcli", "watch", str(trace), "--exit-first", "--on-finding", command],
+        [
+            sys.executable,
+            "-m",
+            "dbgcli",
+            "watch",
+            str(trace),
+            "--exit-first",
+            "--on-finding",
+            command,
+        ],
         capture_output=True,
         text=True,
         timeout=DEADLINE,
@@ -285,7 +297,8 @@ def test_a_poll_reads_only_the_tail(tmp_path: Path) -> None:
         for step in range(5000):
             writer.add_scalar("loss", float(step), step)
             writer.add_tensor("grad/w", np.full(3, float(step)), step, collection="gradients")
-    with open_tail(trace, 100) as tail:
+    tail = open_tail(trace, 100)
+    with tail:
         assert tail.scalar("loss").steps.tolist() == list(range(4900, 5000))
         assert tail.stat("grad/w", "mean").values.tolist() == [float(s) for s in range(4900, 5000)]
         assert tail.timeline().steps.tolist() == list(range(4900, 5000))

@@ -88,7 +88,9 @@ def watch(
     ] = None,
     output_format: Annotated[
         list[str] | None,
-        typer.Option("--format", "-f", help="Final report: " + FORMAT_HELP, metavar="FORMAT[:FILE]"),
+        typer.Option(
+            "--format", "-f", help="Final report: " + FORMAT_HELP, metavar="FORMAT[:FILE]"
+        ),
     ] = None,
     output: Annotated[list[Path] | None, typer.Option("--output", "-o", help=OUTPUT_HELP)] = None,
     exit_zero: Annotated[
@@ -161,9 +163,8 @@ class _Session:
     def run(self) -> int | None:
         """Poll until the writer closes the trace (None: analyse it) or an exit code."""
         from dbgcli.cli.app import fail
-        from dbgcli.watch import State
-
         from dbgcli.cli.console import log
+        from dbgcli.watch import State
 
         started = time.monotonic()
         if not self.watcher.path.exists():

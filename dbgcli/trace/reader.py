@@ -986,7 +986,7 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-def open_tail(path: str | os.PathLike[str], window: int) -> Trace:
+def open_tail(path: str | os.PathLike[str], window: int) -> TailTrace:
     """Open the last ``window`` records of every series of a trace (of one being written, say).
 
     What ``dbg watch`` reads at each poll: the cost depends on ``window`` and the number of
@@ -996,7 +996,12 @@ def open_tail(path: str | os.PathLike[str], window: int) -> Trace:
     """
     if window < 1:
         raise ValueError(f"window must be >= 1, got {window}")
-    return TailTrace(open_trace(path), window)
+    whole = open_trace(path)
+    try:
+        return TailTrace(whole, window)
+    except BaseException:
+        whole.close()
+        raise
 
 
 class TailTrace(Trace):

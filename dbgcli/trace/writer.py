@@ -33,8 +33,8 @@ import numpy as np
 from dbgcli._version import __version__
 from dbgcli.errors import TraceFormatError, TraceWriterError
 from dbgcli.trace import roles, schema
-from dbgcli.trace.stop import StopRequest, clear_stop_request, new_request, read_stop_request
 from dbgcli.trace.stats import COL, StatsKernel, unit_measure
+from dbgcli.trace.stop import StopRequest, clear_stop_request, new_request, read_stop_request
 
 # Rows per chunk of the small per-record datasets: big enough for fast reads of long runs,
 # small enough that a tag with a handful of records does not allocate much disk.

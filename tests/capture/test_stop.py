@@ -24,7 +24,11 @@ def test_non_finite_loss_and_gradients_are_errors() -> None:
     rules = LiveRules("error")
     assert rules.loss(1.0, 0) is None
     found = rules.loss(math.nan, 7)
-    assert found is not None and (found.rule_id, found.severity, found.step) == ("DBG306", "error", 7)
+    assert found is not None and (found.rule_id, found.severity, found.step) == (
+        "DBG306",
+        "error",
+        7,
+    )
     gradient = rules.gradient("grad/w", 3.0, math.nan, 8)
     assert gradient is not None and gradient.rule_id == "DBG102" and "3 NaN/inf" in gradient.message
 
