@@ -35,17 +35,19 @@ from dbgcli.watch import Watcher
 TENSORS = 100
 
 
-def poll_seconds(path: Path, window: int, repeat: int) -> float:
-    """Median seconds of one poll that reads and judges (a fresh watcher each time; the
-    first, which also warms up imports and caches, is not counted)."""
-    times = []
+def poll_seconds(paths: list[Path], window: int, repeat: int) -> list[float]:
+    """Median seconds of one poll that reads and judges, per trace. The traces take turns, so
+    that the machine's drift hits them alike; a fresh watcher each time, and a first round
+    (imports, caches) not counted."""
+    times: list[list[float]] = [[] for _ in paths]
     for _ in range(repeat + 1):
-        watcher = Watcher(path, Options(), window=window, quiet=0.0)
-        start = time.perf_counter()
-        watcher.poll()
-        times.append(time.perf_counter() - start)
-        assert watcher.reads == 1
-    return statistics.median(times[1:])
+        for index, path in enumerate(paths):
+            watcher = Watcher(path, Options(), window=window, quiet=0.0)
+            start = time.perf_counter()
+            watcher.poll()
+            times[index].append(time.perf_counter() - start)
+            assert watcher.reads == 1
+    return [statistics.median(seconds[1:]) for seconds in times]
 
 
 def analyze_seconds(path: Path) -> float:
@@ -82,7 +84,7 @@ def main() -> None:
     parser.add_argument(
         "--quick", action="store_true", help="200 and 2,000 steps, a window of 100: a smoke run"
     )
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--window", type=int, default=1000)
     parser.add_argument("--dir", type=Path, default=None)
     args = parser.parse_args()
@@ -90,19 +92,19 @@ def main() -> None:
     lengths = (200, 2_000) if args.quick else (1_000, 100_000)
     window = min(args.window, 100) if args.quick else args.window
 
-    polls = {}
-    for steps in lengths:
-        path = folder / f"bench_watch_{steps}.h5"
+    paths = [folder / f"bench_watch_{steps}.h5" for steps in lengths]
+    for steps, path in zip(lengths, paths):
         if not path.exists():
             write_stats_trace(path, steps, TENSORS)
-        polls[steps] = poll_seconds(path, window, args.repeat)
-        whole = analyze_seconds(path)
+    polls = poll_seconds(paths, window, args.repeat)
+    for steps, path, poll in zip(lengths, paths, polls):
         print(
-            f"{steps:>7,} steps x {TENSORS} tensors: one poll {polls[steps] * 1e3:7.1f} ms "
-            f"(window {window}); whole analyze {whole * 1e3:8.1f} ms"
+            f"{steps:>7,} steps x {TENSORS} tensors: one poll {poll * 1e3:7.1f} ms "
+            f"(window {window}, median of {args.repeat}); "
+            f"whole analyze {analyze_seconds(path) * 1e3:8.1f} ms"
         )
     short, long = lengths
-    print(f"ratio poll at {long:,} / poll at {short:,} steps: {polls[long] / polls[short]:.2f}")
+    print(f"ratio poll at {long:,} / poll at {short:,} steps: {polls[1] / polls[0]:.2f}")
 
     checks, step = stop_on_share(args.repeat, 20 if args.quick else 300)
     print(

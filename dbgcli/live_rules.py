@@ -25,8 +25,12 @@ import math
 import statistics
 from collections import deque
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from dbgcli.trace.roles import scalar_meaning
+
+if TYPE_CHECKING:
+    from dbgcli.trace.writer import TraceWriter
 
 STOP_LEVELS = ("warning", "error")
 
@@ -44,6 +48,14 @@ class LiveFinding:
     @property
     def reason(self) -> str:
         return f"{self.rule_id} {self.rule}: {self.message} (step {self.step})"
+
+
+def stop_if(writer: TraceWriter, finding: LiveFinding | None) -> None:
+    """Ask ``writer``'s run to stop when a check fired (recorded as by ``stop_on``)."""
+    if finding is not None:
+        writer.request_stop(
+            finding.reason, by="stop_on (in-process)", rule=finding.rule_id, step=finding.step
+        )
 
 
 @functools.lru_cache(maxsize=256)

@@ -31,7 +31,7 @@ from xgboost.callback import TrainingCallback
 
 from dbgcli._failures import FailureReporter
 from dbgcli.errors import TraceWriterError
-from dbgcli.live_rules import LiveRules, check_stop_on
+from dbgcli.live_rules import LiveRules, check_stop_on, stop_if
 from dbgcli.trace.schema import MODES
 from dbgcli.trace.writer import TraceWriter
 
@@ -244,14 +244,7 @@ class DbgCallback(TrainingCallback):
                 if index == 0:
                     writer.add_scalar(prefix + "loss", value, step, mode=mode)
                     if self._live is not None and mode == "train":
-                        found = self._live.loss(float(value), step)
-                        if found is not None:
-                            writer.request_stop(
-                                found.reason,
-                                by="stop_on (in-process)",
-                                rule=found.rule_id,
-                                step=step,
-                            )
+                        stop_if(writer, self._live.loss(float(value), step))
 
     def _set_mode(self, set_name: str, set_names: list[str]) -> tuple[str, str]:
         """``(mode, tag prefix)`` of an ``evals`` entry, decided once per name."""

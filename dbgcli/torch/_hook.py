@@ -42,7 +42,7 @@ from torch.utils.hooks import RemovableHandle
 
 from dbgcli._failures import FailureReporter
 from dbgcli.errors import TraceWriterError, TrainingStopped
-from dbgcli.live_rules import LiveFinding, LiveRules, check_stop_on, is_loss
+from dbgcli.live_rules import LiveRules, check_stop_on, is_loss, stop_if
 from dbgcli.torch._stats import activation_statistics, statistics
 from dbgcli.trace.writer import TraceWriter
 
@@ -462,7 +462,7 @@ class TorchHook:
             at_mode, at_step = self._where(mode, step)
             self.writer.add_scalar(tag, value, at_step, mode=at_mode)
             if self._live is not None and at_mode == "train" and is_loss(tag):
-                self._stop_if(self._live.loss(float(value), at_step))
+                stop_if(self.writer, self._live.loss(float(value), at_step))
 
         self._guard(f"recording {tag!r}", write)
 
@@ -638,7 +638,7 @@ class TorchHook:
             if self._live is not None:
                 nonfinite = stats["nan_count"] + stats["inf_count"]
                 norm = stats.get("l2", math.nan)
-                self._stop_if(self._live.gradient(tag, nonfinite, norm, step))
+                stop_if(self.writer, self._live.gradient(tag, nonfinite, norm, step))
 
     def _tensors_due(self, mode: str) -> bool:
         """Whether tensors of this pass are recorded: every evaluation pass, and training
@@ -751,13 +751,7 @@ class TorchHook:
                 mean = float(pending.total) / pending.count
                 self.writer.add_scalar("loss", mean, pending.step, mode=mode)
                 if self._live is not None and mode == "train":
-                    self._stop_if(self._live.loss(mean, pending.step))
-
-    def _stop_if(self, finding: LiveFinding | None) -> None:
-        if finding is not None:
-            self.writer.request_stop(
-                finding.reason, by="stop_on (in-process)", rule=finding.rule_id, step=finding.step
-            )
+                    stop_if(self.writer, self._live.loss(mean, pending.step))
 
     def _flush(self) -> None:
         self._write_pending_loss(lambda mode, pending: True)
