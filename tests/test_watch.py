@@ -255,7 +255,8 @@ POLLER = textwrap.dedent(
             newest.append(watcher.newest_step)
         time.sleep(0.001)  # pace the polls; the writer commits every 50 ms
     statuses = [r.status.value for r in watcher.report().results]
-    print(json.dumps({"reads": watcher.reads, "findings": findings, "newest": newest,
+    print(json.dumps({"reads": watcher.reads, "discarded": watcher.discarded,
+                      "findings": findings, "newest": newest,
                       "states": states, "statuses": statuses}))
     """
 )
@@ -353,3 +354,16 @@ def test_the_stop_request_reaches_the_writer_at_its_next_commit(tmp_path: Path) 
 def test_writer_pid_is_recorded_for_liveness(tmp_path: Path) -> None:
     with TraceWriter(tmp_path / "pid.h5") as writer:
         assert writer.metadata["writer"]["pid"] == os.getpid()
+
+
+def test_watch_gives_up_waiting_after_timeout(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "dbgcli", "watch", str(tmp_path / "never.h5"), "--timeout", "0.1"],
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"dbg: error: {tmp_path / 'never.h5'}: no trace appeared within 0.1 s"
+    )

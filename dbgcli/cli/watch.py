@@ -245,13 +245,8 @@ class _Session:
 
 def _say_if_stopped(watcher: Watcher) -> None:
     from dbgcli.cli.console import log
-    from dbgcli.trace.reader import open_trace
 
-    try:
-        with open_trace(watcher.path) as trace:
-            stopped = trace.metadata.get("stop")
-    except Exception:  # noqa: BLE001 - the report above already said what is wrong
-        return
+    stopped = watcher.metadata.get("stop")
     if isinstance(stopped, dict):
         log(
             f"the run was stopped at step {stopped.get('seen_at_step')} by {stopped.get('by')}: "
