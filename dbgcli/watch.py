@@ -22,7 +22,8 @@ import os
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
@@ -32,7 +33,7 @@ from dbgcli.analysis import Options, analyze, configure, report_open_trace
 from dbgcli.diagnosis import diagnose
 from dbgcli.errors import DbgError
 from dbgcli.findings import Finding, Severity
-from dbgcli.report.model import Report, RuleResult, RuleStatus, TraceReport, sorted_findings
+from dbgcli.report.model import Report, RuleStatus, TraceReport, sorted_findings
 from dbgcli.rules._registry import REGISTRY
 from dbgcli.trace.reader import Trace, open_tail
 from dbgcli.trace.stop import new_request, write_stop_request
@@ -85,7 +86,6 @@ class _Seen:
     """What the polls so far found out."""
 
     newest_step: int | None = None
-    results: tuple[RuleResult, ...] = ()
     findings: dict[tuple[str, str, str, str], Finding] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
     tail: TraceReport | None = None
@@ -100,7 +100,6 @@ class Watcher:
         fail_on: The fail level (of the final report, ``--exit-first`` and ``--stop``).
         window: Steps of history each poll judges.
         quiet: Seconds the file must stay unchanged before it is read.
-        clock: Monotonic clock (tests pass their own).
     """
 
     def __init__(
@@ -111,7 +110,6 @@ class Watcher:
         fail_on: Severity = Severity.error,
         window: int = DEFAULT_WINDOW,
         quiet: float = DEFAULT_QUIET,
-        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if window < 10:
             raise DbgError(f"the window must be at least 10 steps, got {window}")
@@ -123,11 +121,10 @@ class Watcher:
         self.rules = configure(options)
         self.reads = 0
         self.discarded = 0
-        self._clock = clock
         self._seen = _Seen()
         self._read_signature: _Signature | None = None
         self._changing: tuple[_Signature, float] | None = None
-        self._failures: list[tuple[_Signature, str]] = []
+        self._failures: deque[_Signature] = deque(maxlen=_STABLE_FAILURES)
 
     # -- polling ------------------------------------------------------------------------------
     def poll(self) -> Poll:
@@ -141,7 +138,7 @@ class Watcher:
             return Poll(State.waiting)
         if signature == self._read_signature:
             return self._unchanged()
-        now = self._clock()
+        now = time.monotonic()
         if self._changing is None or self._changing[0] != signature:
             self._changing = (signature, now)
         if now - self._changing[1] < self.quiet:
@@ -167,7 +164,7 @@ class Watcher:
         return Poll(State.closed if closed else State.analysed, new_findings=new)
 
     def _unchanged(self) -> Poll:
-        if not self._seen.metadata or writer_alive(self._seen.metadata) is not False:
+        if not self._writer_died():
             return Poll(State.unchanged)
         # Read once more: the writer may have closed the trace just before it exited.
         try:
@@ -175,21 +172,28 @@ class Watcher:
                 return Poll(State.closed)
         except DbgError:
             pass
+        return self._died()
+
+    def _failed(self, signature: _Signature, error: str) -> Poll:
+        # A read that fails while the writer commits is retried; an error that comes back
+        # while the file stays the same is the file's own, or that of a writer that died.
+        self._failures.append(signature)
+        if len(self._failures) == _STABLE_FAILURES and len(set(self._failures)) == 1:
+            if self._writer_died():
+                return self._died()
+            raise DbgError(error)
+        self._changing = None
+        return Poll(State.busy, note=error)
+
+    def _writer_died(self) -> bool:
+        return bool(self._seen.metadata) and writer_alive(self._seen.metadata) is False
+
+    def _died(self) -> Poll:
         writer = self._seen.metadata.get("writer", {})
         return Poll(
             State.died,
             note=f"the writer (process {writer.get('pid')}) ended without closing the trace",
         )
-
-    def _failed(self, signature: _Signature, error: str) -> Poll:
-        # A read that fails while the writer commits is retried; an error that comes back
-        # while the file stays the same is the file's own.
-        self._failures.append((signature, error))
-        recent = self._failures[-_STABLE_FAILURES:]
-        if len(recent) == _STABLE_FAILURES and len({s for s, _ in recent}) == 1:
-            raise DbgError(error)
-        self._changing = None
-        return Poll(State.busy, note=error)
 
     def _read(self) -> tuple[dict[str, Any], bool, TraceReport, int | None]:
         """The trace's metadata, whether it is closed, the rules' report on its last
@@ -210,7 +214,6 @@ class Watcher:
     def _merge(self, tail: TraceReport) -> tuple[Finding, ...]:
         seen = self._seen
         seen.tail = tail
-        seen.results = tail.results
         new = []
         for finding in tail.findings:
             old = seen.findings.get(finding.identity)
@@ -243,8 +246,9 @@ class Watcher:
         by_rule: dict[str, list[Finding]] = {}
         for finding in seen.findings.values():
             by_rule.setdefault(finding.rule_id, []).append(finding)
+        tail = seen.tail
         results = []
-        for result in seen.results:
+        for result in tail.results if tail is not None else ():
             findings = tuple(by_rule.pop(result.id, ()))
             status = result.status
             if findings:
@@ -253,7 +257,6 @@ class Watcher:
                 status = RuleStatus.passed
             results.append(replace(result, findings=findings, status=status))
         merged = tuple(results)
-        tail = seen.tail
         places = tail.places if tail is not None else {}
         slack = tail.slack if tail is not None else 1
         return TraceReport(
