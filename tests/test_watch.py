@@ -101,6 +101,27 @@ def test_watch_stop_ends_the_run_within_two_commits(
     assert report["exit_code"] == 1 and not report["traces"][0]["healthy"]
 
 
+@pytest.mark.parametrize("framework", ["hf", "lightning"])
+def test_callbacks_stop_on_error_in_process(tmp_path: Path, framework: str) -> None:
+    trace = tmp_path / "run.h5"
+    run = subprocess.run(
+        [sys.executable, str(RUN), str(trace), "--framework", framework, "--pause", "0"]
+        + ["--stop-on", "error"],
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE,
+        check=True,
+    )
+    assert "stopped at step" in run.stdout, run.stdout + run.stderr
+    with open_trace(trace) as opened:
+        stop = opened.metadata["stop"]
+        last_step = int(max(opened.index(info.tag)[0].max() for info in opened.tags()))
+    onset = first_nonfinite_step(trace)
+    assert stop["by"] == "stop_on (in-process)" and stop["rule"] == "DBG306"
+    assert stop["step"] == onset
+    assert last_step <= onset + 2  # the loss is judged when logged; the next step boundary ends
+
+
 WRITER = textwrap.dedent(
     """
     import sys, time

@@ -52,13 +52,13 @@ class Regressor(nn.Module):
         return {"loss": nn.functional.mse_loss(prediction, labels), "logits": prediction}
 
 
-def train_torch(path: str, steps: int, commit_every: int, pause: float) -> int:
+def train_torch(path: str, steps: int, commit_every: int, pause: float, stop_on: str | None) -> int:
     from dbgcli.torch import attach
 
     x, y = data()
     model = Regressor()
     optimizer = torch.optim.SGD(model.parameters(), lr=diverging_lr(x))
-    with attach(model, optimizer, path, raw_every=0, flush_secs=1e9) as hook:
+    with attach(model, optimizer, path, raw_every=0, flush_secs=1e9, stop_on=stop_on) as hook:
         for step in range(steps):
             optimizer.zero_grad()
             loss = model(x, y)["loss"]
@@ -72,7 +72,7 @@ def train_torch(path: str, steps: int, commit_every: int, pause: float) -> int:
     return -1
 
 
-def train_hf(path: str, steps: int, commit_every: int, pause: float) -> int:
+def train_hf(path: str, steps: int, commit_every: int, pause: float, stop_on: str | None) -> int:
     os.environ["HF_HUB_OFFLINE"] = "1"
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
@@ -80,7 +80,7 @@ def train_hf(path: str, steps: int, commit_every: int, pause: float) -> int:
 
     x, y = data()
     rows = [{"x": x[i], "labels": y[i]} for i in range(len(x))]
-    recorder = DbgCallback(path, raw_every=0, flush_secs=1e9)
+    recorder = DbgCallback(path, raw_every=0, flush_secs=1e9, stop_on=stop_on)
     last = {"step": -1}
 
     class Pace(TrainerCallback):
@@ -112,7 +112,9 @@ def train_hf(path: str, steps: int, commit_every: int, pause: float) -> int:
     return last["step"] if last["step"] < steps - 1 else -1
 
 
-def train_lightning(path: str, steps: int, commit_every: int, pause: float) -> int:
+def train_lightning(
+    path: str, steps: int, commit_every: int, pause: float, stop_on: str | None
+) -> int:
     import lightning.pytorch as pl
     from torch.utils.data import DataLoader, TensorDataset
 
@@ -134,7 +136,7 @@ def train_lightning(path: str, steps: int, commit_every: int, pause: float) -> i
         def configure_optimizers(self) -> torch.optim.Optimizer:
             return torch.optim.SGD(self.parameters(), lr=lr)
 
-    recorder = DbgCallback(path, raw_every=0, flush_secs=1e9)
+    recorder = DbgCallback(path, raw_every=0, flush_secs=1e9, stop_on=stop_on)
 
     class Pace(pl.Callback):
         def on_train_batch_end(self, trainer: Any, module: Any, *args: Any) -> None:
@@ -163,9 +165,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5000)
     parser.add_argument("--commit-every", type=int, default=100)
     parser.add_argument("--pause", type=float, default=0.005)
+    parser.add_argument("--stop-on", choices=("error", "warning"), default=None)
     args = parser.parse_args()
     train = {"torch": train_torch, "hf": train_hf, "lightning": train_lightning}[args.framework]
-    stopped = train(args.trace, args.steps, args.commit_every, args.pause)
+    stopped = train(args.trace, args.steps, args.commit_every, args.pause, args.stop_on)
     print(f"stopped at step {stopped}" if stopped >= 0 else "finished", flush=True)
     sys.exit(0)
 
