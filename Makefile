@@ -49,6 +49,7 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python bench/bench_reader.py
 	$(BIN)/python bench/bench_rules.py
 	$(BIN)/python bench/bench_jobs.py
+	$(BIN)/python bench/bench_watch.py
 	$(BIN)/python bench/bench_hook.py
 	$(BIN)/python bench/bench_schedulers.py
 	$(BIN)/python bench/bench_detection.py

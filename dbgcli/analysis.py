@@ -173,37 +173,53 @@ def analyze_trace(
         return TraceReport(path=str(path), complete=False, error=str(error))
     opened()
     with trace:
-        try:
-            if not trace.tags():
-                return TraceReport(
-                    path=str(path), complete=trace.complete, error="the trace holds no records"
-                )
-            ctx = RuleContext(
-                trace,
-                start=options.start,
-                stop=options.stop,
-                mode=options.mode,
-                loss=options.loss,
-            )
-            results = tuple(_run_rules(ctx, rules))
-            places = places_of(trace)
-            # A tensor recorded every N steps shows a change up to N steps late: onsets
-            # closer than that cannot be ordered by time.
-            slack = _record_interval(trace)
+        return report_open_trace(trace, rules, options, path=str(path), started=started)
+
+
+def report_open_trace(
+    trace: Trace,
+    rules: Sequence[ConfiguredRule],
+    options: Options,
+    *,
+    path: str | None = None,
+    started: float | None = None,
+    curves: bool = True,
+) -> TraceReport:
+    """Run configured rules over an open trace (``dbg watch`` passes the tail of one);
+    ``path`` is the trace's name in the report (default: the path it was opened with)."""
+    started = time.perf_counter() if started is None else started
+    path = str(trace.path) if path is None else path
+    try:
+        if not trace.tags():
             return TraceReport(
-                path=str(path),
-                complete=trace.complete,
-                incomplete_reasons=tuple(trace.incomplete_reasons),
-                results=results,
-                summary=_summary(trace, ctx),
-                curves=tuple(_curves(ctx)),
-                seconds=time.perf_counter() - started,
-                diagnoses=diagnose(sorted_findings(results), REGISTRY.find, places, slack=slack),
-                places=places,
-                slack=slack,
+                path=path, complete=trace.complete, error="the trace holds no records"
             )
-        except DbgError as error:
-            return TraceReport(path=str(path), complete=trace.complete, error=str(error))
+        ctx = RuleContext(
+            trace,
+            start=options.start,
+            stop=options.stop,
+            mode=options.mode,
+            loss=options.loss,
+        )
+        results = tuple(_run_rules(ctx, rules))
+        places = places_of(trace)
+        # A tensor recorded every N steps shows a change up to N steps late: onsets
+        # closer than that cannot be ordered by time.
+        slack = _record_interval(trace)
+        return TraceReport(
+            path=path,
+            complete=trace.complete,
+            incomplete_reasons=tuple(trace.incomplete_reasons),
+            results=results,
+            summary=_summary(trace, ctx),
+            curves=tuple(_curves(ctx)) if curves else (),
+            seconds=time.perf_counter() - started,
+            diagnoses=diagnose(sorted_findings(results), REGISTRY.find, places, slack=slack),
+            places=places,
+            slack=slack,
+        )
+    except DbgError as error:
+        return TraceReport(path=path, complete=trace.complete, error=str(error))
 
 
 def places_of(trace: Trace) -> dict[str, Place]:

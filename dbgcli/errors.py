@@ -63,3 +63,13 @@ class MissingDataError(DbgError, KeyError):
     def __str__(self) -> str:
         # KeyError would quote the message.
         return str(self.args[0]) if self.args else ""
+
+
+class TrainingStopped(DbgError):
+    """Raised into the training loop, when asked for (``attach(..., raise_on_stop=True)``),
+    at the step boundary after the run was asked to stop by ``dbg watch --stop`` or by
+    ``stop_on``. :attr:`request` says who asked, when and why."""
+
+    def __init__(self, request: object) -> None:
+        super().__init__(f"training stopped: {getattr(request, 'reason', request)}")
+        self.request = request

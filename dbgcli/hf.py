@@ -111,6 +111,8 @@ class DbgCallback(TrainerCallback):
         flush_secs: Commit to disk at most this many seconds apart.
         metadata: Free-form run metadata (the TrainingArguments are stored as the
             hyperparameters).
+        stop_on: ``"error"`` or ``"warning"``: judge the cheap rules in the training process
+            and stop training at a finding of that severity or above (see docs/watch.md).
 
     Raises:
         ValueError: If ``raw_every`` is given with a writer, or ``stats_every`` is not a
@@ -129,6 +131,7 @@ class DbgCallback(TrainerCallback):
         overwrite: bool = False,
         flush_secs: float = 10.0,
         metadata: Mapping[str, Any] | None = None,
+        stop_on: str | None = None,
     ) -> None:
         self.recording = CallbackRecording(
             trace,
@@ -139,6 +142,7 @@ class DbgCallback(TrainerCallback):
             overwrite=overwrite,
             flush_secs=flush_secs,
             metadata=metadata,
+            stop_on=stop_on,
         )
         self.hook: TorchHook | None = None
         self._failures = FailureReporter()
@@ -180,9 +184,12 @@ class DbgCallback(TrainerCallback):
     def on_step_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
-        """Evaluations that follow the step are at the new ``global_step``."""
+        """Evaluations that follow the step are at the new ``global_step``; a stop request
+        (``dbg watch --stop``, ``stop_on``) ends training here."""
         if self.hook is not None:
             self.hook.step = state.global_step
+            if self.hook.should_stop:
+                control.should_training_stop = True
 
     def on_log(
         self,

@@ -86,6 +86,8 @@ class DbgCallback(Callback):
         flush_secs: Commit to disk at most this many seconds apart.
         metadata: Free-form run metadata (the module's ``hparams`` are stored as the
             hyperparameters).
+        stop_on: ``"error"`` or ``"warning"``: judge the cheap rules in the training process
+            and stop training at a finding of that severity or above (see docs/watch.md).
 
     Raises:
         ValueError: If ``raw_every`` is given with a writer, or ``stats_every`` is not a
@@ -104,6 +106,7 @@ class DbgCallback(Callback):
         overwrite: bool = False,
         flush_secs: float = 10.0,
         metadata: Mapping[str, Any] | None = None,
+        stop_on: str | None = None,
     ) -> None:
         self.recording = CallbackRecording(
             trace,
@@ -114,6 +117,7 @@ class DbgCallback(Callback):
             overwrite=overwrite,
             flush_secs=flush_secs,
             metadata=metadata,
+            stop_on=stop_on,
         )
         self.hook: TorchHook | None = None
         self._failures = FailureReporter()
@@ -164,6 +168,9 @@ class DbgCallback(Callback):
         """Add the batch's loss; write the step's mean once its optimizer step happened."""
         if self.hook is not None:
             self._failures.guard("recording the loss", lambda: self._add_loss(trainer, outputs))
+            # A stop request (dbg watch --stop, stop_on) ends training at this step boundary.
+            if self.hook.should_stop:
+                trainer.should_stop = True
 
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """File validation forward passes under the number of optimizer steps taken."""

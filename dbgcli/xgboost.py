@@ -31,6 +31,7 @@ from xgboost.callback import TrainingCallback
 
 from dbgcli._failures import FailureReporter
 from dbgcli.errors import TraceWriterError
+from dbgcli.live_rules import LiveRules, check_stop_on, stop_if
 from dbgcli.trace.schema import MODES
 from dbgcli.trace.writer import TraceWriter
 
@@ -86,8 +87,9 @@ class DbgCallback(TrainingCallback):
     JSON, which does not depend on pandas or on text layout. Feature importance comes from
     ``get_score``, which walks every tree each round.
 
-    The callback never stops training (``after_iteration`` returns False) and never raises
-    from a training hook: failures become :class:`DbgWarning` warnings.
+    The callback ends boosting (``after_iteration`` returns True) only when the run is asked
+    to stop (``dbg watch --stop``, or ``stop_on``), and never raises from a training hook:
+    failures become :class:`DbgWarning` warnings.
 
     Args:
         trace: A path (a new trace, created when training starts) or an open
@@ -107,6 +109,9 @@ class DbgCallback(TrainingCallback):
         hyperparameters: Stored in the trace's metadata (the booster's own configuration is
             stored under ``xgboost_config`` regardless).
         metadata: Free-form run metadata.
+        stop_on: ``"error"`` or ``"warning"``: judge the training loss in the training
+            process (dbgcli.live_rules) and end boosting at a finding of that severity or
+            above.
 
     Raises:
         ValueError: If ``raw_every`` is given with a writer, or ``data_mode`` is no mode.
@@ -125,8 +130,10 @@ class DbgCallback(TrainingCallback):
         flush_secs: float = 10.0,
         hyperparameters: Mapping[str, Any] | None = None,
         metadata: Mapping[str, Any] | None = None,
+        stop_on: str | None = None,
     ) -> None:
         super().__init__()
+        check_stop_on(stop_on)
         if data_mode not in MODES:
             raise ValueError(f"data_mode must be one of {', '.join(MODES)}, got {data_mode!r}")
         if isinstance(trace, TraceWriter) and raw_every is not None:
@@ -148,6 +155,7 @@ class DbgCallback(TrainingCallback):
         self._feature_names: list[str] | None = None
         self._set_modes: dict[str, tuple[str, str]] = {}
         self._failures = FailureReporter()
+        self._live = LiveRules(stop_on) if stop_on is not None else None
 
     # -- TrainingCallback ---------------------------------------------------------------------
     def before_training(self, model: xgboost.Booster) -> xgboost.Booster:
@@ -158,7 +166,7 @@ class DbgCallback(TrainingCallback):
     def after_iteration(
         self, model: xgboost.Booster, epoch: int, evals_log: TrainingCallback.EvalsLog
     ) -> bool:
-        """Record round ``epoch``; always returns False (training goes on)."""
+        """Record round ``epoch``; returns True (end boosting) once the run is asked to stop."""
         writer = self.writer
         if writer is None:
             return False
@@ -178,7 +186,7 @@ class DbgCallback(TrainingCallback):
                 "recording labels and predictions",
                 lambda: self._record_data(writer, model, data, epoch),
             )
-        return False
+        return writer.stop_requested is not None
 
     def after_training(self, model: xgboost.Booster) -> xgboost.Booster:
         """Keep the final model's labels and predictions in full (the data rules judge the
@@ -235,6 +243,8 @@ class DbgCallback(TrainingCallback):
                 writer.add_scalar(prefix + metric, value, step, mode=mode)
                 if index == 0:
                     writer.add_scalar(prefix + "loss", value, step, mode=mode)
+                    if self._live is not None and mode == "train":
+                        stop_if(writer, self._live.loss(float(value), step))
 
     def _set_mode(self, set_name: str, set_names: list[str]) -> tuple[str, str]:
         """``(mode, tag prefix)`` of an ``evals`` entry, decided once per name."""

@@ -22,6 +22,7 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
         ("bench_reader.py", ["--repeat", "1"], ["ratio dbg / h5py", "dbg open + stats + steps"]),
         ("bench_rules.py", ["--repeat", "1"], ["dbg, eight rules", "statistics-only trace"]),
         ("bench_jobs.py", [], ["--jobs 2", "speed-up"]),
+        ("bench_watch.py", ["--repeat", "1"], ["ratio poll at", "share of the step"]),
         (
             "bench_hook.py",
             ["--repeat", "1"],
@@ -34,7 +35,13 @@ def test_benchmark_script_runs(
     script: str, extra: list[str], expected: list[str], tmp_path: Path
 ) -> None:
     command = [sys.executable, str(BENCH / script), "--quick", *extra]
-    if script in {"bench_writer.py", "bench_reader.py", "bench_rules.py", "bench_jobs.py"}:
+    if script in {
+        "bench_writer.py",
+        "bench_reader.py",
+        "bench_rules.py",
+        "bench_jobs.py",
+        "bench_watch.py",
+    }:
         command += ["--dir", str(tmp_path)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stderr

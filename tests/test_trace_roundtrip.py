@@ -157,7 +157,9 @@ def test_metadata_collection_kind_and_units(make_trace) -> None:
         framework="numpy",
     )
     with open_trace(path) as trace:
-        assert trace.metadata == {"note": "x", "hyperparameters": {"lr": 0.1}, "framework": "numpy"}
+        metadata = dict(trace.metadata)
+        assert set(metadata.pop("writer")) == {"pid", "host"}  # for dbg watch's liveness check
+        assert metadata == {"note": "x", "hyperparameters": {"lr": 0.1}, "framework": "numpy"}
         relu = trace.tag("act/relu")
         assert (relu.collection, relu.kind, relu.unit_measure, relu.unit_axis) == (
             "activations",

@@ -113,7 +113,7 @@ def limits(seconds: float, memory_mb: int) -> Limits:
 
 
 def _register_commands() -> None:
-    from dbgcli.cli import analyze, info, lr, rules  # noqa: F401 - importing registers the commands
+    from dbgcli.cli import analyze, info, lr, rules, watch  # noqa: F401 - importing registers the commands
 
 
 def main(argv: list[str] | None = None) -> None:

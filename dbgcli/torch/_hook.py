@@ -27,6 +27,7 @@ warnings), so training with and without it produces bit-identical parameters.
 from __future__ import annotations
 
 import fnmatch
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -40,7 +41,8 @@ from torch.optim import Optimizer
 from torch.utils.hooks import RemovableHandle
 
 from dbgcli._failures import FailureReporter
-from dbgcli.errors import TraceWriterError
+from dbgcli.errors import TraceWriterError, TrainingStopped
+from dbgcli.live_rules import LiveRules, check_stop_on, is_loss, stop_if
 from dbgcli.torch._stats import activation_statistics, statistics
 from dbgcli.trace.writer import TraceWriter
 
@@ -275,6 +277,10 @@ class TorchHook:
         track_updates: Record ``update_l2`` of weights (keeps a float32 copy of them).
         stats_every: Record weights, gradients and activations of training steps that are a
             multiple of this (1: every step); see :func:`attach`.
+        stop_on: Judge the cheap rules in this process and ask the run to stop at a finding
+            of this severity or above (``"error"`` or ``"warning"``; see dbgcli.live_rules).
+        raise_on_stop: Raise :class:`~dbgcli.errors.TrainingStopped` from ``optimizer.step()``
+            once the run is asked to stop (by ``stop_on`` or ``dbg watch --stop``).
 
     Attributes:
         enabled: While False, forward passes are not recorded (Lightning's sanity check sets
@@ -294,8 +300,11 @@ class TorchHook:
         owns_writer: bool = False,
         track_updates: bool = True,
         stats_every: int = 1,
+        stop_on: str | None = None,
+        raise_on_stop: bool = False,
     ) -> None:
         _check_stats_every(stats_every)
+        check_stop_on(stop_on)
         self.model = _unwrap(model)
         self.enabled = True
         # The caller's types first, so that a subclass of a default type gets the caller's kind.
@@ -325,6 +334,8 @@ class TorchHook:
         self.track_updates = track_updates
         self.stats_every = stats_every
         self._previous: dict[str, torch.Tensor] = {}
+        self._live = LiveRules(stop_on) if stop_on is not None else None
+        self.raise_on_stop = raise_on_stop
         writer.set_metadata(
             frozen_parameters=[p.name for p in self._parameters if not p.parameter.requires_grad]
         )
@@ -339,6 +350,12 @@ class TorchHook:
             self._handles.append(optimizer.register_step_post_hook(self._after_optimizer_step))
 
     # -- public API ---------------------------------------------------------------------------
+    @property
+    def should_stop(self) -> bool:
+        """True once the run was asked to stop (``dbg watch --stop`` or ``stop_on``): end
+        training at the next step boundary. The request is in ``hook.writer.stop_requested``."""
+        return self.writer.stop_requested is not None
+
     @property
     def step(self) -> int:
         """The step records are made at: optimizer steps taken so far."""
@@ -444,6 +461,8 @@ class TorchHook:
         def write() -> None:
             at_mode, at_step = self._where(mode, step)
             self.writer.add_scalar(tag, value, at_step, mode=at_mode)
+            if self._live is not None and at_mode == "train" and is_loss(tag):
+                stop_if(self.writer, self._live.loss(float(value), at_step))
 
         self._guard(f"recording {tag!r}", write)
 
@@ -580,6 +599,9 @@ class TorchHook:
             self._skipping_update = False
             return
         self._step += 1
+        request = self.writer.stop_requested
+        if self.raise_on_stop and request is not None:
+            raise TrainingStopped(request)
 
     # -- recording ----------------------------------------------------------------------------
     def _record_parameters(self, optimizer: Optimizer | None, scale: Any) -> None:
@@ -613,6 +635,10 @@ class TorchHook:
             self._write_stats(entry.name, entry.parameter, stats, step, entry.collection, keep_raw)
         for (tag, grad), stats in zip(grads, statistics([g for _, g in grads], l1=True)):
             self._write_stats(tag, grad, stats, step, "gradients", keep_raw)
+            if self._live is not None:
+                nonfinite = stats["nan_count"] + stats["inf_count"]
+                norm = stats.get("l2", math.nan)
+                stop_if(self.writer, self._live.gradient(tag, nonfinite, norm, step))
 
     def _tensors_due(self, mode: str) -> bool:
         """Whether tensors of this pass are recorded: every evaluation pass, and training
@@ -724,6 +750,8 @@ class TorchHook:
                 del self._pending_loss[mode]
                 mean = float(pending.total) / pending.count
                 self.writer.add_scalar("loss", mean, pending.step, mode=mode)
+                if self._live is not None and mode == "train":
+                    stop_if(self.writer, self._live.loss(mean, pending.step))
 
     def _flush(self) -> None:
         self._write_pending_loss(lambda mode, pending: True)
@@ -761,9 +789,11 @@ class CallbackRecording:
     overwrite: bool = False
     flush_secs: float = 10.0
     metadata: Mapping[str, Any] | None = None
+    stop_on: str | None = None
 
     def __post_init__(self) -> None:
         _check_stats_every(self.stats_every)
+        check_stop_on(self.stop_on)
         if isinstance(self.trace, TraceWriter) and self.raw_every is not None:
             raise ValueError("raw_every applies to a new trace; set it on the TraceWriter instead")
         refuse_existing(self.trace, self.overwrite)
@@ -798,6 +828,7 @@ class CallbackRecording:
                 activation_kinds=activation_kinds,
                 owns_writer=owned,
                 stats_every=self.stats_every,
+                stop_on=self.stop_on,
             )
         except BaseException:
             if owned:
@@ -821,6 +852,8 @@ def attach(
     flush_secs: float = 10.0,
     hyperparameters: Mapping[str, Any] | None = None,
     metadata: Mapping[str, Any] | None = None,
+    stop_on: str | None = None,
+    raise_on_stop: bool = False,
 ) -> TorchHook:
     """Record ``model`` and ``optimizer`` into a trace; returns the hook (remove it when done).
 
@@ -860,6 +893,12 @@ def attach(
         flush_secs: Commit to disk at most this many seconds apart.
         hyperparameters: Stored in the trace's metadata.
         metadata: Free-form run metadata.
+        stop_on: ``"error"`` or ``"warning"``: judge the cheap rules (non-finite loss and
+            gradients, exploding gradients, loss not decreasing) in this process and ask the
+            run to stop at a finding of that severity or above (see docs/watch.md). Leave the
+            loop when ``hook.should_stop`` is True, which ``dbg watch --stop`` sets as well.
+        raise_on_stop: Raise :class:`~dbgcli.errors.TrainingStopped` from ``optimizer.step()``
+            once the run is asked to stop, instead of checking ``hook.should_stop``.
 
     Raises:
         TypeError: If ``optimizer`` has no step hooks.
@@ -868,6 +907,7 @@ def attach(
         TraceWriterError: If the trace cannot be created (exists and not ``overwrite``, ...).
     """
     _check_stats_every(stats_every)  # before the trace file is created
+    check_stop_on(stop_on)
     writer, owned = open_writer(
         trace,
         framework="pytorch",
@@ -889,6 +929,8 @@ def attach(
             owns_writer=owned,
             track_updates=track_updates,
             stats_every=stats_every,
+            stop_on=stop_on,
+            raise_on_stop=raise_on_stop,
         )
     except BaseException:
         if owned:

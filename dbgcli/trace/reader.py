@@ -19,7 +19,7 @@ import os
 import re
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any, NamedTuple, TypeVar
@@ -1099,3 +1099,109 @@ def _text(value: Any) -> str:
     if isinstance(value, np.ndarray) and value.shape == ():
         return _text(value.item())
     return str(value)
+
+
+def open_tail(path: str | os.PathLike[str], window: int) -> TailTrace:
+    """Open the last ``window`` records of every series of a trace (of one being written, say).
+
+    What ``dbg watch`` reads at each poll: the cost depends on ``window`` and the number of
+    series, not on the length of the trace. Series keep their real steps; full tensors are
+    left out (statistics, unit measures, scalars and the timeline are there), so rules that
+    judge full tensors are skipped. Validation and errors are those of :func:`open_trace`.
+    """
+    if window < 1:
+        raise ValueError(f"window must be >= 1, got {window}")
+    whole = open_trace(path)
+    try:
+        return TailTrace(whole, window)
+    except BaseException:
+        whole.close()
+        raise
+
+
+class TailTrace(Trace):
+    """The last records of each series of an open trace; create it with :func:`open_tail`."""
+
+    def __init__(self, whole: Trace, window: int) -> None:
+        # The same file and scan as ``whole``: only what is read from the datasets changes.
+        self.__dict__.update(whole.__dict__)
+        self.window = window
+        self._offsets: dict[str, int] = {}
+        for tag, info in list(self._tags.items()):
+            start = max(0, info.records - window)
+            self._offsets[tag] = start
+            self._tags[tag] = replace(info, records=info.records - start, segments=())
+
+    @property
+    def being_written(self) -> bool:
+        """True while the writer has not closed the trace (it runs, or it was killed)."""
+        return self._unclosed
+
+    def _rows(self, info: TagInfo, name: str) -> np.ndarray:
+        start = self._offsets[info.tag]
+        return np.asarray(self._dataset(f"{info.path}/{name}")[start : start + info.records])
+
+    def _read_index(self, info: TagInfo) -> tuple[np.ndarray, np.ndarray]:
+        raw_steps = self._rows(info, schema.DS_STEP)
+        if raw_steps.dtype.kind == "f" and (
+            not np.isfinite(raw_steps).all() or (raw_steps != np.round(raw_steps)).any()
+        ):
+            raise TraceFormatError(f"{self.path}: steps of {info.tag!r} are not all integers")
+        if schema.DS_MODE in self._file[info.path]:
+            modes = self._rows(info, schema.DS_MODE).astype(np.uint8, copy=False)
+            if len(modes) and modes.max() >= len(schema.MODES):
+                raise TraceFormatError(f"{self.path}: unknown mode code in {info.tag!r}")
+        else:
+            modes = np.zeros(info.records, dtype=np.uint8)
+        return raw_steps.astype(np.int64, copy=False), modes
+
+    def scalar(self, tag: str, mode: str | None = None) -> Series:
+        info = self.tag(tag)
+        if not info.scalar:
+            raise MissingDataError(f"{tag!r} is a tensor, not a scalar series")
+        values = self._memory.get(("values", tag))
+        if values is None:
+            values = self._guard(
+                f"the values of {tag!r}",
+                lambda: self._rows(info, schema.DS_VALUE).astype(np.float64),
+            )
+            self._memory.put(("values", tag), values)
+        steps, modes = self.index(tag)
+        return Series(steps, values, modes).select(mode)
+
+    def _load_stats(self, info: TagInfo) -> np.ndarray:
+        table = np.full((info.records, len(schema.STAT_COLUMNS)), np.nan)
+        if info.has_stats and info.records:
+            stored = self._rows(info, schema.DS_STATS).astype(np.float64, copy=False)
+            for position, name in enumerate(info.stat_columns):
+                if name in COL:
+                    table[:, COL[name]] = stored[:, position]
+        return table
+
+    def _load_units(self, info: TagInfo) -> np.ndarray:
+        if not info.has_units:
+            return np.empty((0, 0), dtype=np.float32)
+        return self._rows(info, schema.DS_UNITS).astype(np.float32, copy=False)
+
+    def _read_timeline(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        empty = (np.empty(0, np.int64), np.empty(0, np.uint8), np.empty(0, np.float64))
+        try:
+            group = self._child(_Node(self._file.id, "/"), schema.TIMELINE, group=True)
+            if group is None:
+                return empty
+            nodes = [
+                self._child(group, n) for n in (schema.DS_STEP, schema.DS_MODE, schema.DS_TIME)
+            ]
+        except _OutsideFile as skipped:
+            self.warnings.append(str(skipped))
+            return empty
+        columns = [self._dataset(node.path) for node in nodes if node is not None]
+        if len(columns) < len(nodes):
+            return empty
+        end = min(column.shape[0] for column in columns)
+        committed = group.attrs().get(schema.ATTR_RECORDS)
+        if committed is not None:
+            end = min(end, int(committed))
+        start = max(0, end - self.window)
+        step, mode, when = (column[start:end] for column in columns)
+        return step.astype(np.int64), mode.astype(np.uint8), when.astype(np.float64)

@@ -22,6 +22,7 @@ import errno
 import json
 import logging
 import os
+import socket
 import threading
 import time
 import weakref
@@ -41,6 +42,7 @@ from dbgcli.trace import _checks, roles, schema
 from dbgcli.trace._checks import Rejected
 from dbgcli.trace._disk import NO_ROOM, TraceClaim
 from dbgcli.trace.stats import COL, StatsKernel, unit_measure
+from dbgcli.trace.stop import StopRequest, clear_stop_request, new_request, read_stop_request
 
 log = logging.getLogger("dbgcli")
 
@@ -666,6 +668,7 @@ class TraceWriter:
             given["hyperparameters"] = dict(hyperparameters)
         if framework is not None:
             given["framework"] = framework
+        self._stop_request: StopRequest | None = None
         self._claim = self._claim_path(resume, overwrite)
         try:
             if not self._claim.reserve(0, _METADATA_ROOM):
@@ -676,6 +679,7 @@ class TraceWriter:
             self._tensor_root = self._root(schema.TENSORS)
             if resume:
                 self._load_existing()
+            self._start_watchable()
             self._merge_metadata(given)
             # The skeleton: with it on disk the file opens whatever happens next.
             if not self._room(0):
@@ -1036,6 +1040,7 @@ class TraceWriter:
                 self._count_unwritten()
             finally:
                 self._closed = True
+                self._end_watchable()
                 _OPEN_WRITERS.discard(self)
                 for tensor in self._tensors.values():
                     tensor.release_block()
@@ -1058,6 +1063,52 @@ class TraceWriter:
         traceback: TracebackType | None,
     ) -> None:
         self.close()
+
+    # -- stop requests (dbg watch --stop, stop_on) and liveness --------------------------------
+    @property
+    def stop_requested(self) -> StopRequest | None:
+        """The request to end the run (from ``dbg watch --stop`` or an in-process check), or
+        None. Integrations end training at the next step boundary once it is set."""
+        return self._stop_request
+
+    def request_stop(
+        self, reason: str, *, by: str, rule: str | None = None, step: int | None = None
+    ) -> None:
+        """Ask the run to stop (the first request wins); the trace records who, when and why."""
+        with self._lock:
+            if self._stop_request is None:
+                self._accept_stop(new_request(by, reason, rule=rule, step=step))
+
+    def _start_watchable(self) -> None:
+        # A request file left by an earlier run of this path is not meant for this one; the
+        # process id lets ``dbg watch`` tell a writer that died from one that is slow.
+        clear_stop_request(self.path)
+        self._merge_metadata({"writer": {"pid": os.getpid(), "host": socket.gethostname()}})
+
+    def _check_stop_request(self) -> None:
+        """At each commit: one stat for the request file of ``dbg watch --stop``."""
+        if self._stop_request is None:
+            request = read_stop_request(self.path)
+            if request is not None:
+                self._accept_stop(request)
+
+    def _accept_stop(self, request: StopRequest) -> None:
+        self._stop_request = request
+        self._merge_metadata(
+            {
+                "stop": {
+                    **request.to_dict(),
+                    "seen_at": _now_iso(),
+                    "seen_at_step": self._last_step,
+                }
+            }
+        )
+
+    def _end_watchable(self) -> None:
+        try:
+            clear_stop_request(self.path)
+        except OSError:
+            pass
 
     # -- internals ----------------------------------------------------------------------------
     def _accept(self, tag: Any, step: Any, mode: Any) -> tuple[str, int, int]:
@@ -1126,6 +1177,7 @@ class TraceWriter:
         committed anyway.
         """
         self._last_flush = time.monotonic()
+        self._check_stop_request()
         series: list[tuple[str, Any]] = [("the timeline", self._timeline)]
         series += list(self._scalars.items())
         series += list(self._tensors.items())
