@@ -19,11 +19,12 @@ import resource
 import signal
 import time
 import warnings
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -92,24 +93,47 @@ def run_isolated(
     ``task`` and its results must be picklable where workers are spawned (they are when it is a
     module-level function). An exception a task raises comes back as :class:`Failed`.
     """
-    results: dict[int, R | Failed] = {}
-    for index, outcome in _Pool(task, limits, initializer, initargs).run(items, jobs):
-        results[index] = outcome
+    pool = _Pool(task, limits, initializer, initargs)
+    try:
+        results = dict(pool.run(items, jobs))
+    finally:
+        pool.close()
     return [results[index] for index in range(len(items))]
+
+
+class Isolated(Generic[T, R]):
+    """``task`` run in one worker kept between calls: a caller that reads the same trace again
+    and again (``dbg watch``'s polls) forks once, not at every read."""
+
+    def __init__(self, task: Callable[[T], R], limits: Limits = DEFAULT_LIMITS) -> None:
+        self._pool = _Pool(task, limits, None, ())
+        self._finalizer = weakref.finalize(self, self._pool.close)
+
+    def __call__(self, item: T, label: str) -> R:
+        """``task(item)``; its failure, whatever the cause, raises TraceFormatError with a
+        message that starts with ``label`` (the file read)."""
+        from dbgcli.errors import TraceFormatError
+
+        ((_, outcome),) = self._pool.run([item], 1)
+        if isinstance(outcome, Failed):
+            message = outcome.message
+            raise TraceFormatError(message if message.startswith(label) else f"{label}: {message}")
+        return outcome  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        """Stop the worker."""
+        self._finalizer()
 
 
 def call_isolated(
     task: Callable[[T], R], item: T, label: str, limits: Limits = DEFAULT_LIMITS
 ) -> R:
-    """``task(item)`` in a worker; its failure, whatever the cause, raises TraceFormatError
-    with a message that starts with ``label`` (the file read)."""
-    from dbgcli.errors import TraceFormatError
-
-    (outcome,) = run_isolated(task, [item], limits=limits)
-    if isinstance(outcome, Failed):
-        message = outcome.message
-        raise TraceFormatError(message if message.startswith(label) else f"{label}: {message}")
-    return outcome
+    """``task(item)`` in a worker of its own; see :meth:`Isolated.__call__`."""
+    worker = Isolated(task, limits)
+    try:
+        return worker(item, label)
+    finally:
+        worker.close()
 
 
 class _Forked:
@@ -225,10 +249,17 @@ class _Pool:
     ) -> None:
         self.limits = limits
         self.args = (task, limits.memory_mb, initializer, initargs)
+        self.workers: list[_Worker] = []
+
+    def close(self) -> None:
+        while self.workers:
+            self.workers.pop().stop()
 
     def run(self, items: Sequence[Any], jobs: int) -> Iterator[tuple[int, Any]]:
+        """``(index, outcome)`` of every item as workers finish them; idle workers are kept
+        for the next run (:meth:`close` ends them)."""
         waiting = deque(enumerate(items))
-        workers: list[_Worker] = []
+        workers = self.workers
         try:
             while waiting or any(w.index is not None for w in workers):
                 while waiting and len(workers) < jobs:
@@ -269,9 +300,9 @@ class _Pool:
                         )
                         workers.remove(worker)
                         worker.stop()
-        finally:
-            for worker in workers:
-                worker.stop()
+        except BaseException:
+            self.close()
+            raise
 
 
 def _serve(

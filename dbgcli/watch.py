@@ -33,6 +33,7 @@ from dbgcli.analysis import Options, analyze, configure, report_open_trace
 from dbgcli.diagnosis import diagnose
 from dbgcli.errors import DbgError
 from dbgcli.findings import Finding, Severity
+from dbgcli.isolation import Isolated, opened
 from dbgcli.report.model import Report, RuleStatus, TraceReport, sorted_findings
 from dbgcli.rules._registry import REGISTRY
 from dbgcli.trace.reader import Trace, open_tail
@@ -119,6 +120,7 @@ class Watcher:
         self.window = window
         self.quiet = quiet
         self.rules = configure(options)
+        self._reader = Isolated(_read_tail)
         self.reads = 0
         self.discarded = 0
         self._seen = _Seen()
@@ -197,19 +199,9 @@ class Watcher:
 
     def _read(self) -> tuple[dict[str, Any], bool, TraceReport, int | None]:
         """The trace's metadata, whether it is closed, the rules' report on its last
-        ``window`` steps, and its newest step."""
-        tail = open_tail(self.path, self.window)
-        with tail:
-            newest = _newest_step(tail)
-            start = None if newest is None else newest - self.window + 1
-            report = report_open_trace(
-                tail,
-                self.rules,
-                replace(self.options, start=start),
-                path=str(self.path),
-                curves=False,
-            )
-            return dict(tail.metadata), not tail.being_written, report, newest
+        ``window`` steps, and its newest step; read in a worker under the CLI's limits, as
+        every trace is (dbgcli.isolation)."""
+        return self._reader((self.path, self.window, self.options), str(self.path))
 
     def _merge(self, tail: TraceReport) -> tuple[Finding, ...]:
         seen = self._seen
@@ -289,6 +281,21 @@ class Watcher:
             step=finding.first_step,
         )
         return write_stop_request(self.path, request)
+
+
+def _read_tail(
+    arguments: tuple[Path, int, Options],
+) -> tuple[dict[str, Any], bool, TraceReport, int | None]:
+    path, window, options = arguments
+    tail = open_tail(path, window)
+    opened()
+    with tail:
+        newest = _newest_step(tail)
+        start = None if newest is None else newest - window + 1
+        report = report_open_trace(
+            tail, configure(options), replace(options, start=start), path=str(path), curves=False
+        )
+        return dict(tail.metadata), not tail.being_written, report, newest
 
 
 def _newest_step(trace: Trace) -> int | None:

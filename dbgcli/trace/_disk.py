@@ -22,6 +22,7 @@ import ctypes.util
 import errno
 import os
 import resource
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
@@ -70,6 +71,7 @@ class TraceClaim:
         except OSError as error:
             raise TraceWriterError(f"cannot open {path} for writing: {error}") from error
         self._pid = os.getpid()
+        _CLAIMS.add(self)
         self._can_reserve = _fallocate is not None
         # Only the lock holder may cut the file (release); until then it may be another's.
         self._holder = fcntl is None
@@ -124,3 +126,18 @@ class TraceClaim:
         # A writer dropped without close() must not keep the lock or the descriptor.
         with contextlib.suppress(Exception):
             self.release()
+
+
+# A flock belongs to the open file, which a forked child shares: a child that outlives the
+# writer (a DataLoader worker, a dbg reader process) would keep the trace locked. Children
+# close their copies at once; the parent's lock is unaffected.
+_CLAIMS: weakref.WeakSet[TraceClaim] = weakref.WeakSet()
+
+
+def _drop_inherited_claims() -> None:
+    for claim in list(_CLAIMS):
+        claim.release()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_drop_inherited_claims)
