@@ -38,6 +38,7 @@ from transformers import (
 from transformers.utils import logging as transformers_logging
 
 from dbgcli.hf import DbgCallback
+from dbgcli.torch._hook import DEFAULT_STATS_EVERY
 
 # GPT-2's config announces that it has no loss_type, once per run: noise in the corpus log.
 transformers_logging.set_verbosity_error()
@@ -149,7 +150,7 @@ def _train(
 ) -> dict[str, float]:
     """Train with the shared recipe, recording both traces; returns the run's figures."""
     hook = DbgCallback(spec.hook_path, overwrite=True)
-    hand = HandRecorder(spec, model)
+    hand = HandRecorder(spec, model, stats_every=DEFAULT_STATS_EVERY)
     inputs = _InputRecorder(model, hook, hand) if record_inputs else None
     with tempfile.TemporaryDirectory() as out:
         args = TrainingArguments(

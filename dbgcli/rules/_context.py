@@ -475,6 +475,50 @@ def sustained(flags: np.ndarray, min_steps: int) -> np.ndarray:
     return out
 
 
+#: Fewest records a persistent condition needs when its span asks for two or more steps: one
+#: record is one minibatch, and a single minibatch is the fluke persistence guards against.
+MIN_PERSISTENT_RECORDS = 2
+
+
+def persistent(flags: np.ndarray, steps: np.ndarray, min_steps: int) -> np.ndarray:
+    """Keep only runs of consecutive True records that last ``min_steps`` steps.
+
+    A run lasts from its first record's step to its last one's, inclusive
+    (``steps[last] - steps[first] + 1``), and needs at least ``min(min_steps,``
+    :data:`MIN_PERSISTENT_RECORDS` ``)`` records. Recorded at every step this is ``min_steps``
+    records, as :func:`sustained`; recorded every 10 steps (``stats_every``), a condition
+    lasting 5 steps needs 2 records 10 steps apart, not 5 records spanning 40 steps, and never
+    a single record.
+    """
+    flags = np.asarray(flags, dtype=bool)
+    if min_steps <= 1 or not flags.any():
+        return flags
+    records = min(min_steps, MIN_PERSISTENT_RECORDS)
+    out = np.zeros_like(flags)
+    edges = np.diff(np.concatenate(([0], flags.astype(np.int8), [0])))
+    for begin, end in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)):
+        if end - begin >= records and steps[end - 1] - steps[begin] + 1 >= min_steps:
+            out[begin:end] = True
+    return out
+
+
+def record_interval(steps: np.ndarray) -> int:
+    """The usual step distance between records (the median of the positive differences of
+    ``steps``): 1 for a tensor recorded at every step, 10 with ``stats_every=10``."""
+    increments = np.diff(np.unique(steps))
+    return max(1, int(np.median(increments))) if len(increments) else 1
+
+
+def records_spanning(steps: np.ndarray, span: int, *, least: int = 1) -> int:
+    """How many consecutive records of a tensor recorded at ``steps`` a window of ``span``
+    steps holds: ``ceil(span / interval)`` (each record stands for the steps up to the next
+    one), at least ``least`` and at most ``span``."""
+    if span < 1:
+        return span
+    spanned = -(-span // record_interval(steps))
+    return max(min(least, span), spanned)
+
+
 def trailing_median(values: np.ndarray, window: int, *, at: np.ndarray | None = None) -> np.ndarray:
     """Median of the previous ``window`` values, ignoring NaN (NaN until ``window`` exist).
 
