@@ -475,31 +475,9 @@ def sustained(flags: np.ndarray, min_steps: int) -> np.ndarray:
     return out
 
 
-#: Fewest records a persistent condition needs when its span asks for two or more steps: one
+#: Fewest records a persistent condition needs when it must last two or more steps: one
 #: record is one minibatch, and a single minibatch is the fluke persistence guards against.
 MIN_PERSISTENT_RECORDS = 2
-
-
-def persistent(flags: np.ndarray, steps: np.ndarray, min_steps: int) -> np.ndarray:
-    """Keep only runs of consecutive True records that last ``min_steps`` steps.
-
-    A run lasts from its first record's step to its last one's, inclusive
-    (``steps[last] - steps[first] + 1``), and needs at least ``min(min_steps,``
-    :data:`MIN_PERSISTENT_RECORDS` ``)`` records. Recorded at every step this is ``min_steps``
-    records, as :func:`sustained`; recorded every 10 steps (``stats_every``), a condition
-    lasting 5 steps needs 2 records 10 steps apart, not 5 records spanning 40 steps, and never
-    a single record.
-    """
-    flags = np.asarray(flags, dtype=bool)
-    if min_steps <= 1 or not flags.any():
-        return flags
-    records = min(min_steps, MIN_PERSISTENT_RECORDS)
-    out = np.zeros_like(flags)
-    edges = np.diff(np.concatenate(([0], flags.astype(np.int8), [0])))
-    for begin, end in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)):
-        if end - begin >= records and steps[end - 1] - steps[begin] + 1 >= min_steps:
-            out[begin:end] = True
-    return out
 
 
 def record_interval(steps: np.ndarray) -> int:
@@ -510,13 +488,24 @@ def record_interval(steps: np.ndarray) -> int:
 
 
 def records_spanning(steps: np.ndarray, span: int, *, least: int = 1) -> int:
-    """How many consecutive records of a tensor recorded at ``steps`` a window of ``span``
-    steps holds: ``ceil(span / interval)`` (each record stands for the steps up to the next
-    one), at least ``least`` and at most ``span``."""
+    """How many consecutive records of a tensor recorded at ``steps`` cover ``span`` steps:
+    ``ceil(span / interval)``, each record standing for the steps up to the next one (``span``
+    records when recorded at every step, ``ceil(span / 10)`` when every 10th), and at least
+    ``min(least, span)``."""
     if span < 1:
         return span
-    spanned = -(-span // record_interval(steps))
-    return max(min(least, span), spanned)
+    return max(min(least, span), -(-span // record_interval(steps)))
+
+
+def persistent(flags: np.ndarray, steps: np.ndarray, min_steps: int) -> np.ndarray:
+    """Keep only runs of consecutive True records that last ``min_steps`` steps.
+
+    :func:`sustained` over :func:`records_spanning` records, at least
+    :data:`MIN_PERSISTENT_RECORDS`: recorded at every step, ``min_steps`` records; recorded
+    every 10th step, a condition that must last 5 steps needs 2 records (20 steps), not 5
+    (50 steps), and never a single record.
+    """
+    return sustained(flags, records_spanning(steps, min_steps, least=MIN_PERSISTENT_RECORDS))
 
 
 def trailing_median(values: np.ndarray, window: int, *, at: np.ndarray | None = None) -> np.ndarray:
