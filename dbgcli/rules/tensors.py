@@ -525,8 +525,12 @@ class _AllCloseAccumulator(Accumulator):
                 column = self.table[:, COL[name]]
                 now, then = column[judged], column[before]
                 identical &= (now == then) | (np.isnan(now) & np.isnan(then))
-            # An update norm of exactly zero proves the record equals the one before it.
-            identical |= (self.table[judged, COL["update_l2"]] == 0) & (before == judged - 1)
+            # The update norm, where recorded, is exact: zero proves the record equals the one
+            # before it, anything else proves a change that statistics computed in float32
+            # may not resolve (a tensor of norm 100 moving by 1e-4).
+            update = self.table[judged, COL["update_l2"]]
+            measured = np.isfinite(update) & (before == judged - 1)
+            identical = np.where(measured, update == 0, identical)
         verdict[judged[identical]] = SAME_STATS
         run = np.ones(records, dtype=np.int64)
         for code in np.unique(self.modes):
@@ -578,11 +582,12 @@ def unchanged_tensor(
       ``np.allclose(current, previous, rtol, atol, equal_nan)`` holds (computed on float64
       values; a change of shape or dtype is a change);
     * otherwise (full tensors are kept only every ``raw_every`` steps) the fallback is the
-      statistics: unchanged if the recorded update norm ``update_l2`` (weights and biases) is
-      exactly 0, or if every one of count, NaN and inf counts, min, max, mean, std, L1 and L2
-      is identical (a statistic the writer left uncomputed in both records is skipped). This
-      is stricter than all-close (a change within the tolerance still moves the statistics)
-      but blind to a permutation of the same values, and the finding says when it was used.
+      statistics: where the update norm ``update_l2`` is recorded (weights and biases), it
+      decides, unchanged if exactly 0; otherwise unchanged if every one of count, NaN and inf
+      counts, min, max, mean, std, L1 and L2 is identical (a statistic the writer left
+      uncomputed in both records is skipped). This is stricter than all-close (a change
+      within the tolerance still counts) but blind to a permutation of the same values, and
+      the finding says when it was used.
 
     A run of consecutive records that are pairwise unchanged and cover ``num_steps`` steps
     violates, and every record of it belongs to the finding, from the record the run started
