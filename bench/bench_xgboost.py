@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import xgboost as xgb
 
-from dbgcli.xgboost import IMPORTANCE_TYPES, DbgCallback, tree_depth
+from dbgcli.xgboost import IMPORTANCE_TYPES, DbgCallback, model_tree_depths, tree_depth
 
 
 class WholeModelCallback(DbgCallback):
@@ -163,11 +163,12 @@ def main() -> int:
     rounds = booster.num_boosted_rounds()
     last = booster[rounds - 1 : rounds]
     nodes = sum(dump.count("\n") for dump in last.get_dump())
-    print(f"\nper-round work at the last round ({nodes} nodes in its tree), median ms:")
+    print(f"\nper-round work at the last round ({nodes} nodes in its tree), median CPU ms:")
     work = {
         "slice the new trees": lambda: booster[rounds - 1 : rounds],
         "depth, JSON dump": lambda: [_json_depth(t) for t in last.get_dump(dump_format="json")],
         "depth, text dump": lambda: [tree_depth(t) for t in last.get_dump()],
+        "depth, model arrays": lambda: model_tree_depths(last),
         "importance, whole model": lambda: [
             booster.get_score(importance_type=kind) for kind in IMPORTANCE_TYPES
         ],

@@ -13,7 +13,7 @@ import xgboost as xgb
 from dbgcli import TraceWriter, open_trace
 from dbgcli.errors import TraceWriterError
 from dbgcli.trace.writer import DbgWarning
-from dbgcli.xgboost import IMPORTANCE_TYPES, DbgCallback, tree_depth
+from dbgcli.xgboost import IMPORTANCE_TYPES, DbgCallback, model_tree_depths, tree_depth
 
 N_FEATURES = 6
 
@@ -242,6 +242,15 @@ def test_continued_training_counts_the_trees_it_started_with(
             trace.raw("feature_importance/weight", steps[-1]),
             [score.get(f"f{i}", 0.0) for i in range(N_FEATURES)],
         )
+
+
+def test_depths_from_the_model_arrays_equal_those_of_the_dumps() -> None:
+    booster, _, _ = train([], rounds=6, max_depth=12, min_child_weight=0, reg_lambda=0)
+    depths = model_tree_depths(booster)
+    assert depths.tolist() == [tree_depth(t) for t in booster.get_dump(dump_format="json")]
+    assert depths.tolist() == [tree_depth(t) for t in booster.get_dump()]
+    assert depths.max() > 4
+    assert model_tree_depths(booster[2:4]).tolist() == depths[2:4].tolist()
 
 
 def test_tree_depth_of_text_dumps() -> None:
