@@ -206,3 +206,35 @@ def test_recorded_data_feeds_the_data_rules_and_flags_an_induced_imbalance(
     assert imbalanced["balanced.h5"] == []
     assert [f.mode for f in imbalanced["skewed.h5"]] == ["eval"]
     assert imbalanced["skewed.h5"][0].value > 10
+
+
+def test_a_causal_language_model_pairs_each_prediction_with_the_next_token(
+    tmp_path: Path,
+) -> None:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(
+        GPT2Config(vocab_size=40, n_positions=16, n_embd=16, n_layer=1, n_head=2)
+    )
+    rows = [{"input_ids": ids, "labels": ids} for ids in torch.randint(0, 40, (16, 8))]
+    args = TrainingArguments(
+        str(tmp_path / "out"),
+        per_device_train_batch_size=8,
+        max_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+    )
+    path = tmp_path / "run.h5"
+    callback = DbgCallback(path, record_data=True)
+    Trainer(model=model, args=args, train_dataset=rows, callbacks=[callback]).train()
+    with open_trace(path) as trace:
+        inputs = trace.raw("inputs", 0)
+        labels, predictions = trace.raw("labels", 0), trace.raw("predictions", 0)
+    # Logits at positions 0..6 predict the tokens at 1..7: argmax ids, beside those labels.
+    assert labels.shape == predictions.shape == (8, 7)
+    assert inputs.shape == (8, 8)
+    np.testing.assert_array_equal(labels, inputs[:, 1:])  # the rows' labels are their ids
+    assert np.issubdtype(predictions.dtype, np.integer)
