@@ -15,8 +15,10 @@ classification, ``max_depth=--depth``, ``tree_method=hist``, one thread) run in 
   importance type, which walks every tree built so far, so a round costs more the longer the
   run.
 
-It prints the seconds of each, the callback's overhead over plain training, and the
-callback's cost per round in milliseconds. The per-round work is also timed on its own for
+It prints the seconds of each, the overhead over plain training, and the CPU time spent
+inside the callback per round, in milliseconds and as a share of a plain round: the
+callback's own cost, which the difference of two whole trainings measures less precisely on
+a shared machine. The per-round work is also timed on its own for
 the last round of a trained model: the depth from each dump format and the importance of the
 new trees against the whole model's. Times are CPU seconds of this process (everything runs
 on one thread): on a shared machine wall-clock time would measure the other jobs too.
@@ -40,16 +42,40 @@ import xgboost as xgb
 from dbgcli.xgboost import IMPORTANCE_TYPES, DbgCallback, model_tree_depths, tree_depth
 
 
+class Timed:
+    """Adds the CPU time spent in the callback's hooks to ``spent`` (a mixin)."""
+
+    spent = 0.0
+
+    def before_training(self, model):  # type: ignore[no-untyped-def]
+        return self._timed(super().before_training, model)  # type: ignore[misc]
+
+    def after_iteration(self, model, epoch, evals_log):  # type: ignore[no-untyped-def]
+        return self._timed(super().after_iteration, model, epoch, evals_log)  # type: ignore[misc]
+
+    def after_training(self, model):  # type: ignore[no-untyped-def]
+        return self._timed(super().after_training, model)  # type: ignore[misc]
+
+    def _timed(self, method, *args):  # type: ignore[no-untyped-def]
+        started = time.process_time()
+        try:
+            return method(*args)
+        finally:
+            Timed.spent += time.process_time() - started
+
+
+class TimedCallback(Timed, DbgCallback):
+    """The callback, timed."""
+
+
 class WholeModelCallback(DbgCallback):
     """The callback as it read the model before: JSON dumps and whole-model importance."""
 
-    def _record_tree_depths(self, writer, model, step):  # type: ignore[no-untyped-def]
+    def _record_trees(self, writer, model, step):  # type: ignore[no-untyped-def]
         rounds = model.num_boosted_rounds()
         dumps = model[rounds - 1 : rounds].get_dump(dump_format="json")
         depths = np.array([_json_depth(tree) for tree in dumps], dtype=np.int64)
         writer.add_tensor("trees/depth", depths, step, collection="trees", raw=True)
-
-    def _record_importance(self, writer, model, step):  # type: ignore[no-untyped-def]
         names = self._names(writer, model)
         for importance_type in IMPORTANCE_TYPES:
             score = model.get_score(importance_type=importance_type)
@@ -62,6 +88,10 @@ class WholeModelCallback(DbgCallback):
                 kind=importance_type,
                 raw=True,
             )
+
+
+class TimedWholeModelCallback(Timed, WholeModelCallback):
+    """The callback as it was, timed."""
 
 
 def _json_depth(tree_json: str) -> int:
@@ -136,29 +166,37 @@ def main() -> int:
     train, valid = _data(args.rows, args.features, seed=0)
     variants: dict[str, Callable[[Path], xgb.callback.TrainingCallback] | None] = {
         "plain": None,
-        "callback": lambda path: DbgCallback(path, overwrite=True),
-        "callback, whole model": lambda path: WholeModelCallback(path, overwrite=True),
+        "callback": lambda path: TimedCallback(path, overwrite=True),
+        "callback, whole model": lambda path: TimedWholeModelCallback(path, overwrite=True),
     }
     seconds: dict[str, list[float]] = {name: [] for name in variants}
+    inside: dict[str, list[float]] = {name: [] for name in variants}
     booster: xgb.Booster | None = None
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(args.repeat):
             for name, callback in variants.items():
+                Timed.spent = 0.0
                 elapsed, booster = _train(args, train, valid, callback, Path(tmp))
                 seconds[name].append(elapsed)
+                inside[name].append(Timed.spent)
     assert booster is not None
     plain = statistics.median(seconds["plain"])
     print(
         f"XGBoost, {args.rows} rows x {args.features} features, max_depth {args.depth}, "
         f"{args.rounds} rounds, 1 thread; median of {args.repeat} runs"
     )
-    print(f"{'':24s}{'seconds':>9s}{'overhead':>10s}{'ms/round':>10s}")
-    for name in variants:
+    plain_round = plain / args.rounds * 1e3
+    print(f"plain training: {plain:.2f} s, {plain_round:.2f} ms per round")
+    print(
+        f"{'':24s}{'seconds':>9s}{'overhead':>10s}{'in callback, ms/round':>23s}{'of a round':>12s}"
+    )
+    for name in list(variants)[1:]:
         median = statistics.median(seconds[name])
-        extra = (median - plain) / args.rounds * 1e3
-        overhead = f"{median / plain - 1:+.1%}" if name != "plain" else ""
-        per_round = f"{extra:.2f}" if name != "plain" else f"{plain / args.rounds * 1e3:.2f}"
-        print(f"{name:24s}{median:9.2f}{overhead:>10s}{per_round:>10s}")
+        spent = statistics.median(inside[name]) / args.rounds * 1e3
+        print(
+            f"{name:24s}{median:9.2f}{median / plain - 1:>+10.1%}{spent:23.2f}"
+            f"{spent / plain_round:>12.1%}"
+        )
 
     rounds = booster.num_boosted_rounds()
     last = booster[rounds - 1 : rounds]
