@@ -82,10 +82,11 @@ def vanishing_gradient(
     ``min_steps`` steps, and on at least two of them (a minibatch the model already fits gives
     one tiny gradient; that is not a vanished layer): ``min_steps`` records when gradients are
     recorded at every step, two records when they are recorded every 10 steps (the hooks'
-    default ``stats_every``; see ``dbgcli.rules.persistent``). **Not converged**: as AutoTrainer reports vanishing gradients only when training
-    has not converged, a record counts only while the training loss (mean of its last 10
-    records) is above ``converged_fraction`` of its first value: once a model has fitted its
-    data every gradient is tiny, and rightly so. Without a training loss every record counts.
+    default ``stats_every``; see ``dbgcli.rules.persistent``). **Not converged**: as
+    AutoTrainer reports vanishing gradients only when training has not converged, a record
+    counts only while the training loss (mean of its last 10 records) is above
+    ``converged_fraction`` of its first value: once a model has fitted its data every
+    gradient is tiny, and rightly so. Without a training loss every record counts.
 
     **Not judged**: embedding tables (only the rows of the batch's tokens get a gradient, so
     their mean is tiny by construction); attention query and key projections (names like
@@ -236,8 +237,8 @@ def exploding_gradient(
     * **non-finite** (severity error): any NaN or ±inf element (``nan_count + inf_count >
       0``); SageMaker Debugger's ExplodingTensor restricted to gradients.
     * **growth** (warning): the L2 norm exceeds ``growth`` times the tensor's typical norm:
-      the larger of the median of the previous ``window`` records and the median of its
-      first ``window`` records (a jump of three orders of magnitude by default: once a model fits
+      the larger of the median of the previous ``window`` records and the median of its first
+      ``window`` records (a jump of three orders of magnitude by default: once a model fits
       most of its data, one batch holding a few hard examples lifts the gradient of a healthy
       small transformer 100 to 150 times over its recent median, measured on the calibration
       corpus, while a corrupted batch or a rate that overshoots lifts it 1e4 to 1e6 times).

@@ -691,13 +691,13 @@ def learning_rate(
     The learning rate itself says little across optimizers and models (Adam at 1e-3 and SGD
     at 0.1 are both ordinary); what it does to the weights says a lot. For every weight
     matrix or kernel the per-step update ratio ``||w_s - w_p|| / (||w_p|| · (s - p))`` (see
-    ``update-ratio``, DBG502) is smoothed into its *typical* value: the median of the
-    records within ``window`` steps centred on each record (each record alone when records
-    are 10 steps apart: it already averages the 10 updates). At a step, the network's updates are too large
-    when most of the layers recorded there are above ``max_ratio`` (so one odd layer,
-    DBG502's business, does not decide), too small when every layer is below ``min_ratio``
-    (vanishing gradients starve the first layers while the last ones still move; a learning
-    rate too low starves them all).
+    ``update-ratio``, DBG502) is smoothed into its *typical* value: the median of the records
+    within ``window`` steps centred on each record (each record alone when records are 10 steps
+    apart: it already averages the 10 updates). At a step, the network's updates are too large
+    when most of the layers recorded there are above ``max_ratio`` (so one odd layer, DBG502's
+    business, does not decide), too small when every layer is below ``min_ratio`` (vanishing
+    gradients starve the first layers while the last ones still move; a learning rate too low
+    starves them all).
 
     * **too high** (key ``too-high``): the network's typical ratio is above ``max_ratio``
       (0.1: TheDeepChecker's unstable-learning bound, ``log10`` of the update/weight ratio
