@@ -160,7 +160,7 @@ class DbgCallback(TrainerCallback):
         flush_secs: float = 10.0,
         metadata: Mapping[str, Any] | None = None,
     ) -> None:
-        self.data = _data_wanted(record_data)
+        self.record_data = _data_wanted(record_data)
         self.recording = CallbackRecording(
             trace,
             raw_every=raw_every,
@@ -278,7 +278,7 @@ class DbgCallback(TrainerCallback):
             activation_kinds=transformers_activation_kinds(),
         )
         self.hook.step = state.global_step
-        if self.data:
+        if self.record_data:
             self._causal_lm = type(model).__name__ in _CAUSAL_LM_CLASSES
             self._data_handle = model.register_forward_hook(self._on_forward, with_kwargs=True)
 
@@ -300,7 +300,7 @@ class DbgCallback(TrainerCallback):
         """Inputs, labels and predictions of one forward call, as ``hook.record`` takes them."""
         assert self.hook is not None
         found: dict[str, Any] = {}
-        if "inputs" in self.data:
+        if "inputs" in self.record_data:
             found["inputs"] = next(
                 (kwargs[key] for key in _INPUT_KEYS if kwargs.get(key) is not None), None
             )
@@ -317,9 +317,9 @@ class DbgCallback(TrainerCallback):
                 labels = labels[:, 1:] if isinstance(labels, torch.Tensor) else labels
         else:
             logits = None
-        if "labels" in self.data:
+        if "labels" in self.record_data:
             found["labels"] = labels
-        if "predictions" in self.data:
+        if "predictions" in self.record_data:
             found["predictions"] = logits
         self.hook.record(**found, mode=mode, step=self.hook.step, raw=True)
 
