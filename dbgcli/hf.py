@@ -14,6 +14,8 @@ Example::
     trainer.train()
 
 The step is ``state.global_step``: the number of optimizer steps taken, as in the PyTorch hook.
+``DbgCallback("run.h5", record_data=True)`` also records each batch's token ids, labels and
+predictions, so that the data rules (class imbalance, token ratio, confusion) run on the trace.
 """
 
 from __future__ import annotations
@@ -21,14 +23,22 @@ from __future__ import annotations
 import math
 import numbers
 import os
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import torch
 import transformers
+from torch.utils.hooks import RemovableHandle
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-from dbgcli.torch._hook import CallbackRecording, FailureReporter, Patterns, TorchHook
+from dbgcli.torch._hook import (
+    DEFAULT_STATS_EVERY,
+    CallbackRecording,
+    FailureReporter,
+    Patterns,
+    TorchHook,
+)
 from dbgcli.trace.writer import TraceWriter
 
 __all__ = ["DbgCallback", "transformers_activation_kinds"]
@@ -48,6 +58,14 @@ _SKIPPED_LOGS = frozenset(
 )
 _SKIPPED_EVAL_METRICS = frozenset({"runtime", "samples_per_second", "steps_per_second", "epoch"})
 _EVAL_PREFIX = "eval_"
+#: What ``record_data`` can ask for.
+DATA = ("inputs", "labels", "predictions")
+# The keyword argument of a transformers model that holds its input, by modality: token ids,
+# images, raw audio, audio features.
+_INPUT_KEYS = ("input_ids", "pixel_values", "input_values", "input_features")
+# Causal language models predict the next token: their logits at position t go with the
+# label at t + 1 (the model shifts the labels inside its loss).
+_CAUSAL_LM_CLASSES = frozenset(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
 # Transformers' own activation modules (not subclasses of torch's), looked up by name so that
 # a class a future release renames is skipped rather than breaking the import.
 _TRANSFORMERS_ACTIVATIONS = {
@@ -93,7 +111,15 @@ class DbgCallback(TrainerCallback):
       loss curve;
     * evaluation metrics (``on_evaluate``) in mode ``eval`` at ``global_step``, without their
       ``eval_`` prefix (``eval_loss`` becomes ``loss``);
-    * ``epoch`` when an epoch begins.
+    * ``epoch`` when an epoch begins;
+    * with ``record_data``, the full tensors of each batch the model sees (every evaluation
+      batch, and the training batches of the steps whose statistics are recorded, every
+      ``stats_every``), taken from the model's forward call: ``inputs`` (the first of
+      ``input_ids``, ``pixel_values``, ``input_values``, ``input_features``), ``labels`` (the
+      ``labels`` argument) and ``predictions``, the model's ``logits``, reduced to class ids
+      with argmax when they score every token (a vocabulary's worth of floats per token would
+      dwarf the rest of the trace) and, for a causal language model, shifted to pair each
+      prediction with the token it predicts (the labels from the second position on).
 
     The loss the model returns is not captured from its forward pass: with gradient
     accumulation Trainer may normalise each micro-batch's loss by the token count of the whole
@@ -106,7 +132,9 @@ class DbgCallback(TrainerCallback):
         include: Glob(s) on parameter and module names or on tags; default: everything.
         exclude: Glob(s) on names or tags to leave out, e.g. ``["act/*", "preact/*"]``.
         stats_every: Record weights, gradients and activations every this many optimizer
-            steps (default 1: every step; see :func:`dbgcli.torch.attach`).
+            steps (default 10; 1: every step; see :func:`dbgcli.torch.attach`).
+        record_data: Record each batch's inputs, labels and predictions (True), or those of
+            them named (e.g. ``("labels", "predictions")``); default: none.
         overwrite: Replace an existing trace file.
         flush_secs: Commit to disk at most this many seconds apart.
         metadata: Free-form run metadata (the TrainingArguments are stored as the
@@ -115,8 +143,9 @@ class DbgCallback(TrainerCallback):
             and stop training at a finding of that severity or above (see docs/watch.md).
 
     Raises:
-        ValueError: If ``raw_every`` is given with a writer, or ``stats_every`` is not a
-            positive integer.
+        ValueError: If ``raw_every`` is given with a writer, ``stats_every`` is not a
+            positive integer, ``raw_every`` is not a multiple of it, or ``record_data`` names
+            something other than inputs, labels and predictions.
         TraceWriterError: If the trace file exists and ``overwrite`` is False.
     """
 
@@ -127,12 +156,14 @@ class DbgCallback(TrainerCallback):
         raw_every: int | None = None,
         include: Patterns = None,
         exclude: Patterns = None,
-        stats_every: int = 1,
+        stats_every: int = DEFAULT_STATS_EVERY,
+        record_data: bool | Collection[str] = False,
         overwrite: bool = False,
         flush_secs: float = 10.0,
         metadata: Mapping[str, Any] | None = None,
         stop_on: str | None = None,
     ) -> None:
+        self.record_data = _data_wanted(record_data)
         self.recording = CallbackRecording(
             trace,
             raw_every=raw_every,
@@ -146,6 +177,8 @@ class DbgCallback(TrainerCallback):
         )
         self.hook: TorchHook | None = None
         self._failures = FailureReporter()
+        self._data_handle: RemovableHandle | None = None
+        self._causal_lm = False
 
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
@@ -233,6 +266,9 @@ class DbgCallback(TrainerCallback):
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
         """Remove the hook and close the trace if this callback opened it."""
+        if self._data_handle is not None:
+            self._data_handle.remove()
+            self._data_handle = None
         if self.hook is not None:
             self.hook.remove()
             self.hook = None
@@ -249,3 +285,60 @@ class DbgCallback(TrainerCallback):
             activation_kinds=transformers_activation_kinds(),
         )
         self.hook.step = state.global_step
+        if self.record_data:
+            self._causal_lm = type(model).__name__ in _CAUSAL_LM_CLASSES
+            self._data_handle = model.register_forward_hook(self._on_forward, with_kwargs=True)
+
+    def _on_forward(
+        self, module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
+    ) -> None:
+        hook = self.hook
+        if hook is None:
+            return
+        training = module.training and torch.is_grad_enabled()
+        if training and hook.step % hook.stats_every:
+            return
+        mode = "train" if training else "eval"
+        self._failures.guard(
+            "recording the batch's data", lambda: self._record_batch(kwargs, output, mode)
+        )
+
+    def _record_batch(self, kwargs: Mapping[str, Any], output: Any, mode: str) -> None:
+        """Inputs, labels and predictions of one forward call, as ``hook.record`` takes them."""
+        assert self.hook is not None
+        found: dict[str, Any] = {}
+        if "inputs" in self.record_data:
+            found["inputs"] = next(
+                (kwargs[key] for key in _INPUT_KEYS if kwargs.get(key) is not None), None
+            )
+        labels = kwargs.get("labels")
+        logits = (
+            output.get("logits") if isinstance(output, Mapping) else getattr(output, "logits", None)
+        )
+        if isinstance(logits, torch.Tensor):
+            logits = logits.detach()
+            if logits.ndim >= 3:
+                logits = logits.argmax(-1)
+            if self._causal_lm and logits.ndim >= 2:
+                logits = logits[:, :-1]
+                labels = labels[:, 1:] if isinstance(labels, torch.Tensor) else labels
+        else:
+            logits = None
+        if "labels" in self.record_data:
+            found["labels"] = labels
+        if "predictions" in self.record_data:
+            found["predictions"] = logits
+        self.hook.record(**found, mode=mode, step=self.hook.step, raw=True)
+
+
+def _data_wanted(record_data: bool | Collection[str]) -> frozenset[str]:
+    if isinstance(record_data, bool):
+        return frozenset(DATA) if record_data else frozenset()
+    if isinstance(record_data, str):
+        record_data = (record_data,)
+    unknown = sorted(set(record_data) - set(DATA))
+    if unknown:
+        raise ValueError(
+            f"record_data takes {', '.join(DATA)}; got {', '.join(map(repr, unknown))}"
+        )
+    return frozenset(record_data)

@@ -26,7 +26,13 @@ import lightning
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from dbgcli.torch._hook import CallbackRecording, FailureReporter, Patterns, TorchHook
+from dbgcli.torch._hook import (
+    DEFAULT_STATS_EVERY,
+    CallbackRecording,
+    FailureReporter,
+    Patterns,
+    TorchHook,
+)
 from dbgcli.trace.writer import TraceWriter
 
 __all__ = ["VALIDATION_PREFIXES", "DbgCallback"]
@@ -81,7 +87,7 @@ class DbgCallback(Callback):
         include: Glob(s) on parameter and module names or on tags; default: everything.
         exclude: Glob(s) on names or tags to leave out, e.g. ``["act/*", "preact/*"]``.
         stats_every: Record weights, gradients and activations every this many optimizer
-            steps (default 1: every step; see :func:`dbgcli.torch.attach`).
+            steps (default 10; 1: every step; see :func:`dbgcli.torch.attach`).
         overwrite: Replace an existing trace file.
         flush_secs: Commit to disk at most this many seconds apart.
         metadata: Free-form run metadata (the module's ``hparams`` are stored as the
@@ -90,8 +96,8 @@ class DbgCallback(Callback):
             and stop training at a finding of that severity or above (see docs/watch.md).
 
     Raises:
-        ValueError: If ``raw_every`` is given with a writer, or ``stats_every`` is not a
-            positive integer.
+        ValueError: If ``raw_every`` is given with a writer, ``stats_every`` is not a
+            positive integer, or ``raw_every`` is not a multiple of it.
         TraceWriterError: If the trace file exists and ``overwrite`` is False.
     """
 
@@ -102,7 +108,7 @@ class DbgCallback(Callback):
         raw_every: int | None = None,
         include: Patterns = None,
         exclude: Patterns = None,
-        stats_every: int = 1,
+        stats_every: int = DEFAULT_STATS_EVERY,
         overwrite: bool = False,
         flush_secs: float = 10.0,
         metadata: Mapping[str, Any] | None = None,

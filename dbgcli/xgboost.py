@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ from dbgcli.live_rules import LiveRules, check_stop_on, stop_if
 from dbgcli.trace.schema import MODES
 from dbgcli.trace.writer import TraceWriter
 
-__all__ = ["IMPORTANCE_TYPES", "TRAIN_SET_NAMES", "DbgCallback", "tree_depth"]
+__all__ = ["IMPORTANCE_TYPES", "TRAIN_SET_NAMES", "DbgCallback", "model_tree_depths", "tree_depth"]
 
 #: Feature importance types recorded every round, each as ``feature_importance/<type>``.
 IMPORTANCE_TYPES: tuple[str, ...] = ("weight", "gain", "cover")
@@ -44,13 +45,63 @@ IMPORTANCE_TYPES: tuple[str, ...] = ("weight", "gain", "cover")
 TRAIN_SET_NAMES = frozenset({"train", "training", "dtrain"})
 #: Keep full tensors of labels and predictions every this many rounds by default.
 DEFAULT_RAW_EVERY = 100
+# What get_score sums over trees; weight, gain and cover are computed from these totals.
+_TOTALS = ("weight", "total_gain", "total_cover")
 
 
-def tree_depth(tree_json: str) -> int:
-    """Depth of one tree from its JSON dump: edges from the root to the deepest leaf.
+def tree_depth(tree_dump: str) -> int:
+    """Depth of one tree from its dump: edges from the root to the deepest leaf.
 
-    A tree that is a single leaf has depth 0; ``max_depth=6`` allows depth 6.
+    A tree that is a single leaf has depth 0; ``max_depth=6`` allows depth 6. The text dump
+    (``get_dump()``) indents every node by one tab per level, so the depth is the deepest
+    indentation: no parsing, a fraction of the cost of the JSON dump for deep trees. A JSON
+    dump (``dump_format="json"``) is walked node by node.
     """
+    if tree_dump.lstrip().startswith("{"):
+        return _json_depth(tree_dump)
+    return max(len(line) - len(line.lstrip("\t")) for line in tree_dump.splitlines())
+
+
+# A tree's child arrays in the model's JSON (``Booster.save_raw("json")``), -1 for no child.
+_CHILDREN = {
+    side: re.compile(rb'"%s_children":\s*\[([^\]]*)\]' % side.encode())
+    for side in ("left", "right")
+}
+
+
+def model_tree_depths(model: xgboost.Booster) -> np.ndarray:
+    """Depth of every tree of ``model`` (slice it first to get some trees only).
+
+    Read from the node arrays of the model's JSON (``left_children``, ``right_children``),
+    level by level, without parsing the rest of the JSON: for trees of a thousand nodes this
+    is a few times cheaper than any dump (``python bench/bench_xgboost.py``).
+    """
+    raw = model.save_raw("json")
+    lefts, rights = (pattern.findall(raw) for pattern in _CHILDREN.values())
+    return np.array(
+        [_depth(_ints(left), _ints(right)) for left, right in zip(lefts, rights, strict=True)],
+        dtype=np.int64,
+    )
+
+
+def _ints(text: bytes) -> np.ndarray:
+    if not text.strip():
+        return np.zeros(0, dtype=np.int64)
+    return np.fromstring(text, dtype=np.int64, sep=",")
+
+
+def _depth(left: np.ndarray, right: np.ndarray) -> int:
+    """Edges from node 0 to the deepest leaf, given each node's children (-1: none)."""
+    depth, level = 0, np.zeros(1, dtype=np.int64)
+    while True:
+        below = np.concatenate((left[level], right[level]))
+        below = below[below >= 0]
+        if not len(below):
+            return depth
+        depth, level = depth + 1, below
+
+
+def _json_depth(tree_json: str) -> int:
     deepest = 0
     stack = [(json.loads(tree_json), 0)]
     while stack:
@@ -82,10 +133,13 @@ class DbgCallback(TrainingCallback):
       names), in full, every ``raw_every`` rounds and after the last round (the data rules
       judge the model training ends with).
 
-    Tree depth comes from ``booster[last_round].get_dump(dump_format="json")``: the dump of
-    only the trees just added (the cost of a round does not grow with the model) parsed as
-    JSON, which does not depend on pandas or on text layout. Feature importance comes from
-    ``get_score``, which walks every tree each round.
+    Each round reads only the trees it added, so its cost does not grow with the model: the
+    tree depth comes from the node arrays of ``booster[first_new:rounds]`` saved as JSON
+    (:func:`model_tree_depths`), and feature importance from that slice's ``get_score`` for
+    weight, total gain and total cover, added to running totals (gain and cover are the
+    totals divided by the weight, as ``booster.get_score`` computes them over every tree).
+    With trees of depth 20 this is several times cheaper per round than dumping the trees and
+    walking the whole model (``python bench/bench_xgboost.py``; docs/benchmarks.md).
 
     The callback ends boosting (``after_iteration`` returns True) only when the run is asked
     to stop (``dbg watch --stop``, or ``stop_on``), and never raises from a training hook:
@@ -156,6 +210,9 @@ class DbgCallback(TrainingCallback):
         self._set_modes: dict[str, tuple[str, str]] = {}
         self._failures = FailureReporter()
         self._live = LiveRules(stop_on) if stop_on is not None else None
+        # Rounds whose trees are in the importance totals, and the totals per feature.
+        self._counted_rounds = 0
+        self._totals: dict[str, np.ndarray] = {}
 
     # -- TrainingCallback ---------------------------------------------------------------------
     def before_training(self, model: xgboost.Booster) -> xgboost.Booster:
@@ -175,10 +232,7 @@ class DbgCallback(TrainingCallback):
             lambda: self._record_metrics(writer, epoch, evals_log),
         )
         self._failures.guard(
-            "recording tree depths", lambda: self._record_tree_depths(writer, model, epoch)
-        )
-        self._failures.guard(
-            "recording feature importance", lambda: self._record_importance(writer, model, epoch)
+            "recording the new trees", lambda: self._record_trees(writer, model, epoch)
         )
         if self.data is not None and writer.raw_due(epoch):
             data = self.data
@@ -268,22 +322,35 @@ class DbgCallback(TrainingCallback):
         self._set_modes[set_name] = known
         return known
 
-    def _record_tree_depths(self, writer: TraceWriter, model: xgboost.Booster, step: int) -> None:
+    def _record_trees(self, writer: TraceWriter, model: xgboost.Booster, step: int) -> None:
+        """Depth of the trees of this round and feature importance, from the new trees only."""
         rounds = model.num_boosted_rounds()
-        new_trees = model[rounds - 1 : rounds].get_dump(dump_format="json")
-        depths = np.array([tree_depth(tree) for tree in new_trees], dtype=np.int64)
-        writer.add_tensor("trees/depth", depths, step, collection="trees", raw=True)
-
-    def _record_importance(self, writer: TraceWriter, model: xgboost.Booster, step: int) -> None:
+        if rounds < self._counted_rounds:  # a new model: start the totals again
+            self._counted_rounds, self._totals = 0, {}
+        first = self._counted_rounds if self._counted_rounds < rounds else rounds - 1
+        new_trees = model[first:rounds]
+        latest = model[rounds - 1 : rounds] if rounds - first > 1 else new_trees
+        writer.add_tensor(
+            "trees/depth", model_tree_depths(latest), step, collection="trees", raw=True
+        )
         names = self._names(writer, model)
+        if first == self._counted_rounds:
+            for total in _TOTALS:
+                score = new_trees.get_score(importance_type=total)
+                added = np.array([float(np.sum(score.get(n, 0.0))) for n in names])
+                self._totals[total] = self._totals.get(total, np.zeros(len(names))) + added
+            self._counted_rounds = rounds
+        weight = self._totals["weight"]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            per_split = {
+                "weight": weight,
+                "gain": np.where(weight > 0, self._totals["total_gain"] / weight, 0.0),
+                "cover": np.where(weight > 0, self._totals["total_cover"] / weight, 0.0),
+            }
         for importance_type in IMPORTANCE_TYPES:
-            score = model.get_score(importance_type=importance_type)
-            values = np.array(
-                [float(np.sum(score.get(name, 0.0))) for name in names], dtype=np.float64
-            )
             writer.add_tensor(
                 f"feature_importance/{importance_type}",
-                values,
+                per_split[importance_type],
                 step,
                 collection="feature_importance",
                 kind=importance_type,

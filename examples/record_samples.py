@@ -107,6 +107,7 @@ def train(
         optimizer,
         path,
         raw_every=raw_every,
+        stats_every=1,  # the samples show every step; the default records every 10th
         overwrite=True,
         exclude=exclude,
         hyperparameters={**hyperparameters, "batch_size": batch, "steps": steps, "seed": SEED},

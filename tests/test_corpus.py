@@ -129,7 +129,7 @@ def test_a_measure_hovering_at_its_threshold_is_one_finding(tmp_path: Path) -> N
     spec = train("torch-mlp/dying-relu", tmp_path)
     trace = report(spec.hook_path)
     (finding,) = [f for f in trace.findings if (f.rule_id, f.tensor) == ("DBG401", "act/act1")]
-    assert finding.episodes > 5 and finding.steps > finding.episodes
+    assert finding.episodes >= 2 and finding.steps >= finding.episodes
     assert finding.first_step is not None and finding.last_step is not None
     assert finding.last_step - finding.first_step > 200
     assert f"in {finding.episodes} episodes" in finding.span

@@ -300,6 +300,9 @@ class HandRecorder:
         spec: The run (its hand path and naming convention).
         model: The model, or None (XGBoost and numpy runs record through the writer only).
         raw_every: Full tensors every this many steps.
+        stats_every: Record activations, weights and gradients only at steps that are a
+            multiple of this, as a user guards their records with ``if step % every == 0``
+            (the hooks' default, so that both traces sample the same steps).
         preactivations: Also record the inputs of tanh and sigmoid modules.
         loss_name: The loss module's class name, for SageMaker's ``<Loss>_output_0``.
     """
@@ -310,6 +313,7 @@ class HandRecorder:
         model: Any = None,
         *,
         raw_every: int = 50,
+        stats_every: int = 1,
         preactivations: bool = True,
         loss_name: str = "CrossEntropyLoss",
         activations: bool = True,
@@ -320,6 +324,7 @@ class HandRecorder:
         self.loss_name = loss_name
         self.writer = TraceWriter(spec.hand_path, raw_every=raw_every, overwrite=True)
         self.step = 0
+        self.stats_every = stats_every
         self._handles: list[Any] = []
         if model is not None and activations:
             self._watch(model, preactivations)
@@ -339,7 +344,7 @@ class HandRecorder:
         def record(module: Any, args: tuple[Any, ...], output: Any) -> None:
             import torch
 
-            if not (module.training and torch.is_grad_enabled()):
+            if not (module.training and torch.is_grad_enabled()) or self.step % self.stats_every:
                 return
             tag, collection, tag_kind = self.names.activation(label, kind)
             self.writer.add_tensor(tag, output, self.step, collection=collection, kind=tag_kind)
@@ -354,6 +359,8 @@ class HandRecorder:
     def parameters(self, model: Any, step: int | None = None) -> None:
         """Weights and gradients of every parameter (gradients only where one exists)."""
         at = self.step if step is None else step
+        if at % self.stats_every:
+            return
         for name, parameter in model.named_parameters():
             tag, collection = self.names.parameter(name)
             self.writer.add_tensor(tag, parameter.detach(), at, collection=collection)

@@ -38,6 +38,7 @@ from transformers import (
 from transformers.utils import logging as transformers_logging
 
 from dbgcli.hf import DbgCallback
+from dbgcli.torch._hook import DEFAULT_STATS_EVERY
 
 # GPT-2's config announces that it has no loss_type, once per run: noise in the corpus log.
 transformers_logging.set_verbosity_error()
@@ -105,12 +106,11 @@ class _HandCallback(TrainerCallback):
 
 
 class _InputRecorder:
-    """Records the input_ids of every training batch in both traces (full tensors), from a
-    forward pre-hook: DbgCallback does not record inputs, so this goes through its hook. Keeps
-    the share of padding of each batch as the run's measurement."""
+    """Keeps the share of padding of every training batch as the run's measurement, and
+    records the batch's input_ids in the hand trace at the steps the callback records them
+    (DbgCallback's ``record_data`` records them in the hook trace)."""
 
-    def __init__(self, model: torch.nn.Module, hook: DbgCallback, hand: HandRecorder) -> None:
-        self.hook = hook
+    def __init__(self, model: torch.nn.Module, hand: HandRecorder) -> None:
         self.hand = hand
         self.pad_shares: list[float] = []
         model.register_forward_pre_hook(self.record, with_kwargs=True)
@@ -122,17 +122,8 @@ class _InputRecorder:
             return
         input_ids = kwargs["input_ids"]
         self.pad_shares.append(float((input_ids == PAD).float().mean()))
-        recording = self.hook.hook  # None until the callback attached at on_train_begin
-        if recording is not None:
-            recording.record_tensor(
-                "inputs",
-                input_ids,
-                collection="inputs",
-                mode="train",
-                step=recording.step,
-                raw=True,
-            )
-        self.hand.data(inputs=input_ids, step=self.hand.step)
+        if self.hand.step % DEFAULT_STATS_EVERY == 0:
+            self.hand.data(inputs=input_ids, step=self.hand.step)
 
 
 def _train(
@@ -148,9 +139,11 @@ def _train(
     record_inputs: bool = False,
 ) -> dict[str, float]:
     """Train with the shared recipe, recording both traces; returns the run's figures."""
-    hook = DbgCallback(spec.hook_path, overwrite=True)
-    hand = HandRecorder(spec, model)
-    inputs = _InputRecorder(model, hook, hand) if record_inputs else None
+    hook = DbgCallback(
+        spec.hook_path, overwrite=True, record_data=("inputs",) if record_inputs else False
+    )
+    hand = HandRecorder(spec, model, stats_every=DEFAULT_STATS_EVERY)
+    inputs = _InputRecorder(model, hand) if record_inputs else None
     with tempfile.TemporaryDirectory() as out:
         args = TrainingArguments(
             out,

@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from dbgcli.lightning import DbgCallback
+from dbgcli.torch._hook import DEFAULT_STATS_EVERY
 
 # Lightning announces the devices it found and such at INFO level, once per run.
 logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
@@ -66,7 +67,7 @@ class Blobs(pl.LightningModule):
         if recipe.hidden_bias is not None:
             for layer in (self.net.fc1, self.net.fc2):
                 nn.init.constant_(layer.bias, recipe.hidden_bias)
-        self.hand = HandRecorder(spec, self)
+        self.hand = HandRecorder(spec, self, stats_every=DEFAULT_STATS_EVERY)
         self._val_losses: list[torch.Tensor] = []
         self._val_correct: list[torch.Tensor] = []
         self.val_history: list[tuple[float, float]] = []

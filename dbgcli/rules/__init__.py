@@ -26,6 +26,7 @@ from dbgcli.rules._context import (
     TensorView,
     episode_findings,
     episodes,
+    persistent,
     sustained,
     trailing_median,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "TensorView",
     "episode_findings",
     "episodes",
+    "persistent",
     "rule",
     "sustained",
     "trailing_median",

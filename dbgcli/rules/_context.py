@@ -475,6 +475,39 @@ def sustained(flags: np.ndarray, min_steps: int) -> np.ndarray:
     return out
 
 
+#: Fewest records a persistent condition needs when it must last two or more steps: one
+#: record is one minibatch, and a single minibatch is the fluke persistence guards against.
+MIN_PERSISTENT_RECORDS = 2
+
+
+def record_interval(steps: np.ndarray) -> int:
+    """The usual step distance between records (the median of the positive differences of
+    ``steps``): 1 for a tensor recorded at every step, 10 with ``stats_every=10``."""
+    increments = np.diff(np.unique(steps))
+    return max(1, int(np.median(increments))) if len(increments) else 1
+
+
+def records_spanning(steps: np.ndarray, span: int, *, least: int = 1) -> int:
+    """How many consecutive records of a tensor recorded at ``steps`` cover ``span`` steps:
+    ``ceil(span / interval)``, each record standing for the steps up to the next one (``span``
+    records when recorded at every step, ``ceil(span / 10)`` when every 10th), and at least
+    ``min(least, span)``."""
+    if span < 1:
+        return span
+    return max(min(least, span), -(-span // record_interval(steps)))
+
+
+def persistent(flags: np.ndarray, steps: np.ndarray, min_steps: int) -> np.ndarray:
+    """Keep only runs of consecutive True records that last ``min_steps`` steps.
+
+    :func:`sustained` over :func:`records_spanning` records, at least
+    :data:`MIN_PERSISTENT_RECORDS`: recorded at every step, ``min_steps`` records; recorded
+    every 10th step, a condition that must last 5 steps needs 2 records (20 steps), not 5
+    (50 steps), and never a single record.
+    """
+    return sustained(flags, records_spanning(steps, min_steps, least=MIN_PERSISTENT_RECORDS))
+
+
 def trailing_median(values: np.ndarray, window: int, *, at: np.ndarray | None = None) -> np.ndarray:
     """Median of the previous ``window`` values, ignoring NaN (NaN until ``window`` exist).
 

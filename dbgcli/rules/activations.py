@@ -77,6 +77,9 @@ def dying_relu(
       one of the unit's 192 values in the window may be positive. Pooling ``min_steps``
       records keeps tiny batches honest: with a batch of one, about half the units of a
       healthy layer are off on any sample, but hardly any stays off for several records.
+      The window counts records, not steps: what it pools is samples of the unit, and records
+      10 steps apart (``stats_every``) are batches at least as independent as consecutive
+      ones; the window then spans 21 steps, short beside a layer that has died.
     * The layer **violates** at that window if the share of dead units
       ``× 100 > threshold_layer``; every record of a violating window belongs to the episode.
     * Records whose activations hold NaN or ±inf are not judged (their values say nothing
@@ -111,8 +114,8 @@ def dying_relu(
     Args:
         threshold_inactivity: Active share (in %) below which a unit counts as dead.
         threshold_layer: Share of dead units (in %) above which the layer is reported.
-        min_steps: Consecutive records a unit's active share is pooled over (1: judge each
-            record on its own).
+        min_steps: Consecutive records (not steps) a unit's active share is pooled over (1:
+            judge each record on its own).
     """
     yield from _unit_findings(
         _views(ctx, RELU_KINDS),
@@ -186,8 +189,8 @@ def tanh_saturation(
     Args:
         threshold_inactivity: Unsaturated share (in %) below which a unit counts as saturated.
         threshold_layer: Share of saturated units (in %) above which the layer is reported.
-        min_steps: Consecutive records a unit's unsaturated share is pooled over (1: judge
-            each record on its own).
+        min_steps: Consecutive records (not steps) a unit's unsaturated share is pooled over
+            (1: judge each record on its own).
     """
     yield from _unit_findings(
         _saturating(ctx, "tanh"),
@@ -258,8 +261,8 @@ def sigmoid_saturation(
     Args:
         threshold_inactivity: Unsaturated share (in %) below which a unit counts as saturated.
         threshold_layer: Share of saturated units (in %) above which the layer is reported.
-        min_steps: Consecutive records a unit's unsaturated share is pooled over (1: judge
-            each record on its own).
+        min_steps: Consecutive records (not steps) a unit's unsaturated share is pooled over
+            (1: judge each record on its own).
     """
     yield from _unit_findings(
         _saturating(ctx, "sigmoid"),

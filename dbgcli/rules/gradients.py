@@ -13,7 +13,8 @@ from dbgcli.rules._context import (
     RuleContext,
     TensorView,
     episode_findings,
-    sustained,
+    persistent,
+    records_spanning,
     trailing_median,
 )
 from dbgcli.rules._known import (
@@ -77,12 +78,15 @@ def vanishing_gradient(
       the network. Every such layer is reported, not only the smallest (which can change from
       step to step between the first layers).
 
-    **Persistence**: a condition must hold for ``min_steps`` consecutive records of a tensor
-    (a minibatch the model already fits gives one tiny gradient; that is not a vanished
-    layer). **Not converged**: as AutoTrainer reports vanishing gradients only when training
-    has not converged, a record counts only while the training loss (mean of its last 10
-    records) is above ``converged_fraction`` of its first value: once a model has fitted its
-    data every gradient is tiny, and rightly so. Without a training loss every record counts.
+    **Persistence**: a condition must hold on consecutive records of a tensor spanning
+    ``min_steps`` steps, and on at least two of them (a minibatch the model already fits gives
+    one tiny gradient; that is not a vanished layer): ``min_steps`` records when gradients are
+    recorded at every step, two records when they are recorded every 10 steps (the hooks'
+    default ``stats_every``; see ``dbgcli.rules.persistent``). **Not converged**: as
+    AutoTrainer reports vanishing gradients only when training has not converged, a record
+    counts only while the training loss (mean of its last 10 records) is above
+    ``converged_fraction`` of its first value: once a model has fitted its data every
+    gradient is tiny, and rightly so. Without a training loss every record counts.
 
     **Not judged**: embedding tables (only the rows of the batch's tokens get a gradient, so
     their mean is tiny by construction); attention query and key projections (names like
@@ -110,7 +114,8 @@ def vanishing_gradient(
         ratio: Smallest-to-largest ``abs_mean`` ratio across weight gradients below which the
             smallest counts as vanished.
         ratio_below: The smallest ``abs_mean`` must also be below this for the ratio check.
-        min_steps: Consecutive records a condition must hold before it is reported.
+        min_steps: Steps a condition must hold on consecutive records (at least two) before
+            it is reported.
         converged_fraction: Records where the training loss is below this fraction of its
             first value are not judged (the model has fitted its data).
     """
@@ -130,7 +135,7 @@ def vanishing_gradient(
             tensor=view.tag,
             steps=view.steps,
             values=values,
-            violating=sustained(small & learning, min_steps),
+            violating=persistent(small & learning, view.steps, min_steps),
             threshold=threshold,
             key="vanished",
             worst="min",
@@ -189,7 +194,7 @@ class _AcrossLayers:
                 tensor=view.tag,
                 steps=view.steps,
                 values=relative,
-                violating=sustained(mine, min_steps),
+                violating=persistent(mine, view.steps, min_steps),
                 threshold=ratio,
                 key="vanished-relative",
                 worst="min",
@@ -237,9 +242,15 @@ def exploding_gradient(
       most of its data, one batch holding a few hard examples lifts the gradient of a healthy
       small transformer 100 to 150 times over its recent median, measured on the calibration
       corpus, while a corrupted batch or a rate that overshoots lifts it 1e4 to 1e6 times).
-      The first ``window`` records are history only and never judged: they would be judged
-      against themselves (a run whose first norms are large and fall fast would "jump" at its
-      first steps).
+      Both medians take ``window`` records (a robust baseline needs that many samples,
+      whatever their spacing). The records of the first ``window`` steps, and at least the
+      first three records, are history only and never judged: they would be judged against
+      themselves (a run whose first norms are large and fall fast would "jump" at its first
+      steps); recorded every 10th step, judging starts at the fourth record (step 30), not
+      after 100 steps (until ``window`` records exist the initial median is the baseline).
+      Records N steps apart (``stats_every``) see a blow-up only at the recorded steps: a
+      corrupted batch between two of them shows in the weights' updates and the loss, not
+      here.
       Taking the larger baseline keeps gradients that recover after vanishing for a while
       from counting as an explosion. One jump is enough: a single corrupted batch throws
       the weights as far as a sustained explosion does. Attention query and key projections
@@ -259,7 +270,8 @@ def exploding_gradient(
 
     Args:
         growth: Factor over the trailing median norm that counts as an explosion.
-        window: Records of history the trailing median uses.
+        window: Records of history the medians use; the records of the first ``window``
+            steps (at least three) are not judged.
         max_abs_mean: Mean absolute gradient above which a tensor counts as exploded.
     """
     for view in ctx.tensors(collection="gradients"):
@@ -276,11 +288,12 @@ def exploding_gradient(
         ):
             yield replace(finding, severity=Severity.error)
         norms = view.stat("l2")
+        unjudged = records_spanning(view.steps, window, least=3)
         # The baseline is the larger of the recent and the initial typical norm, so that
         # gradients recovering from a vanished stretch do not pass for an explosion.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN start has no median
-            initial = float(np.nanmedian(norms[:window])) if len(norms) > window else np.nan
+            initial = float(np.nanmedian(norms[:window])) if len(norms) > unjudged else np.nan
         with np.errstate(invalid="ignore", divide="ignore"):
             jump = norms / initial
             # The baseline is at least the initial median: only records that jumped over
@@ -289,7 +302,7 @@ def exploding_gradient(
             recent = trailing_median(norms, window, at=possible)
             jump[possible] = norms[possible] / np.fmax(recent[possible], initial)
         jumped = np.isfinite(jump) & (jump > growth)
-        jumped[:window] = False
+        jumped[:unjudged] = False
         if attention_query_or_key(view.tag):
             # Starts near zero while attention is uniform; growing out of that is learning.
             jumped[:] = False

@@ -16,6 +16,7 @@ from dbgcli.rules._context import (
     TensorView,
     episode_findings,
     mode_codes,
+    records_spanning,
 )
 from dbgcli.rules._known import (
     STARVED_LR,
@@ -524,8 +525,12 @@ class _AllCloseAccumulator(Accumulator):
                 column = self.table[:, COL[name]]
                 now, then = column[judged], column[before]
                 identical &= (now == then) | (np.isnan(now) & np.isnan(then))
-            # An update norm of exactly zero proves the record equals the one before it.
-            identical |= (self.table[judged, COL["update_l2"]] == 0) & (before == judged - 1)
+            # The update norm, where recorded, is exact: zero proves the record equals the one
+            # before it, anything else proves a change that statistics computed in float32
+            # may not resolve (a tensor of norm 100 moving by 1e-4).
+            update = self.table[judged, COL["update_l2"]]
+            measured = np.isfinite(update) & (before == judged - 1)
+            identical = np.where(measured, update == 0, identical)
         verdict[judged[identical]] = SAME_STATS
         run = np.ones(records, dtype=np.int64)
         for code in np.unique(self.modes):
@@ -577,19 +582,22 @@ def unchanged_tensor(
       ``np.allclose(current, previous, rtol, atol, equal_nan)`` holds (computed on float64
       values; a change of shape or dtype is a change);
     * otherwise (full tensors are kept only every ``raw_every`` steps) the fallback is the
-      statistics: unchanged if the recorded update norm ``update_l2`` (weights and biases) is
-      exactly 0, or if every one of count, NaN and inf counts, min, max, mean, std, L1 and L2
-      is identical (a statistic the writer left uncomputed in both records is skipped). This
-      is stricter than all-close (a change within the tolerance still moves the statistics)
-      but blind to a permutation of the same values, and the finding says when it was used.
+      statistics: where the update norm ``update_l2`` is recorded (weights and biases), it
+      decides, unchanged if exactly 0; otherwise unchanged if every one of count, NaN and inf
+      counts, min, max, mean, std, L1 and L2 is identical (a statistic the writer left
+      uncomputed in both records is skipped). This is stricter than all-close (a change
+      within the tolerance still counts) but blind to a permutation of the same values, and
+      the finding says when it was used.
 
-    A run of ``num_steps`` or more consecutive records that are pairwise unchanged
-    (``num_steps - 1`` unchanged comparisons in a row) violates, and every record of it
-    belongs to the finding, from the record the run started at: with the defaults three
-    recordings of a frozen tensor at steps 0, 1, 2 fire (at step 2 in SageMaker Debugger's
-    2019 test cases, which judge each step as it arrives; the finding here starts at step 0,
-    when the tensor stopped changing), and a tensor with fewer than ``num_steps`` records
-    never fires. The
+    A run of consecutive records that are pairwise unchanged and cover ``num_steps`` steps
+    violates, and every record of it belongs to the finding, from the record the run started
+    at. Recorded at every step that is ``num_steps`` records (``num_steps - 1`` unchanged
+    comparisons in a row): with the defaults three recordings of a frozen tensor at steps 0,
+    1, 2 fire (at step 2 in SageMaker Debugger's 2019 test cases, which judge each step as it
+    arrives; the finding here starts at step 0, when the tensor stopped changing). Recorded
+    every 10th step (``stats_every``), each record stands for 10 steps and two records, one
+    unchanged comparison across 10 steps, are enough (see ``dbgcli.rules.persistent``). A
+    tensor with fewer records never fires. The
     comparison is pairwise between consecutive records, not against the first record of the
     window (SageMaker Debugger leaves this open, and all-close is not transitive): it asks
     "did the tensor change from one saved step to the next", so a tensor creeping by less
@@ -633,7 +641,8 @@ def unchanged_tensor(
     the layer (DBG1xx, DBG401).
 
     Args:
-        num_steps: Consecutive pairwise-unchanged records that make a violation (at least 2).
+        num_steps: Steps that consecutive pairwise-unchanged records must cover to make a
+            violation (at least 2, and at least two records).
         rtol: Relative tolerance of np.allclose.
         atol: Absolute tolerance of np.allclose.
         equal_nan: Treat NaN as equal to NaN (otherwise a record with NaN always changed).
@@ -657,7 +666,8 @@ def unchanged_tensor(
         for code in view.mode_codes:
             positions = view.positions(code)
             steps = view.steps[positions]
-            streak = _streaks(run[positions], num_steps)
+            needed = records_spanning(steps, num_steps, least=2)
+            streak = _streaks(run[positions], needed)
             if not streak.any():
                 continue
             flowing = _gradient_flow(view, gradients, steps[streak])
@@ -665,19 +675,21 @@ def unchanged_tensor(
             why = _WHY["declared"] if view.tag in frozen else _WHY[flowing]
 
             def message(
-                e: Episode, v: float, verdicts: np.ndarray = verdict[positions], why: str = why
+                e: Episode,
+                v: float,
+                verdicts: np.ndarray = verdict[positions],
+                why: str = why,
+                needed: int = needed,
             ) -> str:
                 evidence = _evidence(verdicts[e.first : e.last + 1])
-                return (
-                    f"unchanged over {v:.0f} consecutive records (>= {num_steps}){why}; {evidence}"
-                )
+                return f"unchanged over {v:.0f} consecutive records (>= {needed}){why}; {evidence}"
 
             for finding in episode_findings(
                 tensor=view.tag,
                 steps=steps,
                 values=run[positions],
                 violating=streak,
-                threshold=float(num_steps),
+                threshold=float(needed),
                 key="frozen" if on_purpose else "unchanged",
                 message=message,
                 worst="max",
@@ -687,10 +699,10 @@ def unchanged_tensor(
                 yield replace(finding, severity=Severity.info) if on_purpose else finding
 
 
-def _streaks(run: np.ndarray, num_steps: int) -> np.ndarray:
-    """Every record of a run of ``num_steps`` or more pairwise-unchanged records, from the
+def _streaks(run: np.ndarray, needed: int) -> np.ndarray:
+    """Every record of a run of ``needed`` or more pairwise-unchanged records, from the
     record the run started at (``run`` counts the records of the run ending at each one)."""
-    ends = np.flatnonzero(run >= num_steps)
+    ends = np.flatnonzero(run >= needed)
     marks = np.zeros(len(run) + 1, dtype=np.int64)
     starts = ends - run[ends].astype(np.int64) + 1
     np.add.at(marks, np.maximum(starts, 0), 1)

@@ -11,7 +11,7 @@ import numpy as np
 
 from dbgcli.errors import RuleConfigError
 from dbgcli.findings import Finding
-from dbgcli.rules._context import RuleContext, TensorView, episode_findings
+from dbgcli.rules._context import RuleContext, TensorView, episode_findings, records_spanning
 from dbgcli.rules._known import (
     STARVED_LR,
     converged,
@@ -387,9 +387,13 @@ def per_step_ratio(view: TensorView) -> np.ndarray:
     the tag is at an earlier step; NaN elsewhere (first records, an eval record of the same
     weights, zero previous weights, NaN updates).
 
-    When records are several steps apart (``stats_every``), the update spans them all; divided
-    by the gap it is a lower bound of the mean update of one step (the norm of a sum is at
-    most the sum of the norms), so a ratio above a bound is above it for sure.
+    When records are several steps apart (``stats_every``), the update spans them all and is
+    divided by the gap: the mean update of one step when the steps in between pull the same
+    way, a lower bound of it in any case (the norm of a sum is at most the sum of the norms),
+    so a ratio above an upper bound is above it for sure. Steps that cancel one another (noise
+    around a minimum) make it an underestimate, by about ``sqrt(gap)`` for independent steps:
+    3.2 at 10, inside the factor of 10 between a healthy ratio (1e-3) and the lower bounds
+    (1e-4, 1e-5), which is why those bounds are read on the same ratio.
     """
     update, norm, steps = view.stat("update_l2"), view.stat("l2"), view.steps
     previous_norm = np.concatenate(([np.nan], norm[:-1]))
@@ -466,7 +470,7 @@ def layer_ratios(ctx: RuleContext, window: int, high: float, low: float) -> Laye
         below = np.zeros(len(steps), dtype=np.int64)
         layers = []
         for view in views:
-            typical = centred_median(per_step_ratio(view), window)
+            typical = centred_median(per_step_ratio(view), records_spanning(view.steps, window))
             column = np.searchsorted(steps, view.steps)
             finite = np.isfinite(typical)
             np.add.at(judged, column[finite], 1)
@@ -542,9 +546,13 @@ def update_ratio(
         ratio(s) = ||w_s - w_p||₂ / (||w_p||₂ · (s - p))
 
     from the recorded ``update_l2`` and ``l2`` (see ``per_step_ratio``: with records several
-    steps apart, a lower bound of the update of one step). The layer's *typical* ratio at
-    ``s`` is the median of the ratios of the ``window`` records centred on ``s``, so a few
-    large first updates or a single spike is not a finding.
+    steps apart, the mean over the steps between them, a lower bound of one step's). The
+    layer's *typical* ratio at ``s`` is the median of the ratios of the records within
+    ``window`` steps centred on ``s``, so a few large first updates or a single spike is not
+    a finding. The window is counted in steps because a record ``N`` steps after the previous
+    one already averages ``N`` updates: recorded every step, the median of 5 records;
+    recorded every 10th step, each record alone (a median of 5 records would span 50 steps
+    and hide the first dozen steps, where a rate far too high does its damage).
 
     * **too large** (key ``too-large``): typical ratio ``> large_threshold``, 0.1 by default
       (TheDeepChecker's upper bound, ``log10`` of the ratio above -1, and DeepDiagnosis's
@@ -580,7 +588,7 @@ def update_ratio(
         large_threshold: Typical per-step ratio above which a layer's updates are too large.
         small_threshold: Typical per-step ratio below which a layer's updates are too small.
         outlier: How many times the median layer's ratio a layer must be off by.
-        window: Records whose median is a layer's typical ratio.
+        window: Steps whose records' median is a layer's typical ratio.
     """
     if window < 1:
         raise RuleConfigError(f"DBG502 window must be at least 1, got {window}")
@@ -608,7 +616,7 @@ def update_ratio(
             modes=view.modes,
             worst="max",
             message=lambda e, v: (
-                f"updates of {v:.3g}x the weights per step (median of {window} records; "
+                f"updates of {v:.3g}x the weights per step (median over {window} steps; "
                 f"> {large_threshold:g} and > {outlier:g}x the median layer's)"
             ),
         )
@@ -625,7 +633,7 @@ def update_ratio(
             modes=view.modes,
             worst="min",
             message=lambda e, v: (
-                f"updates of {v:.3g}x the weights per step (median of {window} records; "
+                f"updates of {v:.3g}x the weights per step (median over {window} steps; "
                 f"< {small_threshold:g} and < the median layer's / {outlier:g})"
             ),
         )
@@ -683,12 +691,13 @@ def learning_rate(
     The learning rate itself says little across optimizers and models (Adam at 1e-3 and SGD
     at 0.1 are both ordinary); what it does to the weights says a lot. For every weight
     matrix or kernel the per-step update ratio ``||w_s - w_p|| / (||w_p|| · (s - p))`` (see
-    ``update-ratio``, DBG502) is smoothed into its *typical* value: the median of the
-    ``window`` records centred on each record. At a step, the network's updates are too large
-    when most of the layers recorded there are above ``max_ratio`` (so one odd layer,
-    DBG502's business, does not decide), too small when every layer is below ``min_ratio``
-    (vanishing gradients starve the first layers while the last ones still move; a learning
-    rate too low starves them all).
+    ``update-ratio``, DBG502) is smoothed into its *typical* value: the median of the records
+    within ``window`` steps centred on each record (each record alone when records are 10 steps
+    apart: it already averages the 10 updates). At a step, the network's updates are too large
+    when most of the layers recorded there are above ``max_ratio`` (so one odd layer, DBG502's
+    business, does not decide), too small when every layer is below ``min_ratio`` (vanishing
+    gradients starve the first layers while the last ones still move; a learning rate too low
+    starves them all).
 
     * **too high** (key ``too-high``): the network's typical ratio is above ``max_ratio``
       (0.1: TheDeepChecker's unstable-learning bound, ``log10`` of the update/weight ratio
@@ -701,7 +710,7 @@ def learning_rate(
       reach 0.25 to 0.9 and their loss spikes to 1.6 to 1000 times its start, while healthy
       runs stay below 0.1 (a healthy GPT-2 peaks at 0.09 in its first steps). A run whose
       updates are large but whose loss falls well is not reported: large updates that work
-      are not a problem. The median over ``window`` records keeps the largest first updates
+      are not a problem. The median over ``window`` steps keeps the largest first updates
       from counting alone. Without a training loss the updates decide alone.
     * **too low** (key ``too-low``): the network's typical ratio is below ``min_ratio``
       (1e-4, TheDeepChecker's lower bound) for at least half of the judged steps, **and** the
@@ -718,8 +727,9 @@ def learning_rate(
       for nothing.
 
     The finding names the recorded learning rate when there is one. The values are typical
-    per-step ratios; with records several steps apart (``stats_every``) they are lower bounds
-    of the per-step update, so "too high" stays certain.
+    per-step ratios; with records several steps apart (``stats_every``) they are the mean
+    update of the steps in between, a lower bound of the per-step update, so "too high" stays
+    certain, and "too low" keeps a margin (see ``per_step_ratio``).
 
     Why it matters: a learning rate far too high makes the loss oscillate or diverge, throws
     ReLUs into their dead zone and saturating units into their flat tails, and ends in
@@ -738,7 +748,7 @@ def learning_rate(
     Args:
         max_ratio: Typical per-step update/weight ratio above which the rate is too high.
         min_ratio: Typical per-step update/weight ratio below which the rate is too low.
-        window: Records whose median is a layer's typical ratio.
+        window: Steps whose records' median is a layer's typical ratio (see DBG502).
         diverged: A too-high rate needs the training loss to rise above this multiple of its
             first value (or turn non-finite, or end stuck).
         stuck_fraction: The training loss counts as stuck while the mean of its last 10

@@ -73,7 +73,10 @@ ACTIVATION_KINDS: Mapping[type[nn.Module], str] = {
 #: Kinds whose input (the pre-activation) is recorded too: the saturation rules read it.
 PREACTIVATION_KINDS = frozenset({"tanh", "sigmoid"})
 
-#: Keep full tensors every this many steps when :func:`attach` creates the writer.
+#: Record weights, gradients and activations every this many optimizer steps by default.
+DEFAULT_STATS_EVERY = 10
+#: Keep full tensors every this many steps when :func:`attach` creates the writer (a
+#: multiple of :data:`DEFAULT_STATS_EVERY`, so that full tensors fall on recorded steps).
 DEFAULT_RAW_EVERY = 100
 
 Patterns = str | Sequence[str] | None
@@ -205,9 +208,15 @@ def _numpy_dtype(tensor: torch.Tensor) -> str:
     return str(tensor.dtype).removeprefix("torch.")
 
 
-def _check_stats_every(value: object) -> None:
+def _check_stats_every(value: object, raw_every: int | None = None) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f"stats_every must be a positive integer, got {value!r}")
+    # Full tensors are only kept at recorded steps: any other raw_every silently thins them.
+    if raw_every and raw_every % value:
+        raise ValueError(
+            f"raw_every ({raw_every}) must be a multiple of stats_every ({value}): full tensors "
+            "are kept only at steps whose statistics are recorded"
+        )
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -276,7 +285,7 @@ class TorchHook:
         owns_writer: Close the writer in :meth:`remove`.
         track_updates: Record ``update_l2`` of weights (keeps a float32 copy of them).
         stats_every: Record weights, gradients and activations of training steps that are a
-            multiple of this (1: every step); see :func:`attach`.
+            multiple of this (default 10; 1: every step); see :func:`attach`.
         stop_on: Judge the cheap rules in this process and ask the run to stop at a finding
             of this severity or above (``"error"`` or ``"warning"``; see dbgcli.live_rules).
         raise_on_stop: Raise :class:`~dbgcli.errors.TrainingStopped` from ``optimizer.step()``
@@ -299,7 +308,7 @@ class TorchHook:
         activation_kinds: Mapping[type[nn.Module], str] | None = None,
         owns_writer: bool = False,
         track_updates: bool = True,
-        stats_every: int = 1,
+        stats_every: int = DEFAULT_STATS_EVERY,
         stop_on: str | None = None,
         raise_on_stop: bool = False,
     ) -> None:
@@ -785,14 +794,14 @@ class CallbackRecording:
     raw_every: int | None = None
     include: Patterns = None
     exclude: Patterns = None
-    stats_every: int = 1
+    stats_every: int = DEFAULT_STATS_EVERY
     overwrite: bool = False
     flush_secs: float = 10.0
     metadata: Mapping[str, Any] | None = None
     stop_on: str | None = None
 
     def __post_init__(self) -> None:
-        _check_stats_every(self.stats_every)
+        _check_stats_every(self.stats_every, self.raw_every)
         check_stop_on(self.stop_on)
         if isinstance(self.trace, TraceWriter) and self.raw_every is not None:
             raise ValueError("raw_every applies to a new trace; set it on the TraceWriter instead")
@@ -847,7 +856,7 @@ def attach(
     capture_loss: bool = True,
     activation_kinds: Mapping[type[nn.Module], str] | None = None,
     track_updates: bool = True,
-    stats_every: int = 1,
+    stats_every: int = DEFAULT_STATS_EVERY,
     overwrite: bool = False,
     flush_secs: float = 10.0,
     hyperparameters: Mapping[str, Any] | None = None,
@@ -873,8 +882,8 @@ def attach(
             the hook yourself (set ``hook.step``, call ``hook.record_optimizer_step()``).
         trace: A path (a new trace; ``run.rank<k>.h5`` per rank under torch.distributed) or
             an open :class:`TraceWriter`, which stays open after :meth:`TorchHook.remove`.
-        raw_every: Keep full tensors every this many steps (default 100); statistics are
-            recorded every step. Only for a path: a writer keeps its own setting.
+        raw_every: Keep full tensors every this many steps (default 100), a multiple of
+            ``stats_every``. Only for a path: a writer keeps its own setting.
         include: Glob(s) on parameter and module names or on tags; default: everything.
         exclude: Glob(s) on names or tags to leave out.
         capture_loss: Record the loss found in the model's output (see :class:`TorchHook`).
@@ -883,12 +892,13 @@ def attach(
             keeps a float32 copy of the recorded weights; turn off for models whose weights
             do not fit twice in memory.
         stats_every: Record weights, gradients and activations only at training steps that
-            are a multiple of this; the loss, the learning rates and evaluation passes are
-            recorded every time. Statistics of every tensor at every step cost a small model
-            on a CPU about as much again as the step itself (see docs/benchmarks.md); 10
-            does a tenth of that work. ``update_l2`` is then the change since the previous
-            recorded step, and full tensors are kept at recorded steps that are a multiple of
-            ``raw_every``, so make it a multiple of ``stats_every``.
+            are a multiple of this (default 10; ``stats_every=1`` records every step); the
+            loss, metrics, learning rates and evaluation passes are recorded every time. Tools
+            users know sample as sparsely or more (SageMaker Debugger's default collections
+            every 500 steps, ``wandb.watch`` every 1,000, Lightning's logger every 50); the
+            rules count persistence in steps and read ``update_l2`` per step, so 10 keeps
+            them dense enough (see docs/capture.md). ``update_l2`` is the change since the
+            previous recorded step.
         overwrite: Replace an existing trace file.
         flush_secs: Commit to disk at most this many seconds apart.
         hyperparameters: Stored in the trace's metadata.
@@ -902,11 +912,11 @@ def attach(
 
     Raises:
         TypeError: If ``optimizer`` has no step hooks.
-        ValueError: If ``raw_every`` is given with a writer, or ``stats_every`` is not a
-            positive integer.
+        ValueError: If ``raw_every`` is given with a writer, ``stats_every`` is not a positive
+            integer, or ``raw_every`` is not a multiple of it.
         TraceWriterError: If the trace cannot be created (exists and not ``overwrite``, ...).
     """
-    _check_stats_every(stats_every)  # before the trace file is created
+    _check_stats_every(stats_every, raw_every)  # before the trace file is created
     check_stop_on(stop_on)
     writer, owned = open_writer(
         trace,

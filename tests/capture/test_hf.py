@@ -22,6 +22,8 @@ from transformers import (
 from dbgcli import open_trace
 from dbgcli.errors import TraceWriterError
 from dbgcli.hf import DbgCallback
+from dbgcli.report.model import RuleStatus
+from tests.rules.helpers import analyze_path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
@@ -56,25 +58,34 @@ def tiny_bert() -> BertForSequenceClassification:
     return BertForSequenceClassification(config)
 
 
-def dataset(count: int, seed: int) -> list[dict[str, Any]]:
+def dataset(count: int, seed: int, positive_below: int = 20) -> list[dict[str, Any]]:
+    """Rows of 8 token ids; the label is 1 when the first id is below ``positive_below`` (half
+    the vocabulary by default: balanced classes)."""
     generator = torch.Generator().manual_seed(seed)
     rows = []
     for _ in range(count):
         ids = torch.randint(0, 40, (8,), generator=generator)
-        rows.append({"input_ids": ids, "labels": int(ids[0] < 20)})
+        rows.append({"input_ids": ids, "labels": int(ids[0] < positive_below)})
     return rows
 
 
-def run(tmp_path: Path, callbacks: list[TrainerCallback]) -> Trainer:
+def run(
+    tmp_path: Path,
+    callbacks: list[TrainerCallback],
+    *,
+    steps: int = STEPS,
+    eval_every: int = EVAL_EVERY,
+    positive_below: int = 20,
+) -> Trainer:
     args = TrainingArguments(
         str(tmp_path / "out"),
         per_device_train_batch_size=8,
         per_device_eval_batch_size=16,
-        max_steps=STEPS,
+        max_steps=steps,
         learning_rate=1e-3,
         logging_steps=1,
         eval_strategy="steps",
-        eval_steps=EVAL_EVERY,
+        eval_steps=eval_every,
         save_strategy="no",
         report_to=[],
         use_cpu=True,
@@ -84,8 +95,8 @@ def run(tmp_path: Path, callbacks: list[TrainerCallback]) -> Trainer:
     trainer = Trainer(
         model=tiny_bert(),
         args=args,
-        train_dataset=dataset(64, seed=1),
-        eval_dataset=dataset(32, seed=2),
+        train_dataset=dataset(64, seed=1, positive_below=positive_below),
+        eval_dataset=dataset(32 if steps == STEPS else 320, seed=2, positive_below=positive_below),
         callbacks=callbacks,
     )
     trainer.train()
@@ -95,7 +106,7 @@ def run(tmp_path: Path, callbacks: list[TrainerCallback]) -> Trainer:
 def test_trainer_run_is_recorded(tmp_path: Path) -> None:
     path = tmp_path / "run.h5"
     reference = GradientNorms()
-    trainer = run(tmp_path, [DbgCallback(path, raw_every=3), reference])
+    trainer = run(tmp_path, [DbgCallback(path, raw_every=3, stats_every=1), reference])
     model = trainer.model
     steps = list(range(STEPS))
     with open_trace(path) as trace:
@@ -143,3 +154,87 @@ def test_an_existing_trace_is_refused_before_training(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="stats_every must be a positive integer"):
         DbgCallback(tmp_path / "other.h5", stats_every=0)
     assert not (tmp_path / "other.h5").exists()
+    with pytest.raises(ValueError, match="raw_every .3. must be a multiple of stats_every .10."):
+        DbgCallback(tmp_path / "other.h5", raw_every=3)
+    with pytest.raises(ValueError, match="record_data takes inputs, labels, predictions"):
+        DbgCallback(tmp_path / "other.h5", record_data=("logits",))
+    assert not (tmp_path / "other.h5").exists()
+
+
+def test_default_records_tensors_every_tenth_step_and_scalars_every_step(tmp_path: Path) -> None:
+    path = tmp_path / "run.h5"
+    run(tmp_path, [DbgCallback(path)], steps=21, eval_every=10)
+    with open_trace(path) as trace:
+        assert trace.index(WATCHED)[0].tolist() == [0, 10, 20]
+        assert trace.index(f"grad/{WATCHED}")[0].tolist() == [0, 10, 20]
+        assert trace.scalar("loss", mode="train").steps.tolist() == list(range(21))
+        assert trace.scalar("lr").steps.tolist() == list(range(21))
+
+
+def test_recorded_data_feeds_the_data_rules_and_flags_an_induced_imbalance(
+    tmp_path: Path,
+) -> None:
+    balanced, skewed = tmp_path / "balanced.h5", tmp_path / "skewed.h5"
+    # Labels 1 for a first token id below 20 of 40 (balanced), or below 2 (5 %: 19 to 1).
+    run(tmp_path, [DbgCallback(balanced, record_data=True)], steps=20, eval_every=10)
+    run(
+        tmp_path, [DbgCallback(skewed, record_data=True)], steps=20, eval_every=10, positive_below=2
+    )
+    with open_trace(skewed) as trace:
+        for name in ("inputs", "labels", "predictions"):
+            steps, modes = trace.index(name)
+            # Training batches of the recorded steps (0, 10), and every evaluation batch.
+            assert sorted(set(steps[modes == 0].tolist())) == [0, 10], name
+            assert sorted(set(steps[modes == 1].tolist())) == [10, 20], name
+            assert trace.tag(name).raw_records == len(steps), name
+        assert np.dtype(trace.tag("inputs").dtype).kind == "i"  # token ids
+        assert trace.tag("predictions").shape == (8, 2)  # logits of a training batch
+    data_rules = ("DBG601", "DBG603", "DBG604")
+    reports = {
+        path.name: {r.id: r for r in analyze_path(path, select=data_rules).results}
+        for path in (balanced, skewed)
+    }
+    for results in reports.values():
+        for rule_id in data_rules:
+            assert results[rule_id].status is not RuleStatus.skipped, results[rule_id].reason
+    # 20 steps do not train the model: it mispredicts either way; only the skewed labels are
+    # imbalanced (19 to 1 against the threshold of 10).
+    imbalanced = {
+        name: [f for f in results["DBG601"].findings if f.key == "imbalance"]
+        for name, results in reports.items()
+    }
+    assert imbalanced["balanced.h5"] == []
+    assert [f.mode for f in imbalanced["skewed.h5"]] == ["eval"]
+    assert imbalanced["skewed.h5"][0].value > 10
+
+
+def test_a_causal_language_model_pairs_each_prediction_with_the_next_token(
+    tmp_path: Path,
+) -> None:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(
+        GPT2Config(vocab_size=40, n_positions=16, n_embd=16, n_layer=1, n_head=2)
+    )
+    rows = [{"input_ids": ids, "labels": ids} for ids in torch.randint(0, 40, (16, 8))]
+    args = TrainingArguments(
+        str(tmp_path / "out"),
+        per_device_train_batch_size=8,
+        max_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+    )
+    path = tmp_path / "run.h5"
+    callback = DbgCallback(path, record_data=True)
+    Trainer(model=model, args=args, train_dataset=rows, callbacks=[callback]).train()
+    with open_trace(path) as trace:
+        inputs = trace.raw("inputs", 0)
+        labels, predictions = trace.raw("labels", 0), trace.raw("predictions", 0)
+    # Logits at positions 0..6 predict the tokens at 1..7: argmax ids, beside those labels.
+    assert labels.shape == predictions.shape == (8, 7)
+    assert inputs.shape == (8, 8)
+    np.testing.assert_array_equal(labels, inputs[:, 1:])  # the rows' labels are their ids
+    assert np.issubdtype(predictions.dtype, np.integer)

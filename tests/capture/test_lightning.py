@@ -88,7 +88,7 @@ def fit(callback: DbgCallback) -> Classifier:
 
 def test_lightning_run_is_recorded(tmp_path: Path) -> None:
     path = tmp_path / "run.h5"
-    module = fit(DbgCallback(path, raw_every=2))
+    module = fit(DbgCallback(path, raw_every=2, stats_every=1))
     total_steps = STEPS_PER_EPOCH * EPOCHS
     steps = list(range(total_steps))
     with open_trace(path) as trace:
@@ -123,6 +123,16 @@ def test_lightning_run_is_recorded(tmp_path: Path) -> None:
         assert trace.complete
 
 
+def test_default_records_tensors_every_tenth_step_and_the_loss_every_step(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "run.h5"
+    fit(DbgCallback(path))
+    with open_trace(path) as trace:  # 8 steps: tensors at step 0 only
+        assert trace.index("net.fc1.weight")[0].tolist() == [0]
+        assert trace.scalar("loss", mode="train").steps.tolist() == list(range(8))
+
+
 def test_an_existing_trace_is_refused_before_training(tmp_path: Path) -> None:
     path = tmp_path / "run.h5"
     path.write_bytes(b"")
@@ -130,4 +140,8 @@ def test_an_existing_trace_is_refused_before_training(tmp_path: Path) -> None:
         DbgCallback(path)
     with pytest.raises(ValueError, match="stats_every must be a positive integer"):
         DbgCallback(tmp_path / "other.h5", stats_every=0)
+    with pytest.raises(
+        ValueError, match=r"raw_every \(4\) must be a multiple of stats_every \(10\)"
+    ):
+        DbgCallback(tmp_path / "other.h5", raw_every=4)
     assert not (tmp_path / "other.h5").exists()

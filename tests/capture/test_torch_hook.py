@@ -9,6 +9,7 @@ import time
 import warnings
 from collections import OrderedDict
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +22,18 @@ from torch import nn
 
 from dbgcli import TraceWriter, open_trace
 from dbgcli.errors import TraceWriterError
-from dbgcli.torch import ACTIVATION_KINDS, attach
-from dbgcli.torch._hook import rank_path, refuse_existing
+from dbgcli.torch import ACTIVATION_KINDS
+from dbgcli.torch import attach as attach_with_defaults
+from dbgcli.torch._hook import DEFAULT_STATS_EVERY, rank_path, refuse_existing
 from dbgcli.trace import schema
 from dbgcli.trace.stats import COL, StatsKernel, unit_measure
 from dbgcli.trace.writer import DbgWarning
 
 FEATURES, CLASSES, BATCH = 8, 3, 16
+
+# These tests check what is recorded at every step; the default (tensors every 10th step) is
+# checked in test_default_records_tensors_every_tenth_step_and_scalars_every_step.
+attach = partial(attach_with_defaults, stats_every=1)
 
 
 def make_net(dropout: float = 0.0) -> nn.Sequential:
@@ -427,6 +433,32 @@ def test_stats_every_records_tensors_of_every_nth_step_and_scalars_always(
         expected = float(torch.linalg.vector_norm(weights[3] - weights[0]))
         np.testing.assert_allclose(update[1], expected, rtol=1e-5)
         assert trace.raw("fc1.weight", 3) is not None
+
+
+def test_default_records_tensors_every_tenth_step_and_scalars_every_step(
+    tmp_path: Path, no_dbg_warnings: None
+) -> None:
+    torch.manual_seed(0)
+    model = make_net()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    path = tmp_path / "run.h5"
+    with attach_with_defaults(model, optimizer, path) as hook:
+        for x, y in batches(21):
+            optimizer.zero_grad()
+            loss = loss_fn(model, x, y)
+            hook.record_loss(loss)
+            loss.backward()
+            optimizer.step()
+    assert DEFAULT_STATS_EVERY == 10
+    with open_trace(path) as trace:
+        for tag in ("fc1.weight", "grad/fc1.weight", "act/relu"):
+            assert trace.index(tag)[0].tolist() == [0, 10, 20], tag
+        assert trace.scalar("loss").steps.tolist() == list(range(21))
+        assert trace.scalar("lr").steps.tolist() == list(range(21))
+    # Full tensors are kept at recorded steps only: raw_every must fall on them.
+    with pytest.raises(ValueError, match=r"raw_every \(15\) must be a multiple of stats_every"):
+        attach_with_defaults(model, optimizer, tmp_path / "other.h5", raw_every=15)
+    assert not (tmp_path / "other.h5").exists()
 
 
 @pytest.mark.parametrize("every", [0, -2, 1.5, True])

@@ -13,7 +13,7 @@ import xgboost as xgb
 from dbgcli import TraceWriter, open_trace
 from dbgcli.errors import TraceWriterError
 from dbgcli.trace.writer import DbgWarning
-from dbgcli.xgboost import IMPORTANCE_TYPES, DbgCallback, tree_depth
+from dbgcli.xgboost import IMPORTANCE_TYPES, DbgCallback, model_tree_depths, tree_depth
 
 N_FEATURES = 6
 
@@ -33,11 +33,6 @@ def make_data(seed: int, rows: int = 400, classes: int = 2) -> tuple[np.ndarray,
     score = 2 * x[:, 0] + x[:, 1] - 0.5 * x[:, 2] + rng.normal(scale=0.5, size=rows)
     labels = np.digitize(score, np.quantile(score, np.linspace(0, 1, classes + 1)[1:-1]))
     return x, labels.astype(np.float32)
-
-
-def depth_from_text_dump(dump: str) -> int:
-    """Independent depth: leaves are indented by one tab per level in the text dump."""
-    return max(len(line) - len(line.lstrip("\t")) for line in dump.splitlines() if "leaf=" in line)
 
 
 def train(
@@ -93,7 +88,8 @@ def test_metrics_trees_and_feature_importance_per_round(
         depth = trace.tag("trees/depth")
         assert depth.collection == "trees"
         assert trace.index("trees/depth")[0].tolist() == rounds
-        expected_depths = [depth_from_text_dump(tree) for tree in booster.get_dump()]
+        # The callback reads the text dump's indentation; the JSON dump's tree is independent.
+        expected_depths = [tree_depth(tree) for tree in booster.get_dump(dump_format="json")]
         recorded = [int(trace.raw("trees/depth", step)[0]) for step in rounds]
         assert recorded == expected_depths
         assert max(recorded) <= 4
@@ -106,10 +102,16 @@ def test_metrics_trees_and_feature_importance_per_round(
                 importance_type,
                 8,
             )
-            final = trace.raw(tag, 7)
-            score = booster.get_score(importance_type=importance_type)
-            np.testing.assert_allclose(final, [score.get(f"f{i}", 0.0) for i in range(N_FEATURES)])
-            assert final[5] == 0.0  # never split on
+            # Every round's importance is the model's so far, summed from the new trees of
+            # each round; xgboost sums in float32, hence the tolerance.
+            for step in rounds:
+                score = booster[: step + 1].get_score(importance_type=importance_type)
+                np.testing.assert_allclose(
+                    trace.raw(tag, step),
+                    [score.get(f"f{i}", 0.0) for i in range(N_FEATURES)],
+                    rtol=1e-6,
+                )
+            assert trace.raw(tag, 7)[5] == 0.0  # never split on
 
         np.testing.assert_array_equal(trace.raw("labels", 0), y)
         # In full every raw_every (100) rounds and after the last: rounds 0 and 7.
@@ -218,6 +220,46 @@ def test_failures_become_warnings_and_training_goes_on(tmp_path: Path) -> None:
     assert booster.num_boosted_rounds() == 3
     with open_trace(tmp_path / "run.h5") as trace:
         assert trace.index("trees/depth")[0].tolist() == [0, 1, 2]
+
+
+def test_continued_training_counts_the_trees_it_started_with(
+    tmp_path: Path, no_dbg_warnings: None
+) -> None:
+    first, dtrain, _ = train([], rounds=3)
+    continued = xgb.train(
+        {"objective": "binary:logistic", "max_depth": 4, "seed": 0},
+        dtrain,
+        num_boost_round=2,
+        xgb_model=first,
+        callbacks=[DbgCallback(tmp_path / "run.h5")],
+        verbose_eval=False,
+    )
+    assert continued.num_boosted_rounds() == 5
+    with open_trace(tmp_path / "run.h5") as trace:
+        steps = trace.index("feature_importance/weight")[0].tolist()
+        score = continued.get_score(importance_type="weight")
+        np.testing.assert_array_equal(
+            trace.raw("feature_importance/weight", steps[-1]),
+            [score.get(f"f{i}", 0.0) for i in range(N_FEATURES)],
+        )
+
+
+def test_depths_from_the_model_arrays_equal_those_of_the_dumps() -> None:
+    booster, _, _ = train([], rounds=6, max_depth=12, min_child_weight=0, reg_lambda=0)
+    depths = model_tree_depths(booster)
+    assert depths.tolist() == [tree_depth(t) for t in booster.get_dump(dump_format="json")]
+    assert depths.tolist() == [tree_depth(t) for t in booster.get_dump()]
+    assert depths.max() > 4
+    assert model_tree_depths(booster[2:4]).tolist() == depths[2:4].tolist()
+
+
+def test_tree_depth_of_text_dumps() -> None:
+    assert tree_depth("0:leaf=0.5\n") == 0
+    chain = (
+        "0:[f0<0.5] yes=1,no=2,missing=1\n\t1:leaf=1\n\t2:[f1<0.5] yes=3,no=4,missing=3\n"
+        "\t\t3:leaf=1\n\t\t4:leaf=2\n"
+    )
+    assert tree_depth(chain) == 2
 
 
 def test_tree_depth_of_json_dumps() -> None:

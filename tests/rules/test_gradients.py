@@ -195,3 +195,35 @@ def test_trailing_median_at_positions_matches_the_full_series() -> None:
     # Spot check against the definition (NaN ignored).
     assert full[30] == np.nanmedian(values[20:30])
     assert np.isnan(full[:10]).all()
+
+
+def sparse(tensors: dict, every: int = 10) -> dict:
+    """The same records taken every ``every`` steps: record i at step i * every."""
+    for spec in tensors.values():
+        spec["steps"] = [i * every for i in range(len(spec["values"]))]
+    return tensors
+
+
+def test_vanishing_persistence_is_counted_in_steps_with_two_records_at_least(make_trace) -> None:
+    """min_steps=5 is 5 records at every step, 2 records 10 steps apart, never one record."""
+    tensors = sparse(gradients([1e-2]))
+    values = tensors["grad/layer0.weight"]["values"]
+    values[10] = values[10] * 1e-7  # one record: one minibatch
+    for index in (20, 21):  # two records: steps 200 and 210
+        values[index] = values[index] * 1e-7
+    (finding,) = keyed(run_rule(make_trace(tensors=tensors), "DBG101"), "vanished")
+    assert (finding.first_step, finding.last_step, finding.steps) == (200, 210, 2)
+    # Five steps' worth of records is all it takes: 30 steps need three.
+    assert not run_rule(make_trace(tensors=tensors), "DBG101", min_steps=30).findings
+
+
+def test_exploding_judges_sparse_records_after_the_first_window_of_steps(make_trace) -> None:
+    """Records 10 steps apart: the first window of 10 steps is three records, not ten."""
+    tensors = sparse(gradients([1e-2], steps=40))
+    values = tensors["grad/layer0.weight"]["values"]
+    values[5] = values[5] * 1e4  # step 50: judged (after records 0, 10, 20)
+    (finding,) = keyed(run_rule(make_trace(tensors=tensors), "DBG102"), "norm-growth")
+    assert finding.first_step == 50
+    values[5] = values[5] / 1e4
+    values[2] = values[2] * 1e4  # step 20: still history
+    assert not keyed(run_rule(make_trace(tensors=tensors), "DBG102"), "norm-growth")

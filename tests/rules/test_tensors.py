@@ -441,10 +441,10 @@ def test_tensor_rules_skip_when_the_selected_collections_are_absent(make_trace) 
     assert run_rule(path, "DBG403", collections="labels").status is not RuleStatus.skipped
 
 
-def frozen_run(path: Path, *, declared: bool) -> Path:
-    """A real PyTorch run whose first layer never changes: frozen with ``requires_grad=False``
-    (``declared``, fine-tuning with a frozen backbone), or left out of the optimizer while its
-    gradient flows (the classic bug)."""
+def frozen_run(path: Path, *, declared: bool, stats_every: int = 10) -> Path:
+    """A real PyTorch run of 12 steps whose first layer never changes: frozen with
+    ``requires_grad=False`` (``declared``, fine-tuning with a frozen backbone), or left out of
+    the optimizer while its gradient flows (the classic bug)."""
     torch = pytest.importorskip("torch")
     from dbgcli.torch import attach
 
@@ -454,7 +454,7 @@ def frozen_run(path: Path, *, declared: bool) -> Path:
         model[0].requires_grad_(False)
     optimizer = torch.optim.SGD(model[2].parameters(), lr=0.1)
     x, y = torch.randn(64, 8), torch.randint(0, 3, (64,))
-    with attach(model, optimizer, path) as hook:
+    with attach(model, optimizer, path, stats_every=stats_every) as hook:
         for _ in range(12):
             optimizer.zero_grad()
             loss = torch.nn.functional.cross_entropy(model(x), y)
@@ -475,4 +475,20 @@ def test_unchanged_tells_a_frozen_backbone_from_a_forgotten_layer(tmp_path: Path
     for finding in forgotten.findings:
         assert finding.key == "unchanged" and finding.severity is Severity.warning
         assert "non-zero gradient but is never updated" in finding.message
-        assert (finding.first_step, finding.last_step) == (0, 11)
+        # At the default stats_every=10 two records, 10 steps apart, are enough.
+        assert (finding.first_step, finding.last_step, finding.steps) == (0, 10, 2)
+
+
+def test_unchanged_counts_its_run_in_steps_whatever_the_record_interval(tmp_path: Path) -> None:
+    dense = frozen_run(tmp_path / "dense.h5", declared=False, stats_every=1)
+    sparse = frozen_run(tmp_path / "sparse.h5", declared=False)  # records at steps 0 and 10
+    # Recorded every step, 12 unchanged records cover 12 steps; every 10th step, records 0
+    # and 10 stand for 20 steps: enough for num_steps=20, not for 21 (three records).
+    for path, num_steps, fires in (
+        (dense, 12, True),
+        (dense, 13, False),
+        (sparse, 20, True),
+        (sparse, 21, False),
+    ):
+        result = run_rule(path, "DBG403", num_steps=num_steps)
+        assert bool(result.findings) is fires, (path.name, num_steps)

@@ -272,6 +272,22 @@ def test_update_ratio_single_spikes_are_not_typical(make_trace) -> None:
     assert keyed(run_rule(path, "DBG502", window=1), "too-large")
 
 
+def test_update_ratio_is_per_step_and_its_window_counted_in_steps(make_trace) -> None:
+    """Records 10 steps apart: the update between two of them is divided by 10, and each
+    record is its own window of 5 steps (it already averages 10 updates): the large
+    updates of those 10 steps are found, as every-step records find them."""
+    ratios = [1e-3] * 60
+    ratios[1] = 3.0  # weights moved by 3x their norm between the records at steps 10 and 20
+    tensors = network({"fc1.weight": ratios, "fc2.weight": 1e-3, "out.weight": 1e-3})
+    for spec in tensors.values():
+        spec["steps"] = [10 * i for i in range(60)]
+    (large,) = keyed(run_rule(make_trace(tensors=tensors), "DBG502"), "too-large")
+    assert (large.tensor, large.first_step, large.last_step) == ("fc1.weight", 20, 20)
+    assert large.value == pytest.approx(0.3, rel=1e-3)  # per step
+    # A window of 50 steps holds 5 records again: one large record is not typical.
+    assert not keyed(run_rule(make_trace(tensors=tensors), "DBG502", window=50), "too-large")
+
+
 def test_update_ratio_too_small(make_trace) -> None:
     # float64 weights, so that updates of 1e-7 survive rounding.
     slow = [1e-3] * 20 + [1e-7] * 40
