@@ -338,9 +338,13 @@ def test_metadata_that_cannot_be_stored_is_dropped_key_by_key(
             for step in GOOD_AFTER:
                 _good(writer, step)
     assert writer.dropped_by_reason == {"metadata": 2}
-    assert writer.metadata == {"lr": 0.1, "seed": 7}
+    # ``writer`` (the writing process, for dbg watch) is the writer's own key.
+    metadata = writer.metadata
+    assert metadata.pop("writer")["pid"] == os.getpid()
+    assert metadata == {"lr": 0.1, "seed": 7}
     _check_good_records(path)
     with open_trace(path) as trace:
+        assert trace.metadata.pop("writer")["pid"] == os.getpid()
         assert trace.metadata == {"lr": 0.1, "seed": 7}
 
 
