@@ -41,7 +41,7 @@ from torch.utils.hooks import RemovableHandle
 
 from dbgcli._failures import FailureReporter
 from dbgcli.errors import TraceWriterError
-from dbgcli.torch._stats import activation_statistics, statistics
+from dbgcli.torch._stats import Reducer, Result, Transfer, reduce_activation
 from dbgcli.trace.writer import TraceWriter
 
 __all__ = [
@@ -196,6 +196,49 @@ class _PendingLoss:
     count: int
 
 
+@dataclass
+class _QueuedTensor:
+    """A tensor record whose statistics are on their way to the host."""
+
+    tag: str
+    step: int
+    mode: str
+    collection: str
+    kind: str | None
+    shape: tuple[int, ...]
+    dtype: str
+    stats: Result
+    units: Callable[[], Any] | None
+    raw: torch.Tensor | None  # a copy: the tensor itself may change before the hand-over
+
+    def write(self, writer: TraceWriter) -> None:
+        writer.add_tensor_stats(
+            self.tag,
+            self.stats(),
+            self.step,
+            shape=self.shape,
+            dtype=self.dtype,
+            collection=self.collection,
+            kind=self.kind,
+            mode=self.mode,
+            units=None if self.units is None else self.units(),
+            value=self.raw,
+        )
+
+
+@dataclass
+class _QueuedLoss:
+    """A step's mean loss, summed on the device and on its way to the host."""
+
+    step: int
+    mode: str
+    total: Callable[[], float]
+    count: int
+
+    def write(self, writer: TraceWriter) -> None:
+        writer.add_scalar("loss", self.total() / self.count, self.step, mode=self.mode)
+
+
 def _numpy_dtype(tensor: torch.Tensor) -> str:
     """The numpy dtype a tensor's values are stored as (bfloat16 is widened to float32)."""
     if tensor.dtype == torch.bfloat16:
@@ -324,7 +367,14 @@ class TorchHook:
         self._skipping_update = False
         self.track_updates = track_updates
         self.stats_every = stats_every
-        self._previous: dict[str, torch.Tensor] = {}
+        self._weights = Reducer(updates=track_updates)
+        self._gradients = Reducer(l1=True)
+        # Records reduced on the device and queued for the next transfer; the (mode, step) of
+        # its tensor records; transfers started and not yet handed to the writer, oldest first.
+        self._queue: list[_QueuedTensor | _QueuedLoss] = []
+        self._transfer = Transfer()
+        self._queued_pass: tuple[str, int] | None = None
+        self._in_flight: list[tuple[Transfer, list[_QueuedTensor | _QueuedLoss]]] = []
         writer.set_metadata(
             frozen_parameters=[p.name for p in self._parameters if not p.parameter.requires_grad]
         )
@@ -594,7 +644,10 @@ class TorchHook:
                     writer.add_scalar(tag, group["lr"], step)
         self._recorded_optimizer_step = step
         if not self._tensors_due("train"):
+            self._hand_over(wait=False)
             return
+        # The memory the last recorded step's statistics were stacked into is reused now.
+        self._hand_over(wait=True)
         keep_raw = writer.raw_due(step)
         weights = [entry for entry in self._parameters if entry.record_weight]
         grads: list[tuple[str, torch.Tensor]] = []
@@ -605,14 +658,18 @@ class TorchHook:
                     with torch.no_grad():
                         grad = grad / scale
                 grads.append((entry.grad_tag, grad))
-        # Statistics are computed by torch, where the tensors are; only full tensors (every
-        # raw_every steps) are copied to the host.
+        # Statistics are computed by torch, where the tensors are, and reach the host with
+        # the step's activations and losses in one transfer.
+        names = [entry.name for entry in weights]
         tensors = [entry.parameter for entry in weights]
-        previous = [self._previous_weight(entry) for entry in weights]
-        for entry, stats in zip(weights, statistics(tensors, previous=previous)):
-            self._write_stats(entry.name, entry.parameter, stats, step, entry.collection, keep_raw)
-        for (tag, grad), stats in zip(grads, statistics([g for _, g in grads], l1=True)):
-            self._write_stats(tag, grad, stats, step, "gradients", keep_raw)
+        results = self._weights.reduce(tensors, names, self._transfer)
+        for entry, result in zip(weights, results):
+            self._queue_tensor(entry.name, entry.parameter, result, entry.collection, keep_raw)
+        tags = [tag for tag, _ in grads]
+        results = self._gradients.reduce([g for _, g in grads], tags, self._transfer)
+        for (tag, grad), result in zip(grads, results):
+            self._queue_tensor(tag, grad, result, "gradients", keep_raw)
+        self._send()
 
     def _tensors_due(self, mode: str) -> bool:
         """Whether tensors of this pass are recorded: every evaluation pass, and training
@@ -629,60 +686,60 @@ class TorchHook:
         training steps at batch 64 the two measured the same (``bench/bench_hook.py``,
         docs/benchmarks.md).
         """
-        step = self._step
-        keep_raw = self.writer.raw_due(step)
+        keep_raw = self.writer.raw_due(self._step)
         for tag, tensor, collection in records:
-            stats, units = activation_statistics(tensor, kind, collection)
-            self._write_stats(
-                tag,
-                tensor,
-                stats,
-                step,
-                collection,
-                keep_raw,
-                kind=kind,
-                mode=mode,
-                units=None if units is None else units.cpu().numpy(),
+            stats, units = reduce_activation(tensor, kind, collection, self._transfer)
+            self._queue_tensor(
+                tag, tensor, stats, collection, keep_raw, kind=kind, mode=mode, units=units
             )
 
-    def _previous_weight(self, entry: _Parameter) -> torch.Tensor | None:
-        """The weight's value at the last recorded step (for ``update_l2``), if tracked."""
-        if not self.track_updates:
-            return None
-        before = self._previous.get(entry.name)
-        if before is None:
-            with torch.no_grad():
-                self._previous[entry.name] = (
-                    entry.parameter.detach().reshape(-1).to(torch.float32, copy=True)
-                )
-            return None
-        return before
-
-    def _write_stats(
+    def _queue_tensor(
         self,
         tag: str,
         tensor: torch.Tensor,
-        stats: dict[str, float],
-        step: int,
+        stats: Result,
         collection: str,
         keep_raw: bool,
         *,
         kind: str | None = None,
         mode: str = "train",
-        units: Any = None,
+        units: Callable[[], Any] | None = None,
     ) -> None:
-        self.writer.add_tensor_stats(
-            tag,
-            stats,
-            step,
-            shape=tuple(tensor.shape),
-            dtype=_numpy_dtype(tensor),
-            collection=collection,
-            kind=kind,
-            mode=mode,
-            units=units,
-            value=tensor if keep_raw else None,
+        raw = tensor.detach().clone() if keep_raw else None
+        self._queued_pass = (mode, self._step)
+        self._queue.append(
+            _QueuedTensor(
+                tag,
+                self._step,
+                mode,
+                collection,
+                kind,
+                tuple(tensor.shape),
+                _numpy_dtype(tensor),
+                stats,
+                units,
+                raw,
+            )
         )
+
+    def _send(self) -> None:
+        """Start the transfer of everything queued, and hand over what has landed."""
+        if self._queue:
+            self._transfer.start()
+            self._in_flight.append((self._transfer, self._queue))
+            self._transfer, self._queue, self._queued_pass = Transfer(), [], None
+        self._hand_over(wait=False)
+
+    def _hand_over(self, *, wait: bool) -> None:
+        """Write the records of the transfers that have landed (all of them if ``wait``), in
+        the order they were made."""
+        while self._in_flight:
+            transfer, records = self._in_flight[0]
+            if not (wait or transfer.ready()):
+                return
+            del self._in_flight[0]
+            for record in records:
+                record.write(self.writer)
 
     def _note_forward(self, mode: str) -> None:
         self._last_mode = mode
@@ -690,6 +747,12 @@ class TorchHook:
             self._last_train_forward_step = self._step
             # A training pass ends the evaluation pass before it.
             self._write_pending_loss(lambda pending_mode, _: pending_mode != "train")
+        if self._queued_pass not in (None, (mode, self._step)):
+            # The pass whose tensors are queued is over (an evaluation, or a training step
+            # no optimizer step recorded): send them rather than hold their sources.
+            self._send()
+        else:
+            self._hand_over(wait=False)
 
     def _default_step(self, mode: str) -> int:
         if mode == "train" and self._last_train_forward_step is not None:
@@ -719,18 +782,37 @@ class TorchHook:
             self._write_pending_loss(lambda pending_mode, _: pending_mode == "train")
 
     def _write_pending_loss(self, which: Callable[[str, _PendingLoss], bool]) -> None:
+        """Queue the losses ``which`` selects: a loss tensor reaches the host with the next
+        transfer, so that recording it never waits for the device."""
         for mode, pending in list(self._pending_loss.items()):
             if which(mode, pending):
                 del self._pending_loss[mode]
-                mean = float(pending.total) / pending.count
-                self.writer.add_scalar("loss", mean, pending.step, mode=mode)
+                total = pending.total
+                if isinstance(total, torch.Tensor):
+                    device, offset = self._transfer.add(total)
+                    transfer = self._transfer
+
+                    def value(t: Transfer = transfer, d: Any = device, o: int = offset) -> float:
+                        return float(t.values(d)[o])
+
+                else:
+
+                    def value(number: float = float(total)) -> float:
+                        return number
+
+                self._queue.append(_QueuedLoss(pending.step, mode, value, pending.count))
+
+    def _write_everything(self) -> None:
+        self._write_pending_loss(lambda mode, pending: True)
+        self._send()
+        self._hand_over(wait=True)
 
     def _flush(self) -> None:
-        self._write_pending_loss(lambda mode, pending: True)
+        self._write_everything()
         self.writer.flush()
 
     def _close(self) -> None:
-        self._write_pending_loss(lambda mode, pending: True)
+        self._write_everything()
         if self._owns_writer:
             self.writer.close()
         else:

@@ -1,33 +1,53 @@
-"""Statistics of torch tensors computed with torch, where the tensors live.
+"""Statistics of torch tensors computed with torch, where the tensors live, in batches.
 
-Copying every weight and gradient to host memory every step, to compute statistics there,
-costs more than a training step of a small model (and far more from a GPU). Here each tensor
-takes three to five reductions in torch (min and max together, sum, sum of squares, and where
-asked the sum of absolute values and the squared distance to the previous value), and all
-results reach the host in one transfer. The definitions are those of docs/trace-format.md.
+Copying every weight and gradient to host memory to compute statistics there costs more than a
+training step of a small model (and far more from a GPU); so does a handful of small torch
+operations per tensor, which cost about 28 us each time whatever the tensor's size. Here:
 
-Activations (:func:`activation_statistics`) get every column and their per-unit measure.
-Their counts go through float 0/1 indicators written into reusable scratch memory: a
-comparison into a float tensor and a float sum are vectorised, a boolean mask and its sum are
-several times slower. What the range already decides (the absolute sum of a non-negative
-tensor is its sum; a ReLU output's zeros are its non-positive values) takes no extra pass.
+* Tensors of one numel and dtype are **stacked** into one ``(k, n)`` block and reduced along its
+  rows, so two hundred small parameters cost a few operations (:class:`Reducer`). Tensors of
+  65,536 values or more are reduced one by one without a copy: their arithmetic outweighs the
+  per-operation cost, and stacking them would copy them.
+* The results of everything a step records stay on the device as float64 rows, and reach the
+  host in **one** transfer (:class:`Transfer`, the one place that copies to the host); on a GPU
+  the copy is asynchronous and the hook hands the numbers to the writer once it has landed, so
+  a training step never waits for its statistics.
 
-Weights and gradients (:func:`statistics`) leave out what a reduction here does not give
-(NaN in the trace): ``zero_frac``/``pos_frac`` unless ``min`` and ``max`` decide them (all
-positive, all negative, all zero), and ``l1`` unless asked for.
+Every record gets the columns of the trace format (docs/trace-format.md) that
+:class:`dbgcli.trace.stats.StatsKernel` computes: count, min, max, mean, std, l2, and where asked
+l1, the update norm and the fractions of zeros and of positive values (weights and gradients
+leave those out unless their range decides them: they would cost two more passes; the rules
+need them of activations). The variance is the two-pass one, centred on the mean the device
+computed, so it keeps its digits where ``E[x^2] - E[x]^2`` would lose them. Counts go through
+float 0/1 indicators written into reusable scratch memory: a comparison into a float tensor
+and a float sum are vectorised, a boolean mask and its sum are several times slower.
+
+A record holding NaN or infinities (or whose float32 sums overflow) is rare and then urgent:
+its exact finite-only statistics are recomputed on the host from the values it had (the
+stacked copy, or the tensor itself if it is unchanged since); that costs extra reads.
 """
 
 from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from dbgcli.trace import schema
 
 _NATIVE = (torch.float32, torch.float64)
+
+#: Tensors with at least this many values are reduced alone, without being copied into a block.
+STACK_BELOW = 1 << 16
+_EXACT_FLOAT32_COUNT = 1 << 24
+_EMPTY = {"count": 0.0, "nan_count": 0.0, "inf_count": 0.0}
+
+# Columns of the rows a reduction yields; the optional ones follow in this order when asked.
+_BASE = ("min", "max", "sum", "centre", "centred")
 
 
 class Scratch:
@@ -38,132 +58,332 @@ class Scratch:
     def __init__(self) -> None:
         self._local = threading.local()
 
-    def like(self, x: torch.Tensor) -> torch.Tensor:
-        """A flat buffer of ``x``'s size, dtype and device, overwritten by the next call."""
-        buffers: dict[tuple[torch.dtype, torch.device], torch.Tensor] | None
+    def like(self, x: torch.Tensor, slot: int = 0) -> torch.Tensor:
+        """A buffer of ``x``'s shape, dtype and device, overwritten by the next call with the
+        same slot."""
+        buffers: dict[tuple[int, torch.dtype, torch.device], torch.Tensor] | None
         buffers = getattr(self._local, "buffers", None)
         if buffers is None:
             buffers = self._local.buffers = {}
-        key = (x.dtype, x.device)
+        key = (slot, x.dtype, x.device)
         buffer = buffers.get(key)
         if buffer is None or buffer.numel() < x.numel():
             buffer = buffers[key] = torch.empty(x.numel(), dtype=x.dtype, device=x.device)
-        return buffer[: x.numel()]
+        return buffer[: x.numel()].view(x.shape)
 
 
 _SCRATCH = Scratch()
 
 
-def statistics(
-    tensors: Sequence[torch.Tensor],
-    *,
-    l1: bool = False,
-    previous: Sequence[torch.Tensor | None] | None = None,
-    scratch: Scratch = _SCRATCH,
-) -> list[dict[str, float]]:
-    """Statistics of each tensor; ``previous[i]`` (updated in place) yields ``update_l2``.
+def to_host(parts: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.cuda.Event | None]:
+    """Every result of a step in one device-to-host copy: the hook's only transfer.
 
-    Every reduction stays on the tensors' device; one ``tolist()`` brings all results back.
+    ``parts`` are 1-d float64 tensors on one device. On a CUDA device the copy goes into pinned
+    memory without blocking, and the returned event tells when it has landed; elsewhere the
+    host tensor is complete on return.
     """
-    with torch.no_grad():
-        flats = [_float(t.detach().reshape(-1)) for t in tensors]
-        parts: list[torch.Tensor] = []
-        layout: list[tuple[int, bool]] = []  # per tensor: where its values start, has update
-        for index, x in enumerate(flats):
-            if x.numel() == 0:
-                layout.append((-1, False))
+    values = parts[0] if len(parts) == 1 else torch.cat(list(parts))
+    if values.device.type == "cuda":
+        host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+        host.copy_(values, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        return host, event
+    return values.cpu(), None
+
+
+class Transfer:
+    """Device results gathered for one transfer; :meth:`start` sends them, :meth:`values`
+    returns them on the host."""
+
+    def __init__(self) -> None:
+        self._parts: dict[torch.device, list[torch.Tensor]] = {}
+        self._sizes: dict[torch.device, int] = {}
+        self._host: dict[torch.device, tuple[torch.Tensor, torch.cuda.Event | None]] = {}
+        self._arrays: dict[torch.device, np.ndarray] | None = None
+        self._lock = threading.Lock()  # replicas of nn.DataParallel add side by side
+
+    def add(self, values: torch.Tensor) -> tuple[torch.device, int]:
+        """Queue a tensor (flattened to float64); returns where its values will be."""
+        flat = values.detach().reshape(-1).to(torch.float64)
+        device = flat.device
+        with self._lock:
+            offset = self._sizes.get(device, 0)
+            self._parts.setdefault(device, []).append(flat)
+            self._sizes[device] = offset + flat.numel()
+        return device, offset
+
+    def start(self) -> None:
+        """Start the copy (one per device the results live on; one on a single device)."""
+        for device, parts in self._parts.items():
+            self._host[device] = to_host(parts)
+        self._parts = {}
+
+    def ready(self) -> bool:
+        """Whether :meth:`values` can return without waiting for a device."""
+        return all(event is None or event.query() for _, event in self._host.values())
+
+    def values(self, device: torch.device) -> np.ndarray:
+        """The results queued on ``device``, as float64 (waits for the copy if needed)."""
+        if self._arrays is None:
+            arrays = {}
+            for where, (host, event) in self._host.items():
+                if event is not None:
+                    event.synchronize()
+                arrays[where] = host.numpy()
+            self._arrays = arrays
+        return self._arrays[device]
+
+
+@dataclass
+class Pending:
+    """Statistics of records queued in a :class:`Transfer`, to be read once it has landed.
+
+    ``rows[i]`` are record ``i``'s reduction results; ``sources[i]`` the values the record had
+    (for the exact path of records holding NaN or infinities), valid while its version is
+    unchanged.
+    """
+
+    transfer: Transfer
+    device: torch.device
+    offset: int
+    columns: tuple[str, ...]
+    counts: list[int]
+    sources: list[tuple[torch.Tensor, int] | None] = field(default_factory=list)
+    _done: list[dict[str, float]] | None = None
+
+    def statistics(self) -> list[dict[str, float]]:
+        """One statistics dict per record, in the order they were reduced."""
+        if self._done is None:
+            self._done = self._compute()
+        return self._done
+
+    def _compute(self) -> list[dict[str, float]]:
+        width = len(self.columns)
+        records = sum(1 for n in self.counts if n)
+        rows: list[list[float]] = []
+        if records:
+            end = self.offset + records * width
+            values = self.transfer.values(self.device)[self.offset : end]
+            rows = values.reshape(records, width).tolist()
+        out = []
+        row_index = 0
+        for n, source in zip(self.counts, self.sources):
+            if n == 0:
+                out.append(_EMPTY.copy())
                 continue
-            layout.append((len(parts), False))
-            parts += _moments(x)
-            if l1:
-                parts.append(torch.abs(x, out=scratch.like(x)).sum())
-            before = previous[index] if previous is not None else None
-            if before is not None:
-                difference = torch.sub(x, before, out=scratch.like(x))
-                parts.append(torch.dot(difference, difference))
-                before.copy_(x)
-                layout[-1] = (layout[-1][0], True)
-        values = _to_host(parts)
-        results = []
-        for x, (start, has_update) in zip(flats, layout):
-            if start < 0:
-                results.append(_EMPTY.copy())
-                continue
-            row = values[start : start + 4 + l1 + has_update]
-            absolute = row[4] if l1 else math.nan
-            change = row[-1] if has_update else math.nan
-            results.append(_finish(x, (*row[:4], absolute, change, math.nan, math.nan), l1))
+            row = dict(zip(self.columns, rows[row_index]))
+            row_index += 1
+            out.append(_finish(row, n, source))
+        return out
+
+
+@dataclass(frozen=True)
+class Result:
+    """The statistics of one tensor of a :class:`Pending` block (None: an empty record)."""
+
+    pending: Pending | None
+    position: int
+
+    def __call__(self) -> dict[str, float]:
+        if self.pending is None:
+            return _EMPTY.copy()
+        return self.pending.statistics()[self.position]
+
+
+class Reducer:
+    """Queues the reductions of a list of tensors (a model's weights, or its gradients).
+
+    Args:
+        l1: Also the sum of absolute values.
+        signs: Also the fractions of zeros and of positive values (otherwise they are given
+            only where min and max decide them).
+        updates: Also ``update_l2``, the norm of each tensor's change since the last call that
+            saw it under the same name: keeps a float32 copy of the tensors.
+    """
+
+    def __init__(self, *, l1: bool = False, signs: bool = False, updates: bool = False) -> None:
+        self.l1 = l1
+        self.signs = signs
+        self.updates = updates
+        self._previous: dict[str, torch.Tensor] = {}  # per block of names, their last values
+        self._blocks: dict[str, torch.Tensor] = {}  # per block of names, its stacking memory
+
+    def reduce(
+        self, tensors: Sequence[torch.Tensor], names: Sequence[str], transfer: Transfer
+    ) -> list[Result]:
+        """Queue the statistics of ``tensors``; returns, per tensor, what gives them once
+        ``transfer`` has landed. ``names`` identify tensors across calls."""
+        groups: dict[tuple[int, torch.dtype, torch.device], list[int]] = {}
+        singles: list[int] = []
+        for index, tensor in enumerate(tensors):
+            n = tensor.numel()
+            if n >= STACK_BELOW:
+                singles.append(index)
+            else:
+                groups.setdefault((n, tensor.dtype, tensor.device), []).append(index)
+        results: list[Result] = [Result(None, 0)] * len(tensors)
+        with torch.no_grad():
+            for members in [*groups.values(), *([i] for i in singles)]:
+                block_name = "\0".join(names[i] for i in members)
+                pending = self._reduce_block([tensors[i] for i in members], block_name, transfer)
+                for position, index in enumerate(members):
+                    results[index] = Result(pending, position)
         return results
 
+    def _reduce_block(
+        self, members: list[torch.Tensor], name: str, transfer: Transfer
+    ) -> Pending:
+        first = members[0]
+        n = first.numel()
+        columns = _columns(self.l1, self.signs, self.updates)
+        if n == 0:
+            return Pending(transfer, first.device, 0, columns, [0] * len(members), [None] * len(members))
+        work = first.dtype if first.dtype in _NATIVE else torch.float32
+        if len(members) == 1 and not self.updates:
+            block = first.detach().reshape(1, n)
+            if block.dtype != work:
+                block = block.to(work)
+            sources = [(first, first._version)]
+        else:
+            memory = self._blocks.get(name)
+            if memory is None or memory.shape != (len(members), n) or memory.dtype != work:
+                memory = self._blocks[name] = torch.empty(
+                    len(members), n, dtype=work, device=first.device
+                )
+            torch.stack([m.detach().reshape(n) for m in members], out=memory)
+            block = memory
+            sources = [(memory[i], memory._version) for i in range(len(members))]
+        previous = None
+        if self.updates:
+            previous = self._previous.get(name)
+            if previous is None or previous.shape != block.shape or previous.dtype != work:
+                previous = None
+        values = reduce_rows(
+            block, l1=self.l1, signs=self.signs, updates=self.updates, previous=previous
+        )
+        if self.updates:
+            # The stacked copy becomes the previous values, and the old previous memory the
+            # next stacking memory: no copy beyond the stacking.
+            self._previous[name] = block
+            self._blocks[name] = (
+                previous if previous is not None else torch.empty_like(block)
+            )
+            sources = [(block[i], block._version) for i in range(len(members))]
+        device, offset = transfer.add(values)
+        return Pending(transfer, device, offset, columns, [n] * len(members), sources)
 
-def activation_statistics(
-    x: torch.Tensor, kind: str, collection: str, *, scratch: Scratch = _SCRATCH
-) -> tuple[dict[str, float], torch.Tensor | None]:
-    """Every statistic of one activation record, and its per-unit measure (or None).
 
-    The measure is ``active_frac`` for ReLU-like kinds (share of each unit's values > 0) and
+def _columns(l1: bool, signs: bool, updates: bool) -> tuple[str, ...]:
+    return (
+        *_BASE,
+        *(("l1",) if l1 else ()),
+        *(("update",) if updates else ()),
+        *(("positive", "zero") if signs else ()),
+    )
+
+
+def reduce_rows(
+    block: torch.Tensor,
+    *,
+    l1: bool = False,
+    signs: bool = False,
+    updates: bool = False,
+    previous: torch.Tensor | None = None,
+    scratch: Scratch = _SCRATCH,
+) -> torch.Tensor:
+    """Per row of a ``(k, n)`` float32/float64 block, the columns of :func:`_columns` as a
+    ``(k, columns)`` float64 tensor on the block's device: min, max, sum, the mean the device
+    centred on, the sum of squared deviations from it, then as asked the absolute sum, the
+    squared distance to ``previous`` (NaN without one), the counts of values > 0 and == 0."""
+    rows, n = block.shape
+    total = block.sum(1)
+    centre = total / n
+    centred = torch.sub(block, centre[:, None], out=scratch.like(block))
+    columns = [block.amin(1), block.amax(1), total, centre, torch.linalg.vecdot(centred, centred)]
+    if l1:
+        columns.append(torch.abs(block, out=scratch.like(block)).sum(1))
+    if updates:
+        if previous is None:
+            columns.append(torch.full((rows,), math.nan, dtype=block.dtype, device=block.device))
+        else:
+            difference = torch.sub(block, previous, out=scratch.like(block))
+            columns.append(torch.linalg.vecdot(difference, difference))
+    if signs:
+        exact = _exact_count_dtype(n, block.dtype)
+        indicator = scratch.like(block)
+        columns.append(torch.gt(block, 0, out=indicator).sum(1, dtype=exact).to(block.dtype))
+        columns.append(torch.eq(block, 0, out=indicator).sum(1, dtype=exact).to(block.dtype))
+    return torch.stack(columns, dim=1).to(torch.float64)
+
+
+def reduce_activation(
+    x: torch.Tensor, kind: str, collection: str, transfer: Transfer, *, scratch: Scratch = _SCRATCH
+) -> tuple[Result, Callable[[], np.ndarray] | None]:
+    """Queue every statistic of one activation record and its per-unit measure.
+
+    Returns a function that gives the statistics once ``transfer`` has landed, and one that
+    gives the measure (float32, per unit) or None when the kind or shape has none. The measure
+    is ``active_frac`` for ReLU-like kinds (share of each unit's values > 0) and
     ``unsaturated_frac`` for saturating ones (share strictly inside the non-saturated band: of
     the input for pre-activations, of the output otherwise), over the axis
     :func:`~dbgcli.trace.schema.default_unit_axis` names; docs/trace-format.md defines both.
-    It stays on ``x``'s device, as float32.
     """
     kind = kind.lower()
     with torch.no_grad():
-        x = _float(x.detach())
-        flat = x.reshape(-1)
-        n = flat.numel()
+        values = x.detach()
+        n = values.numel()
+        columns = _columns(True, True, False)
         if n == 0:
-            return _EMPTY.copy(), None
+            return Result(None, 0), None
+        work = values if values.dtype in _NATIVE else values.to(torch.float32)
+        rows = reduce_rows(work.reshape(1, n), l1=True, signs=True, scratch=scratch)
+        device, offset = transfer.add(rows)
+        pending = Pending(transfer, device, offset, columns, [n], [(x, x._version)])
         measure = schema.unit_measure(kind)
-        axis = schema.default_unit_axis(x.dim())
-        moments = _moments(flat)
-        units = None
-        if measure is not None and axis is not None:
-            counts = _unit_counts(x, measure, kind, collection, axis, scratch)
-            units = (counts / (n // x.shape[axis])).to(torch.float32)
-            if measure == schema.UNIT_MEASURE_ACTIVE:
-                moments.append(counts.sum(dtype=_exact_count_dtype(n, x.dtype)))  # positives
-        values = _to_host(moments)
-        low, high, total, squares = values[:4]
-        if not all(math.isfinite(v) for v in values[:4]):
-            return _finish(x, (*values[:4], *[math.nan] * 4), True), units
-        # What the range leaves open takes a pass each, brought back in one more transfer.
-        exact = _exact_count_dtype(n, x.dtype)
-        pending: dict[str, torch.Tensor] = {}
-        if len(values) == 4 and low <= 0 < high:
-            pending["positive"] = torch.gt(flat, 0, out=scratch.like(flat)).sum(dtype=exact)
-        if low < 0 <= high:
-            pending["zero"] = torch.eq(flat, 0, out=scratch.like(flat)).sum(dtype=exact)
-        if low < 0 < high:
-            pending["absolute"] = torch.abs(flat, out=scratch.like(flat)).sum()
-        counted = dict(zip(pending, _to_host(list(pending.values()))))
-        if len(values) > 4:
-            positive = values[4]
-        else:
-            positive = counted.get("positive", float(n) if low > 0 else 0.0)
-        # With no negative values, what is not positive is zero.
-        zero = counted.get("zero", n - positive if low == 0 else 0.0)
-        absolute = counted.get("absolute", total if low >= 0 else -total)
-        return _finish(
-            x, (low, high, total, squares, absolute, math.nan, positive, zero), True
-        ), units
+        axis = schema.default_unit_axis(work.dim())
+        if measure is None or axis is None:
+            return Result(pending, 0), None
+        counts = _unit_counts(work, measure, kind, collection, axis, scratch)
+        units = counts / (n // work.shape[axis])
+        unit_device, unit_offset = transfer.add(units)
+        size = units.numel()
+
+        def measure_values() -> np.ndarray:
+            host = transfer.values(unit_device)[unit_offset : unit_offset + size]
+            return host.astype(np.float32)
+
+        return Result(pending, 0), measure_values
 
 
-_EMPTY = {"count": 0.0, "nan_count": 0.0, "inf_count": 0.0}
-_EXACT_FLOAT32_COUNT = 1 << 24
+def statistics(
+    tensors: Sequence[torch.Tensor], *, l1: bool = False, signs: bool = False
+) -> list[dict[str, float]]:
+    """Statistics of each tensor, batched as the hook does, fetched at once (one transfer)."""
+    transfer = Transfer()
+    results = Reducer(l1=l1, signs=signs).reduce(
+        tensors, [str(i) for i in range(len(tensors))], transfer
+    )
+    transfer.start()
+    return [result() for result in results]
 
 
-def _moments(x: torch.Tensor) -> list[torch.Tensor]:
-    """min, max, sum and sum of squares of a flat tensor, as 0-d tensors on its device."""
-    low, high = torch.aminmax(x)
-    return [low, high, x.sum(), torch.dot(x, x)]
+def activation_statistics(
+    x: torch.Tensor, kind: str, collection: str
+) -> tuple[dict[str, float], np.ndarray | None]:
+    """Every statistic of one activation record and its per-unit measure (or None), fetched
+    at once; see :func:`reduce_activation`."""
+    transfer = Transfer()
+    stats, units = reduce_activation(x, kind, collection, transfer)
+    transfer.start()
+    return stats(), None if units is None else units()
 
 
 def _unit_counts(
     x: torch.Tensor, measure: str, kind: str, collection: str, axis: int, scratch: Scratch
 ) -> torch.Tensor:
     """Per unit, how many of its values the measure counts, in ``x``'s float dtype."""
-    indicator = scratch.like(x).view(x.shape)
+    indicator = scratch.like(x)
     others = [d for d in range(x.dim()) if d != axis]
     exact = _exact_count_dtype(x.numel() // x.shape[axis], x.dtype)
     if measure == schema.UNIT_MEASURE_ACTIVE:
@@ -180,56 +400,49 @@ def _exact_count_dtype(most: int, dtype: torch.dtype) -> torch.dtype:
     return dtype if most <= _EXACT_FLOAT32_COUNT else torch.float64
 
 
-def _to_host(parts: list[torch.Tensor]) -> list[float]:
-    """The 0-d results as Python floats, with one device-to-host transfer (in float64 when
-    their dtypes differ)."""
-    if not parts:
-        return []
-    if all(p.dtype == parts[0].dtype for p in parts):
-        host: list[float] = torch.stack(parts).tolist()
-    else:
-        host = torch.stack([p.to(torch.float64) for p in parts]).tolist()
-    return host
-
-
-def _float(x: torch.Tensor) -> torch.Tensor:
-    return x if x.dtype in _NATIVE else x.to(torch.float32)
-
-
-def _finish(x: torch.Tensor, row: tuple[float, ...], l1: bool) -> dict[str, float]:
-    n = x.numel()
-    out: dict[str, float] = {"count": float(n), "nan_count": 0.0, "inf_count": 0.0}
-    low, high, total, squares, absolute, change, positive, zero = row
-    if not all(math.isfinite(v) for v in (low, high, total, squares)):
-        return {
-            **out,
-            **_with_nonfinite(x, l1),
-            "update_l2": math.sqrt(change) if change == change else math.nan,
-        }
+def _finish(
+    row: dict[str, float], n: int, source: tuple[torch.Tensor, int] | None
+) -> dict[str, float]:
+    """The trace's statistics of one record from its reduction row (see :func:`reduce_rows`)."""
+    low, high, total, centred = row["min"], row["max"], row["sum"], row["centred"]
+    l1 = "l1" in row
+    if not (
+        math.isfinite(low)
+        and math.isfinite(high)
+        and math.isfinite(total)
+        and math.isfinite(centred)
+        and math.isfinite(row.get("l1", 0.0))
+    ):
+        return _with_nonfinite(n, source, l1, row.get("update", math.nan))
     mean = total / n
-    variance = max(squares / n - mean * mean, 0.0)
-    if mean * mean > 100 * variance:
-        # The one-pass variance lost digits; the exact two-pass one is worth a second read.
-        with torch.no_grad():
-            variance = float(((x - mean) ** 2).sum()) / n
-    out.update(
-        min=low,
-        max=high,
-        mean=mean,
-        std=0.0 if low == high else math.sqrt(variance),
-        l2=math.sqrt(squares),
-        update_l2=math.sqrt(change) if change == change else math.nan,
-    )
+    centre = row["centre"]
+    # Sum of squares from the deviations around the device's centre (exact algebra).
+    squares = max(centred + centre * (2 * total - n * centre), 0.0)
+    out: dict[str, float] = {
+        "count": float(n),
+        "nan_count": 0.0,
+        "inf_count": 0.0,
+        "min": low,
+        "max": high,
+        "mean": mean,
+        "std": 0.0 if low == high else math.sqrt(max(centred / n - (mean - centre) ** 2, 0.0)),
+        "l2": math.sqrt(squares),
+    }
     if l1:
-        out["l1"] = absolute
-    out.update(_signs(low, high, positive / n, zero / n))
+        out["l1"] = row["l1"]
+    if "update" in row:
+        change = row["update"]
+        out["update_l2"] = math.sqrt(change) if change == change else math.nan
+    if "positive" in row:
+        out["pos_frac"] = row["positive"] / n
+        out["zero_frac"] = row["zero"] / n
+    else:
+        out.update(_signs(low, high))
     return out
 
 
-def _signs(low: float, high: float, positive: float, zero: float) -> dict[str, float]:
-    """zero_frac and pos_frac: measured if given, else exact from the range when possible."""
-    if positive == positive:
-        return {"pos_frac": positive, "zero_frac": zero}
+def _signs(low: float, high: float) -> dict[str, float]:
+    """zero_frac and pos_frac where the range decides them."""
     if low > 0:
         return {"pos_frac": 1.0, "zero_frac": 0.0}
     if high < 0:
@@ -239,26 +452,33 @@ def _signs(low: float, high: float, positive: float, zero: float) -> dict[str, f
     return {}
 
 
-def _with_nonfinite(x: torch.Tensor, l1: bool) -> dict[str, float]:
-    """The slow, exact path for a tensor holding NaN or infinities (rare, and then urgent)."""
+def _with_nonfinite(
+    n: int, source: tuple[torch.Tensor, int] | None, l1: bool, change: float
+) -> dict[str, float]:
+    """The slow, exact path for a record holding NaN or infinities (rare, and then urgent),
+    read from the values it had; if those changed since, only its count is known."""
+    out: dict[str, float] = {"count": float(n)}
+    if change == change:
+        out["update_l2"] = math.sqrt(change)
+    if source is None or source[0]._version != source[1]:
+        return out
     with torch.no_grad():
+        x = source[0].detach().reshape(-1).to("cpu", torch.float64)
         nan = torch.isnan(x)
         inf = torch.isinf(x)
-        finite = x[~(nan | inf)].to(torch.float64)
-        n = x.numel()
-        out = {
-            "nan_count": float(nan.sum()),
-            "inf_count": float(inf.sum()),
-            "zero_frac": float((x == 0).sum()) / n,
-            "pos_frac": float((x > 0).sum()) / n,
-        }
+        finite = x[~(nan | inf)]
+        out.update(
+            nan_count=float(nan.sum()),
+            inf_count=float(inf.sum()),
+            zero_frac=float((x == 0).sum()) / n,
+            pos_frac=float((x > 0).sum()) / n,
+        )
         if finite.numel():
             low, high = float(finite.min()), float(finite.max())
-            mean = float(finite.mean())
             out.update(
                 min=low,
                 max=high,
-                mean=mean,
+                mean=float(finite.mean()),
                 std=0.0 if low == high else float(finite.std(unbiased=False)),
                 l2=float(torch.linalg.vector_norm(finite)),
             )
