@@ -34,6 +34,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.optim import Optimizer
@@ -41,7 +42,7 @@ from torch.utils.hooks import RemovableHandle
 
 from dbgcli._failures import FailureReporter
 from dbgcli.errors import TraceWriterError
-from dbgcli.torch._stats import Reducer, Result, Transfer, reduce_activation
+from dbgcli.torch._stats import Pending, Reducer, Transfer, reduce_activation
 from dbgcli.trace.writer import TraceWriter
 
 __all__ = [
@@ -197,33 +198,37 @@ class _PendingLoss:
 
 
 @dataclass
-class _QueuedTensor:
-    """A tensor record whose statistics are on their way to the host."""
+class _QueuedTensors:
+    """Tensor records of one step and mode whose statistics are on their way to the host."""
 
-    tag: str
     step: int
     mode: str
-    collection: str
     kind: str | None
-    shape: tuple[int, ...]
-    dtype: str
-    stats: Result
-    units: Callable[[], Any] | None
-    raw: torch.Tensor | None  # a copy: the tensor itself may change before the hand-over
+    pending: Pending
+    tags: list[str]
+    collections: list[str]
+    tensors: list[tuple[tuple[int, ...], np.dtype]]  # shape and numpy dtype of each
+    raws: list[torch.Tensor] | None  # copies: the tensors may change before the hand-over
+    units: Callable[[], Any] | None = None
 
     def write(self, writer: TraceWriter) -> None:
-        writer.add_tensor_stats(
-            self.tag,
-            self.stats(),
-            self.step,
-            shape=self.shape,
-            dtype=self.dtype,
-            collection=self.collection,
-            kind=self.kind,
-            mode=self.mode,
-            units=None if self.units is None else self.units(),
-            value=self.raw,
-        )
+        table = self.pending.table()
+        units = None if self.units is None else self.units()
+        for index, (tag, collection, (shape, dtype)) in enumerate(
+            zip(self.tags, self.collections, self.tensors)
+        ):
+            writer.add_tensor_stats(
+                tag,
+                table[index],
+                self.step,
+                shape=shape,
+                dtype=dtype,
+                collection=collection,
+                kind=self.kind,
+                mode=self.mode,
+                units=units,
+                value=None if self.raws is None else self.raws[index],
+            )
 
 
 @dataclass
@@ -239,11 +244,16 @@ class _QueuedLoss:
         writer.add_scalar("loss", self.total() / self.count, self.step, mode=self.mode)
 
 
-def _numpy_dtype(tensor: torch.Tensor) -> str:
+_NUMPY_DTYPES: dict[torch.dtype, np.dtype] = {}
+
+
+def _numpy_dtype(tensor: torch.Tensor) -> np.dtype:
     """The numpy dtype a tensor's values are stored as (bfloat16 is widened to float32)."""
-    if tensor.dtype == torch.bfloat16:
-        return "float32"
-    return str(tensor.dtype).removeprefix("torch.")
+    dtype = _NUMPY_DTYPES.get(tensor.dtype)
+    if dtype is None:
+        name = "float32" if tensor.dtype == torch.bfloat16 else str(tensor.dtype)
+        dtype = _NUMPY_DTYPES[tensor.dtype] = np.dtype(name.removeprefix("torch."))
+    return dtype
 
 
 def _check_stats_every(value: object) -> None:
@@ -371,10 +381,10 @@ class TorchHook:
         self._gradients = Reducer(l1=True)
         # Records reduced on the device and queued for the next transfer; the (mode, step) of
         # its tensor records; transfers started and not yet handed to the writer, oldest first.
-        self._queue: list[_QueuedTensor | _QueuedLoss] = []
+        self._queue: list[_QueuedTensors | _QueuedLoss] = []
         self._transfer = Transfer()
         self._queued_pass: tuple[str, int] | None = None
-        self._in_flight: list[tuple[Transfer, list[_QueuedTensor | _QueuedLoss]]] = []
+        self._in_flight: list[tuple[Transfer, list[_QueuedTensors | _QueuedLoss]]] = []
         writer.set_metadata(
             frozen_parameters=[p.name for p in self._parameters if not p.parameter.requires_grad]
         )
@@ -661,14 +671,15 @@ class TorchHook:
         # Statistics are computed by torch, where the tensors are, and reach the host with
         # the step's activations and losses in one transfer.
         names = [entry.name for entry in weights]
-        tensors = [entry.parameter for entry in weights]
-        results = self._weights.reduce(tensors, names, self._transfer)
-        for entry, result in zip(weights, results):
-            self._queue_tensor(entry.name, entry.parameter, result, entry.collection, keep_raw)
-        tags = [tag for tag, _ in grads]
-        results = self._gradients.reduce([g for _, g in grads], tags, self._transfer)
-        for (tag, grad), result in zip(grads, results):
-            self._queue_tensor(tag, grad, result, "gradients", keep_raw)
+        tensors: list[torch.Tensor] = [entry.parameter for entry in weights]
+        collections = [entry.collection for entry in weights]
+        for members, pending in self._weights.reduce(tensors, names, self._transfer):
+            self._queue_tensors(members, names, tensors, collections, pending, keep_raw)
+        names = [tag for tag, _ in grads]
+        tensors = [grad for _, grad in grads]
+        collections = ["gradients"] * len(grads)
+        for members, pending in self._gradients.reduce(tensors, names, self._transfer):
+            self._queue_tensors(members, names, tensors, collections, pending, keep_raw)
         self._send()
 
     def _tensors_due(self, mode: str) -> bool:
@@ -688,37 +699,40 @@ class TorchHook:
         """
         keep_raw = self.writer.raw_due(self._step)
         for tag, tensor, collection in records:
-            stats, units = reduce_activation(tensor, kind, collection, self._transfer)
-            self._queue_tensor(
-                tag, tensor, stats, collection, keep_raw, kind=kind, mode=mode, units=units
+            pending, units = reduce_activation(tensor, kind, collection, self._transfer)
+            self._queue_tensors(
+                [0], [tag], [tensor], [collection], pending, keep_raw, kind=kind, mode=mode,
+                units=units,
             )
 
-    def _queue_tensor(
+    def _queue_tensors(
         self,
-        tag: str,
-        tensor: torch.Tensor,
-        stats: Result,
-        collection: str,
+        members: list[int],
+        tags: list[str],
+        tensors: list[torch.Tensor],
+        collections: list[str],
+        pending: Pending,
         keep_raw: bool,
         *,
         kind: str | None = None,
         mode: str = "train",
         units: Callable[[], Any] | None = None,
     ) -> None:
-        raw = tensor.detach().clone() if keep_raw else None
+        """Queue the records of ``tensors[i]`` for ``i`` in ``members`` (one reduced block)."""
+        with torch.no_grad():
+            raws = [tensors[i].detach().clone() for i in members] if keep_raw else None
         self._queued_pass = (mode, self._step)
         self._queue.append(
-            _QueuedTensor(
-                tag,
+            _QueuedTensors(
                 self._step,
                 mode,
-                collection,
                 kind,
-                tuple(tensor.shape),
-                _numpy_dtype(tensor),
-                stats,
+                pending,
+                [tags[i] for i in members],
+                [collections[i] for i in members],
+                [(tuple(tensors[i].shape), _numpy_dtype(tensors[i])) for i in members],
+                raws,
                 units,
-                raw,
             )
         )
 

@@ -32,7 +32,8 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,7 +45,7 @@ _NATIVE = (torch.float32, torch.float64)
 #: Tensors with at least this many values are reduced alone, without being copied into a block.
 STACK_BELOW = 1 << 16
 _EXACT_FLOAT32_COUNT = 1 << 24
-_EMPTY = {"count": 0.0, "nan_count": 0.0, "inf_count": 0.0}
+_COLUMN = {name: index for index, name in enumerate(schema.STAT_COLUMNS)}
 
 # Columns of the rows a reduction yields; the optional ones follow in this order when asked.
 _BASE = ("min", "max", "sum", "centre", "centred")
@@ -137,58 +138,53 @@ class Transfer:
 
 @dataclass
 class Pending:
-    """Statistics of records queued in a :class:`Transfer`, to be read once it has landed.
+    """The reductions of a block of same-sized records queued in a :class:`Transfer`, to be
+    turned into statistics once it has landed.
 
-    ``rows[i]`` are record ``i``'s reduction results; ``sources[i]`` the values the record had
-    (for the exact path of records holding NaN or infinities), valid while its version is
-    unchanged.
+    ``source`` is the ``(k, n)`` block the rows were reduced from and its version then: the
+    exact path of records holding NaN or infinities reads it, if it is unchanged.
     """
 
     transfer: Transfer
     device: torch.device
     offset: int
     columns: tuple[str, ...]
-    counts: list[int]
-    sources: list[tuple[torch.Tensor, int] | None] = field(default_factory=list)
-    _done: list[dict[str, float]] | None = None
+    records: int
+    n: int
+    source: tuple[torch.Tensor, int] | None
+    _table: np.ndarray | None = None
+
+    def table(self) -> np.ndarray:
+        """``(records, len(STAT_COLUMNS))`` float64 statistics in schema order, NaN where not
+        computed; waits for the transfer if it has not landed."""
+        if self._table is None:
+            self._table = self._compute()
+        return self._table
 
     def statistics(self) -> list[dict[str, float]]:
-        """One statistics dict per record, in the order they were reduced."""
-        if self._done is None:
-            self._done = self._compute()
-        return self._done
+        """The computed statistics of each record, by name."""
+        return [
+            {name: value for name, value in zip(schema.STAT_COLUMNS, row) if value == value}
+            for row in self.table().tolist()
+        ]
 
-    def _compute(self) -> list[dict[str, float]]:
+    def _compute(self) -> np.ndarray:
+        records, n = self.records, self.n
+        table = np.full((records, len(schema.STAT_COLUMNS)), np.nan)
+        table[:, _COLUMN["count"]] = n
+        if n == 0:
+            table[:, _COLUMN["nan_count"]] = table[:, _COLUMN["inf_count"]] = 0.0
+            return table
         width = len(self.columns)
-        records = sum(1 for n in self.counts if n)
-        rows: list[list[float]] = []
-        if records:
-            end = self.offset + records * width
-            values = self.transfer.values(self.device)[self.offset : end]
-            rows = values.reshape(records, width).tolist()
-        out = []
-        row_index = 0
-        for n, source in zip(self.counts, self.sources):
-            if n == 0:
-                out.append(_EMPTY.copy())
-                continue
-            row = dict(zip(self.columns, rows[row_index]))
-            row_index += 1
-            out.append(_finish(row, n, source))
-        return out
-
-
-@dataclass(frozen=True)
-class Result:
-    """The statistics of one tensor of a :class:`Pending` block (None: an empty record)."""
-
-    pending: Pending | None
-    position: int
-
-    def __call__(self) -> dict[str, float]:
-        if self.pending is None:
-            return _EMPTY.copy()
-        return self.pending.statistics()[self.position]
+        values = self.transfer.values(self.device)[self.offset : self.offset + records * width]
+        row = dict(zip(self.columns, values.reshape(records, width).T))
+        finite = _finish(row, n, table)
+        for index in np.flatnonzero(~finite):
+            exact = _with_nonfinite(self.source, int(index), n, "l1" in row, row.get("update"))
+            table[index] = np.nan
+            for name, value in exact.items():
+                table[index, _COLUMN[name]] = value
+        return table
 
 
 class Reducer:
@@ -206,59 +202,60 @@ class Reducer:
         self.l1 = l1
         self.signs = signs
         self.updates = updates
+        self.columns = _columns(l1, signs, updates)
         self._previous: dict[str, torch.Tensor] = {}  # per block of names, their last values
         self._blocks: dict[str, torch.Tensor] = {}  # per block of names, its stacking memory
 
     def reduce(
         self, tensors: Sequence[torch.Tensor], names: Sequence[str], transfer: Transfer
-    ) -> list[Result]:
-        """Queue the statistics of ``tensors``; returns, per tensor, what gives them once
-        ``transfer`` has landed. ``names`` identify tensors across calls."""
-        groups: dict[tuple[int, torch.dtype, torch.device], list[int]] = {}
-        singles: list[int] = []
+    ) -> list[tuple[list[int], Pending]]:
+        """Queue the statistics of ``tensors`` in ``transfer``; returns the blocks they were
+        reduced in: the indices of their tensors, and what gives their statistics once the
+        transfer has landed. ``names`` identify tensors across calls."""
+        groups: dict[tuple[tuple[int, ...], torch.dtype, torch.device], list[int]] = {}
+        blocks: list[list[int]] = []
         for index, tensor in enumerate(tensors):
-            n = tensor.numel()
-            if n >= STACK_BELOW:
-                singles.append(index)
+            if tensor.numel() >= STACK_BELOW:
+                blocks.append([index])
             else:
-                groups.setdefault((n, tensor.dtype, tensor.device), []).append(index)
-        results: list[Result] = [Result(None, 0)] * len(tensors)
+                groups.setdefault((tensor.shape, tensor.dtype, tensor.device), []).append(index)
+        blocks[:0] = groups.values()
         with torch.no_grad():
-            for members in [*groups.values(), *([i] for i in singles)]:
-                block_name = "\0".join(names[i] for i in members)
-                pending = self._reduce_block([tensors[i] for i in members], block_name, transfer)
-                for position, index in enumerate(members):
-                    results[index] = Result(pending, position)
-        return results
+            return [
+                (
+                    members,
+                    self._reduce_block(
+                        [tensors[i] for i in members],
+                        "\0".join(names[i] for i in members),
+                        transfer,
+                    ),
+                )
+                for members in blocks
+            ]
 
     def _reduce_block(
         self, members: list[torch.Tensor], name: str, transfer: Transfer
     ) -> Pending:
         first = members[0]
-        n = first.numel()
-        columns = _columns(self.l1, self.signs, self.updates)
+        k, n = len(members), first.numel()
         if n == 0:
-            return Pending(transfer, first.device, 0, columns, [0] * len(members), [None] * len(members))
+            return Pending(transfer, first.device, 0, self.columns, k, 0, None)
         work = first.dtype if first.dtype in _NATIVE else torch.float32
-        if len(members) == 1 and not self.updates:
+        if k == 1 and not self.updates:
             block = first.detach().reshape(1, n)
+            source = first
             if block.dtype != work:
                 block = block.to(work)
-            sources = [(first, first._version)]
         else:
             memory = self._blocks.get(name)
-            if memory is None or memory.shape != (len(members), n) or memory.dtype != work:
-                memory = self._blocks[name] = torch.empty(
-                    len(members), n, dtype=work, device=first.device
-                )
-            torch.stack([m.detach().reshape(n) for m in members], out=memory)
-            block = memory
-            sources = [(memory[i], memory._version) for i in range(len(members))]
-        previous = None
-        if self.updates:
-            previous = self._previous.get(name)
-            if previous is None or previous.shape != block.shape or previous.dtype != work:
-                previous = None
+            if memory is None or memory.shape != (k, n) or memory.dtype != work:
+                memory = torch.empty(k, n, dtype=work, device=first.device)
+            torch.stack(members, out=memory.view(k, *first.shape))
+            block = source = memory
+            self._blocks[name] = memory
+        previous = self._previous.get(name) if self.updates else None
+        if previous is not None and (previous.shape != block.shape or previous.dtype != work):
+            previous = None
         values = reduce_rows(
             block, l1=self.l1, signs=self.signs, updates=self.updates, previous=previous
         )
@@ -266,12 +263,12 @@ class Reducer:
             # The stacked copy becomes the previous values, and the old previous memory the
             # next stacking memory: no copy beyond the stacking.
             self._previous[name] = block
-            self._blocks[name] = (
-                previous if previous is not None else torch.empty_like(block)
-            )
-            sources = [(block[i], block._version) for i in range(len(members))]
+            if previous is not None:
+                self._blocks[name] = previous
+            else:
+                del self._blocks[name]
         device, offset = transfer.add(values)
-        return Pending(transfer, device, offset, columns, [n] * len(members), sources)
+        return Pending(transfer, device, offset, self.columns, k, n, (source, source._version))
 
 
 def _columns(l1: bool, signs: bool, updates: bool) -> tuple[str, ...]:
@@ -319,31 +316,31 @@ def reduce_rows(
 
 def reduce_activation(
     x: torch.Tensor, kind: str, collection: str, transfer: Transfer, *, scratch: Scratch = _SCRATCH
-) -> tuple[Result, Callable[[], np.ndarray] | None]:
+) -> tuple[Pending, Callable[[], np.ndarray] | None]:
     """Queue every statistic of one activation record and its per-unit measure.
 
-    Returns a function that gives the statistics once ``transfer`` has landed, and one that
-    gives the measure (float32, per unit) or None when the kind or shape has none. The measure
-    is ``active_frac`` for ReLU-like kinds (share of each unit's values > 0) and
+    Returns what gives the statistics once ``transfer`` has landed, and a function that gives
+    the measure (float32, per unit) or None when the kind or shape has none. The measure is
+    ``active_frac`` for ReLU-like kinds (share of each unit's values > 0) and
     ``unsaturated_frac`` for saturating ones (share strictly inside the non-saturated band: of
     the input for pre-activations, of the output otherwise), over the axis
     :func:`~dbgcli.trace.schema.default_unit_axis` names; docs/trace-format.md defines both.
     """
     kind = kind.lower()
+    columns = _columns(True, True, False)
     with torch.no_grad():
         values = x.detach()
         n = values.numel()
-        columns = _columns(True, True, False)
         if n == 0:
-            return Result(None, 0), None
+            return Pending(transfer, values.device, 0, columns, 1, 0, None), None
         work = values if values.dtype in _NATIVE else values.to(torch.float32)
         rows = reduce_rows(work.reshape(1, n), l1=True, signs=True, scratch=scratch)
         device, offset = transfer.add(rows)
-        pending = Pending(transfer, device, offset, columns, [n], [(x, x._version)])
+        pending = Pending(transfer, device, offset, columns, 1, n, (values, values._version))
         measure = schema.unit_measure(kind)
         axis = schema.default_unit_axis(work.dim())
         if measure is None or axis is None:
-            return Result(pending, 0), None
+            return pending, None
         counts = _unit_counts(work, measure, kind, collection, axis, scratch)
         units = counts / (n // work.shape[axis])
         unit_device, unit_offset = transfer.add(units)
@@ -353,19 +350,24 @@ def reduce_activation(
             host = transfer.values(unit_device)[unit_offset : unit_offset + size]
             return host.astype(np.float32)
 
-        return Result(pending, 0), measure_values
+        return pending, measure_values
 
 
 def statistics(
     tensors: Sequence[torch.Tensor], *, l1: bool = False, signs: bool = False
 ) -> list[dict[str, float]]:
-    """Statistics of each tensor, batched as the hook does, fetched at once (one transfer)."""
+    """Statistics of each tensor, batched as the hook does, fetched at once (one transfer);
+    columns not computed are left out."""
     transfer = Transfer()
-    results = Reducer(l1=l1, signs=signs).reduce(
+    blocks = Reducer(l1=l1, signs=signs).reduce(
         tensors, [str(i) for i in range(len(tensors))], transfer
     )
     transfer.start()
-    return [result() for result in results]
+    out: list[dict[str, float]] = [{} for _ in tensors]
+    for members, pending in blocks:
+        for index, stats in zip(members, pending.statistics()):
+            out[index] = stats
+    return out
 
 
 def activation_statistics(
@@ -374,9 +376,9 @@ def activation_statistics(
     """Every statistic of one activation record and its per-unit measure (or None), fetched
     at once; see :func:`reduce_activation`."""
     transfer = Transfer()
-    stats, units = reduce_activation(x, kind, collection, transfer)
+    pending, units = reduce_activation(x, kind, collection, transfer)
     transfer.start()
-    return stats(), None if units is None else units()
+    return pending.statistics()[0], None if units is None else units()
 
 
 def _unit_counts(
@@ -400,70 +402,62 @@ def _exact_count_dtype(most: int, dtype: torch.dtype) -> torch.dtype:
     return dtype if most <= _EXACT_FLOAT32_COUNT else torch.float64
 
 
-def _finish(
-    row: dict[str, float], n: int, source: tuple[torch.Tensor, int] | None
-) -> dict[str, float]:
-    """The trace's statistics of one record from its reduction row (see :func:`reduce_rows`)."""
-    low, high, total, centred = row["min"], row["max"], row["sum"], row["centred"]
-    l1 = "l1" in row
-    if not (
-        math.isfinite(low)
-        and math.isfinite(high)
-        and math.isfinite(total)
-        and math.isfinite(centred)
-        and math.isfinite(row.get("l1", 0.0))
-    ):
-        return _with_nonfinite(n, source, l1, row.get("update", math.nan))
-    mean = total / n
-    centre = row["centre"]
-    # Sum of squares from the deviations around the device's centre (exact algebra).
-    squares = max(centred + centre * (2 * total - n * centre), 0.0)
-    out: dict[str, float] = {
-        "count": float(n),
-        "nan_count": 0.0,
-        "inf_count": 0.0,
-        "min": low,
-        "max": high,
-        "mean": mean,
-        "std": 0.0 if low == high else math.sqrt(max(centred / n - (mean - centre) ** 2, 0.0)),
-        "l2": math.sqrt(squares),
-    }
-    if l1:
-        out["l1"] = row["l1"]
-    if "update" in row:
-        change = row["update"]
-        out["update_l2"] = math.sqrt(change) if change == change else math.nan
-    if "positive" in row:
-        out["pos_frac"] = row["positive"] / n
-        out["zero_frac"] = row["zero"] / n
-    else:
-        out.update(_signs(low, high))
-    return out
-
-
-def _signs(low: float, high: float) -> dict[str, float]:
-    """zero_frac and pos_frac where the range decides them."""
-    if low > 0:
-        return {"pos_frac": 1.0, "zero_frac": 0.0}
-    if high < 0:
-        return {"pos_frac": 0.0, "zero_frac": 0.0}
-    if low == 0 and high == 0:
-        return {"pos_frac": 0.0, "zero_frac": 1.0}
-    return {}
+def _finish(row: dict[str, np.ndarray], n: int, table: np.ndarray) -> np.ndarray:
+    """Fill ``table`` (schema order) with the statistics of a block's records from their
+    reduction columns (see :func:`reduce_rows`); returns which records are finite (the others
+    need :func:`_with_nonfinite`)."""
+    low, high, total, centre, centred = (row[c] for c in _BASE)
+    finite = np.isfinite(low) & np.isfinite(high) & np.isfinite(total) & np.isfinite(centred)
+    if "l1" in row:
+        finite &= np.isfinite(row["l1"])
+    with np.errstate(invalid="ignore", over="ignore"):
+        mean = total / n
+        # Sum of squares and variance from the deviations around the device's centre.
+        squares = np.maximum(centred + centre * (2 * total - n * centre), 0.0)
+        std = np.sqrt(np.maximum(centred / n - (mean - centre) ** 2, 0.0))
+        std[low == high] = 0.0
+        columns: dict[str, Any] = {
+            "nan_count": 0.0,
+            "inf_count": 0.0,
+            "min": low,
+            "max": high,
+            "mean": mean,
+            "std": std,
+            "l2": np.sqrt(squares),
+            "l1": row.get("l1", np.nan),
+            "update_l2": np.sqrt(row["update"]) if "update" in row else np.nan,
+        }
+        if "positive" in row:
+            columns["pos_frac"] = row["positive"] / n
+            columns["zero_frac"] = row["zero"] / n
+        else:
+            # Where min and max decide them; NaN (not computed) otherwise.
+            all_zero = (low == 0) & (high == 0)
+            columns["pos_frac"] = np.where(
+                low > 0, 1.0, np.where((high < 0) | all_zero, 0.0, np.nan)
+            )
+            columns["zero_frac"] = np.where(
+                (low > 0) | (high < 0), 0.0, np.where(all_zero, 1.0, np.nan)
+            )
+    for name, column in columns.items():
+        table[:, _COLUMN[name]] = column
+    finite_rows: np.ndarray = finite
+    return finite_rows
 
 
 def _with_nonfinite(
-    n: int, source: tuple[torch.Tensor, int] | None, l1: bool, change: float
+    source: tuple[torch.Tensor, int] | None, index: int, n: int, l1: bool, change: Any
 ) -> dict[str, float]:
     """The slow, exact path for a record holding NaN or infinities (rare, and then urgent),
-    read from the values it had; if those changed since, only its count is known."""
+    read from row ``index`` of the values it was reduced from; if those changed since, only
+    its count and update norm are known."""
     out: dict[str, float] = {"count": float(n)}
-    if change == change:
-        out["update_l2"] = math.sqrt(change)
+    if change is not None:
+        out["update_l2"] = math.sqrt(change[index]) if change[index] >= 0 else math.nan
     if source is None or source[0]._version != source[1]:
         return out
     with torch.no_grad():
-        x = source[0].detach().reshape(-1).to("cpu", torch.float64)
+        x = source[0].detach().reshape(-1, n)[index].to("cpu", torch.float64)
         nan = torch.isnan(x)
         inf = torch.isinf(x)
         finite = x[~(nan | inf)]

@@ -755,7 +755,7 @@ class TraceWriter:
     def add_tensor_stats(
         self,
         tag: str,
-        stats: Mapping[str, float],
+        stats: Mapping[str, float] | np.ndarray,
         step: int,
         *,
         shape: tuple[int, ...],
@@ -770,16 +770,23 @@ class TraceWriter:
 
         Framework hooks use this to avoid copying every tensor to the host every step. ``stats``
         maps statistic names (see docs/trace-format.md) to values; a column left out is NaN
-        ("not computed"). ``units`` is the per-unit activation measure of the record, and
+        ("not computed"). It may also be a float64 row of every column in
+        ``schema.STAT_COLUMNS`` order (NaN: not computed), kept as it is: the cheapest form
+        for hooks that record hundreds of tensors a step. ``units`` is the per-unit activation measure of the record, and
         ``value``, when given, is kept as the record's full tensor. ``shape`` and ``dtype``
         describe the tensor (the first record of a tag fixes the tag's metadata).
         """
         with self._lock:
             try:
                 step, mode_code = self._accept(tag, step, mode)
-                row = np.full(len(schema.STAT_COLUMNS), np.nan)
-                for name, number in stats.items():
-                    row[COL[name]] = float(number)
+                if isinstance(stats, np.ndarray):
+                    if stats.shape != (len(schema.STAT_COLUMNS),):
+                        raise ValueError(f"a statistics row has {len(schema.STAT_COLUMNS)} values")
+                    row = stats
+                else:
+                    row = np.full(len(schema.STAT_COLUMNS), np.nan)
+                    for name, number in stats.items():
+                        row[COL[name]] = float(number)
                 raw = None if value is None else _to_numpy(value)
                 series = self._tensors.get(tag)
                 if series is None:
