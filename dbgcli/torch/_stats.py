@@ -407,14 +407,15 @@ def _finish(row: dict[str, np.ndarray], n: int, table: np.ndarray) -> np.ndarray
     reduction columns (see :func:`reduce_rows`); returns which records are finite (the others
     need :func:`_with_nonfinite`)."""
     low, high, total, centre, centred = (row[c] for c in _BASE)
+    # An absolute sum that overflows comes with squared deviations that do.
     finite = np.isfinite(low) & np.isfinite(high) & np.isfinite(total) & np.isfinite(centred)
-    if "l1" in row:
-        finite &= np.isfinite(row["l1"])
     with np.errstate(invalid="ignore", over="ignore"):
         mean = total / n
-        # Sum of squares and variance from the deviations around the device's centre.
+        # The sum of squares from the deviations around the device's mean (exact algebra);
+        # that mean differs from ``mean`` by float32 rounding only, which the variance about
+        # it does not see.
         squares = np.maximum(centred + centre * (2 * total - n * centre), 0.0)
-        std = np.sqrt(np.maximum(centred / n - (mean - centre) ** 2, 0.0))
+        std = np.sqrt(centred / n)
         std[low == high] = 0.0
         columns: dict[str, Any] = {
             "nan_count": 0.0,

@@ -183,6 +183,7 @@ def mixed_tensors(dtype: torch.dtype) -> list[torch.Tensor]:
         torch.full((4, 8), math.nan, dtype=dtype),  # nothing finite
         normal(32),  # same numel as the 4x8 tensors, other shape: its own block
         torch.zeros(32, dtype=dtype),
+        torch.full((3, 7), 0.1, dtype=dtype),  # constant, but its float mean is not 0.1
         normal(3, 5, 7) + 40,  # far from zero: the variance must keep its digits
         torch.tensor(2.5, dtype=dtype),  # 0-d
         torch.empty(0, 3, dtype=dtype),
@@ -203,6 +204,8 @@ def test_batched_statistics_equal_the_writers_kernel(dtype: torch.dtype) -> None
         expected = StatsKernel().compute(values[None])[0]
         computed = {name for name in schema.STAT_COLUMNS if not np.isnan(expected[COL[name]])}
         assert set(stats) == computed, index  # update_l2 is left NaN by both
+        if expected[COL["std"]] == 0:
+            assert stats["std"] == 0.0, index  # a constant, exactly (its float mean may not be)
         for name in computed:
             assert stats[name] == pytest.approx(
                 expected[COL[name]], rel=1e-5, abs=1e-6
