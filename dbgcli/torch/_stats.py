@@ -46,9 +46,8 @@ _NATIVE = (torch.float32, torch.float64)
 STACK_BELOW = 1 << 16
 _EXACT_FLOAT32_COUNT = 1 << 24
 _COLUMN = {name: index for index, name in enumerate(schema.STAT_COLUMNS)}
+_MOMENTS = [_COLUMN[name] for name in ("min", "max", "mean", "std", "l2")]
 
-# Columns of the rows a reduction yields; the optional ones follow in this order when asked.
-_BASE = ("min", "max", "sum", "centre", "centred")
 
 
 class Scratch:
@@ -79,11 +78,11 @@ _SCRATCH = Scratch()
 def to_host(parts: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.cuda.Event | None]:
     """Every result of a step in one device-to-host copy: the hook's only transfer.
 
-    ``parts`` are 1-d float64 tensors on one device. On a CUDA device the copy goes into pinned
-    memory without blocking, and the returned event tells when it has landed; elsewhere the
-    host tensor is complete on return.
+    ``parts`` are 1-d tensors on one device; they arrive as one float64 tensor. On a CUDA
+    device the copy goes into pinned memory without blocking, and the returned event tells when
+    it has landed; elsewhere the host tensor is complete on return.
     """
-    values = parts[0] if len(parts) == 1 else torch.cat(list(parts))
+    values = torch.cat(list(parts)).to(torch.float64)
     if values.device.type == "cuda":
         host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
         host.copy_(values, non_blocking=True)
@@ -104,14 +103,18 @@ class Transfer:
         self._arrays: dict[torch.device, np.ndarray] | None = None
         self._lock = threading.Lock()  # replicas of nn.DataParallel add side by side
 
-    def add(self, values: torch.Tensor) -> tuple[torch.device, int]:
-        """Queue a tensor (flattened to float64); returns where its values will be."""
-        flat = values.detach().reshape(-1).to(torch.float64)
-        device = flat.device
+    def add(self, *values: torch.Tensor) -> tuple[torch.device, int]:
+        """Queue tensors of one device, one after the other (flattened; they reach the host
+        as float64); returns where the first value will be."""
+        device = values[0].device
         with self._lock:
             offset = self._sizes.get(device, 0)
-            self._parts.setdefault(device, []).append(flat)
-            self._sizes[device] = offset + flat.numel()
+            parts = self._parts.setdefault(device, [])
+            size = offset
+            for tensor in values:
+                parts.append(tensor.detach().reshape(-1))
+                size += tensor.numel()
+            self._sizes[device] = size
         return device, offset
 
     def start(self) -> None:
@@ -152,6 +155,7 @@ class Pending:
     records: int
     n: int
     source: tuple[torch.Tensor, int] | None
+    precise: bool = False  # reduced in float64
     _table: np.ndarray | None = None
 
     def table(self) -> np.ndarray:
@@ -177,12 +181,14 @@ class Pending:
             return table
         width = len(self.columns)
         values = self.transfer.values(self.device)[self.offset : self.offset + records * width]
-        row = dict(zip(self.columns, values.reshape(records, width).T))
-        finite = _finish(row, n, table)
-        for index in np.flatnonzero(~finite):
-            exact = _with_nonfinite(self.source, int(index), n, "l1" in row, row.get("update"))
+        row = dict(zip(self.columns, values.reshape(width, records)))
+        for index in np.flatnonzero(~_finish(row, n, table, self.precise)):
+            exact = _exact(self.source, int(index), n, "l1" in row)
+            if exact is None and np.isfinite(table[index, _MOMENTS]).all():
+                continue  # a one-pass variance, the best there is without the values
+            kept = {"count": n, "update_l2": table[index, _COLUMN["update_l2"]]}
             table[index] = np.nan
-            for name, value in exact.items():
+            for name, value in {**(exact or {}), **kept}.items():
                 table[index, _COLUMN[name]] = value
         return table
 
@@ -202,7 +208,6 @@ class Reducer:
         self.l1 = l1
         self.signs = signs
         self.updates = updates
-        self.columns = _columns(l1, signs, updates)
         self._previous: dict[str, torch.Tensor] = {}  # per block of names, their last values
         self._blocks: dict[str, torch.Tensor] = {}  # per block of names, its stacking memory
 
@@ -239,7 +244,7 @@ class Reducer:
         first = members[0]
         k, n = len(members), first.numel()
         if n == 0:
-            return Pending(transfer, first.device, 0, self.columns, k, 0, None)
+            return Pending(transfer, first.device, 0, (), k, 0, None)
         work = first.dtype if first.dtype in _NATIVE else torch.float32
         if k == 1 and not self.updates:
             block = first.detach().reshape(1, n)
@@ -256,8 +261,8 @@ class Reducer:
         previous = self._previous.get(name) if self.updates else None
         if previous is not None and (previous.shape != block.shape or previous.dtype != work):
             previous = None
-        values = reduce_rows(
-            block, l1=self.l1, signs=self.signs, updates=self.updates, previous=previous
+        columns = reduce_rows(
+            block, l1=self.l1, signs=self.signs, previous=previous, centred=n < STACK_BELOW
         )
         if self.updates:
             # The stacked copy becomes the previous values, and the old previous memory the
@@ -267,17 +272,17 @@ class Reducer:
                 self._blocks[name] = previous
             else:
                 del self._blocks[name]
-        device, offset = transfer.add(values)
-        return Pending(transfer, device, offset, self.columns, k, n, (source, source._version))
-
-
-def _columns(l1: bool, signs: bool, updates: bool) -> tuple[str, ...]:
-    return (
-        *_BASE,
-        *(("l1",) if l1 else ()),
-        *(("update",) if updates else ()),
-        *(("positive", "zero") if signs else ()),
-    )
+        device, offset = transfer.add(*columns.values())
+        return Pending(
+            transfer,
+            device,
+            offset,
+            tuple(columns),
+            k,
+            n,
+            (source, source._version),
+            work == torch.float64,
+        )
 
 
 def reduce_rows(
@@ -285,33 +290,38 @@ def reduce_rows(
     *,
     l1: bool = False,
     signs: bool = False,
-    updates: bool = False,
     previous: torch.Tensor | None = None,
+    centred: bool = True,
     scratch: Scratch = _SCRATCH,
-) -> torch.Tensor:
-    """Per row of a ``(k, n)`` float32/float64 block, the columns of :func:`_columns` as a
-    ``(k, columns)`` float64 tensor on the block's device: min, max, sum, the mean the device
-    centred on, the sum of squared deviations from it, then as asked the absolute sum, the
-    squared distance to ``previous`` (NaN without one), the counts of values > 0 and == 0."""
-    rows, n = block.shape
+) -> dict[str, torch.Tensor]:
+    """Per row of a ``(k, n)`` float32/float64 block, its reductions as ``(k,)`` tensors on
+    the block's device: ``min``, ``max``, ``sum``; then either the mean the device centred on
+    (``centre``) and the norm of the deviations from it (``deviation``), or, with
+    ``centred=False``, the norm (``norm``: one pass fewer, and the host checks the digits of
+    the variance); then as asked the absolute sum (``l1``), the norm of the difference to
+    ``previous`` (``update``), and the counts of values > 0 and == 0 (``positive``,
+    ``zero``)."""
+    n = block.shape[1]
     total = block.sum(1)
-    centre = total / n
-    centred = torch.sub(block, centre[:, None], out=scratch.like(block))
-    columns = [block.amin(1), block.amax(1), total, centre, torch.linalg.vecdot(centred, centred)]
+    columns = {"min": block.amin(1), "max": block.amax(1), "sum": total}
+    if centred:
+        centre = total / n
+        deviations = torch.sub(block, centre[:, None], out=scratch.like(block))
+        columns["centre"] = centre
+        columns["deviation"] = torch.linalg.vector_norm(deviations, dim=1)
+    else:
+        columns["norm"] = torch.linalg.vector_norm(block, dim=1)
     if l1:
-        columns.append(torch.abs(block, out=scratch.like(block)).sum(1))
-    if updates:
-        if previous is None:
-            columns.append(torch.full((rows,), math.nan, dtype=block.dtype, device=block.device))
-        else:
-            difference = torch.sub(block, previous, out=scratch.like(block))
-            columns.append(torch.linalg.vecdot(difference, difference))
+        columns["l1"] = torch.abs(block, out=scratch.like(block)).sum(1)
+    if previous is not None:
+        difference = torch.sub(block, previous, out=scratch.like(block))
+        columns["update"] = torch.linalg.vector_norm(difference, dim=1)
     if signs:
         exact = _exact_count_dtype(n, block.dtype)
         indicator = scratch.like(block)
-        columns.append(torch.gt(block, 0, out=indicator).sum(1, dtype=exact).to(block.dtype))
-        columns.append(torch.eq(block, 0, out=indicator).sum(1, dtype=exact).to(block.dtype))
-    return torch.stack(columns, dim=1).to(torch.float64)
+        columns["positive"] = torch.gt(block, 0, out=indicator).sum(1, dtype=exact)
+        columns["zero"] = torch.eq(block, 0, out=indicator).sum(1, dtype=exact)
+    return columns
 
 
 def reduce_activation(
@@ -327,16 +337,24 @@ def reduce_activation(
     :func:`~dbgcli.trace.schema.default_unit_axis` names; docs/trace-format.md defines both.
     """
     kind = kind.lower()
-    columns = _columns(True, True, False)
     with torch.no_grad():
         values = x.detach()
         n = values.numel()
         if n == 0:
-            return Pending(transfer, values.device, 0, columns, 1, 0, None), None
+            return Pending(transfer, values.device, 0, (), 1, 0, None), None
         work = values if values.dtype in _NATIVE else values.to(torch.float32)
-        rows = reduce_rows(work.reshape(1, n), l1=True, signs=True, scratch=scratch)
-        device, offset = transfer.add(rows)
-        pending = Pending(transfer, device, offset, columns, 1, n, (values, values._version))
+        columns = reduce_rows(work.reshape(1, n), l1=True, signs=True, scratch=scratch)
+        device, offset = transfer.add(*columns.values())
+        pending = Pending(
+            transfer,
+            device,
+            offset,
+            tuple(columns),
+            1,
+            n,
+            (values, values._version),
+            work.dtype == torch.float64,
+        )
         measure = schema.unit_measure(kind)
         axis = schema.default_unit_axis(work.dim())
         if measure is None or axis is None:
@@ -402,20 +420,28 @@ def _exact_count_dtype(most: int, dtype: torch.dtype) -> torch.dtype:
     return dtype if most <= _EXACT_FLOAT32_COUNT else torch.float64
 
 
-def _finish(row: dict[str, np.ndarray], n: int, table: np.ndarray) -> np.ndarray:
+def _finish(row: dict[str, np.ndarray], n: int, table: np.ndarray, precise: bool) -> np.ndarray:
     """Fill ``table`` (schema order) with the statistics of a block's records from their
-    reduction columns (see :func:`reduce_rows`); returns which records are finite (the others
-    need :func:`_with_nonfinite`)."""
-    low, high, total, centre, centred = (row[c] for c in _BASE)
-    # An absolute sum that overflows comes with squared deviations that do.
-    finite = np.isfinite(low) & np.isfinite(high) & np.isfinite(total) & np.isfinite(centred)
+    reductions (see :func:`reduce_rows`); returns which records are done: the others hold NaN
+    or infinities, or a variance whose digits a one-pass formula lost, and take :func:`_exact`.
+    """
+    low, high, total = row["min"], row["max"], row["sum"]
     with np.errstate(invalid="ignore", over="ignore"):
         mean = total / n
-        # The sum of squares from the deviations around the device's mean (exact algebra);
-        # that mean differs from ``mean`` by float32 rounding only, which the variance about
-        # it does not see.
-        squares = np.maximum(centred + centre * (2 * total - n * centre), 0.0)
-        std = np.sqrt(centred / n)
+        if "deviation" in row:
+            # From the deviations around the device's mean (exact algebra); that mean differs
+            # from ``mean`` by float32 rounding only, which the variance about it does not see.
+            centre, deviations = row["centre"], row["deviation"] ** 2
+            variance = deviations / n
+            squares = np.maximum(deviations + centre * (2 * total - n * centre), 0.0)
+            done = np.isfinite(deviations)
+        else:
+            squares = row["norm"] ** 2
+            variance = np.maximum(squares / n - mean * mean, 0.0)
+            # E[x^2] - E[x]^2 loses about log10(mean^2 / var) digits: as the writer does.
+            done = np.isfinite(squares) & ~(mean * mean > (1e6 if precise else 1e2) * variance)
+        done &= np.isfinite(low) & np.isfinite(high) & np.isfinite(total)
+        std = np.sqrt(variance)
         std[low == high] = 0.0
         columns: dict[str, Any] = {
             "nan_count": 0.0,
@@ -426,7 +452,7 @@ def _finish(row: dict[str, np.ndarray], n: int, table: np.ndarray) -> np.ndarray
             "std": std,
             "l2": np.sqrt(squares),
             "l1": row.get("l1", np.nan),
-            "update_l2": np.sqrt(row["update"]) if "update" in row else np.nan,
+            "update_l2": row.get("update", np.nan),
         }
         if "positive" in row:
             columns["pos_frac"] = row["positive"] / n
@@ -442,21 +468,19 @@ def _finish(row: dict[str, np.ndarray], n: int, table: np.ndarray) -> np.ndarray
             )
     for name, column in columns.items():
         table[:, _COLUMN[name]] = column
-    finite_rows: np.ndarray = finite
-    return finite_rows
+    done_rows: np.ndarray = done
+    return done_rows
 
 
-def _with_nonfinite(
-    source: tuple[torch.Tensor, int] | None, index: int, n: int, l1: bool, change: Any
-) -> dict[str, float]:
-    """The slow, exact path for a record holding NaN or infinities (rare, and then urgent),
-    read from row ``index`` of the values it was reduced from; if those changed since, only
-    its count and update norm are known."""
-    out: dict[str, float] = {"count": float(n)}
-    if change is not None:
-        out["update_l2"] = math.sqrt(change[index]) if change[index] >= 0 else math.nan
+def _exact(
+    source: tuple[torch.Tensor, int] | None, index: int, n: int, l1: bool
+) -> dict[str, float] | None:
+    """Every statistic of row ``index`` of the values a record was reduced from, read again
+    and computed in float64 (for records holding NaN or infinities, rare and then urgent, or
+    whose variance needs a second pass); None if those values changed since."""
     if source is None or source[0]._version != source[1]:
-        return out
+        return None
+    out: dict[str, float] = {"count": float(n)}
     with torch.no_grad():
         x = source[0].detach().reshape(-1, n)[index].to("cpu", torch.float64)
         nan = torch.isnan(x)
