@@ -139,22 +139,26 @@ class Transfer:
         return self._arrays[device]
 
 
+# Values reduced, their version then, and the record's row of ``rows`` in them.
+Source = tuple[torch.Tensor, int, int, int]
+
+
 @dataclass
 class Pending:
-    """The reductions of a block of same-sized records queued in a :class:`Transfer`, to be
-    turned into statistics once it has landed.
+    """Reductions of records queued in a :class:`Transfer`, column after column, to be turned
+    into statistics once it has landed.
 
-    ``source`` is the ``(k, n)`` block the rows were reduced from and its version then: the
-    exact path of records holding NaN or infinities reads it, if it is unchanged.
+    ``counts`` are the records' numbers of values; ``sources`` what each was reduced from, its
+    version then and its row in it: the exact path (NaN or infinities, a variance whose digits
+    are lost) reads it again, if it is unchanged.
     """
 
     transfer: Transfer
     device: torch.device
     offset: int
     columns: tuple[str, ...]
-    records: int
-    n: int
-    source: tuple[torch.Tensor, int] | None
+    counts: np.ndarray
+    sources: list[Source]
     precise: bool = False  # reduced in float64
     _table: np.ndarray | None = None
 
@@ -173,20 +177,21 @@ class Pending:
         ]
 
     def _compute(self) -> np.ndarray:
-        records, n = self.records, self.n
+        counts = self.counts
+        records = len(counts)
         table = np.full((records, len(schema.STAT_COLUMNS)), np.nan)
-        table[:, _COLUMN["count"]] = n
-        if n == 0:
+        table[:, _COLUMN["count"]] = counts
+        if not self.columns:  # empty tensors
             table[:, _COLUMN["nan_count"]] = table[:, _COLUMN["inf_count"]] = 0.0
             return table
         width = len(self.columns)
         values = self.transfer.values(self.device)[self.offset : self.offset + records * width]
         row = dict(zip(self.columns, values.reshape(width, records)))
-        for index in np.flatnonzero(~_finish(row, n, table, self.precise)):
-            exact = _exact(self.source, int(index), n, "l1" in row)
+        for index in np.flatnonzero(~_finish(row, counts, table, self.precise)):
+            exact = _exact(self.sources[index], "l1" in row)
             if exact is None and np.isfinite(table[index, _MOMENTS]).all():
                 continue  # a one-pass variance, the best there is without the values
-            kept = {"count": n, "update_l2": table[index, _COLUMN["update_l2"]]}
+            kept = {"count": counts[index], "update_l2": table[index, _COLUMN["update_l2"]]}
             table[index] = np.nan
             for name, value in {**(exact or {}), **kept}.items():
                 table[index, _COLUMN[name]] = value
@@ -216,35 +221,47 @@ class Reducer:
     ) -> list[tuple[list[int], Pending]]:
         """Queue the statistics of ``tensors`` in ``transfer``; returns the blocks they were
         reduced in: the indices of their tensors, and what gives their statistics once the
-        transfer has landed. ``names`` identify tensors across calls."""
+        transfer has landed. ``names`` identify tensors across calls.
+
+        Tensors of one shape and dtype are stacked and reduced together; large ones are
+        reduced one by one, and their results gathered into one block per kind.
+        """
         groups: dict[tuple[tuple[int, ...], torch.dtype, torch.device], list[int]] = {}
-        blocks: list[list[int]] = []
+        singles: list[int] = []
+        empty: list[int] = []
         for index, tensor in enumerate(tensors):
-            if tensor.numel() >= STACK_BELOW:
-                blocks.append([index])
+            n = tensor.numel()
+            if n == 0:
+                empty.append(index)
+            elif n >= STACK_BELOW:
+                singles.append(index)
             else:
                 groups.setdefault((tensor.shape, tensor.dtype, tensor.device), []).append(index)
-        blocks[:0] = groups.values()
+        blocks: list[tuple[list[int], Pending]] = []
+        gathered: dict[tuple[Any, ...], tuple[list[int], list[_Reduced]]] = {}
         with torch.no_grad():
-            return [
-                (
-                    members,
-                    self._reduce_block(
-                        [tensors[i] for i in members],
-                        "\0".join(names[i] for i in members),
-                        transfer,
-                    ),
+            for members in groups.values():
+                reduced = self._reduce_block(
+                    [tensors[i] for i in members], "\0".join(names[i] for i in members)
                 )
-                for members in blocks
-            ]
+                blocks.append((members, reduced.queue([reduced], transfer)))
+            for index in singles:
+                reduced = self._reduce_block([tensors[index]], names[index])
+                key = (tuple(reduced.columns), reduced.device, reduced.precise)
+                indices, parts = gathered.setdefault(key, ([], []))
+                indices.append(index)
+                parts.append(reduced)
+        for indices, parts in gathered.values():
+            blocks.append((indices, parts[0].queue(parts, transfer)))
+        if empty:
+            counts = np.zeros(len(empty))
+            device = tensors[empty[0]].device
+            blocks.append((empty, Pending(transfer, device, 0, (), counts, [])))
+        return blocks
 
-    def _reduce_block(
-        self, members: list[torch.Tensor], name: str, transfer: Transfer
-    ) -> Pending:
+    def _reduce_block(self, members: list[torch.Tensor], name: str) -> _Reduced:
         first = members[0]
         k, n = len(members), first.numel()
-        if n == 0:
-            return Pending(transfer, first.device, 0, (), k, 0, None)
         work = first.dtype if first.dtype in _NATIVE else torch.float32
         if k == 1 and not self.updates:
             block = first.detach().reshape(1, n)
@@ -272,17 +289,28 @@ class Reducer:
                 self._blocks[name] = previous
             else:
                 del self._blocks[name]
-        device, offset = transfer.add(*columns.values())
-        return Pending(
-            transfer,
-            device,
-            offset,
-            tuple(columns),
-            k,
-            n,
-            (source, source._version),
-            work == torch.float64,
-        )
+        version = source._version
+        sources = [(source, version, row, k) for row in range(k)]
+        return _Reduced(columns, n, sources, block.device, work == torch.float64)
+
+
+@dataclass
+class _Reduced:
+    """The reductions of one block, before they are queued."""
+
+    columns: dict[str, torch.Tensor]
+    n: int
+    sources: list[Source]
+    device: torch.device
+    precise: bool
+
+    def queue(self, blocks: list[_Reduced], transfer: Transfer) -> Pending:
+        """Queue these blocks' reductions (of the same columns) as one :class:`Pending`."""
+        names = tuple(self.columns)
+        device, offset = transfer.add(*(b.columns[name] for name in names for b in blocks))
+        counts = np.concatenate([np.full(len(b.sources), float(b.n)) for b in blocks])
+        sources = [source for b in blocks for source in b.sources]
+        return Pending(transfer, device, offset, names, counts, sources, self.precise)
 
 
 def reduce_rows(
@@ -341,20 +369,13 @@ def reduce_activation(
         values = x.detach()
         n = values.numel()
         if n == 0:
-            return Pending(transfer, values.device, 0, (), 1, 0, None), None
+            return Pending(transfer, values.device, 0, (), np.zeros(1), []), None
         work = values if values.dtype in _NATIVE else values.to(torch.float32)
         columns = reduce_rows(work.reshape(1, n), l1=True, signs=True, scratch=scratch)
-        device, offset = transfer.add(*columns.values())
-        pending = Pending(
-            transfer,
-            device,
-            offset,
-            tuple(columns),
-            1,
-            n,
-            (values, values._version),
-            work.dtype == torch.float64,
+        reduced = _Reduced(
+            columns, n, [(values, values._version, 0, 1)], values.device, work.dtype == torch.float64
         )
+        pending = reduced.queue([reduced], transfer)
         measure = schema.unit_measure(kind)
         axis = schema.default_unit_axis(work.dim())
         if measure is None or axis is None:
@@ -420,7 +441,9 @@ def _exact_count_dtype(most: int, dtype: torch.dtype) -> torch.dtype:
     return dtype if most <= _EXACT_FLOAT32_COUNT else torch.float64
 
 
-def _finish(row: dict[str, np.ndarray], n: int, table: np.ndarray, precise: bool) -> np.ndarray:
+def _finish(
+    row: dict[str, np.ndarray], n: np.ndarray, table: np.ndarray, precise: bool
+) -> np.ndarray:
     """Fill ``table`` (schema order) with the statistics of a block's records from their
     reductions (see :func:`reduce_rows`); returns which records are done: the others hold NaN
     or infinities, or a variance whose digits a one-pass formula lost, and take :func:`_exact`.
@@ -472,17 +495,17 @@ def _finish(row: dict[str, np.ndarray], n: int, table: np.ndarray, precise: bool
     return done_rows
 
 
-def _exact(
-    source: tuple[torch.Tensor, int] | None, index: int, n: int, l1: bool
-) -> dict[str, float] | None:
-    """Every statistic of row ``index`` of the values a record was reduced from, read again
-    and computed in float64 (for records holding NaN or infinities, rare and then urgent, or
-    whose variance needs a second pass); None if those values changed since."""
-    if source is None or source[0]._version != source[1]:
+def _exact(source: Source, l1: bool) -> dict[str, float] | None:
+    """Every statistic of a record read again from the values it was reduced from, computed
+    in float64 (for records holding NaN or infinities, rare and then urgent, or whose
+    variance needs a second pass); None if those values changed since."""
+    values, version, row, rows = source
+    if values._version != version:
         return None
-    out: dict[str, float] = {"count": float(n)}
+    out: dict[str, float] = {}
     with torch.no_grad():
-        x = source[0].detach().reshape(-1, n)[index].to("cpu", torch.float64)
+        x = values.detach().reshape(rows, -1)[row].to("cpu", torch.float64)
+        n = x.numel()
         nan = torch.isnan(x)
         inf = torch.isinf(x)
         finite = x[~(nan | inf)]
