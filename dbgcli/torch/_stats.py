@@ -58,14 +58,13 @@ class Scratch:
     def __init__(self) -> None:
         self._local = threading.local()
 
-    def like(self, x: torch.Tensor, slot: int = 0) -> torch.Tensor:
-        """A buffer of ``x``'s shape, dtype and device, overwritten by the next call with the
-        same slot."""
-        buffers: dict[tuple[int, torch.dtype, torch.device], torch.Tensor] | None
+    def like(self, x: torch.Tensor) -> torch.Tensor:
+        """A buffer of ``x``'s shape, dtype and device, overwritten by the next call."""
+        buffers: dict[tuple[torch.dtype, torch.device], torch.Tensor] | None
         buffers = getattr(self._local, "buffers", None)
         if buffers is None:
             buffers = self._local.buffers = {}
-        key = (slot, x.dtype, x.device)
+        key = (x.dtype, x.device)
         buffer = buffers.get(key)
         if buffer is None or buffer.numel() < x.numel():
             buffer = buffers[key] = torch.empty(x.numel(), dtype=x.dtype, device=x.device)
@@ -330,25 +329,25 @@ def reduce_rows(
     ``previous`` (``update``), and the counts of values > 0 and == 0 (``positive``,
     ``zero``)."""
     n = block.shape[1]
+    work = scratch.like(block)  # each use below is reduced before the next overwrites it
     total = block.sum(1)
     columns = {"min": block.amin(1), "max": block.amax(1), "sum": total}
     if centred:
         centre = total / n
-        deviations = torch.sub(block, centre[:, None], out=scratch.like(block))
+        deviations = torch.sub(block, centre[:, None], out=work)
         columns["centre"] = centre
         columns["deviation"] = torch.linalg.vector_norm(deviations, dim=1)
     else:
         columns["norm"] = torch.linalg.vector_norm(block, dim=1)
     if l1:
-        columns["l1"] = torch.abs(block, out=scratch.like(block)).sum(1)
+        columns["l1"] = torch.abs(block, out=work).sum(1)
     if previous is not None:
-        difference = torch.sub(block, previous, out=scratch.like(block))
+        difference = torch.sub(block, previous, out=work)
         columns["update"] = torch.linalg.vector_norm(difference, dim=1)
     if signs:
         exact = _exact_count_dtype(n, block.dtype)
-        indicator = scratch.like(block)
-        columns["positive"] = torch.gt(block, 0, out=indicator).sum(1, dtype=exact)
-        columns["zero"] = torch.eq(block, 0, out=indicator).sum(1, dtype=exact)
+        columns["positive"] = torch.gt(block, 0, out=work).sum(1, dtype=exact)
+        columns["zero"] = torch.eq(block, 0, out=work).sum(1, dtype=exact)
     return columns
 
 
