@@ -205,7 +205,8 @@ class Reducer:
         signs: Also the fractions of zeros and of positive values (otherwise they are given
             only where min and max decide them).
         updates: Also ``update_l2``, the norm of each tensor's change since the last call that
-            saw it under the same name: keeps a float32 copy of the tensors.
+            saw it under the same name: keeps a float32 copy of the tensors (two of those
+            stacked in blocks, swapped at each call: the stacking is the copy).
     """
 
     def __init__(self, *, l1: bool = False, signs: bool = False, updates: bool = False) -> None:
@@ -262,7 +263,7 @@ class Reducer:
         first = members[0]
         k, n = len(members), first.numel()
         work = first.dtype if first.dtype in _NATIVE else torch.float32
-        if k == 1 and not self.updates:
+        if k == 1:
             block = first.detach().reshape(1, n)
             source = first
             if block.dtype != work:
@@ -280,7 +281,14 @@ class Reducer:
         columns = reduce_rows(
             block, l1=self.l1, signs=self.signs, previous=previous, centred=n < STACK_BELOW
         )
-        if self.updates:
+        if self.updates and k == 1:
+            # One copy of a large tensor, overwritten each time (it is the exact path's source
+            # until the next reduction).
+            if previous is None:
+                previous = self._previous[name] = torch.empty_like(block)
+            previous.copy_(block)
+            source = previous
+        elif self.updates:
             # The stacked copy becomes the previous values, and the old previous memory the
             # next stacking memory: no copy beyond the stacking.
             self._previous[name] = block
