@@ -110,8 +110,8 @@ class Transfer:
             offset = self._sizes.get(device, 0)
             parts = self._parts.setdefault(device, [])
             size = offset
-            for tensor in values:
-                parts.append(tensor.detach().reshape(-1))
+            for tensor in values:  # results of no_grad reductions, or detached
+                parts.append(tensor if tensor.dim() == 1 else tensor.reshape(-1))
                 size += tensor.numel()
             self._sizes[device] = size
         return device, offset
