@@ -241,7 +241,10 @@ def report(args: argparse.Namespace, races: list[Race]) -> Race:
     print(f"  overhead      {middle.overhead() * 100:+8.1f} %   (mean step; races: {each} %)")
     print(f"  without hook  {middle.plain.mean() * 1e3:8.2f} ms/step (mean)")
     print(f"  with hook     {middle.hooked.mean() * 1e3:8.2f} ms/step (mean)")
-    for label, chosen in (("recording tensors", middle.recorded), ("other steps", ~middle.recorded)):
+    for label, chosen in (
+        ("recording tensors", middle.recorded),
+        ("other steps", ~middle.recorded),
+    ):
         if chosen.any():
             print(
                 f"    {label:18s} {middle.extra(chosen) * 1e3:+6.2f} ms/step (median, "

@@ -237,11 +237,15 @@ class _QueuedLoss:
 
     step: int
     mode: str
-    total: Callable[[], float]
+    total: float | tuple[Transfer, torch.device, int]  # or where the transfer will hold it
     count: int
 
     def write(self, writer: TraceWriter) -> None:
-        writer.add_scalar("loss", self.total() / self.count, self.step, mode=self.mode)
+        total = self.total
+        if isinstance(total, tuple):
+            transfer, device, offset = total
+            total = float(transfer.values(device)[offset])
+        writer.add_scalar("loss", total / self.count, self.step, mode=self.mode)
 
 
 _NUMPY_DTYPES: dict[torch.dtype, np.dtype] = {}
@@ -690,18 +694,21 @@ class TorchHook:
     def _record_activations(
         self, records: list[tuple[str, torch.Tensor, str]], kind: str, mode: str
     ) -> None:
-        """Statistics and unit measures of activations, computed by torch where they live.
-
-        On the CPU too: for one ReLU output torch's multi-threaded passes beat the writer's
-        numpy kernel from 256x512 up, numpy is faster for smaller ones, and over whole
-        training steps at batch 64 the two measured the same (``bench/bench_hook.py``,
-        docs/benchmarks.md).
-        """
+        """Queue the statistics and unit measures of activations, reduced by torch where
+        they live: only the results wait for the step's transfer, no copy of the tensor
+        (a full one only on ``raw_every`` steps)."""
         keep_raw = self.writer.raw_due(self._step)
         for tag, tensor, collection in records:
             pending, units = reduce_activation(tensor, kind, collection, self._transfer)
             self._queue_tensors(
-                [0], [tag], [tensor], [collection], pending, keep_raw, kind=kind, mode=mode,
+                [0],
+                [tag],
+                [tensor],
+                [collection],
+                pending,
+                keep_raw,
+                kind=kind,
+                mode=mode,
                 units=units,
             )
 
@@ -801,20 +808,12 @@ class TorchHook:
         for mode, pending in list(self._pending_loss.items()):
             if which(mode, pending):
                 del self._pending_loss[mode]
-                total = pending.total
-                if isinstance(total, torch.Tensor):
-                    device, offset = self._transfer.add(total)
-                    transfer = self._transfer
-
-                    def value(t: Transfer = transfer, d: Any = device, o: int = offset) -> float:
-                        return float(t.values(d)[o])
-
+                total: float | tuple[Transfer, torch.device, int]
+                if isinstance(pending.total, torch.Tensor):
+                    total = (self._transfer, *self._transfer.add(pending.total))
                 else:
-
-                    def value(number: float = float(total)) -> float:
-                        return number
-
-                self._queue.append(_QueuedLoss(pending.step, mode, value, pending.count))
+                    total = float(pending.total)
+                self._queue.append(_QueuedLoss(pending.step, mode, total, pending.count))
 
     def _write_everything(self) -> None:
         self._write_pending_loss(lambda mode, pending: True)

@@ -29,7 +29,6 @@ stacked copy, or the tensor itself if it is unchanged since); that costs extra r
 
 from __future__ import annotations
 
-import math
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -47,7 +46,6 @@ STACK_BELOW = 1 << 16
 _EXACT_FLOAT32_COUNT = 1 << 24
 _COLUMN = {name: index for index, name in enumerate(schema.STAT_COLUMNS)}
 _MOMENTS = [_COLUMN[name] for name in ("min", "max", "mean", "std", "l2")]
-
 
 
 class Scratch:
@@ -85,7 +83,7 @@ def to_host(parts: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.cuda.Eve
     if values.device.type == "cuda":
         host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
         host.copy_(values, non_blocking=True)
-        event = torch.cuda.Event()
+        event = torch.cuda.Event()  # type: ignore[no-untyped-call]
         event.record()
         return host, event
     return values.cpu(), None
@@ -124,7 +122,10 @@ class Transfer:
 
     def ready(self) -> bool:
         """Whether :meth:`values` can return without waiting for a device."""
-        return all(event is None or event.query() for _, event in self._host.values())
+        return all(
+            event is None or event.query()  # type: ignore[no-untyped-call]
+            for _, event in self._host.values()
+        )
 
     def values(self, device: torch.device) -> np.ndarray:
         """The results queued on ``device``, as float64 (waits for the copy if needed)."""
@@ -380,7 +381,11 @@ def reduce_activation(
         work = values if values.dtype in _NATIVE else values.to(torch.float32)
         columns = reduce_rows(work.reshape(1, n), l1=True, signs=True, scratch=scratch)
         reduced = _Reduced(
-            columns, n, [(values, values._version, 0, 1)], values.device, work.dtype == torch.float64
+            columns,
+            n,
+            [(values, values._version, 0, 1)],
+            values.device,
+            work.dtype == torch.float64,
         )
         pending = reduced.queue([reduced], transfer)
         measure = schema.unit_measure(kind)

@@ -208,9 +208,9 @@ def test_batched_statistics_equal_the_writers_kernel(dtype: torch.dtype) -> None
         if expected[COL["std"]] == 0:
             assert stats["std"] == 0.0, index  # a constant, exactly (its float mean may not be)
         for name in computed:
-            assert stats[name] == pytest.approx(
-                expected[COL[name]], rel=1e-5, abs=1e-6
-            ), f"{index} {name}"
+            assert stats[name] == pytest.approx(expected[COL[name]], rel=1e-5, abs=1e-6), (
+                f"{index} {name}"
+            )
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
