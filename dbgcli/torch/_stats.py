@@ -2,29 +2,32 @@
 
 Copying every weight and gradient to host memory to compute statistics there costs more than a
 training step of a small model (and far more from a GPU); so does a handful of small torch
-operations per tensor, which cost about 28 us each time whatever the tensor's size. Here:
+operations per tensor, which cost tens of microseconds each whatever the tensor's size. Here:
 
-* Tensors of one numel and dtype are **stacked** into one ``(k, n)`` block and reduced along its
-  rows, so two hundred small parameters cost a few operations (:class:`Reducer`). Tensors of
-  65,536 values or more are reduced one by one without a copy: their arithmetic outweighs the
-  per-operation cost, and stacking them would copy them.
-* The results of everything a step records stay on the device as float64 rows, and reach the
-  host in **one** transfer (:class:`Transfer`, the one place that copies to the host); on a GPU
-  the copy is asynchronous and the hook hands the numbers to the writer once it has landed, so
-  a training step never waits for its statistics.
+* Tensors of one shape and dtype are **stacked** into one ``(k, n)`` block and reduced along
+  its rows, so two hundred small parameters cost a few dozen operations (:class:`Reducer`).
+  Tensors of 65,536 values or more are reduced one by one without a copy: their arithmetic
+  outweighs the per-operation cost, and stacking them would copy them.
+* The results stay on the device, column by column, and everything a step records reaches the
+  host in **one** transfer (:class:`Transfer`; :func:`to_host` is the one place that copies to
+  the host); on a GPU the copy is asynchronous and the hook hands the numbers to the writer
+  once it has landed, so a training step never waits for its statistics.
 
-Every record gets the columns of the trace format (docs/trace-format.md) that
-:class:`dbgcli.trace.stats.StatsKernel` computes: count, min, max, mean, std, l2, and where asked
-l1, the update norm and the fractions of zeros and of positive values (weights and gradients
-leave those out unless their range decides them: they would cost two more passes; the rules
-need them of activations). The variance is the two-pass one, centred on the mean the device
-computed, so it keeps its digits where ``E[x^2] - E[x]^2`` would lose them. Counts go through
-float 0/1 indicators written into reusable scratch memory: a comparison into a float tensor
-and a float sum are vectorised, a boolean mask and its sum are several times slower.
+Every record gets the columns of the trace format (docs/trace-format.md), equal to what
+:class:`dbgcli.trace.stats.StatsKernel` computes: count, NaN and inf counts, min, max, mean,
+std, l2, and where asked l1, the update norm and the fractions of zeros and of positive values
+(weights and gradients leave the fractions out unless their range decides them: two more
+passes that the rules need of activations only). Blocks of small tensors get the two-pass
+variance, centred on the mean the device computed; tensors reduced alone get the one-pass
+``E[x^2] - E[x]^2`` and, where that loses digits (the writer's own test), the exact path.
+Counts go through float 0/1 indicators written into reusable scratch memory: a comparison into
+a float tensor and a float sum are vectorised, a boolean mask and its sum are several times
+slower.
 
-A record holding NaN or infinities (or whose float32 sums overflow) is rare and then urgent:
-its exact finite-only statistics are recomputed on the host from the values it had (the
-stacked copy, or the tensor itself if it is unchanged since); that costs extra reads.
+The exact path, for a record holding NaN or infinities (rare, and then urgent) or a variance
+short of digits, reads the record again from the values it was reduced from (the stacked
+copy, the copy kept for the update norm, or the tensor itself if it is unchanged since) and
+computes in float64; that costs extra reads, for such records only.
 """
 
 from __future__ import annotations
