@@ -84,10 +84,11 @@ def to_host(parts: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.cuda.Eve
     """
     values = torch.cat(list(parts)).to(torch.float64)
     if values.device.type == "cuda":
-        host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
-        host.copy_(values, non_blocking=True)
-        event = torch.cuda.Event()  # type: ignore[no-untyped-call]
-        event.record()
+        with torch.cuda.device(values.device):  # the event on the stream that copies
+            host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+            host.copy_(values, non_blocking=True)
+            event = torch.cuda.Event()  # type: ignore[no-untyped-call]
+            event.record()
         return host, event
     return values.cpu(), None
 
