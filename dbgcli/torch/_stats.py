@@ -48,6 +48,7 @@ _NATIVE = (torch.float32, torch.float64)
 STACK_BELOW = 1 << 16
 _EXACT_FLOAT32_COUNT = 1 << 24
 _COLUMN = {name: index for index, name in enumerate(schema.STAT_COLUMNS)}
+_NONNEGATIVE_KINDS = frozenset({"relu", "relu6"})
 _MOMENTS = [_COLUMN[name] for name in ("min", "max", "mean", "std", "l2")]
 
 
@@ -164,6 +165,7 @@ class Pending:
     counts: np.ndarray
     sources: list[Source]
     precise: bool = False  # reduced in float64
+    nonnegative: bool = False  # known >= 0: no absolute sum or zero count was reduced
     _table: np.ndarray | None = None
 
     def table(self) -> np.ndarray:
@@ -191,8 +193,9 @@ class Pending:
         width = len(self.columns)
         values = self.transfer.values(self.device)[self.offset : self.offset + records * width]
         row = dict(zip(self.columns, values.reshape(width, records)))
-        for index in np.flatnonzero(~_finish(row, counts, table, self.precise)):
-            exact = _exact(self.sources[index], "l1" in row)
+        done = _finish(row, counts, table, self.precise, self.nonnegative)
+        for index in np.flatnonzero(~done):
+            exact = _exact(self.sources[index], "l1" in row or self.nonnegative)
             if exact is None and np.isfinite(table[index, _MOMENTS]).all():
                 continue  # a one-pass variance, the best there is without the values
             kept = {"count": counts[index], "update_l2": table[index, _COLUMN["update_l2"]]}
@@ -315,6 +318,7 @@ class _Reduced:
     sources: list[Source]
     device: torch.device
     precise: bool
+    nonnegative: bool = False
 
     def queue(self, blocks: list[_Reduced], transfer: Transfer) -> Pending:
         """Queue these blocks' reductions (of the same columns) as one :class:`Pending`."""
@@ -322,7 +326,9 @@ class _Reduced:
         device, offset = transfer.add(*(b.columns[name] for name in names for b in blocks))
         counts = np.concatenate([np.full(len(b.sources), float(b.n)) for b in blocks])
         sources = [source for b in blocks for source in b.sources]
-        return Pending(transfer, device, offset, names, counts, sources, self.precise)
+        return Pending(
+            transfer, device, offset, names, counts, sources, self.precise, self.nonnegative
+        )
 
 
 def reduce_rows(
@@ -383,20 +389,35 @@ def reduce_activation(
         if n == 0:
             return Pending(transfer, values.device, 0, (), np.zeros(1), []), None
         work = values if values.dtype in _NATIVE else values.to(torch.float32)
-        columns = reduce_rows(work.reshape(1, n), l1=True, signs=True, scratch=scratch)
+        block = work.reshape(1, n)
+        # A ReLU output is >= 0: its absolute sum is its sum and what is not positive is
+        # zero (the host checks the minimum, and takes the exact path if that ever fails).
+        nonnegative = kind in _NONNEGATIVE_KINDS and collection == "activations"
+        columns = reduce_rows(block, l1=not nonnegative, centred=False, scratch=scratch)
+        measure = schema.unit_measure(kind)
+        axis = schema.default_unit_axis(work.dim())
+        counts = None
+        if measure is not None and axis is not None:
+            counts = _unit_counts(work, measure, kind, collection, axis, scratch)
+        exact = _exact_count_dtype(n, work.dtype)
+        if counts is not None and measure == schema.UNIT_MEASURE_ACTIVE:
+            columns["positive"] = counts.sum(dtype=exact).reshape(1)
+        else:
+            columns["positive"] = torch.gt(block, 0, out=scratch.like(block)).sum(1, dtype=exact)
+        if not nonnegative:
+            columns["zero"] = torch.eq(block, 0, out=scratch.like(block)).sum(1, dtype=exact)
         reduced = _Reduced(
             columns,
             n,
             [(values, values._version, 0, 1)],
             values.device,
             work.dtype == torch.float64,
+            nonnegative,
         )
         pending = reduced.queue([reduced], transfer)
-        measure = schema.unit_measure(kind)
-        axis = schema.default_unit_axis(work.dim())
-        if measure is None or axis is None:
+        if counts is None:
             return pending, None
-        counts = _unit_counts(work, measure, kind, collection, axis, scratch)
+        assert axis is not None  # counts exist only with a unit axis
         units = counts / (n // work.shape[axis])
         unit_device, unit_offset = transfer.add(units)
         size = units.numel()
@@ -458,7 +479,7 @@ def _exact_count_dtype(most: int, dtype: torch.dtype) -> torch.dtype:
 
 
 def _finish(
-    row: dict[str, np.ndarray], n: np.ndarray, table: np.ndarray, precise: bool
+    row: dict[str, np.ndarray], n: np.ndarray, table: np.ndarray, precise: bool, nonnegative: bool
 ) -> np.ndarray:
     """Fill ``table`` (schema order) with the statistics of a block's records from their
     reductions (see :func:`reduce_rows`); returns which records are done: the others hold NaN
@@ -480,6 +501,9 @@ def _finish(
             # E[x^2] - E[x]^2 loses about log10(mean^2 / var) digits: as the writer does.
             done = np.isfinite(squares) & ~(mean * mean > (1e6 if precise else 1e2) * variance)
         done &= np.isfinite(low) & np.isfinite(high) & np.isfinite(total)
+        if nonnegative:
+            done &= low >= 0
+            row = {**row, "l1": total, "zero": n - row["positive"]}
         std = np.sqrt(variance)
         std[low == high] = 0.0
         columns: dict[str, Any] = {
