@@ -1,32 +1,33 @@
 """Cost of the PyTorch hook on a training step, against the same loop without it, in one run.
 
-A CPU MLP (``--layers`` hidden layers of ``--width`` units with ReLU, batch ``--batch``) trains
-with SGD. The hooked copy records, at every step, statistics of every weight, bias, gradient
-and ReLU output, the loss and the learning rate, and keeps full tensors every ``--raw-every``
-steps (the defaults of :func:`dbgcli.torch.attach`; ``--stats-every N`` records tensors every
-N steps instead).
+Models (``--model``): ``mlp``, a CPU MLP (``--layers`` hidden layers of ``--width`` units with
+ReLU, SGD with momentum); ``transformer``, a small ``nn.TransformerEncoder`` (9 layers, d_model
+64, GELU modules, AdamW: 111 parameter tensors) classifying token sequences; ``cnn``, two
+convolutions with ReLU and pooling and a linear head on 3x32x32 images. All train at batch
+``--batch``. The hooked copy records statistics of every weight, bias, gradient and activation
+of every ``--stats-every``-th step, the loss and the learning rate every step, and full tensors
+every ``--raw-every`` steps. ``--all`` runs the three models at the hook's default settings
+(``--stats-every 10`` given explicitly) and then the cost of one recorded step for 200 small
+parameter tensors, and prints the figures against their targets.
 
 The machine is shared and its speed drifts within seconds, so the plain and the hooked copy
 train side by side on the same batches, one step each in turn (which goes first alternates),
 and every step is timed. The overhead is that of the mean step over the run, which includes
-the steps that keep full tensors and the writer's periodic commits; the first ``--warmup``
-steps are left out on both sides (the hook's first records create the trace's datasets).
-Medians split it into steps that record tensors and steps that only record the loss and the
-learning rate, which is what ``stats_every`` trades between. Attaching (creating the trace)
-and closing (the last commit) are timed apart. ``--repeat`` runs the race that many times and
+the steps that record tensors, those that keep full tensors and the writer's periodic commits;
+the first ``--warmup`` steps are left out on both sides (the hook's first records create the
+trace's datasets). Medians split it into steps that record tensors (``extra_rec``) and the
+others (``extra_other``), and the cost model ``extra_rec / N + extra_other * (N - 1) / N`` (N =
+``--stats-every``) predicts the mean overhead from them. Attaching (creating the trace) and
+closing (the last commit) are timed apart. ``--repeat`` runs the race that many times and
 reports each overhead and their median.
 
 ``--hook-only`` records into a writer whose ``add_tensor``, ``add_tensor_stats`` and
 ``add_scalar`` do nothing, which separates what the hook does on the training thread (forward
-and optimizer hooks, torch's statistics of every tensor) from the writer's (buffering, HDF5).
-``--profile`` profiles one hooked run with pyinstrument.
+and optimizer hooks, torch's statistics) from the writer's (buffering, HDF5). ``--profile``
+profiles one hooked run with pyinstrument (``pip install pyinstrument``).
 
-It also times one plain reduction over every weight and gradient: statistics of each of them
-at every step cannot cost less than that, which puts a floor under the overhead of
-``--stats-every 1`` on small batches.
-
-Run: ``python bench/bench_hook.py [--repeat 3] [--steps 300] [--batch 64] [--stats-every 1]
-[--hook-only] [--profile]``.
+Run: ``python bench/bench_hook.py [--all] [--model mlp] [--repeat 3] [--steps 300] [--batch 64]
+[--stats-every 1] [--threads N] [--hook-only] [--profile]``.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -43,7 +45,13 @@ from torch import nn
 
 from dbgcli import TraceWriter
 from dbgcli.torch import TorchHook, attach
-from dbgcli.torch._stats import activation_statistics
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+#: Targets of issue #15: overhead at the defaults, and one recorded step of 200 small tensors.
+OVERHEAD_TARGET = 0.05
+SMALL_TENSORS_TARGET_MS = 3.0
+DEFAULT_STATS_EVERY = 10
 
 
 class NullWriter(TraceWriter):
@@ -60,19 +68,83 @@ class NullWriter(TraceWriter):
 
 
 class Model(NamedTuple):
-    network: nn.Sequential
+    network: nn.Module
     optimizer: torch.optim.Optimizer
+
+
+class TokenClassifier(nn.Module):
+    """Embedding, a TransformerEncoder whose activations are GELU modules, mean pool, head."""
+
+    def __init__(self, vocabulary: int, width: int, layers: int, classes: int) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocabulary, width)
+        layer = nn.TransformerEncoderLayer(
+            width, 4, 2 * width, dropout=0.0, activation=nn.GELU(), batch_first=True
+        )
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.head = nn.Linear(width, classes)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        hidden: torch.Tensor = self.encoder(self.embed(tokens))
+        logits: torch.Tensor = self.head(hidden.mean(dim=1))
+        return logits
+
+
+VOCABULARY, SEQUENCE = 1000, 32
+
+
+def make_network(args: argparse.Namespace) -> nn.Module:
+    if args.model == "transformer":
+        return TokenClassifier(VOCABULARY, 64, 9, args.classes)
+    if args.model == "cnn":
+        return nn.Sequential(
+            nn.Conv2d(3, 16, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(32 * 8 * 8, args.classes),
+        )
+    modules: list[nn.Module] = []
+    for _ in range(args.layers):
+        modules += [nn.Linear(args.width, args.width), nn.ReLU()]
+    modules.append(nn.Linear(args.width, args.classes))
+    return nn.Sequential(*modules)
 
 
 def make_model(args: argparse.Namespace) -> Model:
     """A fresh model and optimizer, the same for every call (fixed seed)."""
     torch.manual_seed(0)
-    modules: list[nn.Module] = []
-    for _ in range(args.layers):
-        modules += [nn.Linear(args.width, args.width), nn.ReLU()]
-    modules.append(nn.Linear(args.width, args.classes))
-    network = nn.Sequential(*modules)
+    network = make_network(args)
+    if args.model == "transformer":
+        return Model(network, torch.optim.AdamW(network.parameters(), lr=1e-3))
     return Model(network, torch.optim.SGD(network.parameters(), lr=0.01, momentum=0.9))
+
+
+def make_data(args: argparse.Namespace) -> list[Batch]:
+    generator = torch.Generator().manual_seed(0)
+
+    def inputs() -> torch.Tensor:
+        if args.model == "transformer":
+            return torch.randint(0, VOCABULARY, (args.batch, SEQUENCE), generator=generator)
+        if args.model == "cnn":
+            return torch.randn(args.batch, 3, 32, 32, generator=generator)
+        return torch.randn(args.batch, args.width, generator=generator)
+
+    return [
+        (inputs(), torch.randint(0, args.classes, (args.batch,), generator=generator))
+        for _ in range(args.steps)
+    ]
+
+
+def describe(args: argparse.Namespace) -> str:
+    network = make_network(args)
+    tensors = sum(1 for _ in network.parameters())
+    values = sum(p.numel() for p in network.parameters())
+    name = f"MLP {args.layers}x{args.width}" if args.model == "mlp" else args.model
+    return f"{name} ({tensors} parameter tensors, {values:,} values)"
 
 
 def attach_hook(args: argparse.Namespace, model: Model, trace: Path) -> TorchHook:
@@ -108,10 +180,21 @@ class Race(NamedTuple):
     def overhead(self) -> float:
         return float(self.hooked.mean() / self.plain.mean() - 1)
 
+    def extra(self, chosen: np.ndarray) -> float:
+        """Median extra seconds of the chosen steps (0 if none)."""
+        if not chosen.any():
+            return 0.0
+        return float(np.median(self.hooked[chosen]) - np.median(self.plain[chosen]))
 
-def race(
-    args: argparse.Namespace, data: list[tuple[torch.Tensor, torch.Tensor]], trace: Path
-) -> Race:
+    def predicted(self, every: int) -> float:
+        """The cost model: extra per recorded step / N + extra per other step * (N - 1) / N,
+        over the plain mean step."""
+        model = self.extra(self.recorded) / every
+        model += self.extra(~self.recorded) * (every - 1) / every
+        return model / float(self.plain.mean())
+
+
+def race(args: argparse.Namespace, data: list[Batch], trace: Path) -> Race:
     """The plain and the hooked copy train on the same batches, one step each in turn."""
     plain, hooked = make_model(args), make_model(args)
     start = time.perf_counter()
@@ -134,46 +217,7 @@ def race(
     return Race(times[args.warmup :, 0], times[args.warmup :, 1], recorded, once)
 
 
-def activation_kernels(args: argparse.Namespace, folder: Path) -> tuple[float, float]:
-    """Seconds per ReLU output of one batch: the writer's numpy statistics and unit measure
-    (of tensors recorded with ``add_tensor``) against torch's (what the hook uses)."""
-    generator = torch.Generator().manual_seed(1)
-    output = torch.relu(torch.randn(args.batch, args.width, generator=generator))
-    records = max(args.steps, 20)
-    numpy_times, torch_times = [], []
-    for _ in range(args.repeat):
-        with TraceWriter(folder / "kernels.h5", raw_every=0, overwrite=True) as writer:
-            start = time.perf_counter()
-            for step in range(records):
-                writer.add_tensor("act", output, step, collection="activations", kind="relu")
-            writer.flush()  # statistics of a block are computed when it is finished
-            numpy_times.append((time.perf_counter() - start) / records)
-        start = time.perf_counter()
-        for _ in range(records):
-            _, shares = activation_statistics(output, "relu", "activations")
-            assert shares is not None
-            shares.cpu().numpy()
-        torch_times.append((time.perf_counter() - start) / records)
-    return min(numpy_times), min(torch_times)
-
-
-def one_read_of_parameters(args: argparse.Namespace) -> float:
-    """Seconds for one torch reduction over every weight and gradient of the model: the
-    least that statistics of them all can cost, whatever the kernel."""
-    tensors = [p.detach() for p in make_model(args).network.parameters()]
-    tensors += [torch.randn_like(t) for t in tensors]
-    times = []
-    for _ in range(args.repeat):
-        start = time.perf_counter()
-        for _ in range(args.steps):
-            torch.stack([t.sum() for t in tensors]).tolist()
-        times.append((time.perf_counter() - start) / args.steps)
-    return min(times)
-
-
-def profile(
-    args: argparse.Namespace, data: list[tuple[torch.Tensor, torch.Tensor]], trace: Path
-) -> None:
+def profile(args: argparse.Namespace, data: list[Batch], trace: Path) -> None:
     from pyinstrument import Profiler
 
     profiler = Profiler(interval=0.0005)
@@ -188,7 +232,7 @@ def report(args: argparse.Namespace, races: list[Race]) -> Race:
     races = sorted(races, key=Race.overhead)
     middle = races[len(races) // 2]
     print(
-        f"MLP {args.layers}x{args.width}, batch {args.batch}, {args.steps} steps "
+        f"{describe(args)}, batch {args.batch}, {args.steps} steps "
         f"(first {args.warmup} left out), statistics every {args.stats_every}, "
         f"raw every {args.raw_every}, torch threads {torch.get_num_threads()}, "
         f"{len(races)} races" + (", hook only (records dropped)" if args.hook_only else "")
@@ -202,19 +246,93 @@ def report(args: argparse.Namespace, races: list[Race]) -> Race:
         ("other steps", ~middle.recorded),
     ):
         if chosen.any():
-            extra = np.median(middle.hooked[chosen]) - np.median(middle.plain[chosen])
             print(
-                f"    {label:18s} {extra * 1e3:+6.2f} ms/step (median, {chosen.sum()} steps; "
-                f"plain {np.median(middle.plain[chosen]) * 1e3:.2f} ms)"
+                f"    {label:18s} {middle.extra(chosen) * 1e3:+6.2f} ms/step (median, "
+                f"{chosen.sum()} steps; plain {np.median(middle.plain[chosen]) * 1e3:.2f} ms)"
             )
+    predicted = [r.predicted(args.stats_every) * 100 for r in races]
+    print(
+        f"  cost model    {middle.extra(middle.recorded) * 1e3:.2f} ms / {args.stats_every} + "
+        f"{middle.extra(~middle.recorded) * 1e3:.2f} ms = "
+        f"{middle.predicted(args.stats_every) * middle.plain.mean() * 1e3:.2f} ms/step, "
+        f"{middle.predicted(args.stats_every) * 100:+.1f} % of a plain step "
+        f"(races: {', '.join(f'{p:+.1f}' for p in sorted(predicted))} %)"
+    )
     print(f"  attach+close  {middle.once * 1e3:8.2f} ms once")
     return middle
+
+
+def run_model(args: argparse.Namespace, folder: Path) -> Race:
+    data = make_data(args)
+    trace = folder / f"bench-{args.model}.h5"
+    race(args, data[: args.warmup + 1], trace)  # thread pools, allocator, first HDF5 file
+    middle = report(args, [race(args, data, trace) for _ in range(args.repeat)])
+    if not args.hook_only:
+        print(f"  trace         {trace.stat().st_size / 1e6:8.2f} MB")
+    if args.profile:
+        profile(args, data, trace)
+    return middle
+
+
+def small_tensors_step(args: argparse.Namespace, folder: Path) -> tuple[float, float, float]:
+    """Milliseconds of one recorded step (weights, biases and gradients) of 100 Linear(16, 16)
+    layers, 200 parameter tensors: median wall time, median CPU time of the training thread,
+    and the 90th percentile of the wall time."""
+    torch.manual_seed(0)
+    network = nn.Sequential(*[nn.Linear(16, 16) for _ in range(100)])
+    optimizer = torch.optim.SGD(network.parameters(), lr=1e-3)
+    network(torch.randn(8, 16)).sum().backward()
+    calls = max(args.steps, 40)
+    wall, cpu = np.empty(calls), np.empty(calls)
+    with attach(network, None, folder / "small.h5", raw_every=0, stats_every=1) as hook:
+        for step in range(calls + 20):
+            hook.step = step
+            start, start_cpu = time.perf_counter(), time.thread_time()
+            hook.record_optimizer_step(optimizer)
+            if step >= 20:  # the first records create the trace's datasets
+                wall[step - 20] = time.perf_counter() - start
+                cpu[step - 20] = time.thread_time() - start_cpu
+    return (
+        float(np.median(wall) * 1e3),
+        float(np.median(cpu) * 1e3),
+        float(np.percentile(wall, 90) * 1e3),
+    )
+
+
+def run_all(args: argparse.Namespace, folder: Path) -> None:
+    rows: list[tuple[str, Race, int]] = []
+    for model in ("mlp", "transformer", "cnn"):
+        setup = argparse.Namespace(**vars(args))
+        setup.model = model
+        setup.stats_every = DEFAULT_STATS_EVERY if args.stats_every == 1 else args.stats_every
+        if model == "transformer":
+            setup.batch = 32
+        middle = run_model(setup, folder)
+        rows.append((describe(setup) + f", batch {setup.batch}", middle, setup.stats_every))
+        print()
+    wall, cpu, p90 = small_tensors_step(args, folder)
+    print("Summary (targets of issue #15)")
+    for name, middle, every in rows:
+        verdict = "met" if middle.overhead() < OVERHEAD_TARGET else "NOT met"
+        print(
+            f"  {name}, statistics every {every}: {middle.overhead() * 100:+.1f} % "
+            f"(cost model {middle.predicted(every) * 100:+.1f} %; target < "
+            f"{OVERHEAD_TARGET * 100:.0f} %: {verdict})"
+        )
+    verdict = "met" if wall <= SMALL_TENSORS_TARGET_MS else "NOT met"
+    print(
+        f"  one recorded step of 200 small parameter tensors (weights and gradients): "
+        f"{wall:.2f} ms median wall ({cpu:.2f} ms CPU of the training thread, 90th percentile "
+        f"{p90:.2f} ms; target <= {SMALL_TENSORS_TARGET_MS:.0f} ms: {verdict})"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--all", action="store_true", help="every model at the defaults")
+    parser.add_argument("--model", choices=("mlp", "transformer", "cnn"), default="mlp")
     parser.add_argument("--width", type=int, default=512)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--batch", type=int, default=64)
@@ -228,44 +346,22 @@ def main() -> None:
         "--stats-every", type=int, default=1, help="record tensors every this many steps"
     )
     parser.add_argument("--repeat", type=int, default=3, help="races to run")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     parser.add_argument(
         "--hook-only", action="store_true", help="record into a writer that drops everything"
     )
     parser.add_argument("--profile", action="store_true", help="profile one hooked run afterwards")
-    parser.add_argument("--quick", action="store_true", help="10 steps, 1 race: a smoke run")
+    parser.add_argument("--quick", action="store_true", help="20 steps, 1 race: a smoke run")
     args = parser.parse_args()
     if args.quick:
-        args.steps, args.repeat, args.warmup = 10, 1, 2
+        args.steps, args.repeat, args.warmup = 20, 1, 2
     if not 0 <= args.warmup < args.steps:
         parser.error("--warmup must be at least 0 and less than --steps")
-
-    generator = torch.Generator().manual_seed(0)
-    data = [
-        (
-            torch.randn(args.batch, args.width, generator=generator),
-            torch.randint(0, args.classes, (args.batch,), generator=generator),
-        )
-        for _ in range(args.steps)
-    ]
+    if args.threads:
+        torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as folder:
-        trace = Path(folder) / "bench.h5"
-        race(args, data[: args.warmup + 1], trace)  # thread pools, allocator, first HDF5 file
-        middle = report(args, [race(args, data, trace) for _ in range(args.repeat)])
-        print(f"  trace         {trace.stat().st_size / 1e6:8.2f} MB")
-        by_numpy, by_torch = activation_kernels(args, Path(folder))
-        print(
-            f"  statistics of one {args.batch}x{args.width} ReLU output: writer's numpy "
-            f"{by_numpy * 1e6:.0f} us, the hook's torch {by_torch * 1e6:.0f} us "
-            f"(torch / numpy = {by_torch / by_numpy:.1f})"
-        )
-        floor = one_read_of_parameters(args)
-        print(
-            f"  one torch sum over every weight and gradient: {floor * 1e6:.0f} us, "
-            f"{floor / middle.plain.mean() * 100:.1f} % of a plain step (the floor for "
-            "statistics of them all every step)"
-        )
-        if args.profile:
-            profile(args, data, trace)
+        runner: Callable[[argparse.Namespace, Path], Any] = run_all if args.all else run_model
+        runner(args, Path(folder))
 
 
 if __name__ == "__main__":

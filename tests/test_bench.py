@@ -26,7 +26,7 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
         (
             "bench_hook.py",
             ["--repeat", "1"],
-            ["without hook", "with hook", "overhead", "ReLU output"],
+            ["without hook", "with hook", "overhead", "cost model", "10 parameter tensors"],
         ),
         ("bench_schedulers.py", ["--speed-only"], ["dbgcli.schedulers.simulate", "reference"]),
     ],

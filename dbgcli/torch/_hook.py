@@ -27,7 +27,6 @@ warnings), so training with and without it produces bit-identical parameters.
 from __future__ import annotations
 
 import fnmatch
-import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.optim import Optimizer
@@ -43,7 +43,8 @@ from torch.utils.hooks import RemovableHandle
 from dbgcli._failures import FailureReporter
 from dbgcli.errors import TraceWriterError, TrainingStopped
 from dbgcli.live_rules import LiveRules, check_stop_on, is_loss, stop_if
-from dbgcli.torch._stats import activation_statistics, statistics
+from dbgcli.torch._stats import Pending, Reducer, Transfer, reduce_activation
+from dbgcli.trace.stats import COL
 from dbgcli.trace.writer import TraceWriter
 
 __all__ = [
@@ -201,11 +202,74 @@ class _PendingLoss:
     count: int
 
 
-def _numpy_dtype(tensor: torch.Tensor) -> str:
+@dataclass
+class _QueuedTensors:
+    """Tensor records of one step and mode whose statistics are on their way to the host."""
+
+    step: int
+    mode: str
+    kind: str | None
+    pending: Pending
+    tags: list[str]
+    collections: list[str]
+    tensors: list[tuple[tuple[int, ...], np.dtype]]  # shape and numpy dtype of each
+    raws: list[torch.Tensor] | None  # copies: the tensors may change before the hand-over
+    units: Callable[[], Any] | None = None
+
+    def write(self, writer: TraceWriter, live: LiveRules | None) -> None:
+        table = self.pending.table()
+        units = None if self.units is None else self.units()
+        for index, (tag, collection, (shape, dtype)) in enumerate(
+            zip(self.tags, self.collections, self.tensors)
+        ):
+            if live is not None and collection == "gradients":
+                row = table[index]
+                nonfinite = row[COL["nan_count"]] + row[COL["inf_count"]]
+                stop_if(writer, live.gradient(tag, nonfinite, row[COL["l2"]], self.step))
+            writer.add_tensor_stats(
+                tag,
+                table[index],
+                self.step,
+                shape=shape,
+                dtype=dtype,
+                collection=collection,
+                kind=self.kind,
+                mode=self.mode,
+                units=units,
+                value=None if self.raws is None else self.raws[index],
+            )
+
+
+@dataclass
+class _QueuedLoss:
+    """A step's mean loss, summed on the device and on its way to the host."""
+
+    step: int
+    mode: str
+    total: float | tuple[Transfer, torch.device, int]  # or where the transfer will hold it
+    count: int
+
+    def write(self, writer: TraceWriter, live: LiveRules | None) -> None:
+        total = self.total
+        if isinstance(total, tuple):
+            transfer, device, offset = total
+            total = float(transfer.values(device)[offset])
+        mean = total / self.count
+        writer.add_scalar("loss", mean, self.step, mode=self.mode)
+        if live is not None and self.mode == "train":
+            stop_if(writer, live.loss(mean, self.step))
+
+
+_NUMPY_DTYPES: dict[torch.dtype, np.dtype] = {}
+
+
+def _numpy_dtype(tensor: torch.Tensor) -> np.dtype:
     """The numpy dtype a tensor's values are stored as (bfloat16 is widened to float32)."""
-    if tensor.dtype == torch.bfloat16:
-        return "float32"
-    return str(tensor.dtype).removeprefix("torch.")
+    dtype = _NUMPY_DTYPES.get(tensor.dtype)
+    if dtype is None:
+        name = "float32" if tensor.dtype == torch.bfloat16 else str(tensor.dtype)
+        dtype = _NUMPY_DTYPES[tensor.dtype] = np.dtype(name.removeprefix("torch."))
+    return dtype
 
 
 def _check_stats_every(value: object, raw_every: int | None = None) -> None:
@@ -342,7 +406,14 @@ class TorchHook:
         self._skipping_update = False
         self.track_updates = track_updates
         self.stats_every = stats_every
-        self._previous: dict[str, torch.Tensor] = {}
+        self._weights = Reducer(updates=track_updates)
+        self._gradients = Reducer(l1=True)
+        # Records reduced on the device and queued for the next transfer; the (mode, step) of
+        # its tensor records; transfers started and not yet handed to the writer, oldest first.
+        self._queue: list[_QueuedTensors | _QueuedLoss] = []
+        self._transfer = Transfer()
+        self._queued_pass: tuple[str, int] | None = None
+        self._in_flight: list[tuple[Transfer, list[_QueuedTensors | _QueuedLoss]]] = []
         self._live = LiveRules(stop_on) if stop_on is not None else None
         self.raise_on_stop = raise_on_stop
         writer.set_metadata(
@@ -625,7 +696,10 @@ class TorchHook:
                     writer.add_scalar(tag, group["lr"], step)
         self._recorded_optimizer_step = step
         if not self._tensors_due("train"):
+            self._hand_over(wait=False)
             return
+        # The memory the last recorded step's statistics were stacked into is reused now.
+        self._hand_over(wait=True)
         keep_raw = writer.raw_due(step)
         weights = [entry for entry in self._parameters if entry.record_weight]
         grads: list[tuple[str, torch.Tensor]] = []
@@ -636,18 +710,19 @@ class TorchHook:
                     with torch.no_grad():
                         grad = grad / scale
                 grads.append((entry.grad_tag, grad))
-        # Statistics are computed by torch, where the tensors are; only full tensors (every
-        # raw_every steps) are copied to the host.
-        tensors = [entry.parameter for entry in weights]
-        previous = [self._previous_weight(entry) for entry in weights]
-        for entry, stats in zip(weights, statistics(tensors, previous=previous)):
-            self._write_stats(entry.name, entry.parameter, stats, step, entry.collection, keep_raw)
-        for (tag, grad), stats in zip(grads, statistics([g for _, g in grads], l1=True)):
-            self._write_stats(tag, grad, stats, step, "gradients", keep_raw)
-            if self._live is not None:
-                nonfinite = stats["nan_count"] + stats["inf_count"]
-                norm = stats.get("l2", math.nan)
-                stop_if(self.writer, self._live.gradient(tag, nonfinite, norm, step))
+        # Statistics are computed by torch, where the tensors are, and reach the host with
+        # the step's activations and losses in one transfer.
+        names = [entry.name for entry in weights]
+        tensors: list[torch.Tensor] = [entry.parameter for entry in weights]
+        collections = [entry.collection for entry in weights]
+        for members, pending in self._weights.reduce(tensors, names, self._transfer):
+            self._queue_tensors(members, names, tensors, collections, pending, keep_raw)
+        names = [tag for tag, _ in grads]
+        tensors = [grad for _, grad in grads]
+        collections = ["gradients"] * len(grads)
+        for members, pending in self._gradients.reduce(tensors, names, self._transfer):
+            self._queue_tensors(members, names, tensors, collections, pending, keep_raw)
+        self._send()
 
     def _tensors_due(self, mode: str) -> bool:
         """Whether tensors of this pass are recorded: every evaluation pass, and training
@@ -657,67 +732,73 @@ class TorchHook:
     def _record_activations(
         self, records: list[tuple[str, torch.Tensor, str]], kind: str, mode: str
     ) -> None:
-        """Statistics and unit measures of activations, computed by torch where they live.
-
-        On the CPU too: for one ReLU output torch's multi-threaded passes beat the writer's
-        numpy kernel from 256x512 up, numpy is faster for smaller ones, and over whole
-        training steps at batch 64 the two measured the same (``bench/bench_hook.py``,
-        docs/benchmarks.md).
-        """
-        step = self._step
-        keep_raw = self.writer.raw_due(step)
+        """Queue the statistics and unit measures of activations, reduced by torch where
+        they live: only the results wait for the step's transfer, no copy of the tensor
+        (a full one only on ``raw_every`` steps)."""
+        keep_raw = self.writer.raw_due(self._step)
         for tag, tensor, collection in records:
-            stats, units = activation_statistics(tensor, kind, collection)
-            self._write_stats(
-                tag,
-                tensor,
-                stats,
-                step,
-                collection,
+            pending, units = reduce_activation(tensor, kind, collection, self._transfer)
+            self._queue_tensors(
+                [0],
+                [tag],
+                [tensor],
+                [collection],
+                pending,
                 keep_raw,
                 kind=kind,
                 mode=mode,
-                units=None if units is None else units.cpu().numpy(),
+                units=units,
             )
 
-    def _previous_weight(self, entry: _Parameter) -> torch.Tensor | None:
-        """The weight's value at the last recorded step (for ``update_l2``), if tracked."""
-        if not self.track_updates:
-            return None
-        before = self._previous.get(entry.name)
-        if before is None:
-            with torch.no_grad():
-                self._previous[entry.name] = (
-                    entry.parameter.detach().reshape(-1).to(torch.float32, copy=True)
-                )
-            return None
-        return before
-
-    def _write_stats(
+    def _queue_tensors(
         self,
-        tag: str,
-        tensor: torch.Tensor,
-        stats: dict[str, float],
-        step: int,
-        collection: str,
+        members: list[int],
+        tags: list[str],
+        tensors: list[torch.Tensor],
+        collections: list[str],
+        pending: Pending,
         keep_raw: bool,
         *,
         kind: str | None = None,
         mode: str = "train",
-        units: Any = None,
+        units: Callable[[], Any] | None = None,
     ) -> None:
-        self.writer.add_tensor_stats(
-            tag,
-            stats,
-            step,
-            shape=tuple(tensor.shape),
-            dtype=_numpy_dtype(tensor),
-            collection=collection,
-            kind=kind,
-            mode=mode,
-            units=units,
-            value=tensor if keep_raw else None,
+        """Queue the records of ``tensors[i]`` for ``i`` in ``members`` (one reduced block)."""
+        with torch.no_grad():
+            raws = [tensors[i].detach().clone() for i in members] if keep_raw else None
+        self._queued_pass = (mode, self._step)
+        self._queue.append(
+            _QueuedTensors(
+                self._step,
+                mode,
+                kind,
+                pending,
+                [tags[i] for i in members],
+                [collections[i] for i in members],
+                [(tuple(tensors[i].shape), _numpy_dtype(tensors[i])) for i in members],
+                raws,
+                units,
+            )
         )
+
+    def _send(self) -> None:
+        """Start the transfer of everything queued, and hand over what has landed."""
+        if self._queue:
+            self._transfer.start()
+            self._in_flight.append((self._transfer, self._queue))
+            self._transfer, self._queue, self._queued_pass = Transfer(), [], None
+        self._hand_over(wait=False)
+
+    def _hand_over(self, *, wait: bool) -> None:
+        """Write the records of the transfers that have landed (all of them if ``wait``), in
+        the order they were made."""
+        while self._in_flight:
+            transfer, records = self._in_flight[0]
+            if not (wait or transfer.ready()):
+                return
+            del self._in_flight[0]
+            for record in records:
+                record.write(self.writer, self._live)
 
     def _note_forward(self, mode: str) -> None:
         self._last_mode = mode
@@ -725,6 +806,12 @@ class TorchHook:
             self._last_train_forward_step = self._step
             # A training pass ends the evaluation pass before it.
             self._write_pending_loss(lambda pending_mode, _: pending_mode != "train")
+        if self._queued_pass not in (None, (mode, self._step)):
+            # The pass whose tensors are queued is over (an evaluation, or a training step
+            # no optimizer step recorded): send them rather than hold their sources.
+            self._send()
+        else:
+            self._hand_over(wait=False)
 
     def _default_step(self, mode: str) -> int:
         if mode == "train" and self._last_train_forward_step is not None:
@@ -754,20 +841,29 @@ class TorchHook:
             self._write_pending_loss(lambda pending_mode, _: pending_mode == "train")
 
     def _write_pending_loss(self, which: Callable[[str, _PendingLoss], bool]) -> None:
+        """Queue the losses ``which`` selects: a loss tensor reaches the host with the next
+        transfer, so that recording it never waits for the device."""
         for mode, pending in list(self._pending_loss.items()):
             if which(mode, pending):
                 del self._pending_loss[mode]
-                mean = float(pending.total) / pending.count
-                self.writer.add_scalar("loss", mean, pending.step, mode=mode)
-                if self._live is not None and mode == "train":
-                    stop_if(self.writer, self._live.loss(mean, pending.step))
+                total: float | tuple[Transfer, torch.device, int]
+                if isinstance(pending.total, torch.Tensor):
+                    total = (self._transfer, *self._transfer.add(pending.total))
+                else:
+                    total = float(pending.total)
+                self._queue.append(_QueuedLoss(pending.step, mode, total, pending.count))
+
+    def _write_everything(self) -> None:
+        self._write_pending_loss(lambda mode, pending: True)
+        self._send()
+        self._hand_over(wait=True)
 
     def _flush(self) -> None:
-        self._write_pending_loss(lambda mode, pending: True)
+        self._write_everything()
         self.writer.flush()
 
     def _close(self) -> None:
-        self._write_pending_loss(lambda mode, pending: True)
+        self._write_everything()
         if self._owns_writer:
             self.writer.close()
         else:

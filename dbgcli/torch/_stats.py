@@ -1,33 +1,55 @@
-"""Statistics of torch tensors computed with torch, where the tensors live.
+"""Statistics of torch tensors computed with torch, where the tensors live, in batches.
 
-Copying every weight and gradient to host memory every step, to compute statistics there,
-costs more than a training step of a small model (and far more from a GPU). Here each tensor
-takes three to five reductions in torch (min and max together, sum, sum of squares, and where
-asked the sum of absolute values and the squared distance to the previous value), and all
-results reach the host in one transfer. The definitions are those of docs/trace-format.md.
+Copying every weight and gradient to host memory to compute statistics there costs more than a
+training step of a small model (and far more from a GPU); so does a handful of small torch
+operations per tensor, which cost tens of microseconds each whatever the tensor's size. Here:
 
-Activations (:func:`activation_statistics`) get every column and their per-unit measure.
-Their counts go through float 0/1 indicators written into reusable scratch memory: a
-comparison into a float tensor and a float sum are vectorised, a boolean mask and its sum are
-several times slower. What the range already decides (the absolute sum of a non-negative
-tensor is its sum; a ReLU output's zeros are its non-positive values) takes no extra pass.
+* Tensors of one shape and dtype are **stacked** into one ``(k, n)`` block and reduced along
+  its rows, so two hundred small parameters cost a few dozen operations (:class:`Reducer`).
+  Tensors of 65,536 values or more are reduced one by one without a copy: their arithmetic
+  outweighs the per-operation cost, and stacking them would copy them.
+* The results stay on the device, column by column, and everything a step records reaches the
+  host in **one** transfer (:class:`Transfer`; :func:`to_host` is the one place that copies to
+  the host); on a GPU the copy is asynchronous and the hook hands the numbers to the writer
+  once it has landed, so a training step never waits for its statistics.
 
-Weights and gradients (:func:`statistics`) leave out what a reduction here does not give
-(NaN in the trace): ``zero_frac``/``pos_frac`` unless ``min`` and ``max`` decide them (all
-positive, all negative, all zero), and ``l1`` unless asked for.
+Every record gets the columns of the trace format (docs/trace-format.md), equal to what
+:class:`dbgcli.trace.stats.StatsKernel` computes: count, NaN and inf counts, min, max, mean,
+std, l2, and where asked l1, the update norm and the fractions of zeros and of positive values
+(weights and gradients leave the fractions out unless their range decides them: two more
+passes that the rules need of activations only). Blocks of small tensors get the two-pass
+variance, centred on the mean the device computed; tensors reduced alone get the one-pass
+``E[x^2] - E[x]^2`` and, where that loses digits (the writer's own test), the exact path.
+Counts go through float 0/1 indicators written into reusable scratch memory: a comparison into
+a float tensor and a float sum are vectorised, a boolean mask and its sum are several times
+slower.
+
+The exact path, for a record holding NaN or infinities (rare, and then urgent) or a variance
+short of digits, reads the record again from the values it was reduced from (the stacked
+copy, the copy kept for the update norm, or the tensor itself if it is unchanged since) and
+computes in float64; that costs extra reads, for such records only.
 """
 
 from __future__ import annotations
 
-import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 
 from dbgcli.trace import schema
 
 _NATIVE = (torch.float32, torch.float64)
+
+#: Tensors with at least this many values are reduced alone, without being copied into a block.
+STACK_BELOW = 1 << 16
+_EXACT_FLOAT32_COUNT = 1 << 24
+_COLUMN = {name: index for index, name in enumerate(schema.STAT_COLUMNS)}
+_NONNEGATIVE_KINDS = frozenset({"relu", "relu6"})
+_MOMENTS = [_COLUMN[name] for name in ("min", "max", "mean", "std", "l2")]
 
 
 class Scratch:
@@ -39,7 +61,7 @@ class Scratch:
         self._local = threading.local()
 
     def like(self, x: torch.Tensor) -> torch.Tensor:
-        """A flat buffer of ``x``'s size, dtype and device, overwritten by the next call."""
+        """A buffer of ``x``'s shape, dtype and device, overwritten by the next call."""
         buffers: dict[tuple[torch.dtype, torch.device], torch.Tensor] | None
         buffers = getattr(self._local, "buffers", None)
         if buffers is None:
@@ -48,122 +70,398 @@ class Scratch:
         buffer = buffers.get(key)
         if buffer is None or buffer.numel() < x.numel():
             buffer = buffers[key] = torch.empty(x.numel(), dtype=x.dtype, device=x.device)
-        return buffer[: x.numel()]
+        return buffer[: x.numel()].view(x.shape)
 
 
 _SCRATCH = Scratch()
 
 
-def statistics(
-    tensors: Sequence[torch.Tensor],
+def to_host(parts: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.cuda.Event | None]:
+    """Every result of a step in one device-to-host copy: the hook's only transfer.
+
+    ``parts`` are 1-d tensors on one device; they arrive as one float64 tensor. On a CUDA
+    device the copy goes into pinned memory without blocking, and the returned event tells when
+    it has landed; elsewhere the host tensor is complete on return.
+    """
+    values = torch.cat(list(parts)).to(torch.float64)
+    if values.device.type == "cuda":
+        with torch.cuda.device(values.device):  # the event on the stream that copies
+            host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+            host.copy_(values, non_blocking=True)
+            event = torch.cuda.Event()  # type: ignore[no-untyped-call]
+            event.record()
+        return host, event
+    return values.cpu(), None
+
+
+class Transfer:
+    """Device results gathered for one transfer; :meth:`start` sends them, :meth:`values`
+    returns them on the host."""
+
+    def __init__(self) -> None:
+        self._parts: dict[torch.device, list[torch.Tensor]] = {}
+        self._sizes: dict[torch.device, int] = {}
+        self._host: dict[torch.device, tuple[torch.Tensor, torch.cuda.Event | None]] = {}
+        self._arrays: dict[torch.device, np.ndarray] | None = None
+        self._lock = threading.Lock()  # replicas of nn.DataParallel add side by side
+
+    def add(self, *values: torch.Tensor) -> tuple[torch.device, int]:
+        """Queue tensors of one device, one after the other (flattened; they reach the host
+        as float64); returns where the first value will be."""
+        device = values[0].device
+        with self._lock:
+            offset = self._sizes.get(device, 0)
+            parts = self._parts.setdefault(device, [])
+            size = offset
+            for tensor in values:  # results of no_grad reductions, or detached
+                parts.append(tensor if tensor.dim() == 1 else tensor.reshape(-1))
+                size += tensor.numel()
+            self._sizes[device] = size
+        return device, offset
+
+    def start(self) -> None:
+        """Start the copy (one per device the results live on; one on a single device)."""
+        for device, parts in self._parts.items():
+            self._host[device] = to_host(parts)
+        self._parts = {}
+
+    def ready(self) -> bool:
+        """Whether :meth:`values` can return without waiting for a device."""
+        return all(
+            event is None or event.query()  # type: ignore[no-untyped-call]
+            for _, event in self._host.values()
+        )
+
+    def values(self, device: torch.device) -> np.ndarray:
+        """The results queued on ``device``, as float64 (waits for the copy if needed)."""
+        if self._arrays is None:
+            arrays = {}
+            for where, (host, event) in self._host.items():
+                if event is not None:
+                    event.synchronize()
+                arrays[where] = host.numpy()
+            self._arrays = arrays
+        return self._arrays[device]
+
+
+# Values reduced, their version then, and the record's row of ``rows`` in them.
+Source = tuple[torch.Tensor, int, int, int]
+
+
+@dataclass
+class Pending:
+    """Reductions of records queued in a :class:`Transfer`, column after column, to be turned
+    into statistics once it has landed.
+
+    ``counts`` are the records' numbers of values; ``sources`` what each was reduced from, its
+    version then and its row in it: the exact path (NaN or infinities, a variance whose digits
+    are lost) reads it again, if it is unchanged.
+    """
+
+    transfer: Transfer
+    device: torch.device
+    offset: int
+    columns: tuple[str, ...]
+    counts: np.ndarray
+    sources: list[Source]
+    precise: bool = False  # reduced in float64
+    nonnegative: bool = False  # known >= 0: no absolute sum or zero count was reduced
+    _table: np.ndarray | None = None
+
+    def table(self) -> np.ndarray:
+        """``(records, len(STAT_COLUMNS))`` float64 statistics in schema order, NaN where not
+        computed; waits for the transfer if it has not landed."""
+        if self._table is None:
+            self._table = self._compute()
+        return self._table
+
+    def statistics(self) -> list[dict[str, float]]:
+        """The computed statistics of each record, by name."""
+        return [
+            {name: value for name, value in zip(schema.STAT_COLUMNS, row) if value == value}
+            for row in self.table().tolist()
+        ]
+
+    def _compute(self) -> np.ndarray:
+        counts = self.counts
+        records = len(counts)
+        table = np.full((records, len(schema.STAT_COLUMNS)), np.nan)
+        table[:, _COLUMN["count"]] = counts
+        if not self.columns:  # empty tensors
+            table[:, _COLUMN["nan_count"]] = table[:, _COLUMN["inf_count"]] = 0.0
+            return table
+        width = len(self.columns)
+        values = self.transfer.values(self.device)[self.offset : self.offset + records * width]
+        row = dict(zip(self.columns, values.reshape(width, records)))
+        done = _finish(row, counts, table, self.precise, self.nonnegative)
+        for index in np.flatnonzero(~done):
+            exact = _exact(self.sources[index], "l1" in row or self.nonnegative)
+            if exact is None and np.isfinite(table[index, _MOMENTS]).all():
+                continue  # a one-pass variance, the best there is without the values
+            kept = {"count": counts[index], "update_l2": table[index, _COLUMN["update_l2"]]}
+            table[index] = np.nan
+            for name, value in {**(exact or {}), **kept}.items():
+                table[index, _COLUMN[name]] = value
+        return table
+
+
+class Reducer:
+    """Queues the reductions of a list of tensors (a model's weights, or its gradients).
+
+    Args:
+        l1: Also the sum of absolute values.
+        signs: Also the fractions of zeros and of positive values (otherwise they are given
+            only where min and max decide them).
+        updates: Also ``update_l2``, the norm of each tensor's change since the last call that
+            saw it under the same name: keeps a float32 copy of the tensors (two of those
+            stacked in blocks, swapped at each call: the stacking is the copy).
+    """
+
+    def __init__(self, *, l1: bool = False, signs: bool = False, updates: bool = False) -> None:
+        self.l1 = l1
+        self.signs = signs
+        self.updates = updates
+        self._previous: dict[str, torch.Tensor] = {}  # per block of names, their last values
+        self._blocks: dict[str, torch.Tensor] = {}  # per block of names, its stacking memory
+
+    def reduce(
+        self, tensors: Sequence[torch.Tensor], names: Sequence[str], transfer: Transfer
+    ) -> list[tuple[list[int], Pending]]:
+        """Queue the statistics of ``tensors`` in ``transfer``; returns the blocks they were
+        reduced in: the indices of their tensors, and what gives their statistics once the
+        transfer has landed. ``names`` identify tensors across calls.
+
+        Tensors of one shape and dtype are stacked and reduced together; large ones are
+        reduced one by one, and their results gathered into one block per kind.
+        """
+        groups: dict[tuple[tuple[int, ...], torch.dtype, torch.device], list[int]] = {}
+        singles: list[int] = []
+        empty: list[int] = []
+        for index, tensor in enumerate(tensors):
+            n = tensor.numel()
+            if n == 0:
+                empty.append(index)
+            elif n >= STACK_BELOW:
+                singles.append(index)
+            else:
+                groups.setdefault((tensor.shape, tensor.dtype, tensor.device), []).append(index)
+        blocks: list[tuple[list[int], Pending]] = []
+        gathered: dict[tuple[Any, ...], tuple[list[int], list[_Reduced]]] = {}
+        with torch.no_grad():
+            for members in groups.values():
+                reduced = self._reduce_block(
+                    [tensors[i] for i in members], "\0".join(names[i] for i in members)
+                )
+                blocks.append((members, reduced.queue([reduced], transfer)))
+            for index in singles:
+                reduced = self._reduce_block([tensors[index]], names[index])
+                key = (tuple(reduced.columns), reduced.device, reduced.precise)
+                indices, parts = gathered.setdefault(key, ([], []))
+                indices.append(index)
+                parts.append(reduced)
+        for indices, parts in gathered.values():
+            blocks.append((indices, parts[0].queue(parts, transfer)))
+        if empty:
+            counts = np.zeros(len(empty))
+            device = tensors[empty[0]].device
+            blocks.append((empty, Pending(transfer, device, 0, (), counts, [])))
+        return blocks
+
+    def _reduce_block(self, members: list[torch.Tensor], name: str) -> _Reduced:
+        first = members[0]
+        k, n = len(members), first.numel()
+        work = first.dtype if first.dtype in _NATIVE else torch.float32
+        if k == 1:
+            block = first.detach().reshape(1, n)
+            source = first
+            if block.dtype != work:
+                block = block.to(work)
+        else:
+            memory = self._blocks.get(name)
+            if memory is None or memory.shape != (k, n) or memory.dtype != work:
+                memory = torch.empty(k, n, dtype=work, device=first.device)
+            torch.stack(members, out=memory.view(k, *first.shape))
+            block = source = memory
+            self._blocks[name] = memory
+        previous = self._previous.get(name) if self.updates else None
+        if previous is not None and (previous.shape != block.shape or previous.dtype != work):
+            previous = None
+        columns = reduce_rows(
+            block, l1=self.l1, signs=self.signs, previous=previous, centred=n < STACK_BELOW
+        )
+        if self.updates and k == 1:
+            # One copy of a large tensor, overwritten each time (it is the exact path's source
+            # until the next reduction).
+            if previous is None:
+                previous = self._previous[name] = torch.empty_like(block)
+            previous.copy_(block)
+            source = previous
+        elif self.updates:
+            # The stacked copy becomes the previous values, and the old previous memory the
+            # next stacking memory: no copy beyond the stacking.
+            self._previous[name] = block
+            if previous is not None:
+                self._blocks[name] = previous
+            else:
+                del self._blocks[name]
+        version = source._version
+        sources = [(source, version, row, k) for row in range(k)]
+        return _Reduced(columns, n, sources, block.device, work == torch.float64)
+
+
+@dataclass
+class _Reduced:
+    """The reductions of one block, before they are queued."""
+
+    columns: dict[str, torch.Tensor]
+    n: int
+    sources: list[Source]
+    device: torch.device
+    precise: bool
+    nonnegative: bool = False
+
+    def queue(self, blocks: list[_Reduced], transfer: Transfer) -> Pending:
+        """Queue these blocks' reductions (of the same columns) as one :class:`Pending`."""
+        names = tuple(self.columns)
+        device, offset = transfer.add(*(b.columns[name] for name in names for b in blocks))
+        counts = np.concatenate([np.full(len(b.sources), float(b.n)) for b in blocks])
+        sources = [source for b in blocks for source in b.sources]
+        return Pending(
+            transfer, device, offset, names, counts, sources, self.precise, self.nonnegative
+        )
+
+
+def reduce_rows(
+    block: torch.Tensor,
     *,
     l1: bool = False,
-    previous: Sequence[torch.Tensor | None] | None = None,
+    signs: bool = False,
+    previous: torch.Tensor | None = None,
+    centred: bool = True,
     scratch: Scratch = _SCRATCH,
-) -> list[dict[str, float]]:
-    """Statistics of each tensor; ``previous[i]`` (updated in place) yields ``update_l2``.
-
-    Every reduction stays on the tensors' device; one ``tolist()`` brings all results back.
-    """
-    with torch.no_grad():
-        flats = [_float(t.detach().reshape(-1)) for t in tensors]
-        parts: list[torch.Tensor] = []
-        layout: list[tuple[int, bool]] = []  # per tensor: where its values start, has update
-        for index, x in enumerate(flats):
-            if x.numel() == 0:
-                layout.append((-1, False))
-                continue
-            layout.append((len(parts), False))
-            parts += _moments(x)
-            if l1:
-                parts.append(torch.abs(x, out=scratch.like(x)).sum())
-            before = previous[index] if previous is not None else None
-            if before is not None:
-                difference = torch.sub(x, before, out=scratch.like(x))
-                parts.append(torch.dot(difference, difference))
-                before.copy_(x)
-                layout[-1] = (layout[-1][0], True)
-        values = _to_host(parts)
-        results = []
-        for x, (start, has_update) in zip(flats, layout):
-            if start < 0:
-                results.append(_EMPTY.copy())
-                continue
-            row = values[start : start + 4 + l1 + has_update]
-            absolute = row[4] if l1 else math.nan
-            change = row[-1] if has_update else math.nan
-            results.append(_finish(x, (*row[:4], absolute, change, math.nan, math.nan), l1))
-        return results
+) -> dict[str, torch.Tensor]:
+    """Per row of a ``(k, n)`` float32/float64 block, its reductions as ``(k,)`` tensors on
+    the block's device: ``min``, ``max``, ``sum``; then either the mean the device centred on
+    (``centre``) and the norm of the deviations from it (``deviation``), or, with
+    ``centred=False``, the norm (``norm``: one pass fewer, and the host checks the digits of
+    the variance); then as asked the absolute sum (``l1``), the norm of the difference to
+    ``previous`` (``update``), and the counts of values > 0 and == 0 (``positive``,
+    ``zero``)."""
+    n = block.shape[1]
+    work = scratch.like(block)  # each use below is reduced before the next overwrites it
+    total = block.sum(1)
+    columns = {"min": block.amin(1), "max": block.amax(1), "sum": total}
+    if centred:
+        centre = total / n
+        deviations = torch.sub(block, centre[:, None], out=work)
+        columns["centre"] = centre
+        columns["deviation"] = torch.linalg.vector_norm(deviations, dim=1)
+    else:
+        columns["norm"] = torch.linalg.vector_norm(block, dim=1)
+    if l1:
+        columns["l1"] = torch.abs(block, out=work).sum(1)
+    if previous is not None:
+        difference = torch.sub(block, previous, out=work)
+        columns["update"] = torch.linalg.vector_norm(difference, dim=1)
+    if signs:
+        exact = _exact_count_dtype(n, block.dtype)
+        columns["positive"] = torch.gt(block, 0, out=work).sum(1, dtype=exact)
+        columns["zero"] = torch.eq(block, 0, out=work).sum(1, dtype=exact)
+    return columns
 
 
-def activation_statistics(
-    x: torch.Tensor, kind: str, collection: str, *, scratch: Scratch = _SCRATCH
-) -> tuple[dict[str, float], torch.Tensor | None]:
-    """Every statistic of one activation record, and its per-unit measure (or None).
+def reduce_activation(
+    x: torch.Tensor, kind: str, collection: str, transfer: Transfer, *, scratch: Scratch = _SCRATCH
+) -> tuple[Pending, Callable[[], np.ndarray] | None]:
+    """Queue every statistic of one activation record and its per-unit measure.
 
-    The measure is ``active_frac`` for ReLU-like kinds (share of each unit's values > 0) and
+    Returns what gives the statistics once ``transfer`` has landed, and a function that gives
+    the measure (float32, per unit) or None when the kind or shape has none. The measure is
+    ``active_frac`` for ReLU-like kinds (share of each unit's values > 0) and
     ``unsaturated_frac`` for saturating ones (share strictly inside the non-saturated band: of
     the input for pre-activations, of the output otherwise), over the axis
     :func:`~dbgcli.trace.schema.default_unit_axis` names; docs/trace-format.md defines both.
-    It stays on ``x``'s device, as float32.
     """
     kind = kind.lower()
     with torch.no_grad():
-        x = _float(x.detach())
-        flat = x.reshape(-1)
-        n = flat.numel()
+        values = x.detach()
+        n = values.numel()
         if n == 0:
-            return _EMPTY.copy(), None
+            return Pending(transfer, values.device, 0, (), np.zeros(1), []), None
+        work = values if values.dtype in _NATIVE else values.to(torch.float32)
+        block = work.reshape(1, n)
+        # A ReLU output is >= 0: its absolute sum is its sum and what is not positive is
+        # zero (the host checks the minimum, and takes the exact path if that ever fails).
+        nonnegative = kind in _NONNEGATIVE_KINDS and collection == "activations"
+        columns = reduce_rows(block, l1=not nonnegative, centred=False, scratch=scratch)
         measure = schema.unit_measure(kind)
-        axis = schema.default_unit_axis(x.dim())
-        moments = _moments(flat)
-        units = None
+        axis = schema.default_unit_axis(work.dim())
+        counts = None
         if measure is not None and axis is not None:
-            counts = _unit_counts(x, measure, kind, collection, axis, scratch)
-            units = (counts / (n // x.shape[axis])).to(torch.float32)
-            if measure == schema.UNIT_MEASURE_ACTIVE:
-                moments.append(counts.sum(dtype=_exact_count_dtype(n, x.dtype)))  # positives
-        values = _to_host(moments)
-        low, high, total, squares = values[:4]
-        if not all(math.isfinite(v) for v in values[:4]):
-            return _finish(x, (*values[:4], *[math.nan] * 4), True), units
-        # What the range leaves open takes a pass each, brought back in one more transfer.
-        exact = _exact_count_dtype(n, x.dtype)
-        pending: dict[str, torch.Tensor] = {}
-        if len(values) == 4 and low <= 0 < high:
-            pending["positive"] = torch.gt(flat, 0, out=scratch.like(flat)).sum(dtype=exact)
-        if low < 0 <= high:
-            pending["zero"] = torch.eq(flat, 0, out=scratch.like(flat)).sum(dtype=exact)
-        if low < 0 < high:
-            pending["absolute"] = torch.abs(flat, out=scratch.like(flat)).sum()
-        counted = dict(zip(pending, _to_host(list(pending.values()))))
-        if len(values) > 4:
-            positive = values[4]
+            counts = _unit_counts(work, measure, kind, collection, axis, scratch)
+        exact = _exact_count_dtype(n, work.dtype)
+        if counts is not None and measure == schema.UNIT_MEASURE_ACTIVE:
+            columns["positive"] = counts.sum(dtype=exact).reshape(1)
         else:
-            positive = counted.get("positive", float(n) if low > 0 else 0.0)
-        # With no negative values, what is not positive is zero.
-        zero = counted.get("zero", n - positive if low == 0 else 0.0)
-        absolute = counted.get("absolute", total if low >= 0 else -total)
-        return _finish(
-            x, (low, high, total, squares, absolute, math.nan, positive, zero), True
-        ), units
+            columns["positive"] = torch.gt(block, 0, out=scratch.like(block)).sum(1, dtype=exact)
+        if not nonnegative:
+            columns["zero"] = torch.eq(block, 0, out=scratch.like(block)).sum(1, dtype=exact)
+        reduced = _Reduced(
+            columns,
+            n,
+            [(values, values._version, 0, 1)],
+            values.device,
+            work.dtype == torch.float64,
+            nonnegative,
+        )
+        pending = reduced.queue([reduced], transfer)
+        if counts is None:
+            return pending, None
+        assert axis is not None  # counts exist only with a unit axis
+        units = counts / (n // work.shape[axis])
+        unit_device, unit_offset = transfer.add(units)
+        size = units.numel()
+
+        def measure_values() -> np.ndarray:
+            host = transfer.values(unit_device)[unit_offset : unit_offset + size]
+            return host.astype(np.float32)
+
+        return pending, measure_values
 
 
-_EMPTY = {"count": 0.0, "nan_count": 0.0, "inf_count": 0.0}
-_EXACT_FLOAT32_COUNT = 1 << 24
+def statistics(
+    tensors: Sequence[torch.Tensor], *, l1: bool = False, signs: bool = False
+) -> list[dict[str, float]]:
+    """Statistics of each tensor, batched as the hook does, fetched at once (one transfer);
+    columns not computed are left out."""
+    transfer = Transfer()
+    blocks = Reducer(l1=l1, signs=signs).reduce(
+        tensors, [str(i) for i in range(len(tensors))], transfer
+    )
+    transfer.start()
+    out: list[dict[str, float]] = [{} for _ in tensors]
+    for members, pending in blocks:
+        for index, stats in zip(members, pending.statistics()):
+            out[index] = stats
+    return out
 
 
-def _moments(x: torch.Tensor) -> list[torch.Tensor]:
-    """min, max, sum and sum of squares of a flat tensor, as 0-d tensors on its device."""
-    low, high = torch.aminmax(x)
-    return [low, high, x.sum(), torch.dot(x, x)]
+def activation_statistics(
+    x: torch.Tensor, kind: str, collection: str
+) -> tuple[dict[str, float], np.ndarray | None]:
+    """Every statistic of one activation record and its per-unit measure (or None), fetched
+    at once; see :func:`reduce_activation`."""
+    transfer = Transfer()
+    pending, units = reduce_activation(x, kind, collection, transfer)
+    transfer.start()
+    return pending.statistics()[0], None if units is None else units()
 
 
 def _unit_counts(
     x: torch.Tensor, measure: str, kind: str, collection: str, axis: int, scratch: Scratch
 ) -> torch.Tensor:
     """Per unit, how many of its values the measure counts, in ``x``'s float dtype."""
-    indicator = scratch.like(x).view(x.shape)
+    indicator = scratch.like(x)
     others = [d for d in range(x.dim()) if d != axis]
     exact = _exact_count_dtype(x.numel() // x.shape[axis], x.dtype)
     if measure == schema.UNIT_MEASURE_ACTIVE:
@@ -180,85 +478,89 @@ def _exact_count_dtype(most: int, dtype: torch.dtype) -> torch.dtype:
     return dtype if most <= _EXACT_FLOAT32_COUNT else torch.float64
 
 
-def _to_host(parts: list[torch.Tensor]) -> list[float]:
-    """The 0-d results as Python floats, with one device-to-host transfer (in float64 when
-    their dtypes differ)."""
-    if not parts:
-        return []
-    if all(p.dtype == parts[0].dtype for p in parts):
-        host: list[float] = torch.stack(parts).tolist()
-    else:
-        host = torch.stack([p.to(torch.float64) for p in parts]).tolist()
-    return host
-
-
-def _float(x: torch.Tensor) -> torch.Tensor:
-    return x if x.dtype in _NATIVE else x.to(torch.float32)
-
-
-def _finish(x: torch.Tensor, row: tuple[float, ...], l1: bool) -> dict[str, float]:
-    n = x.numel()
-    out: dict[str, float] = {"count": float(n), "nan_count": 0.0, "inf_count": 0.0}
-    low, high, total, squares, absolute, change, positive, zero = row
-    if not all(math.isfinite(v) for v in (low, high, total, squares)):
-        return {
-            **out,
-            **_with_nonfinite(x, l1),
-            "update_l2": math.sqrt(change) if change == change else math.nan,
+def _finish(
+    row: dict[str, np.ndarray], n: np.ndarray, table: np.ndarray, precise: bool, nonnegative: bool
+) -> np.ndarray:
+    """Fill ``table`` (schema order) with the statistics of a block's records from their
+    reductions (see :func:`reduce_rows`); returns which records are done: the others hold NaN
+    or infinities, or a variance whose digits a one-pass formula lost, and take :func:`_exact`.
+    """
+    low, high, total = row["min"], row["max"], row["sum"]
+    with np.errstate(invalid="ignore", over="ignore"):
+        mean = total / n
+        if "deviation" in row:
+            # From the deviations around the device's mean (exact algebra); that mean differs
+            # from ``mean`` by float32 rounding only, which the variance about it does not see.
+            centre, deviations = row["centre"], row["deviation"] ** 2
+            variance = deviations / n
+            squares = np.maximum(deviations + centre * (2 * total - n * centre), 0.0)
+            done = np.isfinite(deviations)
+        else:
+            squares = row["norm"] ** 2
+            variance = np.maximum(squares / n - mean * mean, 0.0)
+            # E[x^2] - E[x]^2 loses about log10(mean^2 / var) digits: as the writer does.
+            done = np.isfinite(squares) & ~(mean * mean > (1e6 if precise else 1e2) * variance)
+        done &= np.isfinite(low) & np.isfinite(high) & np.isfinite(total)
+        if nonnegative:
+            done &= low >= 0
+            row = {**row, "l1": total, "zero": n - row["positive"]}
+        std = np.sqrt(variance)
+        std[low == high] = 0.0
+        columns: dict[str, Any] = {
+            "nan_count": 0.0,
+            "inf_count": 0.0,
+            "min": low,
+            "max": high,
+            "mean": mean,
+            "std": std,
+            "l2": np.sqrt(squares),
+            "l1": row.get("l1", np.nan),
+            "update_l2": row.get("update", np.nan),
         }
-    mean = total / n
-    variance = max(squares / n - mean * mean, 0.0)
-    if mean * mean > 100 * variance:
-        # The one-pass variance lost digits; the exact two-pass one is worth a second read.
-        with torch.no_grad():
-            variance = float(((x - mean) ** 2).sum()) / n
-    out.update(
-        min=low,
-        max=high,
-        mean=mean,
-        std=0.0 if low == high else math.sqrt(variance),
-        l2=math.sqrt(squares),
-        update_l2=math.sqrt(change) if change == change else math.nan,
-    )
-    if l1:
-        out["l1"] = absolute
-    out.update(_signs(low, high, positive / n, zero / n))
-    return out
+        if "positive" in row:
+            columns["pos_frac"] = row["positive"] / n
+            columns["zero_frac"] = row["zero"] / n
+        else:
+            # Where min and max decide them; NaN (not computed) otherwise.
+            all_zero = (low == 0) & (high == 0)
+            columns["pos_frac"] = np.where(
+                low > 0, 1.0, np.where((high < 0) | all_zero, 0.0, np.nan)
+            )
+            columns["zero_frac"] = np.where(
+                (low > 0) | (high < 0), 0.0, np.where(all_zero, 1.0, np.nan)
+            )
+    for name, column in columns.items():
+        table[:, _COLUMN[name]] = column
+    done_rows: np.ndarray = done
+    return done_rows
 
 
-def _signs(low: float, high: float, positive: float, zero: float) -> dict[str, float]:
-    """zero_frac and pos_frac: measured if given, else exact from the range when possible."""
-    if positive == positive:
-        return {"pos_frac": positive, "zero_frac": zero}
-    if low > 0:
-        return {"pos_frac": 1.0, "zero_frac": 0.0}
-    if high < 0:
-        return {"pos_frac": 0.0, "zero_frac": 0.0}
-    if low == 0 and high == 0:
-        return {"pos_frac": 0.0, "zero_frac": 1.0}
-    return {}
-
-
-def _with_nonfinite(x: torch.Tensor, l1: bool) -> dict[str, float]:
-    """The slow, exact path for a tensor holding NaN or infinities (rare, and then urgent)."""
+def _exact(source: Source, l1: bool) -> dict[str, float] | None:
+    """Every statistic of a record read again from the values it was reduced from, computed
+    in float64 (for records holding NaN or infinities, rare and then urgent, or whose
+    variance needs a second pass); None if those values changed since."""
+    values, version, row, rows = source
+    if values._version != version:
+        return None
+    out: dict[str, float] = {}
     with torch.no_grad():
+        x = values.detach().reshape(rows, -1)[row].to("cpu", torch.float64)
+        n = x.numel()
         nan = torch.isnan(x)
         inf = torch.isinf(x)
-        finite = x[~(nan | inf)].to(torch.float64)
-        n = x.numel()
-        out = {
-            "nan_count": float(nan.sum()),
-            "inf_count": float(inf.sum()),
-            "zero_frac": float((x == 0).sum()) / n,
-            "pos_frac": float((x > 0).sum()) / n,
-        }
+        finite = x[~(nan | inf)]
+        out.update(
+            nan_count=float(nan.sum()),
+            inf_count=float(inf.sum()),
+            zero_frac=float((x == 0).sum()) / n,
+            pos_frac=float((x > 0).sum()) / n,
+        )
         if finite.numel():
             low, high = float(finite.min()), float(finite.max())
-            mean = float(finite.mean())
             out.update(
                 min=low,
                 max=high,
-                mean=mean,
+                mean=float(finite.mean()),
                 std=0.0 if low == high else float(finite.std(unbiased=False)),
                 l2=float(torch.linalg.vector_norm(finite)),
             )

@@ -177,7 +177,17 @@ def flag(value: Any, reason: str) -> bool | None:
     raise Rejected(reason, f"{reason} must be True, False or None, got {describe(value)}")
 
 
-def statistics(values: Mapping[str, Any], columns: Mapping[str, int]) -> np.ndarray:
+def statistics(values: Mapping[str, Any] | np.ndarray, columns: Mapping[str, int]) -> np.ndarray:
+    """A statistics row in ``STAT_COLUMNS`` order, from a mapping of names to numbers or from
+    such a row already made (the PyTorch hook's batched statistics)."""
+    if isinstance(values, np.ndarray):
+        if values.shape != (len(schema.STAT_COLUMNS),) or values.dtype.kind not in "iuf":
+            raise Rejected(
+                "stats",
+                f"a statistics row must hold {len(schema.STAT_COLUMNS)} numbers, "
+                f"got shape {values.shape} of {values.dtype}",
+            )
+        return values.astype(np.float64, copy=False)
     row = np.full(len(schema.STAT_COLUMNS), np.nan)
     try:
         items = list(values.items())

@@ -937,7 +937,7 @@ class TraceWriter:
     def add_tensor_stats(
         self,
         tag: str,
-        stats: Mapping[str, float],
+        stats: Mapping[str, float] | np.ndarray,
         step: int,
         *,
         shape: tuple[int, ...],
@@ -952,7 +952,9 @@ class TraceWriter:
 
         Framework hooks use this to avoid copying every tensor to the host every step. ``stats``
         maps statistic names (see docs/trace-format.md) to values; a column left out is NaN
-        ("not computed"). ``units`` is the per-unit activation measure of the record, and
+        ("not computed"). It may also be a float64 row of every column in
+        ``schema.STAT_COLUMNS`` order (NaN: not computed), kept as it is: the cheapest form
+        for hooks that record hundreds of tensors a step. ``units`` is the per-unit activation measure of the record, and
         ``value``, when given, is kept as the record's full tensor. ``shape`` and ``dtype``
         describe the tensor (the first record of a tag fixes the tag's metadata).
         """

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import socket
 import subprocess
 import sys
@@ -23,6 +24,8 @@ from torch import nn
 from dbgcli import TraceWriter, open_trace
 from dbgcli.errors import TraceWriterError
 from dbgcli.torch import ACTIVATION_KINDS
+from dbgcli.torch import _hook as hook_module
+from dbgcli.torch import _stats as stats_module
 from dbgcli.torch import attach as attach_with_defaults
 from dbgcli.torch._hook import DEFAULT_STATS_EVERY, rank_path, refuse_existing
 from dbgcli.trace import schema
@@ -854,3 +857,129 @@ def test_hook_statistics_equal_the_writers_from_the_full_tensors(
                 units = unit_measure(raw, measure, info.band, 1)
                 np.testing.assert_allclose(trace.units(tag).values, units, err_msg=tag)
                 assert 0 < units.mean() < 1, tag  # both sides of the measure occur
+
+
+class CountedReads:
+    """Counts the hook's transfers (``dbgcli.torch._stats.to_host``) and every torch call
+    that reads a tensor's values into Python or host memory."""
+
+    READS = ("cpu", "item", "tolist", "numpy", "__float__", "__bool__", "__int__")
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.transfers = 0
+        self.reads = 0
+        original = stats_module.to_host
+
+        def counted_transfer(parts: Any) -> Any:
+            self.transfers += 1
+            return original(parts)
+
+        monkeypatch.setattr(stats_module, "to_host", counted_transfer)
+        for name in self.READS:
+            read = getattr(torch.Tensor, name)
+
+            def counted_read(tensor: torch.Tensor, *args: Any, _read: Any = read, **kw: Any) -> Any:
+                self.reads += 1
+                return _read(tensor, *args, **kw)
+
+            monkeypatch.setattr(torch.Tensor, name, counted_read)
+
+    def take(self) -> tuple[int, int]:
+        counts = (self.transfers, self.reads)
+        self.transfers = self.reads = 0
+        return counts
+
+
+def test_one_transfer_per_recorded_step_and_none_otherwise(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_dbg_warnings: None
+) -> None:
+    """Weights, gradients, activations, unit measures and the losses of the steps since the
+    last one reach the host in one transfer per recorded step; other steps read nothing."""
+    torch.manual_seed(0)
+    model = make_net()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    data = batches(9)
+    path = tmp_path / "run.h5"
+    hook = attach(model, optimizer, path, stats_every=3, raw_every=0)
+    counted = CountedReads(monkeypatch)
+    per_step = []
+    for x, y in data:
+        optimizer.zero_grad()
+        loss = loss_fn(model, x, y)
+        hook.record_loss(loss)
+        loss.backward()
+        optimizer.step()
+        per_step.append(counted.take())
+    hook.remove()
+    # One transfer; on the CPU it is one .cpu() and the hand-over one .numpy() of its result.
+    assert per_step == [(1, 2), (0, 0), (0, 0)] * 3
+    assert counted.take() == (1, 2)  # at close: the losses of the steps after the last record
+    monkeypatch.undo()
+    with open_trace(path) as trace:
+        assert trace.scalar("loss").steps.tolist() == list(range(9))
+        assert trace.index("act/tanh")[0].tolist() == [0, 3, 6]
+        assert trace.units("act/tanh") is not None
+
+
+class NeverReady(stats_module.Transfer):
+    """A transfer that reports itself still under way, as a GPU copy may: the hook hands its
+    records over only when it must (the next recorded step, a flush, the close)."""
+
+    def ready(self) -> bool:
+        return False
+
+
+def record_run(
+    path: Path, stats_every: int, poison: bool = False
+) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+    """Train 10 steps; returns the parameters, and fc2's weight when it was poisoned."""
+    torch.manual_seed(0)
+    poisoned = None
+    model = make_net()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with attach(model, optimizer, path, stats_every=stats_every, raw_every=4) as hook:
+        for step, (x, y) in enumerate(batches(10)):
+            if poison and step == 4:
+                with torch.no_grad():
+                    model.fc2.weight[0, 0] = math.nan  # NaN from here on, everywhere after fc2
+                poisoned = model.fc2.weight.detach().clone()
+            optimizer.zero_grad()
+            loss = loss_fn(model, x, y)
+            hook.record_loss(loss)
+            loss.backward()
+            optimizer.step()
+    return [p.detach().clone() for p in model.parameters()], poisoned
+
+
+@pytest.mark.parametrize("poison", [False, True])
+def test_records_handed_over_late_are_the_same_and_none_is_lost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, poison: bool
+) -> None:
+    """Deferring the hand-over to the writer changes no number and loses no record, NaN
+    records (whose exact statistics are read again from the values they had) included."""
+    now, poisoned = record_run(tmp_path / "now.h5", 2, poison)
+    monkeypatch.setattr(hook_module, "Transfer", NeverReady)
+    late, _ = record_run(tmp_path / "late.h5", 2, poison)
+    for a, b in zip(now, late, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+    with open_trace(tmp_path / "now.h5") as first, open_trace(tmp_path / "late.h5") as second:
+        tags = [info.tag for info in first.tags()]
+        assert tags == [info.tag for info in second.tags()]
+        for tag in tags:
+            if first.tag(tag).scalar:
+                np.testing.assert_array_equal(first.scalar(tag).values, second.scalar(tag).values)
+                continue
+            assert first.index(tag)[0].tolist() == second.index(tag)[0].tolist()
+            np.testing.assert_array_equal(first.stats(tag), second.stats(tag), err_msg=tag)
+            assert first.tag(tag).raw_records == second.tag(tag).raw_records
+        assert first.index("fc1.weight")[0].tolist() == [0, 2, 4, 6, 8]
+        assert first.scalar("loss").steps.tolist() == list(range(10))
+        if poison:
+            nans = first.stat("fc2.weight", "nan_count").values
+            assert nans.tolist() == [0, 0, 1, 12 * 16, 12 * 16]  # one NaN, then the whole row
+            highest = first.stat("fc2.weight", "max").values
+            assert poisoned is not None
+            assert highest[2] == float(poisoned.nan_to_num(nan=-1.0).max())  # finite ones only
+            assert np.isnan(highest[3:]).all()  # none is left
+            assert (first.stat("act/tanh", "nan_count").values[2:] > 0).all()
+            assert (first.stat("grad/fc2.weight", "nan_count").values[2:] > 0).all()

@@ -8,9 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from dbgcli.torch._stats import activation_statistics, statistics
+from dbgcli.torch._stats import (
+    STACK_BELOW,
+    Reducer,
+    Transfer,
+    activation_statistics,
+    statistics,
+)
 from dbgcli.trace import schema
-from dbgcli.trace.stats import unit_measure
+from dbgcli.trace.stats import COL, StatsKernel, unit_measure
 
 
 def reference(x: np.ndarray) -> dict[str, float]:
@@ -77,7 +83,7 @@ def test_activation_statistics_give_every_column(
     x = torch.tensor(values, dtype=dtype).repeat(3, 1)
     got, _ = activation_statistics(x, kind, "activations")
     expected = reference(x.float().numpy())
-    assert set(got) == set(expected) | {"update_l2"}
+    assert set(got) == set(expected)
     for name, value in expected.items():
         assert got[name] == pytest.approx(value, rel=1e-5, abs=1e-6), name
 
@@ -95,15 +101,21 @@ def test_non_finite_values_take_the_exact_path() -> None:
 
 
 def test_update_norm_against_the_previous_value() -> None:
-    weight = torch.randn(10, 10)
-    previous = [weight.reshape(-1).clone()]
-    with torch.no_grad():
-        weight += 0.5
-    (got,) = statistics([weight], previous=previous)
-    assert got["update_l2"] == pytest.approx(5.0, rel=1e-6)  # 100 elements moved by 0.5
-    assert torch.equal(previous[0], weight.reshape(-1))  # ready for the next step
-    (again,) = statistics([weight], previous=previous)
-    assert again["update_l2"] == 0.0
+    """update_l2 is the change since the last reduction of the same names, stacked or not."""
+    small, large = torch.randn(10, 10), torch.randn(STACK_BELOW)
+    reducer = Reducer(updates=True)
+
+    def update_norms() -> list[float]:
+        transfer = Transfer()
+        blocks = reducer.reduce([small, large], ["small", "large"], transfer)
+        transfer.start()
+        return [pending.table()[0, COL["update_l2"]] for _, pending in blocks]
+
+    assert np.isnan(update_norms()).all()  # nothing to compare with yet
+    small += 0.5
+    large -= 0.25
+    assert update_norms() == pytest.approx([5.0, 0.25 * STACK_BELOW**0.5], rel=1e-6)
+    assert update_norms() == [0.0, 0.0]
 
 
 def test_empty_and_precise_variance() -> None:
@@ -133,16 +145,87 @@ def test_unit_measure_equals_the_writers(
     if collection == "activations":
         x = {"relu": torch.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid}[kind](x)
     _, got = activation_statistics(x, kind, collection)
-    assert got is not None and got.dtype == torch.float32
+    assert got is not None and got.dtype == np.float32
     measure = schema.unit_measure(kind)
     axis = schema.default_unit_axis(len(shape))
     assert measure is not None and axis is not None
     band = schema.unsaturated_band(kind, collection) if kind in schema.SATURATING_BANDS else None
     expected = unit_measure(x.numpy()[None], measure, band, axis)[0]
-    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-6)
-    assert 0 < got.numpy().mean() < 1  # the data spans both sides of the band
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    assert 0 < got.mean() < 1  # the data spans both sides of the band
 
 
 def test_unit_measure_only_for_kinds_with_one() -> None:
     assert activation_statistics(torch.randn(4, 3), "softmax", "activations")[1] is None
     assert activation_statistics(torch.randn(5), "relu", "activations")[1] is None  # no unit axis
+
+
+def mixed_tensors(dtype: torch.dtype) -> list[torch.Tensor]:
+    """Tensors of many shapes: several of one shape (stacked into one block), one large
+    enough to be reduced alone, a 0-d one, an empty one, and NaN or inf in some of each."""
+    generator = torch.Generator().manual_seed(3)
+
+    def normal(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=generator).to(dtype)
+
+    nan_row, inf_row, both = normal(4, 8), normal(4, 8), normal(4, 8)
+    nan_row[1, 2] = math.nan
+    inf_row[0, 0] = -math.inf
+    both[2, 3], both[3, 3] = math.nan, math.inf
+    large, large_nan = normal(STACK_BELOW), normal(STACK_BELOW)
+    large_nan[7] = math.nan
+    return [
+        normal(4, 8),
+        nan_row,
+        torch.relu(normal(4, 8)),
+        inf_row,
+        both,
+        torch.full((4, 8), math.nan, dtype=dtype),  # nothing finite
+        normal(32),  # same numel as the 4x8 tensors, other shape: its own block
+        torch.zeros(32, dtype=dtype),
+        torch.full((3, 7), 0.1, dtype=dtype),  # constant, but its float mean is not 0.1
+        normal(3, 5, 7) + 40,  # far from zero: the variance must keep its digits
+        torch.tensor(2.5, dtype=dtype),  # 0-d
+        torch.empty(0, 3, dtype=dtype),
+        large,
+        large_nan,
+        1 + normal(STACK_BELOW) / 1000,  # large and far from zero: the variance needs two passes
+        -torch.ones(5, dtype=dtype),
+    ]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+def test_batched_statistics_equal_the_writers_kernel(dtype: torch.dtype) -> None:
+    """Every column the batched reduction gives equals the writer's own numpy kernel on the
+    same values, NaN and inf included, for any mix of shapes and sizes."""
+    tensors = mixed_tensors(dtype)
+    got = statistics(tensors, l1=True, signs=True)
+    for index, (tensor, stats) in enumerate(zip(tensors, got)):
+        values = tensor.float().numpy() if dtype == torch.bfloat16 else tensor.numpy()
+        expected = StatsKernel().compute(values[None])[0]
+        computed = {name for name in schema.STAT_COLUMNS if not np.isnan(expected[COL[name]])}
+        assert set(stats) == computed, index  # update_l2 is left NaN by both
+        if expected[COL["std"]] == 0:
+            assert stats["std"] == 0.0, index  # a constant, exactly (its float mean may not be)
+        for name in computed:
+            assert stats[name] == pytest.approx(expected[COL[name]], rel=1e-5, abs=1e-6), (
+                f"{index} {name}"
+            )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_weights_and_gradients_leave_out_only_what_their_range_leaves_open(
+    dtype: torch.dtype,
+) -> None:
+    """Without l1 and the sign counts, everything else still equals the writer's kernel."""
+    tensors = mixed_tensors(dtype)
+    for tensor, stats in zip(tensors, statistics(tensors)):
+        values = tensor.float().numpy()
+        expected = StatsKernel().compute(values[None])[0]
+        for name, value in stats.items():
+            assert value == pytest.approx(expected[COL[name]], rel=1e-5, abs=1e-6), name
+        finite = tensor[torch.isfinite(tensor)].float()
+        if tensor.numel() and torch.isfinite(tensor).all():
+            assert "l1" not in stats
+            decided = finite.min() > 0 or finite.max() < 0 or not finite.any()
+            assert ("pos_frac" in stats) == bool(decided)
