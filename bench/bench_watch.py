@@ -58,7 +58,7 @@ def analyze_seconds(path: Path) -> float:
 
 def stop_on_share(repeat: int, steps: int) -> tuple[float, float]:
     """(seconds the stop_on checks add per step, seconds of the plain step)."""
-    args = argparse.Namespace(layers=4, width=512, classes=10)  # bench_hook.py's defaults
+    args = argparse.Namespace(model="mlp", layers=4, width=512, classes=10)  # bench_hook.py's MLP
     model = make_model(args)
     generator = torch.Generator().manual_seed(0)
     x, y = torch.randn(64, args.width, generator=generator), torch.randint(0, 10, (64,))
