@@ -43,6 +43,9 @@ SAMPLES = sorted((ROOT / "sample_traces").glob("*.h5"))
 #: Seconds each trace may take in the CLI (``--timeout``); a run may take this plus MARGIN.
 LIMIT = 10.0
 MARGIN = 20.0
+#: What a worker may add to what it inherited (``--memory-limit``), and the bar for the
+#: largest resident set of any worker.
+MEMORY_MB = 768
 MEMORY_BYTES = 1 << 30
 
 
@@ -308,9 +311,10 @@ def run_cli(*args: str) -> Run:
 
 def check_case(path: Path) -> list[Run]:
     """``dbg info`` and ``dbg analyze`` on one file."""
+    limits = ("--timeout", str(LIMIT), "--memory-limit", str(MEMORY_MB))
     return [
-        run_cli("info", str(path), "--timeout", str(LIMIT)),
-        run_cli("analyze", str(path), "--timeout", str(LIMIT), "-q"),
+        run_cli("info", str(path), *limits),
+        run_cli("analyze", str(path), *limits, "-q"),
     ]
 
 

@@ -40,11 +40,14 @@ class Limits:
 
     Args:
         seconds: Wall-clock time for one trace, from handing it to a worker to its result.
-        memory_mb: Address space of a worker, in MiB (``RLIMIT_AS``); 0 for no limit.
+        memory_mb: Address space a worker may add to what it inherited, in MiB
+            (``RLIMIT_AS``); 0 for no limit. The reader keeps memory flat whatever the
+            trace's length (a few hundred MiB for every rule on a 1 GB trace), so running
+            out of it means a file that makes HDF5 allocate without bound.
     """
 
     seconds: float = 600.0
-    memory_mb: int = 4096
+    memory_mb: int = 1024
 
     def __post_init__(self) -> None:
         if not self.seconds > 0 or self.seconds == float("inf"):
@@ -320,7 +323,8 @@ def _serve(
     # The parent handles Ctrl-C for the whole command.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if memory_mb:
-        limit = memory_mb << 20
+        # On top of what the fork inherited (imports, and whatever the calling process holds).
+        limit = _address_space() + (memory_mb << 20)
         _, hard = resource.getrlimit(resource.RLIMIT_AS)
         if hard != resource.RLIM_INFINITY:
             limit = min(limit, hard)
@@ -360,6 +364,15 @@ def _serve(
             connection.send(("done", outcome))
         except Exception as error:  # noqa: BLE001 - an unpicklable result
             connection.send(("done", Failed(f"cannot return the result: {_describe(error)}")))
+
+
+def _address_space() -> int:
+    """Bytes of address space this process maps now (0 where /proc cannot tell)."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def _describe(error: BaseException) -> str:

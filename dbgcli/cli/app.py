@@ -99,7 +99,7 @@ MemoryOption = Annotated[
         "--memory-limit",
         metavar="MIB",
         min=0,
-        help="Memory (address space) reading one trace may take, in MiB; 0 for no limit.",
+        help="Memory (address space) reading one trace may add, in MiB; 0 for no limit.",
     ),
 ]
 
