@@ -143,7 +143,7 @@ class DbgCallback(TrainingCallback):
 
     The callback ends boosting (``after_iteration`` returns True) only when the run is asked
     to stop (``dbg watch --stop``, or ``stop_on``), and never raises from a training hook:
-    failures become :class:`DbgWarning` warnings.
+    failures are logged (WARNING on the ``dbgcli`` logger).
 
     Args:
         trace: A path (a new trace, created when training starts) or an open

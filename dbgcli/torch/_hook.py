@@ -20,8 +20,8 @@ passes in ``model.eval()`` or under ``torch.no_grad()`` are recorded in mode ``e
 current step (the number of optimizer steps taken so far).
 
 The hook only reads tensors: it consumes no random numbers, never writes to a parameter or a
-gradient, and catches its own failures (they become :class:`~dbgcli.trace.writer.DbgWarning`
-warnings), so training with and without it produces bit-identical parameters.
+gradient, and catches its own failures (they become WARNING messages of the ``dbgcli``
+logger), so training with and without it produces bit-identical parameters.
 """
 
 from __future__ import annotations

@@ -61,13 +61,6 @@ _METADATA_ROOM = 1 << 20
 _ROOM_PER_DATASET = 16 << 10
 
 
-class DbgWarning(UserWarning):
-    """A framework integration failed to record something; training goes on.
-
-    The writer itself reports through :mod:`logging` (logger ``dbgcli``), not with warnings.
-    """
-
-
 class _NoRoom(OSError):
     """The disk has no room for the next batch of writes (nothing was written)."""
 
