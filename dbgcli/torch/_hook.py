@@ -797,8 +797,9 @@ class TorchHook:
             if not (wait or transfer.ready()):
                 return
             del self._in_flight[0]
-            for record in records:
-                record.write(self.writer, self._live)
+            with self.writer.late_records():
+                for record in records:
+                    record.write(self.writer, self._live)
 
     def _note_forward(self, mode: str) -> None:
         self._last_mode = mode

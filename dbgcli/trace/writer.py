@@ -27,7 +27,7 @@ import threading
 import time
 import weakref
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
@@ -651,6 +651,8 @@ class TraceWriter:
         self._tensors: dict[str, _TensorSeries] = {}
         self._last_step: int | None = None
         self._last_mode = -1
+        self._newest: dict[int, int] = {}  # the newest step seen, per mode
+        self._late = False
         self._metadata: dict[str, Any] = {}
         self._metadata_json = "{}"
         # What the file's attributes hold, so that a commit writes them only when they change.
@@ -1000,6 +1002,18 @@ class TraceWriter:
         """Records (and metadata keys) dropped so far, whatever the reason."""
         return sum(self.dropped_by_reason.values())
 
+    @contextlib.contextmanager
+    def late_records(self) -> Iterator[None]:
+        """Records added inside belong to steps the run has already passed (an integration
+        that hands a step's statistics over after the next step began, as the PyTorch hook
+        does): they add no timeline row, so the timeline keeps when each step was first seen
+        and a step going back still means a run resumed from an earlier step."""
+        self._late = True
+        try:
+            yield
+        finally:
+            self._late = False
+
     def flush(self) -> None:
         """Write every pending record and commit: after this returns, a kill loses nothing
         (unless the disk is full: the records are then kept and written at the next commit)."""
@@ -1147,7 +1161,10 @@ class TraceWriter:
         return _new_series_group(root, tag)
 
     def _after_add(self, step: int, mode: int, nbytes: int) -> None:
-        if step != self._last_step or mode != self._last_mode:
+        if (step != self._last_step or mode != self._last_mode) and not (
+            self._late and step < self._newest.get(mode, -1)
+        ):
+            self._newest[mode] = max(step, self._newest.get(mode, -1))
             self._last_step, self._last_mode = step, mode
             timeline = self._timeline
             timeline.pending_steps.append(step)
