@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -15,7 +16,10 @@ from dbgcli.isolation import Limits
 from dbgcli.report.text import counted
 
 if TYPE_CHECKING:
+    from dbgcli.analysis import Options
     from dbgcli.compare import Tolerance
+    from dbgcli.config import Config
+    from dbgcli.findings import Severity
     from dbgcli.report.model import Report
 
 
@@ -26,6 +30,11 @@ class FailOn(str, Enum):
 
 
 TRACE_SUFFIXES = (".h5", ".hdf5", ".trace")
+CONFIG_HELP = (
+    "Configuration file (default: dbg.toml or [tool.dbg] found upwards, up to the project "
+    "root: the directory holding .git, .hg or pyproject.toml)."
+)
+ISOLATED_HELP = "Ignore every configuration file (and the rules files they name: those run Python)."
 
 
 @app.command()
@@ -77,22 +86,8 @@ def analyze(
     mode: Annotated[
         str | None, typer.Option("--mode", help="Only records of this mode (train, eval, predict).")
     ] = None,
-    config: Annotated[
-        Path | None,
-        typer.Option(
-            "--config",
-            help="Configuration file (default: dbg.toml or [tool.dbg] found upwards, up to the "
-            "project root: the directory holding .git, .hg or pyproject.toml).",
-        ),
-    ] = None,
-    isolated: Annotated[
-        bool,
-        typer.Option(
-            "--isolated",
-            help="Ignore every configuration file (and the rules files they name: those run "
-            "Python).",
-        ),
-    ] = False,
+    config: Annotated[Path | None, typer.Option("--config", help=CONFIG_HELP)] = None,
+    isolated: Annotated[bool, typer.Option("--isolated", help=ISOLATED_HELP)] = False,
     rules_file: Annotated[
         list[Path] | None,
         typer.Option("--rules-file", help="Load custom rules from this Python file."),
@@ -127,33 +122,15 @@ def analyze(
     Exit codes: 0 nothing at or above the fail level, 1 findings at or above it, 2 errors
     (unreadable trace, bad option or configuration, crashed rule).
     """
-    from dbgcli.analysis import Options
     from dbgcli.analysis import analyze as run_analysis
     from dbgcli.cli.console import log, progress
-    from dbgcli.config import load_config
-    from dbgcli.findings import Severity
     from dbgcli.report.baseline import apply_baseline, read_baseline
     from dbgcli.report.baseline import write_baseline as write_baseline_file
 
-    if isolated and config is not None:
-        raise ConfigError("--isolated ignores configuration files; drop --config or --isolated")
-    settings = load_config(config, search=not isolated)
-    options = Options(
-        select=_tokens(select) if select else settings.select,
-        ignore=_tokens(ignore) if ignore else settings.ignore,
-        params=_merge_params(settings.params, param or []),
-        severities=settings.severities,
-        start=start,
-        stop=stop,
-        mode=mode or settings.mode,
-        rules_files=(*settings.rules_files, *(str(p) for p in rules_file or [])),
-        loss=settings.loss,
+    settings, options, level = rule_settings(
+        config, isolated, select, ignore, param, rules_file, fail_on, mode
     )
-    level_name = fail_on.value if fail_on is not None else (settings.fail_on or "error")
-    try:
-        level = Severity(level_name)
-    except ValueError:
-        raise ConfigError(f"fail-on must be info, warning or error, not {level_name!r}") from None
+    options = replace(options, start=start, stop=stop)
     targets = parse_outputs(output_format or [], output or [], settings.formats)
     known = read_baseline(baseline) if baseline is not None else None
     paths = expand_traces(traces)
@@ -177,6 +154,42 @@ def analyze(
         more = f" (and {counted(len(errors) - 1, 'more error')})" if len(errors) > 1 else ""
         fail(f"{errors[0]}{more}")
     raise typer.Exit(report.exit_code(exit_zero=exit_zero or settings.exit_zero))
+
+
+def rule_settings(
+    config: Path | None,
+    isolated: bool,
+    select: list[str] | None,
+    ignore: list[str] | None,
+    param: list[str] | None,
+    rules_file: list[Path] | None,
+    fail_on: FailOn | None,
+    mode: str | None = None,
+) -> tuple[Config, Options, Severity]:
+    """The configuration file's settings with the command line's on top: what to run, and the
+    fail level (``analyze`` and ``watch`` share them)."""
+    from dbgcli.analysis import Options
+    from dbgcli.config import load_config
+    from dbgcli.findings import Severity
+
+    if isolated and config is not None:
+        raise ConfigError("--isolated ignores configuration files; drop --config or --isolated")
+    settings = load_config(config, search=not isolated)
+    options = Options(
+        select=_tokens(select) if select else settings.select,
+        ignore=_tokens(ignore) if ignore else settings.ignore,
+        params=_merge_params(settings.params, param or []),
+        severities=settings.severities,
+        mode=mode or settings.mode,
+        rules_files=(*settings.rules_files, *(str(p) for p in rules_file or [])),
+        loss=settings.loss,
+    )
+    level_name = fail_on.value if fail_on is not None else (settings.fail_on or "error")
+    try:
+        level = Severity(level_name)
+    except ValueError:
+        raise ConfigError(f"fail-on must be info, warning or error, not {level_name!r}") from None
+    return settings, options, level
 
 
 def expand_traces(paths: list[Path]) -> list[Path]:

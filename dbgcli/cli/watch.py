@@ -8,10 +8,9 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from dbgcli.cli.analyze import FailOn, _merge_params, _tokens
+from dbgcli.cli.analyze import CONFIG_HELP, ISOLATED_HELP, FailOn, rule_settings
 from dbgcli.cli.app import app, handle_errors
 from dbgcli.cli.output import FORMAT_HELP, OUTPUT_HELP, parse_outputs, write_report
-from dbgcli.errors import ConfigError
 from dbgcli.report.model import EXIT_ERROR, EXIT_FINDINGS
 
 if TYPE_CHECKING:
@@ -76,12 +75,8 @@ def watch(
         list[str] | None,
         typer.Option("--param", "-p", help="Rule parameter override RULE.NAME=VALUE."),
     ] = None,
-    config: Annotated[
-        Path | None,
-        typer.Option(
-            "--config", help="Configuration file (default: dbg.toml or [tool.dbg] found upwards)."
-        ),
-    ] = None,
+    config: Annotated[Path | None, typer.Option("--config", help=CONFIG_HELP)] = None,
+    isolated: Annotated[bool, typer.Option("--isolated", help=ISOLATED_HELP)] = False,
     rules_file: Annotated[
         list[Path] | None,
         typer.Option("--rules-file", help="Load custom rules from this Python file."),
@@ -104,26 +99,11 @@ def watch(
     with the exit code ``dbg analyze`` gives: 0 clean, 1 findings at or above the fail level,
     2 errors, including a writer that died without closing the trace.
     """
-    from dbgcli.analysis import Options
-    from dbgcli.config import load_config
-    from dbgcli.findings import Severity
     from dbgcli.watch import Watcher
 
-    settings = load_config(config)
-    options = Options(
-        select=_tokens(select) if select else settings.select,
-        ignore=_tokens(ignore) if ignore else settings.ignore,
-        params=_merge_params(settings.params, param or []),
-        severities=settings.severities,
-        mode=settings.mode,
-        rules_files=(*settings.rules_files, *(str(p) for p in rules_file or [])),
-        loss=settings.loss,
+    settings, options, level = rule_settings(
+        config, isolated, select, ignore, param, rules_file, fail_on
     )
-    level_name = fail_on.value if fail_on is not None else (settings.fail_on or "error")
-    try:
-        level = Severity(level_name)
-    except ValueError:
-        raise ConfigError(f"fail-on must be info, warning or error, not {level_name!r}") from None
     targets = parse_outputs(output_format or [], output or [], settings.formats)
     watcher = Watcher(trace, options, fail_on=level, window=window)
     code = _Session(watcher, interval, exit_first, stop, on_finding, timeout).run()
