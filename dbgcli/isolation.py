@@ -98,7 +98,7 @@ def run_isolated(
     """
     pool = _Pool(task, limits, initializer, initargs)
     try:
-        results = dict(pool.run(items, jobs))
+        results = dict(pool.run(items, max(1, jobs)))
     finally:
         pool.close()
     return [results[index] for index in range(len(items))]
