@@ -388,3 +388,28 @@ def test_watch_gives_up_waiting_after_timeout(tmp_path: Path) -> None:
     assert done.stderr.strip().splitlines()[-1] == (
         f"dbg: error: {tmp_path / 'never.h5'}: no trace appeared within 0.1 s"
     )
+
+
+def test_an_html_report_is_refreshed_while_the_run_goes_on(tmp_path: Path) -> None:
+    trace = tmp_path / "active.h5"
+    page = tmp_path / "live.html"
+    writer = subprocess.Popen(
+        [sys.executable, "-c", ACTIVE_WRITER, str(trace)], stdout=subprocess.PIPE, text=True
+    )
+    watch = None
+    try:
+        assert writer.stdout is not None
+        read_line(writer.stdout, "started")
+        watch = start_watch(trace, "--format", f"html:{page}")
+        end = time.monotonic() + DEADLINE
+        while not page.exists() and time.monotonic() < end:
+            time.sleep(0.1)
+        text = page.read_text()  # whole: a refresh writes beside the page and renames
+        # The run never ended: this page is a refresh, not the final report.
+        assert writer.poll() is None and watch.poll() is None
+        assert f"dbg report: {trace}" in text and "Plotly.newPlot" in text
+    finally:
+        for process in (writer, watch):
+            if process is not None:
+                process.kill()
+                process.wait()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -11,7 +13,8 @@ import typer
 from dbgcli.cli.analyze import CONFIG_HELP, ISOLATED_HELP, FailOn, rule_settings
 from dbgcli.cli.app import app, handle_errors
 from dbgcli.cli.output import FORMAT_HELP, OUTPUT_HELP, parse_outputs, write_report
-from dbgcli.report.model import EXIT_ERROR, EXIT_FINDINGS
+from dbgcli.findings import Severity
+from dbgcli.report.model import EXIT_ERROR, EXIT_FINDINGS, Report
 
 if TYPE_CHECKING:
     from dbgcli.findings import Finding
@@ -84,7 +87,10 @@ def watch(
     output_format: Annotated[
         list[str] | None,
         typer.Option(
-            "--format", "-f", help="Final report: " + FORMAT_HELP, metavar="FORMAT[:FILE]"
+            "--format",
+            "-f",
+            help="Final report (html:FILE is also refreshed while the run goes on): " + FORMAT_HELP,
+            metavar="FORMAT[:FILE]",
         ),
     ] = None,
     output: Annotated[list[Path] | None, typer.Option("--output", "-o", help=OUTPUT_HELP)] = None,
@@ -106,7 +112,10 @@ def watch(
     )
     targets = parse_outputs(output_format or [], output or [], settings.formats)
     watcher = Watcher(trace, options, fail_on=level, window=window)
-    code = _Session(watcher, interval, exit_first, stop, on_finding, timeout).run()
+    session = _Session(watcher, interval, exit_first, stop, on_finding, timeout)
+    session.html = [d for fmt, d in targets if fmt == "html" and d is not None]
+    session.fail_on = level
+    code = session.run()
     if code is not None:
         raise typer.Exit(code)
     report = watcher.final_report()
@@ -139,6 +148,10 @@ class _Session:
         self.console = stderr_console()
         self.stop_requested = False
         self.last_status = ""
+        # HTML reports refreshed while the run goes on (--format html:FILE).
+        self.html: list[Path] = []
+        self.fail_on = Severity.error
+        self.html_written = -math.inf
 
     def run(self) -> int | None:
         """Poll until the writer closes the trace (None: analyse it) or an exit code."""
@@ -172,12 +185,33 @@ class _Session:
                         return code
                 if poll.state in (State.analysed, State.closed):
                     self._status(status)
+                if poll.state is State.analysed:
+                    self._refresh_html(bool(poll.new_findings))
                 if poll.state is State.closed:
                     return None
                 time.sleep(_BUSY_RETRY if poll.state is State.busy else self.interval)
         finally:
             if status is not None:
                 status.stop()
+
+    def _refresh_html(self, news: bool) -> None:
+        """Rewrite the HTML reports with what the polls found so far: at once on new findings,
+        else at most every HTML_REFRESH seconds (a page reads the whole trace). Drawn in a
+        worker, as every read of a trace is; a failure is one line, and the watch goes on."""
+        from dbgcli.cli.console import log
+        from dbgcli.errors import DbgError
+        from dbgcli.isolation import call_isolated
+        from dbgcli.report.model import Report
+
+        now = time.monotonic()
+        if not self.html or (not news and now - self.html_written < HTML_REFRESH):
+            return
+        self.html_written = now
+        report = Report((self.watcher.report(),), fail_on=self.fail_on)
+        try:
+            call_isolated(_write_html, (report, self.html), str(self.watcher.path))
+        except DbgError as error:
+            log(f"could not refresh the HTML report: {error}")
 
     def _found(self, finding: Finding) -> int | None:
         from dbgcli.cli.console import log
@@ -232,3 +266,16 @@ def _say_if_stopped(watcher: Watcher) -> None:
             f"the run was stopped at step {stopped.get('seen_at_step')} by {stopped.get('by')}: "
             f"{stopped.get('reason')}"
         )
+
+
+#: Seconds between refreshes of an HTML report while nothing new is found.
+HTML_REFRESH = 30.0
+
+
+def _write_html(arguments: tuple[Report, list[Path]]) -> None:
+    # Written beside and renamed, so a browser reloading the page never sees half of it.
+    report, destinations = arguments
+    for destination in destinations:
+        partial = destination.with_name(f".{destination.name}.partial")
+        write_report(report, "html", partial, quiet=False)
+        os.replace(partial, destination)
