@@ -50,7 +50,8 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python bench/bench_rules.py
 	$(BIN)/python bench/bench_jobs.py
 	$(BIN)/python bench/bench_watch.py
-	$(BIN)/python bench/bench_hook.py
+	$(BIN)/python bench/bench_hook.py --all
+	$(BIN)/python bench/bench_xgboost.py
 	$(BIN)/python bench/bench_schedulers.py
 	$(BIN)/python bench/bench_detection.py
 	$(BIN)/python bench/bench_html.py
