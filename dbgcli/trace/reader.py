@@ -445,9 +445,7 @@ class Trace:
         if values is None:
             values = self._guard(
                 f"the values of {tag!r}",
-                lambda: self._dataset(info.path + "/" + schema.DS_VALUE)[: info.records].astype(
-                    np.float64
-                ),
+                lambda: self._rows(info, schema.DS_VALUE).astype(np.float64),
             )
             self._memory.put(("values", tag), values)
         steps, modes = self.index(tag)
@@ -892,9 +890,13 @@ class Trace:
         return obj
 
     # -- loading ------------------------------------------------------------------------------
+    def _rows(self, info: TagInfo, name: str) -> np.ndarray:
+        """The committed rows of one dataset of a series (a tail's last rows, in TailTrace)."""
+        return np.asarray(self._dataset(f"{info.path}/{name}")[: info.records])
+
     def _read_index(self, info: TagInfo) -> tuple[np.ndarray, np.ndarray]:
         group = self._file[info.path]
-        raw_steps = group[schema.DS_STEP][: info.records]
+        raw_steps = self._rows(info, schema.DS_STEP)
         if raw_steps.dtype.kind == "f":
             if not np.isfinite(raw_steps).all() or (raw_steps != np.round(raw_steps)).any():
                 raise TraceFormatError(f"{self.path}: steps of {info.tag!r} are not all integers")
@@ -902,7 +904,7 @@ class Trace:
             raise TraceFormatError(f"{self.path}: steps of {info.tag!r} are out of range")
         steps = raw_steps.astype(np.int64, copy=False)
         if schema.DS_MODE in group:
-            modes = group[schema.DS_MODE][: info.records].astype(np.uint8, copy=False)
+            modes = self._rows(info, schema.DS_MODE).astype(np.uint8, copy=False)
             if len(modes) and modes.max() >= len(schema.MODES):
                 raise TraceFormatError(f"{self.path}: unknown mode code in {info.tag!r}")
         else:
@@ -1138,36 +1140,9 @@ class TailTrace(Trace):
         return self._unclosed
 
     def _rows(self, info: TagInfo, name: str) -> np.ndarray:
+        """The last ``info.records`` committed rows."""
         start = self._offsets[info.tag]
         return np.asarray(self._dataset(f"{info.path}/{name}")[start : start + info.records])
-
-    def _read_index(self, info: TagInfo) -> tuple[np.ndarray, np.ndarray]:
-        raw_steps = self._rows(info, schema.DS_STEP)
-        if raw_steps.dtype.kind == "f" and (
-            not np.isfinite(raw_steps).all() or (raw_steps != np.round(raw_steps)).any()
-        ):
-            raise TraceFormatError(f"{self.path}: steps of {info.tag!r} are not all integers")
-        if schema.DS_MODE in self._file[info.path]:
-            modes = self._rows(info, schema.DS_MODE).astype(np.uint8, copy=False)
-            if len(modes) and modes.max() >= len(schema.MODES):
-                raise TraceFormatError(f"{self.path}: unknown mode code in {info.tag!r}")
-        else:
-            modes = np.zeros(info.records, dtype=np.uint8)
-        return raw_steps.astype(np.int64, copy=False), modes
-
-    def scalar(self, tag: str, mode: str | None = None) -> Series:
-        info = self.tag(tag)
-        if not info.scalar:
-            raise MissingDataError(f"{tag!r} is a tensor, not a scalar series")
-        values = self._memory.get(("values", tag))
-        if values is None:
-            values = self._guard(
-                f"the values of {tag!r}",
-                lambda: self._rows(info, schema.DS_VALUE).astype(np.float64),
-            )
-            self._memory.put(("values", tag), values)
-        steps, modes = self.index(tag)
-        return Series(steps, values, modes).select(mode)
 
     def _load_stats(self, info: TagInfo) -> np.ndarray:
         table = np.full((info.records, len(schema.STAT_COLUMNS)), np.nan)
