@@ -29,7 +29,6 @@ Run: ``python bench/bench_xgboost.py [--depth 20] [--rounds 200] [--rows 20000] 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
@@ -39,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import xgboost as xgb
 
-from dbgcli.xgboost import IMPORTANCE_TYPES, DbgCallback, model_tree_depths, tree_depth
+from dbgcli.xgboost import IMPORTANCE_TYPES, DbgCallback, _json_depth, model_tree_depths, tree_depth
 
 
 class Timed:
@@ -92,19 +91,6 @@ class WholeModelCallback(DbgCallback):
 
 class TimedWholeModelCallback(Timed, WholeModelCallback):
     """The callback as it was, timed."""
-
-
-def _json_depth(tree_json: str) -> int:
-    deepest = 0
-    stack = [(json.loads(tree_json), 0)]
-    while stack:
-        node, depth = stack.pop()
-        children = node.get("children")
-        if children:
-            stack.extend((child, depth + 1) for child in children)
-        else:
-            deepest = max(deepest, depth)
-    return deepest
 
 
 def _data(rows: int, features: int, seed: int) -> tuple[xgb.DMatrix, xgb.DMatrix]:
