@@ -149,7 +149,7 @@ def describe(args: argparse.Namespace) -> str:
 
 def attach_hook(args: argparse.Namespace, model: Model, trace: Path) -> TorchHook:
     if args.hook_only:
-        writer = NullWriter(trace, overwrite=True)
+        writer = NullWriter(trace, overwrite=True, raw_every=args.raw_every)
         return attach(*model, writer, stats_every=args.stats_every)
     return attach(
         *model, trace, raw_every=args.raw_every, stats_every=args.stats_every, overwrite=True

@@ -43,7 +43,13 @@ from torch.utils.hooks import RemovableHandle
 from dbgcli._failures import FailureReporter
 from dbgcli.errors import TraceWriterError, TrainingStopped
 from dbgcli.live_rules import LiveRules, check_stop_on, is_loss, stop_if
-from dbgcli.torch._stats import Pending, Reducer, Transfer, reduce_activation
+from dbgcli.torch._stats import (
+    Pending,
+    Reducer,
+    Transfer,
+    compute_tables,
+    reduce_activations,
+)
 from dbgcli.trace.stats import COL
 from dbgcli.trace.writer import TraceWriter
 
@@ -79,6 +85,11 @@ DEFAULT_STATS_EVERY = 10
 #: Keep full tensors every this many steps when :func:`attach` creates the writer (a
 #: multiple of :data:`DEFAULT_STATS_EVERY`, so that full tensors fall on recorded steps).
 DEFAULT_RAW_EVERY = 100
+
+#: Activations held for reduction together at the end of a forward pass are reduced earlier
+#: once they take more than this many bytes (they are alive for the backward pass anyway,
+#: except under no_grad or activation checkpointing).
+HELD_ACTIVATION_BYTES = 64 << 20
 
 Patterns = str | Sequence[str] | None
 TracePath = str | os.PathLike[str]
@@ -176,8 +187,15 @@ class _Selector:
     def __init__(self, include: Patterns, exclude: Patterns) -> None:
         self.include = _as_patterns(include)
         self.exclude = _as_patterns(exclude)
+        self._answers: dict[tuple[str, ...], bool] = {}  # asked every step for loss and lr
 
     def __call__(self, *names: str) -> bool:
+        answer = self._answers.get(names)
+        if answer is None:
+            answer = self._answers[names] = self._match(names)
+        return answer
+
+    def _match(self, names: tuple[str, ...]) -> bool:
         def matches(patterns: tuple[str, ...]) -> bool:
             return any(fnmatch.fnmatchcase(name, p) for p in patterns for name in names)
 
@@ -214,11 +232,10 @@ class _QueuedTensors:
     collections: list[str]
     tensors: list[tuple[tuple[int, ...], np.dtype]]  # shape and numpy dtype of each
     raws: list[torch.Tensor] | None  # copies: the tensors may change before the hand-over
-    units: Callable[[], Any] | None = None
+    units: list[Callable[[], np.ndarray]] | None = None  # each record's per-unit measure
 
     def write(self, writer: TraceWriter, live: LiveRules | None) -> None:
         table = self.pending.table()
-        units = None if self.units is None else self.units()
         for index, (tag, collection, (shape, dtype)) in enumerate(
             zip(self.tags, self.collections, self.tensors)
         ):
@@ -235,9 +252,23 @@ class _QueuedTensors:
                 collection=collection,
                 kind=self.kind,
                 mode=self.mode,
-                units=units,
+                units=None if self.units is None else self.units[index](),
                 value=None if self.raws is None else self.raws[index],
             )
+
+
+@dataclass
+class _HeldActivation:
+    """An activation record waiting for the end of its forward pass to be reduced."""
+
+    tag: str
+    values: torch.Tensor  # detached
+    version: int  # of ``values`` when its module returned it
+    collection: str
+    kind: str
+    mode: str
+    step: int
+    raw: torch.Tensor | None  # a copy made then, on ``raw_every`` steps
 
 
 @dataclass
@@ -414,6 +445,11 @@ class TorchHook:
         self._transfer = Transfer()
         self._queued_pass: tuple[str, int] | None = None
         self._in_flight: list[tuple[Transfer, list[_QueuedTensors | _QueuedLoss]]] = []
+        # Activations of the current pass not reduced yet, their bytes, and the memory their
+        # blocks are stacked into.
+        self._held: list[_HeldActivation] = []
+        self._held_bytes = 0
+        self._activation_memory: dict[Any, torch.Tensor] = {}
         self._live = LiveRules(stop_on) if stop_on is not None else None
         self.raise_on_stop = raise_on_stop
         writer.set_metadata(
@@ -625,8 +661,10 @@ class TorchHook:
 
     def _after_model_forward(self, module: nn.Module, args: Any, output: Any) -> None:
         self._forward_depth = max(0, self._forward_depth - 1)
-        if self._forward_depth == 0 and self.capture_loss and self.enabled:
-            self._guard("capturing the loss", lambda: self._capture_loss(output))
+        if self._forward_depth == 0 and self.enabled:
+            self._guard("recording activations", self._reduce_held)
+            if self.capture_loss:
+                self._guard("capturing the loss", lambda: self._capture_loss(output))
 
     def _capture_loss(self, output: Any) -> None:
         loss = _find_loss(output)
@@ -732,22 +770,72 @@ class TorchHook:
     def _record_activations(
         self, records: list[tuple[str, torch.Tensor, str]], kind: str, mode: str
     ) -> None:
-        """Queue the statistics and unit measures of activations, reduced by torch where
-        they live: only the results wait for the step's transfer, no copy of the tensor
-        (a full one only on ``raw_every`` steps)."""
+        """Hold activations until the forward pass ends (or :data:`HELD_ACTIVATION_BYTES`
+        are held), when those of one shape are reduced together: the tensors are alive until
+        then anyway, for the backward pass. No copy is made (a full one on ``raw_every``
+        steps, at once, since the values may change afterwards)."""
         keep_raw = self.writer.raw_due(self._step)
         for tag, tensor, collection in records:
-            pending, units = reduce_activation(tensor, kind, collection, self._transfer)
-            self._queue_tensors(
-                [0],
-                [tag],
-                [tensor],
-                [collection],
-                pending,
-                keep_raw,
-                kind=kind,
-                mode=mode,
-                units=units,
+            with torch.no_grad():
+                values = tensor.detach()
+                raw = values.clone() if keep_raw else None
+            held = _HeldActivation(
+                tag, values, values._version, collection, kind, mode, self._step, raw
+            )
+            self._held.append(held)
+            self._held_bytes += values.numel() * values.element_size()
+        self._queued_pass = (mode, self._step)
+        if self._held_bytes > HELD_ACTIVATION_BYTES:
+            self._reduce_held()
+
+    def _reduce_held(self) -> None:
+        """Queue the statistics of the held activations, one reduction per shape."""
+        if not self._held:
+            return
+        held, self._held, self._held_bytes = self._held, [], 0
+        groups: dict[tuple[Any, ...], list[_HeldActivation]] = {}
+        for record in held:
+            if record.values._version != record.version:
+                self._warn(
+                    f"recording {record.tag}",
+                    RuntimeError(
+                        "the tensor was changed in place after its module returned it; this "
+                        "record is left out"
+                    ),
+                )
+                continue
+            values = record.values
+            key = (
+                record.mode,
+                record.step,
+                record.kind,
+                record.collection,
+                values.shape,
+                values.dtype,
+                values.device,
+            )
+            groups.setdefault(key, []).append(record)
+        for (mode, step, kind, collection, *_), members in groups.items():
+            pending, units = reduce_activations(
+                [m.values for m in members],
+                kind,
+                collection,
+                self._transfer,
+                memory=self._activation_memory,
+            )
+            raws = [m.raw for m in members]
+            self._queue.append(
+                _QueuedTensors(
+                    step,
+                    mode,
+                    kind,
+                    pending,
+                    [m.tag for m in members],
+                    [collection] * len(members),
+                    [(tuple(m.values.shape), _numpy_dtype(m.values)) for m in members],
+                    None if raws[0] is None else [raw for raw in raws if raw is not None],
+                    units,
+                )
             )
 
     def _queue_tensors(
@@ -758,31 +846,28 @@ class TorchHook:
         collections: list[str],
         pending: Pending,
         keep_raw: bool,
-        *,
-        kind: str | None = None,
-        mode: str = "train",
-        units: Callable[[], Any] | None = None,
     ) -> None:
-        """Queue the records of ``tensors[i]`` for ``i`` in ``members`` (one reduced block)."""
+        """Queue the parameter records of ``tensors[i]`` for ``i`` in ``members`` (one reduced
+        block)."""
         with torch.no_grad():
             raws = [tensors[i].detach().clone() for i in members] if keep_raw else None
-        self._queued_pass = (mode, self._step)
+        self._queued_pass = ("train", self._step)
         self._queue.append(
             _QueuedTensors(
                 self._step,
-                mode,
-                kind,
+                "train",
+                None,
                 pending,
                 [tags[i] for i in members],
                 [collections[i] for i in members],
                 [(tuple(tensors[i].shape), _numpy_dtype(tensors[i])) for i in members],
                 raws,
-                units,
             )
         )
 
     def _send(self) -> None:
         """Start the transfer of everything queued, and hand over what has landed."""
+        self._reduce_held()
         if self._queue:
             self._transfer.start()
             self._in_flight.append((self._transfer, self._queue))
@@ -797,6 +882,7 @@ class TorchHook:
             if not (wait or transfer.ready()):
                 return
             del self._in_flight[0]
+            compute_tables([r.pending for r in records if isinstance(r, _QueuedTensors)])
             with self.writer.late_records():
                 for record in records:
                     record.write(self.writer, self._live)

@@ -172,7 +172,8 @@ class Pending:
         """``(records, len(STAT_COLUMNS))`` float64 statistics in schema order, NaN where not
         computed; waits for the transfer if it has not landed."""
         if self._table is None:
-            self._table = self._compute()
+            compute_tables([self])
+        assert self._table is not None
         return self._table
 
     def statistics(self) -> list[dict[str, float]]:
@@ -182,27 +183,53 @@ class Pending:
             for row in self.table().tolist()
         ]
 
-    def _compute(self) -> np.ndarray:
-        counts = self.counts
-        records = len(counts)
-        table = np.full((records, len(schema.STAT_COLUMNS)), np.nan)
+    def values(self, width: int) -> np.ndarray:
+        """The ``(width, records)`` reductions as they landed, one row per column."""
+        records = len(self.counts)
+        landed = self.transfer.values(self.device)
+        return landed[self.offset : self.offset + records * width].reshape(width, records)
+
+    def redo(self, index: int, l1: bool) -> None:
+        """Take the exact path for record ``index`` of the table (NaN or infinities, or a
+        variance short of digits), if its values are still there."""
+        assert self._table is not None
+        row = self._table[index]
+        exact = _exact(self.sources[index], l1 or self.nonnegative)
+        if exact is None and np.isfinite(row[_MOMENTS]).all():
+            return  # a one-pass variance, the best there is without the values
+        kept = {"count": row[_COLUMN["count"]], "update_l2": row[_COLUMN["update_l2"]]}
+        row[:] = np.nan
+        for name, value in {**(exact or {}), **kept}.items():
+            row[_COLUMN[name]] = value
+
+
+def compute_tables(pendings: Sequence[Pending]) -> None:
+    """Turn the reductions of ``pendings`` into their tables, waiting for their transfers if
+    needed: the records of every block with the same columns at once, since the host's
+    arithmetic costs the same for one record as for a hundred."""
+    groups: dict[tuple[Any, ...], list[Pending]] = {}
+    for pending in pendings:
+        if pending._table is None:
+            key = (pending.columns, pending.precise, pending.nonnegative)
+            groups.setdefault(key, []).append(pending)
+    for (columns, precise, nonnegative), members in groups.items():
+        counts = np.concatenate([pending.counts for pending in members])
+        table = np.full((len(counts), len(schema.STAT_COLUMNS)), np.nan)
         table[:, _COLUMN["count"]] = counts
-        if not self.columns:  # empty tensors
+        if not columns:  # empty tensors
             table[:, _COLUMN["nan_count"]] = table[:, _COLUMN["inf_count"]] = 0.0
-            return table
-        width = len(self.columns)
-        values = self.transfer.values(self.device)[self.offset : self.offset + records * width]
-        row = dict(zip(self.columns, values.reshape(width, records)))
-        done = _finish(row, counts, table, self.precise, self.nonnegative)
-        for index in np.flatnonzero(~done):
-            exact = _exact(self.sources[index], "l1" in row or self.nonnegative)
-            if exact is None and np.isfinite(table[index, _MOMENTS]).all():
-                continue  # a one-pass variance, the best there is without the values
-            kept = {"count": counts[index], "update_l2": table[index, _COLUMN["update_l2"]]}
-            table[index] = np.nan
-            for name, value in {**(exact or {}), **kept}.items():
-                table[index, _COLUMN[name]] = value
-        return table
+            done = np.ones(len(counts), dtype=bool)
+        else:
+            width = len(columns)
+            values = np.concatenate([pending.values(width) for pending in members], axis=1)
+            done = _finish(dict(zip(columns, values)), counts, table, precise, nonnegative)
+        first = 0
+        for pending in members:
+            records = len(pending.counts)
+            pending._table = table[first : first + records]
+            for index in np.flatnonzero(~done[first : first + records]):
+                pending.redo(index, "l1" in columns)
+            first += records
 
 
 class Reducer:
@@ -345,12 +372,17 @@ def reduce_rows(
     (``centre``) and the norm of the deviations from it (``deviation``), or, with
     ``centred=False``, the norm (``norm``: one pass fewer, and the host checks the digits of
     the variance); then as asked the absolute sum (``l1``), the norm of the difference to
-    ``previous`` (``update``), and the counts of values > 0 and == 0 (``positive``,
-    ``zero``)."""
-    n = block.shape[1]
+    ``previous`` (``update``; the difference is written into ``previous``, which the caller
+    overwrites next), and the counts of values > 0 and == 0 (``positive``, ``zero``)."""
+    k, n = block.shape
     work = scratch.like(block)  # each use below is reduced before the next overwrites it
     total = block.sum(1)
-    columns = {"min": block.amin(1), "max": block.amax(1), "sum": total}
+    if k == 1:
+        # One pass for both; torch's aminmax along a dimension is many times slower.
+        low, high = torch.aminmax(block.reshape(n))
+        columns = {"min": low.reshape(1), "max": high.reshape(1), "sum": total}
+    else:
+        columns = {"min": block.amin(1), "max": block.amax(1), "sum": total}
     if centred:
         centre = total / n
         deviations = torch.sub(block, centre[:, None], out=work)
@@ -361,7 +393,7 @@ def reduce_rows(
     if l1:
         columns["l1"] = torch.abs(block, out=work).sum(1)
     if previous is not None:
-        difference = torch.sub(block, previous, out=work)
+        difference = torch.sub(block, previous, out=previous)
         columns["update"] = torch.linalg.vector_norm(difference, dim=1)
     if signs:
         exact = _exact_count_dtype(n, block.dtype)
@@ -370,63 +402,84 @@ def reduce_rows(
     return columns
 
 
-def reduce_activation(
-    x: torch.Tensor, kind: str, collection: str, transfer: Transfer, *, scratch: Scratch = _SCRATCH
-) -> tuple[Pending, Callable[[], np.ndarray] | None]:
-    """Queue every statistic of one activation record and its per-unit measure.
+def reduce_activations(
+    tensors: Sequence[torch.Tensor],
+    kind: str,
+    collection: str,
+    transfer: Transfer,
+    *,
+    memory: dict[Any, torch.Tensor] | None = None,
+    scratch: Scratch = _SCRATCH,
+) -> tuple[Pending, list[Callable[[], np.ndarray]] | None]:
+    """Queue every statistic of activation records of one shape, dtype and device, and their
+    per-unit measures, reduced together.
 
-    Returns what gives the statistics once ``transfer`` has landed, and a function that gives
-    the measure (float32, per unit) or None when the kind or shape has none. The measure is
-    ``active_frac`` for ReLU-like kinds (share of each unit's values > 0) and
-    ``unsaturated_frac`` for saturating ones (share strictly inside the non-saturated band: of
-    the input for pre-activations, of the output otherwise), over the axis
+    Returns what gives the records' statistics once ``transfer`` has landed, and per record a
+    function that gives its measure (float32, per unit), or None when the kind or shape has
+    none. The measure is ``active_frac`` for ReLU-like kinds (share of each unit's values > 0)
+    and ``unsaturated_frac`` for saturating ones (share strictly inside the non-saturated band:
+    of the input for pre-activations, of the output otherwise), over the axis
     :func:`~dbgcli.trace.schema.default_unit_axis` names; docs/trace-format.md defines both.
+
+    Several records are stacked into one block (into ``memory`` kept by the caller under the
+    records' shape, when given), so that each reduction is one operation for all of them.
     """
     kind = kind.lower()
+    first = tensors[0]
+    k, n = len(tensors), first.numel()
     with torch.no_grad():
-        values = x.detach()
-        n = values.numel()
         if n == 0:
-            return Pending(transfer, values.device, 0, (), np.zeros(1), []), None
-        work = values if values.dtype in _NATIVE else values.to(torch.float32)
-        block = work.reshape(1, n)
+            return Pending(transfer, first.device, 0, (), np.zeros(k), []), None
+        work_dtype = first.dtype if first.dtype in _NATIVE else torch.float32
+        if k == 1:
+            source = first.detach()
+            stacked = (source if source.dtype == work_dtype else source.to(work_dtype))[None]
+        else:
+            key = (k, *first.shape, work_dtype, first.device)
+            block_memory = None if memory is None else memory.get(key)
+            if block_memory is None:
+                block_memory = torch.empty(k, *first.shape, dtype=work_dtype, device=first.device)
+                if memory is not None:
+                    memory[key] = block_memory
+            source = stacked = torch.stack([t.detach() for t in tensors], out=block_memory)
+        block = stacked.reshape(k, n)
         # A ReLU output is >= 0: its absolute sum is its sum and what is not positive is
         # zero (the host checks the minimum, and takes the exact path if that ever fails).
         nonnegative = kind in _NONNEGATIVE_KINDS and collection == "activations"
         columns = reduce_rows(block, l1=not nonnegative, centred=False, scratch=scratch)
         measure = schema.unit_measure(kind)
-        axis = schema.default_unit_axis(work.dim())
+        axis = schema.default_unit_axis(first.dim())
         counts = None
         if measure is not None and axis is not None:
-            counts = _unit_counts(work, measure, kind, collection, axis, scratch)
-        exact = _exact_count_dtype(n, work.dtype)
+            counts = _unit_counts(stacked, measure, kind, collection, axis + 1, scratch)
+        exact = _exact_count_dtype(n, work_dtype)
         if counts is not None and measure == schema.UNIT_MEASURE_ACTIVE:
-            columns["positive"] = counts.sum(dtype=exact).reshape(1)
+            columns["positive"] = counts.sum(1, dtype=exact)
         else:
             columns["positive"] = torch.gt(block, 0, out=scratch.like(block)).sum(1, dtype=exact)
         if not nonnegative:
             columns["zero"] = torch.eq(block, 0, out=scratch.like(block)).sum(1, dtype=exact)
+        version = source._version
+        sources = [(source, version, row, k) for row in range(k)]
         reduced = _Reduced(
-            columns,
-            n,
-            [(values, values._version, 0, 1)],
-            values.device,
-            work.dtype == torch.float64,
-            nonnegative,
+            columns, n, sources, first.device, work_dtype == torch.float64, nonnegative
         )
         pending = reduced.queue([reduced], transfer)
         if counts is None:
             return pending, None
         assert axis is not None  # counts exist only with a unit axis
-        units = counts / (n // work.shape[axis])
+        units = counts / (n // first.shape[axis])
         unit_device, unit_offset = transfer.add(units)
-        size = units.numel()
+        width = units.shape[1]
 
-        def measure_values() -> np.ndarray:
-            host = transfer.values(unit_device)[unit_offset : unit_offset + size]
-            return host.astype(np.float32)
+        def measure_of(row: int) -> Callable[[], np.ndarray]:
+            def measure_values() -> np.ndarray:
+                at = unit_offset + row * width
+                return transfer.values(unit_device)[at : at + width].astype(np.float32)
 
-        return pending, measure_values
+            return measure_values
+
+        return pending, [measure_of(row) for row in range(k)]
 
 
 def statistics(
@@ -450,20 +503,21 @@ def activation_statistics(
     x: torch.Tensor, kind: str, collection: str
 ) -> tuple[dict[str, float], np.ndarray | None]:
     """Every statistic of one activation record and its per-unit measure (or None), fetched
-    at once; see :func:`reduce_activation`."""
+    at once; see :func:`reduce_activations`."""
     transfer = Transfer()
-    pending, units = reduce_activation(x, kind, collection, transfer)
+    pending, units = reduce_activations([x], kind, collection, transfer)
     transfer.start()
-    return pending.statistics()[0], None if units is None else units()
+    return pending.statistics()[0], None if units is None else units[0]()
 
 
 def _unit_counts(
     x: torch.Tensor, measure: str, kind: str, collection: str, axis: int, scratch: Scratch
 ) -> torch.Tensor:
-    """Per unit, how many of its values the measure counts, in ``x``'s float dtype."""
+    """Per record (the first axis of ``x``) and unit (``axis``), how many of its values the
+    measure counts, in ``x``'s float dtype: ``(records, units)``."""
     indicator = scratch.like(x)
-    others = [d for d in range(x.dim()) if d != axis]
-    exact = _exact_count_dtype(x.numel() // x.shape[axis], x.dtype)
+    others = [d for d in range(1, x.dim()) if d != axis]
+    exact = _exact_count_dtype(x[0].numel() // x.shape[axis], x.dtype)
     if measure == schema.UNIT_MEASURE_ACTIVE:
         return torch.gt(x, 0, out=indicator).sum(others, dtype=exact)
     lo, hi = schema.unsaturated_band(kind, collection)

@@ -866,6 +866,96 @@ def test_hook_statistics_equal_the_writers_from_the_full_tensors(
                 assert 0 < units.mean() < 1, tag  # both sides of the measure occur
 
 
+def stacked_net(dtype: torch.dtype) -> nn.Sequential:
+    """Three ReLU and two Tanh layers of one width: their activations are reduced as blocks."""
+    layers: list[nn.Module] = [nn.Linear(FEATURES, 16)]
+    for kind in (nn.ReLU, nn.Tanh, nn.ReLU, nn.Tanh, nn.ReLU):
+        layers += [kind(), nn.Linear(16, 16)]
+    layers.append(nn.Linear(16, CLASSES))
+    return nn.Sequential(*layers).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("held_bytes", [None, 1])
+def test_activations_reduced_together_equal_the_writers_kernel(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    no_dbg_warnings: None,
+    dtype: torch.dtype,
+    held_bytes: int | None,
+) -> None:
+    """Same-shaped activations of a pass are stacked and reduced at once when the forward
+    pass ends (or one by one past the held-bytes cap); each record still equals the writer's
+    kernel on its full tensor, unit measures included, in training and evaluation passes."""
+    if held_bytes is not None:
+        monkeypatch.setattr(hook_module, "HELD_ACTIVATION_BYTES", held_bytes)
+    torch.manual_seed(0)
+    model = stacked_net(dtype)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    path = tmp_path / "t.h5"
+    with attach(model, optimizer, path, raw_every=1) as hook:
+        for x, y in batches(3):
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(model(x.to(dtype)), y).backward()
+            optimizer.step()
+        model.eval()
+        with torch.no_grad():
+            model(batches(1, seed=2)[0][0].to(dtype))
+        assert not hook._held
+    with open_trace(path) as trace:
+        tags = [t for t in (i.tag for i in trace.tags(scalar=False)) if "act/" in t]
+        assert len(tags) == 7  # five activations, two pre-activations
+        for tag in tags:
+            info = trace.tag(tag)
+            assert trace.index(tag)[1].tolist() == [0, 0, 0, 1]  # three train, one eval
+            raw = np.concatenate([chunk.values for chunk in trace.iter_raw(tag)])
+            expected = StatsKernel().compute(raw)
+            recorded = trace.stats(tag)
+            computed = ~np.isnan(recorded).all(axis=0)
+            assert computed.sum() == 11, tag  # every column but update_l2
+            np.testing.assert_allclose(
+                recorded[:, computed], expected[:, computed], rtol=1e-5, atol=1e-7, err_msg=tag
+            )
+            measure = schema.unit_measure(info.kind)
+            assert measure is not None
+            units = unit_measure(raw, measure, info.band, 1)
+            np.testing.assert_allclose(trace.units(tag).values, units, err_msg=tag)
+
+
+def test_an_activation_changed_in_place_after_its_module_is_left_out_and_said(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Statistics of activations are computed when the forward pass ends; a module's output
+    that a later operation changes in place would give wrong numbers, so that record is left
+    out and the log says so; the others are recorded."""
+
+    class Overwrites(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(FEATURES, 16)
+            self.act = nn.Tanh()
+            self.other = nn.ReLU()
+            self.out = nn.Linear(16, CLASSES)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            hidden = self.act(self.fc(x))
+            hidden.mul_(2.0)  # legal without autograd, which would need the output unchanged
+            return self.out(self.other(hidden))
+
+    model = Overwrites()
+    path = tmp_path / "t.h5"
+    with caplog.at_level(logging.WARNING, logger="dbgcli"):
+        with attach(model, None, path) as hook:
+            with torch.no_grad():
+                model(batches(1)[0][0])
+            hook.flush()
+    messages = [r.getMessage() for r in caplog.records if r.name.startswith("dbgcli")]
+    assert any("act/act" in m and "changed in place" in m for m in messages), messages
+    with open_trace(path) as trace:
+        assert "act/act" not in trace
+        assert "act/other" in trace and "preact/act" in trace
+
+
 class CountedReads:
     """Counts the hook's transfers (``dbgcli.torch._stats.to_host``) and every torch call
     that reads a tensor's values into Python or host memory."""
