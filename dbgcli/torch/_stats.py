@@ -8,6 +8,9 @@ operations per tensor, which cost tens of microseconds each whatever the tensor'
   its rows, so two hundred small parameters cost a few dozen operations (:class:`Reducer`).
   Tensors of 65,536 values or more are reduced one by one without a copy: their arithmetic
   outweighs the per-operation cost, and stacking them would copy them.
+* Activations of one shape (a pass's layers of one width) are stacked likewise when their
+  forward pass ends (:func:`reduce_activations`), and the host turns every block with the
+  same columns into statistics in one vectorised pass (:func:`compute_tables`).
 * The results stay on the device, column by column, and everything a step records reaches the
   host in **one** transfer (:class:`Transfer`; :func:`to_host` is the one place that copies to
   the host); on a GPU the copy is asynchronous and the hook hands the numbers to the writer
