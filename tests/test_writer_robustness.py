@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from dbgcli import TraceWriter, open_trace
+from dbgcli.trace import writer as writer_module
 
 CHILD = """
 import sys
@@ -139,6 +140,7 @@ def test_io_failure_keeps_committed_data(tmp_path: Path, monkeypatch, caplog) ->
 
     monkeypatch.setattr(h5py.Dataset, "resize", disk_full)
     monkeypatch.setattr(h5py.Dataset, "__setitem__", disk_full)
+    monkeypatch.setattr(writer_module, "_write_rows", disk_full)  # the low-level path
     for step in range(5, 10):
         writer.add_scalar("loss", float(step), step)
     writer.flush()
