@@ -284,7 +284,7 @@ def test_thinning_and_columns() -> None:
     assert np.isnan(columns.reduce(steps, np.full(500, np.nan), "mean")).all()
 
 
-def test_pca_separates_classes_and_colours_by_label(make_trace) -> None:
+def test_pca_and_tsne_separate_classes_and_colour_by_label(make_trace) -> None:
     rng = np.random.default_rng(3)
     labels = np.array([0, 1] * 16)
     direction = rng.normal(size=16)
@@ -306,15 +306,81 @@ def test_pca_separates_classes_and_colours_by_label(make_trace) -> None:
         },
     )
     charts, _, _ = views_of(path)
-    embedding = charts["embedding"].figure
+    chart = charts["embedding"]
+    embedding = chart.figure
     titles = [a["text"] for a in embedding.layout["annotations"]]
-    assert len(titles) == 3  # the first, middle and last stored steps
+    # The first, middle and last stored steps: PCA above, t-SNE of the same samples below.
+    assert len(titles) == 6
+    assert all(" · PCA " in t for t in titles[:3])
+    assert all(t.endswith(" · t-SNE perplexity 10.3") for t in titles[3:])  # (32 - 1) / 3
+    assert chart.title == "Activations in two dimensions (PCA and t-SNE)"
     first_panel = [t for t in embedding.data if t.get("xaxis", "x") == "x"]
     assert sorted(t["name"] for t in first_panel) == ["class 0", "class 1"]
     zero, one = (t["x"] for t in sorted(first_panel, key=lambda t: t["name"]))
     assert (zero.min() > one.max()) or (one.min() > zero.max())  # PC1 splits the classes
     share = float(re.search(r"PCA (\d+) %", titles[0]).group(1))
     assert share > 90
+    tsne_panel = [t for t in embedding.data if t.get("xaxis") == "x4"]  # row 2, column 1
+    assert sorted(t["name"] for t in tsne_panel) == ["class 0", "class 1"]
+    assert [t["marker"]["color"] for t in tsne_panel] == [t["marker"]["color"] for t in first_panel]
+    points = np.concatenate([np.column_stack([t["x"], t["y"]]) for t in tsne_panel])
+    classes = np.concatenate([np.full(len(t["x"]), t["name"]) for t in tsne_panel])
+    apart = np.sum((points[:, None] - points[None, :]) ** 2, axis=-1)
+    np.fill_diagonal(apart, np.inf)
+    assert np.all(classes[apart.argmin(axis=1)] == classes)  # each sample's neighbour: its class
+    assert embedding.layout["xaxis4"]["showticklabels"] is False  # t-SNE axes have no unit
+
+
+def test_tsne_panels_of_the_sample_traces() -> None:
+    """Every step of both layers has its t-SNE panel where the activations vary; where they do
+    not (a dead layer, a run that blew up), the panel or the row is left out and the caption
+    says why."""
+    charts, _, _ = views_of(HEALTHY)
+    chart = charts["embedding"]
+    titles = [a["text"] for a in chart.figure.layout["annotations"]]
+    assert len(titles) == 12  # two layers, three steps, PCA and t-SNE
+    assert sum(t.endswith(" · t-SNE perplexity 21") for t in titles) == 6  # 64 samples
+    tsne_panels = {f"x{n}" for n in (4, 5, 6, 10, 11, 12)}
+    tsne_traces = [t for t in chart.figure.data if t.get("xaxis") in tsne_panels]
+    pca_traces = [t for t in chart.figure.data if t.get("xaxis", "x") not in tsne_panels]
+    assert {t["name"] for t in tsne_traces} == {t["name"] for t in pca_traces}
+    assert sum(len(t["x"]) for t in tsne_traces) == 6 * 64
+    assert "van der Maaten" in chart.caption and "distances between clusters" in chart.caption
+    assert "No t-SNE" not in chart.caption and "no t-SNE" not in chart.caption
+
+    # act/relu2 is dead at every step: no t-SNE row for it.
+    charts, _, _ = views_of(DEAD_RELU)
+    titles = [a["text"] for a in charts["embedding"].figure.layout["annotations"]]
+    assert len(titles) == 9
+    assert [t for t in titles if "relu2" in t and "t-SNE" in t] == []
+    assert "Where the samples do not vary there is no t-SNE" in charts["embedding"].caption
+
+    # The high learning rate kills both layers after step 0: empty t-SNE panels, hidden axes.
+    charts, _, _ = views_of(SAMPLES / "numpy_mlp_high_lr.h5")
+    figure = charts["embedding"].figure
+    titles = [a["text"] for a in figure.layout["annotations"]]
+    assert sum(t.endswith(" · no t-SNE (no variance)") for t in titles) == 4
+    assert figure.layout["xaxis5"]["visible"] is False  # act/relu1, step 100
+    assert not [t for t in figure.data if t.get("xaxis") == "x5"]
+
+    # Every neuron dead: PCA only.
+    charts, _, _ = views_of(SAMPLES / "torch_dying_relu.h5")
+    assert charts["embedding"].title == "Activations in two dimensions (PCA)"
+    assert "No t-SNE: at every step shown the samples do not vary." in charts["embedding"].caption
+
+
+def test_batches_too_small_for_tsne_get_pca_only(make_trace) -> None:
+    rng = np.random.default_rng(4)
+    path = make_trace(
+        "tiny.h5",
+        scalars={"loss": [1.0, 0.9, 0.8]},
+        tensors={"act/fc": {"values": rng.normal(size=(3, 4, 8)), "collection": "activations"}},
+    )
+    charts, _, _ = views_of(path)
+    chart = charts["embedding"]
+    assert chart.title == "Activations in two dimensions (PCA)"
+    assert "the samples are fewer than 5" in chart.caption
+    assert all(" · PCA " in a["text"] for a in chart.figure.layout["annotations"])
 
 
 def test_bench_script_runs() -> None:

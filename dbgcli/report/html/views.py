@@ -35,6 +35,7 @@ from dbgcli.report.html.charts import (
     row_axis,
     wants_log,
 )
+from dbgcli.report.html.embedding import TSNE_MIN_SAMPLES, pca, tsne
 from dbgcli.report.html.sampling import Columns, thin
 from dbgcli.report.model import TraceReport
 from dbgcli.report.text import counted
@@ -52,11 +53,14 @@ HISTOGRAM_BINS = 30
 HISTOGRAM_MAX_ELEMENTS = 1 << 22  # larger tensors get no histogram (reading them is slow)
 EMBEDDING_LAYERS = 2  # the layers closest to the output
 EMBEDDING_RECORDS = 3
-EMBEDDING_POINTS = 300
+# Samples per panel at most. t-SNE's cost grows with their square (1,000 iterations over n x n
+# matrices): 300 took 0.27 s per panel on the 2-core test machine, 1.6 s for the six panels of two
+# layers at three steps, most of a report's 2 s; 150 take about a third of that. The PCA shows the
+# same samples, so that the two panels of a step can be compared point for point.
+EMBEDDING_POINTS = 150
 CONFUSION_CLASSES = 30
 BALANCE_CLASSES = 60
 IMPORTANCE_FEATURES = 15
-_PCA_ITERATIONS = 200
 _MODES: tuple[Literal["train", "eval"], ...] = ("train", "eval")
 _SATURATING_MIN_UNITS = 4  # fewer units are an output head (see DBG202)
 
@@ -539,18 +543,38 @@ def _embedding(source: Source) -> list[Chart | Missing]:
             panels.append((layer, position, view.tag, step, values, ids))
     if not panels:
         return [Missing("low-dimensional view", "no full activation tensors of a batch recorded")]
-    # One row per layer, its steps side by side.
-    rows, cols = len(layers), max(position for _, position, *_ in panels) + 1
-    titles = [""] * (rows * cols)
-    projected = []
+    # Per layer a row of PCA panels, its steps side by side, and below it the t-SNE panels of
+    # the same samples (no such row for a layer where no step has one).
+    projected = []  # (layer, position, title, PCA points, shares, t-SNE or None, samples, labels)
     for layer, position, tag, step, values, ids in panels:
-        points, explained = _pca(values)
-        projected.append((layer, position, points, ids))
+        points, explained = pca(values)
+        head = f"{_title(tag)} · step {step}"
+        embedded = tsne(values, points)
+        projected.append((layer, position, head, points, explained, embedded, len(values), ids))
+    with_tsne = {layer for layer, *_, embedded, _, _ in projected if embedded is not None}
+    first_row = np.cumsum([0] + [1 + (layer in with_tsne) for layer in range(len(layers))])
+    rows, cols = int(first_row[-1]), max(position for _, position, *_ in projected) + 1
+    titles = [""] * (rows * cols)
+    drawn = []  # (row, col, points, labels), 0-based
+    blank = []  # t-SNE panels left empty, 0-based
+    for layer, position, head, points, explained, embedded, count, ids in projected:
+        row = int(first_row[layer])
         share = " ".join(f"{100 * e:.0f} %" for e in explained) if explained.size else "no variance"
-        titles[layer * cols + position] = f"{_title(tag)} · step {step} · PCA {share}"
+        titles[row * cols + position] = f"{head} · PCA {share}"
+        drawn.append((row, position, points, ids))
+        if layer not in with_tsne:
+            continue
+        if embedded is None:
+            why = f"{count} samples" if count < TSNE_MIN_SAMPLES else "no variance"
+            titles[(row + 1) * cols + position] = f"{head} · no t-SNE ({why})"
+            blank.append((row + 1, position))
+        else:
+            tsne_points, perplexity = embedded
+            titles[(row + 1) * cols + position] = f"{head} · t-SNE perplexity {perplexity:.3g}"
+            drawn.append((row + 1, position, tsne_points, ids))
     figure = Figure(rows, cols, titles=titles)
     seen: set[int] = set()
-    for row, col, points, ids in projected:
+    for row, col, points, ids in drawn:
         groups = (
             [(-1, np.arange(len(points)))]
             if ids is None
@@ -582,18 +606,50 @@ def _embedding(source: Source) -> list[Chart | Missing]:
                 col=col + 1,
             )
             seen.add(cls)
-    coloured = (
-        "coloured by the label of each sample"
-        if any(ids is not None for *_, ids in projected)
-        else "no labels recorded at these steps"
-    )
+    for layer in with_tsne:  # t-SNE coordinates have no unit or origin: nothing to read them by
+        for col in range(cols):
+            unread = {"row": int(first_row[layer]) + 2, "col": col + 1}
+            figure.update_xaxes(**unread, showticklabels=False, zeroline=False)
+            figure.update_yaxes(**unread, showticklabels=False, zeroline=False)
+    for row, col in blank:
+        figure.update_xaxes(row=row + 1, col=col + 1, visible=False)
+        figure.update_yaxes(row=row + 1, col=col + 1, visible=False)
+    labelled = any(ids is not None for *_, ids in projected)
+    lacking = {
+        f"are fewer than {TSNE_MIN_SAMPLES}" if count < TSNE_MIN_SAMPLES else "do not vary"
+        for *_, embedded, count, _ in projected
+        if embedded is None
+    }
+    title, caption = _embedding_text(labelled, bool(with_tsne), " or ".join(sorted(lacking)))
+    return [Chart("embedding", title, figure, caption)]
+
+
+def _embedding_text(labelled: bool, with_tsne: bool, lacking: str) -> tuple[str, str]:
+    """Title and caption of the low-dimensional view; ``lacking`` says why panels have no
+    t-SNE ("do not vary", "are fewer than 5"), empty when all have one."""
+    coloured = "coloured by its label" if labelled else "no labels recorded at these steps"
     caption = (
-        f"Each point is one sample of the batch, projected on the first two principal components "
-        f"of the layer's activations (the share of variance they explain is in the title); "
-        f"{coloured}. Layers closest to the output, at the first, middle and last step whose "
-        "full tensor is stored."
+        f"Each point is one sample of the batch, {coloured}; layers closest to the output, at "
+        "the first, middle and last step whose full tensor is stored. PCA: the samples on the "
+        "first two principal components of the layer's activations (the share of variance they "
+        "explain is in the title)."
     )
-    return [Chart("embedding", "Activations in two dimensions (PCA)", figure, caption)]
+    if not with_tsne:
+        caption += f" No t-SNE: at every step shown the samples {lacking}."
+        return "Activations in two dimensions (PCA)", caption
+    caption += (
+        " t-SNE (van der Maaten and Hinton, 2008; computed by dbg itself, exact, from the PCA): "
+        "samples that are near each other in the activations stay near each other in the "
+        "plane, so the groups the layer tells apart show as clusters. Only neighbourhoods mean "
+        "something: the distances between clusters, their sizes and the axes do not, and the "
+        "perplexity in the title is about how many neighbours each sample keeps."
+    )
+    if lacking:
+        caption += (
+            f" Where the samples {lacking} there is no t-SNE (nor a t-SNE row for a layer "
+            "where that holds at every step)."
+        )
+    return "Activations in two dimensions (PCA and t-SNE)", caption
 
 
 def _read_batches(
@@ -614,39 +670,6 @@ def _read_batches(
             values = values.reshape(values.shape[0], -1, values.shape[-1]).mean(axis=1)
         batches.append((step, values[:EMBEDDING_POINTS]))
     return batches
-
-
-def _pca(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The samples on their first two principal components, and the share of variance each
-    explains (empty when the samples do not vary).
-
-    The components come from subspace iteration on the smaller of the two Gram matrices, which
-    needs only matrix products: LAPACK's SVD of even a 64 x 64 matrix can take a fifth of a
-    second when its threads compete with other work on a busy machine.
-    """
-    finite = np.where(np.isfinite(values), values, 0.0)
-    centred = finite - finite.mean(axis=0)
-    points = np.zeros((len(values), 2), dtype=np.float32)
-    total = float(np.sum(centred * centred))
-    if total == 0:
-        return points, np.empty(0)
-    by_sample = len(centred) <= centred.shape[1]
-    gram = centred @ centred.T if by_sample else centred.T @ centred
-    count = min(2, len(gram))
-    basis = np.random.default_rng(0).standard_normal((len(gram), count))
-    for _ in range(_PCA_ITERATIONS):
-        basis = gram @ basis
-        for j in range(count):  # Gram-Schmidt on two columns
-            for k in range(j):
-                basis[:, j] -= (basis[:, k] @ basis[:, j]) * basis[:, k]
-            norm = float(np.sqrt(basis[:, j] @ basis[:, j]))
-            basis[:, j] = basis[:, j] / norm if norm > 0 else 0.0
-    eigenvalues = np.einsum("ij,ij->j", basis, gram @ basis)
-    if by_sample:
-        points[:, :count] = basis * np.sqrt(np.maximum(eigenvalues, 0.0))
-    else:
-        points[:, :count] = centred @ basis
-    return points, np.maximum(eigenvalues, 0.0) / total
 
 
 # -- data --------------------------------------------------------------------------------------
