@@ -367,6 +367,52 @@ def test_values_finite_or_not_are_data(tmp_path: Path) -> None:
         assert trace.tag("deep").shape == (1,) * 31
 
 
+def test_statistics_rows_added_at_once_are_checked_one_by_one(tmp_path: Path) -> None:
+    """add_tensor_stats_rows records what add_tensor_stats would, record for record: a bad
+    record is dropped alone, and rows of the wrong shape drop the call's records."""
+    path, alone = tmp_path / "rows.h5", tmp_path / "alone.h5"
+    rows = np.arange(4 * len(schema.STAT_COLUMNS), dtype=np.float64).reshape(4, -1)
+    tags = ["a", "", "b", "c"]
+    shapes: list[Any] = [(2, 3), (2, 3), "bad", (4,)]
+    units = [np.array([0.5, 1.0, 0.0]), None, None, None]
+    with TraceWriter(path) as writer:
+        writer.add_tensor_stats_rows(
+            tags,
+            rows,
+            7,
+            shapes=shapes,
+            dtypes=["f4", "f4", "f4", "f2"],
+            collections=["activations", None, None, "gradients"],
+            kind="relu",
+            units=units,
+            values=[np.ones((2, 3), np.float32), None, None, None],
+        )
+        writer.add_tensor_stats_rows(
+            ["d"], rows[:2], 7, shapes=[(1,)], dtypes=["f4"], collections=[None]
+        )
+    assert writer.dropped_by_reason == {"tag": 1, "shape": 1, "stats": 1}
+    with TraceWriter(alone) as writer:
+        for index in (0, 3):
+            writer.add_tensor_stats(
+                tags[index],
+                rows[index],
+                7,
+                shape=shapes[index],
+                dtype=["f4", "f4", "f4", "f2"][index],
+                collection=["activations", None, None, "gradients"][index],
+                kind="relu",
+                units=units[index],
+                value=np.ones((2, 3), np.float32) if index == 0 else None,
+            )
+    with open_trace(path) as bulk, open_trace(alone) as single:
+        assert [i.tag for i in bulk.tags(scalar=False)] == ["a", "c"]
+        for tag in ("a", "c"):
+            np.testing.assert_array_equal(bulk.stats(tag), single.stats(tag))
+            assert bulk.tag(tag) == single.tag(tag)
+        np.testing.assert_array_equal(bulk.units("a").values, [[0.5, 1.0, 0.0]])
+        np.testing.assert_array_equal(bulk.raw("a", 7), np.ones((2, 3), np.float32))
+
+
 # -- cause 7: a failed commit loses nothing, and never leaves pre-allocated rows as data ----
 def test_a_series_that_fails_to_write_does_not_hold_back_the_others(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture

@@ -236,25 +236,23 @@ class _QueuedTensors:
 
     def write(self, writer: TraceWriter, live: LiveRules | None) -> None:
         table = self.pending.table()
-        for index, (tag, collection, (shape, dtype)) in enumerate(
-            zip(self.tags, self.collections, self.tensors)
-        ):
-            if live is not None and collection == "gradients":
-                row = table[index]
-                nonfinite = row[COL["nan_count"]] + row[COL["inf_count"]]
-                stop_if(writer, live.gradient(tag, nonfinite, row[COL["l2"]], self.step))
-            writer.add_tensor_stats(
-                tag,
-                table[index],
-                self.step,
-                shape=shape,
-                dtype=dtype,
-                collection=collection,
-                kind=self.kind,
-                mode=self.mode,
-                units=None if self.units is None else self.units[index](),
-                value=None if self.raws is None else self.raws[index],
-            )
+        if live is not None:
+            for tag, collection, row in zip(self.tags, self.collections, table):
+                if collection == "gradients":
+                    nonfinite = row[COL["nan_count"]] + row[COL["inf_count"]]
+                    stop_if(writer, live.gradient(tag, nonfinite, row[COL["l2"]], self.step))
+        writer.add_tensor_stats_rows(
+            self.tags,
+            table,
+            self.step,
+            shapes=[shape for shape, _ in self.tensors],
+            dtypes=[dtype for _, dtype in self.tensors],
+            collections=self.collections,
+            kind=self.kind,
+            mode=self.mode,
+            units=None if self.units is None else [units() for units in self.units],
+            values=self.raws,
+        )
 
 
 @dataclass

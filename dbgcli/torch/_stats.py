@@ -230,7 +230,7 @@ def compute_tables(pendings: Sequence[Pending]) -> None:
         for pending in members:
             records = len(pending.counts)
             pending._table = table[first : first + records]
-            for index in np.flatnonzero(~done[first : first + records]):
+            for index in np.flatnonzero(~done[first : first + records]).tolist():
                 pending.redo(index, "l1" in columns)
             first += records
 
@@ -395,7 +395,8 @@ def reduce_rows(
         if k == 1:
             single = rows.reshape(n)
             return torch.dot(single, single)
-        return torch.linalg.vector_norm(rows, dim=1).square_()
+        norms: torch.Tensor = torch.linalg.vector_norm(rows, dim=1)
+        return norms.square_()
 
     if centred:
         centre = total / n

@@ -27,7 +27,7 @@ import threading
 import time
 import weakref
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
@@ -968,21 +968,109 @@ class TraceWriter:
         Framework hooks use this to avoid copying every tensor to the host every step. ``stats``
         maps statistic names (see docs/trace-format.md) to values; a column left out is NaN
         ("not computed"). It may also be a float64 row of every column in
-        ``schema.STAT_COLUMNS`` order (NaN: not computed), kept as it is: the cheapest form
-        for hooks that record hundreds of tensors a step. ``units`` is the per-unit activation measure of the record, and
-        ``value``, when given, is kept as the record's full tensor. ``shape`` and ``dtype``
-        describe the tensor (the first record of a tag fixes the tag's metadata).
+        ``schema.STAT_COLUMNS`` order (NaN: not computed), kept as it is. ``units`` is the
+        per-unit activation measure of the record, and ``value``, when given, is kept as the
+        record's full tensor. ``shape`` and ``dtype`` describe the tensor (the first record of
+        a tag fixes the tag's metadata). :meth:`add_tensor_stats_rows` records many at once.
         """
         with self._lock:
             try:
-                tag, step, mode_code = self._accept(tag, step, mode)
                 row = _checks.statistics(stats, COL)
-                dims = _checks.shape(shape)
-                stored_dtype = _checks.dtype_check(dtype)
-                collection = _checks.text(collection, "collection")
-                kind = _checks.text(kind, "kind")
+            except Exception as error:  # noqa: BLE001 - never let recording kill training
+                self._drop(tag, error)
+                return
+            units_list = None if units is None else [units]
+            values = None if value is None else [value]
+            self._add_stats_rows(
+                [tag],
+                row[None],
+                step,
+                [shape],
+                [dtype],
+                [collection],
+                kind,
+                mode,
+                units_list,
+                values,
+            )
+
+    def add_tensor_stats_rows(
+        self,
+        tags: Sequence[str],
+        rows: np.ndarray,
+        step: int,
+        *,
+        shapes: Sequence[tuple[int, ...]],
+        dtypes: Sequence[Any],
+        collections: Sequence[str | None],
+        kind: str | None = None,
+        mode: str = "train",
+        units: Sequence[Any] | None = None,
+        values: Sequence[Any] | None = None,
+    ) -> None:
+        """Record tensors of one step and mode whose statistics were computed where they live,
+        one row of ``rows`` each (``(len(tags), len(schema.STAT_COLUMNS))``, as
+        :meth:`add_tensor_stats` takes one): what a hook records at a step costs one call
+        instead of hundreds. ``shapes``, ``dtypes``, ``collections`` and, when given,
+        ``units`` and ``values`` (full tensors; None for a record without) are per record. A
+        record that fails a check is dropped alone.
+        """
+        with self._lock:
+            columns = len(schema.STAT_COLUMNS)
+            if (
+                not isinstance(rows, np.ndarray)
+                or rows.shape != (len(tags), columns)
+                or rows.dtype.kind not in "iuf"
+            ):
+                error = Rejected(
+                    "stats",
+                    f"statistics rows must be a ({len(tags)}, {columns}) array of numbers, "
+                    f"got {_checks.describe(rows)}",
+                )
+                for tag in tags:
+                    self._drop(tag, error)
+                return
+            self._add_stats_rows(
+                tags, rows, step, shapes, dtypes, collections, kind, mode, units, values
+            )
+
+    def _add_stats_rows(
+        self,
+        tags: Sequence[Any],
+        rows: np.ndarray,
+        step: Any,
+        shapes: Sequence[Any],
+        dtypes: Sequence[Any],
+        collections: Sequence[Any],
+        kind: Any,
+        mode: Any,
+        units: Sequence[Any] | None,
+        values: Sequence[Any] | None,
+    ) -> None:
+        rows = rows.astype(np.float64, copy=False)
+        checked: dict[Any, Any] = {}  # shapes, dtypes and texts repeat within a step
+
+        def once(check: Any, value: Any, *args: Any) -> Any:
+            key = (check, type(value), value, *args)
+            try:
+                return checked[key]
+            except KeyError:
+                result = checked[key] = check(value, *args)
+                return result
+            except TypeError:  # not hashable: checked every time (and likely rejected)
+                return check(value, *args)
+
+        for index, tag in enumerate(tags):
+            try:
+                tag, step_number, mode_code = self._accept(tag, step, mode)
+                dims = once(_checks.shape, shapes[index])
+                stored_dtype = once(_checks.dtype_check, dtypes[index])
+                collection = once(_checks.text, collections[index], "collection")
+                kind_text = once(_checks.text, kind, "kind")
+                value = None if values is None else values[index]
                 raw = None if value is None else _checks.array(value)
-                units_row = None if units is None else _checks.array(units)
+                unit = None if units is None else units[index]
+                units_row = None if unit is None else _checks.array(unit)
                 series = self._tensors.get(tag)
                 if series is None:
                     series = self._tensors[tag] = _TensorSeries(
@@ -990,12 +1078,14 @@ class TraceWriter:
                         self._new_group(self._tensor_root, tag),
                         tag,
                         collection,
-                        kind,
+                        kind_text,
                         None,
                         False,
                     )
-                series.add_precomputed(row, units_row, raw, dims, stored_dtype, step, mode_code)
-                self._after_add(step, mode_code, 128 if raw is None else raw.nbytes)
+                series.add_precomputed(
+                    rows[index], units_row, raw, dims, stored_dtype, step_number, mode_code
+                )
+                self._after_add(step_number, mode_code, 128 if raw is None else raw.nbytes)
             except Exception as error:  # noqa: BLE001 - never let recording kill training
                 self._drop(tag, error)
                 self._forget_empty(tag)
