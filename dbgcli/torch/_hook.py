@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -289,6 +290,21 @@ class _QueuedLoss:
             stop_if(writer, live.loss(mean, self.step))
 
 
+@dataclass
+class _QueuedScalar:
+    """A scalar of a step (a learning rate), written with the step's other records: one
+    writer call in a row of them costs a fraction of one between training operations."""
+
+    tag: str
+    value: Any
+    step: int
+
+    def write(self, writer: TraceWriter, live: LiveRules | None) -> None:
+        writer.add_scalar(self.tag, self.value, self.step)
+
+
+_Queued = _QueuedTensors | _QueuedLoss | _QueuedScalar
+
 _NUMPY_DTYPES: dict[torch.dtype, np.dtype] = {}
 
 
@@ -439,10 +455,11 @@ class TorchHook:
         self._gradients = Reducer(l1=True)
         # Records reduced on the device and queued for the next transfer; the (mode, step) of
         # its tensor records; transfers started and not yet handed to the writer, oldest first.
-        self._queue: list[_QueuedTensors | _QueuedLoss] = []
+        self._queue: list[_Queued] = []
         self._transfer = Transfer()
         self._queued_pass: tuple[str, int] | None = None
-        self._in_flight: list[tuple[Transfer, list[_QueuedTensors | _QueuedLoss]]] = []
+        self._in_flight: list[tuple[Transfer, list[_Queued]]] = []
+        self._sent_at = time.monotonic()
         # Activations of the current pass not reduced yet, their bytes, and the memory their
         # blocks are stacked into.
         self._held: list[_HeldActivation] = []
@@ -729,10 +746,16 @@ class TorchHook:
             for index, group in enumerate(optimizer.param_groups):
                 tag = "lr" if index == 0 else f"lr/group{index}"
                 if self._selected(tag):
-                    writer.add_scalar(tag, group["lr"], step)
+                    rate = group["lr"]
+                    if isinstance(rate, torch.Tensor):
+                        rate = rate.item()  # a scheduler may change it in place
+                    self._queue.append(_QueuedScalar(tag, rate, step))
         self._recorded_optimizer_step = step
         if not self._tensors_due("train"):
-            self._hand_over(wait=False)
+            if time.monotonic() - self._sent_at >= writer.flush_secs:
+                self._send()  # the scalars reach the writer at least once a commit interval
+            else:
+                self._hand_over(wait=False)
             return
         # The memory the last recorded step's statistics were stacked into is reused now.
         self._hand_over(wait=True)
@@ -866,6 +889,7 @@ class TorchHook:
     def _send(self) -> None:
         """Start the transfer of everything queued, and hand over what has landed."""
         self._reduce_held()
+        self._sent_at = time.monotonic()
         if self._queue:
             self._transfer.start()
             self._in_flight.append((self._transfer, self._queue))

@@ -1048,6 +1048,45 @@ def record_run(
     return [p.detach().clone() for p in model.parameters()], poisoned
 
 
+def test_scalars_reach_the_writer_within_its_commit_interval(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_dbg_warnings: None
+) -> None:
+    """Losses and learning rates of steps that record no tensors wait for the next transfer,
+    but no longer than the writer's commit interval, so a watcher never sees them late."""
+
+    class Clock:
+        now = 0.0
+
+        def monotonic(self) -> float:
+            return self.now
+
+    clock = Clock()
+    monkeypatch.setattr(hook_module, "time", clock)
+    seen: list[tuple[str, int]] = []
+
+    class Seen(TraceWriter):
+        def add_scalar(self, tag: str, value: Any, step: int, **options: Any) -> None:
+            seen.append((tag, step))
+            super().add_scalar(tag, value, step, **options)
+
+    torch.manual_seed(0)
+    model = make_net()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    writer = Seen(tmp_path / "t.h5", flush_secs=10.0)
+    with attach_with_defaults(model, optimizer, writer, stats_every=1000) as hook:
+        for step, (x, y) in enumerate(batches(4)):
+            clock.now = 4.0 * step  # steps 0-2 within 10 s of the first transfer, 3 after
+            optimizer.zero_grad()
+            loss = loss_fn(model, x, y)
+            hook.record_loss(loss)
+            loss.backward()
+            optimizer.step()
+            if step == 2:
+                assert ("lr", 0) in seen and ("lr", 1) not in seen and ("loss", 1) not in seen
+        assert {("lr", 3), ("loss", 1), ("loss", 2), ("loss", 3)} <= set(seen)
+    writer.close()
+
+
 @pytest.mark.parametrize("poison", [False, True])
 def test_records_handed_over_late_are_the_same_and_none_is_lost(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, poison: bool
