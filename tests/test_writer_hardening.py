@@ -390,7 +390,10 @@ def test_statistics_rows_added_at_once_are_checked_one_by_one(tmp_path: Path) ->
         writer.add_tensor_stats_rows(
             ["d"], rows[:2], 7, shapes=[(1,)], dtypes=["f4"], collections=[None]
         )
-    assert writer.dropped_by_reason == {"tag": 1, "shape": 1, "stats": 1}
+        no_tags: Any = None  # not even a sequence: one drop, no exception
+        writer.add_tensor_stats_rows(no_tags, rows, 7, shapes=[], dtypes=[], collections=[])
+        writer.add_tensor_stats_rows(["e"], rows[:1], 7, shapes=[], dtypes=[], collections=[])
+    assert writer.dropped_by_reason == {"tag": 1, "shape": 1, "stats": 1, "error": 2}
     with TraceWriter(alone) as writer:
         for index in (0, 3):
             writer.add_tensor_stats(

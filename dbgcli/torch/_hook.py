@@ -792,9 +792,9 @@ class TorchHook:
         self, records: list[tuple[str, torch.Tensor, str]], kind: str, mode: str
     ) -> None:
         """Hold activations until the forward pass ends (or :data:`HELD_ACTIVATION_BYTES`
-        are held), when those of one shape are reduced together: the tensors are alive until
-        then anyway, for the backward pass. No copy is made (a full one on ``raw_every``
-        steps, at once, since the values may change afterwards)."""
+        are held), when those of one shape are stacked and reduced together: the tensors are
+        alive until then anyway, for the backward pass. Full tensors, on ``raw_every`` steps,
+        are copied at once, since the values may change afterwards."""
         keep_raw = self.writer.raw_due(self._step)
         for tag, tensor, collection in records:
             with torch.no_grad():
@@ -844,7 +844,7 @@ class TorchHook:
                 self._transfer,
                 memory=self._activation_memory,
             )
-            raws = [m.raw for m in members]
+            raws = [m.raw for m in members if m.raw is not None]
             self._queue.append(
                 _QueuedTensors(
                     step,
@@ -854,7 +854,7 @@ class TorchHook:
                     [m.tag for m in members],
                     [collection] * len(members),
                     [(tuple(m.values.shape), _numpy_dtype(m.values)) for m in members],
-                    None if raws[0] is None else [raw for raw in raws if raw is not None],
+                    raws or None,  # all or none: the members share their step
                     units,
                 )
             )

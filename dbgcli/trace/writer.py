@@ -1016,18 +1016,21 @@ class TraceWriter:
         record that fails a check is dropped alone.
         """
         with self._lock:
-            columns = len(schema.STAT_COLUMNS)
-            if (
-                not isinstance(rows, np.ndarray)
-                or rows.shape != (len(tags), columns)
-                or rows.dtype.kind not in "iuf"
-            ):
-                error = Rejected(
-                    "stats",
-                    f"statistics rows must be a ({len(tags)}, {columns}) array of numbers, "
-                    f"got {_checks.describe(rows)}",
-                )
-                for tag in tags:
+            try:
+                tags = list(tags)
+                columns = len(schema.STAT_COLUMNS)
+                if (
+                    not isinstance(rows, np.ndarray)
+                    or rows.shape != (len(tags), columns)
+                    or rows.dtype.kind not in "iuf"
+                ):
+                    raise Rejected(
+                        "stats",
+                        f"statistics rows must be a ({len(tags)}, {columns}) array of numbers, "
+                        f"got {_checks.describe(rows)}",
+                    )
+            except Exception as error:  # noqa: BLE001 - never let recording kill training
+                for tag in tags if isinstance(tags, list) else [tags]:
                     self._drop(tag, error)
                 return
             self._add_stats_rows(
