@@ -588,7 +588,7 @@ def _embedding(source: Source) -> list[Chart | Missing]:
             )
             figure.add_trace(
                 {
-                    "type": "scattergl" if len(members) > 1000 else "scatter",
+                    "type": "scatter",  # at most EMBEDDING_POINTS points: SVG draws them fine
                     "mode": "markers",
                     "name": name,
                     "legendgroup": name,
