@@ -47,6 +47,7 @@ from dbgcli.live_rules import LiveRules, check_stop_on, is_loss, stop_if
 from dbgcli.torch._stats import (
     Pending,
     Reducer,
+    StackMemory,
     Transfer,
     compute_tables,
     reduce_activations,
@@ -464,7 +465,7 @@ class TorchHook:
         # blocks are stacked into.
         self._held: list[_HeldActivation] = []
         self._held_bytes = 0
-        self._activation_memory: dict[Any, torch.Tensor] = {}
+        self._activation_memory = StackMemory()
         self._live = LiveRules(stop_on) if stop_on is not None else None
         self.raise_on_stop = raise_on_stop
         writer.set_metadata(
@@ -858,6 +859,7 @@ class TorchHook:
                     units,
                 )
             )
+        self._activation_memory.release_unused()
 
     def _queue_tensors(
         self,

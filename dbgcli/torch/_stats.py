@@ -416,13 +416,47 @@ def reduce_rows(
     return columns
 
 
+class StackMemory:
+    """Memory that activation records are stacked into, reused while their shapes recur.
+
+    :meth:`release_unused` lets go of the shapes not asked for since it last ran, so that
+    inputs whose size changes from batch to batch (sequences padded per batch) do not pile up
+    a buffer per size.
+    """
+
+    def __init__(self) -> None:
+        self._buffers: dict[tuple[Any, ...], torch.Tensor] = {}
+        self._used: set[tuple[Any, ...]] = set()
+
+    def get(
+        self, owner: Any, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device
+    ) -> torch.Tensor:
+        """A buffer of this shape, dtype and device for ``owner`` (blocks of one pass that
+        share a shape do not share memory: each stays the exact path's source until the
+        next pass)."""
+        key = (owner, shape, dtype, device)
+        self._used.add(key)
+        buffer = self._buffers.get(key)
+        if buffer is None:
+            buffer = self._buffers[key] = torch.empty(shape, dtype=dtype, device=device)
+        return buffer
+
+    def release_unused(self) -> None:
+        """Drop the buffers no :meth:`get` asked for since the last call."""
+        self._buffers = {key: self._buffers[key] for key in self._used}
+        self._used = set()
+
+    def __len__(self) -> int:
+        return len(self._buffers)
+
+
 def reduce_activations(
     tensors: Sequence[torch.Tensor],
     kind: str,
     collection: str,
     transfer: Transfer,
     *,
-    memory: dict[Any, torch.Tensor] | None = None,
+    memory: StackMemory | None = None,
     scratch: Scratch = _SCRATCH,
 ) -> tuple[Pending, list[Callable[[], np.ndarray]] | None]:
     """Queue every statistic of activation records of one shape, dtype and device, and their
@@ -435,8 +469,8 @@ def reduce_activations(
     of the input for pre-activations, of the output otherwise), over the axis
     :func:`~dbgcli.trace.schema.default_unit_axis` names; docs/trace-format.md defines both.
 
-    Several records are stacked into one block (into ``memory`` kept by the caller under the
-    records' shape, when given), so that each reduction is one operation for all of them.
+    Several records are stacked into one block (into ``memory``, when given), so that each
+    reduction is one operation for all of them.
     """
     kind = kind.lower()
     first = tensors[0]
@@ -449,12 +483,12 @@ def reduce_activations(
             source = first.detach()
             stacked = (source if source.dtype == work_dtype else source.to(work_dtype))[None]
         else:
-            key = (k, *first.shape, work_dtype, first.device)
-            block_memory = None if memory is None else memory.get(key)
-            if block_memory is None:
-                block_memory = torch.empty(k, *first.shape, dtype=work_dtype, device=first.device)
-                if memory is not None:
-                    memory[key] = block_memory
+            shape = (k, *first.shape)
+            block_memory = (
+                torch.empty(shape, dtype=work_dtype, device=first.device)
+                if memory is None
+                else memory.get((kind, collection), shape, work_dtype, first.device)
+            )
             source = stacked = torch.stack([t.detach() for t in tensors], out=block_memory)
         block = stacked.reshape(k, n)
         # A ReLU output is >= 0: its absolute sum is its sum and what is not positive is

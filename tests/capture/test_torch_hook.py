@@ -922,6 +922,18 @@ def test_activations_reduced_together_equal_the_writers_kernel(
             np.testing.assert_allclose(trace.units(tag).values, units, err_msg=tag)
 
 
+def test_stacking_memory_follows_the_shapes_of_the_latest_pass(tmp_path: Path) -> None:
+    """Batches of changing size (sequences padded per batch, a last short batch) do not pile
+    up stacking memory: a pass keeps only the buffers of its own shapes."""
+    torch.manual_seed(0)
+    model = stacked_net(torch.float32)
+    with attach(model, None, tmp_path / "t.h5") as hook, torch.no_grad():
+        for size in range(2, 12):
+            model(torch.randn(size, FEATURES))
+            # Three blocks a pass: three ReLU outputs, two Tanh outputs, two Tanh inputs.
+            assert len(hook._activation_memory) == 3
+
+
 def test_an_activation_changed_in_place_after_its_module_is_left_out_and_said(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
