@@ -30,11 +30,48 @@ class FailOn(str, Enum):
 
 
 TRACE_SUFFIXES = (".h5", ".hdf5", ".trace")
-CONFIG_HELP = (
-    "Configuration file (default: dbg.toml or [tool.dbg] found upwards, up to the project "
-    "root: the directory holding .git, .hg or pyproject.toml)."
-)
-ISOLATED_HELP = "Ignore every configuration file (and the rules files they name: those run Python)."
+
+# The options that choose the rules and their settings, shared with ``dbg watch``
+# (:func:`rule_settings` reads them).
+SelectOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--select",
+        "-s",
+        help="Rules to run: ids, id prefixes (DBG1), names or categories. Repeat or comma-separate.",
+    ),
+]
+IgnoreOption = Annotated[
+    list[str] | None,
+    typer.Option("--ignore", "-i", help="Rules to leave out (same forms as --select)."),
+]
+ParamOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--param",
+        "-p",
+        help="Rule parameter override RULE.NAME=VALUE, e.g. DBG101.threshold=1e-6.",
+    ),
+]
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        help="Configuration file (default: dbg.toml or [tool.dbg] found upwards, up to the "
+        "project root: the directory holding .git, .hg or pyproject.toml).",
+    ),
+]
+IsolatedOption = Annotated[
+    bool,
+    typer.Option(
+        "--isolated",
+        help="Ignore every configuration file (and the rules files they name: those run Python).",
+    ),
+]
+RulesFileOption = Annotated[
+    list[Path] | None,
+    typer.Option("--rules-file", help="Load custom rules from this Python file."),
+]
 
 
 @app.command()
@@ -47,26 +84,9 @@ def analyze(
             show_default=False,
         ),
     ],
-    select: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--select",
-            "-s",
-            help="Rules to run: ids, id prefixes (DBG1), names or categories. Repeat or comma-separate.",
-        ),
-    ] = None,
-    ignore: Annotated[
-        list[str] | None,
-        typer.Option("--ignore", "-i", help="Rules to leave out (same forms as --select)."),
-    ] = None,
-    param: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--param",
-            "-p",
-            help="Rule parameter override RULE.NAME=VALUE, e.g. DBG101.threshold=1e-6.",
-        ),
-    ] = None,
+    select: SelectOption = None,
+    ignore: IgnoreOption = None,
+    param: ParamOption = None,
     fail_on: Annotated[
         FailOn | None,
         typer.Option(
@@ -86,12 +106,9 @@ def analyze(
     mode: Annotated[
         str | None, typer.Option("--mode", help="Only records of this mode (train, eval, predict).")
     ] = None,
-    config: Annotated[Path | None, typer.Option("--config", help=CONFIG_HELP)] = None,
-    isolated: Annotated[bool, typer.Option("--isolated", help=ISOLATED_HELP)] = False,
-    rules_file: Annotated[
-        list[Path] | None,
-        typer.Option("--rules-file", help="Load custom rules from this Python file."),
-    ] = None,
+    config: ConfigOption = None,
+    isolated: IsolatedOption = False,
+    rules_file: RulesFileOption = None,
     verbose: Annotated[
         bool,
         typer.Option(

@@ -10,7 +10,16 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from dbgcli.cli.analyze import CONFIG_HELP, ISOLATED_HELP, FailOn, rule_settings
+from dbgcli.cli.analyze import (
+    ConfigOption,
+    FailOn,
+    IgnoreOption,
+    IsolatedOption,
+    ParamOption,
+    RulesFileOption,
+    SelectOption,
+    rule_settings,
+)
 from dbgcli.cli.app import app, handle_errors
 from dbgcli.cli.output import FORMAT_HELP, OUTPUT_HELP, parse_outputs, write_report
 from dbgcli.findings import Severity
@@ -67,23 +76,12 @@ def watch(
             "--timeout", min=0.0, help="Give up (exit 2) if the trace does not appear in time."
         ),
     ] = None,
-    select: Annotated[
-        list[str] | None,
-        typer.Option("--select", "-s", help="Rules to run (as for dbg analyze)."),
-    ] = None,
-    ignore: Annotated[
-        list[str] | None, typer.Option("--ignore", "-i", help="Rules to leave out.")
-    ] = None,
-    param: Annotated[
-        list[str] | None,
-        typer.Option("--param", "-p", help="Rule parameter override RULE.NAME=VALUE."),
-    ] = None,
-    config: Annotated[Path | None, typer.Option("--config", help=CONFIG_HELP)] = None,
-    isolated: Annotated[bool, typer.Option("--isolated", help=ISOLATED_HELP)] = False,
-    rules_file: Annotated[
-        list[Path] | None,
-        typer.Option("--rules-file", help="Load custom rules from this Python file."),
-    ] = None,
+    select: SelectOption = None,
+    ignore: IgnoreOption = None,
+    param: ParamOption = None,
+    config: ConfigOption = None,
+    isolated: IsolatedOption = False,
+    rules_file: RulesFileOption = None,
     output_format: Annotated[
         list[str] | None,
         typer.Option(

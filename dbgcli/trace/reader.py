@@ -890,9 +890,18 @@ class Trace:
         return obj
 
     # -- loading ------------------------------------------------------------------------------
+    def _first_row(self, info: TagInfo) -> int:
+        """Where a series' records start in its datasets (later in a TailTrace)."""
+        return 0
+
+    def _first_timeline_row(self, rows: int) -> int:
+        """Where the timeline's rows start, of ``rows`` committed (later in a TailTrace)."""
+        return 0
+
     def _rows(self, info: TagInfo, name: str) -> np.ndarray:
-        """The committed rows of one dataset of a series (a tail's last rows, in TailTrace)."""
-        return np.asarray(self._dataset(f"{info.path}/{name}")[: info.records])
+        """The committed rows of one dataset of a series."""
+        first = self._first_row(info)
+        return np.asarray(self._dataset(f"{info.path}/{name}")[first : first + info.records])
 
     def _read_index(self, info: TagInfo) -> tuple[np.ndarray, np.ndarray]:
         group = self._file[info.path]
@@ -934,8 +943,9 @@ class Trace:
         committed = self._count(group.attrs(), schema.ATTR_RECORDS, "the timeline")
         if committed is not None:
             n = min(n, committed)
-        step, mode, when = (self._dataset(c.path) for c in columns if c is not None)
-        return step[:n].astype(np.int64), mode[:n].astype(np.uint8), when[:n].astype(np.float64)
+        first = self._first_timeline_row(n)
+        step, mode, when = (self._dataset(c.path)[first:n] for c in columns if c is not None)
+        return step.astype(np.int64), mode.astype(np.uint8), when.astype(np.float64)
 
     def _load_stats(self, info: TagInfo) -> np.ndarray:
         missing = self._missing_columns(info)
@@ -944,14 +954,16 @@ class Trace:
             table = np.empty((info.records, len(schema.STAT_COLUMNS)), dtype=np.float64)
             if info.records:
                 dataset = self._dataset(info.path + "/" + schema.DS_STATS)
-                dataset.read_direct(table, np.s_[: info.records], np.s_[:])
+                first = self._first_row(info)
+                dataset.read_direct(table, np.s_[first : first + info.records], np.s_[:])
             return table
         table = np.full((info.records, len(schema.STAT_COLUMNS)), np.nan)
         if info.has_stats:
             dataset = self._dataset(info.path + "/" + schema.DS_STATS)
             stored = np.empty((info.records, dataset.shape[1]), dtype=np.float64)
             if info.records:
-                dataset.read_direct(stored, np.s_[: info.records], np.s_[:])
+                first = self._first_row(info)
+                dataset.read_direct(stored, np.s_[first : first + info.records], np.s_[:])
             for position, name in enumerate(info.stat_columns):
                 if name in COL:
                     table[:, COL[name]] = stored[:, position]
@@ -967,9 +979,7 @@ class Trace:
 
     def _load_units(self, info: TagInfo) -> np.ndarray:
         if info.has_units:
-            return np.asarray(
-                self._dataset(info.path + "/" + schema.DS_UNITS)[: info.records], dtype=np.float32
-            )
+            return self._rows(info, schema.DS_UNITS).astype(np.float32, copy=False)
         if not info.segments:
             return np.empty((0, 0), dtype=np.float32)
         return np.asarray(self.derive(info.tag, [UnitMeasures()])[0])
@@ -1139,44 +1149,8 @@ class TailTrace(Trace):
         """True while the writer has not closed the trace (it runs, or it was killed)."""
         return self._unclosed
 
-    def _rows(self, info: TagInfo, name: str) -> np.ndarray:
-        """The last ``info.records`` committed rows."""
-        start = self._offsets[info.tag]
-        return np.asarray(self._dataset(f"{info.path}/{name}")[start : start + info.records])
+    def _first_row(self, info: TagInfo) -> int:
+        return self._offsets[info.tag]
 
-    def _load_stats(self, info: TagInfo) -> np.ndarray:
-        table = np.full((info.records, len(schema.STAT_COLUMNS)), np.nan)
-        if info.has_stats and info.records:
-            stored = self._rows(info, schema.DS_STATS).astype(np.float64, copy=False)
-            for position, name in enumerate(info.stat_columns):
-                if name in COL:
-                    table[:, COL[name]] = stored[:, position]
-        return table
-
-    def _load_units(self, info: TagInfo) -> np.ndarray:
-        if not info.has_units:
-            return np.empty((0, 0), dtype=np.float32)
-        return self._rows(info, schema.DS_UNITS).astype(np.float32, copy=False)
-
-    def _read_timeline(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        empty = (np.empty(0, np.int64), np.empty(0, np.uint8), np.empty(0, np.float64))
-        try:
-            group = self._child(_Node(self._file.id, "/"), schema.TIMELINE, group=True)
-            if group is None:
-                return empty
-            nodes = [
-                self._child(group, n) for n in (schema.DS_STEP, schema.DS_MODE, schema.DS_TIME)
-            ]
-        except _OutsideFile as skipped:
-            self.warnings.append(str(skipped))
-            return empty
-        columns = [self._dataset(node.path) for node in nodes if node is not None]
-        if len(columns) < len(nodes):
-            return empty
-        end = min(column.shape[0] for column in columns)
-        committed = group.attrs().get(schema.ATTR_RECORDS)
-        if committed is not None:
-            end = min(end, int(committed))
-        start = max(0, end - self.window)
-        step, mode, when = (column[start:end] for column in columns)
-        return step.astype(np.int64), mode.astype(np.uint8), when.astype(np.float64)
+    def _first_timeline_row(self, rows: int) -> int:
+        return max(0, rows - self.window)
