@@ -24,10 +24,13 @@ reports each overhead and their median.
 ``--hook-only`` records into a writer whose ``add_tensor``, ``add_tensor_stats`` and
 ``add_scalar`` do nothing, which separates what the hook does on the training thread (forward
 and optimizer hooks, torch's statistics) from the writer's (buffering, HDF5). ``--profile``
-profiles one hooked run with pyinstrument (``pip install pyinstrument``).
+profiles one hooked run with pyinstrument (``pip install pyinstrument``); ``--breakdown`` times
+the parts of the hook (reductions of weights and gradients, of activations, the hand-over to
+the writer) per recorded step in one hooked run.
 
 Run: ``python bench/bench_hook.py [--all] [--model mlp] [--repeat 3] [--steps 300] [--batch 64]
-[--stats-every 1] [--threads N] [--hook-only] [--profile]``.
+[--stats-every 1] [--threads N] [--hook-only] [--profile] [--breakdown]
+[--small-only]``.
 """
 
 from __future__ import annotations
@@ -227,6 +230,52 @@ def profile(args: argparse.Namespace, data: list[Batch], trace: Path) -> None:
     print(profiler.output_text(unicode=False, color=False, show_all=False))
 
 
+#: The parts of the hook's work ``--breakdown`` times: (label, owner, method name).
+PARTS = (
+    ("reductions of weights and gradients", "Reducer", "reduce"),
+    ("reductions of activations", "TorchHook", "_reduce_held"),
+    ("hand-over to the writer", "TorchHook", "_hand_over"),
+    ("all of the optimizer-step hook", "TorchHook", "_optimizer_pre_step"),
+)
+
+
+def breakdown(args: argparse.Namespace, data: list[Batch], trace: Path) -> None:
+    """Time each part of the hook's work in one hooked run, per recorded step."""
+    from dbgcli.torch import _hook, _stats
+
+    owners = {"Reducer": _stats.Reducer, "TorchHook": _hook.TorchHook}
+    spent = dict.fromkeys((label for label, *_ in PARTS), 0.0)
+    originals = []
+    for label, owner, name in PARTS:
+        original = getattr(owners[owner], name)
+        originals.append((owners[owner], name, original))
+
+        def timed(*a: Any, _original: Any = original, _label: str = label, **k: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return _original(*a, **k)
+            finally:
+                spent[_label] += time.perf_counter() - start
+
+        setattr(owners[owner], name, timed)
+    try:
+        model = make_model(args)
+        hook = attach_hook(args, model, trace)
+        for step, (x, y) in enumerate(data):
+            if step == args.warmup:
+                spent.update(dict.fromkeys(spent, 0.0))
+            train_step(model, x, y, hook)
+        hook.remove()
+        hook.writer.close()
+    finally:
+        for owner_class, name, original in originals:
+            setattr(owner_class, name, original)
+    recorded = sum(1 for step in range(args.warmup, len(data)) if step % args.stats_every == 0)
+    print(f"  where the hook's time goes, per recorded step ({recorded} recorded steps):")
+    for label, milliseconds in spent.items():
+        print(f"    {label:38s} {milliseconds / recorded * 1e3:6.2f} ms")
+
+
 def report(args: argparse.Namespace, races: list[Race]) -> Race:
     """Print the overheads of all races and the details of the median one; return it."""
     races = sorted(races, key=Race.overhead)
@@ -269,6 +318,8 @@ def run_model(args: argparse.Namespace, folder: Path) -> Race:
     middle = report(args, [race(args, data, trace) for _ in range(args.repeat)])
     if not args.hook_only:
         print(f"  trace         {trace.stat().st_size / 1e6:8.2f} MB")
+    if args.breakdown:
+        breakdown(args, data, trace)
     if args.profile:
         profile(args, data, trace)
     return middle
@@ -351,6 +402,14 @@ def main() -> None:
         "--hook-only", action="store_true", help="record into a writer that drops everything"
     )
     parser.add_argument("--profile", action="store_true", help="profile one hooked run afterwards")
+    parser.add_argument(
+        "--breakdown", action="store_true", help="time the parts of the hook in one hooked run"
+    )
+    parser.add_argument(
+        "--small-only",
+        action="store_true",
+        help="only the recorded step of 200 small tensors, in a fresh process, three times",
+    )
     parser.add_argument("--quick", action="store_true", help="20 steps, 1 race: a smoke run")
     args = parser.parse_args()
     if args.quick:
@@ -360,6 +419,15 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as folder:
+        if args.small_only:
+            for run in range(3):
+                (Path(folder) / str(run)).mkdir()
+                wall, cpu, p90 = small_tensors_step(args, Path(folder) / str(run))
+                print(
+                    f"one recorded step of 200 small parameter tensors: {wall:.2f} ms median "
+                    f"wall ({cpu:.2f} ms CPU, 90th percentile {p90:.2f} ms)"
+                )
+            return
         runner: Callable[[argparse.Namespace, Path], Any] = run_all if args.all else run_model
         runner(args, Path(folder))
 

@@ -28,6 +28,12 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
             ["--repeat", "1"],
             ["without hook", "with hook", "overhead", "cost model", "10 parameter tensors"],
         ),
+        (
+            "bench_hook.py",
+            ["--repeat", "1", "--breakdown"],
+            ["where the hook's time goes", "reductions of activations", "hand-over to the writer"],
+        ),
+        ("bench_reductions.py", [], ["ratio to the one used", "dist", "largest relative error"]),
         ("bench_schedulers.py", ["--speed-only"], ["dbgcli.schedulers.simulate", "reference"]),
     ],
 )
