@@ -4,7 +4,10 @@ Each trace is analysed once; then its report is rendered and written with ``--fo
 html:FILE``'s own code (``write_report``), ``--repeat`` times, and the median is printed with
 the size of the file. The limits (5 MB = 5,000,000 bytes, 2 s) are printed beside them. plotly's
 own JavaScript is about 4.8 MB of every file; the rest is the trace's figures and text. The
-first write of the process also imports plotly and is printed apart ("cold").
+first write of the process also imports plotly and is printed apart ("cold"). Last, one t-SNE
+panel of the low-dimensional view is timed at 64, 150 (the most a panel keeps) and 300 samples
+of 64 features, the median of three, and importing scikit-learn's t-SNE (which the view does
+without) in a fresh interpreter, where scikit-learn is installed.
 
 Run: ``python bench/bench_html.py [--quick] [--repeat N]``. Exits 1 when a file is over 5 MB
 (sizes do not depend on the machine; times do, and are only printed).
@@ -13,14 +16,19 @@ Run: ``python bench/bench_html.py [--quick] [--repeat N]``. Exits 1 when a file 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 from dbgcli.analysis import Options, analyze
 from dbgcli.cli.output import write_report
+from dbgcli.report.html.embedding import pca, tsne
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_BYTES = 5_000_000
@@ -61,10 +69,34 @@ def main() -> int:
                 f"{trace.name:<30} {size / 1e6:>8.3f} {seconds:>8.2f} {analysed:>10.2f}  {verdict}"
             )
     print(f"first write of the process (imports plotly): {cold:.2f} s")
+    time_tsne(quick=args.quick)
     if over:
         print(f"over {MAX_BYTES} bytes: {', '.join(over)}", file=sys.stderr)
         return 1
     return 0
+
+
+def time_tsne(*, quick: bool) -> None:
+    """Seconds of one t-SNE panel by its number of samples, and of importing scikit-learn's."""
+    generator = np.random.default_rng(0)
+    for samples in (64,) if quick else (64, 150, 300):
+        centres = generator.normal(size=(4, 64)) * 4
+        values = centres[np.arange(samples) % 4] + generator.normal(size=(samples, 64))
+        seconds = []
+        for _ in range(1 if quick else 3):
+            started = time.perf_counter()
+            tsne(values, pca(values)[0])
+            seconds.append(time.perf_counter() - started)
+        print(f"t-SNE panel of {samples} samples: {statistics.median(seconds):.3f} s")
+    if importlib.util.find_spec("sklearn") is not None:
+        command = [
+            sys.executable,
+            "-c",
+            "import time; t = time.perf_counter(); "
+            "import sklearn.manifold; print(time.perf_counter() - t)",
+        ]
+        result = subprocess.run(command, capture_output=True, text=True, check=True)
+        print(f"importing sklearn.manifold in a fresh interpreter: {float(result.stdout):.2f} s")
 
 
 if __name__ == "__main__":

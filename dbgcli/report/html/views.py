@@ -54,9 +54,10 @@ HISTOGRAM_MAX_ELEMENTS = 1 << 22  # larger tensors get no histogram (reading the
 EMBEDDING_LAYERS = 2  # the layers closest to the output
 EMBEDDING_RECORDS = 3
 # Samples per panel at most. t-SNE's cost grows with their square (1,000 iterations over n x n
-# matrices): 300 took 0.27 s per panel on the 2-core test machine, 1.6 s for the six panels of two
-# layers at three steps, most of a report's 2 s; 150 take about a third of that. The PCA shows the
-# same samples, so that the two panels of a step can be compared point for point.
+# matrices; bench/bench_html.py times a panel): 300 take 0.27 s per panel on the 2-core test
+# machine, 1.6 s for the six panels of two layers at three steps, most of a report's 2 s; 150
+# take about a third of that. The PCA shows the same samples, so that the two panels of a step
+# can be compared point for point.
 EMBEDDING_POINTS = 150
 CONFUSION_CLASSES = 30
 BALANCE_CLASSES = 60
