@@ -16,11 +16,14 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
+# setup.py builds the optional compiled kernel (dbgcli/torch/_fused.c) in place.
+BUILD := pyproject.toml setup.py dbgcli/torch/_fused.c
+
+$(VENV)/.installed: $(BUILD) | $(BIN)/python
 	$(PIP) install -e .
 	touch $@
 
-$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+$(VENV)/.installed-test: $(BUILD) | $(BIN)/python
 	$(PIP) install $(TORCH)
 	$(PIP) install -e '.[test]'
 	touch $@ $(VENV)/.installed

@@ -1,10 +1,17 @@
-"""The torch operations the hook reduces a large tensor with, against the alternatives tried.
+"""The reductions of a large tensor: the compiled kernel, torch's operations, and the
+alternatives tried.
 
-One recorded step of ``bench_hook.py``'s 4x512 MLP spends most of its time in passes over
+One recorded step of ``bench_hook.py``'s 4x512 MLP spends much of its time in passes over
 four 512x512 weights and their gradients (see docs/benchmarks.md, "PyTorch hook"). This script
-times, on four 512x512 float32 tensors, the operations ``dbgcli.torch._stats.reduce_rows``
-uses and the alternatives that were measured and left out, each as microseconds per
-megabyte-tensor and as a ratio to the operation it would replace, measured in the same run:
+times, on four 512x512 float32 tensors, each as microseconds per megabyte-tensor and as a ratio
+to what it would replace, measured in the same run:
+
+* everything a weight needs (min, max, sum, sum of squares, the update against the last
+  record's copy, and the copy) and everything a gradient needs (min, max, sum, sum of squares,
+  absolute sum): by the compiled kernel ``dbgcli.torch._fused`` (one pass), against the torch
+  operations of ``dbgcli.torch._stats.reduce_rows``, the path without the kernel;
+
+and, for torch's path, the operations it uses against the alternatives left out:
 
 * min and max: ``aminmax`` (used) against ``amin`` + ``amax``;
 * sum and sum of squares: ``sum`` + ``dot`` (used) against ``vector_norm``, one GEMM of the
@@ -16,7 +23,7 @@ megabyte-tensor and as a ratio to the operation it would replace, measured in th
 
 "cold" runs each repetition after writing 64 MB elsewhere, so the tensors come from memory as
 in a training step; "hot" runs them back to back. It also prints the largest relative error,
-against float64, of the sum of squares by ``dot`` and by ``vector_norm`` squared.
+against float64, of the sum of squares by the kernel, by ``dot`` and by ``vector_norm`` squared.
 
 Run: ``python bench/bench_reductions.py [--repeat 100] [--quick]`` (one torch thread).
 """
@@ -27,7 +34,10 @@ import argparse
 import time
 from collections.abc import Callable
 
+import numpy as np
 import torch
+
+from dbgcli.torch import _fused
 
 N = 512 * 512
 Operation = Callable[[torch.Tensor, torch.Tensor], object]
@@ -45,6 +55,23 @@ def weight_pass(x: torch.Tensor, previous: torch.Tensor) -> None:
     difference = torch.sub(x, previous, out=previous)
     torch.dot(difference, difference)
     previous.copy_(x)
+
+
+def gradient_pass(x: torch.Tensor, scratch: torch.Tensor) -> None:
+    """Everything the hook computes of a large gradient (as reduce_rows)."""
+    torch.aminmax(x)
+    x.sum()
+    torch.dot(x, x)
+    torch.abs(x, out=scratch).sum()
+
+
+def kernel(x: torch.Tensor, previous: torch.Tensor | None, l1: bool) -> np.ndarray:
+    """One tensor through the compiled kernel: its columns (see ``_fused.reduce``)."""
+    out = np.empty(5 + l1 + (previous is not None))
+    copies = None if previous is None else np.array([previous.data_ptr()], dtype=np.uintp)
+    pointers = np.array([x.data_ptr()], dtype=np.uintp)
+    _fused.reduce(pointers, copies, np.array([x.numel()], dtype=np.int64), out, l1, False)
+    return out
 
 
 def chunked_weight_pass(x: torch.Tensor, previous: torch.Tensor) -> None:
@@ -77,6 +104,14 @@ def main() -> None:
         return run
 
     rows: list[tuple[str, str | None, Callable[[], None]]] = [
+        ("a weight, torch", None, each(weight_pass)),
+        ("a weight, compiled kernel", "a weight, torch", each(lambda x, p: kernel(x, p, False))),
+        ("a gradient, torch", None, each(lambda x, p: gradient_pass(x, scratch))),
+        (
+            "a gradient, compiled kernel",
+            "a gradient, torch",
+            each(lambda x, p: kernel(x, None, True)),
+        ),
         ("aminmax", None, each(lambda x, p: torch.aminmax(x))),
         ("amin + amax", "aminmax", each(lambda x, p: (x.amin(), x.amax()))),
         ("sum + dot", None, each(lambda x, p: (x.sum(), torch.dot(x, x)))),
@@ -91,8 +126,7 @@ def main() -> None:
         ("sub + dot", None, each(lambda x, p: torch.dot(d := torch.sub(x, p, out=scratch), d))),
         ("dist", "sub + dot", each(lambda x, p: torch.dist(x, p))),
         ("cdist", "sub + dot", each(lambda x, p: torch.cdist(x[None], p[None]))),
-        ("a weight's reductions, whole", None, each(weight_pass)),
-        ("in 256 KB chunks", "a weight's reductions, whole", each(chunked_weight_pass)),
+        ("in 256 KB chunks", "a weight, torch", each(chunked_weight_pass)),
     ]
     for cold in (True, False):
         times: dict[str, float] = {}
@@ -111,15 +145,18 @@ def main() -> None:
             ratio = f"{times[name] / times[against]:6.2f}x {against}" if against else ""
             print(f"  {name:36s} {times[name]:8.1f}   {ratio}")
     for n in (N, 1 << 20, 4 << 20):
-        worst_dot = worst_norm = 0.0
+        worst_kernel = worst_dot = worst_norm = 0.0
         for seed in range(5):
             x = torch.randn(n, generator=torch.Generator().manual_seed(seed)) * 0.01 + 0.003
             exact = float((x.double() ** 2).sum())
+            # The kernel's squares: deviation^2 + sum * mean (its centre is the mean).
+            _, _, total, mean, deviation = kernel(x, None, False)
+            worst_kernel = max(worst_kernel, abs(deviation**2 + total * mean - exact) / exact)
             worst_dot = max(worst_dot, abs(float(torch.dot(x, x)) - exact) / exact)
             worst_norm = max(worst_norm, abs(float(norm(x).double()) ** 2 - exact) / exact)
         print(
             f"sum of squares of {n:,} float32 values, largest relative error of 5: "
-            f"dot {worst_dot:.1e}, vector_norm squared {worst_norm:.1e}"
+            f"kernel {worst_kernel:.1e}, dot {worst_dot:.1e}, vector_norm squared {worst_norm:.1e}"
         )
 
 

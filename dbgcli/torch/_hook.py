@@ -233,8 +233,18 @@ class _QueuedTensors:
     tags: list[str]
     collections: list[str]
     tensors: list[tuple[tuple[int, ...], np.dtype]]  # shape and numpy dtype of each
-    raws: list[torch.Tensor] | None  # copies: the tensors may change before the hand-over
+    # Full tensors: copies, or the live tensors if ``raws_live`` (to be copied unless they
+    # are written before the training step goes on, see TorchHook._send).
+    raws: list[torch.Tensor] | None
     units: list[Callable[[], np.ndarray]] | None = None  # each record's per-unit measure
+    raws_live: bool = False
+
+    def keep_raws(self) -> None:
+        """Copy the full tensors, if still live: they are about to change."""
+        if self.raws is not None and self.raws_live:
+            with torch.no_grad():
+                self.raws = [raw.clone() for raw in self.raws]
+            self.raws_live = False
 
     def write(self, writer: TraceWriter, live: LiveRules | None) -> None:
         table = self.pending.table()
@@ -872,8 +882,7 @@ class TorchHook:
     ) -> None:
         """Queue the parameter records of ``tensors[i]`` for ``i`` in ``members`` (one reduced
         block)."""
-        with torch.no_grad():
-            raws = [tensors[i].detach().clone() for i in members] if keep_raw else None
+        raws = [tensors[i].detach() for i in members] if keep_raw else None
         self._queued_pass = ("train", self._step)
         self._queue.append(
             _QueuedTensors(
@@ -885,18 +894,28 @@ class TorchHook:
                 [collections[i] for i in members],
                 [(tuple(tensors[i].shape), _numpy_dtype(tensors[i])) for i in members],
                 raws,
+                raws_live=True,
             )
         )
 
     def _send(self) -> None:
         """Start the transfer of everything queued, and hand over what has landed."""
-        self._reduce_held()
-        self._sent_at = time.monotonic()
-        if self._queue:
-            self._transfer.start()
-            self._in_flight.append((self._transfer, self._queue))
-            self._transfer, self._queue, self._queued_pass = Transfer(), [], None
-        self._hand_over(wait=False)
+        try:
+            self._reduce_held()
+            self._sent_at = time.monotonic()
+            if self._queue:
+                self._transfer.start()
+                self._in_flight.append((self._transfer, self._queue))
+                self._transfer, self._queue, self._queued_pass = Transfer(), [], None
+            self._hand_over(wait=False)
+        finally:
+            # Weights and gradients change once the hook returns: full tensors not written yet
+            # (a GPU transfer under way, a failure) are copied now. On the CPU they were
+            # written already, without a copy.
+            for records in [self._queue, *(queued for _, queued in self._in_flight)]:
+                for record in records:
+                    if isinstance(record, _QueuedTensors):
+                        record.keep_raws()
 
     def _hand_over(self, *, wait: bool) -> None:
         """Write the records of the transfers that have landed (all of them if ``wait``), in

@@ -35,6 +35,7 @@ computes in float64; that costs extra reads, for such records only.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -44,6 +45,11 @@ import numpy as np
 import torch
 
 from dbgcli.trace import schema
+
+try:
+    from dbgcli.torch import _fused
+except ImportError:  # built without a C compiler: the torch operations compute the same
+    _fused = None  # type: ignore[assignment]
 
 _NATIVE = (torch.float32, torch.float64)
 
@@ -235,6 +241,30 @@ def compute_tables(pendings: Sequence[Pending]) -> None:
             first += records
 
 
+def _fusable(tensor: torch.Tensor) -> bool:
+    """Whether the compiled kernel reduces ``tensor``: float32 in host memory, contiguous."""
+    return (
+        _fused is not None
+        and tensor.dtype == torch.float32
+        and tensor.device.type == "cpu"
+        and tensor.is_contiguous()
+    )
+
+
+def _fused_columns(l1: bool, updates: bool, signs: bool) -> list[str]:
+    """The columns :func:`dbgcli.torch._fused.reduce` gives, in its order."""
+    return (
+        ["min", "max", "sum", "centre", "deviation"]
+        + ["l1"] * l1
+        + ["update_squares"] * updates
+        + ["positive", "zero"] * signs
+    )
+
+
+def _addresses(tensors: Sequence[torch.Tensor]) -> np.ndarray:
+    return np.array([t.data_ptr() for t in tensors], dtype=np.uintp)
+
+
 class Reducer:
     """Queues the reductions of a list of tensors (a model's weights, or its gradients).
 
@@ -267,10 +297,13 @@ class Reducer:
         groups: dict[tuple[tuple[int, ...], torch.dtype, torch.device], list[int]] = {}
         singles: list[int] = []
         empty: list[int] = []
+        fused: list[int] = []
         for index, tensor in enumerate(tensors):
             n = tensor.numel()
             if n == 0:
                 empty.append(index)
+            elif _fusable(tensor):
+                fused.append(index)
             elif n >= STACK_BELOW:
                 singles.append(index)
             else:
@@ -289,6 +322,9 @@ class Reducer:
                 indices, parts = gathered.setdefault(key, ([], []))
                 indices.append(index)
                 parts.append(reduced)
+            if fused:
+                reduced = self._reduce_fused([tensors[i] for i in fused], [names[i] for i in fused])
+                blocks.append((fused, reduced.queue([reduced], transfer)))
         for indices, parts in gathered.values():
             blocks.append((indices, parts[0].queue(parts, transfer)))
         if empty:
@@ -296,6 +332,39 @@ class Reducer:
             device = tensors[empty[0]].device
             blocks.append((empty, Pending(transfer, device, 0, (), counts, [])))
         return blocks
+
+    def _reduce_fused(self, members: list[torch.Tensor], names: list[str]) -> _Reduced:
+        """Reduce ``members`` with the compiled kernel (:mod:`dbgcli.torch._fused`): one pass
+        over each tensor and its kept copy, one call for all of them, no stacking."""
+        assert _fused is not None
+        columns = _fused_columns(self.l1, self.updates, self.signs)
+        sources: list[torch.Tensor] = list(members)
+        first_seen: list[int] = []
+        addresses = None
+        if self.updates:
+            for row, (tensor, name) in enumerate(zip(members, names)):
+                previous = self._previous.get(name)
+                if previous is None or previous.shape != tensor.shape or not _fusable(previous):
+                    previous = self._previous[name] = torch.zeros_like(tensor)
+                    first_seen.append(row)
+                sources[row] = previous  # equal to the tensor after the pass
+            addresses = _addresses(sources)
+        out = np.empty((len(columns), len(members)))
+        counts = np.array([t.numel() for t in members], dtype=np.int64)
+        _fused.reduce(_addresses(members), addresses, counts, out, self.l1, self.signs)
+        if self.updates:
+            out[columns.index("update_squares"), first_seen] = np.nan  # nothing to compare with
+            for previous in sources:
+                # Written behind torch's back: a record reduced before must not read it as its
+                # own values (see :meth:`Pending.redo`).
+                torch.autograd.graph.increment_version(previous)
+        return _Reduced(
+            dict(zip(columns, torch.from_numpy(out))),
+            counts.astype(np.float64),
+            [(source, source._version, 0, 1) for source in sources],
+            torch.device("cpu"),
+            precise=False,
+        )
 
     def _reduce_block(self, members: list[torch.Tensor], name: str) -> _Reduced:
         first = members[0]
@@ -336,7 +405,8 @@ class Reducer:
                 del self._blocks[name]
         version = source._version
         sources = [(source, version, row, k) for row in range(k)]
-        return _Reduced(columns, n, sources, block.device, work == torch.float64)
+        counts = np.full(k, float(n))
+        return _Reduced(columns, counts, sources, block.device, work == torch.float64)
 
 
 @dataclass
@@ -344,7 +414,7 @@ class _Reduced:
     """The reductions of one block, before they are queued."""
 
     columns: dict[str, torch.Tensor]
-    n: int
+    counts: np.ndarray  # values per record
     sources: list[Source]
     device: torch.device
     precise: bool
@@ -354,7 +424,7 @@ class _Reduced:
         """Queue these blocks' reductions (of the same columns) as one :class:`Pending`."""
         names = tuple(self.columns)
         device, offset = transfer.add(*(b.columns[name] for name in names for b in blocks))
-        counts = np.concatenate([np.full(len(b.sources), float(b.n)) for b in blocks])
+        counts = np.concatenate([b.counts for b in blocks])
         sources = [source for b in blocks for source in b.sources]
         return Pending(
             transfer, device, offset, names, counts, sources, self.precise, self.nonnegative
@@ -478,6 +548,8 @@ def reduce_activations(
     with torch.no_grad():
         if n == 0:
             return Pending(transfer, first.device, 0, (), np.zeros(k), []), None
+        if all(_fusable(t) for t in tensors):
+            return _reduce_activations_fused(tensors, kind, collection, transfer)
         work_dtype = first.dtype if first.dtype in _NATIVE else torch.float32
         if k == 1:
             source = first.detach()
@@ -510,7 +582,12 @@ def reduce_activations(
         version = source._version
         sources = [(source, version, row, k) for row in range(k)]
         reduced = _Reduced(
-            columns, n, sources, first.device, work_dtype == torch.float64, nonnegative
+            columns,
+            np.full(k, float(n)),
+            sources,
+            first.device,
+            work_dtype == torch.float64,
+            nonnegative,
         )
         pending = reduced.queue([reduced], transfer)
         if counts is None:
@@ -528,6 +605,51 @@ def reduce_activations(
             return measure_values
 
         return pending, [measure_of(row) for row in range(k)]
+
+
+def _reduce_activations_fused(
+    tensors: Sequence[torch.Tensor], kind: str, collection: str, transfer: Transfer
+) -> tuple[Pending, list[Callable[[], np.ndarray]] | None]:
+    """:func:`reduce_activations` by the compiled kernel: one pass over each record for its
+    statistics and one for its per-unit counts, no stacking."""
+    assert _fused is not None
+    first = tensors[0]
+    k, n = len(tensors), first.numel()
+    nonnegative = kind in _NONNEGATIVE_KINDS and collection == "activations"
+    columns = _fused_columns(not nonnegative, False, True)
+    out = np.empty((len(columns), k))
+    addresses = _addresses(tensors)
+    _fused.reduce(addresses, None, np.full(k, n, dtype=np.int64), out, not nonnegative, True)
+    sources = [(t, t._version, 0, 1) for t in tensors]
+    counts = np.full(k, float(n))
+    reduced = _Reduced(
+        dict(zip(columns, torch.from_numpy(out))), counts, sources, first.device, False, nonnegative
+    )
+    pending = reduced.queue([reduced], transfer)
+    measure = schema.unit_measure(kind)
+    axis = schema.default_unit_axis(first.dim())
+    if measure is None or axis is None:
+        return pending, None
+    units = first.shape[axis]
+    low, high = (
+        (0.0, math.nan)  # > 0, +inf included
+        if measure == schema.UNIT_MEASURE_ACTIVE
+        else schema.unsaturated_band(kind, collection)
+    )
+    outer = math.prod(first.shape[:axis])
+    inside = np.empty((k, units))
+    _fused.count_units(addresses, outer, units, n // (outer * units), low, high, inside)
+    inside /= n // units
+    unit_device, unit_offset = transfer.add(torch.from_numpy(inside))
+
+    def measure_of(row: int) -> Callable[[], np.ndarray]:
+        def measure_values() -> np.ndarray:
+            at = unit_offset + row * units
+            return transfer.values(unit_device)[at : at + units].astype(np.float32)
+
+        return measure_values
+
+    return pending, [measure_of(row) for row in range(k)]
 
 
 def statistics(

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from dbgcli.torch import _stats as stats_module
 from dbgcli.torch._stats import (
     STACK_BELOW,
     Reducer,
@@ -17,6 +18,11 @@ from dbgcli.torch._stats import (
 )
 from dbgcli.trace import schema
 from dbgcli.trace.stats import COL, StatsKernel, unit_measure
+
+
+@pytest.fixture(autouse=True)
+def both_paths(reduction_path: str) -> None:
+    """Every test here runs on the compiled kernel and on torch's operations alone."""
 
 
 def reference(x: np.ndarray) -> dict[str, float]:
@@ -109,7 +115,11 @@ def test_update_norm_against_the_previous_value() -> None:
         transfer = Transfer()
         blocks = reducer.reduce([small, large], ["small", "large"], transfer)
         transfer.start()
-        return [pending.table()[0, COL["update_l2"]] for _, pending in blocks]
+        norms = [math.nan, math.nan]
+        for indices, pending in blocks:
+            for row, index in enumerate(indices):
+                norms[index] = pending.table()[row, COL["update_l2"]]
+        return norms
 
     assert np.isnan(update_norms()).all()  # nothing to compare with yet
     small += 0.5
@@ -213,19 +223,63 @@ def test_batched_statistics_equal_the_writers_kernel(dtype: torch.dtype) -> None
             )
 
 
+@pytest.mark.parametrize("l1", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_weights_and_gradients_leave_out_only_what_their_range_leaves_open(
-    dtype: torch.dtype,
+    dtype: torch.dtype, l1: bool
 ) -> None:
-    """Without l1 and the sign counts, everything else still equals the writer's kernel."""
+    """Without the sign counts (as weights and gradients are reduced), every column given
+    equals the writer's kernel, and those left out are only what min and max leave open."""
     tensors = mixed_tensors(dtype)
-    for tensor, stats in zip(tensors, statistics(tensors)):
+    for tensor, stats in zip(tensors, statistics(tensors, l1=l1)):
         values = tensor.float().numpy()
         expected = StatsKernel().compute(values[None])[0]
         for name, value in stats.items():
             assert value == pytest.approx(expected[COL[name]], rel=1e-5, abs=1e-6), name
         finite = tensor[torch.isfinite(tensor)].float()
         if tensor.numel() and torch.isfinite(tensor).all():
-            assert "l1" not in stats
+            assert ("l1" in stats) == l1
             decided = finite.min() > 0 or finite.max() < 0 or not finite.any()
             assert ("pos_frac" in stats) == bool(decided)
+
+
+def test_the_compiled_kernel_reduces_float32_host_tensors_in_one_call(
+    reduction_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every float32 tensor in host memory, of any shape or size, goes through one call of
+    the compiled kernel; other dtypes and non-contiguous tensors take torch's path."""
+    calls: list[int] = []
+    if reduction_path == "compiled":
+        compiled = stats_module._fused
+
+        class Counted:
+            @staticmethod
+            def reduce(pointers: np.ndarray, *args: object) -> None:
+                calls.append(len(pointers))
+                compiled.reduce(pointers, *args)
+
+        monkeypatch.setattr(stats_module, "_fused", Counted)
+    tensors = [t for t in mixed_tensors(torch.float32) if t.numel()]
+    tensors += [torch.randn(6, 4).t(), torch.randn(9, dtype=torch.float64)]
+    got = statistics(tensors, l1=True)
+    assert calls == ([len(tensors) - 2] if reduction_path == "compiled" else [])
+    for tensor, stats in zip(tensors, got):
+        expected = StatsKernel().compute(tensor.numpy()[None])[0]
+        for name, value in stats.items():
+            assert value == pytest.approx(expected[COL[name]], rel=1e-5, abs=1e-6), name
+
+
+def test_a_reused_copy_is_not_read_as_an_older_records_values() -> None:
+    """The exact path of a record reads the copy its update norm was computed against; once
+    a later reduction has overwritten that copy, the older record must not take its values."""
+    weight = torch.randn(STACK_BELOW)
+    weight[3] = math.nan
+    reducer = Reducer(updates=True)
+    first, second = Transfer(), Transfer()
+    ((_, older),) = reducer.reduce([weight], ["w"], first)
+    weight[3] = 100.0
+    reducer.reduce([weight], ["w"], second)
+    first.start()
+    stats = older.statistics()[0]
+    assert stats.get("max") != 100.0 and stats.get("nan_count") != 0.0
+    assert stats["count"] == STACK_BELOW
