@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from dbgcli.torch import _fused
+from dbgcli.trace.schema import STAT_COLUMNS
 
 N = 512 * 512
 Operation = Callable[[torch.Tensor, torch.Tensor], object]
@@ -66,12 +67,12 @@ def gradient_pass(x: torch.Tensor, scratch: torch.Tensor) -> None:
 
 
 def kernel(x: torch.Tensor, previous: torch.Tensor | None, l1: bool) -> np.ndarray:
-    """One tensor through the compiled kernel: its columns (see ``_fused.reduce``)."""
-    out = np.empty(5 + l1 + (previous is not None))
+    """One tensor through the compiled kernel: its statistics row (schema.STAT_COLUMNS)."""
+    out, done = np.empty((1, len(STAT_COLUMNS))), np.empty(1, dtype=np.uint8)
     copies = None if previous is None else np.array([previous.data_ptr()], dtype=np.uintp)
-    pointers = np.array([x.data_ptr()], dtype=np.uintp)
-    _fused.reduce(pointers, copies, np.array([x.numel()], dtype=np.int64), out, l1, False)
-    return out
+    pointers, counts = np.array([x.data_ptr()], dtype=np.uintp), np.array([x.numel()])
+    _fused.reduce(pointers, copies, counts.astype(np.int64), out, done, l1, False, False)
+    return out[0]
 
 
 def chunked_weight_pass(x: torch.Tensor, previous: torch.Tensor) -> None:
@@ -149,9 +150,8 @@ def main() -> None:
         for seed in range(5):
             x = torch.randn(n, generator=torch.Generator().manual_seed(seed)) * 0.01 + 0.003
             exact = float((x.double() ** 2).sum())
-            # The kernel's squares: deviation^2 + sum * mean (its centre is the mean).
-            _, _, total, mean, deviation = kernel(x, None, False)
-            worst_kernel = max(worst_kernel, abs(deviation**2 + total * mean - exact) / exact)
+            squares = kernel(x, None, False)[STAT_COLUMNS.index("l2")] ** 2
+            worst_kernel = max(worst_kernel, abs(squares - exact) / exact)
             worst_dot = max(worst_dot, abs(float(torch.dot(x, x)) - exact) / exact)
             worst_norm = max(worst_norm, abs(float(norm(x).double()) ** 2 - exact) / exact)
         print(

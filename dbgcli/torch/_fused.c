@@ -1,14 +1,18 @@
 /* One pass per tensor for the statistics of float32 tensors in host memory.
  *
- * torch has no operation that reduces min, max, sum, sum of squares, absolute sum and the
- * change against a kept copy together: the pure torch path (dbgcli/torch/_stats.py) makes
- * five to seven passes over each weight and four over each gradient, and on a CPU those
- * passes, not the arithmetic, are what a recorded step costs. Here each tensor is read once
- * (and its copy read and rewritten once), for all of them in one call without the GIL.
+ * torch has no operation that reduces min, max, sum, sum of squares, absolute sum, sign
+ * counts and the change against a kept copy together: the pure torch path
+ * (dbgcli/torch/_stats.py) makes five to seven passes over each weight and four over each
+ * gradient, and on a CPU those passes, not the arithmetic, are what a recorded step costs.
+ * Here each tensor is read once (and its copy read and rewritten once), for all of a step's
+ * tensors in one call without the GIL, and the result is the trace format's statistics
+ * row: the host has no arithmetic left to do.
  *
  * Sums are accumulated in float32 over 16 independent lanes within chunks of 2,048 values
  * (so the compiler vectorises them without reordering anything), and the chunks' sums in
- * float64: each float32 partial sum adds at most 128 values.
+ * float64: each float32 partial sum adds at most 128 values, so the sum of squares of a
+ * million values is within about 1e-8 of float64's, where one float32 dot product is within
+ * 1e-5 (bench/bench_reductions.py prints both).
  *
  * Built as an optional extension (setup.py): without a C compiler dbgcli installs without it
  * and the torch path computes the same statistics.
@@ -143,42 +147,92 @@ static double centred_squares(const float *x, Py_ssize_t n, double mean)
     return total;
 }
 
+/* The trace format's statistics columns (dbgcli.trace.schema.STAT_COLUMNS), in order. */
+enum { COUNT, NAN_COUNT, INF_COUNT, MIN, MAX, MEAN, STD, L1, L2, ZERO_FRAC, POS_FRAC, UPDATE_L2,
+       WIDTH };
+
+/* A record's statistics from its sums, as dbgcli.torch._stats._finish gives them from torch's
+ * reductions; returns 0 where they need the exact path (NaN or infinities, float32 sums that
+ * overflowed, a negative value where none was expected). */
+static int finish(const float *x, Py_ssize_t n, const Sums *s, int with_l1, int with_update,
+                  int with_signs, int nonnegative, double *row)
+{
+    double count = (double)n, mean = s->sum / count;
+    int finite = isfinite(s->sum) && isfinite(s->squares) && isfinite(s->low) &&
+                 isfinite(s->high) && !(nonnegative && s->low < 0.0f);
+    for (int c = 0; c < WIDTH; c++)
+        row[c] = NAN;
+    row[COUNT] = count;
+    row[UPDATE_L2] = with_update ? sqrt(s->update) : NAN;
+    if (!finite)
+        return 0;
+    double squared = s->squares - s->sum * mean;
+    if (mean * mean > ONE_PASS_DIGITS * (squared / count))
+        squared = centred_squares(x, n, mean);
+    row[NAN_COUNT] = row[INF_COUNT] = 0.0;
+    row[MIN] = s->low;
+    row[MAX] = s->high;
+    row[MEAN] = mean;
+    row[STD] = s->low == s->high ? 0.0 : sqrt((squared > 0.0 ? squared : 0.0) / count);
+    row[L2] = sqrt(s->squares);
+    if (with_l1)
+        row[L1] = s->l1;
+    else if (nonnegative)
+        row[L1] = s->sum;
+    if (with_signs) {
+        row[POS_FRAC] = (double)s->positive / count;
+        row[ZERO_FRAC] = (double)s->zero / count;
+    } else {  /* where min and max decide them */
+        int all_zero = s->low == 0.0f && s->high == 0.0f;
+        if (s->low > 0.0f || s->high < 0.0f) {
+            row[POS_FRAC] = s->low > 0.0f;
+            row[ZERO_FRAC] = 0.0;
+        } else if (all_zero) {
+            row[POS_FRAC] = 0.0;
+            row[ZERO_FRAC] = 1.0;
+        }
+    }
+    return 1;
+}
+
 PyDoc_STRVAR(reduce_doc,
-    "reduce(pointers, previous, lengths, out, l1, signs)\n--\n\n"
-    "Reduce k contiguous float32 tensors in host memory, one pass each.\n\n"
+    "reduce(pointers, previous, lengths, out, done, l1, signs, nonnegative)\n--\n\n"
+    "The statistics of k contiguous float32 tensors in host memory, one pass each.\n\n"
     "pointers and lengths: uintp and int64 buffers of k addresses and value counts.\n"
     "previous: None, or a uintp buffer of k addresses of float32 copies of the same sizes:\n"
-    "each is compared with its tensor, then overwritten with it.\n"
-    "out: a writable float64 buffer of width * k values, column after column: min, max,\n"
-    "sum, centre, deviation, [l1], [update_squares], [positive, zero], width counting the\n"
-    "columns asked. centre is the mean and deviation the norm of the deviations from it;\n"
-    "a tensor with NaN or infinities gets a NaN deviation (the caller reads it again).");
+    "each is compared with its tensor (update_l2), then overwritten with it.\n"
+    "out: a writable float64 buffer of k rows of the trace format's 12 statistics columns;\n"
+    "l1 only if asked (or, if nonnegative, the sum), the fractions of zero and positive\n"
+    "values if signs is true, else where min and max decide them; NaN otherwise.\n"
+    "done: a writable uint8 buffer of k flags, 0 where the record holds NaN or infinities\n"
+    "(or, if nonnegative, a negative value): its row then has only count and update_l2,\n"
+    "and the caller computes the rest from the values.");
 
 static PyObject *reduce(PyObject *Py_UNUSED(module), PyObject *args)
 {
-    Py_buffer pointers, lengths, out, previous = {0};
+    Py_buffer pointers, lengths, out, done_flags, previous = {0};
     PyObject *previous_object;
-    int with_l1, with_signs;
-    if (!PyArg_ParseTuple(args, "y*Oy*w*pp", &pointers, &previous_object, &lengths, &out,
-                          &with_l1, &with_signs))
+    int with_l1, with_signs, nonnegative;
+    if (!PyArg_ParseTuple(args, "y*Oy*w*w*ppp", &pointers, &previous_object, &lengths, &out,
+                          &done_flags, &with_l1, &with_signs, &nonnegative))
         return NULL;
     int with_update = previous_object != Py_None;
     PyObject *result = NULL;
     Py_ssize_t k = pointers.len / (Py_ssize_t)sizeof(uintptr_t);
     if (with_update && PyObject_GetBuffer(previous_object, &previous, PyBUF_SIMPLE) < 0)
         goto done;
-    Py_ssize_t width = 5 + with_l1 + with_update + 2 * with_signs;
     if (pointers.len != k * (Py_ssize_t)sizeof(uintptr_t) ||
         lengths.len != k * (Py_ssize_t)sizeof(int64_t) ||
         (with_update && previous.len != pointers.len) ||
-        out.len != width * k * (Py_ssize_t)sizeof(double)) {
+        out.len != WIDTH * k * (Py_ssize_t)sizeof(double) || done_flags.len != k) {
         PyErr_SetString(PyExc_ValueError, "reduce: buffers of inconsistent sizes");
         goto done;
     }
     const uintptr_t *addresses = pointers.buf;
     const uintptr_t *copies = with_update ? previous.buf : NULL;
     const int64_t *counts = lengths.buf;
-    double *columns = out.buf;
+    double *rows = out.buf;
+    uint8_t *finished = done_flags.buf;
     Pass pass = PASSES[with_l1 + 2 * with_update + 4 * with_signs];
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t r = 0; r < k; r++) {
@@ -186,30 +240,8 @@ static PyObject *reduce(PyObject *Py_UNUSED(module), PyObject *args)
         Py_ssize_t n = (Py_ssize_t)counts[r];
         Sums s;
         pass(x, copies ? (float *)copies[r] : NULL, n, &s);
-        double mean = s.sum / (double)n;
-        double deviation;
-        if (!isfinite(s.sum) || !isfinite(s.squares))
-            deviation = NAN;
-        else {
-            double squared = s.squares - s.sum * mean;
-            if (mean * mean > ONE_PASS_DIGITS * (squared / (double)n))
-                squared = centred_squares(x, n, mean);
-            deviation = sqrt(squared > 0.0 ? squared : 0.0);
-        }
-        double *column = columns + r;
-        *column = s.low;
-        *(column += k) = s.high;
-        *(column += k) = s.sum;
-        *(column += k) = mean;
-        *(column += k) = deviation;
-        if (with_l1)
-            *(column += k) = s.l1;
-        if (with_update)
-            *(column += k) = s.update;
-        if (with_signs) {
-            *(column += k) = (double)s.positive;
-            *(column += k) = (double)s.zero;
-        }
+        finished[r] = (uint8_t)finish(x, n, &s, with_l1, with_update, with_signs, nonnegative,
+                                      rows + r * WIDTH);
     }
     Py_END_ALLOW_THREADS
     result = Py_NewRef(Py_None);
@@ -217,6 +249,7 @@ done:
     PyBuffer_Release(&pointers);
     PyBuffer_Release(&lengths);
     PyBuffer_Release(&out);
+    PyBuffer_Release(&done_flags);
     if (previous.obj != NULL)
         PyBuffer_Release(&previous);
     return result;

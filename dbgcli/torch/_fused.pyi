@@ -6,8 +6,10 @@ def reduce(
     previous: np.ndarray | None,
     lengths: np.ndarray,
     out: np.ndarray,
+    done: np.ndarray,
     l1: bool,
     signs: bool,
+    nonnegative: bool,
 ) -> None: ...
 def count_units(
     pointers: np.ndarray,

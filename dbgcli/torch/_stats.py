@@ -251,14 +251,41 @@ def _fusable(tensor: torch.Tensor) -> bool:
     )
 
 
-def _fused_columns(l1: bool, updates: bool, signs: bool) -> list[str]:
-    """The columns :func:`dbgcli.torch._fused.reduce` gives, in its order."""
-    return (
-        ["min", "max", "sum", "centre", "deviation"]
-        + ["l1"] * l1
-        + ["update_squares"] * updates
-        + ["positive", "zero"] * signs
+def _fused_statistics(
+    tensors: Sequence[torch.Tensor],
+    transfer: Transfer,
+    *,
+    l1: bool,
+    signs: bool,
+    nonnegative: bool = False,
+    copies: Sequence[torch.Tensor] | None = None,
+    first_seen: Sequence[int] = (),
+) -> Pending:
+    """The statistics of float32 host ``tensors`` by the compiled kernel, complete at once
+    (no transfer, no host arithmetic): records with NaN or infinities take the exact path now.
+    With ``copies``, ``update_l2`` against them (NaN for the rows ``first_seen``), and each
+    copy then holds its tensor's values."""
+    assert _fused is not None
+    counts = np.array([t.numel() for t in tensors], dtype=np.int64)
+    table = np.empty((len(tensors), len(schema.STAT_COLUMNS)))
+    done = np.empty(len(tensors), dtype=np.uint8)
+    addresses = None if copies is None else _addresses(copies)
+    _fused.reduce(_addresses(tensors), addresses, counts, table, done, l1, signs, nonnegative)
+    table[list(first_seen), _COLUMN["update_l2"]] = np.nan  # nothing to compare with yet
+    sources = tensors if copies is None else copies  # equal after the pass
+    pending = Pending(
+        transfer,
+        torch.device("cpu"),
+        0,
+        (),
+        counts.astype(np.float64),
+        [(source, source._version, 0, 1) for source in sources],
+        nonnegative=nonnegative,
     )
+    pending._table = table
+    for index in np.flatnonzero(done == 0).tolist():
+        pending.redo(index, l1)
+    return pending
 
 
 def _addresses(tensors: Sequence[torch.Tensor]) -> np.ndarray:
@@ -323,8 +350,9 @@ class Reducer:
                 indices.append(index)
                 parts.append(reduced)
             if fused:
-                reduced = self._reduce_fused([tensors[i] for i in fused], [names[i] for i in fused])
-                blocks.append((fused, reduced.queue([reduced], transfer)))
+                chosen = [tensors[i] for i in fused]
+                pending = self._reduce_fused(chosen, [names[i] for i in fused], transfer)
+                blocks.append((fused, pending))
         for indices, parts in gathered.values():
             blocks.append((indices, parts[0].queue(parts, transfer)))
         if empty:
@@ -333,37 +361,23 @@ class Reducer:
             blocks.append((empty, Pending(transfer, device, 0, (), counts, [])))
         return blocks
 
-    def _reduce_fused(self, members: list[torch.Tensor], names: list[str]) -> _Reduced:
-        """Reduce ``members`` with the compiled kernel (:mod:`dbgcli.torch._fused`): one pass
-        over each tensor and its kept copy, one call for all of them, no stacking."""
-        assert _fused is not None
-        columns = _fused_columns(self.l1, self.updates, self.signs)
-        sources: list[torch.Tensor] = list(members)
+    def _reduce_fused(
+        self, members: list[torch.Tensor], names: list[str], transfer: Transfer
+    ) -> Pending:
+        """The statistics of ``members`` by the compiled kernel: one pass over each tensor
+        (and its kept copy), one call for all of them, no stacking."""
+        if not self.updates:
+            return _fused_statistics(members, transfer, l1=self.l1, signs=self.signs)
+        copies: list[torch.Tensor] = []
         first_seen: list[int] = []
-        addresses = None
-        if self.updates:
-            for row, (tensor, name) in enumerate(zip(members, names)):
-                previous = self._previous.get(name)
-                if previous is None or previous.shape != tensor.shape or not _fusable(previous):
-                    previous = self._previous[name] = torch.zeros_like(tensor)
-                    first_seen.append(row)
-                sources[row] = previous  # equal to the tensor after the pass
-            addresses = _addresses(sources)
-        out = np.empty((len(columns), len(members)))
-        counts = np.array([t.numel() for t in members], dtype=np.int64)
-        _fused.reduce(_addresses(members), addresses, counts, out, self.l1, self.signs)
-        if self.updates:
-            out[columns.index("update_squares"), first_seen] = np.nan  # nothing to compare with
-            for previous in sources:
-                # Written behind torch's back: a record reduced before must not read it as its
-                # own values (see :meth:`Pending.redo`).
-                torch.autograd.graph.increment_version(previous)
-        return _Reduced(
-            dict(zip(columns, torch.from_numpy(out))),
-            counts.astype(np.float64),
-            [(source, source._version, 0, 1) for source in sources],
-            torch.device("cpu"),
-            precise=False,
+        for row, (tensor, name) in enumerate(zip(members, names)):
+            previous = self._previous.get(name)
+            if previous is None or previous.shape != tensor.shape or not _fusable(previous):
+                previous = self._previous[name] = torch.zeros_like(tensor)
+                first_seen.append(row)
+            copies.append(previous)
+        return _fused_statistics(
+            members, transfer, l1=self.l1, signs=self.signs, copies=copies, first_seen=first_seen
         )
 
     def _reduce_block(self, members: list[torch.Tensor], name: str) -> _Reduced:
@@ -405,8 +419,7 @@ class Reducer:
                 del self._blocks[name]
         version = source._version
         sources = [(source, version, row, k) for row in range(k)]
-        counts = np.full(k, float(n))
-        return _Reduced(columns, counts, sources, block.device, work == torch.float64)
+        return _Reduced(columns, n, sources, block.device, work == torch.float64)
 
 
 @dataclass
@@ -414,7 +427,7 @@ class _Reduced:
     """The reductions of one block, before they are queued."""
 
     columns: dict[str, torch.Tensor]
-    counts: np.ndarray  # values per record
+    n: int
     sources: list[Source]
     device: torch.device
     precise: bool
@@ -424,7 +437,7 @@ class _Reduced:
         """Queue these blocks' reductions (of the same columns) as one :class:`Pending`."""
         names = tuple(self.columns)
         device, offset = transfer.add(*(b.columns[name] for name in names for b in blocks))
-        counts = np.concatenate([b.counts for b in blocks])
+        counts = np.concatenate([np.full(len(b.sources), float(b.n)) for b in blocks])
         sources = [source for b in blocks for source in b.sources]
         return Pending(
             transfer, device, offset, names, counts, sources, self.precise, self.nonnegative
@@ -583,7 +596,7 @@ def reduce_activations(
         sources = [(source, version, row, k) for row in range(k)]
         reduced = _Reduced(
             columns,
-            np.full(k, float(n)),
+            n,
             sources,
             first.device,
             work_dtype == torch.float64,
@@ -611,25 +624,17 @@ def _reduce_activations_fused(
     tensors: Sequence[torch.Tensor], kind: str, collection: str, transfer: Transfer
 ) -> tuple[Pending, list[Callable[[], np.ndarray]] | None]:
     """:func:`reduce_activations` by the compiled kernel: one pass over each record for its
-    statistics and one for its per-unit counts, no stacking."""
-    assert _fused is not None
-    first = tensors[0]
-    k, n = len(tensors), first.numel()
+    statistics and one for its per-unit counts, no stacking, complete at once."""
     nonnegative = kind in _NONNEGATIVE_KINDS and collection == "activations"
-    columns = _fused_columns(not nonnegative, False, True)
-    out = np.empty((len(columns), k))
-    addresses = _addresses(tensors)
-    _fused.reduce(addresses, None, np.full(k, n, dtype=np.int64), out, not nonnegative, True)
-    sources = [(t, t._version, 0, 1) for t in tensors]
-    counts = np.full(k, float(n))
-    reduced = _Reduced(
-        dict(zip(columns, torch.from_numpy(out))), counts, sources, first.device, False, nonnegative
+    pending = _fused_statistics(
+        tensors, transfer, l1=not nonnegative, signs=True, nonnegative=nonnegative
     )
-    pending = reduced.queue([reduced], transfer)
+    first = tensors[0]
     measure = schema.unit_measure(kind)
     axis = schema.default_unit_axis(first.dim())
     if measure is None or axis is None:
         return pending, None
+    assert _fused is not None
     units = first.shape[axis]
     low, high = (
         (0.0, math.nan)  # > 0, +inf included
@@ -637,19 +642,15 @@ def _reduce_activations_fused(
         else schema.unsaturated_band(kind, collection)
     )
     outer = math.prod(first.shape[:axis])
-    inside = np.empty((k, units))
-    _fused.count_units(addresses, outer, units, n // (outer * units), low, high, inside)
-    inside /= n // units
-    unit_device, unit_offset = transfer.add(torch.from_numpy(inside))
+    inner = first.numel() // (outer * units)
+    inside = np.empty((len(tensors), units))
+    _fused.count_units(_addresses(tensors), outer, units, inner, low, high, inside)
+    measures = (inside / (outer * inner)).astype(np.float32)
 
     def measure_of(row: int) -> Callable[[], np.ndarray]:
-        def measure_values() -> np.ndarray:
-            at = unit_offset + row * units
-            return transfer.values(unit_device)[at : at + units].astype(np.float32)
+        return lambda: measures[row]
 
-        return measure_values
-
-    return pending, [measure_of(row) for row in range(k)]
+    return pending, [measure_of(row) for row in range(len(tensors))]
 
 
 def statistics(

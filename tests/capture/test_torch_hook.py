@@ -1147,3 +1147,24 @@ def test_records_handed_over_late_are_the_same_and_none_is_lost(
             assert np.isnan(highest[3:]).all()  # none is left
             assert (first.stat("act/tanh", "nan_count").values[2:] > 0).all()
             assert (first.stat("grad/fc2.weight", "nan_count").values[2:] > 0).all()
+
+
+def test_without_the_compiled_kernel_dbgcli_imports_and_computes() -> None:
+    """An install without a C compiler has no ``dbgcli.torch._fused``: the statistics come
+    from torch's operations (run in a fresh interpreter that cannot import the kernel)."""
+    code = """
+import importlib.abc, sys
+class NoKernel(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "dbgcli.torch._fused":
+            raise ImportError("built without a C compiler")
+sys.meta_path.insert(0, NoKernel())
+import torch
+from dbgcli.torch import _stats
+assert _stats._fused is None
+print(_stats.statistics([torch.arange(4.0)], l1=True)[0])
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert "'mean': 1.5" in done.stdout and "'l1': 6.0" in done.stdout, done.stdout
