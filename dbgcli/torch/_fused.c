@@ -22,8 +22,9 @@
 #include <math.h>
 #include <stdint.h>
 
-/* GCC on x86-64 Linux: an AVX2 clone picked at load time, the baseline elsewhere. */
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+/* GCC on x86-64 with glibc (whose ifunc picks a clone at load time): an AVX2 clone beside
+ * the baseline; the baseline alone elsewhere (musl has no ifunc). */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__GLIBC__)
 #define VECTOR_CLONES __attribute__((target_clones("avx2", "default")))
 #else
 #define VECTOR_CLONES

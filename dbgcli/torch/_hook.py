@@ -776,6 +776,9 @@ class TorchHook:
         for entry in self._parameters:
             grad = entry.parameter.grad
             if entry.grad_tag is not None and grad is not None:
+                if grad.layout != torch.strided:
+                    # nn.Embedding(sparse=True): its statistics count the rows not looked up.
+                    grad = grad.to_dense()
                 if scale is not None:
                     with torch.no_grad():
                         grad = grad / scale

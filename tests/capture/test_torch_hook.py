@@ -1168,3 +1168,28 @@ print(_stats.statistics([torch.arange(4.0)], l1=True)[0])
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
     )
     assert "'mean': 1.5" in done.stdout and "'l1': 6.0" in done.stdout, done.stdout
+
+
+def test_a_sparse_gradient_is_recorded_as_its_dense_values(
+    tmp_path: Path, no_dbg_warnings: None
+) -> None:
+    """nn.Embedding(sparse=True) gives sparse gradients: they are recorded (zeros of the rows
+    not looked up included) beside the dense ones, not dropped with them."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(50, 8, sparse=True), nn.Flatten(), nn.Linear(32, 3))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    path = tmp_path / "sparse.h5"
+    with attach(model, optimizer, path, stats_every=1) as hook:
+        optimizer.zero_grad()
+        loss = model(torch.randint(0, 50, (5, 4))).sum()
+        hook.record_loss(loss)
+        loss.backward()
+        dense = model[0].weight.grad.to_dense().numpy().copy()
+        optimizer.step()
+    with open_trace(path) as trace:
+        assert "grad/2.weight" in trace
+        recorded = trace.stats("grad/0.weight")[0]
+    expected = StatsKernel().compute(dense[None])[0]
+    for name in ("count", "min", "max", "mean", "std", "l1", "l2"):
+        assert recorded[COL[name]] == pytest.approx(expected[COL[name]], rel=1e-5), name
+
