@@ -1192,4 +1192,3 @@ def test_a_sparse_gradient_is_recorded_as_its_dense_values(
     expected = StatsKernel().compute(dense[None])[0]
     for name in ("count", "min", "max", "mean", "std", "l1", "l2"):
         assert recorded[COL[name]] == pytest.approx(expected[COL[name]], rel=1e-5), name
-
