@@ -5,17 +5,23 @@ It is optional: where it does not build (no C compiler), dbgcli installs without
 PyTorch hook computes the same statistics with torch operations, only more slowly.
 """
 
-import sys
-
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+
+class OptimisedBuild(build_ext):
+    """``-O3`` for compilers that take it (gcc, clang, MinGW); MSVC's release flags stand."""
+
+    def build_extensions(self) -> None:
+        if self.compiler.compiler_type != "msvc":
+            for extension in self.extensions:
+                extension.extra_compile_args = ["-O3"]
+        super().build_extensions()
+
 
 setup(
     ext_modules=[
-        Extension(
-            "dbgcli.torch._fused",
-            sources=["dbgcli/torch/_fused.c"],
-            extra_compile_args=["/O2"] if sys.platform == "win32" else ["-O3"],
-            optional=True,
-        )
-    ]
+        Extension("dbgcli.torch._fused", sources=["dbgcli/torch/_fused.c"], optional=True)
+    ],
+    cmdclass={"build_ext": OptimisedBuild},
 )

@@ -11,8 +11,10 @@
  * Sums are accumulated in float32 over 16 independent lanes within chunks of 2,048 values
  * (so the compiler vectorises them without reordering anything), and the chunks' sums in
  * float64: each float32 partial sum adds at most 128 values, so the sum of squares of a
- * million values is within about 1e-8 of float64's, where one float32 dot product is within
- * 1e-5 (bench/bench_reductions.py prints both).
+ * million random values is within about 1e-8 of float64's, where one float32 dot product is
+ * within 1e-5 (bench/bench_reductions.py prints both). On near-constant data the rounding is
+ * systematic, up to a millionth of the mean: the second pass corrects it where the spread
+ * is small enough for that to matter.
  *
  * Built as an optional extension (setup.py): without a C compiler dbgcli installs without it
  * and the torch path computes the same statistics.
@@ -21,6 +23,12 @@
 #include <Python.h>
 #include <math.h>
 #include <stdint.h>
+
+/* The NaN and infinity checks below are the contract with the caller; fast-math would remove
+ * them. (The build is optional: an error here leaves torch's path.) */
+#if defined(__FAST_MATH__)
+#error "dbgcli.torch._fused must be compiled without fast-math"
+#endif
 
 /* GCC on x86-64 with glibc (whose ifunc picks a clone at load time): an AVX2 clone beside
  * the baseline; the baseline alone elsewhere (musl has no ifunc). */
@@ -136,16 +144,20 @@ typedef void (*Pass)(const float *, float *, Py_ssize_t, Sums *);
 /* Indexed by l1 + 2 * update + 4 * signs. */
 static const Pass PASSES[8] = {pass_0, pass_1, pass_2, pass_3, pass_4, pass_5, pass_6, pass_7};
 
-/* The sum of squared deviations from ``mean``, in float64: for the rare tensor whose
- * variance is too small beside its mean for the one-pass formula. */
-static double centred_squares(const float *x, Py_ssize_t n, double mean)
+/* The second pass, in float64, for the rare record whose variance is too small beside its
+ * mean for the one-pass formula: the corrected two-pass algorithm (Chan, Golub and LeVeque,
+ * 1983), whose sum of deviations also corrects ``mean`` itself, which the float32 lanes may
+ * have rounded by a millionth: beside a variance a few ulps wide, that would be all of it. */
+static void centred(const float *x, Py_ssize_t n, double *mean, double *squared)
 {
-    double total = 0.0;
+    double deviations = 0.0, squares = 0.0;
     for (Py_ssize_t i = 0; i < n; i++) {
-        double d = (double)x[i] - mean;
-        total += d * d;
+        double d = (double)x[i] - *mean;
+        deviations += d;
+        squares += d * d;
     }
-    return total;
+    *squared = squares - deviations * deviations / (double)n;
+    *mean += deviations / (double)n;
 }
 
 /* The trace format's statistics columns (dbgcli.trace.schema.STAT_COLUMNS), in order. */
@@ -167,15 +179,20 @@ static int finish(const float *x, Py_ssize_t n, const Sums *s, int with_l1, int 
     row[UPDATE_L2] = with_update ? sqrt(s->update) : NAN;
     if (!finite)
         return 0;
-    double squared = s->squares - s->sum * mean;
-    if (mean * mean > ONE_PASS_DIGITS * (squared / count))
-        squared = centred_squares(x, n, mean);
+    double squared = s->squares - s->sum * mean, squares = s->squares;
+    if (mean * mean > ONE_PASS_DIGITS * (squared / count)) {
+        centred(x, n, &mean, &squared);
+        /* Also where the float32 squares underflowed (values below about 1e-22). */
+        squares = squared + count * mean * mean;
+    }
+    if (squared < 0.0)
+        squared = 0.0;
     row[NAN_COUNT] = row[INF_COUNT] = 0.0;
     row[MIN] = s->low;
     row[MAX] = s->high;
     row[MEAN] = mean;
-    row[STD] = s->low == s->high ? 0.0 : sqrt((squared > 0.0 ? squared : 0.0) / count);
-    row[L2] = sqrt(s->squares);
+    row[STD] = s->low == s->high ? 0.0 : sqrt(squared / count);
+    row[L2] = sqrt(squares);
     if (with_l1)
         row[L1] = s->l1;
     else if (nonnegative)
@@ -197,7 +214,7 @@ static int finish(const float *x, Py_ssize_t n, const Sums *s, int with_l1, int 
 }
 
 PyDoc_STRVAR(reduce_doc,
-    "reduce(pointers, previous, lengths, out, done, l1, signs, nonnegative)\n--\n\n"
+    "reduce(pointers, previous, lengths, out, done, l1, signs, nonnegative, /)\n--\n\n"
     "The statistics of k contiguous float32 tensors in host memory, one pass each.\n\n"
     "pointers and lengths: uintp and int64 buffers of k addresses and value counts.\n"
     "previous: None, or a uintp buffer of k addresses of float32 copies of the same sizes:\n"
@@ -234,6 +251,12 @@ static PyObject *reduce(PyObject *Py_UNUSED(module), PyObject *args)
     const int64_t *counts = lengths.buf;
     double *rows = out.buf;
     uint8_t *finished = done_flags.buf;
+    for (Py_ssize_t r = 0; r < k; r++) {
+        if (counts[r] > 0 && (addresses[r] == 0 || (copies && copies[r] == 0))) {
+            PyErr_SetString(PyExc_ValueError, "reduce: a tensor without memory of its own");
+            goto done;
+        }
+    }
     Pass pass = PASSES[with_l1 + 2 * with_update + 4 * with_signs];
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t r = 0; r < k; r++) {
@@ -257,7 +280,7 @@ done:
 }
 
 PyDoc_STRVAR(count_units_doc,
-    "count_units(pointers, outer, units, inner, low, high, out)\n--\n\n"
+    "count_units(pointers, outer, units, inner, low, high, out, /)\n--\n\n"
     "Per tensor and unit, how many values are > low and not >= high (a NaN high: no\n"
     "upper bound, so that +inf counts as above 0).\n\n"
     "pointers: a uintp buffer of k addresses of contiguous float32 tensors of one shape,\n"
@@ -309,6 +332,12 @@ static PyObject *count_units(PyObject *Py_UNUSED(module), PyObject *args)
     }
     const uintptr_t *addresses = pointers.buf;
     double *columns = out.buf;
+    for (Py_ssize_t r = 0; r < k; r++) {
+        if (addresses[r] == 0 && outer * units * inner > 0) {
+            PyErr_SetString(PyExc_ValueError, "count_units: a tensor without memory of its own");
+            goto done;
+        }
+    }
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t r = 0; r < k; r++) {
         count_band((const float *)addresses[r], outer, units, inner, low, high, counts);
@@ -330,9 +359,17 @@ static PyMethodDef methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_fused", "One-pass statistics of float32 tensors.", -1, methods,
-    NULL, NULL, NULL, NULL,
+/* No state of its own: safe without the GIL on free-threaded builds. */
+static PyModuleDef_Slot slots[] = {
+#if defined(Py_GIL_DISABLED)
+    {Py_mod_gil, Py_MOD_GIL_NOT_USED},
+#endif
+    {0, NULL},
 };
 
-PyMODINIT_FUNC PyInit__fused(void) { return PyModule_Create(&module); }
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_fused", "One-pass statistics of float32 tensors.", 0, methods,
+    slots, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__fused(void) { return PyModuleDef_Init(&module); }

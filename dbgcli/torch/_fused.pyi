@@ -10,6 +10,7 @@ def reduce(
     l1: bool,
     signs: bool,
     nonnegative: bool,
+    /,
 ) -> None: ...
 def count_units(
     pointers: np.ndarray,
@@ -19,4 +20,5 @@ def count_units(
     low: float,
     high: float,
     out: np.ndarray,
+    /,
 ) -> None: ...

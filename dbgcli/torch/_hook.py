@@ -785,17 +785,21 @@ class TorchHook:
                 grads.append((entry.grad_tag, grad))
         # Statistics are computed by torch, where the tensors are, and reach the host with
         # the step's activations and losses in one transfer.
-        names = [entry.name for entry in weights]
-        tensors: list[torch.Tensor] = [entry.parameter for entry in weights]
-        collections = [entry.collection for entry in weights]
-        for members, pending in self._weights.reduce(tensors, names, self._transfer):
-            self._queue_tensors(members, names, tensors, collections, pending, keep_raw)
-        names = [tag for tag, _ in grads]
-        tensors = [grad for _, grad in grads]
-        collections = ["gradients"] * len(grads)
-        for members, pending in self._gradients.reduce(tensors, names, self._transfer):
-            self._queue_tensors(members, names, tensors, collections, pending, keep_raw)
-        self._send()
+        try:
+            names = [entry.name for entry in weights]
+            tensors: list[torch.Tensor] = [entry.parameter for entry in weights]
+            collections = [entry.collection for entry in weights]
+            for members, pending in self._weights.reduce(tensors, names, self._transfer):
+                self._queue_tensors(members, names, tensors, collections, pending, keep_raw)
+            names = [tag for tag, _ in grads]
+            tensors = [grad for _, grad in grads]
+            collections = ["gradients"] * len(grads)
+            for members, pending in self._gradients.reduce(tensors, names, self._transfer):
+                self._queue_tensors(members, names, tensors, collections, pending, keep_raw)
+        finally:
+            # Also after a failure: the records queued so far leave with their full tensors
+            # written or copied before the optimizer changes them.
+            self._send()
 
     def _tensors_due(self, mode: str) -> bool:
         """Whether tensors of this pass are recorded: every evaluation pass, and training

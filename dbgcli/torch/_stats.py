@@ -52,6 +52,7 @@ except ImportError:  # built without a C compiler: the torch operations compute 
     _fused = None  # type: ignore[assignment]
 
 _NATIVE = (torch.float32, torch.float64)
+_PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
 
 #: Tensors with at least this many values are reduced alone, without being copied into a block.
 STACK_BELOW = 1 << 16
@@ -242,12 +243,18 @@ def compute_tables(pendings: Sequence[Pending]) -> None:
 
 
 def _fusable(tensor: torch.Tensor) -> bool:
-    """Whether the compiled kernel reduces ``tensor``: float32 in host memory, contiguous."""
+    """Whether the compiled kernel reduces ``tensor``: a plain float32 tensor in host memory,
+    dense and contiguous. Subclasses (a DTensor, a wrapper that dispatches its operations)
+    and lazily negated views do not hold their values at ``data_ptr()``: torch's path takes
+    them."""
     return (
         _fused is not None
+        and type(tensor) in _PLAIN_TENSORS
         and tensor.dtype == torch.float32
         and tensor.device.type == "cpu"
+        and tensor.layout == torch.strided
         and tensor.is_contiguous()
+        and not tensor.is_neg()
     )
 
 
@@ -595,12 +602,7 @@ def reduce_activations(
         version = source._version
         sources = [(source, version, row, k) for row in range(k)]
         reduced = _Reduced(
-            columns,
-            n,
-            sources,
-            first.device,
-            work_dtype == torch.float64,
-            nonnegative,
+            columns, n, sources, first.device, work_dtype == torch.float64, nonnegative
         )
         pending = reduced.queue([reduced], transfer)
         if counts is None:

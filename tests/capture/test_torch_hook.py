@@ -1192,3 +1192,81 @@ def test_a_sparse_gradient_is_recorded_as_its_dense_values(
     expected = StatsKernel().compute(dense[None])[0]
     for name in ("count", "min", "max", "mean", "std", "l1", "l2"):
         assert recorded[COL[name]] == pytest.approx(expected[COL[name]], rel=1e-5), name
+
+
+def test_a_failure_mid_step_still_writes_the_full_tensors_of_before_the_update(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Full tensors of weights are written from the live tensors when possible; if recording
+    the gradients fails, the weights' records already queued still leave with the values
+    their statistics were computed from, not those the optimizer writes next."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    path = tmp_path / "failure.h5"
+    before = model[0].weight.detach().clone()
+    with attach(model, optimizer, path, stats_every=1, raw_every=1) as hook:
+
+        def fail(*args: Any, **kwargs: Any) -> Any:
+            raise RuntimeError("a simulated failure while reducing the gradients")
+
+        hook._gradients.reduce = fail  # type: ignore[method-assign]
+        x = torch.randn(8, 4)
+        for _ in range(2):
+            optimizer.zero_grad()
+            loss = model(x).pow(2).sum()
+            hook.record_loss(loss)
+            loss.backward()
+            optimizer.step()
+    assert any("simulated failure" in r.getMessage() for r in caplog.records)
+    with open_trace(path) as trace:
+        assert trace.index("0.weight")[0].tolist() == [0, 1]
+        np.testing.assert_array_equal(trace.raw("0.weight", 0), before.numpy())
+        assert trace.stats("0.weight")[0, COL["min"]] == pytest.approx(float(before.min()))
+
+
+def test_tensors_that_do_not_hold_their_values_take_torchs_path() -> None:
+    """A lazily negated view (and any tensor subclass) keeps its values elsewhere than at
+    data_ptr(): the compiled kernel must not read it there."""
+    x = torch.tensor([1.0, -2.0, 3.0])
+    negated = torch._neg_view(x)
+    assert negated.is_neg() and not stats_module._fusable(negated)
+    assert not stats_module._fusable(torch.nn.Parameter(x).as_subclass(ASubclass))
+    (got,) = stats_module.statistics([negated], l1=True)
+    assert (got["min"], got["max"], got["mean"], got["l1"]) == (
+        -3.0,
+        2.0,
+        pytest.approx(-2 / 3),
+        6.0,
+    )
+
+
+class ASubclass(torch.Tensor):
+    """A tensor subclass: it may dispatch its operations anywhere (a DTensor does)."""
+
+
+def test_a_distributed_tensor_is_recorded_or_reported_never_a_crash(tmp_path: Path) -> None:
+    """A DTensor (FSDP2, tensor parallelism) has no memory of its own at data_ptr(): the
+    hook must not hand it to the compiled kernel (which would read address 0)."""
+    code = f"""
+import os, torch, torch.distributed as dist
+from torch import nn
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="{_free_port()}")
+dist.init_process_group("gloo", rank=0, world_size=1)
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.tensor import distribute_module
+from dbgcli.torch import attach
+model = distribute_module(nn.Linear(4, 3), init_device_mesh("cpu", (1,)))
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+with attach(model, optimizer, {str(tmp_path / "dtensor.h5")!r}, stats_every=1):
+    for parameter in model.parameters():
+        parameter.grad = torch.ones_like(parameter)
+    optimizer.step()
+print("training went on")
+dist.destroy_process_group()
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert "training went on" in done.stdout

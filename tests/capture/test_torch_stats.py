@@ -283,3 +283,20 @@ def test_a_reused_copy_is_not_read_as_an_older_records_values() -> None:
     stats = older.statistics()[0]
     assert stats.get("max") != 100.0 and stats.get("nan_count") != 0.0
     assert stats["count"] == STACK_BELOW
+
+
+@pytest.mark.parametrize("size", [768, 4096, 1 << 16])
+@pytest.mark.parametrize("centre", [0.3, 0.7, 3.0])
+def test_near_constant_tensors_keep_their_spread(
+    reduction_path: str, size: int, centre: float
+) -> None:
+    """A tensor whose spread is a few float32 steps of its mean (a LayerNorm weight barely
+    trained): its std is within a thousandth of float64's on both paths, and exact on the
+    compiled one (its second pass corrects the mean the first pass rounded)."""
+    x = centre + 1e-6 * torch.randn(size, generator=torch.Generator().manual_seed(size))
+    (got,) = statistics([x])
+    exact = x.double()
+    assert got["mean"] == pytest.approx(float(exact.mean()), rel=1e-7)
+    tolerance = 1e-9 if reduction_path == "compiled" else 1e-2
+    assert got["std"] == pytest.approx(float(exact.std(unbiased=False)), rel=tolerance)
+    assert got["l2"] == pytest.approx(float(exact.norm()), rel=1e-7)
