@@ -783,8 +783,9 @@ class TorchHook:
                     with torch.no_grad():
                         grad = grad / scale
                 grads.append((entry.grad_tag, grad))
-        # Statistics are computed by torch, where the tensors are, and reach the host with
-        # the step's activations and losses in one transfer.
+        # Statistics are computed where the tensors are (float32 ones in host memory by the
+        # compiled kernel) and reach the host with the step's activations and losses in one
+        # transfer.
         try:
             names = [entry.name for entry in weights]
             tensors: list[torch.Tensor] = [entry.parameter for entry in weights]

@@ -1,9 +1,15 @@
-"""Statistics of torch tensors computed with torch, where the tensors live, in batches.
+"""Statistics of torch tensors computed where they live: by a compiled kernel, or in batches.
 
 Copying every weight and gradient to host memory to compute statistics there costs more than a
 training step of a small model (and far more from a GPU); so does a handful of small torch
 operations per tensor, which cost tens of microseconds each whatever the tensor's size. Here:
 
+* Plain float32 tensors in host memory go through the **compiled kernel**
+  (:mod:`dbgcli.torch._fused`, built where a C compiler is present): one pass over each, one
+  call for all of a step's weights (or gradients, or activations of one shape), giving the
+  finished statistics rows (:func:`_fused_statistics`). torch's operations need five to seven
+  passes over a weight for the same numbers. Everything below is the path for the other
+  tensors (GPU, float16, bfloat16, float64), and for all of them without the kernel.
 * Tensors of one shape and dtype are **stacked** into one ``(k, n)`` block and reduced along
   its rows, so two hundred small parameters cost a few dozen operations (:class:`Reducer`).
   Tensors of 65,536 values or more are reduced one by one without a copy: their arithmetic
