@@ -574,8 +574,15 @@ def reduce_activations(
     with torch.no_grad():
         if n == 0:
             return Pending(transfer, first.device, 0, (), np.zeros(k), []), None
+        # A ReLU output is >= 0: its absolute sum is its sum and what is not positive is
+        # zero (checked against its minimum; the exact path takes it if that ever fails).
+        nonnegative = kind in _NONNEGATIVE_KINDS and collection == "activations"
+        measure = schema.unit_measure(kind)
+        axis = schema.default_unit_axis(first.dim())
         if all(_fusable(t) for t in tensors):
-            return _reduce_activations_fused(tensors, kind, collection, transfer)
+            return _reduce_activations_fused(
+                tensors, kind, collection, transfer, nonnegative, measure, axis
+            )
         work_dtype = first.dtype if first.dtype in _NATIVE else torch.float32
         if k == 1:
             source = first.detach()
@@ -589,12 +596,7 @@ def reduce_activations(
             )
             source = stacked = torch.stack([t.detach() for t in tensors], out=block_memory)
         block = stacked.reshape(k, n)
-        # A ReLU output is >= 0: its absolute sum is its sum and what is not positive is
-        # zero (the host checks the minimum, and takes the exact path if that ever fails).
-        nonnegative = kind in _NONNEGATIVE_KINDS and collection == "activations"
         columns = reduce_rows(block, l1=not nonnegative, centred=False, scratch=scratch)
-        measure = schema.unit_measure(kind)
-        axis = schema.default_unit_axis(first.dim())
         counts = None
         if measure is not None and axis is not None:
             counts = _unit_counts(stacked, measure, kind, collection, axis + 1, scratch)
@@ -629,17 +631,20 @@ def reduce_activations(
 
 
 def _reduce_activations_fused(
-    tensors: Sequence[torch.Tensor], kind: str, collection: str, transfer: Transfer
+    tensors: Sequence[torch.Tensor],
+    kind: str,
+    collection: str,
+    transfer: Transfer,
+    nonnegative: bool,
+    measure: str | None,
+    axis: int | None,
 ) -> tuple[Pending, list[Callable[[], np.ndarray]] | None]:
     """:func:`reduce_activations` by the compiled kernel: one pass over each record for its
     statistics and one for its per-unit counts, no stacking, complete at once."""
-    nonnegative = kind in _NONNEGATIVE_KINDS and collection == "activations"
     pending = _fused_statistics(
         tensors, transfer, l1=not nonnegative, signs=True, nonnegative=nonnegative
     )
     first = tensors[0]
-    measure = schema.unit_measure(kind)
-    axis = schema.default_unit_axis(first.dim())
     if measure is None or axis is None:
         return pending, None
     assert _fused is not None
