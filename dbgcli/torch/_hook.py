@@ -287,7 +287,8 @@ class _QueuedLoss:
 
     step: int
     mode: str
-    total: float | tuple[Transfer, torch.device, int]  # or where the transfer will hold it
+    # A float, a host tensor, or where the transfer will hold a device tensor.
+    total: float | torch.Tensor | tuple[Transfer, torch.device, int]
     count: int
 
     def write(self, writer: TraceWriter, live: LiveRules | None) -> None:
@@ -295,7 +296,7 @@ class _QueuedLoss:
         if isinstance(total, tuple):
             transfer, device, offset = total
             total = float(transfer.values(device)[offset])
-        mean = total / self.count
+        mean = float(total) / self.count
         writer.add_scalar("loss", mean, self.step, mode=self.mode)
         if live is not None and self.mode == "train":
             stop_if(writer, live.loss(mean, self.step))
@@ -963,7 +964,12 @@ class TorchHook:
     def _add_loss(self, loss: Any, mode: str, step: int) -> None:
         if not self._selected("loss"):
             return
-        value = loss.detach() if isinstance(loss, torch.Tensor) else float(loss)
+        if isinstance(loss, torch.Tensor):
+            if loss.numel() != 1:
+                raise ValueError(f"a loss has one value, got a tensor of shape {tuple(loss.shape)}")
+            value: Any = loss.detach()
+        else:
+            value = float(loss)
         pending = self._pending_loss.get(mode)
         if pending is not None and pending.step != step:
             self._write_pending_loss(lambda pending_mode, _: pending_mode == mode)
@@ -984,11 +990,9 @@ class TorchHook:
         for mode, pending in list(self._pending_loss.items()):
             if which(mode, pending):
                 del self._pending_loss[mode]
-                total: float | tuple[Transfer, torch.device, int]
-                if isinstance(pending.total, torch.Tensor):
-                    total = (self._transfer, *self._transfer.add(pending.total))
-                else:
-                    total = float(pending.total)
+                total = pending.total
+                if isinstance(total, torch.Tensor) and not total.is_cpu:
+                    total = (self._transfer, *self._transfer.add(total))
                 self._queue.append(_QueuedLoss(pending.step, mode, total, pending.count))
 
     def _write_everything(self) -> None:

@@ -708,6 +708,25 @@ def test_failures_become_one_log_message_and_training_goes_on(
         assert hook.step == 3
 
 
+def test_a_loss_of_several_values_is_refused(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Per-sample losses are not averaged silently into one figure, nor half recorded."""
+    model = make_net()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with attach(model, optimizer, tmp_path / "run.h5") as hook:
+        with caplog.at_level(logging.WARNING, logger="dbgcli"):
+            for x, y in batches(2):
+                hook.record_loss(torch.ones(2))
+                loss_fn(model, x, y).backward()
+                optimizer.step()
+        messages = [r.getMessage() for r in caplog.records if r.name == "dbgcli"]
+        assert len(messages) == 1, messages
+        assert "a loss has one value, got a tensor of shape (2,)" in messages[0]
+    with open_trace(tmp_path / "run.h5") as trace:
+        assert "loss" not in trace and trace.index("grad/fc1.weight")[0].tolist() == [0, 1]
+
+
 @pytest.mark.parametrize("variant", ["scaler-step", "explicit-unscale", "fused"])
 def test_gradients_are_unscaled_under_grad_scaler(
     tmp_path: Path, variant: str, no_dbg_warnings: None
@@ -1006,10 +1025,15 @@ class CountedReads:
 
 
 def test_one_transfer_per_recorded_step_and_none_otherwise(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_dbg_warnings: None
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    no_dbg_warnings: None,
+    reduction_path: str,
 ) -> None:
     """Weights, gradients, activations, unit measures and the losses of the steps since the
-    last one reach the host in one transfer per recorded step; other steps read nothing."""
+    last one reach the host in one transfer per recorded step; other steps read nothing. On
+    the compiled path every statistic is complete in host memory already, so nothing is
+    transferred: the host losses are read when they are written."""
     torch.manual_seed(0)
     model = make_net()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -1026,9 +1050,13 @@ def test_one_transfer_per_recorded_step_and_none_otherwise(
         optimizer.step()
         per_step.append(counted.take())
     hook.remove()
-    # One transfer; on the CPU it is one .cpu() and the hand-over one .numpy() of its result.
-    assert per_step == [(1, 2), (0, 0), (0, 0)] * 3
-    assert counted.take() == (1, 2)  # at close: the losses of the steps after the last record
+    # The torch path makes one transfer per recorded step (on the CPU one .cpu(), and the
+    # hand-over one .numpy() of its result); the compiled path none. Each host loss is read
+    # once when it is written: at the first record its own, then those of three steps.
+    transfers, transfer_reads = (0, 0) if reduction_path == "compiled" else (1, 2)
+    first, later = (transfers, transfer_reads + 1), (transfers, transfer_reads + 3)
+    assert per_step == [first, (0, 0), (0, 0), later, (0, 0), (0, 0), later, (0, 0), (0, 0)]
+    assert counted.take() == (0, 2)  # at close: the losses of the two steps after the last
     monkeypatch.undo()
     with open_trace(path) as trace:
         assert trace.scalar("loss").steps.tolist() == list(range(9))
