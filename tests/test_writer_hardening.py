@@ -393,7 +393,11 @@ def test_statistics_rows_added_at_once_are_checked_one_by_one(tmp_path: Path) ->
         no_tags: Any = None  # not even a sequence: one drop, no exception
         writer.add_tensor_stats_rows(no_tags, rows, 7, shapes=[], dtypes=[], collections=[])
         writer.add_tensor_stats_rows(["e"], rows[:1], 7, shapes=[], dtypes=[], collections=[])
-    assert writer.dropped_by_reason == {"tag": 1, "shape": 1, "stats": 1, "error": 2}
+        # The step is the call's: a bad one drops each of its records.
+        writer.add_tensor_stats_rows(
+            ["f", "g"], rows[:2], -1, shapes=[(1,), (1,)], dtypes=["f4"] * 2, collections=[None] * 2
+        )
+    assert writer.dropped_by_reason == {"tag": 1, "shape": 1, "stats": 1, "error": 2, "step": 2}
     with TraceWriter(alone) as writer:
         for index in (0, 3):
             writer.add_tensor_stats(
@@ -843,9 +847,16 @@ limit = int(sys.argv[2])
 resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 from dbgcli import TraceWriter
 writer = TraceWriter(sys.argv[1], flush_secs=3600)
+rows = np.zeros((1, 12))
 for step in range(400):
     writer.add_scalar("loss", float(step), step)
-    writer.add_tensor("w", np.full((32, 32), step, np.float32), step)
+    value = np.full((32, 32), step, np.float32)
+    if sys.argv[3] == "rows":  # as the hook records: statistics computed, the full tensor kept
+        writer.add_tensor_stats_rows(
+            ["w"], rows, step, shapes=[(32, 32)], dtypes=["f4"], collections=[None], values=[value]
+        )
+    else:
+        writer.add_tensor("w", value, step)
     if step % 20 == 19:
         writer.flush()
 writer.close()
@@ -854,11 +865,12 @@ print(json.dumps(dict(writer.dropped_by_reason)))
 
 
 @pytest.mark.parametrize("limit_kib", [1100, 1300, 1600, 2200])
-def test_a_file_size_limit_is_a_full_disk_too(tmp_path: Path, limit_kib: int) -> None:
+@pytest.mark.parametrize("how", ["tensor", "rows"])
+def test_a_file_size_limit_is_a_full_disk_too(tmp_path: Path, limit_kib: int, how: str) -> None:
     # RLIMIT_FSIZE needs no privileges: the same path as a full disk (EFBIG instead of ENOSPC).
     path = tmp_path / "run.h5"
     run = subprocess.run(
-        [sys.executable, "-c", FILE_SIZE_LIMIT, str(path), str(limit_kib << 10)],
+        [sys.executable, "-c", FILE_SIZE_LIMIT, str(path), str(limit_kib << 10), how],
         capture_output=True,
         text=True,
         timeout=300,

@@ -817,14 +817,13 @@ class TorchHook:
         are copied at once, since the values may change afterwards."""
         keep_raw = self.writer.raw_due(self._step)
         for tag, tensor, collection in records:
-            with torch.no_grad():
-                values = tensor.detach()
-                raw = values.clone() if keep_raw else None
+            values = tensor.detach()  # and its clone: no graph either way
+            raw = values.clone() if keep_raw else None
             held = _HeldActivation(
                 tag, values, values._version, collection, kind, mode, self._step, raw
             )
             self._held.append(held)
-            self._held_bytes += values.numel() * values.element_size()
+            self._held_bytes += values.nbytes
         self._queued_pass = (mode, self._step)
         if self._held_bytes > HELD_ACTIVATION_BYTES:
             self._reduce_held()

@@ -59,6 +59,7 @@ except ImportError:  # built without a C compiler: the torch operations compute 
 
 _NATIVE = (torch.float32, torch.float64)
 _PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
+_HOST = torch.device("cpu")
 
 #: Tensors with at least this many values are reduced alone, without being copied into a block.
 STACK_BELOW = 1 << 16
@@ -257,7 +258,7 @@ def _fusable(tensor: torch.Tensor) -> bool:
         _fused is not None
         and type(tensor) in _PLAIN_TENSORS
         and tensor.dtype == torch.float32
-        and tensor.device.type == "cpu"
+        and tensor.is_cpu
         and tensor.layout == torch.strided
         and tensor.is_contiguous()
         and not tensor.is_neg()
@@ -284,11 +285,12 @@ def _fused_statistics(
     done = np.empty(len(tensors), dtype=np.uint8)
     addresses = None if copies is None else _addresses(copies)
     _fused.reduce(_addresses(tensors), addresses, counts, table, done, l1, signs, nonnegative)
-    table[list(first_seen), _COLUMN["update_l2"]] = np.nan  # nothing to compare with yet
+    if first_seen:
+        table[list(first_seen), _COLUMN["update_l2"]] = np.nan  # nothing to compare with yet
     sources = tensors if copies is None else copies  # equal after the pass
     pending = Pending(
         transfer,
-        torch.device("cpu"),
+        _HOST,
         0,
         (),
         counts.astype(np.float64),
@@ -296,8 +298,9 @@ def _fused_statistics(
         nonnegative=nonnegative,
     )
     pending._table = table
-    for index in np.flatnonzero(done == 0).tolist():
-        pending.redo(index, l1)
+    if not done.all():
+        for index in np.flatnonzero(done == 0).tolist():
+            pending.redo(index, l1)
     return pending
 
 
@@ -350,6 +353,10 @@ class Reducer:
                 groups.setdefault((tensor.shape, tensor.dtype, tensor.device), []).append(index)
         blocks: list[tuple[list[int], Pending]] = []
         gathered: dict[tuple[Any, ...], tuple[list[int], list[_Reduced]]] = {}
+        if fused:
+            chosen = [tensors[i] for i in fused]
+            pending = self._reduce_fused(chosen, [names[i] for i in fused], transfer)
+            blocks.append((fused, pending))
         with torch.no_grad():
             for members in groups.values():
                 reduced = self._reduce_block(
@@ -362,10 +369,6 @@ class Reducer:
                 indices, parts = gathered.setdefault(key, ([], []))
                 indices.append(index)
                 parts.append(reduced)
-            if fused:
-                chosen = [tensors[i] for i in fused]
-                pending = self._reduce_fused(chosen, [names[i] for i in fused], transfer)
-                blocks.append((fused, pending))
         for indices, parts in gathered.values():
             blocks.append((indices, parts[0].queue(parts, transfer)))
         if empty:
@@ -385,7 +388,12 @@ class Reducer:
         first_seen: list[int] = []
         for row, (tensor, name) in enumerate(zip(members, names)):
             previous = self._previous.get(name)
-            if previous is None or previous.shape != tensor.shape or not _fusable(previous):
+            if (
+                previous is None
+                or previous.shape != tensor.shape
+                or previous.dtype != torch.float32  # kept by torch's path (a float64 block)
+                or not previous.is_cpu
+            ):
                 previous = self._previous[name] = torch.zeros_like(tensor)
                 first_seen.append(row)
             copies.append(previous)
@@ -571,18 +579,18 @@ def reduce_activations(
     kind = kind.lower()
     first = tensors[0]
     k, n = len(tensors), first.numel()
+    if n == 0:
+        return Pending(transfer, first.device, 0, (), np.zeros(k), []), None
+    # A ReLU output is >= 0: its absolute sum is its sum and what is not positive is zero
+    # (checked against its minimum; the exact path takes it if that ever fails).
+    nonnegative = kind in _NONNEGATIVE_KINDS and collection == "activations"
+    measure = schema.unit_measure(kind)
+    axis = schema.default_unit_axis(first.dim())
+    if all(_fusable(t) for t in tensors):
+        return _reduce_activations_fused(
+            tensors, kind, collection, transfer, nonnegative, measure, axis
+        )
     with torch.no_grad():
-        if n == 0:
-            return Pending(transfer, first.device, 0, (), np.zeros(k), []), None
-        # A ReLU output is >= 0: its absolute sum is its sum and what is not positive is
-        # zero (checked against its minimum; the exact path takes it if that ever fails).
-        nonnegative = kind in _NONNEGATIVE_KINDS and collection == "activations"
-        measure = schema.unit_measure(kind)
-        axis = schema.default_unit_axis(first.dim())
-        if all(_fusable(t) for t in tensors):
-            return _reduce_activations_fused(
-                tensors, kind, collection, transfer, nonnegative, measure, axis
-            )
         work_dtype = first.dtype if first.dtype in _NATIVE else torch.float32
         if k == 1:
             source = first.detach()

@@ -59,6 +59,8 @@ _BLOCK_BYTES = 1 << 20
 # headers, chunk indexes, the superblock), plus some per dataset written.
 _METADATA_ROOM = 1 << 20
 _ROOM_PER_DATASET = 16 << 10
+# Checked shapes, dtypes and texts kept for later calls of add_tensor_stats_rows.
+_CHECKED_LIMIT = 4096
 
 
 class _NoRoom(OSError):
@@ -417,8 +419,10 @@ class _TensorSeries:
         dtype: np.dtype,
         step: int,
         mode: int,
+        room: bool | None = None,
     ) -> None:
-        """A record whose statistics (and unit measures) were computed by the caller."""
+        """A record whose statistics (and unit measures) were computed by the caller; ``room``:
+        whether the disk space for ``raw`` is reserved already (None: reserve it now)."""
         self.finish_block()  # records stay in order when both kinds are mixed
         if not self.described:
             if self.unit_axis is None and self.measure is not None:
@@ -429,7 +433,7 @@ class _TensorSeries:
             self.pending_units.append(self._fit_units(units))
         if raw is not None and raw.size:
             segment = self._segment(raw.shape, raw.dtype)
-            self._keep_raw(segment, raw.reshape(1, *raw.shape))
+            self._keep_raw(segment, raw.reshape(1, *raw.shape), room)
             segment.pending_records.append(np.array([self.records], dtype=np.int64))
         self.index.pending_steps.append(step)
         self.index.pending_modes.append(mode)
@@ -512,11 +516,12 @@ class _TensorSeries:
         self.fill = 0
         self.keep_raw.clear()
 
-    def _keep_raw(self, segment: _RawSegment, rows: np.ndarray) -> None:
-        """Write full tensors now if the disk has room for them, else keep them for a commit."""
+    def _keep_raw(self, segment: _RawSegment, rows: np.ndarray, room: bool | None = None) -> None:
+        """Write full tensors now if the disk has room for them (``room``: known already),
+        else keep them for a commit."""
         values = segment.values
         try:
-            values.push(rows, self.writer._room(2 * rows.nbytes))
+            values.push(rows, self.writer._room(2 * rows.nbytes) if room is None else room)
         except Exception as error:  # noqa: BLE001 - kept in the queue, written at a commit
             self.writer._report_io(error)
 
@@ -669,6 +674,7 @@ class TraceWriter:
         self._closed = False
         self._scalars: dict[str, _ScalarSeries] = {}
         self._tensors: dict[str, _TensorSeries] = {}
+        self._checked: dict[Any, Any] = {}  # see _add_stats_rows
         self._last_step: int | None = None
         self._last_mode = -1
         self._newest: dict[int, int] = {}  # the newest step seen, per mode
@@ -1051,7 +1057,10 @@ class TraceWriter:
         values: Sequence[Any] | None,
     ) -> None:
         rows = rows.astype(np.float64, copy=False)
-        checked: dict[Any, Any] = {}  # shapes, dtypes and texts repeat within a step
+        # A hook sends the same shapes, dtypes and collections at every recorded step.
+        checked = self._checked
+        if len(checked) > _CHECKED_LIMIT:
+            checked.clear()
 
         def once(check: Any, value: Any, *args: Any) -> Any:
             key = (check, type(value), value, *args)
@@ -1063,13 +1072,25 @@ class TraceWriter:
             except TypeError:  # not hashable: checked every time (and likely rejected)
                 return check(value, *args)
 
+        try:
+            # The step, mode and kind are the call's: checked once, a failure drops every record.
+            step_number, mode_code = self._accept_when(step, mode)
+            kind_text = _checks.text(kind, "kind")
+        except Exception as error:  # noqa: BLE001 - never let recording kill training
+            for tag in tags:
+                self._drop(tag, error)
+            return
+        # One disk reservation for every full tensor of the call, rather than one each.
+        room = self._room_for(values) if values is not None else None
+        added = 0
+        nbytes = 0
         for index, tag in enumerate(tags):
             try:
-                tag, step_number, mode_code = self._accept(tag, step, mode)
+                if type(tag) is not str or tag not in self._tensors:
+                    tag = _checks.tag(tag)
                 dims = once(_checks.shape, shapes[index])
                 stored_dtype = once(_checks.dtype_check, dtypes[index])
                 collection = once(_checks.text, collections[index], "collection")
-                kind_text = once(_checks.text, kind, "kind")
                 value = None if values is None else values[index]
                 raw = None if value is None else _checks.array(value)
                 unit = None if units is None else units[index]
@@ -1086,12 +1107,15 @@ class TraceWriter:
                         False,
                     )
                 series.add_precomputed(
-                    rows[index], units_row, raw, dims, stored_dtype, step_number, mode_code
+                    rows[index], units_row, raw, dims, stored_dtype, step_number, mode_code, room
                 )
-                self._after_add(step_number, mode_code, 128 if raw is None else raw.nbytes)
+                added += 1
+                nbytes += 128 if raw is None else raw.nbytes
             except Exception as error:  # noqa: BLE001 - never let recording kill training
                 self._drop(tag, error)
                 self._forget_empty(tag)
+        if added:
+            self._after_add(step_number, mode_code, nbytes)
 
     def set_metadata(self, **values: Any) -> None:
         """Merge top-level keys into the run metadata (hyperparameters, framework, ...).
@@ -1239,6 +1263,13 @@ class TraceWriter:
             raise Rejected("closed", "the writer is closed")
         if type(tag) is not str or tag not in self._scalars and tag not in self._tensors:
             tag = _checks.tag(tag)
+        return (tag, *self._accept_when(step, mode))
+
+    def _accept_when(self, step: Any, mode: Any) -> tuple[int, int]:
+        """Check that records can be taken at ``step`` in ``mode``; returns ``(step, mode
+        code)``."""
+        if self._closed:
+            raise Rejected("closed", "the writer is closed")
         if self._io_error is not None and self._held_bytes > self.max_buffer_bytes:
             if time.monotonic() - self._last_flush >= self.flush_secs:
                 self._flush_locked()  # the disk may have room again
@@ -1250,7 +1281,7 @@ class TraceWriter:
         if type(step) is not int or not 0 <= step <= _checks.MAX_STEP:
             step = _checks.step(step)
         code = _MODE_CODES.get(mode) if type(mode) is str else None
-        return tag, step, _checks.mode(mode) if code is None else code
+        return step, _checks.mode(mode) if code is None else code
 
     def _forget_empty(self, tag: Any) -> None:
         """Remove what a tag's failed first record left behind: no empty series or group."""
@@ -1339,6 +1370,15 @@ class TraceWriter:
     def _room(self, nbytes: int) -> bool:
         """Reserve disk space for ``nbytes`` of data plus HDF5's metadata; False if full."""
         return self._claim.reserve(self._file.id.get_filesize(), nbytes + _METADATA_ROOM)
+
+    def _room_for(self, values: Sequence[Any]) -> bool | None:
+        """:meth:`_room` for full tensors about to be written (None: some size is unknown,
+        so each reserves its own)."""
+        try:
+            total = sum(0 if value is None else int(value.nbytes) for value in values)
+        except Exception:  # noqa: BLE001 - not arrays: checked and dropped one by one
+            return None
+        return self._room(2 * total) if total else None
 
     def _columns(self) -> list[_Appendable]:
         """Every dataset the writer appends to."""
