@@ -526,7 +526,7 @@ class TorchHook:
         """Record a loss; the losses of one step and mode are averaged into one record.
 
         Args:
-            loss: A scalar tensor or number (a tensor is detached, never modified).
+            loss: A scalar tensor (one value) or number; a tensor is detached, never modified.
             mode: ``train``, ``eval`` or ``predict`` (default: the mode of the latest forward
                 pass of the model).
             step: Default: for a training loss, the step of the latest training forward pass
@@ -984,8 +984,9 @@ class TorchHook:
             self._write_pending_loss(lambda pending_mode, _: pending_mode == "train")
 
     def _write_pending_loss(self, which: Callable[[str, _PendingLoss], bool]) -> None:
-        """Queue the losses ``which`` selects: a loss tensor reaches the host with the next
-        transfer, so that recording it never waits for the device."""
+        """Queue the losses ``which`` selects: a loss tensor on a device reaches the host with
+        the next transfer, so that recording it never waits for the device; one in host memory
+        is read when it is written."""
         for mode, pending in list(self._pending_loss.items()):
             if which(mode, pending):
                 del self._pending_loss[mode]
