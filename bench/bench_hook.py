@@ -17,8 +17,12 @@ the steps that record tensors, those that keep full tensors and the writer's per
 the first ``--warmup`` steps are left out on both sides (the hook's first records create the
 trace's datasets). Medians split it into steps that record tensors (``extra_rec``) and the
 others (``extra_other``), and the cost model ``extra_rec / N + extra_other * (N - 1) / N`` (N =
-``--stats-every``) predicts the mean overhead from them. Attaching (creating the trace) and
-closing (the last commit) are timed apart. ``--repeat`` runs the race that many times and
+``--stats-every``) predicts the mean overhead from them. The overhead is also split by kind
+of step (what each kind's extra seconds add to it; the parts sum to it): the steps that record
+tensors, those that also keep full tensors, the step after each record, and the rest. With an
+even ``--stats-every`` a recorded step is always one where the plain copy goes first, and the
+step after one where it goes second, so whatever going second costs weighs on the two in opposite directions: read
+them together. Attaching (creating the trace) and closing (the last commit) are timed apart. ``--repeat`` runs the race that many times and
 reports each overhead and their median.
 
 ``--hook-only`` records into a writer whose ``add_tensor``, ``add_tensor_stats`` and
@@ -173,11 +177,13 @@ def train_step(model: Model, x: torch.Tensor, y: torch.Tensor, hook: TorchHook |
 
 class Race(NamedTuple):
     """Per-step seconds of the plain and the hooked copy after the warm-up, which of those
-    steps recorded tensors, and the seconds of attaching plus closing."""
+    steps recorded tensors and which kept full tensors, and the seconds of attaching plus
+    closing."""
 
     plain: np.ndarray
     hooked: np.ndarray
     recorded: np.ndarray
+    raw: np.ndarray
     once: float
 
     def overhead(self) -> float:
@@ -188,6 +194,11 @@ class Race(NamedTuple):
         if not chosen.any():
             return 0.0
         return float(np.median(self.hooked[chosen]) - np.median(self.plain[chosen]))
+
+    def share(self, chosen: np.ndarray) -> float:
+        """What the chosen steps add to the overhead: their extra seconds over all plain ones
+        (the shares of a partition of the steps sum to the overhead)."""
+        return float((self.hooked[chosen] - self.plain[chosen]).sum() / self.plain.sum())
 
     def predicted(self, every: int) -> float:
         """The cost model: extra per recorded step / N + extra per other step * (N - 1) / N,
@@ -217,7 +228,8 @@ def race(args: argparse.Namespace, data: list[Batch], trace: Path) -> Race:
     once += time.perf_counter() - start
     steps = np.arange(args.warmup, len(data))
     recorded = steps % args.stats_every == 0
-    return Race(times[args.warmup :, 0], times[args.warmup :, 1], recorded, once)
+    raw = recorded & (steps % args.raw_every == 0) if args.raw_every else np.zeros_like(recorded)
+    return Race(times[args.warmup :, 0], times[args.warmup :, 1], recorded, raw, once)
 
 
 def profile(args: argparse.Namespace, data: list[Batch], trace: Path) -> None:
@@ -306,6 +318,19 @@ def report(args: argparse.Namespace, races: list[Race]) -> Race:
         f"{middle.predicted(args.stats_every) * middle.plain.mean() * 1e3:.2f} ms/step, "
         f"{middle.predicted(args.stats_every) * 100:+.1f} % of a plain step "
         f"(races: {', '.join(f'{p:+.1f}' for p in sorted(predicted))} %)"
+    )
+    after = np.roll(middle.recorded, 1) & ~middle.recorded
+    after[0] = False
+    kinds = (
+        ("recording tensors", middle.recorded & ~middle.raw),
+        ("keeping full tensors", middle.raw),
+        ("the step after a record", after),
+        ("other steps", ~middle.recorded & ~after),
+    )
+    print(
+        "  overhead by kind of step  "
+        + ", ".join(f"{label} {middle.share(chosen) * 100:+.1f}" for label, chosen in kinds)
+        + " %"
     )
     print(f"  attach+close  {middle.once * 1e3:8.2f} ms once")
     return middle
