@@ -29,14 +29,16 @@ race that many times and reports each overhead and their median.
 
 ``--hook-only`` records into a writer whose ``add_tensor``, ``add_tensor_stats`` and
 ``add_scalar`` do nothing, which separates what the hook does on the training thread (forward
-and optimizer hooks, torch's statistics) from the writer's (buffering, HDF5). ``--profile``
-profiles one hooked run with pyinstrument (``pip install pyinstrument``); ``--breakdown`` times
-the parts of the hook (reductions of weights and gradients, of activations, the hand-over to
-the writer) per recorded step in one hooked run.
+and optimizer hooks, torch's statistics) from the writer's (buffering, HDF5). ``--include`` and
+``--exclude`` pass globs to ``attach`` to leave parts of the recording out (``--include
+nothing``: the hook's calls with nothing to record). ``--profile`` profiles one hooked run
+with pyinstrument (``pip install pyinstrument``); ``--breakdown`` times the parts of the hook
+(reductions of weights and gradients, of activations, the hand-over to the writer) per
+recorded step in one hooked run.
 
 Run: ``python bench/bench_hook.py [--all] [--model mlp] [--repeat 3] [--steps 300] [--batch 64]
-[--stats-every 1] [--threads N] [--hook-only] [--profile] [--breakdown]
-[--small-only]``.
+[--stats-every 1] [--threads N] [--hook-only] [--include GLOB] [--exclude GLOB] [--profile]
+[--breakdown] [--small-only]``.
 """
 
 from __future__ import annotations
@@ -157,12 +159,11 @@ def describe(args: argparse.Namespace) -> str:
 
 
 def attach_hook(args: argparse.Namespace, model: Model, trace: Path) -> TorchHook:
+    chosen = {"stats_every": args.stats_every, "include": args.include, "exclude": args.exclude}
     if args.hook_only:
         writer = NullWriter(trace, overwrite=True, raw_every=args.raw_every)
-        return attach(*model, writer, stats_every=args.stats_every)
-    return attach(
-        *model, trace, raw_every=args.raw_every, stats_every=args.stats_every, overwrite=True
-    )
+        return attach(*model, writer, **chosen)
+    return attach(*model, trace, raw_every=args.raw_every, overwrite=True, **chosen)
 
 
 def train_step(model: Model, x: torch.Tensor, y: torch.Tensor, hook: TorchHook | None) -> float:
@@ -302,7 +303,10 @@ def report(args: argparse.Namespace, races: list[Race]) -> Race:
         f"{describe(args)}, batch {args.batch}, {args.steps} steps "
         f"(first {args.warmup} left out), statistics every {args.stats_every}, "
         f"raw every {args.raw_every}, torch threads {torch.get_num_threads()}, "
-        f"{len(races)} races" + (", hook only (records dropped)" if args.hook_only else "")
+        f"{len(races)} races"
+        + (", hook only (records dropped)" if args.hook_only else "")
+        + (f", include {args.include}" if args.include else "")
+        + (f", exclude {args.exclude}" if args.exclude else "")
     )
     each = ", ".join(f"{r.overhead() * 100:+.1f}" for r in races)
     print(f"  overhead      {middle.overhead() * 100:+8.1f} %   (mean step; races: {each} %)")
@@ -432,6 +436,14 @@ def main() -> None:
     parser.add_argument(
         "--hook-only", action="store_true", help="record into a writer that drops everything"
     )
+    for option in ("include", "exclude"):
+        parser.add_argument(
+            f"--{option}",
+            action="append",
+            metavar="GLOB",
+            help=f"passed to attach's {option}= (repeatable): what each part of the recording "
+            "costs; --include nothing leaves only the hook's calls",
+        )
     parser.add_argument("--profile", action="store_true", help="profile one hooked run afterwards")
     parser.add_argument(
         "--breakdown", action="store_true", help="time the parts of the hook in one hooked run"
