@@ -242,8 +242,7 @@ class _QueuedTensors:
     def keep_raws(self) -> None:
         """Copy the full tensors, if still live: they are about to change."""
         if self.raws is not None and self.raws_live:
-            with torch.no_grad():
-                self.raws = [raw.clone() for raw in self.raws]
+            self.raws = [raw.clone() for raw in self.raws]  # detached: no graph to record
             self.raws_live = False
 
     def write(self, writer: TraceWriter, live: LiveRules | None) -> None:
@@ -295,7 +294,7 @@ class _QueuedLoss:
         total = self.total
         if isinstance(total, tuple):
             transfer, device, offset = total
-            total = float(transfer.values(device)[offset])
+            total = transfer.values(device)[offset]
         mean = float(total) / self.count
         writer.add_scalar("loss", mean, self.step, mode=self.mode)
         if live is not None and self.mode == "train":

@@ -1259,7 +1259,7 @@ class TraceWriter:
     # -- internals ----------------------------------------------------------------------------
     def _accept(self, tag: Any, step: Any, mode: Any) -> tuple[str, int, int]:
         """Check a record's tag, step and mode; returns ``(tag, step, mode code)``."""
-        if self._closed:  # reported before a bad tag, as _accept_when would
+        if self._closed:  # the reason, even for a record whose tag is bad too
             raise Rejected("closed", "the writer is closed")
         if type(tag) is not str or tag not in self._scalars and tag not in self._tensors:
             tag = _checks.tag(tag)
