@@ -254,7 +254,7 @@ PARTS = (
     ("reductions of weights and gradients", "Reducer", "reduce"),
     ("reductions of activations", "TorchHook", "_reduce_held"),
     ("hand-over to the writer", "TorchHook", "_hand_over"),
-    ("all of the optimizer-step hook", "TorchHook", "_optimizer_pre_step"),
+    ("all of the optimizer-step hook", "TorchHook", "_before_optimizer_step"),
 )
 
 

@@ -435,6 +435,11 @@ class TorchHook:
         _check_stats_every(stats_every)
         check_stop_on(stop_on)
         self.model = _unwrap(model)
+        # Replicas of nn.DataParallel run the model's hooks in threads of their own, and a
+        # compiled model keeps the hooks it was compiled with: their activation hooks stay.
+        self._toggles_activation_hooks = not (
+            isinstance(model, nn.DataParallel) or hasattr(model, "_orig_mod")
+        )
         self.enabled = True
         # The caller's types first, so that a subclass of a default type gets the caller's kind.
         extra = dict(activation_kinds or {})
@@ -450,6 +455,10 @@ class TorchHook:
         self._selected = _Selector(include, exclude)
         self._parameters = self._select_parameters()
         self._handles: list[RemovableHandle] = []
+        # Activation hooks, registered only while a pass that records tensors runs (see
+        # _arm_activation_hooks); the handles of those registered now.
+        self._activation_hooks: list[tuple[nn.Module, Callable[..., None]]] = []
+        self._armed: list[RemovableHandle] = []
         self._removed = False
         self._failures = FailureReporter()
         self._forward_depth = 0
@@ -536,7 +545,10 @@ class TorchHook:
         recorded); an evaluation loss when training resumes, at :meth:`flush` or
         :meth:`remove`. The average is the plain mean of the recorded values.
         """
-        self._guard("recording the loss", lambda: self._add_loss(loss, *self._where(mode, step)))
+        try:
+            self._add_loss(loss, *self._where(mode, step))
+        except Exception as error:  # noqa: BLE001 - recording must never stop training
+            self._warn("recording the loss", error)
 
     def record(
         self,
@@ -620,9 +632,10 @@ class TorchHook:
         if self._removed:
             return
         self._removed = True
-        for handle in self._handles:
+        for handle in [*self._handles, *self._armed]:
             handle.remove()
         self._handles.clear()
+        self._armed.clear()
         self._guard("closing the trace", self._close)
 
     def __enter__(self) -> TorchHook:
@@ -671,9 +684,26 @@ class TorchHook:
             if kind in PREACTIVATION_KINDS and self._selected(name, f"preact/{name}"):
                 preact_tag = f"preact/{name}"
             if act_tag or preact_tag:
-                self._handles.append(
-                    module.register_forward_hook(self._activation_hook(kind, act_tag, preact_tag))
+                self._activation_hooks.append(
+                    (module, self._activation_hook(kind, act_tag, preact_tag))
                 )
+        # Until the model is called as a whole, its activation hooks are what marks a pass.
+        self._arm_activation_hooks(True)
+
+    def _arm_activation_hooks(self, armed: bool) -> None:
+        """Register the activation hooks (each before any other forward hook of its module, so
+        that it sees the module's own output), or remove them. A module with a forward hook
+        takes torch's slow call path, which costs microseconds per call even for a hook that
+        returns at once: removed between the passes that record tensors, they cost nothing."""
+        if armed and not self._armed:
+            self._armed = [
+                module.register_forward_hook(hook, prepend=True)
+                for module, hook in self._activation_hooks
+            ]
+        elif not armed and self._armed:
+            for handle in self._armed:
+                handle.remove()
+            self._armed = []
 
     # -- hooks --------------------------------------------------------------------------------
     def _before_model_forward(self, module: nn.Module, args: Any) -> None:
@@ -682,20 +712,27 @@ class TorchHook:
         if self._forward_depth == 1 and self.enabled:
             # The mode of the whole pass is decided here, so that activation checkpointing
             # (which runs segments under no_grad) does not turn training records into eval.
-            self._root_mode = _forward_mode(module)
-            self._guard("starting a forward pass", lambda: self._note_forward(self._root_mode))
+            mode = self._root_mode = _forward_mode(module)
+            try:
+                self._note_forward(mode)
+                if self._toggles_activation_hooks and not torch.compiler.is_compiling():
+                    self._arm_activation_hooks(self._tensors_due(mode))
+            except Exception as error:  # noqa: BLE001 - recording must never stop training
+                self._warn("starting a forward pass", error)
 
     def _after_model_forward(self, module: nn.Module, args: Any, output: Any) -> None:
         self._forward_depth = max(0, self._forward_depth - 1)
         if self._forward_depth == 0 and self.enabled:
-            self._guard("recording activations", self._reduce_held)
+            if self._held:
+                self._guard("recording activations", self._reduce_held)
             if self.capture_loss:
-                self._guard("capturing the loss", lambda: self._capture_loss(output))
-
-    def _capture_loss(self, output: Any) -> None:
-        loss = _find_loss(output)
-        if loss is not None:
-            self._add_loss(loss, self._root_mode, self._default_step(self._root_mode))
+                try:
+                    loss = _find_loss(output)
+                    if loss is not None:
+                        mode = self._root_mode
+                        self._add_loss(loss, mode, self._default_step(mode))
+                except Exception as error:  # noqa: BLE001 - recording must never stop training
+                    self._warn("capturing the loss", error)
 
     def _activation_hook(
         self, kind: str, act_tag: str | None, preact_tag: str | None
@@ -728,15 +765,15 @@ class TorchHook:
         return hook
 
     def _before_optimizer_step(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:
-        self._guard("recording the optimizer step", lambda: self._optimizer_pre_step(optimizer))
-
-    def _optimizer_pre_step(self, optimizer: Optimizer) -> None:
-        # Set by GradScaler.step only for optimizers that unscale inside a fused kernel.
-        scale = getattr(optimizer, "grad_scale", None)
-        found_inf = getattr(optimizer, "found_inf", None)
-        self._skipping_update = isinstance(found_inf, torch.Tensor) and bool(found_inf.item())
-        if not self._skipping_update:
-            self._record_parameters(optimizer, scale)
+        try:
+            # Set by GradScaler.step only for optimizers that unscale inside a fused kernel.
+            scale = getattr(optimizer, "grad_scale", None)
+            found_inf = getattr(optimizer, "found_inf", None)
+            self._skipping_update = isinstance(found_inf, torch.Tensor) and bool(found_inf.item())
+            if not self._skipping_update:
+                self._record_parameters(optimizer, scale)
+        except Exception as error:  # noqa: BLE001 - recording must never stop training
+            self._warn("recording the optimizer step", error)
 
     def _after_optimizer_step(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:
         if self._skipping_update:
@@ -765,7 +802,7 @@ class TorchHook:
         if not self._tensors_due("train"):
             if time.monotonic() - self._sent_at >= writer.flush_secs:
                 self._send()  # the scalars reach the writer at least once a commit interval
-            else:
+            elif self._in_flight:
                 self._hand_over(wait=False)
             return
         # The memory the last recorded step's statistics were stacked into is reused now.
@@ -941,13 +978,14 @@ class TorchHook:
         self._last_mode = mode
         if mode == "train":
             self._last_train_forward_step = self._step
-            # A training pass ends the evaluation pass before it.
-            self._write_pending_loss(lambda pending_mode, _: pending_mode != "train")
+            if self._pending_loss:
+                # A training pass ends the evaluation pass before it.
+                self._write_pending_loss(lambda pending_mode, _: pending_mode != "train")
         if self._queued_pass not in (None, (mode, self._step)):
             # The pass whose tensors are queued is over (an evaluation, or a training step
             # no optimizer step recorded): send them rather than hold their sources.
             self._send()
-        else:
+        elif self._in_flight:
             self._hand_over(wait=False)
 
     def _default_step(self, mode: str) -> int:

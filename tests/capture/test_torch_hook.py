@@ -657,6 +657,68 @@ def test_remove_restores_the_model_and_optimizer(tmp_path: Path, no_dbg_warnings
         assert trace.index("fc1.weight")[0].tolist() == [0]
 
 
+def activation_hooks(model: nn.Module) -> list[int]:
+    """Forward hooks on each activation module of make_net."""
+    return [len(model.get_submodule(name)._forward_hooks) for name in ("relu", "tanh", "sigmoid")]
+
+
+def test_activation_hooks_are_registered_only_for_passes_that_record_tensors(
+    tmp_path: Path, no_dbg_warnings: None
+) -> None:
+    model = make_net()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    during = []
+    with attach(model, optimizer, tmp_path / "run.h5", stats_every=3):
+        for x, y in batches(5):
+            optimizer.zero_grad()
+            loss_fn(model, x, y).backward()
+            during.append(activation_hooks(model))
+            optimizer.step()
+        model.eval()
+        with torch.no_grad():
+            model(x)
+        during.append(activation_hooks(model))
+    assert during == [[1, 1, 1], [0, 0, 0], [0, 0, 0], [1, 1, 1], [0, 0, 0], [1, 1, 1]]
+    assert activation_hooks(model) == [0, 0, 0]
+    with open_trace(tmp_path / "run.h5") as trace:
+        steps, modes = trace.index("act/relu")
+        assert steps.tolist() == [0, 3, 5]
+        assert modes.tolist() == [schema.MODE_CODES["train"]] * 2 + [schema.MODE_CODES["eval"]]
+
+
+def test_an_activation_is_its_modules_own_output_whatever_hooks_follow(
+    tmp_path: Path, no_dbg_warnings: None
+) -> None:
+    model = make_net()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with attach(model, optimizer, tmp_path / "run.h5", stats_every=2):
+        # Registered after attach: dbg's hook, re-registered at steps 2 and 4, still runs first.
+        model.relu.register_forward_hook(lambda module, args, output: output + 100.0)
+        for x, y in batches(5):
+            optimizer.zero_grad()
+            loss_fn(model, x, y).backward()
+            optimizer.step()
+    with open_trace(tmp_path / "run.h5") as trace:
+        assert trace.index("act/relu")[0].tolist() == [0, 2, 4]
+        assert (trace.stats("act/relu")[:, COL["max"]] < 100.0).all()
+
+
+def test_under_data_parallel_the_activation_hooks_stay(
+    tmp_path: Path, no_dbg_warnings: None
+) -> None:
+    # Its replicas run the hooks in threads of their own: none is registered or removed then.
+    model = make_net()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    parallel = nn.DataParallel(model)
+    with attach(parallel, optimizer, tmp_path / "run.h5", stats_every=3):
+        for x, y in batches(2):
+            optimizer.zero_grad()
+            loss_fn(parallel, x, y).backward()
+            assert activation_hooks(model) == [1, 1, 1]
+            optimizer.step()
+    assert activation_hooks(model) == [0, 0, 0]
+
+
 def test_a_writer_passed_in_stays_open_and_keeps_its_settings(
     tmp_path: Path, no_dbg_warnings: None
 ) -> None:
