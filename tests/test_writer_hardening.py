@@ -367,6 +367,26 @@ def test_values_finite_or_not_are_data(tmp_path: Path) -> None:
         assert trace.tag("deep").shape == (1,) * 31
 
 
+def test_statistics_rows_sent_again_are_checked_alike(tmp_path: Path) -> None:
+    """The checks of a call's shapes, dtypes and collections are kept for the next call with
+    the same ones (a hook sends the same at every step): a bad record is dropped every time."""
+    rows = np.zeros((2, len(schema.STAT_COLUMNS)))
+    with TraceWriter(tmp_path / "again.h5") as writer:
+        for step in range(3):
+            writer.add_tensor_stats_rows(
+                ["good", "bad"],
+                rows,
+                step,
+                shapes=[(2,), (2, -1)],
+                dtypes=["f4", "f4"],
+                collections=["weights", "weights"],
+            )
+    assert writer.dropped_by_reason == {"shape": 3}
+    with open_trace(tmp_path / "again.h5") as trace:
+        assert trace.index("good")[0].tolist() == [0, 1, 2]
+        assert "bad" not in trace
+
+
 def test_statistics_rows_added_at_once_are_checked_one_by_one(tmp_path: Path) -> None:
     """add_tensor_stats_rows records what add_tensor_stats would, record for record: a bad
     record is dropped alone, and rows of the wrong shape drop the call's records."""

@@ -59,7 +59,7 @@ _BLOCK_BYTES = 1 << 20
 # headers, chunk indexes, the superblock), plus some per dataset written.
 _METADATA_ROOM = 1 << 20
 _ROOM_PER_DATASET = 16 << 10
-# Checked shapes, dtypes and texts kept for later calls of add_tensor_stats_rows.
+# Calls of add_tensor_stats_rows whose checked shapes, dtypes and collections are kept.
 _CHECKED_LIMIT = 4096
 
 
@@ -674,7 +674,7 @@ class TraceWriter:
         self._closed = False
         self._scalars: dict[str, _ScalarSeries] = {}
         self._tensors: dict[str, _TensorSeries] = {}
-        self._checked: dict[Any, Any] = {}  # see _add_stats_rows
+        self._checked: dict[Any, Any] = {}  # see _checked_records
         self._last_step: int | None = None
         self._last_mode = -1
         self._newest: dict[int, int] = {}  # the newest step seen, per mode
@@ -1057,21 +1057,6 @@ class TraceWriter:
         values: Sequence[Any] | None,
     ) -> None:
         rows = rows.astype(np.float64, copy=False)
-        # A hook sends the same shapes, dtypes and collections at every recorded step.
-        checked = self._checked
-        if len(checked) > _CHECKED_LIMIT:
-            checked.clear()
-
-        def once(check: Any, value: Any, *args: Any) -> Any:
-            key = (check, type(value), value, *args)
-            try:
-                return checked[key]
-            except KeyError:
-                result = checked[key] = check(value, *args)
-                return result
-            except TypeError:  # not hashable: checked every time (and likely rejected)
-                return check(value, *args)
-
         try:
             # The step, mode and kind are the call's: checked once, a failure drops every record.
             step_number, mode_code = self._accept_when(step, mode)
@@ -1084,13 +1069,15 @@ class TraceWriter:
         room = self._room_for(values) if values is not None else None
         added = 0
         nbytes = 0
+        checked = self._checked_records(len(tags), shapes, dtypes, collections)
         for index, tag in enumerate(tags):
             try:
                 if type(tag) is not str or tag not in self._tensors:
                     tag = _checks.tag(tag)
-                dims = once(_checks.shape, shapes[index])
-                stored_dtype = once(_checks.dtype_check, dtypes[index])
-                collection = once(_checks.text, collections[index], "collection")
+                answer = checked[index]
+                if isinstance(answer, Exception):
+                    raise answer.with_traceback(None)  # no traceback grows with each call
+                dims, stored_dtype, collection = answer
                 value = None if values is None else values[index]
                 raw = None if value is None else _checks.array(value)
                 unit = None if units is None else units[index]
@@ -1116,6 +1103,36 @@ class TraceWriter:
                 self._forget_empty(tag)
         if added:
             self._after_add(step_number, mode_code, nbytes)
+
+    def _checked_records(
+        self, count: int, shapes: Any, dtypes: Any, collections: Any
+    ) -> list[tuple[tuple[int, ...], np.dtype, str | None] | Exception]:
+        """Per record of a :meth:`add_tensor_stats_rows` call, its checked shape, stored dtype
+        and collection, or why it is refused. A hook sends the same at every recorded step, so
+        the answers are kept per call's values (a bounded cache)."""
+        try:
+            key: Any = (count, tuple(shapes), tuple(dtypes), tuple(collections))
+            answers = self._checked.get(key)
+        except TypeError:  # not hashable (or not sequences): checked every time
+            key, answers = None, None
+        if answers is None:
+            answers = []
+            for index in range(count):
+                try:
+                    answers.append(
+                        (
+                            _checks.shape(shapes[index]),
+                            _checks.dtype_check(dtypes[index]),
+                            _checks.text(collections[index], "collection"),
+                        )
+                    )
+                except Exception as error:  # noqa: BLE001 - the record is refused alone
+                    answers.append(error)
+            if key is not None:
+                if len(self._checked) >= _CHECKED_LIMIT:
+                    self._checked.clear()
+                self._checked[key] = answers
+        return answers
 
     def set_metadata(self, **values: Any) -> None:
         """Merge top-level keys into the run metadata (hyperparameters, framework, ...).
