@@ -438,7 +438,9 @@ class TorchHook:
         # Replicas of nn.DataParallel run the model's hooks in threads of their own, and a
         # compiled model keeps the hooks it was compiled with: their activation hooks stay.
         self._toggles_activation_hooks = not (
-            isinstance(model, nn.DataParallel) or hasattr(model, "_orig_mod")
+            isinstance(model, nn.DataParallel)
+            or hasattr(model, "_orig_mod")  # torch.compile(model)
+            or getattr(model, "_compiled_call_impl", None) is not None  # model.compile()
         )
         self.enabled = True
         # The caller's types first, so that a subclass of a default type gets the caller's kind.
