@@ -16,16 +16,18 @@ and every step is timed. The overhead is that of the mean step over the run, whi
 steps that record tensors, those that keep full tensors and the writer's periodic commits; the
 first ``--warmup`` steps are left out on both sides, and the hook is flushed after them: the
 first commit creates the trace's datasets, a one-off cost (about 0.3 s for the transformer's
-940) timed with attaching, not a per-step one. Medians split it into steps that record tensors
-(``extra_rec``) and the others (``extra_other``), and the cost model ``extra_rec / N +
-extra_other * (N - 1) / N`` (N = ``--stats-every``) predicts the mean overhead from them. The
-overhead is also split by kind of step (what each kind's extra seconds add to it; the parts sum
-to it): the steps that record tensors, those that also keep full tensors, the step after each
-record, and the rest. With an even ``--stats-every`` a recorded step is always one where the
-plain copy goes first, and the step after one where it goes second, so whatever going second
-costs weighs on the two in opposite directions: read them together. Attaching (creating the
-trace), the first commit and closing (the last commit) are timed apart. ``--repeat`` runs the
-race that many times and reports each overhead and their median.
+940) timed with attaching, not a per-step one. The copy that goes second in a step follows the
+other copy, whose tensors fill the caches, where the one that goes first follows itself: that
+costs it a few percent of a step (printed as the order's cost), and with an even
+``--stats-every`` it would weigh on every recorded step, which the hooked copy always takes
+second. It cancels in the mean, and is taken out of each step's extra seconds for what
+follows. Medians of those split the overhead into steps that record tensors (``extra_rec``)
+and the others (``extra_other``), and the cost model ``extra_rec / N + extra_other * (N - 1) /
+N`` (N = ``--stats-every``) predicts the mean overhead from them. The overhead is also split
+by kind of step (what each kind's extra seconds add to it; the parts sum to it): the steps
+that record tensors, those that also keep full tensors, the step after each record, and the
+rest. Attaching (creating the trace), the first commit and closing (the last commit) are timed
+apart. ``--repeat`` runs the race that many times and reports each overhead and their median.
 
 ``--hook-only`` records into a writer whose ``add_tensor``, ``add_tensor_stats`` and
 ``add_scalar`` do nothing, which separates what the hook does on the training thread (forward
@@ -180,28 +182,51 @@ def train_step(model: Model, x: torch.Tensor, y: torch.Tensor, hook: TorchHook |
 
 class Race(NamedTuple):
     """Per-step seconds of the plain and the hooked copy after the warm-up, which of those
-    steps recorded tensors and which kept full tensors, and the seconds of attaching, the
-    first commit and closing."""
+    steps recorded tensors, which kept full tensors and in which the hooked copy went first,
+    and the seconds of attaching, the first commit and closing."""
 
     plain: np.ndarray
     hooked: np.ndarray
     recorded: np.ndarray
     raw: np.ndarray
+    hooked_first: np.ndarray
     once: float
 
     def overhead(self) -> float:
         return float(self.hooked.mean() / self.plain.mean() - 1)
 
+    def order_cost(self) -> float:
+        """Seconds a step costs the copy that goes second: it follows the other copy, whose
+        tensors fill the caches, where the one that goes first follows itself (the order
+        alternates). Half the gap between the median extra seconds of the two orders, over
+        the steps that neither record tensors nor follow a record."""
+        extra = self.hooked - self.plain
+        usual = ~self.recorded & ~np.roll(self.recorded, 1)
+        second, first = usual & ~self.hooked_first, usual & self.hooked_first
+        if not (second.any() and first.any()):  # every step records (--stats-every 1, 2)
+            return 0.0
+        return float(np.median(extra[second]) - np.median(extra[first])) / 2
+
+    def extras(self) -> np.ndarray:
+        """Per step, the hooked copy's extra seconds with the order of the race taken out.
+        With an even ``--stats-every`` every recorded step is one where the hooked copy goes
+        second, and the step after one where it goes first: without this, the medians of
+        both would carry the order's cost, in opposite directions. (Over as many steps of each
+        order, as the default 280, their sum is that of the raw differences.)"""
+        order = self.order_cost()
+        extra = self.hooked - self.plain
+        return np.where(self.hooked_first, extra + order, extra - order)
+
     def extra(self, chosen: np.ndarray) -> float:
         """Median extra seconds of the chosen steps (0 if none)."""
         if not chosen.any():
             return 0.0
-        return float(np.median(self.hooked[chosen]) - np.median(self.plain[chosen]))
+        return float(np.median(self.extras()[chosen]))
 
     def share(self, chosen: np.ndarray) -> float:
         """What the chosen steps add to the overhead: their extra seconds over all plain ones
         (the shares of a partition of the steps sum to the overhead)."""
-        return float((self.hooked[chosen] - self.plain[chosen]).sum() / self.plain.sum())
+        return float(self.extras()[chosen].sum() / self.plain.sum())
 
     def predicted(self, every: int) -> float:
         """The cost model: extra per recorded step / N + extra per other step * (N - 1) / N,
@@ -236,7 +261,8 @@ def race(args: argparse.Namespace, data: list[Batch], trace: Path) -> Race:
     steps = np.arange(args.warmup, len(data))
     recorded = steps % args.stats_every == 0
     raw = recorded & (steps % args.raw_every == 0) if args.raw_every else np.zeros_like(recorded)
-    return Race(times[args.warmup :, 0], times[args.warmup :, 1], recorded, raw, once)
+    hooked_first = steps % 2 == 1
+    return Race(times[args.warmup :, 0], times[args.warmup :, 1], recorded, raw, hooked_first, once)
 
 
 def profile(args: argparse.Namespace, data: list[Batch], trace: Path) -> None:
@@ -341,6 +367,9 @@ def report(args: argparse.Namespace, races: list[Race]) -> Race:
         "  overhead by kind of step  "
         + ", ".join(f"{label} {middle.share(chosen) * 100:+.1f}" for label, chosen in kinds)
         + " %"
+    )
+    print(
+        f"  order of the race   the copy going second pays {middle.order_cost() * 1e3:+.2f} ms/step"
     )
     print(f"  attach, first commit, close {middle.once * 1e3:8.2f} ms once")
     return middle

@@ -455,6 +455,7 @@ class TorchHook:
         self._owns_writer = owns_writer
         self._step = 0
         self._selected = _Selector(include, exclude)
+        self._records_loss = self._selected("loss")
         self._parameters = self._select_parameters()
         self._handles: list[RemovableHandle] = []
         # Activation hooks, registered only while a pass that records tensors runs (see
@@ -717,8 +718,10 @@ class TorchHook:
             mode = self._root_mode = _forward_mode(module)
             try:
                 self._note_forward(mode)
-                if self._toggles_activation_hooks and not torch.compiler.is_compiling():
-                    self._arm_activation_hooks(self._tensors_due(mode))
+                if self._toggles_activation_hooks:
+                    due = self._tensors_due(mode)
+                    if due != bool(self._armed) and not torch.compiler.is_compiling():
+                        self._arm_activation_hooks(due)
             except Exception as error:  # noqa: BLE001 - recording must never stop training
                 self._warn("starting a forward pass", error)
 
@@ -727,7 +730,7 @@ class TorchHook:
         if self._forward_depth == 0 and self.enabled:
             if self._held:
                 self._guard("recording activations", self._reduce_held)
-            if self.capture_loss:
+            if self.capture_loss and not isinstance(output, torch.Tensor):
                 try:
                     loss = _find_loss(output)
                     if loss is not None:
@@ -789,7 +792,8 @@ class TorchHook:
     # -- recording ----------------------------------------------------------------------------
     def _record_parameters(self, optimizer: Optimizer | None, scale: Any) -> None:
         step = self._step
-        self._write_pending_loss(lambda mode, pending: mode != "train" or pending.step <= step)
+        if self._pending_loss:
+            self._write_pending_loss(lambda mode, pending: mode != "train" or pending.step <= step)
         writer = self.writer
         optimizer = optimizer if optimizer is not None else self.optimizer
         if optimizer is not None:
@@ -801,7 +805,7 @@ class TorchHook:
                         rate = rate.item()  # a scheduler may change it in place
                     self._queue.append(_QueuedScalar(tag, rate, step))
         self._recorded_optimizer_step = step
-        if not self._tensors_due("train"):
+        if step % self.stats_every:  # no tensors at this step
             if time.monotonic() - self._sent_at >= writer.flush_secs:
                 self._send()  # the scalars reach the writer at least once a commit interval
             elif self._in_flight:
@@ -983,7 +987,8 @@ class TorchHook:
             if self._pending_loss:
                 # A training pass ends the evaluation pass before it.
                 self._write_pending_loss(lambda pending_mode, _: pending_mode != "train")
-        if self._queued_pass not in (None, (mode, self._step)):
+        queued = self._queued_pass
+        if queued is not None and queued != (mode, self._step):
             # The pass whose tensors are queued is over (an evaluation, or a training step
             # no optimizer step recorded): send them rather than hold their sources.
             self._send()
@@ -1000,7 +1005,7 @@ class TorchHook:
         return at_mode, self._default_step(at_mode) if step is None else int(step)
 
     def _add_loss(self, loss: Any, mode: str, step: int) -> None:
-        if not self._selected("loss"):
+        if not self._records_loss:
             return
         if isinstance(loss, torch.Tensor):
             if loss.numel() != 1:
