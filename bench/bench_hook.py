@@ -21,7 +21,8 @@ other copy, whose tensors fill the caches, where the one that goes first follows
 costs it a few percent of a step (printed as the order's cost), and with an even
 ``--stats-every`` it would weigh on every recorded step, which the hooked copy always takes
 second. It cancels in the mean, and is taken out of each step's extra seconds for what
-follows. Medians of those split the overhead into steps that record tensors (``extra_rec``)
+follows (estimated from the steps that neither record nor follow a record: with
+``--stats-every`` 1 or 2 there are none, and it is left in). Medians of those split the overhead into steps that record tensors (``extra_rec``)
 and the others (``extra_other``), and the cost model ``extra_rec / N + extra_other * (N - 1) /
 N`` (N = ``--stats-every``) predicts the mean overhead from them. The overhead is also split
 by kind of step (what each kind's extra seconds add to it; the parts sum to it): the steps
@@ -195,16 +196,23 @@ class Race(NamedTuple):
     def overhead(self) -> float:
         return float(self.hooked.mean() / self.plain.mean() - 1)
 
-    def order_cost(self) -> float:
+    def after_record(self) -> np.ndarray:
+        """Which steps follow a step that recorded tensors."""
+        after = np.zeros_like(self.recorded)
+        after[1:] = self.recorded[:-1]
+        return after & ~self.recorded
+
+    def order_cost(self) -> float | None:
         """Seconds a step costs the copy that goes second: it follows the other copy, whose
         tensors fill the caches, where the one that goes first follows itself (the order
         alternates). Half the gap between the median extra seconds of the two orders, over
-        the steps that neither record tensors nor follow a record."""
+        the steps that neither record tensors nor follow a record; None without such steps
+        of both orders (``--stats-every`` 1 or 2)."""
         extra = self.hooked - self.plain
-        usual = ~self.recorded & ~np.roll(self.recorded, 1)
+        usual = ~self.recorded & ~self.after_record()
         second, first = usual & ~self.hooked_first, usual & self.hooked_first
-        if not (second.any() and first.any()):  # every step records (--stats-every 1, 2)
-            return 0.0
+        if not (second.any() and first.any()):
+            return None
         return float(np.median(extra[second]) - np.median(extra[first])) / 2
 
     def extras(self) -> np.ndarray:
@@ -215,6 +223,8 @@ class Race(NamedTuple):
         order, as the default 280, their sum is that of the raw differences.)"""
         order = self.order_cost()
         extra = self.hooked - self.plain
+        if order is None:
+            return extra
         return np.where(self.hooked_first, extra + order, extra - order)
 
     def extra(self, chosen: np.ndarray) -> float:
@@ -355,8 +365,7 @@ def report(args: argparse.Namespace, races: list[Race]) -> Race:
         f"{middle.predicted(args.stats_every) * 100:+.1f} % of a plain step "
         f"(races: {', '.join(f'{p:+.1f}' for p in sorted(predicted))} %)"
     )
-    after = np.roll(middle.recorded, 1) & ~middle.recorded
-    after[0] = False
+    after = middle.after_record()
     kinds = (
         ("recording tensors", middle.recorded & ~middle.raw),
         ("keeping full tensors", middle.raw),
@@ -368,8 +377,14 @@ def report(args: argparse.Namespace, races: list[Race]) -> Race:
         + ", ".join(f"{label} {middle.share(chosen) * 100:+.1f}" for label, chosen in kinds)
         + " %"
     )
+    order = middle.order_cost()
     print(
-        f"  order of the race   the copy going second pays {middle.order_cost() * 1e3:+.2f} ms/step"
+        "  order of the race   "
+        + (
+            "not estimated (every step records tensors or follows a record)"
+            if order is None
+            else f"the copy going second pays {order * 1e3:+.2f} ms/step"
+        )
     )
     print(f"  attach, first commit, close {middle.once * 1e3:8.2f} ms once")
     return middle

@@ -381,9 +381,15 @@ def test_statistics_rows_sent_again_are_checked_alike(tmp_path: Path) -> None:
                 dtypes=["f4", "f4"],
                 collections=["weights", "weights"],
             )
-    assert writer.dropped_by_reason == {"shape": 3}
+        # A refused shape equal to a good one (2.0 == 2) does not refuse the good one later.
+        for shape in [(2.0,), (2,)]:
+            writer.add_tensor_stats_rows(
+                ["late"], rows[:1], 3, shapes=[shape], dtypes=["f4"], collections=["weights"]
+            )
+    assert writer.dropped_by_reason == {"shape": 4}
     with open_trace(tmp_path / "again.h5") as trace:
         assert trace.index("good")[0].tolist() == [0, 1, 2]
+        assert trace.index("late")[0].tolist() == [3]
         assert "bad" not in trace
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -347,6 +348,17 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model
 
 
+def _compiled(module: nn.Module) -> bool:
+    """Whether ``module`` runs compiled code of torch.compile: a wrapper of it, compiled in
+    place (``module.compile()``), or with a compiled ``forward`` (as Lightning compiles)."""
+    return (
+        hasattr(module, "_orig_mod")
+        or getattr(module, "_compiled_call_impl", None) is not None
+        or getattr(module, "_compiler_ctx", None) is not None
+        or hasattr(module.forward, "_torchdynamo_orig_callable")
+    )
+
+
 def _activation_kind(module: nn.Module, kinds: Mapping[type[nn.Module], str]) -> str | None:
     for module_type, kind in kinds.items():
         if isinstance(module, module_type):
@@ -435,13 +447,12 @@ class TorchHook:
         _check_stats_every(stats_every)
         check_stop_on(stop_on)
         self.model = _unwrap(model)
-        # Replicas of nn.DataParallel run the model's hooks in threads of their own, and a
-        # compiled model keeps the hooks it was compiled with: their activation hooks stay.
+        # See _arm_activation_hooks: only a model run eagerly, in this thread, has them removed.
         self._toggles_activation_hooks = not (
-            isinstance(model, nn.DataParallel)
-            or hasattr(model, "_orig_mod")  # torch.compile(model)
-            or getattr(model, "_compiled_call_impl", None) is not None  # model.compile()
+            isinstance(model, nn.DataParallel) or _compiled(model) or _compiled(self.model)
         )
+        self._thread = threading.get_ident()
+        self._arming = threading.Lock()
         self.enabled = True
         # The caller's types first, so that a subclass of a default type gets the caller's kind.
         extra = dict(activation_kinds or {})
@@ -698,15 +709,37 @@ class TorchHook:
         that it sees the module's own output), or remove them. A module with a forward hook
         takes torch's slow call path, which costs microseconds per call even for a hook that
         returns at once: removed between the passes that record tensors, they cost nothing."""
-        if armed and not self._armed:
-            self._armed = [
-                module.register_forward_hook(hook, prepend=True)
-                for module, hook in self._activation_hooks
-            ]
-        elif not armed and self._armed:
-            for handle in self._armed:
-                handle.remove()
-            self._armed = []
+        with self._arming:
+            if armed and not self._armed:
+                self._armed = [
+                    module.register_forward_hook(hook, prepend=True)
+                    for module, hook in self._activation_hooks
+                ]
+            elif not armed and self._armed:
+                for handle in self._armed:
+                    handle.remove()
+                self._armed = []
+
+    def _toggle_activation_hooks(self, module: nn.Module, mode: str) -> None:
+        """Arm the activation hooks for a pass that records tensors, disarm them for another;
+        or keep them armed for good once the model is seen compiled (a compiled model keeps
+        the hooks it was compiled with, whatever is registered later) or run by replicas of
+        nn.DataParallel or another thread (which would see the hooks change under them)."""
+        if (
+            torch.compiler.is_compiling()
+            or getattr(module, "_is_replica", False)
+            or threading.get_ident() != self._thread
+        ):
+            self._toggles_activation_hooks = False
+            self._arm_activation_hooks(True)
+            return
+        due = self._tensors_due(mode)
+        if due == bool(self._armed):
+            return
+        if not due and any(_compiled(each) for each in self.model.modules()):
+            self._toggles_activation_hooks = False
+            due = True
+        self._arm_activation_hooks(due)
 
     # -- hooks --------------------------------------------------------------------------------
     def _before_model_forward(self, module: nn.Module, args: Any) -> None:
@@ -716,12 +749,13 @@ class TorchHook:
             # The mode of the whole pass is decided here, so that activation checkpointing
             # (which runs segments under no_grad) does not turn training records into eval.
             mode = self._root_mode = _forward_mode(module)
+            if self._toggles_activation_hooks:
+                try:
+                    self._toggle_activation_hooks(module, mode)
+                except Exception as error:  # noqa: BLE001 - recording must never stop training
+                    self._warn("registering the activation hooks", error)
             try:
                 self._note_forward(mode)
-                if self._toggles_activation_hooks:
-                    due = self._tensors_due(mode)
-                    if due != bool(self._armed) and not torch.compiler.is_compiling():
-                        self._arm_activation_hooks(due)
             except Exception as error:  # noqa: BLE001 - recording must never stop training
                 self._warn("starting a forward pass", error)
 

@@ -1076,7 +1076,7 @@ class TraceWriter:
                     tag = _checks.tag(tag)
                 answer = checked[index]
                 if isinstance(answer, Exception):
-                    raise answer.with_traceback(None)  # no traceback grows with each call
+                    raise answer
                 dims, stored_dtype, collection = answer
                 value = None if values is None else values[index]
                 raw = None if value is None else _checks.array(value)
@@ -1109,11 +1109,12 @@ class TraceWriter:
     ) -> list[tuple[tuple[int, ...], np.dtype, str | None] | Exception]:
         """Per record of a :meth:`add_tensor_stats_rows` call, its checked shape, stored dtype
         and collection, or why it is refused. A hook sends the same at every recorded step, so
-        the answers are kept per call's values (a bounded cache)."""
+        the answers of a call whose records all pass are kept (a bounded cache); a refusal is
+        checked again each time, and holds nothing of the call once it is reported."""
         try:
             key: Any = (count, tuple(shapes), tuple(dtypes), tuple(collections))
             answers = self._checked.get(key)
-        except TypeError:  # not hashable (or not sequences): checked every time
+        except Exception:  # noqa: BLE001 - not hashable, or not sequences: checked every time
             key, answers = None, None
         if answers is None:
             answers = []
@@ -1128,7 +1129,7 @@ class TraceWriter:
                     )
                 except Exception as error:  # noqa: BLE001 - the record is refused alone
                     answers.append(error)
-            if key is not None:
+            if key is not None and not any(isinstance(a, Exception) for a in answers):
                 if len(self._checked) >= _CHECKED_LIMIT:
                     self._checked.clear()
                 self._checked[key] = answers

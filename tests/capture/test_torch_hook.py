@@ -703,6 +703,34 @@ def test_an_activation_is_its_modules_own_output_whatever_hooks_follow(
         assert (trace.stats("act/relu")[:, COL["max"]] < 100.0).all()
 
 
+@pytest.mark.parametrize("how", ["compiled, then attached", "attached, then compiled", "in place"])
+def test_a_compiled_model_records_activations_at_every_recording_step(
+    tmp_path: Path, how: str
+) -> None:
+    # A compiled model keeps the hooks it was compiled with: they must stay registered.
+    model = make_net()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    path = tmp_path / "run.h5"
+    if how == "compiled, then attached":
+        run = torch.compile(model, backend="eager")
+        hook = attach(run, optimizer, path, stats_every=2)
+    else:
+        hook = attach(model, optimizer, path, stats_every=2)
+        run = model
+        if how == "in place":
+            model.compile(backend="eager")
+        else:
+            run = torch.compile(model, backend="eager")
+    with hook:
+        for x, y in batches(5):
+            optimizer.zero_grad()
+            loss_fn(run, x, y).backward()
+            optimizer.step()
+    with open_trace(path) as trace:
+        (tag,) = [info.tag for info in trace.tags("act/*relu")]
+        assert trace.index(tag)[0].tolist() == [0, 2, 4]
+
+
 def test_under_data_parallel_the_activation_hooks_stay(
     tmp_path: Path, no_dbg_warnings: None
 ) -> None:
