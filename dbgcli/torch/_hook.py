@@ -447,7 +447,7 @@ class TorchHook:
         _check_stats_every(stats_every)
         check_stop_on(stop_on)
         self.model = _unwrap(model)
-        # See _arm_activation_hooks: only a model run eagerly, in this thread, has them removed.
+        # See _toggle_activation_hooks: only a model run eagerly, in this thread, has them removed.
         self._toggles_activation_hooks = not (
             isinstance(model, nn.DataParallel) or _compiled(model) or _compiled(self.model)
         )
