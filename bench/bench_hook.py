@@ -22,9 +22,10 @@ costs it a few percent of a step (printed as the order's cost), and with an even
 ``--stats-every`` it would weigh on every recorded step, which the hooked copy always takes
 second. It cancels in the mean, and is taken out of each step's extra seconds for what
 follows (estimated from the steps that neither record nor follow a record: with
-``--stats-every`` 1 or 2 there are none, and it is left in). Medians of those split the overhead into steps that record tensors (``extra_rec``)
-and the others (``extra_other``), and the cost model ``extra_rec / N + extra_other * (N - 1) /
-N`` (N = ``--stats-every``) predicts the mean overhead from them. The overhead is also split
+``--stats-every`` 1 or 2 there are none, and it is left in). Medians of those split the
+overhead into steps that record tensors (``extra_rec``) and the others (``extra_other``), and
+the cost model ``extra_rec / N + extra_other * (N - 1) / N`` (N = ``--stats-every``) predicts
+the mean overhead from them. The overhead is also split
 by kind of step (what each kind's extra seconds add to it; the parts sum to it): the steps
 that record tensors, those that also keep full tensors, the step after each record, and the
 rest. Attaching (creating the trace), the first commit and closing (the last commit) are timed

@@ -447,10 +447,8 @@ class TorchHook:
         _check_stats_every(stats_every)
         check_stop_on(stop_on)
         self.model = _unwrap(model)
-        # See _toggle_activation_hooks: only a model run eagerly, in this thread, has them removed.
-        self._toggles_activation_hooks = not (
-            isinstance(model, nn.DataParallel) or _compiled(model) or _compiled(self.model)
-        )
+        # See _toggle_activation_hooks, which also finds compiled modules and other threads.
+        self._toggles_activation_hooks = not isinstance(model, nn.DataParallel)
         self._thread = threading.get_ident()
         self._arming = threading.Lock()
         self.enabled = True
@@ -470,7 +468,7 @@ class TorchHook:
         self._parameters = self._select_parameters()
         self._handles: list[RemovableHandle] = []
         # Activation hooks, registered only while a pass that records tensors runs (see
-        # _arm_activation_hooks); the handles of those registered now.
+        # _toggle_activation_hooks); the handles of those registered now.
         self._activation_hooks: list[tuple[nn.Module, Callable[..., None]]] = []
         self._armed: list[RemovableHandle] = []
         self._removed = False

@@ -41,7 +41,6 @@ computes in float64; that costs extra reads, for such records only.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import threading
 from collections.abc import Callable, Sequence
@@ -358,7 +357,7 @@ class Reducer:
             chosen = [tensors[i] for i in fused]
             pending = self._reduce_fused(chosen, [names[i] for i in fused], transfer)
             blocks.append((fused, pending))
-        with torch.no_grad() if groups or singles else contextlib.nullcontext():
+        with torch.no_grad():
             for members in groups.values():
                 reduced = self._reduce_block(
                     [tensors[i] for i in members], "\0".join(names[i] for i in members)
