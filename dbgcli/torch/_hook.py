@@ -45,6 +45,7 @@ from torch.utils.hooks import RemovableHandle
 from dbgcli._failures import FailureReporter
 from dbgcli.errors import TraceWriterError, TrainingStopped
 from dbgcli.live_rules import LiveRules, check_stop_on, is_loss, stop_if
+from dbgcli.torch._malloc import settle_malloc
 from dbgcli.torch._stats import (
     Pending,
     Reducer,
@@ -350,12 +351,18 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 def _compiled(module: nn.Module) -> bool:
     """Whether ``module`` runs compiled code of torch.compile: a wrapper of it, compiled in
-    place (``module.compile()``), or with a compiled ``forward`` (as Lightning compiles)."""
+    place (``module.compile()``), or with a compiled ``forward`` (as Lightning compiles).
+
+    Looked up in the instance's own attributes: a missing attribute goes through
+    ``nn.Module.__getattr__``, whose AttributeError costs about a microsecond, and this runs
+    over every module of the model."""
+    attributes = vars(module)
+    forward = attributes.get("forward")
     return (
-        hasattr(module, "_orig_mod")
-        or getattr(module, "_compiled_call_impl", None) is not None
-        or getattr(module, "_compiler_ctx", None) is not None
-        or hasattr(module.forward, "_torchdynamo_orig_callable")
+        "_orig_mod" in attributes.get("_modules", ())
+        or attributes.get("_compiled_call_impl") is not None
+        or attributes.get("_compiler_ctx") is not None
+        or (forward is not None and hasattr(forward, "_torchdynamo_orig_callable"))
     )
 
 
@@ -466,6 +473,8 @@ class TorchHook:
         self._selected = _Selector(include, exclude)
         self._records_loss = self._selected("loss")
         self._parameters = self._select_parameters()
+        if any(entry.parameter.is_cpu for entry in self._parameters):
+            settle_malloc()  # see dbgcli.torch._malloc: else a step may fault its memory in
         self._handles: list[RemovableHandle] = []
         # Activation hooks, registered only while a pass that records tensors runs (see
         # _toggle_activation_hooks); the handles of those registered now.
@@ -725,7 +734,7 @@ class TorchHook:
         nn.DataParallel or another thread (which would see the hooks change under them)."""
         if (
             torch.compiler.is_compiling()
-            or getattr(module, "_is_replica", False)
+            or vars(module).get("_is_replica", False)  # getattr would raise inside first
             or threading.get_ident() != self._thread
         ):
             self._toggles_activation_hooks = False

@@ -705,7 +705,9 @@ def test_an_activation_is_its_modules_own_output_whatever_hooks_follow(
 
 # Dynamo says, once, that it cannot trace into the compiled kernel: the hook runs eagerly there.
 @pytest.mark.filterwarnings("ignore:Dynamo does not know how to trace:UserWarning")
-@pytest.mark.parametrize("how", ["compiled, then attached", "attached, then compiled", "in place"])
+@pytest.mark.parametrize(
+    "how", ["compiled, then attached", "attached, then compiled", "in place", "its forward"]
+)
 def test_a_compiled_model_records_activations_at_every_recording_step(
     tmp_path: Path, how: str
 ) -> None:
@@ -721,6 +723,8 @@ def test_a_compiled_model_records_activations_at_every_recording_step(
         run = model
         if how == "in place":
             model.compile(backend="eager")
+        elif how == "its forward":  # as Lightning compiles a LightningModule
+            model.forward = torch.compile(model.forward, backend="eager")  # type: ignore[method-assign]
         else:
             run = torch.compile(model, backend="eager")
     with hook:
