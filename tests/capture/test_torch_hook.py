@@ -753,6 +753,23 @@ def test_under_data_parallel_the_activation_hooks_stay(
     assert activation_hooks(model) == [0, 0, 0]
 
 
+def test_a_replica_made_by_data_parallel_keeps_the_activation_hooks(
+    tmp_path: Path, no_dbg_warnings: None
+) -> None:
+    # On GPUs DataParallel calls replicas (which share the model's hook dictionaries) in
+    # threads; the first replica seen keeps the hooks registered for good, in any thread.
+    model = make_net()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    replica = model._replicate_for_data_parallel()
+    with attach(model, optimizer, tmp_path / "run.h5", stats_every=3):
+        for x, y in batches(3):
+            optimizer.zero_grad()
+            loss_fn(replica, x, y).backward()
+            assert activation_hooks(model) == [1, 1, 1]
+            optimizer.step()
+    assert activation_hooks(model) == [0, 0, 0]
+
+
 def test_a_writer_passed_in_stays_open_and_keeps_its_settings(
     tmp_path: Path, no_dbg_warnings: None
 ) -> None:
