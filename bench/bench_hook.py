@@ -29,7 +29,9 @@ the mean overhead from them. The overhead is also split
 by kind of step (what each kind's extra seconds add to it; the parts sum to it): the steps
 that record tensors, those that also keep full tensors, the step after each record, and the
 rest. Attaching (creating the trace), the first commit and closing (the last commit) are timed
-apart. ``--repeat`` runs the race that many times and reports each overhead and their median.
+apart, and the writer's commits during the timed steps are counted (a race's clock counts both
+copies, so it reaches the commit interval twice as fast per hooked step as a run alone would).
+``--repeat`` runs the race that many times and reports each overhead and their median.
 
 ``--hook-only`` records into a writer whose ``add_tensor``, ``add_tensor_stats`` and
 ``add_scalar`` do nothing, which separates what the hook does on the training thread (forward
@@ -48,6 +50,7 @@ Run: ``python bench/bench_hook.py [--all] [--model mlp] [--repeat 3] [--steps 30
 from __future__ import annotations
 
 import argparse
+import inspect
 import tempfile
 import time
 from collections.abc import Callable
@@ -67,6 +70,8 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 OVERHEAD_TARGET = 0.05
 SMALL_TENSORS_TARGET_MS = 3.0
 DEFAULT_STATS_EVERY = 10
+#: The writer's default commit interval.
+FLUSH_SECS = float(inspect.signature(TraceWriter).parameters["flush_secs"].default)
 
 
 class NullWriter(TraceWriter):
@@ -193,6 +198,7 @@ class Race(NamedTuple):
     raw: np.ndarray
     hooked_first: np.ndarray
     once: float
+    commits: tuple[float, ...]  # seconds of each of the writer's commits during those steps
 
     def overhead(self) -> float:
         return float(self.hooked.mean() / self.plain.mean() - 1)
@@ -253,18 +259,31 @@ def race(args: argparse.Namespace, data: list[Batch], trace: Path) -> Race:
     start = time.perf_counter()
     hook = attach_hook(args, hooked, trace)
     once = time.perf_counter() - start
+    commits: list[float] = []
+    commit = hook.writer._commit
+
+    def timed_commit() -> None:
+        start = time.perf_counter()
+        try:
+            commit()
+        finally:
+            commits.append(time.perf_counter() - start)
+
+    hook.writer._commit = timed_commit  # type: ignore[method-assign]
     times = np.empty((len(data), 2))
     for step, (x, y) in enumerate(data):
         if step == args.warmup:
             start = time.perf_counter()
             hook.flush()
             once += time.perf_counter() - start
+            commits.clear()
         if step % 2:
             times[step, 1] = train_step(hooked, x, y, hook)
             times[step, 0] = train_step(plain, x, y, None)
         else:
             times[step, 0] = train_step(plain, x, y, None)
             times[step, 1] = train_step(hooked, x, y, hook)
+    in_window = tuple(commits)
     start = time.perf_counter()
     hook.remove()
     hook.writer.close()  # a writer passed to attach (the NullWriter) stays open otherwise
@@ -273,7 +292,15 @@ def race(args: argparse.Namespace, data: list[Batch], trace: Path) -> Race:
     recorded = steps % args.stats_every == 0
     raw = recorded & (steps % args.raw_every == 0) if args.raw_every else np.zeros_like(recorded)
     hooked_first = steps % 2 == 1
-    return Race(times[args.warmup :, 0], times[args.warmup :, 1], recorded, raw, hooked_first, once)
+    return Race(
+        times[args.warmup :, 0],
+        times[args.warmup :, 1],
+        recorded,
+        raw,
+        hooked_first,
+        once,
+        in_window,
+    )
 
 
 def profile(args: argparse.Namespace, data: list[Batch], trace: Path) -> None:
@@ -388,6 +415,20 @@ def report(args: argparse.Namespace, races: list[Race]) -> Race:
         )
     )
     print(f"  attach, first commit, close {middle.once * 1e3:8.2f} ms once")
+    counts = ", ".join(str(len(r.commits)) for r in races)
+    spent = [c for r in races for c in r.commits]
+    share = sum(sum(r.commits) / r.plain.sum() for r in races) / len(races)
+    seconds = float(np.median([r.plain.sum() + r.hooked.sum() for r in races]))
+    print(
+        f"  commits       {counts} during the races' timed steps ({seconds:.1f} s each; the "
+        f"writer commits every {FLUSH_SECS:.0f} s)"
+        + (
+            f", {np.median(spent) * 1e3:.1f} ms each (median), {share * 100:+.1f} % of a plain "
+            "step on average"
+            if spent
+            else ""
+        )
+    )
     return middle
 
 
