@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import platform
 import sys
 
 # mallopt parameters (malloc.h).
@@ -51,13 +50,20 @@ def user_chose_malloc() -> bool:
     return "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", "")
 
 
+def _glibc() -> bool:
+    try:
+        return (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
+    except (ValueError, OSError):  # not a GNU libc (musl has no such name)
+        return False
+
+
 def settle_malloc() -> bool:
     """Set glibc's mmap and trim thresholds to their ceilings, once per process; returns
     whether they are set (now or before). Never raises: malloc's defaults stand instead."""
     global _settled
     if _settled:
         return True
-    if sys.platform != "linux" or platform.libc_ver()[0] != "glibc" or user_chose_malloc():
+    if sys.platform != "linux" or not _glibc() or user_chose_malloc():
         return False
     try:
         libc = ctypes.CDLL(None)
