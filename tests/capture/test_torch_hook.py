@@ -737,34 +737,23 @@ def test_a_compiled_model_records_activations_at_every_recording_step(
         assert trace.index(tag)[0].tolist() == [0, 2, 4]
 
 
+@pytest.mark.parametrize("through", ["the wrapper", "a replica"])
 def test_under_data_parallel_the_activation_hooks_stay(
-    tmp_path: Path, no_dbg_warnings: None
+    tmp_path: Path, through: str, no_dbg_warnings: None
 ) -> None:
-    # Its replicas run the hooks in threads of their own: none is registered or removed then.
+    # On GPUs DataParallel runs replicas of the model, which share its hook dictionaries, in
+    # threads of their own: attached through the wrapper, or once a replica is seen (in any
+    # thread), the hooks stay registered.
     model = make_net()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    parallel = nn.DataParallel(model)
-    with attach(parallel, optimizer, tmp_path / "run.h5", stats_every=3):
-        for x, y in batches(2):
-            optimizer.zero_grad()
-            loss_fn(parallel, x, y).backward()
-            assert activation_hooks(model) == [1, 1, 1]
-            optimizer.step()
-    assert activation_hooks(model) == [0, 0, 0]
-
-
-def test_a_replica_made_by_data_parallel_keeps_the_activation_hooks(
-    tmp_path: Path, no_dbg_warnings: None
-) -> None:
-    # On GPUs DataParallel calls replicas (which share the model's hook dictionaries) in
-    # threads; the first replica seen keeps the hooks registered for good, in any thread.
-    model = make_net()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    replica = model._replicate_for_data_parallel()
-    with attach(model, optimizer, tmp_path / "run.h5", stats_every=3):
+    if through == "the wrapper":
+        attached = run = nn.DataParallel(model)
+    else:
+        attached, run = model, model._replicate_for_data_parallel()
+    with attach(attached, optimizer, tmp_path / "run.h5", stats_every=3):
         for x, y in batches(3):
             optimizer.zero_grad()
-            loss_fn(replica, x, y).backward()
+            loss_fn(run, x, y).backward()
             assert activation_hooks(model) == [1, 1, 1]
             optimizer.step()
     assert activation_hooks(model) == [0, 0, 0]
