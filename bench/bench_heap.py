@@ -82,7 +82,8 @@ def main() -> None:
     base = {
         name: value
         for name, value in os.environ.items()
-        if not name.startswith("MALLOC_") and name not in ("DBG_MALLOC", "GLIBC_TUNABLES")
+        if not name.startswith("MALLOC_")
+        and name not in ("DBG_MALLOC", "GLIBC_TUNABLES", "LD_PRELOAD")
     }
     print(
         f"MLP 4x512, batch 64, {args.steps} steps (first {SETTLE_STEPS} left out), "

@@ -353,11 +353,11 @@ def _compiled(module: nn.Module) -> bool:
     """Whether ``module`` runs compiled code of torch.compile: a wrapper of it, compiled in
     place (``module.compile()``), or with a compiled ``forward`` (as Lightning compiles).
 
-    Looked up in the instance's own attributes: a missing attribute goes through
+    Looked up in the instance's and its class's attributes: a missing attribute goes through
     ``nn.Module.__getattr__``, whose AttributeError costs about a microsecond, and this runs
     over every module of the model."""
     attributes = vars(module)
-    forward = attributes.get("forward")
+    forward = attributes.get("forward", getattr(type(module), "forward", None))
     return (
         "_orig_mod" in attributes.get("_modules", ())
         or attributes.get("_compiled_call_impl") is not None

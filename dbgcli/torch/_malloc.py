@@ -14,9 +14,12 @@ microseconds in a virtual machine.
 So the hook sets both thresholds, once per process, to the ceilings glibc's own adjustment
 reaches (a process that ever frees a 32 MiB array, as data loading does, runs with them
 anyway): the heap then keeps up to 64 MiB of free memory for the next step instead of
-returning it. Nothing is done off Linux and glibc, for a model on a GPU (its tensors are not in
-this heap), or where the user chose: ``DBG_MALLOC=system`` leaves glibc's defaults, and so does
-any glibc malloc setting in the environment (``MALLOC_*_`` or ``GLIBC_TUNABLES``).
+returning it (each of glibc's arenas, one per thread that allocates, up to eight per core, may
+keep as much). Nothing is done off Linux and glibc, for a model on a GPU (its tensors are not
+in this heap), or where the user chose: ``DBG_MALLOC=system`` leaves glibc's defaults, and so
+does any of glibc's own threshold settings in the environment (``MALLOC_TRIM_THRESHOLD_``,
+``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TOP_PAD_``, ``MALLOC_MMAP_MAX_``, or the same in
+``GLIBC_TUNABLES``).
 """
 
 from __future__ import annotations
@@ -31,23 +34,31 @@ _M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD = 32 << 20
 TRIM_THRESHOLD = 2 * MMAP_THRESHOLD
 
+# glibc's own settings of the thresholds: where any is given, the user chose.
 _GLIBC_SETTINGS = (
     "MALLOC_TRIM_THRESHOLD_",
     "MALLOC_MMAP_THRESHOLD_",
     "MALLOC_TOP_PAD_",
     "MALLOC_MMAP_MAX_",
 )
+_GLIBC_TUNABLES = (
+    "glibc.malloc.trim_threshold",
+    "glibc.malloc.mmap_threshold",
+    "glibc.malloc.top_pad",
+    "glibc.malloc.mmap_max",
+)
 
 _settled = False
 
 
 def user_chose_malloc() -> bool:
-    """Whether the environment configures malloc already (or asks dbg to leave it alone)."""
+    """Whether the environment sets glibc's thresholds already (or asks dbg to leave them)."""
     if os.environ.get("DBG_MALLOC", "").strip().lower() == "system":
         return True
     if any(name in os.environ for name in _GLIBC_SETTINGS):
         return True
-    return "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", "")
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    return any(name in tunables for name in _GLIBC_TUNABLES)
 
 
 def _glibc() -> bool:

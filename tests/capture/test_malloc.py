@@ -52,7 +52,8 @@ def kept_after_free(tmp_path: Path, device: str = "cpu", **environment: str) -> 
     env = {
         name: value
         for name, value in os.environ.items()
-        if not name.startswith("MALLOC_") and name not in ("DBG_MALLOC", "GLIBC_TUNABLES")
+        if not name.startswith("MALLOC_")
+        and name not in ("DBG_MALLOC", "GLIBC_TUNABLES", "LD_PRELOAD")  # glibc's malloc here
     }
     result = subprocess.run(
         [sys.executable, "-c", KEPT_AFTER_FREE, str(tmp_path / "run.h5"), device],
@@ -79,8 +80,10 @@ def test_dbg_malloc_system_leaves_malloc_alone(tmp_path: Path) -> None:
         {"DBG_MALLOC": "system"},
         {"DBG_MALLOC": " System "},
         {"MALLOC_TRIM_THRESHOLD_": "131072"},
+        {"MALLOC_MMAP_THRESHOLD_": "131072"},
         {"MALLOC_TOP_PAD_": "0"},
-        {"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=262144"},
+        {"MALLOC_MMAP_MAX_": "65536"},
+        {"GLIBC_TUNABLES": "glibc.malloc.tcache_count=0:glibc.malloc.mmap_threshold=262144"},
     ],
 )
 def test_a_malloc_setting_in_the_environment_is_the_users_choice(
@@ -91,11 +94,16 @@ def test_a_malloc_setting_in_the_environment_is_the_users_choice(
     assert user_chose_malloc()
 
 
-def test_other_settings_are_not_a_malloc_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_settings_other_than_the_thresholds_are_not_that_choice(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     for name in [n for n in os.environ if n.startswith("MALLOC_")] + ["GLIBC_TUNABLES"]:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("DBG_MALLOC", "")
-    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.rtld.optional_static_tls=512")
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "2")
+    monkeypatch.setenv(
+        "GLIBC_TUNABLES", "glibc.malloc.arena_max=2:glibc.rtld.optional_static_tls=512"
+    )
     assert not user_chose_malloc()
 
 

@@ -706,13 +706,33 @@ def test_an_activation_is_its_modules_own_output_whatever_hooks_follow(
 # Dynamo says, once, that it cannot trace into the compiled kernel: the hook runs eagerly there.
 @pytest.mark.filterwarnings("ignore:Dynamo does not know how to trace:UserWarning")
 @pytest.mark.parametrize(
-    "how", ["compiled, then attached", "attached, then compiled", "in place", "its forward"]
+    "how",
+    [
+        "compiled, then attached",
+        "attached, then compiled",
+        "in place",
+        "its forward",
+        "its class's forward",
+    ],
 )
 def test_a_compiled_model_records_activations_at_every_recording_step(
     tmp_path: Path, how: str
 ) -> None:
     # A compiled model keeps the hooks it was compiled with: they must stay registered.
     model = make_net()
+    if how == "its class's forward":
+
+        class CompiledForward(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.fc1, self.relu = nn.Linear(FEATURES, 16), nn.ReLU()
+                self.out = nn.Linear(16, CLASSES)
+
+            @torch.compile(backend="eager")  # type: ignore[misc]
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                return self.out(self.relu(self.fc1(x)))
+
+        model = CompiledForward()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     path = tmp_path / "run.h5"
     if how == "compiled, then attached":
@@ -725,7 +745,7 @@ def test_a_compiled_model_records_activations_at_every_recording_step(
             model.compile(backend="eager")
         elif how == "its forward":  # as Lightning compiles a LightningModule
             model.forward = torch.compile(model.forward, backend="eager")  # type: ignore[method-assign]
-        else:
+        elif how == "attached, then compiled":
             run = torch.compile(model, backend="eager")
     with hook:
         for x, y in batches(5):
