@@ -218,13 +218,6 @@ class _Parameter:
 
 
 @dataclass
-class _PendingLoss:
-    step: int
-    total: Any  # a detached tensor or a float: summing on the device avoids a sync per batch
-    count: int
-
-
-@dataclass
 class _QueuedTensors:
     """Tensor records of one step and mode whose statistics are on their way to the host."""
 
@@ -282,13 +275,15 @@ class _HeldActivation:
     raw: torch.Tensor | None  # a copy made then, on ``raw_every`` steps
 
 
-@dataclass
-class _QueuedLoss:
-    """A step's mean loss, summed on the device and on its way to the host."""
+@dataclass(slots=True)
+class _Loss:
+    """The losses of one step and mode, summed (on the device for a device tensor: no sync per
+    batch) while the step runs, then queued: their mean reaches the host with the next
+    transfer."""
 
     step: int
     mode: str
-    # A float, a host tensor, or where the transfer will hold a device tensor.
+    # A float or a detached tensor; once queued, where the transfer will hold a device tensor.
     total: float | torch.Tensor | tuple[Transfer, torch.device, int]
     count: int
 
@@ -303,7 +298,7 @@ class _QueuedLoss:
             stop_if(writer, live.loss(mean, self.step))
 
 
-@dataclass
+@dataclass(slots=True)
 class _QueuedScalar:
     """A scalar of a step (a learning rate), written with the step's other records: one
     writer call in a row of them costs a fraction of one between training operations."""
@@ -316,7 +311,7 @@ class _QueuedScalar:
         writer.add_scalar(self.tag, self.value, self.step)
 
 
-_Queued = _QueuedTensors | _QueuedLoss | _QueuedScalar
+_Queued = _QueuedTensors | _Loss | _QueuedScalar
 
 _NUMPY_DTYPES: dict[torch.dtype, np.dtype] = {}
 
@@ -488,7 +483,8 @@ class TorchHook:
         self._last_mode = "train"
         self._last_train_forward_step: int | None = None
         self._recorded_optimizer_step: int | None = None
-        self._pending_loss: dict[str, _PendingLoss] = {}
+        self._pending_loss: dict[str, _Loss] = {}  # by mode
+        self._lr_tags: list[str | None] = []  # per parameter group, None if not selected
         self._skipping_update = False
         self.track_updates = track_updates
         self.stats_every = stats_every
@@ -727,11 +723,12 @@ class TorchHook:
                     handle.remove()
                 self._armed = []
 
-    def _toggle_activation_hooks(self, module: nn.Module, mode: str) -> None:
-        """Arm the activation hooks for a pass that records tensors, disarm them for another;
-        or keep them armed for good once the model is seen compiled (a compiled model keeps
-        the hooks it was compiled with, whatever is registered later) or run by replicas of
-        nn.DataParallel or another thread (which would see the hooks change under them)."""
+    def _toggle_activation_hooks(self, module: nn.Module, due: bool) -> None:
+        """Arm the activation hooks for a pass that records tensors (``due``), disarm them for
+        another; or keep them armed for good once the model is seen compiled (a compiled model
+        keeps the hooks it was compiled with, whatever is registered later) or run by replicas
+        of nn.DataParallel or another thread (which would see the hooks change under them).
+        Called where the hooks would change, so that those checks cost nothing in between."""
         if (
             torch.compiler.is_compiling()
             or vars(module).get("_is_replica", False)  # getattr would raise inside first
@@ -739,9 +736,6 @@ class TorchHook:
         ):
             self._toggles_activation_hooks = False
             self._arm_activation_hooks(True)
-            return
-        due = self._tensors_due(mode)
-        if due == bool(self._armed):
             return
         if not due and any(_compiled(each) for each in self.model.modules()):
             self._toggles_activation_hooks = False
@@ -756,9 +750,10 @@ class TorchHook:
             # The mode of the whole pass is decided here, so that activation checkpointing
             # (which runs segments under no_grad) does not turn training records into eval.
             mode = self._root_mode = _forward_mode(module)
-            if self._toggles_activation_hooks:
+            due = self._tensors_due(mode)
+            if self._toggles_activation_hooks and due != bool(self._armed):
                 try:
-                    self._toggle_activation_hooks(module, mode)
+                    self._toggle_activation_hooks(module, due)
                 except Exception as error:  # noqa: BLE001 - recording must never stop training
                     self._warn("registering the activation hooks", error)
             try:
@@ -838,9 +833,13 @@ class TorchHook:
         writer = self.writer
         optimizer = optimizer if optimizer is not None else self.optimizer
         if optimizer is not None:
-            for index, group in enumerate(optimizer.param_groups):
-                tag = "lr" if index == 0 else f"lr/group{index}"
-                if self._selected(tag):
+            groups = optimizer.param_groups
+            tags = self._lr_tags
+            if len(tags) != len(groups):
+                names = ["lr" if index == 0 else f"lr/group{index}" for index in range(len(groups))]
+                tags = self._lr_tags = [name if self._selected(name) else None for name in names]
+            for tag, group in zip(tags, groups):
+                if tag is not None:
                     rate = group["lr"]
                     if isinstance(rate, torch.Tensor):
                         rate = rate.item()  # a scheduler may change it in place
@@ -1059,7 +1058,7 @@ class TorchHook:
             self._write_pending_loss(lambda pending_mode, _: pending_mode == mode)
             pending = None
         if pending is None:
-            pending = self._pending_loss[mode] = _PendingLoss(step, value, 1)
+            pending = self._pending_loss[mode] = _Loss(step, mode, value, 1)
         else:
             pending.total = pending.total + value
             pending.count += 1
@@ -1068,7 +1067,7 @@ class TorchHook:
             # The step's gradients are already written: no more micro-batches can join it.
             self._write_pending_loss(lambda pending_mode, _: pending_mode == "train")
 
-    def _write_pending_loss(self, which: Callable[[str, _PendingLoss], bool]) -> None:
+    def _write_pending_loss(self, which: Callable[[str, _Loss], bool]) -> None:
         """Queue the losses ``which`` selects: a loss tensor on a device reaches the host with
         the next transfer, so that recording it never waits for the device; one in host memory
         is read when it is written."""
@@ -1077,8 +1076,8 @@ class TorchHook:
                 del self._pending_loss[mode]
                 total = pending.total
                 if isinstance(total, torch.Tensor) and not total.is_cpu:
-                    total = (self._transfer, *self._transfer.add(total))
-                self._queue.append(_QueuedLoss(pending.step, mode, total, pending.count))
+                    pending.total = (self._transfer, *self._transfer.add(total))
+                self._queue.append(pending)
 
     def _write_everything(self) -> None:
         self._write_pending_loss(lambda mode, pending: True)
