@@ -446,6 +446,34 @@ def test_statistics_rows_added_at_once_are_checked_one_by_one(tmp_path: Path) ->
         np.testing.assert_array_equal(bulk.raw("a", 7), np.ones((2, 3), np.float32))
 
 
+def test_statistics_rows_of_known_tags_are_stored_in_order(tmp_path: Path) -> None:
+    """Rows of tags already known (a hook's every recorded step after the first) are stored as
+    given, in the order of the records, also around full tensors of the same tag added in
+    between (whose statistics the writer computes)."""
+    rng = np.random.default_rng(0)
+    path = tmp_path / "rows.h5"
+    given = {step: rng.normal(size=(2, len(schema.STAT_COLUMNS))) for step in range(4)}
+    with TraceWriter(path) as writer:
+        for step, rows in given.items():
+            if step == 2:
+                writer.add_tensor("w", np.full((3, 2), 5.0, np.float32), step)
+            writer.add_tensor_stats_rows(
+                ["w", "b"],
+                rows,
+                step,
+                shapes=[(3, 2), (3,)],
+                dtypes=["f4", "f4"],
+                collections=["weights", "biases"],
+            )
+    assert writer.dropped == 0
+    with open_trace(path) as trace:
+        assert trace.index("w")[0].tolist() == [0, 1, 2, 2, 3]
+        stats = trace.stats("w")
+        np.testing.assert_array_equal(stats[[0, 1, 3, 4]], [given[s][0] for s in range(4)])
+        assert stats[2, schema.STAT_COLUMNS.index("mean")] == 5.0
+        np.testing.assert_array_equal(trace.stats("b"), [given[s][1] for s in range(4)])
+
+
 # -- cause 7: a failed commit loses nothing, and never leaves pre-allocated rows as data ----
 def test_a_series_that_fails_to_write_does_not_hold_back_the_others(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
