@@ -224,7 +224,8 @@ PyDoc_STRVAR(reduce_doc,
     "values if signs is true, else where min and max decide them; NaN otherwise.\n"
     "done: a writable uint8 buffer of k flags, 0 where the record holds NaN or infinities\n"
     "(or, if nonnegative, a negative value): its row then has only count and update_l2,\n"
-    "and the caller computes the rest from the values.");
+    "and the caller computes the rest from the values.\n"
+    "Returns how many flags are 0 (a count, so that the caller need not scan them).");
 
 static PyObject *reduce(PyObject *Py_UNUSED(module), PyObject *args)
 {
@@ -258,6 +259,7 @@ static PyObject *reduce(PyObject *Py_UNUSED(module), PyObject *args)
         }
     }
     Pass pass = PASSES[with_l1 + 2 * with_update + 4 * with_signs];
+    Py_ssize_t unfinished = 0;
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t r = 0; r < k; r++) {
         const float *x = (const float *)addresses[r];
@@ -266,9 +268,10 @@ static PyObject *reduce(PyObject *Py_UNUSED(module), PyObject *args)
         pass(x, copies ? (float *)copies[r] : NULL, n, &s);
         finished[r] = (uint8_t)finish(x, n, &s, with_l1, with_update, with_signs, nonnegative,
                                       rows + r * WIDTH);
+        unfinished += !finished[r];
     }
     Py_END_ALLOW_THREADS
-    result = Py_NewRef(Py_None);
+    result = PyLong_FromSsize_t(unfinished);
 done:
     PyBuffer_Release(&pointers);
     PyBuffer_Release(&lengths);

@@ -11,7 +11,7 @@ def reduce(
     signs: bool,
     nonnegative: bool,
     /,
-) -> None: ...
+) -> int: ...
 def count_units(
     pointers: np.ndarray,
     outer: int,

@@ -280,11 +280,13 @@ def _fused_statistics(
     With ``copies``, ``update_l2`` against them (NaN for the rows ``first_seen``), and each
     copy then holds its tensor's values."""
     assert _fused is not None
-    counts = np.array([t.numel() for t in tensors], dtype=np.int64)
+    counts, float_counts = _counts(tensors)
     table = np.empty((len(tensors), len(schema.STAT_COLUMNS)))
     done = np.empty(len(tensors), dtype=np.uint8)
     addresses = None if copies is None else _addresses(copies)
-    _fused.reduce(_addresses(tensors), addresses, counts, table, done, l1, signs, nonnegative)
+    unfinished = _fused.reduce(
+        _addresses(tensors), addresses, counts, table, done, l1, signs, nonnegative
+    )
     if first_seen:
         table[list(first_seen), _COLUMN["update_l2"]] = np.nan  # nothing to compare with yet
     sources = tensors if copies is None else copies  # equal after the pass
@@ -293,15 +295,34 @@ def _fused_statistics(
         _HOST,
         0,
         (),
-        counts.astype(np.float64),
+        float_counts,
         [(source, source._version, 0, 1) for source in sources],
         nonnegative=nonnegative,
     )
     pending._table = table
-    if not done.all():
+    if unfinished:
         for index in np.flatnonzero(done == 0).tolist():
             pending.redo(index, l1)
     return pending
+
+
+_COUNTS: dict[tuple[int, ...], tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _counts(tensors: Sequence[torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
+    """The tensors' numbers of values, as the kernel's int64 lengths and a record's float64
+    counts: the same lists come back at every recorded step, and each numpy call costs tens of
+    microseconds in the caches a training step leaves (the arrays are read, never written)."""
+    key = tuple(t.numel() for t in tensors)
+    found = _COUNTS.get(key)
+    if found is None:
+        if len(_COUNTS) >= 256:
+            _COUNTS.clear()
+        lengths = np.array(key, dtype=np.int64)
+        found = _COUNTS[key] = (lengths, lengths.astype(np.float64))
+        for array in found:
+            array.flags.writeable = False
+    return found
 
 
 def _addresses(tensors: Sequence[torch.Tensor]) -> np.ndarray:
