@@ -284,11 +284,12 @@ done:
 
 PyDoc_STRVAR(count_units_doc,
     "count_units(pointers, outer, units, inner, low, high, out, /)\n--\n\n"
-    "Per tensor and unit, how many values are > low and not >= high (a NaN high: no\n"
-    "upper bound, so that +inf counts as above 0).\n\n"
+    "Per tensor and unit, the share of its values that are > low and not >= high (a NaN\n"
+    "high: no upper bound, so that +inf counts as above 0): the count over outer * inner,\n"
+    "divided in float64 and rounded to float32.\n\n"
     "pointers: a uintp buffer of k addresses of contiguous float32 tensors of one shape,\n"
     "each seen as (outer, units, inner) with the units on the middle axis.\n"
-    "out: a writable float64 buffer of k * units counts, tensor after tensor.");
+    "out: a writable float32 buffer of k * units shares, tensor after tensor.");
 
 VECTOR_CLONES static void count_band(const float *x, Py_ssize_t outer, Py_ssize_t units,
                                      Py_ssize_t inner, float low, float high, int64_t *counts)
@@ -329,12 +330,13 @@ static PyObject *count_units(PyObject *Py_UNUSED(module), PyObject *args)
         goto done;
     }
     if (pointers.len != k * (Py_ssize_t)sizeof(uintptr_t) || outer < 0 || units < 0 ||
-        inner < 0 || out.len != k * units * (Py_ssize_t)sizeof(double)) {
+        inner < 0 || out.len != k * units * (Py_ssize_t)sizeof(float)) {
         PyErr_SetString(PyExc_ValueError, "count_units: buffers of inconsistent sizes");
         goto done;
     }
     const uintptr_t *addresses = pointers.buf;
-    double *columns = out.buf;
+    float *shares = out.buf;
+    double values = (double)outer * (double)inner;
     for (Py_ssize_t r = 0; r < k; r++) {
         if (addresses[r] == 0 && outer * units * inner > 0) {
             PyErr_SetString(PyExc_ValueError, "count_units: a tensor without memory of its own");
@@ -345,7 +347,7 @@ static PyObject *count_units(PyObject *Py_UNUSED(module), PyObject *args)
     for (Py_ssize_t r = 0; r < k; r++) {
         count_band((const float *)addresses[r], outer, units, inner, low, high, counts);
         for (Py_ssize_t u = 0; u < units; u++)
-            columns[r * units + u] = (double)counts[u];
+            shares[r * units + u] = (float)((double)counts[u] / values);
     }
     Py_END_ALLOW_THREADS
     result = Py_NewRef(Py_None);

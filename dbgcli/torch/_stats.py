@@ -274,19 +274,20 @@ def _fused_statistics(
     nonnegative: bool = False,
     copies: Sequence[torch.Tensor] | None = None,
     first_seen: Sequence[int] = (),
+    pointers: np.ndarray | None = None,
 ) -> Pending:
     """The statistics of float32 host ``tensors`` by the compiled kernel, complete at once
     (no transfer, no host arithmetic): records with NaN or infinities take the exact path now.
     With ``copies``, ``update_l2`` against them (NaN for the rows ``first_seen``), and each
-    copy then holds its tensor's values."""
+    copy then holds its tensor's values. ``pointers``: the tensors' addresses, if known."""
     assert _fused is not None
     counts, float_counts = _counts(tensors)
     table = np.empty((len(tensors), len(schema.STAT_COLUMNS)))
     done = np.empty(len(tensors), dtype=np.uint8)
     addresses = None if copies is None else _addresses(copies)
-    unfinished = _fused.reduce(
-        _addresses(tensors), addresses, counts, table, done, l1, signs, nonnegative
-    )
+    if pointers is None:
+        pointers = _addresses(tensors)
+    unfinished = _fused.reduce(pointers, addresses, counts, table, done, l1, signs, nonnegative)
     if first_seen:
         table[list(first_seen), _COLUMN["update_l2"]] = np.nan  # nothing to compare with yet
     sources = tensors if copies is None else copies  # equal after the pass
@@ -670,8 +671,14 @@ def _reduce_activations_fused(
 ) -> tuple[Pending, list[Callable[[], np.ndarray]] | None]:
     """:func:`reduce_activations` by the compiled kernel: one pass over each record for its
     statistics and one for its per-unit counts, no stacking, complete at once."""
+    pointers = _addresses(tensors)
     pending = _fused_statistics(
-        tensors, transfer, l1=not nonnegative, signs=True, nonnegative=nonnegative
+        tensors,
+        transfer,
+        l1=not nonnegative,
+        signs=True,
+        nonnegative=nonnegative,
+        pointers=pointers,
     )
     first = tensors[0]
     if measure is None or axis is None:
@@ -685,9 +692,8 @@ def _reduce_activations_fused(
     )
     outer = math.prod(first.shape[:axis])
     inner = first.numel() // (outer * units)
-    inside = np.empty((len(tensors), units))
-    _fused.count_units(_addresses(tensors), outer, units, inner, low, high, inside)
-    measures = (inside / (outer * inner)).astype(np.float32)
+    measures = np.empty((len(tensors), units), dtype=np.float32)
+    _fused.count_units(pointers, outer, units, inner, low, high, measures)
 
     def measure_of(row: int) -> Callable[[], np.ndarray]:
         return lambda: measures[row]
