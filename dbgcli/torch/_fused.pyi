@@ -1,9 +1,14 @@
-# The compiled kernel (_fused.c); any contiguous buffer is accepted, dbgcli passes numpy arrays.
+# The compiled kernel (_fused.c); any contiguous buffer is accepted (collections.abc.Buffer
+# from Python 3.12: pointers come as a stdlib array, the rest as numpy arrays).
+from typing import Any
+
 import numpy as np
 
+Buffer = Any
+
 def reduce(
-    pointers: np.ndarray,
-    previous: np.ndarray | None,
+    pointers: Buffer,
+    previous: Buffer | None,
     lengths: np.ndarray,
     out: np.ndarray,
     done: np.ndarray,
@@ -13,7 +18,7 @@ def reduce(
     /,
 ) -> int: ...
 def count_units(
-    pointers: np.ndarray,
+    pointers: Buffer,
     outer: int,
     units: int,
     inner: int,

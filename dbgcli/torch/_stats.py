@@ -41,7 +41,9 @@ computes in float64; that costs extra reads, for such records only.
 
 from __future__ import annotations
 
+import array
 import math
+import struct
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -58,6 +60,7 @@ except ImportError:  # built without a C compiler: the torch operations compute 
     _fused = None  # type: ignore[assignment]
 
 _NATIVE = (torch.float32, torch.float64)
+_POINTER_CODE = "Q" if struct.calcsize("P") == 8 else "I"  # uintptr_t
 _PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
 _HOST = torch.device("cpu")
 
@@ -274,7 +277,7 @@ def _fused_statistics(
     nonnegative: bool = False,
     copies: Sequence[torch.Tensor] | None = None,
     first_seen: Sequence[int] = (),
-    pointers: np.ndarray | None = None,
+    pointers: array.array[int] | None = None,
 ) -> Pending:
     """The statistics of float32 host ``tensors`` by the compiled kernel, complete at once
     (no transfer, no host arithmetic): records with NaN or infinities take the exact path now.
@@ -326,8 +329,10 @@ def _counts(tensors: Sequence[torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
     return found
 
 
-def _addresses(tensors: Sequence[torch.Tensor]) -> np.ndarray:
-    return np.array([t.data_ptr() for t in tensors], dtype=np.uintp)
+def _addresses(tensors: Sequence[torch.Tensor]) -> array.array[int]:
+    """The tensors' data pointers, as the kernel's buffer of uintp (a stdlib array: building
+    a numpy one costs several times more in the caches a training step leaves)."""
+    return array.array(_POINTER_CODE, [t.data_ptr() for t in tensors])
 
 
 class Reducer:
