@@ -324,8 +324,8 @@ def _counts(tensors: Sequence[torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
             _COUNTS.clear()
         lengths = np.array(key, dtype=np.int64)
         found = _COUNTS[key] = (lengths, lengths.astype(np.float64))
-        for array in found:
-            array.flags.writeable = False
+        for column in found:
+            column.flags.writeable = False
     return found
 
 
