@@ -364,8 +364,18 @@ static PyMethodDef methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+/* The calling convention's version, checked by dbgcli/torch/_stats.py: a build left from an
+ * older checkout (an editable install not rebuilt) is then not used at all. */
+#define INTERFACE 2
+
+static int add_interface(PyObject *module)
+{
+    return PyModule_AddIntConstant(module, "INTERFACE", INTERFACE);
+}
+
 /* No state of its own: safe without the GIL on free-threaded builds. */
 static PyModuleDef_Slot slots[] = {
+    {Py_mod_exec, add_interface},
 #if defined(Py_GIL_DISABLED)
     {Py_mod_gil, Py_MOD_GIL_NOT_USED},
 #endif

@@ -6,6 +6,8 @@ import numpy as np
 
 Buffer = Any
 
+INTERFACE: int
+
 def reduce(
     pointers: Buffer,
     previous: Buffer | None,

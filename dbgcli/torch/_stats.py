@@ -58,6 +58,10 @@ try:
     from dbgcli.torch import _fused
 except ImportError:  # built without a C compiler: the torch operations compute the same
     _fused = None  # type: ignore[assignment]
+#: The kernel's calling convention this module speaks (``INTERFACE`` in _fused.c).
+KERNEL_INTERFACE = 2
+if getattr(_fused, "INTERFACE", None) != KERNEL_INTERFACE:
+    _fused = None  # type: ignore[assignment]  # a build older than this code: torch's path
 
 _NATIVE = (torch.float32, torch.float64)
 _POINTER_CODE = "Q" if struct.calcsize("P") == 8 else "I"  # uintptr_t
@@ -316,7 +320,9 @@ _COUNTS: dict[tuple[int, ...], tuple[np.ndarray, np.ndarray]] = {}
 def _counts(tensors: Sequence[torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
     """The tensors' numbers of values, as the kernel's int64 lengths and a record's float64
     counts: the same lists come back at every recorded step, and each numpy call costs tens of
-    microseconds in the caches a training step leaves (the arrays are read, never written)."""
+    microseconds in the caches a training step leaves. The arrays are shared: read, never
+    written (not marked read-only: under torch.compile, dynamo would trace that and turn them
+    into tensors)."""
     key = tuple(t.numel() for t in tensors)
     found = _COUNTS.get(key)
     if found is None:
@@ -324,8 +330,6 @@ def _counts(tensors: Sequence[torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
             _COUNTS.clear()
         lengths = np.array(key, dtype=np.int64)
         found = _COUNTS[key] = (lengths, lengths.astype(np.float64))
-        for column in found:
-            column.flags.writeable = False
     return found
 
 

@@ -716,9 +716,11 @@ def test_an_activation_is_its_modules_own_output_whatever_hooks_follow(
     ],
 )
 def test_a_compiled_model_records_activations_at_every_recording_step(
-    tmp_path: Path, how: str
+    tmp_path: Path, how: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # A compiled model keeps the hooks it was compiled with: they must stay registered.
+    # A compiled model keeps the hooks it was compiled with: they must stay registered. The
+    # kernel's glue meets dynamo on a first call (no counts kept from an earlier test).
+    monkeypatch.setattr(stats_module, "_COUNTS", {})
     model = make_net()
     if how == "its class's forward":
 
@@ -1299,16 +1301,27 @@ def test_records_handed_over_late_are_the_same_and_none_is_lost(
             assert (first.stat("grad/fc2.weight", "nan_count").values[2:] > 0).all()
 
 
-def test_without_the_compiled_kernel_dbgcli_imports_and_computes() -> None:
-    """An install without a C compiler has no ``dbgcli.torch._fused``: the statistics come
-    from torch's operations (run in a fresh interpreter that cannot import the kernel)."""
-    code = """
-import importlib.abc, sys
+NO_KERNEL = """
 class NoKernel(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path, target=None):
         if name == "dbgcli.torch._fused":
             raise ImportError("built without a C compiler")
 sys.meta_path.insert(0, NoKernel())
+"""
+# A build left from an older checkout: its calling convention is not this code's.
+OLD_KERNEL = """
+sys.modules["dbgcli.torch._fused"] = types.SimpleNamespace(reduce=None, count_units=None)
+"""
+
+
+@pytest.mark.parametrize("kernel", [NO_KERNEL, OLD_KERNEL], ids=["none", "an old build"])
+def test_without_the_compiled_kernel_dbgcli_imports_and_computes(kernel: str) -> None:
+    """An install without a C compiler has no ``dbgcli.torch._fused``, and one built from
+    older sources is not used: the statistics come from torch's operations (run in a fresh
+    interpreter that cannot import the kernel, or finds an old one)."""
+    code = f"""
+import importlib.abc, sys, types
+{kernel}
 import torch
 from dbgcli.torch import _stats
 assert _stats._fused is None
