@@ -18,8 +18,12 @@ import pytest
 
 from dbgcli.torch._malloc import user_chose_malloc
 
+LIBC, LIBC_VERSION = platform.libc_ver()
 pytestmark = pytest.mark.skipif(
-    sys.platform != "linux" or platform.libc_ver()[0] != "glibc", reason="glibc's malloc only"
+    sys.platform != "linux"
+    or LIBC != "glibc"
+    or tuple(int(part) for part in LIBC_VERSION.split(".")[:2]) < (2, 33),
+    reason="glibc's malloc, with mallinfo2 (glibc 2.33)",
 )
 
 KEPT_AFTER_FREE = """
