@@ -291,10 +291,10 @@ def _fused_statistics(
     counts, float_counts = _counts(tensors)
     table = np.empty((len(tensors), len(schema.STAT_COLUMNS)))
     done = np.empty(len(tensors), dtype=np.uint8)
-    addresses = None if copies is None else _addresses(copies)
     if pointers is None:
         pointers = _addresses(tensors)
-    unfinished = _fused.reduce(pointers, addresses, counts, table, done, l1, signs, nonnegative)
+    previous = None if copies is None else _addresses(copies)
+    unfinished = _fused.reduce(pointers, previous, counts, table, done, l1, signs, nonnegative)
     if first_seen:
         table[list(first_seen), _COLUMN["update_l2"]] = np.nan  # nothing to compare with yet
     sources = tensors if copies is None else copies  # equal after the pass

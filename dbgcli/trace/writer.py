@@ -428,13 +428,24 @@ class _TensorSeries:
             if self.unit_axis is None and self.measure is not None:
                 self.unit_axis = schema.default_unit_axis(len(shape))
             self._write_attrs(shape, dtype)
-        self.pending_stats.append(stats.reshape(1, -1))
         if self.measure is not None:
             self.pending_units.append(self._fit_units(units))
         if raw is not None and raw.size:
             segment = self._segment(raw.shape, raw.dtype)
             self._keep_raw(segment, raw.reshape(1, *raw.shape), room)
             segment.pending_records.append(np.array([self.records], dtype=np.int64))
+        self.add_row(stats.reshape(1, -1), step, mode)
+
+    @property
+    def takes_rows_alone(self) -> bool:
+        """Whether a record of statistics alone is :meth:`add_row` and nothing more: the
+        series is described, has no unit measure and no block of its own pending."""
+        return self.described and not self.fill and self.measure is None
+
+    def add_row(self, stats: np.ndarray, step: int, mode: int) -> None:
+        """Append a record's ``(1, columns)`` statistics with its step and mode (its unit
+        measures and full tensor, if any, are the caller's)."""
+        self.pending_stats.append(stats)
         self.index.pending_steps.append(step)
         self.index.pending_modes.append(mode)
         self.records += 1
@@ -1113,27 +1124,18 @@ class TraceWriter:
     def _add_known_rows(
         self, tags: Sequence[Any], rows: np.ndarray, step: int, mode: int, checked: list[Any]
     ) -> bool:
-        """What :meth:`_TensorSeries.add_precomputed` does, for a call of statistics rows alone
-        whose records all passed their checks and whose tags are all series described already,
-        without unit measures and with no block of their own pending: a hook's every recorded
-        step after its first. Returns False, having added nothing, where any of that fails."""
+        """The records of a call of statistics rows alone, when all of them passed their
+        checks and each tag's series takes rows alone (:attr:`_TensorSeries.takes_rows_alone`):
+        a hook's every recorded step after its first, without the per-record checks. Returns
+        False, having added nothing, where any of that fails."""
         known = []
         for tag, answer in zip(tags, checked):
             series = self._tensors.get(tag) if type(tag) is str else None
-            if (
-                series is None
-                or isinstance(answer, Exception)
-                or not series.described
-                or series.fill
-                or series.measure is not None
-            ):
+            if series is None or isinstance(answer, Exception) or not series.takes_rows_alone:
                 return False
             known.append(series)
         for index, series in enumerate(known):
-            series.pending_stats.append(rows[index : index + 1])
-            series.index.pending_steps.append(step)
-            series.index.pending_modes.append(mode)
-            series.records += 1
+            series.add_row(rows[index : index + 1], step, mode)
         if known:
             self._after_add(step, mode, 128 * len(known))
         return True
