@@ -446,6 +446,37 @@ def test_statistics_rows_added_at_once_are_checked_one_by_one(tmp_path: Path) ->
         np.testing.assert_array_equal(bulk.raw("a", 7), np.ones((2, 3), np.float32))
 
 
+@pytest.mark.parametrize("commit_between", [False, True])
+def test_unit_measures_that_start_late_stay_with_their_records(
+    tmp_path: Path, commit_between: bool
+) -> None:
+    """A measured series whose first records come without unit measures: those records get
+    NaN measures, whether they were committed before the first measures arrived or not, and
+    no record is lost (before, every commit failed or the measures shifted onto the wrong
+    records)."""
+    path = tmp_path / "late.h5"
+    row = np.zeros((1, len(schema.STAT_COLUMNS)))
+    kwargs: dict[str, Any] = {
+        "shapes": [(4, 3)],
+        "dtypes": ["f4"],
+        "collections": ["activations"],
+        "kind": "relu",
+    }
+    measured = np.array([0.25, 0.5, 1.0], np.float32)
+    with TraceWriter(path) as writer:
+        writer.add_tensor_stats_rows(["act"], row, 0, units=None, **kwargs)
+        if commit_between:
+            writer.flush()
+        writer.add_tensor_stats_rows(["act"], row, 1, units=[measured], **kwargs)
+        writer.add_tensor_stats_rows(["act"], row, 2, units=None, **kwargs)
+    assert writer.dropped == 0
+    with open_trace(path) as trace:
+        units = trace.units("act")
+        assert units is not None
+        np.testing.assert_array_equal(units.steps, [0, 1, 2])
+        np.testing.assert_array_equal(units.values, [[np.nan] * 3, measured, [np.nan] * 3])
+
+
 def test_statistics_rows_of_known_tags_are_stored_in_order(tmp_path: Path) -> None:
     """Rows of tags already known (a hook's every recorded step after the first) are stored as
     given, in the order of the records, also around full tensors of the same tag added in

@@ -573,16 +573,27 @@ class _TensorSeries:
             self.stats.queue(np.concatenate(self.pending_stats))
             self.pending_stats.clear()
         if self.pending_units:
-            units = np.concatenate(self.pending_units)
-            if units.shape[1]:
+            # Rows of records added before the unit count was known have no columns: they
+            # get NaN measures, so that row i of the units dataset stays record i's.
+            width = max(rows.shape[1] for rows in self.pending_units)
+            if width:
+                units = np.concatenate(
+                    [
+                        rows if rows.shape[1] else np.full((len(rows), width), np.nan, np.float32)
+                        for rows in self.pending_units
+                    ]
+                )
                 if self.units is None:
                     self.units = _Appendable(
                         self.group,
                         schema.DS_UNITS,
-                        (units.shape[1],),
+                        (width,),
                         np.float32,
-                        schema.chunk_rows(units.shape[1] * 4, _RAW_CHUNK_BYTES),
+                        schema.chunk_rows(width * 4, _RAW_CHUNK_BYTES),
                     )
+                    earlier = self.records - len(units) - self.units.length
+                    if earlier > 0:  # staged before, while no record had measures
+                        self.units.queue(np.full((earlier, width), np.nan, np.float32))
                 self.units.queue(units)
             self.pending_units.clear()
 
