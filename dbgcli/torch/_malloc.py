@@ -68,14 +68,12 @@ def _glibc() -> bool:
         return False
 
 
-def settle_malloc() -> bool:
-    """Set glibc's mmap and trim thresholds to their ceilings, once per process; returns
-    whether they are set (now or before). Never raises: malloc's defaults stand instead."""
+def settle_malloc() -> None:
+    """Set glibc's mmap and trim thresholds to their ceilings, once per process. Never raises:
+    malloc's defaults stand instead."""
     global _settled
-    if _settled:
-        return True
-    if sys.platform != "linux" or not _glibc() or user_chose_malloc():
-        return False
+    if _settled or sys.platform != "linux" or not _glibc() or user_chose_malloc():
+        return
     try:
         libc = ctypes.CDLL(None)
         mallopt = libc.mallopt
@@ -86,5 +84,4 @@ def settle_malloc() -> bool:
             and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
         )
     except (OSError, AttributeError):
-        return False
-    return _settled
+        pass

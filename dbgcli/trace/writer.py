@@ -59,6 +59,8 @@ _BLOCK_BYTES = 1 << 20
 # headers, chunk indexes, the superblock), plus some per dataset written.
 _METADATA_ROOM = 1 << 20
 _ROOM_PER_DATASET = 16 << 10
+# What a record of statistics alone adds to what is held until a commit (about its row).
+_STATS_ROW_BYTES = 128
 # Calls of add_tensor_stats_rows whose checked shapes, dtypes and collections are kept.
 _CHECKED_LIMIT = 4096
 
@@ -1125,7 +1127,7 @@ class TraceWriter:
                     rows[index], units_row, raw, dims, stored_dtype, step_number, mode_code, room
                 )
                 added += 1
-                nbytes += 128 if raw is None else raw.nbytes
+                nbytes += _STATS_ROW_BYTES if raw is None else raw.nbytes
             except Exception as error:  # noqa: BLE001 - never let recording kill training
                 self._drop(tag, error)
                 self._forget_empty(tag)
@@ -1148,7 +1150,7 @@ class TraceWriter:
         for index, series in enumerate(known):
             series.add_row(rows[index : index + 1], step, mode)
         if known:
-            self._after_add(step, mode, 128 * len(known))
+            self._after_add(step, mode, _STATS_ROW_BYTES * len(known))
         return True
 
     def _checked_records(
