@@ -38,7 +38,15 @@ from pathlib import Path
 import numpy as np
 import xgboost as xgb
 
-from dbgcli.xgboost import IMPORTANCE_TYPES, DbgCallback, _json_depth, model_tree_depths, tree_depth
+from dbgcli.xgboost import (
+    IMPORTANCE_TYPES,
+    TREE_READ_EVERY,
+    DbgCallback,
+    _json_depth,
+    _model_trees,
+    model_tree_depths,
+    tree_depth,
+)
 
 
 class Timed:
@@ -70,7 +78,7 @@ class TimedCallback(Timed, DbgCallback):
 class WholeModelCallback(DbgCallback):
     """The callback as it read the model before: JSON dumps and whole-model importance."""
 
-    def _record_trees(self, writer, model, step):  # type: ignore[no-untyped-def]
+    def _note_round(self, writer, model, step):  # type: ignore[no-untyped-def]
         rounds = model.num_boosted_rounds()
         dumps = model[rounds - 1 : rounds].get_dump(dump_format="json")
         depths = np.array([_json_depth(tree) for tree in dumps], dtype=np.int64)
@@ -188,8 +196,10 @@ def main() -> int:
     last = booster[rounds - 1 : rounds]
     nodes = sum(dump.count("\n") for dump in last.get_dump())
     print(f"\nper-round work at the last round ({nodes} nodes in its tree), median CPU ms:")
+    batch = min(TREE_READ_EVERY, rounds)
     work = {
-        "slice the new trees": lambda: booster[rounds - 1 : rounds],
+        "slice the last round": lambda: booster[rounds - 1 : rounds],
+        f"slice the last {batch} rounds": lambda: booster[rounds - batch : rounds],
         "depth, JSON dump": lambda: [_json_depth(t) for t in last.get_dump(dump_format="json")],
         "depth, text dump": lambda: [tree_depth(t) for t in last.get_dump()],
         "depth, model arrays": lambda: model_tree_depths(last),
@@ -199,9 +209,12 @@ def main() -> int:
         "importance, new trees": lambda: [
             last.get_score(importance_type=kind) for kind in ("weight", "total_gain", "total_cover")
         ],
+        "depth and importance, model arrays": lambda: _model_trees(
+            last.save_raw("json"), args.features
+        ),
     }
     for name, action in work.items():
-        print(f"  {name:26s}{_time(action) * 1e3:8.2f}")
+        print(f"  {name:36s}{_time(action) * 1e3:8.2f}")
     return 0
 
 

@@ -24,7 +24,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import xgboost
@@ -45,6 +45,9 @@ IMPORTANCE_TYPES: tuple[str, ...] = ("weight", "gain", "cover")
 TRAIN_SET_NAMES = frozenset({"train", "training", "dtrain"})
 #: Keep full tensors of labels and predictions every this many rounds by default.
 DEFAULT_RAW_EVERY = 100
+#: Read the trees of this many rounds at once (each read has a fixed cost of about a
+#: quarter of a millisecond, whatever it reads); their records reach the trace together.
+TREE_READ_EVERY = 10
 # What get_score sums over trees; weight, gain and cover are computed from these totals.
 _TOTALS = ("weight", "total_gain", "total_cover")
 
@@ -62,11 +65,20 @@ def tree_depth(tree_dump: str) -> int:
     return max(len(line) - len(line.lstrip("\t")) for line in tree_dump.splitlines())
 
 
-# A tree's child arrays in the model's JSON (``Booster.save_raw("json")``), -1 for no child.
-_CHILDREN = {
-    side: re.compile(rb'"%s_children":\s*\[([^\]]*)\]' % side.encode())
-    for side in ("left", "right")
-}
+# A tree's node arrays in the model's JSON (``Booster.save_raw("json")``): children (-1 for
+# none), the feature each node splits on, its gain and its cover.
+_NODE_ARRAYS = ("left_children", "right_children", "split_indices", "loss_changes", "sum_hessian")
+_ARRAY = {name: re.compile(rb'"%s":\s*\[([^\]]*)\]' % name.encode()) for name in _NODE_ARRAYS}
+# Where each round's trees start among the model's trees (XGBoost >= 2.0).
+_ITERATION_INDPTR = re.compile(rb'"iteration_indptr":\s*\[([^\]]*)\]')
+
+
+class _Tree(NamedTuple):
+    """One tree as ``get_score`` and the depth rule see it: its depth, and per feature the
+    splits on it, their total gain and their total cover."""
+
+    depth: int
+    importance: np.ndarray  # (3, features): weight, total gain, total cover
 
 
 def model_tree_depths(model: xgboost.Booster) -> np.ndarray:
@@ -77,11 +89,29 @@ def model_tree_depths(model: xgboost.Booster) -> np.ndarray:
     is a few times cheaper than any dump (``python bench/bench_xgboost.py``).
     """
     raw = model.save_raw("json")
-    lefts, rights = (pattern.findall(raw) for pattern in _CHILDREN.values())
+    lefts, rights = (_ARRAY[side].findall(raw) for side in ("left_children", "right_children"))
     return np.array(
-        [_depth(_ints(left), _ints(right)) for left, right in zip(lefts, rights, strict=True)],
+        [_splits(_ints(left), _ints(right))[0] for left, right in zip(lefts, rights, strict=True)],
         dtype=np.int64,
     )
+
+
+def _model_trees(raw: bytes | bytearray, features: int) -> tuple[list[_Tree], np.ndarray | None]:
+    """The trees of a model's JSON, and where each round's trees start (None if the model
+    does not say)."""
+    arrays = [_ARRAY[name].findall(raw) for name in _NODE_ARRAYS]
+    trees = []
+    for left, right, feature, gain, cover in zip(*arrays, strict=True):
+        depth, splits = _splits(_ints(left), _ints(right))
+        on = _ints(feature)[splits]
+        importance = np.zeros((len(_TOTALS), features))
+        # Nodes reachable from the root only, as get_score walks them (pruning leaves some
+        # deleted nodes in the arrays).
+        for row, weights in enumerate((None, _floats(gain)[splits], _floats(cover)[splits])):
+            importance[row] = np.bincount(on, weights, minlength=features)[:features]
+        trees.append(_Tree(depth, importance))
+    indptr = _ITERATION_INDPTR.search(raw)
+    return trees, None if indptr is None else _ints(indptr.group(1))
 
 
 def _ints(text: bytes) -> np.ndarray:
@@ -90,15 +120,24 @@ def _ints(text: bytes) -> np.ndarray:
     return np.fromstring(text, dtype=np.int64, sep=",")
 
 
-def _depth(left: np.ndarray, right: np.ndarray) -> int:
-    """Edges from node 0 to the deepest leaf, given each node's children (-1: none)."""
+def _floats(text: bytes) -> np.ndarray:
+    if not text.strip():
+        return np.zeros(0)
+    return np.fromstring(text, sep=",")
+
+
+def _splits(left: np.ndarray, right: np.ndarray) -> tuple[int, np.ndarray]:
+    """Edges from node 0 to the deepest leaf, and the nodes reachable from node 0 that
+    split, given each node's children (-1: none)."""
     depth, level = 0, np.zeros(1, dtype=np.int64)
+    splits: list[np.ndarray] = []
     while True:
         below = np.concatenate((left[level], right[level]))
-        below = below[below >= 0]
-        if not len(below):
-            return depth
-        depth, level = depth + 1, below
+        inner = below >= 0
+        if not inner.any():
+            return depth, np.concatenate(splits) if splits else level[:0]
+        splits.append(level[inner[: len(level)] | inner[len(level) :]])
+        depth, level = depth + 1, below[inner]
 
 
 def _json_depth(tree_json: str) -> int:
@@ -133,13 +172,15 @@ class DbgCallback(TrainingCallback):
       names), in full, every ``raw_every`` rounds and after the last round (the data rules
       judge the model training ends with).
 
-    Each round reads only the trees it added, so its cost does not grow with the model: the
-    tree depth comes from the node arrays of ``booster[first_new:rounds]`` saved as JSON
-    (:func:`model_tree_depths`), and feature importance from that slice's ``get_score`` for
-    weight, total gain and total cover, added to running totals (gain and cover are the
-    totals divided by the weight, as ``booster.get_score`` computes them over every tree).
-    With trees of depth 20 this is several times cheaper per round than dumping the trees and
-    walking the whole model (``python bench/bench_xgboost.py``; docs/benchmarks.md).
+    The trees are read every :data:`TREE_READ_EVERY` rounds and after the last, so their
+    records reach the trace up to that many rounds after the round's metrics. Each read
+    takes only the trees added since the last, so its cost does not grow with the model: one
+    slice of the booster saved as JSON, whose node arrays give each tree's depth and the
+    splits, gain and cover per feature that ``booster.get_score`` sums (``weight``,
+    ``total_gain``, ``total_cover``; gain and cover are those totals over the weight), added
+    to running totals. With trees of depth 20 this is several times cheaper per round than
+    dumping the trees and walking the whole model (``python bench/bench_xgboost.py``;
+    docs/benchmarks.md).
 
     The callback ends boosting (``after_iteration`` returns True) only when the run is asked
     to stop (``dbg watch --stop``, or ``stop_on``), and never raises from a training hook:
@@ -210,9 +251,12 @@ class DbgCallback(TrainingCallback):
         self._set_modes: dict[str, tuple[str, str]] = {}
         self._failures = FailureReporter()
         self._live = LiveRules(stop_on) if stop_on is not None else None
-        # Rounds whose trees are in the importance totals, and the totals per feature.
+        # The booster whose rounds (epoch, rounds boosted by then) wait for their trees to be
+        # read, the rounds whose trees are in the importance totals, and those totals.
+        self._model: xgboost.Booster | None = None
+        self._unread: list[tuple[int, int]] = []
         self._counted_rounds = 0
-        self._totals: dict[str, np.ndarray] = {}
+        self._totals = np.zeros((len(_TOTALS), 0))
 
     # -- TrainingCallback ---------------------------------------------------------------------
     def before_training(self, model: xgboost.Booster) -> xgboost.Booster:
@@ -232,7 +276,7 @@ class DbgCallback(TrainingCallback):
             lambda: self._record_metrics(writer, epoch, evals_log),
         )
         self._failures.guard(
-            "recording the new trees", lambda: self._record_trees(writer, model, epoch)
+            "recording the new trees", lambda: self._note_round(writer, model, epoch)
         )
         if self.data is not None and writer.raw_due(epoch):
             data = self.data
@@ -247,6 +291,8 @@ class DbgCallback(TrainingCallback):
         model training ends with), then close the trace if this callback opened it, else
         commit what was recorded."""
         writer = self.writer
+        if writer is not None and self._unread:
+            self._failures.guard("recording the new trees", lambda: self._record_trees(writer))
         if writer is not None and self.data is not None:
             data, last = self.data, model.num_boosted_rounds() - 1
             if last >= 0 and not writer.raw_due(last):
@@ -322,40 +368,59 @@ class DbgCallback(TrainingCallback):
         self._set_modes[set_name] = known
         return known
 
-    def _record_trees(self, writer: TraceWriter, model: xgboost.Booster, step: int) -> None:
-        """Depth of the trees of this round and feature importance, from the new trees only."""
+    def _note_round(self, writer: TraceWriter, model: xgboost.Booster, epoch: int) -> None:
+        """Read the trees of the rounds noted so far once there are :data:`TREE_READ_EVERY`
+        of them (or the booster changed): one slice of the model, whatever its length."""
         rounds = model.num_boosted_rounds()
-        if rounds < self._counted_rounds:  # a new model: start the totals again
-            self._counted_rounds, self._totals = 0, {}
-        first = self._counted_rounds if self._counted_rounds < rounds else rounds - 1
-        new_trees = model[first:rounds]
-        latest = model[rounds - 1 : rounds] if rounds - first > 1 else new_trees
-        writer.add_tensor(
-            "trees/depth", model_tree_depths(latest), step, collection="trees", raw=True
-        )
+        if self._unread and (model is not self._model or rounds <= self._unread[-1][1]):
+            self._record_trees(writer)  # another booster, or this one went back
+        if model is not self._model:
+            self._model, self._counted_rounds = model, 0  # its trees are counted from the first
+        self._unread.append((epoch, rounds))
+        if len(self._unread) >= TREE_READ_EVERY:
+            self._record_trees(writer)
+
+    def _record_trees(self, writer: TraceWriter) -> None:
+        """Depth of the trees of each unread round and feature importance after it, from the
+        trees added since the last read: their node arrays in the JSON of the model's slice
+        (the feature each node splits on, its gain and cover are what ``get_score`` sums)."""
+        model, unread, self._unread = self._model, self._unread, []
+        assert model is not None
         names = self._names(writer, model)
-        if first == self._counted_rounds:
-            for total in _TOTALS:
-                score = new_trees.get_score(importance_type=total)
-                added = np.array([float(np.sum(score.get(n, 0.0))) for n in names])
-                self._totals[total] = self._totals.get(total, np.zeros(len(names))) + added
-            self._counted_rounds = rounds
-        weight = self._totals["weight"]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            per_split = {
-                "weight": weight,
-                "gain": np.where(weight > 0, self._totals["total_gain"] / weight, 0.0),
-                "cover": np.where(weight > 0, self._totals["total_cover"] / weight, 0.0),
-            }
-        for importance_type in IMPORTANCE_TYPES:
-            writer.add_tensor(
-                f"feature_importance/{importance_type}",
-                per_split[importance_type],
-                step,
-                collection="feature_importance",
-                kind=importance_type,
-                raw=True,
-            )
+        if self._counted_rounds == 0 or unread[0][1] <= self._counted_rounds:
+            self._counted_rounds = 0  # a new model, or one that went back: count from the first
+            self._totals = np.zeros((len(_TOTALS), len(names)))
+        first, last = self._counted_rounds, unread[-1][1]
+        trees, indptr = _model_trees(model[first:last].save_raw("json"), len(names))
+        if indptr is None or len(indptr) != last - first + 1:
+            indptr = np.linspace(0, len(trees), last - first + 1).astype(np.int64)
+        totals = self._totals
+        after_round = {}  # round -> (depths of its trees, importance totals after it)
+        for index in range(last - first):
+            added = trees[indptr[index] : indptr[index + 1]]
+            totals = totals + sum((tree.importance for tree in added), np.zeros_like(totals))
+            depths = np.array([tree.depth for tree in added], dtype=np.int64)
+            after_round[first + index] = (depths, totals)
+        self._totals, self._counted_rounds = totals, last
+        with writer.late_records():  # all but the newest round are behind the metrics
+            for epoch, rounds in unread:
+                depths, (weight, total_gain, total_cover) = after_round[rounds - 1]
+                writer.add_tensor("trees/depth", depths, epoch, collection="trees", raw=True)
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    per_split = {
+                        "weight": weight,
+                        "gain": np.where(weight > 0, total_gain / weight, 0.0),
+                        "cover": np.where(weight > 0, total_cover / weight, 0.0),
+                    }
+                for importance_type in IMPORTANCE_TYPES:
+                    writer.add_tensor(
+                        f"feature_importance/{importance_type}",
+                        per_split[importance_type],
+                        epoch,
+                        collection="feature_importance",
+                        kind=importance_type,
+                        raw=True,
+                    )
 
     def _names(self, writer: TraceWriter, model: xgboost.Booster) -> list[str]:
         if self._feature_names is None:

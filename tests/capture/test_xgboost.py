@@ -13,7 +13,13 @@ import xgboost as xgb
 
 from dbgcli import TraceWriter, open_trace
 from dbgcli.errors import TraceWriterError
-from dbgcli.xgboost import IMPORTANCE_TYPES, DbgCallback, model_tree_depths, tree_depth
+from dbgcli.xgboost import (
+    IMPORTANCE_TYPES,
+    TREE_READ_EVERY,
+    DbgCallback,
+    model_tree_depths,
+    tree_depth,
+)
 
 N_FEATURES = 6
 
@@ -166,6 +172,50 @@ def test_multiclass_parallel_trees_and_more_eval_sets(
         assert trace.scalar("mlogloss", mode="eval").steps.tolist() == [0, 1, 2]
         assert trace.scalar("test/mlogloss", mode="eval").steps.tolist() == [0, 1, 2]
         assert trace.scalar("test/loss", mode="eval").steps.tolist() == [0, 1, 2]
+
+
+def test_trees_read_in_batches_keep_each_round_at_its_step(
+    tmp_path: Path, no_dbg_warnings: None
+) -> None:
+    """Rounds past TREE_READ_EVERY, several trees a round, and pruned trees whose node arrays
+    hold deleted nodes: each round's depths and importance are those of the model then."""
+    x, y = make_data(0, classes=3)
+    path = tmp_path / "run.h5"
+    rounds = 2 * TREE_READ_EVERY + 5
+    dtrain = xgb.DMatrix(x, label=y)
+    booster = xgb.train(
+        {
+            "objective": "multi:softprob",
+            "num_class": 3,
+            "num_parallel_tree": 2,
+            "tree_method": "exact",  # grows, then prunes: deleted nodes stay in the arrays
+            "gamma": 1.0,
+            "max_depth": 6,
+            "seed": 0,
+        },
+        dtrain,
+        num_boost_round=rounds,
+        evals=[(dtrain, "train")],
+        callbacks=[DbgCallback(path)],
+        verbose_eval=False,
+    )
+    dumps = booster.get_dump(dump_format="json")
+    assert len(dumps) == 6 * rounds
+    with open_trace(path) as trace:
+        assert trace.index("trees/depth")[0].tolist() == list(range(rounds))
+        # The trees' records reach the trace after the round's metrics: no step went back.
+        assert trace.timeline().steps.tolist() == list(range(rounds))
+        for step in range(rounds):
+            expected = [tree_depth(tree) for tree in dumps[6 * step : 6 * step + 6]]
+            assert trace.raw("trees/depth", step).tolist() == expected
+            for importance_type in IMPORTANCE_TYPES:
+                score = booster[: step + 1].get_score(importance_type=importance_type)
+                # get_score sums the gains and covers of 150 trees in float32; dbg in float64.
+                np.testing.assert_allclose(
+                    trace.raw(f"feature_importance/{importance_type}", step),
+                    [score.get(f"f{i}", 0.0) for i in range(N_FEATURES)],
+                    rtol=1e-5,
+                )
 
 
 def test_the_training_set_can_be_named(tmp_path: Path, no_dbg_warnings: None) -> None:
