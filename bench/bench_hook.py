@@ -31,7 +31,11 @@ that record tensors, those that also keep full tensors, the step after each reco
 rest. Attaching (creating the trace), the first commit and closing (the last commit) are timed
 apart, and the writer's commits during the timed steps are counted (a race's clock counts both
 copies, so it reaches the commit interval twice as fast per hooked step as a run alone would).
-``--repeat`` runs the race that many times and reports each overhead and their median.
+``--repeat`` runs the race that many times and reports each overhead and their median. A
+shared machine can switch between two speeds within a race (the plain MLP's two-thread step
+on the project's VM: about 3.7 or 5.5 ms): the steps of every race, in blocks of five recording
+cycles, are split at the largest gap between their mean plain steps if it is at least 1.2x, and
+the overhead, and what the step after a record adds to it, are printed for each speed.
 
 ``--hook-only`` records into a writer whose ``add_tensor``, ``add_tensor_stats`` and
 ``add_scalar`` do nothing, which separates what the hook does on the training thread (forward
@@ -253,6 +257,60 @@ class Race(NamedTuple):
         return model / float(self.plain.mean())
 
 
+#: A gap of at least this ratio between the sorted mean plain steps of the blocks of steps
+#: splits them into two speeds of the machine (see ``machine_speeds``).
+SPEED_GAP = 1.2
+
+
+class Speed(NamedTuple):
+    """The blocks of steps in which the machine ran at one speed."""
+
+    blocks: int
+    plain: float  # mean plain step, seconds
+    overhead: float
+    after_record: float  # what the steps after a record add to the overhead
+
+
+def machine_speeds(races: list[Race], block: int) -> list[Speed]:
+    """The blocks of ``block`` consecutive steps of every race, split at the largest gap
+    between their mean plain steps when it is at least :data:`SPEED_GAP` and each side holds
+    a tenth of the blocks; else one group. A shared machine (a VM whose two vCPUs the host
+    sometimes runs slower together) can switch within a race between two speeds, at which the
+    hook does not cost the same, and the share of each in a run decides its figure."""
+    rows = []  # (mean plain step, plain seconds, extra seconds, extra after a record)
+    for r in races:
+        extras, after = r.extras(), r.after_record()
+        for start in range(0, len(r.plain) - block + 1, block):
+            part = slice(start, start + block)
+            rows.append(
+                (
+                    float(r.plain[part].mean()),
+                    float(r.plain[part].sum()),
+                    float(extras[part].sum()),
+                    float(extras[part][after[part]].sum()),
+                )
+            )
+    if not rows:
+        return []
+    table = np.array(sorted(rows))
+    groups = [table]
+    if len(table) >= 10:
+        ratios = table[1:, 0] / table[:-1, 0]
+        low = len(table) // 10
+        cut = int(np.argmax(ratios[max(low - 1, 0) : len(ratios) - low])) + max(low - 1, 0)
+        if ratios[cut] >= SPEED_GAP:
+            groups = [table[: cut + 1], table[cut + 1 :]]
+    return [
+        Speed(
+            len(g),
+            float(g[:, 0].mean()),
+            g[:, 2].sum() / g[:, 1].sum(),
+            g[:, 3].sum() / g[:, 1].sum(),
+        )
+        for g in groups
+    ]
+
+
 def race(args: argparse.Namespace, data: list[Batch], trace: Path) -> Race:
     """The plain and the hooked copy train on the same batches, one step each in turn."""
     plain, hooked = make_model(args), make_model(args)
@@ -414,6 +472,19 @@ def report(args: argparse.Namespace, races: list[Race]) -> Race:
             else f"the copy going second pays {order * 1e3:+.2f} ms/step"
         )
     )
+    block = 5 * args.stats_every
+    speeds = machine_speeds(races, block)
+    if len(speeds) == 2:
+        fast, slow = speeds
+        print(
+            f"  machine speed two, in blocks of {block} steps: plain step "
+            f"{fast.plain * 1e3:.2f} ms ({fast.blocks} blocks) and {slow.plain * 1e3:.2f} ms "
+            f"({slow.blocks}); overhead {fast.overhead * 100:+.1f} and {slow.overhead * 100:+.1f} "
+            f"%, the step after a record {fast.after_record * 100:+.1f} and "
+            f"{slow.after_record * 100:+.1f} of it"
+        )
+    elif speeds:
+        print(f"  machine speed one, in blocks of {block} steps (no gap of {SPEED_GAP}x)")
     print(f"  attach, first commit, close {middle.once * 1e3:8.2f} ms once")
     counts = ", ".join(str(len(r.commits)) for r in races)
     spent = [c for r in races for c in r.commits]

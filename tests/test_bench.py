@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
@@ -26,7 +27,14 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
         (
             "bench_hook.py",
             ["--repeat", "1"],
-            ["without hook", "with hook", "overhead", "cost model", "10 parameter tensors"],
+            [
+                "without hook",
+                "with hook",
+                "overhead",
+                "cost model",
+                "machine speed",
+                "10 parameter tensors",
+            ],
         ),
         (
             "bench_hook.py",
@@ -53,3 +61,37 @@ def test_benchmark_script_runs(
     assert result.returncode == 0, result.stderr
     for line in expected:
         assert line in result.stdout, result.stdout
+
+
+def test_the_hook_benchmark_splits_its_steps_by_the_speed_of_the_machine() -> None:
+    sys.path.insert(0, str(BENCH))
+    try:
+        import bench_hook
+    finally:
+        sys.path.remove(str(BENCH))
+    steps = 1000
+    rng = np.random.default_rng(0)
+    # Blocks of 50 steps: the first 600 steps at 4 ms, the rest at 6 ms (each +-1 %).
+    plain = np.where(np.arange(steps) < 600, 4e-3, 6e-3) * rng.uniform(0.99, 1.01, steps)
+    recorded = np.arange(steps) % 10 == 0
+    after = np.roll(recorded, 1)
+    # The hook costs 5 % at the fast speed; at the slow one 2 %, plus 1.2 ms after a record.
+    hooked = plain * np.where(np.arange(steps) < 600, 1.05, 1.02) + np.where(
+        (np.arange(steps) >= 600) & after, 1.2e-3, 0.0
+    )
+    race = bench_hook.Race(
+        plain, hooked, recorded, np.zeros(steps, bool), np.arange(steps) % 2 == 1, 0.0, ()
+    )
+    fast, slow = bench_hook.machine_speeds([race], 50)
+    assert (fast.blocks, slow.blocks) == (12, 8)
+    assert fast.plain == pytest.approx(4e-3, rel=0.01)
+    assert slow.plain == pytest.approx(6e-3, rel=0.01)
+    assert fast.overhead == pytest.approx(0.05, abs=0.002)
+    assert fast.after_record == pytest.approx(0.005, abs=0.001)  # 5 % of a tenth of the steps
+    assert slow.after_record == pytest.approx((0.02 + 1.2e-3 / 6e-3) / 10, abs=0.002)
+    assert slow.overhead == pytest.approx(0.02 + 1.2e-3 / 6e-3 / 10, abs=0.003)
+
+    steady = race._replace(plain=np.full(steps, 4e-3), hooked=np.full(steps, 4.2e-3))
+    (only,) = bench_hook.machine_speeds([steady], 50)
+    assert only.blocks == 20
+    assert only.overhead == pytest.approx(0.05)
