@@ -182,6 +182,9 @@ class DbgCallback(TrainingCallback):
     dumping the trees and walking the whole model (``python bench/bench_xgboost.py``;
     docs/benchmarks.md).
 
+    A linear booster (``booster="gblinear"``) has no trees: its rounds record the metrics
+    (and ``data``) only.
+
     The callback ends boosting (``after_iteration`` returns True) only when the run is asked
     to stop (``dbg watch --stop``, or ``stop_on``), and never raises from a training hook:
     failures are logged (WARNING on the ``dbgcli`` logger).
@@ -253,6 +256,7 @@ class DbgCallback(TrainingCallback):
         self._live = LiveRules(stop_on) if stop_on is not None else None
         # The booster whose rounds (epoch, rounds boosted by then) wait for their trees to be
         # read, the rounds whose trees are in the importance totals, and those totals.
+        self._has_trees = True
         self._model: xgboost.Booster | None = None
         self._unread: list[tuple[int, int]] = []
         self._counted_rounds = 0
@@ -275,9 +279,10 @@ class DbgCallback(TrainingCallback):
             "recording the evaluation metrics",
             lambda: self._record_metrics(writer, epoch, evals_log),
         )
-        self._failures.guard(
-            "recording the new trees", lambda: self._note_round(writer, model, epoch)
-        )
+        if self._has_trees:
+            self._failures.guard(
+                "recording the new trees", lambda: self._note_round(writer, model, epoch)
+            )
         if self.data is not None and writer.raw_due(epoch):
             data = self.data
             self._failures.guard(
@@ -308,10 +313,13 @@ class DbgCallback(TrainingCallback):
 
     # -- recording ----------------------------------------------------------------------------
     def _open(self, model: xgboost.Booster) -> None:
+        config = json.loads(model.save_config())
+        booster = config.get("learner", {}).get("gradient_booster", {}).get("name")
+        self._has_trees = booster != "gblinear"  # no depth, no importance by split
         metadata: dict[str, Any] = {
             **self.metadata,
             "xgboost_version": xgboost.__version__,
-            "xgboost_config": json.loads(model.save_config()),
+            "xgboost_config": config,
         }
         if isinstance(self.trace, TraceWriter):
             self.writer = self.trace

@@ -75,7 +75,9 @@ def no_dbg_warnings(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
     """Fail the test if the integration logged a failure (it never raises into the loop)."""
     with caplog.at_level(logging.WARNING, logger="dbgcli"):
         yield
-    failures = [r.getMessage() for r in caplog.records if r.name.startswith("dbgcli")]
+    # The records of the test itself: caplog.records would hold the teardown's, always none.
+    records = caplog.get_records("call")
+    failures = [r.getMessage() for r in records if r.name.startswith("dbgcli")]
     assert not failures, failures
 
 

@@ -29,7 +29,9 @@ def no_dbg_warnings(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
     """Fail the test if the integration logged a failure (it never raises into the loop)."""
     with caplog.at_level(logging.WARNING, logger="dbgcli"):
         yield
-    failures = [r.getMessage() for r in caplog.records if r.name.startswith("dbgcli")]
+    # The records of the test itself: caplog.records would hold the teardown's, always none.
+    records = caplog.get_records("call")
+    failures = [r.getMessage() for r in records if r.name.startswith("dbgcli")]
     assert not failures, failures
 
 
@@ -216,6 +218,17 @@ def test_trees_read_in_batches_keep_each_round_at_its_step(
                     [score.get(f"f{i}", 0.0) for i in range(N_FEATURES)],
                     rtol=1e-5,
                 )
+
+
+@pytest.mark.filterwarnings("ignore:(?s).*max_depth:UserWarning")  # train() sets it for trees
+def test_a_linear_booster_records_its_metrics_and_no_trees(
+    tmp_path: Path, no_dbg_warnings: None
+) -> None:
+    path = tmp_path / "run.h5"
+    train([DbgCallback(path)], booster="gblinear")
+    with open_trace(path) as trace:
+        assert trace.scalar("logloss", mode="train").steps.tolist() == list(range(8))
+        assert trace.tags("trees/*") == trace.tags("feature_importance/*") == []
 
 
 def test_the_training_set_can_be_named(tmp_path: Path, no_dbg_warnings: None) -> None:
