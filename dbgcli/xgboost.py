@@ -254,9 +254,9 @@ class DbgCallback(TrainingCallback):
         self._set_modes: dict[str, tuple[str, str]] = {}
         self._failures = FailureReporter()
         self._live = LiveRules(stop_on) if stop_on is not None else None
+        self._has_trees = True  # not a linear booster (known once training starts)
         # The booster whose rounds (epoch, rounds boosted by then) wait for their trees to be
         # read, the rounds whose trees are in the importance totals, and those totals.
-        self._has_trees = True
         self._model: xgboost.Booster | None = None
         self._unread: list[tuple[int, int]] = []
         self._counted_rounds = 0
