@@ -103,7 +103,7 @@ def run(
     return trainer
 
 
-def test_trainer_run_is_recorded(tmp_path: Path) -> None:
+def test_trainer_run_is_recorded(tmp_path: Path, no_dbg_warnings: None) -> None:
     path = tmp_path / "run.h5"
     reference = GradientNorms()
     trainer = run(tmp_path, [DbgCallback(path, raw_every=3, stats_every=1), reference])
@@ -146,7 +146,9 @@ def test_trainer_run_is_recorded(tmp_path: Path) -> None:
         assert trace.complete
 
 
-def test_an_existing_trace_is_refused_before_training(tmp_path: Path) -> None:
+def test_an_existing_trace_is_refused_before_training(
+    tmp_path: Path, no_dbg_warnings: None
+) -> None:
     path = tmp_path / "run.h5"
     path.write_bytes(b"")
     with pytest.raises(TraceWriterError):
@@ -161,7 +163,9 @@ def test_an_existing_trace_is_refused_before_training(tmp_path: Path) -> None:
     assert not (tmp_path / "other.h5").exists()
 
 
-def test_default_records_tensors_every_tenth_step_and_scalars_every_step(tmp_path: Path) -> None:
+def test_default_records_tensors_every_tenth_step_and_scalars_every_step(
+    tmp_path: Path, no_dbg_warnings: None
+) -> None:
     path = tmp_path / "run.h5"
     run(tmp_path, [DbgCallback(path)], steps=21, eval_every=10)
     with open_trace(path) as trace:
@@ -172,7 +176,7 @@ def test_default_records_tensors_every_tenth_step_and_scalars_every_step(tmp_pat
 
 
 def test_recorded_data_feeds_the_data_rules_and_flags_an_induced_imbalance(
-    tmp_path: Path,
+    tmp_path: Path, no_dbg_warnings: None
 ) -> None:
     balanced, skewed = tmp_path / "balanced.h5", tmp_path / "skewed.h5"
     # Labels 1 for a first token id below 20 of 40 (balanced), or below 2 (5 %: 19 to 1).
@@ -209,7 +213,7 @@ def test_recorded_data_feeds_the_data_rules_and_flags_an_induced_imbalance(
 
 
 def test_a_causal_language_model_pairs_each_prediction_with_the_next_token(
-    tmp_path: Path,
+    tmp_path: Path, no_dbg_warnings: None
 ) -> None:
     from transformers import GPT2Config, GPT2LMHeadModel
 

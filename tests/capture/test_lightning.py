@@ -86,7 +86,7 @@ def fit(callback: DbgCallback) -> Classifier:
     return module
 
 
-def test_lightning_run_is_recorded(tmp_path: Path) -> None:
+def test_lightning_run_is_recorded(tmp_path: Path, no_dbg_warnings: None) -> None:
     path = tmp_path / "run.h5"
     module = fit(DbgCallback(path, raw_every=2, stats_every=1))
     total_steps = STEPS_PER_EPOCH * EPOCHS
@@ -124,7 +124,7 @@ def test_lightning_run_is_recorded(tmp_path: Path) -> None:
 
 
 def test_default_records_tensors_every_tenth_step_and_the_loss_every_step(
-    tmp_path: Path,
+    tmp_path: Path, no_dbg_warnings: None
 ) -> None:
     path = tmp_path / "run.h5"
     fit(DbgCallback(path))
@@ -133,7 +133,9 @@ def test_default_records_tensors_every_tenth_step_and_the_loss_every_step(
         assert trace.scalar("loss", mode="train").steps.tolist() == list(range(8))
 
 
-def test_an_existing_trace_is_refused_before_training(tmp_path: Path) -> None:
+def test_an_existing_trace_is_refused_before_training(
+    tmp_path: Path, no_dbg_warnings: None
+) -> None:
     path = tmp_path / "run.h5"
     path.write_bytes(b"")
     with pytest.raises(TraceWriterError):

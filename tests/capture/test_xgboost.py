@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -22,17 +21,6 @@ from dbgcli.xgboost import (
 )
 
 N_FEATURES = 6
-
-
-@pytest.fixture
-def no_dbg_warnings(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
-    """Fail the test if the integration logged a failure (it never raises into the loop)."""
-    with caplog.at_level(logging.WARNING, logger="dbgcli"):
-        yield
-    # The records of the test itself: caplog.records would hold the teardown's, always none.
-    records = caplog.get_records("call")
-    failures = [r.getMessage() for r in records if r.name.startswith("dbgcli")]
-    assert not failures, failures
 
 
 def make_data(seed: int, rows: int = 400, classes: int = 2) -> tuple[np.ndarray, np.ndarray]:
