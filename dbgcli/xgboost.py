@@ -46,7 +46,7 @@ TRAIN_SET_NAMES = frozenset({"train", "training", "dtrain"})
 #: Keep full tensors of labels and predictions every this many rounds by default.
 DEFAULT_RAW_EVERY = 100
 #: Read the trees of this many rounds at once (each read has a fixed cost of about a
-#: quarter of a millisecond, whatever it reads); their records reach the trace together.
+#: third of a millisecond, whatever it reads); their records reach the trace together.
 TREE_READ_EVERY = 10
 # What get_score sums over trees; weight, gain and cover are computed from these totals.
 _TOTALS = ("weight", "total_gain", "total_cover")

@@ -593,7 +593,7 @@ class _TensorSeries:
                         np.float32,
                         schema.chunk_rows(width * 4, _RAW_CHUNK_BYTES),
                     )
-                    earlier = self.records - len(units) - self.units.length
+                    earlier = self.records - len(units)
                     if earlier > 0:  # staged before, while no record had measures
                         self.units.queue(np.full((earlier, width), np.nan, np.float32))
                 self.units.queue(units)
