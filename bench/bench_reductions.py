@@ -19,7 +19,9 @@ and, for torch's path, the operations it uses against the alternatives left out:
   ``batch_norm_update_stats``;
 * the update against the last record's copy: ``sub`` + ``dot`` (used) against ``dist`` and
   ``cdist``;
-* all of a weight's reductions in 256 KB chunks (to stay in L2 cache) against whole tensors.
+* all of a weight's reductions in 256 KB chunks (to stay in L2 cache) against whole tensors;
+* the four weights in one call of the kernel, as the hook makes it, on one thread against two
+  threads of torch's OpenMP runtime (the kernel's, where it was built with OpenMP).
 
 "cold" runs each repetition after writing 64 MB elsewhere, so the tensors come from memory as
 in a training step; "hot" runs them back to back. It also prints the largest relative error,
@@ -71,8 +73,20 @@ def kernel(x: torch.Tensor, previous: torch.Tensor | None, l1: bool) -> np.ndarr
     out, done = np.empty((1, len(STAT_COLUMNS))), np.empty(1, dtype=np.uint8)
     copies = None if previous is None else np.array([previous.data_ptr()], dtype=np.uintp)
     pointers, counts = np.array([x.data_ptr()], dtype=np.uintp), np.array([x.numel()])
-    _fused.reduce(pointers, copies, counts.astype(np.int64), out, done, l1, False, False)
+    _fused.reduce(pointers, copies, counts.astype(np.int64), out, done, l1, False, False, 1)
     return out[0]
+
+
+def kernel_call(
+    tensors: list[torch.Tensor], copies: list[torch.Tensor], threads: int
+) -> np.ndarray:
+    """All of ``tensors`` in one call of the compiled kernel, shared out among ``threads``."""
+    out, done = np.empty((len(tensors), len(STAT_COLUMNS))), np.empty(len(tensors), np.uint8)
+    pointers = np.array([x.data_ptr() for x in tensors], dtype=np.uintp)
+    previous = np.array([x.data_ptr() for x in copies], dtype=np.uintp)
+    counts = np.array([x.numel() for x in tensors], dtype=np.int64)
+    _fused.reduce(pointers, previous, counts, out, done, False, False, False, threads)
+    return out
 
 
 def chunked_weight_pass(x: torch.Tensor, previous: torch.Tensor) -> None:
@@ -128,6 +142,12 @@ def main() -> None:
         ("dist", "sub + dot", each(lambda x, p: torch.dist(x, p))),
         ("cdist", "sub + dot", each(lambda x, p: torch.cdist(x[None], p[None]))),
         ("in 256 KB chunks", "a weight, torch", each(chunked_weight_pass)),
+        ("four weights in one call, 1 thread", None, lambda: kernel_call(tensors, copies, 1)),
+        (
+            "four weights in one call, 2 threads",
+            "four weights in one call, 1 thread",
+            lambda: kernel_call(tensors, copies, 2),
+        ),
     ]
     for cold in (True, False):
         times: dict[str, float] = {}

@@ -16,6 +16,14 @@
  * systematic, up to a millionth of the mean: the second pass corrects it where the spread
  * is small enough for that to matter.
  *
+ * Where the compiler takes OpenMP, a call's tensors are shared out among ``threads`` threads of
+ * the process's OpenMP runtime. On Linux that is torch's own: the extension asks for
+ * libgomp.so.1, the name torch's copy answers to once loaded (dbgcli/torch/_stats.py checks,
+ * and passes one thread where it is not). The hook runs right after a backward pass, while
+ * torch's threads still wait for work, so the reductions take the cores the training step
+ * uses instead of one of them. Each tensor is reduced by one thread, in the same order of
+ * operations as without threads: the results are the same to the bit.
+ *
  * Built as an optional extension (setup.py): without a C compiler dbgcli installs without it
  * and the torch path computes the same statistics.
  */
@@ -38,6 +46,9 @@
 #define VECTOR_CLONES
 #endif
 
+/* A call's tensors are shared out among threads only from this many values in all: below,
+ * starting the threads costs more than it saves. */
+#define PARALLEL_VALUES 65536
 #define LANES 16
 #define CHUNK 2048
 /* E[x^2] - E[x]^2 keeps its digits while the squared mean is within this factor of the
@@ -214,7 +225,8 @@ static int finish(const float *x, Py_ssize_t n, const Sums *s, int with_l1, int 
 }
 
 PyDoc_STRVAR(reduce_doc,
-    "reduce(pointers, previous, lengths, out, done, l1, signs, nonnegative, /)\n--\n\n"
+    "reduce(pointers, previous, lengths, out, done, l1, signs, nonnegative, threads, /)\n"
+    "--\n\n"
     "The statistics of k contiguous float32 tensors in host memory, one pass each.\n\n"
     "pointers and lengths: uintp and int64 buffers of k addresses and value counts.\n"
     "previous: None, or a uintp buffer of k addresses of float32 copies of the same sizes:\n"
@@ -225,15 +237,17 @@ PyDoc_STRVAR(reduce_doc,
     "done: a writable uint8 buffer of k flags, 0 where the record holds NaN or infinities\n"
     "(or, if nonnegative, a negative value): its row then has only count and update_l2,\n"
     "and the caller computes the rest from the values.\n"
+    "threads: how many OpenMP threads may share the tensors out (1: this thread alone; a\n"
+    "build without OpenMP ignores it).\n"
     "Returns how many flags are 0 (a count, so that the caller need not scan them).");
 
 static PyObject *reduce(PyObject *Py_UNUSED(module), PyObject *args)
 {
     Py_buffer pointers, lengths, out, done_flags, previous = {0};
     PyObject *previous_object;
-    int with_l1, with_signs, nonnegative;
-    if (!PyArg_ParseTuple(args, "y*Oy*w*w*ppp", &pointers, &previous_object, &lengths, &out,
-                          &done_flags, &with_l1, &with_signs, &nonnegative))
+    int with_l1, with_signs, nonnegative, threads;
+    if (!PyArg_ParseTuple(args, "y*Oy*w*w*pppi", &pointers, &previous_object, &lengths, &out,
+                          &done_flags, &with_l1, &with_signs, &nonnegative, &threads))
         return NULL;
     int with_update = previous_object != Py_None;
     PyObject *result = NULL;
@@ -260,7 +274,17 @@ static PyObject *reduce(PyObject *Py_UNUSED(module), PyObject *args)
     }
     Pass pass = PASSES[with_l1 + 2 * with_update + 4 * with_signs];
     Py_ssize_t unfinished = 0;
+#if defined(_OPENMP)
+    Py_ssize_t total = 0;
+    for (Py_ssize_t r = 0; r < k; r++)
+        total += (Py_ssize_t)counts[r];
+    int shared = threads > 1 && k > 1 && total >= PARALLEL_VALUES;
+#endif
     Py_BEGIN_ALLOW_THREADS
+#if defined(_OPENMP)
+#pragma omp parallel for if (shared) num_threads(shared ? threads : 1) schedule(dynamic, 1) \
+    reduction(+ : unfinished)
+#endif
     for (Py_ssize_t r = 0; r < k; r++) {
         const float *x = (const float *)addresses[r];
         Py_ssize_t n = (Py_ssize_t)counts[r];
@@ -366,10 +390,18 @@ static PyMethodDef methods[] = {
 
 /* The calling convention's version, checked by dbgcli/torch/_stats.py: a build left from an
  * older checkout (an editable install not rebuilt) is then not used at all. */
-#define INTERFACE 2
+#define INTERFACE 3
+
+#if defined(_OPENMP)
+#define OPENMP 1
+#else
+#define OPENMP 0
+#endif
 
 static int add_interface(PyObject *module)
 {
+    if (PyModule_AddIntConstant(module, "OPENMP", OPENMP) < 0)
+        return -1;
     return PyModule_AddIntConstant(module, "INTERFACE", INTERFACE);
 }
 

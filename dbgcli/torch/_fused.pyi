@@ -7,6 +7,7 @@ import numpy as np
 Buffer = Any
 
 INTERFACE: int
+OPENMP: int
 
 def reduce(
     pointers: Buffer,
@@ -17,6 +18,7 @@ def reduce(
     l1: bool,
     signs: bool,
     nonnegative: bool,
+    threads: int,
     /,
 ) -> int: ...
 def count_units(

@@ -7,8 +7,9 @@ operations per tensor, which cost tens of microseconds each whatever the tensor'
 * Plain float32 tensors in host memory go through the **compiled kernel**
   (:mod:`dbgcli.torch._fused`, built where a C compiler is present): one pass over each, one
   call for all of a step's weights (or gradients, or activations of one shape), giving the
-  finished statistics rows (:func:`_fused_statistics`). torch's operations need five to seven
-  passes over a weight for the same numbers. Everything below is the path for the other
+  finished statistics rows (:func:`_fused_statistics`), shared out among torch's intra-op
+  threads where the kernel's OpenMP runtime is torch's (:func:`kernel_threads`). torch's
+  operations need five to seven passes over a weight for the same numbers. Everything below is the path for the other
   tensors (GPU, float16, bfloat16, float64), and for all of them without the kernel.
 * Tensors of one shape and dtype are **stacked** into one ``(k, n)`` block and reduced along
   its rows, so two hundred small parameters cost a few dozen operations (:class:`Reducer`).
@@ -42,7 +43,9 @@ computes in float64; that costs extra reads, for such records only.
 from __future__ import annotations
 
 import array
+import ctypes
 import math
+import os
 import struct
 import threading
 from collections.abc import Callable, Sequence
@@ -59,7 +62,7 @@ try:
 except ImportError:  # built without a C compiler: the torch operations compute the same
     _fused = None  # type: ignore[assignment]
 #: The kernel's calling convention this module speaks (``INTERFACE`` in _fused.c).
-KERNEL_INTERFACE = 2
+KERNEL_INTERFACE = 3
 if getattr(_fused, "INTERFACE", None) != KERNEL_INTERFACE:
     _fused = None  # type: ignore[assignment]  # a build older than this code: torch's path
 
@@ -272,6 +275,37 @@ def _fusable(tensor: torch.Tensor) -> bool:
     )
 
 
+def _openmp_shared_with_torch() -> bool:
+    """Whether the kernel was built with OpenMP and its runtime is the one torch's threads
+    belong to: the same ``omp_get_max_threads`` answers in both. A second runtime (a torch
+    built with Intel's, say) would start threads of its own beside torch's, which keep their
+    cores busy waiting for work for a while after each parallel region."""
+    if _fused is None or not getattr(_fused, "OPENMP", 0):
+        return False
+    try:
+        libraries = os.path.join(os.path.dirname(torch.__file__), "lib")
+        (torch_cpu,) = [name for name in os.listdir(libraries) if name.startswith("libtorch_cpu.")]
+        ours = ctypes.CDLL(_fused.__file__).omp_get_max_threads
+        theirs = ctypes.CDLL(os.path.join(libraries, torch_cpu)).omp_get_max_threads
+    except (OSError, AttributeError, ValueError):  # no such library or symbol, or several
+        return False
+    address = ctypes.cast(ours, ctypes.c_void_p).value
+    return address is not None and address == ctypes.cast(theirs, ctypes.c_void_p).value
+
+
+_SHARES_TORCH_THREADS: bool | None = None
+
+
+def kernel_threads() -> int:
+    """How many threads the compiled kernel may share a call's tensors out among: torch's
+    intra-op threads (``torch.get_num_threads()``, per calling thread) where its OpenMP runtime
+    is torch's own, else 1."""
+    global _SHARES_TORCH_THREADS
+    if _SHARES_TORCH_THREADS is None:
+        _SHARES_TORCH_THREADS = _openmp_shared_with_torch()
+    return torch.get_num_threads() if _SHARES_TORCH_THREADS else 1
+
+
 def _fused_statistics(
     tensors: Sequence[torch.Tensor],
     transfer: Transfer,
@@ -294,7 +328,9 @@ def _fused_statistics(
     if pointers is None:
         pointers = _addresses(tensors)
     previous = None if copies is None else _addresses(copies)
-    unfinished = _fused.reduce(pointers, previous, counts, table, done, l1, signs, nonnegative)
+    unfinished = _fused.reduce(
+        pointers, previous, counts, table, done, l1, signs, nonnegative, kernel_threads()
+    )
     if first_seen:
         table[list(first_seen), _COLUMN["update_l2"]] = np.nan  # nothing to compare with yet
     sources = tensors if copies is None else copies  # equal after the pass
