@@ -9,8 +9,9 @@ operations per tensor, which cost tens of microseconds each whatever the tensor'
   call for all of a step's weights (or gradients, or activations of one shape), giving the
   finished statistics rows (:func:`_fused_statistics`), shared out among torch's intra-op
   threads where the kernel's OpenMP runtime is torch's (:func:`kernel_threads`). torch's
-  operations need five to seven passes over a weight for the same numbers. Everything below is the path for the other
-  tensors (GPU, float16, bfloat16, float64), and for all of them without the kernel.
+  operations need five to seven passes over a weight for the same numbers. Everything below
+  is the path for the other tensors (GPU, float16, bfloat16, float64), and for all of them
+  without the kernel.
 * Tensors of one shape and dtype are **stacked** into one ``(k, n)`` block and reduced along
   its rows, so two hundred small parameters cost a few dozen operations (:class:`Reducer`).
   Tensors of 65,536 values or more are reduced one by one without a copy: their arithmetic
@@ -293,16 +294,13 @@ def _openmp_shared_with_torch() -> bool:
     return address is not None and address == ctypes.cast(theirs, ctypes.c_void_p).value
 
 
-_SHARES_TORCH_THREADS: bool | None = None
+_SHARES_TORCH_THREADS = _openmp_shared_with_torch()
 
 
 def kernel_threads() -> int:
     """How many threads the compiled kernel may share a call's tensors out among: torch's
     intra-op threads (``torch.get_num_threads()``, per calling thread) where its OpenMP runtime
     is torch's own, else 1."""
-    global _SHARES_TORCH_THREADS
-    if _SHARES_TORCH_THREADS is None:
-        _SHARES_TORCH_THREADS = _openmp_shared_with_torch()
     return torch.get_num_threads() if _SHARES_TORCH_THREADS else 1
 
 
