@@ -2,26 +2,29 @@
 reduces float32 tensors in one pass each. Everything else is in pyproject.toml.
 
 It is optional: where it does not build (no C compiler), dbgcli installs without it and the
-PyTorch hook computes the same statistics with torch operations, only more slowly. Where the
-compiler takes OpenMP (gcc, and clang where libomp is installed), it shares a step's tensors
-out among torch's threads; elsewhere it reduces them on the calling thread.
+PyTorch hook computes the same statistics with torch operations, only more slowly. On Linux,
+where the compiler takes OpenMP, it can share a step's tensors out among torch's own threads
+(see dbgcli/torch/_fused.c); elsewhere it reduces them on the calling thread.
 """
 
 import os
+import sys
 import tempfile
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
-from setuptools.errors import CCompilerError, CompileError, LinkError
 
 
 class OptimisedBuild(build_ext):
-    """``-O3`` and OpenMP for compilers that take them (gcc, clang, MinGW); MSVC's release
-    flags stand, without OpenMP (its runtime is not the one torch's threads belong to)."""
+    """``-O3`` for compilers that take it (gcc, clang, MinGW); MSVC's release flags stand.
+    OpenMP only on Linux, whose torch wheels bring the libgomp.so.1 the kernel then shares:
+    elsewhere torch's runtime (libomp on macOS, Intel's or MSVC's on Windows) is not one a
+    ``-fopenmp`` build links to, and a second runtime is of no use to the kernel."""
 
     def build_extensions(self) -> None:
         if self.compiler.compiler_type != "msvc":
-            openmp = ["-fopenmp"] if self._links("-fopenmp") else []
+            linux = sys.platform.startswith("linux") and self.compiler.compiler_type == "unix"
+            openmp = ["-fopenmp"] if linux and self._links("-fopenmp") else []
             for extension in self.extensions:
                 extension.extra_compile_args = ["-O3", *openmp]
                 extension.extra_link_args = openmp
@@ -38,7 +41,7 @@ class OptimisedBuild(build_ext):
                 self.compiler.link_shared_object(
                     objects, os.path.join(folder, "probe.so"), extra_postargs=[flag]
                 )
-            except (CCompilerError, CompileError, LinkError):
+            except Exception:  # noqa: BLE001 - any failure: build without OpenMP
                 return False
         return True
 

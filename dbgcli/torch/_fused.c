@@ -16,10 +16,12 @@
  * systematic, up to a millionth of the mean: the second pass corrects it where the spread
  * is small enough for that to matter.
  *
- * Where the compiler takes OpenMP, a call's tensors are shared out among ``threads`` threads of
- * the process's OpenMP runtime. On Linux that is torch's own: the extension asks for
- * libgomp.so.1, the name torch's copy answers to once loaded (dbgcli/torch/_stats.py checks,
- * and passes one thread where it is not). The hook runs right after a backward pass, while
+ * On Linux, where the compiler takes OpenMP (setup.py), a call's tensors can be shared out
+ * among ``threads`` threads of the process's OpenMP runtime. The extension asks for
+ * libgomp.so.1, and so does torch (its wheels bring a copy of that name): whichever is loaded
+ * first serves both, and torch's intra-op threads are then the kernel's. dbgcli/torch/_stats.py
+ * checks that (openmp_address() against torch's) and passes one thread otherwise, and with one
+ * thread the runtime is not called at all. The hook runs right after a backward pass, while
  * torch's threads still wait for work, so the reductions take the cores the training step
  * uses instead of one of them. Each tensor is reduced by one thread, in the same order of
  * operations as without threads: the results are the same to the bit.
@@ -31,6 +33,9 @@
 #include <Python.h>
 #include <math.h>
 #include <stdint.h>
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
 
 /* The NaN and infinity checks below are the contract with the caller; fast-math would remove
  * them. (The build is optional: an error here leaves torch's path.) */
@@ -237,9 +242,33 @@ PyDoc_STRVAR(reduce_doc,
     "done: a writable uint8 buffer of k flags, 0 where the record holds NaN or infinities\n"
     "(or, if nonnegative, a negative value): its row then has only count and update_l2,\n"
     "and the caller computes the rest from the values.\n"
-    "threads: how many OpenMP threads may share the tensors out (1: this thread alone; a\n"
-    "build without OpenMP ignores it).\n"
-    "Returns how many flags are 0 (a count, so that the caller need not scan them).");
+    "threads: how many OpenMP threads may share the tensors out, each whole (1: this thread\n"
+    "alone, without calling the OpenMP runtime at all; a build without OpenMP ignores it).\n"
+    "Returns (how many flags are 0, so that the caller need not scan them; how many threads\n"
+    "reduced the tensors).");
+
+/* What one call of reduce() reduces, for each of its records. */
+typedef struct {
+    const uintptr_t *addresses, *copies;
+    const int64_t *counts;
+    double *rows;
+    uint8_t *finished;
+    Pass pass;
+    int with_l1, with_update, with_signs, nonnegative;
+} Call;
+
+/* Record r of a call: its pass and its row; 0 where it needs the exact path. */
+static int reduce_record(const Call *call, Py_ssize_t r)
+{
+    const float *x = (const float *)call->addresses[r];
+    Py_ssize_t n = (Py_ssize_t)call->counts[r];
+    Sums s;
+    call->pass(x, call->copies ? (float *)call->copies[r] : NULL, n, &s);
+    call->finished[r] = (uint8_t)finish(x, n, &s, call->with_l1, call->with_update,
+                                        call->with_signs, call->nonnegative,
+                                        call->rows + r * WIDTH);
+    return call->finished[r];
+}
 
 static PyObject *reduce(PyObject *Py_UNUSED(module), PyObject *args)
 {
@@ -261,41 +290,43 @@ static PyObject *reduce(PyObject *Py_UNUSED(module), PyObject *args)
         PyErr_SetString(PyExc_ValueError, "reduce: buffers of inconsistent sizes");
         goto done;
     }
-    const uintptr_t *addresses = pointers.buf;
-    const uintptr_t *copies = with_update ? previous.buf : NULL;
-    const int64_t *counts = lengths.buf;
-    double *rows = out.buf;
-    uint8_t *finished = done_flags.buf;
+    const Call call = {
+        pointers.buf, with_update ? previous.buf : NULL, lengths.buf, out.buf, done_flags.buf,
+        PASSES[with_l1 + 2 * with_update + 4 * with_signs], with_l1, with_update, with_signs,
+        nonnegative,
+    };
+    Py_ssize_t total = 0;
     for (Py_ssize_t r = 0; r < k; r++) {
-        if (counts[r] > 0 && (addresses[r] == 0 || (copies && copies[r] == 0))) {
+        if (call.counts[r] > 0 &&
+            (call.addresses[r] == 0 || (call.copies && call.copies[r] == 0))) {
             PyErr_SetString(PyExc_ValueError, "reduce: a tensor without memory of its own");
             goto done;
         }
+        total += (Py_ssize_t)call.counts[r];
     }
-    Pass pass = PASSES[with_l1 + 2 * with_update + 4 * with_signs];
     Py_ssize_t unfinished = 0;
-#if defined(_OPENMP)
-    Py_ssize_t total = 0;
-    for (Py_ssize_t r = 0; r < k; r++)
-        total += (Py_ssize_t)counts[r];
-    int shared = threads > 1 && k > 1 && total >= PARALLEL_VALUES;
-#endif
+    int team = 1;
     Py_BEGIN_ALLOW_THREADS
 #if defined(_OPENMP)
-#pragma omp parallel for if (shared) num_threads(shared ? threads : 1) schedule(dynamic, 1) \
-    reduction(+ : unfinished)
+    /* The runtime is not called at all unless the tensors are shared out: where it is not
+     * torch's (the caller then passes 1), starting it could clash with torch's. */
+    if (threads > 1 && k > 1 && total >= PARALLEL_VALUES) {
+        int size = threads < k ? threads : (int)k;
+#pragma omp parallel for num_threads(size) schedule(dynamic, 1) reduction(+ : unfinished) \
+    reduction(max : team)
+        for (Py_ssize_t r = 0; r < k; r++) {
+            unfinished += !reduce_record(&call, r);
+            team = omp_get_num_threads();
+        }
+    } else
 #endif
-    for (Py_ssize_t r = 0; r < k; r++) {
-        const float *x = (const float *)addresses[r];
-        Py_ssize_t n = (Py_ssize_t)counts[r];
-        Sums s;
-        pass(x, copies ? (float *)copies[r] : NULL, n, &s);
-        finished[r] = (uint8_t)finish(x, n, &s, with_l1, with_update, with_signs, nonnegative,
-                                      rows + r * WIDTH);
-        unfinished += !finished[r];
+    {
+        (void)total; /* read by the shared branch only */
+        for (Py_ssize_t r = 0; r < k; r++)
+            unfinished += !reduce_record(&call, r);
     }
     Py_END_ALLOW_THREADS
-    result = PyLong_FromSsize_t(unfinished);
+    result = Py_BuildValue("ni", unfinished, team);
 done:
     PyBuffer_Release(&pointers);
     PyBuffer_Release(&lengths);
@@ -382,15 +413,30 @@ done:
     return result;
 }
 
+PyDoc_STRVAR(openmp_address_doc,
+    "openmp_address()\n--\n\n"
+    "The address of the omp_get_max_threads this build calls (0 without OpenMP): the same as\n"
+    "torch's where both use one OpenMP runtime.");
+
+static PyObject *openmp_address(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(args))
+{
+#if defined(_OPENMP)
+    return PyLong_FromVoidPtr((void *)&omp_get_max_threads);
+#else
+    return PyLong_FromLong(0);
+#endif
+}
+
 static PyMethodDef methods[] = {
     {"reduce", reduce, METH_VARARGS, reduce_doc},
     {"count_units", count_units, METH_VARARGS, count_units_doc},
+    {"openmp_address", openmp_address, METH_NOARGS, openmp_address_doc},
     {NULL, NULL, 0, NULL},
 };
 
 /* The calling convention's version, checked by dbgcli/torch/_stats.py: a build left from an
  * older checkout (an editable install not rebuilt) is then not used at all. */
-#define INTERFACE 3
+#define INTERFACE 4
 
 #if defined(_OPENMP)
 #define OPENMP 1

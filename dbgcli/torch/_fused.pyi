@@ -20,7 +20,8 @@ def reduce(
     nonnegative: bool,
     threads: int,
     /,
-) -> int: ...
+) -> tuple[int, int]: ...
+def openmp_address() -> int: ...
 def count_units(
     pointers: Buffer,
     outer: int,

@@ -44,7 +44,6 @@ computes in float64; that costs extra reads, for such records only.
 from __future__ import annotations
 
 import array
-import ctypes
 import math
 import os
 import struct
@@ -63,7 +62,7 @@ try:
 except ImportError:  # built without a C compiler: the torch operations compute the same
     _fused = None  # type: ignore[assignment]
 #: The kernel's calling convention this module speaks (``INTERFACE`` in _fused.c).
-KERNEL_INTERFACE = 3
+KERNEL_INTERFACE = 4
 if getattr(_fused, "INTERFACE", None) != KERNEL_INTERFACE:
     _fused = None  # type: ignore[assignment]  # a build older than this code: torch's path
 
@@ -277,21 +276,24 @@ def _fusable(tensor: torch.Tensor) -> bool:
 
 
 def _openmp_shared_with_torch() -> bool:
-    """Whether the kernel was built with OpenMP and its runtime is the one torch's threads
-    belong to: the same ``omp_get_max_threads`` answers in both. A second runtime (a torch
-    built with Intel's, say) would start threads of its own beside torch's, which keep their
-    cores busy waiting for work for a while after each parallel region."""
-    if _fused is None or not getattr(_fused, "OPENMP", 0):
+    """Whether the kernel was built with OpenMP and runs on the OpenMP runtime whose threads
+    are torch's: ATen's parallel backend is OpenMP, and the ``omp_get_max_threads`` the kernel
+    calls is the one torch's own extension module reaches. A second runtime (a torch built
+    with Intel's, say) would start threads of its own beside torch's, which keep their cores
+    busy waiting for work for a while after each parallel region."""
+    if _fused is None or not _fused.OPENMP:
         return False
     try:
-        libraries = os.path.join(os.path.dirname(torch.__file__), "lib")
-        (torch_cpu,) = [name for name in os.listdir(libraries) if name.startswith("libtorch_cpu.")]
-        ours = ctypes.CDLL(_fused.__file__).omp_get_max_threads
-        theirs = ctypes.CDLL(os.path.join(libraries, torch_cpu)).omp_get_max_threads
-    except (OSError, AttributeError, ValueError):  # no such library or symbol, or several
+        import ctypes
+
+        if "parallel backend: OpenMP" not in torch.__config__.parallel_info():
+            return False
+        # RTLD_NOLOAD: torch's extension module is loaded already; never load another copy.
+        torch_module = ctypes.CDLL(torch._C.__file__, mode=os.RTLD_NOLOAD)
+        theirs = ctypes.cast(torch_module.omp_get_max_threads, ctypes.c_void_p).value
+    except Exception:  # noqa: BLE001 - no ctypes, no such library or symbol: one thread
         return False
-    address = ctypes.cast(ours, ctypes.c_void_p).value
-    return address is not None and address == ctypes.cast(theirs, ctypes.c_void_p).value
+    return theirs is not None and theirs == _fused.openmp_address()
 
 
 _SHARES_TORCH_THREADS = _openmp_shared_with_torch()
@@ -326,7 +328,7 @@ def _fused_statistics(
     if pointers is None:
         pointers = _addresses(tensors)
     previous = None if copies is None else _addresses(copies)
-    unfinished = _fused.reduce(
+    unfinished, _ = _fused.reduce(
         pointers, previous, counts, table, done, l1, signs, nonnegative, kernel_threads()
     )
     if first_seen:

@@ -37,11 +37,27 @@ def test_the_kernel_shares_a_call_out_among_torchs_threads_to_the_same_bits() ->
         table = np.empty((len(tensors), len(schema.STAT_COLUMNS)))
         done = np.empty(len(tensors), dtype=np.uint8)
         previous = stats_module._addresses(copies)
-        unfinished = kernel.reduce(
+        unfinished, team = kernel.reduce(
             pointers, previous, counts, table, done, True, True, False, sharing
         )
+        assert team == sharing  # two threads did reduce the call
         results.append((unfinished, table, done, torch.cat(copies)))
     (one, *alone), (two, *shared) = results
     assert one == two == 2  # the NaN and the -inf records take the exact path
     for single, parallel in zip(alone, shared):
         np.testing.assert_array_equal(np.asarray(single), np.asarray(parallel))
+
+
+def test_a_small_call_stays_on_the_calling_thread() -> None:
+    """Below 65,536 values in all, or with one tensor, starting threads costs more than it
+    saves: the call runs on the calling thread whatever it may use."""
+    kernel = stats_module._fused
+    assert kernel is not None
+    for sizes in ((30_000, 30_000), (200_000,)):
+        tensors = [torch.ones(n) for n in sizes]
+        table = np.empty((len(tensors), len(schema.STAT_COLUMNS)))
+        done = np.empty(len(tensors), dtype=np.uint8)
+        counts = np.array(sizes, dtype=np.int64)
+        pointers = stats_module._addresses(tensors)
+        assert kernel.reduce(pointers, None, counts, table, done, False, False, False, 2) == (0, 1)
+        assert (table[:, schema.STAT_COLUMNS.index("mean")] == 1.0).all()
