@@ -1,15 +1,21 @@
-"""The compiled kernel on torch's own OpenMP threads (``make install`` builds it with OpenMP
-where gcc is the compiler, as on CI: its absence fails here)."""
+"""The compiled kernel on torch's own OpenMP threads (on Linux ``make install`` builds it with
+OpenMP where the compiler takes it, as gcc on CI does: its absence fails here)."""
 
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
+import pytest
 import torch
 
 from dbgcli.torch import _stats as stats_module
 from dbgcli.trace import schema
+
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="the kernel takes OpenMP on Linux only (setup.py)"
+)
 
 
 def test_the_kernel_shares_a_call_out_among_torchs_threads_to_the_same_bits() -> None:
