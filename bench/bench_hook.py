@@ -54,6 +54,7 @@ Run: ``python bench/bench_hook.py [--all] [--model mlp] [--repeat 3] [--steps 30
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import inspect
 import tempfile
 import time
@@ -612,6 +613,8 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true", help="20 steps, 1 race: a smoke run")
     args = parser.parse_args()
+    if args.profile and importlib.util.find_spec("pyinstrument") is None:
+        parser.error("--profile needs pyinstrument: pip install pyinstrument")  # before the races
     if args.quick:
         args.steps, args.repeat, args.warmup = 20, 1, 2
     if not 0 <= args.warmup < args.steps:
