@@ -129,6 +129,9 @@ class DbgCallback(TrainerCallback):
         trace: A path (a new trace, ``<stem>.rank<k><suffix>`` per process under
             torch.distributed) or an open :class:`TraceWriter` (left open after training).
         raw_every: Keep full tensors every this many steps (default 100; only for a path).
+        raw_budget: Bytes of full tensors per step, on average, beyond which those steps are
+            spaced further apart (default 1 MiB; 0: no limit; only for a path; see
+            :func:`dbgcli.torch.attach`).
         include: Glob(s) on parameter and module names or on tags; default: everything.
         exclude: Glob(s) on names or tags to leave out, e.g. ``["act/*", "preact/*"]``.
         stats_every: Record weights, gradients and activations every this many optimizer
@@ -143,9 +146,10 @@ class DbgCallback(TrainerCallback):
             and stop training at a finding of that severity or above (see docs/watch.md).
 
     Raises:
-        ValueError: If ``raw_every`` is given with a writer, ``stats_every`` is not a
-            positive integer, ``raw_every`` is not a multiple of it, or ``record_data`` names
-            something other than inputs, labels and predictions.
+        ValueError: If ``raw_every`` or ``raw_budget`` is given with a writer,
+            ``stats_every`` is not a positive integer, ``raw_every`` is not a multiple of
+            it, or ``record_data`` names something other than inputs, labels and
+            predictions.
         TraceWriterError: If the trace file exists and ``overwrite`` is False.
     """
 
@@ -154,6 +158,7 @@ class DbgCallback(TrainerCallback):
         trace: str | os.PathLike[str] | TraceWriter,
         *,
         raw_every: int | None = None,
+        raw_budget: int | None = None,
         include: Patterns = None,
         exclude: Patterns = None,
         stats_every: int = DEFAULT_STATS_EVERY,
@@ -167,6 +172,7 @@ class DbgCallback(TrainerCallback):
         self.recording = CallbackRecording(
             trace,
             raw_every=raw_every,
+            raw_budget=raw_budget,
             include=include,
             exclude=exclude,
             stats_every=stats_every,

@@ -34,7 +34,7 @@ from dbgcli._failures import FailureReporter
 from dbgcli.errors import TraceWriterError
 from dbgcli.live_rules import LiveRules, check_stop_on, stop_if
 from dbgcli.trace.schema import MODES
-from dbgcli.trace.writer import TraceWriter
+from dbgcli.trace.writer import DEFAULT_RAW_BUDGET, TraceWriter, refuse_new_trace_settings
 
 __all__ = ["IMPORTANCE_TYPES", "TRAIN_SET_NAMES", "DbgCallback", "model_tree_depths", "tree_depth"]
 
@@ -202,6 +202,9 @@ class DbgCallback(TrainingCallback):
             ``eval_set=[(X_train, y_train), (X_valid, y_valid)]``).
         raw_every: Keep full labels and predictions every this many rounds (default 100;
             only for a path).
+        raw_budget: Bytes of full tensors per round, on average, beyond which those rounds
+            are spaced further apart (default 1 MiB; 0: no limit; only for a path; see
+            :class:`TraceWriter`).
         overwrite: Replace an existing trace file.
         flush_secs: Commit to disk at most this many seconds apart.
         hyperparameters: Stored in the trace's metadata (the booster's own configuration is
@@ -212,7 +215,8 @@ class DbgCallback(TrainingCallback):
             above.
 
     Raises:
-        ValueError: If ``raw_every`` is given with a writer, or ``data_mode`` is no mode.
+        ValueError: If ``raw_every`` or ``raw_budget`` is given with a writer, or
+            ``data_mode`` is no mode.
         TraceWriterError: If the trace file exists and ``overwrite`` is False.
     """
 
@@ -224,6 +228,7 @@ class DbgCallback(TrainingCallback):
         data_mode: str = "train",
         train_set: str | None = None,
         raw_every: int | None = None,
+        raw_budget: int | None = None,
         overwrite: bool = False,
         flush_secs: float = 10.0,
         hyperparameters: Mapping[str, Any] | None = None,
@@ -234,8 +239,7 @@ class DbgCallback(TrainingCallback):
         check_stop_on(stop_on)
         if data_mode not in MODES:
             raise ValueError(f"data_mode must be one of {', '.join(MODES)}, got {data_mode!r}")
-        if isinstance(trace, TraceWriter) and raw_every is not None:
-            raise ValueError("raw_every applies to a new trace; set it on the TraceWriter instead")
+        refuse_new_trace_settings(trace, raw_every=raw_every, raw_budget=raw_budget)
         if not isinstance(trace, TraceWriter) and Path(trace).exists() and not overwrite:
             # Refused here, before training starts, rather than as a warning mid-run.
             raise TraceWriterError(f"{trace} already exists; pass overwrite=True to replace it")
@@ -244,6 +248,7 @@ class DbgCallback(TrainingCallback):
         self.data_mode = data_mode
         self.train_set = train_set
         self.raw_every = DEFAULT_RAW_EVERY if raw_every is None else raw_every
+        self.raw_budget = DEFAULT_RAW_BUDGET if raw_budget is None else raw_budget
         self.overwrite = overwrite
         self.flush_secs = flush_secs
         self.hyperparameters = dict(hyperparameters) if hyperparameters is not None else None
@@ -331,6 +336,7 @@ class DbgCallback(TrainingCallback):
         self.writer = TraceWriter(
             self.trace,
             raw_every=self.raw_every,
+            raw_budget=self.raw_budget,
             flush_secs=self.flush_secs,
             overwrite=self.overwrite,
             metadata=metadata,

@@ -13,7 +13,7 @@ from hypothesis.extra import numpy as hnp
 
 from dbgcli import TraceWriter, open_trace
 from dbgcli.trace import schema
-from dbgcli.trace.stats import COL
+from dbgcli.trace.stats import COL, StatsKernel
 
 DTYPES = [np.float16, np.float32, np.float64, np.int8, np.int32, np.int64, np.uint8, np.bool_]
 
@@ -387,3 +387,61 @@ def test_commits_mid_block_keep_every_row(tmp_path: Path) -> None:
         np.testing.assert_allclose(
             trace.stat("g", "l2").values, [np.linalg.norm(r) for r in rows], rtol=1e-5
         )
+
+
+def kept_steps(path: Path, tag: str) -> list[int]:
+    with open_trace(path) as trace:
+        return [int(step) for chunk in trace.iter_raw(tag) for step in chunk.steps]
+
+
+def test_raw_budget_spaces_the_full_tensors_of_a_large_step_further_apart(
+    tmp_path: Path,
+) -> None:
+    """Two 2,000-byte tensors a step: at 100 bytes a step, the 4,000 bytes of a kept step are
+    paid off 40 steps later, so one in four of the steps raw_every picks keeps its full
+    tensors, and every tensor of a kept step keeps it (through both ways of recording)."""
+    path = tmp_path / "budget.h5"
+    shape, dtype = (250,), np.dtype(np.float64)
+    with TraceWriter(path, raw_every=10, raw_budget=100) as writer:
+        for step in range(130):
+            writer.add_tensor("w", np.full(shape, float(step)), step)
+            value = np.full(shape, -float(step))
+            row = StatsKernel().compute(value[None])
+            writer.add_tensor_stats_rows(
+                ["g"],
+                row,
+                step,
+                shapes=[shape],
+                dtypes=[dtype],
+                collections=["gradients"],
+                values=[value] if writer.raw_due(step) else None,
+            )
+    assert kept_steps(path, "w") == kept_steps(path, "g") == [0, 40, 80, 120]
+    with open_trace(path) as trace:
+        assert trace.raw("w", 80).tolist() == [80.0] * 250
+        assert trace.raw("g", 120).tolist() == [-120.0] * 250
+
+
+def test_full_tensors_forced_with_raw_count_against_the_budget_and_are_kept(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "forced.h5"
+    with TraceWriter(path, raw_every=10, raw_budget=100) as writer:
+        for step in range(60):
+            writer.add_tensor("w", np.zeros(250), step)
+            writer.add_tensor("labels", np.zeros(250), step, raw=step == 5)
+    # 2,000 bytes at step 0 and 2,000 forced at step 5: the next step kept is 40, not 20.
+    assert kept_steps(path, "w") == [0, 40]
+    assert kept_steps(path, "labels") == [5]
+
+
+def test_raw_budget_zero_is_no_limit_and_a_negative_one_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "unlimited.h5"
+    with TraceWriter(path, raw_every=10) as writer:
+        assert writer.raw_budget == 0
+        for step in range(30):
+            writer.add_tensor("w", np.zeros(100_000), step)
+    assert kept_steps(path, "w") == [0, 10, 20]
+    with pytest.raises(ValueError, match="raw_budget must be >= 0"):
+        TraceWriter(tmp_path / "negative.h5", raw_budget=-1)
+    assert not (tmp_path / "negative.h5").exists()

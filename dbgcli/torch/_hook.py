@@ -55,7 +55,7 @@ from dbgcli.torch._stats import (
     reduce_activations,
 )
 from dbgcli.trace.stats import COL
-from dbgcli.trace.writer import TraceWriter
+from dbgcli.trace.writer import DEFAULT_RAW_BUDGET, TraceWriter, refuse_new_trace_settings
 
 __all__ = [
     "ACTIVATION_KINDS",
@@ -136,6 +136,7 @@ def open_writer(
     *,
     framework: str,
     raw_every: int | None = None,
+    raw_budget: int | None = None,
     overwrite: bool = False,
     flush_secs: float = 10.0,
     hyperparameters: Mapping[str, Any] | None = None,
@@ -145,19 +146,20 @@ def open_writer(
 
     A path gets a new :class:`TraceWriter`; under torch.distributed each rank writes its own
     file (``<stem>.rank<k><suffix>``) and the metadata names ``rank`` and ``world_size``. A
-    writer passed in is used as it is (its ``raw_every`` applies) and gets the same metadata.
+    writer passed in is used as it is (its ``raw_every`` and ``raw_budget`` apply) and gets
+    the same metadata.
 
     Raises:
-        ValueError: If ``raw_every`` is given together with a writer: set it on the writer.
+        ValueError: If ``raw_every`` or ``raw_budget`` is given together with a writer: set it
+            on the writer.
         TraceWriterError: If the file exists and ``overwrite`` is False, or cannot be created.
     """
     distributed = distributed_rank()
     run_metadata: dict[str, Any] = dict(metadata or {})
     if distributed is not None:
         run_metadata["rank"], run_metadata["world_size"] = distributed
+    refuse_new_trace_settings(trace, raw_every=raw_every, raw_budget=raw_budget)
     if isinstance(trace, TraceWriter):
-        if raw_every is not None:
-            raise ValueError("raw_every applies to a new trace; set it on the TraceWriter instead")
         extra: dict[str, Any] = dict(run_metadata)
         if hyperparameters is not None:
             extra["hyperparameters"] = dict(hyperparameters)
@@ -168,6 +170,7 @@ def open_writer(
     writer = TraceWriter(
         path,
         raw_every=DEFAULT_RAW_EVERY if raw_every is None else raw_every,
+        raw_budget=DEFAULT_RAW_BUDGET if raw_budget is None else raw_budget,
         flush_secs=flush_secs,
         overwrite=overwrite,
         metadata=run_metadata,
@@ -1114,6 +1117,7 @@ class CallbackRecording:
 
     trace: TracePath | TraceWriter
     raw_every: int | None = None
+    raw_budget: int | None = None
     include: Patterns = None
     exclude: Patterns = None
     stats_every: int = DEFAULT_STATS_EVERY
@@ -1125,8 +1129,7 @@ class CallbackRecording:
     def __post_init__(self) -> None:
         _check_stats_every(self.stats_every, self.raw_every)
         check_stop_on(self.stop_on)
-        if isinstance(self.trace, TraceWriter) and self.raw_every is not None:
-            raise ValueError("raw_every applies to a new trace; set it on the TraceWriter instead")
+        refuse_new_trace_settings(self.trace, raw_every=self.raw_every, raw_budget=self.raw_budget)
         refuse_existing(self.trace, self.overwrite)
 
     def attach(
@@ -1143,6 +1146,7 @@ class CallbackRecording:
             self.trace,
             framework=framework,
             raw_every=self.raw_every,
+            raw_budget=self.raw_budget,
             overwrite=self.overwrite,
             flush_secs=self.flush_secs,
             hyperparameters=hyperparameters,
@@ -1173,6 +1177,7 @@ def attach(
     trace: TracePath | TraceWriter,
     *,
     raw_every: int | None = None,
+    raw_budget: int | None = None,
     include: Patterns = None,
     exclude: Patterns = None,
     capture_loss: bool = True,
@@ -1206,6 +1211,9 @@ def attach(
             an open :class:`TraceWriter`, which stays open after :meth:`TorchHook.remove`.
         raw_every: Keep full tensors every this many steps (default 100), a multiple of
             ``stats_every``. Only for a path: a writer keeps its own setting.
+        raw_budget: Bytes of full tensors per step, on average, beyond which the steps
+            ``raw_every`` picks are spaced further apart (default 1 MiB, about 1 GiB per 1,000
+            steps; 0: no limit). Only for a path. See :class:`TraceWriter`.
         include: Glob(s) on parameter and module names or on tags; default: everything.
         exclude: Glob(s) on names or tags to leave out.
         capture_loss: Record the loss found in the model's output (see :class:`TorchHook`).
@@ -1234,8 +1242,8 @@ def attach(
 
     Raises:
         TypeError: If ``optimizer`` has no step hooks.
-        ValueError: If ``raw_every`` is given with a writer, ``stats_every`` is not a positive
-            integer, or ``raw_every`` is not a multiple of it.
+        ValueError: If ``raw_every`` or ``raw_budget`` is given with a writer, ``stats_every``
+            is not a positive integer, or ``raw_every`` is not a multiple of it.
         TraceWriterError: If the trace cannot be created (exists and not ``overwrite``, ...).
     """
     _check_stats_every(stats_every, raw_every)  # before the trace file is created
@@ -1244,6 +1252,7 @@ def attach(
         trace,
         framework="pytorch",
         raw_every=raw_every,
+        raw_budget=raw_budget,
         overwrite=overwrite,
         flush_secs=flush_secs,
         hyperparameters=hyperparameters,

@@ -408,6 +408,8 @@ class _TensorSeries:
         block[self.fill] = array
         self.fill += 1
         self.keep_raw.append(keep_raw)
+        if keep_raw:
+            self.writer._raw_bytes += array.nbytes  # now, for raw_due: written with the block
         self.index.pending_steps.append(step)
         self.index.pending_modes.append(mode)
         self.records += 1
@@ -433,6 +435,7 @@ class _TensorSeries:
         if self.measure is not None:
             self.pending_units.append(self._fit_units(units))
         if raw is not None and raw.size:
+            self.writer._raw_bytes += raw.nbytes
             segment = self._segment(raw.shape, raw.dtype)
             self._keep_raw(segment, raw.reshape(1, *raw.shape), room)
             segment.pending_records.append(np.array([self.records], dtype=np.int64))
@@ -622,6 +625,24 @@ class _TensorSeries:
             self.block = None
 
 
+#: The ``raw_budget`` of the traces the integrations create: 1 MiB of full tensors per step
+#: on average, about 1 GiB per 1,000 steps. Models up to about ten million parameters keep
+#: every ``raw_every``-th step (100 by default) within it; BERT-base's weights, gradients and
+#: activations, 1.5 GB a step, come about 1,500 steps apart instead of 100.
+DEFAULT_RAW_BUDGET = 1 << 20
+
+
+def refuse_new_trace_settings(trace: object, **settings: object) -> None:
+    """Refuse settings that only a new trace takes (given, not None) with a writer."""
+    given = [name for name, value in settings.items() if value is not None]
+    if isinstance(trace, TraceWriter) and given:
+        verb, pronoun = ("applies", "it") if len(given) == 1 else ("apply", "them")
+        raise ValueError(
+            f"{' and '.join(given)} {verb} to a new trace; set {pronoun} on the TraceWriter "
+            "instead"
+        )
+
+
 _OPEN_WRITERS: weakref.WeakSet[TraceWriter] = weakref.WeakSet()
 _MODE_CODES = schema.MODE_CODES
 
@@ -647,6 +668,11 @@ class TraceWriter:
         path: Trace file to create.
         raw_every: Keep full tensors on steps divisible by this (1: every step; 0: never).
             Statistics are recorded for every tensor on every call regardless.
+        raw_budget: Bytes of full tensors the trace may take per step, on average (0: no
+            limit). When the full tensors of a step kept by ``raw_every`` take more, the next
+            steps that ``raw_every`` picks are skipped until the average is back within it,
+            so a large model keeps its full tensors further apart; the first are always kept.
+            Full tensors forced with ``raw=True`` count, and are kept regardless.
         flush_secs: Commit buffered records at most this many seconds apart (also on close).
         overwrite: Replace an existing file. Without it an existing file is refused, or
             appended to with ``resume=True``.
@@ -670,6 +696,7 @@ class TraceWriter:
         path: str | os.PathLike[str],
         *,
         raw_every: int = 1,
+        raw_budget: int = 0,
         flush_secs: float = 10.0,
         overwrite: bool = False,
         resume: bool = False,
@@ -680,10 +707,18 @@ class TraceWriter:
     ) -> None:
         if int(raw_every) < 0:
             raise ValueError(f"raw_every must be >= 0, got {raw_every!r}")
+        if int(raw_budget) < 0:
+            raise ValueError(f"raw_budget must be >= 0 (0: no limit), got {raw_budget!r}")
         if overwrite and resume:
             raise ValueError("overwrite and resume exclude each other")
         self.path = Path(path)
         self.raw_every = int(raw_every)
+        self.raw_budget = int(raw_budget)
+        # The budget's account: the first step raw_due kept, the step it keeps now, and the
+        # bytes of full tensors taken since (see raw_due).
+        self._raw_first: int | None = None
+        self._raw_open: int | None = None
+        self._raw_bytes = 0
         self.flush_secs = float(flush_secs)
         self.max_buffer_bytes = int(max_buffer_bytes)
         self.dropped_by_reason: Counter[str] = Counter()
@@ -976,8 +1011,22 @@ class TraceWriter:
                 self._forget_empty(tag)
 
     def raw_due(self, step: int) -> bool:
-        """Whether a record at ``step`` keeps its full tensor by default (every ``raw_every``)."""
-        return self.raw_every > 0 and step % self.raw_every == 0
+        """Whether a record at ``step`` keeps its full tensor by default: every ``raw_every``
+        steps, from the second such step on only while the full tensors kept since the first
+        average at most ``raw_budget`` bytes per step. A step it keeps stays kept for every
+        record of that step (a hook asks once per pass and once per optimizer step)."""
+        if self.raw_every <= 0 or step % self.raw_every:
+            return False
+        if not self.raw_budget or step == self._raw_open:
+            return True
+        # No lock: torch.compile traces a hook that asks, and breaks its graph at one. Two
+        # threads asking at once at most both open the same step.
+        if self._raw_first is None:
+            self._raw_first = step
+        elif self._raw_bytes > self.raw_budget * (step - self._raw_first):
+            return False
+        self._raw_open = step
+        return True
 
     def add_tensor_stats(
         self,

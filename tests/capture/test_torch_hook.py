@@ -1423,3 +1423,59 @@ dist.destroy_process_group()
     )
     assert done.returncode == 0, done.stderr
     assert "training went on" in done.stdout
+
+
+def full_tensor_steps(path: Path) -> dict[str, list[int]]:
+    with open_trace(path) as trace:
+        return {
+            info.tag: [int(step) for chunk in trace.iter_raw(info.tag) for step in chunk.steps]
+            for info in trace.tags()
+            if info.raw_records
+        }
+
+
+def test_raw_budget_spaces_every_full_tensor_of_the_hook_alike(tmp_path: Path) -> None:
+    """Weights, gradients and activations of a step are kept together or not at all. With a
+    budget of a quarter of what a kept step takes, every fourth step of those raw_every picks
+    is kept; without one, each of them."""
+
+    def train(path: Path, raw_budget: int) -> None:
+        torch.manual_seed(0)
+        model = make_net()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        with attach(model, optimizer, path, raw_every=2, raw_budget=raw_budget):
+            for x, y in batches(10):
+                optimizer.zero_grad()
+                loss_fn(model, x, y).backward()
+                optimizer.step()
+
+    train(tmp_path / "unlimited.h5", 0)
+    unlimited = full_tensor_steps(tmp_path / "unlimited.h5")
+    assert {"fc1.weight", "grad/fc1.weight", "act/relu", "preact/tanh"} <= set(unlimited)
+    assert set(map(tuple, unlimited.values())) == {(0, 2, 4, 6, 8)}
+    with open_trace(tmp_path / "unlimited.h5") as trace:
+        step_bytes = sum(
+            values.nbytes
+            for tag in unlimited
+            for chunk in trace.iter_raw(tag)
+            for values, step in zip(chunk.values, chunk.steps)
+            if step == 0
+        )
+    train(tmp_path / "budget.h5", -(-step_bytes // 4))
+    budget = full_tensor_steps(tmp_path / "budget.h5")
+    assert set(budget) == set(unlimited)
+    assert set(map(tuple, budget.values())) == {(0, 4, 8)}
+
+
+def test_raw_budget_defaults_to_a_mebibyte_a_step_and_belongs_to_a_new_trace(
+    tmp_path: Path,
+) -> None:
+    model = make_net()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with attach(model, optimizer, tmp_path / "run.h5") as hook:
+        assert hook.writer.raw_budget == 1 << 20
+    with TraceWriter(tmp_path / "own.h5") as writer:
+        with pytest.raises(ValueError, match="raw_budget applies to a new trace"):
+            attach(model, optimizer, writer, raw_budget=0)
+        with pytest.raises(ValueError, match="raw_every and raw_budget apply"):
+            hook_module.CallbackRecording(writer, raw_every=100, raw_budget=0)

@@ -240,10 +240,27 @@ def test_the_training_set_can_be_named(tmp_path: Path, no_dbg_warnings: None) ->
         assert trace.scalar("logloss", mode="eval").steps.tolist() == [0, 1, 2, 3]
 
 
+def test_raw_budget_spaces_the_rounds_that_keep_labels_and_predictions(
+    tmp_path: Path, no_dbg_warnings: None
+) -> None:
+    """Without a budget every round keeps them (raw_every=1); with one byte a round, round 0
+    takes thousands of rounds' worth, so only the round after the last keeps them again."""
+    x, y = make_data(0)
+    for budget, kept in ((0, list(range(8))), (1, [0, 7])):
+        path = tmp_path / f"budget{budget}.h5"
+        data = xgb.DMatrix(x, label=y)
+        train([DbgCallback(path, data=data, raw_every=1, raw_budget=budget)])
+        with open_trace(path) as trace:
+            for tag in ("labels", "predictions"):
+                assert [int(s) for chunk in trace.iter_raw(tag) for s in chunk.steps] == kept
+
+
 def test_a_writer_passed_in_stays_open(tmp_path: Path, no_dbg_warnings: None) -> None:
     with TraceWriter(tmp_path / "run.h5") as writer:
         with pytest.raises(ValueError, match="raw_every"):
             DbgCallback(writer, raw_every=3)
+        with pytest.raises(ValueError, match="raw_budget applies to a new trace"):
+            DbgCallback(writer, raw_budget=0)
         train([DbgCallback(writer)], rounds=2)
         assert not writer.closed
     with open_trace(tmp_path / "run.h5") as trace:
