@@ -34,7 +34,7 @@ from dbgcli._failures import FailureReporter
 from dbgcli.errors import TraceWriterError
 from dbgcli.live_rules import LiveRules, check_stop_on, stop_if
 from dbgcli.trace.schema import MODES
-from dbgcli.trace.writer import DEFAULT_RAW_BUDGET, TraceWriter, refuse_new_trace_settings
+from dbgcli.trace.writer import DEFAULT_RAW_BUDGET, TraceWriter, check_raw_settings
 
 __all__ = ["IMPORTANCE_TYPES", "TRAIN_SET_NAMES", "DbgCallback", "model_tree_depths", "tree_depth"]
 
@@ -239,7 +239,7 @@ class DbgCallback(TrainingCallback):
         check_stop_on(stop_on)
         if data_mode not in MODES:
             raise ValueError(f"data_mode must be one of {', '.join(MODES)}, got {data_mode!r}")
-        refuse_new_trace_settings(trace, raw_every=raw_every, raw_budget=raw_budget)
+        check_raw_settings(trace, raw_every=raw_every, raw_budget=raw_budget)
         if not isinstance(trace, TraceWriter) and Path(trace).exists() and not overwrite:
             # Refused here, before training starts, rather than as a warning mid-run.
             raise TraceWriterError(f"{trace} already exists; pass overwrite=True to replace it")

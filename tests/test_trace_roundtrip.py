@@ -422,17 +422,32 @@ def test_raw_budget_spaces_the_full_tensors_of_a_large_step_further_apart(
         assert trace.raw("g", 120).tolist() == [-120.0] * 250
 
 
-def test_full_tensors_forced_with_raw_count_against_the_budget_and_are_kept(
+def test_full_tensors_forced_with_raw_are_kept_and_count_only_at_a_kept_step(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "forced.h5"
     with TraceWriter(path, raw_every=10, raw_budget=100) as writer:
         for step in range(60):
             writer.add_tensor("w", np.zeros(250), step)
-            writer.add_tensor("labels", np.zeros(250), step, raw=step == 5)
-    # 2,000 bytes at step 0 and 2,000 forced at step 5: the next step kept is 40, not 20.
+            writer.add_tensor("labels", np.zeros(250), step, raw=step in (0, 5))
+    # 2,000 bytes of each at step 0, which the budget keeps: the next step kept is 40, not
+    # 20; the 2,000 forced at step 5 would have pushed it past 59.
     assert kept_steps(path, "w") == [0, 40]
-    assert kept_steps(path, "labels") == [5]
+    assert kept_steps(path, "labels") == [0, 5]
+
+
+def test_a_step_the_budget_kept_stays_kept_when_records_come_back_to_it(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "back.h5"
+    with TraceWriter(path, raw_every=10, raw_budget=100) as writer:
+        writer.add_tensor("w", np.zeros(250), 0)
+        writer.add_tensor("a", np.zeros(250), 20)  # 2,000 bytes by step 20: kept
+        writer.add_tensor("a", np.zeros(250), 30)  # 4,000 > 3,000: not kept
+        writer.add_tensor("a", np.zeros(250), 40)  # 4,000 by step 40: kept
+        writer.add_tensor("w", np.zeros(250), 20)  # a late record of step 20: kept with it
+    assert kept_steps(path, "w") == [0, 20]
+    assert kept_steps(path, "a") == [20, 40]
 
 
 def test_raw_budget_zero_is_no_limit_and_a_negative_one_is_refused(tmp_path: Path) -> None:

@@ -55,7 +55,7 @@ from dbgcli.torch._stats import (
     reduce_activations,
 )
 from dbgcli.trace.stats import COL
-from dbgcli.trace.writer import DEFAULT_RAW_BUDGET, TraceWriter, refuse_new_trace_settings
+from dbgcli.trace.writer import DEFAULT_RAW_BUDGET, TraceWriter, check_raw_settings
 
 __all__ = [
     "ACTIVATION_KINDS",
@@ -158,7 +158,7 @@ def open_writer(
     run_metadata: dict[str, Any] = dict(metadata or {})
     if distributed is not None:
         run_metadata["rank"], run_metadata["world_size"] = distributed
-    refuse_new_trace_settings(trace, raw_every=raw_every, raw_budget=raw_budget)
+    check_raw_settings(trace, raw_every=raw_every, raw_budget=raw_budget)
     if isinstance(trace, TraceWriter):
         extra: dict[str, Any] = dict(run_metadata)
         if hyperparameters is not None:
@@ -1129,7 +1129,7 @@ class CallbackRecording:
     def __post_init__(self) -> None:
         _check_stats_every(self.stats_every, self.raw_every)
         check_stop_on(self.stop_on)
-        refuse_new_trace_settings(self.trace, raw_every=self.raw_every, raw_budget=self.raw_budget)
+        check_raw_settings(self.trace, raw_every=self.raw_every, raw_budget=self.raw_budget)
         refuse_existing(self.trace, self.overwrite)
 
     def attach(

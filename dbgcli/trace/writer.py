@@ -409,7 +409,7 @@ class _TensorSeries:
         self.fill += 1
         self.keep_raw.append(keep_raw)
         if keep_raw:
-            self.writer._raw_bytes += array.nbytes  # now, for raw_due: written with the block
+            self.writer._charge_raw(step, array.nbytes)  # now: the block is written later
         self.index.pending_steps.append(step)
         self.index.pending_modes.append(mode)
         self.records += 1
@@ -435,7 +435,7 @@ class _TensorSeries:
         if self.measure is not None:
             self.pending_units.append(self._fit_units(units))
         if raw is not None and raw.size:
-            self.writer._raw_bytes += raw.nbytes
+            self.writer._charge_raw(step, raw.nbytes)
             segment = self._segment(raw.shape, raw.dtype)
             self._keep_raw(segment, raw.reshape(1, *raw.shape), room)
             segment.pending_records.append(np.array([self.records], dtype=np.int64))
@@ -632,15 +632,22 @@ class _TensorSeries:
 DEFAULT_RAW_BUDGET = 1 << 20
 
 
-def refuse_new_trace_settings(trace: object, **settings: object) -> None:
-    """Refuse settings that only a new trace takes (given, not None) with a writer."""
-    given = [name for name, value in settings.items() if value is not None]
-    if isinstance(trace, TraceWriter) and given:
-        verb, pronoun = ("applies", "it") if len(given) == 1 else ("apply", "them")
-        raise ValueError(
-            f"{' and '.join(given)} {verb} to a new trace; set {pronoun} on the TraceWriter "
-            "instead"
-        )
+def check_raw_settings(
+    trace: object = None, *, raw_every: Any = None, raw_budget: Any = None
+) -> None:
+    """Refuse full-tensor settings before a trace is created: below 0, or given (not None)
+    with an open writer, which keeps its own.
+
+    Raises:
+        ValueError: Naming the first setting refused.
+    """
+    for name, value in (("raw_every", raw_every), ("raw_budget", raw_budget)):
+        if value is None:
+            continue
+        if isinstance(trace, TraceWriter):
+            raise ValueError(f"{name} applies to a new trace; set it on the TraceWriter instead")
+        if int(value) < 0:
+            raise ValueError(f"{name} must be >= 0, got {value!r}")
 
 
 _OPEN_WRITERS: weakref.WeakSet[TraceWriter] = weakref.WeakSet()
@@ -668,11 +675,12 @@ class TraceWriter:
         path: Trace file to create.
         raw_every: Keep full tensors on steps divisible by this (1: every step; 0: never).
             Statistics are recorded for every tensor on every call regardless.
-        raw_budget: Bytes of full tensors the trace may take per step, on average (0: no
-            limit). When the full tensors of a step kept by ``raw_every`` take more, the next
-            steps that ``raw_every`` picks are skipped until the average is back within it,
-            so a large model keeps its full tensors further apart; the first are always kept.
-            Full tensors forced with ``raw=True`` count, and are kept regardless.
+        raw_budget: Bytes of full tensors per step, on average, that the steps ``raw_every``
+            picks may keep (0: no limit). Once those kept since this writer's first take
+            more, the next ones are skipped until the average is back within it, so a large
+            model keeps its full tensors further apart; a step is kept for all of its
+            records or for none. Full tensors forced with ``raw=True`` are kept regardless,
+            and count only at a step the budget keeps.
         flush_secs: Commit buffered records at most this many seconds apart (also on close).
         overwrite: Replace an existing file. Without it an existing file is refused, or
             appended to with ``resume=True``.
@@ -705,19 +713,16 @@ class TraceWriter:
         framework: str | None = None,
         max_buffer_bytes: int = 256 << 20,
     ) -> None:
-        if int(raw_every) < 0:
-            raise ValueError(f"raw_every must be >= 0, got {raw_every!r}")
-        if int(raw_budget) < 0:
-            raise ValueError(f"raw_budget must be >= 0 (0: no limit), got {raw_budget!r}")
+        check_raw_settings(raw_every=raw_every, raw_budget=raw_budget)
         if overwrite and resume:
             raise ValueError("overwrite and resume exclude each other")
         self.path = Path(path)
         self.raw_every = int(raw_every)
         self.raw_budget = int(raw_budget)
-        # The budget's account: the first step raw_due kept, the step it keeps now, and the
-        # bytes of full tensors taken since (see raw_due).
+        # The budget's account (see raw_due): the first step raw_due kept, every step it kept,
+        # and the bytes of their full tensors.
         self._raw_first: int | None = None
-        self._raw_open: int | None = None
+        self._raw_steps: set[int] = set()
         self._raw_bytes = 0
         self.flush_secs = float(flush_secs)
         self.max_buffer_bytes = int(max_buffer_bytes)
@@ -1017,16 +1022,22 @@ class TraceWriter:
         record of that step (a hook asks once per pass and once per optimizer step)."""
         if self.raw_every <= 0 or step % self.raw_every:
             return False
-        if not self.raw_budget or step == self._raw_open:
+        if not self.raw_budget or step in self._raw_steps:
             return True
         # No lock: torch.compile traces a hook that asks, and breaks its graph at one. Two
-        # threads asking at once at most both open the same step.
+        # threads asking at once at most both keep the same step.
         if self._raw_first is None:
             self._raw_first = step
         elif self._raw_bytes > self.raw_budget * (step - self._raw_first):
             return False
-        self._raw_open = step
+        self._raw_steps.add(step)
         return True
+
+    def _charge_raw(self, step: int, nbytes: int) -> None:
+        """Count a full tensor against ``raw_budget`` if its step is one raw_due kept (those
+        forced with ``raw=True`` at other steps cost the budget nothing)."""
+        if step in self._raw_steps:
+            self._raw_bytes += nbytes
 
     def add_tensor_stats(
         self,

@@ -106,7 +106,9 @@ def run(
 def test_trainer_run_is_recorded(tmp_path: Path, no_dbg_warnings: None) -> None:
     path = tmp_path / "run.h5"
     reference = GradientNorms()
-    trainer = run(tmp_path, [DbgCallback(path, raw_every=3, stats_every=1), reference])
+    # One byte a step: only step 0 keeps full tensors, which shows the budget reached the trace.
+    callback = DbgCallback(path, raw_every=3, raw_budget=1, stats_every=1)
+    trainer = run(tmp_path, [callback, reference])
     model = trainer.model
     steps = list(range(STEPS))
     with open_trace(path) as trace:
@@ -115,6 +117,7 @@ def test_trainer_run_is_recorded(tmp_path: Path, no_dbg_warnings: None) -> None:
         for name, _ in model.named_parameters():
             assert trace.index(name)[0].tolist() == steps, name
             assert trace.index(f"grad/{name}")[0].tolist() == steps, name
+            assert [int(s) for chunk in trace.iter_raw(name) for s in chunk.steps] == [0]
             expected = "biases" if name.endswith("bias") else "weights"
             assert trace.tag(name).collection == expected
         np.testing.assert_allclose(
@@ -158,6 +161,8 @@ def test_an_existing_trace_is_refused_before_training(
     assert not (tmp_path / "other.h5").exists()
     with pytest.raises(ValueError, match="raw_every .3. must be a multiple of stats_every .10."):
         DbgCallback(tmp_path / "other.h5", raw_every=3)
+    with pytest.raises(ValueError, match="raw_budget must be >= 0"):
+        DbgCallback(tmp_path / "other.h5", raw_budget=-1)
     with pytest.raises(ValueError, match="record_data takes inputs, labels, predictions"):
         DbgCallback(tmp_path / "other.h5", record_data=("logits",))
     assert not (tmp_path / "other.h5").exists()

@@ -88,7 +88,8 @@ def fit(callback: DbgCallback) -> Classifier:
 
 def test_lightning_run_is_recorded(tmp_path: Path, no_dbg_warnings: None) -> None:
     path = tmp_path / "run.h5"
-    module = fit(DbgCallback(path, raw_every=2, stats_every=1))
+    # One byte a step: only step 0 keeps full tensors, which shows the budget reached the trace.
+    module = fit(DbgCallback(path, raw_every=2, raw_budget=1, stats_every=1))
     total_steps = STEPS_PER_EPOCH * EPOCHS
     steps = list(range(total_steps))
     with open_trace(path) as trace:
@@ -97,6 +98,7 @@ def test_lightning_run_is_recorded(tmp_path: Path, no_dbg_warnings: None) -> Non
         for name, _ in module.named_parameters():
             assert trace.index(name)[0].tolist() == steps, name
             assert trace.index(f"grad/{name}")[0].tolist() == steps, name
+            assert [int(s) for chunk in trace.iter_raw(name) for s in chunk.steps] == [0]
         np.testing.assert_allclose(
             trace.stat("grad/net.fc1.weight", "l2").values, module.grad_norms, rtol=1e-5
         )
@@ -146,4 +148,6 @@ def test_an_existing_trace_is_refused_before_training(
         ValueError, match=r"raw_every \(4\) must be a multiple of stats_every \(10\)"
     ):
         DbgCallback(tmp_path / "other.h5", raw_every=4)
+    with pytest.raises(ValueError, match="raw_budget must be >= 0"):
+        DbgCallback(tmp_path / "other.h5", raw_budget=-1)
     assert not (tmp_path / "other.h5").exists()

@@ -1477,5 +1477,56 @@ def test_raw_budget_defaults_to_a_mebibyte_a_step_and_belongs_to_a_new_trace(
     with TraceWriter(tmp_path / "own.h5") as writer:
         with pytest.raises(ValueError, match="raw_budget applies to a new trace"):
             attach(model, optimizer, writer, raw_budget=0)
-        with pytest.raises(ValueError, match="raw_every and raw_budget apply"):
-            hook_module.CallbackRecording(writer, raw_every=100, raw_budget=0)
+        with pytest.raises(ValueError, match="raw_budget applies to a new trace"):
+            hook_module.CallbackRecording(writer, raw_budget=0)
+    with pytest.raises(ValueError, match="raw_budget must be >= 0"):
+        hook_module.CallbackRecording(tmp_path / "later.h5", raw_budget=-1)
+    assert not (tmp_path / "later.h5").exists()
+
+
+def test_raw_budget_keeps_every_micro_batch_and_evaluation_pass_of_a_kept_step(
+    tmp_path: Path,
+) -> None:
+    """Gradient accumulation (two micro-batches a step) and an evaluation pass after every
+    step, which opens the next step before its training pass: a step the budget keeps keeps
+    every record of it, and every tag keeps the same steps."""
+
+    def train(path: Path, raw_budget: int) -> None:
+        torch.manual_seed(0)
+        model = make_net()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        data = batches(24)
+        with attach(model, optimizer, path, raw_every=2, raw_budget=raw_budget):
+            for step in range(12):
+                optimizer.zero_grad()
+                for x, y in data[2 * step : 2 * step + 2]:
+                    (loss_fn(model, x, y) / 2).backward()
+                optimizer.step()
+                if step < 11:  # the evaluation pass of the next step
+                    model.eval()
+                    with torch.no_grad():
+                        model(data[0][0])
+                    model.train()
+
+    train(tmp_path / "unlimited.h5", 0)
+    every_even_step = list(range(0, 12, 2))
+    unlimited = full_tensor_steps(tmp_path / "unlimited.h5")
+    assert {tuple(sorted(set(steps))) for steps in unlimited.values()} == {tuple(every_even_step)}
+    with open_trace(tmp_path / "unlimited.h5") as trace:
+        step_bytes = sum(
+            values.nbytes
+            for info in trace.tags()
+            for chunk in trace.iter_raw(info.tag)
+            for values, step in zip(chunk.values, chunk.steps)
+            if step == 0
+        )
+    path = tmp_path / "budget.h5"
+    train(path, -(-step_bytes // 3))
+    (steps,) = {tuple(sorted(set(steps))) for steps in full_tensor_steps(path).values()}
+    assert steps[0] == 0 and 1 < len(steps) < len(every_even_step)
+    with open_trace(path) as trace:
+        records_at = dict(zip(*np.unique(trace.index("act/relu")[0], return_counts=True)))
+        raws = [int(step) for chunk in trace.iter_raw("act/relu") for step in chunk.steps]
+    # Two micro-batches at step 0; two and the evaluation pass before them at the others.
+    assert [records_at[step] for step in steps] == [2] + [3] * (len(steps) - 1)
+    assert raws == [step for step in steps for _ in range(records_at[step])]

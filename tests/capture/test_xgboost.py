@@ -12,6 +12,7 @@ import xgboost as xgb
 
 from dbgcli import TraceWriter, open_trace
 from dbgcli.errors import TraceWriterError
+from dbgcli.trace.writer import DEFAULT_RAW_BUDGET
 from dbgcli.xgboost import (
     IMPORTANCE_TYPES,
     TREE_READ_EVERY,
@@ -112,7 +113,9 @@ def test_metrics_trees_and_feature_importance_per_round(
             assert trace.raw(tag, 7)[5] == 0.0  # never split on
 
         np.testing.assert_array_equal(trace.raw("labels", 0), y)
-        # In full every raw_every (100) rounds and after the last: rounds 0 and 7.
+        # In full every raw_every (100) rounds, within the default budget, and after the last:
+        # rounds 0 and 7.
+        assert callback.writer is not None and callback.writer.raw_budget == DEFAULT_RAW_BUDGET
         assert trace.index("predictions")[0].tolist() == [0, 7]
         np.testing.assert_allclose(trace.raw("predictions", 7), booster.predict(dtrain), rtol=1e-6)
         np.testing.assert_allclose(
@@ -275,6 +278,8 @@ def test_bad_arguments_are_refused_before_training(tmp_path: Path) -> None:
         DbgCallback(path)
     with pytest.raises(ValueError, match="data_mode"):
         DbgCallback(tmp_path / "other.h5", data_mode="validation")
+    with pytest.raises(ValueError, match="raw_budget must be >= 0"):
+        DbgCallback(tmp_path / "other.h5", raw_budget=-1)
 
 
 def test_failures_become_log_messages_and_training_goes_on(
