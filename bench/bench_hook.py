@@ -343,13 +343,16 @@ def race(args: argparse.Namespace, data: list[Batch], trace: Path) -> Race:
             times[step, 0] = train_step(plain, x, y, None)
             times[step, 1] = train_step(hooked, x, y, hook)
     in_window = tuple(commits)
+    steps = np.arange(args.warmup, len(data))
+    recorded = steps % args.stats_every == 0
+    # Asked again, the writer gives the answer it gave the hook at each recorded step (the
+    # steps it kept stay kept; the bytes that refused the others only grow), so that a model
+    # large enough for raw_budget to skip steps is split right.
+    raw = recorded & np.array([hook.writer.raw_due(int(step)) for step in steps], dtype=bool)
     start = time.perf_counter()
     hook.remove()
     hook.writer.close()  # a writer passed to attach (the NullWriter) stays open otherwise
     once += time.perf_counter() - start
-    steps = np.arange(args.warmup, len(data))
-    recorded = steps % args.stats_every == 0
-    raw = recorded & (steps % args.raw_every == 0) if args.raw_every else np.zeros_like(recorded)
     hooked_first = steps % 2 == 1
     return Race(
         times[args.warmup :, 0],
