@@ -626,9 +626,10 @@ class _TensorSeries:
 
 
 #: The ``raw_budget`` of the traces the integrations create: 1 MiB of full tensors per step
-#: on average, about 1 GiB per 1,000 steps. Models up to about ten million parameters keep
-#: every ``raw_every``-th step (100 by default) within it; BERT-base's weights, gradients and
-#: activations, 1.5 GB a step, come about 1,500 steps apart instead of 100.
+#: on average, about 1 GiB per 1,000 steps. A model whose full tensors take at most 100 MiB a
+#: step (about ten million parameters) keeps every ``raw_every``-th step (100 by default);
+#: BERT-base's weights, gradients and activations, 1.5 GB a step, come about 1,400 steps
+#: apart instead of 100 (docs/capture.md, "Full tensors of a large model").
 DEFAULT_RAW_BUDGET = 1 << 20
 
 

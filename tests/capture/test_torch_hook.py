@@ -1434,6 +1434,17 @@ def full_tensor_steps(path: Path) -> dict[str, list[int]]:
         }
 
 
+def full_tensor_bytes(path: Path, at_step: int) -> int:
+    with open_trace(path) as trace:
+        return sum(
+            values.nbytes
+            for info in trace.tags()
+            for chunk in trace.iter_raw(info.tag)
+            for values, step in zip(chunk.values, chunk.steps)
+            if step == at_step
+        )
+
+
 def test_raw_budget_spaces_every_full_tensor_of_the_hook_alike(tmp_path: Path) -> None:
     """Weights, gradients and activations of a step are kept together or not at all. With a
     budget of a quarter of what a kept step takes, every fourth step of those raw_every picks
@@ -1453,15 +1464,7 @@ def test_raw_budget_spaces_every_full_tensor_of_the_hook_alike(tmp_path: Path) -
     unlimited = full_tensor_steps(tmp_path / "unlimited.h5")
     assert {"fc1.weight", "grad/fc1.weight", "act/relu", "preact/tanh"} <= set(unlimited)
     assert set(map(tuple, unlimited.values())) == {(0, 2, 4, 6, 8)}
-    with open_trace(tmp_path / "unlimited.h5") as trace:
-        step_bytes = sum(
-            values.nbytes
-            for tag in unlimited
-            for chunk in trace.iter_raw(tag)
-            for values, step in zip(chunk.values, chunk.steps)
-            if step == 0
-        )
-    train(tmp_path / "budget.h5", -(-step_bytes // 4))
+    train(tmp_path / "budget.h5", -(-full_tensor_bytes(tmp_path / "unlimited.h5", 0) // 4))
     budget = full_tensor_steps(tmp_path / "budget.h5")
     assert set(budget) == set(unlimited)
     assert set(map(tuple, budget.values())) == {(0, 4, 8)}
@@ -1512,16 +1515,8 @@ def test_raw_budget_keeps_every_micro_batch_and_evaluation_pass_of_a_kept_step(
     every_even_step = list(range(0, 12, 2))
     unlimited = full_tensor_steps(tmp_path / "unlimited.h5")
     assert {tuple(sorted(set(steps))) for steps in unlimited.values()} == {tuple(every_even_step)}
-    with open_trace(tmp_path / "unlimited.h5") as trace:
-        step_bytes = sum(
-            values.nbytes
-            for info in trace.tags()
-            for chunk in trace.iter_raw(info.tag)
-            for values, step in zip(chunk.values, chunk.steps)
-            if step == 0
-        )
     path = tmp_path / "budget.h5"
-    train(path, -(-step_bytes // 3))
+    train(path, -(-full_tensor_bytes(tmp_path / "unlimited.h5", 0) // 3))
     (steps,) = {tuple(sorted(set(steps))) for steps in full_tensor_steps(path).values()}
     assert steps[0] == 0 and 1 < len(steps) < len(every_even_step)
     with open_trace(path) as trace:
