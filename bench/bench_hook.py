@@ -37,14 +37,14 @@ on the project's VM: about 3.7 or 5.5 ms): the steps of every race, in blocks of
 cycles, are split at the largest gap between their mean plain steps if it is at least 1.2x, and
 the overhead, and what the step after a record adds to it, are printed for each speed.
 
-``--hook-only`` records into a writer whose ``add_tensor``, ``add_tensor_stats`` and
-``add_scalar`` do nothing, which separates what the hook does on the training thread (forward
-and optimizer hooks, torch's statistics) from the writer's (buffering, HDF5). ``--include`` and
-``--exclude`` pass globs to ``attach`` to leave parts of the recording out (``--include
-nothing``: the hook's calls with nothing to record). ``--profile`` profiles one hooked run
-with pyinstrument (``pip install pyinstrument``); ``--breakdown`` times the parts of the hook
-(reductions of weights and gradients, of activations, the hand-over to the writer) per
-recorded step in one hooked run.
+``--hook-only`` records into a writer whose ``add_tensor``, ``add_tensor_stats``,
+``add_tensor_stats_rows`` and ``add_scalar`` do nothing, which separates what the hook does on
+the training thread (forward and optimizer hooks, torch's statistics) from the writer's
+(buffering, HDF5). ``--include`` and ``--exclude`` pass globs to ``attach`` to leave parts
+of the recording out (``--include nothing``: the hook's calls with nothing to record).
+``--profile`` profiles one hooked run with pyinstrument (``pip install pyinstrument``);
+``--breakdown`` times the parts of the hook (reductions of weights and gradients, of
+activations, the hand-over to the writer) per recorded step in one hooked run.
 
 Run: ``python bench/bench_hook.py [--all] [--model mlp] [--repeat 3] [--steps 300] [--batch 64]
 [--stats-every 1] [--threads N] [--hook-only] [--include GLOB] [--exclude GLOB] [--profile]
@@ -90,6 +90,9 @@ class NullWriter(TraceWriter):
 
     def add_tensor_stats(self, tag: str, stats: Any, step: int, **options: Any) -> None:
         """Drop the record."""
+
+    def add_tensor_stats_rows(self, tags: Any, rows: Any, step: int, **options: Any) -> None:
+        """Drop the records (the hook's statistics and full tensors arrive this way)."""
 
 
 class Model(NamedTuple):

@@ -95,3 +95,31 @@ def test_the_hook_benchmark_splits_its_steps_by_the_speed_of_the_machine() -> No
     (only,) = bench_hook.machine_speeds([steady], 50)
     assert only.blocks == 20
     assert only.overhead == pytest.approx(0.05)
+
+
+def test_the_hook_benchmark_records_nothing_with_hook_only(tmp_path: Path) -> None:
+    """``--hook-only`` times the hook without the writer: nothing of a run reaches the trace,
+    the statistics rows the hook hands over in one call included."""
+    import argparse
+
+    import torch
+
+    from dbgcli.trace.reader import open_trace
+
+    sys.path.insert(0, str(BENCH))
+    try:
+        import bench_hook
+    finally:
+        sys.path.remove(str(BENCH))
+    args = argparse.Namespace(
+        model="mlp", width=16, layers=2, batch=8, classes=3, stats_every=1, raw_every=1,
+        include=None, exclude=None, hook_only=True,
+    )  # fmt: skip
+    model = bench_hook.make_model(args)
+    hook = bench_hook.attach_hook(args, model, tmp_path / "run.h5")
+    for _ in range(3):
+        bench_hook.train_step(model, torch.randn(8, 16), torch.randint(0, 3, (8,)), hook)
+    hook.remove()
+    hook.writer.close()
+    with open_trace(tmp_path / "run.h5") as trace:
+        assert trace.tags() == []
