@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import h5py
@@ -369,6 +370,25 @@ def test_timeline_records_each_new_step_once(tmp_path: Path) -> None:
         assert timeline.steps.tolist() == [0, 1, 2, 3, 3]
         assert timeline.mode_names() == ["train", "eval"]
         assert np.all(np.diff(timeline.values) >= 0)
+
+
+def test_late_records_carry_the_times_their_steps_started(tmp_path: Path) -> None:
+    """An integration that hands steps over in a batch gives the time each started: the
+    timeline keeps those, and the hand-over's time only for a step it was not told about."""
+    with TraceWriter(tmp_path / "t.h5") as writer:
+        writer.add_scalar("loss", 1.0, 0)
+        before = time.time()
+        with writer.late_records({(1, "train"): 100.0, (2, "train"): 200.0, (2, "eval"): 250.0}):
+            for step in (1, 2, 3):
+                writer.add_scalar("loss", 1.0, step)
+            writer.add_scalar("val", 1.0, 2, mode="eval")
+        writer.add_scalar("loss", 1.0, 4)
+    with open_trace(tmp_path / "t.h5") as trace:
+        timeline = trace.timeline()
+        assert timeline.steps.tolist() == [0, 1, 2, 3, 2, 4]
+        times = timeline.values.tolist()
+        assert times[1:3] == [100.0, 200.0] and times[4] == 250.0
+        assert times[0] <= before <= times[3] <= times[5]
 
 
 def test_commits_mid_block_keep_every_row(tmp_path: Path) -> None:

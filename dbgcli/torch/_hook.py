@@ -500,6 +500,9 @@ class TorchHook:
         self._queued_pass: tuple[str, int] | None = None
         self._in_flight: list[tuple[Transfer, list[_Queued]]] = []
         self._sent_at = time.monotonic()
+        # When each (step, mode) not handed over yet started: the writer's timeline gets that
+        # time, not the hand-over's (see TraceWriter.late_records).
+        self._started: dict[tuple[int, str], float] = {}
         # Activations of the current pass not reduced yet, their bytes, and the memory their
         # blocks are stacked into.
         self._held: list[_HeldActivation] = []
@@ -1019,12 +1022,26 @@ class TorchHook:
                 return
             del self._in_flight[0]
             compute_tables([r.pending for r in records if isinstance(r, _QueuedTensors)])
-            with self.writer.late_records():
+            with self.writer.late_records(self._started):
                 for record in records:
                     record.write(self.writer, self._live)
+            self._forget_starts()
+
+    def _forget_starts(self) -> None:
+        """Drop the start times of steps whose records have all been handed over."""
+        oldest = self._step
+        for records in [self._queue, *(queued for _, queued in self._in_flight)]:
+            if records:
+                oldest = min(oldest, records[0].step)
+        for pending in self._pending_loss.values():
+            oldest = min(oldest, pending.step)
+        for key in [key for key in self._started if key[0] < oldest]:
+            del self._started[key]
 
     def _note_forward(self, mode: str) -> None:
         self._last_mode = mode
+        if (self._step, mode) not in self._started:
+            self._started[self._step, mode] = time.time()
         if mode == "train":
             self._last_train_forward_step = self._step
             if self._pending_loss:

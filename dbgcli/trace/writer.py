@@ -744,6 +744,7 @@ class TraceWriter:
         self._last_mode = -1
         self._newest: dict[int, int] = {}  # the newest step seen, per mode
         self._late = False
+        self._late_started: Mapping[tuple[int, str], float] = {}  # see late_records
         self._metadata: dict[str, Any] = {}
         self._metadata_json = "{}"
         # What the file's attributes hold, so that a commit writes them only when they change.
@@ -1268,16 +1269,25 @@ class TraceWriter:
         return sum(self.dropped_by_reason.values())
 
     @contextlib.contextmanager
-    def late_records(self) -> Iterator[None]:
+    def late_records(
+        self, started: Mapping[tuple[int, str], float] | None = None
+    ) -> Iterator[None]:
         """Records added inside belong to steps the run has already passed (an integration
         that hands a step's statistics over after the next step began, as the PyTorch hook
-        does): they add no timeline row, so the timeline keeps when each step was first seen
-        and a step going back still means a run resumed from an earlier step."""
-        self._late = True
+        does): one of a step older than the newest of its mode adds no timeline row, so the
+        timeline keeps when each step was first seen and a step going back still means a run
+        resumed from an earlier step.
+
+        Args:
+            started: When each ``(step, mode)`` started (seconds since the epoch), as the
+                integration noted it: a step new to the timeline gets that time rather than
+                the time its records were handed over.
+        """
+        self._late, self._late_started = True, started or {}
         try:
             yield
         finally:
-            self._late = False
+            self._late, self._late_started = False, {}
 
     def flush(self) -> None:
         """Write every pending record and commit: after this returns, a kill loses nothing
@@ -1441,7 +1451,8 @@ class TraceWriter:
             timeline = self._timeline
             timeline.pending_steps.append(step)
             timeline.pending_modes.append(mode)
-            timeline.pending_times.append(time.time())
+            started = self._late_started.get((step, schema.MODES[mode])) if self._late else None
+            timeline.pending_times.append(time.time() if started is None else started)
         if self._io_error is not None:
             # While the disk is full, retry at the commit interval only.
             self._held_bytes += nbytes

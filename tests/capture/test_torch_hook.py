@@ -1220,6 +1220,9 @@ def test_scalars_reach_the_writer_within_its_commit_interval(
         def monotonic(self) -> float:
             return self.now
 
+        def time(self) -> float:
+            return self.now
+
     clock = Clock()
     monkeypatch.setattr(hook_module, "time", clock)
     seen: list[tuple[str, int]] = []
@@ -1245,6 +1248,51 @@ def test_scalars_reach_the_writer_within_its_commit_interval(
                 assert ("lr", 0) in seen and ("lr", 1) not in seen and ("loss", 1) not in seen
         assert {("lr", 3), ("loss", 1), ("loss", 2), ("loss", 3)} <= set(seen)
     writer.close()
+
+
+def test_the_timeline_keeps_when_each_step_ran_not_when_it_was_handed_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_dbg_warnings: None
+) -> None:
+    """Steps between two records of tensors reach the writer together, at the next record;
+    the timeline still gets the time each training step and evaluation pass started, so the
+    gaps between its rows are the run's own (the stalled-training rule reads them)."""
+
+    class Clock:
+        now = 0.0
+
+        def monotonic(self) -> float:
+            return self.now
+
+        def time(self) -> float:
+            return self.now
+
+    clock = Clock()
+    monkeypatch.setattr(hook_module, "time", clock)
+    torch.manual_seed(0)
+    model = make_net()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    path = tmp_path / "run.h5"
+    with attach_with_defaults(model, optimizer, path, stats_every=10) as hook:
+        for step, (x, y) in enumerate(batches(25)):
+            clock.now = 1000.0 + 2.0 * step
+            optimizer.zero_grad()
+            loss = loss_fn(model, x, y)
+            hook.record_loss(loss)
+            loss.backward()
+            optimizer.step()
+            if step == 5:
+                clock.now += 1.0
+                model.eval()
+                with torch.no_grad():
+                    model(x)
+                model.train()
+    with open_trace(path) as trace:
+        timeline = trace.timeline()
+        modes = [schema.MODES[code] for code in timeline.modes.tolist()]
+        rows = list(zip(timeline.steps.tolist(), modes, timeline.values.tolist(), strict=True))
+    train = [(step, when) for step, mode, when in rows if mode == "train"]
+    assert train == [(step, 1000.0 + 2.0 * step) for step in range(25)]
+    assert [(step, when) for step, mode, when in rows if mode == "eval"] == [(6, 1011.0)]
 
 
 @pytest.mark.parametrize("poison", [False, True])
