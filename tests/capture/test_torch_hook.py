@@ -69,6 +69,21 @@ def loss_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return nn.functional.cross_entropy(model(x), y)
 
 
+def train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    hook: hook_module.TorchHook,
+    x: torch.Tensor,
+    y: torch.Tensor,
+) -> None:
+    """One step of a loop that records its loss before the backward pass."""
+    optimizer.zero_grad()
+    loss = loss_fn(model, x, y)
+    hook.record_loss(loss)
+    loss.backward()
+    optimizer.step()
+
+
 PARAMETERS = [
     "fc1.weight",
     "fc1.bias",
@@ -1208,22 +1223,25 @@ def record_run(
     return [p.detach().clone() for p in model.parameters()], poisoned
 
 
+class FakeClock:
+    """Stands in for the hook's ``time`` module: both of its clocks read ``now``."""
+
+    now = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def time(self) -> float:
+        return self.now
+
+
 def test_scalars_reach_the_writer_within_its_commit_interval(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_dbg_warnings: None
 ) -> None:
     """Losses and learning rates of steps that record no tensors wait for the next transfer,
     but no longer than the writer's commit interval, so a watcher never sees them late."""
 
-    class Clock:
-        now = 0.0
-
-        def monotonic(self) -> float:
-            return self.now
-
-        def time(self) -> float:
-            return self.now
-
-    clock = Clock()
+    clock = FakeClock()
     monkeypatch.setattr(hook_module, "time", clock)
     seen: list[tuple[str, int]] = []
 
@@ -1239,11 +1257,7 @@ def test_scalars_reach_the_writer_within_its_commit_interval(
     with attach_with_defaults(model, optimizer, writer, stats_every=1000) as hook:
         for step, (x, y) in enumerate(batches(4)):
             clock.now = 4.0 * step  # steps 0-2 within 10 s of the first transfer, 3 after
-            optimizer.zero_grad()
-            loss = loss_fn(model, x, y)
-            hook.record_loss(loss)
-            loss.backward()
-            optimizer.step()
+            train_step(model, optimizer, hook, x, y)
             if step == 2:
                 assert ("lr", 0) in seen and ("lr", 1) not in seen and ("loss", 1) not in seen
         assert {("lr", 3), ("loss", 1), ("loss", 2), ("loss", 3)} <= set(seen)
@@ -1257,16 +1271,7 @@ def test_the_timeline_keeps_when_each_step_ran_not_when_it_was_handed_over(
     the timeline still gets the time each training step and evaluation pass started, so the
     gaps between its rows are the run's own (the stalled-training rule reads them)."""
 
-    class Clock:
-        now = 0.0
-
-        def monotonic(self) -> float:
-            return self.now
-
-        def time(self) -> float:
-            return self.now
-
-    clock = Clock()
+    clock = FakeClock()
     monkeypatch.setattr(hook_module, "time", clock)
     torch.manual_seed(0)
     model = make_net()
@@ -1275,11 +1280,7 @@ def test_the_timeline_keeps_when_each_step_ran_not_when_it_was_handed_over(
     with attach_with_defaults(model, optimizer, path, stats_every=10) as hook:
         for step, (x, y) in enumerate(batches(25)):
             clock.now = 1000.0 + 2.0 * step
-            optimizer.zero_grad()
-            loss = loss_fn(model, x, y)
-            hook.record_loss(loss)
-            loss.backward()
-            optimizer.step()
+            train_step(model, optimizer, hook, x, y)
             if step == 5:
                 clock.now += 1.0
                 model.eval()
