@@ -268,3 +268,27 @@ def test_rules_file_option(cli, healthy: Path, tmp_path: Path) -> None:
     )
     assert result.code == EXIT_FINDINGS and "final loss 1" in result.stdout
     assert "TEAM001" in cli("rules", "list", "--rules-file", path).stdout
+
+
+def test_a_skipped_rule_names_only_the_series_dbg_cannot_place(cli, make_trace) -> None:
+    # A Trainer run without evaluation: the overfitting rules look for an eval loss and find
+    # the epoch, the gradient norm and the runtime Trainer logs, which are no near misses.
+    steps = 20
+    logged = {
+        "loss": list(np.linspace(2.0, 1.0, steps)),
+        "epoch": [step / 10 for step in range(steps)],
+        "grad_norm": [1.0] * steps,
+        "train_runtime": [3.0] * steps,
+    }
+    trainer_run = cli("analyze", make_trace(scalars=logged))
+    assert trainer_run.code == EXIT_OK
+    assert "unknown" not in trainer_run.stdout
+
+    custom = cli("analyze", make_trace(scalars={**logged, "objective": [0.5] * steps}))
+    assert "unknown 'objective': rules that need them were skipped" in custom.stdout
+    document = cli(
+        "analyze", make_trace(scalars={**logged, "objective": [0.5] * steps}), "--format", "json"
+    )
+    assert "no eval loss series (found 'objective', whose meaning dbg cannot tell)" in (
+        document.stdout
+    )

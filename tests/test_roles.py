@@ -67,13 +67,22 @@ def test_an_unknown_tensor_has_no_role() -> None:
         ("validation_0-logloss", "loss", "eval"),
         ("eval/rmse", "loss", "eval"),
         ("nll", "loss", None),
-        ("loss_scale", None, None),  # mixed precision's scale, not a loss
+        ("loss_scale", "loss_scale", None),  # mixed precision's scale, not a loss
         ("val_accuracy", "accuracy", "eval"),
         ("train/acc", "accuracy", "train"),
         ("lr", "lr", None),
         ("learning_rate", "lr", None),
         ("lr-SGD", "lr", None),
-        ("epoch", None, None),
+        # What Trainer, Lightning and dbg's callbacks log besides: known, judged by no rule.
+        ("epoch", "progress", None),
+        ("global_step", "progress", None),
+        ("num_input_tokens_seen", "progress", None),
+        ("grad_norm", "gradient_norm", None),
+        ("grad_2.0_norm_total", "gradient_norm", None),
+        ("train_runtime", "throughput", "train"),
+        ("eval_samples_per_second", "throughput", "eval"),
+        ("total_flos", "throughput", None),
+        ("objective", None, None),
     ],
 )
 def test_scalar_meanings(tag: str, quantity: str | None, mode: str | None) -> None:

@@ -33,7 +33,11 @@ one of XGBoost's lower-is-better metrics (:data:`LOSS_METRICS`) or names a loss 
 ``acc``/``accuracy``; a *learning rate* if it is ``lr``, ``learning_rate`` or starts with
 ``lr``. Its mode comes from its name when the name says so (``val``, ``valid``,
 ``validation``, ``eval``, ``test``, ``dev`` mean eval; ``train``, ``training`` mean train),
-else from the mode it was recorded in.
+else from the mode it was recorded in. What Trainer, Lightning and dbg's callbacks log besides
+is known too, and judged by no rule: *progress* (``epoch``, ``step``, ``global_step``,
+``num_input_tokens_seen``), a *gradient norm* (``grad_norm``, ``grad_2.0_norm_total``), the
+mixed-precision *loss scale* and *throughput* (``train_runtime``, ``samples_per_second``,
+``total_flos``); a skipped rule names only the series whose meaning is unknown.
 """
 
 from __future__ import annotations
@@ -153,7 +157,17 @@ _LR_NAMES = frozenset({"lr", "learning_rate", "learningrate", "eta"})
 # custom NaiveCrossEntropy module is recorded as NaiveCrossEntropy_output_0).
 _LOSS_FUNCTION_WORDS = frozenset({"crossentropy", "nll", "bce", "mse", "hinge", "huber"})
 
-Quantity = Literal["loss", "accuracy", "lr"]
+# Series the frameworks dbg integrates with (and dbg's own callbacks) log besides losses and
+# metrics: known, so that a report does not ask the user to rename them, and judged by no rule.
+_PROGRESS_NAMES = frozenset(
+    {"epoch", "step", "globalstep", "iteration", "iter", "numinputtokensseen", "tokensseen"}
+)
+_GRADIENT_WORDS = frozenset({"grad", "grads", "gradient", "gradients"})
+_THROUGHPUT_WORDS = frozenset({"runtime", "flos", "flops", "throughput"})
+
+Quantity = Literal[
+    "loss", "accuracy", "lr", "progress", "gradient_norm", "loss_scale", "throughput"
+]
 
 
 def name_words(text: str) -> list[str]:
@@ -260,7 +274,9 @@ class ScalarMeaning:
     """What a scalar series is.
 
     Attributes:
-        quantity: ``loss``, ``accuracy``, ``lr`` or None.
+        quantity: ``loss``, ``accuracy`` or ``lr``, which rules judge; ``progress``,
+            ``gradient_norm``, ``loss_scale`` or ``throughput``, which they do not; or None
+            (unknown).
         mode: ``train`` or ``eval`` when the name says so, else None (the recorded mode
             decides).
         rank: How plainly the name says it (0: a conventional name such as ``loss`` or
@@ -285,7 +301,9 @@ def scalar_meaning(tag: str) -> ScalarMeaning:
     lowered = tag.strip().lower()
     if lowered in _LR_NAMES or (rest and rest[0] in ("lr", "learning")):
         return ScalarMeaning("lr", mode, 0)
-    if "loss" in rest and "scale" not in rest:  # not the mixed-precision loss scale
+    if "loss" in rest and "scale" in rest:  # mixed precision's scale, not a loss
+        return ScalarMeaning("loss_scale", mode, 0)
+    if "loss" in rest:
         # Extra words (kl_loss, CrossEntropyLoss_output_0) make a name less plainly "the loss".
         return ScalarMeaning("loss", mode, len(rest) - 1)
     xgboost_metric = lowered.rpartition("-")[2] if "-" in lowered else lowered
@@ -296,6 +314,12 @@ def scalar_meaning(tag: str) -> ScalarMeaning:
         return ScalarMeaning("loss", mode, 5 + len(rest))
     if set(rest) & {"acc", "accuracy"}:
         return ScalarMeaning("accuracy", mode, len(rest) - 1)
+    if "".join(rest) in _PROGRESS_NAMES:
+        return ScalarMeaning("progress", mode, 0)
+    if "norm" in rest and set(rest) & _GRADIENT_WORDS:  # grad_norm, grad_2.0_norm_total
+        return ScalarMeaning("gradient_norm", mode, 0)
+    if set(rest) & _THROUGHPUT_WORDS or "persecond" in joined:  # samples_per_second
+        return ScalarMeaning("throughput", mode, 0)
     return ScalarMeaning(None, mode, 0)
 
 
