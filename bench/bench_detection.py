@@ -30,6 +30,7 @@ import json
 import statistics
 import sys
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ from typing import Any
 from rich.console import Console
 
 from dbgcli.analysis import Options, analyze
-from dbgcli.findings import Severity
+from dbgcli.findings import Finding, Severity
 from dbgcli.report import human
 from dbgcli.report.model import Report, TraceReport
 
@@ -66,6 +67,7 @@ class Outcome:
     cause_rank: int | None
     lines: int
     verdict: str
+    value: float | None = None  # the largest value of the --values rule's findings, if any
 
     @property
     def healthy(self) -> bool:
@@ -84,7 +86,22 @@ def report_lines(trace: TraceReport) -> int:
     return buffer.getvalue().count("\n")
 
 
-def outcome(record: dict[str, Any], recording: str, trace: TraceReport) -> Outcome | None:
+def largest_value(findings: Sequence[Finding], values_of: str | None) -> float | None:
+    """The largest value of the findings of ``values_of`` (``RULE`` or ``RULE:KEY``)."""
+    if values_of is None:
+        return None
+    rule, _, key = values_of.partition(":")
+    values = [
+        f.value
+        for f in findings
+        if f.rule_id == rule and (not key or f.key == key) and f.value is not None
+    ]
+    return max(values, default=None)
+
+
+def outcome(
+    record: dict[str, Any], recording: str, trace: TraceReport, values_of: str | None = None
+) -> Outcome | None:
     """The outcome of one trace (None for a trace that could not be read, said on stderr)."""
     if trace.error is not None:
         print(f"left out, unreadable: {trace.error}", file=sys.stderr)
@@ -107,6 +124,7 @@ def outcome(record: dict[str, Any], recording: str, trace: TraceReport) -> Outco
         cause_rank=ranks[0] + 1 if ranks else None,
         lines=report_lines(trace),
         verdict=trace.verdict,
+        value=largest_value(findings, values_of),
     )
 
 
@@ -116,9 +134,11 @@ def measure(
     only: list[str],
     jobs: int,
     params: dict[str, dict[str, str]] | None = None,
+    values_of: str | None = None,
 ) -> list[Outcome]:
     """Analyse every trace of the manifest (matching ``only``) with the default rules (and
-    parameter overrides ``{rule: {name: value}}``, to try a setting on the whole corpus)."""
+    parameter overrides ``{rule: {name: value}}``, to try a setting on the whole corpus);
+    ``values_of`` names the rule whose largest finding value each outcome keeps."""
     records = [
         r
         for r in manifest["runs"]
@@ -129,7 +149,7 @@ def measure(
     paths = [corpus / record["traces"][recording] for record, recording in jobs_list]
     report = analyze(paths, Options(params=params or {}), jobs=jobs)
     found = [
-        outcome(record, recording, trace)
+        outcome(record, recording, trace, values_of)
         for (record, recording), trace in zip(jobs_list, report.traces)
     ]
     return [o for o in found if o is not None]
@@ -223,6 +243,36 @@ def print_misses(outcomes: list[Outcome]) -> None:
             print(f"  {o.cause} not first       {o.run} [{o.naming}]: {o.verdict}")
 
 
+def print_values(outcomes: list[Outcome], values_of: str, shown: int = 3) -> None:
+    """What a rule's findings measure on healthy runs, on the runs of its own fault and on
+    other faults: the range a threshold must separate (loosen the rule with ``-p`` to see
+    values under its bar). Values are the largest of each trace's findings; the traces
+    nearest the other group are named."""
+    rule = values_of.partition(":")[0]
+    print(f"\nlargest value of the {values_of} findings per trace:")
+    groups = (
+        ("healthy runs", [o for o in outcomes if o.healthy], True),
+        (f"runs of its fault ({rule})", [o for o in outcomes if o.cause == rule], False),
+        ("other faults", [o for o in outcomes if not o.healthy and o.cause != rule], True),
+    )
+    for label, members, highest_first in groups:
+        valued = sorted(
+            (o for o in members if o.value is not None),
+            key=lambda o: o.value or 0.0,
+            reverse=highest_first,
+        )
+        if not valued:
+            print(f"  {label:28} no findings in {len(members)} traces")
+            continue
+        values = [o.value or 0.0 for o in valued]
+        print(
+            f"  {label:28} {len(valued)}/{len(members)} traces with findings, "
+            f"{min(values):.3g} to {max(values):.3g}"
+        )
+        for o in valued[:shown]:
+            print(f"  {'':28}   {o.value:10.4g}  {o.run} [{o.naming}]")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--corpus", type=Path, default=DEFAULT_OUT)
@@ -233,6 +283,11 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     parser.add_argument(
         "--no-train", action="store_true", help="measure the traces the manifest lists as they are"
+    )
+    parser.add_argument(
+        "--values",
+        metavar="RULE[:KEY]",
+        help="print the range of the rule's finding values on healthy and faulty runs",
     )
     parser.add_argument(
         "--param",
@@ -255,12 +310,14 @@ def main() -> int:
     failed = [r["run"] for r in manifest["runs"] if r.get("error")]
     if failed:
         print(f"{len(failed)} runs failed to train and are left out: {', '.join(failed)}")
-    outcomes = measure(args.corpus, manifest, args.only, args.jobs, params)
+    outcomes = measure(args.corpus, manifest, args.only, args.jobs, params, args.values)
     summary = summarise(outcomes)
     print()
     print_tables(summary)
     if args.misses:
         print_misses(outcomes)
+    if args.values:
+        print_values(outcomes, args.values)
     if args.json:
         args.json.write_text(json.dumps(summary, indent=1, default=str))
     return 0

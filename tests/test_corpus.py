@@ -140,7 +140,7 @@ def test_detection_benchmark_quick_subset(tmp_path: Path) -> None:
     prints the bars of the calibration and diagnosis issues, met."""
     result = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "bench_detection.py"), "--quick"]
-        + ["--corpus", str(tmp_path), "--jobs", "1"],
+        + ["--corpus", str(tmp_path), "--jobs", "1", "--values", "DBG201"],
         capture_output=True,
         text=True,
         timeout=600,
@@ -151,3 +151,8 @@ def test_detection_benchmark_quick_subset(tmp_path: Path) -> None:
     assert "2/2 (100 %)  " in lines["induced runs flagged by their cause rule"]
     assert lines["healthy runs with an error finding"].count("0/1 (0 %)") == 2
     assert "4/4 (100 %)" in lines["cause named by the first diagnosis"]
+    # --values: the dying-ReLU rule's measure on its own fault's two traces, none on the
+    # healthy run's (its dead share stays under the rule's bar).
+    values = {line.strip().split("  ")[0]: line for line in result.stdout.splitlines()}
+    assert "2/2 traces with findings" in values["runs of its fault (DBG201)"]
+    assert "no findings in 2 traces" in values["healthy runs"]

@@ -42,6 +42,9 @@ class RunSpec:
     hook_path: Path
     hand_path: Path
     naming: str
+    #: Record weights, gradients and activations every this many steps (None: the
+    #: integrations' default); a recipe that sets its own keeps it.
+    stats_every: int | None = None
 
     @property
     def names(self) -> Naming:
@@ -458,10 +461,11 @@ def iter_specs(
     *,
     quick: bool = False,
     seeds: tuple[int, ...] | None = None,
+    stats_every: int | None = None,
 ) -> Iterator[tuple[Scenario, RunSpec]]:
     """Every (scenario, seed) run with its trace paths (the quick subset: the first seed
     only; ``seeds`` replaces the scenarios' own, to train a fresh set of runs to check
-    calibrated rules against)."""
+    calibrated rules against; ``stats_every`` replaces the integrations' default)."""
     for entry in scenarios:
         chosen = seeds or entry.seeds
         for seed in chosen[:1] if quick else chosen:
@@ -475,5 +479,6 @@ def iter_specs(
                     hook_path=base / f"seed{seed}.hook.h5",
                     hand_path=base / f"seed{seed}.hand.h5",
                     naming=naming_for(entry.key, seed),
+                    stats_every=stats_every,
                 ),
             )

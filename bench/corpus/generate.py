@@ -4,6 +4,7 @@
     python bench/corpus/generate.py --quick            # the fast subset (seed 0 of a few)
     python bench/corpus/generate.py --only 'torch-mlp/*' --jobs 2 --out /tmp/corpus
     python bench/corpus/generate.py --seeds 3,4,5 --out /tmp/unseen   # seeds the rules never saw
+    python bench/corpus/generate.py --stats-every 1 --out /tmp/every  # tensors at every step
 
 Runs are deterministic (fixed seeds, one thread, deterministic algorithms). A run whose traces
 exist and whose source files are unchanged is not trained again (``--force`` retrains). The
@@ -75,6 +76,7 @@ def generate(
     force: bool = False,
     verbose: bool = True,
     seeds: tuple[int, ...] | None = None,
+    stats_every: int | None = None,
 ) -> dict[str, Any]:
     """Train what is missing or stale and write the manifest; returns it."""
     sources = load_scenarios()
@@ -90,7 +92,9 @@ def generate(
     if manifest_path.exists():
         previous = {r["run"]: r for r in json.loads(manifest_path.read_text()).get("runs", [])}
     runs, todo = [], []
-    for entry, spec in iter_specs(out, scenarios, quick=quick, seeds=seeds):
+    for entry, spec in iter_specs(
+        out, scenarios, quick=quick, seeds=seeds, stats_every=stats_every
+    ):
         module = _module_of(entry)
         fingerprint = source_fingerprint(common, sources[module])
         run_id = f"{entry.key}/seed{spec.seed}"
@@ -109,12 +113,14 @@ def generate(
                 "hand": str(spec.hand_path.relative_to(out)),
             },
             "fingerprint": fingerprint,
+            "stats_every": stats_every,
         }
         old = previous.get(run_id)
         fresh = (
             not force
             and old is not None
             and old.get("fingerprint") == fingerprint
+            and old.get("stats_every") == stats_every
             and old.get("error") is None
             and spec.hook_path.exists()
             and spec.hand_path.exists()
@@ -168,6 +174,11 @@ def main() -> int:
     parser.add_argument(
         "--seeds", help="comma-separated seeds instead of the scenarios' own (e.g. 3,4,5)"
     )
+    parser.add_argument(
+        "--stats-every",
+        type=int,
+        help="record tensors every N steps instead of the integrations' default (10)",
+    )
     args = parser.parse_args()
     seeds = tuple(int(s) for s in args.seeds.split(",")) if args.seeds else None
     if args.list:
@@ -182,6 +193,7 @@ def main() -> int:
         jobs=args.jobs,
         force=args.force,
         seeds=seeds,
+        stats_every=args.stats_every,
     )
     return 1 if any(r.get("error") for r in manifest["runs"]) else 0
 

@@ -122,7 +122,7 @@ class _InputRecorder:
             return
         input_ids = kwargs["input_ids"]
         self.pad_shares.append(float((input_ids == PAD).float().mean()))
-        if self.hand.step % DEFAULT_STATS_EVERY == 0:
+        if self.hand.step % self.hand.stats_every == 0:
             self.hand.data(inputs=input_ids, step=self.hand.step)
 
 
@@ -139,10 +139,14 @@ def _train(
     record_inputs: bool = False,
 ) -> dict[str, float]:
     """Train with the shared recipe, recording both traces; returns the run's figures."""
+    stats_every = spec.stats_every or DEFAULT_STATS_EVERY
     hook = DbgCallback(
-        spec.hook_path, overwrite=True, record_data=("inputs",) if record_inputs else False
+        spec.hook_path,
+        overwrite=True,
+        record_data=("inputs",) if record_inputs else False,
+        stats_every=stats_every,
     )
-    hand = HandRecorder(spec, model, stats_every=DEFAULT_STATS_EVERY)
+    hand = HandRecorder(spec, model, stats_every=stats_every)
     inputs = _InputRecorder(model, hand) if record_inputs else None
     with tempfile.TemporaryDirectory() as out:
         args = TrainingArguments(

@@ -67,7 +67,7 @@ class Blobs(pl.LightningModule):
         if recipe.hidden_bias is not None:
             for layer in (self.net.fc1, self.net.fc2):
                 nn.init.constant_(layer.bias, recipe.hidden_bias)
-        self.hand = HandRecorder(spec, self, stats_every=DEFAULT_STATS_EVERY)
+        self.hand = HandRecorder(spec, self, stats_every=spec.stats_every or DEFAULT_STATS_EVERY)
         self._val_losses: list[torch.Tensor] = []
         self._val_correct: list[torch.Tensor] = []
         self.val_history: list[tuple[float, float]] = []
@@ -156,7 +156,11 @@ def _train(spec: RunSpec, recipe: Recipe) -> dict[str, float]:
         enable_progress_bar=False,
         enable_model_summary=False,
         deterministic=True,
-        callbacks=[DbgCallback(spec.hook_path, overwrite=True)],
+        callbacks=[
+            DbgCallback(
+                spec.hook_path, overwrite=True, stats_every=spec.stats_every or DEFAULT_STATS_EVERY
+            )
+        ],
     )
     with warnings.catch_warnings():
         # Lightning advises more data loader workers; one process is the point here.

@@ -723,7 +723,7 @@ class Loop:
         hyper = _hyperparameters(recipe, self.optimizer, spec.seed)
         loss_name = type(self.loss_fn).__name__
         clock = JumpingClock()
-        stats_every = DEFAULT_STATS_EVERY if recipe.stats_every is None else recipe.stats_every
+        stats_every = recipe.stats_every or spec.stats_every or DEFAULT_STATS_EVERY
         with ExitStack() as stack:
             if recipe.stall_at is not None:
                 stack.enter_context(mock.patch("time.time", clock))
