@@ -104,7 +104,7 @@ class LiveRules:
         self,
         stop_on: str,
         *,
-        growth: float = 1000.0,
+        growth: float = 300.0,
         window: int = 10,
         num_steps: int = 50,
         min_decrease_pct: float = 1.0,

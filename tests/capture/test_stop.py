@@ -34,6 +34,16 @@ def test_non_finite_loss_and_gradients_are_errors() -> None:
     assert gradient is not None and gradient.rule_id == "DBG102" and "3 NaN/inf" in gradient.message
 
 
+def test_the_live_checks_use_the_defaults_of_their_rules() -> None:
+    """The checks follow the rules of the same ids with their default parameters."""
+    from dbgcli.rules import REGISTRY
+
+    live = LiveRules("warning")
+    exploding, flat = REGISTRY.get("DBG102").defaults(), REGISTRY.get("DBG301").defaults()
+    assert (live.growth, live.window) == (exploding["growth"], exploding["window"])
+    assert live.min_decrease_pct == flat["min_decrease_pct"]
+
+
 def test_warnings_only_when_asked_for() -> None:
     quiet, loud = LiveRules("error"), LiveRules("warning")
     norms = [1.0] * 20 + [5000.0]

@@ -136,6 +136,16 @@ def test_exploding_nonfinite_growth_and_magnitude(make_trace) -> None:
     assert {f.severity.value for f in result.findings if f.key != "nonfinite"} == {"warning"}
 
 
+def test_exploding_lies_between_a_hard_batch_and_a_corrupted_one(make_trace) -> None:
+    """A healthy model's hardest batches lift its gradient up to about 130 times; a batch
+    scaled by 1000, seen at its first step, about 700 times (the calibration corpus)."""
+    for jump, found in ((150.0, False), (700.0, True)):
+        tensors = gradients([1e-2], steps=60)
+        tensors["grad/layer0.weight"]["values"][40] *= jump
+        result = keyed(run_rule(make_trace(tensors=tensors), "DBG102"), "norm-growth")
+        assert bool(result) is found, jump
+
+
 def test_exploding_never_judges_the_first_window_against_itself(make_trace) -> None:
     """A run whose first gradient norms are large and fall fast did not "jump" at its start."""
     tensors = gradients([1e-2], steps=40)
