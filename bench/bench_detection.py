@@ -257,20 +257,20 @@ def print_values(outcomes: list[Outcome], values_of: str, shown: int = 3) -> Non
     )
     for label, members, highest_first in groups:
         valued = sorted(
-            (o for o in members if o.value is not None),
-            key=lambda o: o.value or 0.0,
+            ((o.value, o) for o in members if o.value is not None),
+            key=lambda pair: pair[0],
             reverse=highest_first,
         )
         if not valued:
             print(f"  {label:28} no findings in {len(members)} traces")
             continue
-        values = [o.value or 0.0 for o in valued]
+        values = [value for value, _ in valued]
         print(
             f"  {label:28} {len(valued)}/{len(members)} traces with findings, "
             f"{min(values):.3g} to {max(values):.3g}"
         )
-        for o in valued[:shown]:
-            print(f"  {'':28}   {o.value:10.4g}  {o.run} [{o.naming}]")
+        for value, o in valued[:shown]:
+            print(f"  {'':28}   {value:10.4g}  {o.run} [{o.naming}]")
 
 
 def main() -> int:

@@ -284,11 +284,9 @@ def test_a_skipped_rule_names_only_the_series_dbg_cannot_place(cli, make_trace) 
     assert trainer_run.code == EXIT_OK
     assert "unknown" not in trainer_run.stdout
 
-    custom = cli("analyze", make_trace(scalars={**logged, "objective": [0.5] * steps}))
-    assert "unknown 'objective': rules that need them were skipped" in custom.stdout
-    document = cli(
-        "analyze", make_trace(scalars={**logged, "objective": [0.5] * steps}), "--format", "json"
-    )
+    custom = make_trace(scalars={**logged, "objective": [0.5] * steps})
+    assert "unknown 'objective': rules that need them were skipped" in cli("analyze", custom).stdout
+    document = cli("analyze", custom, "--format", "json")
     assert "no eval loss series (found 'objective', whose meaning dbg cannot tell)" in (
         document.stdout
     )
