@@ -45,7 +45,7 @@ from dbgcli.report.model import Report, TraceReport
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE / "corpus"))
 
-from generate import DEFAULT_OUT, generate  # noqa: E402
+from generate import DEFAULT_OUT, generate, positive_int  # noqa: E402
 
 RECORDINGS = ("hook", "hand")
 REPORT_WIDTH = 100
@@ -67,7 +67,8 @@ class Outcome:
     cause_rank: int | None
     lines: int
     verdict: str
-    value: float | None = None  # the largest value of the --values rule's findings, if any
+    # The --values rule's finding furthest beyond its threshold: (distance, value), if any.
+    worst: tuple[float, float] | None = None
 
     @property
     def healthy(self) -> bool:
@@ -86,17 +87,21 @@ def report_lines(trace: TraceReport) -> int:
     return buffer.getvalue().count("\n")
 
 
-def largest_value(findings: Sequence[Finding], values_of: str | None) -> float | None:
-    """The largest value of the findings of ``values_of`` (``RULE`` or ``RULE:KEY``)."""
+def worst_value(findings: Sequence[Finding], values_of: str | None) -> tuple[float, float] | None:
+    """``(distance beyond the threshold, value)`` of the finding of ``values_of`` (``RULE`` or
+    ``RULE:KEY``) furthest beyond its threshold: the largest value of a rule that flags high
+    values, the smallest of one that flags low ones."""
     if values_of is None:
         return None
     rule, _, key = values_of.partition(":")
-    values = [
-        f.value
-        for f in findings
-        if f.rule_id == rule and (not key or f.key == key) and f.value is not None
-    ]
-    return max(values, default=None)
+    return max(
+        (
+            (abs(f.value - f.threshold) if f.threshold is not None else 0.0, f.value)
+            for f in findings
+            if f.rule_id == rule and (not key or f.key == key) and f.value is not None
+        ),
+        default=None,
+    )
 
 
 def outcome(
@@ -124,7 +129,7 @@ def outcome(
         cause_rank=ranks[0] + 1 if ranks else None,
         lines=report_lines(trace),
         verdict=trace.verdict,
-        value=largest_value(findings, values_of),
+        worst=worst_value(findings, values_of),
     )
 
 
@@ -138,7 +143,7 @@ def measure(
 ) -> list[Outcome]:
     """Analyse every trace of the manifest (matching ``only``) with the default rules (and
     parameter overrides ``{rule: {name: value}}``, to try a setting on the whole corpus);
-    ``values_of`` names the rule whose largest finding value each outcome keeps."""
+    ``values_of`` names the rule whose worst finding value each outcome keeps."""
     records = [
         r
         for r in manifest["runs"]
@@ -246,30 +251,31 @@ def print_misses(outcomes: list[Outcome]) -> None:
 def print_values(outcomes: list[Outcome], values_of: str, shown: int = 3) -> None:
     """What a rule's findings measure on healthy runs, on the runs of its own fault and on
     other faults: the range a threshold must separate (loosen the rule with ``-p`` to see
-    values under its bar). Values are the largest of each trace's findings; the traces
-    nearest the other group are named."""
+    values under its bar). Each trace counts with its finding furthest beyond the threshold;
+    the traces nearest the other group are named (the worst healthy ones, the mildest
+    faults)."""
     rule = values_of.partition(":")[0]
-    print(f"\nlargest value of the {values_of} findings per trace:")
+    print(f"\nworst value of the {values_of} findings per trace:")
     groups = (
         ("healthy runs", [o for o in outcomes if o.healthy], True),
         (f"runs of its fault ({rule})", [o for o in outcomes if o.cause == rule], False),
         ("other faults", [o for o in outcomes if not o.healthy and o.cause != rule], True),
     )
-    for label, members, highest_first in groups:
+    for label, members, worst_first in groups:
         valued = sorted(
-            ((o.value, o) for o in members if o.value is not None),
-            key=lambda pair: pair[0],
-            reverse=highest_first,
+            ((o.worst, o) for o in members if o.worst is not None),
+            key=lambda pair: pair[0][0],
+            reverse=worst_first,
         )
         if not valued:
             print(f"  {label:28} no findings in {len(members)} traces")
             continue
-        values = [value for value, _ in valued]
+        values = [value for (_, value), _ in valued]
         print(
             f"  {label:28} {len(valued)}/{len(members)} traces with findings, "
             f"{min(values):.3g} to {max(values):.3g}"
         )
-        for value, o in valued[:shown]:
+        for (_, value), o in valued[:shown]:
             print(f"  {'':28}   {value:10.4g}  {o.run} [{o.naming}]")
 
 
@@ -283,6 +289,11 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     parser.add_argument(
         "--no-train", action="store_true", help="measure the traces the manifest lists as they are"
+    )
+    parser.add_argument(
+        "--stats-every",
+        type=positive_int,
+        help="train the corpus with tensors every N steps (see corpus/generate.py)",
     )
     parser.add_argument(
         "--values",
@@ -306,7 +317,13 @@ def main() -> int:
     if args.no_train:
         manifest = json.loads((args.corpus / "manifest.json").read_text())
     else:
-        manifest = generate(args.corpus, only=args.only or None, quick=args.quick, jobs=args.jobs)
+        manifest = generate(
+            args.corpus,
+            only=args.only or None,
+            quick=args.quick,
+            jobs=args.jobs,
+            stats_every=args.stats_every,
+        )
     failed = [r["run"] for r in manifest["runs"] if r.get("error")]
     if failed:
         print(f"{len(failed)} runs failed to train and are left out: {', '.join(failed)}")

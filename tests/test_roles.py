@@ -68,6 +68,7 @@ def test_an_unknown_tensor_has_no_role() -> None:
         ("eval/rmse", "loss", "eval"),
         ("nll", "loss", None),
         ("loss_scale", "loss_scale", None),  # mixed precision's scale, not a loss
+        ("multi_scale_loss", "loss", None),
         ("val_accuracy", "accuracy", "eval"),
         ("train/acc", "accuracy", "train"),
         ("lr", "lr", None),

@@ -163,6 +163,14 @@ def generate(
     return manifest
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
@@ -176,7 +184,7 @@ def main() -> int:
     )
     parser.add_argument(
         "--stats-every",
-        type=int,
+        type=positive_int,
         help="record tensors every N steps instead of the integrations' default (10)",
     )
     args = parser.parse_args()

@@ -178,7 +178,7 @@ class RuleContext:
         found = self.find("lr", "train")
         return None if found is None else found.tag
 
-    def find(self, quantity: roles.Quantity, mode: str) -> Found | None:
+    def find(self, quantity: roles.JudgedQuantity, mode: str) -> Found | None:
         """The scalar series that is the ``quantity`` (loss, accuracy, lr) of ``mode``.
 
         In order: the loss the configuration names (``loss`` key), the loss the trace's
@@ -196,7 +196,7 @@ class RuleContext:
             self._found[key] = self._find(quantity, mode)
         return self._found[key]
 
-    def _find(self, quantity: roles.Quantity, mode: str) -> Found | None:
+    def _find(self, quantity: roles.JudgedQuantity, mode: str) -> Found | None:
         if quantity == "loss":
             for designation in (self.designated_loss, self.trace.metadata.get(LOSS_KEY)):
                 tag = designation.get(mode) if isinstance(designation, Mapping) else designation

@@ -167,8 +167,8 @@ _NEAR_MISSES = 3
 
 def near_misses(ctx: RuleContext, looks_at: str) -> str:
     """Up to three series of the trace whose meaning is unknown: tensors without a role,
-    scalars that are neither a loss, an accuracy nor a learning rate (by name, or named as
-    the loss by the configuration or the trace's metadata)."""
+    scalars whose name :func:`~dbgcli.trace.roles.scalar_meaning` cannot place and that the
+    configuration or the trace's metadata does not name as the loss."""
     from dbgcli.trace.roles import scalar_meaning
 
     if looks_at == "tensors":

@@ -244,7 +244,7 @@ def exploding_gradient(
       lifts the gradient of a healthy small BERT up to 131 times over its recent median, while
       a batch corrupted by a factor of 1000 lifts it at least 690 times at its first step (and
       6e5 times or more at the next, once the weights are thrown) and a learning rate that
-      overshoots at least 1,100 times.
+      makes the loss oscillate at least 1,100 times.
       Both medians take ``window`` records (a robust baseline needs that many samples,
       whatever their spacing). The records of the first ``window`` steps, and at least the
       first three records, are history only and never judged: they would be judged against

@@ -165,9 +165,9 @@ _PROGRESS_NAMES = frozenset(
 _GRADIENT_WORDS = frozenset({"grad", "grads", "gradient", "gradients"})
 _THROUGHPUT_WORDS = frozenset({"runtime", "flos", "flops", "throughput"})
 
-Quantity = Literal[
-    "loss", "accuracy", "lr", "progress", "gradient_norm", "loss_scale", "throughput"
-]
+#: What rules look series up by (:meth:`RuleContext.find`).
+JudgedQuantity = Literal["loss", "accuracy", "lr"]
+Quantity = JudgedQuantity | Literal["progress", "gradient_norm", "loss_scale", "throughput"]
 
 
 def name_words(text: str) -> list[str]:
@@ -301,7 +301,8 @@ def scalar_meaning(tag: str) -> ScalarMeaning:
     lowered = tag.strip().lower()
     if lowered in _LR_NAMES or (rest and rest[0] in ("lr", "learning")):
         return ScalarMeaning("lr", mode, 0)
-    if "loss" in rest and "scale" in rest:  # mixed precision's scale, not a loss
+    pairs = {a + b for a, b in zip(rest, rest[1:])}
+    if "lossscale" in pairs or "lossscaler" in pairs:  # mixed precision's, not a loss
         return ScalarMeaning("loss_scale", mode, 0)
     if "loss" in rest:
         # Extra words (kl_loss, CrossEntropyLoss_output_0) make a name less plainly "the loss".
@@ -309,7 +310,7 @@ def scalar_meaning(tag: str) -> ScalarMeaning:
     xgboost_metric = lowered.rpartition("-")[2] if "-" in lowered else lowered
     if xgboost_metric in LOSS_METRICS or (rest and rest[-1] in LOSS_METRICS):
         return ScalarMeaning("loss", mode, 5 + len(rest))
-    joined = {a + b for a, b in zip(rest, rest[1:])} | set(rest)
+    joined = pairs | set(rest)
     if joined & _LOSS_FUNCTION_WORDS:
         return ScalarMeaning("loss", mode, 5 + len(rest))
     if set(rest) & {"acc", "accuracy"}:

@@ -41,7 +41,8 @@ def test_the_live_checks_use_the_defaults_of_their_rules() -> None:
     live = LiveRules("warning")
     exploding, flat = REGISTRY.get("DBG102").defaults(), REGISTRY.get("DBG301").defaults()
     assert (live.growth, live.window) == (exploding["growth"], exploding["window"])
-    assert live.min_decrease_pct == flat["min_decrease_pct"]
+    copied = ("min_decrease_pct", "z", "patience", "converged_fraction")
+    assert {name: getattr(live, name) for name in copied} == {name: flat[name] for name in copied}
 
 
 def test_warnings_only_when_asked_for() -> None:
