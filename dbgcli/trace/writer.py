@@ -743,8 +743,8 @@ class TraceWriter:
         self._last_step: int | None = None
         self._last_mode = -1
         self._newest: dict[int, int] = {}  # the newest step seen, per mode
-        self._late = False
-        self._late_started: Mapping[tuple[int, str], float] = {}  # see late_records
+        # Inside late_records: when each (step, mode) started, as the integration noted it.
+        self._late_started: Mapping[tuple[int, str], float] | None = None
         self._metadata: dict[str, Any] = {}
         self._metadata_json = "{}"
         # What the file's attributes hold, so that a commit writes them only when they change.
@@ -1283,11 +1283,11 @@ class TraceWriter:
                 integration noted it: a step new to the timeline gets that time rather than
                 the time its records were handed over.
         """
-        self._late, self._late_started = True, started or {}
+        self._late_started = started or {}
         try:
             yield
         finally:
-            self._late, self._late_started = False, {}
+            self._late_started = None
 
     def flush(self) -> None:
         """Write every pending record and commit: after this returns, a kill loses nothing
@@ -1443,15 +1443,16 @@ class TraceWriter:
         return _new_series_group(root, tag)
 
     def _after_add(self, step: int, mode: int, nbytes: int) -> None:
+        late = self._late_started
         if (step != self._last_step or mode != self._last_mode) and not (
-            self._late and step < self._newest.get(mode, -1)
+            late is not None and step < self._newest.get(mode, -1)
         ):
             self._newest[mode] = max(step, self._newest.get(mode, -1))
             self._last_step, self._last_mode = step, mode
             timeline = self._timeline
             timeline.pending_steps.append(step)
             timeline.pending_modes.append(mode)
-            started = self._late_started.get((step, schema.MODES[mode])) if self._late else None
+            started = None if late is None else late.get((step, schema.MODES[mode]))
             timeline.pending_times.append(time.time() if started is None else started)
         if self._io_error is not None:
             # While the disk is full, retry at the commit interval only.
