@@ -75,6 +75,21 @@ def _partner(labels: str, predictions: Sequence[TensorView]) -> TensorView | Non
     return predictions[0] if len(predictions) == 1 else None
 
 
+#: Values of the run metadata key ``task`` whose labels are the tokens of a text, not classes.
+LANGUAGE_MODELLING = frozenset({"causal-lm", "masked-lm", "seq2seq-lm"})
+
+
+def _refuse_language_model(ctx: RuleContext) -> None:
+    """Skip a class rule on a language model's labels: the next (or masked) tokens of a text
+    follow the text's word frequencies, and even a perfect model cannot predict them all, so
+    class balance and per-class precision say nothing about the run."""
+    task = ctx.trace.metadata.get("task")
+    if task in LANGUAGE_MODELLING:
+        raise RuleSkipped(
+            f"the labels are the tokens of a language model (metadata task {task!r}), not classes"
+        )
+
+
 def _labelled(ctx: RuleContext) -> list[tuple[TensorView, TensorView | None]]:
     """Every labels tag with full tensors, with its predictions tag (or None)."""
     predictions = _with_full_tensors(_tagged(ctx, "predictions"))
@@ -185,11 +200,13 @@ class _ClassIdsAccumulator(Accumulator):
 
 @dataclass(frozen=True)
 class Moments:
-    """Per-channel count of finite values, mean and sum of squared deviations from the mean."""
+    """Per-channel count of finite values, mean and sum of squared deviations from the mean,
+    and whether every value is 0 or 1 (an indicator)."""
 
     count: np.ndarray
     mean: np.ndarray
     m2: np.ndarray
+    indicator: np.ndarray
 
     def merge(self, other: Moments) -> Moments:
         """Moments of both sets of values (Chan et al.'s pairwise update, exact and stable)."""
@@ -201,6 +218,7 @@ class Moments:
             count,
             self.mean + delta * weight,
             self.m2 + other.m2 + delta * delta * self.count * weight,
+            self.indicator & other.indicator,
         )
 
     @property
@@ -306,7 +324,10 @@ class _MomentsAccumulator(Accumulator):
         if finite is not None:
             deviation[~finite] = 0
         m2 = np.square(deviation, out=deviation).sum(axis=axes, dtype=np.float64)
-        return Moments(count, mean, m2)
+        # Over the finite values, as the moments (the others were zeroed above).
+        np.multiply(values, values, out=deviation, casting="unsafe")
+        indicator = (deviation == values).all(axis=axes)  # x * x == x: x is 0 or 1
+        return Moments(count, mean, m2, indicator)
 
     def finish(self) -> ChannelMomentTable:
         return ChannelMomentTable(
@@ -457,10 +478,15 @@ def _records(count: int) -> str:
 
 
 def _judged_or_skipped(findings: list[Finding]) -> Iterator[Finding]:
-    """The findings, unless no stream had enough samples: then the rule is skipped instead."""
-    if findings and all(f.key == "too-few-samples" for f in findings):
+    """The findings, unless no stream could be judged (too few samples, or none recorded late
+    enough): then the rule is skipped instead."""
+    if findings and all(f.key in _NOT_JUDGED for f in findings):
         raise RuleSkipped("; ".join(f"{f.tensor} ({f.mode}): {f.message}" for f in findings))
     yield from findings
+
+
+# Keys of the info findings that say why a stream was not judged.
+_NOT_JUDGED = frozenset({"too-few-samples", "too-early"})
 
 
 def _too_few(
@@ -481,6 +507,26 @@ def _too_few(
         threshold=float(samples),
         mode=mode,
         key="too-few-samples",
+        severity=Severity.info,
+    )
+
+
+def _too_early(stream: _Stream, paired: Sequence[_LabelRecord], middle: float) -> Finding:
+    last = paired[-1].step
+    return Finding(
+        message=(
+            f"the latest labelled predictions are from step {last}, in the first half of the "
+            f"run (before step {middle:g}): the model training ends with was not recorded; "
+            "keep full tensors of predictions later in the run (raw_every)"
+        ),
+        tensor=stream.predictions or stream.labels,
+        first_step=paired[0].step,
+        last_step=last,
+        steps=len(paired),
+        value=float(last),
+        threshold=middle,
+        mode=stream.mode,
+        key="too-early",
         severity=Severity.info,
     )
 
@@ -546,6 +592,8 @@ def class_imbalance(
       outputs turned to NaN is not judged on its first steps instead. Fewer than ``samples``
       labelled predictions in the whole trace: not judged.
 
+    Skipped for a language model's token labels (run metadata ``task``, see DBG604).
+
     Why it matters: a model trained on imbalanced classes learns to favour the frequent ones;
     accuracy looks fine while the rare classes (often the ones that matter) are missed.
 
@@ -564,6 +612,7 @@ def class_imbalance(
         samples: Labels needed before judging, and the size of the latest window of labelled
             predictions the misprediction check uses.
     """
+    _refuse_language_model(ctx)
     findings: list[Finding] = []
     for labels, predictions in _labelled(ctx):
         for stream in _streams(labels, predictions):
@@ -627,20 +676,22 @@ def _imbalance(stream: _Stream, threshold: float, samples: int) -> Iterator[Find
     )
 
 
-def _misprediction(stream: _Stream, threshold: float, samples: int) -> Iterator[Finding]:
-    paired = stream.paired
-    if not paired or sum(r.labels.size for r in paired) < samples:
-        return
-    # The window counts labelled samples whatever their scores, so that a model whose
-    # predictions turned non-finite is not judged on its untrained beginnings instead.
-    window: list[_LabelRecord] = []
+def _latest(records: Sequence[_LabelRecord], samples: int) -> list[_LabelRecord] | None:
+    """The latest records that together hold at least ``samples`` labels (None: all of them
+    hold fewer). Labels count whatever their predictions' scores, so that a model whose
+    predictions turned non-finite is not judged on its untrained beginnings instead."""
     held = 0
-    for record in reversed(paired):
-        window.append(record)
-        held += record.labels.size
+    for start in range(len(records) - 1, -1, -1):
+        held += records[start].labels.size
         if held >= samples:
-            break
-    window.reverse()
+            return list(records[start:])
+    return None
+
+
+def _misprediction(stream: _Stream, threshold: float, samples: int) -> Iterator[Finding]:
+    window = _latest(stream.paired, samples)
+    if window is None:
+        return
     truth = np.concatenate([r.truth for r in window if r.truth is not None])
     predicted = np.concatenate([r.predicted for r in window if r.predicted is not None])
     if not truth.size:
@@ -730,7 +781,11 @@ def input_not_normalized(
       physical units, features scaled by 100 (AutoTrainer's abnormal-data benchmark).
 
     Channels whose values never vary (std 0: padding, constant features) are ignored: there is
-    nothing to standardise. Integer inputs (token ids) are not checked (see DBG603). The
+    nothing to standardise. So are indicators, channels whose every value is 0 or 1 (one-hot
+    encoded categories, binary flags, binarised images): their scale is bounded by
+    construction, a flag's mean is its frequency and its std ``sqrt(p (1 - p))`` at most 0.5,
+    and they are conventionally left as they are (scikit-learn's ``OneHotEncoder`` output
+    beside ``StandardScaler`` columns). Integer inputs (token ids) are not checked (see DBG603). The
     judgement needs at least ``samples`` samples (the first axis of a record: images, rows,
     sequences) and uses all of them; the finding spans every record (the data were off from
     the first batch on, whenever enough of them made that certain) and names the worst
@@ -805,7 +860,7 @@ def _normalisation(
     where: dict[str, Any],
 ) -> Iterator[Finding]:
     std = moments.std
-    varying = (moments.count > 0) & (std > 0)
+    varying = (moments.count > 0) & (std > 0) & ~moments.indicator
     judged = int(varying.sum())
     off_centre = np.flatnonzero(varying & (np.abs(moments.mean) > threshold_mean))
     if off_centre.size:
@@ -963,6 +1018,8 @@ def _token_message(value: int, threshold: float, analysed: int) -> Callable[[Epi
     label={
         "diagonal": "predicted classes often wrong",
         "off-diagonal": "classes confused with each other",
+        "too-early": "predictions recorded too early to judge",
+        "too-few-samples": "too few predictions to judge confusion",
     },
 )
 def classifier_confusion(
@@ -972,6 +1029,7 @@ def classifier_confusion(
     min_diag: float = 0.9,
     max_off_diag: float = 0.1,
     tail_fraction: float = 0.2,
+    samples: int = 500,
 ) -> Iterator[Finding]:
     """The classifier confuses classes: its predictions of some class are often wrong.
 
@@ -1004,9 +1062,24 @@ def classifier_confusion(
     leaves it: on the eval-mode records when any are recorded (held-out data), else the train
     records (else predict), and only on the records in the last ``tail_fraction`` of that
     mode's step range (``step >= last - tail_fraction * (last - first)``, always including the
-    last record); ``tail_fraction=1`` gives SageMaker's accumulation over everything. Samples
-    whose prediction is non-finite are left out (a window where every prediction is
-    non-finite is not judged: that is a job for the non-finite rules).
+    last record); ``tail_fraction=1`` gives SageMaker's accumulation over everything.
+    When the latest record lies in the first half of the run (the trace's timeline, after
+    the filters: a short run whose only full tensors are those of step 0, kept every
+    ``raw_every`` steps), the model training ends with was not recorded, and judging an
+    untrained one would report every run, so the stream gets an info finding (key
+    ``too-early``) instead. The counted records must hold at least ``samples`` labelled
+    predictions (DBG601's default, SageMaker Debugger's ClassImbalance wait): when the tail
+    holds fewer, it is widened to the latest records of the run's second half that do, and
+    with fewer in all of them the stream gets an info finding (key
+    ``too-few-samples``; SageMaker's Confusion has no such floor, and reported a class
+    predicted twice, once wrongly, as 50 % precise). When no stream can be judged, the rule
+    is reported as skipped with the reason. Samples whose prediction is non-finite are left out (a window where
+    every prediction is non-finite is not judged: that is a job for the non-finite rules).
+
+    Language models are not judged: when the run metadata's ``task`` is ``causal-lm``,
+    ``masked-lm`` or ``seq2seq-lm`` (the Hugging Face callback sets it from the model class),
+    the labels are the tokens of a text, whose frequencies are the text's and which even a
+    perfect model cannot all predict, and the rule is skipped, as is DBG601.
 
     Severity is warning: a model below 90 % precision on some class is a quality problem, not
     a broken training run, and many healthy models on hard tasks never reach it.
@@ -1027,18 +1100,32 @@ def classifier_confusion(
         min_diag: Smallest acceptable share of a predicted class's samples that truly belong to it.
         max_off_diag: Largest acceptable share of a predicted class's samples from one other class.
         tail_fraction: Last fraction of the judged mode's step range whose records are counted.
+        samples: Labelled predictions the counted records must hold at least.
     """
     if category_no is not None and category_no < 2:
         raise RuleConfigError(f"DBG604 category_no must be at least 2, got {category_no}")
     if not 0 < tail_fraction <= 1:
         raise RuleConfigError(f"DBG604 tail_fraction must be in (0, 1], got {tail_fraction:g}")
+    _refuse_language_model(ctx)
+    run = _run_steps(ctx)
+    findings: list[Finding] = []
     for labels, predictions in _labelled(ctx):
         if predictions is None:
             continue
         streams = {s.mode: s for s in _streams(labels, predictions) if s.paired}
         mode = next((m for m in _MODE_PREFERENCE if m in streams), None)
         if mode is not None:
-            yield from _confusion(streams[mode], category_no, min_diag, max_off_diag, tail_fraction)
+            findings += _confusion(
+                streams[mode], category_no, min_diag, max_off_diag, tail_fraction, samples, run
+            )
+    yield from _judged_or_skipped(findings)
+
+
+def _run_steps(ctx: RuleContext) -> tuple[int, int] | None:
+    """First and last step of the run (its timeline, after the filters), if it has one."""
+    timeline = ctx.trace.timeline()
+    steps = timeline.steps[ctx.keep(timeline.steps, timeline.modes)]
+    return (int(steps.min()), int(steps.max())) if steps.size else None
 
 
 def _confusion(
@@ -1047,10 +1134,31 @@ def _confusion(
     min_diag: float,
     max_off_diag: float,
     tail_fraction: float,
+    samples: int,
+    run: tuple[int, int] | None,
 ) -> Iterator[Finding]:
     paired = stream.paired
+    middle = paired[0].step if run is None else (run[0] + run[1]) / 2
+    if paired[-1].step < middle:
+        yield _too_early(stream, paired, middle)
+        return
     cutoff = paired[-1].step - tail_fraction * (paired[-1].step - paired[0].step)
     window = [r for r in paired if r.step >= cutoff]
+    if sum(r.labels.size for r in window) < samples:
+        late = [r for r in paired if r.step >= middle]
+        latest = _latest(late, samples)
+        if latest is None:
+            yield _too_few(
+                stream.predictions or stream.labels,
+                stream.mode,
+                [r.step for r in late],
+                sum(r.labels.size for r in late),
+                samples,
+                "labelled predictions from the run's second half",
+                "confusion",
+            )
+            return
+        window = latest
     truth = np.concatenate([r.truth for r in window if r.truth is not None]).astype(np.int64)
     predicted = np.concatenate([r.predicted for r in window if r.predicted is not None]).astype(
         np.int64

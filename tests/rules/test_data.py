@@ -271,6 +271,26 @@ def test_input_not_normalized_std_of_features(make_trace) -> None:
     assert run_rule(path, "DBG602", max_std_ratio=20.0).status is RuleStatus.passed
 
 
+def test_input_not_normalized_leaves_indicator_features_alone(make_trace) -> None:
+    # Two standardised numeric features beside a one-hot category of three levels (about 20,
+    # 30 and 50 % of the rows: means 0.2 to 0.5, stds 0.4 to 0.5) and a rare binary flag; the
+    # last feature is a count left in raw units (0 to 3), which is not an indicator.
+    rng = np.random.default_rng(17)
+    features = []
+    for _ in range(20):
+        numeric = rng.normal(0.0, 1.0, size=(32, 2))
+        category = np.eye(3)[rng.choice(3, size=32, p=[0.2, 0.3, 0.5])]
+        flag = (rng.random((32, 1)) < 0.03).astype(float)
+        counts = rng.integers(0, 4, size=(32, 1)).astype(float) * 3
+        features.append(np.hstack([numeric, category, flag, counts]).astype(np.float32))
+    path = make_trace(tensors={"x": {"values": features, "collection": "inputs"}})
+    result = run_rule(path, "DBG602")
+    (mean,) = keyed(result, "mean")
+    assert list(mean.extra["means"]) == [6] and "1 of 3 features off-centre" in mean.message
+    (std,) = keyed(result, "std")
+    assert list(std.extra["stds"]) == [6]
+
+
 def test_input_not_normalized_skips_non_finite_values_and_judges_modes_apart(make_trace) -> None:
     rng = np.random.default_rng(16)
     train = [rng.normal(0.0, 1.0, size=(32, 4)) for _ in range(20)]
@@ -414,18 +434,21 @@ def ids_trace(make_trace, labels: np.ndarray, predicted: np.ndarray, *, collecti
     )
 
 
+# SageMaker Debugger's Confusion judged any number of samples: its cases run with samples=1.
+ANY_COUNT = {"samples": 1}
+
+
 def test_confusion_2019_case_1_perfect_predictions_pass(make_trace) -> None:
     labels = np.random.default_rng(9).integers(0, 10, size=100)
-    assert (
-        run_rule(ids_trace(make_trace, labels, labels.copy()), "DBG604").status is RuleStatus.passed
-    )
+    result = run_rule(ids_trace(make_trace, labels, labels.copy()), "DBG604", **ANY_COUNT)
+    assert result.status is RuleStatus.passed
 
 
 def test_confusion_2019_case_2_one_confused_sample_fires(make_trace) -> None:
     labels = np.arange(10)
     predicted = labels.copy()
     predicted[4] = 7
-    result = run_rule(ids_trace(make_trace, labels, predicted), "DBG604")
+    result = run_rule(ids_trace(make_trace, labels, predicted), "DBG604", **ANY_COUNT)
     (diagonal,) = keyed(result, "diagonal")
     assert (diagonal.tensor, diagonal.first_step, diagonal.value, diagonal.threshold) == (
         "predictions",
@@ -444,7 +467,11 @@ def test_confusion_2019_case_3_off_diagonal_only(make_trace) -> None:
     predicted = labels.copy()
     predicted[4] = 7
     result = run_rule(
-        ids_trace(make_trace, labels, predicted), "DBG604", min_diag=0.0, max_off_diag=0.01
+        ids_trace(make_trace, labels, predicted),
+        "DBG604",
+        min_diag=0.0,
+        max_off_diag=0.01,
+        **ANY_COUNT,
     )
     assert not keyed(result, "diagonal")
     (off,) = keyed(result, "off-diagonal")
@@ -454,10 +481,12 @@ def test_confusion_2019_case_3_off_diagonal_only(make_trace) -> None:
 def test_confusion_2019_case_4_default_names_without_collections(make_trace) -> None:
     labels = np.random.default_rng(10).integers(0, 10, size=100)
     path = ids_trace(make_trace, labels, labels.copy(), collections=False)
-    assert run_rule(path, "DBG604").status is RuleStatus.passed
+    assert run_rule(path, "DBG604", **ANY_COUNT).status is RuleStatus.passed
     labels[:5] = (labels[:5] + 1) % 10
     assert run_rule(
-        ids_trace(make_trace, labels, labels[::-1].copy(), collections=False), "DBG604"
+        ids_trace(make_trace, labels, labels[::-1].copy(), collections=False),
+        "DBG604",
+        **ANY_COUNT,
     ).findings
 
 
@@ -473,18 +502,65 @@ def test_confusion_prefers_eval_records(make_trace) -> None:
     collapsed = classifier([0.25] * 50, seed=12)  # train predictions of a model gone wrong
     evals = [10, 20, 30, 40, 49]
     good = classifier([0.5, 0.9, 0.95, 0.99, 0.99], seed=13, mode="eval", steps=evals)
-    assert (
-        run_rule(make_trace(tensors=modes(collapsed, good)), "DBG604").status is RuleStatus.passed
-    )
+    enough = {"samples": 64}  # one evaluation's batch
+    result = run_rule(make_trace(tensors=modes(collapsed, good)), "DBG604", **enough)
+    assert result.status is RuleStatus.passed
     bad = classifier([0.5] * 5, seed=14, mode="eval", steps=evals)
-    (finding,) = keyed(run_rule(make_trace(tensors=modes(collapsed, bad)), "DBG604"), "diagonal")
+    (finding,) = keyed(
+        run_rule(make_trace(tensors=modes(collapsed, bad)), "DBG604", **enough), "diagonal"
+    )
     # Evaluations in the last 20 % of the eval step range (from step 41.2): the one at 49.
     assert finding.mode == "eval" and (finding.first_step, finding.last_step) == (49, 49)
     assert "64 samples in 1 record (eval" in finding.message
     wide = keyed(
-        run_rule(make_trace(tensors=modes(collapsed, bad)), "DBG604", tail_fraction=0.5), "diagonal"
+        run_rule(make_trace(tensors=modes(collapsed, bad)), "DBG604", tail_fraction=0.5, **enough),
+        "diagonal",
     )
     assert (wide[0].first_step, wide[0].steps) == (30, 3)
+
+
+def test_confusion_widens_a_tail_of_too_few_samples_within_the_second_half(make_trace) -> None:
+    # 20 batches of 64 over steps 0..19: the tail (steps 15.2..19) holds 256 samples, fewer
+    # than 500; the latest 8 records (steps 12..19) hold 512.
+    path = make_trace(tensors=classifier([0.25] * 20, seed=20))
+    (finding,) = keyed(run_rule(path, "DBG604"), "diagonal")
+    assert (finding.first_step, finding.last_step, finding.extra["samples"]) == (12, 19, 512)
+    # Steps 10..19 hold 640 samples, not 1,000: the first half is never counted.
+    result = run_rule(path, "DBG604", samples=1000)
+    assert result.status is RuleStatus.skipped
+    assert "only 640 labelled predictions from the run's second half in 10 records" in (
+        result.reason
+    )
+    assert "confusion not judged" in result.reason
+
+
+def test_confusion_is_not_judged_on_an_untrained_model(make_trace) -> None:
+    # A 100-step run whose only labels and predictions are those of step 0 (raw_every):
+    # the untrained model mispredicts three classes in four.
+    untrained = classifier([0.25], batch=1000, seed=21)
+    path = make_trace(scalars={"loss": np.linspace(2.0, 0.1, 100)}, tensors=untrained)
+    result = run_rule(path, "DBG604")
+    assert result.status is RuleStatus.skipped
+    assert "latest labelled predictions are from step 0, in the first half of the run" in (
+        result.reason
+    )
+    # The same predictions at step 60 are judged: they are the model training ends with.
+    late = classifier([0.25], batch=1000, seed=21, steps=[60])
+    later = make_trace(scalars={"loss": np.linspace(2.0, 0.1, 100)}, tensors=late)
+    assert keyed(run_rule(later, "DBG604"), "diagonal")
+
+
+def test_class_rules_skip_the_token_labels_of_a_language_model(make_trace) -> None:
+    tensors = classifier([0.25] * 10, classes=50, batch=100, seed=22)
+    plain = make_trace(tensors=tensors)
+    assert keyed(run_rule(plain, "DBG604"), "diagonal")
+    language_model = make_trace(tensors=tensors, metadata={"task": "causal-lm"})
+    for rule_id in ("DBG601", "DBG604"):
+        result = run_rule(language_model, rule_id)
+        assert result.status is RuleStatus.skipped
+        assert result.reason == (
+            "the labels are the tokens of a language model (metadata task 'causal-lm'), not classes"
+        )
 
 
 def test_confusion_does_not_judge_non_finite_predictions(make_trace) -> None:
@@ -504,7 +580,7 @@ def test_confusion_category_no(make_trace) -> None:
     predicted[4] = 7
     path = ids_trace(make_trace, labels, predicted)
     assert (
-        run_rule(path, "DBG604", category_no=5).status is RuleStatus.passed
+        run_rule(path, "DBG604", category_no=5, **ANY_COUNT).status is RuleStatus.passed
     )  # the 4 -> 7 pair is left out
     report = analyze_path(path, select=("DBG604",), params={"DBG604": {"category_no": 1}})
     assert report.error is not None and "category_no must be at least 2" in report.error
@@ -530,6 +606,11 @@ def test_data_rules_on_the_sample_traces() -> None:
     reasons = {r.id: r.reason for r in healthy.results}
     assert "only 384 labels" in reasons["DBG601"] and "only 384 samples" in reasons["DBG602"]
     dead = analyze_path(SAMPLES / "numpy_mlp_dead_relu.h5", select=("DBG6",))
-    assert {f.key for f in dead.findings if f.rule_id == "DBG604"} == {"diagonal", "off-diagonal"}
+    reasons = {r.id: r.reason for r in dead.results}
+    assert "only 192 labelled predictions from the run's second half" in reasons["DBG604"]
+    fewer = analyze_path(
+        SAMPLES / "numpy_mlp_dead_relu.h5", select=("DBG604",), params={"DBG604": {"samples": 192}}
+    )
+    assert {f.key for f in fewer.findings} == {"diagonal", "off-diagonal"}
     high_lr = analyze_path(SAMPLES / "numpy_mlp_high_lr.h5", select=("DBG604",))
     assert high_lr.findings == []  # every late prediction is NaN: left to the non-finite rules
