@@ -59,6 +59,14 @@ def _loss_of(outputs: Any) -> torch.Tensor | None:
     return None
 
 
+def _early_stopping(trainer: Trainer) -> dict[str, Any]:
+    """The run metadata that says early stopping watches the run, if it does."""
+    stopping = trainer.early_stopping_callback
+    if stopping is None:
+        return {}
+    return {"early_stopping": {"monitor": stopping.monitor, "patience": stopping.patience}}
+
+
 class DbgCallback(Callback):
     """Records a Lightning run: the PyTorch recording of the module, the loss and metrics.
 
@@ -78,7 +86,10 @@ class DbgCallback(Callback):
       ``trainer.global_step``, read in ``on_validation_end`` so that metrics logged in the
       LightningModule's own ``on_validation_epoch_end`` are included. Nothing of the sanity
       check is recorded;
-    * ``epoch`` when a training epoch starts.
+    * ``epoch`` when a training epoch starts;
+    * in the metadata, ``early_stopping`` (``monitor`` and ``patience``) when the trainer has
+      an ``EarlyStopping`` callback: DBG304 overtraining does not judge the validation
+      checks it waits through.
 
     Args:
         trace: A path (a new trace, ``<stem>.rank<k><suffix>`` per process under
@@ -214,6 +225,7 @@ class DbgCallback(Callback):
             metadata={
                 "lightning_version": lightning.__version__,
                 "accumulate_grad_batches": trainer.accumulate_grad_batches,
+                **_early_stopping(trainer),
             },
         )
         self.hook.step = trainer.global_step

@@ -170,7 +170,10 @@ class DbgCallback(TrainingCallback):
       metadata under ``feature_names``;
     * with ``data``: ``labels`` and ``predictions`` of that DMatrix (collections of those
       names), in full, every ``raw_every`` rounds and after the last round (the data rules
-      judge the model training ends with).
+      judge the model training ends with);
+    * in the metadata, ``early_stopping`` with the best round (``best_step``) when early
+      stopping was in effect (``early_stopping_rounds``): DBG304 overtraining does not judge
+      the rounds early stopping waited through.
 
     The trees are read every :data:`TREE_READ_EVERY` rounds and after the last, so their
     records reach the trace up to that many rounds after the round's metrics. Each read
@@ -303,6 +306,10 @@ class DbgCallback(TrainingCallback):
         writer = self.writer
         if writer is not None and self._unread:
             self._failures.guard("recording the new trees", lambda: self._record_trees(writer))
+        if writer is not None:
+            self._failures.guard(
+                "recording early stopping", lambda: self._record_early_stopping(writer, model)
+            )
         if writer is not None and self.data is not None:
             data, last = self.data, model.num_boosted_rounds() - 1
             if last >= 0 and not writer.raw_due(last):
@@ -359,6 +366,11 @@ class DbgCallback(TrainingCallback):
                     writer.add_scalar(prefix + "loss", value, step, mode=mode)
                     if self._live is not None and mode == "train":
                         stop_if(writer, self._live.loss(float(value), step))
+
+    def _record_early_stopping(self, writer: TraceWriter, model: xgboost.Booster) -> None:
+        best = model.attr("best_iteration")  # set by the EarlyStopping callback only
+        if best is not None:
+            writer.set_metadata(early_stopping={"best_step": int(best)})
 
     def _set_mode(self, set_name: str, set_names: list[str]) -> tuple[str, str]:
         """``(mode, tag prefix)`` of an ``evals`` entry, decided once per name."""

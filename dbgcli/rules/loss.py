@@ -5,13 +5,13 @@ Not decreasing, overfitting, underfitting, overtraining, oscillating, non-finite
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 
-from dbgcli.errors import RuleConfigError
+from dbgcli.errors import RuleConfigError, RuleSkipped
 from dbgcli.findings import Finding
 from dbgcli.rules._context import (
     RuleContext,
@@ -774,6 +774,14 @@ def overtraining(
     One finding per run of violating evaluations; the value is the largest number of
     evaluations since the validation optimum, whose step is in ``extra["best_step"]``.
 
+    A run under early stopping is not judged: when the run metadata holds ``early_stopping``
+    (a JSON object; the XGBoost, Hugging Face and Lightning integrations record it when
+    early stopping is in effect, with what they know of ``monitor``, ``patience`` and
+    ``best_step``), the evaluations after the optimum are the patience the user chose
+    (``early_stopping_rounds=30`` is 30 of them, beyond ``patience_validation``) and the
+    optimum is known, which is this rule's fix; the rule is reported as skipped with that
+    reason.
+
     Why it matters: every step after the validation optimum costs compute and moves the model
     towards memorising its training set; the checkpoint to keep is the one at the optimum.
 
@@ -793,6 +801,14 @@ def overtraining(
         z: Standard errors of the train loss's fall allowed in the run's favour.
     """
     _positive("DBG304", patience_train=patience_train, patience_validation=patience_validation)
+    stopping = ctx.trace.metadata.get("early_stopping")
+    if isinstance(stopping, Mapping):
+        best = stopping.get("best_step")
+        raise RuleSkipped(
+            "early stopping watched the run (metadata early_stopping"
+            f"{f', best at step {best}' if isinstance(best, int) else ''}): the evaluations "
+            "after the optimum were its patience"
+        )
     train, evals = ctx.loss("train"), ctx.loss("eval")
     if train is None or evals is None:
         return

@@ -66,13 +66,13 @@ def loader(seed: int, batches: int) -> DataLoader[tuple[torch.Tensor, ...]]:
     return DataLoader(TensorDataset(x, (x[:, 0] > 0).long()), batch_size=8)
 
 
-def fit(callback: DbgCallback) -> Classifier:
+def fit(callback: DbgCallback, *others: pl.Callback) -> Classifier:
     torch.manual_seed(0)
     module = Classifier()
     trainer = pl.Trainer(
         max_epochs=EPOCHS,
         accumulate_grad_batches=ACCUMULATE,
-        callbacks=[callback],
+        callbacks=[callback, *others],
         accelerator="cpu",
         devices=1,
         logger=False,
@@ -123,6 +123,16 @@ def test_lightning_run_is_recorded(tmp_path: Path, no_dbg_warnings: None) -> Non
         assert sorted(set(act_steps[act_modes == 1].tolist())) == validated
         assert trace.scalar("epoch").values.tolist() == list(range(EPOCHS))
         assert trace.complete
+
+
+def test_early_stopping_is_noted_in_the_metadata(tmp_path: Path, no_dbg_warnings: None) -> None:
+    stopped, plain = tmp_path / "stopped.h5", tmp_path / "plain.h5"
+    fit(DbgCallback(stopped), pl.callbacks.EarlyStopping(monitor="val_loss", patience=3))
+    fit(DbgCallback(plain))
+    with open_trace(stopped) as trace:
+        assert trace.metadata["early_stopping"] == {"monitor": "val_loss", "patience": 3}
+    with open_trace(plain) as trace:
+        assert "early_stopping" not in trace.metadata
 
 
 def test_default_records_tensors_every_tenth_step_and_the_loss_every_step(

@@ -12,6 +12,7 @@ import xgboost as xgb
 
 from dbgcli import TraceWriter, open_trace
 from dbgcli.errors import TraceWriterError
+from dbgcli.report.model import RuleStatus
 from dbgcli.trace.writer import DEFAULT_RAW_BUDGET
 from dbgcli.xgboost import (
     IMPORTANCE_TYPES,
@@ -20,6 +21,7 @@ from dbgcli.xgboost import (
     model_tree_depths,
     tree_depth,
 )
+from tests.rules.helpers import analyze_path
 
 N_FEATURES = 6
 
@@ -132,6 +134,36 @@ def test_training_is_identical_with_and_without_the_callback(
         [DbgCallback(tmp_path / "run.h5", data=xgb.DMatrix(x, label=y))], subsample=0.8
     )
     assert plain.save_raw("json") == recorded.save_raw("json")
+
+
+def test_early_stopping_is_noted_and_spares_the_rounds_it_waited_through(
+    tmp_path: Path, no_dbg_warnings: None
+) -> None:
+    # Deep trees at a high rate overfit within a few rounds: early stopping waits 30 more.
+    stopped = tmp_path / "stopped.h5"
+    x, y = make_data(0, rows=200)
+    xv, yv = make_data(1, rows=200)
+    dtrain, dvalid = xgb.DMatrix(x, label=y), xgb.DMatrix(xv, label=yv)
+    booster = xgb.train(
+        {"objective": "binary:logistic", "max_depth": 8, "eta": 0.5, "seed": 0},
+        dtrain,
+        num_boost_round=500,
+        evals=[(dtrain, "train"), (dvalid, "valid")],
+        early_stopping_rounds=30,
+        callbacks=[DbgCallback(stopped)],
+        verbose_eval=False,
+    )
+    assert booster.num_boosted_rounds() == booster.best_iteration + 31 < 500
+    with open_trace(stopped) as trace:
+        assert trace.metadata["early_stopping"] == {"best_step": booster.best_iteration}
+    overtraining = analyze_path(stopped, select=("DBG304",)).results[0]
+    assert overtraining.status is RuleStatus.skipped
+    assert f"best at step {booster.best_iteration}" in overtraining.reason
+    # Without early stopping nothing is noted.
+    plain = tmp_path / "plain.h5"
+    train([DbgCallback(plain)])
+    with open_trace(plain) as trace:
+        assert "early_stopping" not in trace.metadata
 
 
 def test_multiclass_parallel_trees_and_more_eval_sets(

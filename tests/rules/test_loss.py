@@ -335,6 +335,16 @@ def test_overtraining_quiet_on_healthy_runs_and_on_plateaus(make_trace) -> None:
     assert run_rule(flat, "DBG304").status is RuleStatus.passed
 
 
+def test_overtraining_not_judged_under_early_stopping(make_trace) -> None:
+    stopped = {"early_stopping": {"monitor": "val_loss", "patience": 30, "best_step": 300}}
+    result = run_rule(make_trace(scalars=overtraining_run(), metadata=stopped), "DBG304")
+    assert result.status is RuleStatus.skipped
+    assert result.reason == (
+        "early stopping watched the run (metadata early_stopping, best at step 300): the "
+        "evaluations after the optimum were its patience"
+    )
+
+
 def test_overtraining_skipped_without_an_eval_loss(make_trace) -> None:
     result = run_rule(make_trace(scalars=losses(stuck_at_chance())), "DBG304")
     assert result.status is RuleStatus.skipped
