@@ -6,6 +6,8 @@ reason; the rules that use them say so in their documentation.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from dbgcli.rules._context import RuleContext
@@ -25,30 +27,136 @@ def is_embedding(tag: str, kind: str | None = None) -> bool:
     return kind == "embedding" or bool(set(name_words(tag)) & _EMBEDDING_WORDS)
 
 
-def zero_gradient_by_construction(tag: str) -> bool:
-    """The bias of an attention key projection: softmax ignores a shift that is the same for
-    every key, so the loss does not depend on it and its gradient is zero (up to rounding).
+# The parameter a layer multiplies its input by, as frameworks name it: torch.nn's ``weight``
+# (Linear, Conv, Embedding; ``weight_ih_l0``, ``in_proj_weight``), Keras's and Flax's
+# ``kernel``, Haiku's ``w``.
+_LAYER_WEIGHT_WORDS = frozenset({"weight", "weights", "kernel", "w"})
+# What real models call the parameters they register themselves to add to their activations
+# or to scale a residual branch: positional tables (``pos``, timm's ``pos_embed``, HF ViT's
+# ``position_embeddings``, CLIP's ``positional_embedding``), tokens (ViT's ``cls_token``,
+# DeiT's ``dist_token``, ``reg_token``/``register_tokens``, BEiT's ``mask_token``, BLIP-2's
+# ``query_tokens``), layer scales (CaiT's and ConvNeXt's ``gamma``, BEiT's ``lambda_1``,
+# ``layer_scale``), ReZero's ``alpha``/``resweight``.
+_ADDED_OR_SCALING_WORDS = frozenset(
+    {"pos", "position", "positional", "posemb", "token", "tokens", "cls"}
+    | {"gamma", "lambda", "layerscale", "scale", "alpha", "resweight"}
+)
 
-    Matches names such as ``...attention.self.key.bias`` (BERT, ViT) and ``...k_proj.bias``.
+
+def added_or_scaling_parameter(tag: str) -> bool:
+    """A parameter a model adds to its activations or scales a residual branch with, rather
+    than a matrix or kernel a layer multiplies its input by: its own name (the last component
+    of the tag: ``pos`` in ``pos``, ``cls_token`` in ``vit.embeddings.cls_token``, ``gamma``
+    in ``blocks.0.ls1.gamma``) is one :data:`_ADDED_OR_SCALING_WORDS` lists and not a layer's
+    weight (``pos_embedding.weight`` is an ``nn.Embedding`` table).
+
+    Layers name what they multiply by ``weight`` (``kernel``, ``w``); these are registered by
+    the model itself, and real models initialise them constant on purpose: ViT's
+    ``cls_token`` and ``mask_token`` at zero, learned positional tables at zero or small
+    noise, LayerScale at ``1e-5`` or ``1e-6`` times ones (Touvron et al. 2021, "Going
+    deeper with image transformers"), ReZero at 0 (Bachlechner et al. 2020). Adding a
+    constant to every unit's input, or scaling a branch, leaves the units of the layers
+    around it distinct, so the symmetry argument against constant weights does not apply,
+    nor has such a parameter a fan-in.
     """
-    words = name_words(tag)
-    if "bias" not in words:
+    components = _components(tag)
+    if not components:
         return False
-    attention = bool({"attention", "attn", "self"} & set(words))
-    key = "key" in words or any(a == "k" and b == "proj" for a, b in zip(words, words[1:]))
-    return attention and key
+    own = set(components[-1])
+    return bool(own & _ADDED_OR_SCALING_WORDS) and not own & _LAYER_WEIGHT_WORDS
+
+
+# Attention modules, by the names real implementations give them (``attention``, BERT's
+# ``attention.self``, T5's ``SelfAttention``/``EncDecAttention``, XLM's ``attentions``,
+# ``self_attn``, ``attn``, CTRL's ``multi_head_attention``, a user's ``mha``).
+_ATTENTION_WORDS = frozenset({"attention", "attentions", "crossattention", "attn", "self", "mha"})
+# What a projection that computes queries or keys alone is called: BERT's ``query``/``key``,
+# DeBERTa's ``query_proj``, Longformer's ``query_global``, ``q_proj``/``k_proj`` (BART, OPT,
+# GPT-J, GPT-Neo, Llama, Mistral, Qwen, Phi, CLIP, ViT), DistilBERT's and XLM's
+# ``q_lin``/``k_lin``, T5's and MPNet's ``q``/``k``, Funnel's ``q_head``, CTRL's and Llama's
+# reference ``wq``/``wk``, GPT-2's cross-attention ``q_attn``, Reformer's shared ``query_key``,
+# torch's ``q_proj_weight``; QK-norm scales (``q_norm``, ``k_norm``) act on them alone too.
+_QUERY_WORDS = frozenset({"query", "queries", "q", "wq"})
+_KEY_WORDS = frozenset({"key", "keys", "k", "wk"})
+_QUERY_KEY_WORDS = frozenset({"qk"})
+# Fused projections that compute the values too: GPT-NeoX's, BLOOM's and Falcon's
+# ``query_key_value``, timm's ``qkv``, PVT's ``kv``, MPT's ``Wqkv``, CodeGen's ``qkv_proj``.
+# (GPT-2's ``c_attn`` and torch's ``in_proj_weight`` name no query or key.)
+_VALUE_WORDS = frozenset({"value", "values", "v", "wv", "qkv", "wqkv", "kv", "wkv"})
+# The name of a parameter itself, after its module's (torch's ``weight``/``bias``, Keras's
+# and Flax's ``kernel``), or of its gradient (``key/grad``, ``key/bias_grad``).
+_PARAMETER_WORDS = frozenset(
+    {"weight", "weights", "bias", "biases", "kernel", "grad", "grads", "gradient", "gradients"}
+)
+# The other words such a projection's name may have; a name with any other word is not one.
+_PROJECTION_WORDS = _PARAMETER_WORDS | frozenset(
+    {"proj", "projection", "lin", "linear", "dense", "head", "net", "layer", "fc", "attn"}
+    | {"global", "pos", "norm"}
+)
+
+
+def _components(tag: str) -> list[list[str]]:
+    """The words of each component of a tag (``encoder.layer.0.attention.q_lin.weight``,
+    ``attention/key/kernel:0``), components without a word (``0``) left out."""
+    parts = (name_words(part) for part in re.split(r"[./:]", tag))
+    return [words for words in parts if words]
+
+
+def _query_key_sides(tag: str) -> frozenset[str]:
+    """Which of ``query`` and ``key`` an attention parameter computes, when it computes those
+    alone (empty otherwise: not attention, a value or output projection, a fused projection)."""
+    words = name_words(tag)
+    if not _ATTENTION_WORDS & set(words):
+        return frozenset()
+    components = _components(tag)
+    # The module the parameter belongs to: ``q_lin`` in ``...q_lin.weight``, ``q`` in XLNet's
+    # ``rel_attn.q``, ``q_proj_weight`` in torch's MultiheadAttention.
+    module = next((c for c in reversed(components) if not set(c) <= _PARAMETER_WORDS), [])
+    names = set(module)
+    sides = frozenset(
+        side
+        for side, vocabulary in (("query", _QUERY_WORDS), ("key", _KEY_WORDS))
+        if names & (vocabulary | _QUERY_KEY_WORDS)
+    )
+    allowed = _QUERY_WORDS | _KEY_WORDS | _QUERY_KEY_WORDS | _PROJECTION_WORDS
+    if not sides or names & _VALUE_WORDS or not names <= allowed:
+        return frozenset()
+    return sides
+
+
+def zero_gradient_by_construction(tag: str) -> bool:
+    """The bias of an attention key projection: it adds the same number (query · bias) to
+    every logit of a query, softmax ignores a shift shared by every key, so the loss does not
+    depend on it and its gradient is zero (up to rounding).
+
+    Matches the key-only projections :func:`attention_query_or_key` knows
+    (``...attention.self.key.bias``, ``k_proj.bias``, ``k_lin.bias``, ``Wk.bias``,
+    ``key/bias:0``, ``key/bias_grad``), not a fused one (``query_key_value.bias``,
+    ``qkv.bias``), whose value and query parts do get a gradient.
+    """
+    last = _components(tag)[-1:] or [[]]
+    return _query_key_sides(tag) == {"key"} and bool({"bias", "biases"} & set(last[0]))
 
 
 def attention_query_or_key(tag: str) -> bool:
-    """A query or key projection of attention (``attention.self.query.weight``,
-    ``q_proj.weight``): its gradient passes through the softmax's derivative, which is near
-    zero while attention is still uniform, so it starts orders of magnitude below the other
-    layers' (Liu et al. 2020, "Understanding the difficulty of training transformers")."""
-    words = name_words(tag)
-    attention = bool({"attention", "attn", "self"} & set(words))
-    pairs = set(zip(words, words[1:]))
-    projection = bool({"query", "key"} & set(words)) or bool({("q", "proj"), ("k", "proj")} & pairs)
-    return attention and projection
+    """A parameter of attention that computes queries or keys alone (``attention.self.query``,
+    ``q_proj``, ``k_lin``, T5's ``SelfAttention.q``, ``Wk``, Reformer's shared ``query_key``,
+    the QK-norm scales ``q_norm``/``k_norm``), inside a module named like attention
+    (``attention``, ``attn``, ``self``, ``mha``: ``mlp.k`` or a DQN's ``q_head`` is not one).
+
+    Its gradient passes through the softmax's derivative alone, which is near zero while
+    attention is still uniform, so it starts orders of magnitude below the other layers' and
+    grows by as much once attention sharpens (Liu et al. 2020, "Understanding the difficulty
+    of training transformers").
+
+    A fused projection that computes the values too (GPT-NeoX's ``query_key_value``, timm's
+    ``qkv``, PVT's ``kv``, MPT's ``Wqkv``; GPT-2's ``c_attn`` and torch's ``in_proj_weight``
+    say nothing of queries) is not one: its gradient holds the values' block, which does not
+    pass through the softmax's derivative, so its norm is at least an ordinary layer's from
+    the first step, and it grows only by the factor by which the query and key blocks come
+    to exceed the value block, not from near zero.
+    """
+    return bool(_query_key_sides(tag))
 
 
 def is_normalisation(tag: str) -> bool:

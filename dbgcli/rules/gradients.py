@@ -31,8 +31,8 @@ GRADIENTS = Need.tensors(collection="gradients")
 
 def _judged(ctx: RuleContext) -> list[TensorView]:
     """Gradient tensors whose size says something: not embedding tables (sparse by
-    construction) nor attention query and key projections (small by construction while
-    attention is uniform; their biases get no gradient at all)."""
+    construction) nor attention projections that compute queries or keys alone (small by
+    construction while attention is uniform; their key biases get no gradient at all)."""
     return [
         view
         for view in ctx.tensors(collection="gradients")
@@ -89,11 +89,19 @@ def vanishing_gradient(
     gradient is tiny, and rightly so. Without a training loss every record counts.
 
     **Not judged**: embedding tables (only the rows of the batch's tokens get a gradient, so
-    their mean is tiny by construction); attention query and key projections (names like
-    ``attention.self.query.weight`` or ``k_proj.weight``: their gradient passes through the
-    softmax's derivative, near zero while attention is still uniform, so it starts orders of
-    magnitude below the rest; Liu et al. 2020), whose key biases get no gradient at all
-    (softmax ignores a shift shared by every key). The across-layer check is left out for
+    their mean is tiny by construction); attention projections that compute queries or keys
+    alone (their gradient passes through the softmax's derivative, near zero while attention
+    is still uniform, so it starts orders of magnitude below the rest; Liu et al. 2020),
+    named as real implementations name them inside a module named like attention
+    (``attention``, ``attn``, ``self``, ``SelfAttention``, ``mha``): ``query``/``key``
+    (BERT), ``query_proj`` (DeBERTa), ``q_proj``/``k_proj`` (BART, GPT-J, Llama, CLIP...),
+    ``q_lin``/``k_lin`` (DistilBERT, XLM), ``q``/``k`` (T5, MPNet), ``Wq``/``Wk`` (CTRL),
+    ``q_head`` (Funnel), ``query_key`` (Reformer's shared projection), QK-norm's
+    ``q_norm``/``k_norm``; their key biases get no gradient at all (softmax ignores a shift
+    shared by every key). A fused projection that computes the values too
+    (``query_key_value``, ``qkv``, ``kv``, ``Wqkv``, GPT-2's ``c_attn``, torch's
+    ``in_proj_weight``) is judged like any layer: the values' part of its gradient does not
+    pass through the softmax's derivative. The across-layer check is left out for
     models with normalisation layers (LayerNorm, BatchNorm...): they rescale the signal
     between layers, so the layers' gradient scales differ by construction instead of
     compounding through depth, which is what AutoTrainer's check (on plain stacks) looks for.
@@ -256,9 +264,19 @@ def exploding_gradient(
       batch between two of them shows in the weights' updates and the loss, not here.
       Taking the larger baseline keeps gradients that recover after vanishing for a while
       from counting as an explosion. One jump is enough: a single corrupted batch throws
-      the weights as far as a sustained explosion does. Attention query and key projections
-      are not judged for growth: their gradient starts near zero while attention is uniform
-      and grows by orders of magnitude as attention learns (see ``vanishing-gradient``).
+      the weights as far as a sustained explosion does. Attention projections that compute
+      queries or keys alone (named as ``vanishing-gradient`` lists: ``query``, ``q_proj``,
+      ``q_lin``, T5's ``q``...) are not judged for growth: their gradient starts near zero
+      while attention is uniform and grows by orders of magnitude as attention learns (a
+      healthy DistilBERT fine-tune: ``q_lin`` and ``k_lin`` rise up to 1,200 times over
+      their median by step 90, to up to 9 times the ``v_lin`` gradient they started 25
+      times below), and their key biases' gradient is rounding noise around zero. Fused
+      query-key-value projections are judged: their norm is never below the values' part,
+      which is an ordinary layer's gradient from the first step, so attention switching on
+      lifts it only by the factor the query and key parts come to exceed the values' part
+      by (9 at most in that run), not from near zero. No floor is needed for other gradients
+      that are zero by construction (a bias feeding a BatchNorm): their rounding noise is
+      proportional to the gradients it is computed from, so it jumps only when those do.
     * **magnitude** (warning): ``mean(|g|) > max_abs_mean`` (TheDeepChecker's bound).
 
     Why it matters: exploding gradients throw the weights far from any useful region in one

@@ -14,6 +14,7 @@ from dbgcli.findings import Finding
 from dbgcli.rules._context import RuleContext, TensorView, episode_findings, records_spanning
 from dbgcli.rules._known import (
     STARVED_LR,
+    added_or_scaling_parameter,
     converged,
     has_normalisation,
     is_embedding,
@@ -99,12 +100,17 @@ def _fans(shape: tuple[int, ...]) -> tuple[int, int]:
 def _initialised(ctx: RuleContext) -> list[TensorView]:
     """Weight matrices and kernels whose first record is in the analysed range.
 
-    1-D weights (normalisation scales) start constant by design and have no fan-in.
+    1-D weights (normalisation scales) start constant by design and have no fan-in; nor do
+    parameters added to the activations or scaling a branch (``pos_embed``, ``cls_token``,
+    LayerScale's ``gamma``), which start constant on purpose.
     """
     return [
         view
         for view in ctx.tensors(collection="weights")
-        if view.info.shape is not None and len(view.info.shape) >= 2 and int(view.records[0]) == 0
+        if view.info.shape is not None
+        and len(view.info.shape) >= 2
+        and int(view.records[0]) == 0
+        and not added_or_scaling_parameter(view.tag)
     ]
 
 
@@ -188,6 +194,19 @@ def poor_weight_initialization(
       variances of activation inputs); that fires on healthy schemes that vary the scale
       on purpose (GPT-2 scales residual projections by ``1/sqrt(2·layers)``, a factor of 24
       to 60 here), hence 100. Reported on the layer farthest (in log scale) from the median.
+
+    **Not judged**: parameters a model adds to its activations or scales a residual branch
+    with, which real models initialise constant on purpose: positional tables (``pos``,
+    ``pos_embed``, ``position_embeddings``), tokens (``cls_token``, ``dist_token``,
+    ``register_tokens``, ``mask_token``), layer scales (``gamma``, ``lambda_1``,
+    ``layer_scale``; LayerScale starts at ``1e-5`` times ones, Touvron et al. 2021) and
+    ReZero's ``alpha`` (0; Bachlechner et al. 2020), recognised by their own name (the last
+    component of the tag) when it is not a layer's weight: ``weight``, ``kernel`` or ``w``,
+    the names torch.nn, Keras, Flax and Haiku give the matrix or kernel a layer multiplies
+    its input by (``pos_embedding.weight`` is an ``nn.Embedding`` table and judged as one).
+    The symmetry argument is about units that multiply the same input by the same weights;
+    a constant added to every unit's input, or a branch scaled by a constant, leaves the
+    units of the layers around it distinct, and such a parameter has no fan-in.
 
     Embedding tables (kind ``embedding`` or a tag containing "embed", ``wte``, ``wpe``) skip
     the scale checks (a lookup has fan-in 1, and ``N(0, 1)`` is their standard
@@ -372,13 +391,16 @@ MIN_RATIO = 1e-4
 
 def _matrices(ctx: RuleContext) -> list[TensorView]:
     """Weight matrices and kernels with recorded updates: not 1-D scales, not embedding tables
-    (only the rows of the batch's tokens are updated)."""
+    (only the rows of the batch's tokens are updated), not parameters added to the activations
+    or scaling a branch (``pos_embed``, ``cls_token``: they may start at zero, so their
+    relative update says nothing)."""
     return [
         view
         for view in ctx.tensors(collection="weights")
         if view.info.shape is not None
         and len(view.info.shape) >= 2
         and not is_embedding(view.tag, view.info.kind)
+        and not added_or_scaling_parameter(view.tag)
     ]
 
 
@@ -539,8 +561,10 @@ def update_ratio(
     SageMaker Debugger's WeightUpdateRatio with the norm made explicit (TheDeepChecker's and
     DeepDiagnosis's "effective learning rate"), judged layer by layer against the rest of the
     network. For each weight matrix or kernel (two or more dimensions: biases and
-    normalisation scales start at 0 or 1 and say nothing; embedding tables update only the
-    rows of the batch) and recorded step ``s`` whose previous record ``p`` is the record just
+    normalisation scales start at 0 or 1 and say nothing, and so do the parameters a model
+    adds to its activations or scales a branch with, ``pos_embed``, ``cls_token``, ``gamma``,
+    which ``poor-weight-initialization`` leaves alone for the same reason; embedding tables
+    update only the rows of the batch) and recorded step ``s`` whose previous record ``p`` is the record just
     before it, at an earlier step:
 
         ratio(s) = ||w_s - w_p||₂ / (||w_p||₂ · (s - p))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from dbgcli.report.model import RuleStatus
 
@@ -237,3 +238,94 @@ def test_exploding_judges_sparse_records_after_the_first_window_of_steps(make_tr
     values[5] = values[5] / 1e4
     values[2] = values[2] * 1e4  # step 20: still history
     assert not keyed(run_rule(make_trace(tensors=tensors), "DBG102"), "norm-growth")
+
+
+def attention_switching_on(steps: int = 40, seed: int = 4) -> tuple[list, list, list]:
+    """Per-step gradients of one attention layer as a healthy fine-tune records them (the
+    DistilBERT run of /tmp/explore, recorded every 10th step): the query/key gradient starts
+    25 times below the value gradient and rises about 4,000 times as attention switches on,
+    to a few times the value gradient; the key bias's is rounding noise 1e-8 times the key
+    weight's. Returns the query/key, value and key-bias gradients."""
+    rng = np.random.default_rng(seed)
+    rise = np.clip(np.arange(steps) - 20, 0, 5) / 5  # records 20..25 switch attention on
+    query_key = [rng.normal(0, 2.5e-8 * 4000**r, size=(32, 32)) for r in rise]
+    value = [rng.normal(0, 1e-6 * 40**r, size=(32, 32)) for r in rise]
+    key_bias = [rng.normal(0, 1e-8 * np.abs(g).mean(), size=32) for g in query_key]
+    return query_key, value, key_bias
+
+
+# Query and key projections as real implementations name them (transformers 5.25 models built
+# from their configs, torch's nn.MultiheadAttention, Keras's MultiHeadAttention).
+QUERY_KEY_NAMES = [
+    ("transformer.layer.0.attention.q_lin", "transformer.layer.0.attention.k_lin"),  # DistilBERT
+    ("transformer.attentions.0.q_lin", "transformer.attentions.0.k_lin"),  # XLM, FlauBERT
+    ("encoder.block.0.layer.0.SelfAttention.q", "encoder.block.0.layer.0.SelfAttention.k"),
+    ("h.0.multi_head_attention.Wq", "h.0.multi_head_attention.Wk"),  # CTRL
+    ("encoder.layer.0.attention.attn.q", "encoder.layer.0.attention.attn.k"),  # MPNet
+    ("model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.k_proj"),  # Llama, BART
+    ("encoder.layer.0.attention.self.query", "encoder.layer.0.attention.self.key"),  # BERT
+]
+
+
+@pytest.mark.parametrize(("query", "key"), QUERY_KEY_NAMES)
+def test_exploding_leaves_query_and_key_projections_growing_alone(
+    make_trace, query: str, key: str
+) -> None:
+    """Attention switching on lifts the query/key gradients 1,000 times over their median:
+    that is learning, whatever the implementation calls the projections; the key bias's
+    rounding noise rises with them. A dense layer's gradient jumping as much is reported."""
+    query_key, value, key_bias = attention_switching_on()
+    value_tag = key.rsplit(".", 1)[0] + ".v"
+    tensors = {
+        f"grad/{query}.weight": {"values": query_key, "collection": "gradients"},
+        f"grad/{key}.weight": {"values": query_key, "collection": "gradients"},
+        f"grad/{key}.bias": {"values": key_bias, "collection": "gradients"},
+        f"grad/{value_tag}.weight": {"values": value, "collection": "gradients"},
+        "grad/classifier.weight": {"values": query_key, "collection": "gradients"},
+    }
+    result = run_rule(make_trace(tensors=sparse(tensors)), "DBG102")
+    assert {f.tensor for f in keyed(result, "norm-growth")} == {"grad/classifier.weight"}
+
+
+def test_exploding_judges_fused_query_key_value_projections(make_trace) -> None:
+    """A fused projection's gradient holds the values' part, an ordinary layer's gradient from
+    the first step: attention switching on lifts it by the factor the query and key parts
+    come to exceed it by, not 1,000 times, and a jump as large as that is reported."""
+    query_key, value, _ = attention_switching_on()
+    switching = [np.concatenate([q, q, v]) for q, v in zip(query_key, value)]
+    exploding = [g * (1e4 if record >= 35 else 1.0) for record, g in enumerate(value)]
+    for name in (
+        "gpt_neox.layers.0.attention.query_key_value",
+        "blocks.0.attn.qkv",
+        "transformer.blocks.0.attn.Wqkv",
+    ):
+        tensors = {
+            f"grad/{name}.weight": {"values": switching, "collection": "gradients"},
+            "grad/out.weight": {"values": value, "collection": "gradients"},
+        }
+        assert not run_rule(make_trace(tensors=sparse(tensors)), "DBG102").findings, name
+        tensors[f"grad/{name}.weight"]["values"] = [
+            np.concatenate([q, q, v]) for q, v in zip(query_key, exploding)
+        ]
+        result = run_rule(make_trace(tensors=sparse(tensors)), "DBG102")
+        assert [f.tensor for f in keyed(result, "norm-growth")] == [f"grad/{name}.weight"], name
+
+
+def test_vanishing_leaves_query_and_key_projections_of_every_naming_alone(make_trace) -> None:
+    """Tiny query/key gradients are not vanished whatever the naming; a fused projection as
+    tiny is (its values' part is no smaller than any layer's by construction)."""
+    rng = np.random.default_rng(5)
+    tiny = [rng.normal(0, 1e-12, size=(32, 32)) for _ in range(20)]
+    tensors = {
+        f"grad/{name}.weight": {"values": tiny, "collection": "gradients"}
+        for pair in QUERY_KEY_NAMES
+        for name in pair
+    }
+    tensors["grad/h.0.self_attention.query_key_value.weight"] = {
+        "values": tiny,
+        "collection": "gradients",
+    }
+    result = run_rule(make_trace(tensors=tensors), "DBG101")
+    assert {f.tensor for f in keyed(result, "vanished")} == {
+        "grad/h.0.self_attention.query_key_value.weight"
+    }

@@ -399,3 +399,69 @@ def test_learning_rate_decayed_to_nothing_early(make_trace) -> None:
     schedule = list(np.r_[np.linspace(0, 0.1, 20), np.linspace(0.1, 0, 180)])
     healthy = make_trace(scalars={"lr": schedule, "loss": [1.0] * 200}, tensors=tensors)
     assert not keyed(run_rule(healthy, "DBG503"), "decayed")
+
+
+def vit_run(path: Path) -> Path:
+    """A real PyTorch run of a tiny ViT-style encoder, 30 steps: a positional table ``pos``
+    and a ``cls_token`` registered at zero, a LayerScale ``gamma`` at 1e-5 (as timm, CaiT and
+    the run of /tmp/explore do), and one ``nn.Linear`` whose weight is zeroed by mistake."""
+    torch = pytest.importorskip("torch")
+    from torch import nn
+
+    from dbgcli.torch import attach
+
+    class Tiny(nn.Module):
+        def __init__(self, d: int = 32) -> None:
+            super().__init__()
+            self.inp = nn.Linear(8, d)
+            self.pos = nn.Parameter(torch.zeros(1, 8, d))
+            self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
+            layer = nn.TransformerEncoderLayer(d, 4, 64, dropout=0.0, batch_first=True)
+            self.enc = nn.TransformerEncoder(layer, 1, enable_nested_tensor=False)
+            self.gamma = nn.Parameter(1e-5 * torch.ones(1, 1, d))
+            self.proj = nn.Linear(d, d)
+            nn.init.zeros_(self.proj.weight)
+            self.head = nn.Linear(d, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.inp(x.view(-1, 8, 8)) + self.pos
+            h = torch.cat([self.cls_token.expand(len(h), -1, -1), h], dim=1)
+            h = h + self.gamma * self.enc(h)
+            return self.head(torch.relu(self.proj(h[:, 0])))
+
+    torch.manual_seed(0)
+    model = Tiny()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x, y = torch.randn(64, 64), torch.randint(0, 10, (64,))
+    with attach(model, optimizer, path, stats_every=1) as hook:
+        for _ in range(30):
+            optimizer.zero_grad()
+            loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            optimizer.step()
+            hook.record_loss(loss)
+    return path
+
+
+def test_initialization_and_update_ratio_leave_added_and_scaling_parameters_alone(
+    tmp_path: Path,
+) -> None:
+    """Positional tables, tokens and layer scales start constant on purpose and are added to
+    the activations or scale a branch: no unit symmetry, no fan-in, and a relative update of
+    something that starts at zero says nothing. A layer's zeroed weight is still reported (and
+    its updates, as large as its weights, too)."""
+    path = vit_run(tmp_path / "vit.h5")
+    init = run_rule(path, "DBG501")
+    assert [(f.tensor, f.key) for f in init.findings] == [("proj.weight", "constant")]
+    updates = run_rule(path, "DBG502")
+    assert [(f.tensor, f.key) for f in updates.findings] == [("proj.weight", "too-large")]
+
+
+def test_initialization_judges_the_parameters_by_their_own_name(make_trace) -> None:
+    """A positional ``nn.Embedding`` table (``pos_embedding.weight``) is a table, judged as one
+    (wholly constant: reported); a free ``pos_embedding`` or ``cls_token`` is not judged."""
+    zeros = np.zeros((8, 8), np.float32)
+    tensors = mlp(**{"pos_embedding.weight": zeros, "pos_embedding": zeros[None]})
+    tensors.update(mlp(**{"vit.embeddings.cls_token": np.zeros((1, 1, 8), np.float32)}))
+    found = run_rule(make_trace(tensors=tensors), "DBG501").findings
+    assert [(f.tensor, f.key) for f in found] == [("pos_embedding.weight", "constant")]
