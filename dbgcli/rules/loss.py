@@ -548,7 +548,8 @@ def underfit(
     steps, values = _finite(train)
     if len(values) and values[0] > 0 and steps[-1] - steps[0] >= min_steps:
         initial = float(values[0])
-        smoothed = _trailing_mean(values, _records_for(window, len(values)))
+        span = _records_for(window, len(values))
+        smoothed = _trailing_mean(values, span)
         yield from _stuck_until_end(
             steps,
             smoothed / initial,
@@ -557,7 +558,7 @@ def underfit(
             threshold=max_loss_fraction,
             key="loss-high",
             message=lambda v: (
-                f"mean train loss of the last {window} records is still {v:.0%} of the initial "
+                f"mean train loss of the {_last_records(span)} is still {v:.0%} of the initial "
                 f"{initial:.4g} (must fall below {max_loss_fraction:.0%})"
             ),
         )
@@ -571,7 +572,7 @@ def underfit(
                 threshold=chance_fraction,
                 key="at-chance",
                 message=lambda v: (
-                    f"mean train loss of the last {window} records is {v:.0%} of ln {classes} "
+                    f"mean train loss of the {_last_records(span)} is {v:.0%} of ln {classes} "
                     f"= {chance:.3g}, the loss of guessing among {classes} classes (must fall "
                     f"below {chance_fraction:.0%})"
                 ),
@@ -585,7 +586,8 @@ def underfit(
     steps, values = _finite(accuracy)
     if not len(values) or steps[-1] - steps[0] < min_steps:
         return
-    smoothed = _trailing_mean(values, _records_for(window, len(values)))
+    span = _records_for(window, len(values))
+    smoothed = _trailing_mean(values, span)
     acc_tag = ctx.accuracy_tag(acc_mode) or "accuracy"
     if classes:
         level = 1.0 / classes + chance_margin
@@ -597,12 +599,12 @@ def underfit(
             threshold=level,
             key="at-chance",
             message=lambda v: (
-                f"mean {acc_mode} accuracy of the last {window} records is {v:.3g}, at chance "
+                f"mean {acc_mode} accuracy of the {_last_records(span)} is {v:.3g}, at chance "
                 f"for {classes} classes (must rise above {level:.3g})"
             ),
         )
     else:
-        start = float(smoothed[min(len(smoothed), _records_for(window, len(values))) - 1])
+        start = float(smoothed[min(len(smoothed), span) - 1])
         flat = (smoothed - start < chance_margin) & (smoothed <= _NOT_CONVERGED_ACCURACY)
         yield from _stuck_until_end(
             steps,
@@ -612,7 +614,7 @@ def underfit(
             threshold=start + chance_margin,
             key="accuracy-flat",
             message=lambda v: (
-                f"mean {acc_mode} accuracy of the last {window} records is {v:.3g}, less than "
+                f"mean {acc_mode} accuracy of the {_last_records(span)} is {v:.3g}, less than "
                 f"{chance_margin:g} above where it started ({start:.3g})"
             ),
         )
@@ -625,7 +627,7 @@ def underfit(
             threshold=min_accuracy,
             key="accuracy-low",
             message=lambda v: (
-                f"mean {acc_mode} accuracy of the last {window} records is {v:.3g} "
+                f"mean {acc_mode} accuracy of the {_last_records(span)} is {v:.3g} "
                 f"(must reach {min_accuracy:g})"
             ),
         )
@@ -664,6 +666,10 @@ def class_count(ctx: RuleContext) -> int | None:
     if matrices and matrices[-1].info.shape and matrices[-1].info.shape[0] >= 2:
         return int(matrices[-1].info.shape[0])
     return None
+
+
+def _last_records(count: int) -> str:
+    return "last record" if count == 1 else f"last {count} records"
 
 
 def _records_for(window: int, records: int) -> int:

@@ -237,6 +237,11 @@ def test_underfit_fires_when_the_loss_never_leaves_its_start(make_trace) -> None
     # High from the first record to the end (the run spans more than min_steps = 100 steps).
     assert (finding.first_step, finding.last_step, finding.steps) == (0, 299, 300)
     assert finding.value == pytest.approx(1.0, abs=0.01) and finding.threshold == 0.8
+    assert "mean train loss of the last 50 records" in finding.message
+    # A series of 8 records is smoothed over 2 of them, and the message says so.
+    sparse = {"loss": {"values": list(stuck_at_chance(8)), "steps": list(range(0, 400, 50))}}
+    (finding,) = keyed(run_rule(make_trace(scalars=sparse), "DBG303"), "loss-high")
+    assert "mean train loss of the last 2 records" in finding.message
     assert run_rule(make_trace(scalars=losses(stuck_at_chance(80))), "DBG303").status is (
         RuleStatus.passed
     )
