@@ -27,6 +27,7 @@ logger), so training with and without it produces bit-identical parameters.
 from __future__ import annotations
 
 import fnmatch
+import numbers
 import os
 import threading
 import time
@@ -34,7 +35,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -309,12 +310,28 @@ class _QueuedScalar:
     tag: str
     value: Any
     step: int
+    mode: ClassVar[str] = "train"  # a class attribute: nothing more to set per step
 
     def write(self, writer: TraceWriter, live: LiveRules | None) -> None:
         writer.add_scalar(self.tag, self.value, self.step)
 
 
-_Queued = _QueuedTensors | _Loss | _QueuedScalar
+@dataclass(slots=True)
+class _CallersScalar:
+    """A number the caller recorded (:meth:`TorchHook.record_scalar`) while records of other
+    steps or modes were still queued: written after them, so that it does not overtake them
+    (see :meth:`TorchHook._others_waiting`)."""
+
+    tag: str
+    value: Any  # a number: nothing the caller can change in place afterwards
+    step: int
+    mode: str
+
+    def write(self, writer: TraceWriter, live: LiveRules | None) -> None:
+        writer.add_scalar(self.tag, self.value, self.step, mode=self.mode)
+
+
+_Queued = _QueuedTensors | _Loss | _QueuedScalar | _CallersScalar
 
 _NUMPY_DTYPES: dict[torch.dtype, np.dtype] = {}
 
@@ -589,19 +606,29 @@ class TorchHook:
         outputs (logits or probabilities, classes on the last axis). ``raw`` forces (True) or
         suppresses (False) keeping the full tensors; the data rules (class imbalance, input
         normalisation) judge full tensors and want several hundred samples of them.
+
+        The tensors are written at once, after the records of other steps and modes the hook
+        still holds (the losses and learning rates of the steps since the last recorded one,
+        statistics on their way from a device): a record must not overtake those of earlier
+        steps, or the trace's timeline would lose them. On a GPU, handing those over waits
+        for their copy, as copying these tensors to the host would anyway.
         """
 
         def write() -> None:
             at_mode, at_step = self._where(mode, step)
-            for name, value in (
-                ("labels", labels),
-                ("predictions", predictions),
-                ("inputs", inputs),
-            ):
-                if value is not None and self._selected(name):
-                    self.writer.add_tensor(
-                        name, value, at_step, collection=name, mode=at_mode, raw=raw
-                    )
+            wanted = [
+                (name, value)
+                for name, value in (
+                    ("labels", labels),
+                    ("predictions", predictions),
+                    ("inputs", inputs),
+                )
+                if value is not None and self._selected(name)
+            ]
+            if wanted:
+                self._catch_up(at_mode, at_step)
+            for name, value in wanted:
+                self.writer.add_tensor(name, value, at_step, collection=name, mode=at_mode, raw=raw)
 
         self._guard("recording labels, predictions or inputs", write)
 
@@ -624,6 +651,7 @@ class TorchHook:
 
         def write() -> None:
             at_mode, at_step = self._where(mode, step)
+            self._catch_up(at_mode, at_step)
             self.writer.add_tensor(
                 tag, value, at_step, collection=collection, kind=kind, mode=at_mode, raw=raw
             )
@@ -633,11 +661,21 @@ class TorchHook:
     def record_scalar(
         self, tag: str, value: Any, *, mode: str | None = None, step: int | None = None
     ) -> None:
-        """Record a scalar (a metric, a hyperparameter that changes) under ``tag``."""
+        """Record a scalar (a metric, a hyperparameter that changes) under ``tag``.
+
+        Mode and step default as in :meth:`record_loss`. The value reaches the writer after
+        the records of earlier steps the hook still holds (a number waits for them, a tensor
+        is written once they are: see :meth:`record`).
+        """
 
         def write() -> None:
             at_mode, at_step = self._where(mode, step)
-            self.writer.add_scalar(tag, value, at_step, mode=at_mode)
+            if isinstance(value, numbers.Number) and self._others_waiting(at_mode, at_step):
+                # Behind them in the queue: no waiting for a device, and the order is kept.
+                self._queue.append(_CallersScalar(tag, value, at_step, at_mode))
+            else:
+                self._catch_up(at_mode, at_step)
+                self.writer.add_scalar(tag, value, at_step, mode=at_mode)
             if self._live is not None and at_mode == "train" and is_loss(tag):
                 stop_if(self.writer, self._live.loss(float(value), at_step))
 
@@ -998,11 +1036,7 @@ class TorchHook:
         """Start the transfer of everything queued, and hand over what has landed."""
         try:
             self._reduce_held()
-            self._sent_at = time.monotonic()
-            if self._queue:
-                self._transfer.start()
-                self._in_flight.append((self._transfer, self._queue))
-                self._transfer, self._queue, self._queued_pass = Transfer(), [], None
+            self._start_transfer()
             self._hand_over(wait=False)
         finally:
             # Weights and gradients change once the hook returns: full tensors not written yet
@@ -1012,6 +1046,48 @@ class TorchHook:
                 for record in records:
                     if isinstance(record, _QueuedTensors):
                         record.keep_raws()
+
+    def _start_transfer(self) -> None:
+        """Send the records queued (the held activations stay held)."""
+        self._sent_at = time.monotonic()
+        if self._queue:
+            self._transfer.start()
+            self._in_flight.append((self._transfer, self._queue))
+            self._transfer, self._queue, self._queued_pass = Transfer(), [], None
+
+    def _others_waiting(self, mode: str, step: int) -> bool:
+        """Whether the hook holds records of another step or mode than ``(mode, step)`` that
+        the writer has not seen: queued, on their way from a device, or held activations.
+
+        The writer's timeline gets a row for each step of a mode as it first sees it, and none
+        for a record handed over late whose step is older than the newest it saw of that mode
+        (TraceWriter.late_records): a record the caller writes at once must not overtake
+        those, or their steps are lost from the timeline (and a mode seen in between would
+        get a second row for its step). Records of ``(mode, step)`` itself may wait: the
+        step's row is made by whichever comes first. Losses still averaged over earlier steps
+        are queued first: their passes are over."""
+        if self._pending_loss:
+            self._write_pending_loss(lambda _, pending: pending.step < step)
+        for records in (self._queue, *(queued for _, queued in self._in_flight)):
+            for record in records:
+                if record.step != step or record.mode != mode:
+                    return True
+        return any(held.step != step or held.mode != mode for held in self._held)
+
+    def _catch_up(self, mode: str, step: int) -> None:
+        """Hand every record of another step or mode over to the writer, before the caller
+        writes one at ``(mode, step)`` at once (see :meth:`_others_waiting`). Waits for a
+        device's transfer: the caller's tensor, copied to the host next, would wait as long.
+        Activations of the pass under way stay held: they are of ``(mode, step)``."""
+        try:
+            if not self._others_waiting(mode, step):
+                return
+            if any(held.step != step or held.mode != mode for held in self._held):
+                self._reduce_held()
+            self._start_transfer()
+            self._hand_over(wait=True)
+        except Exception as error:  # noqa: BLE001 - the caller's record is written all the same
+            self._warn("handing over the records of earlier steps", error)
 
     def _hand_over(self, *, wait: bool) -> None:
         """Write the records of the transfers that have landed (all of them if ``wait``), in

@@ -1296,6 +1296,63 @@ def test_the_timeline_keeps_when_each_step_ran_not_when_it_was_handed_over(
     assert [(step, when) for step, mode, when in rows if mode == "eval"] == [(6, 1011.0)]
 
 
+@pytest.mark.parametrize("transfer", ["lands", "under way"])
+def test_records_the_caller_writes_do_not_overtake_the_steps_still_queued(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    cli: Any,
+    no_dbg_warnings: None,
+    transfer: str,
+) -> None:
+    """A loop that calls ``hook.record`` at every 10th step (labels, predictions, inputs after
+    the forward pass) and ``record_scalar`` in its evaluation passes: those are written at
+    once, while the losses and learning rates of the steps since the last recorded one are
+    still queued (or on their way from a device). They must not overtake them: the timeline
+    holds every training step once, in order, and ``dbg analyze`` counts them all."""
+    if transfer == "under way":
+        monkeypatch.setattr(hook_module, "Transfer", NeverReady)
+    torch.manual_seed(0)
+    model = make_net()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    path = tmp_path / "run.h5"
+    steps = 45
+    with attach_with_defaults(model, optimizer, path) as hook:  # tensors every 10th step
+        for step, (x, y) in enumerate(batches(steps)):
+            optimizer.zero_grad()
+            logits = model(x)
+            loss = nn.functional.cross_entropy(logits, y)
+            hook.record_loss(loss)
+            if hook.step % 10 == 0:
+                hook.record(labels=y, predictions=logits, inputs=x)
+            loss.backward()
+            optimizer.step()
+            if (step + 1) % 20 == 0:
+                model.eval()
+                with torch.no_grad():
+                    logits = model(x)
+                    hook.record_loss(nn.functional.cross_entropy(logits, y), mode="eval")
+                    hook.record_scalar("accuracy", (logits.argmax(1) == y).float().mean())
+                    hook.record_scalar("batch", len(y))  # a number: queued behind the rest
+                model.train()
+    with open_trace(path) as trace:
+        timeline = trace.timeline()
+        rows = [
+            (step, schema.MODES[code])
+            for step, code in zip(timeline.steps.tolist(), timeline.modes.tolist(), strict=True)
+        ]
+        assert trace.scalar("loss").select(mode="train").steps.tolist() == list(range(steps))
+        assert trace.index("labels")[0].tolist() == [0, 10, 20, 30, 40]
+        assert trace.scalar("accuracy").steps.tolist() == [20, 40]
+        assert trace.scalar("accuracy").mode_names() == ["eval"]
+    assert [step for step, mode in rows if mode == "train"] == list(range(steps))
+    assert [step for step, mode in rows if mode == "eval"] == [20, 40]
+    # Each evaluation pass sits between the training steps it came between.
+    assert rows.index((20, "eval")) == rows.index((19, "train")) + 1
+    assert rows.index((40, "eval")) == rows.index((39, "train")) + 1
+    report = cli("analyze", path)
+    assert f"train 0..{steps - 1} ({steps} steps), eval 20..40 (2 steps)" in report.stdout
+
+
 @pytest.mark.parametrize("poison", [False, True])
 def test_records_handed_over_late_are_the_same_and_none_is_lost(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, poison: bool
