@@ -290,3 +290,43 @@ def test_a_skipped_rule_names_only_the_series_dbg_cannot_place(cli, make_trace) 
     assert "no eval loss series (found 'objective', whose meaning dbg cannot tell)" in (
         document.stdout
     )
+
+
+def test_long_tags_and_paths_keep_what_tells_them_apart(
+    cli, make_trace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Gradients of one transformer are all zero; their tags share a 34-character prefix and
+    # differ in the layer, the module and the parameter near their end, which an 80-column
+    # report keeps, after the collection prefix; the trace paths keep their file names.
+    monkeypatch.setenv("COLUMNS", "80")
+    prefix = "grad/distilbert.transformer.layer."
+    tags = [f"{prefix}{layer}.attention.{module}_lin.weight" for layer in (0, 1) for module in "qk"]
+    tags.append(f"{prefix}1.ffn.lin1.weight")
+    # Two tags that differ only far from their end: their ends would print alike.
+    tags += [f"grad/t5.encoder.block.{block}.layer.0.SelfAttention.relative_bias" for block in "01"]
+    zeros = {"values": [np.zeros((4, 4))] * 5, "collection": "gradients"}
+    name = "transformer_encoder_with_learned_position_embedding.h5"
+    folder = tmp_path / "a_folder_whose_name_takes_up_the_room"
+    (folder / "runs").mkdir(parents=True)
+    run = make_trace(f"{folder.name}/runs/{name}", tensors=dict.fromkeys(tags, zeros))
+    twin = make_trace(f"{folder.name}/{name}", tensors=dict.fromkeys(tags[:1], zeros))
+
+    result = cli("analyze", run, twin, "--select", "DBG401", "--verbose")
+    lines = result.stdout.splitlines()
+    assert all(len(line.rstrip()) <= 80 for line in lines), result.stdout
+    table = [line for line in lines if line.startswith("error   DBG401 all-zero")]
+    shown = [line.removeprefix("error   DBG401 all-zero").split(" · ")[0].strip() for line in table]
+    assert len(shown) == len(tags) + 1, result.stdout  # the twin's finding last
+    assert shown[-1] == "grad/…layer.0.attention.q_lin.weight"
+    assert len(set(shown)) == len(tags), shown  # no two tags print alike
+    for short in shown:
+        head, cut, tail = short.partition("…")
+        assert cut and head == "grad/", short
+        owner = [tag for tag in tags if tag.endswith(tail)]
+        assert len(owner) == 1 and short != owner[0], short
+        # The layer's (or block's) index with its name, then the module and the parameter.
+        assert tail.startswith(("layer.", "block.")), short
+    # Both traces keep their file name, and one the folder that tells them apart.
+    paths = [line.split()[1] for line in lines if line.startswith(("✗ ", "✓ "))]
+    assert paths == [f"…/runs/{name}", f"…/{name}"], result.stdout
+    assert f"…/runs/{name}" in lines and f"…/{name}" in lines  # the titles

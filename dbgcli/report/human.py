@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from rich.console import Console
@@ -21,7 +21,7 @@ from rich.text import Text
 from dbgcli.diagnosis import Diagnosis
 from dbgcli.findings import Finding, Severity
 from dbgcli.report.model import Curve, Report, RuleStatus, TraceReport
-from dbgcli.report.text import counted, run_line, shorten_middle
+from dbgcli.report.text import counted, run_line, shorten_apart, shorten_path
 
 SEVERITY_STYLE = {Severity.error: "bold red", Severity.warning: "yellow", Severity.info: "cyan"}
 STATUS_STYLE = {
@@ -45,15 +45,22 @@ def render(
     (every trace with ``verbose``, else the unhealthy ones), then the totals."""
     traces = report.traces
     several = len(traces) > 1
+    # Paths keep their file names, tags their ends; none prints like another of the report.
+    paths = shorten_apart([t.path for t in traces], _path_width(console.width), shorten_path)
+    tags = shorten_apart(
+        [f.tensor for t in traces for f in t.findings if f.tensor], _tag_width(console.width)
+    )
     if several:
-        path_width = min(max(len(t.path) for t in traces), max(16, console.width // 2))
+        path_width = max(len(paths[t.path]) for t in traces)
         for trace in traces:
-            console.print(_summary_line(trace, console.width, path_width))
+            console.print(_summary_line(trace, console.width, paths[trace.path], path_width))
         console.print()
     for trace in traces:
         if several and not verbose and trace.healthy:
             continue
-        _render_trace(trace, console, show_passed=show_passed, verbose=verbose, title=several)
+        _render_trace(
+            trace, console, paths[trace.path], tags, show_passed=show_passed, verbose=verbose
+        )
     if report.suppressed:
         console.print(Text(f"{report.suppressed} finding(s) hidden by the baseline", style="dim"))
     for entry in report.stale_baseline:
@@ -87,11 +94,21 @@ def _verdict_style(trace: TraceReport) -> str:
     return SEVERITY_STYLE[problems[0].severity]
 
 
-def _summary_line(trace: TraceReport, width: int, path_width: int) -> Text:
+def _path_width(width: int) -> int:
+    """Columns a trace's path gets beside its verdict."""
+    return max(16, width // 2)
+
+
+def _tag_width(width: int) -> int:
+    """Columns a finding's tensor gets: room for ``grad/…layer.0.attention.q_lin.weight``."""
+    return max(16, width // 2)
+
+
+def _summary_line(trace: TraceReport, width: int, path: str, path_width: int) -> Text:
     """``✗ runs/a.h5  unhealthy: dying ReLU (9 symptoms)`` in one line."""
     mark = "✓" if trace.healthy else "✗"
     line = Text(f"{mark} ", style=_verdict_style(trace))
-    line.append(f"{shorten_middle(trace.path, path_width):<{path_width}}", style="bold")
+    line.append(f"{path:<{path_width}}", style="bold")
     line.append("  ")
     room = max(10, width - path_width - 4)
     verdict = trace.verdict
@@ -102,15 +119,23 @@ def _summary_line(trace: TraceReport, width: int, path_width: int) -> Text:
 
 
 def _render_trace(
-    trace: TraceReport, console: Console, *, show_passed: bool, verbose: bool, title: bool
+    trace: TraceReport,
+    console: Console,
+    path: str,
+    tags: Mapping[str, str],
+    *,
+    show_passed: bool,
+    verbose: bool,
 ) -> None:
+    """One trace; ``path`` is its path as shortened for the report, ``tags`` the shortened
+    tensor of each finding."""
     width = console.width
     if trace.error is not None:
         line = Text(f"{trace.path}  ", style="bold")
         line.append(trace.verdict, style="bold magenta")
         console.print(line)
         return
-    head = Text(shorten_middle(trace.path, max(16, width // 2)), style="bold")
+    head = Text(path, style="bold")
     if head.cell_len + 2 + len(trace.verdict) <= width:
         head.append("  ")
         head.append(trace.verdict, style=_verdict_style(trace))
@@ -126,10 +151,10 @@ def _render_trace(
     findings = trace.findings
     problems = trace.problems
     for number, diagnosis in enumerate(problems[:_DETAILED], start=1):
-        _render_diagnosis(console, number, diagnosis, findings)
+        _render_diagnosis(console, number, diagnosis, findings, tags)
     rest = problems[_DETAILED:]
     for number, diagnosis in enumerate(rest[:_LISTED], start=_DETAILED + 1):
-        _diagnosis_line(console, number, diagnosis, findings)
+        _diagnosis_line(console, number, diagnosis, findings, tags)
     if len(rest) > _LISTED:
         console.print(Text(f"  … and {len(rest) - _LISTED} more problems", style="dim"))
     unknown = _unrecognised(trace)
@@ -167,7 +192,7 @@ def _render_trace(
         console.print(_rules_table(trace, show_passed))
         if findings:
             console.print(Text("findings", style="italic"))
-            console.print(_findings_table(findings, width))
+            console.print(_findings_table(findings, tags))
     console.print()
 
 
@@ -217,10 +242,10 @@ def _curve_line(curve: Curve, width: int, label: int) -> Text:
     return line
 
 
-def _where(finding: Finding, width: int) -> str:
+def _where(finding: Finding, tags: Mapping[str, str]) -> str:
     parts = [finding.rule_id]
     if finding.tensor:
-        parts.append(shorten_middle(finding.tensor, max(12, width // 3)))
+        parts.append(tags.get(finding.tensor, finding.tensor))
     if finding.span:
         parts.append(finding.span)
     if finding.mode not in (None, "train"):
@@ -229,10 +254,14 @@ def _where(finding: Finding, width: int) -> str:
 
 
 def _render_diagnosis(
-    console: Console, number: int, diagnosis: Diagnosis, findings: list[Finding]
+    console: Console,
+    number: int,
+    diagnosis: Diagnosis,
+    findings: list[Finding],
+    tags: Mapping[str, str],
 ) -> None:
     cause = findings[diagnosis.cause]
-    _print_head(console, number, diagnosis, cause, "")
+    _print_head(console, number, diagnosis, cause, "", tags)
     _wrapped(console, cause.message, indent=_INDENT, label_width=_LABEL)
     if diagnosis.symptoms:
         _wrapped(
@@ -247,14 +276,19 @@ def _render_diagnosis(
 
 
 def _print_head(
-    console: Console, number: int, diagnosis: Diagnosis, cause: Finding, suffix: str
+    console: Console,
+    number: int,
+    diagnosis: Diagnosis,
+    cause: Finding,
+    suffix: str,
+    tags: Mapping[str, str],
 ) -> None:
     """``N. title  severity · where``; where it does not fit, ``where`` goes on the next
     line under the message column, so that nothing wraps to the margin."""
     head = Text(f"  {number}. ")
     head.append(diagnosis.title, style="bold")
     head.append(f"  {diagnosis.severity.value}", style=SEVERITY_STYLE[diagnosis.severity])
-    where = _where(cause, console.width) + suffix
+    where = _where(cause, tags) + suffix
     if head.cell_len + 3 + len(where) <= console.width:
         head.append(f" · {where}", style="dim")
         console.print(head)
@@ -264,10 +298,14 @@ def _print_head(
 
 
 def _diagnosis_line(
-    console: Console, number: int, diagnosis: Diagnosis, findings: list[Finding]
+    console: Console,
+    number: int,
+    diagnosis: Diagnosis,
+    findings: list[Finding],
+    tags: Mapping[str, str],
 ) -> None:
     suffix = f" (+{len(diagnosis.symptoms)} symptoms)" if diagnosis.symptoms else ""
-    _print_head(console, number, diagnosis, findings[diagnosis.cause], suffix)
+    _print_head(console, number, diagnosis, findings[diagnosis.cause], suffix, tags)
 
 
 def sparkline(values: Sequence[float] | np.ndarray, width: int = 60) -> str:
@@ -330,14 +368,14 @@ def _rules_table(trace: TraceReport, show_passed: bool) -> Table:
     return table
 
 
-def _findings_table(findings: list[Finding], width: int) -> Table:
+def _findings_table(findings: list[Finding], tags: Mapping[str, str]) -> Table:
     table = Table.grid(padding=(0, 1))
     table.add_column(no_wrap=True)
     table.add_column(overflow="fold")
     for finding in findings:
         severity = finding.severity or Severity.info
         mode = finding.mode if finding.mode != "train" else None
-        tensor = shorten_middle(finding.tensor, max(12, width // 3)) if finding.tensor else None
+        tensor = tags.get(finding.tensor, finding.tensor) if finding.tensor else None
         where = " · ".join(part for part in (tensor, finding.span, mode) if part)
         head = Text()
         head.append(f"{finding.rule_id} {finding.rule}", style="bold")
