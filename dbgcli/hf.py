@@ -20,6 +20,7 @@ predictions, so that the data rules (class imbalance, token ratio, confusion) ru
 
 from __future__ import annotations
 
+import logging
 import math
 import numbers
 import os
@@ -30,7 +31,11 @@ import torch
 import transformers
 from torch.utils.hooks import RemovableHandle
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
-from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+from transformers.models.auto.modeling_auto import (
+    MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+    MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES,
+)
 
 from dbgcli.torch._hook import (
     DEFAULT_STATS_EVERY,
@@ -42,6 +47,11 @@ from dbgcli.torch._hook import (
 from dbgcli.trace.writer import TraceWriter
 
 __all__ = ["DbgCallback", "transformers_activation_kinds"]
+
+log = logging.getLogger("dbgcli")
+
+#: Run metadata key under which the callback notes how Trainer logged (see DbgCallback).
+LOGGING_KEY = "trainer_logging"
 
 # Logged by Trainer but not training metrics: the learning rate is recorded from the optimizer
 # at every step instead, eval_* metrics arrive through on_evaluate, the rest is the run summary.
@@ -63,9 +73,14 @@ DATA = ("inputs", "labels", "predictions")
 # The keyword argument of a transformers model that holds its input, by modality: token ids,
 # images, raw audio, audio features.
 _INPUT_KEYS = ("input_ids", "pixel_values", "input_values", "input_features")
-# Causal language models predict the next token: their logits at position t go with the
-# label at t + 1 (the model shifts the labels inside its loss).
-_CAUSAL_LM_CLASSES = frozenset(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
+# Language models by class, as the run metadata's ``task`` names them (the class rules do not
+# judge their token labels). Causal ones predict the next token: their logits at position t go
+# with the label at t + 1 (the model shifts the labels inside its loss).
+_LANGUAGE_MODEL_TASKS = {
+    **dict.fromkeys(MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES.values(), "seq2seq-lm"),
+    **dict.fromkeys(MODEL_FOR_MASKED_LM_MAPPING_NAMES.values(), "masked-lm"),
+    **dict.fromkeys(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values(), "causal-lm"),
+}
 # Transformers' own activation modules (not subclasses of torch's), looked up by name so that
 # a class a future release renames is skipped rather than breaking the import.
 _TRANSFORMERS_ACTIVATIONS = {
@@ -108,10 +123,19 @@ class DbgCallback(TrainerCallback):
       number logged during training, at the step the logged window ends with (``loss`` logged
       at ``global_step`` 10 covers optimizer steps up to 9 and is recorded at step 9). Trainer
       logs every ``logging_steps`` (500 by default); set ``logging_steps=1`` for a per-step
-      loss curve;
+      loss curve. A run shorter than that logs no training loss, and the rules that judge
+      the loss are skipped ("no train loss series"): the callback then logs a WARNING on the
+      ``dbgcli`` logger at the end of training, and notes in the run metadata, under
+      ``trainer_logging``, how Trainer logged (``logging_strategy``, ``logging_steps``,
+      ``logging_first_step``, ``max_steps``, ``global_step``) and how many training losses
+      it recorded (``train_loss_records``);
     * evaluation metrics (``on_evaluate``) in mode ``eval`` at ``global_step``, without their
       ``eval_`` prefix (``eval_loss`` becomes ``loss``);
     * ``epoch`` when an epoch begins;
+    * in the metadata, ``task`` (``causal-lm``, ``masked-lm`` or ``seq2seq-lm``) for a language
+      model, whose token labels the class rules (DBG601, DBG604) do not judge, and
+      ``early_stopping`` (``monitor``, ``patience``) when an ``EarlyStoppingCallback`` watches
+      the run, whose patience DBG304 overtraining does not judge;
     * with ``record_data``, the full tensors of each batch the model sees (every evaluation
       batch, and the training batches of the steps whose statistics are recorded, every
       ``stats_every``), taken from the model's forward call: ``inputs`` (the first of
@@ -185,11 +209,13 @@ class DbgCallback(TrainerCallback):
         self._failures = FailureReporter()
         self._data_handle: RemovableHandle | None = None
         self._causal_lm = False
+        self._train_losses = 0  # training losses Trainer logged and the trace got
 
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
         """Open the trace and attach the PyTorch hook to the model."""
+        self._train_losses = 0
         model = kwargs.get("model")
         if model is None:
             self._failures.warn("attaching to the model", ValueError("Trainer passed no model"))
@@ -250,6 +276,8 @@ class DbgCallback(TrainerCallback):
                 isinstance(value, torch.Tensor) and value.numel() == 1
             ):
                 hook.record_scalar(name, value, mode="train", step=step)
+                if name == "loss":
+                    self._train_losses += 1
 
     def on_evaluate(
         self,
@@ -271,15 +299,55 @@ class DbgCallback(TrainerCallback):
     def on_train_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
-        """Remove the hook and close the trace if this callback opened it."""
+        """Note how Trainer logged (and warn if it logged no training loss), remove the hook
+        and close the trace if this callback opened it."""
         if self._data_handle is not None:
             self._data_handle.remove()
             self._data_handle = None
         if self.hook is not None:
-            self.hook.remove()
+            hook = self.hook
+            self._failures.guard(
+                "noting how Trainer logged", lambda: self._note_logging(hook, args, state)
+            )
+            hook.remove()
             self.hook = None
 
+    def _note_logging(self, hook: TorchHook, args: TrainingArguments, state: TrainerState) -> None:
+        """Store Trainer's logging settings and the training losses recorded in the metadata;
+        without any, say why the loss rules will be skipped and what to change."""
+        strategy = getattr(args.logging_strategy, "value", args.logging_strategy)
+        every = getattr(state, "logging_steps", None)  # a ratio of the run resolved to steps
+        every = args.logging_steps if every is None else every
+        if isinstance(every, float) and every.is_integer():
+            every = int(every)
+        hook.writer.set_metadata(
+            **{
+                LOGGING_KEY: {
+                    "logging_strategy": str(strategy),
+                    "logging_steps": every,
+                    "logging_first_step": bool(args.logging_first_step),
+                    "max_steps": state.max_steps,
+                    "global_step": state.global_step,
+                    "train_loss_records": self._train_losses,
+                }
+            }
+        )
+        if self._train_losses or not state.global_step:
+            return
+        if strategy == "steps":
+            why = f"it logs every logging_steps={every} steps and the run took {state.global_step}"
+        else:
+            why = f"logging_strategy={str(strategy)!r}"
+        log.warning(
+            "dbg: Trainer logged no training loss (%s), so %s has no train loss series and the "
+            "rules that judge the loss will be skipped; set logging_steps=1 in TrainingArguments "
+            "(or any value well below the number of steps) to record it",
+            why,
+            hook.writer.path,
+        )
+
     def _attach(self, model: torch.nn.Module, args: TrainingArguments, state: TrainerState) -> None:
+        task = _LANGUAGE_MODEL_TASKS.get(type(model).__name__)
         self.hook = self.recording.attach(
             model,
             framework="transformers",
@@ -287,12 +355,14 @@ class DbgCallback(TrainerCallback):
             metadata={
                 "transformers_version": transformers.__version__,
                 "model_class": type(model).__name__,
+                **({"task": task} if task else {}),
+                **_early_stopping(args, state),
             },
             activation_kinds=transformers_activation_kinds(),
         )
         self.hook.step = state.global_step
         if self.record_data:
-            self._causal_lm = type(model).__name__ in _CAUSAL_LM_CLASSES
+            self._causal_lm = task == "causal-lm"
             self._data_handle = model.register_forward_hook(self._on_forward, with_kwargs=True)
 
     def _on_forward(
@@ -335,6 +405,20 @@ class DbgCallback(TrainerCallback):
         if "predictions" in self.record_data:
             found["predictions"] = logits
         self.hook.record(**found, mode=mode, step=self.hook.step, raw=True)
+
+
+def _early_stopping(args: TrainingArguments, state: TrainerState) -> dict[str, Any]:
+    """The run metadata that says Trainer's EarlyStoppingCallback watches the run, if it does
+    (Trainer keeps its settings among the state's stateful callbacks)."""
+    # A dict by then (TrainerState.__post_init__), typed as the list it is built from.
+    kept: Any = state.stateful_callbacks
+    stopping = kept.get("EarlyStoppingCallback") if isinstance(kept, Mapping) else None
+    if isinstance(stopping, list):
+        stopping = stopping[0]
+    if not isinstance(stopping, Mapping):
+        return {}
+    patience = stopping.get("args", {}).get("early_stopping_patience")
+    return {"early_stopping": {"monitor": args.metric_for_best_model, "patience": patience}}
 
 
 def _data_wanted(record_data: bool | Collection[str]) -> frozenset[str]:

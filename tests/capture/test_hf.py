@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,7 @@ def run(
     steps: int = STEPS,
     eval_every: int = EVAL_EVERY,
     positive_below: int = 20,
+    logging_steps: int = 1,
 ) -> Trainer:
     args = TrainingArguments(
         str(tmp_path / "out"),
@@ -83,7 +85,7 @@ def run(
         per_device_eval_batch_size=16,
         max_steps=steps,
         learning_rate=1e-3,
-        logging_steps=1,
+        logging_steps=logging_steps,
         eval_strategy="steps",
         eval_steps=eval_every,
         save_strategy="no",
@@ -231,6 +233,7 @@ def test_a_causal_language_model_pairs_each_prediction_with_the_next_token(
         str(tmp_path / "out"),
         per_device_train_batch_size=8,
         max_steps=1,
+        logging_steps=1,  # else Trainer logs no loss, and the callback warns of it
         save_strategy="no",
         report_to=[],
         use_cpu=True,
@@ -247,3 +250,91 @@ def test_a_causal_language_model_pairs_each_prediction_with_the_next_token(
     assert inputs.shape == (8, 8)
     np.testing.assert_array_equal(labels, inputs[:, 1:])  # the rows' labels are their ids
     assert np.issubdtype(predictions.dtype, np.integer)
+    # Token labels are no classes: the class rules leave them alone.
+    with open_trace(path) as trace:
+        assert trace.metadata["task"] == "causal-lm"
+    for result in analyze_path(path, select=("DBG601", "DBG604")).results:
+        assert result.status is RuleStatus.skipped
+        assert "tokens of a language model" in result.reason
+
+
+def test_early_stopping_is_noted_in_the_metadata(tmp_path: Path, no_dbg_warnings: None) -> None:
+    from transformers import EarlyStoppingCallback
+
+    stopped = tmp_path / "stopped.h5"
+    args = TrainingArguments(
+        str(tmp_path / "out"),
+        per_device_train_batch_size=8,
+        max_steps=8,
+        logging_steps=1,
+        eval_strategy="steps",
+        eval_steps=2,
+        save_strategy="steps",
+        save_steps=2,
+        load_best_model_at_end=True,  # which EarlyStoppingCallback requires
+        metric_for_best_model="loss",
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+    )
+    callbacks = [DbgCallback(stopped), EarlyStoppingCallback(early_stopping_patience=3)]
+    Trainer(
+        model=tiny_bert(),
+        args=args,
+        train_dataset=dataset(64, seed=1),
+        eval_dataset=dataset(32, seed=2),
+        callbacks=callbacks,
+    ).train()
+    with open_trace(stopped) as trace:
+        assert trace.metadata["early_stopping"] == {"monitor": "loss", "patience": 3}
+        assert "task" not in trace.metadata  # a sequence classifier
+    overtraining = analyze_path(stopped, select=("DBG304",)).results[0]
+    assert overtraining.status is RuleStatus.skipped
+    assert overtraining.reason.startswith("early stopping watched the run")
+
+
+@pytest.mark.parametrize("logging_steps", [1, 500])
+def test_the_trace_says_how_trainer_logged_and_a_run_without_a_train_loss_is_warned_of(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, logging_steps: int
+) -> None:
+    """With Trainer's default ``logging_steps=500``, a 12-step run logs no training loss: the
+    loss rules are skipped, the callback says why at the end of training, and the trace's
+    metadata keeps how Trainer logged. The timeline has every step either way: the data of
+    every 10th step, written at once, does not overtake the steps still queued."""
+    path = tmp_path / "run.h5"
+    steps = 12
+    with caplog.at_level(logging.WARNING, logger="dbgcli"):
+        run(
+            tmp_path,
+            [DbgCallback(path, record_data=True)],
+            steps=steps,
+            eval_every=6,
+            logging_steps=logging_steps,
+        )
+    warned = [r.getMessage() for r in caplog.get_records("call") if r.name.startswith("dbgcli")]
+    with open_trace(path) as trace:
+        noted = trace.metadata["trainer_logging"]
+        timeline = trace.timeline()
+        modes = timeline.modes.tolist()
+        assert [s for s, m in zip(timeline.steps.tolist(), modes) if m == 0] == list(range(steps))
+        assert [s for s, m in zip(timeline.steps.tolist(), modes) if m == 1] == [6, 12]
+        assert "loss" in trace  # the evaluation loss
+    assert noted == {
+        "logging_strategy": "steps",
+        "logging_steps": logging_steps,
+        "logging_first_step": False,
+        "max_steps": steps,
+        "global_step": steps,
+        "train_loss_records": steps if logging_steps == 1 else 0,
+    }
+    loss_rule = {r.id: r for r in analyze_path(path, select=("DBG301",)).results}["DBG301"]
+    if logging_steps == 1:
+        assert warned == []
+        assert loss_rule.status is not RuleStatus.skipped
+        return
+    assert loss_rule.status is RuleStatus.skipped
+    assert loss_rule.reason.startswith("no train loss series")
+    assert len(warned) == 1, warned
+    assert "Trainer logged no training loss" in warned[0]
+    assert "logging_steps=500 steps and the run took 12" in warned[0]
+    assert "set logging_steps=1" in warned[0] and str(path) in warned[0]
