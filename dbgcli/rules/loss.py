@@ -598,6 +598,7 @@ def underfit(
             tensor=acc_tag,
             threshold=level,
             key="at-chance",
+            mode=acc_mode,
             message=lambda v: (
                 f"mean {acc_mode} accuracy of the {_last_records(span)} is {v:.3g}, at chance "
                 f"for {classes} classes (must rise above {level:.3g})"
@@ -613,6 +614,7 @@ def underfit(
             tensor=acc_tag,
             threshold=start + chance_margin,
             key="accuracy-flat",
+            mode=acc_mode,
             message=lambda v: (
                 f"mean {acc_mode} accuracy of the {_last_records(span)} is {v:.3g}, less than "
                 f"{chance_margin:g} above where it started ({start:.3g})"
@@ -626,6 +628,7 @@ def underfit(
             tensor=acc_tag,
             threshold=min_accuracy,
             key="accuracy-low",
+            mode=acc_mode,
             message=lambda v: (
                 f"mean {acc_mode} accuracy of the {_last_records(span)} is {v:.3g} "
                 f"(must reach {min_accuracy:g})"
@@ -686,6 +689,7 @@ def _stuck_until_end(
     threshold: float,
     key: str,
     message: Callable[[float], str],
+    mode: Mode = "train",
 ) -> Iterator[Finding]:
     """One finding for the run of ``bad`` records that reaches the last record."""
     if not len(steps) or not bad[-1]:
@@ -701,7 +705,7 @@ def _stuck_until_end(
         steps=len(steps) - first,
         value=float(values[-1]),
         threshold=threshold,
-        mode="train",
+        mode=mode,
         key=key,
     )
 

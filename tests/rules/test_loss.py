@@ -288,6 +288,15 @@ def test_underfit_fraction_and_accuracy_parameters(make_trace) -> None:
     assert low.value == pytest.approx(0.3, abs=0.01) and low.threshold == 0.5
 
 
+def test_underfit_on_the_eval_accuracy_is_an_eval_finding(make_trace) -> None:
+    # No train accuracy: the eval accuracy (4 classes) sits at chance to the end.
+    accuracy = {"values": [0.25, 0.26, 0.24, 0.25] * 3, "steps": range(0, 300, 25), "mode": "eval"}
+    path = make_trace(scalars={**losses(stuck_at_chance()), "accuracy": accuracy})
+    found = {f.tensor: f for f in run_rule(path, "DBG303", min_accuracy=0.5).findings}
+    assert found["accuracy"].mode == "eval" and "mean eval accuracy" in found["accuracy"].message
+    assert found["loss"].mode == "train"
+
+
 def test_underfit_skipped_without_a_train_loss(make_trace) -> None:
     result = run_rule(
         make_trace(scalars={"val_loss": {"values": [1.0, 0.9], "mode": "eval"}}), "DBG303"
