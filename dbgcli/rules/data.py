@@ -57,8 +57,18 @@ def _with_full_tensors(views: Iterable[TensorView]) -> list[TensorView]:
 
 
 def _float_inputs(ctx: RuleContext) -> list[TensorView]:
-    """Inputs that are quantities (not ids), with full tensors: integer images count too."""
-    return [v for v in _with_full_tensors(_tagged(ctx, "inputs")) if not ctx.categorical(v)]
+    """Inputs that are quantities (not ids: integer images count too), with full tensors, or
+    images, whose statistics alone can show them off (see DBG602)."""
+    return [
+        v
+        for v in _tagged(ctx, "inputs")
+        if (v.info.raw_records or _image(v)) and not ctx.categorical(v)
+    ]
+
+
+def _image(view: TensorView) -> bool:
+    """A tensor with channels on axis 1 and two or more axes after them (``(N, C, H, W)``)."""
+    return view.info.shape is not None and len(view.info.shape) >= 4
 
 
 def _integer_inputs(ctx: RuleContext) -> list[TensorView]:
@@ -110,7 +120,8 @@ PREDICTIONS = Need(
     looks_at="tensors",
 )
 FLOAT_INPUTS = Need(
-    "full tensors of model inputs that are quantities, not ids (role 'inputs')",
+    "full tensors (or, for images, statistics) of model inputs that are quantities, not ids "
+    "(role 'inputs')",
     lambda ctx: bool(_float_inputs(ctx)),
     looks_at="tensors",
 )
@@ -780,6 +791,18 @@ def input_not_normalized(
       standardisation exists to fix: pixels left in [0, 1] (std about 0.3) or [0, 255], raw
       physical units, features scaled by 100 (AutoTrainer's abnormal-data benchmark).
 
+    An image input (``(batch, channels, H, W)``) whose full tensors hold fewer than
+    ``samples`` samples (``hook.record(inputs=x)`` keeps them every ``raw_every`` steps only)
+    is judged as a whole from the statistics of every record, which are always stored: its
+    channels are the same size, so the pooled mean is the mean of the channel means and the
+    pooled variance lies between the mean of the channel variances and that plus the largest
+    squared channel mean. A pooled ``|mean| > threshold_mean``, a pooled std below
+    ``1/max_std_ratio`` or above ``sqrt(max_std_ratio² + threshold_mean²)`` therefore proves
+    some channel outside the bars (``extra["whole"]``; pixels in [0, 255] are the usual
+    case); what only a channel-by-channel look could show needs full tensors. Tabular and
+    sequence inputs are not judged so: one-hot and bag-of-words features, which are left
+    alone below, would pool to a small std.
+
     Channels whose values never vary (std 0: padding, constant features) are ignored: there is
     nothing to standardise. So are indicators, channels whose every value is 0 or 1 (one-hot
     encoded categories, binary flags, binarised images): their scale is bounded by
@@ -819,16 +842,21 @@ def input_not_normalized(
                 mine = view.modes == code
                 counts = table.samples[view.records[mine]]
                 read = counts > 0
-                if not read.any():
+                mode = schema.MODES[int(code)]
+                seen = int(counts[read].sum())
+                if seen < samples:
+                    pooled = _pooled(view, mine) if _image(view) else None
+                    if pooled is not None and pooled.samples >= samples:
+                        yield from _whole_normalisation(
+                            pooled, view, mode, threshold_mean, max_std_ratio, seen
+                        )
+                    elif read.any():
+                        steps = [int(s) for s in view.steps[mine][read]]
+                        yield _too_few(
+                            view.tag, mode, steps, seen, samples, "samples", "input normalisation"
+                        )
                     continue
                 counts, steps = counts[read], [int(s) for s in view.steps[mine][read]]
-                mode = schema.MODES[int(code)]
-                seen = int(counts.sum())
-                if seen < samples:
-                    yield _too_few(
-                        view.tag, mode, steps, seen, samples, "samples", "input normalisation"
-                    )
-                    continue
                 # The inputs were so from their first record, whenever enough samples made
                 # that certain.
                 where: dict[str, Any] = {
@@ -849,6 +877,90 @@ def input_not_normalized(
                 )
 
     yield from _judged_or_skipped(list(judge()))
+
+
+@dataclass(frozen=True)
+class _Pooled:
+    """Mean and population std of every finite value of an input's records of one mode, from
+    their statistics rows (Chan's merge), and the samples and steps they hold."""
+
+    mean: float
+    std: float
+    samples: int
+    steps: list[int]
+
+
+def _pooled(view: TensorView, mine: np.ndarray) -> _Pooled | None:
+    finite, mean, std = (view.stat(name)[mine] for name in ("finite_count", "mean", "std"))
+    use = (finite > 0) & np.isfinite(mean) & np.isfinite(std)
+    total = float(finite[use].sum())
+    if not total:
+        return None
+    centre = float((finite[use] * mean[use]).sum() / total)
+    spread = finite[use] * (std[use] ** 2 + (mean[use] - centre) ** 2)
+    shape = view.info.shape or ()
+    per_sample = int(np.prod(shape[1:], dtype=np.int64)) or 1
+    return _Pooled(
+        centre,
+        float(np.sqrt(spread.sum() / total)),
+        int(view.stat("count")[mine][use].sum()) // per_sample,
+        [int(s) for s in view.steps[mine][use]],
+    )
+
+
+def _whole_normalisation(
+    pooled: _Pooled,
+    view: TensorView,
+    mode: str,
+    threshold_mean: float,
+    max_std_ratio: float,
+    full: int,
+) -> Iterator[Finding]:
+    """Judge an image input as a whole. Channels of equal size pool to the mean of their means
+    and a variance of at least the mean of their variances, at most that plus the largest
+    squared channel mean: a whole off-centre by more than ``threshold_mean``, a std below
+    ``1 / max_std_ratio``, or one above ``sqrt(max_std_ratio² + threshold_mean²)`` each prove
+    a channel outside the bars."""
+    if pooled.std == 0:
+        return  # every value the same: nothing to standardise
+    where: dict[str, Any] = {
+        "tensor": view.tag,
+        "first_step": pooled.steps[0],
+        "last_step": pooled.steps[-1],
+        "steps": len(pooled.steps),
+        "mode": mode,
+    }
+    seen = (
+        f"{pooled.samples} samples in {_records(len(pooled.steps))}, from their statistics "
+        f"(full tensors of {full} samples are too few to judge each channel: "
+        "record inputs with raw=True)"
+    )
+    if abs(pooled.mean) > threshold_mean:
+        yield Finding(
+            message=(
+                f"inputs off-centre as a whole, so at least one channel is: mean {pooled.mean:.3g} "
+                f"over every channel (|mean| > {threshold_mean:g}); {seen}"
+            ),
+            value=abs(pooled.mean),
+            threshold=threshold_mean,
+            key="mean",
+            extra={"whole": True},
+            **where,
+        )
+    widest = float(np.hypot(max_std_ratio, threshold_mean))
+    if pooled.std < 1 / max_std_ratio or pooled.std > widest:
+        bar = f"< {1 / max_std_ratio:.3g}" if pooled.std < 1 else f"> {widest:.3g}"
+        yield Finding(
+            message=(
+                f"inputs badly scaled as a whole, so at least one channel is: std "
+                f"{pooled.std:.3g} over every channel ({bar}); {seen}"
+            ),
+            value=max(pooled.std, 1 / pooled.std),
+            threshold=max_std_ratio if pooled.std < 1 else widest,
+            key="std",
+            extra={"whole": True},
+            **where,
+        )
 
 
 def _normalisation(

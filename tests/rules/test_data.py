@@ -327,8 +327,41 @@ def test_input_not_normalized_too_few_samples_and_skips(make_trace) -> None:
     assert (
         result.status is RuleStatus.skipped
         and result.reason
-        == "no full tensors of model inputs that are quantities, not ids (role 'inputs')"
+        == "no full tensors (or, for images, statistics) of model inputs that are quantities, "
+        "not ids (role 'inputs')"
     )
+
+
+def test_input_not_normalized_judges_images_as_a_whole_without_enough_full_tensors(
+    make_trace,
+) -> None:
+    # 40 batches of 16 images, full tensors of the first only (raw_every): 16 samples to judge
+    # channel by channel, 640 in the statistics of every record.
+    pixels = images(40, shift=(120.0, 110.0, 100.0), scale=(60.0, 60.0, 60.0))
+    path = make_trace(tensors=pixels, raw_every=100)
+    result = run_rule(path, "DBG602")
+    (mean,) = keyed(result, "mean")
+    assert mean.extra["whole"] and (mean.first_step, mean.last_step, mean.steps) == (0, 39, 40)
+    assert mean.value == pytest.approx(110.0, rel=0.01) and mean.threshold == 0.2
+    assert "inputs off-centre as a whole, so at least one channel is" in mean.message
+    assert "640 samples in 40 records, from their statistics" in mean.message
+    assert "full tensors of 16 samples are too few" in mean.message
+    (std,) = keyed(result, "std")
+    # Pooled over the channels: sqrt(60² + the variance of 120, 110, 100) = 60.6.
+    assert std.value == pytest.approx(np.sqrt(60.0**2 + 200 / 3), rel=0.02)
+    # Standardised images pass; so do channels off by a little each, which only a look at
+    # each channel can tell (their pooled mean is 0).
+    assert run_rule(make_trace(tensors=images(40), raw_every=100), "DBG602").status is (
+        RuleStatus.passed
+    )
+    balanced = make_trace(tensors=images(40, shift=(0.5, -0.5, 0.0)), raw_every=100)
+    assert run_rule(balanced, "DBG602").status is RuleStatus.passed
+    # Tabular inputs are not judged as a whole: one-hot features would pool to a small std.
+    rng = np.random.default_rng(18)
+    onehot = [np.eye(50)[rng.integers(0, 50, size=32)].astype(np.float32) for _ in range(40)]
+    table = make_trace(tensors={"x": {"values": onehot, "collection": "inputs"}}, raw_every=100)
+    result = run_rule(table, "DBG602")
+    assert result.status is RuleStatus.skipped and "only 32 samples" in result.reason
 
 
 # -- DBG603 token-ratio ---------------------------------------------------------------------------
