@@ -63,6 +63,29 @@ def test_healthy_transformer_and_lightning_runs_pass(key: str, tmp_path: Path) -
         assert trace.healthy, f"{path.name}: {trace.verdict}"
 
 
+@pytest.mark.parametrize(
+    "key",
+    [
+        "torch-mlp/healthy-short",
+        "torch-mlp/healthy-onehot",
+        "torch-vit/healthy",
+        "xgboost/healthy-early-stopping",
+        "hf-distilbert/healthy",
+        "hf-gpt2/healthy-data",
+    ],
+)
+def test_healthy_runs_that_once_drew_false_alarms_pass(key: str, tmp_path: Path) -> None:
+    """Shapes that real runs outside the corpus showed to fool the rules: the untrained model's
+    predictions as a 40-step run's only full data tensors (DBG604), one-hot indicator inputs
+    (DBG602), a cls_token and positional table initialised to zero and LayerScale's gamma
+    (DBG501, DBG502), XGBoost's early stopping (DBG304), DistilBERT's q_lin/k_lin gradients
+    (DBG102) and a language model's token labels (DBG601, DBG604)."""
+    spec = train(key, tmp_path)
+    for path in (spec.hook_path, spec.hand_path):
+        trace = report(path)
+        assert trace.healthy, f"{path.name}: {trace.verdict}"
+
+
 def verdict(trace: TraceReport) -> tuple[str, str, frozenset[str]]:
     """What a user reads first: the cause's rule and kind, and which rules found something."""
     cause = trace.findings[trace.diagnoses[0].cause]
