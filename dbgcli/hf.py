@@ -76,9 +76,11 @@ _INPUT_KEYS = ("input_ids", "pixel_values", "input_values", "input_features")
 # Language models by class, as the run metadata's ``task`` names them (the class rules do not
 # judge their token labels). Causal ones predict the next token: their logits at position t go
 # with the label at t + 1 (the model shifts the labels inside its loss).
+# A class in several mappings (BART's ForConditionalGeneration is a masked and a seq2seq LM)
+# takes the later one's task.
 _LANGUAGE_MODEL_TASKS = {
-    **dict.fromkeys(MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES.values(), "seq2seq-lm"),
     **dict.fromkeys(MODEL_FOR_MASKED_LM_MAPPING_NAMES.values(), "masked-lm"),
+    **dict.fromkeys(MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES.values(), "seq2seq-lm"),
     **dict.fromkeys(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values(), "causal-lm"),
 }
 # Transformers' own activation modules (not subclasses of torch's), looked up by name so that

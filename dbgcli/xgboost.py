@@ -263,6 +263,7 @@ class DbgCallback(TrainingCallback):
         self._failures = FailureReporter()
         self._live = LiveRules(stop_on) if stop_on is not None else None
         self._has_trees = True  # not a linear booster (known once training starts)
+        self._best_before: str | None = None  # the booster's best_iteration before training
         # The booster whose rounds (epoch, rounds boosted by then) wait for their trees to be
         # read, the rounds whose trees are in the importance totals, and those totals.
         self._model: xgboost.Booster | None = None
@@ -273,6 +274,7 @@ class DbgCallback(TrainingCallback):
     # -- TrainingCallback ---------------------------------------------------------------------
     def before_training(self, model: xgboost.Booster) -> xgboost.Booster:
         """Open the trace and store the booster's configuration in its metadata."""
+        self._best_before = model.attr("best_iteration")
         self._failures.guard("opening the trace", lambda: self._open(model))
         return model
 
@@ -368,8 +370,10 @@ class DbgCallback(TrainingCallback):
                         stop_if(writer, self._live.loss(float(value), step))
 
     def _record_early_stopping(self, writer: TraceWriter, model: xgboost.Booster) -> None:
-        best = model.attr("best_iteration")  # set by the EarlyStopping callback only
-        if best is not None:
+        # Set by the EarlyStopping callback only, and kept by a booster trained on: only a
+        # value this training set counts.
+        best = model.attr("best_iteration")
+        if best is not None and best != self._best_before:
             writer.set_metadata(early_stopping={"best_step": int(best)})
 
     def _set_mode(self, set_name: str, set_names: list[str]) -> tuple[str, str]:

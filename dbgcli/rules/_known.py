@@ -88,10 +88,18 @@ _VALUE_WORDS = frozenset({"value", "values", "v", "wv", "qkv", "wqkv", "kv", "wk
 _PARAMETER_WORDS = frozenset(
     {"weight", "weights", "bias", "biases", "kernel", "grad", "grads", "gradient", "gradients"}
 )
-# The other words such a projection's name may have; a name with any other word is not one.
+# The other words such a projection's name may have; a name with any other word is not one
+# (diffusers' ``to_q``/``to_k``).
 _PROJECTION_WORDS = _PARAMETER_WORDS | frozenset(
     {"proj", "projection", "lin", "linear", "dense", "head", "net", "layer", "fc", "attn"}
-    | {"global", "pos", "norm"}
+    | {"global", "pos", "norm", "to"}
+)
+# Components that wrap a layer's parameter without being the layer: PEFT's LoRA adapters
+# (``q_proj.lora_A.default.weight``) and wrapped base layer (``q_proj.base_layer.weight``),
+# torch's parametrizations (``query.parametrizations.weight.original``) and pruning
+# (``query.weight_orig``).
+_WRAPPER_WORDS = frozenset(
+    {"lora", "a", "b", "default", "base", "layer", "parametrizations", "original", "orig"}
 )
 
 
@@ -110,8 +118,11 @@ def _query_key_sides(tag: str) -> frozenset[str]:
         return frozenset()
     components = _components(tag)
     # The module the parameter belongs to: ``q_lin`` in ``...q_lin.weight``, ``q`` in XLNet's
-    # ``rel_attn.q``, ``q_proj_weight`` in torch's MultiheadAttention.
-    module = next((c for c in reversed(components) if not set(c) <= _PARAMETER_WORDS), [])
+    # ``rel_attn.q``, ``q_proj_weight`` in torch's MultiheadAttention, ``q_proj`` in
+    # ``q_proj.lora_A.default.weight``.
+    module = next(
+        (c for c in reversed(components) if not set(c) <= _PARAMETER_WORDS | _WRAPPER_WORDS), []
+    )
     names = set(module)
     sides = frozenset(
         side

@@ -89,12 +89,18 @@ def _partner(labels: str, predictions: Sequence[TensorView]) -> TensorView | Non
 LANGUAGE_MODELLING = frozenset({"causal-lm", "masked-lm", "seq2seq-lm"})
 
 
+def _language_model(ctx: RuleContext) -> str | None:
+    """The run metadata's ``task`` when it names a language model."""
+    task = ctx.trace.metadata.get("task")
+    return task if isinstance(task, str) and task in LANGUAGE_MODELLING else None
+
+
 def _refuse_language_model(ctx: RuleContext) -> None:
     """Skip a class rule on a language model's labels: the next (or masked) tokens of a text
     follow the text's word frequencies, and even a perfect model cannot predict them all, so
     class balance and per-class precision say nothing about the run."""
-    task = ctx.trace.metadata.get("task")
-    if task in LANGUAGE_MODELLING:
+    task = _language_model(ctx)
+    if task is not None:
         raise RuleSkipped(
             f"the labels are the tokens of a language model (metadata task {task!r}), not classes"
         )
@@ -466,6 +472,8 @@ def _pair(step: int, ids: np.ndarray, predicted: np.ndarray | None) -> _LabelRec
 
 
 def _plan_class_ids(ctx: RuleContext, params: dict[str, Any]) -> Iterator[tuple[str, Derivation]]:
+    if _language_model(ctx) is not None:
+        return  # the class rules skip token labels
     for labels, predictions in _labelled(ctx):
         yield labels.tag, ClassIds()
         if predictions is not None:
@@ -488,12 +496,16 @@ def _records(count: int) -> str:
     return f"{count} record{'s' if count != 1 else ''}"
 
 
-def _judged_or_skipped(findings: list[Finding]) -> Iterator[Finding]:
-    """The findings, unless no stream could be judged (too few samples, or none recorded late
-    enough): then the rule is skipped instead."""
-    if findings and all(f.key in _NOT_JUDGED for f in findings):
-        raise RuleSkipped("; ".join(f"{f.tensor} ({f.mode}): {f.message}" for f in findings))
-    yield from findings
+def _judged_or_skipped(streams: list[list[Finding]]) -> Iterator[Finding]:
+    """The findings of every stream, unless no stream could be judged (each holds the info
+    finding that says why: too few samples, none recorded late enough): then the rule is
+    skipped with those reasons instead."""
+    if streams and all(any(f.key in _NOT_JUDGED for f in found) for found in streams):
+        raise RuleSkipped(
+            "; ".join(f"{f.tensor} ({f.mode}): {f.message}" for found in streams for f in found)
+        )
+    for found in streams:
+        yield from found
 
 
 # Keys of the info findings that say why a stream was not judged.
@@ -624,12 +636,16 @@ def class_imbalance(
             predictions the misprediction check uses.
     """
     _refuse_language_model(ctx)
-    findings: list[Finding] = []
-    for labels, predictions in _labelled(ctx):
-        for stream in _streams(labels, predictions):
-            findings += _imbalance(stream, threshold_imbalance, samples)
-            findings += _misprediction(stream, threshold_misprediction, samples)
-    yield from _judged_or_skipped(findings)
+    yield from _judged_or_skipped(
+        [
+            [
+                *_imbalance(stream, threshold_imbalance, samples),
+                *_misprediction(stream, threshold_misprediction, samples),
+            ]
+            for labels, predictions in _labelled(ctx)
+            for stream in _streams(labels, predictions)
+        ]
+    )
 
 
 def _imbalance(stream: _Stream, threshold: float, samples: int) -> Iterator[Finding]:
@@ -797,11 +813,14 @@ def input_not_normalized(
     channels are the same size, so the pooled mean is the mean of the channel means and the
     pooled variance lies between the mean of the channel variances and that plus the largest
     squared channel mean. A pooled ``|mean| > threshold_mean``, a pooled std below
-    ``1/max_std_ratio`` or above ``sqrt(max_std_ratio² + threshold_mean²)`` therefore proves
+    ``1/max_std_ratio`` or above ``sqrt(max_std_ratio² + threshold_mean²)`` therefore shows
     some channel outside the bars (``extra["whole"]``; pixels in [0, 255] are the usual
-    case); what only a channel-by-channel look could show needs full tensors. Tabular and
-    sequence inputs are not judged so: one-hot and bag-of-words features, which are left
-    alone below, would pool to a small std.
+    case), or a constant channel, which the channel-by-channel look ignores (an alpha channel
+    of ones beside standardised colours pools off-centre); what only that look could show
+    needs full tensors. Binarised images (every value 0 or 1, which the records' min, max,
+    mean and share of positive values reveal) are not judged as a whole, nor are tabular and
+    sequence inputs: one-hot and bag-of-words features, left alone below, would pool to a
+    small std.
 
     Channels whose values never vary (std 0: padding, constant features) are ignored: there is
     nothing to standardise. So are indicators, channels whose every value is 0 or 1 (one-hot
@@ -835,54 +854,62 @@ def input_not_normalized(
         raise RuleConfigError(f"DBG602 max_std_ratio must be >= 1, got {max_std_ratio:g}")
     derivation = ChannelMoments(ctx.start, ctx.stop, ctx.mode)
 
-    def judge() -> Iterator[Finding]:
-        for view in _float_inputs(ctx):
-            table: ChannelMomentTable = view.derive(derivation)
-            for code in view.mode_codes:
-                mine = view.modes == code
-                counts = table.samples[view.records[mine]]
-                read = counts > 0
-                mode = schema.MODES[int(code)]
-                seen = int(counts[read].sum())
-                if seen < samples:
-                    pooled = _pooled(view, mine) if _image(view) else None
-                    if pooled is not None and pooled.samples >= samples:
-                        yield from _whole_normalisation(
-                            pooled, view, mode, threshold_mean, max_std_ratio, seen
-                        )
-                    elif read.any():
-                        steps = [int(s) for s in view.steps[mine][read]]
-                        yield _too_few(
-                            view.tag, mode, steps, seen, samples, "samples", "input normalisation"
-                        )
-                    continue
-                counts, steps = counts[read], [int(s) for s in view.steps[mine][read]]
-                # The inputs were so from their first record, whenever enough samples made
-                # that certain.
-                where: dict[str, Any] = {
-                    "tensor": view.tag,
-                    "first_step": steps[0],
-                    "last_step": steps[-1],
-                    "steps": len(steps),
-                    "mode": mode,
-                }
-                seen_text = f"{seen} samples in {_records(len(steps))} with full tensors"
-                yield from _normalisation(
-                    table.moments[int(code)],
-                    table.unit,
-                    threshold_mean,
-                    max_std_ratio,
-                    seen_text,
-                    where,
+    def judge(view: TensorView, table: ChannelMomentTable, code: int) -> Iterator[Finding]:
+        mine = view.modes == code
+        counts = table.samples[view.records[mine]]
+        read = counts > 0
+        mode = schema.MODES[int(code)]
+        seen = int(counts[read].sum())
+        if seen < samples:
+            pooled = _pooled(view, mine) if _image(view) else None
+            if pooled is not None and pooled.samples >= samples:
+                yield from _whole_normalisation(
+                    pooled, view, mode, threshold_mean, max_std_ratio, seen
                 )
+            elif pooled is not None:
+                yield _too_few(
+                    view.tag,
+                    mode,
+                    pooled.steps,
+                    pooled.samples,
+                    samples,
+                    "samples (in statistics; fewer with full tensors)",
+                    "input normalisation",
+                )
+            elif read.any():
+                steps = [int(s) for s in view.steps[mine][read]]
+                yield _too_few(
+                    view.tag, mode, steps, seen, samples, "samples", "input normalisation"
+                )
+            return
+        counts, steps = counts[read], [int(s) for s in view.steps[mine][read]]
+        # The inputs were so from their first record, whenever enough samples made that
+        # certain.
+        where: dict[str, Any] = {
+            "tensor": view.tag,
+            "first_step": steps[0],
+            "last_step": steps[-1],
+            "steps": len(steps),
+            "mode": mode,
+        }
+        seen_text = f"{seen} samples in {_records(len(steps))} with full tensors"
+        yield from _normalisation(
+            table.moments[int(code)], table.unit, threshold_mean, max_std_ratio, seen_text, where
+        )
 
-    yield from _judged_or_skipped(list(judge()))
+    yield from _judged_or_skipped(
+        [
+            list(judge(view, view.derive(derivation), code))
+            for view in _float_inputs(ctx)
+            for code in view.mode_codes
+        ]
+    )
 
 
 @dataclass(frozen=True)
 class _Pooled:
-    """Mean and population std of every finite value of an input's records of one mode, from
-    their statistics rows (Chan's merge), and the samples and steps they hold."""
+    """Mean and population std of every finite value of an input's records of one mode,
+    pooled from their statistics rows, and the samples and steps they hold."""
 
     mean: float
     std: float
@@ -891,10 +918,21 @@ class _Pooled:
 
 
 def _pooled(view: TensorView, mine: np.ndarray) -> _Pooled | None:
-    finite, mean, std = (view.stat(name)[mine] for name in ("finite_count", "mean", "std"))
+    """None when nothing is finite, or when the records show an indicator (every value 0 or
+    1: between 0 and 1, and the share of positive values is the mean), which the
+    channel-by-channel judgement leaves alone."""
+    finite, mean, std, low, high, positive = (
+        view.stat(name)[mine] for name in ("finite_count", "mean", "std", "min", "max", "pos_frac")
+    )
     use = (finite > 0) & np.isfinite(mean) & np.isfinite(std)
     total = float(finite[use].sum())
     if not total:
+        return None
+    if (
+        (low[use] >= 0).all()
+        and (high[use] <= 1).all()
+        and np.allclose(mean[use], positive[use] * view.stat("count")[mine][use] / finite[use])
+    ):
         return None
     centre = float((finite[use] * mean[use]).sum() / total)
     spread = finite[use] * (std[use] ** 2 + (mean[use] - centre) ** 2)
@@ -1175,11 +1213,12 @@ def classifier_confusion(
     records (else predict), and only on the records in the last ``tail_fraction`` of that
     mode's step range (``step >= last - tail_fraction * (last - first)``, always including the
     last record); ``tail_fraction=1`` gives SageMaker's accumulation over everything.
-    When the latest record lies in the first half of the run (the trace's timeline, after
-    the filters: a short run whose only full tensors are those of step 0, kept every
-    ``raw_every`` steps), the model training ends with was not recorded, and judging an
-    untrained one would report every run, so the stream gets an info finding (key
-    ``too-early``) instead. The counted records must hold at least ``samples`` labelled
+    A mode whose latest record lies in the first half of the run (the trace's timeline after
+    the filters, else the steps of all its series) holds no model that training ends with:
+    an evaluation before training, or a short run whose only full tensors are step 0's, kept
+    every ``raw_every`` steps. The next mode in that order is judged instead, and when every
+    mode is so early the stream gets an info finding (key ``too-early``): judging an
+    untrained model would report every run. The counted records must hold at least ``samples`` labelled
     predictions (DBG601's default, SageMaker Debugger's ClassImbalance wait): when the tail
     holds fewer, it is widened to the latest records of the run's second half that do, and
     with fewer in all of them the stream gets an info finding (key
@@ -1219,25 +1258,42 @@ def classifier_confusion(
     if not 0 < tail_fraction <= 1:
         raise RuleConfigError(f"DBG604 tail_fraction must be in (0, 1], got {tail_fraction:g}")
     _refuse_language_model(ctx)
-    run = _run_steps(ctx)
-    findings: list[Finding] = []
+    middle = _run_middle(ctx)
+    judged: list[list[Finding]] = []
     for labels, predictions in _labelled(ctx):
         if predictions is None:
             continue
         streams = {s.mode: s for s in _streams(labels, predictions) if s.paired}
-        mode = next((m for m in _MODE_PREFERENCE if m in streams), None)
-        if mode is not None:
-            findings += _confusion(
-                streams[mode], category_no, min_diag, max_off_diag, tail_fraction, samples, run
+        preferred = [streams[m] for m in _MODE_PREFERENCE if m in streams]
+        # Held-out records first, unless they all come from the first half of the run (an
+        # evaluation before training) while another mode's do not.
+        late = [s for s in preferred if s.paired[-1].step >= middle]
+        if preferred:
+            stream = (late or preferred)[0]
+            judged.append(
+                list(
+                    _confusion(
+                        stream, category_no, min_diag, max_off_diag, tail_fraction, samples, middle
+                    )
+                )
             )
-    yield from _judged_or_skipped(findings)
+    yield from _judged_or_skipped(judged)
 
 
-def _run_steps(ctx: RuleContext) -> tuple[int, int] | None:
-    """First and last step of the run (its timeline, after the filters), if it has one."""
+def _run_middle(ctx: RuleContext) -> float:
+    """The midpoint of the run's steps, after the filters: of its timeline, else of the steps
+    of every series (a trace written by hand may have no timeline)."""
     timeline = ctx.trace.timeline()
     steps = timeline.steps[ctx.keep(timeline.steps, timeline.modes)]
-    return (int(steps.min()), int(steps.max())) if steps.size else None
+    if not steps.size:
+        ranges = []
+        for info in ctx.trace.tags():
+            indexed, modes = ctx.trace.index(info.tag)
+            kept = indexed[ctx.keep(indexed, modes)]
+            if kept.size:
+                ranges += [int(kept.min()), int(kept.max())]
+        steps = np.asarray(ranges)
+    return (float(steps.min()) + float(steps.max())) / 2 if steps.size else -np.inf
 
 
 def _confusion(
@@ -1247,10 +1303,9 @@ def _confusion(
     max_off_diag: float,
     tail_fraction: float,
     samples: int,
-    run: tuple[int, int] | None,
+    middle: float,
 ) -> Iterator[Finding]:
     paired = stream.paired
-    middle = paired[0].step if run is None else (run[0] + run[1]) / 2
     if paired[-1].step < middle:
         yield _too_early(stream, paired, middle)
         return

@@ -96,8 +96,9 @@ def vanishing_gradient(
     (``attention``, ``attn``, ``self``, ``SelfAttention``, ``mha``): ``query``/``key``
     (BERT), ``query_proj`` (DeBERTa), ``q_proj``/``k_proj`` (BART, GPT-J, Llama, CLIP...),
     ``q_lin``/``k_lin`` (DistilBERT, XLM), ``q``/``k`` (T5, MPNet), ``Wq``/``Wk`` (CTRL),
-    ``q_head`` (Funnel), ``query_key`` (Reformer's shared projection), QK-norm's
-    ``q_norm``/``k_norm``; their key biases get no gradient at all (softmax ignores a shift
+    ``q_head`` (Funnel), ``to_q``/``to_k`` (diffusers), ``query_key`` (Reformer's shared
+    projection), QK-norm's ``q_norm``/``k_norm``, and PEFT's LoRA adapters and wrapped base
+    layers of those (``q_proj.lora_A.default.weight``); their key biases get no gradient at all (softmax ignores a shift
     shared by every key). A fused projection that computes the values too
     (``query_key_value``, ``qkv``, ``kv``, ``Wqkv``, GPT-2's ``c_attn``, torch's
     ``in_proj_weight``) is judged like any layer: the values' part of its gradient does not
@@ -266,17 +267,16 @@ def exploding_gradient(
       from counting as an explosion. One jump is enough: a single corrupted batch throws
       the weights as far as a sustained explosion does. Attention projections that compute
       queries or keys alone (named as ``vanishing-gradient`` lists: ``query``, ``q_proj``,
-      ``q_lin``, T5's ``q``...) are not judged for growth: their gradient starts near zero
-      while attention is uniform and grows by orders of magnitude as attention learns (a
-      healthy DistilBERT fine-tune: ``q_lin`` and ``k_lin`` rise up to 1,200 times over
-      their median by step 90, to up to 9 times the ``v_lin`` gradient they started 25
-      times below), and their key biases' gradient is rounding noise around zero. Fused
-      query-key-value projections are judged: their norm is never below the values' part,
-      which is an ordinary layer's gradient from the first step, so attention switching on
-      lifts it only by the factor the query and key parts come to exceed the values' part
-      by (9 at most in that run), not from near zero. No floor is needed for other gradients
-      that are zero by construction (a bias feeding a BatchNorm): their rounding noise is
-      proportional to the gradients it is computed from, so it jumps only when those do.
+      ``q_lin``, T5's ``q``, their LoRA adapters...) are not judged for growth: their
+      gradient starts near zero while attention is uniform and grows by orders of magnitude
+      as attention learns (from below the value projection's to above it), and their key
+      biases' gradient is rounding noise around zero. Fused query-key-value projections are
+      judged: their norm is never below the values' part, which is an ordinary layer's
+      gradient from the first step, so attention switching on lifts it only by the factor
+      the query and key parts come to exceed the values' part by, not from near zero. No
+      floor is needed for other gradients that are zero by construction (a bias feeding a
+      BatchNorm): their rounding noise is proportional to the gradients it is computed from,
+      so it jumps only when those do.
     * **magnitude** (warning): ``mean(|g|) > max_abs_mean`` (TheDeepChecker's bound).
 
     Why it matters: exploding gradients throw the weights far from any useful region in one

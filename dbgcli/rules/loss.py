@@ -784,13 +784,14 @@ def overtraining(
     One finding per run of violating evaluations; the value is the largest number of
     evaluations since the validation optimum, whose step is in ``extra["best_step"]``.
 
-    A run under early stopping is not judged: when the run metadata holds ``early_stopping``
-    (a JSON object; the XGBoost, Hugging Face and Lightning integrations record it when
-    early stopping is in effect, with what they know of ``monitor``, ``patience`` and
-    ``best_step``), the evaluations after the optimum are the patience the user chose
-    (``early_stopping_rounds=30`` is 30 of them, beyond ``patience_validation``) and the
-    optimum is known, which is this rule's fix; the rule is reported as skipped with that
-    reason.
+    A run under early stopping on its loss is not judged: when the run metadata holds
+    ``early_stopping`` (a JSON object; the XGBoost, Hugging Face and Lightning integrations
+    record it when early stopping is in effect, with what they know of ``monitor``,
+    ``patience`` and ``best_step``) whose ``monitor`` is a loss or unknown, the evaluations
+    after the optimum are the patience the user chose (``early_stopping_rounds=30`` is 30 of
+    them, beyond ``patience_validation``) and the optimum is known, which is this rule's fix;
+    the rule is reported as skipped with that reason. Early stopping on another metric
+    (accuracy) does not stop a loss that climbs, and the rule judges the run.
 
     Why it matters: every step after the validation optimum costs compute and moves the model
     towards memorising its training set; the checkpoint to keep is the one at the optimum.
@@ -812,11 +813,15 @@ def overtraining(
     """
     _positive("DBG304", patience_train=patience_train, patience_validation=patience_validation)
     stopping = ctx.trace.metadata.get("early_stopping")
-    if isinstance(stopping, Mapping):
+    monitor = stopping.get("monitor") if isinstance(stopping, Mapping) else None
+    if isinstance(stopping, Mapping) and (
+        monitor is None
+        or (isinstance(monitor, str) and roles.scalar_meaning(monitor).quantity == "loss")
+    ):
         best = stopping.get("best_step")
         raise RuleSkipped(
             "early stopping watched the run (metadata early_stopping"
-            f"{f', best at step {best}' if isinstance(best, int) else ''}): the evaluations "
+            f"{f', best at step {best}' if type(best) is int else ''}): the evaluations "
             "after the optimum were its patience"
         )
     train, evals = ctx.loss("train"), ctx.loss("eval")

@@ -670,6 +670,7 @@ class TorchHook:
 
         def write() -> None:
             at_mode, at_step = self._where(mode, step)
+            self._queue_finished_losses(at_step)
             if isinstance(value, numbers.Number) and self._others_waiting(at_mode, at_step):
                 # Behind them in the queue: no waiting for a device, and the order is kept.
                 self._queue.append(_CallersScalar(tag, value, at_step, at_mode))
@@ -1064,25 +1065,32 @@ class TorchHook:
         (TraceWriter.late_records): a record the caller writes at once must not overtake
         those, or their steps are lost from the timeline (and a mode seen in between would
         get a second row for its step). Records of ``(mode, step)`` itself may wait: the
-        step's row is made by whichever comes first. Losses still averaged over earlier steps
-        are queued first: their passes are over."""
-        if self._pending_loss:
-            self._write_pending_loss(lambda _, pending: pending.step < step)
+        step's row is made by whichever comes first."""
         for records in (self._queue, *(queued for _, queued in self._in_flight)):
             for record in records:
                 if record.step != step or record.mode != mode:
                     return True
+        return self._others_held(mode, step)
+
+    def _others_held(self, mode: str, step: int) -> bool:
         return any(held.step != step or held.mode != mode for held in self._held)
+
+    def _queue_finished_losses(self, step: int) -> None:
+        """Queue the losses still averaged over steps before ``step``: their passes are over."""
+        if self._pending_loss:
+            self._write_pending_loss(lambda _, pending: pending.step < step)
 
     def _catch_up(self, mode: str, step: int) -> None:
         """Hand every record of another step or mode over to the writer, before the caller
         writes one at ``(mode, step)`` at once (see :meth:`_others_waiting`). Waits for a
         device's transfer: the caller's tensor, copied to the host next, would wait as long.
-        Activations of the pass under way stay held: they are of ``(mode, step)``."""
+        Held activations stay held while all are of ``(mode, step)``, the pass under way;
+        once one is of another pass, all are reduced and handed over."""
         try:
+            self._queue_finished_losses(step)
             if not self._others_waiting(mode, step):
                 return
-            if any(held.step != step or held.mode != mode for held in self._held):
+            if self._others_held(mode, step):
                 self._reduce_held()
             self._start_transfer()
             self._hand_over(wait=True)

@@ -159,11 +159,20 @@ def test_early_stopping_is_noted_and_spares_the_rounds_it_waited_through(
     overtraining = analyze_path(stopped, select=("DBG304",)).results[0]
     assert overtraining.status is RuleStatus.skipped
     assert f"best at step {booster.best_iteration}" in overtraining.reason
-    # Without early stopping nothing is noted.
-    plain = tmp_path / "plain.h5"
+    # Without early stopping nothing is noted, also when training goes on from a booster that
+    # early stopping left its best_iteration on.
+    plain, more = tmp_path / "plain.h5", tmp_path / "more.h5"
     train([DbgCallback(plain)])
-    with open_trace(plain) as trace:
-        assert "early_stopping" not in trace.metadata
+    xgb.train(
+        {"max_depth": 8},
+        dtrain,
+        num_boost_round=5,
+        xgb_model=booster,
+        callbacks=[DbgCallback(more)],
+    )
+    for path in (plain, more):
+        with open_trace(path) as trace:
+            assert "early_stopping" not in trace.metadata
 
 
 def test_multiclass_parallel_trees_and_more_eval_sets(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 
@@ -356,6 +357,19 @@ def test_input_not_normalized_judges_images_as_a_whole_without_enough_full_tenso
     )
     balanced = make_trace(tensors=images(40, shift=(0.5, -0.5, 0.0)), raw_every=100)
     assert run_rule(balanced, "DBG602").status is RuleStatus.passed
+    # Binarised images are indicators: left alone channel by channel, and not judged as a
+    # whole (the records' statistics show it).
+    rng = np.random.default_rng(19)
+    binary = {"inputs": {"values": [(rng.random((16, 1, 8, 8)) < 0.3) * 1.0 for _ in range(40)]}}
+    binary["inputs"]["collection"] = "inputs"
+    assert run_rule(make_trace(tensors=binary), "DBG602").status is RuleStatus.passed
+    result = run_rule(make_trace(tensors=binary, raw_every=100), "DBG602")
+    assert result.status is RuleStatus.skipped and "only 16 samples" in result.reason
+    # Statistics of fewer than 500 images, and no full tensor at all: not judged, and said so.
+    few = make_trace(tensors=images(10, shift=(100.0, 100.0, 100.0)), raw_every=0)
+    result = run_rule(few, "DBG602")
+    assert result.status is RuleStatus.skipped
+    assert "only 160 samples (in statistics; fewer with full tensors)" in result.reason
     # Tabular inputs are not judged as a whole: one-hot features would pool to a small std.
     rng = np.random.default_rng(18)
     onehot = [np.eye(50)[rng.integers(0, 50, size=32)].astype(np.float32) for _ in range(40)]
@@ -583,10 +597,46 @@ def test_confusion_is_not_judged_on_an_untrained_model(make_trace) -> None:
     assert keyed(run_rule(later, "DBG604"), "diagonal")
 
 
+def test_confusion_judges_a_late_mode_and_is_skipped_only_when_no_stream_is_judged(
+    make_trace,
+) -> None:
+    # An evaluation before training (step 0) and the training batches of the run's second
+    # half, whose predictions are wrong three times in four: the train records are judged.
+    early_eval = classifier([0.25], batch=600, seed=23, mode="eval", steps=[0])
+    late_train = classifier([0.25] * 10, batch=64, seed=24, steps=list(range(60, 100, 4)))
+    path = make_trace(
+        scalars={"loss": np.linspace(2.0, 0.1, 100)}, tensors=modes(early_eval, late_train)
+    )
+    (finding,) = keyed(run_rule(path, "DBG604"), "diagonal")
+    assert finding.mode == "train" and finding.first_step >= 60
+    # Two streams: one judged and fine, one too small. The rule passes, with the reason of the
+    # other as an info finding.
+    good = classifier([1.0] * 10, batch=128, seed=25)
+    tiny = classifier([1.0], batch=10, seed=26, steps=[9])
+    tensors = {**good, **{f"b/{tag}": spec for tag, spec in tiny.items()}}
+    result = run_rule(make_trace(tensors=tensors), "DBG604")
+    assert result.status is not RuleStatus.skipped
+    assert [f.key for f in result.findings] == ["too-few-samples"]
+
+
+def test_confusion_without_a_timeline_uses_the_steps_of_the_series(make_trace) -> None:
+    # A trace written by hand without a timeline: the labels' and loss's steps span the run.
+    untrained = classifier([0.25], batch=1000, seed=27)
+    path = make_trace(scalars={"loss": np.linspace(2.0, 0.1, 100)}, tensors=untrained)
+    with h5py.File(path, "a") as file:
+        del file["timeline"]
+    result = run_rule(path, "DBG604")
+    assert result.status is RuleStatus.skipped and "first half of the run" in result.reason
+
+
 def test_class_rules_skip_the_token_labels_of_a_language_model(make_trace) -> None:
     tensors = classifier([0.25] * 10, classes=50, batch=100, seed=22)
     plain = make_trace(tensors=tensors)
     assert keyed(run_rule(plain, "DBG604"), "diagonal")
+    # A task of another type in a hand-written trace is no language model, and no crash.
+    assert keyed(
+        run_rule(make_trace(tensors=tensors, metadata={"task": ["x"]}), "DBG604"), "diagonal"
+    )
     language_model = make_trace(tensors=tensors, metadata={"task": "causal-lm"})
     for rule_id in ("DBG601", "DBG604"):
         result = run_rule(language_model, rule_id)

@@ -241,8 +241,9 @@ def test_exploding_judges_sparse_records_after_the_first_window_of_steps(make_tr
 
 
 def attention_switching_on(steps: int = 40, seed: int = 4) -> tuple[list, list, list]:
-    """Per-step gradients of one attention layer as a healthy fine-tune records them (the
-    DistilBERT run of /tmp/explore, recorded every 10th step): the query/key gradient starts
+    """Per-step gradients of one attention layer shaped as a healthy DistilBERT fine-tune
+    records them every 10th step (as in the corpus's hf-distilbert/healthy): the query/key
+    gradient starts
     25 times below the value gradient and rises about 4,000 times as attention switches on,
     to a few times the value gradient; the key bias's is rounding noise 1e-8 times the key
     weight's. Returns the query/key, value and key-bias gradients."""

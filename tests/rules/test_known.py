@@ -38,6 +38,12 @@ QUERY_OR_KEY = [
     "encoder.layers.0.attention.self_attention.query_key.weight",  # Reformer (shared)
     "model.layers.0.self_attn.k_norm.weight",  # QK-norm (Qwen3, OLMo2)
     "blocks.0.attn.q.weight",  # PVT's separate query
+    "model.layers.0.self_attn.q_proj.lora_A.default.weight",  # PEFT's LoRA on q_proj
+    "model.layers.0.self_attn.k_proj.lora_B.weight",
+    "model.layers.0.self_attn.q_proj.base_layer.weight",  # PEFT's wrapped base layer
+    "bert.encoder.layer.0.attention.self.query.weight_orig",  # torch's pruning
+    "bert.encoder.layer.0.attention.self.query.parametrizations.weight.original",
+    "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight",  # diffusers
     "encoder.layers.0.self_attn.q_proj_weight",  # nn.MultiheadAttention with kdim
     "multi_head_attention/key/kernel:0",  # Keras
     # Gradients as people name them by hand (the calibration corpus's conventions).
@@ -57,6 +63,8 @@ NOT_QUERY_OR_KEY = [
     "gpt_neox.layers.0.attention.query_key_value.weight",
     "transformer.h.0.self_attention.query_key_value.bias",  # BLOOM, Falcon
     "transformer.h.0.attn.c_attn.weight",  # GPT-2
+    "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_qkv.weight",  # diffusers, fused
+    "model.layers.0.self_attn.v_proj.lora_A.default.weight",  # LoRA on the values
     "blocks.0.attn.qkv.weight",  # timm
     "blocks.0.attn.kv.weight",  # PVT
     "transformer.blocks.0.attn.Wqkv.weight",  # MPT

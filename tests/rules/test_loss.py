@@ -357,6 +357,10 @@ def test_overtraining_not_judged_under_early_stopping(make_trace) -> None:
         "early stopping watched the run (metadata early_stopping, best at step 300): the "
         "evaluations after the optimum were its patience"
     )
+    # Early stopping on the accuracy lets the loss climb: judged.
+    on_accuracy = {"early_stopping": {"monitor": "val_acc", "patience": 30}}
+    result = run_rule(make_trace(scalars=overtraining_run(), metadata=on_accuracy), "DBG304")
+    assert keyed(result, "validation-stalled")
 
 
 def test_overtraining_skipped_without_an_eval_loss(make_trace) -> None:

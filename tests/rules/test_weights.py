@@ -403,8 +403,8 @@ def test_learning_rate_decayed_to_nothing_early(make_trace) -> None:
 
 def vit_run(path: Path) -> Path:
     """A real PyTorch run of a tiny ViT-style encoder, 30 steps: a positional table ``pos``
-    and a ``cls_token`` registered at zero, a LayerScale ``gamma`` at 1e-5 (as timm, CaiT and
-    the run of /tmp/explore do), and one ``nn.Linear`` whose weight is zeroed by mistake."""
+    and a ``cls_token`` registered at zero, a LayerScale ``gamma`` at 1e-5 (as timm and CaiT
+    do), and one ``nn.Linear`` whose weight is zeroed by mistake."""
     torch = pytest.importorskip("torch")
     from torch import nn
 
