@@ -153,6 +153,16 @@ def _json_depth(tree_json: str) -> int:
     return deepest
 
 
+def _task(objective: str) -> dict[str, str]:
+    """The run metadata's ``task`` for an objective whose labels are no classes: the class
+    rules skip them, and whole-number targets (counts, prices) do not read as class ids.
+    ``reg:logistic`` regresses probabilities of 0/1 labels and is left to the data."""
+    kind = objective.partition(":")[0]
+    if kind in ("reg", "count", "survival") and objective != "reg:logistic":
+        return {"task": "regression"}
+    return {"task": "ranking"} if kind == "rank" else {}
+
+
 class DbgCallback(TrainingCallback):
     """Records each boosting round: metrics, depth of the new trees, feature importance.
 
@@ -171,7 +181,9 @@ class DbgCallback(TrainingCallback):
     * with ``data``: ``labels`` and ``predictions`` of that DMatrix (collections of those
       names), in full, every ``raw_every`` rounds and after the last round (the data rules
       judge the model training ends with);
-    * in the metadata, ``early_stopping`` with the best round (``best_step``) when early
+    * in the metadata, ``task`` (``regression`` for ``reg:``, ``count:`` and ``survival:``
+      objectives, ``ranking`` for ``rank:``), so that the class rules leave whole-number
+      targets alone, and ``early_stopping`` with the best round (``best_step``) when early
       stopping was in effect (``early_stopping_rounds``): DBG304 overtraining does not judge
       the rounds early stopping waited through.
 
@@ -330,7 +342,9 @@ class DbgCallback(TrainingCallback):
         config = json.loads(model.save_config())
         booster = config.get("learner", {}).get("gradient_booster", {}).get("name")
         self._has_trees = booster != "gblinear"  # no depth, no importance by split
+        objective = config.get("learner", {}).get("objective", {}).get("name", "")
         metadata: dict[str, Any] = {
+            **_task(objective),
             **self.metadata,
             "xgboost_version": xgboost.__version__,
             "xgboost_config": config,

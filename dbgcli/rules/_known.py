@@ -259,3 +259,23 @@ def loss_fraction(ctx: RuleContext, steps: np.ndarray, window: int = 10) -> np.n
         means = (sums[ends] - sums[begins]) / (ends - begins)
     fraction: np.ndarray = np.where(ends > 0, means / values[0], np.nan)
     return fraction
+
+
+#: Values of the run metadata key ``task`` whose labels are the tokens of a text, not classes.
+LANGUAGE_MODELLING = frozenset({"causal-lm", "masked-lm", "seq2seq-lm"})
+#: Values of ``task`` whose labels are quantities or orders, not classes.
+NOT_CLASSIFICATION = frozenset({"regression", "ranking"})
+
+
+def unclassed_labels(ctx: RuleContext) -> str | None:
+    """What the labels are when the run metadata's ``task`` says they are no classes: a
+    language model's tokens, or the targets of a regression or ranking (whole-number targets,
+    counts or prices, would otherwise read as class ids)."""
+    task = ctx.trace.metadata.get("task")
+    if not isinstance(task, str):
+        return None
+    if task in LANGUAGE_MODELLING:
+        return f"the tokens of a language model (metadata task {task!r})"
+    if task in NOT_CLASSIFICATION:
+        return f"the targets of a {task} (metadata task {task!r})"
+    return None

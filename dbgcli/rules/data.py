@@ -31,6 +31,7 @@ import numpy as np
 from dbgcli.errors import RuleConfigError, RuleSkipped
 from dbgcli.findings import Finding, Severity
 from dbgcli.rules._context import Episode, RuleContext, TensorView, episode_findings
+from dbgcli.rules._known import unclassed_labels
 from dbgcli.rules._registry import Need, rule
 from dbgcli.trace import schema
 from dbgcli.trace.derive import Accumulator, Derivation
@@ -85,25 +86,14 @@ def _partner(labels: str, predictions: Sequence[TensorView]) -> TensorView | Non
     return predictions[0] if len(predictions) == 1 else None
 
 
-#: Values of the run metadata key ``task`` whose labels are the tokens of a text, not classes.
-LANGUAGE_MODELLING = frozenset({"causal-lm", "masked-lm", "seq2seq-lm"})
-
-
-def _language_model(ctx: RuleContext) -> str | None:
-    """The run metadata's ``task`` when it names a language model."""
-    task = ctx.trace.metadata.get("task")
-    return task if isinstance(task, str) and task in LANGUAGE_MODELLING else None
-
-
-def _refuse_language_model(ctx: RuleContext) -> None:
-    """Skip a class rule on a language model's labels: the next (or masked) tokens of a text
-    follow the text's word frequencies, and even a perfect model cannot predict them all, so
-    class balance and per-class precision say nothing about the run."""
-    task = _language_model(ctx)
-    if task is not None:
-        raise RuleSkipped(
-            f"the labels are the tokens of a language model (metadata task {task!r}), not classes"
-        )
+def _refuse_unclassed(ctx: RuleContext) -> None:
+    """Skip a class rule on labels that are no classes: the next (or masked) tokens of a text
+    follow the text's word frequencies, and even a perfect model cannot predict them all;
+    regression targets are quantities. Class balance and per-class precision say nothing
+    about either."""
+    labels = unclassed_labels(ctx)
+    if labels is not None:
+        raise RuleSkipped(f"the labels are {labels}, not classes")
 
 
 def _labelled(ctx: RuleContext) -> list[tuple[TensorView, TensorView | None]]:
@@ -472,8 +462,8 @@ def _pair(step: int, ids: np.ndarray, predicted: np.ndarray | None) -> _LabelRec
 
 
 def _plan_class_ids(ctx: RuleContext, params: dict[str, Any]) -> Iterator[tuple[str, Derivation]]:
-    if _language_model(ctx) is not None:
-        return  # the class rules skip token labels
+    if unclassed_labels(ctx) is not None:
+        return  # the class rules skip them
     for labels, predictions in _labelled(ctx):
         yield labels.tag, ClassIds()
         if predictions is not None:
@@ -615,7 +605,8 @@ def class_imbalance(
       outputs turned to NaN is not judged on its first steps instead. Fewer than ``samples``
       labelled predictions in the whole trace: not judged.
 
-    Skipped for a language model's token labels (run metadata ``task``, see DBG604).
+    Skipped for a language model's token labels and a regression's targets (run metadata
+    ``task``, see DBG604).
 
     Why it matters: a model trained on imbalanced classes learns to favour the frequent ones;
     accuracy looks fine while the rare classes (often the ones that matter) are missed.
@@ -635,7 +626,7 @@ def class_imbalance(
         samples: Labels needed before judging, and the size of the latest window of labelled
             predictions the misprediction check uses.
     """
-    _refuse_language_model(ctx)
+    _refuse_unclassed(ctx)
     yield from _judged_or_skipped(
         [
             [
@@ -1227,10 +1218,12 @@ def classifier_confusion(
     is reported as skipped with the reason. Samples whose prediction is non-finite are left out (a window where
     every prediction is non-finite is not judged: that is a job for the non-finite rules).
 
-    Language models are not judged: when the run metadata's ``task`` is ``causal-lm``,
-    ``masked-lm`` or ``seq2seq-lm`` (the Hugging Face callback sets it from the model class),
-    the labels are the tokens of a text, whose frequencies are the text's and which even a
-    perfect model cannot all predict, and the rule is skipped, as is DBG601.
+    Language models and regressions are not judged: when the run metadata's ``task`` is
+    ``causal-lm``, ``masked-lm`` or ``seq2seq-lm`` (the Hugging Face callback sets it from
+    the model class), the labels are the tokens of a text, whose frequencies are the text's
+    and which even a perfect model cannot all predict; when it is ``regression`` or
+    ``ranking`` (the XGBoost callback sets it from the objective), they are quantities,
+    whole numbers or not. The rule is then skipped, as is DBG601.
 
     Severity is warning: a model below 90 % precision on some class is a quality problem, not
     a broken training run, and many healthy models on hard tasks never reach it.
@@ -1257,7 +1250,7 @@ def classifier_confusion(
         raise RuleConfigError(f"DBG604 category_no must be at least 2, got {category_no}")
     if not 0 < tail_fraction <= 1:
         raise RuleConfigError(f"DBG604 tail_fraction must be in (0, 1], got {tail_fraction:g}")
-    _refuse_language_model(ctx)
+    _refuse_unclassed(ctx)
     middle = _run_middle(ctx)
     judged: list[list[Finding]] = []
     for labels, predictions in _labelled(ctx):

@@ -19,7 +19,7 @@ from dbgcli.rules._context import (
     episodes,
     sustained,
 )
-from dbgcli.rules._known import STARVED_LR, lr_below
+from dbgcli.rules._known import STARVED_LR, lr_below, unclassed_labels
 from dbgcli.rules._registry import Need, rule
 from dbgcli.trace import roles, schema
 from dbgcli.trace.reader import Series
@@ -642,10 +642,13 @@ _NOT_CONVERGED_ACCURACY = 0.6
 
 
 def class_count(ctx: RuleContext) -> int | None:
-    """The number of classes of a classifier (None when unknown or below 2): from the run
-    metadata (``num_classes``, ``num_labels``, ``n_classes``, also among the
+    """The number of classes of a classifier (None when unknown or below 2, and when the run
+    metadata's ``task`` says the labels are no classes: a language model, a regression): from
+    the run metadata (``num_classes``, ``num_labels``, ``n_classes``, also among the
     hyperparameters), else the width of the predictions' class axis, else the largest class
     id among the labels plus one."""
+    if unclassed_labels(ctx) is not None:
+        return None
     metadata = ctx.trace.metadata
     for source in (metadata, metadata.get("hyperparameters")):
         if isinstance(source, dict):

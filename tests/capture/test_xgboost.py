@@ -175,6 +175,38 @@ def test_early_stopping_is_noted_and_spares_the_rounds_it_waited_through(
             assert "early_stopping" not in trace.metadata
 
 
+def test_a_regression_on_whole_numbers_is_no_classification(
+    tmp_path: Path, no_dbg_warnings: None
+) -> None:
+    # Counts as targets: whole numbers that would read as some hundred class ids.
+    x, _ = make_data(2)
+    counts = np.round(np.exp(1 + x[:, 0] + 0.5 * x[:, 1])).astype(np.float32)
+    path = tmp_path / "counts.h5"
+    dtrain = xgb.DMatrix(x, label=counts)
+    xgb.train(
+        {"objective": "reg:squarederror", "max_depth": 3, "seed": 0},
+        dtrain,
+        num_boost_round=20,
+        evals=[(dtrain, "train")],
+        callbacks=[DbgCallback(path, data=dtrain)],
+        verbose_eval=False,
+    )
+    with open_trace(path) as trace:
+        assert trace.metadata["task"] == "regression"
+    results = {r.id: r for r in analyze_path(path, select=("DBG303", "DBG601", "DBG604")).results}
+    for rule_id in ("DBG601", "DBG604"):
+        assert results[rule_id].status is RuleStatus.skipped
+        assert results[rule_id].reason == (
+            "the labels are the targets of a regression (metadata task 'regression'), not classes"
+        )
+    assert not any(f.key == "at-chance" for f in results["DBG303"].findings)
+    # A classifier's trace says nothing of its task: the labels are read as classes.
+    plain = tmp_path / "plain.h5"
+    train([DbgCallback(plain)])
+    with open_trace(plain) as trace:
+        assert "task" not in trace.metadata
+
+
 def test_multiclass_parallel_trees_and_more_eval_sets(
     tmp_path: Path, no_dbg_warnings: None
 ) -> None:
