@@ -36,7 +36,7 @@ def _judged(ctx: RuleContext) -> list[TensorView]:
     return [
         view
         for view in ctx.tensors(collection="gradients")
-        if not is_embedding(view.tag)
+        if not is_embedding(view.tag, view.info.kind)
         and not zero_gradient_by_construction(view.tag)
         and not attention_query_or_key(view.tag)
     ]

@@ -219,6 +219,7 @@ class _Parameter:
     collection: str
     record_weight: bool
     grad_tag: str | None  # None: the gradient is excluded
+    kind: str | None  # "embedding" for the table of an nn.Embedding or nn.EmbeddingBag
 
 
 @dataclass
@@ -713,6 +714,13 @@ class TorchHook:
 
     # -- setup --------------------------------------------------------------------------------
     def _select_parameters(self) -> list[_Parameter]:
+        # Tables of lookups, whatever their names (``emb``, ``encoder``): the rules judge a
+        # lookup's scale and gradient differently from a layer's.
+        tables = {
+            id(module.weight)
+            for module in self.model.modules()
+            if isinstance(module, (nn.Embedding, nn.EmbeddingBag))
+        }
         selected = []
         for name, parameter in self.model.named_parameters():
             collection = _parameter_collection(name)
@@ -727,6 +735,7 @@ class TorchHook:
                         collection,
                         record_weight,
                         grad_tag if record_grad else None,
+                        "embedding" if id(parameter) in tables else None,
                     )
                 )
         return selected
@@ -899,8 +908,12 @@ class TorchHook:
         # The memory the last recorded step's statistics were stacked into is reused now.
         self._hand_over(wait=True)
         keep_raw = writer.raw_due(step)
-        weights = [entry for entry in self._parameters if entry.record_weight]
-        grads: list[tuple[str, torch.Tensor]] = []
+        weights = [
+            (entry.name, entry.parameter, entry.collection, entry.kind)
+            for entry in self._parameters
+            if entry.record_weight
+        ]
+        grads: list[tuple[str, torch.Tensor, str, str | None]] = []
         for entry in self._parameters:
             grad = entry.parameter.grad
             if entry.grad_tag is not None and grad is not None:
@@ -910,21 +923,22 @@ class TorchHook:
                 if scale is not None:
                     with torch.no_grad():
                         grad = grad / scale
-                grads.append((entry.grad_tag, grad))
+                grads.append((entry.grad_tag, grad, "gradients", entry.kind))
         # Statistics are computed where the tensors are (float32 ones in host memory by the
         # compiled kernel) and reach the host with the step's activations and losses in one
         # transfer.
         try:
-            names = [entry.name for entry in weights]
-            tensors: list[torch.Tensor] = [entry.parameter for entry in weights]
-            collections = [entry.collection for entry in weights]
-            for members, pending in self._weights.reduce(tensors, names, self._transfer):
-                self._queue_tensors(members, names, tensors, collections, pending, keep_raw)
-            names = [tag for tag, _ in grads]
-            tensors = [grad for _, grad in grads]
-            collections = ["gradients"] * len(grads)
-            for members, pending in self._gradients.reduce(tensors, names, self._transfer):
-                self._queue_tensors(members, names, tensors, collections, pending, keep_raw)
+            for reducer, records in ((self._weights, weights), (self._gradients, grads)):
+                # A kind is the writer's per call: embedding tables are reduced apart.
+                for kind in dict.fromkeys(kind for *_, kind in records):
+                    chosen = [record for record in records if record[3] == kind]
+                    names = [name for name, *_ in chosen]
+                    tensors: list[torch.Tensor] = [tensor for _, tensor, *_ in chosen]
+                    collections = [collection for _, _, collection, _ in chosen]
+                    for members, pending in reducer.reduce(tensors, names, self._transfer):
+                        self._queue_tensors(
+                            members, names, tensors, collections, pending, keep_raw, kind
+                        )
         finally:
             # Also after a failure: the records queued so far leave with their full tensors
             # written or copied before the optimizer changes them.
@@ -1014,16 +1028,17 @@ class TorchHook:
         collections: list[str],
         pending: Pending,
         keep_raw: bool,
+        kind: str | None,
     ) -> None:
         """Queue the parameter records of ``tensors[i]`` for ``i`` in ``members`` (one reduced
-        block)."""
+        block, of one ``kind``)."""
         raws = [tensors[i].detach() for i in members] if keep_raw else None
         self._queued_pass = ("train", self._step)
         self._queue.append(
             _QueuedTensors(
                 self._step,
                 "train",
-                None,
+                kind,
                 pending,
                 [tags[i] for i in members],
                 [collections[i] for i in members],

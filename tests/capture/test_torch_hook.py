@@ -1631,3 +1631,42 @@ def test_raw_budget_keeps_every_micro_batch_and_evaluation_pass_of_a_kept_step(
     # Two micro-batches at step 0; two and the evaluation pass before them at the others.
     assert [records_at[step] for step in steps] == [2] + [3] * (len(steps) - 1)
     assert raws == [step for step in steps for _ in range(records_at[step])]
+
+
+class BagOfWords(nn.Module):
+    """A text classifier whose lookup tables have no 'embed' in their names."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tok = nn.Embedding(50, 16)
+        self.bag = nn.EmbeddingBag(50, 16, mode="mean")
+        self.out = nn.Linear(32, 2)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.cat([self.tok(ids).mean(1), self.bag(ids)], dim=1))
+
+
+def test_lookup_tables_are_recorded_as_embeddings_whatever_their_names(tmp_path: Path) -> None:
+    from tests.rules.helpers import analyze_path
+
+    torch.manual_seed(0)
+    model = BagOfWords()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    path = tmp_path / "run.h5"
+    generator = torch.Generator().manual_seed(1)
+    with attach_with_defaults(model, optimizer, path, stats_every=1) as hook:
+        for _ in range(30):
+            ids = torch.randint(0, 50, (16, 6), generator=generator)
+            optimizer.zero_grad()
+            loss = nn.functional.cross_entropy(model(ids), (ids[:, 0] < 25).long())
+            hook.record_loss(loss)
+            loss.backward()
+            optimizer.step()
+    with open_trace(path) as trace:
+        kinds = {info.tag: info.kind for info in trace.tags(scalar=False)}
+    for table in ("tok.weight", "bag.weight"):
+        assert kinds[table] == kinds[f"grad/{table}"] == "embedding"
+    assert kinds["out.weight"] is None and kinds["grad/out.weight"] is None
+    # torch initialises lookups N(0, 1): no layer's scale, and no poor initialisation.
+    result = analyze_path(path, select=("DBG501",)).results[0]
+    assert not result.findings, [f.message for f in result.findings]
