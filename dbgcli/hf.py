@@ -136,8 +136,9 @@ class DbgCallback(TrainerCallback):
     * ``epoch`` when an epoch begins;
     * in the metadata, ``task`` (``causal-lm``, ``masked-lm`` or ``seq2seq-lm``) for a language
       model, whose token labels the class rules (DBG601, DBG604) do not judge, and
-      ``early_stopping`` (``monitor``, ``patience``) when an ``EarlyStoppingCallback`` watches
-      the run, whose patience DBG304 overtraining does not judge;
+      ``early_stopping`` (``monitor``, ``patience`` and, at the end, the best checkpoint's
+      ``best_step``) when an ``EarlyStoppingCallback`` watches the run, whose patience
+      DBG304 overtraining and DBG302 overfit do not judge;
     * with ``record_data``, the full tensors of each batch the model sees (every evaluation
       batch, and the training batches of the steps whose statistics are recorded, every
       ``stats_every``), taken from the model's forward call: ``inputs`` (the first of
@@ -311,6 +312,9 @@ class DbgCallback(TrainerCallback):
             self._failures.guard(
                 "noting how Trainer logged", lambda: self._note_logging(hook, args, state)
             )
+            self._failures.guard(
+                "noting early stopping's optimum", lambda: _note_best(hook, args, state)
+            )
             hook.remove()
             self.hook = None
 
@@ -421,6 +425,14 @@ def _early_stopping(args: TrainingArguments, state: TrainerState) -> dict[str, A
         return {}
     patience = stopping.get("args", {}).get("early_stopping_patience")
     return {"early_stopping": {"monitor": args.metric_for_best_model, "patience": patience}}
+
+
+def _note_best(hook: TorchHook, args: TrainingArguments, state: TrainerState) -> None:
+    """Add the step of the best checkpoint to ``early_stopping`` (Trainer knows it at the end)."""
+    noted = _early_stopping(args, state)
+    best = state.best_global_step
+    if noted and isinstance(best, int):
+        hook.writer.set_metadata(early_stopping={**noted["early_stopping"], "best_step": best})
 
 
 def _data_wanted(record_data: bool | Collection[str]) -> frozenset[str]:

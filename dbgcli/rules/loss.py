@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -384,7 +384,10 @@ def overfit(
 
     Records with a non-finite loss are left out (DBG306); evaluations at steps below
     ``start_step``, and any at or before the first training record (the untrained model), are
-    not judged. A finding needs ``patience`` consecutive violating
+    not judged; nor, under early stopping on a loss whose optimum is known (run metadata
+    ``early_stopping`` with ``best_step``, see DBG304), any after that step: the gap that
+    opens while early stopping waits out its patience is what it is there to cut off, and
+    the model it offers is the optimum's. A finding needs ``patience`` consecutive violating
     evaluations (SageMaker Debugger's default is 1; 2 keeps a single evaluation right after a
     loss spike, or right after a diverging first update, from passing for overfitting). One
     finding per run of violating evaluations; the value is the largest relative gap as
@@ -423,9 +426,11 @@ def overfit(
     min_gap = min_gap_fraction * abs(initial)
     # An evaluation before any training step says nothing about generalisation.
     trained = evaluation.steps > _finite(train)[0][0]
+    best = _early_stopping_best(ctx)
     violating = (
         trained
         & (evaluation.steps >= start_step)
+        & (evaluation.steps <= (np.inf if best is None else best))
         & (sure_ratio > ratio_threshold)
         & (sure_gap > min_gap)
     )
@@ -713,6 +718,26 @@ def _stuck_until_end(
     )
 
 
+def _early_stopping_on_loss(ctx: RuleContext) -> Mapping[str, Any] | None:
+    """The run metadata's ``early_stopping`` when it watches a loss (or an unknown metric)."""
+    stopping = ctx.trace.metadata.get("early_stopping")
+    if not isinstance(stopping, Mapping):
+        return None
+    monitor = stopping.get("monitor")
+    if monitor is None or (
+        isinstance(monitor, str) and roles.scalar_meaning(monitor).quantity == "loss"
+    ):
+        return stopping
+    return None
+
+
+def _early_stopping_best(ctx: RuleContext) -> int | None:
+    """The step of the optimum early stopping on a loss found, when the metadata says."""
+    stopping = _early_stopping_on_loss(ctx)
+    best = None if stopping is None else stopping.get("best_step")
+    return best if type(best) is int else None
+
+
 def _since_best(values: np.ndarray, delta: float) -> tuple[np.ndarray, np.ndarray]:
     """For each entry: entries since the best so far, and the best's index.
 
@@ -815,12 +840,8 @@ def overtraining(
         z: Standard errors of the train loss's fall allowed in the run's favour.
     """
     _positive("DBG304", patience_train=patience_train, patience_validation=patience_validation)
-    stopping = ctx.trace.metadata.get("early_stopping")
-    monitor = stopping.get("monitor") if isinstance(stopping, Mapping) else None
-    if isinstance(stopping, Mapping) and (
-        monitor is None
-        or (isinstance(monitor, str) and roles.scalar_meaning(monitor).quantity == "loss")
-    ):
+    stopping = _early_stopping_on_loss(ctx)
+    if stopping is not None:
         best = stopping.get("best_step")
         raise RuleSkipped(
             "early stopping watched the run (metadata early_stopping"

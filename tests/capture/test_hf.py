@@ -278,15 +278,19 @@ def test_early_stopping_is_noted_in_the_metadata(tmp_path: Path, no_dbg_warnings
         disable_tqdm=True,
     )
     callbacks = [DbgCallback(stopped), EarlyStoppingCallback(early_stopping_patience=3)]
-    Trainer(
+    trainer = Trainer(
         model=tiny_bert(),
         args=args,
         train_dataset=dataset(64, seed=1),
         eval_dataset=dataset(32, seed=2),
         callbacks=callbacks,
-    ).train()
+    )
+    trainer.train()
+    best = trainer.state.best_global_step
+    assert isinstance(best, int) and best > 0
     with open_trace(stopped) as trace:
-        assert trace.metadata["early_stopping"] == {"monitor": "loss", "patience": 3}
+        noted = trace.metadata["early_stopping"]
+        assert noted == {"monitor": "loss", "patience": 3, "best_step": best}
         assert "task" not in trace.metadata  # a sequence classifier
     overtraining = analyze_path(stopped, select=("DBG304",)).results[0]
     assert overtraining.status is RuleStatus.skipped

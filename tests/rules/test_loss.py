@@ -178,6 +178,28 @@ def test_overfit_patience_and_start_step(make_trace) -> None:
     assert keyed(run_rule(path, "DBG302", start_step=300), "gap")[0].first_step == 300
 
 
+def test_overfit_under_early_stopping_is_judged_up_to_its_optimum(make_trace) -> None:
+    # The gap opens at 175; early stopping on the loss kept step 150's model.
+    stopped = {"early_stopping": {"monitor": "val_loss", "patience": 10, "best_step": 150}}
+    path = make_trace(scalars=overfitting_run(), metadata=stopped)
+    assert run_rule(path, "DBG302").status is RuleStatus.passed
+    # An optimum later than the gap's start: judged up to it.
+    later = {"early_stopping": {"best_step": 300}}
+    (finding,) = keyed(
+        run_rule(make_trace(scalars=overfitting_run(), metadata=later), "DBG302"), "gap"
+    )
+    assert (finding.first_step, finding.last_step) == (175, 300)
+    # Early stopping on the accuracy, or without a known optimum: the whole run.
+    for metadata in (
+        {"early_stopping": {"monitor": "val_acc", "best_step": 150}},
+        {"early_stopping": {}},
+    ):
+        (finding,) = keyed(
+            run_rule(make_trace(scalars=overfitting_run(), metadata=metadata), "DBG302"), "gap"
+        )
+        assert finding.last_step == 375
+
+
 def test_overfit_quiet_when_both_losses_approach_zero(make_trace) -> None:
     # Like the healthy sample trace: train loss near 0.003, eval near 0.007, both still falling.
     level = 0.003 + 2.3 * np.exp(-np.arange(300) / 15)
