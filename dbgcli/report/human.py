@@ -46,9 +46,9 @@ def render(
     traces = report.traces
     several = len(traces) > 1
     # Paths keep their file names, tags their ends; none prints like another of the report.
-    paths = shorten_apart([t.path for t in traces], _path_width(console.width), shorten_path)
+    paths = shorten_apart([t.path for t in traces], _name_width(console.width), shorten_path)
     tags = shorten_apart(
-        [f.tensor for t in traces for f in t.findings if f.tensor], _tag_width(console.width)
+        [f.tensor for t in traces for f in t.findings if f.tensor], _name_width(console.width)
     )
     if several:
         path_width = max(len(paths[t.path]) for t in traces)
@@ -94,13 +94,9 @@ def _verdict_style(trace: TraceReport) -> str:
     return SEVERITY_STYLE[problems[0].severity]
 
 
-def _path_width(width: int) -> int:
-    """Columns a trace's path gets beside its verdict."""
-    return max(16, width // 2)
-
-
-def _tag_width(width: int) -> int:
-    """Columns a finding's tensor gets: room for ``grad/…layer.0.attention.q_lin.weight``."""
+def _name_width(width: int) -> int:
+    """Columns a trace's path gets beside its verdict, and a finding's tensor: room for
+    ``grad/…layer.0.attention.q_lin.weight``."""
     return max(16, width // 2)
 
 

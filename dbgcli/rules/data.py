@@ -851,6 +851,7 @@ def input_not_normalized(
         read = counts > 0
         mode = schema.MODES[int(code)]
         seen = int(counts[read].sum())
+        steps = [int(s) for s in view.steps[mine][read]]
         if seen < samples:
             pooled = _pooled(view, mine) if _image(view) else None
             if pooled is not None and pooled.samples >= samples:
@@ -868,12 +869,10 @@ def input_not_normalized(
                     "input normalisation",
                 )
             elif read.any():
-                steps = [int(s) for s in view.steps[mine][read]]
                 yield _too_few(
                     view.tag, mode, steps, seen, samples, "samples", "input normalisation"
                 )
             return
-        counts, steps = counts[read], [int(s) for s in view.steps[mine][read]]
         # The inputs were so from their first record, whenever enough samples made that
         # certain.
         where: dict[str, Any] = {

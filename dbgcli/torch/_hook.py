@@ -35,7 +35,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -305,34 +305,22 @@ class _Loss:
 
 @dataclass(slots=True)
 class _QueuedScalar:
-    """A scalar of a step (a learning rate), written with the step's other records: one
-    writer call in a row of them costs a fraction of one between training operations."""
-
-    tag: str
-    value: Any
-    step: int
-    mode: ClassVar[str] = "train"  # a class attribute: nothing more to set per step
-
-    def write(self, writer: TraceWriter, live: LiveRules | None) -> None:
-        writer.add_scalar(self.tag, self.value, self.step)
-
-
-@dataclass(slots=True)
-class _CallersScalar:
-    """A number the caller recorded (:meth:`TorchHook.record_scalar`) while records of other
-    steps or modes were still queued: written after them, so that it does not overtake them
-    (see :meth:`TorchHook._others_waiting`)."""
+    """A scalar of a step, written with the step's other records: a learning rate (one writer
+    call in a row of them costs a fraction of one between training operations), or a number
+    the caller recorded (:meth:`TorchHook.record_scalar`) while records of other steps or
+    modes were still queued, so that it does not overtake them (see
+    :meth:`TorchHook._others_waiting`)."""
 
     tag: str
     value: Any  # a number: nothing the caller can change in place afterwards
     step: int
-    mode: str
+    mode: str = "train"
 
     def write(self, writer: TraceWriter, live: LiveRules | None) -> None:
         writer.add_scalar(self.tag, self.value, self.step, mode=self.mode)
 
 
-_Queued = _QueuedTensors | _Loss | _QueuedScalar | _CallersScalar
+_Queued = _QueuedTensors | _Loss | _QueuedScalar
 
 _NUMPY_DTYPES: dict[torch.dtype, np.dtype] = {}
 
@@ -674,7 +662,7 @@ class TorchHook:
             self._queue_finished_losses(at_step)
             if isinstance(value, numbers.Number) and self._others_waiting(at_mode, at_step):
                 # Behind them in the queue: no waiting for a device, and the order is kept.
-                self._queue.append(_CallersScalar(tag, value, at_step, at_mode))
+                self._queue.append(_QueuedScalar(tag, value, at_step, at_mode))
             else:
                 self._catch_up(at_mode, at_step)
                 self.writer.add_scalar(tag, value, at_step, mode=at_mode)
