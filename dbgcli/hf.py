@@ -37,6 +37,7 @@ from transformers.models.auto.modeling_auto import (
     MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES,
 )
 
+from dbgcli.rules._known import TRAINER_LOGGING, trainer_logged_no_loss
 from dbgcli.torch._hook import (
     DEFAULT_STATS_EVERY,
     CallbackRecording,
@@ -49,9 +50,6 @@ from dbgcli.trace.writer import TraceWriter
 __all__ = ["DbgCallback", "transformers_activation_kinds"]
 
 log = logging.getLogger("dbgcli")
-
-#: Run metadata key under which the callback notes how Trainer logged (see DbgCallback).
-LOGGING_KEY = "trainer_logging"
 
 # Logged by Trainer but not training metrics: the learning rate is recorded from the optimizer
 # at every step instead, eval_* metrics arrive through on_evaluate, the rest is the run summary.
@@ -126,7 +124,8 @@ class DbgCallback(TrainerCallback):
       at ``global_step`` 10 covers optimizer steps up to 9 and is recorded at step 9). Trainer
       logs every ``logging_steps`` (500 by default); set ``logging_steps=1`` for a per-step
       loss curve. A run shorter than that logs no training loss, and the rules that judge
-      the loss are skipped ("no train loss series"): the callback then logs a WARNING on the
+      the loss are skipped ("no train loss series", and the reason says why and what to
+      change, from the metadata below): the callback then logs a WARNING on the
       ``dbgcli`` logger at the end of training, and notes in the run metadata, under
       ``trainer_logging``, how Trainer logged (``logging_strategy``, ``logging_steps``,
       ``logging_first_step``, ``max_steps``, ``global_step``) and how many training losses
@@ -326,31 +325,23 @@ class DbgCallback(TrainerCallback):
         every = args.logging_steps if every is None else every
         if isinstance(every, float) and every.is_integer():
             every = int(every)
-        hook.writer.set_metadata(
-            **{
-                LOGGING_KEY: {
-                    "logging_strategy": str(strategy),
-                    "logging_steps": every,
-                    "logging_first_step": bool(args.logging_first_step),
-                    "max_steps": state.max_steps,
-                    "global_step": state.global_step,
-                    "train_loss_records": self._train_losses,
-                }
-            }
-        )
-        if self._train_losses or not state.global_step:
-            return
-        if strategy == "steps":
-            why = f"it logs every logging_steps={every} steps and the run took {state.global_step}"
-        else:
-            why = f"logging_strategy={str(strategy)!r}"
-        log.warning(
-            "dbg: Trainer logged no training loss (%s), so %s has no train loss series and the "
-            "rules that judge the loss will be skipped; set logging_steps=1 in TrainingArguments "
-            "(or any value well below the number of steps) to record it",
-            why,
-            hook.writer.path,
-        )
+        logging_settings = {
+            "logging_strategy": str(strategy),
+            "logging_steps": every,
+            "logging_first_step": bool(args.logging_first_step),
+            "max_steps": state.max_steps,
+            "global_step": state.global_step,
+            "train_loss_records": self._train_losses,
+        }
+        hook.writer.set_metadata(**{TRAINER_LOGGING: logging_settings})
+        advice = trainer_logged_no_loss(logging_settings)
+        if advice is not None:
+            log.warning(
+                "dbg: %s has no train loss series, so the rules that judge the loss will be "
+                "skipped: %s",
+                hook.writer.path,
+                advice,
+            )
 
     def _attach(self, model: torch.nn.Module, args: TrainingArguments, state: TrainerState) -> None:
         task = _LANGUAGE_MODEL_TASKS.get(type(model).__name__)

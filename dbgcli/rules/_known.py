@@ -7,6 +7,7 @@ reason; the rules that use them say so in their documentation.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -279,3 +280,29 @@ def unclassed_labels(ctx: RuleContext) -> str | None:
     if task in NOT_CLASSIFICATION:
         return f"the targets of a {task} (metadata task {task!r})"
     return None
+
+
+#: Run metadata key under which the Hugging Face callback notes how ``Trainer`` logged.
+TRAINER_LOGGING = "trainer_logging"
+
+
+def trainer_logged_no_loss(logging: object) -> str | None:
+    """Why a Hugging Face ``Trainer`` run has no training loss, from the run metadata's
+    ``trainer_logging`` (the callback records it): Trainer logs the loss every
+    ``logging_steps`` (500 by default), so a shorter run logs none. None when it logged one,
+    or the metadata does not say."""
+    if not isinstance(logging, Mapping) or logging.get("train_loss_records") != 0:
+        return None
+    steps = logging.get("global_step")
+    if not isinstance(steps, int) or steps <= 0:
+        return None
+    strategy = logging.get("logging_strategy")
+    if strategy == "steps":
+        every = logging.get("logging_steps")
+        why = f"it logs every logging_steps={every} steps and the run took {steps}"
+    else:
+        why = f"logging_strategy={strategy!r}"
+    return (
+        f"Trainer logged no training loss ({why}): set logging_steps=1 in TrainingArguments "
+        "(or any value well below the number of steps) to record it"
+    )

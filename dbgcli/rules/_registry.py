@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal, Union
 
 from dbgcli.errors import RuleConfigError
 from dbgcli.findings import Finding, Severity
+from dbgcli.rules._known import TRAINER_LOGGING, trainer_logged_no_loss
 
 if TYPE_CHECKING:
     from dbgcli.rules._context import RuleContext
@@ -55,6 +56,8 @@ class Need:
     uses_params: bool = False
     describe: Callable[[dict[str, Any]], str] | None = None
     looks_at: Literal["tensors", "scalars", ""] = ""
+    #: Why the trace lacks the data and what to change, where its metadata says so.
+    hint: Callable[[RuleContext, dict[str, Any]], str | None] | None = None
 
     @property
     def reason(self) -> str:
@@ -69,6 +72,9 @@ class Need:
             unknown = near_misses(ctx, self.looks_at)
             if unknown:
                 text += f" (found {unknown}, whose meaning dbg cannot tell)"
+        hint = None if ctx is None or self.hint is None else self.hint(ctx, params)
+        if hint:
+            text += f"; {hint}"
         return text
 
     def met(self, ctx: RuleContext, params: dict[str, Any]) -> bool:
@@ -103,7 +109,10 @@ class Need:
     def loss(mode: str = "train") -> Need:
         """A loss series of ``mode`` (see RuleContext.loss for the names it looks for)."""
         return Need(
-            f"{mode} loss series", lambda ctx: ctx.loss(mode) is not None, looks_at="scalars"
+            f"{mode} loss series",
+            lambda ctx: ctx.loss(mode) is not None,
+            looks_at="scalars",
+            hint=lambda ctx, params: _unlogged_loss(ctx, mode),
         )
 
     @staticmethod
@@ -115,6 +124,7 @@ class Need:
             uses_params=True,
             describe=lambda params: f"{params[param]} loss series",
             looks_at="scalars",
+            hint=lambda ctx, params: _unlogged_loss(ctx, params[param]),
         )
 
     @staticmethod
@@ -160,6 +170,13 @@ class Need:
     def mode(mode: str) -> Need:
         """Records of ``mode`` are present (and not filtered out)."""
         return Need(f"{mode} records", lambda ctx: ctx.has_mode(mode))
+
+
+def _unlogged_loss(ctx: RuleContext, mode: str) -> str | None:
+    """Why a run has no training loss when its metadata says (a ``Trainer`` that logged none)."""
+    if mode != "train":
+        return None
+    return trainer_logged_no_loss(ctx.trace.metadata.get(TRAINER_LOGGING))
 
 
 _NEAR_MISSES = 3

@@ -337,7 +337,9 @@ def test_the_trace_says_how_trainer_logged_and_a_run_without_a_train_loss_is_war
         assert loss_rule.status is not RuleStatus.skipped
         return
     assert loss_rule.status is RuleStatus.skipped
-    assert loss_rule.reason.startswith("no train loss series")
+    # The analysis says the same: where the loss went, and what to change.
+    assert loss_rule.reason.startswith("no train loss series; Trainer logged no training loss")
+    assert "logging_steps=500 steps and the run took 12" in loss_rule.reason
     assert len(warned) == 1, warned
     assert "Trainer logged no training loss" in warned[0]
     assert "logging_steps=500 steps and the run took 12" in warned[0]

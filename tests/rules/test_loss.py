@@ -145,6 +145,46 @@ def test_loss_not_decreasing_skipped_without_a_train_loss(make_trace) -> None:
     assert result.reason == "no train loss series"
 
 
+@pytest.mark.parametrize(
+    ("logged", "expected"),
+    [
+        (
+            {"logging_strategy": "steps", "logging_steps": 500, "global_step": 120},
+            "no train loss series; Trainer logged no training loss (it logs every "
+            "logging_steps=500 steps and the run took 120): set logging_steps=1",
+        ),
+        (
+            {"logging_strategy": "no", "logging_steps": 500, "global_step": 120},
+            "no train loss series; Trainer logged no training loss (logging_strategy='no')",
+        ),
+    ],
+)
+def test_a_trainer_run_that_logged_no_loss_is_told_why_in_the_skip_reason(
+    make_trace, logged: dict[str, object], expected: str
+) -> None:
+    """The Hugging Face callback notes how Trainer logged (metadata ``trainer_logging``); a
+    run shorter than ``logging_steps`` has no train loss, and every rule that needs one says
+    what to change."""
+    trace = make_trace(
+        scalars={"eval_loss": {"values": [0.9, 0.5], "steps": [60, 120], "mode": "eval"}},
+        metadata={"trainer_logging": {**logged, "train_loss_records": 0}},
+    )
+    for rule_id in ("DBG301", "DBG302", "DBG303"):
+        result = run_rule(trace, rule_id)
+        assert result.status is RuleStatus.skipped
+        assert result.reason.startswith(expected), result.reason
+
+
+def test_the_trainer_hint_needs_a_run_that_logged_nothing(make_trace) -> None:
+    """Metadata of a run that logged its loss, or took no step, adds no hint."""
+    for noted in ({"train_loss_records": 3, "global_step": 120}, {"train_loss_records": 0}):
+        trace = make_trace(
+            scalars={"accuracy": [0.5, 0.6]},
+            metadata={"trainer_logging": {"logging_strategy": "steps", **noted}},
+        )
+        assert run_rule(trace, "DBG301").reason == "no train loss series"
+
+
 # DBG302 overfit
 
 
