@@ -37,7 +37,7 @@ from transformers.models.auto.modeling_auto import (
     MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES,
 )
 
-from dbgcli.rules._known import TRAINER_LOGGING, trainer_logged_no_loss
+from dbgcli.rules._known import trainer_logged_no_loss
 from dbgcli.torch._hook import (
     DEFAULT_STATS_EVERY,
     CallbackRecording,
@@ -45,6 +45,7 @@ from dbgcli.torch._hook import (
     Patterns,
     TorchHook,
 )
+from dbgcli.trace import schema
 from dbgcli.trace.writer import TraceWriter
 
 __all__ = ["DbgCallback", "transformers_activation_kinds"]
@@ -333,7 +334,7 @@ class DbgCallback(TrainerCallback):
             "global_step": state.global_step,
             "train_loss_records": self._train_losses,
         }
-        hook.writer.set_metadata(**{TRAINER_LOGGING: logging_settings})
+        hook.writer.set_metadata(**{schema.META_TRAINER_LOGGING: logging_settings})
         advice = trainer_logged_no_loss(logging_settings)
         if advice is not None:
             log.warning(

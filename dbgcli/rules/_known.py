@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from typing import Literal, NamedTuple
 
 import numpy as np
 
 from dbgcli.rules._context import RuleContext
+from dbgcli.trace import schema
 from dbgcli.trace.roles import name_words
 
 # Embedding tables are looked up, not multiplied: each step only the rows of the tokens in the
@@ -238,7 +240,8 @@ def converged(ctx: RuleContext, steps: np.ndarray, fraction: float) -> np.ndarra
 
 def loss_fraction(ctx: RuleContext, steps: np.ndarray, window: int = 10) -> np.ndarray | None:
     """At each of ``steps``: the mean of the last ``window`` finite training losses up to that
-    step, divided by the first finite training loss (None without a positive initial loss).
+    step, divided by the untrained model's loss (:func:`initial_loss`; None where it is
+    unknown or not positive).
 
     Steps before the first loss record get NaN. It says how far training has come: near 1 the
     model has learned nothing yet; near 0 it has fitted its training data.
@@ -251,14 +254,15 @@ def loss_fraction(ctx: RuleContext, steps: np.ndarray, window: int = 10) -> np.n
     values = series.values[keep].astype(np.float64)
     order = np.argsort(loss_steps, kind="stable")
     loss_steps, values = loss_steps[order], values[order]
-    if not len(values) or not values[0] > 0:
+    initial = initial_loss(ctx)
+    if initial is None or not initial.value > 0:
         return None
     sums = np.concatenate(([0.0], np.cumsum(values)))
     ends = np.searchsorted(loss_steps, steps, side="right")
     begins = np.maximum(ends - window, 0)
     with np.errstate(invalid="ignore", divide="ignore"):
         means = (sums[ends] - sums[begins]) / (ends - begins)
-    fraction: np.ndarray = np.where(ends > 0, means / values[0], np.nan)
+    fraction: np.ndarray = np.where(ends > 0, means / initial.value, np.nan)
     return fraction
 
 
@@ -282,10 +286,6 @@ def unclassed_labels(ctx: RuleContext) -> str | None:
     return None
 
 
-#: Run metadata key under which the Hugging Face callback notes how ``Trainer`` logged.
-TRAINER_LOGGING = "trainer_logging"
-
-
 def trainer_logged_no_loss(logging: object) -> str | None:
     """Why a Hugging Face ``Trainer`` run has no training loss, from the run metadata's
     ``trainer_logging`` (the callback records it): Trainer logs the loss every
@@ -306,3 +306,94 @@ def trainer_logged_no_loss(logging: object) -> str | None:
         f"Trainer logged no training loss ({why}): set logging_steps=1 in TrainingArguments "
         "(or any value well below the number of steps) to record it"
     )
+
+
+_CLASS_KEYS = ("num_classes", "num_labels", "n_classes")
+
+
+def class_count(ctx: RuleContext, *, from_weights: bool = True) -> int | None:
+    """The number of classes of a classifier (None when unknown or below 2, and when the run
+    metadata's ``task`` says the labels are no classes: a language model, a regression): from
+    the run metadata (``num_classes``, ``num_labels``, ``n_classes``, also among the
+    hyperparameters), else the width of the predictions' class axis, else the largest class
+    id among the labels plus one, else (``from_weights``, a guess) the output width of the
+    last weight matrix recorded, read as ``(outputs, inputs)`` as PyTorch stores it."""
+    if unclassed_labels(ctx) is not None:
+        return None
+    metadata = ctx.trace.metadata
+    for source in (metadata, metadata.get("hyperparameters")):
+        if isinstance(source, dict):
+            for key in _CLASS_KEYS:
+                value = source.get(key)
+                if isinstance(value, int) and not isinstance(value, bool) and value >= 2:
+                    return value
+    for view in ctx.tensors(collection="predictions"):
+        shape = view.info.shape
+        if shape is not None and len(shape) == 2 and shape[-1] >= 2:
+            return int(shape[-1])
+    for view in ctx.tensors(collection="labels"):
+        if not ctx.categorical(view):
+            continue
+        highest = float(np.nanmax(view.stat("max")))
+        if np.isfinite(highest) and highest >= 1 and highest == round(highest):
+            return int(highest) + 1
+    if not from_weights:
+        return None
+    matrices = [
+        v for v in ctx.tensors(collection="weights") if v.info.shape and len(v.info.shape) == 2
+    ]
+    if matrices and matrices[-1].info.shape and matrices[-1].info.shape[0] >= 2:
+        return int(matrices[-1].info.shape[0])
+    return None
+
+
+def resumed_without_start(ctx: RuleContext, mode: Literal["train", "eval"] = "train") -> int | None:
+    """The step training resumed at (run metadata ``resumed_from_step``: the PyTorch hook
+    notes it when its first optimizer step is not 0, as the Hugging Face and Lightning
+    integrations set it from their trainer's global step) when the ``mode`` loss holds no
+    finite record from before it: its first record is then a trained model's. None
+    otherwise, also for a trace the earlier run wrote too (``resume=True``)."""
+    resumed = ctx.trace.metadata.get(schema.META_RESUMED_FROM_STEP)
+    if not isinstance(resumed, int) or isinstance(resumed, bool) or resumed <= 0:
+        return None
+    series = ctx.loss(mode)
+    if series is not None:
+        finite = series.steps[np.isfinite(series.values)]
+        if len(finite) and int(finite.min()) < resumed:
+            return None
+    return resumed
+
+
+class InitialLoss(NamedTuple):
+    """The loss of the untrained model, and how the rules' messages name it (with its value)."""
+
+    value: float
+    name: str
+
+
+def initial_loss(ctx: RuleContext, mode: Literal["train", "eval"] = "train") -> InitialLoss | None:
+    """The loss of the untrained model, the scale the loss rules judge a run by: the first
+    finite loss of ``mode`` (in step order). For a run that resumed from a checkpoint (see
+    :func:`resumed_without_start`) the trace holds no such loss; for a classifier whose
+    number of classes ``C`` the metadata, predictions or labels give it is ``ln C``, the
+    loss of predicting every class with probability ``1/C``, as an untrained classifier
+    does; else None. Also None without a finite loss."""
+    resumed = resumed_without_start(ctx, mode)
+    if resumed is not None:
+        classes = class_count(ctx, from_weights=False)
+        if classes is None:
+            return None
+        chance = float(np.log(classes))
+        return InitialLoss(
+            chance,
+            f"ln {classes} = {chance:.4g}, an untrained classifier's loss (the run resumed "
+            f"at step {resumed})",
+        )
+    series = ctx.loss(mode)
+    if series is None:
+        return None
+    keep = np.isfinite(series.values)
+    if not keep.any():
+        return None
+    first = float(series.values[keep][np.argmin(series.steps[keep])])
+    return InitialLoss(first, f"the initial loss {first:.4g}")

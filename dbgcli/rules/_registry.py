@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any, Literal, Union
 
 from dbgcli.errors import RuleConfigError
 from dbgcli.findings import Finding, Severity
-from dbgcli.rules._known import TRAINER_LOGGING, trainer_logged_no_loss
+from dbgcli.rules._known import trainer_logged_no_loss
+from dbgcli.trace import schema
 
 if TYPE_CHECKING:
     from dbgcli.rules._context import RuleContext
@@ -176,7 +177,7 @@ def _unlogged_loss(ctx: RuleContext, mode: str) -> str | None:
     """Why a run has no training loss when its metadata says (a ``Trainer`` that logged none)."""
     if mode != "train":
         return None
-    return trainer_logged_no_loss(ctx.trace.metadata.get(TRAINER_LOGGING))
+    return trainer_logged_no_loss(ctx.trace.metadata.get(schema.META_TRAINER_LOGGING))
 
 
 _NEAR_MISSES = 3

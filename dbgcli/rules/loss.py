@@ -19,7 +19,13 @@ from dbgcli.rules._context import (
     episodes,
     sustained,
 )
-from dbgcli.rules._known import STARVED_LR, lr_below, unclassed_labels
+from dbgcli.rules._known import (
+    STARVED_LR,
+    class_count,
+    initial_loss,
+    lr_below,
+    resumed_without_start,
+)
 from dbgcli.rules._registry import Need, rule
 from dbgcli.trace import roles, schema
 from dbgcli.trace.reader import Series
@@ -152,7 +158,11 @@ def loss_not_decreasing(
     smoothing, weight decay or the noise of the data set), which is what training is for; a
     plateau above half the starting loss is a run that stopped learning early. Except when
     the recorded learning rate has fallen below 1e-4 of its peak at the check: a flat loss
-    there is starved, not converged. A rising loss is reported at any level.
+    there is starved, not converged. A rising loss is reported at any level. A run resumed
+    from a checkpoint (run metadata ``resumed_from_step``, with no loss recorded before it)
+    starts from a trained model: its starting loss is then that of an untrained classifier,
+    ``ln C``, when the metadata, predictions or labels give the number of classes ``C``;
+    without it, a resumed run's plateau is not judged.
 
     A finding needs ``patience`` consecutive failing checks (so one bump, such as a loss spike
     the run recovers from, is not reported); runs of failing checks are merged into one
@@ -235,9 +245,13 @@ def loss_not_decreasing(
     never = np.zeros(len(change), dtype=bool)
     rose = change - margin >= max_increase_pct if max_increase_pct is not None else never
     flat = -change - margin <= min_decrease_pct if min_decrease_pct is not None else never
-    if converged_fraction is not None and values[0] > 0:
-        starved = lr_below(ctx, np.array(checked), STARVED_LR)
-        flat &= (levels_after > converged_fraction * values[0]) | starved
+    if converged_fraction is not None:
+        initial = initial_loss(ctx, mode)
+        if initial is None:
+            flat[:] = False  # a resumed run: its convergence cannot be told from a stall
+        elif initial.value > 0:
+            starved = lr_below(ctx, np.array(checked), STARVED_LR)
+            flat &= (levels_after > converged_fraction * initial.value) | starved
     failing = sustained(rose | flat, patience)
     what = f"{'mean ' if smooth else ''}{mode} loss"
     for episode in episodes(failing):
@@ -328,11 +342,6 @@ def _evaluations(train: Series, evals: Series) -> _Evaluations:
     )
 
 
-def _first_finite(series: Series) -> float | None:
-    _, values = _finite(series)
-    return float(values[0]) if len(values) else None
-
-
 @rule(
     "DBG302",
     "overfit",
@@ -377,7 +386,10 @@ def overfit(
     problem when it eats a large part of what the model can gain at all: with ``L0`` about the
     loss of an untrained model, a gap of more than half of it means the held-out performance
     is nowhere near the training performance (the overfitting runs of the calibration corpus
-    reach gaps of 1.2 to 1.5 times ``L0``). The standard error: the mean of 25 minibatch
+    reach gaps of 1.2 to 1.5 times ``L0``). A run resumed from a checkpoint (run metadata
+    ``resumed_from_step``, no loss recorded before it) starts trained, so ``L0`` is then
+    ``ln C``, an untrained classifier's loss, when the number of classes ``C`` is known from
+    the metadata, predictions or labels; without it the rule is skipped. The standard error: the mean of 25 minibatch
     losses wanders by several percent, so a healthy run with a true 5 % gap and small batches
     crosses 10 % now and then (a simulated run of the tests with batches of 8 does with
     ``z = 0``).
@@ -413,8 +425,17 @@ def overfit(
     """
     _positive("DBG302", patience=patience)
     train, evals = ctx.loss("train"), ctx.loss("eval")
-    initial = _first_finite(train) if train is not None else None
-    if train is None or evals is None or initial is None:
+    initial = initial_loss(ctx)
+    if train is None or evals is None:
+        return
+    if initial is None:
+        resumed = resumed_without_start(ctx)
+        if resumed is not None:
+            raise RuleSkipped(
+                f"the run resumed at step {resumed}, so its first loss is a trained model's, "
+                "and the number of classes that would give an untrained one's (ln C) is not "
+                "in the metadata, predictions or labels"
+            )
         return
     evaluation = _evaluations(train, evals)
     mean_train, error = evaluation.train()
@@ -423,7 +444,7 @@ def overfit(
     with np.errstate(invalid="ignore", divide="ignore"):
         ratio = gap / np.abs(mean_train)
         sure_ratio = sure_gap / np.abs(mean_train)
-    min_gap = min_gap_fraction * abs(initial)
+    min_gap = min_gap_fraction * abs(initial.value)
     # An evaluation before any training step says nothing about generalisation.
     trained = evaluation.steps > _finite(train)[0][0]
     best = _early_stopping_best(ctx)
@@ -443,7 +464,7 @@ def overfit(
         return (
             f"eval loss {evaluation.val[worst]:.4g} is {above} the train loss "
             f"{mean_train[worst]:.4g} ± {z * error[worst]:.2g}: a gap of {gap[worst]:.3g} "
-            f"(> {min_gap:.3g}, {min_gap_fraction:g} of the initial loss, and > "
+            f"(> {min_gap:.3g}, {min_gap_fraction:g} of {initial.name}, and > "
             f"{ratio_threshold:.0%})"
         )
 
@@ -486,7 +507,10 @@ def underfit(
 
     * **loss against its start** (key ``loss-high``): the mean stays above
       ``max_loss_fraction`` times the initial loss ``L0`` (the first finite train loss, a
-      positive number) through the end of the run: the loss has not even fallen by 20 %.
+      positive number) through the end of the run: the loss has not even fallen by 20 %. For
+      a run resumed from a checkpoint (run metadata ``resumed_from_step``, no loss recorded
+      before it) ``L0`` is ``ln C`` when the number of classes is known from the metadata,
+      predictions or labels; without it this check is not made.
     * **loss against chance** (key ``at-chance``): when the number of classes ``C`` is known
       and the loss is on the scale of a cross-entropy (``L0 >= ln C / 2``), the mean stays at
       or above ``chance_fraction × ln C`` through the end: ``ln C`` is the cross-entropy of a
@@ -520,7 +544,8 @@ def underfit(
     accuracy.
 
     Known false positive: fine-tuning from a well-trained checkpoint starts with a low loss
-    that legitimately falls little; raise ``max_loss_fraction`` or ignore the rule there.
+    that legitimately falls little; raise ``max_loss_fraction`` or ignore the rule there
+    (resuming the same training from a checkpoint is told apart by ``resumed_from_step``).
 
     Why it matters: a model that cannot fit even its training data is learning nothing useful;
     more steps rarely help.
@@ -551,24 +576,27 @@ def underfit(
     tag = ctx.loss_tag("train") or "loss"
     classes = class_count(ctx)
     steps, values = _finite(train)
+    initial = initial_loss(ctx)
     if len(values) and values[0] > 0 and steps[-1] - steps[0] >= min_steps:
-        initial = float(values[0])
         span = _records_for(window, len(values))
         smoothed = _trailing_mean(values, span)
-        yield from _stuck_until_end(
-            steps,
-            smoothed / initial,
-            smoothed / initial > max_loss_fraction,
-            tensor=tag,
-            threshold=max_loss_fraction,
-            key="loss-high",
-            message=lambda v: (
-                f"mean train loss of the {_last_records(span)} is still {v:.0%} of the initial "
-                f"{initial:.4g} (must fall below {max_loss_fraction:.0%})"
-            ),
-        )
+        if initial is not None and initial.value > 0:
+            reference = initial.name
+            yield from _stuck_until_end(
+                steps,
+                smoothed / initial.value,
+                smoothed / initial.value > max_loss_fraction,
+                tensor=tag,
+                threshold=max_loss_fraction,
+                key="loss-high",
+                message=lambda v: (
+                    f"mean train loss of the {_last_records(span)} is still {v:.0%} of "
+                    f"{reference} (must fall below {max_loss_fraction:.0%})"
+                ),
+            )
         chance = np.log(classes) if classes else None
-        if chance is not None and initial >= chance / 2:
+        # The first record says whether the loss is on a cross-entropy's scale.
+        if chance is not None and values[0] >= chance / 2:
             yield from _stuck_until_end(
                 steps,
                 smoothed / chance,
@@ -641,42 +669,8 @@ def underfit(
         )
 
 
-_CLASS_KEYS = ("num_classes", "num_labels", "n_classes")
 # AutoTrainer reports a run as not converged while its best accuracy is at most 0.6.
 _NOT_CONVERGED_ACCURACY = 0.6
-
-
-def class_count(ctx: RuleContext) -> int | None:
-    """The number of classes of a classifier (None when unknown or below 2, and when the run
-    metadata's ``task`` says the labels are no classes: a language model, a regression): from
-    the run metadata (``num_classes``, ``num_labels``, ``n_classes``, also among the
-    hyperparameters), else the width of the predictions' class axis, else the largest class
-    id among the labels plus one."""
-    if unclassed_labels(ctx) is not None:
-        return None
-    metadata = ctx.trace.metadata
-    for source in (metadata, metadata.get("hyperparameters")):
-        if isinstance(source, dict):
-            for key in _CLASS_KEYS:
-                value = source.get(key)
-                if isinstance(value, int) and not isinstance(value, bool) and value >= 2:
-                    return value
-    for view in ctx.tensors(collection="predictions"):
-        shape = view.info.shape
-        if shape is not None and len(shape) == 2 and shape[-1] >= 2:
-            return int(shape[-1])
-    for view in ctx.tensors(collection="labels"):
-        if not ctx.categorical(view):
-            continue
-        highest = float(np.nanmax(view.stat("max")))
-        if np.isfinite(highest) and highest >= 1 and highest == round(highest):
-            return int(highest) + 1
-    matrices = [
-        v for v in ctx.tensors(collection="weights") if v.info.shape and len(v.info.shape) == 2
-    ]
-    if matrices and matrices[-1].info.shape and matrices[-1].info.shape[0] >= 2:
-        return int(matrices[-1].info.shape[0])
-    return None
 
 
 def _last_records(count: int) -> str:

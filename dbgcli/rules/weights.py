@@ -17,6 +17,7 @@ from dbgcli.rules._known import (
     added_or_scaling_parameter,
     converged,
     has_normalisation,
+    initial_loss,
     is_embedding,
     loss_fraction,
     lr_below,
@@ -890,9 +891,12 @@ def _loss_trouble(ctx: RuleContext, diverged: float, stuck_fraction: float) -> s
     peak = float(values[1:].max()) if len(values) > 1 else start
     if peak > diverged * start:
         return f"the loss rose to {peak:.3g}, {peak / start:.3g}x its start"
+    initial = initial_loss(ctx)  # a resumed run's first loss is a trained model's
+    if initial is None or not initial.value > 0:
+        return None
     end = float(values[-10:].mean())
-    if end > stuck_fraction * start:
-        return f"the loss ended at {end / start:.0%} of its start"
+    if end > stuck_fraction * initial.value:
+        return f"the loss ended at {end / initial.value:.0%} of {initial.name}"
     return ""
 
 

@@ -55,6 +55,7 @@ from dbgcli.torch._stats import (
     compute_tables,
     reduce_activations,
 )
+from dbgcli.trace import schema
 from dbgcli.trace.stats import COL
 from dbgcli.trace.writer import DEFAULT_RAW_BUDGET, TraceWriter, check_raw_settings
 
@@ -886,6 +887,10 @@ class TorchHook:
                     if isinstance(rate, torch.Tensor):
                         rate = rate.item()  # a scheduler may change it in place
                     self._queue.append(_QueuedScalar(tag, rate, step))
+        if self._recorded_optimizer_step is None and step > 0:
+            # The first update is not the run's: training resumed from a checkpoint (or the
+            # caller set the step to continue a run), so the trace starts from a trained model.
+            writer.set_metadata(**{schema.META_RESUMED_FROM_STEP: step})
         self._recorded_optimizer_step = step
         if step % self.stats_every:  # no tensors at this step
             if time.monotonic() - self._sent_at >= writer.flush_secs:

@@ -37,6 +37,12 @@ ATTR_METADATA = "metadata"
 # commits once a record was dropped; absent when none was.
 ATTR_DROPPED = "dropped_records"
 
+# Keys of the run metadata that integrations write and rules read (docs/trace-format.md).
+# The optimizer step training resumed at from a checkpoint: records from it on start trained.
+META_RESUMED_FROM_STEP = "resumed_from_step"
+# How a Hugging Face Trainer logged (the callback's note; see dbgcli.hf).
+META_TRAINER_LOGGING = "trainer_logging"
+
 # Groups under the root.
 TIMELINE = "timeline"
 SCALARS = "scalars"

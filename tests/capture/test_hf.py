@@ -78,6 +78,8 @@ def run(
     eval_every: int = EVAL_EVERY,
     positive_below: int = 20,
     logging_steps: int = 1,
+    save_steps: int | None = None,
+    resume_from_checkpoint: str | None = None,
 ) -> Trainer:
     args = TrainingArguments(
         str(tmp_path / "out"),
@@ -88,7 +90,8 @@ def run(
         logging_steps=logging_steps,
         eval_strategy="steps",
         eval_steps=eval_every,
-        save_strategy="no",
+        save_strategy="no" if save_steps is None else "steps",
+        save_steps=save_steps or 500,
         report_to=[],
         use_cpu=True,
         disable_tqdm=True,
@@ -101,8 +104,24 @@ def run(
         eval_dataset=dataset(32 if steps == STEPS else 320, seed=2, positive_below=positive_below),
         callbacks=callbacks,
     )
-    trainer.train()
+    trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     return trainer
+
+
+def test_a_run_resumed_from_a_checkpoint_is_noted_as_such(tmp_path: Path) -> None:
+    """Trainer resumed from its checkpoint at step 6: the new trace starts there, and its
+    metadata says so, so that the loss rules do not take its first loss for an untrained
+    model's. The trace of the run from scratch holds no such note."""
+    first, resumed = tmp_path / "first.h5", tmp_path / "resumed.h5"
+    run(tmp_path, [DbgCallback(first)], steps=12, eval_every=6, save_steps=6)
+    checkpoint = str(tmp_path / "out" / "checkpoint-6")
+    run(tmp_path, [DbgCallback(resumed)], steps=12, eval_every=6, resume_from_checkpoint=checkpoint)
+    with open_trace(first) as trace:
+        assert "resumed_from_step" not in trace.metadata
+        assert trace.scalar("loss", mode="train").steps[0] == 0
+    with open_trace(resumed) as trace:
+        assert trace.metadata["resumed_from_step"] == 6
+        assert trace.scalar("loss", mode="train").steps.tolist() == list(range(6, 12))
 
 
 def test_trainer_run_is_recorded(tmp_path: Path, no_dbg_warnings: None) -> None:

@@ -66,11 +66,18 @@ def loader(seed: int, batches: int) -> DataLoader[tuple[torch.Tensor, ...]]:
     return DataLoader(TensorDataset(x, (x[:, 0] > 0).long()), batch_size=8)
 
 
-def fit(callback: DbgCallback, *others: pl.Callback) -> Classifier:
+def fit(
+    callback: DbgCallback,
+    *others: pl.Callback,
+    epochs: int = EPOCHS,
+    save: Path | None = None,
+    resume: Path | None = None,
+) -> Classifier:
+    """Train a fresh Classifier; ``save`` a checkpoint at the end, or ``resume`` from one."""
     torch.manual_seed(0)
     module = Classifier()
     trainer = pl.Trainer(
-        max_epochs=EPOCHS,
+        max_epochs=epochs,
         accumulate_grad_batches=ACCUMULATE,
         callbacks=[callback, *others],
         accelerator="cpu",
@@ -82,7 +89,9 @@ def fit(callback: DbgCallback, *others: pl.Callback) -> Classifier:
     )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", module="lightning")  # data loader worker advice
-        trainer.fit(module, loader(1, BATCHES_PER_EPOCH), loader(2, 2))
+        trainer.fit(module, loader(1, BATCHES_PER_EPOCH), loader(2, 2), ckpt_path=resume)
+    if save is not None:
+        trainer.save_checkpoint(save)
     return module
 
 
@@ -133,6 +142,23 @@ def test_early_stopping_is_noted_in_the_metadata(tmp_path: Path, no_dbg_warnings
         assert trace.metadata["early_stopping"] == {"monitor": "val_loss", "patience": 3}
     with open_trace(plain) as trace:
         assert "early_stopping" not in trace.metadata
+
+
+def test_a_fit_resumed_from_a_checkpoint_is_noted_as_such(
+    tmp_path: Path, no_dbg_warnings: None
+) -> None:
+    """``ckpt_path`` restores the global step: the new trace starts there, and its metadata
+    says so, so that the loss rules do not take its first loss for an untrained model's."""
+    checkpoint = tmp_path / "last.ckpt"
+    fit(DbgCallback(tmp_path / "first.h5"), save=checkpoint)
+    fit(DbgCallback(tmp_path / "resumed.h5"), epochs=EPOCHS + 1, resume=checkpoint)
+    done = STEPS_PER_EPOCH * EPOCHS
+    with open_trace(tmp_path / "first.h5") as trace:
+        assert "resumed_from_step" not in trace.metadata
+    with open_trace(tmp_path / "resumed.h5") as trace:
+        assert trace.metadata["resumed_from_step"] == done
+        expected = list(range(done, done + STEPS_PER_EPOCH))
+        assert trace.scalar("loss", mode="train").steps.tolist() == expected
 
 
 def test_default_records_tensors_every_tenth_step_and_the_loss_every_step(

@@ -269,6 +269,29 @@ def test_frozen_parameters_record_weights_and_no_gradient(
         assert (trace.stat("fc1.weight", "update_l2").values[1:] == 0).all()
 
 
+@pytest.mark.parametrize("start", [0, 40])
+def test_a_run_continued_from_a_checkpoint_is_noted_as_resumed(
+    tmp_path: Path, no_dbg_warnings: None, start: int
+) -> None:
+    """Setting the hook's step before the first update continues a run's step axis: the trace
+    then starts from a trained model, which the metadata says (``resumed_from_step``)."""
+    torch.manual_seed(0)
+    model = make_net()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    path = tmp_path / "run.h5"
+    with attach(model, optimizer, path) as hook:
+        hook.step = start
+        for x, y in batches(3):
+            optimizer.zero_grad()
+            loss = loss_fn(model, x, y)
+            hook.record_loss(loss)
+            loss.backward()
+            optimizer.step()
+    with open_trace(path) as trace:
+        assert trace.scalar("loss").steps.tolist() == [start, start + 1, start + 2]
+        assert trace.metadata.get("resumed_from_step") == (start or None)
+
+
 class TwoHeads(nn.Module):
     """The aux head takes part only when asked to, so its gradient is None on other steps."""
 

@@ -585,3 +585,80 @@ def test_loss_rules_quiet_on_a_healthy_run(make_trace, seed: int) -> None:
     assert all(r.status is RuleStatus.passed for r in report.results), [
         (r.id, r.findings) for r in report.results
     ]
+
+
+# Runs resumed from a checkpoint (run metadata resumed_from_step)
+
+RESUMED_AT = 600
+
+
+def resumed(
+    train_level: np.ndarray, eval_level: np.ndarray, *, start: int = RESUMED_AT
+) -> dict[str, Any]:
+    """A ``loss`` series recorded from ``start`` on: train losses of batches of 1,024 around
+    ``train_level``, and an evaluation every 25 steps at ``eval_level``."""
+    steps = range(start, start + len(train_level))
+    eval_steps = range(start + EVAL_EVERY, start + EVAL_EVERY * (len(eval_level) + 1), EVAL_EVERY)
+    return {
+        "loss": [
+            {"values": list(minibatch(train_level, seed=3, batch=1024)), "steps": steps},
+            {"values": list(eval_level), "steps": eval_steps, "mode": "eval"},
+        ]
+    }
+
+
+def converged_continuation() -> dict[str, Any]:
+    """The second half of a healthy classifier's run, resumed from its checkpoint: a train
+    loss near its floor (0.05) and an evaluation loss a steady 0.08 above it."""
+    return resumed(np.full(600, 0.05), np.full(24, 0.13))
+
+
+@pytest.mark.parametrize("rule_id", ["DBG301", "DBG302", "DBG303"])
+def test_a_resumed_run_is_not_judged_by_its_first_trained_loss(make_trace, rule_id: str) -> None:
+    """Taken as an untrained model's, the first loss of a resumed run makes a converged model
+    look stalled (DBG301, DBG303) and its ordinary generalisation gap look like overfitting
+    (DBG302). With ``resumed_from_step`` it is judged against ln C, an untrained classifier's
+    loss, when the number of classes is known."""
+    noted = {"resumed_from_step": RESUMED_AT}
+    as_untrained = make_trace(scalars=converged_continuation())
+    assert run_rule(as_untrained, rule_id).findings  # the false alarm without the note
+    known = make_trace(scalars=converged_continuation(), metadata={**noted, "num_classes": 10})
+    result = run_rule(known, rule_id)
+    assert result.status is RuleStatus.passed, result.findings
+    unknown = make_trace(scalars=converged_continuation(), metadata=noted)
+    result = run_rule(unknown, rule_id)
+    assert not result.findings
+    if rule_id == "DBG302":  # the gap needs the scale
+        assert result.status is RuleStatus.skipped
+        assert result.reason.startswith("the run resumed at step 600, so its first loss is")
+
+
+def test_a_resumed_run_that_overfits_or_diverges_is_still_found(make_trace) -> None:
+    """The gap is measured against ln 10 and still found; a loss that rises is reported at
+    any level, known scale or not."""
+    train = np.geomspace(0.1, 0.005, 600)
+    overfit = resumed(train, np.linspace(0.3, 2.0, 24))
+    path = make_trace(
+        scalars=overfit, metadata={"resumed_from_step": RESUMED_AT, "num_classes": 10}
+    )
+    (finding,) = run_rule(path, "DBG302").findings
+    assert "0.5 of ln 10 = 2.303, an untrained classifier's loss (the run resumed at step 600)" in (
+        finding.message
+    )
+    rising = make_trace(
+        scalars=resumed(np.geomspace(0.05, 0.5, 600), np.full(24, 0.5)),
+        metadata={"resumed_from_step": RESUMED_AT},
+    )
+    assert keyed(run_rule(rising, "DBG301"), "increasing")
+
+
+def test_a_trace_that_holds_the_run_from_its_start_keeps_its_first_loss(make_trace) -> None:
+    """``resume=True`` appends the resumed run to the trace of the first one: its first loss
+    is the untrained model's, and a plateau near it is reported as before."""
+    stalled = resumed(np.full(1200, 2.2), np.full(48, 2.25), start=0)
+    path = make_trace(
+        scalars=stalled, metadata={"resumed_from_step": RESUMED_AT, "num_classes": 10}
+    )
+    (finding,) = keyed(run_rule(path, "DBG303"), "loss-high")
+    assert "of the initial loss 2.2" in finding.message
+    assert keyed(run_rule(path, "DBG301"), "not-decreasing")
