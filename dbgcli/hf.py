@@ -32,9 +32,13 @@ import transformers
 from torch.utils.hooks import RemovableHandle
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.models.auto.modeling_auto import (
+    MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING_NAMES,
     MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+    MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES,
     MODEL_FOR_MASKED_LM_MAPPING_NAMES,
     MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES,
+    MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
+    MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES,
 )
 
 from dbgcli.rules._known import trainer_logged_no_loss
@@ -82,6 +86,19 @@ _LANGUAGE_MODEL_TASKS = {
     **dict.fromkeys(MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES.values(), "seq2seq-lm"),
     **dict.fromkeys(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values(), "causal-lm"),
 }
+# Models with a classification head (a sequence's, each token's, an image's, a clip's), whose
+# config's num_labels is the number of classes; a mapping may name several classes at once.
+_CLASSIFIERS = frozenset(
+    name
+    for mapping in (
+        MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
+        MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES,
+        MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES,
+        MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING_NAMES,
+    )
+    for names in mapping.values()
+    for name in ((names,) if isinstance(names, str) else names)
+)
 # Transformers' own activation modules (not subclasses of torch's), looked up by name so that
 # a class a future release renames is skipped rather than breaking the import.
 _TRANSFORMERS_ACTIVATIONS = {
@@ -138,7 +155,8 @@ class DbgCallback(TrainerCallback):
       model, whose token labels the class rules (DBG601, DBG604) do not judge, and
       ``early_stopping`` (``monitor``, ``patience`` and, at the end, the best checkpoint's
       ``best_step``) when an ``EarlyStoppingCallback`` watches the run, whose patience
-      DBG304 overtraining and DBG302 overfit do not judge;
+      DBG304 overtraining and DBG302 overfit do not judge; for a classification head, at
+      the end, ``num_labels`` (one class of several) or ``task`` ``regression`` (one output);
     * with ``record_data``, the full tensors of each batch the model sees (every evaluation
       batch, and the training batches of the steps whose statistics are recorded, every
       ``stats_every``), taken from the model's forward call: ``inputs`` (the first of
@@ -315,6 +333,8 @@ class DbgCallback(TrainerCallback):
             self._failures.guard(
                 "noting early stopping's optimum", lambda: _note_best(hook, args, state)
             )
+            model = kwargs.get("model")
+            self._failures.guard("noting the model's head", lambda: _note_head(hook, model))
             hook.remove()
             self.hook = None
 
@@ -417,6 +437,23 @@ def _early_stopping(args: TrainingArguments, state: TrainerState) -> dict[str, A
         return {}
     patience = stopping.get("args", {}).get("early_stopping_patience")
     return {"early_stopping": {"monitor": args.metric_for_best_model, "patience": patience}}
+
+
+def _note_head(hook: TorchHook, model: Any) -> None:
+    """Note what a classification head predicts, once training has told (its forward sets
+    ``problem_type`` from the labels): ``num_labels`` for one class among several, which
+    the loss rules take an untrained classifier's loss from (ln C), or ``task`` regression
+    for ``num_labels=1``, whose targets the class rules do not judge. A multi-label head
+    (a binary cross-entropy per label) is noted as neither."""
+    config = getattr(model, "config", None)
+    if type(model).__name__ not in _CLASSIFIERS or config is None:
+        return
+    problem, classes = getattr(config, "problem_type", None), getattr(config, "num_labels", None)
+    if problem == "regression":
+        hook.writer.set_metadata(task="regression")
+    elif problem in (None, "single_label_classification") and isinstance(classes, int):
+        if classes >= 2:  # one output without a problem type is a head never trained
+            hook.writer.set_metadata(num_labels=classes)
 
 
 def _note_best(hook: TorchHook, args: TrainingArguments, state: TrainerState) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,7 @@ class GradientNorms(TrainerCallback):
         self.norms.append(torch.linalg.vector_norm(parameter.grad).item())
 
 
-def tiny_bert() -> BertForSequenceClassification:
+def tiny_bert(num_labels: int = 2) -> BertForSequenceClassification:
     torch.manual_seed(0)
     config = BertConfig(
         vocab_size=40,
@@ -54,7 +55,7 @@ def tiny_bert() -> BertForSequenceClassification:
         num_attention_heads=2,
         intermediate_size=32,
         max_position_embeddings=16,
-        num_labels=2,
+        num_labels=num_labels,
     )
     return BertForSequenceClassification(config)
 
@@ -106,6 +107,41 @@ def run(
     )
     trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     return trainer
+
+
+@pytest.mark.parametrize(
+    ("num_labels", "label", "noted"),
+    [
+        (2, lambda ids: int(ids[0] < 20), {"num_labels": 2}),
+        (1, lambda ids: float(ids[0]) / 40, {"task": "regression"}),
+        (3, lambda ids: [float(ids[0] < 20), float(ids[1] < 20), 0.0], {}),  # multi-label
+    ],
+)
+def test_the_classification_head_is_noted_once_training_has_told(
+    tmp_path: Path, num_labels: int, label: Callable[[torch.Tensor], Any], noted: dict[str, Any]
+) -> None:
+    """Trainer's forward decides ``problem_type`` from the labels: one class of several gives
+    the loss rules their number of classes, one output a regression the class rules leave
+    alone, and a multi-label head neither."""
+    path = tmp_path / "run.h5"
+    rows = [
+        {"input_ids": row["input_ids"], "labels": label(row["input_ids"])} for row in dataset(32, 1)
+    ]
+    args = TrainingArguments(
+        str(tmp_path / "out"),
+        per_device_train_batch_size=8,
+        max_steps=4,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+    )
+    Trainer(
+        model=tiny_bert(num_labels), args=args, train_dataset=rows, callbacks=[DbgCallback(path)]
+    ).train()
+    with open_trace(path) as trace:
+        head = {key: trace.metadata[key] for key in ("num_labels", "task") if key in trace.metadata}
+    assert head == noted
 
 
 def test_a_run_resumed_from_a_checkpoint_is_noted_as_such(tmp_path: Path) -> None:
