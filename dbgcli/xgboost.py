@@ -163,13 +163,26 @@ def _task(objective: str) -> dict[str, str]:
     return {"task": "ranking"} if kind == "rank" else {}
 
 
+# The metrics XGBoost's EarlyStopping maximises when not told (``xgboost.callback``): scores
+# that rise as the model learns (``ndcg@10``, ``auc``), which must not pass for a loss.
+_MAXIMISED_METRICS = ("auc", "aucpr", "pre", "map", "ndcg")
+
+
+def _maximised(metric: str) -> bool:
+    """Whether XGBoost's evaluation ``metric`` is a score to maximise (``mape`` is an error)."""
+    name = metric.split("@")[0].split("-")[0]
+    return name != "mape" and name.startswith(_MAXIMISED_METRICS)
+
+
 class DbgCallback(TrainingCallback):
     """Records each boosting round: metrics, depth of the new trees, feature importance.
 
     Per round (step = round index):
 
     * scalars: every metric of every ``evals`` entry under its own name (``logloss``,
-      ``rmse``, ...) and ``loss``, an alias of the first metric, so the loss rules apply. The
+      ``rmse``, ...) and ``loss``, an alias of the first metric that falls as the model
+      learns (not ``auc``, ``aucpr``, ``pre``, ``map`` or ``ndcg``, scores XGBoost's early
+      stopping maximises), so the loss rules apply. The
       training set is recorded in mode ``train``; the first other set in mode ``eval``; any
       further sets in mode ``eval`` with the set name as a prefix (``test/logloss``);
     * ``trees/depth`` (collection ``trees``): depth of each tree added this round, shape
@@ -373,12 +386,13 @@ class DbgCallback(TrainingCallback):
     ) -> None:
         for set_name, metrics in evals_log.items():
             mode, prefix = self._set_mode(set_name, list(evals_log))
-            for index, (metric, history) in enumerate(metrics.items()):
+            loss = next((metric for metric in metrics if not _maximised(metric)), None)
+            for metric, history in metrics.items():
                 latest = history[-1]
                 # xgboost.cv logs (mean, std) pairs.
                 value = latest[0] if isinstance(latest, tuple) else latest
                 writer.add_scalar(prefix + metric, value, step, mode=mode)
-                if index == 0:
+                if metric == loss:
                     writer.add_scalar(prefix + "loss", value, step, mode=mode)
                     if self._live is not None and mode == "train":
                         stop_if(writer, self._live.loss(float(value), step))

@@ -207,6 +207,37 @@ def test_a_regression_on_whole_numbers_is_no_classification(
         assert "task" not in trace.metadata
 
 
+@pytest.mark.parametrize(
+    ("metrics", "loss"), [(["ndcg@5", "map@5", "rmse"], "rmse"), (["ndcg@5", "auc"], None)]
+)
+def test_a_score_that_rises_is_not_recorded_as_the_loss(
+    tmp_path: Path, no_dbg_warnings: None, metrics: list[str], loss: str | None
+) -> None:
+    """A ranker's first metric, NDCG, rises as it learns: ``loss`` is the first metric that
+    falls (none when every metric is a score), so the loss rules do not read a rising NDCG
+    as a loss that climbs."""
+    x, y = make_data(3)
+    path = tmp_path / "rank.h5"
+    dtrain = xgb.DMatrix(x, label=y)
+    dtrain.set_group([20] * (len(y) // 20))
+    xgb.train(
+        {"objective": "rank:pairwise", "eval_metric": metrics, "max_depth": 3, "seed": 0},
+        dtrain,
+        num_boost_round=20,
+        evals=[(dtrain, "train")],
+        callbacks=[DbgCallback(path)],
+        verbose_eval=False,
+    )
+    with open_trace(path) as trace:
+        assert trace.scalar("ndcg@5").values[-1] > trace.scalar("ndcg@5").values[0]
+        if loss is None:
+            assert "loss" not in trace
+        else:
+            assert trace.scalar("loss").values.tolist() == trace.scalar(loss).values.tolist()
+    findings = analyze_path(path, select=("DBG301", "DBG303")).findings
+    assert findings == []
+
+
 def test_multiclass_parallel_trees_and_more_eval_sets(
     tmp_path: Path, no_dbg_warnings: None
 ) -> None:
