@@ -512,11 +512,15 @@ def underfit(
       before it) ``L0`` is ``ln C`` when the number of classes is known from the metadata,
       predictions or labels; without it this check is not made.
     * **loss against chance** (key ``at-chance``): when the number of classes ``C`` is known
-      and the loss is on the scale of a cross-entropy (``L0 >= ln C / 2``), the mean stays at
-      or above ``chance_fraction × ln C`` through the end: ``ln C`` is the cross-entropy of a
-      model that predicts every class with probability ``1/C``, so ending there means the
-      model learned nothing, however unlucky its start was (a start at 0.94 that ends at
-      ln 2 = 0.69 has fallen 26 % and is still at chance).
+      and the loss is on the scale of a cross-entropy (``L0 >= ln C / 2``), the mean stays
+      within a factor ``chance_fraction`` of ``ln C`` either way (from 0.9 to 1.11 times it)
+      through the end: ``ln C`` is the cross-entropy of a model that predicts every class
+      with probability ``1/C``, so ending there means the model learned nothing, however
+      unlucky its start was (a start at 0.94 that ends at ln 2 = 0.69 has fallen 26 % and is
+      still at chance). A loss that ends far above ``ln C`` is not at chance: it is not a
+      softmax over ``C`` classes (a VAE's summed reconstruction loss, a contrastive loss over
+      a batch, whose width the last weight matrix does not give), or it is worse than
+      guessing, which the divergence and loss-high checks report.
     * **accuracy against chance** (key ``at-chance``): with ``C`` known and an accuracy series
       (training, else validation), the mean stays at or below ``1/C + chance_margin`` through
       the end.
@@ -561,7 +565,8 @@ def underfit(
     Args:
         max_loss_fraction: The smoothed train loss must fall below this fraction of its initial
             value.
-        chance_fraction: The smoothed train loss must fall below this fraction of ln C.
+        chance_fraction: The smoothed train loss must fall below this fraction of ln C (or
+            stay above ln C divided by it).
         chance_margin: The smoothed accuracy must rise more than this above chance (1/C), or
             above its first value when C is unknown.
         min_steps: Steps from the first record the run must span before it is judged.
@@ -597,10 +602,11 @@ def underfit(
         chance = np.log(classes) if classes else None
         # The first record says whether the loss is on a cross-entropy's scale.
         if chance is not None and values[0] >= chance / 2:
+            at_chance = smoothed / chance
             yield from _stuck_until_end(
                 steps,
-                smoothed / chance,
-                smoothed >= chance_fraction * chance,
+                at_chance,
+                (at_chance >= chance_fraction) & (at_chance <= 1 / chance_fraction),
                 tensor=tag,
                 threshold=chance_fraction,
                 key="at-chance",

@@ -367,6 +367,20 @@ def test_underfit_skipped_without_a_train_loss(make_trace) -> None:
     assert result.reason == "no train loss series"
 
 
+def test_a_loss_far_above_ln_c_is_no_classifier_at_chance(make_trace) -> None:
+    """A VAE's summed reconstruction loss over 64 sigmoid pixels falls from 44.7 to 25 and
+    stays six times ln 64: not a softmax over 64 classes guessing, so not at chance. A loss
+    at ln C is."""
+    level = 25 + 19.7 * np.exp(-np.arange(600) / 60)
+    vae = make_trace(scalars={"loss": list(level)}, metadata={"num_classes": 64})
+    assert not run_rule(vae, "DBG303").findings
+    guessing = make_trace(
+        scalars={"loss": list(np.log(64) * (1 + 0.5 * np.exp(-np.arange(600) / 60)))},
+        metadata={"num_classes": 64},
+    )
+    assert keyed(run_rule(guessing, "DBG303"), "at-chance")
+
+
 # DBG304 overtraining
 
 
