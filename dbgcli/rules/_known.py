@@ -173,8 +173,12 @@ def attention_query_or_key(tag: str) -> bool:
     return bool(_query_key_sides(tag))
 
 
-def is_normalisation(tag: str) -> bool:
-    """A normalisation layer's parameter (LayerNorm, BatchNorm, RMSNorm, GroupNorm)."""
+def is_normalisation(tag: str, kind: str | None = None) -> bool:
+    """A normalisation layer's parameter (LayerNorm, BatchNorm, RMSNorm, GroupNorm): recorded
+    with kind ``normalisation`` (the PyTorch hook knows torch.nn's from their type), or named
+    like one."""
+    if kind == "normalisation":
+        return True
     words = name_words(tag)
     return bool(set(words) & _NORM_WORDS) or any(
         a in ("layer", "batch", "group", "rms") and b == "norm" for a, b in zip(words, words[1:])
@@ -182,8 +186,10 @@ def is_normalisation(tag: str) -> bool:
 
 
 def has_normalisation(ctx: RuleContext) -> bool:
-    """Whether the model has normalisation layers (parameters named like them)."""
-    return any(is_normalisation(v.tag) for v in ctx.tensors(collection=("weights", "biases")))
+    """Whether the model has normalisation layers (parameters of that kind, or named so)."""
+    return any(
+        is_normalisation(v.tag, v.info.kind) for v in ctx.tensors(collection=("weights", "biases"))
+    )
 
 
 def first_update_step(ctx: RuleContext) -> int | None:

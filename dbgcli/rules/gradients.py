@@ -103,7 +103,8 @@ def vanishing_gradient(
     (``query_key_value``, ``qkv``, ``kv``, ``Wqkv``, GPT-2's ``c_attn``, torch's
     ``in_proj_weight``) is judged like any layer: the values' part of its gradient does not
     pass through the softmax's derivative. The across-layer check is left out for
-    models with normalisation layers (LayerNorm, BatchNorm...): they rescale the signal
+    models with normalisation layers (LayerNorm, BatchNorm...; parameters of kind
+    ``normalisation``, as the PyTorch hook records torch.nn's, or named so): they rescale the signal
     between layers, so the layers' gradient scales differ by construction instead of
     compounding through depth, which is what AutoTrainer's check (on plain stacks) looks for.
 

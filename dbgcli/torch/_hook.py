@@ -220,7 +220,7 @@ class _Parameter:
     collection: str
     record_weight: bool
     grad_tag: str | None  # None: the gradient is excluded
-    kind: str | None  # "embedding" for the table of an nn.Embedding or nn.EmbeddingBag
+    kind: str | None  # see _parameter_kind
 
 
 @dataclass
@@ -375,6 +375,27 @@ def _activation_kind(module: nn.Module, kinds: Mapping[type[nn.Module], str]) ->
     for module_type, kind in kinds.items():
         if isinstance(module, module_type):
             return kind
+    return None
+
+
+# torch.nn's normalisation layers with parameters: BatchNorm, InstanceNorm and SyncBatchNorm
+# (_NormBase), LayerNorm, GroupNorm, RMSNorm.
+_NORMALISATIONS: tuple[type[nn.Module], ...] = (
+    nn.modules.batchnorm._NormBase,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.RMSNorm,
+)
+
+
+def _parameter_kind(module: nn.Module) -> str | None:
+    """The kind the parameters of ``module`` are recorded with: ``embedding`` for the table of
+    an ``nn.Embedding`` or ``nn.EmbeddingBag``, ``normalisation`` for a normalisation layer's
+    scale and shift, else None (a layer's)."""
+    if isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
+        return "embedding"
+    if isinstance(module, _NORMALISATIONS):
+        return "normalisation"
     return None
 
 
@@ -703,12 +724,15 @@ class TorchHook:
 
     # -- setup --------------------------------------------------------------------------------
     def _select_parameters(self) -> list[_Parameter]:
-        # Tables of lookups, whatever their names (``emb``, ``encoder``): the rules judge a
-        # lookup's scale and gradient differently from a layer's.
-        tables = {
-            id(module.weight)
+        # Tables of lookups and normalisation layers, whatever their names (``emb``, ``e1.1``
+        # for a BatchNorm in a Sequential): the rules judge a lookup's scale and gradient
+        # differently from a layer's, and a network with normalisation layers differently.
+        kinds = {
+            id(parameter): kind
             for module in self.model.modules()
-            if isinstance(module, (nn.Embedding, nn.EmbeddingBag))
+            for kind in [_parameter_kind(module)]
+            if kind is not None
+            for parameter in module.parameters(recurse=False)
         }
         selected = []
         for name, parameter in self.model.named_parameters():
@@ -724,7 +748,7 @@ class TorchHook:
                         collection,
                         record_weight,
                         grad_tag if record_grad else None,
-                        "embedding" if id(parameter) in tables else None,
+                        kinds.get(id(parameter)),
                     )
                 )
         return selected

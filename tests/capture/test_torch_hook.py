@@ -1693,3 +1693,30 @@ def test_lookup_tables_are_recorded_as_embeddings_whatever_their_names(tmp_path:
     # torch initialises lookups N(0, 1): no layer's scale, and no poor initialisation.
     result = analyze_path(path, select=("DBG501",)).results[0]
     assert not result.findings, [f.message for f in result.findings]
+
+
+def test_normalisation_layers_are_recorded_as_such_whatever_their_names(tmp_path: Path) -> None:
+    """BatchNorm and LayerNorm inside Sequentials are named ``0.1``, ``1.2``: their kind says
+    what they are, so the rules know the network normalises (DBG101 then leaves out its
+    across-layer comparison, whose premise is a plain stack)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Sequential(nn.Linear(FEATURES, 8), nn.BatchNorm1d(8), nn.ReLU()),
+        nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.LayerNorm(8)),
+        nn.Linear(8, CLASSES),
+    )
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    path = tmp_path / "run.h5"
+    with attach_with_defaults(model, optimizer, path, stats_every=1):
+        for x, y in batches(3):
+            optimizer.zero_grad()
+            loss_fn(model, x, y).backward()
+            optimizer.step()
+    with open_trace(path) as trace:
+        kinds = {info.tag: info.kind for info in trace.tags(scalar=False) if "." in info.tag}
+    normalising = {"0.1.weight", "0.1.bias", "1.2.weight", "1.2.bias"}
+    for name in normalising:
+        assert kinds[name] == kinds[f"grad/{name}"] == "normalisation"
+    assert {tag for tag, kind in kinds.items() if kind == "normalisation"} == normalising | {
+        f"grad/{name}" for name in normalising
+    }

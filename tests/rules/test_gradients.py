@@ -93,6 +93,17 @@ def test_vanishing_across_layers(make_trace) -> None:
     assert not keyed(run_rule(path, "DBG101", ratio=1e-5), "vanished-relative")
 
 
+def test_a_network_with_normalisation_layers_is_not_compared_across_layers(make_trace) -> None:
+    """A BatchNorm in a Sequential is named ``b.4``: recorded with kind ``normalisation``, it
+    tells the rule the network rescales its signal between layers, like one named so."""
+    for tag, kind in (("b.4.weight", "normalisation"), ("bn1.weight", None)):
+        tensors = gradients([1e-6, 1e-2, 1e-2])
+        tensors[tag] = {"values": np.ones((40, 16), np.float32), "collection": "weights"}
+        if kind is not None:
+            tensors[tag]["kind"] = kind
+        assert not keyed(run_rule(make_trace(tensors=tensors), "DBG101"), "vanished-relative")
+
+
 def test_vanishing_across_layers_reports_every_starved_layer(make_trace) -> None:
     """The first layers of a deep sigmoid stack take turns being the smallest; each of them is
     reported for the whole run, not in fragments."""
