@@ -12,7 +12,9 @@ their plans (``ClassIds`` for labels and predictions, shared by DBG601 and DBG60
 Labels and predictions become class ids sample by sample (:func:`class_ids`): integer
 tensors are class ids (a one-hot last axis is reduced with argmax); float tensors whose last
 axis has more than one entry are scores, one-hot vectors or probabilities (argmax, and the
-width of that axis is the number of classes); other float tensors hold class ids when every
+width of that axis is the number of classes; for predictions whose shape is the labels' with
+another axis added, that axis, as a segmentation's ``(N, C, H, W)`` logits against
+``(N, H, W)`` labels); other float tensors hold class ids when every
 value is a whole number, else one binary score per sample (probabilities cut at 0.5 when all
 values lie in [0, 1], logits cut at 0). Negative ids (ignore markers such as PyTorch's -100)
 and non-finite scores give no class. A labels record is paired with the predictions record
@@ -131,14 +133,18 @@ INTEGER_INPUTS = Need(
 # -- derivations --------------------------------------------------------------------------------
 
 
-def class_ids(values: np.ndarray) -> tuple[np.ndarray, int | None]:
+def class_ids(values: np.ndarray, class_axis: int = -1) -> tuple[np.ndarray, int | None]:
     """Class id of every sample of a chunk of records ``(records, *shape)``.
 
     Returns ``(ids, width)``: ``ids`` is ``(records, samples)`` int64 with -1 where a sample has
     no class (negative label, non-finite score); ``width`` is the number of classes the tensor
     implies (length of a score or one-hot axis, 2 for binary scores), or None for plain ids.
+    ``class_axis`` is the axis of a record that holds scores or one-hot vectors (see
+    :func:`class_axis`); the samples are the positions along the others, in order.
     See the module docstring for the conventions.
     """
+    if class_axis not in (-1, values.ndim - 2):
+        values = np.moveaxis(values, class_axis + 1, -1)
     count = values.shape[0]
     shape = values.shape[1:]
     if values.dtype.kind == "b":
@@ -178,19 +184,48 @@ class ClassIdRecords:
 
 @dataclass(frozen=True)
 class ClassIds(Derivation):
-    """Class id of every sample of every labels or predictions record with a full tensor."""
+    """Class id of every sample of every labels or predictions record with a full tensor,
+    with the scores along ``class_axis`` of a record."""
+
+    class_axis: int = -1
 
     def start(self, info: TagInfo, trace: Trace) -> Accumulator:
-        return _ClassIdsAccumulator()
+        return _ClassIdsAccumulator(self.class_axis)
+
+
+def class_axis(predictions: TagInfo, labels: TagInfo) -> int:
+    """The axis of a predictions record that holds the class scores: the last, unless the
+    labels' shape is the predictions' without another axis (a segmentation's logits
+    ``(N, C, H, W)`` against its labels ``(N, H, W)``: axis 1). The batch axis is left out
+    of the comparison, since the last batch of an epoch may be smaller."""
+    scores, truth = predictions.shape, labels.shape
+    if scores is None or truth is None or len(scores) != len(truth) + 1 or len(scores) < 3:
+        return -1
+    if scores[1:-1] == truth[1:]:
+        return -1
+    for axis in range(1, len(scores) - 1):
+        if scores[1:axis] + scores[axis + 1 :] == truth[1:]:
+            return axis
+    return -1
+
+
+def _class_ids_of(
+    labels: TensorView, predictions: TensorView | None
+) -> tuple[ClassIds, ClassIds | None]:
+    """The derivations of the class ids of a labels tag and of its predictions tag."""
+    if predictions is None:
+        return ClassIds(), None
+    return ClassIds(), ClassIds(class_axis(predictions.info, labels.info))
 
 
 class _ClassIdsAccumulator(Accumulator):
-    def __init__(self) -> None:
+    def __init__(self, class_axis: int) -> None:
+        self.class_axis = class_axis
         self.ids: dict[int, np.ndarray] = {}
         self.width: int | None = None
 
     def feed(self, chunk: RawChunk) -> None:
-        ids, width = class_ids(chunk.values)
+        ids, width = class_ids(chunk.values, self.class_axis)
         if width is not None:
             self.width = max(width, self.width or 0)
         # Class ids are kept for every record (labels pair with predictions sample by
@@ -408,9 +443,12 @@ class _Stream:
 
 
 def _streams(labels: TensorView, predictions: TensorView | None) -> list[_Stream]:
-    label_ids: ClassIdRecords = labels.derive(ClassIds())
+    of_labels, of_predictions = _class_ids_of(labels, predictions)
+    label_ids: ClassIdRecords = labels.derive(of_labels)
     predicted_ids: ClassIdRecords | None = (
-        predictions.derive(ClassIds()) if predictions is not None else None
+        predictions.derive(of_predictions)
+        if predictions is not None and of_predictions is not None
+        else None
     )
     widths = [w for w in (label_ids.width, predicted_ids.width if predicted_ids else None) if w]
     width = max(widths) if widths else None
@@ -465,9 +503,10 @@ def _plan_class_ids(ctx: RuleContext, params: dict[str, Any]) -> Iterator[tuple[
     if unclassed_labels(ctx) is not None:
         return  # the class rules skip them
     for labels, predictions in _labelled(ctx):
-        yield labels.tag, ClassIds()
-        if predictions is not None:
-            yield predictions.tag, ClassIds()
+        of_labels, of_predictions = _class_ids_of(labels, predictions)
+        yield labels.tag, of_labels
+        if predictions is not None and of_predictions is not None:
+            yield predictions.tag, of_predictions
 
 
 # -- shared wording -----------------------------------------------------------------------------

@@ -79,6 +79,32 @@ def test_class_ids_follow_the_recording_conventions() -> None:
     assert ids.tolist() == [[3, 1]] and width is None
 
 
+def test_segmentation_scores_are_read_along_the_axis_the_labels_lack(make_trace) -> None:
+    """A segmentation records logits ``(N, 3, 32, 32)`` against labels ``(N, 32, 32)``: the
+    classes are axis 1, not the image width. Three balanced, well-predicted classes pass the
+    class rules; read along the width they were 32 classes, 29 of them never seen."""
+    rng = np.random.default_rng(0)
+    labels, predictions = [], []
+    for _ in range(10):
+        truth = rng.integers(0, 3, size=(4, 32, 32))
+        logits = rng.normal(0.0, 0.5, size=(4, 3, 32, 32))
+        logits += 4.0 * (np.arange(3)[None, :, None, None] == truth[:, None])
+        labels.append(truth)
+        predictions.append(logits.astype(np.float32))
+    path = make_trace(
+        tensors={
+            "labels": {"values": labels, "collection": "labels"},
+            "predictions": {"values": predictions, "collection": "predictions"},
+        }
+    )
+    for rule_id in ("DBG601", "DBG604"):
+        result = run_rule(path, rule_id)
+        assert result.status is RuleStatus.passed, (result.reason, result.findings)
+    assert class_ids(np.stack(predictions[:1]), class_axis=1)[0].tolist() == [
+        labels[0].ravel().tolist()
+    ]
+
+
 # -- DBG601 class-imbalance -----------------------------------------------------------------------
 
 
