@@ -21,6 +21,7 @@ from dbgcli.rules._context import (
 from dbgcli.rules._known import (
     STARVED_LR,
     first_update_step,
+    loss_fraction,
     lr_below,
     zero_gradient_by_construction,
 )
@@ -614,7 +615,11 @@ def unchanged_tensor(
     recorder says so (the PyTorch hook lists parameters with ``requires_grad=False`` in the
     metadata key ``frozen_parameters``) or when gradients are recorded for other parameters
     but none for it (no gradient flows to it): key ``frozen``, severity info (fine-tuning with
-    a frozen backbone). Otherwise (key ``unchanged``, warning) it is the classic bug, and the
+    a frozen backbone). Unless the freeze leaves the model nothing to learn with: no layer's
+    weight matrix (a weight of two or more dimensions) trains and the training loss has not
+    fallen below 80 % of the untrained model's (DBG303's bar); then it is the cause of that
+    underfitting, key ``unchanged``. (Tuning the biases alone, BitFit, is on purpose as
+    long as the loss falls.) Otherwise (key ``unchanged``, warning) it is the classic bug, and the
     message says whether its gradient is recorded non-zero (it has a gradient but no update:
     not in the optimizer) or zero (no gradient reaches it: a detach or a dead layer). Records
     at which the recorded learning rate is 0 or below 1e-4 of its peak (a warmup's first
@@ -656,6 +661,7 @@ def unchanged_tensor(
     gradients = {_core(v.tag): v for v in ctx.unfocused().tensors(collection="gradients")}
     declared = ctx.trace.metadata.get("frozen_parameters")
     frozen = set(declared) if isinstance(declared, list) else set()
+    pointless = _nothing_left_to_learn(ctx, gradients, frozen)
     for view in _selected(ctx, collections):
         result: UnchangedRuns = view.derive(derivation)
         run = result.run[view.records].astype(np.float64)
@@ -673,6 +679,8 @@ def unchanged_tensor(
             flowing = _gradient_flow(view, gradients, steps[streak])
             on_purpose = view.tag in frozen or flowing in ("none", "stale")
             why = _WHY["declared"] if view.tag in frozen else _WHY[flowing]
+            if on_purpose and pointless:
+                on_purpose, why = False, _WHY["pointless"]
 
             def message(
                 e: Episode,
@@ -719,7 +727,37 @@ _WHY = {
     "zero": ": its gradient is zero (no gradient reaches it: a detach, a dead layer?)",
     "moving": ": it has a non-zero gradient but is never updated (not in the optimizer?)",
     "unknown": "",
+    "pointless": (
+        ": frozen, and no layer's weights train while the loss does not fall: the freeze "
+        "leaves the model nothing to learn with (requires_grad switched off everywhere?)"
+    ),
 }
+
+# The training loss must fall below this share of the untrained model's for a run to have
+# learned anything (DBG303's default bar).
+_LEARNED_FRACTION = 0.8
+
+
+def _nothing_left_to_learn(
+    ctx: RuleContext, gradients: dict[frozenset[str], TensorView], frozen: set[str]
+) -> bool:
+    """Whether a freeze leaves the model nothing to learn with: no layer's weight matrix
+    trains (each is declared frozen, or gets no gradient while other parameters do) and the
+    training loss has not fallen below :data:`_LEARNED_FRACTION` of the untrained model's.
+    A frozen backbone under a head that trains, or BitFit's biases when the loss falls, are
+    fine-tunes; a model that cannot learn because everything is frozen is a mistake."""
+    layers = [
+        view
+        for view in ctx.unfocused().tensors(collection="weights")
+        if view.info.shape is not None and len(view.info.shape) >= 2
+    ]
+    if not layers or not gradients:
+        return False
+    if any(v.tag not in frozen and _gradient_of(v, gradients) is not None for v in layers):
+        return False
+    series = ctx.loss("train")
+    fraction = loss_fraction(ctx, series.steps[-1:]) if series is not None else None
+    return fraction is not None and bool(fraction[0] > _LEARNED_FRACTION)
 
 
 def _gradient_flow(

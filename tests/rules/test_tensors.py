@@ -12,7 +12,7 @@ from dbgcli.findings import Severity
 from dbgcli.report.model import RuleResult, RuleStatus
 from dbgcli.trace import reader
 
-from .helpers import keyed, run_rule
+from .helpers import analyze_path, keyed, run_rule
 
 
 def run_window(
@@ -441,10 +441,18 @@ def test_tensor_rules_skip_when_the_selected_collections_are_absent(make_trace) 
     assert run_rule(path, "DBG403", collections="labels").status is not RuleStatus.skipped
 
 
-def frozen_run(path: Path, *, declared: bool, stats_every: int = 10) -> Path:
-    """A real PyTorch run of 12 steps whose first layer never changes: frozen with
+def frozen_run(
+    path: Path,
+    *,
+    declared: bool,
+    stats_every: int = 10,
+    only_the_last_bias: bool = False,
+    steps: int = 12,
+) -> Path:
+    """A real PyTorch run of ``steps`` steps whose first layer never changes: frozen with
     ``requires_grad=False`` (``declared``, fine-tuning with a frozen backbone), or left out of
-    the optimizer while its gradient flows (the classic bug)."""
+    the optimizer while its gradient flows (the classic bug). ``only_the_last_bias``: every
+    parameter but the last bias is frozen (``requires_grad=False``) by mistake."""
     torch = pytest.importorskip("torch")
     from dbgcli.torch import attach
 
@@ -452,10 +460,13 @@ def frozen_run(path: Path, *, declared: bool, stats_every: int = 10) -> Path:
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
     if declared:
         model[0].requires_grad_(False)
-    optimizer = torch.optim.SGD(model[2].parameters(), lr=0.1)
+    if only_the_last_bias:
+        model.requires_grad_(False)
+        model[2].bias.requires_grad_(True)
+    optimizer = torch.optim.SGD([p for p in model[2].parameters() if p.requires_grad], lr=0.1)
     x, y = torch.randn(64, 8), torch.randint(0, 3, (64,))
     with attach(model, optimizer, path, stats_every=stats_every) as hook:
-        for _ in range(12):
+        for _ in range(steps):
             optimizer.zero_grad()
             loss = torch.nn.functional.cross_entropy(model(x), y)
             loss.backward()
@@ -477,6 +488,22 @@ def test_unchanged_tells_a_frozen_backbone_from_a_forgotten_layer(tmp_path: Path
         assert "non-zero gradient but is never updated" in finding.message
         # At the default stats_every=10 two records, 10 steps apart, are enough.
         assert (finding.first_step, finding.last_step, finding.steps) == (0, 10, 2)
+
+
+def test_a_freeze_that_leaves_nothing_to_learn_with_is_the_cause(tmp_path: Path) -> None:
+    """Every layer's weights frozen and only a bias training: the loss cannot fall, and the
+    freeze is the cause (a warning that explains the underfitting), not a fine-tune's
+    design."""
+    path = frozen_run(tmp_path / "all.h5", declared=False, only_the_last_bias=True, steps=120)
+    result = run_rule(path, "DBG403")
+    assert {f.tensor for f in result.findings} == {"0.weight", "0.bias", "2.weight"}
+    for finding in result.findings:
+        assert finding.key == "unchanged" and finding.severity is Severity.warning
+        assert "leaves the model nothing to learn with" in finding.message
+    report = analyze_path(path, select=("DBG303", "DBG403"))
+    cause = report.findings[report.problems[0].cause]
+    assert cause.rule_id == "DBG403"
+    assert {report.findings[i].rule_id for i in report.problems[0].symptoms} >= {"DBG303"}
 
 
 def test_unchanged_counts_its_run_in_steps_whatever_the_record_interval(tmp_path: Path) -> None:
