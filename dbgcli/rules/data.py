@@ -499,7 +499,7 @@ def _pair(step: int, ids: np.ndarray, predicted: np.ndarray | None) -> _LabelRec
     )
 
 
-def _plan_class_ids(ctx: RuleContext, params: dict[str, Any]) -> Iterator[tuple[str, Derivation]]:
+def plan_class_ids(ctx: RuleContext, params: dict[str, Any]) -> Iterator[tuple[str, Derivation]]:
     if unclassed_labels(ctx) is not None:
         return  # the class rules skip them
     for labels, predictions in _labelled(ctx):
@@ -507,6 +507,35 @@ def _plan_class_ids(ctx: RuleContext, params: dict[str, Any]) -> Iterator[tuple[
         yield labels.tag, of_labels
         if predictions is not None and of_predictions is not None:
             yield predictions.tag, of_predictions
+
+
+#: Labels needed before their class frequencies are trusted (the data rules' ``samples``).
+PRIOR_SAMPLES = 500
+
+
+def label_entropy(ctx: RuleContext, mode: str = "train") -> float | None:
+    """Entropy, in nats, of the class frequencies ``p`` of the recorded ``mode`` labels:
+    ``-sum(p ln p)``, the cross-entropy of a model that predicts those frequencies for every
+    sample, the best a model can do without looking at its inputs (``ln C`` for balanced
+    classes). None with fewer than :data:`PRIOR_SAMPLES` labels in full tensors, or when
+    the run metadata says the labels are no classes."""
+    if unclassed_labels(ctx) is not None:
+        return None
+    counts: dict[int, int] = {}
+    for labels, _ in _labelled(ctx):
+        found: ClassIdRecords = labels.derive(ClassIds())
+        for record, code in zip(labels.records, labels.modes, strict=True):
+            ids = found.ids.get(int(record))
+            if ids is None or schema.MODES[int(code)] != mode:
+                continue
+            classes, seen = np.unique(ids[ids >= 0], return_counts=True)
+            for label, number in zip(classes.tolist(), seen.tolist()):
+                counts[label] = counts.get(label, 0) + number
+    total = sum(counts.values())
+    if total < PRIOR_SAMPLES:
+        return None
+    shares = np.array(list(counts.values()), dtype=np.float64) / total
+    return float(-(shares * np.log(shares)).sum())
 
 
 # -- shared wording -----------------------------------------------------------------------------
@@ -592,7 +621,7 @@ def _too_early(stream: _Stream, paired: Sequence[_LabelRecord], middle: float) -
     severity="warning",
     category="data",
     requires=LABELS,
-    plan=_plan_class_ids,
+    plan=plan_class_ids,
     label={
         "imbalance": "class imbalance",
         "mispredicted": "rare classes mispredicted",
@@ -1193,7 +1222,7 @@ def _token_message(value: int, threshold: float, analysed: int) -> Callable[[Epi
     severity="warning",
     category="data",
     requires=(LABELS, PREDICTIONS),
-    plan=_plan_class_ids,
+    plan=plan_class_ids,
     label={
         "diagonal": "predicted classes often wrong",
         "off-diagonal": "classes confused with each other",

@@ -27,6 +27,7 @@ from dbgcli.rules._known import (
     resumed_without_start,
 )
 from dbgcli.rules._registry import Need, rule
+from dbgcli.rules.data import label_entropy, plan_class_ids
 from dbgcli.trace import roles, schema
 from dbgcli.trace.reader import Series
 
@@ -485,6 +486,8 @@ def overfit(
     severity="warning",
     category="loss",
     requires=TRAIN_LOSS,
+    # The labels' class frequencies set the loss of a model that learned nothing.
+    plan=plan_class_ids,
     label="underfitting",
     # A model that has not learned confuses the classes it predicts.
     explains=("DBG301:not-decreasing", "DBG604"),
@@ -517,7 +520,11 @@ def underfit(
       through the end: ``ln C`` is the cross-entropy of a model that predicts every class
       with probability ``1/C``, so ending there means the model learned nothing, however
       unlucky its start was (a start at 0.94 that ends at ln 2 = 0.69 has fallen 26 % and is
-      still at chance). A loss that ends far above ``ln C`` is not at chance: it is not a
+      still at chance). With at least 500 training labels in full tensors, chance is the
+      entropy ``H = -sum(p ln p)`` of their class frequencies ``p`` instead (``ln C`` when
+      balanced): a model that learns only how often each class occurs, as one whose labels
+      were shuffled apart from their inputs does, ends there (0.50 for 20 % positives,
+      72 % of ln 2). A loss that ends far above ``ln C`` is not at chance: it is not a
       softmax over ``C`` classes (a VAE's summed reconstruction loss, a contrastive loss over
       a batch, whose width the last weight matrix does not give), or it is worse than
       guessing, which the divergence and loss-high checks report.
@@ -599,7 +606,7 @@ def underfit(
                     f"{reference} (must fall below {max_loss_fraction:.0%})"
                 ),
             )
-        chance = np.log(classes) if classes else None
+        chance, guessing = _chance_loss(ctx, classes)
         # The first record says whether the loss is on a cross-entropy's scale.
         if chance is not None and values[0] >= chance / 2:
             at_chance = smoothed / chance
@@ -611,9 +618,8 @@ def underfit(
                 threshold=chance_fraction,
                 key="at-chance",
                 message=lambda v: (
-                    f"mean train loss of the {_last_records(span)} is {v:.0%} of ln {classes} "
-                    f"= {chance:.3g}, the loss of guessing among {classes} classes (must fall "
-                    f"below {chance_fraction:.0%})"
+                    f"mean train loss of the {_last_records(span)} is {v:.0%} of {guessing} "
+                    f"(must fall below {chance_fraction:.0%})"
                 ),
             )
     accuracy = ctx.accuracy("train")
@@ -677,6 +683,22 @@ def underfit(
 
 # AutoTrainer reports a run as not converged while its best accuracy is at most 0.6.
 _NOT_CONVERGED_ACCURACY = 0.6
+
+
+def _chance_loss(ctx: RuleContext, classes: int | None) -> tuple[float | None, str]:
+    """The loss of a classifier that learned nothing from its inputs, and its description:
+    the entropy of the recorded labels' class frequencies (predicting them for every
+    sample), else ``ln C`` (guessing uniformly among ``C`` classes), else None."""
+    prior = label_entropy(ctx)
+    if prior is not None and prior > 0:
+        return prior, (
+            f"{prior:.3g}, the entropy of the labels' class frequencies (the loss of "
+            "predicting them alone, ignoring the inputs)"
+        )
+    if classes:
+        chance = float(np.log(classes))
+        return chance, f"ln {classes} = {chance:.3g}, the loss of guessing among {classes} classes"
+    return None, ""
 
 
 def _last_records(count: int) -> str:

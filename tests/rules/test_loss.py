@@ -367,6 +367,25 @@ def test_underfit_skipped_without_a_train_loss(make_trace) -> None:
     assert result.reason == "no train loss series"
 
 
+def test_underfit_at_the_entropy_of_the_label_frequencies(make_trace) -> None:
+    """Labels shuffled apart from their inputs, 20 % positives: the model learns only how
+    often each class occurs and its loss settles at their entropy, 0.50, 72 % of ln 2. With
+    the labels recorded that is chance; a model that learns goes well below it."""
+    rng = np.random.default_rng(0)
+    labels = [(rng.random(64) < 0.2).astype(np.int64) for _ in range(20)]
+    recorded = {"labels": {"values": labels, "steps": range(0, 400, 20), "collection": "labels"}}
+    prior = -(0.2 * np.log(0.2) + 0.8 * np.log(0.8))
+    settles = prior + (np.log(2) - prior) * np.exp(-np.arange(400) / 30)
+    stuck = make_trace(scalars={"loss": list(settles)}, tensors=recorded)
+    (finding,) = keyed(run_rule(stuck, "DBG303"), "at-chance")
+    assert "the entropy of the labels' class frequencies" in finding.message
+    assert finding.value is not None and abs(finding.value - 1.0) < 0.01
+    learns = make_trace(scalars={"loss": list(0.05 + settles - prior)}, tensors=recorded)
+    assert not run_rule(learns, "DBG303").findings
+    # Without the labels, ln 2 is chance and 0.50 is well below it.
+    assert not run_rule(make_trace(scalars={"loss": list(settles)}), "DBG303").findings
+
+
 def test_a_loss_far_above_ln_c_is_no_classifier_at_chance(make_trace) -> None:
     """A VAE's summed reconstruction loss over 64 sigmoid pixels falls from 44.7 to 25 and
     stays six times ln 64: not a softmax over 64 classes guessing, so not at chance. A loss
