@@ -224,6 +224,28 @@ def lr_fraction(ctx: RuleContext, steps: np.ndarray) -> np.ndarray | None:
     return np.where(where >= 0, lr_values[np.maximum(where, 0)] / peak, np.nan)
 
 
+def lr_raised(
+    ctx: RuleContext, begins: np.ndarray, ends: np.ndarray, at: np.ndarray, factor: float = 2.0
+) -> np.ndarray:
+    """Per window ``(begins[i], ends[i]]``: the recorded learning rate at step ``at[i]`` is at
+    least ``factor`` times the lowest it was in the window, so a schedule raised it since
+    (False where unknown, and without a recorded rate)."""
+    raised = np.zeros(len(at), dtype=bool)
+    series = ctx.lr()
+    if series is None:
+        return raised
+    keep = np.isfinite(series.values)
+    order = np.argsort(series.steps[keep], kind="stable")
+    steps, values = series.steps[keep][order], series.values[keep][order]
+    now = np.searchsorted(steps, at, side="right") - 1
+    first = np.searchsorted(steps, begins, side="right")
+    last = np.searchsorted(steps, ends, side="right")
+    for index, (begin, end, current) in enumerate(zip(first, last, now, strict=True)):
+        if current >= 0 and end > begin:
+            raised[index] = values[current] >= factor * values[begin:end].min()
+    return raised
+
+
 def lr_below(ctx: RuleContext, steps: np.ndarray, fraction: float) -> np.ndarray:
     """Per step: the recorded learning rate is below ``fraction`` of its peak, as a warmup's
     first steps or a decay's last ones are (False where unknown, and without a recorded rate)."""

@@ -24,6 +24,7 @@ from dbgcli.rules._known import (
     class_count,
     initial_loss,
     lr_below,
+    lr_raised,
     resumed_without_start,
 )
 from dbgcli.rules._registry import Need, rule
@@ -165,6 +166,13 @@ def loss_not_decreasing(
     ``ln C``, when the metadata, predictions or labels give the number of classes ``C``;
     without it, a resumed run's plateau is not judged.
 
+    **A raised learning rate is no failure.** A rise is not counted when the recorded
+    learning rate at the check is at least twice the lowest it was in the earlier window: a
+    schedule raised it since the loss was at that level (SGDR's warm restarts, a cyclic
+    schedule's climb, a warmup), and a higher rate raises the loss by design (the restarts
+    are there to leave the minimum the loss had settled in). A loss that keeps rising once
+    the rate stops climbing is reported by the checks after.
+
     A finding needs ``patience`` consecutive failing checks (so one bump, such as a loss spike
     the run recovers from, is not reported); runs of failing checks are merged into one
     finding per key, ``increasing`` for checks that rose by ``max_increase_pct`` or more,
@@ -245,6 +253,10 @@ def loss_not_decreasing(
     margin = z * np.array(noise)
     never = np.zeros(len(change), dtype=bool)
     rose = change - margin >= max_increase_pct if max_increase_pct is not None else never
+    # A schedule that raises the learning rate (a warm restart, a cyclic or warmup phase)
+    # raises the loss by design.
+    compared_at = np.array(compared)
+    rose &= ~lr_raised(ctx, compared_at - num_steps, compared_at, np.array(checked))
     flat = -change - margin <= min_decrease_pct if min_decrease_pct is not None else never
     if converged_fraction is not None:
         initial = initial_loss(ctx, mode)

@@ -139,6 +139,30 @@ def test_loss_not_decreasing_checks_the_eval_loss_on_request(make_trace) -> None
     assert finding.value is not None and finding.value > 5.0
 
 
+def sgdr(steps: int, restarts: tuple[int, ...], peak: float = 0.1) -> np.ndarray:
+    """A cosine learning rate from ``peak`` to 0 that restarts at ``restarts`` (SGDR)."""
+    edges = [0, *restarts, steps]
+    parts = [
+        peak * (1 + np.cos(np.pi * np.arange(end - start) / (end - start))) / 2
+        for start, end in zip(edges, edges[1:])
+    ]
+    return np.concatenate(parts)
+
+
+def test_a_warm_restart_raises_the_loss_by_design(make_trace) -> None:
+    """SGDR restarts the learning rate at step 700: the loss rises 40 % and falls again as
+    the rate anneals. The rise follows the schedule, not a problem; the same rise under a
+    constant rate is one."""
+    rng = np.random.default_rng(0)
+    steps = np.arange(1100)
+    bump = np.interp(steps, [0, 700, 900, 1100], [0.0, 0.0, 0.06, 0.0])
+    loss = 0.15 + 0.85 * np.exp(-steps / 100) + bump + rng.normal(0, 0.003, 1100)
+    restarted = make_trace(scalars={"loss": list(loss), "lr": list(sgdr(1100, (100, 300, 700)))})
+    assert not keyed(run_rule(restarted, "DBG301"), "increasing")
+    constant = make_trace(scalars={"loss": list(loss), "lr": [0.05] * 1100})
+    assert keyed(run_rule(constant, "DBG301"), "increasing")
+
+
 def test_loss_not_decreasing_skipped_without_a_train_loss(make_trace) -> None:
     result = run_rule(make_trace(scalars={"accuracy": [0.5, 0.6]}), "DBG301")
     assert result.status is RuleStatus.skipped
