@@ -163,6 +163,17 @@ def _task(objective: str) -> dict[str, str]:
     return {"task": "ranking"} if kind == "rank" else {}
 
 
+def _class_weighting(objective: Mapping[str, Any]) -> dict[str, Any]:
+    """The run metadata's ``class_weighting`` when the objective weighs the positive class
+    (``scale_pos_weight`` other than 1): the run compensates its class imbalance."""
+    weight = objective.get("reg_loss_param", {}).get("scale_pos_weight")
+    try:
+        scale = float(weight)
+    except (TypeError, ValueError):
+        return {}
+    return {"class_weighting": {"scale_pos_weight": scale}} if scale != 1.0 else {}
+
+
 # The metrics XGBoost's EarlyStopping maximises when not told (``xgboost.callback``): scores
 # that rise as the model learns (``ndcg@10``, ``auc``), which must not pass for a loss.
 _MAXIMISED_METRICS = ("auc", "aucpr", "pre", "map", "ndcg")
@@ -355,9 +366,10 @@ class DbgCallback(TrainingCallback):
         config = json.loads(model.save_config())
         booster = config.get("learner", {}).get("gradient_booster", {}).get("name")
         self._has_trees = booster != "gblinear"  # no depth, no importance by split
-        objective = config.get("learner", {}).get("objective", {}).get("name", "")
+        objective = config.get("learner", {}).get("objective", {})
         metadata: dict[str, Any] = {
-            **_task(objective),
+            **_task(objective.get("name", "")),
+            **_class_weighting(objective),
             **self.metadata,
             "xgboost_version": xgboost.__version__,
             "xgboost_config": config,

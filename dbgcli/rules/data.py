@@ -24,7 +24,7 @@ of the same step and mode (the n-th with the n-th when a step holds several); a 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -663,6 +663,10 @@ def class_imbalance(
       (SageMaker could fire only once ``samples`` labels had been seen). A label stream
       with fewer labels gets an info finding (key ``too-few-samples``); when no stream has
       enough, the rule is reported as skipped with that reason instead of a silent pass.
+      When the run compensates its imbalance (run metadata ``class_weighting``: the XGBoost
+      callback notes ``scale_pos_weight``; note a weighted loss or a balancing sampler
+      yourself), the imbalance is an info finding: the fix is in place, and whether it
+      works is the misprediction check's question.
     * **misprediction** (key ``mispredicted``, needs predictions): for some class, the share
       of its labelled samples whose predicted class differs ``> threshold_misprediction``.
       SageMaker accumulates from the first step, which makes every run fire while the model
@@ -695,10 +699,11 @@ def class_imbalance(
             predictions the misprediction check uses.
     """
     _refuse_unclassed(ctx)
+    weighting = _class_weighting(ctx)
     yield from _judged_or_skipped(
         [
             [
-                *_imbalance(stream, threshold_imbalance, samples),
+                *_imbalance(stream, threshold_imbalance, samples, weighting),
                 *_misprediction(stream, threshold_misprediction, samples),
             ]
             for labels, predictions in _labelled(ctx)
@@ -707,7 +712,21 @@ def class_imbalance(
     )
 
 
-def _imbalance(stream: _Stream, threshold: float, samples: int) -> Iterator[Finding]:
+def _class_weighting(ctx: RuleContext) -> str | None:
+    """How the run compensates its class imbalance, from the run metadata's
+    ``class_weighting`` (the XGBoost callback notes ``scale_pos_weight``; set it yourself for
+    a weighted loss or a resampling sampler), in words; None without it."""
+    weighting = ctx.trace.metadata.get("class_weighting")
+    if not weighting:
+        return None
+    if isinstance(weighting, Mapping):
+        return ", ".join(f"{key} {value}" for key, value in weighting.items())
+    return str(weighting)
+
+
+def _imbalance(
+    stream: _Stream, threshold: float, samples: int, weighting: str | None = None
+) -> Iterator[Finding]:
     steps = [r.step for r in stream.records]
     sizes = np.array([r.labels.size for r in stream.records], dtype=np.int64)
     seen = int(sizes.sum())
@@ -738,11 +757,13 @@ def _imbalance(stream: _Stream, threshold: float, samples: int) -> Iterator[Find
         smallest = f"smallest class {classes[least]}: {counts[least]}"
     if not ratio > threshold:
         return
+    compensated = f"; the run compensates it ({weighting})" if weighting else ""
     yield Finding(
         message=(
             f"{biggest}, {smallest}: ratio {ratio:.3g} (> {threshold:g}); "
-            f"{seen} labels in {_records(len(steps))} with full tensors"
+            f"{seen} labels in {_records(len(steps))} with full tensors{compensated}"
         ),
+        severity=Severity.info if weighting else None,
         # The labels were imbalanced from the first record, whenever enough samples made
         # that certain.
         tensor=stream.labels,

@@ -12,6 +12,7 @@ import xgboost as xgb
 
 from dbgcli import TraceWriter, open_trace
 from dbgcli.errors import TraceWriterError
+from dbgcli.findings import Severity
 from dbgcli.report.model import RuleStatus
 from dbgcli.trace.writer import DEFAULT_RAW_BUDGET
 from dbgcli.xgboost import (
@@ -236,6 +237,35 @@ def test_a_score_that_rises_is_not_recorded_as_the_loss(
             assert trace.scalar("loss").values.tolist() == trace.scalar(loss).values.tolist()
     findings = analyze_path(path, select=("DBG301", "DBG303")).findings
     assert findings == []
+
+
+def test_an_imbalance_the_objective_compensates_is_a_note(
+    tmp_path: Path, no_dbg_warnings: None
+) -> None:
+    """5 % positives: without ``scale_pos_weight`` DBG601 warns of the imbalance; with it,
+    the fix is in place and the imbalance is a note."""
+    x, _ = make_data(4, rows=1000)
+    rng = np.random.default_rng(4)
+    positives = (x[:, 0] + rng.normal(scale=0.3, size=len(x)) > 1.65).astype(np.float32)
+    dtrain = xgb.DMatrix(x, label=positives)
+    severities = {}
+    for weight in (1.0, 19.0):
+        path = tmp_path / f"weight{weight:g}.h5"
+        xgb.train(
+            {"objective": "binary:logistic", "scale_pos_weight": weight, "seed": 0},
+            dtrain,
+            num_boost_round=20,
+            evals=[(dtrain, "train")],
+            callbacks=[DbgCallback(path, data=dtrain)],
+            verbose_eval=False,
+        )
+        with open_trace(path) as trace:
+            noted = trace.metadata.get("class_weighting")
+        assert noted == (None if weight == 1.0 else {"scale_pos_weight": 19.0})
+        result = analyze_path(path, select=("DBG601",)).results[0]
+        (finding,) = [f for f in result.findings if f.key == "imbalance"]
+        severities[weight] = finding.severity
+    assert severities == {1.0: Severity.warning, 19.0: Severity.info}
 
 
 def test_multiclass_parallel_trees_and_more_eval_sets(
