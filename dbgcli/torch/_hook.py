@@ -354,6 +354,13 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model
 
 
+def _uncompiled_name(name: str) -> str:
+    """A parameter's or module's name as the model has it uncompiled: ``torch.compile(model)``
+    holds the model as ``_orig_mod``, which would otherwise start every tag, so that a
+    compiled run's trace could not be compared with an uncompiled one's."""
+    return ".".join(part for part in name.split(".") if part != "_orig_mod")
+
+
 def _compiled(module: nn.Module) -> bool:
     """Whether ``module`` runs compiled code of torch.compile: a wrapper of it, compiled in
     place (``module.compile()``), or with a compiled ``forward`` (as Lightning compiles).
@@ -735,7 +742,8 @@ class TorchHook:
             for parameter in module.parameters(recurse=False)
         }
         selected = []
-        for name, parameter in self.model.named_parameters():
+        for full_name, parameter in self.model.named_parameters():
+            name = _uncompiled_name(full_name)
             collection = _parameter_collection(name)
             grad_tag = f"grad/{name}"
             record_weight = self._selected(name)
@@ -759,10 +767,11 @@ class TorchHook:
         self._handles.append(
             model.register_forward_hook(self._after_model_forward, always_call=True)
         )
-        for name, module in model.named_modules():
+        for full_name, module in model.named_modules():
             kind = _activation_kind(module, self._activation_kinds)
             if kind is None:
                 continue
+            name = _uncompiled_name(full_name)
             act_tag = f"act/{name}" if self._selected(name, f"act/{name}") else None
             preact_tag = None
             if kind in PREACTIVATION_KINDS and self._selected(name, f"preact/{name}"):

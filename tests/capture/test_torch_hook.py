@@ -785,6 +785,10 @@ def test_a_compiled_model_records_activations_at_every_recording_step(
     with open_trace(path) as trace:
         (tag,) = [info.tag for info in trace.tags("act/*relu")]
         assert trace.index(tag)[0].tolist() == [0, 2, 4]
+        # Named as the uncompiled model names them, so that traces compare across runs.
+        tags = [info.tag for info in trace.tags(scalar=False)]
+        assert "fc1.weight" in tags and "grad/fc1.weight" in tags
+        assert not [tag for tag in tags if "_orig_mod" in tag]
 
 
 @pytest.mark.parametrize("through", ["the wrapper", "a replica"])
