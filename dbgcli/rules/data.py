@@ -627,7 +627,9 @@ def _too_early(stream: _Stream, paired: Sequence[_LabelRecord], middle: float) -
         "mispredicted": "rare classes mispredicted",
         "too-few-samples": "too few labels to judge class balance",
     },
-    explains=("DBG604", "DBG303"),
+    # Skewed labels make a model favour the frequent classes; classes mispredicted alone say
+    # the model confuses them, which a model that learned nothing does too (DBG303's).
+    explains={"imbalance": ("DBG604", "DBG303"), "mispredicted": ("DBG604",)},
 )
 def class_imbalance(
     ctx: RuleContext,

@@ -502,7 +502,7 @@ def overfit(
     plan=plan_class_ids,
     label="underfitting",
     # A model that has not learned confuses the classes it predicts.
-    explains=("DBG301:not-decreasing", "DBG604"),
+    explains=("DBG301:not-decreasing", "DBG604", "DBG601:mispredicted"),
 )
 def underfit(
     ctx: RuleContext,

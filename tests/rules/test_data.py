@@ -185,6 +185,27 @@ def test_misprediction_judges_the_model_training_leaves(make_trace) -> None:
     assert not keyed(run_rule(path, "DBG601", threshold_misprediction=1.0), "mispredicted")
 
 
+def test_classes_a_model_that_learned_nothing_mispredicts_are_its_symptom(make_trace) -> None:
+    """Balanced classes, a model that predicts class 0 for everything and a loss at ln 4:
+    the mispredicted classes are no imbalance to resample but the underfitting's symptom."""
+    rng = np.random.default_rng(0)
+    steps = list(range(0, 200, 10))
+    labels = [rng.integers(0, 4, size=64) for _ in steps]
+    constant = [scores(np.zeros(64, dtype=np.int64), 4, rng) for _ in steps]
+    path = make_trace(
+        scalars={"loss": list(np.log(4) + rng.normal(0, 0.01, 200))},
+        tensors={
+            "labels": {"values": labels, "steps": steps, "collection": "labels"},
+            "predictions": {"values": constant, "steps": steps, "collection": "predictions"},
+        },
+    )
+    report = analyze_path(path, select=("DBG303", "DBG601", "DBG604"))
+    (diagnosis,) = report.problems
+    assert report.findings[diagnosis.cause].rule_id == "DBG303"
+    symptoms = {(report.findings[i].rule_id, report.findings[i].key) for i in diagnosis.symptoms}
+    assert ("DBG601", "mispredicted") in symptoms
+
+
 def test_class_imbalance_too_few_labels_is_skipped_with_the_reason(make_trace) -> None:
     rng = np.random.default_rng(5)
     labels = [np.where(rng.random(64) < 0.95, 0, 1) for _ in range(3)]
