@@ -35,6 +35,23 @@ from dbgcli.trace.reader import Series
 Mode = Literal["train", "eval"]
 
 
+def _diverged_before(values: np.ndarray) -> str:
+    """How the finite records before a non-finite one rose, when they did: by more than
+    ``_DIVERGED`` times their lowest, the loss was diverging (a learning rate far too high)
+    before it overflowed, which no NaN recorded later can say."""
+    finite = values[np.isfinite(values)]
+    if len(finite) < 2:
+        return ""
+    low, last = float(np.abs(finite).min()), float(abs(finite[-1]))
+    if not last > _DIVERGED * low:
+        return ""
+    return f", after the loss rose to {finite[-1]:.3g}, {last / low:.3g}x its lowest {low:.3g}: it diverged"
+
+
+# A loss that rises to this many times its lowest value before it overflows has diverged.
+_DIVERGED = 10.0
+
+
 def _is_loss_tag(tag: str) -> bool:
     return roles.scalar_meaning(tag).quantity == "loss"
 
@@ -1083,7 +1100,9 @@ def non_finite_loss(ctx: RuleContext) -> Iterator[Finding]:
     separately for each mode; a record violates
     when its value is NaN, +inf or -inf. One finding per series, mode and run of consecutive
     non-finite records; its first step is the first non-finite step and its value the first
-    non-finite value; ``extra`` counts the NaN and infinite records.
+    non-finite value; ``extra`` counts the NaN and infinite records. When the finite records
+    before it rose to more than 10 times their lowest, the message says the loss diverged
+    first (a learning rate far too high, not a bad value in one batch).
 
     Why it matters: once the loss is NaN every gradient is NaN, the weights become NaN at the
     next update and the run is lost; nothing after this step is meaningful.
@@ -1109,8 +1128,12 @@ def non_finite_loss(ctx: RuleContext) -> Iterator[Finding]:
             for episode in episodes(~np.isfinite(values)):
                 span = values[episode.first : episode.last + 1]
                 nan, inf = int(np.isnan(span).sum()), int(np.isinf(span).sum())
+                before = _diverged_before(values[: episode.first])
                 yield Finding(
-                    message=f"{info.tag} ({mode}) is not finite: {nan} NaN, {inf} infinite values",
+                    message=(
+                        f"{info.tag} ({mode}) is not finite: {nan} NaN, {inf} infinite "
+                        f"values{before}"
+                    ),
                     tensor=info.tag,
                     first_step=int(steps[episode.first]),
                     last_step=int(steps[episode.last]),

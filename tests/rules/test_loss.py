@@ -578,6 +578,19 @@ def test_non_finite_loss_reports_every_loss_series_and_mode(make_trace) -> None:
     assert all(f.severity is Severity.error for f in result.findings)
 
 
+def test_non_finite_loss_says_when_the_loss_diverged_first(make_trace) -> None:
+    """A learning rate far too high: the loss climbs by orders of magnitude, then overflows.
+    A NaN from one bad batch in a healthy run is no divergence."""
+    climbing = [2.3, 2.1, 40.0, 9e3, 5e8, np.inf] + [np.nan] * 10
+    (finding,) = run_rule(make_trace(scalars={"loss": climbing}), "DBG306").findings
+    assert finding.first_step == 5
+    assert finding.message.endswith(
+        "after the loss rose to 5e+08, 2.38e+08x its lowest 2.1: it diverged"
+    )
+    broken = run_rule(make_trace(scalars=broken_losses()), "DBG306").findings
+    assert broken and not [f for f in broken if "diverged" in f.message]
+
+
 def test_non_finite_loss_step_range_and_severity(make_trace) -> None:
     path = make_trace(scalars=broken_losses())
     early = analyze_path(path, select=("DBG306",), stop=50, severities={"DBG306": "warning"})
