@@ -72,6 +72,7 @@ def test_healthy_transformer_and_lightning_runs_pass(key: str, tmp_path: Path) -
         "xgboost/healthy-early-stopping",
         "hf-distilbert/healthy",
         "hf-gpt2/healthy-data",
+        "torch-mlp/healthy-resumed",
     ],
 )
 def test_healthy_runs_that_once_drew_false_alarms_pass(key: str, tmp_path: Path) -> None:
@@ -79,11 +80,28 @@ def test_healthy_runs_that_once_drew_false_alarms_pass(key: str, tmp_path: Path)
     predictions as a 40-step run's only full data tensors (DBG604), one-hot indicator inputs
     (DBG602), a cls_token and positional table initialised to zero and LayerScale's gamma
     (DBG501, DBG502), XGBoost's early stopping (DBG304), DistilBERT's q_lin/k_lin gradients
-    (DBG102) and a language model's token labels (DBG601, DBG604)."""
+    (DBG102), a language model's token labels (DBG601, DBG604) and a run resumed from a
+    checkpoint, whose first loss is a trained model's (DBG301, DBG303)."""
     spec = train(key, tmp_path)
     for path in (spec.hook_path, spec.hand_path):
         trace = report(path)
         assert trace.healthy, f"{path.name}: {trace.verdict}"
+
+
+@pytest.mark.parametrize(
+    ("key", "cause"),
+    [("torch-mlp/frozen-everything", "DBG403"), ("torch-mlp/shuffled-labels", "DBG303")],
+)
+def test_faults_that_once_went_unnamed_lead_with_their_cause(
+    key: str, cause: str, tmp_path: Path
+) -> None:
+    """A freeze that left no layer's weights training was filed as 'frozen on purpose', and
+    labels shuffled apart from skewed classes left the loss at their entropy, below ln C:
+    both runs now lead with their cause."""
+    spec = train(key, tmp_path)
+    for path in (spec.hook_path, spec.hand_path):
+        trace = report(path)
+        assert trace.findings[trace.diagnoses[0].cause].rule_id == cause, trace.verdict
 
 
 def verdict(trace: TraceReport) -> tuple[str, str, frozenset[str]]:

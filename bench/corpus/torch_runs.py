@@ -580,6 +580,52 @@ def pretrain_and_freeze(layers: tuple[str, ...], steps: int) -> Callable[[nn.Mod
     return pretrain
 
 
+def pretrain_whole(steps: int) -> Callable[[nn.Module, Data], None]:
+    """Train the whole model (Adam 1e-3, batch 64, unrecorded): the checkpoint a resumed run
+    (``Recipe.start_step``) continues from."""
+
+    def pretrain(model: nn.Module, data: Data) -> None:
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        for _ in range(steps):
+            index = torch.randint(0, len(data.x), (64,))
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(model(data.x[index]), data.y[index]).backward()
+            optimizer.step()
+
+    return pretrain
+
+
+def freeze_all_but_the_last_bias(model: nn.Module, data: Data) -> None:
+    """``requires_grad_(False)`` on the whole model, then back on for the output layer's bias
+    only, as a fine-tuning script that meant to unfreeze the head gets it wrong."""
+    model.requires_grad_(False)
+    last = [module for module in model.modules() if isinstance(module, nn.Linear)][-1]
+    last.bias.requires_grad_(True)
+
+
+def warm_restarts(
+    optimizer: torch.optim.Optimizer, steps: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """SGDR: cosine annealing from the optimizer's lr to 0 over 150 steps, then again from
+    the full lr (restarts at steps 150, 300 and 450)."""
+    return torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(optimizer, T_0=150)
+
+
+def labels_shuffled(build: Callable[[np.random.Generator], Data]) -> Callable[..., Data]:
+    """The data of ``build`` with the labels permuted apart from their inputs (train and
+    held-out), as a pipeline that shuffles features and labels separately leaves them."""
+
+    def shuffled_build(rng: np.random.Generator) -> Data:
+        data = build(rng)
+        return replace(
+            data,
+            y=data.y[torch.as_tensor(rng.permutation(len(data.y)))],
+            y_val=data.y_val[torch.as_tensor(rng.permutation(len(data.y_val)))],
+        )
+
+    return shuffled_build
+
+
 # -- measurements -------------------------------------------------------------------------------
 
 
@@ -818,6 +864,9 @@ class Recipe:
     early_stopping: bool = False
     # Step at which the wall clock the writers read jumps forward (a simulated hang).
     stall_at: int | None = None
+    # The optimizer steps a checkpoint holds (trained by ``pretrain``): the recorded run
+    # resumes there, ``hook.step = start_step``, and the hand trace notes it in the metadata.
+    start_step: int = 0
 
 
 STALL_SECONDS = 20 * 60.0
@@ -894,6 +943,9 @@ class Loop:
                 HandRecorder(spec, model, loss_name=loss_name, stats_every=stats_every)
             )
             hand.writer.set_metadata(hyperparameters=hyper)
+            if recipe.start_step:
+                hook.step = recipe.start_step
+                hand.writer.set_metadata(resumed_from_step=recipe.start_step)
             self._train(hook, hand, clock)
         return self.probe.measured
 
@@ -901,8 +953,9 @@ class Loop:
         recipe, model, measured = self.recipe, self.model, self.probe.measured
         best = math.inf
         evaluated_at = None
-        step = 0
-        for step, index in zip(range(recipe.steps), self.batches):
+        start = recipe.start_step
+        step = start
+        for step, index in zip(range(start, start + recipe.steps), self.batches):
             if recipe.eval_every and step % recipe.eval_every == 0:
                 eval_loss = self._evaluate(hook, hand, step)
                 evaluated_at = step
@@ -1110,6 +1163,33 @@ requires_grad_(False) and left out of the optimizer; a re-initialised head is tr
 def mlp_healthy_frozen_backbone(spec: RunSpec) -> None:
     recipe = replace(HEALTHY_ADAM, pretrain=pretrain_and_freeze(("fc1", "fc2"), steps=300))
     run(spec, recipe, *healthy())
+
+
+@scenario(
+    MLP,
+    "healthy-resumed",
+    cause=None,
+    description="""
+healthy-adam resumed from a checkpoint: the model was trained for 300 unrecorded steps, and
+the recorded run continues at step 300 (hook.step = 300; the hand trace notes
+resumed_from_step) for 300 more.""",
+)
+def mlp_healthy_resumed(spec: RunSpec) -> None:
+    recipe = replace(HEALTHY_ADAM, pretrain=pretrain_whole(300), start_step=300)
+    run(spec, recipe, *healthy())
+
+
+@scenario(
+    MLP,
+    "healthy-warm-restarts",
+    cause=None,
+    description="""
+healthy-sgd for 600 steps under SGDR (CosineAnnealingWarmRestarts, T_0=150): the lr returns
+to 0.05 at steps 150, 300 and 450, and the loss rises after each restart before it anneals
+again.""",
+)
+def mlp_healthy_warm_restarts(spec: RunSpec) -> None:
+    run(spec, replace(HEALTHY_SGD, schedule=warm_restarts, steps=600), *healthy())
 
 
 # Measured (seeds 0/1/2): final train loss 0.186/0.228/0.133; final eval loss 0.162/0.263/0.143;
@@ -1388,6 +1468,50 @@ def mlp_loss_not_decreasing(spec: RunSpec) -> None:
             lambda m: float(np.mean(m.loss[50:150]) - np.mean(m.loss[200:])),
             high=0.02,
         ),
+    )
+
+
+@scenario(
+    MLP,
+    "frozen-everything",
+    cause="DBG403",
+    twin="healthy-sgd",
+    description="""
+healthy-sgd with requires_grad_(False) on the whole model and back on for the output bias
+only (a script that meant to unfreeze the head): the optimizer trains 4 of 5,508 values, and
+the loss cannot go below chance (ln 4).""",
+)
+def mlp_frozen_everything(spec: RunSpec) -> None:
+    run(
+        spec,
+        replace(HEALTHY_SGD, pretrain=freeze_all_but_the_last_bias),
+        Check("final train loss / ln 4", lambda m: m.final_loss() / math.log(CLASSES), low=0.95),
+    )
+
+
+# The class shares of the shuffled-labels scenario: 70 % of one class, so that learning the
+# prior alone leaves the loss at H(0.7, 0.1, 0.1, 0.1) = 0.94, 68 % of ln 4.
+SKEWED = (0.7, 0.1, 0.1, 0.1)
+
+
+@scenario(
+    MLP,
+    "shuffled-labels",
+    cause="DBG303",
+    twin="healthy-data",
+    description="""
+healthy-data on classes of shares 0.7/0.1/0.1/0.1 whose labels were permuted apart from their
+inputs (train and held-out): the model can learn the class frequencies only, and its loss
+settles at their entropy (0.94, 68 % of ln 4).""",
+)
+def mlp_shuffled_labels(spec: RunSpec) -> None:
+    data = labels_shuffled(tabular(shares=SKEWED))
+    prior = -sum(p * math.log(p) for p in SKEWED)
+    run(
+        spec,
+        replace(HEALTHY_DATA, data=data),
+        Check("final eval accuracy", Measured.final_eval_accuracy, high=max(SKEWED) + 0.03),
+        Check("final train loss / label entropy", lambda m: m.final_loss() / prior, low=0.95),
     )
 
 

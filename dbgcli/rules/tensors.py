@@ -617,9 +617,9 @@ def unchanged_tensor(
     but none for it (no gradient flows to it): key ``frozen``, severity info (fine-tuning with
     a frozen backbone). Unless the freeze leaves the model nothing to learn with: no layer's
     weight matrix (a weight of two or more dimensions) trains and the training loss has not
-    fallen below 80 % of the untrained model's (DBG303's bar); then it is the cause of that
-    underfitting, key ``unchanged``. (Tuning the biases alone, BitFit, is on purpose as
-    long as the loss falls.) Otherwise (key ``unchanged``, warning) it is the classic bug, and the
+    come down to half the untrained model's (what DBG301 calls converged); then it is the
+    cause of the run's failure to learn, key ``unchanged``. (Tuning the biases alone is on
+    purpose as long as the loss does come down.) Otherwise (key ``unchanged``, warning) it is the classic bug, and the
     message says whether its gradient is recorded non-zero (it has a gradient but no update:
     not in the optimizer) or zero (no gradient reaches it: a detach or a dead layer). Records
     at which the recorded learning rate is 0 or below 1e-4 of its peak (a warmup's first
@@ -728,14 +728,15 @@ _WHY = {
     "moving": ": it has a non-zero gradient but is never updated (not in the optimizer?)",
     "unknown": "",
     "pointless": (
-        ": frozen, and no layer's weights train while the loss does not fall: the freeze "
-        "leaves the model nothing to learn with (requires_grad switched off everywhere?)"
+        ": frozen, and no layer's weights train while the loss stays above half its start: "
+        "the freeze leaves the model nothing to learn with (requires_grad switched off "
+        "everywhere?)"
     ),
 }
 
-# The training loss must fall below this share of the untrained model's for a run to have
-# learned anything (DBG303's default bar).
-_LEARNED_FRACTION = 0.8
+# A training loss below this share of the untrained model's has learned: DBG301's bar for a
+# converged run.
+_LEARNED_FRACTION = 0.5
 
 
 def _nothing_left_to_learn(
@@ -743,9 +744,10 @@ def _nothing_left_to_learn(
 ) -> bool:
     """Whether a freeze leaves the model nothing to learn with: no layer's weight matrix
     trains (each is declared frozen, or gets no gradient while other parameters do) and the
-    training loss has not fallen below :data:`_LEARNED_FRACTION` of the untrained model's.
-    A frozen backbone under a head that trains, or BitFit's biases when the loss falls, are
-    fine-tunes; a model that cannot learn because everything is frozen is a mistake."""
+    training loss has not come down to half the untrained model's (:data:`_LEARNED_FRACTION`,
+    what DBG301 calls converged). A frozen backbone under a head that trains, or tuning the
+    biases alone when the loss does fall, are fine-tunes; a model that cannot learn because
+    everything is frozen is a mistake."""
     layers = [
         view
         for view in ctx.unfocused().tensors(collection="weights")
