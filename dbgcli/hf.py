@@ -446,7 +446,7 @@ def _note_head(hook: TorchHook, model: Any) -> None:
     for ``num_labels=1``, whose targets the class rules do not judge. A multi-label head
     (a binary cross-entropy per label) is noted as neither."""
     config = getattr(model, "config", None)
-    if type(model).__name__ not in _CLASSIFIERS or config is None:
+    if config is None or not any(c.__name__ in _CLASSIFIERS for c in type(model).__mro__):
         return
     problem, classes = getattr(config, "problem_type", None), getattr(config, "num_labels", None)
     if problem == "regression":

@@ -188,7 +188,8 @@ def is_normalisation(tag: str, kind: str | None = None) -> bool:
 def has_normalisation(ctx: RuleContext) -> bool:
     """Whether the model has normalisation layers (parameters of that kind, or named so)."""
     return any(
-        is_normalisation(v.tag, v.info.kind) for v in ctx.tensors(collection=("weights", "biases"))
+        is_normalisation(v.tag, v.info.kind)
+        for v in ctx.tensors(collection=("weights", "biases", "gradients"))
     )
 
 
@@ -241,7 +242,7 @@ def lr_raised(
     first = np.searchsorted(steps, begins, side="right")
     last = np.searchsorted(steps, ends, side="right")
     for index, (begin, end, current) in enumerate(zip(first, last, now, strict=True)):
-        if current >= 0 and end > begin:
+        if current >= 0 and end > begin and values[current] > 0:
             raised[index] = values[current] >= factor * values[begin:end].min()
     return raised
 
@@ -382,6 +383,8 @@ def resumed_without_start(ctx: RuleContext, mode: Literal["train", "eval"] = "tr
     finite record from before it: its first record is then a trained model's. None
     otherwise, also for a trace the earlier run wrote too (``resume=True``)."""
     resumed = ctx.trace.metadata.get(schema.META_RESUMED_FROM_STEP)
+    if isinstance(resumed, float) and resumed.is_integer():
+        resumed = int(resumed)  # as JSON written by hand may hold it
     if not isinstance(resumed, int) or isinstance(resumed, bool) or resumed <= 0:
         return None
     series = ctx.loss(mode)
@@ -405,23 +408,34 @@ def initial_loss(ctx: RuleContext, mode: Literal["train", "eval"] = "train") -> 
     :func:`resumed_without_start`) the trace holds no such loss; for a classifier whose
     number of classes ``C`` the metadata, predictions or labels give it is ``ln C``, the
     loss of predicting every class with probability ``1/C``, as an untrained classifier
-    does; else None. Also None without a finite loss."""
+    does, provided the first loss recorded is on that scale (at most ``ln C / 0.9``: a
+    trained classifier sits below chance; a summed loss or another task's does not); else
+    None. Also None without a finite loss."""
     resumed = resumed_without_start(ctx, mode)
+    first = _first_finite_loss(ctx, mode)
     if resumed is not None:
         classes = class_count(ctx, from_weights=False)
-        if classes is None:
+        if classes is None or first is None:
             return None
         chance = float(np.log(classes))
+        if first > chance / 0.9:
+            return None  # not a classifier's cross-entropy (a summed loss, another task)
         return InitialLoss(
             chance,
             f"ln {classes} = {chance:.4g}, an untrained classifier's loss (the run resumed "
             f"at step {resumed})",
         )
+    if first is None:
+        return None
+    return InitialLoss(first, f"the initial loss {first:.4g}")
+
+
+def _first_finite_loss(ctx: RuleContext, mode: Literal["train", "eval"]) -> float | None:
+    """The first finite record of the ``mode`` loss, in step order."""
     series = ctx.loss(mode)
     if series is None:
         return None
     keep = np.isfinite(series.values)
     if not keep.any():
         return None
-    first = float(series.values[keep][np.argmin(series.steps[keep])])
-    return InitialLoss(first, f"the initial loss {first:.4g}")
+    return float(series.values[keep][np.argmin(series.steps[keep])])

@@ -209,13 +209,9 @@ def class_axis(predictions: TagInfo, labels: TagInfo) -> int:
     return -1
 
 
-def _class_ids_of(
-    labels: TensorView, predictions: TensorView | None
-) -> tuple[ClassIds, ClassIds | None]:
-    """The derivations of the class ids of a labels tag and of its predictions tag."""
-    if predictions is None:
-        return ClassIds(), None
-    return ClassIds(), ClassIds(class_axis(predictions.info, labels.info))
+def _prediction_ids(predictions: TensorView, labels: TensorView) -> ClassIds:
+    """The derivation of the class ids of ``predictions``, read along their class axis."""
+    return ClassIds(class_axis(predictions.info, labels.info))
 
 
 class _ClassIdsAccumulator(Accumulator):
@@ -443,11 +439,10 @@ class _Stream:
 
 
 def _streams(labels: TensorView, predictions: TensorView | None) -> list[_Stream]:
-    of_labels, of_predictions = _class_ids_of(labels, predictions)
-    label_ids: ClassIdRecords = labels.derive(of_labels)
+    label_ids: ClassIdRecords = labels.derive(ClassIds())
     predicted_ids: ClassIdRecords | None = (
-        predictions.derive(of_predictions)
-        if predictions is not None and of_predictions is not None
+        predictions.derive(_prediction_ids(predictions, labels))
+        if predictions is not None
         else None
     )
     widths = [w for w in (label_ids.width, predicted_ids.width if predicted_ids else None) if w]
@@ -503,10 +498,9 @@ def plan_class_ids(ctx: RuleContext, params: dict[str, Any]) -> Iterator[tuple[s
     if unclassed_labels(ctx) is not None:
         return  # the class rules skip them
     for labels, predictions in _labelled(ctx):
-        of_labels, of_predictions = _class_ids_of(labels, predictions)
-        yield labels.tag, of_labels
-        if predictions is not None and of_predictions is not None:
-            yield predictions.tag, of_predictions
+        yield labels.tag, ClassIds()
+        if predictions is not None:
+            yield predictions.tag, _prediction_ids(predictions, labels)
 
 
 #: Labels needed before their class frequencies are trusted (the data rules' ``samples``).
@@ -518,12 +512,16 @@ def label_entropy(ctx: RuleContext, mode: str = "train") -> float | None:
     ``-sum(p ln p)``, the cross-entropy of a model that predicts those frequencies for every
     sample, the best a model can do without looking at its inputs (``ln C`` for balanced
     classes). None with fewer than :data:`PRIOR_SAMPLES` labels in full tensors, or when
-    the run metadata says the labels are no classes."""
+    the run metadata says the labels are no classes; labels that are quantities (floats that
+    are not whole numbers, which the class rules cut at a threshold) do not count."""
     if unclassed_labels(ctx) is not None:
         return None
     counts: dict[int, int] = {}
     for labels, _ in _labelled(ctx):
         found: ClassIdRecords = labels.derive(ClassIds())
+        shape = labels.info.shape
+        if found.width == 2 and not (shape is not None and len(shape) >= 2 and shape[-1] == 2):
+            continue  # quantities cut at a threshold (regression targets), not class ids
         for record, code in zip(labels.records, labels.modes, strict=True):
             ids = found.ids.get(int(record))
             if ids is None or schema.MODES[int(code)] != mode:
@@ -625,6 +623,7 @@ def _too_early(stream: _Stream, paired: Sequence[_LabelRecord], middle: float) -
     label={
         "imbalance": "class imbalance",
         "mispredicted": "rare classes mispredicted",
+        "compensated": "class imbalance, compensated",
         "too-few-samples": "too few labels to judge class balance",
     },
     # Skewed labels make a model favour the frequent classes; classes mispredicted alone say
@@ -667,8 +666,9 @@ def class_imbalance(
       enough, the rule is reported as skipped with that reason instead of a silent pass.
       When the run compensates its imbalance (run metadata ``class_weighting``: the XGBoost
       callback notes ``scale_pos_weight``; note a weighted loss or a balancing sampler
-      yourself), the imbalance is an info finding: the fix is in place, and whether it
-      works is the misprediction check's question.
+      yourself), the imbalance is an info finding of key ``compensated`` that explains no
+      other: the fix is in place, and whether it works is the misprediction check's
+      question.
     * **misprediction** (key ``mispredicted``, needs predictions): for some class, the share
       of its labelled samples whose predicted class differs ``> threshold_misprediction``.
       SageMaker accumulates from the first step, which makes every run fire while the model
@@ -766,6 +766,7 @@ def _imbalance(
             f"{seen} labels in {_records(len(steps))} with full tensors{compensated}"
         ),
         severity=Severity.info if weighting else None,
+        key="compensated" if weighting else "imbalance",
         # The labels were imbalanced from the first record, whenever enough samples made
         # that certain.
         tensor=stream.labels,
@@ -775,7 +776,6 @@ def _imbalance(
         value=ratio,
         threshold=threshold,
         mode=stream.mode,
-        key="imbalance",
         extra={
             "labels_seen": seen,
             "records": len(steps),

@@ -90,23 +90,23 @@ def vanishing_gradient(
 
     **Not judged**: embedding tables (only the rows of the batch's tokens get a gradient, so
     their mean is tiny by construction); attention projections that compute queries or keys
-    alone (their gradient passes through the softmax's derivative, near zero while attention
-    is still uniform, so it starts orders of magnitude below the rest; Liu et al. 2020),
-    named as real implementations name them inside a module named like attention
-    (``attention``, ``attn``, ``self``, ``SelfAttention``, ``mha``): ``query``/``key``
-    (BERT), ``query_proj`` (DeBERTa), ``q_proj``/``k_proj`` (BART, GPT-J, Llama, CLIP...),
-    ``q_lin``/``k_lin`` (DistilBERT, XLM), ``q``/``k`` (T5, MPNet), ``Wq``/``Wk`` (CTRL),
-    ``q_head`` (Funnel), ``to_q``/``to_k`` (diffusers), ``query_key`` (Reformer's shared
-    projection), QK-norm's ``q_norm``/``k_norm``, and PEFT's LoRA adapters and wrapped base
-    layers of those (``q_proj.lora_A.default.weight``); their key biases get no gradient at all (softmax ignores a shift
-    shared by every key). A fused projection that computes the values too
+    alone (their gradient passes through the softmax's derivative, near zero while attention is
+    still uniform, so it starts orders of magnitude below the rest; Liu et al. 2020), named as
+    real implementations name them inside a module named like attention (``attention``,
+    ``attn``, ``self``, ``SelfAttention``, ``mha``): ``query``/``key`` (BERT), ``query_proj``
+    (DeBERTa), ``q_proj``/``k_proj`` (BART, GPT-J, Llama, CLIP...), ``q_lin``/``k_lin``
+    (DistilBERT, XLM), ``q``/``k`` (T5, MPNet), ``Wq``/``Wk`` (CTRL), ``q_head`` (Funnel),
+    ``to_q``/``to_k`` (diffusers), ``query_key`` (Reformer's shared projection), QK-norm's
+    ``q_norm``/``k_norm``, and PEFT's LoRA adapters and wrapped base layers of those
+    (``q_proj.lora_A.default.weight``); their key biases get no gradient at all (softmax ignores
+    a shift shared by every key). A fused projection that computes the values too
     (``query_key_value``, ``qkv``, ``kv``, ``Wqkv``, GPT-2's ``c_attn``, torch's
-    ``in_proj_weight``) is judged like any layer: the values' part of its gradient does not
-    pass through the softmax's derivative. The across-layer check is left out for
-    models with normalisation layers (LayerNorm, BatchNorm...; parameters of kind
-    ``normalisation``, as the PyTorch hook records torch.nn's, or named so): they rescale the signal
-    between layers, so the layers' gradient scales differ by construction instead of
-    compounding through depth, which is what AutoTrainer's check (on plain stacks) looks for.
+    ``in_proj_weight``) is judged like any layer: the values' part of its gradient does not pass
+    through the softmax's derivative. The across-layer check is left out for models with
+    normalisation layers (LayerNorm, BatchNorm...; parameters of kind ``normalisation``, as the
+    PyTorch hook records torch.nn's, or named so): they rescale the signal between layers, so
+    the layers' gradient scales differ by construction instead of compounding through depth,
+    which is what AutoTrainer's check (on plain stacks) looks for.
 
     One finding per tensor and kind, its episodes merged.
 

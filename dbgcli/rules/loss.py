@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
@@ -36,20 +36,26 @@ Mode = Literal["train", "eval"]
 
 
 def _diverged_before(values: np.ndarray) -> str:
-    """How the finite records before a non-finite one rose, when they did: by more than
-    ``_DIVERGED`` times their lowest, the loss was diverging (a learning rate far too high)
-    before it overflowed, which no NaN recorded later can say."""
-    finite = values[np.isfinite(values)]
-    if len(finite) < 2:
+    """How the finite records before a non-finite one rose, when they did: the last of them
+    more than ``_DIVERGED`` times the median of the ``_DIVERGED_WINDOW`` before it, all
+    positive, means the loss was diverging (a learning rate far too high) before it
+    overflowed, which no NaN recorded later can say. One bad batch after a converged run's
+    noisy minibatch losses is not that."""
+    finite = values[np.isfinite(values)][-(_DIVERGED_WINDOW + 1) :]
+    if len(finite) < 2 or not (finite > 0).all():
         return ""
-    low, last = float(np.abs(finite).min()), float(abs(finite[-1]))
-    if not last > _DIVERGED * low:
+    level, last = float(np.median(finite[:-1])), float(finite[-1])
+    if not last > _DIVERGED * level:
         return ""
-    return f", after the loss rose to {finite[-1]:.3g}, {last / low:.3g}x its lowest {low:.3g}: it diverged"
+    return (
+        f", after the loss rose to {last:.3g}, {last / level:.3g}x the median {level:.3g} of "
+        f"the {_last_records(len(finite) - 1)} before: it diverged"
+    )
 
 
-# A loss that rises to this many times its lowest value before it overflows has diverged.
+# A loss that rises to this many times its recent level before it overflows has diverged.
 _DIVERGED = 10.0
+_DIVERGED_WINDOW = 10
 
 
 def _is_loss_tag(tag: str) -> bool:
@@ -270,11 +276,13 @@ def loss_not_decreasing(
     margin = z * np.array(noise)
     never = np.zeros(len(change), dtype=bool)
     rose = change - margin >= max_increase_pct if max_increase_pct is not None else never
-    # A schedule that raises the learning rate (a warm restart, a cyclic or warmup phase)
-    # raises the loss by design.
-    compared_at = np.array(compared)
-    rose &= ~lr_raised(ctx, compared_at - num_steps, compared_at, np.array(checked))
     flat = -change - margin <= min_decrease_pct if min_decrease_pct is not None else never
+    # A schedule that raises the learning rate (a warm restart, a cyclic or warmup phase)
+    # raises the loss by design: neither a rise nor a fall too small to see is a failure.
+    compared_at = np.array(compared)
+    raised = lr_raised(ctx, compared_at - num_steps, compared_at, np.array(checked))
+    rose &= ~raised
+    flat &= ~(raised & (change > 0))
     if converged_fraction is not None:
         initial = initial_loss(ctx, mode)
         if initial is None:
@@ -407,22 +415,22 @@ def overfit(
       ``gap > min_gap_fraction * |L0|``, with ``L0`` the first finite train loss (the
       untrained model's loss sets the scale of the problem).
 
-    Two additions to SageMaker Debugger. The absolute floor, half the initial loss: as a
-    healthy model converges its training loss approaches 0, and the relative gap of two tiny
-    losses (0.007 against 0.003 on the healthy sample trace, a 130 % "gap") says nothing about
-    generalisation; gradient-boosted trees drive the training loss far below the validation
-    loss while the validation loss still improves (0.16 against 0.36 after 60 rounds of a
-    healthy XGBoost run on noisy labels, a gap of a third of its initial 0.65). The gap is a
-    problem when it eats a large part of what the model can gain at all: with ``L0`` about the
-    loss of an untrained model, a gap of more than half of it means the held-out performance
-    is nowhere near the training performance (the overfitting runs of the calibration corpus
-    reach gaps of 1.2 to 1.5 times ``L0``). A run resumed from a checkpoint (run metadata
-    ``resumed_from_step``, no loss recorded before it) starts trained, so ``L0`` is then
-    ``ln C``, an untrained classifier's loss, when the number of classes ``C`` is known from
-    the metadata, predictions or labels; without it the rule is skipped. The standard error: the mean of 25 minibatch
-    losses wanders by several percent, so a healthy run with a true 5 % gap and small batches
-    crosses 10 % now and then (a simulated run of the tests with batches of 8 does with
-    ``z = 0``).
+    Two additions to SageMaker Debugger. The absolute floor, half the initial loss: as a healthy
+    model converges its training loss approaches 0, and the relative gap of two tiny losses
+    (0.007 against 0.003 on the healthy sample trace, a 130 % "gap") says nothing about
+    generalisation; gradient-boosted trees drive the training loss far below the validation loss
+    while the validation loss still improves (0.16 against 0.36 after 60 rounds of a healthy
+    XGBoost run on noisy labels, a gap of a third of its initial 0.65). The gap is a problem
+    when it eats a large part of what the model can gain at all: with ``L0`` about the loss of
+    an untrained model, a gap of more than half of it means the held-out performance is nowhere
+    near the training performance (the overfitting runs of the calibration corpus reach gaps of
+    1.2 to 1.5 times ``L0``). A run resumed from a checkpoint (run metadata
+    ``resumed_from_step``, no loss recorded before it) starts trained, so ``L0`` is then ``ln
+    C``, an untrained classifier's loss, when the number of classes ``C`` is known from the
+    metadata, predictions or labels; without it the rule is skipped. The standard error: the
+    mean of 25 minibatch losses wanders by several percent, so a healthy run with a true 5 % gap
+    and small batches crosses 10 % now and then (a simulated run of the tests with batches of 8
+    does with ``z = 0``).
 
     Records with a non-finite loss are left out (DBG306); evaluations at steps below
     ``start_step``, and any at or before the first training record (the untrained model), are
@@ -549,11 +557,13 @@ def underfit(
       through the end: ``ln C`` is the cross-entropy of a model that predicts every class
       with probability ``1/C``, so ending there means the model learned nothing, however
       unlucky its start was (a start at 0.94 that ends at ln 2 = 0.69 has fallen 26 % and is
-      still at chance). With at least 500 training labels in full tensors, chance is the
-      entropy ``H = -sum(p ln p)`` of their class frequencies ``p`` instead (``ln C`` when
+      still at chance). With at least 500 training labels in full tensors, chance starts at
+      the entropy ``H = -sum(p ln p)`` of their class frequencies ``p`` (``ln C`` when
       balanced): a model that learns only how often each class occurs, as one whose labels
-      were shuffled apart from their inputs does, ends there (0.50 for 20 % positives,
-      72 % of ln 2). A loss that ends far above ``ln C`` is not at chance: it is not a
+      were shuffled apart from their inputs does, ends there (0.50 for 20 % positives, 72 %
+      of ln 2); the band then runs from ``chance_fraction × H`` to ``ln C / chance_fraction``,
+      from predicting the frequencies to guessing uniformly. Not when the run weighs its
+      classes (metadata ``class_weighting``), whose loss that learned nothing sits elsewhere. A loss that ends far above ``ln C`` is not at chance: it is not a
       softmax over ``C`` classes (a VAE's summed reconstruction loss, a contrastive loss over
       a batch, whose width the last weight matrix does not give), or it is worse than
       guessing, which the divergence and loss-high checks report.
@@ -580,8 +590,8 @@ def underfit(
     after the first (a run needs time to learn); one finding per key, for the stretch of bad
     records that lasts until the last record, starting where the curve was last on the good
     side (from the first record if it never was). The value is the final mean divided by
-    ``L0`` (``loss-high``), by ``ln C`` (``at-chance`` on the loss), or the final mean
-    accuracy.
+    ``L0`` (``loss-high``), by ``H`` or ``ln C`` (``at-chance`` on the loss), or the final
+    mean accuracy.
 
     Known false positive: fine-tuning from a well-trained checkpoint starts with a low loss
     that legitimately falls little; raise ``max_loss_fraction`` or ignore the rule there
@@ -635,20 +645,23 @@ def underfit(
                     f"{reference} (must fall below {max_loss_fraction:.0%})"
                 ),
             )
-        chance, guessing = _chance_loss(ctx, classes)
+        chance = _chance(ctx, classes)
         # The first record says whether the loss is on a cross-entropy's scale.
-        if chance is not None and values[0] >= chance / 2:
-            at_chance = smoothed / chance
+        if chance is not None and values[0] >= chance.high / 2:
+            at_chance = smoothed / chance.low
+            within = (at_chance >= chance_fraction) & (smoothed <= chance.high / chance_fraction)
             yield from _stuck_until_end(
                 steps,
                 at_chance,
-                (at_chance >= chance_fraction) & (at_chance <= 1 / chance_fraction),
+                within,
                 tensor=tag,
                 threshold=chance_fraction,
                 key="at-chance",
                 message=lambda v: (
-                    f"mean train loss of the {_last_records(span)} is {v:.0%} of {guessing} "
-                    f"(must fall below {chance_fraction:.0%})"
+                    f"mean train loss of the {_last_records(span)} is {v * chance.low:.3g}, "
+                    f"at chance: {chance.text} (must fall below "
+                    f"{chance_fraction * chance.low:.3g}, {chance_fraction:.0%} of "
+                    f"{chance.low:.3g})"
                 ),
             )
     accuracy = ctx.accuracy("train")
@@ -714,20 +727,36 @@ def underfit(
 _NOT_CONVERGED_ACCURACY = 0.6
 
 
-def _chance_loss(ctx: RuleContext, classes: int | None) -> tuple[float | None, str]:
-    """The loss of a classifier that learned nothing from its inputs, and its description:
-    the entropy of the recorded labels' class frequencies (predicting them for every
-    sample), else ``ln C`` (guessing uniformly among ``C`` classes), else None."""
-    prior = label_entropy(ctx)
-    if prior is not None and prior > 0:
-        return prior, (
-            f"{prior:.3g}, the entropy of the labels' class frequencies (the loss of "
-            "predicting them alone, ignoring the inputs)"
-        )
-    if classes:
-        chance = float(np.log(classes))
-        return chance, f"ln {classes} = {chance:.3g}, the loss of guessing among {classes} classes"
-    return None, ""
+class _Chance(NamedTuple):
+    """The losses of a classifier that learned nothing from its inputs: ``low``, predicting
+    the recorded labels' class frequencies (their entropy; ``ln C`` without labels),
+    ``high``, guessing uniformly among ``C`` classes (``ln C``; ``low`` when ``C`` is
+    unknown), and what they are, in words."""
+
+    low: float
+    high: float
+    text: str
+
+
+def _chance(ctx: RuleContext, classes: int | None) -> _Chance | None:
+    """The chance levels of the loss (see :class:`_Chance`), None when neither is known. The
+    labels' entropy is left out when the run weighs its classes (metadata ``class_weighting``):
+    a weighted loss that learned nothing sits elsewhere."""
+    prior = None if ctx.trace.metadata.get("class_weighting") else label_entropy(ctx)
+    uniform = float(np.log(classes)) if classes else None
+
+    def guessing() -> str:
+        return f"guessing among {classes} classes scores ln {classes} = {uniform:.3g}"
+
+    if prior is None or not prior > 0:
+        return None if uniform is None else _Chance(uniform, uniform, guessing())
+    text = (
+        f"predicting the labels' class frequencies alone, ignoring the inputs, scores their "
+        f"entropy {prior:.3g}"
+    )
+    if uniform is None:
+        return _Chance(prior, prior, text)
+    return _Chance(prior, max(prior, uniform), f"{text}; {guessing()}")
 
 
 def _last_records(count: int) -> str:
@@ -1100,9 +1129,10 @@ def non_finite_loss(ctx: RuleContext) -> Iterator[Finding]:
     separately for each mode; a record violates
     when its value is NaN, +inf or -inf. One finding per series, mode and run of consecutive
     non-finite records; its first step is the first non-finite step and its value the first
-    non-finite value; ``extra`` counts the NaN and infinite records. When the finite records
-    before it rose to more than 10 times their lowest, the message says the loss diverged
-    first (a learning rate far too high, not a bad value in one batch).
+    non-finite value; ``extra`` counts the NaN and infinite records. When the last finite
+    record before it is more than 10 times the median of the 10 before that (all positive),
+    the message says the loss diverged first (a learning rate far too high, not a bad value
+    in one batch).
 
     Why it matters: once the loss is NaN every gradient is NaN, the weights become NaN at the
     next update and the run is lost; nothing after this step is meaningful.

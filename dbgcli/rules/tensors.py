@@ -21,7 +21,6 @@ from dbgcli.rules._context import (
 from dbgcli.rules._known import (
     STARVED_LR,
     first_update_step,
-    loss_fraction,
     lr_below,
     zero_gradient_by_construction,
 )
@@ -613,17 +612,17 @@ def unchanged_tensor(
 
     **On purpose or not.** A parameter that does not change is frozen on purpose when the
     recorder says so (the PyTorch hook lists parameters with ``requires_grad=False`` in the
-    metadata key ``frozen_parameters``) or when gradients are recorded for other parameters
-    but none for it (no gradient flows to it): key ``frozen``, severity info (fine-tuning with
-    a frozen backbone). Unless the freeze leaves the model nothing to learn with: no layer's
-    weight matrix (a weight of two or more dimensions) trains and the training loss has not
-    come down to half the untrained model's (what DBG301 calls converged); then it is the
+    metadata key ``frozen_parameters``) or when gradients are recorded for other parameters but
+    none for it (no gradient flows to it): key ``frozen``, severity info (fine-tuning with a
+    frozen backbone). Unless the freeze leaves the model nothing to learn with: no layer's
+    weight matrix (a weight of two or more dimensions) trains and the mean of the last 10
+    training losses is above 80 % of the mean of the first 10 (DBG303's bar); then it is the
     cause of the run's failure to learn, key ``unchanged``. (Tuning the biases alone is on
-    purpose as long as the loss does come down.) Otherwise (key ``unchanged``, warning) it is the classic bug, and the
-    message says whether its gradient is recorded non-zero (it has a gradient but no update:
-    not in the optimizer) or zero (no gradient reaches it: a detach or a dead layer). Records
-    at which the recorded learning rate is 0 or below 1e-4 of its peak (a warmup's first
-    steps, a decay's last) are not judged: no update is asked for.
+    purpose as long as the loss does come down.) Otherwise (key ``unchanged``, warning) it is
+    the classic bug, and the message says whether its gradient is recorded non-zero (it has a
+    gradient but no update: not in the optimizer) or zero (no gradient reaches it: a detach or a
+    dead layer). Records at which the recorded learning rate is 0 or below 1e-4 of its peak (a
+    warmup's first steps, a decay's last) are not judged: no update is asked for.
 
     Which tensors: weights and biases by default, where a frozen layer is the classic bug.
     Gradients are left out: a gradient practically never repeats while its weights change,
@@ -728,15 +727,17 @@ _WHY = {
     "moving": ": it has a non-zero gradient but is never updated (not in the optimizer?)",
     "unknown": "",
     "pointless": (
-        ": frozen, and no layer's weights train while the loss stays above half its start: "
+        ": frozen, and no layer's weights train while the loss stays above 80 % of its start: "
         "the freeze leaves the model nothing to learn with (requires_grad switched off "
         "everywhere?)"
     ),
 }
 
-# A training loss below this share of the untrained model's has learned: DBG301's bar for a
-# converged run.
-_LEARNED_FRACTION = 0.5
+# A training loss that has come down below this share of where it started has learned
+# something (DBG303's bar), each end the mean of _LOSS_WINDOW records: a frozen network's
+# first minibatch losses scatter widely.
+_LEARNED_FRACTION = 0.8
+_LOSS_WINDOW = 10
 
 
 def _nothing_left_to_learn(
@@ -744,9 +745,9 @@ def _nothing_left_to_learn(
 ) -> bool:
     """Whether a freeze leaves the model nothing to learn with: no layer's weight matrix
     trains (each is declared frozen, or gets no gradient while other parameters do) and the
-    training loss has not come down to half the untrained model's (:data:`_LEARNED_FRACTION`,
-    what DBG301 calls converged). A frozen backbone under a head that trains, or tuning the
-    biases alone when the loss does fall, are fine-tunes; a model that cannot learn because
+    mean of the last 10 training losses is still above 80 % of the mean of the first 10
+    (DBG303's bar). A frozen backbone under a head that trains, or tuning the biases alone
+    when the loss does come down, are fine-tunes; a model that cannot learn because
     everything is frozen is a mistake."""
     layers = [
         view
@@ -758,8 +759,14 @@ def _nothing_left_to_learn(
     if any(v.tag not in frozen and _gradient_of(v, gradients) is not None for v in layers):
         return False
     series = ctx.loss("train")
-    fraction = loss_fraction(ctx, series.steps[-1:]) if series is not None else None
-    return fraction is not None and bool(fraction[0] > _LEARNED_FRACTION)
+    if series is None:
+        return False
+    order = np.argsort(series.steps, kind="stable")
+    values = series.values[order][np.isfinite(series.values[order])]
+    if len(values) < 2 * _LOSS_WINDOW:
+        return False
+    start, end = values[:_LOSS_WINDOW].mean(), values[-_LOSS_WINDOW:].mean()
+    return bool(start > 0 and end > _LEARNED_FRACTION * start)
 
 
 def _gradient_flow(

@@ -354,10 +354,27 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model
 
 
-def _uncompiled_name(name: str) -> str:
-    """A parameter's or module's name as the model has it uncompiled: ``torch.compile(model)``
-    holds the model as ``_orig_mod``, which would otherwise start every tag, so that a
-    compiled run's trace could not be compared with an uncompiled one's."""
+def _wrapper_prefix(model: nn.Module) -> str:
+    """What wrappers put before the names of the model they hold: ``torch.compile``'s
+    ``_orig_mod.``, and a data-parallel wrapper's ``module.`` inside it
+    (``torch.compile(DistributedDataParallel(model))``, as PyTorch documents)."""
+    prefix = ""
+    while True:
+        children = vars(model).get("_modules", {})
+        if isinstance(children.get("_orig_mod"), nn.Module):
+            prefix, model = prefix + "_orig_mod.", children["_orig_mod"]
+        elif isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            prefix, model = prefix + "module.", model.module
+        else:
+            return prefix
+
+
+def _uncompiled_name(name: str, prefix: str = "") -> str:
+    """A parameter's or module's name as the model has it unwrapped and uncompiled: without
+    the wrappers' ``prefix`` (see :func:`_wrapper_prefix`) and the ``_orig_mod`` of every
+    submodule compiled apart, so that a compiled run's trace compares with an uncompiled
+    one's."""
+    name = name.removeprefix(prefix)
     return ".".join(part for part in name.split(".") if part != "_orig_mod")
 
 
@@ -742,8 +759,9 @@ class TorchHook:
             for parameter in module.parameters(recurse=False)
         }
         selected = []
+        prefix = _wrapper_prefix(self.model)
         for full_name, parameter in self.model.named_parameters():
-            name = _uncompiled_name(full_name)
+            name = _uncompiled_name(full_name, prefix)
             collection = _parameter_collection(name)
             grad_tag = f"grad/{name}"
             record_weight = self._selected(name)
@@ -767,11 +785,12 @@ class TorchHook:
         self._handles.append(
             model.register_forward_hook(self._after_model_forward, always_call=True)
         )
+        prefix = _wrapper_prefix(model)
         for full_name, module in model.named_modules():
             kind = _activation_kind(module, self._activation_kinds)
             if kind is None:
                 continue
-            name = _uncompiled_name(full_name)
+            name = _uncompiled_name(full_name, prefix)
             act_tag = f"act/{name}" if self._selected(name, f"act/{name}") else None
             preact_tag = None
             if kind in PREACTIVATION_KINDS and self._selected(name, f"preact/{name}"):
@@ -920,9 +939,10 @@ class TorchHook:
                     if isinstance(rate, torch.Tensor):
                         rate = rate.item()  # a scheduler may change it in place
                     self._queue.append(_QueuedScalar(tag, rate, step))
-        if self._recorded_optimizer_step is None and step > 0:
+        if self._recorded_optimizer_step is None and step > 1:
             # The first update is not the run's: training resumed from a checkpoint (or the
             # caller set the step to continue a run), so the trace starts from a trained model.
+            # (A first step of 1 is a count from 1, not a checkpoint of one update.)
             writer.set_metadata(**{schema.META_RESUMED_FROM_STEP: step})
         self._recorded_optimizer_step = step
         if step % self.stats_every:  # no tensors at this step

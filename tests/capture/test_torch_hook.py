@@ -269,7 +269,7 @@ def test_frozen_parameters_record_weights_and_no_gradient(
         assert (trace.stat("fc1.weight", "update_l2").values[1:] == 0).all()
 
 
-@pytest.mark.parametrize("start", [0, 40])
+@pytest.mark.parametrize("start", [0, 1, 40])
 def test_a_run_continued_from_a_checkpoint_is_noted_as_resumed(
     tmp_path: Path, no_dbg_warnings: None, start: int
 ) -> None:
@@ -289,7 +289,8 @@ def test_a_run_continued_from_a_checkpoint_is_noted_as_resumed(
             optimizer.step()
     with open_trace(path) as trace:
         assert trace.scalar("loss").steps.tolist() == [start, start + 1, start + 2]
-        assert trace.metadata.get("resumed_from_step") == (start or None)
+        # Counting steps from 1 is no checkpoint.
+        assert trace.metadata.get("resumed_from_step") == (start if start > 1 else None)
 
 
 class TwoHeads(nn.Module):
@@ -789,6 +790,24 @@ def test_a_compiled_model_records_activations_at_every_recording_step(
         tags = [info.tag for info in trace.tags(scalar=False)]
         assert "fc1.weight" in tags and "grad/fc1.weight" in tags
         assert not [tag for tag in tags if "_orig_mod" in tag]
+
+
+@pytest.mark.filterwarnings("ignore:Dynamo does not know how to trace:UserWarning")
+def test_a_compiled_data_parallel_model_records_the_model_names(tmp_path: Path) -> None:
+    """``torch.compile(DataParallel(model))``, the order PyTorch documents for DDP: the tags
+    lose both wrappers' prefixes, ``_orig_mod.`` and ``module.``."""
+    model = make_net()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    run = torch.compile(nn.DataParallel(model), backend="eager")
+    with attach(run, optimizer, tmp_path / "run.h5", stats_every=1):
+        for x, y in batches(2):
+            optimizer.zero_grad()
+            loss_fn(run, x, y).backward()
+            optimizer.step()
+    with open_trace(tmp_path / "run.h5") as trace:
+        tags = {info.tag for info in trace.tags(scalar=False)}
+    assert {"fc1.weight", "grad/fc1.weight"} <= tags
+    assert not [tag for tag in tags if "module." in tag or "_orig_mod" in tag]
 
 
 @pytest.mark.parametrize("through", ["the wrapper", "a replica"])

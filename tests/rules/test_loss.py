@@ -155,12 +155,14 @@ def test_a_warm_restart_raises_the_loss_by_design(make_trace) -> None:
     constant rate is one."""
     rng = np.random.default_rng(0)
     steps = np.arange(1100)
-    bump = np.interp(steps, [0, 700, 900, 1100], [0.0, 0.0, 0.06, 0.0])
-    loss = 0.15 + 0.85 * np.exp(-steps / 100) + bump + rng.normal(0, 0.003, 1100)
+    # Still falling, above half its start: every check that does not fall counts.
+    bump = np.interp(steps, [0, 700, 900, 1100], [0.0, 0.0, 0.2, 0.0])
+    loss = np.exp(-steps / 2000) + bump + rng.normal(0, 0.003, 1100)
     restarted = make_trace(scalars={"loss": list(loss), "lr": list(sgdr(1100, (100, 300, 700)))})
-    assert not keyed(run_rule(restarted, "DBG301"), "increasing")
-    constant = make_trace(scalars={"loss": list(loss), "lr": [0.05] * 1100})
-    assert keyed(run_rule(constant, "DBG301"), "increasing")
+    assert not run_rule(restarted, "DBG301").findings
+    for rate in (0.05, 0.0):  # a rate of 0 raised nothing either
+        constant = make_trace(scalars={"loss": list(loss), "lr": [rate] * 1100})
+        assert keyed(run_rule(constant, "DBG301"), "increasing"), rate
 
 
 def test_loss_not_decreasing_skipped_without_a_train_loss(make_trace) -> None:
@@ -402,12 +404,39 @@ def test_underfit_at_the_entropy_of_the_label_frequencies(make_trace) -> None:
     settles = prior + (np.log(2) - prior) * np.exp(-np.arange(400) / 30)
     stuck = make_trace(scalars={"loss": list(settles)}, tensors=recorded)
     (finding,) = keyed(run_rule(stuck, "DBG303"), "at-chance")
-    assert "the entropy of the labels' class frequencies" in finding.message
+    assert (
+        "predicting the labels' class frequencies alone, ignoring the inputs, scores their "
+        "entropy 0.5; guessing among 2 classes scores ln 2 = 0.693" in finding.message
+    )
     assert finding.value is not None and abs(finding.value - 1.0) < 0.01
     learns = make_trace(scalars={"loss": list(0.05 + settles - prior)}, tensors=recorded)
     assert not run_rule(learns, "DBG303").findings
     # Without the labels, ln 2 is chance and 0.50 is well below it.
     assert not run_rule(make_trace(scalars={"loss": list(settles)}), "DBG303").findings
+
+
+def test_chance_runs_from_the_labels_entropy_to_uniform_guessing(make_trace) -> None:
+    """Shares 70/10/10/10: a model stuck at ln 4 (constant logits) guesses uniformly and is
+    at chance too, above the labels' entropy 0.94. Regression targets recorded as labels
+    set no chance level, and a run that weighs its classes is judged against ln C."""
+    rng = np.random.default_rng(1)
+    shares = [0.7, 0.1, 0.1, 0.1]
+    labels = [rng.choice(4, size=64, p=shares) for _ in range(20)]
+    steps = range(0, 400, 20)
+    recorded = {"labels": {"values": labels, "steps": steps, "collection": "labels"}}
+    uniform = list(np.log(4) + 3.0 * np.exp(-np.arange(400) / 30))
+    stuck = make_trace(scalars={"loss": uniform}, tensors=recorded)
+    assert keyed(run_rule(stuck, "DBG303"), "at-chance")
+    prior = -sum(p * np.log(p) for p in shares)
+    at_prior = list(prior + 0.4 * np.exp(-np.arange(400) / 30))
+    weighted = make_trace(
+        scalars={"loss": at_prior}, tensors=recorded, metadata={"class_weighting": "weights"}
+    )
+    assert not run_rule(weighted, "DBG303").findings  # 68 % of ln 4, not at chance
+    targets = [rng.normal(size=64) for _ in steps]
+    regression = {"labels": {"values": targets, "steps": steps, "collection": "labels"}}
+    mse = list(0.66 + 0.9 * np.exp(-np.arange(400) / 30))
+    assert not run_rule(make_trace(scalars={"loss": mse}, tensors=regression), "DBG303").findings
 
 
 def test_a_loss_far_above_ln_c_is_no_classifier_at_chance(make_trace) -> None:
@@ -585,10 +614,16 @@ def test_non_finite_loss_says_when_the_loss_diverged_first(make_trace) -> None:
     (finding,) = run_rule(make_trace(scalars={"loss": climbing}), "DBG306").findings
     assert finding.first_step == 5
     assert finding.message.endswith(
-        "after the loss rose to 5e+08, 2.38e+08x its lowest 2.1: it diverged"
+        "after the loss rose to 5e+08, 2.36e+07x the median 21.1 of the last 4 records "
+        "before: it diverged"
     )
     broken = run_rule(make_trace(scalars=broken_losses()), "DBG306").findings
     assert broken and not [f for f in broken if "diverged" in f.message]
+    # A converged run's noisy minibatch losses, one of them exactly 0, then one bad batch.
+    rng = np.random.default_rng(0)
+    converged = [*(0.02 * rng.exponential(size=200)), 0.0, 0.013, np.nan]
+    (bad_batch,) = run_rule(make_trace(scalars={"loss": converged}), "DBG306").findings
+    assert "diverged" not in bad_batch.message
 
 
 def test_non_finite_loss_step_range_and_severity(make_trace) -> None:
@@ -701,6 +736,14 @@ def test_a_resumed_run_is_not_judged_by_its_first_trained_loss(make_trace, rule_
     if rule_id == "DBG302":  # the gap needs the scale
         assert result.status is RuleStatus.skipped
         assert result.reason.startswith("the run resumed at step 600, so its first loss is")
+
+
+def test_a_resumed_loss_above_chance_is_not_scaled_by_ln_c(make_trace) -> None:
+    """A loss summed over the batch starts far above ln 10 however trained the model: ln C is
+    no scale for it, and the loss-high check is not made without one."""
+    summed = resumed(np.geomspace(6.4, 3.3, 600), np.full(24, 3.5))
+    path = make_trace(scalars=summed, metadata={"resumed_from_step": RESUMED_AT, "num_classes": 10})
+    assert not run_rule(path, "DBG303").findings
 
 
 def test_a_resumed_run_that_overfits_or_diverges_is_still_found(make_trace) -> None:

@@ -506,6 +506,42 @@ def test_a_freeze_that_leaves_nothing_to_learn_with_is_the_cause(tmp_path: Path)
     assert {report.findings[i].rule_id for i in report.problems[0].symptoms} >= {"DBG303"}
 
 
+def test_tuning_the_biases_alone_is_on_purpose_while_the_loss_comes_down(
+    tmp_path: Path,
+) -> None:
+    """BitFit: a trained model's biases adapt it to shifted inputs, every weight matrix
+    frozen. The loss comes down, so the freeze is the fine-tune's design, not the cause."""
+    torch = pytest.importorskip("torch")
+    from dbgcli.torch import attach
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 3))
+    x = torch.randn(256, 8)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(200):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(name.endswith("bias"))
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    shifted = x + 1.0
+    path = tmp_path / "bitfit.h5"
+    losses = []
+    with attach(model, optimizer, path) as hook:
+        for _ in range(120):
+            optimizer.zero_grad()
+            loss = torch.nn.functional.cross_entropy(model(shifted), y)
+            hook.record_loss(loss)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+    assert np.mean(losses[-10:]) < 0.8 * np.mean(losses[:10])  # it learns
+    result = run_rule(path, "DBG403")
+    assert result.findings and all(f.key == "frozen" for f in result.findings)
+
+
 def test_unchanged_counts_its_run_in_steps_whatever_the_record_interval(tmp_path: Path) -> None:
     dense = frozen_run(tmp_path / "dense.h5", declared=False, stats_every=1)
     sparse = frozen_run(tmp_path / "sparse.h5", declared=False)  # records at steps 0 and 10
