@@ -135,7 +135,12 @@ def all_zero(
     Severity: error when the tensor is zero *throughout*: every judged record from its first
     violation to its last record, at least two of them (a layer that is dead or disconnected
     for good); warning when it recovers (zero batches now and then, a layer zero for a
-    while).
+    while). With the default threshold a record whose minimum, maximum or L2 norm is not 0
+    is judged not zero even where ``zero_frac`` was left uncomputed (the PyTorch hook counts
+    zeros only where the minimum and maximum decide them), so that the zero records alone
+    cannot pass for "throughout". Gradients recorded at a step whose training loss is
+    exactly 0 are not judged: a hinge or margin loss that every sample of the batch
+    satisfies gives no gradient by construction.
 
     Which tensors: by default weights, biases, gradients, activations, pre-activations,
     inputs, predictions and outputs, by role (dbgcli.trace.roles). Tensors holding ids are
@@ -182,6 +187,10 @@ def all_zero(
             continue
         share = view.stat("zero_frac")
         judged = np.isfinite(share)
+        if threshold >= 100.0:
+            judged |= _holds_a_non_zero(view)
+        if view.info.role == "gradients":
+            judged &= ~_at_zero_loss(ctx, view.steps)
         if skip_initial and view.info.role in ZERO_INIT_ROLES:
             first_step = ctx.trace.index(view.tag)[0][0]
             judged &= view.steps > max(first_step, updated_from if updated_from is not None else -1)
@@ -206,6 +215,27 @@ def all_zero(
                 if _throughout(violating[mine], judged[mine])
                 else finding
             )
+
+
+def _holds_a_non_zero(view: TensorView) -> np.ndarray:
+    """Per record, whether the statistics show a non-zero element (a non-zero minimum,
+    maximum or L2 norm): decidedly not all zero, where ``zero_frac`` may be left uncomputed
+    (the PyTorch hook counts zeros only where the minimum and maximum decide them)."""
+    with np.errstate(invalid="ignore"):
+        return np.asarray(
+            (np.abs(view.stat("min")) > 0) | (np.abs(view.stat("max")) > 0) | (view.stat("l2") > 0)
+        )
+
+
+def _at_zero_loss(ctx: RuleContext, steps: np.ndarray) -> np.ndarray:
+    """Per step, whether the training loss recorded at it is exactly 0: a hinge or margin
+    loss every sample of the batch satisfies has nothing to learn from it, and its gradients
+    are zero by construction."""
+    series = ctx.loss("train")
+    if series is None:
+        return np.zeros(len(steps), dtype=bool)
+    zero = set(series.steps[series.values == 0].tolist())
+    return np.array([int(step) in zero for step in steps], dtype=bool)
 
 
 def _throughout(violating: np.ndarray, judged: np.ndarray) -> bool:

@@ -92,6 +92,33 @@ def test_all_zero_fires_on_a_dead_relu_layer(make_trace) -> None:
     assert (dead.first_step, dead.last_step, dead.severity) == (10, 39, Severity.error)
 
 
+def test_all_zero_judges_records_whose_zero_count_was_left_out(tmp_path: Path) -> None:
+    """The PyTorch hook counts a gradient's zeros only where its minimum and maximum decide
+    them: a non-zero record has no zero count, yet its L2 norm shows it is not all zero. A
+    gradient zero at 3 of 40 steps recovers (a warning, not 'zero throughout'), and zero
+    gradients at steps whose loss is exactly 0 (a satisfied margin loss) are no finding."""
+    from dbgcli import TraceWriter
+
+    rng = np.random.default_rng(0)
+    zero_steps = {20, 30, 35}
+    path = tmp_path / "run.h5"
+    with TraceWriter(path) as writer:
+        for step in range(40):
+            writer.add_scalar("loss", 0.0 if step in {5, 6} else 0.5, step)
+            grad = {"count": 64.0, "nan_count": 0.0, "inf_count": 0.0}
+            if step in zero_steps | {5, 6}:
+                grad.update(min=0.0, max=0.0, mean=0.0, std=0.0, l2=0.0, zero_frac=1.0)
+            else:
+                values = rng.normal(size=64)
+                grad.update(min=values.min(), max=values.max(), l2=float(np.linalg.norm(values)))
+            writer.add_tensor_stats(
+                "grad/fc.weight", grad, step, shape=(8, 8), dtype=np.float32, collection="gradients"
+            )
+    (finding,) = keyed(run_rule(path, "DBG401"), "all-zero")
+    assert (finding.first_step, finding.last_step, finding.steps) == (20, 35, 3)
+    assert finding.severity is Severity.warning
+
+
 def test_all_zero_quiet_on_healthy_tensors_and_zero_initialised_biases(make_trace) -> None:
     path = make_trace(tensors=healthy_tensors())
     assert run_rule(path, "all-zero").status is RuleStatus.passed
