@@ -889,6 +889,11 @@ def overtraining(
     away from a stalled validation loss, so that is what is measured, on means over several
     evaluations because one evaluation is itself noisy.
 
+    An evaluation at which the recorded learning rate is at least twice the lowest it was
+    since the validation optimum is not judged: a schedule raised the rate since (a warm
+    restart, a cyclic schedule), and a higher rate raises the eval loss by design; the
+    evaluations once it is back down are.
+
     One finding per run of violating evaluations; the value is the largest number of
     evaluations since the validation optimum, whose step is in ``extra["best_step"]``.
 
@@ -946,6 +951,10 @@ def overtraining(
     lead = train_drop - val_drop
     improving = (train_best > 0) & (train_since < patience_train) & (lead - doubt >= min_train_lead)
     violating = (val_since >= patience_validation) & improving
+    # A schedule that raised the learning rate since the best evaluation (a warm restart)
+    # raises the eval loss by design: judged where the rate is back down.
+    best_steps = evaluation.steps[val_best]
+    violating &= ~lr_raised(ctx, best_steps - 1, evaluation.steps, evaluation.steps)
 
     for episode in episodes(violating):
         worst = episode.first + int(np.argmax(val_since[episode.first : episode.last + 1]))

@@ -473,6 +473,16 @@ def test_overtraining_fires_after_patience_validation_evaluations(make_trace) ->
     assert finding.value == 28.0 and finding.threshold == 10.0 and finding.mode == "eval"
 
 
+def test_overtraining_is_not_judged_while_a_restart_keeps_the_rate_up(make_trace) -> None:
+    """The same eval curve as above (best at step 300, then creeping up) under SGDR restarted
+    at step 310 for one long cycle: while the restart keeps the rate above twice its low
+    before the best evaluation, the rise is the schedule's; once the cycle has annealed it
+    back below that, at the last evaluation, the stall is judged, and found."""
+    restarted = {**overtraining_run(), "lr": list(sgdr(1001, (310,)))}
+    (finding,) = keyed(run_rule(make_trace(scalars=restarted), "DBG304"), "validation-stalled")
+    assert (finding.first_step, finding.last_step) == (1000, 1000)
+
+
 def test_overtraining_patience_validation(make_trace) -> None:
     path = make_trace(scalars=overtraining_run())
     assert (
