@@ -382,6 +382,15 @@ class DbgCallback(TrainerCallback):
         if self.record_data:
             self._causal_lm = task == "causal-lm"
             self._data_handle = model.register_forward_hook(self._on_forward, with_kwargs=True)
+            if "labels" in self.record_data and args.label_smoothing_factor:
+                # Trainer's label smoother pops the labels before the model's forward call.
+                log.warning(
+                    "dbg: with label_smoothing_factor=%g Trainer does not pass the labels to "
+                    "the model, so record_data cannot record them and the class rules "
+                    "(DBG601, DBG604) will be skipped for %s",
+                    args.label_smoothing_factor,
+                    self.hook.writer.path,
+                )
 
     def _on_forward(
         self, module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any

@@ -144,6 +144,37 @@ def test_the_classification_head_is_noted_once_training_has_told(
     assert head == noted
 
 
+def test_label_smoothing_hides_the_labels_and_the_callback_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Trainer's label smoother pops the labels before the model's forward call: the
+    callback cannot record them, and says so rather than leaving the class rules skipped
+    without a word."""
+    path = tmp_path / "run.h5"
+    args = TrainingArguments(
+        str(tmp_path / "out"),
+        per_device_train_batch_size=8,
+        max_steps=2,
+        logging_steps=1,
+        label_smoothing_factor=0.1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+    )
+    with caplog.at_level(logging.WARNING, logger="dbgcli"):
+        Trainer(
+            model=tiny_bert(),
+            args=args,
+            train_dataset=dataset(16, 1),
+            callbacks=[DbgCallback(path, record_data=True, stats_every=1)],
+        ).train()
+    warned = [r.getMessage() for r in caplog.get_records("call") if r.name.startswith("dbgcli")]
+    assert len(warned) == 1 and "label_smoothing_factor=0.1" in warned[0]
+    with open_trace(path) as trace:
+        assert "labels" not in trace and "predictions" in trace
+
+
 def test_a_run_resumed_from_a_checkpoint_is_noted_as_such(tmp_path: Path) -> None:
     """Trainer resumed from its checkpoint at step 6: the new trace starts there, and its
     metadata says so, so that the loss rules do not take its first loss for an untrained
