@@ -42,24 +42,31 @@ UPDATES = Need("update norms (statistic update_l2) of weights tensors", _has_upd
 
 
 class InitialSymmetry(NamedTuple):
-    """How many output units (rows) of a weight tensor's first record have all-equal weights."""
+    """How many output units (rows) of a weight tensor's first record have all-equal weights,
+    and whether its units were still all alike in the last full tensor kept after it (None:
+    no later full tensor)."""
 
     rows: int
     constant_rows: int
     constant: bool
     value: float
+    still_alike: bool | None = None
 
 
 @dataclass(frozen=True)
 class InitialRows(Derivation):
-    """Row symmetry of a weight tensor's first record (None if its full tensor was not kept).
+    """Row symmetry of a weight tensor's first record (None if its full tensor was not kept),
+    and whether it lasted to the last full tensor kept.
 
-    Only the first record is read: the mask selects nothing else.
+    Only those two records are read: the mask selects nothing else.
     """
 
     def wanted(self, info: TagInfo, trace: Trace) -> np.ndarray:
         mask = np.zeros(info.records, dtype=bool)
         mask[:1] = True
+        kept = trace.raw_records(info.tag)
+        if len(kept):
+            mask[int(kept[-1])] = True
         return mask
 
     def start(self, info: TagInfo, trace: Trace) -> Accumulator:
@@ -69,27 +76,30 @@ class InitialRows(Derivation):
 class _InitialRowsAccumulator(Accumulator):
     def __init__(self) -> None:
         self.result: InitialSymmetry | None = None
+        self.later: bool | None = None  # units all alike in the latest record after the first
 
     def feed(self, chunk: RawChunk) -> None:
-        hits = np.flatnonzero(chunk.records == 0)
-        if not len(hits):
-            return
-        values = np.asarray(chunk.values[int(hits[0])])
-        if values.ndim < 2 or values.size == 0:
-            return
-        rows = values.reshape(values.shape[0], -1)
-        # max == min is False for a row holding NaN: NaN propagates through both.
-        constant_rows = rows.max(axis=1) == rows.min(axis=1)
-        constant = bool(values.max() == values.min())
-        self.result = InitialSymmetry(
-            rows=rows.shape[0],
-            constant_rows=int(constant_rows.sum()) if rows.shape[1] > 1 else 0,
-            constant=constant,
-            value=float(values.flat[0]),
-        )
+        for record, values in zip(chunk.records.tolist(), chunk.values, strict=True):
+            values = np.asarray(values)
+            if values.ndim < 2 or values.size == 0:
+                continue
+            rows = values.reshape(values.shape[0], -1)
+            if record == 0:
+                # max == min is False for a row holding NaN: NaN propagates through both.
+                constant_rows = rows.max(axis=1) == rows.min(axis=1)
+                self.result = InitialSymmetry(
+                    rows=rows.shape[0],
+                    constant_rows=int(constant_rows.sum()) if rows.shape[1] > 1 else 0,
+                    constant=bool(values.max() == values.min()),
+                    value=float(values.flat[0]),
+                )
+            elif np.isfinite(rows).all():
+                self.later = bool((rows == rows[:1]).all())
 
     def finish(self) -> InitialSymmetry | None:
-        return self.result
+        if self.result is None:
+            return None
+        return self.result._replace(still_alike=self.later)
 
 
 def _fans(shape: tuple[int, ...]) -> tuple[int, int]:
@@ -178,7 +188,10 @@ def poor_weight_initialization(
       flattened to ``(out, -1)``), or the whole tensor constant. Constant units compute a
       multiple of the sum of their inputs; a constant tensor makes every unit identical, so
       they get identical gradients and never differentiate. If the first record's full tensor
-      was not kept, only the whole-tensor check runs, from ``min == max``.
+      was not kept, only the whole-tensor check runs, from ``min == max``. A constant tensor
+      whose units (rows) differ in the last full tensor kept after the first is not
+      reported: a random layer after it broke the symmetry, as for LoRA's B, initialised to
+      zero beside a random A (Hu et al. 2021), or a zero-initialised output head.
     * **scale** (keys ``too-small``, ``too-large``): the *scaled variance* ``s = var · fan``
       of the first record, where ``fan`` is ``fan_in`` (He expects ``s = 2``, LeCun and
       PyTorch's default about 1 and 1/3) or Glorot's ``(fan_in + fan_out) / 2`` (Glorot
@@ -323,7 +336,7 @@ def _symmetry_findings(
                 {"evidence": "statistics"},
             )
         return
-    if symmetry.constant:
+    if symmetry.constant and symmetry.still_alike is not False:
         yield _at_first(
             view,
             f"every initial weight equals {symmetry.value:.4g}: all units are identical",
@@ -332,7 +345,7 @@ def _symmetry_findings(
             "constant",
             {"evidence": "full tensor"},
         )
-    elif symmetry.constant_rows and rows:
+    elif symmetry.constant_rows and rows and not symmetry.constant:
         yield _at_first(
             view,
             f"{symmetry.constant_rows} of {symmetry.rows} output units start with equal weights",

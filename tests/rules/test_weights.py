@@ -107,9 +107,12 @@ def test_initialization_symmetric_units(make_trace) -> None:
     rng = np.random.default_rng(0)
     rows = he((64, 64), rng)
     rows[[3, 7]] = 0.25
-    path = make_trace(
-        tensors=mlp(**{"fc2.weight": rows, "fc3.weight": np.full((4, 64), 0.1, np.float32)})
-    )
+    tensors = mlp(**{"fc2.weight": rows, "fc3.weight": np.full((4, 64), 0.1, np.float32)})
+    # Identical units get identical updates: fc3 stays constant from record to record.
+    tensors["fc3.weight"]["values"] = [
+        np.full((4, 64), 0.1 + 0.01 * step, np.float32) for step in range(5)
+    ]
+    path = make_trace(tensors=tensors)
     result = run_rule(path, "DBG501")
     (constant,) = keyed(result, "constant")
     assert (constant.tensor, constant.first_step, constant.last_step) == ("fc3.weight", 0, 0)
@@ -121,7 +124,25 @@ def test_initialization_symmetric_units(make_trace) -> None:
     assert not keyed(result, "too-small") and not keyed(result, "layer-ratio")
 
 
-def test_initialization_symmetry_reads_only_the_first_record(make_trace, monkeypatch) -> None:
+def test_a_constant_layer_whose_units_differentiate_broke_its_symmetry(make_trace) -> None:
+    """LoRA's B starts at zero beside a random A: its rows (units) differ after the first
+    updates, so the constant start made no identical units. A tensor that stays alike is
+    reported."""
+    rng = np.random.default_rng(0)
+    diverging = [np.zeros((4, 64), np.float32)] + [
+        rng.normal(0, 0.01 * step, (4, 64)).astype(np.float32) for step in range(1, 5)
+    ]
+    tensors = mlp()
+    tensors["lora_B.weight"] = {"values": diverging, "collection": "weights"}
+    assert not run_rule(make_trace(tensors=tensors), "DBG501").findings
+    tensors["lora_B.weight"]["values"] = [np.full((4, 64), 0.01 * s, np.float32) for s in range(5)]
+    (alike,) = run_rule(make_trace(tensors=tensors), "DBG501").findings
+    assert (alike.key, alike.tensor) == ("constant", "lora_B.weight")
+
+
+def test_initialization_symmetry_reads_the_first_and_the_last_full_tensor(
+    make_trace, monkeypatch
+) -> None:
     path = make_trace(tensors=mlp(steps=30, **{"fc3.weight": np.zeros((4, 64), np.float32)}))
     fed: list[tuple[str, int]] = []
     original = reader.Trace.iter_raw
@@ -135,10 +156,9 @@ def test_initialization_symmetry_reads_only_the_first_record(make_trace, monkeyp
     (finding,) = run_rule(path, "DBG501").findings
     assert finding.key == "constant" and finding.value == 0.0
     assert sorted(fed) == [
-        ("embed.weight", 0),
-        ("fc1.weight", 0),
-        ("fc2.weight", 0),
-        ("fc3.weight", 0),
+        (tag, record)
+        for tag in ("embed.weight", "fc1.weight", "fc2.weight", "fc3.weight")
+        for record in (0, 29)
     ]
 
 
