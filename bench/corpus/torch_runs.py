@@ -560,26 +560,6 @@ class NaiveCrossEntropy(nn.Module):
         return -torch.log(probabilities[torch.arange(len(labels)), labels]).mean()
 
 
-def pretrain_and_freeze(layers: tuple[str, ...], steps: int) -> Callable[[nn.Module, Data], None]:
-    """Train the whole model briefly (Adam 1e-3, batch 64, unrecorded), then freeze ``layers``
-    (``requires_grad_(False)``) and re-initialise the rest: a new head on a trained backbone."""
-
-    def pretrain(model: nn.Module, data: Data) -> None:
-        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-        for _ in range(steps):
-            index = torch.randint(0, len(data.x), (64,))
-            optimizer.zero_grad()
-            nn.functional.cross_entropy(model(data.x[index]), data.y[index]).backward()
-            optimizer.step()
-        for name, module in model.named_children():
-            if name in layers:
-                module.requires_grad_(False)
-            elif isinstance(module, nn.Linear):
-                module.reset_parameters()
-
-    return pretrain
-
-
 def pretrain_whole(steps: int) -> Callable[[nn.Module, Data], None]:
     """Train the whole model (Adam 1e-3, batch 64, unrecorded): the checkpoint a resumed run
     (``Recipe.start_step``) continues from."""
@@ -591,6 +571,22 @@ def pretrain_whole(steps: int) -> Callable[[nn.Module, Data], None]:
             optimizer.zero_grad()
             nn.functional.cross_entropy(model(data.x[index]), data.y[index]).backward()
             optimizer.step()
+
+    return pretrain
+
+
+def pretrain_and_freeze(layers: tuple[str, ...], steps: int) -> Callable[[nn.Module, Data], None]:
+    """Train the whole model briefly (:func:`pretrain_whole`), then freeze ``layers``
+    (``requires_grad_(False)``) and re-initialise the rest: a new head on a trained backbone."""
+    train = pretrain_whole(steps)
+
+    def pretrain(model: nn.Module, data: Data) -> None:
+        train(model, data)
+        for name, module in model.named_children():
+            if name in layers:
+                module.requires_grad_(False)
+            elif isinstance(module, nn.Linear):
+                module.reset_parameters()
 
     return pretrain
 
