@@ -378,7 +378,7 @@ def class_count(ctx: RuleContext, *, from_weights: bool = True) -> int | None:
 
 def resumed_without_start(ctx: RuleContext, mode: Literal["train", "eval"] = "train") -> int | None:
     """The step training resumed at (run metadata ``resumed_from_step``: the PyTorch hook
-    notes it when its first optimizer step is not 0, as the Hugging Face and Lightning
+    notes it when its first optimizer step is past step 1, as the Hugging Face and Lightning
     integrations set it from their trainer's global step) when the ``mode`` loss holds no
     finite record from before it: its first record is then a trained model's. None
     otherwise, also for a trace the earlier run wrote too (``resume=True``)."""

@@ -369,7 +369,7 @@ def _wrapper_prefix(model: nn.Module) -> str:
             return prefix
 
 
-def _uncompiled_name(name: str, prefix: str = "") -> str:
+def _unwrapped_name(name: str, prefix: str = "") -> str:
     """A parameter's or module's name as the model has it unwrapped and uncompiled: without
     the wrappers' ``prefix`` (see :func:`_wrapper_prefix`) and the ``_orig_mod`` of every
     submodule compiled apart, so that a compiled run's trace compares with an uncompiled
@@ -751,17 +751,15 @@ class TorchHook:
         # Tables of lookups and normalisation layers, whatever their names (``emb``, ``e1.1``
         # for a BatchNorm in a Sequential): the rules judge a lookup's scale and gradient
         # differently from a layer's, and a network with normalisation layers differently.
-        kinds = {
-            id(parameter): kind
-            for module in self.model.modules()
-            for kind in [_parameter_kind(module)]
-            if kind is not None
-            for parameter in module.parameters(recurse=False)
-        }
+        kinds: dict[int, str] = {}
+        for module in self.model.modules():
+            kind = _parameter_kind(module)
+            if kind is not None:
+                kinds.update(dict.fromkeys(map(id, module.parameters(recurse=False)), kind))
         selected = []
         prefix = _wrapper_prefix(self.model)
         for full_name, parameter in self.model.named_parameters():
-            name = _uncompiled_name(full_name, prefix)
+            name = _unwrapped_name(full_name, prefix)
             collection = _parameter_collection(name)
             grad_tag = f"grad/{name}"
             record_weight = self._selected(name)
@@ -790,7 +788,7 @@ class TorchHook:
             kind = _activation_kind(module, self._activation_kinds)
             if kind is None:
                 continue
-            name = _uncompiled_name(full_name, prefix)
+            name = _unwrapped_name(full_name, prefix)
             act_tag = f"act/{name}" if self._selected(name, f"act/{name}") else None
             preact_tag = None
             if kind in PREACTIVATION_KINDS and self._selected(name, f"preact/{name}"):
