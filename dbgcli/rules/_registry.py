@@ -174,10 +174,18 @@ class Need:
 
 
 def _unlogged_loss(ctx: RuleContext, mode: str) -> str | None:
-    """Why a run has no training loss when its metadata says (a ``Trainer`` that logged none)."""
+    """Why a run has no training loss when its metadata says: a ``Trainer`` that logged none,
+    or a model that trained in eval mode, whose losses were recorded as evaluation."""
     if mode != "train":
         return None
-    return trainer_logged_no_loss(ctx.trace.metadata.get(schema.META_TRAINER_LOGGING))
+    metadata = ctx.trace.metadata
+    step = metadata.get(schema.META_TRAINED_IN_EVAL_MODE)
+    if isinstance(step, int) and not isinstance(step, bool):
+        return (
+            f"the model trained in eval mode from step {step} (model.train() never called?), "
+            "so its training losses were recorded as evaluation"
+        )
+    return trainer_logged_no_loss(metadata.get(schema.META_TRAINER_LOGGING))
 
 
 _NEAR_MISSES = 3

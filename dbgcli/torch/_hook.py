@@ -43,7 +43,7 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.utils.hooks import RemovableHandle
 
-from dbgcli._failures import FailureReporter
+from dbgcli._failures import FailureReporter, log
 from dbgcli.errors import TraceWriterError, TrainingStopped
 from dbgcli.live_rules import LiveRules, check_stop_on, is_loss, stop_if
 from dbgcli.torch._malloc import settle_malloc
@@ -537,6 +537,10 @@ class TorchHook:
         self._root_mode = "train"
         self._last_mode = "train"
         self._last_train_forward_step: int | None = None
+        # The step of the latest forward pass under model.eval() with autograd on: followed by
+        # an optimizer step and no training pass, the model trains in eval mode.
+        self._graded_eval_step: int | None = None
+        self._noted_eval_training = False
         self._recorded_optimizer_step: int | None = None
         self._pending_loss: dict[str, _Loss] = {}  # by mode
         self._lr_tags: list[str | None] = []  # per parameter group, None if not selected
@@ -843,6 +847,8 @@ class TorchHook:
             # The mode of the whole pass is decided here, so that activation checkpointing
             # (which runs segments under no_grad) does not turn training records into eval.
             mode = self._root_mode = _forward_mode(module)
+            if mode == "eval" and torch.is_grad_enabled():
+                self._graded_eval_step = self._step
             due = self._tensors_due(mode)
             if self._toggles_activation_hooks and due != bool(self._armed):
                 try:
@@ -937,6 +943,12 @@ class TorchHook:
                     if isinstance(rate, torch.Tensor):
                         rate = rate.item()  # a scheduler may change it in place
                     self._queue.append(_QueuedScalar(tag, rate, step))
+        if (
+            self._graded_eval_step == step
+            and self._last_train_forward_step != step
+            and not self._noted_eval_training
+        ):
+            self._note_eval_training(step)
         if self._recorded_optimizer_step is None and step > 1:
             # The first update is not the run's: training resumed from a checkpoint (or the
             # caller set the step to continue a run), so the trace starts from a trained model.
@@ -987,6 +999,23 @@ class TorchHook:
             # Also after a failure: the records queued so far leave with their full tensors
             # written or copied before the optimizer changes them.
             self._send()
+
+    def _note_eval_training(self, step: int) -> None:
+        """The optimizer steps after a forward pass under ``model.eval()`` with autograd on and
+        no training pass: the model trains in eval mode (``model.train()`` never called, or an
+        evaluation left it so). Its passes, losses among them, are recorded as evaluation;
+        say so once, in the log and in the run metadata (the loss rules' skip reason reads
+        it)."""
+        self._noted_eval_training = True
+        self.writer.set_metadata(**{schema.META_TRAINED_IN_EVAL_MODE: step})
+        log.warning(
+            "dbg: %s: the model is in eval mode while it trains (optimizer step %d followed a "
+            "forward pass under model.eval() with gradients on): dropout is off, batch norm "
+            "uses its running statistics, and its losses are recorded as evaluation; call "
+            "model.train() before training steps",
+            self.writer.path,
+            step,
+        )
 
     def _tensors_due(self, mode: str) -> bool:
         """Whether tensors of this pass are recorded: every evaluation pass, and training

@@ -42,6 +42,8 @@ ATTR_DROPPED = "dropped_records"
 META_RESUMED_FROM_STEP = "resumed_from_step"
 # How a Hugging Face Trainer logged (the callback's note; see dbgcli.hf).
 META_TRAINER_LOGGING = "trainer_logging"
+# The first optimizer step the PyTorch hook saw follow a forward pass under model.eval().
+META_TRAINED_IN_EVAL_MODE = "trained_in_eval_mode"
 
 # Groups under the root.
 TIMELINE = "timeline"

@@ -293,6 +293,53 @@ def test_a_run_continued_from_a_checkpoint_is_noted_as_resumed(
         assert trace.metadata.get("resumed_from_step") == (start if start > 1 else None)
 
 
+def test_training_in_eval_mode_is_noted_and_told(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``model.eval()`` before the loop and never undone: the optimizer steps after forward
+    passes under eval mode, whose losses are recorded as evaluation. The hook says so once,
+    notes the step in the metadata, and the loss rules' skip reason reads it. A run that
+    evaluates under no_grad between training steps is no such case."""
+    from tests.rules.helpers import run_rule
+
+    for trains_in_eval in (True, False):
+        torch.manual_seed(0)
+        model = make_net()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        path = tmp_path / f"eval{trains_in_eval}.h5"
+        caplog.clear()
+        with (
+            caplog.at_level(logging.WARNING, logger="dbgcli"),
+            attach(model, optimizer, path) as hook,
+        ):
+            model.train(not trains_in_eval)
+            for x, y in batches(4):
+                optimizer.zero_grad()
+                loss = loss_fn(model, x, y)
+                hook.record_loss(loss)
+                loss.backward()
+                optimizer.step()
+                if not trains_in_eval:
+                    model.eval()
+                    with torch.no_grad():
+                        hook.record_loss(loss_fn(model, x, y))
+                    model.train()
+        warned = [
+            r.getMessage() for r in caplog.records if "eval mode while it trains" in r.getMessage()
+        ]
+        with open_trace(path) as trace:
+            noted = trace.metadata.get("trained_in_eval_mode")
+        if not trains_in_eval:
+            assert noted is None and warned == []
+            continue
+        assert noted == 0 and len(warned) == 1
+        reason = run_rule(path, "DBG301").reason
+        assert reason == (
+            "no train loss series; the model trained in eval mode from step 0 (model.train() "
+            "never called?), so its training losses were recorded as evaluation"
+        )
+
+
 class TwoHeads(nn.Module):
     """The aux head takes part only when asked to, so its gradient is None on other steps."""
 
