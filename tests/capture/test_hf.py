@@ -109,6 +109,19 @@ def run(
     return trainer
 
 
+def training_only(tmp_path: Path, **settings: Any) -> TrainingArguments:
+    """Arguments of a short CPU run that trains without evaluating or saving."""
+    return TrainingArguments(
+        str(tmp_path / "out"),
+        per_device_train_batch_size=8,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+        **settings,
+    )
+
+
 @pytest.mark.parametrize(
     ("num_labels", "label", "noted"),
     [
@@ -127,17 +140,11 @@ def test_the_classification_head_is_noted_once_training_has_told(
     rows = [
         {"input_ids": row["input_ids"], "labels": label(row["input_ids"])} for row in dataset(32, 1)
     ]
-    args = TrainingArguments(
-        str(tmp_path / "out"),
-        per_device_train_batch_size=8,
-        max_steps=4,
-        save_strategy="no",
-        report_to=[],
-        use_cpu=True,
-        disable_tqdm=True,
-    )
     Trainer(
-        model=tiny_bert(num_labels), args=args, train_dataset=rows, callbacks=[DbgCallback(path)]
+        model=tiny_bert(num_labels),
+        args=training_only(tmp_path, max_steps=4),
+        train_dataset=rows,
+        callbacks=[DbgCallback(path)],
     ).train()
     with open_trace(path) as trace:
         head = {key: trace.metadata[key] for key in ("num_labels", "task") if key in trace.metadata}
@@ -151,17 +158,7 @@ def test_label_smoothing_hides_the_labels_and_the_callback_says_so(
     callback cannot record them, and says so rather than leaving the class rules skipped
     without a word."""
     path = tmp_path / "run.h5"
-    args = TrainingArguments(
-        str(tmp_path / "out"),
-        per_device_train_batch_size=8,
-        max_steps=2,
-        logging_steps=1,
-        label_smoothing_factor=0.1,
-        save_strategy="no",
-        report_to=[],
-        use_cpu=True,
-        disable_tqdm=True,
-    )
+    args = training_only(tmp_path, max_steps=2, logging_steps=1, label_smoothing_factor=0.1)
     with caplog.at_level(logging.WARNING, logger="dbgcli"):
         Trainer(
             model=tiny_bert(),

@@ -282,11 +282,7 @@ def test_a_run_continued_from_a_checkpoint_is_noted_as_resumed(
     with attach(model, optimizer, path) as hook:
         hook.step = start
         for x, y in batches(3):
-            optimizer.zero_grad()
-            loss = loss_fn(model, x, y)
-            hook.record_loss(loss)
-            loss.backward()
-            optimizer.step()
+            train_step(model, optimizer, hook, x, y)
     with open_trace(path) as trace:
         assert trace.scalar("loss").steps.tolist() == [start, start + 1, start + 2]
         # Counting steps from 1 is no checkpoint.
@@ -314,11 +310,7 @@ def test_training_in_eval_mode_is_noted_and_told(
         ):
             model.train(not trains_in_eval)
             for x, y in batches(4):
-                optimizer.zero_grad()
-                loss = loss_fn(model, x, y)
-                hook.record_loss(loss)
-                loss.backward()
-                optimizer.step()
+                train_step(model, optimizer, hook, x, y)
                 if not trains_in_eval:
                     model.eval()
                     with torch.no_grad():
@@ -1777,11 +1769,9 @@ def test_normalisation_layers_are_recorded_as_such_whatever_their_names(tmp_path
     )
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     path = tmp_path / "run.h5"
-    with attach_with_defaults(model, optimizer, path, stats_every=1):
+    with attach_with_defaults(model, optimizer, path, stats_every=1) as hook:
         for x, y in batches(3):
-            optimizer.zero_grad()
-            loss_fn(model, x, y).backward()
-            optimizer.step()
+            train_step(model, optimizer, hook, x, y)
     with open_trace(path) as trace:
         kinds = {info.tag: info.kind for info in trace.tags(scalar=False) if "." in info.tag}
     normalising = {"0.1.weight", "0.1.bias", "1.2.weight", "1.2.bias"}
