@@ -33,7 +33,7 @@ from xgboost.callback import TrainingCallback
 from dbgcli._failures import FailureReporter
 from dbgcli.errors import TraceWriterError
 from dbgcli.live_rules import LiveRules, check_stop_on, stop_if
-from dbgcli.trace.schema import MODES
+from dbgcli.trace.schema import META_CLASS_WEIGHTING, MODES
 from dbgcli.trace.writer import DEFAULT_RAW_BUDGET, TraceWriter, check_raw_settings
 
 __all__ = ["IMPORTANCE_TYPES", "TRAIN_SET_NAMES", "DbgCallback", "model_tree_depths", "tree_depth"]
@@ -171,7 +171,7 @@ def _class_weighting(objective: Mapping[str, Any]) -> dict[str, Any]:
         scale = float(weight)
     except (TypeError, ValueError):
         return {}
-    return {"class_weighting": {"scale_pos_weight": scale}} if scale != 1.0 else {}
+    return {META_CLASS_WEIGHTING: {"scale_pos_weight": scale}} if scale != 1.0 else {}
 
 
 # The metrics XGBoost's EarlyStopping maximises when not told (``xgboost.callback``): scores

@@ -718,7 +718,7 @@ def _class_weighting(ctx: RuleContext) -> str | None:
     """How the run compensates its class imbalance, from the run metadata's
     ``class_weighting`` (the XGBoost callback notes ``scale_pos_weight``; set it yourself for
     a weighted loss or a resampling sampler), in words; None without it."""
-    weighting = ctx.trace.metadata.get("class_weighting")
+    weighting = ctx.trace.metadata.get(schema.META_CLASS_WEIGHTING)
     if not weighting:
         return None
     if isinstance(weighting, Mapping):

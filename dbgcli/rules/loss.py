@@ -742,7 +742,7 @@ def _chance(ctx: RuleContext, classes: int | None) -> _Chance | None:
     """The chance levels of the loss (see :class:`_Chance`), None when neither is known. The
     labels' entropy is left out when the run weighs its classes (metadata ``class_weighting``):
     a weighted loss that learned nothing sits elsewhere."""
-    prior = None if ctx.trace.metadata.get("class_weighting") else label_entropy(ctx)
+    prior = None if ctx.trace.metadata.get(schema.META_CLASS_WEIGHTING) else label_entropy(ctx)
     uniform = float(np.log(classes)) if classes else None
 
     def guessing() -> str:

@@ -234,8 +234,7 @@ def _at_zero_loss(ctx: RuleContext, steps: np.ndarray) -> np.ndarray:
     series = ctx.loss("train")
     if series is None:
         return np.zeros(len(steps), dtype=bool)
-    zero = set(series.steps[series.values == 0].tolist())
-    return np.array([int(step) in zero for step in steps], dtype=bool)
+    return np.isin(steps, series.steps[series.values == 0])
 
 
 def _throughout(violating: np.ndarray, judged: np.ndarray) -> bool:

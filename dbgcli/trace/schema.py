@@ -44,6 +44,8 @@ META_RESUMED_FROM_STEP = "resumed_from_step"
 META_TRAINER_LOGGING = "trainer_logging"
 # The first optimizer step the PyTorch hook saw follow a forward pass under model.eval().
 META_TRAINED_IN_EVAL_MODE = "trained_in_eval_mode"
+# How the run compensates a class imbalance (XGBoost's scale_pos_weight, a weighted loss).
+META_CLASS_WEIGHTING = "class_weighting"
 
 # Groups under the root.
 TIMELINE = "timeline"
