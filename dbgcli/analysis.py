@@ -32,7 +32,7 @@ from dbgcli.report.model import (
     TraceReport,
     sorted_findings,
 )
-from dbgcli.rules._context import RuleContext
+from dbgcli.rules._context import RuleContext, record_interval
 from dbgcli.rules._registry import REGISTRY, RuleSpec
 from dbgcli.trace import schema
 from dbgcli.trace.derive import Derivation
@@ -238,12 +238,8 @@ def _scalar_role(tag: str) -> str | None:
 
 def _record_interval(trace: Trace) -> int:
     """The usual step distance between records of the model's tensors (``stats_every``)."""
-    gaps = []
-    for info in trace.tags(scalar=False):
-        steps = np.unique(trace.index(info.tag)[0])
-        if len(steps) > 1:
-            gaps.append(float(np.median(np.diff(steps))))
-    return max(1, int(max(gaps))) if gaps else 1
+    gaps = [record_interval(trace.index(info.tag)[0]) for info in trace.tags(scalar=False)]
+    return max(gaps) if gaps else 1
 
 
 def _run_rules(ctx: RuleContext, rules: Sequence[ConfiguredRule]) -> list[RuleResult]:

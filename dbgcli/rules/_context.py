@@ -356,7 +356,8 @@ def mode_codes(modes: np.ndarray) -> list[int]:
         return []
     if modes.min() == modes.max():
         return [int(modes[0])]
-    return [int(c) for c in np.unique(modes)]
+    # Mode codes are a few small integers: counting beats numpy's hashing unique by far.
+    return np.flatnonzero(np.bincount(modes.astype(np.intp))).tolist()
 
 
 @dataclass(frozen=True)
@@ -437,8 +438,8 @@ def episode_findings(
     span = Episode(runs[0].first, runs[-1].last, sum(r.count for r in runs))
     mode = None
     if modes is not None:
-        codes = np.unique(modes[flags])
-        mode = schema.MODES[int(codes[0])] if len(codes) == 1 else None
+        codes = mode_codes(modes[flags])
+        mode = schema.MODES[codes[0]] if len(codes) == 1 else None
     yield Finding(
         message=message(span, worst_value),
         tensor=tensor,
@@ -483,7 +484,10 @@ MIN_PERSISTENT_RECORDS = 2
 def record_interval(steps: np.ndarray) -> int:
     """The usual step distance between records (the median of the positive differences of
     ``steps``): 1 for a tensor recorded at every step, 10 with ``stats_every=10``."""
-    increments = np.diff(np.unique(steps))
+    increments = np.diff(steps)
+    if (increments < 0).any():  # records are in step order but for late ones
+        increments = np.diff(np.sort(steps))
+    increments = increments[increments > 0]
     return max(1, int(np.median(increments))) if len(increments) else 1
 
 

@@ -562,7 +562,7 @@ class _AllCloseAccumulator(Accumulator):
             identical = np.where(measured, update == 0, identical)
         verdict[judged[identical]] = SAME_STATS
         run = np.ones(records, dtype=np.int64)
-        for code in np.unique(self.modes):
+        for code in mode_codes(self.modes):
             positions = np.flatnonzero(self.modes == code)
             same = verdict[positions] >= SAME_FULL
             index = np.arange(len(positions))
