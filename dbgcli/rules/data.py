@@ -1291,22 +1291,22 @@ def classifier_confusion(
     Which records: SageMaker accumulates over the whole run, so min_diag 0.9 fires on every
     healthy run while the model is still untrained. Here a classifier is judged as training
     leaves it: on the eval-mode records when any are recorded (held-out data), else the train
-    records (else predict), and only on the records in the last ``tail_fraction`` of that
-    mode's step range (``step >= last - tail_fraction * (last - first)``, always including the
-    last record); ``tail_fraction=1`` gives SageMaker's accumulation over everything.
-    A mode whose latest record lies in the first half of the run (the trace's timeline after
-    the filters, else the steps of all its series) holds no model that training ends with:
-    an evaluation before training, or a short run whose only full tensors are step 0's, kept
-    every ``raw_every`` steps. The next mode in that order is judged instead, and when every
-    mode is so early the stream gets an info finding (key ``too-early``): judging an
-    untrained model would report every run. The counted records must hold at least ``samples`` labelled
+    records (else predict), and only on the records in the last ``tail_fraction`` of that mode's
+    step range (``step >= last - tail_fraction * (last - first)``, always including the last
+    record); ``tail_fraction=1`` gives SageMaker's accumulation over everything. A mode whose
+    latest record lies in the first half of the run (the trace's timeline after the filters,
+    else the steps of all its series) holds no model that training ends with: an evaluation
+    before training, or a short run whose only full tensors are step 0's, kept every
+    ``raw_every`` steps. The next mode in that order is judged instead, and when every mode is
+    so early the stream gets an info finding (key ``too-early``): judging an untrained model
+    would report every run. The counted records must hold at least ``samples`` labelled
     predictions (DBG601's default, SageMaker Debugger's ClassImbalance wait): when the tail
-    holds fewer, it is widened to the latest records of the run's second half that do, and
-    with fewer in all of them the stream gets an info finding (key
-    ``too-few-samples``; SageMaker's Confusion has no such floor, and reported a class
-    predicted twice, once wrongly, as 50 % precise). When no stream can be judged, the rule
-    is reported as skipped with the reason. Samples whose prediction is non-finite are left out (a window where
-    every prediction is non-finite is not judged: that is a job for the non-finite rules).
+    holds fewer, it is widened to the latest records of the run's second half that do, and with
+    fewer in all of them the stream gets an info finding (key ``too-few-samples``; SageMaker's
+    Confusion has no such floor, and reported a class predicted twice, once wrongly, as 50 %
+    precise). When no stream can be judged, the rule is reported as skipped with the reason.
+    Samples whose prediction is non-finite are left out (a window where every prediction is
+    non-finite is not judged: that is a job for the non-finite rules).
 
     Language models and regressions are not judged: when the run metadata's ``task`` is
     ``causal-lm``, ``masked-lm`` or ``seq2seq-lm`` (the Hugging Face callback sets it from

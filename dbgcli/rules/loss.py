@@ -551,22 +551,22 @@ def underfit(
       a run resumed from a checkpoint (run metadata ``resumed_from_step``, no loss recorded
       before it) ``L0`` is ``ln C`` when the number of classes is known from the metadata,
       predictions or labels; without it this check is not made.
-    * **loss against chance** (key ``at-chance``): when the number of classes ``C`` is known
-      and the loss is on the scale of a cross-entropy (``L0 >= ln C / 2``), the mean stays
-      within a factor ``chance_fraction`` of ``ln C`` either way (from 0.9 to 1.11 times it)
-      through the end: ``ln C`` is the cross-entropy of a model that predicts every class
-      with probability ``1/C``, so ending there means the model learned nothing, however
-      unlucky its start was (a start at 0.94 that ends at ln 2 = 0.69 has fallen 26 % and is
-      still at chance). With at least 500 training labels in full tensors, chance starts at
-      the entropy ``H = -sum(p ln p)`` of their class frequencies ``p`` (``ln C`` when
-      balanced): a model that learns only how often each class occurs, as one whose labels
-      were shuffled apart from their inputs does, ends there (0.50 for 20 % positives, 72 %
-      of ln 2); the band then runs from ``chance_fraction × H`` to ``ln C / chance_fraction``,
-      from predicting the frequencies to guessing uniformly. Not when the run weighs its
-      classes (metadata ``class_weighting``), whose loss that learned nothing sits elsewhere. A loss that ends far above ``ln C`` is not at chance: it is not a
-      softmax over ``C`` classes (a VAE's summed reconstruction loss, a contrastive loss over
-      a batch, whose width the last weight matrix does not give), or it is worse than
-      guessing, which the divergence and loss-high checks report.
+    * **loss against chance** (key ``at-chance``): when the number of classes ``C`` is known and
+      the loss is on the scale of a cross-entropy (``L0 >= ln C / 2``), the mean stays within a
+      factor ``chance_fraction`` of ``ln C`` either way (from 0.9 to 1.11 times it) through the
+      end: ``ln C`` is the cross-entropy of a model that predicts every class with probability
+      ``1/C``, so ending there means the model learned nothing, however unlucky its start was (a
+      start at 0.94 that ends at ln 2 = 0.69 has fallen 26 % and is still at chance). With at
+      least 500 training labels in full tensors, chance starts at the entropy ``H = -sum(p ln
+      p)`` of their class frequencies ``p`` (``ln C`` when balanced): a model that learns only
+      how often each class occurs, as one whose labels were shuffled apart from their inputs
+      does, ends there (0.50 for 20 % positives, 72 % of ln 2); the band then runs from
+      ``chance_fraction × H`` to ``ln C / chance_fraction``, from predicting the frequencies to
+      guessing uniformly. Not when the run weighs its classes (metadata ``class_weighting``),
+      whose loss that learned nothing sits elsewhere. A loss that ends far above ``ln C`` is not
+      at chance: it is not a softmax over ``C`` classes (a VAE's summed reconstruction loss, a
+      contrastive loss over a batch, whose width the last weight matrix does not give), or it is
+      worse than guessing, which the divergence and loss-high checks report.
     * **accuracy against chance** (key ``at-chance``): with ``C`` known and an accuracy series
       (training, else validation), the mean stays at or below ``1/C + chance_margin`` through
       the end.

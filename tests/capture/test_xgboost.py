@@ -64,6 +64,20 @@ def train(
     return booster, dtrain, dvalid
 
 
+def boost(
+    params: dict[str, object], dtrain: xgb.DMatrix, callback: xgb.callback.TrainingCallback
+) -> None:
+    """20 rounds on ``dtrain``, evaluated on itself, recorded by ``callback``."""
+    xgb.train(
+        params,
+        dtrain,
+        num_boost_round=20,
+        evals=[(dtrain, "train")],
+        callbacks=[callback],
+        verbose_eval=False,
+    )
+
+
 def test_metrics_trees_and_feature_importance_per_round(
     tmp_path: Path, no_dbg_warnings: None
 ) -> None:
@@ -184,13 +198,10 @@ def test_a_regression_on_whole_numbers_is_no_classification(
     counts = np.round(np.exp(1 + x[:, 0] + 0.5 * x[:, 1])).astype(np.float32)
     path = tmp_path / "counts.h5"
     dtrain = xgb.DMatrix(x, label=counts)
-    xgb.train(
+    boost(
         {"objective": "reg:squarederror", "max_depth": 3, "seed": 0},
         dtrain,
-        num_boost_round=20,
-        evals=[(dtrain, "train")],
-        callbacks=[DbgCallback(path, data=dtrain)],
-        verbose_eval=False,
+        DbgCallback(path, data=dtrain),
     )
     with open_trace(path) as trace:
         assert trace.metadata["task"] == "regression"
@@ -221,14 +232,8 @@ def test_a_score_that_rises_is_not_recorded_as_the_loss(
     path = tmp_path / "rank.h5"
     dtrain = xgb.DMatrix(x, label=y)
     dtrain.set_group([20] * (len(y) // 20))
-    xgb.train(
-        {"objective": "rank:pairwise", "eval_metric": metrics, "max_depth": 3, "seed": 0},
-        dtrain,
-        num_boost_round=20,
-        evals=[(dtrain, "train")],
-        callbacks=[DbgCallback(path)],
-        verbose_eval=False,
-    )
+    params = {"objective": "rank:pairwise", "eval_metric": metrics, "max_depth": 3, "seed": 0}
+    boost(params, dtrain, DbgCallback(path))
     with open_trace(path) as trace:
         assert trace.scalar("ndcg@5").values[-1] > trace.scalar("ndcg@5").values[0]
         if loss is None:
@@ -251,14 +256,8 @@ def test_an_imbalance_the_objective_compensates_is_a_note(
     severities = {}
     for weight in (1.0, 19.0):
         path = tmp_path / f"weight{weight:g}.h5"
-        xgb.train(
-            {"objective": "binary:logistic", "scale_pos_weight": weight, "seed": 0},
-            dtrain,
-            num_boost_round=20,
-            evals=[(dtrain, "train")],
-            callbacks=[DbgCallback(path, data=dtrain)],
-            verbose_eval=False,
-        )
+        params = {"objective": "binary:logistic", "scale_pos_weight": weight, "seed": 0}
+        boost(params, dtrain, DbgCallback(path, data=dtrain))
         with open_trace(path) as trace:
             noted = trace.metadata.get("class_weighting")
         assert noted == (None if weight == 1.0 else {"scale_pos_weight": 19.0})
