@@ -1286,7 +1286,8 @@ def classifier_confusion(
     either is no confusion between the two (SageMaker's ``max_off_diag`` bounds the same
     share of a column). A ratio below 1, class ``i`` predicted for ``j``'s samples
     more often than for its own, is what labels shifted or coded differently between two data
-    sets give. The ratio is judged with its uncertainty: a pair is reported only when even the
+    sets give; when such reversed pairs take most samples of at least half the classes (a
+    permutation), the message asks whether they are. The ratio is judged with its uncertainty: a pair is reported only when even the
     upper end of the ratio's interval is below ``min_evidence`` (the upper Wilson bound of
     ``C[i][i] / n_i`` over the lower one of ``C[j][i] / n_j``, 95 % each), so a pair of rare
     classes is not reported on a few samples. Records of several passes over one evaluation
