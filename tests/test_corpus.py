@@ -92,14 +92,19 @@ def test_healthy_runs_that_once_drew_false_alarms_pass(key: str, tmp_path: Path)
 
 @pytest.mark.parametrize(
     ("key", "cause"),
-    [("torch-mlp/frozen-everything", "DBG403"), ("torch-mlp/shuffled-labels", "DBG303")],
+    [
+        ("torch-mlp/frozen-everything", "DBG403"),
+        ("torch-mlp/shuffled-labels", "DBG303"),
+        ("torch-mlp/unshuffled-batches", "DBG605"),
+    ],
 )
 def test_faults_that_once_went_unnamed_lead_with_their_cause(
     key: str, cause: str, tmp_path: Path
 ) -> None:
-    """A freeze that left no layer's weights training was filed as 'frozen on purpose', and
-    labels shuffled apart from skewed classes left the loss at their entropy, below ln C:
-    both runs now lead with their cause."""
+    """A freeze that left no layer's weights training was filed as 'frozen on purpose',
+    labels shuffled apart from skewed classes left the loss at their entropy, below ln C, and
+    batches sorted by class were told only by the loss they make oscillate: each run now
+    leads with its cause."""
     spec = train(key, tmp_path)
     for path in (spec.hook_path, spec.hand_path):
         trace = report(path)

@@ -24,6 +24,7 @@ of the same step and mode (the n-th with the n-th when a step holds several); a 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -1680,4 +1681,173 @@ def _above_off_diagonal_bar(
         key="off-diagonal",
         severity=Severity.info,
         extra={"pairs": [[int(truth[i]), int(predicted[i]), float(share[i])] for i in order[:100]]},
+    )
+
+
+# -- DBG605 -------------------------------------------------------------------------------------
+
+
+@rule(
+    "DBG605",
+    "unshuffled-batches",
+    severity="warning",
+    category="data",
+    requires=LABELS,
+    plan=plan_class_ids,
+    label={
+        "unshuffled": "training batches not shuffled",
+        "too-few-samples": "too few labelled batches to judge shuffling",
+    },
+    # Batches of one class make the model chase the class of the moment: the loss and the
+    # gradients jump at every change of class, it never settles, and its predictions follow
+    # the latest batches.
+    explains=("DBG102", "DBG301", "DBG303", "DBG305", "DBG601", "DBG604"),
+)
+def unshuffled_batches(
+    ctx: RuleContext, *, max_correlation: float = 0.5, samples: int = PRIOR_SAMPLES
+) -> Iterator[Finding]:
+    """The training batches are not shuffled: the labels within a batch are alike.
+
+    Stochastic gradient descent assumes that each batch is a random sample of the training
+    set. A data set stored sorted by class and read without shuffling (a ``DataLoader``
+    without ``shuffle=True``, a shuffle buffer shorter than a class's run of samples) gives
+    batches of one class or a few: the model chases the class of the moment, its loss jumps at
+    every change of class, and it ends up predicting the classes it saw last.
+
+    The labels of the training batches recorded with full tensors (mode ``train``; one label
+    per sample: a tag of shape ``(N,)``, ``(N, 1)`` or one-hot ``(N, C)``, since the tokens of
+    a sequence or the pixels of a mask are alike by nature) are counted per record in a table
+    ``c[r][k]``, and tested for homogeneity: Pearson's ``X² = sum (c[r][k] - n_r p_k)² /
+    (n_r p_k)``, with ``n_r`` the record's labels and ``p_k`` the share of class ``k`` over all
+    records, has about ``(R - 1)(K - 1)`` degrees of freedom when batches are random samples.
+    Its ratio to them is the design effect of cluster sampling, ``1 + (m - 1) rho`` (Kish
+    1965), for batches of ``m`` labels (their mean) whose labels have the intra-batch
+    correlation ``rho``: 0 for shuffled batches (below 0 for class-balanced ones), 1 when
+    every batch holds one class. A finding (key ``unshuffled``) needs ``rho >
+    max_correlation`` (0.5, Cohen's (1988) large correlation: more than half of the labels'
+    variance lies between batches) and ``X²`` above its 99.9 % quantile (Wilson and
+    Hilferty's approximation), so that a few records cannot decide it. Fewer than
+    ``samples`` labels, fewer than two records or batches of one label: not judged (an info
+    finding, key ``too-few-samples``, or the rule is skipped with the reason).
+
+    Evaluation records are not judged (their order does not train anything), nor labels of a
+    language model or a regression (run metadata ``task``, see DBG604). A curriculum that
+    orders the classes on purpose is reported too: disable the rule for such runs.
+
+    Why it matters: SGD on ordered batches forgets what earlier batches taught and follows the
+    latest class; the loss oscillates, and accuracy stays near chance or favours the classes
+    of the last batches.
+
+    Typical causes: ``DataLoader(dataset)`` without ``shuffle=True`` over a data set stored
+    by class (image folders, concatenated per-class files), a sampler or an
+    ``IterableDataset`` that reads files in order, a shuffle buffer shorter than one class's
+    run of samples.
+
+    Fix: shuffle the training set every epoch (``DataLoader(..., shuffle=True)``, a
+    ``RandomSampler``, ``Dataset.shuffle`` with a buffer larger than a class's run of
+    samples), or interleave the per-class sources.
+
+    Args:
+        max_correlation: Largest intra-batch correlation of the labels (0: shuffled, 1: one
+            class per batch) accepted.
+        samples: Labels needed before judging.
+    """
+    if not 0 <= max_correlation < 1:
+        raise RuleConfigError(f"DBG605 max_correlation must be in [0, 1), got {max_correlation:g}")
+    _refuse_unclassed(ctx)
+    judged: list[list[Finding]] = []
+    for labels, _ in _labelled(ctx):
+        ids: ClassIdRecords = labels.derive(ClassIds())
+        if not _one_label_per_sample(labels.info.shape, ids.width):
+            continue
+        for stream in _streams(labels, None):
+            if stream.mode == "train":
+                judged.append(list(_batch_mixing(stream, max_correlation, samples)))
+    if not judged:
+        raise RuleSkipped(
+            "no training labels of one class per sample ((N,), (N, 1) or one-hot (N, C))"
+        )
+    yield from _judged_or_skipped(judged)
+
+
+def _one_label_per_sample(shape: tuple[int, ...] | None, width: int | None) -> bool:
+    """Whether a labels record of ``shape`` holds one class per sample: ``(N,)``, ``(N, 1)``,
+    or ``(N, C)`` one-hot or scores (``width``)."""
+    if shape is None:
+        return False
+    return len(shape) == 1 or (len(shape) == 2 and (shape[1] == 1 or width is not None))
+
+
+# The upper normal quantile of the homogeneity test's 99.9 % level.
+_Z_999 = 3.090
+
+
+def _chi_square_quantile(df: float) -> float:
+    """The 99.9 % quantile of chi-square with ``df`` degrees of freedom (Wilson and Hilferty
+    1931: within 1 % from a few degrees of freedom on)."""
+    spread = 2 / (9 * df)
+    return df * (1 - spread + _Z_999 * math.sqrt(spread)) ** 3
+
+
+def _batch_mixing(stream: _Stream, max_correlation: float, samples: int) -> Iterator[Finding]:
+    records = [r for r in stream.records if r.labels.size >= 2]
+    seen = sum(r.labels.size for r in records)
+    steps = [r.step for r in records] or [r.step for r in stream.records]
+    if seen < samples:
+        what = "labels in training batches of two or more"
+        yield _too_few(stream.labels, stream.mode, steps, seen, samples, what, "shuffling")
+        return
+    if len(records) < 2:
+        yield Finding(
+            message=(
+                f"one training batch with full tensors of labels (step {steps[0]}): shuffling "
+                "not judged; keep full tensors of the labels at several steps (raw_every)"
+            ),
+            tensor=stream.labels,
+            first_step=steps[0],
+            last_step=steps[0],
+            steps=1,
+            mode=stream.mode,
+            key="too-few-samples",
+            severity=Severity.info,
+        )
+        return
+    classes, codes = np.unique(np.concatenate([r.labels for r in records]), return_inverse=True)
+    if classes.size < 2:
+        return
+    sizes = np.array([r.labels.size for r in records])
+    rows = np.repeat(np.arange(len(records)), sizes)
+    table = np.bincount(rows * classes.size + codes, minlength=len(records) * classes.size)
+    table = table.reshape(len(records), classes.size).astype(np.float64)
+    expected = np.outer(sizes, table.sum(axis=0) / seen)
+    chi_square = float(((table - expected) ** 2 / expected).sum())
+    df = (len(records) - 1) * (classes.size - 1)
+    mean_size = seen / len(records)
+    correlation = (chi_square / df - 1) / (mean_size - 1)
+    if not (correlation > max_correlation and chi_square > _chi_square_quantile(df)):
+        return
+    single = int((np.count_nonzero(table, axis=1) == 1).sum())
+    yield Finding(
+        message=(
+            f"training batches look unshuffled: their labels are alike (intra-batch "
+            f"correlation {min(correlation, 1.0):.2f} > {max_correlation:g}; 0 when shuffled); "
+            f"{single} of {len(records)} batches hold a single class of {classes.size}; "
+            f"{seen} labels in {_records(len(records))} (train, batches of {mean_size:.3g} "
+            "on average)"
+        ),
+        tensor=stream.labels,
+        first_step=records[0].step,
+        last_step=records[-1].step,
+        steps=len(records),
+        value=min(correlation, 1.0),
+        threshold=max_correlation,
+        mode=stream.mode,
+        key="unshuffled",
+        extra={
+            "chi_square": chi_square,
+            "degrees_of_freedom": df,
+            "single_class_batches": single,
+            "classes": int(classes.size),
+            "labels": seen,
+        },
     )

@@ -887,3 +887,115 @@ def test_data_rules_on_the_sample_traces() -> None:
     assert {f.key for f in fewer.findings} == {"indistinct", "diagonal", "off-diagonal"}
     high_lr = analyze_path(SAMPLES / "numpy_mlp_high_lr.h5", select=("DBG604",))
     assert high_lr.findings == []  # every late prediction is NaN: left to the non-finite rules
+
+
+# -- DBG605 unshuffled-batches ------------------------------------------------------------------
+
+
+def batches(labels: np.ndarray, batch: int = 64, mode: str = "train", **spec) -> dict[str, dict]:
+    """The labels read in order, ``batch`` at a time, one record per step."""
+    values = [labels[start : start + batch] for start in range(0, len(labels), batch)]
+    return {"labels": {"values": values, "mode": mode, "collection": "labels", **spec}}
+
+
+def sorted_labels(classes: int = 10, per_class: int = 192) -> np.ndarray:
+    return np.repeat(np.arange(classes), per_class)
+
+
+def test_unshuffled_batches_fire_on_a_data_set_sorted_by_class(make_trace) -> None:
+    result = run_rule(make_trace(tensors=batches(sorted_labels())), "DBG605")
+    (finding,) = result.findings
+    assert (finding.key, finding.severity, finding.mode) == (
+        "unshuffled",
+        Severity.warning,
+        "train",
+    )
+    assert finding.value == 1.0 and finding.threshold == 0.5
+    assert (finding.first_step, finding.last_step, finding.steps) == (0, 29, 30)
+    assert finding.message.startswith(
+        "training batches look unshuffled: their labels are alike (intra-batch correlation 1.00 "
+        "> 0.5; 0 when shuffled); 30 of 30 batches hold a single class of 10; 1920 labels in "
+        "30 records (train, batches of 64 on average)"
+    )
+
+
+def test_shuffled_and_class_balanced_batches_pass(make_trace) -> None:
+    rng = np.random.default_rng(40)
+    shuffled = rng.permutation(sorted_labels())
+    assert run_rule(make_trace(tensors=batches(shuffled)), "DBG605").status is RuleStatus.passed
+    # Skewed classes, shuffled: the shares differ from class to class, not from batch to batch.
+    skewed = rng.choice(4, size=3200, p=[0.85, 0.05, 0.05, 0.05])
+    assert run_rule(make_trace(tensors=batches(skewed)), "DBG605").status is RuleStatus.passed
+    # A balanced sampler: every batch holds each class equally (correlation below 0).
+    balanced = np.tile(np.arange(4), 800)
+    assert run_rule(make_trace(tensors=batches(balanced)), "DBG605").status is RuleStatus.passed
+
+
+def test_unshuffled_batches_measure_the_intra_batch_correlation(make_trace) -> None:
+    # A shuffle buffer shorter than a class's run: each batch of 64 holds two classes of ten,
+    # 32 each, a correlation of (10 / 2 - 1) / 9 = 0.44, under the bar of 0.5.
+    pairs = np.concatenate(
+        [np.repeat(np.array([k, (k + 1) % 10]), 32) for k in range(10) for _ in range(3)]
+    )
+    path = make_trace(tensors=batches(pairs))
+    assert run_rule(path, "DBG605").status is RuleStatus.passed
+    (finding,) = run_rule(path, "DBG605", max_correlation=0.4).findings
+    assert finding.value == pytest.approx(0.44, abs=0.02)  # 30 batches: 29 x 9 degrees of freedom
+    assert "0 of 30 batches hold a single class" in finding.message
+
+
+def test_unshuffled_batches_need_evidence(make_trace) -> None:
+    # Two batches of four labels, each one class: alike, but that happens by chance.
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    result = run_rule(make_trace(tensors=batches(labels, batch=4)), "DBG605", samples=8)
+    assert result.status is RuleStatus.passed
+    # Fewer labels than samples: skipped with the reason.
+    result = run_rule(make_trace(tensors=batches(sorted_labels(per_class=20))), "DBG605")
+    assert result.status is RuleStatus.skipped
+    assert "only 200 labels in training batches of two or more in 4 records" in result.reason
+    # One record, however large, cannot be compared with another.
+    one = {"labels": {"values": [sorted_labels()], "collection": "labels"}}
+    result = run_rule(make_trace(tensors=one), "DBG605")
+    assert result.status is RuleStatus.skipped
+    assert "one training batch with full tensors of labels (step 0)" in result.reason
+
+
+def test_unshuffled_batches_judge_one_label_per_sample_in_training(make_trace) -> None:
+    labels = sorted_labels()
+    # Evaluation batches in order are fine.
+    path = make_trace(tensors=batches(labels, mode="eval"))
+    result = run_rule(path, "DBG605")
+    assert result.status is RuleStatus.skipped
+    assert result.reason == (
+        "no training labels of one class per sample ((N,), (N, 1) or one-hot (N, C))"
+    )
+    # One-hot labels and (N, 1) columns are one label per sample.
+    onehot = np.eye(10, dtype=np.float32)[labels]
+    assert run_rule(make_trace(tensors=batches(onehot)), "DBG605").findings
+    column = labels[:, None].astype(np.float32)
+    assert run_rule(make_trace(tensors=batches(column)), "DBG605").findings
+    # A sequence's tokens (N, T) are alike by nature: not judged.
+    tokens = np.repeat(labels[:, None], 16, axis=1)
+    assert run_rule(make_trace(tensors=batches(tokens)), "DBG605").status is RuleStatus.skipped
+    # Nor are a language model's labels.
+    lm = make_trace(tensors=batches(labels), metadata={"task": "causal-lm"})
+    assert run_rule(lm, "DBG605").status is RuleStatus.skipped
+
+
+def test_chi_square_quantile() -> None:
+    from dbgcli.rules.data import _chi_square_quantile
+
+    # Tabulated 99.9 % quantiles.
+    for df, quantile in ((10, 29.588), (100, 149.449), (1000, 1143.917)):
+        assert _chi_square_quantile(df) == pytest.approx(quantile, rel=0.01)
+
+
+def test_unshuffled_batches_refuse_a_bad_bar(make_trace) -> None:
+    report = analyze_path(
+        make_trace(tensors=batches(sorted_labels())),
+        select=("DBG605",),
+        params={"DBG605": {"max_correlation": 1}},
+    )
+    assert report.error is not None and "DBG605 max_correlation must be in [0, 1), got 1" in (
+        report.error
+    )
