@@ -96,6 +96,7 @@ def test_healthy_runs_that_once_drew_false_alarms_pass(key: str, tmp_path: Path)
         ("torch-mlp/frozen-everything", "DBG403"),
         ("torch-mlp/shuffled-labels", "DBG303"),
         ("torch-mlp/unshuffled-batches", "DBG605"),
+        ("torch-mlp/trained-in-eval-mode", "DBG802"),
     ],
 )
 def test_faults_that_once_went_unnamed_lead_with_their_cause(
@@ -103,8 +104,8 @@ def test_faults_that_once_went_unnamed_lead_with_their_cause(
 ) -> None:
     """A freeze that left no layer's weights training was filed as 'frozen on purpose',
     labels shuffled apart from skewed classes left the loss at their entropy, below ln C, and
-    batches sorted by class were told only by the loss they make oscillate: each run now
-    leads with its cause."""
+    batches sorted by class were told only by the loss they make oscillate, and a model that
+    trained in eval mode was called healthy: each run now leads with its cause."""
     spec = train(key, tmp_path)
     for path in (spec.hook_path, spec.hand_path):
         trace = report(path)

@@ -439,3 +439,31 @@ def _first_finite_loss(ctx: RuleContext, mode: Literal["train", "eval"]) -> floa
     if not keep.any():
         return None
     return float(series.values[keep][np.argmin(series.steps[keep])])
+
+
+class EvalModeTraining(NamedTuple):
+    """A model that trained in eval mode, as the PyTorch hook notes it (run metadata
+    ``trained_in_eval_mode``).
+
+    Attributes:
+        step: The first optimizer step that followed a forward pass under ``model.eval()``.
+        modules: Type names of its modules that compute differently in eval mode (dropout,
+            batch norm); None when not noted (a plain step number, or a note by hand).
+    """
+
+    step: int
+    modules: tuple[str, ...] | None
+
+
+def eval_mode_training(metadata: Mapping[str, object]) -> EvalModeTraining | None:
+    """The run metadata's note that the model trained in eval mode, or None."""
+    note = metadata.get(schema.META_TRAINED_IN_EVAL_MODE)
+    if isinstance(note, Mapping):
+        step, modules = note.get("step"), note.get("modules")
+        names = tuple(str(m) for m in modules) if isinstance(modules, list) else None
+        note = step
+    else:
+        names = None
+    if isinstance(note, int) and not isinstance(note, bool):
+        return EvalModeTraining(note, names)
+    return None

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal, Union
 
 from dbgcli.errors import RuleConfigError
 from dbgcli.findings import Finding, Severity
-from dbgcli.rules._known import trainer_logged_no_loss
+from dbgcli.rules._known import eval_mode_training, trainer_logged_no_loss
 from dbgcli.trace import schema
 
 if TYPE_CHECKING:
@@ -179,11 +179,11 @@ def _unlogged_loss(ctx: RuleContext, mode: str) -> str | None:
     if mode != "train":
         return None
     metadata = ctx.trace.metadata
-    step = metadata.get(schema.META_TRAINED_IN_EVAL_MODE)
-    if isinstance(step, int) and not isinstance(step, bool):
+    in_eval_mode = eval_mode_training(metadata)
+    if in_eval_mode is not None:
         return (
-            f"the model trained in eval mode from step {step} (model.train() never called?), "
-            "so its training losses were recorded as evaluation"
+            f"the model trained in eval mode from step {in_eval_mode.step} (model.train() never "
+            "called?), so its training losses were recorded as evaluation"
         )
     return trainer_logged_no_loss(metadata.get(schema.META_TRAINER_LOGGING))
 

@@ -1285,16 +1285,16 @@ def classifier_confusion(
     swallowed by a frequent one. Only pairs where at least ``min_share`` (10 %) of ``j``'s
     samples are predicted as ``i`` are judged: a class that the model rarely predicts for
     either is no confusion between the two (SageMaker's ``max_off_diag`` bounds the same
-    share of a column). A ratio below 1, class ``i`` predicted for ``j``'s samples
-    more often than for its own, is what labels shifted or coded differently between two data
-    sets give; when such reversed pairs take most samples of at least half the classes (a
-    permutation), the message asks whether they are. The ratio is judged with its uncertainty: a pair is reported only when even the
-    upper end of the ratio's interval is below ``min_evidence`` (the upper Wilson bound of
-    ``C[i][i] / n_i`` over the lower one of ``C[j][i] / n_j``, 95 % each), so a pair of rare
-    classes is not reported on a few samples. Records of several passes over one evaluation
-    set count its samples as often as they were recorded, which narrows the intervals more
-    than the distinct samples warrant. A predicted class that no label holds has no rate of
-    its own and is left to the bars below.
+    share of a column). A ratio below 1, class ``i`` predicted for ``j``'s samples more often
+    than for its own, is what labels shifted or coded differently between two data sets give;
+    when such reversed pairs take most samples of at least half the classes (a permutation),
+    the message asks whether they are. The ratio is judged with its uncertainty: a pair is
+    reported only when even the upper end of the ratio's interval is below ``min_evidence``
+    (the upper Wilson bound of ``C[i][i] / n_i`` over the lower one of ``C[j][i] / n_j``,
+    95 % each), so a pair of rare classes is not reported on a few samples. Records of several
+    passes over one evaluation set count its samples as often as they were recorded, which
+    narrows the intervals more than the distinct samples warrant. A predicted class that no
+    label holds has no rate of its own and is left to the bars below.
 
     **SageMaker Debugger's bars** (keys ``diagonal`` and ``off-diagonal``, info findings).
     SageMaker reports every predicted class right less than ``min_diag`` (90 %) of the time;

@@ -1,4 +1,4 @@
-"""DBG8xx: the run itself: stalled training."""
+"""DBG8xx: the run itself: stalled training, a model that trained in eval mode."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import numpy as np
 
 from dbgcli.findings import Finding, Severity
 from dbgcli.rules._context import RuleContext, episodes
+from dbgcli.rules._known import eval_mode_training
 from dbgcli.rules._registry import Need, rule
 from dbgcli.trace import schema
 
@@ -198,3 +199,81 @@ def _duration(seconds: float) -> str:
     if seconds >= 1:
         return f"{seconds:.1f} s"
     return f"{seconds * 1000:.0f} ms"
+
+
+def _watched_training_mode(ctx: RuleContext) -> bool:
+    metadata = ctx.trace.metadata
+    return "torch_version" in metadata or schema.META_TRAINED_IN_EVAL_MODE in metadata
+
+
+WATCHED_TRAINING_MODE = Need(
+    "the PyTorch hook's watch of the training mode (run metadata torch_version, or a note "
+    "trained_in_eval_mode)",
+    _watched_training_mode,
+)
+
+
+@rule(
+    "DBG802",
+    "trained-in-eval-mode",
+    severity="warning",
+    category="run",
+    requires=WATCHED_TRAINING_MODE,
+    label={"eval-mode": "model trained in eval mode"},
+)
+def trained_in_eval_mode(ctx: RuleContext) -> Iterator[Finding]:
+    """The model trained in eval mode (``model.eval()`` not undone): dropout off, norms frozen.
+
+    ``model.train()`` was never called, or an evaluation left the model in ``eval()``. The
+    PyTorch hook (and the Hugging Face and Lightning callbacks, which use it) watches
+    every optimizer step: when one follows a forward pass made under ``model.eval()`` with
+    gradients on, and no forward pass in training mode, the model trains in eval mode. The
+    hook warns once and notes the step in the run metadata (``trained_in_eval_mode``), with
+    the types of the model's modules that compute differently in eval mode: dropout (off), and
+    batch norm or instance norm with running statistics (which normalise with those
+    statistics instead of the batch's, and are never updated). This rule reports the note: a
+    warning when the model has such modules, an info finding when it has none (eval mode then
+    changes nothing that the hook can see; dropout applied with ``F.dropout(...,
+    training=self.training)`` would still be off). A trace without the hook's watch (no
+    ``torch_version`` in its metadata, e.g. written by hand, or XGBoost's) is skipped; note
+    ``trained_in_eval_mode`` yourself (``{"step": N, "modules": [...]}``) to have it judged.
+
+    The losses of such a run are recorded as evaluation (the hook tells a training pass from
+    an evaluation by the model's mode), so the loss rules are skipped for want of a training
+    loss, and say why.
+
+    Why it matters: without dropout the model overfits more than intended; batch norm in eval
+    mode normalises with statistics that never learn the data (the initial zeros and ones,
+    or a pretrained model's), which can stall or destabilise training, and the trained model
+    behaves differently from what was validated.
+
+    Typical causes: an evaluation function that calls ``model.eval()`` and does not call
+    ``model.train()`` afterwards; a loop that never calls ``model.train()`` after loading a
+    model that was put in eval mode (for instance by ``from_pretrained`` or a checkpoint
+    loader); a training step run under an inference helper.
+
+    Fix: call ``model.train()`` at the start of every epoch (or before each training step),
+    and ``model.eval()`` only around evaluation.
+    """
+    note = eval_mode_training(ctx.trace.metadata)
+    if note is None:
+        return
+    if note.modules is None:
+        harm = "dropout is off and batch norm uses its running statistics, if the model has them"
+    elif note.modules:
+        harm = f"its {', '.join(note.modules)} modules computed as in inference"
+    else:
+        harm = "it has no dropout or batch norm modules, so eval mode changed nothing visible"
+    if ctx.loss("train") is None:
+        harm += "; its losses were recorded as evaluation"
+    yield Finding(
+        message=(
+            f"the model trained in eval mode from optimizer step {note.step} (model.train() "
+            f"never called?): {harm}"
+        ),
+        first_step=note.step,
+        value=float(note.step),
+        key="eval-mode",
+        severity=Severity.info if note.modules == () else None,
+        extra={"modules": list(note.modules) if note.modules is not None else None},
+    )

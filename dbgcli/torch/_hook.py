@@ -423,6 +423,21 @@ def _parameter_kind(module: nn.Module) -> str | None:
     return None
 
 
+def _mode_dependent_modules(model: nn.Module) -> list[str]:
+    """Type names of the modules that compute differently under ``train()`` and ``eval()``:
+    dropout of a non-zero rate, and normalisation that keeps running statistics (batch norm;
+    instance norm with ``track_running_stats``), which eval mode uses instead of the batch's
+    and never updates."""
+    return sorted(
+        {
+            type(module).__name__
+            for module in model.modules()
+            if (isinstance(module, nn.modules.dropout._DropoutNd) and module.p > 0)
+            or (isinstance(module, nn.modules.batchnorm._NormBase) and module.track_running_stats)
+        }
+    )
+
+
 def _parameter_collection(name: str) -> str:
     return "biases" if name.rsplit(".", 1)[-1].startswith("bias") else "weights"
 
@@ -1007,14 +1022,19 @@ class TorchHook:
         say so once, in the log and in the run metadata (the loss rules' skip reason reads
         it)."""
         self._noted_eval_training = True
-        self.writer.set_metadata(**{schema.META_TRAINED_IN_EVAL_MODE: step})
+        modules = _mode_dependent_modules(self.model)
+        self.writer.set_metadata(
+            **{schema.META_TRAINED_IN_EVAL_MODE: {"step": step, "modules": modules}}
+        )
         log.warning(
             "dbg: %s: the model is in eval mode while it trains (optimizer step %d followed a "
-            "forward pass under model.eval() with gradients on): dropout is off, batch norm "
-            "uses its running statistics, and its losses are recorded as evaluation; call "
-            "model.train() before training steps",
+            "forward pass under model.eval() with gradients on): %s, and its losses are "
+            "recorded as evaluation; call model.train() before training steps",
             self.writer.path,
             step,
+            f"its {', '.join(modules)} modules compute as in inference"
+            if modules
+            else "it has no dropout or batch norm modules",
         )
 
     def _tensors_due(self, mode: str) -> bool:

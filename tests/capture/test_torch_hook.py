@@ -23,6 +23,8 @@ from torch import nn
 
 from dbgcli import TraceWriter, open_trace
 from dbgcli.errors import TraceWriterError
+from dbgcli.findings import Severity
+from dbgcli.report.model import RuleStatus
 from dbgcli.torch import ACTIVATION_KINDS
 from dbgcli.torch import _hook as hook_module
 from dbgcli.torch import _stats as stats_module
@@ -298,11 +300,11 @@ def test_training_in_eval_mode_is_noted_and_told(
     evaluates under no_grad between training steps is no such case."""
     from tests.rules.helpers import run_rule
 
-    for trains_in_eval in (True, False):
+    for trains_in_eval, dropout in ((True, 0.0), (True, 0.5), (False, 0.5)):
         torch.manual_seed(0)
-        model = make_net()
+        model = make_net(dropout)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-        path = tmp_path / f"eval{trains_in_eval}.h5"
+        path = tmp_path / f"eval{trains_in_eval}{dropout}.h5"
         caplog.clear()
         with (
             caplog.at_level(logging.WARNING, logger="dbgcli"),
@@ -321,15 +323,32 @@ def test_training_in_eval_mode_is_noted_and_told(
         ]
         with open_trace(path) as trace:
             noted = trace.metadata.get("trained_in_eval_mode")
+        in_eval_mode = run_rule(path, "DBG802")
         if not trains_in_eval:
             assert noted is None and warned == []
+            assert in_eval_mode.status is RuleStatus.passed
             continue
-        assert noted == 0 and len(warned) == 1
+        modules = ["Dropout"] if dropout else []
+        assert noted == {"step": 0, "modules": modules} and len(warned) == 1
         reason = run_rule(path, "DBG301").reason
         assert reason == (
             "no train loss series; the model trained in eval mode from step 0 (model.train() "
             "never called?), so its training losses were recorded as evaluation"
         )
+        (finding,) = in_eval_mode.findings
+        assert finding.key == "eval-mode" and finding.first_step == 0
+        if dropout:
+            assert finding.severity is Severity.warning
+            assert "its Dropout modules compute as in inference" in warned[0]
+            assert finding.message == (
+                "the model trained in eval mode from optimizer step 0 (model.train() never "
+                "called?): its Dropout modules computed as in inference; its losses were "
+                "recorded as evaluation"
+            )
+        else:
+            # Nothing in the model computes differently in eval mode: a note.
+            assert finding.severity is Severity.info
+            assert "it has no dropout or batch norm modules" in warned[0]
 
 
 class TwoHeads(nn.Module):
