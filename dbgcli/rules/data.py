@@ -1249,11 +1249,15 @@ def _token_message(value: int, threshold: float, analysed: int) -> Callable[[Epi
     plan=plan_class_ids,
     label={
         "indistinct": "classes the model cannot tell apart",
+        "shifted": "labels shifted against the predictions",
         "diagonal": "predicted classes often wrong",
         "off-diagonal": "classes confused with each other",
         "too-early": "predictions recorded too early to judge",
         "too-few-samples": "too few predictions to judge confusion",
     },
+    # Evaluation labels coded differently from training's: the model predicts the training
+    # coding, so the held-out loss rises as it learns and every class looks mispredicted.
+    explains={"shifted": ("DBG302", "DBG304", "DBG601")},
 )
 def classifier_confusion(
     ctx: RuleContext,
@@ -1288,7 +1292,10 @@ def classifier_confusion(
     share of a column). A ratio below 1, class ``i`` predicted for ``j``'s samples more often
     than for its own, is what labels shifted or coded differently between two data sets give;
     when such reversed pairs take most samples of at least half the classes (a permutation),
-    the message asks whether they are. The ratio is judged with its uncertainty: a pair is
+    the finding's key is ``shifted`` and its message asks whether they are; it is dated from
+    the first record that shows the pattern (in point estimates), since the labels' coding is
+    the data's, and it explains the held-out loss's gap and rise (DBG302, DBG304) and the
+    classes mispredicted (DBG601) that it causes. The ratio is judged with its uncertainty: a pair is
     reported only when even the upper end of the ratio's interval is below ``min_evidence``
     (the upper Wilson bound of ``C[i][i] / n_i`` over the lower one of ``C[j][i] / n_j``,
     95 % each), so a pair of rare classes is not reported on a few samples. Records of several
@@ -1504,8 +1511,40 @@ def _confusion(
         _below_diagonal_bar(counts, bars.min_diag, seen),
         _above_off_diagonal_bar(counts, bars.max_off_diag, seen),
     ):
-        if finding is not None:
-            yield replace(finding, extra={**extra, **finding.extra}, **where)
+        if finding is None:
+            continue
+        since = where
+        if finding.key == "shifted":
+            # The labels' coding is the data's: dated from the first record that shows it.
+            onset = next((r.step for r in paired if _looks_shifted(r)), window[0].step)
+            since = {
+                **where,
+                "first_step": onset,
+                "steps": sum(1 for r in paired if r.step >= onset),
+            }
+        yield replace(finding, extra={**extra, **finding.extra}, **since)
+
+
+def _looks_shifted(record: _LabelRecord) -> bool:
+    """Whether most classes of one record's samples go mostly (> 50 %) to one other class,
+    which the record predicts for them more often than for its own samples: the pattern of
+    shifted labels, in point estimates (a record is too small for intervals)."""
+    if record.truth is None or record.predicted is None or not record.truth.size:
+        return False
+    classes = int(max(record.truth.max(), record.predicted.max())) + 1
+    counts = _ConfusionCounts.of(record.truth, record.predicted, classes)
+    off = ~counts.on_diagonal
+    label, predicted = counts.cell_truth[off], counts.cell_predicted[off]
+    share = counts.cell_counts[off] / counts.row_total(label)
+    own_total = counts.row_total(predicted)
+    own = np.divide(
+        counts.right[counts.cell_column[off]],
+        own_total,
+        out=np.zeros(len(share)),
+        where=own_total > 0,
+    )
+    moved = np.unique(label[(share > 0.5) & (own < share)])
+    return 2 * moved.size >= counts.rows.size
 
 
 # Normal quantile of the two-sided 95 % Wilson intervals of the two rates whose ratio DBG604
@@ -1601,21 +1640,20 @@ def _indistinct(
     )
     # Shifted labels send most samples of most classes to one other class, a permutation.
     moved = np.unique(label[order[reversed_ & (other_rate[order] > 0.5)]])
-    hint = (
-        "; most samples of most classes are predicted as one other class: are the labels "
-        "shifted or coded differently (between training and evaluation)?"
-        if 2 * moved.size >= counts.rows.size
-        else ""
+    shifted = 2 * moved.size >= counts.rows.size
+    pairs = f"{order.size} pair{'s' if order.size != 1 else ''}"
+    lead = (
+        "most classes' samples are predicted mostly as one other class, more often than that "
+        "class's own: are the labels shifted or coded differently between training and "
+        f"evaluation? {pairs} of classes reversed or alike, predicting"
+        if shifted
+        else f"the model cannot tell {pairs} of classes apart, predicting"
     )
     return Finding(
-        message=(
-            f"the model cannot tell {order.size} pair{'s' if order.size != 1 else ''} of classes "
-            f"apart, predicting "
-            f"{listed}; {seen}{hint}"
-        ),
+        message=f"{lead} {listed}; {seen}",
         value=float(ratio[order[0]]),
         threshold=min_evidence,
-        key="indistinct",
+        key="shifted" if shifted else "indistinct",
         extra={
             "pairs": [
                 {

@@ -679,17 +679,53 @@ def test_confusion_shifted_labels_are_named(make_trace) -> None:
     labels = np.random.default_rng(36).integers(0, 10, size=2000)
     predicted = (labels - 1) % 10
     predicted[:40] = labels[:40]  # a few right by the shift's accident
-    (finding,) = keyed(run_rule(ids_trace(make_trace, labels, predicted), "DBG604"), "indistinct")
+    (finding,) = keyed(run_rule(ids_trace(make_trace, labels, predicted), "DBG604"), "shifted")
     assert len(finding.extra["pairs"]) == 10
     assert all(p["ratio"] < 0.1 for p in finding.extra["pairs"]) and "reversed)" in finding.message
-    assert finding.message.endswith(
-        "most samples of most classes are predicted as one other class: are the labels shifted "
-        "or coded differently (between training and evaluation)?"
+    assert finding.message.startswith(
+        "most classes' samples are predicted mostly as one other class, more often than that "
+        "class's own: are the labels shifted or coded differently between training and "
+        "evaluation? 10 pairs of classes reversed or alike, predicting class "
     )
     # One class swallowed by another is no shift.
     labels, predicted = confused([300] * 4, {(3, 2): 0.9}, seed=37)
-    (finding,) = keyed(run_rule(ids_trace(make_trace, labels, predicted), "DBG604"), "indistinct")
+    result = run_rule(ids_trace(make_trace, labels, predicted), "DBG604")
+    (finding,) = keyed(result, "indistinct")
+    assert not keyed(result, "shifted")
     assert "reversed" not in finding.message and "shifted" not in finding.message
+
+
+def test_confusion_dates_shifted_labels_from_the_first_record_that_shows_them(
+    make_trace,
+) -> None:
+    # Ten evaluations of 400 samples: an untrained model's guesses at steps 10-30, then the
+    # training coding, one class off the evaluation labels', from step 40 on.
+    rng = np.random.default_rng(41)
+    labels, predicted = [], []
+    for index in range(10):
+        truth = rng.integers(0, 10, size=400)
+        labels.append(truth)
+        predicted.append(rng.integers(0, 10, size=400) if index < 3 else (truth - 1) % 10)
+    steps = list(range(10, 110, 10))
+    tensors = {
+        "labels": {"values": labels, "steps": steps, "mode": "eval", "collection": "labels"},
+        "predictions": {
+            "values": predicted,
+            "steps": steps,
+            "mode": "eval",
+            "collection": "predictions",
+        },
+    }
+    (finding,) = keyed(run_rule(make_trace(tensors=tensors), "DBG604"), "shifted")
+    assert (finding.first_step, finding.last_step, finding.steps) == (40, 100, 7)
+    # It explains the held-out loss that the shifted coding drives up as the model learns.
+    train = np.linspace(2.3, 0.1, 101)
+    held_out = {"values": [2.3, 2.3, 2.3, 3, 4, 5, 6, 7, 8, 9], "steps": steps, "mode": "eval"}
+    path = make_trace(scalars={"loss": train, "val_loss": held_out}, tensors=tensors)
+    report = analyze_path(path, select=("DBG302", "DBG604"))
+    (diagnosis,) = report.problems
+    assert report.findings[diagnosis.cause].key == "shifted"
+    assert {report.findings[i].rule_id for i in diagnosis.symptoms} == {"DBG302", "DBG604"}
 
 
 def test_confusion_needs_evidence_and_a_material_share(make_trace) -> None:
