@@ -467,3 +467,14 @@ def eval_mode_training(metadata: Mapping[str, object]) -> EvalModeTraining | Non
     if isinstance(note, int) and not isinstance(note, bool):
         return EvalModeTraining(note, names)
     return None
+
+
+def gradients_not_zeroed(metadata: Mapping[str, object]) -> tuple[int, str | None] | None:
+    """The run metadata's note that the gradients were not zeroed between optimizer steps:
+    the step whose gradient was carried into the next, and the parameter it was seen in."""
+    note = metadata.get(schema.META_GRADIENTS_NOT_ZEROED)
+    step = note.get("step") if isinstance(note, Mapping) else note
+    if not isinstance(step, int) or isinstance(step, bool):
+        return None
+    parameter = note.get("parameter") if isinstance(note, Mapping) else None
+    return step, str(parameter) if parameter is not None else None

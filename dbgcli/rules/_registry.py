@@ -168,6 +168,15 @@ class Need:
         )
 
     @staticmethod
+    def torch_hook_note(key: str, what: str) -> Need:
+        """The PyTorch hook watched the run for what it notes under the metadata's ``key``
+        (it notes ``torch_version``), or the note is there (written by hand)."""
+        return Need(
+            f"the PyTorch hook's watch of {what} (run metadata torch_version, or a note {key})",
+            lambda ctx: "torch_version" in ctx.trace.metadata or key in ctx.trace.metadata,
+        )
+
+    @staticmethod
     def mode(mode: str) -> Need:
         """Records of ``mode`` are present (and not filtered out)."""
         return Need(f"{mode} records", lambda ctx: ctx.has_mode(mode))

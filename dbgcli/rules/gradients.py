@@ -20,11 +20,13 @@ from dbgcli.rules._context import (
 from dbgcli.rules._known import (
     attention_query_or_key,
     converged,
+    gradients_not_zeroed,
     has_normalisation,
     is_embedding,
     zero_gradient_by_construction,
 )
 from dbgcli.rules._registry import Need, rule
+from dbgcli.trace import schema
 
 GRADIENTS = Need.tensors(collection="gradients")
 
@@ -351,3 +353,80 @@ def exploding_gradient(
             modes=view.modes,
             message=lambda e, v: f"mean |gradient| reached {v:.3g} (> {max_abs_mean:g})",
         )
+
+
+# -- DBG103 -------------------------------------------------------------------------------------
+
+
+@rule(
+    "DBG103",
+    "gradients-not-zeroed",
+    severity="error",
+    category="gradients",
+    requires=Need.torch_hook_note(schema.META_GRADIENTS_NOT_ZEROED, "the optimizer steps"),
+    label={"carried": "gradients not zeroed between steps"},
+    # Every update follows the sum of all gradients so far: the steps grow, overshoot and
+    # swing, the units die, and the loss climbs.
+    explains=(
+        "DBG102",
+        "DBG201",
+        "DBG301",
+        "DBG302",
+        "DBG303",
+        "DBG305",
+        "DBG306",
+        "DBG503",
+        "DBG601",
+        "DBG604",
+    ),
+)
+def gradients_not_zeroed_between_steps(ctx: RuleContext) -> Iterator[Finding]:
+    """The gradients are not zeroed between optimizer steps: ``zero_grad()`` is missing.
+
+    ``backward()`` adds each gradient to the parameter's ``.grad``; without
+    ``optimizer.zero_grad()`` (or ``model.zero_grad()``) between optimizer steps, every update
+    follows the sum of all gradients so far, which grows step after step. Gradient
+    accumulation over micro-batches zeroes after each optimizer step and is not this.
+
+    The PyTorch hook (also under the Hugging Face and Lightning callbacks) checks at the
+    optimizer step after each recorded one whether one parameter's gradient is, in direction,
+    the previous step's gradient plus what ``backward()`` brought in since (within rounding,
+    ``1 - cos < 1e-10``), and not the new part alone (``1 - cos > 1e-8``), at the first two
+    recorded steps and every tenth after. Directions are compared, so clipping, which
+    rescales the gradient in place, changes nothing; a GAN whose generator pass flows into
+    the discriminator's gradients before the discriminator's ``zero_grad`` is no such case,
+    since zeroing removes the old part. Runs under a ``GradScaler`` (the old gradient,
+    unscaled, is too small a part of the new, scaled, one) and with half-precision
+    gradients (too coarse) are not judged. Two checks in a row must agree before the hook
+    warns and notes the step in the run metadata (``gradients_not_zeroed``), which this rule
+    reports. A trace without the hook's watch
+    (no ``torch_version`` in its metadata) is skipped; note ``gradients_not_zeroed``
+    (``{"step": N}``) yourself to have it judged.
+
+    Severity is error: the optimizer does not follow the gradient of the loss at all.
+
+    Why it matters: the effective step grows with every update, so training looks like a
+    learning rate far too high (exploding updates, a loss that climbs or oscillates, dead
+    units), and lowering the learning rate only delays it.
+
+    Typical causes: ``optimizer.zero_grad()`` left out of a hand-written loop, or moved out
+    of the loop (once per epoch), or called on another optimizer than the one that steps.
+
+    Fix: call ``optimizer.zero_grad()`` once per optimizer step (before ``backward()``, or
+    after ``optimizer.step()``); with gradient accumulation, after each optimizer step.
+    """
+    note = gradients_not_zeroed(ctx.trace.metadata)
+    if note is None:
+        return
+    step, parameter = note
+    seen = f" (seen in the gradient of {parameter})" if parameter else ""
+    yield Finding(
+        message=(
+            f"the gradients are not zeroed between optimizer steps: the gradient of step {step} "
+            f"was still part of the next step's{seen}; zero_grad() missing?"
+        ),
+        first_step=step,
+        value=float(step),
+        key="carried",
+        extra={"parameter": parameter},
+    )

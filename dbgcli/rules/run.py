@@ -201,24 +201,12 @@ def _duration(seconds: float) -> str:
     return f"{seconds * 1000:.0f} ms"
 
 
-def _watched_training_mode(ctx: RuleContext) -> bool:
-    metadata = ctx.trace.metadata
-    return "torch_version" in metadata or schema.META_TRAINED_IN_EVAL_MODE in metadata
-
-
-WATCHED_TRAINING_MODE = Need(
-    "the PyTorch hook's watch of the training mode (run metadata torch_version, or a note "
-    "trained_in_eval_mode)",
-    _watched_training_mode,
-)
-
-
 @rule(
     "DBG802",
     "trained-in-eval-mode",
     severity="warning",
     category="run",
-    requires=WATCHED_TRAINING_MODE,
+    requires=Need.torch_hook_note(schema.META_TRAINED_IN_EVAL_MODE, "the training mode"),
     label={"eval-mode": "model trained in eval mode"},
 )
 def trained_in_eval_mode(ctx: RuleContext) -> Iterator[Finding]:

@@ -55,6 +55,7 @@ from dbgcli.torch._stats import (
     compute_tables,
     reduce_activations,
 )
+from dbgcli.torch._zero_grad import CarriedGradientWatch
 from dbgcli.trace import schema
 from dbgcli.trace.stats import COL
 from dbgcli.trace.writer import DEFAULT_RAW_BUDGET, TraceWriter, check_raw_settings
@@ -321,7 +322,26 @@ class _QueuedScalar:
         writer.add_scalar(self.tag, self.value, self.step, mode=self.mode)
 
 
-_Queued = _QueuedTensors | _Loss | _QueuedScalar
+@dataclass(slots=True)
+class _CarriedVerdict:
+    """The zero_grad check of one step (see :mod:`dbgcli.torch._zero_grad`), written with the
+    records it was queued among: a tensor in host memory is read then, one on a device
+    reaches the host with the next transfer."""
+
+    step: int
+    carried: torch.Tensor | tuple[Transfer, torch.device, int]
+    watch: CarriedGradientWatch
+
+    def write(self, writer: TraceWriter, live: LiveRules | None) -> None:
+        carried = self.carried
+        if isinstance(carried, tuple):
+            transfer, device, offset = carried
+            self.watch.confirm(self.step, bool(transfer.values(device)[offset]))
+        else:
+            self.watch.confirm(self.step, bool(carried))
+
+
+_Queued = _QueuedTensors | _Loss | _QueuedScalar | _CarriedVerdict
 
 _NUMPY_DTYPES: dict[torch.dtype, np.dtype] = {}
 
@@ -560,6 +580,12 @@ class TorchHook:
         self._pending_loss: dict[str, _Loss] = {}  # by mode
         self._lr_tags: list[str | None] = []  # per parameter group, None if not selected
         self._skipping_update = False
+        self._carried = CarriedGradientWatch(self._note_carried_gradients)
+        self._probe_candidates = [
+            (entry.name, entry.parameter)
+            for entry in self._parameters
+            if entry.parameter.requires_grad
+        ]
         self.track_updates = track_updates
         self.stats_every = stats_every
         self._weights = Reducer(updates=track_updates)
@@ -752,6 +778,7 @@ class TorchHook:
             handle.remove()
         self._handles.clear()
         self._armed.clear()
+        self._carried.remove()
         self._guard("closing the trace", self._close)
 
     def __enter__(self) -> TorchHook:
@@ -926,7 +953,10 @@ class TorchHook:
             found_inf = getattr(optimizer, "found_inf", None)
             self._skipping_update = isinstance(found_inf, torch.Tensor) and bool(found_inf.item())
             if not self._skipping_update:
+                self._check_carried_gradients()
                 self._record_parameters(optimizer, scale)
+                if self._step % self.stats_every == 0:
+                    self._carried.arm(self._step, self._probe_candidates)
         except Exception as error:  # noqa: BLE001 - recording must never stop training
             self._warn("recording the optimizer step", error)
 
@@ -1035,6 +1065,31 @@ class TorchHook:
             f"its {', '.join(modules)} modules compute as in inference"
             if modules
             else "it has no dropout or batch norm modules",
+        )
+
+    def _check_carried_gradients(self) -> None:
+        verdict = self._carried.check()
+        if verdict is None:
+            return
+        step, carried = verdict
+        where: torch.Tensor | tuple[Transfer, torch.device, int] = carried
+        if not carried.is_cpu:
+            where = (self._transfer, *self._transfer.add(carried.double().reshape(1)))
+        self._queue.append(_CarriedVerdict(step, where, self._carried))
+
+    def _note_carried_gradients(self, step: int, parameter: str) -> None:
+        """The gradients were not zeroed between optimizer steps (see
+        :mod:`dbgcli.torch._zero_grad`): say so once, in the log and in the run metadata."""
+        self.writer.set_metadata(
+            **{schema.META_GRADIENTS_NOT_ZEROED: {"step": step, "parameter": parameter}}
+        )
+        log.warning(
+            "dbg: %s: the gradients are not zeroed between optimizer steps: the gradient of %s "
+            "at step %d was still part of the next step's (optimizer.zero_grad() missing?); "
+            "each update follows the sum of every gradient so far",
+            self.writer.path,
+            parameter,
+            step,
         )
 
     def _tensors_due(self, mode: str) -> bool:
@@ -1176,6 +1231,8 @@ class TorchHook:
         step's row is made by whichever comes first."""
         for records in (self._queue, *(queued for _, queued in self._in_flight)):
             for record in records:
+                if isinstance(record, _CarriedVerdict):
+                    continue  # no record of the trace
                 if record.step != step or record.mode != mode:
                     return True
         return self._others_held(mode, step)

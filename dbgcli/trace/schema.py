@@ -42,8 +42,11 @@ ATTR_DROPPED = "dropped_records"
 META_RESUMED_FROM_STEP = "resumed_from_step"
 # How a Hugging Face Trainer logged (the callback's note; see dbgcli.hf).
 META_TRAINER_LOGGING = "trainer_logging"
-# The first optimizer step the PyTorch hook saw follow a forward pass under model.eval().
+# The first optimizer step the PyTorch hook saw follow a forward pass under model.eval(), and
+# the model's modules that compute differently in eval mode.
 META_TRAINED_IN_EVAL_MODE = "trained_in_eval_mode"
+# The optimizer step whose gradient the PyTorch hook found still in the next step's.
+META_GRADIENTS_NOT_ZEROED = "gradients_not_zeroed"
 # How the run compensates a class imbalance (XGBoost's scale_pos_weight, a weighted loss).
 META_CLASS_WEIGHTING = "class_weighting"
 

@@ -351,6 +351,95 @@ def test_training_in_eval_mode_is_noted_and_told(
             assert "it has no dropout or batch norm modules" in warned[0]
 
 
+def zero_grad_loop(tmp_path: Path, loop: str) -> tuple[Any, Any]:
+    """Twenty steps of a loop of one kind; the hook's note and DBG103's result."""
+    from tests.rules.helpers import run_rule
+
+    torch.manual_seed(0)
+    model = make_net()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    path = tmp_path / f"{loop}.h5"
+    with attach(model, optimizer, path, stats_every=2) as hook:
+        for x, y in batches(20):
+            if loop in ("zeroed", "clipped"):
+                optimizer.zero_grad()
+            micro_batches = 3 if loop in ("accumulated", "accumulated-unzeroed") else 1
+            for part in range(micro_batches):
+                rows = slice(part * BATCH // micro_batches, (part + 1) * BATCH // micro_batches)
+                loss = loss_fn(model, x[rows], y[rows]) / micro_batches
+                loss.backward()
+            hook.record_loss(loss)
+            if loop in ("clipped", "clipped-unzeroed"):
+                nn.utils.clip_grad_norm_(model.parameters(), 0.01)
+            optimizer.step()
+            if loop == "accumulated":
+                optimizer.zero_grad()
+    with open_trace(path) as trace:
+        noted = trace.metadata.get("gradients_not_zeroed")
+    return noted, run_rule(path, "DBG103")
+
+
+@pytest.mark.parametrize(
+    ("loop", "carried_from"),
+    [
+        ("zeroed", None),
+        ("unzeroed", 0),
+        ("clipped", None),
+        ("clipped-unzeroed", 0),
+        ("accumulated", None),
+        ("accumulated-unzeroed", 0),
+    ],
+)
+def test_hook_notes_gradients_not_zeroed(
+    tmp_path: Path, loop: str, carried_from: int | None
+) -> None:
+    """zero_grad() forgotten: the gradient of a recorded step is still part of the next one's,
+    whatever clipping does to its length; accumulation that zeroes after each step is fine."""
+    noted, result = zero_grad_loop(tmp_path, loop)
+    if carried_from is None:
+        assert noted is None and result.status is RuleStatus.passed
+        return
+    # Two checks in a row (recorded steps 2 apart) must agree: dated from the first. The
+    # probe is the smallest parameter of 64 values or more (fc3.weight, 8 x 12).
+    assert noted == {"step": carried_from, "parameter": "fc3.weight"}
+    (finding,) = result.findings
+    assert (finding.key, finding.severity) == ("carried", Severity.error)
+    assert finding.first_step == carried_from
+    assert finding.message == (
+        f"the gradients are not zeroed between optimizer steps: the gradient of step "
+        f"{carried_from} was still part of the next step's (seen in the gradient of "
+        "fc3.weight); zero_grad() missing?"
+    )
+
+
+def test_hook_sees_no_carried_gradient_in_a_gan(tmp_path: Path) -> None:
+    """The generator's loss flows into the discriminator's gradients after the
+    discriminator's step and before its zero_grad(): the old gradient is zeroed away all the
+    same, so the discriminator's hook notes nothing."""
+    torch.manual_seed(0)
+    generator, discriminator = nn.Linear(4, FEATURES), make_net()
+    d_optimizer = torch.optim.Adam(discriminator.parameters(), 1e-3)
+    g_optimizer = torch.optim.Adam(generator.parameters(), 1e-3)
+    path = tmp_path / "gan.h5"
+    with attach(discriminator, d_optimizer, path, stats_every=2) as hook:
+        for x, _ in batches(20):
+            fake = generator(torch.randn(BATCH, 4))
+            discriminator.zero_grad()
+            real_score, fake_score = discriminator(x)[:, 0], discriminator(fake.detach())[:, 0]
+            d_loss = (
+                nn.functional.softplus(-real_score).mean()
+                + nn.functional.softplus(fake_score).mean()
+            )
+            d_loss.backward()
+            d_optimizer.step()
+            hook.record_loss(d_loss)
+            generator.zero_grad()
+            nn.functional.softplus(-discriminator(fake)[:, 0]).mean().backward()
+            g_optimizer.step()
+    with open_trace(path) as trace:
+        assert "gradients_not_zeroed" not in trace.metadata
+
+
 class TwoHeads(nn.Module):
     """The aux head takes part only when asked to, so its gradient is None on other steps."""
 
@@ -933,6 +1022,7 @@ def test_failures_become_one_log_message_and_training_goes_on(
         warnings.simplefilter("error")
         with caplog.at_level(logging.WARNING, logger="dbgcli"):
             for x, y in batches(3):
+                optimizer.zero_grad()
                 hook.record_loss("not a number")
                 loss_fn(model, x, y).backward()
                 optimizer.step()
@@ -1285,9 +1375,11 @@ def test_one_transfer_per_recorded_step_and_none_otherwise(
     hook.remove()
     # The torch path makes one transfer per recorded step (on the CPU one .cpu(), and the
     # hand-over one .numpy() of its result); the compiled path none. Each host loss is read
-    # once when it is written: at the first record its own, then those of three steps.
+    # once when it is written: at the first record its own, then those of three steps, and
+    # with them the zero_grad check of the step after the record before (a tensor in host
+    # memory; on a device it would join the transfer; the first two records arm one).
     transfers, transfer_reads = (0, 0) if reduction_path == "compiled" else (1, 2)
-    first, later = (transfers, transfer_reads + 1), (transfers, transfer_reads + 3)
+    first, later = (transfers, transfer_reads + 1), (transfers, transfer_reads + 3 + 1)
     assert per_step == [first, (0, 0), (0, 0), later, (0, 0), (0, 0), later, (0, 0), (0, 0)]
     assert counted.take() == (0, 2)  # at close: the losses of the two steps after the last
     monkeypatch.undo()
