@@ -3,8 +3,8 @@
 For every tag the two traces share, records are paired by (step, mode). Scalars and every
 statistic are compared with ``rtol``/``atol``; where both traces kept the full tensor of a
 record, the values are compared element-wise (``numpy.allclose`` semantics, NaN equal to NaN).
-The result is an ordinary report (rule DBG802 ``similar-across-runs`` style findings, one per
-tag that differs, with the first differing step), so every output format and exit code works.
+The result is an ordinary report (findings of ``CMP001``, one per tag that differs, with the
+first differing step), so every output format and exit code works.
 """
 
 from __future__ import annotations

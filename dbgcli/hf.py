@@ -152,7 +152,7 @@ class DbgCallback(TrainerCallback):
       ``eval_`` prefix (``eval_loss`` becomes ``loss``);
     * ``epoch`` when an epoch begins;
     * in the metadata, ``task`` (``causal-lm``, ``masked-lm`` or ``seq2seq-lm``) for a language
-      model, whose token labels the class rules (DBG601, DBG604) do not judge, and
+      model, whose token labels the class rules (DBG601, DBG604, DBG605) do not judge, and
       ``early_stopping`` (``monitor``, ``patience`` and, at the end, the best checkpoint's
       ``best_step``) when an ``EarlyStoppingCallback`` watches the run, whose patience
       DBG304 overtraining and DBG302 overfit do not judge; for a classification head, at
@@ -387,7 +387,7 @@ class DbgCallback(TrainerCallback):
                 log.warning(
                     "dbg: with label_smoothing_factor=%g Trainer does not pass the labels to "
                     "the model, so record_data cannot record them and the class rules "
-                    "(DBG601, DBG604) will be skipped for %s",
+                    "(DBG601, DBG604, DBG605) will be skipped for %s",
                     args.label_smoothing_factor,
                     self.hook.writer.path,
                 )

@@ -1,12 +1,13 @@
-"""DBG6xx: the data: class imbalance, inputs not normalised, token ratios, classifier confusion.
+"""DBG6xx: the data: class imbalance, inputs not normalised, token ratios, classifier confusion,
+unshuffled batches.
 
 These rules read full tensors: labels (collection ``labels``), predictions (``predictions``)
 and model inputs (``inputs``); a tensor without a collection that is called exactly
 ``labels``, ``predictions`` or ``inputs`` counts as one (SageMaker Debugger's default names).
 Only records whose full tensor was kept can be analysed; the findings say how many were seen.
 
-Every full tensor is read once for all four rules: the rules declare the derivations below in
-their plans (``ClassIds`` for labels and predictions, shared by DBG601 and DBG604;
+Every full tensor is read once for all five rules: the rules declare the derivations below in
+their plans (``ClassIds`` for labels and predictions, shared by DBG601, DBG604 and DBG605;
 ``ChannelMoments`` for float inputs; ``TokenShares`` for integer inputs).
 
 Labels and predictions become class ids sample by sample (:func:`class_ids`): integer
@@ -508,6 +509,12 @@ def plan_class_ids(ctx: RuleContext, params: dict[str, Any]) -> Iterator[tuple[s
 PRIOR_SAMPLES = 500
 
 
+def _quantities(found: ClassIdRecords, shape: tuple[int, ...] | None) -> bool:
+    """Whether labels are quantities that :func:`class_ids` cut at a threshold (floats that
+    are not whole numbers: regression targets), not class ids or two-class scores."""
+    return found.width == 2 and not (shape is not None and len(shape) >= 2 and shape[-1] == 2)
+
+
 def label_entropy(ctx: RuleContext, mode: str = "train") -> float | None:
     """Entropy, in nats, of the class frequencies ``p`` of the recorded ``mode`` labels:
     ``-sum(p ln p)``, the cross-entropy of a model that predicts those frequencies for every
@@ -520,9 +527,8 @@ def label_entropy(ctx: RuleContext, mode: str = "train") -> float | None:
     counts: dict[int, int] = {}
     for labels, _ in _labelled(ctx):
         found: ClassIdRecords = labels.derive(ClassIds())
-        shape = labels.info.shape
-        if found.width == 2 and not (shape is not None and len(shape) >= 2 and shape[-1] == 2):
-            continue  # quantities cut at a threshold (regression targets), not class ids
+        if _quantities(found, labels.info.shape):
+            continue
         for record, code in zip(labels.records, labels.modes, strict=True):
             ids = found.ids.get(int(record))
             if ids is None or schema.MODES[int(code)] != mode:
@@ -566,7 +572,7 @@ def _judged_or_skipped(streams: list[list[Finding]]) -> Iterator[Finding]:
 
 
 # Keys of the info findings that say why a stream was not judged.
-_NOT_JUDGED = frozenset({"too-few-samples", "too-early"})
+_NOT_JUDGED = frozenset({"too-few-samples", "too-early", "one-class"})
 
 
 def _too_few(
@@ -1735,11 +1741,12 @@ def _above_off_diagonal_bar(
     label={
         "unshuffled": "training batches not shuffled",
         "too-few-samples": "too few labelled batches to judge shuffling",
+        "one-class": "one class in the recorded batches",
     },
     # Batches of one class make the model chase the class of the moment: the loss and the
     # gradients jump at every change of class, it never settles, and its predictions follow
     # the latest batches.
-    explains=("DBG102", "DBG301", "DBG303", "DBG305", "DBG601", "DBG604"),
+    explains=("DBG102", "DBG301", "DBG303", "DBG305", "DBG601:mispredicted", "DBG604"),
 )
 def unshuffled_batches(
     ctx: RuleContext, *, max_correlation: float = 0.5, samples: int = PRIOR_SAMPLES
@@ -1754,8 +1761,10 @@ def unshuffled_batches(
 
     The labels of the training batches recorded with full tensors (mode ``train``; one label
     per sample: a tag of shape ``(N,)``, ``(N, 1)`` or one-hot ``(N, C)``, since the tokens of
-    a sequence or the pixels of a mask are alike by nature) are counted per record in a table
-    ``c[r][k]``, and tested for homogeneity: Pearson's ``X² = sum (c[r][k] - n_r p_k)² /
+    a sequence or the pixels of a mask are alike by nature; not quantities, floats that are not
+    whole numbers; records of the run's batch size, within half to twice the median record,
+    since a pass over the whole set recorded in train mode is no batch) are counted per record
+    in a table ``c[r][k]`` (over the cells that occur), and tested for homogeneity: Pearson's ``X² = sum (c[r][k] - n_r p_k)² /
     (n_r p_k)``, with ``n_r`` the record's labels and ``p_k`` the share of class ``k`` over all
     records, has about ``(R - 1)(K - 1)`` degrees of freedom when batches are random samples.
     Its ratio to them is the design effect of cluster sampling, ``1 + (m - 1) rho`` (Kish
@@ -1766,7 +1775,8 @@ def unshuffled_batches(
     variance lies between batches) and ``X²`` above its 99.9 % quantile (Wilson and
     Hilferty's approximation), so that a few records cannot decide it. Fewer than
     ``samples`` labels, fewer than two records or batches of one label: not judged (an info
-    finding, key ``too-few-samples``, or the rule is skipped with the reason).
+    finding, key ``too-few-samples``, or the rule is skipped with the reason); every recorded
+    label of one class: not judged either (key ``one-class``).
 
     Evaluation records are not judged (their order does not train anything), nor labels of a
     language model or a regression (run metadata ``task``, see DBG604). A curriculum that
@@ -1796,14 +1806,16 @@ def unshuffled_batches(
     judged: list[list[Finding]] = []
     for labels, _ in _labelled(ctx):
         ids: ClassIdRecords = labels.derive(ClassIds())
-        if not _one_label_per_sample(labels.info.shape, ids.width):
+        shape = labels.info.shape
+        if not _one_label_per_sample(shape, ids.width) or _quantities(ids, shape):
             continue
         for stream in _streams(labels, None):
             if stream.mode == "train":
                 judged.append(list(_batch_mixing(stream, max_correlation, samples)))
     if not judged:
         raise RuleSkipped(
-            "no training labels of one class per sample ((N,), (N, 1) or one-hot (N, C))"
+            "no training labels of one class per sample ((N,), (N, 1) or one-hot (N, C); not "
+            "quantities)"
         )
     yield from _judged_or_skipped(judged)
 
@@ -1828,7 +1840,15 @@ def _chi_square_quantile(df: float) -> float:
 
 
 def _batch_mixing(stream: _Stream, max_correlation: float, samples: int) -> Iterator[Finding]:
-    records = [r for r in stream.records if r.labels.size >= 2]
+    # The optimizer's batches: records of the typical size (a pass over the whole training
+    # set recorded in train mode is no batch, and would dilute the batches' correlation).
+    sizes = np.array([r.labels.size for r in stream.records])
+    typical = float(np.median(sizes)) if sizes.size else 0.0
+    records = [
+        r
+        for r in stream.records
+        if r.labels.size >= 2 and typical / 2 <= r.labels.size <= 2 * typical
+    ]
     seen = sum(r.labels.size for r in records)
     steps = [r.step for r in records] or [r.step for r in stream.records]
     if seen < samples:
@@ -1852,19 +1872,35 @@ def _batch_mixing(stream: _Stream, max_correlation: float, samples: int) -> Iter
         return
     classes, codes = np.unique(np.concatenate([r.labels for r in records]), return_inverse=True)
     if classes.size < 2:
+        yield Finding(
+            message=(
+                f"every recorded training label is class {classes[0]} ({seen} in "
+                f"{_records(len(records))}): shuffling not judged; if the data set holds "
+                "other classes, the batches recorded came from one class's run"
+            ),
+            tensor=stream.labels,
+            first_step=steps[0],
+            last_step=steps[-1],
+            steps=len(records),
+            mode=stream.mode,
+            key="one-class",
+            severity=Severity.info,
+        )
         return
-    sizes = np.array([r.labels.size for r in records])
-    rows = np.repeat(np.arange(len(records)), sizes)
-    table = np.bincount(rows * classes.size + codes, minlength=len(records) * classes.size)
-    table = table.reshape(len(records), classes.size).astype(np.float64)
-    expected = np.outer(sizes, table.sum(axis=0) / seen)
-    chi_square = float(((table - expected) ** 2 / expected).sum())
+    # Pearson's X² over the cells that occur: sum c² / E - N, with E = n_r p_k.
+    batch_sizes = np.array([r.labels.size for r in records])
+    rows = np.repeat(np.arange(len(records)), batch_sizes)
+    cells, counts = np.unique(rows * classes.size + codes, return_counts=True)
+    cell_rows, cell_classes = cells // classes.size, cells % classes.size
+    shares = np.bincount(codes, minlength=classes.size) / seen
+    expected = batch_sizes[cell_rows] * shares[cell_classes]
+    chi_square = float((counts**2 / expected).sum() - seen)
     df = (len(records) - 1) * (classes.size - 1)
     mean_size = seen / len(records)
     correlation = (chi_square / df - 1) / (mean_size - 1)
     if not (correlation > max_correlation and chi_square > _chi_square_quantile(df)):
         return
-    single = int((np.count_nonzero(table, axis=1) == 1).sum())
+    single = int((np.bincount(cell_rows, minlength=len(records)) == 1).sum())
     yield Finding(
         message=(
             f"training batches look unshuffled: their labels are alike (intra-batch "

@@ -252,8 +252,8 @@ def trained_in_eval_mode(ctx: RuleContext) -> Iterator[Finding]:
         harm = f"its {', '.join(note.modules)} modules computed as in inference"
     else:
         harm = "it has no dropout or batch norm modules, so eval mode changed nothing visible"
-    if ctx.loss("train") is None:
-        harm += "; its losses were recorded as evaluation"
+    if note.modules is not None:  # the hook's note: it recorded them so
+        harm += f"; its training losses from step {note.step} on were recorded as evaluation"
     yield Finding(
         message=(
             f"the model trained in eval mode from optimizer step {note.step} (model.train() "

@@ -445,17 +445,19 @@ def _parameter_kind(module: nn.Module) -> str | None:
 
 def _mode_dependent_modules(model: nn.Module) -> list[str]:
     """Type names of the modules that compute differently under ``train()`` and ``eval()``:
-    dropout of a non-zero rate, and normalisation that keeps running statistics (batch norm;
+    dropout of a non-zero rate (its own module, or inside a recurrent layer or attention),
+    RReLU's random slopes, and normalisation that keeps running statistics (batch norm;
     instance norm with ``track_running_stats``), which eval mode uses instead of the batch's
     and never updates."""
-    return sorted(
-        {
-            type(module).__name__
-            for module in model.modules()
-            if (isinstance(module, nn.modules.dropout._DropoutNd) and module.p > 0)
-            or (isinstance(module, nn.modules.batchnorm._NormBase) and module.track_running_stats)
-        }
-    )
+
+    def differs(module: nn.Module) -> bool:
+        if isinstance(module, nn.modules.dropout._DropoutNd | nn.RNNBase | nn.MultiheadAttention):
+            return float(getattr(module, "p", getattr(module, "dropout", 0.0))) > 0
+        if isinstance(module, nn.modules.batchnorm._NormBase):
+            return bool(module.track_running_stats)
+        return isinstance(module, nn.RReLU)
+
+    return sorted({type(module).__name__ for module in model.modules() if differs(module)})
 
 
 def _parameter_collection(name: str) -> str:

@@ -342,8 +342,8 @@ def test_training_in_eval_mode_is_noted_and_told(
             assert "its Dropout modules compute as in inference" in warned[0]
             assert finding.message == (
                 "the model trained in eval mode from optimizer step 0 (model.train() never "
-                "called?): its Dropout modules computed as in inference; its losses were "
-                "recorded as evaluation"
+                "called?): its Dropout modules computed as in inference; its training losses "
+                "from step 0 on were recorded as evaluation"
             )
         else:
             # Nothing in the model computes differently in eval mode: a note.

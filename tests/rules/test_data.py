@@ -985,10 +985,11 @@ def test_unshuffled_batches_need_evidence(make_trace) -> None:
     labels = np.array([0, 0, 0, 0, 1, 1, 1, 1])
     result = run_rule(make_trace(tensors=batches(labels, batch=4)), "DBG605", samples=8)
     assert result.status is RuleStatus.passed
-    # Fewer labels than samples: skipped with the reason.
+    # Fewer labels than samples: skipped with the reason. (The last record, 8 labels, is no
+    # batch of the run's size of 64.)
     result = run_rule(make_trace(tensors=batches(sorted_labels(per_class=20))), "DBG605")
     assert result.status is RuleStatus.skipped
-    assert "only 200 labels in training batches of two or more in 4 records" in result.reason
+    assert "only 192 labels in training batches of two or more in 3 records" in result.reason
     # One record, however large, cannot be compared with another.
     one = {"labels": {"values": [sorted_labels()], "collection": "labels"}}
     result = run_rule(make_trace(tensors=one), "DBG605")
@@ -1003,8 +1004,12 @@ def test_unshuffled_batches_judge_one_label_per_sample_in_training(make_trace) -
     result = run_rule(path, "DBG605")
     assert result.status is RuleStatus.skipped
     assert result.reason == (
-        "no training labels of one class per sample ((N,), (N, 1) or one-hot (N, C))"
+        "no training labels of one class per sample ((N,), (N, 1) or one-hot (N, C); not "
+        "quantities)"
     )
+    # Regression targets sorted by value are quantities, not classes.
+    targets = np.sort(np.random.default_rng(42).normal(size=1920)).astype(np.float32)
+    assert run_rule(make_trace(tensors=batches(targets)), "DBG605").status is RuleStatus.skipped
     # One-hot labels and (N, 1) columns are one label per sample.
     onehot = np.eye(10, dtype=np.float32)[labels]
     assert run_rule(make_trace(tensors=batches(onehot)), "DBG605").findings
@@ -1016,6 +1021,29 @@ def test_unshuffled_batches_judge_one_label_per_sample_in_training(make_trace) -
     # Nor are a language model's labels.
     lm = make_trace(tensors=batches(labels), metadata={"task": "causal-lm"})
     assert run_rule(lm, "DBG605").status is RuleStatus.skipped
+
+
+def test_unshuffled_batches_count_only_the_batches(make_trace) -> None:
+    # Thirty single-class batches of 64 and one pass over the whole training set in train
+    # mode: that pass is no batch, and does not dilute the batches' correlation.
+    labels = batches(sorted_labels(classes=10, per_class=192))["labels"]
+    labels["values"].append(np.random.default_rng(43).integers(0, 10, size=20_000))
+    (finding,) = run_rule(make_trace(tensors={"labels": labels}), "DBG605").findings
+    assert finding.value == 1.0 and finding.steps == 30
+    # Every recorded label of one class: not judged, and said so.
+    one = run_rule(make_trace(tensors=batches(np.zeros(1920, dtype=np.int64))), "DBG605")
+    assert one.status is RuleStatus.skipped
+    assert "every recorded training label is class 0 (1920 in 30 records)" in one.reason
+    # X² is summed over the cells that occur (sum c² / E - N): Pearson's over the whole table.
+    pairs = np.concatenate(
+        [np.repeat(np.array([k, (k + 1) % 10]), 32) for k in range(10) for _ in range(3)]
+    )
+    (finding,) = run_rule(
+        make_trace(tensors=batches(pairs)), "DBG605", max_correlation=0.4
+    ).findings
+    table = np.stack([np.bincount(pairs[i : i + 64], minlength=10) for i in range(0, 1920, 64)])
+    expected = np.outer(table.sum(axis=1), table.sum(axis=0)) / table.sum()
+    assert finding.extra["chi_square"] == pytest.approx(((table - expected) ** 2 / expected).sum())
 
 
 def test_chi_square_quantile() -> None:
