@@ -21,6 +21,9 @@ values lie in [0, 1], logits cut at 0). Negative ids (ignore markers such as PyT
 and non-finite scores give no class. A labels record is paired with the predictions record
 of the same step and mode (the n-th with the n-th when a step holds several); a labels tag
 ``x/labels`` pairs with ``x/predictions``, else with the only predictions tag there is.
+Labels whose last axis holds 0s and 1s with a row that is not one-hot are multi-label
+indicators (several classes per sample, for a sigmoid per class): no class id describes them,
+and the class rules (DBG601, DBG604, DBG605) skip them.
 """
 
 from __future__ import annotations
@@ -98,6 +101,18 @@ def _refuse_unclassed(ctx: RuleContext) -> None:
     labels = unclassed_labels(ctx)
     if labels is not None:
         raise RuleSkipped(f"the labels are {labels}, not classes")
+
+
+def _single_labelled(ctx: RuleContext) -> list[tuple[TensorView, TensorView | None]]:
+    """:func:`_labelled`, without labels tags of several classes per sample (multi-hot); the
+    rule is skipped when those are all there are."""
+    pairs = _labelled(ctx)
+    single = [(labels, p) for labels, p in pairs if not labels.derive(ClassIds()).multi_hot]
+    if pairs and not single:
+        raise RuleSkipped(
+            "the labels are multi-label indicators (several classes per sample), not classes"
+        )
+    return single
 
 
 def _labelled(ctx: RuleContext) -> list[tuple[TensorView, TensorView | None]]:
@@ -178,10 +193,13 @@ class ClassIdRecords:
     Attributes:
         ids: Record index -> class id of each sample (-1: no class).
         width: Number of classes implied by the tensor's shape (see :func:`class_ids`), or None.
+        multi_hot: Some record's last axis holds 0s and 1s with a row that is not one-hot:
+            several classes per sample (multi-label targets), which no class id describes.
     """
 
     ids: dict[int, np.ndarray]
     width: int | None
+    multi_hot: bool = False
 
 
 @dataclass(frozen=True)
@@ -221,8 +239,10 @@ class _ClassIdsAccumulator(Accumulator):
         self.class_axis = class_axis
         self.ids: dict[int, np.ndarray] = {}
         self.width: int | None = None
+        self.multi_hot = False
 
     def feed(self, chunk: RawChunk) -> None:
+        self.multi_hot = self.multi_hot or _multi_hot(chunk.values)
         ids, width = class_ids(chunk.values, self.class_axis)
         if width is not None:
             self.width = max(width, self.width or 0)
@@ -235,7 +255,19 @@ class _ClassIdsAccumulator(Accumulator):
             self.ids[int(record)] = row.astype(compact)
 
     def finish(self) -> ClassIdRecords:
-        return ClassIdRecords(self.ids, self.width)
+        return ClassIdRecords(self.ids, self.width, self.multi_hot)
+
+
+def _multi_hot(values: np.ndarray) -> bool:
+    """Whether records ``(records, ..., C)`` hold 0s and 1s on their last axis with some row
+    that is not one-hot: multi-label indicators."""
+    if values.ndim < 3 or values.shape[-1] < 2 or values.dtype.kind not in "biuf":
+        return False
+    # Scores and logits fail on their first record: no pass over the rest.
+    for part in (values[:1], values):
+        if not ((part == 0) | (part == 1)).all():
+            return False
+    return bool((values.sum(axis=-1) != 1).any())
 
 
 @dataclass(frozen=True)
@@ -527,7 +559,7 @@ def label_entropy(ctx: RuleContext, mode: str = "train") -> float | None:
     counts: dict[int, int] = {}
     for labels, _ in _labelled(ctx):
         found: ClassIdRecords = labels.derive(ClassIds())
-        if _quantities(found, labels.info.shape):
+        if _quantities(found, labels.info.shape) or found.multi_hot:
             continue
         for record, code in zip(labels.records, labels.modes, strict=True):
             ids = found.ids.get(int(record))
@@ -629,13 +661,14 @@ def _too_early(stream: _Stream, paired: Sequence[_LabelRecord], middle: float) -
     plan=plan_class_ids,
     label={
         "imbalance": "class imbalance",
-        "mispredicted": "rare classes mispredicted",
+        "mispredicted": "classes mostly mispredicted",
         "compensated": "class imbalance, compensated",
         "too-few-samples": "too few labels to judge class balance",
     },
-    # Skewed labels make a model favour the frequent classes; classes mispredicted alone say
-    # the model confuses them, which a model that learned nothing does too (DBG303's).
-    explains={"imbalance": ("DBG604", "DBG303"), "mispredicted": ("DBG604",)},
+    # Skewed labels make a model favour the frequent classes. Classes mispredicted alone are a
+    # symptom: of classes the model cannot tell apart (DBG604's), or of a model that learned
+    # nothing (DBG303's).
+    explains={"imbalance": ("DBG604", "DBG303")},
 )
 def class_imbalance(
     ctx: RuleContext,
@@ -684,7 +717,12 @@ def class_imbalance(
       labelled predictions, i.e. the model as training leaves it. Samples whose prediction
       is non-finite are left out; they still count towards the window, so that a model whose
       outputs turned to NaN is not judged on its first steps instead. Fewer than ``samples``
-      labelled predictions in the whole trace: not judged.
+      labelled predictions in the whole trace, or latest ones from the first half of the run
+      only (an untrained model's, as DBG604 says): not judged. A class is reported when even
+      the lower end of its share's 95 % Wilson interval is above the threshold, so that "4 of
+      5 mispredicted" is no finding while "89 of 100" is. Mispredicted classes are a symptom:
+      of classes the model cannot tell apart (DBG604), of an imbalance, or of a model that
+      learned nothing (DBG303).
 
     Skipped for a language model's token labels and a regression's targets (run metadata
     ``task``, see DBG604).
@@ -709,13 +747,14 @@ def class_imbalance(
     """
     _refuse_unclassed(ctx)
     weighting = _class_weighting(ctx)
+    middle = _run_middle(ctx)
     yield from _judged_or_skipped(
         [
             [
                 *_imbalance(stream, threshold_imbalance, samples, weighting),
-                *_misprediction(stream, threshold_misprediction, samples),
+                *_misprediction(stream, threshold_misprediction, samples, middle),
             ]
-            for labels, predictions in _labelled(ctx)
+            for labels, predictions in _single_labelled(ctx)
             for stream in _streams(labels, predictions)
         ]
     )
@@ -804,28 +843,32 @@ def _latest(records: Sequence[_LabelRecord], samples: int) -> list[_LabelRecord]
     return None
 
 
-def _misprediction(stream: _Stream, threshold: float, samples: int) -> Iterator[Finding]:
+def _misprediction(
+    stream: _Stream, threshold: float, samples: int, middle: float
+) -> Iterator[Finding]:
     window = _latest(stream.paired, samples)
-    if window is None:
-        return
+    if window is None or window[-1].step < middle:
+        return  # too few, or only an untrained model's predictions (see DBG604's too-early)
     truth = np.concatenate([r.truth for r in window if r.truth is not None])
     predicted = np.concatenate([r.predicted for r in window if r.predicted is not None])
     if not truth.size:
         return
     classes, inverse = np.unique(truth, return_inverse=True)
     labelled = np.bincount(inverse)
-    share = np.bincount(inverse, weights=(predicted != truth)) / labelled
-    bad = np.flatnonzero(share > threshold)
+    wrong = np.bincount(inverse, weights=(predicted != truth))
+    share = wrong / labelled
+    bad = np.flatnonzero(_wilson(wrong, labelled)[0] > threshold)
     if not bad.size:
         return
     order = bad[np.argsort(-share[bad], kind="stable")]
     listed = _listed([f"class {classes[i]} {_percent(share[i])} of {labelled[i]}" for i in order])
     yield Finding(
         message=(
-            f"classes mostly mispredicted (> {_percent(threshold)} of their samples): {listed}; "
-            f"latest {truth.size} labelled predictions in {_records(len(window))}"
+            f"classes mostly mispredicted (surely > {_percent(threshold)} of their samples): "
+            f"{listed}; latest {truth.size} labelled predictions in {_records(len(window))}"
         ),
-        tensor=stream.labels,
+        # A finding about the predictions, as DBG604's: what the model computed, not the data.
+        tensor=stream.predictions,
         first_step=window[0].step,
         last_step=window[-1].step,
         steps=len(window),
@@ -834,7 +877,7 @@ def _misprediction(stream: _Stream, threshold: float, samples: int) -> Iterator[
         mode=stream.mode,
         key="mispredicted",
         extra={
-            "predictions": stream.predictions,
+            "labels": stream.labels,
             "samples": int(truth.size),
             "unscored": sum(r.unscored for r in window),
             "shares": {int(classes[i]): float(share[i]) for i in order[:100]},
@@ -1263,7 +1306,10 @@ def _token_message(value: int, threshold: float, analysed: int) -> Callable[[Epi
     },
     # Evaluation labels coded differently from training's: the model predicts the training
     # coding, so the held-out loss rises as it learns and every class looks mispredicted.
-    explains={"shifted": ("DBG302", "DBG304", "DBG601")},
+    explains={
+        "shifted": ("DBG302", "DBG304", "DBG601"),
+        "indistinct": ("DBG601:mispredicted",),
+    },
 )
 def classifier_confusion(
     ctx: RuleContext,
@@ -1399,7 +1445,7 @@ def classifier_confusion(
     _refuse_unclassed(ctx)
     middle = _run_middle(ctx)
     judged: list[list[Finding]] = []
-    for labels, predictions in _labelled(ctx):
+    for labels, predictions in _single_labelled(ctx):
         if predictions is None:
             continue
         streams = {s.mode: s for s in _streams(labels, predictions) if s.paired}
@@ -1804,7 +1850,7 @@ def unshuffled_batches(
         raise RuleConfigError(f"DBG605 max_correlation must be in [0, 1), got {max_correlation:g}")
     _refuse_unclassed(ctx)
     judged: list[list[Finding]] = []
-    for labels, _ in _labelled(ctx):
+    for labels, _ in _single_labelled(ctx):
         ids: ClassIdRecords = labels.derive(ClassIds())
         shape = labels.info.shape
         if not _one_label_per_sample(shape, ids.width) or _quantities(ids, shape):

@@ -149,6 +149,32 @@ def test_class_imbalance_missing_class_is_infinitely_rare_when_classes_are_known
     assert not keyed(run_rule(make_trace(tensors=tensors), "DBG601"), "imbalance")
 
 
+def test_class_rules_skip_multi_label_indicators(make_trace) -> None:
+    """Multi-hot targets (BCE over 8 labels, several per sample, some rare) are no classes:
+    their argmax is not the sample's class, nor are their 0s and 1s two classes."""
+    rng = np.random.default_rng(48)
+    rates = np.array([0.6, 0.5, 0.3, 0.2, 0.1, 0.05, 0.02, 0.005])
+    for dtype in (np.float32, np.int64):
+        targets = [(rng.random((64, 8)) < rates).astype(dtype) for _ in range(20)]
+        logits = [rng.normal(size=(64, 8)).astype(np.float32) for _ in range(20)]
+        path = make_trace(
+            tensors={
+                "labels": {"values": targets, "collection": "labels"},
+                "predictions": {"values": logits, "collection": "predictions"},
+            }
+        )
+        for rule_id in ("DBG601", "DBG604", "DBG605"):
+            result = run_rule(path, rule_id)
+            assert result.status is RuleStatus.skipped, rule_id
+            assert result.reason == (
+                "the labels are multi-label indicators (several classes per sample), not classes"
+            )
+    # One-hot targets are one class per sample, as before.
+    onehot = [np.eye(8, dtype=np.float32)[rng.integers(0, 8, size=64)] for _ in range(20)]
+    path = make_trace(tensors={"labels": {"values": onehot, "collection": "labels"}})
+    assert run_rule(path, "DBG601").status is not RuleStatus.skipped
+
+
 def test_class_imbalance_judges_modes_apart(make_trace) -> None:
     rng = np.random.default_rng(4)
     train = [rng.integers(0, 3, size=64) for _ in range(10)]
@@ -181,8 +207,35 @@ def test_misprediction_judges_the_model_training_leaves(make_trace) -> None:
     # The latest 500 labelled predictions: the last 8 records of 64.
     assert (finding.first_step, finding.last_step, finding.steps) == (32, 39, 8)
     assert finding.value == 1.0 and finding.message.startswith("classes mostly mispredicted")
-    assert "class 2 100%" in finding.message and finding.extra["predictions"] == "predictions"
+    assert "class 2 100%" in finding.message
+    assert (finding.tensor, finding.extra["labels"]) == ("predictions", "labels")
     assert not keyed(run_rule(path, "DBG601", threshold_misprediction=1.0), "mispredicted")
+
+
+def test_misprediction_needs_evidence_and_a_trained_model(make_trace) -> None:
+    # 100 classes over 1,000 samples: class 7's 5 samples, 4 mispredicted, could be chance;
+    # class 8's 100, 89 mispredicted, are not.
+    counts = [5 if k == 7 else 100 if k == 8 else 9 for k in range(100)]
+    labels, predicted = confused(counts, {(7, 0): 0.8, (8, 9): 0.89}, seed=45)
+    path = ids_trace(make_trace, labels, predicted)
+    (finding,) = keyed(run_rule(path, "DBG601", samples=500), "mispredicted")
+    assert finding.extra["shares"] == {8: pytest.approx(0.89)}
+    assert "surely > 70% of their samples): class 8 89% of 100" in finding.message
+    # The same predictions as the only ones of a run's first half: an untrained model's.
+    late = classifier([0.0] * 10, seed=46, steps=list(range(10)))
+    scalars = {"loss": np.linspace(2.0, 0.1, 100)}
+    assert not keyed(run_rule(make_trace(scalars=scalars, tensors=late), "DBG601"), "mispredicted")
+
+
+def test_classes_the_model_cannot_tell_apart_explain_their_misprediction(make_trace) -> None:
+    """Two balanced classes that look alike are mostly mispredicted: not rare classes to
+    resample, but a pair the model cannot tell apart."""
+    labels, predicted = confused([300] * 4, {(2, 3): 0.8, (3, 2): 0.2}, seed=47)
+    report = analyze_path(ids_trace(make_trace, labels, predicted), select=("DBG601", "DBG604"))
+    (diagnosis,) = report.problems
+    assert report.findings[diagnosis.cause].key == "indistinct"
+    symptoms = {(report.findings[i].rule_id, report.findings[i].key) for i in diagnosis.symptoms}
+    assert ("DBG601", "mispredicted") in symptoms
 
 
 def test_classes_a_model_that_learned_nothing_mispredicts_are_its_symptom(make_trace) -> None:
