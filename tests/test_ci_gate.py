@@ -85,7 +85,7 @@ def test_sarif_is_valid_and_complete(
     jsonschema.Draft4Validator(SCHEMA).validate(log)
     (run,) = log["runs"]
     rules = {rule["id"]: rule for rule in run["tool"]["driver"]["rules"]}
-    assert set(rules) == {"DBG101", "DBG102"}
+    assert set(rules) == {"DBG101", "DBG102", "DBG103"}
     for rule in rules.values():
         assert (
             rule["shortDescription"]["text"]
@@ -94,7 +94,7 @@ def test_sarif_is_valid_and_complete(
         )
     levels = {rule_id: rule["defaultConfiguration"]["level"] for rule_id, rule in rules.items()}
     # DBG102's growth findings are warnings, its non-finite gradients errors (below).
-    assert levels == {"DBG101": "warning", "DBG102": "warning"}
+    assert levels == {"DBG101": "warning", "DBG102": "warning", "DBG103": "error"}
     assert [a["location"]["uri"] for a in run["artifacts"]] == ["dirty.h5", "nan.h5", "clean.h5"]
     by_rule = {r["ruleId"]: r for r in run["results"]}
     vanished = by_rule["DBG101"]
@@ -159,7 +159,8 @@ def test_junit_parses_back(cli, traces: dict[str, Path], tmp_path: Path) -> None
     assert result.code == EXIT_ERROR
     root = ET.parse(out).getroot()
     assert root.tag == "testsuites"
-    assert (root.get("tests"), root.get("failures"), root.get("errors")) == ("5", "1", "1")
+    # Three DBG1 rules for each of the two readable traces, and the missing one's error.
+    assert (root.get("tests"), root.get("failures"), root.get("errors")) == ("7", "1", "1")
     suites = {suite.get("name"): suite for suite in root}
     dirty = suites[str(traces["dirty"])]
     cases = {case.get("name"): case for case in dirty}
