@@ -1347,10 +1347,11 @@ def classifier_confusion(
     the finding's key is ``shifted`` and its message asks whether they are; it is dated from
     the first record that shows the pattern (in point estimates), since the labels' coding is
     the data's, and it explains the held-out loss's gap and rise (DBG302, DBG304) and the
-    classes mispredicted (DBG601) that it causes. The ratio is judged with its uncertainty: a pair is
-    reported only when even the upper end of the ratio's interval is below ``min_evidence``
-    (the upper Wilson bound of ``C[i][i] / n_i`` over the lower one of ``C[j][i] / n_j``,
-    95 % each), so a pair of rare classes is not reported on a few samples. Records of several
+    classes mispredicted (DBG601) that it causes; an ``indistinct`` pair explains the classes
+    mispredicted too. The ratio is judged with its uncertainty: a pair is reported only when
+    even the upper end of the ratio's interval is below ``min_evidence`` (the upper Wilson
+    bound of ``C[i][i] / n_i`` over the lower one of ``C[j][i] / n_j``, 95 % each), so a pair
+    of rare classes is not reported on a few samples. Records of several
     passes over one evaluation set count its samples as often as they were recorded, which
     narrows the intervals more than the distinct samples warrant. A predicted class that no
     label holds has no rate of its own and is left to the bars below.
@@ -1810,9 +1811,10 @@ def unshuffled_batches(
     a sequence or the pixels of a mask are alike by nature; not quantities, floats that are not
     whole numbers; records of the run's batch size, within half to twice the median record,
     since a pass over the whole set recorded in train mode is no batch) are counted per record
-    in a table ``c[r][k]`` (over the cells that occur), and tested for homogeneity: Pearson's ``X² = sum (c[r][k] - n_r p_k)² /
-    (n_r p_k)``, with ``n_r`` the record's labels and ``p_k`` the share of class ``k`` over all
-    records, has about ``(R - 1)(K - 1)`` degrees of freedom when batches are random samples.
+    in a table ``c[r][k]`` (over the cells that occur), and tested for homogeneity:
+    Pearson's ``X² = sum (c[r][k] - n_r p_k)² / (n_r p_k)``, with ``n_r`` the record's labels
+    and ``p_k`` the share of class ``k`` over all records, has about ``(R - 1)(K - 1)``
+    degrees of freedom when batches are random samples.
     Its ratio to them is the design effect of cluster sampling, ``1 + (m - 1) rho`` (Kish
     1965), for batches of ``m`` labels (their mean) whose labels have the intra-batch
     correlation ``rho``: 0 for shuffled batches (below 0 for class-balanced ones), 1 when

@@ -7,10 +7,11 @@ between (a tensor hook on that parameter, armed for one step after each recorded
 the gradient is that sum, nothing zeroed it. Directions are compared, not values, so
 gradient clipping, which rescales the gradient in place, changes nothing. Under a
 ``GradScaler`` the old gradient (unscaled) is a part of the new one (scaled) too small to tell
-apart, so such runs are not judged. Two loops that legitimately look alike at one step (a GAN's generator pass flowing
-into the discriminator's gradients before its ``zero_grad``) differ in what zeroing removes:
-the old gradient then is no part of the next one. The verdict is computed where the gradient
-is and reaches the host with the hook's next transfer, so a GPU step never waits for it.
+apart, so such runs are not judged. Two loops that legitimately look alike at one step (a
+GAN's generator pass flowing into the discriminator's gradients before its ``zero_grad``)
+differ in what zeroing removes: the old gradient then is no part of the next one. The verdict
+is computed where the gradient is and reaches the host with the hook's next transfer, so a
+GPU step never waits for it.
 """
 
 from __future__ import annotations
@@ -48,9 +49,9 @@ def _carried_verdict(grad: torch.Tensor, old: torch.Tensor, incoming: torch.Tens
 
 
 class CarriedGradientWatch:
-    """Watches one parameter's gradient across optimizer steps; calls ``note(step)`` once
-    when two checks in a row found the gradient of step ``step`` (the first of them) still in
-    the next step's."""
+    """Watches one parameter's gradient across optimizer steps; calls ``note(step, name)``
+    once, when two checks in a row found a step's gradient still in the next step's (``step``
+    the first of them, ``name`` the parameter's)."""
 
     def __init__(self, note: Callable[[int, str], None]) -> None:
         self._note = note
@@ -74,7 +75,7 @@ class CarriedGradientWatch:
         probe = self._choose(parameters)
         if probe is None:
             return
-        name, parameter = probe
+        parameter = probe[1]
         assert parameter.grad is not None
         self._probe = probe
         self._old = parameter.grad.detach().clone()
