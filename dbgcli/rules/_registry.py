@@ -172,7 +172,7 @@ class Need:
         """The PyTorch hook watched the run for what it notes under the metadata's ``key``
         (it notes ``torch_version``), or the note is there (written by hand)."""
         return Need(
-            f"the PyTorch hook's watch of {what} (run metadata torch_version, or a note {key})",
+            f"PyTorch hook watching {what} (run metadata torch_version, or a note {key})",
             lambda ctx: "torch_version" in ctx.trace.metadata or key in ctx.trace.metadata,
         )
 
