@@ -85,7 +85,7 @@ class DbgCallback(Callback):
       validation prefix (:data:`VALIDATION_PREFIXES`), in mode ``eval`` at
       ``trainer.global_step``, read in ``on_validation_end`` so that metrics logged in the
       LightningModule's own ``on_validation_epoch_end`` are included. Nothing of the sanity
-      check is recorded;
+      check is recorded (``hook`` is None while it runs);
     * ``epoch`` when a training epoch starts;
     * in the metadata, ``early_stopping`` (``monitor`` and ``patience``) when the trainer has
       an ``EarlyStopping`` callback: DBG304 overtraining does not judge the validation
@@ -142,6 +142,8 @@ class DbgCallback(Callback):
             stop_on=stop_on,
         )
         self.hook: TorchHook | None = None
+        # The hook while the sanity check runs, when ``hook`` is None (see on_sanity_check_start).
+        self._held_hook: TorchHook | None = None
         self._failures = FailureReporter()
         self._batch_step = 0
         self._loss_total: torch.Tensor | None = None
@@ -152,14 +154,17 @@ class DbgCallback(Callback):
         self._failures.guard("attaching to the module", lambda: self._attach(trainer, pl_module))
 
     def on_sanity_check_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Do not record the sanity check's few validation batches of the untrained model."""
+        """Do not record the sanity check's few validation batches of the untrained model: the
+        hook records no forward pass, and ``hook`` is None, so that a ``validation_step``
+        that records through it (``if dbg.hook is not None: dbg.hook.record(...)``) records
+        nothing either."""
         if self.hook is not None:
             self.hook.enabled = False
+            self._held_hook, self.hook = self.hook, None
 
     def on_sanity_check_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Record forward passes again."""
-        if self.hook is not None:
-            self.hook.enabled = True
+        """Record again."""
+        self._release_hook()
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Record the epoch about to start."""
@@ -261,7 +266,13 @@ class DbgCallback(Callback):
                     key[len(prefix) :], value, mode="eval", step=trainer.global_step
                 )
 
+    def _release_hook(self) -> None:
+        if self._held_hook is not None:
+            self.hook, self._held_hook = self._held_hook, None
+            self.hook.enabled = True
+
     def _detach(self) -> None:
+        self._release_hook()  # a run that failed in its sanity check
         if self.hook is not None:
             self._failures.guard("recording the loss", self._write_loss)
             self.hook.remove()

@@ -134,6 +134,51 @@ def test_lightning_run_is_recorded(tmp_path: Path, no_dbg_warnings: None) -> Non
         assert trace.complete
 
 
+class RecordingClassifier(Classifier):
+    """Records its validation labels and predictions through the callback's hook, as
+    docs/capture.md shows."""
+
+    def __init__(self, dbg: DbgCallback) -> None:
+        super().__init__()
+        self.dbg = dbg
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, y = batch
+        logits = self.net(x)
+        self.log("val_loss", nn.functional.cross_entropy(logits, y))
+        if self.dbg.hook is not None:
+            self.dbg.hook.record(labels=y, predictions=logits, raw=True)
+
+
+def test_validation_records_leave_out_the_sanity_check(
+    tmp_path: Path, no_dbg_warnings: None
+) -> None:
+    """The sanity check's two validation batches of the untrained model were recorded as
+    training data at step 0; now the hook is None while it runs."""
+    path = tmp_path / "run.h5"
+    callback = DbgCallback(path)
+    torch.manual_seed(0)
+    module = RecordingClassifier(callback)
+    trainer = pl.Trainer(
+        max_epochs=EPOCHS,
+        callbacks=[callback],
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    assert trainer.num_sanity_val_steps == 2
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", module="lightning")
+        trainer.fit(module, loader(1, BATCHES_PER_EPOCH), loader(2, 2))
+    with open_trace(path) as trace:
+        steps, modes = trace.index("labels")
+    # Two validation batches after each epoch of eight steps, in mode eval; nothing at step 0.
+    assert steps.tolist() == [8, 8, 16, 16] and set(modes.tolist()) == {1}
+
+
 def test_early_stopping_is_noted_in_the_metadata(tmp_path: Path, no_dbg_warnings: None) -> None:
     stopped, plain = tmp_path / "stopped.h5", tmp_path / "plain.h5"
     fit(DbgCallback(stopped), pl.callbacks.EarlyStopping(monitor="val_loss", patience=3))
