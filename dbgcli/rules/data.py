@@ -665,10 +665,10 @@ def _too_early(stream: _Stream, paired: Sequence[_LabelRecord], middle: float) -
         "compensated": "class imbalance, compensated",
         "too-few-samples": "too few labels to judge class balance",
     },
-    # Skewed labels make a model favour the frequent classes. Classes mispredicted alone are a
-    # symptom: of classes the model cannot tell apart (DBG604's), or of a model that learned
-    # nothing (DBG303's).
-    explains={"imbalance": ("DBG604", "DBG303")},
+    # Skewed labels make a model favour the frequent classes, and mispredict the rare ones.
+    # Classes mispredicted alone are a symptom: of classes the model cannot tell apart
+    # (DBG604's), or of a model that learned nothing (DBG303's).
+    explains={"imbalance": ("DBG604", "DBG303", "DBG601:mispredicted")},
 )
 def class_imbalance(
     ctx: RuleContext,

@@ -227,6 +227,20 @@ def test_misprediction_needs_evidence_and_a_trained_model(make_trace) -> None:
     assert not keyed(run_rule(make_trace(scalars=scalars, tensors=late), "DBG601"), "mispredicted")
 
 
+def test_an_imbalance_explains_its_rare_classes_mispredicted(make_trace) -> None:
+    """The rare classes of skewed labels, mostly predicted as the frequent one: one problem,
+    the imbalance (the misprediction is a finding about the predictions, the imbalance one
+    about the labels)."""
+    labels, predicted = confused([900, 50, 50], {(1, 0): 0.9, (2, 0): 0.9}, seed=49)
+    path = ids_trace(make_trace, labels, predicted)
+    for select in (("DBG601",), ("DBG601", "DBG604")):
+        report = analyze_path(path, select=select)
+        (diagnosis,) = report.problems
+        assert report.findings[diagnosis.cause].key == "imbalance"
+        found = {(report.findings[i].rule_id, report.findings[i].key) for i in diagnosis.symptoms}
+        assert ("DBG601", "mispredicted") in found
+
+
 def test_classes_the_model_cannot_tell_apart_explain_their_misprediction(make_trace) -> None:
     """Two balanced classes that look alike are mostly mispredicted: not rare classes to
     resample, but a pair the model cannot tell apart."""
