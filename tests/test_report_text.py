@@ -41,3 +41,25 @@ def test_the_end_starts_at_a_component_when_one_is_near() -> None:
     assert shorten_middle("a" * 20 + "_features", 19) == "aaaaaaaaa…_features"
     # "y.weight": the separator is early in the end half, so the end is the whole "weight".
     assert shorten_middle("layer.0.attention.key.weight", 17).endswith("…weight")
+
+
+def test_a_healthy_verdict_names_the_commonest_skip_reason_without_stream_prefixes() -> None:
+    """The data rules name their stream (``labels (train): ...``); the verdict's reason is
+    what was missing, not the tag."""
+    from dbgcli.findings import Severity
+    from dbgcli.report.model import RuleResult, RuleStatus, TraceReport
+
+    def skipped(rule_id: str, reason: str) -> RuleResult:
+        return RuleResult(
+            rule_id, rule_id.lower(), "data", Severity.warning, "", RuleStatus.skipped, reason
+        )
+
+    results = (
+        skipped("DBG601", "labels (train): only 384 labels in 6 records (< samples 500)"),
+        skipped("DBG605", "labels (train): only 384 labels in 6 records (< samples 500)"),
+        skipped("DBG603", "no token-id inputs (role 'inputs': integers)"),
+    )
+    report = TraceReport(path="run.h5", results=results)
+    assert report.verdict == (
+        "healthy: 0 rules passed, 3 skipped (only 384 labels in 6 records, and 1 other reason)"
+    )

@@ -5,6 +5,7 @@ Turning findings into an exit code happens here and nowhere else.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
@@ -135,11 +136,17 @@ def sorted_findings(results: tuple[RuleResult, ...]) -> list[Finding]:
     )
 
 
+# A skip reason given per stream (the data rules): ``labels (train): only 384 labels ...``.
+_STREAM_PREFIX = re.compile(r"^\S+ \((?:train|eval|predict)\): ")
+
+
 def _common_reason(skipped: list[RuleResult]) -> str:
-    """The most frequent skip reason, or the one reason; shortened to its first clause."""
+    """The most frequent skip reason, or the one reason; shortened to its first clause
+    (without the tag and mode a data rule names its stream by)."""
     reasons: dict[str, int] = {}
     for result in skipped:
-        first = result.reason.split(";")[0].split(" (")[0].strip()
+        reason = _STREAM_PREFIX.sub("", result.reason)
+        first = reason.split(";")[0].split(" (")[0].strip()
         reasons[first] = reasons.get(first, 0) + 1
     reason, count = max(reasons.items(), key=lambda item: item[1])
     if len(reasons) == 1:
