@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -72,13 +73,16 @@ def fit(
     epochs: int = EPOCHS,
     save: Path | None = None,
     resume: Path | None = None,
+    module_class: Callable[[DbgCallback], Classifier] = lambda _: Classifier(),
+    accumulate: int = ACCUMULATE,
 ) -> Classifier:
-    """Train a fresh Classifier; ``save`` a checkpoint at the end, or ``resume`` from one."""
+    """Train a fresh Classifier (or a subclass, given the callback); ``save`` a checkpoint at
+    the end, or ``resume`` from one."""
     torch.manual_seed(0)
-    module = Classifier()
+    module = module_class(callback)
     trainer = pl.Trainer(
         max_epochs=epochs,
-        accumulate_grad_batches=ACCUMULATE,
+        accumulate_grad_batches=accumulate,
         callbacks=[callback, *others],
         accelerator="cpu",
         devices=1,
@@ -156,23 +160,7 @@ def test_validation_records_leave_out_the_sanity_check(
     """The sanity check's two validation batches of the untrained model were recorded as
     training data at step 0; now the hook is None while it runs."""
     path = tmp_path / "run.h5"
-    callback = DbgCallback(path)
-    torch.manual_seed(0)
-    module = RecordingClassifier(callback)
-    trainer = pl.Trainer(
-        max_epochs=EPOCHS,
-        callbacks=[callback],
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    assert trainer.num_sanity_val_steps == 2
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", module="lightning")
-        trainer.fit(module, loader(1, BATCHES_PER_EPOCH), loader(2, 2))
+    fit(DbgCallback(path), module_class=RecordingClassifier, accumulate=1)
     with open_trace(path) as trace:
         steps, modes = trace.index("labels")
     # Two validation batches after each epoch of eight steps, in mode eval; nothing at step 0.
