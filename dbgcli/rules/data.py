@@ -528,13 +528,20 @@ def _pair(step: int, ids: np.ndarray, predicted: np.ndarray | None) -> _LabelRec
     )
 
 
+def _plan_label_ids(ctx: RuleContext, params: dict[str, Any]) -> Iterator[tuple[str, Derivation]]:
+    """The class ids of the labels (DBG605's plan); none for labels that are no classes."""
+    if unclassed_labels(ctx) is None:
+        for labels, _ in _labelled(ctx):
+            yield labels.tag, ClassIds()
+
+
 def plan_class_ids(ctx: RuleContext, params: dict[str, Any]) -> Iterator[tuple[str, Derivation]]:
-    if unclassed_labels(ctx) is not None:
-        return  # the class rules skip them
-    for labels, predictions in _labelled(ctx):
-        yield labels.tag, ClassIds()
-        if predictions is not None:
-            yield predictions.tag, _prediction_ids(predictions, labels)
+    """The class ids of the labels and of their predictions (DBG601's and DBG604's plan)."""
+    yield from _plan_label_ids(ctx, params)
+    if unclassed_labels(ctx) is None:
+        for labels, predictions in _labelled(ctx):
+            if predictions is not None:
+                yield predictions.tag, _prediction_ids(predictions, labels)
 
 
 #: Labels needed before their class frequencies are trusted (the data rules' ``samples``).
@@ -1601,7 +1608,7 @@ def _looks_shifted(record: _LabelRecord) -> bool:
 
 
 # Normal quantile of the two-sided 95 % Wilson intervals of the two rates whose ratio DBG604
-# bounds: both hold together with at least 90 % probability.
+# bounds: one end of each is used, so both hold together with at least 95 % probability.
 _Z = 1.96
 
 
@@ -1784,7 +1791,7 @@ def _above_off_diagonal_bar(
     severity="warning",
     category="data",
     requires=LABELS,
-    plan=plan_class_ids,
+    plan=_plan_label_ids,
     label={
         "unshuffled": "training batches not shuffled",
         "too-few-samples": "too few labelled batches to judge shuffling",
