@@ -621,8 +621,8 @@ def _too_few(
         message=(
             f"only {seen} {what} in {_records(len(steps))} with full tensors "
             f"(< samples {samples}): "
-            f"{judged} not judged; keep full tensors more often (raw_every, raw_budget) or "
-            "lower samples"
+            f"{judged} not judged; record the data at more steps (hook.record(..., raw=True), "
+            "raw_every, or the Hugging Face callback's stats_every) or lower samples"
         ),
         tensor=tag,
         first_step=int(steps[0]),
