@@ -455,26 +455,36 @@ class EvalModeTraining(NamedTuple):
     modules: tuple[str, ...] | None
 
 
+def _step_note(metadata: Mapping[str, object], key: str) -> tuple[int, Mapping[str, object]] | None:
+    """A note the PyTorch hook writes under ``key``: ``{"step": N, ...}``, or a plain step
+    number (an earlier version's, or one written by hand). The step and the note's other
+    fields, or None without such a note."""
+    note = metadata.get(key)
+    fields: Mapping[str, object] = note if isinstance(note, Mapping) else {}
+    step = fields.get("step") if isinstance(note, Mapping) else note
+    if not isinstance(step, int) or isinstance(step, bool):
+        return None
+    return step, fields
+
+
 def eval_mode_training(metadata: Mapping[str, object]) -> EvalModeTraining | None:
     """The run metadata's note that the model trained in eval mode, or None."""
-    note = metadata.get(schema.META_TRAINED_IN_EVAL_MODE)
-    if isinstance(note, Mapping):
-        step, modules = note.get("step"), note.get("modules")
-        names = tuple(str(m) for m in modules) if isinstance(modules, list) else None
-        note = step
-    else:
-        names = None
-    if isinstance(note, int) and not isinstance(note, bool):
-        return EvalModeTraining(note, names)
-    return None
+    note = _step_note(metadata, schema.META_TRAINED_IN_EVAL_MODE)
+    if note is None:
+        return None
+    step, fields = note
+    modules = fields.get("modules")
+    return EvalModeTraining(
+        step, tuple(str(m) for m in modules) if isinstance(modules, list) else None
+    )
 
 
 def gradients_not_zeroed(metadata: Mapping[str, object]) -> tuple[int, str | None] | None:
     """The run metadata's note that the gradients were not zeroed between optimizer steps:
     the step whose gradient was carried into the next, and the parameter it was seen in."""
-    note = metadata.get(schema.META_GRADIENTS_NOT_ZEROED)
-    step = note.get("step") if isinstance(note, Mapping) else note
-    if not isinstance(step, int) or isinstance(step, bool):
+    note = _step_note(metadata, schema.META_GRADIENTS_NOT_ZEROED)
+    if note is None:
         return None
-    parameter = note.get("parameter") if isinstance(note, Mapping) else None
+    step, fields = note
+    parameter = fields.get("parameter")
     return step, str(parameter) if parameter is not None else None

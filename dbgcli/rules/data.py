@@ -1358,10 +1358,10 @@ def classifier_confusion(
     mispredicted too. The ratio is judged with its uncertainty: a pair is reported only when
     even the upper end of the ratio's interval is below ``min_evidence`` (the upper Wilson
     bound of ``C[i][i] / n_i`` over the lower one of ``C[j][i] / n_j``, 95 % each), so a pair
-    of rare classes is not reported on a few samples. Records of several
-    passes over one evaluation set count its samples as often as they were recorded, which
-    narrows the intervals more than the distinct samples warrant. A predicted class that no
-    label holds has no rate of its own and is left to the bars below.
+    of rare classes is not reported on a few samples. Records of several passes over one
+    evaluation set count its samples as often as they were recorded, which narrows the
+    intervals more than the distinct samples warrant. A predicted class that no label holds
+    has no rate of its own and is left to the bars below.
 
     **SageMaker Debugger's bars** (keys ``diagonal`` and ``off-diagonal``, info findings).
     SageMaker reports every predicted class right less than ``min_diag`` (90 %) of the time;
@@ -1593,17 +1593,9 @@ def _looks_shifted(record: _LabelRecord) -> bool:
         return False
     classes = int(max(record.truth.max(), record.predicted.max())) + 1
     counts = _ConfusionCounts.of(record.truth, record.predicted, classes)
-    off = ~counts.on_diagonal
-    label, predicted = counts.cell_truth[off], counts.cell_predicted[off]
-    share = counts.cell_counts[off] / counts.row_total(label)
-    own_total = counts.row_total(predicted)
-    own = np.divide(
-        counts.right[counts.cell_column[off]],
-        own_total,
-        out=np.zeros(len(share)),
-        where=own_total > 0,
-    )
-    moved = np.unique(label[(share > 0.5) & (own < share)])
+    pairs = counts.confusions()
+    share = pairs.other_rate
+    moved = np.unique(pairs.label[(share > 0.5) & (pairs.own_rate < share)])
     return 2 * moved.size >= counts.rows.size
 
 
@@ -1668,22 +1660,55 @@ class _ConfusionCounts:
         at = np.minimum(np.searchsorted(self.rows, classes), len(self.rows) - 1)
         return np.asarray(np.where(self.rows[at] == classes, self.row_totals[at], 0))
 
+    def confusions(self) -> _Confusions:
+        """The off-diagonal cells, with the counts of both rates their pair compares."""
+        off = ~self.on_diagonal
+        label, predicted = self.cell_truth[off], self.cell_predicted[off]
+        return _Confusions(
+            label,
+            predicted,
+            self.cell_counts[off],
+            self.row_total(label),
+            self.right[self.cell_column[off]],
+            self.row_total(predicted),
+        )
+
+
+class _Confusions(NamedTuple):
+    """Pairs (true ``label``, ``predicted``): ``other`` of the label's ``other_total`` samples
+    are predicted as ``predicted``, and ``own`` of the predicted class's ``own_total``."""
+
+    label: np.ndarray
+    predicted: np.ndarray
+    other: np.ndarray
+    other_total: np.ndarray
+    own: np.ndarray
+    own_total: np.ndarray
+
+    @property
+    def other_rate(self) -> np.ndarray:
+        return np.asarray(self.other / self.other_total)
+
+    @property
+    def own_rate(self) -> np.ndarray:
+        """0 for a predicted class that no label holds."""
+        rate = np.zeros(len(self.own))
+        np.divide(self.own, self.own_total, out=rate, where=self.own_total > 0)
+        return rate
+
+    def having(self, keep: np.ndarray) -> _Confusions:
+        return _Confusions(*(column[keep] for column in self))
+
 
 def _indistinct(
     counts: _ConfusionCounts, min_evidence: float, min_share: float, seen: str
 ) -> Finding | None:
-    off = ~counts.on_diagonal
-    label, predicted = counts.cell_truth[off], counts.cell_predicted[off]
-    own = counts.right[counts.cell_column[off]]
-    own_total, other_total = counts.row_total(predicted), counts.row_total(label)
-    # A class that no label holds has no rate of its own to compare.
-    judged = own_total > 0
-    label, predicted, own = label[judged], predicted[judged], own[judged]
-    own_total, other_total = own_total[judged], other_total[judged]
-    other = counts.cell_counts[off][judged]
-    own_rate, other_rate = own / own_total, other / other_total
-    own_upper = _wilson(own, own_total)[1]
-    other_lower = _wilson(other, other_total)[0]
+    pairs = counts.confusions()
+    pairs = pairs.having(pairs.own_total > 0)  # a class no label holds has no rate of its own
+    label, predicted = pairs.label, pairs.predicted
+    own_rate, other_rate = pairs.own_rate, pairs.other_rate
+    own_upper = _wilson(pairs.own, pairs.own_total)[1]
+    other_lower = _wilson(pairs.other, pairs.other_total)[0]
     flagged = np.flatnonzero((own_upper < min_evidence * other_lower) & (other_rate >= min_share))
     if not flagged.size:
         return None
@@ -1701,13 +1726,13 @@ def _indistinct(
     # Shifted labels send most samples of most classes to one other class, a permutation.
     moved = np.unique(label[order[reversed_ & (other_rate[order] > 0.5)]])
     shifted = 2 * moved.size >= counts.rows.size
-    pairs = f"{order.size} pair{'s' if order.size != 1 else ''}"
+    counted = f"{order.size} pair{'s' if order.size != 1 else ''}"
     lead = (
         "most classes' samples are predicted mostly as one other class, more often than that "
         "class's own: are the labels shifted or coded differently between training and "
-        f"evaluation? {pairs} of classes reversed or alike, predicting"
+        f"evaluation? {counted} of classes reversed or alike, predicting"
         if shifted
-        else f"the model cannot tell {pairs} of classes apart, predicting"
+        else f"the model cannot tell {counted} of classes apart, predicting"
     )
     return Finding(
         message=f"{lead} {listed}; {seen}",
@@ -1821,17 +1846,16 @@ def unshuffled_batches(
     in a table ``c[r][k]`` (over the cells that occur), and tested for homogeneity:
     Pearson's ``X² = sum (c[r][k] - n_r p_k)² / (n_r p_k)``, with ``n_r`` the record's labels
     and ``p_k`` the share of class ``k`` over all records, has about ``(R - 1)(K - 1)``
-    degrees of freedom when batches are random samples.
-    Its ratio to them is the design effect of cluster sampling, ``1 + (m - 1) rho`` (Kish
-    1965), for batches of ``m`` labels (their mean) whose labels have the intra-batch
-    correlation ``rho``: 0 for shuffled batches (below 0 for class-balanced ones), 1 when
-    every batch holds one class. A finding (key ``unshuffled``) needs ``rho >
-    max_correlation`` (0.5, Cohen's (1988) large correlation: more than half of the labels'
-    variance lies between batches) and ``X²`` above its 99.9 % quantile (Wilson and
-    Hilferty's approximation), so that a few records cannot decide it. Fewer than
-    ``samples`` labels, fewer than two records or batches of one label: not judged (an info
-    finding, key ``too-few-samples``, or the rule is skipped with the reason); every recorded
-    label of one class: not judged either (key ``one-class``).
+    degrees of freedom when batches are random samples. Its ratio to them is the design
+    effect of cluster sampling, ``1 + (m - 1) rho`` (Kish 1965), for batches of ``m`` labels
+    (their mean) whose labels have the intra-batch correlation ``rho``: 0 for shuffled
+    batches (below 0 for class-balanced ones), 1 when every batch holds one class. A finding
+    (key ``unshuffled``) needs ``rho > max_correlation`` (0.5, Cohen's (1988) large
+    correlation: more than half of the labels' variance lies between batches) and ``X²``
+    above its 99.9 % quantile (Wilson and Hilferty's approximation), so that a few records
+    cannot decide it. Fewer than ``samples`` labels, fewer than two records or batches of one
+    label: not judged (an info finding, key ``too-few-samples``, or the rule is skipped with
+    the reason); every recorded label of one class: not judged either (key ``one-class``).
 
     Evaluation records are not judged (their order does not train anything), nor labels of a
     language model or a regression (run metadata ``task``, see DBG604). A curriculum that

@@ -399,9 +399,8 @@ def gradients_not_zeroed_between_steps(ctx: RuleContext) -> Iterator[Finding]:
     unscaled, is too small a part of the new, scaled, one) and with half-precision
     gradients (too coarse) are not judged. Two checks in a row must agree before the hook
     warns and notes the step in the run metadata (``gradients_not_zeroed``), which this rule
-    reports. A trace without the hook's watch
-    (no ``torch_version`` in its metadata) is skipped; note ``gradients_not_zeroed``
-    (``{"step": N}``) yourself to have it judged.
+    reports. A trace without the hook's watch (no ``torch_version`` in its metadata) is
+    skipped; note ``gradients_not_zeroed`` (``{"step": N}``) yourself to have it judged.
 
     Severity is error: the optimizer does not follow the gradient of the loss at all.
 

@@ -336,9 +336,8 @@ class _CarriedVerdict:
         carried = self.carried
         if isinstance(carried, tuple):
             transfer, device, offset = carried
-            self.watch.confirm(self.step, bool(transfer.values(device)[offset]))
-        else:
-            self.watch.confirm(self.step, bool(carried))
+            carried = transfer.values(device)[offset]
+        self.watch.confirm(self.step, bool(carried))
 
 
 _Queued = _QueuedTensors | _Loss | _QueuedScalar | _CarriedVerdict
