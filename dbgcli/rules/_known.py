@@ -210,19 +210,29 @@ def first_update_step(ctx: RuleContext) -> int | None:
 STARVED_LR = 1e-4
 
 
-def lr_fraction(ctx: RuleContext, steps: np.ndarray) -> np.ndarray | None:
-    """The recorded learning rate at each step as a fraction of its largest value (None when
-    no learning rate is recorded)."""
+def lr_at(ctx: RuleContext, steps: np.ndarray) -> np.ndarray | None:
+    """The recorded learning rate in effect at each step (NaN before its first record; None
+    when no learning rate is recorded)."""
     series = ctx.lr()
     if series is None or not np.isfinite(series.values).any():
-        return None
-    peak = float(np.nanmax(series.values))
-    if not peak > 0:
         return None
     order = np.argsort(series.steps, kind="stable")
     lr_steps, lr_values = series.steps[order], series.values[order]
     where = np.searchsorted(lr_steps, steps, side="right") - 1
-    return np.where(where >= 0, lr_values[np.maximum(where, 0)] / peak, np.nan)
+    return np.where(where >= 0, lr_values[np.maximum(where, 0)], np.nan)
+
+
+def lr_fraction(ctx: RuleContext, steps: np.ndarray) -> np.ndarray | None:
+    """The recorded learning rate at each step as a fraction of its largest value (None when
+    no learning rate is recorded)."""
+    series = ctx.lr()
+    lr = lr_at(ctx, steps)
+    if series is None or lr is None:
+        return None
+    peak = float(np.nanmax(series.values))
+    if not peak > 0:
+        return None
+    return lr / peak
 
 
 def lr_raised(

@@ -517,6 +517,49 @@ def test_unchanged_tells_a_frozen_backbone_from_a_forgotten_layer(tmp_path: Path
         assert (finding.first_step, finding.last_step, finding.steps) == (0, 10, 2)
 
 
+def test_unchanged_tells_updates_lost_to_rounding_from_a_forgotten_layer(tmp_path: Path) -> None:
+    """A bias right before a BatchNorm gets a gradient that is zero but for rounding (the norm
+    subtracts the batch mean), so SGD's steps round away: that is float resolution, not a
+    parameter missing from the optimizer. The same run with the layer left out of the
+    optimizer still warns about its weight, whose steps would have been large."""
+    torch = pytest.importorskip("torch")
+    from dbgcli.torch import attach
+
+    def train(path: Path, *, forget_the_first_layer: bool) -> Path:
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(
+            torch.nn.Linear(8, 32),
+            torch.nn.BatchNorm1d(32),
+            torch.nn.ReLU(),
+            torch.nn.Linear(32, 3),
+        )
+        trained = list(model[1:].parameters()) if forget_the_first_layer else model.parameters()
+        optimizer = torch.optim.SGD(trained, lr=0.05)
+        x = torch.randn(512, 8)
+        y = (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
+        with attach(model, optimizer, path) as hook:
+            for step in range(60):
+                batch = slice(64 * (step % 8), 64 * (step % 8 + 1))
+                optimizer.zero_grad()
+                loss = torch.nn.functional.cross_entropy(model(x[batch]), y[batch])
+                loss.backward()
+                optimizer.step()
+                hook.record_loss(loss)
+        return path
+
+    rounded = run_rule(train(tmp_path / "bn.h5", forget_the_first_layer=False), "DBG403")
+    assert [(f.tensor, f.key, f.severity) for f in rounded.findings] == [
+        ("0.bias", "rounded", Severity.info)
+    ]
+    assert "its updates round away" in rounded.findings[0].message
+
+    forgotten = run_rule(train(tmp_path / "forgot.h5", forget_the_first_layer=True), "DBG403")
+    by_tensor = {f.tensor: f for f in forgotten.findings}
+    assert by_tensor["0.weight"].key == "unchanged"
+    assert by_tensor["0.weight"].severity is Severity.warning
+    assert "not in the optimizer?" in by_tensor["0.weight"].message
+
+
 def test_a_freeze_that_leaves_nothing_to_learn_with_is_the_cause(tmp_path: Path) -> None:
     """Every layer's weights frozen and only a bias training: the loss cannot fall, and the
     freeze is the cause (a warning that explains the underfitting), not a fine-tune's
