@@ -473,6 +473,12 @@ def _find_loss(output: Any) -> torch.Tensor | None:
     return None
 
 
+def _in_backward() -> bool:
+    """Whether the autograd engine is running a backward pass on this thread, as it is while
+    activation checkpointing recomputes a segment (the id torch.utils.checkpoint asks)."""
+    return bool(torch._C._current_graph_task_id() != -1)
+
+
 def _forward_mode(module: nn.Module) -> str:
     return "train" if module.training and torch.is_grad_enabled() else "eval"
 
@@ -569,7 +575,6 @@ class TorchHook:
         self._removed = False
         self._failures = FailureReporter()
         self._forward_depth = 0
-        self._model_called = False
         self._root_mode = "train"
         self._last_mode = "train"
         self._last_train_forward_step: int | None = None
@@ -885,7 +890,6 @@ class TorchHook:
     # -- hooks --------------------------------------------------------------------------------
     def _before_model_forward(self, module: nn.Module, args: Any) -> None:
         self._forward_depth += 1
-        self._model_called = True
         if self._forward_depth == 1 and self.enabled:
             # The mode of the whole pass is decided here, so that activation checkpointing
             # (which runs segments under no_grad) does not turn training records into eval.
@@ -926,12 +930,11 @@ class TorchHook:
             try:
                 mode = self._root_mode if self._forward_depth else _forward_mode(module)
                 if not self._forward_depth:
-                    if self._model_called:
-                        # Outside the forward of a model that is called as a whole: activation
-                        # checkpointing recomputing a segment during backward. Already recorded.
+                    if _in_backward():
+                        # Activation checkpointing recomputing a segment: already recorded.
                         return
-                    # A model never called as a whole (a LightningModule whose training_step
-                    # calls its submodules): this call marks the pass.
+                    # A submodule called on its own (a LightningModule's training_step, a
+                    # loop calling model.encoder then model.head): this call marks the pass.
                     self._note_forward(mode)
                 if not self._tensors_due(mode):
                     return

@@ -685,6 +685,51 @@ def test_activation_checkpointing_records_each_activation_once_in_train_mode(
             assert modes.tolist() == [0, 0, 0], tag
 
 
+class EmbedAndHead(nn.Module):
+    """An embedding network and a classification head, which a training loop may call one
+    after the other instead of calling the model."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Sequential(nn.Linear(FEATURES, 16), nn.ReLU())
+        self.head = nn.Linear(16, CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(x))
+
+
+def test_training_through_submodules_after_an_evaluation_is_recorded_as_training(
+    tmp_path: Path, no_dbg_warnings: None
+) -> None:
+    """The model is called whole once, to evaluate it, and then trained through its
+    submodules: those passes are training passes, not checkpointing recomputing the eval."""
+    torch.manual_seed(0)
+    model = EmbedAndHead()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    path = tmp_path / "run.h5"
+    with attach(model, optimizer, path) as hook:
+        model.eval()
+        with torch.no_grad():
+            hook.record_loss(loss_fn(model, *batches(1, seed=5)[0]))
+        model.train()
+        for x, y in batches(3):
+            optimizer.zero_grad()
+            loss = nn.functional.cross_entropy(model.head(model.embed(x)), y)
+            hook.record_loss(loss)
+            loss.backward()
+            optimizer.step()
+    with open_trace(path) as trace:
+        assert trace.scalar("loss", mode="train").steps.tolist() == [0, 1, 2]
+        assert trace.scalar("loss", mode="eval").steps.tolist() == [0]
+        steps, modes = trace.index("act/embed.1")
+        assert list(zip(steps.tolist(), modes.tolist(), strict=True)) == [
+            (0, 1),
+            (0, 0),
+            (1, 0),
+            (2, 0),
+        ]
+
+
 class ReturnsLoss(nn.Module):
     """Returns a dict with the loss, as Hugging Face models do when given labels."""
 
