@@ -727,7 +727,9 @@ def class_imbalance(
       labelled predictions in the whole trace, or latest ones from the first half of the run
       only (an untrained model's, as DBG604 says): not judged. A class is reported when even
       the lower end of its share's 95 % Wilson interval is above the threshold, so that "4 of
-      5 mispredicted" is no finding while "89 of 100" is. Mispredicted classes are a symptom:
+      5 mispredicted" is no finding while "89 of 100" is; repeated evaluations of one
+      held-out set count as many samples as the largest of them holds (see DBG604).
+      Mispredicted classes are a symptom:
       of classes the model cannot tell apart (DBG604), of an imbalance, or of a model that
       learned nothing (DBG303).
 
@@ -850,6 +852,23 @@ def _latest(records: Sequence[_LabelRecord], samples: int) -> list[_LabelRecord]
     return None
 
 
+def _distinct_share(window: Sequence[_LabelRecord], mode: str) -> float:
+    """The share of ``window``'s labelled samples that are distinct samples, for confidence
+    intervals: 1 for training records (each step a new batch); for other modes, the samples
+    of the largest evaluation (the records of one step) over those of all of them. An
+    evaluation loop goes over one held-out set again and again, and a model that moved
+    little since judges the same samples again: counting every pass would narrow the
+    intervals as if each held new samples (an evaluation of changing subsets is credited
+    less than it holds, which only widens them)."""
+    if mode == "train":
+        return 1.0
+    per_step: dict[int, int] = {}
+    for record in window:
+        per_step[record.step] = per_step.get(record.step, 0) + int(record.labels.size)
+    total = sum(per_step.values())
+    return max(per_step.values()) / total if total else 1.0
+
+
 def _misprediction(
     stream: _Stream, threshold: float, samples: int, middle: float
 ) -> Iterator[Finding]:
@@ -864,7 +883,8 @@ def _misprediction(
     labelled = np.bincount(inverse)
     wrong = np.bincount(inverse, weights=(predicted != truth))
     share = wrong / labelled
-    bad = np.flatnonzero(_wilson(wrong, labelled)[0] > threshold)
+    distinct = _distinct_share(window, stream.mode)
+    bad = np.flatnonzero(_wilson(wrong * distinct, labelled * distinct)[0] > threshold)
     if not bad.size:
         return
     order = bad[np.argsort(-share[bad], kind="stable")]
@@ -1359,8 +1379,9 @@ def classifier_confusion(
     even the upper end of the ratio's interval is below ``min_evidence`` (the upper Wilson
     bound of ``C[i][i] / n_i`` over the lower one of ``C[j][i] / n_j``, 95 % each), so a pair
     of rare classes is not reported on a few samples. Records of several passes over one
-    evaluation set count its samples as often as they were recorded, which narrows the
-    intervals more than the distinct samples warrant. A predicted class that no label holds
+    evaluation set hold its samples again: the intervals count as many samples as the
+    largest evaluation holds (the rates are those of all the counted records). A predicted
+    class that no label holds
     has no rate of its own and is left to the bars below.
 
     **SageMaker Debugger's bars** (keys ``diagonal`` and ``off-diagonal``, info findings).
@@ -1567,7 +1588,9 @@ def _confusion(
         f"({stream.mode}, steps from {window[0].step})"
     )
     for finding in (
-        _indistinct(counts, bars.min_evidence, bars.min_share, seen),
+        _indistinct(
+            counts, _distinct_share(window, stream.mode), bars.min_evidence, bars.min_share, seen
+        ),
         _below_diagonal_bar(counts, bars.min_diag, seen),
         _above_off_diagonal_bar(counts, bars.max_off_diag, seen),
     ):
@@ -1701,14 +1724,16 @@ class _Confusions(NamedTuple):
 
 
 def _indistinct(
-    counts: _ConfusionCounts, min_evidence: float, min_share: float, seen: str
+    counts: _ConfusionCounts, distinct: float, min_evidence: float, min_share: float, seen: str
 ) -> Finding | None:
+    """The pairs of classes the model cannot tell apart; ``distinct``: the share of the
+    counted samples that are distinct (see ``_distinct_share``)."""
     pairs = counts.confusions()
     pairs = pairs.having(pairs.own_total > 0)  # a class no label holds has no rate of its own
     label, predicted = pairs.label, pairs.predicted
     own_rate, other_rate = pairs.own_rate, pairs.other_rate
-    own_upper = _wilson(pairs.own, pairs.own_total)[1]
-    other_lower = _wilson(pairs.other, pairs.other_total)[0]
+    own_upper = _wilson(pairs.own * distinct, pairs.own_total * distinct)[1]
+    other_lower = _wilson(pairs.other * distinct, pairs.other_total * distinct)[0]
     flagged = np.flatnonzero((own_upper < min_evidence * other_lower) & (other_rate >= min_share))
     if not flagged.size:
         return None

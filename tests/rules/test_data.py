@@ -691,6 +691,35 @@ def test_confusion_twin_classes_are_indistinct(make_trace) -> None:
     assert diagonal.severity is Severity.info and set(diagonal.extra["precision"]) == {2, 3}
 
 
+def test_confusion_repeated_evaluations_of_one_set_are_not_new_evidence(make_trace) -> None:
+    """One held-out set of 20 samples per class, evaluated 20 times: class 0 is predicted for
+    40 % of its own samples and 30 % of class 1's (ratio 1.3). Twenty samples cannot show that
+    confidently, however often they are evaluated; twenty new batches can."""
+    labels = np.repeat(np.arange(4), 20)
+    predicted = labels.copy()
+    predicted[:20] = [0] * 8 + [1] * 4 + [2] * 4 + [3] * 4
+    predicted[20:26] = 0
+    steps = list(range(60, 160, 5))
+
+    def trace(mode: str) -> Path:
+        return make_trace(
+            scalars={"loss": {"values": [1.0] * 161, "steps": list(range(161))}},
+            tensors={
+                name: {
+                    "values": [values] * len(steps),
+                    "steps": steps,
+                    "mode": mode,
+                    "collection": name,
+                }
+                for name, values in (("labels", labels), ("predictions", predicted))
+            },
+        )
+
+    assert not keyed(run_rule(trace("eval"), "DBG604"), "indistinct")
+    (finding,) = keyed(run_rule(trace("train"), "DBG604"), "indistinct")
+    assert (1, 0) in [(p["label"], p["predicted"]) for p in finding.extra["pairs"]]
+
+
 def test_confusion_spread_errors_are_a_note_not_a_warning(make_trace) -> None:
     # 20 classes, each 88 % right, its errors spread over its two neighbours: under
     # SageMaker's 90 % bar, but every prediction is strong evidence for its class.
