@@ -414,30 +414,43 @@ class InitialLoss(NamedTuple):
 
 def initial_loss(ctx: RuleContext, mode: Literal["train", "eval"] = "train") -> InitialLoss | None:
     """The loss of the untrained model, the scale the loss rules judge a run by: the first
-    finite loss of ``mode`` (in step order). For a run that resumed from a checkpoint (see
-    :func:`resumed_without_start`) the trace holds no such loss; for a classifier whose
-    number of classes ``C`` the metadata, predictions or labels give it is ``ln C``, the
-    loss of predicting every class with probability ``1/C``, as an untrained classifier
-    does, provided the first loss recorded is on that scale (at most ``ln C / 0.9``: a
-    trained classifier sits below chance; a summed loss or another task's does not); else
-    None. Also None without a finite loss."""
+    finite loss of ``mode`` (in step order).
+
+    Unless the trace starts from a trained model: a run that resumed from a checkpoint (see
+    :func:`resumed_without_start`), or one whose first training predictions are right more
+    often than chance allows (see :func:`dbgcli.rules.data.trained_at_start`: a fine-tune of
+    a trained classifier, a hook attached after some training). For a classifier whose
+    number of classes ``C`` the metadata, predictions or labels give, the scale is then
+    ``ln C``, the loss of predicting every class with probability ``1/C``, as an untrained
+    classifier does, provided the first loss recorded is on that scale (at most
+    ``ln C / 0.9``: a trained classifier sits below chance; a summed loss or another task's
+    does not). Otherwise a resumed run has no scale (None) and a trained start keeps its
+    first loss. Also None without a finite loss."""
+    # Imported here: the data rules build on this module.
+    from dbgcli.rules.data import trained_at_start
+
     resumed = resumed_without_start(ctx, mode)
     first = _first_finite_loss(ctx, mode)
-    if resumed is not None:
-        classes = class_count(ctx, from_weights=False)
-        if classes is None or first is None:
-            return None
-        chance = float(np.log(classes))
-        if first > chance / 0.9:
-            return None  # not a classifier's cross-entropy (a summed loss, another task)
-        return InitialLoss(
-            chance,
-            f"ln {classes} = {chance:.4g}, an untrained classifier's loss (the run resumed "
-            f"at step {resumed})",
-        )
     if first is None:
         return None
-    return InitialLoss(first, f"the initial loss {first:.4g}")
+    trained = None if resumed is not None else trained_at_start(ctx)
+    if resumed is None and trained is None:
+        return InitialLoss(first, f"the initial loss {first:.4g}")
+    classes = class_count(ctx, from_weights=False)
+    # Above ln C / 0.9 the loss is no classifier's cross-entropy (a summed loss, another task).
+    if classes is None or first > np.log(classes) / 0.9:
+        return None if resumed is not None else InitialLoss(first, f"the initial loss {first:.4g}")
+    why = (
+        f"the run resumed at step {resumed}"
+        if trained is None
+        else f"the model's first predictions were {trained.right} of {trained.samples} right "
+        f"at step {trained.step}, against {trained.constant:.0%} for a constant guess: "
+        "it was trained before the trace began"
+    )
+    chance = float(np.log(classes))
+    return InitialLoss(
+        chance, f"ln {classes} = {chance:.4g}, an untrained classifier's loss ({why})"
+    )
 
 
 def _first_finite_loss(ctx: RuleContext, mode: Literal["train", "eval"]) -> float | None:

@@ -544,6 +544,64 @@ def plan_class_ids(ctx: RuleContext, params: dict[str, Any]) -> Iterator[tuple[s
                 yield predictions.tag, _prediction_ids(predictions, labels)
 
 
+class StartingAccuracy(NamedTuple):
+    """How the model's first training predictions fared: ``right`` of ``samples``, against
+    ``constant``, the share of the record's most frequent label (the best a model that
+    ignores its inputs can expect)."""
+
+    step: int
+    right: int
+    samples: int
+    constant: float
+
+
+# One-sided 99.9 % normal quantile: calling a run's model trained before its trace began
+# changes the scale the loss rules judge it by, so chance must be all but ruled out.
+_Z_TRAINED = 3.09
+
+
+def trained_at_start(ctx: RuleContext) -> StartingAccuracy | None:
+    """The first training predictions, when they show a model trained before the trace began.
+
+    At the step of the first finite training loss, the labels and predictions recorded there
+    (full tensors, train mode) are paired sample by sample. An untrained model's predictions
+    do not depend on the labels, so its expected accuracy is at most the share of the most
+    frequent label; predictions right more often than that even at the lower end of a 99.9 %
+    Wilson interval come from a model that already learned the task: a fine-tune of a trained
+    classifier, a hook attached after some training. None otherwise, also without such
+    records, for multi-label targets and for labels that are no classes, and for a boosted
+    ensemble (tensors of role ``trees``), whose first record is taken after its first tree."""
+    loss = ctx.loss("train")
+    if loss is None or unclassed_labels(ctx) is not None or ctx.tensors(collection="trees"):
+        return None
+    finite = loss.steps[np.isfinite(loss.values)]
+    if not finite.size:
+        return None
+    step = int(finite.min())
+    for labels, predictions in _labelled(ctx):
+        if predictions is None:
+            continue
+        truth = ctx.trace.raw(labels.tag, step, "train")
+        scores = ctx.trace.raw(predictions.tag, step, "train")
+        if truth is None or scores is None or _multi_hot(truth[None]):
+            continue
+        label_ids = class_ids(truth[None])[0][0]
+        predicted = class_ids(scores[None], class_axis(predictions.info, labels.info))[0][0]
+        if label_ids.shape != predicted.shape:
+            continue
+        paired = (label_ids >= 0) & (predicted >= 0)
+        if not paired.any():
+            continue
+        truth_ids = label_ids[paired]
+        right = int((predicted[paired] == truth_ids).sum())
+        samples = int(truth_ids.size)
+        constant = float(np.unique(truth_ids, return_counts=True)[1].max()) / samples
+        lower = _wilson(np.array([right]), np.array([samples]), _Z_TRAINED)[0][0]
+        if lower > constant:
+            return StartingAccuracy(step, right, samples, constant)
+    return None
+
+
 #: Labels needed before their class frequencies are trusted (the data rules' ``samples``).
 PRIOR_SAMPLES = 500
 
@@ -718,6 +776,9 @@ def class_imbalance(
       question.
     * **misprediction** (key ``mispredicted``, needs predictions): for some class, the share
       of its labelled samples whose predicted class differs ``> threshold_misprediction``.
+      One mode's predictions judge the model, as in DBG604: the held-out (eval) ones when the
+      run's second half holds ``samples`` of them, since training predictions are made with
+      dropout on and on augmented inputs; else the training ones.
       SageMaker accumulates from the first step, which makes every run fire while the model
       is still untrained (a random 4-class model mispredicts 75 % of every class); here the
       shares are taken over the **latest** records that together hold at least ``samples``
@@ -757,16 +818,33 @@ def class_imbalance(
     _refuse_unclassed(ctx)
     weighting = _class_weighting(ctx)
     middle = _run_middle(ctx)
-    yield from _judged_or_skipped(
-        [
-            [
-                *_imbalance(stream, threshold_imbalance, samples, weighting),
-                *_misprediction(stream, threshold_misprediction, samples, middle),
-            ]
-            for labels, predictions in _single_labelled(ctx)
-            for stream in _streams(labels, predictions)
-        ]
-    )
+    judged = []
+    for labels, predictions in _single_labelled(ctx):
+        streams = _streams(labels, predictions)
+        model = _model_stream(streams, middle, samples)
+        for stream in streams:
+            found = list(_imbalance(stream, threshold_imbalance, samples, weighting))
+            if stream is model:
+                found += _misprediction(stream, threshold_misprediction, samples, middle)
+            judged.append(found)
+    yield from _judged_or_skipped(judged)
+
+
+def _model_stream(streams: Sequence[_Stream], middle: float, samples: int) -> _Stream | None:
+    """The stream whose predictions judge the model: held-out (eval) records first, then
+    train, then predict, among those with paired predictions; first among them, those whose
+    records of the run's second half hold ``samples`` labels, then those with any record
+    there (all of a mode's records in the first half are an evaluation before training).
+    Training-mode predictions are made with dropout on and on augmented inputs; held-out ones
+    show the model itself."""
+    paired = {s.mode: s for s in streams if s.paired}
+    preferred = [paired[m] for m in _MODE_PREFERENCE if m in paired]
+    late = [s for s in preferred if s.paired[-1].step >= middle]
+    enough = [
+        s for s in late if sum(r.labels.size for r in s.paired if r.step >= middle) >= samples
+    ]
+    candidates = enough or late or preferred
+    return candidates[0] if candidates else None
 
 
 def _class_weighting(ctx: RuleContext) -> str | None:
@@ -1421,7 +1499,8 @@ def classifier_confusion(
     before training, or a short run whose only full tensors are step 0's, kept every
     ``raw_every`` steps. The next mode in that order is judged instead, and when every mode is
     so early the stream gets an info finding (key ``too-early``): judging an untrained model
-    would report every run. The counted records must hold at least ``samples`` labelled
+    would report every run. A mode whose second-half records hold fewer than ``samples``
+    labels gives way to the next that holds them. The counted records must hold at least ``samples`` labelled
     predictions (DBG601's default, SageMaker Debugger's ClassImbalance wait): when the tail
     holds fewer, it is widened to the latest records of the run's second half that do, and with
     fewer in all of them the stream gets an info finding (key ``too-few-samples``; SageMaker's
@@ -1477,13 +1556,8 @@ def classifier_confusion(
     for labels, predictions in _single_labelled(ctx):
         if predictions is None:
             continue
-        streams = {s.mode: s for s in _streams(labels, predictions) if s.paired}
-        preferred = [streams[m] for m in _MODE_PREFERENCE if m in streams]
-        # Held-out records first, unless they all come from the first half of the run (an
-        # evaluation before training) while another mode's do not.
-        late = [s for s in preferred if s.paired[-1].step >= middle]
-        if preferred:
-            stream = (late or preferred)[0]
+        stream = _model_stream(_streams(labels, predictions), middle, samples)
+        if stream is not None:
             judged.append(
                 list(
                     _confusion(
@@ -1627,14 +1701,17 @@ def _looks_shifted(record: _LabelRecord) -> bool:
 _Z = 1.96
 
 
-def _wilson(successes: np.ndarray, trials: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _wilson(
+    successes: np.ndarray, trials: np.ndarray, z: float = _Z
+) -> tuple[np.ndarray, np.ndarray]:
     """Lower and upper Wilson score bounds of binomial rates (Wilson 1927), which stay inside
-    [0, 1] and are honest at rates of 0 and 1 and at small counts."""
+    [0, 1] and are honest at rates of 0 and 1 and at small counts; ``z``, the normal quantile
+    of each bound."""
     n = trials.astype(np.float64)
     rate = successes / n
-    z2 = _Z * _Z
+    z2 = z * z
     centre = (rate + z2 / (2 * n)) / (1 + z2 / n)
-    half = _Z / (1 + z2 / n) * np.sqrt(rate * (1 - rate) / n + z2 / (4 * n * n))
+    half = z / (1 + z2 / n) * np.sqrt(rate * (1 - rate) / n + z2 / (4 * n * n))
     return centre - half, centre + half
 
 

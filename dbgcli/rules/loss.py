@@ -184,10 +184,12 @@ def loss_not_decreasing(
     plateau above half the starting loss is a run that stopped learning early. Except when
     the recorded learning rate has fallen below 1e-4 of its peak at the check: a flat loss
     there is starved, not converged. A rising loss is reported at any level. A run resumed
-    from a checkpoint (run metadata ``resumed_from_step``, with no loss recorded before it)
-    starts from a trained model: its starting loss is then that of an untrained classifier,
-    ``ln C``, when the metadata, predictions or labels give the number of classes ``C``;
-    without it, a resumed run's plateau is not judged.
+    from a checkpoint (run metadata ``resumed_from_step``, with no loss recorded before it),
+    or one whose first training predictions already beat chance (a fine-tune of a trained
+    classifier, a hook attached after some training), starts from a trained model: its
+    starting loss is then that of an untrained classifier, ``ln C``, when the metadata,
+    predictions or labels give the number of classes ``C``; without it, a resumed run's
+    plateau is not judged.
 
     **A raised learning rate is no failure.** A rise is not counted when the recorded
     learning rate at the check is at least twice the lowest it was in the earlier window: a
@@ -424,10 +426,11 @@ def overfit(
     when it eats a large part of what the model can gain at all: with ``L0`` about the loss of
     an untrained model, a gap of more than half of it means the held-out performance is nowhere
     near the training performance (the overfitting runs of the calibration corpus reach gaps of
-    1.2 to 1.5 times ``L0``). A run resumed from a checkpoint (run metadata
-    ``resumed_from_step``, no loss recorded before it) starts trained, so ``L0`` is then ``ln
-    C``, an untrained classifier's loss, when the number of classes ``C`` is known from the
-    metadata, predictions or labels; without it the rule is skipped. The standard error: the
+    1.2 to 1.5 times ``L0``). A run that starts trained (resumed from a checkpoint: run
+    metadata ``resumed_from_step``, no loss recorded before it; or one whose first training
+    predictions beat chance, a fine-tune of a trained classifier) has ``L0 = ln C``, an
+    untrained classifier's loss, when the number of classes ``C`` is known from the
+    metadata, predictions or labels; without it a resumed run is skipped. The standard error: the
     mean of 25 minibatch losses wanders by several percent, so a healthy run with a true 5 % gap
     and small batches crosses 10 % now and then (a simulated run of the tests with batches of 8
     does with ``z = 0``).
@@ -548,9 +551,10 @@ def underfit(
     * **loss against its start** (key ``loss-high``): the mean stays above
       ``max_loss_fraction`` times the initial loss ``L0`` (the first finite train loss, a
       positive number) through the end of the run: the loss has not even fallen by 20 %. For
-      a run resumed from a checkpoint (run metadata ``resumed_from_step``, no loss recorded
-      before it) ``L0`` is ``ln C`` when the number of classes is known from the metadata,
-      predictions or labels; without it this check is not made.
+      a run that starts trained (resumed from a checkpoint: run metadata
+      ``resumed_from_step``, no loss recorded before it; or one whose first training
+      predictions beat chance) ``L0`` is ``ln C`` when the number of classes is known from
+      the metadata, predictions or labels; without it a resumed run is not checked.
     * **loss against chance** (key ``at-chance``): when the number of classes ``C`` is known and
       the loss is on the scale of a cross-entropy (``L0 >= ln C / 2``), the mean stays within a
       factor ``chance_fraction`` of ``ln C`` either way (from 0.9 to 1.11 times it) through the
@@ -1037,8 +1041,10 @@ def oscillating_loss(
       minimum; runs of equal values count once); its **swing** is its distance to the
       previous turn;
     * a turn is **large** if its swing is at least ``swing`` times the loss level: the median
-      of the block means of the window, but no less than ``floor`` times ``|L0|``, the first
-      finite loss. With ``swing = 1`` the smoothed loss doubles or halves from one turn to the
+      of the block means of the window, but no less than ``floor`` times ``|L0|``, the
+      untrained model's loss (the first finite loss; ``ln C`` for a run that starts from a
+      trained classifier, see DBG303). With ``swing = 1`` the smoothed loss doubles or halves
+      from one turn to the
       next. Measured against the level, not against ``L0``, so that a run that oscillates
       once it has learned (between 0.1 and 0.4 after starting at 2.3) is found; the floor
       keeps a converged run, whose level is near 0, from turning its noise into swings;
@@ -1085,7 +1091,9 @@ def oscillating_loss(
     means = values[: blocks * block].reshape(blocks, block).mean(axis=1)
     starts = steps[: blocks * block : block]
     windows = np.lib.stride_tricks.sliding_window_view(means, window)
-    level = np.fmax(np.median(windows, axis=1), floor * abs(float(values[0])))
+    initial = initial_loss(ctx, mode)
+    start = float(values[0]) if initial is None else initial.value
+    level = np.fmax(np.median(windows, axis=1), floor * abs(start))
     # The level of each block: that of the last window holding it.
     per_block = np.concatenate((np.full(window - 1, level[0]), level))
     large = _large_turns(means, swing * per_block)

@@ -1159,3 +1159,51 @@ def test_unshuffled_batches_refuse_a_bad_bar(make_trace) -> None:
     assert report.error is not None and "DBG605 max_correlation must be in [0, 1), got 1" in (
         report.error
     )
+
+
+def test_misprediction_judges_the_held_out_predictions_over_the_training_ones(make_trace) -> None:
+    """Training predictions are made with dropout on: a model that gets 10 % of its training
+    batches right under heavy dropout and 95 % of the held-out set is not mispredicting its
+    classes. Without the evaluations the training predictions are all there is."""
+    train = classifier([0.1] * 100, seed=40)
+    held_out = classifier([0.95] * 5, batch=256, seed=41, mode="eval", steps=[59, 69, 79, 89, 99])
+    both = run_rule(make_trace(tensors=modes(train, held_out)), "DBG601")
+    assert not keyed(both, "mispredicted")
+    (alone,) = keyed(run_rule(make_trace(tensors=train), "DBG601"), "mispredicted")
+    assert alone.mode == "train"
+
+
+# -- trained_at_start ------------------------------------------------------------------------------
+
+
+def test_trained_at_start_needs_first_predictions_that_beat_a_constant_guess(make_trace) -> None:
+    """At the first loss step: 60 of 64 right against a largest class of a quarter is a
+    trained model; chance-level predictions are not, nor is a boosted ensemble's first
+    record, taken after its first tree."""
+    from dbgcli.rules._context import RuleContext
+    from dbgcli.rules.data import trained_at_start
+    from dbgcli.trace.reader import open_trace
+
+    labels = np.tile(np.arange(4), 16)
+    right = labels.copy()
+    right[:4] = (right[:4] + 1) % 4
+    guessed = np.random.default_rng(5).integers(0, 4, size=64)
+
+    def starts(predicted: np.ndarray, **extra: dict) -> object:
+        path = make_trace(
+            scalars={"loss": [0.2, 0.2]},
+            tensors={
+                "labels": {"values": [labels], "collection": "labels"},
+                "predictions": {"values": [predicted], "collection": "predictions"},
+                **extra,
+            },
+        )
+        with open_trace(path) as trace:
+            return trained_at_start(RuleContext(trace))
+
+    found = starts(right)
+    assert found is not None and (found.step, found.right, found.samples) == (0, 60, 64)
+    assert found.constant == 0.25
+    assert starts(guessed) is None
+    trees = {"trees/depth": {"values": [np.array([3])], "collection": "trees"}}
+    assert starts(right, **trees) is None

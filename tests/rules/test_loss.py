@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -785,3 +786,76 @@ def test_a_trace_that_holds_the_run_from_its_start_keeps_its_first_loss(make_tra
     (finding,) = keyed(run_rule(path, "DBG303"), "loss-high")
     assert "of the initial loss 2.2" in finding.message
     assert keyed(run_rule(path, "DBG301"), "not-decreasing")
+
+
+def fine_tune(path: Path, *, pretrained: bool) -> Path:
+    """A 5-class MLP fine-tuned with a fresh Adam at lr 1e-4 for 6 epochs, labels and
+    predictions recorded every 10th step; ``pretrained``: trained on the same task for 5
+    epochs at lr 1e-3 before the hook is attached (the trace starts from a trained model)."""
+    torch = pytest.importorskip("torch")
+    from dbgcli.torch import attach
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(1)
+    centres = rng.normal(size=(5, 20)) * 3 / np.sqrt(2)
+    y_all = np.repeat(np.arange(5), 240)
+    x_all = (centres[y_all] + 2.0 * rng.normal(size=(len(y_all), 20))).astype(np.float32)
+    order = rng.permutation(len(y_all))
+    x, y = torch.tensor(x_all[order[:1000]]), torch.tensor(y_all[order[:1000]])
+    x_eval, y_eval = torch.tensor(x_all[order[1000:]]), torch.tensor(y_all[order[1000:]])
+    model = torch.nn.Sequential(
+        torch.nn.Linear(20, 64),
+        torch.nn.ReLU(),
+        torch.nn.Linear(64, 64),
+        torch.nn.ReLU(),
+        torch.nn.Linear(64, 5),
+    )
+    loss_of = torch.nn.functional.cross_entropy
+
+    def epoch(optimizer: Any, hook: Any = None) -> None:
+        for batch in torch.randperm(len(x)).split(32):
+            optimizer.zero_grad()
+            logits = model(x[batch])
+            loss = loss_of(logits, y[batch])
+            if hook is not None:
+                hook.record_loss(loss)
+                if hook.step % 10 == 0:
+                    hook.record(labels=y[batch], predictions=logits)
+            loss.backward()
+            optimizer.step()
+
+    if pretrained:
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        for _ in range(5):
+            epoch(optimizer)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    with attach(model, optimizer, path) as hook:
+        for _ in range(6):
+            epoch(optimizer, hook)
+            model.eval()
+            with torch.no_grad():
+                hook.record_loss(loss_of(model(x_eval), y_eval))
+            model.train()
+    return path
+
+
+def test_a_fine_tune_of_a_trained_classifier_is_judged_against_chance(tmp_path: Path) -> None:
+    """Its first predictions are a trained model's, so its first loss is no untrained
+    model's: taken as one, the fine-tune's noise at its floor read as a loss that stopped
+    falling, stayed high, swung and overfitted. Judged against ln 5, the run is healthy; a
+    model that starts untrained keeps its first loss as the scale."""
+    from dbgcli.rules._context import RuleContext
+    from dbgcli.rules._known import initial_loss
+    from dbgcli.trace.reader import open_trace
+
+    tuned = fine_tune(tmp_path / "tuned.h5", pretrained=True)
+    report = analyze_path(tuned, select=("DBG301", "DBG302", "DBG303", "DBG305"))
+    assert not report.findings, [f.message for f in report.findings]
+    fresh = fine_tune(tmp_path / "fresh.h5", pretrained=False)
+    with open_trace(tuned) as trace:
+        scale = initial_loss(RuleContext(trace))
+        assert scale is not None and scale.value == pytest.approx(np.log(5))
+        assert "it was trained before the trace began" in scale.name
+    with open_trace(fresh) as trace:
+        scale = initial_loss(RuleContext(trace))
+        assert scale is not None and scale.name.startswith("the initial loss")
