@@ -655,8 +655,11 @@ def unchanged_tensor(
     purpose as long as the loss does come down.) Otherwise (key ``unchanged``, warning) it is
     the classic bug, and the message says whether its gradient is recorded non-zero (it has a
     gradient but no update: not in the optimizer) or zero (no gradient reaches it: a detach or a
-    dead layer). Records at which the recorded learning rate is 0 or below 1e-4 of its peak (a
-    warmup's first steps, a decay's last) are not judged: no update is asked for.
+    dead layer); when the recorder lists it among the parameters that none of the
+    optimizer's groups holds (metadata ``parameters_not_in_optimizer``, which the PyTorch
+    hook writes at the first update), the message says so as a fact. Records at which the
+    recorded learning rate is 0 or below 1e-4 of its peak (a warmup's first steps, a decay's
+    last) are not judged: no update is asked for.
 
     **Too small to show.** An update smaller than the spacing of floating-point numbers
     around a value leaves the value where it is: ``w + d == w`` once ``|d|`` is below
@@ -706,6 +709,8 @@ def unchanged_tensor(
     gradients = {_core(v.tag): v for v in ctx.unfocused().tensors(collection="gradients")}
     declared = ctx.trace.metadata.get("frozen_parameters")
     frozen = set(declared) if isinstance(declared, list) else set()
+    left_out = ctx.trace.metadata.get(schema.META_NOT_IN_OPTIMIZER)
+    not_in_optimizer = set(left_out) if isinstance(left_out, list) else set()
     pointless = _nothing_left_to_learn(ctx, gradients, frozen)
     for view in _selected(ctx, collections):
         result: UnchangedRuns = view.derive(derivation)
@@ -724,6 +729,8 @@ def unchanged_tensor(
             streak_records = np.arange(len(steps))[streak]
             flowing = _gradient_flow(view, gradients, steps[streak])
             below = None
+            if view.tag in not_in_optimizer and flowing not in ("none", "stale"):
+                flowing = "left-out"
             if flowing == "moving":
                 below = _update_below_resolution(ctx, view, gradients, positions, streak_records)
                 flowing = "moving" if below is None else "rounded"
@@ -777,6 +784,10 @@ _WHY = {
     "stale": ": frozen on purpose (its recorded gradient never changes: no backward reaches it)",
     "zero": ": its gradient is zero (no gradient reaches it: a detach, a dead layer?)",
     "moving": ": it has a non-zero gradient but is never updated (not in the optimizer?)",
+    "left-out": (
+        ": it is in none of the optimizer's parameter groups (the recorder checked at the "
+        "first update: an optimizer built for another model's parameters, or a layer left out)"
+    ),
     "rounded": (
         ": its updates round away (learning rate x gradient at most {:.2g} of the float "
         "resolution of its values: a vanishing gradient, a parameter the loss hardly depends "

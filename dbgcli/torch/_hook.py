@@ -974,6 +974,17 @@ class TorchHook:
             raise TrainingStopped(request)
 
     # -- recording ----------------------------------------------------------------------------
+    def _note_parameters_not_in(self, optimizer: Optimizer) -> None:
+        """Note the trainable parameters that none of ``optimizer``'s groups holds (an
+        optimizer built before the model was replaced, a layer left out by mistake), and
+        keep them out of the zero_grad check: that optimizer's zero_grad() never clears them.
+        Read at the first update, after any add_param_group since attach."""
+        held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        missing = [name for name, parameter in self._probe_candidates if id(parameter) not in held]
+        if missing:
+            self._probe_candidates = [c for c in self._probe_candidates if id(c[1]) in held]
+        self.writer.set_metadata(**{schema.META_NOT_IN_OPTIMIZER: missing})
+
     def _record_parameters(self, optimizer: Optimizer | None, scale: Any) -> None:
         step = self._step
         if self._pending_loss:
@@ -998,6 +1009,8 @@ class TorchHook:
             and not self._noted_eval_training
         ):
             self._note_eval_training(step)
+        if self._recorded_optimizer_step is None and optimizer is not None:
+            self._note_parameters_not_in(optimizer)
         if self._recorded_optimizer_step is None and step > 1:
             # The first update is not the run's: training resumed from a checkpoint (or the
             # caller set the step to continue a run), so the trace starts from a trained model.

@@ -47,6 +47,8 @@ META_TRAINER_LOGGING = "trainer_logging"
 META_TRAINED_IN_EVAL_MODE = "trained_in_eval_mode"
 # The optimizer step whose gradient the PyTorch hook found still in the next step's.
 META_GRADIENTS_NOT_ZEROED = "gradients_not_zeroed"
+# The trainable parameters the PyTorch hook found in none of the optimizer's parameter groups.
+META_NOT_IN_OPTIMIZER = "parameters_not_in_optimizer"
 # How the run compensates a class imbalance (XGBoost's scale_pos_weight, a weighted loss).
 META_CLASS_WEIGHTING = "class_weighting"
 

@@ -440,6 +440,44 @@ def test_hook_sees_no_carried_gradient_in_a_gan(tmp_path: Path) -> None:
         assert "gradients_not_zeroed" not in trace.metadata
 
 
+def test_hook_notes_parameters_the_optimizer_does_not_hold(tmp_path: Path) -> None:
+    """An optimizer built before the model was replaced holds none of its parameters: the hook
+    lists them at the first update, leaves them out of the zero_grad check (that optimizer's
+    zero_grad() never clears them, so their gradients pile up without a missing call), and
+    DBG403 says so as a fact. A second group added after attach counts."""
+    from tests.rules.helpers import analyze_path
+
+    torch.manual_seed(0)
+    optimizer = torch.optim.SGD(make_net().parameters(), lr=0.1)
+    model = make_net()
+    stale = tmp_path / "stale.h5"
+    with attach(model, optimizer, stale, stats_every=2) as hook:
+        for x, y in batches(20):
+            optimizer.zero_grad()
+            loss = loss_fn(model, x, y)
+            loss.backward()
+            optimizer.step()
+            hook.record_loss(loss)
+    with open_trace(stale) as trace:
+        assert trace.metadata["parameters_not_in_optimizer"] == [
+            name for name, _ in model.named_parameters()
+        ]
+        assert "gradients_not_zeroed" not in trace.metadata
+    report = analyze_path(stale, select=("DBG103", "DBG403"))
+    assert {f.rule_id for f in report.findings} == {"DBG403"}
+    assert all("in none of the optimizer's parameter groups" in f.message for f in report.findings)
+
+    model = make_net()
+    optimizer = torch.optim.SGD(model[:2].parameters(), lr=0.1)
+    grown = tmp_path / "grown.h5"
+    with attach(model, optimizer, grown) as hook:
+        optimizer.add_param_group({"params": list(model[2:].parameters())})
+        for x, y in batches(2):
+            train_step(model, optimizer, hook, x, y)
+    with open_trace(grown) as trace:
+        assert trace.metadata["parameters_not_in_optimizer"] == []
+
+
 class TwoHeads(nn.Module):
     """The aux head takes part only when asked to, so its gradient is None on other steps."""
 
