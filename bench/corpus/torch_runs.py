@@ -642,8 +642,9 @@ class Measured:
     input_mean_abs: list[float] = field(default_factory=list)
     input_nonfinite: list[float] = field(default_factory=list)
     label_counts: np.ndarray | None = None
-    # Whether the model was in training mode at each training step.
+    # Whether the model was in training mode at each training step, and at each evaluation.
     train_mode: list[bool] = field(default_factory=list)
+    eval_train_mode: list[bool] = field(default_factory=list)
     # ReLU modules: share of units (features, or channels) with no positive output in the batch.
     dead: dict[str, list[float]] = field(default_factory=dict)
     # Tanh / sigmoid modules: share of pre-activations beyond 3 / 4.6 (derivative below 0.01).
@@ -879,6 +880,9 @@ class Recipe:
     # optimizer.zero_grad() at every step; without it the hand trace notes the fault, as a
     # user can.
     zero_grad: bool = True
+    # The evaluations leave the model in training mode (model.eval() forgotten); the hand
+    # trace notes the first one after an update in the metadata, as a user can.
+    eval_in_train_mode: bool = False
 
 
 STALL_SECONDS = 20 * 60.0
@@ -963,6 +967,9 @@ class Loop:
                 hand.writer.set_metadata(trained_in_eval_mode=recipe.start_step)
             if not recipe.zero_grad:
                 hand.writer.set_metadata(gradients_not_zeroed=recipe.start_step)
+            if recipe.eval_in_train_mode and recipe.eval_every:
+                first = recipe.start_step + recipe.eval_every
+                hand.writer.set_metadata(evaluated_in_train_mode=first)
             self._train(hook, hand, clock)
         return self.probe.measured
 
@@ -1024,7 +1031,8 @@ class Loop:
     def _evaluate(self, hook: TorchHook, hand: HandRecorder, step: int) -> float:
         """Loss and accuracy on the held-out set under ``model.eval()`` and ``no_grad``."""
         model, data = self.model, self.data
-        model.eval()
+        model.train(self.recipe.eval_in_train_mode)
+        self.probe.measured.eval_train_mode.append(model.training)
         with torch.no_grad(), self._autocast():
             output = model(data.x_val)
             loss = float(self.loss_fn(output, data.y_val))
@@ -1731,6 +1739,34 @@ def mlp_trained_in_eval_mode(spec: RunSpec) -> None:
         spec,
         recipe,
         Check("training steps in train mode", lambda m: float(sum(m.train_mode)), high=0.0),
+        Check("final eval accuracy", Measured.final_eval_accuracy, low=0.85),
+    )
+
+
+@scenario(
+    MLP,
+    "evaluated-in-train-mode",
+    cause="DBG803",
+    twin="healthy-dropout-wd",
+    description="""
+healthy-dropout-wd whose evaluations run under torch.no_grad() without model.eval(): dropout
+stays on while the held-out set is scored.""",
+)
+def mlp_evaluated_in_train_mode(spec: RunSpec) -> None:
+    recipe = replace(
+        HEALTHY_SGD,
+        model=mlp(dropout=0.2),
+        optimizer=sgd(weight_decay=5e-4),
+        eval_in_train_mode=True,
+    )
+    run(
+        spec,
+        recipe,
+        Check(
+            "evaluations in eval mode",
+            lambda m: float(len(m.eval_train_mode) - sum(m.eval_train_mode)),
+            high=0.0,
+        ),
         Check("final eval accuracy", Measured.final_eval_accuracy, low=0.85),
     )
 

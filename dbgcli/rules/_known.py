@@ -464,12 +464,13 @@ def _first_finite_loss(ctx: RuleContext, mode: Literal["train", "eval"]) -> floa
     return float(series.values[keep][np.argmin(series.steps[keep])])
 
 
-class EvalModeTraining(NamedTuple):
-    """A model that trained in eval mode, as the PyTorch hook notes it (run metadata
-    ``trained_in_eval_mode``).
+class ModeNote(NamedTuple):
+    """A model that ran in the wrong mode, as the PyTorch hook notes it: trained in eval mode
+    (run metadata ``trained_in_eval_mode``) or evaluated in training mode
+    (``evaluated_in_train_mode``).
 
     Attributes:
-        step: The first optimizer step that followed a forward pass under ``model.eval()``.
+        step: The first optimizer step it was seen at.
         modules: Type names of its modules that compute differently in eval mode (dropout,
             batch norm); None when not noted (a plain step number, or a note by hand).
     """
@@ -490,16 +491,19 @@ def _step_note(metadata: Mapping[str, object], key: str) -> tuple[int, Mapping[s
     return step, fields
 
 
-def eval_mode_training(metadata: Mapping[str, object]) -> EvalModeTraining | None:
-    """The run metadata's note that the model trained in eval mode, or None."""
-    note = _step_note(metadata, schema.META_TRAINED_IN_EVAL_MODE)
+def mode_note(metadata: Mapping[str, object], key: str) -> ModeNote | None:
+    """The run metadata's note under ``key`` that the model ran in the wrong mode, or None."""
+    note = _step_note(metadata, key)
     if note is None:
         return None
     step, fields = note
     modules = fields.get("modules")
-    return EvalModeTraining(
-        step, tuple(str(m) for m in modules) if isinstance(modules, list) else None
-    )
+    return ModeNote(step, tuple(str(m) for m in modules) if isinstance(modules, list) else None)
+
+
+def eval_mode_training(metadata: Mapping[str, object]) -> ModeNote | None:
+    """The run metadata's note that the model trained in eval mode, or None."""
+    return mode_note(metadata, schema.META_TRAINED_IN_EVAL_MODE)
 
 
 def gradients_not_zeroed(metadata: Mapping[str, object]) -> tuple[int, str | None] | None:

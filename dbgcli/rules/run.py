@@ -1,4 +1,4 @@
-"""DBG8xx: the run itself: stalled training, a model that trained in eval mode."""
+"""DBG8xx: the run itself: stalled training, a model run in the wrong mode."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 
 from dbgcli.findings import Finding, Severity
 from dbgcli.rules._context import RuleContext, episodes
-from dbgcli.rules._known import eval_mode_training
+from dbgcli.rules._known import eval_mode_training, mode_note
 from dbgcli.rules._registry import Need, rule
 from dbgcli.trace import schema
 
@@ -263,5 +263,75 @@ def trained_in_eval_mode(ctx: RuleContext) -> Iterator[Finding]:
         value=float(note.step),
         key="eval-mode",
         severity=Severity.info if note.modules == () else None,
+        extra={"modules": list(note.modules) if note.modules is not None else None},
+    )
+
+
+@rule(
+    "DBG803",
+    "evaluated-in-train-mode",
+    severity="warning",
+    category="run",
+    requires=Need.torch_hook_note(schema.META_EVALUATED_IN_TRAIN_MODE, "the evaluation mode"),
+    label={"train-mode": "model evaluated in training mode"},
+    # Dropout left on raises the held-out loss: a gap, or a rise, that is the evaluation's.
+    explains=("DBG302", "DBG304"),
+)
+def evaluated_in_train_mode(ctx: RuleContext) -> Iterator[Finding]:
+    """The model was evaluated in training mode (``model.eval()`` not called before it).
+
+    The PyTorch hook (and the Hugging Face and Lightning callbacks, which use it) watches every
+    call of the model: a forward pass without gradients (``torch.no_grad()``,
+    ``torch.inference_mode()``) after the first optimizer step, while the model is in training
+    mode, is an evaluation that did not call ``model.eval()``. When the model has modules that
+    compute differently in eval mode (dropout; batch or instance norm with running
+    statistics), the hook warns once and notes the step and those modules in the run metadata
+    (``evaluated_in_train_mode``); this rule reports the note. A model without such modules
+    computes the same in both modes and gets no note. Passes before the first update are not
+    watched: a data-dependent initialisation runs them so on purpose. Records of such passes
+    are evaluation records (the hook tells them by the missing gradients), so the held-out
+    curves show what this evaluation computed. A trace without the hook's watch (no
+    ``torch_version`` in its metadata) is skipped; note ``evaluated_in_train_mode`` yourself
+    (``{"step": N, "modules": [...]}``) to have it judged.
+
+    Also noted: a model that samples under ``torch.no_grad()`` in training mode on purpose,
+    as a GAN's generator with batch norm may, or Monte Carlo dropout; ignore the rule there.
+
+    Why it matters: with dropout on, the evaluation scores a thinned, noisy model (the loss is
+    higher and varies from one evaluation to the next); batch norm in training mode normalises
+    each evaluation batch by its own statistics (results depend on the batch size and
+    composition) and folds the evaluation data into its running statistics, which the model
+    then trains and is deployed with. Early stopping and model selection act on these numbers.
+
+    Typical causes: an evaluation function that relies on the caller to switch modes; a
+    validation loop added beside a training loop that sets ``model.train()`` once; a helper
+    that calls ``model.train()`` at its end and is run before the evaluation.
+
+    Fix: call ``model.eval()`` before each evaluation and ``model.train()`` after it (and keep
+    ``torch.no_grad()``: it saves memory but does not switch modes).
+    """
+    note = mode_note(ctx.trace.metadata, schema.META_EVALUATED_IN_TRAIN_MODE)
+    if note is None:
+        return
+    names = note.modules or ("Dropout", "BatchNorm")
+    effects = [
+        effect
+        for effect, present in (
+            ("random units dropped", any("Norm" not in name for name in names)),
+            ("norms using each batch's own statistics", any("Norm" in name for name in names)),
+        )
+        if present
+    ]
+    modules = f"its {', '.join(note.modules)} modules" if note.modules else "its modules"
+    yield Finding(
+        message=(
+            f"the model was evaluated in training mode from optimizer step {note.step} "
+            f"(model.eval() not called?): a forward pass without gradients ran with {modules} "
+            f"computing as in training ({' and '.join(effects)}), so the evaluation's numbers "
+            "are not the trained model's"
+        ),
+        first_step=note.step,
+        value=float(note.step),
+        key="train-mode",
         extra={"modules": list(note.modules) if note.modules is not None else None},
     )

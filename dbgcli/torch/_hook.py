@@ -582,6 +582,7 @@ class TorchHook:
         # an optimizer step and no training pass, the model trains in eval mode.
         self._graded_eval_step: int | None = None
         self._noted_eval_training = False
+        self._noted_train_mode_eval = False
         self._recorded_optimizer_step: int | None = None
         self._pending_loss: dict[str, _Loss] = {}  # by mode
         self._lr_tags: list[str | None] = []  # per parameter group, None if not selected
@@ -894,8 +895,13 @@ class TorchHook:
             # The mode of the whole pass is decided here, so that activation checkpointing
             # (which runs segments under no_grad) does not turn training records into eval.
             mode = self._root_mode = _forward_mode(module)
-            if mode == "eval" and torch.is_grad_enabled():
-                self._graded_eval_step = self._step
+            if mode == "eval":
+                if torch.is_grad_enabled():
+                    self._graded_eval_step = self._step
+                elif module.training and self._step > 0 and not self._noted_train_mode_eval:
+                    self._guard(
+                        "noting an evaluation in training mode", self._note_train_mode_evaluation
+                    )
             due = self._tensors_due(mode)
             if self._toggles_activation_hooks and due != bool(self._armed):
                 try:
@@ -1082,6 +1088,30 @@ class TorchHook:
             f"its {', '.join(modules)} modules compute as in inference"
             if modules
             else "it has no dropout or batch norm modules",
+        )
+
+    def _note_train_mode_evaluation(self) -> None:
+        """A forward pass without gradients after training began, with the model in training
+        mode: an evaluation that did not call ``model.eval()``. When the model has modules
+        that compute differently in eval mode, its dropout was on and its batch norms used
+        (and updated their running statistics with) the evaluation batches: say so once, in
+        the log and in the run metadata. (Passes before the first update are left alone: a
+        data-dependent initialisation runs them so on purpose.)"""
+        self._noted_train_mode_eval = True
+        modules = _mode_dependent_modules(self.model)
+        if not modules:
+            return
+        step = self._step
+        self.writer.set_metadata(
+            **{schema.META_EVALUATED_IN_TRAIN_MODE: {"step": step, "modules": modules}}
+        )
+        log.warning(
+            "dbg: %s: a forward pass without gradients at optimizer step %d ran with the model "
+            "in training mode: its %s modules computed as in training; call model.eval() "
+            "before evaluating (and model.train() after)",
+            self.writer.path,
+            step,
+            ", ".join(modules),
         )
 
     def _check_carried_gradients(self) -> None:

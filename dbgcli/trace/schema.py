@@ -45,6 +45,9 @@ META_TRAINER_LOGGING = "trainer_logging"
 # The first optimizer step the PyTorch hook saw follow a forward pass under model.eval(), and
 # the model's modules that compute differently in eval mode.
 META_TRAINED_IN_EVAL_MODE = "trained_in_eval_mode"
+# The first optimizer step at which the PyTorch hook saw a forward pass without gradients
+# while the model was in training mode, and the model's modules that compute differently.
+META_EVALUATED_IN_TRAIN_MODE = "evaluated_in_train_mode"
 # The optimizer step whose gradient the PyTorch hook found still in the next step's.
 META_GRADIENTS_NOT_ZEROED = "gradients_not_zeroed"
 # The trainable parameters the PyTorch hook found in none of the optimizer's parameter groups.

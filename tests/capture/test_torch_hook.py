@@ -271,6 +271,58 @@ def test_frozen_parameters_record_weights_and_no_gradient(
         assert (trace.stat("fc1.weight", "update_l2").values[1:] == 0).all()
 
 
+@pytest.mark.parametrize(
+    ("dropout", "switches", "noted_at"),
+    [(0.5, False, 2), (0.5, True, None), (0.0, False, None)],
+)
+def test_evaluation_in_training_mode_is_noted_and_told(
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    dropout: float,
+    switches: bool,
+    noted_at: int | None,
+) -> None:
+    """An evaluation under no_grad that leaves the model in training mode runs its dropout:
+    the hook notes the first one after an update (the one before any is left alone, as a
+    data-dependent initialisation's would be), and DBG803 reports it. Switching modes, or a
+    model without dropout or batch norm, is no such case."""
+    from tests.rules.helpers import run_rule
+
+    torch.manual_seed(0)
+    model = make_net(dropout)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    path = tmp_path / "run.h5"
+    with caplog.at_level(logging.WARNING, logger="dbgcli"), attach(model, optimizer, path) as hook:
+        for index, (x, y) in enumerate(batches(4)):
+            if index % 2 == 0:
+                model.train(not switches)
+                with torch.no_grad():
+                    hook.record_loss(loss_fn(model, x, y))
+                model.train()
+            train_step(model, optimizer, hook, x, y)
+    warned = [r.getMessage() for r in caplog.records if "in training mode" in r.getMessage()]
+    with open_trace(path) as trace:
+        noted = trace.metadata.get("evaluated_in_train_mode")
+        assert trace.scalar("loss", mode="eval").steps.tolist() == [0, 2]
+    result = run_rule(path, "DBG803")
+    if noted_at is None:
+        assert noted is None and warned == [] and result.status is RuleStatus.passed
+        return
+    assert noted == {"step": noted_at, "modules": ["Dropout"]} and len(warned) == 1
+    (finding,) = result.findings
+    assert (finding.key, finding.first_step, finding.severity) == (
+        "train-mode",
+        noted_at,
+        Severity.warning,
+    )
+    assert finding.message == (
+        "the model was evaluated in training mode from optimizer step 2 (model.eval() not "
+        "called?): a forward pass without gradients ran with its Dropout modules computing as "
+        "in training (random units dropped), so the evaluation's numbers are not the trained "
+        "model's"
+    )
+
+
 @pytest.mark.parametrize("start", [0, 1, 40])
 def test_a_run_continued_from_a_checkpoint_is_noted_as_resumed(
     tmp_path: Path, no_dbg_warnings: None, start: int
