@@ -104,15 +104,43 @@ def _refuse_unclassed(ctx: RuleContext) -> None:
 
 
 def _single_labelled(ctx: RuleContext) -> list[tuple[TensorView, TensorView | None]]:
-    """:func:`_labelled`, without labels tags of several classes per sample (multi-hot); the
-    rule is skipped when those are all there are."""
+    """:func:`_labelled`, without labels tags of several classes per sample (multi-hot) and
+    without labels that are no classes of their predictions (see :func:`_beyond_predictions`);
+    the rule is skipped, saying why, when those are all there are."""
     pairs = _labelled(ctx)
-    single = [(labels, p) for labels, p in pairs if not labels.derive(ClassIds()).multi_hot]
-    if pairs and not single:
-        raise RuleSkipped(
-            "the labels are multi-label indicators (several classes per sample), not classes"
-        )
+    why = None
+    single = []
+    for labels, predictions in pairs:
+        if labels.derive(ClassIds()).multi_hot:
+            why = "the labels are multi-label indicators (several classes per sample), not classes"
+        elif (beyond := _beyond_predictions(labels, predictions)) is not None:
+            why = beyond
+        else:
+            single.append((labels, predictions))
+    if pairs and not single and why is not None:
+        raise RuleSkipped(why)
     return single
+
+
+def _beyond_predictions(labels: TensorView, predictions: TensorView | None) -> str | None:
+    """Why ``labels`` are no classes of ``predictions``, or None: a class id at or above the
+    number of classes the predictions score (one score per sample scores two classes; a score
+    axis of ``C``, ``C``). A classifier's loss cannot take such a label (cross-entropy fails
+    on it), so whole-number targets above it are quantities: counts or ratings that a
+    regression predicts with one output."""
+    if predictions is None:
+        return None
+    width = predictions.derive(_prediction_ids(predictions, labels)).width
+    if width is None:
+        return None
+    found = labels.derive(ClassIds()).ids.values()
+    highest = max((int(ids.max()) for ids in found if ids.size), default=-1)
+    if highest < width:
+        return None
+    return (
+        f"the labels are quantities, not classes: they reach {highest} while the predictions "
+        f"score {width} classes (a regression's targets; metadata task 'regression' says so)"
+    )
 
 
 def _labelled(ctx: RuleContext) -> list[tuple[TensorView, TensorView | None]]:
@@ -1514,7 +1542,9 @@ def classifier_confusion(
     the model class), the labels are the tokens of a text, whose frequencies are the text's
     and which even a perfect model cannot all predict; when it is ``regression`` or
     ``ranking`` (the XGBoost callback sets it from the objective), they are quantities,
-    whole numbers or not. The rule is then skipped, as is DBG601.
+    whole numbers or not. So are labels that reach beyond the classes their predictions
+    score (a count of 7 against one output per sample, which scores two classes): no
+    classifier's loss takes them. The rule is then skipped, as are DBG601 and DBG605.
 
     Severity is warning: classes the model cannot tell apart are a problem of its data or its
     training, not necessarily a broken run.

@@ -1207,3 +1207,24 @@ def test_trained_at_start_needs_first_predictions_that_beat_a_constant_guess(mak
     assert starts(guessed) is None
     trees = {"trees/depth": {"values": [np.array([3])], "collection": "trees"}}
     assert starts(right, **trees) is None
+
+
+def test_counts_a_single_output_predicts_are_quantities_not_classes(make_trace) -> None:
+    """Poisson counts (up to 7 here) against one output per sample: a classifier of one score
+    has two classes and its loss cannot take a label of 7, so the labels are a regression's
+    targets and the class rules do not judge them. Two-class labels against the same output
+    are judged."""
+    rng = np.random.default_rng(7)
+    counts = [np.minimum(rng.poisson(2.0, 64), 9).astype(np.float32) for _ in range(20)]
+    outputs = [(c + rng.normal(0, 1, 64)).astype(np.float32)[:, None] for c in counts]
+    tensors = {
+        "labels": {"values": counts, "collection": "labels"},
+        "predictions": {"values": outputs, "collection": "predictions"},
+    }
+    for rule_id in ("DBG601", "DBG604", "DBG605"):
+        result = run_rule(make_trace(tensors=tensors), rule_id)
+        assert result.status is RuleStatus.skipped, rule_id
+        assert result.reason.startswith("the labels are quantities, not classes: they reach 7")
+    binary = [(c > 2).astype(np.float32) for c in counts]
+    tensors["labels"]["values"] = binary
+    assert run_rule(make_trace(tensors=tensors), "DBG601").status is not RuleStatus.skipped
