@@ -73,6 +73,7 @@ def test_healthy_transformer_and_lightning_runs_pass(key: str, tmp_path: Path) -
         "hf-distilbert/healthy",
         "hf-gpt2/healthy-data",
         "torch-mlp/healthy-resumed",
+        "torch-mlp/healthy-fine-tune",
         "torch-mlp/healthy-many-classes",
     ],
 )
@@ -82,8 +83,10 @@ def test_healthy_runs_that_once_drew_false_alarms_pass(key: str, tmp_path: Path)
     (DBG602), a cls_token and positional table initialised to zero and LayerScale's gamma
     (DBG501, DBG502), XGBoost's early stopping (DBG304), DistilBERT's q_lin/k_lin gradients
     (DBG102), a language model's token labels (DBG601, DBG604), a run resumed from a
-    checkpoint, whose first loss is a trained model's (DBG301, DBG303), and a 20-class model
-    at 90-97 % accuracy with some classes under SageMaker's 90 % precision (DBG604)."""
+    checkpoint, whose first loss is a trained model's (DBG301, DBG303), a fine-tune of a
+    trained model without a checkpoint's step (DBG301, DBG303, whose scale its first
+    predictions now set), and a 20-class model at 90-97 % accuracy with some classes under
+    SageMaker's 90 % precision (DBG604)."""
     spec = train(key, tmp_path)
     for path in (spec.hook_path, spec.hand_path):
         trace = report(path)

@@ -1208,6 +1208,26 @@ def mlp_healthy_resumed(spec: RunSpec) -> None:
 
 @scenario(
     MLP,
+    "healthy-fine-tune",
+    cause=None,
+    description="""
+healthy-adam fine-tuned: the model was trained for 300 unrecorded steps, and the recorded run
+starts again at step 0 with a fresh Adam at lr 1e-4 (no checkpoint's step: a hook attached
+after training), recording the labels and predictions of every 10th batch.""",
+)
+def mlp_healthy_fine_tune(spec: RunSpec) -> None:
+    recipe = replace(
+        HEALTHY_ADAM,
+        optimizer=adam(1e-4),
+        pretrain=pretrain_whole(300),
+        record_data=True,
+        record_data_every=10,
+    )
+    run(spec, recipe, *healthy())
+
+
+@scenario(
+    MLP,
     "healthy-warm-restarts",
     cause=None,
     description="""
