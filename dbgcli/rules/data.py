@@ -1065,7 +1065,9 @@ def input_not_normalized(
     population standard deviation of every finite value of every input record with a full
     tensor, per mode (merged exactly with Chan's pairwise update):
 
-    * **mean** (key ``mean``): ``|mean| > threshold_mean`` (SageMaker's 0.2);
+    * **mean** (key ``mean``): ``|mean| > threshold_mean`` (SageMaker's 0.2), times the std
+      where it is above 1: standardising divides by the std, so a channel of std 1000
+      around -2.4 is badly scaled (below) but centred;
     * **std** (key ``std``): ``std`` outside ``[1/max_std_ratio, max_std_ratio]``, i.e. more
       than ``max_std_ratio`` times away from 1 on a log scale (the value reported is
       ``max(std, 1/std)``). 3 leaves unit-variance inputs a generous margin and flags what
@@ -1276,14 +1278,18 @@ def _normalisation(
     std = moments.std
     varying = (moments.count > 0) & (std > 0) & ~moments.indicator
     judged = int(varying.sum())
-    off_centre = np.flatnonzero(varying & (np.abs(moments.mean) > threshold_mean))
+    # A channel scaled far beyond 1 is the std check's; its mean is off-centre only if it
+    # stays so once scaled (an std of 1000 around -2.4 is centred).
+    bar = threshold_mean * np.maximum(std, 1.0)
+    off_centre = np.flatnonzero(varying & (np.abs(moments.mean) > bar))
     if off_centre.size:
         order = off_centre[np.argsort(-np.abs(moments.mean[off_centre]), kind="stable")]
         listed = _listed([f"{unit} {i} mean {moments.mean[i]:.3g}" for i in order])
+        scaled = " x its std where above 1" if (std[order] > 1).any() else ""
         yield Finding(
             message=(
-                f"{order.size} of {judged} {unit}s off-centre (|mean| > {threshold_mean:g}): "
-                f"{listed}; {seen}"
+                f"{order.size} of {judged} {unit}s off-centre (|mean| > {threshold_mean:g}"
+                f"{scaled}): {listed}; {seen}"
             ),
             value=float(abs(moments.mean[order[0]])),
             threshold=threshold_mean,

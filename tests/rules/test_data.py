@@ -386,6 +386,27 @@ def test_input_not_normalized_std_of_features(make_trace) -> None:
     assert run_rule(path, "DBG602", max_std_ratio=20.0).status is RuleStatus.passed
 
 
+def test_input_not_normalized_judges_a_wide_feature_centred_by_its_own_spread(make_trace) -> None:
+    """A feature of std 1000 around -2.4 is badly scaled but centred: once divided by its std
+    its mean is 0.002. One of std 5 around 50 stays off-centre once scaled (10 stds)."""
+    rng = np.random.default_rng(8)
+    features = []
+    for _ in range(20):
+        batch = rng.normal(0.0, 1.0, size=(32, 4))
+        batch -= batch.mean(axis=0)
+        batch[:, 1] = batch[:, 1] * 1000.0 - 2.4
+        batch[:, 3] = batch[:, 3] * 5.0 + 50.0
+        features.append(batch.astype(np.float32))
+    result = run_rule(
+        make_trace(tensors={"x": {"values": features, "collection": "inputs"}}), "DBG602"
+    )
+    (mean,) = keyed(result, "mean")
+    assert list(mean.extra["means"]) == [3]
+    assert "1 of 4 features off-centre (|mean| > 0.2 x its std where above 1)" in mean.message
+    (scale,) = keyed(result, "std")
+    assert set(scale.extra["stds"]) == {1, 3}
+
+
 def test_input_not_normalized_leaves_indicator_features_alone(make_trace) -> None:
     # Two standardised numeric features beside a one-hot category of three levels (about 20,
     # 30 and 50 % of the rows: means 0.2 to 0.5, stds 0.4 to 0.5) and a rare binary flag; the
