@@ -1765,6 +1765,24 @@ def mlp_trained_in_eval_mode(spec: RunSpec) -> None:
 
 @scenario(
     MLP,
+    "weight-decay-too-strong",
+    cause="DBG504",
+    twin="healthy-sgd",
+    description="""
+healthy-sgd with weight_decay=0.5 (meant as 5e-4): with momentum 0.9 each step takes about
+lr x 0.5 / (1 - 0.9) = 25 % off every weight, far more than the gradients give back; the
+layers collapse within tens of steps and the loss stays at chance.""",
+)
+def mlp_weight_decay_too_strong(spec: RunSpec) -> None:
+    run(
+        spec,
+        replace(HEALTHY_SGD, optimizer=sgd(weight_decay=0.5)),
+        Check("final train loss / ln 4", lambda m: m.final_loss() / math.log(CLASSES), low=0.9),
+    )
+
+
+@scenario(
+    MLP,
     "evaluated-in-train-mode",
     cause="DBG803",
     twin="healthy-dropout-wd",

@@ -515,3 +515,18 @@ def gradients_not_zeroed(metadata: Mapping[str, object]) -> tuple[int, str | Non
     step, fields = note
     parameter = fields.get("parameter")
     return step, str(parameter) if parameter is not None else None
+
+
+def weight_decay(metadata: Mapping[str, object]) -> float | None:
+    """The largest ``weight_decay`` among the optimizer's parameter groups, as the PyTorch hook
+    notes them (run metadata ``optimizer``); None without the note."""
+    note = metadata.get(schema.META_OPTIMIZER)
+    groups = note.get("groups") if isinstance(note, Mapping) else None
+    if not isinstance(groups, list):
+        return None
+    decays = [
+        float(group["weight_decay"])
+        for group in groups
+        if isinstance(group, Mapping) and isinstance(group.get("weight_decay"), (int, float))
+    ]
+    return max(decays) if decays else None

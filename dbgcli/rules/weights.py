@@ -1,4 +1,5 @@
-"""DBG5xx: weights: poor initialisation, updates too small or too large for the weights."""
+"""DBG5xx: weights: poor initialisation, updates too small or too large for the weights,
+weights that collapse."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from dbgcli.rules._known import (
     is_embedding,
     loss_fraction,
     lr_below,
+    weight_decay,
 )
 from dbgcli.rules._registry import Need, rule
 from dbgcli.trace.derive import Accumulator, Derivation
@@ -942,3 +944,105 @@ def _run_wide(
         worst=worst,
         message=lambda e, v: message(v),
     )
+
+
+# -- DBG504 weights-collapsed ---------------------------------------------------------------------
+
+
+@rule(
+    "DBG504",
+    "weights-collapsed",
+    severity="warning",
+    category="weights",
+    requires=WEIGHTS,
+    per_tensor=True,
+    label="weights collapsed toward zero",
+    # Weights near zero pass almost no signal forward and almost no gradient back.
+    explains=(
+        "DBG101",
+        "DBG201",
+        "DBG301:not-decreasing",
+        "DBG303",
+        "DBG402",
+        "DBG502",
+        "DBG601:mispredicted",
+        "DBG604",
+    ),
+)
+def weights_collapsed(ctx: RuleContext, *, min_fraction: float = 0.01) -> Iterator[Finding]:
+    """A layer's weights shrink toward zero: their scale falls far below where they started.
+
+    Per weight tensor of two or more dimensions (matrices and kernels; not 1-D scales, nor
+    parameters added to activations such as ``pos_embed``, which may start at zero), the
+    root mean square of its values, ``l2 / sqrt(count)``, at every record against its first
+    record with a positive one. A record below ``min_fraction`` (1 %) of that start
+    violates. The initialisation sets each layer's scale so that signals keep their size
+    through it (He, Glorot); a layer at a hundredth of it passes a hundredth of the signal
+    forward and of the gradient back, and a stack of them passes nothing. Healthy runs of the
+    calibration corpus shrink to 0.63 of their start at the most (GPT-2's position table
+    under weight decay); the fault shrinks by many orders of magnitude. One finding per
+    tensor, from the record the decline started at (the largest scale before the first
+    violating record) to the last violating one; the value is the smallest fraction reached.
+
+    The message names the optimizer's weight decay when the PyTorch hook noted it (run
+    metadata ``optimizer``): a decay too strong for the learning rate (``weight_decay=0.5``
+    meant as ``5e-4``; coupled L2 in Adam shrinks every weight by ``lr * weight_decay`` of
+    itself per step, outweighing the gradients once the loss stops pushing back).
+
+    Why it matters: a collapsed layer starves everything after it; the loss stalls near
+    chance, gradients vanish, activations die, and no learning rate brings it back while the
+    pull to zero lasts.
+
+    Typical causes: a weight decay orders of magnitude too strong (or applied twice: in the
+    loss and in the optimizer), an L1 or L2 penalty weighted far above the data loss, a bug
+    that rescales the weights in place.
+
+    Fix: use a weight decay of 1e-4 to 1e-2 (AdamW's decoupled decay for Adam), check the
+    regularisation terms of the loss, keep normalisation scales and biases out of the decay.
+
+    Args:
+        min_fraction: Fraction of its starting scale below which a layer's weights count as
+            collapsed.
+    """
+    if not 0 < min_fraction < 1:
+        raise RuleConfigError(f"DBG504 min_fraction must be in (0, 1), got {min_fraction:g}")
+    decay = weight_decay(ctx.trace.metadata)
+    if decay is None:
+        why = " (a weight decay too strong?)"
+    elif decay > 0:
+        why = f": the optimizer's weight decay {decay:g} pulls them to zero"
+    else:
+        why = " without weight decay (a penalty in the loss, or weights rescaled in place?)"
+    for view in ctx.tensors(collection="weights"):
+        shape = view.info.shape
+        if shape is None or len(shape) < 2 or added_or_scaling_parameter(view.tag):
+            continue
+        order = np.argsort(view.steps, kind="stable")
+        steps = view.steps[order]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            scale = view.stat("l2")[order] / np.sqrt(view.stat("count")[order])
+        started = np.flatnonzero(np.isfinite(scale) & (scale > 0))
+        if not started.size:
+            continue
+        first = int(started[0])
+        fraction = scale / scale[first]
+        below = np.flatnonzero(np.isfinite(fraction) & (fraction < min_fraction))
+        if not below.size:
+            continue
+        onset = first + int(np.argmax(fraction[first : below[0] + 1]))
+        smallest = below[int(np.argmin(fraction[below]))]
+        yield Finding(
+            message=(
+                f"weights shrank to {fraction[smallest]:.2g} of their starting scale (RMS "
+                f"{scale[first]:.3g} at step {int(steps[first])} -> {scale[smallest]:.3g} at "
+                f"step {int(steps[smallest])}; < {min_fraction:g}){why}"
+            ),
+            tensor=view.tag,
+            first_step=int(steps[onset]),
+            last_step=int(steps[below[-1]]),
+            steps=int(below[-1] - onset + 1),
+            value=float(fraction[smallest]),
+            threshold=min_fraction,
+            key="collapsed",
+            extra={"weight_decay": decay},
+        )

@@ -473,6 +473,23 @@ def _find_loss(output: Any) -> torch.Tensor | None:
     return None
 
 
+def _group_settings(group: dict[str, Any]) -> dict[str, Any]:
+    """A parameter group's settings that JSON holds (numbers, flags, names, pairs of numbers
+    such as Adam's betas), without its parameters; a tensor learning rate as its value."""
+    settings: dict[str, Any] = {}
+    for key, value in group.items():
+        if key == "params":
+            continue
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            value = value.item()
+        if isinstance(value, (tuple, list)):
+            if all(isinstance(v, (int, float)) for v in value):
+                settings[key] = list(value)
+        elif value is None or isinstance(value, (bool, int, float, str)):
+            settings[key] = value
+    return settings
+
+
 def _in_backward() -> bool:
     """Whether the autograd engine is running a backward pass on this thread, as it is while
     activation checkpointing recomputes a segment (the id torch.utils.checkpoint asks)."""
@@ -980,16 +997,23 @@ class TorchHook:
             raise TrainingStopped(request)
 
     # -- recording ----------------------------------------------------------------------------
-    def _note_parameters_not_in(self, optimizer: Optimizer) -> None:
-        """Note the trainable parameters that none of ``optimizer``'s groups holds (an
-        optimizer built before the model was replaced, a layer left out by mistake), and
-        keep them out of the zero_grad check: that optimizer's zero_grad() never clears them.
-        Read at the first update, after any add_param_group since attach."""
+    def _note_optimizer(self, optimizer: Optimizer) -> None:
+        """Note the optimizer's type and its groups' settings (weight decay, momentum...), and
+        the trainable parameters that none of its groups holds (an optimizer built before the
+        model was replaced, a layer left out by mistake), which stay out of the zero_grad
+        check: that optimizer's zero_grad() never clears them. Read at the first update,
+        after any add_param_group since attach."""
         held = {id(p) for group in optimizer.param_groups for p in group["params"]}
         missing = [name for name, parameter in self._probe_candidates if id(parameter) not in held]
         if missing:
             self._probe_candidates = [c for c in self._probe_candidates if id(c[1]) in held]
-        self.writer.set_metadata(**{schema.META_NOT_IN_OPTIMIZER: missing})
+        settings = {
+            "type": type(optimizer).__name__,
+            "groups": [_group_settings(group) for group in optimizer.param_groups],
+        }
+        self.writer.set_metadata(
+            **{schema.META_NOT_IN_OPTIMIZER: missing, schema.META_OPTIMIZER: settings}
+        )
 
     def _record_parameters(self, optimizer: Optimizer | None, scale: Any) -> None:
         step = self._step
@@ -1016,7 +1040,7 @@ class TorchHook:
         ):
             self._note_eval_training(step)
         if self._recorded_optimizer_step is None and optimizer is not None:
-            self._note_parameters_not_in(optimizer)
+            self._note_optimizer(optimizer)
         if self._recorded_optimizer_step is None and step > 1:
             # The first update is not the run's: training resumed from a checkpoint (or the
             # caller set the step to continue a run), so the trace starts from a trained model.

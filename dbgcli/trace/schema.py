@@ -50,6 +50,8 @@ META_TRAINED_IN_EVAL_MODE = "trained_in_eval_mode"
 META_EVALUATED_IN_TRAIN_MODE = "evaluated_in_train_mode"
 # The optimizer step whose gradient the PyTorch hook found still in the next step's.
 META_GRADIENTS_NOT_ZEROED = "gradients_not_zeroed"
+# The optimizer's type and the settings of each parameter group (lr, weight_decay, ...).
+META_OPTIMIZER = "optimizer"
 # The trainable parameters the PyTorch hook found in none of the optimizer's parameter groups.
 META_NOT_IN_OPTIMIZER = "parameters_not_in_optimizer"
 # How the run compensates a class imbalance (XGBoost's scale_pos_weight, a weighted loss).

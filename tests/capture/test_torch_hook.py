@@ -528,6 +528,11 @@ def test_hook_notes_parameters_the_optimizer_does_not_hold(tmp_path: Path) -> No
             train_step(model, optimizer, hook, x, y)
     with open_trace(grown) as trace:
         assert trace.metadata["parameters_not_in_optimizer"] == []
+        # The optimizer's settings, per group, as JSON holds them.
+        noted = trace.metadata["optimizer"]
+        assert noted["type"] == "SGD" and len(noted["groups"]) == 2
+        assert all(g["lr"] == 0.1 and g["weight_decay"] == 0 for g in noted["groups"])
+        assert all("params" not in g for g in noted["groups"])
 
 
 class TwoHeads(nn.Module):

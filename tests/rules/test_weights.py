@@ -485,3 +485,55 @@ def test_initialization_judges_the_parameters_by_their_own_name(make_trace) -> N
     tensors.update(mlp(**{"vit.embeddings.cls_token": np.zeros((1, 1, 8), np.float32)}))
     found = run_rule(make_trace(tensors=tensors), "DBG501").findings
     assert [(f.tensor, f.key) for f in found] == [("pos_embedding.weight", "constant")]
+
+
+# -- DBG504 weights-collapsed ----------------------------------------------------------------------
+
+
+def shrinking(factor_per_step: float, steps: int = 30) -> dict[str, dict]:
+    """A 32 x 16 layer at He scale whose weights are multiplied by ``factor_per_step`` at
+    every step, recorded every step, beside a 1-D scale and a zero-initialised position table
+    that shrink alike."""
+    rng = np.random.default_rng(3)
+    start = rng.normal(0.0, np.sqrt(2 / 16), size=(32, 16))
+    return {
+        name: {
+            "values": [(base * factor_per_step**step).astype(np.float32) for step in range(steps)],
+            "collection": "weights",
+        }
+        for name, base in (
+            ("fc.weight", start),
+            ("norm.weight", np.ones(16)),
+            ("pos_embed", np.zeros((4, 16))),
+        )
+    }
+
+
+def test_weights_collapsed_when_a_layer_falls_below_a_hundredth_of_its_start(make_trace) -> None:
+    collapsing = make_trace(tensors=shrinking(0.75))
+    (finding,) = run_rule(collapsing, "DBG504").findings
+    assert (finding.tensor, finding.key, finding.first_step, finding.last_step) == (
+        "fc.weight",
+        "collapsed",
+        0,
+        29,
+    )
+    # 0.75 ** 16 = 0.01 is the first record under the bar; the finding starts where the
+    # decline did.
+    assert finding.value == pytest.approx(0.75**29, rel=1e-3) and finding.threshold == 0.01
+    assert finding.message.endswith("< 0.01) (a weight decay too strong?)")
+    # Weight decay over a healthy run takes a fraction off, not orders of magnitude.
+    assert run_rule(make_trace(tensors=shrinking(0.99)), "DBG504").status is RuleStatus.passed
+
+
+def test_weights_collapsed_names_the_optimizer_weight_decay(make_trace) -> None:
+    for decay, ending in (
+        (0.5, ": the optimizer's weight decay 0.5 pulls them to zero"),
+        (0.0, " without weight decay (a penalty in the loss, or weights rescaled in place?)"),
+    ):
+        path = make_trace(
+            tensors=shrinking(0.75),
+            metadata={"optimizer": {"type": "SGD", "groups": [{"weight_decay": decay}]}},
+        )
+        (finding,) = run_rule(path, "DBG504").findings
+        assert finding.message.endswith(ending) and finding.extra["weight_decay"] == decay
