@@ -210,29 +210,19 @@ def first_update_step(ctx: RuleContext) -> int | None:
 STARVED_LR = 1e-4
 
 
-def lr_at(ctx: RuleContext, steps: np.ndarray) -> np.ndarray | None:
-    """The recorded learning rate in effect at each step (NaN before its first record; None
-    when no learning rate is recorded)."""
-    series = ctx.lr()
-    if series is None or not np.isfinite(series.values).any():
-        return None
-    order = np.argsort(series.steps, kind="stable")
-    lr_steps, lr_values = series.steps[order], series.values[order]
-    where = np.searchsorted(lr_steps, steps, side="right") - 1
-    return np.where(where >= 0, lr_values[np.maximum(where, 0)], np.nan)
-
-
 def lr_fraction(ctx: RuleContext, steps: np.ndarray) -> np.ndarray | None:
     """The recorded learning rate at each step as a fraction of its largest value (None when
     no learning rate is recorded)."""
     series = ctx.lr()
-    lr = lr_at(ctx, steps)
-    if series is None or lr is None:
+    if series is None or not np.isfinite(series.values).any():
         return None
     peak = float(np.nanmax(series.values))
     if not peak > 0:
         return None
-    return lr / peak
+    order = np.argsort(series.steps, kind="stable")
+    lr_steps, lr_values = series.steps[order], series.values[order]
+    where = np.searchsorted(lr_steps, steps, side="right") - 1
+    return np.where(where >= 0, lr_values[np.maximum(where, 0)] / peak, np.nan)
 
 
 def lr_raised(
@@ -412,20 +402,26 @@ class InitialLoss(NamedTuple):
     name: str
 
 
+# A first loss at or below this share of ln C is a trained classifier's: an untrained one
+# sits at ln C, and halving the starting loss is what the loss rules count as having learned.
+_TRAINED_LOSS = 0.5
+
+
 def initial_loss(ctx: RuleContext, mode: Literal["train", "eval"] = "train") -> InitialLoss | None:
     """The loss of the untrained model, the scale the loss rules judge a run by: the first
     finite loss of ``mode`` (in step order).
 
     Unless the trace starts from a trained model: a run that resumed from a checkpoint (see
-    :func:`resumed_without_start`), or one whose first training predictions are right more
-    often than chance allows (see :func:`dbgcli.rules.data.trained_at_start`: a fine-tune of
-    a trained classifier, a hook attached after some training). For a classifier whose
-    number of classes ``C`` the metadata, predictions or labels give, the scale is then
-    ``ln C``, the loss of predicting every class with probability ``1/C``, as an untrained
-    classifier does, provided the first loss recorded is on that scale (at most
+    :func:`resumed_without_start`), or a classifier whose first loss is already at most half
+    of ``ln C`` while its first training predictions are right more often than chance allows
+    (see :func:`dbgcli.rules.data.trained_at_start`: a fine-tune of a trained classifier, a
+    hook attached after some training; a random model's predictions can beat a constant
+    guess on inputs that tell the classes apart, but not with a low loss as well). For a
+    classifier whose number of classes ``C`` the metadata, predictions or labels give, the
+    scale is then ``ln C``, the loss of predicting every class with probability ``1/C``, as
+    an untrained classifier does; a resumed run needs its first loss on that scale (at most
     ``ln C / 0.9``: a trained classifier sits below chance; a summed loss or another task's
-    does not). Otherwise a resumed run has no scale (None) and a trained start keeps its
-    first loss. Also None without a finite loss."""
+    does not), or it has no scale (None). Also None without a finite loss."""
     # Imported here: the data rules build on this module.
     from dbgcli.rules.data import trained_at_start
 
@@ -433,21 +429,25 @@ def initial_loss(ctx: RuleContext, mode: Literal["train", "eval"] = "train") -> 
     first = _first_finite_loss(ctx, mode)
     if first is None:
         return None
-    trained = None if resumed is not None else trained_at_start(ctx)
-    if resumed is None and trained is None:
-        return InitialLoss(first, f"the initial loss {first:.4g}")
+    as_recorded = InitialLoss(first, f"the initial loss {first:.4g}")
     classes = class_count(ctx, from_weights=False)
-    # Above ln C / 0.9 the loss is no classifier's cross-entropy (a summed loss, another task).
-    if classes is None or first > np.log(classes) / 0.9:
-        return None if resumed is not None else InitialLoss(first, f"the initial loss {first:.4g}")
-    why = (
-        f"the run resumed at step {resumed}"
-        if trained is None
-        else f"the model's first predictions were {trained.right} of {trained.samples} right "
-        f"at step {trained.step}, against {trained.constant:.0%} for a constant guess: "
-        "it was trained before the trace began"
-    )
-    chance = float(np.log(classes))
+    chance = float(np.log(classes)) if classes is not None else None
+    if resumed is not None:
+        # Above ln C / 0.9 the loss is no classifier's cross-entropy (a summed loss, another task).
+        if chance is None or first > chance / 0.9:
+            return None
+        why = f"the run resumed at step {resumed}"
+    else:
+        if chance is None or not 0 <= first <= _TRAINED_LOSS * chance:
+            return as_recorded
+        trained = trained_at_start(ctx)
+        if trained is None:
+            return as_recorded
+        why = (
+            f"the model's first predictions were {trained.right} of {trained.samples} right "
+            f"at step {trained.step}, against {trained.constant:.0%} for a constant guess: "
+            "it was trained before the trace began"
+        )
     return InitialLoss(
         chance, f"ln {classes} = {chance:.4g}, an untrained classifier's loss ({why})"
     )

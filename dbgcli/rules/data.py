@@ -29,6 +29,7 @@ and the class rules (DBG601, DBG604, DBG605) skip them.
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -123,20 +124,26 @@ def _single_labelled(ctx: RuleContext) -> list[tuple[TensorView, TensorView | No
 
 
 def _beyond_predictions(labels: TensorView, predictions: TensorView | None) -> str | None:
-    """Why ``labels`` are no classes of ``predictions``, or None: a class id at or above the
-    number of classes the predictions score (one score per sample scores two classes; a score
-    axis of ``C``, ``C``). A classifier's loss cannot take such a label (cross-entropy fails
-    on it), so whole-number targets above it are quantities: counts or ratings that a
-    regression predicts with one output."""
+    """Why ``labels`` are no classes of ``predictions``, or None: two or more distinct ids at
+    or above the number of classes the predictions score (one score per sample scores two
+    classes; a score axis of ``C``, ``C``). A classifier's loss takes no such label but its
+    one ignore index (255 for a segmentation's void pixels), so whole-number targets above
+    it are quantities: counts or ratings that a regression predicts with one output."""
     if predictions is None:
         return None
     width = predictions.derive(_prediction_ids(predictions, labels)).width
     if width is None:
         return None
-    found = labels.derive(ClassIds()).ids.values()
-    highest = max((int(ids.max()) for ids in found if ids.size), default=-1)
-    if highest < width:
+    beyond = np.unique(
+        np.concatenate(
+            [ids[ids >= width] for ids in labels.derive(ClassIds()).ids.values()] or [np.empty(0)]
+        )
+    )
+    # One value beyond is an ignore marker (255 for a segmentation's void pixels), which
+    # cross-entropy takes; two or more are values of a quantity.
+    if beyond.size < 2:
         return None
+    highest = int(beyond[-1])
     return (
         f"the labels are quantities, not classes: they reach {highest} while the predictions "
         f"score {width} classes (a regression's targets; metadata task 'regression' says so)"
@@ -606,6 +613,19 @@ def trained_at_start(ctx: RuleContext) -> StartingAccuracy | None:
     if not finite.size:
         return None
     step = int(finite.min())
+    # Several loss rules ask, each with its own context: read the records once per trace.
+    known = _STARTS.setdefault(ctx.trace, {})
+    if step not in known:
+        known[step] = _starting_accuracy(ctx, step)
+    return known[step]
+
+
+_STARTS: weakref.WeakKeyDictionary[Trace, dict[int, StartingAccuracy | None]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _starting_accuracy(ctx: RuleContext, step: int) -> StartingAccuracy | None:
     for labels, predictions in _labelled(ctx):
         if predictions is None:
             continue

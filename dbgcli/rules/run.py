@@ -294,8 +294,11 @@ def evaluated_in_train_mode(ctx: RuleContext) -> Iterator[Finding]:
     ``torch_version`` in its metadata) is skipped; note ``evaluated_in_train_mode`` yourself
     (``{"step": N, "modules": [...]}``) to have it judged.
 
-    Also noted: a model that samples under ``torch.no_grad()`` in training mode on purpose,
-    as a GAN's generator with batch norm may, or Monte Carlo dropout; ignore the rule there.
+    Also noted: a model run under ``torch.no_grad()`` in training mode on purpose, as a GAN's
+    generator with batch norm may sample, Monte Carlo dropout, or pseudo-labels computed
+    with the training model; ignore the rule there. Recomputing batch norm statistics
+    (``torch.optim.swa_utils.update_bn``, which sets the norms' momentum to None) is not
+    noted.
 
     Why it matters: with dropout on, the evaluation scores a thinned, noisy model (the loss is
     higher and varies from one evaluation to the next); batch norm in training mode normalises

@@ -21,7 +21,6 @@ from dbgcli.rules._context import (
 from dbgcli.rules._known import (
     STARVED_LR,
     first_update_step,
-    lr_at,
     lr_below,
     zero_gradient_by_construction,
 )
@@ -592,7 +591,7 @@ def _unchanged_plan(ctx: RuleContext, params: dict[str, Any]) -> Iterator[tuple[
     per_tensor=True,
     label={
         "frozen": "parameters frozen on purpose",
-        "rounded": "updates below float resolution",
+        "too-small": "updates too small to show",
         "*": "parameters not updated",
     },
     # A parameter never updated keeps its initial values: a zero-initialised bias stays zero.
@@ -661,17 +660,17 @@ def unchanged_tensor(
     recorded learning rate is 0 or below 1e-4 of its peak (a warmup's first steps, a decay's
     last) are not judged: no update is asked for.
 
-    **Too small to show.** An update smaller than the spacing of floating-point numbers
-    around a value leaves the value where it is: ``w + d == w`` once ``|d|`` is below
-    ``u·|w|``, ``u`` the unit roundoff (2**-24 for float32). When at every unchanged record
-    the learning rate times the gradient's RMS (SGD's step, and for gradients below 1 less
-    than Adam's) is below ``u`` times the RMS of the values, rounding explains the stall as
-    well as a missing optimizer entry does, and a parameter out of the optimizer would be
-    unchanged at records where its step is large too. Key ``rounded``, severity info: a
-    vanishing gradient (the gradient rules' finding), a parameter the loss barely depends on
-    (a bias right before a BatchNorm, whose gradient is zero but for rounding), or a learning
-    rate at the end of its decay. A learning rate too small for the whole model to learn is
-    the loss and learning-rate rules' finding.
+    **Too small to show.** A parameter that the optimizer holds, with a gradient that is not
+    zero, can still stand still: an update below the spacing of floating-point numbers
+    around a value leaves it where it is (``w + d == w`` once ``|d|`` is below about
+    ``2**-24 * |w|`` in float32), and one below the tolerance above counts as none. A
+    vanishing gradient, a parameter the loss barely depends on (a bias right before a
+    BatchNorm, whose gradient is zero but for rounding) or a learning rate at the end of its
+    decay do that. When the recorder says which parameters the optimizer holds (the PyTorch
+    hook's ``parameters_not_in_optimizer``), such a parameter gets key ``too-small``,
+    severity info; whether the model learns is the loss, gradient and learning-rate rules'
+    question. Without that note, a parameter with a gradient and no update is a warning
+    that asks both questions.
 
     Which tensors: weights and biases by default, where a frozen layer is the classic bug.
     Gradients are left out: a gradient practically never repeats while its weights change,
@@ -710,7 +709,7 @@ def unchanged_tensor(
     declared = ctx.trace.metadata.get("frozen_parameters")
     frozen = set(declared) if isinstance(declared, list) else set()
     left_out = ctx.trace.metadata.get(schema.META_NOT_IN_OPTIMIZER)
-    not_in_optimizer = set(left_out) if isinstance(left_out, list) else set()
+    not_in_optimizer = set(left_out) if isinstance(left_out, list) else None
     pointless = _nothing_left_to_learn(ctx, gradients, frozen)
     for view in _selected(ctx, collections):
         result: UnchangedRuns = view.derive(derivation)
@@ -726,19 +725,17 @@ def unchanged_tensor(
             streak = _streaks(run[positions], needed)
             if not streak.any():
                 continue
-            streak_records = np.arange(len(steps))[streak]
             flowing = _gradient_flow(view, gradients, steps[streak])
-            below = None
-            if view.tag in not_in_optimizer and flowing not in ("none", "stale"):
-                flowing = "left-out"
-            if flowing == "moving":
-                below = _update_below_resolution(ctx, view, gradients, positions, streak_records)
-                flowing = "moving" if below is None else "rounded"
+            if not_in_optimizer is not None and flowing not in ("none", "stale"):
+                if view.tag in not_in_optimizer:
+                    flowing = "left-out"
+                elif flowing == "moving":
+                    flowing = "held"
             on_purpose = view.tag in frozen or flowing in ("none", "stale")
-            why = _WHY["declared"] if view.tag in frozen else _WHY[flowing].format(below)
+            why = _WHY["declared"] if view.tag in frozen else _WHY[flowing]
             if on_purpose and pointless:
                 on_purpose, why = False, _WHY["pointless"]
-            key = "frozen" if on_purpose else "rounded" if flowing == "rounded" else "unchanged"
+            key = "frozen" if on_purpose else "too-small" if flowing == "held" else "unchanged"
 
             def message(
                 e: Episode,
@@ -783,16 +780,19 @@ _WHY = {
     "none": ": frozen on purpose (no gradient flows to it)",
     "stale": ": frozen on purpose (its recorded gradient never changes: no backward reaches it)",
     "zero": ": its gradient is zero (no gradient reaches it: a detach, a dead layer?)",
-    "moving": ": it has a non-zero gradient but is never updated (not in the optimizer?)",
+    "moving": (
+        ": it has a non-zero gradient but is never updated (not in the optimizer, or updates "
+        "too small to show?)"
+    ),
     "left-out": (
         ": it is in none of the optimizer's parameter groups (the recorder checked at the "
         "first update: an optimizer built for another model's parameters, or a layer left out)"
     ),
-    "rounded": (
-        ": its updates round away (learning rate x gradient at most {:.2g} of the float "
-        "resolution of its values: a vanishing gradient, a parameter the loss hardly depends "
-        "on such as a bias right before a normalisation, or a learning rate at the end of "
-        "its decay)"
+    "held": (
+        ": it is in the optimizer (the recorder checked) and has a non-zero gradient, so its "
+        "updates are too small to show (a vanishing gradient, a parameter the loss hardly "
+        "depends on such as a bias right before a normalisation, or a learning rate at the "
+        "end of its decay)"
     ),
     "unknown": "",
     "pointless": (
@@ -857,49 +857,6 @@ def _gradient_flow(
     if norms.max() == 0:
         return "zero"
     return "stale" if len(norms) > 1 and norms.max() == norms.min() else "moving"
-
-
-def _update_below_resolution(
-    ctx: RuleContext,
-    view: TensorView,
-    gradients: dict[frozenset[str], TensorView],
-    positions: slice | np.ndarray,
-    records: np.ndarray,
-) -> float | None:
-    """How far below its values' float resolution a parameter's plainest update stays: the
-    largest ratio, over ``records`` (of its records at ``positions``), of ``lr * rms(gradient)``
-    to ``u * rms(values)``, with ``u`` the unit roundoff of its dtype (2**-24 for float32; a
-    bfloat16 parameter is recorded widened to float32, so this is conservative for it). None
-    when any record is at or above its resolution, or has no gradient or learning rate.
-
-    An update smaller than ``u * |w|`` leaves ``w`` where it is. ``lr * g`` is SGD's step and,
-    for gradients below 1, a lower bound on Adam's (``lr * m / (sqrt(v) + eps)``); when even
-    that is within the resolution at every unchanged record, rounding explains the records as
-    well as a parameter left out of the optimizer does, and a parameter out of the optimizer
-    never changes at any learning rate: its streak includes records where the step would
-    have shown."""
-    gradient = _gradient_of(view, gradients)
-    steps = view.steps[positions][records]
-    if gradient is None:
-        return None
-    lr = lr_at(ctx, steps)
-    common, at_value, at_gradient = np.intersect1d(steps, gradient.steps, return_indices=True)
-    if lr is None or len(common) < len(steps):
-        return None
-    kind = np.dtype(view.info.dtype or np.float32)
-    unit = float(np.finfo(kind if kind.kind == "f" else np.float32).eps) / 2
-    values_rms = _rms(view.stat("l2")[positions][records], view.stat("count")[positions][records])
-    gradient_rms = _rms(gradient.stat("l2")[at_gradient], gradient.stat("count")[at_gradient])
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = lr[at_value] * gradient_rms / (unit * values_rms[at_value])
-    largest = float(np.max(ratio))
-    return largest if largest < 1 else None
-
-
-def _rms(l2: np.ndarray, count: np.ndarray) -> np.ndarray:
-    with np.errstate(divide="ignore", invalid="ignore"):
-        result: np.ndarray = l2 / np.sqrt(count)
-    return result
 
 
 _NOT_NAME_WORDS = frozenset(

@@ -982,12 +982,16 @@ def weights_collapsed(ctx: RuleContext, *, min_fraction: float = 0.01) -> Iterat
     calibration corpus shrink to 0.63 of their start at the most (GPT-2's position table
     under weight decay); the fault shrinks by many orders of magnitude. One finding per
     tensor, from the record the decline started at (the largest scale before the first
-    violating record) to the last violating one; the value is the smallest fraction reached.
+    violating record) to the last violating one, counting the violating records; the value is
+    the smallest fraction reached.
 
-    The message names the optimizer's weight decay when the PyTorch hook noted it (run
-    metadata ``optimizer``): a decay too strong for the learning rate (``weight_decay=0.5``
-    meant as ``5e-4``; coupled L2 in Adam shrinks every weight by ``lr * weight_decay`` of
-    itself per step, outweighing the gradients once the loss stops pushing back).
+    The message gives the optimizer's weight decay when the PyTorch hook noted it (run
+    metadata ``optimizer``, the largest over its parameter groups) and asks whether it is
+    too strong: SGD's L2 takes ``lr * weight_decay`` of every weight per step
+    (``1 / (1 - momentum)`` times that with momentum), as AdamW's decoupled decay does, so
+    ``weight_decay=0.5`` meant as ``5e-4`` outweighs the gradients once the loss stops
+    pushing back; Adam's coupled L2 goes through its normalisation, which makes it act
+    otherwise but no less strongly. Without weight decay the message says so.
 
     Why it matters: a collapsed layer starves everything after it; the loss stalls near
     chance, gradients vanish, activations die, and no learning rate brings it back while the
@@ -1010,7 +1014,7 @@ def weights_collapsed(ctx: RuleContext, *, min_fraction: float = 0.01) -> Iterat
     if decay is None:
         why = " (a weight decay too strong?)"
     elif decay > 0:
-        why = f": the optimizer's weight decay {decay:g} pulls them to zero"
+        why = f": the optimizer's weight decay is {decay:g} (too strong?)"
     else:
         why = " without weight decay (a penalty in the loss, or weights rescaled in place?)"
     for view in ctx.tensors(collection="weights"):
@@ -1040,7 +1044,7 @@ def weights_collapsed(ctx: RuleContext, *, min_fraction: float = 0.01) -> Iterat
             tensor=view.tag,
             first_step=int(steps[onset]),
             last_step=int(steps[below[-1]]),
-            steps=int(below[-1] - onset + 1),
+            steps=int(below.size),
             value=float(fraction[smallest]),
             threshold=min_fraction,
             key="collapsed",

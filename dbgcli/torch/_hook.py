@@ -26,12 +26,13 @@ logger), so training with and without it produces bit-identical parameters.
 
 from __future__ import annotations
 
+import collections
 import fnmatch
 import numbers
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -473,6 +474,11 @@ def _find_loss(output: Any) -> torch.Tensor | None:
     return None
 
 
+def _shapes(tensors: Iterable[torch.Tensor]) -> collections.Counter[tuple[tuple[int, ...], str]]:
+    """How many tensors there are of each shape and dtype."""
+    return collections.Counter((tuple(t.shape), str(t.dtype)) for t in tensors)
+
+
 def _group_settings(group: dict[str, Any]) -> dict[str, Any]:
     """A parameter group's settings that JSON holds (numbers, flags, names, pairs of numbers
     such as Adam's betas), without its parameters; a tensor learning rate as its value."""
@@ -605,11 +611,16 @@ class TorchHook:
         self._lr_tags: list[str | None] = []  # per parameter group, None if not selected
         self._skipping_update = False
         self._carried = CarriedGradientWatch(self._note_carried_gradients)
-        self._probe_candidates = [
+        self._trainable = [
             (entry.name, entry.parameter)
             for entry in self._parameters
             if entry.parameter.requires_grad
         ]
+        # The parameters the zero_grad check may probe: those an optimizer holds, once known.
+        self._probe_candidates = self._trainable
+        self._optimizers_seen: set[int] = set()
+        self._held_by_optimizers: set[int] = set()
+        self._optimizer_settings: list[tuple[str, list[dict[str, Any]]]] = []
         self.track_updates = track_updates
         self.stats_every = stats_every
         self._weights = Reducer(updates=track_updates)
@@ -998,22 +1009,41 @@ class TorchHook:
 
     # -- recording ----------------------------------------------------------------------------
     def _note_optimizer(self, optimizer: Optimizer) -> None:
-        """Note the optimizer's type and its groups' settings (weight decay, momentum...), and
-        the trainable parameters that none of its groups holds (an optimizer built before the
-        model was replaced, a layer left out by mistake), which stay out of the zero_grad
-        check: that optimizer's zero_grad() never clears them. Read at the first update,
-        after any add_param_group since attach."""
-        held = {id(p) for group in optimizer.param_groups for p in group["params"]}
-        missing = [name for name, parameter in self._probe_candidates if id(parameter) not in held]
-        if missing:
-            self._probe_candidates = [c for c in self._probe_candidates if id(c[1]) in held]
-        settings = {
-            "type": type(optimizer).__name__,
-            "groups": [_group_settings(group) for group in optimizer.param_groups],
-        }
-        self.writer.set_metadata(
-            **{schema.META_NOT_IN_OPTIMIZER: missing, schema.META_OPTIMIZER: settings}
+        """Note each optimizer's type and its groups' settings (weight decay, momentum...), at
+        its first update, and the trainable parameters that none of the optimizers seen so
+        far holds (an optimizer built before the model was replaced, a layer left out by
+        mistake), which stay out of the zero_grad check: no zero_grad() of theirs clears them.
+
+        An optimizer that holds none of the model's parameters and tensors of other shapes
+        or dtypes keeps copies by design (fp32 master weights, flat shards): it says nothing
+        of which parameters are trained. One that holds tensors of the very shapes and dtypes
+        is an optimizer of another instance of the model."""
+        self._optimizers_seen.add(id(optimizer))
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        held = {id(p) for p in params}
+        trainable = self._trainable
+        holds_copies = not any(id(p) in held for _, p in trainable) and _shapes(params) != _shapes(
+            p for _, p in trainable
         )
+        if not holds_copies:
+            self._held_by_optimizers |= held
+            self._probe_candidates = [c for c in trainable if id(c[1]) in self._held_by_optimizers]
+        inner = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps the real one
+        self._optimizer_settings.append(
+            (type(inner).__name__, [_group_settings(group) for group in optimizer.param_groups])
+        )
+        names = list(dict.fromkeys(name for name, _ in self._optimizer_settings))
+        noted: dict[str, Any] = {
+            schema.META_OPTIMIZER: {
+                "type": ", ".join(names),
+                "groups": [g for _, groups in self._optimizer_settings for g in groups],
+            }
+        }
+        if self._held_by_optimizers or not holds_copies:
+            noted[schema.META_NOT_IN_OPTIMIZER] = [
+                name for name, p in trainable if id(p) not in self._held_by_optimizers
+            ]
+        self.writer.set_metadata(**noted)
 
     def _record_parameters(self, optimizer: Optimizer | None, scale: Any) -> None:
         step = self._step
@@ -1039,8 +1069,8 @@ class TorchHook:
             and not self._noted_eval_training
         ):
             self._note_eval_training(step)
-        if self._recorded_optimizer_step is None and optimizer is not None:
-            self._note_optimizer(optimizer)
+        if optimizer is not None and id(optimizer) not in self._optimizers_seen:
+            self._guard("noting the optimizer", lambda: self._note_optimizer(optimizer))
         if self._recorded_optimizer_step is None and step > 1:
             # The first update is not the run's: training resumed from a checkpoint (or the
             # caller set the step to continue a run), so the trace starts from a trained model.
@@ -1120,7 +1150,14 @@ class TorchHook:
         that compute differently in eval mode, its dropout was on and its batch norms used
         (and updated their running statistics with) the evaluation batches: say so once, in
         the log and in the run metadata. (Passes before the first update are left alone: a
-        data-dependent initialisation runs them so on purpose.)"""
+        data-dependent initialisation runs them so on purpose; so are passes while a batch
+        norm's momentum is None, as ``torch.optim.swa_utils.update_bn`` sets it to recompute
+        the running statistics.)"""
+        if any(
+            isinstance(module, nn.modules.batchnorm._BatchNorm) and module.momentum is None
+            for module in self.model.modules()
+        ):
+            return
         self._noted_train_mode_eval = True
         modules = _mode_dependent_modules(self.model)
         if not modules:

@@ -323,6 +323,23 @@ def test_evaluation_in_training_mode_is_noted_and_told(
     )
 
 
+def test_recomputing_batch_norm_statistics_is_no_evaluation(tmp_path: Path) -> None:
+    """swa_utils.update_bn runs the model in training mode under no_grad on purpose, with the
+    norms' momentum set to None: no note."""
+    from torch.optim.swa_utils import update_bn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(FEATURES, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 3))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    path = tmp_path / "run.h5"
+    with attach(model, optimizer, path) as hook:
+        for x, y in batches(3):
+            train_step(model, optimizer, hook, x, y)
+        update_bn([x for x, _ in batches(3)], model)
+    with open_trace(path) as trace:
+        assert "evaluated_in_train_mode" not in trace.metadata
+
+
 @pytest.mark.parametrize("start", [0, 1, 40])
 def test_a_run_continued_from_a_checkpoint_is_noted_as_resumed(
     tmp_path: Path, no_dbg_warnings: None, start: int
@@ -533,6 +550,34 @@ def test_hook_notes_parameters_the_optimizer_does_not_hold(tmp_path: Path) -> No
         assert noted["type"] == "SGD" and len(noted["groups"]) == 2
         assert all(g["lr"] == 0.1 and g["weight_decay"] == 0 for g in noted["groups"])
         assert all("params" not in g for g in noted["groups"])
+
+    # Two optimizers, each over half the model (a GAN's, or manual optimisation): together
+    # they hold everything. One that keeps float64 copies (master weights) says nothing.
+    model = make_net()
+    first = torch.optim.SGD(model[:2].parameters(), lr=0.1)
+    second = torch.optim.Adam(model[2:].parameters(), lr=1e-3)
+    copies = torch.optim.SGD([p.detach().double() for p in model.parameters()], lr=0.1)
+    split = tmp_path / "split.h5"
+    with attach(model, first, split) as hook:
+        for x, y in batches(2):
+            for optimizer in (first, second, copies):
+                optimizer.zero_grad()
+            loss_fn(model, x, y).backward()
+            first.step()
+            hook.record_optimizer_step(second)
+            second.step()
+            hook.record_optimizer_step(copies)
+    with open_trace(split) as trace:
+        assert trace.metadata["parameters_not_in_optimizer"] == []
+        assert trace.metadata["optimizer"]["type"] == "SGD, Adam"
+        assert len(trace.metadata["optimizer"]["groups"]) == 3
+    masters = tmp_path / "masters.h5"
+    with attach(model, copies, masters) as hook:
+        for x, y in batches(2):
+            train_step(model, copies, hook, x, y)
+    with open_trace(masters) as trace:
+        assert "parameters_not_in_optimizer" not in trace.metadata
+        assert trace.metadata["optimizer"]["type"] == "SGD"
 
 
 class TwoHeads(nn.Module):

@@ -1249,3 +1249,13 @@ def test_counts_a_single_output_predicts_are_quantities_not_classes(make_trace) 
     binary = [(c > 2).astype(np.float32) for c in counts]
     tensors["labels"]["values"] = binary
     assert run_rule(make_trace(tensors=tensors), "DBG601").status is not RuleStatus.skipped
+    # A segmentation's void pixels carry one ignore index, 255, beyond its 4 classes.
+    masks = [rng.integers(0, 4, size=(2, 8, 8)) for _ in range(20)]
+    for mask in masks:
+        mask[:, 0, :] = 255
+    logits = [rng.normal(size=(2, 4, 8, 8)).astype(np.float32) for _ in range(20)]
+    segmentation = {
+        "labels": {"values": masks, "collection": "labels"},
+        "predictions": {"values": logits, "collection": "predictions"},
+    }
+    assert run_rule(make_trace(tensors=segmentation), "DBG604").status is not RuleStatus.skipped

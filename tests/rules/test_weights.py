@@ -518,8 +518,9 @@ def test_weights_collapsed_when_a_layer_falls_below_a_hundredth_of_its_start(mak
         0,
         29,
     )
-    # 0.75 ** 16 = 0.01 is the first record under the bar; the finding starts where the
-    # decline did.
+    # It starts where the decline did and counts the records under the bar: 0.75 ** 17 is
+    # the first below 0.01, so steps 17-29.
+    assert finding.steps == 13
     assert finding.value == pytest.approx(0.75**29, rel=1e-3) and finding.threshold == 0.01
     assert finding.message.endswith("< 0.01) (a weight decay too strong?)")
     # Weight decay over a healthy run takes a fraction off, not orders of magnitude.
@@ -528,7 +529,7 @@ def test_weights_collapsed_when_a_layer_falls_below_a_hundredth_of_its_start(mak
 
 def test_weights_collapsed_names_the_optimizer_weight_decay(make_trace) -> None:
     for decay, ending in (
-        (0.5, ": the optimizer's weight decay 0.5 pulls them to zero"),
+        (0.5, ": the optimizer's weight decay is 0.5 (too strong?)"),
         (0.0, " without weight decay (a penalty in the loss, or weights rescaled in place?)"),
     ):
         path = make_trace(
