@@ -599,13 +599,15 @@ def trained_at_start(ctx: RuleContext) -> StartingAccuracy | None:
     """The first training predictions, when they show a model trained before the trace began.
 
     At the step of the first finite training loss, the labels and predictions recorded there
-    (full tensors, train mode) are paired sample by sample. An untrained model's predictions
-    do not depend on the labels, so its expected accuracy is at most the share of the most
-    frequent label; predictions right more often than that even at the lower end of a 99.9 %
-    Wilson interval come from a model that already learned the task: a fine-tune of a trained
-    classifier, a hook attached after some training. None otherwise, also without such
-    records, for multi-label targets and for labels that are no classes, and for a boosted
-    ensemble (tensors of role ``trees``), whose first record is taken after its first tree."""
+    (full tensors, train mode) are paired sample by sample. A model whose predictions do not
+    depend on its inputs is right at most as often as the most frequent label's share; the
+    first predictions beat that at the lower end of a 99.9 % Wilson interval when the model
+    already learned the task (a fine-tune of a trained classifier, a hook attached after
+    some training), but also, now and then, when a random model's outputs happen to follow
+    inputs that tell the classes apart: :func:`dbgcli.rules._known.initial_loss` asks for a
+    low first loss as well. None otherwise, also without such records, for multi-label
+    targets and for labels that are no classes, and for a boosted ensemble (tensors of role
+    ``trees``), whose first record is taken after its first tree."""
     loss = ctx.loss("train")
     if loss is None or unclassed_labels(ctx) is not None or ctx.tensors(collection="trees"):
         return None
@@ -1513,8 +1515,7 @@ def classifier_confusion(
     of rare classes is not reported on a few samples. Records of several passes over one
     evaluation set hold its samples again: the intervals count as many samples as the
     largest evaluation holds (the rates are those of all the counted records). A predicted
-    class that no label holds
-    has no rate of its own and is left to the bars below.
+    class that no label holds has no rate of its own and is left to the bars below.
 
     **SageMaker Debugger's bars** (keys ``diagonal`` and ``off-diagonal``, info findings).
     SageMaker reports every predicted class right less than ``min_diag`` (90 %) of the time;
@@ -1554,8 +1555,9 @@ def classifier_confusion(
     ``raw_every`` steps. The next mode in that order is judged instead, and when every mode is
     so early the stream gets an info finding (key ``too-early``): judging an untrained model
     would report every run. A mode whose second-half records hold fewer than ``samples``
-    labels gives way to the next that holds them. The counted records must hold at least ``samples`` labelled
-    predictions (DBG601's default, SageMaker Debugger's ClassImbalance wait): when the tail
+    labels gives way to the next that holds them. The counted records must hold at least
+    ``samples`` labelled predictions (DBG601's default, SageMaker Debugger's ClassImbalance
+    wait): when the tail
     holds fewer, it is widened to the latest records of the run's second half that do, and with
     fewer in all of them the stream gets an info finding (key ``too-few-samples``; SageMaker's
     Confusion has no such floor, and reported a class predicted twice, once wrongly, as 50 %

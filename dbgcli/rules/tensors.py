@@ -654,11 +654,11 @@ def unchanged_tensor(
     purpose as long as the loss does come down.) Otherwise (key ``unchanged``, warning) it is
     the classic bug, and the message says whether its gradient is recorded non-zero (it has a
     gradient but no update: not in the optimizer) or zero (no gradient reaches it: a detach or a
-    dead layer); when the recorder lists it among the parameters that none of the
-    optimizer's groups holds (metadata ``parameters_not_in_optimizer``, which the PyTorch
-    hook writes at the first update), the message says so as a fact. Records at which the
-    recorded learning rate is 0 or below 1e-4 of its peak (a warmup's first steps, a decay's
-    last) are not judged: no update is asked for.
+    dead layer); when the recorder lists it among the parameters that no optimizer's groups
+    hold (metadata ``parameters_not_in_optimizer``, which the PyTorch hook writes at each
+    optimizer's first update), the message says so as a fact. Records at which the recorded
+    learning rate is 0 or below 1e-4 of its peak (a warmup's first steps, a decay's last)
+    are not judged: no update is asked for.
 
     **Too small to show.** A parameter that the optimizer holds, with a gradient that is not
     zero, can still stand still: an update below the spacing of floating-point numbers
