@@ -102,6 +102,7 @@ def test_healthy_runs_that_once_drew_false_alarms_pass(key: str, tmp_path: Path)
         ("torch-mlp/trained-in-eval-mode", "DBG802"),
         ("torch-mlp/evaluated-in-train-mode", "DBG803"),
         ("torch-mlp/weight-decay-too-strong", "DBG504"),
+        ("torch-mlp/softmax-twice", "DBG307"),
         ("torch-mlp/zero-grad-forgotten", "DBG103"),
     ],
 )
@@ -112,8 +113,9 @@ def test_faults_that_once_went_unnamed_lead_with_their_cause(
     labels shuffled apart from skewed classes left the loss at their entropy, below ln C, and
     batches sorted by class were told only by the loss they make oscillate, a model that
     trained in eval mode was called healthy, as was one evaluated with its dropout on, a
-    loop without zero_grad() was "learning rate too high", and a weight decay that collapsed
-    the layers was "underfitting": each run now leads with its cause."""
+    loop without zero_grad() was "learning rate too high", a weight decay that collapsed the
+    layers was "underfitting", and a softmax applied twice was mostly called healthy: each
+    run now leads with its cause."""
     spec = train(key, tmp_path)
     for path in (spec.hook_path, spec.hand_path):
         trace = report(path)

@@ -333,8 +333,9 @@ def mlp(
     *,
     dropout: float = 0.0,
     outputs: int = CLASSES,
+    softmax: bool = False,
 ) -> Callable[[], nn.Module]:
-    """``fc1, act1, [drop1,] fc2, act2, ..., out`` with the given hidden widths."""
+    """``fc1, act1, [drop1,] fc2, act2, ..., out[, softmax]`` with the given hidden widths."""
 
     def build() -> nn.Module:
         layers: list[tuple[str, nn.Module]] = []
@@ -345,6 +346,8 @@ def mlp(
                 layers.append((f"drop{index}", nn.Dropout(dropout)))
             fan_in = width
         layers.append(("out", nn.Linear(fan_in, outputs)))
+        if softmax:
+            layers.append(("softmax", nn.Softmax(dim=1)))
         model = nn.Sequential(OrderedDict(layers))
         init(model)
         return model
@@ -1760,6 +1763,24 @@ def mlp_trained_in_eval_mode(spec: RunSpec) -> None:
         recipe,
         Check("training steps in train mode", lambda m: float(sum(m.train_mode)), high=0.0),
         Check("final eval accuracy", Measured.final_eval_accuracy, low=0.85),
+    )
+
+
+@scenario(
+    MLP,
+    "softmax-twice",
+    cause="DBG307",
+    twin="healthy-data",
+    description="""
+healthy-data whose model ends in nn.Softmax while the loss is still F.cross_entropy, which
+applies log_softmax itself: the loss cannot fall below ln(1 + 3/e) = 0.74 and the model
+learns slowly.""",
+)
+def mlp_softmax_twice(spec: RunSpec) -> None:
+    run(
+        spec,
+        replace(HEALTHY_DATA, model=mlp(softmax=True)),
+        Check("final train loss", Measured.final_loss, low=math.log(1 + 3 / math.e)),
     )
 
 

@@ -150,6 +150,11 @@ def _beyond_predictions(labels: TensorView, predictions: TensorView | None) -> s
     )
 
 
+def scored_labels(ctx: RuleContext) -> list[tuple[TensorView, TensorView]]:
+    """Every labels tag with full tensors that has a predictions tag, with it."""
+    return [(labels, p) for labels, p in _labelled(ctx) if p is not None]
+
+
 def _labelled(ctx: RuleContext) -> list[tuple[TensorView, TensorView | None]]:
     """Every labels tag with full tensors, with its predictions tag (or None)."""
     predictions = _with_full_tensors(_tagged(ctx, "predictions"))

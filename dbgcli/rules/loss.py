@@ -28,7 +28,7 @@ from dbgcli.rules._known import (
     resumed_without_start,
 )
 from dbgcli.rules._registry import Need, rule
-from dbgcli.rules.data import label_entropy, plan_class_ids
+from dbgcli.rules.data import LABELS, PREDICTIONS, label_entropy, plan_class_ids, scored_labels
 from dbgcli.trace import roles, schema
 from dbgcli.trace.reader import Series
 
@@ -1191,3 +1191,149 @@ def non_finite_loss(ctx: RuleContext) -> Iterator[Finding]:
                     key="nonfinite",
                     extra={"nan": nan, "inf": inf},
                 )
+
+
+# -- DBG307 softmax-twice -------------------------------------------------------------------------
+
+# Relative difference within which the recorded loss is the cross-entropy computed here: the
+# mean over a batch in float32 differs from float64 by about 1e-7.
+_SAME_LOSS = 1e-3
+# Relative difference from which two cross-entropies tell the probabilities apart from logits.
+_TOLD_APART = 0.05
+
+
+@rule(
+    "DBG307",
+    "softmax-twice",
+    severity="error",
+    category="loss",
+    requires=(TRAIN_LOSS, LABELS, PREDICTIONS),
+    label="softmax applied twice",
+    # The loss cannot fall below its floor and its gradients are squeezed by the second
+    # softmax: the loss stalls, high, and the gradients shrink.
+    explains=(
+        "DBG101",
+        "DBG301:not-decreasing",
+        "DBG303",
+        "DBG305",
+        "DBG601:mispredicted",
+        "DBG604",
+    ),
+)
+def softmax_twice(ctx: RuleContext, *, records: int = 20) -> Iterator[Finding]:
+    """The loss takes the model's probabilities for logits: softmax is applied twice.
+
+    A model that ends in ``nn.Softmax`` (or returns ``softmax(logits)``) fed to
+    ``nn.CrossEntropyLoss`` / ``F.cross_entropy``, which apply ``log_softmax`` themselves, is
+    trained on ``-log softmax(p)[y]`` with ``p`` already probabilities: the loss cannot fall
+    below ``ln(1 + (C - 1) / e)`` (0.74 for four classes, 1.46 for ten), and the gradient
+    passes through two softmax Jacobians.
+
+    Checked on up to ``records`` training steps, spread over the run, that hold a training
+    loss and full tensors of labels ``(N,)`` and predictions ``(N, C)`` whose every row is a
+    probability vector (values in ``[0, 1]`` summing to 1 within 1e-3). At each, the mean
+    cross-entropy of the predictions read as logits, ``logsumexp(p) - p[y]``, and read as
+    probabilities, ``-log p[y]``, are computed (negative labels, ignore markers, left out);
+    a step counts where the two differ by more than 5 % (an untrained model's nearly uniform
+    probabilities give both alike) and the recorded loss is the first within 0.1 % and not the
+    second. At least three such steps, and at least half of those where the two differ, make
+    the finding, dated from the first training loss (the loss is the code's). Recording the probabilities while the loss takes the logits gives the
+    second, and no finding; so do losses with other terms or label smoothing, which match
+    neither.
+
+    Why it matters: the loss and its gradients are not those of the classifier meant; it
+    learns slowly, stalls at a loss floor far above zero, and looks like an optimisation
+    problem.
+
+    Typical causes: ``nn.Softmax`` as the model's last layer (copied from an inference
+    model) with ``nn.CrossEntropyLoss``; ``softmax`` in ``forward`` for the predictions.
+
+    Fix: give ``CrossEntropyLoss`` the logits (drop the final softmax, apply it only for
+    predictions), or take ``nn.NLLLoss`` of ``log_softmax`` outputs.
+
+    Args:
+        records: Most steps read and compared.
+    """
+    if records < 1:
+        raise RuleConfigError(f"DBG307 records must be at least 1, got {records}")
+    series = ctx.loss("train")
+    if series is None:
+        return
+    loss_steps, loss_values = _finite(series)
+    losses = dict(zip(loss_steps.tolist(), loss_values.tolist()))
+    train = schema.MODE_CODES["train"]
+    for labels, predictions in scored_labels(ctx):
+        shape = predictions.info.shape
+        if shape is None or len(shape) != 2 or shape[1] < 2:
+            continue
+        both = np.intersect1d(
+            labels.steps[labels.modes == train], predictions.steps[predictions.modes == train]
+        )
+        steps = [int(step) for step in both if int(step) in losses]
+        if len(steps) > records:
+            steps = [steps[i] for i in np.linspace(0, len(steps) - 1, records).round().astype(int)]
+        told, hits = 0, []
+        for step in steps:
+            pair = _cross_entropies(ctx, labels.tag, predictions.tag, step)
+            if pair is None:
+                break  # not probabilities (or not a class batch): logits, as they should be
+            as_logits, as_probabilities = pair
+            if abs(as_logits - as_probabilities) <= _TOLD_APART * as_logits:
+                continue
+            told += 1
+            loss = losses[step]
+            if abs(loss - as_logits) <= _SAME_LOSS * abs(loss) and (
+                abs(loss - as_probabilities) > _TOLD_APART * abs(loss)
+            ):
+                hits.append((step, loss, as_probabilities))
+        if len(hits) < 3 or 2 * len(hits) < told:
+            continue
+        step, loss, own = hits[-1]
+        yield Finding(
+            message=(
+                f"the training loss is the cross-entropy of the predictions read as logits, but "
+                f"they are probabilities (softmax applied twice: a model ending in Softmax fed "
+                f"to CrossEntropyLoss?): at step {step} the loss is {loss:.4g}, the "
+                f"probabilities' own cross-entropy {own:.4g}; {len(hits)} of {told} steps "
+                "compared"
+            ),
+            tensor=predictions.tag,
+            # The loss is the code's, wrong from the first step whatever steps show it.
+            first_step=int(loss_steps[0]),
+            last_step=hits[-1][0],
+            steps=len(hits),
+            value=float(len(hits)),
+            threshold=3.0,
+            mode="train",
+            key="twice",
+            extra={"labels": labels.tag, "steps_compared": told},
+        )
+
+
+def _cross_entropies(
+    ctx: RuleContext, labels: str, predictions: str, step: int
+) -> tuple[float, float] | None:
+    """Mean cross-entropy of one training step's predictions read as logits and read as
+    probabilities, over its labelled samples; None unless every row is a probability vector
+    and the labels are one class id per row."""
+    scores = ctx.trace.raw(predictions, step, "train")
+    truth = ctx.trace.raw(labels, step, "train")
+    if scores is None or truth is None or truth.ndim != 1 or scores.shape[0] != truth.shape[0]:
+        return None
+    p = scores.astype(np.float64)
+    if not (np.isfinite(p).all() and (p >= 0).all() and (p <= 1).all()):
+        return None
+    if not np.allclose(p.sum(axis=1), 1.0, atol=1e-3):
+        return None
+    if truth.dtype.kind == "f" and not (truth == np.round(truth)).all():
+        return None
+    ids = truth.astype(np.int64)
+    keep = (ids >= 0) & (ids < p.shape[1])
+    if not keep.any():
+        return None
+    p, ids = p[keep], ids[keep]
+    chosen = p[np.arange(len(ids)), ids]
+    top = p.max(axis=1)
+    as_logits = float(np.mean(top + np.log(np.exp(p - top[:, None]).sum(axis=1)) - chosen))
+    as_probabilities = float(np.mean(-np.log(np.maximum(chosen, 1e-300))))
+    return as_logits, as_probabilities

@@ -697,10 +697,12 @@ def test_loss_rules_quiet_on_a_healthy_run(make_trace, seed: int) -> None:
         "DBG304",
         "DBG305",
         "DBG306",
+        "DBG307",
     ]
-    assert all(r.status is RuleStatus.passed for r in report.results), [
-        (r.id, r.findings) for r in report.results
-    ]
+    # DBG307 compares the loss with the recorded predictions, which this trace has none of.
+    judged = [r for r in report.results if r.id != "DBG307"]
+    assert all(r.status is RuleStatus.passed for r in judged), [(r.id, r.findings) for r in judged]
+    assert report.results[-1].status is RuleStatus.skipped
 
 
 # Runs resumed from a checkpoint (run metadata resumed_from_step)
@@ -859,3 +861,49 @@ def test_a_fine_tune_of_a_trained_classifier_is_judged_against_chance(tmp_path: 
     with open_trace(fresh) as trace:
         scale = initial_loss(RuleContext(trace))
         assert scale is not None and scale.name.startswith("the initial loss")
+
+
+def softmax_run(path: Path, *, model_softmax: bool) -> Path:
+    """A 4-class MLP trained with F.cross_entropy for 120 steps, labels and predictions of
+    every 10th batch recorded. ``model_softmax``: the model ends in nn.Softmax (the loss then
+    applies its log_softmax to probabilities); otherwise the model returns logits and the
+    recorded predictions are their softmax."""
+    torch = pytest.importorskip("torch")
+    from dbgcli.torch import attach
+
+    torch.manual_seed(0)
+    layers = [torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4)]
+    model = torch.nn.Sequential(*layers, *([torch.nn.Softmax(dim=1)] if model_softmax else []))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    x = torch.randn(1024, 8)
+    y = (x[:, 0] > 0).long() + 2 * (x[:, 1] > 0).long()
+    with attach(model, optimizer, path) as hook:
+        for step in range(120):
+            batch = slice(64 * (step % 16), 64 * (step % 16 + 1))
+            optimizer.zero_grad()
+            output = model(x[batch])
+            loss = torch.nn.functional.cross_entropy(output, y[batch])
+            hook.record_loss(loss)
+            if step % 10 == 0:
+                scores = output if model_softmax else output.softmax(dim=1)
+                hook.record(labels=y[batch], predictions=scores.detach(), raw=True)
+            loss.backward()
+            optimizer.step()
+    return path
+
+
+def test_softmax_applied_twice_is_told_from_probabilities_recorded_beside_logits(
+    tmp_path: Path,
+) -> None:
+    """A model ending in Softmax fed to cross_entropy: the recorded loss is the cross-entropy
+    of its probabilities read as logits, an error from the first step. Recording softmax
+    outputs while the loss takes the logits is fine."""
+    twice = run_rule(softmax_run(tmp_path / "twice.h5", model_softmax=True), "DBG307")
+    (finding,) = twice.findings
+    assert (finding.key, finding.severity, finding.first_step) == ("twice", Severity.error, 0)
+    assert finding.message.startswith(
+        "the training loss is the cross-entropy of the predictions read as logits, but they "
+        "are probabilities (softmax applied twice"
+    )
+    once = run_rule(softmax_run(tmp_path / "once.h5", model_softmax=False), "DBG307")
+    assert once.status is RuleStatus.passed
