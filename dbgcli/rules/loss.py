@@ -1267,7 +1267,7 @@ def softmax_twice(ctx: RuleContext, *, records: int = 20) -> Iterator[Finding]:
         if shape is None or len(shape) != 2 or shape[1] < 2:
             continue
         both = np.intersect1d(
-            labels.steps[labels.modes == train], predictions.steps[predictions.modes == train]
+            _kept_steps(ctx, labels.tag, train), _kept_steps(ctx, predictions.tag, train)
         )
         steps = [int(step) for step in both if int(step) in losses]
         if len(steps) > records:
@@ -1308,6 +1308,14 @@ def softmax_twice(ctx: RuleContext, *, records: int = 20) -> Iterator[Finding]:
             key="twice",
             extra={"labels": labels.tag, "steps_compared": told},
         )
+
+
+def _kept_steps(ctx: RuleContext, tag: str, mode: int) -> np.ndarray:
+    """Steps of ``tag``'s records of ``mode`` whose full tensor is stored."""
+    steps, modes = ctx.trace.index(tag)
+    kept = ctx.trace.raw_records(tag)
+    chosen: np.ndarray = steps[kept][modes[kept] == mode]
+    return chosen
 
 
 def _cross_entropies(

@@ -863,11 +863,14 @@ def test_a_fine_tune_of_a_trained_classifier_is_judged_against_chance(tmp_path: 
         assert scale is not None and scale.name.startswith("the initial loss")
 
 
-def softmax_run(path: Path, *, model_softmax: bool) -> Path:
-    """A 4-class MLP trained with F.cross_entropy for 120 steps, labels and predictions of
-    every 10th batch recorded. ``model_softmax``: the model ends in nn.Softmax (the loss then
-    applies its log_softmax to probabilities); otherwise the model returns logits and the
-    recorded predictions are their softmax."""
+def softmax_run(
+    path: Path, *, model_softmax: bool, steps: int = 120, raw: bool | None = True
+) -> Path:
+    """A 4-class MLP trained with F.cross_entropy, labels and predictions of every 10th batch
+    recorded (``raw=None``: full tensors at the hook's default, every 100th step only).
+    ``model_softmax``: the model ends in nn.Softmax (the loss then applies its log_softmax
+    to probabilities); otherwise the model returns logits and the recorded predictions are
+    their softmax."""
     torch = pytest.importorskip("torch")
     from dbgcli.torch import attach
 
@@ -878,7 +881,7 @@ def softmax_run(path: Path, *, model_softmax: bool) -> Path:
     x = torch.randn(1024, 8)
     y = (x[:, 0] > 0).long() + 2 * (x[:, 1] > 0).long()
     with attach(model, optimizer, path) as hook:
-        for step in range(120):
+        for step in range(steps):
             batch = slice(64 * (step % 16), 64 * (step % 16 + 1))
             optimizer.zero_grad()
             output = model(x[batch])
@@ -886,7 +889,7 @@ def softmax_run(path: Path, *, model_softmax: bool) -> Path:
             hook.record_loss(loss)
             if step % 10 == 0:
                 scores = output if model_softmax else output.softmax(dim=1)
-                hook.record(labels=y[batch], predictions=scores.detach(), raw=True)
+                hook.record(labels=y[batch], predictions=scores.detach(), raw=raw)
             loss.backward()
             optimizer.step()
     return path
@@ -907,3 +910,7 @@ def test_softmax_applied_twice_is_told_from_probabilities_recorded_beside_logits
     )
     once = run_rule(softmax_run(tmp_path / "once.h5", model_softmax=False), "DBG307")
     assert once.status is RuleStatus.passed
+    # At the hook's default only every 100th step keeps full tensors; those are compared.
+    sparse = softmax_run(tmp_path / "sparse.h5", model_softmax=True, steps=320, raw=None)
+    (finding,) = run_rule(sparse, "DBG307").findings
+    assert finding.steps == 3 and finding.last_step == 300
