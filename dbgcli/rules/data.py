@@ -1140,7 +1140,8 @@ def input_not_normalized(
     (``transforms.Normalize``, ``StandardScaler``), or add a normalisation layer at the input.
 
     Args:
-        threshold_mean: Largest acceptable absolute mean of a channel.
+        threshold_mean: Largest acceptable absolute mean of a channel (times its std where
+            that is above 1); a finding's threshold is the bar its worst channel was held to.
         max_std_ratio: Largest acceptable factor between a channel's std and 1 (either way).
         samples: Samples needed before judging.
     """
@@ -1319,7 +1320,7 @@ def _normalisation(
                 f"{scaled}): {listed}; {seen}"
             ),
             value=float(abs(moments.mean[order[0]])),
-            threshold=threshold_mean,
+            threshold=float(bar[order[0]]),
             key="mean",
             extra={"means": {int(i): float(moments.mean[i]) for i in order[:100]}},
             **where,

@@ -403,6 +403,8 @@ def test_input_not_normalized_judges_a_wide_feature_centred_by_its_own_spread(ma
     (mean,) = keyed(result, "mean")
     assert list(mean.extra["means"]) == [3]
     assert "1 of 4 features off-centre (|mean| > 0.2 x its std where above 1)" in mean.message
+    # The bar the worst feature was held to: 0.2 x its std of 5.
+    assert mean.threshold == pytest.approx(1.0, rel=0.05)
     (scale,) = keyed(result, "std")
     assert set(scale.extra["stds"]) == {1, 3}
 
