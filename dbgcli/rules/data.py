@@ -29,7 +29,6 @@ and the class rules (DBG601, DBG604, DBG605) skip them.
 from __future__ import annotations
 
 import math
-import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -620,34 +619,20 @@ def trained_at_start(ctx: RuleContext) -> StartingAccuracy | None:
     if not finite.size:
         return None
     step = int(finite.min())
-    # Several loss rules ask, each with its own context: read the records once per trace.
-    known = _STARTS.setdefault(ctx.trace, {})
-    if step not in known:
-        known[step] = _starting_accuracy(ctx, step)
-    return known[step]
-
-
-_STARTS: weakref.WeakKeyDictionary[Trace, dict[int, StartingAccuracy | None]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _starting_accuracy(ctx: RuleContext, step: int) -> StartingAccuracy | None:
-    for labels, predictions in _labelled(ctx):
-        if predictions is None:
+    for labels, predictions in scored_labels(ctx):
+        # The class rules derive these ids too: the trace computes them once for all.
+        label_ids = labels.derive(ClassIds())
+        if label_ids.multi_hot:
             continue
-        truth = ctx.trace.raw(labels.tag, step, "train")
-        scores = ctx.trace.raw(predictions.tag, step, "train")
-        if truth is None or scores is None or _multi_hot(truth[None]):
+        predicted_ids = predictions.derive(_prediction_ids(predictions, labels))
+        truth = _train_record_ids(ctx, labels.tag, label_ids, step)
+        predicted = _train_record_ids(ctx, predictions.tag, predicted_ids, step)
+        if truth is None or predicted is None or truth.shape != predicted.shape:
             continue
-        label_ids = class_ids(truth[None])[0][0]
-        predicted = class_ids(scores[None], class_axis(predictions.info, labels.info))[0][0]
-        if label_ids.shape != predicted.shape:
-            continue
-        paired = (label_ids >= 0) & (predicted >= 0)
+        paired = (truth >= 0) & (predicted >= 0)
         if not paired.any():
             continue
-        truth_ids = label_ids[paired]
+        truth_ids = truth[paired]
         right = int((predicted[paired] == truth_ids).sum())
         samples = int(truth_ids.size)
         constant = float(np.unique(truth_ids, return_counts=True)[1].max()) / samples
@@ -655,6 +640,16 @@ def _starting_accuracy(ctx: RuleContext, step: int) -> StartingAccuracy | None:
         if lower > constant:
             return StartingAccuracy(step, right, samples, constant)
     return None
+
+
+def _train_record_ids(
+    ctx: RuleContext, tag: str, found: ClassIdRecords, step: int
+) -> np.ndarray | None:
+    """The class ids of ``tag``'s first training record at ``step`` (None if its full tensor
+    was not kept)."""
+    steps, modes = ctx.trace.index(tag)
+    at = np.flatnonzero((steps == step) & (modes == schema.MODE_CODES["train"]))
+    return found.ids.get(int(at[0])) if at.size else None
 
 
 #: Labels needed before their class frequencies are trusted (the data rules' ``samples``).

@@ -28,7 +28,14 @@ from dbgcli.rules._known import (
     resumed_without_start,
 )
 from dbgcli.rules._registry import Need, rule
-from dbgcli.rules.data import LABELS, PREDICTIONS, label_entropy, plan_class_ids, scored_labels
+from dbgcli.rules.data import (
+    LABELS,
+    PREDICTIONS,
+    class_ids,
+    label_entropy,
+    plan_class_ids,
+    scored_labels,
+)
 from dbgcli.trace import roles, schema
 from dbgcli.trace.reader import Series
 
@@ -1333,9 +1340,10 @@ def _cross_entropies(
         return None
     if not np.allclose(p.sum(axis=1), 1.0, atol=1e-3):
         return None
-    if truth.dtype.kind == "f" and not (truth == np.round(truth)).all():
-        return None
-    ids = truth.astype(np.int64)
+    found, width = class_ids(truth[None])
+    if width is not None:
+        return None  # scores or quantities, not one class id per sample
+    ids = found[0]
     keep = (ids >= 0) & (ids < p.shape[1])
     if not keep.any():
         return None

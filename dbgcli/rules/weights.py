@@ -980,10 +980,10 @@ def weights_collapsed(ctx: RuleContext, *, min_fraction: float = 0.01) -> Iterat
     through it (He, Glorot); a layer at a hundredth of it passes a hundredth of the signal
     forward and of the gradient back, and a stack of them passes nothing. Healthy runs of the
     calibration corpus shrink to 0.63 of their start at the most (GPT-2's position table
-    under weight decay); the fault shrinks by many orders of magnitude. One finding per
-    tensor, from the record the decline started at (the largest scale before the first
-    violating record) to the last violating one, counting the violating records; the value is
-    the smallest fraction reached.
+    under weight decay, docs/benchmarks.md); the fault shrinks by many orders of magnitude.
+    One finding per tensor, from the record the decline started at (the largest scale
+    before the first violating record) to the last violating one, counting the violating
+    records; the value is the smallest fraction reached.
 
     The message gives the optimizer's weight decay when the PyTorch hook noted it (run
     metadata ``optimizer``, the largest over its parameter groups) and asks whether it is

@@ -283,6 +283,10 @@ class _HeldActivation:
     raw: torch.Tensor | None  # a copy made then, on ``raw_every`` steps
 
 
+# Where a device tensor added to a transfer will be once the transfer is on the host.
+_InTransfer = tuple[Transfer, torch.device, int]
+
+
 @dataclass(slots=True)
 class _Loss:
     """The losses of one step and mode, summed (on the device for a device tensor: no sync per
@@ -292,15 +296,11 @@ class _Loss:
     step: int
     mode: str
     # A float or a detached tensor; once queued, where the transfer will hold a device tensor.
-    total: float | torch.Tensor | tuple[Transfer, torch.device, int]
+    total: float | torch.Tensor | _InTransfer
     count: int
 
     def write(self, writer: TraceWriter, live: LiveRules | None) -> None:
-        total = self.total
-        if isinstance(total, tuple):
-            transfer, device, offset = total
-            total = transfer.values(device)[offset]
-        mean = float(total) / self.count
+        mean = float(_on_host(self.total)) / self.count
         writer.add_scalar("loss", mean, self.step, mode=self.mode)
         if live is not None and self.mode == "train":
             stop_if(writer, live.loss(mean, self.step))
@@ -330,18 +330,29 @@ class _CarriedVerdict:
     reaches the host with the next transfer."""
 
     step: int
-    carried: torch.Tensor | tuple[Transfer, torch.device, int]
+    carried: torch.Tensor | _InTransfer
     watch: CarriedGradientWatch
 
     def write(self, writer: TraceWriter, live: LiveRules | None) -> None:
-        carried = self.carried
-        if isinstance(carried, tuple):
-            transfer, device, offset = carried
-            carried = transfer.values(device)[offset]
-        self.watch.confirm(self.step, bool(carried))
+        self.watch.confirm(self.step, bool(_on_host(self.carried)))
 
 
 _Queued = _QueuedTensors | _Loss | _QueuedScalar | _CarriedVerdict
+
+
+def _deferred(transfer: Transfer, tensor: torch.Tensor) -> torch.Tensor | _InTransfer:
+    """A tensor in host memory as it is; one on a device added to ``transfer``, so that
+    reading it waits for the transfer rather than for the device (see :func:`_on_host`)."""
+    return tensor if tensor.is_cpu else (transfer, *transfer.add(tensor))
+
+
+def _on_host(value: Any) -> Any:
+    """A value queued by :func:`_deferred`, read once its transfer is on the host."""
+    if isinstance(value, tuple):
+        transfer, device, offset = value
+        return transfer.values(device)[offset]
+    return value
+
 
 _NUMPY_DTYPES: dict[torch.dtype, np.dtype] = {}
 
@@ -1180,10 +1191,8 @@ class TorchHook:
         if verdict is None:
             return
         step, carried = verdict
-        where: torch.Tensor | tuple[Transfer, torch.device, int] = carried
-        if not carried.is_cpu:
-            where = (self._transfer, *self._transfer.add(carried.double().reshape(1)))
-        self._queue.append(_CarriedVerdict(step, where, self._carried))
+        deferred = _deferred(self._transfer, carried.double().reshape(1))
+        self._queue.append(_CarriedVerdict(step, deferred, self._carried))
 
     def _note_carried_gradients(self, step: int, parameter: str) -> None:
         """The gradients were not zeroed between optimizer steps (see
@@ -1451,9 +1460,8 @@ class TorchHook:
         for mode, pending in list(self._pending_loss.items()):
             if which(mode, pending):
                 del self._pending_loss[mode]
-                total = pending.total
-                if isinstance(total, torch.Tensor) and not total.is_cpu:
-                    pending.total = (self._transfer, *self._transfer.add(total))
+                if isinstance(pending.total, torch.Tensor):
+                    pending.total = _deferred(self._transfer, pending.total)
                 self._queue.append(pending)
 
     def _write_everything(self) -> None:
