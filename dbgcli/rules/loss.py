@@ -1031,6 +1031,7 @@ def oscillating_loss(
     floor: float = 0.1,
     ratio: float = 0.2,
     window: int = 10,
+    noise: float = 3.0,
 ) -> Iterator[Finding]:
     """The loss swings up and down by large amounts instead of converging.
 
@@ -1051,10 +1052,16 @@ def oscillating_loss(
       of the block means of the window, but no less than ``floor`` times ``|L0|``, the
       untrained model's loss (the first finite loss; ``ln C`` for a run that starts from a
       trained classifier, see DBG303). With ``swing = 1`` the smoothed loss doubles or halves
-      from one turn to the
-      next. Measured against the level, not against ``L0``, so that a run that oscillates
-      once it has learned (between 0.1 and 0.4 after starting at 2.3) is found; the floor
-      keeps a converged run, whose level is near 0, from turning its noise into swings;
+      from one turn to the next. Measured against the level, not against ``L0``, so that a
+      run that oscillates once it has learned (between 0.1 and 0.4 after starting at 2.3) is
+      found; the floor keeps a converged run, whose level is near 0, from turning its noise
+      into swings. A loss that goes negative (a Poisson or Gaussian negative log-likelihood
+      without its constant terms) has no known bottom: its level and ``L0`` are measured
+      from the lowest block mean of the run instead of from 0. A swing must also exceed
+      ``noise`` standard errors of the difference of two block means (from the median
+      standard deviation of the records within a block over the window): a loss whose single
+      batches scatter widely (counts, heavy-tailed targets) moves its block means that much
+      by chance alone;
     * a window of ``window`` consecutive blocks **oscillates** if it holds at least
       ``ratio × window`` pairs of large turns (a maximum and the minimum after it:
       AutoTrainer's η = 0.2 counts such pairs against the length of the curve), so at least
@@ -1086,6 +1093,8 @@ def oscillating_loss(
         floor: Smallest loss level, as a fraction of the initial loss.
         ratio: Pairs of large turns a window must hold, per block.
         window: Blocks per window.
+        noise: Smallest move between two turns that counts, in standard errors of the
+            difference of two block means.
     """
     _positive("DBG305", block=block, swing=swing, ratio=ratio, window=window)
     series = ctx.loss(mode)
@@ -1095,15 +1104,25 @@ def oscillating_loss(
     blocks = len(values) // block
     if blocks < max(window, 3) or values[0] == 0:
         return
-    means = values[: blocks * block].reshape(blocks, block).mean(axis=1)
+    blocked = values[: blocks * block].reshape(blocks, block)
+    means = blocked.mean(axis=1)
     starts = steps[: blocks * block : block]
     windows = np.lib.stride_tricks.sliding_window_view(means, window)
     initial = initial_loss(ctx, mode)
     start = float(values[0]) if initial is None else initial.value
-    level = np.fmax(np.median(windows, axis=1), floor * abs(start))
-    # The level of each block: that of the last window holding it.
-    per_block = np.concatenate((np.full(window - 1, level[0]), level))
-    large = _large_turns(means, swing * per_block)
+    # A loss that goes negative (a Poisson or Gaussian NLL without its constant terms) has no
+    # zero to measure its level from: the lowest the run reached stands in for it.
+    bottom = min(float(means.min()), 0.0)
+    level = np.fmax(np.median(windows, axis=1) - bottom, floor * (start - bottom))
+    # The standard error of the difference of two block means, from the window's typical
+    # scatter of the records within a block.
+    scatter = np.median(
+        np.lib.stride_tricks.sliding_window_view(blocked.std(axis=1, ddof=1), window), axis=1
+    )
+    bar = np.fmax(swing * level, noise * scatter * np.sqrt(2 / block))
+    # The bar of each block: that of the last window holding it.
+    per_block = np.concatenate((np.full(window - 1, bar[0]), bar))
+    large = _large_turns(means, per_block)
     counts = np.convolve(large.astype(np.int64), np.ones(window, dtype=np.int64), mode="valid")
     # AutoTrainer counts pairs (a maximum and the minimum after it): two turns each.
     oscillating_end = np.flatnonzero(counts >= 2 * ratio * window) + window - 1
@@ -1120,9 +1139,10 @@ def oscillating_loss(
         worst = float(share[episode.first : episode.last + 1].max())
         yield Finding(
             message=(
-                f"{mode} loss (means of {block} records) reverses by at least {swing:g}x its "
-                f"level of about {float(np.median(per_block[turns])):.3g} at {worst:.0%} of "
-                f"the blocks of a {window * block}-record window (>= {2 * ratio:.0%})"
+                f"{mode} loss (means of {block} records) reverses by at least "
+                f"{float(np.median(per_block[turns])):.3g} ({swing:g}x its level, and "
+                f"{noise:g} standard errors of chance) at {worst:.0%} of the blocks of a "
+                f"{window * block}-record window (>= {2 * ratio:.0%})"
             ),
             tensor=(ctx.loss_tag(mode) or "loss"),
             first_step=int(starts[turns[0]]),

@@ -571,12 +571,28 @@ def test_oscillating_loss_quiet_on_minibatch_noise(make_trace, batch: int) -> No
 
 def test_oscillating_loss_swing_separates_heavy_noise(make_trace) -> None:
     # Independent noise with a standard deviation of 40 % of its level (small batches of a
-    # hard task): block means of 5 move by 18 %, rarely by their whole level.
+    # hard task): block means of 5 move by 18 %, rarely by their whole level; a quarter of
+    # it is crossed often, but seldom by 3 standard errors of chance (3 x 0.2 x sqrt(2/5)).
     for seed in range(3):
         noise = 0.5 * (1 + 0.4 * np.random.default_rng(seed).standard_normal(1999))
         path = make_trace(scalars=losses(np.r_[2.3, noise]))
         assert run_rule(path, "DBG305").status is RuleStatus.passed
-        assert keyed(run_rule(path, "DBG305", swing=0.25), "oscillating")
+        assert keyed(run_rule(path, "DBG305", swing=0.25, noise=0.0), "oscillating")
+
+
+def test_oscillating_loss_below_zero_is_measured_from_its_lowest(make_trace) -> None:
+    """A Poisson negative log-likelihood without its constant term settles near -2 with
+    single batches scattered by 1: its median is no level, chance moves its block means by
+    0.6, and the same swings as a positive loss's still count."""
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        settled = -2.0 + 3.0 * np.exp(-np.arange(400) / 40) + rng.standard_normal(400)
+        path = make_trace(scalars=losses(settled))
+        assert run_rule(path, "DBG305").status is RuleStatus.passed
+    (finding,) = keyed(
+        run_rule(make_trace(scalars=losses(oscillating_run() - 3.0)), "DBG305"), "oscillating"
+    )
+    assert (finding.first_step, finding.last_step) == (205, 294)
 
 
 def test_oscillating_loss_skipped_without_a_train_loss(make_trace) -> None:
