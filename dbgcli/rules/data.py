@@ -1392,7 +1392,9 @@ def token_ratio(
 
     Why it matters: sequences that are mostly padding waste compute and, with a wrong attention
     mask or loss mask, teach the model to predict padding; many unknown tokens mean the
-    tokenizer does not fit the text.
+    tokenizer does not fit the text. In evaluation batches only the compute is at stake (and
+    they are seldom bucketed by length: the ``Trainer``'s ``group_by_length`` sorts only the
+    training sampler), so findings on records of mode ``eval`` are notes (severity info).
 
     Typical causes: padding every batch to a fixed maximum length, a few very long sequences
     in a batch of short ones, a tokenizer or vocabulary that does not match the data.
@@ -1425,7 +1427,7 @@ def token_ratio(
                 if not mine.any():
                     continue
                 analysed = int(mine.sum())
-                yield from episode_findings(
+                found = episode_findings(
                     tensor=view.tag,
                     steps=view.steps[mine],
                     values=shares[mine],
@@ -1436,6 +1438,18 @@ def token_ratio(
                     extra={"token": value, "records_analysed": analysed},
                     message=_token_message(value, threshold, analysed),
                 )
+                if code != schema.MODE_CODES["eval"]:
+                    yield from found
+                    continue
+                # Evaluation batches are rarely bucketed by length (the Trainer's
+                # group_by_length sorts only the training sampler): their padding costs
+                # evaluation time, and teaches the model nothing.
+                for finding in found:
+                    yield replace(
+                        finding,
+                        severity=Severity.info,
+                        message=f"{finding.message}; evaluation batches, which cost time only",
+                    )
 
 
 def _token_message(value: int, threshold: float, analysed: int) -> Callable[[Episode, float], str]:

@@ -546,6 +546,20 @@ def test_token_ratio_fires_on_padding(make_trace) -> None:
     assert run_rule(path, "DBG603", token_thresholds_percent=(70,)).status is RuleStatus.passed
 
 
+def test_token_ratio_notes_padding_of_evaluation_batches(make_trace) -> None:
+    """Evaluation batches padded to their longest sequence cost evaluation time only."""
+    padding = [0.3] * 10 + [0.6] * 5
+    modes = ["train"] * 10 + ["eval"] * 5
+    tokens = {"values": sequences(padding), "collection": "inputs", "modes": modes}
+    result = run_rule(make_trace(tensors={"tokens": tokens}), "DBG603")
+    (finding,) = keyed(result, "token-0")
+    assert (finding.mode, finding.severity, finding.first_step) == ("eval", Severity.info, 10)
+    assert finding.message.endswith("; evaluation batches, which cost time only")
+    tokens["modes"] = ["train"] * 15
+    (finding,) = keyed(run_rule(make_trace(tensors={"tokens": tokens}), "DBG603"), "token-0")
+    assert finding.severity is Severity.warning
+
+
 def test_token_ratio_quiet_on_moderate_padding(make_trace) -> None:
     path = make_trace(
         tensors={"tokens": {"values": sequences([0.1, 0.3, 0.45] * 10), "collection": "inputs"}}
