@@ -330,6 +330,24 @@ def test_reader_derives_missing_units_from_raw(tmp_path: Path) -> None:
         np.testing.assert_allclose(units.values, (acts > 0).mean(axis=1), rtol=1e-6)
 
 
+def test_gelu_band_is_stored_and_older_traces_keep_theirs(tmp_path: Path) -> None:
+    """A GELU unit in its dip (below 0, above the dead tail) is active from format 1.2 on;
+    a 1.1 trace's stored shares counted > 0, and its band says so."""
+    dip = np.full((1, 4, 2), -0.15, dtype=np.float32)  # GELU's output near its minimum
+    dip[:, :, 1] = -1e-4  # the dead tail's outputs, just below 0
+    with TraceWriter(tmp_path / "t.h5") as writer:
+        writer.add_tensor("act", dip[0], 0, collection="activations", kind="gelu")
+    with open_trace(tmp_path / "t.h5") as trace:
+        assert trace.tag("act").band == schema.inactive_band("gelu", "activations")
+        units = trace.units("act")
+        assert units is not None and units.values.tolist() == [[1.0, 0.0]]
+    with h5py.File(tmp_path / "t.h5", "r+") as f:
+        f.attrs["format_version"] = "1.1"
+        del f["tensors/act"].attrs["band"]
+    with open_trace(tmp_path / "t.h5") as trace:
+        assert trace.tag("act").band == schema.RELU_INACTIVE_BAND
+
+
 def test_tags_with_slashes_and_odd_characters(tmp_path: Path) -> None:
     tags = ["grad/fc1.weight", "a%b", ".", "..", "space name", "ü/ñ"]
     with TraceWriter(tmp_path / "t.h5") as writer:

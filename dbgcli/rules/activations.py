@@ -66,10 +66,15 @@ def dying_relu(
     """Most units of a ReLU-like layer never fire, so no gradient flows through them.
 
     SageMaker Debugger's DeadRelu with its population made explicit. The trace stores, per
-    record and per unit, the unit's *active share*: the fraction of its values ``> 0`` over
-    the batch and, for convolutions, the spatial positions (``TensorView.units()``, measure
-    ``active_frac``; see docs/trace-format.md). That is the population: one recorded step,
-    all samples of its batch, every position.
+    record and per unit, the unit's *active share*: the fraction of its values where the
+    function passes a gradient, over the batch and, for convolutions, the spatial positions
+    (``TensorView.units()``, measure ``active_frac``; see docs/trace-format.md). That is the
+    population: one recorded step, all samples of its batch, every position. For ReLU, ReLU6
+    and LeakyReLU a value is active when it is ``> 0``; for the smooth kinds (GELU, SiLU,
+    Mish, ELU, SELU) when its input is above the tail where the derivative stays below 0.01,
+    the bar of the saturation rules (GELU -3.07, SiLU and Mish -6.26, ELU -4.61, SELU
+    -5.17): below 0 and above that tail they are curved, with a gradient of up to 0.5, and a
+    trained transformer's feed-forward units often live there, never positive.
 
     * A unit is **dead** at record ``r`` if its active share, averaged over the ``min_steps``
       consecutive records of the tensor (and mode) ending at ``r``, satisfies
@@ -95,9 +100,9 @@ def dying_relu(
     is dead from some record to the end of the run (no gradient at all reaches the layers
     below, and it never recovers), warning otherwise. Applies to tensors of role
     ``activations`` or ``preactivations`` whose kind is ReLU-like (relu, relu6, leaky_relu,
-    gelu, elu, selu, silu, mish: their output is positive exactly when their input is). For
-    the smooth and leaky variants a never-positive unit still passes a small gradient, but
-    it has collapsed to a nearly linear or constant response, which is reported the same way.
+    gelu, elu, selu, silu, mish). A LeakyReLU unit that is never positive still passes a
+    small gradient, but it has collapsed to a linear response, which is reported the same
+    way. Traces of format 1.1 and earlier stored the share ``> 0`` for every kind.
 
     Why it matters: a dead unit outputs zero for every input and gets zero gradient, so it
     never recovers; a layer with most units dead has lost most of its capacity, and a fully

@@ -338,16 +338,23 @@ done:
 }
 
 PyDoc_STRVAR(count_units_doc,
-    "count_units(pointers, outer, units, inner, low, high, out, /)\n--\n\n"
+    "count_units(pointers, outer, units, inner, low, high, outside, out, /)\n--\n\n"
     "Per tensor and unit, the share of its values that are > low and not >= high (a NaN\n"
-    "high: no upper bound, so that +inf counts as above 0): the count over outer * inner,\n"
-    "divided in float64 and rounded to float32.\n\n"
+    "high: no upper bound, so that +inf counts as above 0), or with outside set, that are\n"
+    "> high or in (-inf, low] (NaN in neither): the count over outer * inner, divided in\n"
+    "float64 and rounded to float32.\n\n"
     "pointers: a uintp buffer of k addresses of contiguous float32 tensors of one shape,\n"
     "each seen as (outer, units, inner) with the units on the middle axis.\n"
     "out: a writable float32 buffer of k * units shares, tensor after tensor.");
 
+/* Whether x counts: inside (low, high), or with outside set above high or in (-inf, low]. */
+#define COUNTS(x, low, high, outside) \
+    ((outside) ? ((x) > (high)) | (((x) <= (low)) & ((x) > -INFINITY)) \
+               : ((x) > (low)) & !((x) >= (high)))
+
 VECTOR_CLONES static void count_band(const float *x, Py_ssize_t outer, Py_ssize_t units,
-                                     Py_ssize_t inner, float low, float high, int64_t *counts)
+                                     Py_ssize_t inner, float low, float high, int outside,
+                                     int64_t *counts)
 {
     for (Py_ssize_t u = 0; u < units; u++)
         counts[u] = 0;
@@ -355,17 +362,17 @@ VECTOR_CLONES static void count_band(const float *x, Py_ssize_t outer, Py_ssize_
         for (Py_ssize_t o = 0; o < outer; o++) {
             const float *row = x + o * units;
             for (Py_ssize_t u = 0; u < units; u++)
-                counts[u] += (row[u] > low) & !(row[u] >= high);
+                counts[u] += COUNTS(row[u], low, high, outside);
         }
         return;
     }
     for (Py_ssize_t o = 0; o < outer; o++)  /* (batch, channels, ...): a unit's values are */
         for (Py_ssize_t u = 0; u < units; u++) {  /* adjacent */
             const float *run = x + (o * units + u) * inner;
-            int64_t inside = 0;
+            int64_t counted = 0;
             for (Py_ssize_t i = 0; i < inner; i++)
-                inside += (run[i] > low) & !(run[i] >= high);
-            counts[u] += inside;
+                counted += COUNTS(run[i], low, high, outside);
+            counts[u] += counted;
         }
 }
 
@@ -374,8 +381,9 @@ static PyObject *count_units(PyObject *Py_UNUSED(module), PyObject *args)
     Py_buffer pointers, out;
     Py_ssize_t outer, units, inner;
     float low, high;
-    if (!PyArg_ParseTuple(args, "y*nnnffw*", &pointers, &outer, &units, &inner, &low, &high,
-                          &out))
+    int outside;
+    if (!PyArg_ParseTuple(args, "y*nnnffpw*", &pointers, &outer, &units, &inner, &low, &high,
+                          &outside, &out))
         return NULL;
     PyObject *result = NULL;
     Py_ssize_t k = pointers.len / (Py_ssize_t)sizeof(uintptr_t);
@@ -400,7 +408,8 @@ static PyObject *count_units(PyObject *Py_UNUSED(module), PyObject *args)
     }
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t r = 0; r < k; r++) {
-        count_band((const float *)addresses[r], outer, units, inner, low, high, counts);
+        count_band((const float *)addresses[r], outer, units, inner, low, high, outside,
+                   counts);
         for (Py_ssize_t u = 0; u < units; u++)
             shares[r * units + u] = (float)((double)counts[u] / values);
     }

@@ -29,6 +29,7 @@ def count_units(
     inner: int,
     low: float,
     high: float,
+    outside: bool,
     out: np.ndarray,
     /,
 ) -> None: ...

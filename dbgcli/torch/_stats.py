@@ -676,7 +676,7 @@ def reduce_activations(
         if measure is not None and axis is not None:
             counts = _unit_counts(stacked, measure, kind, collection, axis + 1, scratch)
         exact = _exact_count_dtype(n, work_dtype)
-        if counts is not None and measure == schema.UNIT_MEASURE_ACTIVE:
+        if counts is not None and schema.unit_band(kind, collection) == schema.RELU_INACTIVE_BAND:
             columns["positive"] = counts.sum(1, dtype=exact)
         else:
             columns["positive"] = torch.gt(block, 0, out=scratch.like(block)).sum(1, dtype=exact)
@@ -730,15 +730,13 @@ def _reduce_activations_fused(
         return pending, None
     assert _fused is not None
     units = first.shape[axis]
-    low, high = (
-        (0.0, math.nan)  # > 0, +inf included
-        if measure == schema.UNIT_MEASURE_ACTIVE
-        else schema.unsaturated_band(kind, collection)
-    )
+    band = schema.unit_band(kind, collection)
+    assert band is not None  # every kind with a measure has a band
+    outside = measure == schema.UNIT_MEASURE_ACTIVE
     outer = math.prod(first.shape[:axis])
     inner = first.numel() // (outer * units)
     measures = np.empty((len(tensors), units), dtype=np.float32)
-    _fused.count_units(pointers, outer, units, inner, low, high, measures)
+    _fused.count_units(pointers, outer, units, inner, *band, outside, measures)
 
     def measure_of(row: int) -> Callable[[], np.ndarray]:
         return lambda: measures[row]
@@ -783,7 +781,13 @@ def _unit_counts(
     others = [d for d in range(1, x.dim()) if d != axis]
     exact = _exact_count_dtype(x[0].numel() // x.shape[axis], x.dtype)
     if measure == schema.UNIT_MEASURE_ACTIVE:
-        return torch.gt(x, 0, out=indicator).sum(others, dtype=exact)
+        low, high = schema.inactive_band(kind, collection)
+        above = torch.gt(x, high, out=indicator).sum(others, dtype=exact)
+        if low == -math.inf:
+            return above
+        # Outside (low, high] below it too: in (-inf, low], the live dip of GELU and SiLU.
+        below = torch.gt(x, -math.inf, out=indicator).sum(others, dtype=exact)
+        return above + below - torch.gt(x, low, out=indicator).sum(others, dtype=exact)
     lo, hi = schema.unsaturated_band(kind, collection)
     # Inside (lo, hi) = above lo minus at or above hi, since lo < hi.
     above = torch.gt(x, lo, out=indicator).sum(others, dtype=exact)

@@ -755,18 +755,22 @@ class Trace:
         *,
         stored_units: bool,
     ) -> tuple[float, float] | None:
-        """The band of a saturation measure: as stored (format 1.1), the band a format 1.0
-        writer used for its stored units, or today's band for units derived from raw tensors."""
-        if measure != schema.UNIT_MEASURE_UNSATURATED or kind is None:
+        """The band of a unit measure: as stored (format 1.1 for saturation, 1.2 for ReLU-like
+        kinds), the band an older writer used for its stored units, or today's band for units
+        derived from raw tensors."""
+        if measure is None or kind is None:
             return None
         stored = attrs.get(schema.ATTR_BAND)
         if stored is not None and np.size(stored) == 2 and np.asarray(stored).dtype.kind in "iuf":
             low, high = (float(v) for v in np.ravel(stored))
             if low < high:
                 return low, high
-        if stored_units and self.format_version < (1, 1):
+        if stored_units and measure == schema.UNIT_MEASURE_ACTIVE:
+            if self.format_version < (1, 2):
+                return schema.RELU_INACTIVE_BAND
+        elif stored_units and self.format_version < (1, 1):
             return schema.legacy_band(kind, role)
-        return schema.unsaturated_band(kind, role)
+        return schema.unit_band(kind, role)
 
     def _committed(
         self, attrs: dict[str, Any], lengths: list[int], where: str

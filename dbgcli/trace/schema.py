@@ -23,7 +23,7 @@ import math
 from urllib.parse import quote, unquote
 
 FORMAT_NAME = "dbg-trace"
-FORMAT_VERSION = (1, 1)
+FORMAT_VERSION = (1, 2)
 FORMAT_VERSION_STR = f"{FORMAT_VERSION[0]}.{FORMAT_VERSION[1]}"
 
 # Root attributes.
@@ -111,9 +111,8 @@ UPDATE_TRACKED_ROLES = frozenset({"weights", "biases"})
 
 # Activation kinds for which the writer records a per-unit measure (``units``).
 #
-# relu-like: the share of a unit's values that are > 0 ("active"). The sign of the output of
-# ReLU, LeakyReLU, GELU, ELU, SELU and SiLU equals the sign of its input, so the same measure
-# works on pre-activations and outputs.
+# relu-like: the share of a unit's values outside its inactive band ("active", see
+# inactive_band below): > 0 for ReLU, beyond the tail where the derivative vanishes for GELU.
 RELU_KINDS = frozenset({"relu", "relu6", "leaky_relu", "gelu", "elu", "selu", "silu", "mish"})
 # Saturating kinds: the share of a unit's values inside the non-saturated band, where the
 # derivative of the function is at least SATURATION_DERIVATIVE. 0.01 is the textbook notion of
@@ -136,6 +135,52 @@ LEGACY_SATURATING_BANDS: dict[str, tuple[float, float]] = {
 }
 UNIT_MEASURE_ACTIVE = "active_frac"
 UNIT_MEASURE_UNSATURATED = "unsaturated_frac"
+
+# ReLU-like kinds: a value is inactive where the function's derivative is below
+# SATURATION_DERIVATIVE, the bar of the saturating kinds. ReLU and ReLU6 are flat below 0;
+# LeakyReLU is linear there (a unit that never leaves it adds no non-linearity), so 0 too.
+# The smooth kinds keep a curved, live response below 0, down to the input where their
+# derivative falls under 0.01 for good (solved numerically; a test checks them).
+INACTIVE_INPUT_EDGES: dict[str, float] = {
+    "gelu": -3.0674,
+    "silu": -6.2614,
+    "mish": -6.2640,
+    "elu": -4.6052,
+    "selu": -5.1694,
+}
+# Kinds whose output is not monotonic: the inactive tail maps to (f(edge), 0], just below the
+# dip's right-hand side, while the outputs below f(edge) come from the live dip.
+_DIPPING_KINDS = frozenset({"gelu", "silu", "mish"})
+# Also the band of every ReLU-like kind in format 1.1 and earlier (active meant > 0).
+RELU_INACTIVE_BAND = (-math.inf, 0.0)
+
+
+def _relu_like(kind: str, x: float) -> float:
+    if kind == "gelu":
+        return 0.5 * x * (1.0 + math.erf(x / math.sqrt(2.0)))
+    if kind == "silu":
+        return x / (1.0 + math.exp(-x))
+    if kind == "mish":
+        return x * math.tanh(math.log1p(math.exp(x)))
+    if kind == "elu":
+        return math.expm1(x)
+    assert kind == "selu", kind
+    return 1.0507009873554805 * 1.6732632423543772 * math.expm1(x)
+
+
+def inactive_band(kind: str, role: str | None) -> tuple[float, float]:
+    """The ``(low, high]`` band of values where a unit of a ReLU-like kind is inactive (its
+    derivative is below 0.01): ``active_frac`` counts the values outside it. At most 0 for
+    ReLU, ReLU6 and LeakyReLU; for the smooth kinds, at most their edge on the input (role
+    ``preactivations``), mapped through the function for outputs."""
+    edge = INACTIVE_INPUT_EDGES.get(kind)
+    if edge is None:
+        return RELU_INACTIVE_BAND
+    if role == "preactivations":
+        return (-math.inf, edge)
+    if kind in _DIPPING_KINDS:
+        return (_relu_like(kind, edge), 0.0)
+    return (-math.inf, _relu_like(kind, edge))
 
 
 def _through(kind: str, band: tuple[float, float]) -> tuple[float, float]:
@@ -161,6 +206,18 @@ def legacy_band(kind: str, role: str | None) -> tuple[float, float]:
     """The band a format 1.0 writer used (see LEGACY_SATURATING_BANDS)."""
     band = LEGACY_SATURATING_BANDS[kind]
     return band if role == "preactivations" else _through(kind, band)
+
+
+def unit_band(kind: str | None, role: str | None) -> tuple[float, float] | None:
+    """The band a kind's unit measure is counted against: the inactive band of a ReLU-like
+    kind, the non-saturated band of a saturating one, None for other kinds."""
+    measure = unit_measure(kind)
+    if kind is None or measure is None:
+        return None
+    kind = kind.lower()
+    if measure == UNIT_MEASURE_ACTIVE:
+        return inactive_band(kind, role)
+    return unsaturated_band(kind, role)
 
 
 def unit_measure(kind: str | None) -> str | None:

@@ -30,6 +30,8 @@ Booleans count as 0 and 1; integers are converted to float64.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from dbgcli.trace import schema
@@ -244,13 +246,18 @@ def unit_measure(
 ) -> np.ndarray:
     """Per-unit measure of each record: ``(rows, units)`` float32.
 
-    ``active_frac``: share of the unit's values that are > 0. ``unsaturated_frac``: share of
-    the unit's values strictly inside ``band`` (the kind's non-saturated band, see
-    ``schema.unsaturated_band``). ``unit_axis`` indexes a record (not the block).
+    ``active_frac``: share of the unit's values outside ``band``, the kind's ``(low, high]``
+    inactive band (see ``schema.inactive_band``; > 0 without one). ``unsaturated_frac``:
+    share of the unit's values strictly inside ``band`` (the kind's non-saturated band, see
+    ``schema.unsaturated_band``). NaN counts for neither. ``unit_axis`` indexes a record (not
+    the block).
     """
     values = _as_numeric(block)
     if measure == schema.UNIT_MEASURE_ACTIVE:
-        inside = values > 0
+        low, high = band or schema.RELU_INACTIVE_BAND
+        inside = values > high
+        if low > -math.inf:
+            inside |= (values <= low) & (values > -math.inf)
     else:
         assert band is not None, "a saturation measure needs its band"
         lo, hi = band

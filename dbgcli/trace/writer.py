@@ -372,11 +372,7 @@ class _TensorSeries:
         self.measure = (
             schema.unit_measure(self.kind) if self.role in roles.ACTIVATION_ROLES else None
         )
-        self.band = (
-            schema.unsaturated_band(self.kind, self.role)
-            if self.measure == schema.UNIT_MEASURE_UNSATURATED and self.kind is not None
-            else None
-        )
+        self.band = schema.unit_band(self.kind, self.role) if self.measure else None
         self.unit_axis = unit_axis
         self.unit_count: int | None = None
         self.track_updates = (

@@ -141,6 +141,10 @@ def test_empty_and_precise_variance() -> None:
     ("kind", "collection"),
     [
         ("relu", "activations"),
+        ("gelu", "activations"),
+        ("gelu", "preactivations"),
+        ("silu", "activations"),
+        ("elu", "activations"),
         ("tanh", "activations"),
         ("tanh", "preactivations"),
         ("sigmoid", "activations"),
@@ -148,22 +152,46 @@ def test_empty_and_precise_variance() -> None:
     ],
 )
 def test_unit_measure_equals_the_writers(
-    shape: tuple[int, ...], kind: str, collection: str
+    reduction_path: str, shape: tuple[int, ...], kind: str, collection: str
 ) -> None:
-    """The hook's per-unit measure is the one the writer computes from the full tensor."""
+    """The hook's per-unit measure is the one the writer computes from the full tensor, on
+    both sides of every band: GELU's live dip and dead tail, tanh's saturation."""
     torch.manual_seed(0)
     x = torch.randn(shape) * 20  # the saturating bands are wide: |x| up to 9.5 or more
     if collection == "activations":
-        x = {"relu": torch.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid}[kind](x)
+        x = getattr(torch.nn.functional, kind)(x)
     _, got = activation_statistics(x, kind, collection)
     assert got is not None and got.dtype == np.float32
     measure = schema.unit_measure(kind)
     axis = schema.default_unit_axis(len(shape))
     assert measure is not None and axis is not None
-    band = schema.unsaturated_band(kind, collection) if kind in schema.SATURATING_BANDS else None
+    band = schema.unit_band(kind, collection)
     expected = unit_measure(x.numpy()[None], measure, band, axis)[0]
     np.testing.assert_allclose(got, expected, rtol=1e-6)
     assert 0 < got.mean() < 1  # the data spans both sides of the band
+
+
+@pytest.mark.parametrize("kind", sorted(schema.INACTIVE_INPUT_EDGES))
+def test_smooth_relu_like_kinds_go_inactive_where_their_derivative_falls_below_the_bar(
+    kind: str,
+) -> None:
+    """The inactive edge of each smooth kind is where its derivative falls to 0.01 for good,
+    the bar of the saturating kinds; GELU's dip just above the edge is live, the tail dead."""
+    function = getattr(torch.nn.functional, kind)
+    edge = schema.INACTIVE_INPUT_EDGES[kind]
+    x = torch.tensor([edge - 1.0, edge, edge + 0.5], dtype=torch.float64, requires_grad=True)
+    function(x).sum().backward()
+    assert x.grad is not None
+    slope = x.grad.abs()
+    assert slope[0] < schema.SATURATION_DERIVATIVE < slope[2]
+    assert slope[1].item() == pytest.approx(schema.SATURATION_DERIVATIVE, rel=1e-3)
+    # Below the edge, inactive; above it (in GELU's dip, below 0), and above 0, active.
+    inputs = torch.tensor([edge - 1.0, edge + 0.5, 1.0])
+    for collection, values in (("preactivations", inputs), ("activations", function(inputs))):
+        band = schema.inactive_band(kind, collection)
+        records = values.numpy().reshape(1, 1, 3)
+        active = unit_measure(records, schema.UNIT_MEASURE_ACTIVE, band, 0)[0, 0]
+        assert active == pytest.approx(2 / 3), collection
 
 
 def test_unit_measure_only_for_kinds_with_one() -> None:

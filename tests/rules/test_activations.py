@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -122,6 +123,26 @@ def test_dying_relu_on_preactivations_of_a_leaky_relu(make_trace) -> None:
     pre = shift_units(preactivations(), slice(0, 10), -10.0, range(30, 40))
     path = activation_trace(make_trace, pre, "leaky_relu", collection="preactivations")
     assert keyed(run_rule(path, "DBG201"), "dead")[0].first_step == 30
+
+
+def gelu(values: list[np.ndarray]) -> list[np.ndarray]:
+    """GELU in float64, then stored as float32 as a model's would be."""
+    erf = np.vectorize(math.erf)
+    return [(0.5 * v * (1 + erf(v / math.sqrt(2)))).astype(np.float32) for v in values]
+
+
+def test_dying_relu_on_gelu_counts_its_live_dip_as_active(make_trace) -> None:
+    """A GELU unit whose inputs sit between -2 and 0 is never positive, but its derivative is
+    up to 0.5 in magnitude there: live, as a trained transformer's feed-forward units often
+    are. Pushed beyond -3.07, where the derivative stays under 0.01, it is dead."""
+    dip = shift_units(preactivations(), slice(0, 12), -1.2, range(40))
+    for values in dip:
+        values[:, :12] = np.clip(values[:, :12], -2.0, -0.01)
+    path = activation_trace(make_trace, gelu(dip), "gelu")
+    assert run_rule(path, "DBG201").status is RuleStatus.passed
+    tail = shift_units(preactivations(), slice(0, 12), -10.0, range(20, 40))
+    (finding,) = keyed(run_rule(activation_trace(make_trace, gelu(tail), "gelu"), "DBG201"), "dead")
+    assert (finding.first_step, finding.value) == (20, 75.0)
 
 
 def test_dying_relu_does_not_judge_non_finite_records(make_trace) -> None:
