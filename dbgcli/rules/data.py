@@ -823,7 +823,11 @@ def class_imbalance(
       callback notes ``scale_pos_weight``; note a weighted loss or a balancing sampler
       yourself), the imbalance is an info finding of key ``compensated`` that explains no
       other: the fix is in place, and whether it works is the misprediction check's
-      question.
+      question. Unless the metadata gives a weight per class id (a list of numbers, or
+      ``scale_pos_weight`` for class 1 of two) and the classes' counts times their weights
+      are no more even than the counts: weights that rise with a class's count (its
+      frequency written where its inverse was meant) are no compensation, and the imbalance
+      stays a warning that says so.
     * **misprediction** (key ``mispredicted``, needs predictions): for some class, the share
       of its labelled samples whose predicted class differs ``> threshold_misprediction``.
       One mode's predictions judge the model, as in DBG604: the held-out (eval) ones when the
@@ -897,20 +901,55 @@ def _model_stream(streams: Sequence[_Stream], middle: float, samples: int) -> _S
     return candidates[0] if candidates else None
 
 
-def _class_weighting(ctx: RuleContext) -> str | None:
-    """How the run compensates its class imbalance, from the run metadata's
-    ``class_weighting`` (the XGBoost callback notes ``scale_pos_weight``; set it yourself for
-    a weighted loss or a resampling sampler), in words; None without it."""
+class _Weighting(NamedTuple):
+    """How the run compensates its class imbalance: in words, and the weight of each class id
+    where the metadata gives them (a list of numbers, or XGBoost's ``scale_pos_weight``)."""
+
+    text: str
+    per_class: np.ndarray | None
+
+
+def _class_weighting(ctx: RuleContext) -> _Weighting | None:
+    """The run metadata's ``class_weighting`` (the XGBoost callback notes
+    ``scale_pos_weight``; set it yourself for a weighted loss or a resampling sampler); None
+    without it."""
     weighting = ctx.trace.metadata.get(schema.META_CLASS_WEIGHTING)
     if not weighting:
         return None
-    if isinstance(weighting, Mapping):
-        return ", ".join(f"{key} {value}" for key, value in weighting.items())
-    return str(weighting)
+    if not isinstance(weighting, Mapping):
+        return _Weighting(str(weighting), None)
+    per_class = None
+    for key, value in weighting.items():
+        if isinstance(value, (int, float)) and "scale_pos_weight" in str(key):
+            per_class = np.array([1.0, float(value)])
+        elif isinstance(value, (list, tuple)) and value:
+            weights = np.array(value, dtype=object)
+            if all(isinstance(w, (int, float)) for w in weights):
+                per_class = weights.astype(np.float64)
+    text = ", ".join(f"{key} {value}" for key, value in weighting.items())
+    return _Weighting(text, per_class)
+
+
+def _weighted_ratio(
+    weighting: _Weighting | None, classes: np.ndarray, counts: np.ndarray
+) -> float | None:
+    """Largest-to-smallest ratio of the classes' counts times their weights, or None without
+    a positive finite weight for every class seen."""
+    if (
+        weighting is None
+        or weighting.per_class is None
+        or classes.max() >= len(weighting.per_class)
+    ):
+        return None
+    weights = weighting.per_class[classes]
+    if not (np.isfinite(weights).all() and (weights > 0).all()):
+        return None
+    mass = counts * weights
+    return float(mass.max() / mass.min())
 
 
 def _imbalance(
-    stream: _Stream, threshold: float, samples: int, weighting: str | None = None
+    stream: _Stream, threshold: float, samples: int, weighting: _Weighting | None = None
 ) -> Iterator[Finding]:
     steps = [r.step for r in stream.records]
     sizes = np.array([r.labels.size for r in stream.records], dtype=np.int64)
@@ -942,14 +981,25 @@ def _imbalance(
         smallest = f"smallest class {classes[least]}: {counts[least]}"
     if not ratio > threshold:
         return
-    compensated = f"; the run compensates it ({weighting})" if weighting else ""
+    compensates, weights = weighting is not None, ""
+    if weighting is not None:
+        weighted = None if missing.size else _weighted_ratio(weighting, classes, counts)
+        # Weights that rise with the class's count (frequencies written for their inverses)
+        # make the imbalance worse, whatever the metadata calls them.
+        compensates = weighted is None or weighted < ratio
+        weights = (
+            f"; the run compensates it ({weighting.text})"
+            if compensates
+            else f"; the run's class weights ({weighting.text}) do not compensate it: "
+            f"counts times weights have a ratio of {weighted:.3g}"
+        )
     yield Finding(
         message=(
             f"{biggest}, {smallest}: ratio {ratio:.3g} (> {threshold:g}); "
-            f"{seen} labels in {_records(len(steps))} with full tensors{compensated}"
+            f"{seen} labels in {_records(len(steps))} with full tensors{weights}"
         ),
-        severity=Severity.info if weighting else None,
-        key="compensated" if weighting else "imbalance",
+        severity=Severity.info if compensates else None,
+        key="compensated" if compensates else "imbalance",
         # The labels were imbalanced from the first record, whenever enough samples made
         # that certain.
         tensor=stream.labels,

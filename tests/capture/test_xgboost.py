@@ -248,25 +248,26 @@ def test_an_imbalance_the_objective_compensates_is_a_note(
     tmp_path: Path, no_dbg_warnings: None
 ) -> None:
     """5 % positives: without ``scale_pos_weight`` DBG601 warns of the imbalance; with it,
-    the fix is in place and the imbalance is a note."""
+    the fix is in place and the imbalance is a note, unless it weighs the positives down."""
     x, _ = make_data(4, rows=1000)
     rng = np.random.default_rng(4)
     positives = (x[:, 0] + rng.normal(scale=0.3, size=len(x)) > 1.65).astype(np.float32)
     dtrain = xgb.DMatrix(x, label=positives)
     severities = {}
-    for weight in (1.0, 19.0):
+    for weight in (1.0, 19.0, 0.0625):
         path = tmp_path / f"weight{weight:g}.h5"
         params = {"objective": "binary:logistic", "scale_pos_weight": weight, "seed": 0}
         boost(params, dtrain, DbgCallback(path, data=dtrain))
         with open_trace(path) as trace:
             noted = trace.metadata.get("class_weighting")
-        assert noted == (None if weight == 1.0 else {"scale_pos_weight": 19.0})
+        assert noted == (None if weight == 1.0 else {"scale_pos_weight": weight})
         result = analyze_path(path, select=("DBG601",)).results[0]
         (finding,) = [f for f in result.findings if f.key in ("imbalance", "compensated")]
         severities[weight] = (finding.key, finding.severity)
     assert severities == {
         1.0: ("imbalance", Severity.warning),
         19.0: ("compensated", Severity.info),
+        0.0625: ("imbalance", Severity.warning),  # 1/16, exact in float32
     }
 
 

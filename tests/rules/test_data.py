@@ -127,6 +127,31 @@ def test_class_imbalance_2019_case_fires_at_step_3(make_trace) -> None:
     assert "1000 labels in 1 record" in finding.message
 
 
+@pytest.mark.parametrize(
+    ("weights", "key", "severity"),
+    [
+        ([1.0, 99.0], "compensated", Severity.info),  # inverse frequencies
+        ([1.0, 9.0], "compensated", Severity.info),  # halfway there is still compensation
+        ([99.0, 1.0], "imbalance", Severity.warning),  # frequencies, written for inverses
+        ("a balancing sampler", "compensated", Severity.info),  # no weights to check
+    ],
+)
+def test_class_imbalance_is_compensated_only_by_weights_that_even_the_classes(
+    make_trace, weights: object, key: str, severity: Severity
+) -> None:
+    labels = np.concatenate([np.zeros(990, dtype=np.int64), np.ones(10, dtype=np.int64)])
+    path = make_trace(
+        tensors={"labels": {"values": [labels], "collection": "labels"}},
+        metadata={"class_weighting": {"CrossEntropyLoss.weight": weights}},
+    )
+    (finding,) = keyed(run_rule(path, "DBG601"), key)
+    assert finding.severity is severity
+    if key == "imbalance":
+        assert finding.message.endswith(
+            "do not compensate it: counts times weights have a ratio of 9.8e+03"
+        )
+
+
 def test_class_imbalance_quiet_on_balanced_labels_and_tunable(make_trace) -> None:
     path = make_trace(tensors=classifier(learning_curve(40)))
     assert run_rule(path, "class-imbalance").status is RuleStatus.passed
