@@ -25,6 +25,7 @@ from dbgcli.rules._known import (
     weight_decay,
 )
 from dbgcli.rules._registry import Need, rule
+from dbgcli.trace import schema
 from dbgcli.trace.derive import Accumulator, Derivation
 from dbgcli.trace.reader import RawChunk, TagInfo, Trace
 
@@ -699,6 +700,13 @@ _TOO_HIGH_EFFECTS = (
 )
 
 
+# What updates too small to change the model lead to.
+_STARVED_EFFECTS = ("DBG301:not-decreasing", "DBG303", "DBG403", "DBG502:too-small")
+# A total gradient norm this steady, record after record, is a clipping bound: gradients of
+# real batches vary by far more.
+_PINNED = 1e-3
+
+
 @rule(
     "DBG503",
     "learning-rate",
@@ -709,11 +717,13 @@ _TOO_HIGH_EFFECTS = (
         "too-high": "learning rate too high",
         "too-low": "learning rate too low",
         "decayed": "learning rate decayed to nothing early",
+        "clipped": "gradients clipped to nothing",
     },
     explains={
         "too-high": _TOO_HIGH_EFFECTS,
-        "too-low": ("DBG301:not-decreasing", "DBG303", "DBG403", "DBG502:too-small"),
-        "decayed": ("DBG301:not-decreasing", "DBG303", "DBG403", "DBG502:too-small"),
+        "too-low": _STARVED_EFFECTS,
+        "decayed": _STARVED_EFFECTS,
+        "clipped": _STARVED_EFFECTS,
     },
 )
 def learning_rate(
@@ -758,6 +768,11 @@ def learning_rate(
       ``stuck_fraction`` of the first. Steps where the recorded learning rate is below a tenth
       of its peak (warmup, decay) are not judged. A model whose loss falls well with tiny
       updates is not reported.
+    * **clipped to nothing** (key ``clipped``): updates too low as above while the total
+      norm of the recorded gradients (over every gradient tensor of a step) is the same
+      value, within 0.1 %, at nine in ten of the training records: the gradients are clipped
+      to that norm (``clip_grad_norm_``'s ``max_norm``) at every step, far below their own
+      size, whatever the learning rate.
     * **decayed to nothing early** (key ``decayed``): the recorded learning rate falls below
       ``STARVED_LR`` (1e-4) of its peak and stays there to the end, for at least
       ``starved_share`` (20 %) of the recorded steps. Updates four orders of magnitude below
@@ -836,20 +851,51 @@ def learning_rate(
         and asked.any()
         and too_low.sum() * 2 >= asked.sum()
     ):
+        clipped = _clipped_norm(ctx)
+        cause = (
+            ""
+            if clipped is None
+            else f"; the gradients' total norm is {clipped:.3g} at every step: clipped to it "
+            "(raise clip_grad_norm_'s max_norm until it cuts only spikes)"
+        )
         yield from _run_wide(
             ctx,
             steps,
             network,
             too_low,
             threshold=min_ratio,
-            key="too-low",
+            key="too-low" if clipped is None else "clipped",
             worst="min",
             message=lambda v: (
                 f"updates of {v:.3g}x the weights per step across the network{lr} "
                 f"(median layer; every layer < {min_ratio:g}) while the training loss is "
-                f"still {stuck[0]:.0%} of its start"
+                f"still {stuck[0]:.0%} of its start{cause}"
             ),
         )
+
+
+def _clipped_norm(ctx: RuleContext) -> float | None:
+    """The total norm the training gradients were clipped to, when the norm over every
+    gradient tensor recorded at a step is one value (within ``_PINNED``) at nine in ten of
+    at least 5 such steps; else None."""
+    steps, squares = [], []
+    views = ctx.tensors(collection="gradients")
+    for view in views:
+        train = view.positions(schema.MODE_CODES["train"])
+        steps.append(view.steps[train])
+        squares.append(view.stat("l2")[train].astype(np.float64) ** 2)
+    if not views:
+        return None
+    recorded, where = np.unique(np.concatenate(steps), return_inverse=True)
+    tensors = np.bincount(where, minlength=len(recorded))
+    total = np.sqrt(np.bincount(where, np.concatenate(squares), minlength=len(recorded)))
+    total = total[(tensors == len(views)) & np.isfinite(total)]
+    if len(total) < 5:
+        return None
+    norm = float(np.median(total))
+    if not norm > 0 or np.mean(np.abs(total / norm - 1) < _PINNED) < 0.9:
+        return None
+    return norm
 
 
 def _decayed(ctx: RuleContext, starved_share: float) -> Iterator[Finding]:

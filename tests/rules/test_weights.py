@@ -421,6 +421,42 @@ def test_learning_rate_decayed_to_nothing_early(make_trace) -> None:
     assert not keyed(run_rule(healthy, "DBG503"), "decayed")
 
 
+def clipped_run(path: Path, max_norm: float) -> Path:
+    """A real PyTorch MLP on four separable blobs, SGD at 0.1, its gradients clipped to a
+    total norm of ``max_norm`` before every step; tensors every 10 steps, as by default."""
+    import torch
+    from torch import nn
+
+    from dbgcli.torch import attach
+
+    torch.manual_seed(0)
+    centres = 3 * torch.randn(4, 16)
+    y = torch.randint(0, 4, (2048,))
+    x = centres[y] + torch.randn(2048, 16)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with attach(model, optimizer, path) as hook:
+        for step in range(200):
+            batch = slice(64 * (step % 32), 64 * (step % 32 + 1))
+            optimizer.zero_grad()
+            loss = nn.functional.cross_entropy(model(x[batch]), y[batch])
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+            optimizer.step()
+            hook.record_loss(loss)
+    return path
+
+
+def test_learning_rate_names_gradients_clipped_to_nothing(tmp_path: Path) -> None:
+    """clip_grad_norm_ with max_norm 1e-4 starves every layer at an ordinary learning rate:
+    the gradients' total norm is the bound at every recorded step. Clipped at 1, the same run
+    learns, and nothing is said."""
+    (clipped,) = run_rule(clipped_run(tmp_path / "tight.h5", 1e-4), "DBG503").findings
+    assert clipped.key == "clipped"
+    assert "the gradients' total norm is 0.0001 at every step" in clipped.message
+    assert run_rule(clipped_run(tmp_path / "loose.h5", 1.0), "DBG503").status is (RuleStatus.passed)
+
+
 def vit_run(path: Path) -> Path:
     """A real PyTorch run of a tiny ViT-style encoder, 30 steps: a positional table ``pos``
     and a ``cls_token`` registered at zero, a LayerScale ``gamma`` at 1e-5 (as timm and CaiT
