@@ -878,14 +878,14 @@ def _clipped_norm(ctx: RuleContext) -> float | None:
     """The total norm the training gradients were clipped to, when the norm over every
     gradient tensor recorded at a step is one value (within ``_PINNED``) at nine in ten of
     at least 5 such steps; else None."""
-    steps, squares = [], []
     views = ctx.tensors(collection="gradients")
+    if not views:
+        return None
+    steps, squares = [], []
     for view in views:
         train = view.positions(schema.MODE_CODES["train"])
         steps.append(view.steps[train])
         squares.append(view.stat("l2")[train].astype(np.float64) ** 2)
-    if not views:
-        return None
     recorded, where = np.unique(np.concatenate(steps), return_inverse=True)
     tensors = np.bincount(where, minlength=len(recorded))
     total = np.sqrt(np.bincount(where, np.concatenate(squares), minlength=len(recorded)))
