@@ -19,6 +19,8 @@ from dbgcli.rules._context import (
 )
 from dbgcli.rules._known import (
     attention_query_or_key,
+    clipped_gradient_norm,
+    clipped_text,
     converged,
     gradients_not_zeroed,
     has_normalisation,
@@ -50,8 +52,15 @@ def _judged(ctx: RuleContext) -> list[TensorView]:
     severity="warning",
     category="gradients",
     requires=GRADIENTS,
-    label="vanishing gradients",
-    explains=("DBG301:not-decreasing", "DBG303", "DBG403", "DBG502:too-small", "DBG503:too-low"),
+    label={"*": "vanishing gradients", "clipped": "gradients clipped to nothing"},
+    explains=(
+        "DBG301:not-decreasing",
+        "DBG303",
+        "DBG403",
+        "DBG502:too-small",
+        "DBG503:too-low",
+        "DBG503:clipped",
+    ),
 )
 def vanishing_gradient(
     ctx: RuleContext,
@@ -110,6 +119,13 @@ def vanishing_gradient(
     the layers' gradient scales differ by construction instead of compounding through depth,
     which is what AutoTrainer's check (on plain stacks) looks for.
 
+    **Clipped, not vanishing** (key ``clipped`` instead of ``vanished``): the hooks record
+    gradients after clipping, so a ``max_norm`` far below the gradients' own size makes every
+    layer's gradient tiny. When the total norm of the recorded gradients is one value at
+    every step (see ``learning-rate``, DBG503), the absolute check's findings name that bound
+    instead of the network; the across-layer check is unchanged, as clipping scales every
+    layer alike.
+
     One finding per tensor and kind, its episodes merged.
 
     Why it matters: layers whose gradients vanish keep their initial weights; the loss
@@ -138,6 +154,8 @@ def vanishing_gradient(
     # differ by construction rather than compounding through depth.
     compare = len(views) >= 2 and not has_normalisation(ctx)
     across = _AcrossLayers(views) if compare else None
+    clipped = clipped_gradient_norm(ctx) if views else None
+    cause = "" if clipped is None else clipped_text(clipped)
     for view in views:
         values = view.stat("abs_mean")
         learning = ~converged(ctx, view.steps, converged_fraction)
@@ -149,10 +167,10 @@ def vanishing_gradient(
             values=values,
             violating=persistent(small & learning, view.steps, min_steps),
             threshold=threshold,
-            key="vanished",
+            key="vanished" if clipped is None else "clipped",
             worst="min",
             modes=view.modes,
-            message=lambda e, v: f"mean |gradient| fell to {v:.3g} (< {threshold:g})",
+            message=lambda e, v: f"mean |gradient| fell to {v:.3g} (< {threshold:g}){cause}",
         )
         if across is not None:
             across.add(view, values, learning)

@@ -16,6 +16,8 @@ from dbgcli.rules._context import RuleContext, TensorView, episode_findings, rec
 from dbgcli.rules._known import (
     STARVED_LR,
     added_or_scaling_parameter,
+    clipped_gradient_norm,
+    clipped_text,
     converged,
     has_normalisation,
     initial_loss,
@@ -25,7 +27,6 @@ from dbgcli.rules._known import (
     weight_decay,
 )
 from dbgcli.rules._registry import Need, rule
-from dbgcli.trace import schema
 from dbgcli.trace.derive import Accumulator, Derivation
 from dbgcli.trace.reader import RawChunk, TagInfo, Trace
 
@@ -702,9 +703,6 @@ _TOO_HIGH_EFFECTS = (
 
 # What updates too small to change the model lead to.
 _STARVED_EFFECTS = ("DBG301:not-decreasing", "DBG303", "DBG403", "DBG502:too-small")
-# A total gradient norm this steady, record after record, is a clipping bound: gradients of
-# real batches vary by far more.
-_PINNED = 1e-3
 
 
 @rule(
@@ -851,13 +849,8 @@ def learning_rate(
         and asked.any()
         and too_low.sum() * 2 >= asked.sum()
     ):
-        clipped = _clipped_norm(ctx)
-        cause = (
-            ""
-            if clipped is None
-            else f"; the gradients' total norm is {clipped:.3g} at every step: clipped to it "
-            "(raise clip_grad_norm_'s max_norm until it cuts only spikes)"
-        )
+        clipped = clipped_gradient_norm(ctx)
+        cause = "" if clipped is None else clipped_text(clipped)
         yield from _run_wide(
             ctx,
             steps,
@@ -872,30 +865,6 @@ def learning_rate(
                 f"still {stuck[0]:.0%} of its start{cause}"
             ),
         )
-
-
-def _clipped_norm(ctx: RuleContext) -> float | None:
-    """The total norm the training gradients were clipped to, when the norm over every
-    gradient tensor recorded at a step is one value (within ``_PINNED``) at nine in ten of
-    at least 5 such steps; else None."""
-    views = ctx.tensors(collection="gradients")
-    if not views:
-        return None
-    steps, squares = [], []
-    for view in views:
-        train = view.positions(schema.MODE_CODES["train"])
-        steps.append(view.steps[train])
-        squares.append(view.stat("l2")[train].astype(np.float64) ** 2)
-    recorded, where = np.unique(np.concatenate(steps), return_inverse=True)
-    tensors = np.bincount(where, minlength=len(recorded))
-    total = np.sqrt(np.bincount(where, np.concatenate(squares), minlength=len(recorded)))
-    total = total[(tensors == len(views)) & np.isfinite(total)]
-    if len(total) < 5:
-        return None
-    norm = float(np.median(total))
-    if not norm > 0 or np.mean(np.abs(total / norm - 1) < _PINNED) < 0.9:
-        return None
-    return norm
 
 
 def _decayed(ctx: RuleContext, starved_share: float) -> Iterator[Finding]:

@@ -11,7 +11,7 @@ import pytest
 from dbgcli.report.model import RuleStatus
 from dbgcli.trace import reader
 
-from .helpers import keyed, run_rule
+from .helpers import analyze_path, keyed, run_rule
 
 
 def he(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
@@ -455,6 +455,17 @@ def test_learning_rate_names_gradients_clipped_to_nothing(tmp_path: Path) -> Non
     assert clipped.key == "clipped"
     assert "the gradients' total norm is 0.0001 at every step" in clipped.message
     assert run_rule(clipped_run(tmp_path / "loose.h5", 1.0), "DBG503").status is (RuleStatus.passed)
+
+
+def test_gradients_clipped_below_the_vanishing_bar_name_the_clipping(tmp_path: Path) -> None:
+    """Clipped to a total norm of 1e-6, every weight gradient's mean falls below DBG101's
+    1e-7: the gradients did not vanish through the network, the bound cut them, and the
+    first diagnosis says so."""
+    report = analyze_path(clipped_run(tmp_path / "run.h5", 1e-6), select=("DBG101", "DBG503"))
+    vanished = [f for f in report.findings if f.rule_id == "DBG101"]
+    assert vanished and {f.key for f in vanished} == {"clipped"}
+    assert "the gradients' total norm is 1e-06 at every step" in vanished[0].message
+    assert report.verdict.startswith("unhealthy: gradients clipped to nothing")
 
 
 def vit_run(path: Path) -> Path:
