@@ -12,7 +12,7 @@ from typing import Literal, NamedTuple
 
 import numpy as np
 
-from dbgcli.rules._context import RuleContext
+from dbgcli.rules._context import RuleContext, TensorView
 from dbgcli.trace import schema
 from dbgcli.trace.roles import name_words
 
@@ -345,13 +345,50 @@ def unclassed_labels(ctx: RuleContext) -> str | None:
     language model's tokens, or the targets of a regression or ranking (whole-number targets,
     counts or prices, would otherwise read as class ids)."""
     task = ctx.trace.metadata.get("task")
-    if not isinstance(task, str):
-        return None
-    if task in LANGUAGE_MODELLING:
+    if isinstance(task, str) and task in LANGUAGE_MODELLING:
         return f"the tokens of a language model (metadata task {task!r})"
-    if task in NOT_CLASSIFICATION:
+    if isinstance(task, str) and task in NOT_CLASSIFICATION:
         return f"the targets of a {task} (metadata task {task!r})"
+    if labels_are_the_inputs(ctx):
+        return (
+            "the tokens of a language model (the labels are the input ids, as Hugging Face's "
+            "causal language models take them and shift them inside)"
+        )
     return None
+
+
+# The statistics two records of one tensor share when they hold the same values.
+_IDENTITY_COLUMNS = ("count", "min", "max", "mean", "std")
+
+
+def labels_are_the_inputs(ctx: RuleContext) -> bool:
+    """Whether a labels tensor repeats an integer inputs tensor record for record: same
+    shape and the same statistics at each of at least 3 shared steps. A causal language model
+    in Hugging Face's convention takes ``labels = input_ids`` and shifts them itself; no
+    classifier's labels are its inputs."""
+    inputs = [
+        v
+        for v in ctx.tensors(collection="inputs")
+        if v.info.dtype is not None and np.dtype(v.info.dtype).kind in "iu"
+    ]
+    for labels in ctx.tensors(collection="labels"):
+        for tokens in inputs:
+            if labels.info.shape != tokens.info.shape:
+                continue
+            mine = _stat_rows(labels)
+            theirs = _stat_rows(tokens)
+            shared = mine.keys() & theirs.keys()
+            if len(shared) >= 3 and all(mine[k] == theirs[k] for k in shared):
+                return True
+    return False
+
+
+def _stat_rows(view: TensorView) -> dict[tuple[int, int], tuple[float, ...]]:
+    columns = [view.stat(name) for name in _IDENTITY_COLUMNS]
+    return {
+        (int(step), int(mode)): tuple(float(c[i]) for c in columns)
+        for i, (step, mode) in enumerate(zip(view.steps, view.modes, strict=True))
+    }
 
 
 def trainer_logged_no_loss(logging: object) -> str | None:

@@ -1030,6 +1030,25 @@ def test_class_rules_skip_the_token_labels_of_a_language_model(make_trace) -> No
         )
 
 
+def test_class_rules_skip_labels_that_are_the_input_ids(make_trace) -> None:
+    """Hugging Face's causal language models take ``labels = input_ids`` and shift them
+    inside: labels that repeat the recorded token ids are a language model's, whatever the
+    metadata says. Labels that merely share the ids' shape are judged."""
+    tensors = classifier([0.25] * 10, classes=50, batch=100, seed=22)
+    ids = tensors["labels"]["values"]
+    as_inputs = {"values": [v.copy() for v in ids], "collection": "inputs"}
+    language_model = make_trace(tensors={**tensors, "input_ids": as_inputs})
+    for rule_id in ("DBG601", "DBG604"):
+        result = run_rule(language_model, rule_id)
+        assert result.status is RuleStatus.skipped
+        assert result.reason.startswith(
+            "the labels are the tokens of a language model (the labels are the input ids"
+        )
+    shifted = {**as_inputs, "values": [np.roll(v, 1) + 1 for v in ids]}
+    classifier_run = make_trace(tensors={**tensors, "input_ids": shifted})
+    assert keyed(run_rule(classifier_run, "DBG604"), "diagonal")
+
+
 def test_confusion_does_not_judge_non_finite_predictions(make_trace) -> None:
     tensors = classifier([0.3] * 20, seed=15)
     for step in range(10, 20):
