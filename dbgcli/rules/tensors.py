@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -647,11 +648,12 @@ def unchanged_tensor(
     recorder says so (the PyTorch hook lists parameters with ``requires_grad=False`` in the
     metadata key ``frozen_parameters``) or when gradients are recorded for other parameters but
     none for it (no gradient flows to it): key ``frozen``, severity info (fine-tuning with a
-    frozen backbone). Unless the freeze leaves the model nothing to learn with: no layer's
-    weight matrix (a weight of two or more dimensions) trains and the mean of the last 10
-    training losses is above 80 % of the mean of the first 10 (DBG303's bar); then it is the
-    cause of the run's failure to learn, key ``unchanged``. (Tuning the biases alone is on
-    purpose as long as the loss does come down.) Otherwise (key ``unchanged``, warning) it is
+    frozen backbone). Unless the freeze leaves the model too little to learn with: at least
+    half of the layers' weights (elements of weights of two or more dimensions) are frozen
+    and the mean of the last 10 training losses is above 80 % of the mean of the first 10
+    (DBG303's bar); then it is the cause of the run's failure to learn, key ``unchanged``.
+    (A frozen backbone, or tuning the biases alone, is on purpose as long as the loss does
+    come down.) Otherwise (key ``unchanged``, warning) it is
     the classic bug, and the message says whether its gradient is recorded non-zero (it has a
     gradient but no update: not in the optimizer) or zero (no gradient reaches it: a detach or a
     dead layer); when the recorder lists it among the parameters that no optimizer's groups
@@ -710,7 +712,7 @@ def unchanged_tensor(
     frozen = set(declared) if isinstance(declared, list) else set()
     left_out = ctx.trace.metadata.get(schema.META_NOT_IN_OPTIMIZER)
     not_in_optimizer = set(left_out) if isinstance(left_out, list) else None
-    pointless = _nothing_left_to_learn(ctx, gradients, frozen)
+    frozen_share = _frozen_share_without_learning(ctx, gradients, frozen)
     for view in _selected(ctx, collections):
         result: UnchangedRuns = view.derive(derivation)
         run = result.run[view.records].astype(np.float64)
@@ -733,8 +735,15 @@ def unchanged_tensor(
                     flowing = "held"
             on_purpose = view.tag in frozen or flowing in ("none", "stale")
             why = _WHY["declared"] if view.tag in frozen else _WHY[flowing]
-            if on_purpose and pointless:
-                on_purpose, why = False, _WHY["pointless"]
+            if on_purpose and frozen_share is not None:
+                on_purpose = False
+                why = (
+                    _WHY["pointless"]
+                    if frozen_share == 1
+                    else f": frozen, with {frozen_share:.0%} of the layers' weights, while the "
+                    "loss stays above 80 % of its start: the freeze leaves the model too little "
+                    "to learn with (a backbone frozen by mistake?)"
+                )
             key = "frozen" if on_purpose else "too-small" if flowing == "held" else "unchanged"
 
             def message(
@@ -807,35 +816,43 @@ _WHY = {
 # first minibatch losses scatter widely.
 _LEARNED_FRACTION = 0.8
 _LOSS_WINDOW = 10
+# A freeze that holds at least this share of the layers' weights still decides what the
+# model can learn.
+_MOSTLY_FROZEN = 0.5
 
 
-def _nothing_left_to_learn(
+def _frozen_share_without_learning(
     ctx: RuleContext, gradients: dict[frozenset[str], TensorView], frozen: set[str]
-) -> bool:
-    """Whether a freeze leaves the model nothing to learn with: no layer's weight matrix
-    trains (each is declared frozen, or gets no gradient while other parameters do) and the
-    mean of the last 10 training losses is still above 80 % of the mean of the first 10
-    (DBG303's bar). A frozen backbone under a head that trains, or tuning the biases alone
-    when the loss does come down, are fine-tunes; a model that cannot learn because
-    everything is frozen is a mistake."""
+) -> float | None:
+    """The share of the layers' weights (elements of weight matrices and kernels) that a
+    freeze holds still (declared frozen, or no gradient while other parameters have one),
+    when it is at least half and the mean of the last 10 training losses is still above 80 %
+    of the mean of the first 10 (DBG303's bar); else None. A frozen backbone under a head
+    that trains, or tuning the biases alone, are fine-tunes while the loss does come down; a
+    model that cannot learn because most of it is frozen is a mistake."""
     layers = [
         view
         for view in ctx.unfocused().tensors(collection="weights")
         if view.info.shape is not None and len(view.info.shape) >= 2
     ]
     if not layers or not gradients:
-        return False
-    if any(v.tag not in frozen and _gradient_of(v, gradients) is not None for v in layers):
-        return False
+        return None
+    sizes = np.array([math.prod(v.info.shape or ()) for v in layers], dtype=np.float64)
+    held = np.array(
+        [v.tag in frozen or _gradient_of(v, gradients) is None for v in layers], dtype=bool
+    )
+    share = float(sizes[held].sum() / sizes.sum())
+    if share < _MOSTLY_FROZEN:
+        return None
     series = ctx.loss("train")
     if series is None:
-        return False
+        return None
     order = np.argsort(series.steps, kind="stable")
     values = series.values[order][np.isfinite(series.values[order])]
     if len(values) < 2 * _LOSS_WINDOW:
-        return False
+        return None
     start, end = values[:_LOSS_WINDOW].mean(), values[-_LOSS_WINDOW:].mean()
-    return bool(start > 0 and end > _LEARNED_FRACTION * start)
+    return share if start > 0 and end > _LEARNED_FRACTION * start else None
 
 
 def _gradient_flow(

@@ -589,6 +589,37 @@ def test_a_freeze_that_leaves_nothing_to_learn_with_is_the_cause(tmp_path: Path)
     assert {report.findings[i].rule_id for i in report.problems[0].symptoms} >= {"DBG303"}
 
 
+def test_a_backbone_frozen_by_mistake_under_a_training_head_is_the_cause(tmp_path: Path) -> None:
+    """Most of the layers' weights frozen (requires_grad off on the backbone by mistake) and
+    the head training on features that cannot separate the classes: the loss stays near its
+    start, and the freeze, holding 80 % of the weights, is the cause of the underfitting."""
+    torch = pytest.importorskip("torch")
+    from dbgcli.torch import attach
+
+    torch.manual_seed(0)
+    x = torch.randn(512, 8)
+    y = ((x[:, 0] * x[:, 1]) > 0).long()  # XOR of two signs: random ReLU features barely help
+    backbone = torch.nn.Sequential(torch.nn.Linear(8, 64), torch.nn.ReLU())
+    backbone.requires_grad_(False)
+    model = torch.nn.Sequential(backbone, torch.nn.Linear(64, 2))
+    optimizer = torch.optim.SGD(model[1].parameters(), lr=0.01)
+    path = tmp_path / "frozen.h5"
+    with attach(model, optimizer, path) as hook:
+        for step in range(200):
+            batch = slice(64 * (step % 8), 64 * (step % 8 + 1))
+            optimizer.zero_grad()
+            loss = torch.nn.functional.cross_entropy(model(x[batch]), y[batch])
+            loss.backward()
+            optimizer.step()
+            hook.record_loss(loss)
+    result = run_rule(path, "DBG403")
+    weight = next(f for f in result.findings if f.tensor == "0.0.weight")
+    assert weight.key == "unchanged" and weight.severity is Severity.warning
+    assert "frozen, with 80% of the layers' weights" in weight.message
+    report = analyze_path(path, select=("DBG303", "DBG403"))
+    assert report.findings[report.problems[0].cause].rule_id == "DBG403"
+
+
 def test_tuning_the_biases_alone_is_on_purpose_while_the_loss_comes_down(
     tmp_path: Path,
 ) -> None:
