@@ -33,6 +33,7 @@ from dbgcli.torch._hook import (
     Patterns,
     TorchHook,
 )
+from dbgcli.trace.schema import META_GRADIENT_CLIPPING
 from dbgcli.trace.writer import TraceWriter
 
 __all__ = ["VALIDATION_PREFIXES", "DbgCallback"]
@@ -57,6 +58,15 @@ def _loss_of(outputs: Any) -> torch.Tensor | None:
     if isinstance(loss, torch.Tensor) and loss.numel() == 1:
         return loss
     return None
+
+
+def _gradient_clipping(trainer: Trainer) -> dict[str, Any]:
+    """The run metadata that says the gradients are clipped to a total norm after the hook
+    records them (Lightning clips after ``on_before_optimizer_step``), if they are."""
+    bound = trainer.gradient_clip_val
+    if not bound or trainer.gradient_clip_algorithm not in (None, "norm"):
+        return {}
+    return {META_GRADIENT_CLIPPING: {"max_norm": float(bound)}}
 
 
 def _early_stopping(trainer: Trainer) -> dict[str, Any]:
@@ -231,6 +241,7 @@ class DbgCallback(Callback):
                 "lightning_version": lightning.__version__,
                 "accumulate_grad_batches": trainer.accumulate_grad_batches,
                 **_early_stopping(trainer),
+                **_gradient_clipping(trainer),
             },
         )
         self.hook.step = trainer.global_step

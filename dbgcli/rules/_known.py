@@ -263,11 +263,13 @@ _PINNED = 1e-3
 
 
 def clipped_gradient_norm(ctx: RuleContext) -> float | None:
-    """The total norm the training gradients were clipped to (``clip_grad_norm_``'s
-    ``max_norm``, the Trainer's ``max_grad_norm``), when the norm over every gradient tensor
-    recorded at a step is one value, within 0.1 %, at nine in ten of at least 5 such steps:
-    the hooks record gradients after clipping, and those of real batches vary by far more
-    unless clipping cuts every one of them. None otherwise."""
+    """The total norm the training gradients were clipped to at nine in ten of at least 5
+    recorded steps (``clip_grad_norm_``'s ``max_norm``, the Trainer's ``max_grad_norm``,
+    Lightning's ``gradient_clip_val``), or None. The PyTorch hook and the Hugging Face
+    callback record gradients after clipping: there the norm over every gradient tensor of a
+    step is one value, within 0.1 %, as no real batches' gradients are unless clipping cuts
+    every one of them. Lightning's callback records them before and notes the bound (run
+    metadata ``gradient_clipping``): there the recorded norm is at least the bound."""
     views = ctx.tensors(collection="gradients")
     if not views:
         return None
@@ -282,6 +284,10 @@ def clipped_gradient_norm(ctx: RuleContext) -> float | None:
     total = total[(tensors == len(views)) & np.isfinite(total)]
     if len(total) < 5:
         return None
+    noted = ctx.trace.metadata.get(schema.META_GRADIENT_CLIPPING)
+    if isinstance(noted, Mapping) and isinstance(noted.get("max_norm"), (int, float)):
+        bound = float(noted["max_norm"])
+        return bound if bound > 0 and np.mean(total >= bound) >= 0.9 else None
     norm = float(np.median(total))
     if not norm > 0 or np.mean(np.abs(total / norm - 1) < _PINNED) < 0.9:
         return None

@@ -56,6 +56,9 @@ META_OPTIMIZER = "optimizer"
 META_NOT_IN_OPTIMIZER = "parameters_not_in_optimizer"
 # How the run compensates a class imbalance (XGBoost's scale_pos_weight, a weighted loss).
 META_CLASS_WEIGHTING = "class_weighting"
+# The total norm the gradients are clipped to after they are recorded (Lightning's
+# gradient_clip_val): {"max_norm": float}.
+META_GRADIENT_CLIPPING = "gradient_clipping"
 
 # Groups under the root.
 TIMELINE = "timeline"

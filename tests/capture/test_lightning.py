@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from dbgcli import open_trace
 from dbgcli.errors import TraceWriterError
 from dbgcli.lightning import DbgCallback
+from tests.rules.helpers import analyze_path
 
 BATCHES_PER_EPOCH, ACCUMULATE, EPOCHS = 8, 2, 2
 STEPS_PER_EPOCH = BATCHES_PER_EPOCH // ACCUMULATE
@@ -75,6 +76,7 @@ def fit(
     resume: Path | None = None,
     module_class: Callable[[DbgCallback], Classifier] = lambda _: Classifier(),
     accumulate: int = ACCUMULATE,
+    clip: float | None = None,
 ) -> Classifier:
     """Train a fresh Classifier (or a subclass, given the callback); ``save`` a checkpoint at
     the end, or ``resume`` from one."""
@@ -83,6 +85,7 @@ def fit(
     trainer = pl.Trainer(
         max_epochs=epochs,
         accumulate_grad_batches=accumulate,
+        gradient_clip_val=clip,
         callbacks=[callback, *others],
         accelerator="cpu",
         devices=1,
@@ -175,6 +178,20 @@ def test_early_stopping_is_noted_in_the_metadata(tmp_path: Path, no_dbg_warnings
         assert trace.metadata["early_stopping"] == {"monitor": "val_loss", "patience": 3}
     with open_trace(plain) as trace:
         assert "early_stopping" not in trace.metadata
+
+
+def test_gradients_clipped_after_they_are_recorded_are_judged_by_the_noted_bound(
+    tmp_path: Path, no_dbg_warnings: None
+) -> None:
+    """Lightning clips after the callback records the gradients, so the callback notes the
+    bound; clipped to 1e-4 at every step, the starved updates are named as the clipping's."""
+    path = tmp_path / "clipped.h5"
+    fit(DbgCallback(path, stats_every=1), epochs=20, accumulate=1, clip=1e-4)
+    with open_trace(path) as trace:
+        assert trace.metadata["gradient_clipping"] == {"max_norm": 1e-4}
+    report = analyze_path(path, select=("DBG503",))
+    (finding,) = report.findings
+    assert finding.key == "clipped" and "total norm is 0.0001 at every step" in finding.message
 
 
 def test_a_fit_resumed_from_a_checkpoint_is_noted_as_such(
