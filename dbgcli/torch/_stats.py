@@ -732,11 +732,15 @@ def _reduce_activations_fused(
     units = first.shape[axis]
     band = schema.unit_band(kind, collection)
     assert band is not None  # every kind with a measure has a band
+    low, high = band
     outside = measure == schema.UNIT_MEASURE_ACTIVE
+    if outside and low == -math.inf:
+        # Active above the band only (ReLU's > 0): the kernel's plain count above a bound.
+        low, high, outside = high, math.nan, False
     outer = math.prod(first.shape[:axis])
     inner = first.numel() // (outer * units)
     measures = np.empty((len(tensors), units), dtype=np.float32)
-    _fused.count_units(pointers, outer, units, inner, *band, outside, measures)
+    _fused.count_units(pointers, outer, units, inner, low, high, outside, measures)
 
     def measure_of(row: int) -> Callable[[], np.ndarray]:
         return lambda: measures[row]
