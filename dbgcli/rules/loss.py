@@ -12,7 +12,7 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 
 from dbgcli.errors import RuleConfigError, RuleSkipped
-from dbgcli.findings import Finding
+from dbgcli.findings import Finding, Severity
 from dbgcli.rules._context import (
     RuleContext,
     episode_findings,
@@ -188,7 +188,10 @@ def loss_not_decreasing(
     level is above ``converged_fraction`` (one half) of the first finite loss: a loss that has
     more than halved and then flattens has converged (or reached the floor that label
     smoothing, weight decay or the noise of the data set), which is what training is for; a
-    plateau above half the starting loss is a run that stopped learning early. Except when
+    plateau above half the starting loss is a run that stopped learning early. Unless the
+    loss leaves it: when a later check's level is below that half, the plateau was a stage
+    of training (a recurrent network that finds the signal after a few epochs at chance), and
+    the finding is a note (severity info) that says where the loss went. Except when
     the recorded learning rate has fallen below 1e-4 of its peak at the check: a flat loss
     there is starved, not converged. A rising loss is reported at any level. A run resumed
     from a checkpoint (run metadata ``resumed_from_step``, with no loss recorded before it),
@@ -292,13 +295,15 @@ def loss_not_decreasing(
     raised = lr_raised(ctx, compared_at - num_steps, compared_at, np.array(checked))
     rose &= ~raised
     flat &= ~(raised & (change > 0))
+    converged_at = None
     if converged_fraction is not None:
         initial = initial_loss(ctx, mode)
         if initial is None:
             flat[:] = False  # a resumed run: its convergence cannot be told from a stall
         elif initial.value > 0:
             starved = lr_below(ctx, np.array(checked), STARVED_LR)
-            flat &= (levels_after > converged_fraction * initial.value) | starved
+            converged_at = levels_after <= converged_fraction * initial.value
+            flat &= ~converged_at | starved
     failing = sustained(rose | flat, patience)
     what = f"{'mean ' if smooth else ''}{mode} loss"
     for episode in episodes(failing):
@@ -316,8 +321,23 @@ def loss_not_decreasing(
         else:
             message = f"{what} {moved}; must fall more than {min_decrease_pct:g}%)"
             threshold, value = min_decrease_pct, -pct
+        # A plateau above the converged level that a later check finds below it; one that
+        # counts because the learning rate starved below that level is no such plateau.
+        left = (
+            None
+            if increasing or converged_at is None or converged_at[span_of].any()
+            else np.flatnonzero(converged_at[episode.last + 1 :])
+        )
+        if left is not None and len(left):
+            # The plateau ended: the loss went on to converge, so the run did learn.
+            at = episode.last + 1 + int(left[0])
+            message += (
+                f"; a plateau the loss left: it fell to {levels_after[at]:.4g} by step "
+                f"{checked[at]}"
+            )
         yield Finding(
             message=message,
+            severity=Severity.info if left is not None and len(left) else None,
             tensor=(ctx.loss_tag(mode) or "loss"),
             first_step=checked[episode.first],
             last_step=checked[episode.last],
@@ -597,8 +617,9 @@ def underfit(
     regression head or another layout from passing for a classifier.
 
     The trailing window is cut to a quarter of the records when the series holds fewer than
-    ``4 * window``. A run is judged only when its last record is at least ``min_steps`` steps
-    after the first (a run needs time to learn); one finding per key, for the stretch of bad
+    ``4 * window``. A run is judged only when its records span at least ``min_steps`` steps,
+    the first and the last included (a run needs time to learn; 100 boosting rounds, steps 0
+    to 99, are 100); one finding per key, for the stretch of bad
     records that lasts until the last record, starting where the curve was last on the good
     side (from the first record if it never was). The value is the final mean divided by
     ``L0`` (``loss-high``), by ``H`` or ``ln C`` (``at-chance`` on the loss), or the final
@@ -626,7 +647,8 @@ def underfit(
             stay above ln C divided by it).
         chance_margin: The smoothed accuracy must rise more than this above chance (1/C), or
             above its first value when C is unknown.
-        min_steps: Steps from the first record the run must span before it is judged.
+        min_steps: Steps the records must span, first and last included, before the run is
+            judged.
         window: Records in the trailing mean.
         min_accuracy: The smoothed train accuracy must reach this level; none disables the
             check.
@@ -639,7 +661,7 @@ def underfit(
     classes = class_count(ctx)
     steps, values = _finite(train)
     initial = initial_loss(ctx)
-    if len(values) and values[0] > 0 and steps[-1] - steps[0] >= min_steps:
+    if len(values) and values[0] > 0 and steps[-1] - steps[0] + 1 >= min_steps:
         span = _records_for(window, len(values))
         smoothed = _trailing_mean(values, span)
         if initial is not None and initial.value > 0:
@@ -682,7 +704,7 @@ def underfit(
     if accuracy is None:
         return
     steps, values = _finite(accuracy)
-    if not len(values) or steps[-1] - steps[0] < min_steps:
+    if not len(values) or steps[-1] - steps[0] + 1 < min_steps:
         return
     span = _records_for(window, len(values))
     smoothed = _trailing_mean(values, span)

@@ -104,6 +104,21 @@ def test_loss_not_decreasing_fires_when_the_loss_gets_stuck(make_trace) -> None:
     assert finding.severity is Severity.warning
 
 
+def test_loss_not_decreasing_notes_a_plateau_the_loss_leaves(make_trace) -> None:
+    """Stuck at chance for 300 steps, then learning down to 0.05: a recurrent network that
+    finds the signal after a few epochs. The plateau is a note that says where the loss
+    went, not a warning; stuck to the end, it stays a warning."""
+    rng = np.random.default_rng(0)
+    level = np.r_[np.full(300, np.log(4)), np.geomspace(np.log(4), 0.05, 300)]
+    train = level * (1 + 0.002 * rng.standard_normal(600))
+    (finding,) = keyed(run_rule(make_trace(scalars=losses(train)), "DBG301"), "not-decreasing")
+    assert finding.severity is Severity.info
+    assert "; a plateau the loss left: it fell to " in finding.message
+    stuck = np.full(600, np.log(4)) * (1 + 0.002 * rng.standard_normal(600))
+    (finding,) = keyed(run_rule(make_trace(scalars=losses(stuck)), "DBG301"), "not-decreasing")
+    assert finding.severity is Severity.warning and "plateau the loss left" not in finding.message
+
+
 @pytest.mark.parametrize("steps, exponent", [(300, 0.7), (2000, 0.4), (5000, 0.3)])
 def test_loss_not_decreasing_quiet_on_healthy_noisy_loss(
     make_trace, steps: int, exponent: float
@@ -332,6 +347,11 @@ def test_underfit_fires_when_the_loss_never_leaves_its_start(make_trace) -> None
     (finding,) = keyed(run_rule(make_trace(scalars=sparse), "DBG303"), "loss-high")
     assert "mean train loss of the last 2 records" in finding.message
     assert run_rule(make_trace(scalars=losses(stuck_at_chance(80))), "DBG303").status is (
+        RuleStatus.passed
+    )
+    # 100 records at steps 0-99 span 100 steps (100 boosting rounds): judged.
+    assert keyed(run_rule(make_trace(scalars=losses(stuck_at_chance(100))), "DBG303"), "loss-high")
+    assert run_rule(make_trace(scalars=losses(stuck_at_chance(99))), "DBG303").status is (
         RuleStatus.passed
     )
 
