@@ -60,11 +60,16 @@ def _depth_views(ctx: RuleContext) -> list[TensorView]:
         lambda ctx: bool(_depth_views(ctx)),
         looks_at="tensors",
     ),
-    label="trees too deep",
-    explains=("DBG302", "DBG304"),
+    label={"too-deep": "trees too deep", "no-splits": "trees that never split"},
+    explains={
+        "too-deep": ("DBG302", "DBG304"),
+        # A constant model learns nothing and predicts one class.
+        "no-splits": ("DBG301:not-decreasing", "DBG303", "DBG601:mispredicted", "DBG604"),
+    },
 )
-def tree_depth(ctx: RuleContext, *, depth: int = 10) -> Iterator[Finding]:
-    """Boosting added trees deeper than ``depth``; deep trees memorise the training data.
+def tree_depth(ctx: RuleContext, *, depth: int = 10, min_rounds: int = 5) -> Iterator[Finding]:
+    """Boosting added trees deeper than ``depth``; deep trees memorise the training data. Or
+    no tree ever split: the model is a constant.
 
     Reads ``trees/depth`` (one record per boosting round holding the depth of each tree added
     that round; see the recording convention in ``dbgcli.rules.trees``) through its ``max``
@@ -80,23 +85,50 @@ def tree_depth(ctx: RuleContext, *, depth: int = 10) -> Iterator[Finding]:
     The 2019 SageMaker Debugger cases (``max_depth=100`` fires, ``max_depth=4`` for 10 rounds
     does not) hold with ``depth=4``.
 
+    **Never split** (key ``no-splits``): every tree of every round, at least ``min_rounds``
+    of them, is a single leaf (depth 0). Each round then only moves the one prediction the
+    model makes for every row: no split was worth making, because ``min_child_weight``,
+    ``gamma`` (``min_split_loss``) or the data allow none, or the labels are one value with
+    nothing to learn (a join or filter that left a constant target). Trees that stop
+    splitting after the first rounds are an ensemble that has learned what it can, and are
+    not reported.
+
     Why it matters: a deep tree splits the data into tiny leaves that fit noise; the
     ensemble overfits, validation error rises while training error keeps falling, and
-    prediction gets slower.
+    prediction gets slower. A model that never splits predicts a constant.
 
     Typical causes: ``max_depth`` set high (or 0, unlimited) during tuning, loss-guided growth
     with many leaves, no ``min_child_weight`` or ``gamma`` to stop useless splits.
 
-    Fix: lower ``max_depth`` (XGBoost's default 6 is a good start), raise
-    ``min_child_weight`` or ``gamma``, cap ``max_leaves``, and tune against a validation set
-    with early stopping.
+    Fix: for trees too deep, lower ``max_depth`` (XGBoost's default 6 is a good start),
+    raise ``min_child_weight`` or ``gamma``, cap ``max_leaves``, and tune against a
+    validation set with early stopping; for trees that never split, lower
+    ``min_child_weight`` and ``gamma`` and check that the labels vary.
 
     Args:
         depth: Largest acceptable tree depth (edges from the root to the deepest leaf).
+        min_rounds: Rounds of single leaves needed to call a model one that never splits.
     """
     for view in _depth_views(ctx):
         deepest = view.stat("max")
         for code in view.mode_codes:
+            mine = np.flatnonzero(view.modes == code)
+            if len(mine) >= min_rounds and (deepest[mine] == 0).all():
+                yield Finding(
+                    message=(
+                        f"every tree of the {len(mine)} rounds is a single leaf (depth 0): the "
+                        "model predicts one value for every row (min_child_weight or gamma "
+                        "too high for the data, or labels with nothing to learn?)"
+                    ),
+                    tensor=view.tag,
+                    first_step=int(view.steps[mine[0]]),
+                    last_step=int(view.steps[mine[-1]]),
+                    steps=len(mine),
+                    value=0.0,
+                    threshold=None,
+                    mode=view.mode_name(int(mine[0])),
+                    key="no-splits",
+                )
             rows = np.flatnonzero((view.modes == code) & (deepest > depth))
             if not rows.size:
                 continue

@@ -271,6 +271,31 @@ def test_an_imbalance_the_objective_compensates_is_a_note(
     }
 
 
+@pytest.mark.parametrize("fault", ["min_child_weight", "constant_labels"])
+def test_a_booster_that_never_splits_is_named(
+    tmp_path: Path, no_dbg_warnings: None, fault: str
+) -> None:
+    """min_child_weight far above any node's hessian, or labels that are one value: every
+    tree is a single leaf, and DBG701 says so first."""
+    x, labels = make_data(6, rows=400)
+    if fault == "constant_labels":
+        labels = np.zeros_like(labels)
+    params: dict[str, object] = {"objective": "binary:logistic", "seed": 0}
+    if fault == "min_child_weight":
+        params["min_child_weight"] = 1e6
+    path = tmp_path / f"{fault}.h5"
+    boost(params, xgb.DMatrix(x, label=labels), DbgCallback(path))
+    report = analyze_path(path)
+    assert report.verdict.startswith("unhealthy: trees that never split")
+    healthy = tmp_path / "healthy.h5"
+    boost(
+        {"objective": "binary:logistic", "seed": 0},
+        xgb.DMatrix(x, label=make_data(6)[1]),
+        DbgCallback(healthy),
+    )
+    assert not [f for f in analyze_path(healthy).findings if f.key == "no-splits"]
+
+
 def test_multiclass_parallel_trees_and_more_eval_sets(
     tmp_path: Path, no_dbg_warnings: None
 ) -> None:

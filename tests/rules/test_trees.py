@@ -88,6 +88,24 @@ def test_tree_depth_looks_at_every_tree_of_a_round(make_trace) -> None:
     assert (finding.first_step, finding.last_step, finding.value) == (3, 3, 12.0)
 
 
+def test_tree_depth_reports_trees_that_never_split(make_trace) -> None:
+    """Single leaves in every round: a constant model. Stumps after rounds that split are an
+    ensemble that has learned what it can."""
+    (finding,) = run_rule(depth_trace(make_trace, [[0, 0, 0]] * 8), "DBG701").findings
+    assert (finding.key, finding.first_step, finding.last_step, finding.steps) == (
+        "no-splits",
+        0,
+        7,
+        8,
+    )
+    assert finding.message.startswith("every tree of the 8 rounds is a single leaf (depth 0)")
+    later = depth_trace(make_trace, [[3, 2, 4]] * 3 + [[0, 0, 0]] * 7)
+    assert run_rule(later, "DBG701").status is RuleStatus.passed
+    few = depth_trace(make_trace, [[0]] * 4)
+    assert run_rule(few, "DBG701").status is RuleStatus.passed
+    assert run_rule(few, "DBG701", min_rounds=4).status is RuleStatus.violated
+
+
 def test_tree_depth_skipped_without_trees(make_trace) -> None:
     result = run_rule(make_trace(scalars={"train-logloss": [0.6, 0.5]}), "DBG701")
     assert result.status is RuleStatus.skipped
