@@ -701,6 +701,9 @@ _TOO_HIGH_EFFECTS = (
 )
 
 
+# A learning rate at most this share of its final value at the middle of a run that never
+# lowers it was still warming up through the second half.
+_STILL_RISING = 0.75
 # What updates too small to change the model lead to.
 _STARVED_EFFECTS = ("DBG301:not-decreasing", "DBG303", "DBG403", "DBG502:too-small")
 
@@ -716,12 +719,14 @@ _STARVED_EFFECTS = ("DBG301:not-decreasing", "DBG303", "DBG403", "DBG502:too-sma
         "too-low": "learning rate too low",
         "decayed": "learning rate decayed to nothing early",
         "clipped": "gradients clipped to nothing",
+        "still-rising": "learning rate still warming up at the end",
     },
     explains={
         "too-high": _TOO_HIGH_EFFECTS,
         "too-low": _STARVED_EFFECTS,
         "decayed": _STARVED_EFFECTS,
         "clipped": _STARVED_EFFECTS,
+        "still-rising": _STARVED_EFFECTS,
     },
 )
 def learning_rate(
@@ -771,6 +776,13 @@ def learning_rate(
       value, within 0.1 %, at nine in ten of the training records: the gradients are clipped
       to that norm (``clip_grad_norm_``'s ``max_norm``) at every step, far below their own
       size, whatever the learning rate.
+    * **still warming up at the end** (key ``still-rising``): the recorded learning rate
+      never falls, ends the run at its peak, is at most 3/4 of it at the middle of the run
+      (a linear warmup over the whole run is at half), and the training loss ends above
+      ``stuck_fraction`` of its start: a warmup is a short
+      first stretch of a run, and one that lasts all of it never reaches the rate the run
+      was tuned for (its length in epochs where steps were meant, a schedule built for a
+      longer run).
     * **decayed to nothing early** (key ``decayed``): the recorded learning rate falls below
       ``STARVED_LR`` (1e-4) of its peak and stays there to the end, for at least
       ``starved_share`` (20 %) of the recorded steps. Updates four orders of magnitude below
@@ -812,6 +824,7 @@ def learning_rate(
     if window < 1:
         raise RuleConfigError(f"DBG503 window must be at least 1, got {window}")
     yield from _decayed(ctx, starved_share)
+    yield from _still_rising(ctx, stuck_fraction)
     ratios = layer_ratios(ctx, window, max_ratio, min_ratio)
     if not ratios.layers:
         return
@@ -865,6 +878,41 @@ def learning_rate(
                 f"still {stuck[0]:.0%} of its start{cause}"
             ),
         )
+
+
+def _still_rising(ctx: RuleContext, stuck_fraction: float) -> Iterator[Finding]:
+    """The finding of a warmup the run never finished (key ``still-rising``): the recorded
+    learning rate never falls, ends at its peak, is at most 3/4 of it at the middle of the
+    run, and the training loss ends above ``stuck_fraction`` of its start."""
+    series = ctx.lr()
+    if series is None or len(series) < 10 or not np.isfinite(series.values).all():
+        return
+    order = np.argsort(series.steps, kind="stable")
+    steps, values = series.steps[order], series.values[order].astype(np.float64)
+    peak, middle = float(values[-1]), float(values[len(values) // 2])
+    # Still climbing through the second half: a warmup that ended before it would have its
+    # peak there already.
+    if not (peak > 0 and np.all(np.diff(values) >= 0) and middle <= _STILL_RISING * peak):
+        return
+    stuck = loss_fraction(ctx, steps[-1:])
+    if stuck is None or not stuck[0] > stuck_fraction:
+        return
+    yield Finding(
+        message=(
+            f"the learning rate rose for the whole run, from {values[0]:.3g} to {peak:.3g} at "
+            f"its last step ({middle:.3g} at the middle of the run), while the training loss "
+            f"ended at {stuck[0]:.0%} of its start: a warmup longer than the run (its length "
+            "in epochs where steps were meant, or a schedule set for a longer run?)"
+        ),
+        tensor=ctx.lr_tag(),
+        first_step=int(steps[0]),
+        last_step=int(steps[-1]),
+        steps=len(values),
+        value=peak,
+        threshold=None,
+        mode="train",
+        key="still-rising",
+    )
 
 
 def _decayed(ctx: RuleContext, starved_share: float) -> Iterator[Finding]:

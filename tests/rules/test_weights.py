@@ -468,6 +468,28 @@ def test_gradients_clipped_below_the_vanishing_bar_name_the_clipping(tmp_path: P
     assert report.verdict.startswith("unhealthy: gradients clipped to nothing")
 
 
+def test_learning_rate_still_warming_up_at_the_end(make_trace) -> None:
+    """A linear warmup over the whole run (its length in epochs, meant in steps) never
+    reaches the rate the run was tuned for, and the loss stays near its start. A warmup of a
+    tenth of the run followed by a constant rate is a schedule, as is any that learns."""
+    tensors = network({"fc1.weight": 1e-3, "fc2.weight": 1e-3}, steps=200)
+    warming = list(np.linspace(1e-5, 1e-3, 200))
+    stuck = {"lr": warming, "loss": list(np.linspace(2.3, 2.1, 200))}
+    (finding,) = keyed(
+        run_rule(make_trace(scalars=stuck, tensors=tensors), "DBG503"), "still-rising"
+    )
+    assert (finding.tensor, finding.first_step, finding.last_step) == ("lr", 0, 199)
+    assert finding.value == pytest.approx(1e-3)
+    warmed = {**stuck, "lr": list(np.r_[np.linspace(1e-5, 1e-3, 20), np.full(180, 1e-3)])}
+    assert not keyed(
+        run_rule(make_trace(scalars=warmed, tensors=tensors), "DBG503"), "still-rising"
+    )
+    learns = {**stuck, "loss": list(np.geomspace(2.3, 0.1, 200))}
+    assert not keyed(
+        run_rule(make_trace(scalars=learns, tensors=tensors), "DBG503"), "still-rising"
+    )
+
+
 def vit_run(path: Path) -> Path:
     """A real PyTorch run of a tiny ViT-style encoder, 30 steps: a positional table ``pos``
     and a ``cls_token`` registered at zero, a LayerScale ``gamma`` at 1e-5 (as timm and CaiT
