@@ -974,7 +974,10 @@ def _imbalance(
         shown = ", ".join(str(c) for c in missing[:_LISTED]) + (
             " ..." if missing.size > _LISTED else ""
         )
-        smallest = f"{missing.size} of {stream.width} classes never appear ({shown})"
+        smallest = (
+            f"{missing.size} of {stream.width} classes never appear ({shown}; classes the "
+            "model scores but never sees: check the label mapping and any filtering)"
+        )
     else:
         least = int(np.argmin(counts))
         ratio = float(counts[largest] / counts[least])

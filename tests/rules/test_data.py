@@ -168,7 +168,11 @@ def test_class_imbalance_missing_class_is_infinitely_rare_when_classes_are_known
     for values in tensors["labels"]["values"]:
         values[values == 3] = 0
     (finding,) = keyed(run_rule(make_trace(tensors=tensors), "DBG601"), "imbalance")
-    assert finding.value == math.inf and "1 of 4 classes never appear (3)" in finding.message
+    assert (
+        finding.value == math.inf
+        and "1 of 4 classes never appear (3; classes the model scores but never sees"
+        in (finding.message)
+    )
     # Plain integer labels do not say how many classes there are: only those seen count.
     del tensors["predictions"]
     assert not keyed(run_rule(make_trace(tensors=tensors), "DBG601"), "imbalance")
