@@ -188,12 +188,12 @@ def loss_not_decreasing(
     level is above ``converged_fraction`` (one half) of the first finite loss: a loss that has
     more than halved and then flattens has converged (or reached the floor that label
     smoothing, weight decay or the noise of the data set), which is what training is for; a
-    plateau above half the starting loss is a run that stopped learning early. Unless the
-    loss leaves it: when a later check's level is below that half, the plateau was a stage
-    of training (a recurrent network that finds the signal after a few epochs at chance), and
-    the finding is a note (severity info) that says where the loss went. Except when
+    plateau above half the starting loss is a run that stopped learning early. Except when
     the recorded learning rate has fallen below 1e-4 of its peak at the check: a flat loss
-    there is starved, not converged. A rising loss is reported at any level. A run resumed
+    there is starved, not converged. A plateau above that half that the loss leaves (a later
+    check's level is below it) was a stage of training, such as a recurrent network that
+    finds the signal after a few epochs at chance: its finding is a note (severity info) that
+    says where the loss went. A rising loss is reported at any level. A run resumed
     from a checkpoint (run metadata ``resumed_from_step``, with no loss recorded before it),
     or one whose first training predictions already beat chance (a fine-tune of a trained
     classifier, a hook attached after some training), starts from a trained model: its

@@ -68,8 +68,7 @@ def _depth_views(ctx: RuleContext) -> list[TensorView]:
     },
 )
 def tree_depth(ctx: RuleContext, *, depth: int = 10, min_rounds: int = 5) -> Iterator[Finding]:
-    """Boosting added trees deeper than ``depth``; deep trees memorise the training data. Or
-    no tree ever split: the model is a constant.
+    """Boosting grew trees deeper than ``depth`` (memorising the data), or trees that never split.
 
     Reads ``trees/depth`` (one record per boosting round holding the depth of each tree added
     that round; see the recording convention in ``dbgcli.rules.trees``) through its ``max``
