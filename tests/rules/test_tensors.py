@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -530,13 +531,30 @@ def test_unchanged_tells_a_frozen_backbone_from_a_forgotten_layer(tmp_path: Path
         )
 
 
+def train_in_batches(model: Any, optimizer: Any, x: Any, y: Any, path: Path, *, steps: int) -> Path:
+    """Train ``model`` on batches of 64 of ``x``, ``y`` (512 rows) in turn, recorded by the
+    PyTorch hook at its defaults into ``path``."""
+    import torch
+
+    from dbgcli.torch import attach
+
+    with attach(model, optimizer, path) as hook:
+        for step in range(steps):
+            batch = slice(64 * (step % 8), 64 * (step % 8 + 1))
+            optimizer.zero_grad()
+            loss = torch.nn.functional.cross_entropy(model(x[batch]), y[batch])
+            loss.backward()
+            optimizer.step()
+            hook.record_loss(loss)
+    return path
+
+
 def test_unchanged_tells_updates_too_small_to_show_from_a_forgotten_layer(tmp_path: Path) -> None:
     """A bias right before a BatchNorm gets a gradient that is zero but for rounding (the norm
     subtracts the batch mean), so SGD's steps round away. The hook says the optimizer holds
     it: a note that its updates are too small to show, not a parameter missing from the
     optimizer. The same run with the layer left out of the optimizer warns, as a fact."""
     torch = pytest.importorskip("torch")
-    from dbgcli.torch import attach
 
     def train(path: Path, *, forget_the_first_layer: bool) -> Path:
         torch.manual_seed(0)
@@ -550,15 +568,7 @@ def test_unchanged_tells_updates_too_small_to_show_from_a_forgotten_layer(tmp_pa
         optimizer = torch.optim.SGD(trained, lr=0.05)
         x = torch.randn(512, 8)
         y = (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
-        with attach(model, optimizer, path) as hook:
-            for step in range(60):
-                batch = slice(64 * (step % 8), 64 * (step % 8 + 1))
-                optimizer.zero_grad()
-                loss = torch.nn.functional.cross_entropy(model(x[batch]), y[batch])
-                loss.backward()
-                optimizer.step()
-                hook.record_loss(loss)
-        return path
+        return train_in_batches(model, optimizer, x, y, path, steps=60)
 
     held = run_rule(train(tmp_path / "bn.h5", forget_the_first_layer=False), "DBG403")
     assert [(f.tensor, f.key, f.severity) for f in held.findings] == [
@@ -594,7 +604,6 @@ def test_a_backbone_frozen_by_mistake_under_a_training_head_is_the_cause(tmp_pat
     the head training on features that cannot separate the classes: the loss stays near its
     start, and the freeze, holding 80 % of the weights, is the cause of the underfitting."""
     torch = pytest.importorskip("torch")
-    from dbgcli.torch import attach
 
     torch.manual_seed(0)
     x = torch.randn(512, 8)
@@ -603,15 +612,7 @@ def test_a_backbone_frozen_by_mistake_under_a_training_head_is_the_cause(tmp_pat
     backbone.requires_grad_(False)
     model = torch.nn.Sequential(backbone, torch.nn.Linear(64, 2))
     optimizer = torch.optim.SGD(model[1].parameters(), lr=0.01)
-    path = tmp_path / "frozen.h5"
-    with attach(model, optimizer, path) as hook:
-        for step in range(200):
-            batch = slice(64 * (step % 8), 64 * (step % 8 + 1))
-            optimizer.zero_grad()
-            loss = torch.nn.functional.cross_entropy(model(x[batch]), y[batch])
-            loss.backward()
-            optimizer.step()
-            hook.record_loss(loss)
+    path = train_in_batches(model, optimizer, x, y, tmp_path / "frozen.h5", steps=200)
     result = run_rule(path, "DBG403")
     weight = next(f for f in result.findings if f.tensor == "0.0.weight")
     assert weight.key == "unchanged" and weight.severity is Severity.warning
