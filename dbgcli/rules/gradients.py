@@ -135,7 +135,8 @@ def vanishing_gradient(
     missing normalisation or residual connections.
 
     Fix: ReLU-family activations, He/Xavier initialisation, batch or layer normalisation,
-    residual connections, gradient-norm monitoring per layer.
+    residual connections, gradient-norm monitoring per layer; gradients clipped at every step
+    need a higher clipping bound instead.
 
     Args:
         threshold: Mean absolute gradient below which a tensor counts as vanished.

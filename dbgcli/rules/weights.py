@@ -807,8 +807,9 @@ def learning_rate(
 
     Fix: run a learning-rate range test (increase it over a few hundred steps and pick a value
     somewhat below where the loss blows up); aim for update/weight ratios around 1e-3 per step;
-    add warmup and gradient clipping against early spikes; ``dbg lr`` replays the recorded
-    loss through GreedyLR and other schedules.
+    add warmup and gradient clipping against early spikes, with a bound that cuts only spikes
+    (one that cuts every step starves the run); end a warmup within the first tenth of the
+    run; ``dbg lr`` replays the recorded loss through GreedyLR and other schedules.
 
     Args:
         max_ratio: Typical per-step update/weight ratio above which the rate is too high.
