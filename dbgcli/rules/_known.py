@@ -269,7 +269,12 @@ def clipped_gradient_norm(ctx: RuleContext) -> float | None:
     callback record gradients after clipping: there the norm over every gradient tensor of a
     step is one value, within 0.1 %, as no real batches' gradients are unless clipping cuts
     every one of them. Lightning's callback records them before and notes the bound (run
-    metadata ``gradient_clipping``): there the recorded norm is at least the bound."""
+    metadata ``gradient_clipping``): there the recorded norm is at least the bound. Computed
+    once per analysis, for every rule that asks."""
+    return ctx.shared("clipped-gradient-norm", lambda: _clipped_gradient_norm(ctx.unfocused()))
+
+
+def _clipped_gradient_norm(ctx: RuleContext) -> float | None:
     views = ctx.tensors(collection="gradients")
     if not views:
         return None
@@ -371,7 +376,11 @@ def labels_are_the_inputs(ctx: RuleContext) -> bool:
     """Whether a labels tensor repeats an integer inputs tensor record for record: same
     shape and the same statistics at each of at least 3 shared steps. A causal language model
     in Hugging Face's convention takes ``labels = input_ids`` and shifts them itself; no
-    classifier's labels are its inputs."""
+    classifier's labels are its inputs. Computed once per analysis: every class rule asks."""
+    return ctx.shared("labels-are-the-inputs", lambda: _labels_are_the_inputs(ctx.unfocused()))
+
+
+def _labels_are_the_inputs(ctx: RuleContext) -> bool:
     inputs = [
         v
         for v in ctx.tensors(collection="inputs")

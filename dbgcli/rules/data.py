@@ -923,9 +923,8 @@ def _class_weighting(ctx: RuleContext) -> _Weighting | None:
         if isinstance(value, (int, float)) and "scale_pos_weight" in str(key):
             per_class = np.array([1.0, float(value)])
         elif isinstance(value, (list, tuple)) and value:
-            weights = np.array(value, dtype=object)
-            if all(isinstance(w, (int, float)) for w in weights):
-                per_class = weights.astype(np.float64)
+            if all(isinstance(w, (int, float)) for w in value):
+                per_class = np.array(value, dtype=np.float64)
     text = ", ".join(f"{key} {value}" for key, value in weighting.items())
     return _Weighting(text, per_class)
 
