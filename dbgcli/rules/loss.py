@@ -1395,3 +1395,126 @@ def _cross_entropies(
     as_logits = float(np.mean(top + np.log(np.exp(p - top[:, None]).sum(axis=1)) - chosen))
     as_probabilities = float(np.mean(-np.log(np.maximum(chosen, 1e-300))))
     return as_logits, as_probabilities
+
+
+# -- DBG308 clamped-logits ------------------------------------------------------------------------
+
+# Share of a step's class scores exactly zero, none negative, from which the scores are
+# clamped: a linear layer's output is exactly zero with probability zero, so any sizeable share
+# is a clamp's; an untrained ReLU output layer already holds about half.
+_CLAMPED_SHARE = 0.1
+
+
+@rule(
+    "DBG308",
+    "clamped-logits",
+    severity="error",
+    category="loss",
+    requires=(LABELS, PREDICTIONS),
+    label="logits clamped at zero",
+    # A class whose logit sits at the clamp gets no gradient: it can be neither raised for its
+    # own samples nor lowered for others', so classes go unpredicted, the output units look
+    # dead and the loss stalls.
+    explains=(
+        "DBG201",
+        "DBG301:not-decreasing",
+        "DBG303",
+        "DBG601:mispredicted",
+        "DBG604",
+    ),
+)
+def clamped_logits(ctx: RuleContext, *, records: int = 20) -> Iterator[Finding]:
+    """The model's class scores are clamped at zero: a ReLU after the last layer.
+
+    Checked on up to ``records`` recorded steps, spread over the run and its modes, that hold
+    full tensors of class labels (one class id per sample, or one-hot) and of predictions
+    with a class axis of at least two scores. A step counts where every score is finite and
+    none is negative, at least a tenth of them are exactly zero, and the rows are not
+    probability vectors (sparsemax and other sparse probabilities hold exact zeros by design;
+    DBG307 judges softmax outputs) nor hard 0/1 decisions. A linear layer's output is exactly
+    zero with probability zero, so such a share is a clamp's; an untrained ReLU output layer
+    gives about half. At least three such steps, and at least half of those compared, make
+    the finding.
+
+    Why it matters: cross-entropy wants the logits of the wrong classes far below the right
+    one's; clamped at zero, they cannot go below it, and a logit at the clamp passes no
+    gradient, so a class whose logit sits there for its own samples is never learnt.
+
+    Typical causes: ``nn.Sequential`` built with a ReLU after every ``Linear``, the last
+    included; ``F.relu`` applied to the output in ``forward``; ``clamp(min=0)`` on the logits.
+
+    Fix: return the last linear layer's output as it is; apply softmax or sigmoid only to
+    read predictions.
+
+    Args:
+        records: Most steps read.
+    """
+    if records < 1:
+        raise RuleConfigError(f"DBG308 records must be at least 1, got {records}")
+    for labels, predictions in scored_labels(ctx):
+        shape = predictions.info.shape
+        if shape is None or len(shape) < 2 or shape[-1] < 2:
+            continue
+        steps: list[tuple[int, str]] = []
+        for mode, code in schema.MODE_CODES.items():
+            both = np.intersect1d(
+                _kept_steps(ctx, labels.tag, code), _kept_steps(ctx, predictions.tag, code)
+            )
+            steps += [(int(step), mode) for step in both]
+        steps.sort()
+        if len(steps) > records:
+            steps = [steps[i] for i in np.linspace(0, len(steps) - 1, records).round().astype(int)]
+        compared, hits = 0, []
+        for step, mode in steps:
+            share = _clamped_share(ctx, labels.tag, predictions.tag, step, mode)
+            if share is None:
+                continue
+            compared += 1
+            if share >= _CLAMPED_SHARE:
+                hits.append((step, mode, share))
+        if len(hits) < 3 or 2 * len(hits) < compared:
+            continue
+        last_step, last_mode, share = hits[-1]
+        yield Finding(
+            message=(
+                f"the class scores are clamped at zero (a ReLU after the last layer?): none is "
+                f"negative and {share:.0%} are exactly 0 at step {last_step} ({last_mode}); "
+                f"{len(hits)} of {compared} steps compared"
+            ),
+            tensor=predictions.tag,
+            first_step=hits[0][0],
+            last_step=last_step,
+            steps=len(hits),
+            value=share,
+            threshold=_CLAMPED_SHARE,
+            mode=last_mode,
+            key="clamped",
+            extra={"labels": labels.tag, "steps_compared": compared},
+        )
+
+
+def _clamped_share(
+    ctx: RuleContext, labels: str, predictions: str, step: int, mode: str
+) -> float | None:
+    """Share of one step's class scores exactly zero if none is negative, 0.0 if some are;
+    None where the step holds no class labels and scores to judge: labels that are not one
+    class per sample, predictions that are not float scores along a last class axis, scores
+    that are not finite, probability rows or hard 0/1 decisions."""
+    scores = ctx.trace.raw(predictions, step, mode)
+    truth = ctx.trace.raw(labels, step, mode)
+    if scores is None or truth is None or scores.dtype.kind != "f" or scores.size == 0:
+        return None
+    if truth.shape not in (scores.shape[:-1], scores.shape):
+        return None  # no class axis: class ids, or scores of another layout
+    classes = scores.shape[-1]
+    found, width = class_ids(truth[None])
+    if width not in (None, classes) or not (found >= 0).any() or found.max() >= classes:
+        return None
+    p = scores.reshape(-1, classes).astype(np.float64)
+    if not np.isfinite(p).all():
+        return None
+    if (p < 0).any():
+        return 0.0
+    if np.allclose(p.sum(axis=1), 1.0, atol=1e-3) or ((p == 0) | (p == 1)).all():
+        return None
+    return float(np.mean(p == 0))

@@ -899,20 +899,26 @@ def test_a_fine_tune_of_a_trained_classifier_is_judged_against_chance(tmp_path: 
         assert scale is not None and scale.name.startswith("the initial loss")
 
 
-def softmax_run(
-    path: Path, *, model_softmax: bool, steps: int = 120, raw: bool | None = True
+def classifier_run(
+    path: Path,
+    *,
+    head: str | None = None,
+    record: str = "output",
+    steps: int = 120,
+    raw: bool | None = True,
 ) -> Path:
     """A 4-class MLP trained with F.cross_entropy, labels and predictions of every 10th batch
     recorded (``raw=None``: full tensors at the hook's default, every 100th step only).
-    ``model_softmax``: the model ends in nn.Softmax (the loss then applies its log_softmax
-    to probabilities); otherwise the model returns logits and the recorded predictions are
-    their softmax."""
+    ``head``: a module after the last Linear, ``"softmax"`` (the loss then applies its
+    log_softmax to probabilities) or ``"relu"`` (the logits clamped at zero). ``record``: the
+    predictions recorded, the model's ``"output"`` as it is or its ``"probabilities"``."""
     torch = pytest.importorskip("torch")
     from dbgcli.torch import attach
 
     torch.manual_seed(0)
-    layers = [torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4)]
-    model = torch.nn.Sequential(*layers, *([torch.nn.Softmax(dim=1)] if model_softmax else []))
+    heads = {None: [], "softmax": [torch.nn.Softmax(dim=1)], "relu": [torch.nn.ReLU()]}
+    layers = [torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4), *heads[head]]
+    model = torch.nn.Sequential(*layers)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     x = torch.randn(1024, 8)
     y = (x[:, 0] > 0).long() + 2 * (x[:, 1] > 0).long()
@@ -924,7 +930,7 @@ def softmax_run(
             loss = torch.nn.functional.cross_entropy(output, y[batch])
             hook.record_loss(loss)
             if step % 10 == 0:
-                scores = output if model_softmax else output.softmax(dim=1)
+                scores = output if record == "output" else output.softmax(dim=1)
                 hook.record(labels=y[batch], predictions=scores.detach(), raw=raw)
             loss.backward()
             optimizer.step()
@@ -937,16 +943,63 @@ def test_softmax_applied_twice_is_told_from_probabilities_recorded_beside_logits
     """A model ending in Softmax fed to cross_entropy: the recorded loss is the cross-entropy
     of its probabilities read as logits, an error from the first step. Recording softmax
     outputs while the loss takes the logits is fine."""
-    twice = run_rule(softmax_run(tmp_path / "twice.h5", model_softmax=True), "DBG307")
+    twice = run_rule(classifier_run(tmp_path / "twice.h5", head="softmax"), "DBG307")
     (finding,) = twice.findings
     assert (finding.key, finding.severity, finding.first_step) == ("twice", Severity.error, 0)
     assert finding.message.startswith(
         "the training loss is the cross-entropy of the predictions read as logits, but they "
         "are probabilities (softmax applied twice"
     )
-    once = run_rule(softmax_run(tmp_path / "once.h5", model_softmax=False), "DBG307")
+    once = run_rule(classifier_run(tmp_path / "once.h5", record="probabilities"), "DBG307")
     assert once.status is RuleStatus.passed
     # At the hook's default only every 100th step keeps full tensors; those are compared.
-    sparse = softmax_run(tmp_path / "sparse.h5", model_softmax=True, steps=320, raw=None)
+    sparse = classifier_run(tmp_path / "sparse.h5", head="softmax", steps=320, raw=None)
     (finding,) = run_rule(sparse, "DBG307").findings
     assert finding.steps == 3 and finding.last_step == 300
+
+
+# DBG308 clamped-logits
+
+
+def test_logits_clamped_by_a_final_relu_are_an_error_and_logits_as_they_are_pass(
+    tmp_path: Path,
+) -> None:
+    """A classifier ending in ReLU: its scores are never negative and many are exactly 0.
+    The same model's plain logits, and their softmax, pass."""
+    clamped = run_rule(classifier_run(tmp_path / "relu.h5", head="relu"), "DBG308")
+    (finding,) = clamped.findings
+    assert (finding.key, finding.severity) == ("clamped", Severity.error)
+    assert finding.message.startswith(
+        "the class scores are clamped at zero (a ReLU after the last layer?): none is negative"
+    )
+    assert finding.steps == finding.extra["steps_compared"] == 12
+    assert 0.3 < finding.value < 0.9
+    for name, record in (("logits.h5", "output"), ("probabilities.h5", "probabilities")):
+        result = run_rule(classifier_run(tmp_path / name, record=record), "DBG308")
+        assert result.status is RuleStatus.passed, name
+
+
+def test_clamped_logits_leave_sparse_probabilities_and_hard_decisions_alone(make_trace) -> None:
+    """Exact zeros are a clamp's only in scores: sparsemax-like probability rows and one-hot
+    decisions recorded as floats hold them by design, and class ids have no class axis."""
+    rng = np.random.default_rng(0)
+    labels = [rng.integers(0, 4, 32) for _ in range(6)]
+    sparse = []
+    for _ in range(6):
+        rows = np.maximum(rng.normal(size=(32, 4)), 0) + np.eye(4)[rng.integers(0, 4, 32)]
+        sparse.append((rows / rows.sum(axis=1, keepdims=True)).astype(np.float32))
+    hard = [np.eye(4, dtype=np.float32)[rng.integers(0, 4, 32)] for _ in range(6)]
+    clamped = [np.maximum(rng.normal(size=(32, 4)), 0).astype(np.float32) * 3 for _ in range(6)]
+    for predictions, status in (
+        (sparse, RuleStatus.passed),
+        (hard, RuleStatus.passed),
+        ([p.argmax(axis=1) for p in clamped], RuleStatus.passed),
+        (clamped, RuleStatus.violated),
+    ):
+        trace = make_trace(
+            tensors={
+                "labels": {"values": labels, "collection": "labels"},
+                "predictions": {"values": predictions, "collection": "predictions"},
+            }
+        )
+        assert run_rule(trace, "DBG308").status is status
