@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import torch
@@ -357,6 +357,14 @@ def _on_host(value: Any) -> Any:
 _NUMPY_DTYPES: dict[torch.dtype, np.dtype] = {}
 
 
+_Function = TypeVar("_Function", bound=Callable[..., Any])
+
+
+def _eager(function: _Function) -> _Function:
+    """``function``, run eagerly when torch.compile traces a call of it (a graph break)."""
+    return cast(_Function, torch.compiler.disable(function))  # type: ignore[no-untyped-call]
+
+
 def _numpy_dtype(tensor: torch.Tensor) -> np.dtype:
     """The numpy dtype a tensor's values are stored as (bfloat16 is widened to float32)."""
     dtype = _NUMPY_DTYPES.get(tensor.dtype)
@@ -582,6 +590,7 @@ class TorchHook:
         self.model = _unwrap(model)
         # See _toggle_activation_hooks, which also finds compiled modules and other threads.
         self._toggles_activation_hooks = not isinstance(model, nn.DataParallel)
+        self._noted_compiled = False
         self._thread = threading.get_ident()
         self._arming = threading.Lock()
         self.enabled = True
@@ -870,10 +879,17 @@ class TorchHook:
         return selected
 
     def _register_model_hooks(self) -> None:
+        """Register the model's hooks. Traced by torch.compile, they would read the hook's
+        step and state, and dynamo would guard on them and recompile the model at every step
+        until its recompile limit, then leave it uncompiled. So the model's own hooks run
+        eagerly (``torch.compiler.disable``: a graph break before and after its call), the
+        activation hooks are nothing in a compiled graph (see :meth:`_activation_hook`), and
+        the probe that tells the hook it runs compiled reads nothing."""
         model = self.model
-        self._handles.append(model.register_forward_pre_hook(self._before_model_forward))
+        self._handles.append(model.register_forward_pre_hook(self._compile_probe))
+        self._handles.append(model.register_forward_pre_hook(_eager(self._before_model_forward)))
         self._handles.append(
-            model.register_forward_hook(self._after_model_forward, always_call=True)
+            model.register_forward_hook(_eager(self._after_model_forward), always_call=True)
         )
         prefix = _wrapper_prefix(model)
         for full_name, module in model.named_modules():
@@ -914,20 +930,39 @@ class TorchHook:
         keeps the hooks it was compiled with, whatever is registered later) or run by replicas
         of nn.DataParallel or another thread (which would see the hooks change under them).
         Called where the hooks would change, so that those checks cost nothing in between."""
-        if (
-            torch.compiler.is_compiling()
-            or vars(module).get("_is_replica", False)  # getattr would raise inside first
+        if any(_compiled(each) for each in self.model.modules()):
+            self._seen_compiled()
+        elif (
+            vars(module).get("_is_replica", False)  # getattr would raise inside first
             or threading.get_ident() != self._thread
         ):
-            self._toggles_activation_hooks = False
-            self._arm_activation_hooks(True)
-            return
-        if not due and any(_compiled(each) for each in self.model.modules()):
-            self._toggles_activation_hooks = False
-            due = True
-        self._arm_activation_hooks(due)
+            self._keep_activation_hooks()
+        else:
+            self._arm_activation_hooks(due)
+
+    def _keep_activation_hooks(self) -> None:
+        self._toggles_activation_hooks = False
+        self._arm_activation_hooks(True)
 
     # -- hooks --------------------------------------------------------------------------------
+    def _compile_probe(self, module: nn.Module, args: Any) -> None:
+        """Traced when dynamo compiles the model's call: from then on the activation hooks
+        stay registered (a compiled model keeps the hooks it was compiled with). Eager calls
+        find nothing to do."""
+        if torch.compiler.is_compiling():
+            self._seen_compiled()
+
+    @_eager
+    def _seen_compiled(self) -> None:
+        if self._toggles_activation_hooks:
+            self._keep_activation_hooks()
+        if not self._noted_compiled:
+            self._noted_compiled = True
+            self._guard(
+                "noting the compiled model",
+                lambda: self.writer.set_metadata(**{schema.META_COMPILED: True}),
+            )
+
     def _before_model_forward(self, module: nn.Module, args: Any) -> None:
         self._forward_depth += 1
         if self._forward_depth == 1 and self.enabled:
@@ -970,7 +1005,11 @@ class TorchHook:
         self, kind: str, act_tag: str | None, preact_tag: str | None
     ) -> Callable[[nn.Module, Any, Any], None]:
         def hook(module: nn.Module, args: Any, output: Any) -> None:
-            if not self.enabled:
+            # Traced into a compiled graph, the hook is nothing: reading the hook's step
+            # there made dynamo recompile at every step, and running it eagerly (a graph
+            # break) makes a loop over the model's layers, as nn.Sequential's, fall back to
+            # eager whole. A compiled pass records no activations (noted in the metadata).
+            if torch.compiler.is_compiling() or not self.enabled:
                 return
             try:
                 mode = self._root_mode if self._forward_depth else _forward_mode(module)

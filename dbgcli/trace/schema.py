@@ -60,6 +60,10 @@ META_CLASS_WEIGHTING = "class_weighting"
 # gradient_clip_val): {"max_norm": float}.
 META_GRADIENT_CLIPPING = "gradient_clipping"
 
+# True when the PyTorch hook saw the model's call compiled by torch.compile: its compiled
+# passes record no activations.
+META_COMPILED = "compiled"
+
 # Groups under the root.
 TIMELINE = "timeline"
 SCALARS = "scalars"

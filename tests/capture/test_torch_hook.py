@@ -1076,12 +1076,19 @@ def test_an_activation_is_its_modules_own_output_whatever_hooks_follow(
         "its class's forward",
     ],
 )
-def test_a_compiled_model_records_activations_at_every_recording_step(
+def test_a_compiled_model_compiles_once_and_records_its_parameters(
     tmp_path: Path, how: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # A compiled model keeps the hooks it was compiled with: they must stay registered. The
-    # kernel's glue meets dynamo on a first call (no counts kept from an earlier test).
+    """The hook's module hooks read its step and state: traced by dynamo, they made it
+    recompile the model at every step until its limit of 8, after which the model ran
+    uncompiled. Now the model compiles into one graph once, however it is compiled; its
+    compiled passes record no activations (the activation hooks are nothing there, noted in
+    the metadata), and its weights and gradients are recorded under the uncompiled names."""
+    from torch._dynamo.utils import counters
+
     monkeypatch.setattr(stats_module, "_COUNTS", {})
+    torch._dynamo.reset()
+    counters.clear()
     model = make_net()
     if how == "its class's forward":
 
@@ -1111,16 +1118,18 @@ def test_a_compiled_model_records_activations_at_every_recording_step(
         elif how == "attached, then compiled":
             run = torch.compile(model, backend="eager")
     with hook:
-        for x, y in batches(5):
+        for x, y in batches(20):
             optimizer.zero_grad()
             loss_fn(run, x, y).backward()
             optimizer.step()
+    assert counters["stats"]["unique_graphs"] == 1
     with open_trace(path) as trace:
-        (tag,) = [info.tag for info in trace.tags("act/*relu")]
-        assert trace.index(tag)[0].tolist() == [0, 2, 4]
+        assert trace.metadata["compiled"] is True
+        assert not trace.tags("act/*")
         # Named as the uncompiled model names them, so that traces compare across runs.
         tags = [info.tag for info in trace.tags(scalar=False)]
         assert "fc1.weight" in tags and "grad/fc1.weight" in tags
+        assert trace.index("grad/fc1.weight")[0].tolist() == list(range(0, 20, 2))
         assert not [tag for tag in tags if "_orig_mod" in tag]
 
 
