@@ -155,9 +155,10 @@ def loss_not_decreasing(
     record lies above the one 50 steps earlier 40 % of the time). Without ``smooth`` the
     level is the single record and ``se = 0``, as in SageMaker Debugger.
 
-    **Comparison**, with ``change = (m(s) - m(prev)) / |m(prev)| * 100`` and its standard error
-    ``se_change = sqrt(se(s)^2 + se(prev)^2) / |m(prev)| * 100`` (checks where ``m(prev) = 0``
-    are skipped). A check fails when
+    **Comparison**, with ``change = (m(s) - m(prev)) / (m(prev) - f) * 100`` and its standard
+    error ``se_change = sqrt(se(s)^2 + se(prev)^2) / (m(prev) - f) * 100``, where the floor
+    ``f`` is 0, or the lowest level of the checks for a loss that goes below zero (checks
+    where ``m(prev) = f`` are skipped). A check fails when
 
     * it rose by ``max_increase_pct`` or more even allowing ``z`` standard errors in the
       loss's favour: ``change - z * se_change >= max_increase_pct`` (key ``increasing``), or
@@ -190,7 +191,10 @@ def loss_not_decreasing(
     smoothing, weight decay or the noise of the data set), which is what training is for; a
     plateau above half the starting loss is a run that stopped learning early. Except when
     the recorded learning rate has fallen below 1e-4 of its peak at the check: a flat loss
-    there is starved, not converged. A plateau above that half that the loss leaves (a later
+    there is starved, not converged. A loss that goes below zero (a policy-gradient or
+    surrogate objective, a likelihood without its constant) is no discrepancy that falls to
+    0: its changes are measured from the lowest level the checks saw instead of from 0, and
+    its plateaus are not judged, since "still high" has no scale. A plateau above that half that the loss leaves (a later
     check's level is below it) was a stage of training, such as a recurrent network that
     finds the signal after a few epochs at chance: its finding is a note (severity info) that
     says where the loss went. A rising loss is reported at any level. A run resumed
@@ -274,18 +278,24 @@ def loss_not_decreasing(
         previous = int(np.searchsorted(steps, step - num_steps, side="right")) - 1
         last_check = int(step)
         (earlier, earlier_se), (later, later_se) = level(previous), level(index)
-        if earlier == 0.0:
-            continue
         checked.append(int(step))
         compared.append(int(steps[previous]))
         before.append(earlier)
         after.append(later)
-        noise.append(float(np.hypot(earlier_se, later_se)) / abs(earlier) * 100.0)
-    if not checked:
+        noise.append(float(np.hypot(earlier_se, later_se)))
+    # Changes are measured from the loss's floor: 0 for a loss that stays above it, else the
+    # lowest level the checks saw (a policy-gradient or surrogate objective, a likelihood
+    # without its constant), where a change relative to the value itself means nothing.
+    floor = min(0.0, *before, *after) if checked else 0.0
+    above = np.array(before) - floor
+    kept = above > 0
+    if not kept.any():
         return
-    levels_before, levels_after = np.array(before), np.array(after)
-    change = (levels_after - levels_before) / np.abs(levels_before) * 100.0
-    margin = z * np.array(noise)
+    checked = [step for step, keep in zip(checked, kept) if keep]
+    compared = [step for step, keep in zip(compared, kept) if keep]
+    levels_before, levels_after = np.array(before)[kept], np.array(after)[kept]
+    change = (levels_after - levels_before) / above[kept] * 100.0
+    margin = z * np.array(noise)[kept] / above[kept] * 100.0
     never = np.zeros(len(change), dtype=bool)
     rose = change - margin >= max_increase_pct if max_increase_pct is not None else never
     flat = -change - margin <= min_decrease_pct if min_decrease_pct is not None else never
@@ -300,6 +310,10 @@ def loss_not_decreasing(
         initial = initial_loss(ctx, mode)
         if initial is None:
             flat[:] = False  # a resumed run: its convergence cannot be told from a stall
+        elif floor < 0:
+            # Below zero the loss is no discrepancy that falls to 0, and the lowest level
+            # seen need not be its floor: "still high" has no scale.
+            flat[:] = False
         elif initial.value > 0:
             starved = lr_below(ctx, np.array(checked), STARVED_LR)
             converged_at = levels_after <= converged_fraction * initial.value
@@ -315,6 +329,8 @@ def loss_not_decreasing(
             f"{'rose' if pct > 0 else 'fell only'} {abs(pct):.3g}% (± {margin[worst]:.2g}) over "
             f"{num_steps} steps ({a:.4g} -> {b:.4g}"
         )
+        if floor < 0:
+            moved += f", measured from its lowest level {floor:.4g}"
         if increasing:
             message = f"{what} {moved}; a rise of {max_increase_pct:g}% or more fails)"
             threshold, value = max_increase_pct, pct
@@ -912,7 +928,11 @@ def overtraining(
       errors of the train part (from the standard errors of ``T(b)`` and ``T(k)``, their
       records' standard deviation over the square root of their number);
     * an evaluation violates when both hold. When both curves have stalled, the run has
-      converged (or is stuck): that is DBG301's business, not overtraining.
+      converged (or is stuck): that is DBG301's business, not overtraining;
+    * a run of violating evaluations counts only if no later evaluation sets a new optimum:
+      the rule sees the whole run, and a validation loss that beat that best later had
+      reached a plateau, not its optimum (early stopping with this patience would have
+      stopped there and missed the better model).
 
     The ``min_train_lead`` condition is not in SageMaker Debugger: in a slowly improving
     healthy run both curves gain a fraction of a percent per evaluation, the noisy validation
@@ -992,6 +1012,8 @@ def overtraining(
     for episode in episodes(violating):
         worst = episode.first + int(np.argmax(val_since[episode.first : episode.last + 1]))
         best = int(val_best[worst])
+        if val_best[-1] != best:
+            continue  # a later evaluation beat that best: the stall was a plateau
         yield Finding(
             message=(
                 f"eval loss has not improved{f' by {delta:.0%}' if delta else ''} on its best "
