@@ -152,6 +152,37 @@ def zero_gradient_by_construction(tag: str) -> bool:
     return _query_key_sides(tag) == {"key"} and bool({"bias", "biases"} & set(last[0]))
 
 
+def invariant_biases(ctx: RuleContext) -> frozenset[str]:
+    """Gradient tags of biases the loss does not depend on: at every training step, at least
+    two, where the gradient of the bias's layer weight (``....weight`` beside ``....bias``)
+    is recorded and not zero, the bias's own gradient is exactly zero (steps where both are
+    zero, a hinge loss every sample satisfies, say nothing). The bias's gradient is the sum over the batch of what its weight's gradient
+    weighs by the inputs; with the one zero at every step and the other not, the loss is
+    invariant to shifting that layer's outputs: a pairwise or ranking loss (``s(a) - s(b)``),
+    a softmax over outputs that share the shift, a normalisation after the layer. (A bias
+    cut off from the graph has no gradient at all; a dead layer zeroes both.) Computed once
+    per analysis."""
+    return ctx.shared("invariant-biases", lambda: _invariant_biases(ctx.unfocused()))
+
+
+def _invariant_biases(ctx: RuleContext) -> frozenset[str]:
+    train = schema.MODE_CODES["train"]
+    views = {view.tag: view for view in ctx.tensors(collection="gradients")}
+    found = set()
+    for tag, view in views.items():
+        weight = views.get(tag[: -len("bias")] + "weight") if tag.endswith("bias") else None
+        if weight is None:
+            continue
+        mine, theirs = view.positions(train), weight.positions(train)
+        steps, at = np.intersect1d(view.steps[mine], weight.steps[theirs], return_indices=True)[:2]
+        with np.errstate(invalid="ignore"):
+            zero = (view.stat("max")[mine][at] == 0) & (view.stat("min")[mine][at] == 0)
+            pulled = weight.stat("l2")[theirs][np.searchsorted(weight.steps[theirs], steps)] > 0
+        if pulled.sum() >= 2 and zero[pulled].all():
+            found.add(tag)
+    return frozenset(found)
+
+
 def attention_query_or_key(tag: str) -> bool:
     """A parameter of attention that computes queries or keys alone (``attention.self.query``,
     ``q_proj``, ``k_lin``, T5's ``SelfAttention.q``, ``Wk``, Reformer's shared ``query_key``,
@@ -352,9 +383,11 @@ NOT_CLASSIFICATION = frozenset({"regression", "ranking"})
 
 
 def unclassed_labels(ctx: RuleContext) -> str | None:
-    """What the labels are when the run metadata's ``task`` says they are no classes: a
-    language model's tokens, or the targets of a regression or ranking (whole-number targets,
-    counts or prices, would otherwise read as class ids)."""
+    """What the labels are when they are no classes: a language model's tokens or the targets
+    of a regression or ranking, as the run metadata's ``task`` says (whole-number targets,
+    counts or prices, would otherwise read as class ids); labels that repeat the input ids
+    (a causal language model); or floats that are not whole numbers, some outside ``[0, 1]``
+    (a regression's targets, see :func:`dbgcli.rules.data.regression_targets`)."""
     task = ctx.trace.metadata.get("task")
     if isinstance(task, str) and task in LANGUAGE_MODELLING:
         return f"the tokens of a language model (metadata task {task!r})"
@@ -365,6 +398,11 @@ def unclassed_labels(ctx: RuleContext) -> str | None:
             "the tokens of a language model (the labels are the input ids, as Hugging Face's "
             "causal language models take them and shift them inside)"
         )
+    # Imported here: the data rules build on this module.
+    from dbgcli.rules.data import regression_targets
+
+    if ctx.shared("regression-targets", lambda: regression_targets(ctx)):
+        return "the targets of a regression (floats that are not whole numbers, outside [0, 1])"
     return None
 
 

@@ -662,6 +662,23 @@ def _quantities(found: ClassIdRecords, shape: tuple[int, ...] | None) -> bool:
     return found.width == 2 and not (shape is not None and len(shape) >= 2 and shape[-1] == 2)
 
 
+def regression_targets(ctx: RuleContext) -> bool:
+    """Whether every labels tensor with full tensors holds quantities outside ``[0, 1]``:
+    floats that are not whole numbers (which :func:`class_ids` would cut at zero into two
+    "classes"), some below 0 or above 1. Those are a regression's targets (prices, physical
+    units), not class ids, one-hot rows or the soft targets of a binary classifier."""
+    views = _with_full_tensors(_tagged(ctx.unfocused(), "labels"))
+    if not views:
+        return False
+    for view in views:
+        found: ClassIdRecords = view.derive(ClassIds())
+        with np.errstate(invalid="ignore"):
+            inside = np.nanmin(view.stat("min")) >= 0 and np.nanmax(view.stat("max")) <= 1
+        if not _quantities(found, view.info.shape) or inside:
+            return False
+    return True
+
+
 def label_entropy(ctx: RuleContext, mode: str = "train") -> float | None:
     """Entropy, in nats, of the class frequencies ``p`` of the recorded ``mode`` labels:
     ``-sum(p ln p)``, the cross-entropy of a model that predicts those frequencies for every

@@ -22,6 +22,7 @@ from dbgcli.rules._context import (
 from dbgcli.rules._known import (
     STARVED_LR,
     first_update_step,
+    invariant_biases,
     lr_below,
     zero_gradient_by_construction,
 )
@@ -104,7 +105,7 @@ ALL_ZERO_COLLECTIONS = (
     category="tensors",
     requires=Need.tensors_in("collections"),
     per_tensor=True,
-    label="all-zero tensor",
+    label={"invariant": "a bias the loss ignores", "*": "all-zero tensor"},
     explains=(
         "DBG101",
         "DBG401",
@@ -148,9 +149,13 @@ def all_zero(
     left out whatever their role: labels, predictions that are class ids and token-id inputs
     (an all-zero batch of class ids is a batch of class 0). Gradients of parameters that are
     zero by construction (attention key biases: softmax ignores a shift shared by every key)
-    are left out too. A ReLU layer legitimately has about half its values at zero, which the
-    default 100 % threshold leaves alone; lower it only for tensors that are not sparse by
-    nature.
+    are left out too. The gradient of a bias that is exactly zero wherever its layer's weight
+    gradient is not is a note (key ``invariant``, severity info; see
+    :func:`dbgcli.rules._known.invariant_biases`): the loss does not depend on that bias (a
+    pairwise or ranking loss sees only differences of scores, so the output bias cancels), a
+    property of the model, not a fault. A ReLU layer legitimately has about half its values at
+    zero, which the default 100 % threshold leaves alone; lower it only for tensors that are
+    not sparse by nature.
 
     The records of a parameter, gradient, prediction or output tensor up to its first update
     are skipped (``skip_initial``): its first record, and every record up to the first step
@@ -183,6 +188,7 @@ def all_zero(
             outputs (deliberate zero initialisation).
     """
     updated_from = first_update_step(ctx)
+    invariant = invariant_biases(ctx)
     for view in _valued(ctx, collections):
         if view.info.role == "gradients" and zero_gradient_by_construction(view.tag):
             continue
@@ -210,12 +216,27 @@ def all_zero(
                 else f"{v:.4g}% of the elements are exactly zero (>= {threshold:g}%)"
             ),
         ):
+            if view.tag in invariant:
+                yield replace(
+                    finding,
+                    severity=Severity.info,
+                    key="invariant",
+                    message=f"{finding.message}{_INVARIANT}",
+                )
+                continue
             mine = view.modes == schema.MODE_CODES.get(finding.mode or "", -1)
             yield (
                 replace(finding, severity=Severity.error)
                 if _throughout(violating[mine], judged[mine])
                 else finding
             )
+
+
+# What DBG401 and DBG403 say of a bias whose gradient is zero while its weight's is not.
+_INVARIANT = (
+    ", while its layer's weight gradient is not: the loss does not depend on this bias (a "
+    "pairwise or ranking loss, a softmax or normalisation after the layer)"
+)
 
 
 def _holds_a_non_zero(view: TensorView) -> np.ndarray:
@@ -593,6 +614,7 @@ def _unchanged_plan(ctx: RuleContext, params: dict[str, Any]) -> Iterator[tuple[
     label={
         "frozen": "parameters frozen on purpose",
         "too-small": "updates too small to show",
+        "invariant": "a bias the loss ignores",
         "*": "parameters not updated",
     },
     # A parameter never updated keeps its initial values: a zero-initialised bias stays zero.
@@ -672,7 +694,10 @@ def unchanged_tensor(
     hook's ``parameters_not_in_optimizer``), such a parameter gets key ``too-small``,
     severity info; whether the model learns is the loss, gradient and learning-rate rules'
     question. Without that note, a parameter with a gradient and no update is a warning
-    that asks both questions.
+    that asks both questions. A bias whose gradient is exactly zero wherever its layer's
+    weight gradient is not stays where it is because the loss does not depend on it (a
+    pairwise loss, a normalisation after the layer; see DBG401): key ``invariant``, severity
+    info.
 
     Which tensors: weights and biases by default, where a frozen layer is the classic bug.
     Gradients are left out: a gradient practically never repeats while its weights change,
@@ -713,6 +738,7 @@ def unchanged_tensor(
     left_out = ctx.trace.metadata.get(schema.META_NOT_IN_OPTIMIZER)
     not_in_optimizer = set(left_out) if isinstance(left_out, list) else None
     frozen_share = _frozen_share_without_learning(ctx, gradients, frozen)
+    invariant = invariant_biases(ctx)
     for view in _selected(ctx, collections):
         result: UnchangedRuns = view.derive(derivation)
         run = result.run[view.records].astype(np.float64)
@@ -728,6 +754,9 @@ def unchanged_tensor(
             if not streak.any():
                 continue
             flowing = _gradient_flow(view, gradients, steps[streak])
+            gradient = _gradient_of(view, gradients)
+            if flowing == "zero" and gradient is not None and gradient.tag in invariant:
+                flowing = "invariant"
             if not_in_optimizer is not None and flowing not in ("none", "stale"):
                 if view.tag in not_in_optimizer:
                     flowing = "left-out"
@@ -744,7 +773,15 @@ def unchanged_tensor(
                     "loss stays above 80 % of its start: the freeze leaves the model too little "
                     "to learn with (a backbone frozen by mistake?)"
                 )
-            key = "frozen" if on_purpose else "too-small" if flowing == "held" else "unchanged"
+            key = (
+                "frozen"
+                if on_purpose
+                else "invariant"
+                if flowing == "invariant"
+                else "too-small"
+                if flowing == "held"
+                else "unchanged"
+            )
 
             def message(
                 e: Episode,
@@ -789,6 +826,7 @@ _WHY = {
     "none": ": frozen on purpose (no gradient flows to it)",
     "stale": ": frozen on purpose (its recorded gradient never changes: no backward reaches it)",
     "zero": ": its gradient is zero (no gradient reaches it: a detach, a dead layer?)",
+    "invariant": ": its gradient is zero" + _INVARIANT,
     "moving": (
         ": it has a non-zero gradient but is never updated (not in the optimizer, or updates "
         "too small to show?)"

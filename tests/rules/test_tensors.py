@@ -177,6 +177,50 @@ def test_all_zero_zero_gradients_fire_after_the_first_step(make_trace) -> None:
     assert (finding.tensor, finding.first_step, finding.last_step) == ("grad/fc.weight", 1, 39)
 
 
+def test_a_bias_a_pairwise_loss_cancels_is_a_note_and_a_dead_layer_is_not(
+    tmp_path: Path, make_trace
+) -> None:
+    """A scorer trained with MarginRankingLoss sees only s(a) - s(b): its output bias gets an
+    exactly zero gradient and never moves, while the output weight's gradient is not zero.
+    That is a property of the loss (a note in DBG401 and DBG403), not a dead layer; the same
+    zero gradient beside a zero weight gradient stays an error."""
+    torch = pytest.importorskip("torch")
+    from dbgcli.torch import attach
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    truth = torch.randn(6)
+    path = tmp_path / "ranking.h5"
+    with attach(model, optimizer, path, stats_every=1) as hook:
+        for _ in range(30):
+            a, b = torch.randn(64, 6), torch.randn(64, 6)
+            order = torch.sign(a @ truth - b @ truth)
+            optimizer.zero_grad()
+            loss = torch.nn.functional.margin_ranking_loss(
+                model(a).squeeze(1), model(b).squeeze(1), order, margin=0.1
+            )
+            hook.record_loss(loss)
+            loss.backward()
+            optimizer.step()
+    report = analyze_path(path, select=("DBG401", "DBG403"))
+    findings = [f for result in report.results for f in result.findings]
+    assert {(f.rule_id, f.tensor, f.key, f.severity) for f in findings} == {
+        ("DBG401", "grad/2.bias", "invariant", Severity.info),
+        ("DBG403", "2.bias", "invariant", Severity.info),
+    }
+    assert "the loss does not depend on this bias" in findings[0].message
+
+    dead = healthy_tensors()
+    dead["grad/fc.bias"] = {"values": [np.zeros(32, np.float32)] * 40, "collection": "gradients"}
+    dead["grad/fc.weight"]["values"] = [np.zeros((32, 16), np.float32)] * 40
+    found = run_rule(make_trace(tensors=dead), "DBG401").findings
+    assert {(f.tensor, f.key, f.severity) for f in found} == {
+        ("grad/fc.bias", "all-zero", Severity.error),
+        ("grad/fc.weight", "all-zero", Severity.error),
+    }
+
+
 # -- DBG402 tensor-variance -----------------------------------------------------------------------
 
 
