@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, TypeVar
 
 import numpy as np
 
@@ -40,6 +40,7 @@ from dbgcli.trace import roles, schema
 from dbgcli.trace.reader import Series
 
 Mode = Literal["train", "eval"]
+T = TypeVar("T")
 
 
 def _diverged_before(values: np.ndarray) -> str:
@@ -1341,8 +1342,7 @@ def softmax_twice(ctx: RuleContext, *, records: int = 20) -> Iterator[Finding]:
             _kept_steps(ctx, labels.tag, train), _kept_steps(ctx, predictions.tag, train)
         )
         steps = [int(step) for step in both if int(step) in losses]
-        if len(steps) > records:
-            steps = [steps[i] for i in np.linspace(0, len(steps) - 1, records).round().astype(int)]
+        steps = _spread(steps, records)
         told, hits = 0, []
         for step in steps:
             pair = _cross_entropies(ctx, labels.tag, predictions.tag, step)
@@ -1379,6 +1379,13 @@ def softmax_twice(ctx: RuleContext, *, records: int = 20) -> Iterator[Finding]:
             key="twice",
             extra={"labels": labels.tag, "steps_compared": told},
         )
+
+
+def _spread(items: list[T], most: int) -> list[T]:
+    """At most ``most`` of ``items``, evenly spread from the first to the last."""
+    if len(items) <= most:
+        return items
+    return [items[i] for i in np.linspace(0, len(items) - 1, most).round().astype(int)]
 
 
 def _kept_steps(ctx: RuleContext, tag: str, mode: int) -> np.ndarray:
@@ -1484,8 +1491,7 @@ def clamped_logits(ctx: RuleContext, *, records: int = 20) -> Iterator[Finding]:
             )
             steps += [(int(step), mode) for step in both]
         steps.sort()
-        if len(steps) > records:
-            steps = [steps[i] for i in np.linspace(0, len(steps) - 1, records).round().astype(int)]
+        steps = _spread(steps, records)
         compared, hits = 0, []
         for step, mode in steps:
             share = _clamped_share(ctx, labels.tag, predictions.tag, step, mode)
