@@ -930,13 +930,13 @@ class TorchHook:
         keeps the hooks it was compiled with, whatever is registered later) or run by replicas
         of nn.DataParallel or another thread (which would see the hooks change under them).
         Called where the hooks would change, so that those checks cost nothing in between."""
-        if any(_compiled(each) for each in self.model.modules()):
-            self._seen_compiled()
-        elif (
+        if (
             vars(module).get("_is_replica", False)  # getattr would raise inside first
             or threading.get_ident() != self._thread
         ):
             self._keep_activation_hooks()
+        elif not due and any(_compiled(each) for each in self.model.modules()):
+            self._seen_compiled()  # found once, when the hooks would first be removed
         else:
             self._arm_activation_hooks(due)
 
