@@ -12,7 +12,10 @@ Example::
     trainer.fit(module, train_loader, val_loader)
 
 The step is ``trainer.global_step``: the number of optimizer steps taken, as in the PyTorch
-hook.
+hook. With several optimizers (a GAN's, under manual optimization), whose every step Lightning
+counts, it is the number of batches that stepped, as Lightning's own loggers count them: the
+parameters are recorded once per batch, and each optimizer's learning rates in their own
+series (``lr`` for the first, ``lr/opt<k>`` for the k-th).
 """
 
 from __future__ import annotations
@@ -158,6 +161,12 @@ class DbgCallback(Callback):
         self._batch_step = 0
         self._loss_total: torch.Tensor | None = None
         self._loss_count = 0
+        # With several optimizers: the batches that stepped so far (the trace's step), whether
+        # the batch under way stepped, and the step whose parameters are recorded.
+        self._several = False
+        self._batches = 0
+        self._stepped = False
+        self._parameters_step: int | None = None
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Open the trace (the process group exists by now) and attach the PyTorch hook."""
@@ -176,28 +185,52 @@ class DbgCallback(Callback):
         """Record again."""
         self._release_hook()
 
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Count batches rather than optimizer steps when there are several optimizers (from
+        the count a checkpoint restored)."""
+        self._several = len(trainer.optimizers) > 1
+        if self._several:
+            loop = trainer.fit_loop.epoch_loop
+            self._batches = int(getattr(loop, "_batches_that_stepped", trainer.global_step))
+            if self.hook is not None:
+                self.hook.step = self._batches
+
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Record the epoch about to start."""
         if self.hook is not None:
             self.hook.record_scalar(
-                "epoch", trainer.current_epoch, mode="train", step=trainer.global_step
+                "epoch", trainer.current_epoch, mode="train", step=self._step(trainer)
             )
 
     def on_train_batch_start(
         self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
     ) -> None:
         """File the batch's forward pass under the step its gradients will join."""
-        self._batch_step = trainer.global_step
+        self._batch_step = self._step(trainer)
         if self.hook is not None:
-            self.hook.step = trainer.global_step
+            self.hook.step = self._batch_step
 
     def on_before_optimizer_step(
         self, trainer: Trainer, pl_module: LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
         """Record weights, gradients and learning rates before the update."""
-        if self.hook is not None:
-            self.hook.step = trainer.global_step
+        if self.hook is None:
+            return
+        step = self.hook.step = self._step(trainer)
+        if not self._several:
             self.hook.record_optimizer_step(optimizer)
+            return
+        self._stepped = True
+        index = next(
+            (k for k, held in enumerate(trainer.optimizers) if held is optimizer),
+            len(trainer.optimizers),
+        )
+        self.hook.record_optimizer_step(
+            optimizer,
+            lr_tag="lr" if index == 0 else f"lr/opt{index}",
+            parameters=self._parameters_step != step,
+        )
+        self._parameters_step = step
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -212,7 +245,7 @@ class DbgCallback(Callback):
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """File validation forward passes under the number of optimizer steps taken."""
         if self.hook is not None:
-            self.hook.step = trainer.global_step
+            self.hook.step = self._step(trainer)
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Record the validation metrics in mode ``eval``."""
@@ -246,6 +279,11 @@ class DbgCallback(Callback):
         )
         self.hook.step = trainer.global_step
 
+    def _step(self, trainer: Trainer) -> int:
+        """The trace's step: optimizer steps taken, or with several optimizers the batches
+        that stepped."""
+        return self._batches if self._several else trainer.global_step
+
     def _add_loss(self, trainer: Trainer, outputs: Any) -> None:
         loss = _loss_of(outputs)
         if loss is not None:
@@ -254,7 +292,10 @@ class DbgCallback(Callback):
                 undivided if self._loss_total is None else self._loss_total + undivided
             )
             self._loss_count += 1
-        if trainer.global_step != self._batch_step:
+        if self._several and self._stepped:
+            self._batches += 1
+            self._stepped = False
+        if self._step(trainer) != self._batch_step:
             self._write_loss()
 
     def _write_loss(self) -> None:
@@ -274,7 +315,7 @@ class DbgCallback(Callback):
                 isinstance(value, torch.Tensor) and value.numel() == 1
             ):
                 self.hook.record_scalar(
-                    key[len(prefix) :], value, mode="eval", step=trainer.global_step
+                    key[len(prefix) :], value, mode="eval", step=self._step(trainer)
                 )
 
     def _release_hook(self) -> None:

@@ -628,7 +628,8 @@ class TorchHook:
         self._noted_train_mode_eval = False
         self._recorded_optimizer_step: int | None = None
         self._pending_loss: dict[str, _Loss] = {}  # by mode
-        self._lr_tags: list[str | None] = []  # per parameter group, None if not selected
+        # Per lr tag, per parameter group: the tag of its rate, None if not selected.
+        self._lr_tags: dict[str, list[str | None]] = {}
         self._skipping_update = False
         self._carried = CarriedGradientWatch(self._note_carried_gradients)
         self._trainable = [
@@ -691,7 +692,13 @@ class TorchHook:
     def step(self, value: int) -> None:
         self._step = int(value)
 
-    def record_optimizer_step(self, optimizer: Optimizer | None = None) -> None:
+    def record_optimizer_step(
+        self,
+        optimizer: Optimizer | None = None,
+        *,
+        lr_tag: str = "lr",
+        parameters: bool = True,
+    ) -> None:
         """Record weights, biases, gradients and learning rates at the current step.
 
         Called automatically before each ``optimizer.step()`` when the hook was attached with
@@ -700,9 +707,16 @@ class TorchHook:
         Args:
             optimizer: Whose parameter groups give the learning rates (default: the attached
                 optimizer; none are recorded without one).
+            lr_tag: The tag of the first parameter group's learning rate; the others get
+                ``<lr_tag>/group<i>``. A second optimizer of one step takes its own
+                (``lr/opt1``), so that the rates of two optimizers do not alternate in one
+                series.
+            parameters: False records the learning rates (and notes the optimizer) only:
+                for a second optimizer of a step whose parameters are recorded already.
         """
         self._guard(
-            "recording the optimizer step", lambda: self._record_parameters(optimizer, None)
+            "recording the optimizer step",
+            lambda: self._record_parameters(optimizer, None, lr_tag, parameters),
         )
 
     def record_loss(self, loss: Any, *, mode: str | None = None, step: int | None = None) -> None:
@@ -1095,7 +1109,13 @@ class TorchHook:
             ]
         self.writer.set_metadata(**noted)
 
-    def _record_parameters(self, optimizer: Optimizer | None, scale: Any) -> None:
+    def _record_parameters(
+        self,
+        optimizer: Optimizer | None,
+        scale: Any,
+        lr_tag: str = "lr",
+        parameters: bool = True,
+    ) -> None:
         step = self._step
         if self._pending_loss:
             self._write_pending_loss(lambda mode, pending: mode != "train" or pending.step <= step)
@@ -1103,10 +1123,10 @@ class TorchHook:
         optimizer = optimizer if optimizer is not None else self.optimizer
         if optimizer is not None:
             groups = optimizer.param_groups
-            tags = self._lr_tags
+            tags = self._lr_tags.get(lr_tag, [])
             if len(tags) != len(groups):
-                names = ["lr" if index == 0 else f"lr/group{index}" for index in range(len(groups))]
-                tags = self._lr_tags = [name if self._selected(name) else None for name in names]
+                names = [lr_tag if i == 0 else f"{lr_tag}/group{i}" for i in range(len(groups))]
+                tags = self._lr_tags[lr_tag] = [n if self._selected(n) else None for n in names]
             for tag, group in zip(tags, groups):
                 if tag is not None:
                     rate = group["lr"]
@@ -1127,7 +1147,7 @@ class TorchHook:
             # (A first step of 1 is a count from 1, not a checkpoint of one update.)
             writer.set_metadata(**{schema.META_RESUMED_FROM_STEP: step})
         self._recorded_optimizer_step = step
-        if step % self.stats_every:  # no tensors at this step
+        if not parameters or step % self.stats_every:  # no tensors at this step
             if time.monotonic() - self._sent_at >= writer.flush_secs:
                 self._send()  # the scalars reach the writer at least once a commit interval
             elif self._in_flight:

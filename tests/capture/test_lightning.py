@@ -237,3 +237,54 @@ def test_an_existing_trace_is_refused_before_training(
     with pytest.raises(ValueError, match="raw_budget must be >= 0"):
         DbgCallback(tmp_path / "other.h5", raw_budget=-1)
     assert not (tmp_path / "other.h5").exists()
+
+
+class TwoOptimizers(Classifier):
+    """Manual optimization with two optimizers, one per part of the network, as a GAN's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+
+    def training_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
+    ) -> torch.Tensor:
+        first, second = self.optimizers()  # type: ignore[misc]
+        x, y = batch
+        loss = nn.functional.cross_entropy(self.net(x), y)
+        first.zero_grad()
+        second.zero_grad()
+        self.manual_backward(loss)
+        first.step()
+        second.step()
+        self.batch_losses.append(loss.item())
+        return loss
+
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:  # type: ignore[override]
+        head = list(self.net.out.parameters())
+        body = [p for p in self.net.parameters() if all(p is not h for h in head)]
+        return [torch.optim.SGD(body, lr=0.1), torch.optim.Adam(head, lr=0.01)]
+
+
+def test_two_optimizers_step_the_trace_once_a_batch(tmp_path: Path, no_dbg_warnings: None) -> None:
+    """Lightning counts each optimizer's step in ``global_step`` (two a batch here). The trace
+    steps once a batch, as Lightning's loggers do: the parameters are recorded once a step,
+    each optimizer's rate in its own series, and the run is not read as resumed (DBG801 saw
+    the step go back when the loss of a batch came after the second optimizer's step)."""
+    path = tmp_path / "run.h5"
+    module = fit(
+        DbgCallback(path, stats_every=1), module_class=lambda _: TwoOptimizers(), accumulate=1
+    )
+    batches = BATCHES_PER_EPOCH * EPOCHS
+    with open_trace(path) as trace:
+        assert trace.scalar("loss", mode="train").steps.tolist() == list(range(batches))
+        np.testing.assert_allclose(
+            trace.scalar("loss", mode="train").values, module.batch_losses, rtol=1e-6
+        )
+        assert trace.scalar("lr").values.tolist() == [0.1] * batches
+        assert trace.scalar("lr/opt1").values.tolist() == [0.01] * batches
+        assert trace.index("grad/net.out.weight")[0].tolist() == list(range(batches))
+        validated = [BATCHES_PER_EPOCH * (epoch + 1) for epoch in range(EPOCHS)]
+        assert trace.scalar("loss", mode="eval").steps.tolist() == validated
+        assert "resumed_from_step" not in trace.metadata
+    assert not analyze_path(path, select=("DBG801",)).findings
