@@ -104,6 +104,7 @@ def test_healthy_runs_that_once_drew_false_alarms_pass(key: str, tmp_path: Path)
         ("torch-mlp/weight-decay-too-strong", "DBG504"),
         ("torch-mlp/softmax-twice", "DBG307"),
         ("torch-mlp/relu-logits", "DBG308"),
+        ("torch-mlp/dropout-too-strong", "DBG804"),
         ("torch-mlp/zero-grad-forgotten", "DBG103"),
     ],
 )
@@ -115,9 +116,9 @@ def test_faults_that_once_went_unnamed_lead_with_their_cause(
     batches sorted by class were told only by the loss they make oscillate, a model that
     trained in eval mode was called healthy, as was one evaluated with its dropout on, a
     loop without zero_grad() was "learning rate too high", a weight decay that collapsed the
-    layers was "underfitting", a softmax applied twice was mostly called healthy, and logits
-    clamped by a final ReLU were "classes the model cannot tell apart": each run now leads
-    with its cause."""
+    layers was "underfitting", a softmax applied twice was mostly called healthy, logits
+    clamped by a final ReLU were "classes the model cannot tell apart", and dropout of 0.9 was
+    "underfitting": each run now leads with its cause."""
     spec = train(key, tmp_path)
     for path in (spec.hook_path, spec.hand_path):
         trace = report(path)

@@ -1,4 +1,4 @@
-"""DBG8xx: the run itself: stalled training, a model run in the wrong mode."""
+"""DBG8xx: the run itself: stalled training, a model run in the wrong mode, its dropout."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from dbgcli.errors import RuleConfigError
 from dbgcli.findings import Finding, Severity
 from dbgcli.rules._context import RuleContext, episodes
 from dbgcli.rules._known import eval_mode_training, mode_note
@@ -337,4 +338,84 @@ def evaluated_in_train_mode(ctx: RuleContext) -> Iterator[Finding]:
         value=float(note.step),
         key="train-mode",
         extra={"modules": list(note.modules) if note.modules is not None else None},
+    )
+
+
+def _dropout_note(ctx: RuleContext) -> dict[str, float]:
+    """The run metadata's ``dropout``: module name -> rate (valid rates only)."""
+    noted = ctx.trace.metadata.get(schema.META_DROPOUT)
+    if not isinstance(noted, dict):
+        return {}
+    return {
+        str(name): float(rate)
+        for name, rate in noted.items()
+        if isinstance(rate, int | float) and not isinstance(rate, bool) and 0 <= rate <= 1
+    }
+
+
+@rule(
+    "DBG804",
+    "dropout-too-strong",
+    severity="info",
+    category="run",
+    requires=Need(
+        "the modules' dropout rates (run metadata dropout, noted by the PyTorch hook)",
+        lambda ctx: bool(_dropout_note(ctx)),
+    ),
+    label="dropout too strong",
+    # A model that trains on a few of its units fits slowly and stays unsure: the loss stays
+    # high, and its predictions are often wrong.
+    explains=("DBG303", "DBG301:not-decreasing", "DBG601:mispredicted", "DBG604"),
+)
+def dropout_too_strong(ctx: RuleContext, *, max_rate: float = 0.5) -> Iterator[Finding]:
+    """Dropout drops more than half of a layer's values in training.
+
+    The PyTorch hook (and the Hugging Face and Lightning callbacks, which use it) notes every
+    module that drops values in training with its rate (run metadata ``dropout``: dropout
+    modules' ``p``, recurrent layers' and attention's ``dropout``). A rate above ``max_rate``
+    is reported: Srivastava et al. (2014), who introduced dropout, keep hidden units with
+    probability 0.5 to 0.8 (a dropout rate of 0.2 to 0.5) and inputs with 0.8, and found the
+    error rising steeply as fewer than 0.4 are kept. The finding is a note: a rate beyond that
+    range can be chosen on purpose (a wide layer, an input or embedding dropout of 0.6); it
+    is the cause of the run's failure to fit when the loss stays high (DBG303, DBG301) or
+    the predictions stay wrong (DBG601, DBG604). A model trained in eval mode (DBG802) drops
+    nothing and is not judged.
+
+    Why it matters: a layer that keeps a tenth of its units trains ten thinned networks'
+    worth of noise into every step; the model fits slowly, its training loss stays far above
+    what it could reach, and its predictions stay unsure.
+
+    Typical causes: a keep probability passed where PyTorch wants the drop probability
+    (TensorFlow 1's ``keep_prob=0.9`` is ``nn.Dropout(p=0.1)``); a config's dropout meant for
+    a much wider model; a hyperparameter search that wandered out of range.
+
+    Fix: use a dropout rate of 0.1 to 0.5 (``p`` is the share dropped, not kept); raise it only
+    while the model overfits.
+
+    Args:
+        max_rate: The largest dropout rate taken as in range.
+    """
+    if not 0 < max_rate < 1:
+        raise RuleConfigError(f"DBG804 max_rate must be in (0, 1), got {max_rate:g}")
+    if eval_mode_training(ctx.trace.metadata) is not None:
+        return
+    strong = {name: rate for name, rate in _dropout_note(ctx).items() if rate > max_rate}
+    if not strong:
+        return
+    rate = max(strong.values())
+    names = sorted(strong, key=lambda name: (-strong[name], name))
+    listed = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    train = ctx.loss("train")
+    first = int(train.steps.min()) if train is not None and len(train.steps) else 0
+    yield Finding(
+        message=(
+            f"dropout drops {rate:.0%} of the values in {len(strong)} module"
+            f"{'s' if len(strong) != 1 else ''} ({listed}; > {max_rate:.0%}; p is the share "
+            "dropped, not kept)"
+        ),
+        first_step=first,
+        value=rate,
+        threshold=max_rate,
+        key="strong",
+        extra={"modules": strong},
     )

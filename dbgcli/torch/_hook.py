@@ -462,6 +462,25 @@ def _parameter_kind(module: nn.Module) -> str | None:
     return None
 
 
+def _dropout_rate(module: nn.Module) -> float:
+    """The share of values ``module`` drops in training: a dropout module's ``p``, a recurrent
+    layer's or attention's ``dropout``; 0 for any other module."""
+    if isinstance(module, nn.modules.dropout._DropoutNd | nn.RNNBase | nn.MultiheadAttention):
+        return float(getattr(module, "p", getattr(module, "dropout", 0.0)))
+    return 0.0
+
+
+def _dropout_rates(model: nn.Module) -> dict[str, float]:
+    """Each module that drops values in training, by name (as the trace names parameters),
+    with its rate."""
+    prefix = _wrapper_prefix(model)
+    return {
+        _unwrapped_name(name, prefix): rate
+        for name, module in model.named_modules()
+        if (rate := _dropout_rate(module)) > 0
+    }
+
+
 def _mode_dependent_modules(model: nn.Module) -> list[str]:
     """Type names of the modules that compute differently under ``train()`` and ``eval()``:
     dropout of a non-zero rate (its own module, or inside a recurrent layer or attention),
@@ -470,8 +489,8 @@ def _mode_dependent_modules(model: nn.Module) -> list[str]:
     and never updates."""
 
     def differs(module: nn.Module) -> bool:
-        if isinstance(module, nn.modules.dropout._DropoutNd | nn.RNNBase | nn.MultiheadAttention):
-            return float(getattr(module, "p", getattr(module, "dropout", 0.0))) > 0
+        if _dropout_rate(module) > 0:
+            return True
         if isinstance(module, nn.modules.batchnorm._NormBase):
             return bool(module.track_running_stats)
         return isinstance(module, nn.RReLU)
@@ -666,6 +685,9 @@ class TorchHook:
         writer.set_metadata(
             frozen_parameters=[p.name for p in self._parameters if not p.parameter.requires_grad]
         )
+        dropout = _dropout_rates(self.model)
+        if dropout:
+            writer.set_metadata(**{schema.META_DROPOUT: dropout})
         self._register_model_hooks()
         if optimizer is not None:
             if not hasattr(optimizer, "register_step_pre_hook"):

@@ -60,6 +60,9 @@ META_CLASS_WEIGHTING = "class_weighting"
 # gradient_clip_val): {"max_norm": float}.
 META_GRADIENT_CLIPPING = "gradient_clipping"
 
+# The modules that drop values in training, by name, with their rate (the PyTorch hook's
+# note at attach): {"fc.drop": 0.5}.
+META_DROPOUT = "dropout"
 # True when the PyTorch hook saw the model's call compiled by torch.compile: its compiled
 # passes record no activations.
 META_COMPILED = "compiled"

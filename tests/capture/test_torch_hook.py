@@ -271,6 +271,20 @@ def test_frozen_parameters_record_weights_and_no_gradient(
         assert (trace.stat("fc1.weight", "update_l2").values[1:] == 0).all()
 
 
+def test_dropout_rates_are_noted_by_module_name(tmp_path: Path) -> None:
+    """Every module that drops values in training, with its rate, under the name the trace
+    gives its parameters (a compiled wrapper's prefix left out): DBG804 reads them."""
+    model = nn.Sequential(make_net(dropout=0.3), nn.GRU(4, 4, num_layers=2, dropout=0.2))
+    with attach(torch.compile(model, backend="eager"), None, tmp_path / "run.h5"):
+        pass
+    with open_trace(tmp_path / "run.h5") as trace:
+        assert trace.metadata["dropout"] == {"0.drop": 0.3, "1": 0.2}
+    with attach(make_net(), None, tmp_path / "none.h5"):
+        pass
+    with open_trace(tmp_path / "none.h5") as trace:
+        assert "dropout" not in trace.metadata
+
+
 @pytest.mark.parametrize(
     ("dropout", "switches", "noted_at"),
     [(0.5, False, 2), (0.5, True, None), (0.0, False, None)],

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from dbgcli import TraceWriter
+from dbgcli.findings import Severity
 from dbgcli.report.model import RuleStatus
 from dbgcli.trace import writer as writer_module
 
@@ -199,3 +200,35 @@ def test_sample_traces_have_no_stall() -> None:
     for name in ("healthy", "dead_relu", "high_lr"):
         report = analyze_path(SAMPLES / f"numpy_mlp_{name}.h5", select=("DBG801",))
         assert report.results[0].status is RuleStatus.passed
+
+
+# -- DBG804 dropout-too-strong ----------------------------------------------------------------
+
+
+def test_dropout_too_strong_is_a_note_that_explains_a_model_that_does_not_fit(
+    make_trace,
+) -> None:
+    """Dropout of 0.9 (a keep probability passed as p) in two modules: a note, and the cause
+    of a training loss that stays at 90 % of its start. Rates up to 0.5 pass; a model that
+    trained in eval mode dropped nothing."""
+    rng = np.random.default_rng(0)
+    level = 2.0 * (0.9 + 0.1 * np.exp(-np.arange(600) / 50))
+    stuck = {"loss": list(level * np.exp(0.02 * rng.standard_normal(600)))}
+    rates = {"net.drop1": 0.9, "net.drop2": 0.9, "head.drop": 0.1}
+    report = analyze_path(
+        make_trace(scalars=stuck, metadata={"dropout": rates}), select=("DBG303", "DBG804")
+    )
+    cause = report.findings[report.problems[0].cause]
+    assert (cause.rule_id, cause.severity, cause.value) == ("DBG804", Severity.info, 0.9)
+    assert cause.message == (
+        "dropout drops 90% of the values in 2 modules (net.drop1, net.drop2; > 50%; p is the "
+        "share dropped, not kept)"
+    )
+    assert [report.findings[i].rule_id for i in report.problems[0].symptoms] == ["DBG303"]
+    for metadata in (
+        {"dropout": {"net.drop": 0.5}},
+        {"dropout": rates, "trained_in_eval_mode": {"step": 0, "modules": ["Dropout"]}},
+    ):
+        trace = make_trace(scalars=stuck, metadata=metadata)
+        assert run_rule(trace, "DBG804").status is RuleStatus.passed
+    assert run_rule(make_trace(scalars=stuck), "DBG804").status is RuleStatus.skipped
