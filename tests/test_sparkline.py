@@ -37,3 +37,20 @@ def test_analyze_draws_a_constant_recorded_rate_flat(make_trace, cli, monkeypatc
     result = cli("analyze", trace)
     (row,) = [line for line in result.stdout.splitlines() if "recorded lr" in line]
     assert {char for char in row if char in BLOCKS} == {"▁"}
+
+
+def test_analyze_says_which_curves_it_draws_on_a_log_scale(make_trace, cli, monkeypatch) -> None:
+    """A curve over more than two decades is drawn on a log scale, and its line says so:
+    a convex decay to 1e-9 would otherwise read as concave."""
+    monkeypatch.setenv("COLUMNS", "80")
+    trace = make_trace(
+        scalars={
+            "loss": [1.0 / (1 + i) for i in range(40)],  # 1 to 0.025: under two decades
+            "lr": [1e-3 * (1 - i / 40) ** 2 + 1e-12 for i in range(40)],
+        }
+    )
+    lines = cli("analyze", trace).stdout.splitlines()
+    (rate,) = [line for line in lines if "recorded lr" in line]
+    (loss,) = [line for line in lines if "train loss" in line]
+    assert rate.endswith(", log)") and len(rate) <= 80
+    assert loss.endswith(")") and ", log" not in loss

@@ -232,9 +232,13 @@ def _curve_line(curve: Curve, width: int, label: int) -> Text:
     finite = values[np.isfinite(values)]
     first = f"{values[0]:.3g}" if values.size else "-"
     last = f"{values[-1]:.3g}" if values.size else "-"
+    columns = min(32, max(8, width // 4))
     line = Text(f"  {curve.name:<{label}}  ", style="dim")
-    line.append(sparkline(values, width=min(32, max(8, width // 4))), style="blue")
-    line.append(f"  {first} → {last}" + (f" (min {finite.min():.3g})" if finite.size else ""))
+    line.append(sparkline(values, width=columns), style="blue")
+    scale = ", log" if _log_scaled(_binned(values, columns)) else ""
+    line.append(
+        f"  {first} → {last}" + (f" (min {finite.min():.3g}{scale})" if finite.size else "")
+    )
     return line
 
 
@@ -304,6 +308,24 @@ def _diagnosis_line(
     _print_head(console, number, diagnosis, findings[diagnosis.cause], suffix, tags)
 
 
+def _binned(values: Sequence[float] | np.ndarray, width: int) -> np.ndarray:
+    """The mean of each of ``width`` runs of consecutive values (NaN where one is not
+    finite), or the values themselves when there are fewer."""
+    data = np.asarray(values, dtype=np.float64)
+    if data.size == 0:
+        return data
+    bins = np.array_split(np.arange(data.size), min(width, data.size))
+    return np.array(
+        [float(np.mean(data[i])) if np.isfinite(data[i]).all() else math.nan for i in bins]
+    )
+
+
+def _log_scaled(series: np.ndarray) -> bool:
+    """Whether a sparkline draws ``series`` on a log scale: positive, over two decades."""
+    finite = series[np.isfinite(series)]
+    return bool(finite.size and finite.min() > 0 and finite.max() / finite.min() > 100)
+
+
 def sparkline(values: Sequence[float] | np.ndarray, width: int = 60) -> str:
     """Unicode block sparkline; non-finite points show as ``×``; log scale for wide ranges.
 
@@ -311,21 +333,15 @@ def sparkline(values: Sequence[float] | np.ndarray, width: int = 60) -> str:
     level: min-max scaling would otherwise stretch float noise (a constant learning rate of
     0.1 stored once as 0.1000000001) into a full-height step.
     """
-    data = np.asarray(values, dtype=np.float64)
-    if data.size == 0:
+    series = _binned(values, width)
+    if series.size == 0:
         return ""
-    bins = np.array_split(np.arange(data.size), min(width, data.size))
-    points = []
-    for index in bins:
-        chunk = data[index]
-        points.append(float(np.mean(chunk)) if np.isfinite(chunk).all() else math.nan)
-    series = np.asarray(points)
     finite = series[np.isfinite(series)]
     if finite.size == 0:
         return "×" * len(series)
     if finite.max() - finite.min() <= 1e-6 * np.abs(finite).max():
         return "".join(_BLOCKS[0] if np.isfinite(v) else "×" for v in series)
-    if finite.min() > 0 and finite.max() / finite.min() > 100:
+    if _log_scaled(series):
         series = np.log10(series)
         finite = np.log10(finite)
     low, high = finite.min(), finite.max()
