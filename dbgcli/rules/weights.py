@@ -5,17 +5,18 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
 from dbgcli.errors import RuleConfigError
-from dbgcli.findings import Finding
+from dbgcli.findings import Finding, Severity
 from dbgcli.rules._context import RuleContext, TensorView, episode_findings, records_spanning
 from dbgcli.rules._known import (
     STARVED_LR,
     added_or_scaling_parameter,
+    class_count,
     clipped_gradient_norm,
     clipped_text,
     converged,
@@ -240,6 +241,14 @@ def poor_weight_initialization(
     GPT-2 scales its residual projections down by ``1/sqrt(2·layers)``; both would read as
     "too small" or "inconsistent" without normalisation.
 
+    **Judged by what followed.** A scale that shrinks the signal (keys ``too-small`` and
+    ``layer-ratio``) is a note (severity info) when the run learned regardless: no layer is too
+    large, and the mean of the last 10 training losses is at most half the untrained
+    model's loss (DBG301's bar for a loss that converged; for a classifier, a first loss
+    above ln C / 0.9 is inflated and does not count). The yardstick assumes the activations
+    He and Glorot derived it for; SIREN's ``sin(30x)`` multiplies its input by 30, and its
+    hidden layers start 900 times under He's variance by design.
+
     Why it matters: symmetric units never learn different features; weights too small make
     activations and gradients shrink layer by layer (vanishing), too large make them grow
     (exploding, saturation), and a single badly scaled layer can dominate or choke the
@@ -259,6 +268,49 @@ def poor_weight_initialization(
         min_scaled_variance: Scaled variance var · fan below which a layer starts too small.
         max_scaled_variance: Scaled variance var · fan above which a layer starts too large.
     """
+    findings = list(
+        _initialisation_findings(ctx, threshold, min_scaled_variance, max_scaled_variance)
+    )
+    # What a scale that shrinks the signal causes is a model that does not learn: where the
+    # loss came down to half its start or below from a start no large layer inflated, the
+    # signal got through (an activation the scale is made for: SIREN's sin(30x) multiplies
+    # its input by 30).
+    shrunk = ("too-small", "layer-ratio")
+    learned = None
+    if any(f.key in shrunk for f in findings) and not any(f.key == "too-large" for f in findings):
+        learned = _learned_regardless(ctx)
+    for finding in findings:
+        if learned is not None and finding.key in shrunk:
+            finding = replace(
+                finding, severity=Severity.info, message=f"{finding.message}{learned}"
+            )
+        yield finding
+
+
+# A training loss at this fraction of its start or below has come down: DBG301's bar for a
+# loss that converged rather than stalled.
+_LEARNED = 0.5
+
+
+def _learned_regardless(ctx: RuleContext) -> str | None:
+    """``; the run learned regardless ...`` when the training loss ended at half its start or
+    below, the start being that of an untrained model (for a classifier, not above ln C)."""
+    series = ctx.loss("train")
+    if series is None or not len(series.steps):
+        return None
+    fraction = loss_fraction(ctx, np.array([int(series.steps.max())]))
+    initial = initial_loss(ctx)
+    if fraction is None or initial is None or not fraction[0] <= _LEARNED:
+        return None
+    classes = class_count(ctx, from_weights=False)
+    if classes is not None and initial.value > np.log(classes) / 0.9:
+        return None  # a start above chance: something inflated it
+    return f"; the run learned regardless: its training loss fell to {fraction[0] * 100:.2g}% of its start"
+
+
+def _initialisation_findings(
+    ctx: RuleContext, threshold: float, min_scaled_variance: float, max_scaled_variance: float
+) -> Iterator[Finding]:
     views = _initialised(ctx)
     normalised = has_normalisation(ctx)
     scaled: list[tuple[TensorView, float, float]] = []

@@ -8,6 +8,7 @@ import h5py
 import numpy as np
 import pytest
 
+from dbgcli.findings import Severity
 from dbgcli.report.model import RuleStatus
 from dbgcli.trace import reader
 
@@ -206,6 +207,37 @@ def test_initialization_layer_ratio(make_trace) -> None:
     assert (
         run_rule(make_trace(tensors=tensors), "DBG501", threshold=200.0).status is RuleStatus.passed
     )
+
+
+def test_a_small_initialisation_the_run_learned_through_is_a_note(make_trace) -> None:
+    """SIREN scales its hidden layers down by 30 for a sin(30x) after them: "too small" and
+    "inconsistent" by the He/Glorot yardstick, but the loss came down 2000-fold, so the
+    signal got through: notes. The same scales under a loss that stays at its start, or
+    beside a layer too large (which inflates the first loss), stay warnings."""
+    rng = np.random.default_rng(0)
+    siren = {
+        "fc2.weight": rng.uniform(-1, 1, (64, 64)).astype(np.float32) * np.sqrt(6 / 64) / 30,
+        "fc3.weight": rng.uniform(-1, 1, (4, 64)).astype(np.float32) * np.sqrt(6 / 64) / 30,
+    }
+    tensors = mlp(norm=False, **siren)
+    learned = {"loss": list(0.6 * np.exp(-np.arange(400) / 40) + 3e-4)}
+    stuck = {"loss": list(0.6 * (0.95 + 0.05 * np.exp(-np.arange(400) / 40)))}
+    result = run_rule(make_trace(scalars=learned, tensors=tensors), "DBG501")
+    assert {(f.key, f.severity) for f in result.findings} == {
+        ("too-small", Severity.info),
+        ("layer-ratio", Severity.info),
+    }
+    assert all(
+        "; the run learned regardless: its training loss fell to 0.055% of its start" in f.message
+        for f in result.findings
+    )
+    result = run_rule(make_trace(scalars=stuck, tensors=tensors), "DBG501")
+    assert {f.severity for f in result.findings} == {Severity.warning}
+    large = mlp(norm=False, **siren, **{"fc1.weight": rng.normal(0, 3, (64, 8)).astype(np.float32)})
+    result = run_rule(make_trace(scalars=learned, tensors=large), "DBG501")
+    assert keyed(result, "too-large") and {f.severity for f in result.findings} == {
+        Severity.warning
+    }
 
 
 def test_initialization_scale_is_not_judged_with_normalisation_layers(make_trace) -> None:
