@@ -10,7 +10,8 @@ two ways: through the framework integration (``hook``) and through hand-written
 the default rules, as ``dbg analyze`` does, and prints:
 
 * per rule, over the runs whose induced fault is that rule's problem: **recall** (the rule
-  reported it, at warning or error), per recording path;
+  reported it, at warning or error, or as a note that heads a diagnosis of one), per
+  recording path;
 * over healthy runs: how many got an **error** finding, and how many **any warning**;
 * **cause first**: among flagged induced runs, how often the first diagnosis names the
   induced cause (its rule, or one the scenario accepts as naming it correctly), and the rank
@@ -113,7 +114,10 @@ def outcome(
         return None
     cause = record["cause"]
     findings = trace.findings
+    # A rule flags a run with a warning or an error, or with a note that heads a diagnosis of
+    # one (a setting such as DBG804's dropout rate is a note until it explains a symptom).
     problems = [f for f in findings if (f.severity or Severity.info).rank >= Severity.warning.rank]
+    problems += [findings[diagnosis.cause] for diagnosis in trace.problems]
     ranks = [i for i, f in enumerate(findings) if f.rule_id == cause]
     first = findings[trace.problems[0].cause].rule_id if trace.problems else None
     return Outcome(
