@@ -156,12 +156,12 @@ def invariant_biases(ctx: RuleContext) -> frozenset[str]:
     """Gradient tags of biases the loss does not depend on: at every training step, at least
     two, where the gradient of the bias's layer weight (``....weight`` beside ``....bias``)
     is recorded and not zero, the bias's own gradient is exactly zero (steps where both are
-    zero, a hinge loss every sample satisfies, say nothing). The bias's gradient is the sum over the batch of what its weight's gradient
-    weighs by the inputs; with the one zero at every step and the other not, the loss is
-    invariant to shifting that layer's outputs: a pairwise or ranking loss (``s(a) - s(b)``),
-    a softmax over outputs that share the shift, a normalisation after the layer. (A bias
-    cut off from the graph has no gradient at all; a dead layer zeroes both.) Computed once
-    per analysis."""
+    zero, a hinge loss every sample satisfies, say nothing). The bias's gradient is the sum
+    over the batch of what its weight's gradient weighs by the inputs; with the one zero at
+    every step and the other not, the loss is invariant to shifting that layer's outputs: a
+    pairwise or ranking loss (``s(a) - s(b)``), a softmax over outputs that share the shift,
+    a normalisation after the layer. (A bias cut off from the graph has no gradient at all; a
+    dead layer zeroes both.) Computed once per analysis."""
     return ctx.shared("invariant-biases", lambda: _invariant_biases(ctx.unfocused()))
 
 
@@ -174,10 +174,10 @@ def _invariant_biases(ctx: RuleContext) -> frozenset[str]:
         if weight is None:
             continue
         mine, theirs = view.positions(train), weight.positions(train)
-        steps, at = np.intersect1d(view.steps[mine], weight.steps[theirs], return_indices=True)[:2]
+        _, at, there = np.intersect1d(view.steps[mine], weight.steps[theirs], return_indices=True)
         with np.errstate(invalid="ignore"):
             zero = (view.stat("max")[mine][at] == 0) & (view.stat("min")[mine][at] == 0)
-            pulled = weight.stat("l2")[theirs][np.searchsorted(weight.steps[theirs], steps)] > 0
+            pulled = weight.stat("l2")[theirs][there] > 0
         if pulled.sum() >= 2 and zero[pulled].all():
             found.add(tag)
     return frozenset(found)

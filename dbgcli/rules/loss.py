@@ -195,10 +195,10 @@ def loss_not_decreasing(
     there is starved, not converged. A loss that goes below zero (a policy-gradient or
     surrogate objective, a likelihood without its constant) is no discrepancy that falls to
     0: its changes are measured from the lowest level the checks saw instead of from 0, and
-    its plateaus are not judged, since "still high" has no scale. A plateau above that half that the loss leaves (a later
-    check's level is below it) was a stage of training, such as a recurrent network that
-    finds the signal after a few epochs at chance: its finding is a note (severity info) that
-    says where the loss went. A rising loss is reported at any level. A run resumed
+    its plateaus are not judged, since "still high" has no scale. A plateau above that half
+    that the loss leaves (a later check's level is below it) was a stage of training, such as
+    a recurrent network that finds the signal after a few epochs at chance: its finding is a
+    note (severity info) that says where the loss went. A rising loss is reported at any level. A run resumed
     from a checkpoint (run metadata ``resumed_from_step``, with no loss recorded before it),
     or one whose first training predictions already beat chance (a fine-tune of a trained
     classifier, a hook attached after some training), starts from a trained model: its

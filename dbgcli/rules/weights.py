@@ -275,9 +275,10 @@ def poor_weight_initialization(
     # loss came down to half its start or below from a start no large layer inflated, the
     # signal got through (an activation the scale is made for: SIREN's sin(30x) multiplies
     # its input by 30).
-    shrunk = ("too-small", "layer-ratio")
+    shrunk = {"too-small", "layer-ratio"}
     learned = None
-    if any(f.key in shrunk for f in findings) and not any(f.key == "too-large" for f in findings):
+    keys = {finding.key for finding in findings}
+    if keys & shrunk and "too-large" not in keys:
         learned = _learned_regardless(ctx)
     for finding in findings:
         if learned is not None and finding.key in shrunk:
@@ -305,7 +306,10 @@ def _learned_regardless(ctx: RuleContext) -> str | None:
     classes = class_count(ctx, from_weights=False)
     if classes is not None and initial.value > np.log(classes) / 0.9:
         return None  # a start above chance: something inflated it
-    return f"; the run learned regardless: its training loss fell to {fraction[0] * 100:.2g}% of its start"
+    return (
+        f"; the run learned regardless: its training loss fell to {fraction[0] * 100:.2g}% of "
+        "its start"
+    )
 
 
 def _initialisation_findings(
