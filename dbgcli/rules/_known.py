@@ -386,8 +386,8 @@ def unclassed_labels(ctx: RuleContext) -> str | None:
     """What the labels are when they are no classes: a language model's tokens or the targets
     of a regression or ranking, as the run metadata's ``task`` says (whole-number targets,
     counts or prices, would otherwise read as class ids); labels that repeat the input ids
-    (a causal language model); or floats that are not whole numbers, some outside ``[0, 1]``
-    (a regression's targets, see :func:`dbgcli.rules.data.regression_targets`)."""
+    (a causal language model); or floats that are not whole numbers, outside ``[0, 1]`` or
+    of many values (a regression's targets, see :func:`dbgcli.rules.data.regression_targets`)."""
     task = ctx.trace.metadata.get("task")
     if isinstance(task, str) and task in LANGUAGE_MODELLING:
         return f"the tokens of a language model (metadata task {task!r})"
@@ -402,7 +402,7 @@ def unclassed_labels(ctx: RuleContext) -> str | None:
     from dbgcli.rules.data import regression_targets
 
     if ctx.shared("regression-targets", lambda: regression_targets(ctx)):
-        return "the targets of a regression (floats that are not whole numbers, outside [0, 1])"
+        return "the targets of a regression (floats that are not whole numbers)"
     return None
 
 

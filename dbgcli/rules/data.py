@@ -662,21 +662,38 @@ def _quantities(found: ClassIdRecords, shape: tuple[int, ...] | None) -> bool:
     return found.width == 2 and not (shape is not None and len(shape) >= 2 and shape[-1] == 2)
 
 
+# More distinct values than a binary classifier's soft targets take (one per class when the
+# labels are smoothed): a quantity's, which takes about as many as there are samples.
+_SOFT_TARGET_VALUES = 10
+
+
 def regression_targets(ctx: RuleContext) -> bool:
-    """Whether every labels tensor with full tensors holds quantities outside ``[0, 1]``:
-    floats that are not whole numbers (which :func:`class_ids` would cut at zero into two
-    "classes"), some below 0 or above 1. Those are a regression's targets (prices, physical
-    units), not class ids, one-hot rows or the soft targets of a binary classifier."""
+    """Whether every labels tensor with full tensors holds quantities: floats that are not
+    whole numbers (which :func:`class_ids` would cut into two "classes"), either some below 0
+    or above 1, or more than 10 distinct values in a record. Those are a regression's targets
+    (prices, physical units, a share), not class ids, one-hot rows or the soft targets of a
+    binary classifier (label smoothing gives two values)."""
     views = _with_full_tensors(_tagged(ctx.unfocused(), "labels"))
     if not views:
         return False
     for view in views:
         found: ClassIdRecords = view.derive(ClassIds())
+        if not _quantities(found, view.info.shape):
+            return False
         with np.errstate(invalid="ignore"):
             inside = np.nanmin(view.stat("min")) >= 0 and np.nanmax(view.stat("max")) <= 1
-        if not _quantities(found, view.info.shape) or inside:
+        if inside and not _many_values(ctx, view.tag):
             return False
     return True
+
+
+def _many_values(ctx: RuleContext, tag: str) -> bool:
+    """Whether the first full tensor of ``tag`` holds more than a binary classifier's soft
+    targets' few distinct values."""
+    for chunk in ctx.trace.iter_raw(tag):
+        values = np.asarray(chunk.values[0])
+        return bool(np.unique(values[np.isfinite(values)]).size > _SOFT_TARGET_VALUES)
+    return False
 
 
 def label_entropy(ctx: RuleContext, mode: str = "train") -> float | None:

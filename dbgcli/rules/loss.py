@@ -26,6 +26,7 @@ from dbgcli.rules._known import (
     lr_below,
     lr_raised,
     resumed_without_start,
+    unclassed_labels,
 )
 from dbgcli.rules._registry import Need, rule
 from dbgcli.rules.data import (
@@ -156,10 +157,10 @@ def loss_not_decreasing(
     record lies above the one 50 steps earlier 40 % of the time). Without ``smooth`` the
     level is the single record and ``se = 0``, as in SageMaker Debugger.
 
-    **Comparison**, with ``change = (m(s) - m(prev)) / (m(prev) - f) * 100`` and its standard
-    error ``se_change = sqrt(se(s)^2 + se(prev)^2) / (m(prev) - f) * 100``, where the floor
-    ``f`` is 0, or the lowest level of the checks for a loss that goes below zero (checks
-    where ``m(prev) = f`` are skipped). A check fails when
+    **Comparison**, with ``change = (m(s) - m(prev)) / |m(prev)| * 100`` and its standard error
+    ``se_change = sqrt(se(s)^2 + se(prev)^2) / |m(prev)| * 100`` (checks where ``m(prev) = 0``
+    are skipped); for a loss that goes below zero, the range of the checks' levels takes the
+    place of ``|m(prev)|``. A check fails when
 
     * it rose by ``max_increase_pct`` or more even allowing ``z`` standard errors in the
       loss's favour: ``change - z * se_change >= max_increase_pct`` (key ``increasing``), or
@@ -194,9 +195,10 @@ def loss_not_decreasing(
     the recorded learning rate has fallen below 1e-4 of its peak at the check: a flat loss
     there is starved, not converged. A loss that goes below zero (a policy-gradient or
     surrogate objective, a likelihood without its constant) is no discrepancy that falls to
-    0: its changes are measured from the lowest level the checks saw instead of from 0, and
-    its plateaus are not judged, since "still high" has no scale. A plateau above that half
-    that the loss leaves (a later check's level is below it) was a stage of training, such as
+    0: its changes are measured against the range its levels span, it is still high in the
+    upper half of that range, and only where it is above zero is it judged (below, a
+    surrogate's value has no fixed meaning: a policy gradient's rises towards zero as the
+    policy sharpens). A plateau above that half that the loss leaves (a later check's level is below it) was a stage of training, such as
     a recurrent network that finds the signal after a few epochs at chance: its finding is a
     note (severity info) that says where the loss went. A rising loss is reported at any level. A run resumed
     from a checkpoint (run metadata ``resumed_from_step``, with no loss recorded before it),
@@ -284,19 +286,21 @@ def loss_not_decreasing(
         before.append(earlier)
         after.append(later)
         noise.append(float(np.hypot(earlier_se, later_se)))
-    # Changes are measured from the loss's floor: 0 for a loss that stays above it, else the
-    # lowest level the checks saw (a policy-gradient or surrogate objective, a likelihood
-    # without its constant), where a change relative to the value itself means nothing.
-    floor = min(0.0, *before, *after) if checked else 0.0
-    above = np.array(before) - floor
-    kept = above > 0
+    # A loss that stays above zero changes relative to its level (its distance from 0). One
+    # that goes below (a policy-gradient or surrogate objective, a likelihood without its
+    # constant) has no floor to measure from: its changes are measured against the range
+    # its levels span.
+    low, high = (min(*before, *after), max(*before, *after)) if checked else (0.0, 0.0)
+    below_zero = low < 0
+    scale = np.full(len(before), high - low) if below_zero else np.abs(np.array(before))
+    kept = scale > 0
     if not kept.any():
         return
     checked = [step for step, keep in zip(checked, kept) if keep]
     compared = [step for step, keep in zip(compared, kept) if keep]
     levels_before, levels_after = np.array(before)[kept], np.array(after)[kept]
-    change = (levels_after - levels_before) / above[kept] * 100.0
-    margin = z * np.array(noise)[kept] / above[kept] * 100.0
+    change = (levels_after - levels_before) / scale[kept] * 100.0
+    margin = z * np.array(noise)[kept] / scale[kept] * 100.0
     never = np.zeros(len(change), dtype=bool)
     rose = change - margin >= max_increase_pct if max_increase_pct is not None else never
     flat = -change - margin <= min_decrease_pct if min_decrease_pct is not None else never
@@ -306,15 +310,21 @@ def loss_not_decreasing(
     raised = lr_raised(ctx, compared_at - num_steps, compared_at, np.array(checked))
     rose &= ~raised
     flat &= ~(raised & (change > 0))
+    if below_zero:
+        # Below zero a loss has no fixed meaning: a surrogate objective's (a policy
+        # gradient's) rises towards zero as the policy sharpens. Above it, it is judged.
+        rose &= levels_after > 0
+        flat &= levels_after > 0
     converged_at = None
     if converged_fraction is not None:
         initial = initial_loss(ctx, mode)
         if initial is None:
             flat[:] = False  # a resumed run: its convergence cannot be told from a stall
-        elif floor < 0:
-            # Below zero the loss is no discrepancy that falls to 0, and the lowest level
-            # seen need not be its floor: "still high" has no scale.
-            flat[:] = False
+        elif below_zero:
+            # Still high: in the upper part of the loss's own range.
+            starved = lr_below(ctx, np.array(checked), STARVED_LR)
+            converged_at = levels_after - low <= converged_fraction * (high - low)
+            flat &= ~converged_at | starved
         elif initial.value > 0:
             starved = lr_below(ctx, np.array(checked), STARVED_LR)
             converged_at = levels_after <= converged_fraction * initial.value
@@ -330,8 +340,8 @@ def loss_not_decreasing(
             f"{'rose' if pct > 0 else 'fell only'} {abs(pct):.3g}% (± {margin[worst]:.2g}) over "
             f"{num_steps} steps ({a:.4g} -> {b:.4g}"
         )
-        if floor < 0:
-            moved += f", measured from its lowest level {floor:.4g}"
+        if below_zero:
+            moved += f", of its range {low:.4g} to {high:.4g}"
         if increasing:
             message = f"{what} {moved}; a rise of {max_increase_pct:g}% or more fails)"
             threshold, value = max_increase_pct, pct
@@ -1458,8 +1468,9 @@ def clamped_logits(ctx: RuleContext, *, records: int = 20) -> Iterator[Finding]:
     """The model's class scores are clamped at zero: a ReLU after the last layer.
 
     Checked on up to ``records`` recorded steps, spread over the run and its modes, that hold
-    full tensors of class labels (one class id per sample, or one-hot) and of predictions
-    with a class axis of at least two scores. A step counts where every score is finite and
+    full tensors of class labels (one class id per sample, or one-hot rows) and of predictions
+    with a class axis of at least two scores; labels that are no classes (a regression's
+    targets, a language model's tokens; see DBG601) are not judged. A step counts where every score is finite and
     none is negative, at least a tenth of them are exactly zero, and the rows are not
     probability vectors (sparsemax and other sparse probabilities hold exact zeros by design;
     DBG307 judges softmax outputs) nor hard 0/1 decisions. A linear layer's output is exactly
@@ -1482,6 +1493,9 @@ def clamped_logits(ctx: RuleContext, *, records: int = 20) -> Iterator[Finding]:
     """
     if records < 1:
         raise RuleConfigError(f"DBG308 records must be at least 1, got {records}")
+    unclassed = unclassed_labels(ctx)
+    if unclassed is not None:
+        raise RuleSkipped(f"the labels are {unclassed}, not classes")
     for labels, predictions in scored_labels(ctx):
         shape = predictions.info.shape
         if shape is None or len(shape) < 2 or shape[-1] < 2:
@@ -1534,9 +1548,13 @@ def _clamped_share(
     truth = ctx.trace.raw(labels, step, mode)
     if scores is None or truth is None or scores.dtype.kind != "f" or scores.size == 0:
         return None
-    if truth.shape not in (scores.shape[:-1], scores.shape):
-        return None  # no class axis: class ids, or scores of another layout
     classes = scores.shape[-1]
+    if truth.shape == scores.shape:
+        rows = truth.reshape(-1, classes)
+        if not (((rows == 0) | (rows == 1)).all() and (rows.sum(axis=1) == 1).all()):
+            return None  # not one-hot: several targets per sample (a regression's, say)
+    elif truth.shape != scores.shape[:-1]:
+        return None  # no class axis: class ids, or scores of another layout
     found, width = class_ids(truth[None])
     if width not in (None, classes) or not (found >= 0).any() or found.max() >= classes:
         return None

@@ -365,21 +365,25 @@ def _dropout_note(ctx: RuleContext) -> dict[str, float]:
     label="dropout too strong",
     # A model that trains on a few of its units fits slowly and stays unsure: the loss stays
     # high, and its predictions are often wrong.
-    explains=("DBG303", "DBG301:not-decreasing", "DBG601:mispredicted", "DBG604"),
+    explains={"strong": ("DBG303", "DBG301:not-decreasing", "DBG601:mispredicted", "DBG604")},
 )
-def dropout_too_strong(ctx: RuleContext, *, max_rate: float = 0.5) -> Iterator[Finding]:
+def dropout_too_strong(
+    ctx: RuleContext, *, max_rate: float = 0.5, harmful_rate: float = 0.6
+) -> Iterator[Finding]:
     """Dropout drops more than half of a layer's values in training.
 
     The PyTorch hook (and the Hugging Face and Lightning callbacks, which use it) notes every
     module that drops values in training with its rate (run metadata ``dropout``: dropout
-    modules' ``p``, recurrent layers' and attention's ``dropout``). A rate above ``max_rate``
-    is reported: Srivastava et al. (2014), who introduced dropout, keep hidden units with
-    probability 0.5 to 0.8 (a dropout rate of 0.2 to 0.5) and inputs with 0.8, and found the
-    error rising steeply as fewer than 0.4 are kept. The finding is a note: a rate beyond that
-    range can be chosen on purpose (a wide layer, an input or embedding dropout of 0.6); it
-    is the cause of the run's failure to fit when the loss stays high (DBG303, DBG301) or
-    the predictions stay wrong (DBG601, DBG604). A model trained in eval mode (DBG802) drops
-    nothing and is not judged.
+    modules' ``p``, recurrent layers' and attention's ``dropout``). Srivastava et al. (2014),
+    who introduced dropout, keep hidden units with probability 0.5 to 0.8 (a dropout rate of
+    0.2 to 0.5) and inputs with 0.8; the test error they measured is flat while 0.4 to 0.8 of
+    the units are kept and rises steeply as fewer are. So a rate above ``max_rate`` is a note
+    (key ``above-range``): beyond the recommended range, and possibly chosen on purpose (a
+    wide layer, an input or embedding dropout of 0.6). A rate above ``harmful_rate`` (fewer
+    than 0.4 kept) is a note too (key ``strong``), and the cause of the run's failure to fit
+    when the loss stays high (DBG303, DBG301) or the predictions stay wrong (DBG601, DBG604);
+    a milder one leaves those to their own causes (a learning rate too low, say). A model
+    trained in eval mode (DBG802) drops nothing and is not judged.
 
     Why it matters: a layer that keeps a tenth of its units trains ten thinned networks'
     worth of noise into every step; the model fits slowly, its training loss stays far above
@@ -394,9 +398,12 @@ def dropout_too_strong(ctx: RuleContext, *, max_rate: float = 0.5) -> Iterator[F
 
     Args:
         max_rate: The largest dropout rate taken as in range.
+        harmful_rate: The rate above which dropout explains a model that does not fit.
     """
-    if not 0 < max_rate < 1:
-        raise RuleConfigError(f"DBG804 max_rate must be in (0, 1), got {max_rate:g}")
+    if not 0 < max_rate <= harmful_rate < 1:
+        raise RuleConfigError(
+            f"DBG804 needs 0 < max_rate <= harmful_rate < 1, got {max_rate:g} and {harmful_rate:g}"
+        )
     if eval_mode_training(ctx.trace.metadata) is not None:
         return
     strong = {name: rate for name, rate in _dropout_note(ctx).items() if rate > max_rate}
@@ -415,7 +422,7 @@ def dropout_too_strong(ctx: RuleContext, *, max_rate: float = 0.5) -> Iterator[F
         ),
         first_step=first,
         value=rate,
-        threshold=max_rate,
-        key="strong",
+        threshold=harmful_rate if rate > harmful_rate else max_rate,
+        key="strong" if rate > harmful_rate else "above-range",
         extra={"modules": strong},
     )

@@ -225,6 +225,14 @@ def test_dropout_too_strong_is_a_note_that_explains_a_model_that_does_not_fit(
         "share dropped, not kept)"
     )
     assert [report.findings[i].rule_id for i in report.problems[0].symptoms] == ["DBG303"]
+    # 0.6 is beyond the recommended range, but keeps the 0.4 under which the error rises: a
+    # note that leaves the loss to its own causes.
+    report = analyze_path(
+        make_trace(scalars=stuck, metadata={"dropout": {"net.drop": 0.6}}),
+        select=("DBG303", "DBG804"),
+    )
+    assert report.findings[report.problems[0].cause].rule_id == "DBG303"
+    assert [f.key for f in report.findings if f.rule_id == "DBG804"] == ["above-range"]
     for metadata in (
         {"dropout": {"net.drop": 0.5}},
         {"dropout": rates, "trained_in_eval_mode": {"step": 0, "modules": ["Dropout"]}},
