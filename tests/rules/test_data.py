@@ -206,8 +206,9 @@ def test_class_rules_skip_multi_label_indicators(make_trace) -> None:
 
 def test_class_rules_skip_regression_targets(make_trace) -> None:
     """Targets around 1000 that are not whole numbers are a regression's: cut at zero they made
-    two "classes", one never seen, and a class imbalance on a healthy run. Soft targets of a
-    binary classifier, within [0, 1], are still judged as its two classes."""
+    two "classes", one never seen, and a class imbalance on a healthy run; so are shares in
+    [0, 1] of many values. Soft targets of a binary classifier, two values in [0, 1], are
+    still judged as its two classes."""
     rng = np.random.default_rng(3)
     targets = [(1000 + 5 * rng.normal(size=64)).astype(np.float32) for _ in range(20)]
     predictions = [(t + rng.normal(size=64)).astype(np.float32) for t in targets]
@@ -221,6 +222,9 @@ def test_class_rules_skip_regression_targets(make_trace) -> None:
         result = run_rule(path, rule_id)
         assert result.status is RuleStatus.skipped, rule_id
         assert "the targets of a regression" in result.reason
+    shares = [rng.beta(2, 5, size=64).astype(np.float32) for _ in range(20)]  # in [0, 1]
+    path = make_trace(tensors={"labels": {"values": shares, "collection": "labels"}})
+    assert "the targets of a regression" in run_rule(path, "DBG601").reason
     soft = [np.where(rng.random(64) < 0.05, 0.9, 0.1).astype(np.float32) for _ in range(20)]
     path = make_trace(tensors={"labels": {"values": soft, "collection": "labels"}})
     assert keyed(run_rule(path, "DBG601"), "imbalance")

@@ -1023,6 +1023,15 @@ def test_clamped_logits_leave_sparse_probabilities_and_hard_decisions_alone(make
         sparse.append((rows / rows.sum(axis=1, keepdims=True)).astype(np.float32))
     hard = [np.eye(4, dtype=np.float32)[rng.integers(0, 4, 32)] for _ in range(6)]
     clamped = [np.maximum(rng.normal(size=(32, 4)), 0).astype(np.float32) * 3 for _ in range(6)]
+    # A regression's non-negative targets, several per sample, behind a deliberate ReLU.
+    amounts = [np.abs(rng.normal(size=(32, 4))).astype(np.float32) for _ in range(6)]
+    trace = make_trace(
+        tensors={
+            "labels": {"values": amounts, "collection": "labels"},
+            "predictions": {"values": clamped, "collection": "predictions"},
+        }
+    )
+    assert run_rule(trace, "DBG308").status is not RuleStatus.violated
     for predictions, status in (
         (sparse, RuleStatus.passed),
         (hard, RuleStatus.passed),
