@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 
@@ -39,7 +40,15 @@ def _unit_tensors(kinds: tuple[str, ...]) -> Need:
         f"(role {' or '.join(repr(c) for c in ACTIVATION_COLLECTIONS)})",
         lambda ctx: any(view.info.unit_measure is not None for view in _views(ctx, kinds)),
         looks_at="tensors",
+        hint=_compiled_hint,
     )
+
+
+def _compiled_hint(ctx: RuleContext, params: dict[str, Any]) -> str | None:
+    """Why a compiled model's trace holds no activations (see docs/capture.md)."""
+    if ctx.trace.metadata.get(schema.META_COMPILED) is True:
+        return "the model ran compiled (torch.compile), whose passes record no activations"
+    return None
 
 
 def _views(ctx: RuleContext, kinds: tuple[str, ...]) -> list[TensorView]:

@@ -1145,6 +1145,12 @@ def test_a_compiled_model_compiles_once_and_records_its_parameters(
         assert "fc1.weight" in tags and "grad/fc1.weight" in tags
         assert trace.index("grad/fc1.weight")[0].tolist() == list(range(0, 20, 2))
         assert not [tag for tag in tags if "_orig_mod" in tag]
+    from tests.rules.helpers import analyze_path
+
+    (dying,) = analyze_path(path, select=("DBG201",)).results
+    assert dying.reason.endswith(
+        "; the model ran compiled (torch.compile), whose passes record no activations"
+    )
 
 
 @pytest.mark.filterwarnings("ignore:Dynamo does not know how to trace:UserWarning")
