@@ -1292,7 +1292,7 @@ _TOLD_APART = 0.05
     severity="error",
     category="loss",
     requires=(TRAIN_LOSS, LABELS, PREDICTIONS),
-    label="softmax applied twice",
+    label={"sigmoid": "sigmoid applied twice", "*": "softmax applied twice"},
     # The loss cannot fall below its floor and its gradients are squeezed by the second
     # softmax: the loss stalls, high, and the gradients shrink.
     explains=(
@@ -1305,19 +1305,24 @@ _TOLD_APART = 0.05
     ),
 )
 def softmax_twice(ctx: RuleContext, *, records: int = 20) -> Iterator[Finding]:
-    """The loss takes the model's probabilities for logits: softmax is applied twice.
+    """The loss takes the model's probabilities for logits: softmax (or sigmoid) is applied twice.
 
     A model that ends in ``nn.Softmax`` (or returns ``softmax(logits)``) fed to
     ``nn.CrossEntropyLoss`` / ``F.cross_entropy``, which apply ``log_softmax`` themselves, is
     trained on ``-log softmax(p)[y]`` with ``p`` already probabilities: the loss cannot fall
     below ``ln(1 + (C - 1) / e)`` (0.74 for four classes, 1.46 for ten), and the gradient
-    passes through two softmax Jacobians.
+    passes through two softmax Jacobians. A binary model that ends in ``nn.Sigmoid`` fed to
+    ``nn.BCEWithLogitsLoss`` is the same mistake (key ``sigmoid``): its loss cannot fall below
+    ``ln(1 + e^-1) = 0.31`` for a positive sample, and its probabilities are squeezed into
+    ``[0.5, 0.73]``.
 
     Checked on up to ``records`` training steps, spread over the run, that hold a training
     loss and full tensors of labels ``(N,)`` and predictions ``(N, C)`` whose every row is a
-    probability vector (values in ``[0, 1]`` summing to 1 within 1e-3). At each, the mean
-    cross-entropy of the predictions read as logits, ``logsumexp(p) - p[y]``, and read as
-    probabilities, ``-log p[y]``, are computed (negative labels, ignore markers, left out);
+    probability vector (values in ``[0, 1]`` summing to 1 within 1e-3), or, for the binary
+    case, labels of 0s and 1s and predictions ``(N,)`` or ``(N, 1)`` in ``[0, 1]``. At each,
+    the mean cross-entropy of the predictions read as logits, ``logsumexp(p) - p[y]``
+    (binary: ``log(1 + e^p) - y p``), and read as probabilities, ``-log p[y]`` (binary:
+    ``-y log p - (1 - y) log(1 - p)``), are computed (negative labels, ignore markers, left out);
     a step counts where the two differ by more than 5 % (an untrained model's nearly uniform
     probabilities give both alike) and the recorded loss is the first within 0.1 % and not the
     second. At least three such steps, and at least half of those where the two differ, make
@@ -1348,16 +1353,18 @@ def softmax_twice(ctx: RuleContext, *, records: int = 20) -> Iterator[Finding]:
     train = schema.MODE_CODES["train"]
     for labels, predictions in scored_labels(ctx):
         shape = predictions.info.shape
-        if shape is None or len(shape) != 2 or shape[1] < 2:
+        if shape is None or len(shape) not in (1, 2):
             continue
+        binary = len(shape) == 1 or shape[1] == 1
         both = np.intersect1d(
             _kept_steps(ctx, labels.tag, train), _kept_steps(ctx, predictions.tag, train)
         )
         steps = [int(step) for step in both if int(step) in losses]
         steps = _spread(steps, records)
         told, hits = 0, []
+        measure = _binary_cross_entropies if binary else _cross_entropies
         for step in steps:
-            pair = _cross_entropies(ctx, labels.tag, predictions.tag, step)
+            pair = measure(ctx, labels.tag, predictions.tag, step)
             if pair is None:
                 break  # not probabilities (or not a class batch): logits, as they should be
             as_logits, as_probabilities = pair
@@ -1372,11 +1379,15 @@ def softmax_twice(ctx: RuleContext, *, records: int = 20) -> Iterator[Finding]:
         if len(hits) < 3 or 2 * len(hits) < told:
             continue
         step, loss, own = hits[-1]
+        twice = (
+            "sigmoid applied twice: a model ending in Sigmoid fed to BCEWithLogitsLoss?"
+            if binary
+            else "softmax applied twice: a model ending in Softmax fed to CrossEntropyLoss?"
+        )
         yield Finding(
             message=(
                 f"the training loss is the cross-entropy of the predictions read as logits, but "
-                f"they are probabilities (softmax applied twice: a model ending in Softmax fed "
-                f"to CrossEntropyLoss?): at step {step} the loss is {loss:.4g}, the "
+                f"they are probabilities ({twice}): at step {step} the loss is {loss:.4g}, the "
                 f"probabilities' own cross-entropy {own:.4g}; {len(hits)} of {told} steps "
                 "compared"
             ),
@@ -1388,7 +1399,7 @@ def softmax_twice(ctx: RuleContext, *, records: int = 20) -> Iterator[Finding]:
             value=float(len(hits)),
             threshold=3.0,
             mode="train",
-            key="twice",
+            key="sigmoid" if binary else "twice",
             extra={"labels": labels.tag, "steps_compared": told},
         )
 
@@ -1398,6 +1409,28 @@ def _spread(items: list[T], most: int) -> list[T]:
     if len(items) <= most:
         return items
     return [items[i] for i in np.linspace(0, len(items) - 1, most).round().astype(int)]
+
+
+def _binary_cross_entropies(
+    ctx: RuleContext, labels: str, predictions: str, step: int
+) -> tuple[float, float] | None:
+    """Mean binary cross-entropy of one training step's predictions read as logits and read
+    as probabilities; None unless they are one probability per sample and the labels 0s and
+    1s of the same samples."""
+    scores = ctx.trace.raw(predictions, step, "train")
+    truth = ctx.trace.raw(labels, step, "train")
+    if scores is None or truth is None or scores.size != truth.size or truth.size == 0:
+        return None
+    p = scores.reshape(-1).astype(np.float64)
+    y = truth.reshape(-1).astype(np.float64)
+    if not (np.isfinite(p).all() and (p >= 0).all() and (p <= 1).all()):
+        return None
+    if not ((y == 0) | (y == 1)).all():
+        return None
+    as_logits = float(np.mean(np.logaddexp(0.0, p) - y * p))
+    clipped = np.clip(p, 1e-300, 1 - 1e-16)
+    as_probabilities = float(np.mean(-y * np.log(clipped) - (1 - y) * np.log1p(-clipped)))
+    return as_logits, as_probabilities
 
 
 def _kept_steps(ctx: RuleContext, tag: str, mode: int) -> np.ndarray:

@@ -991,6 +991,45 @@ def test_softmax_applied_twice_is_told_from_probabilities_recorded_beside_logits
     assert finding.steps == 3 and finding.last_step == 300
 
 
+def test_sigmoid_applied_twice_is_told_from_probabilities_recorded_beside_logits(
+    tmp_path: Path,
+) -> None:
+    """A binary model ending in Sigmoid fed to BCEWithLogitsLoss: the recorded loss is the
+    binary cross-entropy of its probabilities read as logits. Recording sigmoid outputs while
+    the loss takes the logits is fine."""
+    torch = pytest.importorskip("torch")
+    from dbgcli.torch import attach
+
+    def run(path: Path, *, sigmoid_head: bool) -> Path:
+        torch.manual_seed(0)
+        layers = [torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 1)]
+        model = torch.nn.Sequential(*layers, *([torch.nn.Sigmoid()] if sigmoid_head else []))
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+        x = torch.randn(1024, 8)
+        y = (x[:, 0] + x[:, 1] > 0).float()
+        with attach(model, optimizer, path) as hook:
+            for step in range(120):
+                batch = slice(64 * (step % 16), 64 * (step % 16 + 1))
+                optimizer.zero_grad()
+                output = model(x[batch]).squeeze(1)
+                loss = torch.nn.functional.binary_cross_entropy_with_logits(output, y[batch])
+                hook.record_loss(loss)
+                if step % 10 == 0:
+                    scores = output if sigmoid_head else output.sigmoid()
+                    hook.record(labels=y[batch], predictions=scores.detach(), raw=True)
+                loss.backward()
+                optimizer.step()
+        return path
+
+    (finding,) = run_rule(run(tmp_path / "twice.h5", sigmoid_head=True), "DBG307").findings
+    assert (finding.key, finding.severity, finding.first_step) == ("sigmoid", Severity.error, 0)
+    assert "(sigmoid applied twice: a model ending in Sigmoid fed to BCEWithLogitsLoss?)" in (
+        finding.message
+    )
+    once = run_rule(run(tmp_path / "once.h5", sigmoid_head=False), "DBG307")
+    assert once.status is RuleStatus.passed
+
+
 # DBG308 clamped-logits
 
 
