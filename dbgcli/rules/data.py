@@ -696,6 +696,49 @@ def _many_values(ctx: RuleContext, tag: str) -> bool:
     return False
 
 
+def soft_target_entropy(ctx: RuleContext) -> float | None:
+    """The mean entropy, in nats, of the recorded training labels when they are soft targets:
+    probabilities that are not all 0 or 1, one per sample (a binary classifier's, smoothed:
+    0.1 and 0.9) or rows summing to 1 (smoothed or mixed one-hot rows). A cross-entropy
+    against such targets cannot fall below their entropy (Gibbs' inequality): it is the
+    loss's floor. None for hard labels, quantities, or without labels in full tensors.
+    Computed once per analysis."""
+    return ctx.shared("soft-target-entropy", lambda: _soft_target_entropy(ctx.unfocused()))
+
+
+def _soft_target_entropy(ctx: RuleContext) -> float | None:
+    if unclassed_labels(ctx) is not None:
+        return None  # a regression's targets in [0, 1] are no probabilities
+    train = schema.MODE_CODES["train"]
+    total, count = 0.0, 0
+    for view in _with_full_tensors(_tagged(ctx, "labels")):
+        shape = view.info.shape
+        if shape is None or view.info.dtype is None or np.dtype(view.info.dtype).kind != "f":
+            return None
+        for chunk in ctx.trace.iter_raw(view.tag):
+            for values, mode in zip(chunk.values, chunk.modes, strict=True):
+                if mode != train:
+                    continue
+                q = np.asarray(values, dtype=np.float64)
+                if not (np.isfinite(q).all() and (q >= 0).all() and (q <= 1).all()):
+                    return None
+                if len(shape) >= 2 and shape[-1] > 1:
+                    rows = q.reshape(-1, shape[-1])
+                    if not np.allclose(rows.sum(axis=1), 1.0, atol=1e-3):
+                        return None
+                    entropy = -np.sum(rows * np.log(np.where(rows > 0, rows, 1.0)), axis=1)
+                else:
+                    p = q.reshape(-1)
+                    inside = np.clip(p, 1e-300, 1.0)
+                    outside = np.clip(1 - p, 1e-300, 1.0)
+                    entropy = -(p * np.log(inside) + (1 - p) * np.log(outside))
+                total += float(entropy.sum())
+                count += entropy.size
+    if not count or total == 0.0:
+        return None  # hard labels (or none): the floor is 0
+    return total / count
+
+
 def label_entropy(ctx: RuleContext, mode: str = "train") -> float | None:
     """Entropy, in nats, of the class frequencies ``p`` of the recorded ``mode`` labels:
     ``-sum(p ln p)``, the cross-entropy of a model that predicts those frequencies for every

@@ -36,6 +36,7 @@ from dbgcli.rules.data import (
     label_entropy,
     plan_class_ids,
     scored_labels,
+    soft_target_entropy,
 )
 from dbgcli.trace import roles, schema
 from dbgcli.trace.reader import Series
@@ -188,7 +189,9 @@ def loss_not_decreasing(
     ``diff_percent`` is not public.
 
     **Convergence is not a stall.** A "fell too little" check counts only while the later
-    level is above ``converged_fraction`` (one half) of the first finite loss: a loss that has
+    level is above ``converged_fraction`` (one half) of the first finite loss (measured from
+    the loss's floor: 0, or for recorded soft targets, their mean entropy, below which no
+    cross-entropy against them falls): a loss that has
     more than halved and then flattens has converged (or reached the floor that label
     smoothing, weight decay or the noise of the data set), which is what training is for; a
     plateau above half the starting loss is a run that stopped learning early. Except when
@@ -325,10 +328,13 @@ def loss_not_decreasing(
             starved = lr_below(ctx, np.array(checked), STARVED_LR)
             converged_at = levels_after - low <= converged_fraction * (high - low)
             flat &= ~converged_at | starved
-        elif initial.value > 0:
-            starved = lr_below(ctx, np.array(checked), STARVED_LR)
-            converged_at = levels_after <= converged_fraction * initial.value
-            flat &= ~converged_at | starved
+        else:
+            # Soft targets put the floor of a cross-entropy at their entropy, not at 0.
+            floor = soft_target_entropy(ctx) or 0.0
+            if initial.value > floor:
+                starved = lr_below(ctx, np.array(checked), STARVED_LR)
+                converged_at = levels_after - floor <= converged_fraction * (initial.value - floor)
+                flat &= ~converged_at | starved
     failing = sustained(rose | flat, patience)
     what = f"{'mean ' if smooth else ''}{mode} loss"
     for episode in episodes(failing):

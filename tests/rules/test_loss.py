@@ -204,6 +204,23 @@ def test_a_loss_below_zero_is_judged_against_its_range_and_only_above_zero(make_
     assert ", of its range -0.3" in finding.message
 
 
+def test_soft_targets_put_the_floor_of_the_loss_at_their_entropy(make_trace) -> None:
+    """A binary classifier trained on soft targets 0.1 / 0.9 cannot take its cross-entropy
+    below their entropy, 0.325: flat at 0.36 from a start of 0.69 it has converged, which
+    half of the start (0.347) would call a plateau. With hard labels it is one."""
+    rng = np.random.default_rng(0)
+    steps = np.arange(500)
+    level = 0.36 + 0.33 * np.exp(-steps / 60)
+    loss = {"loss": list(level * np.exp(0.01 * rng.standard_normal(500)))}
+    hard = [rng.integers(0, 2, 64).astype(np.float32) for _ in range(50)]
+    soft = [np.where(labels == 1, 0.9, 0.1).astype(np.float32) for labels in hard]
+    record_steps = list(range(0, 500, 10))
+    for labels, status in ((soft, RuleStatus.passed), (hard, RuleStatus.violated)):
+        tensors = {"labels": {"values": labels, "steps": record_steps, "collection": "labels"}}
+        result = run_rule(make_trace(scalars=loss, tensors=tensors), "DBG301")
+        assert result.status is status
+
+
 def test_loss_not_decreasing_skipped_without_a_train_loss(make_trace) -> None:
     result = run_rule(make_trace(scalars={"accuracy": [0.5, 0.6]}), "DBG301")
     assert result.status is RuleStatus.skipped
