@@ -425,10 +425,11 @@ def _labels_are_the_inputs(ctx: RuleContext) -> bool:
         if v.info.dtype is not None and np.dtype(v.info.dtype).kind in "iu"
     ]
     for labels in ctx.tensors(collection="labels"):
-        for tokens in inputs:
-            if labels.info.shape != tokens.info.shape:
-                continue
-            mine = _stat_rows(labels)
+        alike = [tokens for tokens in inputs if tokens.info.shape == labels.info.shape]
+        if not alike:
+            continue
+        mine = _stat_rows(labels)
+        for tokens in alike:
             theirs = _stat_rows(tokens)
             shared = mine.keys() & theirs.keys()
             if len(shared) >= 3 and all(mine[k] == theirs[k] for k in shared):

@@ -93,7 +93,7 @@ def _partner(labels: str, predictions: Sequence[TensorView]) -> TensorView | Non
     return predictions[0] if len(predictions) == 1 else None
 
 
-def _refuse_unclassed(ctx: RuleContext) -> None:
+def refuse_unclassed(ctx: RuleContext) -> None:
     """Skip a class rule on labels that are no classes: the next (or masked) tokens of a text
     follow the text's word frequencies, and even a perfect model cannot predict them all;
     regression targets are quantities. Class balance and per-class precision say nothing
@@ -946,7 +946,7 @@ def class_imbalance(
         samples: Labels needed before judging, and the size of the latest window of labelled
             predictions the misprediction check uses.
     """
-    _refuse_unclassed(ctx)
+    refuse_unclassed(ctx)
     weighting = _class_weighting(ctx)
     middle = _run_middle(ctx)
     judged = []
@@ -1761,7 +1761,7 @@ def classifier_confusion(
         raise RuleConfigError(f"DBG604 min_share must be in (0, 1], got {min_share:g}")
     if not 0 < tail_fraction <= 1:
         raise RuleConfigError(f"DBG604 tail_fraction must be in (0, 1], got {tail_fraction:g}")
-    _refuse_unclassed(ctx)
+    refuse_unclassed(ctx)
     middle = _run_middle(ctx)
     judged: list[list[Finding]] = []
     for labels, predictions in _single_labelled(ctx):
@@ -2194,7 +2194,7 @@ def unshuffled_batches(
     """
     if not 0 <= max_correlation < 1:
         raise RuleConfigError(f"DBG605 max_correlation must be in [0, 1), got {max_correlation:g}")
-    _refuse_unclassed(ctx)
+    refuse_unclassed(ctx)
     judged: list[list[Finding]] = []
     for labels, _ in _single_labelled(ctx):
         ids: ClassIdRecords = labels.derive(ClassIds())

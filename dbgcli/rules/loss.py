@@ -26,7 +26,6 @@ from dbgcli.rules._known import (
     lr_below,
     lr_raised,
     resumed_without_start,
-    unclassed_labels,
 )
 from dbgcli.rules._registry import Need, rule
 from dbgcli.rules.data import (
@@ -35,6 +34,7 @@ from dbgcli.rules.data import (
     class_ids,
     label_entropy,
     plan_class_ids,
+    refuse_unclassed,
     scored_labels,
     soft_target_entropy,
 )
@@ -191,19 +191,20 @@ def loss_not_decreasing(
     **Convergence is not a stall.** A "fell too little" check counts only while the later
     level is above ``converged_fraction`` (one half) of the first finite loss (measured from
     the loss's floor: 0, or for recorded soft targets, their mean entropy, below which no
-    cross-entropy against them falls): a loss that has
-    more than halved and then flattens has converged (or reached the floor that label
-    smoothing, weight decay or the noise of the data set), which is what training is for; a
-    plateau above half the starting loss is a run that stopped learning early. Except when
-    the recorded learning rate has fallen below 1e-4 of its peak at the check: a flat loss
-    there is starved, not converged. A loss that goes below zero (a policy-gradient or
-    surrogate objective, a likelihood without its constant) is no discrepancy that falls to
-    0: its changes are measured against the range its levels span, it is still high in the
-    upper half of that range, and only where it is above zero is it judged (below, a
-    surrogate's value has no fixed meaning: a policy gradient's rises towards zero as the
-    policy sharpens). A plateau above that half that the loss leaves (a later check's level is below it) was a stage of training, such as
-    a recurrent network that finds the signal after a few epochs at chance: its finding is a
-    note (severity info) that says where the loss went. A rising loss is reported at any level. A run resumed
+    cross-entropy against them falls): a loss that has more than halved and then flattens
+    has converged (or reached the floor that label smoothing, weight decay or the noise of
+    the data set), which is what training is for; a plateau above half the starting loss is
+    a run that stopped learning early. Except when the recorded learning rate has fallen
+    below 1e-4 of its peak at the check: a flat loss there is starved, not converged. A loss
+    that goes below zero (a policy-gradient or surrogate objective, a likelihood without its
+    constant) is no discrepancy that falls to 0: its changes are measured against the range
+    its levels span, it is still high in the upper half of that range, and only where it is
+    above zero is it judged (below, a surrogate's value has no fixed meaning: a policy
+    gradient's rises towards zero as the policy sharpens). A plateau above that half that
+    the loss leaves (a later check's level is below it) was a stage of training, such as a
+    recurrent network that finds the signal after a few epochs at chance: its finding is a
+    note (severity info) that says where the loss went. A rising loss is reported at any
+    level. A run resumed
     from a checkpoint (run metadata ``resumed_from_step``, with no loss recorded before it),
     or one whose first training predictions already beat chance (a fine-tune of a trained
     classifier, a hook attached after some training), starts from a trained model: its
@@ -323,17 +324,15 @@ def loss_not_decreasing(
         initial = initial_loss(ctx, mode)
         if initial is None:
             flat[:] = False  # a resumed run: its convergence cannot be told from a stall
-        elif below_zero:
-            # Still high: in the upper part of the loss's own range.
-            starved = lr_below(ctx, np.array(checked), STARVED_LR)
-            converged_at = levels_after - low <= converged_fraction * (high - low)
-            flat &= ~converged_at | starved
         else:
-            # Soft targets put the floor of a cross-entropy at their entropy, not at 0.
-            floor = soft_target_entropy(ctx) or 0.0
-            if initial.value > floor:
+            # Converged: down to the fraction of the way from the start to the floor. Below
+            # zero the way is the loss's own range; otherwise the floor is 0, or for soft
+            # targets their entropy, below which no cross-entropy against them falls.
+            floor = low if below_zero else soft_target_entropy(ctx) or 0.0
+            way = high - low if below_zero else initial.value - floor
+            if way > 0:
                 starved = lr_below(ctx, np.array(checked), STARVED_LR)
-                converged_at = levels_after - floor <= converged_fraction * (initial.value - floor)
+                converged_at = levels_after - floor <= converged_fraction * way
                 flat &= ~converged_at | starved
     failing = sustained(rose | flat, patience)
     what = f"{'mean ' if smooth else ''}{mode} loss"
@@ -1509,8 +1508,9 @@ def clamped_logits(ctx: RuleContext, *, records: int = 20) -> Iterator[Finding]:
     Checked on up to ``records`` recorded steps, spread over the run and its modes, that hold
     full tensors of class labels (one class id per sample, or one-hot rows) and of predictions
     with a class axis of at least two scores; labels that are no classes (a regression's
-    targets, a language model's tokens; see DBG601) are not judged. A step counts where every score is finite and
-    none is negative, at least a tenth of them are exactly zero, and the rows are not
+    targets, a language model's tokens; see DBG601) are not judged. A step counts where
+    every score is finite and none is negative, at least a tenth of them are exactly zero,
+    and the rows are not
     probability vectors (sparsemax and other sparse probabilities hold exact zeros by design;
     DBG307 judges softmax outputs) nor hard 0/1 decisions. A linear layer's output is exactly
     zero with probability zero, so such a share is a clamp's; an untrained ReLU output layer
@@ -1532,9 +1532,7 @@ def clamped_logits(ctx: RuleContext, *, records: int = 20) -> Iterator[Finding]:
     """
     if records < 1:
         raise RuleConfigError(f"DBG308 records must be at least 1, got {records}")
-    unclassed = unclassed_labels(ctx)
-    if unclassed is not None:
-        raise RuleSkipped(f"the labels are {unclassed}, not classes")
+    refuse_unclassed(ctx)
     for labels, predictions in scored_labels(ctx):
         shape = predictions.info.shape
         if shape is None or len(shape) < 2 or shape[-1] < 2:

@@ -776,11 +776,7 @@ def unchanged_tensor(
             key = (
                 "frozen"
                 if on_purpose
-                else "invariant"
-                if flowing == "invariant"
-                else "too-small"
-                if flowing == "held"
-                else "unchanged"
+                else {"invariant": "invariant", "held": "too-small"}.get(flowing, "unchanged")
             )
 
             def message(
