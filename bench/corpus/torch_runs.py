@@ -29,7 +29,7 @@ from unittest import mock
 
 import numpy as np
 import torch
-from common import HandRecorder, RunSpec, scenario, seed_everything
+from common import HandRecorder, Naming, RunSpec, scenario, seed_everything
 from torch import nn
 
 from dbgcli.torch import TorchHook, attach
@@ -335,11 +335,14 @@ def mlp(
     dropout: float = 0.0,
     outputs: int = CLASSES,
     head: Callable[[], nn.Module] | None = None,
+    float16: bool = False,
 ) -> Callable[[], nn.Module]:
-    """``fc1, act1, [drop1,] fc2, act2, ..., out[, head]`` with the given hidden widths."""
+    """``fc1, act1, [drop1,] fc2, act2, ..., out[, head]`` with the given hidden widths;
+    ``float16``: its parameters in float16 (``model.half()``), between casts of its input to
+    float16 and of its output back to float32."""
 
     def build() -> nn.Module:
-        layers: list[tuple[str, nn.Module]] = []
+        layers: list[tuple[str, nn.Module]] = [("to_half", Cast(torch.float16))] if float16 else []
         fan_in = FEATURES
         for index, width in enumerate(widths, start=1):
             layers += [(f"fc{index}", nn.Linear(fan_in, width)), (f"act{index}", activation())]
@@ -349,11 +352,24 @@ def mlp(
         layers.append(("out", nn.Linear(fan_in, outputs)))
         if head is not None:
             layers.append(("head", head()))
+        if float16:
+            layers.append(("to_float", Cast(torch.float32)))
         model = nn.Sequential(OrderedDict(layers))
         init(model)
-        return model
+        return model.half() if float16 else model
 
     return build
+
+
+class Cast(nn.Module):
+    """Casts its input to ``dtype``."""
+
+    def __init__(self, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.dtype = dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.to(self.dtype)
 
 
 def cnn(init: Init = he_init, *, batchnorm: bool = False) -> Callable[[], nn.Module]:
@@ -505,8 +521,8 @@ def sgd(
     )
 
 
-def adam(lr: float = 1e-3) -> OptimizerFactory:
-    return lambda model: torch.optim.Adam(_trainable(model), lr=lr)
+def adam(lr: float = 1e-3, eps: float = 1e-8) -> OptimizerFactory:
+    return lambda model: torch.optim.Adam(_trainable(model), lr=lr, eps=eps)
 
 
 def adamw(lr: float, weight_decay: float) -> OptimizerFactory:
@@ -920,6 +936,30 @@ def _hyperparameters(recipe: Recipe, optimizer: torch.optim.Optimizer, seed: int
     return values
 
 
+def _optimizer_note(
+    optimizer: torch.optim.Optimizer, model: nn.Module, names: Naming
+) -> dict[str, Any]:
+    """What a user notes of the optimizer, as the hook does: its settings (run metadata
+    ``optimizer``) and the trainable parameters it does not hold, by their tags."""
+    groups = [
+        {
+            key: list(value) if isinstance(value, tuple) else value
+            for key, value in group.items()
+            if key != "params" and isinstance(value, (bool, int, float, str, tuple))
+        }
+        for group in optimizer.param_groups
+    ]
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    return {
+        "optimizer": {"type": type(optimizer).__name__, "groups": groups},
+        "parameters_not_in_optimizer": [
+            names.parameter(name)[0]
+            for name, p in model.named_parameters()
+            if p.requires_grad and id(p) not in held
+        ],
+    }
+
+
 class Loop:
     """One recorded training run of a recipe."""
 
@@ -962,7 +1002,9 @@ class Loop:
             hand = stack.enter_context(
                 HandRecorder(spec, model, loss_name=loss_name, stats_every=stats_every)
             )
-            hand.writer.set_metadata(hyperparameters=hyper)
+            hand.writer.set_metadata(
+                hyperparameters=hyper, **_optimizer_note(self.optimizer, model, spec.names)
+            )
             if recipe.start_step:
                 hook.step = recipe.start_step
                 hand.writer.set_metadata(resumed_from_step=recipe.start_step)
@@ -1824,6 +1866,42 @@ def mlp_dropout_too_strong(spec: RunSpec) -> None:
         spec,
         replace(HEALTHY_ADAM, model=mlp(dropout=0.9)),
         Check("final train loss / ln 4", lambda m: m.final_loss() / math.log(CLASSES), low=0.5),
+    )
+
+
+@scenario(
+    MLP,
+    "adam-eps-too-large",
+    cause="DBG805",
+    twin="healthy-adam",
+    description="""
+healthy-adam with eps=1.0 (a setting copied from a setup that raised the learning rate with
+it): eps outweighs the root of the gradients' second moment, so each step is about
+lr x m / eps, SGD at a thousandth of Adam's rate.""",
+)
+def mlp_adam_eps_too_large(spec: RunSpec) -> None:
+    run(
+        spec,
+        replace(HEALTHY_ADAM, optimizer=adam(eps=1.0)),
+        Check("final train loss / ln 4", lambda m: m.final_loss() / math.log(CLASSES), low=0.8),
+    )
+
+
+@scenario(
+    MLP,
+    "float16-adam",
+    cause="DBG805",
+    twin="healthy-adam",
+    description="""
+healthy-adam with the model in float16 (model.half(), input cast to float16 and logits back
+to float32) and a plain Adam: its state is float16 too, eps=1e-8 is 0 there, and a gradient
+element too small to square in float16 makes its update m / 0.""",
+)
+def mlp_float16_adam(spec: RunSpec) -> None:
+    run(
+        spec,
+        replace(HEALTHY_ADAM, model=mlp(float16=True)),
+        Check("non-finite train losses", lambda m: float(np.mean(~np.isfinite(m.loss))), low=0.5),
     )
 
 

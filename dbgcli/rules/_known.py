@@ -647,16 +647,30 @@ def gradients_not_zeroed(metadata: Mapping[str, object]) -> tuple[int, str | Non
     return step, str(parameter) if parameter is not None else None
 
 
-def weight_decay(metadata: Mapping[str, object]) -> float | None:
-    """The largest ``weight_decay`` among the optimizer's parameter groups, as the PyTorch hook
-    notes them (run metadata ``optimizer``); None without the note."""
+def optimizer_groups(metadata: Mapping[str, object]) -> list[Mapping[str, object]]:
+    """The optimizer's parameter groups' settings as the PyTorch hook notes them (run metadata
+    ``optimizer``: ``{"type": ..., "groups": [{"lr": ..., "eps": ...}, ...]}``); empty
+    without the note."""
     note = metadata.get(schema.META_OPTIMIZER)
     groups = note.get("groups") if isinstance(note, Mapping) else None
     if not isinstance(groups, list):
-        return None
+        return []
+    return [group for group in groups if isinstance(group, Mapping)]
+
+
+def optimizer_type(metadata: Mapping[str, object]) -> str | None:
+    """The optimizer's class name as the PyTorch hook notes it (several: comma-separated)."""
+    note = metadata.get(schema.META_OPTIMIZER)
+    kind = note.get("type") if isinstance(note, Mapping) else None
+    return kind if isinstance(kind, str) and kind else None
+
+
+def weight_decay(metadata: Mapping[str, object]) -> float | None:
+    """The largest ``weight_decay`` among the optimizer's parameter groups, as the PyTorch hook
+    notes them (run metadata ``optimizer``); None without the note."""
     decays = [
-        float(group["weight_decay"])
-        for group in groups
-        if isinstance(group, Mapping) and isinstance(group.get("weight_decay"), (int, float))
+        float(decay)
+        for group in optimizer_groups(metadata)
+        if isinstance(decay := group.get("weight_decay"), (int, float))
     ]
     return max(decays) if decays else None

@@ -1,15 +1,17 @@
-"""DBG8xx: the run itself: stalled training, a model run in the wrong mode, its dropout."""
+"""DBG8xx: the run itself: stalled training, a model run in the wrong mode, its dropout and
+optimizer settings."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import numpy as np
 
 from dbgcli.errors import RuleConfigError
 from dbgcli.findings import Finding, Severity
 from dbgcli.rules._context import RuleContext, episodes
-from dbgcli.rules._known import eval_mode_training, mode_note
+from dbgcli.rules._known import eval_mode_training, mode_note, optimizer_groups, optimizer_type
 from dbgcli.rules._registry import Need, rule
 from dbgcli.trace import schema
 
@@ -426,3 +428,209 @@ def dropout_too_strong(
         key="strong" if rate > harmful_rate else "above-range",
         extra={"modules": strong},
     )
+
+
+# float16's smallest subnormal is 2**-24: anything at most half of it rounds to zero.
+_FLOAT16_ZERO = 2.0**-25
+# A float16 gradient element below this squares to zero in float16 (2**-24 is the least
+# square it holds), so the second moment of such an element stays zero.
+_FLOAT16_SQUARE_FLOOR = 2.0**-12
+
+
+class _AdaptiveGroup(NamedTuple):
+    number: int
+    eps: float
+    lr: float | None
+    fused: bool
+
+
+def _adaptive_groups(ctx: RuleContext) -> list[_AdaptiveGroup]:
+    """The noted parameter groups of an optimizer that divides by the root of a second moment
+    plus ``eps``: Adam and its kin (``betas``) and RMSprop (``alpha``). Adagrad's denominator
+    is a growing sum and Adadelta's ``eps`` sets its unit, so neither is among them."""
+    groups = []
+    for index, group in enumerate(optimizer_groups(ctx.trace.metadata)):
+        eps, lr = group.get("eps"), group.get("lr")
+        if not (isinstance(eps, int | float) and ("betas" in group or "alpha" in group)):
+            continue
+        groups.append(
+            _AdaptiveGroup(
+                index,
+                float(eps),
+                float(lr) if isinstance(lr, int | float) else None,
+                group.get("fused") is True,
+            )
+        )
+    return groups
+
+
+def _gradient_rms(ctx: RuleContext) -> float | None:
+    """The gradients' typical root mean square as training starts: each gradient tensor's
+    median of ``l2 / sqrt(count)`` over its training records in the first tenth of the
+    recorded steps, then the median over the tensors (tensors whose gradient is zero there,
+    which the loss does not depend on, left out). Later gradients say less: a converging
+    run's shrink, and a diverged run's may vanish, where ``eps`` then dominates as a
+    consequence, not as a cause."""
+    typical = []
+    for view in ctx.tensors(collection="gradients"):
+        train = view.positions(schema.MODE_CODES["train"])
+        steps = view.steps[train]
+        if not len(steps):
+            continue
+        early = steps <= steps.min() + (steps.max() - steps.min()) / 10
+        count = view.stat("count")[train][early].astype(np.float64)
+        l2 = view.stat("l2")[train][early].astype(np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rms = l2 / np.sqrt(count)
+        rms = rms[np.isfinite(rms)]
+        if len(rms) and (median := float(np.median(rms))) > 0:
+            typical.append(median)
+    return float(np.median(typical)) if typical else None
+
+
+def _float16_weights(ctx: RuleContext) -> list[str]:
+    """Weight and bias tensors stored in float16 that the optimizer itself holds (the hook
+    notes ``parameters_not_in_optimizer`` only when the optimizer holds the model's own
+    parameters, not float32 master copies of them)."""
+    outside = ctx.trace.metadata.get(schema.META_NOT_IN_OPTIMIZER)
+    if not isinstance(outside, list):
+        return []
+    return [
+        view.tag
+        for view in ctx.tensors(collection=("weights", "biases"))
+        if view.info.dtype and np.dtype(view.info.dtype) == np.float16 and view.tag not in outside
+    ]
+
+
+def _went_non_finite(ctx: RuleContext) -> bool:
+    """Whether the training loss or a recorded weight turned NaN or infinite."""
+    loss = ctx.loss("train")
+    if loss is not None and not np.isfinite(loss.values).all():
+        return True
+    return any(
+        (view.stat("nan_count") + view.stat("inf_count")).any()
+        for view in ctx.tensors(collection=("weights", "biases"))
+    )
+
+
+@rule(
+    "DBG805",
+    "optimizer-settings",
+    severity="warning",
+    category="run",
+    requires=Need(
+        "adaptive optimizer settings (run metadata optimizer with an Adam-like or RMSprop "
+        "group's eps, noted by the PyTorch hook)",
+        lambda ctx: bool(_adaptive_groups(ctx)),
+    ),
+    label={"eps-dominates": "optimizer eps too large", "float16-eps": "eps zero in float16"},
+    explains={
+        # Steps of lr·m/eps: the model trains at a fraction of its rate.
+        "eps-dominates": (
+            "DBG301:not-decreasing",
+            "DBG303",
+            "DBG403",
+            "DBG502:too-small",
+            "DBG503:too-low",
+            "DBG601:mispredicted",
+            "DBG604",
+        ),
+        # 0/0 and m/0 in the update: NaN and infinite weights, then everything they touch.
+        "float16-eps": ("DBG102:nonfinite", "DBG306", "DBG404", "DBG301", "DBG303", "DBG305"),
+    },
+)
+def optimizer_settings(ctx: RuleContext, *, dominance: float = 1.0) -> Iterator[Finding]:
+    """An adaptive optimizer's ``eps`` outweighs the gradients, or is zero in float16.
+
+    Adam (and AdamW, NAdam, RAdam, Adamax) steps each weight by ``lr · m / (sqrt(v) + eps)``,
+    RMSprop by ``lr · g / (sqrt(v) + eps)``: ``m`` is the running mean of the gradient and
+    ``v`` of its square, so ``sqrt(v)`` is the gradient's root mean square and each step is
+    about ``lr`` whatever the gradients' scale. ``eps`` (1e-8 by default, Kingma and Ba 2015)
+    is there only to keep the division finite. The PyTorch hook notes every parameter
+    group's settings (run metadata ``optimizer``); the rule reads the groups that have ``eps``
+    with ``betas`` or RMSprop's ``alpha``.
+
+    * **eps dominates** (key ``eps-dominates``, a note): ``eps`` is at least ``dominance``
+      times the gradients' typical root mean square as the run starts (for each gradient
+      tensor the median of ``l2 / sqrt(count)`` over its training records in the first tenth
+      of the recorded steps, then the median tensor; later, a diverged run's gradients can
+      vanish, and ``eps`` then dominates as a consequence). The denominator is then mostly
+      ``eps``: a step is at most half what Adam means to take, and at ``eps`` far above the
+      gradients it is ``lr · m / eps``, plain SGD with momentum at the rate ``lr / eps``. It
+      is the cause when the run fails to fit (a learning rate too low by its updates, DBG503;
+      a loss that stays high, DBG301 and DBG303). A large ``eps`` can be chosen on purpose,
+      with the learning rate raised to match (TensorFlow's documentation suggests 1.0 or 0.1
+      for Inception on ImageNet), so on its own it is a note.
+    * **eps is zero in float16** (key ``float16-eps``, an error when the loss or a weight
+      went NaN or infinite in the run, else a warning): parameters stored in float16 that the
+      optimizer updates in place (``model.half()`` without float32 master weights; the hook's
+      note ``parameters_not_in_optimizer`` tells that the optimizer holds the model's own
+      tensors), with the optimizer's state kept in their dtype, and an ``eps`` that float16
+      rounds to zero (at most ``2**-25``, 3e-8: 1e-8 is). Any gradient element below
+      ``2**-12`` (2.4e-4) squares to zero in float16, so its ``v`` is zero and the update is
+      ``m / 0``: infinite, or NaN where the gradient is exactly zero (a dead unit, a padding
+      embedding). Fused implementations (``fused=True``), which compute in float32, are left
+      out.
+
+    Why it matters: a dominating ``eps`` turns the adaptive optimizer into SGD at a rate
+    tuned for Adam, thousands of times too small; a zero one turns the first update's
+    smallest gradients into NaN weights.
+
+    Typical causes: ``eps=1`` copied from a setup that scaled the learning rate with it; an
+    ``eps`` meant for another parameterisation (TensorFlow's ``epsilon`` hat, Keras's 1e-7
+    are both fine, ``1.0`` is not); ``model.half()`` with a plain ``torch.optim.Adam``.
+
+    Fix: keep ``eps`` well below the gradients' size (1e-8 to 1e-6) and tune the learning
+    rate with it; in float16, train with ``torch.autocast`` and a ``GradScaler`` (float32
+    weights and optimizer state), or raise ``eps`` to at least 1e-4 where the weights must be
+    float16.
+
+    Args:
+        dominance: ``eps`` over the gradients' typical root mean square at or above which
+            ``eps`` dominates the denominator.
+    """
+    if not dominance > 0:
+        raise RuleConfigError(f"DBG805 dominance must be positive, got {dominance:g}")
+    groups = _adaptive_groups(ctx)
+    kind = optimizer_type(ctx.trace.metadata) or "the optimizer"
+    train = ctx.loss("train")
+    first = int(train.steps.min()) if train is not None and len(train.steps) else 0
+    rms = _gradient_rms(ctx)
+    dominating = [g for g in groups if rms is not None and g.eps >= dominance * rms]
+    if dominating and rms is not None:
+        group = max(dominating, key=lambda g: g.eps)
+        rate = f", plain SGD at lr / eps = {group.lr / group.eps:.3g}" if group.lr else ""
+        yield Finding(
+            message=(
+                f"{kind}'s eps {group.eps:g} is {group.eps / rms:.3g}x the gradients' root "
+                f"mean square ({rms:.3g} as the run starts, median tensor; >= {dominance:g}x): it outweighs "
+                f"sqrt(v) in lr·m/(sqrt(v) + eps), so each step is about lr·m/eps{rate}"
+            ),
+            first_step=first,
+            value=group.eps / rms,
+            threshold=dominance,
+            key="eps-dominates",
+            severity=Severity.info,
+            extra={"eps": group.eps, "gradient_rms": rms, "group": group.number},
+        )
+    zero_eps = [g for g in groups if g.eps <= _FLOAT16_ZERO and not g.fused]
+    half = _float16_weights(ctx) if zero_eps else []
+    if half:
+        eps = max(g.eps for g in zero_eps)
+        broke = _went_non_finite(ctx)
+        yield Finding(
+            message=(
+                f"{len(half)} parameter tensor{'s' if len(half) != 1 else ''} "
+                f"({', '.join(half[:3])}{', ...' if len(half) > 3 else ''}) "
+                f"{'are' if len(half) != 1 else 'is'} float16 and updated by {kind} "
+                f"with eps {eps:g}, which is 0 in float16: a gradient element below "
+                f"{_FLOAT16_SQUARE_FLOOR:.2g} leaves v at 0 and its update m/0 non-finite"
+                + ("; the run went non-finite" if broke else "")
+            ),
+            first_step=first,
+            value=eps,
+            threshold=_FLOAT16_ZERO,
+            key="float16-eps",
+            severity=Severity.error if broke else Severity.warning,
+            extra={"eps": eps, "tensors": half},
+        )

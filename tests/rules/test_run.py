@@ -240,3 +240,96 @@ def test_dropout_too_strong_is_a_note_that_explains_a_model_that_does_not_fit(
         trace = make_trace(scalars=stuck, metadata=metadata)
         assert run_rule(trace, "DBG804").status is RuleStatus.passed
     assert run_rule(make_trace(scalars=stuck), "DBG804").status is RuleStatus.skipped
+
+
+# -- DBG805 optimizer-settings ----------------------------------------------------------------
+
+
+def adam_note(eps: float, **settings: object) -> dict[str, object]:
+    """The hook's note of an optimizer with one parameter group."""
+    group = {"lr": 1e-3, "betas": [0.9, 0.999], "eps": eps, "weight_decay": 0.0, **settings}
+    return {"optimizer": {"type": "Adam", "groups": [group]}, "parameters_not_in_optimizer": []}
+
+
+def gradients(rms: Sequence[float], seed: int = 0) -> dict[str, dict[str, object]]:
+    """Two gradient tensors, one record every 10 steps, of root mean square ``rms[i]``."""
+    rng = np.random.default_rng(seed)
+    return {
+        f"grad/fc{layer}.weight": {
+            "values": [r * rng.standard_normal((16, 16)) for r in rms],
+            "steps": [10 * i for i in range(len(rms))],
+            "collection": "gradients",
+        }
+        for layer in (1, 2)
+    }
+
+
+def test_an_eps_that_outweighs_the_gradients_is_a_note_that_explains_a_stalled_run(
+    make_trace,
+) -> None:
+    """Adam (or RMSprop) with eps 1 on gradients of root mean square 1e-3: each step is
+    lr·m/eps, a thousandth of Adam's, and the cause of a loss that stays high. The default
+    eps passes, and so do gradients that vanish only after the run started (a diverged run's,
+    where eps dominates as a consequence); Adagrad, whose denominator is a growing sum, is not
+    judged."""
+    stuck = {"loss": list(2.0 * (0.9 + 0.1 * np.exp(-np.arange(600) / 50)))}
+    alive = gradients([1e-3] * 60)
+    trace = make_trace(scalars=stuck, tensors=alive, metadata=adam_note(1.0))
+    report = analyze_path(trace, select=("DBG303", "DBG805"))
+    cause = report.findings[report.problems[0].cause]
+    assert (cause.rule_id, cause.key, cause.severity) == ("DBG805", "eps-dominates", Severity.info)
+    assert cause.value == pytest.approx(1e3, rel=0.1)
+    assert cause.message.startswith("Adam's eps 1 is ")
+    assert cause.message.endswith("so each step is about lr·m/eps, plain SGD at lr / eps = 0.001")
+    assert [report.findings[i].rule_id for i in report.problems[0].symptoms] == ["DBG303"]
+    rmsprop = {
+        "optimizer": {"type": "RMSprop", "groups": [{"lr": 1e-2, "alpha": 0.99, "eps": 0.1}]}
+    }
+    assert keyed(run_rule(make_trace(tensors=alive, metadata=rmsprop), "DBG805"), "eps-dominates")
+
+    assert run_rule(make_trace(tensors=alive, metadata=adam_note(1e-8)), "DBG805").status is (
+        RuleStatus.passed
+    )
+    vanished = gradients([1e-3] * 6 + [1e-12] * 54)
+    trace = make_trace(tensors=vanished, metadata=adam_note(1e-8))
+    assert run_rule(trace, "DBG805").status is RuleStatus.passed
+    # A threshold of its own: eps at a tenth of the gradients' size is a tenth of the step.
+    trace = make_trace(tensors=alive, metadata=adam_note(1e-4))
+    assert run_rule(trace, "DBG805").status is RuleStatus.passed
+    assert run_rule(trace, "DBG805", dominance=0.05).findings[0].threshold == 0.05
+    adagrad = {
+        "optimizer": {"type": "Adagrad", "groups": [{"lr": 0.01, "lr_decay": 0, "eps": 1.0}]}
+    }
+    assert run_rule(make_trace(tensors=alive, metadata=adagrad), "DBG805").status is (
+        RuleStatus.skipped
+    )
+
+
+def test_an_eps_that_float16_rounds_to_zero_is_an_error_once_the_run_breaks(make_trace) -> None:
+    """Float16 parameters that Adam updates in place with eps 1e-8, which is 0 in float16: an
+    error when the loss went NaN, a warning while it has not yet. The optimizer's fp32 master
+    copies (no ``parameters_not_in_optimizer`` note), a fused Adam (float32 arithmetic) and
+    eps 1e-4 pass."""
+    weights = {
+        "fc.weight": {
+            "values": [np.full((4, 4), 0.1, dtype=np.float16)] * 3,
+            "collection": "weights",
+        }
+    }
+    broken = {"loss": [2.3, float("nan"), float("nan")]}
+    trace = make_trace(scalars=broken, tensors=weights, metadata=adam_note(1e-8))
+    (finding,) = keyed(run_rule(trace, "DBG805"), "float16-eps")
+    assert finding.severity is Severity.error
+    assert finding.message == (
+        "1 parameter tensor (fc.weight) is float16 and updated by Adam with eps 1e-08, which "
+        "is 0 in float16: a gradient element below 0.00024 leaves v at 0 and its update m/0 "
+        "non-finite; the run went non-finite"
+    )
+    finite = {"loss": [2.3, 2.2, 2.1]}
+    trace = make_trace(scalars=finite, tensors=weights, metadata=adam_note(1e-8))
+    assert keyed(run_rule(trace, "DBG805"), "float16-eps")[0].severity is Severity.warning
+    masters = adam_note(1e-8)
+    del masters["parameters_not_in_optimizer"]
+    for metadata in (masters, adam_note(1e-8, fused=True), adam_note(1e-4)):
+        trace = make_trace(scalars=broken, tensors=weights, metadata=metadata)
+        assert run_rule(trace, "DBG805").status is RuleStatus.passed
