@@ -92,10 +92,16 @@ class _HandCallback(xgb.callback.TrainingCallback):
     """What a user writes to log boosting by hand, in their own names."""
 
     def __init__(
-        self, spec: RunSpec, train_set: str, data: xgb.DMatrix | None, rounds: int
+        self,
+        spec: RunSpec,
+        train_set: str,
+        data: xgb.DMatrix | None,
+        rounds: int,
+        hyperparameters: dict[str, Any],
     ) -> None:
         super().__init__()
         self.hand = HandRecorder(spec, raw_every=0)
+        self.hand.writer.set_metadata(hyperparameters=hyperparameters)
         self.names = spec.names
         self.train_set = train_set
         self.data = data
@@ -157,6 +163,7 @@ def _train(spec: RunSpec, recipe: Recipe) -> dict[str, float]:
     }
     classifier = recipe.task != "regression"
     history: dict[str, dict[str, list[float]]] = {}
+    hyperparameters = {**params, "num_boost_round": recipe.rounds}
     booster = xgb.train(
         params,
         dtrain,
@@ -172,9 +179,11 @@ def _train(spec: RunSpec, recipe: Recipe) -> dict[str, float]:
                 train_set=train_name,
                 raw_every=DATA_EVERY,
                 overwrite=True,
-                hyperparameters={**params, "num_boost_round": recipe.rounds},
+                hyperparameters=hyperparameters,
             ),
-            _HandCallback(spec, train_name, dtrain if classifier else None, recipe.rounds),
+            _HandCallback(
+                spec, train_name, dtrain if classifier else None, recipe.rounds, hyperparameters
+            ),
         ],
     )
     return _figures(booster, history[train_name], history[eval_name], dvalid, recipe)
@@ -374,6 +383,24 @@ def overfit(spec: RunSpec) -> None:
             "eval logloss, final / best": (1.2, None),
             "rounds the eval metric rose, after its best": (30.0, None),
         },
+    )
+
+
+@scenario(
+    FAMILY,
+    "learning-rate-too-low",
+    cause="DBG703",
+    twin="healthy",
+    description="""
+xgboost healthy with eta 1e-3 (a neural network's learning rate pasted into the boosting
+config): 60 rounds add up to 0.06 of one unshrunk tree, and the predictions stay near the
+base score.""",
+)
+def learning_rate_too_low(spec: RunSpec) -> None:
+    verify(
+        spec,
+        _train(spec, replace(HEALTHY, eta=1e-3)),
+        {"eval logloss, final": (0.6, None)},
     )
 
 

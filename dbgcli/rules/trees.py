@@ -1,4 +1,5 @@
-"""DBG7xx: decision-tree ensembles: trees too deep, feature importance concentrated on few features.
+"""DBG7xx: decision-tree ensembles: trees too deep, feature importance concentrated on few features,
+a learning rate too low for the rounds.
 
 Recording convention (what the XGBoost capture callback writes; other tree libraries should
 follow it):
@@ -25,7 +26,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from dbgcli.findings import Finding
+from dbgcli.errors import RuleConfigError
+from dbgcli.findings import Finding, Severity
 from dbgcli.rules._context import RuleContext, TensorView
 from dbgcli.rules._registry import Need, rule
 from dbgcli.trace import roles
@@ -336,3 +338,115 @@ def _feature_namer(ctx: RuleContext, view: TensorView) -> Callable[[int], str]:
     if isinstance(recorded, list) and view.info.shape and len(recorded) == view.info.shape[0]:
         return lambda index: str(recorded[index])
     return lambda index: f"f{index}"
+
+
+def _tree_learning_rate(ctx: RuleContext) -> float | None:
+    """The boosting's learning rate (shrinkage): XGBoost's own ``eta`` from the booster
+    configuration the callback stores (run metadata ``xgboost_config``, any tree booster,
+    dart's too), else ``eta`` or ``learning_rate`` among the run's hyperparameters when the
+    trace records trees."""
+    found = _config_eta(ctx.trace.metadata.get("xgboost_config"))
+    if found is not None:
+        return found
+    hyperparameters = ctx.trace.metadata.get("hyperparameters")
+    if not isinstance(hyperparameters, dict) or not (
+        ctx.tensors(collection="trees") or ctx.tensors(collection=IMPORTANCE_COLLECTION)
+    ):
+        return None
+    for name in ("eta", "learning_rate"):
+        value = hyperparameters.get(name)
+        if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+            return float(value)
+    return None
+
+
+def _config_eta(config: object) -> float | None:
+    """``eta`` of the first ``tree_train_param`` in an XGBoost configuration (nested dicts
+    of strings, as ``Booster.save_config`` writes it)."""
+    if not isinstance(config, dict):
+        return None
+    params = config.get("tree_train_param")
+    if isinstance(params, dict) and "eta" in params:
+        try:
+            return float(params["eta"])
+        except (TypeError, ValueError):
+            return None
+    for value in config.values():
+        found = _config_eta(value)
+        if found is not None:
+            return found
+    return None
+
+
+def _boosting_rounds(ctx: RuleContext) -> int | None:
+    """Rounds boosted by the end of the run: the last recorded round (0-based) plus one, from
+    the tree depths, else the training loss."""
+    views = _depth_views(ctx)
+    if views:
+        return int(max(view.steps.max() for view in views)) + 1
+    loss = ctx.loss("train")
+    return int(loss.steps.max()) + 1 if loss is not None and len(loss.steps) else None
+
+
+@rule(
+    "DBG703",
+    "boosting-learning-rate",
+    severity="warning",
+    category="trees",
+    requires=Need(
+        "the boosting's learning rate (XGBoost's eta in run metadata xgboost_config, or "
+        "hyperparameter eta or learning_rate beside tree tensors) and its rounds",
+        lambda ctx: _tree_learning_rate(ctx) is not None and _boosting_rounds(ctx) is not None,
+    ),
+    label="learning rate too low for the rounds",
+    # Predictions that cannot leave the base score: the loss stays near its start, and a
+    # classifier predicts the majority class.
+    explains=("DBG301:not-decreasing", "DBG303", "DBG601:mispredicted", "DBG604"),
+)
+def boosting_learning_rate(ctx: RuleContext, *, min_total: float = 1.0) -> Iterator[Finding]:
+    """The boosting's learning rate times its rounds is below one: less than one tree's worth.
+
+    Gradient boosting adds each round's tree scaled by the learning rate ``eta`` (shrinkage,
+    Friedman 2001): a tree's leaves hold the Newton step towards the current residuals, and
+    the ensemble moves each prediction by ``eta`` of it. Over ``M`` rounds the ensemble can
+    move at most ``eta · M`` such steps; Friedman showed that a smaller ``eta`` trades against
+    more rounds, the product being what a run has to learn with (XGBoost's default 0.3 over
+    tens of rounds, 0.01 over thousands). When ``eta · M`` is below ``min_total`` (1: less
+    than one unshrunk tree), the predictions cannot get far from the base score whatever the
+    data: the loss stays near its start and a classifier predicts its base rate. The rule
+    reads ``eta`` from the booster configuration the XGBoost callback stores (run metadata
+    ``xgboost_config``), else the hyperparameters ``eta`` or ``learning_rate`` of a trace
+    with trees; ``M`` is the last recorded round plus one. A warning once the run is over (the
+    trace closed), a note while it is still being written (a run being watched has not had
+    all its rounds yet); the cause of a loss that stays high either way.
+
+    Why it matters: the rounds are spent and the model is still the base score; early
+    stopping may even stop it there, as the validation loss barely moves.
+
+    Typical causes: a neural network's learning rate (1e-3, 1e-4) pasted into a boosting
+    config; a small ``eta`` chosen for a long run and the rounds cut for a quick test.
+
+    Fix: keep ``eta · rounds`` well above 1 (``eta`` 0.05 to 0.3 with a few hundred rounds),
+    and let early stopping on a validation set choose the rounds.
+
+    Args:
+        min_total: ``eta`` times the rounds below which the ensemble cannot fit.
+    """
+    if not min_total > 0:
+        raise RuleConfigError(f"DBG703 min_total must be positive, got {min_total:g}")
+    eta, rounds = _tree_learning_rate(ctx), _boosting_rounds(ctx)
+    if eta is None or rounds is None or eta * rounds >= min_total:
+        return
+    yield Finding(
+        message=(
+            f"learning rate (eta) {eta:.3g} x {rounds} rounds = {eta * rounds:.3g} (< "
+            f"{min_total:g}): the ensemble adds up less than one unshrunk tree, so its "
+            "predictions stay near the base score"
+        ),
+        first_step=0,
+        last_step=rounds - 1,
+        value=eta * rounds,
+        threshold=min_total,
+        key="too-low",
+        severity=None if ctx.trace.complete else Severity.info,
+    )

@@ -11,10 +11,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 import pytest
 
 from dbgcli import TraceWriter
+from dbgcli.findings import Severity
 from dbgcli.report.model import RuleStatus
 from dbgcli.rules.trees import TopImportanceShare
 from dbgcli.trace.reader import open_trace
@@ -297,3 +299,64 @@ def test_smdebug_tree_depth_max_depth_4_for_10_rounds_is_quiet(tmp_path: Path) -
     # 2019 SageMaker Debugger case: max_depth 4, num_round 10 -> the rule (depth 4) does not fire.
     path = record_xgboost(tmp_path / "shallow.h5", {"max_depth": 4}, rounds=10)
     assert run_rule(path, "DBG701", depth=4).status is RuleStatus.passed
+
+
+# -- DBG703 boosting-learning-rate ----------------------------------------------------------
+
+
+def record_with_callback(path: Path, eta: float, rounds: int) -> Path:
+    """A real XGBoost run recorded by dbg's own callback (its booster configuration in the
+    metadata)."""
+    import xgboost as xgb
+
+    from dbgcli.xgboost import DbgCallback
+
+    rng = np.random.default_rng(0)
+    inputs = rng.normal(size=(400, 6))
+    labels = (inputs[:, 0] + inputs[:, 1] ** 2 > 1).astype(int)
+    data = xgb.DMatrix(inputs, label=labels)
+    xgb.train(
+        {"objective": "binary:logistic", "eta": eta, "max_depth": 3, "nthread": 1},
+        data,
+        rounds,
+        evals=[(data, "train")],
+        verbose_eval=False,
+        callbacks=[DbgCallback(path, data=data)],
+    )
+    return path
+
+
+def test_boosting_learning_rate_too_low_for_its_rounds(tmp_path: Path) -> None:
+    """eta 1e-3 (a neural network's rate) over 30 rounds adds up to 0.03 of one unshrunk
+    tree: a warning once the run is over, read from the booster configuration the callback
+    stores; XGBoost's default 0.3 passes."""
+    path = record_with_callback(tmp_path / "slow.h5", 1e-3, 30)
+    (finding,) = keyed(run_rule(path, "DBG703"), "too-low")
+    assert finding.value == pytest.approx(0.03, rel=1e-4)
+    assert (finding.first_step, finding.last_step, finding.threshold) == (0, 29, 1.0)
+    assert finding.message == (
+        "learning rate (eta) 0.001 x 30 rounds = 0.03 (< 1): the ensemble adds up less than "
+        "one unshrunk tree, so its predictions stay near the base score"
+    )
+    assert run_rule(path, "DBG703", min_total=0.01).status is RuleStatus.passed
+    default = record_with_callback(tmp_path / "default.h5", 0.3, 30)
+    assert run_rule(default, "DBG703").status is RuleStatus.passed
+
+
+def test_boosting_learning_rate_from_hyperparameters_and_a_note_while_running(
+    make_trace,
+) -> None:
+    """A hand trace gives the rate as a hyperparameter beside its trees; while its writer is
+    still running, the rounds so far are a note. A neural network's ``lr`` beside no trees is
+    not read."""
+    trace = make_trace(
+        tensors={"trees/depth": {"values": [np.array([3])] * 20, "collection": "trees"}},
+        hyperparameters={"learning_rate": 0.01},
+    )
+    (finding,) = run_rule(trace, "DBG703").findings
+    assert (finding.value, finding.severity) == (pytest.approx(0.2), Severity.warning)
+    with h5py.File(trace, "r+") as file:
+        file.attrs["closed"] = False
+    assert run_rule(trace, "DBG703").findings[0].severity is Severity.info
+    network = make_trace(scalars={"loss": [1.0] * 20}, hyperparameters={"learning_rate": 0.01})
+    assert run_rule(network, "DBG703").status is RuleStatus.skipped
