@@ -190,8 +190,9 @@ def loss_not_decreasing(
 
     **Convergence is not a stall.** A "fell too little" check counts only while the later
     level is above ``converged_fraction`` (one half) of the first finite loss (measured from
-    the loss's floor: 0, or for recorded soft targets, their mean entropy, below which no
-    cross-entropy against them falls): a loss that has more than halved and then flattens
+    the loss's floor: 0, or the mean entropy of recorded soft targets or of the targets of a
+    label-smoothed cross-entropy, as DBG303 reads them, below which no cross-entropy
+    against them falls): a loss that has more than halved and then flattens
     has converged (or reached the floor that label smoothing, weight decay or the noise of
     the data set), which is what training is for; a plateau above half the starting loss is
     a run that stopped learning early. Except when the recorded learning rate has fallen
@@ -326,9 +327,9 @@ def loss_not_decreasing(
             flat[:] = False  # a resumed run: its convergence cannot be told from a stall
         else:
             # Converged: down to the fraction of the way from the start to the floor. Below
-            # zero the way is the loss's own range; otherwise the floor is 0, or for soft
-            # targets their entropy, below which no cross-entropy against them falls.
-            floor = low if below_zero else soft_target_entropy(ctx) or 0.0
+            # zero the way is the loss's own range; otherwise the floor is 0, or the entropy
+            # of soft or smoothed targets, below which no cross-entropy against them falls.
+            floor = low if below_zero else _floor_value(ctx)
             way = high - low if below_zero else initial.value - floor
             if way > 0:
                 starved = lr_below(ctx, np.array(checked), STARVED_LR)
@@ -579,6 +580,37 @@ def overfit(
     )
 
 
+def _floor_value(ctx: RuleContext) -> float:
+    """The training loss's floor (:func:`loss_floor`), 0 without one."""
+    floor = loss_floor(ctx)
+    return floor.value if floor is not None else 0.0
+
+
+def _high_floor(
+    steps: np.ndarray,
+    smoothed: np.ndarray,
+    floor: LossFloor,
+    initial: float,
+    reference: str,
+    tag: str,
+) -> Finding:
+    """The note that the loss's floor sits close to its start: the loss cannot fall far,
+    whatever the model learns."""
+    return Finding(
+        message=(
+            f"the training loss cannot fall far: its floor is {floor.reason}, "
+            f"{floor.value / initial:.0%} of {reference}; the mean of the last records is "
+            f"{smoothed[-1]:.4g}"
+        ),
+        tensor=tag,
+        first_step=int(steps[0]),
+        last_step=int(steps[-1]),
+        value=floor.value / initial,
+        key="high-floor",
+        severity=Severity.info,
+    )
+
+
 @rule(
     "DBG303",
     "underfit",
@@ -587,9 +619,9 @@ def overfit(
     requires=TRAIN_LOSS,
     # The labels' class frequencies set the loss of a model that learned nothing.
     plan=plan_class_ids,
-    label="underfitting",
+    label={"high-floor": "loss floor close to its start", "*": "underfitting"},
     # A model that has not learned confuses the classes it predicts.
-    explains=("DBG301:not-decreasing", "DBG604", "DBG601:mispredicted"),
+    explains={"high-floor": (), "*": ("DBG301:not-decreasing", "DBG604", "DBG601:mispredicted")},
 )
 def underfit(
     ctx: RuleContext,
@@ -613,7 +645,13 @@ def underfit(
       a run that starts trained (resumed from a checkpoint: run metadata
       ``resumed_from_step``, no loss recorded before it; or one whose first training
       predictions beat chance) ``L0`` is ``ln C`` when the number of classes is known from
-      the metadata, predictions or labels; without it a resumed run is not checked.
+      the metadata, predictions or labels; without it a resumed run is not checked. When the
+      recorded data give the loss a floor above zero (:func:`loss_floor`: soft targets'
+      entropy, or the smoothed targets' of a label-smoothed cross-entropy, read from the
+      loss and the logits), the fall is measured on the way from ``L0`` down to that floor;
+      a floor itself above ``max_loss_fraction`` of ``L0`` (label smoothing 0.9: the loss
+      cannot fall 3 %) is a note (key ``high-floor``), and leaves the loss against chance
+      unjudged when it sits within ``chance_fraction`` of ``ln C``.
     * **loss against chance** (key ``at-chance``): when the number of classes ``C`` is known and
       the loss is on the scale of a cross-entropy (``L0 >= ln C / 2``), the mean stays within a
       factor ``chance_fraction`` of ``ln C`` either way (from 0.9 to 1.11 times it) through the
@@ -696,23 +734,40 @@ def underfit(
     if len(values) and values[0] > 0 and steps[-1] - steps[0] + 1 >= min_steps:
         span = _records_for(window, len(values))
         smoothed = _trailing_mean(values, span)
+        floor = loss_floor(ctx)
         if initial is not None and initial.value > 0:
             reference = initial.name
+            # The way down is from the start to the floor: smoothed or soft targets' entropy,
+            # which no cross-entropy against them goes below.
+            base = floor.value if floor is not None and floor.value < initial.value else 0.0
+            way = (smoothed - base) / (initial.value - base)
+            towards = f" to its floor {base:.4g}" if base else ""
             yield from _stuck_until_end(
                 steps,
-                smoothed / initial.value,
-                smoothed / initial.value > max_loss_fraction,
+                way,
+                way > max_loss_fraction,
                 tensor=tag,
                 threshold=max_loss_fraction,
                 key="loss-high",
                 message=lambda v: (
-                    f"mean train loss of the {_last_records(span)} is still {v:.0%} of "
+                    f"mean train loss of the {_last_records(span)} is still {v:.0%} of the "
+                    f"way down from {reference}{towards} (must fall below "
+                    f"{max_loss_fraction:.0%})"
+                    if base
+                    else f"mean train loss of the {_last_records(span)} is still {v:.0%} of "
                     f"{reference} (must fall below {max_loss_fraction:.0%})"
                 ),
             )
+            if floor is not None and floor.value > max_loss_fraction * initial.value:
+                yield _high_floor(steps, smoothed, floor, initial.value, reference, tag)
         chance = _chance(ctx, classes)
-        # The first record says whether the loss is on a cross-entropy's scale.
-        if chance is not None and values[0] >= chance.high / 2:
+        # The first record says whether the loss is on a cross-entropy's scale; a floor at
+        # chance's level leaves the loss nothing to tell chance by.
+        if (
+            chance is not None
+            and values[0] >= chance.high / 2
+            and (floor is None or floor.value < chance_fraction * chance.low)
+        ):
             at_chance = smoothed / chance.low
             within = (at_chance >= chance_fraction) & (smoothed <= chance.high / chance_fraction)
             yield from _stuck_until_end(
@@ -1474,6 +1529,124 @@ def _cross_entropies(
     as_logits = float(np.mean(top + np.log(np.exp(p - top[:, None]).sum(axis=1)) - chosen))
     as_probabilities = float(np.mean(-np.log(np.maximum(chosen, 1e-300))))
     return as_logits, as_probabilities
+
+
+class LossFloor(NamedTuple):
+    """The least value a training loss can reach, and what sets it."""
+
+    value: float
+    reason: str
+
+
+# Inferred label smoothing: the steps' estimates must agree within this (absolute), and there
+# must be this many of them.
+_SMOOTHING_AGREEMENT = 0.02
+_SMOOTHING_STEPS = 3
+
+
+def loss_floor(ctx: RuleContext) -> LossFloor | None:
+    """The training loss's floor above zero, when the recorded data say there is one: the mean
+    entropy of soft targets (:func:`dbgcli.rules.data.soft_target_entropy`), or of the
+    targets a label-smoothed cross-entropy builds from hard labels (:func:`label_smoothing`).
+    No cross-entropy against targets falls below their entropy (Gibbs' inequality). None for
+    a plain cross-entropy of hard labels, whose floor is 0. Computed once per analysis."""
+    return ctx.shared("loss-floor", lambda: _loss_floor(ctx.unfocused()))
+
+
+def _loss_floor(ctx: RuleContext) -> LossFloor | None:
+    soft = soft_target_entropy(ctx)
+    if soft is not None:
+        return LossFloor(soft, f"the soft targets' mean entropy {soft:.4g}")
+    smoothing = label_smoothing(ctx)
+    if smoothing is None:
+        return None
+    epsilon, classes = smoothing
+    true_class = 1 - epsilon + epsilon / classes
+    other = epsilon / classes
+    entropy = -true_class * np.log(true_class) - (classes - 1) * other * np.log(other)
+    return LossFloor(
+        float(entropy),
+        f"label smoothing {epsilon:.2f} over {classes} classes (the true class's target "
+        f"{true_class:.2g}), whose targets' entropy is {entropy:.4g}",
+    )
+
+
+def label_smoothing(ctx: RuleContext, *, records: int = 20) -> tuple[float, int] | None:
+    """The label smoothing ``epsilon`` of the training loss, and the number of classes, told
+    from the recorded logits and hard labels of training steps with a recorded loss.
+
+    PyTorch's ``CrossEntropyLoss(label_smoothing=e)`` (as Keras's and the Hugging Face
+    Trainer's label smoothing) is ``(1 - e) · CE + e · U``, where ``CE`` is the cross-entropy
+    of the true classes and ``U`` the mean over all ``C`` classes of ``-log p``: a
+    cross-entropy against targets ``1 - e + e/C`` for the true class and ``e/C`` for each
+    other. Each step then gives ``e = (L - CE) / (U - CE)`` from its loss ``L`` and its
+    logits. Read only when at least 3 steps give one, all in (0, 1] and within 0.02 of their
+    median: a loss with other terms (a penalty, an auxiliary head) or predictions from
+    another forward pass gives estimates that wander, and is not read as smoothing. None for
+    probabilities (DBG307's business), binary outputs, or a plain cross-entropy (``e``
+    below 0.01)."""
+    series = ctx.loss("train")
+    if series is None:
+        return None
+    loss_steps, loss_values = _finite(series)
+    losses = dict(zip(loss_steps.tolist(), loss_values.tolist()))
+    train = schema.MODE_CODES["train"]
+    for labels, predictions in scored_labels(ctx):
+        shape = predictions.info.shape
+        if shape is None or len(shape) != 2 or shape[1] < 2:
+            continue
+        both = np.intersect1d(
+            _kept_steps(ctx, labels.tag, train), _kept_steps(ctx, predictions.tag, train)
+        )
+        steps = _spread([int(step) for step in both if int(step) in losses], records)
+        estimates = []
+        for step in steps:
+            parts = _smoothing_parts(ctx, labels.tag, predictions.tag, step)
+            if parts is None:
+                break
+            true_ce, uniform = parts
+            if uniform - true_ce > 1e-6:
+                estimates.append((losses[step] - true_ce) / (uniform - true_ce))
+        if len(estimates) < _SMOOTHING_STEPS:
+            continue
+        found = np.array(estimates)
+        median = float(np.median(found))
+        if (
+            median >= 0.01
+            and (found > 0).all()
+            and (found <= 1 + _SMOOTHING_AGREEMENT).all()
+            and np.abs(found - median).max() <= _SMOOTHING_AGREEMENT
+        ):
+            return min(median, 1.0), int(shape[1])
+    return None
+
+
+def _smoothing_parts(
+    ctx: RuleContext, labels: str, predictions: str, step: int
+) -> tuple[float, float] | None:
+    """Mean cross-entropy of the true classes, and mean over classes of ``-log p``, of one
+    training step's logits; None unless they are logits (not probability rows) and the labels
+    one class id per row."""
+    scores = ctx.trace.raw(predictions, step, "train")
+    truth = ctx.trace.raw(labels, step, "train")
+    if scores is None or truth is None or truth.ndim != 1 or scores.shape[0] != truth.shape[0]:
+        return None
+    z = scores.astype(np.float64)
+    if not np.isfinite(z).all():
+        return None
+    if (z >= 0).all() and (z <= 1).all() and np.allclose(z.sum(axis=1), 1.0, atol=1e-3):
+        return None
+    found, width = class_ids(truth[None])
+    if width is not None:
+        return None
+    ids = found[0]
+    keep = (ids >= 0) & (ids < z.shape[1])
+    if not keep.any():
+        return None
+    z, ids = z[keep], ids[keep]
+    top = z.max(axis=1, keepdims=True)
+    log_p = z - top - np.log(np.exp(z - top).sum(axis=1, keepdims=True))
+    return float(-log_p[np.arange(len(ids)), ids].mean()), float(-log_p.mean())
 
 
 # -- DBG308 clamped-logits ------------------------------------------------------------------------

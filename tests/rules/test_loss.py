@@ -956,12 +956,16 @@ def classifier_run(
     record: str = "output",
     steps: int = 120,
     raw: bool | None = True,
+    smoothing: float = 0.0,
+    penalty: float = 0.0,
 ) -> Path:
     """A 4-class MLP trained with F.cross_entropy, labels and predictions of every 10th batch
     recorded (``raw=None``: full tensors at the hook's default, every 100th step only).
     ``head``: a module after the last Linear, ``"softmax"`` (the loss then applies its
     log_softmax to probabilities) or ``"relu"`` (the logits clamped at zero). ``record``: the
-    predictions recorded, the model's ``"output"`` as it is or its ``"probabilities"``."""
+    predictions recorded, the model's ``"output"`` as it is or its ``"probabilities"``.
+    ``smoothing``: the loss's label smoothing; ``penalty``: times the squared weights, added
+    to the loss."""
     torch = pytest.importorskip("torch")
     from dbgcli.torch import attach
 
@@ -977,7 +981,9 @@ def classifier_run(
             batch = slice(64 * (step % 16), 64 * (step % 16 + 1))
             optimizer.zero_grad()
             output = model(x[batch])
-            loss = torch.nn.functional.cross_entropy(output, y[batch])
+            loss = torch.nn.functional.cross_entropy(output, y[batch], label_smoothing=smoothing)
+            if penalty:
+                loss = loss + penalty * sum((p**2).sum() for p in model.parameters())
             hook.record_loss(loss)
             if step % 10 == 0:
                 scores = output if record == "output" else output.softmax(dim=1)
@@ -1101,3 +1107,33 @@ def test_clamped_logits_leave_sparse_probabilities_and_hard_decisions_alone(make
             }
         )
         assert run_rule(trace, "DBG308").status is status
+
+
+def test_label_smoothing_is_read_from_the_loss_and_sets_its_floor(tmp_path: Path) -> None:
+    """cross_entropy with label_smoothing=0.9 (0.09 meant) over 4 classes: no loss falls below
+    its targets' entropy, 1.372, 99 % of ln 4, so the model that fits them was "underfitting"
+    and "at chance". The smoothing is read from the recorded loss and logits; the loss sits
+    at its floor, which a note says. 0.1 is read too; a plain loss, and one with a weight
+    penalty added, are not taken for smoothing."""
+    from dbgcli.rules._context import RuleContext
+    from dbgcli.rules.loss import label_smoothing
+    from dbgcli.trace.reader import open_trace
+
+    def smoothing_of(path: Path) -> tuple[float, int] | None:
+        with open_trace(path) as trace:
+            return label_smoothing(RuleContext(trace))
+
+    strong = classifier_run(tmp_path / "strong.h5", steps=300, smoothing=0.9)
+    found = smoothing_of(strong)
+    assert found is not None and found[0] == pytest.approx(0.9, abs=1e-3) and found[1] == 4
+    report = analyze_path(strong, select=("DBG301", "DBG303"))
+    (note,) = report.findings
+    assert (note.rule_id, note.key, note.severity) == ("DBG303", "high-floor", Severity.info)
+    assert note.message.startswith(
+        "the training loss cannot fall far: its floor is label smoothing 0.90 over 4 classes "
+        "(the true class's target 0.33), whose targets' entropy is 1.372, 97% of the initial loss"
+    )
+    mild = smoothing_of(classifier_run(tmp_path / "mild.h5", smoothing=0.1))
+    assert mild is not None and mild[0] == pytest.approx(0.1, abs=1e-3)
+    assert smoothing_of(classifier_run(tmp_path / "plain.h5")) is None
+    assert smoothing_of(classifier_run(tmp_path / "penalty.h5", penalty=1e-2)) is None
