@@ -336,8 +336,9 @@ def mlp(
     outputs: int = CLASSES,
     head: Callable[[], nn.Module] | None = None,
     float16: bool = False,
+    batchnorm: bool = False,
 ) -> Callable[[], nn.Module]:
-    """``fc1, act1, [drop1,] fc2, act2, ..., out[, head]`` with the given hidden widths;
+    """``fc1, [bn1,] act1, [drop1,] fc2, ..., out[, head]`` with the given hidden widths;
     ``float16``: its parameters in float16 (``model.half()``), between casts of its input to
     float16 and of its output back to float32."""
 
@@ -345,7 +346,10 @@ def mlp(
         layers: list[tuple[str, nn.Module]] = [("to_half", Cast(torch.float16))] if float16 else []
         fan_in = FEATURES
         for index, width in enumerate(widths, start=1):
-            layers += [(f"fc{index}", nn.Linear(fan_in, width)), (f"act{index}", activation())]
+            layers.append((f"fc{index}", nn.Linear(fan_in, width)))
+            if batchnorm:
+                layers.append((f"bn{index}", nn.BatchNorm1d(width)))
+            layers.append((f"act{index}", activation()))
             if dropout:
                 layers.append((f"drop{index}", nn.Dropout(dropout)))
             fan_in = width
@@ -1013,6 +1017,13 @@ class Loop:
                 hand.writer.set_metadata(trained_in_eval_mode=recipe.start_step)
             if not recipe.zero_grad:
                 hand.writer.set_metadata(gradients_not_zeroed=recipe.start_step)
+            norms = [
+                n
+                for n, m in model.named_modules()
+                if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d)
+            ]
+            if norms and not recipe.eval_mode:
+                hand.writer.set_metadata(batch_norm=norms)
             dropout = {n: m.p for n, m in model.named_modules() if isinstance(m, nn.Dropout)}
             if any(dropout.values()):
                 hand.writer.set_metadata(dropout=dropout)
@@ -1112,6 +1123,7 @@ HEALTHY_SIGMOID = replace(
     HEALTHY_ADAM, model=mlp((64,), nn.Sigmoid, xavier_init), optimizer=adam(3e-2)
 )
 HEALTHY_DATA = replace(HEALTHY_SGD, record_data=True)
+HEALTHY_BATCHNORM = replace(HEALTHY_SGD, model=mlp(batchnorm=True))
 
 
 # Measured (seeds 0/1/2): final train loss 0.141/0.178/0.0798; final eval loss 0.142/0.225/0.115;
@@ -1127,6 +1139,17 @@ SGD momentum 0.9, lr 0.05, batch 64, 300 steps.""",
 )
 def mlp_healthy_sgd(spec: RunSpec) -> None:
     run(spec, HEALTHY_SGD, *healthy())
+
+
+@scenario(
+    MLP,
+    "healthy-batchnorm",
+    cause=None,
+    description="""
+healthy-sgd with BatchNorm1d after each hidden Linear (before its ReLU), batch 64.""",
+)
+def mlp_healthy_batchnorm(spec: RunSpec) -> None:
+    run(spec, HEALTHY_BATCHNORM, *healthy())
 
 
 # Measured (seeds 0/1/2): final train loss 0.187/0.228/0.133; final eval loss 0.163/0.264/0.143;
@@ -1866,6 +1889,24 @@ def mlp_dropout_too_strong(spec: RunSpec) -> None:
         spec,
         replace(HEALTHY_ADAM, model=mlp(dropout=0.9)),
         Check("final train loss / ln 4", lambda m: m.final_loss() / math.log(CLASSES), low=0.5),
+    )
+
+
+@scenario(
+    MLP,
+    "batchnorm-tiny-batch",
+    cause="DBG806",
+    twin="healthy-batchnorm",
+    description="""
+healthy-batchnorm at batch 2 (a batch lowered to fit memory), 1200 steps: each batch norm
+normalises two samples, so every normalised value is -1 or +1, and evaluation normalises with
+running statistics that training never saw.""",
+)
+def mlp_batchnorm_tiny_batch(spec: RunSpec) -> None:
+    run(
+        spec,
+        replace(HEALTHY_BATCHNORM, batch=2, steps=1200),
+        Check("final eval accuracy", Measured.final_eval_accuracy, high=0.8),
     )
 
 

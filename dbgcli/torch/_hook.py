@@ -1098,7 +1098,8 @@ class TorchHook:
         """Note each optimizer's type and its groups' settings (weight decay, momentum...), at
         its first update, and the trainable parameters that none of the optimizers seen so
         far holds (an optimizer built before the model was replaced, a layer left out by
-        mistake), which stay out of the zero_grad check: no zero_grad() of theirs clears them.
+        mistake), which stay out of the zero_grad check: no zero_grad() of theirs clears them;
+        and the batch norm modules then in training mode.
 
         An optimizer that holds none of the model's parameters and tensors of other shapes
         or dtypes keeps copies by design (fp32 master weights, flat shards): it says nothing
@@ -1129,6 +1130,15 @@ class TorchHook:
             noted[schema.META_NOT_IN_OPTIMIZER] = [
                 name for name, p in trainable if id(p) not in self._held_by_optimizers
             ]
+        # Read as training runs, not at attach: a fine-tune that freezes its batch norms puts
+        # them in eval mode after model.train().
+        normalising = [
+            name
+            for name, module in self.model.named_modules()
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.training
+        ]
+        if normalising:
+            noted[schema.META_BATCH_NORM] = normalising
         self.writer.set_metadata(**noted)
 
     def _record_parameters(

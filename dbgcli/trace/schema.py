@@ -66,6 +66,9 @@ META_DROPOUT = "dropout"
 # True when the PyTorch hook saw the model's call compiled by torch.compile: its compiled
 # passes record no activations.
 META_COMPILED = "compiled"
+# The batch norm modules in training mode at the optimizers' first updates (the PyTorch hook's
+# note): ["bn1", "layer1.0.bn2"]; they normalise with each training batch's own statistics.
+META_BATCH_NORM = "batch_norm"
 
 # Groups under the root.
 TIMELINE = "timeline"

@@ -285,6 +285,34 @@ def test_dropout_rates_are_noted_by_module_name(tmp_path: Path) -> None:
         assert "dropout" not in trace.metadata
 
 
+def test_batch_norms_in_training_mode_are_noted_at_the_first_update(tmp_path: Path) -> None:
+    """The batch norm modules that normalise with each batch's statistics, read as training
+    runs: a fine-tune that freezes them in eval mode after ``model.train()`` has none to note.
+    At batch 2, DBG806 names them."""
+    from tests.rules.helpers import analyze_path
+
+    def trained(path: Path, *, frozen: bool) -> Path:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        with attach(model, optimizer, path) as hook:
+            model.train()
+            if frozen:
+                model[1].eval()
+            for _ in range(3):
+                x, y = torch.randn(2, 4), torch.randint(0, 3, (2,))
+                train_step(model, optimizer, hook, x, y)
+        return path
+
+    live = trained(tmp_path / "live.h5", frozen=False)
+    with open_trace(live) as trace:
+        assert trace.metadata["batch_norm"] == ["1"]
+    (finding,) = analyze_path(live, select=("DBG806",)).findings
+    assert (finding.key, finding.value, finding.extra["modules"]) == ("small-batch", 2.0, ["1"])
+    with open_trace(trained(tmp_path / "frozen.h5", frozen=True)) as trace:
+        assert "batch_norm" not in trace.metadata
+
+
 @pytest.mark.parametrize(
     ("dropout", "switches", "noted_at"),
     [(0.5, False, 2), (0.5, True, None), (0.0, False, None)],

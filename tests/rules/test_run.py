@@ -333,3 +333,38 @@ def test_an_eps_that_float16_rounds_to_zero_is_an_error_once_the_run_breaks(make
     for metadata in (masters, adam_note(1e-8, fused=True), adam_note(1e-4)):
         trace = make_trace(scalars=broken, tensors=weights, metadata=metadata)
         assert run_rule(trace, "DBG805").status is RuleStatus.passed
+
+
+# -- DBG806 batch-norm-small-batch ------------------------------------------------------------
+
+
+def test_batch_norm_over_a_tiny_batch_is_a_warning_that_explains_the_stall(make_trace) -> None:
+    """Two batch norms in training mode and training activations of 4 samples: a warning, the
+    cause of a loss that stays high. At 8 samples and more it passes; without the note of
+    batch norms (none, or frozen in eval mode) it is not judged; evaluation batches do not
+    count."""
+    rng = np.random.default_rng(0)
+    stuck = {"loss": list(2.0 * (0.9 + 0.1 * np.exp(-np.arange(300) / 50)))}
+
+    def activations(batch: int) -> dict[str, object]:
+        return {
+            "act/relu1": [
+                {"values": [rng.random((batch, 16))] * 3, "steps": [0, 100, 200]},
+                {"values": [rng.random((64, 16))], "steps": [50], "mode": "eval"},
+            ]
+        }
+
+    noted = {"batch_norm": ["bn1", "bn2"]}
+    trace = make_trace(scalars=stuck, tensors=activations(4), metadata=noted)
+    report = analyze_path(trace, select=("DBG303", "DBG806"))
+    cause = report.findings[report.problems[0].cause]
+    assert (cause.rule_id, cause.severity, cause.value) == ("DBG806", Severity.warning, 4.0)
+    assert cause.message == (
+        "2 batch norm modules (bn1, bn2) normalise training batches of 4 samples (< 8): each "
+        "batch's mean and variance are noise, and not what evaluation normalises with"
+    )
+    trace = make_trace(scalars=stuck, tensors=activations(8), metadata=noted)
+    assert run_rule(trace, "DBG806").status is RuleStatus.passed
+    assert run_rule(trace, "DBG806", min_batch=16).findings[0].threshold == 16
+    trace = make_trace(scalars=stuck, tensors=activations(4))
+    assert run_rule(trace, "DBG806").status is RuleStatus.skipped
