@@ -108,6 +108,7 @@ def test_healthy_runs_that_once_drew_false_alarms_pass(key: str, tmp_path: Path)
         ("torch-mlp/adam-eps-too-large", "DBG805"),
         ("torch-mlp/float16-adam", "DBG805"),
         ("torch-mlp/batchnorm-tiny-batch", "DBG806"),
+        ("torch-mlp/warmup-restarted", "DBG503"),
         ("xgboost/learning-rate-too-low", "DBG703"),
         ("torch-mlp/zero-grad-forgotten", "DBG103"),
     ],
@@ -123,8 +124,8 @@ def test_faults_that_once_went_unnamed_lead_with_their_cause(
     layers was "underfitting", a softmax applied twice was mostly called healthy, logits
     clamped by a final ReLU were "classes the model cannot tell apart", dropout of 0.9 and
     Adam's eps of 1 were "underfitting", a float16 model under a plain Adam was "NaN
-    values", boosting at eta 1e-3 was healthy, and batch norm over batches of 2 was "learning
-    rate too high": each run now leads with its cause."""
+    values", boosting at eta 1e-3 and a warmup restarted every epoch were healthy, and batch
+    norm over batches of 2 was "learning rate too high": each run now leads with its cause."""
     spec = train(key, tmp_path)
     for path in (spec.hook_path, spec.hand_path):
         trace = report(path)

@@ -566,6 +566,16 @@ def step_lr(optimizer: torch.optim.Optimizer, steps: int) -> torch.optim.lr_sche
     return torch.optim.lr_scheduler.StepLR(optimizer, step_size=20, gamma=0.01)
 
 
+def warmup_restarted(
+    optimizer: torch.optim.Optimizer, steps: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """:func:`warmup_linear` as a loop that creates its scheduler at every epoch of 20 steps
+    gets it: its warmup (30 steps) starts again every epoch, before it ends."""
+    schedule = warmup_linear(optimizer, steps)
+    factor = schedule.lr_lambdas[0]
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: factor(step % 20))
+
+
 def one_cycle(optimizer: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LRScheduler:
     """OneCycleLR at the optimizer's lr: 30 % cosine warmup from lr / 25, then cosine annealing
     to lr / 1e4 (and the momentum, Adam's beta1, cycled against it: 0.95 down to 0.85)."""
@@ -658,6 +668,7 @@ class Measured:
 
     loss: list[float] = field(default_factory=list)
     accuracy: list[float] = field(default_factory=list)
+    lr: list[float] = field(default_factory=list)
     eval_loss: list[float] = field(default_factory=list)
     eval_accuracy: list[float] = field(default_factory=list)
     # Of the final evaluation: rows are true classes, columns predicted ones.
@@ -1063,6 +1074,7 @@ class Loop:
             hook.record_loss(loss_tensor)
             hand.loss(loss)
             hand.lr(self.optimizer.param_groups[0]["lr"])
+            measured.lr.append(self.optimizer.param_groups[0]["lr"])
             measured.loss.append(loss)
             if not self.data.regression:
                 accuracy = _accuracy(output, y)
@@ -1908,6 +1920,21 @@ def mlp_batchnorm_tiny_batch(spec: RunSpec) -> None:
         replace(HEALTHY_BATCHNORM, batch=2, steps=1200),
         Check("final eval accuracy", Measured.final_eval_accuracy, high=0.8),
     )
+
+
+@scenario(
+    MLP,
+    "warmup-restarted",
+    cause="DBG503",
+    twin="healthy-schedule",
+    description="""
+healthy-schedule with its scheduler created at every epoch of 20 steps (inside the epoch
+loop): the 30-step warmup starts again every epoch, so the rate never passes two thirds of
+its peak and never decays.""",
+)
+def mlp_warmup_restarted(spec: RunSpec) -> None:
+    recipe = replace(HEALTHY_SGD, optimizer=adamw(3e-3, 0.01), schedule=warmup_restarted, clip=1.0)
+    run(spec, recipe, Check("peak lr / the optimizer's", lambda m: max(m.lr) / 3e-3, high=0.7))
 
 
 @scenario(

@@ -760,6 +760,8 @@ _TOO_HIGH_EFFECTS = (
 # A learning rate at most this share of its final value at the middle of a run that never
 # lowers it was still warming up through the second half.
 _STILL_RISING = 0.75
+# Falls back to the start of a warmup that make it one restarted, not a warmup cut once.
+_RESTARTS = 2
 # What updates too small to change the model lead to.
 _STARVED_EFFECTS = ("DBG301:not-decreasing", "DBG303", "DBG403", "DBG502:too-small")
 
@@ -776,6 +778,7 @@ _STARVED_EFFECTS = ("DBG301:not-decreasing", "DBG303", "DBG403", "DBG502:too-sma
         "decayed": "learning rate decayed to nothing early",
         "clipped": "gradients clipped to nothing",
         "still-rising": "learning rate still warming up at the end",
+        "warmup-restarted": "learning rate warmup restarted",
     },
     explains={
         "too-high": _TOO_HIGH_EFFECTS,
@@ -783,6 +786,7 @@ _STARVED_EFFECTS = ("DBG301:not-decreasing", "DBG303", "DBG403", "DBG502:too-sma
         "decayed": _STARVED_EFFECTS,
         "clipped": _STARVED_EFFECTS,
         "still-rising": _STARVED_EFFECTS,
+        "warmup-restarted": _STARVED_EFFECTS,
     },
 )
 def learning_rate(
@@ -839,6 +843,14 @@ def learning_rate(
       first stretch of a run, and one that lasts all of it never reaches the rate the run
       was tuned for (its length in epochs where steps were meant, a schedule built for a
       longer run).
+    * **warmup restarted** (key ``warmup-restarted``): the recorded learning rate falls
+      abruptly (below half its value from one record to the next) back to where it started,
+      at least twice, and between those falls it only rises, over 3 records or more and by
+      more than 2x. That is a
+      warmup begun again and again: a scheduler (or its lambda's step count) created inside
+      the epoch loop, so the rate never gets past the first epoch's share of the warmup.
+      Warm restarts (SGDR) and cyclic schedules fall between their restarts and are not it.
+      Reported whatever the loss did: the run trained at a rate it was not tuned for.
     * **decayed to nothing early** (key ``decayed``): the recorded learning rate falls below
       ``STARVED_LR`` (1e-4) of its peak and stays there to the end, for at least
       ``starved_share`` (20 %) of the recorded steps. Updates four orders of magnitude below
@@ -865,7 +877,8 @@ def learning_rate(
     somewhat below where the loss blows up); aim for update/weight ratios around 1e-3 per step;
     add warmup and gradient clipping against early spikes, with a bound that cuts only spikes
     (one that cuts every step starves the run); end a warmup within the first tenth of the
-    run; ``dbg lr`` replays the recorded loss through GreedyLR and other schedules.
+    run, and create the scheduler once, before the epoch loop; ``dbg lr`` replays the recorded
+    loss through GreedyLR and other schedules.
 
     Args:
         max_ratio: Typical per-step update/weight ratio above which the rate is too high.
@@ -882,6 +895,7 @@ def learning_rate(
         raise RuleConfigError(f"DBG503 window must be at least 1, got {window}")
     yield from _decayed(ctx, starved_share)
     yield from _still_rising(ctx, stuck_fraction)
+    yield from _restarted_warmup(ctx)
     ratios = layer_ratios(ctx, window, max_ratio, min_ratio)
     if not ratios.layers:
         return
@@ -969,6 +983,50 @@ def _still_rising(ctx: RuleContext, stuck_fraction: float) -> Iterator[Finding]:
         threshold=None,
         mode="train",
         key="still-rising",
+    )
+
+
+def _restarted_warmup(ctx: RuleContext) -> Iterator[Finding]:
+    """The finding of a warmup restarted before it ends (key ``warmup-restarted``): the
+    recorded learning rate falls abruptly (below half its value in one record) back to where
+    it started, at least twice, and between those falls it only rises."""
+    series = ctx.lr()
+    if series is None or len(series) < 10 or not np.isfinite(series.values).all():
+        return
+    order = np.argsort(series.steps, kind="stable")
+    steps, values = series.steps[order], series.values[order].astype(np.float64)
+    if not ((values >= 0).all() and values.max() > 0):
+        return
+    falls = np.flatnonzero(values[1:] < values[:-1] / 2) + 1
+    if len(falls) < _RESTARTS:
+        return
+    cycles = np.split(values, falls)
+    starts = np.array([cycle[0] for cycle in cycles])
+    # Every cycle but the last (cut by the end of the run) rises over several records without
+    # a fall, and each starts where the first did: the same warmup from its beginning, not a
+    # decay's restart (nor two rates that alternate in one series).
+    rising = all(
+        len(cycle) >= 3 and np.all(np.diff(cycle) >= 0) and cycle[-1] > 2 * cycle[0]
+        for cycle in cycles[:-1]
+    )
+    if not (rising and np.allclose(starts, starts[0], rtol=0.1)):
+        return
+    peak = float(values.max())
+    period = int(np.median(np.diff(steps[falls])))
+    yield Finding(
+        message=(
+            f"the learning rate rose from {starts[0]:.3g} and fell back to it {len(falls)} "
+            f"times, every {period} steps, without ever decaying: a warmup restarted before it "
+            f"ends (a scheduler created inside the epoch loop?), cut at {peak:.3g} at most"
+        ),
+        tensor=ctx.lr_tag(),
+        first_step=int(steps[0]),
+        last_step=int(steps[-1]),
+        steps=len(values),
+        value=float(len(falls)),
+        threshold=float(_RESTARTS),
+        mode="train",
+        key="warmup-restarted",
     )
 
 

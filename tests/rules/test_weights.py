@@ -522,6 +522,34 @@ def test_learning_rate_still_warming_up_at_the_end(make_trace) -> None:
     )
 
 
+def test_a_warmup_restarted_every_epoch_is_told_from_warm_restarts(make_trace) -> None:
+    """A scheduler created inside the epoch loop: the warmup rises from 0 for the 20 steps of
+    an epoch and starts again, 9 times, whatever the loss does. SGDR's cosine cycles, a
+    triangular cyclic rate, a single warmup, and two rates alternating in one series are not
+    that."""
+    tensors = network({"fc1.weight": 1e-3, "fc2.weight": 1e-3}, steps=200)
+    learns = list(np.geomspace(2.3, 0.1, 200))
+    steps = np.arange(200)
+
+    def found(lr: np.ndarray) -> list:
+        trace = make_trace(scalars={"lr": list(lr), "loss": learns}, tensors=tensors)
+        return keyed(run_rule(trace, "DBG503"), "warmup-restarted")
+
+    (finding,) = found(1e-3 * (steps % 20) / 30)
+    assert (finding.value, finding.first_step, finding.last_step) == (9.0, 0, 199)
+    assert finding.message == (
+        "the learning rate rose from 0 and fell back to it 9 times, every 20 steps, without "
+        "ever decaying: a warmup restarted before it ends (a scheduler created inside the "
+        "epoch loop?), cut at 0.000633 at most"
+    )
+    sgdr = 1e-3 * 0.5 * (1 + np.cos(np.pi * (steps % 50) / 50))
+    triangular = 1e-4 + 9e-4 * (1 - np.abs((steps % 40) / 20 - 1))
+    warmup = 1e-3 * np.minimum(1.0, (steps + 1) / 20)
+    alternating = np.where(steps % 2, 5e-2, 1e-3)
+    for lr in (sgdr, triangular, warmup, alternating):
+        assert not found(lr)
+
+
 def vit_run(path: Path) -> Path:
     """A real PyTorch run of a tiny ViT-style encoder, 30 steps: a positional table ``pos``
     and a ``cls_token`` registered at zero, a LayerScale ``gamma`` at 1e-5 (as timm and CaiT
