@@ -1410,17 +1410,12 @@ def softmax_twice(ctx: RuleContext, *, records: int = 20) -> Iterator[Finding]:
         return
     loss_steps, loss_values = _finite(series)
     losses = dict(zip(loss_steps.tolist(), loss_values.tolist()))
-    train = schema.MODE_CODES["train"]
     for labels, predictions in scored_labels(ctx):
         shape = predictions.info.shape
         if shape is None or len(shape) not in (1, 2):
             continue
         binary = len(shape) == 1 or shape[1] == 1
-        both = np.intersect1d(
-            _kept_steps(ctx, labels.tag, train), _kept_steps(ctx, predictions.tag, train)
-        )
-        steps = [int(step) for step in both if int(step) in losses]
-        steps = _spread(steps, records)
+        steps = _loss_steps_in_full(ctx, labels.tag, predictions.tag, losses, records)
         told, hits = 0, []
         measure = _binary_cross_entropies if binary else _cross_entropies
         for step in steps:
@@ -1491,6 +1486,16 @@ def _binary_cross_entropies(
     clipped = np.clip(p, 1e-300, 1 - 1e-16)
     as_probabilities = float(np.mean(-y * np.log(clipped) - (1 - y) * np.log1p(-clipped)))
     return as_logits, as_probabilities
+
+
+def _loss_steps_in_full(
+    ctx: RuleContext, labels: str, predictions: str, losses: dict[int, float], most: int
+) -> list[int]:
+    """Training steps with a recorded loss whose labels and predictions are both kept in full,
+    at most ``most`` of them, evenly spread."""
+    train = schema.MODE_CODES["train"]
+    both = np.intersect1d(_kept_steps(ctx, labels, train), _kept_steps(ctx, predictions, train))
+    return _spread([int(step) for step in both if int(step) in losses], most)
 
 
 def _kept_steps(ctx: RuleContext, tag: str, mode: int) -> np.ndarray:
@@ -1590,15 +1595,11 @@ def label_smoothing(ctx: RuleContext, *, records: int = 20) -> tuple[float, int]
         return None
     loss_steps, loss_values = _finite(series)
     losses = dict(zip(loss_steps.tolist(), loss_values.tolist()))
-    train = schema.MODE_CODES["train"]
     for labels, predictions in scored_labels(ctx):
         shape = predictions.info.shape
         if shape is None or len(shape) != 2 or shape[1] < 2:
             continue
-        both = np.intersect1d(
-            _kept_steps(ctx, labels.tag, train), _kept_steps(ctx, predictions.tag, train)
-        )
-        steps = _spread([int(step) for step in both if int(step) in losses], records)
+        steps = _loss_steps_in_full(ctx, labels.tag, predictions.tag, losses, records)
         estimates = []
         for step in steps:
             parts = _smoothing_parts(ctx, labels.tag, predictions.tag, step)

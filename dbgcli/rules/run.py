@@ -343,6 +343,13 @@ def evaluated_in_train_mode(ctx: RuleContext) -> Iterator[Finding]:
     )
 
 
+def _first_training_step(ctx: RuleContext) -> int:
+    """The first step of the training loss, where a setting that holds for the whole run is
+    reported (0 without a training loss)."""
+    train = ctx.loss("train")
+    return int(train.steps.min()) if train is not None and len(train.steps) else 0
+
+
 def _dropout_note(ctx: RuleContext) -> dict[str, float]:
     """The run metadata's ``dropout``: module name -> rate (valid rates only)."""
     noted = ctx.trace.metadata.get(schema.META_DROPOUT)
@@ -414,8 +421,7 @@ def dropout_too_strong(
     rate = max(strong.values())
     names = sorted(strong, key=lambda name: (-strong[name], name))
     listed = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-    train = ctx.loss("train")
-    first = int(train.steps.min()) if train is not None and len(train.steps) else 0
+    first = _first_training_step(ctx)
     yield Finding(
         message=(
             f"dropout drops {rate:.0%} of the values in {len(strong)} module"
@@ -593,8 +599,7 @@ def optimizer_settings(ctx: RuleContext, *, dominance: float = 1.0) -> Iterator[
         raise RuleConfigError(f"DBG805 dominance must be positive, got {dominance:g}")
     groups = _adaptive_groups(ctx)
     kind = optimizer_type(ctx.trace.metadata) or "the optimizer"
-    train = ctx.loss("train")
-    first = int(train.steps.min()) if train is not None and len(train.steps) else 0
+    first = _first_training_step(ctx)
     rms = _gradient_rms(ctx)
     dominating = [g for g in groups if rms is not None and g.eps >= dominance * rms]
     if dominating and rms is not None:
@@ -720,8 +725,7 @@ def batch_norm_small_batch(ctx: RuleContext, *, min_batch: int = 8) -> Iterator[
     names, batch = _batch_norms(ctx), _training_batch(ctx)
     if not names or batch is None or batch >= min_batch:
         return
-    train = ctx.loss("train")
-    first = int(train.steps.min()) if train is not None and len(train.steps) else 0
+    first = _first_training_step(ctx)
     listed = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
     yield Finding(
         message=(

@@ -1208,7 +1208,9 @@ def weights_collapsed(ctx: RuleContext, *, min_fraction: float = 0.01) -> Iterat
             continue
         first = int(started[0])
         fraction = scale / scale[first]
-        below = np.flatnonzero(np.isfinite(fraction) & (fraction < min_fraction))
+        # From the first non-zero scale on: a layer initialised to zero starts there.
+        later = fraction[first:]
+        below = first + np.flatnonzero(np.isfinite(later) & (later < min_fraction))
         if not below.size:
             continue
         onset = first + int(np.argmax(fraction[first : below[0] + 1]))

@@ -656,6 +656,16 @@ def test_weights_collapsed_when_a_layer_falls_below_a_hundredth_of_its_start(mak
     assert run_rule(make_trace(tensors=shrinking(0.99)), "DBG504").status is RuleStatus.passed
 
 
+def test_weights_collapsed_starts_a_zero_initialised_layer_at_its_first_values(
+    make_trace,
+) -> None:
+    """An output layer initialised to zero has no scale at step 0: its start is the first
+    record with one, and a layer that grows from there passes (it crashed the rule)."""
+    values = [np.zeros((4, 8))] + [np.full((4, 8), 1e-3 * (step + 1)) for step in range(9)]
+    trace = make_trace(tensors={"fc.weight": {"values": values, "collection": "weights"}})
+    assert run_rule(trace, "DBG504").status is RuleStatus.passed
+
+
 def test_weights_collapsed_names_the_optimizer_weight_decay(make_trace) -> None:
     for decay, ending in (
         (0.5, ": the optimizer's weight decay is 0.5 (too strong?)"),
