@@ -438,16 +438,22 @@ def dropout_too_strong(
 
 # float16's smallest subnormal is 2**-24: anything at most half of it rounds to zero.
 _FLOAT16_ZERO = 2.0**-25
-# A float16 gradient element below this squares to zero in float16 (2**-24 is the least
-# square it holds), so the second moment of such an element stays zero.
-_FLOAT16_SQUARE_FLOOR = 2.0**-12
 
 
 class _AdaptiveGroup(NamedTuple):
     number: int
     eps: float
     lr: float | None
-    fused: bool
+    # The second moment's decay: Adam's beta2, RMSprop's alpha.
+    decay: float | None
+
+    @property
+    def square_floor(self) -> float | None:
+        """The gradient below which the second moment's increment ``(1 - decay) · g²`` is 0
+        in float16."""
+        if self.decay is None or not 0 <= self.decay < 1:
+            return None
+        return float(np.sqrt(_FLOAT16_ZERO / (1 - self.decay)))
 
 
 def _adaptive_groups(ctx: RuleContext) -> list[_AdaptiveGroup]:
@@ -457,41 +463,44 @@ def _adaptive_groups(ctx: RuleContext) -> list[_AdaptiveGroup]:
     groups = []
     for index, group in enumerate(optimizer_groups(ctx.trace.metadata)):
         eps, lr = group.get("eps"), group.get("lr")
-        if not (isinstance(eps, int | float) and ("betas" in group or "alpha" in group)):
+        betas, alpha = group.get("betas"), group.get("alpha")
+        if not (isinstance(eps, int | float) and (betas is not None or alpha is not None)):
             continue
+        decay = betas[1] if isinstance(betas, list) and len(betas) == 2 else alpha
         groups.append(
             _AdaptiveGroup(
                 index,
                 float(eps),
                 float(lr) if isinstance(lr, int | float) else None,
-                group.get("fused") is True,
+                float(decay) if isinstance(decay, int | float) else None,
             )
         )
     return groups
 
 
-def _gradient_rms(ctx: RuleContext) -> float | None:
-    """The gradients' typical root mean square as training starts: each gradient tensor's
-    median of ``l2 / sqrt(count)`` over its training records in the first tenth of the
-    recorded steps, then the median over the tensors (tensors whose gradient is zero there,
-    which the loss does not depend on, left out). Later gradients say less: a converging
-    run's shrink, and a diverged run's may vanish, where ``eps`` then dominates as a
-    consequence, not as a cause."""
-    typical = []
+class _FirstGradient(NamedTuple):
+    tag: str
+    rms: float
+    abs_mean: float
+
+
+def _first_gradients(ctx: RuleContext) -> list[_FirstGradient]:
+    """Each gradient tensor's root mean square and mean absolute value at its first training
+    record, before updates could change the model (tensors whose gradient is zero there,
+    which the loss does not depend on, left out). Later gradients say less about the
+    settings: a converging run's shrink, and a diverging run's grow, or vanish, as a
+    consequence of those very settings."""
+    found = []
     for view in ctx.tensors(collection="gradients"):
-        train = view.positions(schema.MODE_CODES["train"])
-        steps = view.steps[train]
-        if not len(steps):
+        train = np.flatnonzero(view.modes == schema.MODE_CODES["train"])
+        if not len(train):
             continue
-        early = steps <= steps.min() + (steps.max() - steps.min()) / 10
-        count = view.stat("count")[train][early].astype(np.float64)
-        l2 = view.stat("l2")[train][early].astype(np.float64)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            rms = l2 / np.sqrt(count)
-        rms = rms[np.isfinite(rms)]
-        if len(rms) and (median := float(np.median(rms))) > 0:
-            typical.append(median)
-    return float(np.median(typical)) if typical else None
+        first = train[np.argmin(view.steps[train])]
+        count, l2 = float(view.stat("count")[first]), float(view.stat("l2")[first])
+        abs_mean = float(view.stat("abs_mean")[first])
+        if count > 0 and np.isfinite(l2) and l2 > 0 and np.isfinite(abs_mean):
+            found.append(_FirstGradient(view.tag, l2 / np.sqrt(count), abs_mean))
+    return found
 
 
 def _float16_weights(ctx: RuleContext) -> list[str]:
@@ -529,7 +538,10 @@ def _went_non_finite(ctx: RuleContext) -> bool:
         "group's eps, noted by the PyTorch hook)",
         lambda ctx: bool(_adaptive_groups(ctx)),
     ),
-    label={"eps-dominates": "optimizer eps too large", "float16-eps": "eps zero in float16"},
+    label={
+        "eps-dominates": "optimizer eps too large",
+        "float16-eps": "Adam's v underflows in float16",
+    },
     explains={
         # Steps of lr·m/eps: the model trains at a fraction of its rate.
         "eps-dominates": (
@@ -541,8 +553,18 @@ def _went_non_finite(ctx: RuleContext) -> bool:
             "DBG601:mispredicted",
             "DBG604",
         ),
-        # 0/0 and m/0 in the update: NaN and infinite weights, then everything they touch.
-        "float16-eps": ("DBG102:nonfinite", "DBG306", "DBG404", "DBG301", "DBG303", "DBG305"),
+        # Steps of lr·m/eps, or m/0: updates out of scale, then NaN and infinite weights and
+        # everything they touch.
+        "float16-eps": (
+            "DBG102",
+            "DBG201",
+            "DBG301",
+            "DBG303",
+            "DBG305",
+            "DBG306",
+            "DBG404",
+            "DBG503:too-high",
+        ),
     },
 )
 def optimizer_settings(ctx: RuleContext, *, dominance: float = 1.0) -> Iterator[Finding]:
@@ -557,34 +579,37 @@ def optimizer_settings(ctx: RuleContext, *, dominance: float = 1.0) -> Iterator[
     with ``betas`` or RMSprop's ``alpha``.
 
     * **eps dominates** (key ``eps-dominates``, a note): ``eps`` is at least ``dominance``
-      times the gradients' typical root mean square as the run starts (for each gradient
-      tensor the median of ``l2 / sqrt(count)`` over its training records in the first tenth
-      of the recorded steps, then the median tensor; later, a diverged run's gradients can
-      vanish, and ``eps`` then dominates as a consequence). The denominator is then mostly
-      ``eps``: a step is at most half what Adam means to take, and at ``eps`` far above the
-      gradients it is ``lr · m / eps``, plain SGD with momentum at the rate ``lr / eps``. It
-      is the cause when the run fails to fit (a learning rate too low by its updates, DBG503;
-      a loss that stays high, DBG301 and DBG303). A large ``eps`` can be chosen on purpose,
-      with the learning rate raised to match (TensorFlow's documentation suggests 1.0 or 0.1
-      for Inception on ImageNet), so on its own it is a note.
-    * **eps is zero in float16** (key ``float16-eps``, an error when the loss or a weight
-      went NaN or infinite in the run, else a warning): parameters stored in float16 that the
-      optimizer updates in place (``model.half()`` without float32 master weights; the hook's
-      note ``parameters_not_in_optimizer`` tells that the optimizer holds the model's own
-      tensors), with the optimizer's state kept in their dtype, and an ``eps`` that float16
-      rounds to zero (at most ``2**-25``, 3e-8: 1e-8 is). Any gradient element below
-      ``2**-12`` (2.4e-4) squares to zero in float16, so its ``v`` is zero and the update is
-      ``m / 0``: infinite, or NaN where the gradient is exactly zero (a dead unit, a padding
-      embedding). Fused implementations (``fused=True``), which compute in float32, are left
-      out.
+      times the gradients' root mean square as the run starts (``l2 / sqrt(count)`` of each
+      gradient tensor at its first training record, the median tensor; later, a diverged
+      run's gradients can vanish, and ``eps`` then dominates as a consequence). The
+      denominator is then mostly ``eps``: a step is at most half what Adam means to take,
+      and at ``eps`` far above the gradients it is ``lr · m / eps``, plain SGD with momentum
+      at the rate ``lr / eps``. It is the cause when the run fails to fit (a learning rate too
+      low by its updates, DBG503; a loss that stays high, DBG301 and DBG303). A large ``eps``
+      can be chosen on purpose, with the learning rate raised to match (TensorFlow's
+      documentation suggests 1.0 or 0.1 for Inception on ImageNet), so on its own it is a
+      note.
+    * **the second moment underflows in float16** (key ``float16-eps``): parameters stored
+      in float16 that the optimizer updates in place (``model.half()`` without float32
+      master weights; the hook's note ``parameters_not_in_optimizer`` tells that the
+      optimizer holds the model's own tensors), whose state PyTorch keeps in their dtype,
+      fused or not. ``v`` grows by ``(1 - beta2) · g²``, which is 0 in float16 (below
+      ``2**-25``) for a gradient element under ``sqrt(2**-25 / (1 - beta2))``, 0.0055 at
+      Adam's 0.999: such an element keeps ``v = 0`` and steps ``lr · m / eps``. Reported when
+      ``eps`` itself is 0 in float16 (at most ``2**-25``: 1e-8 is), where that step is
+      ``m / 0``, infinite or NaN; or when some gradient tensor's mean absolute value as the
+      run starts is below that bound, so that its typical elements step as SGD at ``lr /
+      eps``. An error
+      when the loss or a weight went NaN or infinite in the run, else a note, and the cause
+      of updates out of scale (DBG503) or a loss that stays high.
 
     Why it matters: a dominating ``eps`` turns the adaptive optimizer into SGD at a rate
-    tuned for Adam, thousands of times too small; a zero one turns the first update's
-    smallest gradients into NaN weights.
+    tuned for Adam, thousands of times too small; in float16, an ``eps`` too small for the
+    gradients that underflow turns the first updates into steps thousands of times too large,
+    or into NaN weights.
 
-    Typical causes: ``eps=1`` copied from a setup that scaled the learning rate with it; an
-    ``eps`` meant for another parameterisation (TensorFlow's ``epsilon`` hat, Keras's 1e-7
-    are both fine, ``1.0`` is not); ``model.half()`` with a plain ``torch.optim.Adam``.
+    Typical causes: ``eps=1`` copied from a setup that scaled the learning rate with it;
+    ``model.half()`` with a plain ``torch.optim.Adam``.
 
     Fix: keep ``eps`` well below the gradients' size (1e-8 to 1e-6) and tune the learning
     rate with it; in float16, train with ``torch.autocast`` and a ``GradScaler`` (float32
@@ -600,7 +625,8 @@ def optimizer_settings(ctx: RuleContext, *, dominance: float = 1.0) -> Iterator[
     groups = _adaptive_groups(ctx)
     kind = optimizer_type(ctx.trace.metadata) or "the optimizer"
     first = _first_training_step(ctx)
-    rms = _gradient_rms(ctx)
+    gradients = _first_gradients(ctx)
+    rms = float(np.median([g.rms for g in gradients])) if gradients else None
     dominating = [g for g in groups if rms is not None and g.eps >= dominance * rms]
     if dominating and rms is not None:
         group = max(dominating, key=lambda g: g.eps)
@@ -608,8 +634,9 @@ def optimizer_settings(ctx: RuleContext, *, dominance: float = 1.0) -> Iterator[
         yield Finding(
             message=(
                 f"{kind}'s eps {group.eps:g} is {group.eps / rms:.3g}x the gradients' root "
-                f"mean square ({rms:.3g} as the run starts, median tensor; >= {dominance:g}x): it outweighs "
-                f"sqrt(v) in lr·m/(sqrt(v) + eps), so each step is about lr·m/eps{rate}"
+                f"mean square ({rms:.3g} as the run starts, median tensor; >= "
+                f"{dominance:g}x): it outweighs sqrt(v) in lr·m/(sqrt(v) + eps), so each step "
+                f"is about lr·m/eps{rate}"
             ),
             first_step=first,
             value=group.eps / rms,
@@ -618,26 +645,40 @@ def optimizer_settings(ctx: RuleContext, *, dominance: float = 1.0) -> Iterator[
             severity=Severity.info,
             extra={"eps": group.eps, "gradient_rms": rms, "group": group.number},
         )
-    zero_eps = [g for g in groups if g.eps <= _FLOAT16_ZERO and not g.fused]
-    half = _float16_weights(ctx) if zero_eps else []
-    if half:
-        eps = max(g.eps for g in zero_eps)
+    half = _float16_weights(ctx)
+    smallest = min(gradients, key=lambda g: g.abs_mean) if gradients else None
+    underflowing = [
+        g
+        for g in groups
+        if half
+        and (floor := g.square_floor) is not None
+        and (g.eps <= _FLOAT16_ZERO or (smallest is not None and smallest.abs_mean < floor))
+    ]
+    if underflowing:
+        group = min(underflowing, key=lambda g: g.eps)
+        floor = group.square_floor or 0.0
         broke = _went_non_finite(ctx)
+        if group.eps <= _FLOAT16_ZERO or smallest is None:
+            harm = f"eps {group.eps:g} is 0 in float16, so its update m/0 is non-finite"
+        else:
+            sgd = f" = {group.lr / group.eps:.3g}" if group.lr else ""
+            harm = (
+                f"{smallest.tag} averages {smallest.abs_mean:.2g} in magnitude as the run "
+                f"starts: its elements step lr·m/eps, as SGD at lr / eps{sgd}"
+            )
+        tensors = ", ".join(half[:3]) + (", ..." if len(half) > 3 else "")
         yield Finding(
             message=(
-                f"{len(half)} parameter tensor{'s' if len(half) != 1 else ''} "
-                f"({', '.join(half[:3])}{', ...' if len(half) > 3 else ''}) "
-                f"{'are' if len(half) != 1 else 'is'} float16 and updated by {kind} "
-                f"with eps {eps:g}, which is 0 in float16: a gradient element below "
-                f"{_FLOAT16_SQUARE_FLOOR:.2g} leaves v at 0 and its update m/0 non-finite"
-                + ("; the run went non-finite" if broke else "")
+                f"{len(half)} parameter tensor{'s' if len(half) != 1 else ''} ({tensors}) "
+                f"{'are' if len(half) != 1 else 'is'} float16, and so is {kind}'s state: "
+                f"a gradient element below {floor:.2g} adds (1 - beta2)·g² = 0 to v, which "
+                f"stays 0; {harm}" + ("; the run went non-finite" if broke else "")
             ),
             first_step=first,
-            value=eps,
-            threshold=_FLOAT16_ZERO,
+            value=group.eps,
             key="float16-eps",
-            severity=Severity.error if broke else Severity.warning,
-            extra={"eps": eps, "tensors": half},
+            severity=Severity.error if broke else Severity.info,
+            extra={"eps": group.eps, "tensors": half, "square_floor": floor},
         )
 
 

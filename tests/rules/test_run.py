@@ -305,11 +305,13 @@ def test_an_eps_that_outweighs_the_gradients_is_a_note_that_explains_a_stalled_r
     )
 
 
-def test_an_eps_that_float16_rounds_to_zero_is_an_error_once_the_run_breaks(make_trace) -> None:
-    """Float16 parameters that Adam updates in place with eps 1e-8, which is 0 in float16: an
-    error when the loss went NaN, a warning while it has not yet. The optimizer's fp32 master
-    copies (no ``parameters_not_in_optimizer`` note), a fused Adam (float32 arithmetic) and
-    eps 1e-4 pass."""
+def test_adams_second_moment_underflowing_in_float16_is_named(make_trace) -> None:
+    """Float16 parameters that Adam updates in place, its state float16 too (fused or not):
+    (1 - 0.999)·g² is 0 in float16 below g = 0.0055. With eps 1e-8, itself 0, the update is
+    m/0: an error once the loss went NaN, a note while it has not. With eps 1e-6 and
+    gradients of 1e-3, most elements step as SGD at lr / eps = 1000; gradients above the
+    bound keep v, and so do an optimizer's float32 master copies (no
+    ``parameters_not_in_optimizer`` note) and eps 1e-4 without recorded gradients."""
     weights = {
         "fc.weight": {
             "values": [np.full((4, 4), 0.1, dtype=np.float16)] * 3,
@@ -321,18 +323,29 @@ def test_an_eps_that_float16_rounds_to_zero_is_an_error_once_the_run_breaks(make
     (finding,) = keyed(run_rule(trace, "DBG805"), "float16-eps")
     assert finding.severity is Severity.error
     assert finding.message == (
-        "1 parameter tensor (fc.weight) is float16 and updated by Adam with eps 1e-08, which "
-        "is 0 in float16: a gradient element below 0.00024 leaves v at 0 and its update m/0 "
-        "non-finite; the run went non-finite"
+        "1 parameter tensor (fc.weight) is float16, and so is Adam's state: a gradient element "
+        "below 0.0055 adds (1 - beta2)·g² = 0 to v, which stays 0; eps 1e-08 is 0 in float16, "
+        "so its update m/0 is non-finite; the run went non-finite"
     )
     finite = {"loss": [2.3, 2.2, 2.1]}
-    trace = make_trace(scalars=finite, tensors=weights, metadata=adam_note(1e-8))
-    assert keyed(run_rule(trace, "DBG805"), "float16-eps")[0].severity is Severity.warning
+    trace = make_trace(scalars=finite, tensors=weights, metadata=adam_note(1e-8, fused=True))
+    assert keyed(run_rule(trace, "DBG805"), "float16-eps")[0].severity is Severity.info
+    small = {**weights, **gradients([1e-3] * 3)}
+    trace = make_trace(scalars=finite, tensors=small, metadata=adam_note(1e-6))
+    (finding,) = keyed(run_rule(trace, "DBG805"), "float16-eps")
+    assert finding.message.endswith(
+        "grad/fc2.weight averages 0.00069 in magnitude as the run starts: its elements step "
+        "lr·m/eps, as SGD at lr / eps = 1e+03"
+    )
     masters = adam_note(1e-8)
     del masters["parameters_not_in_optimizer"]
-    for metadata in (masters, adam_note(1e-8, fused=True), adam_note(1e-4)):
-        trace = make_trace(scalars=broken, tensors=weights, metadata=metadata)
-        assert run_rule(trace, "DBG805").status is RuleStatus.passed
+    for tensors, metadata in (
+        ({**weights, **gradients([1e-2] * 3)}, adam_note(1e-6)),
+        (weights, masters),
+        (weights, adam_note(1e-4)),
+    ):
+        trace = make_trace(scalars=broken, tensors=tensors, metadata=metadata)
+        assert not keyed(run_rule(trace, "DBG805"), "float16-eps")
 
 
 # -- DBG806 batch-norm-small-batch ------------------------------------------------------------
