@@ -975,6 +975,16 @@ def _optimizer_note(
     }
 
 
+def _batch_norm_values(model: nn.Module, recipe: Recipe) -> dict[str, int]:
+    """What a user notes of the batch norms: how many values each normalises a channel over
+    per training batch (the batch, times the positions of the CNN's 12x12 images)."""
+    return {
+        name: recipe.batch * (IMAGE * IMAGE if isinstance(module, nn.BatchNorm2d) else 1)
+        for name, module in model.named_modules()
+        if isinstance(module, nn.BatchNorm1d | nn.BatchNorm2d)
+    }
+
+
 class Loop:
     """One recorded training run of a recipe."""
 
@@ -1028,12 +1038,7 @@ class Loop:
                 hand.writer.set_metadata(trained_in_eval_mode=recipe.start_step)
             if not recipe.zero_grad:
                 hand.writer.set_metadata(gradients_not_zeroed=recipe.start_step)
-            norms = [
-                n
-                for n, m in model.named_modules()
-                if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d)
-            ]
-            if norms and not recipe.eval_mode:
+            if not recipe.eval_mode and (norms := _batch_norm_values(model, recipe)):
                 hand.writer.set_metadata(batch_norm=norms)
             dropout = {n: m.p for n, m in model.named_modules() if isinstance(m, nn.Dropout)}
             if any(dropout.values()):

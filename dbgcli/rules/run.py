@@ -682,27 +682,17 @@ def optimizer_settings(ctx: RuleContext, *, dominance: float = 1.0) -> Iterator[
         )
 
 
-def _batch_norms(ctx: RuleContext) -> list[str]:
-    """The run metadata's ``batch_norm``: batch norm modules in training mode."""
+def _batch_norms(ctx: RuleContext) -> dict[str, int]:
+    """The run metadata's ``batch_norm``: batch norm modules in training mode, each with the
+    fewest values it normalised a channel over in a training batch."""
     noted = ctx.trace.metadata.get(schema.META_BATCH_NORM)
-    return [str(name) for name in noted] if isinstance(noted, list) else []
-
-
-def _training_batch(ctx: RuleContext) -> int | None:
-    """The training batch size: the first axis of the first training record kept in full of
-    each activation (or input) tensor, the median over the tensors."""
-    train = schema.MODE_CODES["train"]
-    sizes = []
-    for view in ctx.tensors(collection=("activations", "inputs")):
-        steps, modes = ctx.trace.index(view.tag)
-        kept = ctx.trace.raw_records(view.tag)
-        training = kept[modes[kept] == train]
-        if not len(training):
-            continue
-        values = ctx.trace.raw(view.tag, int(steps[training[0]]), "train")
-        if values is not None and values.ndim >= 2:
-            sizes.append(values.shape[0])
-    return int(np.median(sizes)) if sizes else None
+    if not isinstance(noted, dict):
+        return {}
+    return {
+        str(name): int(count)
+        for name, count in noted.items()
+        if isinstance(count, int) and not isinstance(count, bool) and count > 0
+    }
 
 
 @rule(
@@ -711,12 +701,12 @@ def _training_batch(ctx: RuleContext) -> int | None:
     severity="warning",
     category="run",
     requires=Need(
-        "batch norm modules in training mode (run metadata batch_norm, noted by the PyTorch "
-        "hook) and a training activation or input kept in full (its batch size)",
-        lambda ctx: bool(_batch_norms(ctx)) and _training_batch(ctx) is not None,
+        "batch norm modules in training mode with the values they normalise each channel over "
+        "(run metadata batch_norm, noted by the PyTorch hook)",
+        lambda ctx: bool(_batch_norms(ctx)),
     ),
     label="batch norm over tiny batches",
-    # Statistics of a few samples: noisy normalisation in training, and running statistics
+    # Statistics of a few values: noisy normalisation in training, and running statistics
     # that do not match it in evaluation.
     explains=(
         "DBG101",
@@ -726,58 +716,63 @@ def _training_batch(ctx: RuleContext) -> int | None:
         "DBG302",
         "DBG303",
         "DBG305",
+        "DBG503:too-high",
         "DBG601:mispredicted",
         "DBG604",
     ),
 )
-def batch_norm_small_batch(ctx: RuleContext, *, min_batch: int = 8) -> Iterator[Finding]:
-    """Batch norm normalises training batches of fewer than ``min_batch`` samples.
+def batch_norm_small_batch(ctx: RuleContext, *, min_values: int = 8) -> Iterator[Finding]:
+    """Batch norm normalises each channel over fewer than ``min_values`` values per batch.
 
     In training mode a batch norm layer normalises each channel by the mean and variance of
-    the current batch. Estimated from a few samples, they are noisy, and they differ from the
-    running averages the layer uses in evaluation; at two samples every normalised value is
-    exactly -1 or +1 (each sample is one standard deviation from their mean), so a layer
-    passes on only which sample was larger. Wu and He (2018, Group Normalization) measured
-    ResNet-50 on ImageNet: batch norm's error is flat from 32 to 16 images per GPU, rises at 8
-    and climbs steeply below (3.7 points worse at 4, 11 at 2); batch renormalisation (Ioffe
-    2017) was made for the same problem. The PyTorch hook notes the batch norm modules in
-    training mode at the optimizers' first updates (run metadata ``batch_norm``; a
-    fine-tune that freezes them in eval mode is not noted); the batch size is the first axis
-    of the training activations (or inputs) kept in full, per process (what each batch norm
-    sees without ``SyncBatchNorm``).
+    the current batch: over the batch's samples, times the positions of a sequence or an
+    image. Estimated from a few values, they are noisy, and they differ from the running
+    averages the layer uses in evaluation; from two values every normalised value is exactly
+    -1 or +1 (each is one standard deviation from their mean), so the layer passes on only
+    which was larger. Wu and He (2018, Group Normalization) measured batch norm's error flat
+    from 32 to 16 images per GPU and rising from 8 down; batch renormalisation (Ioffe 2017)
+    was made for the same problem. The PyTorch hook counts, over the forward passes before
+    the first update, the fewest values each batch norm in training mode normalised a
+    channel over (run metadata ``batch_norm``, ``{"bn1": 2}``; a frozen one in eval mode is
+    not counted), per process: what each sees without ``SyncBatchNorm``. A convolution's
+    positions count, so an image model at 2 images per batch normalises over hundreds of
+    values and is not reported, although they are correlated and Wu and He's ImageNet model
+    lost 11 points there: only the count is certain.
 
     Why it matters: the model trains on noise its evaluation does not have; training is
     unstable, and the evaluation loss sits above the training loss for reasons that are no
     overfitting.
 
-    Typical causes: a large model (detection, segmentation, 3D) that fits only a few samples
-    per GPU; a batch size lowered to fit memory; gradient accumulation, which does not enlarge
-    the batch a batch norm sees.
+    Typical causes: a batch lowered to fit memory (a large input, a 3D model); a batch norm
+    on pooled features of a few samples; gradient accumulation, which does not enlarge the
+    batch a batch norm sees.
 
     Fix: a larger batch per process (or ``SyncBatchNorm`` across GPUs); GroupNorm or LayerNorm
     in place of batch norm; batch norms frozen in eval mode with pretrained statistics, as
     detection models do.
 
     Args:
-        min_batch: The fewest samples per training batch a batch norm normalises well.
+        min_values: The fewest values per channel a batch norm normalises a batch over well.
     """
-    if min_batch < 2:
-        raise RuleConfigError(f"DBG806 min_batch must be at least 2, got {min_batch}")
-    names, batch = _batch_norms(ctx), _training_batch(ctx)
-    if not names or batch is None or batch >= min_batch:
+    if min_values < 2:
+        raise RuleConfigError(f"DBG806 min_values must be at least 2, got {min_values}")
+    few = {name: count for name, count in _batch_norms(ctx).items() if count < min_values}
+    if not few:
         return
-    first = _first_training_step(ctx)
+    count = min(few.values())
+    names = sorted(few, key=lambda name: (few[name], name))
     listed = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
     yield Finding(
         message=(
-            f"{len(names)} batch norm module{'s' if len(names) != 1 else ''} ({listed}) "
-            f"normalise training batches of {batch} samples (< {min_batch}): each batch's "
-            "mean and variance are noise, and not what evaluation normalises with"
-            + (" (at 2 samples every normalised value is -1 or +1)" if batch == 2 else "")
+            f"{len(few)} batch norm module{'s' if len(few) != 1 else ''} ({listed}) "
+            f"normalise{'s' if len(few) == 1 else ''} each channel over {count} values per "
+            f"training batch (< {min_values}): its mean and variance are noise, and not what "
+            "evaluation normalises with"
+            + (" (from 2 values every normalised value is -1 or +1)" if count == 2 else "")
         ),
-        first_step=first,
-        value=float(batch),
-        threshold=float(min_batch),
+        first_step=_first_training_step(ctx),
+        value=float(count),
+        threshold=float(min_values),
         key="small-batch",
-        extra={"modules": names, "batch": batch},
+        extra={"modules": few},
     )

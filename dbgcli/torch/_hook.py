@@ -659,6 +659,8 @@ class TorchHook:
         # The parameters the zero_grad check may probe: those an optimizer holds, once known.
         self._probe_candidates = self._trainable
         self._optimizers_seen: set[int] = set()
+        self._batch_norm_probes: list[RemovableHandle] = []
+        self._batch_norm_counts: dict[str, int] = {}
         self._held_by_optimizers: set[int] = set()
         self._optimizer_settings: list[tuple[str, list[dict[str, Any]]]] = []
         self.track_updates = track_updates
@@ -929,6 +931,10 @@ class TorchHook:
         )
         prefix = _wrapper_prefix(model)
         for full_name, module in model.named_modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                probe = self._batch_norm_probe(_unwrapped_name(full_name, prefix))
+                self._batch_norm_probes.append(module.register_forward_pre_hook(probe))
+                self._handles.append(self._batch_norm_probes[-1])
             kind = _activation_kind(module, self._activation_kinds)
             if kind is None:
                 continue
@@ -943,6 +949,23 @@ class TorchHook:
                 )
         # Until the model is called as a whole, its activation hooks are what marks a pass.
         self._arm_activation_hooks(True)
+
+    def _batch_norm_probe(self, name: str) -> Callable[[nn.Module, tuple[Any, ...]], None]:
+        """A batch norm's pre-hook, until the first update: how many values its training
+        input holds per channel (the batch, times the positions of a sequence or an image),
+        the fewest seen. A batch norm in eval mode (frozen) normalises with its running
+        statistics and is not counted. The run metadata's ``batch_norm`` gets the counts."""
+
+        def probe(module: nn.Module, args: tuple[Any, ...]) -> None:
+            if torch.compiler.is_compiling() or not (module.training and torch.is_grad_enabled()):
+                return
+            x = args[0] if args else None
+            if isinstance(x, torch.Tensor) and x.dim() >= 2 and x.shape[1] > 0:
+                count = x.numel() // x.shape[1]
+                seen = self._batch_norm_counts.get(name, count)
+                self._batch_norm_counts[name] = min(seen, count)
+
+        return probe
 
     def _arm_activation_hooks(self, armed: bool) -> None:
         """Register the activation hooks (each before any other forward hook of its module, so
@@ -1099,7 +1122,8 @@ class TorchHook:
         its first update, and the trainable parameters that none of the optimizers seen so
         far holds (an optimizer built before the model was replaced, a layer left out by
         mistake), which stay out of the zero_grad check: no zero_grad() of theirs clears them;
-        and the batch norm modules then in training mode.
+        and, at the first, how many values the batch norms normalised each channel over (see
+        :meth:`_batch_norm_probe`).
 
         An optimizer that holds none of the model's parameters and tensors of other shapes
         or dtypes keeps copies by design (fp32 master weights, flat shards): it says nothing
@@ -1130,15 +1154,12 @@ class TorchHook:
             noted[schema.META_NOT_IN_OPTIMIZER] = [
                 name for name, p in trainable if id(p) not in self._held_by_optimizers
             ]
-        # Read as training runs, not at attach: a fine-tune that freezes its batch norms puts
-        # them in eval mode after model.train().
-        normalising = [
-            name
-            for name, module in self.model.named_modules()
-            if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.training
-        ]
-        if normalising:
-            noted[schema.META_BATCH_NORM] = normalising
+        if self._batch_norm_probes:
+            for handle in self._batch_norm_probes:
+                handle.remove()
+            self._batch_norm_probes = []
+            if self._batch_norm_counts:
+                noted[schema.META_BATCH_NORM] = dict(self._batch_norm_counts)
         self.writer.set_metadata(**noted)
 
     def _record_parameters(

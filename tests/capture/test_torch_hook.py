@@ -285,30 +285,41 @@ def test_dropout_rates_are_noted_by_module_name(tmp_path: Path) -> None:
         assert "dropout" not in trace.metadata
 
 
-def test_batch_norms_in_training_mode_are_noted_at_the_first_update(tmp_path: Path) -> None:
-    """The batch norm modules that normalise with each batch's statistics, read as training
-    runs: a fine-tune that freezes them in eval mode after ``model.train()`` has none to note.
-    At batch 2, DBG806 names them."""
+def test_batch_norms_note_the_values_they_normalise_each_channel_over(tmp_path: Path) -> None:
+    """Before the first update, each batch norm in training mode counts the fewest values a
+    channel of its input holds: the batch, times an image's positions. A fine-tune that
+    freezes them in eval mode after ``model.train()`` has none to count. At 2 values, DBG806
+    names the layer; a convolution's 2 images of 4x4 give 32."""
     from tests.rules.helpers import analyze_path
 
     def trained(path: Path, *, frozen: bool) -> Path:
         torch.manual_seed(0)
-        model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
+        model = nn.Sequential(
+            nn.Conv2d(1, 4, 3, padding=1),
+            nn.BatchNorm2d(4),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(64, 8),
+            nn.BatchNorm1d(8),
+            nn.ReLU(),
+            nn.Linear(8, 3),
+        )
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
         with attach(model, optimizer, path) as hook:
             model.train()
             if frozen:
                 model[1].eval()
+                model[5].eval()
             for _ in range(3):
-                x, y = torch.randn(2, 4), torch.randint(0, 3, (2,))
+                x, y = torch.randn(2, 1, 4, 4), torch.randint(0, 3, (2,))
                 train_step(model, optimizer, hook, x, y)
         return path
 
     live = trained(tmp_path / "live.h5", frozen=False)
     with open_trace(live) as trace:
-        assert trace.metadata["batch_norm"] == ["1"]
+        assert trace.metadata["batch_norm"] == {"1": 32, "5": 2}
     (finding,) = analyze_path(live, select=("DBG806",)).findings
-    assert (finding.key, finding.value, finding.extra["modules"]) == ("small-batch", 2.0, ["1"])
+    assert (finding.key, finding.value, finding.extra["modules"]) == ("small-batch", 2.0, {"5": 2})
     with open_trace(trained(tmp_path / "frozen.h5", frozen=True)) as trace:
         assert "batch_norm" not in trace.metadata
 

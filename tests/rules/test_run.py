@@ -352,32 +352,19 @@ def test_adams_second_moment_underflowing_in_float16_is_named(make_trace) -> Non
 
 
 def test_batch_norm_over_a_tiny_batch_is_a_warning_that_explains_the_stall(make_trace) -> None:
-    """Two batch norms in training mode and training activations of 4 samples: a warning, the
-    cause of a loss that stays high. At 8 samples and more it passes; without the note of
-    batch norms (none, or frozen in eval mode) it is not judged; evaluation batches do not
-    count."""
-    rng = np.random.default_rng(0)
+    """Two batch norms that normalise each channel over 4 values per batch: a warning, the
+    cause of a loss that stays high. At 8 values and more they pass; without the note of
+    batch norms (none, or frozen in eval mode) the rule is not judged."""
     stuck = {"loss": list(2.0 * (0.9 + 0.1 * np.exp(-np.arange(300) / 50)))}
-
-    def activations(batch: int) -> dict[str, object]:
-        return {
-            "act/relu1": [
-                {"values": [rng.random((batch, 16))] * 3, "steps": [0, 100, 200]},
-                {"values": [rng.random((64, 16))], "steps": [50], "mode": "eval"},
-            ]
-        }
-
-    noted = {"batch_norm": ["bn1", "bn2"]}
-    trace = make_trace(scalars=stuck, tensors=activations(4), metadata=noted)
-    report = analyze_path(trace, select=("DBG303", "DBG806"))
+    noted = {"batch_norm": {"bn1": 4, "bn2": 4, "conv.bn": 4096}}
+    report = analyze_path(make_trace(scalars=stuck, metadata=noted), select=("DBG303", "DBG806"))
     cause = report.findings[report.problems[0].cause]
     assert (cause.rule_id, cause.severity, cause.value) == ("DBG806", Severity.warning, 4.0)
     assert cause.message == (
-        "2 batch norm modules (bn1, bn2) normalise training batches of 4 samples (< 8): each "
-        "batch's mean and variance are noise, and not what evaluation normalises with"
+        "2 batch norm modules (bn1, bn2) normalise each channel over 4 values per training "
+        "batch (< 8): its mean and variance are noise, and not what evaluation normalises with"
     )
-    trace = make_trace(scalars=stuck, tensors=activations(8), metadata=noted)
+    trace = make_trace(scalars=stuck, metadata={"batch_norm": {"bn1": 8}})
     assert run_rule(trace, "DBG806").status is RuleStatus.passed
-    assert run_rule(trace, "DBG806", min_batch=16).findings[0].threshold == 16
-    trace = make_trace(scalars=stuck, tensors=activations(4))
-    assert run_rule(trace, "DBG806").status is RuleStatus.skipped
+    assert run_rule(trace, "DBG806", min_values=16).findings[0].threshold == 16
+    assert run_rule(make_trace(scalars=stuck), "DBG806").status is RuleStatus.skipped
