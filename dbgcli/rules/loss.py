@@ -1547,12 +1547,16 @@ class LossFloor(NamedTuple):
 # must be this many of them.
 _SMOOTHING_AGREEMENT = 0.02
 _SMOOTHING_STEPS = 3
+# |U - CE| below which a step's estimate is mostly the loss's rounding.
+_SMOOTHING_SEPARATION = 1e-3
 
 
 def loss_floor(ctx: RuleContext) -> LossFloor | None:
     """The training loss's floor above zero, when the recorded data say there is one: the mean
     entropy of soft targets (:func:`dbgcli.rules.data.soft_target_entropy`), or of the
-    targets a label-smoothed cross-entropy builds from hard labels (:func:`label_smoothing`).
+    targets a label-smoothed cross-entropy builds from hard labels (:func:`label_smoothing`;
+    without recorded logits, the hyperparameter ``label_smoothing_factor`` or
+    ``label_smoothing`` with the number of classes).
     No cross-entropy against targets falls below their entropy (Gibbs' inequality). None for
     a plain cross-entropy of hard labels, whose floor is 0. Computed once per analysis."""
     return ctx.shared("loss-floor", lambda: _loss_floor(ctx.unfocused()))
@@ -1562,7 +1566,7 @@ def _loss_floor(ctx: RuleContext) -> LossFloor | None:
     soft = soft_target_entropy(ctx)
     if soft is not None:
         return LossFloor(soft, f"the soft targets' mean entropy {soft:.4g}")
-    smoothing = label_smoothing(ctx)
+    smoothing = label_smoothing(ctx) or _noted_smoothing(ctx)
     if smoothing is None:
         return None
     epsilon, classes = smoothing
@@ -1574,6 +1578,21 @@ def _loss_floor(ctx: RuleContext) -> LossFloor | None:
         f"label smoothing {epsilon:.2f} over {classes} classes (the true class's target "
         f"{true_class:.2g}), whose targets' entropy is {entropy:.4g}",
     )
+
+
+def _noted_smoothing(ctx: RuleContext) -> tuple[float, int] | None:
+    """The label smoothing among the run's hyperparameters (the Hugging Face Trainer's
+    ``label_smoothing_factor``, or ``label_smoothing``) and the number of classes the
+    metadata, predictions or labels give, for a run whose logits are not recorded."""
+    hyperparameters = ctx.trace.metadata.get("hyperparameters")
+    if not isinstance(hyperparameters, Mapping):
+        return None
+    for key in ("label_smoothing_factor", "label_smoothing"):
+        value = hyperparameters.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool) and 0 < value <= 1:
+            classes = class_count(ctx, from_weights=False)
+            return (float(value), classes) if classes else None
+    return None
 
 
 def label_smoothing(ctx: RuleContext, *, records: int = 20) -> tuple[float, int] | None:
@@ -1606,7 +1625,10 @@ def label_smoothing(ctx: RuleContext, *, records: int = 20) -> tuple[float, int]
             if parts is None:
                 break
             true_ce, uniform = parts
-            if uniform - true_ce > 1e-6:
+            # L = (1 - e) · CE + e · U holds whichever of CE and U is larger (an untrained
+            # model's true class can score below its mean); they must differ by more than
+            # the loss's rounding.
+            if abs(uniform - true_ce) > _SMOOTHING_SEPARATION:
                 estimates.append((losses[step] - true_ce) / (uniform - true_ce))
         if len(estimates) < _SMOOTHING_STEPS:
             continue

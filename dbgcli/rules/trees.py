@@ -361,31 +361,54 @@ def _tree_learning_rate(ctx: RuleContext) -> float | None:
 
 
 def _config_eta(config: object) -> float | None:
-    """``eta`` of the first ``tree_train_param`` in an XGBoost configuration (nested dicts
-    of strings, as ``Booster.save_config`` writes it)."""
+    """``eta`` of the XGBoost configuration's tree booster."""
+    return _config_number(config, "tree_train_param", "eta")
+
+
+def _config_number(config: object, section: str, name: str) -> float | None:
+    """``name`` in the first ``section`` of an XGBoost configuration (nested dicts of strings,
+    as ``Booster.save_config`` writes it; dart nests its tree booster's)."""
     if not isinstance(config, dict):
         return None
-    params = config.get("tree_train_param")
-    if isinstance(params, dict) and "eta" in params:
+    params = config.get(section)
+    if isinstance(params, dict) and name in params:
         try:
-            return float(params["eta"])
+            return float(params[name])
         except (TypeError, ValueError):
             return None
     for value in config.values():
-        found = _config_eta(value)
+        found = _config_number(value, section, name)
         if found is not None:
             return found
     return None
 
 
 def _boosting_rounds(ctx: RuleContext) -> int | None:
-    """Rounds boosted by the end of the run: the last recorded round (0-based) plus one, from
-    the tree depths, else the training loss."""
-    views = _depth_views(ctx)
-    if views:
-        return int(max(view.steps.max() for view in views)) + 1
+    """Rounds boosted by the end of the run: the last round (0-based) the tree depths or the
+    training loss recorded, plus one (a training continued from a saved booster numbers its
+    losses on from the rounds it had)."""
     loss = ctx.loss("train")
-    return int(loss.steps.max()) + 1 if loss is not None and len(loss.steps) else None
+    last = [int(view.steps.max()) for view in _depth_views(ctx)]
+    if loss is not None and len(loss.steps):
+        last.append(int(loss.steps.max()))
+    return max(last) + 1 if last else None
+
+
+def _continued(ctx: RuleContext) -> bool:
+    """Whether the booster held trees when the recorded training began (``xgb_model=``): the
+    configuration the callback stores then counts them (``num_trees``)."""
+    trees = _config_number(
+        ctx.trace.metadata.get("xgboost_config"), "gbtree_model_param", "num_trees"
+    )
+    return bool(trees)
+
+
+def _stopped_early(ctx: RuleContext, rounds: int) -> bool:
+    """Whether early stopping found the validation optimum before the last round (run
+    metadata ``early_stopping`` with ``best_step``)."""
+    stopping = ctx.trace.metadata.get("early_stopping")
+    best = stopping.get("best_step") if isinstance(stopping, dict) else None
+    return type(best) is int and best < rounds - 1
 
 
 @rule(
@@ -416,7 +439,11 @@ def boosting_learning_rate(ctx: RuleContext, *, min_total: float = 1.0) -> Itera
     data: the loss stays near its start and a classifier predicts its base rate. The rule
     reads ``eta`` from the booster configuration the XGBoost callback stores (run metadata
     ``xgboost_config``), else the hyperparameters ``eta`` or ``learning_rate`` of a trace
-    with trees; ``M`` is the last recorded round plus one. A warning once the run is over (the
+    with trees; ``M`` is the last recorded round plus one. A run that early stopping ended at
+    its validation optimum (run metadata ``early_stopping`` with a ``best_step`` before the
+    last round) is left alone: more rounds at that rate did not help, so the rate was not
+    what limited it; so is a training continued from a booster that held trees already
+    (``xgb_model=``), whose earlier rounds the trace does not hold. A warning once the run is over (the
     trace closed), a note while it is still being written (a run being watched has not had
     all its rounds yet); the cause of a loss that stays high either way.
 
@@ -437,11 +464,13 @@ def boosting_learning_rate(ctx: RuleContext, *, min_total: float = 1.0) -> Itera
     eta, rounds = _tree_learning_rate(ctx), _boosting_rounds(ctx)
     if eta is None or rounds is None or eta * rounds >= min_total:
         return
+    if _stopped_early(ctx, rounds) or _continued(ctx):
+        return
     yield Finding(
         message=(
             f"learning rate (eta) {eta:.3g} x {rounds} rounds = {eta * rounds:.3g} (< "
             f"{min_total:g}): the ensemble adds up less than one unshrunk tree, so its "
-            "predictions stay near the base score"
+            "predictions move less than one full step from the base score"
         ),
         first_step=0,
         last_step=rounds - 1,

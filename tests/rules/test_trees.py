@@ -304,24 +304,42 @@ def test_smdebug_tree_depth_max_depth_4_for_10_rounds_is_quiet(tmp_path: Path) -
 # -- DBG703 boosting-learning-rate ----------------------------------------------------------
 
 
-def record_with_callback(path: Path, eta: float, rounds: int) -> Path:
+def record_with_callback(
+    path: Path,
+    eta: float,
+    rounds: int,
+    *,
+    noise: bool = False,
+    early_stopping: int | None = None,
+    continued: bool = False,
+) -> Path:
     """A real XGBoost run recorded by dbg's own callback (its booster configuration in the
-    metadata)."""
+    metadata). ``noise``: labels unrelated to the inputs; ``early_stopping``: its rounds on a
+    validation set; ``continued``: from a booster trained 50 rounds before the recording."""
     import xgboost as xgb
 
     from dbgcli.xgboost import DbgCallback
 
     rng = np.random.default_rng(0)
-    inputs = rng.normal(size=(400, 6))
+    inputs = rng.normal(size=(600, 6))
     labels = (inputs[:, 0] + inputs[:, 1] ** 2 > 1).astype(int)
-    data = xgb.DMatrix(inputs, label=labels)
+    if noise:
+        labels = rng.integers(0, 2, size=600)
+    train, valid = (
+        xgb.DMatrix(inputs[:400], label=labels[:400]),
+        xgb.DMatrix(inputs[400:], label=labels[400:]),
+    )
+    params = {"objective": "binary:logistic", "eta": eta, "max_depth": 3, "nthread": 1}
+    start = xgb.train(params, train, 50) if continued else None
     xgb.train(
-        {"objective": "binary:logistic", "eta": eta, "max_depth": 3, "nthread": 1},
-        data,
+        params,
+        train,
         rounds,
-        evals=[(data, "train")],
+        evals=[(train, "train"), (valid, "valid")],
+        early_stopping_rounds=early_stopping,
+        xgb_model=start,
         verbose_eval=False,
-        callbacks=[DbgCallback(path, data=data)],
+        callbacks=[DbgCallback(path, data=train)],
     )
     return path
 
@@ -336,11 +354,25 @@ def test_boosting_learning_rate_too_low_for_its_rounds(tmp_path: Path) -> None:
     assert (finding.first_step, finding.last_step, finding.threshold) == (0, 29, 1.0)
     assert finding.message == (
         "learning rate (eta) 0.001 x 30 rounds = 0.03 (< 1): the ensemble adds up less than "
-        "one unshrunk tree, so its predictions stay near the base score"
+        "one unshrunk tree, so its predictions move less than one full step from the base score"
     )
     assert run_rule(path, "DBG703", min_total=0.01).status is RuleStatus.passed
     default = record_with_callback(tmp_path / "default.h5", 0.3, 30)
     assert run_rule(default, "DBG703").status is RuleStatus.passed
+
+
+def test_boosting_learning_rate_leaves_early_stopping_and_continued_training_alone(
+    tmp_path: Path,
+) -> None:
+    """Early stopping that ends a run on noise labels at its validation optimum says more
+    rounds did not help, so the rate did not limit it; a training continued from a booster
+    with 50 trees holds rounds the trace does not."""
+    stopped = record_with_callback(tmp_path / "stopped.h5", 0.05, 200, noise=True, early_stopping=5)
+    with open_trace(stopped) as trace:
+        assert trace.metadata["early_stopping"]["best_step"] < 10
+    assert run_rule(stopped, "DBG703").status is RuleStatus.passed
+    continued = record_with_callback(tmp_path / "continued.h5", 0.1, 5, continued=True)
+    assert run_rule(continued, "DBG703").status is RuleStatus.passed
 
 
 def test_boosting_learning_rate_from_hyperparameters_and_a_note_while_running(
