@@ -1158,6 +1158,8 @@ def mlp_healthy_sgd(spec: RunSpec) -> None:
     run(spec, HEALTHY_SGD, *healthy())
 
 
+# Measured (seeds 0/1/2): final train loss 0.203/0.22/0.118; final eval accuracy
+# 0.954/0.933/0.961.
 @scenario(
     MLP,
     "healthy-batchnorm",
@@ -1909,6 +1911,8 @@ def mlp_dropout_too_strong(spec: RunSpec) -> None:
     )
 
 
+# Measured (seeds 0/1/2): final eval accuracy 0.27/0.25/0.27 (healthy-batchnorm
+# 0.954/0.933/0.961).
 @scenario(
     MLP,
     "batchnorm-tiny-batch",
@@ -1927,6 +1931,8 @@ def mlp_batchnorm_tiny_batch(spec: RunSpec) -> None:
     )
 
 
+# Measured (seeds 0/1/2): the rate peaks at 0.63 of the optimizer's; final eval accuracy
+# 0.949/0.912/0.955 (healthy-schedule 0.959/0.932/0.966): on this easy task the harm is small.
 @scenario(
     MLP,
     "warmup-restarted",
@@ -1942,6 +1948,8 @@ def mlp_warmup_restarted(spec: RunSpec) -> None:
     run(spec, recipe, Check("peak lr / the optimizer's", lambda m: max(m.lr) / 3e-3, high=0.7))
 
 
+# Measured (seeds 0/1/2): final train loss / ln 4 1.02/1.2/0.88; final eval accuracy
+# 0.36/0.28/0.44 (healthy-adam 0.947/0.91/0.954).
 @scenario(
     MLP,
     "adam-eps-too-large",
@@ -1960,6 +1968,8 @@ def mlp_adam_eps_too_large(spec: RunSpec) -> None:
     )
 
 
+# Measured (seeds 0/1/2): 99.7 % of the training losses NaN in each; final eval accuracy
+# 0.27/0.24/0.24.
 @scenario(
     MLP,
     "float16-adam",

@@ -386,6 +386,8 @@ def overfit(spec: RunSpec) -> None:
     )
 
 
+# Seeds 0/1/2: eval logloss 0.670/0.671/0.671 (0.69 at the start; healthy 0.33-0.36), eval
+# accuracy 0.779/0.747/0.760: the ranking is learned, the probabilities stay near 0.5.
 @scenario(
     FAMILY,
     "learning-rate-too-low",
