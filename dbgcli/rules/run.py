@@ -568,7 +568,7 @@ def _went_non_finite(ctx: RuleContext) -> bool:
     },
 )
 def optimizer_settings(ctx: RuleContext, *, dominance: float = 1.0) -> Iterator[Finding]:
-    """An adaptive optimizer's ``eps`` outweighs the gradients, or is zero in float16.
+    """An adaptive optimizer's ``eps`` outweighs the gradients, or its second moment underflows in float16.
 
     Adam (and AdamW, NAdam, RAdam, Adamax) steps each weight by ``lr · m / (sqrt(v) + eps)``,
     RMSprop by ``lr · g / (sqrt(v) + eps)``: ``m`` is the running mean of the gradient and
