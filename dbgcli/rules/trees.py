@@ -345,7 +345,7 @@ def _tree_learning_rate(ctx: RuleContext) -> float | None:
     configuration the callback stores (run metadata ``xgboost_config``, any tree booster,
     dart's too), else ``eta`` or ``learning_rate`` among the run's hyperparameters when the
     trace records trees."""
-    found = _config_eta(ctx.trace.metadata.get("xgboost_config"))
+    found = _config_number(ctx.trace.metadata.get("xgboost_config"), "tree_train_param", "eta")
     if found is not None:
         return found
     hyperparameters = ctx.trace.metadata.get("hyperparameters")
@@ -358,11 +358,6 @@ def _tree_learning_rate(ctx: RuleContext) -> float | None:
         if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
             return float(value)
     return None
-
-
-def _config_eta(config: object) -> float | None:
-    """``eta`` of the XGBoost configuration's tree booster."""
-    return _config_number(config, "tree_train_param", "eta")
 
 
 def _config_number(config: object, section: str, name: str) -> float | None:
@@ -435,20 +430,20 @@ def boosting_learning_rate(ctx: RuleContext, *, min_total: float = 1.0) -> Itera
     move at most ``eta · M`` such steps; Friedman showed that a smaller ``eta`` trades against
     more rounds, the product being what a run has to learn with (XGBoost's default 0.3 over
     tens of rounds, 0.01 over thousands). When ``eta · M`` is below ``min_total`` (1: less
-    than one unshrunk tree), the predictions cannot get far from the base score whatever the
-    data: the loss stays near its start and a classifier predicts its base rate. The rule
-    reads ``eta`` from the booster configuration the XGBoost callback stores (run metadata
-    ``xgboost_config``), else the hyperparameters ``eta`` or ``learning_rate`` of a trace
-    with trees; ``M`` is the last recorded round plus one. A run that early stopping ended at
-    its validation optimum (run metadata ``early_stopping`` with a ``best_step`` before the
-    last round) is left alone: more rounds at that rate did not help, so the rate was not
-    what limited it; so is a training continued from a booster that held trees already
-    (``xgb_model=``), whose earlier rounds the trace does not hold. A warning once the run is over (the
-    trace closed), a note while it is still being written (a run being watched has not had
-    all its rounds yet); the cause of a loss that stays high either way.
+    than one unshrunk tree), the predictions move less than one full step from the base
+    score whatever the data: the loss stays near its start, and the probabilities near the
+    base rate. The rule reads ``eta`` from the booster configuration the XGBoost callback
+    stores (run metadata ``xgboost_config``), else the hyperparameters ``eta`` or
+    ``learning_rate`` of a trace with trees; ``M`` is the last recorded round plus one. Left
+    alone: a run that early stopping ended at its validation optimum (run metadata
+    ``early_stopping`` with a ``best_step`` before the last round), where more rounds at that
+    rate did not help, so the rate was not what limited it; and a training continued from a
+    booster that held trees already (``xgb_model=``), whose earlier rounds the trace does not
+    hold. A warning once the run is over (the trace closed), a note while it is still being
+    written (a run being watched has not had all its rounds yet); the cause of a loss that
+    stays high either way.
 
-    Why it matters: the rounds are spent and the model is still the base score; early
-    stopping may even stop it there, as the validation loss barely moves.
+    Why it matters: the rounds are spent and the model is still close to the base score.
 
     Typical causes: a neural network's learning rate (1e-3, 1e-4) pasted into a boosting
     config; a small ``eta`` chosen for a long run and the rounds cut for a quick test.
