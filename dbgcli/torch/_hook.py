@@ -661,6 +661,7 @@ class TorchHook:
         self._optimizers_seen: set[int] = set()
         self._batch_norm_probes: list[RemovableHandle] = []
         self._batch_norm_counts: dict[str, int] = {}
+        self._batch_norm_traced = False
         self._held_by_optimizers: set[int] = set()
         self._optimizer_settings: list[tuple[str, list[dict[str, Any]]]] = []
         self.track_updates = track_updates
@@ -954,10 +955,14 @@ class TorchHook:
         """A batch norm's pre-hook, until the first update: how many values its training
         input holds per channel (the batch, times the positions of a sequence or an image),
         the fewest seen. A batch norm in eval mode (frozen) normalises with its running
-        statistics and is not counted. The run metadata's ``batch_norm`` gets the counts."""
+        statistics and is not counted, nor is a compiled pass. The run metadata's
+        ``batch_norm`` gets the counts."""
 
         def probe(module: nn.Module, args: tuple[Any, ...]) -> None:
-            if torch.compiler.is_compiling() or not (module.training and torch.is_grad_enabled()):
+            if torch.compiler.is_compiling():
+                self._batch_norm_traced = True
+                return
+            if not (module.training and torch.is_grad_enabled()):
                 return
             x = args[0] if args else None
             if isinstance(x, torch.Tensor) and x.dim() >= 2 and x.shape[1] > 0:
@@ -1155,8 +1160,11 @@ class TorchHook:
                 name for name, p in trainable if id(p) not in self._held_by_optimizers
             ]
         if self._batch_norm_probes:
-            for handle in self._batch_norm_probes:
-                handle.remove()
+            # A compiled model keeps the hooks it was compiled with: removing them would
+            # recompile it, and there they do nothing.
+            if not self._batch_norm_traced:
+                for handle in self._batch_norm_probes:
+                    handle.remove()
             self._batch_norm_probes = []
             if self._batch_norm_counts:
                 noted[schema.META_BATCH_NORM] = dict(self._batch_norm_counts)

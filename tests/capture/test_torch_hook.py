@@ -12,7 +12,7 @@ import warnings
 from collections import OrderedDict
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -321,6 +321,33 @@ def test_batch_norms_note_the_values_they_normalise_each_channel_over(tmp_path: 
     (finding,) = analyze_path(live, select=("DBG806",)).findings
     assert (finding.key, finding.value, finding.extra["modules"]) == ("small-batch", 2.0, {"5": 2})
     with open_trace(trained(tmp_path / "frozen.h5", frozen=True)) as trace:
+        assert "batch_norm" not in trace.metadata
+
+
+@pytest.mark.parametrize("how", ["compiled, then attached", "its forward"])
+def test_a_compiled_model_with_batch_norm_compiles_once(tmp_path: Path, how: str) -> None:
+    """The batch norms' counting hooks are traced into a compiled model, where they do
+    nothing: they stay (removing them would recompile it), and nothing is counted."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    run: nn.Module = model
+    if how == "compiled, then attached":
+        run = cast(nn.Module, torch.compile(model, backend="eager"))
+    hook = attach(run, optimizer, tmp_path / "run.h5")
+    if how == "its forward":
+        model.forward = torch.compile(model.forward, backend="eager")  # type: ignore[method-assign]
+    with hook:
+        for _ in range(6):
+            x, y = torch.randn(4, 4), torch.randint(0, 3, (4,))
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(run(x), y).backward()
+            optimizer.step()
+    assert counters["stats"]["unique_graphs"] == 1
+    with open_trace(tmp_path / "run.h5") as trace:
         assert "batch_norm" not in trace.metadata
 
 
