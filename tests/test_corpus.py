@@ -104,6 +104,7 @@ def test_healthy_runs_that_once_drew_false_alarms_pass(key: str, tmp_path: Path)
         ("torch-mlp/weight-decay-too-strong", "DBG504"),
         ("torch-mlp/softmax-twice", "DBG307"),
         ("torch-mlp/relu-logits", "DBG308"),
+        ("torch-mlp/softmax-over-batch", "DBG309"),
         ("torch-mlp/dropout-too-strong", "DBG804"),
         ("torch-mlp/adam-eps-too-large", "DBG805"),
         ("torch-mlp/float16-adam", "DBG805"),
@@ -122,7 +123,8 @@ def test_faults_that_once_went_unnamed_lead_with_their_cause(
     trained in eval mode was called healthy, as was one evaluated with its dropout on, a
     loop without zero_grad() was "learning rate too high", a weight decay that collapsed the
     layers was "underfitting", a softmax applied twice was mostly called healthy, logits
-    clamped by a final ReLU were "classes the model cannot tell apart", dropout of 0.9 and
+    clamped by a final ReLU were "classes the model cannot tell apart", a log-softmax over the
+    batch was "overfitting", dropout of 0.9 and
     Adam's eps of 1 were "underfitting", a float16 model under a plain Adam was "NaN
     values", boosting at eta 1e-3 and a warmup restarted every epoch were healthy, and batch
     norm over batches of 2 was "learning rate too high": each run now leads with its cause."""

@@ -1894,6 +1894,27 @@ def mlp_relu_logits(spec: RunSpec) -> None:
 
 # Measured (seeds 0/1/2): final train loss / ln 4 2.24/2.5/2.24; final eval accuracy
 # 0.343/0.26/0.385 (healthy-adam 0.947/0.91/0.954).
+# Measured (seeds 0/1/2): final train loss 2.95/2.99/2.90 (ln 16 = 2.77), final eval loss
+# 5.70/5.79/5.68 (ln 256 = 5.55); final eval accuracy 0.956/0.932/0.964: the argmax is unharmed.
+@scenario(
+    MLP,
+    "softmax-over-batch",
+    cause="DBG309",
+    twin="healthy-data",
+    description="""
+healthy-data whose model ends in nn.LogSoftmax(dim=0) (dim=1 meant) under nn.NLLLoss: each
+class's log-probabilities are normalised over the 64 samples of a batch, so the loss cannot
+fall below about ln(64 / 4) and the evaluation, over the whole held-out set at once, reads
+far worse.""",
+)
+def mlp_softmax_over_batch(spec: RunSpec) -> None:
+    run(
+        spec,
+        replace(HEALTHY_DATA, model=mlp(head=partial(nn.LogSoftmax, dim=0)), loss=nn.NLLLoss),
+        Check("final train loss", Measured.final_loss, low=1.0),
+    )
+
+
 @scenario(
     MLP,
     "dropout-too-strong",

@@ -1536,6 +1536,117 @@ def _cross_entropies(
     return as_logits, as_probabilities
 
 
+# -- DBG309 softmax-over-batch -------------------------------------------------------------------
+
+# Within this, a (log-)softmax's outputs sum to 1 along the axis it normalised.
+_NORMALISED = 1e-3
+
+
+@rule(
+    "DBG309",
+    "softmax-over-batch",
+    severity="error",
+    category="loss",
+    requires=PREDICTIONS,
+    label="softmax over the batch",
+    # Each sample's score depends on the others in its batch: the loss changes with the batch
+    # size and composition, so the held-out loss (another batch size) sits apart from the
+    # training loss, and the predictions are no class probabilities.
+    explains=(
+        "DBG301:not-decreasing",
+        "DBG302",
+        "DBG303",
+        "DBG304",
+        "DBG601:mispredicted",
+        "DBG604",
+    ),
+)
+def softmax_over_batch(ctx: RuleContext, *, records: int = 20) -> Iterator[Finding]:
+    """The model's outputs are normalised over the batch, not over the classes.
+
+    A softmax (or log-softmax) over the first axis of a ``(batch, ..., classes)`` output makes
+    every class's probabilities sum to 1 over the samples of a batch, not every sample's over
+    the classes. The rule reads the recorded predictions kept in full (at most ``records``
+    steps, evenly spread): a step counts when all its values are probabilities (in [0, 1])
+    or log-probabilities (at most 0) that sum to 1 (``logsumexp`` to 0) along the first axis
+    within 1e-3, and not along the last; at least 2 steps, and at least half of those read,
+    must count. A batch of one sample is not read. Logits, and probabilities over the classes,
+    never count.
+
+    Why it matters: each sample's score depends on the other samples in its batch; the loss
+    depends on the batch size (an NLL over log-probabilities normalised over ``B`` samples
+    cannot fall below about ``ln(B / C)``), so the evaluation, at another batch size, reads as
+    overfitting or its opposite, and the outputs are no class probabilities: calibration,
+    thresholds and any mixing with other models are wrong, although the argmax over the
+    classes can still be right.
+
+    Typical causes: ``nn.LogSoftmax(dim=0)`` or ``nn.Softmax(dim=0)`` for ``dim=1`` (or
+    ``-1``); ``F.softmax(x)`` without ``dim`` on a 3-D input, whose implicit dimension is 0;
+    a model written for unbatched inputs and then given batches.
+
+    Fix: normalise over the class axis (``dim=-1``); better, return logits and let
+    ``nn.CrossEntropyLoss`` apply ``log_softmax`` itself.
+
+    Args:
+        records: Most steps read per predictions tensor.
+    """
+    if records < 1:
+        raise RuleConfigError(f"DBG309 records must be at least 1, got {records}")
+    for view in ctx.tensors(collection="predictions"):
+        shape = view.info.shape
+        if shape is None or len(shape) < 2 or shape[0] < 2 or shape[-1] < 2:
+            continue
+        steps = sorted(
+            (int(step), mode)
+            for mode, code in schema.MODE_CODES.items()
+            for step in _kept_steps(ctx, view.tag, code)
+        )
+        compared, hits = 0, []
+        for step, mode in _spread(steps, records):
+            scores = ctx.trace.raw(view.tag, step, mode)
+            if scores is None or scores.ndim < 2 or scores.shape[0] < 2:
+                continue
+            compared += 1
+            if _normalised_over_batch(scores.astype(np.float64)):
+                hits.append((step, mode, scores.shape[0]))
+        if len(hits) < 2 or 2 * len(hits) < compared:
+            continue
+        last_step, last_mode, samples = hits[-1]
+        yield Finding(
+            message=(
+                f"the predictions are normalised over the batch, not over the classes "
+                f"(softmax(dim=0)?): each class's probabilities sum to 1 over the "
+                f"{samples} samples of a batch ({last_mode}, step {last_step}), and no "
+                f"sample's over its {shape[-1]} classes; {len(hits)} of {compared} steps read"
+            ),
+            tensor=view.tag,
+            first_step=hits[0][0],
+            last_step=last_step,
+            steps=len(hits),
+            value=float(len(hits)),
+            threshold=2.0,
+            mode=last_mode,
+            key="batch-axis",
+        )
+
+
+def _normalised_over_batch(scores: np.ndarray) -> bool:
+    """Whether one record's outputs are probabilities or log-probabilities that sum to 1
+    along the first axis and not along the last."""
+    if not np.isfinite(scores).all():
+        return False
+    if (scores >= 0).all() and (scores <= 1).all():
+        first, last = scores.sum(axis=0), scores.sum(axis=-1)
+    elif (scores <= _NORMALISED).all():
+        first = np.exp(scores).sum(axis=0)
+        last = np.exp(scores).sum(axis=-1)
+    else:
+        return False
+    return bool(
+        np.allclose(first, 1.0, atol=_NORMALISED) and not np.allclose(last, 1.0, atol=_NORMALISED)
+    )
+
+
 class LossFloor(NamedTuple):
     """The least value a training loss can reach, and what sets it."""
 

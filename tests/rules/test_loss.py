@@ -1150,3 +1150,48 @@ def test_a_noted_label_smoothing_sets_the_floor_without_logits(make_trace) -> No
     assert not report.findings, [f.message for f in report.findings]
     bare = analyze_path(make_trace(scalars=loss), select=("DBG303",))
     assert [f.key for f in bare.findings] == ["loss-high"]
+
+
+def log_softmax_run(path: Path, dim: int, *, record: str = "output") -> Path:
+    """A 4-class MLP ending in LogSoftmax(dim) under NLLLoss, batch 32, its predictions of
+    every 10th batch recorded (``record="probabilities"``: their exp)."""
+    torch = pytest.importorskip("torch")
+    from dbgcli.torch import attach
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4), torch.nn.LogSoftmax(dim)
+    )
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    x = torch.randn(1024, 8)
+    y = (x[:, 0] > 0).long() + 2 * (x[:, 1] > 0).long()
+    with attach(model, optimizer, path) as hook:
+        for step in range(60):
+            batch = slice(32 * (step % 32), 32 * (step % 32 + 1))
+            optimizer.zero_grad()
+            output = model(x[batch])
+            loss = torch.nn.functional.nll_loss(output, y[batch])
+            hook.record_loss(loss)
+            if step % 10 == 0:
+                scores = output if record == "output" else output.exp()
+                hook.record(labels=y[batch], predictions=scores.detach(), raw=True)
+            loss.backward()
+            optimizer.step()
+    return path
+
+
+def test_a_softmax_over_the_batch_axis_is_an_error(tmp_path: Path) -> None:
+    """LogSoftmax(dim=0) for dim=1: every class's log-probabilities sum to 1 over the 32
+    samples of a batch, recorded as they are or as probabilities. Over the classes, it
+    passes."""
+    (finding,) = run_rule(log_softmax_run(tmp_path / "batch.h5", 0), "DBG309").findings
+    assert (finding.key, finding.severity, finding.steps) == ("batch-axis", Severity.error, 6)
+    assert finding.message == (
+        "the predictions are normalised over the batch, not over the classes (softmax(dim=0)?): "
+        "each class's probabilities sum to 1 over the 32 samples of a batch (train, step 50), "
+        "and no sample's over its 4 classes; 6 of 6 steps read"
+    )
+    exp = log_softmax_run(tmp_path / "exp.h5", 0, record="probabilities")
+    assert [f.key for f in run_rule(exp, "DBG309").findings] == ["batch-axis"]
+    classes = log_softmax_run(tmp_path / "classes.h5", 1)
+    assert run_rule(classes, "DBG309").status is RuleStatus.passed
