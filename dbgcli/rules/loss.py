@@ -5,7 +5,7 @@ Not decreasing, overfitting, underfitting, overtraining, oscillating, non-finite
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple, TypeVar
 
@@ -1488,6 +1488,18 @@ def _binary_cross_entropies(
     return as_logits, as_probabilities
 
 
+def _steps_in_full(ctx: RuleContext, tags: Sequence[str], most: int) -> list[tuple[int, str]]:
+    """Steps and modes at which every one of ``tags`` is kept in full, at most ``most`` of
+    them, evenly spread."""
+    steps = []
+    for mode, code in schema.MODE_CODES.items():
+        kept = _kept_steps(ctx, tags[0], code)
+        for tag in tags[1:]:
+            kept = np.intersect1d(kept, _kept_steps(ctx, tag, code))
+        steps += [(int(step), mode) for step in kept]
+    return _spread(sorted(steps), most)
+
+
 def _loss_steps_in_full(
     ctx: RuleContext, labels: str, predictions: str, losses: dict[int, float], most: int
 ) -> list[int]:
@@ -1596,13 +1608,8 @@ def softmax_over_batch(ctx: RuleContext, *, records: int = 20) -> Iterator[Findi
         shape = view.info.shape
         if shape is None or len(shape) < 2 or shape[0] < 2 or shape[-1] < 2:
             continue
-        steps = sorted(
-            (int(step), mode)
-            for mode, code in schema.MODE_CODES.items()
-            for step in _kept_steps(ctx, view.tag, code)
-        )
         compared, hits = 0, []
-        for step, mode in _spread(steps, records):
+        for step, mode in _steps_in_full(ctx, (view.tag,), records):
             scores = ctx.trace.raw(view.tag, step, mode)
             if scores is None or scores.ndim < 2 or scores.shape[0] < 2:
                 continue
@@ -1844,16 +1851,8 @@ def clamped_logits(ctx: RuleContext, *, records: int = 20) -> Iterator[Finding]:
         shape = predictions.info.shape
         if shape is None or len(shape) < 2 or shape[-1] < 2:
             continue
-        steps: list[tuple[int, str]] = []
-        for mode, code in schema.MODE_CODES.items():
-            both = np.intersect1d(
-                _kept_steps(ctx, labels.tag, code), _kept_steps(ctx, predictions.tag, code)
-            )
-            steps += [(int(step), mode) for step in both]
-        steps.sort()
-        steps = _spread(steps, records)
         compared, hits = 0, []
-        for step, mode in steps:
+        for step, mode in _steps_in_full(ctx, (labels.tag, predictions.tag), records):
             share = _clamped_share(ctx, labels.tag, predictions.tag, step, mode)
             if share is None:
                 continue
