@@ -1559,7 +1559,7 @@ _NORMALISED = 1e-3
     "softmax-over-batch",
     severity="error",
     category="loss",
-    requires=PREDICTIONS,
+    requires=(LABELS, PREDICTIONS),
     label="softmax over the batch",
     # Each sample's score depends on the others in its batch: the loss changes with the batch
     # size and composition, so the held-out loss (another batch size) sits apart from the
@@ -1576,14 +1576,24 @@ _NORMALISED = 1e-3
 def softmax_over_batch(ctx: RuleContext, *, records: int = 20) -> Iterator[Finding]:
     """The model's outputs are normalised over the batch, not over the classes.
 
-    A softmax (or log-softmax) over the first axis of a ``(batch, ..., classes)`` output makes
+    A softmax (or log-softmax) over the batch axis of a ``(batch, ..., classes)`` output makes
     every class's probabilities sum to 1 over the samples of a batch, not every sample's over
-    the classes. The rule reads the recorded predictions kept in full (at most ``records``
-    steps, evenly spread): a step counts when all its values are probabilities (in [0, 1])
-    or log-probabilities (at most 0) that sum to 1 (``logsumexp`` to 0) along the first axis
-    within 1e-3, and not along the last; at least 2 steps, and at least half of those read,
-    must count. A batch of one sample is not read. Logits, and probabilities over the classes,
-    never count.
+    the classes. The rule reads the recorded predictions and labels kept in full (at most
+    ``records`` steps, evenly spread) where the labels say which axis is which: their first
+    axis is the predictions' first (one label per sample) and their class ids fit the last.
+    A step counts when:
+
+    * the predictions are probabilities (in [0, 1]) or log-probabilities (at most 0) that
+      sum to 1 (``logsumexp`` to 0) along the batch axis within 1e-3, and not along the
+      class axis; or
+    * they are logits and the recorded training loss of the step is, within 0.1 %, the mean
+      negative log-likelihood of the labels under ``log_softmax`` over the batch axis, and
+      more than 5 % off the one over the class axis: a ``log_softmax(dim=0)`` inside the
+      loss.
+
+    At least 2 steps, and at least half of those read, must count. A batch of one sample is
+    not read, nor is an output whose first axis is not the labels' (a sequence-first model's
+    ``(time, batch, ...)``, whose softmax over time can be its design).
 
     Why it matters: each sample's score depends on the other samples in its batch; the loss
     depends on the batch size (an NLL over log-probabilities normalised over ``B`` samples
@@ -1594,7 +1604,7 @@ def softmax_over_batch(ctx: RuleContext, *, records: int = 20) -> Iterator[Findi
 
     Typical causes: ``nn.LogSoftmax(dim=0)`` or ``nn.Softmax(dim=0)`` for ``dim=1`` (or
     ``-1``); ``F.softmax(x)`` without ``dim`` on a 3-D input, whose implicit dimension is 0;
-    a model written for unbatched inputs and then given batches.
+    ``F.log_softmax(logits, dim=0)`` in a hand-written loss.
 
     Fix: normalise over the class axis (``dim=-1``); better, return logits and let
     ``nn.CrossEntropyLoss`` apply ``log_softmax`` itself.
@@ -1604,29 +1614,44 @@ def softmax_over_batch(ctx: RuleContext, *, records: int = 20) -> Iterator[Findi
     """
     if records < 1:
         raise RuleConfigError(f"DBG309 records must be at least 1, got {records}")
-    for view in ctx.tensors(collection="predictions"):
-        shape = view.info.shape
-        if shape is None or len(shape) < 2 or shape[0] < 2 or shape[-1] < 2:
+    series = ctx.loss("train")
+    losses = dict(zip(*(a.tolist() for a in _finite(series)))) if series is not None else {}
+    for labels, predictions in scored_labels(ctx):
+        shape = predictions.info.shape
+        if shape is None or len(shape) < 2 or shape[-1] < 2:
             continue
         compared, hits = 0, []
-        for step, mode in _steps_in_full(ctx, (view.tag,), records):
-            scores = ctx.trace.raw(view.tag, step, mode)
-            if scores is None or scores.ndim < 2 or scores.shape[0] < 2:
+        for step, mode in _steps_in_full(ctx, (labels.tag, predictions.tag), records):
+            found = _batch_normalised(
+                ctx, labels.tag, predictions.tag, step, mode, losses.get(step)
+            )
+            if found is None:
                 continue
             compared += 1
-            if _normalised_over_batch(scores.astype(np.float64)):
-                hits.append((step, mode, scores.shape[0]))
+            if found is not False:
+                hits.append((step, mode, found))
         if len(hits) < 2 or 2 * len(hits) < compared:
             continue
-        last_step, last_mode, samples = hits[-1]
+        last_step, last_mode, (samples, losses_read) = hits[-1]
+        if losses_read is None:
+            how = (
+                f"each class's probabilities sum to 1 over the {samples} samples of a batch "
+                f"({last_mode}, step {last_step}), and no sample's over its {shape[-1]} classes"
+            )
+        else:
+            loss, over_batch, over_classes = losses_read
+            how = (
+                f"the training loss is the log-likelihood of the logits normalised over the "
+                f"{samples} samples of a batch (log_softmax(dim=0) in the loss?): at step "
+                f"{last_step} it is {loss:.4g}, {over_batch:.4g} over the batch, "
+                f"{over_classes:.4g} over the {shape[-1]} classes"
+            )
         yield Finding(
             message=(
                 f"the predictions are normalised over the batch, not over the classes "
-                f"(softmax(dim=0)?): each class's probabilities sum to 1 over the "
-                f"{samples} samples of a batch ({last_mode}, step {last_step}), and no "
-                f"sample's over its {shape[-1]} classes; {len(hits)} of {compared} steps read"
+                f"(softmax(dim=0)?): {how}; {len(hits)} of {compared} steps read"
             ),
-            tensor=view.tag,
+            tensor=predictions.tag,
             first_step=hits[0][0],
             last_step=last_step,
             steps=len(hits),
@@ -1634,24 +1659,57 @@ def softmax_over_batch(ctx: RuleContext, *, records: int = 20) -> Iterator[Findi
             threshold=2.0,
             mode=last_mode,
             key="batch-axis",
+            extra={"labels": labels.tag},
         )
 
 
-def _normalised_over_batch(scores: np.ndarray) -> bool:
-    """Whether one record's outputs are probabilities or log-probabilities that sum to 1
-    along the first axis and not along the last."""
-    if not np.isfinite(scores).all():
-        return False
-    if (scores >= 0).all() and (scores <= 1).all():
-        first, last = scores.sum(axis=0), scores.sum(axis=-1)
-    elif (scores <= _NORMALISED).all():
-        first = np.exp(scores).sum(axis=0)
-        last = np.exp(scores).sum(axis=-1)
+def _batch_normalised(
+    ctx: RuleContext, labels: str, predictions: str, step: int, mode: str, loss: float | None
+) -> tuple[int, tuple[float, float, float] | None] | Literal[False] | None:
+    """Whether one step's predictions are normalised over the batch axis: if so the batch's
+    size and, for logits, the recorded loss and the two log-likelihoods; False when they are
+    read and are not; None when the step cannot be read (no labels along the first axis,
+    class ids that do not fit the last)."""
+    scores = ctx.trace.raw(predictions, step, mode)
+    truth = ctx.trace.raw(labels, step, mode)
+    if scores is None or truth is None or scores.ndim < 2 or truth.ndim < 1:
+        return None
+    samples = scores.shape[0]
+    if samples < 2 or truth.shape[0] != samples or scores.dtype.kind != "f":
+        return None
+    found, width = class_ids(truth[None])
+    ids = found[0]
+    if width is not None or not (ids >= 0).any() or ids.max() >= scores.shape[-1]:
+        return None
+    z = scores.astype(np.float64)
+    if not np.isfinite(z).all():
+        return None
+    if (z >= 0).all() and (z <= 1).all():
+        over_batch, over_classes = z.sum(axis=0), z.sum(axis=-1)
+    elif (z <= _NORMALISED).all():
+        over_batch, over_classes = np.exp(z).sum(axis=0), np.exp(z).sum(axis=-1)
     else:
+        if mode != "train" or loss is None or z.ndim != 2 or ids.ndim != 1:
+            return None
+        keep = ids >= 0
+        rows = np.arange(samples)[keep]
+        batch_nll = float(-_log_softmax(z, 0)[rows, ids[keep]].mean())
+        class_nll = float(-_log_softmax(z, 1)[rows, ids[keep]].mean())
+        if abs(loss - batch_nll) <= _SAME_LOSS * abs(loss) and abs(loss - class_nll) > (
+            _TOLD_APART * abs(loss)
+        ):
+            return samples, (loss, batch_nll, class_nll)
         return False
-    return bool(
-        np.allclose(first, 1.0, atol=_NORMALISED) and not np.allclose(last, 1.0, atol=_NORMALISED)
-    )
+    batch_normalised = np.allclose(over_batch, 1.0, atol=_NORMALISED)
+    if batch_normalised and not np.allclose(over_classes, 1.0, atol=_NORMALISED):
+        return samples, None
+    return False
+
+
+def _log_softmax(z: np.ndarray, axis: int) -> np.ndarray:
+    shifted = z - z.max(axis=axis, keepdims=True)
+    result: np.ndarray = shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
+    return result
 
 
 class LossFloor(NamedTuple):

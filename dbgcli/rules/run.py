@@ -480,14 +480,16 @@ def _adaptive_groups(ctx: RuleContext) -> list[_AdaptiveGroup]:
 
 class _FirstGradient(NamedTuple):
     tag: str
-    rms: float
-    abs_mean: float
+    size: float
 
 
 def _first_gradients(ctx: RuleContext) -> list[_FirstGradient]:
-    """Each gradient tensor's root mean square and mean absolute value at its first training
-    record, before updates could change the model (tensors whose gradient is zero there,
-    which the loss does not depend on, left out). Later gradients say less about the
+    """Each gradient tensor's typical element size at its first training record, before
+    updates could change the model: ``sum(g²) / sum(|g|)``, the mean of ``|g|`` weighted by
+    ``|g|``. Elements without a gradient (an embedding's rows no sample of the batch used),
+    which Adam does not update whatever ``eps``, count for nothing in it; for dense Gaussian
+    gradients it is 1.25 times their root mean square. Tensors whose gradient is zero there,
+    which the loss does not depend on, are left out. Later gradients say less about the
     settings: a converging run's shrink, and a diverging run's grow, or vanish, as a
     consequence of those very settings."""
     found = []
@@ -496,10 +498,9 @@ def _first_gradients(ctx: RuleContext) -> list[_FirstGradient]:
         if not len(train):
             continue
         first = train[np.argmin(view.steps[train])]
-        count, l2 = float(view.stat("count")[first]), float(view.stat("l2")[first])
-        abs_mean = float(view.stat("abs_mean")[first])
-        if count > 0 and np.isfinite(l2) and l2 > 0 and np.isfinite(abs_mean):
-            found.append(_FirstGradient(view.tag, l2 / np.sqrt(count), abs_mean))
+        l2, l1 = float(view.stat("l2")[first]), float(view.stat("l1")[first])
+        if np.isfinite(l2) and np.isfinite(l1) and l1 > 0:
+            found.append(_FirstGradient(view.tag, l2 * l2 / l1))
     return found
 
 
@@ -579,9 +580,11 @@ def optimizer_settings(ctx: RuleContext, *, dominance: float = 1.0) -> Iterator[
     with ``betas`` or RMSprop's ``alpha``.
 
     * **eps dominates** (key ``eps-dominates``, a note): ``eps`` is at least ``dominance``
-      times the gradients' root mean square as the run starts (``l2 / sqrt(count)`` of each
-      gradient tensor at its first training record, the median tensor; later, a diverged
-      run's gradients can vanish, and ``eps`` then dominates as a consequence). The
+      times the gradients' size as the run starts (of each gradient tensor at its first
+      training record, ``sum(g²) / sum(|g|)``, the mean of ``|g|`` weighted by ``|g|``, for
+      which an embedding's rows a batch did not use count for nothing; the median tensor;
+      later, a diverged run's gradients can vanish, and ``eps`` then dominates as a
+      consequence). The
       denominator is then mostly ``eps``: a step is at most half what Adam means to take,
       and at ``eps`` far above the gradients it is ``lr · m / eps``, plain SGD with momentum
       at the rate ``lr / eps``. It is the cause when the run fails to fit (a learning rate too
@@ -597,8 +600,8 @@ def optimizer_settings(ctx: RuleContext, *, dominance: float = 1.0) -> Iterator[
       ``2**-25``) for a gradient element under ``sqrt(2**-25 / (1 - beta2))``, 0.0055 at
       Adam's 0.999: such an element keeps ``v = 0`` and steps ``lr · m / eps``. Reported when
       ``eps`` itself is 0 in float16 (at most ``2**-25``: 1e-8 is), where that step is
-      ``m / 0``, infinite or NaN; or when some gradient tensor's mean absolute value as the
-      run starts is below that bound, so that its typical elements step as SGD at ``lr /
+      ``m / 0``, infinite or NaN; or when some gradient tensor's size as the run starts (as
+      above) is below that bound, so that its typical elements step as SGD at ``lr /
       eps``. An error
       when the loss or a weight went NaN or infinite in the run, else a note, and the cause
       of updates out of scale (DBG503) or a loss that stays high.
@@ -617,8 +620,8 @@ def optimizer_settings(ctx: RuleContext, *, dominance: float = 1.0) -> Iterator[
     float16.
 
     Args:
-        dominance: ``eps`` over the gradients' typical root mean square at or above which
-            ``eps`` dominates the denominator.
+        dominance: ``eps`` over the gradients' typical size at or above which ``eps``
+            dominates the denominator.
     """
     if not dominance > 0:
         raise RuleConfigError(f"DBG805 dominance must be positive, got {dominance:g}")
@@ -626,33 +629,33 @@ def optimizer_settings(ctx: RuleContext, *, dominance: float = 1.0) -> Iterator[
     kind = optimizer_type(ctx.trace.metadata) or "the optimizer"
     first = _first_training_step(ctx)
     gradients = _first_gradients(ctx)
-    rms = float(np.median([g.rms for g in gradients])) if gradients else None
-    dominating = [g for g in groups if rms is not None and g.eps >= dominance * rms]
-    if dominating and rms is not None:
+    size = float(np.median([g.size for g in gradients])) if gradients else None
+    dominating = [g for g in groups if size is not None and g.eps >= dominance * size]
+    if dominating and size is not None:
         group = max(dominating, key=lambda g: g.eps)
         rate = f", plain SGD at lr / eps = {group.lr / group.eps:.3g}" if group.lr else ""
         yield Finding(
             message=(
-                f"{kind}'s eps {group.eps:g} is {group.eps / rms:.3g}x the gradients' root "
-                f"mean square ({rms:.3g} as the run starts, median tensor; >= "
-                f"{dominance:g}x): it outweighs sqrt(v) in lr·m/(sqrt(v) + eps), so each step "
-                f"is about lr·m/eps{rate}"
+                f"{kind}'s eps {group.eps:g} is {group.eps / size:.3g}x the gradients' size "
+                f"({size:.3g} as the run starts, median tensor; >= {dominance:g}x): it "
+                f"outweighs sqrt(v) in lr·m/(sqrt(v) + eps), so each step is about "
+                f"lr·m/eps{rate}"
             ),
             first_step=first,
-            value=group.eps / rms,
+            value=group.eps / size,
             threshold=dominance,
             key="eps-dominates",
             severity=Severity.info,
-            extra={"eps": group.eps, "gradient_rms": rms, "group": group.number},
+            extra={"eps": group.eps, "gradient_size": size, "group": group.number},
         )
     half = _float16_weights(ctx)
-    smallest = min(gradients, key=lambda g: g.abs_mean) if gradients else None
+    smallest = min(gradients, key=lambda g: g.size) if gradients else None
     underflowing = [
         g
         for g in groups
         if half
         and (floor := g.square_floor) is not None
-        and (g.eps <= _FLOAT16_ZERO or (smallest is not None and smallest.abs_mean < floor))
+        and (g.eps <= _FLOAT16_ZERO or (smallest is not None and smallest.size < floor))
     ]
     if underflowing:
         group = min(underflowing, key=lambda g: g.eps)
@@ -663,8 +666,8 @@ def optimizer_settings(ctx: RuleContext, *, dominance: float = 1.0) -> Iterator[
         else:
             sgd = f" = {group.lr / group.eps:.3g}" if group.lr else ""
             harm = (
-                f"{smallest.tag} averages {smallest.abs_mean:.2g} in magnitude as the run "
-                f"starts: its elements step lr·m/eps, as SGD at lr / eps{sgd}"
+                f"{smallest.tag}'s elements are {smallest.size:.2g} in size as the run "
+                f"starts: they step lr·m/eps, as SGD at lr / eps{sgd}"
             )
         tensors = ", ".join(half[:3]) + (", ..." if len(half) > 3 else "")
         yield Finding(

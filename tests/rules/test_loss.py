@@ -1154,15 +1154,17 @@ def test_a_noted_label_smoothing_sets_the_floor_without_logits(make_trace) -> No
     assert [f.key for f in bare.findings] == ["loss-high"]
 
 
-def log_softmax_run(path: Path, dim: int, *, record: str = "output") -> Path:
+def log_softmax_run(path: Path, dim: int, *, record: str = "output", in_loss: bool = False) -> Path:
     """A 4-class MLP ending in LogSoftmax(dim) under NLLLoss, batch 32, its predictions of
-    every 10th batch recorded (``record="probabilities"``: their exp)."""
+    every 10th batch recorded (``record="probabilities"``: their exp). ``in_loss``: the model
+    ends in its logits, recorded, and the loss applies the log_softmax."""
     torch = pytest.importorskip("torch")
     from dbgcli.torch import attach
 
     torch.manual_seed(0)
+    head = [] if in_loss else [torch.nn.LogSoftmax(dim)]
     model = torch.nn.Sequential(
-        torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4), torch.nn.LogSoftmax(dim)
+        torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4), *head
     )
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     x = torch.randn(1024, 8)
@@ -1172,7 +1174,8 @@ def log_softmax_run(path: Path, dim: int, *, record: str = "output") -> Path:
             batch = slice(32 * (step % 32), 32 * (step % 32 + 1))
             optimizer.zero_grad()
             output = model(x[batch])
-            loss = torch.nn.functional.nll_loss(output, y[batch])
+            scored = output.log_softmax(dim) if in_loss else output
+            loss = torch.nn.functional.nll_loss(scored, y[batch])
             hook.record_loss(loss)
             if step % 10 == 0:
                 scores = output if record == "output" else output.exp()
@@ -1197,3 +1200,27 @@ def test_a_softmax_over_the_batch_axis_is_an_error(tmp_path: Path) -> None:
     assert [f.key for f in run_rule(exp, "DBG309").findings] == ["batch-axis"]
     classes = log_softmax_run(tmp_path / "classes.h5", 1)
     assert run_rule(classes, "DBG309").status is RuleStatus.passed
+
+
+def test_a_log_softmax_over_the_batch_in_the_loss_is_read_from_the_logits(
+    make_trace, tmp_path: Path
+) -> None:
+    """The model returns logits, recorded, and the loss takes log_softmax(dim=0): the recorded
+    loss is the labels' log-likelihood over the batch axis, not the classes'. A sequence-first
+    output, (time, batch) with a softmax over time and one label per sample, is not read: its
+    first axis is not the labels'."""
+    (finding,) = run_rule(log_softmax_run(tmp_path / "loss.h5", 0, in_loss=True), "DBG309").findings
+    assert finding.message.startswith(
+        "the predictions are normalised over the batch, not over the classes (softmax(dim=0)?): "
+        "the training loss is the log-likelihood of the logits normalised over the 32 samples "
+        "of a batch (log_softmax(dim=0) in the loss?)"
+    )
+    rng = np.random.default_rng(0)
+    over_time = [np.exp(z) / np.exp(z).sum(axis=0) for z in rng.normal(size=(5, 10, 32))]
+    trace = make_trace(
+        tensors={
+            "predictions": {"values": over_time, "collection": "predictions"},
+            "labels": {"values": list(rng.integers(0, 10, size=(5, 32))), "collection": "labels"},
+        }
+    )
+    assert run_rule(trace, "DBG309").status is RuleStatus.passed
