@@ -1843,8 +1843,7 @@ def _smoothing_parts(
     if not keep.any():
         return None
     z, ids = z[keep], ids[keep]
-    top = z.max(axis=1, keepdims=True)
-    log_p = z - top - np.log(np.exp(z - top).sum(axis=1, keepdims=True))
+    log_p = _log_softmax(z, 1)
     return float(-log_p[np.arange(len(ids)), ids].mean()), float(-log_p.mean())
 
 
