@@ -66,8 +66,9 @@ META_DROPOUT = "dropout"
 # True when the PyTorch hook saw the model's call compiled by torch.compile: its compiled
 # passes record no activations.
 META_COMPILED = "compiled"
-# The batch norm modules in training mode at the optimizers' first updates (the PyTorch hook's
-# note): ["bn1", "layer1.0.bn2"]; they normalise with each training batch's own statistics.
+# The fewest values each batch norm in training mode normalised a channel over before the first
+# update, the batch times a sequence's or an image's positions (the PyTorch hook's note):
+# {"bn1": 64, "layer1.0.bn2": 12544}.
 META_BATCH_NORM = "batch_norm"
 
 # Groups under the root.
