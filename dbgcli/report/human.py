@@ -232,10 +232,10 @@ def _curve_line(curve: Curve, width: int, label: int) -> Text:
     finite = values[np.isfinite(values)]
     first = f"{values[0]:.3g}" if values.size else "-"
     last = f"{values[-1]:.3g}" if values.size else "-"
-    columns = min(32, max(8, width // 4))
+    binned = _binned(values, min(32, max(8, width // 4)))
     line = Text(f"  {curve.name:<{label}}  ", style="dim")
-    line.append(sparkline(values, width=columns), style="blue")
-    scale = ", log" if _log_scaled(_binned(values, columns)) else ""
+    line.append(_draw(binned), style="blue")
+    scale = ", log" if _log_scaled(binned) else ""
     line.append(
         f"  {first} → {last}" + (f" (min {finite.min():.3g}{scale})" if finite.size else "")
     )
@@ -333,7 +333,11 @@ def sparkline(values: Sequence[float] | np.ndarray, width: int = 60) -> str:
     level: min-max scaling would otherwise stretch float noise (a constant learning rate of
     0.1 stored once as 0.1000000001) into a full-height step.
     """
-    series = _binned(values, width)
+    return _draw(_binned(values, width))
+
+
+def _draw(series: np.ndarray) -> str:
+    """The sparkline of values already binned to one per column."""
     if series.size == 0:
         return ""
     finite = series[np.isfinite(series)]

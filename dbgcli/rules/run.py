@@ -3,8 +3,8 @@ optimizer settings and batch norms."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import NamedTuple
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -350,16 +350,25 @@ def _first_training_step(ctx: RuleContext) -> int:
     return int(train.steps.min()) if train is not None and len(train.steps) else 0
 
 
-def _dropout_note(ctx: RuleContext) -> dict[str, float]:
-    """The run metadata's ``dropout``: module name -> rate (valid rates only)."""
-    noted = ctx.trace.metadata.get(schema.META_DROPOUT)
+def _per_module(ctx: RuleContext, key: str, valid: Callable[[Any], bool]) -> dict[str, Any]:
+    """A run metadata note of a number per module (``{"fc.drop": 0.5}``): its valid numbers
+    (never a bool)."""
+    noted = ctx.trace.metadata.get(key)
     if not isinstance(noted, dict):
         return {}
     return {
-        str(name): float(rate)
-        for name, rate in noted.items()
-        if isinstance(rate, int | float) and not isinstance(rate, bool) and 0 <= rate <= 1
+        str(name): value
+        for name, value in noted.items()
+        if not isinstance(value, bool) and valid(value)
     }
+
+
+def _dropout_note(ctx: RuleContext) -> dict[str, float]:
+    """The run metadata's ``dropout``: module name -> rate (valid rates only)."""
+    valid = _per_module(
+        ctx, schema.META_DROPOUT, lambda r: isinstance(r, int | float) and 0 <= r <= 1
+    )
+    return {name: float(rate) for name, rate in valid.items()}
 
 
 @rule(
@@ -688,14 +697,7 @@ def optimizer_settings(ctx: RuleContext, *, dominance: float = 1.0) -> Iterator[
 def _batch_norms(ctx: RuleContext) -> dict[str, int]:
     """The run metadata's ``batch_norm``: batch norm modules in training mode, each with the
     fewest values it normalised a channel over in a training batch."""
-    noted = ctx.trace.metadata.get(schema.META_BATCH_NORM)
-    if not isinstance(noted, dict):
-        return {}
-    return {
-        str(name): int(count)
-        for name, count in noted.items()
-        if isinstance(count, int) and not isinstance(count, bool) and count > 0
-    }
+    return _per_module(ctx, schema.META_BATCH_NORM, lambda n: isinstance(n, int) and n > 0)
 
 
 @rule(

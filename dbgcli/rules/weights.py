@@ -951,15 +951,24 @@ def learning_rate(
         )
 
 
+def _lr_schedule(ctx: RuleContext) -> tuple[np.ndarray, np.ndarray] | None:
+    """Steps and values of the recorded learning rate in step order, when it holds at least
+    10 records, all finite: enough to tell a schedule's shape."""
+    series = ctx.lr()
+    if series is None or len(series) < 10 or not np.isfinite(series.values).all():
+        return None
+    order = np.argsort(series.steps, kind="stable")
+    return series.steps[order], series.values[order].astype(np.float64)
+
+
 def _still_rising(ctx: RuleContext, stuck_fraction: float) -> Iterator[Finding]:
     """The finding of a warmup the run never finished (key ``still-rising``): the recorded
     learning rate never falls, ends at its peak, is at most 3/4 of it at the middle of the
     run, and the training loss ends above ``stuck_fraction`` of its start."""
-    series = ctx.lr()
-    if series is None or len(series) < 10 or not np.isfinite(series.values).all():
+    schedule = _lr_schedule(ctx)
+    if schedule is None:
         return
-    order = np.argsort(series.steps, kind="stable")
-    steps, values = series.steps[order], series.values[order].astype(np.float64)
+    steps, values = schedule
     peak, middle = float(values[-1]), float(values[len(values) // 2])
     # Still climbing through the second half: a warmup that ended before it would have its
     # peak there already.
@@ -990,11 +999,10 @@ def _restarted_warmup(ctx: RuleContext) -> Iterator[Finding]:
     """The finding of a warmup restarted before it ends (key ``warmup-restarted``): the
     recorded learning rate falls abruptly (below half its value in one record) back to where
     it started, at least twice, and between those falls it only rises."""
-    series = ctx.lr()
-    if series is None or len(series) < 10 or not np.isfinite(series.values).all():
+    schedule = _lr_schedule(ctx)
+    if schedule is None:
         return
-    order = np.argsort(series.steps, kind="stable")
-    steps, values = series.steps[order], series.values[order].astype(np.float64)
+    steps, values = schedule
     if not ((values >= 0).all() and values.max() > 0):
         return
     falls = np.flatnonzero(values[1:] < values[:-1] / 2) + 1
