@@ -767,6 +767,38 @@ def label_entropy(ctx: RuleContext, mode: str = "train") -> float | None:
     return float(-(shares * np.log(shares)).sum())
 
 
+class ChanceLoss(NamedTuple):
+    """The losses of a classifier that learned nothing from its inputs: ``low``, predicting
+    the recorded labels' class frequencies (their entropy; ``ln C`` without labels),
+    ``high``, guessing uniformly among ``C`` classes (``ln C``; ``low`` when ``C`` is
+    unknown), and what they are, in words."""
+
+    low: float
+    high: float
+    text: str
+
+
+def chance_loss(ctx: RuleContext, classes: int | None) -> ChanceLoss | None:
+    """The chance levels of the loss (see :class:`ChanceLoss`), None when neither is known. The
+    labels' entropy is left out when the run weighs its classes (metadata ``class_weighting``):
+    a weighted loss that learned nothing sits elsewhere."""
+    prior = None if ctx.trace.metadata.get(schema.META_CLASS_WEIGHTING) else label_entropy(ctx)
+    uniform = float(np.log(classes)) if classes else None
+
+    def guessing() -> str:
+        return f"guessing among {classes} classes scores ln {classes} = {uniform:.3g}"
+
+    if prior is None or not prior > 0:
+        return None if uniform is None else ChanceLoss(uniform, uniform, guessing())
+    text = (
+        f"predicting the labels' class frequencies alone, ignoring the inputs, scores their "
+        f"entropy {prior:.3g}"
+    )
+    if uniform is None:
+        return ChanceLoss(prior, prior, text)
+    return ChanceLoss(prior, max(prior, uniform), f"{text}; {guessing()}")
+
+
 # -- shared wording -----------------------------------------------------------------------------
 
 

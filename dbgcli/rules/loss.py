@@ -31,8 +31,8 @@ from dbgcli.rules._registry import Need, rule
 from dbgcli.rules.data import (
     LABELS,
     PREDICTIONS,
+    chance_loss,
     class_ids,
-    label_entropy,
     plan_class_ids,
     refuse_unclassed,
     scored_labels,
@@ -760,7 +760,7 @@ def underfit(
             )
             if floor is not None and floor.value > max_loss_fraction * initial.value:
                 yield _high_floor(steps, smoothed, floor, initial.value, reference, tag)
-        chance = _chance(ctx, classes)
+        chance = chance_loss(ctx, classes)
         # The first record says whether the loss is on a cross-entropy's scale; a floor at
         # chance's level leaves the loss nothing to tell chance by.
         if (
@@ -845,38 +845,6 @@ def underfit(
 
 # AutoTrainer reports a run as not converged while its best accuracy is at most 0.6.
 _NOT_CONVERGED_ACCURACY = 0.6
-
-
-class _Chance(NamedTuple):
-    """The losses of a classifier that learned nothing from its inputs: ``low``, predicting
-    the recorded labels' class frequencies (their entropy; ``ln C`` without labels),
-    ``high``, guessing uniformly among ``C`` classes (``ln C``; ``low`` when ``C`` is
-    unknown), and what they are, in words."""
-
-    low: float
-    high: float
-    text: str
-
-
-def _chance(ctx: RuleContext, classes: int | None) -> _Chance | None:
-    """The chance levels of the loss (see :class:`_Chance`), None when neither is known. The
-    labels' entropy is left out when the run weighs its classes (metadata ``class_weighting``):
-    a weighted loss that learned nothing sits elsewhere."""
-    prior = None if ctx.trace.metadata.get(schema.META_CLASS_WEIGHTING) else label_entropy(ctx)
-    uniform = float(np.log(classes)) if classes else None
-
-    def guessing() -> str:
-        return f"guessing among {classes} classes scores ln {classes} = {uniform:.3g}"
-
-    if prior is None or not prior > 0:
-        return None if uniform is None else _Chance(uniform, uniform, guessing())
-    text = (
-        f"predicting the labels' class frequencies alone, ignoring the inputs, scores their "
-        f"entropy {prior:.3g}"
-    )
-    if uniform is None:
-        return _Chance(prior, prior, text)
-    return _Chance(prior, max(prior, uniform), f"{text}; {guessing()}")
 
 
 def _last_records(count: int) -> str:
@@ -1136,8 +1104,9 @@ def _large_turns(values: np.ndarray, min_swing: np.ndarray) -> np.ndarray:
     requires=Need.loss_of("mode"),
     label="oscillating loss",
     # Batches that pull the model in turns (one class at a time) also leave it fitted to the
-    # latest batches only, far from the held-out data.
-    explains=("DBG302", "DBG304"),
+    # latest batches only, far from the held-out data; and each turn lifts the loss by orders
+    # of magnitude in one step, which between gradient records reads as a blow-up.
+    explains=("DBG302", "DBG304", "DBG102:loss-jump"),
 )
 def oscillating_loss(
     ctx: RuleContext,

@@ -21,12 +21,14 @@ from dbgcli.rules._context import (
 )
 from dbgcli.rules._known import (
     STARVED_LR,
+    class_count,
     first_update_step,
     invariant_biases,
     lr_below,
     zero_gradient_by_construction,
 )
 from dbgcli.rules._registry import Need, rule
+from dbgcli.rules.data import chance_loss
 from dbgcli.trace import schema
 from dbgcli.trace.derive import Accumulator, Derivation
 from dbgcli.trace.reader import RawChunk, TagInfo, Trace
@@ -672,8 +674,13 @@ def unchanged_tensor(
     none for it (no gradient flows to it): key ``frozen``, severity info (fine-tuning with a
     frozen backbone). Unless the freeze leaves the model too little to learn with: at least
     half of the layers' weights (elements of weights of two or more dimensions) are frozen
-    and the mean of the last 10 training losses is above 80 % of the mean of the first 10
-    (DBG303's bar); then it is the cause of the run's failure to learn, key ``unchanged``.
+    and the model has not learned: the mean of the last 50 training losses (at most a quarter
+    of them) is above 80 % of the mean of as many first ones (DBG303's bar and window: a
+    frozen network's minibatch losses scatter, and ten a side let a frozen MLP of the
+    calibration corpus seem to learn), or a classifier's ends at chance (DBG303's band: from
+    90 % of the loss of predicting its class frequencies, ``ln C`` without labels, to the
+    loss of guessing over 90 %; tuning the last bias alone undoes a bad start and no more);
+    then it is the cause of the run's failure to learn, key ``unchanged``.
     (A frozen backbone, or tuning the biases alone, is on purpose as long as the loss does
     come down.) Otherwise (key ``unchanged``, warning) it is
     the classic bug, and the message says whether its gradient is recorded non-zero (it has a
@@ -737,7 +744,7 @@ def unchanged_tensor(
     frozen = set(declared) if isinstance(declared, list) else set()
     left_out = ctx.trace.metadata.get(schema.META_NOT_IN_OPTIMIZER)
     not_in_optimizer = set(left_out) if isinstance(left_out, list) else None
-    frozen_share = _frozen_share_without_learning(ctx, gradients, frozen)
+    pointless = _pointless_freeze(ctx, gradients, frozen)
     invariant = invariant_biases(ctx)
     for view in _selected(ctx, collections):
         result: UnchangedRuns = view.derive(derivation)
@@ -764,14 +771,16 @@ def unchanged_tensor(
                     flowing = "held"
             on_purpose = view.tag in frozen or flowing in ("none", "stale")
             why = _WHY["declared"] if view.tag in frozen else _WHY[flowing]
-            if on_purpose and frozen_share is not None:
+            if on_purpose and pointless is not None:
                 on_purpose = False
                 why = (
-                    _WHY["pointless"]
-                    if frozen_share == 1
-                    else f": frozen, with {frozen_share:.0%} of the layers' weights, while the "
-                    "loss stays above 80 % of its start: the freeze leaves the model too little "
-                    "to learn with (a backbone frozen by mistake?)"
+                    f": frozen, and no layer's weights train while {pointless.why}: the freeze "
+                    "leaves the model nothing to learn with (requires_grad switched off "
+                    "everywhere?)"
+                    if pointless.share == 1
+                    else f": frozen, with {pointless.share:.0%} of the layers' weights, while "
+                    f"{pointless.why}: the freeze leaves the model too little to learn with (a "
+                    "backbone frozen by mistake?)"
                 )
             key = (
                 "frozen"
@@ -838,32 +847,43 @@ _WHY = {
         "end of its decay)"
     ),
     "unknown": "",
-    "pointless": (
-        ": frozen, and no layer's weights train while the loss stays above 80 % of its start: "
-        "the freeze leaves the model nothing to learn with (requires_grad switched off "
-        "everywhere?)"
-    ),
 }
 
 # A training loss that has come down below this share of where it started has learned
-# something (DBG303's bar), each end the mean of _LOSS_WINDOW records: a frozen network's
-# first minibatch losses scatter widely.
+# something (DBG303's bar), each end the mean of DBG303's window: _LOSS_WINDOW records, at
+# most a quarter of the run's. A frozen network's minibatch losses scatter widely; ten records
+# a side let one run in nine of the calibration corpus's frozen MLPs "learn" 23 %.
 _LEARNED_FRACTION = 0.8
-_LOSS_WINDOW = 10
+_LOSS_WINDOW = 50
+_MIN_LOSS_RECORDS = 20
+# A classifier's loss within DBG303's band around chance (this share of it, chance over it)
+# has learned nothing.
+_AT_CHANCE = 0.9
 # A freeze that holds at least this share of the layers' weights still decides what the
 # model can learn.
 _MOSTLY_FROZEN = 0.5
 
 
-def _frozen_share_without_learning(
+class _PointlessFreeze(NamedTuple):
+    """A freeze that holds still ``share`` of the layers' weights of a model that has not
+    learned, and how the loss shows that (``why``, in words)."""
+
+    share: float
+    why: str
+
+
+def _pointless_freeze(
     ctx: RuleContext, gradients: dict[frozenset[str], TensorView], frozen: set[str]
-) -> float | None:
-    """The share of the layers' weights (elements of weight matrices and kernels) that a
-    freeze holds still (declared frozen, or no gradient while other parameters have one),
-    when it is at least half and the mean of the last 10 training losses is still above 80 %
-    of the mean of the first 10 (DBG303's bar); else None. A frozen backbone under a head
-    that trains, or tuning the biases alone, are fine-tunes while the loss does come down; a
-    model that cannot learn because most of it is frozen is a mistake."""
+) -> _PointlessFreeze | None:
+    """A freeze (parameters declared frozen, or without a gradient while others have one)
+    that holds at least half of the layers' weights (elements of weight matrices and kernels)
+    of a model that has not learned: the mean of the last 50 training losses (at most a
+    quarter of them) still above 80 % of the mean of as many first ones (DBG303's bar), or,
+    for a classifier, at chance (from 90 % of the loss of predicting the class frequencies to
+    the loss of guessing over 90 %, DBG303's chance band: tuning the last bias alone brings a
+    badly started loss down to that and no further). Else None. A frozen backbone under a head that trains, or
+    tuning the biases alone, are fine-tunes while the loss does come down; a model that
+    cannot learn because most of it is frozen is a mistake."""
     layers = [
         view
         for view in ctx.unfocused().tensors(collection="weights")
@@ -883,10 +903,17 @@ def _frozen_share_without_learning(
         return None
     order = np.argsort(series.steps, kind="stable")
     values = series.values[order][np.isfinite(series.values[order])]
-    if len(values) < 2 * _LOSS_WINDOW:
+    if len(values) < _MIN_LOSS_RECORDS:
         return None
-    start, end = values[:_LOSS_WINDOW].mean(), values[-_LOSS_WINDOW:].mean()
-    return share if start > 0 and end > _LEARNED_FRACTION * start else None
+    span = min(_LOSS_WINDOW, len(values) // 4)
+    start, end = values[:span].mean(), values[-span:].mean()
+    if start > 0 and end > _LEARNED_FRACTION * start:
+        return _PointlessFreeze(share, f"the loss stays above {_LEARNED_FRACTION:.0%} of its start")
+    whole = ctx.unfocused()
+    chance = chance_loss(whole, class_count(whole))
+    if chance is not None and _AT_CHANCE * chance.low <= end <= chance.high / _AT_CHANCE:
+        return _PointlessFreeze(share, f"the loss ends at chance, {end:.3g} ({chance.text})")
+    return None
 
 
 def _gradient_flow(

@@ -643,6 +643,40 @@ def test_a_freeze_that_leaves_nothing_to_learn_with_is_the_cause(tmp_path: Path)
     assert {report.findings[i].rule_id for i in report.problems[0].symptoms} >= {"DBG303"}
 
 
+def test_a_freeze_whose_last_bias_undoes_a_bad_start_is_still_the_cause(tmp_path: Path) -> None:
+    """Everything frozen but the last bias, which starts far off (one class's logit 4 above
+    the others): tuning it brings the loss down by more than a fifth, from 4 to ln 3, the
+    loss of a model that ignores its inputs, and no further. The loss fell, yet the model
+    learned nothing: the freeze is the cause, as the run ends at chance."""
+    torch = pytest.importorskip("torch")
+    from dbgcli.torch import attach
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    model.requires_grad_(False)
+    with torch.no_grad():
+        model[2].bias.copy_(torch.tensor([4.0, 0.0, 0.0]))
+    model[2].bias.requires_grad_(True)
+    optimizer = torch.optim.SGD([model[2].bias], lr=0.05)
+    generator = torch.Generator().manual_seed(0)
+    path = tmp_path / "bias.h5"
+    with attach(model, optimizer, path) as hook:
+        for _ in range(300):
+            x = torch.randn(64, 8, generator=generator)
+            y = torch.randint(0, 3, (64,), generator=generator)  # nothing to learn from x
+            optimizer.zero_grad()
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            optimizer.step()
+            hook.record_loss(loss)
+    result = run_rule(path, "DBG403")
+    assert {f.tensor for f in result.findings} == {"0.weight", "0.bias", "2.weight"}
+    for finding in result.findings:
+        assert finding.key == "unchanged" and finding.severity is Severity.warning
+        assert "the loss ends at chance" in finding.message
+        assert "guessing among 3 classes" in finding.message
+
+
 def test_a_backbone_frozen_by_mistake_under_a_training_head_is_the_cause(tmp_path: Path) -> None:
     """Most of the layers' weights frozen (requires_grad off on the backbone by mistake) and
     the head training on features that cannot separate the classes: the loss stays near its
