@@ -24,6 +24,7 @@ from dbgcli.rules._known import (
     converged,
     gradients_not_zeroed,
     has_normalisation,
+    initial_loss,
     is_embedding,
     zero_gradient_by_construction,
 )
@@ -300,6 +301,20 @@ def exploding_gradient(
       BatchNorm): their rounding noise is proportional to the gradients it is computed from,
       so it jumps only when those do.
     * **magnitude** (warning): ``mean(|g|) > max_abs_mean`` (TheDeepChecker's bound).
+    * **loss jump** (warning): the blow-up the records miss. At a step where a gradient was
+      not recorded, the training loss jumps ``growth`` times over both its previous record
+      and the median of its previous ``window`` records, in one step, and lands above the
+      untrained model's loss (DBG303's initial loss; ``ln C`` for a run that started
+      trained). A step-to-step rise that steep is no learning rate overshooting (that
+      compounds over several steps, each a few times the last, and shows in the recorded
+      updates from the start) and no hard batch (a fitted model's worst batches stay below
+      an untrained model's loss): the batch threw the weights, or its loss did. Recorded
+      every 10th step, the corrupted batch of the calibration corpus, whose first step's
+      loss can be exactly 0 (a batch so large the softmax saturates on the right class, and
+      its gradient with it), shows only here; its loss jumps 1,400 times at the next step.
+      The finding is the loss's, one per jump at a step with no gradient recorded; the first
+      ``window`` loss records are history only. A loss that oscillates (DBG305) jumps so at
+      every turn, and starting earlier is their cause.
 
     Why it matters: exploding gradients throw the weights far from any useful region in one
     step; the loss jumps, often to NaN, and training rarely recovers.
@@ -361,6 +376,8 @@ def exploding_gradient(
                 f"gradient norm jumped {v:.3g}x over its recent median (> {growth:g}x)"
             ),
         )
+        if view.tag == next(iter(ctx.unfocused().tensors(collection="gradients"))).tag:
+            yield from _loss_jumps_between_records(ctx, growth, window)
         magnitude = view.stat("abs_mean")
         yield from episode_findings(
             tensor=view.tag,
@@ -371,6 +388,60 @@ def exploding_gradient(
             key="magnitude",
             modes=view.modes,
             message=lambda e, v: f"mean |gradient| reached {v:.3g} (> {max_abs_mean:g})",
+        )
+
+
+def _loss_jumps_between_records(ctx: RuleContext, growth: float, window: int) -> Iterator[Finding]:
+    """DBG102's loss jumps: at training steps where no gradient was recorded, found once per
+    trace (the rule runs tensor by tensor; they are the loss's)."""
+    whole = ctx.unfocused()
+    series = whole.loss("train")
+    if series is None:
+        return
+    train = schema.MODE_CODES["train"]
+    recorded = np.unique(
+        np.concatenate(
+            [v.steps[v.modes == train] for v in whole.tensors(collection="gradients")] or [[]]
+        )
+    ).astype(np.int64)
+    keep = np.isfinite(series.values) & (series.modes == train)
+    order = np.argsort(series.steps[keep], kind="stable")
+    steps, values = series.steps[keep][order], series.values[keep][order]
+    if len(values) <= window or not len(recorded):
+        return
+    median = trailing_median(values, window)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        jump = values[1:] / np.fmax(values[:-1], median[1:])
+    jump[: window - 1] = np.nan  # the first ``window`` records are history only
+    jumped = 1 + np.flatnonzero(np.isfinite(jump) & (jump > growth))
+    jumped = jumped[~np.isin(steps[jumped], recorded) & (steps[jumped] > recorded[0])]
+    if not len(jumped):
+        return
+    initial = initial_loss(whole)
+    if initial is None:
+        return
+    for at in jumped[values[jumped] > initial.value]:
+        before, after = recorded[recorded < steps[at]], recorded[recorded > steps[at]]
+        between = (
+            f"between the gradient records at steps {before[-1]} and {after[0]}"
+            if len(after)
+            else f"after the last gradient record at step {before[-1]}"
+        )
+        yield Finding(
+            message=(
+                f"train loss jumped to {values[at]:.3g} in one step at step {steps[at]}, "
+                f"{jump[at - 1]:.3g}x the larger of its previous record {values[at - 1]:.3g} "
+                f"and its recent median {median[at]:.3g} (> {growth:g}x, and above "
+                f"{initial.name}), {between}: a blow-up they miss"
+            ),
+            tensor=whole.loss_tag("train") or "loss",
+            first_step=int(steps[at]),
+            last_step=int(steps[at]),
+            steps=1,
+            value=float(jump[at - 1]),
+            threshold=growth,
+            mode="train",
+            key="loss-jump",
         )
 
 

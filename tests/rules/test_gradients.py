@@ -251,6 +251,71 @@ def test_exploding_judges_sparse_records_after_the_first_window_of_steps(make_tr
     assert not keyed(run_rule(make_trace(tensors=tensors), "DBG102"), "norm-growth")
 
 
+def settled_loss(steps: int = 400, seed: int = 0) -> list[float]:
+    """A training loss falling from 1.4 (ln 4) to about 0.05, with minibatch noise."""
+    rng = np.random.default_rng(seed)
+    return list(0.05 + 1.35 * np.exp(-np.arange(steps) / 40) * rng.uniform(0.5, 1.5, steps))
+
+
+def test_exploding_sees_a_loss_jump_between_gradient_records(make_trace) -> None:
+    """A corrupted batch at a step no gradient was recorded at: the loss jumps 2,000 times in
+    one step, far above the untrained model's, and that is the blow-up; at a recorded step it
+    is the gradient's norm that tells; a fitted model's hard batch (ten times its level, below
+    the untrained loss) and the first records (history) are no blow-up."""
+    tensors = sparse(gradients([1e-2], steps=40))
+    loss = settled_loss()
+    loss[255] = 100.0
+    (jump,) = keyed(
+        run_rule(make_trace(scalars={"loss": loss}, tensors=tensors), "DBG102"), "loss-jump"
+    )
+    assert (jump.tensor, jump.first_step, jump.mode) == ("loss", 255, "train")
+    assert jump.value is not None and jump.value > 300
+    assert "between the gradient records at steps 250 and 260" in jump.message
+    for step, value in ((250, 100.0), (255, 1.0), (3, 1e3)):
+        loss = settled_loss()
+        loss[step] = value
+        trace = make_trace(scalars={"loss": loss}, tensors=sparse(gradients([1e-2], steps=40)))
+        assert not keyed(run_rule(trace, "DBG102"), "loss-jump"), (step, value)
+
+
+def test_a_corrupted_batch_between_gradient_records_is_named_as_the_explosion(tmp_path) -> None:
+    """A real run recorded every 10th step: two batches scaled by 1,000 at steps 155 and 156
+    throw the weights between the gradient records at 150 and 160. The report names exploding
+    gradients first, not the learning rate that trained the model well for 150 steps."""
+    torch = pytest.importorskip("torch")
+    from dbgcli.torch import attach
+
+    from .helpers import analyze_path
+
+    torch.manual_seed(0)
+    x = torch.randn(2048, 16)
+    y = (x[:, :4].argmax(dim=1)).long()
+    model = torch.nn.Sequential(
+        torch.nn.Linear(16, 64),
+        torch.nn.ReLU(),
+        torch.nn.Linear(64, 64),
+        torch.nn.ReLU(),
+        torch.nn.Linear(64, 4),
+    )
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    path = tmp_path / "glitch.h5"
+    with attach(model, optimizer, path) as hook:
+        for step in range(300):
+            rows = torch.randint(0, len(x), (64,), generator=torch.Generator().manual_seed(step))
+            batch = x[rows] * (1000.0 if step in (155, 156) else 1.0)
+            optimizer.zero_grad()
+            loss = torch.nn.functional.cross_entropy(model(batch), y[rows])
+            hook.record_loss(loss)
+            loss.backward()
+            optimizer.step()
+    report = analyze_path(path)
+    cause = report.findings[report.problems[0].cause]
+    # The first scaled batch can cost nothing (a softmax saturated on the right classes):
+    # the loss jumps at one of the two.
+    assert (cause.rule_id, cause.key) == ("DBG102", "loss-jump")
+    assert cause.first_step in (155, 156)
+
+
 def attention_switching_on(steps: int = 40, seed: int = 4) -> tuple[list, list, list]:
     """Per-step gradients of one attention layer shaped as a healthy DistilBERT fine-tune
     records them every 10th step (as in the corpus's hf-distilbert/healthy): the query/key
