@@ -137,6 +137,7 @@ def loss_not_decreasing(
     z: float = 1.0,
     patience: int = 2,
     converged_fraction: float | None = 0.5,
+    rise_floor: float = 0.1,
 ) -> Iterator[Finding]:
     """The loss stops going down while still high (or goes up) from one check to the next.
 
@@ -205,7 +206,11 @@ def loss_not_decreasing(
     the loss leaves (a later check's level is below it) was a stage of training, such as a
     recurrent network that finds the signal after a few epochs at chance: its finding is a
     note (severity info) that says where the loss went. A rising loss is reported at any
-    level. A run resumed
+    level, its rise measured against its level before or ``rise_floor`` (a tenth) of the
+    first finite loss, whichever is larger (DBG305's floor): a converged loss near 0 doubles
+    with the noise of one hard batch (a healthy LSTM's window mean went from 0.0019 to 0.0064,
+    0.3 % of its start, on one batch of 0.18), while a run that gets worse in earnest climbs
+    by a sizeable part of where it started. A run resumed
     from a checkpoint (run metadata ``resumed_from_step``, with no loss recorded before it),
     or one whose first training predictions already beat chance (a fine-tune of a trained
     classifier, a hook attached after some training), starts from a trained model: its
@@ -252,6 +257,8 @@ def loss_not_decreasing(
         patience: Consecutive failing checks needed for a finding.
         converged_fraction: "Fell too little" counts only while the loss is above this
             fraction of its first value (none: at any level).
+        rise_floor: A rise is measured against the level before it, but no less than this
+            fraction of the initial loss.
     """
     _positive("DBG301", num_steps=num_steps, patience=patience)
     series = ctx.loss(mode)
@@ -307,7 +314,13 @@ def loss_not_decreasing(
     change = (levels_after - levels_before) / scale[kept] * 100.0
     margin = z * np.array(noise)[kept] / scale[kept] * 100.0
     never = np.zeros(len(change), dtype=bool)
-    rose = change - margin >= max_increase_pct if max_increase_pct is not None else never
+    initial = initial_loss(ctx, mode)
+    # A converged loss near 0 doubles by the noise of a batch or two: a rise counts against
+    # a tenth of the initial loss at least (DBG305's floor).
+    least = 0.0 if initial is None or below_zero else rise_floor * abs(initial.value)
+    rise = (levels_after - levels_before) / np.fmax(scale[kept], least) * 100.0
+    rise_margin = z * np.array(noise)[kept] / np.fmax(scale[kept], least) * 100.0
+    rose = rise - rise_margin >= max_increase_pct if max_increase_pct is not None else never
     flat = -change - margin <= min_decrease_pct if min_decrease_pct is not None else never
     # A schedule that raises the learning rate (a warm restart, a cyclic or warmup phase)
     # raises the loss by design: neither a rise nor a fall too small to see is a failure.
@@ -322,7 +335,6 @@ def loss_not_decreasing(
         flat &= levels_after > 0
     converged_at = None
     if converged_fraction is not None:
-        initial = initial_loss(ctx, mode)
         if initial is None:
             flat[:] = False  # a resumed run: its convergence cannot be told from a stall
         else:
@@ -339,13 +351,16 @@ def loss_not_decreasing(
     what = f"{'mean ' if smooth else ''}{mode} loss"
     for episode in episodes(failing):
         span_of = slice(episode.first, episode.last + 1)
-        worst = episode.first + int(np.argmax(change[span_of]))
         increasing = bool(rose[span_of].any())
-        a, b, pct = levels_before[worst], levels_after[worst], float(change[worst])
+        measured, doubt = (rise, rise_margin) if increasing else (change, margin)
+        worst = episode.first + int(np.argmax(measured[span_of]))
+        a, b, pct = levels_before[worst], levels_after[worst], float(measured[worst])
         moved = (
-            f"{'rose' if pct > 0 else 'fell only'} {abs(pct):.3g}% (± {margin[worst]:.2g}) over "
+            f"{'rose' if pct > 0 else 'fell only'} {abs(pct):.3g}% (± {doubt[worst]:.2g}) over "
             f"{num_steps} steps ({a:.4g} -> {b:.4g}"
         )
+        if increasing and initial is not None and least > abs(a):
+            moved += f"; measured against {rise_floor:g} of {initial.name}"
         if below_zero:
             moved += f", of its range {low:.4g} to {high:.4g}"
         if increasing:

@@ -204,6 +204,20 @@ def test_a_loss_below_zero_is_judged_against_its_range_and_only_above_zero(make_
     assert ", of its range -0.3" in finding.message
 
 
+def test_a_converged_loss_that_wobbles_near_zero_is_not_rising(make_trace) -> None:
+    """From 1.4 to 0.002, then a few hard batches lift the late window means threefold: 0.3 %
+    of the start, noise of a converged run. The same curve lifted to 0.1 -> 0.3 climbs by a
+    seventh of its start, and that is a rise."""
+    rng = np.random.default_rng(0)
+    steps = np.arange(600)
+    base = 1.4 * np.exp(-steps / 30) * np.exp(0.3 * rng.standard_normal(600))
+    late = np.where(steps >= 450, 3.0, 1.0)
+    for settled, found in ((0.002, False), (0.1, True)):
+        loss = base + settled * late * np.exp(0.3 * rng.standard_normal(600))
+        result = run_rule(make_trace(scalars={"loss": list(loss)}), "DBG301")
+        assert bool(keyed(result, "increasing")) is found, settled
+
+
 def test_soft_targets_put_the_floor_of_the_loss_at_their_entropy(make_trace) -> None:
     """A binary classifier trained on soft targets 0.1 / 0.9 cannot take its cross-entropy
     below their entropy, 0.325: flat at 0.36 from a start of 0.69 it has converged, which
