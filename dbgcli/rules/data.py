@@ -777,6 +777,11 @@ class ChanceLoss(NamedTuple):
     high: float
     text: str
 
+    def holds(self, loss: Any, fraction: float = 0.9) -> Any:
+        """Whether ``loss`` (a float or an array) is at chance: from ``fraction`` of ``low``
+        to ``high`` over ``fraction`` (DBG303's band)."""
+        return (loss >= fraction * self.low) & (loss <= self.high / fraction)
+
 
 def chance_loss(ctx: RuleContext, classes: int | None) -> ChanceLoss | None:
     """The chance levels of the loss (see :class:`ChanceLoss`), None when neither is known. The

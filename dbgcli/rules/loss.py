@@ -783,12 +783,10 @@ def underfit(
             and values[0] >= chance.high / 2
             and (floor is None or floor.value < chance_fraction * chance.low)
         ):
-            at_chance = smoothed / chance.low
-            within = (at_chance >= chance_fraction) & (smoothed <= chance.high / chance_fraction)
             yield from _stuck_until_end(
                 steps,
-                at_chance,
-                within,
+                smoothed / chance.low,
+                chance.holds(smoothed, chance_fraction),
                 tensor=tag,
                 threshold=chance_fraction,
                 key="at-chance",

@@ -856,9 +856,6 @@ _WHY = {
 _LEARNED_FRACTION = 0.8
 _LOSS_WINDOW = 50
 _MIN_LOSS_RECORDS = 20
-# A classifier's loss within DBG303's band around chance (this share of it, chance over it)
-# has learned nothing.
-_AT_CHANCE = 0.9
 # A freeze that holds at least this share of the layers' weights still decides what the
 # model can learn.
 _MOSTLY_FROZEN = 0.5
@@ -911,7 +908,7 @@ def _pointless_freeze(
         return _PointlessFreeze(share, f"the loss stays above {_LEARNED_FRACTION:.0%} of its start")
     whole = ctx.unfocused()
     chance = chance_loss(whole, class_count(whole))
-    if chance is not None and _AT_CHANCE * chance.low <= end <= chance.high / _AT_CHANCE:
+    if chance is not None and chance.holds(end):
         return _PointlessFreeze(share, f"the loss ends at chance, {end:.3g} ({chance.text})")
     return None
 

@@ -28,6 +28,7 @@ from dbgcli.rules._known import (
     weight_decay,
 )
 from dbgcli.rules._registry import Need, rule
+from dbgcli.rules.data import chance_loss
 from dbgcli.trace.derive import Accumulator, Derivation
 from dbgcli.trace.reader import RawChunk, TagInfo, Trace
 
@@ -817,8 +818,10 @@ def learning_rate(
       above -1, and DeepDiagnosis's effective-learning-rate bound 1e-1; a healthy run sits
       near 1e-3 to 1e-2) at some step, **and** the training loss shows it: it became
       non-finite, rose above ``diverged`` (1.5) times its first value at some record, or
-      ended (mean of its last 10 records) above ``stuck_fraction`` of its first value. Every
-      such step moves each layer by more than a tenth of its size, so the optimizer
+      ended (mean of its last 10 records) above ``stuck_fraction`` of its first value or, for
+      a classifier, at chance (DBG303's band: a rate that kills the network in its first
+      steps takes a loss that started far above ``ln C``, from huge first logits, down to
+      chance and no further). Every such step moves each layer by more than a tenth of its size, so the optimizer
       overshoots; the runs of the calibration corpus whose rate is 10 to 100 times too high
       reach 0.25 to 0.9 and their loss spikes to 1.6 to 1000 times its start, while healthy
       runs stay below 0.1 (a healthy GPT-2 peaks at 0.09 in its first steps). A run whose
@@ -1098,6 +1101,10 @@ def _loss_trouble(ctx: RuleContext, diverged: float, stuck_fraction: float) -> s
     end = float(values[-10:].mean())
     if end > stuck_fraction * initial.value:
         return f"the loss ended at {end / initial.value:.0%} of {initial.name}"
+    # Down from a start far above chance (huge first logits) to chance is no learning.
+    chance = chance_loss(ctx, class_count(ctx))
+    if chance is not None and chance.holds(end):
+        return f"the loss ended at chance, {end:.3g} ({chance.text})"
     return ""
 
 

@@ -422,6 +422,11 @@ def test_learning_rate_too_high_needs_large_updates_and_a_loss_that_shows_it(mak
     assert run_rule(make_trace(scalars=falling, tensors=tensors), "DBG503").status is (
         RuleStatus.passed
     )
+    # Falling from huge first logits (30) to chance (ln 32, the last layer's 32 outputs) and
+    # no further: the updates killed the network, the loss did not fall well.
+    to_chance = {"loss": [np.log(32) + 27 * 0.8**t for t in range(60)], "lr": [1.0] * 60}
+    (dead,) = run_rule(make_trace(scalars=to_chance, tensors=tensors), "DBG503").findings
+    assert dead.key == "too-high" and "the loss ended at chance" in dead.message
 
 
 def test_learning_rate_too_low_needs_every_layer_starved_and_a_stuck_loss(make_trace) -> None:
