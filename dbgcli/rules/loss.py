@@ -1361,7 +1361,9 @@ def softmax_twice(ctx: RuleContext, *, records: int = 20) -> Iterator[Finding]:
     Checked on up to ``records`` training steps, spread over the run, that hold a training
     loss and full tensors of labels ``(N,)`` and predictions ``(N, C)`` whose every row is a
     probability vector (values in ``[0, 1]`` summing to 1 within 1e-3), or, for the binary
-    case, labels of 0s and 1s and predictions ``(N,)`` or ``(N, 1)`` in ``[0, 1]``. At each,
+    case, labels of 0s and 1s and predictions ``(N,)`` or ``(N, 1)`` in ``[0, 1]``, or
+    multi-label indicators ``(N, K)`` of 0s and 1s with predictions of the same shape in
+    ``[0, 1]``, compared element by element as ``BCEWithLogitsLoss`` averages them. At each,
     the mean cross-entropy of the predictions read as logits, ``logsumexp(p) - p[y]``
     (binary: ``log(1 + e^p) - y p``), and read as probabilities, ``-log p[y]`` (binary:
     ``-y log p - (1 - y) log(1 - p)``), are computed (negative labels, ignore markers, left out);
@@ -1379,8 +1381,9 @@ def softmax_twice(ctx: RuleContext, *, records: int = 20) -> Iterator[Finding]:
     Typical causes: ``nn.Softmax`` as the model's last layer (copied from an inference
     model) with ``nn.CrossEntropyLoss``; ``softmax`` in ``forward`` for the predictions.
 
-    Fix: give ``CrossEntropyLoss`` the logits (drop the final softmax, apply it only for
-    predictions), or take ``nn.NLLLoss`` of ``log_softmax`` outputs.
+    Fix: give ``CrossEntropyLoss`` (``BCEWithLogitsLoss``) the logits: drop the final softmax
+    (sigmoid) and apply it only for predictions; or take ``nn.NLLLoss`` of ``log_softmax``
+    outputs (``nn.BCELoss`` of probabilities).
 
     Args:
         records: Most steps read and compared.
@@ -1396,7 +1399,8 @@ def softmax_twice(ctx: RuleContext, *, records: int = 20) -> Iterator[Finding]:
         shape = predictions.info.shape
         if shape is None or len(shape) not in (1, 2):
             continue
-        binary = len(shape) == 1 or shape[1] == 1
+        # Multi-label indicators of the predictions' own shape: a binary loss per element.
+        binary = len(shape) == 1 or shape[1] == 1 or labels.info.shape == shape
         steps = _loss_steps_in_full(ctx, labels.tag, predictions.tag, losses, records)
         told, hits = 0, []
         measure = _binary_cross_entropies if binary else _cross_entropies

@@ -1030,27 +1030,33 @@ def test_softmax_applied_twice_is_told_from_probabilities_recorded_beside_logits
     assert finding.steps == 3 and finding.last_step == 300
 
 
+@pytest.mark.parametrize("outputs", [1, 3])
 def test_sigmoid_applied_twice_is_told_from_probabilities_recorded_beside_logits(
-    tmp_path: Path,
+    tmp_path: Path, outputs: int
 ) -> None:
-    """A binary model ending in Sigmoid fed to BCEWithLogitsLoss: the recorded loss is the
-    binary cross-entropy of its probabilities read as logits. Recording sigmoid outputs while
-    the loss takes the logits is fine."""
+    """A binary model (or a multi-label one, three 0/1 indicators per sample) ending in Sigmoid
+    fed to BCEWithLogitsLoss: the recorded loss is the binary cross-entropy of its
+    probabilities read as logits, element by element. Recording sigmoid outputs while the
+    loss takes the logits is fine."""
     torch = pytest.importorskip("torch")
     from dbgcli.torch import attach
 
     def run(path: Path, *, sigmoid_head: bool) -> Path:
         torch.manual_seed(0)
-        layers = [torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 1)]
+        layers = [torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, outputs)]
         model = torch.nn.Sequential(*layers, *([torch.nn.Sigmoid()] if sigmoid_head else []))
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
         x = torch.randn(1024, 8)
-        y = (x[:, 0] + x[:, 1] > 0).float()
+        y = (x[:, :outputs] + x[:, 1 : outputs + 1] > 0).float()
+        if outputs == 1:
+            y = y.squeeze(1)
         with attach(model, optimizer, path) as hook:
             for step in range(120):
                 batch = slice(64 * (step % 16), 64 * (step % 16 + 1))
                 optimizer.zero_grad()
-                output = model(x[batch]).squeeze(1)
+                output = model(x[batch])
+                if outputs == 1:
+                    output = output.squeeze(1)
                 loss = torch.nn.functional.binary_cross_entropy_with_logits(output, y[batch])
                 hook.record_loss(loss)
                 if step % 10 == 0:
