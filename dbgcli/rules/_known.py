@@ -386,8 +386,10 @@ def unclassed_labels(ctx: RuleContext) -> str | None:
     """What the labels are when they are no classes: a language model's tokens or the targets
     of a regression or ranking, as the run metadata's ``task`` says (whole-number targets,
     counts or prices, would otherwise read as class ids); labels that repeat the input ids
-    (a causal language model); or floats that are not whole numbers, outside ``[0, 1]`` or
-    of many values (a regression's targets, see :func:`dbgcli.rules.data.regression_targets`)."""
+    (a causal language model); floats that are not whole numbers, outside ``[0, 1]`` or
+    of many values (a regression's targets, see :func:`dbgcli.rules.data.regression_targets`);
+    or ``0 .. B-1`` once each in every batch (a contrastive loss's in-batch targets, see
+    :func:`dbgcli.rules.data.batch_indices`)."""
     task = ctx.trace.metadata.get("task")
     if isinstance(task, str) and task in LANGUAGE_MODELLING:
         return f"the tokens of a language model (metadata task {task!r})"
@@ -399,10 +401,15 @@ def unclassed_labels(ctx: RuleContext) -> str | None:
             "causal language models take them and shift them inside)"
         )
     # Imported here: the data rules build on this module.
-    from dbgcli.rules.data import regression_targets
+    from dbgcli.rules.data import batch_indices, regression_targets
 
     if ctx.shared("regression-targets", lambda: regression_targets(ctx)):
         return "the targets of a regression (floats that are not whole numbers)"
+    if ctx.shared("batch-indices", lambda: batch_indices(ctx)):
+        return (
+            "the indices of each sample's match within its batch (every batch's labels are "
+            "0 .. B-1 once each: a contrastive loss's targets)"
+        )
     return None
 
 

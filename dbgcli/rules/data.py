@@ -687,6 +687,33 @@ def regression_targets(ctx: RuleContext) -> bool:
     return True
 
 
+def batch_indices(ctx: RuleContext, *, records: int = 20) -> bool:
+    """Whether every labels tensor with full tensors holds, in each of its first ``records``
+    full records (at least two), the ids ``0 .. B-1`` once each, ``B`` the record's size:
+    the index of each sample's match within its own batch, as a contrastive loss (InfoNCE,
+    CLIP's) takes its targets (``arange(B)``), not classes. Their "classes" change with the
+    batch size (64 in training, 256 in a larger evaluation batch), which the class rules
+    would read as classes never trained on."""
+    views = _with_full_tensors(_tagged(ctx.unfocused(), "labels"))
+    if not views:
+        return False
+    for view in views:
+        seen = 0
+        for chunk in ctx.trace.iter_raw(view.tag):
+            for values in chunk.values:
+                ids = np.asarray(values).reshape(-1)
+                if ids.size < 2 or not np.array_equal(np.sort(ids), np.arange(ids.size)):
+                    return False
+                seen += 1
+                if seen == records:
+                    break
+            if seen == records:
+                break
+        if seen < 2:
+            return False
+    return True
+
+
 def _many_values(ctx: RuleContext, tag: str) -> bool:
     """Whether the first full tensor of ``tag`` holds more than a binary classifier's soft
     targets' few distinct values."""

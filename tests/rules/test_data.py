@@ -230,6 +230,43 @@ def test_class_rules_skip_regression_targets(make_trace) -> None:
     assert keyed(run_rule(path, "DBG601"), "imbalance")
 
 
+def test_class_rules_skip_a_contrastive_loss_in_batch_targets(make_trace) -> None:
+    """CLIP's InfoNCE targets: each batch's labels are 0 .. B-1 once each (B = 64 in training,
+    256 in evaluation). They index the batch, they are no classes: 192 "classes" that
+    training never saw were a class imbalance on a healthy run. Labels that are classes and
+    happen to cover 0 .. B-1 in one batch do not pass for that."""
+    rng = np.random.default_rng(5)
+    train = [rng.permutation(64) for _ in range(10)]
+    evaluation = [rng.permutation(256) for _ in range(2)]
+    path = make_trace(
+        tensors=modes(
+            {
+                "labels": {
+                    "values": train,
+                    "steps": list(range(10)),
+                    "mode": "train",
+                    "collection": "labels",
+                }
+            },
+            {
+                "labels": {
+                    "values": evaluation,
+                    "steps": [4, 9],
+                    "mode": "eval",
+                    "collection": "labels",
+                }
+            },
+        )
+    )
+    for rule_id in ("DBG601", "DBG605"):
+        result = run_rule(path, rule_id)
+        assert result.status is RuleStatus.skipped, rule_id
+        assert "the indices of each sample's match within its batch" in result.reason
+    classes = [rng.permutation(64)] + [rng.integers(0, 64, size=64) for _ in range(9)]
+    path = make_trace(tensors={"labels": {"values": classes, "collection": "labels"}})
+    assert run_rule(path, "DBG601").status is not RuleStatus.skipped
+
+
 def test_class_imbalance_judges_modes_apart(make_trace) -> None:
     rng = np.random.default_rng(4)
     train = [rng.integers(0, 3, size=64) for _ in range(10)]
