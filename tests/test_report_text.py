@@ -61,5 +61,33 @@ def test_a_healthy_verdict_names_the_commonest_skip_reason_without_stream_prefix
     )
     report = TraceReport(path="run.h5", results=results)
     assert report.verdict == (
-        "healthy: 0 rules passed, 3 skipped (only 384 labels in 6 records, and 1 other reason)"
+        "no problems found: 0 rules passed, 3 skipped (only 384 labels in 6 records, and 1 "
+        "other reason)"
+    )
+
+
+def test_healthy_takes_a_loss_rule_that_judged_the_run() -> None:
+    """No problem found is not health when nothing judged how training went: a ranker whose
+    only metric is NDCG has no loss any rule reads. One passed loss rule makes it healthy."""
+    from dbgcli.findings import Severity
+    from dbgcli.report.model import RuleResult, RuleStatus, TraceReport
+
+    trees = RuleResult("DBG701", "tree-depth", "trees", Severity.warning, "", RuleStatus.passed)
+    skipped = RuleResult(
+        "DBG301",
+        "loss-not-decreasing",
+        "loss",
+        Severity.warning,
+        "",
+        RuleStatus.skipped,
+        "no train loss series",
+    )
+    report = TraceReport(path="rank.h5", results=(trees, skipped))
+    assert report.healthy
+    assert report.verdict == "no problems found: 1 rule passed, 1 skipped (no train loss series)"
+    judged = RuleResult(
+        "DBG301", "loss-not-decreasing", "loss", Severity.warning, "", RuleStatus.passed
+    )
+    assert TraceReport(path="run.h5", results=(trees, judged)).verdict == (
+        "healthy: 2 rules passed"
     )

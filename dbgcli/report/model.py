@@ -94,7 +94,9 @@ class TraceReport:
     @property
     def verdict(self) -> str:
         """The trace in one line: ``unhealthy: learning rate too high (4 symptoms)``,
-        ``healthy: 22 rules passed, 2 skipped (no eval loss series)`` or ``unreadable: ...``."""
+        ``healthy: 22 rules passed, 2 skipped (no eval loss series)``, ``no problems found:
+        5 rules passed, 32 skipped (no train loss series...)`` when no loss rule could judge
+        the run, or ``unreadable: ...``."""
         if self.error is not None:
             return f"unreadable: {self.error}"
         crashed = [r for r in self.results if r.status is RuleStatus.error]
@@ -112,7 +114,10 @@ class TraceReport:
         passed = sum(1 for r in self.results if r.status is RuleStatus.passed)
         skipped = [r for r in self.results if r.status is RuleStatus.skipped]
         notes = len(self.diagnoses)
-        text = f"healthy: {counted(passed, 'rule')} passed"
+        # Without a loss rule that could judge the run (no loss, or a metric none reads, such
+        # as a ranker's NDCG), nothing says training worked: no problem found is all there is.
+        judged = any(r.category == "loss" and r.status is RuleStatus.passed for r in self.results)
+        text = f"{'healthy' if judged else 'no problems found'}: {counted(passed, 'rule')} passed"
         if notes:
             text += f", {counted(notes, 'note')}"
         if skipped:
