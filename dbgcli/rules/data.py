@@ -814,7 +814,7 @@ def chance_loss(ctx: RuleContext, classes: int | None) -> ChanceLoss | None:
     """The chance levels of the loss (see :class:`ChanceLoss`), None when neither is known. The
     labels' entropy is left out when the run weighs its classes (metadata ``class_weighting``):
     a weighted loss that learned nothing sits elsewhere."""
-    prior = None if ctx.trace.metadata.get(schema.META_CLASS_WEIGHTING) else label_entropy(ctx)
+    prior = None if _class_weighting(ctx) is not None else label_entropy(ctx)
     uniform = float(np.log(classes)) if classes else None
 
     def guessing() -> str:
@@ -962,7 +962,8 @@ def class_imbalance(
       enough, the rule is reported as skipped with that reason instead of a silent pass.
       When the run compensates its imbalance (run metadata ``class_weighting``: the XGBoost
       callback notes ``scale_pos_weight``; note a weighted loss or a balancing sampler
-      yourself), the imbalance is an info finding of key ``compensated`` that explains no
+      yourself; a binary loss's ``pos_weight`` is read off the recorded loss, labels and
+      scores where they are kept in full), the imbalance is an info finding of key ``compensated`` that explains no
       other: the fix is in place, and whether it works is the misprediction check's
       question. Unless the metadata gives a weight per class id (a list of numbers, or
       ``scale_pos_weight`` for class 1 of two) and the classes' counts times their weights
@@ -1052,11 +1053,21 @@ class _Weighting(NamedTuple):
 
 def _class_weighting(ctx: RuleContext) -> _Weighting | None:
     """The run metadata's ``class_weighting`` (the XGBoost callback notes
-    ``scale_pos_weight``; set it yourself for a weighted loss or a resampling sampler); None
-    without it."""
+    ``scale_pos_weight``; set it yourself for a weighted loss or a resampling sampler), else a
+    binary loss's positive weight read off the loss (see
+    :func:`dbgcli.rules.loss.inferred_pos_weight`); None without either."""
     weighting = ctx.trace.metadata.get(schema.META_CLASS_WEIGHTING)
     if not weighting:
-        return None
+        # Imported here: the loss rules build on this module.
+        from dbgcli.rules.loss import inferred_pos_weight
+
+        inferred = inferred_pos_weight(ctx)
+        if inferred is None:
+            return None
+        return _Weighting(
+            f"a binary loss weighting its positives {inferred:.3g}x (read off the loss)",
+            np.array([1.0, inferred]),
+        )
     if not isinstance(weighting, Mapping):
         return _Weighting(str(weighting), None)
     per_class = None

@@ -1757,6 +1757,54 @@ def _noted_smoothing(ctx: RuleContext) -> tuple[float, int] | None:
     return None
 
 
+def inferred_pos_weight(ctx: RuleContext, *, records: int = 20) -> float | None:
+    """The weight a binary loss gives its positive samples (``BCEWithLogitsLoss(pos_weight=w)``,
+    how an imbalance is usually compensated), read off the training loss when it is not 1:
+    from full tensors of 0/1 labels and one score per sample (logits; probabilities when all
+    lie in ``[0, 1]``) at training steps with a recorded loss ``L``, with ``A`` the mean of
+    ``-y log q`` and ``B`` that of ``-(1 - y) log(1 - q)`` over the batch, the loss is
+    ``w A + B``, so ``w = (L - B) / A``. At least three steps whose ``w`` agree within 1 %,
+    more than 5 % away from 1; else None (an unweighted loss, another loss, or predictions
+    from another forward pass than the loss's). Computed once per analysis."""
+    return ctx.shared("pos-weight", lambda: _inferred_pos_weight(ctx.unfocused(), records))
+
+
+def _inferred_pos_weight(ctx: RuleContext, records: int) -> float | None:
+    series = ctx.loss("train")
+    if series is None:
+        return None
+    loss_steps, loss_values = _finite(series)
+    losses = dict(zip(loss_steps.tolist(), loss_values.tolist()))
+    for labels, predictions in scored_labels(ctx):
+        shape = predictions.info.shape
+        if shape is None or not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)):
+            continue
+        weights = []
+        for step in _loss_steps_in_full(ctx, labels.tag, predictions.tag, losses, records):
+            scores = ctx.trace.raw(predictions.tag, step, "train")
+            truth = ctx.trace.raw(labels.tag, step, "train")
+            if scores is None or truth is None or scores.size != truth.size:
+                break
+            p = scores.reshape(-1).astype(np.float64)
+            y = truth.reshape(-1).astype(np.float64)
+            if not (np.isfinite(p).all() and ((y == 0) | (y == 1)).all()):
+                break
+            if ((p >= 0) & (p <= 1)).all():
+                clipped = np.clip(p, 1e-300, 1 - 1e-16)
+                positive, negative = -np.log(clipped), -np.log1p(-clipped)
+            else:
+                positive, negative = np.logaddexp(0.0, -p), np.logaddexp(0.0, p)
+            a, b = float(np.mean(y * positive)), float(np.mean((1 - y) * negative))
+            if a > 0:
+                weights.append((losses[step] - b) / a)
+        if len(weights) < 3:
+            continue
+        middle = float(np.median(weights))
+        if middle > 0 and abs(middle - 1) > 0.05 and np.allclose(weights, middle, rtol=0.01):
+            return middle
+    return None
+
+
 def label_smoothing(ctx: RuleContext, *, records: int = 20) -> tuple[float, int] | None:
     """The label smoothing ``epsilon`` of the training loss, and the number of classes, told
     from the recorded logits and hard labels of training steps with a recorded loss.

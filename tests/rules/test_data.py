@@ -152,6 +152,46 @@ def test_class_imbalance_is_compensated_only_by_weights_that_even_the_classes(
         )
 
 
+@pytest.mark.parametrize("pos_weight", [19.0, 1.0])
+def test_a_pos_weight_read_off_the_loss_compensates_the_imbalance(
+    tmp_path: Path, pos_weight: float
+) -> None:
+    """5 % positives under BCEWithLogitsLoss(pos_weight=19): the loss, labels and logits give
+    the weight ((L - B) / A, the same at every step), so the imbalance is compensated (a
+    note) and the weighted loss is not judged against the labels' entropy. Unweighted, the
+    imbalance is a warning."""
+    torch = pytest.importorskip("torch")
+    from dbgcli.torch import attach
+
+    torch.manual_seed(0)
+    x = torch.randn(4096, 8)
+    y = (x[:, 0] > 1.645).float()  # 5 % positives
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos_weight))
+    path = tmp_path / "weighted.h5"
+    with attach(model, optimizer, path) as hook:
+        for step in range(200):
+            batch = slice(256 * (step % 16), 256 * (step % 16 + 1))
+            optimizer.zero_grad()
+            logits = model(x[batch]).squeeze(1)
+            loss = loss_fn(logits, y[batch])
+            hook.record_loss(loss)
+            if step % 10 == 0:
+                hook.record(labels=y[batch], predictions=logits.detach(), raw=True)
+            loss.backward()
+            optimizer.step()
+    (imbalance,) = keyed(
+        run_rule(path, "DBG601"), "compensated" if pos_weight != 1 else "imbalance"
+    )
+    if pos_weight != 1:
+        assert imbalance.severity is Severity.info
+        assert "weighting its positives 19x (read off the loss)" in imbalance.message
+        assert not keyed(run_rule(path, "DBG303"), "at-chance")
+    else:
+        assert imbalance.severity is not Severity.info
+
+
 def test_class_imbalance_quiet_on_balanced_labels_and_tunable(make_trace) -> None:
     path = make_trace(tensors=classifier(learning_curve(40)))
     assert run_rule(path, "class-imbalance").status is RuleStatus.passed
