@@ -413,7 +413,7 @@ def _loss_jumps_between_records(ctx: RuleContext, growth: float, window: int) ->
     with np.errstate(invalid="ignore", divide="ignore"):
         jump = values[1:] / np.fmax(values[:-1], median[1:])
     jump[: window - 1] = np.nan  # the first ``window`` records are history only
-    jumped = 1 + np.flatnonzero(np.isfinite(jump) & (jump > growth))
+    jumped = 1 + np.flatnonzero(jump > growth)  # a rise from exactly 0 is one too (inf)
     jumped = jumped[~np.isin(steps[jumped], recorded) & (steps[jumped] > recorded[0])]
     if not len(jumped):
         return

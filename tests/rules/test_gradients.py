@@ -271,6 +271,12 @@ def test_exploding_sees_a_loss_jump_between_gradient_records(make_trace) -> None
     assert (jump.tensor, jump.first_step, jump.mode) == ("loss", 255, "train")
     assert jump.value is not None and jump.value > 300
     assert "between the gradient records at steps 250 and 260" in jump.message
+    # From a loss of exactly 0 (a fitted batch stream), any jump that high is one.
+    fitted = settled_loss()
+    fitted[230:255] = [0.0] * 25
+    fitted[255] = 100.0
+    trace = make_trace(scalars={"loss": fitted}, tensors=sparse(gradients([1e-2], steps=40)))
+    assert [f.first_step for f in keyed(run_rule(trace, "DBG102"), "loss-jump")] == [255]
     for step, value in ((250, 100.0), (255, 1.0), (3, 1e3)):
         loss = settled_loss()
         loss[step] = value
