@@ -812,8 +812,9 @@ class ChanceLoss(NamedTuple):
 
 def chance_loss(ctx: RuleContext, classes: int | None) -> ChanceLoss | None:
     """The chance levels of the loss (see :class:`ChanceLoss`), None when neither is known. The
-    labels' entropy is left out when the run weighs its classes (metadata ``class_weighting``):
-    a weighted loss that learned nothing sits elsewhere."""
+    labels' entropy is left out when the run weighs its classes (metadata ``class_weighting``,
+    or a ``pos_weight`` read off the loss): a weighted loss that learned nothing sits
+    elsewhere."""
     prior = None if _class_weighting(ctx) is not None else label_entropy(ctx)
     uniform = float(np.log(classes)) if classes else None
 
@@ -963,9 +964,9 @@ def class_imbalance(
       When the run compensates its imbalance (run metadata ``class_weighting``: the XGBoost
       callback notes ``scale_pos_weight``; note a weighted loss or a balancing sampler
       yourself; a binary loss's ``pos_weight`` is read off the recorded loss, labels and
-      scores where they are kept in full), the imbalance is an info finding of key ``compensated`` that explains no
-      other: the fix is in place, and whether it works is the misprediction check's
-      question. Unless the metadata gives a weight per class id (a list of numbers, or
+      scores where they are kept in full), the imbalance is an info finding of key
+      ``compensated`` that explains no other: the fix is in place, and whether it works is
+      the misprediction check's question. Unless the metadata (or the loss) gives a weight per class id (a list of numbers, or
       ``scale_pos_weight`` for class 1 of two) and the classes' counts times their weights
       are no more even than the counts: weights that rise with a class's count (its
       frequency written where its inverse was meant) are no compensation, and the imbalance

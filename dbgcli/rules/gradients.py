@@ -264,7 +264,7 @@ def exploding_gradient(
 ) -> Iterator[Finding]:
     """Gradients blow up: non-finite values, a sudden jump in norm, or huge magnitudes.
 
-    Three conditions per gradient tensor and recorded step:
+    Three conditions per gradient tensor and recorded step, and one on the loss between them:
 
     * **non-finite** (severity error): any NaN or ±inf element (``nan_count + inf_count >
       0``); SageMaker Debugger's ExplodingTensor restricted to gradients.
