@@ -376,7 +376,7 @@ def exploding_gradient(
                 f"gradient norm jumped {v:.3g}x over its recent median (> {growth:g}x)"
             ),
         )
-        if view.tag == next(iter(ctx.unfocused().tensors(collection="gradients"))).tag:
+        if view.tag == ctx.shared("first-gradient", lambda: _first_gradient_tag(ctx)):
             yield from _loss_jumps_between_records(ctx, growth, window)
         magnitude = view.stat("abs_mean")
         yield from episode_findings(
@@ -389,6 +389,10 @@ def exploding_gradient(
             modes=view.modes,
             message=lambda e, v: f"mean |gradient| reached {v:.3g} (> {max_abs_mean:g})",
         )
+
+
+def _first_gradient_tag(ctx: RuleContext) -> str:
+    return next(iter(ctx.unfocused().tensors(collection="gradients"))).tag
 
 
 def _loss_jumps_between_records(ctx: RuleContext, growth: float, window: int) -> Iterator[Finding]:
