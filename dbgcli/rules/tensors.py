@@ -975,17 +975,25 @@ def _evidence(verdicts: np.ndarray) -> str:
     category="tensors",
     requires=Need.tensors_in("collections"),
     per_tensor=True,
-    label={"nan": "NaN values", "inf": "infinite values"},
-    explains=(
-        "DBG102:nonfinite",
-        "DBG306",
-        "DBG404",
-        "DBG301",
-        "DBG303",
-        "DBG305",
-        "DBG403",
-        "DBG401",
-    ),
+    label={
+        "nan": "NaN values",
+        "inf": "infinite values",
+        "after-loss": "non-finite values after the loss",
+    },
+    explains={
+        # Spread from the loss (its backward pass, then the update): not its cause.
+        "after-loss": ("DBG404", "DBG301", "DBG303", "DBG305", "DBG403", "DBG401"),
+        "*": (
+            "DBG102:nonfinite",
+            "DBG306",
+            "DBG404",
+            "DBG301",
+            "DBG303",
+            "DBG305",
+            "DBG403",
+            "DBG401",
+        ),
+    },
 )
 def non_finite_tensor(
     ctx: RuleContext, *, only_nan: bool = False, collections: tuple[str, ...] = ()
@@ -998,6 +1006,13 @@ def non_finite_tensor(
     separately (keys ``nan`` and ``inf``), one finding per tensor, mode and episode of
     consecutive violating records, with the largest count of bad elements in one record. A
     tensor that recovers and breaks again gives two episodes.
+
+    A weight, bias, activation or prediction first found non-finite in training after a
+    step at which the training loss went non-finite (recorded finite before) gets key
+    ``after-loss``: a non-finite value in the forward pass makes that step's loss
+    non-finite, so while the loss was finite so were they, and the loss went first. Its
+    backward pass and the update carried it into the model, which the tensors' records,
+    N steps apart, show up to N steps late; DBG306 is the cause to look at.
 
     Why it matters: one non-finite value spreads through every later computation; once a
     weight is NaN the model is lost, and a NaN in inputs or labels poisons the loss.
@@ -1014,28 +1029,59 @@ def non_finite_tensor(
         only_nan: Report NaN only, not ±inf.
         collections: Collections to check (comma-separated; empty: every tensor).
     """
+    loss_broke = ctx.shared("loss-non-finite", lambda: _first_non_finite_loss(ctx.unfocused()))
     for view in _selected(ctx, collections):
-        nans = view.stat("nan_count")
-        yield from _per_mode(
-            view,
-            nans,
-            nans > 0,
-            threshold=0.0,
-            key="nan",
-            worst="max",
-            message=lambda e, v: f"{_up_to(e)}{v:.0f} NaN element{'' if v == 1 else 's'}",
+        found = list(
+            _per_mode(
+                view,
+                nans := view.stat("nan_count"),
+                nans > 0,
+                threshold=0.0,
+                key="nan",
+                worst="max",
+                message=lambda e, v: f"{_up_to(e)}{v:.0f} NaN element{'' if v == 1 else 's'}",
+            )
         )
         if not only_nan:
-            infs = view.stat("inf_count")
-            yield from _per_mode(
+            found += _per_mode(
                 view,
-                infs,
+                infs := view.stat("inf_count"),
                 infs > 0,
                 threshold=0.0,
                 key="inf",
                 worst="max",
                 message=lambda e, v: f"{_up_to(e)}{v:.0f} infinite element{'' if v == 1 else 's'}",
             )
+        for finding in found:
+            if (
+                loss_broke is not None
+                and view.info.role in _FORWARD_ROLES
+                and finding.mode == "train"
+                and finding.first_step is not None
+                and finding.first_step > loss_broke
+            ):
+                finding = replace(
+                    finding,
+                    key="after-loss",
+                    message=f"{finding.message}; the train loss went non-finite first, at step "
+                    f"{loss_broke}",
+                )
+            yield finding
+
+
+# Tensors a training step's loss is computed from (or that its forward pass computes): while
+# the loss is finite, so are they.
+_FORWARD_ROLES = frozenset({"weights", "biases", "activations", "preactivations", "predictions"})
+
+
+def _first_non_finite_loss(ctx: RuleContext) -> int | None:
+    """The first training step whose loss is non-finite, None if it never is."""
+    series = ctx.loss("train")
+    if series is None:
+        return None
+    train = schema.MODE_CODES["train"]
+    broken = np.flatnonzero(~np.isfinite(series.values) & (series.modes == train))
+    return int(series.steps[broken].min()) if len(broken) else None
 
 
 def _up_to(episode: Episode) -> str:

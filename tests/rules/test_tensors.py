@@ -492,6 +492,45 @@ def test_non_finite_reports_nan_and_inf_in_any_collection(make_trace) -> None:
     )
 
 
+def test_tensors_that_went_non_finite_after_the_loss_are_not_its_cause(tmp_path: Path) -> None:
+    """A hand-written cross-entropy, -log(softmax(50 z))[y]: the softmax of a confidently
+    wrong sample underflows to 0 and the loss is infinite, its backward NaN, and the update
+    makes the weights NaN. While the loss was finite so were the weights and activations it
+    was computed from; the NaN ones recorded after it (every 10th step) followed it (key
+    after-loss), and the report leads with the non-finite loss, not with the first layer's
+    NaN activations."""
+    torch = pytest.importorskip("torch")
+    from dbgcli.torch import attach
+
+    from .helpers import analyze_path
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    x = torch.randn(512, 8)
+    y = x[:, :4].argmax(dim=1)
+    path = tmp_path / "underflow.h5"
+    losses = []
+    with attach(model, optimizer, path) as hook:
+        for step in range(60):
+            batch = slice(64 * (step % 8), 64 * (step % 8 + 1))
+            optimizer.zero_grad()
+            chosen = torch.softmax(model(x[batch]) * 50, dim=1)[torch.arange(64), y[batch]]
+            loss = -torch.log(chosen).mean()
+            hook.record_loss(loss)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+    broke = next(step for step, value in enumerate(losses) if not np.isfinite(value))
+    result = run_rule(path, "DBG404")
+    spread = {f.tensor for f in keyed(result, "after-loss")}
+    assert {"0.weight", "2.weight", "act/1"} <= spread
+    (first,) = [f for f in keyed(result, "after-loss") if f.tensor == "0.weight"]
+    assert f"the train loss went non-finite first, at step {broke}" in first.message
+    report = analyze_path(path)
+    assert report.findings[report.problems[0].cause].rule_id == "DBG306"
+
+
 def test_non_finite_quiet_on_healthy_tensors(make_trace) -> None:
     assert (
         run_rule(make_trace(tensors=healthy_tensors()), "non-finite-tensor").status
