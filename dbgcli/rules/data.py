@@ -368,6 +368,7 @@ class ChannelMoments(Derivation):
     first_step: int | None = None
     last_step: int | None = None
     mode: str | None = None
+    outlier_ratio: float = 9.0
 
     def wanted(self, info: TagInfo, trace: Trace) -> np.ndarray | None:
         steps, modes = trace.index(info.tag)
@@ -378,10 +379,26 @@ class ChannelMoments(Derivation):
             mask &= steps <= self.last_step
         if self.mode is not None:
             mask &= modes == schema.MODE_CODES[self.mode]
-        return mask
+        unlike = outlying_records(trace.stat(info.tag, "std").values, modes, self.outlier_ratio)
+        kept: np.ndarray = mask & ~unlike
+        return kept
 
     def start(self, info: TagInfo, trace: Trace) -> Accumulator:
         return _MomentsAccumulator(info)
+
+
+def outlying_records(stds: np.ndarray, modes: np.ndarray, ratio: float) -> np.ndarray:
+    """Records whose standard deviation (over all their values) is more than ``ratio`` times
+    above or below the median record's of their mode: batches unlike the data set (corrupted,
+    scaled by mistake), which would dominate moments pooled over every record."""
+    outlying = np.zeros(len(stds), dtype=bool)
+    for code in np.unique(modes):
+        mine = (modes == code) & np.isfinite(stds) & (stds > 0)
+        if mine.sum() < 3:
+            continue
+        typical = float(np.median(stds[mine]))
+        outlying[mine] = (stds[mine] > ratio * typical) | (stds[mine] < typical / ratio)
+    return outlying
 
 
 class _MomentsAccumulator(Accumulator):
@@ -1250,7 +1267,14 @@ def _misprediction(
 
 def _plan_moments(ctx: RuleContext, params: dict[str, Any]) -> Iterator[tuple[str, Derivation]]:
     for view in _float_inputs(ctx):
-        yield view.tag, ChannelMoments(ctx.start, ctx.stop, ctx.mode)
+        yield view.tag, _moments_of(ctx, params["max_std_ratio"])
+
+
+def _moments_of(ctx: RuleContext, max_std_ratio: float) -> ChannelMoments:
+    """DBG602's moments: of the analysed records, without those whose scale is off the
+    others' by more than the rule's bar squared (a batch that is badly scaled even against
+    data at the edge of the bar)."""
+    return ChannelMoments(ctx.start, ctx.stop, ctx.mode, outlier_ratio=max_std_ratio**2)
 
 
 @rule(
@@ -1290,7 +1314,11 @@ def input_not_normalized(
     (axis 1 of 4-D and larger inputs, ``(batch, channels, H, W)``) or feature (the last axis of
     2-D and 3-D inputs, ``(batch, features)`` and ``(batch, time, features)``), the mean and the
     population standard deviation of every finite value of every input record with a full
-    tensor, per mode (merged exactly with Chan's pairwise update):
+    tensor, per mode (merged exactly with Chan's pairwise update), but for records whose
+    standard deviation is more than ``max_std_ratio`` squared times above or below the
+    median record's: batches unlike the data set (corrupted, scaled by mistake), three of
+    which, scaled by 300, once made sixty standardised batches read as a std of 70. The
+    message counts them; what they did to the model is the gradient rules' to say.
 
     * **mean** (key ``mean``): ``|mean| > threshold_mean`` (SageMaker's 0.2), times the std
       where it is above 1: standardising divides by the std, so a channel of std 1000
@@ -1347,7 +1375,7 @@ def input_not_normalized(
     """
     if max_std_ratio < 1:
         raise RuleConfigError(f"DBG602 max_std_ratio must be >= 1, got {max_std_ratio:g}")
-    derivation = ChannelMoments(ctx.start, ctx.stop, ctx.mode)
+    derivation = _moments_of(ctx, max_std_ratio)
 
     def judge(view: TensorView, table: ChannelMomentTable, code: int) -> Iterator[Finding]:
         mine = view.modes == code
@@ -1387,6 +1415,12 @@ def input_not_normalized(
             "mode": mode,
         }
         seen_text = f"{seen} samples in {_records(len(steps))} with full tensors"
+        unlike = int(outlying_records(view.stat("std"), view.modes, max_std_ratio**2)[mine].sum())
+        if unlike:
+            seen_text += (
+                f" ({_records(unlike)} left out, whose scale is over {max_std_ratio**2:g}x off "
+                "the median record's: batches unlike the rest)"
+            )
         yield from _normalisation(
             table.moments[int(code)], table.unit, threshold_mean, max_std_ratio, seen_text, where
         )

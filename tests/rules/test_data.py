@@ -518,6 +518,31 @@ def test_input_not_normalized_std_of_features(make_trace) -> None:
     assert run_rule(path, "DBG602", max_std_ratio=20.0).status is RuleStatus.passed
 
 
+def test_input_not_normalized_leaves_out_batches_unlike_the_rest(make_trace) -> None:
+    """Sixty standardised batches, three of them corrupted (scaled by 300): pooled, every
+    feature reads a std near 70; they are batches unlike the data set, left out and counted.
+    The same batches all scaled by 50 are the data set's scale, and badly scaled."""
+    rng = np.random.default_rng(8)
+    batches = [rng.normal(0.0, 1.0, size=(128, 20)).astype(np.float32) for _ in range(60)]
+    corrupted = [b * 300 if i in (15, 30, 42) else b for i, b in enumerate(batches)]
+    result = run_rule(
+        make_trace(tensors={"x": {"values": corrupted, "collection": "inputs"}}), "DBG602"
+    )
+    assert result.status is RuleStatus.passed
+    scaled = [b * 50 for b in batches]
+    (finding,) = keyed(
+        run_rule(make_trace(tensors={"x": {"values": scaled, "collection": "inputs"}}), "DBG602"),
+        "std",
+    )
+    assert finding.value == pytest.approx(50.0, rel=0.05)
+    mixed = [b * 50 if i != 15 else b * 50 * 300 for i, b in enumerate(batches)]
+    (finding,) = keyed(
+        run_rule(make_trace(tensors={"x": {"values": mixed, "collection": "inputs"}}), "DBG602"),
+        "std",
+    )
+    assert "(1 record left out, whose scale is over 9x off the median record's" in finding.message
+
+
 def test_input_not_normalized_judges_a_wide_feature_centred_by_its_own_spread(make_trace) -> None:
     """A feature of std 1000 around -2.4 is badly scaled but centred: once divided by its std
     its mean is 0.002. One of std 5 around 50 stays off-centre once scaled (10 stds)."""
