@@ -28,6 +28,7 @@ and the class rules (DBG601, DBG604, DBG605) skip them.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -379,7 +380,7 @@ class ChannelMoments(Derivation):
             mask &= steps <= self.last_step
         if self.mode is not None:
             mask &= modes == schema.MODE_CODES[self.mode]
-        unlike = outlying_records(trace.stat(info.tag, "std").values, modes, self.outlier_ratio)
+        unlike = _outlying_records(trace.stat(info.tag, "std").values, modes, self.outlier_ratio)
         kept: np.ndarray = mask & ~unlike
         return kept
 
@@ -387,7 +388,7 @@ class ChannelMoments(Derivation):
         return _MomentsAccumulator(info)
 
 
-def outlying_records(stds: np.ndarray, modes: np.ndarray, ratio: float) -> np.ndarray:
+def _outlying_records(stds: np.ndarray, modes: np.ndarray, ratio: float) -> np.ndarray:
     """Records whose standard deviation (over all their values) is more than ``ratio`` times
     above or below the median record's of their mode: batches unlike the data set (corrupted,
     scaled by mistake), which would dominate moments pooled over every record."""
@@ -715,18 +716,11 @@ def batch_indices(ctx: RuleContext, *, records: int = 20) -> bool:
     if not views:
         return False
     for view in views:
-        seen = 0
-        for chunk in ctx.trace.iter_raw(view.tag):
-            for values in chunk.values:
-                ids = np.asarray(values).reshape(-1)
-                if ids.size < 2 or not np.array_equal(np.sort(ids), np.arange(ids.size)):
-                    return False
-                seen += 1
-                if seen == records:
-                    break
-            if seen == records:
-                break
-        if seen < 2:
+        full = (values for chunk in ctx.trace.iter_raw(view.tag) for values in chunk.values)
+        first = [np.asarray(values).reshape(-1) for values in itertools.islice(full, records)]
+        if len(first) < 2 or not all(
+            ids.size > 1 and np.array_equal(np.sort(ids), np.arange(ids.size)) for ids in first
+        ):
             return False
     return True
 
@@ -1415,7 +1409,7 @@ def input_not_normalized(
             "mode": mode,
         }
         seen_text = f"{seen} samples in {_records(len(steps))} with full tensors"
-        unlike = int(outlying_records(view.stat("std"), view.modes, max_std_ratio**2)[mine].sum())
+        unlike = int(_outlying_records(view.stat("std"), view.modes, max_std_ratio**2)[mine].sum())
         if unlike:
             seen_text += (
                 f" ({_records(unlike)} left out, whose scale is over {max_std_ratio**2:g}x off "

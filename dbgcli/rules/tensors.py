@@ -878,9 +878,9 @@ def _pointless_freeze(
     quarter of them) still above 80 % of the mean of as many first ones (DBG303's bar), or,
     for a classifier, at chance (from 90 % of the loss of predicting the class frequencies to
     the loss of guessing over 90 %, DBG303's chance band: tuning the last bias alone brings a
-    badly started loss down to that and no further). Else None. A frozen backbone under a head that trains, or
-    tuning the biases alone, are fine-tunes while the loss does come down; a model that
-    cannot learn because most of it is frozen is a mistake."""
+    badly started loss down to that and no further). Else None. A frozen backbone under a
+    head that trains, or tuning the biases alone, are fine-tunes while the loss does come
+    down; a model that cannot learn because most of it is frozen is a mistake."""
     layers = [
         view
         for view in ctx.unfocused().tensors(collection="weights")
@@ -1031,10 +1031,11 @@ def non_finite_tensor(
     """
     loss_broke = ctx.shared("loss-non-finite", lambda: _first_non_finite_loss(ctx.unfocused()))
     for view in _selected(ctx, collections):
+        nans = view.stat("nan_count")
         found = list(
             _per_mode(
                 view,
-                nans := view.stat("nan_count"),
+                nans,
                 nans > 0,
                 threshold=0.0,
                 key="nan",
@@ -1043,9 +1044,10 @@ def non_finite_tensor(
             )
         )
         if not only_nan:
+            infs = view.stat("inf_count")
             found += _per_mode(
                 view,
-                infs := view.stat("inf_count"),
+                infs,
                 infs > 0,
                 threshold=0.0,
                 key="inf",
