@@ -1390,11 +1390,9 @@ def softmax_twice(ctx: RuleContext, *, records: int = 20) -> Iterator[Finding]:
     """
     if records < 1:
         raise RuleConfigError(f"DBG307 records must be at least 1, got {records}")
-    series = ctx.loss("train")
-    if series is None:
+    losses = _train_losses(ctx)
+    if not losses:
         return
-    loss_steps, loss_values = _finite(series)
-    losses = dict(zip(loss_steps.tolist(), loss_values.tolist()))
     for labels, predictions in scored_labels(ctx):
         shape = predictions.info.shape
         if shape is None or len(shape) not in (1, 2):
@@ -1434,7 +1432,7 @@ def softmax_twice(ctx: RuleContext, *, records: int = 20) -> Iterator[Finding]:
             ),
             tensor=predictions.tag,
             # The loss is the code's, wrong from the first step whatever steps show it.
-            first_step=int(loss_steps[0]),
+            first_step=min(losses),
             last_step=hits[-1][0],
             steps=len(hits),
             value=float(len(hits)),
@@ -1484,6 +1482,15 @@ def _steps_in_full(ctx: RuleContext, tags: Sequence[str], most: int) -> list[tup
             kept = np.intersect1d(kept, _kept_steps(ctx, tag, code))
         steps += [(int(step), mode) for step in kept]
     return _spread(sorted(steps), most)
+
+
+def _train_losses(ctx: RuleContext) -> dict[int, float]:
+    """The finite training loss of each step that has one (empty without a training loss)."""
+    series = ctx.loss("train")
+    if series is None:
+        return {}
+    steps, values = _finite(series)
+    return dict(zip(steps.tolist(), values.tolist()))
 
 
 def _loss_steps_in_full(
@@ -1770,11 +1777,9 @@ def inferred_pos_weight(ctx: RuleContext, *, records: int = 20) -> float | None:
 
 
 def _inferred_pos_weight(ctx: RuleContext, records: int) -> float | None:
-    series = ctx.loss("train")
-    if series is None:
+    losses = _train_losses(ctx)
+    if not losses:
         return None
-    loss_steps, loss_values = _finite(series)
-    losses = dict(zip(loss_steps.tolist(), loss_values.tolist()))
     for labels, predictions in scored_labels(ctx):
         shape = predictions.info.shape
         if shape is None or not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)):
@@ -1819,11 +1824,9 @@ def label_smoothing(ctx: RuleContext, *, records: int = 20) -> tuple[float, int]
     another forward pass gives estimates that wander, and is not read as smoothing. None for
     probabilities (DBG307's business), binary outputs, or a plain cross-entropy (``e``
     below 0.01)."""
-    series = ctx.loss("train")
-    if series is None:
+    losses = _train_losses(ctx)
+    if not losses:
         return None
-    loss_steps, loss_values = _finite(series)
-    losses = dict(zip(loss_steps.tolist(), loss_values.tolist()))
     for labels, predictions in scored_labels(ctx):
         shape = predictions.info.shape
         if shape is None or len(shape) != 2 or shape[1] < 2:
