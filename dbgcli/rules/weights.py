@@ -860,7 +860,9 @@ def learning_rate(
       the ones the run was tuned for change nothing: a warmup starts there and a decay to
       zero ends there for a sliver of the run, while a schedule that stays there (a step
       decay stepped every batch instead of every epoch, a step size far too short) trains
-      for nothing.
+      for nothing. The finding starts where the fall that ends there began (the last rise of
+      the rate before it; the first record for a schedule that only falls): from there the
+      schedule starves the run, and the loss that stays high from the start is its symptom.
 
     The finding names the recorded learning rate when there is one. The values are typical
     per-step ratios; with records several steps apart (``stats_every``) they are the mean
@@ -1063,15 +1065,21 @@ def _decayed(ctx: RuleContext, starved_share: float) -> Iterator[Finding]:
         return
     share = (len(values) - first) / len(values)
     lowest = float(np.nanmin(values[first:]))
+    # The schedule took the rate there from the last time it rose (its first record, for one
+    # that only falls): the cause dates from the start of that fall.
+    with np.errstate(invalid="ignore"):
+        rises = np.flatnonzero(np.diff(values[: first + 1]) > 0)
+    falling = int(rises[-1]) + 1 if len(rises) else 0
     yield Finding(
         message=(
-            f"the learning rate fell below {STARVED_LR:g} of its peak {peak:.3g} at step "
-            f"{steps[first]} (down to {lowest:.3g}) and stayed there for {share:.0%} of the run"
+            f"the learning rate fell from {values[falling]:.3g} at step {steps[falling]} to "
+            f"below {STARVED_LR:g} of its peak {peak:.3g} at step {steps[first]} (down to "
+            f"{lowest:.3g}) and stayed there for {share:.0%} of the run"
         ),
         tensor=ctx.lr_tag(),
-        first_step=int(steps[first]),
+        first_step=int(steps[falling]),
         last_step=int(steps[-1]),
-        steps=len(values) - first,
+        steps=len(values) - falling,
         value=lowest / peak,
         threshold=STARVED_LR,
         mode="train",

@@ -445,13 +445,23 @@ def test_learning_rate_too_low_needs_every_layer_starved_and_a_stuck_loss(make_t
 
 
 def test_learning_rate_decayed_to_nothing_early(make_trace) -> None:
-    """A step decay stepped every batch: the rate is 1e-6 of its peak from step 40 of 200."""
+    """A step decay stepped every batch: the rate is 1e-6 of its peak from step 40 of 200.
+    The finding starts where the fall began: the first step of a schedule that only falls,
+    the end of a warmup that comes first (the loss that stays high from the start is its
+    symptom)."""
     lr = [0.1] * 20 + [1e-3] * 20 + [1e-7] * 160
     tensors = network({"fc1.weight": 1e-3, "fc2.weight": 1e-3}, steps=200)
     path = make_trace(scalars={"lr": lr, "loss": [1.0] * 200}, tensors=tensors)
     (decayed,) = keyed(run_rule(path, "DBG503"), "decayed")
-    assert (decayed.tensor, decayed.first_step, decayed.last_step) == ("lr", 40, 199)
+    assert (decayed.tensor, decayed.first_step, decayed.last_step) == ("lr", 0, 199)
     assert decayed.value == pytest.approx(1e-6) and "80% of the run" in decayed.message
+    assert "fell from 0.1 at step 0 to below 0.0001 of its peak 0.1 at step 40" in (
+        decayed.message
+    )
+    warmed = list(np.linspace(0.01, 0.1, 10)) + [0.1] * 10 + [1e-7] * 180
+    path = make_trace(scalars={"lr": warmed, "loss": [1.0] * 200}, tensors=tensors)
+    (decayed,) = keyed(run_rule(path, "DBG503"), "decayed")
+    assert decayed.first_step == 9
     # A warmup from 0 and a linear decay to 0 at the end stay there only for a sliver.
     schedule = list(np.r_[np.linspace(0, 0.1, 20), np.linspace(0.1, 0, 180)])
     healthy = make_trace(scalars={"lr": schedule, "loss": [1.0] * 200}, tensors=tensors)
