@@ -174,6 +174,26 @@ def test_feature_importance_overweight_reads_the_chosen_type(make_trace) -> None
     assert finding.extra["importance_type"] == "gain"
 
 
+def test_feature_importance_one_feature_holding_the_gain_is_reported(make_trace) -> None:
+    """A leaked column: its splits are few (the weight importance is spread, under the bar),
+    but it holds 99 % of the gain, the others chasing noise with splits of tiny gain. A strong
+    feature that holds half the gain, the corpus's most, is not a leak."""
+    spread = importances(10)
+    leaked = [np.array([400.0] + [0.4] * 9) * (r + 1) for r in range(10)]
+    path = importance_trace(make_trace, {"weight": spread, "gain": leaked})
+    (finding,) = run_rule(path, "DBG702").findings
+    assert (finding.key, finding.tensor, finding.first_step) == (
+        "one-feature",
+        "feature_importance/gain",
+        9,
+    )
+    assert finding.value == pytest.approx(400 / 403.6)
+    assert finding.message.startswith("f0 holds 99.1 % of the gain importance")
+    strong = [np.array([45.0] + [5.0] * 9) * (r + 1) for r in range(10)]
+    path = importance_trace(make_trace, {"weight": spread, "gain": strong})
+    assert run_rule(path, "DBG702").status is RuleStatus.passed
+
+
 def test_feature_importance_overweight_falls_back_to_a_recorded_type(make_trace) -> None:
     concentrated = [np.array([50.0, 40.0, 30.0] + [1.0] * 7)] * 4
     (finding,) = run_rule(importance_trace(make_trace, {"cover": concentrated}), "DBG702").findings
