@@ -953,6 +953,7 @@ def overtraining(
     delta: float = 0.0,
     min_train_lead: float = 0.05,
     z: float = 1.0,
+    floor: float = 0.1,
 ) -> Iterator[Finding]:
     """Training goes on improving the training loss after the validation loss stopped improving.
 
@@ -992,7 +993,11 @@ def overtraining(
     train window then sets a new optimum (the simulated 5000-step runs of the tests are
     reported with ``min_train_lead = 0``). Overtraining proper means the training loss pulls
     away from a stalled validation loss, so that is what is measured, on means over several
-    evaluations because one evaluation is itself noisy.
+    evaluations because one evaluation is itself noisy. Both falls are relative to their level
+    at the validation optimum, but to no less than ``floor`` (a tenth) of the initial loss,
+    as DBG305 and DBG301 measure swings and rises: a boosted model that fits a leaked column
+    takes both losses to 0.001 from 0.6, where the train loss's last 11 % and the eval loss's
+    1.6 % rise are 0.0001 and 0.00001, noise of a model that has converged.
 
     An evaluation at which the recorded learning rate is at least twice the lowest it was
     since the validation optimum is not judged: a schedule raised the rate since (a warm
@@ -1028,6 +1033,8 @@ def overtraining(
         min_train_lead: How much further (relative) the train loss must have fallen than the
             validation loss since the validation optimum.
         z: Standard errors of the train loss's fall allowed in the run's favour.
+        floor: The falls are relative to the level at the validation optimum, but no less than
+            this fraction of the initial loss.
     """
     _positive("DBG304", patience_train=patience_train, patience_validation=patience_validation)
     stopping = _early_stopping_on_loss(ctx)
@@ -1048,10 +1055,16 @@ def overtraining(
     train_since, train_best = _since_best(evaluation.train()[0], delta)
     recent_train, recent_error = evaluation.train(patience_train)
     recent_val = _trailing_mean(evaluation.val, patience_train)
-    reference = np.abs(recent_train[val_best])
+    # Near 0 a loss halves by noise: falls count against a tenth of the initial loss at least
+    # (DBG305's floor, DBG301's for rises).
+    initial = initial_loss(ctx)
+    least = 0.0 if initial is None else floor * abs(initial.value)
+    reference = np.fmax(np.abs(recent_train[val_best]), least)
     with np.errstate(invalid="ignore", divide="ignore"):
         train_drop = (recent_train[val_best] - recent_train) / reference
-        val_drop = (recent_val[val_best] - recent_val) / np.abs(recent_val[val_best])
+        val_drop = (recent_val[val_best] - recent_val) / np.fmax(
+            np.abs(recent_val[val_best]), least
+        )
         doubt = z * np.hypot(recent_error, recent_error[val_best]) / reference
     lead = train_drop - val_drop
     improving = (train_best > 0) & (train_since < patience_train) & (lead - doubt >= min_train_lead)

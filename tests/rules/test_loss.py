@@ -558,6 +558,22 @@ def test_overtraining_is_a_stall_no_later_evaluation_ends(make_trace) -> None:
     assert run_rule(make_trace(scalars=run), "DBG304").status is RuleStatus.passed
 
 
+def test_overtraining_at_a_loss_near_zero_is_measured_against_the_start(make_trace) -> None:
+    """The same curves, both losses a thousandth of their level after the first 20 steps (a
+    boosted model that found a leaked column): the eval loss's creep and the train loss's
+    fall are noise next to where the loss started, and count against a tenth of it."""
+    run = overtraining_run()
+    for part in run["loss"]:
+        steps = part.get("steps", range(len(part["values"])))
+        part["values"] = [
+            value * (0.001 if step > 20 else 1.0)
+            for step, value in zip(steps, part["values"], strict=True)
+        ]
+    path = make_trace(scalars=run)
+    assert run_rule(path, "DBG304").status is RuleStatus.passed
+    assert keyed(run_rule(path, "DBG304", floor=0.0), "validation-stalled")
+
+
 def test_overtraining_is_not_judged_while_a_restart_keeps_the_rate_up(make_trace) -> None:
     """The same eval curve as above (best at step 300, then creeping up) under SGDR restarted
     at step 310 for one long cycle: while the restart keeps the rate above twice its low

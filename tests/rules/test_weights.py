@@ -455,9 +455,7 @@ def test_learning_rate_decayed_to_nothing_early(make_trace) -> None:
     (decayed,) = keyed(run_rule(path, "DBG503"), "decayed")
     assert (decayed.tensor, decayed.first_step, decayed.last_step) == ("lr", 0, 199)
     assert decayed.value == pytest.approx(1e-6) and "80% of the run" in decayed.message
-    assert "fell from 0.1 at step 0 to below 0.0001 of its peak 0.1 at step 40" in (
-        decayed.message
-    )
+    assert "fell from 0.1 at step 0 to below 0.0001 of its peak 0.1 at step 40" in (decayed.message)
     warmed = list(np.linspace(0.01, 0.1, 10)) + [0.1] * 10 + [1e-7] * 180
     path = make_trace(scalars={"lr": warmed, "loss": [1.0] * 200}, tensors=tensors)
     (decayed,) = keyed(run_rule(path, "DBG503"), "decayed")
