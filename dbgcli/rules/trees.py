@@ -297,10 +297,10 @@ def feature_importance_overweight(
     model whose gain (or total gain) importance puts more than ``gain_share`` (90 %: nine
     times all the other features' together) on one feature is reported too (key
     ``one-feature``). On the calibration corpus's XGBoost runs, seeds 0-11, the leaked
-    feature holds 96-99.5 % of the gain (85-470 times the runner-up's) and no other run puts
-    more than 53 % on one feature (the runner-up at most 3.5 times below); a leak that
-    round 14 of the exploration runs planted held 99.2 % of the gain on 42 % of the splits,
-    under the weight bar.
+    feature holds 96-99.5 % of the gain (84-380 times the runner-up's) and no other run puts
+    more than 53 % on one feature (the runner-up at most 3.5 times below; a Poisson
+    regression outside the corpus, 55 %); a leak planted in exploration runs outside it held
+    99.2 % of the gain on 42 % of the splits, under the weight bar.
 
     Why it matters: a model that leans on a handful of features is fragile: it breaks when
     one of them drifts or goes missing, and one dominant feature is the classic sign of target
