@@ -212,8 +212,13 @@ def importance_type_of(info: TagInfo) -> str | None:
 
 def _importance_view(ctx: RuleContext, importance_type: str) -> TensorView | None:
     """The importance tensor of ``importance_type`` with full tensors, else the first such type."""
+    return _first_of_types(ctx, (importance_type, *IMPORTANCE_TYPES))
+
+
+def _first_of_types(ctx: RuleContext, types: tuple[str, ...]) -> TensorView | None:
+    """The importance tensor with full tensors of the first of ``types`` recorded."""
     views = [v for v in ctx.tensors(collection=IMPORTANCE_COLLECTION) if v.info.raw_records]
-    for wanted in (importance_type, *IMPORTANCE_TYPES):
+    for wanted in types:
         for view in views:
             if importance_type_of(view.info) == wanted:
                 return view
@@ -222,12 +227,7 @@ def _importance_view(ctx: RuleContext, importance_type: str) -> TensorView | Non
 
 def _gain_view(ctx: RuleContext) -> TensorView | None:
     """The gain (else total gain) importance tensor with full tensors, if recorded."""
-    views = [v for v in ctx.tensors(collection=IMPORTANCE_COLLECTION) if v.info.raw_records]
-    for wanted in ("gain", "total_gain"):
-        for view in views:
-            if importance_type_of(view.info) == wanted:
-                return view
-    return None
+    return _first_of_types(ctx, ("gain", "total_gain"))
 
 
 def _plan_importance(ctx: RuleContext, params: dict[str, Any]) -> Iterable[tuple[str, Derivation]]:
