@@ -971,17 +971,17 @@ def class_imbalance(
       labels were skewed from the first one, whenever enough of them made that certain
       (SageMaker could fire only once ``samples`` labels had been seen). A label stream
       with fewer labels gets an info finding (key ``too-few-samples``); when no stream has
-      enough, the rule is reported as skipped with that reason instead of a silent pass.
-      When the run compensates its imbalance (run metadata ``class_weighting``: the XGBoost
-      callback notes ``scale_pos_weight``; note a weighted loss or a balancing sampler
-      yourself; a binary loss's ``pos_weight`` is read off the recorded loss, labels and
-      scores where they are kept in full), the imbalance is an info finding of key
-      ``compensated`` that explains no other: the fix is in place, and whether it works is
-      the misprediction check's question. Unless the metadata (or the loss) gives a weight per class id (a list of numbers, or
-      ``scale_pos_weight`` for class 1 of two) and the classes' counts times their weights
-      are no more even than the counts: weights that rise with a class's count (its
-      frequency written where its inverse was meant) are no compensation, and the imbalance
-      stays a warning that says so.
+      enough, the rule is reported as skipped with that reason instead of a silent pass. When
+      the run compensates its imbalance (run metadata ``class_weighting``: the XGBoost callback
+      notes ``scale_pos_weight``; note a weighted loss or a balancing sampler yourself; a binary
+      loss's ``pos_weight`` is read off the recorded loss, labels and scores where they are kept
+      in full), the imbalance is an info finding of key ``compensated`` that explains no other:
+      the fix is in place, and whether it works is the misprediction check's question. Unless
+      the metadata (or the loss) gives a weight per class id (a list of numbers, or
+      ``scale_pos_weight`` for class 1 of two) and the classes' counts times their weights are
+      no more even than the counts: weights that rise with a class's count (its frequency
+      written where its inverse was meant) are no compensation, and the imbalance stays a
+      warning that says so.
     * **misprediction** (key ``mispredicted``, needs predictions): for some class, the share
       of its labelled samples whose predicted class differs ``> threshold_misprediction``.
       One mode's predictions judge the model, as in DBG604: the held-out (eval) ones when the

@@ -1383,9 +1383,9 @@ def softmax_twice(ctx: RuleContext, *, records: int = 20) -> Iterator[Finding]:
     a step counts where the two differ by more than 5 % (an untrained model's nearly uniform
     probabilities give both alike) and the recorded loss is the first within 0.1 % and not the
     second. At least three such steps, and at least half of those where the two differ, make
-    the finding, dated from the first training loss (the loss is the code's). Recording the probabilities while the loss takes the logits gives the
-    second, and no finding; so do losses with other terms or label smoothing, which match
-    neither.
+    the finding, dated from the first training loss (the loss is the code's). Recording the
+    probabilities while the loss takes the logits gives the second, and no finding; so do
+    losses with other terms or label smoothing, which match neither.
 
     Why it matters: the loss and its gradients are not those of the classifier meant; it
     learns slowly, stalls at a loss floor far above zero, and looks like an optimisation
@@ -1469,20 +1469,42 @@ def _binary_cross_entropies(
     """Mean binary cross-entropy of one training step's predictions read as logits and read
     as probabilities; None unless they are one probability per sample and the labels 0s and
     1s of the same samples."""
+    pair = _binary_pair(ctx, labels, predictions, step)
+    if pair is None or not pair[1].size:
+        return None
+    y, p = pair
+    if not ((p >= 0).all() and (p <= 1).all()):
+        return None
+
+    def mean(terms: tuple[np.ndarray, np.ndarray]) -> float:
+        return float(np.mean(y * terms[0] + (1 - y) * terms[1]))
+
+    return mean(_binary_terms(p, probabilities=False)), mean(_binary_terms(p, probabilities=True))
+
+
+def _binary_pair(
+    ctx: RuleContext, labels: str, predictions: str, step: int
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """One training step's labels and scores, flattened (float64): None unless they pair
+    element by element, the scores all finite and the labels all 0 or 1."""
     scores = ctx.trace.raw(predictions, step, "train")
     truth = ctx.trace.raw(labels, step, "train")
-    if scores is None or truth is None or scores.size != truth.size or truth.size == 0:
+    if scores is None or truth is None or scores.size != truth.size:
         return None
     p = scores.reshape(-1).astype(np.float64)
     y = truth.reshape(-1).astype(np.float64)
-    if not (np.isfinite(p).all() and (p >= 0).all() and (p <= 1).all()):
+    if not (np.isfinite(p).all() and ((y == 0) | (y == 1)).all()):
         return None
-    if not ((y == 0) | (y == 1)).all():
-        return None
-    as_logits = float(np.mean(np.logaddexp(0.0, p) - y * p))
-    clipped = np.clip(p, 1e-300, 1 - 1e-16)
-    as_probabilities = float(np.mean(-y * np.log(clipped) - (1 - y) * np.log1p(-clipped)))
-    return as_logits, as_probabilities
+    return y, p
+
+
+def _binary_terms(p: np.ndarray, *, probabilities: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Per element, the cross-entropy a label of 1 and a label of 0 cost: ``-log q`` and
+    ``-log(1 - q)``, ``q`` the score read as a probability, or as a logit's sigmoid."""
+    if probabilities:
+        clipped = np.clip(p, 1e-300, 1 - 1e-16)
+        return -np.log(clipped), -np.log1p(-clipped)
+    return np.logaddexp(0.0, -p), np.logaddexp(0.0, p)
 
 
 def _steps_in_full(ctx: RuleContext, tags: Sequence[str], most: int) -> list[tuple[int, str]]:
@@ -1620,8 +1642,7 @@ def softmax_over_batch(ctx: RuleContext, *, records: int = 20) -> Iterator[Findi
     """
     if records < 1:
         raise RuleConfigError(f"DBG309 records must be at least 1, got {records}")
-    series = ctx.loss("train")
-    losses = dict(zip(*(a.tolist() for a in _finite(series)))) if series is not None else {}
+    losses = _train_losses(ctx)
     for labels, predictions in scored_labels(ctx):
         shape = predictions.info.shape
         if shape is None or len(shape) < 2 or shape[-1] < 2:
@@ -1799,19 +1820,12 @@ def _inferred_pos_weight(ctx: RuleContext, records: int) -> float | None:
             continue
         weights = []
         for step in _loss_steps_in_full(ctx, labels.tag, predictions.tag, losses, records):
-            scores = ctx.trace.raw(predictions.tag, step, "train")
-            truth = ctx.trace.raw(labels.tag, step, "train")
-            if scores is None or truth is None or scores.size != truth.size:
+            pair = _binary_pair(ctx, labels.tag, predictions.tag, step)
+            if pair is None:
                 break
-            p = scores.reshape(-1).astype(np.float64)
-            y = truth.reshape(-1).astype(np.float64)
-            if not (np.isfinite(p).all() and ((y == 0) | (y == 1)).all()):
-                break
-            if ((p >= 0) & (p <= 1)).all():
-                clipped = np.clip(p, 1e-300, 1 - 1e-16)
-                positive, negative = -np.log(clipped), -np.log1p(-clipped)
-            else:
-                positive, negative = np.logaddexp(0.0, -p), np.logaddexp(0.0, p)
+            y, p = pair
+            probabilities = bool(((p >= 0) & (p <= 1)).all())
+            positive, negative = _binary_terms(p, probabilities=probabilities)
             a, b = float(np.mean(y * positive)), float(np.mean((1 - y) * negative))
             if a > 0:
                 weights.append((losses[step] - b) / a)

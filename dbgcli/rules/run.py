@@ -363,6 +363,11 @@ def _per_module(ctx: RuleContext, key: str, valid: Callable[[Any], bool]) -> dic
     }
 
 
+def _listed(names: list[str], most: int = 3) -> str:
+    """The first ``most`` names, and how many more there are."""
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
 def _dropout_note(ctx: RuleContext) -> dict[str, float]:
     """The run metadata's ``dropout``: module name -> rate (valid rates only)."""
     valid = _per_module(
@@ -429,7 +434,7 @@ def dropout_too_strong(
         return
     rate = max(strong.values())
     names = sorted(strong, key=lambda name: (-strong[name], name))
-    listed = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    listed = _listed(names)
     first = _first_training_step(ctx)
     yield Finding(
         message=(
@@ -588,32 +593,29 @@ def optimizer_settings(ctx: RuleContext, *, dominance: float = 1.0) -> Iterator[
     group's settings (run metadata ``optimizer``); the rule reads the groups that have ``eps``
     with ``betas`` or RMSprop's ``alpha``.
 
-    * **eps dominates** (key ``eps-dominates``, a note): ``eps`` is at least ``dominance``
-      times the gradients' size as the run starts (of each gradient tensor at its first
-      training record, ``sum(g²) / sum(|g|)``, the mean of ``|g|`` weighted by ``|g|``, for
-      which an embedding's rows a batch did not use count for nothing; the median tensor;
-      later, a diverged run's gradients can vanish, and ``eps`` then dominates as a
-      consequence). The
-      denominator is then mostly ``eps``: a step is at most half what Adam means to take,
-      and at ``eps`` far above the gradients it is ``lr · m / eps``, plain SGD with momentum
-      at the rate ``lr / eps``. It is the cause when the run fails to fit (a learning rate too
-      low by its updates, DBG503; a loss that stays high, DBG301 and DBG303). A large ``eps``
-      can be chosen on purpose, with the learning rate raised to match (TensorFlow's
-      documentation suggests 1.0 or 0.1 for Inception on ImageNet), so on its own it is a
-      note.
-    * **the second moment underflows in float16** (key ``float16-eps``): parameters stored
-      in float16 that the optimizer updates in place (``model.half()`` without float32
-      master weights; the hook's note ``parameters_not_in_optimizer`` tells that the
-      optimizer holds the model's own tensors), whose state PyTorch keeps in their dtype,
-      fused or not. ``v`` grows by ``(1 - beta2) · g²``, which is 0 in float16 (below
-      ``2**-25``) for a gradient element under ``sqrt(2**-25 / (1 - beta2))``, 0.0055 at
-      Adam's 0.999: such an element keeps ``v = 0`` and steps ``lr · m / eps``. Reported when
-      ``eps`` itself is 0 in float16 (at most ``2**-25``: 1e-8 is), where that step is
-      ``m / 0``, infinite or NaN; or when some gradient tensor's size as the run starts (as
-      above) is below that bound, so that its typical elements step as SGD at ``lr /
-      eps``. An error
-      when the loss or a weight went NaN or infinite in the run, else a note, and the cause
-      of updates out of scale (DBG503) or a loss that stays high.
+    * **eps dominates** (key ``eps-dominates``, a note): ``eps`` is at least ``dominance`` times
+      the gradients' size as the run starts (of each gradient tensor at its first training
+      record, ``sum(g²) / sum(|g|)``, the mean of ``|g|`` weighted by ``|g|``, for which an
+      embedding's rows a batch did not use count for nothing; the median tensor; later, a
+      diverged run's gradients can vanish, and ``eps`` then dominates as a consequence). The
+      denominator is then mostly ``eps``: a step is at most half what Adam means to take, and at
+      ``eps`` far above the gradients it is ``lr · m / eps``, plain SGD with momentum at the
+      rate ``lr / eps``. It is the cause when the run fails to fit (a learning rate too low by
+      its updates, DBG503; a loss that stays high, DBG301 and DBG303). A large ``eps`` can be
+      chosen on purpose, with the learning rate raised to match (TensorFlow's documentation
+      suggests 1.0 or 0.1 for Inception on ImageNet), so on its own it is a note.
+    * **the second moment underflows in float16** (key ``float16-eps``): parameters stored in
+      float16 that the optimizer updates in place (``model.half()`` without float32 master
+      weights; the hook's note ``parameters_not_in_optimizer`` tells that the optimizer holds
+      the model's own tensors), whose state PyTorch keeps in their dtype, fused or not. ``v``
+      grows by ``(1 - beta2) · g²``, which is 0 in float16 (below ``2**-25``) for a gradient
+      element under ``sqrt(2**-25 / (1 - beta2))``, 0.0055 at Adam's 0.999: such an element
+      keeps ``v = 0`` and steps ``lr · m / eps``. Reported when ``eps`` itself is 0 in float16
+      (at most ``2**-25``: 1e-8 is), where that step is ``m / 0``, infinite or NaN; or when some
+      gradient tensor's size as the run starts (as above) is below that bound, so that its
+      typical elements step as SGD at ``lr / eps``. An error when the loss or a weight went NaN
+      or infinite in the run, else a note, and the cause of updates out of scale (DBG503) or a
+      loss that stays high.
 
     Why it matters: a dominating ``eps`` turns the adaptive optimizer into SGD at a rate
     tuned for Adam, thousands of times too small; in float16, an ``eps`` too small for the
@@ -766,7 +768,7 @@ def batch_norm_small_batch(ctx: RuleContext, *, min_values: int = 8) -> Iterator
         return
     count = min(few.values())
     names = sorted(few, key=lambda name: (few[name], name))
-    listed = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    listed = _listed(names)
     yield Finding(
         message=(
             f"{len(few)} batch norm module{'s' if len(few) != 1 else ''} ({listed}) "

@@ -744,7 +744,8 @@ def unchanged_tensor(
     frozen = set(declared) if isinstance(declared, list) else set()
     left_out = ctx.trace.metadata.get(schema.META_NOT_IN_OPTIMIZER)
     not_in_optimizer = set(left_out) if isinstance(left_out, list) else None
-    pointless = _pointless_freeze(ctx, gradients, frozen)
+    # The same for every tensor of the trace: judged once.
+    pointless = ctx.shared("pointless-freeze", lambda: _pointless_freeze(ctx, gradients, frozen))
     invariant = invariant_biases(ctx)
     for view in _selected(ctx, collections):
         result: UnchangedRuns = view.derive(derivation)
@@ -1030,29 +1031,19 @@ def non_finite_tensor(
         collections: Collections to check (comma-separated; empty: every tensor).
     """
     loss_broke = ctx.shared("loss-non-finite", lambda: _first_non_finite_loss(ctx.unfocused()))
+    kinds = (("nan", "NaN"),) if only_nan else (("nan", "NaN"), ("inf", "infinite"))
     for view in _selected(ctx, collections):
-        nans = view.stat("nan_count")
-        found = list(
-            _per_mode(
-                view,
-                nans,
-                nans > 0,
-                threshold=0.0,
-                key="nan",
-                worst="max",
-                message=lambda e, v: f"{_up_to(e)}{v:.0f} NaN element{'' if v == 1 else 's'}",
-            )
-        )
-        if not only_nan:
-            infs = view.stat("inf_count")
+        found: list[Finding] = []
+        for key, word in kinds:
+            bad = view.stat(f"{key}_count")
             found += _per_mode(
                 view,
-                infs,
-                infs > 0,
+                bad,
+                bad > 0,
                 threshold=0.0,
-                key="inf",
+                key=key,
                 worst="max",
-                message=lambda e, v: f"{_up_to(e)}{v:.0f} infinite element{'' if v == 1 else 's'}",
+                message=_count_message(word),
             )
         for finding in found:
             if (
@@ -1069,6 +1060,11 @@ def non_finite_tensor(
                     f"{loss_broke}",
                 )
             yield finding
+
+
+def _count_message(word: str) -> Callable[[Episode, float], str]:
+    """DBG404's message: the worst count of ``word`` (NaN, infinite) elements."""
+    return lambda e, v: f"{_up_to(e)}{v:.0f} {word} element{'' if v == 1 else 's'}"
 
 
 # Tensors a training step's loss is computed from (or that its forward pass computes): while

@@ -635,12 +635,12 @@ def update_ratio(
 
     SageMaker Debugger's WeightUpdateRatio with the norm made explicit (TheDeepChecker's and
     DeepDiagnosis's "effective learning rate"), judged layer by layer against the rest of the
-    network. For each weight matrix or kernel (two or more dimensions: biases and
-    normalisation scales start at 0 or 1 and say nothing, and so do the parameters a model
-    adds to its activations or scales a branch with, ``pos_embed``, ``cls_token``, ``gamma``,
-    which ``poor-weight-initialization`` leaves alone for the same reason; embedding tables
-    update only the rows of the batch) and recorded step ``s`` whose previous record ``p`` is the record just
-    before it, at an earlier step:
+    network. For each weight matrix or kernel (two or more dimensions: biases and normalisation
+    scales start at 0 or 1 and say nothing, and so do the parameters a model adds to its
+    activations or scales a branch with, ``pos_embed``, ``cls_token``, ``gamma``, which
+    ``poor-weight-initialization`` leaves alone for the same reason; embedding tables update
+    only the rows of the batch) and recorded step ``s`` whose previous record ``p`` is the
+    record just before it, at an earlier step:
 
         ratio(s) = ||w_s - w_p||₂ / (||w_p||₂ · (s - p))
 
@@ -815,19 +815,19 @@ def learning_rate(
 
     * **too high** (key ``too-high``): the network's typical ratio is above ``max_ratio``
       (0.1: TheDeepChecker's unstable-learning bound, ``log10`` of the update/weight ratio
-      above -1, and DeepDiagnosis's effective-learning-rate bound 1e-1; a healthy run sits
-      near 1e-3 to 1e-2) at some step, **and** the training loss shows it: it became
-      non-finite, rose above ``diverged`` (1.5) times its first value at some record, or
-      ended (mean of its last 10 records) above ``stuck_fraction`` of its first value or, for
-      a classifier, at chance (DBG303's band: a rate that kills the network in its first
-      steps takes a loss that started far above ``ln C``, from huge first logits, down to
-      chance and no further). Every such step moves each layer by more than a tenth of its size, so the optimizer
-      overshoots; the runs of the calibration corpus whose rate is 10 to 100 times too high
-      reach 0.25 to 0.9 and their loss spikes to 1.6 to 1000 times its start, while healthy
-      runs stay below 0.1 (a healthy GPT-2 peaks at 0.09 in its first steps). A run whose
-      updates are large but whose loss falls well is not reported: large updates that work
-      are not a problem. The median over ``window`` steps keeps the largest first updates
-      from counting alone. Without a training loss the updates decide alone.
+      above -1, and DeepDiagnosis's effective-learning-rate bound 1e-1; a healthy run sits near
+      1e-3 to 1e-2) at some step, **and** the training loss shows it: it became non-finite, rose
+      above ``diverged`` (1.5) times its first value at some record, or ended (mean of its last
+      10 records) above ``stuck_fraction`` of its first value or, for a classifier, at chance
+      (DBG303's band: a rate that kills the network in its first steps takes a loss that started
+      far above ``ln C``, from huge first logits, down to chance and no further). Every such
+      step moves each layer by more than a tenth of its size, so the optimizer overshoots; the
+      runs of the calibration corpus whose rate is 10 to 100 times too high reach 0.25 to 0.9
+      and their loss spikes to 1.6 to 1000 times its start, while healthy runs stay below 0.1 (a
+      healthy GPT-2 peaks at 0.09 in its first steps). A run whose updates are large but whose
+      loss falls well is not reported: large updates that work are not a problem. The median
+      over ``window`` steps keeps the largest first updates from counting alone. Without a
+      training loss the updates decide alone.
     * **too low** (key ``too-low``): the network's typical ratio is below ``min_ratio``
       (1e-4, TheDeepChecker's lower bound) for at least half of the judged steps, **and** the
       training has not learned: the mean of the last 10 training losses is still above
@@ -847,13 +847,12 @@ def learning_rate(
       was tuned for (its length in epochs where steps were meant, a schedule built for a
       longer run).
     * **warmup restarted** (key ``warmup-restarted``): the recorded learning rate falls
-      abruptly (below half its value from one record to the next) back to where it started,
-      at least twice, and between those falls it only rises, over 3 records or more and by
-      more than 2x. That is a
-      warmup begun again and again: a scheduler (or its lambda's step count) created inside
-      the epoch loop, so the rate never gets past the first epoch's share of the warmup.
-      Warm restarts (SGDR) and cyclic schedules fall between their restarts and are not it.
-      Reported whatever the loss did: the run trained at a rate it was not tuned for.
+      abruptly (below half its value from one record to the next) back to where it started, at
+      least twice, and between those falls it only rises, over 3 records or more and by more
+      than 2x. That is a warmup begun again and again: a scheduler (or its lambda's step count)
+      created inside the epoch loop, so the rate never gets past the first epoch's share of the
+      warmup. Warm restarts (SGDR) and cyclic schedules fall between their restarts and are not
+      it. Reported whatever the loss did: the run trained at a rate it was not tuned for.
     * **decayed to nothing early** (key ``decayed``): the recorded learning rate falls below
       ``STARVED_LR`` (1e-4) of its peak and stays there to the end, for at least
       ``starved_share`` (20 %) of the recorded steps. Updates four orders of magnitude below
