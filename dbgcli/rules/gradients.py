@@ -256,15 +256,25 @@ _EXPLOSION_EFFECTS = (
     category="gradients",
     requires=GRADIENTS,
     per_tensor=True,
-    label={"nonfinite": "non-finite gradients", "*": "exploding gradients"},
+    label={
+        "nonfinite": "non-finite gradients",
+        "input-spike": "corrupted input batch",
+        "*": "exploding gradients",
+    },
     explains={"nonfinite": ("DBG306", "DBG404"), "*": _EXPLOSION_EFFECTS},
 )
 def exploding_gradient(
-    ctx: RuleContext, *, growth: float = 300.0, window: int = 10, max_abs_mean: float = 1e6
+    ctx: RuleContext,
+    *,
+    growth: float = 300.0,
+    window: int = 10,
+    max_abs_mean: float = 1e6,
+    input_scale: float = 9.0,
 ) -> Iterator[Finding]:
     """Gradients blow up: non-finite values, a sudden jump in norm, or huge magnitudes.
 
-    Three conditions per gradient tensor and recorded step, and one on the loss between them:
+    Three conditions per gradient tensor and recorded step, and two on what drives them,
+    the loss between gradient records and the inputs:
 
     * **non-finite** (severity error): any NaN or ±inf element (``nan_count + inf_count >
       0``); SageMaker Debugger's ExplodingTensor restricted to gradients.
@@ -315,22 +325,39 @@ def exploding_gradient(
       The finding is the loss's, one per jump at a step with no gradient recorded; the first
       ``window`` loss records are history only. A loss that oscillates (DBG305) jumps so at
       every turn, and starting earlier is their cause.
+    * **input spike** (warning, key ``input-spike``): the blow-up's trigger, a batch unlike
+      the rest. A training record of a float input (not token ids) whose standard deviation
+      is more than ``input_scale`` times the median record's, where the training loss of its
+      step (the batch's) or of the next (after the update the batch drove) lands above the
+      untrained model's loss (as for the loss jump: no fitted model's hard batch does that). 9 is DBG602's bar on a channel's scale (3) squared, the factor at
+      which DBG602 leaves such records out of its moments: even data at the edge of that bar
+      are not this far off. A unit conversion applied twice, a batch of raw pixels among
+      normalised ones, a join that put the wrong column in: the gradients of that step scale
+      with the inputs, yet may rise less than ``growth`` times (a batch scaled by 300 lifted
+      them 150 times on a real run, and the updates it drove, 7 times the weights, read as a
+      learning rate far too high), so the inputs say what the gradients cannot. The finding is the inputs' and
+      spans their spikes; records N steps apart see only the spikes at recorded steps (the
+      loss jump sees the others). Only a rise counts: a batch of small scale cannot blow up.
 
     Why it matters: exploding gradients throw the weights far from any useful region in one
     step; the loss jumps, often to NaN, and training rarely recovers.
 
     Typical causes: a learning rate far too high, no gradient clipping in recurrent networks,
     poor initialisation (large weights), a loss with a division or log near zero, fp16
-    overflow without loss scaling.
+    overflow without loss scaling, a corrupted batch.
 
     Fix: lower the learning rate or use warmup, clip the gradient norm, check the loss for
-    unsafe operations, use mixed precision with a gradient scaler.
+    unsafe operations, use mixed precision with a gradient scaler; for a corrupted batch, look
+    at the input pipeline at the steps named (a conversion applied twice, a skipped
+    normalisation) and clip the gradient norm against the next one.
 
     Args:
         growth: Factor over the trailing median norm that counts as an explosion.
         window: Records of history the medians use; the records of the first ``window``
             steps (at least three) are not judged.
         max_abs_mean: Mean absolute gradient above which a tensor counts as exploded.
+        input_scale: Factor over the median input record's standard deviation above which a
+            batch counts as unlike the rest.
     """
     for view in ctx.tensors(collection="gradients"):
         nonfinite = view.stat("nan_count") + view.stat("inf_count")
@@ -378,6 +405,7 @@ def exploding_gradient(
         )
         if view.tag == ctx.shared("first-gradient", lambda: _first_gradient_tag(ctx)):
             yield from _loss_jumps_between_records(ctx, growth, window)
+            yield from _input_spikes(ctx, input_scale)
         magnitude = view.stat("abs_mean")
         yield from episode_findings(
             tensor=view.tag,
@@ -446,6 +474,47 @@ def _loss_jumps_between_records(ctx: RuleContext, growth: float, window: int) ->
             threshold=growth,
             mode="train",
             key="loss-jump",
+        )
+
+
+def _input_spikes(ctx: RuleContext, scale: float) -> Iterator[Finding]:
+    """DBG102's input spikes, found once per trace (the findings are the inputs')."""
+    whole = ctx.unfocused()
+    loss = whole.loss("train")
+    initial = initial_loss(whole)
+    if loss is None or initial is None:
+        return
+    train = schema.MODE_CODES["train"]
+    losses: dict[int, float] = {}
+    for step, value in zip(loss.steps[loss.modes == train], loss.values[loss.modes == train]):
+        losses[int(step)] = max(losses.get(int(step), -np.inf), float(value))
+    for view in whole.tensors(collection="inputs"):
+        if whole.categorical(view):
+            continue
+        stds = np.where(view.modes == train, view.stat("std"), np.nan)
+        usable = np.isfinite(stds) & (stds > 0)
+        if usable.sum() < 3:
+            continue
+        ratio = stds / float(np.median(stds[usable]))
+        # The batch's own loss, or the loss after the update it drove.
+        above = np.array(
+            [max(losses.get(int(s), -np.inf), losses.get(int(s) + 1, -np.inf)) for s in view.steps]
+        )
+        with np.errstate(invalid="ignore"):
+            spiked = usable & (ratio > scale) & (above > initial.value)
+        yield from episode_findings(
+            tensor=view.tag,
+            steps=view.steps,
+            values=ratio,
+            violating=spiked,
+            threshold=scale,
+            key="input-spike",
+            modes=view.modes,
+            message=lambda e, v: (
+                f"training inputs at up to {v:.3g}x the median batch's standard deviation "
+                f"(> {scale:g}x), with the loss of their step or the next above {initial.name}: "
+                "batches unlike the rest threw the model"
+            ),
         )
 
 

@@ -322,6 +322,93 @@ def test_a_corrupted_batch_between_gradient_records_is_named_as_the_explosion(tm
     assert cause.first_step in (155, 156)
 
 
+def spiked_inputs(scale: float, at: int = 20, records: int = 40) -> dict:
+    """Standardised input batches recorded every 10th step, the one of record ``at`` scaled."""
+    rng = np.random.default_rng(1)
+    values = [rng.normal(0, 1, size=(64, 8)).astype(np.float32) for _ in range(records)]
+    values[at] = values[at] * np.float32(scale)
+    return {"inputs": {"values": values, "collection": "inputs"}}
+
+
+def test_exploding_names_an_input_batch_far_off_scale_that_threw_the_model(make_trace) -> None:
+    """A batch 300 times the others' scale at a recorded step whose loss, or the next step's,
+    lands above the untrained model's is the blow-up's trigger, found on the inputs; a batch
+    as far off that the model took in its stride (the loss stays low), one of small scale,
+    or a spike under the bar is none."""
+    loss = settled_loss()
+    loss[200] = 50.0
+    after = settled_loss()
+    after[201] = 50.0
+
+    def spikes(scale: float, losses: list[float], **params: float) -> list:
+        tensors = sparse({**gradients([1e-2], steps=40), **spiked_inputs(scale)})
+        trace = make_trace(scalars={"loss": losses}, tensors=tensors)
+        return keyed(run_rule(trace, "DBG102", **params), "input-spike")
+
+    (spike,) = spikes(300.0, loss)
+    assert (spike.tensor, spike.first_step, spike.last_step, spike.mode) == (
+        "inputs",
+        200,
+        200,
+        "train",
+    )
+    assert spike.value is not None and 250 < spike.value < 350 and spike.threshold == 9.0
+    assert "above the initial loss" in spike.message
+    assert [f.first_step for f in spikes(300.0, after)] == [200]
+    late = settled_loss()
+    late[202] = 50.0
+    assert not spikes(300.0, late)
+    assert not spikes(300.0, settled_loss())
+    assert not spikes(1 / 300, loss)
+    assert not spikes(8.0, loss)
+    assert spikes(8.0, loss, input_scale=7.0)
+
+
+def test_a_corrupted_input_batch_at_a_recorded_step_is_named_as_the_cause(tmp_path) -> None:
+    """A real run recorded every 10th step, its inputs with it: the batch of step 150 scaled
+    by 100 lifts the gradients about 120 times, under DBG102's 300x bar, and the loss of the
+    next steps to 55, which read as a learning rate too high. The report names the corrupted
+    batch first, under DBG102."""
+    torch = pytest.importorskip("torch")
+    from dbgcli.torch import attach
+
+    from .helpers import analyze_path
+
+    torch.manual_seed(0)
+    x = torch.randn(2048, 16)
+    y = (x[:, :4].argmax(dim=1)).long()
+    model = torch.nn.Sequential(
+        torch.nn.Linear(16, 64),
+        torch.nn.ReLU(),
+        torch.nn.Linear(64, 64),
+        torch.nn.ReLU(),
+        torch.nn.Linear(64, 4),
+    )
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    path = tmp_path / "glitch.h5"
+    with attach(model, optimizer, path) as hook:
+        for step in range(300):
+            rows = torch.randint(0, len(x), (64,), generator=torch.Generator().manual_seed(step))
+            batch = x[rows] * (100.0 if step == 150 else 1.0)
+            optimizer.zero_grad()
+            output = model(batch)
+            loss = torch.nn.functional.cross_entropy(output, y[rows])
+            hook.record_loss(loss)
+            if step % 10 == 0:
+                hook.record(inputs=batch, labels=y[rows], predictions=output.detach())
+            loss.backward()
+            optimizer.step()
+    report = analyze_path(path)
+    cause = report.findings[report.problems[0].cause]
+    assert (cause.rule_id, cause.key, cause.tensor, cause.first_step) == (
+        "DBG102",
+        "input-spike",
+        "inputs",
+        150,
+    )
+    assert report.problems[0].title == "corrupted input batch"
+
+
 def attention_switching_on(steps: int = 40, seed: int = 4) -> tuple[list, list, list]:
     """Per-step gradients of one attention layer shaped as a healthy DistilBERT fine-tune
     records them every 10th step (as in the corpus's hf-distilbert/healthy): the query/key
