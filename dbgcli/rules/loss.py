@@ -634,9 +634,25 @@ def _high_floor(
     requires=TRAIN_LOSS,
     # The labels' class frequencies set the loss of a model that learned nothing.
     plan=plan_class_ids,
-    label={"high-floor": "loss floor close to its start", "*": "underfitting"},
+    label={
+        "high-floor": "loss floor close to its start",
+        "held-out-at-chance": "nothing learned that generalises",
+        "*": "underfitting",
+    },
     # A model that has not learned confuses the classes it predicts.
-    explains={"high-floor": (), "*": ("DBG301:not-decreasing", "DBG604", "DBG601:mispredicted")},
+    explains={
+        "high-floor": (),
+        # What the model fits of its training data is memorised: the gap is no overfitting
+        # to cure with regularisation.
+        "held-out-at-chance": (
+            "DBG301:not-decreasing",
+            "DBG302",
+            "DBG304",
+            "DBG604",
+            "DBG601:mispredicted",
+        ),
+        "*": ("DBG301:not-decreasing", "DBG604", "DBG601:mispredicted"),
+    },
 )
 def underfit(
     ctx: RuleContext,
@@ -686,6 +702,14 @@ def underfit(
     * **accuracy against chance** (key ``at-chance``): with ``C`` known and an accuracy series
       (training, else validation), the mean stays at or below ``1/C + chance_margin`` through
       the end.
+    * **held-out accuracy against chance** (key ``held-out-at-chance``): with ``C`` known and
+      both accuracy series, the validation accuracy's mean stays at or below ``1/C +
+      chance_margin`` through the end while the training accuracy's does not: the model
+      learned nothing that carries to data it has not seen, and what it fits of its training
+      data it memorised (from the step where the training accuracy's mean, over a whole
+      trailing window, rose above that level) (a large model on labels shuffled apart from their inputs fits them
+      all, Zhang et al. 2017). The gap between the two losses then is no overfitting that
+      regularisation would cure; the labels, or the pairing of inputs and labels, are.
     * **accuracy not improving** (key ``accuracy-flat``): with ``C`` unknown and a training
       accuracy series, the mean stays less than ``chance_margin`` above its first value and
       at or below 0.6 (AutoTrainer's not-converged gate Θ = 0.6; its slow-convergence test
@@ -723,7 +747,9 @@ def underfit(
     inputs.
 
     Fix: run a learning-rate range test; check the activation and gradient rules; overfit one
-    small batch first; enlarge the model or reduce regularisation; check the data pipeline.
+    small batch first; enlarge the model or reduce regularisation; check the data pipeline,
+    and that each label stays paired with its input (the fix when the held-out accuracy alone
+    is at chance).
 
     Args:
         max_loss_fraction: The smoothed train loss must fall below this fraction of its initial
@@ -811,19 +837,29 @@ def underfit(
     acc_tag = ctx.accuracy_tag(acc_mode) or "accuracy"
     if classes:
         level = 1.0 / classes + chance_margin
-        yield from _stuck_until_end(
-            steps,
-            smoothed,
-            smoothed <= level,
-            tensor=acc_tag,
-            threshold=level,
-            key="at-chance",
-            mode=acc_mode,
-            message=lambda v: (
-                f"mean {acc_mode} accuracy of the {_last_records(span)} is {v:.3g}, at chance "
-                f"for {classes} classes (must rise above {level:.3g})"
-            ),
+        at_chance = list(
+            _stuck_until_end(
+                steps,
+                smoothed,
+                smoothed <= level,
+                tensor=acc_tag,
+                threshold=level,
+                key="at-chance",
+                mode=acc_mode,
+                message=lambda v: (
+                    f"mean {acc_mode} accuracy of the {_last_records(span)} is {v:.3g}, at "
+                    f"chance for {classes} classes (must rise above {level:.3g})"
+                ),
+            )
         )
+        yield from at_chance
+        held_out = ctx.accuracy("eval") if acc_mode == "train" else None
+        if held_out is not None and not at_chance:
+            # Memorising shows from where the training accuracy left chance, its mean taken
+            # over a whole window.
+            whole = np.arange(len(smoothed)) >= span - 1
+            rose = int(steps[np.argmax(whole & (smoothed > level))])
+            yield from _held_out_at_chance(ctx, held_out, level, classes, window, rose)
     else:
         start = float(smoothed[min(len(smoothed), span) - 1])
         flat = (smoothed - start < chance_margin) & (smoothed <= _NOT_CONVERGED_ACCURACY)
@@ -854,6 +890,33 @@ def underfit(
                 f"(must reach {min_accuracy:g})"
             ),
         )
+
+
+def _held_out_at_chance(
+    ctx: RuleContext, held_out: Series, level: float, classes: int, window: int, rose: int
+) -> Iterator[Finding]:
+    """DBG303's held-out accuracy at chance while the training accuracy is not, from the
+    step ``rose`` where the training accuracy left chance."""
+    steps, values = _finite(held_out)
+    if not len(values):
+        return
+    span = _records_for(window, len(values))
+    smoothed = _trailing_mean(values, span)
+    yield from _stuck_until_end(
+        steps,
+        smoothed,
+        (smoothed <= level) & (steps >= rose),
+        tensor=ctx.accuracy_tag("eval") or "accuracy",
+        threshold=level,
+        key="held-out-at-chance",
+        mode="eval",
+        message=lambda v: (
+            f"mean validation accuracy of the {_last_records(span)} is {v:.3g}, at chance "
+            f"for {classes} classes (must rise above {level:.3g}), while the training "
+            "accuracy is above it: what the model fits of its training data does not carry "
+            "to data it has not seen"
+        ),
+    )
 
 
 # AutoTrainer reports a run as not converged while its best accuracy is at most 0.6.
@@ -1132,7 +1195,7 @@ def _large_turns(values: np.ndarray, min_swing: np.ndarray) -> np.ndarray:
     # Batches that pull the model in turns (one class at a time) also leave it fitted to the
     # latest batches only, far from the held-out data; and each turn lifts the loss by orders
     # of magnitude in one step, which between gradient records reads as a blow-up.
-    explains=("DBG302", "DBG304", "DBG102:loss-jump"),
+    explains=("DBG302", "DBG304", "DBG303:held-out-at-chance", "DBG102:loss-jump"),
 )
 def oscillating_loss(
     ctx: RuleContext,

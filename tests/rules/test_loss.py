@@ -460,6 +460,78 @@ def test_underfit_on_the_eval_accuracy_is_an_eval_finding(make_trace) -> None:
     assert found["loss"].mode == "train"
 
 
+def test_underfit_held_out_accuracy_at_chance_while_training_accuracy_rises(make_trace) -> None:
+    """10 classes: the training accuracy climbs to 0.9 while the validation accuracy stays
+    near 0.1 (memorising labels unrelated to the inputs); from where the training accuracy's
+    window mean left chance, that is a validation finding. A validation accuracy that rises,
+    or a training accuracy at chance too (the training finding), is none."""
+    rng = np.random.default_rng(5)
+    train_accuracy = list(0.1 + 0.8 * (1 - np.exp(-np.arange(500) / 150)))
+    loss = list(2.3 - 0.8 * (1 - np.exp(-np.arange(500) / 150)))
+    evals = range(0, 501, 50)
+
+    def run(held_out: list[float], train: list[float] = train_accuracy) -> list:
+        accuracy = [
+            {"values": train},
+            {"values": held_out, "steps": evals, "mode": "eval"},
+        ]
+        path = make_trace(
+            scalars={"loss": loss, "accuracy": accuracy}, metadata={"num_classes": 10}
+        )
+        return run_rule(path, "DBG303").findings
+
+    chance = list(0.1 + 0.02 * rng.standard_normal(len(evals)))
+    (finding,) = run(chance)
+    assert (finding.key, finding.tensor, finding.mode) == ("held-out-at-chance", "accuracy", "eval")
+    # The training accuracy's mean over 50 records first tops 0.15 at step 49.
+    assert (finding.first_step, finding.last_step) == (50, 500)
+    assert finding.threshold == pytest.approx(0.15)
+    assert "does not carry to data it has not seen" in finding.message
+    assert not run(list(0.1 + 0.6 * (1 - np.exp(-np.arange(len(evals)) / 3))))
+    flat = list(0.1 + 0.02 * rng.standard_normal(500))
+    assert [f.key for f in run(chance, flat)] == ["at-chance"]
+
+
+def test_memorised_random_labels_are_named_before_the_overfitting_they_show(tmp_path) -> None:
+    """A real run: an MLP memorises 120 samples whose labels are random. Its training loss
+    falls and the validation loss rises, which DBG302 reports as overfitting, but the
+    validation accuracy never leaves chance: the report names that first."""
+    torch = pytest.importorskip("torch")
+    from dbgcli.torch import attach
+
+    from .helpers import analyze_path
+
+    torch.manual_seed(0)
+    x, x_val = torch.randn(120, 20), torch.randn(400, 20)
+    y, y_val = torch.randint(0, 10, (120,)), torch.randint(0, 10, (400,))
+    model = torch.nn.Sequential(torch.nn.Linear(20, 256), torch.nn.ReLU(), torch.nn.Linear(256, 10))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    path = tmp_path / "memorised.h5"
+    with attach(model, optimizer, path) as hook:
+        for step in range(400):
+            rows = torch.randint(0, 120, (40,), generator=torch.Generator().manual_seed(step))
+            optimizer.zero_grad()
+            output = model(x[rows])
+            loss = torch.nn.functional.cross_entropy(output, y[rows])
+            hook.record_loss(loss)
+            hook.record_scalar("accuracy", (output.argmax(1) == y[rows]).float().mean().item())
+            loss.backward()
+            optimizer.step()
+            if step % 25 == 0 or step == 399:
+                with torch.no_grad():
+                    held_out = model(x_val)
+                hook.record_loss(torch.nn.functional.cross_entropy(held_out, y_val), mode="eval")
+                hook.record_scalar(
+                    "accuracy", (held_out.argmax(1) == y_val).float().mean().item(), mode="eval"
+                )
+    report = analyze_path(path)
+    found = {(f.rule_id, f.key) for f in report.findings}
+    assert any(rule == "DBG302" for rule, _ in found)
+    cause = report.findings[report.problems[0].cause]
+    assert (cause.rule_id, cause.key) == ("DBG303", "held-out-at-chance")
+    assert report.problems[0].title == "nothing learned that generalises"
+
+
 def test_underfit_skipped_without_a_train_loss(make_trace) -> None:
     result = run_rule(
         make_trace(scalars={"val_loss": {"values": [1.0, 0.9], "mode": "eval"}}), "DBG303"
