@@ -706,10 +706,11 @@ def underfit(
       both accuracy series, the validation accuracy's mean stays at or below ``1/C +
       chance_margin`` through the end while the training accuracy's does not: the model
       learned nothing that carries to data it has not seen, and what it fits of its training
-      data it memorised (from the step where the training accuracy's mean, over a whole
-      trailing window, rose above that level) (a large model on labels shuffled apart from their inputs fits them
-      all, Zhang et al. 2017). The gap between the two losses then is no overfitting that
-      regularisation would cure; the labels, or the pairing of inputs and labels, are.
+      data it memorised, as a large model fits labels shuffled apart from their inputs
+      (Zhang et al. 2017). The gap between the two losses then is no overfitting that
+      regularisation would cure; the labels, or the pairing of inputs and labels, are. The
+      finding starts where the training accuracy's mean over a whole trailing window rose
+      above that level.
     * **accuracy not improving** (key ``accuracy-flat``): with ``C`` unknown and a training
       accuracy series, the mean stays less than ``chance_margin`` above its first value and
       at or below 0.6 (AutoTrainer's not-converged gate Θ = 0.6; its slow-convergence test
