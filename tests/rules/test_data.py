@@ -703,6 +703,55 @@ def test_token_ratio_fires_on_padding(make_trace) -> None:
     assert run_rule(path, "DBG603", token_thresholds_percent=(70,)).status is RuleStatus.passed
 
 
+def test_padding_read_by_a_recurrent_model_is_the_cause_of_its_vanished_gradient(
+    tmp_path: Path,
+) -> None:
+    """A real run: an LSTM reads sequences of 4-9 tokens padded to 60 without packing, so its
+    final state comes after about 53 pad steps and the gradient to its input weights
+    vanishes. The padding is named first and the vanished gradient hangs under it."""
+    torch = pytest.importorskip("torch")
+    from dbgcli.torch import attach
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    x = np.zeros((2000, 60), dtype=np.int64)
+    y = rng.integers(0, 2, 2000)
+    for row, length in enumerate(rng.integers(4, 10, 2000)):
+        x[row, :length] = rng.integers(3, 50, length)
+        x[row, rng.integers(0, length)] = 1 + y[row]  # the class's token, somewhere
+
+    class Reader(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = torch.nn.Embedding(50, 8, padding_idx=0)
+            self.rnn = torch.nn.LSTM(8, 16, batch_first=True)
+            self.head = torch.nn.Linear(16, 2)
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            _, (state, _) = self.rnn(self.emb(ids))
+            return self.head(state[-1])
+
+    model = Reader()
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+    tokens, labels = torch.as_tensor(x), torch.as_tensor(y)
+    path = tmp_path / "padded.h5"
+    with attach(model, optimizer, path) as hook:
+        for step in range(60):
+            rows = torch.randint(0, 2000, (64,), generator=torch.Generator().manual_seed(step))
+            optimizer.zero_grad()
+            output = model(tokens[rows])
+            loss = torch.nn.functional.cross_entropy(output, labels[rows])
+            hook.record_loss(loss)
+            if step % 10 == 0:
+                hook.record(inputs=tokens[rows], labels=labels[rows], predictions=output.detach())
+            loss.backward()
+            optimizer.step()
+    report = analyze_path(path)
+    top = report.problems[0]
+    assert report.findings[top.cause].rule_id == "DBG603"
+    assert "DBG101" in {report.findings[i].rule_id for i in top.symptoms}
+
+
 def test_token_ratio_quiet_on_batches_that_scatter_above_the_bar(make_trace) -> None:
     """Batches padded to their own longest sequence: 44 % padding over the run, a few
     batches at 52 %. SageMaker's record-by-record test would fire on those few."""
