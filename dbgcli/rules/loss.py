@@ -35,6 +35,7 @@ from dbgcli.rules.data import (
     class_ids,
     plan_class_ids,
     refuse_unclassed,
+    regression_targets,
     scored_labels,
     soft_target_entropy,
 )
@@ -1989,7 +1990,7 @@ _CLAMPED_SHARE = 0.1
     severity="error",
     category="loss",
     requires=(LABELS, PREDICTIONS),
-    label="logits clamped at zero",
+    label={"clamped-outputs": "outputs clamped at zero", "*": "logits clamped at zero"},
     # A class whose logit sits at the clamp gets no gradient: it can be neither raised for its
     # own samples nor lowered for others', so classes go unpredicted, the output units look
     # dead and the loss stalls.
@@ -2016,21 +2017,34 @@ def clamped_logits(ctx: RuleContext, *, records: int = 20) -> Iterator[Finding]:
     gives about half. At least three such steps, and at least half of those compared, make
     the finding.
 
+    A regression's outputs (key ``clamped-outputs``): with labels that are quantities (see
+    :func:`dbgcli.rules.data.regression_targets`) and predictions of as many values, a step
+    is compared where at least a tenth of the targets are negative, and counts where every
+    output is finite, none is negative and at least a tenth are exactly zero: a ReLU after
+    the last layer, which cannot reach the negative targets (half of any standardised
+    target) and passes no gradient to move there. Targets that are never negative (prices,
+    counts) are not compared: a ReLU there keeps the outputs in range by design. The same
+    three steps and half of those compared make the finding.
+
     Why it matters: cross-entropy wants the logits of the wrong classes far below the right
     one's; clamped at zero, they cannot go below it, and a logit at the clamp passes no
     gradient, so a class whose logit sits there for its own samples is never learnt.
 
     Typical causes: ``nn.Sequential`` built with a ReLU after every ``Linear``, the last
-    included; ``F.relu`` applied to the output in ``forward``; ``clamp(min=0)`` on the logits.
+    included; ``F.relu`` applied to the output in ``forward``; ``clamp(min=0)`` on the logits
+    or outputs.
 
     Fix: return the last linear layer's output as it is; apply softmax or sigmoid only to
-    read predictions.
+    read predictions; a regression whose targets cannot be negative can use softplus.
 
     Args:
         records: Most steps read.
     """
     if records < 1:
         raise RuleConfigError(f"DBG308 records must be at least 1, got {records}")
+    if regression_targets(ctx):
+        yield from _clamped_outputs(ctx, records)
+        return
     refuse_unclassed(ctx)
     for labels, predictions in scored_labels(ctx):
         shape = predictions.info.shape
@@ -2044,25 +2058,68 @@ def clamped_logits(ctx: RuleContext, *, records: int = 20) -> Iterator[Finding]:
             compared += 1
             if share >= _CLAMPED_SHARE:
                 hits.append((step, mode, share))
-        if len(hits) < 3 or 2 * len(hits) < compared:
-            continue
-        last_step, last_mode, share = hits[-1]
-        yield Finding(
-            message=(
-                f"the class scores are clamped at zero (a ReLU after the last layer?): none is "
-                f"negative and {share:.0%} are exactly 0 at step {last_step} ({last_mode}); "
-                f"{len(hits)} of {compared} steps compared"
-            ),
-            tensor=predictions.tag,
-            first_step=hits[0][0],
-            last_step=last_step,
-            steps=len(hits),
-            value=share,
-            threshold=_CLAMPED_SHARE,
-            mode=last_mode,
-            key="clamped",
-            extra={"labels": labels.tag, "steps_compared": compared},
+        yield from _clamped(labels.tag, predictions.tag, hits, compared, "clamped", "class scores")
+
+
+def _clamped_outputs(ctx: RuleContext, records: int) -> Iterator[Finding]:
+    """DBG308 on a regression: outputs clamped at zero beside targets that are negative."""
+    for labels, predictions in scored_labels(ctx):
+        compared, hits, last_negative = 0, [], 0.0
+        for step, mode in _steps_in_full(ctx, (labels.tag, predictions.tag), records):
+            outputs = ctx.trace.raw(predictions.tag, step, mode)
+            truth = ctx.trace.raw(labels.tag, step, mode)
+            if outputs is None or truth is None or outputs.size != truth.size or not truth.size:
+                continue
+            negative = float(np.mean(truth < 0))
+            if outputs.dtype.kind != "f" or negative < _CLAMPED_SHARE:
+                continue
+            if not np.isfinite(outputs).all():
+                continue
+            compared += 1
+            if (outputs >= 0).all() and np.mean(outputs == 0) >= _CLAMPED_SHARE:
+                hits.append((step, mode, float(np.mean(outputs == 0))))
+                last_negative = negative
+        yield from _clamped(
+            labels.tag,
+            predictions.tag,
+            hits,
+            compared,
+            "clamped-outputs",
+            "outputs",
+            f", where {last_negative:.0%} of the targets are negative",
         )
+
+
+def _clamped(
+    labels: str,
+    predictions: str,
+    hits: Sequence[tuple[int, str, float]],
+    compared: int,
+    key: str,
+    what: str,
+    where: str = "",
+) -> Iterator[Finding]:
+    """DBG308's finding from the steps that showed a clamp, ``(step, mode, share at 0)``,
+    when they are at least three and half of those compared."""
+    if len(hits) < 3 or 2 * len(hits) < compared:
+        return
+    last_step, last_mode, share = hits[-1]
+    yield Finding(
+        message=(
+            f"the {what} are clamped at zero (a ReLU after the last layer?): none is negative "
+            f"and {share:.0%} are exactly 0 at step {last_step} ({last_mode}){where}; "
+            f"{len(hits)} of {compared} steps compared"
+        ),
+        tensor=predictions,
+        first_step=hits[0][0],
+        last_step=last_step,
+        steps=len(hits),
+        value=share,
+        threshold=_CLAMPED_SHARE,
+        mode=last_mode,
+        key=key,
+        extra={"labels": labels, "steps_compared": compared},
+    )
 
 
 def _clamped_share(

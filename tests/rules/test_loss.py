@@ -1219,6 +1219,44 @@ def test_clamped_logits_leave_sparse_probabilities_and_hard_decisions_alone(make
         assert run_rule(trace, "DBG308").status is status
 
 
+def test_a_regression_clamped_at_zero_beside_negative_targets_is_an_error(tmp_path: Path) -> None:
+    """A real regression on standardised targets (about half negative) whose model ends in
+    ReLU: its outputs never go below 0, half of them sit exactly at 0, and its loss stays
+    near 0.6 where the same model without the ReLU reaches 0.02. That run passes."""
+    torch = pytest.importorskip("torch")
+    from dbgcli.torch import attach
+
+    def run(path: Path, relu: bool) -> Path:
+        torch.manual_seed(0)
+        x = torch.randn(2048, 8)
+        y = x[:, :3].sum(1, keepdim=True) + 0.3 * torch.sin(3 * x[:, 3:4])
+        y = (y - y.mean()) / y.std()
+        layers = [torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 1)]
+        model = torch.nn.Sequential(*layers, *([torch.nn.ReLU()] if relu else []))
+        optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+        with attach(model, optimizer, path) as hook:
+            for step in range(200):
+                rows = torch.randint(0, 2048, (64,), generator=torch.Generator().manual_seed(step))
+                optimizer.zero_grad()
+                output = model(x[rows])
+                loss = torch.nn.functional.mse_loss(output, y[rows])
+                hook.record_loss(loss)
+                if step % 10 == 0:
+                    hook.record(labels=y[rows], predictions=output.detach(), raw=True)
+                loss.backward()
+                optimizer.step()
+        return path
+
+    (finding,) = run_rule(run(tmp_path / "relu.h5", relu=True), "DBG308").findings
+    assert (finding.key, finding.severity) == ("clamped-outputs", Severity.error)
+    assert finding.message.startswith(
+        "the outputs are clamped at zero (a ReLU after the last layer?): none is negative"
+    )
+    assert "of the targets are negative" in finding.message
+    assert finding.steps >= 15 and 0.3 < finding.value < 0.7
+    assert run_rule(run(tmp_path / "linear.h5", relu=False), "DBG308").status is (RuleStatus.passed)
+
+
 def test_label_smoothing_is_read_from_the_loss_and_sets_its_floor(tmp_path: Path) -> None:
     """cross_entropy with label_smoothing=0.9 (0.09 meant) over 4 classes: no loss falls below
     its targets' entropy, 1.372, 99 % of ln 4, so the model that fits them was "underfitting"
