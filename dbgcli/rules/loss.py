@@ -2003,7 +2003,7 @@ _CLAMPED_SHARE = 0.1
     ),
 )
 def clamped_logits(ctx: RuleContext, *, records: int = 20) -> Iterator[Finding]:
-    """The model's class scores are clamped at zero: a ReLU after the last layer.
+    """Class scores, or a regression's outputs, clamped at zero: a ReLU after the last layer.
 
     Checked on up to ``records`` recorded steps, spread over the run and its modes, that hold
     full tensors of class labels (one class id per sample, or one-hot rows) and of predictions
