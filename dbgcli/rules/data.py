@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -313,12 +314,16 @@ def _multi_hot(values: np.ndarray) -> bool:
 @dataclass(frozen=True)
 class Moments:
     """Per-channel count of finite values, mean and sum of squared deviations from the mean,
-    and whether every value is 0 or 1 (an indicator)."""
+    and whether every value is 0 or 1 (an indicator); once every record is in, the standard
+    errors of the mean and of the variance from how much the records' own moments spread
+    (NaN with fewer than two records)."""
 
     count: np.ndarray
     mean: np.ndarray
     m2: np.ndarray
     indicator: np.ndarray
+    mean_se: np.ndarray | None = None
+    var_se: np.ndarray | None = None
 
     def merge(self, other: Moments) -> Moments:
         """Moments of both sets of values (Chan et al.'s pairwise update, exact and stable)."""
@@ -350,11 +355,14 @@ class ChannelMomentTable:
         moments: Mode code -> moments over every record of that mode that was read.
         unit: What a channel is called in messages: "channel" (axis 1 of 4-D and larger
             records) or "feature" (last axis of 2-D and 3-D records; the one value of 1-D ones).
+        unit_rows: Every row of every 2-D record read has an L2 or L1 norm of 1 (or 0):
+            rows normalised to unit length (``Normalizer``, tf-idf's default).
     """
 
     samples: np.ndarray
     moments: dict[int, Moments]
     unit: str
+    unit_rows: bool = False
 
 
 @dataclass(frozen=True)
@@ -410,6 +418,10 @@ class _MomentsAccumulator(Accumulator):
         self.channels = shape[self.axis] if self.axis is not None else 1
         self.samples = np.zeros(info.records, dtype=np.int64)
         self.moments: dict[int, Moments] = {}
+        # Each record's per-channel mean and second moment, for the standard errors.
+        self.record_means: dict[int, list[np.ndarray]] = {}
+        self.record_squares: dict[int, list[np.ndarray]] = {}
+        self.unit_rows = self.ndim == 2
         # Deviations are computed in one buffer reused from chunk to chunk: allocating a
         # chunk-sized array each time costs more than the arithmetic.
         self.scratch = np.empty(0, dtype=np.float32)
@@ -425,43 +437,87 @@ class _MomentsAccumulator(Accumulator):
         values = chunk.values.reshape(len(chunk.records), before, self.channels, after)
         for code in np.unique(chunk.modes):
             rows = values if (chunk.modes == code).all() else values[chunk.modes == code]
-            found = self._moments(rows)
+            found = self._moments(rows, int(code))
             known = self.moments.get(int(code))
             self.moments[int(code)] = found if known is None else known.merge(found)
         self.samples[chunk.records] = shape[0] if shape else 1
 
-    def _moments(self, values: np.ndarray) -> Moments:
-        """Moments over axes 0, 1, 3 of ``(records, before, channels, after)`` (finite values)."""
-        axes = (0, 1, 3)
+    def _moments(self, values: np.ndarray, code: int) -> Moments:
+        """Moments over axes 0, 1, 3 of ``(records, before, channels, after)`` (finite values),
+        from each record's over axes 1 and 3, which are kept."""
+        axes = (1, 3)
         total = values.sum(axis=axes, dtype=np.float64)
         # A finite sum means every value is finite (NaN and inf propagate), which spares a
         # pass over the chunk; only float64 values near overflow take the masked path needlessly.
         finite = None if np.isfinite(total).all() else np.isfinite(values)
         if finite is None:
-            count = np.full(values.shape[2], values.size // values.shape[2], dtype=np.float64)
+            count = np.full(total.shape, values.size // total.size, dtype=np.float64)
         else:
             count = finite.sum(axis=axes).astype(np.float64)
             values = np.where(finite, values, 0)
             total = values.sum(axis=axes, dtype=np.float64)
         with np.errstate(invalid="ignore", divide="ignore"):
-            mean = np.where(count > 0, total / count, 0.0)
+            means = np.where(count > 0, total / count, 0.0)
         work = np.float64 if values.dtype == np.float64 else np.float32
         if self.scratch.dtype != work or self.scratch.size < values.size:
             self.scratch = np.empty(values.size, dtype=work)
         deviation = self.scratch[: values.size].reshape(values.shape)
-        np.subtract(values, mean.astype(work)[None, None, :, None], out=deviation, casting="unsafe")
+        np.subtract(values, means.astype(work)[:, None, :, None], out=deviation, casting="unsafe")
         if finite is not None:
             deviation[~finite] = 0
-        m2 = np.square(deviation, out=deviation).sum(axis=axes, dtype=np.float64)
+        squares = np.square(deviation, out=deviation).sum(axis=axes, dtype=np.float64)
+        if self.unit_rows:
+            self.unit_rows = _unit_rows(values)
         # Over the finite values, as the moments (the others were zeroed above).
         np.multiply(values, values, out=deviation, casting="unsafe")
-        indicator = (deviation == values).all(axis=axes)  # x * x == x: x is 0 or 1
-        return Moments(count, mean, m2, indicator)
+        indicator = (deviation == values).all(axis=(0, 1, 3))  # x * x == x: x is 0 or 1
+        with np.errstate(invalid="ignore", divide="ignore"):
+            self.record_means.setdefault(code, []).append(np.where(count > 0, means, np.nan))
+            self.record_squares.setdefault(code, []).append(
+                np.where(count > 0, squares / count, np.nan)
+            )
+        pooled = count.sum(axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = np.where(pooled > 0, total.sum(axis=0) / pooled, 0.0)
+        m2 = squares.sum(axis=0) + (count * (means - mean) ** 2).sum(axis=0)
+        return Moments(pooled, mean, m2, indicator)
 
     def finish(self) -> ChannelMomentTable:
         return ChannelMomentTable(
-            self.samples, self.moments, "channel" if self.ndim >= 4 else "feature"
+            self.samples,
+            {code: self._with_errors(code, found) for code, found in self.moments.items()},
+            "channel" if self.ndim >= 4 else "feature",
+            self.unit_rows,
         )
+
+    def _with_errors(self, code: int, found: Moments) -> Moments:
+        """``found`` with the standard errors of its mean and variance: the spread of the
+        records' means, and of their second moments about the pooled mean, over the square
+        root of the number of records (the batch-means estimate, which needs no assumption
+        on how the values are distributed: a feature that is one value but in a few samples
+        pools to a std that rests on those few)."""
+        means = np.concatenate(self.record_means[code])
+        variances = np.concatenate(self.record_squares[code])
+        squares = variances + (means - found.mean) ** 2
+        with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
+            warnings.simplefilter("ignore", RuntimeWarning)  # channels with under two records
+            records = np.sqrt(np.isfinite(means).sum(axis=0))
+            mean_se = np.nanstd(means, axis=0, ddof=1) / records
+            var_se = np.nanstd(squares, axis=0, ddof=1) / records
+        return replace(found, mean_se=mean_se, var_se=var_se)
+
+
+def _unit_rows(values: np.ndarray) -> bool:
+    """Whether every row (sample) of 2-D records ``(records, rows, features, 1)`` has an L2 or,
+    non-negative, an L1 norm of 1, or is all zero (an empty document)."""
+    flat = values.reshape(values.shape[0] * values.shape[1], -1).astype(np.float64)
+    l2 = np.sqrt((flat * flat).sum(axis=1))
+    l1 = np.abs(flat).sum(axis=1)
+    empty = l1 == 0
+    return bool(
+        (empty | (np.abs(l2 - 1) < 1e-3)).all()
+        or ((flat >= 0).all() and (empty | (np.abs(l1 - 1) < 1e-3)).all())
+    )
 
 
 @dataclass(frozen=True)
@@ -1271,6 +1327,24 @@ def _moments_of(ctx: RuleContext, max_std_ratio: float) -> ChannelMoments:
     return ChannelMoments(ctx.start, ctx.stop, ctx.mode, outlier_ratio=max_std_ratio**2)
 
 
+# What badly scaled inputs do downstream.
+_SCALING_EFFECTS = (
+    "DBG101",
+    "DBG102",
+    "DBG201",
+    "DBG202",
+    "DBG203",
+    "DBG301",
+    "DBG303",
+    "DBG305",
+    "DBG306",
+    "DBG402",
+    "DBG404",
+    "DBG502",
+    "DBG503",
+)
+
+
 @rule(
     "DBG602",
     "input-not-normalized",
@@ -1279,21 +1353,11 @@ def _moments_of(ctx: RuleContext, max_std_ratio: float) -> ChannelMoments:
     requires=FLOAT_INPUTS,
     plan=_plan_moments,
     label="inputs not normalised",
-    explains=(
-        "DBG101",
-        "DBG102",
-        "DBG201",
-        "DBG202",
-        "DBG203",
-        "DBG301",
-        "DBG303",
-        "DBG305",
-        "DBG306",
-        "DBG402",
-        "DBG404",
-        "DBG502",
-        "DBG503",
-    ),
+    # Not judged is no cause of anything.
+    explains={
+        "too-few-samples": (),
+        "*": _SCALING_EFFECTS,
+    },
 )
 def input_not_normalized(
     ctx: RuleContext,
@@ -1301,6 +1365,7 @@ def input_not_normalized(
     threshold_mean: float = 0.2,
     max_std_ratio: float = 3.0,
     samples: int = 500,
+    z: float = 1.0,
 ) -> Iterator[Finding]:
     """Model inputs are not standardised: a feature or channel is off-centre or badly scaled.
 
@@ -1338,6 +1403,22 @@ def input_not_normalized(
     sequence inputs: one-hot and bag-of-words features, left alone below, would pool to a
     small std.
 
+    A channel is judged on what its records show beyond doubt: its mean and variance, less
+    ``z`` standard errors estimated from how the records' own means and second moments
+    spread (batch means, which assume nothing about the values' distribution), must cross
+    the bars. A standardised feature that is one value but in three of 1,400 digits (a corner
+    pixel) pools to a std of 0.2-0.3 or 0.9 depending on whether a batch holding one of those
+    three was recorded, and its records' spread says so; a channel off in every batch has
+    records that agree.
+
+    Outside training, the samples counted are distinct ones, those of the largest evaluation
+    (the records of one step; as DBG604 counts them): an evaluation loop goes over one
+    held-out set again and again, and twelve passes over 397 images are 397 samples, not
+    4,764. Rows scaled to unit length (every row's L2 norm, or for non-negative values its
+    L1 norm, is 1: ``Normalizer``, tf-idf's default ``norm="l2"``) are not judged: their
+    scale is set per row, their features are sparse and small by construction, and
+    standardising the columns would undo it.
+
     Channels whose values never vary (std 0: padding, constant features) are ignored: there is
     nothing to standardise. So are indicators, channels whose every value is 0 or 1 (one-hot
     encoded categories, binary flags, binarised images): their scale is bounded by
@@ -1365,7 +1446,10 @@ def input_not_normalized(
         threshold_mean: Largest acceptable absolute mean of a channel (times its std where
             that is above 1); a finding's threshold is the bar its worst channel was held to.
         max_std_ratio: Largest acceptable factor between a channel's std and 1 (either way).
-        samples: Samples needed before judging.
+        samples: Samples needed before judging (distinct ones: the largest evaluation outside
+            training).
+        z: Standard errors of a channel's mean and variance (from the spread of the
+            records' own) allowed in the inputs' favour.
     """
     if max_std_ratio < 1:
         raise RuleConfigError(f"DBG602 max_std_ratio must be >= 1, got {max_std_ratio:g}")
@@ -1378,7 +1462,15 @@ def input_not_normalized(
         mode = schema.MODES[int(code)]
         seen = int(counts[read].sum())
         steps = [int(s) for s in view.steps[mine][read]]
-        if seen < samples:
+        distinct, kind = seen, "samples"
+        if mode != "train" and read.any():
+            # An evaluation loop goes over one held-out set again and again: its passes hold
+            # the same samples (as for DBG604's intervals), so the largest counts.
+            per_step: dict[int, int] = {}
+            for step, count in zip(steps, counts[read].tolist()):
+                per_step[step] = per_step.get(step, 0) + int(count)
+            distinct, kind = max(per_step.values()), "distinct samples (the largest evaluation)"
+        if distinct < samples:
             pooled = _pooled(view, mine) if _image(view) else None
             if pooled is not None and pooled.samples >= samples:
                 yield from _whole_normalisation(
@@ -1396,9 +1488,11 @@ def input_not_normalized(
                 )
             elif read.any():
                 yield _too_few(
-                    view.tag, mode, steps, seen, samples, "samples", "input normalisation"
+                    view.tag, mode, steps, distinct, samples, kind, "input normalisation"
                 )
             return
+        if table.unit_rows:
+            return  # scaled row by row, as tf-idf is: standardising columns would undo it
         # The inputs were so from their first record, whenever enough samples made that
         # certain.
         where: dict[str, Any] = {
@@ -1416,7 +1510,7 @@ def input_not_normalized(
                 "the median record's: batches unlike the rest)"
             )
         yield from _normalisation(
-            table.moments[int(code)], table.unit, threshold_mean, max_std_ratio, seen_text, where
+            table.moments[int(code)], table.unit, threshold_mean, max_std_ratio, z, seen_text, where
         )
 
     yield from _judged_or_skipped(
@@ -1528,16 +1622,24 @@ def _normalisation(
     unit: str,
     threshold_mean: float,
     max_std_ratio: float,
+    z: float,
     seen: str,
     where: dict[str, Any],
 ) -> Iterator[Finding]:
     std = moments.std
     varying = (moments.count > 0) & (std > 0) & ~moments.indicator
     judged = int(varying.sum())
+    # What the records' spread leaves in doubt is given in the inputs' favour.
+    mean_se, var_se = (
+        np.nan_to_num(z * e) if e is not None else 0.0 for e in (moments.mean_se, moments.var_se)
+    )
+    variance = std**2
+    with np.errstate(invalid="ignore"):
+        low, high = np.sqrt(np.maximum(variance - var_se, 0.0)), np.sqrt(variance + var_se)
     # A channel scaled far beyond 1 is the std check's; its mean is off-centre only if it
     # stays so once scaled (an std of 1000 around -2.4 is centred).
     bar = threshold_mean * np.maximum(std, 1.0)
-    off_centre = np.flatnonzero(varying & (np.abs(moments.mean) > bar))
+    off_centre = np.flatnonzero(varying & (np.abs(moments.mean) - mean_se > bar))
     if off_centre.size:
         order = off_centre[np.argsort(-np.abs(moments.mean[off_centre]), kind="stable")]
         listed = _listed([f"{unit} {i} mean {moments.mean[i]:.3g}" for i in order])
@@ -1555,7 +1657,9 @@ def _normalisation(
         )
     with np.errstate(divide="ignore", invalid="ignore"):
         factor = np.where(varying, np.maximum(std, 1 / std), np.nan)
-    badly_scaled = np.flatnonzero(varying & (factor > max_std_ratio))
+    badly_scaled = np.flatnonzero(
+        varying & (factor > max_std_ratio) & ((low > max_std_ratio) | (high < 1 / max_std_ratio))
+    )
     if badly_scaled.size:
         order = badly_scaled[np.argsort(-factor[badly_scaled], kind="stable")]
         listed = _listed([f"{unit} {i} std {std[i]:.3g}" for i in order])
@@ -1732,7 +1836,7 @@ def _token_message(value: int, threshold: float, analysed: int) -> Callable[[Epi
     # Evaluation labels coded differently from training's: the model predicts the training
     # coding, so the held-out loss rises as it learns and every class looks mispredicted.
     explains={
-        "shifted": ("DBG302", "DBG304", "DBG601"),
+        "shifted": ("DBG302", "DBG304", "DBG303", "DBG601"),
         "indistinct": ("DBG601:mispredicted",),
     },
 )
@@ -2249,7 +2353,10 @@ def _above_off_diagonal_bar(
     # Batches of one class make the model chase the class of the moment: the loss and the
     # gradients jump at every change of class, it never settles, and its predictions follow
     # the latest batches.
-    explains=("DBG102", "DBG301", "DBG303", "DBG305", "DBG601:mispredicted", "DBG604"),
+    explains={
+        "too-few-samples": (),
+        "*": ("DBG102", "DBG301", "DBG303", "DBG305", "DBG601:mispredicted", "DBG604"),
+    },
 )
 def unshuffled_batches(
     ctx: RuleContext, *, max_correlation: float = 0.5, samples: int = PRIOR_SAMPLES

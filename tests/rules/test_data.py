@@ -586,18 +586,88 @@ def test_input_not_normalized_leaves_indicator_features_alone(make_trace) -> Non
     assert list(std.extra["stds"]) == [6]
 
 
+def test_input_not_normalized_gives_a_rare_feature_the_doubt_its_records_leave(make_trace) -> None:
+    """A standardised feature that is one value but in one of 1,920 recorded rows (a corner
+    pixel of a digit) pools to a std of 0.27, yet its records disagree wildly: not judged.
+    A feature of std 0.3 in every batch, and one off-centre in every batch, are."""
+    rng = np.random.default_rng(3)
+    records = []
+    for index in range(30):
+        rows = rng.normal(size=(64, 4)).astype(np.float32)
+        rows[:, 1] = -0.03  # the corner pixel, standardised
+        if index == 17:
+            rows[rng.integers(0, 64), 1] = 12.0
+        rows[:, 2] *= 0.3
+        rows[:, 3] += 0.5
+        records.append(rows)
+    pooled = np.concatenate(records)
+    assert np.std(pooled[:, 1]) < 1 / 3  # the pooled std alone would fail it
+    result = run_rule(
+        make_trace(tensors={"x": {"values": records, "collection": "inputs"}}), "DBG602"
+    )
+    (std,) = keyed(result, "std")
+    assert list(std.extra["stds"]) == [2]
+    (mean,) = keyed(result, "mean")
+    assert list(mean.extra["means"]) == [3]
+    # Without the doubt (z = 0), the pooled std decides, as before.
+    loose = run_rule(
+        make_trace(tensors={"x": {"values": records, "collection": "inputs"}}), "DBG602", z=0.0
+    )
+    assert sorted(keyed(loose, "std")[0].extra["stds"]) == [1, 2]
+
+
+def test_input_not_normalized_leaves_rows_of_unit_length_alone(make_trace) -> None:
+    """tf-idf rows (non-negative, sparse, each of L2 norm 1) have features of std 0.01-0.05
+    by construction; the same counts left raw are badly scaled."""
+    rng = np.random.default_rng(4)
+    counts = [(rng.random((64, 200)) < 0.05) * rng.integers(1, 30, (64, 200)) for _ in range(12)]
+    tfidf = [
+        (c / np.maximum(np.linalg.norm(c, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+        for c in counts
+    ]
+    result = run_rule(
+        make_trace(tensors={"x": {"values": tfidf, "collection": "inputs"}}), "DBG602"
+    )
+    assert result.status is RuleStatus.passed
+    raw = [c.astype(np.float32) for c in counts]
+    result = run_rule(make_trace(tensors={"x": {"values": raw, "collection": "inputs"}}), "DBG602")
+    assert keyed(result, "std")
+
+
+def test_input_not_normalized_counts_an_evaluation_set_once(make_trace) -> None:
+    """Twelve passes over one held-out set of 397 unscaled rows are 397 samples, under the
+    500 a judgement needs: a note that explains nothing, so a loss stuck at its start
+    is the diagnosis, not the inputs."""
+    rng = np.random.default_rng(5)
+    held_out = (rng.normal(size=(397, 4)) * 5).astype(np.float32)
+    train = [rng.normal(size=(64, 4)).astype(np.float32) for _ in range(12)]
+    steps = list(range(0, 300, 25))
+    spec = modes(
+        {"x": {"values": train, "steps": steps, "mode": "train", "collection": "inputs"}},
+        {"x": {"values": [held_out] * 12, "steps": steps, "mode": "eval", "collection": "inputs"}},
+    )
+    path = make_trace(scalars={"loss": list(np.full(300, 1.38))}, tensors=spec)
+    (note,) = keyed(run_rule(path, "DBG602"), "too-few-samples")
+    assert note.mode == "eval" and "only 397 distinct samples (the largest evaluation)" in (
+        note.message
+    )
+    report = analyze_path(path)
+    assert report.findings[report.problems[0].cause].rule_id != "DBG602"
+
+
 def test_input_not_normalized_skips_non_finite_values_and_judges_modes_apart(make_trace) -> None:
     rng = np.random.default_rng(16)
     train = [rng.normal(0.0, 1.0, size=(32, 4)) for _ in range(20)]
+    # Two evaluations of 640 samples each: the largest evaluation counts, not every pass.
     evaluation = [
-        rng.normal(0.0, 1.0, size=(32, 4)) * [1, 5, 1, 1] + [1, 0, 0, 0] for _ in range(20)
+        rng.normal(0.0, 1.0, size=(640, 4)) * [1, 5, 1, 1] + [1, 0, 0, 0] for _ in range(2)
     ]
-    evaluation[3][0, 0] = np.nan
-    evaluation[8][5, 1] = np.inf
+    evaluation[0][0, 0] = np.nan
+    evaluation[1][5, 1] = np.inf
     steps = list(range(20))
     spec = modes(
         {"x": {"values": train, "steps": steps, "mode": "train", "collection": "inputs"}},
-        {"x": {"values": evaluation, "steps": steps, "mode": "eval", "collection": "inputs"}},
+        {"x": {"values": evaluation, "steps": [9, 19], "mode": "eval", "collection": "inputs"}},
     )
     result = run_rule(make_trace(tensors=spec), "DBG602")
     everything = np.concatenate(evaluation)
