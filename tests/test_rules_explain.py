@@ -63,8 +63,8 @@ def test_explain_shows_what_a_rule_explains(cli, monkeypatch) -> None:
     listed = ", ".join(f"{t} {REGISTRY.get(t).name}" for t in spec.explains["*"][:2])
     assert f"Explains: {listed}," in _flat(cli("rules", "explain", "DBG201").stdout)
     # A rule that explains nothing (a symptom only) says nothing about it.
-    assert not any(REGISTRY.get("DBG603").explains.values())
-    assert "Explains" not in cli("rules", "explain", "DBG603").stdout
+    assert not any(REGISTRY.get("DBG301").explains.values())
+    assert "Explains" not in cli("rules", "explain", "DBG301").stdout
     assert "Explains (shifted): DBG302 overfit, DBG304 overtraining," in _flat(
         cli("rules", "explain", "DBG604").stdout
     )
