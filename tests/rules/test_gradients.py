@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from dbgcli.report.model import RuleStatus
 
-from .helpers import keyed, run_rule
+from .helpers import analyze_path, keyed, run_rule
 
 
 def gradients(scales: list[float], steps: int = 40, shape=(16, 8), seed: int = 0):
@@ -284,14 +286,15 @@ def test_exploding_sees_a_loss_jump_between_gradient_records(make_trace) -> None
         assert not keyed(run_rule(trace, "DBG102"), "loss-jump"), (step, value)
 
 
-def test_a_corrupted_batch_between_gradient_records_is_named_as_the_explosion(tmp_path) -> None:
-    """A real run recorded every 10th step: two batches scaled by 1,000 at steps 155 and 156
-    throw the weights between the gradient records at 150 and 160. The report names exploding
-    gradients first, not the learning rate that trained the model well for 150 steps."""
-    torch = pytest.importorskip("torch")
-    from dbgcli.torch import attach
+def glitched_run(
+    path: Path, scale: float, steps: tuple[int, ...], *, momentum: float = 0.0, data: bool = False
+) -> Path:
+    """A four-class MLP trained 300 steps with SGD at lr 0.05, recorded every 10th step (and
+    its inputs, labels and predictions with ``data``), whose batches at ``steps`` are
+    multiplied by ``scale``: a glitch in the input pipeline."""
+    import torch
 
-    from .helpers import analyze_path
+    from dbgcli.torch import attach
 
     torch.manual_seed(0)
     x = torch.randn(2048, 16)
@@ -303,18 +306,28 @@ def test_a_corrupted_batch_between_gradient_records_is_named_as_the_explosion(tm
         torch.nn.ReLU(),
         torch.nn.Linear(64, 4),
     )
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
-    path = tmp_path / "glitch.h5"
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=momentum)
     with attach(model, optimizer, path) as hook:
         for step in range(300):
             rows = torch.randint(0, len(x), (64,), generator=torch.Generator().manual_seed(step))
-            batch = x[rows] * (1000.0 if step in (155, 156) else 1.0)
+            batch = x[rows] * (scale if step in steps else 1.0)
             optimizer.zero_grad()
-            loss = torch.nn.functional.cross_entropy(model(batch), y[rows])
+            output = model(batch)
+            loss = torch.nn.functional.cross_entropy(output, y[rows])
             hook.record_loss(loss)
+            if data and step % 10 == 0:
+                hook.record(inputs=batch, labels=y[rows], predictions=output.detach())
             loss.backward()
             optimizer.step()
-    report = analyze_path(path)
+    return path
+
+
+def test_a_corrupted_batch_between_gradient_records_is_named_as_the_explosion(tmp_path) -> None:
+    """A real run recorded every 10th step: two batches scaled by 1,000 at steps 155 and 156
+    throw the weights between the gradient records at 150 and 160. The report names exploding
+    gradients first, not the learning rate that trained the model well for 150 steps."""
+    pytest.importorskip("torch")
+    report = analyze_path(glitched_run(tmp_path / "glitch.h5", 1000.0, (155, 156)))
     cause = report.findings[report.problems[0].cause]
     # The first scaled batch can cost nothing (a softmax saturated on the right classes):
     # the loss jumps at one of the two.
@@ -369,35 +382,8 @@ def test_a_corrupted_input_batch_at_a_recorded_step_is_named_as_the_cause(tmp_pa
     by 100 lifts the gradients about 120 times, under DBG102's 300x bar, and the loss of the
     next steps to 55, which read as a learning rate too high. The report names the corrupted
     batch first, under DBG102."""
-    torch = pytest.importorskip("torch")
-    from dbgcli.torch import attach
-
-    from .helpers import analyze_path
-
-    torch.manual_seed(0)
-    x = torch.randn(2048, 16)
-    y = (x[:, :4].argmax(dim=1)).long()
-    model = torch.nn.Sequential(
-        torch.nn.Linear(16, 64),
-        torch.nn.ReLU(),
-        torch.nn.Linear(64, 64),
-        torch.nn.ReLU(),
-        torch.nn.Linear(64, 4),
-    )
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    path = tmp_path / "glitch.h5"
-    with attach(model, optimizer, path) as hook:
-        for step in range(300):
-            rows = torch.randint(0, len(x), (64,), generator=torch.Generator().manual_seed(step))
-            batch = x[rows] * (100.0 if step == 150 else 1.0)
-            optimizer.zero_grad()
-            output = model(batch)
-            loss = torch.nn.functional.cross_entropy(output, y[rows])
-            hook.record_loss(loss)
-            if step % 10 == 0:
-                hook.record(inputs=batch, labels=y[rows], predictions=output.detach())
-            loss.backward()
-            optimizer.step()
+    pytest.importorskip("torch")
+    path = glitched_run(tmp_path / "glitch.h5", 100.0, (150,), momentum=0.9, data=True)
     report = analyze_path(path)
     cause = report.findings[report.problems[0].cause]
     assert (cause.rule_id, cause.key, cause.tensor, cause.first_step) == (
