@@ -708,7 +708,9 @@ def underfit(
       chance_margin`` through the end while the training accuracy's does not: the model
       learned nothing that carries to data it has not seen, and what it fits of its training
       data it memorised, as a large model fits labels shuffled apart from their inputs
-      (Zhang et al. 2017). The gap between the two losses then is no overfitting that
+      (Zhang et al. 2017). Without a training accuracy, a training loss that ends below the
+      chance band (under ``chance_fraction`` of the labels' entropy) shows the fit, from
+      where it fell below for good. The gap between the two losses then is no overfitting that
       regularisation would cure; the labels, or the pairing of inputs and labels, are. The
       finding starts where the training accuracy's mean over a whole trailing window rose
       above that level.
@@ -774,6 +776,8 @@ def underfit(
     classes = class_count(ctx)
     steps, values = _finite(train)
     initial = initial_loss(ctx)
+    # Where the training loss fell below chance for good: the model fits its training labels.
+    fitted_from: int | None = None
     if len(values) and values[0] > 0 and steps[-1] - steps[0] + 1 >= min_steps:
         span = _records_for(window, len(values))
         smoothed = _trailing_mean(values, span)
@@ -811,6 +815,9 @@ def underfit(
             and values[0] >= chance.high / 2
             and (floor is None or floor.value < chance_fraction * chance.low)
         ):
+            below = smoothed < chance_fraction * chance.low
+            if below[-1]:
+                fitted_from = int(steps[np.flatnonzero(~below)[-1] + 1 if (~below).any() else 0])
             yield from _stuck_until_end(
                 steps,
                 smoothed / chance.low,
@@ -837,7 +844,11 @@ def underfit(
     span = _records_for(window, len(values))
     smoothed = _trailing_mean(values, span)
     acc_tag = ctx.accuracy_tag(acc_mode) or "accuracy"
-    if classes:
+    if classes and acc_mode == "eval" and fitted_from is not None:
+        level = 1.0 / classes + chance_margin
+        fitted = "the training loss fell below chance"
+        yield from _held_out_at_chance(ctx, accuracy, level, classes, window, fitted_from, fitted)
+    elif classes:
         level = 1.0 / classes + chance_margin
         at_chance = list(
             _stuck_until_end(
@@ -861,7 +872,8 @@ def underfit(
             # over a whole window.
             whole = np.arange(len(smoothed)) >= span - 1
             rose = int(steps[np.argmax(whole & (smoothed > level))])
-            yield from _held_out_at_chance(ctx, held_out, level, classes, window, rose)
+            fitted = "the training accuracy is above it"
+            yield from _held_out_at_chance(ctx, held_out, level, classes, window, rose, fitted)
     else:
         start = float(smoothed[min(len(smoothed), span) - 1])
         flat = (smoothed - start < chance_margin) & (smoothed <= _NOT_CONVERGED_ACCURACY)
@@ -895,10 +907,16 @@ def underfit(
 
 
 def _held_out_at_chance(
-    ctx: RuleContext, held_out: Series, level: float, classes: int, window: int, rose: int
+    ctx: RuleContext,
+    held_out: Series,
+    level: float,
+    classes: int,
+    window: int,
+    rose: int,
+    fitted: str,
 ) -> Iterator[Finding]:
-    """DBG303's held-out accuracy at chance while the training accuracy is not, from the
-    step ``rose`` where the training accuracy left chance."""
+    """DBG303's held-out accuracy at chance while the model fits its training data (as
+    ``fitted`` says), from the step ``rose`` where it showed so."""
     steps, values = _finite(held_out)
     if not len(values):
         return
@@ -914,9 +932,8 @@ def _held_out_at_chance(
         mode="eval",
         message=lambda v: (
             f"mean validation accuracy of the {_last_records(span)} is {v:.3g}, at chance "
-            f"for {classes} classes (must rise above {level:.3g}), while the training "
-            "accuracy is above it: what the model fits of its training data does not carry "
-            "to data it has not seen"
+            f"for {classes} classes (must rise above {level:.3g}), while {fitted}: what the "
+            "model fits of its training data does not carry to data it has not seen"
         ),
     )
 

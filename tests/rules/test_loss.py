@@ -492,6 +492,32 @@ def test_underfit_held_out_accuracy_at_chance_while_training_accuracy_rises(make
     assert [f.key for f in run(chance, flat)] == ["at-chance"]
 
 
+def test_underfit_held_out_at_chance_from_the_training_loss_without_a_training_accuracy(
+    make_trace,
+) -> None:
+    """Only a validation accuracy recorded, near 0 for 10 classes (training labels coded one
+    class off): a training loss that falls far below ln 10 shows the model fits its training
+    labels, from where it left the chance band. A training loss stuck at ln 10 is the plain
+    at-chance finding on the validation accuracy."""
+    evals = range(0, 501, 50)
+    held_out = {"values": [0.003] * len(evals), "steps": evals, "mode": "eval"}
+    fits = list(np.log(10) * np.exp(-np.arange(500) / 60))
+    path = make_trace(scalars={"loss": fits, "accuracy": held_out}, metadata={"num_classes": 10})
+    (finding,) = keyed(run_rule(path, "DBG303"), "held-out-at-chance")
+    assert finding.mode == "eval" and "while the training loss fell below chance" in (
+        finding.message
+    )
+    # The 50-record mean of the loss falls under 0.9 ln 10 at step 13; the first evaluation
+    # after it is at step 50.
+    assert finding.first_step == 50
+    stuck = make_trace(
+        scalars={"loss": list(np.full(500, np.log(10))), "accuracy": held_out},
+        metadata={"num_classes": 10},
+    )
+    keys = {(f.key, f.mode) for f in run_rule(stuck, "DBG303").findings}
+    assert ("at-chance", "eval") in keys and ("held-out-at-chance", "eval") not in keys
+
+
 def test_memorised_random_labels_are_named_before_the_overfitting_they_show(tmp_path) -> None:
     """A real run: an MLP memorises 120 samples whose labels are random. Its training loss
     falls and the validation loss rises, which DBG302 reports as overfitting, but the
