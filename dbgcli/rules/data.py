@@ -40,7 +40,7 @@ import numpy as np
 from dbgcli.errors import RuleConfigError, RuleSkipped
 from dbgcli.findings import Finding, Severity
 from dbgcli.rules._context import Episode, RuleContext, TensorView, episode_findings
-from dbgcli.rules._known import unclassed_labels
+from dbgcli.rules._known import is_embedding, unclassed_labels
 from dbgcli.rules._registry import Need, rule
 from dbgcli.trace import schema
 from dbgcli.trace.derive import Accumulator, Derivation
@@ -322,6 +322,10 @@ class Moments:
     mean: np.ndarray
     m2: np.ndarray
     indicator: np.ndarray
+    # Every value a whole number, the smallest and the largest: codes a lookup table takes.
+    whole: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
     mean_se: np.ndarray | None = None
     var_se: np.ndarray | None = None
 
@@ -336,7 +340,16 @@ class Moments:
             self.mean + delta * weight,
             self.m2 + other.m2 + delta * delta * self.count * weight,
             self.indicator & other.indicator,
+            self.whole & other.whole,
+            np.fmin(self.low, other.low),
+            np.fmax(self.high, other.high),
         )
+
+    def codes(self, rows: int) -> np.ndarray:
+        """Channels whose every value is a whole number in ``[0, rows)``: ids a lookup table
+        of ``rows`` rows can take."""
+        codes: np.ndarray = self.whole & (self.low >= 0) & (self.high < rows)
+        return codes
 
     @property
     def std(self) -> np.ndarray:
@@ -469,6 +482,8 @@ class _MomentsAccumulator(Accumulator):
         if self.unit_rows:
             self.unit_rows = _unit_rows(values)
         # Over the finite values, as the moments (the others were zeroed above).
+        np.floor(values, out=deviation, casting="unsafe")
+        whole = (deviation == values).all(axis=(0, 1, 3))
         np.multiply(values, values, out=deviation, casting="unsafe")
         indicator = (deviation == values).all(axis=(0, 1, 3))  # x * x == x: x is 0 or 1
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -480,7 +495,8 @@ class _MomentsAccumulator(Accumulator):
         with np.errstate(invalid="ignore", divide="ignore"):
             mean = np.where(pooled > 0, total.sum(axis=0) / pooled, 0.0)
         m2 = squares.sum(axis=0) + (count * (means - mean) ** 2).sum(axis=0)
-        return Moments(pooled, mean, m2, indicator)
+        low, high = values.min(axis=(0, 1, 3)), values.max(axis=(0, 1, 3))
+        return Moments(pooled, mean, m2, indicator, whole, low, high)
 
     def finish(self) -> ChannelMomentTable:
         return ChannelMomentTable(
@@ -1420,7 +1436,11 @@ def input_not_normalized(
     standardising the columns would undo it.
 
     Channels whose values never vary (std 0: padding, constant features) are ignored: there is
-    nothing to standardise. So are indicators, channels whose every value is 0 or 1 (one-hot
+    nothing to standardise. So are channels of codes an embedding table looks up, in a model
+    that records one (weights of kind ``embedding``): every value a whole number from 0 to
+    fewer than the largest table's rows. Categorical columns kept as floats beside numeric
+    ones and cast to ids in ``forward`` are indices, and standardising them would break the
+    lookup. So are indicators, channels whose every value is 0 or 1 (one-hot
     encoded categories, binary flags, binarised images): their scale is bounded by
     construction, a flag's mean is its frequency and its std ``sqrt(p (1 - p))`` at most 0.5,
     and they are conventionally left as they are (scikit-learn's ``OneHotEncoder`` output
@@ -1454,6 +1474,14 @@ def input_not_normalized(
     if max_std_ratio < 1:
         raise RuleConfigError(f"DBG602 max_std_ratio must be >= 1, got {max_std_ratio:g}")
     derivation = _moments_of(ctx, max_std_ratio)
+    lookup_rows = max(
+        (
+            view.info.shape[0]
+            for view in ctx.tensors(collection="weights")
+            if view.info.shape and is_embedding(view.tag, view.info.kind)
+        ),
+        default=0,
+    )
 
     def judge(view: TensorView, table: ChannelMomentTable, code: int) -> Iterator[Finding]:
         mine = view.modes == code
@@ -1510,7 +1538,14 @@ def input_not_normalized(
                 "the median record's: batches unlike the rest)"
             )
         yield from _normalisation(
-            table.moments[int(code)], table.unit, threshold_mean, max_std_ratio, z, seen_text, where
+            table.moments[int(code)],
+            table.unit,
+            threshold_mean,
+            max_std_ratio,
+            z,
+            seen_text,
+            where,
+            lookup_rows,
         )
 
     yield from _judged_or_skipped(
@@ -1625,9 +1660,12 @@ def _normalisation(
     z: float,
     seen: str,
     where: dict[str, Any],
+    lookup_rows: int,
 ) -> Iterator[Finding]:
     std = moments.std
     varying = (moments.count > 0) & (std > 0) & ~moments.indicator
+    if lookup_rows:
+        varying &= ~moments.codes(lookup_rows)
     judged = int(varying.sum())
     # What the records' spread leaves in doubt is given in the inputs' favour.
     mean_se, var_se = (

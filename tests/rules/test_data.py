@@ -616,6 +616,39 @@ def test_input_not_normalized_gives_a_rare_feature_the_doubt_its_records_leave(m
     assert sorted(keyed(loose, "std")[0].extra["stds"]) == [1, 2]
 
 
+def test_input_not_normalized_leaves_alone_codes_an_embedding_table_looks_up(make_trace) -> None:
+    """Two categorical columns kept as floats (codes 0-19 and 0-6) beside a numeric one, in a
+    model with a 20-row embedding table: the codes are ids, not features to standardise.
+    Without a table they are judged, and so are codes beyond its rows."""
+    rng = np.random.default_rng(6)
+
+    def inputs(top: int) -> list[np.ndarray]:
+        return [
+            np.column_stack(
+                [rng.integers(0, top, 64), rng.integers(0, 7, 64), rng.normal(size=64)]
+            ).astype(np.float32)
+            for _ in range(12)
+        ]
+
+    table = {
+        "values": [rng.normal(size=(20, 8))] * 12,
+        "collection": "weights",
+        "kind": "embedding",
+    }
+    looked_up = make_trace(
+        tensors={"x": {"values": inputs(20), "collection": "inputs"}, "emb.weight": table}
+    )
+    assert run_rule(looked_up, "DBG602").status is RuleStatus.passed
+    alone = make_trace(tensors={"x": {"values": inputs(20), "collection": "inputs"}})
+    (mean,) = keyed(run_rule(alone, "DBG602"), "mean")
+    assert sorted(mean.extra["means"]) == [0, 1]
+    beyond = make_trace(
+        tensors={"x": {"values": inputs(40), "collection": "inputs"}, "emb.weight": table}
+    )
+    (mean,) = keyed(run_rule(beyond, "DBG602"), "mean")
+    assert sorted(mean.extra["means"]) == [0]
+
+
 def test_input_not_normalized_leaves_rows_of_unit_length_alone(make_trace) -> None:
     """tf-idf rows (non-negative, sparse, each of L2 norm 1) have features of std 0.01-0.05
     by construction; the same counts left raw are badly scaled."""
