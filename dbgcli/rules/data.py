@@ -1695,9 +1695,7 @@ def _normalisation(
         )
     with np.errstate(divide="ignore", invalid="ignore"):
         factor = np.where(varying, np.maximum(std, 1 / std), np.nan)
-    badly_scaled = np.flatnonzero(
-        varying & (factor > max_std_ratio) & ((low > max_std_ratio) | (high < 1 / max_std_ratio))
-    )
+    badly_scaled = np.flatnonzero(varying & ((low > max_std_ratio) | (high < 1 / max_std_ratio)))
     if badly_scaled.size:
         order = badly_scaled[np.argsort(-factor[badly_scaled], kind="stable")]
         listed = _listed([f"{unit} {i} std {std[i]:.3g}" for i in order])

@@ -708,12 +708,12 @@ def underfit(
       chance_margin`` through the end while the training accuracy's does not: the model
       learned nothing that carries to data it has not seen, and what it fits of its training
       data it memorised, as a large model fits labels shuffled apart from their inputs
-      (Zhang et al. 2017). Without a training accuracy, a training loss that ends below the
-      chance band (under ``chance_fraction`` of the labels' entropy) shows the fit, from
-      where it fell below for good. The gap between the two losses then is no overfitting that
+      (Zhang et al. 2017). The gap between the two losses then is no overfitting that
       regularisation would cure; the labels, or the pairing of inputs and labels, are. The
       finding starts where the training accuracy's mean over a whole trailing window rose
-      above that level.
+      above that level. Without a training accuracy, a training loss that ends below the
+      chance band (under ``chance_fraction`` of the labels' entropy) shows the fit, from
+      where it fell below for good.
     * **accuracy not improving** (key ``accuracy-flat``): with ``C`` unknown and a training
       accuracy series, the mean stays less than ``chance_margin`` above its first value and
       at or below 0.6 (AutoTrainer's not-converged gate Θ = 0.6; its slow-convergence test
