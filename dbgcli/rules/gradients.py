@@ -329,13 +329,14 @@ def exploding_gradient(
       the rest. A training record of a float input (not token ids) whose standard deviation
       is more than ``input_scale`` times the median record's, where the training loss of its
       step (the batch's) or of the next (after the update the batch drove) lands above the
-      untrained model's loss (as for the loss jump: no fitted model's hard batch does that). 9 is DBG602's bar on a channel's scale (3) squared, the factor at
-      which DBG602 leaves such records out of its moments: even data at the edge of that bar
-      are not this far off. A unit conversion applied twice, a batch of raw pixels among
-      normalised ones, a join that put the wrong column in: the gradients of that step scale
-      with the inputs, yet may rise less than ``growth`` times (a batch scaled by 300 lifted
-      them 150 times on a real run, and the updates it drove, 7 times the weights, read as a
-      learning rate far too high), so the inputs say what the gradients cannot. The finding is the inputs' and
+      untrained model's loss (as for the loss jump: no fitted model's hard batch does that).
+      9 is DBG602's bar on a channel's scale (3) squared, the factor at which DBG602 leaves
+      such records out of its moments: even data at the edge of that bar are not this far
+      off. A unit conversion applied twice, a batch of raw pixels among normalised ones, a
+      join that put the wrong column in: the gradients of that step scale with the inputs,
+      yet may rise less than ``growth`` times (a batch scaled by 300 lifted them 150 times on
+      a real run, and the updates it drove, 7 times the weights, read as a learning rate far
+      too high), so the inputs say what the gradients cannot. The finding is the inputs' and
       spans their spikes; records N steps apart see only the spikes at recorded steps (the
       loss jump sees the others). Only a rise counts: a batch of small scale cannot blow up.
 
