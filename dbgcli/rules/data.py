@@ -1776,9 +1776,10 @@ def token_ratio(
     after the tokens (no ``pack_padded_sequence``) carries its state through it, and the
     gradient that reaches the real tokens vanishes on the way (a real LSTM run, 93 % padding:
     3e-40 on the input weights, the loss at chance, which packing the same batches cured);
-    many unknown tokens mean the tokenizer does not fit the text. In evaluation batches only the compute is at stake (and
-    they are seldom bucketed by length: the ``Trainer``'s ``group_by_length`` sorts only the
-    training sampler), so findings on records of mode ``eval`` are notes (severity info).
+    many unknown tokens mean the tokenizer does not fit the text. In evaluation batches only
+    the compute is at stake (and they are seldom bucketed by length: the ``Trainer``'s
+    ``group_by_length`` sorts only the training sampler), so findings on records of mode
+    ``eval`` are notes (severity info).
 
     Typical causes: padding every batch to a fixed maximum length, a few very long sequences
     in a batch of short ones, a tokenizer or vocabulary that does not match the data.
