@@ -152,6 +152,31 @@ def test_class_imbalance_is_compensated_only_by_weights_that_even_the_classes(
         )
 
 
+@pytest.mark.parametrize(
+    ("weights", "found"),
+    [
+        ([10.0, 1.0], True),  # the larger class weighted: 9:1 becomes 90:1
+        ([1.0, 9.0], False),  # inverse frequencies: even
+        ([1.0, 50.0], False),  # the smaller class over-weighted to 50:9, under the bar
+        ([1.0, 200.0], True),  # ... and to 200:9, over it
+    ],
+)
+def test_class_weights_that_unbalance_labels_under_the_bar_are_an_imbalance(
+    make_trace, weights: list[float], found: bool
+) -> None:
+    labels = np.concatenate([np.zeros(900, dtype=np.int64), np.ones(100, dtype=np.int64)])
+    path = make_trace(
+        tensors={"labels": {"values": [labels], "collection": "labels"}},
+        metadata={"class_weighting": {"CrossEntropyLoss.weight": weights}},
+    )
+    findings = keyed(run_rule(path, "DBG601"), "imbalance")
+    assert bool(findings) is found
+    if found:
+        (finding,) = findings
+        assert finding.severity is Severity.warning and finding.value > 10
+        assert "ratio 9, but the run's class weights" in finding.message
+
+
 @pytest.mark.parametrize("pos_weight", [19.0, 1.0])
 def test_a_pos_weight_read_off_the_loss_compensates_the_imbalance(
     tmp_path: Path, pos_weight: float
