@@ -1220,41 +1220,33 @@ def _imbalance(
         least = int(np.argmin(counts))
         ratio = float(counts[largest] / counts[least])
         smallest = f"smallest class {classes[least]}: {counts[least]}"
-    if not ratio > threshold:
-        weighted = None if missing.size else _weighted_ratio(weighting, classes, counts)
-        if weighting is not None and weighted is not None and weighted > threshold:
-            yield Finding(
-                message=(
-                    f"{biggest}, {smallest}: ratio {ratio:.3g}, but the run's class weights "
-                    f"({weighting.text}) weigh them unevenly: counts times weights have a ratio "
-                    f"of {weighted:.3g} (> {threshold:g}); {seen} labels in "
-                    f"{_records(len(steps))} with full tensors"
-                ),
-                key="imbalance",
-                tensor=stream.labels,
-                first_step=steps[0],
-                last_step=steps[-1],
-                steps=len(steps),
-                value=weighted,
-                threshold=threshold,
-                mode=stream.mode,
-            )
-        return
-    compensates, weights = weighting is not None, ""
-    if weighting is not None:
-        weighted = None if missing.size else _weighted_ratio(weighting, classes, counts)
+    weighted = None if missing.size else _weighted_ratio(weighting, classes, counts)
+    if ratio > threshold:
         # Weights that rise with the class's count (frequencies written for their inverses)
         # make the imbalance worse, whatever the metadata calls them.
-        compensates = weighted is None or weighted < ratio
-        weights = (
-            f"; the run compensates it ({weighting.text})"
-            if compensates
-            else f"; the run's class weights ({weighting.text}) do not compensate it: "
-            f"counts times weights have a ratio of {weighted:.3g}"
+        compensates = weighting is not None and (weighted is None or weighted < ratio)
+        value, judged = ratio, f"ratio {ratio:.3g} (> {threshold:g})"
+        if weighting is None:
+            weights = ""
+        elif compensates:
+            weights = f"; the run compensates it ({weighting.text})"
+        else:
+            weights = (
+                f"; the run's class weights ({weighting.text}) do not compensate it: "
+                f"counts times weights have a ratio of {weighted:.3g}"
+            )
+    elif weighting is not None and weighted is not None and weighted > threshold:
+        # Weights that make an imbalance the labels do not have.
+        compensates, value, weights = False, weighted, ""
+        judged = (
+            f"ratio {ratio:.3g}, but the run's class weights ({weighting.text}) weigh them "
+            f"unevenly: counts times weights have a ratio of {weighted:.3g} (> {threshold:g})"
         )
+    else:
+        return
     yield Finding(
         message=(
-            f"{biggest}, {smallest}: ratio {ratio:.3g} (> {threshold:g}); "
+            f"{biggest}, {smallest}: {judged}; "
             f"{seen} labels in {_records(len(steps))} with full tensors{weights}"
         ),
         severity=Severity.info if compensates else None,
@@ -1265,7 +1257,7 @@ def _imbalance(
         first_step=steps[0],
         last_step=steps[-1],
         steps=len(steps),
-        value=ratio,
+        value=value,
         threshold=threshold,
         mode=stream.mode,
         extra={
