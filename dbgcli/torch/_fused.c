@@ -16,15 +16,23 @@
  * systematic, up to a millionth of the mean: the second pass corrects it where the spread
  * is small enough for that to matter.
  *
- * On Linux, where the compiler takes OpenMP (setup.py), a call's tensors can be shared out
- * among ``threads`` threads of the process's OpenMP runtime. The extension asks for
- * libgomp.so.1, and so does torch (its wheels bring a copy of that name): whichever is loaded
- * first serves both, and torch's intra-op threads are then the kernel's. dbgcli/torch/_stats.py
- * checks that (openmp_address() against torch's) and passes one thread otherwise, and with one
- * thread the runtime is not called at all. The hook runs right after a backward pass, while
- * torch's threads still wait for work, so the reductions take the cores the training step
- * uses instead of one of them. Each tensor is reduced by one thread, in the same order of
- * operations as without threads: the results are the same to the bit.
+ * On Linux, where the compiler takes OpenMP (setup.py), a call can be shared out among
+ * ``threads`` threads of the process's OpenMP runtime. The extension asks for libgomp.so.1,
+ * and so does torch (its wheels bring a copy of that name): whichever is loaded first serves
+ * both, and torch's intra-op threads are then the kernel's. dbgcli/torch/_stats.py checks that
+ * (openmp_address() against torch's) and passes one thread otherwise, and with one thread the
+ * runtime is not called at all. The hook runs right after a backward pass, while torch's
+ * threads still wait for work, so the reductions take the cores the training step uses
+ * instead of one of them. The work is split as ATen's parallel_for splits an element-wise
+ * operation: a tensor of more than GRAIN values into contiguous parts, the first on the
+ * calling thread, and smaller tensors whole on the calling thread. Each part is then read on
+ * the core whose cache torch's own operations on it left it in: a thread reading a gradient
+ * that another core wrote (whole tensors dealt out to threads did) takes a copy of its cache
+ * lines, and the next backward pass, writing the gradient again on that other core, waits for
+ * those copies to be invalidated first (on a virtual machine whose two cores share no cache,
+ * 0.4-0.9 ms of the 4x512 MLP's next step). Parts start at chunk boundaries, and the chunks'
+ * lane sums are added in order afterwards: the results are the same to the bit as one
+ * thread's.
  *
  * Built as an optional extension (setup.py): without a C compiler dbgcli installs without it
  * and the torch path computes the same statistics.
@@ -51,40 +59,57 @@
 #define VECTOR_CLONES
 #endif
 
-/* A call's tensors are shared out among threads only from this many values in all: below,
- * starting the threads costs more than it saves. */
-#define PARALLEL_VALUES 65536
+/* ATen's grain size (at::internal::GRAIN_SIZE): its element-wise operations run on the calling
+ * thread up to this many values, and in parts of at least this many above. */
+#define GRAIN 32768
 #define LANES 16
 #define CHUNK 2048
 /* E[x^2] - E[x]^2 keeps its digits while the squared mean is within this factor of the
  * variance (the torch path's and the writer's float32 test); beyond, a second pass. */
 #define ONE_PASS_DIGITS 1e2
 
+/* What one pass over a part of a tensor leaves for the fold: per lane, the smallest and the
+ * largest value, and the sign counts. The first part adds its chunks' lane sums up itself,
+ * from 0 as one pass over the whole tensor does; the others cannot (their sums continue the
+ * parts' before them), and write their chunks' lanes to the call's scratch memory instead
+ * (LANE_SUMS sums of LANES lanes per chunk) for the fold to add in order. */
+typedef struct {
+    double sum, squares, l1, update;
+    float low[LANES], high[LANES];
+    int64_t positive, zero;
+} Part;
+
+enum { SUM, SQUARES, ABSOLUTE, UPDATE, LANE_SUMS };
+
+/* A tensor's sums once its parts are folded. */
 typedef struct {
     double sum, squares, l1, update;
     float low, high;
     int64_t positive, zero;
 } Sums;
 
-/* The pass, specialised by macro for each combination of absolute sum, update and sign
- * counts, so that each loop has only the arithmetic it needs. */
+/* The pass over values [begin, end) of a tensor (begin at a chunk boundary), specialised by
+ * macro for each combination of absolute sum, update and sign counts, so that each loop has
+ * only the arithmetic it needs. ``lanes``, unless NULL, receives the lane sums of the part's
+ * chunks instead of ``out``. */
 #define DEFINE_PASS(NAME, WITH_L1, WITH_UPDATE, WITH_SIGNS)                                  \
     VECTOR_CLONES static void NAME(const float *__restrict x, float *__restrict previous,    \
-                                   Py_ssize_t n, Sums *out)                                   \
+                                   Py_ssize_t begin, Py_ssize_t end,                          \
+                                   float *__restrict lanes, Part *out)                        \
     {                                                                                         \
         float low[LANES], high[LANES];                                                        \
         int32_t positive[LANES] = {0}, zero[LANES] = {0};                                     \
         double sum = 0.0, squares = 0.0, l1 = 0.0, update = 0.0;                              \
         int64_t positives = 0, zeros = 0;                                                     \
-        Py_ssize_t i = 0;                                                                     \
+        Py_ssize_t i = begin;                                                                 \
         for (int j = 0; j < LANES; j++) {                                                     \
             low[j] = INFINITY;                                                                \
             high[j] = -INFINITY;                                                              \
         }                                                                                     \
-        while (i < n) {                                                                       \
+        while (i < end) {                                                                     \
             float s[LANES] = {0}, q[LANES] = {0}, a[LANES] = {0}, u[LANES] = {0};             \
-            Py_ssize_t end = n - i > CHUNK ? i + CHUNK : n;                                   \
-            Py_ssize_t whole = i + (end - i) / LANES * LANES;                                 \
+            Py_ssize_t stop = end - i > CHUNK ? i + CHUNK : end;                              \
+            Py_ssize_t whole = i + (stop - i) / LANES * LANES;                                \
             for (; i < whole; i += LANES) {                                                   \
                 for (int j = 0; j < LANES; j++) {                                             \
                     float v = x[i + j];                                                       \
@@ -104,7 +129,7 @@ typedef struct {
                     high[j] = v > high[j] ? v : high[j];                                      \
                 }                                                                             \
             }                                                                                 \
-            for (; i < end; i++) {                                                            \
+            for (; i < stop; i++) {                                                           \
                 float v = x[i];                                                               \
                 s[0] += v;                                                                    \
                 q[0] += v * v;                                                                \
@@ -122,27 +147,34 @@ typedef struct {
                 high[0] = v > high[0] ? v : high[0];                                          \
             }                                                                                 \
             for (int j = 0; j < LANES; j++) {                                                 \
-                sum += s[j];                                                                  \
-                squares += q[j];                                                              \
-                l1 += a[j];                                                                   \
-                update += u[j];                                                               \
+                if (lanes) {                                                                  \
+                    lanes[SUM * LANES + j] = s[j];                                            \
+                    lanes[SQUARES * LANES + j] = q[j];                                        \
+                    lanes[ABSOLUTE * LANES + j] = a[j];                                       \
+                    lanes[UPDATE * LANES + j] = u[j];                                         \
+                } else {                                                                      \
+                    sum += s[j];                                                              \
+                    squares += q[j];                                                          \
+                    l1 += a[j];                                                               \
+                    update += u[j];                                                           \
+                }                                                                             \
                 if (WITH_SIGNS) {                                                             \
                     positives += positive[j];                                                 \
                     zeros += zero[j];                                                         \
                     positive[j] = zero[j] = 0;                                                \
                 }                                                                             \
             }                                                                                 \
-        }                                                                                     \
-        for (int j = 1; j < LANES; j++) {                                                     \
-            low[0] = low[j] < low[0] ? low[j] : low[0];                                       \
-            high[0] = high[j] > high[0] ? high[j] : high[0];                                  \
+            if (lanes)                                                                        \
+                lanes += LANE_SUMS * LANES;                                                   \
         }                                                                                     \
         out->sum = sum;                                                                       \
         out->squares = squares;                                                               \
         out->l1 = l1;                                                                         \
         out->update = update;                                                                 \
-        out->low = low[0];                                                                    \
-        out->high = high[0];                                                                  \
+        for (int j = 0; j < LANES; j++) {                                                     \
+            out->low[j] = low[j];                                                             \
+            out->high[j] = high[j];                                                           \
+        }                                                                                     \
         out->positive = positives;                                                            \
         out->zero = zeros;                                                                    \
     }
@@ -156,9 +188,67 @@ DEFINE_PASS(pass_5, 1, 0, 1)
 DEFINE_PASS(pass_6, 0, 1, 1)
 DEFINE_PASS(pass_7, 1, 1, 1)
 
-typedef void (*Pass)(const float *, float *, Py_ssize_t, Sums *);
+typedef void (*Pass)(const float *, float *, Py_ssize_t, Py_ssize_t, float *, Part *);
 /* Indexed by l1 + 2 * update + 4 * signs. */
 static const Pass PASSES[8] = {pass_0, pass_1, pass_2, pass_3, pass_4, pass_5, pass_6, pass_7};
+
+static Py_ssize_t chunks_of(Py_ssize_t n) { return (n + CHUNK - 1) / CHUNK; }
+
+/* How many parts ATen's parallel_for makes of n values among ``threads`` threads. */
+static int parts_of(Py_ssize_t n, int threads)
+{
+    if (threads <= 1 || n <= GRAIN)
+        return 1;
+    Py_ssize_t parts = (n + GRAIN - 1) / GRAIN;
+    return parts < threads ? (int)parts : threads;
+}
+
+/* Where part p of ``parts`` starts: ATen's boundary, moved to the nearest chunk boundary. */
+static Py_ssize_t part_start(Py_ssize_t n, int parts, int p)
+{
+    if (p >= parts)
+        return n;
+    Py_ssize_t start = (Py_ssize_t)p * ((n + parts - 1) / parts);
+    start = (start + CHUNK / 2) / CHUNK * CHUNK;
+    return start < n ? start : n;
+}
+
+/* A tensor's sums from its parts, in the order one pass would have added them: the first
+ * part's sums, then the later parts' chunks' lanes (``lanes`` from the second part's first
+ * chunk to the last chunk) one after the other in float64; each lane's extremes part after
+ * part (the first of equal values stays, as in the pass), then the lanes'. */
+static Sums fold(const float *lanes, Py_ssize_t chunks, const Part *parts, int count)
+{
+    Sums s = {parts[0].sum, parts[0].squares, parts[0].l1, parts[0].update,
+              INFINITY, -INFINITY, 0, 0};
+    float low[LANES], high[LANES];
+    for (Py_ssize_t c = 0; c < chunks; c++, lanes += LANE_SUMS * LANES)
+        for (int j = 0; j < LANES; j++) {
+            s.sum += lanes[SUM * LANES + j];
+            s.squares += lanes[SQUARES * LANES + j];
+            s.l1 += lanes[ABSOLUTE * LANES + j];
+            s.update += lanes[UPDATE * LANES + j];
+        }
+    for (int j = 0; j < LANES; j++) {
+        low[j] = parts[0].low[j];
+        high[j] = parts[0].high[j];
+        for (int p = 1; p < count; p++) {
+            low[j] = parts[p].low[j] < low[j] ? parts[p].low[j] : low[j];
+            high[j] = parts[p].high[j] > high[j] ? parts[p].high[j] : high[j];
+        }
+    }
+    for (int j = 1; j < LANES; j++) {
+        low[0] = low[j] < low[0] ? low[j] : low[0];
+        high[0] = high[j] > high[0] ? high[j] : high[0];
+    }
+    s.low = low[0];
+    s.high = high[0];
+    for (int p = 0; p < count; p++) {
+        s.positive += parts[p].positive;
+        s.zero += parts[p].zero;
+    }
+    return s;
+}
 
 /* The second pass, in float64, for the rare record whose variance is too small beside its
  * mean for the one-pass formula: the corrected two-pass algorithm (Chan, Golub and LeVeque,
@@ -242,32 +332,33 @@ PyDoc_STRVAR(reduce_doc,
     "done: a writable uint8 buffer of k flags, 0 where the record holds NaN or infinities\n"
     "(or, if nonnegative, a negative value): its row then has only count and update_l2,\n"
     "and the caller computes the rest from the values.\n"
-    "threads: how many OpenMP threads may share the tensors out, each whole (1: this thread\n"
-    "alone, without calling the OpenMP runtime at all; a build without OpenMP ignores it).\n"
+    "threads: how many OpenMP threads may share the work, split as ATen's parallel_for\n"
+    "splits an element-wise operation: a tensor of more than 32,768 values in contiguous\n"
+    "parts, the first on the calling thread, smaller tensors whole on the calling thread (1:\n"
+    "this thread alone, without calling the OpenMP runtime at all; a build without OpenMP\n"
+    "ignores it).\n"
     "Returns (how many flags are 0, so that the caller need not scan them; how many threads\n"
     "reduced the tensors).");
 
-/* What one call of reduce() reduces, for each of its records. */
+/* What one call of reduce() reads and where its passes leave their sums. */
 typedef struct {
     const uintptr_t *addresses, *copies;
     const int64_t *counts;
-    double *rows;
-    uint8_t *finished;
+    const Py_ssize_t *first_chunk; /* per record, where its chunks' lanes start in ``lanes`` */
+    float *lanes;
+    Part *parts; /* per record, room for ``threads`` parts */
+    int threads;
     Pass pass;
-    int with_l1, with_update, with_signs, nonnegative;
 } Call;
 
-/* Record r of a call: its pass and its row; 0 where it needs the exact path. */
-static int reduce_record(const Call *call, Py_ssize_t r)
+/* The pass over part p of ``parts`` of record r. */
+static void pass_part(const Call *call, Py_ssize_t r, int parts, int p)
 {
-    const float *x = (const float *)call->addresses[r];
-    Py_ssize_t n = (Py_ssize_t)call->counts[r];
-    Sums s;
-    call->pass(x, call->copies ? (float *)call->copies[r] : NULL, n, &s);
-    call->finished[r] = (uint8_t)finish(x, n, &s, call->with_l1, call->with_update,
-                                        call->with_signs, call->nonnegative,
-                                        call->rows + r * WIDTH);
-    return call->finished[r];
+    Py_ssize_t n = (Py_ssize_t)call->counts[r], begin = part_start(n, parts, p);
+    float *lanes = p == 0 ? NULL
+                          : call->lanes + (call->first_chunk[r] + begin / CHUNK) * LANE_SUMS * LANES;
+    call->pass((const float *)call->addresses[r], call->copies ? (float *)call->copies[r] : NULL,
+               begin, part_start(n, parts, p + 1), lanes, call->parts + r * call->threads + p);
 }
 
 static PyObject *reduce(PyObject *Py_UNUSED(module), PyObject *args)
@@ -281,6 +372,9 @@ static PyObject *reduce(PyObject *Py_UNUSED(module), PyObject *args)
     int with_update = previous_object != Py_None;
     PyObject *result = NULL;
     Py_ssize_t k = pointers.len / (Py_ssize_t)sizeof(uintptr_t);
+    Py_ssize_t *first_chunk = NULL;
+    float *lanes = NULL;
+    Part *parts = NULL;
     if (with_update && PyObject_GetBuffer(previous_object, &previous, PyBUF_SIMPLE) < 0)
         goto done;
     if (pointers.len != k * (Py_ssize_t)sizeof(uintptr_t) ||
@@ -290,44 +384,76 @@ static PyObject *reduce(PyObject *Py_UNUSED(module), PyObject *args)
         PyErr_SetString(PyExc_ValueError, "reduce: buffers of inconsistent sizes");
         goto done;
     }
-    const Call call = {
-        pointers.buf, with_update ? previous.buf : NULL, lengths.buf, out.buf, done_flags.buf,
-        PASSES[with_l1 + 2 * with_update + 4 * with_signs], with_l1, with_update, with_signs,
-        nonnegative,
-    };
-    Py_ssize_t total = 0;
+    const uintptr_t *addresses = pointers.buf, *copies = with_update ? previous.buf : NULL;
+    const int64_t *counts = lengths.buf;
+    Py_ssize_t chunks = 0, largest = 0;
     for (Py_ssize_t r = 0; r < k; r++) {
-        if (call.counts[r] > 0 &&
-            (call.addresses[r] == 0 || (call.copies && call.copies[r] == 0))) {
+        if (counts[r] > 0 && (addresses[r] == 0 || (copies && copies[r] == 0))) {
             PyErr_SetString(PyExc_ValueError, "reduce: a tensor without memory of its own");
             goto done;
         }
-        total += (Py_ssize_t)call.counts[r];
+        chunks += chunks_of((Py_ssize_t)counts[r]);
+        largest = counts[r] > largest ? (Py_ssize_t)counts[r] : largest;
     }
+    if (threads < 1)
+        threads = 1;
+    first_chunk = PyMem_Malloc((k > 0 ? k : 1) * sizeof(Py_ssize_t));
+    lanes = PyMem_Malloc((chunks > 0 ? chunks : 1) * LANE_SUMS * LANES * sizeof(float));
+    parts = PyMem_Malloc((k > 0 ? k : 1) * threads * sizeof(Part));
+    if (first_chunk == NULL || lanes == NULL || parts == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t r = 0, chunk = 0; r < k; chunk += chunks_of((Py_ssize_t)counts[r++]))
+        first_chunk[r] = chunk;
+    const Call call = {
+        addresses, copies, counts, first_chunk, lanes, parts, threads,
+        PASSES[with_l1 + 2 * with_update + 4 * with_signs],
+    };
+    double *rows = out.buf;
+    uint8_t *finished = done_flags.buf;
     Py_ssize_t unfinished = 0;
     int team = 1;
     Py_BEGIN_ALLOW_THREADS
 #if defined(_OPENMP)
-    /* The runtime is not called at all unless the tensors are shared out: where it is not
-     * torch's (the caller then passes 1), starting it could clash with torch's. */
-    if (threads > 1 && k > 1 && total >= PARALLEL_VALUES) {
-        int size = threads < k ? threads : (int)k;
-#pragma omp parallel for num_threads(size) schedule(dynamic, 1) reduction(+ : unfinished) \
-    reduction(max : team)
-        for (Py_ssize_t r = 0; r < k; r++) {
-            unfinished += !reduce_record(&call, r);
-            team = omp_get_num_threads();
+    /* The runtime is not called at all unless a tensor is split: where it is not torch's
+     * (the caller then passes 1), starting it could clash with torch's. */
+    if (threads > 1 && largest > GRAIN) {
+#pragma omp parallel num_threads(threads)
+        {
+            int size = omp_get_num_threads(), thread = omp_get_thread_num();
+            if (thread == 0)
+                team = size;
+            for (Py_ssize_t r = 0; r < k; r++) {
+                int count = parts_of((Py_ssize_t)counts[r], size);
+                if (thread < count)
+                    pass_part(&call, r, count, thread);
+            }
         }
     } else
 #endif
     {
-        (void)total; /* read by the shared branch only */
+        (void)largest; /* read by the shared branch only */
         for (Py_ssize_t r = 0; r < k; r++)
-            unfinished += !reduce_record(&call, r);
+            pass_part(&call, r, 1, 0);
+    }
+    for (Py_ssize_t r = 0; r < k; r++) {
+        Py_ssize_t n = (Py_ssize_t)counts[r];
+        const float *x = (const float *)addresses[r];
+        int count = parts_of(n, team);
+        Py_ssize_t later = chunks_of(part_start(n, count, 1)); /* the second part's chunk */
+        Sums s = fold(lanes + (first_chunk[r] + later) * LANE_SUMS * LANES,
+                      chunks_of(n) - later, parts + r * threads, count);
+        finished[r] = (uint8_t)finish(x, n, &s, with_l1, with_update, with_signs, nonnegative,
+                                      rows + r * WIDTH);
+        unfinished += !finished[r];
     }
     Py_END_ALLOW_THREADS
     result = Py_BuildValue("ni", unfinished, team);
 done:
+    PyMem_Free(first_chunk);
+    PyMem_Free(lanes);
+    PyMem_Free(parts);
     PyBuffer_Release(&pointers);
     PyBuffer_Release(&lengths);
     PyBuffer_Release(&out);

@@ -7,8 +7,9 @@ operations per tensor, which cost tens of microseconds each whatever the tensor'
 * Plain float32 tensors in host memory go through the **compiled kernel**
   (:mod:`dbgcli.torch._fused`, built where a C compiler is present): one pass over each, one
   call for all of a step's weights (or gradients, or activations of one shape), giving the
-  finished statistics rows (:func:`_fused_statistics`), shared out among torch's intra-op
-  threads where the kernel's OpenMP runtime is torch's (:func:`kernel_threads`). torch's
+  finished statistics rows (:func:`_fused_statistics`), split among torch's intra-op threads
+  as ATen splits an element-wise operation where the kernel's OpenMP runtime is torch's
+  (:func:`kernel_threads`). torch's
   operations need five to seven passes over a weight for the same numbers. Everything below
   is the path for the other tensors (GPU, float16, bfloat16, float64), and for all of them
   without the kernel.
@@ -300,7 +301,7 @@ _SHARES_TORCH_THREADS = _openmp_shared_with_torch()
 
 
 def kernel_threads() -> int:
-    """How many threads the compiled kernel may share a call's tensors out among: torch's
+    """How many threads the compiled kernel may split a call's tensors among: torch's
     intra-op threads (``torch.get_num_threads()``, per calling thread) where its OpenMP runtime
     is torch's own, else 1."""
     return torch.get_num_threads() if _SHARES_TORCH_THREADS else 1
