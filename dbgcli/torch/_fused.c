@@ -29,10 +29,10 @@
  * the core whose cache torch's own operations on it left it in: a thread reading a gradient
  * that another core wrote (whole tensors dealt out to threads did) takes a copy of its cache
  * lines, and the next backward pass, writing the gradient again on that other core, waits for
- * those copies to be invalidated first (on a virtual machine whose two cores share no cache,
- * 0.4-0.9 ms of the 4x512 MLP's next step). Parts start at chunk boundaries, and the chunks'
- * lane sums are added in order afterwards: the results are the same to the bit as one
- * thread's.
+ * those copies to be invalidated first (0.4-0.9 ms of the 4x512 MLP's next step on the
+ * project's virtual machine, at the slower of its two speeds). Parts start at chunk
+ * boundaries, and the chunks' lane sums are added in order afterwards: the results are the
+ * same to the bit as one thread's.
  *
  * Built as an optional extension (setup.py): without a C compiler dbgcli installs without it
  * and the torch path computes the same statistics.
@@ -355,8 +355,8 @@ typedef struct {
 static void pass_part(const Call *call, Py_ssize_t r, int parts, int p)
 {
     Py_ssize_t n = (Py_ssize_t)call->counts[r], begin = part_start(n, parts, p);
-    float *lanes = p == 0 ? NULL
-                          : call->lanes + (call->first_chunk[r] + begin / CHUNK) * LANE_SUMS * LANES;
+    Py_ssize_t chunk = call->first_chunk[r] + begin / CHUNK;
+    float *lanes = p == 0 ? NULL : call->lanes + chunk * LANE_SUMS * LANES;
     call->pass((const float *)call->addresses[r], call->copies ? (float *)call->copies[r] : NULL,
                begin, part_start(n, parts, p + 1), lanes, call->parts + r * call->threads + p);
 }
