@@ -340,14 +340,18 @@ PyDoc_STRVAR(reduce_doc,
     "Returns (how many flags are 0, so that the caller need not scan them; how many threads\n"
     "reduced the tensors).");
 
+/* Where a record's first chunk's lanes and its first part are kept in a call's memory. */
+typedef struct {
+    Py_ssize_t chunk, part;
+} Place;
+
 /* What one call of reduce() reads and where its passes leave their sums. */
 typedef struct {
     const uintptr_t *addresses, *copies;
     const int64_t *counts;
-    const Py_ssize_t *first_chunk; /* per record, where its chunks' lanes start in ``lanes`` */
+    const Place *places;
     float *lanes;
-    Part *parts; /* per record, room for ``threads`` parts */
-    int threads;
+    Part *parts;
     Pass pass;
 } Call;
 
@@ -355,10 +359,10 @@ typedef struct {
 static void pass_part(const Call *call, Py_ssize_t r, int parts, int p)
 {
     Py_ssize_t n = (Py_ssize_t)call->counts[r], begin = part_start(n, parts, p);
-    Py_ssize_t chunk = call->first_chunk[r] + begin / CHUNK;
-    float *lanes = p == 0 ? NULL : call->lanes + chunk * LANE_SUMS * LANES;
+    Place place = call->places[r];
+    float *lanes = p == 0 ? NULL : call->lanes + (place.chunk + begin / CHUNK) * LANE_SUMS * LANES;
     call->pass((const float *)call->addresses[r], call->copies ? (float *)call->copies[r] : NULL,
-               begin, part_start(n, parts, p + 1), lanes, call->parts + r * call->threads + p);
+               begin, part_start(n, parts, p + 1), lanes, call->parts + place.part + p);
 }
 
 static PyObject *reduce(PyObject *Py_UNUSED(module), PyObject *args)
@@ -372,7 +376,7 @@ static PyObject *reduce(PyObject *Py_UNUSED(module), PyObject *args)
     int with_update = previous_object != Py_None;
     PyObject *result = NULL;
     Py_ssize_t k = pointers.len / (Py_ssize_t)sizeof(uintptr_t);
-    Py_ssize_t *first_chunk = NULL;
+    Place *places = NULL;
     float *lanes = NULL;
     Part *parts = NULL;
     if (with_update && PyObject_GetBuffer(previous_object, &previous, PyBUF_SIMPLE) < 0)
@@ -386,28 +390,33 @@ static PyObject *reduce(PyObject *Py_UNUSED(module), PyObject *args)
     }
     const uintptr_t *addresses = pointers.buf, *copies = with_update ? previous.buf : NULL;
     const int64_t *counts = lengths.buf;
-    Py_ssize_t chunks = 0, largest = 0;
-    for (Py_ssize_t r = 0; r < k; r++) {
-        if (counts[r] > 0 && (addresses[r] == 0 || (copies && copies[r] == 0))) {
-            PyErr_SetString(PyExc_ValueError, "reduce: a tensor without memory of its own");
-            goto done;
-        }
-        chunks += chunks_of((Py_ssize_t)counts[r]);
-        largest = counts[r] > largest ? (Py_ssize_t)counts[r] : largest;
-    }
     if (threads < 1)
         threads = 1;
-    first_chunk = PyMem_Malloc((k > 0 ? k : 1) * sizeof(Py_ssize_t));
-    lanes = PyMem_Malloc((chunks > 0 ? chunks : 1) * LANE_SUMS * LANES * sizeof(float));
-    parts = PyMem_Malloc((k > 0 ? k : 1) * threads * sizeof(Part));
-    if (first_chunk == NULL || lanes == NULL || parts == NULL) {
+    places = PyMem_Malloc((k > 0 ? k : 1) * sizeof(Place));
+    if (places == NULL) {
         PyErr_NoMemory();
         goto done;
     }
-    for (Py_ssize_t r = 0, chunk = 0; r < k; chunk += chunks_of((Py_ssize_t)counts[r++]))
-        first_chunk[r] = chunk;
+    Py_ssize_t chunks = 0, all_parts = 0, largest = 0;
+    for (Py_ssize_t r = 0; r < k; r++) {
+        Py_ssize_t n = (Py_ssize_t)counts[r];
+        if (n > 0 && (addresses[r] == 0 || (copies && copies[r] == 0))) {
+            PyErr_SetString(PyExc_ValueError, "reduce: a tensor without memory of its own");
+            goto done;
+        }
+        places[r] = (Place){chunks, all_parts};
+        chunks += chunks_of(n);
+        all_parts += parts_of(n, threads); /* the most a team of ``threads`` can make */
+        largest = n > largest ? n : largest;
+    }
+    lanes = PyMem_Malloc((chunks > 0 ? chunks : 1) * LANE_SUMS * LANES * sizeof(float));
+    parts = PyMem_Malloc((all_parts > 0 ? all_parts : 1) * sizeof(Part));
+    if (lanes == NULL || parts == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
     const Call call = {
-        addresses, copies, counts, first_chunk, lanes, parts, threads,
+        addresses, copies, counts, places, lanes, parts,
         PASSES[with_l1 + 2 * with_update + 4 * with_signs],
     };
     double *rows = out.buf;
@@ -442,8 +451,8 @@ static PyObject *reduce(PyObject *Py_UNUSED(module), PyObject *args)
         const float *x = (const float *)addresses[r];
         int count = parts_of(n, team);
         Py_ssize_t later = chunks_of(part_start(n, count, 1)); /* the second part's chunk */
-        Sums s = fold(lanes + (first_chunk[r] + later) * LANE_SUMS * LANES,
-                      chunks_of(n) - later, parts + r * threads, count);
+        Sums s = fold(lanes + (places[r].chunk + later) * LANE_SUMS * LANES,
+                      chunks_of(n) - later, parts + places[r].part, count);
         finished[r] = (uint8_t)finish(x, n, &s, with_l1, with_update, with_signs, nonnegative,
                                       rows + r * WIDTH);
         unfinished += !finished[r];
@@ -451,7 +460,7 @@ static PyObject *reduce(PyObject *Py_UNUSED(module), PyObject *args)
     Py_END_ALLOW_THREADS
     result = Py_BuildValue("ni", unfinished, team);
 done:
-    PyMem_Free(first_chunk);
+    PyMem_Free(places);
     PyMem_Free(lanes);
     PyMem_Free(parts);
     PyBuffer_Release(&pointers);
