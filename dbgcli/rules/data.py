@@ -890,7 +890,12 @@ class ChanceLoss(NamedTuple):
     def holds(self, loss: Any, fraction: float = 0.9) -> Any:
         """Whether ``loss`` (a float or an array) is at chance: from ``fraction`` of ``low``
         to ``high`` over ``fraction`` (DBG303's band)."""
-        return (loss >= fraction * self.low) & (loss <= self.high / fraction)
+        return self.not_below(loss, fraction) & (loss <= self.high / fraction)
+
+    def not_below(self, loss: Any, fraction: float = 0.9) -> Any:
+        """Whether ``loss`` is at chance or above it (worse than guessing): the classifier
+        learned nothing from its inputs."""
+        return loss >= fraction * self.low
 
 
 def chance_loss(ctx: RuleContext, classes: int | None) -> ChanceLoss | None:

@@ -831,9 +831,11 @@ def learning_rate(
     * **too low** (key ``too-low``): the network's typical ratio is below ``min_ratio``
       (1e-4, TheDeepChecker's lower bound) for at least half of the judged steps, **and** the
       training has not learned: the mean of the last 10 training losses is still above
-      ``stuck_fraction`` of the first. Steps where the recorded learning rate is below a tenth
-      of its peak (warmup, decay) are not judged. A model whose loss falls well with tiny
-      updates is not reported.
+      ``stuck_fraction`` of the first or, for a classifier, not below chance (DBG303's band,
+      or above it: tiny updates can still shrink first logits that were far too large,
+      taking the loss from far above ``ln C`` down to chance, which is no learning). Steps
+      where the recorded learning rate is below a tenth of its peak (warmup, decay) are not
+      judged. A model whose loss falls well with tiny updates is not reported.
     * **clipped to nothing** (key ``clipped``): updates too low as above while the total
       norm of the recorded gradients (over every gradient tensor of a step) is the same
       value, within 0.1 %, at nine in ten of the training records: the gradients are clipped
@@ -930,13 +932,8 @@ def learning_rate(
         )
     asked = (judged > 0) & ~lr_below(ctx, steps, _ASKED_LITTLE)
     too_low = asked & (low == judged)
-    stuck = loss_fraction(ctx, steps[-1:])
-    if (
-        stuck is not None
-        and stuck[0] > stuck_fraction
-        and asked.any()
-        and too_low.sum() * 2 >= asked.sum()
-    ):
+    learned_nothing = _learned_nothing(ctx, steps[-1], stuck_fraction)
+    if learned_nothing is not None and asked.any() and too_low.sum() * 2 >= asked.sum():
         clipped = clipped_gradient_norm(ctx)
         cause = "" if clipped is None else clipped_text(clipped)
         yield from _run_wide(
@@ -949,10 +946,31 @@ def learning_rate(
             worst="min",
             message=lambda v: (
                 f"updates of {v:.3g}x the weights per step across the network{lr} "
-                f"(median layer; every layer < {min_ratio:g}) while the training loss is "
-                f"still {stuck[0]:.0%} of its start{cause}"
+                f"(median layer; every layer < {min_ratio:g}) while {learned_nothing}{cause}"
             ),
         )
+
+
+def _learned_nothing(ctx: RuleContext, step: int, stuck_fraction: float) -> str | None:
+    """How the training loss up to ``step`` (the mean of its last 10 records) shows that the
+    run learned nothing, in words: it is still above ``stuck_fraction`` of the untrained
+    model's loss or, for a classifier, not below chance (DBG303's band or above it: a loss
+    that started far above ``ln C``, from large first logits, and fell only to chance has
+    learned the output's scale, not the task). None when it learned, or without a training
+    loss."""
+    fraction = loss_fraction(ctx, np.array([step]))
+    if fraction is None or not np.isfinite(fraction[0]):
+        return None
+    if fraction[0] > stuck_fraction:
+        return f"the training loss is still {fraction[0]:.0%} of its start"
+    initial = initial_loss(ctx)
+    chance = chance_loss(ctx, class_count(ctx))
+    if initial is None or chance is None:
+        return None
+    end = float(fraction[0]) * initial.value
+    if not chance.not_below(end):
+        return None
+    return f"the training loss ended at {end:.3g}, not below chance ({chance.text})"
 
 
 def _lr_schedule(ctx: RuleContext) -> tuple[np.ndarray, np.ndarray] | None:

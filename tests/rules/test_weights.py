@@ -437,6 +437,17 @@ def test_learning_rate_too_low_needs_every_layer_starved_and_a_stuck_loss(make_t
     (low,) = run_rule(make_trace(scalars=stuck, tensors=tensors), "DBG503").findings
     assert (low.key, low.threshold) == ("too-low", 1e-4)
     assert low.value == pytest.approx(2e-6, rel=0.01)
+    # Tiny updates that shrink huge first logits (30) to just above chance (ln 32, the last
+    # layer's 32 outputs) learned nothing, though the loss fell to an eighth of its start.
+    to_chance = {"loss": [np.log(32) + 0.2 + 27 * 0.8**t for t in range(60)]}
+    (low,) = run_rule(make_trace(scalars=to_chance, tensors=tensors), "DBG503").findings
+    assert low.key == "too-low"
+    assert "the training loss ended at 3.67, not below chance (guessing among 32" in low.message
+    # The same fall to well below chance is learning: not reported.
+    learned = {"loss": [1.0 + 29 * 0.8**t for t in range(60)]}
+    assert run_rule(make_trace(scalars=learned, tensors=tensors), "DBG503").status is (
+        RuleStatus.passed
+    )
     # Vanishing gradients starve the first layers while the last still moves: not the rate.
     tensors["out.weight"] = network({"out.weight": 1e-2})["out.weight"]
     assert run_rule(make_trace(scalars=stuck, tensors=tensors), "DBG503").status is (
