@@ -9,10 +9,9 @@ operations per tensor, which cost tens of microseconds each whatever the tensor'
   call for all of a step's weights (or gradients, or activations of one shape), giving the
   finished statistics rows (:func:`_fused_statistics`), split among torch's intra-op threads
   as ATen splits an element-wise operation where the kernel's OpenMP runtime is torch's
-  (:func:`kernel_threads`). torch's
-  operations need five to seven passes over a weight for the same numbers. Everything below
-  is the path for the other tensors (GPU, float16, bfloat16, float64), and for all of them
-  without the kernel.
+  (:func:`kernel_threads`). torch's operations need five to seven passes over a weight for
+  the same numbers. Everything below is the path for the other tensors (GPU, float16,
+  bfloat16, float64), and for all of them without the kernel.
 * Tensors of one shape and dtype are **stacked** into one ``(k, n)`` block and reduced along
   its rows, so two hundred small parameters cost a few dozen operations (:class:`Reducer`).
   Tensors of 65,536 values or more are reduced one by one without a copy: their arithmetic
