@@ -183,7 +183,9 @@ def tanh_saturation(
       record of a violating window belongs to the episode, which lasts while the share stays
       above 80 % of ``threshold_layer`` (hysteresis).
     * Records holding NaN or ±inf are not judged (the non-finite rules report them) and break
-      windows; layers of fewer than 4 units are output heads and not judged.
+      windows. Output layers are not judged (a model fitting targets near ±1 pushes its
+      final tanh there by design): layers of fewer than 4 units, and the model's output
+      layer where the run metadata names it (``model_outputs``, see DBG203).
 
     SageMaker Debugger picks the bounds from the tensor name; here the tensor's ``kind``
     (``tanh``, from the recorded kind, collection or name) decides. One finding per tensor and
@@ -258,8 +260,11 @@ def sigmoid_saturation(
 
     SageMaker Debugger picks the bounds from the tensor name; here the tensor's ``kind``
     (``sigmoid``) decides. Output layers are not examined: tensors of role ``predictions`` or
-    ``outputs``, and layers of fewer than 4 units (a binary classifier's output): a confident
-    classifier is supposed to push its sigmoid towards 0 or 1. One finding per tensor and
+    ``outputs``, layers of fewer than 4 units (a binary classifier's output), and the model's
+    output layer where the run metadata names it (``model_outputs``: the PyTorch hook notes
+    the activation module whose output the model returns, such as a multi-label head's
+    ``nn.Sigmoid`` before ``nn.BCELoss``, and its input): a confident classifier is supposed
+    to push its sigmoid towards 0 or 1. One finding per tensor and
     mode, with the largest saturated share; the severity is error when every unit of the layer
     is saturated from some record to the end of the run, warning otherwise.
 
@@ -289,11 +294,15 @@ def sigmoid_saturation(
 
 
 def _saturating(ctx: RuleContext, kind: str) -> list[TensorView]:
-    """Hidden layers of a saturating kind (output heads of fewer than MIN_UNITS units left out)."""
+    """Hidden layers of a saturating kind: output heads of fewer than MIN_UNITS units, and the
+    model's output layer where the run metadata names it, left out."""
+    outputs = ctx.trace.metadata.get(schema.META_MODEL_OUTPUTS)
+    excluded = set(outputs) if isinstance(outputs, list) else set()
     return [
         view
         for view in _views(ctx, (kind,))
-        if view.info.unit_axis is not None
+        if view.tag not in excluded
+        and view.info.unit_axis is not None
         and view.info.shape is not None
         and len(view.info.shape) > view.info.unit_axis
         and view.info.shape[view.info.unit_axis] >= MIN_UNITS

@@ -512,6 +512,18 @@ def _find_loss(output: Any) -> torch.Tensor | None:
     return None
 
 
+def _returned_tensors(output: Any) -> list[torch.Tensor]:
+    """The tensors a model returned: the output itself, or the members of a tuple, list or
+    mapping (a Hugging Face ModelOutput is one)."""
+    if isinstance(output, torch.Tensor):
+        return [output]
+    if isinstance(output, Mapping):
+        output = list(output.values())
+    if not isinstance(output, tuple | list):
+        return []
+    return [member for member in output if isinstance(member, torch.Tensor)]
+
+
 def _shapes(tensors: Iterable[torch.Tensor]) -> collections.Counter[tuple[tuple[int, ...], str]]:
     """How many tensors there are of each shape and dtype."""
     return collections.Counter((tuple(t.shape), str(t.dtype)) for t in tensors)
@@ -610,6 +622,7 @@ class TorchHook:
         # See _toggle_activation_hooks, which also finds compiled modules and other threads.
         self._toggles_activation_hooks = not isinstance(model, nn.DataParallel)
         self._noted_compiled = False
+        self._noted_model_outputs = False
         self._thread = threading.get_ident()
         self._arming = threading.Lock()
         self.enabled = True
@@ -1055,6 +1068,8 @@ class TorchHook:
         self._forward_depth = max(0, self._forward_depth - 1)
         if self._forward_depth == 0 and self.enabled:
             if self._held:
+                if not self._noted_model_outputs:
+                    self._guard("noting the model's outputs", lambda: self._note_outputs(output))
                 self._guard("recording activations", self._reduce_held)
             if self.capture_loss and not isinstance(output, torch.Tensor):
                 try:
@@ -1064,6 +1079,27 @@ class TorchHook:
                         self._add_loss(loss, mode, self._default_step(mode))
                 except Exception as error:  # noqa: BLE001 - recording must never stop training
                     self._warn("capturing the loss", error)
+
+    def _note_outputs(self, output: Any) -> None:
+        """Note, at the first pass that records activations, those of the model's output
+        layer: an activation module whose output the model returns (a multi-label head's
+        Sigmoid, a generator's Tanh) is pushed to its bounds by a confident model, by design,
+        and the saturation rules leave it out."""
+        self._noted_model_outputs = True
+        returned = [
+            (tensor.data_ptr(), tensor.numel())
+            for tensor in _returned_tensors(output)
+            if tensor.numel()
+        ]
+        names = {
+            held.tag.partition("/")[2]
+            for held in self._held
+            if held.collection == "activations"
+            and (held.values.data_ptr(), held.values.numel()) in returned
+        }
+        tags = sorted(held.tag for held in self._held if held.tag.partition("/")[2] in names)
+        if tags:
+            self.writer.set_metadata(**{schema.META_MODEL_OUTPUTS: tags})
 
     def _activation_hook(
         self, kind: str, act_tag: str | None, preact_tag: str | None

@@ -70,6 +70,9 @@ META_COMPILED = "compiled"
 # update, the batch times a sequence's or an image's positions (the PyTorch hook's note):
 # {"bn1": 64, "layer1.0.bn2": 12544}.
 META_BATCH_NORM = "batch_norm"
+# The activation tags of the model's output layer (the PyTorch hook's note at the first pass it
+# records): the activation module whose output the model returns, and its input.
+META_MODEL_OUTPUTS = "model_outputs"
 
 # Groups under the root.
 TIMELINE = "timeline"

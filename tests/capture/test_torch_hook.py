@@ -285,6 +285,48 @@ def test_dropout_rates_are_noted_by_module_name(tmp_path: Path) -> None:
         assert "dropout" not in trace.metadata
 
 
+def test_the_activation_module_a_model_returns_is_noted_as_its_output_layer(
+    tmp_path: Path,
+) -> None:
+    """The model's last activation, whose output the model returns as it is, in a view or in
+    a tuple, is noted with its input (the saturation rules leave it out); an activation
+    whose output the model only computes with is not, nor is any in a model that ends in a
+    linear layer."""
+
+    class Returns(nn.Module):
+        def __init__(self, how: str) -> None:
+            super().__init__()
+            self.how = how
+            self.body = nn.Sequential(nn.Linear(4, 8), nn.Sigmoid(), nn.Linear(8, 5))
+            self.head = nn.Sigmoid()
+
+        def forward(self, x: torch.Tensor) -> Any:
+            probabilities = self.head(self.body(x))
+            if self.how == "tuple":
+                return probabilities, x
+            if self.how == "view":
+                return probabilities.view(-1)
+            if self.how == "computed":
+                return probabilities * 2
+            return probabilities
+
+    noted = {}
+    for how in ("tensor", "tuple", "view", "computed"):
+        model = Returns(how)
+        path = tmp_path / f"{how}.h5"
+        with attach(model, None, path):
+            model(torch.randn(16, 4))
+        with open_trace(path) as trace:
+            noted[how] = trace.metadata.get("model_outputs")
+    head = ["act/head", "preact/head"]
+    assert noted == {"tensor": head, "tuple": head, "view": head, "computed": None}
+    model = make_net()
+    with attach(model, None, tmp_path / "linear.h5"):
+        model(torch.randn(BATCH, FEATURES))
+    with open_trace(tmp_path / "linear.h5") as trace:
+        assert "model_outputs" not in trace.metadata
+
+
 def test_batch_norms_note_the_values_they_normalise_each_channel_over(tmp_path: Path) -> None:
     """Before the first update, each batch norm in training mode counts the fewest values a
     channel of its input holds: the batch, times an image's positions. A fine-tune that

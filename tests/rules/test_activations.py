@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import math
+import shutil
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 
@@ -383,6 +386,43 @@ def test_sigmoid_saturation_leaves_output_layers_alone(make_trace) -> None:
     assert result.reason == (
         "no per-unit activation measures of kind sigmoid (role 'activations' or 'preactivations')"
     )
+
+
+def test_a_multi_label_head_trained_to_confidence_is_no_saturated_layer(tmp_path: Path) -> None:
+    """A multi-label classifier ending in nn.Sigmoid, trained with nn.BCELoss (the textbook
+    pairing) until it is confident: its six output units sit near 0 and 1, as they should.
+    The PyTorch hook notes them as the model's output layer, which DBG203 leaves out; the
+    hidden sigmoid layer of the same model is still judged."""
+    torch = pytest.importorskip("torch")
+    from dbgcli.torch import attach
+
+    torch.manual_seed(0)
+    x = torch.randn(1024, 20)
+    y = (x @ torch.randn(20, 6) > 0.8).float()
+    model = torch.nn.Sequential(
+        torch.nn.Linear(20, 64), torch.nn.Sigmoid(), torch.nn.Linear(64, 6), torch.nn.Sigmoid()
+    )
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    path = tmp_path / "multilabel.h5"
+    with attach(model, optimizer, path) as hook:
+        for step in range(300):
+            batch = slice(64 * (step % 16), 64 * (step % 16 + 1))
+            optimizer.zero_grad()
+            loss = torch.nn.functional.binary_cross_entropy(model(x[batch]), y[batch])
+            hook.record_loss(loss)
+            loss.backward()
+            optimizer.step()
+    result = run_rule(path, "DBG203")
+    assert result.status is RuleStatus.passed, [f.message for f in result.findings]
+    # Without the hook's note the head reads as a hidden layer, its units saturated.
+    unnoted = tmp_path / "unnoted.h5"
+    shutil.copy(path, unnoted)
+    with h5py.File(unnoted, "r+") as file:
+        metadata = json.loads(file.attrs["metadata"])
+        assert metadata.pop("model_outputs") == ["act/3", "preact/3"]
+        file.attrs["metadata"] = json.dumps(metadata)
+    findings = run_rule(unnoted, "DBG203").findings
+    assert {finding.tensor for finding in findings} == {"act/3", "preact/3"}
 
 
 # -- sample traces ----------------------------------------------------------------------------
