@@ -849,6 +849,36 @@ def _soft_target_entropy(ctx: RuleContext) -> float | None:
     return total / count
 
 
+def poisson_saturated_loss(ctx: RuleContext) -> float | None:
+    """The mean Poisson negative log-likelihood ``λ - y ln λ + ln y!`` (XGBoost's
+    ``poisson-nloglik``) of a model that predicts every recorded training label exactly,
+    ``λ = y``: the mean of ``y - y ln y + ln y!`` (``0 ln 0 = 0``), the saturated model at
+    which the Poisson deviance is zero (McCullagh and Nelder 1989). For each sample
+    ``λ - y ln λ`` is least at ``λ = y``, so no model's loss on these labels falls below it:
+    counts drawn with mean about 1 leave about 0.8 however good the model. None without
+    labels in full tensors, or for labels that are no counts (negative or not finite).
+    Computed once per analysis."""
+    return ctx.shared("poisson-saturated", lambda: _poisson_saturated_loss(ctx.unfocused()))
+
+
+def _poisson_saturated_loss(ctx: RuleContext) -> float | None:
+    train = schema.MODE_CODES["train"]
+    log_factorial = np.vectorize(math.lgamma, otypes=[np.float64])
+    total, count = 0.0, 0
+    for view in _with_full_tensors(_tagged(ctx, "labels")):
+        for chunk in ctx.trace.iter_raw(view.tag):
+            for values, mode in zip(chunk.values, chunk.modes, strict=True):
+                if mode != train:
+                    continue
+                y = np.asarray(values, dtype=np.float64).reshape(-1)
+                if not (np.isfinite(y).all() and (y >= 0).all()):
+                    return None
+                y_log_y = y * np.log(np.where(y > 0, y, 1.0))
+                total += float((y - y_log_y + log_factorial(y + 1.0)).sum())
+                count += y.size
+    return total / count if count else None
+
+
 def label_entropy(ctx: RuleContext, mode: str = "train") -> float | None:
     """Entropy, in nats, of the class frequencies ``p`` of the recorded ``mode`` labels:
     ``-sum(p ln p)``, the cross-entropy of a model that predicts those frequencies for every

@@ -34,6 +34,7 @@ from dbgcli.rules.data import (
     chance_loss,
     class_ids,
     plan_class_ids,
+    poisson_saturated_loss,
     refuse_unclassed,
     regression_targets,
     scored_labels,
@@ -680,7 +681,9 @@ def underfit(
       the metadata, predictions or labels; without it a resumed run is not checked. When the
       recorded data give the loss a floor above zero (:func:`loss_floor`: soft targets'
       entropy, or the smoothed targets' of a label-smoothed cross-entropy, read from the
-      loss and the logits), the fall is measured on the way from ``L0`` down to that floor;
+      loss and the logits; for XGBoost's ``poisson-nloglik``, which keeps ``ln y!``, the
+      loss of predicting every count label exactly, about 0.8 for counts of mean 1), the
+      fall is measured on the way from ``L0`` down to that floor;
       a floor itself above ``max_loss_fraction`` of ``L0`` (label smoothing 0.9: the loss
       cannot fall 3 %) is a note (key ``high-floor``), and leaves the loss against chance
       unjudged when it sits within ``chance_fraction`` of ``ln C``.
@@ -1841,13 +1844,21 @@ def loss_floor(ctx: RuleContext) -> LossFloor | None:
     entropy of soft targets (:func:`dbgcli.rules.data.soft_target_entropy`), or of the
     targets a label-smoothed cross-entropy builds from hard labels (:func:`label_smoothing`;
     without recorded logits, the hyperparameter ``label_smoothing_factor`` or
-    ``label_smoothing`` with the number of classes).
+    ``label_smoothing`` with the number of classes); for XGBoost's Poisson log-likelihood,
+    the saturated model's (:func:`dbgcli.rules.data.poisson_saturated_loss`).
     No cross-entropy against targets falls below their entropy (Gibbs' inequality). None for
     a plain cross-entropy of hard labels, whose floor is 0. Computed once per analysis."""
     return ctx.shared("loss-floor", lambda: _loss_floor(ctx.unfocused()))
 
 
 def _loss_floor(ctx: RuleContext) -> LossFloor | None:
+    saturated = poisson_saturated_loss(ctx) if _poisson_log_likelihood(ctx) else None
+    if saturated is not None:
+        return LossFloor(
+            saturated,
+            f"the Poisson log-likelihood's {saturated:.4g}, the loss of predicting every count "
+            f"label exactly",
+        )
     soft = soft_target_entropy(ctx)
     if soft is not None:
         return LossFloor(soft, f"the soft targets' mean entropy {soft:.4g}")
@@ -1863,6 +1874,30 @@ def _loss_floor(ctx: RuleContext) -> LossFloor | None:
         f"label smoothing {epsilon:.2f} over {classes} classes (the true class's target "
         f"{true_class:.2g}), whose targets' entropy is {entropy:.4g}",
     )
+
+
+def _poisson_log_likelihood(ctx: RuleContext) -> bool:
+    """Whether the training loss is XGBoost's ``poisson-nloglik`` (``count:poisson``'s
+    metric), by its name or as the ``loss`` copy the XGBoost callback makes of it."""
+    tag = ctx.loss_tag("train")
+    if tag is None:
+        return False
+    if tag.endswith(_POISSON_METRIC):
+        return True
+    loss = ctx.loss("train")
+    for info in ctx.trace.tags(f"*{_POISSON_METRIC}", scalar=True):
+        metric = ctx.scalar(info.tag, "train")
+        if (
+            loss is not None
+            and metric is not None
+            and np.array_equal(metric.steps, loss.steps)
+            and np.array_equal(metric.values, loss.values)
+        ):
+            return True
+    return False
+
+
+_POISSON_METRIC = "poisson-nloglik"
 
 
 def _noted_smoothing(ctx: RuleContext) -> tuple[float, int] | None:

@@ -588,6 +588,39 @@ def test_underfit_at_the_entropy_of_the_label_frequencies(make_trace) -> None:
     assert not run_rule(make_trace(scalars={"loss": list(settles)}), "DBG303").findings
 
 
+def test_a_poisson_log_likelihood_falls_toward_its_saturated_floor(tmp_path: Path) -> None:
+    """XGBoost's count:poisson, whose poisson-nloglik keeps ln y!: counts of mean about 1
+    leave the model that predicts every label exactly a loss of 0.77, so a good fit ends at
+    1.2 from 1.51, 79 % of its start but 57 % of the way down to that floor. It learned; the
+    same model boosted at a learning rate a hundred times lower did not."""
+    xgboost = pytest.importorskip("xgboost")
+    from dbgcli.xgboost import DbgCallback
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(5000, 12))
+    counts = rng.poisson(np.exp(0.5 * x[:, 0] - 0.3 * x[:, 1])).astype(float)
+    train = xgboost.DMatrix(x[:4000], label=counts[:4000])
+    valid = xgboost.DMatrix(x[4000:], label=counts[4000:])
+
+    def boost(name: str, eta: float) -> Path:
+        path = tmp_path / f"{name}.h5"
+        xgboost.train(
+            {"objective": "count:poisson", "eta": eta, "max_depth": 4},
+            train,
+            num_boost_round=200,
+            evals=[(train, "train"), (valid, "valid")],
+            callbacks=[DbgCallback(path, data=train)],
+            verbose_eval=False,
+        )
+        return path
+
+    assert run_rule(boost("fits", 0.1), "DBG303").status is RuleStatus.passed
+    (finding,) = run_rule(boost("crawls", 0.001), "DBG303").findings
+    assert finding.key == "loss-high"
+    assert "of the way down from the initial loss" in finding.message
+    assert "to its floor 0.766" in finding.message
+
+
 def test_chance_runs_from_the_labels_entropy_to_uniform_guessing(make_trace) -> None:
     """Shares 70/10/10/10: a model stuck at ln 4 (constant logits) guesses uniformly and is
     at chance too, above the labels' entropy 0.94. Regression targets recorded as labels
