@@ -1879,17 +1879,15 @@ def _loss_floor(ctx: RuleContext) -> LossFloor | None:
 def _poisson_log_likelihood(ctx: RuleContext) -> bool:
     """Whether the training loss is XGBoost's ``poisson-nloglik`` (``count:poisson``'s
     metric), by its name or as the ``loss`` copy the XGBoost callback makes of it."""
-    tag = ctx.loss_tag("train")
-    if tag is None:
+    tag, loss = ctx.loss_tag("train"), ctx.loss("train")
+    if tag is None or loss is None:
         return False
     if tag.endswith(_POISSON_METRIC):
         return True
-    loss = ctx.loss("train")
     for info in ctx.trace.tags(f"*{_POISSON_METRIC}", scalar=True):
         metric = ctx.scalar(info.tag, "train")
         if (
-            loss is not None
-            and metric is not None
+            metric is not None
             and np.array_equal(metric.steps, loss.steps)
             and np.array_equal(metric.values, loss.values)
         ):
