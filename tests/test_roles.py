@@ -83,6 +83,20 @@ def test_an_unknown_tensor_has_no_role() -> None:
         ("train_runtime", "throughput", "train"),
         ("eval_samples_per_second", "throughput", "eval"),
         ("total_flos", "throughput", None),
+        # Evaluation metrics no rule judges: XGBoost's own, and compute_metrics' usual names.
+        ("validation_0-auc", "metric", "eval"),
+        ("valid-aucpr", "metric", "eval"),
+        ("train-ndcg@5", "metric", "train"),
+        ("map@10", "metric", None),
+        ("error@0.7", "metric", None),
+        ("merror", "metric", None),
+        ("eval_f1", "metric", "eval"),
+        ("eval_precision", "metric", "eval"),
+        ("rouge1", "metric", None),
+        ("gamma-deviance", "loss", None),
+        # An error that is no XGBoost metric, and a name with f and 1 apart, stay unknown.
+        ("reconstruction_error", None, None),
+        ("f_1", None, None),
         ("objective", None, None),
     ],
 )

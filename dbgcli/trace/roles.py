@@ -37,7 +37,10 @@ else from the mode it was recorded in. What Trainer, Lightning and dbg's callbac
 is known too, and judged by no rule: *progress* (``epoch``, ``step``, ``global_step``,
 ``num_input_tokens_seen``), a *gradient norm* (``grad_norm``, ``grad_2.0_norm_total``), the
 mixed-precision *loss scale* and *throughput* (``train_runtime``, ``samples_per_second``,
-``total_flos``); a skipped rule names only the series whose meaning is unknown.
+``total_flos``), and other evaluation *metrics* (XGBoost's ``auc``, ``aucpr``, ``ndcg@5``,
+``map``, ``pre``, ``error`` and ``merror``; ``f1``, ``precision``, ``recall``, ``mcc``,
+``bleu``, ``rouge``, ``perplexity``); a skipped rule names only the series whose meaning is
+unknown.
 """
 
 from __future__ import annotations
@@ -150,6 +153,7 @@ LOSS_METRICS = frozenset(
         "cross_entropy",
         "crossentropy",
         "huber",
+        "deviance",
     }
 )
 _LR_NAMES = frozenset({"lr", "learning_rate", "learningrate", "eta"})
@@ -164,10 +168,19 @@ _PROGRESS_NAMES = frozenset(
 )
 _GRADIENT_WORDS = frozenset({"grad", "grads", "gradient", "gradients"})
 _THROUGHPUT_WORDS = frozenset({"runtime", "flos", "flops", "throughput"})
+# Evaluation metrics that are neither a loss nor an accuracy: XGBoost's scores and error rates
+# (whole names, with a data set's and a cut-off's marks: validation_0-error@0.7, map@10) and
+# the usual names of a compute_metrics function.
+_METRIC_NAMES = frozenset({"error", "merror", "pre", "map"})
+_METRIC_WORDS = frozenset(
+    {"auc", "aucpr", "auroc", "ndcg", "precision", "recall", "mcc", "bleu", "rouge", "perplexity"}
+)
 
 #: What rules look series up by (:meth:`RuleContext.find`).
 JudgedQuantity = Literal["loss", "accuracy", "lr"]
-Quantity = JudgedQuantity | Literal["progress", "gradient_norm", "loss_scale", "throughput"]
+Quantity = (
+    JudgedQuantity | Literal["progress", "gradient_norm", "loss_scale", "throughput", "metric"]
+)
 
 
 def name_words(text: str) -> list[str]:
@@ -275,7 +288,8 @@ class ScalarMeaning:
 
     Attributes:
         quantity: ``loss``, ``accuracy`` or ``lr``, which rules judge; ``progress``,
-            ``gradient_norm``, ``loss_scale`` or ``throughput``, which they do not; or None
+            ``gradient_norm``, ``loss_scale``, ``throughput`` or ``metric``, which they do
+            not; or None
             (unknown).
         mode: ``train`` or ``eval`` when the name says so, else None (the recorded mode
             decides).
@@ -321,6 +335,9 @@ def scalar_meaning(tag: str) -> ScalarMeaning:
         return ScalarMeaning("gradient_norm", mode, 0)
     if set(rest) & _THROUGHPUT_WORDS or "persecond" in joined:  # samples_per_second
         return ScalarMeaning("throughput", mode, 0)
+    f1 = rest == ["f"] and "f1" in lowered
+    if f1 or "".join(rest) in _METRIC_NAMES or set(rest) & _METRIC_WORDS:
+        return ScalarMeaning("metric", mode, 0)
     return ScalarMeaning(None, mode, 0)
 
 
