@@ -1169,7 +1169,7 @@ def overtraining(
                 f"eval loss has not improved{f' by {delta:.0%}' if delta else ''} on its best "
                 f"{evaluation.val[best]:.4g} for {val_since[worst]} evaluations "
                 f"(>= {patience_validation}) while the mean train loss fell "
-                f"{train_drop[worst]:.1%} since and the eval loss "
+                f"{train_drop[worst]:.1%} since and the mean eval loss "
                 f"{'fell' if val_drop[worst] > 0 else 'rose'} {abs(val_drop[worst]):.1%}: the "
                 f"train loss gained {lead[worst] * 100:.1f} points more (>= "
                 f"{min_train_lead * 100:g})"
