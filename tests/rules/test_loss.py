@@ -590,9 +590,10 @@ def test_underfit_at_the_entropy_of_the_label_frequencies(make_trace) -> None:
 
 def test_a_poisson_log_likelihood_falls_toward_its_saturated_floor(tmp_path: Path) -> None:
     """XGBoost's count:poisson, whose poisson-nloglik keeps ln y!: counts of mean about 1
-    leave the model that predicts every label exactly a loss of 0.77, so a good fit ends at
-    1.2 from 1.51, 79 % of its start but 57 % of the way down to that floor. It learned; the
-    same model boosted at a learning rate a hundred times lower did not."""
+    leave the model that predicts every label exactly a loss of 0.77, so a good fit ends near
+    1.2 from 1.51 (its last 50 rounds' mean is 80 % of its start, but 60 % of the way down to
+    that floor). It learned; the same model boosted at a learning rate a hundred times lower
+    did not."""
     xgboost = pytest.importorskip("xgboost")
     from dbgcli.xgboost import DbgCallback
 
