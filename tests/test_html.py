@@ -120,6 +120,27 @@ def test_the_page_says_which_views_are_missing(tmp_path: Path) -> None:
     assert "trees" not in note.group(1)
 
 
+def test_the_models_output_layer_is_left_out_of_activation_health(make_trace) -> None:
+    """A sigmoid head that the run metadata names as the model's output (``model_outputs``)
+    sits at 0 and 1 by design: the saturation rules leave it out, and so does the health
+    chart, which shows what the rules judge. Unnamed, the same head is judged and drawn."""
+    rng = np.random.default_rng(0)
+    hidden = [1 / (1 + np.exp(-rng.normal(size=(32, 8)))) for _ in range(10)]
+    head = [(rng.random((32, 6)) > 0.5).astype(np.float64) for _ in range(10)]
+    tensors = {
+        "act/hidden": {"values": hidden, "collection": "activations", "kind": "sigmoid"},
+        "act/head": {"values": head, "collection": "activations", "kind": "sigmoid"},
+    }
+    drawn = {}
+    for named in (True, False):
+        metadata = {"model_outputs": ["act/head"]} if named else {}
+        charts, _, findings = views_of(make_trace(tensors=tensors, metadata=metadata))
+        drawn[named] = {trace["name"] for trace in charts["activation-health"].figure.data}
+        saturated = {f.tensor for f in findings if f.rule_id == "DBG203"}
+        assert saturated == (set() if named else {"act/head"})
+    assert drawn == {True: {"act/hidden"}, False: {"act/hidden", "act/head"}}
+
+
 def test_findings_are_marked_at_their_steps_and_tensors() -> None:
     charts, _, findings = views_of(DEAD_RELU)
     dead = next(

@@ -293,15 +293,23 @@ def sigmoid_saturation(
     )
 
 
+def model_output_tags(ctx: RuleContext) -> frozenset[str]:
+    """The activation tags of the model's output layer, where the run metadata names them
+    (``model_outputs``, the PyTorch hook's note): the saturation rules leave them out."""
+    outputs = ctx.trace.metadata.get(schema.META_MODEL_OUTPUTS)
+    if not isinstance(outputs, list):
+        return frozenset()
+    return frozenset(tag for tag in outputs if isinstance(tag, str))
+
+
 def _saturating(ctx: RuleContext, kind: str) -> list[TensorView]:
     """Hidden layers of a saturating kind: output heads of fewer than MIN_UNITS units, and the
     model's output layer where the run metadata names it, left out."""
-    outputs = ctx.trace.metadata.get(schema.META_MODEL_OUTPUTS)
-    excluded = set(outputs) if isinstance(outputs, list) else set()
+    outputs = model_output_tags(ctx)
     return [
         view
         for view in _views(ctx, (kind,))
-        if view.tag not in excluded
+        if view.tag not in outputs
         and view.info.unit_axis is not None
         and view.info.shape is not None
         and len(view.info.shape) > view.info.unit_axis

@@ -63,7 +63,6 @@ CONFUSION_CLASSES = 30
 BALANCE_CLASSES = 60
 IMPORTANCE_FEATURES = 15
 _MODES: tuple[Literal["train", "eval"], ...] = ("train", "eval")
-_SATURATING_MIN_UNITS = 4  # fewer units are an output head (see DBG202)
 
 
 @dataclass(frozen=True)
@@ -438,20 +437,21 @@ def _title(tag: str) -> str:
 
 def _activation_health(source: Source) -> list[Chart | Missing]:
     from dbgcli.rules._registry import REGISTRY
-    from dbgcli.rules.activations import _failing_share
+    from dbgcli.rules.activations import MIN_UNITS, _failing_share, model_output_tags
 
     views = [
         v
         for v in source.ctx.tensors(collection=("activations", "preactivations"))
         if v.info.unit_measure is not None
     ]
+    outputs = model_output_tags(source.ctx)
     measured = []
     for view in views:
         units = view.units()
         if units is None or not units.shape[1]:
             continue
         active = view.info.unit_measure == schema.UNIT_MEASURE_ACTIVE
-        if not active and units.shape[1] < _SATURATING_MIN_UNITS:
+        if not active and (units.shape[1] < MIN_UNITS or view.tag in outputs):
             continue
         rule = "DBG201" if active else ("DBG202" if view.info.kind == "tanh" else "DBG203")
         measured.append((view, units, active, REGISTRY.get(rule).defaults()))
@@ -502,7 +502,8 @@ def _activation_health(source: Source) -> list[Chart | Missing]:
         "Per step, the share of a layer's units that are dead (a ReLU-like unit active on less "
         "than 1 % of its values) or saturated (a tanh or sigmoid unit whose derivative is below "
         "0.01 for most of its values), pooled over a few records as the activation rules do; "
-        "the dotted line is the rules' layer threshold."
+        "the dotted line is the rules' layer threshold. Saturating output layers (fewer than "
+        "4 units, or the model's output) are left out, as the rules leave them."
     )
     return [Chart("activation-health", "Activation health per layer", figure, caption, marked)]
 
