@@ -503,7 +503,7 @@ def _activation_health(source: Source) -> list[Chart | Missing]:
         "than 1 % of its values) or saturated (a tanh or sigmoid unit whose derivative is below "
         "0.01 for most of its values), pooled over a few records as the activation rules do; "
         "the dotted line is the rules' layer threshold. Saturating output layers (fewer than "
-        "4 units, or the model's output) are left out, as the rules leave them."
+        f"{MIN_UNITS} units, or the model's output) are left out, as the rules leave them."
     )
     return [Chart("activation-health", "Activation health per layer", figure, caption, marked)]
 
