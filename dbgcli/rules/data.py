@@ -819,31 +819,26 @@ def soft_target_entropy(ctx: RuleContext) -> float | None:
 def _soft_target_entropy(ctx: RuleContext) -> float | None:
     if unclassed_labels(ctx) is not None:
         return None  # a regression's targets in [0, 1] are no probabilities
-    train = schema.MODE_CODES["train"]
     total, count = 0.0, 0
     for view in _with_full_tensors(_tagged(ctx, "labels")):
         shape = view.info.shape
         if shape is None or view.info.dtype is None or np.dtype(view.info.dtype).kind != "f":
             return None
-        for chunk in ctx.trace.iter_raw(view.tag):
-            for values, mode in zip(chunk.values, chunk.modes, strict=True):
-                if mode != train:
-                    continue
-                q = np.asarray(values, dtype=np.float64)
-                if not (np.isfinite(q).all() and (q >= 0).all() and (q <= 1).all()):
+        for q in _train_records(ctx, view.tag):
+            if not (np.isfinite(q).all() and (q >= 0).all() and (q <= 1).all()):
+                return None
+            if len(shape) >= 2 and shape[-1] > 1:
+                rows = q.reshape(-1, shape[-1])
+                if not np.allclose(rows.sum(axis=1), 1.0, atol=1e-3):
                     return None
-                if len(shape) >= 2 and shape[-1] > 1:
-                    rows = q.reshape(-1, shape[-1])
-                    if not np.allclose(rows.sum(axis=1), 1.0, atol=1e-3):
-                        return None
-                    entropy = -np.sum(rows * np.log(np.where(rows > 0, rows, 1.0)), axis=1)
-                else:
-                    p = q.reshape(-1)
-                    inside = np.clip(p, 1e-300, 1.0)
-                    outside = np.clip(1 - p, 1e-300, 1.0)
-                    entropy = -(p * np.log(inside) + (1 - p) * np.log(outside))
-                total += float(entropy.sum())
-                count += entropy.size
+                entropy = -np.sum(rows * np.log(np.where(rows > 0, rows, 1.0)), axis=1)
+            else:
+                p = q.reshape(-1)
+                inside = np.clip(p, 1e-300, 1.0)
+                outside = np.clip(1 - p, 1e-300, 1.0)
+                entropy = -(p * np.log(inside) + (1 - p) * np.log(outside))
+            total += float(entropy.sum())
+            count += entropy.size
     if not count or total == 0.0:
         return None  # hard labels (or none): the floor is 0
     return total / count
@@ -862,21 +857,26 @@ def poisson_saturated_loss(ctx: RuleContext) -> float | None:
 
 
 def _poisson_saturated_loss(ctx: RuleContext) -> float | None:
-    train = schema.MODE_CODES["train"]
     log_factorial = np.vectorize(math.lgamma, otypes=[np.float64])
     total, count = 0.0, 0
     for view in _with_full_tensors(_tagged(ctx, "labels")):
-        for chunk in ctx.trace.iter_raw(view.tag):
-            for values, mode in zip(chunk.values, chunk.modes, strict=True):
-                if mode != train:
-                    continue
-                y = np.asarray(values, dtype=np.float64).reshape(-1)
-                if not (np.isfinite(y).all() and (y >= 0).all()):
-                    return None
-                y_log_y = y * np.log(np.where(y > 0, y, 1.0))
-                total += float((y - y_log_y + log_factorial(y + 1.0)).sum())
-                count += y.size
+        for values in _train_records(ctx, view.tag):
+            y = values.reshape(-1)
+            if not (np.isfinite(y).all() and (y >= 0).all()):
+                return None
+            y_log_y = y * np.log(np.where(y > 0, y, 1.0))
+            total += float((y - y_log_y + log_factorial(y + 1.0)).sum())
+            count += y.size
     return total / count if count else None
+
+
+def _train_records(ctx: RuleContext, tag: str) -> Iterator[np.ndarray]:
+    """The full tensors of ``tag``'s training records, as float64."""
+    train = schema.MODE_CODES["train"]
+    for chunk in ctx.trace.iter_raw(tag):
+        for values, mode in zip(chunk.values, chunk.modes, strict=True):
+            if mode == train:
+                yield np.asarray(values, dtype=np.float64)
 
 
 def label_entropy(ctx: RuleContext, mode: str = "train") -> float | None:
