@@ -167,20 +167,36 @@ def invariant_biases(ctx: RuleContext) -> frozenset[str]:
 
 def _invariant_biases(ctx: RuleContext) -> frozenset[str]:
     train = schema.MODE_CODES["train"]
-    views = {view.tag: view for view in ctx.tensors(collection="gradients")}
     found = set()
-    for tag, view in views.items():
-        weight = views.get(tag[: -len("bias")] + "weight") if tag.endswith("bias") else None
-        if weight is None:
-            continue
-        mine, theirs = view.positions(train), weight.positions(train)
-        _, at, there = np.intersect1d(view.steps[mine], weight.steps[theirs], return_indices=True)
+    for view in ctx.tensors(collection="gradients"):
+        pulled = weight_gradient_flows(ctx, view)[view.positions(train)]
         with np.errstate(invalid="ignore"):
-            zero = (view.stat("max")[mine][at] == 0) & (view.stat("min")[mine][at] == 0)
-            pulled = weight.stat("l2")[theirs][there] > 0
-        if pulled.sum() >= 2 and zero[pulled].all():
-            found.add(tag)
+            zero = (view.stat("max") == 0) & (view.stat("min") == 0)
+        if pulled.sum() >= 2 and zero[view.positions(train)][pulled].all():
+            found.add(view.tag)
     return frozenset(found)
+
+
+def weight_gradient_flows(ctx: RuleContext, view: TensorView) -> np.ndarray:
+    """Per record of ``view``, a bias's gradient, whether the gradient of its layer's weight
+    (``....weight`` beside ``....bias``) is recorded at the same step and mode and is not
+    zero: the loss's gradient reached that layer then (the weight's gradient is the batch's
+    backpropagated signal weighed by the layer's inputs, the bias's the same signal summed),
+    whatever the bias's own. All False for any other tensor."""
+    flows = np.zeros(len(view.steps), dtype=bool)
+    if not view.tag.endswith("bias"):
+        return flows
+    weights = ctx.shared(
+        "gradient-tags", lambda: {v.tag for v in ctx.unfocused().tensors(collection="gradients")}
+    )
+    tag = view.tag[: -len("bias")] + "weight"
+    if tag not in weights:
+        return flows
+    weight = ctx.unfocused().view(tag)
+    with np.errstate(invalid="ignore"):
+        pulled = weight.stat("l2") > 0
+    codes = len(schema.MODE_CODES)
+    return np.isin(view.steps * codes + view.modes, (weight.steps * codes + weight.modes)[pulled])
 
 
 def attention_query_or_key(tag: str) -> bool:

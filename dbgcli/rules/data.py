@@ -931,8 +931,8 @@ class ChanceLoss(NamedTuple):
 def chance_loss(ctx: RuleContext, classes: int | None) -> ChanceLoss | None:
     """The chance levels of the loss (see :class:`ChanceLoss`), None when neither is known. The
     labels' entropy is left out when the run weighs its classes (metadata ``class_weighting``,
-    or a ``pos_weight`` read off the loss): a weighted loss that learned nothing sits
-    elsewhere."""
+    or a ``pos_weight`` or class weights read off the loss): a weighted loss that learned
+    nothing sits elsewhere."""
     prior = None if _class_weighting(ctx) is not None else label_entropy(ctx)
     uniform = float(np.log(classes)) if classes else None
 
@@ -1081,8 +1081,8 @@ def class_imbalance(
       enough, the rule is reported as skipped with that reason instead of a silent pass. When
       the run compensates its imbalance (run metadata ``class_weighting``: the XGBoost callback
       notes ``scale_pos_weight``; note a weighted loss or a balancing sampler yourself; a binary
-      loss's ``pos_weight`` is read off the recorded loss, labels and scores where they are kept
-      in full), the imbalance is an info finding of key ``compensated`` that explains no other:
+      loss's ``pos_weight`` and a cross-entropy's class ``weight`` are read off the recorded
+      loss, labels and scores where they are kept in full), the imbalance is an info finding of key ``compensated`` that explains no other:
       the fix is in place, and whether it works is the misprediction check's question. Unless
       the metadata (or the loss) gives a weight per class id (a list of numbers, or
       ``scale_pos_weight`` for class 1 of two) and the classes' counts times their weights are
@@ -1176,19 +1176,27 @@ class _Weighting(NamedTuple):
 def _class_weighting(ctx: RuleContext) -> _Weighting | None:
     """The run metadata's ``class_weighting`` (the XGBoost callback notes
     ``scale_pos_weight``; set it yourself for a weighted loss or a resampling sampler), else a
-    binary loss's positive weight read off the loss (see
-    :func:`dbgcli.rules.loss.inferred_pos_weight`); None without either."""
+    binary loss's positive weight or a cross-entropy's class weights read off the loss (see
+    :func:`dbgcli.rules.loss.inferred_pos_weight` and
+    :func:`dbgcli.rules.loss.inferred_class_weights`); None without any."""
     weighting = ctx.trace.metadata.get(schema.META_CLASS_WEIGHTING)
     if not weighting:
         # Imported here: the loss rules build on this module.
-        from dbgcli.rules.loss import inferred_pos_weight
+        from dbgcli.rules.loss import inferred_class_weights, inferred_pos_weight
 
-        inferred = inferred_pos_weight(ctx)
-        if inferred is None:
+        positive = inferred_pos_weight(ctx)
+        if positive is not None:
+            return _Weighting(
+                f"a binary loss weighting its positives {positive:.3g}x (read off the loss)",
+                np.array([1.0, positive]),
+            )
+        per_class = inferred_class_weights(ctx)
+        if per_class is None:
             return None
+        shown = [f"{c}: {w:.3g}" for c, w in enumerate(per_class.tolist()) if np.isfinite(w)]
         return _Weighting(
-            f"a binary loss weighting its positives {inferred:.3g}x (read off the loss)",
-            np.array([1.0, inferred]),
+            f"a cross-entropy weighting its classes {_listed(shown)} (read off the loss)",
+            per_class,
         )
     if not isinstance(weighting, Mapping):
         return _Weighting(str(weighting), None)

@@ -1952,6 +1952,82 @@ def _inferred_pos_weight(ctx: RuleContext, records: int) -> float | None:
     return None
 
 
+# Steps a class-weight reading needs beyond one per class: the equations then outnumber the
+# weights, so that weights that fit them all say something.
+_WEIGHT_SPARE_STEPS = 2
+
+
+def inferred_class_weights(ctx: RuleContext, *, records: int = 20) -> np.ndarray | None:
+    """The weight a cross-entropy gives each class (``CrossEntropyLoss(weight=w)``, how an
+    imbalance of several classes is usually compensated), read off the training loss when the
+    weights are not all equal; indexed by class id, NaN for a class the steps read never hold.
+
+    PyTorch's weighted cross-entropy is the weighted mean ``L = Σ w[y_i] l_i / Σ w[y_i]``, with
+    ``l_i = -log softmax(z_i)[y_i]``. From the full tensors of one class id per sample and
+    their logits at a training step with a recorded loss ``L``, that is one linear equation
+    ``Σ_c w_c a_c = 0`` with ``a_c = Σ_{i: y_i = c} (l_i - L)``. Read from the training steps
+    kept in full (``records`` of them, evenly spread, or two more than the classes seen if
+    that is more) when they number at least two more than the classes: the weights are the
+    direction that solves the equations best (the last right singular vector), scaled so
+    that the smallest is 1, and taken only when all are positive, two of them differ by more
+    than 5 % and they give every step's loss within 1 %. Else None: an unweighted loss, a
+    loss with other terms (label smoothing, a penalty), or predictions from another forward
+    pass than the loss's. Computed once per analysis."""
+    return ctx.shared("class-weights", lambda: _inferred_class_weights(ctx.unfocused(), records))
+
+
+def _inferred_class_weights(ctx: RuleContext, records: int) -> np.ndarray | None:
+    losses = _train_losses(ctx)
+    if not losses:
+        return None
+    for labels, predictions in scored_labels(ctx):
+        shape = predictions.info.shape
+        if shape is None or len(shape) != 2 or shape[1] < 2:
+            continue
+        width = int(shape[1])
+        steps = _loss_steps_in_full(
+            ctx, labels.tag, predictions.tag, losses, max(records, width + _WEIGHT_SPARE_STEPS)
+        )
+        sums, counts, recorded = [], [], []
+        for step in steps:
+            pair = _logits_and_ids(ctx, labels.tag, predictions.tag, step)
+            if pair is None:
+                break
+            z, ids = pair
+            loss = -_log_softmax(z, 1)[np.arange(len(ids)), ids]
+            sums.append(np.bincount(ids, weights=loss, minlength=width))
+            counts.append(np.bincount(ids, minlength=width).astype(np.float64))
+            recorded.append(losses[step])
+        else:
+            weights = _solved_class_weights(np.array(sums), np.array(counts), np.array(recorded))
+            if weights is not None:
+                return weights
+    return None
+
+
+def _solved_class_weights(
+    sums: np.ndarray, counts: np.ndarray, recorded: np.ndarray
+) -> np.ndarray | None:
+    """The class weights of a weighted-mean cross-entropy from each step's per-class sums and
+    counts of the samples' cross-entropies and its recorded loss (see
+    :func:`inferred_class_weights`), or None."""
+    seen = counts.sum(axis=0) > 0
+    if seen.sum() < 2 or len(recorded) < seen.sum() + _WEIGHT_SPARE_STEPS:
+        return None
+    equations = sums[:, seen] - recorded[:, None] * counts[:, seen]
+    direction = np.linalg.svd(equations)[2][-1]
+    direction = direction * np.sign(direction.sum())
+    if not (direction > 0).all():
+        return None
+    solved = direction / direction.min()
+    fitted = (sums[:, seen] @ solved) / (counts[:, seen] @ solved)
+    if solved.max() <= 1.05 or not np.allclose(fitted, recorded, rtol=0.01):
+        return None
+    weights = np.full(len(seen), np.nan)
+    weights[seen] = solved
+    return weights
+
+
 def label_smoothing(ctx: RuleContext, *, records: int = 20) -> tuple[float, int] | None:
     """The label smoothing ``epsilon`` of the training loss, and the number of classes, told
     from the recorded logits and hard labels of training steps with a recorded loss.
@@ -2003,8 +2079,20 @@ def _smoothing_parts(
     ctx: RuleContext, labels: str, predictions: str, step: int
 ) -> tuple[float, float] | None:
     """Mean cross-entropy of the true classes, and mean over classes of ``-log p``, of one
-    training step's logits; None unless they are logits (not probability rows) and the labels
-    one class id per row."""
+    training step's logits; None unless they are logits (see :func:`_logits_and_ids`)."""
+    pair = _logits_and_ids(ctx, labels, predictions, step)
+    if pair is None:
+        return None
+    log_p = _log_softmax(pair[0], 1)
+    return float(-log_p[np.arange(len(pair[1])), pair[1]].mean()), float(-log_p.mean())
+
+
+def _logits_and_ids(
+    ctx: RuleContext, labels: str, predictions: str, step: int
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """One training step's logits (float64) and class ids, of the samples whose id fits the
+    logits; None unless they are finite logits (not probability rows) with one class id per
+    row."""
     scores = ctx.trace.raw(predictions, step, "train")
     truth = ctx.trace.raw(labels, step, "train")
     if scores is None or truth is None or truth.ndim != 1 or scores.shape[0] != truth.shape[0]:
@@ -2021,9 +2109,7 @@ def _smoothing_parts(
     keep = (ids >= 0) & (ids < z.shape[1])
     if not keep.any():
         return None
-    z, ids = z[keep], ids[keep]
-    log_p = _log_softmax(z, 1)
-    return float(-log_p[np.arange(len(ids)), ids].mean()), float(-log_p.mean())
+    return z[keep], ids[keep]
 
 
 # -- DBG308 clamped-logits ------------------------------------------------------------------------

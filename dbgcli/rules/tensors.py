@@ -25,6 +25,7 @@ from dbgcli.rules._known import (
     first_update_step,
     invariant_biases,
     lr_below,
+    weight_gradient_flows,
     zero_gradient_by_construction,
 )
 from dbgcli.rules._registry import Need, rule
@@ -155,7 +156,11 @@ def all_zero(
     gradient is not is a note (key ``invariant``, severity info; see
     :func:`dbgcli.rules._known.invariant_biases`): the loss does not depend on that bias (a
     pairwise or ranking loss sees only differences of scores, so the output bias cancels), a
-    property of the model, not a fault. A ReLU layer legitimately has about half its values at
+    property of the model, not a fault. Elsewhere, a bias's gradient is not judged at a step
+    where its layer's weight gradient is not zero: the loss's gradient reached the layer and
+    flows on below it, and the bias's alone summed to zero over the batch (a margin loss's
+    contributions of ``±1/N``, one sample's pushing a class's score up and another's pushing
+    it down, cancel exactly now and then). A ReLU layer legitimately has about half its values at
     zero, which the default 100 % threshold leaves alone; lower it only for tensors that are
     not sparse by nature.
 
@@ -200,6 +205,8 @@ def all_zero(
             judged |= _holds_a_non_zero(view)
         if view.info.role == "gradients":
             judged &= ~_at_zero_loss(ctx, view.steps)
+            if view.tag not in invariant:
+                judged &= ~weight_gradient_flows(ctx, view)
         if skip_initial and view.info.role in ZERO_INIT_ROLES:
             first_step = ctx.trace.index(view.tag)[0][0]
             judged &= view.steps > max(first_step, updated_from if updated_from is not None else -1)

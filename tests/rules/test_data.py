@@ -217,6 +217,53 @@ def test_a_pos_weight_read_off_the_loss_compensates_the_imbalance(
         assert imbalance.severity is not Severity.info
 
 
+@pytest.mark.parametrize(
+    ("weights", "smoothing"), [([1.0, 8.5, 17.0], 0.0), ([1.0, 1.0, 1.0], 0.0), (None, 0.1)]
+)
+def test_class_weights_read_off_the_loss_compensate_the_imbalance(
+    tmp_path: Path, weights: list[float] | None, smoothing: float
+) -> None:
+    """85/10/5 % classes under CrossEntropyLoss(weight=[1, 8.5, 17]): the loss, labels and
+    logits of 20 steps give the weights (the weighted mean's equations), so the imbalance is
+    compensated (a note) and the weighted loss is not judged against the labels' entropy.
+    Equal weights, or label smoothing in an unweighted loss, are no class weights: the
+    imbalance stays a warning."""
+    torch = pytest.importorskip("torch")
+    from dbgcli.torch import attach
+
+    generator = torch.Generator().manual_seed(0)
+    y = torch.multinomial(torch.tensor([0.85, 0.1, 0.05]), 5120, True, generator=generator)
+    x = torch.randn(5120, 8, generator=generator) + 1.5 * torch.nn.functional.one_hot(y, 8)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 3))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    loss_fn = torch.nn.CrossEntropyLoss(
+        weight=None if weights is None else torch.tensor(weights), label_smoothing=smoothing
+    )
+    path = tmp_path / "weighted.h5"
+    with attach(model, optimizer, path) as hook:
+        for step in range(200):
+            batch = slice(256 * (step % 20), 256 * (step % 20 + 1))
+            optimizer.zero_grad()
+            logits = model(x[batch])
+            loss = loss_fn(logits, y[batch])
+            hook.record_loss(loss)
+            if step % 10 == 0:
+                hook.record(labels=y[batch], predictions=logits.detach(), raw=True)
+            loss.backward()
+            optimizer.step()
+    if weights is not None and weights[-1] != 1:
+        (imbalance,) = keyed(run_rule(path, "DBG601"), "compensated")
+        assert imbalance.severity is Severity.info
+        assert "weighting its classes 0: 1, 1: 8.5, 2: 17 (read off the loss)" in (
+            imbalance.message
+        )
+        assert not keyed(run_rule(path, "DBG303"), "at-chance")
+    else:
+        (imbalance,) = keyed(run_rule(path, "DBG601"), "imbalance")
+        assert imbalance.severity is not Severity.info
+
+
 def test_class_imbalance_quiet_on_balanced_labels_and_tunable(make_trace) -> None:
     path = make_trace(tensors=classifier(learning_curve(40)))
     assert run_rule(path, "class-imbalance").status is RuleStatus.passed

@@ -182,8 +182,9 @@ def test_a_bias_a_pairwise_loss_cancels_is_a_note_and_a_dead_layer_is_not(
 ) -> None:
     """A scorer trained with MarginRankingLoss sees only s(a) - s(b): its output bias gets an
     exactly zero gradient and never moves, while the output weight's gradient is not zero.
-    That is a property of the loss (a note in DBG401 and DBG403), not a dead layer; the same
-    zero gradient beside a zero weight gradient stays an error."""
+    That is a property of the loss (a note in DBG401 and DBG403), not a dead layer; a bias
+    gradient zero at one step beside a weight gradient that is not is no finding; the same
+    zero gradient beside a zero weight gradient stays one."""
     torch = pytest.importorskip("torch")
     from dbgcli.torch import attach
 
@@ -210,6 +211,22 @@ def test_a_bias_a_pairwise_loss_cancels_is_a_note_and_a_dead_layer_is_not(
         ("DBG403", "2.bias", "invariant", Severity.info),
     }
     assert "the loss does not depend on this bias" in findings[0].message
+
+    # A multi-margin loss's bias gradient sums contributions of ±1/N: at a step where one
+    # sample's violated margin pushes a class up and another's pushes it down by as much, it
+    # is exactly zero while the weight gradient is not. The gradient still reached the layer.
+    cancelled = healthy_tensors()
+    rng = np.random.default_rng(2)
+    bias_grads = [rng.normal(0, 1e-2, 32).astype(np.float32) for _ in range(40)]
+    bias_grads[20] = np.zeros(32, np.float32)
+    cancelled["grad/fc.bias"] = {"values": bias_grads, "collection": "gradients"}
+    assert run_rule(make_trace(tensors=cancelled), "DBG401").status is RuleStatus.passed
+    cancelled["grad/fc.weight"]["values"][20] = np.zeros((32, 16), np.float32)  # type: ignore[index]
+    both = keyed(run_rule(make_trace(tensors=cancelled), "DBG401"), "all-zero")
+    assert {(f.tensor, f.first_step, f.last_step, f.severity) for f in both} == {
+        ("grad/fc.bias", 20, 20, Severity.warning),
+        ("grad/fc.weight", 20, 20, Severity.warning),
+    }
 
     dead = healthy_tensors()
     dead["grad/fc.bias"] = {"values": [np.zeros(32, np.float32)] * 40, "collection": "gradients"}
