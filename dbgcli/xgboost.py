@@ -33,6 +33,7 @@ from xgboost.callback import TrainingCallback
 from dbgcli._failures import FailureReporter
 from dbgcli.errors import TraceWriterError
 from dbgcli.live_rules import LiveRules, check_stop_on, stop_if
+from dbgcli.trace.roles import scalar_meaning
 from dbgcli.trace.schema import META_CLASS_WEIGHTING, MODES
 from dbgcli.trace.writer import DEFAULT_RAW_BUDGET, TraceWriter, check_raw_settings
 
@@ -185,15 +186,36 @@ def _maximised(metric: str) -> bool:
     return name != "mape" and name.startswith(_MAXIMISED_METRICS)
 
 
+def _loss_metric(metrics: Mapping[str, Any]) -> str | None:
+    """The metric the ``loss`` alias copies: the first that names a loss (``logloss``,
+    ``rmse``, ``poisson-nloglik``...), else the first that is neither a score to maximise nor
+    an error rate or accuracy (a custom metric, ``quantile``). An error rate (``error``,
+    ``merror``) counts misclassified samples: it is no loss the model descends, and its values
+    are not on a loss's scale (an untrained classifier's 0.75 is no ``ln C``)."""
+    for metric in metrics:
+        if scalar_meaning(metric).quantity == "loss":
+            return metric
+    return next(
+        (
+            metric
+            for metric in metrics
+            if not _maximised(metric)
+            and scalar_meaning(metric).quantity not in ("metric", "accuracy")
+        ),
+        None,
+    )
+
+
 class DbgCallback(TrainingCallback):
     """Records each boosting round: metrics, depth of the new trees, feature importance.
 
     Per round (step = round index):
 
     * scalars: every metric of every ``evals`` entry under its own name (``logloss``,
-      ``rmse``, ...) and ``loss``, an alias of the first metric that falls as the model
-      learns (not ``auc``, ``aucpr``, ``pre``, ``map`` or ``ndcg``, scores XGBoost's early
-      stopping maximises), so the loss rules apply. The
+      ``rmse``, ...) and ``loss``, an alias of the first metric that is a loss (not
+      ``auc``, ``aucpr``, ``pre``, ``map`` or ``ndcg``, scores XGBoost's early stopping
+      maximises, nor the error rates ``error`` and ``merror``, when a loss is among the
+      metrics; see :func:`_loss_metric`), so the loss rules apply. The
       training set is recorded in mode ``train``; the first other set in mode ``eval``; any
       further sets in mode ``eval`` with the set name as a prefix (``test/logloss``);
     * ``trees/depth`` (collection ``trees``): depth of each tree added this round, shape
@@ -398,7 +420,7 @@ class DbgCallback(TrainingCallback):
     ) -> None:
         for set_name, metrics in evals_log.items():
             mode, prefix = self._set_mode(set_name, list(evals_log))
-            loss = next((metric for metric in metrics if not _maximised(metric)), None)
+            loss = _loss_metric(metrics)
             for metric, history in metrics.items():
                 latest = history[-1]
                 # xgboost.cv logs (mean, std) pairs.

@@ -844,30 +844,65 @@ def _soft_target_entropy(ctx: RuleContext) -> float | None:
     return total / count
 
 
-def poisson_saturated_loss(ctx: RuleContext) -> float | None:
-    """The mean Poisson negative log-likelihood ``λ - y ln λ + ln y!`` (XGBoost's
-    ``poisson-nloglik``) of a model that predicts every recorded training label exactly,
-    ``λ = y``: the mean of ``y - y ln y + ln y!`` (``0 ln 0 = 0``), the saturated model at
-    which the Poisson deviance is zero (McCullagh and Nelder 1989). For each sample
-    ``λ - y ln λ`` is least at ``λ = y``, so no model's loss on these labels falls below it:
-    counts drawn with mean about 1 leave about 0.8 however good the model. None without
-    labels in full tensors, or for labels that are no counts (negative or not finite).
-    Computed once per analysis."""
-    return ctx.shared("poisson-saturated", lambda: _poisson_saturated_loss(ctx.unfocused()))
+def saturated_loss(ctx: RuleContext, metric: str) -> float | None:
+    """The mean of XGBoost's likelihood ``metric`` over the recorded training labels for a
+    model that predicts every label exactly, ``μ = y``: the saturated model, at which the
+    deviance is zero (McCullagh and Nelder 1989). These metrics keep terms of the labels
+    alone, and for each sample the metric is least at ``μ = y``, so no model's loss on these
+    labels falls below it. Per sample:
+
+    * ``poisson-nloglik`` (``μ - y ln μ + ln y!``): ``y - y ln y + ln y!`` (``0 ln 0 = 0``);
+      counts drawn with mean about 1 leave about 0.8 however good the model;
+    * ``gamma-nloglik`` (``y / μ + ln μ``): ``1 + ln y``, for ``y > 0``;
+    * ``tweedie-nloglik@ρ`` (``μ^(2-ρ) / (2-ρ) - y μ^(1-ρ) / (1-ρ)``, ``1 < ρ < 2``):
+      ``y^(2-ρ) / ((ρ-1)(2-ρ))``, for ``y >= 0``.
+
+    None for another metric, without labels in full tensors, or for labels outside the
+    family's support. Computed once per analysis."""
+    return ctx.shared(("saturated", metric), lambda: _saturated_loss(ctx.unfocused(), metric))
 
 
-def _poisson_saturated_loss(ctx: RuleContext) -> float | None:
-    log_factorial = np.vectorize(math.lgamma, otypes=[np.float64])
+def _saturated_loss(ctx: RuleContext, metric: str) -> float | None:
+    per_sample = _saturated_per_sample(metric)
+    if per_sample is None:
+        return None
     total, count = 0.0, 0
     for view in _with_full_tensors(_tagged(ctx, "labels")):
         for values in _train_records(ctx, view.tag):
             y = values.reshape(-1)
-            if not (np.isfinite(y).all() and (y >= 0).all()):
+            losses = per_sample(y) if np.isfinite(y).all() else None
+            if losses is None:
                 return None
-            y_log_y = y * np.log(np.where(y > 0, y, 1.0))
-            total += float((y - y_log_y + log_factorial(y + 1.0)).sum())
+            total += float(losses.sum())
             count += y.size
     return total / count if count else None
+
+
+def _saturated_per_sample(metric: str) -> Callable[[np.ndarray], np.ndarray | None] | None:
+    """Each label's loss under the saturated model for ``metric`` (see :func:`saturated_loss`),
+    None for labels outside the family's support; None for a metric that is none of them."""
+    family, _, parameter = metric.partition("@")
+    if family == "poisson-nloglik":
+        log_factorial = np.vectorize(math.lgamma, otypes=[np.float64])
+
+        def poisson(y: np.ndarray) -> np.ndarray | None:
+            if not (y >= 0).all():
+                return None
+            losses: np.ndarray = y - y * np.log(np.where(y > 0, y, 1.0)) + log_factorial(y + 1.0)
+            return losses
+
+        return poisson
+    if family == "gamma-nloglik":
+        return lambda y: 1.0 + np.log(y) if (y > 0).all() else None
+    if family == "tweedie-nloglik":
+        try:
+            rho = float(parameter or 1.5)  # XGBoost's default tweedie_variance_power
+        except ValueError:
+            return None
+        if not 1 < rho < 2:
+            return None
+        return lambda y: y ** (2 - rho) / ((rho - 1) * (2 - rho)) if (y >= 0).all() else None
+    return None
 
 
 def _train_records(ctx: RuleContext, tag: str) -> Iterator[np.ndarray]:

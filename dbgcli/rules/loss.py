@@ -34,9 +34,9 @@ from dbgcli.rules.data import (
     chance_loss,
     class_ids,
     plan_class_ids,
-    poisson_saturated_loss,
     refuse_unclassed,
     regression_targets,
+    saturated_loss,
     scored_labels,
     soft_target_entropy,
 )
@@ -194,8 +194,10 @@ def loss_not_decreasing(
     **Convergence is not a stall.** A "fell too little" check counts only while the later
     level is above ``converged_fraction`` (one half) of the first finite loss (measured from
     the loss's floor: 0, or the mean entropy of recorded soft targets or of the targets of a
-    label-smoothed cross-entropy, as DBG303 reads them, below which no cross-entropy
-    against them falls): a loss that has more than halved and then flattens
+    label-smoothed cross-entropy, or for XGBoost's likelihood metrics the loss of predicting
+    every label exactly, as DBG303 reads them, below which the loss does not fall; a
+    likelihood metric whose labels are not recorded leaves plateaus unjudged): a loss that
+    has more than halved and then flattens
     has converged (or reached the floor that label smoothing, weight decay or the noise of
     the data set), which is what training is for; a plateau above half the starting loss is
     a run that stopped learning early. Except when the recorded learning rate has fallen
@@ -337,8 +339,10 @@ def loss_not_decreasing(
         flat &= levels_after > 0
     converged_at = None
     if converged_fraction is not None:
-        if initial is None:
-            flat[:] = False  # a resumed run: its convergence cannot be told from a stall
+        if initial is None or _unknown_floor(ctx) is not None:
+            # A resumed run, or a floor the trace does not give: convergence cannot be told
+            # from a stall.
+            flat[:] = False
         else:
             # Converged: down to the fraction of the way from the start to the floor. Below
             # zero the way is the loss's own range; otherwise the floor is 0, or the entropy
@@ -603,6 +607,20 @@ def _floor_value(ctx: RuleContext) -> float:
     return floor.value if floor is not None else 0.0
 
 
+def _unknown_floor(ctx: RuleContext) -> str | None:
+    """Why the training loss has a floor above zero that the trace does not give, or None: it
+    is one of XGBoost's likelihood metrics that keep terms of the labels alone, and the
+    recorded training labels do not give the loss of predicting them exactly."""
+    metric = _likelihood_metric(ctx)
+    if metric is None or loss_floor(ctx) is not None:
+        return None
+    return (
+        f"the training loss is {metric}, whose floor (the loss of predicting every label "
+        "exactly) depends on the training labels, which are not recorded in full: record them "
+        "(the XGBoost callback's data=dtrain)"
+    )
+
+
 def _high_floor(
     steps: np.ndarray,
     smoothed: np.ndarray,
@@ -681,9 +699,11 @@ def underfit(
       the metadata, predictions or labels; without it a resumed run is not checked. When the
       recorded data give the loss a floor above zero (:func:`loss_floor`: soft targets'
       entropy, or the smoothed targets' of a label-smoothed cross-entropy, read from the
-      loss and the logits; for XGBoost's ``poisson-nloglik``, which keeps ``ln y!``, the
-      loss of predicting every count label exactly, about 0.8 for counts of mean 1), the
-      fall is measured on the way from ``L0`` down to that floor;
+      loss and the logits; for XGBoost's ``poisson-nloglik``, which keeps ``ln y!``, and its
+      ``gamma-nloglik`` and ``tweedie-nloglik``, the loss of predicting every label exactly,
+      about 0.8 for counts of mean 1), the
+      fall is measured on the way from ``L0`` down to that floor (a run whose loss is one of
+      those XGBoost metrics, with no training labels in full to give it, is skipped);
       a floor itself above ``max_loss_fraction`` of ``L0`` (label smoothing 0.9: the loss
       cannot fall 3 %) is a note (key ``high-floor``), and leaves the loss against chance
       unjudged when it sits within ``chance_fraction`` of ``ln C``.
@@ -775,6 +795,9 @@ def underfit(
     train = ctx.loss("train")
     if train is None:
         return
+    unknown = _unknown_floor(ctx)
+    if unknown is not None:
+        raise RuleSkipped(unknown)
     tag = ctx.loss_tag("train") or "loss"
     classes = class_count(ctx)
     steps, values = _finite(train)
@@ -1844,20 +1867,20 @@ def loss_floor(ctx: RuleContext) -> LossFloor | None:
     entropy of soft targets (:func:`dbgcli.rules.data.soft_target_entropy`), or of the
     targets a label-smoothed cross-entropy builds from hard labels (:func:`label_smoothing`;
     without recorded logits, the hyperparameter ``label_smoothing_factor`` or
-    ``label_smoothing`` with the number of classes); for XGBoost's Poisson log-likelihood,
-    the saturated model's (:func:`dbgcli.rules.data.poisson_saturated_loss`).
+    ``label_smoothing`` with the number of classes); for XGBoost's Poisson, gamma and Tweedie
+    log-likelihoods, the saturated model's (:func:`dbgcli.rules.data.saturated_loss`).
     No cross-entropy against targets falls below their entropy (Gibbs' inequality). None for
     a plain cross-entropy of hard labels, whose floor is 0. Computed once per analysis."""
     return ctx.shared("loss-floor", lambda: _loss_floor(ctx.unfocused()))
 
 
 def _loss_floor(ctx: RuleContext) -> LossFloor | None:
-    saturated = poisson_saturated_loss(ctx) if _poisson_log_likelihood(ctx) else None
-    if saturated is not None:
+    metric = _likelihood_metric(ctx)
+    saturated = None if metric is None else saturated_loss(ctx, metric)
+    if metric is not None and saturated is not None:
         return LossFloor(
             saturated,
-            f"the Poisson log-likelihood's {saturated:.4g}, the loss of predicting every count "
-            f"label exactly",
+            f"{metric}'s {saturated:.4g}, the loss of predicting every label exactly",
         )
     soft = soft_target_entropy(ctx)
     if soft is not None:
@@ -1876,26 +1899,31 @@ def _loss_floor(ctx: RuleContext) -> LossFloor | None:
     )
 
 
-def _poisson_log_likelihood(ctx: RuleContext) -> bool:
-    """Whether the training loss is XGBoost's ``poisson-nloglik`` (``count:poisson``'s
-    metric), by its name or as the ``loss`` copy the XGBoost callback makes of it."""
+def _likelihood_metric(ctx: RuleContext) -> str | None:
+    """Which of XGBoost's likelihood metrics with a floor above zero the training loss is
+    (``poisson-nloglik``, ``gamma-nloglik``, ``tweedie-nloglik@1.5``...), by its name or as
+    the ``loss`` copy the XGBoost callback makes of it; None for any other loss."""
     tag, loss = ctx.loss_tag("train"), ctx.loss("train")
     if tag is None or loss is None:
-        return False
-    if tag.endswith(_POISSON_METRIC):
-        return True
-    for info in ctx.trace.tags(f"*{_POISSON_METRIC}", scalar=True):
-        metric = ctx.scalar(info.tag, "train")
-        if (
-            metric is not None
-            and np.array_equal(metric.steps, loss.steps)
-            and np.array_equal(metric.values, loss.values)
-        ):
-            return True
-    return False
+        return None
+    for family in _LIKELIHOOD_METRICS:
+        for info in ctx.trace.tags(f"*{family}*", scalar=True):
+            metric = info.tag[info.tag.index(family) :]
+            if info.tag == tag:
+                return metric
+            series = ctx.scalar(info.tag, "train")
+            if (
+                series is not None
+                and np.array_equal(series.steps, loss.steps)
+                and np.array_equal(series.values, loss.values)
+            ):
+                return metric
+    return None
 
 
-_POISSON_METRIC = "poisson-nloglik"
+# XGBoost's likelihood metrics that keep terms of the labels alone (see
+# dbgcli.rules.data.saturated_loss).
+_LIKELIHOOD_METRICS = ("poisson-nloglik", "gamma-nloglik", "tweedie-nloglik")
 
 
 def _noted_smoothing(ctx: RuleContext) -> tuple[float, int] | None:

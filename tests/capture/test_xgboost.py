@@ -244,6 +244,27 @@ def test_a_score_that_rises_is_not_recorded_as_the_loss(
     assert findings == []
 
 
+@pytest.mark.parametrize(
+    ("metrics", "loss"), [(["merror", "mlogloss"], "mlogloss"), (["merror"], None)]
+)
+def test_an_error_rate_is_not_recorded_as_the_loss(
+    tmp_path: Path, no_dbg_warnings: None, metrics: list[str], loss: str | None
+) -> None:
+    """A four-class booster evaluated with ``merror`` first: the share of misclassified
+    samples (0.75 for a guess) is no loss on ``ln C``'s scale, so ``loss`` copies
+    ``mlogloss``, and nothing when the error rate is the only metric."""
+    x, y = make_data(4, classes=4)
+    path = tmp_path / "multiclass.h5"
+    params = {"objective": "multi:softprob", "num_class": 4, "eval_metric": metrics, "seed": 0}
+    boost(params, xgb.DMatrix(x, label=y), DbgCallback(path))
+    with open_trace(path) as trace:
+        assert trace.scalar("merror").values[-1] < trace.scalar("merror").values[0]
+        if loss is None:
+            assert "loss" not in trace
+        else:
+            assert trace.scalar("loss").values.tolist() == trace.scalar(loss).values.tolist()
+
+
 def test_an_imbalance_the_objective_compensates_is_a_note(
     tmp_path: Path, no_dbg_warnings: None
 ) -> None:
