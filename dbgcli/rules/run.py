@@ -382,7 +382,7 @@ def _dropout_note(ctx: RuleContext) -> dict[str, float]:
     severity="info",
     category="run",
     requires=Need(
-        "the modules' dropout rates (run metadata dropout, noted by the PyTorch hook)",
+        "dropout rates of the modules (run metadata dropout, noted by the PyTorch hook)",
         lambda ctx: bool(_dropout_note(ctx)),
     ),
     label="dropout too strong",

@@ -486,7 +486,7 @@ def _stopped_early(ctx: RuleContext, rounds: int) -> bool:
     severity="warning",
     category="trees",
     requires=Need(
-        "the boosting's learning rate (XGBoost's eta in run metadata xgboost_config, or "
+        "boosting learning rate (XGBoost's eta in run metadata xgboost_config, or "
         "hyperparameter eta or learning_rate beside tree tensors) and its rounds",
         lambda ctx: _tree_learning_rate(ctx) is not None and _boosting_rounds(ctx) is not None,
     ),
