@@ -230,6 +230,7 @@ class DbgCallback(TrainerCallback):
         self._failures = FailureReporter()
         self._data_handle: RemovableHandle | None = None
         self._causal_lm = False
+        self._labels_missing_told = False
         self._train_losses = 0  # training losses Trainer logged and the trace got
 
     def on_train_begin(
@@ -382,6 +383,7 @@ class DbgCallback(TrainerCallback):
         if self.record_data:
             self._causal_lm = task == "causal-lm"
             self._data_handle = model.register_forward_hook(self._on_forward, with_kwargs=True)
+            self._labels_missing_told = bool(args.label_smoothing_factor)
             if "labels" in self.record_data and args.label_smoothing_factor:
                 # Trainer's label smoother pops the labels before the model's forward call.
                 log.warning(
@@ -429,6 +431,17 @@ class DbgCallback(TrainerCallback):
             logits = None
         if "labels" in self.record_data:
             found["labels"] = labels
+            if labels is None and mode == "train" and not self._labels_missing_told:
+                self._labels_missing_told = True
+                log.warning(
+                    "dbg: the model's forward call got no labels (a compute_loss or "
+                    "compute_loss_func that takes them out of the inputs), so record_data "
+                    "cannot record them and the class rules (DBG601, DBG604, DBG605) will be "
+                    "skipped for %s; record them where the loss is computed: "
+                    "`if callback.hook is not None: callback.hook.record(labels=labels, "
+                    "raw=True)`",
+                    self.hook.writer.path,
+                )
         if "predictions" in self.record_data:
             found["predictions"] = logits
         self.hook.record(**found, mode=mode, step=self.hook.step, raw=True)

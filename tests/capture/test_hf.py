@@ -172,6 +172,67 @@ def test_label_smoothing_hides_the_labels_and_the_callback_says_so(
         assert "labels" not in trace and "predictions" in trace
 
 
+class WeightedLossTrainer(Trainer):
+    """The usual compensation of an imbalance in Trainer: a compute_loss that takes the labels
+    out of the inputs and weighs the cross-entropy by class; it records the labels itself
+    when given the callback."""
+
+    def __init__(self, *args: Any, dbg: DbgCallback | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.dbg = dbg
+
+    def compute_loss(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: Any = None,
+    ) -> Any:
+        labels = inputs.pop("labels")
+        outputs = model(**inputs)
+        weight = torch.tensor([1.0, 19.0])
+        loss = torch.nn.functional.cross_entropy(outputs.logits, labels, weight=weight)
+        if self.dbg is not None and self.dbg.hook is not None:
+            self.dbg.hook.record(labels=labels, raw=True)
+        return (loss, outputs) if return_outputs else loss
+
+
+def test_labels_taken_out_of_the_inputs_are_warned_of_and_recorded_by_hand(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A compute_loss that pops the labels hides them from the model's forward call: the
+    callback says so once, with the line that records them. Recorded that way, beside the
+    callback's predictions and loss, they let DBG601 read the class weights off the loss
+    (5 % positives weighed 19 to 1): the imbalance is compensated."""
+    hidden, by_hand = tmp_path / "hidden.h5", tmp_path / "by_hand.h5"
+
+    def train(path: Path, record: bool) -> None:
+        dbg = DbgCallback(path, record_data=True, stats_every=1)
+        WeightedLossTrainer(
+            model=tiny_bert(),
+            # 64 steps of 8: the 500 labels DBG601 judges the balance from.
+            args=training_only(tmp_path, max_steps=64, logging_steps=1),
+            train_dataset=dataset(128, 1, positive_below=2),
+            callbacks=[dbg],
+            dbg=dbg if record else None,
+        ).train()
+
+    with caplog.at_level(logging.WARNING, logger="dbgcli"):
+        train(hidden, record=False)
+    warned = [r.getMessage() for r in caplog.get_records("call") if r.name.startswith("dbgcli")]
+    assert len(warned) == 1 and "the model's forward call got no labels" in warned[0]
+    assert "callback.hook.record(labels=labels, raw=True)" in warned[0]
+    with open_trace(hidden) as trace:
+        assert "labels" not in trace and "predictions" in trace
+
+    train(by_hand, record=True)
+    (imbalance,) = analyze_path(by_hand, select=("DBG601",)).findings
+    assert imbalance.key == "compensated"
+    assert "a cross-entropy weighting its classes 0: 1, 1: 19 (read off the loss)" in (
+        imbalance.message
+    )
+
+
 def test_a_run_resumed_from_a_checkpoint_is_noted_as_such(tmp_path: Path) -> None:
     """Trainer resumed from its checkpoint at step 6: the new trace starts there, and its
     metadata says so, so that the loss rules do not take its first loss for an untrained
