@@ -84,6 +84,11 @@ def configure(options: Options) -> list[ConfiguredRule]:
     REGISTRY.load()
     if options.mode is not None and options.mode not in schema.MODES:
         raise RuleConfigError(f"unknown mode {options.mode!r}; modes: {', '.join(schema.MODES)}")
+    if options.start is not None and options.stop is not None and options.start > options.stop:
+        # An empty window would analyse nothing and pass: a CI gate that checks nothing.
+        raise RuleConfigError(
+            f"no step to analyse: start {options.start} is after stop {options.stop}"
+        )
     chosen = REGISTRY.select(options.select, options.ignore)
     overrides: dict[str, dict[str, Any]] = {}
     for key, values in options.params.items():

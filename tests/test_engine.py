@@ -304,6 +304,8 @@ def test_filters_restrict_steps_and_modes(rules_file: Path, trace: Path) -> None
     assert late.traces[0].findings == []
     with pytest.raises(RuleConfigError, match="unknown mode"):
         configure(Options(mode="validation"))
+    with pytest.raises(RuleConfigError, match="no step to analyse: start 100 is after stop 10"):
+        configure(Options(start=100, stop=10))
 
 
 def test_registration_errors_are_clear() -> None:

@@ -50,6 +50,14 @@ def test_directory(cli, tmp_path: Path) -> None:
     assert_one_line_error(cli("info", tmp_path), "is a directory")
 
 
+def test_an_empty_step_window_is_refused(cli, good_trace: Path) -> None:
+    """--start after --stop analyses nothing: a gate that would pass whatever the run did."""
+    assert_one_line_error(
+        cli("analyze", good_trace, "--start", "30", "--stop", "10"),
+        "no step to analyse: start 30 is after stop 10",
+    )
+
+
 def test_empty_file(cli, tmp_path: Path) -> None:
     path = tmp_path / "empty.h5"
     path.touch()
