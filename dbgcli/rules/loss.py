@@ -6,7 +6,7 @@ Not decreasing, overfitting, underfitting, overtraining, oscillating, non-finite
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, NamedTuple, TypeVar
 
 import numpy as np
@@ -469,10 +469,11 @@ def _evaluations(train: Series, evals: Series) -> _Evaluations:
     severity="warning",
     category="loss",
     requires=(TRAIN_LOSS, EVAL_LOSS),
-    label="overfitting",
+    label={"closed": "held-out loss above the train loss for a while", "*": "overfitting"},
     # Overfitting and overtraining are one problem seen from two sides (the gap, and the
     # validation loss stalling while the training loss falls): whichever shows first names it.
-    explains=("DBG304",),
+    # A gap the run closed again is no overfitting, and explains nothing.
+    explains={"closed": (), "*": ("DBG304",)},
 )
 def overfit(
     ctx: RuleContext,
@@ -527,6 +528,15 @@ def overfit(
     finding per run of violating evaluations; the value is the largest relative gap as
     observed (without the ``z`` allowance).
 
+    A gap the run closed is a note (key ``closed``, severity info): when the last judged
+    evaluation comes after the violating ones, is within the bounds, and its eval loss is
+    below that of every violating evaluation. Overfitting grows with training, and does not
+    undo itself while training goes on; an eval loss that jumps far above a smooth training
+    loss and comes back is the model computing differently in eval mode (batch norm's
+    running statistics, which eval mode uses, lagging behind weights that change fast under
+    a high learning rate or momentum) or an evaluation too small to be steady. A train loss
+    that rose (a warm restart) does not close a gap: the eval loss must come down.
+
     Why it matters: a model that overfits memorises its training set; its validation (and
     production) error stops improving and then gets worse while the training loss still falls.
 
@@ -570,14 +580,13 @@ def overfit(
     # An evaluation before any training step says nothing about generalisation.
     trained = evaluation.steps > _finite(train)[0][0]
     best = _early_stopping_best(ctx)
-    violating = (
+    judged = (
         trained
         & (evaluation.steps >= start_step)
         & (evaluation.steps <= (np.inf if best is None else best))
-        & (sure_ratio > ratio_threshold)
-        & (sure_gap > min_gap)
     )
-    violating = sustained(violating & np.isfinite(sure_ratio), patience)
+    apart = judged & (sure_ratio > ratio_threshold) & (sure_gap > min_gap)
+    violating = sustained(apart & np.isfinite(sure_ratio), patience)
 
     def message(first: int, last: int) -> str:
         worst = first + int(np.nanargmax(ratio[first : last + 1]))
@@ -590,7 +599,7 @@ def overfit(
             f"{ratio_threshold:.0%})"
         )
 
-    yield from episode_findings(
+    for finding in episode_findings(
         tensor=(ctx.loss_tag("eval") or "loss"),
         steps=evaluation.steps,
         values=ratio,
@@ -598,7 +607,24 @@ def overfit(
         threshold=ratio_threshold,
         key="gap",
         message=lambda e, v: message(e.first, e.last),
-    )
+    ):
+        hits, last = np.flatnonzero(violating), np.flatnonzero(judged)[-1]
+        if (
+            last > hits[-1]
+            and not apart[last]
+            and evaluation.val[last] < evaluation.val[hits].min()
+        ):
+            finding = replace(
+                finding,
+                severity=Severity.info,
+                key="closed",
+                message=(
+                    f"{finding.message}; a gap the run closed: by step {evaluation.steps[last]} "
+                    f"the eval loss was down to {evaluation.val[last]:.4g}, against the train "
+                    f"loss {mean_train[last]:.4g}"
+                ),
+            )
+        yield finding
 
 
 def _floor_value(ctx: RuleContext) -> float:
