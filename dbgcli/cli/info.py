@@ -242,11 +242,18 @@ def _print_table(
     verbose: bool,
 ) -> None:
     """A table whose first column (names) takes the width the others leave, each name
-    shortened from the middle to fit (unless ``verbose``: then long names wrap)."""
+    shortened from the middle to fit (unless ``verbose``: then long names wrap). A column
+    whose cells are all the same (every gradient a float32 of the training mode, recorded
+    at the same steps) is said once in the title instead, leaving the names the room."""
     from rich import box
     from rich.table import Table
     from rich.text import Text
 
+    shared = [i for i in range(1, len(columns)) if len(rows) > 1 and len({r[i] for r in rows}) == 1]
+    said = [f"{columns[i]} {rows[0][i]}" for i in shared if rows[0][i] not in ("", "-")]
+    kept = [i for i in range(len(columns)) if i not in shared]
+    columns, rows = [columns[i] for i in kept], [[row[i] for i in kept] for row in rows]
+    console.print(Text(" · ".join([title, *said]), style="table.title"))
     others = sum(
         max(len(column), *(len(row[i]) for row in rows))
         for i, column in enumerate(columns)
@@ -256,8 +263,6 @@ def _print_table(
     # the padding) but the last, and all the rest for names.
     room = max(MIN_TAG_WIDTH, console.width - others - (2 * len(columns) - 1))
     table = Table(
-        title=title,
-        title_justify="left",
         box=box.SIMPLE_HEAD,
         show_edge=False,
         padding=(0, 1, 0, 0),
