@@ -1117,8 +1117,9 @@ def class_imbalance(
       the run compensates its imbalance (run metadata ``class_weighting``: the XGBoost callback
       notes ``scale_pos_weight``; note a weighted loss or a balancing sampler yourself; a binary
       loss's ``pos_weight`` and a cross-entropy's class ``weight`` are read off the recorded
-      loss, labels and scores where they are kept in full), the imbalance is an info finding of key ``compensated`` that explains no other:
-      the fix is in place, and whether it works is the misprediction check's question. Unless
+      loss, labels and scores where they are kept in full), the imbalance is an info finding
+      of key ``compensated`` that explains no other: the fix is in place, and whether it
+      works is the misprediction check's question. Unless
       the metadata (or the loss) gives a weight per class id (a list of numbers, or
       ``scale_pos_weight`` for class 1 of two) and the classes' counts times their weights are
       no more even than the counts: weights that rise with a class's count (its frequency

@@ -197,10 +197,9 @@ def loss_not_decreasing(
     label-smoothed cross-entropy, or for XGBoost's likelihood metrics the loss of predicting
     every label exactly, as DBG303 reads them, below which the loss does not fall; a
     likelihood metric whose labels are not recorded leaves plateaus unjudged): a loss that
-    has more than halved and then flattens
-    has converged (or reached the floor that label smoothing, weight decay or the noise of
-    the data set), which is what training is for; a plateau above half the starting loss is
-    a run that stopped learning early. Except when the recorded learning rate has fallen
+    has more than halved and then flattens has converged (or reached the floor that label
+    smoothing, weight decay or the noise of the data set), which is what training is for; a
+    plateau above half the starting loss is a run that stopped learning early. Except when the recorded learning rate has fallen
     below 1e-4 of its peak at the check: a flat loss there is starved, not converged. A loss
     that goes below zero (a policy-gradient or surrogate objective, a likelihood without its
     constant) is no discrepancy that falls to 0: its changes are measured against the range
@@ -727,9 +726,9 @@ def underfit(
       entropy, or the smoothed targets' of a label-smoothed cross-entropy, read from the
       loss and the logits; for XGBoost's ``poisson-nloglik``, which keeps ``ln y!``, and its
       ``gamma-nloglik`` and ``tweedie-nloglik``, the loss of predicting every label exactly,
-      about 0.8 for counts of mean 1), the
-      fall is measured on the way from ``L0`` down to that floor (a run whose loss is one of
-      those XGBoost metrics, with no training labels in full to give it, is skipped);
+      about 0.8 for counts of mean 1), the fall is measured on the way from ``L0`` down to
+      that floor (a run whose loss is one of those XGBoost metrics, with no training labels
+      in full to give it, is skipped);
       a floor itself above ``max_loss_fraction`` of ``L0`` (label smoothing 0.9: the loss
       cannot fall 3 %) is a note (key ``high-floor``), and leaves the loss against chance
       unjudged when it sits within ``chance_fraction`` of ``ln C``.
@@ -2020,8 +2019,8 @@ def inferred_class_weights(ctx: RuleContext, *, records: int = 20) -> np.ndarray
     ``l_i = -log softmax(z_i)[y_i]``. From the full tensors of one class id per sample and
     their logits at a training step with a recorded loss ``L``, that is one linear equation
     ``Σ_c w_c a_c = 0`` with ``a_c = Σ_{i: y_i = c} (l_i - L)``. Read from the training steps
-    kept in full (``records`` of them, evenly spread, or two more than the classes seen if
-    that is more) when they number at least two more than the classes: the weights are the
+    kept in full (``records`` of them, evenly spread, or two more than the logits' classes if
+    that is more) when they number at least two more than the classes seen: the weights are the
     direction that solves the equations best (the last right singular vector), scaled so
     that the smallest is 1, and taken only when all are positive, two of them differ by more
     than 5 % and they give every step's loss within 1 %. Else None: an unweighted loss, a

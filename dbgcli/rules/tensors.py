@@ -160,9 +160,9 @@ def all_zero(
     where its layer's weight gradient is not zero: the loss's gradient reached the layer and
     flows on below it, and the bias's alone summed to zero over the batch (a margin loss's
     contributions of ``±1/N``, one sample's pushing a class's score up and another's pushing
-    it down, cancel exactly now and then). A ReLU layer legitimately has about half its values at
-    zero, which the default 100 % threshold leaves alone; lower it only for tensors that are
-    not sparse by nature.
+    it down, cancel exactly now and then). A ReLU layer legitimately has about half its
+    values at zero, which the default 100 % threshold leaves alone; lower it only for tensors
+    that are not sparse by nature.
 
     The records of a parameter, gradient, prediction or output tensor up to its first update
     are skipped (``skip_initial``): its first record, and every record up to the first step
