@@ -102,7 +102,8 @@ class DbgCallback(Callback):
     * ``epoch`` when a training epoch starts;
     * in the metadata, ``early_stopping`` (``monitor`` and ``patience``) when the trainer has
       an ``EarlyStopping`` callback: DBG304 overtraining does not judge the validation
-      checks it waits through.
+      checks it waits through, nor DBG301 and DBG302 the plateaus and gaps after the least
+      value of the loss it monitors.
 
     Args:
         trace: A path (a new trace, ``<stem>.rank<k><suffix>`` per process under

@@ -228,6 +228,10 @@ def loss_not_decreasing(
     are there to leave the minimum the loss had settled in). A loss that keeps rising once
     the rate stops climbing is reported by the checks after.
 
+    Under early stopping on a loss whose optimum is known (as DBG302 reads it), a flat loss
+    after the optimum is not judged: it is what early stopping's patience waits out before
+    it stops the run and keeps the optimum's model.
+
     A finding needs ``patience`` consecutive failing checks (so one bump, such as a loss spike
     the run recovers from, is not reported); runs of failing checks are merged into one
     finding per key, ``increasing`` for checks that rose by ``max_increase_pct`` or more,
@@ -352,6 +356,11 @@ def loss_not_decreasing(
                 starved = lr_below(ctx, np.array(checked), STARVED_LR)
                 converged_at = levels_after - floor <= converged_fraction * way
                 flat &= ~converged_at | starved
+    best = _early_stopping_best(ctx)
+    if best is not None:
+        # Past the optimum early stopping watches for, a flat loss is what its patience waits
+        # out before it stops the run and keeps the optimum's model.
+        flat &= np.array(checked) <= best
     failing = sustained(rose | flat, patience)
     what = f"{'mean ' if smooth else ''}{mode} loss"
     for episode in episodes(failing):
@@ -519,7 +528,8 @@ def overfit(
     Records with a non-finite loss are left out (DBG306); evaluations at steps below
     ``start_step``, and any at or before the first training record (the untrained model), are
     not judged; nor, under early stopping on a loss whose optimum is known (run metadata
-    ``early_stopping`` with ``best_step``, see DBG304), any after that step: the gap that
+    ``early_stopping`` with ``best_step``, see DBG304; without it, when its ``monitor`` names
+    a loss, the step of that loss's least value), any after that step: the gap that
     opens while early stopping waits out its patience is what it is there to cut off, and
     the model it offers is the optimum's. A finding needs ``patience`` consecutive violating
     evaluations (SageMaker Debugger's default is 1; 2 keeps a single evaluation right after a
@@ -1046,10 +1056,26 @@ def _early_stopping_on_loss(ctx: RuleContext) -> Mapping[str, Any] | None:
 
 
 def _early_stopping_best(ctx: RuleContext) -> int | None:
-    """The step of the optimum early stopping on a loss found, when the metadata says."""
+    """The step of the optimum early stopping on a loss found: the metadata's ``best_step``,
+    else, when ``monitor`` names a loss (Lightning's ``EarlyStopping`` keeps no step), the
+    first step of that loss's least value: the eval loss's, or the train loss's for a
+    monitor named so. None without early stopping on a loss, or with an unnamed monitor and
+    no ``best_step``."""
     stopping = _early_stopping_on_loss(ctx)
-    best = None if stopping is None else stopping.get("best_step")
-    return best if type(best) is int else None
+    if stopping is None:
+        return None
+    best = stopping.get("best_step")
+    if type(best) is int:
+        return best
+    monitor = stopping.get("monitor")
+    if not isinstance(monitor, str):
+        return None
+    on_train = roles.scalar_meaning(monitor).mode == "train"
+    series = ctx.loss("train" if on_train else "eval")
+    if series is None:
+        return None
+    steps, values = _finite(series)
+    return int(steps[np.argmin(values)]) if len(values) else None
 
 
 def _since_best(values: np.ndarray, delta: float) -> tuple[np.ndarray, np.ndarray]:

@@ -105,6 +105,29 @@ def test_loss_not_decreasing_fires_when_the_loss_gets_stuck(make_trace) -> None:
     assert finding.severity is Severity.warning
 
 
+def test_loss_not_decreasing_leaves_the_plateau_early_stopping_waits_out(make_trace) -> None:
+    """A noisy task learned to its floor: 2.3 down to 1.25 by step 200 (above half the start),
+    then flat, the eval loss least at step 200 and flat after. Early stopping on the
+    validation loss (Lightning's notes no optimum: the eval loss's least value is it) waits
+    that plateau out and keeps step 200's model; without it, the plateau is a warning, and
+    with an optimum noted at step 500 it is judged up to there."""
+    rng = np.random.default_rng(0)
+    level = np.r_[np.linspace(2.3, 1.25, 200), np.full(400, 1.25)]
+    train = level * (1 + 0.002 * rng.standard_normal(600))
+    evals = np.r_[np.linspace(2.3, 1.3, 9), np.full(15, 1.31)]
+    scalars = losses(train, evals)
+    assert keyed(run_rule(make_trace(scalars=scalars), "DBG301"), "not-decreasing")
+    watched = {"early_stopping": {"monitor": "val_loss", "patience": 3}}
+    assert run_rule(make_trace(scalars=scalars, metadata=watched), "DBG301").status is (
+        RuleStatus.passed
+    )
+    later = {"early_stopping": {"monitor": "val_loss", "best_step": 500}}
+    (finding,) = keyed(
+        run_rule(make_trace(scalars=scalars, metadata=later), "DBG301"), "not-decreasing"
+    )
+    assert finding.last_step <= 500 < 590
+
+
 def test_loss_not_decreasing_notes_a_plateau_the_loss_leaves(make_trace) -> None:
     """Stuck at chance for 300 steps, then learning down to 0.05: a recurrent network that
     finds the signal after a few epochs. The plateau is a note that says where the loss
@@ -355,6 +378,11 @@ def test_overfit_under_early_stopping_is_judged_up_to_its_optimum(make_trace) ->
         run_rule(make_trace(scalars=overfitting_run(), metadata=later), "DBG302"), "gap"
     )
     assert (finding.first_step, finding.last_step) == (175, 300)
+    # Watching the validation loss without noting its optimum (Lightning's EarlyStopping):
+    # the optimum is where the eval loss was least, step 150.
+    watched = {"early_stopping": {"monitor": "val_loss", "patience": 3}}
+    path = make_trace(scalars=overfitting_run(), metadata=watched)
+    assert run_rule(path, "DBG302").status is RuleStatus.passed
     # Early stopping on the accuracy, or without a known optimum: the whole run.
     for metadata in (
         {"early_stopping": {"monitor": "val_acc", "best_step": 150}},
