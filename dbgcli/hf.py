@@ -40,6 +40,7 @@ from transformers.models.auto.modeling_auto import (
     MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
     MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES,
 )
+from transformers.utils.generic import find_labels
 
 from dbgcli.rules._known import trainer_logged_no_loss
 from dbgcli.torch._hook import (
@@ -383,7 +384,12 @@ class DbgCallback(TrainerCallback):
         if self.record_data:
             self._causal_lm = task == "causal-lm"
             self._data_handle = model.register_forward_hook(self._on_forward, with_kwargs=True)
-            self._labels_missing_told = bool(args.label_smoothing_factor)
+            # Only a model that takes `labels` can have them taken away (a question-answering
+            # model's targets are start and end positions, a bare encoder's are none).
+            label_names = args.label_names or find_labels(type(model))  # type: ignore[no-untyped-call]
+            self._labels_missing_told = (
+                bool(args.label_smoothing_factor) or "labels" not in label_names
+            )
             if "labels" in self.record_data and args.label_smoothing_factor:
                 # Trainer's label smoother pops the labels before the model's forward call.
                 log.warning(

@@ -212,10 +212,10 @@ class DbgCallback(TrainingCallback):
     Per round (step = round index):
 
     * scalars: every metric of every ``evals`` entry under its own name (``logloss``,
-      ``rmse``, ...) and ``loss``, an alias of the first metric that is a loss (not
+      ``rmse``, ...) and ``loss``, an alias of the first metric that is a loss (never
       ``auc``, ``aucpr``, ``pre``, ``map`` or ``ndcg``, scores XGBoost's early stopping
-      maximises, nor the error rates ``error`` and ``merror``, when a loss is among the
-      metrics; see :func:`_loss_metric`), so the loss rules apply. The
+      maximises, nor the error rates ``error`` and ``merror``; see :func:`_loss_metric`),
+      so the loss rules apply. The
       training set is recorded in mode ``train``; the first other set in mode ``eval``; any
       further sets in mode ``eval`` with the set name as a prefix (``test/logloss``);
     * ``trees/depth`` (collection ``trees``): depth of each tree added this round, shape

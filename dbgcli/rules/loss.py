@@ -229,8 +229,10 @@ def loss_not_decreasing(
     the rate stops climbing is reported by the checks after.
 
     Under early stopping on a loss whose optimum is known (as DBG302 reads it), a flat loss
-    after the optimum is not judged: it is what early stopping's patience waits out before
-    it stops the run and keeps the optimum's model.
+    after the optimum is not judged, when the mean of the last 10 training losses up to the
+    optimum had fallen below 80 % of the first (DBG303's bar): it is what early stopping's
+    patience waits out before it stops the run. A loss that had not fallen by then never
+    learned, and its optimum is a dip of the noise.
 
     A finding needs ``patience`` consecutive failing checks (so one bump, such as a loss spike
     the run recovers from, is not reported); runs of failing checks are merged into one
@@ -356,10 +358,10 @@ def loss_not_decreasing(
                 starved = lr_below(ctx, np.array(checked), STARVED_LR)
                 converged_at = levels_after - floor <= converged_fraction * way
                 flat &= ~converged_at | starved
-    best = _early_stopping_best(ctx)
+    best = _learned_optimum(ctx)
     if best is not None:
         # Past the optimum early stopping watches for, a flat loss is what its patience waits
-        # out before it stops the run and keeps the optimum's model.
+        # out before it stops the run.
         flat &= np.array(checked) <= best
     failing = sustained(rose | flat, patience)
     what = f"{'mean ' if smooth else ''}{mode} loss"
@@ -477,7 +479,11 @@ def _evaluations(train: Series, evals: Series) -> _Evaluations:
     severity="warning",
     category="loss",
     requires=(TRAIN_LOSS, EVAL_LOSS),
-    label={"closed": "held-out loss above the train loss for a while", "*": "overfitting"},
+    label={
+        "closed": "held-out loss above the train loss for a while",
+        "from-start": "held-out loss apart from the start",
+        "*": "overfitting",
+    },
     # Overfitting and overtraining are one problem seen from two sides (the gap, and the
     # validation loss stalling while the training loss falls): whichever shows first names it.
     # A gap the run closed again is no overfitting, and explains nothing.
@@ -531,7 +537,7 @@ def overfit(
     ``early_stopping`` with ``best_step``, see DBG304; without it, when its ``monitor`` names
     a loss, the step of that loss's least value), any after that step: the gap that
     opens while early stopping waits out its patience is what it is there to cut off, and
-    the model it offers is the optimum's. A finding needs ``patience`` consecutive violating
+    the optimum's model is the one to keep (restored from its checkpoint). A finding needs ``patience`` consecutive violating
     evaluations (SageMaker Debugger's default is 1; 2 keeps a single evaluation right after a
     loss spike, or right after a diverging first update, from passing for overfitting). One
     finding per run of violating evaluations; the value is the largest relative gap as
@@ -546,6 +552,17 @@ def overfit(
     a high learning rate or momentum) or an evaluation too small to be steady. A train loss
     that rose (a warm restart) does not close a gap: the eval loss must come down.
 
+    A gap there from the start is reported under key ``from-start``: when an evaluation
+    (from ``start_step`` on, the untrained model's included) violates while the mean train
+    loss beside it is still at least 80 % of ``L0`` (DBG303's bar for a loss that has not
+    fallen), in a run whose mean train loss between evaluations never rose above ``L0 / 0.8``
+    (one that did is going wrong: a learning rate that diverges or makes the loss swing,
+    gradients that pile up). A model that has not fit its training data fits it no better
+    than held-out
+    data, so such a gap is no overfitting: the losses are on different scales (a loss
+    summed over the batch, with held-out batches of another size; a penalty added to one of
+    them) or the held-out data are drawn differently from the training data.
+
     Why it matters: a model that overfits memorises its training set; its validation (and
     production) error stops improving and then gets worse while the training loss still falls.
 
@@ -554,7 +571,9 @@ def overfit(
     drawn from another distribution (or leaking the other way).
 
     Fix: more data or augmentation, weight decay or dropout, a smaller model, early stopping
-    on the validation loss; check that training and validation data are split the same way.
+    on the validation loss; check that training and validation data are split the same way,
+    and, for a gap there from the start, that both losses are averaged alike (a mean over
+    samples, not a sum over batches of different sizes).
 
     Args:
         start_step: Evaluations at earlier steps are not judged.
@@ -596,6 +615,16 @@ def overfit(
     )
     apart = judged & (sure_ratio > ratio_threshold) & (sure_gap > min_gap)
     violating = sustained(apart & np.isfinite(sure_ratio), patience)
+    # A model that has not yet fit its training data fits it no better than held-out data;
+    # in a run whose train loss rose above its start the model is going wrong instead.
+    unfitted = (
+        (evaluation.steps >= start_step)
+        & (mean_train >= _UNFITTED * abs(initial.value))
+        & (np.nanmax(mean_train) <= abs(initial.value) / _UNFITTED)
+    )
+    from_start = np.flatnonzero(
+        unfitted & (sure_ratio > ratio_threshold) & (sure_gap > min_gap) & np.isfinite(sure_ratio)
+    )
 
     def message(first: int, last: int) -> str:
         worst = first + int(np.nanargmax(ratio[first : last + 1]))
@@ -633,7 +662,27 @@ def overfit(
                     f"loss {mean_train[last]:.4g}"
                 ),
             )
+        elif len(from_start):
+            early = from_start[0]
+            finding = replace(
+                finding,
+                key="from-start",
+                message=(
+                    f"{finding.message}; the gap was there at step {evaluation.steps[early]} "
+                    f"(eval {evaluation.val[early]:.4g}, train {mean_train[early]:.4g}), while "
+                    f"the train loss was still {mean_train[early] / abs(initial.value):.0%} of "
+                    f"{initial.name}: no model overfits data it has not yet fit, so the two "
+                    "losses are not on one scale (one summed over batches of another size, a "
+                    "term in one only) or the held-out data are not drawn like the training "
+                    "data"
+                ),
+            )
         yield finding
+
+
+# A training loss still above this fraction of its start has not fit its data yet (DBG303's
+# bar for a loss that has not even fallen by a fifth).
+_UNFITTED = 0.8
 
 
 def _floor_value(ctx: RuleContext) -> float:
@@ -1060,7 +1109,27 @@ def _early_stopping_best(ctx: RuleContext) -> int | None:
     else, when ``monitor`` names a loss (Lightning's ``EarlyStopping`` keeps no step), the
     first step of that loss's least value: the eval loss's, or the train loss's for a
     monitor named so. None without early stopping on a loss, or with an unnamed monitor and
-    no ``best_step``."""
+    no ``best_step``. Computed once per analysis."""
+    return ctx.shared("early-stopping-best", lambda: _stopping_optimum(ctx))
+
+
+def _learned_optimum(ctx: RuleContext) -> int | None:
+    """The optimum of early stopping on a loss (:func:`_early_stopping_best`) when the run had
+    learned by then: the mean of the last 10 finite training losses up to it below 80 % of
+    the first (DBG303's bar); None otherwise. Read from the whole run, whatever steps or mode
+    the analysis looks at."""
+    best = _early_stopping_best(ctx)
+    series = RuleContext(ctx.trace, loss=ctx.designated_loss).loss("train")
+    if best is None or series is None:
+        return None
+    steps, values = _finite(series)
+    before = values[steps <= best][-10:]
+    if not len(before) or not before.mean() <= _UNFITTED * abs(values[0]):
+        return None
+    return best
+
+
+def _stopping_optimum(ctx: RuleContext) -> int | None:
     stopping = _early_stopping_on_loss(ctx)
     if stopping is None:
         return None
@@ -1071,7 +1140,9 @@ def _early_stopping_best(ctx: RuleContext) -> int | None:
     if not isinstance(monitor, str):
         return None
     on_train = roles.scalar_meaning(monitor).mode == "train"
-    series = ctx.loss("train" if on_train else "eval")
+    # The run's optimum, whatever steps or mode the analysis looks at.
+    whole = RuleContext(ctx.trace, loss=ctx.designated_loss)
+    series = whole.loss("train" if on_train else "eval")
     if series is None:
         return None
     steps, values = _finite(series)
@@ -2034,6 +2105,8 @@ def _inferred_pos_weight(ctx: RuleContext, records: int) -> float | None:
 # Steps a class-weight reading needs beyond one per class: the equations then outnumber the
 # weights, so that weights that fit them all say something.
 _WEIGHT_SPARE_STEPS = 2
+# Steps with full tensors a class-weight reading reads at most.
+_MOST_WEIGHT_STEPS = 128
 
 
 def inferred_class_weights(ctx: RuleContext, *, records: int = 20) -> np.ndarray | None:
@@ -2049,9 +2122,13 @@ def inferred_class_weights(ctx: RuleContext, *, records: int = 20) -> np.ndarray
     that is more) when they number at least two more than the classes seen: the weights are the
     direction that solves the equations best (the last right singular vector), scaled so
     that the smallest is 1, and taken only when all are positive, two of them differ by more
-    than 5 % and they give every step's loss within 1 %. Else None: an unweighted loss, a
-    loss with other terms (label smoothing, a penalty), or predictions from another forward
-    pass than the loss's. Computed once per analysis."""
+    than 5 %, they give every step's loss within 1 %, and equal weights miss it by ten times
+    as much (logits near uniform give every sample about ``ln C``, which any weights fit).
+    Else None: an unweighted loss, a loss with other terms (label smoothing, a penalty),
+    predictions from another forward pass than the loss's (gradient accumulation records
+    one micro-batch's logits beside the loss of all of them), or a head of more than
+    ``126`` classes, whose weights would take too many steps to read. Computed once per
+    analysis."""
     return ctx.shared("class-weights", lambda: _inferred_class_weights(ctx.unfocused(), records))
 
 
@@ -2064,6 +2141,8 @@ def _inferred_class_weights(ctx: RuleContext, records: int) -> np.ndarray | None
         if shape is None or len(shape) != 2 or shape[1] < 2:
             continue
         width = int(shape[1])
+        if width + _WEIGHT_SPARE_STEPS > _MOST_WEIGHT_STEPS:
+            continue
         steps = _loss_steps_in_full(
             ctx, labels.tag, predictions.tag, losses, max(records, width + _WEIGHT_SPARE_STEPS)
         )
@@ -2099,12 +2178,25 @@ def _solved_class_weights(
     if not (direction > 0).all():
         return None
     solved = direction / direction.min()
-    fitted = (sums[:, seen] @ solved) / (counts[:, seen] @ solved)
-    if solved.max() <= 1.05 or not np.allclose(fitted, recorded, rtol=0.01):
+
+    def misfit(weights: np.ndarray) -> float:
+        fitted = (sums[:, seen] @ weights) / (counts[:, seen] @ weights)
+        return float(np.max(np.abs(fitted - recorded) / np.abs(recorded)))
+
+    # Near-uniform logits give every sample about ln C, which any weights fit: weights count
+    # only where they fit the losses and equal weights do not, by far.
+    weighted, plain = misfit(solved), misfit(np.ones(int(seen.sum())))
+    if solved.max() <= 1.05 or weighted > _WEIGHT_FIT or plain <= _WEIGHT_EDGE * weighted:
         return None
     weights = np.full(len(seen), np.nan)
     weights[seen] = solved
     return weights
+
+
+# The largest relative misfit of any step's loss that class weights may leave, and how many
+# times that of equal weights must exceed it for the weights to say something.
+_WEIGHT_FIT = 0.01
+_WEIGHT_EDGE = 10.0
 
 
 def label_smoothing(ctx: RuleContext, *, records: int = 20) -> tuple[float, int] | None:

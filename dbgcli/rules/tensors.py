@@ -156,13 +156,13 @@ def all_zero(
     gradient is not is a note (key ``invariant``, severity info; see
     :func:`dbgcli.rules._known.invariant_biases`): the loss does not depend on that bias (a
     pairwise or ranking loss sees only differences of scores, so the output bias cancels), a
-    property of the model, not a fault. Elsewhere, a bias's gradient is not judged at a step
-    where its layer's weight gradient is not zero: the loss's gradient reached the layer and
-    flows on below it, and the bias's alone summed to zero over the batch (a margin loss's
-    contributions of ``±1/N``, one sample's pushing a class's score up and another's pushing
-    it down, cancel exactly now and then). A ReLU layer legitimately has about half its
-    values at zero, which the default 100 % threshold leaves alone; lower it only for tensors
-    that are not sparse by nature.
+    property of the model, not a fault. Elsewhere, a bias's gradient that is all zero is not
+    judged at a step where its layer's weight gradient is not zero: the loss's gradient
+    reached the layer and flows on below it, and the bias's alone summed to zero over the
+    batch (a margin loss's contributions of ``±1/N``, one sample's pushing a class's score up
+    and another's pushing it down, cancel exactly now and then). A ReLU layer legitimately
+    has about half its values at zero, which the default 100 % threshold leaves alone; lower
+    it only for tensors that are not sparse by nature.
 
     The records of a parameter, gradient, prediction or output tensor up to its first update
     are skipped (``skip_initial``): its first record, and every record up to the first step
@@ -206,7 +206,9 @@ def all_zero(
         if view.info.role == "gradients":
             judged &= ~_at_zero_loss(ctx, view.steps)
             if view.tag not in invariant:
-                judged &= ~weight_gradient_flows(ctx, view)
+                with np.errstate(invalid="ignore"):
+                    whole = share >= 1.0
+                judged &= ~(weight_gradient_flows(ctx, view) & whole)
         if skip_initial and view.info.role in ZERO_INIT_ROLES:
             first_step = ctx.trace.index(view.tag)[0][0]
             judged &= view.steps > max(first_step, updated_from if updated_from is not None else -1)

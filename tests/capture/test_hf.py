@@ -13,6 +13,7 @@ import pytest
 import torch
 from transformers import (
     BertConfig,
+    BertForQuestionAnswering,
     BertForSequenceClassification,
     Trainer,
     TrainerCallback,
@@ -201,7 +202,8 @@ def test_labels_taken_out_of_the_inputs_are_warned_of_and_recorded_by_hand(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A compute_loss that pops the labels hides them from the model's forward call: the
-    callback says so once, with the line that records them. Recorded that way, beside the
+    callback says so once, with the line that records them (not for a model that takes no
+    labels, such as a question-answering one). Recorded that way, beside the
     callback's predictions and loss, they let DBG601 read the class weights off the loss
     (5 % positives weighed 19 to 1): the imbalance is compensated."""
     hidden, by_hand = tmp_path / "hidden.h5", tmp_path / "by_hand.h5"
@@ -224,6 +226,29 @@ def test_labels_taken_out_of_the_inputs_are_warned_of_and_recorded_by_hand(
     assert "callback.hook.record(labels=labels, raw=True)" in warned[0]
     with open_trace(hidden) as trace:
         assert "labels" not in trace and "predictions" in trace
+
+    # A question-answering model's targets are start and end positions: no labels to miss.
+    config = BertConfig(
+        vocab_size=40,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=16,
+    )
+    spans = [
+        {"input_ids": row["input_ids"], "start_positions": 1, "end_positions": 3}
+        for row in dataset(16, 1)
+    ]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="dbgcli"):
+        Trainer(
+            model=BertForQuestionAnswering(config),
+            args=training_only(tmp_path, max_steps=2, logging_steps=1),
+            train_dataset=spans,
+            callbacks=[DbgCallback(tmp_path / "qa.h5", record_data=True, stats_every=1)],
+        ).train()
+    assert not [r for r in caplog.get_records("call") if r.name.startswith("dbgcli")]
 
     train(by_hand, record=True)
     (imbalance,) = analyze_path(by_hand, select=("DBG601",)).findings

@@ -264,6 +264,43 @@ def test_class_weights_read_off_the_loss_compensate_the_imbalance(
         assert imbalance.severity is not Severity.info
 
 
+def test_near_uniform_logits_beside_another_batchs_loss_are_no_class_weights(
+    tmp_path: Path,
+) -> None:
+    """An unweighted cross-entropy on 93/7 % labels that does not learn (lr 1e-7, logits near
+    zero) with gradient accumulation: the recorded loss is the mean of four micro-batches,
+    the labels and logits the first one's. Every sample's loss is about ln 2, which any
+    weights fit within 1 %, but equal weights fit it as well: the imbalance stays a
+    warning."""
+    torch = pytest.importorskip("torch")
+    from dbgcli.torch import attach
+
+    generator = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 2))
+    with torch.no_grad():
+        model[2].weight.mul_(0.01)
+        model[2].bias.zero_()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-7)
+    path = tmp_path / "accumulated.h5"
+    with attach(model, optimizer, path) as hook:
+        for step in range(200):
+            optimizer.zero_grad()
+            total = torch.zeros(())
+            for micro in range(4):
+                y = torch.multinomial(torch.tensor([0.93, 0.07]), 32, True, generator=generator)
+                logits = model(torch.randn(32, 8, generator=generator))
+                loss = torch.nn.functional.cross_entropy(logits, y) / 4
+                loss.backward()
+                total += loss.detach()
+                if micro == 0 and step % 5 == 0:
+                    hook.record(labels=y, predictions=logits.detach(), raw=True)
+            hook.record_loss(total)
+            optimizer.step()
+    (imbalance,) = keyed(run_rule(path, "DBG601"), "imbalance")
+    assert imbalance.severity is Severity.warning
+
+
 def test_class_imbalance_quiet_on_balanced_labels_and_tunable(make_trace) -> None:
     path = make_trace(tensors=classifier(learning_curve(40)))
     assert run_rule(path, "class-imbalance").status is RuleStatus.passed

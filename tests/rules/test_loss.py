@@ -110,7 +110,8 @@ def test_loss_not_decreasing_leaves_the_plateau_early_stopping_waits_out(make_tr
     then flat, the eval loss least at step 200 and flat after. Early stopping on the
     validation loss (Lightning's notes no optimum: the eval loss's least value is it) waits
     that plateau out and keeps step 200's model; without it, the plateau is a warning, and
-    with an optimum noted at step 500 it is judged up to there."""
+    with an optimum noted at step 500 it is judged up to there. A run that never learned
+    keeps its warning under early stopping."""
     rng = np.random.default_rng(0)
     level = np.r_[np.linspace(2.3, 1.25, 200), np.full(400, 1.25)]
     train = level * (1 + 0.002 * rng.standard_normal(600))
@@ -126,6 +127,18 @@ def test_loss_not_decreasing_leaves_the_plateau_early_stopping_waits_out(make_tr
         run_rule(make_trace(scalars=scalars, metadata=later), "DBG301"), "not-decreasing"
     )
     assert finding.last_step <= 500 < 590
+    # The optimum is the run's, whatever steps or mode the analysis looks at.
+    stopped = make_trace(scalars=scalars, metadata=watched)
+    for window in ({"mode": "train"}, {"start": 300}):
+        report = analyze_path(stopped, select=("DBG301",), **window)
+        assert not report.findings, window
+    # A run that never learned has its optimum in a dip of the noise: its plateau stays.
+    stalled = 2.3 * (1 + 0.002 * rng.standard_normal(150))
+    dipped = np.array([2.31, 2.29, 2.30, 2.305, 2.30, 2.31])
+    assert keyed(
+        run_rule(make_trace(scalars=losses(stalled, dipped), metadata=watched), "DBG301"),
+        "not-decreasing",
+    )
 
 
 def test_loss_not_decreasing_notes_a_plateau_the_loss_leaves(make_trace) -> None:
@@ -358,6 +371,50 @@ def test_a_gap_the_run_closes_is_a_note_and_one_a_restart_shrinks_is_not(make_tr
         make_trace(scalars=losses(minibatch(restarted, 0), evals)), "DBG302"
     ).findings
     assert finding.key == "gap" and finding.severity is not Severity.info
+
+
+def test_a_gap_there_before_the_model_fit_anything_is_no_overfitting(tmp_path: Path) -> None:
+    """A classifier trained with the loss summed over batches of 64 and divided by 8, and
+    evaluated the same way on 1,000 samples: the eval loss is 15.6 times the train loss from
+    the first evaluation, when the train loss had not fallen at all. That gap is of scale, not
+    of generalisation; the same run with a mean reduction has none."""
+    torch = pytest.importorskip("torch")
+    from dbgcli.torch import attach
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(6000, 16, generator=generator)
+    y = (x[:, :4].argmax(1) + (x[:, 4] > 1).long()) % 4
+
+    def train(name: str, reduction: str) -> Path:
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(
+            torch.nn.Linear(16, 64), torch.nn.ReLU(), torch.nn.Linear(64, 4)
+        )
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+        def loss_fn(logits: Any, labels: Any) -> Any:
+            loss = torch.nn.functional.cross_entropy(logits, labels, reduction=reduction)
+            return loss / 8 if reduction == "sum" else loss
+
+        path = tmp_path / f"{name}.h5"
+        with attach(model, optimizer, path) as hook:
+            for step in range(300):
+                batch = torch.randint(0, 5000, (64,), generator=generator)
+                optimizer.zero_grad()
+                loss = loss_fn(model(x[batch]), y[batch])
+                hook.record_loss(loss)
+                loss.backward()
+                optimizer.step()
+                if step % 25 == 0 or step == 299:
+                    with torch.no_grad():
+                        hook.record_loss(loss_fn(model(x[5000:]), y[5000:]), mode="eval")
+        return path
+
+    (finding,) = run_rule(train("summed", "sum"), "DBG302").findings
+    assert finding.key == "from-start" and finding.severity is Severity.warning
+    assert "the gap was there at step 1" in finding.message
+    assert "while the train loss was still 100% of the initial loss" in finding.message
+    assert run_rule(train("mean", "mean"), "DBG302").status is RuleStatus.passed
 
 
 def test_overfit_patience_and_start_step(make_trace) -> None:
