@@ -15,6 +15,7 @@ from dbgcli.errors import RuleConfigError, RuleSkipped
 from dbgcli.findings import Finding, Severity
 from dbgcli.rules._context import (
     RuleContext,
+    TensorView,
     episode_findings,
     episodes,
     sustained,
@@ -2136,11 +2137,7 @@ def _inferred_class_weights(ctx: RuleContext, records: int) -> np.ndarray | None
     losses = _train_losses(ctx)
     if not losses:
         return None
-    for labels, predictions in scored_labels(ctx):
-        shape = predictions.info.shape
-        if shape is None or len(shape) != 2 or shape[1] < 2:
-            continue
-        width = int(shape[1])
+    for labels, predictions, width in _scored_logits(ctx):
         if width + _WEIGHT_SPARE_STEPS > _MOST_WEIGHT_STEPS:
             continue
         steps = _loss_steps_in_full(
@@ -2161,6 +2158,15 @@ def _inferred_class_weights(ctx: RuleContext, records: int) -> np.ndarray | None
             if weights is not None:
                 return weights
     return None
+
+
+def _scored_logits(ctx: RuleContext) -> Iterator[tuple[TensorView, TensorView, int]]:
+    """Every labels tag whose predictions are one row of at least two class scores per
+    sample, with them and the number of classes."""
+    for labels, predictions in scored_labels(ctx):
+        shape = predictions.info.shape
+        if shape is not None and len(shape) == 2 and shape[1] >= 2:
+            yield labels, predictions, int(shape[1])
 
 
 def _solved_class_weights(
@@ -2216,10 +2222,7 @@ def label_smoothing(ctx: RuleContext, *, records: int = 20) -> tuple[float, int]
     losses = _train_losses(ctx)
     if not losses:
         return None
-    for labels, predictions in scored_labels(ctx):
-        shape = predictions.info.shape
-        if shape is None or len(shape) != 2 or shape[1] < 2:
-            continue
+    for labels, predictions, width in _scored_logits(ctx):
         steps = _loss_steps_in_full(ctx, labels.tag, predictions.tag, losses, records)
         estimates = []
         for step in steps:
@@ -2242,7 +2245,7 @@ def label_smoothing(ctx: RuleContext, *, records: int = 20) -> tuple[float, int]
             and (found <= 1 + _SMOOTHING_AGREEMENT).all()
             and np.abs(found - median).max() <= _SMOOTHING_AGREEMENT
         ):
-            return min(median, 1.0), int(shape[1])
+            return min(median, 1.0), width
     return None
 
 

@@ -47,7 +47,7 @@ class GradientNorms(TrainerCallback):
         self.norms.append(torch.linalg.vector_norm(parameter.grad).item())
 
 
-def tiny_bert(num_labels: int = 2) -> BertForSequenceClassification:
+def tiny_bert(num_labels: int = 2, head: type[Any] = BertForSequenceClassification) -> Any:
     torch.manual_seed(0)
     config = BertConfig(
         vocab_size=40,
@@ -58,7 +58,7 @@ def tiny_bert(num_labels: int = 2) -> BertForSequenceClassification:
         max_position_embeddings=16,
         num_labels=num_labels,
     )
-    return BertForSequenceClassification(config)
+    return head(config)
 
 
 def dataset(count: int, seed: int, positive_below: int = 20) -> list[dict[str, Any]]:
@@ -228,14 +228,6 @@ def test_labels_taken_out_of_the_inputs_are_warned_of_and_recorded_by_hand(
         assert "labels" not in trace and "predictions" in trace
 
     # A question-answering model's targets are start and end positions: no labels to miss.
-    config = BertConfig(
-        vocab_size=40,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=16,
-    )
     spans = [
         {"input_ids": row["input_ids"], "start_positions": 1, "end_positions": 3}
         for row in dataset(16, 1)
@@ -243,7 +235,7 @@ def test_labels_taken_out_of_the_inputs_are_warned_of_and_recorded_by_hand(
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="dbgcli"):
         Trainer(
-            model=BertForQuestionAnswering(config),
+            model=tiny_bert(head=BertForQuestionAnswering),
             args=training_only(tmp_path, max_steps=2, logging_steps=1),
             train_dataset=spans,
             callbacks=[DbgCallback(tmp_path / "qa.h5", record_data=True, stats_every=1)],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -177,6 +178,26 @@ def test_class_weights_that_unbalance_labels_under_the_bar_are_an_imbalance(
         assert "ratio 9, but the run's class weights" in finding.message
 
 
+def train_in_batches(path: Path, model: Any, loss_fn: Any, x: Any, y: Any) -> None:
+    """200 Adam steps (lr 0.01) over ``x`` and ``y`` in turn in batches of 256, recording the
+    loss every step, and the labels and the model's outputs in full every 10th."""
+    torch = pytest.importorskip("torch")
+    from dbgcli.torch import attach
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    with attach(model, optimizer, path) as hook:
+        for step in range(200):
+            start = 256 * (step % (len(y) // 256))
+            optimizer.zero_grad()
+            outputs = model(x[start : start + 256])
+            loss = loss_fn(outputs, y[start : start + 256])
+            hook.record_loss(loss)
+            if step % 10 == 0:
+                hook.record(labels=y[start : start + 256], predictions=outputs.detach(), raw=True)
+            loss.backward()
+            optimizer.step()
+
+
 @pytest.mark.parametrize("pos_weight", [19.0, 1.0])
 def test_a_pos_weight_read_off_the_loss_compensates_the_imbalance(
     tmp_path: Path, pos_weight: float
@@ -186,26 +207,14 @@ def test_a_pos_weight_read_off_the_loss_compensates_the_imbalance(
     note) and the weighted loss is not judged against the labels' entropy. Unweighted, the
     imbalance is a warning."""
     torch = pytest.importorskip("torch")
-    from dbgcli.torch import attach
 
     torch.manual_seed(0)
     x = torch.randn(4096, 8)
     y = (x[:, 0] > 1.645).float()  # 5 % positives
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos_weight))
     path = tmp_path / "weighted.h5"
-    with attach(model, optimizer, path) as hook:
-        for step in range(200):
-            batch = slice(256 * (step % 16), 256 * (step % 16 + 1))
-            optimizer.zero_grad()
-            logits = model(x[batch]).squeeze(1)
-            loss = loss_fn(logits, y[batch])
-            hook.record_loss(loss)
-            if step % 10 == 0:
-                hook.record(labels=y[batch], predictions=logits.detach(), raw=True)
-            loss.backward()
-            optimizer.step()
+    train_in_batches(path, torch.nn.Sequential(model, torch.nn.Flatten(0)), loss_fn, x, y)
     (imbalance,) = keyed(
         run_rule(path, "DBG601"), "compensated" if pos_weight != 1 else "imbalance"
     )
@@ -229,29 +238,17 @@ def test_class_weights_read_off_the_loss_compensate_the_imbalance(
     Equal weights, or label smoothing in an unweighted loss, are no class weights: the
     imbalance stays a warning."""
     torch = pytest.importorskip("torch")
-    from dbgcli.torch import attach
 
     generator = torch.Generator().manual_seed(0)
     y = torch.multinomial(torch.tensor([0.85, 0.1, 0.05]), 5120, True, generator=generator)
     x = torch.randn(5120, 8, generator=generator) + 1.5 * torch.nn.functional.one_hot(y, 8)
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 3))
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     loss_fn = torch.nn.CrossEntropyLoss(
         weight=None if weights is None else torch.tensor(weights), label_smoothing=smoothing
     )
     path = tmp_path / "weighted.h5"
-    with attach(model, optimizer, path) as hook:
-        for step in range(200):
-            batch = slice(256 * (step % 20), 256 * (step % 20 + 1))
-            optimizer.zero_grad()
-            logits = model(x[batch])
-            loss = loss_fn(logits, y[batch])
-            hook.record_loss(loss)
-            if step % 10 == 0:
-                hook.record(labels=y[batch], predictions=logits.detach(), raw=True)
-            loss.backward()
-            optimizer.step()
+    train_in_batches(path, model, loss_fn, x, y)
     if weights is not None and weights[-1] != 1:
         (imbalance,) = keyed(run_rule(path, "DBG601"), "compensated")
         assert imbalance.severity is Severity.info
