@@ -253,7 +253,14 @@ def _print_table(
     said = [f"{columns[i]} {rows[0][i]}" for i in shared if rows[0][i] not in ("", "-")]
     kept = [i for i in range(len(columns)) if i not in shared]
     columns, rows = [columns[i] for i in kept], [[row[i] for i in kept] for row in rows]
-    console.print(Text(" · ".join([title, *said]), style="table.title"))
+    # Wrapped between its parts, never inside one ("full tensors 3 of 25" stays whole).
+    lines = [title]
+    for part in said:
+        if len(lines[-1]) + 3 + len(part) <= console.width:
+            lines[-1] += f" · {part}"
+        else:
+            lines.append(f"  {part}")
+    console.print(Text("\n".join(lines), style="table.title"), soft_wrap=True)
     others = sum(
         max(len(column), *(len(row[i]) for row in rows))
         for i, column in enumerate(columns)
