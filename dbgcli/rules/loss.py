@@ -618,10 +618,9 @@ def overfit(
     violating = sustained(apart & np.isfinite(sure_ratio), patience)
     # A model that has not yet fit its training data fits it no better than held-out data;
     # in a run whose train loss rose above its start the model is going wrong instead.
+    sane = len(mean_train) > 0 and np.nanmax(mean_train) <= abs(initial.value) / _UNFITTED
     unfitted = (
-        (evaluation.steps >= start_step)
-        & (mean_train >= _UNFITTED * abs(initial.value))
-        & (np.nanmax(mean_train) <= abs(initial.value) / _UNFITTED)
+        (evaluation.steps >= start_step) & (mean_train >= _UNFITTED * abs(initial.value)) & sane
     )
     from_start = np.flatnonzero(
         unfitted & (sure_ratio > ratio_threshold) & (sure_gap > min_gap) & np.isfinite(sure_ratio)
