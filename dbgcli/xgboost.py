@@ -19,6 +19,7 @@ One step is one boosting round (``epoch`` as XGBoost passes it to the callback).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -186,7 +187,8 @@ def _maximised(metric: str) -> bool:
     return name != "mape" and name.startswith(_MAXIMISED_METRICS)
 
 
-def _loss_metric(metrics: Mapping[str, Any]) -> str | None:
+@functools.lru_cache(maxsize=64)
+def _loss_metric(metrics: tuple[str, ...]) -> str | None:
     """The metric the ``loss`` alias copies: the first that names a loss (``logloss``,
     ``rmse``, ``poisson-nloglik``...), else the first that is neither a score to maximise nor
     an error rate or accuracy (a custom metric, ``quantile``). An error rate (``error``,
@@ -420,7 +422,7 @@ class DbgCallback(TrainingCallback):
     ) -> None:
         for set_name, metrics in evals_log.items():
             mode, prefix = self._set_mode(set_name, list(evals_log))
-            loss = _loss_metric(metrics)
+            loss = _loss_metric(tuple(metrics))  # named once per set, not every round
             for metric, history in metrics.items():
                 latest = history[-1]
                 # xgboost.cv logs (mean, std) pairs.

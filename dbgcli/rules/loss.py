@@ -1119,7 +1119,7 @@ def _learned_optimum(ctx: RuleContext) -> int | None:
     the first (DBG303's bar); None otherwise. Read from the whole run, whatever steps or mode
     the analysis looks at."""
     best = _early_stopping_best(ctx)
-    series = RuleContext(ctx.trace, loss=ctx.designated_loss).loss("train")
+    series = _whole_run_loss(ctx, "train")
     if best is None or series is None:
         return None
     steps, values = _finite(series)
@@ -1140,13 +1140,18 @@ def _stopping_optimum(ctx: RuleContext) -> int | None:
     if not isinstance(monitor, str):
         return None
     on_train = roles.scalar_meaning(monitor).mode == "train"
-    # The run's optimum, whatever steps or mode the analysis looks at.
-    whole = RuleContext(ctx.trace, loss=ctx.designated_loss)
-    series = whole.loss("train" if on_train else "eval")
+    series = _whole_run_loss(ctx, "train" if on_train else "eval")
     if series is None:
         return None
     steps, values = _finite(series)
     return int(steps[np.argmin(values)]) if len(values) else None
+
+
+def _whole_run_loss(ctx: RuleContext, mode: Mode) -> Series | None:
+    """The ``mode`` loss of the whole run, whatever steps or mode the analysis looks at (an
+    early-stopping optimum is the run's)."""
+    whole = ctx.shared("whole-run", lambda: RuleContext(ctx.trace, loss=ctx.designated_loss))
+    return whole.loss(mode)
 
 
 def _since_best(values: np.ndarray, delta: float) -> tuple[np.ndarray, np.ndarray]:

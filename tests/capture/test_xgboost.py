@@ -532,3 +532,33 @@ def test_tree_depth_of_json_dumps() -> None:
         '[{"nodeid": 3, "leaf": 1}, {"nodeid": 4, "leaf": 2}]}]}'
     )
     assert tree_depth(chain) == 2
+
+
+def test_the_scikit_learn_api_takes_the_labels_as_a_dmatrix(
+    tmp_path: Path, no_dbg_warnings: None
+) -> None:
+    """XGBRegressor builds its DMatrix itself: a DMatrix of the training data passed as
+    ``data`` records the labels, which give reg:tweedie's loss its floor (docs/capture.md), so
+    DBG303 judges the run rather than skipping it for want of them."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2000, 6))
+    y = np.where(rng.random(2000) < 0.3, 0.0, rng.gamma(2.0, np.exp(0.5 * x[:, 0]) / 2.0))
+    paths = {labelled: tmp_path / f"labelled-{labelled}.h5" for labelled in (True, False)}
+    for labelled, path in paths.items():
+        data = xgb.DMatrix(x[:1500], label=y[:1500]) if labelled else None
+        model = xgb.XGBRegressor(
+            n_estimators=100,
+            learning_rate=0.1,
+            max_depth=3,
+            objective="reg:tweedie",
+            callbacks=[DbgCallback(path, data=data)],
+        )
+        model.fit(x[:1500], y[:1500], eval_set=[(x[:1500], y[:1500]), (x[1500:], y[1500:])])
+    with open_trace(paths[True]) as trace:
+        assert trace.tag("labels").raw_records >= 1
+    results = {
+        labelled: {r.id: r for r in analyze_path(path, select=("DBG303",)).results}["DBG303"]
+        for labelled, path in paths.items()
+    }
+    assert results[True].status is not RuleStatus.skipped
+    assert results[False].status is RuleStatus.skipped

@@ -713,8 +713,9 @@ def test_a_likelihood_metric_falls_toward_its_saturated_floor(
     1.2 from 1.51 (its last 50 rounds' mean is 80 % of its start, but 60 % of the way down to
     that floor). It learned; the same model boosted at a learning rate a hundred times lower
     did not. The same holds for reg:tweedie's tweedie-nloglik@1.5 (a good fit goes from 3.61
-    to 3.27, 91 % of its start, towards a floor of 2.8) and reg:gamma's gamma-nloglik.
-    Without the training labels the floor is unknown, and the rule is skipped."""
+    to 3.27, 91 % of its start, towards a floor of 2.8) and reg:gamma's gamma-nloglik; each
+    floor is XGBoost's own metric at predictions equal to the labels. Without the training
+    labels the floor is unknown, and the rule is skipped."""
     xgboost = pytest.importorskip("xgboost")
     from dbgcli.xgboost import DbgCallback
 
@@ -737,13 +738,21 @@ def test_a_likelihood_metric_falls_toward_its_saturated_floor(
         floor = np.mean(labels**0.5 / 0.25)  # y^(2-ρ) / ((ρ-1)(2-ρ)) at ρ = 1.5
     else:
         floor = np.mean(1 + np.log(labels))
+    # reg:gamma's own metric is its deviance, zero at the saturated model.
+    params = {"objective": objective, "max_depth": 4} | (
+        {"eval_metric": "gamma-nloglik"} if objective == "reg:gamma" else {}
+    )
+    # XGBoost's own metric agrees: a model whose predictions are the labels (as base margins
+    # on the log link, learning nothing more at eta 0) scores that floor.
+    exact = xgboost.DMatrix(x[:4000], label=labels, base_margin=np.log(np.maximum(labels, 1e-12)))
+    saturated = xgboost.train(params | {"eta": 0.0}, exact, num_boost_round=1)
+    own = float(saturated.eval(exact).rpartition(":")[2])
+    assert own == pytest.approx(floor, rel=1e-5)
 
     def boost(name: str, eta: float, labelled: bool = True) -> Path:
         path = tmp_path / f"{name}.h5"
         xgboost.train(
-            # reg:gamma's own metric is its deviance, zero at the saturated model.
-            {"objective": objective, "eta": eta, "max_depth": 4}
-            | ({"eval_metric": "gamma-nloglik"} if objective == "reg:gamma" else {}),
+            params | {"eta": eta},
             train,
             num_boost_round=200,
             evals=[(train, "train"), (valid, "valid")],
