@@ -624,6 +624,7 @@ def _unchanged_plan(ctx: RuleContext, params: dict[str, Any]) -> Iterator[tuple[
     per_tensor=True,
     label={
         "frozen": "parameters frozen on purpose",
+        "unused": "parameters the loss does not use",
         "too-small": "updates too small to show",
         "invariant": "a bias the loss ignores",
         "*": "parameters not updated",
@@ -679,11 +680,17 @@ def unchanged_tensor(
 
     **On purpose or not.** A parameter that does not change is frozen on purpose when the
     recorder says so (the PyTorch hook lists parameters with ``requires_grad=False`` in the
-    metadata key ``frozen_parameters``) or when gradients are recorded for other parameters but
-    none for it (no gradient flows to it): key ``frozen``, severity info (fine-tuning with a
-    frozen backbone). Unless the freeze leaves the model too little to learn with: at least
-    half of the layers' weights (elements of weights of two or more dimensions) are frozen
-    and the model has not learned: the mean of the last 50 training losses (at most a quarter
+    metadata key ``frozen_parameters``, at attach and as its recorded steps find them) or,
+    in a trace that does not say, when gradients are recorded for other parameters but none
+    for it (no gradient flows to it): key ``frozen``, severity info (fine-tuning with a
+    frozen backbone). A parameter the recorder does not list, whose gradient is not
+    recorded at those steps while others' are, requires a gradient that never comes (PyTorch
+    leaves ``.grad`` None where no backward pass reaches): the loss does not use it, as a
+    module defined but never called, an output detached before the loss, or an expert of a
+    mixture that the router stopped sending samples to: key ``unused``, severity info, the
+    same for a parameter used early on and not since. Unless the freeze leaves the model too
+    little to learn with: at least half of the layers' weights (elements of weights of two
+    or more dimensions) are frozen, or get no gradient, and the model has not learned: the mean of the last 50 training losses (at most a quarter
     of them) is above 80 % of the mean of as many first ones (DBG303's bar and window: a
     frozen network's minibatch losses scatter, and ten a side let a frozen MLP of the
     calibration corpus seem to learn), or a classifier's ends at chance (DBG303's band: from
@@ -749,8 +756,12 @@ def unchanged_tensor(
         )
     derivation = _unchanged_derivation(rtol, atol, equal_nan)
     gradients = {_core(v.tag): v for v in ctx.unfocused().tensors(collection="gradients")}
+    gradient_steps = np.unique(np.concatenate([v.steps for v in gradients.values()] or [[]]))
     declared = ctx.trace.metadata.get("frozen_parameters")
     frozen = set(declared) if isinstance(declared, list) else set()
+    # The PyTorch hook lists the parameters that require no gradient: any other it records
+    # requires one.
+    requires_known = isinstance(declared, list)
     left_out = ctx.trace.metadata.get(schema.META_NOT_IN_OPTIMIZER)
     not_in_optimizer = set(left_out) if isinstance(left_out, list) else None
     # The same for every tensor of the trace: judged once.
@@ -770,18 +781,27 @@ def unchanged_tensor(
             streak = _streaks(run[positions], needed)
             if not streak.any():
                 continue
-            flowing = _gradient_flow(view, gradients, steps[streak])
+            flowing = _gradient_flow(view, gradients, gradient_steps, steps[streak])
+            if flowing == "none" and requires_known and view.tag not in frozen:
+                flowing = "unused"
             gradient = _gradient_of(view, gradients)
             if flowing == "zero" and gradient is not None and gradient.tag in invariant:
                 flowing = "invariant"
-            if not_in_optimizer is not None and flowing not in ("none", "stale"):
+            if not_in_optimizer is not None and flowing not in ("none", "stale", "unused"):
                 if view.tag in not_in_optimizer:
                     flowing = "left-out"
                 elif flowing == "moving":
                     flowing = "held"
-            on_purpose = view.tag in frozen or flowing in ("none", "stale")
+            on_purpose = view.tag in frozen or flowing in ("none", "stale", "unused")
             why = _WHY["declared"] if view.tag in frozen else _WHY[flowing]
-            if on_purpose and pointless is not None:
+            if on_purpose and pointless is not None and flowing == "unused":
+                on_purpose = False
+                why = (
+                    f": no gradient reaches it, nor {pointless.share:.0%} of the layers' "
+                    f"weights, though they require one, while {pointless.why}: the model has "
+                    "too little left to learn with (an output detached before the loss?)"
+                )
+            elif on_purpose and pointless is not None:
                 on_purpose = False
                 why = (
                     f": frozen, and no layer's weights train while {pointless.why}: the freeze "
@@ -793,7 +813,7 @@ def unchanged_tensor(
                     "backbone frozen by mistake?)"
                 )
             key = (
-                "frozen"
+                ("unused" if flowing == "unused" else "frozen")
                 if on_purpose
                 else {"invariant": "invariant", "held": "too-small"}.get(flowing, "unchanged")
             )
@@ -839,6 +859,12 @@ def _streaks(run: np.ndarray, needed: int) -> np.ndarray:
 _WHY = {
     "declared": ": frozen on purpose (the recorder says requires_grad is False)",
     "none": ": frozen on purpose (no gradient flows to it)",
+    "unused": (
+        ": no gradient reaches it, though it requires one (the recorder checked): the loss "
+        "does not depend on it (a module the forward pass does not call, an output detached "
+        "before the loss, or a branch no sample takes, such as an expert the router sends "
+        "nothing)"
+    ),
     "stale": ": frozen on purpose (its recorded gradient never changes: no backward reaches it)",
     "zero": ": its gradient is zero (no gradient reaches it: a detach, a dead layer?)",
     "invariant": ": its gradient is zero" + _INVARIANT,
@@ -880,7 +906,7 @@ class _PointlessFreeze(NamedTuple):
 
 
 def _pointless_freeze(
-    ctx: RuleContext, gradients: dict[frozenset[str], TensorView], frozen: set[str]
+    ctx: RuleContext, gradients: dict[tuple[str, ...], TensorView], frozen: set[str]
 ) -> _PointlessFreeze | None:
     """A freeze (parameters declared frozen, or without a gradient while others have one)
     that holds at least half of the layers' weights (elements of weight matrices and kernels)
@@ -924,12 +950,17 @@ def _pointless_freeze(
 
 
 def _gradient_flow(
-    view: TensorView, gradients: dict[frozenset[str], TensorView], steps: np.ndarray
+    view: TensorView,
+    gradients: dict[tuple[str, ...], TensorView],
+    gradient_steps: np.ndarray,
+    steps: np.ndarray,
 ) -> str:
     """What the gradient of parameter ``view`` did over ``steps``: ``none`` recorded while
-    other parameters have one, ``stale`` (the same non-zero values throughout: a leftover
-    ``.grad`` that no backward pass refreshes), ``zero``, ``moving``, or ``unknown`` (no
-    gradients recorded at all, or none at these steps)."""
+    other parameters have one (``gradient_steps``: the steps any gradient is recorded at;
+    PyTorch leaves ``.grad`` None where no backward pass reaches), ``stale`` (the same
+    non-zero values throughout: a leftover ``.grad`` that no backward pass refreshes),
+    ``zero``, ``moving``, or ``unknown`` (no gradients recorded at all, or none at these
+    steps)."""
     if not gradients:
         return "unknown"
     gradient = _gradient_of(view, gradients)
@@ -938,31 +969,36 @@ def _gradient_flow(
     norms = gradient.stat("l2")[np.isin(gradient.steps, steps)]
     norms = norms[np.isfinite(norms)]
     if not len(norms):
-        return "unknown"
+        return "none" if np.isin(steps, gradient_steps).any() else "unknown"
     if norms.max() == 0:
         return "zero"
     return "stale" if len(norms) > 1 and norms.max() == norms.min() else "moving"
 
 
 _NOT_NAME_WORDS = frozenset(
-    {"grad", "grads", "gradient", "gradients", "weights", "params", "param", "parameters", "0"}
+    {"grad", "grads", "gradient", "gradients", "weights", "params", "param", "parameters"}
 )
+_LAYER_MATRIX_WORDS = frozenset({"weight", "kernel", "w"})
 
 
-def _core(tag: str) -> frozenset[str]:
-    """A parameter's name without the words that say weight-or-gradient, digits kept:
-    ``grad/fc1.weight``, ``gradients/fc1/kernel:0`` -> {fc1, weight}, {fc1, kernel}."""
-    words = {w for w in re.split(r"[^a-z0-9]+", tag.lower()) if w}
-    return frozenset(words - _NOT_NAME_WORDS)
+def _core(tag: str) -> tuple[str, ...]:
+    """A parameter's name as its words in order, without those that say weight-or-gradient
+    and TensorFlow's output index: ``grad/fc1.weight``, ``gradients/fc1/kernel:0`` ->
+    (fc1, weight), (fc1, kernel). The order stays: ``experts.2.0.weight`` is not
+    ``experts.0.2.weight``."""
+    name = re.sub(r":\d+(?![0-9])", "", tag.lower())
+    return tuple(w for w in re.split(r"[^a-z0-9]+", name) if w and w not in _NOT_NAME_WORDS)
 
 
 def _gradient_of(
-    view: TensorView, gradients: dict[frozenset[str], TensorView]
+    view: TensorView, gradients: dict[tuple[str, ...], TensorView]
 ) -> TensorView | None:
     """The gradient tensor recorded for a parameter, matched by name (``fc1/grad`` is the
     gradient of ``fc1/weight`` in conventions that name weight gradients by their layer)."""
     core = _core(view.tag)
-    return gradients.get(core) or gradients.get(core - {"weight", "kernel", "w"})
+    return gradients.get(core) or gradients.get(
+        tuple(w for w in core if w not in _LAYER_MATRIX_WORDS)
+    )
 
 
 def _evidence(verdicts: np.ndarray) -> str:

@@ -698,9 +698,12 @@ class TorchHook:
         self._activation_memory = StackMemory()
         self._live = LiveRules(stop_on) if stop_on is not None else None
         self.raise_on_stop = raise_on_stop
-        writer.set_metadata(
-            frozen_parameters=[p.name for p in self._parameters if not p.parameter.requires_grad]
+        # Parameters that require no gradient: at attach, and any a recorded step finds so
+        # later (a backbone frozen once the head has warmed up).
+        self._frozen = dict.fromkeys(
+            p.name for p in self._parameters if not p.parameter.requires_grad
         )
+        writer.set_metadata(frozen_parameters=list(self._frozen))
         dropout = _dropout_rates(self.model)
         if dropout:
             writer.set_metadata(**{schema.META_DROPOUT: dropout})
@@ -1261,6 +1264,8 @@ class TorchHook:
         grads: list[tuple[str, torch.Tensor, str, str | None]] = []
         for entry in self._parameters:
             grad = entry.parameter.grad
+            if grad is None and entry.grad_tag is not None and not entry.parameter.requires_grad:
+                self._note_frozen(entry.name)
             if entry.grad_tag is not None and grad is not None:
                 if grad.layout != torch.strided:
                     # nn.Embedding(sparse=True): its statistics count the rows not looked up.
@@ -1288,6 +1293,12 @@ class TorchHook:
             # Also after a failure: the records queued so far leave with their full tensors
             # written or copied before the optimizer changes them.
             self._send()
+
+    def _note_frozen(self, name: str) -> None:
+        """Add a parameter frozen after attach to the metadata's ``frozen_parameters``."""
+        if name not in self._frozen:
+            self._frozen[name] = None
+            self.writer.set_metadata(frozen_parameters=list(self._frozen))
 
     def _note_eval_training(self, step: int) -> None:
         """The optimizer steps after a forward pass under ``model.eval()`` with autograd on and

@@ -791,6 +791,114 @@ def test_tuning_the_biases_alone_is_on_purpose_while_the_loss_comes_down(
     assert result.findings and all(f.key == "frozen" for f in result.findings)
 
 
+def branched_run(path: Path, *, used_until: dict[int, int], steps: int = 60) -> Path:
+    """A real PyTorch run of a model with three branches (``branches.<i>.0`` and
+    ``branches.<i>.2``, whose names share their words in another order), each in the optimizer
+    and requiring a gradient; branch ``i`` takes part in the forward pass until step
+    ``used_until[i]`` (0: never), as experts a router stops sending samples to."""
+    torch = pytest.importorskip("torch")
+    from torch import nn
+
+    from dbgcli.torch import attach
+
+    torch.manual_seed(0)
+    branches = nn.ModuleList(
+        nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3)) for _ in range(3)
+    )
+    model = nn.Module()
+    model.branches = branches
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    x = torch.randn(256, 8)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
+    with attach(model, optimizer, path) as hook:
+        for step in range(steps):
+            optimizer.zero_grad()
+            used = [b for i, b in enumerate(branches) if step < used_until.get(i, steps)]
+            logits = sum(branch(x) for branch in used)
+            loss = torch.nn.functional.cross_entropy(logits, y)
+            hook.record_loss(loss)
+            loss.backward()
+            optimizer.step()
+    return path
+
+
+def test_a_parameter_no_gradient_reaches_is_not_taken_for_a_frozen_one(tmp_path: Path) -> None:
+    """A branch the forward pass never calls, and one it stops calling: PyTorch leaves their
+    ``.grad`` None while they require one. Not frozen on purpose (the hook lists those), nor a
+    parameter the optimizer forgot (it holds them): a note that the loss does not use them.
+    ``branches.2.0.weight`` takes nothing from ``branches.0.2.weight``'s gradient."""
+    path = branched_run(tmp_path / "branches.h5", used_until={1: 0, 2: 25})
+    result = run_rule(path, "DBG403")
+    assert {f.tensor for f in result.findings} == {
+        f"branches.{i}.{j}.{p}" for i in (1, 2) for j in (0, 2) for p in ("weight", "bias")
+    }
+    for finding in result.findings:
+        assert (finding.key, finding.severity) == ("unused", Severity.info), finding
+        assert "no gradient reaches it, though it requires one" in finding.message
+    # Branch 2 stood still from its last update on, not from the start.
+    assert {f.first_step for f in result.findings if f.tensor.startswith("branches.2")} == {30}
+
+
+def test_a_parameter_frozen_after_attach_is_frozen_on_purpose(tmp_path: Path) -> None:
+    """``requires_grad`` switched off once the run is under way (a backbone frozen after the
+    head warmed up): the hook notes it at the next recorded step, and DBG403 reads it as
+    declared."""
+    torch = pytest.importorskip("torch")
+    from dbgcli.torch import attach
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    x = torch.randn(64, 8)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
+    path = tmp_path / "later.h5"
+    with attach(model, optimizer, path) as hook:
+        for step in range(60):
+            if step == 15:
+                model[0].requires_grad_(False)
+                model[0].zero_grad(set_to_none=True)
+            optimizer.zero_grad()
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            hook.record_loss(loss)
+            loss.backward()
+            optimizer.step()
+    with reader.open_trace(path) as trace:
+        assert trace.metadata["frozen_parameters"] == ["0.weight", "0.bias"]
+    result = run_rule(path, "DBG403")
+    assert {f.tensor for f in result.findings} == {"0.weight", "0.bias"}
+    for finding in result.findings:
+        assert (finding.key, finding.severity) == ("frozen", Severity.info)
+        assert "requires_grad is False" in finding.message
+
+
+def test_no_gradient_to_most_of_a_model_that_does_not_learn_is_the_cause(tmp_path: Path) -> None:
+    """The backbone's output detached before the head, by mistake: no gradient reaches 80 %
+    of the layers' weights, and the loss stays near its start. That is the cause of the
+    underfitting, not a note."""
+    torch = pytest.importorskip("torch")
+
+    class Detached(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.backbone = torch.nn.Sequential(torch.nn.Linear(8, 64), torch.nn.ReLU())
+            self.head = torch.nn.Linear(64, 2)
+
+        def forward(self, x: Any) -> Any:
+            return self.head(self.backbone(x).detach())
+
+    torch.manual_seed(0)
+    x = torch.randn(512, 8)
+    y = ((x[:, 0] * x[:, 1]) > 0).long()  # random ReLU features barely tell the classes apart
+    model = Detached()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    path = train_in_batches(model, optimizer, x, y, tmp_path / "detached.h5", steps=200)
+    weight = next(f for f in run_rule(path, "DBG403").findings if f.tensor == "backbone.0.weight")
+    assert (weight.key, weight.severity) == ("unchanged", Severity.warning)
+    assert "nor 80% of the layers' weights, though they require one" in weight.message
+    report = analyze_path(path, select=("DBG303", "DBG403"))
+    assert report.findings[report.problems[0].cause].rule_id == "DBG403"
+
+
 def test_unchanged_counts_its_run_in_steps_whatever_the_record_interval(tmp_path: Path) -> None:
     dense = frozen_run(tmp_path / "dense.h5", declared=False, stats_every=1)
     sparse = frozen_run(tmp_path / "sparse.h5", declared=False)  # records at steps 0 and 10
