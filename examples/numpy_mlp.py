@@ -6,8 +6,9 @@ Deterministic: the same command writes the same values. Scenarios reproduce clas
     python examples/numpy_mlp.py --scenario dead-relu sample_traces/numpy_mlp_dead_relu.h5
     python examples/numpy_mlp.py --scenario high-lr sample_traces/numpy_mlp_high_lr.h5
 
-healthy:   He-initialised 2x64 ReLU network on a 4-class Gaussian-blob problem, SGD lr 0.05.
-dead-relu: the same network with hidden biases initialised to -8, so almost every ReLU is off
+healthy:   He-initialised 2x64 ReLU network on a 4-class Gaussian-blob problem (inputs
+           standardised with the training set's mean and deviation), SGD lr 0.05.
+dead-relu: the same network with hidden biases initialised to -4, so almost every ReLU is off
            from the first step and the network cannot learn.
 high-lr:   lr 50: updates explode within a few steps and the loss becomes non-finite.
 """
@@ -51,13 +52,17 @@ def train(path: Path, scenario: str, steps: int, raw_every: int, seed: int) -> N
     x_train, y_train = make_data(rng, 2048)
     x_val, y_val = x_train[1536:], y_train[1536:]
     x_train, y_train = x_train[:1536], y_train[:1536]
+    # Unscaled blobs (centres spread 2.5) would start the network's logits at a few units:
+    # an untrained loss of three times ln 4 (DBG310).
+    mean, std = x_train.mean(axis=0), x_train.std(axis=0)
+    x_train, x_val = (x_train - mean) / std, (x_val - mean) / std
     sizes = [x_train.shape[1], 64, 64, 4]
     params: dict[str, np.ndarray] = {}
     for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:]), start=1):
         params[f"fc{i}.weight"] = (
             rng.normal(0.0, np.sqrt(2.0 / fan_in), size=(fan_out, fan_in))
         ).astype(np.float32)
-        bias = -8.0 if scenario == "dead-relu" and i < len(sizes) - 1 else 0.0
+        bias = -4.0 if scenario == "dead-relu" and i < len(sizes) - 1 else 0.0
         params[f"fc{i}.bias"] = np.full(fan_out, bias, dtype=np.float32)
     lr = 50.0 if scenario == "high-lr" else 0.05
     batch = 64
