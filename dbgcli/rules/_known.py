@@ -433,6 +433,13 @@ def unclassed_labels(ctx: RuleContext) -> str | None:
 _IDENTITY_COLUMNS = ("count", "min", "max", "mean", "std")
 
 
+def language_tokens(ctx: RuleContext) -> bool:
+    """Whether the labels are a language model's tokens: the run metadata's ``task`` says so,
+    or they repeat the input ids (see :func:`labels_are_the_inputs`)."""
+    task = ctx.trace.metadata.get("task")
+    return (isinstance(task, str) and task in LANGUAGE_MODELLING) or labels_are_the_inputs(ctx)
+
+
 def labels_are_the_inputs(ctx: RuleContext) -> bool:
     """Whether a labels tensor repeats an integer inputs tensor record for record: same
     shape and the same statistics at each of at least 3 shared steps. A causal language model

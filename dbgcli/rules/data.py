@@ -1446,6 +1446,7 @@ _SCALING_EFFECTS = (
     "DBG303",
     "DBG305",
     "DBG306",
+    "DBG310",
     "DBG402",
     "DBG404",
     "DBG502",

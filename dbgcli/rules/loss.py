@@ -24,9 +24,12 @@ from dbgcli.rules._known import (
     STARVED_LR,
     class_count,
     initial_loss,
+    labels_are_the_inputs,
+    language_tokens,
     lr_below,
     lr_raised,
     resumed_without_start,
+    unclassed_labels,
 )
 from dbgcli.rules._registry import Need, rule
 from dbgcli.rules.data import (
@@ -2465,3 +2468,177 @@ def _clamped_share(
     if np.allclose(p.sum(axis=1), 1.0, atol=1e-3) or ((p == 0) | (p == 1)).all():
         return None
     return float(np.mean(p == 0))
+
+
+# -- DBG310 inflated-initial-loss -----------------------------------------------------------------
+
+
+@rule(
+    "DBG310",
+    "inflated-initial-loss",
+    severity="warning",
+    category="loss",
+    requires=(LABELS, PREDICTIONS),
+    label={"start": "loss inflated at the start", "*": "outputs confidently wrong throughout"},
+    # Outputs that stay confidently wrong keep the loss high.
+    explains={"start": (), "*": ("DBG301:not-decreasing", "DBG303")},
+)
+def inflated_initial_loss(ctx: RuleContext, *, ratio: float = 2.0) -> Iterator[Finding]:
+    """The untrained model's loss is far above a uniform guess's: it starts confidently wrong.
+
+    An untrained classifier should spread its probability over the ``C`` classes: its
+    cross-entropy is then about ``ln C`` (``ln 2`` per output of a binary or multi-label
+    head), and "verify the loss at initialisation" is the first check of Karpathy's recipe
+    (2019) and of TheDeepChecker's pre-training checks. Logits of standard deviation ``s``
+    add about ``s² / 2`` to it; far above it, the model starts out sure of wrong answers, and
+    the first part of training only shrinks its outputs (the "hockey stick" loss curve).
+
+    Read from the full tensors of predictions and labels at the run's first training step
+    (the first step of its training loss or labels; a run resumed from a checkpoint, metadata
+    ``resumed_from_step``, has no untrained model to judge): the mean cross-entropy
+    ``logsumexp(z) - z[y]`` of class scores ``(N, ..., C)`` against class ids ``(N, ...)``
+    (negative ids, ignore markers, left out; labels that repeat the input ids are shifted by
+    one, as a causal language model's), ``-log p[y]`` where the rows are probabilities, or
+    the binary cross-entropy ``log(1 + e^z) - y z`` of one logit per sample (or per label of
+    a multi-label head) against 0/1 targets. Computed from the outputs, not from the recorded
+    loss, so class weights, label smoothing or a summed loss do not change it. Fires when it
+    is at least ``ratio`` times the uniform guess's (TheDeepChecker's default tolerance is
+    the same, a relative deviation of 1): at ``C = 10``, logits with a standard deviation of
+    about 2; the healthy runs of the calibration corpus start at 1.0 to 1.5 times it. A
+    single batch can be dominated by one class (unshuffled data) and score far from a guess
+    by the bias of one logit alone, so the cross-entropy against targets spread evenly over
+    the classes, ``logsumexp(z) - mean(z)``, must reach ``ratio`` times it as well.
+
+    Judged by what followed, as DBG501 judges a scale: key ``inflated``, a warning and a
+    cause of the loss rules' findings, when the cross-entropy is still ``ratio`` times the
+    uniform guess's at the last training step whose predictions are kept in full and finite
+    (the outputs never shrank); else key ``start``, severity info (the cost was the first
+    steps; a run that fails later, say by diverging, fails for its own reason).
+
+    Not judged: the targets of a regression or ranking and in-batch indices (metadata
+    ``task``, or labels that read so), and scores that are hard decisions.
+
+    Why it matters: the gradient first goes into shrinking the outputs, not into learning
+    features; large logits saturate the softmax, and a badly scaled output layer can keep the
+    loss high for the whole run.
+
+    Typical causes: an output layer initialised from ``torch.randn`` without a scale; an
+    embedding tied to the output layer with N(0, 1) entries (transformers use std 0.02);
+    inputs far from unit scale (DBG602); a temperature divided the wrong way; a last bias
+    set to large values.
+
+    Fix: initialise the output layer small (``std`` 0.01-0.02, or zero weights), set its
+    bias to the log of the class frequencies, standardise the inputs.
+
+    Args:
+        ratio: Multiple of the uniform guess's cross-entropy at or above which the initial
+            loss is inflated (above 1).
+    """
+    if ratio <= 1:
+        raise RuleConfigError(f"DBG310 ratio must be above 1, got {ratio}")
+    whole = ctx.unfocused()
+    if resumed_without_start(whole, "train") is not None:
+        return
+    if unclassed_labels(whole) is not None and not language_tokens(whole):
+        return
+    shift = labels_are_the_inputs(whole)
+    series = whole.loss("train")
+    for labels, predictions in scored_labels(whole):
+        train = schema.MODE_CODES["train"]
+        kept = np.intersect1d(
+            _kept_steps(whole, labels.tag, train), _kept_steps(whole, predictions.tag, train)
+        )
+        steps, _ = whole.trace.index(labels.tag)
+        starts = [int(steps.min())] + ([int(series.steps.min())] if series is not None else [])
+        if not len(kept) or int(kept[0]) > min(starts):
+            continue
+        first = _initial_cross_entropy(whole, labels.tag, predictions.tag, int(kept[0]), shift)
+        if first is None:
+            continue
+        # Wrong on the batch's labels, and confident whatever the labels: one batch of a
+        # single class (unshuffled data) can score below a guess by chance of the bias alone.
+        inflation = min(first.labelled, first.even) / first.uniform
+        if inflation < ratio:
+            continue
+        last = None
+        for step in kept[:0:-1]:  # the last finite read after the start
+            later = _initial_cross_entropy(whole, labels.tag, predictions.tag, int(step), shift)
+            if later is not None:
+                last = (int(step), later)
+                break
+        stayed = last is not None and last[1].labelled >= ratio * first.uniform
+        after = (
+            f"; {'still' if stayed else 'down to'} {last[1].labelled:.4g} at step {last[0]}"
+            if last is not None
+            else ""
+        )
+        yield Finding(
+            message=(
+                f"the untrained model's {first.what} is {first.labelled:.4g} at step "
+                f"{int(kept[0])} ({first.even:.4g} against targets spread evenly over the "
+                f"classes), {inflation:.1f} times a uniform guess's {first.uniform:.4g} (>= "
+                f"{ratio:g}): its outputs start confidently wrong (an output layer or tied "
+                f"embedding initialised too large?){after}"
+            ),
+            tensor=predictions.tag,
+            first_step=int(kept[0]),
+            last_step=int(kept[0]),
+            steps=1,
+            value=inflation,
+            threshold=ratio,
+            mode="train",
+            key="inflated" if stayed else "start",
+            severity=None if stayed else Severity.info,
+            extra={"labels": labels.tag, "cross_entropy": first.labelled, "uniform": first.uniform},
+        )
+
+
+class _Confidence(NamedTuple):
+    """One step's mean cross-entropy against its labels (``labelled``) and against targets
+    spread evenly over the classes (``even``, which the batch's class mix does not sway), the
+    uniform guess's (``uniform``), and what the first is in words."""
+
+    labelled: float
+    even: float
+    uniform: float
+    what: str
+
+
+def _initial_cross_entropy(
+    ctx: RuleContext, labels: str, predictions: str, step: int, shift: bool
+) -> _Confidence | None:
+    """How confident one training step's predictions are, right or wrong; None where the
+    step holds no class scores and targets to compare (see :func:`inflated_initial_loss`)."""
+    scores = ctx.trace.raw(predictions, step, "train")
+    truth = ctx.trace.raw(labels, step, "train")
+    if scores is None or truth is None or scores.dtype.kind != "f" or not scores.size:
+        return None
+    z = scores.astype(np.float64)
+    if not np.isfinite(z).all():
+        return None
+    if z.shape == truth.shape or (z.ndim == 2 and z.shape[1] == 1 and truth.ndim == 1):
+        y = truth.reshape(z.shape).astype(np.float64)
+        if not ((y == 0) | (y == 1)).all() or ((z >= 0) & (z <= 1)).all():
+            return None  # not 0/1 targets, or probabilities of a sigmoid (DBG307's to judge)
+        labelled = float(np.mean(np.logaddexp(0.0, z) - y * z))
+        even = float(np.mean(np.logaddexp(0.0, z) - z / 2))
+        return _Confidence(labelled, even, float(np.log(2.0)), "binary cross-entropy")
+    if shift and z.ndim == 3 and truth.shape == z.shape[:2]:
+        z, truth = z[:, :-1], truth[:, 1:]
+    classes = z.shape[-1]
+    if classes < 2 or truth.shape != z.shape[:-1] or truth.dtype.kind not in "iuf":
+        return None
+    ids = truth.reshape(-1)
+    if truth.dtype.kind == "f":
+        if not (ids == np.round(ids)).all():
+            return None
+        ids = ids.astype(np.int64)
+    keep = (ids >= 0) & (ids < classes)
+    if not keep.any():
+        return None
+    rows, ids = z.reshape(-1, classes)[keep], ids[keep]
+    if (rows >= 0).all() and np.allclose(rows.sum(axis=1), 1.0, atol=1e-3):
+        rows = np.log(np.maximum(rows, np.finfo(np.float64).tiny))
+    log_p = _log_softmax(rows, 1)
+    labelled = float(np.mean(-log_p[np.arange(len(ids)), ids]))
+    return _Confidence(labelled, float(np.mean(-log_p)), float(np.log(classes)), "cross-entropy")

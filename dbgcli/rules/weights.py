@@ -165,6 +165,7 @@ def _initial_rows_plan(
         "DBG303",
         "DBG305",
         "DBG306",
+        "DBG310",
         "DBG404",
         "DBG502",
         "DBG503",

@@ -1097,9 +1097,10 @@ def test_loss_rules_quiet_on_a_healthy_run(make_trace, seed: int) -> None:
         "DBG307",
         "DBG308",
         "DBG309",
+        "DBG310",
     ]
-    # DBG307-DBG309 read the recorded predictions, which this trace has none of.
-    reading = ("DBG307", "DBG308", "DBG309")
+    # DBG307-DBG310 read the recorded predictions, which this trace has none of.
+    reading = ("DBG307", "DBG308", "DBG309", "DBG310")
     judged = [r for r in report.results if r.id not in reading]
     assert all(r.status is RuleStatus.passed for r in judged), [(r.id, r.findings) for r in judged]
     assert all(r.status is RuleStatus.skipped for r in report.results if r.id in reading)
@@ -1580,3 +1581,139 @@ def test_a_log_softmax_over_the_batch_in_the_loss_is_read_from_the_logits(
         }
     )
     assert run_rule(trace, "DBG309").status is RuleStatus.passed
+
+
+# -- DBG310 inflated-initial-loss -----------------------------------------------------------------
+
+
+def head_scaled_run(path: Path, *, head_std: float | None, lr: float, steps: int = 200) -> Path:
+    """A 4-class MLP with LayerNorm before its head (DBG501 leaves the scales of such models
+    alone), the head's weights drawn with ``head_std`` (None: PyTorch's default), SGD at
+    ``lr``; labels and logits of every 10th batch recorded in full."""
+    torch = pytest.importorskip("torch")
+    from dbgcli.torch import attach
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(8, 64), torch.nn.ReLU(), torch.nn.LayerNorm(64), torch.nn.Linear(64, 4)
+    )
+    if head_std is not None:
+        torch.nn.init.normal_(model[3].weight, std=head_std)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    x = torch.randn(1024, 8)
+    y = (x[:, 0] > 0).long() + 2 * (x[:, 1] > 0).long()
+    with attach(model, optimizer, path) as hook:
+        for step in range(steps):
+            batch = slice(64 * (step % 16), 64 * (step % 16 + 1))
+            optimizer.zero_grad()
+            logits = model(x[batch])
+            loss = torch.nn.functional.cross_entropy(logits, y[batch])
+            hook.record_loss(loss)
+            if step % 10 == 0:
+                hook.record(labels=y[batch], predictions=logits.detach(), raw=True)
+            loss.backward()
+            optimizer.step()
+    return path
+
+
+def test_a_head_initialised_too_large_starts_confidently_wrong(tmp_path: Path) -> None:
+    """The head drawn from N(0, 1) over 64 normalised features: logits of standard deviation
+    8, a first cross-entropy over five times ln 4. At a learning rate too small to shrink them
+    the outputs stay so, the cause of the run's underfitting; at a working one the loss falls
+    below chance and the start is a note. PyTorch's default head starts near ln 4."""
+    stuck = head_scaled_run(tmp_path / "stuck.h5", head_std=1.0, lr=1e-4)
+    (finding,) = run_rule(stuck, "DBG310").findings
+    assert (finding.key, finding.severity, finding.first_step) == (
+        "inflated",
+        Severity.warning,
+        0,
+    )
+    assert finding.value > 5
+    assert "its outputs start confidently wrong" in finding.message
+    report = analyze_path(stuck, select=("DBG303", "DBG310"))
+    assert report.findings[report.problems[0].cause].rule_id == "DBG310"
+    assert {report.findings[i].rule_id for i in report.problems[0].symptoms} == {"DBG303"}
+
+    learned = head_scaled_run(tmp_path / "learned.h5", head_std=1.0, lr=0.05)
+    (note,) = run_rule(learned, "DBG310").findings
+    assert (note.key, note.severity) == ("start", Severity.info)
+    assert note.extra["cross_entropy"] > 5 * math.log(4)
+
+    default = head_scaled_run(tmp_path / "default.h5", head_std=None, lr=0.05)
+    assert run_rule(default, "DBG310").status is RuleStatus.passed
+
+
+def test_an_initial_loss_read_against_evenly_spread_targets_too(make_trace) -> None:
+    """A first batch of one class (unshuffled data) under an untrained model whose bias
+    favours another: 2.2 times ln 4 on that batch's labels, but a model that is only mildly
+    confident over the classes as a whole (1.7 times): not a confident start. Four times
+    the logits are confident whatever the labels."""
+    rng = np.random.default_rng(0)
+    logits = (np.array([3.0, 0.0, 0.0, 0.0]) + rng.normal(0, 0.1, (64, 4))).astype(np.float32)
+    labels = {"values": [np.ones(64, dtype=np.int64)], "collection": "labels"}
+
+    def trace(scores: np.ndarray) -> Path:
+        predictions = {"values": [scores], "collection": "predictions"}
+        return make_trace(
+            scalars={"loss": [3.1]}, tensors={"labels": labels, "predictions": predictions}
+        )
+
+    assert run_rule(trace(logits), "DBG310").status is RuleStatus.passed
+    scaled = 4 * logits
+    (finding,) = run_rule(trace(scaled), "DBG310").findings
+    evenly = np.log(np.exp(scaled.astype(np.float64)).sum(1)) - scaled.mean(1)
+    assert finding.value == pytest.approx(evenly.mean() / np.log(4), rel=1e-5)
+
+
+def test_an_initial_loss_of_a_language_model_is_read_on_the_next_token(make_trace) -> None:
+    """Labels that repeat the input ids (Hugging Face's causal language models shift them
+    inside): a model that is sure of each next token, recorded from its first step, is
+    right, not confidently wrong about the token it was given. Unshifted, the same logits
+    would read as inflated."""
+    rng = np.random.default_rng(0)
+    vocab, steps = 16, 3
+    ids = rng.integers(0, vocab, (steps, 8, 12))
+    # Each position's logits point at the next token, 10 above the rest.
+    logits = np.zeros((steps, 8, 12, vocab), dtype=np.float32)
+    logits[..., :-1, :][np.eye(vocab, dtype=bool)[ids[..., 1:]]] = 10.0
+    records = [{"values": [ids[i]], "steps": [i]} for i in range(steps)]
+    tensors = {
+        "inputs": [{**r, "collection": "inputs"} for r in records],
+        "labels": [{**r, "collection": "labels"} for r in records],
+        "predictions": [
+            {"values": [logits[i]], "steps": [i], "collection": "predictions"} for i in range(steps)
+        ],
+    }
+    path = make_trace(scalars={"loss": [0.1, 0.1, 0.1]}, tensors=tensors)
+    assert run_rule(path, "DBG310").status is RuleStatus.passed
+    as_classes = make_trace(
+        scalars={"loss": [0.1, 0.1, 0.1]},
+        tensors={k: v for k, v in tensors.items() if k != "inputs"},
+    )
+    assert [f.key for f in run_rule(as_classes, "DBG310").findings] == ["inflated"]
+
+
+def test_an_initial_loss_is_not_judged_after_a_resume_or_for_a_regression(make_trace) -> None:
+    """Two steps of logits sure of a wrong class are inflated; the same records in a run
+    resumed from a checkpoint are no untrained model's, and a regression's outputs are no
+    class scores."""
+    logits = (np.array([8.0, 0.0, 0.0, 0.0]) * np.ones((64, 1))).astype(np.float32)
+    steps = [600, 610]
+    tensors = {
+        "labels": {"values": [np.full(64, 2)] * 2, "collection": "labels"},
+        "predictions": {"values": [logits] * 2, "collection": "predictions"},
+    }
+    inflated = make_trace(scalars={"loss": [8.0, 8.0]}, tensors=tensors)
+    assert [f.key for f in run_rule(inflated, "DBG310").findings] == ["inflated"]
+    resumed = make_trace(
+        scalars={"loss": {"values": [8.0, 8.0], "steps": steps}},
+        tensors={tag: {**spec, "steps": steps} for tag, spec in tensors.items()},
+        metadata={"resumed_from_step": 600},
+    )
+    assert run_rule(resumed, "DBG310").status is RuleStatus.passed
+    regression = make_trace(
+        scalars={"loss": [8.0, 8.0]}, tensors=tensors, metadata={"task": "regression"}
+    )
+    assert run_rule(regression, "DBG310").status is RuleStatus.passed
+    refused = analyze_path(inflated, select=("DBG310",), params={"DBG310": {"ratio": 1.0}})
+    assert refused.error == "DBG310 ratio must be above 1, got 1.0"
