@@ -401,9 +401,9 @@ NOT_CLASSIFICATION = frozenset({"regression", "ranking"})
 def unclassed_labels(ctx: RuleContext) -> str | None:
     """What the labels are when they are no classes: a language model's tokens or the targets
     of a regression or ranking, as the run metadata's ``task`` says (whole-number targets,
-    counts or prices, would otherwise read as class ids); labels that repeat the input ids
-    (a causal language model); floats that are not whole numbers, outside ``[0, 1]`` or
-    of many values (a regression's targets, see :func:`dbgcli.rules.data.regression_targets`);
+    counts or prices, would otherwise read as class ids); labels that repeat the input ids,
+    or hold them one position on (a causal language model); floats that are not whole
+    numbers, outside ``[0, 1]`` or of many values (a regression's targets, see :func:`dbgcli.rules.data.regression_targets`);
     or ``0 .. B-1`` once each in every batch (a contrastive loss's in-batch targets, see
     :func:`dbgcli.rules.data.batch_indices`)."""
     task = ctx.trace.metadata.get("task")
@@ -415,6 +415,11 @@ def unclassed_labels(ctx: RuleContext) -> str | None:
         return (
             "the tokens of a language model (the labels are the input ids, as Hugging Face's "
             "causal language models take them and shift them inside)"
+        )
+    if labels_are_the_next_inputs(ctx):
+        return (
+            "the tokens of a language model (each sequence's labels are its input ids one "
+            "position on: the next token)"
         )
     # Imported here: the data rules build on this module.
     from dbgcli.rules.data import batch_indices, regression_targets
@@ -435,9 +440,14 @@ _IDENTITY_COLUMNS = ("count", "min", "max", "mean", "std")
 
 def language_tokens(ctx: RuleContext) -> bool:
     """Whether the labels are a language model's tokens: the run metadata's ``task`` says so,
-    or they repeat the input ids (see :func:`labels_are_the_inputs`)."""
+    or they are the input ids (see :func:`labels_are_the_inputs`) or the next ones (see
+    :func:`labels_are_the_next_inputs`)."""
     task = ctx.trace.metadata.get("task")
-    return (isinstance(task, str) and task in LANGUAGE_MODELLING) or labels_are_the_inputs(ctx)
+    return (
+        (isinstance(task, str) and task in LANGUAGE_MODELLING)
+        or labels_are_the_inputs(ctx)
+        or labels_are_the_next_inputs(ctx)
+    )
 
 
 def labels_are_the_inputs(ctx: RuleContext) -> bool:
@@ -465,6 +475,65 @@ def _labels_are_the_inputs(ctx: RuleContext) -> bool:
             if len(shared) >= 3 and all(mine[k] == theirs[k] for k in shared):
                 return True
     return False
+
+
+# Steps compared, at most, and the least that must agree.
+_SHIFT_STEPS = 3
+_SHIFT_AGREEING = 2
+
+
+def labels_are_the_next_inputs(ctx: RuleContext) -> bool:
+    """Whether a labels tensor of sequences ``(batch, length)`` holds the next token of an
+    integer inputs tensor of the same shape: ``labels[:, :-1] == inputs[:, 1:]`` wherever the
+    label is not an ignore marker (negative), at each of the first ``3`` steps (at least
+    ``2``) whose full tensors both keep, with at least two distinct tokens compared. A causal
+    language model trained on ``x = seq[:, :-1]``, ``y = seq[:, 1:]``; no classifier's or
+    tagger's labels are its inputs one position on. Computed once per analysis."""
+    return ctx.shared(
+        "labels-are-next-inputs", lambda: _labels_are_the_next_inputs(ctx.unfocused())
+    )
+
+
+def _labels_are_the_next_inputs(ctx: RuleContext) -> bool:
+    inputs = [
+        v
+        for v in ctx.tensors(collection="inputs")
+        if v.info.dtype is not None
+        and np.dtype(v.info.dtype).kind in "iu"
+        and v.info.shape is not None
+        and len(v.info.shape) == 2
+        and v.info.shape[1] >= 2
+    ]
+    for labels in ctx.tensors(collection="labels"):
+        for tokens in (t for t in inputs if t.info.shape == labels.info.shape):
+            shared = sorted(_kept_records(ctx, labels.tag) & _kept_records(ctx, tokens.tag))
+            agreeing = 0
+            for step, mode in shared[:_SHIFT_STEPS]:
+                mine = ctx.trace.raw(labels.tag, step, mode)
+                theirs = ctx.trace.raw(tokens.tag, step, mode)
+                if mine is None or theirs is None or mine.shape != theirs.shape:
+                    break
+                following, given = mine[:, :-1], theirs[:, 1:]
+                marked = following >= 0
+                if len(np.unique(following[marked])) < 2:
+                    break
+                if not np.array_equal(following[marked], given[marked]):
+                    break
+                agreeing += 1
+            else:
+                if agreeing >= _SHIFT_AGREEING:
+                    return True
+    return False
+
+
+def _kept_records(ctx: RuleContext, tag: str) -> set[tuple[int, str]]:
+    """The ``(step, mode)`` records of ``tag`` whose full tensor is stored."""
+    steps, modes = ctx.trace.index(tag)
+    kept = ctx.trace.raw_records(tag)
+    names = {code: name for name, code in schema.MODE_CODES.items()}
+    return {
+        (int(step), names[int(code)]) for step, code in zip(steps[kept], modes[kept], strict=True)
+    }
 
 
 def _stat_rows(view: TensorView) -> dict[tuple[int, int], tuple[float, ...]]:

@@ -1445,6 +1445,37 @@ def test_class_rules_skip_labels_that_are_the_input_ids(make_trace) -> None:
     assert keyed(run_rule(classifier_run, "DBG604"), "diagonal")
 
 
+def test_class_rules_skip_labels_that_are_the_next_input_ids(make_trace) -> None:
+    """A causal language model trained on ``x = seq[:, :-1]``, ``y = seq[:, 1:]``, both
+    recorded: each sequence's labels are its input ids one position on, the next tokens, no
+    classes (with random logits, 20 "classes" read as mostly mispredicted). A tagger's labels
+    of the same shape, one per input token, are judged."""
+    rng = np.random.default_rng(3)
+    sequences = [rng.integers(0, 20, (16, 13)) for _ in range(6)]
+    logits = [rng.normal(size=(16, 12, 20)).astype(np.float32) for _ in range(6)]
+
+    def trace(inputs: list[np.ndarray], labels: list[np.ndarray]) -> Path:
+        return make_trace(
+            tensors={
+                "inputs": {"values": inputs, "collection": "inputs"},
+                "labels": {"values": labels, "collection": "labels"},
+                "predictions": {"values": logits, "collection": "predictions"},
+            }
+        )
+
+    language_model = trace([s[:, :-1] for s in sequences], [s[:, 1:] for s in sequences])
+    for rule_id in ("DBG601", "DBG604"):
+        result = run_rule(language_model, rule_id)
+        assert result.status is RuleStatus.skipped, rule_id
+        assert result.reason.startswith(
+            "the labels are the tokens of a language model (each sequence's labels are its "
+            "input ids one position on"
+        )
+    tags = [rng.integers(0, 20, (16, 12)) for _ in range(6)]
+    tagger = trace([s[:, :-1] for s in sequences], tags)
+    assert run_rule(tagger, "DBG601").status is not RuleStatus.skipped
+
+
 def test_confusion_does_not_judge_non_finite_predictions(make_trace) -> None:
     tensors = classifier([0.3] * 20, seed=15)
     for step in range(10, 20):
