@@ -210,8 +210,10 @@ def loss_not_decreasing(
     its levels span, it is still high in the upper half of that range, and only where it is
     above zero is it judged (below, a surrogate's value has no fixed meaning: a policy
     gradient's rises towards zero as the policy sharpens). A plateau above that half that
-    the loss leaves (a later check's level is below it) was a stage of training, such as a
-    recurrent network that finds the signal after a few epochs at chance: its finding is a
+    the loss leaves (a later check's level is below that half, or below 80 % of the
+    plateau's, DBG303's bar for having learned, both measured from the floor) was a stage of
+    training, such as a recurrent network that finds the signal after a few epochs at
+    chance, or a language model's before its attention finds the context: its finding is a
     note (severity info) that says where the loss went. A rising loss is reported at any
     level, its rise measured against its level before or ``rise_floor`` (a tenth) of the
     first finite loss, whichever is larger (DBG305's floor): a converged loss near 0 doubles
@@ -347,6 +349,7 @@ def loss_not_decreasing(
         rose &= levels_after > 0
         flat &= levels_after > 0
     converged_at = None
+    floor = 0.0
     if converged_fraction is not None:
         if initial is None or _unknown_floor(ctx) is not None:
             # A resumed run, or a floor the trace does not give: convergence cannot be told
@@ -389,15 +392,17 @@ def loss_not_decreasing(
         else:
             message = f"{what} {moved}; must fall more than {min_decrease_pct:g}%)"
             threshold, value = min_decrease_pct, -pct
-        # A plateau above the converged level that a later check finds below it; one that
-        # counts because the learning rate starved below that level is no such plateau.
-        left = (
-            None
-            if increasing or converged_at is None or converged_at[span_of].any()
-            else np.flatnonzero(converged_at[episode.last + 1 :])
-        )
+        # A plateau above the converged level that a later check finds below it, or a fifth
+        # below the plateau (DBG303's bar for having learned): a stage of training, such as a
+        # language model's before its attention finds the context. One that counts because
+        # the learning rate starved below that level is no such plateau.
+        left = None
+        if not increasing and converged_at is not None and not converged_at[span_of].any():
+            plateau = levels_after[episode.last] - floor
+            later = converged_at | (levels_after - floor <= _UNFITTED * plateau)
+            left = np.flatnonzero(later[episode.last + 1 :])
         if left is not None and len(left):
-            # The plateau ended: the loss went on to converge, so the run did learn.
+            # The plateau ended: the loss went on down, so the run did learn.
             at = episode.last + 1 + int(left[0])
             message += (
                 f"; a plateau the loss left: it fell to {levels_after[at]:.4g} by step "

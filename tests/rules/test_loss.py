@@ -156,6 +156,27 @@ def test_loss_not_decreasing_notes_a_plateau_the_loss_leaves(make_trace) -> None
     assert finding.severity is Severity.warning and "plateau the loss left" not in finding.message
 
 
+def test_loss_not_decreasing_notes_a_plateau_the_loss_leaves_above_half(make_trace) -> None:
+    """A small causal language model: ln 32 to 3.33 in 150 steps, flat for 150, then down to
+    2.3 once its attention finds the context, above half the start (the data's own entropy
+    keeps it there). The loss fell by more than a fifth below the plateau (DBG303's bar for
+    having learned): a stage of training, a note. Leaving it by less stays a warning."""
+    rng = np.random.default_rng(1)
+    start = np.log(32)
+    ramp = np.geomspace(start, 3.33, 150)
+    plateau = np.full(150, 3.33)
+
+    def run(end: float) -> Path:
+        level = np.r_[ramp, plateau, np.geomspace(3.33, end, 200)]
+        return make_trace(scalars=losses(level * (1 + 0.003 * rng.standard_normal(500))))
+
+    (finding,) = keyed(run_rule(run(2.3), "DBG301"), "not-decreasing")
+    assert finding.severity is Severity.info
+    assert "; a plateau the loss left: it fell to " in finding.message
+    (finding,) = keyed(run_rule(run(3.0), "DBG301"), "not-decreasing")
+    assert finding.severity is Severity.warning
+
+
 @pytest.mark.parametrize("steps, exponent", [(300, 0.7), (2000, 0.4), (5000, 0.3)])
 def test_loss_not_decreasing_quiet_on_healthy_noisy_loss(
     make_trace, steps: int, exponent: float
