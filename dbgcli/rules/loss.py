@@ -29,7 +29,6 @@ from dbgcli.rules._known import (
     lr_below,
     lr_raised,
     resumed_without_start,
-    unclassed_labels,
 )
 from dbgcli.rules._registry import Need, rule
 from dbgcli.rules.data import (
@@ -2542,12 +2541,14 @@ def inflated_initial_loss(ctx: RuleContext, *, ratio: float = 2.0) -> Iterator[F
     if ratio <= 1:
         raise RuleConfigError(f"DBG310 ratio must be above 1, got {ratio}")
     whole = ctx.unfocused()
-    if resumed_without_start(whole, "train") is not None:
-        return
-    if unclassed_labels(whole) is not None and not language_tokens(whole):
-        return
+    resumed = resumed_without_start(whole, "train")
+    if resumed is not None:
+        raise RuleSkipped(f"the run resumed at step {resumed}: the trace holds no untrained model")
+    if not language_tokens(whole):
+        refuse_unclassed(whole)
     shift = labels_are_the_inputs(whole)
     series = whole.loss("train")
+    judged = False
     for labels, predictions in scored_labels(whole):
         train = schema.MODE_CODES["train"]
         kept = np.intersect1d(
@@ -2560,6 +2561,7 @@ def inflated_initial_loss(ctx: RuleContext, *, ratio: float = 2.0) -> Iterator[F
         first = _initial_cross_entropy(whole, labels.tag, predictions.tag, int(kept[0]), shift)
         if first is None:
             continue
+        judged = True
         # Wrong on the batch's labels, and confident whatever the labels: one batch of a
         # single class (unshuffled data) can score below a guess by chance of the bias alone.
         inflation = min(first.labelled, first.even) / first.uniform
@@ -2595,6 +2597,10 @@ def inflated_initial_loss(ctx: RuleContext, *, ratio: float = 2.0) -> Iterator[F
             key="inflated" if stayed else "start",
             severity=None if stayed else Severity.info,
             extra={"labels": labels.tag, "cross_entropy": first.labelled, "uniform": first.uniform},
+        )
+    if not judged:
+        raise RuleSkipped(
+            "no class scores with their labels kept in full at the run's first training step"
         )
 
 

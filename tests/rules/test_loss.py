@@ -1731,10 +1731,22 @@ def test_an_initial_loss_is_not_judged_after_a_resume_or_for_a_regression(make_t
         tensors={tag: {**spec, "steps": steps} for tag, spec in tensors.items()},
         metadata={"resumed_from_step": 600},
     )
-    assert run_rule(resumed, "DBG310").status is RuleStatus.passed
+    skipped = run_rule(resumed, "DBG310")
+    assert skipped.status is RuleStatus.skipped
+    assert skipped.reason == "the run resumed at step 600: the trace holds no untrained model"
     regression = make_trace(
         scalars={"loss": [8.0, 8.0]}, tensors=tensors, metadata={"task": "regression"}
     )
-    assert run_rule(regression, "DBG310").status is RuleStatus.passed
+    assert run_rule(regression, "DBG310").status is RuleStatus.skipped
+    decided = make_trace(
+        scalars={"loss": [8.0, 8.0]},
+        tensors={
+            **tensors,
+            "predictions": {"values": [np.zeros(64)] * 2, "collection": "predictions"},
+        },
+    )
+    assert run_rule(decided, "DBG310").reason == (
+        "no class scores with their labels kept in full at the run's first training step"
+    )
     refused = analyze_path(inflated, select=("DBG310",), params={"DBG310": {"ratio": 1.0}})
     assert refused.error == "DBG310 ratio must be above 1, got 1.0"
