@@ -3,6 +3,7 @@ weights that collapse."""
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -235,6 +236,13 @@ def poor_weight_initialization(
     constant table is reported. Tensors that are constant skip the scale checks (the
     symmetry check reports them).
 
+    Parameters that a parametrisation turns into the layer's weight skip the scale checks:
+    torch's ``parametrizations.weight.original`` (``original0`` and ``original1`` of
+    ``weight_norm``) and the older ``weight_g`` and ``weight_v``. Their scale is not the
+    layer's: weight normalisation divides the direction by its norm and multiplies by the
+    magnitude ``g`` (Salimans and Kingma 2016), spectral normalisation divides by the largest
+    singular value (Miyato et al. 2018).
+
     Models with normalisation layers (parameters named like LayerNorm, BatchNorm, RMSNorm or
     GroupNorm: ``norm``, ``ln_1``, ``bn1``...) skip the three scale checks: a normalisation
     layer rescales its input, so the forward signal no longer depends on the scale of the
@@ -328,6 +336,8 @@ def _initialisation_findings(
         var = float(view.stat("var")[0])
         if shape is None or embedding or normalised or not np.isfinite(var) or var <= 0:
             continue
+        if _reparametrised(view.tag):
+            continue
         if symmetry is not None and symmetry.constant:
             continue
         fan_in, fan_out = _fans(shape)
@@ -362,6 +372,14 @@ def _initialisation_findings(
                 extra,
             )
     yield from _layer_ratio(scaled, threshold)
+
+
+def _reparametrised(tag: str) -> bool:
+    """A parameter that a parametrisation turns into the layer's weight: torch's
+    ``<module>.parametrizations.<name>.original`` (``original0``, ``original1`` of
+    ``weight_norm``) and the older ``weight_norm``'s ``weight_g`` and ``weight_v``."""
+    parts = re.split(r"[./]", tag)
+    return "parametrizations" in parts or parts[-1] in ("weight_g", "weight_v")
 
 
 def _at_first(

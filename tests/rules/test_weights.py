@@ -255,6 +255,41 @@ def test_initialization_scale_is_not_judged_with_normalisation_layers(make_trace
     assert keyed(run_rule(make_trace(tensors=without), "DBG501"), "too-small")
 
 
+def test_initialization_scale_is_not_judged_on_weight_normalised_layers(tmp_path: Path) -> None:
+    """torch's weight_norm splits a layer's weight into a magnitude per unit (``original0``,
+    shape ``(out, 1)``, from the rows' norms) and a direction (``original1``) that the layer
+    divides by its norm: neither has the layer's scale. Their raw scales read "too small"
+    and 2,300 times apart across layers; the recorded parameters of the plain layers beside
+    them are still judged."""
+    torch = pytest.importorskip("torch")
+    from torch.nn.utils.parametrizations import weight_norm
+
+    from dbgcli.torch import attach
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        weight_norm(torch.nn.Linear(20, 128)),
+        torch.nn.ReLU(),
+        weight_norm(torch.nn.Linear(128, 5)),
+        torch.nn.ReLU(),
+        torch.nn.Linear(5, 5),
+    )
+    with torch.no_grad():
+        model[4].weight.mul_(0.01)  # a plain layer started too small
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    x, y = torch.randn(64, 20), torch.randint(0, 5, (64,))
+    path = tmp_path / "weight-norm.h5"
+    with attach(model, optimizer, path) as hook:
+        for _ in range(3):
+            optimizer.zero_grad()
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            hook.record_loss(loss)
+            loss.backward()
+            optimizer.step()
+    findings = run_rule(path, "DBG501").findings
+    assert {(f.tensor, f.key) for f in findings} == {("4.weight", "too-small")}
+
+
 def test_initialization_leaves_the_padding_row_of_an_embedding_alone(make_trace) -> None:
     table = np.random.default_rng(2).normal(0, 1, (100, 8)).astype(np.float32)
     table[0] = 0.0  # padding_idx=0
