@@ -511,7 +511,8 @@ def _labels_are_the_next_inputs(ctx: RuleContext) -> bool:
             for step, mode in shared[:_SHIFT_STEPS]:
                 mine = ctx.trace.raw(labels.tag, step, mode)
                 theirs = ctx.trace.raw(tokens.tag, step, mode)
-                if mine is None or theirs is None or mine.shape != theirs.shape:
+                # A tag may change shape between records.
+                if mine is None or theirs is None or mine.shape != theirs.shape or mine.ndim != 2:
                     break
                 following, given = mine[:, :-1], theirs[:, 1:]
                 marked = following >= 0

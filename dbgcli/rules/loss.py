@@ -2554,8 +2554,10 @@ def inflated_initial_loss(ctx: RuleContext, *, ratio: float = 2.0) -> Iterator[F
         kept = np.intersect1d(
             _kept_steps(whole, labels.tag, train), _kept_steps(whole, predictions.tag, train)
         )
-        steps, _ = whole.trace.index(labels.tag)
-        starts = [int(steps.min())] + ([int(series.steps.min())] if series is not None else [])
+        steps, modes = whole.trace.index(labels.tag)
+        starts = [int(steps[modes == train].min())] if (modes == train).any() else []
+        if series is not None and len(series.steps):
+            starts.append(int(series.steps.min()))
         if not len(kept) or int(kept[0]) > min(starts):
             continue
         first = _initial_cross_entropy(whole, labels.tag, predictions.tag, int(kept[0]), shift)
@@ -2567,13 +2569,23 @@ def inflated_initial_loss(ctx: RuleContext, *, ratio: float = 2.0) -> Iterator[F
         inflation = min(first.labelled, first.even) / first.uniform
         if inflation < ratio:
             continue
-        last = None
-        for step in kept[:0:-1]:  # the last finite read after the start
-            later = _initial_cross_entropy(whole, labels.tag, predictions.tag, int(step), shift)
-            if later is not None:
-                last = (int(step), later)
-                break
-        stayed = last is not None and last[1].labelled >= ratio * first.uniform
+        # The outputs stayed inflated if no later read came down from there (a few, spread
+        # over the run: a language model's logits are large), nor the recorded loss where it
+        # is the same cross-entropy: a run that shrank them and then diverged fails for its
+        # own reason.
+        bar = ratio * first.uniform
+        later = []
+        for step in _spread([int(step) for step in kept[1:]], _LATER_READS):
+            read = _initial_cross_entropy(whole, labels.tag, predictions.tag, step, shift)
+            if read is not None:
+                later.append((step, read))
+        came_down = any(read.labelled < bar for _, read in later)
+        losses = _train_losses(whole)
+        at_start = losses.get(int(kept[0]))
+        if at_start is not None and abs(at_start - first.labelled) <= 0.1 * first.labelled:
+            came_down = came_down or min(losses.values()) < bar
+        last = later[-1] if later else None
+        stayed = last is not None and not came_down
         after = (
             f"; {'still' if stayed else 'down to'} {last[1].labelled:.4g} at step {last[0]}"
             if last is not None
@@ -2583,7 +2595,7 @@ def inflated_initial_loss(ctx: RuleContext, *, ratio: float = 2.0) -> Iterator[F
             message=(
                 f"the untrained model's {first.what} is {first.labelled:.4g} at step "
                 f"{int(kept[0])} ({first.even:.4g} against targets spread evenly over the "
-                f"classes), {inflation:.1f} times a uniform guess's {first.uniform:.4g} (>= "
+                f"classes), {inflation:.3g} times a uniform guess's {first.uniform:.4g} (>= "
                 f"{ratio:g}): its outputs start confidently wrong (an output layer or tied "
                 f"embedding initialised too large?){after}"
             ),
@@ -2602,6 +2614,10 @@ def inflated_initial_loss(ctx: RuleContext, *, ratio: float = 2.0) -> Iterator[F
         raise RuleSkipped(
             "no class scores with their labels kept in full at the run's first training step"
         )
+
+
+# Later reads of the predictions that tell whether an inflated start came down.
+_LATER_READS = 8
 
 
 class _Confidence(NamedTuple):
@@ -2627,23 +2643,27 @@ def _initial_cross_entropy(
     z = scores.astype(np.float64)
     if not np.isfinite(z).all():
         return None
-    if z.shape == truth.shape or (z.ndim == 2 and z.shape[1] == 1 and truth.ndim == 1):
-        y = truth.reshape(z.shape).astype(np.float64)
-        if not ((y == 0) | (y == 1)).all() or ((z >= 0) & (z <= 1)).all():
-            return None  # not 0/1 targets, or probabilities of a sigmoid (DBG307's to judge)
+    targets = truth.astype(np.float64)
+    indicators = bool(((targets == 0) | (targets == 1)).all())
+    one_hot = indicators and truth.shape == z.shape and bool((targets.sum(axis=-1) == 1).all())
+    single = z.ndim == 1 or z.shape[-1] == 1
+    if indicators and not one_hot and (truth.shape == z.shape or (single and truth.size == z.size)):
+        # One logit per sample, or per label of a multi-label head, against 0/1 targets.
+        if ((z >= 0) & (z <= 1)).all():
+            return None  # probabilities of a sigmoid: DBG307's to judge
+        y = targets.reshape(z.shape)
         labelled = float(np.mean(np.logaddexp(0.0, z) - y * z))
         even = float(np.mean(np.logaddexp(0.0, z) - z / 2))
         return _Confidence(labelled, even, float(np.log(2.0)), "binary cross-entropy")
     if shift and z.ndim == 3 and truth.shape == z.shape[:2]:
         z, truth = z[:, :-1], truth[:, 1:]
     classes = z.shape[-1]
-    if classes < 2 or truth.shape != z.shape[:-1] or truth.dtype.kind not in "iuf":
+    if single or truth.shape not in (z.shape, z.shape[:-1], (*z.shape[:-1], 1)):
         return None
-    ids = truth.reshape(-1)
-    if truth.dtype.kind == "f":
-        if not (ids == np.round(ids)).all():
-            return None
-        ids = ids.astype(np.int64)
+    found, width = class_ids(truth.reshape(z.shape if one_hot else z.shape[:-1])[None])
+    if width not in (None, classes):
+        return None
+    ids = found[0]
     keep = (ids >= 0) & (ids < classes)
     if not keep.any():
         return None

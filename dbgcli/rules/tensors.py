@@ -683,12 +683,15 @@ def unchanged_tensor(
     metadata key ``frozen_parameters``, at attach and as its recorded steps find them) or,
     in a trace that does not say, when gradients are recorded for other parameters but none
     for it (no gradient flows to it): key ``frozen``, severity info (fine-tuning with a
-    frozen backbone). A parameter the recorder does not list, whose gradient is not
-    recorded at those steps while others' are, requires a gradient that never comes (PyTorch
-    leaves ``.grad`` None where no backward pass reaches): the loss does not use it, as a
-    module defined but never called, an output detached before the loss, or an expert of a
-    mixture that the router stopped sending samples to: key ``unused``, severity info, the
-    same for a parameter used early on and not since. Unless the freeze leaves the model too
+    frozen backbone, or one run under ``no_grad`` and left out of the optimizer). A
+    parameter the recorder does not list, that an optimizer holds (metadata
+    ``parameters_not_in_optimizer``), and whose gradient is not recorded at those steps while
+    others' are, requires a gradient that never comes (PyTorch leaves ``.grad`` None where
+    no backward pass reaches): the loss does not use it, as a module defined but never
+    called, an output detached before the loss, or an expert of a mixture that the router
+    stopped sending samples to: key ``unused``, severity info, the same for a parameter used
+    early on and not since. Gradients that the recorder's include/exclude left out (metadata
+    ``gradients_not_recorded``) say nothing either way. Unless the freeze leaves the model too
     little to learn with: at least half of the layers' weights (elements of weights of two
     or more dimensions) are frozen, or get no gradient, and the model has not learned: the mean of the last 50 training losses (at most a quarter
     of them) is above 80 % of the mean of as many first ones (DBG303's bar and window: a
@@ -759,9 +762,11 @@ def unchanged_tensor(
     gradient_steps = np.unique(np.concatenate([v.steps for v in gradients.values()] or [[]]))
     declared = ctx.trace.metadata.get("frozen_parameters")
     frozen = set(declared) if isinstance(declared, list) else set()
-    # The PyTorch hook lists the parameters that require no gradient: any other it records
-    # requires one.
+    # The PyTorch hook lists the parameters that require no gradient (any other it records
+    # requires one), and those whose gradients its include/exclude leaves out.
     requires_known = isinstance(declared, list)
+    unselected = ctx.trace.metadata.get(schema.META_GRADIENTS_NOT_RECORDED)
+    unrecorded = set(unselected) if isinstance(unselected, list) else set()
     left_out = ctx.trace.metadata.get(schema.META_NOT_IN_OPTIMIZER)
     not_in_optimizer = set(left_out) if isinstance(left_out, list) else None
     # The same for every tensor of the trace: judged once.
@@ -782,7 +787,12 @@ def unchanged_tensor(
             if not streak.any():
                 continue
             flowing = _gradient_flow(view, gradients, gradient_steps, steps[streak])
-            if flowing == "none" and requires_known and view.tag not in frozen:
+            if view.tag in unrecorded:
+                flowing = "unknown"
+            # Requiring a gradient and held by an optimizer, yet without one: unused. Out of
+            # every optimizer too, it is frozen another way (a forward under no_grad).
+            held = not_in_optimizer is not None and view.tag not in not_in_optimizer
+            if flowing == "none" and requires_known and held and view.tag not in frozen:
                 flowing = "unused"
             gradient = _gradient_of(view, gradients)
             if flowing == "zero" and gradient is not None and gradient.tag in invariant:
@@ -860,10 +870,10 @@ _WHY = {
     "declared": ": frozen on purpose (the recorder says requires_grad is False)",
     "none": ": frozen on purpose (no gradient flows to it)",
     "unused": (
-        ": no gradient reaches it, though it requires one (the recorder checked): the loss "
-        "does not depend on it (a module the forward pass does not call, an output detached "
-        "before the loss, or a branch no sample takes, such as an expert the router sends "
-        "nothing)"
+        ": no gradient reaches it, though it requires one and an optimizer holds it (the "
+        "recorder checked): the loss does not depend on it (a module the forward pass does "
+        "not call, an output detached before the loss, or a branch no sample takes, such as "
+        "an expert the router sends nothing)"
     ),
     "stale": ": frozen on purpose (its recorded gradient never changes: no backward reaches it)",
     "zero": ": its gradient is zero (no gradient reaches it: a detach, a dead layer?)",
@@ -966,10 +976,13 @@ def _gradient_flow(
     gradient = _gradient_of(view, gradients)
     if gradient is None:
         return "none"
-    norms = gradient.stat("l2")[np.isin(gradient.steps, steps)]
+    recorded = np.isin(gradient.steps, steps)
+    if not recorded.any():
+        return "none" if np.isin(steps, gradient_steps).any() else "unknown"
+    norms = gradient.stat("l2")[recorded]
     norms = norms[np.isfinite(norms)]
     if not len(norms):
-        return "none" if np.isin(steps, gradient_steps).any() else "unknown"
+        return "unknown"
     if norms.max() == 0:
         return "zero"
     return "stale" if len(norms) > 1 and norms.max() == norms.min() else "moving"

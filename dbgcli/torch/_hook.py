@@ -704,6 +704,13 @@ class TorchHook:
             p.name for p in self._parameters if not p.parameter.requires_grad
         )
         writer.set_metadata(frozen_parameters=list(self._frozen))
+        # Trainable parameters whose gradients include/exclude leaves out: their missing
+        # gradient records say nothing of whether a gradient reaches them.
+        unrecorded = [
+            p.name for p in self._parameters if p.parameter.requires_grad and p.grad_tag is None
+        ]
+        if unrecorded:
+            writer.set_metadata(**{schema.META_GRADIENTS_NOT_RECORDED: unrecorded})
         dropout = _dropout_rates(self.model)
         if dropout:
             writer.set_metadata(**{schema.META_DROPOUT: dropout})
@@ -1263,9 +1270,11 @@ class TorchHook:
         ]
         grads: list[tuple[str, torch.Tensor, str, str | None]] = []
         for entry in self._parameters:
-            grad = entry.parameter.grad
-            if grad is None and entry.grad_tag is not None and not entry.parameter.requires_grad:
+            if not entry.parameter.requires_grad:
+                # Frozen since attach (or before): a gradient left in .grad is no update's.
                 self._note_frozen(entry.name)
+                continue
+            grad = entry.parameter.grad
             if entry.grad_tag is not None and grad is not None:
                 if grad.layout != torch.strided:
                     # nn.Embedding(sparse=True): its statistics count the rows not looked up.

@@ -1475,6 +1475,13 @@ def test_class_rules_skip_labels_that_are_the_next_input_ids(make_trace) -> None
     tagger = trace([s[:, :-1] for s in sequences], tags)
     assert run_rule(tagger, "DBG601").status is not RuleStatus.skipped
 
+    # A tag may change shape between records: a flat record is no sequence to compare.
+    def mixed(part: slice) -> list[np.ndarray]:
+        return [s[:, part] if i % 3 == 0 else s[0, part] for i, s in enumerate(sequences)]
+
+    flat = trace(mixed(slice(None, -1)), mixed(slice(1, None)))
+    assert run_rule(flat, "DBG601").status is not RuleStatus.error
+
 
 def test_confusion_does_not_judge_non_finite_predictions(make_trace) -> None:
     tensors = classifier([0.3] * 20, seed=15)

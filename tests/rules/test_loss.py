@@ -1686,6 +1686,49 @@ def test_an_initial_loss_read_against_evenly_spread_targets_too(make_trace) -> N
     assert finding.value == pytest.approx(evenly.mean() / np.log(4), rel=1e-5)
 
 
+def test_an_initial_loss_reads_one_hot_labels_as_classes_and_starts_at_training(
+    make_trace,
+) -> None:
+    """One-hot labels of the logits' shape are one class per sample, not ten binary
+    targets: logits all about 5 are a uniform softmax, ln 10, not a confident start. An
+    evaluation recorded before the first training step does not hide the training start.
+    An inflated start that shrank and then diverged is a note: the run failed for its own
+    reason."""
+    rng = np.random.default_rng(1)
+    ids = rng.integers(0, 10, 64)
+
+    def trace(scores: list[np.ndarray], labels: np.ndarray, **extra: Any) -> Path:
+        tensors = {
+            "labels": {"values": [labels] * len(scores), "collection": "labels"},
+            "predictions": {"values": scores, "collection": "predictions"},
+        }
+        return make_trace(scalars={"loss": [2.3] * len(scores)}, tensors={**tensors, **extra})
+
+    flat = [(5.0 + 0.1 * rng.normal(size=(64, 10))).astype(np.float32) for _ in range(3)]
+    assert run_rule(trace(flat, np.eye(10)[ids]), "DBG310").status is RuleStatus.passed
+
+    sure = [(6 * rng.normal(size=(64, 10))).astype(np.float32) for _ in range(3)]
+    path = make_trace(
+        scalars={"loss": {"values": [15.0, 15.0, 15.0], "steps": [1, 2, 3]}},
+        tensors={
+            "labels": [
+                {"values": [ids], "steps": [0], "mode": "eval", "collection": "labels"},
+                {"values": [ids] * 3, "steps": [1, 2, 3], "collection": "labels"},
+            ],
+            "predictions": [
+                {"values": [sure[0]], "steps": [0], "mode": "eval", "collection": "predictions"},
+                {"values": sure, "steps": [1, 2, 3], "collection": "predictions"},
+            ],
+        },
+    )
+    assert [f.first_step for f in run_rule(path, "DBG310").findings] == [1]
+
+    learned = (8 * np.eye(10)[ids]).astype(np.float32)
+    diverged = [sure[0], learned, learned, (40 * rng.normal(size=(64, 10))).astype(np.float32)]
+    (finding,) = run_rule(trace(diverged, ids), "DBG310").findings
+    assert (finding.key, finding.severity) == ("start", Severity.info)
+
+
 def test_an_initial_loss_of_a_language_model_is_read_on_the_next_token(make_trace) -> None:
     """Labels that repeat the input ids (Hugging Face's causal language models shift them
     inside): a model that is sure of each next token, recorded from its first step, is

@@ -791,7 +791,9 @@ def test_tuning_the_biases_alone_is_on_purpose_while_the_loss_comes_down(
     assert result.findings and all(f.key == "frozen" for f in result.findings)
 
 
-def branched_run(path: Path, *, used_until: dict[int, int], steps: int = 60) -> Path:
+def branched_run(
+    path: Path, *, used_until: dict[int, int], steps: int = 60, exclude: list[str] | None = None
+) -> Path:
     """A real PyTorch run of a model with three branches (``branches.<i>.0`` and
     ``branches.<i>.2``, whose names share their words in another order), each in the optimizer
     and requiring a gradient; branch ``i`` takes part in the forward pass until step
@@ -810,7 +812,7 @@ def branched_run(path: Path, *, used_until: dict[int, int], steps: int = 60) -> 
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     x = torch.randn(256, 8)
     y = (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
-    with attach(model, optimizer, path) as hook:
+    with attach(model, optimizer, path, exclude=exclude) as hook:
         for step in range(steps):
             optimizer.zero_grad()
             used = [b for i, b in enumerate(branches) if step < used_until.get(i, steps)]
@@ -839,36 +841,67 @@ def test_a_parameter_no_gradient_reaches_is_not_taken_for_a_frozen_one(tmp_path:
     assert {f.first_step for f in result.findings if f.tensor.startswith("branches.2")} == {30}
 
 
+def test_a_missing_gradient_is_not_read_as_unused_without_the_evidence(
+    tmp_path: Path, make_trace
+) -> None:
+    """A branch the forward pass never calls, whose gradients the recorder was told to leave
+    out (``exclude``), has no gradient records for another reason than the loss: not
+    "unused". Nor is a parameter whose recorded gradient is NaN."""
+    path = branched_run(tmp_path / "excluded.h5", used_until={1: 0}, exclude=["grad/branches.1.*"])
+    result = run_rule(path, "DBG403")
+    assert {f.tensor for f in result.findings} == {
+        f"branches.1.{j}.{p}" for j in (0, 2) for p in ("weight", "bias")
+    }
+    assert all(f.key != "unused" for f in result.findings)
+
+    rng = np.random.default_rng(0)
+    moving = [rng.normal(size=(4, 4)) + step for step in range(10)]
+    tensors = {
+        "fc1.weight": {"values": [np.ones((4, 4))] * 10, "collection": "weights"},
+        "fc2.weight": {"values": moving, "collection": "weights"},
+        "grad/fc1.weight": {"values": [np.full((4, 4), np.nan)] * 10, "collection": "gradients"},
+        "grad/fc2.weight": {"values": moving, "collection": "gradients"},
+    }
+    nan = make_trace(tensors=tensors, metadata={"frozen_parameters": []})
+    (finding,) = run_rule(nan, "DBG403").findings
+    assert (finding.tensor, finding.key, finding.severity) == (
+        "fc1.weight",
+        "unchanged",
+        Severity.warning,
+    )
+
+
 def test_a_parameter_frozen_after_attach_is_frozen_on_purpose(tmp_path: Path) -> None:
     """``requires_grad`` switched off once the run is under way (a backbone frozen after the
-    head warmed up): the hook notes it at the next recorded step, and DBG403 reads it as
-    declared."""
+    head warmed up): the hook notes it at the next recorded step, whether its gradient is
+    then None or a zeroed tensor (``zero_grad(set_to_none=False)``), and DBG403 reads it as
+    declared. (With a zeroed gradient Adam's momentum keeps moving it for a while: SGD.)"""
     torch = pytest.importorskip("torch")
     from dbgcli.torch import attach
 
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    x = torch.randn(64, 8)
-    y = (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
-    path = tmp_path / "later.h5"
-    with attach(model, optimizer, path) as hook:
-        for step in range(60):
-            if step == 15:
-                model[0].requires_grad_(False)
-                model[0].zero_grad(set_to_none=True)
-            optimizer.zero_grad()
-            loss = torch.nn.functional.cross_entropy(model(x), y)
-            hook.record_loss(loss)
-            loss.backward()
-            optimizer.step()
-    with reader.open_trace(path) as trace:
-        assert trace.metadata["frozen_parameters"] == ["0.weight", "0.bias"]
-    result = run_rule(path, "DBG403")
-    assert {f.tensor for f in result.findings} == {"0.weight", "0.bias"}
-    for finding in result.findings:
-        assert (finding.key, finding.severity) == ("frozen", Severity.info)
-        assert "requires_grad is False" in finding.message
+    for set_to_none in (True, False):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+        x = torch.randn(64, 8)
+        y = (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
+        path = tmp_path / f"later-{set_to_none}.h5"
+        with attach(model, optimizer, path) as hook:
+            for step in range(60):
+                if step == 15:
+                    model[0].requires_grad_(False)
+                optimizer.zero_grad(set_to_none=set_to_none)
+                loss = torch.nn.functional.cross_entropy(model(x), y)
+                hook.record_loss(loss)
+                loss.backward()
+                optimizer.step()
+        with reader.open_trace(path) as trace:
+            assert trace.metadata["frozen_parameters"] == ["0.weight", "0.bias"]
+        result = run_rule(path, "DBG403")
+        assert {f.tensor for f in result.findings} == {"0.weight", "0.bias"}, set_to_none
+        for finding in result.findings:
+            assert (finding.key, finding.severity) == ("frozen", Severity.info)
+            assert "requires_grad is False" in finding.message
 
 
 def test_no_gradient_to_most_of_a_model_that_does_not_learn_is_the_cause(tmp_path: Path) -> None:
