@@ -2665,3 +2665,112 @@ def _batch_mixing(stream: _Stream, max_correlation: float, samples: int) -> Iter
             "labels": seen,
         },
     )
+
+
+# -- DBG606 -------------------------------------------------------------------------------------
+
+INPUTS = Need("model inputs (role 'inputs')", lambda ctx: bool(_tagged(ctx, "inputs")))
+
+# The statistics two records of a batch share when they hold the same values; of float
+# samples, or of more than a few token ids, no two different batches share them all. Summed
+# in another order (the recorder's kernels split the work by size), the same float32 values
+# give sums a few units in the last place apart: alike within 1e-5 of the values' RMS.
+_BATCH_IDENTITY = ("min", "max", "mean", "std", "l1", "l2")
+_ALIKE = 1e-5
+
+
+@rule(
+    "DBG606",
+    "repeated-batch",
+    severity="warning",
+    category="data",
+    requires=INPUTS,
+    label={"one-batch": "one batch at every step", "*": "the same batch at every step"},
+    # One batch memorised: the training loss falls to nothing while the held-out loss stays.
+    explains={"one-batch": (), "*": ("DBG302", "DBG304")},
+)
+def repeated_batch(ctx: RuleContext, *, records: int = 5) -> Iterator[Finding]:
+    """The model trains on the same batch at every step: the data loader is not advanced.
+
+    ``x, y = next(iter(loader))`` inside the training loop creates a new iterator at every
+    step and takes its first batch: without ``shuffle=True`` that is the same batch each
+    time. The model memorises it; its training loss falls smoothly to near zero (there is no
+    other batch to disagree) and it never sees the rest of the data.
+
+    Read from the statistics of every training record of each inputs tensor: at least
+    ``records`` of them of one size, from the first to the last, whose minimum, maximum,
+    mean, standard deviation and L1 and L2 norms per value agree within ``1e-5`` of the
+    values' root mean square (the same float32 values summed in another order land a few
+    units in the last place apart), and whose values vary (inputs that are all one value,
+    zeroed by a bug, are DBG401's). Two different batches of float samples, or of more than
+    a few token ids, never share them all. Inputs recorded from a fixed probe batch, rather
+    than from the batches trained on, read the same.
+
+    Full-batch training (a whole small data set at each step, a graph network on its one
+    graph, L-BFGS) and the "overfit one batch" sanity check do the same on purpose, so the
+    finding is a note (key ``one-batch``) unless the run evaluates on a batch larger than the
+    one it trains on (key ``repeated``, warning): a training set smaller than its held-out
+    set is no split made for evaluation (they run 80/20 or 90/10), but one batch of it.
+
+    Why it matters: the model learns one batch, not the task; the held-out loss stays where
+    the first steps left it, or the run reads as overfitting.
+
+    Typical causes: ``next(iter(loader))`` inside the loop; a batch fetched once before the
+    loop; a ``Dataset`` whose ``__getitem__`` ignores its index.
+
+    Fix: iterate over the loader (``for x, y in loader:``), or keep one iterator and call
+    ``next`` on it, re-creating it at the end of each epoch.
+
+    Args:
+        records: Training records of the inputs, all alike, needed for a finding (at least 2).
+    """
+    if records < 2:
+        raise RuleConfigError(f"DBG606 records must be at least 2, got {records}")
+    whole = ctx.unfocused()
+    train = schema.MODE_CODES["train"]
+    for view in _tagged(whole, "inputs"):
+        training = view.modes == train
+        if training.sum() < records:
+            continue
+        counts = view.stat("count")
+        size = float(counts[training][0])
+        if size < 1 or not (counts[training] == size).all():
+            continue
+        # Per value: the norms over the count, so that all compare on the values' scale.
+        rows = np.column_stack([view.stat(name) for name in _BATCH_IDENTITY])[training]
+        rows[:, 4] /= size
+        rows[:, 5] /= np.sqrt(size)
+        # A batch of one value throughout (inputs zeroed by a bug, DBG401's) is no batch
+        # told apart from others.
+        if not np.isfinite(rows).all() or rows[0, 3] <= 0:
+            continue
+        if not np.allclose(rows, rows[0], rtol=0.0, atol=_ALIKE * rows[0, 5]):
+            continue
+        steps = view.steps[training]
+        held_out = counts[~training]
+        larger = held_out[held_out > size]
+        repeated = bool(len(larger))
+        why = (
+            f"evaluated on batches of up to {larger.max():.0f} values: a training set "
+            "smaller than its held-out set is one batch of it (next(iter(loader)) inside the "
+            "loop?)"
+            if repeated
+            else "full-batch training, or a loader never advanced (next(iter(loader)) inside "
+            "the loop?)"
+        )
+        yield Finding(
+            message=(
+                f"the training inputs are the same batch of {size:.0f} values at all "
+                f"{len(steps)} records, steps {int(steps[0])}-{int(steps[-1])} (alike in every "
+                f"statistic): {why}"
+            ),
+            tensor=view.tag,
+            first_step=int(steps[0]),
+            last_step=int(steps[-1]),
+            steps=len(steps),
+            value=float(len(steps)),
+            threshold=float(records),
+            mode="train",
+            key="repeated" if repeated else "one-batch",
+            severity=None if repeated else Severity.info,
+        )

@@ -1753,3 +1753,71 @@ def test_counts_a_single_output_predicts_are_quantities_not_classes(make_trace) 
         "predictions": {"values": logits, "collection": "predictions"},
     }
     assert run_rule(make_trace(tensors=segmentation), "DBG604").status is not RuleStatus.skipped
+
+
+# -- DBG606 repeated-batch ------------------------------------------------------------------------
+
+
+def loader_run(path: Path, *, advanced: bool, record_eval: bool) -> Path:
+    """A 5-class MLP on 3,500 samples read by a DataLoader without shuffling, batch 64:
+    iterated as it should be (``advanced``), or with ``next(iter(loader))`` at every step,
+    the first batch each time; inputs recorded every training step, and (``record_eval``)
+    those of the 500-sample evaluation every 25 steps."""
+    torch = pytest.importorskip("torch")
+    from dbgcli.torch import attach
+
+    torch.manual_seed(0)
+    centres = torch.randn(5, 20)
+    y = torch.randint(0, 5, (4000,))
+    x = centres[y] + torch.randn(4000, 20)
+    data = torch.utils.data.TensorDataset(x[:3500], y[:3500])
+    loader = torch.utils.data.DataLoader(data, batch_size=64)
+    model = torch.nn.Sequential(torch.nn.Linear(20, 64), torch.nn.ReLU(), torch.nn.Linear(64, 5))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    batches = iter(loader)
+    with attach(model, optimizer, path) as hook:
+        for step in range(100):
+            if advanced:
+                inputs, labels = next(batches, (None, None))
+                if inputs is None:
+                    batches = iter(loader)
+                    inputs, labels = next(batches)
+            else:
+                inputs, labels = next(iter(loader))
+            optimizer.zero_grad()
+            loss = torch.nn.functional.cross_entropy(model(inputs), labels)
+            hook.record_loss(loss)
+            hook.record(inputs=inputs)
+            loss.backward()
+            optimizer.step()
+            if step % 25 == 0:
+                with torch.no_grad():
+                    held_out = model(x[3500:])
+                if record_eval:
+                    hook.record(inputs=x[3500:], mode="eval")
+                hook.record_loss(torch.nn.functional.cross_entropy(held_out, y[3500:]), mode="eval")
+    return path
+
+
+def test_repeated_batch_finds_a_loader_that_is_never_advanced(tmp_path: Path) -> None:
+    """``next(iter(loader))`` inside the loop: the first batch at every step. Evaluated on
+    500 samples, more than the 64 it trains on, the run is one batch of a split: a warning.
+    Without a held-out batch to compare, full-batch training looks the same: a note. A
+    loader iterated as it should be passes."""
+    stuck = loader_run(tmp_path / "stuck.h5", advanced=False, record_eval=True)
+    (finding,) = run_rule(stuck, "DBG606").findings
+    assert (finding.key, finding.severity, finding.steps) == ("repeated", Severity.warning, 100)
+    assert "the same batch of 1280 values at all 100 records" in finding.message
+    unsized = loader_run(tmp_path / "unsized.h5", advanced=False, record_eval=False)
+    assert [(f.key, f.severity) for f in run_rule(unsized, "DBG606").findings] == [
+        ("one-batch", Severity.info)
+    ]
+    fine = loader_run(tmp_path / "fine.h5", advanced=True, record_eval=True)
+    assert run_rule(fine, "DBG606").status is RuleStatus.passed
+
+
+def test_repeated_batch_leaves_inputs_of_one_value_alone(make_trace) -> None:
+    """Inputs zeroed by a bug (x // 255) are alike at every step without being one batch:
+    DBG401's finding, not this rule's."""
+    zeros = {"values": [np.zeros((64, 8), np.float32)] * 10, "collection": "inputs"}
+    assert run_rule(make_trace(tensors={"inputs": zeros}), "DBG606").status is RuleStatus.passed
