@@ -506,7 +506,7 @@ def _labels_are_the_next_inputs(ctx: RuleContext) -> bool:
     ]
     for labels in ctx.tensors(collection="labels"):
         for tokens in (t for t in inputs if t.info.shape == labels.info.shape):
-            shared = sorted(_kept_records(ctx, labels.tag) & _kept_records(ctx, tokens.tag))
+            shared = sorted(kept_records(ctx, labels.tag) & kept_records(ctx, tokens.tag))
             agreeing = 0
             for step, mode in shared[:_SHIFT_STEPS]:
                 mine = ctx.trace.raw(labels.tag, step, mode)
@@ -527,7 +527,7 @@ def _labels_are_the_next_inputs(ctx: RuleContext) -> bool:
     return False
 
 
-def _kept_records(ctx: RuleContext, tag: str) -> set[tuple[int, str]]:
+def kept_records(ctx: RuleContext, tag: str) -> set[tuple[int, str]]:
     """The ``(step, mode)`` records of ``tag`` whose full tensor is stored."""
     steps, modes = ctx.trace.index(tag)
     kept = ctx.trace.raw_records(tag)

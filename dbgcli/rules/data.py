@@ -40,7 +40,7 @@ import numpy as np
 from dbgcli.errors import RuleConfigError, RuleSkipped
 from dbgcli.findings import Finding, Severity
 from dbgcli.rules._context import Episode, RuleContext, TensorView, episode_findings
-from dbgcli.rules._known import is_embedding, unclassed_labels
+from dbgcli.rules._known import is_embedding, kept_records, unclassed_labels
 from dbgcli.rules._registry import Need, rule
 from dbgcli.trace import schema
 from dbgcli.trace.derive import Accumulator, Derivation
@@ -2669,12 +2669,8 @@ def _batch_mixing(stream: _Stream, max_correlation: float, samples: int) -> Iter
 
 # -- DBG606 -------------------------------------------------------------------------------------
 
-INPUTS = Need("model inputs (role 'inputs')", lambda ctx: bool(_tagged(ctx, "inputs")))
-
-# The statistics two records of a batch share when they hold the same values; of float
-# samples, or of more than a few token ids, no two different batches share them all. Summed
-# in another order (the recorder's kernels split the work by size), the same float32 values
-# give sums a few units in the last place apart: alike within 1e-5 of the values' RMS.
+# Summed in another order (the recorder's kernels split the work by size), the same float32
+# values give statistics a few units in the last place apart: alike within 1e-5 of their RMS.
 _BATCH_IDENTITY = ("min", "max", "mean", "std", "l1", "l2")
 _ALIKE = 1e-5
 
@@ -2684,7 +2680,7 @@ _ALIKE = 1e-5
     "repeated-batch",
     severity="warning",
     category="data",
-    requires=INPUTS,
+    requires=Need.tensors(collection="inputs"),
     label={"one-batch": "one batch at every step", "*": "the same batch at every step"},
     # One batch memorised: the training loss falls to nothing while the held-out loss stays.
     explains={"one-batch": (), "*": ("DBG302", "DBG304")},
@@ -2697,19 +2693,22 @@ def repeated_batch(ctx: RuleContext, *, records: int = 5) -> Iterator[Finding]:
     time. The model memorises it; its training loss falls smoothly to near zero (there is no
     other batch to disagree) and it never sees the rest of the data.
 
-    Read from the statistics of every training record of each inputs tensor: at least
-    ``records`` of them of one size, from the first to the last, whose minimum, maximum,
-    mean, standard deviation and L1 and L2 norms per value agree within ``1e-5`` of the
-    values' root mean square (the same float32 values summed in another order land a few
-    units in the last place apart), and whose values vary (inputs that are all one value,
-    zeroed by a bug, are DBG401's). Two different batches of float samples, or of more than
-    a few token ids, never share them all. Inputs recorded from a fixed probe batch, rather
-    than from the batches trained on, read the same.
+    Read from the training records of each inputs tensor: at least ``records`` of them, two
+    of them at consecutive steps (records an epoch apart find an unshuffled loader back at
+    its first batch, as they should), all of one size, whose minimum, maximum, mean, standard
+    deviation and L1 and L2 norms per value agree within ``1e-5`` of the values' root mean
+    square (the same float32 values summed in another order land a few units in the last
+    place apart) and whose values vary (inputs all of one value, zeroed by a bug, are
+    DBG401's); and two of them kept in full are equal value for value, in order. One-hot or
+    0/1 inputs share their statistics from batch to batch, and full-batch training that
+    reshuffles its samples (the Hugging Face ``Trainer`` on a tiny set) changes their order:
+    neither is equal in full. Inputs recorded from a fixed probe batch, rather than from the
+    batches trained on, read the same.
 
     Full-batch training (a whole small data set at each step, a graph network on its one
     graph, L-BFGS) and the "overfit one batch" sanity check do the same on purpose, so the
-    finding is a note (key ``one-batch``) unless the run evaluates on a batch larger than the
-    one it trains on (key ``repeated``, warning): a training set smaller than its held-out
+    finding is a note (key ``one-batch``) unless the run evaluates more samples at one step
+    than it trains on (key ``repeated``, warning): a training set smaller than its held-out
     set is no split made for evaluation (they run 80/20 or 90/10), but one batch of it.
 
     Why it matters: the model learns one batch, not the task; the held-out loss stays where
@@ -2726,34 +2725,23 @@ def repeated_batch(ctx: RuleContext, *, records: int = 5) -> Iterator[Finding]:
     """
     if records < 2:
         raise RuleConfigError(f"DBG606 records must be at least 2, got {records}")
-    whole = ctx.unfocused()
     train = schema.MODE_CODES["train"]
-    for view in _tagged(whole, "inputs"):
+    judged = False
+    for view in _tagged(ctx, "inputs"):
         training = view.modes == train
-        if training.sum() < records:
-            continue
-        counts = view.stat("count")
-        size = float(counts[training][0])
-        if size < 1 or not (counts[training] == size).all():
-            continue
-        # Per value: the norms over the count, so that all compare on the values' scale.
-        rows = np.column_stack([view.stat(name) for name in _BATCH_IDENTITY])[training]
-        rows[:, 4] /= size
-        rows[:, 5] /= np.sqrt(size)
-        # A batch of one value throughout (inputs zeroed by a bug, DBG401's) is no batch
-        # told apart from others.
-        if not np.isfinite(rows).all() or rows[0, 3] <= 0:
-            continue
-        if not np.allclose(rows, rows[0], rtol=0.0, atol=_ALIKE * rows[0, 5]):
-            continue
         steps = view.steps[training]
-        held_out = counts[~training]
-        larger = held_out[held_out > size]
-        repeated = bool(len(larger))
+        if len(steps) < records or not (np.diff(steps) == 1).any():
+            continue
+        judged = True
+        alike = _same_batch(view, training)
+        if alike is None:
+            continue
+        size = float(view.stat("count")[training][0])
+        evaluated = _values_per_step(view, ~training)
+        repeated = evaluated > size
         why = (
-            f"evaluated on batches of up to {larger.max():.0f} values: a training set "
-            "smaller than its held-out set is one batch of it (next(iter(loader)) inside the "
-            "loop?)"
+            f"evaluated on {evaluated:.0f} values at one step: a training set smaller than its "
+            "held-out set is one batch of it (next(iter(loader)) inside the loop?)"
             if repeated
             else "full-batch training, or a loader never advanced (next(iter(loader)) inside "
             "the loop?)"
@@ -2761,8 +2749,8 @@ def repeated_batch(ctx: RuleContext, *, records: int = 5) -> Iterator[Finding]:
         yield Finding(
             message=(
                 f"the training inputs are the same batch of {size:.0f} values at all "
-                f"{len(steps)} records, steps {int(steps[0])}-{int(steps[-1])} (alike in every "
-                f"statistic): {why}"
+                f"{len(steps)} records, steps {int(steps[0])}-{int(steps[-1])} (equal in full "
+                f"at steps {alike[0]} and {alike[1]}): {why}"
             ),
             tensor=view.tag,
             first_step=int(steps[0]),
@@ -2774,3 +2762,46 @@ def repeated_batch(ctx: RuleContext, *, records: int = 5) -> Iterator[Finding]:
             key="repeated" if repeated else "one-batch",
             severity=None if repeated else Severity.info,
         )
+    if not judged:
+        raise RuleSkipped(
+            f"no inputs recorded at {records} training steps or more, two of them consecutive"
+        )
+
+
+def _same_batch(view: TensorView, training: np.ndarray) -> tuple[int, int] | None:
+    """Two steps whose training records of ``view`` are equal in full, when all its training
+    records hold one batch (see :func:`repeated_batch`); else None."""
+    counts = view.stat("count")[training]
+    size = float(counts[0])
+    if size < 1 or not (counts == size).all():
+        return None
+    # Per value: the norms over the count, so that all compare on the values' scale.
+    rows = np.column_stack([view.stat(name) for name in _BATCH_IDENTITY])[training]
+    rows[:, 4] /= size
+    rows[:, 5] /= np.sqrt(size)
+    if not np.isfinite(rows).all() or rows[0, 3] <= 0:
+        return None
+    if not np.allclose(rows, rows[0], rtol=0.0, atol=_ALIKE * rows[0, 5]):
+        return None
+    trained = set(view.steps[training].tolist())
+    kept = sorted(
+        step
+        for step, mode in kept_records(view.ctx, view.tag)
+        if mode == "train" and step in trained
+    )
+    if len(kept) < 2:
+        return None
+    first = view.ctx.trace.raw(view.tag, kept[0], "train")
+    last = view.ctx.trace.raw(view.tag, kept[-1], "train")
+    if first is None or last is None or not np.array_equal(first, last):
+        return None
+    return kept[0], kept[-1]
+
+
+def _values_per_step(view: TensorView, held_out: np.ndarray) -> float:
+    """The most values of ``view`` recorded at one step among the records ``held_out``."""
+    if not held_out.any():
+        return 0.0
+    steps = view.steps[held_out]
+    counts = np.nan_to_num(view.stat("count")[held_out])
+    return float(max(counts[steps == step].sum() for step in np.unique(steps)))

@@ -2514,10 +2514,12 @@ def inflated_initial_loss(ctx: RuleContext, *, ratio: float = 2.0) -> Iterator[F
     the classes, ``logsumexp(z) - mean(z)``, must reach ``ratio`` times it as well.
 
     Judged by what followed, as DBG501 judges a scale: key ``inflated``, a warning and a
-    cause of the loss rules' findings, when the cross-entropy is still ``ratio`` times the
-    uniform guess's at the last training step whose predictions are kept in full and finite
-    (the outputs never shrank); else key ``start``, severity info (the cost was the first
-    steps; a run that fails later, say by diverging, fails for its own reason).
+    cause of the loss rules' findings, when the outputs never came down: the cross-entropy
+    is still ``ratio`` times the uniform guess's at each of up to 8 later training steps
+    kept in full (spread over the run), and the recorded training loss, where it is the same
+    cross-entropy (within 10 % at the start), never fell below that either. Else key
+    ``start``, severity info (the cost was the first steps; a run that shrank its outputs
+    and failed later, say by diverging, fails for its own reason).
 
     Not judged: the targets of a regression or ranking and in-batch indices (metadata
     ``task``, or labels that read so), and scores that are hard decisions.
@@ -2645,8 +2647,13 @@ def _initial_cross_entropy(
         return None
     targets = truth.astype(np.float64)
     indicators = bool(((targets == 0) | (targets == 1)).all())
-    one_hot = indicators and truth.shape == z.shape and bool((targets.sum(axis=-1) == 1).all())
     single = z.ndim == 1 or z.shape[-1] == 1
+    one_hot = (
+        indicators
+        and not single
+        and truth.shape == z.shape
+        and bool((targets.sum(axis=-1) == 1).all())
+    )
     if indicators and not one_hot and (truth.shape == z.shape or (single and truth.size == z.size)):
         # One logit per sample, or per label of a multi-label head, against 0/1 targets.
         if ((z >= 0) & (z <= 1)).all():
@@ -2658,7 +2665,9 @@ def _initial_cross_entropy(
     if shift and z.ndim == 3 and truth.shape == z.shape[:2]:
         z, truth = z[:, :-1], truth[:, 1:]
     classes = z.shape[-1]
-    if single or truth.shape not in (z.shape, z.shape[:-1], (*z.shape[:-1], 1)):
+    if single or (truth.shape == z.shape and not one_hot):
+        return None  # soft targets (label smoothing, mixup): no class per sample
+    if truth.shape not in (z.shape, z.shape[:-1], (*z.shape[:-1], 1)):
         return None
     found, width = class_ids(truth.reshape(z.shape if one_hot else z.shape[:-1])[None])
     if width not in (None, classes):

@@ -684,9 +684,9 @@ def unchanged_tensor(
     in a trace that does not say, when gradients are recorded for other parameters but none
     for it (no gradient flows to it): key ``frozen``, severity info (fine-tuning with a
     frozen backbone, or one run under ``no_grad`` and left out of the optimizer). A
-    parameter the recorder does not list, that an optimizer holds (metadata
-    ``parameters_not_in_optimizer``), and whose gradient is not recorded at those steps while
-    others' are, requires a gradient that never comes (PyTorch leaves ``.grad`` None where
+    parameter the recorder does not list, that no optimizer leaves out (metadata
+    ``parameters_not_in_optimizer``, when the recorder wrote it), and whose gradient is not
+    recorded at those steps while others' are, requires a gradient that never comes (PyTorch leaves ``.grad`` None where
     no backward pass reaches): the loss does not use it, as a module defined but never
     called, an output detached before the loss, or an expert of a mixture that the router
     stopped sending samples to: key ``unused``, severity info, the same for a parameter used
@@ -789,22 +789,23 @@ def unchanged_tensor(
             flowing = _gradient_flow(view, gradients, gradient_steps, steps[streak])
             if view.tag in unrecorded:
                 flowing = "unknown"
-            # Requiring a gradient and held by an optimizer, yet without one: unused. Out of
-            # every optimizer too, it is frozen another way (a forward under no_grad).
-            held = not_in_optimizer is not None and view.tag not in not_in_optimizer
-            if flowing == "none" and requires_known and held and view.tag not in frozen:
-                flowing = "unused"
+            # Requiring a gradient, yet without one: unused. Out of every optimizer too, it
+            # is frozen another way (a forward under no_grad).
+            left_out = not_in_optimizer is not None and view.tag in not_in_optimizer
+            if flowing == "none" and requires_known and not left_out and view.tag not in frozen:
+                flowing = "unused" if not_in_optimizer is None else "unused-held"
             gradient = _gradient_of(view, gradients)
             if flowing == "zero" and gradient is not None and gradient.tag in invariant:
                 flowing = "invariant"
-            if not_in_optimizer is not None and flowing not in ("none", "stale", "unused"):
+            if not_in_optimizer is not None and flowing not in ("none", "stale", "unused-held"):
                 if view.tag in not_in_optimizer:
                     flowing = "left-out"
                 elif flowing == "moving":
                     flowing = "held"
-            on_purpose = view.tag in frozen or flowing in ("none", "stale", "unused")
+            unused = flowing in ("unused", "unused-held")
+            on_purpose = view.tag in frozen or flowing in ("none", "stale") or unused
             why = _WHY["declared"] if view.tag in frozen else _WHY[flowing]
-            if on_purpose and pointless is not None and flowing == "unused":
+            if on_purpose and pointless is not None and unused:
                 on_purpose = False
                 why = (
                     f": no gradient reaches it, nor {pointless.share:.0%} of the layers' "
@@ -823,7 +824,7 @@ def unchanged_tensor(
                     "backbone frozen by mistake?)"
                 )
             key = (
-                ("unused" if flowing == "unused" else "frozen")
+                ("unused" if unused else "frozen")
                 if on_purpose
                 else {"invariant": "invariant", "held": "too-small"}.get(flowing, "unchanged")
             )
@@ -865,15 +866,22 @@ def _streaks(run: np.ndarray, needed: int) -> np.ndarray:
     return covered
 
 
+_UNUSED = (
+    " (a module the forward pass does not call, an output detached before the loss, or a "
+    "branch no sample takes, such as an expert the router sends nothing)"
+)
+
 # What the gradient recorded for a parameter says about why it did not change.
 _WHY = {
     "declared": ": frozen on purpose (the recorder says requires_grad is False)",
     "none": ": frozen on purpose (no gradient flows to it)",
     "unused": (
+        ": no gradient reaches it, though it requires one (the recorder checked): the loss "
+        "does not depend on it" + _UNUSED
+    ),
+    "unused-held": (
         ": no gradient reaches it, though it requires one and an optimizer holds it (the "
-        "recorder checked): the loss does not depend on it (a module the forward pass does "
-        "not call, an output detached before the loss, or a branch no sample takes, such as "
-        "an expert the router sends nothing)"
+        "recorder checked): the loss does not depend on it" + _UNUSED
     ),
     "stale": ": frozen on purpose (its recorded gradient never changes: no backward reaches it)",
     "zero": ": its gradient is zero (no gradient reaches it: a detach, a dead layer?)",

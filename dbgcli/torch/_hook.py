@@ -1270,10 +1270,7 @@ class TorchHook:
         ]
         grads: list[tuple[str, torch.Tensor, str, str | None]] = []
         for entry in self._parameters:
-            if not entry.parameter.requires_grad:
-                # Frozen since attach (or before): a gradient left in .grad is no update's.
-                self._note_frozen(entry.name)
-                continue
+            self._note_frozen(entry.name, not entry.parameter.requires_grad)
             grad = entry.parameter.grad
             if entry.grad_tag is not None and grad is not None:
                 if grad.layout != torch.strided:
@@ -1303,11 +1300,17 @@ class TorchHook:
             # written or copied before the optimizer changes them.
             self._send()
 
-    def _note_frozen(self, name: str) -> None:
-        """Add a parameter frozen after attach to the metadata's ``frozen_parameters``."""
-        if name not in self._frozen:
+    def _note_frozen(self, name: str, frozen: bool) -> None:
+        """Keep the metadata's ``frozen_parameters`` to the parameters that require no
+        gradient now (a backbone frozen after the head warmed up, a GAN's discriminator
+        switched off around the generator's step)."""
+        if frozen == (name in self._frozen):
+            return
+        if frozen:
             self._frozen[name] = None
-            self.writer.set_metadata(frozen_parameters=list(self._frozen))
+        else:
+            del self._frozen[name]
+        self.writer.set_metadata(frozen_parameters=list(self._frozen))
 
     def _note_eval_training(self, step: int) -> None:
         """The optimizer steps after a forward pass under ``model.eval()`` with autograd on and

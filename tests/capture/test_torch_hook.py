@@ -271,6 +271,31 @@ def test_frozen_parameters_record_weights_and_no_gradient(
         assert (trace.stat("fc1.weight", "update_l2").values[1:] == 0).all()
 
 
+def test_frozen_parameters_follow_requires_grad_through_the_run(
+    tmp_path: Path, no_dbg_warnings: None
+) -> None:
+    """A layer switched off and on again (a GAN's discriminator around the generator's
+    step): the metadata lists it while it requires no gradient, and a gradient it holds at
+    a step is recorded all the same (optimizers update any parameter with a ``.grad``)."""
+    torch.manual_seed(0)
+    model = make_net()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    path = tmp_path / "run.h5"
+    listed = []
+    with attach(model, optimizer, path, stats_every=1) as hook:
+        for step, (x, y) in enumerate(batches(6)):
+            optimizer.zero_grad()
+            loss_fn(model, x, y).backward()
+            model.fc1.requires_grad_(step not in (2, 3))  # after backward: .grad is kept
+            optimizer.step()
+            listed.append(list(hook.writer.metadata["frozen_parameters"]))
+    assert listed[1] == [] and listed[2] == listed[3] == ["fc1.weight", "fc1.bias"]
+    assert listed[4] == listed[5] == []
+    with open_trace(path) as trace:
+        # Step 2's gradient was computed before the switch; steps 3 and 4 computed none.
+        assert trace.index("grad/fc1.weight")[0].tolist() == [0, 1, 2, 5]
+
+
 def test_dropout_rates_are_noted_by_module_name(tmp_path: Path) -> None:
     """Every module that drops values in training, with its rate, under the name the trace
     gives its parameters (a compiled wrapper's prefix left out): DBG804 reads them."""

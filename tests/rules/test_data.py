@@ -1761,8 +1761,8 @@ def test_counts_a_single_output_predicts_are_quantities_not_classes(make_trace) 
 def loader_run(path: Path, *, advanced: bool, record_eval: bool) -> Path:
     """A 5-class MLP on 3,500 samples read by a DataLoader without shuffling, batch 64:
     iterated as it should be (``advanced``), or with ``next(iter(loader))`` at every step,
-    the first batch each time; inputs recorded every training step, and (``record_eval``)
-    those of the 500-sample evaluation every 25 steps."""
+    the first batch each time; inputs recorded every training step (in full every 10th),
+    and (``record_eval``) those of the 500-sample evaluation every 25 steps."""
     torch = pytest.importorskip("torch")
     from dbgcli.torch import attach
 
@@ -1787,7 +1787,7 @@ def loader_run(path: Path, *, advanced: bool, record_eval: bool) -> Path:
             optimizer.zero_grad()
             loss = torch.nn.functional.cross_entropy(model(inputs), labels)
             hook.record_loss(loss)
-            hook.record(inputs=inputs)
+            hook.record(inputs=inputs, raw=step % 10 == 0)
             loss.backward()
             optimizer.step()
             if step % 25 == 0:
@@ -1816,8 +1816,21 @@ def test_repeated_batch_finds_a_loader_that_is_never_advanced(tmp_path: Path) ->
     assert run_rule(fine, "DBG606").status is RuleStatus.passed
 
 
-def test_repeated_batch_leaves_inputs_of_one_value_alone(make_trace) -> None:
-    """Inputs zeroed by a bug (x // 255) are alike at every step without being one batch:
-    DBG401's finding, not this rule's."""
+def test_repeated_batch_needs_the_same_values_in_order_at_consecutive_steps(make_trace) -> None:
+    """Inputs zeroed by a bug (x // 255) are alike at every step without being one batch
+    (DBG401's finding); fresh one-hot batches share every statistic and differ in full; an
+    unshuffled loader's first batch recorded once an epoch is as it should be."""
     zeros = {"values": [np.zeros((64, 8), np.float32)] * 10, "collection": "inputs"}
     assert run_rule(make_trace(tensors={"inputs": zeros}), "DBG606").status is RuleStatus.passed
+    rng = np.random.default_rng(0)
+    one_hot = [np.eye(4, dtype=np.float32)[rng.integers(0, 4, (64, 50))] for _ in range(10)]
+    fresh = {"values": one_hot, "collection": "inputs"}
+    assert run_rule(make_trace(tensors={"inputs": fresh}), "DBG606").status is RuleStatus.passed
+    first = rng.normal(size=(64, 8)).astype(np.float32)
+    epochs = {"values": [first] * 8, "steps": [25 * i for i in range(8)], "collection": "inputs"}
+    skipped = run_rule(make_trace(tensors={"inputs": epochs}), "DBG606")
+    assert skipped.status is RuleStatus.skipped
+    every_step = {"values": [first] * 8, "collection": "inputs"}
+    assert [
+        f.key for f in run_rule(make_trace(tensors={"inputs": every_step}), "DBG606").findings
+    ] == ["one-batch"]

@@ -1723,6 +1723,14 @@ def test_an_initial_loss_reads_one_hot_labels_as_classes_and_starts_at_training(
     )
     assert [f.first_step for f in run_rule(path, "DBG310").findings] == [1]
 
+    # Soft targets (mixup, label smoothing) name no class per sample; one logit per sample
+    # against labels that are all 1 is a binary head's batch.
+    soft = np.full((64, 10), 0.1, np.float32)
+    assert run_rule(trace(sure, soft), "DBG310").status is RuleStatus.skipped
+    single = [(6 * rng.normal(size=(64, 1))).astype(np.float32) for _ in range(3)]
+    (binary,) = run_rule(trace(single, np.ones((64, 1))), "DBG310").findings
+    assert "binary cross-entropy" in binary.message
+
     learned = (8 * np.eye(10)[ids]).astype(np.float32)
     diverged = [sure[0], learned, learned, (40 * rng.normal(size=(64, 10))).astype(np.float32)]
     (finding,) = run_rule(trace(diverged, ids), "DBG310").findings

@@ -869,6 +869,14 @@ def test_a_missing_gradient_is_not_read_as_unused_without_the_evidence(
         "unchanged",
         Severity.warning,
     )
+    # Without the recorder's word on the optimizers, a parameter that requires a gradient and
+    # gets none is still unused, without the claim that an optimizer holds it.
+    del tensors["grad/fc1.weight"]
+    (unheld,) = run_rule(
+        make_trace(tensors=tensors, metadata={"frozen_parameters": []}), "DBG403"
+    ).findings
+    assert unheld.key == "unused"
+    assert "though it requires one (the recorder checked)" in unheld.message
 
 
 def test_a_parameter_frozen_after_attach_is_frozen_on_purpose(tmp_path: Path) -> None:
