@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,3 +30,32 @@ def analyze_path(path: Path, **options: Any) -> TraceReport:
 def keyed(result: RuleResult, key: str) -> list[Finding]:
     """Findings of one kind (``Finding.key``)."""
     return [f for f in result.findings if f.key == key]
+
+
+def train_recording_data(
+    model: Any,
+    optimizer: Any,
+    path: Path,
+    batch: Callable[[int], tuple[Any, Any]],
+    loss_of: Callable[[Any, Any], Any],
+    *,
+    steps: int,
+    every: int = 10,
+) -> Path:
+    """Train ``model`` for ``steps`` on ``batch(step)``, recorded by the PyTorch hook at its
+    defaults into ``path``, with the labels and predictions of every ``every``-th step kept
+    in full."""
+    from dbgcli.torch import attach
+
+    with attach(model, optimizer, path) as hook:
+        for step in range(steps):
+            inputs, labels = batch(step)
+            optimizer.zero_grad()
+            output = model(inputs)
+            loss = loss_of(output, labels)
+            hook.record_loss(loss)
+            if step % every == 0:
+                hook.record(labels=labels, predictions=output.detach(), raw=True)
+            loss.backward()
+            optimizer.step()
+    return path

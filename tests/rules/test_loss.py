@@ -12,7 +12,7 @@ import pytest
 from dbgcli.findings import Severity
 from dbgcli.report.model import RuleStatus
 
-from .helpers import analyze_path, keyed, run_rule
+from .helpers import analyze_path, keyed, run_rule, train_recording_data
 
 EVAL_EVERY = 25
 
@@ -1456,7 +1456,6 @@ def test_a_regression_clamped_at_zero_beside_negative_targets_is_an_error(tmp_pa
     ReLU: its outputs never go below 0, half of them sit exactly at 0, and its loss stays
     near 0.6 where the same model without the ReLU reaches 0.02. That run passes."""
     torch = pytest.importorskip("torch")
-    from dbgcli.torch import attach
 
     def run(path: Path, relu: bool) -> Path:
         torch.manual_seed(0)
@@ -1466,18 +1465,13 @@ def test_a_regression_clamped_at_zero_beside_negative_targets_is_an_error(tmp_pa
         layers = [torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 1)]
         model = torch.nn.Sequential(*layers, *([torch.nn.ReLU()] if relu else []))
         optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-        with attach(model, optimizer, path) as hook:
-            for step in range(200):
-                rows = torch.randint(0, 2048, (64,), generator=torch.Generator().manual_seed(step))
-                optimizer.zero_grad()
-                output = model(x[rows])
-                loss = torch.nn.functional.mse_loss(output, y[rows])
-                hook.record_loss(loss)
-                if step % 10 == 0:
-                    hook.record(labels=y[rows], predictions=output.detach(), raw=True)
-                loss.backward()
-                optimizer.step()
-        return path
+
+        def batch(step: int) -> tuple[Any, Any]:
+            rows = torch.randint(0, 2048, (64,), generator=torch.Generator().manual_seed(step))
+            return x[rows], y[rows]
+
+        mse = torch.nn.functional.mse_loss
+        return train_recording_data(model, optimizer, path, batch, mse, steps=200)
 
     (finding,) = run_rule(run(tmp_path / "relu.h5", relu=True), "DBG308").findings
     assert (finding.key, finding.severity) == ("clamped-outputs", Severity.error)
@@ -1612,7 +1606,6 @@ def head_scaled_run(path: Path, *, head_std: float | None, lr: float, steps: int
     alone), the head's weights drawn with ``head_std`` (None: PyTorch's default), SGD at
     ``lr``; labels and logits of every 10th batch recorded in full."""
     torch = pytest.importorskip("torch")
-    from dbgcli.torch import attach
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(
@@ -1623,18 +1616,13 @@ def head_scaled_run(path: Path, *, head_std: float | None, lr: float, steps: int
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
     x = torch.randn(1024, 8)
     y = (x[:, 0] > 0).long() + 2 * (x[:, 1] > 0).long()
-    with attach(model, optimizer, path) as hook:
-        for step in range(steps):
-            batch = slice(64 * (step % 16), 64 * (step % 16 + 1))
-            optimizer.zero_grad()
-            logits = model(x[batch])
-            loss = torch.nn.functional.cross_entropy(logits, y[batch])
-            hook.record_loss(loss)
-            if step % 10 == 0:
-                hook.record(labels=y[batch], predictions=logits.detach(), raw=True)
-            loss.backward()
-            optimizer.step()
-    return path
+
+    def batch(step: int) -> tuple[Any, Any]:
+        rows = slice(64 * (step % 16), 64 * (step % 16 + 1))
+        return x[rows], y[rows]
+
+    ce = torch.nn.functional.cross_entropy
+    return train_recording_data(model, optimizer, path, batch, ce, steps=steps)
 
 
 def test_a_head_initialised_too_large_starts_confidently_wrong(tmp_path: Path) -> None:
