@@ -403,8 +403,8 @@ def unclassed_labels(ctx: RuleContext) -> str | None:
     of a regression or ranking, as the run metadata's ``task`` says (whole-number targets,
     counts or prices, would otherwise read as class ids); labels that repeat the input ids,
     or hold them one position on (a causal language model); floats that are not whole
-    numbers, outside ``[0, 1]`` or of many values (a regression's targets, see :func:`dbgcli.rules.data.regression_targets`);
-    or ``0 .. B-1`` once each in every batch (a contrastive loss's in-batch targets, see
+    numbers, outside ``[0, 1]`` or of many values (a regression's targets, see
+    :func:`dbgcli.rules.data.regression_targets`); or ``0 .. B-1`` once each in every batch (a contrastive loss's in-batch targets, see
     :func:`dbgcli.rules.data.batch_indices`)."""
     task = ctx.trace.metadata.get("task")
     if isinstance(task, str) and task in LANGUAGE_MODELLING:

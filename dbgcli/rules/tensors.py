@@ -680,26 +680,27 @@ def unchanged_tensor(
 
     **On purpose or not.** A parameter that does not change is frozen on purpose when the
     recorder says so (the PyTorch hook lists parameters with ``requires_grad=False`` in the
-    metadata key ``frozen_parameters``, at attach and as its recorded steps find them) or,
-    in a trace that does not say, when gradients are recorded for other parameters but none
-    for it (no gradient flows to it): key ``frozen``, severity info (fine-tuning with a
-    frozen backbone, or one run under ``no_grad`` and left out of the optimizer). A
-    parameter the recorder does not list, that no optimizer leaves out (metadata
+    metadata key ``frozen_parameters``, kept up to date at each recorded step) or, in a
+    trace that does not say, when gradients are recorded for other parameters but none for
+    it (no gradient flows to it): key ``frozen``, severity info (fine-tuning with a frozen
+    backbone, or one run under ``no_grad`` and left out of the optimizer). A parameter the
+    recorder does not list, that no optimizer leaves out (metadata
     ``parameters_not_in_optimizer``, when the recorder wrote it), and whose gradient is not
-    recorded at those steps while others' are, requires a gradient that never comes (PyTorch leaves ``.grad`` None where
-    no backward pass reaches): the loss does not use it, as a module defined but never
-    called, an output detached before the loss, or an expert of a mixture that the router
-    stopped sending samples to: key ``unused``, severity info, the same for a parameter used
-    early on and not since. Gradients that the recorder's include/exclude left out (metadata
-    ``gradients_not_recorded``) say nothing either way. Unless the freeze leaves the model too
-    little to learn with: at least half of the layers' weights (elements of weights of two
-    or more dimensions) are frozen, or get no gradient, and the model has not learned: the mean of the last 50 training losses (at most a quarter
-    of them) is above 80 % of the mean of as many first ones (DBG303's bar and window: a
-    frozen network's minibatch losses scatter, and ten a side let a frozen MLP of the
-    calibration corpus seem to learn), or a classifier's ends at chance (DBG303's band: from
-    90 % of the loss of predicting its class frequencies, ``ln C`` without labels, to the
-    loss of guessing over 90 %; tuning the last bias alone undoes a bad start and no more);
-    then it is the cause of the run's failure to learn, key ``unchanged``.
+    recorded at those steps while others' are, requires a gradient that never comes
+    (PyTorch leaves ``.grad`` None where no backward pass reaches): the loss does not use
+    it, as a module defined but never called, an output detached before the loss, or an
+    expert of a mixture that the router stopped sending samples to: key ``unused``,
+    severity info, the same for a parameter used early on and not since. Gradients that the
+    recorder's include/exclude left out (metadata ``gradients_not_recorded``) say nothing
+    either way. Unless the freeze leaves the model too little to learn with: at least half
+    of the layers' weights (elements of weights of two or more dimensions) are frozen, or
+    get no gradient, and the model has not learned: the mean of the last 50 training losses
+    (at most a quarter of them) is above 80 % of the mean of as many first ones (DBG303's
+    bar and window: a frozen network's minibatch losses scatter, and ten a side let a frozen
+    MLP of the calibration corpus seem to learn), or a classifier's ends at chance (DBG303's
+    band: from 90 % of the loss of predicting its class frequencies, ``ln C`` without labels,
+    to the loss of guessing over 90 %; tuning the last bias alone undoes a bad start and no
+    more); then it is the cause of the run's failure to learn, key ``unchanged``.
     (A frozen backbone, or tuning the biases alone, is on purpose as long as the loss does
     come down.) Otherwise (key ``unchanged``, warning) it is
     the classic bug, and the message says whether its gradient is recorded non-zero (it has a
@@ -1007,7 +1008,7 @@ def _core(tag: str) -> tuple[str, ...]:
     and TensorFlow's output index: ``grad/fc1.weight``, ``gradients/fc1/kernel:0`` ->
     (fc1, weight), (fc1, kernel). The order stays: ``experts.2.0.weight`` is not
     ``experts.0.2.weight``."""
-    name = re.sub(r":\d+(?![0-9])", "", tag.lower())
+    name = re.sub(r":\d+", "", tag.lower())
     return tuple(w for w in re.split(r"[^a-z0-9]+", name) if w and w not in _NOT_NAME_WORDS)
 
 

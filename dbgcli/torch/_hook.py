@@ -698,8 +698,8 @@ class TorchHook:
         self._activation_memory = StackMemory()
         self._live = LiveRules(stop_on) if stop_on is not None else None
         self.raise_on_stop = raise_on_stop
-        # Parameters that require no gradient: at attach, and any a recorded step finds so
-        # later (a backbone frozen once the head has warmed up).
+        # Parameters that require no gradient, kept up to date at recorded steps
+        # (see _note_frozen).
         self._frozen = dict.fromkeys(
             p.name for p in self._parameters if not p.parameter.requires_grad
         )
