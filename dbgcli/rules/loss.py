@@ -2659,8 +2659,9 @@ def _initial_cross_entropy(
         if ((z >= 0) & (z <= 1)).all():
             return None  # probabilities of a sigmoid: DBG307's to judge
         y = targets.reshape(z.shape)
-        labelled = float(np.mean(np.logaddexp(0.0, z) - y * z))
-        even = float(np.mean(np.logaddexp(0.0, z) - z / 2))
+        if_one, if_zero = _binary_terms(z, probabilities=False)
+        labelled = float(np.mean(np.where(y == 1, if_one, if_zero)))
+        even = float(np.mean((if_one + if_zero) / 2))
         return _Confidence(labelled, even, float(np.log(2.0)), "binary cross-entropy")
     if shift and z.ndim == 3 and truth.shape == z.shape[:2]:
         z, truth = z[:, :-1], truth[:, 1:]
