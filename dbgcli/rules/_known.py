@@ -169,10 +169,11 @@ def _invariant_biases(ctx: RuleContext) -> frozenset[str]:
     train = schema.MODE_CODES["train"]
     found = set()
     for view in ctx.tensors(collection="gradients"):
-        pulled = weight_gradient_flows(ctx, view)[view.positions(train)]
+        trained = view.positions(train)
+        pulled = weight_gradient_flows(ctx, view)[trained]
         with np.errstate(invalid="ignore"):
             zero = (view.stat("max") == 0) & (view.stat("min") == 0)
-        if pulled.sum() >= 2 and zero[view.positions(train)][pulled].all():
+        if pulled.sum() >= 2 and zero[trained][pulled].all():
             found.add(view.tag)
     return frozenset(found)
 
@@ -404,8 +405,8 @@ def unclassed_labels(ctx: RuleContext) -> str | None:
     counts or prices, would otherwise read as class ids); labels that repeat the input ids,
     or hold them one position on (a causal language model); floats that are not whole
     numbers, outside ``[0, 1]`` or of many values (a regression's targets, see
-    :func:`dbgcli.rules.data.regression_targets`); or ``0 .. B-1`` once each in every batch (a contrastive loss's in-batch targets, see
-    :func:`dbgcli.rules.data.batch_indices`)."""
+    :func:`dbgcli.rules.data.regression_targets`); or ``0 .. B-1`` once each in every batch
+    (a contrastive loss's in-batch targets, see :func:`dbgcli.rules.data.batch_indices`)."""
     task = ctx.trace.metadata.get("task")
     if isinstance(task, str) and task in LANGUAGE_MODELLING:
         return f"the tokens of a language model (metadata task {task!r})"
@@ -506,7 +507,13 @@ def _labels_are_the_next_inputs(ctx: RuleContext) -> bool:
     ]
     for labels in ctx.tensors(collection="labels"):
         for tokens in (t for t in inputs if t.info.shape == labels.info.shape):
-            shared = sorted(kept_records(ctx, labels.tag) & kept_records(ctx, tokens.tag))
+            shared = sorted(
+                (int(step), mode)
+                for mode, code in schema.MODE_CODES.items()
+                for step in np.intersect1d(
+                    kept_steps(ctx, labels.tag, code), kept_steps(ctx, tokens.tag, code)
+                )
+            )
             agreeing = 0
             for step, mode in shared[:_SHIFT_STEPS]:
                 mine = ctx.trace.raw(labels.tag, step, mode)
@@ -527,14 +534,13 @@ def _labels_are_the_next_inputs(ctx: RuleContext) -> bool:
     return False
 
 
-def kept_records(ctx: RuleContext, tag: str) -> set[tuple[int, str]]:
-    """The ``(step, mode)`` records of ``tag`` whose full tensor is stored."""
+def kept_steps(ctx: RuleContext, tag: str, mode: int) -> np.ndarray:
+    """Steps of ``tag``'s records of ``mode`` (a code of ``schema.MODE_CODES``) whose full
+    tensor is stored."""
     steps, modes = ctx.trace.index(tag)
     kept = ctx.trace.raw_records(tag)
-    names = {code: name for name, code in schema.MODE_CODES.items()}
-    return {
-        (int(step), names[int(code)]) for step, code in zip(steps[kept], modes[kept], strict=True)
-    }
+    chosen: np.ndarray = steps[kept][modes[kept] == mode]
+    return chosen
 
 
 def _stat_rows(view: TensorView) -> dict[tuple[int, int], tuple[float, ...]]:

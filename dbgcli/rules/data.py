@@ -40,7 +40,7 @@ import numpy as np
 from dbgcli.errors import RuleConfigError, RuleSkipped
 from dbgcli.findings import Finding, Severity
 from dbgcli.rules._context import Episode, RuleContext, TensorView, episode_findings
-from dbgcli.rules._known import is_embedding, kept_records, unclassed_labels
+from dbgcli.rules._known import is_embedding, kept_steps, unclassed_labels
 from dbgcli.rules._registry import Need, rule
 from dbgcli.trace import schema
 from dbgcli.trace.derive import Accumulator, Derivation
@@ -2783,12 +2783,9 @@ def _same_batch(view: TensorView, training: np.ndarray) -> tuple[int, int] | Non
         return None
     if not np.allclose(rows, rows[0], rtol=0.0, atol=_ALIKE * rows[0, 5]):
         return None
-    trained = set(view.steps[training].tolist())
-    kept = sorted(
-        step
-        for step, mode in kept_records(view.ctx, view.tag)
-        if mode == "train" and step in trained
-    )
+    kept = np.intersect1d(
+        kept_steps(view.ctx, view.tag, schema.MODE_CODES["train"]), view.steps[training]
+    ).tolist()
     if len(kept) < 2:
         return None
     first = view.ctx.trace.raw(view.tag, kept[0], "train")

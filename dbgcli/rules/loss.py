@@ -24,6 +24,7 @@ from dbgcli.rules._known import (
     STARVED_LR,
     class_count,
     initial_loss,
+    kept_steps,
     labels_are_the_inputs,
     language_tokens,
     lr_below,
@@ -202,8 +203,9 @@ def loss_not_decreasing(
     likelihood metric whose labels are not recorded leaves plateaus unjudged): a loss that
     has more than halved and then flattens has converged (or reached the floor that label
     smoothing, weight decay or the noise of the data set), which is what training is for; a
-    plateau above half the starting loss is a run that stopped learning early. Except when the recorded learning rate has fallen
-    below 1e-4 of its peak at the check: a flat loss there is starved, not converged. A loss
+    plateau above half the starting loss is a run that stopped learning early. Except when
+    the recorded learning rate has fallen below 1e-4 of its peak at the check: a flat loss
+    there is starved, not converged. A loss
     that goes below zero (a policy-gradient or surrogate objective, a likelihood without its
     constant) is no discrepancy that falls to 0: its changes are measured against the range
     its levels span, it is still high in the upper half of that range, and only where it is
@@ -545,11 +547,11 @@ def overfit(
     ``early_stopping`` with ``best_step``, see DBG304; without it, when its ``monitor`` names
     a loss, the step of that loss's least value), any after that step: the gap that
     opens while early stopping waits out its patience is what it is there to cut off, and
-    the optimum's model is the one to keep (restored from its checkpoint). A finding needs ``patience`` consecutive violating
-    evaluations (SageMaker Debugger's default is 1; 2 keeps a single evaluation right after a
-    loss spike, or right after a diverging first update, from passing for overfitting). One
-    finding per run of violating evaluations; the value is the largest relative gap as
-    observed (without the ``z`` allowance).
+    the optimum's model is the one to keep (restored from its checkpoint). A finding needs
+    ``patience`` consecutive violating evaluations (SageMaker Debugger's default is 1; 2
+    keeps a single evaluation right after a loss spike, or right after a diverging first
+    update, from passing for overfitting). One finding per run of violating evaluations; the
+    value is the largest relative gap as observed (without the ``z`` allowance).
 
     A gap the run closed is a note (key ``closed``, severity info): when the last judged
     evaluation comes after the violating ones, is within the bounds, and its eval loss is
@@ -566,8 +568,7 @@ def overfit(
     fallen), in a run whose mean train loss between evaluations never rose above ``L0 / 0.8``
     (one that did is going wrong: a learning rate that diverges or makes the loss swing,
     gradients that pile up). A model that has not fit its training data fits it no better
-    than held-out
-    data, so such a gap is no overfitting: the losses are on different scales (a loss
+    than held-out data, so such a gap is no overfitting: the losses are on different scales (a loss
     summed over the batch, with held-out batches of another size; a penalty added to one of
     them) or the held-out data are drawn differently from the training data.
 
@@ -1754,9 +1755,9 @@ def _steps_in_full(ctx: RuleContext, tags: Sequence[str], most: int) -> list[tup
     them, evenly spread."""
     steps = []
     for mode, code in schema.MODE_CODES.items():
-        kept = _kept_steps(ctx, tags[0], code)
+        kept = kept_steps(ctx, tags[0], code)
         for tag in tags[1:]:
-            kept = np.intersect1d(kept, _kept_steps(ctx, tag, code))
+            kept = np.intersect1d(kept, kept_steps(ctx, tag, code))
         steps += [(int(step), mode) for step in kept]
     return _spread(sorted(steps), most)
 
@@ -1776,16 +1777,8 @@ def _loss_steps_in_full(
     """Training steps with a recorded loss whose labels and predictions are both kept in full,
     at most ``most`` of them, evenly spread."""
     train = schema.MODE_CODES["train"]
-    both = np.intersect1d(_kept_steps(ctx, labels, train), _kept_steps(ctx, predictions, train))
+    both = np.intersect1d(kept_steps(ctx, labels, train), kept_steps(ctx, predictions, train))
     return _spread([int(step) for step in both if int(step) in losses], most)
-
-
-def _kept_steps(ctx: RuleContext, tag: str, mode: int) -> np.ndarray:
-    """Steps of ``tag``'s records of ``mode`` whose full tensor is stored."""
-    steps, modes = ctx.trace.index(tag)
-    kept = ctx.trace.raw_records(tag)
-    chosen: np.ndarray = steps[kept][modes[kept] == mode]
-    return chosen
 
 
 def _cross_entropies(
@@ -2011,7 +2004,7 @@ def loss_floor(ctx: RuleContext) -> LossFloor | None:
 def _loss_floor(ctx: RuleContext) -> LossFloor | None:
     metric = _likelihood_metric(ctx)
     saturated = None if metric is None else saturated_loss(ctx, metric)
-    if metric is not None and saturated is not None:
+    if saturated is not None:
         return LossFloor(
             saturated,
             f"{metric}'s {saturated:.4g}, the loss of predicting every label exactly",
@@ -2508,10 +2501,11 @@ def inflated_initial_loss(ctx: RuleContext, *, ratio: float = 2.0) -> Iterator[F
     loss, so class weights, label smoothing or a summed loss do not change it. Fires when it
     is at least ``ratio`` times the uniform guess's (TheDeepChecker's default tolerance is
     the same, a relative deviation of 1): at ``C = 10``, logits with a standard deviation of
-    about 2; the healthy runs of the calibration corpus start at 1.0 to 1.5 times it. A
-    single batch can be dominated by one class (unshuffled data) and score far from a guess
-    by the bias of one logit alone, so the cross-entropy against targets spread evenly over
-    the classes, ``logsumexp(z) - mean(z)``, must reach ``ratio`` times it as well.
+    about 2; the untrained healthy runs of the calibration corpus start at 1.5 times it at
+    most. A single batch can be dominated by one class (unshuffled data) and score far from
+    a guess by the bias of one logit alone, so the cross-entropy against targets spread
+    evenly over the classes, ``logsumexp(z) - mean(z)``, must reach ``ratio`` times it as
+    well.
 
     Judged by what followed, as DBG501 judges a scale: key ``inflated``, a warning and a
     cause of the loss rules' findings, when the outputs never came down: the cross-entropy
@@ -2551,10 +2545,10 @@ def inflated_initial_loss(ctx: RuleContext, *, ratio: float = 2.0) -> Iterator[F
     shift = labels_are_the_inputs(whole)
     series = whole.loss("train")
     judged = False
+    train = schema.MODE_CODES["train"]
     for labels, predictions in scored_labels(whole):
-        train = schema.MODE_CODES["train"]
         kept = np.intersect1d(
-            _kept_steps(whole, labels.tag, train), _kept_steps(whole, predictions.tag, train)
+            kept_steps(whole, labels.tag, train), kept_steps(whole, predictions.tag, train)
         )
         steps, modes = whole.trace.index(labels.tag)
         starts = [int(steps[modes == train].min())] if (modes == train).any() else []
