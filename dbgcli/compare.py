@@ -87,6 +87,8 @@ class _Divergence:
         "where to look"
     )
 
+    named_only: frozenset[str] = frozenset()
+
     def explained_by(self, key: str) -> tuple[str, ...]:
         return (COMPARE_ID,)
 

@@ -9,9 +9,9 @@ by name.
 **Who explains whom.** Findings are put in *causal order*: by onset (first step), then by
 where in the computation their tensor sits (inputs, then activations layer by layer, then the
 loss, gradients and weights; see :func:`place`), then by severity. A finding ``C`` explains a
-finding ``S`` when ``C``'s rule declares ``S``'s rule (or ``rule:key``), ``C`` starts no
-later than ``S`` (up to ``slack`` steps: a tensor recorded every N steps is seen up to N steps
-late), and ``S`` does not also explain ``C`` from earlier in causal order (where onsets within
+finding ``S`` when ``C``'s rule declares ``S``'s rule (or ``rule:key``, the only way to name
+a key that ``S``'s rule keeps ``named_only``), ``C`` starts no later than ``S`` (up to
+``slack`` steps: a tensor recorded every N steps is seen up to N steps late), and ``S`` does not also explain ``C`` from earlier in causal order (where onsets within
 ``slack`` of each other count as simultaneous and the place in the computation decides:
 gradients that explode make the updates huge, not the other way round). Among findings seen
 at the same time, nothing computed from the data explains the data (dead ReLUs do not explain
@@ -88,6 +88,11 @@ class Explaining(Protocol):
     @property
     def fix(self) -> str: ...
 
+    @property
+    def named_only(self) -> frozenset[str]:
+        """Keys of the rule's findings that only an ``ID:key`` entry explains."""
+        ...
+
     def explained_by(self, key: str) -> tuple[str, ...]: ...
 
     def title(self, key: str) -> str: ...
@@ -154,11 +159,12 @@ def diagnose(
         if spec is None:
             return False
         wanted = spec.explained_by(source.key)
-        return (
-            target.rule_id in wanted
-            or f"{target.rule_id}:{target.key}" in wanted
-            or (target.rule in wanted or f"{target.rule}:{target.key}" in wanted)
-        )
+        if f"{target.rule_id}:{target.key}" in wanted or f"{target.rule}:{target.key}" in wanted:
+            return True
+        target_spec = spec_of(target.rule_id)
+        if target_spec is not None and target.key in target_spec.named_only:
+            return False
+        return target.rule_id in wanted or target.rule in wanted
 
     def starts_in_time(cause: int, symptom: int) -> bool:
         first, then = findings[cause].first_step, findings[symptom].first_step

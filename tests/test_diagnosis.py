@@ -18,6 +18,7 @@ class StandIn:
     explains: dict[str, tuple[str, ...]] = field(default_factory=dict)
     fix: str = "fix it"
     name: str = ""
+    named_only: frozenset[str] = frozenset()
 
     def explained_by(self, key: str) -> tuple[str, ...]:
         return self.explains.get(key, self.explains.get("*", ()))
@@ -91,6 +92,31 @@ def test_a_cause_gathers_what_it_explains_directly_and_through_others() -> None:
         "zero k in grad/1 from step 15",
         "flat loss k in loss from step 20",
     )
+
+
+def test_a_named_only_key_is_explained_only_by_rules_that_name_it() -> None:
+    # FLAT's "memorised" findings are another problem than a flat loss: a bare "FLAT" in
+    # DEAD's list does not cover them, "FLAT:memorised" in NAMING's does.
+    rules = {
+        **RULES,
+        "FLAT": StandIn(name="flat loss", named_only=frozenset({"memorised"})),
+        "NAMING": StandIn({"*": ("FLAT:memorised",)}, name="naming"),
+    }
+    flat, memorised = found("FLAT", "loss", 20), found("FLAT", "loss", 20, key="memorised")
+    dead, naming = found("DEAD", "act/1", 14), found("NAMING", "inputs", 10)
+
+    def groups(findings: list[Finding]) -> list[tuple[str, list[str]]]:
+        return [
+            (
+                findings[d.cause].rule_id + ":" + findings[d.cause].key,
+                sorted(findings[i].key for i in d.symptoms),
+            )
+            for d in diagnose(findings, rules.get, PLACES)
+        ]
+
+    assert groups([flat, dead]) == [("DEAD:k", ["k"])]
+    assert sorted(groups([memorised, dead])) == [("DEAD:k", []), ("FLAT:memorised", [])]
+    assert groups([memorised, naming]) == [("NAMING:k", ["memorised"])]
 
 
 def test_a_symptom_that_starts_first_is_not_explained() -> None:

@@ -16,7 +16,7 @@ import re
 import sys
 import types
 import typing
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -266,6 +266,7 @@ class RuleSpec:
     per_tensor: bool = False
     explains: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     label: Mapping[str, str] = field(default_factory=dict)
+    named_only: frozenset[str] = frozenset()
 
     def explained_by(self, key: str) -> tuple[str, ...]:
         """What a finding of this rule with ``key`` can explain (``ID`` or ``ID:key`` entries)."""
@@ -443,6 +444,7 @@ def rule(
     per_tensor: bool = False,
     explains: Explains = (),
     label: str | Mapping[str, str] = "",
+    named_only: Collection[str] = (),
 ) -> Callable[[RuleFunction], RuleFunction]:
     """Register a rule function; returns it unchanged.
 
@@ -469,6 +471,9 @@ def rule(
         label: What the diagnosis is called when a finding of this rule is the cause, as a
             short phrase ("dying ReLU"), or a mapping from finding keys to phrases
             (``{"too-high": "learning rate too high", ...}``); default: the rule's name.
+        named_only: Keys of this rule's findings that another rule's ``explains`` covers only
+            by naming them (``"ID:key"``), not by the bare id: a kind of finding unlike the
+            rule's usual one, which the usual one's causes do not bring about.
     """
 
     def register(function: RuleFunction) -> RuleFunction:
@@ -493,6 +498,7 @@ def rule(
             plan=plan,
             default_enabled=default_enabled,
             per_tensor=per_tensor,
+            named_only=frozenset(named_only),
             source=f"{function.__module__}.{function.__qualname__}",
         )
         REGISTRY.register(spec)

@@ -1966,7 +1966,7 @@ def _token_message(value: int, threshold: float, analysed: int) -> Callable[[Epi
     # Evaluation labels coded differently from training's: the model predicts the training
     # coding, so the held-out loss rises as it learns and every class looks mispredicted.
     explains={
-        "shifted": ("DBG302", "DBG304", "DBG303", "DBG601"),
+        "shifted": ("DBG302", "DBG304", "DBG303", "DBG303:held-out-at-chance", "DBG601"),
         "indistinct": ("DBG601:mispredicted",),
     },
 )
@@ -2485,7 +2485,15 @@ def _above_off_diagonal_bar(
     # the latest batches.
     explains={
         "too-few-samples": (),
-        "*": ("DBG102", "DBG301", "DBG303", "DBG305", "DBG601:mispredicted", "DBG604"),
+        "*": (
+            "DBG102",
+            "DBG301",
+            "DBG303",
+            "DBG303:held-out-at-chance",
+            "DBG305",
+            "DBG601:mispredicted",
+            "DBG604",
+        ),
     },
 )
 def unshuffled_batches(
@@ -2683,7 +2691,7 @@ _ALIKE = 1e-5
     requires=Need.tensors(collection="inputs"),
     label={"one-batch": "one batch at every step", "*": "the same batch at every step"},
     # One batch memorised: the training loss falls to nothing while the held-out loss stays.
-    explains={"one-batch": (), "*": ("DBG302", "DBG304")},
+    explains={"one-batch": (), "*": ("DBG302", "DBG304", "DBG303:held-out-at-chance")},
 )
 def repeated_batch(ctx: RuleContext, *, records: int = 5) -> Iterator[Finding]:
     """The model trains on the same batch at every step: the data loader is not advanced.

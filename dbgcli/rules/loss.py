@@ -35,6 +35,7 @@ from dbgcli.rules._registry import Need, rule
 from dbgcli.rules.data import (
     LABELS,
     PREDICTIONS,
+    ChanceLoss,
     chance_loss,
     class_ids,
     plan_class_ids,
@@ -765,6 +766,9 @@ def _high_floor(
         ),
         "*": ("DBG301:not-decreasing", "DBG604", "DBG601:mispredicted"),
     },
+    # What makes a model fail to fit its training data does not make it fit them and fail on
+    # held-out data: rules name this key to explain it.
+    named_only=("held-out-at-chance",),
 )
 def underfit(
     ctx: RuleContext,
@@ -829,6 +833,18 @@ def underfit(
       above that level. Without a training accuracy, a training loss that ends below the
       chance band (under ``chance_fraction`` of the labels' entropy) shows the fit, from
       where it fell below for good.
+    * **held-out loss against chance** (key ``held-out-at-chance``, without a validation
+      accuracy): the training loss ends below the chance band as above, while the validation
+      loss never beat chance at any evaluation (its lowest value at or above the labels'
+      entropy ``H``, or ``ln C`` without 500 labels): not even predicting the class
+      frequencies did better on held-out data. The validation loss must have been measured
+      at least twice up to the step where the training loss fell below the band (at the
+      start and on the way down), and once more since, so that it was watched while the
+      model learned (a model that generalises beats chance on the way down, before an
+      overconfident one rises above it); and its first value must lie within a factor 2 of ``ln C``, on a mean
+      cross-entropy's scale (a summed validation loss is not). The bar is chance itself, with
+      no margin, since held-out losses of a model that learned a little sit just below it.
+      The finding dates from the first training loss: the data were so from the start.
     * **accuracy not improving** (key ``accuracy-flat``): with ``C`` unknown and a training
       accuracy series, the mean stays less than ``chance_margin`` above its first value and
       at or below 0.6 (AutoTrainer's not-converged gate Θ = 0.6; its slow-convergence test
@@ -851,7 +867,7 @@ def underfit(
     records that lasts until the last record, starting where the curve was last on the good
     side (from the first record if it never was). The value is the final mean divided by
     ``L0`` (``loss-high``), by ``H`` or ``ln C`` (``at-chance`` on the loss), or the final
-    mean accuracy.
+    mean accuracy; for the held-out loss, its lowest value divided by ``H`` or ``ln C``.
 
     Known false positive: fine-tuning from a well-trained checkpoint starts with a low loss
     that legitimately falls little; raise ``max_loss_fraction`` or ignore the rule there
@@ -867,8 +883,9 @@ def underfit(
 
     Fix: run a learning-rate range test; check the activation and gradient rules; overfit one
     small batch first; enlarge the model or reduce regularisation; check the data pipeline,
-    and that each label stays paired with its input (the fix when the held-out accuracy alone
-    is at chance).
+    and that each label stays paired with its input (the fix when the held-out accuracy or
+    loss alone is at chance: a shuffle, sort or filter applied to the inputs and not to the
+    labels, or held-out data labelled or prepared unlike the training data).
 
     Args:
         max_loss_fraction: The smoothed train loss must fall below this fraction of its initial
@@ -950,6 +967,14 @@ def underfit(
                     f"{chance.low:.3g})"
                 ),
             )
+            if fitted_from is not None and ctx.accuracy("eval") is None:
+                yield from _held_out_loss_at_chance(
+                    ctx,
+                    chance,
+                    int(steps[0]),
+                    (fitted_from, chance_fraction * chance.low),
+                    float(smoothed[-1]),
+                )
     accuracy = ctx.accuracy("train")
     acc_mode: Mode = "train"
     if accuracy is None:
@@ -1053,6 +1078,57 @@ def _held_out_at_chance(
             f"for {classes} classes (must rise above {level:.3g}), while {fitted}: what the "
             "model fits of its training data does not carry to data it has not seen"
         ),
+    )
+
+
+# Evaluations DBG303 asks for up to where the training loss fell below chance (at the start and
+# on the way down) before it reads a held-out loss that never beat chance as nothing learned
+# that generalises.
+_EVALUATIONS_WHILE_LEARNING = 2
+
+
+def _held_out_loss_at_chance(
+    ctx: RuleContext,
+    chance: ChanceLoss,
+    start: int,
+    fitted: tuple[int, float],
+    train_mean: float,
+) -> Iterator[Finding]:
+    """DBG303's held-out loss that never beat chance while the training loss, first recorded
+    at step ``start``, fell below the chance band (``fitted``: from which step, below what)
+    to ``train_mean`` at the end, smoothed."""
+    fitted_from, band = fitted
+    held_out = ctx.loss("eval")
+    if held_out is None:
+        return
+    steps, values = _finite(held_out)
+    while_learning = int(np.count_nonzero(steps <= fitted_from))
+    if (
+        while_learning < _EVALUATIONS_WHILE_LEARNING
+        or steps[-1] < fitted_from
+        # A held-out loss summed, or of another kind, is not on a cross-entropy's scale.
+        or not chance.high / 2 <= values[0] <= 2 * chance.high
+        or not chance.not_below(values.min(), 1.0)
+    ):
+        return
+    best = float(values.min())
+    yield Finding(
+        message=(
+            f"the validation loss never beat chance, {chance.low:.3g} (best {best:.4g} in "
+            f"{len(values)} evaluations, {while_learning} of them while the training loss "
+            f"came down), while the training loss fell below {band:.3g} from step "
+            f"{fitted_from} (to {train_mean:.3g}): what the model fits of its training data does not carry to "
+            f"data it has not seen ({chance.text})"
+        ),
+        tensor=ctx.loss_tag("eval") or "loss",
+        # Nothing carried from the first evaluation on: the data were so from the start.
+        first_step=min(start, int(steps[0])),
+        last_step=int(steps[-1]),
+        steps=len(values),
+        value=best / chance.low,
+        threshold=1.0,
+        mode="eval",
+        key="held-out-at-chance",
     )
 
 

@@ -655,14 +655,83 @@ def test_underfit_held_out_at_chance_from_the_training_loss_without_a_training_a
     assert ("at-chance", "eval") in keys and ("held-out-at-chance", "eval") not in keys
 
 
-def test_memorised_random_labels_are_named_before_the_overfitting_they_show(tmp_path) -> None:
+def test_underfit_held_out_loss_never_beating_chance_while_the_training_loss_fits(
+    make_trace,
+) -> None:
+    """No accuracy recorded, 10 classes: the training loss falls far below ln 10 while the
+    validation loss, measured every 25 steps, never goes below ln 10 (labels unrelated to
+    their inputs). One that dipped below chance once (the model learned, then overfit), one
+    watched too rarely while the training loss came down, or one summed over the held-out
+    set instead of averaged, is none."""
+    fits = np.log(10) * (0.1 + 0.9 * np.exp(-np.arange(500) / 300))
+    rising = np.log(10) * (1.002 + 0.4 * (1 - np.exp(-np.arange(21) / 8)))
+
+    def run(evals: np.ndarray, every: int = EVAL_EVERY, classes: int = 10) -> list:
+        held_out = {"values": list(evals), "steps": range(0, every * len(evals), every)}
+        path = make_trace(
+            scalars={"loss": [{"values": list(fits)}, {**held_out, "mode": "eval"}]},
+            metadata={"num_classes": classes},
+        )
+        return keyed(run_rule(path, "DBG303"), "held-out-at-chance")
+
+    (finding,) = run(rising)
+    assert (finding.tensor, finding.mode, finding.first_step, finding.last_step) == (
+        "loss",
+        "eval",
+        0,
+        500,
+    )
+    assert finding.steps == 21 and finding.threshold == 1.0
+    assert finding.value == pytest.approx(1.002, abs=1e-6)
+    # The trailing mean of 50 records falls under 0.9 ln 10 = 2.07 at step 61, after three
+    # evaluations.
+    assert "from step 61" in finding.message and "never beat chance, 2.3" in finding.message
+    learned_then_overfit = rising.copy()
+    learned_then_overfit[3] = 0.95 * np.log(10)
+    assert not run(learned_then_overfit)
+    # Evaluated every 100 steps: once (step 0) before the training loss fit.
+    assert not run(rising[::4], every=100)
+    assert not run(rising * 400)
+    # The same losses on a 3-class head: the validation loss is far above ln 3, not at it.
+    assert not run(rising, classes=3)
+
+
+def test_held_out_loss_at_chance_is_no_symptom_of_badly_scaled_inputs(make_trace) -> None:
+    """Inputs far off-centre (DBG602) explain a model that cannot fit its training data, not
+    one that fits them and generalises nothing: the held-out finding stays its own
+    diagnosis."""
+    rng = np.random.default_rng(0)
+    fits = np.log(10) * (0.1 + 0.9 * np.exp(-np.arange(500) / 300))
+    rising = np.log(10) * (1.002 + 0.4 * (1 - np.exp(-np.arange(21) / 8)))
+    inputs = [rng.normal(5.0, 1.0, (64, 8)).astype(np.float32) for _ in range(10)]
+    path = make_trace(
+        scalars={
+            "loss": [
+                {"values": list(fits)},
+                {"values": list(rising), "steps": range(0, 525, 25), "mode": "eval"},
+            ]
+        },
+        tensors={"inputs": {"values": inputs, "steps": range(0, 500, 50), "collection": "inputs"}},
+        metadata={"num_classes": 10},
+    )
+    report = analyze_path(path)
+    causes = {
+        (report.findings[p.cause].rule_id, report.findings[p.cause].key) for p in report.problems
+    }
+    assert ("DBG303", "held-out-at-chance") in causes
+    assert any(rule == "DBG602" for rule, _ in causes)
+
+
+@pytest.mark.parametrize("with_accuracy", [True, False])
+def test_memorised_random_labels_are_named_before_the_overfitting_they_show(
+    tmp_path, with_accuracy: bool
+) -> None:
     """A real run: an MLP memorises 120 samples whose labels are random. Its training loss
     falls and the validation loss rises, which DBG302 reports as overfitting, but the
-    validation accuracy never leaves chance: the report names that first."""
+    validation accuracy never leaves chance, nor the validation loss when no accuracy is
+    recorded: the report names that first."""
     torch = pytest.importorskip("torch")
     from dbgcli.torch import attach
-
-    from .helpers import analyze_path
 
     torch.manual_seed(0)
     x, x_val = torch.randn(120, 20), torch.randn(400, 20)
@@ -677,16 +746,18 @@ def test_memorised_random_labels_are_named_before_the_overfitting_they_show(tmp_
             output = model(x[rows])
             loss = torch.nn.functional.cross_entropy(output, y[rows])
             hook.record_loss(loss)
-            hook.record_scalar("accuracy", (output.argmax(1) == y[rows]).float().mean().item())
+            if with_accuracy:
+                accuracy = (output.argmax(1) == y[rows]).float().mean().item()
+                hook.record_scalar("accuracy", accuracy)
             loss.backward()
             optimizer.step()
             if step % 25 == 0 or step == 399:
                 with torch.no_grad():
                     held_out = model(x_val)
                 hook.record_loss(torch.nn.functional.cross_entropy(held_out, y_val), mode="eval")
-                hook.record_scalar(
-                    "accuracy", (held_out.argmax(1) == y_val).float().mean().item(), mode="eval"
-                )
+                if with_accuracy:
+                    accuracy = (held_out.argmax(1) == y_val).float().mean().item()
+                    hook.record_scalar("accuracy", accuracy, mode="eval")
     report = analyze_path(path)
     found = {(f.rule_id, f.key) for f in report.findings}
     assert any(rule == "DBG302" for rule, _ in found)
