@@ -2753,3 +2753,167 @@ def _initial_cross_entropy(
     log_p = _log_softmax(rows, 1)
     labelled = float(np.mean(-log_p[np.arange(len(ids)), ids]))
     return _Confidence(labelled, float(np.mean(-log_p)), float(np.log(classes)), "cross-entropy")
+
+
+# -- DBG311 broadcast-loss ----------------------------------------------------------------------
+
+# Within this, the recorded loss is the broadcast loss computed from the predictions.
+_SAME_BROADCAST = 0.01
+# Predictions spread less than this share of the targets' spread have collapsed to one value.
+_COLLAPSED = 0.1
+# Beyond this many samples a step's pairwise losses are not computed (N x N values).
+_PAIRWISE_SAMPLES = 2048
+
+
+@rule(
+    "DBG311",
+    "broadcast-loss",
+    severity="warning",
+    category="loss",
+    requires=(TRAIN_LOSS, LABELS, PREDICTIONS),
+    label="loss broadcast over the batch",
+    # Every prediction is pulled to the batch's mean target: the loss stays at the targets'
+    # variance, and nothing the inputs say is learned.
+    explains=("DBG301:not-decreasing", "DBG303", "DBG402"),
+)
+def broadcast_loss(ctx: RuleContext, *, records: int = 20) -> Iterator[Finding]:
+    """A regression's loss compares each prediction with every target: shapes broadcast to N x N.
+
+    ``nn.MSELoss`` (``F.mse_loss``, ``l1_loss``, ``smooth_l1_loss``, ``huber_loss``) given a
+    model's ``(N, 1)`` output and a ``(N,)`` target broadcasts them to ``(N, N)`` and averages
+    ``(p_i - y_j)^2`` over every pair; PyTorch only warns ("Using a target size ... that is
+    different to the input size"). The gradient of that mean pulls each prediction to the
+    batch's mean target, whatever its input: the model learns to predict the mean, and the
+    loss stays at the targets' variance.
+
+    Checked on up to ``records`` training steps, spread over the run, that hold a training
+    loss and full tensors of regression targets (quantities, see
+    :func:`dbgcli.rules.data.regression_targets`) and predictions with as many values whose
+    shapes broadcast to more (one ``(N, 1)``, the other ``(N,)``). At each, the mean squared
+    error of every pair, ``var(p) + var(y) + (mean p - mean y)^2``, the mean absolute error
+    and the smooth L1 (Huber, δ = 1) of every pair are computed (these two for at most 2,048
+    samples), and the spread of the predictions against the targets' (standard deviations).
+    A step shows the broadcast when the recorded loss is within 1 % of one of the three and
+    the predictions' spread is under a tenth of the targets'. The finding needs the last two
+    steps compared, and at least half of them, to show it: a loss that takes the two
+    elementwise lets the model follow its inputs, so its predictions spread like the targets
+    (recording ``(N, 1)`` outputs for a loss given ``output.squeeze(-1)`` gives no finding).
+    The predictions of a model whose inputs carry nothing about the targets collapse too;
+    the shapes recorded are then the only witness, and they are the shapes the loss saw only
+    when the code records what it passes to the loss.
+
+    Why it matters: the model cannot learn anything about its inputs; the loss looks like a
+    hard problem's plateau, and the run like underfitting.
+
+    Typical causes: ``criterion(model(x), y)`` with a ``Linear(..., 1)`` head and a 1-D
+    target; targets loaded as ``(N, 1)`` against a ``squeeze()``d output.
+
+    Fix: give the loss equal shapes: ``criterion(output.squeeze(-1), y)`` or
+    ``criterion(output, y.unsqueeze(-1))``; make PyTorch's broadcast warning an error in tests
+    (``warnings.filterwarnings("error", message="Using a target size")``).
+
+    Args:
+        records: Most steps read and compared.
+    """
+    if records < 1:
+        raise RuleConfigError(f"DBG311 records must be at least 1, got {records}")
+    losses = _train_losses(ctx)
+    if not losses or not regression_targets(ctx):
+        return
+    for labels, predictions in scored_labels(ctx):
+        steps = _loss_steps_in_full(ctx, labels.tag, predictions.tag, losses, records)
+        compared: list[tuple[int, _Broadcast]] = []
+        for step in steps:
+            found = _broadcast(ctx, labels.tag, predictions.tag, step, losses[step])
+            if found is not None:
+                compared.append((step, found))
+        shown = [(step, b) for step, b in compared if b.shown]
+        if len(compared) < 2 or not all(b.shown for _, b in compared[-2:]):
+            continue
+        if 2 * len(shown) < len(compared):
+            continue
+        step, last = shown[-1]
+        yield Finding(
+            message=(
+                f"predictions {last.shapes[0]} against targets {last.shapes[1]}: the training "
+                f"loss is the {last.kind} of every prediction against every target, broadcast "
+                f"to {last.pairs} (at step {step} {losses[step]:.4g}, elementwise "
+                f"{last.elementwise:.4g}), and the predictions have collapsed to one value "
+                f"(spread {last.spread:.3g} against the targets' {last.target_spread:.3g}); "
+                f"{len(shown)} of {len(compared)} steps compared"
+            ),
+            tensor=predictions.tag,
+            # The loss is the code's, wrong from the first step whatever steps show it.
+            first_step=min(losses),
+            last_step=step,
+            steps=len(shown),
+            value=last.spread / last.target_spread if last.target_spread else 0.0,
+            threshold=_COLLAPSED,
+            mode="train",
+            extra={"labels": labels.tag, "steps_compared": len(compared)},
+        )
+
+
+class _Broadcast(NamedTuple):
+    """One step as DBG311 reads it: which broadcast loss the recorded one is (``kind``, empty
+    for none), the elementwise loss of that kind, the spreads of predictions and targets,
+    and the two shapes and their broadcast's."""
+
+    kind: str
+    elementwise: float
+    spread: float
+    target_spread: float
+    shapes: tuple[tuple[int, ...], tuple[int, ...]]
+    pairs: str
+
+    @property
+    def shown(self) -> bool:
+        return bool(self.kind) and self.spread < _COLLAPSED * self.target_spread
+
+
+def _broadcast(
+    ctx: RuleContext, labels: str, predictions: str, step: int, loss: float
+) -> _Broadcast | None:
+    """DBG311's reading of one training step; None unless its predictions and targets are
+    finite floats of as many values in shapes that broadcast to more."""
+    scores = ctx.trace.raw(predictions, step, "train")
+    truth = ctx.trace.raw(labels, step, "train")
+    if scores is None or truth is None or scores.dtype.kind != "f" or scores.size < 2:
+        return None
+    if truth.size != scores.size or truth.shape == scores.shape:
+        return None
+    try:
+        paired = np.broadcast_shapes(scores.shape, truth.shape)
+    except ValueError:
+        return None
+    if int(np.prod(paired)) <= scores.size:
+        return None
+    p = scores.reshape(-1).astype(np.float64)
+    y = truth.reshape(-1).astype(np.float64)
+    if not (np.isfinite(p).all() and np.isfinite(y).all()):
+        return None
+    errors = {
+        "mean squared error": (np.var(p) + np.var(y) + (p.mean() - y.mean()) ** 2, (p - y) ** 2)
+    }
+    if p.size <= _PAIRWISE_SAMPLES:
+        gaps = np.abs(p[:, None] - y[None, :])
+        errors["mean absolute error"] = (float(gaps.mean()), np.abs(p - y))
+        errors["smooth L1 loss"] = (float(_smooth_l1(gaps).mean()), _smooth_l1(np.abs(p - y)))
+    kind, elementwise = "", float(errors["mean squared error"][1].mean())
+    for name, (pairwise, own) in errors.items():
+        if abs(loss - pairwise) <= _SAME_BROADCAST * abs(pairwise):
+            kind, elementwise = name, float(own.mean())
+            break
+    return _Broadcast(
+        kind,
+        elementwise,
+        float(p.std()),
+        float(y.std()),
+        (scores.shape, truth.shape),
+        " x ".join(str(n) for n in paired),
+    )
+
+
+def _smooth_l1(gaps: np.ndarray) -> np.ndarray:
+    """Smooth L1 (Huber with δ = 1) of absolute errors, as PyTorch's default computes it."""
+    return np.where(gaps < 1.0, 0.5 * gaps**2, gaps - 0.5)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -1190,9 +1191,10 @@ def test_loss_rules_quiet_on_a_healthy_run(make_trace, seed: int) -> None:
         "DBG308",
         "DBG309",
         "DBG310",
+        "DBG311",
     ]
-    # DBG307-DBG310 read the recorded predictions, which this trace has none of.
-    reading = ("DBG307", "DBG308", "DBG309", "DBG310")
+    # DBG307-DBG311 read the recorded predictions, which this trace has none of.
+    reading = ("DBG307", "DBG308", "DBG309", "DBG310", "DBG311")
     judged = [r for r in report.results if r.id not in reading]
     assert all(r.status is RuleStatus.passed for r in judged), [(r.id, r.findings) for r in judged]
     assert all(r.status is RuleStatus.skipped for r in report.results if r.id in reading)
@@ -1860,3 +1862,86 @@ def test_an_initial_loss_is_not_judged_after_a_resume_or_for_a_regression(make_t
     )
     refused = analyze_path(inflated, select=("DBG310",), params={"DBG310": {"ratio": 1.0}})
     assert refused.error == "DBG310 ratio must be above 1, got 1.0"
+
+
+# -- DBG311 broadcast-loss ------------------------------------------------------------------------
+
+
+def _regression_run(tmp_path: Path, name: str, loss_of: Any, *, steps: int = 300) -> Path:
+    """A real regression: an MLP with a ``Linear(32, 1)`` head on targets that depend on the
+    inputs, its ``(N, 1)`` outputs recorded as they come, against ``(N,)`` targets."""
+    torch = pytest.importorskip("torch")
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2000, 8, generator=generator)
+    y = torch.tanh(x @ torch.randn(8, generator=generator) / 2) * 2
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 1))
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+
+    def batch(step: int) -> tuple[Any, Any]:
+        rows = torch.randint(0, 2000, (64,), generator=torch.Generator().manual_seed(step))
+        return x[rows], y[rows]
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # PyTorch's own broadcast warning
+        return train_recording_data(
+            model, optimizer, tmp_path / f"{name}.h5", batch, loss_of, steps=steps, every=50
+        )
+
+
+@pytest.mark.parametrize(
+    ("loss", "kind"),
+    [("mse_loss", "mean squared error"), ("l1_loss", "mean absolute error")],
+)
+def test_broadcast_loss_on_a_real_regression(tmp_path, loss: str, kind: str) -> None:
+    """``F.mse_loss(output, y)`` (or ``l1_loss``) with a ``(64, 1)`` output and a ``(64,)``
+    target averages all 64 x 64 pairs: the model learns the mean, and the report names the
+    shapes as the cause of the stalled loss. The same run with ``output.squeeze(-1)`` in the
+    loss, its outputs still recorded ``(64, 1)``, learns and gives no finding."""
+    torch = pytest.importorskip("torch")
+    function = getattr(torch.nn.functional, loss)
+    broadcast = _regression_run(tmp_path, f"broadcast-{loss}", function)
+    report = analyze_path(broadcast)
+    cause = report.findings[report.problems[0].cause]
+    assert (cause.rule_id, cause.tensor) == ("DBG311", "predictions")
+    assert f"predictions (64, 1) against targets (64,): the training loss is the {kind}" in (
+        cause.message
+    )
+    assert "broadcast to 64 x 64" in cause.message and cause.value < 0.1
+    assert report.problems[0].title == "loss broadcast over the batch"
+    assert {report.findings[i].rule_id for i in report.problems[0].symptoms} >= {"DBG303"}
+
+    squeezed = _regression_run(
+        tmp_path, f"squeezed-{loss}", lambda output, y: function(output.squeeze(-1), y)
+    )
+    assert run_rule(squeezed, "DBG311").status is RuleStatus.passed
+
+
+def test_broadcast_loss_needs_the_recorded_loss_to_be_the_broadcast_one(make_trace) -> None:
+    """Predictions collapsed and shaped ``(N, 1)`` against ``(N,)`` targets, but a loss that
+    is none of the pairwise losses (a loss with other terms): no finding. The same records
+    with the pairwise mean squared error as the loss: a finding, dated from the first loss."""
+    rng = np.random.default_rng(0)
+    targets = [rng.normal(0.0, 2.0, 64) for _ in range(6)]
+    outputs = [np.full((64, 1), 0.1) + rng.normal(0.0, 0.01, (64, 1)) for _ in range(6)]
+    pairwise = [
+        float(np.mean((p.reshape(-1)[:, None] - y[None, :]) ** 2))
+        for p, y in zip(outputs, targets, strict=True)
+    ]
+    kept = range(0, 300, 50)
+
+    def run(loss_at_kept: list[float]) -> list:
+        loss = np.full(300, 4.0)
+        loss[list(kept)] = loss_at_kept
+        path = make_trace(
+            scalars={"loss": list(loss)},
+            tensors={
+                "labels": {"values": targets, "steps": kept, "collection": "labels"},
+                "predictions": {"values": outputs, "steps": kept, "collection": "predictions"},
+            },
+        )
+        return run_rule(path, "DBG311").findings
+
+    (finding,) = run(pairwise)
+    assert (finding.first_step, finding.last_step, finding.steps) == (0, 250, 6)
+    assert not run([1.5 * value for value in pairwise])
