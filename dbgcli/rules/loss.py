@@ -835,16 +835,18 @@ def underfit(
       where it fell below for good.
     * **held-out loss against chance** (key ``held-out-at-chance``, without a validation
       accuracy): the training loss ends below the chance band as above, while the validation
-      loss never beat chance at any evaluation (its lowest value at or above the labels'
-      entropy ``H``, or ``ln C`` without 500 labels): not even predicting the class
-      frequencies did better on held-out data. The validation loss must have been measured
-      at least twice up to the step where the training loss fell below the band (at the
-      start and on the way down), and once more since, so that it was watched while the
-      model learned (a model that generalises beats chance on the way down, before an
-      overconfident one rises above it); and its first value must lie within a factor 2 of ``ln C``, on a mean
-      cross-entropy's scale (a summed validation loss is not). The bar is chance itself, with
-      no margin, since held-out losses of a model that learned a little sit just below it.
-      The finding dates from the first training loss: the data were so from the start.
+      loss never beat chance at any evaluation: its lowest value stays at or above the labels'
+      entropy ``H`` (``ln C`` without 500 labels) less the margin the accuracy checks allow,
+      so not even predicting the class frequencies did worse on held-out data. The bar is
+      chance times the cross-entropy of calibrated predictions right ``1/C + chance_margin``
+      of the time, the rest spread evenly, over ``ln C`` (99.5 % for five classes, 99.3 % for
+      two; chance itself when ``C`` is unknown). The validation loss must have been measured
+      at least twice up to the step where the training loss fell below the band (at the start
+      and on the way down), and once more since, so that it was watched while the model
+      learned (a model that generalises beats chance on the way down, before an
+      overconfident one rises above it); its first value must lie within a factor 2 of
+      ``ln C``, on a mean cross-entropy's scale (a summed validation loss is not). The
+      finding dates from the first training loss: the data were so from the start.
     * **accuracy not improving** (key ``accuracy-flat``): with ``C`` unknown and a training
       accuracy series, the mean stays less than ``chance_margin`` above its first value and
       at or below 0.6 (AutoTrainer's not-converged gate Θ = 0.6; its slow-convergence test
@@ -913,6 +915,7 @@ def underfit(
     initial = initial_loss(ctx)
     # Where the training loss fell below chance for good: the model fits its training labels.
     fitted_from: int | None = None
+    on_the_loss: list[Finding] = []
     if len(values) and values[0] > 0 and steps[-1] - steps[0] + 1 >= min_steps:
         span = _records_for(window, len(values))
         smoothed = _trailing_mean(values, span)
@@ -924,7 +927,7 @@ def underfit(
             base = floor.value if floor is not None and floor.value < initial.value else 0.0
             way = (smoothed - base) / (initial.value - base)
             towards = f" to its floor {base:.4g}" if base else ""
-            yield from _stuck_until_end(
+            on_the_loss += _stuck_until_end(
                 steps,
                 way,
                 way > max_loss_fraction,
@@ -941,7 +944,9 @@ def underfit(
                 ),
             )
             if floor is not None and floor.value > max_loss_fraction * initial.value:
-                yield _high_floor(steps, smoothed, floor, initial.value, reference, tag)
+                on_the_loss.append(
+                    _high_floor(steps, smoothed, floor, initial.value, reference, tag)
+                )
         chance = chance_loss(ctx, classes)
         # The first record says whether the loss is on a cross-entropy's scale; a floor at
         # chance's level leaves the loss nothing to tell chance by.
@@ -953,7 +958,7 @@ def underfit(
             below = smoothed < chance_fraction * chance.low
             if below[-1]:
                 fitted_from = int(steps[np.flatnonzero(~below)[-1] + 1 if (~below).any() else 0])
-            yield from _stuck_until_end(
+            on_the_loss += _stuck_until_end(
                 steps,
                 smoothed / chance.low,
                 chance.holds(smoothed, chance_fraction),
@@ -968,13 +973,20 @@ def underfit(
                 ),
             )
             if fitted_from is not None and ctx.accuracy("eval") is None:
-                yield from _held_out_loss_at_chance(
+                # Chance less the accuracy margin's worth of cross-entropy.
+                margin = _margin_fraction(classes, chance_margin) if classes else 1.0
+                memorised = _held_out_loss_at_chance(
                     ctx,
                     chance,
+                    margin,
                     int(steps[0]),
                     (fitted_from, chance_fraction * chance.low),
                     float(smoothed[-1]),
                 )
+                # It says more than a training loss still high: first, since the diagnosis
+                # takes the first of one rule's findings on one tensor for their cause.
+                on_the_loss[:0] = memorised
+    yield from on_the_loss
     accuracy = ctx.accuracy("train")
     acc_mode: Mode = "train"
     if accuracy is None:
@@ -1087,16 +1099,26 @@ def _held_out_at_chance(
 _EVALUATIONS_WHILE_LEARNING = 2
 
 
+def _margin_fraction(classes: int, margin: float) -> float:
+    """The cross-entropy of calibrated predictions right ``1 / classes + margin`` of the time
+    (the rest spread evenly over the other classes), as a fraction of ``ln classes``: 99.5 %
+    for five classes and a margin of 0.05."""
+    right = min(1.0 / classes + margin, 1.0 - 1e-12)
+    wrong = (1.0 - right) / (classes - 1)
+    return float(-(right * np.log(right) + (1.0 - right) * np.log(wrong)) / np.log(classes))
+
+
 def _held_out_loss_at_chance(
     ctx: RuleContext,
     chance: ChanceLoss,
+    margin: float,
     start: int,
     fitted: tuple[int, float],
     train_mean: float,
 ) -> Iterator[Finding]:
-    """DBG303's held-out loss that never beat chance while the training loss, first recorded
-    at step ``start``, fell below the chance band (``fitted``: from which step, below what)
-    to ``train_mean`` at the end, smoothed."""
+    """DBG303's held-out loss that never went below ``margin`` times chance while the
+    training loss, first recorded at step ``start``, fell below the chance band (``fitted``:
+    from which step, below what) to ``train_mean`` at the end, smoothed."""
     fitted_from, band = fitted
     held_out = ctx.loss("eval")
     if held_out is None:
@@ -1108,17 +1130,18 @@ def _held_out_loss_at_chance(
         or steps[-1] < fitted_from
         # A held-out loss summed, or of another kind, is not on a cross-entropy's scale.
         or not chance.high / 2 <= values[0] <= 2 * chance.high
-        or not chance.not_below(values.min(), 1.0)
+        or not chance.not_below(values.min(), margin)
     ):
         return
     best = float(values.min())
     yield Finding(
         message=(
-            f"the validation loss never beat chance, {chance.low:.3g} (best {best:.4g} in "
+            f"the validation loss never beat chance, {chance.low:.4g} (best {best:.4g} in "
             f"{len(values)} evaluations, {while_learning} of them while the training loss "
-            f"came down), while the training loss fell below {band:.3g} from step "
-            f"{fitted_from} (to {train_mean:.3g}): what the model fits of its training data does not carry to "
-            f"data it has not seen ({chance.text})"
+            f"came down; must go below {margin * chance.low:.4g}), while the training loss "
+            f"fell below {band:.3g} from step {fitted_from} (to {train_mean:.3g}): what the "
+            f"model fits of its training data does not carry to data it has not seen "
+            f"({chance.text})"
         ),
         tensor=ctx.loss_tag("eval") or "loss",
         # Nothing carried from the first evaluation on: the data were so from the start.
@@ -1126,7 +1149,7 @@ def _held_out_loss_at_chance(
         last_step=int(steps[-1]),
         steps=len(values),
         value=best / chance.low,
-        threshold=1.0,
+        threshold=margin,
         mode="eval",
         key="held-out-at-chance",
     )
