@@ -2940,3 +2940,168 @@ def _broadcast(
 def _smooth_l1(gaps: np.ndarray) -> np.ndarray:
     """Smooth L1 (Huber with δ = 1) of absolute errors, as PyTorch's default computes it."""
     return np.where(gaps < 1.0, 0.5 * gaps**2, gaps - 0.5)
+
+
+# -- DBG312 targets-outside-the-loss ------------------------------------------------------------
+
+
+@rule(
+    "DBG312",
+    "targets-outside-the-loss",
+    severity="error",
+    category="loss",
+    requires=(TRAIN_LOSS, LABELS, PREDICTIONS),
+    label={
+        "binary-range": "binary targets outside [0, 1]",
+        "not-distributions": "targets that are no class distribution",
+    },
+    # A loss without a minimum drives the scores off to infinity (weights and gradients grow
+    # with them, and the loss may turn negative or non-finite); one with its minimum in the
+    # wrong place trains the classifier to another task: it stalls and mispredicts.
+    explains=(
+        "DBG102",
+        "DBG301",
+        "DBG303",
+        "DBG305",
+        "DBG306",
+        "DBG404",
+        "DBG502",
+        "DBG503",
+        "DBG601:mispredicted",
+        "DBG604",
+    ),
+)
+def targets_outside_the_loss(ctx: RuleContext, *, records: int = 20) -> Iterator[Finding]:
+    """The loss is given targets it is not defined for: class ids, or several labels per sample.
+
+    * **binary targets outside [0, 1]** (key ``binary-range``): ``BCEWithLogitsLoss`` takes
+      any target without complaint, and with a target ``y > 1`` its terms ``log(1 + e^z) -
+      y z`` fall without bound as the score ``z`` grows: the loss has no minimum, turns
+      negative and runs off (class ids 0-4 given as float targets to a one-output model).
+      Steps are compared whose labels have any value outside ``[0, 1]`` and whose
+      predictions hold one score per label; a step counts where the recorded loss is the
+      binary cross-entropy of the scores against those labels, read as logits or as
+      probabilities.
+    * **targets that are no class distribution** (key ``not-distributions``): the
+      cross-entropy of a softmax with probability targets, ``-sum_k t_k log softmax(z)_k``
+      (``F.cross_entropy`` given float targets of the predictions' shape), is minimised at
+      ``softmax(z) = t / sum(t)``: with multi-label indicators (several 1s in a row) it
+      spreads each sample's probability over its labels, so no label can be scored above
+      ``1/k`` and the loss cannot fall below the rows' entropy, and a row with no label gives
+      no gradient at all. Steps are compared whose labels have the predictions' shape
+      ``(N, K)``, ``K >= 2``, values of at least 0, and some row not summing to 1 (within
+      1e-3); a step counts where the recorded loss is that cross-entropy.
+
+    A recorded loss within 0.1 % of the value computed from the recorded tensors is the
+    computation's (a mean over a batch in float32 is within 1e-7 of float64's); at least
+    three such steps, and at least half of those compared, make the finding, dated from the
+    first training loss (the loss is the code's). A loss with other terms matches neither and
+    gives no finding.
+
+    Why it matters: the loss trains for something other than the task: scores that grow
+    without bound, or probabilities spread over several classes, and a run that looks like
+    an optimisation problem.
+
+    Typical causes: class ids fed to ``BCEWithLogitsLoss`` (a multi-class task given a
+    binary loss); labels read as floats from a file where 1 and 2 code the classes;
+    multi-hot labels fed to ``nn.CrossEntropyLoss``, which expects one class per sample.
+
+    Fix: match the loss to the labels: ``nn.CrossEntropyLoss`` with integer class ids for one
+    class per sample, ``BCEWithLogitsLoss`` with 0/1 indicators (one output per label) for
+    several labels per sample; map binary labels coded 1/2 or -1/1 to 0/1.
+
+    Args:
+        records: Most steps read and compared.
+    """
+    if records < 1:
+        raise RuleConfigError(f"DBG312 records must be at least 1, got {records}")
+    losses = _train_losses(ctx)
+    if not losses:
+        return
+    for labels, predictions in scored_labels(ctx):
+        steps = _loss_steps_in_full(ctx, labels.tag, predictions.tag, losses, records)
+        compared: list[tuple[int, _OutsideTheLoss]] = []
+        for step in steps:
+            found = _outside_the_loss(ctx, labels.tag, predictions.tag, step)
+            if found is not None:
+                compared.append((step, found))
+        hits = [
+            (step, found)
+            for step, found in compared
+            if any(abs(losses[step] - value) <= _SAME_LOSS * abs(value) for value in found.losses)
+        ]
+        if len(hits) < 3 or 2 * len(hits) < len(compared):
+            continue
+        step, last = hits[-1]
+        yield Finding(
+            message=(
+                f"the training loss is the {last.loss} of the predictions against targets it "
+                f"is not defined for ({last.targets}): at step {step} the loss is "
+                f"{losses[step]:.4g}; {len(hits)} of {len(compared)} steps compared"
+            ),
+            tensor=predictions.tag,
+            # The loss is the code's, wrong from the first step whatever steps show it.
+            first_step=min(losses),
+            last_step=step,
+            steps=len(hits),
+            value=float(len(hits)),
+            threshold=3.0,
+            mode="train",
+            key=last.key,
+            extra={"labels": labels.tag, "steps_compared": len(compared)},
+        )
+
+
+class _OutsideTheLoss(NamedTuple):
+    """One step's targets outside a loss's domain: which case (``key``), the loss in words,
+    the targets in words, and the values that loss takes on the recorded tensors."""
+
+    key: str
+    loss: str
+    targets: str
+    losses: tuple[float, ...]
+
+
+def _outside_the_loss(
+    ctx: RuleContext, labels: str, predictions: str, step: int
+) -> _OutsideTheLoss | None:
+    """DBG312's reading of one training step; None unless its labels are outside a binary
+    cross-entropy's ``[0, 1]`` beside one score per label, or rows of ``(N, K)`` targets
+    that are no distribution beside as many scores."""
+    scores = ctx.trace.raw(predictions, step, "train")
+    truth = ctx.trace.raw(labels, step, "train")
+    if scores is None or truth is None or scores.dtype.kind != "f" or not scores.size:
+        return None
+    z = scores.astype(np.float64)
+    t = truth.astype(np.float64)
+    if not (np.isfinite(z).all() and np.isfinite(t).all()):
+        return None
+    if truth.shape == scores.shape and z.ndim == 2 and z.shape[1] >= 2:
+        sums = t.sum(axis=1)
+        if (t < 0).any() or np.allclose(sums, 1.0, atol=1e-3):
+            return None
+        soft = float(np.mean(-(t * _log_softmax(z, 1)).sum(axis=1)))
+        several = int(np.count_nonzero(sums > 1 + 1e-3))
+        targets = (
+            f"{several} of {len(sums)} rows sum to more than 1, up to {sums.max():.3g}"
+            if several
+            else f"rows summing to {sums.min():.3g}-{sums.max():.3g}, not 1"
+        )
+        return _OutsideTheLoss("not-distributions", "softmax cross-entropy", targets, (soft,))
+    outside = (t < 0) | (t > 1)
+    if truth.size != scores.size or not outside.any():
+        return None
+    y, p = t.reshape(-1), z.reshape(-1)
+
+    def binary(probabilities: bool) -> float:
+        if_one, if_zero = _binary_terms(p, probabilities=probabilities)
+        return float(np.mean(y * if_one + (1 - y) * if_zero))
+
+    values = [binary(False)]
+    if ((p >= 0) & (p <= 1)).all():
+        values.append(binary(True))
+    targets = (
+        f"{np.count_nonzero(outside)} of {y.size} outside [0, 1], from {y.min():.3g} to "
+        f"{y.max():.3g}"
+    )
+    return _OutsideTheLoss("binary-range", "binary cross-entropy", targets, tuple(values))

@@ -1196,9 +1196,10 @@ def test_loss_rules_quiet_on_a_healthy_run(make_trace, seed: int) -> None:
         "DBG309",
         "DBG310",
         "DBG311",
+        "DBG312",
     ]
-    # DBG307-DBG311 read the recorded predictions, which this trace has none of.
-    reading = ("DBG307", "DBG308", "DBG309", "DBG310", "DBG311")
+    # DBG307-DBG312 read the recorded predictions, which this trace has none of.
+    reading = ("DBG307", "DBG308", "DBG309", "DBG310", "DBG311", "DBG312")
     judged = [r for r in report.results if r.id not in reading]
     assert all(r.status is RuleStatus.passed for r in judged), [(r.id, r.findings) for r in judged]
     assert all(r.status is RuleStatus.skipped for r in report.results if r.id in reading)
@@ -1949,3 +1950,109 @@ def test_broadcast_loss_needs_the_recorded_loss_to_be_the_broadcast_one(make_tra
     (finding,) = run(pairwise)
     assert (finding.first_step, finding.last_step, finding.steps) == (0, 250, 6)
     assert not run([1.5 * value for value in pairwise])
+
+
+# -- DBG312 targets-outside-the-loss --------------------------------------------------------------
+
+
+def _classifier_run(tmp_path: Path, name: str, targets: Any, outputs: int, loss_of: Any) -> Path:
+    """A real run: an MLP on 20 features whose targets come from the inputs, trained for 300
+    steps with the labels and predictions of every 50th step kept in full."""
+    torch = pytest.importorskip("torch")
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2000, 20, generator=generator)
+    y = targets(x, generator)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(20, 64), torch.nn.ReLU(), torch.nn.Linear(64, outputs)
+    )
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+    def batch(step: int) -> tuple[Any, Any]:
+        rows = torch.randint(0, 2000, (64,), generator=torch.Generator().manual_seed(step))
+        return x[rows], y[rows]
+
+    return train_recording_data(
+        model, optimizer, tmp_path / f"{name}.h5", batch, loss_of, steps=300, every=50
+    )
+
+
+def test_class_ids_given_to_a_binary_cross_entropy(tmp_path) -> None:
+    """Class ids 0-4, as floats, fed to ``BCEWithLogitsLoss`` of a one-output model: the loss
+    has no minimum and runs negative, which read as a healthy falling loss. The report names
+    the targets; the same model on 0/1 targets gives no finding."""
+    torch = pytest.importorskip("torch")
+    functional = torch.nn.functional
+
+    def class_ids(x: Any, generator: Any) -> Any:
+        return torch.bucketize(x[:, 0].contiguous(), torch.tensor([-0.8, -0.25, 0.25, 0.8])).float()
+
+    def bce(output: Any, target: Any) -> Any:
+        return functional.binary_cross_entropy_with_logits(output.squeeze(-1), target)
+
+    report = analyze_path(_classifier_run(tmp_path, "ids", class_ids, 1, bce))
+    cause = report.findings[report.problems[0].cause]
+    assert (cause.rule_id, cause.key, cause.severity) == ("DBG312", "binary-range", Severity.error)
+    assert "outside [0, 1], from 0 to 4" in cause.message and "6 of 6 steps" in cause.message
+    assert report.problems[0].title == "binary targets outside [0, 1]"
+
+    def positive(x: Any, generator: Any) -> Any:
+        return (x[:, 0] > 0).float()
+
+    fine = _classifier_run(tmp_path, "binary", positive, 1, bce)
+    assert run_rule(fine, "DBG312").status is RuleStatus.passed
+
+
+def test_multi_label_targets_given_to_a_softmax_cross_entropy(tmp_path) -> None:
+    """Six labels per sample, several on at once, fed to ``F.cross_entropy`` as float targets:
+    the softmax spreads each sample over its labels and the loss stalls; the report names the
+    targets. The same indicators in ``BCEWithLogitsLoss``, the loss meant for them, give no
+    finding, nor do label-smoothed targets, whose rows sum to 1."""
+    torch = pytest.importorskip("torch")
+    functional = torch.nn.functional
+
+    def indicators(x: Any, generator: Any) -> Any:
+        return (x @ torch.randn(20, 6, generator=generator) > 0.8).float()
+
+    wrong = _classifier_run(tmp_path, "softmax", indicators, 6, functional.cross_entropy)
+    (finding,) = run_rule(wrong, "DBG312").findings
+    assert (finding.key, finding.first_step, finding.last_step) == ("not-distributions", 0, 250)
+    assert "rows sum to more than 1" in finding.message
+    right = _classifier_run(
+        tmp_path, "sigmoid", indicators, 6, functional.binary_cross_entropy_with_logits
+    )
+    assert run_rule(right, "DBG312").status is RuleStatus.passed
+
+    def smoothed(x: Any, generator: Any) -> Any:
+        return functional.one_hot((x[:, 0] > 0).long(), 6).float() * 0.9 + 0.1 / 6
+
+    soft = _classifier_run(tmp_path, "smoothed", smoothed, 6, functional.cross_entropy)
+    assert run_rule(soft, "DBG312").status is RuleStatus.passed
+
+
+def test_targets_outside_the_loss_need_the_recorded_loss_to_be_that_loss(make_trace) -> None:
+    """Targets 0-4 beside one score each, but a recorded loss that is not their binary
+    cross-entropy (a regression's, say): no finding; with it, a finding."""
+    rng = np.random.default_rng(0)
+    targets = [rng.integers(0, 5, 64).astype(np.float64) for _ in range(4)]
+    scores = [rng.normal(0.0, 1.0, 64) for _ in range(4)]
+    bce = [
+        float(np.mean(np.logaddexp(0.0, z) - y * z)) for z, y in zip(scores, targets, strict=True)
+    ]
+    kept = range(0, 400, 100)
+
+    def run(loss_at_kept: list[float]) -> list:
+        loss = np.full(400, 3.0)
+        loss[list(kept)] = loss_at_kept
+        path = make_trace(
+            scalars={"loss": list(loss)},
+            tensors={
+                "labels": {"values": targets, "steps": kept, "collection": "labels"},
+                "predictions": {"values": scores, "steps": kept, "collection": "predictions"},
+            },
+        )
+        return run_rule(path, "DBG312").findings
+
+    (finding,) = run(bce)
+    assert (finding.key, finding.steps, finding.extra["steps_compared"]) == ("binary-range", 4, 4)
+    assert not run([value + 0.5 for value in bce])
