@@ -11,9 +11,10 @@ where in the computation their tensor sits (inputs, then activations layer by la
 loss, gradients and weights; see :func:`place`), then by severity. A finding ``C`` explains a
 finding ``S`` when ``C``'s rule declares ``S``'s rule (or ``rule:key``, the only way to name
 a key that ``S``'s rule keeps ``named_only``), ``C`` starts no later than ``S`` (up to
-``slack`` steps: a tensor recorded every N steps is seen up to N steps late), and ``S`` does not also explain ``C`` from earlier in causal order (where onsets within
-``slack`` of each other count as simultaneous and the place in the computation decides:
-gradients that explode make the updates huge, not the other way round). Among findings seen
+``slack`` steps: a tensor recorded every N steps is seen up to N steps late), and ``S`` does
+not also explain ``C`` from earlier in causal order (where onsets within ``slack`` of each
+other count as simultaneous and the place in the computation decides: gradients that
+explode make the updates huge, not the other way round). Among findings seen
 at the same time, nothing computed from the data explains the data (dead ReLUs do not explain
 all-zero inputs), and a layer does not explain one before it in the same role. Findings of
 one rule on one tensor (a layer whose gradient jumps and then turns NaN), or of one rule and
