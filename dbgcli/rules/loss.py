@@ -32,6 +32,7 @@ from dbgcli.rules._known import (
     resumed_without_start,
 )
 from dbgcli.rules._registry import Need, rule
+from dbgcli.rules.activations import model_output_tags
 from dbgcli.rules.data import (
     LABELS,
     PREDICTIONS,
@@ -2403,7 +2404,11 @@ _CLAMPED_SHARE = 0.1
     severity="error",
     category="loss",
     requires=(LABELS, PREDICTIONS),
-    label={"clamped-outputs": "outputs clamped at zero", "*": "logits clamped at zero"},
+    label={
+        "clamped-outputs": "outputs clamped at zero",
+        "squashed-outputs": "outputs squashed by the last activation",
+        "*": "logits clamped at zero",
+    },
     # A class whose logit sits at the clamp gets no gradient: it can be neither raised for its
     # own samples nor lowered for others', so classes go unpredicted, the output units look
     # dead and the loss stalls.
@@ -2439,6 +2444,14 @@ def clamped_logits(ctx: RuleContext, *, records: int = 20) -> Iterator[Finding]:
     counts) are not compared: a ReLU there keeps the outputs in range by design. The same
     three steps and half of those compared make the finding.
 
+    A regression's outputs squashed (key ``squashed-outputs``): where the run metadata names
+    the model's output layer (``model_outputs``, the PyTorch hook's note) and it is a sigmoid
+    or a tanh, whose outputs cannot leave ``(0, 1)`` or ``(-1, 1)``, a step is compared
+    where at least a tenth of the targets lie outside that range, and counts where every
+    output is finite and inside it (the predictions recorded are that layer's). The same
+    three steps and half of those compared make the finding; the message gives the floor the
+    range sets a mean squared error, the mean squared distance from the targets to it.
+
     Why it matters: cross-entropy wants the logits of the wrong classes far below the right
     one's; clamped at zero, they cannot go below it, and a logit at the clamp passes no
     gradient, so a class whose logit sits there for its own samples is never learnt.
@@ -2448,7 +2461,9 @@ def clamped_logits(ctx: RuleContext, *, records: int = 20) -> Iterator[Finding]:
     or outputs.
 
     Fix: return the last linear layer's output as it is; apply softmax or sigmoid only to
-    read predictions; a regression whose targets cannot be negative can use softplus.
+    read predictions; a regression whose targets cannot be negative can use softplus, one
+    whose targets lie in a range can scale them into the last activation's (min-max to
+    ``[0, 1]`` for a sigmoid).
 
     Args:
         records: Most steps read.
@@ -2457,6 +2472,7 @@ def clamped_logits(ctx: RuleContext, *, records: int = 20) -> Iterator[Finding]:
         raise RuleConfigError(f"DBG308 records must be at least 1, got {records}")
     if regression_targets(ctx):
         yield from _clamped_outputs(ctx, records)
+        yield from _squashed_outputs(ctx, records)
         return
     refuse_unclassed(ctx)
     for labels, predictions in scored_labels(ctx):
@@ -2500,6 +2516,63 @@ def _clamped_outputs(ctx: RuleContext, records: int) -> Iterator[Finding]:
             "clamped-outputs",
             "outputs",
             f", where {last_negative:.0%} of the targets are negative",
+        )
+
+
+# The ranges of the output activations that squash: a regression head ending in one cannot
+# leave them.
+_SQUASHING = {"sigmoid": (0.0, 1.0), "tanh": (-1.0, 1.0)}
+
+
+def _squashed_outputs(ctx: RuleContext, records: int) -> Iterator[Finding]:
+    """DBG308 on a regression whose output layer is a sigmoid or a tanh, beside targets
+    outside its range."""
+    outputs = model_output_tags(ctx)
+    kinds = {
+        view.info.kind
+        for view in ctx.tensors(collection="activations")
+        if view.tag in outputs and view.info.kind in _SQUASHING
+    }
+    if len(kinds) != 1:
+        return
+    (kind,) = kinds
+    low, high = _SQUASHING[kind]
+    for labels, predictions in scored_labels(ctx):
+        compared, hits = 0, []
+        for step, mode in _steps_in_full(ctx, (labels.tag, predictions.tag), records):
+            scores = ctx.trace.raw(predictions.tag, step, mode)
+            truth = ctx.trace.raw(labels.tag, step, mode)
+            if scores is None or truth is None or scores.size != truth.size or not truth.size:
+                continue
+            y = truth.reshape(-1).astype(np.float64)
+            gaps = np.maximum(low - y, 0.0) + np.maximum(y - high, 0.0)
+            if scores.dtype.kind != "f" or np.mean(gaps > 0) < _CLAMPED_SHARE:
+                continue
+            if not np.isfinite(scores).all():
+                continue
+            compared += 1
+            if ((scores >= low) & (scores <= high)).all():
+                hits.append((step, mode, float(np.mean(gaps > 0)), float(np.mean(gaps**2))))
+        if len(hits) < 3 or 2 * len(hits) < compared:
+            continue
+        last_step, last_mode, outside, floor = hits[-1]
+        yield Finding(
+            message=(
+                f"the outputs never leave [{low:g}, {high:g}], the range of the model's last "
+                f"activation, a {kind}, while {outside:.0%} of the targets lie outside it at "
+                f"step {last_step} ({last_mode}): a mean squared error cannot fall below "
+                f"{floor:.4g}, their mean squared distance to it; {len(hits)} of {compared} "
+                "steps compared"
+            ),
+            tensor=predictions.tag,
+            first_step=hits[0][0],
+            last_step=last_step,
+            steps=len(hits),
+            value=outside,
+            threshold=_CLAMPED_SHARE,
+            mode=last_mode,
+            key="squashed-outputs",
+            extra={"labels": labels.tag, "steps_compared": compared, "activation": kind},
         )
 
 

@@ -1561,6 +1561,62 @@ def test_a_regression_clamped_at_zero_beside_negative_targets_is_an_error(tmp_pa
     assert run_rule(run(tmp_path / "linear.h5", relu=False), "DBG308").status is (RuleStatus.passed)
 
 
+@pytest.mark.parametrize(
+    ("head", "scale", "found"),
+    [
+        ("Sigmoid", "units", True),  # targets around 3 in [0, 1]'s place
+        ("Sigmoid", "min-max", False),  # targets scaled into [0, 1]: the head fits them
+        ("Tanh", "standard", True),  # a third of standardised targets beyond ±1
+    ],
+)
+def test_a_regression_squashed_by_its_last_activation(
+    tmp_path: Path, head: str, scale: str, found: bool
+) -> None:
+    """A real regression whose model ends in a sigmoid (or tanh), as the hook notes its
+    output layer: targets outside the activation's range are out of reach, and the report
+    names the head with the floor it sets the loss. Targets scaled into the range pass."""
+    torch = pytest.importorskip("torch")
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2048, 8, generator=generator)
+    y = x[:, :3].sum(1) + 0.3 * torch.sin(3 * x[:, 3])
+    y = {
+        "units": 3 + 2 * y / y.std(),
+        "min-max": (y - y.min()) / (y.max() - y.min()),
+        "standard": (y - y.mean()) / y.std(),
+    }[scale]
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 1), getattr(torch.nn, head)()
+    )
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+
+    def batch(step: int) -> tuple[Any, Any]:
+        rows = torch.randint(0, 2048, (64,), generator=torch.Generator().manual_seed(step))
+        return x[rows], y[rows]
+
+    def mse(output: Any, target: Any) -> Any:
+        return torch.nn.functional.mse_loss(output.squeeze(-1), target)
+
+    path = train_recording_data(
+        model, optimizer, tmp_path / "head.h5", batch, mse, steps=200, every=20
+    )
+    report = analyze_path(path)
+    squashed = [f for f in report.findings if f.key == "squashed-outputs"]
+    if not found:
+        assert not squashed
+        return
+    (finding,) = squashed
+    assert (finding.rule_id, finding.severity, finding.steps) == ("DBG308", Severity.error, 10)
+    low = "0" if head == "Sigmoid" else "-1"
+    kind = head.lower()
+    assert (
+        f"the outputs never leave [{low}, 1], the range of the model's last activation, a {kind}"
+        in (finding.message)
+    )
+    assert "a mean squared error cannot fall below" in finding.message
+    assert report.findings[report.problems[0].cause] == finding
+
+
 def test_label_smoothing_is_read_from_the_loss_and_sets_its_floor(tmp_path: Path) -> None:
     """cross_entropy with label_smoothing=0.9 (0.09 meant) over 4 classes: no loss falls below
     its targets' entropy, 1.372, 99 % of ln 4, so the model that fits them was "underfitting"
