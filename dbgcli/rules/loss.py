@@ -2896,7 +2896,9 @@ def broadcast_loss(ctx: RuleContext, *, records: int = 20) -> Iterator[Finding]:
     (recording ``(N, 1)`` outputs for a loss given ``output.squeeze(-1)`` gives no finding).
     The predictions of a model whose inputs carry nothing about the targets collapse too;
     the shapes recorded are then the only witness, and they are the shapes the loss saw only
-    when the code records what it passes to the loss.
+    when the code records what it passes to the loss. Traces of the Hugging Face callback
+    are skipped: its models compute their loss themselves, on a regression head's logits
+    squeezed to the labels' shape, while the callback records the logits as they come.
 
     Why it matters: the model cannot learn anything about its inputs; the loss looks like a
     hard problem's plateau, and the run like underfitting.
@@ -2913,6 +2915,11 @@ def broadcast_loss(ctx: RuleContext, *, records: int = 20) -> Iterator[Finding]:
     """
     if records < 1:
         raise RuleConfigError(f"DBG311 records must be at least 1, got {records}")
+    if ctx.trace.metadata.get("framework") == "transformers":
+        raise RuleSkipped(
+            "recorded by the Hugging Face callback: the models compute their own loss, and "
+            "squeeze a regression head's logits for it"
+        )
     losses = _train_losses(ctx)
     if not losses or not regression_targets(ctx):
         return
