@@ -985,6 +985,21 @@ def chance_loss(ctx: RuleContext, classes: int | None) -> ChanceLoss | None:
     return ChanceLoss(prior, max(prior, uniform), f"{text}; {guessing()}")
 
 
+def held_out_chance(ctx: RuleContext, classes: int) -> tuple[float, str]:
+    """The held-out loss of a classifier that learned nothing, and what it is in words: the
+    entropy of the validation labels' class frequencies (at least :data:`PRIOR_SAMPLES`
+    recorded in full, the run not weighing its classes), else ``ln C``. Not the training
+    labels': a balanced validation set after a long-tailed training set has its chance at
+    ``ln C``."""
+    uniform = float(np.log(classes))
+    prior = None if _class_weighting(ctx) is not None else label_entropy(ctx, "eval")
+    if prior is not None and 0 < prior < uniform:
+        return prior, (
+            f"predicting the validation labels' class frequencies scores their entropy {prior:.3g}"
+        )
+    return uniform, f"guessing among {classes} classes scores ln {classes} = {uniform:.3g}"
+
+
 # -- shared wording -----------------------------------------------------------------------------
 
 

@@ -537,6 +537,7 @@ def _input_spikes(ctx: RuleContext, scale: float) -> Iterator[Finding]:
         "DBG301",
         "DBG302",
         "DBG303",
+        "DBG303:held-out-at-chance",
         "DBG305",
         "DBG306",
         "DBG503",

@@ -36,9 +36,9 @@ from dbgcli.rules.activations import model_output_tags
 from dbgcli.rules.data import (
     LABELS,
     PREDICTIONS,
-    ChanceLoss,
     chance_loss,
     class_ids,
+    held_out_chance,
     plan_class_ids,
     refuse_unclassed,
     regression_targets,
@@ -847,7 +847,8 @@ def underfit(
       learned (a model that generalises beats chance on the way down, before an
       overconfident one rises above it); its first value must lie within a factor 2 of
       ``ln C``, on a mean cross-entropy's scale (a summed validation loss is not). The
-      finding dates from the first training loss: the data were so from the start.
+      finding dates from the first evaluation after the first training step: from there on,
+      nothing the model learned carried to the held-out data.
     * **accuracy not improving** (key ``accuracy-flat``): with ``C`` unknown and a training
       accuracy series, the mean stays less than ``chance_margin`` above its first value and
       at or below 0.6 (AutoTrainer's not-converged gate Θ = 0.6; its slow-convergence test
@@ -973,13 +974,12 @@ def underfit(
                     f"{chance.low:.3g})"
                 ),
             )
-            if fitted_from is not None and ctx.accuracy("eval") is None:
-                # Chance less the accuracy margin's worth of cross-entropy.
-                margin = _margin_fraction(classes, chance_margin) if classes else 1.0
+            if fitted_from is not None and classes and ctx.accuracy("eval") is None:
                 memorised = _held_out_loss_at_chance(
                     ctx,
-                    chance,
-                    margin,
+                    classes,
+                    # Chance less the accuracy margin's worth of cross-entropy.
+                    _margin_fraction(classes, chance_margin),
                     int(steps[0]),
                     (fitted_from, chance_fraction * chance.low),
                     float(smoothed[-1]),
@@ -1003,7 +1003,9 @@ def underfit(
     if classes and acc_mode == "eval" and fitted_from is not None:
         level = 1.0 / classes + chance_margin
         fitted = "the training loss fell below chance"
-        yield from _held_out_at_chance(ctx, accuracy, level, classes, window, fitted_from, fitted)
+        yield from _held_out_accuracy_at_chance(
+            ctx, accuracy, level, classes, window, fitted_from, fitted
+        )
     elif classes:
         level = 1.0 / classes + chance_margin
         at_chance = list(
@@ -1029,7 +1031,9 @@ def underfit(
             whole = np.arange(len(smoothed)) >= span - 1
             rose = int(steps[np.argmax(whole & (smoothed > level))])
             fitted = "the training accuracy is above it"
-            yield from _held_out_at_chance(ctx, held_out, level, classes, window, rose, fitted)
+            yield from _held_out_accuracy_at_chance(
+                ctx, held_out, level, classes, window, rose, fitted
+            )
     else:
         start = float(smoothed[min(len(smoothed), span) - 1])
         flat = (smoothed - start < chance_margin) & (smoothed <= _NOT_CONVERGED_ACCURACY)
@@ -1062,7 +1066,7 @@ def underfit(
         )
 
 
-def _held_out_at_chance(
+def _held_out_accuracy_at_chance(
     ctx: RuleContext,
     held_out: Series,
     level: float,
@@ -1111,13 +1115,13 @@ def _margin_fraction(classes: int, margin: float) -> float:
 
 def _held_out_loss_at_chance(
     ctx: RuleContext,
-    chance: ChanceLoss,
+    classes: int,
     margin: float,
     start: int,
     fitted: tuple[int, float],
     train_mean: float,
 ) -> Iterator[Finding]:
-    """DBG303's held-out loss that never went below ``margin`` times chance while the
+    """DBG303's held-out loss that never went below ``margin`` times its chance while the
     training loss, first recorded at step ``start``, fell below the chance band (``fitted``:
     from which step, below what) to ``train_mean`` at the end, smoothed."""
     fitted_from, band = fitted
@@ -1125,31 +1129,35 @@ def _held_out_loss_at_chance(
     if held_out is None:
         return
     steps, values = _finite(held_out)
+    uniform = float(np.log(classes))
+    chance, what = held_out_chance(ctx, classes)
     while_learning = int(np.count_nonzero(steps <= fitted_from))
     if (
         while_learning < _EVALUATIONS_WHILE_LEARNING
-        or steps[-1] < fitted_from
+        or steps[-1] <= fitted_from
         # A held-out loss summed, or of another kind, is not on a cross-entropy's scale.
-        or not chance.high / 2 <= values[0] <= 2 * chance.high
-        or not chance.not_below(values.min(), margin)
+        or not uniform / 2 <= values[0] <= 2 * uniform
+        or values.min() < margin * chance
     ):
         return
     best = float(values.min())
     yield Finding(
         message=(
-            f"the validation loss never beat chance, {chance.low:.4g} (best {best:.4g} in "
+            f"the validation loss never beat chance, {chance:.4g} (best {best:.4g} in "
             f"{len(values)} evaluations, {while_learning} of them while the training loss "
-            f"came down; must go below {margin * chance.low:.4g}), while the training loss "
-            f"fell below {band:.3g} from step {fitted_from} (to {train_mean:.3g}): what the "
-            f"model fits of its training data does not carry to data it has not seen "
-            f"({chance.text})"
+            f"came down; must go below {margin * chance:.4g}), while the training loss fell "
+            f"below {band:.3g} from step {fitted_from} (to {train_mean:.3g}): what the model "
+            f"fits of its training data does not carry to data it has not seen ({what}); "
+            "check that each label stays paired with its input, and that the held-out data "
+            "are labelled and prepared like the training data"
         ),
         tensor=ctx.loss_tag("eval") or "loss",
-        # Nothing carried from the first evaluation on: the data were so from the start.
-        first_step=min(start, int(steps[0])),
+        # Nothing carried from the first evaluation of a trained model on (one before the
+        # first update says nothing).
+        first_step=int(steps[steps > start][0]),
         last_step=int(steps[-1]),
         steps=len(values),
-        value=best / chance.low,
+        value=best / chance,
         threshold=margin,
         mode="eval",
         key="held-out-at-chance",
@@ -1931,6 +1939,7 @@ _NORMALISED = 1e-3
         "DBG301:not-decreasing",
         "DBG302",
         "DBG303",
+        "DBG303:held-out-at-chance",
         "DBG304",
         "DBG601:mispredicted",
         "DBG604",
@@ -2051,7 +2060,8 @@ def _batch_normalised(
     elif (z <= _NORMALISED).all():
         over_batch, over_classes = np.exp(z).sum(axis=0), np.exp(z).sum(axis=-1)
     else:
-        if mode != "train" or loss is None or z.ndim != 2 or ids.ndim != 1:
+        # One class id per sample (multi-hot rows read as ids are not).
+        if mode != "train" or loss is None or z.ndim != 2 or ids.shape != (samples,):
             return None
         keep = ids >= 0
         rows = np.arange(samples)[keep]
@@ -2436,7 +2446,8 @@ def clamped_logits(ctx: RuleContext, *, records: int = 20) -> Iterator[Finding]:
     the finding.
 
     A regression's outputs (key ``clamped-outputs``): with labels that are quantities (see
-    :func:`dbgcli.rules.data.regression_targets`) and predictions of as many values, a step
+    :func:`dbgcli.rules.data.regression_targets`), or any numbers where the run metadata's
+    ``task`` is ``regression``, and predictions of as many values, a step
     is compared where at least a tenth of the targets are negative, and counts where every
     output is finite, none is negative and at least a tenth are exactly zero: a ReLU after
     the last layer, which cannot reach the negative targets (half of any standardised
@@ -2446,11 +2457,12 @@ def clamped_logits(ctx: RuleContext, *, records: int = 20) -> Iterator[Finding]:
 
     A regression's outputs squashed (key ``squashed-outputs``): where the run metadata names
     the model's output layer (``model_outputs``, the PyTorch hook's note) and it is a sigmoid
-    or a tanh, whose outputs cannot leave ``(0, 1)`` or ``(-1, 1)``, a step is compared
-    where at least a tenth of the targets lie outside that range, and counts where every
-    output is finite and inside it (the predictions recorded are that layer's). The same
-    three steps and half of those compared make the finding; the message gives the floor the
-    range sets a mean squared error, the mean squared distance from the targets to it.
+    or a tanh, whose outputs cannot leave ``(0, 1)`` or ``(-1, 1)``, a step counts where every
+    output is finite and inside it (the predictions recorded are that layer's): at least three
+    such steps, half of those read. Their targets, pooled, must lie outside the range for at
+    least a tenth, and far enough that the range alone keeps a mean squared error above a
+    tenth of their variance (the mean squared distance from the targets to the range is
+    that floor): a sigmoid on measured fractions that spill a little past 1 costs nothing.
 
     Why it matters: cross-entropy wants the logits of the wrong classes far below the right
     one's; clamped at zero, they cannot go below it, and a logit at the clamp passes no
@@ -2470,7 +2482,8 @@ def clamped_logits(ctx: RuleContext, *, records: int = 20) -> Iterator[Finding]:
     """
     if records < 1:
         raise RuleConfigError(f"DBG308 records must be at least 1, got {records}")
-    if regression_targets(ctx):
+    # Whole-number targets (ratings, counts) are a regression's where the metadata says so.
+    if regression_targets(ctx) or ctx.trace.metadata.get("task") == "regression":
         yield from _clamped_outputs(ctx, records)
         yield from _squashed_outputs(ctx, records)
         return
@@ -2538,41 +2551,45 @@ def _squashed_outputs(ctx: RuleContext, records: int) -> Iterator[Finding]:
     (kind,) = kinds
     low, high = _SQUASHING[kind]
     for labels, predictions in scored_labels(ctx):
-        compared, hits = 0, []
+        read, inside = 0, []
         for step, mode in _steps_in_full(ctx, (labels.tag, predictions.tag), records):
             scores = ctx.trace.raw(predictions.tag, step, mode)
             truth = ctx.trace.raw(labels.tag, step, mode)
             if scores is None or truth is None or scores.size != truth.size or not truth.size:
                 continue
-            y = truth.reshape(-1).astype(np.float64)
-            gaps = np.maximum(low - y, 0.0) + np.maximum(y - high, 0.0)
-            if scores.dtype.kind != "f" or np.mean(gaps > 0) < _CLAMPED_SHARE:
+            if scores.dtype.kind != "f" or not np.isfinite(scores).all():
                 continue
-            if not np.isfinite(scores).all():
-                continue
-            compared += 1
+            read += 1
             if ((scores >= low) & (scores <= high)).all():
-                hits.append((step, mode, float(np.mean(gaps > 0)), float(np.mean(gaps**2))))
-        if len(hits) < 3 or 2 * len(hits) < compared:
+                y = truth.reshape(-1).astype(np.float64)
+                inside.append((step, mode, y[np.isfinite(y)]))
+        if len(inside) < 3 or 2 * len(inside) < read:
             continue
-        last_step, last_mode, outside, floor = hits[-1]
+        targets = np.concatenate([y for _, _, y in inside])
+        gaps = np.maximum(low - targets, 0.0) + np.maximum(targets - high, 0.0)
+        outside, floor = float(np.mean(gaps > 0)), float(np.mean(gaps**2))
+        # Out of reach, and dearly: the range alone keeps the fit from a tenth of the
+        # targets' variance.
+        if outside < _CLAMPED_SHARE or floor < _CLAMPED_SHARE * float(np.var(targets)):
+            continue
+        last_step, last_mode, _ = inside[-1]
         yield Finding(
             message=(
                 f"the outputs never leave [{low:g}, {high:g}], the range of the model's last "
-                f"activation, a {kind}, while {outside:.0%} of the targets lie outside it at "
-                f"step {last_step} ({last_mode}): a mean squared error cannot fall below "
-                f"{floor:.4g}, their mean squared distance to it; {len(hits)} of {compared} "
-                "steps compared"
+                f"activation, a {kind}, while {outside:.0%} of the targets lie outside it: a "
+                f"mean squared error cannot fall below {floor:.4g}, their mean squared "
+                f"distance to it, {floor / float(np.var(targets)):.0%} of their variance; "
+                f"{len(inside)} of {read} steps read"
             ),
             tensor=predictions.tag,
-            first_step=hits[0][0],
+            first_step=inside[0][0],
             last_step=last_step,
-            steps=len(hits),
+            steps=len(inside),
             value=outside,
             threshold=_CLAMPED_SHARE,
             mode=last_mode,
             key="squashed-outputs",
-            extra={"labels": labels.tag, "steps_compared": compared, "activation": kind},
+            extra={"labels": labels.tag, "steps_compared": read, "activation": kind},
         )
 
 
@@ -2853,10 +2870,11 @@ def _initial_cross_entropy(
 
 # -- DBG311 broadcast-loss ----------------------------------------------------------------------
 
-# Within this, the recorded loss is the broadcast loss computed from the predictions.
-_SAME_BROADCAST = 0.01
-# Predictions spread less than this share of the targets' spread have collapsed to one value.
-_COLLAPSED = 0.1
+# Within this, the recorded loss is a loss computed here from the recorded tensors: a float32
+# mean over a batch, even of N x N pairs, is within about 1e-6 of float64's.
+_SAME_COMPUTED = 1e-4
+# Beyond this, two losses computed here tell a broadcast from an elementwise pairing.
+_TOLD_PAIRING = 1e-3
 # Beyond this many samples a step's pairwise losses are not computed (N x N values).
 _PAIRWISE_SAMPLES = 2048
 
@@ -2883,22 +2901,22 @@ def broadcast_loss(ctx: RuleContext, *, records: int = 20) -> Iterator[Finding]:
     loss stays at the targets' variance.
 
     Checked on up to ``records`` training steps, spread over the run, that hold a training
-    loss and full tensors of regression targets (quantities, see
-    :func:`dbgcli.rules.data.regression_targets`) and predictions with as many values whose
-    shapes broadcast to more (one ``(N, 1)``, the other ``(N,)``). At each, the mean squared
-    error of every pair, ``var(p) + var(y) + (mean p - mean y)^2``, the mean absolute error
-    and the smooth L1 (Huber, δ = 1) of every pair are computed (these two for at most 2,048
-    samples), and the spread of the predictions against the targets' (standard deviations).
-    A step shows the broadcast when the recorded loss is within 1 % of one of the three and
-    the predictions' spread is under a tenth of the targets'. The finding needs the last two
-    steps compared, and at least half of them, to show it: a loss that takes the two
-    elementwise lets the model follow its inputs, so its predictions spread like the targets
-    (recording ``(N, 1)`` outputs for a loss given ``output.squeeze(-1)`` gives no finding).
-    The predictions of a model whose inputs carry nothing about the targets collapse too;
-    the shapes recorded are then the only witness, and they are the shapes the loss saw only
-    when the code records what it passes to the loss. Traces of the Hugging Face callback
-    are skipped: its models compute their loss themselves, on a regression head's logits
-    squeezed to the labels' shape, while the callback records the logits as they come.
+    loss and full tensors of numeric targets and of predictions with as many values, in
+    shapes that broadcast to more (one ``(N, 1)``, the other ``(N,)``). At each, the mean
+    squared error, the mean absolute error and the smooth L1 (Huber, δ = 1) are computed
+    both ways, over every pair (the squared error as ``var(p) + var(y) + (mean p - mean
+    y)^2``; the other two for at most 2,048 samples) and element by element. The two
+    pairings differ by twice the covariance of predictions and targets (for the squared
+    error): a step tells them apart where they differ by more than 0.1 %, and shows the
+    broadcast where the recorded loss is within 0.01 % of a pairwise loss and more than
+    0.1 % from the same loss element by element (a float32 mean is within about 1e-6 of
+    float64's). At least three such steps, and at least half of those that tell the pairings
+    apart, make the finding, dated from the first training loss (the loss is the code's).
+
+    A correct loss given ``output.squeeze(-1)``, whose ``(N, 1)`` output was recorded as it
+    came, matches the elementwise loss and gives no finding; nor does a model whose
+    predictions do not covary with the targets (one that learned nothing, however it pairs
+    them): its two pairings are the same loss. A loss with other terms matches neither.
 
     Why it matters: the model cannot learn anything about its inputs; the loss looks like a
     hard problem's plateau, and the run like underfitting.
@@ -2915,75 +2933,77 @@ def broadcast_loss(ctx: RuleContext, *, records: int = 20) -> Iterator[Finding]:
     """
     if records < 1:
         raise RuleConfigError(f"DBG311 records must be at least 1, got {records}")
-    if ctx.trace.metadata.get("framework") == "transformers":
-        raise RuleSkipped(
-            "recorded by the Hugging Face callback: the models compute their own loss, and "
-            "squeeze a regression head's logits for it"
-        )
     losses = _train_losses(ctx)
-    if not losses or not regression_targets(ctx):
+    if not losses:
         return
     for labels, predictions in scored_labels(ctx):
         steps = _loss_steps_in_full(ctx, labels.tag, predictions.tag, losses, records)
-        compared: list[tuple[int, _Broadcast]] = []
+        told: list[tuple[int, _Pairings]] = []
         for step in steps:
-            found = _broadcast(ctx, labels.tag, predictions.tag, step, losses[step])
-            if found is not None:
-                compared.append((step, found))
-        shown = [(step, b) for step, b in compared if b.shown]
-        if len(compared) < 2 or not all(b.shown for _, b in compared[-2:]):
+            pairings = _pairings(ctx, labels.tag, predictions.tag, step)
+            if pairings is not None and pairings.told_apart:
+                told.append((step, pairings))
+        hits = [(step, p, p.broadcast(losses[step])) for step, p in told]
+        hits = [(step, p, kind) for step, p, kind in hits if kind]
+        if len(hits) < 3 or 2 * len(hits) < len(told):
             continue
-        if 2 * len(shown) < len(compared):
-            continue
-        step, last = shown[-1]
+        step, last, kind = hits[-1]
+        pairwise, elementwise = last.losses[kind]
         yield Finding(
             message=(
                 f"predictions {last.shapes[0]} against targets {last.shapes[1]}: the training "
-                f"loss is the {last.kind} of every prediction against every target, broadcast "
-                f"to {last.pairs} (at step {step} {losses[step]:.4g}, elementwise "
-                f"{last.elementwise:.4g}), and the predictions have collapsed to one value "
-                f"(spread {last.spread:.3g} against the targets' {last.target_spread:.3g}); "
-                f"{len(shown)} of {len(compared)} steps compared"
+                f"loss is the {kind} of every prediction against every target, broadcast to "
+                f"{last.pairs} (at step {step} {losses[step]:.6g}, element by element "
+                f"{elementwise:.6g}); the predictions spread {last.spread:.3g} against the "
+                f"targets' {last.target_spread:.3g}; {len(hits)} of {len(told)} steps that "
+                "tell the pairings apart"
             ),
             tensor=predictions.tag,
             # The loss is the code's, wrong from the first step whatever steps show it.
             first_step=min(losses),
             last_step=step,
-            steps=len(shown),
-            value=last.spread / last.target_spread if last.target_spread else 0.0,
-            threshold=_COLLAPSED,
+            steps=len(hits),
+            value=float(len(hits)),
+            threshold=3.0,
             mode="train",
-            extra={"labels": labels.tag, "steps_compared": len(compared)},
+            extra={"labels": labels.tag, "steps_compared": len(told)},
         )
 
 
-class _Broadcast(NamedTuple):
-    """One step as DBG311 reads it: which broadcast loss the recorded one is (``kind``, empty
-    for none), the elementwise loss of that kind, the spreads of predictions and targets,
-    and the two shapes and their broadcast's."""
+class _Pairings(NamedTuple):
+    """One step's losses as DBG311 computes them, by kind: ``(over every pair, element by
+    element)``; the spreads (standard deviations) of predictions and targets; their shapes
+    and their broadcast's."""
 
-    kind: str
-    elementwise: float
+    losses: dict[str, tuple[float, float]]
     spread: float
     target_spread: float
     shapes: tuple[tuple[int, ...], tuple[int, ...]]
     pairs: str
 
     @property
-    def shown(self) -> bool:
-        return bool(self.kind) and self.spread < _COLLAPSED * self.target_spread
+    def told_apart(self) -> bool:
+        return any(abs(pair - own) > _TOLD_PAIRING * abs(own) for pair, own in self.losses.values())
+
+    def broadcast(self, loss: float) -> str:
+        """The kind of loss whose pairwise value ``loss`` is, and not its elementwise one;
+        empty for none."""
+        for kind, (pair, own) in self.losses.items():
+            if abs(loss - pair) <= _SAME_COMPUTED * abs(pair) and (
+                abs(loss - own) > _TOLD_PAIRING * abs(own)
+            ):
+                return kind
+        return ""
 
 
-def _broadcast(
-    ctx: RuleContext, labels: str, predictions: str, step: int, loss: float
-) -> _Broadcast | None:
+def _pairings(ctx: RuleContext, labels: str, predictions: str, step: int) -> _Pairings | None:
     """DBG311's reading of one training step; None unless its predictions and targets are
-    finite floats of as many values in shapes that broadcast to more."""
+    finite numbers, as many of each, in shapes that broadcast to more."""
     scores = ctx.trace.raw(predictions, step, "train")
     truth = ctx.trace.raw(labels, step, "train")
     if scores is None or truth is None or scores.dtype.kind != "f" or scores.size < 2:
         return None
-    if truth.size != scores.size or truth.shape == scores.shape:
+    if truth.dtype.kind not in "fiub" or truth.size != scores.size or truth.shape == scores.shape:
         return None
     try:
         paired = np.broadcast_shapes(scores.shape, truth.shape)
@@ -2995,21 +3015,14 @@ def _broadcast(
     y = truth.reshape(-1).astype(np.float64)
     if not (np.isfinite(p).all() and np.isfinite(y).all()):
         return None
-    errors = {
-        "mean squared error": (np.var(p) + np.var(y) + (p.mean() - y.mean()) ** 2, (p - y) ** 2)
-    }
+    squared = float(np.var(p) + np.var(y) + (p.mean() - y.mean()) ** 2)
+    found = {"mean squared error": (squared, float(np.mean((p - y) ** 2)))}
     if p.size <= _PAIRWISE_SAMPLES:
-        gaps = np.abs(p[:, None] - y[None, :])
-        errors["mean absolute error"] = (float(gaps.mean()), np.abs(p - y))
-        errors["smooth L1 loss"] = (float(_smooth_l1(gaps).mean()), _smooth_l1(np.abs(p - y)))
-    kind, elementwise = "", float(errors["mean squared error"][1].mean())
-    for name, (pairwise, own) in errors.items():
-        if abs(loss - pairwise) <= _SAME_BROADCAST * abs(pairwise):
-            kind, elementwise = name, float(own.mean())
-            break
-    return _Broadcast(
-        kind,
-        elementwise,
+        gaps, own = np.abs(p[:, None] - y[None, :]), np.abs(p - y)
+        found["mean absolute error"] = (float(gaps.mean()), float(own.mean()))
+        found["smooth L1 loss"] = (float(_smooth_l1(gaps).mean()), float(_smooth_l1(own).mean()))
+    return _Pairings(
+        found,
         float(p.std()),
         float(y.std()),
         (scores.shape, truth.shape),
@@ -3023,6 +3036,9 @@ def _smooth_l1(gaps: np.ndarray) -> np.ndarray:
 
 
 # -- DBG312 targets-outside-the-loss ------------------------------------------------------------
+
+# Beyond this from 1, the sum of a row of targets is no class distribution's.
+_NOT_A_DISTRIBUTION = 0.05
 
 
 @rule(
@@ -3069,8 +3085,10 @@ def targets_outside_the_loss(ctx: RuleContext, *, records: int = 20) -> Iterator
       spreads each sample's probability over its labels, so no label can be scored above
       ``1/k`` and the loss cannot fall below the rows' entropy, and a row with no label gives
       no gradient at all. Steps are compared whose labels have the predictions' shape
-      ``(N, K)``, ``K >= 2``, values of at least 0, and some row not summing to 1 (within
-      1e-3); a step counts where the recorded loss is that cross-entropy.
+      ``(N, K)``, ``K >= 2``, values of at least 0, and some row that is not all zeros (a
+      masked sample, which adds nothing) summing to more than 1.05 or less than 0.95 (a
+      distribution's sum rounded in bfloat16, as mixup's weights are, is off by thousandths);
+      a step counts where the recorded loss is that cross-entropy.
 
     A recorded loss within 0.1 % of the value computed from the recorded tensors is the
     computation's (a mean over a batch in float32 is within 1e-7 of float64's); at least
@@ -3158,14 +3176,16 @@ def _outside_the_loss(
         return None
     if truth.shape == scores.shape and z.ndim == 2 and z.shape[1] >= 2:
         sums = t.sum(axis=1)
-        if (t < 0).any() or np.allclose(sums, 1.0, atol=1e-3):
+        # Rows of zeros (masked samples) add nothing to the loss; rounding (mixup's weights
+        # in bfloat16) moves a distribution's sum by thousandths, not by a twentieth.
+        labelled = sums[sums != 0]
+        off = np.abs(labelled - 1.0) > _NOT_A_DISTRIBUTION
+        if (t < 0).any() or not off.any():
             return None
         soft = float(np.mean(-(t * _log_softmax(z, 1)).sum(axis=1)))
-        several = int(np.count_nonzero(sums > 1 + 1e-3))
         targets = (
-            f"{several} of {len(sums)} rows sum to more than 1, up to {sums.max():.3g}"
-            if several
-            else f"rows summing to {sums.min():.3g}-{sums.max():.3g}, not 1"
+            f"{np.count_nonzero(off)} of {len(sums)} rows sum to other than 1, from "
+            f"{labelled.min():.3g} to {labelled.max():.3g}"
         )
         return _OutsideTheLoss("not-distributions", "softmax cross-entropy", targets, (soft,))
     outside = (t < 0) | (t > 1)

@@ -277,8 +277,9 @@ def trained_in_eval_mode(ctx: RuleContext) -> Iterator[Finding]:
     category="run",
     requires=Need.torch_hook_note(schema.META_EVALUATED_IN_TRAIN_MODE, "the evaluation mode"),
     label={"train-mode": "model evaluated in training mode"},
-    # Dropout left on raises the held-out loss: a gap, or a rise, that is the evaluation's.
-    explains=("DBG302", "DBG304"),
+    # Dropout left on raises the held-out loss: a gap, or a rise, that is the evaluation's; a
+    # batch norm normalised by each evaluation batch can leave it at chance.
+    explains=("DBG302", "DBG304", "DBG303:held-out-at-chance"),
 )
 def evaluated_in_train_mode(ctx: RuleContext) -> Iterator[Finding]:
     """The model was evaluated in training mode (``model.eval()`` not called before it).
@@ -722,6 +723,7 @@ def _batch_norms(ctx: RuleContext) -> dict[str, int]:
         "DBG301:not-decreasing",
         "DBG302",
         "DBG303",
+        "DBG303:held-out-at-chance",
         "DBG305",
         "DBG503:too-high",
         "DBG601:mispredicted",

@@ -64,7 +64,7 @@ def _depth_views(ctx: RuleContext) -> list[TensorView]:
     ),
     label={"too-deep": "trees too deep", "no-splits": "trees that never split"},
     explains={
-        "too-deep": ("DBG302", "DBG304"),
+        "too-deep": ("DBG302", "DBG304", "DBG303:held-out-at-chance"),
         # A constant model learns nothing and predicts one class.
         "no-splits": ("DBG301:not-decreasing", "DBG303", "DBG601:mispredicted", "DBG604"),
     },

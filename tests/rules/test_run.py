@@ -376,3 +376,49 @@ def test_batch_norm_over_a_tiny_batch_is_a_warning_that_explains_the_stall(make_
     assert run_rule(trace, "DBG806").status is RuleStatus.passed
     assert run_rule(trace, "DBG806", min_values=16).findings[0].threshold == 16
     assert run_rule(make_trace(scalars=stuck), "DBG806").status is RuleStatus.skipped
+
+
+def test_evaluation_in_training_mode_explains_a_held_out_loss_at_chance(tmp_path: Path) -> None:
+    """A real run: ``model.eval()`` forgotten before validation, with batch norm and a
+    validation loader that gives one class per batch (a folder read in order). Each batch is
+    normalised by itself, which removes what tells the classes apart: the validation loss
+    sits at chance while the training loss falls. That held-out finding is DBG803's symptom,
+    not a diagnosis of its own."""
+    torch = pytest.importorskip("torch")
+    from dbgcli.torch import attach
+
+    torch.manual_seed(0)
+    classes, features = 10, 20
+    centres = torch.randn(classes, features)
+    y = torch.randint(0, classes, (4000,))
+    x = centres[y] + torch.randn(4000, features)
+    y_val = torch.arange(classes).repeat_interleave(100)
+    x_val = centres[y_val] + torch.randn(len(y_val), features)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(features, 128),
+        torch.nn.BatchNorm1d(128),
+        torch.nn.ReLU(),
+        torch.nn.Linear(128, classes),
+    )
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    cross_entropy = torch.nn.functional.cross_entropy
+    path = tmp_path / "train-mode.h5"
+    with attach(model, optimizer, path) as hook:
+        for step in range(400):
+            if step % 20 == 0 or step == 399:
+                with torch.no_grad():  # model.eval() forgotten
+                    batches = [
+                        cross_entropy(model(x_val[b : b + 100]), y_val[b : b + 100])
+                        for b in range(0, 1000, 100)
+                    ]
+                hook.record_loss(torch.stack(batches).mean(), mode="eval")
+            rows = torch.randint(0, 4000, (64,), generator=torch.Generator().manual_seed(step))
+            loss = cross_entropy(model(x[rows]), y[rows])
+            hook.record_loss(loss)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    report = analyze_path(path)
+    (problem,) = [p for p in report.problems if report.findings[p.cause].rule_id == "DBG803"]
+    symptoms = {(report.findings[i].rule_id, report.findings[i].key) for i in problem.symptoms}
+    assert ("DBG303", "held-out-at-chance") in symptoms
