@@ -834,21 +834,23 @@ def underfit(
       above that level. Without a training accuracy, a training loss that ends below the
       chance band (under ``chance_fraction`` of the labels' entropy) shows the fit, from
       where it fell below for good.
-    * **held-out loss against chance** (key ``held-out-at-chance``, without a validation
-      accuracy): the training loss ends below the chance band as above, while the validation
-      loss never beat chance at any evaluation: its lowest value stays at or above the labels'
-      entropy ``H`` (``ln C`` without 500 labels) less the margin the accuracy checks allow,
-      so not even predicting the class frequencies did worse on held-out data. The bar is
-      chance times the cross-entropy of calibrated predictions right ``1/C + chance_margin``
-      of the time, the rest spread evenly, over ``ln C`` (99.5 % for five classes, 99.3 % for
-      two; chance itself when ``C`` is unknown). The validation loss must have been measured
-      at least twice up to the step where the training loss fell below the band (at the start
-      and on the way down), and once more since, so that it was watched while the model
-      learned (a model that generalises beats chance on the way down, before an
-      overconfident one rises above it); its first value must lie within a factor 2 of
-      ``ln C``, on a mean cross-entropy's scale (a summed validation loss is not). The
-      finding dates from the first evaluation after the first training step: from there on,
-      nothing the model learned carried to the held-out data.
+    * **held-out loss against chance** (key ``held-out-at-chance``, with ``C`` known and no
+      validation accuracy): the training loss ends below the chance band as above, while the
+      validation loss never beat chance at any evaluation: its lowest value stays at or above
+      the held-out chance less the margin the accuracy checks allow, so not even predicting
+      the class frequencies did worse on held-out data. The held-out chance is the entropy of
+      the validation labels' class frequencies (with 500 of them in full tensors, the run not
+      weighing its classes), else ``ln C``: not the training labels', since a balanced
+      validation set after a long-tailed training set has its chance at ``ln C``. The margin
+      is the cross-entropy of calibrated predictions right ``1/C + chance_margin`` of the
+      time, the rest spread evenly, over ``ln C`` (99.5 % for five classes, 99.3 % for two).
+      The validation loss must have been measured at least twice up to the step where the
+      training loss fell below the band (at the start and on the way down), and once more
+      since, so that it was watched while the model learned (a model that generalises beats
+      chance on the way down, before an overconfident one rises above it); its first value
+      must lie within a factor 2 of ``ln C``, on a mean cross-entropy's scale (a summed
+      validation loss is not). The finding dates from the first evaluation after the first
+      training step: from there on, nothing the model learned carried to the held-out data.
     * **accuracy not improving** (key ``accuracy-flat``): with ``C`` unknown and a training
       accuracy series, the mean stays less than ``chance_margin`` above its first value and
       at or below 0.6 (AutoTrainer's not-converged gate Θ = 0.6; its slow-convergence test
@@ -871,7 +873,7 @@ def underfit(
     records that lasts until the last record, starting where the curve was last on the good
     side (from the first record if it never was). The value is the final mean divided by
     ``L0`` (``loss-high``), by ``H`` or ``ln C`` (``at-chance`` on the loss), or the final
-    mean accuracy; for the held-out loss, its lowest value divided by ``H`` or ``ln C``.
+    mean accuracy; for the held-out loss, its lowest value divided by the held-out chance.
 
     Known false positive: fine-tuning from a well-trained checkpoint starts with a low loss
     that legitimately falls little; raise ``max_loss_fraction`` or ignore the rule there
@@ -917,6 +919,7 @@ def underfit(
     initial = initial_loss(ctx)
     # Where the training loss fell below chance for good: the model fits its training labels.
     fitted_from: int | None = None
+    held_out_accuracy = ctx.accuracy("eval") is not None
     on_the_loss: list[Finding] = []
     if len(values) and values[0] > 0 and steps[-1] - steps[0] + 1 >= min_steps:
         span = _records_for(window, len(values))
@@ -974,7 +977,7 @@ def underfit(
                     f"{chance.low:.3g})"
                 ),
             )
-            if fitted_from is not None and classes and ctx.accuracy("eval") is None:
+            if fitted_from is not None and classes and classes > 1 and not held_out_accuracy:
                 memorised = _held_out_loss_at_chance(
                     ctx,
                     classes,
@@ -2568,18 +2571,19 @@ def _squashed_outputs(ctx: RuleContext, records: int) -> Iterator[Finding]:
         targets = np.concatenate([y for _, _, y in inside])
         gaps = np.maximum(low - targets, 0.0) + np.maximum(targets - high, 0.0)
         outside, floor = float(np.mean(gaps > 0)), float(np.mean(gaps**2))
+        variance = float(np.var(targets))
         # Out of reach, and dearly: the range alone keeps the fit from a tenth of the
         # targets' variance.
-        if outside < _CLAMPED_SHARE or floor < _CLAMPED_SHARE * float(np.var(targets)):
+        if outside < _CLAMPED_SHARE or floor < _CLAMPED_SHARE * variance:
             continue
         last_step, last_mode, _ = inside[-1]
+        costs = f", {floor / variance:.0%} of their variance" if variance else ""
         yield Finding(
             message=(
                 f"the outputs never leave [{low:g}, {high:g}], the range of the model's last "
                 f"activation, a {kind}, while {outside:.0%} of the targets lie outside it: a "
                 f"mean squared error cannot fall below {floor:.4g}, their mean squared "
-                f"distance to it, {floor / float(np.var(targets)):.0%} of their variance; "
-                f"{len(inside)} of {read} steps read"
+                f"distance to it{costs}; {len(inside)} of {read} steps read"
             ),
             tensor=predictions.tag,
             first_step=inside[0][0],
@@ -2948,7 +2952,7 @@ def broadcast_loss(ctx: RuleContext, *, records: int = 20) -> Iterator[Finding]:
         if len(hits) < 3 or 2 * len(hits) < len(told):
             continue
         step, last, kind = hits[-1]
-        pairwise, elementwise = last.losses[kind]
+        _, elementwise = last.losses[kind]
         yield Finding(
             message=(
                 f"predictions {last.shapes[0]} against targets {last.shapes[1]}: the training "
