@@ -336,8 +336,11 @@ def test_registration_errors_are_clear() -> None:
         """Doc."""
         return iter(())
 
+    REGISTRY.load()  # the built-in rules, whichever test runs first
     with pytest.raises(RuleConfigError, match="already registered"):
         rule("DBG101", "another-name", severity="info", category="t")(duplicate)
+    with pytest.raises(RuleConfigError, match="named_only takes a list of finding keys"):
+        rule("TST903", "bare", severity="info", category="t", named_only="memorised")(duplicate)
     assert Need.loss().reason == "no train loss series"
 
 

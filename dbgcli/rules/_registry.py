@@ -481,6 +481,10 @@ def rule(
             raise RuleConfigError(f"rule id {id!r} must be 1-4 capitals and 3 digits, like DBG101")
         if not _NAME.match(name):
             raise RuleConfigError(f"rule name {name!r} must be kebab-case, like vanishing-gradient")
+        if isinstance(named_only, str):
+            raise RuleConfigError(
+                f"rule {id}: named_only takes a list of finding keys, not the string {named_only!r}"
+            )
         if not _docstring(function):
             raise RuleConfigError(
                 f"rule {id} ({function.__qualname__}) needs a docstring: it is its documentation"

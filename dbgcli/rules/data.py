@@ -914,32 +914,45 @@ def _train_records(ctx: RuleContext, tag: str) -> Iterator[np.ndarray]:
                 yield np.asarray(values, dtype=np.float64)
 
 
-def label_entropy(ctx: RuleContext, mode: str = "train") -> float | None:
-    """Entropy, in nats, of the class frequencies ``p`` of the recorded ``mode`` labels:
+def label_entropy(ctx: RuleContext) -> float | None:
+    """Entropy, in nats, of the class frequencies ``p`` of the recorded training labels:
     ``-sum(p ln p)``, the cross-entropy of a model that predicts those frequencies for every
     sample, the best a model can do without looking at its inputs (``ln C`` for balanced
-    classes). None with fewer than :data:`PRIOR_SAMPLES` labels in full tensors, or when
-    the run metadata says the labels are no classes; labels that are quantities (floats that
-    are not whole numbers, which the class rules cut at a threshold) do not count."""
+    classes). None where :func:`class_shares` has none."""
+    shares = class_shares(ctx, "train")
+    if shares is None:
+        return None
+    p = np.array(list(shares.values()))
+    return float(-(p * np.log(p)).sum())
+
+
+def class_shares(ctx: RuleContext, mode: str) -> dict[int, float] | None:
+    """The share of each class among the recorded ``mode`` labels. None with fewer than
+    :data:`PRIOR_SAMPLES` labels in full tensors (outside training, in the largest evaluation:
+    an evaluation loop goes over one held-out set again and again), or when the run metadata
+    says the labels are no classes; labels that are quantities (floats that are not whole
+    numbers, which the class rules cut at a threshold) do not count."""
     if unclassed_labels(ctx) is not None:
         return None
     counts: dict[int, int] = {}
+    per_step: dict[int, int] = {}
     for labels, _ in _labelled(ctx):
         found: ClassIdRecords = labels.derive(ClassIds())
         if _quantities(found, labels.info.shape) or found.multi_hot:
             continue
-        for record, code in zip(labels.records, labels.modes, strict=True):
+        for record, step, code in zip(labels.records, labels.steps, labels.modes, strict=True):
             ids = found.ids.get(int(record))
             if ids is None or schema.MODES[int(code)] != mode:
                 continue
             classes, seen = np.unique(ids[ids >= 0], return_counts=True)
             for label, number in zip(classes.tolist(), seen.tolist()):
                 counts[label] = counts.get(label, 0) + number
+            per_step[int(step)] = per_step.get(int(step), 0) + int(seen.sum())
     total = sum(counts.values())
-    if total < PRIOR_SAMPLES:
+    samples = total if mode == "train" else max(per_step.values(), default=0)
+    if samples < PRIOR_SAMPLES:
         return None
-    shares = np.array(list(counts.values()), dtype=np.float64) / total
-    return float(-(shares * np.log(shares)).sum())
+    return {label: number / total for label, number in counts.items()}
 
 
 class ChanceLoss(NamedTuple):
@@ -986,18 +999,28 @@ def chance_loss(ctx: RuleContext, classes: int | None) -> ChanceLoss | None:
 
 
 def held_out_chance(ctx: RuleContext, classes: int) -> tuple[float, str]:
-    """The held-out loss of a classifier that learned nothing, and what it is in words: the
-    entropy of the validation labels' class frequencies (at least :data:`PRIOR_SAMPLES`
-    recorded in full, the run not weighing its classes), else ``ln C``. Not the training
-    labels': a balanced validation set after a long-tailed training set has its chance at
-    ``ln C``."""
+    """The lowest held-out loss of a classifier that learned nothing from its inputs, and
+    what it is in words: ``ln C`` for a uniform guess, or, with the training and the
+    validation labels' class frequencies (:func:`class_shares`) recorded and the run not
+    weighing its classes, the cross-entropy of the training frequencies against the
+    validation ones, ``-sum q ln p``, where that is lower. A model that learned nothing can
+    have learned the training frequencies, not the validation ones: a balanced validation
+    set after a long-tailed training set has its chance at ``ln C``, a validation set at the
+    natural rate after a balanced training set at ``ln 2`` for two classes."""
     uniform = float(np.log(classes))
-    prior = None if _class_weighting(ctx) is not None else label_entropy(ctx, "eval")
-    if prior is not None and 0 < prior < uniform:
-        return prior, (
-            f"predicting the validation labels' class frequencies scores their entropy {prior:.3g}"
-        )
-    return uniform, f"guessing among {classes} classes scores ln {classes} = {uniform:.3g}"
+    guessing = f"guessing among {classes} classes scores ln {classes} = {uniform:.3g}"
+    if _class_weighting(ctx) is not None:
+        return uniform, guessing
+    trained, held_out = class_shares(ctx, "train"), class_shares(ctx, "eval")
+    if trained is None or held_out is None or not set(held_out) <= set(trained):
+        return uniform, guessing
+    frequencies = -sum(q * np.log(trained[label]) for label, q in held_out.items())
+    if frequencies >= uniform:
+        return uniform, guessing
+    return float(frequencies), (
+        f"predicting the training labels' class frequencies scores {frequencies:.3g} on the "
+        "validation labels"
+    )
 
 
 # -- shared wording -----------------------------------------------------------------------------

@@ -837,20 +837,24 @@ def underfit(
     * **held-out loss against chance** (key ``held-out-at-chance``, with ``C`` known and no
       validation accuracy): the training loss ends below the chance band as above, while the
       validation loss never beat chance at any evaluation: its lowest value stays at or above
-      the held-out chance less the margin the accuracy checks allow, so not even predicting
-      the class frequencies did worse on held-out data. The held-out chance is the entropy of
-      the validation labels' class frequencies (with 500 of them in full tensors, the run not
-      weighing its classes), else ``ln C``: not the training labels', since a balanced
-      validation set after a long-tailed training set has its chance at ``ln C``. The margin
-      is the cross-entropy of calibrated predictions right ``1/C + chance_margin`` of the
-      time, the rest spread evenly, over ``ln C`` (99.5 % for five classes, 99.3 % for two).
-      The validation loss must have been measured at least twice up to the step where the
-      training loss fell below the band (at the start and on the way down), and once more
-      since, so that it was watched while the model learned (a model that generalises beats
-      chance on the way down, before an overconfident one rises above it); its first value
-      must lie within a factor 2 of ``ln C``, on a mean cross-entropy's scale (a summed
-      validation loss is not). The finding dates from the first evaluation after the first
-      training step: from there on, nothing the model learned carried to the held-out data.
+      the held-out chance less the margin the accuracy checks allow. The held-out chance is
+      the lowest held-out loss of a model that learned nothing from its inputs
+      (:func:`dbgcli.rules.data.held_out_chance`): ``ln C``, or the cross-entropy of the
+      training labels' class frequencies against the validation labels' where both are
+      recorded (500 of each in full tensors) and that is lower; not the validation labels'
+      own entropy, which such a model never saw. The margin is the cross-entropy of
+      calibrated predictions right ``1/C + chance_margin`` of the time, the rest spread
+      evenly, over ``ln C`` (99.5 % for five classes, 99.3 % for two). The validation loss
+      must have been measured at least twice up to the step where the training loss fell
+      below the band (at the start and on the way down), and once more since, so that it was
+      watched while the model learned (a model that generalises beats chance on the way
+      down, before an overconfident one rises above it); its first value must lie within a
+      factor 2 of ``ln C``, on a mean cross-entropy's scale (a summed validation loss is
+      not); and where validation labels and predictions are kept in full at a step with a
+      validation loss, the loss must be their cross-entropy at one such step at least (a
+      multi-task sum, a classification loss plus a regression's, is not). The finding dates
+      from the first evaluation after the first training step: from there on, nothing the
+      model learned carried to the held-out data.
     * **accuracy not improving** (key ``accuracy-flat``): with ``C`` unknown and a training
       accuracy series, the mean stays less than ``chance_margin`` above its first value and
       at or below 0.6 (AutoTrainer's not-converged gate Θ = 0.6; its slow-convergence test
@@ -920,7 +924,6 @@ def underfit(
     # Where the training loss fell below chance for good: the model fits its training labels.
     fitted_from: int | None = None
     held_out_accuracy = ctx.accuracy("eval") is not None
-    on_the_loss: list[Finding] = []
     if len(values) and values[0] > 0 and steps[-1] - steps[0] + 1 >= min_steps:
         span = _records_for(window, len(values))
         smoothed = _trailing_mean(values, span)
@@ -932,7 +935,7 @@ def underfit(
             base = floor.value if floor is not None and floor.value < initial.value else 0.0
             way = (smoothed - base) / (initial.value - base)
             towards = f" to its floor {base:.4g}" if base else ""
-            on_the_loss += _stuck_until_end(
+            yield from _stuck_until_end(
                 steps,
                 way,
                 way > max_loss_fraction,
@@ -949,9 +952,7 @@ def underfit(
                 ),
             )
             if floor is not None and floor.value > max_loss_fraction * initial.value:
-                on_the_loss.append(
-                    _high_floor(steps, smoothed, floor, initial.value, reference, tag)
-                )
+                yield _high_floor(steps, smoothed, floor, initial.value, reference, tag)
         chance = chance_loss(ctx, classes)
         # The first record says whether the loss is on a cross-entropy's scale; a floor at
         # chance's level leaves the loss nothing to tell chance by.
@@ -963,7 +964,7 @@ def underfit(
             below = smoothed < chance_fraction * chance.low
             if below[-1]:
                 fitted_from = int(steps[np.flatnonzero(~below)[-1] + 1 if (~below).any() else 0])
-            on_the_loss += _stuck_until_end(
+            yield from _stuck_until_end(
                 steps,
                 smoothed / chance.low,
                 chance.holds(smoothed, chance_fraction),
@@ -978,7 +979,7 @@ def underfit(
                 ),
             )
             if fitted_from is not None and classes and classes > 1 and not held_out_accuracy:
-                memorised = _held_out_loss_at_chance(
+                yield from _held_out_loss_at_chance(
                     ctx,
                     classes,
                     # Chance less the accuracy margin's worth of cross-entropy.
@@ -987,10 +988,6 @@ def underfit(
                     (fitted_from, chance_fraction * chance.low),
                     float(smoothed[-1]),
                 )
-                # It says more than a training loss still high: first, since the diagnosis
-                # takes the first of one rule's findings on one tensor for their cause.
-                on_the_loss[:0] = memorised
-    yield from on_the_loss
     accuracy = ctx.accuracy("train")
     acc_mode: Mode = "train"
     if accuracy is None:
@@ -1107,6 +1104,25 @@ def _held_out_accuracy_at_chance(
 _EVALUATIONS_WHILE_LEARNING = 2
 
 
+def _held_out_cross_entropy(ctx: RuleContext, losses: dict[int, float]) -> bool:
+    """Whether the held-out ``losses`` can be read as a cross-entropy: where validation labels
+    and predictions are kept in full at a step with a held-out loss, it must be their
+    cross-entropy at one of them at least (a multi-task sum is not); without any, it is taken
+    to be one."""
+    compared = 0
+    for labels, predictions in scored_labels(ctx):
+        for step, mode in _steps_in_full(ctx, (labels.tag, predictions.tag), 20):
+            if mode != "eval" or step not in losses:
+                continue
+            read = _step_cross_entropy(ctx, labels.tag, predictions.tag, step, False, "eval")
+            if read is None:
+                continue
+            compared += 1
+            if abs(losses[step] - read.labelled) <= _SAME_LOSS * abs(read.labelled):
+                return True
+    return not compared
+
+
 def _margin_fraction(classes: int, margin: float) -> float:
     """The cross-entropy of calibrated predictions right ``1 / classes + margin`` of the time
     (the rest spread evenly over the other classes), as a fraction of ``ln classes``: 99.5 %
@@ -1132,6 +1148,8 @@ def _held_out_loss_at_chance(
     if held_out is None:
         return
     steps, values = _finite(held_out)
+    if not _held_out_cross_entropy(ctx, dict(zip(steps.tolist(), values.tolist()))):
+        return
     uniform = float(np.log(classes))
     chance, what = held_out_chance(ctx, classes)
     while_learning = int(np.count_nonzero(steps <= fitted_from))
@@ -1782,7 +1800,7 @@ def softmax_twice(ctx: RuleContext, *, records: int = 20) -> Iterator[Finding]:
                 abs(loss - as_probabilities) > _TOLD_APART * abs(loss)
             ):
                 hits.append((step, loss, as_probabilities))
-        if len(hits) < 3 or 2 * len(hits) < told:
+        if not _shown(len(hits), told):
             continue
         step, loss, own = hits[-1]
         twice = (
@@ -1808,6 +1826,31 @@ def softmax_twice(ctx: RuleContext, *, records: int = 20) -> Iterator[Finding]:
             key="sigmoid" if binary else "twice",
             extra={"labels": labels.tag, "steps_compared": told},
         )
+
+
+def _shown(hits: int, read: int) -> bool:
+    """Whether a mistake seen at ``hits`` of the ``read`` steps of recorded predictions is
+    shown: at least three of them, and at least half."""
+    return hits >= 3 and 2 * hits >= read
+
+
+def _read_steps(
+    ctx: RuleContext,
+    labels: str,
+    predictions: str,
+    losses: dict[int, float],
+    records: int,
+    read: Callable[[RuleContext, str, str, int], T | None],
+) -> list[tuple[int, T]]:
+    """What ``read`` finds at the training steps with a recorded loss whose labels and
+    predictions are both kept in full (at most ``records`` of them, evenly spread), where it
+    finds anything."""
+    found = []
+    for step in _loss_steps_in_full(ctx, labels, predictions, losses, records):
+        reading = read(ctx, labels, predictions, step)
+        if reading is not None:
+            found.append((step, reading))
+    return found
 
 
 def _spread(items: list[T], most: int) -> list[T]:
@@ -2434,7 +2477,7 @@ _CLAMPED_SHARE = 0.1
     ),
 )
 def clamped_logits(ctx: RuleContext, *, records: int = 20) -> Iterator[Finding]:
-    """Class scores, or a regression's outputs, clamped at zero: a ReLU after the last layer.
+    """Outputs held where the targets cannot be reached: a ReLU, sigmoid or tanh last.
 
     Checked on up to ``records`` recorded steps, spread over the run and its modes, that hold
     full tensors of class labels (one class id per sample, or one-hot rows) and of predictions
@@ -2466,10 +2509,15 @@ def clamped_logits(ctx: RuleContext, *, records: int = 20) -> Iterator[Finding]:
     least a tenth, and far enough that the range alone keeps a mean squared error above a
     tenth of their variance (the mean squared distance from the targets to the range is
     that floor): a sigmoid on measured fractions that spill a little past 1 costs nothing.
+    A training loss recorded at one of those steps below its batch's floor and below the
+    batch's mean distance (an absolute error's floor) is not the loss of these targets (they
+    are scaled inside the loss, say), and gives no finding.
 
     Why it matters: cross-entropy wants the logits of the wrong classes far below the right
     one's; clamped at zero, they cannot go below it, and a logit at the clamp passes no
-    gradient, so a class whose logit sits there for its own samples is never learnt.
+    gradient, so a class whose logit sits there for its own samples is never learnt. A
+    regression's outputs clamped or squashed cannot reach the targets beyond them: the loss
+    has a floor the model cannot train through.
 
     Typical causes: ``nn.Sequential`` built with a ReLU after every ``Linear``, the last
     included; ``F.relu`` applied to the output in ``forward``; ``clamp(min=0)`` on the logits
@@ -2553,6 +2601,7 @@ def _squashed_outputs(ctx: RuleContext, records: int) -> Iterator[Finding]:
         return
     (kind,) = kinds
     low, high = _SQUASHING[kind]
+    losses = _train_losses(ctx)
     for labels, predictions in scored_labels(ctx):
         read, inside = 0, []
         for step, mode in _steps_in_full(ctx, (labels.tag, predictions.tag), records):
@@ -2565,18 +2614,29 @@ def _squashed_outputs(ctx: RuleContext, records: int) -> Iterator[Finding]:
             read += 1
             if ((scores >= low) & (scores <= high)).all():
                 y = truth.reshape(-1).astype(np.float64)
-                inside.append((step, mode, y[np.isfinite(y)]))
-        if len(inside) < 3 or 2 * len(inside) < read:
+                y = y[np.isfinite(y)]
+                inside.append((step, mode, y, np.maximum(low - y, 0) + np.maximum(y - high, 0)))
+        if not _shown(len(inside), read):
             continue
-        targets = np.concatenate([y for _, _, y in inside])
-        gaps = np.maximum(low - targets, 0.0) + np.maximum(targets - high, 0.0)
+        # A training loss below both floors a squared and an absolute error of its batch's
+        # targets have is neither: the loss takes other targets (scaled inside it, say).
+        if any(
+            losses.get(step, np.inf) < (1 - _SAME_LOSS) * min(np.mean(g**2), np.mean(g))
+            for step, mode, _, g in inside
+            if mode == "train" and g.size
+        ):
+            continue
+        targets = np.concatenate([y for _, _, y, _ in inside])
+        gaps = np.concatenate([g for _, _, _, g in inside])
+        if not targets.size:
+            continue
         outside, floor = float(np.mean(gaps > 0)), float(np.mean(gaps**2))
         variance = float(np.var(targets))
         # Out of reach, and dearly: the range alone keeps the fit from a tenth of the
         # targets' variance.
         if outside < _CLAMPED_SHARE or floor < _CLAMPED_SHARE * variance:
             continue
-        last_step, last_mode, _ = inside[-1]
+        last_step, last_mode, _, _ = inside[-1]
         costs = f", {floor / variance:.0%} of their variance" if variance else ""
         yield Finding(
             message=(
@@ -2608,7 +2668,7 @@ def _clamped(
 ) -> Iterator[Finding]:
     """DBG308's finding from the steps that showed a clamp, ``(step, mode, share at 0)``,
     when they are at least three and half of those compared."""
-    if len(hits) < 3 or 2 * len(hits) < compared:
+    if not _shown(len(hits), compared):
         return
     last_step, last_mode, share = hits[-1]
     yield Finding(
@@ -2749,7 +2809,7 @@ def inflated_initial_loss(ctx: RuleContext, *, ratio: float = 2.0) -> Iterator[F
             starts.append(int(series.steps.min()))
         if not len(kept) or int(kept[0]) > min(starts):
             continue
-        first = _initial_cross_entropy(whole, labels.tag, predictions.tag, int(kept[0]), shift)
+        first = _step_cross_entropy(whole, labels.tag, predictions.tag, int(kept[0]), shift)
         if first is None:
             continue
         judged = True
@@ -2765,7 +2825,7 @@ def inflated_initial_loss(ctx: RuleContext, *, ratio: float = 2.0) -> Iterator[F
         bar = ratio * first.uniform
         later = []
         for step in _spread([int(step) for step in kept[1:]], _LATER_READS):
-            read = _initial_cross_entropy(whole, labels.tag, predictions.tag, step, shift)
+            read = _step_cross_entropy(whole, labels.tag, predictions.tag, step, shift)
             if read is not None:
                 later.append((step, read))
         came_down = any(read.labelled < bar for _, read in later)
@@ -2820,13 +2880,13 @@ class _Confidence(NamedTuple):
     what: str
 
 
-def _initial_cross_entropy(
-    ctx: RuleContext, labels: str, predictions: str, step: int, shift: bool
+def _step_cross_entropy(
+    ctx: RuleContext, labels: str, predictions: str, step: int, shift: bool, mode: str = "train"
 ) -> _Confidence | None:
-    """How confident one training step's predictions are, right or wrong; None where the
-    step holds no class scores and targets to compare (see :func:`inflated_initial_loss`)."""
-    scores = ctx.trace.raw(predictions, step, "train")
-    truth = ctx.trace.raw(labels, step, "train")
+    """How confident one step's predictions are, right or wrong; None where the step holds
+    no class scores and targets to compare (see :func:`inflated_initial_loss`)."""
+    scores = ctx.trace.raw(predictions, step, mode)
+    truth = ctx.trace.raw(labels, step, mode)
     if scores is None or truth is None or scores.dtype.kind != "f" or not scores.size:
         return None
     z = scores.astype(np.float64)
@@ -2906,7 +2966,9 @@ def broadcast_loss(ctx: RuleContext, *, records: int = 20) -> Iterator[Finding]:
 
     Checked on up to ``records`` training steps, spread over the run, that hold a training
     loss and full tensors of numeric targets and of predictions with as many values, in
-    shapes that broadcast to more (one ``(N, 1)``, the other ``(N,)``). At each, the mean
+    shapes that broadcast to more (one ``(N, 1)``, the other ``(N,)``; the losses computed
+    are those of every pair, so a dense output broadcast along one axis, ``(B, 1, H, W)``
+    against ``(B, H, W)``, is not recognised). At each, the mean
     squared error, the mean absolute error and the smooth L1 (Huber, δ = 1) are computed
     both ways, over every pair (the squared error as ``var(p) + var(y) + (mean p - mean
     y)^2``; the other two for at most 2,048 samples) and element by element. The two
@@ -2941,15 +3003,11 @@ def broadcast_loss(ctx: RuleContext, *, records: int = 20) -> Iterator[Finding]:
     if not losses:
         return
     for labels, predictions in scored_labels(ctx):
-        steps = _loss_steps_in_full(ctx, labels.tag, predictions.tag, losses, records)
-        told: list[tuple[int, _Pairings]] = []
-        for step in steps:
-            pairings = _pairings(ctx, labels.tag, predictions.tag, step)
-            if pairings is not None and pairings.told_apart:
-                told.append((step, pairings))
+        read = _read_steps(ctx, labels.tag, predictions.tag, losses, records, _pairings)
+        told = [(step, pairings) for step, pairings in read if pairings.told_apart]
         hits = [(step, p, p.broadcast(losses[step])) for step, p in told]
         hits = [(step, p, kind) for step, p, kind in hits if kind]
-        if len(hits) < 3 or 2 * len(hits) < len(told):
+        if not _shown(len(hits), len(told)):
             continue
         step, last, kind = hits[-1]
         _, elementwise = last.losses[kind]
@@ -3086,16 +3144,16 @@ def targets_outside_the_loss(ctx: RuleContext, *, records: int = 20) -> Iterator
       cross-entropy of a softmax with probability targets, ``-sum_k t_k log softmax(z)_k``
       (``F.cross_entropy`` given float targets of the predictions' shape), is minimised at
       ``softmax(z) = t / sum(t)``: with multi-label indicators (several 1s in a row) it
-      spreads each sample's probability over its labels, so no label can be scored above
-      ``1/k`` and the loss cannot fall below the rows' entropy, and a row with no label gives
-      no gradient at all. Steps are compared whose labels have the predictions' shape
+      spreads each sample's probability over its ``k`` labels, so no label can be scored above
+      ``1/k`` and the loss cannot fall below ``k ln k`` for such a row, and a row with no
+      label gives no gradient at all. Steps are compared whose labels have the predictions' shape
       ``(N, K)``, ``K >= 2``, values of at least 0, and some row that is not all zeros (a
       masked sample, which adds nothing) summing to more than 1.05 or less than 0.95 (a
       distribution's sum rounded in bfloat16, as mixup's weights are, is off by thousandths);
       a step counts where the recorded loss is that cross-entropy.
 
     A recorded loss within 0.1 % of the value computed from the recorded tensors is the
-    computation's (a mean over a batch in float32 is within 1e-7 of float64's); at least
+    computation's (a mean over a batch in float32 is within about 1e-6 of float64's); at least
     three such steps, and at least half of those compared, make the finding, dated from the
     first training loss (the loss is the code's). A loss with other terms matches neither and
     gives no finding.
@@ -3121,18 +3179,13 @@ def targets_outside_the_loss(ctx: RuleContext, *, records: int = 20) -> Iterator
     if not losses:
         return
     for labels, predictions in scored_labels(ctx):
-        steps = _loss_steps_in_full(ctx, labels.tag, predictions.tag, losses, records)
-        compared: list[tuple[int, _OutsideTheLoss]] = []
-        for step in steps:
-            found = _outside_the_loss(ctx, labels.tag, predictions.tag, step)
-            if found is not None:
-                compared.append((step, found))
+        compared = _read_steps(ctx, labels.tag, predictions.tag, losses, records, _outside_the_loss)
         hits = [
-            (step, found)
-            for step, found in compared
-            if any(abs(losses[step] - value) <= _SAME_LOSS * abs(value) for value in found.losses)
+            (step, matched[0])
+            for step, candidates in compared
+            if (matched := [c for c in candidates if c.computed(losses[step])])
         ]
-        if len(hits) < 3 or 2 * len(hits) < len(compared):
+        if not _shown(len(hits), len(compared)):
             continue
         step, last = hits[-1]
         yield Finding(
@@ -3163,13 +3216,18 @@ class _OutsideTheLoss(NamedTuple):
     targets: str
     losses: tuple[float, ...]
 
+    def computed(self, loss: float) -> bool:
+        """Whether the recorded ``loss`` is one of the values computed here."""
+        return any(abs(loss - value) <= _SAME_LOSS * abs(value) for value in self.losses)
+
 
 def _outside_the_loss(
     ctx: RuleContext, labels: str, predictions: str, step: int
-) -> _OutsideTheLoss | None:
-    """DBG312's reading of one training step; None unless its labels are outside a binary
-    cross-entropy's ``[0, 1]`` beside one score per label, or rows of ``(N, K)`` targets
-    that are no distribution beside as many scores."""
+) -> list[_OutsideTheLoss] | None:
+    """DBG312's readings of one training step: the softmax cross-entropy of ``(N, K)``
+    targets whose rows are no distribution beside as many scores, and the binary
+    cross-entropy of labels outside ``[0, 1]`` beside one score per label; None for
+    neither."""
     scores = ctx.trace.raw(predictions, step, "train")
     truth = ctx.trace.raw(labels, step, "train")
     if scores is None or truth is None or scores.dtype.kind != "f" or not scores.size:
@@ -3178,34 +3236,38 @@ def _outside_the_loss(
     t = truth.astype(np.float64)
     if not (np.isfinite(z).all() and np.isfinite(t).all()):
         return None
-    if truth.shape == scores.shape and z.ndim == 2 and z.shape[1] >= 2:
+    found = []
+    if truth.shape == scores.shape and z.ndim == 2 and z.shape[1] >= 2 and (t >= 0).all():
         sums = t.sum(axis=1)
         # Rows of zeros (masked samples) add nothing to the loss; rounding (mixup's weights
         # in bfloat16) moves a distribution's sum by thousandths, not by a twentieth.
         labelled = sums[sums != 0]
         off = np.abs(labelled - 1.0) > _NOT_A_DISTRIBUTION
-        if (t < 0).any() or not off.any():
-            return None
-        soft = float(np.mean(-(t * _log_softmax(z, 1)).sum(axis=1)))
-        targets = (
-            f"{np.count_nonzero(off)} of {len(sums)} rows sum to other than 1, from "
-            f"{labelled.min():.3g} to {labelled.max():.3g}"
-        )
-        return _OutsideTheLoss("not-distributions", "softmax cross-entropy", targets, (soft,))
+        if off.any():
+            soft = float(np.mean(-(t * _log_softmax(z, 1)).sum(axis=1)))
+            targets = (
+                f"{np.count_nonzero(off)} of {len(sums)} rows sum to other than 1, from "
+                f"{labelled.min():.3g} to {labelled.max():.3g}"
+            )
+            found.append(
+                _OutsideTheLoss("not-distributions", "softmax cross-entropy", targets, (soft,))
+            )
     outside = (t < 0) | (t > 1)
-    if truth.size != scores.size or not outside.any():
-        return None
-    y, p = t.reshape(-1), z.reshape(-1)
+    if truth.size == scores.size and outside.any():
+        y, p = t.reshape(-1), z.reshape(-1)
 
-    def binary(probabilities: bool) -> float:
-        if_one, if_zero = _binary_terms(p, probabilities=probabilities)
-        return float(np.mean(y * if_one + (1 - y) * if_zero))
+        def binary(probabilities: bool) -> float:
+            if_one, if_zero = _binary_terms(p, probabilities=probabilities)
+            return float(np.mean(y * if_one + (1 - y) * if_zero))
 
-    values = [binary(False)]
-    if ((p >= 0) & (p <= 1)).all():
-        values.append(binary(True))
-    targets = (
-        f"{np.count_nonzero(outside)} of {y.size} outside [0, 1], from {y.min():.3g} to "
-        f"{y.max():.3g}"
-    )
-    return _OutsideTheLoss("binary-range", "binary cross-entropy", targets, tuple(values))
+        values = [binary(False)]
+        if ((p >= 0) & (p <= 1)).all():
+            values.append(binary(True))
+        targets = (
+            f"{np.count_nonzero(outside)} of {y.size} outside [0, 1], from {y.min():.3g} to "
+            f"{y.max():.3g}"
+        )
+        found.append(
+            _OutsideTheLoss("binary-range", "binary cross-entropy", targets, tuple(values))
+        )
+    return found or None

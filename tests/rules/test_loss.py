@@ -704,7 +704,7 @@ def test_underfit_held_out_loss_never_beating_chance_while_the_training_loss_fit
     assert not run(rising, classes=3)
 
 
-def test_held_out_loss_chance_is_the_held_out_labels_own(make_trace) -> None:
+def test_held_out_loss_chance_is_what_a_model_of_no_inputs_scores_there(make_trace) -> None:
     """A long-tailed training set (entropy 1.64) and a balanced validation set of 10 classes
     (chance ln 10 = 2.30): a validation loss that bottoms at 2.23 learned something, though
     it never went below the training labels' entropy. With the validation labels recorded,
@@ -736,6 +736,86 @@ def test_held_out_loss_chance_is_the_held_out_labels_own(make_trace) -> None:
     assert not run(learned, True) and not run(learned, False)
     (finding,) = run(learned + 0.08, True)
     assert finding.message.startswith("the validation loss never beat chance, 2.303 (best 2.31")
+
+
+def test_held_out_chance_after_a_balanced_training_set_is_ln_2(make_trace) -> None:
+    """Two classes balanced for training, 9 % positive in validation (the natural rate):
+    the validation labels' entropy, 0.30, is no model of no inputs' score there, since such
+    a model learned the training frequencies, 50/50, which score ln 2 on any labels. A
+    validation loss that fell to 0.40 learned; one that stayed at ln 2 did not. With 30 %
+    positives in both, the training frequencies score 0.611 on the validation labels, and a
+    validation loss that stays there learned nothing either."""
+    rng = np.random.default_rng(0)
+    fits = np.log(2) * (0.1 + 0.9 * np.exp(-np.arange(500) / 300))
+    balanced = [rng.integers(0, 2, 64) for _ in range(10)]
+    natural = [(rng.random(600) < 0.09).astype(np.int64) for _ in range(6)]
+
+    def run(
+        evals: np.ndarray,
+        train_labels: list[np.ndarray] = balanced,
+        held_out_labels: list[np.ndarray] = natural,
+    ) -> list:
+        path = make_trace(
+            scalars={
+                "loss": [
+                    {"values": list(fits)},
+                    {"values": list(evals), "steps": range(0, 525, 25), "mode": "eval"},
+                ]
+            },
+            tensors={
+                "labels": [
+                    {"values": train_labels, "steps": range(0, 500, 50), "collection": "labels"},
+                    {"values": held_out_labels, "steps": range(0, 600, 100), "mode": "eval"},
+                ]
+            },
+            metadata={"num_classes": 2},
+        )
+        return keyed(run_rule(path, "DBG303"), "held-out-at-chance")
+
+    assert not run(0.40 + 0.3 * np.exp(-np.arange(21) / 5))
+    (finding,) = run(np.full(21, np.log(2) + 0.01))
+    assert finding.message.startswith("the validation loss never beat chance, 0.6931")
+    # 30 % positives, in training and in validation.
+    trained, held_out = np.repeat([0, 1], [448, 192]), np.repeat([0, 1], [420, 180])
+    (same,) = run(np.full(21, 0.615), [trained[i::10] for i in range(10)], [held_out] * 6)
+    assert "predicting the training labels' class frequencies scores 0.611" in same.message
+
+
+def test_a_held_out_loss_that_is_no_cross_entropy_is_not_held_against_chance(make_trace) -> None:
+    """The validation loss is a classification loss plus a regression's (a multi-task sum):
+    with the validation labels and logits kept in full, it is not their cross-entropy, and
+    stays above ln 10 however the classifier does. The same losses as that cross-entropy
+    make a finding."""
+    rng = np.random.default_rng(0)
+    fits = np.log(10) * (0.1 + 0.9 * np.exp(-np.arange(500) / 300))
+    evaluated = range(0, 525, 25)
+    labels = [rng.integers(0, 10, 100) for _ in evaluated]
+    logits = [rng.normal(0.0, 0.05, (100, 10)) for _ in evaluated]
+
+    def cross_entropy(z: np.ndarray, y: np.ndarray) -> float:
+        log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        return float(-log_p[np.arange(len(y)), y].mean())
+
+    at_chance = [cross_entropy(z, y) for z, y in zip(logits, labels, strict=True)]
+
+    def run(evals: list[float]) -> list:
+        path = make_trace(
+            scalars={
+                "loss": [
+                    {"values": list(fits)},
+                    {"values": evals, "steps": evaluated, "mode": "eval"},
+                ]
+            },
+            tensors={
+                "labels": {"values": labels, "steps": evaluated, "mode": "eval"},
+                "predictions": {"values": logits, "steps": evaluated, "mode": "eval"},
+            },
+            metadata={"num_classes": 10},
+        )
+        return keyed(run_rule(path, "DBG303"), "held-out-at-chance")
+
+    assert run(at_chance)
+    assert not run([value + 0.3 for value in at_chance])
 
 
 def test_held_out_loss_at_chance_is_no_symptom_of_badly_scaled_inputs(make_trace) -> None:
@@ -1607,6 +1687,8 @@ def test_a_regression_clamped_at_zero_beside_negative_targets_is_an_error(tmp_pa
         # variance.
         ("Sigmoid", "spill", False),
         ("Tanh", "standard", True),  # a third of standardised targets beyond ±1
+        # The raw targets recorded, the loss given them over 8: the head reaches those.
+        ("Sigmoid", "scaled-in-the-loss", False),
     ],
 )
 def test_a_regression_squashed_by_its_last_activation(
@@ -1624,7 +1706,9 @@ def test_a_regression_squashed_by_its_last_activation(
         "min-max": (y - y.min()) / (y.max() - y.min()),
         "spill": 0.5 + 0.35 * y / y.std(),
         "standard": (y - y.mean()) / y.std(),
+        "scaled-in-the-loss": 3 + 2 * y / y.std(),
     }[scale]
+    divisor = 8.0 if scale == "scaled-in-the-loss" else 1.0
     torch.manual_seed(0)
     model = torch.nn.Sequential(
         torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 1), getattr(torch.nn, head)()
@@ -1636,7 +1720,7 @@ def test_a_regression_squashed_by_its_last_activation(
         return x[rows], y[rows]
 
     def mse(output: Any, target: Any) -> Any:
-        return torch.nn.functional.mse_loss(output.squeeze(-1), target)
+        return torch.nn.functional.mse_loss(output.squeeze(-1), target / divisor)
 
     path = train_recording_data(
         model, optimizer, tmp_path / "head.h5", batch, mse, steps=200, every=20
@@ -1966,6 +2050,28 @@ def test_an_initial_loss_is_not_judged_after_a_resume_or_for_a_regression(make_t
     assert refused.error == "DBG310 ratio must be above 1, got 1.0"
 
 
+def kept_predictions(
+    make_trace: Any,
+    kept: range,
+    labels: list[np.ndarray],
+    predictions: list[np.ndarray],
+    loss_at_kept: list[float] | None = None,
+) -> Path:
+    """A trace whose labels and predictions are kept in full at the ``kept`` steps, with a
+    training loss of 2 at every step up to the last kept one plus a hundred, and
+    ``loss_at_kept`` at the kept ones."""
+    loss = np.full(kept[-1] + 100, 2.0)
+    if loss_at_kept is not None:
+        loss[list(kept)] = loss_at_kept
+    return make_trace(
+        scalars={"loss": list(loss)},
+        tensors={
+            "labels": {"values": labels, "steps": kept, "collection": "labels"},
+            "predictions": {"values": predictions, "steps": kept, "collection": "predictions"},
+        },
+    )
+
+
 # -- DBG311 broadcast-loss ------------------------------------------------------------------------
 
 
@@ -2052,15 +2158,7 @@ def test_broadcast_loss_needs_the_recorded_loss_to_be_the_broadcast_one(make_tra
         ]
 
     def run(outputs: list[np.ndarray], loss_at_kept: list[float]) -> list:
-        loss = np.full(300, 4.0)
-        loss[list(kept)] = loss_at_kept
-        path = make_trace(
-            scalars={"loss": list(loss)},
-            tensors={
-                "labels": {"values": targets, "steps": kept, "collection": "labels"},
-                "predictions": {"values": outputs, "steps": kept, "collection": "predictions"},
-            },
-        )
+        path = kept_predictions(make_trace, kept, targets, outputs, loss_at_kept)
         return run_rule(path, "DBG311").findings
 
     (finding,) = run(learned, pairwise(learned))
@@ -2164,15 +2262,7 @@ def test_targets_outside_the_loss_need_the_recorded_loss_to_be_that_loss(make_tr
     kept = range(0, 400, 100)
 
     def run(loss_at_kept: list[float]) -> list:
-        loss = np.full(400, 3.0)
-        loss[list(kept)] = loss_at_kept
-        path = make_trace(
-            scalars={"loss": list(loss)},
-            tensors={
-                "labels": {"values": targets, "steps": kept, "collection": "labels"},
-                "predictions": {"values": scores, "steps": kept, "collection": "predictions"},
-            },
-        )
+        path = kept_predictions(make_trace, kept, targets, scores, loss_at_kept)
         return run_rule(path, "DBG312").findings
 
     (finding,) = run(bce)
@@ -2193,16 +2283,10 @@ def test_soft_targets_rounded_or_masked_are_distributions(make_trace) -> None:
             log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
             return float(np.mean(-(t * log_p).sum(axis=1)))
 
-        loss = np.full(400, 2.0)
-        loss[list(kept)] = [soft(z, t) for z, t in zip(scores, targets, strict=True)]
-        path = make_trace(
-            scalars={"loss": list(loss)},
-            tensors={
-                "labels": {"values": targets, "steps": kept, "collection": "labels"},
-                "predictions": {"values": scores, "steps": kept, "collection": "predictions"},
-            },
-        )
-        return run_rule(path, "DBG312").findings
+        losses = [soft(z, t) for z, t in zip(scores, targets, strict=True)]
+        return run_rule(
+            kept_predictions(make_trace, kept, targets, scores, losses), "DBG312"
+        ).findings
 
     def mixed() -> np.ndarray:
         lam = rng.uniform(0.0, 1.0, (64, 1))
@@ -2214,6 +2298,12 @@ def test_soft_targets_rounded_or_masked_are_distributions(make_trace) -> None:
     for rows in rounded:
         rows[:8] = 0.0  # masked samples
     assert not run(rounded)
+    # Attributes coded -1/1 (CelebA's) given to BCEWithLogitsLoss: a binary cross-entropy
+    # outside [0, 1], not a softmax's targets.
+    signs = [np.where(rng.random((64, 6)) < 0.5, -1.0, 1.0) for _ in kept]
+    bce = [float(np.mean(np.logaddexp(0.0, z) - y * z)) for z, y in zip(scores, signs, strict=True)]
+    (finding,) = run_rule(kept_predictions(make_trace, kept, signs, scores, bce), "DBG312").findings
+    assert finding.key == "binary-range"
     pairs = [np.eye(6)[rng.integers(0, 6, 64)] + np.eye(6)[rng.integers(0, 6, 64)] for _ in kept]
     (finding,) = run([np.minimum(rows, 1.0) for rows in pairs])
     assert finding.key == "not-distributions"
@@ -2226,11 +2316,5 @@ def test_softmax_over_batch_reads_integer_multi_hot_labels_without_crashing(make
     kept = range(0, 300, 100)
     labels = [(rng.random((64, 6)) > 0.6).astype(np.int64) for _ in kept]
     scores = [rng.normal(0.0, 1.0, (64, 6)) for _ in kept]
-    path = make_trace(
-        scalars={"loss": list(np.full(300, 2.0))},
-        tensors={
-            "labels": {"values": labels, "steps": kept, "collection": "labels"},
-            "predictions": {"values": scores, "steps": kept, "collection": "predictions"},
-        },
-    )
+    path = kept_predictions(make_trace, kept, labels, scores)
     assert run_rule(path, "DBG309").status is RuleStatus.passed
