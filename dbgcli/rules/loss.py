@@ -1808,30 +1808,52 @@ def softmax_twice(ctx: RuleContext, *, records: int = 20) -> Iterator[Finding]:
             if binary
             else "softmax applied twice: a model ending in Softmax fed to CrossEntropyLoss?"
         )
-        yield Finding(
-            message=(
-                f"the training loss is the cross-entropy of the predictions read as logits, but "
-                f"they are probabilities ({twice}): at step {step} the loss is {loss:.4g}, the "
-                f"probabilities' own cross-entropy {own:.4g}; {len(hits)} of {told} steps "
-                "compared"
-            ),
-            tensor=predictions.tag,
-            # The loss is the code's, wrong from the first step whatever steps show it.
-            first_step=min(losses),
-            last_step=hits[-1][0],
-            steps=len(hits),
-            value=float(len(hits)),
-            threshold=3.0,
-            mode="train",
-            key="sigmoid" if binary else "twice",
-            extra={"labels": labels.tag, "steps_compared": told},
+        yield _in_the_code(
+            f"the training loss is the cross-entropy of the predictions read as logits, but "
+            f"they are probabilities ({twice}): at step {step} the loss is {loss:.4g}, the "
+            f"probabilities' own cross-entropy {own:.4g}; {len(hits)} of {told} steps compared",
+            (labels.tag, predictions.tag),
+            min(losses),
+            [step for step, _, _ in hits],
+            told,
+            "sigmoid" if binary else "twice",
         )
+
+
+# Steps of recorded predictions a mistake in the loss's code must show at, at least.
+_SHOWN_STEPS = 3
+
+
+def _in_the_code(
+    message: str,
+    tags: tuple[str, str],
+    first_loss: int,
+    shown: list[int],
+    read: int,
+    key: str = "",
+) -> Finding:
+    """The finding of a mistake in the loss's code, ``shown`` at those steps of the ``read``
+    steps of recorded ``(labels, predictions)``: dated from the first training loss, since
+    the code was wrong from the first step whatever steps show it."""
+    labels, predictions = tags
+    return Finding(
+        message=message,
+        tensor=predictions,
+        first_step=first_loss,
+        last_step=shown[-1],
+        steps=len(shown),
+        value=float(len(shown)),
+        threshold=float(_SHOWN_STEPS),
+        mode="train",
+        key=key,
+        extra={"labels": labels, "steps_compared": read},
+    )
 
 
 def _shown(hits: int, read: int) -> bool:
     """Whether a mistake seen at ``hits`` of the ``read`` steps of recorded predictions is
     shown: at least three of them, and at least half."""
-    return hits >= 3 and 2 * hits >= read
+    return hits >= _SHOWN_STEPS and 2 * hits >= read
 
 
 def _read_steps(
@@ -3011,24 +3033,17 @@ def broadcast_loss(ctx: RuleContext, *, records: int = 20) -> Iterator[Finding]:
             continue
         step, last, kind = hits[-1]
         _, elementwise = last.losses[kind]
-        yield Finding(
-            message=(
-                f"predictions {last.shapes[0]} against targets {last.shapes[1]}: the training "
-                f"loss is the {kind} of every prediction against every target, broadcast to "
-                f"{last.pairs} (at step {step} {losses[step]:.6g}, element by element "
-                f"{elementwise:.6g}); the predictions spread {last.spread:.3g} against the "
-                f"targets' {last.target_spread:.3g}; {len(hits)} of {len(told)} steps that "
-                "tell the pairings apart"
-            ),
-            tensor=predictions.tag,
-            # The loss is the code's, wrong from the first step whatever steps show it.
-            first_step=min(losses),
-            last_step=step,
-            steps=len(hits),
-            value=float(len(hits)),
-            threshold=3.0,
-            mode="train",
-            extra={"labels": labels.tag, "steps_compared": len(told)},
+        yield _in_the_code(
+            f"predictions {last.shapes[0]} against targets {last.shapes[1]}: the training "
+            f"loss is the {kind} of every prediction against every target, broadcast to "
+            f"{last.pairs} (at step {step} {losses[step]:.6g}, element by element "
+            f"{elementwise:.6g}); the predictions spread {last.spread:.3g} against the "
+            f"targets' {last.target_spread:.3g}; {len(hits)} of {len(told)} steps that tell "
+            "the pairings apart",
+            (labels.tag, predictions.tag),
+            min(losses),
+            [step for step, _, _ in hits],
+            len(told),
         )
 
 
@@ -3188,22 +3203,15 @@ def targets_outside_the_loss(ctx: RuleContext, *, records: int = 20) -> Iterator
         if not _shown(len(hits), len(compared)):
             continue
         step, last = hits[-1]
-        yield Finding(
-            message=(
-                f"the training loss is the {last.loss} of the predictions against targets it "
-                f"is not defined for ({last.targets}): at step {step} the loss is "
-                f"{losses[step]:.4g}; {len(hits)} of {len(compared)} steps compared"
-            ),
-            tensor=predictions.tag,
-            # The loss is the code's, wrong from the first step whatever steps show it.
-            first_step=min(losses),
-            last_step=step,
-            steps=len(hits),
-            value=float(len(hits)),
-            threshold=3.0,
-            mode="train",
-            key=last.key,
-            extra={"labels": labels.tag, "steps_compared": len(compared)},
+        yield _in_the_code(
+            f"the training loss is the {last.loss} of the predictions against targets it is "
+            f"not defined for ({last.targets}): at step {step} the loss is "
+            f"{losses[step]:.4g}; {len(hits)} of {len(compared)} steps compared",
+            (labels.tag, predictions.tag),
+            min(losses),
+            [step for step, _ in hits],
+            len(compared),
+            last.key,
         )
 
 
