@@ -2961,8 +2961,8 @@ def _step_cross_entropy(
 _SAME_COMPUTED = 1e-4
 # Beyond this, two losses computed here tell a broadcast from an elementwise pairing.
 _TOLD_PAIRING = 1e-3
-# Beyond this many samples a step's pairwise losses are not computed (N x N values).
-_PAIRWISE_SAMPLES = 2048
+# Beyond this many samples a step's pairwise smooth L1 is not computed (N x N values).
+_PAIRWISE_SAMPLES = 1024
 
 
 @rule(
@@ -2993,7 +2993,8 @@ def broadcast_loss(ctx: RuleContext, *, records: int = 20) -> Iterator[Finding]:
     against ``(B, H, W)``, is not recognised). At each, the mean
     squared error, the mean absolute error and the smooth L1 (Huber, δ = 1) are computed
     both ways, over every pair (the squared error as ``var(p) + var(y) + (mean p - mean
-    y)^2``; the other two for at most 2,048 samples) and element by element. The two
+    y)^2``, the absolute error from the sorted targets' running sums, the smooth L1 for at
+    most 1,024 samples) and element by element. The two
     pairings differ by twice the covariance of predictions and targets (for the squared
     error): a step tells them apart where they differ by more than 0.1 %, and shows the
     broadcast where the recorded loss is within 0.01 % of a pairwise loss and more than
@@ -3093,10 +3094,13 @@ def _pairings(ctx: RuleContext, labels: str, predictions: str, step: int) -> _Pa
     if not (np.isfinite(p).all() and np.isfinite(y).all()):
         return None
     squared = float(np.var(p) + np.var(y) + (p.mean() - y.mean()) ** 2)
-    found = {"mean squared error": (squared, float(np.mean((p - y) ** 2)))}
+    own = np.abs(p - y)
+    found = {
+        "mean squared error": (squared, float(np.mean(own**2))),
+        "mean absolute error": (_pairwise_absolute(p, y), float(own.mean())),
+    }
     if p.size <= _PAIRWISE_SAMPLES:
-        gaps, own = np.abs(p[:, None] - y[None, :]), np.abs(p - y)
-        found["mean absolute error"] = (float(gaps.mean()), float(own.mean()))
+        gaps = np.abs(p[:, None] - y[None, :])
         found["smooth L1 loss"] = (float(_smooth_l1(gaps).mean()), float(_smooth_l1(own).mean()))
     return _Pairings(
         found,
@@ -3105,6 +3109,17 @@ def _pairings(ctx: RuleContext, labels: str, predictions: str, step: int) -> _Pa
         (scores.shape, truth.shape),
         " x ".join(str(n) for n in paired),
     )
+
+
+def _pairwise_absolute(p: np.ndarray, y: np.ndarray) -> float:
+    """The mean of ``|p_i - y_j|`` over every pair, from the sorted targets' running sums:
+    each prediction is above the targets before it and below the others."""
+    ordered = np.sort(y)
+    sums = np.concatenate(([0.0], np.cumsum(ordered)))
+    below = np.searchsorted(ordered, p, side="right")
+    over = below * p - sums[below]
+    under = (sums[-1] - sums[below]) - (len(ordered) - below) * p
+    return float((over + under).sum() / (len(p) * len(ordered)))
 
 
 def _smooth_l1(gaps: np.ndarray) -> np.ndarray:
