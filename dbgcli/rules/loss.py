@@ -3028,8 +3028,7 @@ def broadcast_loss(ctx: RuleContext, *, records: int = 20) -> Iterator[Finding]:
     for labels, predictions in scored_labels(ctx):
         read = _read_steps(ctx, labels.tag, predictions.tag, losses, records, _pairings)
         told = [(step, pairings) for step, pairings in read if pairings.told_apart]
-        hits = [(step, p, p.broadcast(losses[step])) for step, p in told]
-        hits = [(step, p, kind) for step, p, kind in hits if kind]
+        hits = [(step, p, kind) for step, p in told if (kind := p.broadcast(losses[step]))]
         if not _shown(len(hits), len(told)):
             continue
         step, last, kind = hits[-1]
