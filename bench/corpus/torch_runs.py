@@ -566,6 +566,14 @@ def step_lr(optimizer: torch.optim.Optimizer, steps: int) -> torch.optim.lr_sche
     return torch.optim.lr_scheduler.StepLR(optimizer, step_size=20, gamma=0.01)
 
 
+def step_lr_rising(
+    optimizer: torch.optim.Optimizer, steps: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """StepLR(step_size=60, gamma=10), gamma meant as 0.1: the lr is multiplied by 10 every
+    60 steps."""
+    return torch.optim.lr_scheduler.StepLR(optimizer, step_size=60, gamma=10.0)
+
+
 def warmup_restarted(
     optimizer: torch.optim.Optimizer, steps: int
 ) -> torch.optim.lr_scheduler.LRScheduler:
@@ -1986,6 +1994,32 @@ def mlp_adam_eps_too_large(spec: RunSpec) -> None:
         spec,
         replace(HEALTHY_ADAM, optimizer=adam(eps=1.0)),
         Check("final train loss / ln 4", lambda m: m.final_loss() / math.log(CLASSES), low=0.8),
+    )
+
+
+# Measured (seeds 0/1/2): largest finite train loss / ln 4 7.4e25/1.3e5/1e33; final eval
+# accuracy 0.27/0.25/0.24.
+@scenario(
+    MLP,
+    "step-lr-rising",
+    cause="DBG503",
+    twin="healthy-sgd",
+    description="""
+healthy-sgd with StepLR(step_size=60, gamma=10), gamma meant as 0.1: the learning rate is
+multiplied by 10 every 60 steps, 0.05 to 500, and the loss that fell at the first rates
+blows up at a later one.""",
+)
+def mlp_step_lr_rising(spec: RunSpec) -> None:
+    run(
+        spec,
+        replace(HEALTHY_SGD, schedule=step_lr_rising),
+        Check(
+            "largest finite train loss / ln 4",
+            lambda m: (
+                float(np.nanmax(np.where(np.isfinite(m.loss), m.loss, np.nan))) / math.log(CLASSES)
+            ),
+            low=10.0,
+        ),
     )
 
 

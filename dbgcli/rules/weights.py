@@ -798,6 +798,7 @@ _STARVED_EFFECTS = ("DBG301:not-decreasing", "DBG303", "DBG403", "DBG502:too-sma
         "decayed": "learning rate decayed to nothing early",
         "clipped": "gradients clipped to nothing",
         "still-rising": "learning rate still warming up at the end",
+        "rose-until-diverged": "learning rate raised until the loss diverged",
         "warmup-restarted": "learning rate warmup restarted",
     },
     explains={
@@ -806,6 +807,7 @@ _STARVED_EFFECTS = ("DBG301:not-decreasing", "DBG303", "DBG403", "DBG502:too-sma
         "decayed": _STARVED_EFFECTS,
         "clipped": _STARVED_EFFECTS,
         "still-rising": _STARVED_EFFECTS,
+        "rose-until-diverged": _TOO_HIGH_EFFECTS,
         "warmup-restarted": _STARVED_EFFECTS,
     },
 )
@@ -867,6 +869,14 @@ def learning_rate(
       first stretch of a run, and one that lasts all of it never reaches the rate the run
       was tuned for (its length in epochs where steps were meant, a schedule built for a
       longer run).
+    * **raised until the loss diverged** (key ``rose-until-diverged``): the same rate that
+      never falls and is still rising in the second half, while the training loss diverged
+      (turned non-finite, or rose above ``diverged`` times its start) at a rate at least twice
+      the first: the loss fell at the first rate and blew up at a higher one, so the
+      schedule's rise took it there (a step decay's factor above 1, ``gamma=10`` meant as
+      0.1, a warmup to a peak too high). Dated from the schedule's first record, a cause of
+      what the divergence brings (the effects of a rate too high). A loss that diverged at
+      less than twice the first rate is neither this nor still warming up: it did not starve.
     * **warmup restarted** (key ``warmup-restarted``): the recorded learning rate falls
       abruptly (below half its value from one record to the next) back to where it started, at
       least twice, and between those falls it only rises, over 3 records or more and by more
@@ -909,8 +919,9 @@ def learning_rate(
         max_ratio: Typical per-step update/weight ratio above which the rate is too high.
         min_ratio: Typical per-step update/weight ratio below which the rate is too low.
         window: Steps whose records' median is a layer's typical ratio (see DBG502).
-        diverged: A too-high rate needs the training loss to rise above this multiple of its
-            first value (or turn non-finite, or end stuck).
+        diverged: A too-high rate, and one raised until the loss diverged, need the training
+            loss to rise above this multiple of its first value (or turn non-finite; a
+            too-high rate also counts a loss that ends stuck).
         stuck_fraction: The training loss counts as stuck while the mean of its last 10
             records is above this fraction of the first (for both keys).
         starved_share: Share of the recorded steps the learning rate must spend below 1e-4
@@ -919,7 +930,7 @@ def learning_rate(
     if window < 1:
         raise RuleConfigError(f"DBG503 window must be at least 1, got {window}")
     yield from _decayed(ctx, starved_share)
-    yield from _still_rising(ctx, stuck_fraction)
+    yield from _still_rising(ctx, stuck_fraction, diverged)
     yield from _restarted_warmup(ctx)
     ratios = layer_ratios(ctx, window, max_ratio, min_ratio)
     if not ratios.layers:
@@ -1002,10 +1013,12 @@ def _lr_schedule(ctx: RuleContext) -> tuple[np.ndarray, np.ndarray] | None:
     return series.steps[order], series.values[order].astype(np.float64)
 
 
-def _still_rising(ctx: RuleContext, stuck_fraction: float) -> Iterator[Finding]:
+def _still_rising(ctx: RuleContext, stuck_fraction: float, diverged: float) -> Iterator[Finding]:
     """The finding of a warmup the run never finished (key ``still-rising``): the recorded
     learning rate never falls, ends at its peak, is at most 3/4 of it at the middle of the
-    run, and the training loss ends above ``stuck_fraction`` of its start."""
+    run, and the training loss ends above ``stuck_fraction`` of its start; or, where the
+    loss diverged at a rate at least twice the first, of a rate raised until it did (key
+    ``rose-until-diverged``)."""
     schedule = _lr_schedule(ctx)
     if schedule is None:
         return
@@ -1014,6 +1027,13 @@ def _still_rising(ctx: RuleContext, stuck_fraction: float) -> Iterator[Finding]:
     # Still climbing through the second half: a warmup that ended before it would have its
     # peak there already.
     if not (peak > 0 and np.all(np.diff(values) >= 0) and middle <= _STILL_RISING * peak):
+        return
+    blow_up = _divergence(ctx, diverged)
+    if blow_up is not None:
+        # A loss that blew up did not starve: the rise took it there, or something else did.
+        raised = _raised_into(ctx, steps, values, blow_up)
+        if raised is not None:
+            yield raised
         return
     stuck = loss_fraction(ctx, steps[-1:])
     if stuck is None or not stuck[0] > stuck_fraction:
@@ -1033,6 +1053,69 @@ def _still_rising(ctx: RuleContext, stuck_fraction: float) -> Iterator[Finding]:
         threshold=None,
         mode="train",
         key="still-rising",
+    )
+
+
+# A rate at least this multiple of the one the run started at when the loss diverged was
+# raised into the divergence: the loss fell at the first rate and did not blow up there.
+_RAISED_INTO = 2.0
+
+
+class _Divergence(NamedTuple):
+    """The first training loss record that is non-finite or above the rule's ``diverged``
+    multiple of the untrained model's, with the lowest before it."""
+
+    step: int
+    value: float
+    best_step: int
+    best: float
+
+
+def _divergence(ctx: RuleContext, diverged: float) -> _Divergence | None:
+    series = ctx.loss("train")
+    initial = initial_loss(ctx)
+    if series is None or initial is None or not initial.value > 0:
+        return None
+    order = np.argsort(series.steps, kind="stable")
+    steps = series.steps[order]
+    losses = series.values[order].astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        bad = np.flatnonzero(~np.isfinite(losses) | (losses > diverged * initial.value))
+    if not len(bad) or not np.isfinite(losses[: bad[0]]).any():
+        return None
+    at = int(bad[0])
+    best = int(np.nanargmin(losses[:at]))
+    return _Divergence(int(steps[at]), float(losses[at]), int(steps[best]), float(losses[best]))
+
+
+def _raised_into(
+    ctx: RuleContext, steps: np.ndarray, values: np.ndarray, blow_up: _Divergence
+) -> Finding | None:
+    """The finding of a rate that only rose until the training loss diverged (key
+    ``rose-until-diverged``), when it diverged at ``_RAISED_INTO`` times the first rate or
+    more."""
+    at = max(int(np.searchsorted(steps, blow_up.step, side="right")) - 1, 0)
+    rate, first = float(values[at]), float(values[0])
+    if not rate >= _RAISED_INTO * first:
+        return None
+    blew = "turned non-finite" if not np.isfinite(blow_up.value) else f"rose to {blow_up.value:.3g}"
+    return Finding(
+        message=(
+            f"the learning rate only rose, from {first:.3g} to {values[-1]:.3g}, and the "
+            f"training loss, down to {blow_up.best:.3g} at step {blow_up.best_step}, {blew} "
+            f"at step {blow_up.step} at a rate of {rate:.3g}, {rate / first:.3g}x the first: "
+            "a schedule that raises the rate without end (a decay factor above 1, gamma=10 "
+            "for 0.1, or a warmup to a peak too high or longer than the run) took it past "
+            "what the model trains at"
+        ),
+        tensor=ctx.lr_tag(),
+        first_step=int(steps[0]),
+        last_step=blow_up.step,
+        steps=at + 1,
+        value=rate / first,
+        threshold=_RAISED_INTO,
+        mode="train",
+        key="rose-until-diverged",
     )
 
 

@@ -559,6 +559,35 @@ def test_gradients_clipped_below_the_vanishing_bar_name_the_clipping(tmp_path: P
     assert report.verdict.startswith("unhealthy: gradients clipped to nothing")
 
 
+def test_learning_rate_raised_until_the_loss_diverged(make_trace) -> None:
+    """A step schedule whose factor is 10 instead of 0.1 multiplies the rate every 50 steps:
+    the loss falls at the first rates and blows up at a later one. The rising schedule is the
+    cause of what follows (the effects of a rate too high), not a warmup that left the run
+    starved, whose message put a loss of 1e30 at some percent of its start. A loss that
+    blew up before the rate doubled did not starve either, and is left to the other rules."""
+    tensors = network({"fc1.weight": 1e-3, "fc2.weight": 1e-3}, steps=200)
+    loss = np.geomspace(2.3, 0.01, 200)
+    loss[160:] = np.geomspace(5.0, 1e30, 40)
+    loss[190:] = np.nan
+    raised = {"lr": list(np.repeat([1e-3, 1e-2, 1e-1, 1.0], 50)), "loss": list(loss)}
+    (finding,) = keyed(
+        run_rule(make_trace(scalars=raised, tensors=tensors), "DBG503"), "rose-until-diverged"
+    )
+    assert (finding.tensor, finding.first_step, finding.last_step) == ("lr", 0, 160)
+    assert finding.value == pytest.approx(1000.0)
+    assert "down to 0.0298 at step 159, rose to 5 at step 160 at a rate of 1, 1e+03x" in (
+        finding.message
+    )
+    report = analyze_path(make_trace(scalars=raised, tensors=tensors))
+    assert report.verdict.startswith("unhealthy: learning rate raised until the loss diverged")
+    # Up 1.8x when it blew up: still warming up, but the rise did not take it there.
+    early = {
+        **raised,
+        "lr": list(np.r_[np.linspace(1e-3, 1.8e-3, 161), np.linspace(2e-3, 4e-3, 39)]),
+    }
+    assert not run_rule(make_trace(scalars=early, tensors=tensors), "DBG503").findings
+
+
 def test_learning_rate_still_warming_up_at_the_end(make_trace) -> None:
     """A linear warmup over the whole run (its length in epochs, meant in steps) never
     reaches the rate the run was tuned for, and the loss stays near its start. A warmup of a
