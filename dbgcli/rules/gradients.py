@@ -460,10 +460,13 @@ def _loss_jumps_between_records(ctx: RuleContext, growth: float, window: int) ->
             if len(after)
             else f"after the last gradient record at step {before[-1]}"
         )
+        base = max(float(values[at - 1]), float(median[at]))
+        # From exactly 0 (a loss that underflowed) every rise is infinitely many times it.
+        times = f"{jump[at - 1]:.3g}x" if base > 0 else "up from 0,"
         yield Finding(
             message=(
                 f"train loss jumped to {values[at]:.3g} in one step at step {steps[at]}, "
-                f"{jump[at - 1]:.3g}x the larger of its previous record {values[at - 1]:.3g} "
+                f"{times} the larger of its previous record {values[at - 1]:.3g} "
                 f"and its recent median {median[at]:.3g} (> {growth:g}x, and above "
                 f"{initial.name}), {between}: a blow-up they miss"
             ),
