@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Literal, NamedTuple
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 import numpy as np
 
 from dbgcli.rules._context import RuleContext, TensorView
 from dbgcli.trace import schema
 from dbgcli.trace.roles import name_words
+
+if TYPE_CHECKING:
+    from dbgcli.rules.data import StartingAccuracy
 
 # Embedding tables are looked up, not multiplied: each step only the rows of the tokens in the
 # batch get a gradient and an update, so their mean gradient is tiny by construction.
@@ -357,12 +360,15 @@ def clipped_text(norm: float) -> str:
 
 def converged(ctx: RuleContext, steps: np.ndarray, fraction: float) -> np.ndarray:
     """Per step: the training loss has come down to ``fraction`` of its start or below, so
-    the model has fitted its data (False where unknown, and without a training loss)."""
-    loss = loss_fraction(ctx, steps)
-    if loss is None:
+    the model has fitted its data (False where unknown, and without a training loss). Either
+    the mean of its last 10 records or the latest record itself: a gradient is the one of its
+    own step's loss, which is tiny where that batch is fitted, however a spike a few steps
+    before lifts the mean."""
+    recent, latest = loss_fraction(ctx, steps), loss_fraction(ctx, steps, window=1)
+    if recent is None or latest is None:
         return np.zeros(len(steps), dtype=bool)
     with np.errstate(invalid="ignore"):
-        return np.asarray(loss <= fraction)
+        return np.asarray((recent <= fraction) | (latest <= fraction))
 
 
 def loss_fraction(ctx: RuleContext, steps: np.ndarray, window: int = 10) -> np.ndarray | None:
@@ -652,7 +658,9 @@ def initial_loss(ctx: RuleContext, mode: Literal["train", "eval"] = "train") -> 
     of ``ln C`` while its first training predictions are right more often than chance allows
     (see :func:`dbgcli.rules.data.trained_at_start`: a fine-tune of a trained classifier, a
     hook attached after some training; a random model's predictions can beat a constant
-    guess on inputs that tell the classes apart, but not with a low loss as well). For a
+    guess on inputs that tell the classes apart, but not with a low loss as well), and, where
+    the kept tensors give it, those predictions' own cross-entropy is as low (a loss divided
+    by the batch size twice is low while its untrained model's predictions are not). For a
     classifier whose number of classes ``C`` the metadata, predictions or labels give, the
     scale is then ``ln C``, the loss of predicting every class with probability ``1/C``, as
     an untrained classifier does; a resumed run needs its first loss on that scale (at most
@@ -677,7 +685,7 @@ def initial_loss(ctx: RuleContext, mode: Literal["train", "eval"] = "train") -> 
         if chance is None or not 0 <= first <= _TRAINED_LOSS * chance:
             return as_recorded
         trained = trained_at_start(ctx)
-        if trained is None:
+        if trained is None or not _predicted_low(ctx, trained, chance):
             return as_recorded
         why = (
             f"the model's first predictions were {trained.right} of {trained.samples} right "
@@ -687,6 +695,20 @@ def initial_loss(ctx: RuleContext, mode: Literal["train", "eval"] = "train") -> 
     return InitialLoss(
         chance, f"ln {classes} = {chance:.4g}, an untrained classifier's loss ({why})"
     )
+
+
+def _predicted_low(ctx: RuleContext, trained: StartingAccuracy, chance: float) -> bool:
+    """Whether the first predictions that beat chance score a low cross-entropy themselves
+    (at most ``_TRAINED_LOSS`` of ``ln C``), as a trained model's do, where the kept tensors
+    give it: a recorded loss that is low while its predictions' is not is a scaled one (divided
+    by the batch size twice), and the model behind it untrained."""
+    # Imported here: the loss rules build on this module.
+    from dbgcli.rules.loss import step_cross_entropy
+
+    read = step_cross_entropy(
+        ctx, trained.labels, trained.predictions, trained.step, labels_are_the_inputs(ctx)
+    )
+    return read is None or read.labelled <= _TRAINED_LOSS * chance
 
 
 def _first_finite_loss(ctx: RuleContext, mode: Literal["train", "eval"]) -> float | None:

@@ -682,6 +682,8 @@ class StartingAccuracy(NamedTuple):
     right: int
     samples: int
     constant: float
+    labels: str
+    predictions: str
 
 
 # One-sided 99.9 % normal quantile: calling a run's model trained before its trace began
@@ -728,7 +730,7 @@ def trained_at_start(ctx: RuleContext) -> StartingAccuracy | None:
         constant = float(np.unique(truth_ids, return_counts=True)[1].max()) / samples
         lower = _wilson(np.array([right]), np.array([samples]), _Z_TRAINED)[0][0]
         if lower > constant:
-            return StartingAccuracy(step, right, samples, constant)
+            return StartingAccuracy(step, right, samples, constant, labels.tag, predictions.tag)
     return None
 
 

@@ -1114,7 +1114,7 @@ def _held_out_cross_entropy(ctx: RuleContext, losses: dict[int, float]) -> bool:
         for step, mode in _steps_in_full(ctx, (labels.tag, predictions.tag), 20):
             if mode != "eval" or step not in losses:
                 continue
-            read = _step_cross_entropy(ctx, labels.tag, predictions.tag, step, False, "eval")
+            read = step_cross_entropy(ctx, labels.tag, predictions.tag, step, False, "eval")
             if read is None:
                 continue
             compared += 1
@@ -2831,7 +2831,7 @@ def inflated_initial_loss(ctx: RuleContext, *, ratio: float = 2.0) -> Iterator[F
             starts.append(int(series.steps.min()))
         if not len(kept) or int(kept[0]) > min(starts):
             continue
-        first = _step_cross_entropy(whole, labels.tag, predictions.tag, int(kept[0]), shift)
+        first = step_cross_entropy(whole, labels.tag, predictions.tag, int(kept[0]), shift)
         if first is None:
             continue
         judged = True
@@ -2847,7 +2847,7 @@ def inflated_initial_loss(ctx: RuleContext, *, ratio: float = 2.0) -> Iterator[F
         bar = ratio * first.uniform
         later = []
         for step in _spread([int(step) for step in kept[1:]], _LATER_READS):
-            read = _step_cross_entropy(whole, labels.tag, predictions.tag, step, shift)
+            read = step_cross_entropy(whole, labels.tag, predictions.tag, step, shift)
             if read is not None:
                 later.append((step, read))
         came_down = any(read.labelled < bar for _, read in later)
@@ -2891,7 +2891,7 @@ def inflated_initial_loss(ctx: RuleContext, *, ratio: float = 2.0) -> Iterator[F
 _LATER_READS = 8
 
 
-class _Confidence(NamedTuple):
+class Confidence(NamedTuple):
     """One step's mean cross-entropy against its labels (``labelled``) and against targets
     spread evenly over the classes (``even``, which the batch's class mix does not sway), the
     uniform guess's (``uniform``), and what the first is in words."""
@@ -2902,9 +2902,9 @@ class _Confidence(NamedTuple):
     what: str
 
 
-def _step_cross_entropy(
+def step_cross_entropy(
     ctx: RuleContext, labels: str, predictions: str, step: int, shift: bool, mode: str = "train"
-) -> _Confidence | None:
+) -> Confidence | None:
     """How confident one step's predictions are, right or wrong; None where the step holds
     no class scores and targets to compare (see :func:`inflated_initial_loss`)."""
     scores = ctx.trace.raw(predictions, step, mode)
@@ -2931,7 +2931,7 @@ def _step_cross_entropy(
         if_one, if_zero = _binary_terms(z, probabilities=False)
         labelled = float(np.mean(np.where(y == 1, if_one, if_zero)))
         even = float(np.mean((if_one + if_zero) / 2))
-        return _Confidence(labelled, even, float(np.log(2.0)), "binary cross-entropy")
+        return Confidence(labelled, even, float(np.log(2.0)), "binary cross-entropy")
     if shift and z.ndim == 3 and truth.shape == z.shape[:2]:
         z, truth = z[:, :-1], truth[:, 1:]
     classes = z.shape[-1]
@@ -2951,7 +2951,7 @@ def _step_cross_entropy(
         rows = np.log(np.maximum(rows, np.finfo(np.float64).tiny))
     log_p = _log_softmax(rows, 1)
     labelled = float(np.mean(-log_p[np.arange(len(ids)), ids]))
-    return _Confidence(labelled, float(np.mean(-log_p)), float(np.log(classes)), "cross-entropy")
+    return Confidence(labelled, float(np.mean(-log_p)), float(np.log(classes)), "cross-entropy")
 
 
 # -- DBG311 broadcast-loss ----------------------------------------------------------------------

@@ -1480,6 +1480,45 @@ def test_a_fine_tune_of_a_trained_classifier_is_judged_against_chance(tmp_path: 
         assert scale is not None and scale.name.startswith("the initial loss")
 
 
+def test_a_loss_divided_by_the_batch_twice_is_no_trained_model(make_trace) -> None:
+    """A cross-entropy divided by the batch size once more starts at ln 4 / 64 = 0.022, below
+    half of ln 4. First predictions that beat a constant guess (inputs that tell the classes
+    apart) made that read as a model trained before the trace began, and a run that fell 10 %
+    in 200 steps as healthy. Those predictions' own cross-entropy is an untrained model's,
+    1.36: the recorded loss is a scaled one, its first value the scale, and the run
+    underfits. The same first predictions made confident (a logit of 6 on the right class)
+    are a trained model's."""
+    from dbgcli.rules._context import RuleContext
+    from dbgcli.rules._known import initial_loss
+    from dbgcli.trace.reader import open_trace
+
+    labels = np.tile(np.arange(4), 16)
+    predicted = (labels + (np.arange(64) < 4)) % 4  # 60 of 64 right
+
+    def run(logit: float) -> Path:
+        logits = np.zeros((64, 4), np.float32)
+        logits[np.arange(64), predicted] = logit
+        return make_trace(
+            scalars={"loss": list(np.linspace(1.0, 0.9, 200) * np.log(4) / 64)},
+            tensors={
+                "labels": {"values": [labels], "collection": "labels"},
+                "predictions": {"values": [logits], "collection": "predictions"},
+            },
+        )
+
+    scaled, confident = run(0.1), run(6.0)
+    with open_trace(scaled) as trace:
+        scale = initial_loss(RuleContext(trace))
+        assert scale is not None and scale.value == pytest.approx(np.log(4) / 64)
+    (finding,) = run_rule(scaled, "DBG303").findings
+    assert finding.key == "loss-high"
+    assert "is still 91% of the initial loss 0.02166" in finding.message
+    with open_trace(confident) as trace:
+        scale = initial_loss(RuleContext(trace))
+        assert scale is not None and "it was trained before the trace began" in scale.name
+    assert not run_rule(confident, "DBG303").findings
+
+
 def classifier_run(
     path: Path,
     *,
