@@ -461,6 +461,8 @@ class _AdaptiveGroup(NamedTuple):
     lr: float | None
     # The second moment's decay: Adam's beta2, RMSprop's alpha.
     decay: float | None
+    # The first moment's: Adam's beta1 (None for RMSprop).
+    momentum: float | None
 
     @property
     def square_floor(self) -> float | None:
@@ -481,13 +483,16 @@ def _adaptive_groups(ctx: RuleContext) -> list[_AdaptiveGroup]:
         betas, alpha = group.get("betas"), group.get("alpha")
         if not (isinstance(eps, int | float) and (betas is not None or alpha is not None)):
             continue
-        decay = betas[1] if isinstance(betas, list) and len(betas) == 2 else alpha
+        pair = betas if isinstance(betas, list) and len(betas) == 2 else None
+        decay = pair[1] if pair is not None else alpha
+        momentum = pair[0] if pair is not None else None
         groups.append(
             _AdaptiveGroup(
                 index,
                 float(eps),
                 float(lr) if isinstance(lr, int | float) else None,
                 float(decay) if isinstance(decay, int | float) else None,
+                float(momentum) if isinstance(momentum, int | float) else None,
             )
         )
     return groups
@@ -544,6 +549,20 @@ def _went_non_finite(ctx: RuleContext) -> bool:
     )
 
 
+# What updates out of scale bring: swings and blow-ups, then NaN and infinite weights and
+# everything they touch.
+_OUT_OF_SCALE = (
+    "DBG102",
+    "DBG201",
+    "DBG301",
+    "DBG303",
+    "DBG305",
+    "DBG306",
+    "DBG404",
+    "DBG503:too-high",
+)
+
+
 @rule(
     "DBG805",
     "optimizer-settings",
@@ -557,6 +576,7 @@ def _went_non_finite(ctx: RuleContext) -> bool:
     label={
         "eps-dominates": "optimizer eps too large",
         "float16-eps": "Adam's v underflows in float16",
+        "betas": "Adam's betas outside its convergence condition",
     },
     explains={
         # Steps of lr·m/eps: the model trains at a fraction of its rate.
@@ -569,22 +589,14 @@ def _went_non_finite(ctx: RuleContext) -> bool:
             "DBG601:mispredicted",
             "DBG604",
         ),
-        # Steps of lr·m/eps, or m/0: updates out of scale, then NaN and infinite weights and
-        # everything they touch.
-        "float16-eps": (
-            "DBG102",
-            "DBG201",
-            "DBG301",
-            "DBG303",
-            "DBG305",
-            "DBG306",
-            "DBG404",
-            "DBG503:too-high",
-        ),
+        # Steps of lr·m/eps, or m/0.
+        "float16-eps": _OUT_OF_SCALE,
+        # m / sqrt(v) grows without bound once the gradients shrink: steps far above lr.
+        "betas": _OUT_OF_SCALE,
     },
 )
 def optimizer_settings(ctx: RuleContext, *, dominance: float = 1.0) -> Iterator[Finding]:
-    """An adaptive optimizer's ``eps`` outweighs the gradients, or its second moment underflows in float16.
+    """An adaptive optimizer's ``eps`` outweighs the gradients, its second moment underflows in float16, or its betas break Adam's condition.
 
     Adam (and AdamW, NAdam, RAdam, Adamax) steps each weight by ``lr · m / (sqrt(v) + eps)``,
     RMSprop by ``lr · g / (sqrt(v) + eps)``: ``m`` is the running mean of the gradient and
@@ -617,6 +629,15 @@ def optimizer_settings(ctx: RuleContext, *, dominance: float = 1.0) -> Iterator[
       typical elements step as SGD at ``lr / eps``. An error when the loss or a weight went NaN
       or infinite in the run, else a note, and the cause of updates out of scale (DBG503) or a
       loss that stays high.
+    * **betas outside Adam's convergence condition** (key ``betas``): an Adam-like group's
+      ``betas = (beta1, beta2)`` with ``beta1² / sqrt(beta2) >= 1``. Kingma and Ba's
+      convergence theorem (2015, Theorem 4.1) assumes ``gamma = beta1² / sqrt(beta2) < 1``:
+      the first moment must forget no slower than the root of the second. At the defaults
+      (0.9, 0.999) gamma is 0.81, at (0.9, 0.95) 0.83; swapped, (0.999, 0.9), it is 1.05. The
+      first moment then averages the gradients of about ``1 / (1 - beta1)`` steps, the second
+      of far fewer, so when the gradients shrink (a batch fitted, a plateau) ``sqrt(v)``
+      falls long before ``m`` does and ``m / sqrt(v)`` steps far above ``lr``. A warning
+      whatever the run did, and the cause of updates out of scale and what they bring.
 
     Why it matters: a dominating ``eps`` turns the adaptive optimizer into SGD at a rate
     tuned for Adam, thousands of times too small; in float16, an ``eps`` too small for the
@@ -624,12 +645,13 @@ def optimizer_settings(ctx: RuleContext, *, dominance: float = 1.0) -> Iterator[
     or into NaN weights.
 
     Typical causes: ``eps=1`` copied from a setup that scaled the learning rate with it;
-    ``model.half()`` with a plain ``torch.optim.Adam``.
+    ``model.half()`` with a plain ``torch.optim.Adam``; ``betas=(0.999, 0.9)``, the pair
+    written the wrong way round.
 
     Fix: keep ``eps`` well below the gradients' size (1e-8 to 1e-6) and tune the learning
     rate with it; in float16, train with ``torch.autocast`` and a ``GradScaler`` (float32
     weights and optimizer state), or raise ``eps`` to at least 1e-4 where the weights must be
-    float16.
+    float16; keep ``beta1`` below ``beta2``, (0.9, 0.999) unless tuned.
 
     Args:
         dominance: ``eps`` over the gradients' typical size at or above which ``eps``
@@ -660,6 +682,7 @@ def optimizer_settings(ctx: RuleContext, *, dominance: float = 1.0) -> Iterator[
             severity=Severity.info,
             extra={"eps": group.eps, "gradient_size": size, "group": group.number},
         )
+    yield from _betas_outside_the_condition(groups, kind, first)
     half = _float16_weights(ctx)
     smallest = min(gradients, key=lambda g: g.size) if gradients else None
     underflowing = [
@@ -695,6 +718,38 @@ def optimizer_settings(ctx: RuleContext, *, dominance: float = 1.0) -> Iterator[
             severity=Severity.error if broke else Severity.info,
             extra={"eps": group.eps, "tensors": half, "square_floor": floor},
         )
+
+
+def _betas_outside_the_condition(
+    groups: list[_AdaptiveGroup], kind: str, first: int | None
+) -> Iterator[Finding]:
+    """DBG805's ``betas`` finding: the group whose ``beta1² / sqrt(beta2)`` is largest, at 1
+    or above."""
+    gammas = [
+        (g.momentum**2 / np.sqrt(g.decay), g)
+        for g in groups
+        if g.momentum is not None and g.decay is not None and 0 < g.decay < 1
+    ]
+    if not gammas:
+        return
+    gamma, group = max(gammas, key=lambda item: item[0])
+    if gamma < 1:
+        return
+    beta1, beta2 = group.momentum or 0.0, group.decay or 0.0
+    yield Finding(
+        message=(
+            f"{kind}'s betas ({beta1:g}, {beta2:g}) give beta1²/sqrt(beta2) = {gamma:.3g} (>= "
+            f"1, the bound of Adam's convergence theorem): m averages about "
+            f"{1 / (1 - beta1):,.0f} steps' gradients and v {1 / (1 - beta2):,.0f}, so when the "
+            "gradients shrink m/sqrt(v) steps far above lr (the two written the wrong way "
+            "round?)"
+        ),
+        first_step=first,
+        value=float(gamma),
+        threshold=1.0,
+        key="betas",
+        extra={"betas": [beta1, beta2], "group": group.number},
+    )
 
 
 def _batch_norms(ctx: RuleContext) -> dict[str, int]:

@@ -313,6 +313,50 @@ def test_an_eps_that_outweighs_the_gradients_is_a_note_that_explains_a_stalled_r
     )
 
 
+def swapped_betas_run(path: Path, betas: tuple[float, float]) -> Path:
+    """A 5-class MLP on separable blobs, Adam at 1e-3 with ``betas``, 400 steps recorded."""
+    torch = pytest.importorskip("torch")
+    from dbgcli.torch import attach
+
+    generator = torch.Generator().manual_seed(0)
+    centres = 1.2 * torch.randn(5, 20, generator=generator)
+    y = torch.randint(0, 5, (4000,), generator=generator)
+    x = centres[y] + torch.randn(4000, 20, generator=generator)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(20, 128), torch.nn.ReLU(), torch.nn.Linear(128, 5))
+    optimizer = torch.optim.Adam(model.parameters(), 1e-3, betas=betas)
+    with attach(model, optimizer, path) as hook:
+        for _ in range(400):
+            batch = torch.randint(0, 4000, (64,), generator=generator)
+            optimizer.zero_grad()
+            loss = torch.nn.functional.cross_entropy(model(x[batch]), y[batch])
+            hook.record_loss(loss)
+            loss.backward()
+            optimizer.step()
+    return path
+
+
+def test_adams_betas_written_the_wrong_way_round_are_the_cause(make_trace, tmp_path: Path) -> None:
+    """Adam with betas (0.999, 0.9): m averages 1,000 steps and v 10, outside Kingma and Ba's
+    condition beta1²/sqrt(beta2) < 1. Once the batches are fitted and the gradients shrink,
+    v falls long before m and the steps blow the loss up again and again; the settings are
+    the cause. The defaults, and (0.9, 0.95), are inside the condition."""
+    swapped = analyze_path(swapped_betas_run(tmp_path / "swapped.h5", (0.999, 0.9)))
+    assert swapped.verdict.startswith("unhealthy: Adam's betas outside its convergence condition")
+    problem = swapped.problems[0]
+    cause = swapped.findings[problem.cause]
+    assert (cause.rule_id, cause.key, cause.first_step) == ("DBG805", "betas", 0)
+    assert cause.value == pytest.approx(0.999**2 / np.sqrt(0.9))
+    assert "m averages about 1,000 steps' gradients and v 10" in cause.message
+    assert "DBG102" in {swapped.findings[i].rule_id for i in problem.symptoms}
+    default = analyze_path(swapped_betas_run(tmp_path / "default.h5", (0.9, 0.999)))
+    assert not [f for f in default.findings if f.rule_id == "DBG805"]
+    alive = gradients([1e-3] * 6)
+    for betas in ([0.9, 0.95], [0.95, 0.9]):
+        trace = make_trace(tensors=alive, metadata=adam_note(1e-8, betas=betas))
+        assert run_rule(trace, "DBG805").status is RuleStatus.passed, betas
+
+
 def test_adams_second_moment_underflowing_in_float16_is_named(make_trace) -> None:
     """Float16 parameters that Adam updates in place, its state float16 too (fused or not):
     (1 - 0.999)·g² is 0 in float16 below g = 0.0055. With eps 1e-8, itself 0, the update is
