@@ -905,8 +905,9 @@ def learning_rate(
     model has learned anything.
 
     Typical causes: too high: a learning rate copied from another optimizer or batch size
-    (SGD's 0.1 for Adam), no warmup, a unit mistake; too low: the opposite mistakes, a
-    schedule that decays it to nothing early.
+    (SGD's 0.1 for Adam), no warmup, a unit mistake, a schedule that raises it (a step
+    decay's factor above 1); too low: the opposite mistakes, a schedule that decays it to
+    nothing early.
 
     Fix: run a learning-rate range test (increase it over a few hundred steps and pick a value
     somewhat below where the loss blows up); aim for update/weight ratios around 1e-3 per step;
