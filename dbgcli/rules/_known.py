@@ -399,6 +399,12 @@ def loss_fraction(ctx: RuleContext, steps: np.ndarray, window: int = 10) -> np.n
     return fraction
 
 
+#: The learning-rate findings that updates out of scale make (DBG503's keys judged by the
+#: update ratios), as rules upstream of them name them: the keys that read the recorded
+#: schedule itself (decayed, still rising, restarted, raised until the loss diverged) are the
+#: user's schedule, which nothing in the data or the model explains.
+LEARNING_RATE_BY_UPDATES = ("DBG503:too-high", "DBG503:too-low", "DBG503:clipped")
+
 #: Values of the run metadata key ``task`` whose labels are the tokens of a text, not classes.
 LANGUAGE_MODELLING = frozenset({"causal-lm", "masked-lm", "seq2seq-lm"})
 #: Values of ``task`` whose labels are quantities or orders, not classes.

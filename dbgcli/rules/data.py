@@ -40,7 +40,12 @@ import numpy as np
 from dbgcli.errors import RuleConfigError, RuleSkipped
 from dbgcli.findings import Finding, Severity
 from dbgcli.rules._context import Episode, RuleContext, TensorView, episode_findings
-from dbgcli.rules._known import is_embedding, kept_steps, unclassed_labels
+from dbgcli.rules._known import (
+    LEARNING_RATE_BY_UPDATES,
+    is_embedding,
+    kept_steps,
+    unclassed_labels,
+)
 from dbgcli.rules._registry import Need, rule
 from dbgcli.trace import schema
 from dbgcli.trace.derive import Accumulator, Derivation
@@ -1490,7 +1495,7 @@ _SCALING_EFFECTS = (
     "DBG402",
     "DBG404",
     "DBG502",
-    "DBG503",
+    *LEARNING_RATE_BY_UPDATES,
 )
 
 

@@ -18,6 +18,7 @@ from dbgcli.rules._context import (
     trailing_median,
 )
 from dbgcli.rules._known import (
+    LEARNING_RATE_BY_UPDATES,
     attention_query_or_key,
     clipped_gradient_norm,
     clipped_text,
@@ -543,7 +544,7 @@ def _input_spikes(ctx: RuleContext, scale: float) -> Iterator[Finding]:
         "DBG303:held-out-at-chance",
         "DBG305",
         "DBG306",
-        "DBG503",
+        *LEARNING_RATE_BY_UPDATES,
         "DBG601",
         "DBG604",
     ),

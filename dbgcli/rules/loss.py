@@ -21,6 +21,7 @@ from dbgcli.rules._context import (
     sustained,
 )
 from dbgcli.rules._known import (
+    LEARNING_RATE_BY_UPDATES,
     STARVED_LR,
     class_count,
     initial_loss,
@@ -3153,7 +3154,7 @@ _NOT_A_DISTRIBUTION = 0.05
         "DBG306",
         "DBG404",
         "DBG502",
-        "DBG503",
+        *LEARNING_RATE_BY_UPDATES,
         "DBG601:mispredicted",
         "DBG604",
     ),

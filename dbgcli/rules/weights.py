@@ -15,6 +15,7 @@ from dbgcli.errors import RuleConfigError
 from dbgcli.findings import Finding, Severity
 from dbgcli.rules._context import RuleContext, TensorView, episode_findings, records_spanning
 from dbgcli.rules._known import (
+    LEARNING_RATE_BY_UPDATES,
     STARVED_LR,
     added_or_scaling_parameter,
     class_count,
@@ -169,7 +170,7 @@ def _initial_rows_plan(
         "DBG310",
         "DBG404",
         "DBG502",
-        "DBG503",
+        *LEARNING_RATE_BY_UPDATES,
         # One layer initialised off scale is what makes the scales inconsistent.
         "DBG501:layer-ratio",
     ),

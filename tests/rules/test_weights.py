@@ -512,6 +512,28 @@ def test_learning_rate_decayed_to_nothing_early(make_trace) -> None:
     assert not keyed(run_rule(healthy, "DBG503"), "decayed")
 
 
+def test_a_schedule_is_no_symptom_of_the_data(make_trace) -> None:
+    """Inputs off-centre from step 0 explain updates out of scale, not the recorded schedule:
+    a step decay stepped every batch is its own problem, whatever started with it."""
+    lr = [0.1] * 20 + [1e-3] * 20 + [1e-7] * 160
+    tensors = {
+        **network({"fc1.weight": 1e-3, "fc2.weight": 1e-3}, steps=200),
+        "inputs": {
+            "values": [
+                3.0 + np.random.default_rng(step).standard_normal((64, 8)) for step in range(10)
+            ],
+            "steps": list(range(0, 200, 20)),
+            "collection": "inputs",
+        },
+    }
+    path = make_trace(scalars={"lr": lr, "loss": [1.0] * 200}, tensors=tensors)
+    report = analyze_path(path, select=("DBG503", "DBG602"))
+    causes = {
+        (report.findings[p.cause].rule_id, report.findings[p.cause].key) for p in report.problems
+    }
+    assert {("DBG602", "mean"), ("DBG503", "decayed")} <= causes, causes
+
+
 def clipped_run(path: Path, max_norm: float) -> Path:
     """A real PyTorch MLP on four separable blobs, SGD at 0.1, its gradients clipped to a
     total norm of ``max_norm`` before every step; tensors every 10 steps, as by default."""
