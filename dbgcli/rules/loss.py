@@ -1152,7 +1152,10 @@ def _held_out_loss_at_chance(
     if not _held_out_cross_entropy(ctx, dict(zip(steps.tolist(), values.tolist()))):
         return
     uniform = float(np.log(classes))
-    chance, what = held_out_chance(ctx, classes)
+    known = held_out_chance(ctx, classes)
+    if known is None:
+        return
+    chance, what = known
     while_learning = int(np.count_nonzero(steps <= fitted_from))
     if (
         while_learning < _EVALUATIONS_WHILE_LEARNING

@@ -781,6 +781,41 @@ def test_held_out_chance_after_a_balanced_training_set_is_ln_2(make_trace) -> No
     assert "predicting the training labels' class frequencies scores 0.611" in same.message
 
 
+def test_a_run_that_weighs_its_classes_is_not_held_against_chance(tmp_path: Path) -> None:
+    """XGBoost with scale_pos_weight 50 on balanced labels: its predictions lean towards the
+    positives by design, so the validation logloss, which does not weigh them, never goes
+    below ln 2 (best 0.82) while the model ranks the validation rows well. The weighting is
+    the finding (DBG601); "nothing learned that generalises" would be false. The same run
+    unweighted learns, and the validation loss shows it."""
+    xgb = pytest.importorskip("xgboost")
+    from dbgcli.xgboost import DbgCallback
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(6000, 20))
+    y = (x[:, 0] * 1.5 - x[:, 1] + rng.normal(size=6000) > 0).astype(float)
+    train, held_out = xgb.DMatrix(x[:5000], label=y[:5000]), xgb.DMatrix(x[5000:], label=y[5000:])
+
+    def run(name: str, **weighting: float) -> Path:
+        path = tmp_path / f"{name}.h5"
+        xgb.train(
+            {"objective": "binary:logistic", "eta": 0.1, "max_depth": 4, "nthread": 1, **weighting},
+            train,
+            300,
+            evals=[(train, "train"), (held_out, "validation")],
+            callbacks=[DbgCallback(path, data=train)],
+            verbose_eval=False,
+        )
+        return path
+
+    weighted = analyze_path(run("weighted", scale_pos_weight=50.0))
+    assert any(
+        f.rule_id == "DBG601" and "scale_pos_weight 50.0" in f.message for f in weighted.findings
+    )
+    assert not [f for f in weighted.findings if f.key == "held-out-at-chance"]
+    plain = analyze_path(run("plain"))
+    assert not [f for f in plain.findings if f.rule_id in ("DBG303", "DBG601")]
+
+
 def test_a_held_out_loss_that_is_no_cross_entropy_is_not_held_against_chance(make_trace) -> None:
     """The validation loss is a classification loss plus a regression's (a multi-task sum):
     with the validation labels and logits kept in full, it is not their cross-entropy, and
