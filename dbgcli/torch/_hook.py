@@ -750,7 +750,9 @@ class TorchHook:
         """Record weights, biases, gradients and learning rates at the current step.
 
         Called automatically before each ``optimizer.step()`` when the hook was attached with
-        an optimizer. Framework callbacks call it after backward and before the update.
+        an optimizer. Framework callbacks call it after backward and before the update, and
+        the forgotten ``zero_grad()`` check runs here as there (a Lightning module under
+        manual optimization zeroes its gradients itself, or not).
 
         Args:
             optimizer: Whose parameter groups give the learning rates (default: the attached
@@ -762,10 +764,15 @@ class TorchHook:
             parameters: False records the learning rates (and notes the optimizer) only:
                 for a second optimizer of a step whose parameters are recorded already.
         """
-        self._guard(
-            "recording the optimizer step",
-            lambda: self._record_parameters(optimizer, None, lr_tag, parameters),
-        )
+        def record() -> None:
+            # One check a step: the second optimizer of a step holds other parameters.
+            if parameters:
+                self._check_carried_gradients()
+            self._record_parameters(optimizer, None, lr_tag, parameters)
+            if parameters:
+                self._arm_carried_gradients()
+
+        self._guard("recording the optimizer step", record)
 
     def record_loss(self, loss: Any, *, mode: str | None = None, step: int | None = None) -> None:
         """Record a loss; the losses of one step and mode are averaged into one record.
@@ -1153,8 +1160,7 @@ class TorchHook:
             if not self._skipping_update:
                 self._check_carried_gradients()
                 self._record_parameters(optimizer, scale)
-                if self._step % self.stats_every == 0:
-                    self._carried.arm(self._step, self._probe_candidates)
+                self._arm_carried_gradients()
         except Exception as error:  # noqa: BLE001 - recording must never stop training
             self._warn("recording the optimizer step", error)
 
@@ -1364,6 +1370,10 @@ class TorchHook:
             step,
             ", ".join(modules),
         )
+
+    def _arm_carried_gradients(self) -> None:
+        if self._step % self.stats_every == 0:
+            self._carried.arm(self._step, self._probe_candidates)
 
     def _check_carried_gradients(self) -> None:
         verdict = self._carried.check()

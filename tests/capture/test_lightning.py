@@ -266,6 +266,40 @@ class TwoOptimizers(Classifier):
         return [torch.optim.SGD(body, lr=0.1), torch.optim.Adam(head, lr=0.01)]
 
 
+class ManualSteps(Classifier):
+    """Manual optimization, one optimizer, ``zero_grad()`` called or forgotten."""
+
+    def __init__(self, zero: bool) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.zero = zero
+
+    def training_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
+    ) -> torch.Tensor:
+        optimizer = self.optimizers()
+        x, y = batch
+        loss = nn.functional.cross_entropy(self.net(x), y)
+        if self.zero:
+            optimizer.zero_grad()  # type: ignore[union-attr]
+        self.manual_backward(loss)
+        optimizer.step()  # type: ignore[union-attr]
+        return loss
+
+
+def test_a_zero_grad_forgotten_under_manual_optimization_is_noted(tmp_path: Path) -> None:
+    """Under manual optimization the module zeroes its gradients itself. Forgotten, every
+    step follows the sum of all gradients so far: the callback's optimizer steps run the same
+    check as the PyTorch hook's, and DBG103 names it. Called, nothing is noted."""
+    for zero in (False, True):
+        path = tmp_path / f"zero-{zero}.h5"
+        fit(DbgCallback(path), module_class=lambda _, z=zero: ManualSteps(z), accumulate=1)
+        with open_trace(path) as trace:
+            assert ("gradients_not_zeroed" in trace.metadata) is not zero
+        found = analyze_path(path, select=("DBG103",)).findings
+        assert [f.key for f in found] == ([] if zero else ["carried"])
+
+
 def test_two_optimizers_step_the_trace_once_a_batch(tmp_path: Path, no_dbg_warnings: None) -> None:
     """Lightning counts each optimizer's step in ``global_step`` (two a batch here). The trace
     steps once a batch, as Lightning's loggers do: the parameters are recorded once a step,
