@@ -672,6 +672,12 @@ def initial_loss(ctx: RuleContext, mode: Literal["train", "eval"] = "train") -> 
     an untrained classifier does; a resumed run needs its first loss on that scale (at most
     ``ln C / 0.9``: a trained classifier sits below chance; a summed loss or another task's
     does not), or it has no scale (None). Also None without a finite loss."""
+    # A fact of the run, read once per analysis and alike from every tensor's focus.
+    whole = ctx.unfocused()
+    return whole.shared(("initial-loss", mode), lambda: _initial_loss(whole, mode))
+
+
+def _initial_loss(ctx: RuleContext, mode: Literal["train", "eval"]) -> InitialLoss | None:
     # Imported here: the data rules build on this module.
     from dbgcli.rules.data import trained_at_start
 

@@ -11,7 +11,13 @@ import numpy as np
 from dbgcli.errors import RuleConfigError
 from dbgcli.findings import Finding, Severity
 from dbgcli.rules._context import RuleContext, episodes
-from dbgcli.rules._known import eval_mode_training, mode_note, optimizer_groups, optimizer_type
+from dbgcli.rules._known import (
+    eval_mode_training,
+    initial_loss,
+    mode_note,
+    optimizer_groups,
+    optimizer_type,
+)
 from dbgcli.rules._registry import Need, rule
 from dbgcli.trace import schema
 
@@ -549,6 +555,22 @@ def _went_non_finite(ctx: RuleContext) -> bool:
     )
 
 
+def _blew_up(ctx: RuleContext) -> bool:
+    """Whether the training loss, once down to half the untrained model's, rose above that
+    loss again or turned non-finite: steps out of scale, whatever the data."""
+    loss = ctx.loss("train")
+    initial = initial_loss(ctx)
+    if loss is None or initial is None or not initial.value > 0:
+        return False
+    values = loss.values[np.argsort(loss.steps, kind="stable")].astype(np.float64)
+    down = np.flatnonzero(np.isfinite(values) & (values <= initial.value / 2))
+    if not len(down):
+        return False
+    after = values[down[0] :]
+    with np.errstate(invalid="ignore"):
+        return bool((~np.isfinite(after) | (after > initial.value)).any())
+
+
 # What updates out of scale bring: swings and blow-ups, then NaN and infinite weights and
 # everything they touch.
 _OUT_OF_SCALE = (
@@ -636,8 +658,10 @@ def optimizer_settings(ctx: RuleContext, *, dominance: float = 1.0) -> Iterator[
       (0.9, 0.999) gamma is 0.81, at (0.9, 0.95) 0.83; swapped, (0.999, 0.9), it is 1.05. The
       first moment then averages the gradients of about ``1 / (1 - beta1)`` steps, the second
       of far fewer, so when the gradients shrink (a batch fitted, a plateau) ``sqrt(v)``
-      falls long before ``m`` does and ``m / sqrt(v)`` steps far above ``lr``. A warning
-      whatever the run did, and the cause of updates out of scale and what they bring.
+      falls long before ``m`` does and ``m / sqrt(v)`` steps far above ``lr``. The condition
+      is sufficient for the proof, not necessary for a run: a warning, and the cause of
+      updates out of scale and what they bring, when the training loss, once down to half
+      its start, rose above its start again or turned non-finite; else a note.
 
     Why it matters: a dominating ``eps`` turns the adaptive optimizer into SGD at a rate
     tuned for Adam, thousands of times too small; in float16, an ``eps`` too small for the
@@ -682,7 +706,7 @@ def optimizer_settings(ctx: RuleContext, *, dominance: float = 1.0) -> Iterator[
             severity=Severity.info,
             extra={"eps": group.eps, "gradient_size": size, "group": group.number},
         )
-    yield from _betas_outside_the_condition(groups, kind, first)
+    yield from _betas_outside_the_condition(ctx, groups, kind, first)
     half = _float16_weights(ctx)
     smallest = min(gradients, key=lambda g: g.size) if gradients else None
     underflowing = [
@@ -721,7 +745,7 @@ def optimizer_settings(ctx: RuleContext, *, dominance: float = 1.0) -> Iterator[
 
 
 def _betas_outside_the_condition(
-    groups: list[_AdaptiveGroup], kind: str, first: int | None
+    ctx: RuleContext, groups: list[_AdaptiveGroup], kind: str, first: int | None
 ) -> Iterator[Finding]:
     """DBG805's ``betas`` finding: the group whose ``beta1² / sqrt(beta2)`` is largest, at 1
     or above."""
@@ -736,18 +760,20 @@ def _betas_outside_the_condition(
     if gamma < 1:
         return
     beta1, beta2 = group.momentum or 0.0, group.decay or 0.0
+    broke = _blew_up(ctx)
     yield Finding(
         message=(
-            f"{kind}'s betas ({beta1:g}, {beta2:g}) give beta1²/sqrt(beta2) = {gamma:.3g} (>= "
+            f"{kind}'s betas ({beta1:g}, {beta2:g}) give beta1²/sqrt(beta2) = {gamma:.4g} (>= "
             f"1, the bound of Adam's convergence theorem): m averages about "
             f"{1 / (1 - beta1):,.0f} steps' gradients and v {1 / (1 - beta2):,.0f}, so when the "
             "gradients shrink m/sqrt(v) steps far above lr (the two written the wrong way "
-            "round?)"
+            "round?)" + ("; the loss came down and blew up again" if broke else "")
         ),
         first_step=first,
         value=float(gamma),
         threshold=1.0,
         key="betas",
+        severity=None if broke else Severity.info,
         extra={"betas": [beta1, beta2], "group": group.number},
     )
 

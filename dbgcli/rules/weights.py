@@ -872,12 +872,15 @@ def learning_rate(
       longer run).
     * **raised until the loss diverged** (key ``rose-until-diverged``): the same rate that
       never falls and is still rising in the second half, while the training loss diverged
-      (turned non-finite, or rose above ``diverged`` times its start) at a rate at least twice
-      the first: the loss fell at the first rate and blew up at a higher one, so the
-      schedule's rise took it there (a step decay's factor above 1, ``gamma=10`` meant as
-      0.1, a warmup to a peak too high). Dated from the schedule's first record, a cause of
-      what the divergence brings (the effects of a rate too high). A loss that diverged at
-      less than twice the first rate is neither this nor still warming up: it did not starve.
+      at a rate at least twice the first positive one: from some record on, the median of
+      the next 10 (non-finite ones counted as above any bar) stays above ``diverged`` times
+      its start, so one heavy-tailed batch is no divergence. The loss fell at the first rate
+      and blew up at a higher one, so the schedule's rise took it there (a step decay's
+      factor above 1, ``gamma=10`` meant as 0.1, a warmup to a peak too high; a
+      learning-rate range test does it on purpose, and the message names the rate at the
+      lowest loss). Dated from the schedule's first record, a cause of what the divergence
+      brings (the effects of a rate too high). A loss that diverged at less than twice the
+      first rate is neither this nor still warming up: it did not starve.
     * **warmup restarted** (key ``warmup-restarted``): the recorded learning rate falls
       abruptly (below half its value from one record to the next) back to where it started, at
       least twice, and between those falls it only rises, over 3 records or more and by more
@@ -1061,11 +1064,13 @@ def _still_rising(ctx: RuleContext, stuck_fraction: float, diverged: float) -> I
 # A rate at least this multiple of the one the run started at when the loss diverged was
 # raised into the divergence: the loss fell at the first rate and did not blow up there.
 _RAISED_INTO = 2.0
+# Records from the first bad one whose median must stay bad for the loss to have diverged:
+# one heavy-tailed batch, back to the loss's level at the next, is no divergence.
+_DIVERGED_RECORDS = 10
 
 
 class _Divergence(NamedTuple):
-    """The first training loss record that is non-finite or above the rule's ``diverged``
-    multiple of the untrained model's, with the lowest before it."""
+    """Where the training loss diverged: its record there, and the lowest before it."""
 
     step: int
     value: float
@@ -1074,6 +1079,10 @@ class _Divergence(NamedTuple):
 
 
 def _divergence(ctx: RuleContext, diverged: float) -> _Divergence | None:
+    """The first training loss record from which the median of the next ``_DIVERGED_RECORDS``
+    (itself included; as many as there are at the end) is non-finite or above ``diverged``
+    times the untrained model's loss: the loss went there and stayed. None otherwise, and
+    without a finite record before it."""
     series = ctx.loss("train")
     initial = initial_loss(ctx)
     if series is None or initial is None or not initial.value > 0:
@@ -1081,12 +1090,19 @@ def _divergence(ctx: RuleContext, diverged: float) -> _Divergence | None:
     order = np.argsort(series.steps, kind="stable")
     steps = series.steps[order]
     losses = series.values[order].astype(np.float64)
-    with np.errstate(invalid="ignore"):
-        bad = np.flatnonzero(~np.isfinite(losses) | (losses > diverged * initial.value))
+    # Non-finite records count as far above any bar.
+    high = np.where(np.isfinite(losses), losses, np.inf)
+    ahead = np.lib.stride_tricks.sliding_window_view(
+        np.concatenate((high, np.full(_DIVERGED_RECORDS - 1, np.nan))), _DIVERGED_RECORDS
+    )
+    with warnings.catch_warnings(), np.errstate(invalid="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        stayed = np.nanmedian(ahead, axis=1) > diverged * initial.value
+    bad = np.flatnonzero(stayed & (high > diverged * initial.value))
     if not len(bad) or not np.isfinite(losses[: bad[0]]).any():
         return None
     at = int(bad[0])
-    best = int(np.nanargmin(losses[:at]))
+    best = int(np.nanargmin(np.where(np.isfinite(losses[:at]), losses[:at], np.nan)))
     return _Divergence(int(steps[at]), float(losses[at]), int(steps[best]), float(losses[best]))
 
 
@@ -1094,26 +1110,34 @@ def _raised_into(
     ctx: RuleContext, steps: np.ndarray, values: np.ndarray, blow_up: _Divergence
 ) -> Finding | None:
     """The finding of a rate that only rose until the training loss diverged (key
-    ``rose-until-diverged``), when it diverged at ``_RAISED_INTO`` times the first rate or
-    more."""
-    at = max(int(np.searchsorted(steps, blow_up.step, side="right")) - 1, 0)
-    rate, first = float(values[at]), float(values[0])
+    ``rose-until-diverged``), when it diverged at ``_RAISED_INTO`` times the first positive
+    rate or more (a warmup from 0 starts at the second record)."""
+    positive = values[values > 0]
+    if not len(positive):
+        return None
+
+    def rate_at(step: int) -> float:
+        return float(values[max(int(np.searchsorted(steps, step, side="right")) - 1, 0)])
+
+    rate, first = rate_at(blow_up.step), float(positive[0])
     if not rate >= _RAISED_INTO * first:
         return None
     blew = "turned non-finite" if not np.isfinite(blow_up.value) else f"rose to {blow_up.value:.3g}"
     return Finding(
         message=(
-            f"the learning rate only rose, from {first:.3g} to {values[-1]:.3g}, and the "
-            f"training loss, down to {blow_up.best:.3g} at step {blow_up.best_step}, {blew} "
-            f"at step {blow_up.step} at a rate of {rate:.3g}, {rate / first:.3g}x the first: "
-            "a schedule that raises the rate without end (a decay factor above 1, gamma=10 "
-            "for 0.1, or a warmup to a peak too high or longer than the run) took it past "
-            "what the model trains at"
+            f"the learning rate only rose, from {values[0]:.3g} to {values[-1]:.3g}, and the "
+            f"training loss, lowest at step {blow_up.best_step} ({blow_up.best:.3g}, at a rate "
+            f"of {rate_at(blow_up.best_step):.3g}), {blew} at step {blow_up.step} at "
+            f"{rate:.3g}, {rate / first:.3g}x the first rate, and stayed there: a schedule "
+            "that raises the rate without end (a decay factor above 1, gamma=10 for 0.1, or a "
+            "warmup to a peak too high or longer than the run) took it past what the model "
+            "trains at; in a learning-rate range test, which does so on purpose, pick a rate "
+            "somewhat below the one at the lowest loss"
         ),
         tensor=ctx.lr_tag(),
         first_step=int(steps[0]),
         last_step=blow_up.step,
-        steps=at + 1,
+        steps=int(np.count_nonzero(steps <= blow_up.step)),
         value=rate / first,
         threshold=_RAISED_INTO,
         mode="train",

@@ -764,6 +764,7 @@ class TorchHook:
             parameters: False records the learning rates (and notes the optimizer) only:
                 for a second optimizer of a step whose parameters are recorded already.
         """
+
         def record() -> None:
             # One check a step: the second optimizer of a step holds other parameters.
             if parameters:

@@ -348,6 +348,8 @@ def test_adams_betas_written_the_wrong_way_round_are_the_cause(make_trace, tmp_p
     assert (cause.rule_id, cause.key, cause.first_step) == ("DBG805", "betas", 0)
     assert cause.value == pytest.approx(0.999**2 / np.sqrt(0.9))
     assert "m averages about 1,000 steps' gradients and v 10" in cause.message
+    assert cause.message.endswith("; the loss came down and blew up again")
+    assert cause.severity is Severity.warning
     assert "DBG102" in {swapped.findings[i].rule_id for i in problem.symptoms}
     default = analyze_path(swapped_betas_run(tmp_path / "default.h5", (0.9, 0.999)))
     assert not [f for f in default.findings if f.rule_id == "DBG805"]
@@ -355,6 +357,14 @@ def test_adams_betas_written_the_wrong_way_round_are_the_cause(make_trace, tmp_p
     for betas in ([0.9, 0.95], [0.95, 0.9]):
         trace = make_trace(tensors=alive, metadata=adam_note(1e-8, betas=betas))
         assert run_rule(trace, "DBG805").status is RuleStatus.passed, betas
+    # The condition is sufficient for the proof, not necessary for a run: outside it with a
+    # loss that only came down, a note (printed to four digits: 1.003 is no "1").
+    falling = {"loss": list(2.0 * np.exp(-np.arange(60) / 10))}
+    trace = make_trace(
+        scalars=falling, tensors=alive, metadata=adam_note(1e-8, betas=[0.999, 0.99])
+    )
+    (note,) = run_rule(trace, "DBG805").findings
+    assert note.severity is Severity.info and "beta1²/sqrt(beta2) = 1.003 (>= 1" in note.message
 
 
 def test_adams_second_moment_underflowing_in_float16_is_named(make_trace) -> None:

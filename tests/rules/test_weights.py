@@ -597,11 +597,24 @@ def test_learning_rate_raised_until_the_loss_diverged(make_trace) -> None:
     )
     assert (finding.tensor, finding.first_step, finding.last_step) == ("lr", 0, 160)
     assert finding.value == pytest.approx(1000.0)
-    assert "down to 0.0298 at step 159, rose to 5 at step 160 at a rate of 1, 1e+03x" in (
-        finding.message
+    assert (
+        "lowest at step 159 (0.0298, at a rate of 1), rose to 5 at step 160 at 1, 1e+03x the "
+        "first rate, and stayed there" in finding.message
     )
     report = analyze_path(make_trace(scalars=raised, tensors=tensors))
     assert report.verdict.startswith("unhealthy: learning rate raised until the loss diverged")
+    # A warmup from exactly 0 (Hugging Face's schedules) is judged from its first positive rate.
+    from_zero = {**raised, "lr": [0.0, *raised["lr"][1:]]}
+    (finding,) = keyed(
+        run_rule(make_trace(scalars=from_zero, tensors=tensors), "DBG503"), "rose-until-diverged"
+    )
+    assert finding.value == pytest.approx(1000.0)
+    # One heavy-tailed batch, back at the loss's level at the next, is no divergence.
+    blip = {**raised, "loss": list(np.geomspace(2.3, 0.01, 200))}
+    blip["loss"][150] = 40.0
+    assert not keyed(
+        run_rule(make_trace(scalars=blip, tensors=tensors), "DBG503"), "rose-until-diverged"
+    )
     # Up 1.8x when it blew up: still warming up, but the rise did not take it there.
     early = {
         **raised,
@@ -626,6 +639,9 @@ def test_learning_rate_still_warming_up_at_the_end(make_trace) -> None:
     assert not keyed(
         run_rule(make_trace(scalars=warmed, tensors=tensors), "DBG503"), "still-rising"
     )
+    # One noisy record early on is no divergence that would say the run did not starve.
+    blip = {**stuck, "loss": [2.3, 3.7, *stuck["loss"][2:]]}
+    assert keyed(run_rule(make_trace(scalars=blip, tensors=tensors), "DBG503"), "still-rising")
     learns = {**stuck, "loss": list(np.geomspace(2.3, 0.1, 200))}
     assert not keyed(
         run_rule(make_trace(scalars=learns, tensors=tensors), "DBG503"), "still-rising"
