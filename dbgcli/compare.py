@@ -81,13 +81,14 @@ class _Divergence:
     (onset, then place in the computation) is the cause: weights that differ from step 12
     make the loss differ from step 13."""
 
-    fix = (
-        "rerun both with the same seeds, data order and library versions, "
-        "torch.use_deterministic_algorithms(True) and one thread; the cause's first step is "
-        "where to look"
-    )
-
     named_only: frozenset[str] = frozenset()
+
+    def fix(self, key: str | None = None) -> str:
+        return (
+            "rerun both with the same seeds, data order and library versions, "
+            "torch.use_deterministic_algorithms(True) and one thread; the cause's first step "
+            "is where to look"
+        )
 
     def explained_by(self, key: str) -> tuple[str, ...]:
         return (COMPARE_ID,)

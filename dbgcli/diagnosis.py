@@ -86,8 +86,7 @@ class Diagnosis:
 class Explaining(Protocol):
     """What diagnosing needs to know of a rule (a registered ``RuleSpec`` has it all)."""
 
-    @property
-    def fix(self) -> str: ...
+    def fix(self, key: str | None = None) -> str: ...
 
     @property
     def named_only(self) -> frozenset[str]:
@@ -220,7 +219,7 @@ def diagnose(
                 symptoms=symptoms,
                 severity=severity,
                 evidence=_evidence([finding, *(findings[i] for i in symptoms)], spec_of),
-                fix=spec.fix if spec else "",
+                fix=spec.fix(finding.key) if spec else "",
             )
         )
     diagnoses.sort(

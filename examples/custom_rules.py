@@ -21,7 +21,8 @@ filters, its keyword arguments are its parameters (typed, with defaults, documen
 one; if the trace lacks what ``requires`` names, the rule is reported as skipped with that
 reason. ``label`` names the problem in a diagnosis ("loss spike") and ``explains`` lists the
 findings (rule ids, or ``id:key``) this rule's findings can cause: the report folds them under
-it when they start no later. A rule that judges every tensor on its own can say
+it when they start no later. The docstring's ``Fix:`` paragraph is the fix a diagnosis shows;
+a ``Fix (key ``k``):`` paragraph replaces it for findings with key ``k``. A rule that judges every tensor on its own can say
 ``per_tensor=True``: the engine then shows it one tensor at a time, together with the other
 per-tensor rules, so that a long trace's statistics are never all in memory at once.
 """

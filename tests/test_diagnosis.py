@@ -16,9 +16,12 @@ from dbgcli.findings import Finding, Severity, merge_findings
 @dataclass(frozen=True)
 class StandIn:
     explains: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    fix: str = "fix it"
+    fixes: dict[str, str] = field(default_factory=dict)
     name: str = ""
     named_only: frozenset[str] = frozenset()
+
+    def fix(self, key: str | None = None) -> str:
+        return self.fixes.get(key or "", "fix it")
 
     def explained_by(self, key: str) -> tuple[str, ...]:
         return self.explains.get(key, self.explains.get("*", ()))
@@ -92,6 +95,30 @@ def test_a_cause_gathers_what_it_explains_directly_and_through_others() -> None:
         "zero k in grad/1 from step 15",
         "flat loss k in loss from step 20",
     )
+
+
+def test_a_diagnosis_gives_the_fix_of_its_cause_key() -> None:
+    """A rule's findings differ in what fixes them (a schedule stepped too often, a warmup too
+    long): the diagnosis gives the fix for its cause's key where the rule has one."""
+    rules = {**RULES, "DEAD": StandIn({"*": ("ZERO",)}, fixes={"init": "zero the biases"})}
+    for key, fix in (("init", "zero the biases"), ("other", "fix it")):
+        (diagnosis,) = diagnose([found("DEAD", "act/1", 14, key=key)], rules.get, PLACES)
+        assert diagnosis.fix == fix, key
+
+
+def test_rules_fix_their_keys_from_their_docstrings() -> None:
+    """``Fix (key ``k``):`` paragraphs of a rule's docstring, else its ``Fix:`` paragraph."""
+    from dbgcli.rules import REGISTRY
+
+    REGISTRY.load()
+    underfit = REGISTRY.get("DBG303")
+    assert underfit.fix("held-out-at-chance").startswith("check that each label stays paired")
+    assert underfit.fix("loss-high") == underfit.fix() and underfit.fix().startswith(
+        "run a learning-rate range test"
+    )
+    schedule = REGISTRY.get("DBG503")
+    assert schedule.fix("rose-until-diverged").startswith("check the schedule's factor")
+    assert "'gamma'" in schedule.fix("rose-until-diverged")
 
 
 def test_a_named_only_key_is_explained_only_by_rules_that_name_it() -> None:

@@ -277,11 +277,15 @@ class RuleSpec:
         high" (its label for the key, else for all keys, else the rule's name)."""
         return self.label.get(key) or self.label.get("*") or self.name.replace("-", " ")
 
-    @property
-    def fix(self) -> str:
-        """The ``Fix:`` paragraph of the docstring, as one line of plain text (code spans
+    def fix(self, key: str | None = None) -> str:
+        """What fixes a finding with ``key``: the docstring's ``Fix (key ``k``):`` paragraph
+        for that key, else its ``Fix:`` paragraph, as one line of plain text (code spans
         quoted: ``dbg lr`` becomes 'dbg lr'); empty when there is none."""
-        return re.sub(r"``(.+?)``", r"'\1'", _paragraph(_docstring(self.function), "Fix:"))
+        doc = _docstring(self.function)
+        text = (key is not None and _paragraph(doc, f"Fix (key ``{key}``):")) or _paragraph(
+            doc, "Fix:"
+        )
+        return re.sub(r"``(.+?)``", r"'\1'", text)
 
     @property
     def summary(self) -> str:

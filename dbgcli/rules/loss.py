@@ -894,9 +894,16 @@ def underfit(
 
     Fix: run a learning-rate range test; check the activation and gradient rules; overfit one
     small batch first; enlarge the model or reduce regularisation; check the data pipeline,
-    and that each label stays paired with its input (the fix when the held-out accuracy or
-    loss alone is at chance: a shuffle, sort or filter applied to the inputs and not to the
-    labels, or held-out data labelled or prepared unlike the training data).
+    and that each label stays paired with its input.
+
+    Fix (key ``held-out-at-chance``): check that each label stays paired with its input (a
+    shuffle, sort or filter applied to the inputs and not to the labels), and that the
+    held-out data are labelled and prepared like the training data (the same label coding,
+    normalisation and tokenizer); labels that carry nothing of the inputs are memorised, not
+    learned, however the model is regularised.
+
+    Fix (key ``high-floor``): nothing in the model: judge the run by how far the loss came
+    towards its floor, or lower the label smoothing or soften the targets less.
 
     Args:
         max_loss_fraction: The smoothed train loss must fall below this fraction of its initial
@@ -1172,9 +1179,7 @@ def _held_out_loss_at_chance(
             f"{len(values)} evaluations, {while_learning} of them while the training loss "
             f"came down; must go below {margin * chance:.4g}), while the training loss fell "
             f"below {band:.3g} from step {fitted_from} (to {train_mean:.3g}): what the model "
-            f"fits of its training data does not carry to data it has not seen ({what}); "
-            "check that each label stays paired with its input, and that the held-out data "
-            "are labelled and prepared like the training data"
+            f"fits of its training data does not carry to data it has not seen ({what})"
         ),
         tensor=ctx.loss_tag("eval") or "loss",
         # Nothing carried from the first evaluation of a trained model on (one before the

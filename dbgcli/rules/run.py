@@ -673,9 +673,14 @@ def optimizer_settings(ctx: RuleContext, *, dominance: float = 1.0) -> Iterator[
     written the wrong way round.
 
     Fix: keep ``eps`` well below the gradients' size (1e-8 to 1e-6) and tune the learning
-    rate with it; in float16, train with ``torch.autocast`` and a ``GradScaler`` (float32
+    rate with it.
+
+    Fix (key ``float16-eps``): train with ``torch.autocast`` and a ``GradScaler`` (float32
     weights and optimizer state), or raise ``eps`` to at least 1e-4 where the weights must be
-    float16; keep ``beta1`` below ``beta2``, (0.9, 0.999) unless tuned.
+    float16.
+
+    Fix (key ``betas``): keep ``beta1`` below ``beta2``, (0.9, 0.999) unless tuned; a shorter
+    second-moment horizon, such as 0.95, with beta1 at 0.9.
 
     Args:
         dominance: ``eps`` over the gradients' typical size at or above which ``eps``

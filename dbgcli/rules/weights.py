@@ -920,6 +920,26 @@ def learning_rate(
     run, and create the scheduler once, before the epoch loop; ``dbg lr`` replays the recorded
     loss through GreedyLR and other schedules.
 
+    Fix (key ``clipped``): raise ``clip_grad_norm_``'s ``max_norm`` (the Trainer's
+    ``max_grad_norm``, Lightning's ``gradient_clip_val``) until it cuts only the spikes, or
+    clip by value only against outliers.
+
+    Fix (key ``decayed``): step the scheduler as often as it was built for (a step decay per
+    epoch, not per batch; ReduceLROnPlateau on a validation loss once per evaluation), or
+    lengthen its step size; keep a floor (``min_lr``, ``eta_min``) near a hundredth of the
+    peak.
+
+    Fix (key ``still-rising``): give the warmup a tenth of the run or less, in the unit the
+    scheduler counts (optimizer steps, not epochs), and build the schedule for this run's
+    length.
+
+    Fix (key ``warmup-restarted``): create the scheduler once, before the epoch loop, and
+    step it once per optimizer step.
+
+    Fix (key ``rose-until-diverged``): check the schedule's factor (a step decay's ``gamma``
+    below 1) and the warmup's peak and length; for a learning-rate range test, take a rate
+    somewhat below the one at the lowest loss.
+
     Args:
         max_ratio: Typical per-step update/weight ratio above which the rate is too high.
         min_ratio: Typical per-step update/weight ratio below which the rate is too low.
