@@ -843,7 +843,9 @@ def underfit(
       (:func:`dbgcli.rules.data.held_out_chance`): ``ln C``, or the cross-entropy of the
       training labels' class frequencies against the validation labels' where both are
       recorded (500 of each in full tensors) and that is lower; not the validation labels'
-      own entropy, which such a model never saw. The margin is the cross-entropy of
+      own entropy, which such a model never saw. A run that weighs its classes is judged
+      against ``ln C``, and not at all beside XGBoost's ``scale_pos_weight``, which no
+      evaluation metric weighs. The margin is the cross-entropy of
       calibrated predictions right ``1/C + chance_margin`` of the time, the rest spread
       evenly, over ``ln C`` (99.5 % for five classes, 99.3 % for two). The validation loss
       must have been measured at least twice up to the step where the training loss fell

@@ -816,6 +816,44 @@ def test_a_run_that_weighs_its_classes_is_not_held_against_chance(tmp_path: Path
     assert not [f for f in plain.findings if f.rule_id in ("DBG303", "DBG601")]
 
 
+def test_a_weighted_loss_validated_alike_is_held_against_ln_c(tmp_path: Path) -> None:
+    """CrossEntropyLoss(weight=inverse class frequencies) for training and validation, labels
+    drawn apart from the inputs: a model that learned nothing scores ln 3 on the weighted
+    validation loss whatever the weights, and this one never beat it while it memorised its
+    training labels. Only XGBoost's scale_pos_weight, which no evaluation metric weighs,
+    leaves the held-out loss unjudged."""
+    torch = pytest.importorskip("torch")
+    from dbgcli.torch import attach
+
+    torch.manual_seed(0)
+    shares = torch.tensor([0.7, 0.2, 0.1])
+    x, y = torch.randn(256, 16), torch.multinomial(shares, 256, replacement=True)
+    x_held, y_held = torch.randn(256, 16), torch.multinomial(shares, 256, replacement=True)
+    counts = torch.bincount(y, minlength=3).float()
+    loss_of = torch.nn.CrossEntropyLoss(weight=counts.sum() / (3 * counts))
+    model = torch.nn.Sequential(torch.nn.Linear(16, 256), torch.nn.ReLU(), torch.nn.Linear(256, 3))
+    optimizer = torch.optim.Adam(model.parameters(), 1e-3)
+    path = tmp_path / "weighted.h5"
+    weighting = {"CrossEntropyLoss.weight": loss_of.weight.tolist()}
+    with attach(model, optimizer, path, metadata={"class_weighting": weighting}) as hook:
+        for step in range(401):
+            if step % 20 == 0:
+                model.eval()
+                with torch.no_grad():
+                    hook.record_loss(loss_of(model(x_held), y_held), mode="eval")
+                model.train()
+            if step == 400:
+                break
+            batch = torch.randint(0, 256, (64,))
+            optimizer.zero_grad()
+            loss = loss_of(model(x[batch]), y[batch])
+            hook.record_loss(loss)
+            loss.backward()
+            optimizer.step()
+    (finding,) = keyed(run_rule(path, "DBG303"), "held-out-at-chance")
+    assert finding.message.startswith("the validation loss never beat chance, 1.099")
+
+
 def test_a_held_out_loss_that_is_no_cross_entropy_is_not_held_against_chance(make_trace) -> None:
     """The validation loss is a classification loss plus a regression's (a multi-task sum):
     with the validation labels and logits kept in full, it is not their cross-entropy, and
