@@ -399,6 +399,31 @@ def loss_fraction(ctx: RuleContext, steps: np.ndarray, window: int = 10) -> np.n
     return fraction
 
 
+#: Records from a bad one whose median must stay bad for a loss to have blown up: one
+#: heavy-tailed batch, back at the loss's level at the next, is no blow-up.
+STAYED_RECORDS = 10
+
+
+def stayed_above(values: np.ndarray, bar: float) -> np.ndarray:
+    """Per record of a series in step order: whether it is above ``bar`` and the series
+    stayed there, non-finite records counting as above any bar: the median of it and the
+    next ``STAYED_RECORDS - 1`` is above ``bar``; near the end of the series, where fewer
+    follow, it and every record after it are, three at least (one or two last records are
+    too few to tell a blow-up from a bad batch)."""
+    high = np.where(np.isfinite(values), values, np.inf)
+    above = high > bar
+    stayed = np.zeros(len(high), dtype=bool)
+    full = len(high) - STAYED_RECORDS + 1
+    if full > 0:
+        windows = np.lib.stride_tricks.sliding_window_view(high, STAYED_RECORDS)
+        stayed[:full] = np.median(windows, axis=1) > bar
+    to_the_end = np.logical_and.accumulate(above[::-1])[::-1]
+    tail = np.arange(max(full, 0), len(high))
+    stayed[tail] = to_the_end[tail] & (len(high) - tail >= 3)
+    result: np.ndarray = above & stayed
+    return result
+
+
 #: The learning-rate findings that updates out of scale make (DBG503's keys judged by the
 #: update ratios), as rules upstream of them name them: the keys that read the recorded
 #: schedule itself (decayed, still rising, restarted, raised until the loss diverged) are the

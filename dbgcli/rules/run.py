@@ -17,6 +17,7 @@ from dbgcli.rules._known import (
     mode_note,
     optimizer_groups,
     optimizer_type,
+    stayed_above,
 )
 from dbgcli.rules._registry import Need, rule
 from dbgcli.trace import schema
@@ -557,18 +558,15 @@ def _went_non_finite(ctx: RuleContext) -> bool:
 
 def _blew_up(ctx: RuleContext) -> bool:
     """Whether the training loss, once down to half the untrained model's, rose above that
-    loss again or turned non-finite: steps out of scale, whatever the data."""
+    loss again, or turned non-finite, and stayed there (:func:`stayed_above`: not one bad
+    batch): steps out of scale, whatever the data."""
     loss = ctx.loss("train")
     initial = initial_loss(ctx)
     if loss is None or initial is None or not initial.value > 0:
         return False
     values = loss.values[np.argsort(loss.steps, kind="stable")].astype(np.float64)
     down = np.flatnonzero(np.isfinite(values) & (values <= initial.value / 2))
-    if not len(down):
-        return False
-    after = values[down[0] :]
-    with np.errstate(invalid="ignore"):
-        return bool((~np.isfinite(after) | (after > initial.value)).any())
+    return bool(len(down)) and bool(stayed_above(values[down[0] :], initial.value).any())
 
 
 # What updates out of scale bring: swings and blow-ups, then NaN and infinite weights and
@@ -661,7 +659,8 @@ def optimizer_settings(ctx: RuleContext, *, dominance: float = 1.0) -> Iterator[
       falls long before ``m`` does and ``m / sqrt(v)`` steps far above ``lr``. The condition
       is sufficient for the proof, not necessary for a run: a warning, and the cause of
       updates out of scale and what they bring, when the training loss, once down to half
-      its start, rose above its start again or turned non-finite; else a note.
+      its start, rose above its start again, or turned non-finite, and stayed there (the
+      median of ten records, not one bad batch); else a note.
 
     Why it matters: a dominating ``eps`` turns the adaptive optimizer into SGD at a rate
     tuned for Adam, thousands of times too small; in float16, an ``eps`` too small for the

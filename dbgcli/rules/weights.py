@@ -27,6 +27,7 @@ from dbgcli.rules._known import (
     is_embedding,
     loss_fraction,
     lr_below,
+    stayed_above,
     weight_decay,
 )
 from dbgcli.rules._registry import Need, rule
@@ -1084,9 +1085,6 @@ def _still_rising(ctx: RuleContext, stuck_fraction: float, diverged: float) -> I
 # A rate at least this multiple of the one the run started at when the loss diverged was
 # raised into the divergence: the loss fell at the first rate and did not blow up there.
 _RAISED_INTO = 2.0
-# Records from the first bad one whose median must stay bad for the loss to have diverged:
-# one heavy-tailed batch, back to the loss's level at the next, is no divergence.
-_DIVERGED_RECORDS = 10
 
 
 class _Divergence(NamedTuple):
@@ -1099,9 +1097,8 @@ class _Divergence(NamedTuple):
 
 
 def _divergence(ctx: RuleContext, diverged: float) -> _Divergence | None:
-    """The first training loss record from which the median of the next ``_DIVERGED_RECORDS``
-    (itself included; as many as there are at the end) is non-finite or above ``diverged``
-    times the untrained model's loss: the loss went there and stayed. None otherwise, and
+    """The first training loss record that went above ``diverged`` times the untrained
+    model's loss, or non-finite, and stayed there (:func:`stayed_above`). None otherwise, and
     without a finite record before it."""
     series = ctx.loss("train")
     initial = initial_loss(ctx)
@@ -1110,15 +1107,7 @@ def _divergence(ctx: RuleContext, diverged: float) -> _Divergence | None:
     order = np.argsort(series.steps, kind="stable")
     steps = series.steps[order]
     losses = series.values[order].astype(np.float64)
-    # Non-finite records count as far above any bar.
-    high = np.where(np.isfinite(losses), losses, np.inf)
-    ahead = np.lib.stride_tricks.sliding_window_view(
-        np.concatenate((high, np.full(_DIVERGED_RECORDS - 1, np.nan))), _DIVERGED_RECORDS
-    )
-    with warnings.catch_warnings(), np.errstate(invalid="ignore"):
-        warnings.simplefilter("ignore", RuntimeWarning)
-        stayed = np.nanmedian(ahead, axis=1) > diverged * initial.value
-    bad = np.flatnonzero(stayed & (high > diverged * initial.value))
+    bad = np.flatnonzero(stayed_above(losses, diverged * initial.value))
     if not len(bad) or not np.isfinite(losses[: bad[0]]).any():
         return None
     at = int(bad[0])

@@ -365,6 +365,11 @@ def test_adams_betas_written_the_wrong_way_round_are_the_cause(make_trace, tmp_p
     )
     (note,) = run_rule(trace, "DBG805").findings
     assert note.severity is Severity.info and "beta1²/sqrt(beta2) = 1.003 (>= 1" in note.message
+    # One corrupted batch after the loss came down is no blow-up of the optimizer's.
+    spiked = {"loss": [*falling["loss"][:40], 40.0, *falling["loss"][41:]]}
+    trace = make_trace(scalars=spiked, tensors=alive, metadata=adam_note(1e-8, betas=[0.999, 0.99]))
+    (note,) = run_rule(trace, "DBG805").findings
+    assert note.severity is Severity.info
 
 
 def test_adams_second_moment_underflowing_in_float16_is_named(make_trace) -> None:
