@@ -664,6 +664,8 @@ class TorchHook:
         self._lr_tags: dict[str, list[str | None]] = {}
         self._skipping_update = False
         self._carried = CarriedGradientWatch(self._note_carried_gradients)
+        # id() of the optimizer whose parameter the armed zero_grad check probes.
+        self._carried_owner: int | None = None
         self._trainable = [
             (entry.name, entry.parameter)
             for entry in self._parameters
@@ -766,12 +768,12 @@ class TorchHook:
         """
 
         def record() -> None:
-            # One check a step: the second optimizer of a step holds other parameters.
-            if parameters:
-                self._check_carried_gradients()
+            stepping = optimizer if optimizer is not None else self.optimizer
+            self._check_carried_gradients(stepping)
             self._record_parameters(optimizer, None, lr_tag, parameters)
+            # One probe a step: the second optimizer of a step holds other parameters.
             if parameters:
-                self._arm_carried_gradients()
+                self._arm_carried_gradients(stepping)
 
         self._guard("recording the optimizer step", record)
 
@@ -1159,9 +1161,9 @@ class TorchHook:
             found_inf = getattr(optimizer, "found_inf", None)
             self._skipping_update = isinstance(found_inf, torch.Tensor) and bool(found_inf.item())
             if not self._skipping_update:
-                self._check_carried_gradients()
+                self._check_carried_gradients(optimizer)
                 self._record_parameters(optimizer, scale)
-                self._arm_carried_gradients()
+                self._arm_carried_gradients(optimizer)
         except Exception as error:  # noqa: BLE001 - recording must never stop training
             self._warn("recording the optimizer step", error)
 
@@ -1372,11 +1374,24 @@ class TorchHook:
             ", ".join(modules),
         )
 
-    def _arm_carried_gradients(self) -> None:
-        if self._step % self.stats_every == 0:
-            self._carried.arm(self._step, self._probe_candidates)
+    def _arm_carried_gradients(self, optimizer: Optimizer | None) -> None:
+        """Arm the zero_grad check at a recorded step, on a parameter ``optimizer`` holds."""
+        if self._step % self.stats_every:
+            return
+        candidates = self._probe_candidates
+        if optimizer is not None:
+            held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+            candidates = [c for c in candidates if id(c[1]) in held]
+        self._carried_owner = id(optimizer) if optimizer is not None else None
+        self._carried.arm(self._step, candidates)
 
-    def _check_carried_gradients(self) -> None:
+    def _check_carried_gradients(self, optimizer: Optimizer | None) -> None:
+        # Only the probe's own optimizer's next step says whether its gradient was zeroed: a
+        # GAN's generator steps between two of its discriminator's, whose gradient the
+        # generator's loss reaches, and zeroes only its own.
+        owner = self._carried_owner
+        if owner is not None and optimizer is not None and id(optimizer) != owner:
+            return
         verdict = self._carried.check()
         if verdict is None:
             return

@@ -300,6 +300,66 @@ def test_a_zero_grad_forgotten_under_manual_optimization_is_noted(tmp_path: Path
         assert [f.key for f in found] == ([] if zero else ["carried"])
 
 
+class Gan(pl.LightningModule):
+    """Manual optimization: the discriminator steps every second batch, zeroing its own
+    gradients first (or not); the generator every batch, its loss through the discriminator."""
+
+    def __init__(self, zero_discriminator: bool) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.zero_discriminator = zero_discriminator
+        self.G = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 8))
+        self.D = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
+
+    def training_step(self, batch: list[torch.Tensor], batch_idx: int) -> torch.Tensor:
+        (x,) = batch
+        generator, discriminator = self.optimizers()  # type: ignore[misc]
+        z = torch.randn(x.shape[0], 4)
+        if batch_idx % 2 == 0:
+            if self.zero_discriminator:
+                discriminator.zero_grad()
+            fake = self.G(z).detach()
+            softplus = nn.functional.softplus
+            loss = softplus(-self.D(x)).mean() + softplus(self.D(fake)).mean()
+            self.manual_backward(loss)
+            discriminator.step()
+        generator.zero_grad()
+        loss = nn.functional.softplus(-self.D(self.G(z))).mean()
+        self.manual_backward(loss)
+        generator.step()
+        return loss
+
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:  # type: ignore[override]
+        return [
+            torch.optim.Adam(self.G.parameters(), 1e-3),
+            torch.optim.Adam(self.D.parameters(), 1e-3),
+        ]
+
+
+def test_a_gan_is_checked_at_each_optimizer_s_own_steps(tmp_path: Path) -> None:
+    """The discriminator's gradient still holds its last step's and the generator's between
+    two of its own steps, zeroed or not: only its own next step says whether it zeroed them.
+    Checked at the generator's steps, this healthy GAN read as gradients not zeroed."""
+    for zero in (True, False):
+        path = tmp_path / f"gan-{zero}.h5"
+        torch.manual_seed(0)
+        trainer = pl.Trainer(
+            max_epochs=1,
+            callbacks=[DbgCallback(path)],
+            accelerator="cpu",
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+        )
+        data = DataLoader(TensorDataset(torch.randn(320, 8)), batch_size=8)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", module="lightning")
+            trainer.fit(Gan(zero), data)
+        with open_trace(path) as trace:
+            assert ("gradients_not_zeroed" in trace.metadata) is not zero, zero
+
+
 def test_two_optimizers_step_the_trace_once_a_batch(tmp_path: Path, no_dbg_warnings: None) -> None:
     """Lightning counts each optimizer's step in ``global_step`` (two a batch here). The trace
     steps once a batch, as Lightning's loggers do: the parameters are recorded once a step,
