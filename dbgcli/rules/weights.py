@@ -1043,8 +1043,8 @@ def _still_rising(ctx: RuleContext, stuck_fraction: float, diverged: float) -> I
     """The finding of a warmup the run never finished (key ``still-rising``): the recorded
     learning rate never falls, ends at its peak, is at most 3/4 of it at the middle of the
     run, and the training loss ends above ``stuck_fraction`` of its start; or, where the
-    loss diverged at a rate at least twice the first, of a rate raised until it did (key
-    ``rose-until-diverged``)."""
+    loss diverged at a rate at least twice the first positive one, of a rate raised until it
+    did (key ``rose-until-diverged``)."""
     schedule = _lr_schedule(ctx)
     if schedule is None:
         return
