@@ -3187,7 +3187,9 @@ def targets_outside_the_loss(ctx: RuleContext, *, records: int = 20) -> Iterator
       spreads each sample's probability over its ``k`` labels, so no label can be scored above
       ``1/k`` and the loss cannot fall below ``k ln k`` for such a row, and a row with no
       label gives no gradient at all. Steps are compared whose labels have the predictions' shape
-      ``(N, K)``, ``K >= 2``, values of at least 0, and some row that is not all zeros (a
+      (``(N, K)``, or a sequence's or an image's, the classes on the last axis or on the
+      second as ``F.cross_entropy`` takes them: each reading is computed), ``K >= 2``, values
+      of at least 0, and some row that is not all zeros (a
       masked sample, which adds nothing) summing to more than 1.05 or less than 0.95 (a
       distribution's sum rounded in bfloat16, as mixup's weights are, is off by thousandths);
       a step counts where the recorded loss is that cross-entropy.
@@ -3270,21 +3272,30 @@ def _outside_the_loss(
     if not (np.isfinite(z).all() and np.isfinite(t).all()):
         return None
     found = []
-    if truth.shape == scores.shape and z.ndim == 2 and z.shape[1] >= 2 and (t >= 0).all():
-        sums = t.sum(axis=1)
+    softs, targets = [], ""
+    # Classes on the last axis, or on the second as PyTorch's cross_entropy takes a sequence's
+    # or an image's scores (N, K, ...); the recorded loss tells which.
+    axes = sorted({z.ndim - 1, 1}) if truth.shape == scores.shape and z.ndim >= 2 else []
+    for axis in axes if (t >= 0).all() else []:
+        if z.shape[axis] < 2:
+            continue
+        rows_z = np.moveaxis(z, axis, -1).reshape(-1, z.shape[axis])
+        rows_t = np.moveaxis(t, axis, -1).reshape(-1, z.shape[axis])
+        sums = rows_t.sum(axis=1)
         # Rows of zeros (masked samples) add nothing to the loss; rounding (mixup's weights
         # in bfloat16) moves a distribution's sum by thousandths, not by a twentieth.
         labelled = sums[sums != 0]
         off = np.abs(labelled - 1.0) > _NOT_A_DISTRIBUTION
         if off.any():
-            soft = float(np.mean(-(t * _log_softmax(z, 1)).sum(axis=1)))
-            targets = (
+            softs.append(float(np.mean(-(rows_t * _log_softmax(rows_z, 1)).sum(axis=1))))
+            targets = targets or (
                 f"{np.count_nonzero(off)} of {len(sums)} rows sum to other than 1, from "
                 f"{labelled.min():.3g} to {labelled.max():.3g}"
             )
-            found.append(
-                _OutsideTheLoss("not-distributions", "softmax cross-entropy", targets, (soft,))
-            )
+    if softs:
+        found.append(
+            _OutsideTheLoss("not-distributions", "softmax cross-entropy", targets, tuple(softs))
+        )
     outside = (t < 0) | (t > 1)
     if truth.size == scores.size and outside.any():
         y, p = t.reshape(-1), z.reshape(-1)

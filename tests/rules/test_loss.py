@@ -2362,6 +2362,45 @@ def test_multi_label_targets_given_to_a_softmax_cross_entropy(tmp_path) -> None:
     assert run_rule(soft, "DBG312").status is RuleStatus.passed
 
 
+def test_multi_label_targets_of_a_sequence_given_to_a_softmax_cross_entropy(tmp_path) -> None:
+    """A per-token tagger, scores (N, T, K) and multi-hot tags (N, T, K), with the classes
+    moved to the second axis for ``F.cross_entropy`` as it takes a sequence's scores: the
+    targets are read with the classes on either axis, and the recorded loss says which.
+    ``BCEWithLogitsLoss`` on the same tags gives no finding."""
+    torch = pytest.importorskip("torch")
+    from dbgcli.torch import attach
+
+    functional = torch.nn.functional
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(512, 12, 8, generator=generator)
+    tags = (x @ torch.randn(8, 5, generator=generator) > 0.5).float()
+
+    def run(name: str, loss_of: Any) -> Path:
+        torch.manual_seed(0)
+        model = torch.nn.Linear(8, 5)
+        optimizer = torch.optim.Adam(model.parameters(), 1e-2)
+        path = tmp_path / f"{name}.h5"
+        with attach(model, optimizer, path) as hook:
+            for step in range(60):
+                batch = torch.randint(0, 512, (32,), generator=generator)
+                scores = model(x[batch])
+                loss = loss_of(scores, tags[batch])
+                hook.record_loss(loss)
+                hook.record(labels=tags[batch], predictions=scores.detach(), raw=step % 10 == 0)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+        return path
+
+    def softmax(scores: Any, target: Any) -> Any:
+        return functional.cross_entropy(scores.transpose(1, 2), target.transpose(1, 2))
+
+    (finding,) = run_rule(run("softmax", softmax), "DBG312").findings
+    assert finding.key == "not-distributions" and "rows sum to other than 1" in finding.message
+    right = run("sigmoid", functional.binary_cross_entropy_with_logits)
+    assert run_rule(right, "DBG312").status is RuleStatus.passed
+
+
 def test_targets_outside_the_loss_need_the_recorded_loss_to_be_that_loss(make_trace) -> None:
     """Targets 0-4 beside one score each, but a recorded loss that is not their binary
     cross-entropy (a regression's, say): no finding; with it, a finding."""
