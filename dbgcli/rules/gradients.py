@@ -314,15 +314,17 @@ def exploding_gradient(
     * **magnitude** (warning): ``mean(|g|) > max_abs_mean`` (TheDeepChecker's bound).
     * **loss jump** (warning): the blow-up the records miss. At a step where a gradient was
       not recorded, the training loss jumps ``growth`` times over both its previous record
-      and the median of its previous ``window`` records, in one step, and lands above the
+      and the mean of its previous ``window`` records, in one step, and lands above the
       untrained model's loss (DBG303's initial loss; ``ln C`` for a run that started
       trained). A step-to-step rise that steep is no learning rate overshooting (that
       compounds over several steps, each a few times the last, and shows in the recorded
-      updates from the start) and no hard batch (a fitted model's worst batches stay below
-      an untrained model's loss): the batch threw the weights, or its loss did. Recorded
+      updates from the start) and no hard batch: a fitted model's hard batches are part of
+      its mean (the median leaves them out: batches of 4, mostly at 0.002, read a hard one
+      at 2.7 as 1,400 times their median and 26 times their mean), and a large batch's stay
+      below an untrained model's loss. The batch threw the weights, or its loss did. Recorded
       every 10th step, the corrupted batch of the calibration corpus, whose first step's
       loss can be exactly 0 (a batch so large the softmax saturates on the right class, and
-      its gradient with it), shows only here; its loss jumps 1,400 times at the next step.
+      its gradient with it), shows only here; its loss jumps thousands of times at the next step.
       The finding is the loss's, one per jump at a step with no gradient recorded; the first
       ``window`` loss records are history only. A loss that oscillates (DBG305) jumps so at
       every turn, and starting earlier is their cause.
@@ -443,9 +445,14 @@ def _loss_jumps_between_records(ctx: RuleContext, growth: float, window: int) ->
     steps, values = series.steps[keep][order], series.values[keep][order]
     if len(values) <= window or not len(recorded):
         return
-    median = trailing_median(values, window)
+    # The mean, not the median, of the previous records: a fitted model's minibatch losses
+    # are mostly near 0 and now and then a hard batch's, whose share is what the loss is on
+    # average, and what a small batch's next record is measured against.
+    sums = np.concatenate(([0.0], np.cumsum(values, dtype=np.float64)))
+    recent = np.full(len(values), np.nan)
+    recent[window:] = (sums[window:-1] - sums[: len(values) - window]) / window
     with np.errstate(invalid="ignore", divide="ignore"):
-        jump = values[1:] / np.fmax(values[:-1], median[1:])
+        jump = values[1:] / np.fmax(values[:-1], recent[1:])
     jump[: window - 1] = np.nan  # the first ``window`` records are history only
     jumped = 1 + np.flatnonzero(jump > growth)  # a rise from exactly 0 is one too (inf)
     jumped = jumped[~np.isin(steps[jumped], recorded) & (steps[jumped] > recorded[0])]
@@ -461,14 +468,14 @@ def _loss_jumps_between_records(ctx: RuleContext, growth: float, window: int) ->
             if len(after)
             else f"after the last gradient record at step {before[-1]}"
         )
-        base = max(float(values[at - 1]), float(median[at]))
+        base = max(float(values[at - 1]), float(recent[at]))
         # From exactly 0 (a loss that underflowed) every rise is infinitely many times it.
         times = f"{jump[at - 1]:.3g}x" if base > 0 else "up from 0,"
         yield Finding(
             message=(
                 f"train loss jumped to {values[at]:.3g} in one step at step {steps[at]}, "
                 f"{times} the larger of its previous record {values[at - 1]:.3g} "
-                f"and its recent median {median[at]:.3g} (> {growth:g}x, and above "
+                f"and its recent mean {recent[at]:.3g} (> {growth:g}x, and above "
                 f"{initial.name}), {between}: a blow-up they miss"
             ),
             tensor=whole.loss_tag("train") or "loss",
