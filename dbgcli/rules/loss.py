@@ -3272,7 +3272,6 @@ def _outside_the_loss(
     if not (np.isfinite(z).all() and np.isfinite(t).all()):
         return None
     found = []
-    softs, targets = [], ""
     # Classes on the last axis, or on the second as PyTorch's cross_entropy takes a sequence's
     # or an image's scores (N, K, ...); the recorded loss tells which.
     axes = sorted({z.ndim - 1, 1}) if truth.shape == scores.shape and z.ndim >= 2 else []
@@ -3287,15 +3286,14 @@ def _outside_the_loss(
         labelled = sums[sums != 0]
         off = np.abs(labelled - 1.0) > _NOT_A_DISTRIBUTION
         if off.any():
-            softs.append(float(np.mean(-(rows_t * _log_softmax(rows_z, 1)).sum(axis=1))))
-            targets = targets or (
+            soft = float(np.mean(-(rows_t * _log_softmax(rows_z, 1)).sum(axis=1)))
+            targets = (
                 f"{np.count_nonzero(off)} of {len(sums)} rows sum to other than 1, from "
                 f"{labelled.min():.3g} to {labelled.max():.3g}"
             )
-    if softs:
-        found.append(
-            _OutsideTheLoss("not-distributions", "softmax cross-entropy", targets, tuple(softs))
-        )
+            found.append(
+                _OutsideTheLoss("not-distributions", "softmax cross-entropy", targets, (soft,))
+            )
     outside = (t < 0) | (t > 1)
     if truth.size == scores.size and outside.any():
         y, p = t.reshape(-1), z.reshape(-1)
