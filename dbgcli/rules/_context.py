@@ -512,6 +512,16 @@ def persistent(flags: np.ndarray, steps: np.ndarray, min_steps: int) -> np.ndarr
     return sustained(flags, records_spanning(steps, min_steps, least=MIN_PERSISTENT_RECORDS))
 
 
+def trailing_mean(values: np.ndarray, window: int) -> np.ndarray:
+    """Mean of the previous ``window`` values (NaN until ``window`` exist)."""
+    out = np.full(len(values), np.nan)
+    if window < 1 or len(values) <= window:
+        return out
+    sums = np.concatenate(([0.0], np.cumsum(values, dtype=np.float64)))
+    out[window:] = (sums[window:-1] - sums[: len(values) - window]) / window
+    return out
+
+
 def trailing_median(values: np.ndarray, window: int, *, at: np.ndarray | None = None) -> np.ndarray:
     """Median of the previous ``window`` values, ignoring NaN (NaN until ``window`` exist).
 

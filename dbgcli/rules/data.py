@@ -1019,8 +1019,8 @@ def held_out_chance(ctx: RuleContext, classes: int) -> tuple[float, str] | None:
     ``CrossEntropyLoss(weight=...)`` for both) has its chance at ``ln C``. None for
     XGBoost's ``scale_pos_weight``, which weighs the objective's gradients and none of the
     evaluation metrics: its predictions lean towards the positives by design, and a model
-    that learned a great deal (a validation AUC of 0.90 at a weight of 50 on balanced
-    labels) scores a ``logloss`` above ``ln 2``."""
+    that ranks the validation rows well scores a ``logloss`` above ``ln 2`` at a weight of
+    50 on balanced labels."""
     weighting = _class_weighting(ctx)
     if weighting is not None and "scale_pos_weight" in weighting.text:
         return None

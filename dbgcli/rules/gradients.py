@@ -15,6 +15,7 @@ from dbgcli.rules._context import (
     episode_findings,
     persistent,
     records_spanning,
+    trailing_mean,
     trailing_median,
 )
 from dbgcli.rules._known import (
@@ -319,8 +320,9 @@ def exploding_gradient(
       trained). A step-to-step rise that steep is no learning rate overshooting (that
       compounds over several steps, each a few times the last, and shows in the recorded
       updates from the start) and no hard batch: a fitted model's hard batches are part of
-      its mean (the median leaves them out: batches of 4, mostly at 0.002, read a hard one
-      at 2.7 as 1,400 times their median and 26 times their mean), and a large batch's stay
+      its mean (the median leaves them out: batches mostly at 0.002 and one in ten at 0.5
+      put a hard one at 2.7 at 1,350 times their median and 52 times their mean), and a
+      large batch's stay
       below an untrained model's loss. The batch threw the weights, or its loss did. Recorded
       every 10th step, the corrupted batch of the calibration corpus, whose first step's
       loss can be exactly 0 (a batch so large the softmax saturates on the right class, and
@@ -448,9 +450,7 @@ def _loss_jumps_between_records(ctx: RuleContext, growth: float, window: int) ->
     # The mean, not the median, of the previous records: a fitted model's minibatch losses
     # are mostly near 0 and now and then a hard batch's, whose share is what the loss is on
     # average, and what a small batch's next record is measured against.
-    sums = np.concatenate(([0.0], np.cumsum(values, dtype=np.float64)))
-    recent = np.full(len(values), np.nan)
-    recent[window:] = (sums[window:-1] - sums[: len(values) - window]) / window
+    recent = trailing_mean(values, window)
     with np.errstate(invalid="ignore", divide="ignore"):
         jump = values[1:] / np.fmax(values[:-1], recent[1:])
     jump[: window - 1] = np.nan  # the first ``window`` records are history only
