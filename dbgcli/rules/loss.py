@@ -1484,6 +1484,31 @@ def overtraining(
         )
 
 
+def _rank_autocorrelation(windows: np.ndarray) -> np.ndarray:
+    """The lag-1 autocorrelation of the ranks of each row's values (ties share their mean
+    rank): about 0, within ``1 / sqrt(n)``, for ``n`` values drawn independently, whatever
+    their distribution; near 1 where each value is close to the one before it."""
+    count = windows.shape[1]
+    order = np.argsort(windows, axis=1, kind="stable")
+    ordered = np.take_along_axis(windows, order, axis=1)
+    position = np.arange(count)
+    starts = np.ones(ordered.shape, dtype=bool)
+    starts[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    ends = np.ones(ordered.shape, dtype=bool)
+    ends[:, :-1] = starts[:, 1:]
+    first = np.maximum.accumulate(np.where(starts, position, 0), axis=1)
+    last = np.minimum.accumulate(np.where(ends, position, count - 1)[:, ::-1], axis=1)[:, ::-1]
+    ranks = np.empty(ordered.shape)
+    np.put_along_axis(ranks, order, (first + last) / 2, axis=1)
+    before = ranks[:, :-1] - ranks[:, :-1].mean(axis=1, keepdims=True)
+    after = ranks[:, 1:] - ranks[:, 1:].mean(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.asarray(
+            (before * after).sum(axis=1)
+            / np.sqrt((before * before).sum(axis=1) * (after * after).sum(axis=1))
+        )
+
+
 def _large_turns(values: np.ndarray, min_swing: np.ndarray) -> np.ndarray:
     """Flags of the records where the curve turns after a move of at least ``min_swing``
     (one bound per record, applied at the turn).
@@ -1563,7 +1588,16 @@ def oscillating_loss(
       ``2 × ratio`` of its blocks are large turns: with the defaults, two full swings by the
       loss's own level within 50 records, for instance batches that each hold one class (the
       loss collapses within a class and jumps at the next). One bump of a falling curve is
-      two turns, one pair: not an oscillation.
+      two turns, one pair: not an oscillation;
+    * the swings must **last**: a window oscillates only if the lag-1 autocorrelation of the
+      ranks of its ``window × block`` records is at least ``noise`` standard errors of that
+      of independent records (``1 / sqrt(n)``, Bartlett: 0.42 with the defaults).
+      Independent records turn the block means about as often as a swinging model (among
+      independent values, two in three are a local maximum or minimum), and a model fitted
+      at a small batch, whose rare hard batches each lift a block mean by the loss's level,
+      turns them by enough; but each such record is forgotten by the next, where a model
+      pulled one class at a time, or overshooting for several steps, stays near where the
+      swing took it. Ranks make the test indifferent to how heavy the records' tails are.
 
     A swing from one record to the next (a rate that overshoots on every step) averages out
     in a block; ``learning-rate`` (DBG503) finds that through the size of the updates.
@@ -1589,7 +1623,8 @@ def oscillating_loss(
         ratio: Pairs of large turns a window must hold, per block.
         window: Blocks per window.
         noise: Smallest move between two turns that counts, in standard errors of the
-            difference of two block means.
+            difference of two block means; and smallest serial dependence of a window's
+            records, in standard errors of chance.
     """
     _positive("DBG305", block=block, swing=swing, ratio=ratio, window=window)
     series = ctx.loss(mode)
@@ -1620,24 +1655,41 @@ def oscillating_loss(
     large = _large_turns(means, per_block)
     counts = np.convolve(large.astype(np.int64), np.ones(window, dtype=np.int64), mode="valid")
     # AutoTrainer counts pairs (a maximum and the minimum after it): two turns each.
-    oscillating_end = np.flatnonzero(counts >= 2 * ratio * window) + window - 1
-    if not len(oscillating_end):
+    turning = np.flatnonzero(counts >= 2 * ratio * window)
+    if not len(turning):
         return
+    # A swing of the model lasts several records; a hard batch among easy ones is a spike
+    # that the next record forgets, and independent records turn as often.
+    records = window * block
+    lasting = noise / np.sqrt(records)
+    serial = _rank_autocorrelation(
+        np.stack([values[first * block : first * block + records] for first in turning])
+    )
+    kept = serial >= lasting
+    oscillating, serial = turning[kept], serial[kept]
+    if not len(oscillating):
+        return
+    oscillating_end = oscillating + window - 1
     covered = np.zeros(blocks + 1, dtype=np.int64)
-    np.add.at(covered, oscillating_end - window + 1, 1)
+    np.add.at(covered, oscillating, 1)
     np.add.at(covered, oscillating_end + 1, -1)
     in_window = np.cumsum(covered[:-1]) > 0
     share = np.zeros(blocks)
-    share[window - 1 :] = counts / window
+    share[oscillating_end] = counts[oscillating] / window
+    follows = np.zeros(blocks)
+    follows[oscillating_end] = serial
     for episode in episodes(in_window):
         turns = episode.first + np.flatnonzero(large[episode.first : episode.last + 1])
-        worst = float(share[episode.first : episode.last + 1].max())
+        worst_end = episode.first + int(np.argmax(share[episode.first : episode.last + 1]))
+        worst = float(share[worst_end])
         yield Finding(
             message=(
                 f"{mode} loss (means of {block} records) reverses by at least "
                 f"{float(np.median(per_block[turns])):.3g} ({swing:g}x its level, and "
                 f"{noise:g} standard errors of chance) at {worst:.0%} of the blocks of a "
-                f"{window * block}-record window (>= {2 * ratio:.0%})"
+                f"{records}-record window (>= {2 * ratio:.0%}), in swings that last: "
+                f"lag-1 rank autocorrelation {follows[worst_end]:.2f} (>= {lasting:.2f}, "
+                "about 0 for independent batches)"
             ),
             tensor=(ctx.loss_tag(mode) or "loss"),
             first_step=int(starts[turns[0]]),
@@ -1646,6 +1698,7 @@ def oscillating_loss(
             value=worst,
             threshold=ratio,
             mode=mode,
+            extra={"rank_autocorrelation": float(follows[worst_end])},
             key="oscillating",
         )
 

@@ -1237,6 +1237,29 @@ def test_oscillating_loss_quiet_on_minibatch_noise(make_trace, batch: int) -> No
         assert run_rule(path, "DBG305").status is RuleStatus.passed
 
 
+def converged_with_hard_batches(seed: int) -> np.ndarray:
+    """A classifier fitted at batch 4 (initial loss 1.6): most batches near 0.005, one in eight
+    holds a sample it still gets wrong (0.2 to 1.0)."""
+    rng = np.random.default_rng(seed)
+    settled = 0.005 * np.exp(rng.standard_normal(900))
+    hard = rng.random(900) < 0.125
+    settled[hard] = rng.uniform(0.2, 1.0, hard.sum())
+    return np.r_[1.6 * np.exp(-np.arange(100) / 15), settled]
+
+
+def test_oscillating_loss_quiet_on_a_converged_models_hard_batches(make_trace) -> None:
+    """A hard batch lifts its block's mean by the loss's level, and the block after it falls
+    back: as many turns as a swinging model makes, but the next record forgets each one. The
+    same records in lasting swings (each run of 20 from its hardest batch down, as batches
+    sorted by class make them) oscillate."""
+    for seed in range(3):
+        values = converged_with_hard_batches(seed)
+        assert run_rule(make_trace(scalars=losses(values)), "DBG305").status is RuleStatus.passed
+        swings = np.r_[values[:100], -np.sort(-values[100:].reshape(-1, 20), axis=1).ravel()]
+        (finding,) = keyed(run_rule(make_trace(scalars=losses(swings)), "DBG305"), "oscillating")
+        assert finding.extra["rank_autocorrelation"] >= 3 / np.sqrt(50)
+
+
 def test_oscillating_loss_swing_separates_heavy_noise(make_trace) -> None:
     # Independent noise with a standard deviation of 40 % of its level (small batches of a
     # hard task): block means of 5 move by 18 %, rarely by their whole level; a quarter of
