@@ -94,6 +94,13 @@ def dying_relu(
       The window counts records, not steps: what it pools is samples of the unit, and records
       10 steps apart (``stats_every``) are batches at least as independent as consecutive
       ones; the window then spans 21 steps, short beside a layer that has died.
+    * A channel of a convolution is judged per sample: its share, times the ``P`` spatial
+      positions of one sample (records ``(batch, channels, ...)``), must be below
+      ``threshold_inactivity``. A channel that detects a pattern fires where the pattern is,
+      on a few of an image's positions (a global max pool reads only the strongest), so a
+      working detector is active on under 1 % of its values; but its active values lie in
+      at least ``share × P`` of the samples, and it is dead only if even that bound is under
+      1 % of them: ``share × P × 100 < threshold_inactivity``.
     * The layer **violates** at that window if the share of dead units
       ``× 100 > threshold_layer``; every record of a violating window belongs to the episode.
     * Records whose activations hold NaN or ±inf are not judged (their values say nothing
@@ -137,11 +144,27 @@ def dying_relu(
         threshold_layer,
         min_steps,
         key="dead",
-        describe=lambda share, units: (
+        describe=lambda share, units, positions: (
             f"{share:.0f} % of {units} units dead (active on < {threshold_inactivity:g} % of their "
-            f"values; > {threshold_layer:g} %)"
+            + (
+                "values"
+                if positions == 1
+                else f"samples at most: < {threshold_inactivity / positions:.2g} % of their "
+                f"values over {positions} positions"
+            )
+            + f"; > {threshold_layer:g} %)"
         ),
+        positions=_positions_per_sample,
     )
+
+
+def _positions_per_sample(view: TensorView) -> int:
+    """Values of one unit in one sample: the spatial positions of a convolution's channel
+    (records ``(batch, channels, ...)``, units on axis 1); 1 for features."""
+    shape, axis = view.info.shape, view.info.unit_axis
+    if shape is None or axis is None or len(shape) < 4 or axis % len(shape) != 1:
+        return 1
+    return max(1, int(np.prod(shape[2:])))
 
 
 @rule(
@@ -319,8 +342,8 @@ def _saturating(ctx: RuleContext, kind: str) -> list[TensorView]:
 
 def _saturation_message(
     kind: str, threshold_inactivity: float, threshold_layer: float
-) -> Callable[[float, int], str]:
-    def describe(share: float, units: int) -> str:
+) -> Callable[[float, int, int], str]:
+    def describe(share: float, units: int, positions: int) -> str:
         return (
             f"{share:.0f} % of {units} {kind} units saturated (derivative >= 0.01 for "
             f"< {threshold_inactivity:g} % of their values; > {threshold_layer:g} %)"
@@ -336,16 +359,19 @@ def _unit_findings(
     min_steps: int,
     *,
     key: str,
-    describe: Callable[[float, int], str],
+    describe: Callable[[float, int, int], str],
+    positions: Callable[[TensorView], int] = lambda view: 1,
 ) -> Iterator[Finding]:
-    """Findings of "too many units with a too small per-unit measure", per tensor and mode."""
+    """Findings of "too many units with a too small per-unit measure", per tensor and mode.
+    A unit's measure is scaled by its ``positions`` per sample before it is compared."""
     window = max(1, min_steps)
     for view in views:
         units = view.units()
         if units is None or units.shape[1] == 0:
             continue
         count = int(units.shape[1])
-        measures = np.array(units, dtype=np.float32)
+        per_sample = positions(view)
+        measures = np.array(units, dtype=np.float32) * np.float32(per_sample)
         nonfinite = (view.stat("nan_count") + view.stat("inf_count")) > 0
         measures[nonfinite] = np.nan
         for code in view.mode_codes:
@@ -363,8 +389,8 @@ def _unit_findings(
                 threshold=threshold_layer,
                 key=key,
                 modes=view.modes[rows],
-                message=_per_episode(describe, count),
-                extra={"units": count, "min_steps": window},
+                message=_per_episode(describe, count, per_sample),
+                extra={"units": count, "min_steps": window, "positions": per_sample},
             ):
                 yield replace(finding, severity=Severity.error) if _whole_to_end(share) else finding
 
@@ -379,9 +405,9 @@ def _whole_to_end(share: np.ndarray) -> bool:
 
 
 def _per_episode(
-    describe: Callable[[float, int], str], units: int
+    describe: Callable[[float, int, int], str], units: int, positions: int
 ) -> Callable[[Episode, float], str]:
-    return lambda episode, share: describe(share, units)
+    return lambda episode, share: describe(share, units, positions)
 
 
 def _failing_share(measures: np.ndarray, threshold: float, window: int) -> np.ndarray:

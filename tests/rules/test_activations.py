@@ -66,7 +66,7 @@ def test_dying_relu_fires_when_most_units_stop_firing(make_trace) -> None:
     assert finding.value == 75.0 and finding.threshold == 50.0 and finding.mode == "train"
     assert finding.severity is not None and finding.severity.value == "warning"
     assert finding.message == "75 % of 16 units dead (active on < 1 % of their values; > 50 %)"
-    assert finding.extra == {"units": 16, "min_steps": 3}
+    assert finding.extra == {"units": 16, "min_steps": 3, "positions": 1}
 
 
 def test_dying_relu_whole_layer_dead_is_an_error(make_trace) -> None:
@@ -120,6 +120,27 @@ def test_dying_relu_population_spans_the_spatial_axes_of_conv_layers(make_trace)
         values[:, 6:, 0, 0] = 1.0  # channels 6-7 alive at one position only
     (finding,) = run_rule(activation_trace(make_trace, relu(pre), "relu"), "DBG201").findings
     assert finding.value == 75.0 and finding.extra["units"] == 8
+
+
+def test_dying_relu_judges_a_conv_channel_per_sample(make_trace) -> None:
+    """A channel that detects a pattern, firing at one of 144 positions of every third image,
+    is active on 0.23 % of its values but in a third of the samples: alive. Never firing, it
+    is dead."""
+    pre = preactivations(steps=20, batch=32, units=16, shape=(12, 12))
+    for values in pre:
+        values[:, :10] -= 10.0
+        values[::3, :10, 4, 7] = 1.0
+    assert run_rule(activation_trace(make_trace, relu(pre), "relu"), "DBG201").status is (
+        RuleStatus.passed
+    )
+    for values in pre:
+        values[::3, :10, 4, 7] = -1.0
+    (finding,) = keyed(run_rule(activation_trace(make_trace, relu(pre), "relu"), "DBG201"), "dead")
+    assert finding.message == (
+        "62 % of 16 units dead (active on < 1 % of their samples at most: < 0.0069 % of their "
+        "values over 144 positions; > 50 %)"
+    )
+    assert finding.extra["positions"] == 144
 
 
 def test_dying_relu_on_preactivations_of_a_leaky_relu(make_trace) -> None:
