@@ -102,7 +102,8 @@ class ReplayPlan:
     lr: float
     lr_source: str
     """Where ``lr`` came from: ``recorded lr``, ``hyperparameter <name>``, ``xgboost_config
-    eta``, ``--lr``, or ``default, none recorded``."""
+    eta``, ``highest recorded lr; the first is not positive``, ``--lr``, or ``default, none
+    recorded``."""
 
     def describe(self) -> str:
         """Which series, at which cadence, from which rate and why.
@@ -203,8 +204,10 @@ def start_lr(ctx: RuleContext) -> tuple[float, str]:
     """The rate a replay starts from, and where it was found.
 
     The first recorded learning rate, else the run's hyperparameters (``learning_rate``,
-    ``lr``, ``eta``), else XGBoost's own configuration (``eta``), else 0.1. A recorded rate
-    that is not positive (a warmup starting at 0) is passed over: no scheduler can start there.
+    ``lr``, ``eta``), else XGBoost's own configuration (``eta``), else the highest recorded
+    rate, else 0.1. A first recorded rate that is not positive (a warmup starting at 0) is
+    no start, since no scheduler can move from 0; the rate such a warmup rises to is the one
+    the run was set to train at, which the hyperparameters name where they were recorded.
     """
     recorded = ctx.lr()
     if recorded is not None and len(recorded) and _positive(recorded.values[0]) is not None:
@@ -224,6 +227,11 @@ def start_lr(ctx: RuleContext) -> tuple[float, str]:
     )
     if eta is not None:
         return eta, "xgboost_config eta"
+    if recorded is not None:
+        rates = np.asarray(recorded.values, dtype=np.float64)
+        rates = rates[np.isfinite(rates) & (rates > 0)]
+        if len(rates):
+            return float(rates.max()), "highest recorded lr; the first is not positive"
     return DEFAULT_LR, "default, none recorded"
 
 

@@ -180,6 +180,11 @@ def test_start_rate_without_a_recorded_lr(make_trace, cli, monkeypatch) -> None:
             make_trace(scalars={**losses, "lr": [0.0] * 20}, hyperparameters={"lr": 0.5}),
             "from lr 0.5 (hyperparameter lr)",  # a warmup from 0 cannot be a start
         ),
+        (
+            # A warmup from 0 with no hyperparameters: the rate it rises to, not the default.
+            make_trace(scalars={**losses, "lr": [0.002 * min(i, 5) / 5 for i in range(20)]}),
+            "from lr 0.002 (highest recorded lr; the first is not positive)",
+        ),
     ]
     for trace, start in cases:
         result = cli("lr", trace)
