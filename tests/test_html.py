@@ -141,6 +141,22 @@ def test_the_models_output_layer_is_left_out_of_activation_health(make_trace) ->
     assert drawn == {True: {"act/hidden"}, False: {"act/hidden", "act/head"}}
 
 
+def test_activation_health_judges_conv_channels_as_dbg201_does(make_trace) -> None:
+    """Channels that fire at one of 144 positions of every third image are alive by DBG201's
+    per-sample reading; the chart draws the share the rule judged, not one per value."""
+    rng = np.random.default_rng(0)
+    values = []
+    for _ in range(10):
+        pre = rng.normal(size=(32, 16, 12, 12)) - 10.0 * (np.arange(16) < 10)[:, None, None]
+        pre[::3, :10, 4, 7] = 1.0
+        values.append(np.maximum(pre, 0.0).astype(np.float32))
+    tensors = {"act/conv": {"values": values, "collection": "activations", "kind": "relu"}}
+    charts, _, findings = views_of(make_trace(tensors=tensors))
+    assert not [f for f in findings if f.rule_id == "DBG201"]
+    (drawn,) = charts["activation-health"].figure.data
+    assert max(y for y in drawn["y"] if y == y) == 0.0
+
+
 def test_findings_are_marked_at_their_steps_and_tensors() -> None:
     charts, _, findings = views_of(DEAD_RELU)
     dead = next(

@@ -133,7 +133,8 @@ def dying_relu(
     GELU, which keep a gradient for negative inputs.
 
     Args:
-        threshold_inactivity: Active share (in %) below which a unit counts as dead.
+        threshold_inactivity: Active share (in %) below which a unit counts as dead; for a
+            convolution's channel, its share times its positions per sample.
         threshold_layer: Share of dead units (in %) above which the layer is reported.
         min_steps: Consecutive records (not steps) a unit's active share is pooled over (1:
             judge each record on its own).
@@ -154,17 +155,31 @@ def dying_relu(
             )
             + f"; > {threshold_layer:g} %)"
         ),
-        positions=_positions_per_sample,
+        positions=positions_per_sample,
     )
 
 
-def _positions_per_sample(view: TensorView) -> int:
-    """Values of one unit in one sample: the spatial positions of a convolution's channel
-    (records ``(batch, channels, ...)``, units on axis 1); 1 for features."""
-    shape, axis = view.info.shape, view.info.unit_axis
-    if shape is None or axis is None or len(shape) < 4 or axis % len(shape) != 1:
+def positions_per_sample(view: TensorView) -> int:
+    """Values of one unit in one sample: the spatial positions of a convolution's channel,
+    every axis but the batch (the first) and the units' of records of four axes or more,
+    ``(batch, channels, height, width)`` or channels last; 1 for features and sequences. Of
+    the shapes the trace holds, the largest (a smaller image only makes a unit's share the
+    larger)."""
+    axis = view.info.unit_axis
+    shapes = [shape for shape in (view.info.shape, *view.info.shapes) if shape is not None]
+    if axis is None or not shapes or len(shapes[0]) < 4:
         return 1
-    return max(1, int(np.prod(shape[2:])))
+    unit = axis % len(shapes[0])
+    if unit == 0:
+        return 1
+    return max(
+        1,
+        max(
+            int(np.prod([size for at, size in enumerate(shape) if at not in (0, unit)]))
+            for shape in shapes
+            if len(shape) == len(shapes[0])
+        ),
+    )
 
 
 @rule(
@@ -352,6 +367,25 @@ def _saturation_message(
     return describe
 
 
+def failing_unit_shares(
+    view: TensorView,
+    units: np.ndarray,
+    threshold_inactivity: float,
+    min_steps: int,
+    positions: int = 1,
+) -> Iterator[tuple[int, np.ndarray | slice, np.ndarray]]:
+    """Per mode of ``view``'s records: the mode's code, the positions of its records, and per
+    record the share (%) of its units (``units``, ``view.units()``) whose measure, times
+    ``positions`` (see :func:`positions_per_sample`), averaged over ``min_steps`` records, is
+    below ``threshold_inactivity``, as the unit rules judge them (NaN where no window is)."""
+    measures = np.array(units, dtype=np.float32) * np.float32(positions)
+    nonfinite = (view.stat("nan_count") + view.stat("inf_count")) > 0
+    measures[nonfinite] = np.nan
+    for code in view.mode_codes:
+        rows = view.positions(code)
+        yield code, rows, _failing_share(measures[rows], threshold_inactivity, max(1, min_steps))
+
+
 def _unit_findings(
     views: list[TensorView],
     threshold_inactivity: float,
@@ -360,23 +394,24 @@ def _unit_findings(
     *,
     key: str,
     describe: Callable[[float, int, int], str],
-    positions: Callable[[TensorView], int] = lambda view: 1,
+    positions: Callable[[TensorView], int] | None = None,
 ) -> Iterator[Finding]:
     """Findings of "too many units with a too small per-unit measure", per tensor and mode.
-    A unit's measure is scaled by its ``positions`` per sample before it is compared."""
+    With ``positions``, a unit's measure is judged per sample (see
+    :func:`failing_unit_shares`), and ``extra`` says over how many positions."""
     window = max(1, min_steps)
     for view in views:
         units = view.units()
         if units is None or units.shape[1] == 0:
             continue
         count = int(units.shape[1])
-        per_sample = positions(view)
-        measures = np.array(units, dtype=np.float32) * np.float32(per_sample)
-        nonfinite = (view.stat("nan_count") + view.stat("inf_count")) > 0
-        measures[nonfinite] = np.nan
-        for code in view.mode_codes:
-            rows = view.positions(code)
-            share = _failing_share(measures[rows], threshold_inactivity, window)
+        per_sample = 1 if positions is None else positions(view)
+        extra: dict[str, Any] = {"units": count, "min_steps": window}
+        if positions is not None:
+            extra["positions"] = per_sample
+        for _mode, rows, share in failing_unit_shares(
+            view, units, threshold_inactivity, window, per_sample
+        ):
             with np.errstate(invalid="ignore"):
                 violating = share > threshold_layer
                 holding = share > HOLD_FRACTION * threshold_layer
@@ -390,7 +425,7 @@ def _unit_findings(
                 key=key,
                 modes=view.modes[rows],
                 message=_per_episode(describe, count, per_sample),
-                extra={"units": count, "min_steps": window, "positions": per_sample},
+                extra=extra,
             ):
                 yield replace(finding, severity=Severity.error) if _whole_to_end(share) else finding
 

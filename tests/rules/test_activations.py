@@ -143,6 +143,17 @@ def test_dying_relu_judges_a_conv_channel_per_sample(make_trace) -> None:
     assert finding.extra["positions"] == 144
 
 
+def test_dying_relu_judges_a_channels_last_conv_channel_per_sample(make_trace) -> None:
+    """The same detectors recorded channels last, ``(batch, height, width, channels)``."""
+    pre = preactivations(steps=20, batch=32, units=16, shape=(12, 12))
+    for values in pre:
+        values[:, :10] -= 10.0
+        values[::3, :10, 4, 7] = 1.0
+    last = [np.ascontiguousarray(np.moveaxis(v, 1, -1)) for v in relu(pre)]
+    tensors = {"act/relu1": {"values": last, "kind": "relu", "unit_axis": -1}}
+    assert run_rule(make_trace(tensors=tensors), "DBG201").status is RuleStatus.passed
+
+
 def test_dying_relu_on_preactivations_of_a_leaky_relu(make_trace) -> None:
     pre = shift_units(preactivations(), slice(0, 10), -10.0, range(30, 40))
     path = activation_trace(make_trace, pre, "leaky_relu", collection="preactivations")

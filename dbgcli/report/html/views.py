@@ -437,7 +437,12 @@ def _title(tag: str) -> str:
 
 def _activation_health(source: Source) -> list[Chart | Missing]:
     from dbgcli.rules._registry import REGISTRY
-    from dbgcli.rules.activations import MIN_UNITS, _failing_share, model_output_tags
+    from dbgcli.rules.activations import (
+        MIN_UNITS,
+        failing_unit_shares,
+        model_output_tags,
+        positions_per_sample,
+    )
 
     views = [
         v
@@ -474,14 +479,13 @@ def _activation_health(source: Source) -> list[Chart | Missing]:
     for index, (view, units, active, params) in enumerate(measured):
         row = panels.index("dead units" if active else "saturated units") + 1
         targets[view.tag] = Target(row)
-        measures = np.array(units, dtype=np.float32)
-        nonfinite = (view.stat("nan_count") + view.stat("inf_count")) > 0
-        measures[nonfinite] = np.nan
-        for code in view.mode_codes:
-            rows = view.positions(code)
-            share = _failing_share(
-                measures[rows], params["threshold_inactivity"], max(1, params["min_steps"])
-            )
+        for code, rows, share in failing_unit_shares(
+            view,
+            units,
+            params["threshold_inactivity"],
+            params["min_steps"],
+            positions_per_sample(view) if active else 1,
+        ):
             keep = thin(share, LINE_POINTS)
             mode = schema.MODES[code]
             name = view.tag if mode == "train" else f"{view.tag} ({mode})"
@@ -500,7 +504,8 @@ def _activation_health(source: Source) -> list[Chart | Missing]:
     marked = mark(figure, source.findings, targets)
     caption = (
         "Per step, the share of a layer's units that are dead (a ReLU-like unit active on less "
-        "than 1 % of its values) or saturated (a tanh or sigmoid unit whose derivative is below "
+        "than 1 % of its values, or a convolution's channel in less than 1 % of its samples at "
+        "most) or saturated (a tanh or sigmoid unit whose derivative is below "
         "0.01 for most of its values), pooled over a few records as the activation rules do; "
         "the dotted line is the rules' layer threshold. Saturating output layers (fewer than "
         f"{MIN_UNITS} units, or the model's output) are left out, as the rules leave them."
