@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
+from statistics import NormalDist
 from typing import Any, Literal, NamedTuple, TypeVar
 
 import numpy as np
@@ -1484,13 +1485,11 @@ def overtraining(
         )
 
 
-def _rank_autocorrelation(windows: np.ndarray) -> np.ndarray:
-    """The lag-1 autocorrelation of the ranks of each row's values (ties share their mean
-    rank): about 0, within ``1 / sqrt(n)``, for ``n`` values drawn independently, whatever
-    their distribution; near 1 where each value is close to the one before it."""
-    count = windows.shape[1]
-    order = np.argsort(windows, axis=1, kind="stable")
-    ordered = np.take_along_axis(windows, order, axis=1)
+def _mean_ranks(rows: np.ndarray) -> np.ndarray:
+    """The ranks of each row's values, from 0; values that tie share their mean rank."""
+    count = rows.shape[1]
+    order = np.argsort(rows, axis=1, kind="stable")
+    ordered = np.take_along_axis(rows, order, axis=1)
     position = np.arange(count)
     starts = np.ones(ordered.shape, dtype=bool)
     starts[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
@@ -1500,13 +1499,20 @@ def _rank_autocorrelation(windows: np.ndarray) -> np.ndarray:
     last = np.minimum.accumulate(np.where(ends, position, count - 1)[:, ::-1], axis=1)[:, ::-1]
     ranks = np.empty(ordered.shape)
     np.put_along_axis(ranks, order, (first + last) / 2, axis=1)
+    return ranks
+
+
+def _rank_autocorrelation(rows: np.ndarray) -> np.ndarray:
+    """The lag-1 autocorrelation of the ranks of each row's ``n`` values: about 0, within
+    ``1 / sqrt(n)``, for values drawn independently, whatever their distribution; towards 1
+    where each value is close to the one before it, towards -1 where values alternate. 0 for
+    a constant row."""
+    ranks = _mean_ranks(rows)
     before = ranks[:, :-1] - ranks[:, :-1].mean(axis=1, keepdims=True)
     after = ranks[:, 1:] - ranks[:, 1:].mean(axis=1, keepdims=True)
+    spread = np.sqrt((before * before).sum(axis=1) * (after * after).sum(axis=1))
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.asarray(
-            (before * after).sum(axis=1)
-            / np.sqrt((before * before).sum(axis=1) * (after * after).sum(axis=1))
-        )
+        return np.where(spread > 0, (before * after).sum(axis=1) / spread, 0.0)
 
 
 def _large_turns(values: np.ndarray, min_swing: np.ndarray) -> np.ndarray:
@@ -1552,6 +1558,7 @@ def oscillating_loss(
     ratio: float = 0.2,
     window: int = 10,
     noise: float = 3.0,
+    independence: float = 3.0,
 ) -> Iterator[Finding]:
     """The loss swings up and down by large amounts instead of converging.
 
@@ -1590,14 +1597,22 @@ def oscillating_loss(
       loss collapses within a class and jumps at the next). One bump of a falling curve is
       two turns, one pair: not an oscillation;
     * the swings must **last**: a window oscillates only if the lag-1 autocorrelation of the
-      ranks of its ``window × block`` records is at least ``noise`` standard errors of that
-      of independent records (``1 / sqrt(n)``, Bartlett: 0.42 with the defaults).
-      Independent records turn the block means about as often as a swinging model (among
-      independent values, two in three are a local maximum or minimum), and a model fitted
-      at a small batch, whose rare hard batches each lift a block mean by the loss's level,
-      turns them by enough; but each such record is forgotten by the next, where a model
-      pulled one class at a time, or overshooting for several steps, stays near where the
-      swing took it. Ranks make the test indifferent to how heavy the records' tails are.
+      ranks of its ``n = window × block`` records is beyond what independent records reach
+      with probability ``P(Z > independence)`` (0.13 % at 3): ``z / sqrt(n)`` either way
+      (Bartlett's standard error), ``z`` the normal quantile of that chance shared out among
+      the run's disjoint windows that turn (Bonferroni; 0.45 for one, 0.68 for 1,000), so
+      that a long run is no likelier to pass by chance than a short one. Independent records
+      turn the block means about as often as a swinging model (among independent values,
+      two in three are a local maximum or minimum), and a model fitted at a small batch,
+      whose rare hard batches each lift a block mean by the loss's level, turns them by
+      enough; but each such record is forgotten by the next, where a model pulled one class
+      at a time, or overshooting for several steps, stays near where the swing took it
+      (positive), and a loss that alternates from one record to the next swings back
+      (negative). Ranks make the test indifferent to how heavy the records' tails are, and
+      a window is short enough that a falling level hardly counts. Blocks too short for the
+      shortest swing they resolve (a block up and a block down, ``1 - 2 / block``) to pass
+      in one window (blocks of 4 records or fewer, with ``independence`` 3 and ``window``
+      10) leave the turns to decide alone.
 
     A swing from one record to the next (a rate that overshoots on every step) averages out
     in a block; ``learning-rate`` (DBG503) finds that through the size of the updates.
@@ -1623,8 +1638,10 @@ def oscillating_loss(
         ratio: Pairs of large turns a window must hold, per block.
         window: Blocks per window.
         noise: Smallest move between two turns that counts, in standard errors of the
-            difference of two block means; and smallest serial dependence of a window's
-            records, in standard errors of chance.
+            difference of two block means.
+        independence: How unlikely for independent records a window's serial dependence
+            must be, as a normal tail in standard deviations (3: 0.13 %), shared out among
+            the run's disjoint windows that turn (0: no such test).
     """
     _positive("DBG305", block=block, swing=swing, ratio=ratio, window=window)
     series = ctx.loss(mode)
@@ -1647,7 +1664,10 @@ def oscillating_loss(
     # The standard error of the difference of two block means, from the window's typical
     # scatter of the records within a block.
     scatter = np.median(
-        np.lib.stride_tricks.sliding_window_view(blocked.std(axis=1, ddof=1), window), axis=1
+        np.lib.stride_tricks.sliding_window_view(
+            blocked.std(axis=1, ddof=1) if block > 1 else np.zeros(blocks), window
+        ),
+        axis=1,
     )
     bar = np.fmax(swing * level, noise * scatter * np.sqrt(2 / block))
     # The bar of each block: that of the last window holding it.
@@ -1658,15 +1678,24 @@ def oscillating_loss(
     turning = np.flatnonzero(counts >= 2 * ratio * window)
     if not len(turning):
         return
-    # A swing of the model lasts several records; a hard batch among easy ones is a spike
-    # that the next record forgets, and independent records turn as often.
+    # A swing of the model lasts several records (or alternates); a hard batch among easy
+    # ones is a spike that the next record forgets, and independent records turn as often.
     records = window * block
-    lasting = noise / np.sqrt(records)
-    serial = _rank_autocorrelation(
-        np.stack([values[first * block : first * block + records] for first in turning])
+    # The chance shared out among the disjoint windows that turn, either way: a long run of
+    # independent records is no likelier to pass than one window.
+    tested = -(-len(turning) // window)
+    chance = NormalDist().cdf(-independence) / 2
+    dependent = NormalDist().inv_cdf(1 - chance / tested) / np.sqrt(records)
+    # Blocks so short that the shortest swing they resolve (a block up, a block down: lag-1
+    # autocorrelation 1 - 2/block) would not pass in one window: the turns decide alone.
+    if independence <= 0 or 1 - 2 / block <= NormalDist().inv_cdf(1 - chance) / np.sqrt(records):
+        dependent = 0.0
+    candidates = np.lib.stride_tricks.sliding_window_view(values, records)[turning * block]
+    dependence = np.concatenate(
+        [_rank_autocorrelation(candidates[at : at + 4096]) for at in range(0, len(turning), 4096)]
     )
-    kept = serial >= lasting
-    oscillating, serial = turning[kept], serial[kept]
+    kept = np.abs(dependence) >= dependent
+    oscillating, dependence = turning[kept], dependence[kept]
     if not len(oscillating):
         return
     oscillating_end = oscillating + window - 1
@@ -1677,7 +1706,7 @@ def oscillating_loss(
     share = np.zeros(blocks)
     share[oscillating_end] = counts[oscillating] / window
     follows = np.zeros(blocks)
-    follows[oscillating_end] = serial
+    follows[oscillating_end] = dependence
     for episode in episodes(in_window):
         turns = episode.first + np.flatnonzero(large[episode.first : episode.last + 1])
         worst_end = episode.first + int(np.argmax(share[episode.first : episode.last + 1]))
@@ -1687,9 +1716,10 @@ def oscillating_loss(
                 f"{mode} loss (means of {block} records) reverses by at least "
                 f"{float(np.median(per_block[turns])):.3g} ({swing:g}x its level, and "
                 f"{noise:g} standard errors of chance) at {worst:.0%} of the blocks of a "
-                f"{records}-record window (>= {2 * ratio:.0%}), in swings that last: "
-                f"lag-1 rank autocorrelation {follows[worst_end]:.2f} (>= {lasting:.2f}, "
-                "about 0 for independent batches)"
+                f"{records}-record window (>= {2 * ratio:.0%}), in swings that "
+                f"{'last' if follows[worst_end] > 0 else 'alternate'}: lag-1 rank "
+                f"autocorrelation {follows[worst_end]:.2f} (beyond ±{dependent:.2f}; about 0 "
+                "for independent batches)"
             ),
             tensor=(ctx.loss_tag(mode) or "loss"),
             first_step=int(starts[turns[0]]),
@@ -1698,7 +1728,7 @@ def oscillating_loss(
             value=worst,
             threshold=ratio,
             mode=mode,
-            extra={"rank_autocorrelation": float(follows[worst_end])},
+            extra={"rank_autocorrelation": float(follows[worst_end]), "bar": dependent},
             key="oscillating",
         )
 
