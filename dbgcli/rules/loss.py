@@ -1609,10 +1609,10 @@ def oscillating_loss(
       at a time, or overshooting for several steps, stays near where the swing took it
       (positive), and a loss that alternates from one record to the next swings back
       (negative). Ranks make the test indifferent to how heavy the records' tails are, and
-      a window is short enough that a falling level hardly counts. Blocks too short for the
-      shortest swing they resolve (a block up and a block down, ``1 - 2 / block``) to pass
-      in one window (blocks of 4 records or fewer, with ``independence`` 3 and ``window``
-      10) leave the turns to decide alone.
+      a window is short enough that a falling level hardly counts. Blocks so short that the
+      shortest swing they resolve (a block up and a block down, ``1 - 2 / block``) is within
+      3 standard errors of chance in one window (4 records or fewer with ``window`` 10)
+      tell a swing from a spike by nothing of the kind, and leave the turns to decide alone.
 
     A swing from one record to the next (a rate that overshoots on every step) averages out
     in a block; ``learning-rate`` (DBG503) finds that through the size of the updates.
@@ -1644,6 +1644,8 @@ def oscillating_loss(
             the run's disjoint windows that turn (0: no such test).
     """
     _positive("DBG305", block=block, swing=swing, ratio=ratio, window=window)
+    if not independence >= 0 or not np.isfinite(independence):
+        raise RuleConfigError(f"DBG305 independence must be a number >= 0, got {independence:g}")
     series = ctx.loss(mode)
     if series is None:
         return
@@ -1683,12 +1685,17 @@ def oscillating_loss(
     records = window * block
     # The chance shared out among the disjoint windows that turn, either way: a long run of
     # independent records is no likelier to pass than one window.
-    tested = -(-len(turning) // window)
     chance = NormalDist().cdf(-independence) / 2
-    dependent = NormalDist().inv_cdf(1 - chance / tested) / np.sqrt(records)
+
+    def bar_among(windows: int) -> float:
+        return -NormalDist().inv_cdf(max(chance / windows, 1e-300)) / float(np.sqrt(records))
+
+    dependent = bar_among(-(-len(turning) // window))
     # Blocks so short that the shortest swing they resolve (a block up, a block down: lag-1
-    # autocorrelation 1 - 2/block) would not pass in one window: the turns decide alone.
-    if independence <= 0 or 1 - 2 / block <= NormalDist().inv_cdf(1 - chance) / np.sqrt(records):
+    # autocorrelation 1 - 2/block) is within 3 standard errors of chance in one window tell a
+    # swing from a spike by no serial dependence: the turns decide alone. (Not the chosen
+    # independence: a stricter test must not turn itself off.)
+    if independence == 0 or 1 - 2 / block <= 3 / np.sqrt(records):
         dependent = 0.0
     candidates = np.lib.stride_tricks.sliding_window_view(values, records)[turning * block]
     dependence = np.concatenate(

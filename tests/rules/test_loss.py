@@ -1280,6 +1280,14 @@ def test_oscillating_loss_finds_swings_with_batch_noise_on_top(make_trace) -> No
         assert finding.extra["rank_autocorrelation"] > 0.5
 
 
+def test_oscillating_loss_a_stricter_dependence_test_finds_less(make_trace) -> None:
+    """The clean swings of the test's oscillation pass the default bar; one too strict for
+    any window (a chance too small for a float at 40) lets none pass, and runs."""
+    path = make_trace(scalars=losses(oscillating_run()))
+    assert keyed(run_rule(path, "DBG305"), "oscillating")
+    assert run_rule(path, "DBG305", independence=40.0).status is RuleStatus.passed
+
+
 def test_oscillating_loss_alternating_evaluations_with_blocks_of_one(make_trace) -> None:
     """``block=1`` reads every evaluation on its own: an eval loss that alternates between 0.4
     and 1.2 swings by more than its level at every record. Blocks that short resolve swings
@@ -1415,6 +1423,7 @@ def test_non_finite_loss_skipped_without_loss_series(make_trace) -> None:
             "DBG304 patience_validation must be positive, got 0",
         ),
         ("DBG305", {"swing": 0.0}, "DBG305 swing must be positive, got 0"),
+        ("DBG305", {"independence": -1.0}, "DBG305 independence must be a number >= 0, got -1"),
     ],
 )
 def test_loss_rules_refuse_nonsensical_parameters(
