@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Literal, NamedTuple
 
@@ -760,7 +760,6 @@ def unchanged_tensor(
         )
     derivation = _unchanged_derivation(rtol, atol, equal_nan)
     gradients = {_core(v.tag): v for v in ctx.unfocused().tensors(collection="gradients")}
-    gradient_steps = np.unique(np.concatenate([v.steps for v in gradients.values()] or [[]]))
     declared = ctx.trace.metadata.get("frozen_parameters")
     frozen = set(declared) if isinstance(declared, list) else set()
     # The PyTorch hook lists the parameters that require no gradient (any other it records
@@ -787,7 +786,9 @@ def unchanged_tensor(
             streak = _streaks(run[positions], needed)
             if not streak.any():
                 continue
-            flowing = _gradient_flow(view, gradients, gradient_steps, steps[streak])
+            flowing = _gradient_flow(
+                view, gradients, _gradient_steps(ctx, gradients), steps[streak]
+            )
             if view.tag in unrecorded:
                 flowing = "unknown"
             # Requiring a gradient, yet without one: unused. Out of every optimizer too, it
@@ -966,6 +967,20 @@ def _pointless_freeze(
     if chance is not None and chance.holds(end):
         return _PointlessFreeze(share, f"the loss ends at chance, {end:.3g} ({chance.text})")
     return None
+
+
+def _gradient_steps(
+    ctx: RuleContext, gradients: Mapping[tuple[str, ...], TensorView]
+) -> np.ndarray:
+    """The steps at which any gradient is recorded, once per analysis: DBG403 runs per
+    tensor, and a trace of 100,000 steps holds millions of gradient records (sorted, not
+    ``np.unique``, whose hashing takes a third of a second per call on them)."""
+
+    def steps() -> np.ndarray:
+        every = np.sort(np.concatenate([v.steps for v in gradients.values()] or [[]]))
+        return every[np.r_[True, every[1:] != every[:-1]]] if len(every) else every
+
+    return ctx.shared("gradient-steps", steps)
 
 
 def _gradient_flow(
