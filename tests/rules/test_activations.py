@@ -276,6 +276,7 @@ def test_tanh_saturation_fires_on_preactivations_outside_the_band(make_trace) ->
         31,
     )
     assert finding.value == pytest.approx(100 * 11 / 16) and finding.threshold == 50.0
+    assert finding.extra == {"units": 16, "min_steps": 3}  # saturation is per value
     assert finding.message.startswith("69 % of 16 tanh units saturated")
 
 
