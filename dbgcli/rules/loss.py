@@ -1612,7 +1612,7 @@ def oscillating_loss(
       a window is short enough that a falling level hardly counts. Blocks so short that the
       shortest swing they resolve (a block up and a block down, ``1 - 2 / block``) is within
       3 standard errors of chance in one window (4 records or fewer with ``window`` 10)
-      tell a swing from a spike by nothing of the kind, and leave the turns to decide alone.
+      cannot tell a swing from a spike this way, and leave the turns to decide alone.
 
     A swing from one record to the next (a rate that overshoots on every step) averages out
     in a block; ``learning-rate`` (DBG503) finds that through the size of the updates.
