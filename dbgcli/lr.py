@@ -102,8 +102,8 @@ class ReplayPlan:
     lr: float
     lr_source: str
     """Where ``lr`` came from: ``recorded lr``, ``hyperparameter <name>``, ``xgboost_config
-    eta``, ``highest recorded lr; the first is not positive``, ``--lr``, or ``default, none
-    recorded``."""
+    eta``, ``highest recorded lr; the first is not a positive number``, ``--lr``, or
+    ``default, none recorded``."""
 
     def describe(self) -> str:
         """Which series, at which cadence, from which rate and why.
@@ -231,7 +231,7 @@ def start_lr(ctx: RuleContext) -> tuple[float, str]:
         rates = np.asarray(recorded.values, dtype=np.float64)
         rates = rates[np.isfinite(rates) & (rates > 0)]
         if len(rates):
-            return float(rates.max()), "highest recorded lr; the first is not positive"
+            return float(rates.max()), "highest recorded lr; the first is not a positive number"
     return DEFAULT_LR, "default, none recorded"
 
 

@@ -183,7 +183,7 @@ def test_start_rate_without_a_recorded_lr(make_trace, cli, monkeypatch) -> None:
         (
             # A warmup from 0 with no hyperparameters: the rate it rises to, not the default.
             make_trace(scalars={**losses, "lr": [0.002 * min(i, 5) / 5 for i in range(20)]}),
-            "from lr 0.002 (highest recorded lr; the first is not positive)",
+            "from lr 0.002 (highest recorded lr; the first is not a positive number)",
         ),
     ]
     for trace, start in cases:

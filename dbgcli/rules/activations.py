@@ -94,13 +94,14 @@ def dying_relu(
       The window counts records, not steps: what it pools is samples of the unit, and records
       10 steps apart (``stats_every``) are batches at least as independent as consecutive
       ones; the window then spans 21 steps, short beside a layer that has died.
-    * A channel of a convolution is judged per sample: its share, times the ``P`` spatial
-      positions of one sample (records ``(batch, channels, ...)``), must be below
+    * A channel of a convolution is judged per sample: its share, times the ``P`` positions
+      of one sample (records of four axes or more, channels first or last, or ``(batch,
+      channels, length)``; see :func:`positions_per_sample`), must be below
       ``threshold_inactivity``. A channel that detects a pattern fires where the pattern is,
       on a few of an image's positions (a global max pool reads only the strongest), so a
-      working detector is active on under 1 % of its values; but its active values lie in
-      at least ``share × P`` of the samples, and it is dead only if even that bound is under
-      1 % of them: ``share × P × 100 < threshold_inactivity``.
+      working detector is active on under 1 % of its values; but it fired in at most
+      ``share × P`` of the samples (each active value in a sample of its own), and it is
+      dead only if even that bound is under 1 % of them.
     * The layer **violates** at that window if the share of dead units
       ``× 100 > threshold_layer``; every record of a violating window belongs to the episode.
     * Records whose activations hold NaN or ±inf are not judged (their values say nothing
@@ -160,17 +161,17 @@ def dying_relu(
 
 
 def positions_per_sample(view: TensorView) -> int:
-    """Values of one unit in one sample: the spatial positions of a convolution's channel,
-    every axis but the batch (the first) and the units' of records of four axes or more,
-    ``(batch, channels, height, width)`` or channels last; 1 for features and sequences. Of
-    the shapes the trace holds, the largest (a smaller image only makes a unit's share the
-    larger)."""
+    """Values of one unit in one sample: the positions of a convolution's channel, every axis
+    but the batch (the first) and the units', for records of four axes or more (channels
+    first or last) and of three with the units on axis 1 (``(batch, channels, length)``);
+    1 for features and for sequences ``(batch, time, features)``. Of the shapes the trace
+    holds, the largest (a smaller image only makes a unit's share the larger)."""
     axis = view.info.unit_axis
     shapes = [shape for shape in (view.info.shape, *view.info.shapes) if shape is not None]
-    if axis is None or not shapes or len(shapes[0]) < 4:
+    if axis is None or not shapes or len(shapes[0]) < 3:
         return 1
     unit = axis % len(shapes[0])
-    if unit == 0:
+    if unit == 0 or (len(shapes[0]) == 3 and unit != 1):
         return 1
     return max(
         1,

@@ -1515,6 +1515,14 @@ def _rank_autocorrelation(rows: np.ndarray) -> np.ndarray:
         return np.where(spread > 0, (before * after).sum(axis=1) / spread, 0.0)
 
 
+def _two_sided_bar(independence: float, tests: int, records: int) -> float:
+    """The lag-1 autocorrelation of ``records`` independent values' ranks exceeds, either way,
+    with probability ``P(Z > independence)`` shared out among ``tests`` tests (Bonferroni;
+    Bartlett's standard error ``1 / sqrt(records)``)."""
+    chance = NormalDist().cdf(-independence) / 2 / max(tests, 1)
+    return -NormalDist().inv_cdf(max(chance, 1e-300)) / float(np.sqrt(records))
+
+
 def _large_turns(values: np.ndarray, min_swing: np.ndarray) -> np.ndarray:
     """Flags of the records where the curve turns after a move of at least ``min_swing``
     (one bound per record, applied at the turn).
@@ -1596,12 +1604,14 @@ def oscillating_loss(
       loss's own level within 50 records, for instance batches that each hold one class (the
       loss collapses within a class and jumps at the next). One bump of a falling curve is
       two turns, one pair: not an oscillation;
-    * the swings must **last**: a window oscillates only if the lag-1 autocorrelation of the
-      ranks of its ``n = window × block`` records is beyond what independent records reach
-      with probability ``P(Z > independence)`` (0.13 % at 3): ``z / sqrt(n)`` either way
-      (Bartlett's standard error), ``z`` the normal quantile of that chance shared out among
-      the run's disjoint windows that turn (Bonferroni; 0.45 for one, 0.68 for 1,000), so
-      that a long run is no likelier to pass by chance than a short one. Independent records
+    * the swings must **last**: windows that turn and overlap form an episode, and an
+      episode oscillates only if the lag-1 autocorrelation of the ranks of its windows'
+      ``n = window × block`` records, in its median window, is beyond what independent
+      records reach with probability ``P(Z > independence)`` (0.13 % at 3): ``z / sqrt(n)``
+      either way (Bartlett's standard error), ``z`` the normal quantile of that chance
+      shared out among the run's episodes (Bonferroni; 0.45 for one, 0.62 for 100), so that
+      a run of many short episodes of chance is no likelier to pass than one, and a long
+      oscillation is one test, as a short one is. Independent records
       turn the block means about as often as a swinging model (among independent values,
       two in three are a local maximum or minimum), and a model fitted at a small batch,
       whose rare hard batches each lift a block mean by the loss's level, turns them by
@@ -1639,9 +1649,9 @@ def oscillating_loss(
         window: Blocks per window.
         noise: Smallest move between two turns that counts, in standard errors of the
             difference of two block means.
-        independence: How unlikely for independent records a window's serial dependence
+        independence: How unlikely for independent records an episode's serial dependence
             must be, as a normal tail in standard deviations (3: 0.13 %), shared out among
-            the run's disjoint windows that turn (0: no such test).
+            the run's episodes (0: no such test).
     """
     _positive("DBG305", block=block, swing=swing, ratio=ratio, window=window)
     if not independence >= 0 or not np.isfinite(independence):
@@ -1683,28 +1693,36 @@ def oscillating_loss(
     # A swing of the model lasts several records (or alternates); a hard batch among easy
     # ones is a spike that the next record forgets, and independent records turn as often.
     records = window * block
-    # The chance shared out among the disjoint windows that turn, either way: a long run of
-    # independent records is no likelier to pass than one window.
-    chance = NormalDist().cdf(-independence) / 2
-
-    def bar_among(windows: int) -> float:
-        return -NormalDist().inv_cdf(max(chance / windows, 1e-300)) / float(np.sqrt(records))
-
-    dependent = bar_among(-(-len(turning) // window))
+    windows = np.zeros(blocks + 1, dtype=np.int64)
+    np.add.at(windows, turning, 1)
+    np.add.at(windows, turning + window, -1)
+    candidates = list(episodes(np.cumsum(windows[:-1]) > 0))
+    follows = np.zeros(blocks)
     # Blocks so short that the shortest swing they resolve (a block up, a block down: lag-1
-    # autocorrelation 1 - 2/block) is within 3 standard errors of chance in one window tell a
-    # swing from a spike by no serial dependence: the turns decide alone. (Not the chosen
+    # autocorrelation 1 - 2/block) is within 3 standard errors of chance in one window cannot
+    # tell a swing from a spike this way: the turns decide alone. (Not the chosen
     # independence: a stricter test must not turn itself off.)
-    if independence == 0 or 1 - 2 / block <= 3 / np.sqrt(records):
-        dependent = 0.0
-    candidates = np.lib.stride_tricks.sliding_window_view(values, records)[turning * block]
-    dependence = np.concatenate(
-        [_rank_autocorrelation(candidates[at : at + 4096]) for at in range(0, len(turning), 4096)]
-    )
-    kept = np.abs(dependence) >= dependent
-    oscillating, dependence = turning[kept], dependence[kept]
-    if not len(oscillating):
-        return
+    tested = independence > 0 and 1 - 2 / block > _two_sided_bar(3.0, 1, records)
+    dependent = _two_sided_bar(independence, len(candidates), records) if tested else 0.0
+    oscillating = turning
+    if tested:
+        # Each episode of overlapping turning windows is judged on its typical window, the
+        # median: a long oscillation is one test, as a short one is.
+        of_episode = np.searchsorted([c.first for c in candidates], turning, side="right") - 1
+        serial = np.concatenate(
+            [
+                _rank_autocorrelation(
+                    np.lib.stride_tricks.sliding_window_view(values, records)[chunk * block]
+                )
+                for chunk in np.array_split(turning, -(-len(turning) // 4096))
+            ]
+        )
+        typical = np.array([np.median(serial[of_episode == e]) for e in range(len(candidates))])
+        kept = np.abs(typical[of_episode]) >= dependent
+        oscillating, follows_window = turning[kept], typical[of_episode][kept]
+        if not len(oscillating):
+            return
+        follows[oscillating + window - 1] = follows_window
     oscillating_end = oscillating + window - 1
     covered = np.zeros(blocks + 1, dtype=np.int64)
     np.add.at(covered, oscillating, 1)
@@ -1712,21 +1730,23 @@ def oscillating_loss(
     in_window = np.cumsum(covered[:-1]) > 0
     share = np.zeros(blocks)
     share[oscillating_end] = counts[oscillating] / window
-    follows = np.zeros(blocks)
-    follows[oscillating_end] = dependence
     for episode in episodes(in_window):
         turns = episode.first + np.flatnonzero(large[episode.first : episode.last + 1])
         worst_end = episode.first + int(np.argmax(share[episode.first : episode.last + 1]))
         worst = float(share[worst_end])
+        serial_text = (
+            f", in swings that {'last' if follows[worst_end] > 0 else 'alternate'}: lag-1 rank "
+            f"autocorrelation {follows[worst_end]:.2f} (median window; beyond ±{dependent:.2f}, "
+            "about 0 for independent batches)"
+            if tested
+            else ""
+        )
         yield Finding(
             message=(
                 f"{mode} loss (means of {block} records) reverses by at least "
                 f"{float(np.median(per_block[turns])):.3g} ({swing:g}x its level, and "
                 f"{noise:g} standard errors of chance) at {worst:.0%} of the blocks of a "
-                f"{records}-record window (>= {2 * ratio:.0%}), in swings that "
-                f"{'last' if follows[worst_end] > 0 else 'alternate'}: lag-1 rank "
-                f"autocorrelation {follows[worst_end]:.2f} (beyond ±{dependent:.2f}; about 0 "
-                "for independent batches)"
+                f"{records}-record window (>= {2 * ratio:.0%}){serial_text}"
             ),
             tensor=(ctx.loss_tag(mode) or "loss"),
             first_step=int(starts[turns[0]]),
@@ -1735,7 +1755,11 @@ def oscillating_loss(
             value=worst,
             threshold=ratio,
             mode=mode,
-            extra={"rank_autocorrelation": float(follows[worst_end]), "bar": dependent},
+            extra=(
+                {"rank_autocorrelation": float(follows[worst_end]), "bar": dependent}
+                if tested
+                else {}
+            ),
             key="oscillating",
         )
 

@@ -152,6 +152,10 @@ def test_dying_relu_judges_a_channels_last_conv_channel_per_sample(make_trace) -
     last = [np.ascontiguousarray(np.moveaxis(v, 1, -1)) for v in relu(pre)]
     tensors = {"act/relu1": {"values": last, "kind": "relu", "unit_axis": -1}}
     assert run_rule(make_trace(tensors=tensors), "DBG201").status is RuleStatus.passed
+    # A 1-D convolution's channels, (batch, channels, length) with the units on axis 1.
+    lengths = [v.reshape(32, 16, 144) for v in relu(pre)]
+    tensors = {"act/relu1": {"values": lengths, "kind": "relu", "unit_axis": 1}}
+    assert run_rule(make_trace(tensors=tensors), "DBG201").status is RuleStatus.passed
 
 
 def test_dying_relu_on_preactivations_of_a_leaky_relu(make_trace) -> None:

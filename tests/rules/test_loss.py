@@ -1261,23 +1261,29 @@ def test_oscillating_loss_quiet_on_a_converged_models_hard_batches(make_trace) -
 
 
 def test_oscillating_loss_a_long_run_is_no_likelier_to_pass_by_chance(make_trace) -> None:
-    """Fifty times as many windows of hard batches turn; the chance each may pass is shared
-    out among them, so the run as a whole is no likelier to read as oscillating."""
+    """Fifty times as many windows of hard batches turn, in many short episodes; the chance
+    each may pass is shared out among them, so the run as a whole is no likelier to read as
+    oscillating. A swing that lasts all run long is one episode, found however long."""
     for seed in range(3):
         values = converged_with_hard_batches(seed, settled_steps=45_000)
         assert run_rule(make_trace(scalars=losses(values)), "DBG305").status is RuleStatus.passed
+    # Turns every block (lag-1 rank autocorrelation 0.63, 1 - 2/5 and the ties): one
+    # episode of 20,000 records is held to one window's bar.
+    swinging = np.where((np.arange(20_000) // 5) % 2, 0.3, 1.5)
+    (finding,) = keyed(run_rule(make_trace(scalars=losses(swinging)), "DBG305"), "oscillating")
+    assert finding.extra["bar"] < 0.46 < finding.extra["rank_autocorrelation"]
 
 
 def test_oscillating_loss_finds_swings_with_batch_noise_on_top(make_trace) -> None:
-    """Turns every 8 records between 0.3 and 1.6, each batch scattered by a factor of about
+    """Turns every 10 records between 0.3 and 1.6, each batch scattered by a factor of about
     1.6 (log-normal, sigma 0.5): within a level the ranks are random, and the swings still
     show as one oscillation."""
     for seed in range(3):
         rng = np.random.default_rng(seed)
-        levels = np.where((np.arange(400) // 8) % 2, 1.6, 0.3)
+        levels = np.where((np.arange(400) // 10) % 2, 1.6, 0.3)
         train = np.r_[2.3, levels * np.exp(0.5 * rng.standard_normal(400))]
         (finding,) = keyed(run_rule(make_trace(scalars=losses(train)), "DBG305"), "oscillating")
-        assert finding.extra["rank_autocorrelation"] > 0.5
+        assert finding.extra["rank_autocorrelation"] >= finding.extra["bar"]
 
 
 def test_oscillating_loss_a_stricter_dependence_test_finds_less(make_trace) -> None:
@@ -1296,7 +1302,7 @@ def test_oscillating_loss_alternating_evaluations_with_blocks_of_one(make_trace)
     evals = np.where(np.arange(60) % 2, 1.2, 0.4) * np.exp(0.05 * rng.standard_normal(60))
     path = make_trace(scalars=losses(healthy(1500, 0)["loss"][0]["values"], evals))
     (finding,) = keyed(run_rule(path, "DBG305", mode="eval", block=1), "oscillating")
-    assert finding.extra["bar"] == 0.0
+    assert "autocorrelation" not in finding.message and finding.extra == {}
 
 
 def test_oscillating_loss_swing_separates_heavy_noise(make_trace) -> None:
