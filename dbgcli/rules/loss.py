@@ -1717,7 +1717,8 @@ def oscillating_loss(
                 for chunk in np.array_split(turning, -(-len(turning) // 4096))
             ]
         )
-        typical = np.array([np.median(serial[of_episode == e]) for e in range(len(candidates))])
+        per_episode = np.split(serial, np.flatnonzero(np.diff(of_episode)) + 1)
+        typical = np.array([np.median(rs) for rs in per_episode])
         kept = np.abs(typical[of_episode]) >= dependent
         oscillating, follows_window = turning[kept], typical[of_episode][kept]
         if not len(oscillating):
