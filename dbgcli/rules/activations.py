@@ -165,7 +165,8 @@ def positions_per_sample(view: TensorView) -> int:
     but the batch (the first) and the units', for records of four axes or more (channels
     first or last) and of three with the units on axis 1 (``(batch, channels, length)``);
     1 for features and for sequences ``(batch, time, features)``. Of the shapes the trace
-    holds, the largest (a smaller image only makes a unit's share the larger)."""
+    holds, the largest: ``share × P`` then bounds the samples a unit fired in for records of
+    any of them."""
     axis = view.info.unit_axis
     shapes = [shape for shape in (view.info.shape, *view.info.shapes) if shape is not None]
     if axis is None or not shapes or len(shapes[0]) < 3:
