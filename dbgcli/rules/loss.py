@@ -1609,9 +1609,11 @@ def oscillating_loss(
       ``n = window × block`` records, in its median window, is beyond what independent
       records reach with probability ``P(Z > independence)`` (0.13 % at 3): ``z / sqrt(n)``
       either way (Bartlett's standard error), ``z`` the normal quantile of that chance
-      shared out among the run's episodes (Bonferroni; 0.45 for one, 0.62 for 100), so that
-      a run of many short episodes of chance is no likelier to pass than one, and a long
-      oscillation is one test, as a short one is. Independent records
+      shared out among the run's episodes (Bonferroni; 0.45 for one, 0.52 for five; those
+      past the fourth are judged as one, as the rule's findings merge them, and their median
+      window is chance's where most are chance's), so that a run of many short episodes of
+      chance is no likelier to pass than one, and a long oscillation is one test, as a short
+      one is. Independent records
       turn the block means about as often as a swinging model (among independent values,
       two in three are a local maximum or minimum), and a model fitted at a small batch,
       whose rare hard batches each lift a block mean by the loss's level, turns them by
