@@ -1609,12 +1609,13 @@ def oscillating_loss(
       ``n = window × block`` records, in its median window, is beyond what independent
       records reach with probability ``P(Z > independence)`` (0.13 % at 3): ``z / sqrt(n)``
       either way (Bartlett's standard error), ``z`` the normal quantile of that chance
-      shared out among the run's episodes (Bonferroni; 0.45 for one, 0.52 for five; those
-      past the fourth are judged as one, as the rule's findings merge them, and their median
-      window is chance's where most are chance's), so that a run of many short episodes of
-      chance is no likelier to pass than one, and a long oscillation is one test, as a short
-      one is. Independent records
-      turn the block means about as often as a swinging model (among independent values,
+      shared out among the run's episodes (Bonferroni; 0.45 for one, 0.52 for five, 0.62
+      for a hundred), so that a run of many short episodes of chance is no likelier to pass
+      than one, a long oscillation is one test, as a short one is, and one that starts
+      after episodes of chance is judged on its own windows (one too noisy for most of its
+      windows to turn breaks into as many episodes as it has stretches that do, and is held
+      to their count). Independent records turn the block means about as often as a
+      swinging model (among independent values,
       two in three are a local maximum or minimum), and a model fitted at a small batch,
       whose rare hard batches each lift a block mean by the loss's level, turns them by
       enough; but each such record is forgotten by the next, where a model pulled one class
@@ -1698,7 +1699,9 @@ def oscillating_loss(
     windows = np.zeros(blocks + 1, dtype=np.int64)
     np.add.at(windows, turning, 1)
     np.add.at(windows, turning + window, -1)
-    candidates = list(episodes(np.cumsum(windows[:-1]) > 0))
+    # Every episode is a test of its own: merged ones would judge a late oscillation together
+    # with the chance episodes before it.
+    candidates = episodes(np.cumsum(windows[:-1]) > 0, max_episodes=len(turning))
     follows = np.zeros(blocks)
     # Blocks so short that the shortest swing they resolve (a block up, a block down: lag-1
     # autocorrelation 1 - 2/block) is within 3 standard errors of chance in one window cannot

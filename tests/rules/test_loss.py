@@ -1274,6 +1274,20 @@ def test_oscillating_loss_a_long_run_is_no_likelier_to_pass_by_chance(make_trace
     assert finding.extra["bar"] < 0.46 < finding.extra["rank_autocorrelation"]
 
 
+def test_oscillating_loss_a_late_swing_is_judged_on_its_own(make_trace) -> None:
+    """Hard batches of a fitted model turn some windows by chance, in many short episodes;
+    an oscillation that starts after them is an episode of its own, judged on its own
+    windows, not pooled with the chance episodes around it."""
+    for seed in range(3):
+        values = converged_with_hard_batches(seed, settled_steps=6_000)
+        late = np.where((np.arange(300) // 10) % 2, 0.3, 1.5)
+        result = run_rule(make_trace(scalars=losses(np.r_[values, late])), "DBG305")
+        (finding,) = keyed(result, "oscillating")
+        # Its first window may reach back one window (50 records) into the hard batches.
+        assert finding.first_step >= len(values) - 50
+        assert finding.extra["rank_autocorrelation"] >= finding.extra["bar"]
+
+
 def test_oscillating_loss_finds_swings_with_batch_noise_on_top(make_trace) -> None:
     """Turns every 10 records between 0.3 and 1.6, each batch scattered by a factor of about
     1.6 (log-normal, sigma 0.5): within a level the ranks are random, and the swings still
