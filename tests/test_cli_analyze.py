@@ -54,6 +54,23 @@ def test_exit_codes(cli, vanishing: Path, healthy: Path) -> None:
     assert broken.code == EXIT_ERROR
 
 
+def test_an_unreadable_trace_is_named_once_and_wrapped_at_80_columns(
+    cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The report names the trace once and says why it is unreadable on the same line, as
+    for any trace; stderr keeps the whole path in its one line."""
+    monkeypatch.setenv("COLUMNS", "80")
+    missing = tmp_path / "a_folder_whose_name_takes_up_the_room" / ("run_" * 12 + ".h5")
+    result = cli("analyze", missing)
+    assert result.code == EXIT_ERROR
+    lines = result.stdout.splitlines()
+    assert all(len(line.rstrip()) <= 80 for line in lines), result.stdout
+    # As any trace's path, shortened in the middle to leave room for the verdict.
+    (line,) = [line for line in lines if ".h5" in line]
+    assert line.endswith(".h5  unreadable: no such file"), result.stdout
+    assert result.stderr.strip().splitlines() == [f"dbg: error: {missing}: no such file"]
+
+
 def test_json_document(cli, vanishing: Path) -> None:
     result = cli(
         "analyze", vanishing, "--select", "DBG101", "--fail-on", "warning", "--format", "json"

@@ -126,11 +126,6 @@ def _render_trace(
     """One trace; ``path`` is its path as shortened for the report, ``tags`` the shortened
     tensor of each finding."""
     width = console.width
-    if trace.error is not None:
-        line = Text(f"{trace.path}  ", style="bold")
-        line.append(trace.verdict, style="bold magenta")
-        console.print(line)
-        return
     head = Text(path, style="bold")
     if head.cell_len + 2 + len(trace.verdict) <= width:
         head.append("  ")
@@ -139,6 +134,8 @@ def _render_trace(
     else:
         console.print(head)
         _wrapped(console, trace.verdict, indent=2, style=_verdict_style(trace))
+    if trace.error is not None:
+        return
     if trace.summary:
         _wrapped(console, run_line(trace), indent=2, style="dim")
     label = max((len(curve.name) for curve in trace.curves), default=0)

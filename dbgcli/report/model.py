@@ -98,7 +98,8 @@ class TraceReport:
         5 rules passed, 32 skipped (no train loss series...)`` when no loss rule could judge
         the run, or ``unreadable: ...``."""
         if self.error is not None:
-            return f"unreadable: {self.error}"
+            # The error names the file for stderr; beside the trace's path it need not.
+            return f"unreadable: {self.error.removeprefix(f'{self.path}: ')}"
         crashed = [r for r in self.results if r.status is RuleStatus.error]
         problems = self.problems
         if problems:
