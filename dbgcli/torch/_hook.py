@@ -663,9 +663,9 @@ class TorchHook:
         # Per lr tag, per parameter group: the tag of its rate, None if not selected.
         self._lr_tags: dict[str, list[str | None]] = {}
         self._skipping_update = False
-        self._carried = CarriedGradientWatch(self._note_carried_gradients)
-        # id() of the optimizer whose parameter the armed zero_grad check probes.
-        self._carried_owner: int | None = None
+        # The zero_grad checks, one per optimizer (by id(); None: no optimizer), each with the
+        # record period (step // stats_every) it was last armed in.
+        self._carried: dict[int | None, tuple[CarriedGradientWatch, int]] = {}
         self._trainable = [
             (entry.name, entry.parameter)
             for entry in self._parameters
@@ -771,9 +771,7 @@ class TorchHook:
             stepping = optimizer if optimizer is not None else self.optimizer
             self._check_carried_gradients(stepping)
             self._record_parameters(optimizer, None, lr_tag, parameters)
-            # One probe a step: the second optimizer of a step holds other parameters.
-            if parameters:
-                self._arm_carried_gradients(stepping)
+            self._arm_carried_gradients(stepping)
 
         self._guard("recording the optimizer step", record)
 
@@ -905,7 +903,8 @@ class TorchHook:
             handle.remove()
         self._handles.clear()
         self._armed.clear()
-        self._carried.remove()
+        for watch, _ in self._carried.values():
+            watch.remove()
         self._guard("closing the trace", self._close)
 
     def __enter__(self) -> TorchHook:
@@ -1375,33 +1374,40 @@ class TorchHook:
         )
 
     def _arm_carried_gradients(self, optimizer: Optimizer | None) -> None:
-        """Arm the zero_grad check at a recorded step, on a parameter ``optimizer`` holds."""
-        if self._step % self.stats_every:
+        """Arm ``optimizer``'s zero_grad check at its first step of a record period, on a
+        parameter it holds: each optimizer of a loop zeroes its own gradients, or forgets to,
+        and steps at steps of its own (two that alternate never share a recorded step)."""
+        key = id(optimizer) if optimizer is not None else None
+        watch, armed_in = self._carried.get(key, (None, -1))
+        period = self._step // self.stats_every
+        if period == armed_in:
             return
+        if watch is None:
+            watch = CarriedGradientWatch(self._note_carried_gradients)
+        self._carried[key] = (watch, period)
         candidates = self._probe_candidates
         if optimizer is not None:
             held = {id(p) for group in optimizer.param_groups for p in group["params"]}
             candidates = [c for c in candidates if id(c[1]) in held]
-        self._carried_owner = id(optimizer) if optimizer is not None else None
-        self._carried.arm(self._step, candidates)
+        watch.arm(self._step, candidates)
 
     def _check_carried_gradients(self, optimizer: Optimizer | None) -> None:
         # Only the probe's own optimizer's next step says whether its gradient was zeroed: a
         # GAN's generator steps between two of its discriminator's, whose gradient the
         # generator's loss reaches, and zeroes only its own.
-        owner = self._carried_owner
-        if owner is not None and optimizer is not None and id(optimizer) != owner:
-            return
-        verdict = self._carried.check()
+        entry = self._carried.get(id(optimizer) if optimizer is not None else None)
+        verdict = None if entry is None else entry[0].check()
         if verdict is None:
             return
         step, carried = verdict
         deferred = _deferred(self._transfer, carried.double().reshape(1))
-        self._queue.append(_CarriedVerdict(step, deferred, self._carried))
+        self._queue.append(_CarriedVerdict(step, deferred, entry[0]))
 
     def _note_carried_gradients(self, step: int, parameter: str) -> None:
         """The gradients were not zeroed between optimizer steps (see
         :mod:`dbgcli.torch._zero_grad`): say so once, in the log and in the run metadata."""
+        if self.writer.metadata.get(schema.META_GRADIENTS_NOT_ZEROED):
+            return  # another optimizer's check said so already
         self.writer.set_metadata(
             **{schema.META_GRADIENTS_NOT_ZEROED: {"step": step, "parameter": parameter}}
         )

@@ -240,11 +240,13 @@ def test_an_existing_trace_is_refused_before_training(
 
 
 class TwoOptimizers(Classifier):
-    """Manual optimization with two optimizers, one per part of the network, as a GAN's."""
+    """Manual optimization with two optimizers, one per part of the network, as a GAN's;
+    ``forget`` leaves out one's ``zero_grad()``."""
 
-    def __init__(self) -> None:
+    def __init__(self, forget: str | None = None) -> None:
         super().__init__()
         self.automatic_optimization = False
+        self.forget = forget
 
     def training_step(
         self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
@@ -252,8 +254,10 @@ class TwoOptimizers(Classifier):
         first, second = self.optimizers()  # type: ignore[misc]
         x, y = batch
         loss = nn.functional.cross_entropy(self.net(x), y)
-        first.zero_grad()
-        second.zero_grad()
+        if self.forget != "first":
+            first.zero_grad()
+        if self.forget != "second":
+            second.zero_grad()
         self.manual_backward(loss)
         first.step()
         second.step()
@@ -298,6 +302,26 @@ def test_a_zero_grad_forgotten_under_manual_optimization_is_noted(tmp_path: Path
             assert ("gradients_not_zeroed" in trace.metadata) is not zero
         found = analyze_path(path, select=("DBG103",)).findings
         assert [f.key for f in found] == ([] if zero else ["carried"])
+
+
+@pytest.mark.parametrize("forget", [None, "first", "second"])
+def test_each_of_two_optimizers_is_checked_for_its_own_zero_grad(
+    tmp_path: Path, forget: str | None
+) -> None:
+    """Two optimizers, one for the body and one for the head: the second's ``zero_grad()``
+    forgotten is found as the first's is. The trace steps once a batch and the first
+    optimizer arms the check there, so the second's parameters went unprobed."""
+    path = tmp_path / f"forget-{forget}.h5"
+    fit(DbgCallback(path), module_class=lambda _: TwoOptimizers(forget), accumulate=1)
+    with open_trace(path) as trace:
+        noted = trace.metadata.get("gradients_not_zeroed")
+    if forget is None:
+        assert noted is None
+        return
+    assert noted is not None
+    assert noted["parameter"].startswith("net.out.") is (forget == "second"), noted
+    found = analyze_path(path, select=("DBG103",)).findings
+    assert [f.key for f in found] == ["carried"]
 
 
 class Gan(pl.LightningModule):
