@@ -363,12 +363,36 @@ def converged(ctx: RuleContext, steps: np.ndarray, fraction: float) -> np.ndarra
     the model has fitted its data (False where unknown, and without a training loss). Either
     the mean of its last 10 records or the latest record itself: a gradient is the one of its
     own step's loss, which is tiny where that batch is fitted, however a spike a few steps
-    before lifts the mean."""
+    before lifts the mean. Or the latest evaluation's loss is at ``fraction`` of the first
+    evaluation's or below: the model predicts held-out data that much better, so it has
+    fitted its data whatever terms the training loss adds that do not fall with the fit (an
+    auxiliary load-balancing loss, a penalty, a KL term)."""
     recent, latest = loss_fraction(ctx, steps), loss_fraction(ctx, steps, window=1)
-    if recent is None or latest is None:
-        return np.zeros(len(steps), dtype=bool)
+    held_out = _held_out_fraction(ctx, steps)
+    fitted = np.zeros(len(steps), dtype=bool)
     with np.errstate(invalid="ignore"):
-        return np.asarray((recent <= fraction) | (latest <= fraction))
+        if recent is not None and latest is not None:
+            fitted |= (recent <= fraction) | (latest <= fraction)
+        if held_out is not None:
+            fitted |= held_out <= fraction
+    return fitted
+
+
+def _held_out_fraction(ctx: RuleContext, steps: np.ndarray) -> np.ndarray | None:
+    """At each of ``steps``: the loss of the latest evaluation up to that step over the first
+    evaluation's (NaN before it); None without an eval loss whose first value is positive."""
+    series = ctx.loss("eval")
+    if series is None:
+        return None
+    keep = np.isfinite(series.values)
+    order = np.argsort(series.steps[keep], kind="stable")
+    eval_steps = series.steps[keep][order]
+    values = series.values[keep][order].astype(np.float64)
+    if not len(values) or not values[0] > 0:
+        return None
+    latest = np.searchsorted(eval_steps, steps, side="right") - 1
+    fraction: np.ndarray = np.where(latest >= 0, values[np.maximum(latest, 0)] / values[0], np.nan)
+    return fraction
 
 
 def loss_fraction(ctx: RuleContext, steps: np.ndarray, window: int = 10) -> np.ndarray | None:

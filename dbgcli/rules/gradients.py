@@ -99,8 +99,11 @@ def vanishing_gradient(
     default ``stats_every``; see ``dbgcli.rules.persistent``). **Not converged**: as
     AutoTrainer reports vanishing gradients only when training has not converged, a record
     counts only while the training loss (mean of its last 10 records) is above
-    ``converged_fraction`` of its first value: once a model has fitted its data every
-    gradient is tiny, and rightly so. Without a training loss every record counts.
+    ``converged_fraction`` of its first value, and so is the latest evaluation's loss of
+    the first evaluation's (a training loss with terms that do not fall with the fit, such
+    as a mixture of experts' load-balancing loss, shows the fit in the held-out loss
+    only): once a model has fitted its data every gradient is tiny, and rightly so.
+    Without a training or evaluation loss every record counts.
 
     **Not judged**: embedding tables (only the rows of the batch's tokens get a gradient, so
     their mean is tiny by construction); attention projections that compute queries or keys
@@ -148,8 +151,9 @@ def vanishing_gradient(
         ratio_below: The smallest ``abs_mean`` must also be below this for the ratio check.
         min_steps: Steps a condition must hold on consecutive records (at least two) before
             it is reported.
-        converged_fraction: Records where the training loss is below this fraction of its
-            first value are not judged (the model has fitted its data).
+        converged_fraction: Records where the training loss, or the latest evaluation's,
+            is below this fraction of its first value are not judged (the model has fitted
+            its data).
     """
     # Weight matrices and kernels: a bias's gradient follows its layer's, and a bias feeding
     # a BatchNorm gets none at all (the normalisation subtracts it again).

@@ -65,6 +65,26 @@ def test_vanishing_not_judged_once_the_model_has_fitted_its_data(make_trace) -> 
     )
 
 
+def test_vanishing_not_judged_once_the_held_out_loss_shows_the_fit(make_trace) -> None:
+    """A mixture of experts whose training loss adds a load-balancing term of weight 0.5: the
+    total falls from 2.8 to 0.5, the term's floor, while the held-out cross-entropy falls to
+    2 % of its first value. The experts' tiny gradients are those of a fitted model. The
+    same training loss with a held-out loss that stays high is still judged."""
+    tensors = gradients([1e-2, 1e-2])
+    for step in range(25, 40):
+        tensors["grad/layer0.weight"]["values"][step] *= 1e-7
+    with_floor = list(0.5 + 2.3 * 0.8 ** np.arange(40))
+    for held_out, judged in ((2.2 * 0.8 ** np.arange(0, 40, 5), False), (np.full(8, 2.2), True)):
+        scalars = {
+            "loss": [
+                {"values": with_floor},
+                {"values": list(held_out), "steps": range(0, 40, 5), "mode": "eval"},
+            ]
+        }
+        result = run_rule(make_trace(scalars=scalars, tensors=tensors), "DBG101")
+        assert bool(keyed(result, "vanished")) is judged
+
+
 def test_vanishing_leaves_attention_projections_biases_and_embeddings_alone(make_trace) -> None:
     """Softmax ignores a key bias (its gradient is zero by construction) and the query/key
     projections get small gradients wherever attention is near uniform; an embedding table
