@@ -1396,12 +1396,15 @@ class TorchHook:
         # GAN's generator steps between two of its discriminator's, whose gradient the
         # generator's loss reaches, and zeroes only its own.
         entry = self._carried.get(id(optimizer) if optimizer is not None else None)
-        verdict = None if entry is None else entry[0].check()
+        if entry is None:
+            return
+        watch = entry[0]
+        verdict = watch.check()
         if verdict is None:
             return
         step, carried = verdict
         deferred = _deferred(self._transfer, carried.double().reshape(1))
-        self._queue.append(_CarriedVerdict(step, deferred, entry[0]))
+        self._queue.append(_CarriedVerdict(step, deferred, watch))
 
     def _note_carried_gradients(self, step: int, parameter: str) -> None:
         """The gradients were not zeroed between optimizer steps (see
