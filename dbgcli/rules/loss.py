@@ -850,10 +850,13 @@ def underfit(
       does, ends there (0.50 for 20 % positives, 72 % of ln 2); the band then runs from
       ``chance_fraction × H`` to ``ln C / chance_fraction``, from predicting the frequencies to
       guessing uniformly. Not when the run weighs its classes (metadata ``class_weighting``),
-      whose loss that learned nothing sits elsewhere. A loss that ends far above ``ln C`` is not
-      at chance: it is not a softmax over ``C`` classes (a VAE's summed reconstruction loss, a
-      contrastive loss over a batch, whose width the last weight matrix does not give), or it is
-      worse than guessing, which the divergence and loss-high checks report.
+      whose loss that learned nothing sits elsewhere. A loss that ends above the band is worse
+      than guessing when it started within a factor 2 of ``ln C``, a mean cross-entropy's
+      scale (large first logits start it above ``ln C``: a run at a rate far too low that ends
+      on its way down, still above ``ln C``, learned nothing usable), and counts as at chance;
+      one that started far above is not a softmax over ``C`` classes (a VAE's summed
+      reconstruction loss, a contrastive loss over a batch, whose width the last weight matrix
+      does not give), which the loss-high check judges.
     * **accuracy against chance** (key ``at-chance``): with ``C`` known and an accuracy series
       (training, else validation), the mean stays at or below ``1/C + chance_margin`` through
       the end.
@@ -1007,16 +1010,22 @@ def underfit(
             below = smoothed < chance_fraction * chance.low
             if below[-1]:
                 fitted_from = int(steps[np.flatnonzero(~below)[-1] + 1 if (~below).any() else 0])
+            # Above the band is worse than guessing, for a mean cross-entropy: one that
+            # started within a factor 2 of guessing's (a summed loss starts far above it).
+            worse = values[0] <= 2 * chance.high
             yield from _stuck_until_end(
                 steps,
                 smoothed / chance.low,
-                chance.holds(smoothed, chance_fraction),
+                chance.not_below(smoothed, chance_fraction)
+                if worse
+                else chance.holds(smoothed, chance_fraction),
                 tensor=tag,
                 threshold=chance_fraction,
                 key="at-chance",
                 message=lambda v: (
                     f"mean train loss of the {_last_records(span)} is {v * chance.low:.3g}, "
-                    f"at chance: {chance.text} (must fall below "
+                    f"{'at chance' if v * chance.low <= chance.high / chance_fraction else 'worse than chance'}: "
+                    f"{chance.text} (must fall below "
                     f"{chance_fraction * chance.low:.3g}, {chance_fraction:.0%} of "
                     f"{chance.low:.3g})"
                 ),

@@ -1123,6 +1123,23 @@ def test_chance_runs_from_the_labels_entropy_to_uniform_guessing(make_trace) -> 
     assert not run_rule(make_trace(scalars={"loss": mse}, tensors=regression), "DBG303").findings
 
 
+def test_a_loss_that_ends_above_ln_c_from_large_first_logits_is_worse_than_chance(
+    make_trace,
+) -> None:
+    """Four classes, first logits large enough to start the loss at 1.8 ln 4: a rate far too
+    low takes it down in a straight line to 1.15 ln 4, 64 % of its start and still worse than
+    guessing uniformly. It learned nothing usable. A run that ends within the band reads as at
+    chance as before, and one that gets below it has learned."""
+    start, steps = 1.8 * np.log(4), np.arange(600)
+    for end, stuck in ((1.15, True), (1.0, True), (0.7, False)):
+        loss = start + (end * np.log(4) - start) * steps / 599
+        path = make_trace(scalars={"loss": list(loss)}, metadata={"num_classes": 4})
+        found = keyed(run_rule(path, "DBG303"), "at-chance")
+        assert bool(found) is stuck, end
+        if end > 1.11:
+            assert "worse than chance" in found[0].message
+
+
 def test_a_loss_far_above_ln_c_is_no_classifier_at_chance(make_trace) -> None:
     """A VAE's summed reconstruction loss over 64 sigmoid pixels falls from 44.7 to 25 and
     stays six times ln 64: not a softmax over 64 classes guessing, so not at chance. A loss
