@@ -599,6 +599,7 @@ class _Stream:
     mode: str
     records: tuple[_LabelRecord, ...]
     width: int | None  # number of classes implied by the labels' or predictions' shape
+    declared: bool  # the labels' own one-hot or probability axis gives ``width``
 
     @property
     def paired(self) -> list[_LabelRecord]:
@@ -615,6 +616,7 @@ def _streams(labels: TensorView, predictions: TensorView | None) -> list[_Stream
     )
     widths = [w for w in (label_ids.width, predicted_ids.width if predicted_ids else None) if w]
     width = max(widths) if widths else None
+    declared = width is not None and label_ids.width == width
     streams = []
     for code in np.unique(labels.modes):
         partners: dict[int, list[int]] = {}
@@ -647,6 +649,7 @@ def _streams(labels: TensorView, predictions: TensorView | None) -> list[_Stream
                     schema.MODES[int(code)],
                     tuple(records),
                     width,
+                    declared,
                 )
             )
     return streams
@@ -1128,6 +1131,7 @@ def _too_early(stream: _Stream, paired: Sequence[_LabelRecord], middle: float) -
         "imbalance": "class imbalance",
         "mispredicted": "classes mostly mispredicted",
         "compensated": "class imbalance, compensated",
+        "unlabelled-outputs": "classes no label holds",
         "too-few-samples": "too few labels to judge class balance",
     },
     # Skewed labels make a model favour the frequent classes, and mispredict the rare ones.
@@ -1161,9 +1165,14 @@ def class_imbalance(
       ``count(largest class) / count(smallest class) > threshold_imbalance``. The classes are
       those seen, unless the number of classes ``C`` is known from the width of a one-hot or
       probability axis of the labels or of the paired predictions: then a class of
-      ``0..C-1`` that never appears is infinitely rare (ratio ``inf``). With plain integer
-      labels and predictions a class that never appears cannot be told from an unused id and
-      is not counted. The judgement needs at least ``samples`` labels (SageMaker's rule waits
+      ``0..C-1`` that never appears is infinitely rare (ratio ``inf``), when the labels' own
+      axis gives ``C`` or labels of another mode hold that class. A class that only the
+      predictions' width counts and no labels record of any mode holds is an output no
+      sample is labelled with: a sequence model's padding or start-of-sequence token, or a
+      class a label mapping or filter drops, which the trace cannot tell apart; it is a note
+      (key ``unlabelled-outputs``, once per labels tag), not an imbalance of the data's
+      classes. With plain integer labels and predictions a class that never appears cannot
+      be told from an unused id and is not counted. The judgement needs at least ``samples`` labels (SageMaker's rule waits
       for them); it uses every label of the trace, and the finding spans every record: the
       labels were skewed from the first one, whenever enough of them made that certain
       (SageMaker could fire only once ``samples`` labels had been seen). A label stream
@@ -1231,12 +1240,43 @@ def class_imbalance(
     for labels, predictions in _single_labelled(ctx):
         streams = _streams(labels, predictions)
         model = _model_stream(streams, middle, samples)
+        held = np.unique(np.concatenate([r.labels for s in streams for r in s.records]))
+        unlabelled = list(_unlabelled_outputs(streams, held))
         for stream in streams:
-            found = list(_imbalance(stream, threshold_imbalance, samples, weighting))
+            found = list(_imbalance(stream, threshold_imbalance, samples, weighting, held))
             if stream is model:
                 found += _misprediction(stream, threshold_misprediction, samples, middle)
-            judged.append(found)
+            judged.append(found + unlabelled)
+            unlabelled = []
     yield from _judged_or_skipped(judged)
+
+
+def _unlabelled_outputs(streams: Sequence[_Stream], held: np.ndarray) -> Iterator[Finding]:
+    """The note on classes the predictions score and no labels record of any mode holds, when
+    only the predictions' width says there are that many classes."""
+    first = streams[0] if streams else None
+    if first is None or not first.width or first.declared:
+        return
+    never = np.setdiff1d(np.arange(first.width), held)
+    if not never.size:
+        return
+    steps = [r.step for s in streams for r in s.records]
+    shown = ", ".join(str(c) for c in never[:_LISTED]) + (" ..." if never.size > _LISTED else "")
+    yield Finding(
+        message=(
+            f"{never.size} of the {first.width} classes the model scores never appear in any "
+            f"labels ({shown}): outputs no sample is labelled with, such as padding or "
+            "start-of-sequence tokens, or classes a label mapping or filter drops"
+        ),
+        severity=Severity.info,
+        key="unlabelled-outputs",
+        tensor=first.labels,
+        first_step=min(steps),
+        last_step=max(steps),
+        steps=len(set(steps)),
+        value=float(never.size),
+        extra={"unlabelled_classes": [int(c) for c in never[:100]]},
+    )
 
 
 def _model_stream(streams: Sequence[_Stream], middle: float, samples: int) -> _Stream | None:
@@ -1321,7 +1361,11 @@ def _weighted_ratio(
 
 
 def _imbalance(
-    stream: _Stream, threshold: float, samples: int, weighting: _Weighting | None = None
+    stream: _Stream,
+    threshold: float,
+    samples: int,
+    weighting: _Weighting | None = None,
+    held: np.ndarray | None = None,
 ) -> Iterator[Finding]:
     steps = [r.step for r in stream.records]
     sizes = np.array([r.labels.size for r in stream.records], dtype=np.int64)
@@ -1339,6 +1383,10 @@ def _imbalance(
         if stream.width
         else np.empty(0, dtype=np.int64)
     )
+    if not stream.declared and held is not None:
+        # Only the predictions' width counts these classes: one that no labels record of
+        # any mode holds is an output no sample is labelled with (see _unlabelled_outputs).
+        missing = np.intersect1d(missing, held)
     largest = int(np.argmax(counts))
     biggest = f"largest class {classes[largest]}: {counts[largest]} labels"
     if missing.size:
