@@ -894,6 +894,13 @@ def underfit(
       multi-task sum, a classification loss plus a regression's, is not). The finding dates
       from the first evaluation after the first training step: from there on, nothing the
       model learned carried to the held-out data.
+    * **held-out AUC against chance** (key ``held-out-at-chance``, without a validation
+      accuracy): a series named ``auc`` (XGBoost's ``auc``, ``eval_roc_auc``) whose
+      validation records' mean stays at or below ``0.5 + chance_margin`` through the end,
+      from where the model fits its training data: its training loss fell below the chance
+      band as above, or its training AUC's mean rose above that level. An AUC of 0.5 ranks
+      at random whatever the classes' shares and however every score is shifted (XGBoost's
+      ``scale_pos_weight`` shifts them, and leaves the held-out loss unjudged as above).
     * **accuracy not improving** (key ``accuracy-flat``): with ``C`` unknown and a training
       accuracy series, the mean stays less than ``chance_margin`` above its first value and
       at or below 0.6 (AutoTrainer's not-converged gate Θ = 0.6; its slow-convergence test
@@ -1040,6 +1047,8 @@ def underfit(
                     (fitted_from, chance_fraction * chance.low),
                     float(smoothed[-1]),
                 )
+    if not held_out_accuracy:
+        yield from _held_out_auc_at_chance(ctx, window, chance_margin, min_steps, fitted_from)
     accuracy = ctx.accuracy("train")
     acc_mode: Mode = "train"
     if accuracy is None:
@@ -1146,6 +1155,60 @@ def _held_out_accuracy_at_chance(
             f"mean validation accuracy of the {_last_records(span)} is {v:.3g}, at chance "
             f"for {classes} classes (must rise above {level:.3g}), while {fitted}: what the "
             "model fits of its training data does not carry to data it has not seen"
+        ),
+    )
+
+
+def _held_out_auc_at_chance(
+    ctx: RuleContext, window: int, margin: float, min_steps: int, fitted_from: int | None
+) -> Iterator[Finding]:
+    """DBG303's held-out ROC AUC at chance: a series named ``auc`` (XGBoost's, or a metric
+    such as ``eval_roc_auc``) whose validation records' mean stays at or below ``0.5 +
+    margin`` through the end, while the model fits its training data: its training loss
+    fell below chance (from ``fitted_from``) or its training AUC's mean rose above that
+    level. An AUC of 0.5 ranks at random whatever the classes' shares and however the scores
+    are shifted (XGBoost's ``scale_pos_weight``), which the losses are not."""
+    level = 0.5 + margin
+    tag = next(
+        (
+            info.tag
+            for info in ctx.trace.tags(scalar=True)
+            if roles.name_words(info.tag)[-1:] in (["auc"], ["auroc"])
+            and ctx.scalar(info.tag, "eval") is not None
+        ),
+        None,
+    )
+    held_out = None if tag is None else ctx.scalar(tag, "eval")
+    if tag is None or held_out is None:
+        return
+    steps, values = _finite(held_out)
+    if not len(values) or steps[-1] - steps[0] + 1 < min_steps:
+        return
+    rose, fitted = fitted_from, "the training loss fell below chance"
+    trained = ctx.scalar(tag, "train")
+    if rose is None and trained is not None:
+        train_steps, train_values = _finite(trained)
+        smoothed = _trailing_mean(train_values, _records_for(window, len(train_values)))
+        above = smoothed > level
+        if len(above) and above[-1]:
+            rose = int(train_steps[np.flatnonzero(~above)[-1] + 1 if (~above).any() else 0])
+            fitted = "the training AUC is above it"
+    if rose is None:
+        return
+    span = _records_for(window, len(values))
+    smoothed = _trailing_mean(values, span)
+    yield from _stuck_until_end(
+        steps,
+        smoothed,
+        (smoothed <= level) & (steps >= rose),
+        tensor=tag,
+        threshold=level,
+        key="held-out-at-chance",
+        mode="eval",
+        message=lambda v: (
+            f"mean validation AUC of the {_last_records(span)} is {v:.3g}, at chance (0.5 "
+            f"ranks at random; must rise above {level:.3g}), while {fitted}: what the model "
+            "fits of its training data does not carry to data it has not seen"
         ),
     )
 

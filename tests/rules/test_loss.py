@@ -1099,6 +1099,44 @@ def test_a_cox_partial_likelihood_is_not_judged_against_its_start(tmp_path: Path
     assert not keyed(run_rule(path, "DBG301"), "not-decreasing")
 
 
+def test_a_held_out_auc_at_chance_is_nothing_learned_that_generalises(tmp_path: Path) -> None:
+    """XGBoost, binary:logistic with scale_pos_weight for 10 % positives, training labels
+    shuffled apart from their inputs: the trees fit them (training AUC near 1) and rank the
+    held-out data at random. The weight shifts every score, so the losses say nothing of
+    chance; the AUC does, 0.5 whatever the shift. With the labels in place the held-out AUC
+    is high and nothing is reported."""
+    xgboost = pytest.importorskip("xgboost")
+    from dbgcli.xgboost import DbgCallback
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3000, 10))
+    y = (x[:, 0] + 0.5 * x[:, 1] + 0.3 * rng.normal(size=3000) > 1.5).astype(float)
+    valid = xgboost.DMatrix(x[2000:], label=y[2000:])
+    for shuffled in (True, False):
+        labels = rng.permutation(y[:2000]) if shuffled else y[:2000]
+        train = xgboost.DMatrix(x[:2000], label=labels)
+        path = tmp_path / f"shuffled-{shuffled}.h5"
+        xgboost.train(
+            {
+                "objective": "binary:logistic",
+                "eval_metric": ["logloss", "auc"],
+                "scale_pos_weight": float((labels == 0).sum() / labels.sum()),
+                "max_depth": 6,
+                "eta": 0.1,
+            },
+            train,
+            num_boost_round=200,
+            evals=[(train, "train"), (valid, "valid")],
+            callbacks=[DbgCallback(path)],
+            verbose_eval=False,
+        )
+        found = keyed(run_rule(path, "DBG303"), "held-out-at-chance")
+        assert bool(found) is shuffled
+        if shuffled:
+            assert found[0].tensor == "auc" and found[0].value <= 0.55
+            assert "validation AUC" in found[0].message
+
+
 def test_chance_runs_from_the_labels_entropy_to_uniform_guessing(make_trace) -> None:
     """Shares 70/10/10/10: a model stuck at ln 4 (constant logits) guesses uniformly and is
     at chance too, above the labels' entropy 0.94. Regression targets recorded as labels
