@@ -1172,8 +1172,9 @@ def class_imbalance(
       class a label mapping or filter drops, which the trace cannot tell apart; it is a note
       (key ``unlabelled-outputs``, once per labels tag), not an imbalance of the data's
       classes. With plain integer labels and predictions a class that never appears cannot
-      be told from an unused id and is not counted. The judgement needs at least ``samples`` labels (SageMaker's rule waits
-      for them); it uses every label of the trace, and the finding spans every record: the
+      be told from an unused id and is not counted. The judgement needs at least
+      ``samples`` labels (SageMaker's rule waits for them); it uses every label of the
+      trace, and the finding spans every record: the
       labels were skewed from the first one, whenever enough of them made that certain
       (SageMaker could fire only once ``samples`` labels had been seen). A label stream
       with fewer labels gets an info finding (key ``too-few-samples``); when no stream has

@@ -1031,8 +1031,8 @@ def underfit(
                 key="at-chance",
                 message=lambda v: (
                     f"mean train loss of the {_last_records(span)} is {v * chance.low:.3g}, "
-                    f"{'at chance' if v * chance.low <= chance.high / chance_fraction else 'worse than chance'}: "
-                    f"{chance.text} (must fall below "
+                    + ("at" if v * chance.low <= chance.high / chance_fraction else "worse than")
+                    + f" chance: {chance.text} (must fall below "
                     f"{chance_fraction * chance.low:.3g}, {chance_fraction:.0%} of "
                     f"{chance.low:.3g})"
                 ),
