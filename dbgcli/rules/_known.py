@@ -364,8 +364,10 @@ def converged(ctx: RuleContext, steps: np.ndarray, fraction: float) -> np.ndarra
     the mean of its last 10 records or the latest record itself: a gradient is the one of its
     own step's loss, which is tiny where that batch is fitted, however a spike a few steps
     before lifts the mean. Or the latest evaluation's loss is at ``fraction`` of the first
-    evaluation's or below: the model predicts held-out data that much better, so it has
-    fitted its data whatever terms the training loss adds that do not fall with the fit (an
+    evaluation's or below (of the training loss's start where that is lower: an untrained
+    model in eval mode can score far above it, its batch norms' running statistics not yet
+    those of the data): the model predicts held-out data that much better, so it has fitted
+    its data whatever terms the training loss adds that do not fall with the fit (an
     auxiliary load-balancing loss, a penalty, a KL term)."""
     recent, latest = loss_fraction(ctx, steps), loss_fraction(ctx, steps, window=1)
     held_out = _held_out_fraction(ctx, steps)
@@ -380,7 +382,8 @@ def converged(ctx: RuleContext, steps: np.ndarray, fraction: float) -> np.ndarra
 
 def _held_out_fraction(ctx: RuleContext, steps: np.ndarray) -> np.ndarray | None:
     """At each of ``steps``: the loss of the latest evaluation up to that step over the first
-    evaluation's (NaN before it); None without an eval loss whose first value is positive."""
+    evaluation's, or over the training loss's start where that is lower (NaN before the
+    first evaluation); None without an eval loss whose first value is positive."""
     series = ctx.loss("eval")
     if series is None:
         return None
@@ -390,8 +393,10 @@ def _held_out_fraction(ctx: RuleContext, steps: np.ndarray) -> np.ndarray | None
     values = series.values[keep][order].astype(np.float64)
     if not len(values) or not values[0] > 0:
         return None
+    start = initial_loss(ctx)
+    reference = values[0] if start is None or not start.value > 0 else min(values[0], start.value)
     latest = np.searchsorted(eval_steps, steps, side="right") - 1
-    fraction: np.ndarray = np.where(latest >= 0, values[np.maximum(latest, 0)] / values[0], np.nan)
+    fraction: np.ndarray = np.where(latest >= 0, values[np.maximum(latest, 0)] / reference, np.nan)
     return fraction
 
 

@@ -600,6 +600,7 @@ class _Stream:
     records: tuple[_LabelRecord, ...]
     width: int | None  # number of classes implied by the labels' or predictions' shape
     declared: bool  # the labels' own one-hot or probability axis gives ``width``
+    per_position: bool  # class ids at each position of a sequence, not one per sample
 
     @property
     def paired(self) -> list[_LabelRecord]:
@@ -617,6 +618,8 @@ def _streams(labels: TensorView, predictions: TensorView | None) -> list[_Stream
     widths = [w for w in (label_ids.width, predicted_ids.width if predicted_ids else None) if w]
     width = max(widths) if widths else None
     declared = width is not None and label_ids.width == width
+    shape = labels.info.shape or ()
+    per_position = not declared and len(shape) >= 2 and int(np.prod(shape[1:])) > 1
     streams = []
     for code in np.unique(labels.modes):
         partners: dict[int, list[int]] = {}
@@ -650,6 +653,7 @@ def _streams(labels: TensorView, predictions: TensorView | None) -> list[_Stream
                     tuple(records),
                     width,
                     declared,
+                    per_position,
                 )
             )
     return streams
@@ -1165,13 +1169,14 @@ def class_imbalance(
       ``count(largest class) / count(smallest class) > threshold_imbalance``. The classes are
       those seen, unless the number of classes ``C`` is known from the width of a one-hot or
       probability axis of the labels or of the paired predictions: then a class of
-      ``0..C-1`` that never appears is infinitely rare (ratio ``inf``), when the labels' own
-      axis gives ``C`` or labels of another mode hold that class. A class that only the
-      predictions' width counts and no labels record of any mode holds is an output no
-      sample is labelled with: a sequence model's padding or start-of-sequence token, or a
-      class a label mapping or filter drops, which the trace cannot tell apart; it is a note
-      (key ``unlabelled-outputs``, once per labels tag), not an imbalance of the data's
-      classes. With plain integer labels and predictions a class that never appears cannot
+      ``0..C-1`` that never appears is infinitely rare (ratio ``inf``). Except for class ids
+      at each position of a sequence (labels ``(batch, length)``), whose classes only the
+      predictions' width counts, a vocabulary: a class that no labels record of any mode
+      holds is then an output no position is labelled with, such as a padding or
+      start-of-sequence token, or a class a label mapping or filter drops, which the trace
+      cannot tell apart; it is a note (key ``unlabelled-outputs``, once per labels tag), not
+      an imbalance of the data's classes. One label per sample keeps the imbalance: every
+      output of a classifier is a class of its task. With plain integer labels and predictions a class that never appears cannot
       be told from an unused id and is not counted. The judgement needs at least
       ``samples`` labels (SageMaker's rule waits for them); it uses every label of the
       trace, and the finding spans every record: the
@@ -1253,10 +1258,11 @@ def class_imbalance(
 
 
 def _unlabelled_outputs(streams: Sequence[_Stream], held: np.ndarray) -> Iterator[Finding]:
-    """The note on classes the predictions score and no labels record of any mode holds, when
-    only the predictions' width says there are that many classes."""
+    """The note on classes the predictions score at each position of a sequence and no
+    labels record of any mode holds, when only the predictions' width says there are that
+    many classes."""
     first = streams[0] if streams else None
-    if first is None or not first.width or first.declared:
+    if first is None or not first.width or not first.per_position:
         return
     never = np.setdiff1d(np.arange(first.width), held)
     if not never.size:
@@ -1384,9 +1390,9 @@ def _imbalance(
         if stream.width
         else np.empty(0, dtype=np.int64)
     )
-    if not stream.declared and held is not None:
-        # Only the predictions' width counts these classes: one that no labels record of
-        # any mode holds is an output no sample is labelled with (see _unlabelled_outputs).
+    if stream.per_position and held is not None:
+        # A vocabulary scored at every position: a token no labels record of any mode holds
+        # is an output no position is labelled with (see _unlabelled_outputs).
         missing = np.intersect1d(missing, held)
     largest = int(np.argmax(counts))
     biggest = f"largest class {classes[largest]}: {counts[largest]} labels"

@@ -853,10 +853,11 @@ def underfit(
       whose loss that learned nothing sits elsewhere. A loss that ends above the band is worse
       than guessing when it started within a factor 2 of ``ln C``, a mean cross-entropy's
       scale (large first logits start it above ``ln C``: a run at a rate far too low that ends
-      on its way down, still above ``ln C``, learned nothing usable), and counts as at chance;
-      one that started far above is not a softmax over ``C`` classes (a VAE's summed
-      reconstruction loss, a contrastive loss over a batch, whose width the last weight matrix
-      does not give), which the loss-high check judges.
+      on its way down, still above ``ln C``, learned nothing usable), and counts as at chance,
+      unless it was below the band before (it learned, then diverged: DBG301 and DBG503
+      report that); one that started far above is not a softmax over ``C`` classes (a VAE's
+      summed reconstruction loss, a contrastive loss over a batch, whose width the last
+      weight matrix does not give), which the loss-high check judges.
     * **accuracy against chance** (key ``at-chance``): with ``C`` known and an accuracy series
       (training, else validation), the mean stays at or below ``1/C + chance_margin`` through
       the end.
@@ -895,8 +896,10 @@ def underfit(
       from the first evaluation after the first training step: from there on, nothing the
       model learned carried to the held-out data.
     * **held-out AUC against chance** (key ``held-out-at-chance``, without a validation
-      accuracy): a series named ``auc`` (XGBoost's ``auc``, ``eval_roc_auc``) whose
-      validation records' mean stays at or below ``0.5 + chance_margin`` through the end,
+      accuracy): a series named as a ROC AUC (XGBoost's ``auc``, ``eval_roc_auc``; not the
+      precision-recall curve's ``aucpr`` or ``pr_auc``, whose chance level is the positives'
+      share) whose validation records' mean stays at or below ``0.5 + chance_margin`` (far
+      below 0.5 it ranks inverted, labels coded the other way round) through the end,
       from where the model fits its training data: its training loss fell below the chance
       band as above, or its training AUC's mean rose above that level. An AUC of 0.5 ranks
       at random whatever the classes' shares and however every score is shifted (XGBoost's
@@ -1018,8 +1021,9 @@ def underfit(
             if below[-1]:
                 fitted_from = int(steps[np.flatnonzero(~below)[-1] + 1 if (~below).any() else 0])
             # Above the band is worse than guessing, for a mean cross-entropy: one that
-            # started within a factor 2 of guessing's (a summed loss starts far above it).
-            worse = values[0] <= 2 * chance.high
+            # started within a factor 2 of guessing's (a summed loss starts far above it)
+            # and never fell below the band (one that did learned, and then diverged).
+            worse = values[0] <= 2 * chance.high and not below.any()
             yield from _stuck_until_end(
                 steps,
                 smoothed / chance.low,
@@ -1173,8 +1177,7 @@ def _held_out_auc_at_chance(
         (
             info.tag
             for info in ctx.trace.tags(scalar=True)
-            if roles.name_words(info.tag)[-1:] in (["auc"], ["auroc"])
-            and ctx.scalar(info.tag, "eval") is not None
+            if _roc_auc(info.tag) and ctx.scalar(info.tag, "eval") is not None
         ),
         None,
     )
@@ -1206,11 +1209,20 @@ def _held_out_auc_at_chance(
         key="held-out-at-chance",
         mode="eval",
         message=lambda v: (
-            f"mean validation AUC of the {_last_records(span)} is {v:.3g}, at chance (0.5 "
-            f"ranks at random; must rise above {level:.3g}), while {fitted}: what the model "
-            "fits of its training data does not carry to data it has not seen"
+            f"mean validation AUC of the {_last_records(span)} is {v:.3g}, "
+            + ("at chance" if v >= 0.5 - margin else "below chance, a ranking inverted")
+            + f" (0.5 ranks at random; must rise above {level:.3g}), while {fitted}: what "
+            "the model fits of its training data does not carry to data it has not seen"
         ),
     )
+
+
+def _roc_auc(tag: str) -> bool:
+    """Whether a series is a ROC AUC by its name (``auc``, ``valid-auc``, ``eval_roc_auc``,
+    ``auroc``): not the area under the precision-recall curve (``aucpr``, ``pr_auc``), whose
+    chance level is the positives' share, not 0.5."""
+    words = roles.name_words(tag)
+    return words[-1:] in (["auc"], ["auroc"]) and not {"pr", "precision"} & set(words)
 
 
 # Evaluations DBG303 asks for up to where the training loss fell below chance (at the start and

@@ -681,9 +681,10 @@ def update_ratio(
       network of one layer has nothing to compare with and is left to DBG503).
     * **too small** (key ``too-small``): typical ratio ``< small_threshold`` (1e-5,
       DeepDiagnosis's lower bound), not 0, and below the median layer's divided by
-      ``outlier``, at records where the training loss is still above a tenth of its start (a
-      fitted model rightly makes tiny updates) and the recorded learning rate is at least a
-      tenth of its peak (a warmup or a decay to zero asks for tiny updates).
+      ``outlier``, at records where the training loss is still above a tenth of its start
+      and the latest held-out loss above a tenth of its first (a fitted model rightly makes
+      tiny updates; see vanishing-gradient, DBG101), and the recorded learning rate is at
+      least a tenth of its peak (a warmup or a decay to zero asks for tiny updates).
 
     The comparison with the other layers is what makes this rule about *one* layer: a layer
     initialised small on purpose (GPT-2 scales its residual projections by

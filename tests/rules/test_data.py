@@ -310,35 +310,34 @@ def test_class_imbalance_quiet_on_balanced_labels_and_tunable(make_trace) -> Non
 def test_class_imbalance_missing_class_is_infinitely_rare_when_classes_are_known(
     make_trace,
 ) -> None:
-    """Class 3 of 4 never in the training labels, and held by the evaluation's: the model
-    scores a class of the data it never sees, infinitely rare."""
-    train = classifier([0.9] * 20)
-    for values in train["labels"]["values"]:
+    tensors = classifier([0.9] * 20)
+    for values in tensors["labels"]["values"]:
         values[values == 3] = 0
-    held_out = classifier([0.9] * 4, mode="eval", steps=[4, 9, 14, 19], seed=1)
-    tensors = {tag: [train[tag], held_out[tag]] for tag in ("labels", "predictions")}
     (finding,) = keyed(run_rule(make_trace(tensors=tensors), "DBG601"), "imbalance")
     assert (
-        finding.mode == "train"
-        and finding.value == math.inf
+        finding.value == math.inf
         and "1 of 4 classes never appear (3; classes the model scores but never sees"
         in (finding.message)
     )
     # Plain integer labels do not say how many classes there are: only those seen count.
-    del train["predictions"]
-    assert not keyed(run_rule(make_trace(tensors=train), "DBG601"), "imbalance")
+    del tensors["predictions"]
+    assert not keyed(run_rule(make_trace(tensors=tensors), "DBG601"), "imbalance")
 
 
-def test_classes_no_label_holds_are_a_note(make_trace) -> None:
-    """A sequence model scores its whole vocabulary, padding and start-of-sequence tokens
-    included, which are never targets: only the predictions' width counts them, and no
-    labels of any mode hold them. The 10 symbols that are targets are balanced: a note on
-    the two outputs, no imbalance. One-hot labels declare their classes themselves, and a
-    class they never hold is infinitely rare."""
+def test_tokens_no_label_holds_are_a_note(make_trace) -> None:
+    """A sequence model scores its whole vocabulary at every position, padding and
+    start-of-sequence tokens included, which are never targets: only the predictions' width
+    counts them, and no labels of any mode hold them. The 10 tokens that are targets are
+    balanced: a note on the two outputs, no imbalance. One label per sample keeps the
+    imbalance (above), and so do one-hot labels, which declare their classes themselves."""
     tensors = classifier([0.9] * 20, classes=12)
     for values in tensors["labels"]["values"]:
         values[values < 2] += 2
-    result = run_rule(make_trace(tensors=tensors), "DBG601")
+    per_position = {
+        tag: {**spec, "values": [v.reshape(8, 8, *v.shape[1:]) for v in spec["values"]]}
+        for tag, spec in tensors.items()
+    }
+    result = run_rule(make_trace(tensors=per_position), "DBG601")
     (note,) = result.findings
     assert (note.key, note.severity, note.extra) == (
         "unlabelled-outputs",
@@ -348,6 +347,7 @@ def test_classes_no_label_holds_are_a_note(make_trace) -> None:
     assert "2 of the 12 classes the model scores never appear in any labels (0, 1)" in (
         note.message
     )
+    assert keyed(run_rule(make_trace(tensors=tensors), "DBG601"), "imbalance")
     tensors["labels"]["values"] = [np.eye(12)[values] for values in tensors["labels"]["values"]]
     (finding,) = keyed(run_rule(make_trace(tensors=tensors), "DBG601"), "imbalance")
     assert finding.value == math.inf

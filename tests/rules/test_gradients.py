@@ -83,6 +83,18 @@ def test_vanishing_not_judged_once_the_held_out_loss_shows_the_fit(make_trace) -
         }
         result = run_rule(make_trace(scalars=scalars, tensors=tensors), "DBG101")
         assert bool(keyed(result, "vanished")) is judged
+    # An untrained model in eval mode can score far above its training loss's start (batch
+    # norms not yet adapted): a held-out loss that falls from 25 to chance, 2.3, with the
+    # training loss flat there, has fitted nothing.
+    stuck = list(np.full(40, np.log(10)))
+    inflated = [25.0, *np.full(7, np.log(10))]
+    scalars = {
+        "loss": [
+            {"values": stuck},
+            {"values": inflated, "steps": range(0, 40, 5), "mode": "eval"},
+        ]
+    }
+    assert keyed(run_rule(make_trace(scalars=scalars, tensors=tensors), "DBG101"), "vanished")
 
 
 def test_vanishing_leaves_attention_projections_biases_and_embeddings_alone(make_trace) -> None:

@@ -1137,6 +1137,28 @@ def test_a_held_out_auc_at_chance_is_nothing_learned_that_generalises(tmp_path: 
             assert "validation AUC" in found[0].message
 
 
+def test_a_held_out_auc_is_a_roc_auc_and_below_chance_is_inverted(make_trace) -> None:
+    """A model that fits (train loss 0.69 to 0.08 on two classes) with a held-out PR AUC of
+    0.46 on 5 % positives is good: the PR curve's chance level is the positives' share, and
+    only a ROC AUC is judged against 0.5. A held-out ROC AUC of 0.06 ranks inverted (the
+    held-out labels coded the other way round), which the finding says."""
+    train = list(0.08 + 0.61 * np.exp(-np.arange(400) / 40))
+    evals = range(0, 400, 20)
+    for name, values, found in (
+        ("pr_auc", np.linspace(0.30, 0.46, 20), False),
+        ("roc_auc", np.linspace(0.5, 0.06, 20), True),
+    ):
+        scalars = {
+            "loss": list(train),
+            name: {"values": list(values), "steps": evals, "mode": "eval"},
+        }
+        path = make_trace(scalars=scalars, metadata={"num_classes": 2})
+        chance = keyed(run_rule(path, "DBG303"), "held-out-at-chance")
+        assert bool(chance) is found, name
+        if found:
+            assert "below chance, a ranking inverted" in chance[0].message
+
+
 def test_chance_runs_from_the_labels_entropy_to_uniform_guessing(make_trace) -> None:
     """Shares 70/10/10/10: a model stuck at ln 4 (constant logits) guesses uniformly and is
     at chance too, above the labels' entropy 0.94. Regression targets recorded as labels
@@ -1176,6 +1198,11 @@ def test_a_loss_that_ends_above_ln_c_from_large_first_logits_is_worse_than_chanc
         assert bool(found) is stuck, end
         if end > 1.11:
             assert "worse than chance" in found[0].message
+    # One that learned (down to 0.2) and then diverged far above ln 4 is no model that
+    # learned nothing: the divergence is DBG301's and DBG503's.
+    diverged = np.r_[np.linspace(np.log(4), 0.2, 300), np.geomspace(0.2, 50, 300)]
+    path = make_trace(scalars={"loss": list(diverged)}, metadata={"num_classes": 4})
+    assert not keyed(run_rule(path, "DBG303"), "at-chance")
 
 
 def test_a_loss_far_above_ln_c_is_no_classifier_at_chance(make_trace) -> None:
