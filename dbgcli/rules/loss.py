@@ -1068,8 +1068,15 @@ def underfit(
     if classes and acc_mode == "eval" and fitted_from is not None:
         level = 1.0 / classes + chance_margin
         fitted = "the training loss fell below chance"
-        yield from _held_out_accuracy_at_chance(
-            ctx, accuracy, level, classes, window, fitted_from, fitted
+        yield from _held_out_at_chance(
+            accuracy,
+            ctx.accuracy_tag("eval") or "accuracy",
+            "accuracy",
+            level,
+            window,
+            fitted_from,
+            fitted,
+            lambda v: f"at chance for {classes} classes",
         )
     elif classes:
         level = 1.0 / classes + chance_margin
@@ -1096,8 +1103,15 @@ def underfit(
             whole = np.arange(len(smoothed)) >= span - 1
             rose = int(steps[np.argmax(whole & (smoothed > level))])
             fitted = "the training accuracy is above it"
-            yield from _held_out_accuracy_at_chance(
-                ctx, held_out, level, classes, window, rose, fitted
+            yield from _held_out_at_chance(
+                held_out,
+                ctx.accuracy_tag("eval") or "accuracy",
+                "accuracy",
+                level,
+                window,
+                rose,
+                fitted,
+                lambda v: f"at chance for {classes} classes",
             )
     else:
         start = float(smoothed[min(len(smoothed), span) - 1])
@@ -1131,17 +1145,19 @@ def underfit(
         )
 
 
-def _held_out_accuracy_at_chance(
-    ctx: RuleContext,
+def _held_out_at_chance(
     held_out: Series,
+    tag: str,
+    name: str,
     level: float,
-    classes: int,
     window: int,
     rose: int,
     fitted: str,
+    judged: Callable[[float], str],
 ) -> Iterator[Finding]:
-    """DBG303's held-out accuracy at chance while the model fits its training data (as
-    ``fitted`` says), from the step ``rose`` where it showed so."""
+    """DBG303's held-out metric (an accuracy, an AUC) at chance, at or below ``level``, while
+    the model fits its training data (as ``fitted`` says), from the step ``rose`` where it
+    showed so; ``judged`` says how the final mean stands against chance."""
     steps, values = _finite(held_out)
     if not len(values):
         return
@@ -1151,14 +1167,14 @@ def _held_out_accuracy_at_chance(
         steps,
         smoothed,
         (smoothed <= level) & (steps >= rose),
-        tensor=ctx.accuracy_tag("eval") or "accuracy",
+        tensor=tag,
         threshold=level,
         key="held-out-at-chance",
         mode="eval",
         message=lambda v: (
-            f"mean validation accuracy of the {_last_records(span)} is {v:.3g}, at chance "
-            f"for {classes} classes (must rise above {level:.3g}), while {fitted}: what the "
-            "model fits of its training data does not carry to data it has not seen"
+            f"mean validation {name} of the {_last_records(span)} is {v:.3g}, {judged(v)} "
+            f"(must rise above {level:.3g}), while {fitted}: what the model fits of its "
+            "training data does not carry to data it has not seen"
         ),
     )
 
@@ -1198,21 +1214,17 @@ def _held_out_auc_at_chance(
             fitted = "the training AUC is above it"
     if rose is None:
         return
-    span = _records_for(window, len(values))
-    smoothed = _trailing_mean(values, span)
-    yield from _stuck_until_end(
-        steps,
-        smoothed,
-        (smoothed <= level) & (steps >= rose),
-        tensor=tag,
-        threshold=level,
-        key="held-out-at-chance",
-        mode="eval",
-        message=lambda v: (
-            f"mean validation AUC of the {_last_records(span)} is {v:.3g}, "
-            + ("at chance" if v >= 0.5 - margin else "below chance, a ranking inverted")
-            + f" (0.5 ranks at random; must rise above {level:.3g}), while {fitted}: what "
-            "the model fits of its training data does not carry to data it has not seen"
+    yield from _held_out_at_chance(
+        held_out,
+        tag,
+        "AUC",
+        level,
+        window,
+        rose,
+        fitted,
+        lambda v: (
+            ("at chance" if v >= 0.5 - margin else "below chance, a ranking inverted")
+            + ": 0.5 ranks at random"
         ),
     )
 
