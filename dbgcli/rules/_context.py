@@ -369,6 +369,15 @@ class Episode:
     count: int
 
 
+def covered(firsts: np.ndarray, lasts: np.ndarray, size: int) -> np.ndarray:
+    """Flags of the ``size`` positions that lie in any span ``[first, last]``."""
+    marks = np.zeros(size + 1, dtype=np.int64)
+    np.add.at(marks, firsts, 1)
+    np.add.at(marks, lasts + 1, -1)
+    inside: np.ndarray = np.cumsum(marks[:-1]) > 0
+    return inside
+
+
 def episodes(violating: np.ndarray, max_episodes: int = 5) -> list[Episode]:
     """Runs of consecutive True values; runs past ``max_episodes`` merge into the last one."""
     flags = np.asarray(violating, dtype=bool)

@@ -599,7 +599,6 @@ class _Stream:
     mode: str
     records: tuple[_LabelRecord, ...]
     width: int | None  # number of classes implied by the labels' or predictions' shape
-    declared: bool  # the labels' own one-hot or probability axis gives ``width``
     per_position: bool  # class ids at each position of a sequence, not one per sample
 
     @property
@@ -617,9 +616,10 @@ def _streams(labels: TensorView, predictions: TensorView | None) -> list[_Stream
     )
     widths = [w for w in (label_ids.width, predicted_ids.width if predicted_ids else None) if w]
     width = max(widths) if widths else None
-    declared = width is not None and label_ids.width == width
+    # Class ids, not one-hot rows, at more than one position per sample.
     shape = labels.info.shape or ()
-    per_position = not declared and len(shape) >= 2 and int(np.prod(shape[1:])) > 1
+    one_hot = width is not None and label_ids.width == width
+    per_position = not one_hot and len(shape) >= 2 and int(np.prod(shape[1:])) > 1
     streams = []
     for code in np.unique(labels.modes):
         partners: dict[int, list[int]] = {}
@@ -652,7 +652,6 @@ def _streams(labels: TensorView, predictions: TensorView | None) -> list[_Stream
                     schema.MODES[int(code)],
                     tuple(records),
                     width,
-                    declared,
                     per_position,
                 )
             )
@@ -1059,6 +1058,11 @@ def _listed(items: Sequence[str]) -> str:
     return ", ".join(items[:_LISTED]) + more
 
 
+def _class_ids(ids: np.ndarray) -> str:
+    """The first ``_LISTED`` class ids, and ``...`` when there are more."""
+    return ", ".join(str(c) for c in ids[:_LISTED]) + (" ..." if ids.size > _LISTED else "")
+
+
 def _records(count: int) -> str:
     return f"{count} record{'s' if count != 1 else ''}"
 
@@ -1176,8 +1180,9 @@ def class_imbalance(
       start-of-sequence token, or a class a label mapping or filter drops, which the trace
       cannot tell apart; it is a note (key ``unlabelled-outputs``, once per labels tag), not
       an imbalance of the data's classes. One label per sample keeps the imbalance: every
-      output of a classifier is a class of its task. With plain integer labels and predictions a class that never appears cannot
-      be told from an unused id and is not counted. The judgement needs at least
+      output of a classifier is a class of its task. With plain integer labels and
+      predictions a class that never appears cannot be told from an unused id and is not
+      counted. The judgement needs at least
       ``samples`` labels (SageMaker's rule waits for them); it uses every label of the
       trace, and the finding spans every record: the
       labels were skewed from the first one, whenever enough of them made that certain
@@ -1242,18 +1247,21 @@ def class_imbalance(
     refuse_unclassed(ctx)
     weighting = _class_weighting(ctx)
     middle = _run_middle(ctx)
-    judged = []
+    judged: list[list[Finding]] = []
     for labels, predictions in _single_labelled(ctx):
         streams = _streams(labels, predictions)
+        if not streams:
+            continue
         model = _model_stream(streams, middle, samples)
         held = np.unique(np.concatenate([r.labels for s in streams for r in s.records]))
-        unlabelled = list(_unlabelled_outputs(streams, held))
+        first = len(judged)
         for stream in streams:
             found = list(_imbalance(stream, threshold_imbalance, samples, weighting, held))
             if stream is model:
                 found += _misprediction(stream, threshold_misprediction, samples, middle)
-            judged.append(found + unlabelled)
-            unlabelled = []
+            judged.append(found)
+        # Once per labels tag, beside its first stream's findings.
+        judged[first] += _unlabelled_outputs(streams, held)
     yield from _judged_or_skipped(judged)
 
 
@@ -1261,18 +1269,17 @@ def _unlabelled_outputs(streams: Sequence[_Stream], held: np.ndarray) -> Iterato
     """The note on classes the predictions score at each position of a sequence and no
     labels record of any mode holds, when only the predictions' width says there are that
     many classes."""
-    first = streams[0] if streams else None
-    if first is None or not first.width or not first.per_position:
+    first = streams[0]
+    if not first.width or not first.per_position:
         return
     never = np.setdiff1d(np.arange(first.width), held)
     if not never.size:
         return
     steps = [r.step for s in streams for r in s.records]
-    shown = ", ".join(str(c) for c in never[:_LISTED]) + (" ..." if never.size > _LISTED else "")
     yield Finding(
         message=(
             f"{never.size} of the {first.width} classes the model scores never appear in any "
-            f"labels ({shown}): outputs no sample is labelled with, such as padding or "
+            f"labels ({_class_ids(never)}): outputs no sample is labelled with, such as padding or "
             "start-of-sequence tokens, or classes a label mapping or filter drops"
         ),
         severity=Severity.info,
@@ -1398,12 +1405,10 @@ def _imbalance(
     biggest = f"largest class {classes[largest]}: {counts[largest]} labels"
     if missing.size:
         ratio = float("inf")
-        shown = ", ".join(str(c) for c in missing[:_LISTED]) + (
-            " ..." if missing.size > _LISTED else ""
-        )
         smallest = (
-            f"{missing.size} of {stream.width} classes never appear ({shown}; classes the "
-            "model scores but never sees: check the label mapping and any filtering)"
+            f"{missing.size} of {stream.width} classes never appear ({_class_ids(missing)}; "
+            "classes the model scores but never sees: check the label mapping and any "
+            "filtering)"
         )
     else:
         least = int(np.argmin(counts))

@@ -17,6 +17,7 @@ from dbgcli.findings import Finding, Severity
 from dbgcli.rules._context import (
     RuleContext,
     TensorView,
+    covered,
     episode_findings,
     episodes,
     sustained,
@@ -1189,17 +1190,17 @@ def _held_out_auc_at_chance(
     level. An AUC of 0.5 ranks at random whatever the classes' shares and however the scores
     are shifted (XGBoost's ``scale_pos_weight``), which the losses are not."""
     level = 0.5 + margin
-    tag = next(
+    found = next(
         (
-            info.tag
+            (info.tag, series)
             for info in ctx.trace.tags(scalar=True)
-            if _roc_auc(info.tag) and ctx.scalar(info.tag, "eval") is not None
+            if _roc_auc(info.tag) and (series := ctx.scalar(info.tag, "eval")) is not None
         ),
         None,
     )
-    held_out = None if tag is None else ctx.scalar(tag, "eval")
-    if tag is None or held_out is None:
+    if found is None:
         return
+    tag, held_out = found
     steps, values = _finite(held_out)
     if not len(values) or steps[-1] - steps[0] + 1 < min_steps:
         return
@@ -1491,8 +1492,7 @@ def overtraining(
       which start from the untrained model no evaluation saw, count only at the first
       evaluation, so that a validation optimum early in the run is not measured against the
       loss of initialisation), ``b`` the validation optimum and ``k`` this evaluation, the
-      train loss's
-      relative fall ``(T(b) - T(k)) / |T(b)|`` exceeds the validation loss's
+      train loss's relative fall ``(T(b) - T(k)) / |T(b)|`` exceeds the validation loss's
       ``(V(b) - V(k)) / |V(b)|`` by at least ``min_train_lead`` (5 %) plus ``z`` standard
       errors of the train part (from the standard errors of ``T(b)`` and ``T(k)``, their
       records' standard deviation over the square root of their number);
@@ -1747,8 +1747,8 @@ def oscillating_loss(
       after episodes of chance is judged on its own windows (one too noisy for most of its
       windows to turn breaks into as many episodes as it has stretches that do, and is held
       to their count). Independent records turn the block means about as often as a
-      swinging model (among independent values,
-      two in three are a local maximum or minimum), and a model fitted at a small batch,
+      swinging model (among independent values, two in three are a local maximum or
+      minimum), and a model fitted at a small batch,
       whose rare hard batches each lift a block mean by the loss's level, turns them by
       enough; but each such record is forgotten by the next, where a model pulled one class
       at a time, or overshooting for several steps, stays near where the swing took it
@@ -1828,12 +1828,9 @@ def oscillating_loss(
     # A swing of the model lasts several records (or alternates); a hard batch among easy
     # ones is a spike that the next record forgets, and independent records turn as often.
     records = window * block
-    windows = np.zeros(blocks + 1, dtype=np.int64)
-    np.add.at(windows, turning, 1)
-    np.add.at(windows, turning + window, -1)
     # Every episode is a test of its own: merged ones would judge a late oscillation together
     # with the chance episodes before it.
-    candidates = episodes(np.cumsum(windows[:-1]) > 0, max_episodes=len(turning))
+    candidates = episodes(covered(turning, turning + window - 1, blocks), max_episodes=len(turning))
     follows = np.zeros(blocks)
     # Blocks so short that the shortest swing they resolve (a block up, a block down: lag-1
     # autocorrelation 1 - 2/block) is within 3 standard errors of chance in one window cannot
@@ -1862,10 +1859,7 @@ def oscillating_loss(
             return
         follows[oscillating + window - 1] = follows_window
     oscillating_end = oscillating + window - 1
-    covered = np.zeros(blocks + 1, dtype=np.int64)
-    np.add.at(covered, oscillating, 1)
-    np.add.at(covered, oscillating_end + 1, -1)
-    in_window = np.cumsum(covered[:-1]) > 0
+    in_window = covered(oscillating, oscillating_end, blocks)
     share = np.zeros(blocks)
     share[oscillating_end] = counts[oscillating] / window
     for episode in episodes(in_window):

@@ -15,6 +15,7 @@ from dbgcli.rules._context import (
     Episode,
     RuleContext,
     TensorView,
+    covered,
     episode_findings,
     mode_codes,
     records_spanning,
@@ -860,12 +861,8 @@ def _streaks(run: np.ndarray, needed: int) -> np.ndarray:
     """Every record of a run of ``needed`` or more pairwise-unchanged records, from the
     record the run started at (``run`` counts the records of the run ending at each one)."""
     ends = np.flatnonzero(run >= needed)
-    marks = np.zeros(len(run) + 1, dtype=np.int64)
     starts = ends - run[ends].astype(np.int64) + 1
-    np.add.at(marks, np.maximum(starts, 0), 1)
-    np.add.at(marks, ends + 1, -1)
-    covered: np.ndarray = np.cumsum(marks[:-1]) > 0
-    return covered
+    return covered(np.maximum(starts, 0), ends, len(run))
 
 
 _UNUSED = (
