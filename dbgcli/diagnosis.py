@@ -19,7 +19,7 @@ at the same time, nothing computed from the data explains the data (dead ReLUs d
 all-zero inputs), and a layer does not explain one before it in the same role. Findings of
 one rule on one tensor (a layer whose gradient jumps and then turns NaN), or of one rule and
 kind on several tensors (dead units in three layers), are one problem: the first in causal
-order explains the others. Each finding hangs under the first of its explainers in causal
+order explains the others, unless it is a note (severity info) and they are not. Each finding hangs under the first of its explainers in causal
 order; following those links up gives its root, the *cause*. A diagnosis is a cause with
 every finding that leads to it: an earlier anomaly upstream is the better cause.
 
@@ -154,7 +154,9 @@ def diagnose(
         ):
             # One rule seeing one tensor go wrong in two ways, or one kind of problem in
             # several tensors (dead units in three layers): one problem, first seen upstream.
-            return True
+            # Not a note's, though: too few samples in one mode to judge explain nothing
+            # the other mode's judgement finds.
+            return _graver(source) or not _graver(target)
         spec = spec_of(source.rule_id)
         if spec is None:
             return False
@@ -239,6 +241,11 @@ def causes_first(diagnoses: Sequence[Diagnosis], count: int) -> dict[int, Diagno
         order.update(dict.fromkeys(diagnosis.symptoms, diagnosis))
     order.update((index, None) for index in range(count) if index not in order)
     return order
+
+
+def _graver(finding: Finding) -> bool:
+    """Whether a finding is more than a note."""
+    return (finding.severity or Severity.info) is not Severity.info
 
 
 def _root(index: int, parent: Mapping[int, int], rank_of: Mapping[int, int]) -> int:

@@ -173,6 +173,23 @@ def test_one_kind_of_problem_in_several_layers_is_one_diagnosis_led_upstream() -
     assert diagnosis.evidence == ("dead units k in 2 tensors from step 0",)
 
 
+def test_a_rules_note_leads_none_of_its_graver_findings() -> None:
+    """Too few training labels to judge (a note at step 0) are no cause of the imbalance the
+    evaluation labels show at step 10: that imbalance is a diagnosis of its own."""
+    findings = [
+        found("IMBALANCE", "labels", 0, key="too-few", severity="info"),
+        found("IMBALANCE", "labels", 10, key="imbalance"),
+    ]
+    places = {**PLACES, "labels": place("labels", 0)}
+    ranked = diagnose(findings, RULES.get, places)
+    assert [(d.cause, d.symptoms) for d in ranked] == [(1, ()), (0, ())]
+    # A graver finding still leads a later note.
+    findings[0] = replace(findings[0], severity=Severity.warning)
+    findings[1] = replace(findings[1], severity=Severity.info)
+    (diagnosis,) = diagnose(findings, RULES.get, places)
+    assert (diagnosis.cause, diagnosis.symptoms) == (0, (1,))
+
+
 def test_nothing_computed_from_the_data_explains_the_data_at_the_same_time() -> None:
     # A (pretend) declaration that dead units explain bad inputs must not win at one onset.
     rules = {**RULES, "DEAD": StandIn({"*": ("DATA", "ZERO")}, name="dead units")}
