@@ -567,6 +567,41 @@ class _TokenAccumulator(Accumulator):
         return self.table
 
 
+@dataclass(frozen=True)
+class TokenPositions(Derivation):
+    """Where each record holds ``value``: packed bits of its elements in order, and its shape."""
+
+    value: int
+
+    def start(self, info: TagInfo, trace: Trace) -> Accumulator:
+        return _PositionsAccumulator(self.value)
+
+
+class _PositionsAccumulator(Accumulator):
+    def __init__(self, value: int) -> None:
+        self.value = value
+        self.positions: dict[int, tuple[np.ndarray, tuple[int, ...]]] = {}
+
+    def feed(self, chunk: RawChunk) -> None:
+        for record, held in zip(chunk.records, chunk.values == self.value, strict=True):
+            self.positions[int(record)] = (np.packbits(held), held.shape)
+
+    def finish(self) -> dict[int, tuple[np.ndarray, tuple[int, ...]]]:
+        return self.positions
+
+
+def _positions_of(packed: np.ndarray, shape: tuple[int, ...], size: int) -> np.ndarray | None:
+    """The positions of a :class:`TokenPositions` record that ``size`` labels take, flat:
+    one label per token, or per token but the last of each sequence (next-token labels, as
+    the transformers callback records a language model's); None for labels of no such shape."""
+    held = np.unpackbits(packed, count=math.prod(shape)).astype(bool).reshape(shape)
+    if held.size == size:
+        return held.ravel()
+    if len(shape) == 2 and size == shape[0] * (shape[1] - 1):
+        return held[:, :-1].ravel()
+    return None
+
+
 # -- labels and predictions, record by record ---------------------------------------------------
 
 
@@ -1950,11 +1985,14 @@ def _plan_tokens(ctx: RuleContext, params: dict[str, Any]) -> Iterator[tuple[str
     category="data",
     requires=INTEGER_INPUTS,
     plan=_plan_tokens,
-    label="sequences mostly one token",
+    label={"*": "sequences mostly one token", "labelled-padding": "padding labelled as a class"},
     # A recurrent model that reads the padding (unpacked) carries its state through hundreds
     # of pad steps, where the gradient to the real tokens vanishes; any model given mostly
-    # padding has little to learn from.
-    explains=("DBG101", "DBG301:not-decreasing", "DBG303"),
+    # padding has little to learn from. Padding labelled as a class fills that class.
+    explains={
+        "*": ("DBG101", "DBG301:not-decreasing", "DBG303"),
+        "labelled-padding": ("DBG101", "DBG301:not-decreasing", "DBG303", "DBG601:imbalance"),
+    },
 )
 def token_ratio(
     ctx: RuleContext,
@@ -1979,6 +2017,17 @@ def token_ratio(
     record, so token 0 (the usual padding id) is checked on every record; other tokens are
     counted in the records whose full tensor was kept.
 
+    **Padding labelled as a class** (key ``labelled-padding``): when a training finding's
+    records sit beside labels of the inputs' shape (one label per token, kept in full at
+    the same step), and one class labels at least 99 % of the token's positions there, the
+    loss counts the padding as that class: a token classifier learns to predict "O" on
+    padding, a language model to predict padding after padding. Loss and accuracy are then
+    mostly the padding's (a real token classifier, its padding labelled 0: accuracy 0.97,
+    0.87 on the real tokens), and the class looks far more frequent than it is (DBG601's
+    imbalance). Padding holds nothing that could tell its labels apart, so labelled padding
+    holds one label throughout; a label shifted against the inputs (a language model's next
+    token) leaves a few others at its edges. Masked padding (labels ``-100``) holds none.
+
     Why it matters: sequences that are mostly padding waste compute and, with a wrong attention
     mask or loss mask, teach the model to predict padding; a recurrent model fed the padding
     after the tokens (no ``pack_padded_sequence``) carries its state through it, and the
@@ -1994,6 +2043,11 @@ def token_ratio(
 
     Fix: pad dynamically to the longest sequence of the batch, bucket sequences by length,
     truncate outliers, use the tokenizer the model was trained with.
+
+    Fix (key ``labelled-padding``): label the padding with the loss's ignore index (-100 for
+    PyTorch's cross-entropy and transformers' models, whose ``DataCollatorForTokenClassification``
+    and ``DataCollatorForLanguageModeling`` do so), or mask it out of the loss with the
+    attention mask; then pad dynamically to the longest sequence of the batch.
 
     Args:
         token_values: Token ids to watch (comma-separated on the command line).
@@ -2037,7 +2091,9 @@ def token_ratio(
                     message=_token_message(value, threshold, analysed),
                 )
                 if code != schema.MODE_CODES["eval"]:
-                    yield from found
+                    labelled = _labelled_token(ctx, view, value, code)
+                    for finding in found:
+                        yield finding if labelled is None else labelled.mark(finding)
                     continue
                 # Evaluation batches are rarely bucketed by length (the Trainer's
                 # group_by_length sorts only the training sampler): their padding costs
@@ -2048,6 +2104,88 @@ def token_ratio(
                         severity=Severity.info,
                         message=f"{finding.message}; evaluation batches, which cost time only",
                     )
+
+
+class _LabelledToken(NamedTuple):
+    """The labels at a token's positions, in the records of one mode that hold both."""
+
+    labels: str
+    positions: int
+    label: int
+    labelled: int
+    all_labels: int
+
+    def mark(self, finding: Finding) -> Finding:
+        """The token's finding, as padding labelled as a class."""
+        return replace(
+            finding,
+            key="labelled-padding",
+            message=(
+                f"{finding.message}; its positions are labelled class {self.label} "
+                f"({_percent(self.labelled / self.positions)}, in {self.labels}), so the loss "
+                f"counts them: {_percent(self.labelled / self.all_labels)} of the labels"
+            ),
+            extra={
+                **finding.extra,
+                "labels": self.labels,
+                "label": self.label,
+                "labelled_share": self.labelled / self.positions,
+                "share_of_labels": self.labelled / self.all_labels,
+            },
+        )
+
+
+#: Share of a token's positions that one class must label for the token to be labelled as a
+#: class: padding carries nothing that could tell its labels apart, so labelled padding holds
+#: one label throughout; a shift of the labels against the inputs leaves a few at its edges.
+_LABELLED_TOKEN_SHARE = 0.99
+
+
+def _labelled_token(
+    ctx: RuleContext, inputs: TensorView, value: int, code: int
+) -> _LabelledToken | None:
+    """How labels of the inputs' shape treat the positions of ``value`` in the inputs'
+    records of mode ``code``, when one class labels nearly all of them (see
+    ``_LABELLED_TOKEN_SHARE``); None otherwise, or without labels kept in full beside them.
+    Labels and inputs pair by step and mode, in record order, as labels and predictions do."""
+    if not inputs.info.raw_records:
+        return None
+    where = inputs.derive(TokenPositions(value))
+    mine = inputs.modes == code
+    queues: dict[int, list[int]] = {}
+    for record, step in zip(inputs.records[mine], inputs.steps[mine], strict=True):
+        if int(record) in where:
+            queues.setdefault(int(step), []).append(int(record))
+    found: list[_LabelledToken] = []
+    for labels in _with_full_tensors(_tagged(ctx, "labels")):
+        ids = labels.derive(ClassIds()).ids
+        partners = {step: list(records) for step, records in queues.items()}
+        at_token: list[np.ndarray] = []
+        all_labels = 0
+        for record, step, mode in zip(labels.records, labels.steps, labels.modes, strict=True):
+            queue = partners.get(int(step))
+            row = ids.get(int(record))
+            if mode != code or not queue or row is None:
+                continue
+            packed, shape = where[queue.pop(0)]
+            held = _positions_of(packed, shape, row.size)
+            if held is None:
+                continue
+            at_token.append(row[held])
+            all_labels += int((row >= 0).sum())
+        token_labels = np.concatenate(at_token) if at_token else np.empty(0, np.int64)
+        labelled = token_labels[token_labels >= 0]
+        if not labelled.size:
+            continue
+        classes, counts = np.unique(labelled, return_counts=True)
+        top = int(np.argmax(counts))
+        if counts[top] >= _LABELLED_TOKEN_SHARE * token_labels.size:
+            found.append(
+                _LabelledToken(
+                    labels.tag, token_labels.size, int(classes[top]), int(counts[top]), all_labels
+                )
+            )
+    return max(found, key=lambda f: f.positions, default=None)
 
 
 def _token_message(value: int, threshold: float, analysed: int) -> Callable[[Episode, float], str]:

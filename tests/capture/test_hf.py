@@ -380,6 +380,69 @@ def test_recorded_data_feeds_the_data_rules_and_flags_an_induced_imbalance(
     assert imbalanced["skewed.h5"][0].value > 10
 
 
+def token_rows(count: int, seed: int, pad_label: int) -> list[dict[str, torch.Tensor]]:
+    """Rows of 2-4 token ids (1-39) padded with 0 to 16; each token's label is its third of
+    the vocabulary (0, 1, 2), and the padding's is ``pad_label``."""
+    generator = torch.Generator().manual_seed(seed)
+    rows = []
+    for _ in range(count):
+        length = int(torch.randint(2, 5, (1,), generator=generator))
+        ids = torch.zeros(16, dtype=torch.long)
+        ids[:length] = torch.randint(1, 40, (length,), generator=generator)
+        labels = torch.full((16,), pad_label)
+        labels[:length] = (ids[:length] - 1) // 13
+        rows.append({"input_ids": ids, "attention_mask": (ids > 0).long(), "labels": labels})
+    return rows
+
+
+@pytest.mark.parametrize("pad_label", [0, -100])
+def test_padding_labelled_as_a_class_is_named_as_the_cause_of_the_imbalance(
+    tmp_path: Path, no_dbg_warnings: None, pad_label: int
+) -> None:
+    """A token classifier whose padding (81 % of the tokens) is labelled 0, the usual "O"
+    class, where -100 would leave it out of the loss: the classes look imbalanced (about 14
+    to 1), and the padding labelled as a class, not the imbalance, is the cause."""
+    from transformers import BertForTokenClassification
+
+    args = TrainingArguments(
+        str(tmp_path / "out"),
+        per_device_train_batch_size=8,
+        per_device_eval_batch_size=32,
+        max_steps=20,
+        learning_rate=1e-3,
+        logging_steps=1,
+        eval_strategy="steps",
+        eval_steps=10,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
+    )
+    path = tmp_path / "tagger.h5"
+    Trainer(
+        model=tiny_bert(num_labels=3, head=BertForTokenClassification),
+        args=args,
+        train_dataset=token_rows(160, seed=1, pad_label=pad_label),
+        eval_dataset=token_rows(64, seed=2, pad_label=pad_label),
+        callbacks=[DbgCallback(path, record_data=True)],
+    ).train()
+    report = analyze_path(path)
+    labelled = [f for f in report.findings if f.key == "labelled-padding"]
+    if pad_label == -100:
+        assert labelled == []
+        assert not [f for f in report.findings if f.key == "imbalance"]
+        return
+    (finding,) = labelled
+    assert (finding.rule_id, finding.mode, finding.extra["label"]) == ("DBG603", "train", 0)
+    assert finding.extra["labelled_share"] == 1.0
+    assert 0.7 < finding.extra["share_of_labels"] < 0.9
+    top = report.problems[0]
+    assert report.findings[top.cause] == finding
+    symptoms = [report.findings[i] for i in top.symptoms]
+    assert ("DBG601", "imbalance") in {(f.rule_id, f.key) for f in symptoms}
+
+
 def test_a_causal_language_model_pairs_each_prediction_with_the_next_token(
     tmp_path: Path, no_dbg_warnings: None
 ) -> None:

@@ -990,6 +990,47 @@ def test_padding_read_by_a_recurrent_model_is_the_cause_of_its_vanished_gradient
     assert "DBG101" in {report.findings[i].rule_id for i in top.symptoms}
 
 
+def test_padding_labelled_as_a_class_is_named_with_the_share_of_labels_it_takes(
+    make_trace,
+) -> None:
+    """Labels of the tokens' shape: padding labelled 0 is a class the loss counts; padding
+    labelled -100 (the ignore index) is not; next-token labels, one fewer per sequence, pair
+    with the tokens they follow."""
+    padding = [0.7] * 20
+    tokens = sequences(padding)
+    rng = np.random.default_rng(9)
+
+    def labelled(pad_label: int) -> list[np.ndarray]:
+        return [np.where(ids == 0, pad_label, rng.integers(1, 4, ids.shape)) for ids in tokens]
+
+    def run(labels: list[np.ndarray]) -> Any:
+        return run_rule(
+            make_trace(
+                tensors={
+                    "tokens": {"values": tokens, "collection": "inputs"},
+                    "tags": {"values": labels, "collection": "labels"},
+                }
+            ),
+            "DBG603",
+        )
+
+    (finding,) = keyed(run(labelled(0)), "labelled-padding")
+    assert (finding.tensor, finding.first_step, finding.last_step) == ("tokens", 0, 19)
+    assert finding.extra["label"] == 0 and finding.extra["labels"] == "tags"
+    assert finding.extra["labelled_share"] == 1.0
+    assert finding.extra["share_of_labels"] == pytest.approx(0.7)
+    assert "its positions are labelled class 0 (100%, in tags)" in finding.message
+    assert "70% of the labels" in finding.message
+    # Masked padding: the token's finding alone.
+    assert [f.key for f in run(labelled(-100)).findings] == ["token-0"]
+    # Padding whose labels vary (unknown words tagged by their context) is no labelled class.
+    varied = [np.where(ids == 0, rng.integers(0, 2, ids.shape), 0) for ids in tokens]
+    assert [f.key for f in run(varied).findings] == ["token-0"]
+    # A language model's next tokens, padding after padding.
+    (finding,) = keyed(run([ids[:, 1:] for ids in tokens]), "labelled-padding")
+    assert finding.extra["labelled_share"] == 1.0
+
+
 def test_token_ratio_quiet_on_batches_that_scatter_above_the_bar(make_trace) -> None:
     """Batches padded to their own longest sequence: 44 % padding over the run, a few
     batches at 52 %. SageMaker's record-by-record test would fire on those few."""
