@@ -35,7 +35,7 @@ from dbgcli._failures import FailureReporter
 from dbgcli.errors import TraceWriterError
 from dbgcli.live_rules import LiveRules, check_stop_on, stop_if
 from dbgcli.trace.roles import scalar_meaning
-from dbgcli.trace.schema import META_CLASS_WEIGHTING, MODES
+from dbgcli.trace.schema import META_CLASS_WEIGHTING, META_XGBOOST_INTERCEPT, MODES
 from dbgcli.trace.writer import DEFAULT_RAW_BUDGET, TraceWriter, check_raw_settings
 
 __all__ = ["IMPORTANCE_TYPES", "TRAIN_SET_NAMES", "DbgCallback", "model_tree_depths", "tree_depth"]
@@ -233,7 +233,9 @@ class DbgCallback(TrainingCallback):
       objectives, ``ranking`` for ``rank:``), so that the class rules leave whole-number
       targets alone, and ``early_stopping`` with the best round (``best_step``) when early
       stopping was in effect (``early_stopping_rounds``): DBG304 overtraining does not judge
-      the rounds early stopping waited through.
+      the rounds early stopping waited through; and ``xgboost_intercept``, the intercept
+      the first round boosted from, which the loss rules start a ``binary:logistic`` run's
+      log loss from (the first round's metrics come after one tree).
 
     The trees are read every :data:`TREE_READ_EVERY` rounds and after the last, so their
     records reach the trace up to that many rounds after the round's metrics. Each read
@@ -323,6 +325,7 @@ class DbgCallback(TrainingCallback):
         self._failures = FailureReporter()
         self._live = LiveRules(stop_on) if stop_on is not None else None
         self._has_trees = True  # not a linear booster (known once training starts)
+        self._intercept_noted = False
         self._best_before: str | None = None  # the booster's best_iteration before training
         # The booster whose rounds (epoch, rounds boosted by then) wait for their trees to be
         # read, the rounds whose trees are in the importance totals, and those totals.
@@ -349,6 +352,11 @@ class DbgCallback(TrainingCallback):
             "recording the evaluation metrics",
             lambda: self._record_metrics(writer, epoch, evals_log),
         )
+        if not self._intercept_noted:
+            self._intercept_noted = True
+            self._failures.guard(
+                "recording the intercept", lambda: self._note_intercept(writer, model)
+            )
         if self._has_trees:
             self._failures.guard(
                 "recording the new trees", lambda: self._note_round(writer, model, epoch)
@@ -432,6 +440,21 @@ class DbgCallback(TrainingCallback):
                     writer.add_scalar(prefix + "loss", value, step, mode=mode)
                     if self._live is not None and mode == "train":
                         stop_if(writer, self._live.loss(float(value), step))
+
+    def _note_intercept(self, writer: TraceWriter, model: xgboost.Booster) -> None:
+        """Note the intercept the first round boosted from: XGBoost fits it to the training
+        labels then (``boost_from_average``), so the model before any tree is known (the loss
+        rules' starting point; the first round's metrics come after one tree)."""
+        param = json.loads(model.save_config())["learner"]["learner_model_param"]
+        base_score = json.loads(param["base_score"])  # "[2.8E-1]", or "5E-1" before 2.0
+        writer.set_metadata(
+            **{
+                META_XGBOOST_INTERCEPT: {
+                    "base_score": [float(v) for v in np.atleast_1d(base_score)],
+                    "fitted": param.get("boost_from_average") == "1",
+                }
+            }
+        )
 
     def _record_early_stopping(self, writer: TraceWriter, model: xgboost.Booster) -> None:
         # Set by the EarlyStopping callback only, and kept by a booster trained on: only a

@@ -711,7 +711,8 @@ _TRAINED_LOSS = 0.5
 
 def initial_loss(ctx: RuleContext, mode: Literal["train", "eval"] = "train") -> InitialLoss | None:
     """The loss of the untrained model, the scale the loss rules judge a run by: the first
-    finite loss of ``mode`` (in step order).
+    finite loss of ``mode`` (in step order); for an XGBoost ``binary:logistic`` run, the
+    training loss of the intercept it boosts from (see :func:`_intercept_loss`).
 
     Unless the trace starts from a trained model: a run that resumed from a checkpoint (see
     :func:`resumed_without_start`), or a classifier whose first loss is already at most half
@@ -748,6 +749,9 @@ def _initial_loss(ctx: RuleContext, mode: Literal["train", "eval"]) -> InitialLo
             return None
         why = f"the run resumed at step {resumed}"
     else:
+        prior = _intercept_loss(ctx, first)
+        if prior is not None:
+            return prior
         if chance is None or not 0 <= first <= _TRAINED_LOSS * chance:
             return as_recorded
         trained = trained_at_start(ctx)
@@ -760,6 +764,56 @@ def _initial_loss(ctx: RuleContext, mode: Literal["train", "eval"]) -> InitialLo
         )
     return InitialLoss(
         chance, f"ln {classes} = {chance:.4g}, an untrained classifier's loss ({why})"
+    )
+
+
+def _intercept_loss(ctx: RuleContext, first: float) -> InitialLoss | None:
+    """The training log loss of the intercept a ``binary:logistic`` booster started from, in
+    a trace whose first training loss is XGBoost's ``logloss`` after round 0 (one tree in,
+    as XGBoost reports a round's metrics after its tree; the callback notes the intercept,
+    see :data:`dbgcli.trace.schema.META_XGBOOST_INTERCEPT`). A fitted intercept is the
+    training labels' weighted mean ``p``, whose loss is their entropy ``H(p)``; one given
+    as 0.5 scores ``ln 2`` whatever the labels. A linear booster or a high ``eta`` takes most
+    of the way down in its first round (0.693 to 0.564 in one exploration run whose
+    optimum was 0.483), so the first recorded loss is no untrained model's. None otherwise:
+    other objectives, an intercept given as anything else, a booster trained on."""
+    intercept = ctx.trace.metadata.get(schema.META_XGBOOST_INTERCEPT)
+    config = ctx.trace.metadata.get("xgboost_config")
+    if not isinstance(intercept, Mapping) or not isinstance(config, Mapping):
+        return None
+    objective = config.get("learner", {}).get("objective", {}).get("name")
+    base = intercept.get("base_score")
+    tag, series = ctx.loss_tag("train"), ctx.loss("train")
+    if (
+        objective != "binary:logistic"
+        or not isinstance(base, list)
+        or len(base) != 1
+        or not isinstance(base[0], int | float)
+        or not 0 < base[0] < 1
+        or tag is None
+        or series is None
+        or int(series.steps.min()) != 0
+    ):
+        return None
+    if not tag.endswith("logloss"):
+        # The callback's copy of the training metric the loss rules read: which one it is.
+        logloss = ctx.scalar("logloss", "train")
+        if logloss is None or not np.array_equal(logloss.values, series.values):
+            return None
+    p = float(base[0])
+    if intercept.get("fitted") is True:
+        prior = float(-(p * np.log(p) + (1 - p) * np.log1p(-p)))
+        why = f"the entropy of the training labels' mean {p:.3g}"
+    elif p == 0.5:
+        prior, why = float(np.log(2)), "ln 2, a probability of 0.5 for every sample"
+    else:
+        return None
+    if prior <= first:
+        return None
+    return InitialLoss(
+        prior,
+        f"the loss of the intercept XGBoost boosts from, {prior:.4g} ({why}; the first "
+        f"round's {first:.4g} comes after one tree)",
     )
 
 

@@ -206,7 +206,8 @@ def loss_not_decreasing(
     label-smoothed cross-entropy, or for XGBoost's likelihood metrics the loss of predicting
     every label exactly, as DBG303 reads them, below which the loss does not fall; a
     likelihood metric whose labels are not recorded, or XGBoost's ``cox-nloglik``, whose
-    floor no record gives, leaves plateaus unjudged): a loss that
+    floor no record gives, leaves plateaus unjudged; so does a linear booster, whose loss
+    is convex in its weights and stops falling only at its model's optimum): a loss that
     has more than halved and then flattens has converged (or reached the floor that label
     smoothing, weight decay or the noise of the data set), which is what training is for; a
     plateau above half the starting loss is a run that stopped learning early. Except when
@@ -358,9 +359,9 @@ def loss_not_decreasing(
     converged_at = None
     floor = 0.0
     if converged_fraction is not None:
-        if initial is None or _unknown_floor(ctx) is not None:
+        if initial is None or _unknown_floor(ctx) is not None or _linear_booster(ctx):
             # A resumed run, or a floor the trace does not give: convergence cannot be told
-            # from a stall.
+            # from a stall. A convex loss stops falling at its optimum only.
             flat[:] = False
         else:
             # Converged: down to the fraction of the way from the start to the floor. Below
@@ -2459,6 +2460,16 @@ def _loss_floor(ctx: RuleContext) -> LossFloor | None:
         f"label smoothing {epsilon:.2f} over {classes} classes (the true class's target "
         f"{true_class:.2g}), whose targets' entropy is {entropy:.4g}",
     )
+
+
+def _linear_booster(ctx: RuleContext) -> bool:
+    """Whether the run boosts a linear model (XGBoost's ``gblinear``): its coordinate descent
+    minimises a loss convex in the weights, so where the loss stops falling is the best
+    linear model, however high (whether a linear model suits the data is DBG303's question)."""
+    config = ctx.trace.metadata.get("xgboost_config")
+    learner = config.get("learner") if isinstance(config, Mapping) else None
+    booster = learner.get("gradient_booster") if isinstance(learner, Mapping) else None
+    return isinstance(booster, Mapping) and booster.get("name") == "gblinear"
 
 
 def _likelihood_metric(

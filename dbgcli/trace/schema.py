@@ -58,6 +58,10 @@ META_NOT_IN_OPTIMIZER = "parameters_not_in_optimizer"
 META_GRADIENTS_NOT_RECORDED = "gradients_not_recorded"
 # How the run compensates a class imbalance (XGBoost's scale_pos_weight, a weighted loss).
 META_CLASS_WEIGHTING = "class_weighting"
+# XGBoost's intercept after the first round, when it is fitted: {"base_score": [float, ...],
+# "fitted": bool}, fitted when XGBoost estimated it from the training labels
+# (boost_from_average), which for binary:logistic makes it the labels' weighted mean.
+META_XGBOOST_INTERCEPT = "xgboost_intercept"
 # The total norm the gradients are clipped to after they are recorded (Lightning's
 # gradient_clip_val): {"max_norm": float}.
 META_GRADIENT_CLIPPING = "gradient_clipping"

@@ -405,6 +405,59 @@ def test_a_linear_booster_records_its_metrics_and_no_trees(
         assert trace.tags("trees/*") == trace.tags("feature_importance/*") == []
 
 
+def test_the_intercept_is_noted_as_fitted_to_the_labels_or_given(
+    tmp_path: Path, no_dbg_warnings: None
+) -> None:
+    x, y = make_data(0)
+    y = (y + (x[:, 3] > 1)).clip(0, 1)  # 0.64 positives
+    weights = np.linspace(0.5, 1.5, len(y))
+    dtrain = xgb.DMatrix(x, label=y, weight=weights)
+    boost({"objective": "binary:logistic"}, dtrain, DbgCallback(tmp_path / "fitted.h5"))
+    boost(
+        {"objective": "binary:logistic", "base_score": 0.3},
+        dtrain,
+        DbgCallback(tmp_path / "given.h5"),
+    )
+    with open_trace(tmp_path / "fitted.h5") as trace:
+        fitted = trace.metadata["xgboost_intercept"]
+    with open_trace(tmp_path / "given.h5") as trace:
+        given = trace.metadata["xgboost_intercept"]
+    assert fitted["fitted"] is True
+    assert fitted["base_score"] == [pytest.approx(np.average(y, weights=weights), rel=1e-6)]
+    assert given == {"base_score": [pytest.approx(0.3)], "fitted": False}
+
+
+def test_a_linear_booster_at_its_optimum_is_judged_from_its_intercept(
+    tmp_path: Path, no_dbg_warnings: None
+) -> None:
+    """A linear booster at eta 0.5 on data of a logistic model: its first round already
+    takes it from 0.693 (the intercept's loss) to 0.571, and it converges at 0.500, the best
+    linear model's loss. Judged from its first round it would read as underfitting (88 %),
+    and its flat loss as a stall; from the intercept it has learned (72 %), and a convex
+    loss that stops falling has reached its optimum."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(6000, 20))
+    probability = 1 / (1 + np.exp(-x @ (0.45 * rng.normal(size=20))))
+    y = (rng.random(6000) < probability).astype(np.float32)
+    dtrain, dvalid = xgb.DMatrix(x[:4000], label=y[:4000]), xgb.DMatrix(x[4000:], label=y[4000:])
+    path = tmp_path / "linear.h5"
+    history: dict[str, dict[str, list[float]]] = {}
+    xgb.train(
+        {"objective": "binary:logistic", "booster": "gblinear", "eta": 0.5, "lambda": 0},
+        dtrain,
+        num_boost_round=300,
+        evals=[(dtrain, "train"), (dvalid, "valid")],
+        evals_result=history,
+        callbacks=[DbgCallback(path)],
+        verbose_eval=False,
+    )
+    first, last = history["train"]["logloss"][0], history["train"]["logloss"][-1]
+    assert last / first > 0.8 and last / np.log(2) < 0.8
+    results = {r.id: r for r in analyze_path(path, select=("DBG301", "DBG303")).results}
+    assert results["DBG301"].status is RuleStatus.passed
+    assert results["DBG303"].status is RuleStatus.passed
+
+
 def test_the_training_set_can_be_named(tmp_path: Path, no_dbg_warnings: None) -> None:
     x, y = make_data(0)
     xv, yv = make_data(1)
