@@ -562,42 +562,68 @@ def labels_are_the_next_inputs(ctx: RuleContext) -> bool:
 
 
 def _labels_are_the_next_inputs(ctx: RuleContext) -> bool:
+    return any(
+        labels.info.shape == tokens.info.shape and tokens_ahead(ctx, labels, tokens, 1)
+        for labels, tokens in token_labels(ctx)
+    )
+
+
+def token_labels(ctx: RuleContext) -> list[tuple[TensorView, TensorView]]:
+    """Pairs of a labels tensor and an integer inputs tensor of sequences ``(batch, length)``
+    whose labels are ``(batch, length)`` too, or one position shorter (a language model's
+    next tokens, as the Hugging Face callback records them)."""
+
+    def length(view: TensorView) -> int | None:
+        shape = view.info.shape
+        return shape[1] if shape is not None and len(shape) == 2 else None
+
     inputs = [
-        v
+        (v, width)
         for v in ctx.tensors(collection="inputs")
         if v.info.dtype is not None
         and np.dtype(v.info.dtype).kind in "iu"
-        and v.info.shape is not None
-        and len(v.info.shape) == 2
-        and v.info.shape[1] >= 2
+        and (width := length(v)) is not None
+        and width >= 2
     ]
-    for labels in ctx.tensors(collection="labels"):
-        for tokens in (t for t in inputs if t.info.shape == labels.info.shape):
-            shared = sorted(
-                (int(step), mode)
-                for mode, code in schema.MODE_CODES.items()
-                for step in np.intersect1d(
-                    kept_steps(ctx, labels.tag, code), kept_steps(ctx, tokens.tag, code)
-                )
-            )
-            agreeing = 0
-            for step, mode in shared[:_SHIFT_STEPS]:
-                mine = ctx.trace.raw(labels.tag, step, mode)
-                theirs = ctx.trace.raw(tokens.tag, step, mode)
-                # A tag may change shape between records.
-                if mine is None or theirs is None or mine.shape != theirs.shape or mine.ndim != 2:
-                    break
-                following, given = mine[:, :-1], theirs[:, 1:]
-                marked = following >= 0
-                if len(np.unique(following[marked])) < 2:
-                    break
-                if not np.array_equal(following[marked], given[marked]):
-                    break
-                agreeing += 1
-            else:
-                if agreeing >= _SHIFT_AGREEING:
-                    return True
-    return False
+    return [
+        (labels, tokens)
+        for labels in ctx.tensors(collection="labels")
+        if (width := length(labels)) is not None
+        for tokens, token_width in inputs
+        if 0 <= token_width - width <= 1
+    ]
+
+
+def tokens_ahead(ctx: RuleContext, labels: TensorView, tokens: TensorView, ahead: int) -> bool:
+    """Whether each sequence's labels are its tokens ``ahead`` positions on: ``labels[:, t]
+    == tokens[:, t + ahead]`` wherever both exist and the label is not an ignore marker
+    (negative), at each of the first ``3`` steps (at least ``2``) whose full tensors both
+    keep, with at least two distinct tokens compared."""
+    shared = sorted(
+        (int(step), mode)
+        for mode, code in schema.MODE_CODES.items()
+        for step in np.intersect1d(
+            kept_steps(ctx, labels.tag, code), kept_steps(ctx, tokens.tag, code)
+        )
+    )
+    agreeing = 0
+    for step, mode in shared[:_SHIFT_STEPS]:
+        mine = ctx.trace.raw(labels.tag, step, mode)
+        theirs = ctx.trace.raw(tokens.tag, step, mode)
+        # A tag may change shape between records.
+        if mine is None or theirs is None or mine.ndim != 2 or mine.shape[0] != theirs.shape[0]:
+            return False
+        width = min(mine.shape[1], theirs.shape[1] - ahead)
+        if width < 1:
+            return False
+        following, given = mine[:, :width], theirs[:, ahead : ahead + width]
+        marked = following >= 0
+        if len(np.unique(following[marked])) < 2:
+            return False
+        if not np.array_equal(following[marked], given[marked]):
+            return False
+        agreeing += 1
+    return agreeing >= _SHIFT_AGREEING
 
 
 def kept_steps(ctx: RuleContext, tag: str, mode: int) -> np.ndarray:

@@ -443,6 +443,43 @@ def test_padding_labelled_as_a_class_is_named_as_the_cause_of_the_imbalance(
     assert ("DBG601", "imbalance") in {(f.rule_id, f.key) for f in symptoms}
 
 
+@pytest.mark.parametrize("shifted_by_hand", [True, False])
+def test_labels_shifted_before_a_model_that_shifts_them_are_named(
+    tmp_path: Path, no_dbg_warnings: None, shifted_by_hand: bool
+) -> None:
+    """GPT-2 shifts its labels inside its loss: labels already shifted (``input_ids[1:]``)
+    train each position on the token after the next."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(
+        GPT2Config(vocab_size=40, n_positions=16, n_embd=16, n_layer=1, n_head=2)
+    )
+    ids = torch.randint(0, 40, (32, 12), generator=torch.Generator().manual_seed(3))
+    labels = torch.cat([ids[:, 1:], torch.full((32, 1), -100)], 1) if shifted_by_hand else ids
+    rows = [{"input_ids": i, "labels": y} for i, y in zip(ids, labels, strict=True)]
+    path = tmp_path / "run.h5"
+    Trainer(
+        model=model,
+        args=training_only(tmp_path, max_steps=4, logging_steps=1),
+        train_dataset=rows,
+        callbacks=[DbgCallback(path, record_data=True, stats_every=1)],
+    ).train()
+    result = {r.id: r for r in analyze_path(path).results}["DBG607"]
+    if not shifted_by_hand:
+        assert result.status is RuleStatus.passed
+        return
+    (finding,) = result.findings
+    assert (finding.key, finding.tensor, finding.first_step, finding.last_step) == (
+        "shifted-twice",
+        "labels",
+        0,
+        3,
+    )
+    report = analyze_path(path)
+    assert report.findings[report.problems[0].cause].rule_id == "DBG607"
+
+
 def test_a_causal_language_model_pairs_each_prediction_with_the_next_token(
     tmp_path: Path, no_dbg_warnings: None
 ) -> None:

@@ -1904,3 +1904,36 @@ def test_repeated_batch_needs_the_same_values_in_order_at_consecutive_steps(make
     assert [
         f.key for f in run_rule(make_trace(tensors={"inputs": every_step}), "DBG606").findings
     ] == ["one-batch"]
+
+
+# -- DBG607 labels-shifted-twice ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("ahead", "found"), [(2, True), (1, False), (0, False)])
+def test_labels_two_tokens_ahead_of_their_inputs_are_shifted_twice(
+    make_trace, ahead: int, found: bool
+) -> None:
+    """Sequences of 20 tokens and labels of the same shape, ``ahead`` positions on; the last
+    positions, past the sequence, are ignored (-100)."""
+    rng = np.random.default_rng(7)
+    inputs, labels = [], []
+    for _ in range(5):
+        sequence = rng.integers(0, 50, size=(8, 22))
+        inputs.append(sequence[:, :20])
+        shifted = sequence[:, ahead : ahead + 20].copy()
+        shifted[:, 20 - ahead :] = -100
+        labels.append(shifted)
+    path = make_trace(
+        tensors={
+            "input_ids": {"values": inputs, "collection": "inputs"},
+            "labels": {"values": labels, "collection": "labels"},
+        }
+    )
+    result = run_rule(path, "DBG607")
+    if not found:
+        assert result.status is RuleStatus.passed
+        return
+    (finding,) = result.findings
+    assert (finding.first_step, finding.last_step, finding.steps) == (0, 4, 5)
+    assert finding.severity is Severity.error
+    assert "the labels (labels) are the input ids (input_ids) two positions on" in finding.message
