@@ -332,7 +332,11 @@ def exploding_gradient(
       loss can be exactly 0 (a batch so large the softmax saturates on the right class, and
       its gradient with it), shows only here; its loss jumps thousands of times at the next step.
       The finding is the loss's, one per jump at a step with no gradient recorded; the first
-      ``window`` loss records are history only. A loss that oscillates (DBG305) jumps so at
+      ``window`` loss records are history only. A jump the loss is back from at the very
+      next step, below the untrained model's loss again, is a hard batch: the update it
+      drove threw nothing (a regression's outlier targets under a Huber loss, whose
+      gradient is bounded, jumped 397 times on a real run, and the next step's loss was
+      below half the untrained model's). A loss that oscillates (DBG305) jumps so at
       every turn, and starting earlier is their cause.
     * **input spike** (warning, key ``input-spike``): the blow-up's trigger, a batch unlike
       the rest. A training record of a float input (not token ids) whose standard deviation
@@ -465,7 +469,15 @@ def _loss_jumps_between_records(ctx: RuleContext, growth: float, window: int) ->
     initial = initial_loss(whole)
     if initial is None:
         return
-    for at in jumped[values[jumped] > initial.value]:
+    # Back below the untrained model's loss at the very next step: the update that batch
+    # drove threw nothing (a hard batch under a bounded loss, such as Huber's outliers).
+    following = np.minimum(jumped + 1, len(values) - 1)
+    recovered = (
+        (jumped + 1 < len(values))
+        & (steps[following] == steps[jumped] + 1)
+        & (values[following] <= initial.value)
+    )
+    for at in jumped[(values[jumped] > initial.value) & ~recovered]:
         before, after = recorded[recorded < steps[at]], recorded[recorded > steps[at]]
         between = (
             f"between the gradient records at steps {before[-1]} and {after[0]}"

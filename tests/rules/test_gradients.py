@@ -303,12 +303,13 @@ def settled_loss(steps: int = 400, seed: int = 0) -> list[float]:
 
 def test_exploding_sees_a_loss_jump_between_gradient_records(make_trace) -> None:
     """A corrupted batch at a step no gradient was recorded at: the loss jumps 2,000 times in
-    one step, far above the untrained model's, and that is the blow-up; at a recorded step it
-    is the gradient's norm that tells; a fitted model's hard batch (ten times its level, below
-    the untrained loss) and the first records (history) are no blow-up."""
+    one step, far above the untrained model's, and stays up: that is the blow-up; at a
+    recorded step it is the gradient's norm that tells; a fitted model's hard batch (ten
+    times its level, below the untrained loss) and the first records (history) are no
+    blow-up."""
     tensors = sparse(gradients([1e-2], steps=40))
     loss = settled_loss()
-    loss[255] = 100.0
+    loss[255:258] = [100.0, 40.0, 9.0]  # the weights thrown: the loss comes back slowly
     (jump,) = keyed(
         run_rule(make_trace(scalars={"loss": loss}, tensors=tensors), "DBG102"), "loss-jump"
     )
@@ -318,7 +319,7 @@ def test_exploding_sees_a_loss_jump_between_gradient_records(make_trace) -> None
     # From a loss of exactly 0 (a fitted batch stream), any jump that high is one.
     fitted = settled_loss()
     fitted[230:255] = [0.0] * 25
-    fitted[255] = 100.0
+    fitted[255:258] = [100.0, 40.0, 9.0]
     trace = make_trace(scalars={"loss": fitted}, tensors=sparse(gradients([1e-2], steps=40)))
     (from_zero,) = keyed(run_rule(trace, "DBG102"), "loss-jump")
     assert from_zero.first_step == 255
@@ -330,6 +331,12 @@ def test_exploding_sees_a_loss_jump_between_gradient_records(make_trace) -> None
     small[100:] = [0.5 if step % 10 == 3 else 0.002 for step in range(100, 400)]
     small[255] = 2.7
     trace = make_trace(scalars={"loss": small}, tensors=sparse(gradients([1e-2], steps=40)))
+    assert not keyed(run_rule(trace, "DBG102"), "loss-jump")
+    # A batch whose loss jumps as high, the loss back within its recent records at the next
+    # step: the update it drove threw nothing (a bounded loss's outlier targets).
+    hard = settled_loss()
+    hard[255] = 100.0
+    trace = make_trace(scalars={"loss": hard}, tensors=sparse(gradients([1e-2], steps=40)))
     assert not keyed(run_rule(trace, "DBG102"), "loss-jump")
     for step, value in ((250, 100.0), (255, 1.0), (3, 1e3)):
         loss = settled_loss()
