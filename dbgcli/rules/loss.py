@@ -40,6 +40,7 @@ from dbgcli.rules.data import (
     LABELS,
     PREDICTIONS,
     chance_loss,
+    class_axis,
     class_ids,
     held_out_chance,
     plan_class_ids,
@@ -2610,12 +2611,16 @@ def _inferred_class_weights(ctx: RuleContext, records: int) -> np.ndarray | None
 
 
 def _scored_logits(ctx: RuleContext) -> Iterator[tuple[TensorView, TensorView, int]]:
-    """Every labels tag whose predictions are one row of at least two class scores per
-    sample, with them and the number of classes."""
+    """Every labels tag whose predictions hold at least two class scores per sample (a row
+    per sample, or per position of a sequence or an image: ``(N, L, C)`` beside labels
+    ``(N, L)``, ``(N, C, H, W)`` beside ``(N, H, W)``), with them and the number of classes."""
     for labels, predictions in scored_labels(ctx):
-        shape = predictions.info.shape
-        if shape is not None and len(shape) == 2 and shape[1] >= 2:
-            yield labels, predictions, int(shape[1])
+        shape, truth = predictions.info.shape, labels.info.shape
+        if shape is None or truth is None or len(shape) != len(truth) + 1 or len(shape) < 2:
+            continue
+        width = shape[class_axis(predictions.info, labels.info)]
+        if width >= 2:
+            yield labels, predictions, int(width)
 
 
 def _solved_class_weights(
@@ -2713,13 +2718,18 @@ def _smoothing_parts(
 def _logits_and_ids(
     ctx: RuleContext, labels: str, predictions: str, step: int
 ) -> tuple[np.ndarray, np.ndarray] | None:
-    """One training step's logits (float64) and class ids, of the samples whose id fits the
-    logits; None unless they are finite logits (not probability rows) with one class id per
-    row."""
+    """One training step's logits (float64, a row per sample or per position) and class
+    ids, of the samples whose id fits the logits; None unless they are finite logits (not
+    probability rows) with one class id per row."""
     scores = ctx.trace.raw(predictions, step, "train")
     truth = ctx.trace.raw(labels, step, "train")
-    if scores is None or truth is None or truth.ndim != 1 or scores.shape[0] != truth.shape[0]:
+    if scores is None or truth is None or scores.ndim != truth.ndim + 1:
         return None
+    axis = class_axis(ctx.trace.tag(predictions), ctx.trace.tag(labels))
+    scores = np.moveaxis(scores, axis, -1)
+    if scores.shape[:-1] != truth.shape:
+        return None
+    scores, truth = scores.reshape(-1, scores.shape[-1]), truth.reshape(-1)
     z = scores.astype(np.float64)
     if not np.isfinite(z).all():
         return None

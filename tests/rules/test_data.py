@@ -261,6 +261,33 @@ def test_class_weights_read_off_the_loss_compensate_the_imbalance(
         assert imbalance.severity is not Severity.info
 
 
+@pytest.mark.parametrize("weighted", [True, False])
+def test_class_weights_of_a_per_pixel_loss_compensate_the_imbalance(
+    tmp_path: Path, weighted: bool
+) -> None:
+    """A segmentation's cross-entropy over logits (N, 3, 8, 8) and labels (N, 8, 8), 95 %
+    background, weighted [1, 30, 45]: the weights are read off the loss pixel by pixel, as a
+    classifier's are row by row."""
+    torch = pytest.importorskip("torch")
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2048, 1, 8, 8, generator=generator)
+    y = torch.zeros(2048, 8, 8, dtype=torch.long)
+    y[x[:, 0] > 1.9], y[x[:, 0] < -2.05] = 1, 2
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 3, 1)
+    )
+    weight = torch.tensor([1.0, 30.0, 45.0]) if weighted else None
+    path = tmp_path / "segmentation.h5"
+    train_in_batches(path, model, torch.nn.CrossEntropyLoss(weight=weight), x, y)
+    (imbalance,) = keyed(run_rule(path, "DBG601"), "compensated" if weighted else "imbalance")
+    if weighted:
+        assert "weighting its classes 0: 1, 1: 30, 2: 45 (read off the loss)" in imbalance.message
+    else:
+        assert imbalance.severity is Severity.warning
+
+
 def test_near_uniform_logits_beside_another_batchs_loss_are_no_class_weights(
     tmp_path: Path,
 ) -> None:
