@@ -2762,18 +2762,27 @@ _CLAMPED_SHARE = 0.1
     label={
         "clamped-outputs": "outputs clamped at zero",
         "squashed-outputs": "outputs squashed by the last activation",
+        "unreached-targets": "targets beyond the outputs' reach",
         "*": "logits clamped at zero",
     },
     # A class whose logit sits at the clamp gets no gradient: it can be neither raised for its
     # own samples nor lowered for others', so classes go unpredicted, the output units look
-    # dead and the loss stalls.
-    explains=(
-        "DBG201",
-        "DBG301:not-decreasing",
-        "DBG303",
-        "DBG601:mispredicted",
-        "DBG604",
-    ),
+    # dead and the loss stalls. Targets far beyond the outputs drive every layer before them
+    # to its extreme: saturated units, huge gradients and updates.
+    explains={
+        "unreached-targets": (
+            "DBG101",
+            "DBG102",
+            "DBG201",
+            "DBG202",
+            "DBG203",
+            "DBG301:not-decreasing",
+            "DBG303",
+            "DBG502",
+            *LEARNING_RATE_BY_UPDATES,
+        ),
+        "*": ("DBG201", "DBG301:not-decreasing", "DBG303", "DBG601:mispredicted", "DBG604"),
+    },
 )
 def clamped_logits(ctx: RuleContext, *, records: int = 20) -> Iterator[Finding]:
     """Outputs held where the targets cannot be reached: a ReLU, sigmoid or tanh last.
@@ -2812,6 +2821,17 @@ def clamped_logits(ctx: RuleContext, *, records: int = 20) -> Iterator[Finding]:
     batch's mean distance (an absolute error's floor) is not the loss of these targets (they
     are scaled inside the loss, say), and gives no finding.
 
+    A regression's targets beyond the outputs' reach (key ``unreached-targets``): a step
+    counts where the targets' mean lies more than their standard deviation beyond the
+    largest output in size, ``|mean(y)| - max|p| > std(y)``, which puts the mean squared
+    error above the targets' variance: a constant at their mean would do better. At least
+    three such steps, half of those read, the last included (the model as training leaves
+    it). Targets in raw units (prices, counts in the thousands) do that: a network's outputs
+    start near 0, Adam moves a weight by about its learning rate a step, so the output layer
+    cannot grow by thousands in a run, and the loss drives every layer before it to its
+    extreme instead (a tiny BERT's regression on targets of 2e4 +- 1.4e4: outputs up to 12,
+    its pooler's tanh saturated, the loss flat at 6e8).
+
     Why it matters: cross-entropy wants the logits of the wrong classes far below the right
     one's; clamped at zero, they cannot go below it, and a logit at the clamp passes no
     gradient, so a class whose logit sits there for its own samples is never learnt. A
@@ -2827,6 +2847,10 @@ def clamped_logits(ctx: RuleContext, *, records: int = 20) -> Iterator[Finding]:
     whose targets lie in a range can scale them into the last activation's (min-max to
     ``[0, 1]`` for a sigmoid).
 
+    Fix (key ``unreached-targets``): standardise the targets (subtract their mean, divide by
+    their standard deviation, and undo it on the predictions), or start the output layer's
+    bias at their mean.
+
     Args:
         records: Most steps read.
     """
@@ -2836,6 +2860,7 @@ def clamped_logits(ctx: RuleContext, *, records: int = 20) -> Iterator[Finding]:
     if regression_targets(ctx) or ctx.trace.metadata.get("task") == "regression":
         yield from _clamped_outputs(ctx, records)
         yield from _squashed_outputs(ctx, records)
+        yield from _unreached_targets(ctx, records)
         return
     refuse_unclassed(ctx)
     for labels, predictions in scored_labels(ctx):
@@ -2953,6 +2978,45 @@ def _squashed_outputs(ctx: RuleContext, records: int) -> Iterator[Finding]:
             mode=last_mode,
             key="squashed-outputs",
             extra={"labels": labels.tag, "steps_compared": read, "activation": kind},
+        )
+
+
+def _unreached_targets(ctx: RuleContext, records: int) -> Iterator[Finding]:
+    """DBG308 on a regression whose targets lie beyond every output, to the end."""
+    for labels, predictions in scored_labels(ctx):
+        read, hits, last = 0, [], (-1, "")
+        for step, mode in _steps_in_full(ctx, (labels.tag, predictions.tag), records):
+            outputs = ctx.trace.raw(predictions.tag, step, mode)
+            truth = ctx.trace.raw(labels.tag, step, mode)
+            if outputs is None or truth is None or outputs.size != truth.size or truth.size < 2:
+                continue
+            y = truth.reshape(-1).astype(np.float64)
+            p = outputs.reshape(-1).astype(np.float64)
+            if outputs.dtype.kind != "f" or not (np.isfinite(p).all() and np.isfinite(y).all()):
+                continue
+            read, last = read + 1, (step, mode)
+            centre, spread, reach = float(np.mean(y)), float(np.std(y)), float(np.abs(p).max())
+            if abs(centre) - reach > spread:
+                hits.append((step, mode, centre, spread, reach))
+        if not _shown(len(hits), read) or hits[-1][:2] != last:
+            continue
+        last_step, last_mode, centre, spread, reach = hits[-1]
+        yield Finding(
+            message=(
+                f"the targets (mean {centre:.4g}, standard deviation {spread:.4g} at step "
+                f"{last_step}) lie beyond every output (at most {reach:.3g} in size): a "
+                f"constant at their mean would fit better; {len(hits)} of {read} steps read, "
+                "the last included (targets in raw units?)"
+            ),
+            tensor=predictions.tag,
+            first_step=hits[0][0],
+            last_step=last_step,
+            steps=len(hits),
+            value=(abs(centre) - reach) / spread if spread else float("inf"),
+            threshold=1.0,
+            mode=last_mode,
+            key="unreached-targets",
+            extra={"labels": labels.tag, "steps_compared": read},
         )
 
 

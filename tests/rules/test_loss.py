@@ -2088,6 +2088,46 @@ def test_a_regression_squashed_by_its_last_activation(
     assert report.findings[report.problems[0].cause] == finding
 
 
+@pytest.mark.parametrize("raw_units", [True, False])
+def test_regression_targets_beyond_the_outputs_reach_are_named_first(
+    tmp_path: Path, raw_units: bool
+) -> None:
+    """A real regression whose targets are in raw units, 20,000 +- 14,000: Adam at 1e-3
+    moves the outputs a few units in 300 steps, so a constant at the targets' mean fits
+    better to the end, and the report names the targets' scale first. Standardised, the
+    same model fits them."""
+    torch = pytest.importorskip("torch")
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2048, 8, generator=generator)
+    y = x[:, :3].sum(1) + 0.3 * torch.sin(3 * x[:, 3])
+    y = (y - y.mean()) / y.std()
+    if raw_units:
+        y = 2e4 + 1.4e4 * y
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 1))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+    def batch(step: int) -> tuple[Any, Any]:
+        rows = torch.randint(0, 2048, (64,), generator=torch.Generator().manual_seed(step))
+        return x[rows], y[rows]
+
+    def mse(output: Any, target: Any) -> Any:
+        return torch.nn.functional.mse_loss(output.squeeze(-1), target)
+
+    path = train_recording_data(
+        model, optimizer, tmp_path / "raw.h5", batch, mse, steps=300, every=20
+    )
+    report = analyze_path(path)
+    unreached = [f for f in report.findings if f.key == "unreached-targets"]
+    if not raw_units:
+        assert not unreached
+        return
+    (finding,) = unreached
+    assert (finding.rule_id, finding.severity, finding.first_step) == ("DBG308", Severity.error, 0)
+    assert "lie beyond every output" in finding.message
+    assert report.findings[report.problems[0].cause] == finding
+
+
 def test_label_smoothing_is_read_from_the_loss_and_sets_its_floor(tmp_path: Path) -> None:
     """cross_entropy with label_smoothing=0.9 (0.09 meant) over 4 classes: no loss falls below
     its targets' entropy, 1.372, 99 % of ln 4, so the model that fits them was "underfitting"
