@@ -358,6 +358,11 @@ def clipped_text(norm: float) -> str:
     )
 
 
+#: The share of its start a loss has come down to once the model has fitted its data: a flat
+#: loss there is convergence, whatever the learning rate does (DBG101's default bar).
+FITTED = 0.1
+
+
 def converged(ctx: RuleContext, steps: np.ndarray, fraction: float) -> np.ndarray:
     """Per step: the training loss has come down to ``fraction`` of its start or below, so
     the model has fitted its data (False where unknown, and without a training loss). Either

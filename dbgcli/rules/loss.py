@@ -23,9 +23,11 @@ from dbgcli.rules._context import (
     sustained,
 )
 from dbgcli.rules._known import (
+    FITTED,
     LEARNING_RATE_BY_UPDATES,
     STARVED_LR,
     class_count,
+    converged,
     initial_loss,
     kept_steps,
     labels_are_the_inputs,
@@ -213,7 +215,9 @@ def loss_not_decreasing(
     smoothing, weight decay or the noise of the data set), which is what training is for; a
     plateau above half the starting loss is a run that stopped learning early. Except when
     the recorded learning rate has fallen below 1e-4 of its peak at the check: a flat loss
-    there is starved, not converged. A loss
+    there is starved, not converged, unless the model has fitted its data (the training or
+    held-out loss at a tenth of its start, DBG101's bar), as a ``ReduceLROnPlateau`` cutting
+    a converged run's rate finds it. A loss
     that goes below zero (a policy-gradient or surrogate objective, a likelihood without its
     constant) is no discrepancy that falls to 0: its changes are measured against the range
     its levels span, it is still high in the upper half of that range, and only where it is
@@ -371,7 +375,9 @@ def loss_not_decreasing(
             floor = low if below_zero else _floor_value(ctx)
             way = high - low if below_zero else initial.value - floor
             if way > 0:
-                starved = lr_below(ctx, np.array(checked), STARVED_LR)
+                # Starved, unless fitted: a plateau scheduler cuts a converged run's rate.
+                checks = np.array(checked)
+                starved = lr_below(ctx, checks, STARVED_LR) & ~converged(ctx, checks, FITTED)
                 converged_at = levels_after - floor <= converged_fraction * way
                 flat &= ~converged_at | starved
     best = _learned_optimum(ctx)

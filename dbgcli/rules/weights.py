@@ -15,6 +15,7 @@ from dbgcli.errors import RuleConfigError
 from dbgcli.findings import Finding, Severity
 from dbgcli.rules._context import RuleContext, TensorView, episode_findings, records_spanning
 from dbgcli.rules._known import (
+    FITTED,
     LEARNING_RATE_BY_UPDATES,
     STARVED_LR,
     added_or_scaling_parameter,
@@ -899,6 +900,10 @@ def learning_rate(
       for nothing. The finding starts where the fall that ends there began (the last rise of
       the rate before it; the first record for a schedule that only falls): from there the
       schedule starves the run, and the loss that stays high from the start is its symptom.
+      Unless the model had fitted its data when the rate got there (the training loss, or
+      the held-out loss, at a tenth of its start, as DBG101 and DBG502 read it): a
+      ``ReduceLROnPlateau`` without a floor cuts a converged run's rate again and again
+      (one at 98 % held-out accuracy went to 3e-7), which starves nothing.
 
     The finding names the recorded learning rate when there is one. The values are typical
     per-step ratios; with records several steps apart (``stats_every``) they are the mean
@@ -1217,6 +1222,10 @@ def _decayed(ctx: RuleContext, starved_share: float) -> Iterator[Finding]:
     calm = np.flatnonzero(~starved)
     first = int(calm[-1]) + 1 if len(calm) else 0
     if (len(values) - first) < starved_share * len(values):
+        return
+    if converged(ctx, steps[first : first + 1], FITTED)[0]:
+        # Fitted before the rate got there: a plateau scheduler cutting a converged run's
+        # rate, not a schedule that starved it.
         return
     share = (len(values) - first) / len(values)
     lowest = float(np.nanmin(values[first:]))

@@ -512,6 +512,44 @@ def test_learning_rate_decayed_to_nothing_early(make_trace) -> None:
     assert not keyed(run_rule(healthy, "DBG503"), "decayed")
 
 
+def test_a_plateau_scheduler_cutting_a_converged_runs_rate_starves_nothing(tmp_path) -> None:
+    """ReduceLROnPlateau without a floor, stepped on the held-out loss every 25 steps: once
+    the model has fitted 256 samples of four overlapping blobs, the held-out loss stops
+    improving and the scheduler cuts the rate again and again, to below 1e-4 of its peak
+    for most of the run. The flat loss there is convergence: neither a schedule that
+    decayed early nor a stalled loss."""
+    import torch
+    from torch import nn
+
+    from dbgcli.torch import attach
+
+    torch.manual_seed(0)
+    centres = torch.randn(4, 16)
+    y = torch.randint(0, 4, (2304,))
+    x = centres[y] + 1.5 * torch.randn(2304, 16)
+    model = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 4))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.3, patience=2)
+    path = tmp_path / "plateau.h5"
+    with attach(model, optimizer, path) as hook:
+        for step in range(800):
+            batch = slice(64 * (step % 4), 64 * (step % 4 + 1))
+            optimizer.zero_grad()
+            loss = nn.functional.cross_entropy(model(x[batch]), y[batch])
+            hook.record_loss(loss)
+            loss.backward()
+            optimizer.step()
+            if step % 25 == 24:
+                with torch.no_grad():
+                    held_out = nn.functional.cross_entropy(model(x[256:]), y[256:])
+                hook.record_loss(held_out, mode="eval")
+                plateau.step(held_out)
+    assert optimizer.param_groups[0]["lr"] < 1e-4 * 0.05
+    results = {r.id: r for r in analyze_path(path, select=("DBG301", "DBG503")).results}
+    assert not keyed(results["DBG503"], "decayed")
+    assert not keyed(results["DBG301"], "not-decreasing")
+
+
 def test_a_schedule_is_no_symptom_of_the_data(make_trace) -> None:
     """Inputs off-centre from step 0 explain updates out of scale, not the recorded schedule:
     a step decay stepped every batch is its own problem, whatever started with it."""
