@@ -683,8 +683,11 @@ def unchanged_tensor(
     recorder says so (the PyTorch hook lists parameters with ``requires_grad=False`` in the
     metadata key ``frozen_parameters``, kept up to date at each recorded step) or, in a
     trace that does not say, when gradients are recorded for other parameters but none for
-    it (no gradient flows to it): key ``frozen``, severity info (fine-tuning with a frozen
-    backbone, or one run under ``no_grad`` and left out of the optimizer). A parameter the
+    it (no gradient flows to it), or when the learning rate of its parameter group is 0 at
+    every record (the PyTorch hook notes which group holds each parameter, metadata
+    ``parameter_groups``, when there are several): key ``frozen``, severity info
+    (fine-tuning with a frozen backbone, or one run under ``no_grad`` and left out of the
+    optimizer). A parameter the
     recorder does not list, that no optimizer leaves out (metadata
     ``parameters_not_in_optimizer``, when the recorder wrote it), and whose gradient is not
     recorded at those steps while others' are, requires a gradient that never comes
@@ -770,8 +773,12 @@ def unchanged_tensor(
     unrecorded = set(unselected) if isinstance(unselected, list) else set()
     left_out = ctx.trace.metadata.get(schema.META_NOT_IN_OPTIMIZER)
     not_in_optimizer = set(left_out) if isinstance(left_out, list) else None
+    # A group whose learning rate is 0 throughout freezes its parameters as surely.
+    still = ctx.shared("zero-rate-parameters", lambda: _zero_rate_parameters(ctx))
     # The same for every tensor of the trace: judged once.
-    pointless = ctx.shared("pointless-freeze", lambda: _pointless_freeze(ctx, gradients, frozen))
+    pointless = ctx.shared(
+        "pointless-freeze", lambda: _pointless_freeze(ctx, gradients, frozen | still)
+    )
     invariant = invariant_biases(ctx)
     for view in _selected(ctx, collections):
         result: UnchangedRuns = view.derive(derivation)
@@ -805,8 +812,10 @@ def unchanged_tensor(
                     flowing = "left-out"
                 elif flowing == "moving":
                     flowing = "held"
+            if view.tag in still and view.tag not in frozen:
+                flowing = "zero-rate"
             unused = flowing in ("unused", "unused-held")
-            on_purpose = view.tag in frozen or flowing in ("none", "stale") or unused
+            on_purpose = view.tag in frozen or flowing in ("none", "stale", "zero-rate") or unused
             why = _WHY["declared"] if view.tag in frozen else _WHY[flowing]
             if on_purpose and pointless is not None and unused:
                 on_purpose = False
@@ -899,8 +908,27 @@ _WHY = {
         "depends on such as a bias right before a normalisation, or a learning rate at the "
         "end of its decay)"
     ),
+    "zero-rate": (
+        ": the learning rate of its parameter group is 0 at every record (the recorder says "
+        "which group holds it): frozen on purpose"
+    ),
     "unknown": "",
 }
+
+
+def _zero_rate_parameters(ctx: RuleContext) -> set[str]:
+    """The parameters whose group's recorded learning rate is 0 at every record (run
+    metadata ``parameter_groups``, the PyTorch hook's note of each parameter's group)."""
+    groups = ctx.trace.metadata.get(schema.META_PARAMETER_GROUPS)
+    if not isinstance(groups, Mapping):
+        return set()
+    zero = set()
+    for tag in set(groups.values()):
+        series = ctx.scalar(tag, "train") if isinstance(tag, str) else None
+        if series is not None and len(series) and bool((series.values == 0).all()):
+            zero.add(tag)
+    return {name for name, tag in groups.items() if tag in zero}
+
 
 # A training loss that has come down below this share of where it started has learned
 # something (DBG303's bar), each end the mean of DBG303's window: _LOSS_WINDOW records, at

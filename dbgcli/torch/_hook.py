@@ -679,6 +679,8 @@ class TorchHook:
         self._batch_norm_traced = False
         self._held_by_optimizers: set[int] = set()
         self._optimizer_settings: list[tuple[str, list[dict[str, Any]]]] = []
+        # The learning-rate series of each parameter's group, by parameter id.
+        self._rate_tags: dict[int, str] = {}
         self.track_updates = track_updates
         self.stats_every = stats_every
         self._weights = Reducer(updates=track_updates)
@@ -1176,10 +1178,11 @@ class TorchHook:
             raise TrainingStopped(request)
 
     # -- recording ----------------------------------------------------------------------------
-    def _note_optimizer(self, optimizer: Optimizer) -> None:
+    def _note_optimizer(self, optimizer: Optimizer, rate_tags: Sequence[str | None]) -> None:
         """Note each optimizer's type and its groups' settings (weight decay, momentum...), at
-        its first update, and the trainable parameters that none of the optimizers seen so
-        far holds (an optimizer built before the model was replaced, a layer left out by
+        its first update, with the learning-rate series (``rate_tags``, one per group) each
+        parameter's group records when there are several groups; the trainable parameters
+        that none of the optimizers seen so far holds (an optimizer built before the model was replaced, a layer left out by
         mistake), which stay out of the zero_grad check: no zero_grad() of theirs clears them;
         and, at the first, how many values the batch norms normalised each channel over (see
         :meth:`_batch_norm_probe`).
@@ -1209,6 +1212,13 @@ class TorchHook:
                 "groups": [g for _, groups in self._optimizer_settings for g in groups],
             }
         }
+        for group, tag in zip(optimizer.param_groups, rate_tags, strict=True):
+            if tag is not None:
+                self._rate_tags.update((id(p), tag) for p in group["params"])
+        if len(set(self._rate_tags.values())) > 1:
+            noted[schema.META_PARAMETER_GROUPS] = {
+                name: self._rate_tags[id(p)] for name, p in trainable if id(p) in self._rate_tags
+            }
         if self._held_by_optimizers or not holds_copies:
             noted[schema.META_NOT_IN_OPTIMIZER] = [
                 name for name, p in trainable if id(p) not in self._held_by_optimizers
@@ -1236,6 +1246,7 @@ class TorchHook:
             self._write_pending_loss(lambda mode, pending: mode != "train" or pending.step <= step)
         writer = self.writer
         optimizer = optimizer if optimizer is not None else self.optimizer
+        tags: list[str | None] = []
         if optimizer is not None:
             groups = optimizer.param_groups
             tags = self._lr_tags.get(lr_tag, [])
@@ -1255,7 +1266,7 @@ class TorchHook:
         ):
             self._note_eval_training(step)
         if optimizer is not None and id(optimizer) not in self._optimizers_seen:
-            self._guard("noting the optimizer", lambda: self._note_optimizer(optimizer))
+            self._guard("noting the optimizer", lambda: self._note_optimizer(optimizer, tags))
         if self._recorded_optimizer_step is None and step > 1:
             # The first update is not the run's: training resumed from a checkpoint (or the
             # caller set the step to continue a run), so the trace starts from a trained model.

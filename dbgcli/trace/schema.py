@@ -54,6 +54,9 @@ META_GRADIENTS_NOT_ZEROED = "gradients_not_zeroed"
 META_OPTIMIZER = "optimizer"
 # The trainable parameters the PyTorch hook found in none of the optimizer's parameter groups.
 META_NOT_IN_OPTIMIZER = "parameters_not_in_optimizer"
+# The learning-rate series of each trainable parameter's group, by parameter name (the PyTorch
+# hook's note, when its optimizers hold more than one group): {"fc.weight": "lr/group1"}.
+META_PARAMETER_GROUPS = "parameter_groups"
 # The trainable parameters whose gradients the PyTorch hook's include/exclude leaves out.
 META_GRADIENTS_NOT_RECORDED = "gradients_not_recorded"
 # How the run compensates a class imbalance (XGBoost's scale_pos_weight, a weighted loss).

@@ -649,6 +649,40 @@ def train_in_batches(model: Any, optimizer: Any, x: Any, y: Any, path: Path, *, 
     return path
 
 
+def test_a_parameter_group_at_a_learning_rate_of_zero_is_frozen_on_purpose(
+    tmp_path: Path,
+) -> None:
+    """Two parameter groups, the first layer's at lr 0: the hook notes which group holds
+    each parameter, and the first layer, with a gradient and no update, is frozen by its
+    group's rate, not a vanishing gradient's updates too small to show. The head trains and
+    the loss comes down: a linear probe, on purpose."""
+    torch = pytest.importorskip("torch")
+    from dbgcli import open_trace
+
+    torch.manual_seed(0)
+    centres = 3 * torch.randn(4, 16)
+    y = torch.randint(0, 4, (512,))
+    x = centres[y] + torch.randn(512, 16)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
+    groups = [
+        {"params": model[0].parameters(), "lr": 0.0},
+        {"params": model[2].parameters(), "lr": 1e-2},
+    ]
+    path = train_in_batches(model, torch.optim.Adam(groups), x, y, tmp_path / "probe.h5", steps=200)
+    with open_trace(path) as trace:
+        assert trace.metadata["parameter_groups"] == {
+            "0.weight": "lr",
+            "0.bias": "lr",
+            "2.weight": "lr/group1",
+            "2.bias": "lr/group1",
+        }
+    findings = run_rule(path, "DBG403").findings
+    assert {f.tensor for f in findings} == {"0.weight", "0.bias"}
+    for finding in findings:
+        assert (finding.key, finding.severity) == ("frozen", Severity.info)
+        assert "the learning rate of its parameter group is 0 at every record" in finding.message
+
+
 def test_unchanged_tells_updates_too_small_to_show_from_a_forgotten_layer(tmp_path: Path) -> None:
     """A bias right before a BatchNorm gets a gradient that is zero but for rounding (the norm
     subtracts the batch mean), so SGD's steps round away. The hook says the optimizer holds
