@@ -458,6 +458,40 @@ def test_a_linear_booster_at_its_optimum_is_judged_from_its_intercept(
     assert results["DBG303"].status is RuleStatus.passed
 
 
+@pytest.mark.parametrize("eta", [0.05, 0.001])
+def test_a_low_signal_task_overtrained_is_no_underfitting(
+    tmp_path: Path, no_dbg_warnings: None, eta: float
+) -> None:
+    """Labels drawn from a logistic model of little signal, as clicks or churn: even the true
+    probabilities score most of the constant guess's loss. At eta 0.05 the held-out loss
+    passes its best within 100 rounds while the training loss falls on to 81 % of the
+    intercept's: the model fits more than generalises, so its loss is held up by the
+    data's noise, and overtraining leads. At eta 0.001 nothing is fitted: underfitting."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(6000, 10))
+    score = 0.7 * (0.5 * x[:, 0] - 0.4 * x[:, 1] + 0.3 * x[:, 2] * x[:, 3])
+    y = (rng.random(6000) < 1 / (1 + np.exp(-score))).astype(np.float32)
+    dtrain, dvalid = xgb.DMatrix(x[:3000], label=y[:3000]), xgb.DMatrix(x[3000:], label=y[3000:])
+    path = tmp_path / "clicks.h5"
+    xgb.train(
+        {"objective": "binary:logistic", "eta": eta, "max_depth": 3, "seed": 0},
+        dtrain,
+        num_boost_round=300,
+        evals=[(dtrain, "train"), (dvalid, "valid")],
+        callbacks=[DbgCallback(path)],
+        verbose_eval=False,
+    )
+    report = analyze_path(path)
+    underfit = [f for f in report.findings if f.rule_id == "DBG303"]
+    if eta < 0.01:
+        assert [f.key for f in underfit] == ["loss-high"]
+        return
+    (note,) = underfit
+    assert (note.key, note.severity) == ("high-floor", Severity.info)
+    assert "the noise of the data, not the model, holds the loss up" in note.message
+    assert report.findings[report.problems[0].cause].rule_id == "DBG304"
+
+
 def test_the_training_set_can_be_named(tmp_path: Path, no_dbg_warnings: None) -> None:
     x, y = make_data(0)
     xv, yv = make_data(1)

@@ -142,6 +142,22 @@ def test_loss_not_decreasing_leaves_the_plateau_early_stopping_waits_out(make_tr
     )
 
 
+def test_loss_not_decreasing_leaves_the_floor_of_an_overtrained_run(make_trace) -> None:
+    """Data of little signal: the training loss falls from 2.3 to 1.6 by step 200 and creeps
+    on to 1.5, less than 1 % a window, while the held-out loss passed its best at step 200
+    and rises: the model fits its data beyond what generalises, and the creep is the floor
+    the data's noise sets. Held-out losses that keep falling leave the creep a plateau."""
+    rng = np.random.default_rng(0)
+    level = np.r_[np.linspace(2.3, 1.6, 200), np.linspace(1.6, 1.5, 400)]
+    train = level * (1 + 0.002 * rng.standard_normal(600))
+    falling = np.r_[np.linspace(2.3, 1.62, 9), np.linspace(1.61, 1.55, 15)]
+    rising = np.r_[falling[:9], np.linspace(1.63, 1.7, 15)]
+    assert not keyed(
+        run_rule(make_trace(scalars=losses(train, rising)), "DBG301"), "not-decreasing"
+    )
+    assert keyed(run_rule(make_trace(scalars=losses(train, falling)), "DBG301"), "not-decreasing")
+
+
 def test_loss_not_decreasing_notes_a_plateau_the_loss_leaves(make_trace) -> None:
     """Stuck at chance for 300 steps, then learning down to 0.05: a recurrent network that
     finds the signal after a few epochs. The plateau is a note that says where the loss
