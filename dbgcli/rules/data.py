@@ -2028,7 +2028,9 @@ def token_ratio(
     0.87 on the real tokens), and the class looks far more frequent than it is (DBG601's
     imbalance). Padding holds nothing that could tell its labels apart, so labelled padding
     holds one label throughout; a label shifted against the inputs (a language model's next
-    token) leaves a few others at its edges. Masked padding (labels ``-100``) holds none.
+    token) leaves a few others at its edges. Padding the loss skips (labels ``-100`` at 99 %
+    of its positions or more), behind an attention mask, costs compute only: the finding is
+    then a note (a GPT-2 padded to 64 so was as good as its twin padded to each batch).
 
     Why it matters: sequences that are mostly padding waste compute and, with a wrong attention
     mask or loss mask, teach the model to predict padding; a recurrent model fed the padding
@@ -2109,16 +2111,29 @@ def token_ratio(
 
 
 class _LabelledToken(NamedTuple):
-    """The labels at a token's positions, in the records of one mode that hold both."""
+    """The labels at a token's positions, in the records of one mode that hold both: one
+    class at nearly all of them (``label``), or none (None: the loss skips them)."""
 
     labels: str
     positions: int
-    label: int
+    label: int | None
     labelled: int
     all_labels: int
 
     def mark(self, finding: Finding) -> Finding:
-        """The token's finding, as padding labelled as a class."""
+        """The token's finding, as padding labelled as a class, or as padding the loss skips,
+        which costs compute only (a note)."""
+        if self.label is None:
+            skipped = 1 - self.labelled / self.positions
+            return replace(
+                finding,
+                severity=Severity.info,
+                message=(
+                    f"{finding.message}; the loss skips its positions (no label at "
+                    f"{_percent(skipped)} of them, in {self.labels}): the padding costs "
+                    "compute only"
+                ),
+            )
         return replace(
             finding,
             key="labelled-padding",
@@ -2148,7 +2163,8 @@ def _labelled_token(
 ) -> _LabelledToken | None:
     """How labels of the inputs' shape treat the positions of ``value`` in the inputs'
     records of mode ``code``, when one class labels nearly all of them (see
-    ``_LABELLED_TOKEN_SHARE``); None otherwise, or without labels kept in full beside them.
+    ``_LABELLED_TOKEN_SHARE``) or nearly none does; None otherwise, or without labels kept
+    in full beside them.
     Labels and inputs pair by step and mode, in record order, as labels and predictions do."""
     if not inputs.info.raw_records:
         return None
@@ -2177,7 +2193,12 @@ def _labelled_token(
             all_labels += int((row >= 0).sum())
         token_labels = np.concatenate(at_token) if at_token else np.empty(0, np.int64)
         labelled = token_labels[token_labels >= 0]
-        if not labelled.size:
+        if not token_labels.size:
+            continue
+        if labelled.size <= (1 - _LABELLED_TOKEN_SHARE) * token_labels.size:
+            found.append(
+                _LabelledToken(labels.tag, token_labels.size, None, labelled.size, all_labels)
+            )
             continue
         classes, counts = np.unique(labelled, return_counts=True)
         top = int(np.argmax(counts))

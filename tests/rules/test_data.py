@@ -1021,8 +1021,8 @@ def test_padding_labelled_as_a_class_is_named_with_the_share_of_labels_it_takes(
     make_trace,
 ) -> None:
     """Labels of the tokens' shape: padding labelled 0 is a class the loss counts; padding
-    labelled -100 (the ignore index) is not; next-token labels, one fewer per sequence, pair
-    with the tokens they follow."""
+    labelled -100 (the ignore index) is skipped, and costs compute only; next-token labels,
+    one fewer per sequence, pair with the tokens they follow."""
     padding = [0.7] * 20
     tokens = sequences(padding)
     rng = np.random.default_rng(9)
@@ -1048,8 +1048,10 @@ def test_padding_labelled_as_a_class_is_named_with_the_share_of_labels_it_takes(
     assert finding.extra["share_of_labels"] == pytest.approx(0.7)
     assert "its positions are labelled class 0 (100%, in tags)" in finding.message
     assert "70% of the labels" in finding.message
-    # Masked padding: the token's finding alone.
-    assert [f.key for f in run(labelled(-100)).findings] == ["token-0"]
+    # Padding the loss skips (-100) costs compute only: a note.
+    (masked,) = run(labelled(-100)).findings
+    assert (masked.key, masked.severity) == ("token-0", Severity.info)
+    assert "the loss skips its positions (no label at 100% of them, in tags)" in masked.message
     # Padding whose labels vary (unknown words tagged by their context) is no labelled class.
     varied = [np.where(ids == 0, rng.integers(0, 2, ids.shape), 0) for ids in tokens]
     assert [f.key for f in run(varied).findings] == ["token-0"]
