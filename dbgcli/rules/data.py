@@ -1239,7 +1239,9 @@ def class_imbalance(
       warning that says so. Such weights also make an imbalance of labels under the bar: the
       counts times the weights more than ``threshold_imbalance`` apart are the warning then
       (weights 9.2:1 on the larger class of 9.7:1 make 90:1, and cut the smaller class's
-      recall from 0.98 to 0.86 on a real run).
+      recall from 0.98 to 0.86 on a real run). Both judge the training labels only, whose
+      loss the weights weigh: a held-out set is scored unweighted, and a balanced one beside
+      weights that even out a skewed training set is no imbalance they make.
     * **misprediction** (key ``mispredicted``, needs predictions): for some class, the share
       of its labelled samples whose predicted class differs ``> threshold_misprediction``.
       One mode's predictions judge the model, as in DBG604: the held-out (eval) ones when the
@@ -1451,7 +1453,13 @@ def _imbalance(
         least = int(np.argmin(counts))
         ratio = float(counts[largest] / counts[least])
         smallest = f"smallest class {classes[least]}: {counts[least]}"
-    weighted = None if missing.size else _weighted_ratio(weighting, classes, counts)
+    # Class weights weigh the training loss: the counts they multiply are the training
+    # labels' (a balanced held-out set is no imbalance they make).
+    weighted = (
+        None
+        if missing.size or stream.mode != "train"
+        else _weighted_ratio(weighting, classes, counts)
+    )
     if ratio > threshold:
         # Weights that rise with the class's count (frequencies written for their inverses)
         # make the imbalance worse, whatever the metadata calls them.

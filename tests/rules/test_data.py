@@ -178,6 +178,28 @@ def test_class_weights_that_unbalance_labels_under_the_bar_are_an_imbalance(
         assert "ratio 9, but the run's class weights" in finding.message
 
 
+def test_class_weights_of_the_training_loss_leave_a_balanced_held_out_set_alone(
+    make_trace,
+) -> None:
+    """Weights 1:12 even out training labels of 12:1; the held-out labels are balanced, and
+    scored unweighted: no imbalance there, whatever the weights would make of its counts."""
+    skewed = np.r_[np.zeros(1200, dtype=np.int64), np.ones(100, dtype=np.int64)]
+    balanced = np.r_[np.zeros(300, dtype=np.int64), np.ones(300, dtype=np.int64)]
+    path = make_trace(
+        tensors={
+            "labels": {
+                "values": [skewed, balanced],
+                "steps": [0, 0],
+                "modes": ["train", "eval"],
+                "collection": "labels",
+            }
+        },
+        metadata={"class_weighting": {"CrossEntropyLoss.weight": [1.0, 12.0]}},
+    )
+    findings = run_rule(path, "DBG601").findings
+    assert [(f.key, f.mode) for f in findings] == [("compensated", "train")]
+
+
 def train_in_batches(path: Path, model: Any, loss_fn: Any, x: Any, y: Any) -> None:
     """200 Adam steps (lr 0.01) over ``x`` and ``y`` in turn in batches of 256, recording the
     loss every step, and the labels and the model's outputs in full every 10th."""
