@@ -165,15 +165,36 @@ def _task(objective: str) -> dict[str, str]:
     return {"task": "ranking"} if kind == "rank" else {}
 
 
-def _class_weighting(objective: Mapping[str, Any]) -> dict[str, Any]:
+def _class_weighting(objective: Mapping[str, Any], data: xgboost.DMatrix | None) -> dict[str, Any]:
     """The run metadata's ``class_weighting`` when the objective weighs the positive class
-    (``scale_pos_weight`` other than 1): the run compensates its class imbalance."""
+    (``scale_pos_weight`` other than 1), or the recorded data's sample weights weigh the
+    classes unevenly (a mean weight per class more than 5 % apart, as balancing weights do):
+    the run compensates its class imbalance."""
+    weighting: dict[str, Any] = {}
     weight = objective.get("reg_loss_param", {}).get("scale_pos_weight")
     try:
         scale = float(weight)
     except (TypeError, ValueError):
-        return {}
-    return {META_CLASS_WEIGHTING: {"scale_pos_weight": scale}} if scale != 1.0 else {}
+        scale = 1.0
+    if scale != 1.0:
+        weighting["scale_pos_weight"] = scale
+    name = str(objective.get("name", ""))
+    # Anything else given as data fails where it is recorded, once, said so there.
+    if isinstance(data, xgboost.DMatrix) and name.partition(":")[0] in ("binary", "multi"):
+        try:
+            weights, labels = data.get_weight(), data.get_label()
+        except Exception:  # noqa: BLE001 - an unreadable DMatrix notes no weights
+            weights = labels = np.zeros(0)
+        if weights.size and weights.size == labels.size and (labels == np.round(labels)).all():
+            classes = labels.astype(np.int64)
+            if classes.min() >= 0:
+                sums = np.bincount(classes, weights=weights)
+                counts = np.bincount(classes)
+                per_class = sums[counts > 0] / counts[counts > 0]
+                if per_class.min() > 0 and per_class.max() > 1.05 * per_class.min():
+                    means = np.where(counts > 0, sums / np.maximum(counts, 1), 1.0)
+                    weighting["sample weights, mean per class"] = [float(w) for w in means]
+    return {META_CLASS_WEIGHTING: weighting} if weighting else {}
 
 
 # The metrics XGBoost's EarlyStopping maximises when not told (``xgboost.callback``): scores
@@ -401,7 +422,7 @@ class DbgCallback(TrainingCallback):
         objective = config.get("learner", {}).get("objective", {})
         metadata: dict[str, Any] = {
             **_task(objective.get("name", "")),
-            **_class_weighting(objective),
+            **_class_weighting(objective, self.data),
             **self.metadata,
             "xgboost_version": xgboost.__version__,
             "xgboost_config": config,

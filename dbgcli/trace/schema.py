@@ -59,7 +59,8 @@ META_NOT_IN_OPTIMIZER = "parameters_not_in_optimizer"
 META_PARAMETER_GROUPS = "parameter_groups"
 # The trainable parameters whose gradients the PyTorch hook's include/exclude leaves out.
 META_GRADIENTS_NOT_RECORDED = "gradients_not_recorded"
-# How the run compensates a class imbalance (XGBoost's scale_pos_weight, a weighted loss).
+# How the run compensates a class imbalance (XGBoost's scale_pos_weight or sample weights, a
+# weighted loss).
 META_CLASS_WEIGHTING = "class_weighting"
 # XGBoost's intercept after the first round, when it is fitted: {"base_score": [float, ...],
 # "fitted": bool}, fitted when XGBoost estimated it from the training labels

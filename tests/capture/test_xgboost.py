@@ -290,6 +290,16 @@ def test_an_imbalance_the_objective_compensates_is_a_note(
         19.0: ("compensated", Severity.info),
         0.0625: ("imbalance", Severity.warning),  # 1/16, exact in float32
     }
+    # Balancing sample weights in the DMatrix the callback records compensate it too.
+    balanced = xgb.DMatrix(x, label=positives, weight=np.where(positives == 1, 19.0, 1.0))
+    path = tmp_path / "sample_weights.h5"
+    boost({"objective": "binary:logistic", "seed": 0}, balanced, DbgCallback(path, data=balanced))
+    with open_trace(path) as trace:
+        assert trace.metadata["class_weighting"] == {"sample weights, mean per class": [1.0, 19.0]}
+    result = analyze_path(path, select=("DBG601",)).results[0]
+    assert [f.key for f in result.findings if f.key in ("imbalance", "compensated")] == [
+        "compensated"
+    ]
 
 
 @pytest.mark.parametrize("fault", ["min_child_weight", "constant_labels"])
