@@ -84,7 +84,10 @@ def tree_depth(ctx: RuleContext, *, depth: int = 10, min_rounds: int = 5) -> Ite
     (about 3 to 10) that tuning usually explores, so only deliberately deep or unbounded trees
     (``max_depth=0`` with ``grow_policy=lossguide``, very large ``max_leaves``) are reported.
     The 2019 SageMaker Debugger cases (``max_depth=100`` fires, ``max_depth=4`` for 10 rounds
-    does not) hold with ``depth=4``.
+    does not) hold with ``depth=4``. Trees whose leaves XGBoost caps (``max_leaves`` in its
+    configuration, run metadata ``xgboost_config``) at no more than a tree of ``depth``
+    holds, ``2**depth``, are not judged by depth: a loss-guided tree of 31 leaves grows 17
+    deep along its best branch and holds what a depth-5 tree does.
 
     **Never split** (key ``no-splits``): every tree of every round, at least ``min_rounds``
     of them, is a single leaf (depth 0). Each round then only moves the one prediction the
@@ -131,7 +134,7 @@ def tree_depth(ctx: RuleContext, *, depth: int = 10, min_rounds: int = 5) -> Ite
                     key="no-splits",
                 )
             rows = np.flatnonzero((view.modes == code) & (deepest > depth))
-            if not rows.size:
+            if not rows.size or _leaves_capped(ctx, depth):
                 continue
             worst = rows[np.argmax(deepest[rows])]
             yield Finding(
@@ -432,6 +435,15 @@ def _tree_learning_rate(ctx: RuleContext) -> float | None:
         if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
             return float(value)
     return None
+
+
+def _leaves_capped(ctx: RuleContext, depth: int) -> bool:
+    """Whether XGBoost's configuration caps each tree at no more leaves than a tree ``depth``
+    deep holds."""
+    leaves = _config_number(
+        ctx.trace.metadata.get("xgboost_config"), "tree_train_param", "max_leaves"
+    )
+    return leaves is not None and 0 < leaves <= 2**depth
 
 
 def _config_number(config: object, section: str, name: str) -> float | None:

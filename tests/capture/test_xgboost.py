@@ -302,6 +302,27 @@ def test_an_imbalance_the_objective_compensates_is_a_note(
     ]
 
 
+@pytest.mark.parametrize("max_leaves", [31, 0])
+def test_loss_guided_trees_are_judged_by_their_leaves_not_their_depth(
+    tmp_path: Path, no_dbg_warnings: None, max_leaves: int
+) -> None:
+    """Loss-guided growth on noisy labels: 31 leaves a tree reach 14 deep along the best
+    branches, and hold what a depth-5 tree does; without a cap on the leaves the trees grow
+    23 deep, and DBG701 names them."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3000, 6))
+    y = (x[:, 0] + rng.normal(scale=1.5, size=3000) > 0).astype(np.float32)
+    path = tmp_path / "lossguide.h5"
+    params = {"objective": "binary:logistic", "grow_policy": "lossguide", "max_depth": 0}
+    boost(
+        {**params, "max_leaves": max_leaves, "seed": 0}, xgb.DMatrix(x, label=y), DbgCallback(path)
+    )
+    with open_trace(path) as trace:
+        assert trace.stat("trees/depth", "max").values.max() > 10  # deep either way
+    deep = [f for f in analyze_path(path, select=("DBG701",)).findings if f.key == "too-deep"]
+    assert bool(deep) is (max_leaves == 0)
+
+
 @pytest.mark.parametrize("fault", ["min_child_weight", "constant_labels"])
 def test_a_booster_that_never_splits_is_named(
     tmp_path: Path, no_dbg_warnings: None, fault: str
