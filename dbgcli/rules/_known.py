@@ -798,6 +798,16 @@ def _initial_loss(ctx: RuleContext, mode: Literal["train", "eval"]) -> InitialLo
     )
 
 
+def xgboost_objective(ctx: RuleContext) -> str | None:
+    """The objective of an XGBoost run, from the configuration its callback stores (run
+    metadata ``xgboost_config``), or None."""
+    config = ctx.trace.metadata.get("xgboost_config")
+    learner = config.get("learner") if isinstance(config, Mapping) else None
+    objective = learner.get("objective") if isinstance(learner, Mapping) else None
+    name = objective.get("name") if isinstance(objective, Mapping) else None
+    return name if isinstance(name, str) else None
+
+
 def _intercept_loss(ctx: RuleContext, first: float) -> InitialLoss | None:
     """The training log loss of the intercept a ``binary:logistic`` booster started from, in
     a trace whose first training loss is XGBoost's ``logloss`` after round 0 (one tree in,
@@ -809,10 +819,9 @@ def _intercept_loss(ctx: RuleContext, first: float) -> InitialLoss | None:
     optimum was 0.483), so the first recorded loss is no untrained model's. None otherwise:
     other objectives, an intercept given as anything else, a booster trained on."""
     intercept = ctx.trace.metadata.get(schema.META_XGBOOST_INTERCEPT)
-    config = ctx.trace.metadata.get("xgboost_config")
-    if not isinstance(intercept, Mapping) or not isinstance(config, Mapping):
+    if not isinstance(intercept, Mapping):
         return None
-    objective = config.get("learner", {}).get("objective", {}).get("name")
+    objective = xgboost_objective(ctx)
     base = intercept.get("base_score")
     tag, series = ctx.loss_tag("train"), ctx.loss("train")
     if (

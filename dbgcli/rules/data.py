@@ -47,6 +47,7 @@ from dbgcli.rules._known import (
     token_labels,
     tokens_ahead,
     unclassed_labels,
+    xgboost_objective,
 )
 from dbgcli.rules._registry import Need, rule
 from dbgcli.trace import schema
@@ -859,7 +860,8 @@ def _many_values(ctx: RuleContext, tag: str) -> bool:
 def soft_target_entropy(ctx: RuleContext) -> float | None:
     """The mean entropy, in nats, of the recorded training labels when they are soft targets:
     probabilities that are not all 0 or 1, one per sample (a binary classifier's, smoothed:
-    0.1 and 0.9) or rows summing to 1 (smoothed or mixed one-hot rows). A cross-entropy
+    0.1 and 0.9, or a teacher's probabilities under XGBoost's logistic objective) or rows
+    summing to 1 (smoothed or mixed one-hot rows). A cross-entropy
     against such targets cannot fall below their entropy (Gibbs' inequality): it is the
     loss's floor. None for hard labels, quantities, or without labels in full tensors.
     Computed once per analysis."""
@@ -867,8 +869,10 @@ def soft_target_entropy(ctx: RuleContext) -> float | None:
 
 
 def _soft_target_entropy(ctx: RuleContext) -> float | None:
-    if unclassed_labels(ctx) is not None:
-        return None  # a regression's targets in [0, 1] are no probabilities
+    # A regression's targets in [0, 1] are no probabilities; a logistic objective's are.
+    logistic = xgboost_objective(ctx) in ("binary:logistic", "reg:logistic")
+    if unclassed_labels(ctx) is not None and not logistic:
+        return None
     total, count = 0.0, 0
     for view in _with_full_tensors(_tagged(ctx, "labels")):
         shape = view.info.shape

@@ -523,6 +523,30 @@ def test_a_low_signal_task_overtrained_is_no_underfitting(
     assert report.findings[report.problems[0].cause].rule_id == "DBG304"
 
 
+def test_soft_labels_of_a_logistic_objective_set_the_loss_floor(
+    tmp_path: Path, no_dbg_warnings: None
+) -> None:
+    """binary:logistic on a teacher's probabilities (0.1 to 0.9), recorded through ``data``:
+    no loss against them falls below their entropy, most of the intercept's, and a model
+    that gets there has learned them, not underfitted."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3000, 5))
+    soft = np.clip(1 / (1 + np.exp(-(0.8 * x[:, 0] - 0.5 * x[:, 1]))), 0.1, 0.9)
+    dtrain = xgb.DMatrix(x, label=soft.astype(np.float32))
+    path = tmp_path / "distilled.h5"
+    xgb.train(
+        {"objective": "binary:logistic", "eta": 0.1, "max_depth": 3, "seed": 0},
+        dtrain,
+        num_boost_round=200,
+        evals=[(dtrain, "train")],
+        callbacks=[DbgCallback(path, data=dtrain)],
+        verbose_eval=False,
+    )
+    (note,) = analyze_path(path, select=("DBG303",)).findings
+    assert (note.key, note.severity) == ("high-floor", Severity.info)
+    assert "the soft targets' mean entropy" in note.message
+
+
 def test_the_training_set_can_be_named(tmp_path: Path, no_dbg_warnings: None) -> None:
     x, y = make_data(0)
     xv, yv = make_data(1)
