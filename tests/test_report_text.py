@@ -68,7 +68,8 @@ def test_a_healthy_verdict_names_the_commonest_skip_reason_without_stream_prefix
 
 def test_healthy_takes_a_loss_rule_that_judged_the_run() -> None:
     """No problem found is not health when nothing judged how training went: a ranker whose
-    only metric is NDCG has no loss any rule reads. One passed loss rule makes it healthy."""
+    only metric is NDCG has no loss any rule reads. One passed rule that judges the training
+    loss makes it healthy; one that passes on other data of category loss does not."""
     from dbgcli.findings import Severity
     from dbgcli.report.model import RuleResult, RuleStatus, TraceReport
 
@@ -85,8 +86,18 @@ def test_healthy_takes_a_loss_rule_that_judged_the_run() -> None:
     report = TraceReport(path="rank.h5", results=(trees, skipped))
     assert report.healthy
     assert report.verdict == "no problems found: 1 rule passed, 1 skipped (no train loss series)"
+    finite = RuleResult("DBG306", "non-finite-loss", "loss", Severity.error, "", RuleStatus.passed)
+    assert TraceReport(path="run.h5", results=(trees, finite)).verdict == (
+        "no problems found: 2 rules passed"
+    )
     judged = RuleResult(
-        "DBG301", "loss-not-decreasing", "loss", Severity.warning, "", RuleStatus.passed
+        "DBG301",
+        "loss-not-decreasing",
+        "loss",
+        Severity.warning,
+        "",
+        RuleStatus.passed,
+        judges_training=True,
     )
     assert TraceReport(path="run.h5", results=(trees, judged)).verdict == (
         "healthy: 2 rules passed"

@@ -44,6 +44,8 @@ class RuleResult:
     reason: str = ""
     findings: tuple[Finding, ...] = ()
     seconds: float = 0.0
+    #: Whether the rule judges the training loss (passed: training worked, as far as it shows).
+    judges_training: bool = False
 
 
 @dataclass(frozen=True)
@@ -115,9 +117,10 @@ class TraceReport:
         passed = sum(1 for r in self.results if r.status is RuleStatus.passed)
         skipped = [r for r in self.results if r.status is RuleStatus.skipped]
         notes = len(self.diagnoses)
-        # Without a loss rule that could judge the run (no loss, or a metric none reads, such
-        # as a ranker's NDCG), nothing says training worked: no problem found is all there is.
-        judged = any(r.category == "loss" and r.status is RuleStatus.passed for r in self.results)
+        # Without a rule that could judge the training loss (no loss, or a metric none reads,
+        # such as a ranker's NDCG; an evaluation loss alone), nothing says training worked: no
+        # problem found is all there is.
+        judged = any(r.judges_training and r.status is RuleStatus.passed for r in self.results)
         text = f"{'healthy' if judged else 'no problems found'}: {counted(passed, 'rule')} passed"
         if notes:
             text += f", {counted(notes, 'note')}"

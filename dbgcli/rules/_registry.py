@@ -59,6 +59,9 @@ class Need:
     looks_at: Literal["tensors", "scalars", ""] = ""
     #: Why the trace lacks the data and what to change, where its metadata says so.
     hint: Callable[[RuleContext, dict[str, Any]], str | None] | None = None
+    #: Whether the data is the training loss: a rule that needs it and passes says training
+    #: worked, as far as the loss shows (the verdict's ``healthy``).
+    training_loss: bool = False
 
     @property
     def reason(self) -> str:
@@ -114,6 +117,7 @@ class Need:
             lambda ctx: ctx.loss(mode) is not None,
             looks_at="scalars",
             hint=lambda ctx, params: _unlogged_loss(ctx, mode),
+            training_loss=mode == "train",
         )
 
     @staticmethod

@@ -547,6 +547,22 @@ def test_soft_labels_of_a_logistic_objective_set_the_loss_floor(
     assert "the soft targets' mean entropy" in note.message
 
 
+def test_a_run_evaluated_on_held_out_data_alone_is_no_problems_found(
+    tmp_path: Path, no_dbg_warnings: None
+) -> None:
+    """``eval_set`` with the validation set alone, a common use of the scikit-learn API: no
+    training loss, so nothing says whether training worked; the verdict says so."""
+    x, y = make_data(0)
+    xv, yv = make_data(1)
+    path = tmp_path / "valid_only.h5"
+    model = xgb.XGBClassifier(n_estimators=20, max_depth=3, callbacks=[DbgCallback(path)])
+    model.fit(x, y, eval_set=[(xv, yv)], verbose=False)
+    # Feature 0 carries the labels (DBG702's business, not this test's).
+    report = analyze_path(path, ignore=("DBG702",))
+    assert report.verdict.startswith("no problems found: "), report.verdict
+    assert "no train loss series" in report.verdict
+
+
 def test_the_training_set_can_be_named(tmp_path: Path, no_dbg_warnings: None) -> None:
     x, y = make_data(0)
     xv, yv = make_data(1)
