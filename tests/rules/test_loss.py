@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -2040,6 +2041,39 @@ def test_a_regression_clamped_at_zero_beside_negative_targets_is_an_error(tmp_pa
     assert run_rule(run(tmp_path / "linear.h5", relu=False), "DBG308").status is (RuleStatus.passed)
 
 
+def regression_run(
+    path: Path,
+    targets: Callable[[Any], Any],
+    *,
+    lr: float,
+    steps: int,
+    head: Any = None,
+    divisor: float = 1.0,
+) -> Path:
+    """A real MLP regression (8 inputs, 32 ReLU units, one output, then ``head``) trained by
+    Adam at ``lr`` on ``targets(y)`` of a smooth function ``y`` of the inputs, in batches of
+    64, its mean squared error taken against the targets over ``divisor``; the labels and
+    predictions of every 20th step kept in full."""
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2048, 8, generator=generator)
+    y = targets(x[:, :3].sum(1) + 0.3 * torch.sin(3 * x[:, 3]))
+    torch.manual_seed(0)
+    layers = [torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 1)]
+    model = torch.nn.Sequential(*layers, *([head] if head is not None else []))
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+
+    def batch(step: int) -> tuple[Any, Any]:
+        rows = torch.randint(0, 2048, (64,), generator=torch.Generator().manual_seed(step))
+        return x[rows], y[rows]
+
+    def mse(output: Any, target: Any) -> Any:
+        return torch.nn.functional.mse_loss(output.squeeze(-1), target / divisor)
+
+    return train_recording_data(model, optimizer, path, batch, mse, steps=steps, every=20)
+
+
 @pytest.mark.parametrize(
     ("head", "scale", "found"),
     [
@@ -2060,32 +2094,19 @@ def test_a_regression_squashed_by_its_last_activation(
     output layer: targets outside the activation's range are out of reach, and the report
     names the head with the floor it sets the loss. Targets scaled into the range pass."""
     torch = pytest.importorskip("torch")
-    generator = torch.Generator().manual_seed(0)
-    x = torch.randn(2048, 8, generator=generator)
-    y = x[:, :3].sum(1) + 0.3 * torch.sin(3 * x[:, 3])
-    y = {
-        "units": 3 + 2 * y / y.std(),
-        "min-max": (y - y.min()) / (y.max() - y.min()),
-        "spill": 0.5 + 0.35 * y / y.std(),
-        "standard": (y - y.mean()) / y.std(),
-        "scaled-in-the-loss": 3 + 2 * y / y.std(),
-    }[scale]
-    divisor = 8.0 if scale == "scaled-in-the-loss" else 1.0
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(
-        torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 1), getattr(torch.nn, head)()
-    )
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-
-    def batch(step: int) -> tuple[Any, Any]:
-        rows = torch.randint(0, 2048, (64,), generator=torch.Generator().manual_seed(step))
-        return x[rows], y[rows]
-
-    def mse(output: Any, target: Any) -> Any:
-        return torch.nn.functional.mse_loss(output.squeeze(-1), target / divisor)
-
-    path = train_recording_data(
-        model, optimizer, tmp_path / "head.h5", batch, mse, steps=200, every=20
+    path = regression_run(
+        tmp_path / "head.h5",
+        lambda y: {
+            "units": 3 + 2 * y / y.std(),
+            "min-max": (y - y.min()) / (y.max() - y.min()),
+            "spill": 0.5 + 0.35 * y / y.std(),
+            "standard": (y - y.mean()) / y.std(),
+            "scaled-in-the-loss": 3 + 2 * y / y.std(),
+        }[scale],
+        head=getattr(torch.nn, head)(),
+        lr=3e-3,
+        steps=200,
+        divisor=8.0 if scale == "scaled-in-the-loss" else 1.0,
     )
     report = analyze_path(path)
     squashed = [f for f in report.findings if f.key == "squashed-outputs"]
@@ -2112,27 +2133,12 @@ def test_regression_targets_beyond_the_outputs_reach_are_named_first(
     moves the outputs a few units in 300 steps, so a constant at the targets' mean fits
     better to the end, and the report names the targets' scale first. Standardised, the
     same model fits them."""
-    torch = pytest.importorskip("torch")
-    generator = torch.Generator().manual_seed(0)
-    x = torch.randn(2048, 8, generator=generator)
-    y = x[:, :3].sum(1) + 0.3 * torch.sin(3 * x[:, 3])
-    y = (y - y.mean()) / y.std()
-    if raw_units:
-        y = 2e4 + 1.4e4 * y
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 1))
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
 
-    def batch(step: int) -> tuple[Any, Any]:
-        rows = torch.randint(0, 2048, (64,), generator=torch.Generator().manual_seed(step))
-        return x[rows], y[rows]
+    def targets(y: Any) -> Any:
+        standard = (y - y.mean()) / y.std()
+        return 2e4 + 1.4e4 * standard if raw_units else standard
 
-    def mse(output: Any, target: Any) -> Any:
-        return torch.nn.functional.mse_loss(output.squeeze(-1), target)
-
-    path = train_recording_data(
-        model, optimizer, tmp_path / "raw.h5", batch, mse, steps=300, every=20
-    )
+    path = regression_run(tmp_path / "raw.h5", targets, lr=1e-3, steps=300)
     report = analyze_path(path)
     unreached = [f for f in report.findings if f.key == "unreached-targets"]
     if not raw_units:
