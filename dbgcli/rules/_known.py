@@ -363,23 +363,29 @@ def clipped_text(norm: float) -> str:
 FITTED = 0.1
 
 
-def converged(ctx: RuleContext, steps: np.ndarray, fraction: float) -> np.ndarray:
+def converged(
+    ctx: RuleContext, steps: np.ndarray, fraction: float, *, latest: bool = True
+) -> np.ndarray:
     """Per step: the training loss has come down to ``fraction`` of its start or below, so
     the model has fitted its data (False where unknown, and without a training loss). Either
-    the mean of its last 10 records or the latest record itself: a gradient is the one of its
-    own step's loss, which is tiny where that batch is fitted, however a spike a few steps
-    before lifts the mean. Or the latest evaluation's loss is at ``fraction`` of the first
+    the mean of its last 10 records or, with ``latest``, the latest record itself: a gradient
+    is the one of its own step's loss, which is tiny where that batch is fitted, however a
+    spike a few steps before lifts the mean (a question about the run, such as what a
+    schedule starved, asks the mean: one lucky batch is no fitted model). Or the latest evaluation's loss is at ``fraction`` of the first
     evaluation's or below (of the training loss's start where that is lower: an untrained
     model in eval mode can score far above it, its batch norms' running statistics not yet
     those of the data): the model predicts held-out data that much better, so it has fitted
     its data whatever terms the training loss adds that do not fall with the fit (an
     auxiliary load-balancing loss, a penalty, a KL term)."""
-    recent, latest = loss_fraction(ctx, steps), loss_fraction(ctx, steps, window=1)
+    recent = loss_fraction(ctx, steps)
+    single = loss_fraction(ctx, steps, window=1) if latest else None
     held_out = _held_out_fraction(ctx, steps)
     fitted = np.zeros(len(steps), dtype=bool)
     with np.errstate(invalid="ignore"):
-        if recent is not None and latest is not None:
-            fitted |= (recent <= fraction) | (latest <= fraction)
+        if recent is not None:
+            fitted |= recent <= fraction
+        if single is not None:
+            fitted |= single <= fraction
         if held_out is not None:
             fitted |= held_out <= fraction
     return fitted

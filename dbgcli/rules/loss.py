@@ -247,9 +247,7 @@ def loss_not_decreasing(
     are there to leave the minimum the loss had settled in). A loss that keeps rising once
     the rate stops climbing is reported by the checks after.
 
-    Past the held-out loss's optimum while the training loss falls on (as DBG303 reads
-    overtraining), a flat loss is the floor the data's noise sets, and is not judged. Under
-    early stopping on a loss whose optimum is known (as DBG302 reads it), a flat loss
+    Under early stopping on a loss whose optimum is known (as DBG302 reads it), a flat loss
     after the optimum is not judged, when the mean of the last 10 training losses up to the
     optimum had fallen below 80 % of the first (DBG303's bar): it is what early stopping's
     patience waits out before it stops the run. A loss that had not fallen by then never
@@ -379,7 +377,8 @@ def loss_not_decreasing(
             if way > 0:
                 # Starved, unless fitted: a plateau scheduler cuts a converged run's rate.
                 checks = np.array(checked)
-                starved = lr_below(ctx, checks, STARVED_LR) & ~converged(ctx, checks, FITTED)
+                fitted = converged(ctx, checks, FITTED, latest=False)
+                starved = lr_below(ctx, checks, STARVED_LR) & ~fitted
                 converged_at = levels_after - floor <= converged_fraction * way
                 flat &= ~converged_at | starved
     best = _learned_optimum(ctx)
@@ -387,11 +386,6 @@ def loss_not_decreasing(
         # Past the optimum early stopping watches for, a flat loss is what its patience waits
         # out before it stops the run.
         flat &= np.array(checked) <= best
-    beyond = _fitted_beyond_held_out(ctx)
-    if beyond is not None:
-        # Past the held-out optimum, with the training loss falling on, the model has fitted
-        # what the data's noise lets it: a flat loss there is that floor.
-        flat &= np.array(checked) <= beyond.step
     failing = sustained(rose | flat, patience)
     what = f"{'mean ' if smooth else ''}{mode} loss"
     for episode in episodes(failing):
@@ -854,9 +848,8 @@ def underfit(
       a floor itself above ``max_loss_fraction`` of ``L0`` (label smoothing 0.9: the loss
       cannot fall 3 %) is a note (key ``high-floor``), and leaves the loss against chance
       unjudged when it sits within ``chance_fraction`` of ``ln C``. So is a loss that stays
-      high while the model fits its training data beyond what generalises: the held-out loss
-      passed its best, two evaluations or more before the end, and the training loss fell on
-      since by more than two standard errors (DBG304's overtraining). A model that overfits
+      high while the model fits its training data beyond what generalises: DBG304 finds it
+      overtraining to the last evaluation (its own test and defaults). A model that overfits
       has the capacity to fit its data; on data of little signal (clicks, churn, returns, 60 %
       of labels random) even the true function scores 90 % of the constant guess's loss, and
       what holds the loss up is the data's noise, which a larger model or a learning-rate
@@ -1014,7 +1007,7 @@ def underfit(
             base = floor.value if floor is not None and floor.value < initial.value else 0.0
             way = (smoothed - base) / (initial.value - base)
             towards = f" to its floor {base:.4g}" if base else ""
-            beyond = _fitted_beyond_held_out(ctx)
+            beyond = _overtrained_to_the_end(ctx)
             for finding in _stuck_until_end(
                 steps,
                 way,
@@ -1038,8 +1031,8 @@ def underfit(
                     if beyond is None
                     else replace(
                         finding,
-                        message=f"{finding.message}; but {beyond.text}: the noise of the "
-                        "data, not the model, holds the loss up",
+                        message=f"{finding.message}; but {beyond}: the noise of the data, "
+                        "not the model, holds the loss up",
                         key="high-floor",
                         severity=Severity.info,
                     )
@@ -1375,43 +1368,30 @@ def _records_for(window: int, records: int) -> int:
     return max(1, min(window, records // 4))
 
 
-class _HeldOutOptimum(NamedTuple):
-    """The step of the held-out loss's best evaluation, and how training went on past it."""
+def _overtrained_to_the_end(ctx: RuleContext) -> str | None:
+    """DBG304's overtraining, in words, when it lasts to the last evaluation: the held-out
+    loss stalled at its optimum while the training loss went on improving. Such a model fits
+    its training data beyond what generalises: it has the capacity to fit them, and what
+    holds its loss up is the data's noise. None otherwise (also where DBG304 does not judge
+    the run). Computed once per analysis."""
 
-    step: int
-    text: str
-
-
-def _fitted_beyond_held_out(ctx: RuleContext) -> _HeldOutOptimum | None:
-    """The held-out loss's optimum when the training loss kept falling after it: the best of
-    at least three evaluations is followed by two or more that do not improve on it, and the
-    mean training loss between the last two evaluations is below the mean between the best
-    and the next by more than two standard errors (DBG304's reading of overtraining).
-    Such a model fits its training data beyond what generalises: it has the capacity to fit
-    them, and what holds its loss up is the data's noise. Computed once per analysis."""
-    return ctx.shared("fitted-beyond-held-out", lambda: _beyond_held_out(ctx.unfocused()))
-
-
-def _beyond_held_out(ctx: RuleContext) -> _HeldOutOptimum | None:
-    train, held_out = ctx.loss("train"), ctx.loss("eval")
-    if train is None or held_out is None:
+    def judged() -> str | None:
+        whole = ctx.unfocused()
+        held_out = whole.loss("eval")
+        try:
+            found = list(overtraining(whole))
+        except RuleSkipped:
+            return None
+        last = None if held_out is None or not len(held_out) else int(held_out.steps.max())
+        for finding in found:
+            if finding.last_step == last:
+                return (
+                    f"the held-out loss has not improved for {finding.value:.0f} evaluations "
+                    "while the training loss fell on (DBG304)"
+                )
         return None
-    evaluations = _evaluations(train, held_out)
-    if len(evaluations.steps) < 3:
-        return None
-    best = int(np.argmin(evaluations.val))
-    if best > len(evaluations.steps) - 3:
-        return None
-    level, error = evaluations.train_between(2)
-    after = best + 1  # the training records between the best evaluation and the next
-    if not level[-1] < level[after] - 2 * np.hypot(error[-1], error[after]):
-        return None
-    return _HeldOutOptimum(
-        int(evaluations.steps[best]),
-        f"the held-out loss passed its best, {evaluations.val[best]:.4g}, at step "
-        f"{evaluations.steps[best]}, and the training loss fell on from {level[after]:.4g} "
-        f"to {level[-1]:.4g}",
-    )
+
+    return ctx.shared("overtrained-to-the-end", judged)
 
 
 def _stuck_until_end(

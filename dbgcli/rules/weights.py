@@ -1223,7 +1223,7 @@ def _decayed(ctx: RuleContext, starved_share: float) -> Iterator[Finding]:
     first = int(calm[-1]) + 1 if len(calm) else 0
     if (len(values) - first) < starved_share * len(values):
         return
-    if converged(ctx, steps[first : first + 1], FITTED)[0]:
+    if converged(ctx, steps[first : first + 1], FITTED, latest=False)[0]:
         # Fitted before the rate got there: a plateau scheduler cutting a converged run's
         # rate, not a schedule that starved it.
         return

@@ -506,6 +506,11 @@ def test_learning_rate_decayed_to_nothing_early(make_trace) -> None:
     path = make_trace(scalars={"lr": warmed, "loss": [1.0] * 200}, tensors=tensors)
     (decayed,) = keyed(run_rule(path, "DBG503"), "decayed")
     assert decayed.first_step == 9
+    # One lucky batch at a tenth of the start where the rate starves is no fitted model.
+    lucky = [1.0] * 200
+    lucky[40] = 0.05
+    path = make_trace(scalars={"lr": lr, "loss": lucky}, tensors=tensors)
+    assert keyed(run_rule(path, "DBG503"), "decayed")
     # A warmup from 0 and a linear decay to 0 at the end stay there only for a sliver.
     schedule = list(np.r_[np.linspace(0, 0.1, 20), np.linspace(0.1, 0, 180)])
     healthy = make_trace(scalars={"lr": schedule, "loss": [1.0] * 200}, tensors=tensors)
