@@ -333,10 +333,11 @@ def exploding_gradient(
       its gradient with it), shows only here; its loss jumps thousands of times at the next step.
       The finding is the loss's, one per jump at a step with no gradient recorded; the first
       ``window`` loss records are history only. A jump the loss is back from at the very
-      next step, below the untrained model's loss again, is a hard batch: the update it
-      drove threw nothing (a regression's outlier targets under a Huber loss, whose
-      gradient is bounded, jumped 397 times on a real run, and the next step's loss was
-      below half the untrained model's). A loss that oscillates (DBG305) jumps so at
+      next steps (the median of the next three below 80 % of the untrained model's loss,
+      DBG303's bar for having learned) is a hard batch: the update it drove threw nothing
+      (a regression's outlier targets under a Huber loss, whose gradient is bounded, jumped
+      397 times on a real run, and the next three steps' median was below half the
+      untrained model's). A model thrown back to chance is not back. A loss that oscillates (DBG305) jumps so at
       every turn, and starting earlier is their cause.
     * **input spike** (warning, key ``input-spike``): the blow-up's trigger, a batch unlike
       the rest. A training record of a float input (not token ids) whose standard deviation
@@ -437,6 +438,12 @@ def _first_gradient_tag(ctx: RuleContext) -> str:
     return next(iter(ctx.unfocused().tensors(collection="gradients"))).tag
 
 
+# The steps after a loss jump whose median says whether the model kept what it had learned,
+# and the share of the untrained model's loss below which it did (DBG303's bar).
+_FOLLOWING_STEPS = 3
+_LEARNED = 0.8
+
+
 def _loss_jumps_between_records(ctx: RuleContext, growth: float, window: int) -> Iterator[Finding]:
     """DBG102's loss jumps: at training steps where no gradient was recorded, found once per
     trace (the rule runs tensor by tensor; they are the loss's)."""
@@ -469,13 +476,19 @@ def _loss_jumps_between_records(ctx: RuleContext, growth: float, window: int) ->
     initial = initial_loss(whole)
     if initial is None:
         return
-    # Back below the untrained model's loss at the very next step: the update that batch
-    # drove threw nothing (a hard batch under a bounded loss, such as Huber's outliers).
-    following = np.minimum(jumped + 1, len(values) - 1)
-    recovered = (
-        (jumped + 1 < len(values))
-        & (steps[following] == steps[jumped] + 1)
-        & (values[following] <= initial.value)
+    # Back at the very next steps to what a model that learned scores (the median of the
+    # next three below DBG303's bar, 80 % of the untrained loss): the update that batch
+    # drove threw nothing (a hard batch under a bounded loss, such as Huber's outliers). A
+    # model thrown back to chance is not back.
+    after = _FOLLOWING_STEPS
+    recovered = np.array(
+        [
+            at + after < len(values)
+            and steps[at + after] == steps[at] + after
+            and float(np.median(values[at + 1 : at + after + 1])) <= _LEARNED * initial.value
+            for at in jumped
+        ],
+        dtype=bool,
     )
     for at in jumped[(values[jumped] > initial.value) & ~recovered]:
         before, after = recorded[recorded < steps[at]], recorded[recorded > steps[at]]

@@ -338,6 +338,12 @@ def test_exploding_sees_a_loss_jump_between_gradient_records(make_trace) -> None
     hard[255] = 100.0
     trace = make_trace(scalars={"loss": hard}, tensors=sparse(gradients([1e-2], steps=40)))
     assert not keyed(run_rule(trace, "DBG102"), "loss-jump")
+    # Thrown back to chance (below the untrained loss, above what a model that learned
+    # scores) is no hard batch.
+    chance = settled_loss()
+    chance[255:] = [100.0] + [0.95 * chance[0]] * 144
+    trace = make_trace(scalars={"loss": chance}, tensors=sparse(gradients([1e-2], steps=40)))
+    assert keyed(run_rule(trace, "DBG102"), "loss-jump")
     for step, value in ((250, 100.0), (255, 1.0), (3, 1e3)):
         loss = settled_loss()
         loss[step] = value
