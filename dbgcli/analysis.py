@@ -381,7 +381,7 @@ def _result(
         reason=reason,
         findings=findings,
         seconds=seconds,
-        judges_training=any(need.training_loss for need in spec.requires),
+        judges_training=any(need.training_loss(configured.params) for need in spec.requires),
     )
 
 

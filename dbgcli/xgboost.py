@@ -167,8 +167,8 @@ def _task(objective: str) -> dict[str, str]:
 
 def _class_weighting(objective: Mapping[str, Any], data: xgboost.DMatrix | None) -> dict[str, Any]:
     """The run metadata's ``class_weighting`` when the objective weighs the positive class
-    (``scale_pos_weight`` other than 1), or the recorded data's sample weights weigh the
-    classes unevenly (a mean weight per class more than 5 % apart, as balancing weights do):
+    (``scale_pos_weight`` other than 1), or the recorded data's sample weights balance its
+    classes (their weighted counts no more apart than the square root of the counts' ratio):
     the run compensates its class imbalance."""
     weighting: dict[str, Any] = {}
     weight = objective.get("reg_loss_param", {}).get("scale_pos_weight")
@@ -189,10 +189,15 @@ def _class_weighting(objective: Mapping[str, Any], data: xgboost.DMatrix | None)
             classes = labels.astype(np.int64)
             if classes.min() >= 0:
                 sums = np.bincount(classes, weights=weights)
-                counts = np.bincount(classes)
-                per_class = sums[counts > 0] / counts[counts > 0]
-                if per_class.min() > 0 and per_class.max() > 1.05 * per_class.min():
-                    means = np.where(counts > 0, sums / np.maximum(counts, 1), 1.0)
+                counts = np.bincount(classes).astype(np.float64)
+                seen = counts > 0
+                imbalance = counts[seen].max() / counts[seen].min()
+                mass = sums[seen]
+                # Weights that balance: they close at least half the imbalance (on a log
+                # scale), as inverse frequencies close all of it; weights for another reason
+                # (recent rows first) that shift the classes a little are none.
+                if mass.min() > 0 and imbalance > 1 and mass.max() / mass.min() <= imbalance**0.5:
+                    means = np.where(seen, sums / np.maximum(counts, 1), 1.0)
                     weighting["sample weights, mean per class"] = [float(w) for w in means]
     return {META_CLASS_WEIGHTING: weighting} if weighting else {}
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from dbgcli.report.text import shorten_middle
@@ -102,3 +104,15 @@ def test_healthy_takes_a_loss_rule_that_judged_the_run() -> None:
     assert TraceReport(path="run.h5", results=(trees, judged)).verdict == (
         "healthy: 2 rules passed"
     )
+
+
+def test_a_healthy_run_is_healthy_whichever_training_loss_rule_judged_it() -> None:
+    """DBG301 judges the loss of the mode its parameter names: on the training loss, it says
+    training went on working, with DBG303 left out; on the evaluation loss, it does not."""
+    from tests.rules.helpers import analyze_path
+
+    trace = Path(__file__).parent.parent / "sample_traces" / "numpy_mlp_healthy.h5"
+    report = analyze_path(trace, select=("DBG301",))
+    assert report.verdict.startswith("healthy: 1 rule passed"), report.verdict
+    held_out = analyze_path(trace, select=("DBG301",), params={"DBG301": {"mode": "eval"}})
+    assert held_out.verdict.startswith("no problems found"), held_out.verdict

@@ -786,7 +786,8 @@ def _initial_loss(ctx: RuleContext, mode: Literal["train", "eval"]) -> InitialLo
             return None
         why = f"the run resumed at step {resumed}"
     else:
-        prior = _intercept_loss(ctx, first)
+        # The intercept's loss is the training labels'; a held-out set's rate may differ.
+        prior = _intercept_loss(ctx, first) if mode == "train" else None
         if prior is not None:
             return prior
         if chance is None or not 0 <= first <= _TRAINED_LOSS * chance:
@@ -814,6 +815,33 @@ def xgboost_objective(ctx: RuleContext) -> str | None:
     return name if isinstance(name, str) else None
 
 
+def loss_metric(
+    ctx: RuleContext,
+    families: tuple[str, ...] = ("poisson-nloglik", "gamma-nloglik", "tweedie-nloglik"),
+) -> str | None:
+    """Which of XGBoost's metrics of ``families`` the training loss is (by default the
+    likelihoods that keep terms of the labels alone, see
+    :func:`dbgcli.rules.data.saturated_loss`: ``poisson-nloglik``, ``gamma-nloglik``,
+    ``tweedie-nloglik@1.5``...), by its name or as the ``loss`` copy the XGBoost callback
+    makes of it; None for any other loss."""
+    tag, loss = ctx.loss_tag("train"), ctx.loss("train")
+    if tag is None or loss is None:
+        return None
+    for family in families:
+        for info in ctx.trace.tags(f"*{family}*", scalar=True):
+            metric = info.tag[info.tag.index(family) :]
+            if info.tag == tag:
+                return metric
+            series = ctx.scalar(info.tag, "train")
+            if (
+                series is not None
+                and np.array_equal(series.steps, loss.steps)
+                and np.array_equal(series.values, loss.values)
+            ):
+                return metric
+    return None
+
+
 def _intercept_loss(ctx: RuleContext, first: float) -> InitialLoss | None:
     """The training log loss of the intercept a ``binary:logistic`` booster started from, in
     a trace whose first training loss is XGBoost's ``logloss`` after round 0 (one tree in,
@@ -829,23 +857,18 @@ def _intercept_loss(ctx: RuleContext, first: float) -> InitialLoss | None:
         return None
     objective = xgboost_objective(ctx)
     base = intercept.get("base_score")
-    tag, series = ctx.loss_tag("train"), ctx.loss("train")
+    series = ctx.loss("train")
     if (
         objective != "binary:logistic"
         or not isinstance(base, list)
         or len(base) != 1
         or not isinstance(base[0], int | float)
         or not 0 < base[0] < 1
-        or tag is None
         or series is None
         or int(series.steps.min()) != 0
+        or loss_metric(ctx, ("logloss",)) is None
     ):
         return None
-    if not tag.endswith("logloss"):
-        # The callback's copy of the training metric the loss rules read: which one it is.
-        logloss = ctx.scalar("logloss", "train")
-        if logloss is None or not np.array_equal(logloss.values, series.values):
-            return None
     p = float(base[0])
     if intercept.get("fitted") is True:
         prior = float(-(p * np.log(p) + (1 - p) * np.log1p(-p)))

@@ -59,9 +59,10 @@ class Need:
     looks_at: Literal["tensors", "scalars", ""] = ""
     #: Why the trace lacks the data and what to change, where its metadata says so.
     hint: Callable[[RuleContext, dict[str, Any]], str | None] | None = None
-    #: Whether the data is the training loss: a rule that needs it and passes says training
-    #: worked, as far as the loss shows (the verdict's ``healthy``).
-    training_loss: bool = False
+    #: Whether the data is the training loss (given the rule's parameters): a rule that needs
+    #: it and passes says training worked, as far as the loss shows (the verdict's
+    #: ``healthy``).
+    training_loss: Callable[[dict[str, Any]], bool] = lambda params: False
 
     @property
     def reason(self) -> str:
@@ -117,7 +118,7 @@ class Need:
             lambda ctx: ctx.loss(mode) is not None,
             looks_at="scalars",
             hint=lambda ctx, params: _unlogged_loss(ctx, mode),
-            training_loss=mode == "train",
+            training_loss=lambda params: mode == "train",
         )
 
     @staticmethod
@@ -129,6 +130,7 @@ class Need:
             uses_params=True,
             describe=lambda params: f"{params[param]} loss series",
             looks_at="scalars",
+            training_loss=lambda params: params[param] == "train",
             hint=lambda ctx, params: _unlogged_loss(ctx, params[param]),
         )
 

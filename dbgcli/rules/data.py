@@ -44,6 +44,7 @@ from dbgcli.rules._known import (
     LEARNING_RATE_BY_UPDATES,
     is_embedding,
     kept_steps,
+    loss_metric,
     token_labels,
     tokens_ahead,
     unclassed_labels,
@@ -869,8 +870,11 @@ def soft_target_entropy(ctx: RuleContext) -> float | None:
 
 
 def _soft_target_entropy(ctx: RuleContext) -> float | None:
-    # A regression's targets in [0, 1] are no probabilities; a logistic objective's are.
-    logistic = xgboost_objective(ctx) in ("binary:logistic", "reg:logistic")
+    # A regression's targets in [0, 1] are no probabilities; a logistic objective's are, for
+    # its log loss (not for reg:logistic's default RMSE).
+    logistic = xgboost_objective(ctx) in ("binary:logistic", "reg:logistic") and bool(
+        loss_metric(ctx, ("logloss",))
+    )
     if unclassed_labels(ctx) is not None and not logistic:
         return None
     total, count = 0.0, 0
@@ -1999,13 +2003,18 @@ def _plan_tokens(ctx: RuleContext, params: dict[str, Any]) -> Iterator[tuple[str
     category="data",
     requires=INTEGER_INPUTS,
     plan=_plan_tokens,
-    label={"*": "sequences mostly one token", "labelled-padding": "padding labelled as a class"},
+    label={
+        "*": "sequences mostly one token",
+        "labelled-padding": "padding labelled as a class",
+        "masked-padding": "padding the loss skips",
+    },
     # A recurrent model that reads the padding (unpacked) carries its state through hundreds
     # of pad steps, where the gradient to the real tokens vanishes; any model given mostly
     # padding has little to learn from. Padding labelled as a class fills that class.
     explains={
         "*": ("DBG101", "DBG301:not-decreasing", "DBG303"),
         "labelled-padding": ("DBG101", "DBG301:not-decreasing", "DBG303", "DBG601:imbalance"),
+        "masked-padding": (),
     },
 )
 def token_ratio(
@@ -2040,9 +2049,10 @@ def token_ratio(
     0.87 on the real tokens), and the class looks far more frequent than it is (DBG601's
     imbalance). Padding holds nothing that could tell its labels apart, so labelled padding
     holds one label throughout; a label shifted against the inputs (a language model's next
-    token) leaves a few others at its edges. Padding the loss skips (labels ``-100`` at 99 %
-    of its positions or more), behind an attention mask, costs compute only: the finding is
-    then a note (a GPT-2 padded to 64 so was as good as its twin padded to each batch).
+    token) leaves a few others at its edges. Padding the loss skips (no label, ``-100``, at
+    99 % of its positions or more) teaches nothing and costs compute: the finding is then a
+    note (key ``masked-padding``) that explains nothing (a GPT-2 padded to 64 so, its
+    attention masked too, was as good as its twin padded to each batch).
 
     Why it matters: sequences that are mostly padding waste compute and, with a wrong attention
     mask or loss mask, teach the model to predict padding; a recurrent model fed the padding
@@ -2139,6 +2149,7 @@ class _LabelledToken(NamedTuple):
             skipped = 1 - self.labelled / self.positions
             return replace(
                 finding,
+                key="masked-padding",
                 severity=Severity.info,
                 message=(
                     f"{finding.message}; the loss skips its positions (no label at "

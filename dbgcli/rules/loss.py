@@ -32,6 +32,7 @@ from dbgcli.rules._known import (
     kept_steps,
     labels_are_the_inputs,
     language_tokens,
+    loss_metric,
     lr_below,
     lr_raised,
     resumed_without_start,
@@ -740,14 +741,14 @@ def _unknown_floor(ctx: RuleContext) -> str | None:
 
     Or the loss is one of XGBoost's likelihood metrics that keep terms of the labels alone,
     and the recorded training labels do not give the loss of predicting them exactly."""
-    partial = _likelihood_metric(ctx, ("cox-nloglik",))
+    partial = loss_metric(ctx, ("cox-nloglik",))
     if partial is not None:
         return (
             f"the training loss is {partial}, a partial likelihood that falls from the loss "
             "of equal risks as far as the noise of the survival times lets a ranking go, a "
             "floor no record gives"
         )
-    metric = _likelihood_metric(ctx)
+    metric = loss_metric(ctx)
     if metric is None or loss_floor(ctx) is not None:
         return None
     return (
@@ -2492,7 +2493,7 @@ def loss_floor(ctx: RuleContext) -> LossFloor | None:
 
 
 def _loss_floor(ctx: RuleContext) -> LossFloor | None:
-    metric = _likelihood_metric(ctx)
+    metric = loss_metric(ctx)
     saturated = None if metric is None else saturated_loss(ctx, metric)
     if saturated is not None:
         return LossFloor(
@@ -2524,32 +2525,6 @@ def _linear_booster(ctx: RuleContext) -> bool:
     learner = config.get("learner") if isinstance(config, Mapping) else None
     booster = learner.get("gradient_booster") if isinstance(learner, Mapping) else None
     return isinstance(booster, Mapping) and booster.get("name") == "gblinear"
-
-
-def _likelihood_metric(
-    ctx: RuleContext,
-    families: tuple[str, ...] = ("poisson-nloglik", "gamma-nloglik", "tweedie-nloglik"),
-) -> str | None:
-    """Which of XGBoost's likelihood metrics of ``families`` the training loss is (by default
-    those that keep terms of the labels alone, see :func:`dbgcli.rules.data.saturated_loss`:
-    ``poisson-nloglik``, ``gamma-nloglik``, ``tweedie-nloglik@1.5``...), by its name or as
-    the ``loss`` copy the XGBoost callback makes of it; None for any other loss."""
-    tag, loss = ctx.loss_tag("train"), ctx.loss("train")
-    if tag is None or loss is None:
-        return None
-    for family in families:
-        for info in ctx.trace.tags(f"*{family}*", scalar=True):
-            metric = info.tag[info.tag.index(family) :]
-            if info.tag == tag:
-                return metric
-            series = ctx.scalar(info.tag, "train")
-            if (
-                series is not None
-                and np.array_equal(series.steps, loss.steps)
-                and np.array_equal(series.values, loss.values)
-            ):
-                return metric
-    return None
 
 
 def _noted_smoothing(ctx: RuleContext) -> tuple[float, int] | None:
@@ -2883,7 +2858,9 @@ def clamped_logits(ctx: RuleContext, *, records: int = 20) -> Iterator[Finding]:
     start near 0, Adam moves a weight by about its learning rate a step, so the output layer
     cannot grow by thousands in a run, and the loss drives every layer before it to its
     extreme instead (a tiny BERT's regression on targets of 2e4 +- 1.4e4: outputs up to 12,
-    its pooler's tanh saturated, the loss flat at 6e8).
+    its pooler's tanh saturated, the loss flat at 6e8). A training loss below the floors of
+    the recorded pairs, as for squashed outputs, takes other targets (standardised inside
+    the loss, the raw ones recorded) and gives no finding.
 
     Why it matters: cross-entropy wants the logits of the wrong classes far below the right
     one's; clamped at zero, they cannot go below it, and a logit at the clamp passes no
@@ -3036,8 +3013,9 @@ def _squashed_outputs(ctx: RuleContext, records: int) -> Iterator[Finding]:
 
 def _unreached_targets(ctx: RuleContext, records: int) -> Iterator[Finding]:
     """DBG308 on a regression whose targets lie beyond every output, to the end."""
+    losses = _train_losses(ctx)
     for labels, predictions in scored_labels(ctx):
-        read, hits, last = 0, [], (-1, "")
+        read, hits, last, elsewhere = 0, [], (-1, ""), False
         for step, mode in _steps_in_full(ctx, (labels.tag, predictions.tag), records):
             outputs = ctx.trace.raw(predictions.tag, step, mode)
             truth = ctx.trace.raw(labels.tag, step, mode)
@@ -3051,7 +3029,12 @@ def _unreached_targets(ctx: RuleContext, records: int) -> Iterator[Finding]:
             centre, spread, reach = float(np.mean(y)), float(np.std(y)), float(np.abs(p).max())
             if abs(centre) - reach > spread:
                 hits.append((step, mode, centre, spread, reach))
-        if not _shown(len(hits), read) or hits[-1][:2] != last:
+                # A training loss below both floors a squared and an absolute error of these
+                # pairs have is neither: the loss takes other targets (scaled inside it).
+                gap = np.abs(p - y)
+                floor = min(float(np.mean(gap**2)), float(np.mean(gap)))
+                elsewhere |= mode == "train" and losses.get(step, np.inf) < (1 - _SAME_LOSS) * floor
+        if elsewhere or not _shown(len(hits), read) or hits[-1][:2] != last:
             continue
         last_step, last_mode, centre, spread, reach = hits[-1]
         yield Finding(

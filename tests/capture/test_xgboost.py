@@ -300,6 +300,13 @@ def test_an_imbalance_the_objective_compensates_is_a_note(
     assert [f.key for f in result.findings if f.key in ("imbalance", "compensated")] == [
         "compensated"
     ]
+    # Weights that shift the classes a little (1.5 on positives, as recency or a source's
+    # trust may) balance nothing: 19 to 1 becomes 13 to 1.
+    shifted = xgb.DMatrix(x, label=positives, weight=np.where(positives == 1, 1.5, 1.0))
+    path = tmp_path / "shifting_weights.h5"
+    boost({"objective": "binary:logistic", "seed": 0}, shifted, DbgCallback(path, data=shifted))
+    with open_trace(path) as trace:
+        assert "class_weighting" not in trace.metadata
 
 
 @pytest.mark.parametrize("max_leaves", [31, 0])
@@ -545,6 +552,17 @@ def test_soft_labels_of_a_logistic_objective_set_the_loss_floor(
     (note,) = analyze_path(path, select=("DBG303",)).findings
     assert (note.key, note.severity) == ("high-floor", Severity.info)
     assert "the soft targets' mean entropy" in note.message
+    # reg:logistic reports an RMSE by default: no log loss, no entropy floor.
+    path = tmp_path / "rmse.h5"
+    xgb.train(
+        {"objective": "reg:logistic", "eta": 0.1, "max_depth": 3, "seed": 0},
+        dtrain,
+        num_boost_round=200,
+        evals=[(dtrain, "train")],
+        callbacks=[DbgCallback(path, data=dtrain)],
+        verbose_eval=False,
+    )
+    assert not analyze_path(path, select=("DBG303",)).findings
 
 
 def test_a_run_evaluated_on_held_out_data_alone_is_no_problems_found(

@@ -1072,8 +1072,22 @@ def test_padding_labelled_as_a_class_is_named_with_the_share_of_labels_it_takes(
     assert "70% of the labels" in finding.message
     # Padding the loss skips (-100) costs compute only: a note.
     (masked,) = run(labelled(-100)).findings
-    assert (masked.key, masked.severity) == ("token-0", Severity.info)
+    assert (masked.key, masked.severity) == ("masked-padding", Severity.info)
     assert "the loss skips its positions (no label at 100% of them, in tags)" in masked.message
+    # A note that explains nothing: a loss stuck at its start is underfitting's, not its.
+    stuck = make_trace(
+        scalars={"loss": [1.0] * 200},
+        tensors={
+            "tokens": {"values": tokens, "collection": "inputs", "steps": list(range(0, 200, 10))},
+            "tags": {
+                "values": labelled(-100),
+                "collection": "labels",
+                "steps": list(range(0, 200, 10)),
+            },
+        },
+    )
+    report = analyze_path(stuck, select=("DBG603", "DBG303"))
+    assert report.findings[report.problems[0].cause].rule_id == "DBG303"
     # Padding whose labels vary (unknown words tagged by their context) is no labelled class.
     varied = [np.where(ids == 0, rng.integers(0, 2, ids.shape), 0) for ids in tokens]
     assert [f.key for f in run(varied).findings] == ["token-0"]
