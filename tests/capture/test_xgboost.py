@@ -12,7 +12,7 @@ import xgboost as xgb
 
 from dbgcli import TraceWriter, open_trace
 from dbgcli.errors import TraceWriterError
-from dbgcli.findings import Severity
+from dbgcli.findings import Finding, Severity
 from dbgcli.report.model import RuleStatus
 from dbgcli.trace.writer import DEFAULT_RAW_BUDGET
 from dbgcli.xgboost import (
@@ -540,29 +540,24 @@ def test_soft_labels_of_a_logistic_objective_set_the_loss_floor(
     x = rng.normal(size=(3000, 5))
     soft = np.clip(1 / (1 + np.exp(-(0.8 * x[:, 0] - 0.5 * x[:, 1]))), 0.1, 0.9)
     dtrain = xgb.DMatrix(x, label=soft.astype(np.float32))
-    path = tmp_path / "distilled.h5"
-    xgb.train(
-        {"objective": "binary:logistic", "eta": 0.1, "max_depth": 3, "seed": 0},
-        dtrain,
-        num_boost_round=200,
-        evals=[(dtrain, "train")],
-        callbacks=[DbgCallback(path, data=dtrain)],
-        verbose_eval=False,
-    )
-    (note,) = analyze_path(path, select=("DBG303",)).findings
+
+    def underfit(objective: str) -> list[Finding]:
+        path = tmp_path / f"{objective.replace(':', '_')}.h5"
+        xgb.train(
+            {"objective": objective, "eta": 0.1, "max_depth": 3, "seed": 0},
+            dtrain,
+            num_boost_round=200,
+            evals=[(dtrain, "train")],
+            callbacks=[DbgCallback(path, data=dtrain)],
+            verbose_eval=False,
+        )
+        return list(analyze_path(path, select=("DBG303",)).findings)
+
+    (note,) = underfit("binary:logistic")
     assert (note.key, note.severity) == ("high-floor", Severity.info)
     assert "the soft targets' mean entropy" in note.message
     # reg:logistic reports an RMSE by default: no log loss, no entropy floor.
-    path = tmp_path / "rmse.h5"
-    xgb.train(
-        {"objective": "reg:logistic", "eta": 0.1, "max_depth": 3, "seed": 0},
-        dtrain,
-        num_boost_round=200,
-        evals=[(dtrain, "train")],
-        callbacks=[DbgCallback(path, data=dtrain)],
-        verbose_eval=False,
-    )
-    assert not analyze_path(path, select=("DBG303",)).findings
+    assert not underfit("reg:logistic")
 
 
 def test_a_run_evaluated_on_held_out_data_alone_is_no_problems_found(
