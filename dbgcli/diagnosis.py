@@ -19,9 +19,10 @@ at the same time, nothing computed from the data explains the data (dead ReLUs d
 all-zero inputs), and a layer does not explain one before it in the same role. Findings of
 one rule on one tensor (a layer whose gradient jumps and then turns NaN), or of one rule and
 kind on several tensors (dead units in three layers), are one problem: the first in causal
-order explains the others, unless it is a note (severity info) and they are not. Each finding hangs under the first of its explainers in causal
-order; following those links up gives its root, the *cause*. A diagnosis is a cause with
-every finding that leads to it: an earlier anomaly upstream is the better cause.
+order explains the others, unless it is a note (severity info) and they are not. Each
+finding hangs under the first of its explainers in causal order; following those links up
+gives its root, the *cause*. A diagnosis is a cause with every finding that leads to it: an
+earlier anomaly upstream is the better cause.
 
 **Ranking.** Diagnoses are ranked by severity (the worst of their findings), then onset of the
 cause, then the number of findings they explain, then position.

@@ -371,7 +371,8 @@ def converged(
     the mean of its last 10 records or, with ``latest``, the latest record itself: a gradient
     is the one of its own step's loss, which is tiny where that batch is fitted, however a
     spike a few steps before lifts the mean (a question about the run, such as what a
-    schedule starved, asks the mean: one lucky batch is no fitted model). Or the latest evaluation's loss is at ``fraction`` of the first
+    schedule starved, asks the mean: one lucky batch is no fitted model). Or the latest
+    evaluation's loss is at ``fraction`` of the first
     evaluation's or below (of the training loss's start where that is lower: an untrained
     model in eval mode can score far above it, its batch norms' running statistics not yet
     those of the data): the model predicts held-out data that much better, so it has fitted

@@ -337,8 +337,8 @@ def exploding_gradient(
       DBG303's bar for having learned) is a hard batch: the update it drove threw nothing
       (a regression's outlier targets under a Huber loss, whose gradient is bounded, jumped
       397 times on a real run, and the next three steps' median was below half the
-      untrained model's). A model thrown back to chance is not back. A loss that oscillates (DBG305) jumps so at
-      every turn, and starting earlier is their cause.
+      untrained model's). A model thrown back to chance is not back. A loss that oscillates
+      (DBG305) jumps so at every turn, and starting earlier is their cause.
     * **input spike** (warning, key ``input-spike``): the blow-up's trigger, a batch unlike
       the rest. A training record of a float input (not token ids) whose standard deviation
       is more than ``input_scale`` times the median record's, where the training loss of its

@@ -1182,10 +1182,10 @@ class TorchHook:
         """Note each optimizer's type and its groups' settings (weight decay, momentum...), at
         its first update, with the learning-rate series (``rate_tags``, one per group) each
         parameter's group records when there are several groups; the trainable parameters
-        that none of the optimizers seen so far holds (an optimizer built before the model was replaced, a layer left out by
-        mistake), which stay out of the zero_grad check: no zero_grad() of theirs clears them;
-        and, at the first, how many values the batch norms normalised each channel over (see
-        :meth:`_batch_norm_probe`).
+        that none of the optimizers seen so far holds (an optimizer built before the model
+        was replaced, a layer left out by mistake), which stay out of the zero_grad check: no
+        zero_grad() of theirs clears them; and, at the first, how many values the batch
+        norms normalised each channel over (see :meth:`_batch_norm_probe`).
 
         An optimizer that holds none of the model's parameters and tensors of other shapes
         or dtypes keeps copies by design (fp32 master weights, flat shards): it says nothing
