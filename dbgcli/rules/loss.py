@@ -216,9 +216,9 @@ def loss_not_decreasing(
     smoothing, weight decay or the noise of the data set), which is what training is for; a
     plateau above half the starting loss is a run that stopped learning early. Except when
     the recorded learning rate has fallen below 1e-4 of its peak at the check: a flat loss
-    there is starved, not converged, unless the model has fitted its data (the training or
-    held-out loss at a tenth of its start, DBG101's bar), as a ``ReduceLROnPlateau`` cutting
-    a converged run's rate finds it. A loss
+    there is starved, not converged, unless the model has fitted its data (the mean of the
+    last training losses, or the held-out loss, at a tenth of its start, DBG101's bar), as a
+    ``ReduceLROnPlateau`` cutting a converged run's rate finds it. A loss
     that goes below zero (a policy-gradient or surrogate objective, a likelihood without its
     constant) is no discrepancy that falls to 0: its changes are measured against the range
     its levels span, it is still high in the upper half of that range, and only where it is
