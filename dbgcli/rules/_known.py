@@ -358,6 +358,10 @@ def clipped_text(norm: float) -> str:
     )
 
 
+#: DBG303's bar: a training loss that has come down below this share of its start has learned
+#: something; one above it has not even fallen by a fifth.
+LEARNED = 0.8
+
 #: The share of its start a loss has come down to once the model has fitted its data: a flat
 #: loss there is convergence, whatever the learning rate does (DBG101's default bar).
 FITTED = 0.1
@@ -806,14 +810,26 @@ def _initial_loss(ctx: RuleContext, mode: Literal["train", "eval"]) -> InitialLo
     )
 
 
-def xgboost_objective(ctx: RuleContext) -> str | None:
-    """The objective of an XGBoost run, from the configuration its callback stores (run
-    metadata ``xgboost_config``), or None."""
+def _xgboost_part(ctx: RuleContext, part: str) -> str | None:
+    """The name of one part of an XGBoost run's learner (``objective``, ``gradient_booster``)
+    in the configuration its callback stores (run metadata ``xgboost_config``), or None."""
     config = ctx.trace.metadata.get("xgboost_config")
     learner = config.get("learner") if isinstance(config, Mapping) else None
-    objective = learner.get("objective") if isinstance(learner, Mapping) else None
-    name = objective.get("name") if isinstance(objective, Mapping) else None
+    found = learner.get(part) if isinstance(learner, Mapping) else None
+    name = found.get("name") if isinstance(found, Mapping) else None
     return name if isinstance(name, str) else None
+
+
+def xgboost_objective(ctx: RuleContext) -> str | None:
+    """The objective of an XGBoost run (``binary:logistic``...), or None."""
+    return _xgboost_part(ctx, "objective")
+
+
+def linear_booster(ctx: RuleContext) -> bool:
+    """Whether the run boosts a linear model (XGBoost's ``gblinear``): its coordinate descent
+    minimises a loss convex in the weights, so where the loss stops falling is the best
+    linear model, however high (whether a linear model suits the data is DBG303's question)."""
+    return _xgboost_part(ctx, "gradient_booster") == "gblinear"
 
 
 def loss_metric(

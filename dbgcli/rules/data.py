@@ -661,20 +661,9 @@ def _streams(labels: TensorView, predictions: TensorView | None) -> list[_Stream
     per_position = not one_hot and len(shape) >= 2 and int(np.prod(shape[1:])) > 1
     streams = []
     for code in np.unique(labels.modes):
-        partners: dict[int, list[int]] = {}
-        if predictions is not None:
-            for record, step, mode in zip(
-                predictions.records, predictions.steps, predictions.modes, strict=True
-            ):
-                if mode == code:
-                    partners.setdefault(int(step), []).append(int(record))
         records = []
-        for record, step, mode in zip(labels.records, labels.steps, labels.modes, strict=True):
-            if mode != code:
-                continue
-            queue = partners.get(int(step))
-            partner = queue.pop(0) if queue else None
-            ids = label_ids.ids.get(int(record))
+        for step, record, partner in _by_step(labels, predictions, int(code)):
+            ids = label_ids.ids.get(record)
             if ids is None:
                 continue
             predicted = (
@@ -682,7 +671,7 @@ def _streams(labels: TensorView, predictions: TensorView | None) -> list[_Stream
                 if predicted_ids is not None and partner is not None
                 else None
             )
-            records.append(_pair(int(step), ids, predicted))
+            records.append(_pair(step, ids, predicted))
         if records:
             streams.append(
                 _Stream(
@@ -695,6 +684,23 @@ def _streams(labels: TensorView, predictions: TensorView | None) -> list[_Stream
                 )
             )
     return streams
+
+
+def _by_step(
+    view: TensorView, other: TensorView | None, code: int
+) -> Iterator[tuple[int, int, int | None]]:
+    """``(step, record, partner)`` for each record of ``view`` in mode ``code``, with the
+    record of ``other`` it pairs with: the records of one step and mode pair in record order
+    (None: no such record left)."""
+    partners: dict[int, list[int]] = {}
+    if other is not None:
+        for record, step, mode in zip(other.records, other.steps, other.modes, strict=True):
+            if mode == code:
+                partners.setdefault(int(step), []).append(int(record))
+    for record, step, mode in zip(view.records, view.steps, view.modes, strict=True):
+        if mode == code:
+            queue = partners.get(int(step))
+            yield int(step), int(record), queue.pop(0) if queue else None
 
 
 def _pair(step: int, ids: np.ndarray, predicted: np.ndarray | None) -> _LabelRecord:
@@ -2192,23 +2198,16 @@ def _labelled_token(
     if not inputs.info.raw_records:
         return None
     where = inputs.derive(TokenPositions(value))
-    mine = inputs.modes == code
-    queues: dict[int, list[int]] = {}
-    for record, step in zip(inputs.records[mine], inputs.steps[mine], strict=True):
-        if int(record) in where:
-            queues.setdefault(int(step), []).append(int(record))
     found: list[_LabelledToken] = []
     for labels in _with_full_tensors(_tagged(ctx, "labels")):
         ids = labels.derive(ClassIds()).ids
-        partners = {step: list(records) for step, records in queues.items()}
         at_token: list[np.ndarray] = []
         all_labels = 0
-        for record, step, mode in zip(labels.records, labels.steps, labels.modes, strict=True):
-            queue = partners.get(int(step))
-            row = ids.get(int(record))
-            if mode != code or not queue or row is None:
+        for _, record, partner in _by_step(labels, inputs, code):
+            row = ids.get(record)
+            if row is None or partner not in where:
                 continue
-            packed, shape = where[queue.pop(0)]
+            packed, shape = where[partner]
             held = _positions_of(packed, shape, row.size)
             if held is None:
                 continue

@@ -19,6 +19,7 @@ from dbgcli.rules._context import (
     trailing_median,
 )
 from dbgcli.rules._known import (
+    LEARNED,
     LEARNING_RATE_BY_UPDATES,
     attention_query_or_key,
     clipped_gradient_norm,
@@ -438,10 +439,9 @@ def _first_gradient_tag(ctx: RuleContext) -> str:
     return next(iter(ctx.unfocused().tensors(collection="gradients"))).tag
 
 
-# The steps after a loss jump whose median says whether the model kept what it had learned,
-# and the share of the untrained model's loss below which it did (DBG303's bar).
+# The steps after a loss jump whose median says whether the model kept what it had learned
+# (below LEARNED, DBG303's bar, of the untrained model's loss).
 _FOLLOWING_STEPS = 3
-_LEARNED = 0.8
 
 
 def _loss_jumps_between_records(ctx: RuleContext, growth: float, window: int) -> Iterator[Finding]:
@@ -485,7 +485,7 @@ def _loss_jumps_between_records(ctx: RuleContext, growth: float, window: int) ->
         [
             at + after < len(values)
             and steps[at + after] == steps[at] + after
-            and float(np.median(values[at + 1 : at + after + 1])) <= _LEARNED * initial.value
+            and float(np.median(values[at + 1 : at + after + 1])) <= LEARNED * initial.value
             for at in jumped
         ],
         dtype=bool,

@@ -24,6 +24,7 @@ from dbgcli.rules._context import (
 )
 from dbgcli.rules._known import (
     FITTED,
+    LEARNED,
     LEARNING_RATE_BY_UPDATES,
     STARVED_LR,
     class_count,
@@ -32,6 +33,7 @@ from dbgcli.rules._known import (
     kept_steps,
     labels_are_the_inputs,
     language_tokens,
+    linear_booster,
     loss_metric,
     lr_below,
     lr_raised,
@@ -365,7 +367,7 @@ def loss_not_decreasing(
     converged_at = None
     floor = 0.0
     if converged_fraction is not None:
-        if initial is None or _unknown_floor(ctx) is not None or _linear_booster(ctx):
+        if initial is None or _unknown_floor(ctx) is not None or linear_booster(ctx):
             # A resumed run, or a floor the trace does not give: convergence cannot be told
             # from a stall. A convex loss stops falling at its optimum only.
             flat[:] = False
@@ -416,7 +418,7 @@ def loss_not_decreasing(
         left = None
         if not increasing and converged_at is not None and not converged_at[span_of].any():
             plateau = levels_after[episode.last] - floor
-            later = converged_at | (levels_after - floor <= _UNFITTED * plateau)
+            later = converged_at | (levels_after - floor <= LEARNED * plateau)
             left = np.flatnonzero(later[episode.last + 1 :])
         if left is not None and len(left):
             # The plateau ended: the loss went on down, so the run did learn.
@@ -656,9 +658,9 @@ def overfit(
     violating = sustained(apart & np.isfinite(sure_ratio), patience)
     # A model that has not yet fit its training data fits it no better than held-out data;
     # in a run whose train loss rose above its start the model is going wrong instead.
-    sane = len(mean_train) > 0 and np.nanmax(mean_train) <= abs(initial.value) / _UNFITTED
+    sane = len(mean_train) > 0 and np.nanmax(mean_train) <= abs(initial.value) / LEARNED
     unfitted = (
-        (evaluation.steps >= start_step) & (mean_train >= _UNFITTED * abs(initial.value)) & sane
+        (evaluation.steps >= start_step) & (mean_train >= LEARNED * abs(initial.value)) & sane
     )
     from_start = np.flatnonzero(
         unfitted & (sure_ratio > ratio_threshold) & (sure_gap > min_gap) & np.isfinite(sure_ratio)
@@ -716,11 +718,6 @@ def overfit(
                 ),
             )
         yield finding
-
-
-# A training loss still above this fraction of its start has not fit its data yet (DBG303's
-# bar for a loss that has not even fallen by a fifth).
-_UNFITTED = 0.8
 
 
 def _floor_value(ctx: RuleContext) -> float:
@@ -1458,7 +1455,7 @@ def _learned_optimum(ctx: RuleContext) -> int | None:
         return None
     steps, values = _finite(series)
     before = values[steps <= best][-10:]
-    if not len(before) or not before.mean() <= _UNFITTED * abs(values[0]):
+    if not len(before) or not before.mean() <= LEARNED * abs(values[0]):
         return None
     return best
 
@@ -2517,16 +2514,6 @@ def _loss_floor(ctx: RuleContext) -> LossFloor | None:
     )
 
 
-def _linear_booster(ctx: RuleContext) -> bool:
-    """Whether the run boosts a linear model (XGBoost's ``gblinear``): its coordinate descent
-    minimises a loss convex in the weights, so where the loss stops falling is the best
-    linear model, however high (whether a linear model suits the data is DBG303's question)."""
-    config = ctx.trace.metadata.get("xgboost_config")
-    learner = config.get("learner") if isinstance(config, Mapping) else None
-    booster = learner.get("gradient_booster") if isinstance(learner, Mapping) else None
-    return isinstance(booster, Mapping) and booster.get("name") == "gblinear"
-
-
 def _noted_smoothing(ctx: RuleContext) -> tuple[float, int] | None:
     """The label smoothing among the run's hyperparameters (the Hugging Face Trainer's
     ``label_smoothing_factor``, or ``label_smoothing``) and the number of classes the
@@ -2972,13 +2959,7 @@ def _squashed_outputs(ctx: RuleContext, records: int) -> Iterator[Finding]:
                 inside.append((step, mode, y, np.maximum(low - y, 0) + np.maximum(y - high, 0)))
         if not _shown(len(inside), read):
             continue
-        # A training loss below both floors a squared and an absolute error of its batch's
-        # targets have is neither: the loss takes other targets (scaled inside it, say).
-        if any(
-            losses.get(step, np.inf) < (1 - _SAME_LOSS) * min(np.mean(g**2), np.mean(g))
-            for step, mode, _, g in inside
-            if mode == "train" and g.size
-        ):
+        if any(_other_targets(losses, step, mode, g) for step, mode, _, g in inside if g.size):
             continue
         targets = np.concatenate([y for _, _, y, _ in inside])
         gaps = np.concatenate([g for _, _, _, g in inside])
@@ -3011,6 +2992,14 @@ def _squashed_outputs(ctx: RuleContext, records: int) -> Iterator[Finding]:
         )
 
 
+def _other_targets(losses: Mapping[int, float], step: int, mode: str, gaps: np.ndarray) -> bool:
+    """Whether the training loss recorded at ``step`` is below both floors a squared and an
+    absolute error have, given how far each recorded target lies from where the outputs can
+    be (``gaps``): such a loss is neither, and takes other targets (scaled inside it)."""
+    floor = min(float(np.mean(gaps**2)), float(np.mean(gaps)))
+    return mode == "train" and losses.get(step, np.inf) < (1 - _SAME_LOSS) * floor
+
+
 def _unreached_targets(ctx: RuleContext, records: int) -> Iterator[Finding]:
     """DBG308 on a regression whose targets lie beyond every output, to the end."""
     losses = _train_losses(ctx)
@@ -3029,11 +3018,7 @@ def _unreached_targets(ctx: RuleContext, records: int) -> Iterator[Finding]:
             centre, spread, reach = float(np.mean(y)), float(np.std(y)), float(np.abs(p).max())
             if abs(centre) - reach > spread:
                 hits.append((step, mode, centre, spread, reach))
-                # A training loss below both floors a squared and an absolute error of these
-                # pairs have is neither: the loss takes other targets (scaled inside it).
-                gap = np.abs(p - y)
-                floor = min(float(np.mean(gap**2)), float(np.mean(gap)))
-                elsewhere |= mode == "train" and losses.get(step, np.inf) < (1 - _SAME_LOSS) * floor
+                elsewhere |= _other_targets(losses, step, mode, np.abs(p - y))
         if elsewhere or not _shown(len(hits), read) or hits[-1][:2] != last:
             continue
         last_step, last_mode, centre, spread, reach = hits[-1]

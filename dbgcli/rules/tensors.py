@@ -21,6 +21,7 @@ from dbgcli.rules._context import (
     records_spanning,
 )
 from dbgcli.rules._known import (
+    LEARNED,
     STARVED_LR,
     class_count,
     first_update_step,
@@ -930,11 +931,10 @@ def _zero_rate_parameters(ctx: RuleContext) -> set[str]:
     return {name for name, tag in groups.items() if tag in zero}
 
 
-# A training loss that has come down below this share of where it started has learned
-# something (DBG303's bar), each end the mean of DBG303's window: _LOSS_WINDOW records, at
-# most a quarter of the run's. A frozen network's minibatch losses scatter widely; ten records
-# a side let one run in nine of the calibration corpus's frozen MLPs "learn" 23 %.
-_LEARNED_FRACTION = 0.8
+# Whether a frozen model learned is LEARNED (DBG303's bar) read between the means of DBG303's
+# window at each end: _LOSS_WINDOW records, at most a quarter of the run's. A frozen network's
+# minibatch losses scatter widely; ten records a side let one run in nine of the calibration
+# corpus's frozen MLPs "learn" 23 %.
 _LOSS_WINDOW = 50
 _MIN_LOSS_RECORDS = 20
 # A freeze that holds at least this share of the layers' weights still decides what the
@@ -985,8 +985,8 @@ def _pointless_freeze(
         return None
     span = min(_LOSS_WINDOW, len(values) // 4)
     start, end = values[:span].mean(), values[-span:].mean()
-    if start > 0 and end > _LEARNED_FRACTION * start:
-        return _PointlessFreeze(share, f"the loss stays above {_LEARNED_FRACTION:.0%} of its start")
+    if start > 0 and end > LEARNED * start:
+        return _PointlessFreeze(share, f"the loss stays above {LEARNED:.0%} of its start")
     whole = ctx.unfocused()
     chance = chance_loss(whole, class_count(whole))
     if chance is not None and chance.holds(end):
